@@ -1,0 +1,68 @@
+"""Gateway API keys -> tenants. A key's calls bill its tenant; admin keys may act for others."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from gateway.errors import AuthenticationFailed, PermissionDenied
+from gateway.settings import ApiKey
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    tenant: str
+    admin: bool
+    key_id: str | None  # a short digest of the key, never the key itself
+
+
+def key_id(key: str) -> str:
+    return "key_" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def _presented_key(request: web.Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return request.headers.get("x-api-key") or request.headers.get("api-key")
+
+
+class Authenticator:
+    """With no keys configured the gateway is open (local use): every caller is an admin of the
+    default tenant and may name any tenant in the body."""
+
+    def __init__(self, keys: list[ApiKey], default_tenant: str) -> None:
+        self._by_digest = {hashlib.sha256(k.key.encode()).digest(): k for k in keys}
+        self.open = not keys
+        self.default_tenant = default_tenant
+
+    def authenticate(self, request: web.Request) -> Principal:
+        if self.open:
+            return Principal(self.default_tenant, True, None)
+        presented = _presented_key(request)
+        if not presented:
+            raise AuthenticationFailed(
+                "Missing API key: send 'Authorization: Bearer <key>'", code="missing_api_key"
+            )
+        digest = hashlib.sha256(presented.encode()).digest()
+        match = self._by_digest.get(digest)
+        if match is None or not hmac.compare_digest(hashlib.sha256(match.key.encode()).digest(), digest):
+            raise AuthenticationFailed("Incorrect API key provided")
+        return Principal(match.tenant, match.admin, key_id(presented))
+
+    @staticmethod
+    def tenant_for(principal: Principal, requested: str | None) -> str:
+        """The tenant a call bills: the key's, or the body's ``tenantId`` when allowed."""
+        if requested is None or requested == principal.tenant:
+            return principal.tenant
+        if principal.admin:
+            return requested
+        raise PermissionDenied(
+            f"This API key belongs to tenant {principal.tenant!r} and may not act for tenant {requested!r}",
+            param="tenantId",
+        )

@@ -1,0 +1,155 @@
+"""POST /v1/chat/completions and POST /v1/completions."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from gateway import errors
+from gateway.api.middleware import REQUEST_ID
+from gateway.api.responses import ChunkFormatter, chat_completion, text_completion
+from gateway.api.state import STATE, GatewayState
+from gateway.api.validation import ParsedRequest, parse_chat, parse_completion
+from gateway.pricing.base import format_usd
+from gateway.routing.router import StreamSession
+from gateway.usage import ZERO, CallContext, UsageRecorder
+
+log = logging.getLogger(__name__)
+
+
+async def read_body(request: web.Request) -> Any:
+    if request.content_type not in ("application/json", "", "application/octet-stream", "text/plain"):
+        raise errors.UnsupportedMediaType(f"Content-Type must be application/json, got {request.content_type}")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise errors.RequestTooLarge(
+            f"Request body is larger than the limit of {request.app[STATE].settings.max_body_bytes} bytes"
+        ) from exc
+    if not raw.strip():
+        raise errors.InvalidRequest("The request body is empty; expected a JSON object")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise errors.InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from exc
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    principal = state.auth.authenticate(request)
+    parsed = parse_chat(await read_body(request))
+    return await _serve(request, state, principal, parsed)
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    principal = state.auth.authenticate(request)
+    body = await read_body(request)
+    model = body.get("model") if isinstance(body, dict) else None
+    legacy = isinstance(model, str) and state.router.catalog.is_legacy_completion_model(model)
+    parsed = parse_completion(body, legacy_model=legacy)
+    return await _serve(request, state, principal, parsed)
+
+
+async def _serve(request: web.Request, state: GatewayState, principal: Any, parsed: ParsedRequest) -> web.StreamResponse:
+    tenant = state.auth.tenant_for(principal, parsed.tenant_id)
+    ctx = CallContext(
+        request_id=request[REQUEST_ID], tenant_id=tenant, api_key_id=principal.key_id, endpoint=parsed.endpoint,
+        stream=parsed.template.stream, requested_model=parsed.requested_model,
+    )
+    try:
+        if parsed.template.stream:
+            session = await state.router.open_stream(ctx, parsed.template, parsed.provider)
+            return await _stream(request, state, ctx, parsed, session)
+        served = await state.router.complete(ctx, parsed.template, parsed.provider)
+    except errors.ProviderError as exc:
+        UsageRecorder.log_cost(tenant, exc.provider, parsed.requested_model, ZERO)
+        raise
+    except errors.AllProvidersFailed:
+        UsageRecorder.log_cost(tenant, "none", parsed.requested_model, ZERO)
+        raise
+    result = served.result
+    UsageRecorder.log_cost(tenant, served.provider, result.model, served.cost)
+    created = int(state.clock().timestamp())
+    response_id = _response_id(parsed.endpoint, ctx.request_id)
+    build = chat_completion if parsed.endpoint == "chat.completions" else text_completion
+    body = build(response_id, created, result.model, result)
+    return web.Response(
+        body=json.dumps(body), content_type="application/json",
+        headers={
+            "x-request-id": ctx.request_id,
+            "x-llm-provider": served.provider,
+            "x-llm-model": result.model,
+            "x-llm-attempts": str(served.attempts),
+            "x-llm-cost-usd": format_usd(served.cost) if served.cost is not None else "unpriced",
+        },
+    )
+
+
+def _response_id(endpoint: str, request_id: str) -> str:
+    prefix = "chatcmpl-" if endpoint == "chat.completions" else "cmpl-"
+    return prefix + request_id.removeprefix("req_")
+
+
+def _sse(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def _stream(
+    request: web.Request, state: GatewayState, ctx: CallContext, parsed: ParsedRequest, session: StreamSession
+) -> web.StreamResponse:
+    response = web.StreamResponse(
+        headers={
+            "content-type": "text/event-stream",
+            "cache-control": "no-cache",
+            "x-request-id": ctx.request_id,
+            "x-llm-provider": session.provider,
+            "x-llm-model": session.provider_model,
+            "x-llm-attempts": str(session.attempts),
+        }
+    )
+    created = int(state.clock().timestamp())
+    formatter: ChunkFormatter | None = None
+    try:
+        await response.prepare(request)
+        try:
+            async for chunk in session.chunks():
+                if formatter is None:
+                    model = chunk.model or session.provider_model
+                    formatter = ChunkFormatter(
+                        parsed.endpoint, _response_id(parsed.endpoint, ctx.request_id), created, model,
+                        parsed.include_usage,
+                    )
+                obj = formatter.content(chunk)
+                if obj is not None:
+                    await response.write(_sse(obj))
+        except errors.StreamCut as cut:
+            UsageRecorder.log_cost(ctx.tenant_id, session.provider, session.served_model or session.provider_model,
+                                   session.event.cost_usd if session.event else None)
+            await response.write(_sse(cut.to_openai()))
+            return response
+        event = session.finish("success")
+        model = session.served_model or session.provider_model
+        UsageRecorder.log_cost(ctx.tenant_id, session.provider, model, event.cost_usd)
+        cost_text = format_usd(event.cost_usd) if event.cost_usd is not None else "unpriced"
+        if parsed.include_usage and session.usage is not None:
+            if formatter is None:
+                formatter = ChunkFormatter(parsed.endpoint, _response_id(parsed.endpoint, ctx.request_id), created,
+                                           model, True)
+            extension = {"cost_usd": cost_text, "provider": session.provider, "model": model,
+                         "attempts": session.attempts, "request_id": ctx.request_id}
+            await response.write(_sse(formatter.usage(session.usage, extension)))
+        await response.write(f": x-llm-cost-usd={cost_text}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+    except ConnectionResetError:
+        session.finish("cancelled")
+        log.info("client went away during the stream of request %s", ctx.request_id)
+    finally:
+        if session.event is None:
+            session.finish("cancelled")
+        await session.aclose()
+    return response

@@ -1,0 +1,70 @@
+"""Request ids and the OpenAI error format for every failure: never a traceback to the client."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from gateway import errors
+from gateway.ids import request_id
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID = "request_id"
+
+
+def error_response(exc: errors.GatewayError, rid: str) -> web.Response:
+    headers = {"x-request-id": rid}
+    if exc.client_should_retry is False:
+        headers["x-should-retry"] = "false"
+    if isinstance(exc, errors.AllProvidersFailed):
+        headers["x-llm-attempts"] = str(len(exc.attempts))
+        waits = [a.retry_after for a in exc.attempts if a.retry_after is not None]
+        if waits:
+            headers["retry-after"] = str(max(1, round(min(waits))))
+    elif isinstance(exc, errors.ProviderError):
+        headers["x-llm-provider"] = exc.provider
+        if exc.retry_after is not None:
+            headers["retry-after"] = str(max(1, round(exc.retry_after)))
+    return web.Response(
+        status=exc.status, body=json.dumps(exc.to_openai()), content_type="application/json", headers=headers
+    )
+
+
+_HTTP_ERRORS: dict[int, type[errors.GatewayError]] = {
+    404: errors.RouteNotFound,
+    405: errors.MethodNotAllowed,
+    413: errors.RequestTooLarge,
+    415: errors.UnsupportedMediaType,
+}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    rid = request_id()
+    request[REQUEST_ID] = rid
+    try:
+        response = await handler(request)
+    except errors.GatewayError as exc:
+        return error_response(exc, rid)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        cls = _HTTP_ERRORS.get(exc.status, errors.InvalidRequest if exc.status < 500 else errors.GatewayError)
+        message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+        if exc.status == 404:
+            message = f"Unknown route {request.method} {request.path}"
+        elif exc.status == 405:
+            message = f"Method {request.method} is not allowed on {request.path}"
+        elif exc.status == 413:
+            message = f"Request body too large: {exc.text}"
+        return error_response(cls(message), rid)
+    except Exception:
+        log.exception("unhandled error in %s %s (request %s)", request.method, request.path, rid)
+        return error_response(errors.GatewayError(f"Internal error; request id {rid}"), rid)
+    if not response.prepared:
+        response.headers["x-request-id"] = rid
+    return response

@@ -1,0 +1,205 @@
+"""The OpenAPI 3.1 document of the gateway's HTTP API (served at /openapi.json)."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+
+_USAGE = {
+    "type": "object",
+    "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
+    "properties": {
+        "prompt_tokens": {"type": "integer"},
+        "completion_tokens": {"type": "integer"},
+        "total_tokens": {"type": "integer"},
+        "prompt_tokens_details": {"type": "object", "properties": {"cached_tokens": {"type": "integer"}}},
+        "completion_tokens_details": {"type": "object", "properties": {"reasoning_tokens": {"type": "integer"}}},
+    },
+}
+
+_COMMON_PROPS: dict[str, Any] = {
+    "model": {"type": "string", "minLength": 1, "example": "gpt-4"},
+    "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
+    "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+    "n": {"type": ["integer", "null"], "const": 1},
+    "stop": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}, {"type": "null"}]},
+    "user": {"type": "string"},
+    "stream": {"type": ["boolean", "null"]},
+    "stream_options": {
+        "type": ["object", "null"],
+        "properties": {"include_usage": {"type": "boolean"}},
+    },
+    "provider": {
+        "type": "string",
+        "enum": ["openai", "azure", "anthropic", "google", "ollama"],
+        "description": "Pin the first provider to try; the others remain as fallback.",
+    },
+    "tenantId": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 128,
+        "description": "Tenant billed for the call (honoured for admin keys or an open gateway).",
+    },
+}
+
+_CHAT_REQUEST = {
+    "type": "object",
+    "required": ["model", "messages"],
+    "properties": {
+        **_COMMON_PROPS,
+        "messages": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["role", "content"],
+                "properties": {
+                    "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
+                    "content": {
+                        "oneOf": [
+                            {"type": "string"},
+                            {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["type", "text"],
+                                    "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+                                },
+                            },
+                        ]
+                    },
+                },
+            },
+        },
+        "max_tokens": {"type": ["integer", "null"], "minimum": 1},
+        "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
+    },
+}
+
+_COMPLETION_REQUEST = {
+    "type": "object",
+    "required": ["model", "prompt"],
+    "properties": {
+        **_COMMON_PROPS,
+        "prompt": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1}]},
+        "max_tokens": {"type": ["integer", "null"], "minimum": 1, "default": 16},
+    },
+}
+
+_CHAT_RESPONSE = {
+    "type": "object",
+    "required": ["id", "object", "created", "model", "choices", "usage"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "chat.completion"},
+        "created": {"type": "integer"},
+        "model": {"type": "string"},
+        "choices": {"type": "array"},
+        "usage": _USAGE,
+    },
+}
+
+_COMPLETION_RESPONSE = {
+    "type": "object",
+    "required": ["id", "object", "created", "model", "choices", "usage"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "text_completion"},
+        "created": {"type": "integer"},
+        "model": {"type": "string"},
+        "choices": {"type": "array"},
+        "usage": _USAGE,
+    },
+}
+
+_GATEWAY_HEADERS = {
+    "x-request-id": {"schema": {"type": "string"}, "description": "The gateway's id of this request."},
+    "x-llm-provider": {"schema": {"type": "string"}, "description": "The provider that served the call."},
+    "x-llm-model": {"schema": {"type": "string"}, "description": "The model that served the call."},
+    "x-llm-attempts": {"schema": {"type": "string"}, "description": "Provider attempts made (retries + fallbacks)."},
+    "x-llm-cost-usd": {
+        "schema": {"type": "string"},
+        "description": "Exact cost in USD as decimal text, or 'unpriced'. On streams: the "
+        "`x_llm_gateway.cost_usd` field of the final usage chunk and an SSE comment "
+        "`: x-llm-cost-usd=...` before `data: [DONE]`.",
+    },
+}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {
+        str(s): {"description": "OpenAI error object", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        for s in statuses
+    }
+
+
+def _post(summary: str, request_ref: str, response_ref: str) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": summary,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": request_ref}}}},
+            "responses": {
+                "200": {
+                    "description": "The completion (JSON), or an SSE stream when `stream` is true.",
+                    "headers": _GATEWAY_HEADERS,
+                    "content": {
+                        "application/json": {"schema": {"$ref": response_ref}},
+                        "text/event-stream": {"schema": {"type": "string"}},
+                    },
+                },
+                **_errors(400, 401, 403, 404, 413, 415, 429, 502, 503, 504),
+            },
+        }
+    }
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "llm-gateway",
+            "version": "1",
+            "description": "OpenAI-compatible API over OpenAI, Azure OpenAI, Anthropic, Gemini and Ollama.",
+        },
+        "paths": {
+            "/v1/chat/completions": _post(
+                "Chat completion", "#/components/schemas/ChatCompletionRequest", "#/components/schemas/ChatCompletion"
+            ),
+            "/v1/completions": _post(
+                "Legacy text completion", "#/components/schemas/CompletionRequest", "#/components/schemas/TextCompletion"
+            ),
+            "/v1/models": {
+                "get": {"summary": "Models this gateway can serve", "responses": {"200": {"description": "A list of models"}, **_errors(401)}}
+            },
+            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
+        },
+        "components": {
+            "schemas": {
+                "Error": _ERROR,
+                "ChatCompletionRequest": _CHAT_REQUEST,
+                "CompletionRequest": _COMPLETION_REQUEST,
+                "ChatCompletion": _CHAT_RESPONSE,
+                "TextCompletion": _COMPLETION_RESPONSE,
+            },
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{}, {"bearer": []}],
+    }

@@ -1,0 +1,238 @@
+"""Validate OpenAI request bodies into normalised requests, with errors that say what is wrong."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.errors import InvalidRequest
+from gateway.types import ChatRequest, Message
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+MAX_STOP = 4
+MAX_TENANT_LEN = 128
+#: fields we accept but cannot honour: refused clearly rather than silently dropped
+UNSUPPORTED_CHAT = ("tools", "tool_choice", "functions", "function_call", "logprobs", "response_format", "audio")
+UNSUPPORTED_COMPLETION = ("suffix", "echo", "logprobs", "best_of", "logit_bias")
+
+
+@dataclass(slots=True)
+class ParsedRequest:
+    template: ChatRequest  # model = the requested model; the router maps it per provider
+    endpoint: str  # "chat.completions" | "completions"
+    requested_model: str
+    provider: str | None
+    tenant_id: str | None
+    include_usage: bool
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number" if isinstance(value, int | float) else type(value).__name__
+    )
+
+
+def _expect_object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise InvalidRequest(f"The request body must be a JSON object, got {_type_name(body)}")
+    return body
+
+
+def _string(body: dict[str, Any], name: str, *, required: bool = False, max_len: int | None = None) -> str | None:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise InvalidRequest(f"Missing required parameter: '{name}'", param=name, code="missing_required_parameter")
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest(f"'{name}' must be a string, got {_type_name(value)}", param=name, code="invalid_type")
+    if required and not value.strip():
+        raise InvalidRequest(f"'{name}' must not be empty", param=name, code="invalid_value")
+    if max_len is not None and len(value) > max_len:
+        raise InvalidRequest(f"'{name}' is longer than {max_len} characters", param=name, code="invalid_value")
+    return value
+
+
+def _number(body: dict[str, Any], name: str, low: float, high: float) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidRequest(f"'{name}' must be a number, got {_type_name(value)}", param=name, code="invalid_type")
+    if not low <= value <= high:
+        raise InvalidRequest(f"'{name}' must be between {low:g} and {high:g}, got {value}", param=name, code="invalid_value")
+    return float(value)
+
+
+def _integer(body: dict[str, Any], name: str, low: int = 1, high: int = 10_000_000) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"'{name}' must be an integer, got {_type_name(value)}", param=name, code="invalid_type")
+    if not low <= value <= high:
+        raise InvalidRequest(f"'{name}' must be between {low} and {high}, got {value}", param=name, code="invalid_value")
+    return value
+
+
+def _boolean(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"'{name}' must be a boolean, got {_type_name(value)}", param=name, code="invalid_type")
+    return value
+
+
+def _stop(body: dict[str, Any]) -> list[str] | None:
+    value = body.get("stop")
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(s, str) for s in value):
+        if len(value) > MAX_STOP:
+            raise InvalidRequest(f"'stop' accepts at most {MAX_STOP} sequences, got {len(value)}", param="stop")
+        return list(value) or None
+    raise InvalidRequest("'stop' must be a string or an array of strings", param="stop", code="invalid_type")
+
+
+def _n(body: dict[str, Any]) -> None:
+    n = _integer(body, "n", 1, 128)
+    if n is not None and n != 1:
+        raise InvalidRequest("Only n=1 is supported by this gateway", param="n", code="unsupported_value")
+
+
+def _unsupported(body: dict[str, Any], names: tuple[str, ...]) -> None:
+    for name in names:
+        value = body.get(name)
+        if value not in (None, False, [], {}, 0) or (name == "echo" and value is True):
+            raise InvalidRequest(f"'{name}' is not supported by this gateway", param=name, code="unsupported_parameter")
+
+
+def _content(message: dict[str, Any], index: int) -> str:
+    param = f"messages[{index}].content"
+    content = message.get("content")
+    if content is None:
+        if message.get("role") == "assistant":
+            return ""
+        raise InvalidRequest(f"Missing required parameter: '{param}'", param=param, code="missing_required_parameter")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") != "text":
+                kind = part.get("type") if isinstance(part, dict) else _type_name(part)
+                raise InvalidRequest(
+                    f"{param}[{j}]: only text content parts are supported, got {kind!r}", param=f"{param}[{j}]"
+                )
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise InvalidRequest(f"{param}[{j}].text must be a string", param=f"{param}[{j}].text", code="invalid_type")
+            texts.append(text)
+        return "".join(texts)
+    raise InvalidRequest(f"'{param}' must be a string or an array of content parts", param=param, code="invalid_type")
+
+
+def _messages(body: dict[str, Any]) -> list[Message]:
+    raw = body.get("messages")
+    if raw is None:
+        raise InvalidRequest("Missing required parameter: 'messages'", param="messages", code="missing_required_parameter")
+    if not isinstance(raw, list):
+        raise InvalidRequest(f"'messages' must be an array, got {_type_name(raw)}", param="messages", code="invalid_type")
+    if not raw:
+        raise InvalidRequest("'messages' must contain at least one message", param="messages", code="empty_array")
+    messages = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise InvalidRequest(f"messages[{i}] must be an object", param=f"messages[{i}]", code="invalid_type")
+        role = item.get("role")
+        if role not in ROLES:
+            raise InvalidRequest(
+                f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}, got {role!r}",
+                param=f"messages[{i}].role", code="invalid_value",
+            )
+        messages.append(Message(role, _content(item, i)))
+    return messages
+
+
+def _include_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise InvalidRequest("'stream_options' must be an object", param="stream_options", code="invalid_type")
+    value = options.get("include_usage")
+    if value is not None and not isinstance(value, bool):
+        raise InvalidRequest("'stream_options.include_usage' must be a boolean", param="stream_options.include_usage")
+    return bool(value)
+
+
+def _common(body: dict[str, Any]) -> tuple[str, str | None, str | None]:
+    model = _string(body, "model", required=True)
+    provider = _string(body, "provider")
+    tenant = _string(body, "tenantId", max_len=MAX_TENANT_LEN)
+    if tenant is not None and not tenant.strip():
+        raise InvalidRequest("'tenantId' must not be empty", param="tenantId", code="invalid_value")
+    _n(body)
+    assert model is not None
+    return model, provider, tenant
+
+
+def parse_chat(raw: Any) -> ParsedRequest:
+    body = _expect_object(raw)
+    model, provider, tenant = _common(body)
+    _unsupported(body, UNSUPPORTED_CHAT)
+    messages = _messages(body)
+    max_tokens = _integer(body, "max_completion_tokens")
+    if max_tokens is None:
+        max_tokens = _integer(body, "max_tokens")
+    template = ChatRequest(
+        model=model,
+        messages=messages,
+        temperature=_number(body, "temperature", 0, 2),
+        top_p=_number(body, "top_p", 0, 1),
+        max_tokens=max_tokens,
+        stop=_stop(body),
+        user=_string(body, "user"),
+        stream=_boolean(body, "stream"),
+    )
+    return ParsedRequest(template, "chat.completions", model, provider, tenant, _include_usage(body))
+
+
+def _prompt(body: dict[str, Any]) -> str:
+    value = body.get("prompt")
+    if value is None:
+        raise InvalidRequest("Missing required parameter: 'prompt'", param="prompt", code="missing_required_parameter")
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
+        value = value[0]
+    if isinstance(value, list):
+        raise InvalidRequest(
+            "'prompt' must be a string (or an array of exactly one string); batches and token arrays are not supported",
+            param="prompt", code="unsupported_value",
+        )
+    if not isinstance(value, str):
+        raise InvalidRequest(f"'prompt' must be a string, got {_type_name(value)}", param="prompt", code="invalid_type")
+    return value
+
+
+def parse_completion(raw: Any, *, legacy_model: bool) -> ParsedRequest:
+    body = _expect_object(raw)
+    model, provider, tenant = _common(body)
+    _unsupported(body, UNSUPPORTED_COMPLETION)
+    prompt = _prompt(body)
+    max_tokens = _integer(body, "max_tokens")
+    template = ChatRequest(
+        model=model,
+        messages=[Message("user", prompt)],
+        temperature=_number(body, "temperature", 0, 2),
+        top_p=_number(body, "top_p", 0, 1),
+        max_tokens=16 if max_tokens is None else max_tokens,
+        stop=_stop(body),
+        user=_string(body, "user"),
+        stream=_boolean(body, "stream"),
+        prompt=prompt if legacy_model else None,
+    )
+    return ParsedRequest(template, "completions", model, provider, tenant, _include_usage(body))

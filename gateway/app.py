@@ -1,0 +1,105 @@
+"""The composition root: ``create_app`` builds the gateway from settings (and test fakes).
+
+Nothing happens at import time. Resources (the shared HTTP client session, the event log,
+background consumers) open and close in ``cleanup_ctx`` generators.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import datetime
+
+import aiohttp
+from aiohttp import web
+
+from gateway.api import completions, meta
+from gateway.api.auth import Authenticator
+from gateway.api.middleware import error_middleware
+from gateway.api.state import STATE, GatewayState
+from gateway.eventlog.base import EventLog
+from gateway.ids import utcnow
+from gateway.pricing.base import PriceBook
+from gateway.providers.base import Provider, Timeouts
+from gateway.providers.registry import build_providers
+from gateway.routing.catalog import ModelCatalog
+from gateway.routing.retry import RetryPolicy, Sleep
+from gateway.routing.router import Router
+from gateway.settings import Settings
+from gateway.usage import UsageRecorder
+
+log = logging.getLogger(__name__)
+
+#: extra startup/shutdown contexts other packages (consumers, analytics) plug in
+AppPlugin = Callable[[web.Application], AsyncIterator[None]]
+
+
+def create_app(
+    settings: Settings,
+    *,
+    providers: Mapping[str, Provider] | None = None,
+    event_log: EventLog | None = None,
+    price_book: PriceBook | None = None,
+    clock: Callable[[], datetime] = utcnow,
+    sleep: Sleep = asyncio.sleep,
+    rng: random.Random | None = None,
+    plugins: list[AppPlugin] | None = None,
+) -> web.Application:
+    """Build the gateway. Tests pass fakes; ``llm-gateway serve`` passes only settings."""
+    if event_log is None:
+        from gateway.eventlog.factory import build_event_log
+
+        event_log = build_event_log(settings)
+    if price_book is None:
+        from gateway.pricing.book import load_price_book
+
+        price_book = load_price_book(settings.price_file)
+
+    recorder = UsageRecorder(event_log, price_book, clock=clock, instance=settings.instance_id)
+    provider_map: dict[str, Provider] = dict(providers or {})
+    router = Router(
+        provider_map,
+        ModelCatalog(settings.model_groups),
+        recorder,
+        priority=list(settings.priority),
+        policy=RetryPolicy(
+            attempts=settings.retry_attempts,
+            initial_wait=settings.retry_initial_wait,
+            max_wait=settings.retry_max_wait,
+            max_server_wait=settings.retry_max_server_wait,
+            budget_seconds=settings.retry_budget_seconds,
+        ),
+        sleep=sleep,
+        rng=rng,
+    )
+    state = GatewayState(
+        settings=settings,
+        router=router,
+        auth=Authenticator(settings.api_keys, settings.default_tenant),
+        event_log=event_log,
+        clock=clock,
+    )
+    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    app[STATE] = state
+    app.router.add_post("/v1/chat/completions", completions.chat_completions)
+    app.router.add_post("/v1/completions", completions.completions)
+    app.router.add_get("/v1/models", meta.models)
+    app.router.add_get("/healthz", meta.healthz)
+    app.router.add_get("/openapi.json", meta.openapi)
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        await event_log.start()
+        timeouts = Timeouts(settings.request_timeout, settings.connect_timeout, settings.stream_idle_timeout)
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=256, ttl_dns_cache=300)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            if providers is None:
+                provider_map.update(build_providers(settings, session, timeouts))
+            yield
+        await event_log.close(timeout=5.0)
+
+    app.cleanup_ctx.append(resources)
+    for plugin in plugins or []:
+        app.cleanup_ctx.append(plugin)
+    return app

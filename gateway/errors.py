@@ -1,0 +1,244 @@
+"""One exception root for the gateway, with retry and fallback decisions on the class.
+
+Vendor and driver errors are translated at the adapter boundary (``raise ... from e``);
+the router reads ``retryable`` (retry on the same provider) and ``fallback`` (try the next
+provider) instead of listing classes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class GatewayError(Exception):
+    """Root of every error the gateway raises on purpose."""
+
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+    code: ClassVar[str | None] = None
+    #: retry on the same provider (rate limits, overload)
+    retryable: ClassVar[bool] = False
+    #: give up on this provider and try the next one
+    fallback: ClassVar[bool] = False
+    #: the client should not retry (sent as ``x-should-retry: false``)
+    client_should_retry: ClassVar[bool | None] = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code  # type: ignore[misc]
+
+    def to_openai(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+# --- client-side errors (the request itself is wrong) -------------------------------------
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class AuthenticationFailed(GatewayError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(GatewayError):
+    status = 403
+    type = "permission_error"
+    code = "permission_denied"
+
+
+class ModelNotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class RouteNotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class RequestTooLarge(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class UnsupportedMediaType(GatewayError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
+# --- provider (upstream) errors -------------------------------------------------------------
+
+
+class ProviderError(GatewayError):
+    """An attempt on one provider failed. ``outcome`` is what the usage event records."""
+
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+    outcome: ClassVar[str] = "upstream_error"
+    fallback = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        http_status: int | None = None,
+        retry_after: float | None = None,
+        upstream_code: str | None = None,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message, param=param)
+        self.provider = provider
+        self.http_status = http_status
+        #: seconds the upstream asked us to wait (retry-after-ms / retry-after / RetryInfo)
+        self.retry_after = retry_after
+        self.upstream_code = upstream_code
+
+
+class RateLimited(ProviderError):
+    """429: retried on the same provider with backoff, then fallback."""
+
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+    outcome = "rate_limited"
+    retryable = True
+
+
+class Overloaded(ProviderError):
+    """Anthropic 529 / Gemini 503 UNAVAILABLE / OpenAI 503 slow_down: retried like a rate limit."""
+
+    status = 503
+    type = "server_error"
+    code = "overloaded"
+    outcome = "overloaded"
+    retryable = True
+
+
+class QuotaExhausted(ProviderError):
+    """429 meaning the account is out of money or daily quota: fall back at once."""
+
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+    outcome = "quota_exhausted"
+    client_should_retry = False
+
+
+class UpstreamServerError(ProviderError):
+    status = 502
+    type = "server_error"
+    code = "upstream_server_error"
+    outcome = "upstream_error"
+
+
+class UpstreamTimeout(ProviderError):
+    status = 504
+    type = "server_error"
+    code = "upstream_timeout"
+    outcome = "timeout"
+
+
+class UpstreamConnectionError(ProviderError):
+    status = 502
+    type = "server_error"
+    code = "upstream_unreachable"
+    outcome = "connection_error"
+
+
+class UpstreamAuthError(ProviderError):
+    """The gateway's credentials for this provider were refused (401/403): fall back."""
+
+    status = 502
+    type = "server_error"
+    code = "upstream_auth_failed"
+    outcome = "auth_error"
+
+
+class UpstreamModelNotFound(ProviderError):
+    """The provider does not know the model (404): another provider may."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+    outcome = "model_not_found"
+
+
+class MalformedResponse(ProviderError):
+    """The provider answered 2xx with a body we cannot read."""
+
+    status = 502
+    type = "server_error"
+    code = "malformed_upstream_response"
+    outcome = "malformed_response"
+
+
+class UpstreamBadRequest(ProviderError):
+    """The provider rejected the request as invalid (400/413/422): returned to the client."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+    outcome = "client_error"
+    fallback = False
+    client_should_retry = False
+
+
+class ContentFiltered(UpstreamBadRequest):
+    code = "content_filter"
+    outcome = "content_filtered"
+
+
+class StreamCut(ProviderError):
+    """The upstream stream broke after it had started."""
+
+    status = 502
+    type = "server_error"
+    code = "stream_interrupted"
+    outcome = "stream_cut"
+
+
+class AllProvidersFailed(GatewayError):
+    """Every candidate provider failed: one error naming each attempt's outcome."""
+
+    status = 502
+    type = "server_error"
+    code = "all_providers_failed"
+
+    def __init__(self, message: str, *, attempts: list[ProviderError], status: int = 502) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+        self.status = status  # type: ignore[misc]
+
+
+class NoProviderAvailable(GatewayError):
+    status = 503
+    type = "server_error"
+    code = "no_provider_available"

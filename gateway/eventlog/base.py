@@ -1,0 +1,71 @@
+"""The gateway's side of the event log: hand an event over without waiting on any broker."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from gateway.events import UsageEvent
+
+
+class EventLog(Protocol):
+    """Where the gateway puts usage events.
+
+    ``publish`` returns quickly and never raises: the response path must not wait on a broker
+    nor fail because of one. Durable adapters make the event durable locally before returning
+    (so a ``kill -9`` after the client got its response loses nothing) and forward it to the
+    broker in the background.
+    """
+
+    def publish(self, event: UsageEvent) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Flush what can be flushed within ``timeout``; keep the rest for the next start."""
+        ...
+
+    def pending(self) -> int:
+        """Events accepted but not yet on the durable log (the spool depth)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    """One event as stored on a log. ``position`` is adapter-specific and opaque to consumers
+    (e.g. ``"17"`` for the embedded log, ``"2:1045"`` (partition:offset) for Kafka)."""
+
+    position: str
+    value: bytes
+    key: str | None = None
+    timestamp: datetime | None = None
+
+
+class LogReader(Protocol):
+    """The consumers' side of the log: read batches, commit after they were applied.
+
+    A reader belongs to a consumer group; ``commit(records)`` stores, for the group, the
+    position just after the last of ``records`` (per partition). After a restart, ``fetch``
+    resumes after the last committed position, so uncommitted records are delivered again
+    (sinks are idempotent on the event id, so redelivery never double-counts).
+    """
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def fetch(self, max_records: int, timeout: float) -> list[LogRecord]:
+        """Up to ``max_records`` records after the current position; [] after ``timeout``."""
+        ...
+
+    async def commit(self, records: Sequence[LogRecord]) -> None: ...
+
+    async def seek_to_beginning(self) -> None:
+        """Read the whole log again from its first record (replay)."""
+        ...
+
+    async def lag(self) -> int:
+        """Records on the log not yet committed by this group."""
+        ...

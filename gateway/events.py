@@ -1,0 +1,109 @@
+"""The usage event: the versioned contract between the gateway and every consumer.
+
+One ``UsageEvent`` per provider attempt. It carries raw facts; everything else (the LLMUsage
+table, DuckDB facts, provider health) is a projection of the stream and can be rebuilt from it.
+
+Versioning: ``schema_version`` is bumped on any incompatible change; consumers accept every
+version up to ``SCHEMA_VERSION`` and reject newer ones as poison (dead-lettered, not dropped).
+Fields are only ever added with defaults within a version.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
+
+SCHEMA_VERSION = 1
+
+Outcome = Literal[
+    "success",
+    "rate_limited",
+    "overloaded",
+    "quota_exhausted",
+    "timeout",
+    "connection_error",
+    "auth_error",
+    "model_not_found",
+    "upstream_error",
+    "malformed_response",
+    "client_error",
+    "content_filtered",
+    "stream_cut",
+    "cancelled",
+]
+
+#: outcomes that mean the provider itself misbehaved (health counts them as failures)
+PROVIDER_FAILURES = frozenset(
+    {"overloaded", "timeout", "connection_error", "upstream_error", "malformed_response", "stream_cut"}
+)
+
+
+class UsageEvent(BaseModel):
+    """One provider attempt. JSON-encoded on the log; money as exact decimal text."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    schema_version: int = SCHEMA_VERSION
+    event_id: str  # UUIDv7, the idempotency key of every projection
+    request_id: str
+    attempt: int = Field(ge=1)  # 1-based attempt number within the request
+    created_at: datetime  # timezone-aware, when the attempt ended
+    tenant_id: str
+    api_key_id: str | None = None
+    endpoint: Literal["chat.completions", "completions"] = "chat.completions"
+    stream: bool = False
+    provider: str
+    requested_model: str  # what the client asked for
+    provider_model: str  # what the gateway asked the provider for
+    served_model: str | None = None  # what the provider says served it
+    outcome: Outcome
+    http_status: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    latency_ms: float
+    ttft_ms: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cache_creation_tokens: int = 0
+    reasoning_tokens: int = 0
+    total_tokens: int = 0
+    #: exact USD; None means unpriced (no price known at call time), never "free"
+    cost_usd: Decimal | None = None
+    price_version: str | None = None
+    #: whether the provider bills this attempt (it produced tokens)
+    billable: bool = False
+    #: the stream ended before the provider finished (client gone or upstream cut)
+    incomplete: bool = False
+    gateway_instance: str | None = None
+
+    @field_serializer("cost_usd")
+    def _cost_as_text(self, value: Decimal | None) -> str | None:
+        return None if value is None else format(value, "f")
+
+    @property
+    def priced(self) -> bool:
+        return self.cost_usd is not None
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> UsageEvent:
+        """Decode one event; raises ``ValueError`` for unreadable or too-new events."""
+        raw: Any = json.loads(data)
+        if not isinstance(raw, dict):
+            raise ValueError("usage event must be a JSON object")
+        version = raw.get("schema_version")
+        if not isinstance(version, int) or version < 1 or version > SCHEMA_VERSION:
+            raise ValueError(f"unsupported usage event schema_version {version!r}")
+        if "cost_usd" in raw and isinstance(raw["cost_usd"], float):
+            raise ValueError("cost_usd must be decimal text, not a float")
+        event = cls.model_validate(raw)
+        if event.created_at.tzinfo is None:
+            raise ValueError("created_at must carry a timezone")
+        return event

@@ -1,0 +1,1 @@
+"""Pricing: (provider, model, usage, time) -> exact Decimal USD, or unpriced."""

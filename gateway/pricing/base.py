@@ -1,0 +1,58 @@
+"""The price-book port and the exact cost arithmetic."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Protocol
+
+from gateway.types import Usage
+
+THOUSAND = Decimal(1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """USD per 1,000 tokens. Cache rates default to the input rate when a source has none."""
+
+    input: Decimal
+    output: Decimal
+    cached_input: Decimal | None = None
+    cache_write: Decimal | None = None
+
+    def cost(self, usage: Usage) -> Decimal:
+        cached = min(usage.cached_tokens, usage.prompt_tokens)
+        written = min(usage.cache_creation_tokens, usage.prompt_tokens - cached)
+        plain = usage.prompt_tokens - cached - written
+        total = (
+            plain * self.input
+            + cached * (self.cached_input if self.cached_input is not None else self.input)
+            + written * (self.cache_write if self.cache_write is not None else self.input)
+            + usage.completion_tokens * self.output
+        )
+        return total / THOUSAND
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    """The price of one call. ``cost`` None means unpriced: no price is known, not free."""
+
+    cost: Decimal | None
+    price_version: str
+    source: str  # "file", "builtin", "genai-prices", "free", "unpriced"
+
+
+class PriceBook(Protocol):
+    version: str
+
+    def quote(self, provider: str, model: str, usage: Usage, at: datetime) -> Quote: ...
+
+
+def format_usd(value: Decimal | None) -> str:
+    """Money as text for logs and headers: at least 6 decimals, more when needed to be exact."""
+    if value is None:
+        return "unpriced"
+    text = format(value.normalize(), "f")
+    whole, _, frac = text.partition(".")
+    return f"{whole}.{frac.ljust(6, '0')}"

@@ -1,0 +1,74 @@
+"""The gateway's price book: operator file, built-in table, genai-prices database, free, unpriced.
+
+Lookup order for one call:
+
+1. the operator's price file (:mod:`gateway.pricing.pricefile`), when it prices the model;
+2. local providers (Ollama) are free: cost 0, source ``free``;
+3. the built-in table (:mod:`gateway.pricing.builtin`), on any provider serving the family;
+4. the genai-prices database (:mod:`gateway.pricing.genai`), at the call's time;
+5. otherwise unpriced: cost None, never silently free. Replay costs it once a price exists.
+
+Local providers skip the built-in table and the database on purpose: Ollama serves models on the
+operator's own hardware, and users name local models after OpenAI ones (``ollama cp llama3 gpt-4``)
+so OpenAI tooling works; billing those at OpenAI's rates would be wrong. Only the price file prices
+a local model.
+
+``version`` names the effective table (``builtin-1+genai-prices-0.2.3+file-<label>-<sha12>``) and is
+recorded with every quote, so a replay knows which prices were used.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+
+from gateway.pricing.base import Quote
+from gateway.pricing.builtin import BUILTIN_VERSION, builtin_rate
+from gateway.pricing.genai import genai_cost, genai_prices_version
+from gateway.pricing.models import normalize_model
+from gateway.pricing.pricefile import PriceFile, load_price_file
+from gateway.types import Usage
+
+#: providers whose calls cost nothing unless the price file prices them
+FREE_PROVIDERS = frozenset({"ollama"})
+
+_ZERO = Decimal(0)
+
+
+class CompositePriceBook:
+    """A :class:`gateway.pricing.base.PriceBook` over the price file, built-ins and genai-prices."""
+
+    def __init__(self, file_prices: PriceFile | None = None) -> None:
+        self.file_prices = file_prices
+        parts = [BUILTIN_VERSION, genai_prices_version()]
+        if file_prices is not None:
+            parts.append(file_prices.version)
+        self.version: str = "+".join(parts)
+
+    def quote(self, provider: str, model: str, usage: Usage, at: datetime) -> Quote:
+        """The exact cost of one call of ``model`` on ``provider`` made at ``at`` (timezone-aware)."""
+        if at.tzinfo is None or at.utcoffset() is None:
+            raise ValueError(f"quote needs a timezone-aware time, got {at.isoformat()}")
+        if self.file_prices is not None:
+            rate = self.file_prices.rate(provider, model, at)
+            if rate is not None:
+                return Quote(cost=rate.cost(usage), price_version=self.version, source="file")
+        if provider in FREE_PROVIDERS:
+            return Quote(cost=_ZERO, price_version=self.version, source="free")
+        rate = builtin_rate(model)
+        if rate is not None:
+            return Quote(cost=rate.cost(usage), price_version=self.version, source="builtin")
+        cost = genai_cost(provider, normalize_model(model), usage, at)
+        if cost is not None:
+            return Quote(cost=cost, price_version=self.version, source="genai-prices")
+        return Quote(cost=None, price_version=self.version, source="unpriced")
+
+
+def load_price_book(price_file: Path | None = None) -> CompositePriceBook:
+    """The price book for the gateway: with the operator's price file when one is configured.
+
+    Raises :class:`gateway.pricing.pricefile.PriceFileError` (naming the file and the entry) when
+    the file cannot be read or is invalid: a gateway must not start with prices it cannot apply.
+    """
+    return CompositePriceBook(load_price_file(price_file) if price_file is not None else None)

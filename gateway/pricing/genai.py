@@ -1,0 +1,93 @@
+"""Prices from the ``genai-prices`` database (bundled with the package, offline).
+
+Usage mapping, checked against genai-prices' unit registry (``data_units.py``/``decompose.py``):
+``input_tokens`` is the TOTAL input and ``cache_read_tokens``/``cache_write_tokens`` are subsets of
+it; the library bills ``input_tokens - cache_read - cache_write`` at the input rate and each subset at
+its own rate (or at the input rate when the model has none). ``output_tokens`` is the total output
+and ``output_reasoning_tokens`` a subset of it. Those are exactly our :class:`Usage` semantics, so the
+counts pass through unchanged (subsets clamped to their totals, as :meth:`Rate.cost` does), and
+every token is billed once.
+
+Historic prices: the request time goes to ``genai_request_timestamp``. Which model a name resolves
+to does not depend on time, so that lookup is cached per (provider, model); the price itself is
+computed for each call, because some entries change with the date or even the time of day.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
+from functools import lru_cache
+from types import MappingProxyType
+
+import genai_prices
+from genai_prices import Usage as GenaiUsage
+from genai_prices import calc_price
+
+from gateway.types import Usage
+
+log = logging.getLogger(__name__)
+
+#: our provider name -> genai-prices provider id. Names not listed are passed through as they are.
+PROVIDER_IDS: Mapping[str, str] = MappingProxyType(
+    {
+        "openai": "openai",
+        "azure": "azure",  # falls back to OpenAI's models inside genai-prices
+        "anthropic": "anthropic",
+        "google": "google",
+        "gemini": "google",
+        "vertex": "google",
+    }
+)
+
+#: an instant for lookups that only ask "does the database know this model?"
+_PROBE_TIME = datetime.fromisoformat("2025-01-01T00:00:00+00:00")
+
+
+def genai_prices_version() -> str:
+    return f"genai-prices-{genai_prices.__version__}"
+
+
+def to_genai_usage(usage: Usage) -> GenaiUsage:
+    """Our usage in genai-prices' fields (see the module docstring for why this is 1:1)."""
+    prompt = max(usage.prompt_tokens, 0)
+    completion = max(usage.completion_tokens, 0)
+    cached = min(max(usage.cached_tokens, 0), prompt)
+    written = min(max(usage.cache_creation_tokens, 0), prompt - cached)
+    reasoning = min(max(usage.reasoning_tokens, 0), completion)
+    fields: dict[str, int] = {"input_tokens": prompt, "output_tokens": completion}
+    if cached:
+        fields["cache_read_tokens"] = cached
+    if written:
+        fields["cache_write_tokens"] = written
+    if reasoning:
+        fields["output_reasoning_tokens"] = reasoning
+    return GenaiUsage(**fields)
+
+
+@lru_cache(maxsize=4096)
+def _known(provider_id: str, model: str) -> bool:
+    """Whether genai-prices has a price for the model at this provider (misses are cached too)."""
+    try:
+        calc_price(GenaiUsage(), model, provider_id=provider_id, genai_request_timestamp=_PROBE_TIME)
+    except LookupError:
+        return False
+    return True
+
+
+def genai_cost(provider: str, model: str, usage: Usage, at: datetime) -> Decimal | None:
+    """The cost of one call in genai-prices' database, or None when it has no price."""
+    provider_id = PROVIDER_IDS.get(provider, provider)
+    if not _known(provider_id, model):
+        return None
+    try:
+        result = calc_price(to_genai_usage(usage), model, provider_id=provider_id, genai_request_timestamp=at)
+    except LookupError:
+        return None
+    except ValueError as e:
+        # a price structure our usage cannot fill: record unpriced (replay can cost it later)
+        log.warning("genai-prices cannot price %s/%s: %s", provider, model, e)
+        return None
+    return result.total_price

@@ -1,0 +1,289 @@
+"""The operator's price file (YAML or JSON): prices that override the built-in table and the database.
+
+::
+
+    version: "2026-11-ops-1"          # optional label, part of the price version
+    prices:
+      - provider: openai              # optional; "*" or absent = any provider
+        model: my-finetune            # exact name or family; dated snapshots resolve to it
+        input_per_1k: "0.002"         # or input_per_1m: "2"
+        output_per_1k: "0.004"        # or output_per_1m
+        cached_input_per_1k: "0.001"  # optional (cache reads); default: the input rate
+        cache_write_per_1k: "0.0025"  # optional (cache writes); default: the input rate
+        effective_from: 2026-01-01T00:00:00Z   # optional: applies to calls at/after this instant
+
+Money is never a float. Prices may be written as strings or as plain numbers; numbers are read from
+their source text (``0.1`` is exactly ``Decimal("0.1")``), never through a binary float. JSON files
+are parsed the same way. Non-finite, negative, hexadecimal/octal/sexagesimal numbers and booleans
+are rejected. A date without a time means 00:00 UTC; a time must carry a timezone.
+
+Lookup: the most specific model name first (``gpt-4o-2024-08-06`` before ``gpt-4o``); for that name,
+a provider-specific entry before a ``*`` entry; among those, the latest ``effective_from`` not after
+the call. A name with no entry in effect at the call's time falls through to its family, then to
+the built-in table and the database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.errors import GatewayError
+from gateway.pricing.base import THOUSAND, Rate
+from gateway.pricing.models import model_candidates, normalize_model
+
+MILLION = Decimal(1_000_000)
+_LABEL = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_TOP_KEYS = frozenset({"version", "prices"})
+#: rate field -> Rate attribute
+_RATE_FIELDS = {"input": "input", "output": "output", "cached_input": "cached_input", "cache_write": "cache_write"}
+_ENTRY_KEYS = frozenset(
+    {"provider", "model", "effective_from"}
+    | {f"{name}_per_{unit}" for name in _RATE_FIELDS for unit in ("1k", "1m")}
+)
+
+
+class PriceFileError(GatewayError):
+    """The price file cannot be read or is invalid. The message names the file and the entry."""
+
+
+@dataclass(frozen=True, slots=True)
+class PriceEntry:
+    model: str
+    rate: Rate
+    #: None: any provider
+    provider: str | None = None
+    #: None: since always
+    effective_from: datetime | None = None
+
+    def canonical(self) -> dict[str, str | None]:
+        return {
+            "provider": self.provider,
+            "model": self.model,
+            "effective_from": self.effective_from.isoformat() if self.effective_from else None,
+            **{name: _canonical_decimal(getattr(self.rate, attr)) for name, attr in _RATE_FIELDS.items()},
+        }
+
+
+@dataclass(frozen=True)
+class PriceFile:
+    entries: tuple[PriceEntry, ...]
+    label: str | None = None
+    source: str = "<price file>"
+    #: model name -> provider (None = any) -> entries, latest effective_from first
+    _index: dict[str, dict[str | None, tuple[PriceEntry, ...]]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        index: dict[str, dict[str | None, list[PriceEntry]]] = {}
+        for entry in self.entries:
+            index.setdefault(entry.model, {}).setdefault(entry.provider, []).append(entry)
+        frozen = {
+            model: {provider: tuple(sorted(entries, key=_effective_key, reverse=True)) for provider, entries in by.items()}
+            for model, by in index.items()
+        }
+        object.__setattr__(self, "_index", frozen)
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the canonical content: formatting, comments, order and units do not count."""
+        body = {"version": self.label, "prices": sorted((e.canonical() for e in self.entries), key=_sort_key)}
+        return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+    @property
+    def version(self) -> str:
+        short = self.digest[:12]
+        return f"file-{self.label}-{short}" if self.label else f"file-{short}"
+
+    def rate(self, provider: str, model: str, at: datetime) -> Rate | None:
+        """The rate the file sets for this call, or None when it sets none."""
+        provider = provider.lower()
+        for name in model_candidates(model):
+            by_provider = self._index.get(name)
+            if by_provider is None:
+                continue
+            for key in (provider, None):
+                for entry in by_provider.get(key, ()):
+                    if entry.effective_from is None or entry.effective_from <= at:
+                        return entry.rate
+        return None
+
+
+def load_price_file(path: Path) -> PriceFile:
+    """Read and validate a price file (``.json`` as JSON, anything else as YAML)."""
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise PriceFileError(f"{source}: cannot read the price file: {e}") from e
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text, parse_float=_NumberText, parse_int=_NumberText, parse_constant=_reject_constant)
+        else:
+            data = yaml.load(text, Loader=_PriceFileLoader)  # noqa: S506 - a SafeLoader subclass
+    except (ValueError, yaml.YAMLError) as e:
+        raise PriceFileError(f"{source}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {e}") from e
+    return parse_price_file(data, source=source)
+
+
+def parse_price_file(data: object, *, source: str = "<price file>") -> PriceFile:
+    """Validate already-parsed content (numbers as strings, ints or Decimals; never floats)."""
+    if not isinstance(data, Mapping):
+        raise PriceFileError(f"{source}: expected a mapping with a 'prices' list, got {_kind(data)}")
+    unknown = set(data) - _TOP_KEYS
+    if unknown:
+        raise PriceFileError(f"{source}: unknown top-level keys {sorted(map(str, unknown))}; expected {sorted(_TOP_KEYS)}")
+    label = data.get("version")
+    if label is not None:
+        label = str(label)
+        if not _LABEL.match(label):
+            raise PriceFileError(f"{source}: version {label!r} must be 1-64 characters of letters, digits, '.', '_', '-'")
+    raw_prices = data.get("prices")
+    if not isinstance(raw_prices, list):
+        raise PriceFileError(f"{source}: 'prices' must be a list of entries, got {_kind(raw_prices)}")
+    entries = tuple(_parse_entry(raw, where=f"{source}: prices[{i}]") for i, raw in enumerate(raw_prices))
+    seen: dict[tuple[str | None, str, datetime | None], int] = {}
+    for i, entry in enumerate(entries):
+        key = (entry.provider, entry.model, entry.effective_from)
+        if key in seen:
+            raise PriceFileError(
+                f"{source}: prices[{i}] (model {entry.model!r}) repeats prices[{seen[key]}] "
+                "(same provider, model and effective_from)"
+            )
+        seen[key] = i
+    return PriceFile(entries=entries, label=label, source=source)
+
+
+# --- parsing ------------------------------------------------------------------------------------
+
+
+class _NumberText(str):
+    """A number as written in the file: parsed to Decimal from this text, never via float."""
+
+    __slots__ = ()
+
+
+class _PriceFileLoader(yaml.SafeLoader):
+    """SafeLoader that keeps YAML numbers as their source text."""
+
+
+def _number_text(loader: yaml.SafeLoader, node: yaml.Node) -> _NumberText:
+    return _NumberText(loader.construct_scalar(node))  # type: ignore[arg-type]
+
+
+_PriceFileLoader.add_constructor("tag:yaml.org,2002:float", _number_text)
+_PriceFileLoader.add_constructor("tag:yaml.org,2002:int", _number_text)
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a price")
+
+
+def _parse_entry(raw: object, *, where: str) -> PriceEntry:
+    if not isinstance(raw, Mapping):
+        raise PriceFileError(f"{where}: expected a mapping, got {_kind(raw)}")
+    model_raw = raw.get("model")
+    if not isinstance(model_raw, str) or not model_raw.strip():
+        raise PriceFileError(f"{where}: 'model' is required and must be a non-empty string")
+    model = normalize_model(model_raw)
+    where = f"{where} (model {model_raw!r})"
+    unknown = set(raw) - _ENTRY_KEYS
+    if unknown:
+        raise PriceFileError(f"{where}: unknown keys {sorted(map(str, unknown))}; allowed: {sorted(_ENTRY_KEYS)}")
+
+    provider_raw = raw.get("provider")
+    if provider_raw is not None and (not isinstance(provider_raw, str) or not provider_raw.strip()):
+        raise PriceFileError(f"{where}: 'provider' must be a provider name or '*'")
+    provider = None if provider_raw is None or provider_raw.strip() == "*" else provider_raw.strip().lower()
+
+    rates: dict[str, Decimal | None] = {}
+    for name, attr in _RATE_FIELDS.items():
+        per_1k, per_1m = raw.get(f"{name}_per_1k"), raw.get(f"{name}_per_1m")
+        if per_1k is not None and per_1m is not None:
+            raise PriceFileError(f"{where}: give {name}_per_1k or {name}_per_1m, not both")
+        if per_1k is not None:
+            rates[attr] = _money(per_1k, where=f"{where}: {name}_per_1k")
+        elif per_1m is not None:
+            rates[attr] = _money(per_1m, where=f"{where}: {name}_per_1m") * THOUSAND / MILLION
+        else:
+            rates[attr] = None
+    for required in ("input", "output"):
+        if rates[required] is None:
+            raise PriceFileError(f"{where}: {required}_per_1k (or {required}_per_1m) is required")
+    rate = Rate(
+        input=rates["input"],  # type: ignore[arg-type]
+        output=rates["output"],  # type: ignore[arg-type]
+        cached_input=rates["cached_input"],
+        cache_write=rates["cache_write"],
+    )
+    effective = raw.get("effective_from")
+    return PriceEntry(
+        model=model,
+        rate=rate,
+        provider=provider,
+        effective_from=None if effective is None else _instant(effective, where=f"{where}: effective_from"),
+    )
+
+
+def _money(value: Any, *, where: str) -> Decimal:
+    if isinstance(value, float):
+        raise PriceFileError(
+            f"{where}: got the float {value!r}; money is never a float: write the price as a string or Decimal"
+        )
+    if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
+        raise PriceFileError(f"{where}: expected a decimal number (e.g. \"0.002\"), got {_kind(value)}")
+    if isinstance(value, Decimal):
+        amount = value
+    else:
+        try:
+            amount = Decimal(str(value).strip())
+        except InvalidOperation as e:
+            raise PriceFileError(f"{where}: {str(value)!r} is not a decimal number") from e
+    if not amount.is_finite() or amount < 0:
+        raise PriceFileError(f"{where}: {str(value)!r} must be a finite, non-negative amount of USD")
+    return amount
+
+
+def _instant(value: object, *, where: str) -> datetime:
+    if isinstance(value, str) and not isinstance(value, _NumberText):
+        text = value.strip()
+        try:
+            value = date.fromisoformat(text)
+        except ValueError:
+            try:
+                value = datetime.fromisoformat(text)
+            except ValueError as e:
+                raise PriceFileError(f"{where}: {text!r} is not an ISO 8601 date or date-time") from e
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise PriceFileError(f"{where}: {value.isoformat()!r} has no timezone; add 'Z' or an offset")
+        return value.astimezone(UTC)
+    if isinstance(value, date):
+        return datetime.combine(value, time(0, 0), tzinfo=UTC)
+    raise PriceFileError(f"{where}: expected an ISO 8601 date or date-time, got {_kind(value)}")
+
+
+def _effective_key(entry: PriceEntry) -> datetime:
+    return entry.effective_from or datetime.min.replace(tzinfo=UTC)
+
+
+def _sort_key(canonical: dict[str, str | None]) -> tuple[str, ...]:
+    return tuple(canonical[k] or "" for k in ("model", "provider", "effective_from"))
+
+
+def _canonical_decimal(value: Decimal | None) -> str | None:
+    return None if value is None else format(value.normalize(), "f")
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "nothing"
+    return "a number" if isinstance(value, _NumberText) else f"a {type(value).__name__}"

@@ -1,0 +1,94 @@
+"""Anthropic Messages API adapter: ``POST {base}/v1/messages`` (providers.md section 3).
+
+The mapping (body, response, stream events, errors) is in ``anthropic_wire``; this module
+only talks HTTP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+
+from gateway import errors
+from gateway.providers import anthropic_wire as wire
+from gateway.providers.base import Provider, Timeouts
+from gateway.providers.http import post, read_error_body, read_json
+from gateway.providers.sse import iter_sse
+from gateway.settings import ProviderSettings
+from gateway.types import ChatRequest, ChatResult, StreamChunk
+
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+API_VERSION = "2023-06-01"
+
+
+class AnthropicProvider:
+    name = wire.PROVIDER
+
+    def __init__(self, settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts) -> None:
+        base = (settings.base_url or DEFAULT_BASE_URL).rstrip("/")
+        # ANTHROPIC_BASE_URL is the host (the SDK appends /v1); accept one that already has it
+        self._url = f"{base}/messages" if base.endswith("/v1") else f"{base}/v1/messages"
+        self._headers = {
+            "x-api-key": settings.api_key or "",
+            "anthropic-version": settings.api_version or API_VERSION,
+            "accept": "application/json",
+        }
+        self._session = session
+        self._timeouts = timeouts
+
+    async def complete(self, request: ChatRequest) -> ChatResult:
+        async with post(
+            self._session, self.name, self._url,
+            headers=self._headers,
+            body=wire.build_body(request, stream=False),
+            timeout=self._timeouts.non_streaming(),
+            classify=wire.classify,
+        ) as resp:
+            body = await read_json(resp, self.name)
+            return wire.parse_message(body, request.model, resp.headers.get("request-id"))
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
+        parser = wire.StreamParser(request.model)
+        started = False
+        try:
+            async with post(
+                self._session, self.name, self._url,
+                headers={**self._headers, "accept": "text/event-stream"},
+                body=wire.build_body(request, stream=True),
+                timeout=self._timeouts.streaming(),
+                classify=wire.classify,
+            ) as resp:
+                if "event-stream" not in resp.headers.get("content-type", "text/event-stream"):
+                    raise await _not_a_stream(resp)
+                async for event in iter_sse(resp.content):
+                    chunk = parser.feed(event.event, event.data)
+                    if chunk is not None:
+                        started = True
+                        yield chunk
+                    if parser.done:
+                        return
+        except (errors.UpstreamTimeout, errors.UpstreamConnectionError) as exc:
+            if not started:
+                raise
+            raise errors.StreamCut(f"{self.name}: stream broke: {exc.message}", provider=self.name) from exc
+        raise errors.StreamCut(f"{self.name}: stream ended without message_stop", provider=self.name, http_status=200)
+
+
+async def _not_a_stream(resp: aiohttp.ClientResponse) -> errors.ProviderError:
+    """A 200 answer to a streaming call that is not SSE: an error object, or garbage."""
+    body, raw = await read_error_body(resp)
+    if wire.error_type(body) is not None:
+        return wire.classify(resp.status, resp.headers, body, raw)
+    ctype = resp.headers.get("content-type")
+    return errors.MalformedResponse(
+        f"{wire.PROVIDER}: streaming answer is {ctype}, not text/event-stream: {raw[:200]!r}",
+        provider=wire.PROVIDER, http_status=resp.status,
+    )
+
+
+def build(settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts) -> Provider | None:
+    """The Anthropic provider, or None without an API key (or when disabled)."""
+    if not settings.api_key or settings.enabled is False:
+        return None
+    return AnthropicProvider(settings, session, timeouts)

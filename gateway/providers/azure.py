@@ -1,0 +1,68 @@
+"""Azure OpenAI adapter: the OpenAI wire format at Azure's URLs (providers.md section 2).
+
+Classic: ``{endpoint}/openai/deployments/{deployment}/(chat/)completions?api-version=...``;
+with ``use_v1``: ``{endpoint}/openai/v1/(chat/)completions`` and the deployment as ``model``.
+The deployment is ``settings.deployments.get(model, model)``. Auth is the ``api-key`` header.
+Chat sends ``max_tokens`` (what the GA api-version accepts). Everything else (parsing, stream
+handling, content_filter and ``code: "429"`` errors) is shared with the OpenAI adapter.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+from urllib.parse import quote
+
+import aiohttp
+
+from gateway.providers import openai_wire as wire
+from gateway.providers.base import Provider, Timeouts
+from gateway.providers.openai import OpenAIProvider, Target
+from gateway.settings import ProviderSettings
+from gateway.types import ChatRequest
+
+DEFAULT_API_VERSION = "2024-10-21"
+
+
+def resource_root(endpoint: str) -> str:
+    """The resource endpoint without a trailing ``/``, ``/openai`` or ``/openai/v1``."""
+    root = endpoint.rstrip("/")
+    for suffix in ("/openai/v1", "/openai"):
+        if root.endswith(suffix):
+            return root[: -len(suffix)]
+    return root
+
+
+class AzureProvider(OpenAIProvider):
+    name = "azure"
+    chat_max_tokens_field: ClassVar[str] = "max_tokens"
+
+    def __init__(self, settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts) -> None:
+        if not settings.base_url:
+            raise ValueError("azure: the resource endpoint (AZURE_OPENAI_ENDPOINT) is required")
+        super().__init__(settings, session, timeouts)
+        self._base = resource_root(settings.base_url)
+        self._api_version = settings.api_version or DEFAULT_API_VERSION
+
+    def deployment(self, model: str) -> str:
+        return self._settings.deployments.get(model, model)
+
+    def target(self, request: ChatRequest, *, stream: bool) -> Target:
+        deployment = self.deployment(request.model)
+        body = wire.build_body(
+            request, model=deployment, stream=stream, chat_max_tokens_field=self.chat_max_tokens_field
+        )
+        path = wire.endpoint(request)
+        if self._settings.use_v1:
+            return Target(f"{self._base}/openai/v1/{path}", None, body)
+        url = f"{self._base}/openai/deployments/{quote(deployment, safe='')}/{path}"
+        return Target(url, {"api-version": self._api_version}, body)
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"api-key": self._settings.api_key or ""}
+
+
+def build(settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts) -> Provider | None:
+    """The Azure OpenAI provider, or None without an API key and endpoint (or when disabled)."""
+    if not settings.api_key or not settings.base_url or settings.enabled is False:
+        return None
+    return AzureProvider(settings, session, timeouts)

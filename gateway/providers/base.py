@@ -1,0 +1,52 @@
+"""The provider port: a normalised request in, a normalised result or stream out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiohttp
+
+from gateway.settings import ProviderSettings
+from gateway.types import ChatRequest, ChatResult, StreamChunk
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    request: float = 120.0
+    connect: float = 5.0
+    stream_idle: float = 60.0
+
+    def non_streaming(self) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(total=self.request, sock_connect=self.connect)
+
+    def streaming(self) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(total=None, sock_connect=self.connect, sock_read=self.stream_idle)
+
+
+class Provider(Protocol):
+    """One upstream vendor. Errors raised are ``gateway.errors.ProviderError`` subclasses."""
+
+    name: str
+
+    async def complete(self, request: ChatRequest) -> ChatResult:
+        """One non-streaming call."""
+        ...
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
+        """A streaming call: an async iterator of chunks; the last ones carry finish and usage.
+
+        Errors before the first chunk raise the same ProviderError classes as ``complete``;
+        a failure after chunks were yielded raises ``StreamCut`` (or the vendor's in-stream
+        error translated).
+        """
+        ...
+
+
+class ProviderFactory(Protocol):
+    """Builds a provider from its settings, or says it is not configured (returns None)."""
+
+    def __call__(
+        self, settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts
+    ) -> Provider | None: ...

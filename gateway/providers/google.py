@@ -1,0 +1,135 @@
+"""Google Gemini adapter: ``models/{m}:generateContent`` / ``:streamGenerateContent?alt=sse``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import aiohttp
+
+from gateway import errors
+from gateway.providers import google_wire as wire
+from gateway.providers.base import Timeouts
+from gateway.providers.http import malformed, post, read_json
+from gateway.providers.sse import iter_sse
+from gateway.settings import ProviderSettings
+from gateway.types import ChatRequest, ChatResult, FinishReason, StreamChunk, Usage
+
+DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
+DEFAULT_API_VERSION = "v1beta"
+
+
+def models_url(base_url: str | None, api_version: str | None = None) -> str:
+    """``{base}/{version}/models``; a base that already ends in ``/v1`` or ``/v1beta`` is kept."""
+    base = (base_url or DEFAULT_BASE_URL).rstrip("/")
+    last = base.rsplit("/", 1)[-1]
+    if last in ("v1", "v1beta", "v1alpha"):
+        return f"{base}/models"
+    return f"{base}/{api_version or DEFAULT_API_VERSION}/models"
+
+
+class GoogleProvider:
+    name = wire.PROVIDER
+
+    def __init__(
+        self, settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts
+    ) -> None:
+        if not settings.api_key:
+            raise ValueError("the google provider needs an API key")
+        self._session = session
+        self._timeouts = timeouts
+        self._models_url = models_url(settings.base_url, settings.api_version)
+        self._headers = {"x-goog-api-key": settings.api_key}
+
+    def _url(self, model: str, method: str) -> str:
+        bare = model.removeprefix("models/")
+        return f"{self._models_url}/{bare}:{method}"
+
+    async def complete(self, request: ChatRequest) -> ChatResult:
+        url = self._url(request.model, "generateContent")
+        async with post(
+            self._session,
+            self.name,
+            url,
+            headers=self._headers,
+            body=wire.build_body(request),
+            timeout=self._timeouts.non_streaming(),
+            classify=wire.classify,
+        ) as resp:
+            obj = await read_json(resp, self.name)
+            request_id = resp.headers.get("x-request-id")
+        if not wire.is_answer(obj):
+            raise malformed(self.name, "neither candidates nor promptFeedback.blockReason")
+        piece = wire.parse_response(obj)
+        return ChatResult(
+            text=piece.text,
+            finish_reason=piece.finish() or "stop",
+            usage=piece.usage or Usage(),
+            model=piece.model or request.model,
+            upstream_request_id=request_id,
+        )
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
+        url = self._url(request.model, "streamGenerateContent")
+        started = False
+        try:
+            async with post(
+                self._session,
+                self.name,
+                url,
+                headers=self._headers,
+                body=wire.build_body(request),
+                timeout=self._timeouts.streaming(),
+                classify=wire.classify,
+                params={"alt": "sse"},
+            ) as resp:
+                async for chunk in self._chunks(resp, request.model):
+                    started = True
+                    yield chunk
+        except (errors.UpstreamTimeout, errors.UpstreamConnectionError) as exc:
+            if not started:
+                raise
+            raise errors.StreamCut(
+                f"{self.name}: stream broke: {exc.message}", provider=self.name
+            ) from exc
+
+    async def _chunks(
+        self, resp: aiohttp.ClientResponse, requested: str
+    ) -> AsyncIterator[StreamChunk]:
+        finish: FinishReason | None = None
+        finishing: wire.Piece | None = None
+        usage: Usage | None = None
+        model: str | None = None
+        has_call = False
+        async for event in iter_sse(resp.content):
+            if event.data.strip() == "[DONE]":
+                continue
+            try:
+                obj = json.loads(event.data)
+            except ValueError as exc:
+                raise malformed(
+                    self.name, f"stream event is not JSON: {event.data[:200]!r}"
+                ) from exc
+            piece = wire.parse_response(obj)
+            model = piece.model or model
+            usage = piece.usage or usage
+            has_call = has_call or piece.has_function_call
+            if piece.raw_finish is not None:
+                finishing = piece
+            if piece.text:
+                yield StreamChunk(text=piece.text, model=model or requested)
+        if finishing is not None:
+            finish = finishing.finish(has_function_call=has_call)
+        if finish is None:
+            raise errors.StreamCut(
+                f"{self.name}: stream ended without a finishReason", provider=self.name
+            )
+        yield StreamChunk(finish_reason=finish, usage=usage or Usage(), model=model or requested)
+
+
+def build(
+    settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts
+) -> GoogleProvider | None:
+    if settings.enabled is False or not settings.api_key:
+        return None
+    return GoogleProvider(settings, session, timeouts)

@@ -1,0 +1,286 @@
+"""Gemini (Generative Language API) wire mapping: pure functions, no HTTP.
+
+Request body builder, response/chunk parser (one mapper for streaming and non-streaming),
+finish-reason and usage normalisation (providers.md 6.1) and the google.rpc.Status error
+classifier.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway import errors
+from gateway.providers.http import (
+    default_classify,
+    error_message,
+    parse_duration,
+    parse_retry_after,
+)
+from gateway.types import ChatRequest, FinishReason, Usage
+
+log = logging.getLogger(__name__)
+
+PROVIDER = "google"
+
+_ROLES = {"user": "user", "assistant": "model", "tool": "user"}
+
+_CONTENT_FILTER = frozenset(
+    {
+        "SAFETY",
+        "RECITATION",
+        "BLOCKLIST",
+        "PROHIBITED_CONTENT",
+        "SPII",
+        "IMAGE_SAFETY",
+        "IMAGE_PROHIBITED_CONTENT",
+        "IMAGE_RECITATION",
+    }
+)
+_LENGTH = frozenset({"MAX_TOKENS"})
+#: tool-call failures: reported as ``stop`` but worth a log line
+_TOOL_FAILURES = frozenset(
+    {"MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL", "TOO_MANY_TOOL_CALLS"}
+)
+_PLAIN_STOP = frozenset(
+    {"STOP", "OTHER", "LANGUAGE", "FINISH_REASON_UNSPECIFIED", "IMAGE_OTHER", "NO_IMAGE"}
+)
+
+#: ErrorInfo reasons meaning the gateway's key is unusable
+_KEY_REASONS = frozenset(
+    {
+        "API_KEY_INVALID",
+        "API_KEY_EXPIRED",
+        "API_KEY_SERVICE_BLOCKED",
+        "API_KEY_HTTP_REFERRER_BLOCKED",
+    }
+)
+
+_TYPE_PREFIX = "type.googleapis.com/google.rpc."
+
+
+# --- request -------------------------------------------------------------------------------
+
+
+def build_body(req: ChatRequest) -> dict[str, Any]:
+    """The generateContent body: user/model turns, systemInstruction, generationConfig."""
+    contents: list[dict[str, Any]] = []
+    for msg in req.messages:
+        role = _ROLES.get(msg.role)
+        if role is None:  # system / developer go to systemInstruction
+            continue
+        part = {"text": msg.content}
+        if contents and contents[-1]["role"] == role:
+            contents[-1]["parts"].append(part)
+        else:
+            contents.append({"role": role, "parts": [part]})
+    body: dict[str, Any] = {"contents": contents}
+    system = req.system_text()
+    if system is not None:
+        body["systemInstruction"] = {"parts": [{"text": system}]}
+    config: dict[str, Any] = {"candidateCount": 1}
+    if req.temperature is not None:
+        config["temperature"] = req.temperature
+    if req.top_p is not None:
+        config["topP"] = req.top_p
+    if req.max_tokens is not None:
+        config["maxOutputTokens"] = req.max_tokens
+    if req.stop:
+        config["stopSequences"] = list(req.stop)
+    body["generationConfig"] = config
+    return body
+
+
+# --- response ------------------------------------------------------------------------------
+
+
+def map_finish_reason(value: str | None, *, has_function_call: bool = False) -> FinishReason:
+    """A Gemini ``finishReason`` (or a prompt ``blockReason``) as an OpenAI finish reason."""
+    if value in _CONTENT_FILTER:
+        return "content_filter"
+    if value in _LENGTH:
+        return "length"
+    if value in _TOOL_FAILURES:
+        log.warning("gemini finished with %s", value)
+        return "stop"
+    if value not in _PLAIN_STOP and value is not None:
+        log.warning("gemini sent an unknown finishReason %r; treating it as stop", value)
+    return "tool_calls" if has_function_call else "stop"
+
+
+def _count(meta: Mapping[str, Any], key: str) -> int:
+    value = meta.get(key)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _malformed(f"usageMetadata.{key} is not an integer")
+    return value
+
+
+def map_usage(meta: Any) -> Usage:
+    """``usageMetadata`` in OpenAI semantics: thoughts are completion, tool-use prompt is prompt."""
+    if not isinstance(meta, Mapping):
+        raise _malformed("usageMetadata is not an object")
+    thoughts = _count(meta, "thoughtsTokenCount")
+    return Usage(
+        prompt_tokens=_count(meta, "promptTokenCount") + _count(meta, "toolUsePromptTokenCount"),
+        completion_tokens=_count(meta, "candidatesTokenCount") + thoughts,
+        cached_tokens=_count(meta, "cachedContentTokenCount"),
+        reasoning_tokens=thoughts,
+    )
+
+
+@dataclass(slots=True)
+class Piece:
+    """What one GenerateContentResponse (a whole answer or one stream chunk) says."""
+
+    text: str = ""
+    #: the raw finishReason or the prompt blockReason (normalised by ``finish()``)
+    raw_finish: str | None = None
+    blocked: bool = False
+    has_function_call: bool = False
+    usage: Usage | None = None
+    model: str | None = None
+
+    def finish(self, *, has_function_call: bool | None = None) -> FinishReason | None:
+        if self.blocked:
+            return "content_filter"
+        if self.raw_finish is None:
+            return None
+        calls = self.has_function_call if has_function_call is None else has_function_call
+        return map_finish_reason(self.raw_finish, has_function_call=calls)
+
+
+def parse_response(obj: Any) -> Piece:
+    """Parse a GenerateContentResponse; an in-band ``error`` object raises its ProviderError."""
+    if not isinstance(obj, dict):
+        raise _malformed("response is not a JSON object")
+    if "error" in obj:
+        err = obj["error"]
+        status = err.get("code") if isinstance(err, dict) else None
+        raise classify(status if isinstance(status, int) else 500, {}, obj, "")
+    piece = Piece()
+    model = obj.get("modelVersion")
+    piece.model = model if isinstance(model, str) and model else None
+    if obj.get("usageMetadata") is not None:
+        piece.usage = map_usage(obj["usageMetadata"])
+    feedback = obj.get("promptFeedback")
+    candidates = obj.get("candidates")
+    if not candidates:
+        if isinstance(feedback, dict) and feedback.get("blockReason"):
+            piece.blocked = True
+            piece.raw_finish = str(feedback["blockReason"])
+        return piece
+    if not isinstance(candidates, list) or not isinstance(candidates[0], dict):
+        raise _malformed("candidates is not a list of objects")
+    cand = candidates[0]
+    texts: list[str] = []
+    content = cand.get("content") or {}
+    parts = content.get("parts") if isinstance(content, dict) else None
+    for part in parts or []:
+        if not isinstance(part, dict):
+            raise _malformed("content part is not an object")
+        if "functionCall" in part:
+            piece.has_function_call = True
+        text = part.get("text")
+        if isinstance(text, str) and not part.get("thought"):
+            texts.append(text)
+    piece.text = "".join(texts)
+    finish = cand.get("finishReason")
+    if finish is not None:
+        piece.raw_finish = str(finish)
+    return piece
+
+
+def is_answer(obj: Any) -> bool:
+    """A whole (non-streamed) response must have candidates or say the prompt was blocked."""
+    if not isinstance(obj, dict):
+        return False
+    feedback = obj.get("promptFeedback")
+    blocked = isinstance(feedback, dict) and bool(feedback.get("blockReason"))
+    return isinstance(obj.get("candidates"), list) or blocked or "error" in obj
+
+
+# --- errors --------------------------------------------------------------------------------
+
+
+def _details(err: Mapping[str, Any], kind: str) -> list[Mapping[str, Any]]:
+    details = err.get("details")
+    if not isinstance(details, list):
+        return []
+    return [d for d in details if isinstance(d, Mapping) and d.get("@type") == _TYPE_PREFIX + kind]
+
+
+def retry_delay(body: Any) -> float | None:
+    """Seconds from ``details[RetryInfo].retryDelay`` (e.g. ``"27s"``)."""
+    err = body.get("error") if isinstance(body, Mapping) else None
+    if not isinstance(err, Mapping):
+        return None
+    for info in _details(err, "RetryInfo"):
+        delay = info.get("retryDelay")
+        if isinstance(delay, str):
+            return parse_duration(delay)
+    return None
+
+
+def quota_ids(body: Any) -> list[str]:
+    err = body.get("error") if isinstance(body, Mapping) else None
+    if not isinstance(err, Mapping):
+        return []
+    out: list[str] = []
+    for failure in _details(err, "QuotaFailure"):
+        for violation in failure.get("violations") or []:
+            if isinstance(violation, Mapping) and isinstance(violation.get("quotaId"), str):
+                out.append(violation["quotaId"])
+    return out
+
+
+def _reasons(err: Mapping[str, Any]) -> set[str]:
+    details = err.get("details")
+    if not isinstance(details, list):
+        return set()
+    return {str(d["reason"]) for d in details if isinstance(d, Mapping) and d.get("reason")}
+
+
+def classify(status: int, headers: Mapping[str, str], body: Any, raw: str) -> errors.ProviderError:
+    """A google.rpc.Status error (HTTP or in-band) as a ProviderError."""
+    err = body.get("error") if isinstance(body, Mapping) else None
+    err = err if isinstance(err, Mapping) else {}
+    message = error_message(body, raw or f"HTTP {status}")
+    rpc_status = err.get("status") if isinstance(err.get("status"), str) else None
+    reasons = _reasons(err)
+    key_reason = next(iter(sorted(reasons & _KEY_REASONS)), None)
+    upstream_code = key_reason or rpc_status
+    delay = retry_delay(body)
+    retry_after = delay if delay is not None else parse_retry_after(headers)
+    kwargs: dict[str, Any] = {
+        "provider": PROVIDER,
+        "http_status": status,
+        "retry_after": retry_after,
+        "upstream_code": upstream_code,
+    }
+    text = f"{PROVIDER}: {message}"
+    if key_reason is not None:
+        return errors.UpstreamAuthError(text, **kwargs)
+    if status == 429 or rpc_status == "RESOURCE_EXHAUSTED":
+        if any("PerDay" in q for q in quota_ids(body)):
+            return errors.QuotaExhausted(text, **kwargs)
+        return errors.RateLimited(text, **kwargs)
+    if rpc_status == "FAILED_PRECONDITION":
+        # billing not enabled / region not supported: this account cannot serve, fall back
+        return errors.UpstreamAuthError(text, **kwargs)
+    if rpc_status == "UNAVAILABLE":
+        return errors.Overloaded(text, **kwargs)
+    if rpc_status == "DEADLINE_EXCEEDED":
+        return errors.UpstreamTimeout(text, **kwargs)
+    exc = default_classify(PROVIDER, status, headers, message, upstream_code)
+    exc.retry_after = retry_after
+    return exc
+
+
+def _malformed(what: str) -> errors.MalformedResponse:
+    return errors.MalformedResponse(
+        f"{PROVIDER}: malformed response: {what}", provider=PROVIDER, http_status=200
+    )

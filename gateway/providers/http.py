@@ -1,0 +1,181 @@
+"""HTTP plumbing shared by the adapters: posting JSON, reading errors, translating failures."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from gateway import errors
+
+ErrorClassifier = Callable[[int, Mapping[str, str], Any, str], errors.ProviderError]
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``retry-after`` (seconds or HTTP date)."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(float(ms) / 1000.0, 0.0)
+        except ValueError:
+            pass
+    ra = headers.get("retry-after")
+    if not ra:
+        return None
+    try:
+        return max(float(ra), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(ra)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+
+
+def parse_duration(value: str) -> float | None:
+    """A protobuf duration string such as ``"27s"`` or ``"41.2s"`` in seconds."""
+    value = value.strip()
+    if not value.endswith("s"):
+        return None
+    try:
+        return max(float(value[:-1]), 0.0)
+    except ValueError:
+        return None
+
+
+def error_message(body: Any, fallback: str) -> str:
+    """The human message in an OpenAI / Azure / Anthropic / Gemini / Ollama error body."""
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return err["message"]
+        if isinstance(err, str):
+            return err
+        if isinstance(body.get("message"), str):
+            return body["message"]
+    return fallback
+
+
+def default_classify(
+    provider: str,
+    status: int,
+    headers: Mapping[str, str],
+    message: str,
+    upstream_code: str | None = None,
+) -> errors.ProviderError:
+    """The status-code mapping every vendor shares; adapters refine it before calling this."""
+    retry_after = parse_retry_after(headers)
+    kwargs: dict[str, Any] = {
+        "provider": provider,
+        "http_status": status,
+        "retry_after": retry_after,
+        "upstream_code": upstream_code,
+    }
+    text = f"{provider}: {message}"
+    should_retry = headers.get("x-should-retry")
+    if status == 429:
+        if should_retry == "false":
+            return errors.QuotaExhausted(text, **kwargs)
+        return errors.RateLimited(text, **kwargs)
+    if status == 529:
+        return errors.Overloaded(text, **kwargs)
+    if status in (401, 403):
+        return errors.UpstreamAuthError(text, **kwargs)
+    if status == 404:
+        return errors.UpstreamModelNotFound(text, **kwargs)
+    if status == 408:
+        return errors.UpstreamTimeout(text, **kwargs)
+    if status in (400, 409, 413, 422):
+        return errors.UpstreamBadRequest(text, **kwargs)
+    if status == 504:
+        return errors.UpstreamTimeout(text, **kwargs)
+    if status == 503:
+        return errors.Overloaded(text, **kwargs) if should_retry != "false" else errors.UpstreamServerError(text, **kwargs)
+    return errors.UpstreamServerError(text, **kwargs)
+
+
+async def read_error_body(resp: aiohttp.ClientResponse) -> tuple[Any, str]:
+    """The parsed JSON body of an error response (or None) and its raw text (truncated)."""
+    try:
+        raw = await resp.text()
+    except (aiohttp.ClientError, asyncio.TimeoutError, UnicodeDecodeError):
+        return None, ""
+    try:
+        return json.loads(raw), raw[:2000]
+    except ValueError:
+        return None, raw[:2000]
+
+
+@asynccontextmanager
+async def post(
+    session: aiohttp.ClientSession,
+    provider: str,
+    url: str,
+    *,
+    headers: Mapping[str, str],
+    body: Any,
+    timeout: aiohttp.ClientTimeout,
+    classify: ErrorClassifier,
+    params: Mapping[str, str] | None = None,
+) -> AsyncIterator[aiohttp.ClientResponse]:
+    """POST JSON; yield the 2xx response; raise a translated ProviderError otherwise.
+
+    ``classify(status, headers, parsed_body, raw_text)`` maps a non-2xx answer to an error.
+    Transport failures become UpstreamTimeout / UpstreamConnectionError.
+    """
+    try:
+        async with session.post(
+            url, data=json.dumps(body), headers={"content-type": "application/json", **headers},
+            timeout=timeout, params=params,
+        ) as resp:
+            if resp.status >= 300:
+                parsed, raw = await read_error_body(resp)
+                raise classify(resp.status, resp.headers, parsed, raw)
+            yield resp
+    except errors.ProviderError:
+        raise
+    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        raise errors.UpstreamTimeout(f"{provider}: request timed out", provider=provider) from exc
+    except aiohttp.ClientPayloadError as exc:
+        raise errors.StreamCut(f"{provider}: response body cut: {exc}", provider=provider) from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        raise errors.UpstreamConnectionError(
+            f"{provider}: cannot reach {url}: {exc.__class__.__name__}", provider=provider
+        ) from exc
+
+
+async def read_json(resp: aiohttp.ClientResponse, provider: str) -> Any:
+    """The JSON body of a 2xx response, or MalformedResponse."""
+    raw = await resp.read()
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise errors.MalformedResponse(
+            f"{provider}: response is not JSON: {raw[:200]!r}", provider=provider, http_status=resp.status
+        ) from exc
+
+
+def malformed(provider: str, what: str) -> errors.MalformedResponse:
+    return errors.MalformedResponse(f"{provider}: malformed response: {what}", provider=provider, http_status=200)
+
+
+class Stopwatch:
+    """Monotonic milliseconds since creation."""
+
+    __slots__ = ("_t0",)
+
+    def __init__(self) -> None:
+        self._t0 = time.monotonic()
+
+    def ms(self) -> float:
+        return (time.monotonic() - self._t0) * 1000.0

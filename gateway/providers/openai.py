@@ -1,0 +1,118 @@
+"""OpenAI adapter: ``POST {base}/chat/completions`` and legacy ``{base}/completions``.
+
+The mapping (body, response, stream chunks, errors) is in ``openai_wire``; this module only
+talks HTTP. ``AzureProvider`` (``azure.py``) subclasses this class and changes only where the
+request goes (URL, query, auth header) and the name of the chat length cap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import aiohttp
+
+from gateway import errors
+from gateway.providers import openai_wire as wire
+from gateway.providers.base import Provider, Timeouts
+from gateway.providers.http import post, read_error_body, read_json
+from gateway.providers.sse import iter_sse
+from gateway.settings import ProviderSettings
+from gateway.types import ChatRequest, ChatResult, StreamChunk
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where one call goes: URL, query parameters and the JSON body."""
+
+    url: str
+    params: Mapping[str, str] | None
+    body: dict[str, Any]
+
+
+class OpenAIProvider:
+    name = "openai"
+    #: what chat calls name the length cap (legacy completions always use ``max_tokens``)
+    chat_max_tokens_field: ClassVar[str] = "max_completion_tokens"
+
+    def __init__(self, settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts) -> None:
+        self._settings = settings
+        self._session = session
+        self._timeouts = timeouts
+        self._base = (settings.base_url or DEFAULT_BASE_URL).rstrip("/")
+
+    # --- what differs between OpenAI and Azure ----------------------------------------------
+    def target(self, request: ChatRequest, *, stream: bool) -> Target:
+        body = wire.build_body(
+            request, model=request.model, stream=stream, chat_max_tokens_field=self.chat_max_tokens_field
+        )
+        return Target(f"{self._base}/{wire.endpoint(request)}", None, body)
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self._settings.api_key or ''}"}
+
+    # --- the port ---------------------------------------------------------------------------
+    def _classify(self, status: int, headers: Mapping[str, str], body: Any, raw: str) -> errors.ProviderError:
+        return wire.classify_error(self.name, status, headers, body, raw)
+
+    async def complete(self, request: ChatRequest) -> ChatResult:
+        target = self.target(request, stream=False)
+        async with post(
+            self._session, self.name, target.url,
+            headers={**self.auth_headers(), "accept": "application/json"},
+            body=target.body,
+            params=target.params,
+            timeout=self._timeouts.non_streaming(),
+            classify=self._classify,
+        ) as resp:
+            data = await read_json(resp, self.name)
+            return wire.parse_response(
+                data, provider=self.name, requested_model=request.model, request_id=_request_id(resp)
+            )
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
+        target = self.target(request, stream=True)
+        started = False
+        try:
+            async with post(
+                self._session, self.name, target.url,
+                headers={**self.auth_headers(), "accept": "text/event-stream"},
+                body=target.body,
+                params=target.params,
+                timeout=self._timeouts.streaming(),
+                classify=self._classify,
+            ) as resp:
+                if "event-stream" not in resp.headers.get("content-type", "text/event-stream"):
+                    raise await self._not_a_stream(resp)
+                async for chunk in wire.parse_stream(iter_sse(resp.content), provider=self.name):
+                    started = True
+                    yield chunk
+        except (errors.UpstreamTimeout, errors.UpstreamConnectionError) as exc:
+            if not started:
+                raise
+            raise errors.StreamCut(f"{self.name}: stream broke: {exc.message}", provider=self.name) from exc
+
+    async def _not_a_stream(self, resp: aiohttp.ClientResponse) -> errors.ProviderError:
+        """A 200 answer to a streaming call that is not SSE: an error object, or garbage."""
+        body, raw = await read_error_body(resp)
+        if isinstance(body, dict) and body.get("error") is not None:
+            return wire.classify_inband_error(self.name, body)
+        return errors.MalformedResponse(
+            f"{self.name}: streaming answer is {resp.headers.get('content-type')}, not text/event-stream: "
+            f"{raw[:200]!r}",
+            provider=self.name, http_status=resp.status,
+        )
+
+
+def _request_id(resp: aiohttp.ClientResponse) -> str | None:
+    return resp.headers.get("x-request-id") or resp.headers.get("apim-request-id")
+
+
+def build(settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts) -> Provider | None:
+    """The OpenAI provider, or None without an API key (or when disabled)."""
+    if not settings.api_key or settings.enabled is False:
+        return None
+    return OpenAIProvider(settings, session, timeouts)

@@ -1,0 +1,285 @@
+"""OpenAI wire format, shared by the OpenAI and Azure OpenAI adapters (providers.md 1, 2, 6.1).
+
+Pure mapping functions, unit-testable without HTTP: the request body (chat or legacy text
+completions), the response and stream-chunk parsers (``chat.completion[.chunk]`` and
+``text_completion``) and the error classifier. ``ChatRequest.prompt`` selects the legacy
+``/completions`` endpoint; everything else goes to ``/chat/completions``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from gateway import errors
+from gateway.providers.http import default_classify, error_message, malformed, parse_retry_after
+from gateway.providers.sse import SseEvent
+from gateway.types import ChatRequest, ChatResult, FinishReason, StreamChunk, Usage
+
+CHAT_PATH = "chat/completions"
+TEXT_PATH = "completions"
+
+_FINISH: dict[str, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",  # deprecated spelling of tool_calls
+    "content_filter": "content_filter",
+}
+
+#: 429 (or 402/403) codes that mean "out of money", not "slow down": never worth a retry
+QUOTA_CODES = frozenset({
+    "insufficient_quota", "billing_hard_limit_reached", "billing_not_active",
+    "credit_balance_exhausted", "quota_exceeded",
+})
+#: 400 codes of a prompt blocked by a content policy (Azure content_filter and friends)
+CONTENT_FILTER_CODES = frozenset({
+    "content_filter", "content_policy_violation", "invalid_prompt", "ResponsibleAIPolicyViolation",
+})
+_OVERLOAD_CODES = frozenset({"server_is_overloaded", "slow_down", "overloaded", "engine_overloaded"})
+_RATE_CODES = frozenset({"rate_limit_exceeded", "rate_limit_error", "requests", "tokens", "429"})
+_HINT = re.compile(r"(?:try again|retry) (?:in|after) (\d+(?:\.\d+)?)\s*(ms|milliseconds?|s|sec|seconds?)\b", re.I)
+
+
+# --- request --------------------------------------------------------------------------------
+
+
+def endpoint(request: ChatRequest) -> str:
+    """The path under the API root: legacy ``completions`` when a prompt is set, else chat."""
+    return TEXT_PATH if request.prompt is not None else CHAT_PATH
+
+
+def build_body(
+    request: ChatRequest,
+    *,
+    model: str,
+    stream: bool,
+    chat_max_tokens_field: str = "max_completion_tokens",
+) -> dict[str, Any]:
+    """The JSON body for ``endpoint(request)``.
+
+    Chat sends ``messages`` and the length cap as ``chat_max_tokens_field`` (OpenAI:
+    ``max_completion_tokens``; Azure GA api-versions: ``max_tokens``); legacy completions send
+    ``prompt`` and ``max_tokens``. Streams always ask for usage (the gateway bills from it).
+    """
+    body: dict[str, Any] = {"model": model}
+    if request.prompt is not None:
+        body["prompt"] = request.prompt
+        max_field = "max_tokens"
+    else:
+        body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+        max_field = chat_max_tokens_field
+    if request.max_tokens is not None:
+        body[max_field] = request.max_tokens
+    for key in ("temperature", "top_p", "stop", "user"):
+        value = getattr(request, key)
+        if value is not None:
+            body[key] = value
+    body["stream"] = stream
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+# --- responses ------------------------------------------------------------------------------
+
+
+def map_finish_reason(value: Any) -> FinishReason | None:
+    """OpenAI finish reason (Azure uses the same values); unknown non-null values -> ``stop``."""
+    if value is None:
+        return None
+    return _FINISH.get(str(value), "stop")
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def parse_usage(raw: Any) -> Usage | None:
+    """``usage`` with its details; None when absent (e.g. a stream chunk's ``"usage": null``)."""
+    if not isinstance(raw, dict):
+        return None
+    prompt_details = raw.get("prompt_tokens_details")
+    completion_details = raw.get("completion_tokens_details")
+    return Usage(
+        prompt_tokens=_int(raw.get("prompt_tokens")),
+        completion_tokens=_int(raw.get("completion_tokens")),
+        cached_tokens=_int(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0,
+        reasoning_tokens=(
+            _int(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else 0
+        ),
+    )
+
+
+def _choice_text(provider: str, choice: dict[str, Any], key: str) -> str:
+    """Text of a choice: ``message``/``delta`` content for chat, ``text`` for text_completion."""
+    if "text" in choice:
+        text = choice["text"]
+    else:
+        part = choice.get(key)
+        if part is None:
+            return ""
+        if not isinstance(part, dict):
+            raise malformed(provider, f"choices[].{key} is {type(part).__name__}")
+        text = part.get("content")
+        if text is None:
+            text = part.get("refusal")  # a refusal replaces the content; pass it on as text
+    if text is None:
+        return ""
+    if not isinstance(text, str):
+        raise malformed(provider, f"choice text is {type(text).__name__}")
+    return text
+
+
+def _first_choice(provider: str, data: Any) -> dict[str, Any] | None:
+    if not isinstance(data, dict):
+        raise malformed(provider, f"expected a JSON object, got {type(data).__name__}")
+    choices = data.get("choices")
+    if not isinstance(choices, list):
+        raise malformed(provider, "no choices list")
+    if not choices:
+        return None
+    if not isinstance(choices[0], dict):
+        raise malformed(provider, "choices[0] is not an object")
+    return choices[0]
+
+
+def _model(data: dict[str, Any]) -> str | None:
+    model = data.get("model")
+    return model if isinstance(model, str) and model else None
+
+
+def parse_response(
+    data: Any, *, provider: str, requested_model: str, request_id: str | None = None
+) -> ChatResult:
+    """A ``chat.completion`` or ``text_completion`` object as a ChatResult."""
+    if isinstance(data, dict) and data.get("error") is not None:
+        raise classify_inband_error(provider, data)
+    choice = _first_choice(provider, data)
+    if choice is None:
+        raise malformed(provider, "empty choices")
+    return ChatResult(
+        text=_choice_text(provider, choice, "message"),
+        finish_reason=map_finish_reason(choice.get("finish_reason")) or "stop",
+        usage=parse_usage(data.get("usage")) or Usage(),
+        model=_model(data) or requested_model,
+        upstream_request_id=request_id or (data.get("id") if isinstance(data.get("id"), str) else None),
+    )
+
+
+def parse_chunk(data: Any, *, provider: str) -> StreamChunk | None:
+    """One streamed object (chat chunk or text_completion) -> a StreamChunk, or None if empty.
+
+    Empty means no text, finish reason or usage: the role-only first delta, Azure's leading
+    ``choices: []`` prompt-filter chunk. ``obfuscation`` and filter results are ignored.
+    An object with an ``error`` key is an in-band failure and raised translated.
+    """
+    if isinstance(data, dict) and data.get("error") is not None:
+        raise classify_inband_error(provider, data)
+    choice = _first_choice(provider, data)
+    text, finish = "", None
+    if choice is not None:
+        text = _choice_text(provider, choice, "delta")
+        finish = map_finish_reason(choice.get("finish_reason"))
+    usage = parse_usage(data.get("usage"))
+    if not text and finish is None and usage is None:
+        return None
+    return StreamChunk(text=text, finish_reason=finish, usage=usage, model=_model(data))
+
+
+async def parse_stream(events: AsyncIterator[SseEvent], *, provider: str) -> AsyncIterator[StreamChunk]:
+    """SSE events -> chunks; ends at ``data: [DONE]``, raises StreamCut if it never comes."""
+    async for event in events:
+        if event.data.strip() == "[DONE]":
+            return
+        try:
+            data = json.loads(event.data)
+        except ValueError as exc:
+            raise malformed(provider, f"stream event is not JSON: {event.data[:200]!r}") from exc
+        chunk = parse_chunk(data, provider=provider)
+        if chunk is not None:
+            yield chunk
+    raise errors.StreamCut(f"{provider}: stream ended without [DONE]", provider=provider, http_status=200)
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+def _error_fields(body: Any) -> tuple[str | None, str | None, str | None, str | None]:
+    """(code, type, param, innererror code) of an OpenAI / Azure error body."""
+    err = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(err, dict):
+        return None, None, None, None
+
+    def text(value: Any) -> str | None:
+        if isinstance(value, bool) or value is None:
+            return None
+        return str(value) if isinstance(value, str | int) else None
+
+    inner = err.get("innererror")
+    inner_code = text(inner.get("code")) if isinstance(inner, dict) else None
+    return text(err.get("code")), text(err.get("type")), text(err.get("param")), inner_code
+
+
+def retry_hint(message: str) -> float | None:
+    """The wait named in a rate-limit message ("try again in 600ms", "retry after 6 seconds")."""
+    match = _HINT.search(message)
+    if match is None:
+        return None
+    value = float(match.group(1))
+    return value / 1000.0 if match.group(2).lower().startswith("m") else value
+
+
+def classify_error(
+    provider: str, status: int, headers: Mapping[str, str], body: Any, raw: str
+) -> errors.ProviderError:
+    """A non-2xx OpenAI / Azure answer as a ProviderError (providers.md 1.6, 2.3, 6.1).
+
+    On top of the shared status mapping: ``insufficient_quota`` and billing codes ->
+    QuotaExhausted; a content-policy 400 -> ContentFiltered; ``x-should-retry: true`` makes a
+    408/409/5xx retryable (Overloaded); a 429 without retry headers takes the wait named in its
+    message.
+    """
+    code, etype, param, inner = _error_fields(body)
+    message = error_message(body, raw.strip() or f"HTTP {status}")
+    codes = {code, etype, inner}
+    kwargs: dict[str, Any] = {
+        "provider": provider,
+        "http_status": status,
+        "retry_after": parse_retry_after(headers),
+        "upstream_code": code or etype or inner,
+        "param": param,
+    }
+    text = f"{provider}: {message}"
+    if codes & QUOTA_CODES and status in (402, 403, 429):
+        return errors.QuotaExhausted(text, **kwargs)
+    if codes & CONTENT_FILTER_CODES and status == 400:
+        return errors.ContentFiltered(text, **kwargs)
+    err = default_classify(provider, status, headers, message, kwargs["upstream_code"])
+    if headers.get("x-should-retry") == "true" and not err.retryable and (status in (408, 409) or status >= 500):
+        err = errors.Overloaded(text, **kwargs)
+    if isinstance(err, errors.RateLimited) and err.retry_after is None:
+        err.retry_after = retry_hint(message)
+    err.param = param
+    return err
+
+
+def _inband_status(codes: set[str | None]) -> int:
+    if codes & QUOTA_CODES or codes & _RATE_CODES:
+        return 429
+    if codes & _OVERLOAD_CODES:
+        return 503
+    if codes & CONTENT_FILTER_CODES or "invalid_request_error" in codes:
+        return 400
+    return 500
+
+
+def classify_inband_error(provider: str, body: Any) -> errors.ProviderError:
+    """``{"error": {...}}`` inside a 200 answer or stream, classified by its code and type."""
+    code, etype, _, inner = _error_fields(body)
+    status = _inband_status({code, etype, inner})
+    err = classify_error(provider, status, {}, body, json.dumps(body)[:500])
+    err.http_status = 200
+    return err

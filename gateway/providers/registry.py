@@ -1,0 +1,41 @@
+"""The one place that knows every adapter: provider id -> the module whose ``build`` makes it."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import aiohttp
+
+from gateway.providers.base import Provider, ProviderFactory, Timeouts
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ADAPTER_MODULES: dict[str, str] = {
+    "openai": "gateway.providers.openai",
+    "azure": "gateway.providers.azure",
+    "anthropic": "gateway.providers.anthropic",
+    "google": "gateway.providers.google",
+    "ollama": "gateway.providers.ollama",
+}
+
+
+def factory(name: str) -> ProviderFactory:
+    module = importlib.import_module(ADAPTER_MODULES[name])
+    build: ProviderFactory = module.build
+    return build
+
+
+def build_providers(settings: Settings, session: aiohttp.ClientSession, timeouts: Timeouts) -> dict[str, Provider]:
+    """Every configured provider (credentials present, not disabled), keyed by id."""
+    providers: dict[str, Provider] = {}
+    for name in ADAPTER_MODULES:
+        provider_settings = settings.provider(name)
+        if provider_settings.enabled is False:
+            continue
+        provider = factory(name)(provider_settings, session, timeouts)
+        if provider is not None:
+            providers[name] = provider
+    log.info("configured providers: %s", ", ".join(providers) or "none")
+    return providers

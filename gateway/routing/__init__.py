@@ -1,0 +1,1 @@
+"""Which providers serve a request, in what order, with what retries."""

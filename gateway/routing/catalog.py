@@ -1,0 +1,134 @@
+"""Model groups: a requested model -> each provider's equivalent, in priority order.
+
+Vendors are data here: which model names a provider serves natively is a pattern table, and
+the equivalents between vendors are groups (built-in defaults for the seed's models, extended or
+overridden by the config file).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from gateway.errors import InvalidRequest, ModelNotFound
+
+KNOWN_PROVIDERS = ("openai", "azure", "anthropic", "google", "ollama")
+
+_OPUS = "claude-3-opus-20240229"
+_SONNET = "claude-3-sonnet-20240229"
+_HAIKU = "claude-3-haiku-20240307"
+_LOCAL = "llama3"
+
+#: requested model -> {provider: provider model}
+DEFAULT_GROUPS: dict[str, dict[str, str]] = {
+    "gpt-4": {"openai": "gpt-4", "azure": "gpt-4", "anthropic": _OPUS, "google": "gemini-pro", "ollama": _LOCAL},
+    "gpt-4-turbo": {
+        "openai": "gpt-4-turbo", "azure": "gpt-4-turbo", "anthropic": _SONNET, "google": "gemini-pro", "ollama": _LOCAL,
+    },
+    "gpt-4o": {"openai": "gpt-4o", "azure": "gpt-4o", "anthropic": _SONNET, "google": "gemini-pro", "ollama": _LOCAL},
+    "gpt-3.5-turbo": {
+        "openai": "gpt-3.5-turbo", "azure": "gpt-35-turbo", "anthropic": _HAIKU, "google": "gemini-pro", "ollama": _LOCAL,
+    },
+    "gpt-3.5-turbo-instruct": {"openai": "gpt-3.5-turbo-instruct", "azure": "gpt-35-turbo-instruct"},
+    "claude-3-opus": {"anthropic": _OPUS, "openai": "gpt-4", "azure": "gpt-4", "google": "gemini-pro", "ollama": _LOCAL},
+    "claude-3-sonnet": {
+        "anthropic": _SONNET, "openai": "gpt-4o", "azure": "gpt-4o", "google": "gemini-pro", "ollama": _LOCAL,
+    },
+    "claude-3-haiku": {
+        "anthropic": _HAIKU, "openai": "gpt-3.5-turbo", "azure": "gpt-35-turbo", "google": "gemini-pro", "ollama": _LOCAL,
+    },
+    "gemini-pro": {
+        "google": "gemini-pro", "openai": "gpt-3.5-turbo", "azure": "gpt-35-turbo", "anthropic": _HAIKU, "ollama": _LOCAL,
+    },
+}
+
+#: model names each provider serves as they are (pass-through), when no group names them
+NATIVE_PATTERNS: dict[str, re.Pattern[str]] = {
+    "openai": re.compile(r"^(gpt-|o\d|chatgpt-|davinci-|babbage-|text-)"),
+    "azure": re.compile(r"^(gpt-|o\d|davinci-|babbage-)"),
+    "anthropic": re.compile(r"^claude-"),
+    "google": re.compile(r"^(models/)?gemini-"),
+    "ollama": re.compile(r"^[a-z0-9._/-]+:[a-z0-9._-]+$|^(llama|mistral|mixtral|qwen|phi|gemma|deepseek|codellama|llava|tinyllama)"),
+}
+
+#: OpenAI legacy completion-only models: served through the upstream /completions endpoint
+LEGACY_COMPLETION_MODELS = re.compile(r"^(gpt-3\.5-turbo-instruct|gpt-35-turbo-instruct|davinci-002|babbage-002)")
+
+_SNAPSHOT = re.compile(r"(-\d{4}-\d{2}-\d{2}|-\d{8}|-\d{4}|-latest|-preview|-\d{3})$")
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    provider: str
+    model: str
+
+
+def family_of(model: str) -> str:
+    """``claude-3-haiku-20240307`` -> ``claude-3-haiku``; names without a suffix unchanged."""
+    previous = None
+    while previous != model:
+        previous = model
+        model = _SNAPSHOT.sub("", model)
+    return model
+
+
+class ModelCatalog:
+    def __init__(self, overrides: Mapping[str, Mapping[str, str]] | None = None) -> None:
+        self.groups: dict[str, dict[str, str]] = {k: dict(v) for k, v in DEFAULT_GROUPS.items()}
+        for name, mapping in (overrides or {}).items():
+            unknown = set(mapping) - set(KNOWN_PROVIDERS)
+            if unknown:
+                raise ValueError(f"model group {name!r} names unknown providers {sorted(unknown)}")
+            self.groups[name] = dict(mapping)
+
+    def equivalents(self, model: str) -> dict[str, str]:
+        """provider -> provider model for a requested model ({} when nobody serves it)."""
+        group = self.groups.get(model)
+        if group is None:
+            family = family_of(model)
+            group = dict(self.groups.get(family, {}))
+            # the provider that owns a dated snapshot is asked for exactly that snapshot
+            for provider, pattern in NATIVE_PATTERNS.items():
+                if provider in group and pattern.search(model) and family_of(group[provider]) == family:
+                    group[provider] = model
+        else:
+            group = dict(group)
+        for provider, pattern in NATIVE_PATTERNS.items():
+            if provider not in group and pattern.search(model):
+                group[provider] = model
+        return group
+
+    def candidates(
+        self, model: str, *, priority: Iterable[str], configured: Iterable[str], pinned: str | None = None
+    ) -> list[Candidate]:
+        """Providers to try, in order. ``pinned`` goes first; the rest follow as fallback."""
+        configured_set = set(configured)
+        if pinned is not None:
+            if pinned not in KNOWN_PROVIDERS:
+                raise InvalidRequest(
+                    f"unknown provider {pinned!r}; expected one of {', '.join(KNOWN_PROVIDERS)}", param="provider"
+                )
+            if pinned not in configured_set:
+                raise InvalidRequest(f"provider {pinned!r} is not configured on this gateway", param="provider")
+        equivalents = self.equivalents(model)
+        if not equivalents:
+            raise ModelNotFound(f"The model {model!r} does not exist or no provider serves it", param="model")
+        order = [p for p in priority if p in configured_set and p in equivalents]
+        if pinned is not None:
+            if pinned not in equivalents:
+                raise ModelNotFound(f"provider {pinned!r} has no model for {model!r}", param="model")
+            order = [pinned, *[p for p in order if p != pinned]]
+        if not order:
+            raise ModelNotFound(
+                f"no configured provider serves the model {model!r} (configured: {', '.join(sorted(configured_set)) or 'none'})",
+                param="model",
+            )
+        return [Candidate(p, equivalents[p]) for p in order]
+
+    def listed_models(self) -> list[str]:
+        return sorted(self.groups)
+
+    @staticmethod
+    def is_legacy_completion_model(model: str) -> bool:
+        return LEGACY_COMPLETION_MODELS.match(model) is not None

@@ -1,0 +1,303 @@
+"""Try providers in order: retry rate limits on one, fall back to the next, record every attempt."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+
+from gateway import errors
+from gateway.events import UsageEvent
+from gateway.providers.base import Provider
+from gateway.routing.catalog import Candidate, ModelCatalog
+from gateway.routing.retry import RetryBudget, RetryPolicy, Sleep, call_with_retry
+from gateway.types import ChatRequest, ChatResult, StreamChunk, Usage
+from gateway.usage import AttemptFacts, CallContext, UsageRecorder
+
+log = logging.getLogger(__name__)
+
+#: asked before each provider is tried; False skips it (an open circuit)
+Gate = Callable[[str], bool]
+
+
+def _always_open(_: str) -> bool:
+    return True
+
+
+@dataclass(slots=True)
+class Served:
+    """A finished non-streaming call."""
+
+    result: ChatResult
+    provider: str
+    provider_model: str
+    attempts: int
+    event: UsageEvent
+
+    @property
+    def cost(self) -> Decimal | None:
+        return self.event.cost_usd
+
+
+@dataclass(slots=True)
+class _Attempts:
+    count: int = 0
+    failures: list[errors.ProviderError] = field(default_factory=list)
+
+
+class Router:
+    def __init__(
+        self,
+        providers: Mapping[str, Provider],
+        catalog: ModelCatalog,
+        recorder: UsageRecorder,
+        *,
+        priority: list[str],
+        policy: RetryPolicy,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+        gate: Gate = _always_open,
+    ) -> None:
+        self.providers = providers
+        self.catalog = catalog
+        self.recorder = recorder
+        self.priority = priority
+        self.policy = policy
+        self._sleep = sleep
+        self._rng = rng
+        self.gate = gate
+
+    def candidates(self, model: str, pinned: str | None) -> list[Candidate]:
+        return self.catalog.candidates(model, priority=self.priority, configured=self.providers, pinned=pinned)
+
+    # --- non-streaming ---------------------------------------------------------------------------
+    async def complete(self, ctx: CallContext, template: ChatRequest, pinned: str | None = None) -> Served:
+        candidates = self.candidates(ctx.requested_model, pinned)
+        budget = RetryBudget(self.policy.budget_seconds)
+        attempts = _Attempts()
+        for candidate in self._open(candidates, attempts):
+            provider = self.providers[candidate.provider]
+            request = replace(template, model=candidate.model, stream=False)
+
+            async def one_attempt(provider: Provider = provider, request: ChatRequest = request,
+                                  candidate: Candidate = candidate) -> Served:
+                return await self._attempt(ctx, provider, request, candidate, attempts)
+
+            try:
+                return await call_with_retry(one_attempt, policy=self.policy, budget=budget, sleep=self._sleep, rng=self._rng)
+            except errors.ProviderError as exc:
+                if not exc.fallback:
+                    raise
+        raise self._all_failed(ctx, candidates, attempts)
+
+    async def _attempt(
+        self, ctx: CallContext, provider: Provider, request: ChatRequest, candidate: Candidate, attempts: _Attempts
+    ) -> Served:
+        attempts.count += 1
+        number = attempts.count
+        started = time.monotonic()
+        try:
+            result = await provider.complete(request)
+        except BaseException as exc:
+            error = _as_provider_error(exc, candidate.provider)
+            self._record_failure(ctx, number, candidate, error, started)
+            attempts.failures.append(error)
+            if error is not exc:
+                raise error from exc
+            raise
+        latency = (time.monotonic() - started) * 1000.0
+        event = self.recorder.record(
+            ctx,
+            AttemptFacts(
+                number=number, provider=candidate.provider, provider_model=candidate.model, outcome="success",
+                latency_ms=latency, ttft_ms=latency, http_status=200, served_model=result.model, usage=result.usage,
+            ),
+        )
+        return Served(result, candidate.provider, candidate.model, number, event)
+
+    # --- streaming ---------------------------------------------------------------------------------
+    async def open_stream(self, ctx: CallContext, template: ChatRequest, pinned: str | None = None) -> StreamSession:
+        """Find a provider whose stream starts; fall back freely until then."""
+        candidates = self.candidates(ctx.requested_model, pinned)
+        budget = RetryBudget(self.policy.budget_seconds)
+        attempts = _Attempts()
+        for candidate in self._open(candidates, attempts):
+            provider = self.providers[candidate.provider]
+            request = replace(template, model=candidate.model, stream=True)
+
+            async def one_attempt(provider: Provider = provider, request: ChatRequest = request,
+                                  candidate: Candidate = candidate) -> StreamSession:
+                return await self._start_stream(ctx, provider, request, candidate, attempts)
+
+            try:
+                return await call_with_retry(one_attempt, policy=self.policy, budget=budget, sleep=self._sleep, rng=self._rng)
+            except errors.ProviderError as exc:
+                if not exc.fallback:
+                    raise
+        raise self._all_failed(ctx, candidates, attempts)
+
+    async def _start_stream(
+        self, ctx: CallContext, provider: Provider, request: ChatRequest, candidate: Candidate, attempts: _Attempts
+    ) -> StreamSession:
+        attempts.count += 1
+        number = attempts.count
+        started = time.monotonic()
+        iterator = provider.stream(request).__aiter__()
+        head: list[StreamChunk] = []
+        try:
+            # hold back empty role/filter chunks: nothing reaches the client before real content
+            while True:
+                chunk = await iterator.__anext__()
+                head.append(chunk)
+                if chunk.text or chunk.finish_reason or chunk.usage:
+                    break
+        except StopAsyncIteration:
+            pass
+        except BaseException as exc:
+            await _aclose(iterator)
+            error = _as_provider_error(exc, candidate.provider)
+            self._record_failure(ctx, number, candidate, error, started)
+            attempts.failures.append(error)
+            if error is not exc:
+                raise error from exc
+            raise
+        ttft = (time.monotonic() - started) * 1000.0
+        return StreamSession(self.recorder, ctx, candidate, number, started, ttft, head, iterator)
+
+    # --- helpers -------------------------------------------------------------------------------------
+    def _open(self, candidates: list[Candidate], attempts: _Attempts) -> list[Candidate]:
+        allowed = [c for c in candidates if self.gate(c.provider)]
+        if not allowed:
+            raise errors.NoProviderAvailable(
+                "every provider for this model is marked down (circuit open): "
+                + ", ".join(c.provider for c in candidates)
+            )
+        return allowed
+
+    def _record_failure(
+        self, ctx: CallContext, number: int, candidate: Candidate, error: errors.ProviderError, started: float
+    ) -> None:
+        self.recorder.record(
+            ctx,
+            AttemptFacts(
+                number=number, provider=candidate.provider, provider_model=candidate.model,
+                outcome=error.outcome,  # type: ignore[arg-type]
+                latency_ms=(time.monotonic() - started) * 1000.0, http_status=error.http_status,
+                error_code=error.upstream_code or error.code, error_message=error.message,
+            ),
+        )
+
+    def _all_failed(self, ctx: CallContext, candidates: list[Candidate], attempts: _Attempts) -> errors.AllProvidersFailed:
+        parts = []
+        for error in attempts.failures:
+            status = f" HTTP {error.http_status}" if error.http_status else ""
+            parts.append(f"{error.provider}: {error.outcome}{status}")
+        summary = "; ".join(parts) or "no attempt was made"
+        throttled = attempts.failures and all(e.outcome in ("rate_limited", "overloaded") for e in attempts.failures)
+        return errors.AllProvidersFailed(
+            f"All providers failed for model {ctx.requested_model!r} after {attempts.count} attempts: {summary}",
+            attempts=attempts.failures,
+            status=503 if throttled else 502,
+        )
+
+
+class StreamSession:
+    """A started stream: yields chunks, then records the attempt's event when it ends."""
+
+    def __init__(
+        self,
+        recorder: UsageRecorder,
+        ctx: CallContext,
+        candidate: Candidate,
+        attempt: int,
+        started: float,
+        ttft_ms: float,
+        head: list[StreamChunk],
+        iterator: AsyncIterator[StreamChunk],
+    ) -> None:
+        self.recorder = recorder
+        self.ctx = ctx
+        self.provider = candidate.provider
+        self.provider_model = candidate.model
+        self.attempts = attempt
+        self._started = started
+        self.ttft_ms = ttft_ms
+        self._head = head
+        self._iterator = iterator
+        self.usage: Usage | None = None
+        self.finish_reason: str | None = None
+        self.served_model: str | None = None
+        self.event: UsageEvent | None = None
+        self.error: errors.ProviderError | None = None
+
+    async def chunks(self) -> AsyncIterator[StreamChunk]:
+        """Every chunk; raises ``StreamCut`` (recorded) when the upstream breaks mid-way."""
+        try:
+            for chunk in self._head:
+                self._note(chunk)
+                yield chunk
+            async for chunk in self._iterator:
+                self._note(chunk)
+                yield chunk
+        except (errors.ProviderError, OSError, asyncio.TimeoutError) as exc:
+            cause = _as_provider_error(exc, self.provider)
+            cut = errors.StreamCut(f"{self.provider}: stream interrupted: {cause.message}", provider=self.provider,
+                                   http_status=cause.http_status, upstream_code=cause.upstream_code or cause.code)
+            self.error = cut
+            self.finish("stream_cut", error=cut)
+            raise cut from exc
+
+    def _note(self, chunk: StreamChunk) -> None:
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+        if chunk.finish_reason is not None:
+            self.finish_reason = chunk.finish_reason
+        if chunk.model:
+            self.served_model = chunk.model
+
+    def finish(self, outcome: str = "success", *, error: errors.GatewayError | None = None) -> UsageEvent:
+        """Record the attempt once (success, stream_cut, or cancelled by the client)."""
+        if self.event is not None:
+            return self.event
+        incomplete = outcome != "success"
+        self.event = self.recorder.record(
+            self.ctx,
+            AttemptFacts(
+                number=self.attempts, provider=self.provider, provider_model=self.provider_model,
+                outcome=outcome,  # type: ignore[arg-type]
+                latency_ms=(time.monotonic() - self._started) * 1000.0, ttft_ms=self.ttft_ms, http_status=200,
+                error_code=error.code if error else None, error_message=error.message if error else None,
+                served_model=self.served_model, usage=self.usage, incomplete=incomplete,
+            ),
+        )
+        return self.event
+
+    async def aclose(self) -> None:
+        await _aclose(self._iterator)
+
+
+async def _aclose(iterator: AsyncIterator[StreamChunk]) -> None:
+    closer = getattr(iterator, "aclose", None)
+    if closer is not None:
+        try:
+            await closer()
+        except (errors.GatewayError, OSError, RuntimeError, asyncio.TimeoutError):
+            log.debug("error while closing an upstream stream", exc_info=True)
+
+
+def _as_provider_error(exc: BaseException, provider: str) -> errors.ProviderError:
+    """Adapters raise ProviderErrors; anything else there is a bug, recorded and fallen back from."""
+    if isinstance(exc, errors.ProviderError):
+        return exc
+    if isinstance(exc, asyncio.CancelledError):
+        raise exc
+    if isinstance(exc, asyncio.TimeoutError):
+        return errors.UpstreamTimeout(f"{provider}: timed out", provider=provider)
+    if isinstance(exc, OSError):
+        return errors.UpstreamConnectionError(f"{provider}: connection failed: {exc}", provider=provider)
+    log.error("adapter %s raised an unexpected %s", provider, type(exc).__name__, exc_info=exc)
+    return errors.UpstreamServerError(f"{provider}: adapter failure ({type(exc).__name__})", provider=provider)

@@ -1,0 +1,168 @@
+"""Settings, read once from the environment (and an optional YAML config file), passed down.
+
+Provider credentials use the variables the official SDKs read (``OPENAI_API_KEY``, ...); the
+gateway's own settings use the ``LLM_GATEWAY_`` prefix. Nothing else in the code base reads
+``os.environ``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import AliasChoices, BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PRIORITY = ["openai", "azure", "anthropic", "google", "ollama"]
+
+
+class ApiKey(BaseModel):
+    """A gateway API key: its calls bill ``tenant``; ``admin`` may act for any tenant."""
+
+    key: str
+    tenant: str
+    admin: bool = False
+
+
+class ProviderSettings(BaseModel):
+    """Connection settings of one provider, from the SDK variables or the config file."""
+
+    api_key: str | None = None
+    base_url: str | None = None
+    api_version: str | None = None
+    #: Azure: requested model -> deployment name (defaults to the model name)
+    deployments: dict[str, str] = Field(default_factory=dict)
+    #: Azure: use the v1 path (/openai/v1/chat/completions) instead of deployment URLs
+    use_v1: bool = False
+    enabled: bool | None = None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LLM_GATEWAY_", extra="ignore", populate_by_name=True)
+
+    # --- HTTP server ------------------------------------------------------------------------
+    host: str | None = None
+    port: int = 8080
+    max_body_bytes: int = 1_048_576
+    config_file: Path | None = Field(default=None, validation_alias=AliasChoices("LLM_GATEWAY_CONFIG", "config_file"))
+
+    # --- routing / retry --------------------------------------------------------------------
+    priority: list[str] = Field(default_factory=lambda: list(DEFAULT_PRIORITY))
+    retry_attempts: int = 3
+    retry_initial_wait: float = 0.5
+    retry_max_wait: float = 8.0
+    #: longest server-requested wait honoured; longer waits fall back at once
+    retry_max_server_wait: float = 20.0
+    #: total time budget for retry waits of one request, across providers
+    retry_budget_seconds: float = 30.0
+    request_timeout: float = 120.0
+    connect_timeout: float = 5.0
+    stream_idle_timeout: float = 60.0
+
+    # --- tenants ------------------------------------------------------------------------------
+    default_tenant: str = "default"
+
+    # --- events ---------------------------------------------------------------------------------
+    data_dir: Path = Path(".llm-gateway")
+    topic: str = "llm.usage"
+    topic_partitions: int = 3
+    kafka_bootstrap_servers: str | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "kafka_bootstrap_servers")
+    )
+    database_url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_URL", "database_url"))
+    instance_id: str | None = None
+
+    # --- provider credentials (the SDKs' own variable names) ----------------------------------
+    openai_api_key: str | None = Field(default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key"))
+    openai_base_url: str | None = Field(default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "openai_base_url"))
+    azure_openai_api_key: str | None = Field(
+        default=None, validation_alias=AliasChoices("AZURE_OPENAI_API_KEY", "azure_openai_api_key")
+    )
+    azure_openai_endpoint: str | None = Field(
+        default=None, validation_alias=AliasChoices("AZURE_OPENAI_ENDPOINT", "azure_openai_endpoint")
+    )
+    openai_api_version: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_API_VERSION", "openai_api_version")
+    )
+    anthropic_api_key: str | None = Field(
+        default=None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "anthropic_api_key")
+    )
+    anthropic_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("ANTHROPIC_BASE_URL", "anthropic_base_url")
+    )
+    gemini_api_key: str | None = Field(
+        default=None, validation_alias=AliasChoices("GEMINI_API_KEY", "GOOGLE_API_KEY", "gemini_api_key")
+    )
+    google_gemini_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("GOOGLE_GEMINI_BASE_URL", "google_gemini_base_url")
+    )
+    ollama_host: str | None = Field(default=None, validation_alias=AliasChoices("OLLAMA_HOST", "ollama_host"))
+
+    # --- from the config file (or constructor) -------------------------------------------------
+    api_keys: list[ApiKey] = Field(default_factory=list)
+    #: requested model -> {provider: provider model}; merged over the built-in groups
+    model_groups: dict[str, dict[str, str]] = Field(default_factory=dict)
+    #: provider -> settings; merged over what the SDK variables give
+    providers: dict[str, ProviderSettings] = Field(default_factory=dict)
+    #: path of an operator price file (YAML/JSON), overriding built-in and database prices
+    price_file: Path | None = None
+
+    def provider(self, name: str) -> ProviderSettings:
+        """The effective settings of one provider: SDK variables, then the config file."""
+        env = _ENV_PROVIDER_SETTINGS[name](self) if name in _ENV_PROVIDER_SETTINGS else ProviderSettings()
+        override = self.providers.get(name)
+        if override is None:
+            return env
+        merged = env.model_dump()
+        merged.update({k: v for k, v in override.model_dump(exclude_unset=True).items()})
+        return ProviderSettings(**merged)
+
+    @property
+    def bind_host(self) -> str:
+        """Open (keyless) gateways bind to loopback unless told otherwise."""
+        if self.host:
+            return self.host
+        return "0.0.0.0" if self.api_keys else "127.0.0.1"  # noqa: S104
+
+
+def _openai(s: Settings) -> ProviderSettings:
+    return ProviderSettings(api_key=s.openai_api_key, base_url=s.openai_base_url)
+
+
+def _azure(s: Settings) -> ProviderSettings:
+    return ProviderSettings(
+        api_key=s.azure_openai_api_key, base_url=s.azure_openai_endpoint, api_version=s.openai_api_version
+    )
+
+
+def _anthropic(s: Settings) -> ProviderSettings:
+    return ProviderSettings(api_key=s.anthropic_api_key, base_url=s.anthropic_base_url)
+
+
+def _google(s: Settings) -> ProviderSettings:
+    return ProviderSettings(api_key=s.gemini_api_key, base_url=s.google_gemini_base_url)
+
+
+def _ollama(s: Settings) -> ProviderSettings:
+    return ProviderSettings(base_url=s.ollama_host)
+
+
+_ENV_PROVIDER_SETTINGS = {
+    "openai": _openai,
+    "azure": _azure,
+    "anthropic": _anthropic,
+    "google": _google,
+    "ollama": _ollama,
+}
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment, then the config file it names (file values win), then overrides."""
+    settings = Settings(**overrides)
+    if settings.config_file is None:
+        return settings
+    data = yaml.safe_load(Path(settings.config_file).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {settings.config_file} must hold a mapping")
+    return Settings(**{**data, **overrides, "config_file": settings.config_file})

@@ -1,0 +1,169 @@
+"""What every provider simulator shares: the fault plan, request recording, the server.
+
+A simulator is a real aiohttp server. Tests (and people, through ``llm-gateway simulate``)
+choose faults for the next requests::
+
+    sim = OpenAISimulator()
+    base_url = await sim.start()
+    sim.faults.push(Fault("rate_limit", retry_after=2.0), times=2)
+    ...
+    await sim.stop()
+
+Replies are deterministic so tests can assert exact token counts and costs: the reply text is
+``sim.reply``; prompt tokens are the whitespace-separated words of every message (system
+included); completion tokens are the words of the reply. Streams send one word per chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from aiohttp import web
+
+FaultKind = Literal[
+    "rate_limit",  # 429 with Retry-After (retry_after seconds; retry_after_ms if set)
+    "quota",  # 429 meaning out of money / per-day quota
+    "overloaded",  # Anthropic 529, Gemini 503 UNAVAILABLE, OpenAI 503
+    "server_error",  # 500 (or `status` if given)
+    "auth",  # 401 (Gemini: 400 API_KEY_INVALID)
+    "bad_request",  # 400 invalid request
+    "content_filter",  # 400 content filter (Azure) / refusal / SAFETY block
+    "not_found",  # 404 unknown model
+    "timeout",  # hold the request for `delay` seconds (longer than the client waits)
+    "malformed",  # 200 with a body that is not the vendor's format
+    "cut",  # stream: close the connection after `after_chunks` chunks, no clean end
+    "stream_error",  # stream: an in-band error event after `after_chunks` chunks (HTTP 200)
+    "delay",  # answer normally after `delay` seconds
+]
+
+
+@dataclass(slots=True)
+class Fault:
+    kind: FaultKind
+    retry_after: float | None = None
+    retry_after_ms: int | None = None
+    status: int | None = None
+    after_chunks: int = 1
+    delay: float = 30.0
+
+
+class FaultPlan:
+    """Faults for the next requests, in order; an optional standing fault for all others."""
+
+    def __init__(self) -> None:
+        self._queue: deque[Fault] = deque()
+        self._always: Fault | None = None
+
+    def push(self, fault: Fault, times: int = 1) -> None:
+        for _ in range(times):
+            self._queue.append(fault)
+
+    def always(self, fault: Fault | None) -> None:
+        """Apply ``fault`` to every request once the queue is empty (None clears it)."""
+        self._always = fault
+
+    def clear(self) -> None:
+        self._queue.clear()
+        self._always = None
+
+    def take(self) -> Fault | None:
+        if self._queue:
+            return self._queue.popleft()
+        return self._always
+
+
+@dataclass(slots=True)
+class RecordedRequest:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class Simulator:
+    """Base class: subclasses add their routes in ``routes()`` and render faults their way."""
+
+    name: str = "simulator"
+    reply: str = "Hello from the simulator, how can I help?"
+    #: the served model the simulator reports (None: echo the requested model)
+    served_model: str | None = None
+    faults: FaultPlan = field(default_factory=FaultPlan)
+    requests: list[RecordedRequest] = field(default_factory=list)
+    _runner: web.AppRunner | None = None
+    base_url: str = ""
+
+    # --- to override --------------------------------------------------------------------------
+    def routes(self) -> list[web.RouteDef]:
+        raise NotImplementedError
+
+    # --- helpers for subclasses ---------------------------------------------------------------
+    async def record(self, request: web.Request) -> Any:
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        self.requests.append(
+            RecordedRequest(request.method, request.path, dict(request.query), dict(request.headers), body)
+        )
+        return body
+
+    async def take_fault(self) -> Fault | None:
+        """The fault for this request; sleeps for ``timeout`` and ``delay`` faults."""
+        fault = self.faults.take()
+        if fault is not None and fault.kind in ("timeout", "delay"):
+            await asyncio.sleep(fault.delay)
+            return None if fault.kind == "delay" else fault
+        return fault
+
+    @staticmethod
+    def count_tokens(text: str) -> int:
+        return len(text.split())
+
+    def reply_words(self) -> list[str]:
+        """The reply split into stream pieces that concatenate back to ``reply``."""
+        words = self.reply.split(" ")
+        return [w if i == 0 else " " + w for i, w in enumerate(words)]
+
+    @staticmethod
+    def retry_headers(fault: Fault) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        if fault.retry_after is not None:
+            headers["retry-after"] = str(int(fault.retry_after)) if float(fault.retry_after).is_integer() else str(fault.retry_after)
+        if fault.retry_after_ms is not None:
+            headers["retry-after-ms"] = str(fault.retry_after_ms)
+        return headers
+
+    @staticmethod
+    async def cut_connection(response: web.StreamResponse, request: web.Request) -> web.StreamResponse:
+        """End a started stream abruptly: no terminating chunk, connection closed."""
+        transport = request.transport
+        if transport is not None:
+            transport.abort()
+        return response
+
+    # --- server -------------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.add_routes(self.routes())
+        return app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        server = site._server  # noqa: SLF001 - aiohttp exposes the bound port only here
+        assert server is not None
+        sock = server.sockets[0]  # type: ignore[attr-defined]
+        self.base_url = f"http://{host}:{sock.getsockname()[1]}"
+        return self.base_url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

@@ -1,0 +1,344 @@
+"""A Gemini (Generative Language API) simulator: generateContent and streamGenerateContent.
+
+Knobs: ``thoughts_tokens`` (a ``"thought": true`` part plus ``thoughtsTokenCount``),
+``cached_tokens`` (``cachedContentTokenCount``), ``tool_use_prompt_tokens``,
+``finish_reason`` (e.g. ``MAX_TOKENS``, ``SAFETY``). Errors are google.rpc.Status bodies.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from gateway.simulators.base import Fault, Simulator
+
+_RPC_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    501: "NOT_IMPLEMENTED",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+_TYPE = "type.googleapis.com/google.rpc."
+_METRIC = "generativelanguage.googleapis.com/generate_content_free_tier_requests"
+THOUGHT_TEXT = "Let me think this through step by step before answering."
+
+
+def rpc_error(
+    code: int, message: str, details: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    err: dict[str, Any] = {
+        "code": code,
+        "message": message,
+        "status": _RPC_STATUS.get(code, "UNKNOWN"),
+    }
+    if details is not None:
+        err["details"] = details
+    return {"error": err}
+
+
+def _seconds(fault: Fault) -> str | None:
+    if fault.retry_after is not None:
+        value = float(fault.retry_after)
+    elif fault.retry_after_ms is not None:
+        value = fault.retry_after_ms / 1000.0
+    else:
+        return None
+    return f"{int(value)}s" if value.is_integer() else f"{value}s"
+
+
+def _quota_error(fault: Fault, model: str, quota_id: str, limit: str) -> dict[str, Any]:
+    details: list[dict[str, Any]] = [
+        {
+            "@type": _TYPE + "QuotaFailure",
+            "violations": [
+                {
+                    "quotaMetric": _METRIC,
+                    "quotaId": quota_id,
+                    "quotaDimensions": {"location": "global", "model": model},
+                    "quotaValue": limit,
+                }
+            ],
+        },
+        {
+            "@type": _TYPE + "Help",
+            "links": [
+                {
+                    "description": "Learn more about Gemini API quotas",
+                    "url": "https://ai.google.dev/gemini-api/docs/rate-limits",
+                }
+            ],
+        },
+    ]
+    delay = _seconds(fault)
+    if delay is not None:
+        details.append({"@type": _TYPE + "RetryInfo", "retryDelay": delay})
+    return rpc_error(
+        429,
+        "You exceeded your current quota, please check your plan and billing details. "
+        f"* Quota exceeded for metric: {_METRIC}, "
+        f"limit: {limit}, model: {model}",
+        details,
+    )
+
+
+def api_key_invalid() -> dict[str, Any]:
+    return rpc_error(
+        400,
+        "API key not valid. Please pass a valid API key.",
+        [
+            {
+                "@type": _TYPE + "ErrorInfo",
+                "reason": "API_KEY_INVALID",
+                "domain": "googleapis.com",
+                "metadata": {"service": "generativelanguage.googleapis.com"},
+            }
+        ],
+    )
+
+
+@dataclass
+class GeminiSimulator(Simulator):
+    name: str = "google"
+    api_key: str | None = None
+    thoughts_tokens: int = 0
+    cached_tokens: int = 0
+    tool_use_prompt_tokens: int = 0
+    #: the candidate's finishReason (``STOP``, ``MAX_TOKENS``, ``SAFETY``, ...)
+    finish_reason: str = "STOP"
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/v1beta/models/{target}", self._handle),
+            web.post("/v1/models/{target}", self._handle),
+        ]
+
+    # --- request handling ---------------------------------------------------------------------
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await self.record(request)
+        model, _, method = request.match_info["target"].rpartition(":")
+        if method not in ("generateContent", "streamGenerateContent") or not model:
+            return web.json_response(rpc_error(404, f"Method not found: {method}"), status=404)
+        denied = self._check_key(request)
+        if denied is not None:
+            return denied
+        invalid = self._validate(body)
+        if invalid is not None:
+            return web.json_response(rpc_error(400, invalid), status=400)
+        streaming = method == "streamGenerateContent"
+        fault = await self.take_fault()
+        if fault is not None:
+            rendered = await self._fault(fault, request, model, body, streaming)
+            if rendered is not None:
+                return rendered
+        if streaming:
+            return await self._stream(request, model, body, fault)
+        return web.json_response(
+            self._response(model, body, self.reply, final=True, with_thought=True)
+        )
+
+    def _check_key(self, request: web.Request) -> web.Response | None:
+        if self.api_key is None:
+            return None
+        given = request.headers.get("x-goog-api-key") or request.query.get("key")
+        if not given:
+            return web.json_response(
+                rpc_error(
+                    403,
+                    "Method doesn't allow unregistered callers (callers without established "
+                    "identity). Please use API Key or other form of API consumer identity to call "
+                    "this API.",
+                ),
+                status=403,
+            )
+        if given != self.api_key:
+            return web.json_response(api_key_invalid(), status=400)
+        return None
+
+    @staticmethod
+    def _validate(body: Any) -> str | None:
+        if not isinstance(body, dict):
+            return "Invalid JSON payload received."
+        contents = body.get("contents")
+        if not isinstance(contents, list) or not contents:
+            return "* GenerateContentRequest.contents: contents is not specified"
+        for content in contents:
+            if not isinstance(content, dict) or content.get("role") not in ("user", "model"):
+                return "Please use a valid role: user, model."
+            if not isinstance(content.get("parts"), list) or not content["parts"]:
+                return "* GenerateContentRequest.contents.parts: contents.parts must not be empty."
+        return None
+
+    # --- answers ------------------------------------------------------------------------------
+    def _prompt_tokens(self, body: dict[str, Any]) -> int:
+        texts: list[str] = []
+        system = body.get("systemInstruction") or {}
+        for content in [system, *body.get("contents", [])]:
+            texts.extend(
+                str(p.get("text", "")) for p in content.get("parts", []) if isinstance(p, dict)
+            )
+        return sum(self.count_tokens(t) for t in texts)
+
+    def _usage(self, body: dict[str, Any], *, final: bool) -> dict[str, Any]:
+        prompt = self._prompt_tokens(body)
+        if not final:
+            return {"promptTokenCount": prompt, "totalTokenCount": prompt}
+        candidates = self.count_tokens(self.reply)
+        usage: dict[str, Any] = {
+            "promptTokenCount": prompt,
+            "candidatesTokenCount": candidates,
+            "totalTokenCount": prompt
+            + candidates
+            + self.thoughts_tokens
+            + self.tool_use_prompt_tokens,
+            "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt}],
+        }
+        if self.cached_tokens:
+            usage["cachedContentTokenCount"] = min(self.cached_tokens, prompt)
+        if self.thoughts_tokens:
+            usage["thoughtsTokenCount"] = self.thoughts_tokens
+        if self.tool_use_prompt_tokens:
+            usage["toolUsePromptTokenCount"] = self.tool_use_prompt_tokens
+        return usage
+
+    def _response(
+        self, model: str, body: dict[str, Any], text: str, *, final: bool, with_thought: bool
+    ) -> dict[str, Any]:
+        parts: list[dict[str, Any]] = []
+        if with_thought and self.thoughts_tokens:
+            parts.append({"text": THOUGHT_TEXT, "thought": True})
+        if text:
+            parts.append({"text": text})
+        candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
+        if final:
+            candidate["finishReason"] = self.finish_reason
+        return {
+            "candidates": [candidate],
+            "usageMetadata": self._usage(body, final=final),
+            "modelVersion": self.served_model or model,
+            "responseId": "sim-gemini-response",
+        }
+
+    async def _stream(
+        self, request: web.Request, model: str, body: dict[str, Any], fault: Fault | None
+    ) -> web.StreamResponse:
+        words = self.reply_words()
+        events = [
+            self._response(model, body, word, final=i == len(words) - 1, with_thought=i == 0)
+            for i, word in enumerate(words)
+        ]
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        limit = len(events)
+        if fault is not None and fault.kind in ("cut", "stream_error"):
+            limit = min(fault.after_chunks, len(events) - 1)
+        for event in events[:limit]:
+            await resp.write(_sse(event))
+        if fault is not None and fault.kind == "cut":
+            return await self.cut_connection(resp, request)
+        if fault is not None and fault.kind == "stream_error":
+            code = fault.status or 503
+            await resp.write(
+                _sse(rpc_error(code, "The model is overloaded. Please try again later."))
+            )
+        await resp.write_eof()
+        return resp
+
+    # --- faults -------------------------------------------------------------------------------
+    async def _fault(
+        self, fault: Fault, request: web.Request, model: str, body: dict[str, Any], streaming: bool
+    ) -> web.StreamResponse | None:
+        kind = fault.kind
+        if kind == "rate_limit":
+            err = _quota_error(
+                fault, model, "GenerateRequestsPerMinutePerProjectPerModel-FreeTier", "10"
+            )
+            return web.json_response(err, status=429)
+        if kind == "quota":
+            err = _quota_error(
+                fault, model, "GenerateRequestsPerDayPerProjectPerModel-FreeTier", "250"
+            )
+            return web.json_response(err, status=429)
+        if kind == "overloaded":
+            return web.json_response(
+                rpc_error(503, "The model is overloaded. Please try again later."), status=503
+            )
+        if kind == "server_error" or (kind == "stream_error" and not streaming):
+            status = fault.status or 500
+            return web.json_response(
+                rpc_error(status, "An internal error has occurred."), status=status
+            )
+        if kind == "auth":
+            return web.json_response(api_key_invalid(), status=400)
+        if kind == "bad_request":
+            return web.json_response(
+                rpc_error(
+                    400, 'Invalid JSON payload received. Unknown name "foo": Cannot find field.'
+                ),
+                status=400,
+            )
+        if kind == "not_found":
+            return web.json_response(
+                rpc_error(
+                    404,
+                    f"models/{model} is not found for API version v1beta, or is not supported "
+                    "for generateContent. Call ListModels to see the list of available models "
+                    "and their supported methods.",
+                ),
+                status=404,
+            )
+        if kind == "content_filter":
+            blocked = {
+                "promptFeedback": {
+                    "blockReason": "SAFETY",
+                    "safetyRatings": [
+                        {
+                            "category": "HARM_CATEGORY_DANGEROUS_CONTENT",
+                            "probability": "HIGH",
+                            "blocked": True,
+                        }
+                    ],
+                },
+                "usageMetadata": self._usage(body, final=False),
+                "modelVersion": self.served_model or model,
+                "responseId": "sim-gemini-blocked",
+            }
+            if not streaming:
+                return web.json_response(blocked)
+            resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+            await resp.prepare(request)
+            await resp.write(_sse(blocked))
+            await resp.write_eof()
+            return resp
+        if kind == "malformed":
+            if not streaming:
+                return web.Response(
+                    text="<html><body>502 Bad Gateway</body></html>", content_type="text/html"
+                )
+            resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+            await resp.prepare(request)
+            await resp.write(b'data: {"candidates": [oops\r\n\r\n')
+            await resp.write_eof()
+            return resp
+        if kind == "cut" and not streaming:
+            data = json.dumps(
+                self._response(model, body, self.reply, final=True, with_thought=True)
+            ).encode()
+            resp = web.StreamResponse(headers={"content-type": "application/json"})
+            resp.content_length = len(data)
+            await resp.prepare(request)
+            await resp.write(data[: len(data) // 2])
+            return await self.cut_connection(resp, request)
+        return None  # timeout (already waited), cut / stream_error on a stream: handled by _stream
+
+
+def _sse(obj: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(obj).encode() + b"\r\n\r\n"

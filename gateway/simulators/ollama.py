@@ -1,0 +1,170 @@
+"""An Ollama simulator: ``POST /api/chat``, streaming NDJSON by default, string errors.
+
+Knobs: ``omit_prompt_eval_count`` (drop the field, as Ollama does when the prompt came from
+the KV cache), ``done_reason`` (``stop`` / ``length``). With ``api_key`` set it behaves like
+Ollama cloud and wants ``Authorization: Bearer <key>``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from gateway.simulators.base import Fault, Simulator
+
+CREATED_AT = "2026-01-01T00:00:00.123456789Z"
+REFUSAL = "I'm sorry, but I can't help with that."
+QUEUE_FULL = "server busy, please try again.  maximum pending requests exceeded"
+NDJSON = "application/x-ndjson"
+
+
+def _error(message: str, status: int, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj).encode() + b"\n"
+
+
+@dataclass
+class OllamaSimulator(Simulator):
+    name: str = "ollama"
+    api_key: str | None = None
+    omit_prompt_eval_count: bool = False
+    done_reason: str = "stop"
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post("/api/chat", self._chat)]
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await self.record(request)
+        if (
+            self.api_key is not None
+            and request.headers.get("authorization") != f"Bearer {self.api_key}"
+        ):
+            return _error("unauthorized", 401)
+        if not isinstance(body, dict):
+            return _error("invalid character 'x' looking for beginning of value", 400)
+        model = body.get("model")
+        if not model:
+            return _error("model is required", 400)
+        messages = body.get("messages")
+        if messages is not None and not isinstance(messages, list):
+            return _error(
+                "json: cannot unmarshal string into Go struct field ChatRequest.messages", 400
+            )
+        streaming = body.get("stream", True) is not False
+        fault = await self.take_fault()
+        reply = self.reply
+        if fault is not None:
+            if fault.kind == "content_filter":  # local models have no filter signal: they refuse
+                reply = REFUSAL
+            else:
+                rendered = await self._fault(fault, request, str(model), streaming)
+                if rendered is not None:
+                    return rendered
+        if streaming:
+            return await self._stream(request, str(model), body, reply, fault)
+        return web.json_response(self._final(str(model), body, reply, content=reply))
+
+    # --- answers ------------------------------------------------------------------------------
+    def _final(
+        self, model: str, body: dict[str, Any], reply: str, *, content: str
+    ) -> dict[str, Any]:
+        prompt = sum(
+            self.count_tokens(str(m.get("content", ""))) for m in body.get("messages") or []
+        )
+        out: dict[str, Any] = {
+            "model": self.served_model or model,
+            "created_at": CREATED_AT,
+            "message": {"role": "assistant", "content": content},
+            "done": True,
+            "done_reason": self.done_reason,
+            "total_duration": 1_200_000_000,
+            "load_duration": 50_000_000,
+            "prompt_eval_count": prompt,
+            "prompt_eval_duration": 100_000_000,
+            "eval_count": self.count_tokens(reply),
+            "eval_duration": 1_000_000_000,
+        }
+        if self.omit_prompt_eval_count:
+            del out["prompt_eval_count"]
+        return out
+
+    def _piece(self, model: str, text: str) -> dict[str, Any]:
+        return {
+            "model": self.served_model or model,
+            "created_at": CREATED_AT,
+            "message": {"role": "assistant", "content": text},
+            "done": False,
+        }
+
+    async def _stream(
+        self,
+        request: web.Request,
+        model: str,
+        body: dict[str, Any],
+        reply: str,
+        fault: Fault | None,
+    ) -> web.StreamResponse:
+        words = reply.split(" ")
+        lines = [self._piece(model, w if i == 0 else " " + w) for i, w in enumerate(words)]
+        lines.append(self._final(model, body, reply, content=""))
+        resp = web.StreamResponse(headers={"content-type": NDJSON})
+        await resp.prepare(request)
+        limit = len(lines)
+        if fault is not None and fault.kind in ("cut", "stream_error"):
+            limit = min(fault.after_chunks, len(lines) - 1)
+        for line in lines[:limit]:
+            await resp.write(_line(line))
+        if fault is not None and fault.kind == "cut":
+            return await self.cut_connection(resp, request)
+        if fault is not None and fault.kind == "stream_error":
+            await resp.write(
+                _line({"error": "an error was encountered while running the model: unexpected EOF"})
+            )
+        await resp.write_eof()
+        return resp
+
+    # --- faults -------------------------------------------------------------------------------
+    async def _fault(
+        self, fault: Fault, request: web.Request, model: str, streaming: bool
+    ) -> web.StreamResponse | None:
+        kind = fault.kind
+        if kind == "rate_limit":  # Ollama cloud; a local server never sends 429
+            return _error("too many requests, please slow down", 429, self.retry_headers(fault))
+        if kind == "quota":
+            return _error("you've reached your weekly usage limit, please upgrade to continue", 429)
+        if kind == "overloaded":
+            return _error(QUEUE_FULL, 503)
+        if kind == "server_error" or (kind == "stream_error" and not streaming):
+            status = fault.status or 500
+            return _error("llama runner process has terminated: exit status 2", status)
+        if kind == "auth":
+            return _error("unauthorized", 401)
+        if kind == "bad_request":
+            return _error(
+                "json: cannot unmarshal string into Go struct field Options.num_predict of type int"[:99],
+                400,
+            )
+        if kind == "not_found":
+            return _error(f"model '{model}' not found", 404)
+        if kind == "malformed":
+            if not streaming:
+                return web.Response(text="404 page not found", content_type="text/plain")
+            resp = web.StreamResponse(headers={"content-type": NDJSON})
+            await resp.prepare(request)
+            await resp.write(b'{"model": "x", "message": {"content": "Hel\n')
+            await resp.write_eof()
+            return resp
+        if kind == "cut" and not streaming:
+            data = json.dumps(self._final(model, {}, self.reply, content=self.reply)).encode()
+            resp = web.StreamResponse(headers={"content-type": "application/json"})
+            resp.content_length = len(data)
+            await resp.prepare(request)
+            await resp.write(data[: len(data) // 2])
+            return await self.cut_connection(resp, request)
+        return None  # timeout (already waited); cut / stream_error on a stream: handled by _stream

@@ -1,0 +1,104 @@
+"""Normalised, vendor-neutral request and result types shared by the API and every adapter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Role = Literal["system", "developer", "user", "assistant", "tool"]
+
+#: OpenAI finish reasons every adapter maps to
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: Role
+    content: str
+
+
+@dataclass(slots=True)
+class ChatRequest:
+    """What an adapter sends upstream. ``model`` is already the provider's model name."""
+
+    model: str
+    messages: list[Message]
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    stop: list[str] | None = None
+    user: str | None = None
+    stream: bool = False
+    #: adapters with a legacy text endpoint (OpenAI / Azure ``/completions``) use it when set
+    prompt: str | None = None
+
+    def system_text(self) -> str | None:
+        """System and developer messages joined, for vendors with a separate system field."""
+        parts = [m.content for m in self.messages if m.role in ("system", "developer")]
+        return "\n\n".join(parts) if parts else None
+
+
+@dataclass(slots=True)
+class Usage:
+    """Raw token counts, normalised to OpenAI semantics.
+
+    ``prompt_tokens`` includes cached and cache-creation tokens; ``completion_tokens`` includes
+    reasoning (thinking) tokens. The details are subsets used for pricing.
+    """
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cache_creation_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_openai(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+        if self.cached_tokens:
+            out["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        if self.reasoning_tokens:
+            out["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens}
+        return out
+
+
+@dataclass(slots=True)
+class ChatResult:
+    text: str
+    finish_reason: FinishReason
+    usage: Usage
+    #: the model the provider says actually served the call (authoritative for billing)
+    model: str
+    upstream_request_id: str | None = None
+
+
+@dataclass(slots=True)
+class StreamChunk:
+    """One piece of a streamed answer. Usage, when known, arrives on the last chunks."""
+
+    text: str = ""
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+    model: str | None = None
+
+
+@dataclass(slots=True)
+class Attempt:
+    """Bookkeeping of one provider attempt, filled by the router for events and headers."""
+
+    number: int
+    provider: str
+    model: str
+    outcome: str = "success"
+    http_status: int | None = None
+    error: str | None = None
+    latency_ms: float = 0.0
+    ttft_ms: float | None = None
+    extra: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,134 @@
+"""Turn provider attempts into priced usage events, the cost log line, and the event log hand-off."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+
+from gateway.eventlog.base import EventLog
+from gateway.events import Outcome, UsageEvent
+from gateway.ids import Clock, uuid7
+from gateway.pricing.base import PriceBook, Quote, format_usd
+from gateway.types import Usage
+
+cost_log = logging.getLogger("gateway.cost")
+log = logging.getLogger(__name__)
+
+ZERO = Decimal(0)
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """What one client request is, for every event it produces."""
+
+    request_id: str
+    tenant_id: str
+    api_key_id: str | None
+    endpoint: str  # "chat.completions" | "completions"
+    stream: bool
+    requested_model: str
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptFacts:
+    number: int
+    provider: str
+    provider_model: str
+    outcome: Outcome
+    latency_ms: float
+    ttft_ms: float | None = None
+    http_status: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    served_model: str | None = None
+    usage: Usage | None = None
+    incomplete: bool = False
+
+
+class UsageRecorder:
+    def __init__(
+        self,
+        event_log: EventLog,
+        price_book: PriceBook,
+        *,
+        clock: Clock,
+        id_factory: Callable[[], object] = uuid7,
+        instance: str | None = None,
+        observers: list[Callable[[UsageEvent], None]] | None = None,
+    ) -> None:
+        self._log = event_log
+        self._prices = price_book
+        self._clock = clock
+        self._ids = id_factory
+        self._instance = instance
+        self.observers = observers if observers is not None else []
+
+    def quote(self, provider: str, models: list[str | None], usage: Usage) -> Quote:
+        """Price by the served model (authoritative), else by the model we asked for."""
+        at = self._clock()
+        first: Quote | None = None
+        for model in models:
+            if not model:
+                continue
+            quote = self._prices.quote(provider, model, usage, at)
+            if quote.cost is not None:
+                return quote
+            first = first or quote
+        return first or Quote(None, self._prices.version, "unpriced")
+
+    def record(self, ctx: CallContext, facts: AttemptFacts) -> UsageEvent:
+        usage = facts.usage
+        billable = usage is not None and (usage.prompt_tokens > 0 or usage.completion_tokens > 0)
+        if usage is not None and billable:
+            quote = self.quote(facts.provider, [facts.served_model, facts.provider_model], usage)
+            cost, version = quote.cost, quote.price_version
+        elif facts.incomplete and facts.outcome in ("cancelled", "stream_cut"):
+            # the provider may bill a cut stream but told us nothing: cost unknown, not free
+            cost, version = None, self._prices.version
+            billable = True
+        else:
+            cost, version = ZERO, self._prices.version
+        usage = usage or Usage()
+        event = UsageEvent(
+            event_id=str(self._ids()),
+            request_id=ctx.request_id,
+            attempt=facts.number,
+            created_at=self._clock(),
+            tenant_id=ctx.tenant_id,
+            api_key_id=ctx.api_key_id,
+            endpoint=ctx.endpoint,  # type: ignore[arg-type]
+            stream=ctx.stream,
+            provider=facts.provider,
+            requested_model=ctx.requested_model,
+            provider_model=facts.provider_model,
+            served_model=facts.served_model,
+            outcome=facts.outcome,
+            http_status=facts.http_status,
+            error_code=facts.error_code,
+            error_message=(facts.error_message or None) and facts.error_message[:500],  # type: ignore[index]
+            latency_ms=round(facts.latency_ms, 3),
+            ttft_ms=None if facts.ttft_ms is None else round(facts.ttft_ms, 3),
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cached_tokens=usage.cached_tokens,
+            cache_creation_tokens=usage.cache_creation_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            total_tokens=usage.total_tokens,
+            cost_usd=cost,
+            price_version=version,
+            billable=billable,
+            incomplete=facts.incomplete,
+            gateway_instance=self._instance,
+        )
+        self._log.publish(event)
+        for observer in self.observers:
+            observer(event)
+        return event
+
+    @staticmethod
+    def log_cost(tenant: str, provider: str, model: str, cost: Decimal | None) -> None:
+        """The one cost line per call: ``Cost | tenant=t provider=p model=m cost=$0.000150``."""
+        amount = f"${format_usd(cost)}" if cost is not None else "unpriced"
+        cost_log.info("Cost | tenant=%s provider=%s model=%s cost=%s", tenant, provider, model, amount)

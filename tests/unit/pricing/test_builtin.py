@@ -1,0 +1,90 @@
+"""The built-in table: the seed's rates, exact, on every provider serving the family."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+
+from gateway.pricing.base import Rate
+from gateway.pricing.book import CompositePriceBook
+from gateway.pricing.builtin import BUILTIN_RATES, builtin_rate
+from gateway.types import Usage
+
+AT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+EXPECTED = {
+    "gpt-4": ("0.03", "0.06"),
+    "gpt-4-turbo": ("0.01", "0.03"),
+    "gpt-4o": ("0.005", "0.015"),
+    "claude-3-opus": ("0.015", "0.075"),
+    "claude-3-sonnet": ("0.003", "0.015"),
+    "claude-3-haiku": ("0.00025", "0.00125"),
+    "gemini-pro": ("0.0005", "0.0015"),
+}
+
+
+def test_table_holds_exactly_the_seed_rates() -> None:
+    assert {k: (str(r.input), str(r.output)) for k, r in BUILTIN_RATES.items()} == EXPECTED
+    for rate in BUILTIN_RATES.values():
+        assert isinstance(rate.input, Decimal)
+        assert isinstance(rate.output, Decimal)
+
+
+@pytest.mark.parametrize(("family", "rates"), EXPECTED.items())
+def test_each_rate_prices_1k_prompt_and_1k_completion(family: str, rates: tuple[str, str]) -> None:
+    book = CompositePriceBook()
+    prompt_only = book.quote("openai", family, Usage(prompt_tokens=1000), AT)
+    completion_only = book.quote("openai", family, Usage(completion_tokens=1000), AT)
+    assert prompt_only.source == completion_only.source == "builtin"
+    assert prompt_only.cost == Decimal(rates[0])
+    assert completion_only.cost == Decimal(rates[1])
+    assert isinstance(prompt_only.cost, Decimal)
+
+
+def test_gpt4_1000_prompt_500_completion_is_six_cents() -> None:
+    quote = CompositePriceBook().quote("openai", "gpt-4", Usage(prompt_tokens=1000, completion_tokens=500), AT)
+    assert quote.cost == Decimal("0.06")
+    assert isinstance(quote.cost, Decimal)
+
+
+def test_claude_3_haiku_ten_prompt_tokens() -> None:
+    quote = CompositePriceBook().quote("anthropic", "claude-3-haiku-20240307", Usage(prompt_tokens=10), AT)
+    assert quote.cost == Decimal("0.0000025")
+    assert str(quote.cost.normalize()) == "0.0000025"  # type: ignore[union-attr]
+
+
+def test_no_float_rounding_on_odd_counts() -> None:
+    quote = CompositePriceBook().quote("google", "gemini-pro", Usage(prompt_tokens=7, completion_tokens=3), AT)
+    # 7 * 0.0005 / 1000 + 3 * 0.0015 / 1000
+    assert quote.cost == Decimal("0.000008")
+    usage = Usage(prompt_tokens=123_457, completion_tokens=98_765)
+    quote = CompositePriceBook().quote("openai", "gpt-4o", usage, AT)
+    assert quote.cost == Decimal("0.617285") + Decimal("1.481475")
+
+
+@pytest.mark.parametrize("provider", ["openai", "azure", "anthropic", "google"])
+def test_builtin_rates_apply_on_any_provider(provider: str) -> None:
+    quote = CompositePriceBook().quote(provider, "gpt-4-0613", Usage(prompt_tokens=1000, completion_tokens=500), AT)
+    assert (quote.source, quote.cost) == ("builtin", Decimal("0.06"))
+
+
+@pytest.mark.parametrize(
+    ("model", "family"),
+    [
+        ("gpt-4-turbo-2024-04-09", "gpt-4-turbo"),
+        ("gpt-4-1106-preview", "gpt-4-turbo"),
+        ("gpt-4o-2024-08-06", "gpt-4o"),
+        ("claude-3-opus-20240229", "claude-3-opus"),
+        ("models/gemini-1.0-pro-001", "gemini-pro"),
+    ],
+)
+def test_snapshots_take_the_family_rate(model: str, family: str) -> None:
+    assert builtin_rate(model) == BUILTIN_RATES[family]
+
+
+def test_builtin_has_no_cache_rate_so_cached_tokens_cost_the_input_rate() -> None:
+    rate = BUILTIN_RATES["gpt-4"]
+    assert rate == Rate(input=Decimal("0.03"), output=Decimal("0.06"))
+    assert rate.cost(Usage(prompt_tokens=1000, cached_tokens=400)) == Decimal("0.03")

@@ -1,0 +1,231 @@
+"""The operator price file: parsing exact decimals, history, precedence and clear errors."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import GatewayError
+from gateway.pricing.base import Rate
+from gateway.pricing.pricefile import PriceFileError, load_price_file, parse_price_file
+
+AT = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+def write(tmp_path: Path, text: str, name: str = "prices.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_example_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+version: "2026-11-ops-1"
+prices:
+  - provider: openai
+    model: my-finetune
+    input_per_1k: "0.002"
+    output_per_1k: "0.004"
+    cached_input_per_1k: "0.001"
+    effective_from: 2026-01-01T00:00:00Z
+""",
+    )
+    prices = load_price_file(path)
+    assert prices.label == "2026-11-ops-1"
+    assert prices.rate("openai", "my-finetune", AT) == Rate(
+        input=Decimal("0.002"), output=Decimal("0.004"), cached_input=Decimal("0.001")
+    )
+    assert prices.rate("openai", "my-finetune-2026-02-01", AT) == prices.rate("openai", "my-finetune", AT)
+    assert prices.rate("azure", "my-finetune", AT) is None
+    assert prices.rate("openai", "my-finetune", datetime(2025, 12, 31, 23, 59, tzinfo=UTC)) is None
+
+
+def test_yaml_numbers_are_read_from_their_text_never_through_float(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+prices:
+  - model: a
+    input_per_1k: 0.1
+    output_per_1k: 0.30000000000000000001
+    cached_input_per_1k: 2
+    cache_write_per_1k: 1_000.5
+""",
+    )
+    rate = load_price_file(path).rate("openai", "a", AT)
+    assert rate is not None
+    assert rate.input == Decimal("0.1")
+    assert rate.output == Decimal("0.30000000000000000001")  # a float would give 0.3
+    assert rate.cached_input == Decimal(2)
+    assert rate.cache_write == Decimal("1000.5")
+    for value in (rate.input, rate.output, rate.cached_input, rate.cache_write):
+        assert isinstance(value, Decimal)
+
+
+def test_json_numbers_are_exact_too(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '{"prices": [{"model": "a", "input_per_1k": 0.1, "output_per_1m": 3, "provider": "*"}]}',
+        name="prices.json",
+    )
+    rate = load_price_file(path).rate("google", "a", AT)
+    assert rate == Rate(input=Decimal("0.1"), output=Decimal("0.003"))
+
+
+def test_python_floats_are_rejected() -> None:
+    with pytest.raises(PriceFileError, match=r"prices\[0\] \(model 'a'\): input_per_1k: got the float 0.1"):
+        parse_price_file({"prices": [{"model": "a", "input_per_1k": 0.1, "output_per_1k": "1"}]}, source="x")
+
+
+def test_per_million_fields_convert_exactly() -> None:
+    prices = parse_price_file(
+        {"prices": [{"model": "a", "input_per_1m": "2.5", "output_per_1m": 10, "cached_input_per_1m": "1.25"}]}
+    )
+    assert prices.rate("openai", "a", AT) == Rate(
+        input=Decimal("0.0025"), output=Decimal("0.01"), cached_input=Decimal("0.00125")
+    )
+
+
+def test_effective_from_picks_the_latest_price_in_effect() -> None:
+    prices = parse_price_file(
+        {
+            "prices": [
+                {"model": "m", "input_per_1k": "1", "output_per_1k": "1"},
+                {"model": "m", "input_per_1k": "2", "output_per_1k": "2", "effective_from": "2026-03-01"},
+                {"model": "m", "input_per_1k": "3", "output_per_1k": "3", "effective_from": "2026-05-01T12:00:00+02:00"},
+            ]
+        }
+    )
+
+    def rate_at(text: str) -> Decimal:
+        rate = prices.rate("openai", "m", datetime.fromisoformat(text))
+        assert rate is not None
+        return rate.input
+
+    assert rate_at("2026-02-28T23:59:59+00:00") == 1
+    assert rate_at("2026-03-01T00:00:00+00:00") == 2  # at the instant it starts
+    assert rate_at("2026-05-01T09:59:59+00:00") == 2
+    assert rate_at("2026-05-01T10:00:00+00:00") == 3  # 12:00+02:00
+
+
+def test_history_without_a_base_falls_through_before_it_starts() -> None:
+    prices = parse_price_file(
+        {"prices": [{"model": "m", "input_per_1k": "2", "output_per_1k": "2", "effective_from": "2026-03-01"}]}
+    )
+    assert prices.rate("openai", "m", datetime(2026, 2, 1, tzinfo=UTC)) is None
+
+
+def test_exact_name_beats_family_and_provider_beats_wildcard() -> None:
+    prices = parse_price_file(
+        {
+            "prices": [
+                {"model": "gpt-4o", "input_per_1k": "1", "output_per_1k": "1"},
+                {"model": "gpt-4o", "provider": "azure", "input_per_1k": "2", "output_per_1k": "2"},
+                {"model": "gpt-4o-2024-08-06", "provider": "*", "input_per_1k": "3", "output_per_1k": "3"},
+            ]
+        }
+    )
+
+    def input_rate(provider: str, model: str) -> Decimal | None:
+        rate = prices.rate(provider, model, AT)
+        return None if rate is None else rate.input
+
+    assert input_rate("openai", "gpt-4o") == 1
+    assert input_rate("azure", "gpt-4o") == 2
+    assert input_rate("azure", "gpt-4o-2024-05-13") == 2
+    assert input_rate("azure", "gpt-4o-2024-08-06") == 3
+    assert input_rate("openai", "gpt-4o-mini") is None
+
+
+def test_aliases_apply_to_file_entries() -> None:
+    prices = parse_price_file({"prices": [{"model": "gpt-4-turbo", "input_per_1k": "1", "output_per_1k": "2"}]})
+    assert prices.rate("openai", "gpt-4-0125-preview", AT) is not None
+    assert prices.rate("openai", "gpt-4", AT) is None
+
+
+def test_model_and_provider_names_are_case_insensitive() -> None:
+    prices = parse_price_file(
+        {"prices": [{"model": "My-Model", "provider": "OpenAI", "input_per_1k": "1", "output_per_1k": "2"}]}
+    )
+    assert prices.rate("openai", "my-model", AT) is not None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("prices: [{model: a, input_per_1k: .inf, output_per_1k: 1}]", r"prices\[0\] \(model 'a'\): input_per_1k: '.inf'"),
+        ("prices: [{model: a, input_per_1k: .nan, output_per_1k: 1}]", r"input_per_1k: '.nan'"),
+        ("prices: [{model: a, input_per_1k: '-1', output_per_1k: 1}]", r"input_per_1k: '-1' must be a finite, non-negative"),
+        ("prices: [{model: a, input_per_1k: 0x10, output_per_1k: 1}]", r"'0x10' is not a decimal number"),
+        ("prices: [{model: a, input_per_1k: abc, output_per_1k: 1}]", r"'abc' is not a decimal number"),
+        ("prices: [{model: a, input_per_1k: yes, output_per_1k: 1}]", r"input_per_1k: expected a decimal number"),
+        ("prices: [{model: a, output_per_1k: 1}]", r"prices\[0\] \(model 'a'\): input_per_1k \(or input_per_1m\) is required"),
+        ("prices: [{model: a, input_per_1k: 1, input_per_1m: 1, output_per_1k: 1}]", r"not both"),
+        ("prices: [{model: a, input_per_1K: 1, output_per_1k: 1}]", r"unknown keys \['input_per_1K'\]"),
+        ("prices: [{input_per_1k: 1, output_per_1k: 1}]", r"prices\[0\]: 'model' is required"),
+        ("prices: [{model: a, provider: [x], input_per_1k: 1, output_per_1k: 1}]", r"'provider' must be"),
+        ("prices: [{model: a, provider: ' ', input_per_1k: 1, output_per_1k: 1}]", r"'provider' must be"),
+        (
+            "prices: [{model: a, input_per_1k: 1, output_per_1k: 1, effective_from: '2026-01-01T00:00:00'}]",
+            r"effective_from: '2026-01-01T00:00:00' has no timezone",
+        ),
+        (
+            "prices: [{model: a, input_per_1k: 1, output_per_1k: 1, effective_from: 2026-01-01 10:00:00}]",
+            r"has no timezone",
+        ),
+        (
+            "prices: [{model: a, input_per_1k: 1, output_per_1k: 1, effective_from: soon}]",
+            r"'soon' is not an ISO 8601",
+        ),
+        (
+            "prices: [{model: a, input_per_1k: 1, output_per_1k: 1, effective_from: 20260101}]",
+            r"expected an ISO 8601 date or date-time, got a number",
+        ),
+        (
+            "prices:\n - {model: a, input_per_1k: 1, output_per_1k: 1}\n - {model: b, input_per_1k: 1, output_per_1k: 1}\n"
+            " - {model: A, provider: '*', input_per_1k: 2, output_per_1k: 2}",
+            r"prices\[2\] \(model 'a'\) repeats prices\[0\]",
+        ),
+        ("prices: {model: a}", r"'prices' must be a list of entries, got a dict"),
+        ("- a\n- b", r"expected a mapping with a 'prices' list, got a list"),
+        ("", r"got nothing"),
+        ("prices: []\nextra: 1", r"unknown top-level keys \['extra'\]"),
+        ("version: 'has space'\nprices: []", r"version 'has space' must be"),
+        ("prices: [oops", r"not valid YAML"),
+        ("prices: [a]", r"prices\[0\]: expected a mapping, got a str"),
+    ],
+)
+def test_bad_files_name_the_file_and_the_entry(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(PriceFileError, match=message) as info:
+        load_price_file(path)
+    assert str(info.value).startswith(f"{path}: ")
+    assert isinstance(info.value, GatewayError)
+
+
+def test_bad_json_and_json_constants(tmp_path: Path) -> None:
+    with pytest.raises(PriceFileError, match="not valid JSON"):
+        load_price_file(write(tmp_path, "{", name="p.json"))
+    with pytest.raises(PriceFileError, match="NaN is not a price"):
+        load_price_file(write(tmp_path, '{"prices": [{"model": "a", "input_per_1k": NaN}]}', name="p.json"))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(PriceFileError, match=r"nope\.yaml: cannot read the price file"):
+        load_price_file(tmp_path / "nope.yaml")
+
+
+def test_digest_ignores_formatting_and_units_but_not_prices(tmp_path: Path) -> None:
+    a = load_price_file(write(tmp_path, "prices: [{model: a, input_per_1k: '0.002', output_per_1k: 1}]", "a.yaml"))
+    b = load_price_file(
+        write(tmp_path, "# comment\nprices:\n  - output_per_1k: 1.000\n    input_per_1m: 2\n    model: A\n", "b.yaml")
+    )
+    c = load_price_file(write(tmp_path, "prices: [{model: a, input_per_1k: '0.003', output_per_1k: 1}]", "c.yaml"))
+    assert a.digest == b.digest
+    assert a.digest != c.digest
+    assert a.version == f"file-{a.digest[:12]}"

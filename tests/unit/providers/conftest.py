@@ -1,0 +1,22 @@
+"""Fixtures for adapter tests: a real aiohttp client session and fast timeouts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from gateway.providers.base import Timeouts
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
+def timeouts() -> Timeouts:
+    """Short timeouts so `timeout` faults (which hold the request) end tests quickly."""
+    return Timeouts(request=0.5, connect=0.5, stream_idle=0.5)

@@ -1,0 +1,229 @@
+"""Retry and fallback: exact attempt sequences, honoured waits, one event per attempt."""
+
+from __future__ import annotations
+
+import random
+from decimal import Decimal
+
+import pytest
+
+from gateway import errors
+from gateway.eventlog.memory import MemoryEventLog
+from gateway.routing.catalog import ModelCatalog
+from gateway.routing.retry import RetryPolicy
+from gateway.routing.router import Router
+from gateway.types import ChatRequest, Message, StreamChunk, Usage
+from gateway.usage import CallContext, UsageRecorder
+from tests.support.fakes import FixedPriceBook, ManualClock, RecordingSleep, ScriptedProvider, ok, rate_limited
+
+PRIORITY = ["openai", "azure", "anthropic", "google", "ollama"]
+
+
+def make_router(*providers: ScriptedProvider, policy: RetryPolicy | None = None, gate=None):
+    log = MemoryEventLog()
+    sleep = RecordingSleep()
+    recorder = UsageRecorder(log, FixedPriceBook(), clock=ManualClock())
+    kwargs = {"gate": gate} if gate else {}
+    router = Router(
+        {p.name: p for p in providers}, ModelCatalog(), recorder, priority=PRIORITY,
+        policy=policy or RetryPolicy(attempts=3, initial_wait=0.5, max_wait=8.0, max_server_wait=20.0, budget_seconds=30.0),
+        sleep=sleep, rng=random.Random(1), **kwargs,
+    )
+    return router, log, sleep
+
+
+def ctx(model: str = "gpt-4", stream: bool = False) -> CallContext:
+    return CallContext("req_1", "tenant_123", None, "chat.completions", stream, model)
+
+
+TEMPLATE = ChatRequest(model="gpt-4", messages=[Message("user", "hi")])
+
+
+async def test_success_first_try_records_one_priced_event() -> None:
+    router, log, sleep = make_router(ScriptedProvider("openai", ok(prompt=1000, completion=500)))
+    served = await router.complete(ctx(), TEMPLATE)
+    assert (served.provider, served.attempts) == ("openai", 1)
+    assert served.cost == Decimal("0.06")
+    [event] = log.events
+    assert (event.outcome, event.attempt, event.cost_usd, event.billable) == ("success", 1, Decimal("0.06"), True)
+    assert event.tenant_id == "tenant_123" and event.request_id == "req_1"
+    assert sleep.waits == []
+
+
+async def test_rate_limit_retried_with_server_wait_then_succeeds() -> None:
+    openai = ScriptedProvider("openai", rate_limited("openai", 2.0), rate_limited("openai", 0.25), ok())
+    router, log, sleep = make_router(openai)
+    served = await router.complete(ctx(), TEMPLATE)
+    assert served.attempts == 3 and served.provider == "openai"
+    assert sleep.waits == [2.0, 0.25]
+    assert [e.outcome for e in log.events] == ["rate_limited", "rate_limited", "success"]
+    assert [e.attempt for e in log.events] == [1, 2, 3]
+    assert {e.request_id for e in log.events} == {"req_1"}
+
+
+async def test_backoff_is_exponential_without_server_wait() -> None:
+    openai = ScriptedProvider("openai", rate_limited("openai"), rate_limited("openai"), ok())
+    router, _, sleep = make_router(openai, policy=RetryPolicy(attempts=3, initial_wait=0.5, max_wait=8.0))
+    await router.complete(ctx(), TEMPLATE)
+    assert sleep.waits == [0.5, 1.0]
+
+
+async def test_exhausted_retries_fall_back_in_priority_order() -> None:
+    openai = ScriptedProvider("openai", default=rate_limited("openai", 1.0))
+    anthropic = ScriptedProvider("anthropic", ok(model="claude-3-opus-20240229"))
+    router, log, sleep = make_router(openai, anthropic)
+    served = await router.complete(ctx(), TEMPLATE)
+    assert served.provider == "anthropic" and served.attempts == 4
+    assert [(e.provider, e.outcome) for e in log.events] == [
+        ("openai", "rate_limited"), ("openai", "rate_limited"), ("openai", "rate_limited"), ("anthropic", "success"),
+    ]
+    assert anthropic.calls[0].model == "claude-3-opus-20240229"
+    assert sleep.waits == [1.0, 1.0]
+
+
+async def test_quota_exhausted_falls_back_at_once() -> None:
+    quota = errors.QuotaExhausted("openai: out of credit", provider="openai", http_status=429)
+    router, log, sleep = make_router(ScriptedProvider("openai", quota), ScriptedProvider("azure"))
+    served = await router.complete(ctx(), TEMPLATE)
+    assert served.provider == "azure" and sleep.waits == []
+    assert [e.outcome for e in log.events] == ["quota_exhausted", "success"]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        errors.UpstreamServerError("boom", provider="openai", http_status=500),
+        errors.UpstreamTimeout("slow", provider="openai"),
+        errors.UpstreamConnectionError("refused", provider="openai"),
+        errors.UpstreamAuthError("bad key", provider="openai", http_status=401),
+        errors.MalformedResponse("junk", provider="openai", http_status=200),
+    ],
+)
+async def test_server_side_failures_fall_back_without_retry(error: errors.ProviderError) -> None:
+    router, log, sleep = make_router(ScriptedProvider("openai", error), ScriptedProvider("anthropic"))
+    served = await router.complete(ctx(), TEMPLATE)
+    assert served.provider == "anthropic" and sleep.waits == []
+    assert log.events[0].outcome == error.outcome
+
+
+async def test_client_error_is_returned_at_once() -> None:
+    bad = errors.UpstreamBadRequest("openai: context too long", provider="openai", http_status=400)
+    anthropic = ScriptedProvider("anthropic")
+    router, log, _ = make_router(ScriptedProvider("openai", bad), anthropic)
+    with pytest.raises(errors.UpstreamBadRequest):
+        await router.complete(ctx(), TEMPLATE)
+    assert anthropic.calls == []
+    assert [e.outcome for e in log.events] == ["client_error"]
+
+
+async def test_server_wait_longer_than_allowed_falls_back_immediately() -> None:
+    openai = ScriptedProvider("openai", rate_limited("openai", 600.0))
+    router, _, sleep = make_router(openai, ScriptedProvider("azure"))
+    served = await router.complete(ctx(), TEMPLATE)
+    assert served.provider == "azure" and sleep.waits == []
+
+
+async def test_retry_budget_bounds_total_waiting() -> None:
+    openai = ScriptedProvider("openai", default=rate_limited("openai", 4.0))
+    azure = ScriptedProvider("azure", default=rate_limited("azure", 4.0))
+    policy = RetryPolicy(attempts=3, max_server_wait=20.0, budget_seconds=10.0)
+    router, log, sleep = make_router(openai, azure, policy=policy)
+    with pytest.raises(errors.AllProvidersFailed) as info:
+        await router.complete(ctx(), TEMPLATE)
+    assert sum(sleep.waits) <= 10.0
+    assert sleep.waits == [4.0, 4.0]
+    assert info.value.status == 503
+
+
+async def test_all_failed_names_each_attempt() -> None:
+    router, log, _ = make_router(
+        ScriptedProvider("openai", default=errors.UpstreamServerError("x", provider="openai", http_status=500)),
+        ScriptedProvider("anthropic", default=errors.UpstreamTimeout("y", provider="anthropic")),
+    )
+    with pytest.raises(errors.AllProvidersFailed) as info:
+        await router.complete(ctx(), TEMPLATE)
+    message = info.value.message
+    assert "openai: upstream_error HTTP 500" in message and "anthropic: timeout" in message
+    assert info.value.status == 502
+    assert len(log.events) == 2 and all(e.cost_usd == 0 and not e.billable for e in log.events)
+
+
+async def test_pinned_provider_goes_first_then_priority() -> None:
+    google = ScriptedProvider("google", errors.UpstreamServerError("x", provider="google", http_status=500))
+    openai = ScriptedProvider("openai")
+    router, log, _ = make_router(openai, google)
+    served = await router.complete(ctx(), TEMPLATE, pinned="google")
+    assert served.provider == "openai"
+    assert [e.provider for e in log.events] == ["google", "openai"]
+    assert google.calls[0].model == "gemini-pro"
+
+
+async def test_unknown_or_unconfigured_provider_is_a_client_error() -> None:
+    router, _, _ = make_router(ScriptedProvider("openai"))
+    with pytest.raises(errors.InvalidRequest, match="unknown provider"):
+        await router.complete(ctx(), TEMPLATE, pinned="bedrock")
+    with pytest.raises(errors.InvalidRequest, match="not configured"):
+        await router.complete(ctx(), TEMPLATE, pinned="anthropic")
+
+
+async def test_unknown_model_is_404() -> None:
+    router, _, _ = make_router(ScriptedProvider("openai"))
+    with pytest.raises(errors.ModelNotFound):
+        await router.complete(ctx("no-such-model"), TEMPLATE)
+
+
+async def test_unpriced_model_is_recorded_as_unpriced() -> None:
+    router, log, _ = make_router(ScriptedProvider("openai", ok(model="gpt-9")))
+    router.recorder._prices = FixedPriceBook(unpriced=frozenset({"gpt-9", "gpt-4"}))
+    served = await router.complete(ctx(), TEMPLATE)
+    assert served.cost is None
+    assert log.events[0].cost_usd is None and log.events[0].billable
+
+
+async def test_open_circuit_is_skipped() -> None:
+    openai = ScriptedProvider("openai")
+    router, log, _ = make_router(openai, ScriptedProvider("azure"), gate=lambda p: p != "openai")
+    served = await router.complete(ctx(), TEMPLATE)
+    assert served.provider == "azure" and openai.calls == []
+
+
+async def test_stream_falls_back_before_first_chunk_only() -> None:
+    openai = ScriptedProvider("openai", errors.Overloaded("busy", provider="openai", http_status=503, retry_after=0.1))
+    router, log, sleep = make_router(openai)
+    session = await router.open_stream(ctx(stream=True), TEMPLATE)
+    text = "".join([c.text async for c in session.chunks()])
+    session.finish()
+    assert text == "hello from openai" and session.attempts == 2 and sleep.waits == [0.1]
+    assert [e.outcome for e in log.events] == ["overloaded", "success"]
+    assert log.events[-1].prompt_tokens == 10
+
+
+async def test_stream_cut_after_first_chunk_is_not_fallen_back() -> None:
+    cut = errors.StreamCut("gone", provider="openai")
+    openai = ScriptedProvider("openai", [StreamChunk(text="Hel"), StreamChunk(text="lo"), cut])
+    azure = ScriptedProvider("azure")
+    router, log, _ = make_router(openai, azure)
+    session = await router.open_stream(ctx(stream=True), TEMPLATE)
+    seen = []
+    with pytest.raises(errors.StreamCut):
+        async for chunk in session.chunks():
+            seen.append(chunk.text)
+    assert seen == ["Hel", "lo"] and azure.calls == []
+    [event] = log.events
+    assert event.outcome == "stream_cut" and event.incomplete and event.cost_usd is None
+
+
+async def test_stream_usage_is_priced() -> None:
+    chunks = [StreamChunk(text="a"), StreamChunk(finish_reason="stop", usage=Usage(1000, 1000), model="gpt-4-0613")]
+    router, log, _ = make_router(ScriptedProvider("openai", chunks))
+    session = await router.open_stream(ctx(stream=True), TEMPLATE)
+    _ = [c async for c in session.chunks()]
+    event = session.finish()
+    assert event.cost_usd == Decimal("0.09") and event.served_model == "gpt-4-0613"
+
+
+async def test_adapter_bug_is_recorded_and_fallen_back_from() -> None:
+    router, log, _ = make_router(ScriptedProvider("openai", KeyError("oops")), ScriptedProvider("azure"))
+    served = await router.complete(ctx(), TEMPLATE)
+    assert served.provider == "azure"
+    assert log.events[0].outcome == "upstream_error"
