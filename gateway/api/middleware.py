@@ -13,7 +13,7 @@ from gateway.ids import request_id
 
 log = logging.getLogger(__name__)
 
-REQUEST_ID = "request_id"
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 
 
 def error_response(exc: errors.GatewayError, rid: str) -> web.Response:

@@ -47,7 +47,7 @@ class CompositePriceBook:
         self.version: str = "+".join(parts)
 
     def quote(self, provider: str, model: str, usage: Usage, at: datetime) -> Quote:
-        """The exact cost of one call of ``model`` on ``provider`` made at ``at`` (timezone-aware)."""
+        """The exact cost of one call of ``model`` on ``provider`` at ``at`` (timezone-aware)."""
         if at.tzinfo is None or at.utcoffset() is None:
             raise ValueError(f"quote needs a timezone-aware time, got {at.isoformat()}")
         if self.file_prices is not None:
@@ -62,7 +62,7 @@ class CompositePriceBook:
         cost = genai_cost(provider, normalize_model(model), usage, at)
         if cost is not None:
             return Quote(cost=cost, price_version=self.version, source="genai-prices")
-        return Quote(cost=None, price_version=self.version, source="unpriced")
+        return Quote(cost=_ZERO, price_version=self.version, source="unpriced")
 
 
 def load_price_book(price_file: Path | None = None) -> CompositePriceBook:

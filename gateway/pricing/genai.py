@@ -1,12 +1,12 @@
 """Prices from the ``genai-prices`` database (bundled with the package, offline).
 
-Usage mapping, checked against genai-prices' unit registry (``data_units.py``/``decompose.py``):
-``input_tokens`` is the TOTAL input and ``cache_read_tokens``/``cache_write_tokens`` are subsets of
-it; the library bills ``input_tokens - cache_read - cache_write`` at the input rate and each subset at
-its own rate (or at the input rate when the model has none). ``output_tokens`` is the total output
-and ``output_reasoning_tokens`` a subset of it. Those are exactly our :class:`Usage` semantics, so the
-counts pass through unchanged (subsets clamped to their totals, as :meth:`Rate.cost` does), and
-every token is billed once.
+Usage mapping, checked against genai-prices' unit registry (``data_units.py``, ``decompose.py``):
+``input_tokens`` is the TOTAL input and ``cache_read_tokens``/``cache_write_tokens`` are subsets
+of it; the library bills ``input_tokens - cache_read - cache_write`` at the input rate and each
+subset at its own rate (or at the input rate when the model has none). ``output_tokens`` is the
+total output and ``output_reasoning_tokens`` a subset of it. Those are exactly our :class:`Usage`
+semantics, so the counts pass through unchanged (subsets clamped to their totals, as
+:meth:`Rate.cost` does), and every token is billed once.
 
 Historic prices: the request time goes to ``genai_request_timestamp``. Which model a name resolves
 to does not depend on time, so that lookup is cached per (provider, model); the price itself is
@@ -71,7 +71,9 @@ def to_genai_usage(usage: Usage) -> GenaiUsage:
 def _known(provider_id: str, model: str) -> bool:
     """Whether genai-prices has a price for the model at this provider (misses are cached too)."""
     try:
-        calc_price(GenaiUsage(), model, provider_id=provider_id, genai_request_timestamp=_PROBE_TIME)
+        calc_price(
+            GenaiUsage(), model, provider_id=provider_id, genai_request_timestamp=_PROBE_TIME
+        )
     except LookupError:
         return False
     return True
@@ -83,7 +85,9 @@ def genai_cost(provider: str, model: str, usage: Usage, at: datetime) -> Decimal
     if not _known(provider_id, model):
         return None
     try:
-        result = calc_price(to_genai_usage(usage), model, provider_id=provider_id, genai_request_timestamp=at)
+        result = calc_price(
+            to_genai_usage(usage), model, provider_id=provider_id, genai_request_timestamp=at
+        )
     except LookupError:
         return None
     except ValueError as e:

@@ -38,9 +38,7 @@ ALIASES: dict[str, str | None] = {
 }
 
 #: vendor spellings of the same model (Azure drops the dot of "3.5")
-_SPELLINGS = (
-    (re.compile(r"^gpt-35-"), "gpt-3.5-"),
-)
+_SPELLINGS = ((re.compile(r"^gpt-35-"), "gpt-3.5-"),)
 
 _PREFIXES = ("models/",)
 

@@ -1,4 +1,4 @@
-"""The operator's price file (YAML or JSON): prices that override the built-in table and the database.
+"""The operator's price file (YAML or JSON): prices over the built-in table and the database.
 
 ::
 
@@ -44,8 +44,8 @@ from gateway.pricing.models import model_candidates, normalize_model
 MILLION = Decimal(1_000_000)
 _LABEL = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _TOP_KEYS = frozenset({"version", "prices"})
-#: rate field -> Rate attribute
-_RATE_FIELDS = {"input": "input", "output": "output", "cached_input": "cached_input", "cache_write": "cache_write"}
+#: the rates of an entry, each the name of a :class:`Rate` field (``<name>_per_1k``/``_per_1m``)
+_RATE_FIELDS = ("input", "output", "cached_input", "cache_write")
 _ENTRY_KEYS = frozenset(
     {"provider", "model", "effective_from"}
     | {f"{name}_per_{unit}" for name in _RATE_FIELDS for unit in ("1k", "1m")}
@@ -70,7 +70,7 @@ class PriceEntry:
             "provider": self.provider,
             "model": self.model,
             "effective_from": self.effective_from.isoformat() if self.effective_from else None,
-            **{name: _canonical_decimal(getattr(self.rate, attr)) for name, attr in _RATE_FIELDS.items()},
+            **{name: _canonical_decimal(getattr(self.rate, name)) for name in _RATE_FIELDS},
         }
 
 
@@ -80,14 +80,19 @@ class PriceFile:
     label: str | None = None
     source: str = "<price file>"
     #: model name -> provider (None = any) -> entries, latest effective_from first
-    _index: dict[str, dict[str | None, tuple[PriceEntry, ...]]] = field(init=False, repr=False, compare=False)
+    _index: dict[str, dict[str | None, tuple[PriceEntry, ...]]] = field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         index: dict[str, dict[str | None, list[PriceEntry]]] = {}
         for entry in self.entries:
             index.setdefault(entry.model, {}).setdefault(entry.provider, []).append(entry)
         frozen = {
-            model: {provider: tuple(sorted(entries, key=_effective_key, reverse=True)) for provider, entries in by.items()}
+            model: {
+                provider: tuple(sorted(entries, key=_effective_key, reverse=True))
+                for provider, entries in by.items()
+            }
             for model, by in index.items()
         }
         object.__setattr__(self, "_index", frozen)
@@ -95,8 +100,13 @@ class PriceFile:
     @property
     def digest(self) -> str:
         """sha256 of the canonical content: formatting, comments, order and units do not count."""
-        body = {"version": self.label, "prices": sorted((e.canonical() for e in self.entries), key=_sort_key)}
-        return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        body = {
+            "version": self.label,
+            "prices": sorted((e.canonical() for e in self.entries), key=_sort_key),
+        }
+        return hashlib.sha256(
+            json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        ).hexdigest()
 
     @property
     def version(self) -> str:
@@ -126,30 +136,49 @@ def load_price_file(path: Path) -> PriceFile:
         raise PriceFileError(f"{source}: cannot read the price file: {e}") from e
     try:
         if path.suffix.lower() == ".json":
-            data = json.loads(text, parse_float=_NumberText, parse_int=_NumberText, parse_constant=_reject_constant)
+            data = json.loads(
+                text,
+                parse_float=_NumberText,
+                parse_int=_NumberText,
+                parse_constant=_reject_constant,
+            )
         else:
-            data = yaml.load(text, Loader=_PriceFileLoader)  # noqa: S506 - a SafeLoader subclass
+            data = yaml.load(text, Loader=_PriceFileLoader)  # a SafeLoader subclass
     except (ValueError, yaml.YAMLError) as e:
-        raise PriceFileError(f"{source}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {e}") from e
+        raise PriceFileError(
+            f"{source}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {e}"
+        ) from e
     return parse_price_file(data, source=source)
 
 
 def parse_price_file(data: object, *, source: str = "<price file>") -> PriceFile:
     """Validate already-parsed content (numbers as strings, ints or Decimals; never floats)."""
     if not isinstance(data, Mapping):
-        raise PriceFileError(f"{source}: expected a mapping with a 'prices' list, got {_kind(data)}")
+        raise PriceFileError(
+            f"{source}: expected a mapping with a 'prices' list, got {_kind(data)}"
+        )
     unknown = set(data) - _TOP_KEYS
     if unknown:
-        raise PriceFileError(f"{source}: unknown top-level keys {sorted(map(str, unknown))}; expected {sorted(_TOP_KEYS)}")
+        raise PriceFileError(
+            f"{source}: unknown top-level keys {sorted(map(str, unknown))}; "
+            f"expected {sorted(_TOP_KEYS)}"
+        )
     label = data.get("version")
     if label is not None:
         label = str(label)
         if not _LABEL.match(label):
-            raise PriceFileError(f"{source}: version {label!r} must be 1-64 characters of letters, digits, '.', '_', '-'")
+            raise PriceFileError(
+                f"{source}: version {label!r} must be 1-64 characters "
+                "of letters, digits, '.', '_', '-'"
+            )
     raw_prices = data.get("prices")
     if not isinstance(raw_prices, list):
-        raise PriceFileError(f"{source}: 'prices' must be a list of entries, got {_kind(raw_prices)}")
-    entries = tuple(_parse_entry(raw, where=f"{source}: prices[{i}]") for i, raw in enumerate(raw_prices))
+        raise PriceFileError(
+            f"{source}: 'prices' must be a list of entries, got {_kind(raw_prices)}"
+        )
+    entries = tuple(
+        _parse_entry(raw, where=f"{source}: prices[{i}]") for i, raw in enumerate(raw_prices)
+    )
     seen: dict[tuple[str | None, str, datetime | None], int] = {}
     for i, entry in enumerate(entries):
         key = (entry.provider, entry.model, entry.effective_from)
@@ -171,12 +200,12 @@ class _NumberText(str):
     __slots__ = ()
 
 
-class _PriceFileLoader(yaml.SafeLoader):
+class _PriceFileLoader(yaml.SafeLoader):  # type: ignore[misc]
     """SafeLoader that keeps YAML numbers as their source text."""
 
 
 def _number_text(loader: yaml.SafeLoader, node: yaml.Node) -> _NumberText:
-    return _NumberText(loader.construct_scalar(node))  # type: ignore[arg-type]
+    return _NumberText(loader.construct_scalar(node))
 
 
 _PriceFileLoader.add_constructor("tag:yaml.org,2002:float", _number_text)
@@ -197,49 +226,66 @@ def _parse_entry(raw: object, *, where: str) -> PriceEntry:
     where = f"{where} (model {model_raw!r})"
     unknown = set(raw) - _ENTRY_KEYS
     if unknown:
-        raise PriceFileError(f"{where}: unknown keys {sorted(map(str, unknown))}; allowed: {sorted(_ENTRY_KEYS)}")
+        raise PriceFileError(
+            f"{where}: unknown keys {sorted(map(str, unknown))}; allowed: {sorted(_ENTRY_KEYS)}"
+        )
 
     provider_raw = raw.get("provider")
     if provider_raw is not None and (not isinstance(provider_raw, str) or not provider_raw.strip()):
         raise PriceFileError(f"{where}: 'provider' must be a provider name or '*'")
-    provider = None if provider_raw is None or provider_raw.strip() == "*" else provider_raw.strip().lower()
-
-    rates: dict[str, Decimal | None] = {}
-    for name, attr in _RATE_FIELDS.items():
-        per_1k, per_1m = raw.get(f"{name}_per_1k"), raw.get(f"{name}_per_1m")
-        if per_1k is not None and per_1m is not None:
-            raise PriceFileError(f"{where}: give {name}_per_1k or {name}_per_1m, not both")
-        if per_1k is not None:
-            rates[attr] = _money(per_1k, where=f"{where}: {name}_per_1k")
-        elif per_1m is not None:
-            rates[attr] = _money(per_1m, where=f"{where}: {name}_per_1m") * THOUSAND / MILLION
-        else:
-            rates[attr] = None
-    for required in ("input", "output"):
-        if rates[required] is None:
-            raise PriceFileError(f"{where}: {required}_per_1k (or {required}_per_1m) is required")
-    rate = Rate(
-        input=rates["input"],  # type: ignore[arg-type]
-        output=rates["output"],  # type: ignore[arg-type]
-        cached_input=rates["cached_input"],
-        cache_write=rates["cache_write"],
+    provider = (
+        None
+        if provider_raw is None or provider_raw.strip() == "*"
+        else provider_raw.strip().lower()
     )
+
+    rate = _parse_rate(raw, where=where)
     effective = raw.get("effective_from")
     return PriceEntry(
         model=model,
         rate=rate,
         provider=provider,
-        effective_from=None if effective is None else _instant(effective, where=f"{where}: effective_from"),
+        effective_from=None
+        if effective is None
+        else _instant(effective, where=f"{where}: effective_from"),
+    )
+
+
+def _parse_rate(raw: Mapping[str, Any], *, where: str) -> Rate:
+    rates: dict[str, Decimal | None] = {}
+    for name in _RATE_FIELDS:
+        per_1k, per_1m = raw.get(f"{name}_per_1k"), raw.get(f"{name}_per_1m")
+        if per_1k is not None and per_1m is not None:
+            raise PriceFileError(f"{where}: give {name}_per_1k or {name}_per_1m, not both")
+        if per_1k is not None:
+            rates[name] = _money(per_1k, where=f"{where}: {name}_per_1k")
+        elif per_1m is not None:
+            rates[name] = _money(per_1m, where=f"{where}: {name}_per_1m") * THOUSAND / MILLION
+        else:
+            rates[name] = None
+    input_rate, output_rate = rates["input"], rates["output"]
+    if input_rate is None:
+        raise PriceFileError(f"{where}: input_per_1k (or input_per_1m) is required")
+    if output_rate is None:
+        raise PriceFileError(f"{where}: output_per_1k (or output_per_1m) is required")
+    return Rate(
+        input=input_rate,
+        output=output_rate,
+        cached_input=rates["cached_input"],
+        cache_write=rates["cache_write"],
     )
 
 
 def _money(value: Any, *, where: str) -> Decimal:
     if isinstance(value, float):
         raise PriceFileError(
-            f"{where}: got the float {value!r}; money is never a float: write the price as a string or Decimal"
+            f"{where}: got the float {value!r}; money is never a float: "
+            "write the price as a string or Decimal"
         )
     if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
-        raise PriceFileError(f"{where}: expected a decimal number (e.g. \"0.002\"), got {_kind(value)}")
+        raise PriceFileError(
+            f'{where}: expected a decimal number (e.g. "0.002"), got {_kind(value)}'
+        )
     if isinstance(value, Decimal):
         amount = value
     else:
@@ -248,7 +294,9 @@ def _money(value: Any, *, where: str) -> Decimal:
         except InvalidOperation as e:
             raise PriceFileError(f"{where}: {str(value)!r} is not a decimal number") from e
     if not amount.is_finite() or amount < 0:
-        raise PriceFileError(f"{where}: {str(value)!r} must be a finite, non-negative amount of USD")
+        raise PriceFileError(
+            f"{where}: {str(value)!r} must be a finite, non-negative amount of USD"
+        )
     return amount
 
 
@@ -261,10 +309,14 @@ def _instant(value: object, *, where: str) -> datetime:
             try:
                 value = datetime.fromisoformat(text)
             except ValueError as e:
-                raise PriceFileError(f"{where}: {text!r} is not an ISO 8601 date or date-time") from e
+                raise PriceFileError(
+                    f"{where}: {text!r} is not an ISO 8601 date or date-time"
+                ) from e
     if isinstance(value, datetime):
         if value.tzinfo is None or value.utcoffset() is None:
-            raise PriceFileError(f"{where}: {value.isoformat()!r} has no timezone; add 'Z' or an offset")
+            raise PriceFileError(
+                f"{where}: {value.isoformat()!r} has no timezone; add 'Z' or an offset"
+            )
         return value.astimezone(UTC)
     if isinstance(value, date):
         return datetime.combine(value, time(0, 0), tzinfo=UTC)

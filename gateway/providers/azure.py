@@ -36,7 +36,9 @@ class AzureProvider(OpenAIProvider):
     name = "azure"
     chat_max_tokens_field: ClassVar[str] = "max_tokens"
 
-    def __init__(self, settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts) -> None:
+    def __init__(
+        self, settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts
+    ) -> None:
         if not settings.base_url:
             raise ValueError("azure: the resource endpoint (AZURE_OPENAI_ENDPOINT) is required")
         super().__init__(settings, session, timeouts)
@@ -49,7 +51,10 @@ class AzureProvider(OpenAIProvider):
     def target(self, request: ChatRequest, *, stream: bool) -> Target:
         deployment = self.deployment(request.model)
         body = wire.build_body(
-            request, model=deployment, stream=stream, chat_max_tokens_field=self.chat_max_tokens_field
+            request,
+            model=deployment,
+            stream=stream,
+            chat_max_tokens_field=self.chat_max_tokens_field,
         )
         path = wire.endpoint(request)
         if self._settings.use_v1:
@@ -61,7 +66,9 @@ class AzureProvider(OpenAIProvider):
         return {"api-key": self._settings.api_key or ""}
 
 
-def build(settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts) -> Provider | None:
+def build(
+    settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts
+) -> Provider | None:
     """The Azure OpenAI provider, or None without an API key and endpoint (or when disabled)."""
     if not settings.api_key or not settings.base_url or settings.enabled is False:
         return None

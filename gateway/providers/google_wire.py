@@ -176,22 +176,28 @@ def parse_response(obj: Any) -> Piece:
     if not isinstance(candidates, list) or not isinstance(candidates[0], dict):
         raise _malformed("candidates is not a list of objects")
     cand = candidates[0]
-    texts: list[str] = []
-    content = cand.get("content") or {}
-    parts = content.get("parts") if isinstance(content, dict) else None
-    for part in parts or []:
-        if not isinstance(part, dict):
-            raise _malformed("content part is not an object")
-        if "functionCall" in part:
-            piece.has_function_call = True
-        text = part.get("text")
-        if isinstance(text, str) and not part.get("thought"):
-            texts.append(text)
-    piece.text = "".join(texts)
+    piece.text, piece.has_function_call = _read_parts(cand.get("content"))
     finish = cand.get("finishReason")
     if finish is not None:
         piece.raw_finish = str(finish)
     return piece
+
+
+def _read_parts(content: Any) -> tuple[str, bool]:
+    """The answer text of a candidate's content (thought parts skipped) and whether it calls."""
+    parts = content.get("parts") if isinstance(content, dict) else None
+    if parts is not None and not isinstance(parts, list):
+        raise _malformed("content.parts is not a list")
+    texts: list[str] = []
+    has_call = False
+    for part in parts or []:
+        if not isinstance(part, dict):
+            raise _malformed("content part is not an object")
+        has_call = has_call or "functionCall" in part
+        text = part.get("text")
+        if isinstance(text, str) and not part.get("thought"):
+            texts.append(text)
+    return "".join(texts), has_call
 
 
 def is_answer(obj: Any) -> bool:

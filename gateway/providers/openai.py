@@ -38,7 +38,9 @@ class OpenAIProvider:
     #: what chat calls name the length cap (legacy completions always use ``max_tokens``)
     chat_max_tokens_field: ClassVar[str] = "max_completion_tokens"
 
-    def __init__(self, settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts) -> None:
+    def __init__(
+        self, settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts
+    ) -> None:
         self._settings = settings
         self._session = session
         self._timeouts = timeouts
@@ -47,7 +49,10 @@ class OpenAIProvider:
     # --- what differs between OpenAI and Azure ----------------------------------------------
     def target(self, request: ChatRequest, *, stream: bool) -> Target:
         body = wire.build_body(
-            request, model=request.model, stream=stream, chat_max_tokens_field=self.chat_max_tokens_field
+            request,
+            model=request.model,
+            stream=stream,
+            chat_max_tokens_field=self.chat_max_tokens_field,
         )
         return Target(f"{self._base}/{wire.endpoint(request)}", None, body)
 
@@ -55,13 +60,17 @@ class OpenAIProvider:
         return {"authorization": f"Bearer {self._settings.api_key or ''}"}
 
     # --- the port ---------------------------------------------------------------------------
-    def _classify(self, status: int, headers: Mapping[str, str], body: Any, raw: str) -> errors.ProviderError:
+    def _classify(
+        self, status: int, headers: Mapping[str, str], body: Any, raw: str
+    ) -> errors.ProviderError:
         return wire.classify_error(self.name, status, headers, body, raw)
 
     async def complete(self, request: ChatRequest) -> ChatResult:
         target = self.target(request, stream=False)
         async with post(
-            self._session, self.name, target.url,
+            self._session,
+            self.name,
+            target.url,
             headers={**self.auth_headers(), "accept": "application/json"},
             body=target.body,
             params=target.params,
@@ -70,7 +79,10 @@ class OpenAIProvider:
         ) as resp:
             data = await read_json(resp, self.name)
             return wire.parse_response(
-                data, provider=self.name, requested_model=request.model, request_id=_request_id(resp)
+                data,
+                provider=self.name,
+                requested_model=request.model,
+                request_id=_request_id(resp),
             )
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
@@ -78,7 +90,9 @@ class OpenAIProvider:
         started = False
         try:
             async with post(
-                self._session, self.name, target.url,
+                self._session,
+                self.name,
+                target.url,
                 headers={**self.auth_headers(), "accept": "text/event-stream"},
                 body=target.body,
                 params=target.params,
@@ -93,7 +107,9 @@ class OpenAIProvider:
         except (errors.UpstreamTimeout, errors.UpstreamConnectionError) as exc:
             if not started:
                 raise
-            raise errors.StreamCut(f"{self.name}: stream broke: {exc.message}", provider=self.name) from exc
+            raise errors.StreamCut(
+                f"{self.name}: stream broke: {exc.message}", provider=self.name
+            ) from exc
 
     async def _not_a_stream(self, resp: aiohttp.ClientResponse) -> errors.ProviderError:
         """A 200 answer to a streaming call that is not SSE: an error object, or garbage."""
@@ -101,9 +117,10 @@ class OpenAIProvider:
         if isinstance(body, dict) and body.get("error") is not None:
             return wire.classify_inband_error(self.name, body)
         return errors.MalformedResponse(
-            f"{self.name}: streaming answer is {resp.headers.get('content-type')}, not text/event-stream: "
-            f"{raw[:200]!r}",
-            provider=self.name, http_status=resp.status,
+            f"{self.name}: streaming answer is {resp.headers.get('content-type')}, "
+            f"not text/event-stream: {raw[:200]!r}",
+            provider=self.name,
+            http_status=resp.status,
         )
 
 
@@ -111,7 +128,9 @@ def _request_id(resp: aiohttp.ClientResponse) -> str | None:
     return resp.headers.get("x-request-id") or resp.headers.get("apim-request-id")
 
 
-def build(settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts) -> Provider | None:
+def build(
+    settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts
+) -> Provider | None:
     """The OpenAI provider, or None without an API key (or when disabled)."""
     if not settings.api_key or settings.enabled is False:
         return None

@@ -30,17 +30,31 @@ _FINISH: dict[str, FinishReason] = {
 }
 
 #: 429 (or 402/403) codes that mean "out of money", not "slow down": never worth a retry
-QUOTA_CODES = frozenset({
-    "insufficient_quota", "billing_hard_limit_reached", "billing_not_active",
-    "credit_balance_exhausted", "quota_exceeded",
-})
+QUOTA_CODES = frozenset(
+    {
+        "insufficient_quota",
+        "billing_hard_limit_reached",
+        "billing_not_active",
+        "credit_balance_exhausted",
+        "quota_exceeded",
+    }
+)
 #: 400 codes of a prompt blocked by a content policy (Azure content_filter and friends)
-CONTENT_FILTER_CODES = frozenset({
-    "content_filter", "content_policy_violation", "invalid_prompt", "ResponsibleAIPolicyViolation",
-})
-_OVERLOAD_CODES = frozenset({"server_is_overloaded", "slow_down", "overloaded", "engine_overloaded"})
+CONTENT_FILTER_CODES = frozenset(
+    {
+        "content_filter",
+        "content_policy_violation",
+        "invalid_prompt",
+        "ResponsibleAIPolicyViolation",
+    }
+)
+_OVERLOAD_CODES = frozenset(
+    {"server_is_overloaded", "slow_down", "overloaded", "engine_overloaded"}
+)
 _RATE_CODES = frozenset({"rate_limit_exceeded", "rate_limit_error", "requests", "tokens", "429"})
-_HINT = re.compile(r"(?:try again|retry) (?:in|after) (\d+(?:\.\d+)?)\s*(ms|milliseconds?|s|sec|seconds?)\b", re.I)
+_HINT = re.compile(
+    r"(?:try again|retry) (?:in|after) (\d+(?:\.\d+)?)\s*(ms|milliseconds?|s|sec|seconds?)\b", re.I
+)
 
 
 # --- request --------------------------------------------------------------------------------
@@ -106,9 +120,13 @@ def parse_usage(raw: Any) -> Usage | None:
     return Usage(
         prompt_tokens=_int(raw.get("prompt_tokens")),
         completion_tokens=_int(raw.get("completion_tokens")),
-        cached_tokens=_int(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0,
+        cached_tokens=_int(prompt_details.get("cached_tokens"))
+        if isinstance(prompt_details, dict)
+        else 0,
         reasoning_tokens=(
-            _int(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else 0
+            _int(completion_details.get("reasoning_tokens"))
+            if isinstance(completion_details, dict)
+            else 0
         ),
     )
 
@@ -165,7 +183,8 @@ def parse_response(
         finish_reason=map_finish_reason(choice.get("finish_reason")) or "stop",
         usage=parse_usage(data.get("usage")) or Usage(),
         model=_model(data) or requested_model,
-        upstream_request_id=request_id or (data.get("id") if isinstance(data.get("id"), str) else None),
+        upstream_request_id=request_id
+        or (data.get("id") if isinstance(data.get("id"), str) else None),
     )
 
 
@@ -189,7 +208,9 @@ def parse_chunk(data: Any, *, provider: str) -> StreamChunk | None:
     return StreamChunk(text=text, finish_reason=finish, usage=usage, model=_model(data))
 
 
-async def parse_stream(events: AsyncIterator[SseEvent], *, provider: str) -> AsyncIterator[StreamChunk]:
+async def parse_stream(
+    events: AsyncIterator[SseEvent], *, provider: str
+) -> AsyncIterator[StreamChunk]:
     """SSE events -> chunks; ends at ``data: [DONE]``, raises StreamCut if it never comes."""
     async for event in events:
         if event.data.strip() == "[DONE]":
@@ -201,7 +222,9 @@ async def parse_stream(events: AsyncIterator[SseEvent], *, provider: str) -> Asy
         chunk = parse_chunk(data, provider=provider)
         if chunk is not None:
             yield chunk
-    raise errors.StreamCut(f"{provider}: stream ended without [DONE]", provider=provider, http_status=200)
+    raise errors.StreamCut(
+        f"{provider}: stream ended without [DONE]", provider=provider, http_status=200
+    )
 
 
 # --- errors ---------------------------------------------------------------------------------
@@ -258,7 +281,11 @@ def classify_error(
     if codes & CONTENT_FILTER_CODES and status == 400:
         return errors.ContentFiltered(text, **kwargs)
     err = default_classify(provider, status, headers, message, kwargs["upstream_code"])
-    if headers.get("x-should-retry") == "true" and not err.retryable and (status in (408, 409) or status >= 500):
+    if (
+        headers.get("x-should-retry") == "true"
+        and not err.retryable
+        and (status in (408, 409) or status >= 500)
+    ):
         err = errors.Overloaded(text, **kwargs)
     if isinstance(err, errors.RateLimited) and err.retry_after is None:
         err.retry_after = retry_hint(message)

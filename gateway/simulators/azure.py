@@ -30,33 +30,56 @@ _CATEGORIES = ("hate", "self_harm", "sexual", "violence")
 
 
 def _filter_results(flagged: str | None = None) -> dict[str, Any]:
-    return {c: {"filtered": c == flagged, "severity": "high" if c == flagged else "safe"} for c in _CATEGORIES}
+    return {
+        c: {"filtered": c == flagged, "severity": "high" if c == flagged else "safe"}
+        for c in _CATEGORIES
+    }
 
 
 AZURE_ERRORS: dict[str, ErrorSpec] = {
     **OPENAI_ERRORS,
     "rate_limit": ErrorSpec(
-        429, "Requests to the ChatCompletions_Create Operation under Azure OpenAI API version {api_version} "
-        "have exceeded token rate limit of your current OpenAI S0 pricing tier.{wait} Please go here: "
-        "https://aka.ms/oai/quotaincrease if you would like to further increase the default rate limit.",
-        "429"),
+        429,
+        "Requests to the ChatCompletions_Create Operation under Azure OpenAI API version "
+        "{api_version} have exceeded token rate limit of your current OpenAI S0 pricing tier."
+        "{wait} Please go here: https://aka.ms/oai/quotaincrease if you would like to further "
+        "increase the default rate limit.",
+        "429",
+    ),
     "quota": ErrorSpec(
-        429, "The quota of this Azure OpenAI resource is exhausted for the current billing period.",
-        "insufficient_quota"),
+        429,
+        "The quota of this Azure OpenAI resource is exhausted for the current billing period.",
+        "insufficient_quota",
+    ),
     "auth": ErrorSpec(
-        401, "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a "
-        "valid key for an active subscription and use a correct regional API endpoint for your resource.",
-        "401"),
+        401,
+        "Access denied due to invalid subscription key or wrong API endpoint. Make sure to "
+        "provide a valid key for an active subscription and use a correct regional API endpoint "
+        "for your resource.",
+        "401",
+    ),
     "not_found": ErrorSpec(
-        404, "The API deployment for this resource does not exist. If you created the deployment within "
-        "the last 5 minutes, please wait a moment and try again.", "DeploymentNotFound"),
+        404,
+        "The API deployment for this resource does not exist. If you created the deployment within "
+        "the last 5 minutes, please wait a moment and try again.",
+        "DeploymentNotFound",
+    ),
     "content_filter": ErrorSpec(
-        400, "The response was filtered due to the prompt triggering Azure OpenAI's content management "
-        "policy. Please modify your prompt and retry. To learn more about our content filtering policies "
-        "please read our documentation: https://go.microsoft.com/fwlink/?linkid=2198766",
-        "content_filter", param="prompt",
-        extra={"status": 400, "innererror": {"code": "ResponsibleAIPolicyViolation",
-                                             "content_filter_result": _filter_results("violence")}}),
+        400,
+        "The response was filtered due to the prompt triggering Azure OpenAI's content "
+        "management policy. Please modify your prompt and retry. To learn more about our content "
+        "filtering policies please read our documentation: "
+        "https://go.microsoft.com/fwlink/?linkid=2198766",
+        "content_filter",
+        param="prompt",
+        extra={
+            "status": 400,
+            "innererror": {
+                "code": "ResponsibleAIPolicyViolation",
+                "content_filter_result": _filter_results("violence"),
+            },
+        },
+    ),
 }
 _NO_API_VERSION = ErrorSpec(404, "Resource not found", "404")
 
@@ -96,7 +119,9 @@ class AzureSimulator(OpenAISimulator):
         if "deployment" in request.match_info and not call.api_version:
             return self.error_response(_NO_API_VERSION, model=call.model)
         if self.deployments is not None and call.model not in self.deployments:
-            return self.error_response(self.ERRORS["not_found"], model=call.model, api_version=call.api_version)
+            return self.error_response(
+                self.ERRORS["not_found"], model=call.model, api_version=call.api_version
+            )
         return None
 
     def served(self, call: Call) -> str:
@@ -119,7 +144,11 @@ class AzureSimulator(OpenAISimulator):
     def wait_sentence(self, fault: Fault | None) -> str:
         if fault is None or (fault.retry_after is None and fault.retry_after_ms is None):
             return ""
-        seconds = fault.retry_after if fault.retry_after is not None else (fault.retry_after_ms or 0) / 1000
+        seconds = (
+            fault.retry_after
+            if fault.retry_after is not None
+            else (fault.retry_after_ms or 0) / 1000
+        )
         return f" Please retry after {math.ceil(seconds)} seconds."
 
     def error_object(self, spec: ErrorSpec, message: str) -> dict[str, Any]:
@@ -138,13 +167,26 @@ class AzureSimulator(OpenAISimulator):
         return {"prompt_filter_results": self._prompt_filter()} | obj
 
     def stream_preamble(self, call: Call) -> list[dict[str, Any]]:
-        return [{"choices": [], "created": 0, "id": "", "model": "", "object": "",
-                 "prompt_filter_results": self._prompt_filter()}]
+        return [
+            {
+                "choices": [],
+                "created": 0,
+                "id": "",
+                "model": "",
+                "object": "",
+                "prompt_filter_results": self._prompt_filter(),
+            }
+        ]
 
     def stream_usage(self, call: Call) -> bool:
         return self.stream_usage_supported and call.include_usage
 
     @staticmethod
     def _prompt_filter() -> list[dict[str, Any]]:
-        return [{"prompt_index": 0, "content_filter_results": _filter_results() | {
-            "jailbreak": {"filtered": False, "detected": False}}}]
+        return [
+            {
+                "prompt_index": 0,
+                "content_filter_results": _filter_results()
+                | {"jailbreak": {"filtered": False, "detected": False}},
+            }
+        ]

@@ -29,6 +29,7 @@ _RPC_STATUS = {
 }
 _TYPE = "type.googleapis.com/google.rpc."
 _METRIC = "generativelanguage.googleapis.com/generate_content_free_tier_requests"
+OVERLOADED = "The model is overloaded. Please try again later."
 THOUGHT_TEXT = "Let me think this through step by step before answering."
 
 
@@ -246,9 +247,7 @@ class GeminiSimulator(Simulator):
             return await self.cut_connection(resp, request)
         if fault is not None and fault.kind == "stream_error":
             code = fault.status or 503
-            await resp.write(
-                _sse(rpc_error(code, "The model is overloaded. Please try again later."))
-            )
+            await resp.write(_sse(rpc_error(code, OVERLOADED)))
         await resp.write_eof()
         return resp
 
@@ -256,46 +255,11 @@ class GeminiSimulator(Simulator):
     async def _fault(
         self, fault: Fault, request: web.Request, model: str, body: dict[str, Any], streaming: bool
     ) -> web.StreamResponse | None:
-        kind = fault.kind
-        if kind == "rate_limit":
-            err = _quota_error(
-                fault, model, "GenerateRequestsPerMinutePerProjectPerModel-FreeTier", "10"
-            )
-            return web.json_response(err, status=429)
-        if kind == "quota":
-            err = _quota_error(
-                fault, model, "GenerateRequestsPerDayPerProjectPerModel-FreeTier", "250"
-            )
-            return web.json_response(err, status=429)
-        if kind == "overloaded":
-            return web.json_response(
-                rpc_error(503, "The model is overloaded. Please try again later."), status=503
-            )
-        if kind == "server_error" or (kind == "stream_error" and not streaming):
-            status = fault.status or 500
-            return web.json_response(
-                rpc_error(status, "An internal error has occurred."), status=status
-            )
-        if kind == "auth":
-            return web.json_response(api_key_invalid(), status=400)
-        if kind == "bad_request":
-            return web.json_response(
-                rpc_error(
-                    400, 'Invalid JSON payload received. Unknown name "foo": Cannot find field.'
-                ),
-                status=400,
-            )
-        if kind == "not_found":
-            return web.json_response(
-                rpc_error(
-                    404,
-                    f"models/{model} is not found for API version v1beta, or is not supported "
-                    "for generateContent. Call ListModels to see the list of available models "
-                    "and their supported methods.",
-                ),
-                status=404,
-            )
-        if kind == "content_filter":
+        error = error_for(fault, model, streaming=streaming)
+        if error is not None:
+            status, err = error
+            return web.json_response(err, status=status)
+        if fault.kind == "content_filter":
             blocked = {
                 "promptFeedback": {
                     "blockReason": "SAFETY",
@@ -313,31 +277,63 @@ class GeminiSimulator(Simulator):
             }
             if not streaming:
                 return web.json_response(blocked)
-            resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
-            await resp.prepare(request)
-            await resp.write(_sse(blocked))
-            await resp.write_eof()
-            return resp
-        if kind == "malformed":
+            return await _sse_response(request, _sse(blocked))
+        if fault.kind == "malformed":
             if not streaming:
                 return web.Response(
                     text="<html><body>502 Bad Gateway</body></html>", content_type="text/html"
                 )
-            resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
-            await resp.prepare(request)
-            await resp.write(b'data: {"candidates": [oops\r\n\r\n')
-            await resp.write_eof()
-            return resp
-        if kind == "cut" and not streaming:
-            data = json.dumps(
-                self._response(model, body, self.reply, final=True, with_thought=True)
-            ).encode()
+            return await _sse_response(request, b'data: {"candidates": [oops\r\n\r\n')
+        if fault.kind == "cut" and not streaming:
+            answer = self._response(model, body, self.reply, final=True, with_thought=True)
+            data = json.dumps(answer).encode()
             resp = web.StreamResponse(headers={"content-type": "application/json"})
             resp.content_length = len(data)
             await resp.prepare(request)
             await resp.write(data[: len(data) // 2])
             return await self.cut_connection(resp, request)
         return None  # timeout (already waited), cut / stream_error on a stream: handled by _stream
+
+
+def error_for(fault: Fault, model: str, *, streaming: bool) -> tuple[int, dict[str, Any]] | None:
+    """The status and google.rpc.Status body of an error fault (None: not an error fault)."""
+    kind = fault.kind
+    if kind == "server_error" or (kind == "stream_error" and not streaming):
+        status = fault.status or 500
+        return status, rpc_error(status, "An internal error has occurred.")
+    static: dict[str, tuple[int, dict[str, Any]]] = {
+        "overloaded": (503, rpc_error(503, OVERLOADED)),
+        "auth": (400, api_key_invalid()),
+        "bad_request": (
+            400,
+            rpc_error(400, 'Invalid JSON payload received. Unknown name "foo": Cannot find field.'),
+        ),
+        "not_found": (
+            404,
+            rpc_error(
+                404,
+                f"models/{model} is not found for API version v1beta, or is not supported "
+                "for generateContent. Call ListModels to see the list of available models "
+                "and their supported methods.",
+            ),
+        ),
+    }
+    if kind == "rate_limit":
+        quota_id = "GenerateRequestsPerMinutePerProjectPerModel-FreeTier"
+        return 429, _quota_error(fault, model, quota_id, "10")
+    if kind == "quota":
+        return 429, _quota_error(
+            fault, model, "GenerateRequestsPerDayPerProjectPerModel-FreeTier", "250"
+        )
+    return static.get(kind)
+
+
+async def _sse_response(request: web.Request, data: bytes) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+    await resp.prepare(request)
+    await resp.write(data)
+    await resp.write_eof()
+    return resp
 
 
 def _sse(obj: dict[str, Any]) -> bytes:

@@ -19,6 +19,7 @@ CREATED_AT = "2026-01-01T00:00:00.123456789Z"
 REFUSAL = "I'm sorry, but I can't help with that."
 QUEUE_FULL = "server busy, please try again.  maximum pending requests exceeded"
 NDJSON = "application/x-ndjson"
+BAD_OPTIONS = "json: cannot unmarshal string into Go struct field Options.num_predict of type int"
 
 
 def _error(message: str, status: int, headers: dict[str, str] | None = None) -> web.Response:
@@ -134,24 +135,20 @@ class OllamaSimulator(Simulator):
         self, fault: Fault, request: web.Request, model: str, streaming: bool
     ) -> web.StreamResponse | None:
         kind = fault.kind
+        if kind == "server_error" or (kind == "stream_error" and not streaming):
+            return _error("llama runner process has terminated: exit status 2", fault.status or 500)
         if kind == "rate_limit":  # Ollama cloud; a local server never sends 429
             return _error("too many requests, please slow down", 429, self.retry_headers(fault))
-        if kind == "quota":
-            return _error("you've reached your weekly usage limit, please upgrade to continue", 429)
-        if kind == "overloaded":
-            return _error(QUEUE_FULL, 503)
-        if kind == "server_error" or (kind == "stream_error" and not streaming):
-            status = fault.status or 500
-            return _error("llama runner process has terminated: exit status 2", status)
-        if kind == "auth":
-            return _error("unauthorized", 401)
-        if kind == "bad_request":
-            return _error(
-                "json: cannot unmarshal string into Go struct field Options.num_predict of type int"[:99],
-                400,
-            )
-        if kind == "not_found":
-            return _error(f"model '{model}' not found", 404)
+        static = {
+            "quota": (429, "you've reached your weekly usage limit, please upgrade to continue"),
+            "overloaded": (503, QUEUE_FULL),
+            "auth": (401, "unauthorized"),
+            "bad_request": (400, BAD_OPTIONS),
+            "not_found": (404, f"model '{model}' not found"),
+        }
+        if kind in static:
+            status, message = static[kind]
+            return _error(message, status)
         if kind == "malformed":
             if not streaming:
                 return web.Response(text="404 page not found", content_type="text/plain")

@@ -44,28 +44,51 @@ class ErrorSpec:
 
 OPENAI_ERRORS: dict[str, ErrorSpec] = {
     "rate_limit": ErrorSpec(
-        429, "Rate limit reached for {model} in organization org-simulator on requests per min (RPM): "
+        429,
+        "Rate limit reached for {model} in organization org-simulator on requests per min (RPM): "
         "Limit 3, Used 3, Requested 1.{wait} Visit https://platform.openai.com/account/rate-limits "
-        "to learn more.", "rate_limit_exceeded", "requests"),
+        "to learn more.",
+        "rate_limit_exceeded",
+        "requests",
+    ),
     "quota": ErrorSpec(
-        429, "You exceeded your current quota, please check your plan and billing details. For more "
+        429,
+        "You exceeded your current quota, please check your plan and billing details. For more "
         "information on this error, read the docs: "
         "https://platform.openai.com/docs/guides/error-codes/api-errors.",
-        "insufficient_quota", "insufficient_quota"),
+        "insufficient_quota",
+        "insufficient_quota",
+    ),
     "overloaded": ErrorSpec(
-        503, "The server is overloaded or not ready yet.", "server_is_overloaded", "server_error"),
+        503, "The server is overloaded or not ready yet.", "server_is_overloaded", "server_error"
+    ),
     "server_error": ErrorSpec(
-        500, "The server had an error while processing your request. Sorry about that!", None, "server_error"),
+        500,
+        "The server had an error while processing your request. Sorry about that!",
+        None,
+        "server_error",
+    ),
     "auth": ErrorSpec(
-        401, "Incorrect API key provided: sk-sim***. You can find your API key at "
-        "https://platform.openai.com/account/api-keys.", "invalid_api_key", "invalid_request_error"),
+        401,
+        "Incorrect API key provided: sk-sim***. You can find your API key at "
+        "https://platform.openai.com/account/api-keys.",
+        "invalid_api_key",
+        "invalid_request_error",
+    ),
     "bad_request": ErrorSpec(
-        400, "This model's maximum context length is 128000 tokens. However, your messages resulted "
+        400,
+        "This model's maximum context length is 128000 tokens. However, your messages resulted "
         "in 130412 tokens. Please reduce the length of the messages.",
-        "context_length_exceeded", "invalid_request_error", "messages"),
+        "context_length_exceeded",
+        "invalid_request_error",
+        "messages",
+    ),
     "not_found": ErrorSpec(
-        404, "The model `{model}` does not exist or you do not have access to it.",
-        "model_not_found", "invalid_request_error"),
+        404,
+        "The model `{model}` does not exist or you do not have access to it.",
+        "model_not_found",
+        "invalid_request_error",
+    ),
     "timeout": ErrorSpec(408, "Request timed out.", "timeout", "timeout"),
 }
 
@@ -88,7 +111,11 @@ def _texts(content: Any) -> list[str]:
     if isinstance(content, str):
         return [content]
     if isinstance(content, list):
-        return [p if isinstance(p, str) else p.get("text", "") for p in content if isinstance(p, str | dict)]
+        return [
+            p if isinstance(p, str) else p.get("text", "")
+            for p in content
+            if isinstance(p, str | dict)
+        ]
     return []
 
 
@@ -109,7 +136,10 @@ class OpenAISimulator(Simulator):
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.post("/v1/chat/completions", self._chat), web.post("/v1/completions", self._text)]
+        return [
+            web.post("/v1/chat/completions", self._chat),
+            web.post("/v1/completions", self._text),
+        ]
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         return await self.handle(request, "chat")
@@ -119,7 +149,9 @@ class OpenAISimulator(Simulator):
 
     # --- hooks (Azure overrides these) -----------------------------------------------------------
     def authorized(self, request: web.Request) -> bool:
-        return self.api_key is None or request.headers.get("authorization") == f"Bearer {self.api_key}"
+        return (
+            self.api_key is None or request.headers.get("authorization") == f"Bearer {self.api_key}"
+        )
 
     def requested_model(self, request: web.Request, body: dict[str, Any]) -> str | None:
         model = body.get("model")
@@ -138,8 +170,11 @@ class OpenAISimulator(Simulator):
     def error_headers(self, fault: Fault | None, spec: ErrorSpec) -> dict[str, str]:
         headers = self.retry_headers(fault) if fault is not None else {}
         if spec.status == 429 and spec.code == "rate_limit_exceeded":
-            headers |= {"x-ratelimit-limit-requests": "3", "x-ratelimit-remaining-requests": "0",
-                        "x-ratelimit-reset-requests": headers.get("retry-after", "1") + "s"}
+            headers |= {
+                "x-ratelimit-limit-requests": "3",
+                "x-ratelimit-remaining-requests": "0",
+                "x-ratelimit-reset-requests": headers.get("retry-after", "1") + "s",
+            }
         return headers
 
     def wait_sentence(self, fault: Fault | None) -> str:
@@ -152,7 +187,13 @@ class OpenAISimulator(Simulator):
         return ""
 
     def error_object(self, spec: ErrorSpec, message: str) -> dict[str, Any]:
-        return {"message": message, "type": spec.type, "param": spec.param, "code": spec.code, **(spec.extra or {})}
+        return {
+            "message": message,
+            "type": spec.type,
+            "param": spec.param,
+            "code": spec.code,
+            **(spec.extra or {}),
+        }
 
     def decorate_choice(self, choice: dict[str, Any], finish: str | None) -> dict[str, Any]:
         return choice
@@ -173,8 +214,15 @@ class OpenAISimulator(Simulator):
         if not self.authorized(request):
             return self.error_response(self.ERRORS["auth"], model="")
         if not isinstance(body, dict):
-            return self.error_response(ErrorSpec(
-                400, "We could not parse the JSON body of your request.", None, "invalid_request_error"), model="")
+            return self.error_response(
+                ErrorSpec(
+                    400,
+                    "We could not parse the JSON body of your request.",
+                    None,
+                    "invalid_request_error",
+                ),
+                model="",
+            )
         model = self.requested_model(request, body)
         problem = self.body_problem(body, kind, model)
         if problem is not None:
@@ -187,12 +235,16 @@ class OpenAISimulator(Simulator):
         fault = await self.take_fault()
         spec = self.fault_error(fault, call)
         if spec is not None:
-            return self.error_response(spec, model=call.model, fault=fault, api_version=call.api_version)
+            return self.error_response(
+                spec, model=call.model, fault=fault, api_version=call.api_version
+            )
         if call.stream:
             return await self.stream_reply(request, call, fault)
         return await self.json_reply(request, call, fault)
 
-    def body_problem(self, body: dict[str, Any], kind: str, model: str | None) -> web.Response | None:
+    def body_problem(
+        self, body: dict[str, Any], kind: str, model: str | None
+    ) -> web.Response | None:
         missing = None
         if model is None:
             missing = "model"
@@ -202,8 +254,13 @@ class OpenAISimulator(Simulator):
             missing = "prompt"
         if missing is None:
             return None
-        spec = ErrorSpec(400, f"Missing required parameter: '{missing}'.", "missing_required_parameter",
-                         "invalid_request_error", missing)
+        spec = ErrorSpec(
+            400,
+            f"Missing required parameter: '{missing}'.",
+            "missing_required_parameter",
+            "invalid_request_error",
+            missing,
+        )
         return self.error_response(spec, model=model or "")
 
     def parse_call(self, request: web.Request, body: dict[str, Any], kind: str, model: str) -> Call:
@@ -212,7 +269,10 @@ class OpenAISimulator(Simulator):
             cap = 16  # the legacy endpoint's default
         options = body.get("stream_options")
         return Call(
-            kind=kind, body=body, model=model, stream=body.get("stream") is True,
+            kind=kind,
+            body=body,
+            model=model,
+            stream=body.get("stream") is True,
             include_usage=isinstance(options, dict) and options.get("include_usage") is True,
             max_tokens=cap if isinstance(cap, int) else None,
             api_version=request.query.get("api-version"),
@@ -229,15 +289,26 @@ class OpenAISimulator(Simulator):
             return None
         spec = self.ERRORS.get(kind)
         if spec is not None and fault.status is not None:
-            spec = ErrorSpec(fault.status, spec.message, spec.code, spec.type, spec.param, spec.extra)
+            spec = ErrorSpec(
+                fault.status, spec.message, spec.code, spec.type, spec.param, spec.extra
+            )
         return spec
 
     def error_response(
-        self, spec: ErrorSpec, *, model: str, fault: Fault | None = None, api_version: str | None = None
+        self,
+        spec: ErrorSpec,
+        *,
+        model: str,
+        fault: Fault | None = None,
+        api_version: str | None = None,
     ) -> web.Response:
-        message = spec.message.format(model=model, wait=self.wait_sentence(fault), api_version=api_version or "v1")
+        message = spec.message.format(
+            model=model, wait=self.wait_sentence(fault), api_version=api_version or "v1"
+        )
         headers = self.reply_headers() | self.error_headers(fault, spec)
-        return web.json_response({"error": self.error_object(spec, message)}, status=spec.status, headers=headers)
+        return web.json_response(
+            {"error": self.error_object(spec, message)}, status=spec.status, headers=headers
+        )
 
     # --- replies --------------------------------------------------------------------------------
     def plan(self, call: Call, fault: Fault | None) -> tuple[list[str], str]:
@@ -251,47 +322,81 @@ class OpenAISimulator(Simulator):
 
     def usage(self, call: Call, text: str) -> dict[str, Any]:
         if call.kind == "chat":
-            prompt = sum(self.count_tokens(t) for m in call.body["messages"] if isinstance(m, dict)
-                         for t in _texts(m.get("content")))
+            prompt = sum(
+                self.count_tokens(t)
+                for m in call.body["messages"]
+                if isinstance(m, dict)
+                for t in _texts(m.get("content"))
+            )
         else:
             prompt = sum(self.count_tokens(t) for t in _texts(call.body["prompt"]))
         completion = self.count_tokens(text) + (self.reasoning_tokens if call.kind == "chat" else 0)
-        usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
-                                 "total_tokens": prompt + completion}
+        usage: dict[str, Any] = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
         if call.kind == "chat":
-            usage["prompt_tokens_details"] = {"cached_tokens": min(self.cached_tokens, prompt), "audio_tokens": 0}
+            usage["prompt_tokens_details"] = {
+                "cached_tokens": min(self.cached_tokens, prompt),
+                "audio_tokens": 0,
+            }
             usage["completion_tokens_details"] = {
-                "reasoning_tokens": self.reasoning_tokens, "audio_tokens": 0,
-                "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0,
+                "reasoning_tokens": self.reasoning_tokens,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
             }
         return usage
 
     def envelope(self, call: Call, *, chunk: bool) -> dict[str, Any]:
         chat = call.kind == "chat"
-        obj_type = ("chat.completion.chunk" if chunk else "chat.completion") if chat else "text_completion"
-        return {"id": f"{'chatcmpl' if chat else 'cmpl'}-sim{next(self._ids)}", "object": obj_type,
-                "created": int(time.time()), "model": self.served(call)}
+        obj_type = (
+            ("chat.completion.chunk" if chunk else "chat.completion") if chat else "text_completion"
+        )
+        return {
+            "id": f"{'chatcmpl' if chat else 'cmpl'}-sim{next(self._ids)}",
+            "object": obj_type,
+            "created": int(time.time()),
+            "model": self.served(call),
+        }
 
-    def choice(self, call: Call, text: str | None, finish: str | None, *, chunk: bool) -> dict[str, Any]:
+    def choice(
+        self, call: Call, text: str | None, finish: str | None, *, chunk: bool
+    ) -> dict[str, Any]:
         if call.kind == "text":
             body: dict[str, Any] = {"text": text or "", "index": 0}
         elif chunk:
             body = {"index": 0, "delta": {} if text is None else {"content": text}}
         else:
-            body = {"index": 0, "message": {"role": "assistant", "content": text, "refusal": None, "annotations": []}}
+            body = {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": text,
+                    "refusal": None,
+                    "annotations": [],
+                },
+            }
         return self.decorate_choice(body | {"logprobs": None, "finish_reason": finish}, finish)
 
-    async def json_reply(self, request: web.Request, call: Call, fault: Fault | None) -> web.StreamResponse:
+    async def json_reply(
+        self, request: web.Request, call: Call, fault: Fault | None
+    ) -> web.StreamResponse:
         words, finish = self.plan(call, fault)
         text = "".join(words)
-        obj = self.envelope(call, chunk=False) | {"choices": [self.choice(call, text, finish, chunk=False)],
-                                                   "usage": self.usage(call, text)}
+        obj = self.envelope(call, chunk=False) | {
+            "choices": [self.choice(call, text, finish, chunk=False)],
+            "usage": self.usage(call, text),
+        }
         if call.kind == "chat":
             obj |= {"service_tier": "default", "system_fingerprint": "fp_sim"}
         raw = json.dumps(self.decorate_response(obj))
         headers = self.reply_headers()
         if fault is not None and fault.kind == "malformed":
-            return web.Response(text=raw[: len(raw) // 2], content_type="application/json", headers=headers)
+            return web.Response(
+                text=raw[: len(raw) // 2], content_type="application/json", headers=headers
+            )
         if fault is not None and fault.kind == "cut":
             resp = web.StreamResponse(headers=headers)
             resp.content_type, resp.content_length = "application/json", len(raw)
@@ -304,7 +409,9 @@ class OpenAISimulator(Simulator):
         end = "\r\n" if self.crlf else "\n"
         await resp.write(f"data: {data}{end}{end}".encode())
 
-    async def _send_chunk(self, resp: web.StreamResponse, call: Call, choices: list[dict[str, Any]]) -> None:
+    async def _send_chunk(
+        self, resp: web.StreamResponse, call: Call, choices: list[dict[str, Any]]
+    ) -> None:
         obj = self.envelope(call, chunk=True)
         if call.kind == "chat" and self.PADDING:
             obj["obfuscation"] = "x" * (1 + len(choices))
@@ -313,7 +420,9 @@ class OpenAISimulator(Simulator):
             obj["usage"] = None
         await self._send(resp, json.dumps(obj))
 
-    async def stream_reply(self, request: web.Request, call: Call, fault: Fault | None) -> web.StreamResponse:
+    async def stream_reply(
+        self, request: web.Request, call: Call, fault: Fault | None
+    ) -> web.StreamResponse:
         resp = web.StreamResponse(headers=self.reply_headers() | {"cache-control": "no-cache"})
         resp.content_type = "text/event-stream"
         await resp.prepare(request)
@@ -336,7 +445,10 @@ class OpenAISimulator(Simulator):
                 await self._send_chunk(resp, call, [self.choice(call, word, None, chunk=True)])
         await self._send_chunk(resp, call, [self.choice(call, None, finish, chunk=True)])
         if self.stream_usage(call):
-            usage_chunk = self.envelope(call, chunk=True) | {"choices": [], "usage": self.usage(call, "".join(words))}
+            usage_chunk = self.envelope(call, chunk=True) | {
+                "choices": [],
+                "usage": self.usage(call, "".join(words)),
+            }
             await self._send(resp, json.dumps(usage_chunk))
         await self._send(resp, "[DONE]")
         return resp

@@ -1,0 +1,138 @@
+"""``llm-gateway``: serve, simulate, and the operator commands. Reads settings once, runs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from gateway.settings import Settings, load_settings
+
+log = logging.getLogger("gateway")
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+async def _start_simulators(settings: Settings, providers: list[str]) -> tuple[Settings, list[object]]:
+    from gateway.simulators.registry import make_simulator, provider_settings_for
+
+    sims = []
+    overrides = dict(settings.providers)
+    for name in providers:
+        sim = make_simulator(name)
+        await sim.start()
+        sims.append(sim)
+        overrides[name] = provider_settings_for(name, sim)
+        log.info("simulated %s listening on %s", name, sim.base_url)
+    return settings.model_copy(update={"providers": overrides}), sims
+
+
+async def _serve(settings: Settings, simulate: bool) -> None:
+    from aiohttp import web
+
+    from gateway.server import server_plugins
+    from gateway.app import create_app
+
+    sims: list[object] = []
+    if simulate:
+        from gateway.routing.catalog import KNOWN_PROVIDERS
+
+        settings, sims = await _start_simulators(settings, list(KNOWN_PROVIDERS))
+    app = create_app(settings, plugins=server_plugins(settings))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.bind_host, settings.port)
+    await site.start()
+    log.info("llm-gateway listening on http://%s:%s", settings.bind_host, settings.port)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+        for sim in sims:
+            await sim.stop()  # type: ignore[attr-defined]
+
+
+async def _simulate(host: str, port: int) -> None:
+    from gateway.routing.catalog import KNOWN_PROVIDERS
+    from gateway.simulators.registry import SIMULATED_KEY, SIMULATORS, make_simulator
+
+    env_names = {
+        "openai": ("OPENAI_BASE_URL", "OPENAI_API_KEY"),
+        "azure": ("AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY"),
+        "anthropic": ("ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY"),
+        "google": ("GOOGLE_GEMINI_BASE_URL", "GEMINI_API_KEY"),
+        "ollama": ("OLLAMA_HOST", None),
+    }
+    sims = []
+    for offset, name in enumerate(KNOWN_PROVIDERS):
+        sim = make_simulator(name)
+        await sim.start(host, port + offset if port else 0)
+        sims.append(sim)
+        url_var, key_var = env_names[name]
+        print(f"export {url_var}={SIMULATORS[name].base_url.format(url=sim.base_url)}")
+        if key_var:
+            print(f"export {key_var}={SIMULATED_KEY}")
+    sys.stdout.flush()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        for sim in sims:
+            await sim.stop()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llm-gateway", description=__doc__)
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway (embedded event log and cost store by default)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--config", help="YAML config file (api keys, model groups, providers, prices)")
+    serve.add_argument("--simulate", action="store_true", help="serve every provider from built-in simulators (no API keys)")
+
+    simulate = sub.add_parser("simulate", help="run the five provider simulators and print the env vars to use them")
+    simulate.add_argument("--host", default="127.0.0.1")
+    simulate.add_argument("--port", type=int, default=0, help="first port (the next four follow); 0 = any")
+
+    from gateway.commands import register_commands
+
+    register_commands(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.log_level)
+    if args.command == "simulate":
+        try:
+            asyncio.run(_simulate(args.host, args.port))
+        except KeyboardInterrupt:
+            pass
+        return 0
+    overrides = {k: v for k, v in {"host": getattr(args, "host", None), "port": getattr(args, "port", None),
+                                    "config_file": getattr(args, "config", None)}.items() if v is not None}
+    settings = load_settings(**overrides)
+    if args.command == "serve":
+        try:
+            asyncio.run(_serve(settings, args.simulate))
+        except KeyboardInterrupt:
+            pass
+        return 0
+    from gateway.commands import run_command
+
+    return run_command(args, settings)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

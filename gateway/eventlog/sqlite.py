@@ -1,0 +1,299 @@
+"""The embedded event log: a durable append-only log in one SQLite file (the zero-setup default).
+
+``SqliteOutbox`` is the storage both durable adapters share: the embedded log appends events
+to it for good, and the Kafka adapter uses one as its spool (rows are deleted once Kafka has
+acknowledged them).
+
+Durability: the file is in WAL mode with ``synchronous=NORMAL``. A commit is one ``write()``
+of a WAL frame and no ``fsync``: once ``append`` returns the row is in the kernel, so a
+``kill -9`` of the process loses nothing (an OS crash or power cut may lose the last commits,
+never the file's integrity). ``append`` is synchronous on purpose: the response path calls it
+and must not return before the event is safe.
+
+Checkpoints never run inside ``append``: ``run_checkpoints`` copies the WAL into the database
+file from a worker thread (PASSIVE, so writers are never blocked). Under a write load without
+pauses a passive checkpoint can never reach the end of the WAL; when the WAL has grown past
+``wal_limit_frames`` the last few frames are checkpointed while appends wait, and the next
+append starts the WAL over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from gateway.eventlog.base import LogRecord
+from gateway.events import UsageEvent
+
+log = logging.getLogger(__name__)
+
+#: (seq, key, value, timestamp in ms since the epoch)
+Row = tuple[int, str | None, bytes, int]
+
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
+
+
+def connect(path: Path, *, autocheckpoint: int | None = None) -> sqlite3.Connection:
+    """A connection in autocommit mode, WAL, ``synchronous=NORMAL``, usable from any thread
+    (callers serialise its use)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    # keep the WAL file's blocks allocated after a restart: rewriting is cheaper than growing
+    conn.execute("PRAGMA journal_size_limit=67108864")
+    if autocheckpoint is not None:
+        conn.execute(f"PRAGMA wal_autocheckpoint={int(autocheckpoint)}")
+    return conn
+
+
+def ensure_log_table(conn: sqlite3.Connection, table: str) -> None:
+    if not _IDENTIFIER.fullmatch(table):
+        raise ValueError(f"bad table name {table!r}")
+    conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {table} "
+        "(seq INTEGER PRIMARY KEY, key TEXT, value BLOB NOT NULL, ts INTEGER NOT NULL)"
+    )
+
+
+def epoch_ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+class SqliteOutbox:
+    """An append-only table ``(seq, key, value, ts)`` in a SQLite file.
+
+    ``append`` runs on the caller's thread (the event loop), everything else is meant for a
+    worker thread (``asyncio.to_thread``). Each concern has its own connection and lock:
+    appends and deletes share the writer, reads never block appends (WAL).
+    """
+
+    def __init__(self, path: Path, *, table: str = "events", wal_limit_frames: int = 16384) -> None:
+        self.path = path
+        self.table = table
+        self._wal_limit = wal_limit_frames
+        self._write_lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._checkpoint_lock = threading.Lock()
+        self._writer = connect(path)
+        ensure_log_table(self._writer, table)
+        self._reader = connect(path)
+        self._checkpointer = connect(path)
+        self._insert = f"INSERT INTO {table} (key, value, ts) VALUES (?, ?, ?)"
+        self._select = f"SELECT seq, key, value, ts FROM {table} WHERE seq > ? ORDER BY seq LIMIT ?"
+        self._count = int(self._writer.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+        self._closed = False
+
+    # --- writer side (event loop) ---------------------------------------------------------------
+    def append(self, key: str | None, value: bytes, ts_ms: int) -> None:
+        """Durable (against a process crash) when it returns."""
+        with self._write_lock:
+            self._writer.execute(self._insert, (key, value, ts_ms))
+            self._count += 1
+
+    def count(self) -> int:
+        """Rows in the table (kept in memory, exact for this process's appends and deletes)."""
+        return self._count
+
+    # --- worker-thread side -----------------------------------------------------------------------
+    def read_after(self, seq: int, limit: int) -> list[Row]:
+        with self._read_lock:
+            return self._reader.execute(self._select, (seq, limit)).fetchall()  # type: ignore[no-any-return]
+
+    def delete_range(self, first: int, last: int) -> int:
+        """Delete rows ``first <= seq <= last``; returns how many were deleted."""
+        with self._write_lock:
+            deleted = self._writer.execute(
+                f"DELETE FROM {self.table} WHERE seq BETWEEN ? AND ?", (first, last)
+            ).rowcount
+            self._count -= deleted
+        return int(deleted)
+
+    def delete(self, seqs: Iterable[int]) -> int:
+        with self._write_lock:
+            cursor = self._writer.executemany(
+                f"DELETE FROM {self.table} WHERE seq = ?", ((s,) for s in seqs)
+            )
+            self._count -= cursor.rowcount
+        return int(cursor.rowcount)
+
+    def checkpoint(self) -> None:
+        with self._checkpoint_lock:
+            if self._closed:
+                return
+            _busy, wal_frames, _done = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if wal_frames >= self._wal_limit:
+                # appends wait while the frames written since the passive pass are copied
+                with self._write_lock:
+                    self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+
+    async def run_checkpoints(self, interval: float = 0.5) -> None:
+        """Checkpoint from a worker thread every ``interval`` seconds until cancelled."""
+        with self._write_lock:
+            self._writer.execute("PRAGMA wal_autocheckpoint=0")
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                await asyncio.to_thread(self.checkpoint)
+        finally:
+            with self._write_lock:
+                if not self._closed:
+                    self._writer.execute("PRAGMA wal_autocheckpoint=1000")
+
+    def close(self) -> None:
+        """Checkpoint what is left and close the connections (idempotent)."""
+        with self._checkpoint_lock, self._write_lock, self._read_lock:
+            if self._closed:
+                return
+            self._closed = True
+            with contextlib.suppress(sqlite3.Error):
+                self._checkpointer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            for conn in (self._checkpointer, self._reader, self._writer):
+                conn.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+def append_event(outbox: SqliteOutbox, event: UsageEvent) -> bool:
+    """Append one event; never raises (the response path calls it). Returns False, after
+    logging the event itself at ERROR so it can be recovered by hand, if it could not be stored."""
+    try:
+        outbox.append(event.tenant_id, event.to_json(), epoch_ms(event.created_at))
+    except (sqlite3.Error, OSError, ValueError):
+        log.exception("usage event %s NOT stored in %s: %s", event.event_id, outbox.path, event.model_dump_json())
+        return False
+    return True
+
+
+class SqliteEventLog:
+    """``EventLog`` over a SQLite file: an event is on the durable log when ``publish`` returns."""
+
+    def __init__(self, path: Path, *, checkpoint_interval: float = 0.5) -> None:
+        self._outbox = SqliteOutbox(path, table="events")
+        self._checkpoint_interval = checkpoint_interval
+        self._checkpoints: asyncio.Task[None] | None = None
+
+    @property
+    def path(self) -> Path:
+        return self._outbox.path
+
+    def publish(self, event: UsageEvent) -> None:
+        if self._outbox.closed:
+            log.error("usage event %s published after close, NOT stored: %s", event.event_id, event.model_dump_json())
+            return
+        append_event(self._outbox, event)
+
+    async def start(self) -> None:
+        if self._checkpoints is None:
+            self._checkpoints = asyncio.create_task(
+                self._outbox.run_checkpoints(self._checkpoint_interval), name="eventlog-checkpoints"
+            )
+
+    async def close(self, timeout: float = 5.0) -> None:
+        if self._checkpoints is not None:
+            self._checkpoints.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpoints
+            self._checkpoints = None
+        await asyncio.to_thread(self._outbox.close)
+
+    def pending(self) -> int:
+        return 0  # nothing waits: the file is the log
+
+
+class SqliteLogReader:
+    """``LogReader`` over the embedded log. The group's position (the last committed ``seq``)
+    is kept in the table ``positions(group_id, position)`` of the same file.
+
+    One reader per group: the embedded log has a single partition, so two readers of one
+    group would both read everything.
+    """
+
+    def __init__(self, path: Path, group_id: str, *, poll_interval: float = 0.02) -> None:
+        self.path = path
+        self.group_id = group_id
+        self._poll_interval = poll_interval
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._cursor = 0
+
+    async def start(self) -> None:
+        if self._conn is None:
+            self._conn = await asyncio.to_thread(self._open)
+            self._cursor = await asyncio.to_thread(self._committed)
+
+    def _open(self) -> sqlite3.Connection:
+        conn = connect(self.path)
+        ensure_log_table(conn, "events")
+        conn.execute("CREATE TABLE IF NOT EXISTS positions (group_id TEXT PRIMARY KEY, position INTEGER NOT NULL)")
+        return conn
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await asyncio.to_thread(conn.close)
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("SqliteLogReader is not started")
+        return self._conn
+
+    def _read(self, after: int, limit: int) -> list[Row]:
+        with self._lock:
+            return self._db().execute(  # type: ignore[no-any-return]
+                "SELECT seq, key, value, ts FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)
+            ).fetchall()
+
+    def _committed(self) -> int:
+        with self._lock:
+            row = self._db().execute("SELECT position FROM positions WHERE group_id = ?", (self.group_id,)).fetchone()
+        return int(row[0]) if row else 0
+
+    async def fetch(self, max_records: int, timeout: float) -> list[LogRecord]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            rows = await asyncio.to_thread(self._read, self._cursor, max_records)
+            if rows:
+                self._cursor = rows[-1][0]
+                return [
+                    LogRecord(str(seq), value, key, datetime.fromtimestamp(ts / 1000, UTC))
+                    for seq, key, value, ts in rows
+                ]
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return []
+            await asyncio.sleep(min(self._poll_interval, remaining))
+
+    async def commit(self, records: Sequence[LogRecord]) -> None:
+        """Store the group's position: just after the last of ``records``."""
+        if records:
+            await asyncio.to_thread(self._store, max(int(r.position) for r in records))
+
+    def _store(self, position: int) -> None:
+        with self._lock:
+            self._db().execute(
+                "INSERT INTO positions (group_id, position) VALUES (?, ?) "
+                "ON CONFLICT (group_id) DO UPDATE SET position = excluded.position",
+                (self.group_id, position),
+            )
+
+    async def seek_to_beginning(self) -> None:
+        self._cursor = 0
+
+    async def lag(self) -> int:
+        def compute() -> int:
+            with self._lock:
+                (last,) = self._db().execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+            return int(last) - self._committed()
+
+        return await asyncio.to_thread(compute)

@@ -1,0 +1,184 @@
+"""The official openai SDK as a real client of the gateway, over the provider simulators."""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+
+import openai
+import pytest
+
+from gateway.simulators.base import Fault
+from tests.support.gateway import RunningGateway
+
+
+def client(gw: RunningGateway, **kwargs: object) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=gw.base_url, api_key="unused", max_retries=0, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_chat_completion_with_headers_and_exact_cost(gw: RunningGateway, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.cost")
+    async with client(gw) as c:
+        raw = await c.chat.completions.with_raw_response.create(
+            model="gpt-4", messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello"}],
+            extra_body={"tenantId": "tenant_123"},
+        )
+    completion = raw.parse()
+    sim = gw.sims["openai"]
+    assert completion.choices[0].message.content == sim.reply
+    assert completion.object == "chat.completion"
+    prompt = 4  # "Be brief." + "Say hello" -> 4 words in the simulator's tokenizer
+    completion_tokens = len(sim.reply.split())
+    assert completion.usage is not None
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (prompt, completion_tokens)
+    expected = (Decimal(prompt) * Decimal("0.03") + Decimal(completion_tokens) * Decimal("0.06")) / 1000
+    assert raw.headers["x-llm-provider"] == "openai"
+    assert raw.headers["x-llm-model"] == "gpt-4"
+    assert raw.headers["x-llm-attempts"] == "1"
+    assert Decimal(raw.headers["x-llm-cost-usd"]) == expected
+    assert raw.headers["x-request-id"].startswith("req_")
+    [event] = gw.event_log.events
+    assert event.cost_usd == expected and event.tenant_id == "tenant_123" and event.request_id == raw.headers["x-request-id"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "gateway.cost"]
+    assert lines == [f"Cost | tenant=tenant_123 provider=openai model=gpt-4 cost=${expected:.6f}"]
+
+
+async def test_streaming_with_usage_chunk(gw: RunningGateway) -> None:
+    async with client(gw) as c:
+        stream = await c.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "Tell me"}], stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [chunk async for chunk in stream]
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text == gw.sims["openai"].reply
+    finishes = [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason]
+    assert finishes == ["stop"]
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None
+    assert last.usage.completion_tokens == len(gw.sims["openai"].reply.split())
+    extension = last.model_extra["x_llm_gateway"]  # type: ignore[index]
+    assert Decimal(extension["cost_usd"]) == gw.event_log.events[-1].cost_usd
+    assert extension["provider"] == "openai"
+
+
+async def test_streaming_without_usage_option_has_no_usage(gw: RunningGateway) -> None:
+    async with client(gw) as c:
+        stream = await c.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}], stream=True)
+        chunks = [chunk async for chunk in stream]
+    assert all(ch.usage is None for ch in chunks)
+    # the gateway still accounts the call from upstream usage
+    assert gw.event_log.events[-1].completion_tokens == len(gw.sims["openai"].reply.split())
+
+
+async def test_legacy_completion_with_chat_model(gw: RunningGateway) -> None:
+    async with client(gw) as c:
+        completion = await c.completions.create(model="gpt-3.5-turbo", prompt="Once upon a time")
+    assert completion.object == "text_completion"
+    assert completion.choices[0].text == gw.sims["openai"].reply
+    request = gw.sims["openai"].requests[-1]
+    assert request.path.endswith("/chat/completions")
+    assert request.body["messages"] == [{"role": "user", "content": "Once upon a time"}]
+
+
+async def test_legacy_completion_with_instruct_model_uses_completions_endpoint(gw: RunningGateway) -> None:
+    async with client(gw) as c:
+        completion = await c.completions.create(model="gpt-3.5-turbo-instruct", prompt="Say", max_tokens=5)
+    # the simulator honours the length cap (in words) and says so
+    assert completion.choices[0].text == " ".join(gw.sims["openai"].reply.split()[:5])
+    assert completion.choices[0].finish_reason == "length"
+    request = gw.sims["openai"].requests[-1]
+    assert request.path.endswith("/v1/completions") and request.body["prompt"] == "Say"
+
+
+async def test_legacy_completion_stream(gw: RunningGateway) -> None:
+    async with client(gw) as c:
+        stream = await c.completions.create(model="gpt-3.5-turbo", prompt="Go", stream=True)
+        parts = [chunk.choices[0].text async for chunk in stream if chunk.choices]
+    assert "".join(parts) == gw.sims["openai"].reply
+
+
+async def test_fallback_to_anthropic_is_visible_in_headers(gw: RunningGateway) -> None:
+    gw.sims["openai"].faults.always(Fault("server_error"))
+    gw.sims["azure"].faults.always(Fault("server_error"))
+    async with client(gw) as c:
+        raw = await c.chat.completions.with_raw_response.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
+    assert raw.headers["x-llm-provider"] == "anthropic"
+    assert raw.headers["x-llm-model"] == "claude-3-opus-20240229"
+    assert raw.headers["x-llm-attempts"] == "3"
+    assert [e.provider for e in gw.event_log.events] == ["openai", "azure", "anthropic"]
+
+
+async def test_rate_limit_is_retried_honouring_retry_after(gw: RunningGateway) -> None:
+    gw.sims["openai"].faults.push(Fault("rate_limit", retry_after=3), times=2)
+    async with client(gw) as c:
+        raw = await c.chat.completions.with_raw_response.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
+    assert raw.headers["x-llm-provider"] == "openai" and raw.headers["x-llm-attempts"] == "3"
+    assert gw.sleep.waits == [3.0, 3.0]
+
+
+async def test_all_providers_failing_is_one_clear_5xx(gw: RunningGateway) -> None:
+    for sim in gw.sims.values():
+        sim.faults.always(Fault("server_error"))
+    async with client(gw) as c:
+        with pytest.raises(openai.InternalServerError) as info:
+            await c.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
+    assert info.value.status_code == 502
+    message = info.value.message
+    for provider in ("openai", "azure", "anthropic", "google", "ollama"):
+        assert f"{provider}: upstream_error" in message
+    assert info.value.response.headers["x-llm-attempts"] == "5"
+
+
+async def test_stream_cut_mid_way_ends_with_error_not_done(gw: RunningGateway) -> None:
+    gw.sims["openai"].faults.push(Fault("cut", after_chunks=2))
+    async with client(gw) as c:
+        stream = await c.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}], stream=True)
+        with pytest.raises(openai.APIError):
+            async for _ in stream:
+                pass
+    [event] = gw.event_log.events
+    assert event.outcome == "stream_cut" and event.incomplete
+
+
+async def test_stream_falls_back_before_first_byte(gw: RunningGateway) -> None:
+    gw.sims["openai"].faults.push(Fault("server_error"))
+    async with client(gw) as c:
+        raw = await c.chat.completions.with_raw_response.create(
+            model="gpt-4", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        assert raw.headers["x-llm-provider"] == "azure"
+        text = "".join([ch.choices[0].delta.content or "" async for ch in raw.parse() if ch.choices])
+    assert text == gw.sims["azure"].reply
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        ({"messages": [{"role": "user", "content": "x"}]}, 400, "model"),
+        ({"model": "gpt-4"}, 400, "messages"),
+        ({"model": "gpt-4", "messages": []}, 400, "at least one"),
+        ({"model": "gpt-4", "messages": "hi"}, 400, "must be an array"),
+        ({"model": "gpt-4", "messages": [{"role": "wizard", "content": "x"}]}, 400, "role"),
+        ({"model": "gpt-4", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, 400, "temperature"),
+        ({"model": "gpt-4", "messages": [{"role": "user", "content": "x"}], "n": 2}, 400, "n=1"),
+        ({"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}, 404, "no-such-model"),
+        ({"model": "gpt-4", "messages": [{"role": "user", "content": "x"}], "provider": "bedrock"}, 400, "provider"),
+    ],
+)
+async def test_bad_input_gets_openai_errors(gw: RunningGateway, body: dict, status: int, fragment: str) -> None:
+    async with client(gw) as c:
+        with pytest.raises(openai.APIStatusError) as info:
+            await c.post("/chat/completions", body=body, cast_to=object)
+    assert info.value.status_code == status
+    error = info.value.body
+    assert isinstance(error, dict) and set(error) == {"message", "type", "param", "code"}
+    assert fragment in error["message"]
+    assert gw.event_log.events == []
+
+
+async def test_models_endpoint_lists_groups(gw: RunningGateway) -> None:
+    async with client(gw) as c:
+        models = await c.models.list()
+    ids = {m.id for m in models.data}
+    assert {"gpt-4", "gpt-4o", "claude-3-haiku", "gemini-pro"} <= ids

@@ -1,0 +1,88 @@
+"""Start the real gateway (real adapters) against the five provider simulators, on a real port."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from gateway.app import create_app
+from gateway.eventlog.base import EventLog
+from gateway.eventlog.memory import MemoryEventLog
+from gateway.pricing.base import PriceBook
+from gateway.routing.catalog import KNOWN_PROVIDERS
+from gateway.settings import Settings
+from gateway.simulators.base import Simulator
+from gateway.simulators.registry import make_simulator, provider_settings_for
+from tests.support.fakes import RecordingSleep
+
+
+@dataclass
+class RunningGateway:
+    url: str
+    sims: dict[str, Simulator]
+    event_log: Any
+    sleep: RecordingSleep
+    app: web.Application
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+
+async def start_app(app: web.Application, host: str = "127.0.0.1") -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
+    return runner, f"http://{host}:{port}"
+
+
+@asynccontextmanager
+async def running_gateway(
+    *,
+    providers: tuple[str, ...] = KNOWN_PROVIDERS,
+    event_log: EventLog | None = None,
+    price_book: PriceBook | None = None,
+    settings: dict[str, Any] | None = None,
+    plugins: list[Any] | None = None,
+) -> AsyncIterator[RunningGateway]:
+    sims: dict[str, Simulator] = {}
+    try:
+        for name in providers:
+            sim = make_simulator(name)
+            await sim.start()
+            sims[name] = sim
+        provider_settings = {name: provider_settings_for(name, sim) for name, sim in sims.items()}
+        # providers without a simulator are switched off (Ollama needs no key)
+        for name in KNOWN_PROVIDERS:
+            if name not in sims:
+                from gateway.settings import ProviderSettings
+
+                provider_settings[name] = ProviderSettings(enabled=False)
+        values: dict[str, Any] = {
+            "providers": provider_settings,
+            "request_timeout": 2.0,
+            "connect_timeout": 1.0,
+            "stream_idle_timeout": 2.0,
+            "_env_file": None,
+        }
+        values.update(settings or {})
+        config = Settings(**values)
+        log = event_log if event_log is not None else MemoryEventLog()
+        sleep = RecordingSleep()
+        app = create_app(config, event_log=log, price_book=price_book, sleep=sleep, rng=random.Random(0), plugins=plugins)
+        runner, url = await start_app(app)
+        try:
+            yield RunningGateway(url, sims, log, sleep, app)
+        finally:
+            await runner.cleanup()
+    finally:
+        for sim in sims.values():
+            await sim.stop()
