@@ -107,7 +107,7 @@ def _n(body: dict[str, Any]) -> None:
 def _unsupported(body: dict[str, Any], names: tuple[str, ...]) -> None:
     for name in names:
         value = body.get(name)
-        if value not in (None, False, [], {}, 0) or (name == "echo" and value is True):
+        if value is not None and value is not False and value != [] and value != {} and value != 0:
             raise InvalidRequest(f"'{name}' is not supported by this gateway", param=name, code="unsupported_parameter")
 
 
@@ -149,7 +149,7 @@ def _messages(body: dict[str, Any]) -> list[Message]:
         if not isinstance(item, dict):
             raise InvalidRequest(f"messages[{i}] must be an object", param=f"messages[{i}]", code="invalid_type")
         role = item.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise InvalidRequest(
                 f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}, got {role!r}",
                 param=f"messages[{i}].role", code="invalid_value",

@@ -62,7 +62,7 @@ class CompositePriceBook:
         cost = genai_cost(provider, normalize_model(model), usage, at)
         if cost is not None:
             return Quote(cost=cost, price_version=self.version, source="genai-prices")
-        return Quote(cost=_ZERO, price_version=self.version, source="unpriced")
+        return Quote(cost=None, price_version=self.version, source="unpriced")
 
 
 def load_price_book(price_file: Path | None = None) -> CompositePriceBook:

@@ -25,7 +25,9 @@ API_VERSION = "2023-06-01"
 class AnthropicProvider:
     name = wire.PROVIDER
 
-    def __init__(self, settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts) -> None:
+    def __init__(
+        self, settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts
+    ) -> None:
         base = (settings.base_url or DEFAULT_BASE_URL).rstrip("/")
         # ANTHROPIC_BASE_URL is the host (the SDK appends /v1); accept one that already has it
         self._url = f"{base}/messages" if base.endswith("/v1") else f"{base}/v1/messages"
@@ -39,7 +41,9 @@ class AnthropicProvider:
 
     async def complete(self, request: ChatRequest) -> ChatResult:
         async with post(
-            self._session, self.name, self._url,
+            self._session,
+            self.name,
+            self._url,
             headers=self._headers,
             body=wire.build_body(request, stream=False),
             timeout=self._timeouts.non_streaming(),
@@ -53,7 +57,9 @@ class AnthropicProvider:
         started = False
         try:
             async with post(
-                self._session, self.name, self._url,
+                self._session,
+                self.name,
+                self._url,
                 headers={**self._headers, "accept": "text/event-stream"},
                 body=wire.build_body(request, stream=True),
                 timeout=self._timeouts.streaming(),
@@ -71,8 +77,12 @@ class AnthropicProvider:
         except (errors.UpstreamTimeout, errors.UpstreamConnectionError) as exc:
             if not started:
                 raise
-            raise errors.StreamCut(f"{self.name}: stream broke: {exc.message}", provider=self.name) from exc
-        raise errors.StreamCut(f"{self.name}: stream ended without message_stop", provider=self.name, http_status=200)
+            raise errors.StreamCut(
+                f"{self.name}: stream broke: {exc.message}", provider=self.name
+            ) from exc
+        raise errors.StreamCut(
+            f"{self.name}: stream ended without message_stop", provider=self.name, http_status=200
+        )
 
 
 async def _not_a_stream(resp: aiohttp.ClientResponse) -> errors.ProviderError:
@@ -83,11 +93,14 @@ async def _not_a_stream(resp: aiohttp.ClientResponse) -> errors.ProviderError:
     ctype = resp.headers.get("content-type")
     return errors.MalformedResponse(
         f"{wire.PROVIDER}: streaming answer is {ctype}, not text/event-stream: {raw[:200]!r}",
-        provider=wire.PROVIDER, http_status=resp.status,
+        provider=wire.PROVIDER,
+        http_status=resp.status,
     )
 
 
-def build(settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts) -> Provider | None:
+def build(
+    settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts
+) -> Provider | None:
     """The Anthropic provider, or None without an API key (or when disabled)."""
     if not settings.api_key or settings.enabled is False:
         return None

@@ -52,7 +52,12 @@ _QUOTA_PHRASES = (
     "usage credits are required",
 )
 
-_USAGE_FIELDS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens", "output_tokens")
+_USAGE_FIELDS = (
+    "input_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+    "output_tokens",
+)
 
 
 # --- request ------------------------------------------------------------------------------------
@@ -144,6 +149,8 @@ def _text_of(blocks: Any) -> str:
 
 def parse_message(body: Any, requested_model: str, request_id: str | None = None) -> ChatResult:
     """A non-streaming Message -> ChatResult (text blocks only; thinking/tool_use skipped)."""
+    if error_type(body) is not None:  # an error object behind a 200 (seen from proxies)
+        raise classify(200, {}, body, "")
     if not isinstance(body, Mapping) or body.get("type", "message") != "message":
         raise malformed(PROVIDER, "not a Message object")
     stop_reason = body.get("stop_reason")
@@ -232,8 +239,9 @@ class StreamParser:
 def error_type(body: Any) -> str | None:
     if isinstance(body, Mapping):
         err = body.get("error")
-        if isinstance(err, Mapping) and isinstance(err.get("type"), str):
-            return err["type"]
+        etype = err.get("type") if isinstance(err, Mapping) else None
+        if isinstance(etype, str):
+            return etype
     return None
 
 
@@ -251,8 +259,10 @@ def classify(status: int, headers: Mapping[str, str], body: Any, raw: str) -> er
         "retry_after": parse_retry_after(headers),
         "upstream_code": etype,
     }
-    if etype == "billing_error" or effective == 402 or (
-        effective in (400, 429) and any(p in text.lower() for p in _QUOTA_PHRASES)
+    if (
+        etype == "billing_error"
+        or effective == 402
+        or (effective in (400, 429) and any(p in text.lower() for p in _QUOTA_PHRASES))
     ):
         return errors.QuotaExhausted(f"{PROVIDER}: {text}", **kwargs)
     if etype == "overloaded_error":

@@ -58,11 +58,11 @@ def error_message(body: Any, fallback: str) -> str:
     if isinstance(body, dict):
         err = body.get("error")
         if isinstance(err, dict) and isinstance(err.get("message"), str):
-            return err["message"]
+            return str(err["message"])
         if isinstance(err, str):
             return err
         if isinstance(body.get("message"), str):
-            return body["message"]
+            return str(body["message"])
     return fallback
 
 

@@ -21,19 +21,40 @@ from aiohttp import web
 from gateway.simulators.base import Fault, Simulator
 
 _QUOTA_BODIES: dict[int, tuple[str, str]] = {
-    400: ("invalid_request_error", "Your credit balance is too low to access the Anthropic API. "
-          "Please go to Plans & Billing to upgrade or purchase credits."),
+    400: (
+        "invalid_request_error",
+        "Your credit balance is too low to access the Anthropic API. "
+        "Please go to Plans & Billing to upgrade or purchase credits.",
+    ),
     402: ("billing_error", "There is an issue with your billing or payment information."),
-    429: ("rate_limit_error", "You have reached your specified API usage limits. "
-          "You will regain access on 2026-10-01 at 00:00 UTC."),
+    429: (
+        "rate_limit_error",
+        "You have reached your specified API usage limits. "
+        "You will regain access on 2026-10-01 at 00:00 UTC.",
+    ),
 }
-_STATUS_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                 404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
-                 500: "api_error", 504: "timeout_error", 529: "overloaded_error"}
+_SSE_HEADERS = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
+_STATUS_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
 
 
-def _error(status: int, etype: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    body = {"type": "error", "error": {"type": etype, "message": message}, "request_id": "req_sim_error"}
+def _error(
+    status: int, etype: str, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    body = {
+        "type": "error",
+        "error": {"type": etype, "message": message},
+        "request_id": "req_sim_error",
+    }
     return web.json_response(body, status=status, headers=headers)
 
 
@@ -41,12 +62,15 @@ def _texts(content: Any) -> list[str]:
     if isinstance(content, str):
         return [content]
     if isinstance(content, list):
-        return [b["text"] for b in content if isinstance(b, dict) and isinstance(b.get("text"), str)]
+        return [
+            b["text"] for b in content if isinstance(b, dict) and isinstance(b.get("text"), str)
+        ]
     return []
 
 
-def _sse(event: str, data: dict[str, Any]) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+def _sse(event: str, **fields: Any) -> bytes:
+    """One named SSE event whose JSON ``type`` is the event name, as Anthropic sends them."""
+    return f"event: {event}\ndata: {json.dumps({'type': event, **fields})}\n\n".encode()
 
 
 @dataclass
@@ -85,11 +109,15 @@ class AnthropicSimulator(Simulator):
             rendered = await self._fault(fault, request, body, stream)
             if rendered is not None:
                 return rendered
-        text, stop_reason, stop_sequence = self._answer(body)
+        answer = self._answer(body)
         if stream:
-            return await self._stream(request, body, text, stop_reason, stop_sequence, None)
-        return web.json_response(self._message(body, text, stop_reason, stop_sequence),
-                                 headers={"request-id": f"req_sim_{next(self._ids)}"})
+            return await self._stream(request, body, answer)
+        return web.json_response(
+            self._message(body, *answer), headers={"request-id": self._request_id()}
+        )
+
+    def _request_id(self) -> str:
+        return f"req_sim_{next(self._ids)}"
 
     @staticmethod
     def _invalid(body: Any) -> str | None:
@@ -105,8 +133,10 @@ class AnthropicSimulator(Simulator):
         for i, msg in enumerate(body["messages"]):
             role = msg.get("role") if isinstance(msg, dict) else None
             if role not in ("user", "assistant"):
-                return (f'messages.{i}.role: Unexpected role "{role}". The Messages API accepts a '
-                        'top-level `system` parameter, not "system" as an input message role.')
+                return (
+                    f'messages.{i}.role: Unexpected role "{role}". The Messages API accepts a '
+                    'top-level `system` parameter, not "system" as an input message role.'
+                )
         return None
 
     def _answer(self, body: dict[str, Any]) -> tuple[str, str, str | None]:
@@ -117,11 +147,17 @@ class AnthropicSimulator(Simulator):
             text, stop_reason = text[:idx], "stop_sequence"
         words = text.split(" ") if text else []
         if len(words) > body["max_tokens"]:
-            text, stop_reason, stop_sequence = " ".join(words[: body["max_tokens"]]), "max_tokens", None
+            text, stop_reason, stop_sequence = (
+                " ".join(words[: body["max_tokens"]]),
+                "max_tokens",
+                None,
+            )
         return text, self.stop_reason or stop_reason, stop_sequence
 
     def _usage(self, body: dict[str, Any], output_tokens: int) -> dict[str, Any]:
-        texts = _texts(body.get("system")) + [t for m in body["messages"] for t in _texts(m.get("content"))]
+        texts = _texts(body.get("system")) + [
+            t for m in body["messages"] for t in _texts(m.get("content"))
+        ]
         prompt = sum(self.count_tokens(t) for t in texts)
         cached = (self.cache_read_input_tokens or 0) + (self.cache_creation_input_tokens or 0)
         return {
@@ -135,81 +171,109 @@ class AnthropicSimulator(Simulator):
     def _output_tokens(self, text: str) -> int:
         return self.count_tokens(text) + self.count_tokens(self.thinking or "")
 
-    def _message(self, body: dict[str, Any], text: str, stop_reason: str | None, stop_sequence: str | None,
-                 *, streaming: bool = False) -> dict[str, Any]:
+    def _message(
+        self,
+        body: dict[str, Any],
+        text: str,
+        stop_reason: str | None,
+        stop_sequence: str | None,
+        *,
+        streaming: bool = False,
+    ) -> dict[str, Any]:
         content: list[dict[str, Any]] = []
         if self.thinking is not None and not streaming:
             content.append({"type": "thinking", "thinking": self.thinking, "signature": "c2ln"})
         if not streaming:
             content.append({"type": "text", "text": text})
         return {
-            "id": f"msg_sim{len(self.requests):04d}", "type": "message", "role": "assistant",
-            "model": self.served_model or body["model"], "content": content,
-            "stop_reason": stop_reason, "stop_sequence": stop_sequence,
+            "id": f"msg_sim{len(self.requests):04d}",
+            "type": "message",
+            "role": "assistant",
+            "model": self.served_model or body["model"],
+            "content": content,
+            "stop_reason": stop_reason,
+            "stop_sequence": stop_sequence,
             "usage": self._usage(body, 1 if streaming else self._output_tokens(text)),
         }
 
     # --- streaming ------------------------------------------------------------------------------
-    async def _stream(self, request: web.Request, body: dict[str, Any], text: str, stop_reason: str,
-                      stop_sequence: str | None, fault: Fault | None) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"content-type": "text/event-stream; charset=utf-8",
-                                           "cache-control": "no-cache",
-                                           "request-id": f"req_sim_{next(self._ids)}"})
+    async def _stream(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        answer: tuple[str, str, str | None],
+        fault: Fault | None = None,
+    ) -> web.StreamResponse:
+        """The named-event stream; a ``cut`` / ``stream_error`` fault breaks it mid-text."""
+        text, stop_reason, stop_sequence = answer
+        resp = web.StreamResponse(headers=_SSE_HEADERS | {"request-id": self._request_id()})
         await resp.prepare(request)
-        await resp.write(_sse("message_start", {"type": "message_start", "message": self._message(
-            body, text, None, None, streaming=True)}))
-        await resp.write(_sse("ping", {"type": "ping"}))
+        start = self._message(body, text, None, None, streaming=True)
+        await resp.write(_sse("message_start", message=start))
+        await resp.write(_sse("ping"))
         index = 0
         if self.thinking is not None:
-            await resp.write(_sse("content_block_start", {"type": "content_block_start", "index": 0,
-                                  "content_block": {"type": "thinking", "thinking": "", "signature": ""}}))
-            for delta in ({"type": "thinking_delta", "thinking": self.thinking},
-                          {"type": "signature_delta", "signature": "c2ln"}):
-                await resp.write(_sse("content_block_delta",
-                                      {"type": "content_block_delta", "index": 0, "delta": delta}))
-            await resp.write(_sse("content_block_stop", {"type": "content_block_stop", "index": 0}))
+            block = {"type": "thinking", "thinking": "", "signature": ""}
+            await resp.write(_sse("content_block_start", index=0, content_block=block))
+            for delta in (
+                {"type": "thinking_delta", "thinking": self.thinking},
+                {"type": "signature_delta", "signature": "c2ln"},
+            ):
+                await resp.write(_sse("content_block_delta", index=0, delta=delta))
+            await resp.write(_sse("content_block_stop", index=0))
             index = 1
-        await resp.write(_sse("content_block_start", {"type": "content_block_start", "index": index,
-                              "content_block": {"type": "text", "text": ""}}))
+        block = {"type": "text", "text": ""}
+        await resp.write(_sse("content_block_start", index=index, content_block=block))
         words = [w if i == 0 else " " + w for i, w in enumerate(text.split(" "))] if text else []
         for n, word in enumerate(words):
             if fault is not None and n == fault.after_chunks:
-                return await self._break_stream(resp, request, fault)
-            await resp.write(_sse("content_block_delta", {"type": "content_block_delta", "index": index,
-                                  "delta": {"type": "text_delta", "text": word}}))
+                break
+            delta = {"type": "text_delta", "text": word}
+            await resp.write(_sse("content_block_delta", index=index, delta=delta))
             if self.ping_every and (n + 1) % self.ping_every == 0:
-                await resp.write(_sse("ping", {"type": "ping"}))
+                await resp.write(_sse("ping"))
         if fault is not None:
             return await self._break_stream(resp, request, fault)
-        await resp.write(_sse("content_block_stop", {"type": "content_block_stop", "index": index}))
+        await resp.write(_sse("content_block_stop", index=index))
         usage: dict[str, Any] = {"output_tokens": self._output_tokens(text)}
         if self.delta_usage_has_input:
-            usage = {**self._usage(body, usage["output_tokens"]), **usage}
+            usage = self._usage(body, usage["output_tokens"])
             usage.pop("service_tier")
-        await resp.write(_sse("message_delta", {"type": "message_delta", "usage": usage, "delta": {
-            "stop_reason": stop_reason, "stop_sequence": stop_sequence}}))
-        await resp.write(_sse("message_stop", {"type": "message_stop"}))
+        end = {"stop_reason": stop_reason, "stop_sequence": stop_sequence}
+        await resp.write(_sse("message_delta", delta=end, usage=usage))
+        await resp.write(_sse("message_stop"))
         await resp.write_eof()
         return resp
 
-    async def _break_stream(self, resp: web.StreamResponse, request: web.Request, fault: Fault) -> web.StreamResponse:
+    async def _break_stream(
+        self, resp: web.StreamResponse, request: web.Request, fault: Fault
+    ) -> web.StreamResponse:
         if fault.kind == "cut":
             await asyncio.sleep(0.05)  # let the sent events reach the client before the abort
             return await self.cut_connection(resp, request)
-        await resp.write(_sse("error", {"type": "error", "error": {
-            "type": "overloaded_error", "message": "Overloaded"}, "request_id": "req_sim_error"}))
+        error = {"type": "overloaded_error", "message": "Overloaded"}
+        await resp.write(_sse("error", error=error, request_id="req_sim_error"))
         await resp.write_eof()
         return resp
 
     # --- faults ---------------------------------------------------------------------------------
-    async def _fault(self, fault: Fault, request: web.Request, body: dict[str, Any],
-                     stream: bool) -> web.StreamResponse | None:
+    async def _fault(
+        self, fault: Fault, request: web.Request, body: dict[str, Any], stream: bool
+    ) -> web.StreamResponse | None:
         kind = fault.kind
         if kind == "rate_limit":
-            headers = {"anthropic-ratelimit-requests-limit": "50", "anthropic-ratelimit-requests-remaining": "0",
-                       **self.retry_headers(fault)}
-            return _error(429, "rate_limit_error", "This request would exceed the rate limit for your "
-                          "organization of 50 requests per minute.", headers)
+            headers = {
+                "anthropic-ratelimit-requests-limit": "50",
+                "anthropic-ratelimit-requests-remaining": "0",
+                **self.retry_headers(fault),
+            }
+            return _error(
+                429,
+                "rate_limit_error",
+                "This request would exceed the rate limit for your "
+                "organization of 50 requests per minute.",
+                headers,
+            )
         if kind == "quota":
             etype, message = _QUOTA_BODIES[fault.status or 400]
             return _error(fault.status or 400, etype, message)
@@ -217,12 +281,18 @@ class AnthropicSimulator(Simulator):
             return _error(529, "overloaded_error", "Overloaded", self.retry_headers(fault))
         if kind == "server_error":
             status = fault.status or 500
-            return _error(status, _STATUS_TYPES.get(status, "api_error"), "Internal server error",
-                          self.retry_headers(fault))
+            return _error(
+                status,
+                _STATUS_TYPES.get(status, "api_error"),
+                "Internal server error",
+                self.retry_headers(fault),
+            )
         if kind == "auth":
             return _error(401, "authentication_error", "invalid x-api-key")
         if kind == "bad_request":
-            return _error(400, "invalid_request_error", "messages: text content blocks must be non-empty")
+            return _error(
+                400, "invalid_request_error", "messages: text content blocks must be non-empty"
+            )
         if kind == "not_found":
             return _error(404, "not_found_error", f"model: {body['model']}")
         if kind == "timeout":
@@ -230,19 +300,23 @@ class AnthropicSimulator(Simulator):
         if kind == "content_filter":
             text = " ".join(self.reply.split(" ")[: fault.after_chunks])
             if stream:
-                return await self._stream(request, body, text, "refusal", None, None)
+                return await self._stream(request, body, (text, "refusal", None))
             return web.json_response(self._message(body, text, "refusal", None))
         if kind == "malformed":  # a proxy's page where JSON (or SSE) belongs
-            return web.Response(text="<html><body>upstream proxy error</body></html>",
-                                content_type="text/html" if stream else "application/json")
+            return web.Response(
+                text="<html><body>upstream proxy error</body></html>",
+                content_type="text/html" if stream else "application/json",
+            )
         if kind in ("cut", "stream_error"):
-            text, stop_reason, stop_sequence = self._answer(body)
+            answer = self._answer(body)
             if stream:
-                return await self._stream(request, body, text, stop_reason, stop_sequence, fault)
-            return await self._cut_json(request, body, text)
+                return await self._stream(request, body, answer, fault)
+            return await self._cut_json(request, body, answer[0])
         return None
 
-    async def _cut_json(self, request: web.Request, body: dict[str, Any], text: str) -> web.StreamResponse:
+    async def _cut_json(
+        self, request: web.Request, body: dict[str, Any], text: str
+    ) -> web.StreamResponse:
         raw = json.dumps(self._message(body, text, "end_turn", None)).encode()
         resp = web.StreamResponse(headers={"content-type": "application/json"})
         resp.content_length = len(raw)

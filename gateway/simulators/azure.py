@@ -125,9 +125,10 @@ class AzureSimulator(OpenAISimulator):
         return None
 
     def served(self, call: Call) -> str:
-        if isinstance(self.deployments, Mapping) and call.model in self.deployments:
-            return self.deployments[call.model]
-        return self.served_model or call.model
+        version = (
+            self.deployments.get(call.model) if isinstance(self.deployments, Mapping) else None
+        )
+        return str(version or self.served_model or call.model)
 
     def reply_headers(self) -> dict[str, str]:
         rid = f"00000000-0000-4000-8000-{next(self._ids):012d}"

@@ -92,6 +92,10 @@ OPENAI_ERRORS: dict[str, ErrorSpec] = {
     "timeout": ErrorSpec(408, "Request timed out.", "timeout", "timeout"),
 }
 
+_UNPARSABLE = ErrorSpec(
+    400, "We could not parse the JSON body of your request.", None, "invalid_request_error"
+)
+
 
 @dataclass(slots=True)
 class Call:
@@ -214,15 +218,7 @@ class OpenAISimulator(Simulator):
         if not self.authorized(request):
             return self.error_response(self.ERRORS["auth"], model="")
         if not isinstance(body, dict):
-            return self.error_response(
-                ErrorSpec(
-                    400,
-                    "We could not parse the JSON body of your request.",
-                    None,
-                    "invalid_request_error",
-                ),
-                model="",
-            )
+            return self.error_response(_UNPARSABLE, model="")
         model = self.requested_model(request, body)
         problem = self.body_problem(body, kind, model)
         if problem is not None:

@@ -67,7 +67,11 @@ def test_look_alike_models_are_not_the_family(name: str, not_family: str) -> Non
 def test_exact_name_comes_before_its_family() -> None:
     assert model_candidates("gpt-4-turbo-2024-04-09") == ("gpt-4-turbo-2024-04-09", "gpt-4-turbo")
     assert model_candidates("gpt-4-0125-preview") == ("gpt-4-0125-preview", "gpt-4-turbo")
-    assert model_candidates("gemini-1.0-pro-001") == ("gemini-1.0-pro-001", "gemini-1.0-pro", "gemini-pro")
+    assert model_candidates("gemini-1.0-pro-001") == (
+        "gemini-1.0-pro-001",
+        "gemini-1.0-pro",
+        "gemini-pro",
+    )
 
 
 def test_azure_spelling_is_normalised() -> None:

@@ -40,7 +40,9 @@ prices:
     assert prices.rate("openai", "my-finetune", AT) == Rate(
         input=Decimal("0.002"), output=Decimal("0.004"), cached_input=Decimal("0.001")
     )
-    assert prices.rate("openai", "my-finetune-2026-02-01", AT) == prices.rate("openai", "my-finetune", AT)
+    assert prices.rate("openai", "my-finetune-2026-02-01", AT) == prices.rate(
+        "openai", "my-finetune", AT
+    )
     assert prices.rate("azure", "my-finetune", AT) is None
     assert prices.rate("openai", "my-finetune", datetime(2025, 12, 31, 23, 59, tzinfo=UTC)) is None
 
@@ -78,13 +80,26 @@ def test_json_numbers_are_exact_too(tmp_path: Path) -> None:
 
 
 def test_python_floats_are_rejected() -> None:
-    with pytest.raises(PriceFileError, match=r"prices\[0\] \(model 'a'\): input_per_1k: got the float 0.1"):
-        parse_price_file({"prices": [{"model": "a", "input_per_1k": 0.1, "output_per_1k": "1"}]}, source="x")
+    with pytest.raises(
+        PriceFileError, match=r"prices\[0\] \(model 'a'\): input_per_1k: got the float 0.1"
+    ):
+        parse_price_file(
+            {"prices": [{"model": "a", "input_per_1k": 0.1, "output_per_1k": "1"}]}, source="x"
+        )
 
 
 def test_per_million_fields_convert_exactly() -> None:
     prices = parse_price_file(
-        {"prices": [{"model": "a", "input_per_1m": "2.5", "output_per_1m": 10, "cached_input_per_1m": "1.25"}]}
+        {
+            "prices": [
+                {
+                    "model": "a",
+                    "input_per_1m": "2.5",
+                    "output_per_1m": 10,
+                    "cached_input_per_1m": "1.25",
+                }
+            ]
+        }
     )
     assert prices.rate("openai", "a", AT) == Rate(
         input=Decimal("0.0025"), output=Decimal("0.01"), cached_input=Decimal("0.00125")
@@ -96,8 +111,18 @@ def test_effective_from_picks_the_latest_price_in_effect() -> None:
         {
             "prices": [
                 {"model": "m", "input_per_1k": "1", "output_per_1k": "1"},
-                {"model": "m", "input_per_1k": "2", "output_per_1k": "2", "effective_from": "2026-03-01"},
-                {"model": "m", "input_per_1k": "3", "output_per_1k": "3", "effective_from": "2026-05-01T12:00:00+02:00"},
+                {
+                    "model": "m",
+                    "input_per_1k": "2",
+                    "output_per_1k": "2",
+                    "effective_from": "2026-03-01",
+                },
+                {
+                    "model": "m",
+                    "input_per_1k": "3",
+                    "output_per_1k": "3",
+                    "effective_from": "2026-05-01T12:00:00+02:00",
+                },
             ]
         }
     )
@@ -115,7 +140,16 @@ def test_effective_from_picks_the_latest_price_in_effect() -> None:
 
 def test_history_without_a_base_falls_through_before_it_starts() -> None:
     prices = parse_price_file(
-        {"prices": [{"model": "m", "input_per_1k": "2", "output_per_1k": "2", "effective_from": "2026-03-01"}]}
+        {
+            "prices": [
+                {
+                    "model": "m",
+                    "input_per_1k": "2",
+                    "output_per_1k": "2",
+                    "effective_from": "2026-03-01",
+                }
+            ]
+        }
     )
     assert prices.rate("openai", "m", datetime(2026, 2, 1, tzinfo=UTC)) is None
 
@@ -126,7 +160,12 @@ def test_exact_name_beats_family_and_provider_beats_wildcard() -> None:
             "prices": [
                 {"model": "gpt-4o", "input_per_1k": "1", "output_per_1k": "1"},
                 {"model": "gpt-4o", "provider": "azure", "input_per_1k": "2", "output_per_1k": "2"},
-                {"model": "gpt-4o-2024-08-06", "provider": "*", "input_per_1k": "3", "output_per_1k": "3"},
+                {
+                    "model": "gpt-4o-2024-08-06",
+                    "provider": "*",
+                    "input_per_1k": "3",
+                    "output_per_1k": "3",
+                },
             ]
         }
     )
@@ -143,14 +182,25 @@ def test_exact_name_beats_family_and_provider_beats_wildcard() -> None:
 
 
 def test_aliases_apply_to_file_entries() -> None:
-    prices = parse_price_file({"prices": [{"model": "gpt-4-turbo", "input_per_1k": "1", "output_per_1k": "2"}]})
+    prices = parse_price_file(
+        {"prices": [{"model": "gpt-4-turbo", "input_per_1k": "1", "output_per_1k": "2"}]}
+    )
     assert prices.rate("openai", "gpt-4-0125-preview", AT) is not None
     assert prices.rate("openai", "gpt-4", AT) is None
 
 
 def test_model_and_provider_names_are_case_insensitive() -> None:
     prices = parse_price_file(
-        {"prices": [{"model": "My-Model", "provider": "OpenAI", "input_per_1k": "1", "output_per_1k": "2"}]}
+        {
+            "prices": [
+                {
+                    "model": "My-Model",
+                    "provider": "OpenAI",
+                    "input_per_1k": "1",
+                    "output_per_1k": "2",
+                }
+            ]
+        }
     )
     assert prices.rate("openai", "my-model", AT) is not None
 
@@ -158,24 +208,53 @@ def test_model_and_provider_names_are_case_insensitive() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("prices: [{model: a, input_per_1k: .inf, output_per_1k: 1}]", r"prices\[0\] \(model 'a'\): input_per_1k: '.inf'"),
-        ("prices: [{model: a, input_per_1k: .nan, output_per_1k: 1}]", r"input_per_1k: '.nan'"),
-        ("prices: [{model: a, input_per_1k: '-1', output_per_1k: 1}]", r"input_per_1k: '-1' must be a finite, non-negative"),
-        ("prices: [{model: a, input_per_1k: 0x10, output_per_1k: 1}]", r"'0x10' is not a decimal number"),
-        ("prices: [{model: a, input_per_1k: abc, output_per_1k: 1}]", r"'abc' is not a decimal number"),
-        ("prices: [{model: a, input_per_1k: yes, output_per_1k: 1}]", r"input_per_1k: expected a decimal number"),
-        ("prices: [{model: a, output_per_1k: 1}]", r"prices\[0\] \(model 'a'\): input_per_1k \(or input_per_1m\) is required"),
-        ("prices: [{model: a, input_per_1k: 1, input_per_1m: 1, output_per_1k: 1}]", r"not both"),
-        ("prices: [{model: a, input_per_1K: 1, output_per_1k: 1}]", r"unknown keys \['input_per_1K'\]"),
-        ("prices: [{input_per_1k: 1, output_per_1k: 1}]", r"prices\[0\]: 'model' is required"),
-        ("prices: [{model: a, provider: [x], input_per_1k: 1, output_per_1k: 1}]", r"'provider' must be"),
-        ("prices: [{model: a, provider: ' ', input_per_1k: 1, output_per_1k: 1}]", r"'provider' must be"),
         (
-            "prices: [{model: a, input_per_1k: 1, output_per_1k: 1, effective_from: '2026-01-01T00:00:00'}]",
+            "prices: [{model: a, input_per_1k: .inf, output_per_1k: 1}]",
+            r"prices\[0\] \(model 'a'\): input_per_1k: '.inf'",
+        ),
+        ("prices: [{model: a, input_per_1k: .nan, output_per_1k: 1}]", r"input_per_1k: '.nan'"),
+        (
+            "prices: [{model: a, input_per_1k: '-1', output_per_1k: 1}]",
+            r"input_per_1k: '-1' must be a finite, non-negative",
+        ),
+        (
+            "prices: [{model: a, input_per_1k: 0x10, output_per_1k: 1}]",
+            r"'0x10' is not a decimal number",
+        ),
+        (
+            "prices: [{model: a, input_per_1k: abc, output_per_1k: 1}]",
+            r"'abc' is not a decimal number",
+        ),
+        (
+            "prices: [{model: a, input_per_1k: yes, output_per_1k: 1}]",
+            r"input_per_1k: expected a decimal number",
+        ),
+        (
+            "prices: [{model: a, output_per_1k: 1}]",
+            r"prices\[0\] \(model 'a'\): input_per_1k \(or input_per_1m\) is required",
+        ),
+        ("prices: [{model: a, input_per_1k: 1, input_per_1m: 1, output_per_1k: 1}]", r"not both"),
+        (
+            "prices: [{model: a, input_per_1K: 1, output_per_1k: 1}]",
+            r"unknown keys \['input_per_1K'\]",
+        ),
+        ("prices: [{input_per_1k: 1, output_per_1k: 1}]", r"prices\[0\]: 'model' is required"),
+        (
+            "prices: [{model: a, provider: [x], input_per_1k: 1, output_per_1k: 1}]",
+            r"'provider' must be",
+        ),
+        (
+            "prices: [{model: a, provider: ' ', input_per_1k: 1, output_per_1k: 1}]",
+            r"'provider' must be",
+        ),
+        (
+            "prices: [{model: a, input_per_1k: 1, output_per_1k: 1,"
+            " effective_from: '2026-01-01T00:00:00'}]",
             r"effective_from: '2026-01-01T00:00:00' has no timezone",
         ),
         (
-            "prices: [{model: a, input_per_1k: 1, output_per_1k: 1, effective_from: 2026-01-01 10:00:00}]",
+            "prices: [{model: a, input_per_1k: 1, output_per_1k: 1,"
+            " effective_from: 2026-01-01 10:00:00}]",
             r"has no timezone",
         ),
         (
@@ -187,7 +266,8 @@ def test_model_and_provider_names_are_case_insensitive() -> None:
             r"expected an ISO 8601 date or date-time, got a number",
         ),
         (
-            "prices:\n - {model: a, input_per_1k: 1, output_per_1k: 1}\n - {model: b, input_per_1k: 1, output_per_1k: 1}\n"
+            "prices:\n - {model: a, input_per_1k: 1, output_per_1k: 1}\n"
+            " - {model: b, input_per_1k: 1, output_per_1k: 1}\n"
             " - {model: A, provider: '*', input_per_1k: 2, output_per_1k: 2}",
             r"prices\[2\] \(model 'a'\) repeats prices\[0\]",
         ),
@@ -212,7 +292,9 @@ def test_bad_json_and_json_constants(tmp_path: Path) -> None:
     with pytest.raises(PriceFileError, match="not valid JSON"):
         load_price_file(write(tmp_path, "{", name="p.json"))
     with pytest.raises(PriceFileError, match="NaN is not a price"):
-        load_price_file(write(tmp_path, '{"prices": [{"model": "a", "input_per_1k": NaN}]}', name="p.json"))
+        load_price_file(
+            write(tmp_path, '{"prices": [{"model": "a", "input_per_1k": NaN}]}', name="p.json")
+        )
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -221,11 +303,19 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_digest_ignores_formatting_and_units_but_not_prices(tmp_path: Path) -> None:
-    a = load_price_file(write(tmp_path, "prices: [{model: a, input_per_1k: '0.002', output_per_1k: 1}]", "a.yaml"))
-    b = load_price_file(
-        write(tmp_path, "# comment\nprices:\n  - output_per_1k: 1.000\n    input_per_1m: 2\n    model: A\n", "b.yaml")
+    a = load_price_file(
+        write(tmp_path, "prices: [{model: a, input_per_1k: '0.002', output_per_1k: 1}]", "a.yaml")
     )
-    c = load_price_file(write(tmp_path, "prices: [{model: a, input_per_1k: '0.003', output_per_1k: 1}]", "c.yaml"))
+    b = load_price_file(
+        write(
+            tmp_path,
+            "# comment\nprices:\n  - output_per_1k: 1.000\n    input_per_1m: 2\n    model: A\n",
+            "b.yaml",
+        )
+    )
+    c = load_price_file(
+        write(tmp_path, "prices: [{model: a, input_per_1k: '0.003', output_per_1k: 1}]", "c.yaml")
+    )
     assert a.digest == b.digest
     assert a.digest != c.digest
     assert a.version == f"file-{a.digest[:12]}"

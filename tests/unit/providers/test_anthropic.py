@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -37,8 +39,12 @@ async def sim() -> AsyncIterator[AnthropicSimulator]:
 
 
 @pytest.fixture
-def provider(sim: AnthropicSimulator, session: aiohttp.ClientSession, timeouts: Timeouts) -> AnthropicProvider:
-    return AnthropicProvider(ProviderSettings(api_key=KEY, base_url=sim.base_url), session, timeouts)
+def provider(
+    sim: AnthropicSimulator, session: aiohttp.ClientSession, timeouts: Timeouts
+) -> AnthropicProvider:
+    return AnthropicProvider(
+        ProviderSettings(api_key=KEY, base_url=sim.base_url), session, timeouts
+    )
 
 
 def req(*messages: Message, **kw: Any) -> ChatRequest:
@@ -54,7 +60,7 @@ def words(text: str) -> int:
     return len(text.split())
 
 
-# --- request mapping --------------------------------------------------------------------------------
+# --- request mapping ------------------------------------------------------------------------------
 
 
 async def test_request_mapping(provider: AnthropicProvider, sim: AnthropicSimulator) -> None:
@@ -65,7 +71,10 @@ async def test_request_mapping(provider: AnthropicProvider, sim: AnthropicSimula
         Message("user", "second"),
         Message("assistant", "ok"),
         Message("tool", "42"),
-        temperature=1.7, top_p=0.9, stop=["END"], user="tenant-7",
+        temperature=1.7,
+        top_p=0.9,
+        stop=["END"],
+        user="tenant-7",
     )
     await provider.complete(request)
     (rec,) = sim.requests
@@ -89,7 +98,9 @@ async def test_request_mapping(provider: AnthropicProvider, sim: AnthropicSimula
     }
 
 
-async def test_stream_request_sets_stream_and_max_tokens(provider: AnthropicProvider, sim: AnthropicSimulator) -> None:
+async def test_stream_request_sets_stream_and_max_tokens(
+    provider: AnthropicProvider, sim: AnthropicSimulator
+) -> None:
     await collect(provider, req(max_tokens=50))
     body = sim.requests[0].body
     assert body["stream"] is True
@@ -97,8 +108,12 @@ async def test_stream_request_sets_stream_and_max_tokens(provider: AnthropicProv
     assert "system" in body and "stop_sequences" not in body and "metadata" not in body
 
 
-async def test_base_url_with_v1_suffix(sim: AnthropicSimulator, session: aiohttp.ClientSession, timeouts: Timeouts) -> None:
-    p = AnthropicProvider(ProviderSettings(api_key=KEY, base_url=sim.base_url + "/v1/"), session, timeouts)
+async def test_base_url_with_v1_suffix(
+    sim: AnthropicSimulator, session: aiohttp.ClientSession, timeouts: Timeouts
+) -> None:
+    p = AnthropicProvider(
+        ProviderSettings(api_key=KEY, base_url=sim.base_url + "/v1/"), session, timeouts
+    )
     await p.complete(req())
     assert sim.requests[0].path == "/v1/messages"
 
@@ -112,7 +127,7 @@ async def test_build(session: aiohttp.ClientSession, timeouts: Timeouts) -> None
     assert p._url == "https://api.anthropic.com/v1/messages"
 
 
-# --- non-streaming -----------------------------------------------------------------------------------
+# --- non-streaming --------------------------------------------------------------------------------
 
 
 async def test_complete_result(provider: AnthropicProvider, sim: AnthropicSimulator) -> None:
@@ -124,7 +139,9 @@ async def test_complete_result(provider: AnthropicProvider, sim: AnthropicSimula
     assert result.upstream_request_id is not None and result.upstream_request_id.startswith("req_")
 
 
-async def test_complete_cache_tokens_and_thinking(provider: AnthropicProvider, sim: AnthropicSimulator) -> None:
+async def test_complete_cache_tokens_and_thinking(
+    provider: AnthropicProvider, sim: AnthropicSimulator
+) -> None:
     sim.cache_read_input_tokens, sim.cache_creation_input_tokens = 3, 1
     sim.thinking = "let me think about it"
     sim.served_model = "claude-haiku-4-5-20251001-snap"
@@ -132,11 +149,16 @@ async def test_complete_cache_tokens_and_thinking(provider: AnthropicProvider, s
     assert result.text == sim.reply  # the thinking block is not part of the answer
     assert result.model == "claude-haiku-4-5-20251001-snap"
     assert result.usage == Usage(
-        prompt_tokens=PROMPT_WORDS, completion_tokens=words(sim.reply) + 5, cached_tokens=3, cache_creation_tokens=1
+        prompt_tokens=PROMPT_WORDS,
+        completion_tokens=words(sim.reply) + 5,
+        cached_tokens=3,
+        cache_creation_tokens=1,
     )
 
 
-async def test_complete_null_cache_fields(provider: AnthropicProvider, sim: AnthropicSimulator) -> None:
+async def test_complete_null_cache_fields(
+    provider: AnthropicProvider, sim: AnthropicSimulator
+) -> None:
     sim.cache_read_input_tokens = sim.cache_creation_input_tokens = None
     result = await provider.complete(req())
     assert result.usage == Usage(prompt_tokens=PROMPT_WORDS, completion_tokens=words(sim.reply))
@@ -144,12 +166,21 @@ async def test_complete_null_cache_fields(provider: AnthropicProvider, sim: Anth
 
 @pytest.mark.parametrize(
     ("stop_reason", "expected"),
-    [("max_tokens", "length"), ("refusal", "content_filter"), ("tool_use", "tool_calls"),
-     ("pause_turn", "stop"), ("model_context_window_exceeded", "length")],
+    [
+        ("max_tokens", "length"),
+        ("refusal", "content_filter"),
+        ("tool_use", "tool_calls"),
+        ("pause_turn", "stop"),
+        ("model_context_window_exceeded", "length"),
+    ],
 )
 @pytest.mark.parametrize("stream", [False, True])
 async def test_stop_reason_override(
-    provider: AnthropicProvider, sim: AnthropicSimulator, stop_reason: str, expected: str, stream: bool
+    provider: AnthropicProvider,
+    sim: AnthropicSimulator,
+    stop_reason: str,
+    expected: str,
+    stream: bool,
 ) -> None:
     sim.stop_reason = stop_reason
     if stream:
@@ -158,15 +189,21 @@ async def test_stop_reason_override(
         assert (await provider.complete(req())).finish_reason == expected
 
 
-async def test_max_tokens_and_stop_sequence_honoured(provider: AnthropicProvider, sim: AnthropicSimulator) -> None:
+async def test_max_tokens_and_stop_sequence_honoured(
+    provider: AnthropicProvider, sim: AnthropicSimulator
+) -> None:
     sim.reply = "one two three four five"
     short = await provider.complete(req(max_tokens=2))
-    assert (short.text, short.finish_reason, short.usage.completion_tokens) == ("one two", "length", 2)
+    assert (short.text, short.finish_reason, short.usage.completion_tokens) == (
+        "one two",
+        "length",
+        2,
+    )
     cut = await provider.complete(req(stop=[" four"]))
     assert (cut.text, cut.finish_reason) == ("one two three", "stop")
 
 
-# --- streaming ------------------------------------------------------------------------------------------
+# --- streaming ------------------------------------------------------------------------------------
 
 
 async def test_stream(provider: AnthropicProvider, sim: AnthropicSimulator) -> None:
@@ -193,7 +230,10 @@ async def test_stream_cache_thinking_served_model(
     chunks = await collect(provider, req())
     assert "".join(c.text for c in chunks) == sim.reply
     assert chunks[-1].usage == Usage(
-        prompt_tokens=PROMPT_WORDS, completion_tokens=words(sim.reply) + 2, cached_tokens=2, cache_creation_tokens=2
+        prompt_tokens=PROMPT_WORDS,
+        completion_tokens=words(sim.reply) + 2,
+        cached_tokens=2,
+        cache_creation_tokens=2,
     )
     assert chunks[-1].model == "claude-snap"
 
@@ -208,35 +248,49 @@ async def test_stream_cut(provider: AnthropicProvider, sim: AnthropicSimulator) 
     assert exc.value.provider == "anthropic"
 
 
+@dataclass
 class _EndsEarly(AnthropicSimulator):
-    """Closes the stream cleanly (chunked EOF) after one delta, without message_stop."""
+    """Sends one text delta (CRLF framed), waits ``stall`` seconds, then ends the body cleanly
+    (chunked EOF) without ``message_stop``."""
+
+    stall: float = 0.0
 
     def routes(self) -> list[web.RouteDef]:
         async def handler(request: web.Request) -> web.StreamResponse:
             resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
             await resp.prepare(request)
-            await resp.write(b'event: message_start\r\ndata: {"type":"message_start","message":{"model":"m",'
-                             b'"usage":{"input_tokens":1,"output_tokens":1}}}\r\n\r\n')
-            await resp.write(b'event: content_block_delta\r\ndata: {"type":"content_block_delta","index":0,'
-                             b'"delta":{"type":"text_delta","text":"Hi"}}\r\n\r\n')
+            await resp.write(
+                b'event: message_start\r\ndata: {"type":"message_start","message":{"model":"m",'
+                b'"usage":{"input_tokens":1,"output_tokens":1}}}\r\n\r\n'
+            )
+            await resp.write(
+                b'event: content_block_delta\r\ndata: {"type":"content_block_delta","index":0,'
+                b'"delta":{"type":"text_delta","text":"Hi"}}\r\n\r\n'
+            )
+            await asyncio.sleep(self.stall)
             await resp.write_eof()
             return resp
 
         return [web.post("/v1/messages", handler)]
 
 
-async def test_stream_clean_eof_without_message_stop_is_cut(
-    session: aiohttp.ClientSession, timeouts: Timeouts
+@pytest.mark.parametrize("stall", [0.0, 0.8])
+async def test_stream_ending_or_stalling_without_message_stop_is_cut(
+    session: aiohttp.ClientSession, timeouts: Timeouts, stall: float
 ) -> None:
-    sim = _EndsEarly()
+    # stall > timeouts.stream_idle (0.5 s): the idle timeout after text became a StreamCut
+    sim = _EndsEarly(stall=stall)
     await sim.start()
     try:
-        p = AnthropicProvider(ProviderSettings(api_key=KEY, base_url=sim.base_url), session, timeouts)
+        p = AnthropicProvider(
+            ProviderSettings(api_key=KEY, base_url=sim.base_url), session, timeouts
+        )
         got: list[str] = []
-        with pytest.raises(errors.StreamCut):
+        with pytest.raises(errors.StreamCut) as exc:
             async for chunk in p.stream(req()):
                 got.append(chunk.text)
         assert got == ["Hi"]  # CRLF framing parsed
+        assert isinstance(exc.value.__cause__, errors.UpstreamTimeout) == (stall > 0)
     finally:
         await sim.stop()
 
@@ -260,7 +314,7 @@ async def test_stream_refusal(provider: AnthropicProvider, sim: AnthropicSimulat
     assert chunks[-1].finish_reason == "content_filter"
 
 
-# --- faults ---------------------------------------------------------------------------------------------
+# --- faults ---------------------------------------------------------------------------------------
 
 HTTP_FAULTS = [
     (Fault("rate_limit", retry_after=2), errors.RateLimited, 429, 2.0),
@@ -281,8 +335,13 @@ HTTP_FAULTS = [
 @pytest.mark.parametrize(("fault", "cls", "status", "retry_after"), HTTP_FAULTS)
 @pytest.mark.parametrize("stream", [False, True])
 async def test_http_faults(
-    provider: AnthropicProvider, sim: AnthropicSimulator, fault: Fault,
-    cls: type[errors.ProviderError], status: int, retry_after: float | None, stream: bool,
+    provider: AnthropicProvider,
+    sim: AnthropicSimulator,
+    fault: Fault,
+    cls: type[errors.ProviderError],
+    status: int,
+    retry_after: float | None,
+    stream: bool,
 ) -> None:
     sim.faults.push(fault)
     with pytest.raises(errors.ProviderError) as exc:
@@ -299,16 +358,24 @@ async def test_http_faults(
     assert (await provider.complete(req())).text == sim.reply
 
 
-async def test_wrong_key_is_auth_error(sim: AnthropicSimulator, session: aiohttp.ClientSession, timeouts: Timeouts) -> None:
-    p = AnthropicProvider(ProviderSettings(api_key="nope", base_url=sim.base_url), session, timeouts)
+async def test_wrong_key_is_auth_error(
+    sim: AnthropicSimulator, session: aiohttp.ClientSession, timeouts: Timeouts
+) -> None:
+    p = AnthropicProvider(
+        ProviderSettings(api_key="nope", base_url=sim.base_url), session, timeouts
+    )
     with pytest.raises(errors.UpstreamAuthError) as exc:
         await p.complete(req())
     assert exc.value.upstream_code == "authentication_error"
 
 
-async def test_simulator_requires_version_header(sim: AnthropicSimulator, session: aiohttp.ClientSession) -> None:
+async def test_simulator_requires_version_header(
+    sim: AnthropicSimulator, session: aiohttp.ClientSession
+) -> None:
     body = {"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
-    async with session.post(sim.base_url + "/v1/messages", json=body, headers={"x-api-key": KEY}) as resp:
+    async with session.post(
+        sim.base_url + "/v1/messages", json=body, headers={"x-api-key": KEY}
+    ) as resp:
         assert resp.status == 400
         assert (await resp.json())["error"]["type"] == "invalid_request_error"
     body["messages"] = [{"role": "system", "content": "x"}]
@@ -324,7 +391,9 @@ async def test_complete_refusal(provider: AnthropicProvider, sim: AnthropicSimul
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_malformed(provider: AnthropicProvider, sim: AnthropicSimulator, stream: bool) -> None:
+async def test_malformed(
+    provider: AnthropicProvider, sim: AnthropicSimulator, stream: bool
+) -> None:
     sim.faults.push(Fault("malformed"))
     with pytest.raises(errors.MalformedResponse):
         if stream:
@@ -339,33 +408,41 @@ async def test_complete_body_cut(provider: AnthropicProvider, sim: AnthropicSimu
         await provider.complete(req())
 
 
-async def test_stream_error_fault_on_non_streaming_call_is_529(provider: AnthropicProvider, sim: AnthropicSimulator) -> None:
+async def test_stream_error_fault_on_non_streaming_call_is_529(
+    provider: AnthropicProvider, sim: AnthropicSimulator
+) -> None:
     sim.faults.push(Fault("stream_error"))
     with pytest.raises(errors.Overloaded):
         await provider.complete(req())
 
 
-@pytest.mark.parametrize("stream", [False, True])
-async def test_timeout(provider: AnthropicProvider, sim: AnthropicSimulator, stream: bool) -> None:
-    sim.faults.push(Fault("timeout", delay=2))
-    with pytest.raises(errors.UpstreamTimeout):
-        if stream:
-            await collect(provider, req())
-        else:
-            await provider.complete(req())
+async def test_timeout(provider: AnthropicProvider, sim: AnthropicSimulator) -> None:
+    # both modes at once: the held handlers then delay the simulator's shutdown only once
+    sim.faults.push(Fault("timeout", delay=2), times=2)
+    results = await asyncio.gather(
+        provider.complete(req()), collect(provider, req()), return_exceptions=True
+    )
+    assert [type(r) for r in results] == [errors.UpstreamTimeout, errors.UpstreamTimeout]
+    assert sorted(bool(r.body.get("stream")) for r in sim.requests) == [False, True]
 
 
-async def test_short_delay_still_answers(provider: AnthropicProvider, sim: AnthropicSimulator) -> None:
+async def test_short_delay_still_answers(
+    provider: AnthropicProvider, sim: AnthropicSimulator
+) -> None:
     sim.faults.push(Fault("delay", delay=0.05))
     assert (await provider.complete(req())).text == sim.reply
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_connection_refused(session: aiohttp.ClientSession, timeouts: Timeouts, stream: bool) -> None:
+async def test_connection_refused(
+    session: aiohttp.ClientSession, timeouts: Timeouts, stream: bool
+) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    p = AnthropicProvider(ProviderSettings(api_key=KEY, base_url=f"http://127.0.0.1:{port}"), session, timeouts)
+    p = AnthropicProvider(
+        ProviderSettings(api_key=KEY, base_url=f"http://127.0.0.1:{port}"), session, timeouts
+    )
     with pytest.raises(errors.UpstreamConnectionError):
         if stream:
             await collect(p, req())
@@ -373,14 +450,22 @@ async def test_connection_refused(session: aiohttp.ClientSession, timeouts: Time
             await p.complete(req())
 
 
-# --- pure mapping ---------------------------------------------------------------------------------------
+# --- pure mapping ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("stop_reason", "expected"),
-    [("end_turn", "stop"), ("stop_sequence", "stop"), ("pause_turn", "stop"), ("max_tokens", "length"),
-     ("model_context_window_exceeded", "length"), ("tool_use", "tool_calls"), ("refusal", "content_filter"),
-     (None, "stop"), ("something_new", "stop")],
+    [
+        ("end_turn", "stop"),
+        ("stop_sequence", "stop"),
+        ("pause_turn", "stop"),
+        ("max_tokens", "length"),
+        ("model_context_window_exceeded", "length"),
+        ("tool_use", "tool_calls"),
+        ("refusal", "content_filter"),
+        (None, "stop"),
+        ("something_new", "stop"),
+    ],
 )
 def test_finish_reason_table(stop_reason: str | None, expected: str) -> None:
     assert wire.finish_reason(stop_reason) == expected
@@ -390,18 +475,39 @@ def test_finish_reason_table(stop_reason: str | None, expected: str) -> None:
     ("raw", "expected"),
     [
         ({"input_tokens": 10, "output_tokens": 4}, Usage(10, 4)),
-        ({"input_tokens": 10, "output_tokens": 4, "cache_creation_input_tokens": None,
-          "cache_read_input_tokens": None}, Usage(10, 4)),
-        ({"input_tokens": 3, "output_tokens": 9, "cache_creation_input_tokens": 100,
-          "cache_read_input_tokens": 2000, "cache_creation": {"ephemeral_5m_input_tokens": 100}},
-         Usage(prompt_tokens=2103, completion_tokens=9, cached_tokens=2000, cache_creation_tokens=100)),
+        (
+            {
+                "input_tokens": 10,
+                "output_tokens": 4,
+                "cache_creation_input_tokens": None,
+                "cache_read_input_tokens": None,
+            },
+            Usage(10, 4),
+        ),
+        (
+            {
+                "input_tokens": 3,
+                "output_tokens": 9,
+                "cache_creation_input_tokens": 100,
+                "cache_read_input_tokens": 2000,
+                "cache_creation": {"ephemeral_5m_input_tokens": 100},
+            },
+            Usage(
+                prompt_tokens=2103,
+                completion_tokens=9,
+                cached_tokens=2000,
+                cache_creation_tokens=100,
+            ),
+        ),
     ],
 )
 def test_usage_table(raw: dict[str, Any], expected: Usage) -> None:
     assert wire.usage_from(raw) == expected
 
 
-@pytest.mark.parametrize("raw", [None, {"input_tokens": "ten"}, {"output_tokens": -1}, {"input_tokens": True}])
+@pytest.mark.parametrize(
+    "raw", [None, {"input_tokens": "ten"}, {"output_tokens": -1}, {"input_tokens": True}]
+)
 def test_usage_malformed(raw: Any) -> None:
     with pytest.raises(errors.MalformedResponse):
         wire.usage_from(raw)
@@ -409,7 +515,9 @@ def test_usage_malformed(raw: Any) -> None:
 
 def test_parse_message_text_blocks_only() -> None:
     body = {
-        "type": "message", "model": "claude-x", "stop_reason": "tool_use",
+        "type": "message",
+        "model": "claude-x",
+        "stop_reason": "tool_use",
         "content": [
             {"type": "thinking", "thinking": "secret", "signature": "s"},
             {"type": "redacted_thinking", "data": "xx"},
@@ -420,7 +528,11 @@ def test_parse_message_text_blocks_only() -> None:
         "usage": {"input_tokens": 1, "output_tokens": 2},
     }
     result = wire.parse_message(body, "requested", "req_1")
-    assert (result.text, result.finish_reason, result.model) == ("Hello world", "tool_calls", "claude-x")
+    assert (result.text, result.finish_reason, result.model) == (
+        "Hello world",
+        "tool_calls",
+        "claude-x",
+    )
     assert result.upstream_request_id == "req_1"
     body.pop("model")
     assert wire.parse_message(body, "requested").model == "requested"
@@ -428,48 +540,117 @@ def test_parse_message_text_blocks_only() -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [[], {"type": "error"}, {"type": "message", "content": "hi", "usage": {}},
-     {"type": "message", "content": [{"type": "text"}], "usage": {}}, {"type": "message", "content": []}],
+    [
+        [],
+        {"type": "error"},
+        {"type": "message", "content": "hi", "usage": {}},
+        {"type": "message", "content": [{"type": "text"}], "usage": {}},
+        {"type": "message", "content": []},
+    ],
 )
 def test_parse_message_malformed(body: Any) -> None:
     with pytest.raises(errors.MalformedResponse):
         wire.parse_message(body, "m")
 
 
-def feed_all(parser: wire.StreamParser, events: list[tuple[str | None, dict[str, Any]]]) -> list[StreamChunk]:
+def test_parse_message_error_object_behind_200() -> None:
+    with pytest.raises(errors.Overloaded):
+        wire.parse_message(
+            {"type": "error", "error": {"type": "overloaded_error", "message": "x"}}, "m"
+        )
+
+
+def feed_all(
+    parser: wire.StreamParser, events: list[tuple[str | None, dict[str, Any]]]
+) -> list[StreamChunk]:
     out = [parser.feed(name, json.dumps(data)) for name, data in events]
     return [c for c in out if c is not None]
 
 
 def test_stream_parser_prefers_message_delta_counts() -> None:
     parser = wire.StreamParser("req-model")
-    chunks = feed_all(parser, [
-        ("message_start", {"type": "message_start", "message": {"model": "served", "usage": {
-            "input_tokens": 1, "cache_read_input_tokens": None, "output_tokens": 1}}}),
-        ("ping", {"type": "ping"}),
-        (None, {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": "Hi"}}),
-        ("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                 "delta": {"type": "text_delta", "text": " there"}}),
-        ("content_block_delta", {"type": "content_block_delta", "index": 1,
-                                 "delta": {"type": "input_json_delta", "partial_json": "{\"a\""}}),
-        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": None}, "usage": {"output_tokens": 3}}),
-        ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "max_tokens"},
-                           "usage": {"output_tokens": 7, "input_tokens": 5, "cache_read_input_tokens": 4}}),
-    ])
+    chunks = feed_all(
+        parser,
+        [
+            (
+                "message_start",
+                {
+                    "type": "message_start",
+                    "message": {
+                        "model": "served",
+                        "usage": {
+                            "input_tokens": 1,
+                            "cache_read_input_tokens": None,
+                            "output_tokens": 1,
+                        },
+                    },
+                },
+            ),
+            ("ping", {"type": "ping"}),
+            (
+                None,
+                {
+                    "type": "content_block_start",
+                    "index": 0,
+                    "content_block": {"type": "text", "text": "Hi"},
+                },
+            ),
+            (
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 0,
+                    "delta": {"type": "text_delta", "text": " there"},
+                },
+            ),
+            (
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": 1,
+                    "delta": {"type": "input_json_delta", "partial_json": '{"a"'},
+                },
+            ),
+            (
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": None},
+                    "usage": {"output_tokens": 3},
+                },
+            ),
+            (
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "max_tokens"},
+                    "usage": {"output_tokens": 7, "input_tokens": 5, "cache_read_input_tokens": 4},
+                },
+            ),
+        ],
+    )
     assert not parser.done
     final = parser.feed("message_stop", '{"type":"message_stop"}')
     assert parser.done
     assert [c.text for c in chunks] == ["Hi", " there"]
-    assert final == StreamChunk(finish_reason="length", model="served",
-                                usage=Usage(prompt_tokens=9, completion_tokens=7, cached_tokens=4))
+    assert final == StreamChunk(
+        finish_reason="length",
+        model="served",
+        usage=Usage(prompt_tokens=9, completion_tokens=7, cached_tokens=4),
+    )
 
 
 @pytest.mark.parametrize(
     ("etype", "cls"),
-    [("overloaded_error", errors.Overloaded), ("rate_limit_error", errors.RateLimited),
-     ("api_error", errors.UpstreamServerError), ("billing_error", errors.QuotaExhausted),
-     ("invalid_request_error", errors.UpstreamBadRequest), ("timeout_error", errors.UpstreamTimeout),
-     ("mystery_error", errors.UpstreamServerError)],
+    [
+        ("overloaded_error", errors.Overloaded),
+        ("rate_limit_error", errors.RateLimited),
+        ("api_error", errors.UpstreamServerError),
+        ("billing_error", errors.QuotaExhausted),
+        ("invalid_request_error", errors.UpstreamBadRequest),
+        ("timeout_error", errors.UpstreamTimeout),
+        ("mystery_error", errors.UpstreamServerError),
+    ],
 )
 def test_stream_parser_error_event(etype: str, cls: type[errors.ProviderError]) -> None:
     data = json.dumps({"type": "error", "error": {"type": etype, "message": "boom"}})
@@ -494,11 +675,31 @@ def err_body(etype: str, message: str = "m") -> dict[str, Any]:
     ("status", "body", "headers", "cls", "retry_after"),
     [
         (429, err_body("rate_limit_error"), {"retry-after": "12"}, errors.RateLimited, 12.0),
-        (429, err_body("rate_limit_error"), {"x-should-retry": "false"}, errors.QuotaExhausted, None),
-        (429, err_body("rate_limit_error", "Extra usage is required for long context requests."), {},
-         errors.QuotaExhausted, None),
-        (400, err_body("invalid_request_error", "You have reached your specified API usage limits. "
-                       "You will regain access on 2026-04-01 at 00:00 UTC."), {}, errors.QuotaExhausted, None),
+        (
+            429,
+            err_body("rate_limit_error"),
+            {"x-should-retry": "false"},
+            errors.QuotaExhausted,
+            None,
+        ),
+        (
+            429,
+            err_body("rate_limit_error", "Extra usage is required for long context requests."),
+            {},
+            errors.QuotaExhausted,
+            None,
+        ),
+        (
+            400,
+            err_body(
+                "invalid_request_error",
+                "You have reached your specified API usage limits. "
+                "You will regain access on 2026-04-01 at 00:00 UTC.",
+            ),
+            {},
+            errors.QuotaExhausted,
+            None,
+        ),
         (402, err_body("billing_error"), {}, errors.QuotaExhausted, None),
         (529, err_body("overloaded_error"), {}, errors.Overloaded, None),
         (503, err_body("overloaded_error"), {}, errors.Overloaded, None),
@@ -506,16 +707,28 @@ def err_body(etype: str, message: str = "m") -> dict[str, Any]:
         (403, err_body("permission_error"), {}, errors.UpstreamAuthError, None),
         (404, err_body("not_found_error"), {}, errors.UpstreamModelNotFound, None),
         (413, err_body("request_too_large"), {}, errors.UpstreamBadRequest, None),
-        (400, err_body("invalid_request_error", "prompt is too long"), {}, errors.UpstreamBadRequest, None),
+        (
+            400,
+            err_body("invalid_request_error", "prompt is too long"),
+            {},
+            errors.UpstreamBadRequest,
+            None,
+        ),
         (500, err_body("api_error"), {}, errors.UpstreamServerError, None),
         (504, err_body("timeout_error"), {}, errors.UpstreamTimeout, None),
         (502, None, {}, errors.UpstreamServerError, None),
     ],
 )
 def test_classify_table(
-    status: int, body: Any, headers: dict[str, str], cls: type[errors.ProviderError], retry_after: float | None
+    status: int,
+    body: Any,
+    headers: dict[str, str],
+    cls: type[errors.ProviderError],
+    retry_after: float | None,
 ) -> None:
-    err = wire.classify(status, headers, body, "<html>bad gateway</html>" if body is None else json.dumps(body))
+    err = wire.classify(
+        status, headers, body, "<html>bad gateway</html>" if body is None else json.dumps(body)
+    )
     assert type(err) is cls
     assert (err.http_status, err.retry_after, err.provider) == (status, retry_after, "anthropic")
     if body is None:
@@ -523,7 +736,19 @@ def test_classify_table(
 
 
 def test_build_body_edge_cases() -> None:
-    body = wire.build_body(ChatRequest(model="m", messages=[Message("system", "s")], prompt="complete this",
-                                       max_tokens=0, stop=[]), stream=False)
-    assert body == {"model": "m", "max_tokens": 0, "system": "s",
-                    "messages": [{"role": "user", "content": "complete this"}]}
+    body = wire.build_body(
+        ChatRequest(
+            model="m",
+            messages=[Message("system", "s")],
+            prompt="complete this",
+            max_tokens=0,
+            stop=[],
+        ),
+        stream=False,
+    )
+    assert body == {
+        "model": "m",
+        "max_tokens": 0,
+        "system": "s",
+        "messages": [{"role": "user", "content": "complete this"}],
+    }
