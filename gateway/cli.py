@@ -39,8 +39,8 @@ async def _start_simulators(settings: Settings, providers: list[str]) -> tuple[S
 async def _serve(settings: Settings, simulate: bool) -> None:
     from aiohttp import web
 
-    from gateway.server import server_plugins
     from gateway.app import create_app
+    from gateway.server import server_plugins
 
     sims: list[object] = []
     if simulate:
@@ -98,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--config", help="YAML config file (api keys, model groups, providers, prices)")
-    serve.add_argument("--simulate", action="store_true", help="serve every provider from built-in simulators (no API keys)")
+    serve.add_argument(
+        "--simulate", action="store_true", help="serve every provider from built-in simulators (no API keys)"
+    )
 
     simulate = sub.add_parser("simulate", help="run the five provider simulators and print the env vars to use them")
     simulate.add_argument("--host", default="127.0.0.1")
@@ -120,8 +122,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             pass
         return 0
-    overrides = {k: v for k, v in {"host": getattr(args, "host", None), "port": getattr(args, "port", None),
-                                    "config_file": getattr(args, "config", None)}.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {
+            "host": getattr(args, "host", None),
+            "port": getattr(args, "port", None),
+            "config_file": getattr(args, "config", None),
+        }.items()
+        if v is not None
+    }
     settings = load_settings(**overrides)
     if args.command == "serve":
         try:

@@ -75,7 +75,9 @@ class Settings(BaseSettings):
 
     # --- provider credentials (the SDKs' own variable names) ----------------------------------
     openai_api_key: str | None = Field(default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key"))
-    openai_base_url: str | None = Field(default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "openai_base_url"))
+    openai_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "openai_base_url")
+    )
     azure_openai_api_key: str | None = Field(
         default=None, validation_alias=AliasChoices("AZURE_OPENAI_API_KEY", "azure_openai_api_key")
     )
@@ -123,7 +125,7 @@ class Settings(BaseSettings):
         """Open (keyless) gateways bind to loopback unless told otherwise."""
         if self.host:
             return self.host
-        return "0.0.0.0" if self.api_keys else "127.0.0.1"  # noqa: S104
+        return "0.0.0.0" if self.api_keys else "127.0.0.1"
 
 
 def _openai(s: Settings) -> ProviderSettings:

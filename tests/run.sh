@@ -9,6 +9,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PYTHON=${PYTHON:-python}
+# PostgreSQL (cluster 15 main) is machine-wide and tests take services down on purpose:
+# concurrent runs on one machine wait for each other instead of breaking each other.
+LOCK=${LLM_GATEWAY_TEST_LOCK:-/tmp/llm-gateway-tests.lock}
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 kafka_started=0
 postgres_started=0
@@ -29,13 +32,22 @@ timed() {
   return "$rc"
 }
 
+# py ARGS...: run Python without the lock's file descriptor.
+py() { "$PYTHON" "$@" 9>&-; }
+
+exec 9>>"$LOCK"
+if ! flock -n 9; then
+  say "another tests/run.sh holds $LOCK: waiting for it"
+  flock 9
+fi
+
 cleanup() {
   local rc=$?
   if ((kafka_started)); then
-    timed "kafka stop" "$PYTHON" -m tests.services.kafka stop || say "WARNING: kafka stop failed"
+    timed "kafka stop" py -m tests.services.kafka stop || say "WARNING: kafka stop failed"
   fi
   if ((postgres_started)); then
-    timed "postgres stop" "$PYTHON" -m tests.services.postgres stop || say "WARNING: postgres stop failed"
+    timed "postgres stop" py -m tests.services.postgres stop || say "WARNING: postgres stop failed"
   fi
   return "$rc"
 }
@@ -43,17 +55,17 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-timed "pip install -e .[test]" "$PYTHON" -m pip install -q -e '.[test]'
-timed "kafka jars" "$PYTHON" -m tests.services.kafka fetch
+timed "pip install -e .[test]" py -m pip install -q -e '.[test]'
+timed "kafka jars" py -m tests.services.kafka fetch
 
 postgres_started=1
 start=$EPOCHREALTIME
-database_url=$("$PYTHON" -m tests.services.postgres start)
+database_url=$(py -m tests.services.postgres start)
 report "postgres start" "$start"
 
 kafka_started=1
 start=$EPOCHREALTIME
-kafka_bootstrap=$("$PYTHON" -m tests.services.kafka start)
+kafka_bootstrap=$(py -m tests.services.kafka start)
 report "kafka start" "$start"
 
 export LLM_GATEWAY_TEST_KAFKA=$kafka_bootstrap
@@ -63,7 +75,7 @@ say "LLM_GATEWAY_TEST_KAFKA=$LLM_GATEWAY_TEST_KAFKA"
 say "LLM_GATEWAY_TEST_DATABASE_URL=$LLM_GATEWAY_TEST_DATABASE_URL"
 
 status=0
-timed "pytest" "$PYTHON" -m pytest "$@" || status=$?
+timed "pytest" py -m pytest "$@" || status=$?
 if ((status == 5)); then
   say "pytest collected no tests: failing"
   status=1

@@ -46,9 +46,7 @@ class Authenticator:
             return Principal(self.default_tenant, True, None)
         presented = _presented_key(request)
         if not presented:
-            raise AuthenticationFailed(
-                "Missing API key: send 'Authorization: Bearer <key>'", code="missing_api_key"
-            )
+            raise AuthenticationFailed("Missing API key: send 'Authorization: Bearer <key>'", code="missing_api_key")
         digest = hashlib.sha256(presented.encode()).digest()
         match = self._by_digest.get(digest)
         if match is None or not hmac.compare_digest(hashlib.sha256(match.key.encode()).digest(), digest):

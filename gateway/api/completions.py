@@ -54,11 +54,17 @@ async def completions(request: web.Request) -> web.StreamResponse:
     return await _serve(request, state, principal, parsed)
 
 
-async def _serve(request: web.Request, state: GatewayState, principal: Any, parsed: ParsedRequest) -> web.StreamResponse:
+async def _serve(
+    request: web.Request, state: GatewayState, principal: Any, parsed: ParsedRequest
+) -> web.StreamResponse:
     tenant = state.auth.tenant_for(principal, parsed.tenant_id)
     ctx = CallContext(
-        request_id=request[REQUEST_ID], tenant_id=tenant, api_key_id=principal.key_id, endpoint=parsed.endpoint,
-        stream=parsed.template.stream, requested_model=parsed.requested_model,
+        request_id=request[REQUEST_ID],
+        tenant_id=tenant,
+        api_key_id=principal.key_id,
+        endpoint=parsed.endpoint,
+        stream=parsed.template.stream,
+        requested_model=parsed.requested_model,
     )
     try:
         if parsed.template.stream:
@@ -78,7 +84,8 @@ async def _serve(request: web.Request, state: GatewayState, principal: Any, pars
     build = chat_completion if parsed.endpoint == "chat.completions" else text_completion
     body = build(response_id, created, result.model, result)
     return web.Response(
-        body=json.dumps(body), content_type="application/json",
+        body=json.dumps(body),
+        content_type="application/json",
         headers={
             "x-request-id": ctx.request_id,
             "x-llm-provider": served.provider,
@@ -120,15 +127,22 @@ async def _stream(
                 if formatter is None:
                     model = chunk.model or session.provider_model
                     formatter = ChunkFormatter(
-                        parsed.endpoint, _response_id(parsed.endpoint, ctx.request_id), created, model,
+                        parsed.endpoint,
+                        _response_id(parsed.endpoint, ctx.request_id),
+                        created,
+                        model,
                         parsed.include_usage,
                     )
                 obj = formatter.content(chunk)
                 if obj is not None:
                     await response.write(_sse(obj))
         except errors.StreamCut as cut:
-            UsageRecorder.log_cost(ctx.tenant_id, session.provider, session.served_model or session.provider_model,
-                                   session.event.cost_usd if session.event else None)
+            UsageRecorder.log_cost(
+                ctx.tenant_id,
+                session.provider,
+                session.served_model or session.provider_model,
+                session.event.cost_usd if session.event else None,
+            )
             await response.write(_sse(cut.to_openai()))
             return response
         event = session.finish("success")
@@ -137,10 +151,16 @@ async def _stream(
         cost_text = format_usd(event.cost_usd) if event.cost_usd is not None else "unpriced"
         if parsed.include_usage and session.usage is not None:
             if formatter is None:
-                formatter = ChunkFormatter(parsed.endpoint, _response_id(parsed.endpoint, ctx.request_id), created,
-                                           model, True)
-            extension = {"cost_usd": cost_text, "provider": session.provider, "model": model,
-                         "attempts": session.attempts, "request_id": ctx.request_id}
+                formatter = ChunkFormatter(
+                    parsed.endpoint, _response_id(parsed.endpoint, ctx.request_id), created, model, True
+                )
+            extension = {
+                "cost_usd": cost_text,
+                "provider": session.provider,
+                "model": model,
+                "attempts": session.attempts,
+                "request_id": ctx.request_id,
+            }
             await response.write(_sse(formatter.usage(session.usage, extension)))
         await response.write(f": x-llm-cost-usd={cost_text}\n\n".encode())
         await response.write(b"data: [DONE]\n\n")

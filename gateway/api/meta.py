@@ -17,7 +17,9 @@ async def models(request: web.Request) -> web.Response:
     for name in catalog.listed_models():
         serving = [p for p in state.router.priority if p in state.router.providers and p in catalog.equivalents(name)]
         if serving:
-            data.append({"id": name, "object": "model", "created": created, "owned_by": serving[0], "providers": serving})
+            data.append(
+                {"id": name, "object": "model", "created": created, "owned_by": serving[0], "providers": serving}
+            )
     return web.json_response({"object": "list", "data": data})
 
 

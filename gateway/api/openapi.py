@@ -39,7 +39,9 @@ _COMMON_PROPS: dict[str, Any] = {
     "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
     "top_p": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
     "n": {"type": ["integer", "null"], "const": 1},
-    "stop": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}, {"type": "null"}]},
+    "stop": {
+        "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}, {"type": "null"}]
+    },
     "user": {"type": "string"},
     "stream": {"type": ["boolean", "null"]},
     "stream_options": {
@@ -98,7 +100,9 @@ _COMPLETION_REQUEST = {
     "required": ["model", "prompt"],
     "properties": {
         **_COMMON_PROPS,
-        "prompt": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1}]},
+        "prompt": {
+            "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1}]
+        },
         "max_tokens": {"type": ["integer", "null"], "minimum": 1, "default": 16},
     },
 }
@@ -145,7 +149,10 @@ _GATEWAY_HEADERS = {
 
 def _errors(*statuses: int) -> dict[str, Any]:
     return {
-        str(s): {"description": "OpenAI error object", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+        str(s): {
+            "description": "OpenAI error object",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
         for s in statuses
     }
 
@@ -184,10 +191,15 @@ def openapi_document() -> dict[str, Any]:
                 "Chat completion", "#/components/schemas/ChatCompletionRequest", "#/components/schemas/ChatCompletion"
             ),
             "/v1/completions": _post(
-                "Legacy text completion", "#/components/schemas/CompletionRequest", "#/components/schemas/TextCompletion"
+                "Legacy text completion",
+                "#/components/schemas/CompletionRequest",
+                "#/components/schemas/TextCompletion",
             ),
             "/v1/models": {
-                "get": {"summary": "Models this gateway can serve", "responses": {"200": {"description": "A list of models"}, **_errors(401)}}
+                "get": {
+                    "summary": "Models this gateway can serve",
+                    "responses": {"200": {"description": "A list of models"}, **_errors(401)},
+                }
             },
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
         },

@@ -69,7 +69,12 @@ class ChunkFormatter:
                 self._role_sent = True
             elif chunk.text:
                 delta["content"] = chunk.text
-            choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": chunk.finish_reason}
+            choice: dict[str, Any] = {
+                "index": 0,
+                "delta": delta,
+                "logprobs": None,
+                "finish_reason": chunk.finish_reason,
+            }
         else:
             self._role_sent = True
             choice = {"index": 0, "text": chunk.text, "logprobs": None, "finish_reason": chunk.finish_reason}

@@ -61,7 +61,9 @@ def _number(body: dict[str, Any], name: str, low: float, high: float) -> float |
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise InvalidRequest(f"'{name}' must be a number, got {_type_name(value)}", param=name, code="invalid_type")
     if not low <= value <= high:
-        raise InvalidRequest(f"'{name}' must be between {low:g} and {high:g}, got {value}", param=name, code="invalid_value")
+        raise InvalidRequest(
+            f"'{name}' must be between {low:g} and {high:g}, got {value}", param=name, code="invalid_value"
+        )
     return float(value)
 
 
@@ -72,7 +74,9 @@ def _integer(body: dict[str, Any], name: str, low: int = 1, high: int = 10_000_0
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidRequest(f"'{name}' must be an integer, got {_type_name(value)}", param=name, code="invalid_type")
     if not low <= value <= high:
-        raise InvalidRequest(f"'{name}' must be between {low} and {high}, got {value}", param=name, code="invalid_value")
+        raise InvalidRequest(
+            f"'{name}' must be between {low} and {high}, got {value}", param=name, code="invalid_value"
+        )
     return value
 
 
@@ -130,7 +134,9 @@ def _content(message: dict[str, Any], index: int) -> str:
                 )
             text = part.get("text")
             if not isinstance(text, str):
-                raise InvalidRequest(f"{param}[{j}].text must be a string", param=f"{param}[{j}].text", code="invalid_type")
+                raise InvalidRequest(
+                    f"{param}[{j}].text must be a string", param=f"{param}[{j}].text", code="invalid_type"
+                )
             texts.append(text)
         return "".join(texts)
     raise InvalidRequest(f"'{param}' must be a string or an array of content parts", param=param, code="invalid_type")
@@ -139,9 +145,13 @@ def _content(message: dict[str, Any], index: int) -> str:
 def _messages(body: dict[str, Any]) -> list[Message]:
     raw = body.get("messages")
     if raw is None:
-        raise InvalidRequest("Missing required parameter: 'messages'", param="messages", code="missing_required_parameter")
+        raise InvalidRequest(
+            "Missing required parameter: 'messages'", param="messages", code="missing_required_parameter"
+        )
     if not isinstance(raw, list):
-        raise InvalidRequest(f"'messages' must be an array, got {_type_name(raw)}", param="messages", code="invalid_type")
+        raise InvalidRequest(
+            f"'messages' must be an array, got {_type_name(raw)}", param="messages", code="invalid_type"
+        )
     if not raw:
         raise InvalidRequest("'messages' must contain at least one message", param="messages", code="empty_array")
     messages = []
@@ -152,7 +162,8 @@ def _messages(body: dict[str, Any]) -> list[Message]:
         if not isinstance(role, str) or role not in ROLES:
             raise InvalidRequest(
                 f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}, got {role!r}",
-                param=f"messages[{i}].role", code="invalid_value",
+                param=f"messages[{i}].role",
+                code="invalid_value",
             )
         messages.append(Message(role, _content(item, i)))
     return messages
@@ -211,7 +222,8 @@ def _prompt(body: dict[str, Any]) -> str:
     if isinstance(value, list):
         raise InvalidRequest(
             "'prompt' must be a string (or an array of exactly one string); batches and token arrays are not supported",
-            param="prompt", code="unsupported_value",
+            param="prompt",
+            code="unsupported_value",
         )
     if not isinstance(value, str):
         raise InvalidRequest(f"'prompt' must be a string, got {_type_name(value)}", param="prompt", code="invalid_type")

@@ -71,9 +71,7 @@ def to_genai_usage(usage: Usage) -> GenaiUsage:
 def _known(provider_id: str, model: str) -> bool:
     """Whether genai-prices has a price for the model at this provider (misses are cached too)."""
     try:
-        calc_price(
-            GenaiUsage(), model, provider_id=provider_id, genai_request_timestamp=_PROBE_TIME
-        )
+        calc_price(GenaiUsage(), model, provider_id=provider_id, genai_request_timestamp=_PROBE_TIME)
     except LookupError:
         return False
     return True
@@ -85,9 +83,7 @@ def genai_cost(provider: str, model: str, usage: Usage, at: datetime) -> Decimal
     if not _known(provider_id, model):
         return None
     try:
-        result = calc_price(
-            to_genai_usage(usage), model, provider_id=provider_id, genai_request_timestamp=at
-        )
+        result = calc_price(to_genai_usage(usage), model, provider_id=provider_id, genai_request_timestamp=at)
     except LookupError:
         return None
     except ValueError as e:

@@ -18,9 +18,7 @@ import re
 from functools import lru_cache
 
 #: one trailing date/version segment
-_SUFFIX = re.compile(
-    r"(?:-\d{4}-\d{2}-\d{2}|-\d{8}|@\d{8}|@latest|-\d{3,4}|-preview|-latest|-v\d+(?::\d+)?)$"
-)
+_SUFFIX = re.compile(r"(?:-\d{4}-\d{2}-\d{2}|-\d{8}|@\d{8}|@latest|-\d{3,4}|-preview|-latest|-v\d+(?::\d+)?)$")
 
 #: names whose family no suffix rule finds, or that a suffix rule would get wrong.
 #: ``None`` ends the chain: the name is its own model, not a snapshot of anything.

@@ -47,8 +47,7 @@ _TOP_KEYS = frozenset({"version", "prices"})
 #: the rates of an entry, each the name of a :class:`Rate` field (``<name>_per_1k``/``_per_1m``)
 _RATE_FIELDS = ("input", "output", "cached_input", "cache_write")
 _ENTRY_KEYS = frozenset(
-    {"provider", "model", "effective_from"}
-    | {f"{name}_per_{unit}" for name in _RATE_FIELDS for unit in ("1k", "1m")}
+    {"provider", "model", "effective_from"} | {f"{name}_per_{unit}" for name in _RATE_FIELDS for unit in ("1k", "1m")}
 )
 
 
@@ -80,9 +79,7 @@ class PriceFile:
     label: str | None = None
     source: str = "<price file>"
     #: model name -> provider (None = any) -> entries, latest effective_from first
-    _index: dict[str, dict[str | None, tuple[PriceEntry, ...]]] = field(
-        init=False, repr=False, compare=False
-    )
+    _index: dict[str, dict[str | None, tuple[PriceEntry, ...]]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         index: dict[str, dict[str | None, list[PriceEntry]]] = {}
@@ -90,8 +87,7 @@ class PriceFile:
             index.setdefault(entry.model, {}).setdefault(entry.provider, []).append(entry)
         frozen = {
             model: {
-                provider: tuple(sorted(entries, key=_effective_key, reverse=True))
-                for provider, entries in by.items()
+                provider: tuple(sorted(entries, key=_effective_key, reverse=True)) for provider, entries in by.items()
             }
             for model, by in index.items()
         }
@@ -104,9 +100,7 @@ class PriceFile:
             "version": self.label,
             "prices": sorted((e.canonical() for e in self.entries), key=_sort_key),
         }
-        return hashlib.sha256(
-            json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-        ).hexdigest()
+        return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
     @property
     def version(self) -> str:
@@ -145,40 +139,30 @@ def load_price_file(path: Path) -> PriceFile:
         else:
             data = yaml.load(text, Loader=_PriceFileLoader)  # a SafeLoader subclass
     except (ValueError, yaml.YAMLError) as e:
-        raise PriceFileError(
-            f"{source}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {e}"
-        ) from e
+        raise PriceFileError(f"{source}: not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {e}") from e
     return parse_price_file(data, source=source)
 
 
 def parse_price_file(data: object, *, source: str = "<price file>") -> PriceFile:
     """Validate already-parsed content (numbers as strings, ints or Decimals; never floats)."""
     if not isinstance(data, Mapping):
-        raise PriceFileError(
-            f"{source}: expected a mapping with a 'prices' list, got {_kind(data)}"
-        )
+        raise PriceFileError(f"{source}: expected a mapping with a 'prices' list, got {_kind(data)}")
     unknown = set(data) - _TOP_KEYS
     if unknown:
         raise PriceFileError(
-            f"{source}: unknown top-level keys {sorted(map(str, unknown))}; "
-            f"expected {sorted(_TOP_KEYS)}"
+            f"{source}: unknown top-level keys {sorted(map(str, unknown))}; expected {sorted(_TOP_KEYS)}"
         )
     label = data.get("version")
     if label is not None:
         label = str(label)
         if not _LABEL.match(label):
             raise PriceFileError(
-                f"{source}: version {label!r} must be 1-64 characters "
-                "of letters, digits, '.', '_', '-'"
+                f"{source}: version {label!r} must be 1-64 characters of letters, digits, '.', '_', '-'"
             )
     raw_prices = data.get("prices")
     if not isinstance(raw_prices, list):
-        raise PriceFileError(
-            f"{source}: 'prices' must be a list of entries, got {_kind(raw_prices)}"
-        )
-    entries = tuple(
-        _parse_entry(raw, where=f"{source}: prices[{i}]") for i, raw in enumerate(raw_prices)
-    )
+        raise PriceFileError(f"{source}: 'prices' must be a list of entries, got {_kind(raw_prices)}")
+    entries = tuple(_parse_entry(raw, where=f"{source}: prices[{i}]") for i, raw in enumerate(raw_prices))
     seen: dict[tuple[str | None, str, datetime | None], int] = {}
     for i, entry in enumerate(entries):
         key = (entry.provider, entry.model, entry.effective_from)
@@ -226,18 +210,12 @@ def _parse_entry(raw: object, *, where: str) -> PriceEntry:
     where = f"{where} (model {model_raw!r})"
     unknown = set(raw) - _ENTRY_KEYS
     if unknown:
-        raise PriceFileError(
-            f"{where}: unknown keys {sorted(map(str, unknown))}; allowed: {sorted(_ENTRY_KEYS)}"
-        )
+        raise PriceFileError(f"{where}: unknown keys {sorted(map(str, unknown))}; allowed: {sorted(_ENTRY_KEYS)}")
 
     provider_raw = raw.get("provider")
     if provider_raw is not None and (not isinstance(provider_raw, str) or not provider_raw.strip()):
         raise PriceFileError(f"{where}: 'provider' must be a provider name or '*'")
-    provider = (
-        None
-        if provider_raw is None or provider_raw.strip() == "*"
-        else provider_raw.strip().lower()
-    )
+    provider = None if provider_raw is None or provider_raw.strip() == "*" else provider_raw.strip().lower()
 
     rate = _parse_rate(raw, where=where)
     effective = raw.get("effective_from")
@@ -245,9 +223,7 @@ def _parse_entry(raw: object, *, where: str) -> PriceEntry:
         model=model,
         rate=rate,
         provider=provider,
-        effective_from=None
-        if effective is None
-        else _instant(effective, where=f"{where}: effective_from"),
+        effective_from=None if effective is None else _instant(effective, where=f"{where}: effective_from"),
     )
 
 
@@ -279,13 +255,10 @@ def _parse_rate(raw: Mapping[str, Any], *, where: str) -> Rate:
 def _money(value: Any, *, where: str) -> Decimal:
     if isinstance(value, float):
         raise PriceFileError(
-            f"{where}: got the float {value!r}; money is never a float: "
-            "write the price as a string or Decimal"
+            f"{where}: got the float {value!r}; money is never a float: write the price as a string or Decimal"
         )
     if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
-        raise PriceFileError(
-            f'{where}: expected a decimal number (e.g. "0.002"), got {_kind(value)}'
-        )
+        raise PriceFileError(f'{where}: expected a decimal number (e.g. "0.002"), got {_kind(value)}')
     if isinstance(value, Decimal):
         amount = value
     else:
@@ -294,9 +267,7 @@ def _money(value: Any, *, where: str) -> Decimal:
         except InvalidOperation as e:
             raise PriceFileError(f"{where}: {str(value)!r} is not a decimal number") from e
     if not amount.is_finite() or amount < 0:
-        raise PriceFileError(
-            f"{where}: {str(value)!r} must be a finite, non-negative amount of USD"
-        )
+        raise PriceFileError(f"{where}: {str(value)!r} must be a finite, non-negative amount of USD")
     return amount
 
 
@@ -309,14 +280,10 @@ def _instant(value: object, *, where: str) -> datetime:
             try:
                 value = datetime.fromisoformat(text)
             except ValueError as e:
-                raise PriceFileError(
-                    f"{where}: {text!r} is not an ISO 8601 date or date-time"
-                ) from e
+                raise PriceFileError(f"{where}: {text!r} is not an ISO 8601 date or date-time") from e
     if isinstance(value, datetime):
         if value.tzinfo is None or value.utcoffset() is None:
-            raise PriceFileError(
-                f"{where}: {value.isoformat()!r} has no timezone; add 'Z' or an offset"
-            )
+            raise PriceFileError(f"{where}: {value.isoformat()!r} has no timezone; add 'Z' or an offset")
         return value.astimezone(UTC)
     if isinstance(value, date):
         return datetime.combine(value, time(0, 0), tzinfo=UTC)

@@ -25,9 +25,7 @@ API_VERSION = "2023-06-01"
 class AnthropicProvider:
     name = wire.PROVIDER
 
-    def __init__(
-        self, settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts
-    ) -> None:
+    def __init__(self, settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts) -> None:
         base = (settings.base_url or DEFAULT_BASE_URL).rstrip("/")
         # ANTHROPIC_BASE_URL is the host (the SDK appends /v1); accept one that already has it
         self._url = f"{base}/messages" if base.endswith("/v1") else f"{base}/v1/messages"
@@ -77,12 +75,8 @@ class AnthropicProvider:
         except (errors.UpstreamTimeout, errors.UpstreamConnectionError) as exc:
             if not started:
                 raise
-            raise errors.StreamCut(
-                f"{self.name}: stream broke: {exc.message}", provider=self.name
-            ) from exc
-        raise errors.StreamCut(
-            f"{self.name}: stream ended without message_stop", provider=self.name, http_status=200
-        )
+            raise errors.StreamCut(f"{self.name}: stream broke: {exc.message}", provider=self.name) from exc
+        raise errors.StreamCut(f"{self.name}: stream ended without message_stop", provider=self.name, http_status=200)
 
 
 async def _not_a_stream(resp: aiohttp.ClientResponse) -> errors.ProviderError:
@@ -98,9 +92,7 @@ async def _not_a_stream(resp: aiohttp.ClientResponse) -> errors.ProviderError:
     )
 
 
-def build(
-    settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts
-) -> Provider | None:
+def build(settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts) -> Provider | None:
     """The Anthropic provider, or None without an API key (or when disabled)."""
     if not settings.api_key or settings.enabled is False:
         return None

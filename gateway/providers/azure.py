@@ -36,9 +36,7 @@ class AzureProvider(OpenAIProvider):
     name = "azure"
     chat_max_tokens_field: ClassVar[str] = "max_tokens"
 
-    def __init__(
-        self, settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts
-    ) -> None:
+    def __init__(self, settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts) -> None:
         if not settings.base_url:
             raise ValueError("azure: the resource endpoint (AZURE_OPENAI_ENDPOINT) is required")
         super().__init__(settings, session, timeouts)
@@ -66,9 +64,7 @@ class AzureProvider(OpenAIProvider):
         return {"api-key": self._settings.api_key or ""}
 
 
-def build(
-    settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts
-) -> Provider | None:
+def build(settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts) -> Provider | None:
     """The Azure OpenAI provider, or None without an API key and endpoint (or when disabled)."""
     if not settings.api_key or not settings.base_url or settings.enabled is False:
         return None

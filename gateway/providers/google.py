@@ -31,9 +31,7 @@ def models_url(base_url: str | None, api_version: str | None = None) -> str:
 class GoogleProvider:
     name = wire.PROVIDER
 
-    def __init__(
-        self, settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts
-    ) -> None:
+    def __init__(self, settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts) -> None:
         if not settings.api_key:
             raise ValueError("the google provider needs an API key")
         self._session = session
@@ -89,13 +87,9 @@ class GoogleProvider:
         except (errors.UpstreamTimeout, errors.UpstreamConnectionError) as exc:
             if not started:
                 raise
-            raise errors.StreamCut(
-                f"{self.name}: stream broke: {exc.message}", provider=self.name
-            ) from exc
+            raise errors.StreamCut(f"{self.name}: stream broke: {exc.message}", provider=self.name) from exc
 
-    async def _chunks(
-        self, resp: aiohttp.ClientResponse, requested: str
-    ) -> AsyncIterator[StreamChunk]:
+    async def _chunks(self, resp: aiohttp.ClientResponse, requested: str) -> AsyncIterator[StreamChunk]:
         finish: FinishReason | None = None
         finishing: wire.Piece | None = None
         usage: Usage | None = None
@@ -107,9 +101,7 @@ class GoogleProvider:
             try:
                 obj = json.loads(event.data)
             except ValueError as exc:
-                raise malformed(
-                    self.name, f"stream event is not JSON: {event.data[:200]!r}"
-                ) from exc
+                raise malformed(self.name, f"stream event is not JSON: {event.data[:200]!r}") from exc
             piece = wire.parse_response(obj)
             model = piece.model or model
             usage = piece.usage or usage
@@ -121,15 +113,11 @@ class GoogleProvider:
         if finishing is not None:
             finish = finishing.finish(has_function_call=has_call)
         if finish is None:
-            raise errors.StreamCut(
-                f"{self.name}: stream ended without a finishReason", provider=self.name
-            )
+            raise errors.StreamCut(f"{self.name}: stream ended without a finishReason", provider=self.name)
         yield StreamChunk(finish_reason=finish, usage=usage or Usage(), model=model or requested)
 
 
-def build(
-    settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts
-) -> GoogleProvider | None:
+def build(settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts) -> GoogleProvider | None:
     if settings.enabled is False or not settings.api_key:
         return None
     return GoogleProvider(settings, session, timeouts)

@@ -41,12 +41,8 @@ _CONTENT_FILTER = frozenset(
 )
 _LENGTH = frozenset({"MAX_TOKENS"})
 #: tool-call failures: reported as ``stop`` but worth a log line
-_TOOL_FAILURES = frozenset(
-    {"MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL", "TOO_MANY_TOOL_CALLS"}
-)
-_PLAIN_STOP = frozenset(
-    {"STOP", "OTHER", "LANGUAGE", "FINISH_REASON_UNSPECIFIED", "IMAGE_OTHER", "NO_IMAGE"}
-)
+_TOOL_FAILURES = frozenset({"MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL", "TOO_MANY_TOOL_CALLS"})
+_PLAIN_STOP = frozenset({"STOP", "OTHER", "LANGUAGE", "FINISH_REASON_UNSPECIFIED", "IMAGE_OTHER", "NO_IMAGE"})
 
 #: ErrorInfo reasons meaning the gateway's key is unusable
 _KEY_REASONS = frozenset(
@@ -287,6 +283,4 @@ def classify(status: int, headers: Mapping[str, str], body: Any, raw: str) -> er
 
 
 def _malformed(what: str) -> errors.MalformedResponse:
-    return errors.MalformedResponse(
-        f"{PROVIDER}: malformed response: {what}", provider=PROVIDER, http_status=200
-    )
+    return errors.MalformedResponse(f"{PROVIDER}: malformed response: {what}", provider=PROVIDER, http_status=200)

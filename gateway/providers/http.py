@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import json
 import time
@@ -100,7 +99,9 @@ def default_classify(
     if status == 504:
         return errors.UpstreamTimeout(text, **kwargs)
     if status == 503:
-        return errors.Overloaded(text, **kwargs) if should_retry != "false" else errors.UpstreamServerError(text, **kwargs)
+        return (
+            errors.Overloaded(text, **kwargs) if should_retry != "false" else errors.UpstreamServerError(text, **kwargs)
+        )
     return errors.UpstreamServerError(text, **kwargs)
 
 
@@ -108,7 +109,7 @@ async def read_error_body(resp: aiohttp.ClientResponse) -> tuple[Any, str]:
     """The parsed JSON body of an error response (or None) and its raw text (truncated)."""
     try:
         raw = await resp.text()
-    except (aiohttp.ClientError, asyncio.TimeoutError, UnicodeDecodeError):
+    except (TimeoutError, aiohttp.ClientError, UnicodeDecodeError):
         return None, ""
     try:
         return json.loads(raw), raw[:2000]
@@ -124,7 +125,7 @@ async def post(
     *,
     headers: Mapping[str, str],
     body: Any,
-    timeout: aiohttp.ClientTimeout,
+    timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - the per-request aiohttp timeout object
     classify: ErrorClassifier,
     params: Mapping[str, str] | None = None,
 ) -> AsyncIterator[aiohttp.ClientResponse]:
@@ -135,8 +136,11 @@ async def post(
     """
     try:
         async with session.post(
-            url, data=json.dumps(body), headers={"content-type": "application/json", **headers},
-            timeout=timeout, params=params,
+            url,
+            data=json.dumps(body),
+            headers={"content-type": "application/json", **headers},
+            timeout=timeout,
+            params=params,
         ) as resp:
             if resp.status >= 300:
                 parsed, raw = await read_error_body(resp)
@@ -144,7 +148,7 @@ async def post(
             yield resp
     except errors.ProviderError:
         raise
-    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
         raise errors.UpstreamTimeout(f"{provider}: request timed out", provider=provider) from exc
     except aiohttp.ClientPayloadError as exc:
         raise errors.StreamCut(f"{provider}: response body cut: {exc}", provider=provider) from exc

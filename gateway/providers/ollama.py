@@ -55,9 +55,7 @@ def base_url(host: str | None) -> str:
 def build_body(req: ChatRequest, *, stream: bool) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": req.model,
-        "messages": [
-            {"role": _ROLES.get(m.role, "user"), "content": m.content} for m in req.messages
-        ],
+        "messages": [{"role": _ROLES.get(m.role, "user"), "content": m.content} for m in req.messages],
         "stream": stream,
     }
     options: dict[str, Any] = {}
@@ -90,9 +88,7 @@ def _count(obj: Mapping[str, Any], key: str) -> int:
 
 
 def map_usage(obj: Mapping[str, Any]) -> Usage:
-    return Usage(
-        prompt_tokens=_count(obj, "prompt_eval_count"), completion_tokens=_count(obj, "eval_count")
-    )
+    return Usage(prompt_tokens=_count(obj, "prompt_eval_count"), completion_tokens=_count(obj, "eval_count"))
 
 
 @dataclass(slots=True)
@@ -137,9 +133,7 @@ def classify(status: int, headers: Mapping[str, str], body: Any, raw: str) -> er
     """Ollama errors are ``{"error": "<string>"}``: the status code decides, 503 = queue full."""
     message = error_message(body, raw or f"HTTP {status}")
     if status == 429 and any(word in message.lower() for word in _QUOTA_WORDS):
-        return errors.QuotaExhausted(
-            f"{PROVIDER}: {message}", provider=PROVIDER, http_status=status, retry_after=None
-        )
+        return errors.QuotaExhausted(f"{PROVIDER}: {message}", provider=PROVIDER, http_status=status, retry_after=None)
     return default_classify(PROVIDER, status, headers, message)
 
 
@@ -149,9 +143,7 @@ def classify(status: int, headers: Mapping[str, str], body: Any, raw: str) -> er
 class OllamaProvider:
     name = PROVIDER
 
-    def __init__(
-        self, settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts
-    ) -> None:
+    def __init__(self, settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts) -> None:
         self._session = session
         self._timeouts = timeouts
         self._url = base_url(settings.base_url) + "/api/chat"
@@ -194,13 +186,9 @@ class OllamaProvider:
         except (errors.UpstreamTimeout, errors.UpstreamConnectionError) as exc:
             if not started:
                 raise
-            raise errors.StreamCut(
-                f"{self.name}: stream broke: {exc.message}", provider=self.name
-            ) from exc
+            raise errors.StreamCut(f"{self.name}: stream broke: {exc.message}", provider=self.name) from exc
 
-    async def _chunks(
-        self, resp: aiohttp.ClientResponse, requested: str
-    ) -> AsyncIterator[StreamChunk]:
+    async def _chunks(self, resp: aiohttp.ClientResponse, requested: str) -> AsyncIterator[StreamChunk]:
         model: str | None = None
         has_tool_calls = False
         async for line in iter_ndjson_lines(resp.content):
@@ -215,9 +203,7 @@ class OllamaProvider:
                 yield StreamChunk(text=piece.text, model=model or requested)
             if piece.done:
                 yield StreamChunk(
-                    finish_reason=map_finish_reason(
-                        piece.done_reason, has_tool_calls=has_tool_calls
-                    ),
+                    finish_reason=map_finish_reason(piece.done_reason, has_tool_calls=has_tool_calls),
                     usage=piece.usage or Usage(),
                     model=model or requested,
                 )
@@ -225,9 +211,7 @@ class OllamaProvider:
         raise errors.StreamCut(f"{self.name}: stream ended without done:true", provider=self.name)
 
 
-def build(
-    settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts
-) -> OllamaProvider | None:
+def build(settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts) -> OllamaProvider | None:
     if settings.enabled is False:
         return None
     return OllamaProvider(settings, session, timeouts)

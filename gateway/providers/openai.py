@@ -38,9 +38,7 @@ class OpenAIProvider:
     #: what chat calls name the length cap (legacy completions always use ``max_tokens``)
     chat_max_tokens_field: ClassVar[str] = "max_completion_tokens"
 
-    def __init__(
-        self, settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts
-    ) -> None:
+    def __init__(self, settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts) -> None:
         self._settings = settings
         self._session = session
         self._timeouts = timeouts
@@ -60,9 +58,7 @@ class OpenAIProvider:
         return {"authorization": f"Bearer {self._settings.api_key or ''}"}
 
     # --- the port ---------------------------------------------------------------------------
-    def _classify(
-        self, status: int, headers: Mapping[str, str], body: Any, raw: str
-    ) -> errors.ProviderError:
+    def _classify(self, status: int, headers: Mapping[str, str], body: Any, raw: str) -> errors.ProviderError:
         return wire.classify_error(self.name, status, headers, body, raw)
 
     async def complete(self, request: ChatRequest) -> ChatResult:
@@ -107,9 +103,7 @@ class OpenAIProvider:
         except (errors.UpstreamTimeout, errors.UpstreamConnectionError) as exc:
             if not started:
                 raise
-            raise errors.StreamCut(
-                f"{self.name}: stream broke: {exc.message}", provider=self.name
-            ) from exc
+            raise errors.StreamCut(f"{self.name}: stream broke: {exc.message}", provider=self.name) from exc
 
     async def _not_a_stream(self, resp: aiohttp.ClientResponse) -> errors.ProviderError:
         """A 200 answer to a streaming call that is not SSE: an error object, or garbage."""
@@ -128,9 +122,7 @@ def _request_id(resp: aiohttp.ClientResponse) -> str | None:
     return resp.headers.get("x-request-id") or resp.headers.get("apim-request-id")
 
 
-def build(
-    settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts
-) -> Provider | None:
+def build(settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts) -> Provider | None:
     """The OpenAI provider, or None without an API key (or when disabled)."""
     if not settings.api_key or settings.enabled is False:
         return None

@@ -48,13 +48,9 @@ CONTENT_FILTER_CODES = frozenset(
         "ResponsibleAIPolicyViolation",
     }
 )
-_OVERLOAD_CODES = frozenset(
-    {"server_is_overloaded", "slow_down", "overloaded", "engine_overloaded"}
-)
+_OVERLOAD_CODES = frozenset({"server_is_overloaded", "slow_down", "overloaded", "engine_overloaded"})
 _RATE_CODES = frozenset({"rate_limit_exceeded", "rate_limit_error", "requests", "tokens", "429"})
-_HINT = re.compile(
-    r"(?:try again|retry) (?:in|after) (\d+(?:\.\d+)?)\s*(ms|milliseconds?|s|sec|seconds?)\b", re.I
-)
+_HINT = re.compile(r"(?:try again|retry) (?:in|after) (\d+(?:\.\d+)?)\s*(ms|milliseconds?|s|sec|seconds?)\b", re.I)
 
 
 # --- request --------------------------------------------------------------------------------
@@ -120,13 +116,9 @@ def parse_usage(raw: Any) -> Usage | None:
     return Usage(
         prompt_tokens=_int(raw.get("prompt_tokens")),
         completion_tokens=_int(raw.get("completion_tokens")),
-        cached_tokens=_int(prompt_details.get("cached_tokens"))
-        if isinstance(prompt_details, dict)
-        else 0,
+        cached_tokens=_int(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0,
         reasoning_tokens=(
-            _int(completion_details.get("reasoning_tokens"))
-            if isinstance(completion_details, dict)
-            else 0
+            _int(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else 0
         ),
     )
 
@@ -169,9 +161,7 @@ def _model(data: dict[str, Any]) -> str | None:
     return model if isinstance(model, str) and model else None
 
 
-def parse_response(
-    data: Any, *, provider: str, requested_model: str, request_id: str | None = None
-) -> ChatResult:
+def parse_response(data: Any, *, provider: str, requested_model: str, request_id: str | None = None) -> ChatResult:
     """A ``chat.completion`` or ``text_completion`` object as a ChatResult."""
     if isinstance(data, dict) and data.get("error") is not None:
         raise classify_inband_error(provider, data)
@@ -183,8 +173,7 @@ def parse_response(
         finish_reason=map_finish_reason(choice.get("finish_reason")) or "stop",
         usage=parse_usage(data.get("usage")) or Usage(),
         model=_model(data) or requested_model,
-        upstream_request_id=request_id
-        or (data.get("id") if isinstance(data.get("id"), str) else None),
+        upstream_request_id=request_id or (data.get("id") if isinstance(data.get("id"), str) else None),
     )
 
 
@@ -208,9 +197,7 @@ def parse_chunk(data: Any, *, provider: str) -> StreamChunk | None:
     return StreamChunk(text=text, finish_reason=finish, usage=usage, model=_model(data))
 
 
-async def parse_stream(
-    events: AsyncIterator[SseEvent], *, provider: str
-) -> AsyncIterator[StreamChunk]:
+async def parse_stream(events: AsyncIterator[SseEvent], *, provider: str) -> AsyncIterator[StreamChunk]:
     """SSE events -> chunks; ends at ``data: [DONE]``, raises StreamCut if it never comes."""
     async for event in events:
         if event.data.strip() == "[DONE]":
@@ -222,9 +209,7 @@ async def parse_stream(
         chunk = parse_chunk(data, provider=provider)
         if chunk is not None:
             yield chunk
-    raise errors.StreamCut(
-        f"{provider}: stream ended without [DONE]", provider=provider, http_status=200
-    )
+    raise errors.StreamCut(f"{provider}: stream ended without [DONE]", provider=provider, http_status=200)
 
 
 # --- errors ---------------------------------------------------------------------------------
@@ -255,9 +240,7 @@ def retry_hint(message: str) -> float | None:
     return value / 1000.0 if match.group(2).lower().startswith("m") else value
 
 
-def classify_error(
-    provider: str, status: int, headers: Mapping[str, str], body: Any, raw: str
-) -> errors.ProviderError:
+def classify_error(provider: str, status: int, headers: Mapping[str, str], body: Any, raw: str) -> errors.ProviderError:
     """A non-2xx OpenAI / Azure answer as a ProviderError (providers.md 1.6, 2.3, 6.1).
 
     On top of the shared status mapping: ``insufficient_quota`` and billing codes ->
@@ -281,11 +264,7 @@ def classify_error(
     if codes & CONTENT_FILTER_CODES and status == 400:
         return errors.ContentFiltered(text, **kwargs)
     err = default_classify(provider, status, headers, message, kwargs["upstream_code"])
-    if (
-        headers.get("x-should-retry") == "true"
-        and not err.retryable
-        and (status in (408, 409) or status >= 500)
-    ):
+    if headers.get("x-should-retry") == "true" and not err.retryable and (status in (408, 409) or status >= 500):
         err = errors.Overloaded(text, **kwargs)
     if isinstance(err, errors.RateLimited) and err.retry_after is None:
         err.retry_after = retry_hint(message)

@@ -24,22 +24,48 @@ _LOCAL = "llama3"
 DEFAULT_GROUPS: dict[str, dict[str, str]] = {
     "gpt-4": {"openai": "gpt-4", "azure": "gpt-4", "anthropic": _OPUS, "google": "gemini-pro", "ollama": _LOCAL},
     "gpt-4-turbo": {
-        "openai": "gpt-4-turbo", "azure": "gpt-4-turbo", "anthropic": _SONNET, "google": "gemini-pro", "ollama": _LOCAL,
+        "openai": "gpt-4-turbo",
+        "azure": "gpt-4-turbo",
+        "anthropic": _SONNET,
+        "google": "gemini-pro",
+        "ollama": _LOCAL,
     },
     "gpt-4o": {"openai": "gpt-4o", "azure": "gpt-4o", "anthropic": _SONNET, "google": "gemini-pro", "ollama": _LOCAL},
     "gpt-3.5-turbo": {
-        "openai": "gpt-3.5-turbo", "azure": "gpt-35-turbo", "anthropic": _HAIKU, "google": "gemini-pro", "ollama": _LOCAL,
+        "openai": "gpt-3.5-turbo",
+        "azure": "gpt-35-turbo",
+        "anthropic": _HAIKU,
+        "google": "gemini-pro",
+        "ollama": _LOCAL,
     },
     "gpt-3.5-turbo-instruct": {"openai": "gpt-3.5-turbo-instruct", "azure": "gpt-35-turbo-instruct"},
-    "claude-3-opus": {"anthropic": _OPUS, "openai": "gpt-4", "azure": "gpt-4", "google": "gemini-pro", "ollama": _LOCAL},
+    "claude-3-opus": {
+        "anthropic": _OPUS,
+        "openai": "gpt-4",
+        "azure": "gpt-4",
+        "google": "gemini-pro",
+        "ollama": _LOCAL,
+    },
     "claude-3-sonnet": {
-        "anthropic": _SONNET, "openai": "gpt-4o", "azure": "gpt-4o", "google": "gemini-pro", "ollama": _LOCAL,
+        "anthropic": _SONNET,
+        "openai": "gpt-4o",
+        "azure": "gpt-4o",
+        "google": "gemini-pro",
+        "ollama": _LOCAL,
     },
     "claude-3-haiku": {
-        "anthropic": _HAIKU, "openai": "gpt-3.5-turbo", "azure": "gpt-35-turbo", "google": "gemini-pro", "ollama": _LOCAL,
+        "anthropic": _HAIKU,
+        "openai": "gpt-3.5-turbo",
+        "azure": "gpt-35-turbo",
+        "google": "gemini-pro",
+        "ollama": _LOCAL,
     },
     "gemini-pro": {
-        "google": "gemini-pro", "openai": "gpt-3.5-turbo", "azure": "gpt-35-turbo", "anthropic": _HAIKU, "ollama": _LOCAL,
+        "google": "gemini-pro",
+        "openai": "gpt-3.5-turbo",
+        "azure": "gpt-35-turbo",
+        "anthropic": _HAIKU,
+        "ollama": _LOCAL,
     },
 }
 
@@ -49,7 +75,9 @@ NATIVE_PATTERNS: dict[str, re.Pattern[str]] = {
     "azure": re.compile(r"^(gpt-|o\d|davinci-|babbage-)"),
     "anthropic": re.compile(r"^claude-"),
     "google": re.compile(r"^(models/)?gemini-"),
-    "ollama": re.compile(r"^[a-z0-9._/-]+:[a-z0-9._-]+$|^(llama|mistral|mixtral|qwen|phi|gemma|deepseek|codellama|llava|tinyllama)"),
+    "ollama": re.compile(
+        r"^[a-z0-9._/-]+:[a-z0-9._-]+$|^(llama|mistral|mixtral|qwen|phi|gemma|deepseek|codellama|llava|tinyllama)"
+    ),
 }
 
 #: OpenAI legacy completion-only models: served through the upstream /completions endpoint
@@ -120,8 +148,9 @@ class ModelCatalog:
                 raise ModelNotFound(f"provider {pinned!r} has no model for {model!r}", param="model")
             order = [pinned, *[p for p in order if p != pinned]]
         if not order:
+            configured_names = ", ".join(sorted(configured_set)) or "none"
             raise ModelNotFound(
-                f"no configured provider serves the model {model!r} (configured: {', '.join(sorted(configured_set)) or 'none'})",
+                f"no configured provider serves the model {model!r} (configured: {configured_names})",
                 param="model",
             )
         return [Candidate(p, equivalents[p]) for p in order]

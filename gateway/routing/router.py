@@ -83,12 +83,15 @@ class Router:
             provider = self.providers[candidate.provider]
             request = replace(template, model=candidate.model, stream=False)
 
-            async def one_attempt(provider: Provider = provider, request: ChatRequest = request,
-                                  candidate: Candidate = candidate) -> Served:
+            async def one_attempt(
+                provider: Provider = provider, request: ChatRequest = request, candidate: Candidate = candidate
+            ) -> Served:
                 return await self._attempt(ctx, provider, request, candidate, attempts)
 
             try:
-                return await call_with_retry(one_attempt, policy=self.policy, budget=budget, sleep=self._sleep, rng=self._rng)
+                return await call_with_retry(
+                    one_attempt, policy=self.policy, budget=budget, sleep=self._sleep, rng=self._rng
+                )
             except errors.ProviderError as exc:
                 if not exc.fallback:
                     raise
@@ -113,8 +116,15 @@ class Router:
         event = self.recorder.record(
             ctx,
             AttemptFacts(
-                number=number, provider=candidate.provider, provider_model=candidate.model, outcome="success",
-                latency_ms=latency, ttft_ms=latency, http_status=200, served_model=result.model, usage=result.usage,
+                number=number,
+                provider=candidate.provider,
+                provider_model=candidate.model,
+                outcome="success",
+                latency_ms=latency,
+                ttft_ms=latency,
+                http_status=200,
+                served_model=result.model,
+                usage=result.usage,
             ),
         )
         return Served(result, candidate.provider, candidate.model, number, event)
@@ -129,12 +139,15 @@ class Router:
             provider = self.providers[candidate.provider]
             request = replace(template, model=candidate.model, stream=True)
 
-            async def one_attempt(provider: Provider = provider, request: ChatRequest = request,
-                                  candidate: Candidate = candidate) -> StreamSession:
+            async def one_attempt(
+                provider: Provider = provider, request: ChatRequest = request, candidate: Candidate = candidate
+            ) -> StreamSession:
                 return await self._start_stream(ctx, provider, request, candidate, attempts)
 
             try:
-                return await call_with_retry(one_attempt, policy=self.policy, budget=budget, sleep=self._sleep, rng=self._rng)
+                return await call_with_retry(
+                    one_attempt, policy=self.policy, budget=budget, sleep=self._sleep, rng=self._rng
+                )
             except errors.ProviderError as exc:
                 if not exc.fallback:
                     raise
@@ -184,14 +197,20 @@ class Router:
         self.recorder.record(
             ctx,
             AttemptFacts(
-                number=number, provider=candidate.provider, provider_model=candidate.model,
+                number=number,
+                provider=candidate.provider,
+                provider_model=candidate.model,
                 outcome=error.outcome,  # type: ignore[arg-type]
-                latency_ms=(time.monotonic() - started) * 1000.0, http_status=error.http_status,
-                error_code=error.upstream_code or error.code, error_message=error.message,
+                latency_ms=(time.monotonic() - started) * 1000.0,
+                http_status=error.http_status,
+                error_code=error.upstream_code or error.code,
+                error_message=error.message,
             ),
         )
 
-    def _all_failed(self, ctx: CallContext, candidates: list[Candidate], attempts: _Attempts) -> errors.AllProvidersFailed:
+    def _all_failed(
+        self, ctx: CallContext, candidates: list[Candidate], attempts: _Attempts
+    ) -> errors.AllProvidersFailed:
         parts = []
         for error in attempts.failures:
             status = f" HTTP {error.http_status}" if error.http_status else ""
@@ -243,10 +262,14 @@ class StreamSession:
             async for chunk in self._iterator:
                 self._note(chunk)
                 yield chunk
-        except (errors.ProviderError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, errors.ProviderError, OSError) as exc:
             cause = _as_provider_error(exc, self.provider)
-            cut = errors.StreamCut(f"{self.provider}: stream interrupted: {cause.message}", provider=self.provider,
-                                   http_status=cause.http_status, upstream_code=cause.upstream_code or cause.code)
+            cut = errors.StreamCut(
+                f"{self.provider}: stream interrupted: {cause.message}",
+                provider=self.provider,
+                http_status=cause.http_status,
+                upstream_code=cause.upstream_code or cause.code,
+            )
             self.error = cut
             self.finish("stream_cut", error=cut)
             raise cut from exc
@@ -267,11 +290,18 @@ class StreamSession:
         self.event = self.recorder.record(
             self.ctx,
             AttemptFacts(
-                number=self.attempts, provider=self.provider, provider_model=self.provider_model,
+                number=self.attempts,
+                provider=self.provider,
+                provider_model=self.provider_model,
                 outcome=outcome,  # type: ignore[arg-type]
-                latency_ms=(time.monotonic() - self._started) * 1000.0, ttft_ms=self.ttft_ms, http_status=200,
-                error_code=error.code if error else None, error_message=error.message if error else None,
-                served_model=self.served_model, usage=self.usage, incomplete=incomplete,
+                latency_ms=(time.monotonic() - self._started) * 1000.0,
+                ttft_ms=self.ttft_ms,
+                http_status=200,
+                error_code=error.code if error else None,
+                error_message=error.message if error else None,
+                served_model=self.served_model,
+                usage=self.usage,
+                incomplete=incomplete,
             ),
         )
         return self.event
@@ -285,7 +315,7 @@ async def _aclose(iterator: AsyncIterator[StreamChunk]) -> None:
     if closer is not None:
         try:
             await closer()
-        except (errors.GatewayError, OSError, RuntimeError, asyncio.TimeoutError):
+        except (TimeoutError, errors.GatewayError, OSError, RuntimeError):
             log.debug("error while closing an upstream stream", exc_info=True)
 
 

@@ -29,8 +29,7 @@ _QUOTA_BODIES: dict[int, tuple[str, str]] = {
     402: ("billing_error", "There is an issue with your billing or payment information."),
     429: (
         "rate_limit_error",
-        "You have reached your specified API usage limits. "
-        "You will regain access on 2026-10-01 at 00:00 UTC.",
+        "You have reached your specified API usage limits. You will regain access on 2026-10-01 at 00:00 UTC.",
     ),
 }
 _SSE_HEADERS = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
@@ -47,9 +46,7 @@ _STATUS_TYPES = {
 }
 
 
-def _error(
-    status: int, etype: str, message: str, headers: dict[str, str] | None = None
-) -> web.Response:
+def _error(status: int, etype: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
     body = {
         "type": "error",
         "error": {"type": etype, "message": message},
@@ -62,9 +59,7 @@ def _texts(content: Any) -> list[str]:
     if isinstance(content, str):
         return [content]
     if isinstance(content, list):
-        return [
-            b["text"] for b in content if isinstance(b, dict) and isinstance(b.get("text"), str)
-        ]
+        return [b["text"] for b in content if isinstance(b, dict) and isinstance(b.get("text"), str)]
     return []
 
 
@@ -112,9 +107,7 @@ class AnthropicSimulator(Simulator):
         answer = self._answer(body)
         if stream:
             return await self._stream(request, body, answer)
-        return web.json_response(
-            self._message(body, *answer), headers={"request-id": self._request_id()}
-        )
+        return web.json_response(self._message(body, *answer), headers={"request-id": self._request_id()})
 
     def _request_id(self) -> str:
         return f"req_sim_{next(self._ids)}"
@@ -155,9 +148,7 @@ class AnthropicSimulator(Simulator):
         return text, self.stop_reason or stop_reason, stop_sequence
 
     def _usage(self, body: dict[str, Any], output_tokens: int) -> dict[str, Any]:
-        texts = _texts(body.get("system")) + [
-            t for m in body["messages"] for t in _texts(m.get("content"))
-        ]
+        texts = _texts(body.get("system")) + [t for m in body["messages"] for t in _texts(m.get("content"))]
         prompt = sum(self.count_tokens(t) for t in texts)
         cached = (self.cache_read_input_tokens or 0) + (self.cache_creation_input_tokens or 0)
         return {
@@ -245,9 +236,7 @@ class AnthropicSimulator(Simulator):
         await resp.write_eof()
         return resp
 
-    async def _break_stream(
-        self, resp: web.StreamResponse, request: web.Request, fault: Fault
-    ) -> web.StreamResponse:
+    async def _break_stream(self, resp: web.StreamResponse, request: web.Request, fault: Fault) -> web.StreamResponse:
         if fault.kind == "cut":
             await asyncio.sleep(0.05)  # let the sent events reach the client before the abort
             return await self.cut_connection(resp, request)
@@ -270,8 +259,7 @@ class AnthropicSimulator(Simulator):
             return _error(
                 429,
                 "rate_limit_error",
-                "This request would exceed the rate limit for your "
-                "organization of 50 requests per minute.",
+                "This request would exceed the rate limit for your organization of 50 requests per minute.",
                 headers,
             )
         if kind == "quota":
@@ -290,9 +278,7 @@ class AnthropicSimulator(Simulator):
         if kind == "auth":
             return _error(401, "authentication_error", "invalid x-api-key")
         if kind == "bad_request":
-            return _error(
-                400, "invalid_request_error", "messages: text content blocks must be non-empty"
-            )
+            return _error(400, "invalid_request_error", "messages: text content blocks must be non-empty")
         if kind == "not_found":
             return _error(404, "not_found_error", f"model: {body['model']}")
         if kind == "timeout":
@@ -314,9 +300,7 @@ class AnthropicSimulator(Simulator):
             return await self._cut_json(request, body, answer[0])
         return None
 
-    async def _cut_json(
-        self, request: web.Request, body: dict[str, Any], text: str
-    ) -> web.StreamResponse:
+    async def _cut_json(self, request: web.Request, body: dict[str, Any], text: str) -> web.StreamResponse:
         raw = json.dumps(self._message(body, text, "end_turn", None)).encode()
         resp = web.StreamResponse(headers={"content-type": "application/json"})
         resp.content_length = len(raw)

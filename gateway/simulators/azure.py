@@ -30,10 +30,7 @@ _CATEGORIES = ("hate", "self_harm", "sexual", "violence")
 
 
 def _filter_results(flagged: str | None = None) -> dict[str, Any]:
-    return {
-        c: {"filtered": c == flagged, "severity": "high" if c == flagged else "safe"}
-        for c in _CATEGORIES
-    }
+    return {c: {"filtered": c == flagged, "severity": "high" if c == flagged else "safe"} for c in _CATEGORIES}
 
 
 AZURE_ERRORS: dict[str, ErrorSpec] = {
@@ -119,15 +116,11 @@ class AzureSimulator(OpenAISimulator):
         if "deployment" in request.match_info and not call.api_version:
             return self.error_response(_NO_API_VERSION, model=call.model)
         if self.deployments is not None and call.model not in self.deployments:
-            return self.error_response(
-                self.ERRORS["not_found"], model=call.model, api_version=call.api_version
-            )
+            return self.error_response(self.ERRORS["not_found"], model=call.model, api_version=call.api_version)
         return None
 
     def served(self, call: Call) -> str:
-        version = (
-            self.deployments.get(call.model) if isinstance(self.deployments, Mapping) else None
-        )
+        version = self.deployments.get(call.model) if isinstance(self.deployments, Mapping) else None
         return str(version or self.served_model or call.model)
 
     def reply_headers(self) -> dict[str, str]:
@@ -145,11 +138,7 @@ class AzureSimulator(OpenAISimulator):
     def wait_sentence(self, fault: Fault | None) -> str:
         if fault is None or (fault.retry_after is None and fault.retry_after_ms is None):
             return ""
-        seconds = (
-            fault.retry_after
-            if fault.retry_after is not None
-            else (fault.retry_after_ms or 0) / 1000
-        )
+        seconds = fault.retry_after if fault.retry_after is not None else (fault.retry_after_ms or 0) / 1000
         return f" Please retry after {math.ceil(seconds)} seconds."
 
     def error_object(self, spec: ErrorSpec, message: str) -> dict[str, Any]:
@@ -187,7 +176,6 @@ class AzureSimulator(OpenAISimulator):
         return [
             {
                 "prompt_index": 0,
-                "content_filter_results": _filter_results()
-                | {"jailbreak": {"filtered": False, "detected": False}},
+                "content_filter_results": _filter_results() | {"jailbreak": {"filtered": False, "detected": False}},
             }
         ]

@@ -133,7 +133,9 @@ class Simulator:
     def retry_headers(fault: Fault) -> dict[str, str]:
         headers: dict[str, str] = {}
         if fault.retry_after is not None:
-            headers["retry-after"] = str(int(fault.retry_after)) if float(fault.retry_after).is_integer() else str(fault.retry_after)
+            headers["retry-after"] = (
+                str(int(fault.retry_after)) if float(fault.retry_after).is_integer() else str(fault.retry_after)
+            )
         if fault.retry_after_ms is not None:
             headers["retry-after-ms"] = str(fault.retry_after_ms)
         return headers
@@ -157,7 +159,7 @@ class Simulator:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
-        server = site._server  # noqa: SLF001 - aiohttp exposes the bound port only here
+        server = site._server
         assert server is not None
         sock = server.sockets[0]  # type: ignore[attr-defined]
         self.base_url = f"http://{host}:{sock.getsockname()[1]}"

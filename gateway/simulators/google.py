@@ -33,9 +33,7 @@ OVERLOADED = "The model is overloaded. Please try again later."
 THOUGHT_TEXT = "Let me think this through step by step before answering."
 
 
-def rpc_error(
-    code: int, message: str, details: list[dict[str, Any]] | None = None
-) -> dict[str, Any]:
+def rpc_error(code: int, message: str, details: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     err: dict[str, Any] = {
         "code": code,
         "message": message,
@@ -142,9 +140,7 @@ class GeminiSimulator(Simulator):
                 return rendered
         if streaming:
             return await self._stream(request, model, body, fault)
-        return web.json_response(
-            self._response(model, body, self.reply, final=True, with_thought=True)
-        )
+        return web.json_response(self._response(model, body, self.reply, final=True, with_thought=True))
 
     def _check_key(self, request: web.Request) -> web.Response | None:
         if self.api_key is None:
@@ -183,9 +179,7 @@ class GeminiSimulator(Simulator):
         texts: list[str] = []
         system = body.get("systemInstruction") or {}
         for content in [system, *body.get("contents", [])]:
-            texts.extend(
-                str(p.get("text", "")) for p in content.get("parts", []) if isinstance(p, dict)
-            )
+            texts.extend(str(p.get("text", "")) for p in content.get("parts", []) if isinstance(p, dict))
         return sum(self.count_tokens(t) for t in texts)
 
     def _usage(self, body: dict[str, Any], *, final: bool) -> dict[str, Any]:
@@ -196,10 +190,7 @@ class GeminiSimulator(Simulator):
         usage: dict[str, Any] = {
             "promptTokenCount": prompt,
             "candidatesTokenCount": candidates,
-            "totalTokenCount": prompt
-            + candidates
-            + self.thoughts_tokens
-            + self.tool_use_prompt_tokens,
+            "totalTokenCount": prompt + candidates + self.thoughts_tokens + self.tool_use_prompt_tokens,
             "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt}],
         }
         if self.cached_tokens:
@@ -280,9 +271,7 @@ class GeminiSimulator(Simulator):
             return await _sse_response(request, _sse(blocked))
         if fault.kind == "malformed":
             if not streaming:
-                return web.Response(
-                    text="<html><body>502 Bad Gateway</body></html>", content_type="text/html"
-                )
+                return web.Response(text="<html><body>502 Bad Gateway</body></html>", content_type="text/html")
             return await _sse_response(request, b'data: {"candidates": [oops\r\n\r\n')
         if fault.kind == "cut" and not streaming:
             answer = self._response(model, body, self.reply, final=True, with_thought=True)
@@ -322,9 +311,7 @@ def error_for(fault: Fault, model: str, *, streaming: bool) -> tuple[int, dict[s
         quota_id = "GenerateRequestsPerMinutePerProjectPerModel-FreeTier"
         return 429, _quota_error(fault, model, quota_id, "10")
     if kind == "quota":
-        return 429, _quota_error(
-            fault, model, "GenerateRequestsPerDayPerProjectPerModel-FreeTier", "250"
-        )
+        return 429, _quota_error(fault, model, "GenerateRequestsPerDayPerProjectPerModel-FreeTier", "250")
     return static.get(kind)
 
 

@@ -42,10 +42,7 @@ class OllamaSimulator(Simulator):
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await self.record(request)
-        if (
-            self.api_key is not None
-            and request.headers.get("authorization") != f"Bearer {self.api_key}"
-        ):
+        if self.api_key is not None and request.headers.get("authorization") != f"Bearer {self.api_key}":
             return _error("unauthorized", 401)
         if not isinstance(body, dict):
             return _error("invalid character 'x' looking for beginning of value", 400)
@@ -54,9 +51,7 @@ class OllamaSimulator(Simulator):
             return _error("model is required", 400)
         messages = body.get("messages")
         if messages is not None and not isinstance(messages, list):
-            return _error(
-                "json: cannot unmarshal string into Go struct field ChatRequest.messages", 400
-            )
+            return _error("json: cannot unmarshal string into Go struct field ChatRequest.messages", 400)
         streaming = body.get("stream", True) is not False
         fault = await self.take_fault()
         reply = self.reply
@@ -72,12 +67,8 @@ class OllamaSimulator(Simulator):
         return web.json_response(self._final(str(model), body, reply, content=reply))
 
     # --- answers ------------------------------------------------------------------------------
-    def _final(
-        self, model: str, body: dict[str, Any], reply: str, *, content: str
-    ) -> dict[str, Any]:
-        prompt = sum(
-            self.count_tokens(str(m.get("content", ""))) for m in body.get("messages") or []
-        )
+    def _final(self, model: str, body: dict[str, Any], reply: str, *, content: str) -> dict[str, Any]:
+        prompt = sum(self.count_tokens(str(m.get("content", ""))) for m in body.get("messages") or [])
         out: dict[str, Any] = {
             "model": self.served_model or model,
             "created_at": CREATED_AT,
@@ -124,9 +115,7 @@ class OllamaSimulator(Simulator):
         if fault is not None and fault.kind == "cut":
             return await self.cut_connection(resp, request)
         if fault is not None and fault.kind == "stream_error":
-            await resp.write(
-                _line({"error": "an error was encountered while running the model: unexpected EOF"})
-            )
+            await resp.write(_line({"error": "an error was encountered while running the model: unexpected EOF"}))
         await resp.write_eof()
         return resp
 

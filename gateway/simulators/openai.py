@@ -59,9 +59,7 @@ OPENAI_ERRORS: dict[str, ErrorSpec] = {
         "insufficient_quota",
         "insufficient_quota",
     ),
-    "overloaded": ErrorSpec(
-        503, "The server is overloaded or not ready yet.", "server_is_overloaded", "server_error"
-    ),
+    "overloaded": ErrorSpec(503, "The server is overloaded or not ready yet.", "server_is_overloaded", "server_error"),
     "server_error": ErrorSpec(
         500,
         "The server had an error while processing your request. Sorry about that!",
@@ -92,9 +90,7 @@ OPENAI_ERRORS: dict[str, ErrorSpec] = {
     "timeout": ErrorSpec(408, "Request timed out.", "timeout", "timeout"),
 }
 
-_UNPARSABLE = ErrorSpec(
-    400, "We could not parse the JSON body of your request.", None, "invalid_request_error"
-)
+_UNPARSABLE = ErrorSpec(400, "We could not parse the JSON body of your request.", None, "invalid_request_error")
 
 
 @dataclass(slots=True)
@@ -115,11 +111,7 @@ def _texts(content: Any) -> list[str]:
     if isinstance(content, str):
         return [content]
     if isinstance(content, list):
-        return [
-            p if isinstance(p, str) else p.get("text", "")
-            for p in content
-            if isinstance(p, str | dict)
-        ]
+        return [p if isinstance(p, str) else p.get("text", "") for p in content if isinstance(p, str | dict)]
     return []
 
 
@@ -153,9 +145,7 @@ class OpenAISimulator(Simulator):
 
     # --- hooks (Azure overrides these) -----------------------------------------------------------
     def authorized(self, request: web.Request) -> bool:
-        return (
-            self.api_key is None or request.headers.get("authorization") == f"Bearer {self.api_key}"
-        )
+        return self.api_key is None or request.headers.get("authorization") == f"Bearer {self.api_key}"
 
     def requested_model(self, request: web.Request, body: dict[str, Any]) -> str | None:
         model = body.get("model")
@@ -231,16 +221,12 @@ class OpenAISimulator(Simulator):
         fault = await self.take_fault()
         spec = self.fault_error(fault, call)
         if spec is not None:
-            return self.error_response(
-                spec, model=call.model, fault=fault, api_version=call.api_version
-            )
+            return self.error_response(spec, model=call.model, fault=fault, api_version=call.api_version)
         if call.stream:
             return await self.stream_reply(request, call, fault)
         return await self.json_reply(request, call, fault)
 
-    def body_problem(
-        self, body: dict[str, Any], kind: str, model: str | None
-    ) -> web.Response | None:
+    def body_problem(self, body: dict[str, Any], kind: str, model: str | None) -> web.Response | None:
         missing = None
         if model is None:
             missing = "model"
@@ -285,9 +271,7 @@ class OpenAISimulator(Simulator):
             return None
         spec = self.ERRORS.get(kind)
         if spec is not None and fault.status is not None:
-            spec = ErrorSpec(
-                fault.status, spec.message, spec.code, spec.type, spec.param, spec.extra
-            )
+            spec = ErrorSpec(fault.status, spec.message, spec.code, spec.type, spec.param, spec.extra)
         return spec
 
     def error_response(
@@ -298,13 +282,9 @@ class OpenAISimulator(Simulator):
         fault: Fault | None = None,
         api_version: str | None = None,
     ) -> web.Response:
-        message = spec.message.format(
-            model=model, wait=self.wait_sentence(fault), api_version=api_version or "v1"
-        )
+        message = spec.message.format(model=model, wait=self.wait_sentence(fault), api_version=api_version or "v1")
         headers = self.reply_headers() | self.error_headers(fault, spec)
-        return web.json_response(
-            {"error": self.error_object(spec, message)}, status=spec.status, headers=headers
-        )
+        return web.json_response({"error": self.error_object(spec, message)}, status=spec.status, headers=headers)
 
     # --- replies --------------------------------------------------------------------------------
     def plan(self, call: Call, fault: Fault | None) -> tuple[list[str], str]:
@@ -347,9 +327,7 @@ class OpenAISimulator(Simulator):
 
     def envelope(self, call: Call, *, chunk: bool) -> dict[str, Any]:
         chat = call.kind == "chat"
-        obj_type = (
-            ("chat.completion.chunk" if chunk else "chat.completion") if chat else "text_completion"
-        )
+        obj_type = ("chat.completion.chunk" if chunk else "chat.completion") if chat else "text_completion"
         return {
             "id": f"{'chatcmpl' if chat else 'cmpl'}-sim{next(self._ids)}",
             "object": obj_type,
@@ -357,9 +335,7 @@ class OpenAISimulator(Simulator):
             "model": self.served(call),
         }
 
-    def choice(
-        self, call: Call, text: str | None, finish: str | None, *, chunk: bool
-    ) -> dict[str, Any]:
+    def choice(self, call: Call, text: str | None, finish: str | None, *, chunk: bool) -> dict[str, Any]:
         if call.kind == "text":
             body: dict[str, Any] = {"text": text or "", "index": 0}
         elif chunk:
@@ -376,9 +352,7 @@ class OpenAISimulator(Simulator):
             }
         return self.decorate_choice(body | {"logprobs": None, "finish_reason": finish}, finish)
 
-    async def json_reply(
-        self, request: web.Request, call: Call, fault: Fault | None
-    ) -> web.StreamResponse:
+    async def json_reply(self, request: web.Request, call: Call, fault: Fault | None) -> web.StreamResponse:
         words, finish = self.plan(call, fault)
         text = "".join(words)
         obj = self.envelope(call, chunk=False) | {
@@ -390,9 +364,7 @@ class OpenAISimulator(Simulator):
         raw = json.dumps(self.decorate_response(obj))
         headers = self.reply_headers()
         if fault is not None and fault.kind == "malformed":
-            return web.Response(
-                text=raw[: len(raw) // 2], content_type="application/json", headers=headers
-            )
+            return web.Response(text=raw[: len(raw) // 2], content_type="application/json", headers=headers)
         if fault is not None and fault.kind == "cut":
             resp = web.StreamResponse(headers=headers)
             resp.content_type, resp.content_length = "application/json", len(raw)
@@ -405,9 +377,7 @@ class OpenAISimulator(Simulator):
         end = "\r\n" if self.crlf else "\n"
         await resp.write(f"data: {data}{end}{end}".encode())
 
-    async def _send_chunk(
-        self, resp: web.StreamResponse, call: Call, choices: list[dict[str, Any]]
-    ) -> None:
+    async def _send_chunk(self, resp: web.StreamResponse, call: Call, choices: list[dict[str, Any]]) -> None:
         obj = self.envelope(call, chunk=True)
         if call.kind == "chat" and self.PADDING:
             obj["obfuscation"] = "x" * (1 + len(choices))
@@ -416,9 +386,7 @@ class OpenAISimulator(Simulator):
             obj["usage"] = None
         await self._send(resp, json.dumps(obj))
 
-    async def stream_reply(
-        self, request: web.Request, call: Call, fault: Fault | None
-    ) -> web.StreamResponse:
+    async def stream_reply(self, request: web.Request, call: Call, fault: Fault | None) -> web.StreamResponse:
         resp = web.StreamResponse(headers=self.reply_headers() | {"cache-control": "no-cache"})
         resp.content_type = "text/event-stream"
         await resp.prepare(request)

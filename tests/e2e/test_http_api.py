@@ -15,7 +15,10 @@ CHAT = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}
 
 
 async def post(url: str, data: bytes | str, headers: dict[str, str] | None = None) -> tuple[int, dict, dict]:
-    async with aiohttp.ClientSession() as s, s.post(url, data=data, headers=headers or {"content-type": "application/json"}) as r:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(url, data=data, headers=headers or {"content-type": "application/json"}) as r,
+    ):
         body = await r.json(content_type=None)
         return r.status, body, r.headers.copy()  # type: ignore[return-value]
 
@@ -86,7 +89,7 @@ async def test_keys_map_to_tenants_and_guard_tenant_id() -> None:
         status, body, _ = await post(url, json.dumps(CHAT), {"authorization": "Bearer wrong"})
         assert status == 401
 
-        status, _, headers = await post(url, json.dumps(CHAT), {"authorization": "Bearer sk-tenant-a"})
+        status, _, _headers = await post(url, json.dumps(CHAT), {"authorization": "Bearer sk-tenant-a"})
         assert status == 200
         assert gw.event_log.events[-1].tenant_id == "tenant_a"
         assert gw.event_log.events[-1].api_key_id.startswith("key_")
@@ -97,7 +100,9 @@ async def test_keys_map_to_tenants_and_guard_tenant_id() -> None:
         )
         assert status == 403 and assert_openai_error(body)["type"] == "permission_error"
 
-        status, _, _ = await post(url, json.dumps({**CHAT, "tenantId": "tenant_b"}), {"authorization": "Bearer sk-admin"})
+        status, _, _ = await post(
+            url, json.dumps({**CHAT, "tenantId": "tenant_b"}), {"authorization": "Bearer sk-admin"}
+        )
         assert status == 200
         assert gw.event_log.events[-1].tenant_id == "tenant_b"
 

@@ -16,11 +16,14 @@ def client(gw: RunningGateway, **kwargs: object) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=gw.base_url, api_key="unused", max_retries=0, **kwargs)  # type: ignore[arg-type]
 
 
-async def test_chat_completion_with_headers_and_exact_cost(gw: RunningGateway, caplog: pytest.LogCaptureFixture) -> None:
+async def test_chat_completion_with_headers_and_exact_cost(
+    gw: RunningGateway, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="gateway.cost")
     async with client(gw) as c:
         raw = await c.chat.completions.with_raw_response.create(
-            model="gpt-4", messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello"}],
+            model="gpt-4",
+            messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello"}],
             extra_body={"tenantId": "tenant_123"},
         )
     completion = raw.parse()
@@ -38,7 +41,11 @@ async def test_chat_completion_with_headers_and_exact_cost(gw: RunningGateway, c
     assert Decimal(raw.headers["x-llm-cost-usd"]) == expected
     assert raw.headers["x-request-id"].startswith("req_")
     [event] = gw.event_log.events
-    assert event.cost_usd == expected and event.tenant_id == "tenant_123" and event.request_id == raw.headers["x-request-id"]
+    assert (
+        event.cost_usd == expected
+        and event.tenant_id == "tenant_123"
+        and event.request_id == raw.headers["x-request-id"]
+    )
     lines = [r.getMessage() for r in caplog.records if r.name == "gateway.cost"]
     assert lines == [f"Cost | tenant=tenant_123 provider=openai model=gpt-4 cost=${expected:.6f}"]
 
@@ -46,7 +53,9 @@ async def test_chat_completion_with_headers_and_exact_cost(gw: RunningGateway, c
 async def test_streaming_with_usage_chunk(gw: RunningGateway) -> None:
     async with client(gw) as c:
         stream = await c.chat.completions.create(
-            model="gpt-4o", messages=[{"role": "user", "content": "Tell me"}], stream=True,
+            model="gpt-4o",
+            messages=[{"role": "user", "content": "Tell me"}],
+            stream=True,
             stream_options={"include_usage": True},
         )
         chunks = [chunk async for chunk in stream]
@@ -64,7 +73,9 @@ async def test_streaming_with_usage_chunk(gw: RunningGateway) -> None:
 
 async def test_streaming_without_usage_option_has_no_usage(gw: RunningGateway) -> None:
     async with client(gw) as c:
-        stream = await c.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}], stream=True)
+        stream = await c.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "x"}], stream=True
+        )
         chunks = [chunk async for chunk in stream]
     assert all(ch.usage is None for ch in chunks)
     # the gateway still accounts the call from upstream usage
@@ -102,7 +113,9 @@ async def test_fallback_to_anthropic_is_visible_in_headers(gw: RunningGateway) -
     gw.sims["openai"].faults.always(Fault("server_error"))
     gw.sims["azure"].faults.always(Fault("server_error"))
     async with client(gw) as c:
-        raw = await c.chat.completions.with_raw_response.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
+        raw = await c.chat.completions.with_raw_response.create(
+            model="gpt-4", messages=[{"role": "user", "content": "hi"}]
+        )
     assert raw.headers["x-llm-provider"] == "anthropic"
     assert raw.headers["x-llm-model"] == "claude-3-opus-20240229"
     assert raw.headers["x-llm-attempts"] == "3"
@@ -112,7 +125,9 @@ async def test_fallback_to_anthropic_is_visible_in_headers(gw: RunningGateway) -
 async def test_rate_limit_is_retried_honouring_retry_after(gw: RunningGateway) -> None:
     gw.sims["openai"].faults.push(Fault("rate_limit", retry_after=3), times=2)
     async with client(gw) as c:
-        raw = await c.chat.completions.with_raw_response.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
+        raw = await c.chat.completions.with_raw_response.create(
+            model="gpt-4", messages=[{"role": "user", "content": "hi"}]
+        )
     assert raw.headers["x-llm-provider"] == "openai" and raw.headers["x-llm-attempts"] == "3"
     assert gw.sleep.waits == [3.0, 3.0]
 
@@ -133,7 +148,9 @@ async def test_all_providers_failing_is_one_clear_5xx(gw: RunningGateway) -> Non
 async def test_stream_cut_mid_way_ends_with_error_not_done(gw: RunningGateway) -> None:
     gw.sims["openai"].faults.push(Fault("cut", after_chunks=2))
     async with client(gw) as c:
-        stream = await c.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}], stream=True)
+        stream = await c.chat.completions.create(
+            model="gpt-4", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
         with pytest.raises(openai.APIError):
             async for _ in stream:
                 pass

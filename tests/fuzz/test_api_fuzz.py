@@ -85,14 +85,16 @@ def mutated_bodies(draw: st.DrawFn) -> dict:
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(body=mutated_bodies(), path=st.sampled_from(["/v1/chat/completions", "/v1/completions"]))
 def test_mutated_bodies_never_5xx(live: RunningGateway, body: dict, path: str) -> None:
-    response = requests.post(f"{live.url}{path}", data=json.dumps(body), timeout=10,
-                             headers={"content-type": "application/json"})
+    response = requests.post(
+        f"{live.url}{path}", data=json.dumps(body), timeout=10, headers={"content-type": "application/json"}
+    )
     _check(response)
 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck))
 @given(raw=st.binary(max_size=200))
 def test_random_bytes_never_5xx(live: RunningGateway, raw: bytes) -> None:
-    response = requests.post(f"{live.url}/v1/chat/completions", data=raw, timeout=10,
-                             headers={"content-type": "application/json"})
+    response = requests.post(
+        f"{live.url}/v1/chat/completions", data=raw, timeout=10, headers={"content-type": "application/json"}
+    )
     _check(response)

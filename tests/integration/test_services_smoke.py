@@ -57,7 +57,8 @@ async def committed_offset(bootstrap: str, topic: str, group: str) -> int | None
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
     await consumer.start()
     try:
-        return await consumer.committed(TopicPartition(topic, 0))
+        offset: int | None = await consumer.committed(TopicPartition(topic, 0))
+        return offset
     finally:
         await consumer.stop()
 
@@ -151,4 +152,3 @@ async def test_postgres_outage_and_restart(
     finally:
         await conn.execute(f"drop table {table}")
         await conn.close()
-

@@ -62,7 +62,10 @@ LAST_LOG = KAFKA_DIR / "last-broker.log"
 READY_TIMEOUT = 120.0
 STOP_TIMEOUT = 30.0
 MIN_JAVA = 17
+# kafka-run-class.sh's flags, plus C1 only: on a loaded 2-core box it halves start-up
+# (format ~3.7s -> ~1.5s, broker ~9s -> ~4.5s, measured); a test broker needs no C2 peak speed.
 JVM_FLAGS = (
+    "-XX:TieredStopAtLevel=1",
     "-XX:+UseG1GC",
     "-XX:MaxGCPauseMillis=20",
     "-XX:InitiatingHeapOccupancyPercent=35",
@@ -258,18 +261,18 @@ def server_properties(port: int, controller_port: int, data_dir: Path) -> str:
     return "".join(f"{key}={value}\n" for key, value in settings.items())
 
 
-async def _metadata_roundtrip(bootstrap: str, timeout: float) -> None:
-    """Retry an admin DescribeCluster until it names a broker, proving the protocol works."""
+async def _metadata_roundtrip(bootstrap: str, deadline: float) -> None:
+    """Retry an admin DescribeCluster until it names a broker (or the monotonic ``deadline``
+    passes), proving the Kafka protocol works, not just the socket."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    deadline = time.monotonic() + timeout
     while True:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
         try:
             await admin.start()
             if (await admin.describe_cluster()).get("brokers"):
                 return
-        except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
+        except Exception as exc:  # any failure means "not ready yet"
             if time.monotonic() > deadline:
                 raise BrokerError(f"no metadata from {bootstrap}: {exc!r}") from exc
         finally:
@@ -401,8 +404,8 @@ class Broker:
             if time.monotonic() > deadline:
                 raise BrokerError(f"broker port {self.port} not open\n{self.log_tail()}")
             time.sleep(0.2)
-        remaining = max(deadline - time.monotonic(), 5.0)
-        run_coroutine(lambda: _metadata_roundtrip(self.bootstrap, remaining))
+        deadline = max(deadline, time.monotonic() + 5.0)
+        run_coroutine(lambda: _metadata_roundtrip(self.bootstrap, deadline))
 
     def start(self, timeout: float = READY_TIMEOUT) -> None:
         """Launch on the existing config and data dir, and wait until ready."""
@@ -524,8 +527,11 @@ def cmd_status(_: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.services.kafka", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.services.kafka",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     fetch = sub.add_parser("fetch", help="copy the broker jars into .kafka-libs")
     fetch.add_argument("--force", action="store_true", help="fetch even if complete")

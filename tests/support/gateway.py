@@ -40,7 +40,7 @@ async def start_app(app: web.Application, host: str = "127.0.0.1") -> tuple[web.
     await runner.setup()
     site = web.TCPSite(runner, host, 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     return runner, f"http://{host}:{port}"
 
 
@@ -77,7 +77,9 @@ async def running_gateway(
         config = Settings(**values)
         log = event_log if event_log is not None else MemoryEventLog()
         sleep = RecordingSleep()
-        app = create_app(config, event_log=log, price_book=price_book, sleep=sleep, rng=random.Random(0), plugins=plugins)
+        app = create_app(
+            config, event_log=log, price_book=price_book, sleep=sleep, rng=random.Random(0), plugins=plugins
+        )
         runner, url = await start_app(app)
         try:
             yield RunningGateway(url, sims, log, sleep, app)

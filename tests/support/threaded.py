@@ -26,7 +26,7 @@ def gateway_in_thread(**kwargs: Any) -> Iterator[RunningGateway]:
                 holder["gw"] = gw
                 ready.set()
                 await stop.wait()
-        except BaseException as exc:  # surface start-up failures to the test thread
+        except BaseException as exc:  # noqa: BLE001 - surface start-up failures to the test thread
             holder["error"] = exc
             ready.set()
 

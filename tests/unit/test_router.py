@@ -25,9 +25,15 @@ def make_router(*providers: ScriptedProvider, policy: RetryPolicy | None = None,
     recorder = UsageRecorder(log, FixedPriceBook(), clock=ManualClock())
     kwargs = {"gate": gate} if gate else {}
     router = Router(
-        {p.name: p for p in providers}, ModelCatalog(), recorder, priority=PRIORITY,
-        policy=policy or RetryPolicy(attempts=3, initial_wait=0.5, max_wait=8.0, max_server_wait=20.0, budget_seconds=30.0),
-        sleep=sleep, rng=random.Random(1), **kwargs,
+        {p.name: p for p in providers},
+        ModelCatalog(),
+        recorder,
+        priority=PRIORITY,
+        policy=policy
+        or RetryPolicy(attempts=3, initial_wait=0.5, max_wait=8.0, max_server_wait=20.0, budget_seconds=30.0),
+        sleep=sleep,
+        rng=random.Random(1),
+        **kwargs,
     )
     return router, log, sleep
 
@@ -75,7 +81,10 @@ async def test_exhausted_retries_fall_back_in_priority_order() -> None:
     served = await router.complete(ctx(), TEMPLATE)
     assert served.provider == "anthropic" and served.attempts == 4
     assert [(e.provider, e.outcome) for e in log.events] == [
-        ("openai", "rate_limited"), ("openai", "rate_limited"), ("openai", "rate_limited"), ("anthropic", "success"),
+        ("openai", "rate_limited"),
+        ("openai", "rate_limited"),
+        ("openai", "rate_limited"),
+        ("anthropic", "success"),
     ]
     assert anthropic.calls[0].model == "claude-3-opus-20240229"
     assert sleep.waits == [1.0, 1.0]
@@ -127,7 +136,7 @@ async def test_retry_budget_bounds_total_waiting() -> None:
     openai = ScriptedProvider("openai", default=rate_limited("openai", 4.0))
     azure = ScriptedProvider("azure", default=rate_limited("azure", 4.0))
     policy = RetryPolicy(attempts=3, max_server_wait=20.0, budget_seconds=10.0)
-    router, log, sleep = make_router(openai, azure, policy=policy)
+    router, _log, sleep = make_router(openai, azure, policy=policy)
     with pytest.raises(errors.AllProvidersFailed) as info:
         await router.complete(ctx(), TEMPLATE)
     assert sum(sleep.waits) <= 10.0
@@ -182,7 +191,7 @@ async def test_unpriced_model_is_recorded_as_unpriced() -> None:
 
 async def test_open_circuit_is_skipped() -> None:
     openai = ScriptedProvider("openai")
-    router, log, _ = make_router(openai, ScriptedProvider("azure"), gate=lambda p: p != "openai")
+    router, _log, _ = make_router(openai, ScriptedProvider("azure"), gate=lambda p: p != "openai")
     served = await router.complete(ctx(), TEMPLATE)
     assert served.provider == "azure" and openai.calls == []
 
@@ -215,7 +224,7 @@ async def test_stream_cut_after_first_chunk_is_not_fallen_back() -> None:
 
 async def test_stream_usage_is_priced() -> None:
     chunks = [StreamChunk(text="a"), StreamChunk(finish_reason="stop", usage=Usage(1000, 1000), model="gpt-4-0613")]
-    router, log, _ = make_router(ScriptedProvider("openai", chunks))
+    router, _log, _ = make_router(ScriptedProvider("openai", chunks))
     session = await router.open_stream(ctx(stream=True), TEMPLATE)
     _ = [c async for c in session.chunks()]
     event = session.finish()

@@ -105,9 +105,7 @@ def test_cached_tokens_from_file_rates_are_billed_once(price_file: Path) -> None
     usage = Usage(prompt_tokens=1000, completion_tokens=100, cached_tokens=600)
     quote = book.quote("anthropic", "my-finetune", usage, AT)
     # 400 at 0.002/1K + 600 at 0.001/1K + 100 at 0.004/1K
-    assert (
-        quote.cost == Decimal("0.0008") + Decimal("0.0006") + Decimal("0.0004") == Decimal("0.0018")
-    )
+    assert quote.cost == Decimal("0.0008") + Decimal("0.0006") + Decimal("0.0004") == Decimal("0.0018")
 
 
 def test_effective_from_corrects_history(tmp_path: Path) -> None:
@@ -123,9 +121,7 @@ def test_effective_from_corrects_history(tmp_path: Path) -> None:
     assert (after.source, after.cost) == ("file", Decimal("0.015"))
 
 
-def test_version_names_the_file_and_changes_with_its_prices(
-    tmp_path: Path, price_file: Path
-) -> None:
+def test_version_names_the_file_and_changes_with_its_prices(tmp_path: Path, price_file: Path) -> None:
     book = load_price_book(price_file)
     assert book.version.startswith(f"builtin-1+genai-prices-{genai_prices.__version__}+file-ops-1-")
     assert load_price_book(price_file).version == book.version  # stable
@@ -144,9 +140,7 @@ def test_version_names_the_file_and_changes_with_its_prices(
 
 
 def test_book_from_parsed_file() -> None:
-    prices = parse_price_file(
-        {"prices": [{"model": "x", "input_per_1k": "1", "output_per_1k": "1"}]}
-    )
+    prices = parse_price_file({"prices": [{"model": "x", "input_per_1k": "1", "output_per_1k": "1"}]})
     book = CompositePriceBook(file_prices=prices)
     assert book.version.endswith(f"+file-{prices.digest[:12]}")
     assert book.quote("openai", "x", USAGE, AT).cost == Decimal("1.5")
@@ -155,9 +149,7 @@ def test_book_from_parsed_file() -> None:
 def test_bad_file_fails_loading(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("prices: [{model: a, input_per_1k: 1}]")
-    with pytest.raises(
-        PriceFileError, match=r"bad\.yaml: prices\[0\] \(model 'a'\): output_per_1k"
-    ):
+    with pytest.raises(PriceFileError, match=r"bad\.yaml: prices\[0\] \(model 'a'\): output_per_1k"):
         load_price_book(path)
 
 
@@ -181,9 +173,7 @@ def test_costs_are_decimal_everywhere(price_file: Path) -> None:
         ("ollama", "phi3"),
         ("openai", "my-finetune"),
     ]
-    usage = Usage(
-        prompt_tokens=3333, completion_tokens=777, cached_tokens=1111, reasoning_tokens=10
-    )
+    usage = Usage(prompt_tokens=3333, completion_tokens=777, cached_tokens=1111, reasoning_tokens=10)
     for provider, model in cases:
         quote = book.quote(provider, model, usage, AT)
         assert isinstance(quote.cost, Decimal), (provider, model, quote)

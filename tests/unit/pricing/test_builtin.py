@@ -44,25 +44,19 @@ def test_each_rate_prices_1k_prompt_and_1k_completion(family: str, rates: tuple[
 
 
 def test_gpt4_1000_prompt_500_completion_is_six_cents() -> None:
-    quote = CompositePriceBook().quote(
-        "openai", "gpt-4", Usage(prompt_tokens=1000, completion_tokens=500), AT
-    )
+    quote = CompositePriceBook().quote("openai", "gpt-4", Usage(prompt_tokens=1000, completion_tokens=500), AT)
     assert quote.cost == Decimal("0.06")
     assert isinstance(quote.cost, Decimal)
 
 
 def test_claude_3_haiku_ten_prompt_tokens() -> None:
-    quote = CompositePriceBook().quote(
-        "anthropic", "claude-3-haiku-20240307", Usage(prompt_tokens=10), AT
-    )
+    quote = CompositePriceBook().quote("anthropic", "claude-3-haiku-20240307", Usage(prompt_tokens=10), AT)
     assert quote.cost == Decimal("0.0000025")
     assert str(quote.cost.normalize()) == "0.0000025"  # type: ignore[union-attr]
 
 
 def test_no_float_rounding_on_odd_counts() -> None:
-    quote = CompositePriceBook().quote(
-        "google", "gemini-pro", Usage(prompt_tokens=7, completion_tokens=3), AT
-    )
+    quote = CompositePriceBook().quote("google", "gemini-pro", Usage(prompt_tokens=7, completion_tokens=3), AT)
     # 7 * 0.0005 / 1000 + 3 * 0.0015 / 1000
     assert quote.cost == Decimal("0.000008")
     usage = Usage(prompt_tokens=123_457, completion_tokens=98_765)
@@ -72,9 +66,7 @@ def test_no_float_rounding_on_odd_counts() -> None:
 
 @pytest.mark.parametrize("provider", ["openai", "azure", "anthropic", "google"])
 def test_builtin_rates_apply_on_any_provider(provider: str) -> None:
-    quote = CompositePriceBook().quote(
-        provider, "gpt-4-0613", Usage(prompt_tokens=1000, completion_tokens=500), AT
-    )
+    quote = CompositePriceBook().quote(provider, "gpt-4-0613", Usage(prompt_tokens=1000, completion_tokens=500), AT)
     assert (quote.source, quote.cost) == ("builtin", Decimal("0.06"))
 
 

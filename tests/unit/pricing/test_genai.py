@@ -50,29 +50,19 @@ def test_matches_what_genai_prices_computes() -> None:
 
 def test_cached_tokens_billed_once_at_the_cache_rate() -> None:
     # prompt_tokens includes the 800 cached tokens: 200 at $0.15/M, 800 at $0.075/M
-    cost = quote(
-        "openai", "gpt-4o-mini", Usage(prompt_tokens=1000, completion_tokens=0, cached_tokens=800)
-    )
+    cost = quote("openai", "gpt-4o-mini", Usage(prompt_tokens=1000, completion_tokens=0, cached_tokens=800))
     assert cost == (200 * Decimal("0.15") + 800 * Decimal("0.075")) / M == Decimal("0.00009")
 
 
 def test_anthropic_cache_reads_and_writes_billed_once_each() -> None:
     # claude-3-5-sonnet: input $3, output $15, cache read $0.30, cache write $3.75 per million
-    usage = Usage(
-        prompt_tokens=1000, completion_tokens=500, cached_tokens=200, cache_creation_tokens=100
-    )
-    expected = (
-        700 * Decimal(3) + 200 * Decimal("0.3") + 100 * Decimal("3.75") + 500 * Decimal(15)
-    ) / M
-    assert (
-        quote("anthropic", "claude-3-5-sonnet-20241022", usage) == expected == Decimal("0.010035")
-    )
+    usage = Usage(prompt_tokens=1000, completion_tokens=500, cached_tokens=200, cache_creation_tokens=100)
+    expected = (700 * Decimal(3) + 200 * Decimal("0.3") + 100 * Decimal("3.75") + 500 * Decimal(15)) / M
+    assert quote("anthropic", "claude-3-5-sonnet-20241022", usage) == expected == Decimal("0.010035")
 
 
 def test_reasoning_tokens_are_part_of_completion_not_extra() -> None:
-    with_reasoning = quote(
-        "openai", "gpt-4o-mini", Usage(completion_tokens=1000, reasoning_tokens=800)
-    )
+    with_reasoning = quote("openai", "gpt-4o-mini", Usage(completion_tokens=1000, reasoning_tokens=800))
     without = quote("openai", "gpt-4o-mini", Usage(completion_tokens=1000))
     assert with_reasoning == without == 1000 * Decimal("0.6") / M
 
@@ -86,9 +76,7 @@ def test_historic_prices_follow_the_call_time() -> None:
 
 def test_gemini_names_and_provider() -> None:
     usage = Usage(prompt_tokens=1000, completion_tokens=1000)
-    assert quote("google", "models/gemini-2.0-flash", usage) == quote(
-        "google", "gemini-2.0-flash", usage
-    )
+    assert quote("google", "models/gemini-2.0-flash", usage) == quote("google", "gemini-2.0-flash", usage)
 
 
 @pytest.mark.parametrize(
@@ -100,9 +88,7 @@ def test_unknown_is_none(provider: str, model: str) -> None:
 
 
 def test_usage_mapping_passes_totals_and_clamps_subsets() -> None:
-    mapped = to_genai_usage(
-        Usage(prompt_tokens=100, completion_tokens=50, cached_tokens=30, cache_creation_tokens=20)
-    )
+    mapped = to_genai_usage(Usage(prompt_tokens=100, completion_tokens=50, cached_tokens=30, cache_creation_tokens=20))
     assert (
         mapped.input_tokens,
         mapped.cache_read_tokens,
@@ -114,9 +100,7 @@ def test_usage_mapping_passes_totals_and_clamps_subsets() -> None:
         20,
         50,
     )
-    clamped = to_genai_usage(
-        Usage(prompt_tokens=10, cached_tokens=8, cache_creation_tokens=8, reasoning_tokens=5)
-    )
+    clamped = to_genai_usage(Usage(prompt_tokens=10, cached_tokens=8, cache_creation_tokens=8, reasoning_tokens=5))
     assert (clamped.input_tokens, clamped.cache_read_tokens, clamped.cache_write_tokens) == (
         10,
         8,

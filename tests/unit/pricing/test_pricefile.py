@@ -40,9 +40,7 @@ prices:
     assert prices.rate("openai", "my-finetune", AT) == Rate(
         input=Decimal("0.002"), output=Decimal("0.004"), cached_input=Decimal("0.001")
     )
-    assert prices.rate("openai", "my-finetune-2026-02-01", AT) == prices.rate(
-        "openai", "my-finetune", AT
-    )
+    assert prices.rate("openai", "my-finetune-2026-02-01", AT) == prices.rate("openai", "my-finetune", AT)
     assert prices.rate("azure", "my-finetune", AT) is None
     assert prices.rate("openai", "my-finetune", datetime(2025, 12, 31, 23, 59, tzinfo=UTC)) is None
 
@@ -80,12 +78,8 @@ def test_json_numbers_are_exact_too(tmp_path: Path) -> None:
 
 
 def test_python_floats_are_rejected() -> None:
-    with pytest.raises(
-        PriceFileError, match=r"prices\[0\] \(model 'a'\): input_per_1k: got the float 0.1"
-    ):
-        parse_price_file(
-            {"prices": [{"model": "a", "input_per_1k": 0.1, "output_per_1k": "1"}]}, source="x"
-        )
+    with pytest.raises(PriceFileError, match=r"prices\[0\] \(model 'a'\): input_per_1k: got the float 0.1"):
+        parse_price_file({"prices": [{"model": "a", "input_per_1k": 0.1, "output_per_1k": "1"}]}, source="x")
 
 
 def test_per_million_fields_convert_exactly() -> None:
@@ -182,9 +176,7 @@ def test_exact_name_beats_family_and_provider_beats_wildcard() -> None:
 
 
 def test_aliases_apply_to_file_entries() -> None:
-    prices = parse_price_file(
-        {"prices": [{"model": "gpt-4-turbo", "input_per_1k": "1", "output_per_1k": "2"}]}
-    )
+    prices = parse_price_file({"prices": [{"model": "gpt-4-turbo", "input_per_1k": "1", "output_per_1k": "2"}]})
     assert prices.rate("openai", "gpt-4-0125-preview", AT) is not None
     assert prices.rate("openai", "gpt-4", AT) is None
 
@@ -248,13 +240,11 @@ def test_model_and_provider_names_are_case_insensitive() -> None:
             r"'provider' must be",
         ),
         (
-            "prices: [{model: a, input_per_1k: 1, output_per_1k: 1,"
-            " effective_from: '2026-01-01T00:00:00'}]",
+            "prices: [{model: a, input_per_1k: 1, output_per_1k: 1, effective_from: '2026-01-01T00:00:00'}]",
             r"effective_from: '2026-01-01T00:00:00' has no timezone",
         ),
         (
-            "prices: [{model: a, input_per_1k: 1, output_per_1k: 1,"
-            " effective_from: 2026-01-01 10:00:00}]",
+            "prices: [{model: a, input_per_1k: 1, output_per_1k: 1, effective_from: 2026-01-01 10:00:00}]",
             r"has no timezone",
         ),
         (
@@ -292,9 +282,7 @@ def test_bad_json_and_json_constants(tmp_path: Path) -> None:
     with pytest.raises(PriceFileError, match="not valid JSON"):
         load_price_file(write(tmp_path, "{", name="p.json"))
     with pytest.raises(PriceFileError, match="NaN is not a price"):
-        load_price_file(
-            write(tmp_path, '{"prices": [{"model": "a", "input_per_1k": NaN}]}', name="p.json")
-        )
+        load_price_file(write(tmp_path, '{"prices": [{"model": "a", "input_per_1k": NaN}]}', name="p.json"))
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -303,9 +291,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_digest_ignores_formatting_and_units_but_not_prices(tmp_path: Path) -> None:
-    a = load_price_file(
-        write(tmp_path, "prices: [{model: a, input_per_1k: '0.002', output_per_1k: 1}]", "a.yaml")
-    )
+    a = load_price_file(write(tmp_path, "prices: [{model: a, input_per_1k: '0.002', output_per_1k: 1}]", "a.yaml"))
     b = load_price_file(
         write(
             tmp_path,
@@ -313,9 +299,7 @@ def test_digest_ignores_formatting_and_units_but_not_prices(tmp_path: Path) -> N
             "b.yaml",
         )
     )
-    c = load_price_file(
-        write(tmp_path, "prices: [{model: a, input_per_1k: '0.003', output_per_1k: 1}]", "c.yaml")
-    )
+    c = load_price_file(write(tmp_path, "prices: [{model: a, input_per_1k: '0.003', output_per_1k: 1}]", "c.yaml"))
     assert a.digest == b.digest
     assert a.digest != c.digest
     assert a.version == f"file-{a.digest[:12]}"

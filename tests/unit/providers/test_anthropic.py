@@ -39,12 +39,8 @@ async def sim() -> AsyncIterator[AnthropicSimulator]:
 
 
 @pytest.fixture
-def provider(
-    sim: AnthropicSimulator, session: aiohttp.ClientSession, timeouts: Timeouts
-) -> AnthropicProvider:
-    return AnthropicProvider(
-        ProviderSettings(api_key=KEY, base_url=sim.base_url), session, timeouts
-    )
+def provider(sim: AnthropicSimulator, session: aiohttp.ClientSession, timeouts: Timeouts) -> AnthropicProvider:
+    return AnthropicProvider(ProviderSettings(api_key=KEY, base_url=sim.base_url), session, timeouts)
 
 
 def req(*messages: Message, **kw: Any) -> ChatRequest:
@@ -98,9 +94,7 @@ async def test_request_mapping(provider: AnthropicProvider, sim: AnthropicSimula
     }
 
 
-async def test_stream_request_sets_stream_and_max_tokens(
-    provider: AnthropicProvider, sim: AnthropicSimulator
-) -> None:
+async def test_stream_request_sets_stream_and_max_tokens(provider: AnthropicProvider, sim: AnthropicSimulator) -> None:
     await collect(provider, req(max_tokens=50))
     body = sim.requests[0].body
     assert body["stream"] is True
@@ -111,9 +105,7 @@ async def test_stream_request_sets_stream_and_max_tokens(
 async def test_base_url_with_v1_suffix(
     sim: AnthropicSimulator, session: aiohttp.ClientSession, timeouts: Timeouts
 ) -> None:
-    p = AnthropicProvider(
-        ProviderSettings(api_key=KEY, base_url=sim.base_url + "/v1/"), session, timeouts
-    )
+    p = AnthropicProvider(ProviderSettings(api_key=KEY, base_url=sim.base_url + "/v1/"), session, timeouts)
     await p.complete(req())
     assert sim.requests[0].path == "/v1/messages"
 
@@ -139,9 +131,7 @@ async def test_complete_result(provider: AnthropicProvider, sim: AnthropicSimula
     assert result.upstream_request_id is not None and result.upstream_request_id.startswith("req_")
 
 
-async def test_complete_cache_tokens_and_thinking(
-    provider: AnthropicProvider, sim: AnthropicSimulator
-) -> None:
+async def test_complete_cache_tokens_and_thinking(provider: AnthropicProvider, sim: AnthropicSimulator) -> None:
     sim.cache_read_input_tokens, sim.cache_creation_input_tokens = 3, 1
     sim.thinking = "let me think about it"
     sim.served_model = "claude-haiku-4-5-20251001-snap"
@@ -156,9 +146,7 @@ async def test_complete_cache_tokens_and_thinking(
     )
 
 
-async def test_complete_null_cache_fields(
-    provider: AnthropicProvider, sim: AnthropicSimulator
-) -> None:
+async def test_complete_null_cache_fields(provider: AnthropicProvider, sim: AnthropicSimulator) -> None:
     sim.cache_read_input_tokens = sim.cache_creation_input_tokens = None
     result = await provider.complete(req())
     assert result.usage == Usage(prompt_tokens=PROMPT_WORDS, completion_tokens=words(sim.reply))
@@ -189,9 +177,7 @@ async def test_stop_reason_override(
         assert (await provider.complete(req())).finish_reason == expected
 
 
-async def test_max_tokens_and_stop_sequence_honoured(
-    provider: AnthropicProvider, sim: AnthropicSimulator
-) -> None:
+async def test_max_tokens_and_stop_sequence_honoured(provider: AnthropicProvider, sim: AnthropicSimulator) -> None:
     sim.reply = "one two three four five"
     short = await provider.complete(req(max_tokens=2))
     assert (short.text, short.finish_reason, short.usage.completion_tokens) == (
@@ -282,9 +268,7 @@ async def test_stream_ending_or_stalling_without_message_stop_is_cut(
     sim = _EndsEarly(stall=stall)
     await sim.start()
     try:
-        p = AnthropicProvider(
-            ProviderSettings(api_key=KEY, base_url=sim.base_url), session, timeouts
-        )
+        p = AnthropicProvider(ProviderSettings(api_key=KEY, base_url=sim.base_url), session, timeouts)
         got: list[str] = []
         with pytest.raises(errors.StreamCut) as exc:
             async for chunk in p.stream(req()):
@@ -361,21 +345,15 @@ async def test_http_faults(
 async def test_wrong_key_is_auth_error(
     sim: AnthropicSimulator, session: aiohttp.ClientSession, timeouts: Timeouts
 ) -> None:
-    p = AnthropicProvider(
-        ProviderSettings(api_key="nope", base_url=sim.base_url), session, timeouts
-    )
+    p = AnthropicProvider(ProviderSettings(api_key="nope", base_url=sim.base_url), session, timeouts)
     with pytest.raises(errors.UpstreamAuthError) as exc:
         await p.complete(req())
     assert exc.value.upstream_code == "authentication_error"
 
 
-async def test_simulator_requires_version_header(
-    sim: AnthropicSimulator, session: aiohttp.ClientSession
-) -> None:
+async def test_simulator_requires_version_header(sim: AnthropicSimulator, session: aiohttp.ClientSession) -> None:
     body = {"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
-    async with session.post(
-        sim.base_url + "/v1/messages", json=body, headers={"x-api-key": KEY}
-    ) as resp:
+    async with session.post(sim.base_url + "/v1/messages", json=body, headers={"x-api-key": KEY}) as resp:
         assert resp.status == 400
         assert (await resp.json())["error"]["type"] == "invalid_request_error"
     body["messages"] = [{"role": "system", "content": "x"}]
@@ -391,9 +369,7 @@ async def test_complete_refusal(provider: AnthropicProvider, sim: AnthropicSimul
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_malformed(
-    provider: AnthropicProvider, sim: AnthropicSimulator, stream: bool
-) -> None:
+async def test_malformed(provider: AnthropicProvider, sim: AnthropicSimulator, stream: bool) -> None:
     sim.faults.push(Fault("malformed"))
     with pytest.raises(errors.MalformedResponse):
         if stream:
@@ -419,30 +395,22 @@ async def test_stream_error_fault_on_non_streaming_call_is_529(
 async def test_timeout(provider: AnthropicProvider, sim: AnthropicSimulator) -> None:
     # both modes at once: the held handlers then delay the simulator's shutdown only once
     sim.faults.push(Fault("timeout", delay=2), times=2)
-    results = await asyncio.gather(
-        provider.complete(req()), collect(provider, req()), return_exceptions=True
-    )
+    results = await asyncio.gather(provider.complete(req()), collect(provider, req()), return_exceptions=True)
     assert [type(r) for r in results] == [errors.UpstreamTimeout, errors.UpstreamTimeout]
     assert sorted(bool(r.body.get("stream")) for r in sim.requests) == [False, True]
 
 
-async def test_short_delay_still_answers(
-    provider: AnthropicProvider, sim: AnthropicSimulator
-) -> None:
+async def test_short_delay_still_answers(provider: AnthropicProvider, sim: AnthropicSimulator) -> None:
     sim.faults.push(Fault("delay", delay=0.05))
     assert (await provider.complete(req())).text == sim.reply
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_connection_refused(
-    session: aiohttp.ClientSession, timeouts: Timeouts, stream: bool
-) -> None:
+async def test_connection_refused(session: aiohttp.ClientSession, timeouts: Timeouts, stream: bool) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    p = AnthropicProvider(
-        ProviderSettings(api_key=KEY, base_url=f"http://127.0.0.1:{port}"), session, timeouts
-    )
+    p = AnthropicProvider(ProviderSettings(api_key=KEY, base_url=f"http://127.0.0.1:{port}"), session, timeouts)
     with pytest.raises(errors.UpstreamConnectionError):
         if stream:
             await collect(p, req())
@@ -505,9 +473,7 @@ def test_usage_table(raw: dict[str, Any], expected: Usage) -> None:
     assert wire.usage_from(raw) == expected
 
 
-@pytest.mark.parametrize(
-    "raw", [None, {"input_tokens": "ten"}, {"output_tokens": -1}, {"input_tokens": True}]
-)
+@pytest.mark.parametrize("raw", [None, {"input_tokens": "ten"}, {"output_tokens": -1}, {"input_tokens": True}])
 def test_usage_malformed(raw: Any) -> None:
     with pytest.raises(errors.MalformedResponse):
         wire.usage_from(raw)
@@ -555,14 +521,10 @@ def test_parse_message_malformed(body: Any) -> None:
 
 def test_parse_message_error_object_behind_200() -> None:
     with pytest.raises(errors.Overloaded):
-        wire.parse_message(
-            {"type": "error", "error": {"type": "overloaded_error", "message": "x"}}, "m"
-        )
+        wire.parse_message({"type": "error", "error": {"type": "overloaded_error", "message": "x"}}, "m")
 
 
-def feed_all(
-    parser: wire.StreamParser, events: list[tuple[str | None, dict[str, Any]]]
-) -> list[StreamChunk]:
+def feed_all(parser: wire.StreamParser, events: list[tuple[str | None, dict[str, Any]]]) -> list[StreamChunk]:
     out = [parser.feed(name, json.dumps(data)) for name, data in events]
     return [c for c in out if c is not None]
 
@@ -693,8 +655,7 @@ def err_body(etype: str, message: str = "m") -> dict[str, Any]:
             400,
             err_body(
                 "invalid_request_error",
-                "You have reached your specified API usage limits. "
-                "You will regain access on 2026-04-01 at 00:00 UTC.",
+                "You have reached your specified API usage limits. You will regain access on 2026-04-01 at 00:00 UTC.",
             ),
             {},
             errors.QuotaExhausted,
@@ -726,9 +687,7 @@ def test_classify_table(
     cls: type[errors.ProviderError],
     retry_after: float | None,
 ) -> None:
-    err = wire.classify(
-        status, headers, body, "<html>bad gateway</html>" if body is None else json.dumps(body)
-    )
+    err = wire.classify(status, headers, body, "<html>bad gateway</html>" if body is None else json.dumps(body))
     assert type(err) is cls
     assert (err.http_status, err.retry_after, err.provider) == (status, retry_after, "anthropic")
     if body is None:

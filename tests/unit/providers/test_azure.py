@@ -30,9 +30,7 @@ def chat(**kwargs: Any) -> ChatRequest:
 
 @pytest.fixture
 async def sim() -> AsyncIterator[AzureSimulator]:
-    s = AzureSimulator(
-        api_key=KEY, deployments={DEPLOYMENT: VERSION, "instruct": "gpt-35-turbo-instruct-0914"}
-    )
+    s = AzureSimulator(api_key=KEY, deployments={DEPLOYMENT: VERSION, "instruct": "gpt-35-turbo-instruct-0914"})
     await s.start()
     try:
         yield s
@@ -40,9 +38,7 @@ async def sim() -> AsyncIterator[AzureSimulator]:
         await s.stop()
 
 
-def make(
-    sim: AzureSimulator, session: aiohttp.ClientSession, timeouts: Timeouts, **settings: Any
-) -> AzureProvider:
+def make(sim: AzureSimulator, session: aiohttp.ClientSession, timeouts: Timeouts, **settings: Any) -> AzureProvider:
     values: dict[str, Any] = {
         "api_key": KEY,
         "base_url": sim.base_url,
@@ -52,9 +48,7 @@ def make(
 
 
 @pytest.fixture
-def provider(
-    sim: AzureSimulator, session: aiohttp.ClientSession, timeouts: Timeouts
-) -> AzureProvider:
+def provider(sim: AzureSimulator, session: aiohttp.ClientSession, timeouts: Timeouts) -> AzureProvider:
     return make(sim, session, timeouts)
 
 
@@ -62,9 +56,7 @@ async def collect(provider: AzureProvider, request: ChatRequest) -> list[StreamC
     return [chunk async for chunk in provider.stream(request)]
 
 
-async def call(
-    provider: AzureProvider, request: ChatRequest, streaming: bool
-) -> ChatResult | list[StreamChunk]:
+async def call(provider: AzureProvider, request: ChatRequest, streaming: bool) -> ChatResult | list[StreamChunk]:
     return await collect(provider, request) if streaming else await provider.complete(request)
 
 
@@ -94,9 +86,7 @@ async def test_deployment_url_mapping(provider: AzureProvider, sim: AzureSimulat
 async def test_api_version_and_endpoint_forms(
     sim: AzureSimulator, session: aiohttp.ClientSession, timeouts: Timeouts
 ) -> None:
-    p = make(
-        sim, session, timeouts, base_url=f"{sim.base_url}/openai/", api_version="2025-04-01-preview"
-    )
+    p = make(sim, session, timeouts, base_url=f"{sim.base_url}/openai/", api_version="2025-04-01-preview")
     await p.complete(chat())
     assert sim.requests[0].path == f"/openai/deployments/{DEPLOYMENT}/chat/completions"
     assert sim.requests[0].query == {"api-version": "2025-04-01-preview"}
@@ -114,9 +104,7 @@ async def test_model_without_deployment_mapping_is_the_deployment(
     assert info.value.fallback and not info.value.retryable
 
 
-async def test_v1_path(
-    sim: AzureSimulator, session: aiohttp.ClientSession, timeouts: Timeouts
-) -> None:
+async def test_v1_path(sim: AzureSimulator, session: aiohttp.ClientSession, timeouts: Timeouts) -> None:
     p = make(sim, session, timeouts, use_v1=True)
     result = await p.complete(chat(max_tokens=100))
     rec = sim.requests[0]
@@ -130,13 +118,9 @@ async def test_v1_path(
     assert "".join(c.text for c in chunks) == sim.reply
 
 
-async def test_legacy_completions(
-    sim: AzureSimulator, session: aiohttp.ClientSession, timeouts: Timeouts
-) -> None:
+async def test_legacy_completions(sim: AzureSimulator, session: aiohttp.ClientSession, timeouts: Timeouts) -> None:
     p = make(sim, session, timeouts, deployments={"gpt-35-turbo-instruct": "instruct"})
-    request = ChatRequest(
-        model="gpt-35-turbo-instruct", messages=[], prompt="Once upon a time", max_tokens=4
-    )
+    request = ChatRequest(model="gpt-35-turbo-instruct", messages=[], prompt="Once upon a time", max_tokens=4)
     result = await p.complete(request)
     rec = sim.requests[0]
     assert rec.path == "/openai/deployments/instruct/completions"
@@ -158,23 +142,17 @@ async def test_legacy_completions(
 # --- results ----------------------------------------------------------------------------------
 
 
-async def test_complete_reports_model_version_not_deployment(
-    provider: AzureProvider, sim: AzureSimulator
-) -> None:
+async def test_complete_reports_model_version_not_deployment(provider: AzureProvider, sim: AzureSimulator) -> None:
     sim.cached_tokens, sim.reasoning_tokens = 3, 2
     result = await provider.complete(chat())
     assert result.text == sim.reply
     assert result.finish_reason == "stop"
     assert result.model == VERSION
-    assert result.usage == Usage(
-        prompt_tokens=6, completion_tokens=10, cached_tokens=3, reasoning_tokens=2
-    )
+    assert result.usage == Usage(prompt_tokens=6, completion_tokens=10, cached_tokens=3, reasoning_tokens=2)
     assert result.upstream_request_id is not None
 
 
-async def test_stream_skips_prompt_filter_chunk(
-    provider: AzureProvider, sim: AzureSimulator
-) -> None:
+async def test_stream_skips_prompt_filter_chunk(provider: AzureProvider, sim: AzureSimulator) -> None:
     chunks = await collect(provider, chat())
     assert sim.requests[0].body["stream_options"] == {"include_usage": True}
     assert "".join(c.text for c in chunks) == sim.reply
@@ -192,9 +170,7 @@ async def test_stream_without_usage_support(provider: AzureProvider, sim: AzureS
 
 
 @pytest.mark.parametrize("streaming", [False, True])
-async def test_output_filter_is_a_finish_reason(
-    provider: AzureProvider, sim: AzureSimulator, streaming: bool
-) -> None:
+async def test_output_filter_is_a_finish_reason(provider: AzureProvider, sim: AzureSimulator, streaming: bool) -> None:
     sim.faults.push(Fault("content_filter", status=200))
     out = await call(provider, chat(), streaming)
     if isinstance(out, ChatResult):
@@ -239,9 +215,7 @@ async def test_error_faults(
     assert info.value.retry_after == retry_after
 
 
-async def test_content_filter_block_is_not_retried(
-    provider: AzureProvider, sim: AzureSimulator
-) -> None:
+async def test_content_filter_block_is_not_retried(provider: AzureProvider, sim: AzureSimulator) -> None:
     sim.faults.push(Fault("content_filter"))
     with pytest.raises(errors.ContentFiltered) as info:
         await provider.complete(chat())
@@ -254,18 +228,14 @@ async def test_content_filter_block_is_not_retried(
     )
 
 
-async def test_wrong_key(
-    sim: AzureSimulator, session: aiohttp.ClientSession, timeouts: Timeouts
-) -> None:
+async def test_wrong_key(sim: AzureSimulator, session: aiohttp.ClientSession, timeouts: Timeouts) -> None:
     with pytest.raises(errors.UpstreamAuthError) as info:
         await make(sim, session, timeouts, api_key="wrong").complete(chat())
     assert (info.value.http_status, info.value.upstream_code) == (401, "401")
 
 
 @pytest.mark.parametrize("streaming", [False, True])
-async def test_malformed_body(
-    provider: AzureProvider, sim: AzureSimulator, streaming: bool
-) -> None:
+async def test_malformed_body(provider: AzureProvider, sim: AzureSimulator, streaming: bool) -> None:
     sim.faults.push(Fault("malformed"))
     with pytest.raises(errors.MalformedResponse):
         await call(provider, chat(), streaming)
@@ -292,22 +262,16 @@ async def test_in_band_stream_error(provider: AzureProvider, sim: AzureSimulator
 
 async def test_timeouts(provider: AzureProvider, sim: AzureSimulator) -> None:
     sim.faults.push(Fault("timeout", delay=2), times=2)
-    outcomes = await asyncio.gather(
-        provider.complete(chat()), collect(provider, chat()), return_exceptions=True
-    )
+    outcomes = await asyncio.gather(provider.complete(chat()), collect(provider, chat()), return_exceptions=True)
     assert [type(o) for o in outcomes] == [errors.UpstreamTimeout, errors.UpstreamTimeout]
 
 
 @pytest.mark.parametrize("streaming", [False, True])
-async def test_connection_refused(
-    session: aiohttp.ClientSession, timeouts: Timeouts, streaming: bool
-) -> None:
+async def test_connection_refused(session: aiohttp.ClientSession, timeouts: Timeouts, streaming: bool) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    p = AzureProvider(
-        ProviderSettings(api_key=KEY, base_url=f"http://127.0.0.1:{port}"), session, timeouts
-    )
+    p = AzureProvider(ProviderSettings(api_key=KEY, base_url=f"http://127.0.0.1:{port}"), session, timeouts)
     with pytest.raises(errors.UpstreamConnectionError):
         await call(p, chat(), streaming)
 
@@ -315,9 +279,7 @@ async def test_connection_refused(
 async def test_build(session: aiohttp.ClientSession, timeouts: Timeouts) -> None:
     assert build(ProviderSettings(api_key=KEY), session, timeouts) is None  # no endpoint
     assert build(ProviderSettings(base_url="https://r.openai.azure.com"), session, timeouts) is None
-    p = build(
-        ProviderSettings(api_key=KEY, base_url="https://r.openai.azure.com/"), session, timeouts
-    )
+    p = build(ProviderSettings(api_key=KEY, base_url="https://r.openai.azure.com/"), session, timeouts)
     assert isinstance(p, AzureProvider) and p.name == "azure"
     target = p.target(chat(), stream=False)
     assert target.url == "https://r.openai.azure.com/openai/deployments/gpt-4o/chat/completions"
@@ -334,22 +296,16 @@ async def test_simulator_requires_api_version_and_reports_azure_shapes(
     async with session.post(url, json=body, headers={"api-key": KEY}) as resp:
         assert resp.status == 404
         assert await resp.json() == {"error": {"code": "404", "message": "Resource not found"}}
-    async with session.post(
-        url, json=body, headers={"api-key": KEY}, params={"api-version": "2024-10-21"}
-    ) as resp:
+    async with session.post(url, json=body, headers={"api-key": KEY}, params={"api-version": "2024-10-21"}) as resp:
         data = await resp.json()
         assert resp.status == 200 and data["model"] == VERSION
         assert data["prompt_filter_results"][0]["prompt_index"] == 0
         assert "content_filter_results" in data["choices"][0]
     v1 = f"{sim.base_url}/openai/v1/chat/completions"
-    async with session.post(
-        v1, json={**body, "model": DEPLOYMENT}, headers={"authorization": f"Bearer {KEY}"}
-    ) as resp:
+    async with session.post(v1, json={**body, "model": DEPLOYMENT}, headers={"authorization": f"Bearer {KEY}"}) as resp:
         assert resp.status == 200  # the v1 API also takes the key as a Bearer token
     sim.faults.push(Fault("rate_limit", retry_after=6))
-    async with session.post(
-        v1, json={**body, "model": DEPLOYMENT}, headers={"api-key": KEY}
-    ) as resp:
+    async with session.post(v1, json={**body, "model": DEPLOYMENT}, headers={"api-key": KEY}) as resp:
         assert resp.status == 429
         assert (resp.headers["retry-after"], resp.headers["retry-after-ms"]) == ("6", "6000")
         assert "Please retry after 6 seconds" in (await resp.json())["error"]["message"]

@@ -46,9 +46,7 @@ async def sim() -> AsyncIterator[GeminiSimulator]:
 
 
 @pytest.fixture
-def provider(
-    sim: GeminiSimulator, session: aiohttp.ClientSession, timeouts: Timeouts
-) -> GoogleProvider:
+def provider(sim: GeminiSimulator, session: aiohttp.ClientSession, timeouts: Timeouts) -> GoogleProvider:
     p = build(ProviderSettings(api_key=KEY, base_url=sim.base_url), session, timeouts)
     assert p is not None
     return p
@@ -77,9 +75,7 @@ def test_models_url() -> None:
 
 
 async def test_request_mapping(sim: GeminiSimulator, provider: GoogleProvider) -> None:
-    await provider.complete(
-        request(temperature=0.2, top_p=0.9, max_tokens=64, stop=["\n\n"], user="u1")
-    )
+    await provider.complete(request(temperature=0.2, top_p=0.9, max_tokens=64, stop=["\n\n"], user="u1"))
     rec = sim.requests[-1]
     assert rec.path == "/v1beta/models/gemini-2.5-flash:generateContent"
     assert rec.headers["x-goog-api-key"] == KEY
@@ -102,9 +98,7 @@ async def test_request_mapping(sim: GeminiSimulator, provider: GoogleProvider) -
 
 
 def test_build_body_merges_same_role_and_omits_unset() -> None:
-    body = wire.build_body(
-        ChatRequest("m", [Message("user", "a"), Message("tool", "b"), Message("assistant", "c")])
-    )
+    body = wire.build_body(ChatRequest("m", [Message("user", "a"), Message("tool", "b"), Message("assistant", "c")]))
     assert body == {
         "contents": [
             {"role": "user", "parts": [{"text": "a"}, {"text": "b"}]},
@@ -152,9 +146,7 @@ async def test_complete_thoughts_cache_tool_use_and_served_model(
     assert result.usage.to_openai()["completion_tokens_details"] == {"reasoning_tokens": 40}
 
 
-@pytest.mark.parametrize(
-    ("reason", "expected"), [("MAX_TOKENS", "length"), ("SAFETY", "content_filter")]
-)
+@pytest.mark.parametrize(("reason", "expected"), [("MAX_TOKENS", "length"), ("SAFETY", "content_filter")])
 async def test_finish_reason_override(
     sim: GeminiSimulator, provider: GoogleProvider, reason: str, expected: str
 ) -> None:
@@ -164,9 +156,7 @@ async def test_finish_reason_override(
     assert chunks[-1].finish_reason == expected
 
 
-async def test_prompt_blocked_is_an_empty_content_filter_answer(
-    sim: GeminiSimulator, provider: GoogleProvider
-) -> None:
+async def test_prompt_blocked_is_an_empty_content_filter_answer(sim: GeminiSimulator, provider: GoogleProvider) -> None:
     sim.faults.push(Fault("content_filter"))
     result = await provider.complete(request())
     assert (result.text, result.finish_reason) == ("", "content_filter")
@@ -177,9 +167,7 @@ async def test_prompt_blocked_is_an_empty_content_filter_answer(
     assert chunks[-1].finish_reason == "content_filter"
 
 
-async def test_query_key_is_accepted_by_the_simulator(
-    sim: GeminiSimulator, session: aiohttp.ClientSession
-) -> None:
+async def test_query_key_is_accepted_by_the_simulator(sim: GeminiSimulator, session: aiohttp.ClientSession) -> None:
     url = f"{sim.base_url}/v1beta/models/m:generateContent"
     body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
     async with session.post(url, params={"key": KEY}, json=body) as resp:
@@ -200,18 +188,14 @@ async def test_stream(sim: GeminiSimulator, provider: GoogleProvider) -> None:
     last = chunks[-1]
     assert last.finish_reason == "stop"
     reply_words = len(sim.reply.split())
-    assert last.usage == Usage(
-        prompt_tokens=PROMPT_WORDS, completion_tokens=reply_words + 9, reasoning_tokens=9
-    )
+    assert last.usage == Usage(prompt_tokens=PROMPT_WORDS, completion_tokens=reply_words + 9, reasoning_tokens=9)
     assert last.model == "gemini-2.5-flash"
 
 
 async def test_stream_is_crlf_framed(sim: GeminiSimulator, session: aiohttp.ClientSession) -> None:
     url = f"{sim.base_url}/v1beta/models/m:streamGenerateContent"
     body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
-    async with session.post(
-        url, params={"alt": "sse"}, json=body, headers={"x-goog-api-key": KEY}
-    ) as resp:
+    async with session.post(url, params={"alt": "sse"}, json=body, headers={"x-goog-api-key": KEY}) as resp:
         raw = await resp.read()
     assert raw.count(b"\r\n\r\n") == len(sim.reply.split())
     assert b"[DONE]" not in raw
@@ -274,9 +258,7 @@ async def test_rate_limit_uses_retry_info(sim: GeminiSimulator, provider: Google
     assert info.value.retry_after == pytest.approx(41.2)
 
 
-async def test_per_day_quota_is_quota_exhausted(
-    sim: GeminiSimulator, provider: GoogleProvider
-) -> None:
+async def test_per_day_quota_is_quota_exhausted(sim: GeminiSimulator, provider: GoogleProvider) -> None:
     sim.faults.push(Fault("quota", retry_after=37))
     with pytest.raises(errors.QuotaExhausted) as info:
         await provider.complete(request())
@@ -355,9 +337,7 @@ async def test_connection_refused(session: aiohttp.ClientSession, timeouts: Time
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    p = GoogleProvider(
-        ProviderSettings(api_key=KEY, base_url=f"http://127.0.0.1:{port}"), session, timeouts
-    )
+    p = GoogleProvider(ProviderSettings(api_key=KEY, base_url=f"http://127.0.0.1:{port}"), session, timeouts)
     with pytest.raises(errors.UpstreamConnectionError):
         await p.complete(request())
     with pytest.raises(errors.UpstreamConnectionError):
@@ -403,9 +383,7 @@ def test_map_usage() -> None:
             "totalTokenCount": 154,
         }
     )
-    assert usage == Usage(
-        prompt_tokens=104, completion_tokens=50, cached_tokens=60, reasoning_tokens=30
-    )
+    assert usage == Usage(prompt_tokens=104, completion_tokens=50, cached_tokens=60, reasoning_tokens=30)
     assert usage.total_tokens == 154
     assert wire.map_usage({"promptTokenCount": 3, "totalTokenCount": 3}) == Usage(prompt_tokens=3)
     with pytest.raises(errors.MalformedResponse):
@@ -455,9 +433,7 @@ def test_classify_error_bodies() -> None:
             "details": [
                 {
                     "@type": "type.googleapis.com/google.rpc.QuotaFailure",
-                    "violations": [
-                        {"quotaId": "GenerateContentInputTokensPerModelPerMinute-FreeTier"}
-                    ],
+                    "violations": [{"quotaId": "GenerateContentInputTokensPerModelPerMinute-FreeTier"}],
                 },
                 {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "0.5s"},
             ],

@@ -44,9 +44,7 @@ async def sim() -> AsyncIterator[OllamaSimulator]:
 
 
 @pytest.fixture
-def provider(
-    sim: OllamaSimulator, session: aiohttp.ClientSession, timeouts: Timeouts
-) -> OllamaProvider:
+def provider(sim: OllamaSimulator, session: aiohttp.ClientSession, timeouts: Timeouts) -> OllamaProvider:
     # OLLAMA_HOST style: host:port without a scheme
     p = build(ProviderSettings(base_url=sim.base_url.removeprefix("http://")), session, timeouts)
     assert p is not None
@@ -106,15 +104,11 @@ async def test_request_mapping(sim: OllamaSimulator, provider: OllamaProvider) -
     assert "options" not in body
 
 
-async def test_cloud_key_is_sent_as_bearer(
-    session: aiohttp.ClientSession, timeouts: Timeouts
-) -> None:
+async def test_cloud_key_is_sent_as_bearer(session: aiohttp.ClientSession, timeouts: Timeouts) -> None:
     sim = OllamaSimulator(api_key="olk")
     await sim.start()
     try:
-        good = OllamaProvider(
-            ProviderSettings(base_url=sim.base_url, api_key="olk"), session, timeouts
-        )
+        good = OllamaProvider(ProviderSettings(base_url=sim.base_url, api_key="olk"), session, timeouts)
         assert (await good.complete(request())).text == sim.reply
         assert sim.requests[-1].headers["Authorization"] == "Bearer olk"
         bad = OllamaProvider(ProviderSettings(base_url=sim.base_url), session, timeouts)
@@ -124,12 +118,8 @@ async def test_cloud_key_is_sent_as_bearer(
         await sim.stop()
 
 
-async def test_simulator_streams_when_stream_is_absent(
-    sim: OllamaSimulator, session: aiohttp.ClientSession
-) -> None:
-    async with session.post(
-        f"{sim.base_url}/api/chat", json={"model": "m", "messages": []}
-    ) as resp:
+async def test_simulator_streams_when_stream_is_absent(sim: OllamaSimulator, session: aiohttp.ClientSession) -> None:
+    async with session.post(f"{sim.base_url}/api/chat", json={"model": "m", "messages": []}) as resp:
         assert resp.headers["content-type"] == "application/x-ndjson"
         lines = (await resp.text()).splitlines()
     assert len(lines) == len(sim.reply.split()) + 1
@@ -143,14 +133,10 @@ async def test_complete(sim: OllamaSimulator, provider: OllamaProvider) -> None:
     assert result.text == sim.reply
     assert result.finish_reason == "stop"
     assert result.model == "llama3.2"
-    assert result.usage == Usage(
-        prompt_tokens=PROMPT_WORDS, completion_tokens=len(sim.reply.split())
-    )
+    assert result.usage == Usage(prompt_tokens=PROMPT_WORDS, completion_tokens=len(sim.reply.split()))
 
 
-async def test_missing_prompt_eval_count_is_zero(
-    sim: OllamaSimulator, provider: OllamaProvider
-) -> None:
+async def test_missing_prompt_eval_count_is_zero(sim: OllamaSimulator, provider: OllamaProvider) -> None:
     sim.omit_prompt_eval_count = True
     result = await provider.complete(request())
     assert result.usage == Usage(prompt_tokens=0, completion_tokens=len(sim.reply.split()))
@@ -166,9 +152,7 @@ async def test_length_and_served_model(sim: OllamaSimulator, provider: OllamaPro
     assert (chunks[-1].finish_reason, chunks[-1].model) == ("length", "llama3.2:latest")
 
 
-async def test_content_filter_is_a_plain_refusal(
-    sim: OllamaSimulator, provider: OllamaProvider
-) -> None:
+async def test_content_filter_is_a_plain_refusal(sim: OllamaSimulator, provider: OllamaProvider) -> None:
     sim.faults.push(Fault("content_filter"))
     result = await provider.complete(request())
     assert (result.text, result.finish_reason) == (REFUSAL, "stop")
@@ -183,9 +167,7 @@ async def test_stream(sim: OllamaSimulator, provider: OllamaProvider) -> None:
     assert len([c for c in chunks if c.text]) == len(sim.reply.split())
     assert all(c.finish_reason is None and c.usage is None for c in chunks[:-1])
     assert chunks[-1].finish_reason == "stop"
-    assert chunks[-1].usage == Usage(
-        prompt_tokens=PROMPT_WORDS, completion_tokens=len(sim.reply.split())
-    )
+    assert chunks[-1].usage == Usage(prompt_tokens=PROMPT_WORDS, completion_tokens=len(sim.reply.split()))
 
 
 async def test_stream_cut(sim: OllamaSimulator, provider: OllamaProvider) -> None:
@@ -238,9 +220,7 @@ async def test_http_faults(
         assert (info.value.http_status, info.value.provider) == (status, "ollama")
 
 
-async def test_rate_limit_retry_after_and_messages(
-    sim: OllamaSimulator, provider: OllamaProvider
-) -> None:
+async def test_rate_limit_retry_after_and_messages(sim: OllamaSimulator, provider: OllamaProvider) -> None:
     sim.faults.push(Fault("rate_limit", retry_after=3))
     with pytest.raises(errors.RateLimited) as info:
         await provider.complete(request())
@@ -324,10 +304,7 @@ def test_parse_object_tool_calls_and_errors() -> None:
             },
         }
     )
-    assert (
-        ollama.map_finish_reason(piece.done_reason, has_tool_calls=piece.has_tool_calls)
-        == "tool_calls"
-    )
+    assert ollama.map_finish_reason(piece.done_reason, has_tool_calls=piece.has_tool_calls) == "tool_calls"
     assert piece.usage == Usage(0, 3)
     with pytest.raises(errors.UpstreamServerError):
         ollama.parse_object({"error": "boom"})
@@ -337,13 +314,8 @@ def test_parse_object_tool_calls_and_errors() -> None:
 
 def test_classify() -> None:
     assert type(ollama.classify(503, {}, {"error": "server busy"}, "")) is errors.Overloaded
-    assert (
-        type(ollama.classify(502, {}, {"error": "cloud unreachable"}, ""))
-        is errors.UpstreamServerError
-    )
-    assert (
-        type(ollama.classify(429, {}, {"error": "weekly usage limit"}, "")) is errors.QuotaExhausted
-    )
+    assert type(ollama.classify(502, {}, {"error": "cloud unreachable"}, "")) is errors.UpstreamServerError
+    assert type(ollama.classify(429, {}, {"error": "weekly usage limit"}, "")) is errors.QuotaExhausted
     assert type(ollama.classify(429, {}, {"error": "slow down"}, "")) is errors.RateLimited
     exc = ollama.classify(404, {}, {"error": "model 'x' not found"}, "")
     assert type(exc) is errors.UpstreamModelNotFound

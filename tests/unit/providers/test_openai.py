@@ -40,21 +40,15 @@ async def sim() -> AsyncIterator[OpenAISimulator]:
 
 
 @pytest.fixture
-def provider(
-    sim: OpenAISimulator, session: aiohttp.ClientSession, timeouts: Timeouts
-) -> OpenAIProvider:
-    return OpenAIProvider(
-        ProviderSettings(api_key=KEY, base_url=f"{sim.base_url}/v1"), session, timeouts
-    )
+def provider(sim: OpenAISimulator, session: aiohttp.ClientSession, timeouts: Timeouts) -> OpenAIProvider:
+    return OpenAIProvider(ProviderSettings(api_key=KEY, base_url=f"{sim.base_url}/v1"), session, timeouts)
 
 
 async def collect(provider: OpenAIProvider, request: ChatRequest) -> list[StreamChunk]:
     return [chunk async for chunk in provider.stream(request)]
 
 
-async def call(
-    provider: OpenAIProvider, request: ChatRequest, streaming: bool
-) -> ChatResult | list[StreamChunk]:
+async def call(provider: OpenAIProvider, request: ChatRequest, streaming: bool) -> ChatResult | list[StreamChunk]:
     return await collect(provider, request) if streaming else await provider.complete(request)
 
 
@@ -62,9 +56,7 @@ async def call(
 
 
 async def test_chat_request_mapping(provider: OpenAIProvider, sim: OpenAISimulator) -> None:
-    await provider.complete(
-        chat(max_tokens=64, temperature=0.2, top_p=0.9, stop=["\n\n"], user="u1")
-    )
+    await provider.complete(chat(max_tokens=64, temperature=0.2, top_p=0.9, stop=["\n\n"], user="u1"))
     [rec] = sim.requests
     assert rec.path == "/v1/chat/completions"
     assert rec.headers["Authorization"] == f"Bearer {KEY}"
@@ -83,9 +75,7 @@ async def test_chat_request_mapping(provider: OpenAIProvider, sim: OpenAISimulat
     }
 
 
-async def test_stream_request_always_asks_for_usage(
-    provider: OpenAIProvider, sim: OpenAISimulator
-) -> None:
+async def test_stream_request_always_asks_for_usage(provider: OpenAIProvider, sim: OpenAISimulator) -> None:
     await collect(provider, chat())
     body = sim.requests[0].body
     assert body["stream"] is True
@@ -93,12 +83,8 @@ async def test_stream_request_always_asks_for_usage(
     assert "max_completion_tokens" not in body and "max_tokens" not in body
 
 
-async def test_legacy_completions_request_and_result(
-    provider: OpenAIProvider, sim: OpenAISimulator
-) -> None:
-    request = ChatRequest(
-        model="gpt-3.5-turbo-instruct", messages=[], prompt="Once upon a time", max_tokens=3
-    )
+async def test_legacy_completions_request_and_result(provider: OpenAIProvider, sim: OpenAISimulator) -> None:
+    request = ChatRequest(model="gpt-3.5-turbo-instruct", messages=[], prompt="Once upon a time", max_tokens=3)
     result = await provider.complete(request)
     rec = sim.requests[0]
     assert rec.path == "/v1/completions"
@@ -115,9 +101,7 @@ async def test_legacy_completions_request_and_result(
 
 
 async def test_legacy_completions_stream(provider: OpenAIProvider, sim: OpenAISimulator) -> None:
-    request = ChatRequest(
-        model="gpt-3.5-turbo-instruct", messages=[], prompt="Once upon a time", max_tokens=50
-    )
+    request = ChatRequest(model="gpt-3.5-turbo-instruct", messages=[], prompt="Once upon a time", max_tokens=50)
     chunks = await collect(provider, request)
     assert sim.requests[0].path == "/v1/completions"
     assert sim.requests[0].body["stream_options"] == {"include_usage": True}
@@ -134,18 +118,12 @@ async def test_complete_result(provider: OpenAIProvider, sim: OpenAISimulator) -
     assert result.text == sim.reply
     assert result.finish_reason == "stop"
     # prompt: 2 + 4 words; completion: 8 reply words + 5 reasoning tokens
-    assert result.usage == Usage(
-        prompt_tokens=6, completion_tokens=13, cached_tokens=2, reasoning_tokens=5
-    )
+    assert result.usage == Usage(prompt_tokens=6, completion_tokens=13, cached_tokens=2, reasoning_tokens=5)
     assert result.model == SNAPSHOT
-    assert result.upstream_request_id is not None and result.upstream_request_id.startswith(
-        "req_sim"
-    )
+    assert result.upstream_request_id is not None and result.upstream_request_id.startswith("req_sim")
 
 
-async def test_served_model_echoes_request_without_snapshot(
-    provider: OpenAIProvider, sim: OpenAISimulator
-) -> None:
+async def test_served_model_echoes_request_without_snapshot(provider: OpenAIProvider, sim: OpenAISimulator) -> None:
     sim.served_model = None
     assert (await provider.complete(chat())).model == "gpt-4o"
 
@@ -166,9 +144,7 @@ async def test_stream_result(provider: OpenAIProvider, sim: OpenAISimulator) -> 
     assert len([c for c in chunks if c.text]) == len(sim.reply.split(" "))
     assert [c.finish_reason for c in chunks if c.finish_reason] == ["stop"]
     usages = [c.usage for c in chunks if c.usage is not None]
-    assert usages == [
-        Usage(prompt_tokens=6, completion_tokens=13, cached_tokens=2, reasoning_tokens=5)
-    ]
+    assert usages == [Usage(prompt_tokens=6, completion_tokens=13, cached_tokens=2, reasoning_tokens=5)]
     assert chunks[-1].usage is not None  # usage is on the last chunk
     assert {c.model for c in chunks} == {SNAPSHOT}
 
@@ -235,9 +211,7 @@ async def test_error_faults(
     assert info.value.retry_after == retry_after
 
 
-async def test_rate_limit_without_headers_reads_nothing(
-    provider: OpenAIProvider, sim: OpenAISimulator
-) -> None:
+async def test_rate_limit_without_headers_reads_nothing(provider: OpenAIProvider, sim: OpenAISimulator) -> None:
     sim.faults.push(Fault("rate_limit"))
     with pytest.raises(errors.RateLimited) as info:
         await provider.complete(chat())
@@ -255,18 +229,14 @@ async def test_bad_request_keeps_param(provider: OpenAIProvider, sim: OpenAISimu
 async def test_wrong_key_is_auth_error(
     sim: OpenAISimulator, session: aiohttp.ClientSession, timeouts: Timeouts
 ) -> None:
-    wrong = OpenAIProvider(
-        ProviderSettings(api_key="sk-wrong", base_url=f"{sim.base_url}/v1"), session, timeouts
-    )
+    wrong = OpenAIProvider(ProviderSettings(api_key="sk-wrong", base_url=f"{sim.base_url}/v1"), session, timeouts)
     with pytest.raises(errors.UpstreamAuthError) as info:
         await wrong.complete(chat())
     assert info.value.http_status == 401
 
 
 @pytest.mark.parametrize("streaming", [False, True])
-async def test_malformed_body(
-    provider: OpenAIProvider, sim: OpenAISimulator, streaming: bool
-) -> None:
+async def test_malformed_body(provider: OpenAIProvider, sim: OpenAISimulator, streaming: bool) -> None:
     sim.faults.push(Fault("malformed"))
     with pytest.raises(errors.MalformedResponse):
         await call(provider, chat(), streaming)
@@ -302,22 +272,16 @@ async def test_in_band_stream_error(provider: OpenAIProvider, sim: OpenAISimulat
 async def test_timeouts(provider: OpenAIProvider, sim: OpenAISimulator) -> None:
     sim.faults.push(Fault("timeout", delay=2), times=2)
     # both at once: the held handlers then delay the simulator's shutdown only once
-    outcomes = await asyncio.gather(
-        provider.complete(chat()), collect(provider, chat()), return_exceptions=True
-    )
+    outcomes = await asyncio.gather(provider.complete(chat()), collect(provider, chat()), return_exceptions=True)
     assert [type(o) for o in outcomes] == [errors.UpstreamTimeout, errors.UpstreamTimeout]
 
 
 @pytest.mark.parametrize("streaming", [False, True])
-async def test_connection_refused(
-    session: aiohttp.ClientSession, timeouts: Timeouts, streaming: bool
-) -> None:
+async def test_connection_refused(session: aiohttp.ClientSession, timeouts: Timeouts, streaming: bool) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    p = OpenAIProvider(
-        ProviderSettings(api_key=KEY, base_url=f"http://127.0.0.1:{port}/v1"), session, timeouts
-    )
+    p = OpenAIProvider(ProviderSettings(api_key=KEY, base_url=f"http://127.0.0.1:{port}/v1"), session, timeouts)
     with pytest.raises(errors.UpstreamConnectionError):
         await call(p, chat(), streaming)
 
@@ -358,23 +322,15 @@ def test_usage_passes_details_through() -> None:
         "completion_tokens_details": {"reasoning_tokens": 30},
     }
     usage = wire.parse_usage(raw)
-    assert usage == Usage(
-        prompt_tokens=100, completion_tokens=40, cached_tokens=64, reasoning_tokens=30
-    )
+    assert usage == Usage(prompt_tokens=100, completion_tokens=40, cached_tokens=64, reasoning_tokens=30)
     assert usage.total_tokens == 140
-    assert wire.parse_usage(
-        {"prompt_tokens": 3, "completion_tokens": 1, "prompt_tokens_details": None}
-    ) == Usage(3, 1)
+    assert wire.parse_usage({"prompt_tokens": 3, "completion_tokens": 1, "prompt_tokens_details": None}) == Usage(3, 1)
     assert wire.parse_usage(None) is None
 
 
 def test_body_for_azure_style_max_tokens() -> None:
-    body = wire.build_body(
-        chat(max_tokens=10), model="dep", stream=True, chat_max_tokens_field="max_tokens"
-    )
-    assert (
-        body["max_tokens"] == 10 and "max_completion_tokens" not in body and body["model"] == "dep"
-    )
+    body = wire.build_body(chat(max_tokens=10), model="dep", stream=True, chat_max_tokens_field="max_tokens")
+    assert body["max_tokens"] == 10 and "max_completion_tokens" not in body and body["model"] == "dep"
 
 
 def test_chunk_parsing() -> None:
@@ -410,9 +366,7 @@ def test_chunk_parsing() -> None:
         "model": "m",
         "choices": [{"text": "", "finish_reason": "length"}],
     }
-    assert wire.parse_chunk(legacy, provider="openai") == StreamChunk(
-        finish_reason="length", model="m"
-    )
+    assert wire.parse_chunk(legacy, provider="openai") == StreamChunk(finish_reason="length", model="m")
     with pytest.raises(errors.MalformedResponse):
         wire.parse_chunk({"choices": [{"delta": {"content": 5}}]}, provider="openai")
     with pytest.raises(errors.RateLimited):
@@ -460,9 +414,7 @@ async def test_parse_stream_needs_done() -> None:
         _ = [c async for c in wire.parse_stream(events("{not json"), provider="openai")]
 
 
-def err(
-    code: str | None, etype: str | None = None, message: str = "m", **extra: Any
-) -> dict[str, Any]:
+def err(code: str | None, etype: str | None = None, message: str = "m", **extra: Any) -> dict[str, Any]:
     return {"error": {"message": message, "type": etype, "param": None, "code": code, **extra}}
 
 
@@ -544,9 +496,7 @@ def test_classify_error(
     cls: type[errors.ProviderError],
     retry_after: float | None,
 ) -> None:
-    e = wire.classify_error(
-        "openai", status, headers, body, "<html>bad gateway</html>" if body is None else ""
-    )
+    e = wire.classify_error("openai", status, headers, body, "<html>bad gateway</html>" if body is None else "")
     assert type(e) is cls
     assert (e.http_status, e.retry_after, e.provider) == (status, retry_after, "openai")
 
