@@ -21,6 +21,7 @@ from gateway.api.middleware import error_middleware
 from gateway.api.state import STATE, GatewayState
 from gateway.eventlog.base import EventLog
 from gateway.ids import utcnow
+from gateway.metrics import METRICS, GatewayMetrics, metrics_handler, metrics_middleware
 from gateway.pricing.base import PriceBook
 from gateway.providers.base import Provider, Timeouts
 from gateway.providers.registry import build_providers
@@ -57,7 +58,10 @@ def create_app(
 
         price_book = load_price_book(settings.price_file)
 
+    metrics = GatewayMetrics()
     recorder = UsageRecorder(event_log, price_book, clock=clock, instance=settings.instance_id)
+    recorder.observers.append(metrics.observe_event)
+    metrics.on_scrape(lambda: metrics.spool_depth.set(event_log.pending()))
     provider_map: dict[str, Provider] = dict(providers or {})
     router = Router(
         provider_map,
@@ -81,13 +85,17 @@ def create_app(
         event_log=event_log,
         clock=clock,
     )
-    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    app = web.Application(
+        middlewares=[metrics_middleware(metrics), error_middleware], client_max_size=settings.max_body_bytes
+    )
     app[STATE] = state
+    app[METRICS] = metrics
     app.router.add_post("/v1/chat/completions", completions.chat_completions)
     app.router.add_post("/v1/completions", completions.completions)
     app.router.add_get("/v1/models", meta.models)
     app.router.add_get("/healthz", meta.healthz)
     app.router.add_get("/openapi.json", meta.openapi)
+    app.router.add_get("/metrics", metrics_handler)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         await event_log.start()

@@ -1,0 +1,114 @@
+"""Prometheus metrics, per app (no global registry), fed by usage events and the request path.
+
+Cost counters are floats by Prometheus' nature: they are for dashboards and alerts; the exact
+figures live in the cost stores (DuckDB, Postgres), which are Decimal end to end.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from gateway.events import UsageEvent
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "llm_gateway_requests", "HTTP requests by route and status", ["route", "status"], registry=r
+        )
+        self.request_latency = Histogram(
+            "llm_gateway_request_seconds", "HTTP request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.attempts = Counter(
+            "llm_gateway_attempts", "Provider attempts by outcome", ["provider", "model", "outcome"], registry=r
+        )
+        self.attempt_latency = Histogram(
+            "llm_gateway_attempt_seconds", "Provider attempt latency", ["provider"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.ttft = Histogram(
+            "llm_gateway_time_to_first_token_seconds",
+            "Time to first token of successful attempts",
+            ["provider"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "llm_gateway_tokens", "Tokens by provider, model and kind", ["provider", "model", "kind"], registry=r
+        )
+        self.cost = Counter(
+            "llm_gateway_cost_usd",
+            "Cost in USD (approximate float; exact in the stores)",
+            ["provider", "model"],
+            registry=r,
+        )
+        self.unpriced = Counter(
+            "llm_gateway_unpriced_attempts",
+            "Billable attempts without a known price",
+            ["provider", "model"],
+            registry=r,
+        )
+        self.spool_depth = Gauge("llm_gateway_spool_depth", "Usage events not yet on the durable log", registry=r)
+        self.consumer_lag = Gauge(
+            "llm_gateway_consumer_lag", "Events on the log not yet projected", ["group"], registry=r
+        )
+        self._gauges: list[Callable[[], None]] = []
+
+    def observe_event(self, event: UsageEvent) -> None:
+        model = event.served_model or event.provider_model
+        self.attempts.labels(event.provider, model, event.outcome).inc()
+        self.attempt_latency.labels(event.provider).observe(event.latency_ms / 1000.0)
+        if event.outcome == "success" and event.ttft_ms is not None:
+            self.ttft.labels(event.provider).observe(event.ttft_ms / 1000.0)
+        if event.prompt_tokens:
+            self.tokens.labels(event.provider, model, "prompt").inc(event.prompt_tokens)
+        if event.completion_tokens:
+            self.tokens.labels(event.provider, model, "completion").inc(event.completion_tokens)
+        if event.billable:
+            if event.cost_usd is None:
+                self.unpriced.labels(event.provider, model).inc()
+            elif event.cost_usd:
+                self.cost.labels(event.provider, model).inc(float(event.cost_usd))
+
+    def on_scrape(self, refresh: Callable[[], None]) -> None:
+        """Register a callback that refreshes gauges (spool depth, lag) at scrape time."""
+        self._gauges.append(refresh)
+
+    def render(self) -> bytes:
+        for refresh in self._gauges:
+            refresh()
+        return generate_latest(self.registry)
+
+
+METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics", GatewayMetrics)
+
+
+def metrics_middleware(metrics: GatewayMetrics) -> Callable[[web.Request, Handler], object]:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.monotonic()
+        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        finally:
+            metrics.requests.labels(route, str(status)).inc()
+            metrics.request_latency.labels(route).observe(time.monotonic() - started)
+
+    return middleware
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"content-type": CONTENT_TYPE_LATEST})
