@@ -1,0 +1,100 @@
+"""Kafka helpers shared by the producer, the reader and the dead-letter adapter."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError, for_code
+
+log = logging.getLogger(__name__)
+
+#: replicate to at most this many brokers when the replication factor is left to us
+MAX_AUTO_REPLICATION = 3
+
+
+async def ensure_topic(
+    bootstrap_servers: str,
+    topic: str,
+    partitions: int,
+    *,
+    replication_factor: int | None = None,
+    client_id: str = "llm-gateway",
+    request_timeout_ms: int = 10_000,
+) -> None:
+    """Create ``topic`` with ``partitions`` partitions unless it exists (an existing topic is
+    left as it is). ``replication_factor=None`` means min(3, brokers in the cluster)."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers,
+        client_id=client_id,
+        request_timeout_ms=request_timeout_ms,
+    )
+    try:
+        await admin.start()
+        if topic in set(await admin.list_topics()):
+            return
+        if replication_factor is None:
+            brokers = (await admin.describe_cluster()).get("brokers") or [None]
+            replication_factor = min(MAX_AUTO_REPLICATION, len(brokers))
+        try:
+            response = await admin.create_topics(
+                [NewTopic(topic, num_partitions=partitions, replication_factor=replication_factor)]
+            )
+        except TopicAlreadyExistsError:
+            return
+        _raise_topic_errors(response)
+        log.info(
+            "created Kafka topic %s (%d partitions, replication %d)",
+            topic,
+            partitions,
+            replication_factor,
+        )
+        await _wait_for_leaders(admin, topic)
+    finally:
+        await admin.close()
+
+
+def _raise_topic_errors(response: Any) -> None:
+    for entry in getattr(response, "topic_errors", ()):
+        code = entry[1]
+        if code and for_code(code) is not TopicAlreadyExistsError:
+            raise for_code(code)(f"creating topic {entry[0]}: {entry[2] if len(entry) > 2 else ''}")
+
+
+async def _wait_for_leaders(admin: AIOKafkaAdminClient, topic: str, seconds: float = 10.0) -> None:
+    """A new topic's partitions get leaders a moment after CreateTopics returns."""
+    async with asyncio.timeout(seconds):
+        while True:
+            described = await admin.describe_topics([topic])
+            parts = (described[0].get("partitions") or []) if described else []
+            if parts and all(p.get("leader", -1) >= 0 for p in parts):
+                return
+            await asyncio.sleep(0.1)
+
+
+async def stop_producer(producer: AIOKafkaProducer, seconds: float) -> None:
+    """``producer.stop()`` within ``seconds``: it waits for every batch to be delivered, which
+    never happens while the broker is down (an idempotent producer retries forever). At the
+    deadline its sender is cancelled, so the producer closes and the undelivered batches are
+    abandoned (the spool still holds their events)."""
+    stopping = asyncio.ensure_future(producer.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=max(seconds, 0.0))
+    if not done:
+        # aiokafka has no public "abort": stopping its sender lets stop() go on and close
+        sender_task = getattr(getattr(producer, "_sender", None), "sender_task", None)
+        if sender_task is not None:
+            sender_task.cancel()
+        done, _ = await asyncio.wait({stopping}, timeout=5.0)
+        if not done:
+            stopping.cancel()
+    try:
+        await stopping
+    except asyncio.CancelledError:
+        if not stopping.cancelled():
+            raise
+        log.warning("Kafka producer did not stop cleanly")
+    except Exception:  # closing must not fail the shutdown
+        log.warning("error while stopping the Kafka producer", exc_info=True)

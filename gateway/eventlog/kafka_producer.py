@@ -1,0 +1,296 @@
+"""The gateway's Kafka event log: a local SQLite spool in front of an idempotent producer.
+
+``publish`` appends the event to the spool (durable against a process crash when it returns)
+and wakes the forwarder; it never waits on the broker. The forwarder sends spooled events in
+spool order (so per tenant, the message key, in publish order) with ``acks=all`` and
+idempotence, and deletes them from the spool only once Kafka has acknowledged them. While the
+broker is down or slow, events pile up in the spool and the forwarder keeps retrying with
+backoff; ``close(timeout)`` leaves whatever is not acknowledged by then in the spool, and the
+next start forwards it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
+
+from gateway.eventlog.kafka_admin import ensure_topic, stop_producer
+from gateway.eventlog.sqlite import Row, SqliteOutbox, append_event
+from gateway.events import UsageEvent
+
+log = logging.getLogger(__name__)
+
+
+class KafkaEventLog:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        spool_path: Path,
+        *,
+        partitions: int = 3,
+        replication_factor: int | None = None,
+        linger_ms: int = 5,
+        compression_type: str | None = None,
+        max_batch_bytes: int = 256 * 1024,
+        forward_batch: int = 5000,
+        client_id: str = "llm-gateway",
+        request_timeout_ms: int = 10_000,
+        backoff: tuple[float, float] = (0.2, 5.0),
+        warn_interval: float = 5.0,
+        checkpoint_interval: float = 0.5,
+    ) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = topic
+        self._partitions = partitions
+        self._replication_factor = replication_factor
+        self._producer_options: dict[str, Any] = {
+            "bootstrap_servers": bootstrap_servers,
+            "client_id": client_id,
+            "acks": "all",
+            "enable_idempotence": True,
+            "linger_ms": linger_ms,
+            "compression_type": compression_type,
+            "max_batch_size": max_batch_bytes,
+            "request_timeout_ms": request_timeout_ms,
+        }
+        self._client_id = client_id
+        self._forward_batch = forward_batch
+        self._backoff = backoff
+        self._warn_interval = warn_interval
+        self._checkpoint_interval = checkpoint_interval
+        self._spool = SqliteOutbox(spool_path, table="spool")
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._producer: AIOKafkaProducer | None = None
+        self._forwarder: asyncio.Task[None] | None = None
+        self._checkpoints: asyncio.Task[None] | None = None
+        self._down_since: float | None = None
+        self._catching_up = False  # forwarding a backlog (after an outage or a restart)
+        self._partitioner = DefaultPartitioner()
+        self._partition_cache: dict[tuple[bytes | None, int], int] = {}
+        self._last_warning = 0.0
+
+    # --- EventLog --------------------------------------------------------------------------------
+    def publish(self, event: UsageEvent) -> None:
+        if self._spool.closed:
+            log.error(
+                "usage event %s published after close, NOT stored: %s",
+                event.event_id,
+                event.model_dump_json(),
+            )
+            return
+        if append_event(self._spool, event):
+            self._wakeup.set()
+
+    def pending(self) -> int:
+        return self._spool.count()
+
+    async def start(self) -> None:
+        if self._forwarder is not None:
+            return
+        self._closing = False
+        if backlog := self.pending():
+            self._catching_up = True
+            log.info(
+                "%d usage events spooled in %s from an earlier run; forwarding them",
+                backlog,
+                self._spool.path,
+            )
+        self._checkpoints = asyncio.create_task(
+            self._spool.run_checkpoints(self._checkpoint_interval), name="kafka-spool-checkpoints"
+        )
+        self._forwarder = asyncio.create_task(self._forward(), name="kafka-spool-forwarder")
+
+    async def close(self, timeout: float = 5.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self._closing = True
+        self._wakeup.set()
+        if self._forwarder is not None:
+            _, running = await asyncio.wait({self._forwarder}, timeout=timeout)
+            if running:
+                self._forwarder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._forwarder
+            self._forwarder = None
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await stop_producer(producer, max(deadline - loop.time(), 0.5))
+        if self._checkpoints is not None:
+            self._checkpoints.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpoints
+            self._checkpoints = None
+        left = self.pending()
+        await asyncio.to_thread(self._spool.close)
+        if left:
+            log.warning(
+                "Kafka event log closed with %d usage events left in the spool %s; "
+                "they are forwarded at the next start",
+                left,
+                self._spool.path,
+            )
+
+    # --- forwarder -------------------------------------------------------------------------------
+    async def _forward(self) -> None:
+        delay = self._backoff[0]
+        while True:
+            try:
+                producer = self._producer or await self._connect()
+                if not await self._forward_once(producer):
+                    if self._catching_up:
+                        self._catching_up = False
+                        log.info("Kafka spool %s drained", self._spool.path)
+                    if self._closing:
+                        return
+                    self._wakeup.clear()
+                    if self.pending() == 0:
+                        await self._wakeup.wait()
+                delay = self._backoff[0]
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the forwarder must outlive any failure
+                self._note_down(exc, delay)
+                if self._producer is not None:
+                    producer, self._producer = self._producer, None
+                    await stop_producer(producer, 1.0)
+                if self._closing:
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._backoff[1])
+
+    async def _connect(self) -> AIOKafkaProducer:
+        await ensure_topic(
+            self.bootstrap_servers,
+            self.topic,
+            self._partitions,
+            replication_factor=self._replication_factor,
+            client_id=self._client_id,
+            request_timeout_ms=self._producer_options["request_timeout_ms"],
+        )
+        producer = AIOKafkaProducer(**self._producer_options)
+        try:
+            await producer.start()
+        except BaseException:
+            await stop_producer(producer, 1.0)
+            raise
+        self._producer = producer
+        return producer
+
+    async def _forward_once(self, producer: AIOKafkaProducer) -> bool:
+        """Send the oldest spooled events, wait for the acknowledgements, delete what Kafka
+        acknowledged. False if the spool was empty."""
+        rows = await asyncio.to_thread(self._spool.read_after, 0, self._forward_batch)
+        if not rows:
+            return False
+        batches = self._batches(producer, rows, sorted(await producer.partitions_for(self.topic)))
+        futures: list[asyncio.Future[Any]] = []
+        send_error: Exception | None = None
+        try:
+            for partition, builder, _seqs in batches:
+                futures.append(await producer.send_batch(builder, self.topic, partition=partition))
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after the bookkeeping
+            send_error = exc
+        # what was handed to the producer is waited for even if a later send failed
+        results = await self._acknowledgements(futures)
+        failure = send_error or next((r for r in results if isinstance(r, Exception)), None)
+        if failure is None:
+            await asyncio.to_thread(self._spool.delete_range, rows[0][0], rows[-1][0])
+        else:
+            acked = sorted(
+                seq
+                for (_partition, _builder, seqs), result in zip(batches, results, strict=False)
+                if not isinstance(result, BaseException)
+                for seq in seqs
+            )
+            if acked:
+                await asyncio.to_thread(self._spool.delete, acked)
+            raise failure
+        self._note_up()
+        return True
+
+    def _batches(
+        self, producer: AIOKafkaProducer, rows: Sequence[Row], partitions: list[int]
+    ) -> list[tuple[int, Any, list[int]]]:
+        """Record batches (partition, builder, spool seqs) in spool order. The partition is the
+        Java client's murmur2 of the key (the tenant), so each tenant's events stay in order."""
+        batches: list[tuple[int, Any, list[int]]] = []
+        open_batches: dict[int, tuple[int, Any, list[int]]] = {}
+        for seq, key, value, ts in rows:
+            key_bytes = None if key is None else key.encode()
+            partition = self._partition_of(key_bytes, partitions)
+            batch = open_batches.get(partition)
+            if batch is None or batch[1].append(timestamp=ts, key=key_bytes, value=value) is None:
+                builder = producer.create_batch()
+                builder.append(timestamp=ts, key=key_bytes, value=value)  # a first record always fits
+                batch = open_batches[partition] = (partition, builder, [])
+                batches.append(batch)
+            batch[2].append(seq)
+        return batches
+
+    def _partition_of(self, key: bytes | None, partitions: list[int]) -> int:
+        cache_key = (key, len(partitions))
+        partition = self._partition_cache.get(cache_key)
+        if partition is None:
+            if len(self._partition_cache) > 100_000:
+                self._partition_cache.clear()
+            partition = self._partitioner(key, partitions, partitions)
+            if key is not None:
+                self._partition_cache[cache_key] = partition
+        return partition
+
+    async def _acknowledgements(self, futures: Sequence[asyncio.Future[Any]]) -> list[Any]:
+        if not futures:
+            return []
+        waiter = asyncio.gather(*futures, return_exceptions=True)
+        started = time.monotonic()
+        while True:
+            done, _ = await asyncio.wait({waiter}, timeout=self._warn_interval)
+            if done:
+                return list(waiter.result())
+            self._warn(
+                "Kafka at %s has not acknowledged for %.0fs; %d usage events spooled",
+                self.bootstrap_servers,
+                time.monotonic() - started,
+                self.pending(),
+            )
+
+    # --- reporting -------------------------------------------------------------------------------
+    def _warn(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last_warning >= self._warn_interval:
+            self._last_warning = now
+            log.warning(message, *args)
+        if self._down_since is None:
+            self._down_since = now
+
+    def _note_down(self, exc: BaseException, retry_in: float) -> None:
+        self._warn(
+            "Kafka at %s unavailable (%s: %s); %d usage events spooled, retrying in %.1fs",
+            self.bootstrap_servers,
+            type(exc).__name__,
+            exc,
+            self.pending(),
+            retry_in,
+        )
+
+    def _note_up(self) -> None:
+        if self._down_since is not None:
+            log.info(
+                "Kafka at %s acknowledging again after %.0fs; %d usage events still spooled",
+                self.bootstrap_servers,
+                time.monotonic() - self._down_since,
+                self.pending(),
+            )
+            self._down_since = None
+            self._last_warning = 0.0
+            self._catching_up = True

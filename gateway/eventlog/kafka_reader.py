@@ -1,0 +1,158 @@
+"""The consumers' side of the Kafka event log: a consumer-group member with explicit commits.
+
+Positions are ``"partition:offset"``. ``commit(records)`` commits, per partition, the offset
+just after the last of ``records`` in it; nothing is committed automatically, so records
+fetched but not committed are delivered again after a restart or a rebalance.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
+
+from gateway.eventlog.base import LogRecord
+from gateway.eventlog.kafka_admin import ensure_topic
+
+log = logging.getLogger(__name__)
+
+
+class _Rewinder(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Rewinds partitions assigned during a replay that were not rewound yet."""
+
+    def __init__(self, reader: KafkaLogReader) -> None:
+        self._reader = reader
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._reader._rewind(assigned)
+
+
+class KafkaLogReader:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        group_id: str,
+        *,
+        partitions: int = 3,
+        replication_factor: int | None = None,
+        client_id: str = "llm-gateway-consumer",
+        request_timeout_ms: int = 30_000,
+        fetch_max_wait_ms: int = 100,
+    ) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = topic
+        self.group_id = group_id
+        self._partitions = partitions
+        self._replication_factor = replication_factor
+        self._client_id = client_id
+        self._request_timeout_ms = request_timeout_ms
+        self._fetch_max_wait_ms = fetch_max_wait_ms
+        self._consumer: AIOKafkaConsumer | None = None
+        #: partitions rewound by the replay in progress (None: no replay)
+        self._rewound: set[TopicPartition] | None = None
+
+    async def start(self) -> None:
+        if self._consumer is not None:
+            return
+        await ensure_topic(
+            self.bootstrap_servers,
+            self.topic,
+            self._partitions,
+            replication_factor=self._replication_factor,
+            client_id=self._client_id,
+        )
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap_servers,
+            group_id=self.group_id,
+            client_id=self._client_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            request_timeout_ms=self._request_timeout_ms,
+            fetch_max_wait_ms=self._fetch_max_wait_ms,
+        )
+        try:
+            await consumer.start()
+            consumer.subscribe([self.topic], listener=_Rewinder(self))
+        except BaseException:
+            await consumer.stop()
+            raise
+        self._consumer = consumer
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            consumer, self._consumer = self._consumer, None
+            await consumer.stop()
+
+    def _started(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise RuntimeError("KafkaLogReader is not started")
+        return self._consumer
+
+    async def fetch(self, max_records: int, timeout: float) -> list[LogRecord]:
+        batches = await self._started().getmany(timeout_ms=int(timeout * 1000), max_records=max_records)
+        return [
+            LogRecord(
+                f"{msg.partition}:{msg.offset}",
+                msg.value,
+                None if msg.key is None else msg.key.decode(),
+                datetime.fromtimestamp(msg.timestamp / 1000, UTC),
+            )
+            for tp in sorted(batches, key=lambda tp: tp.partition)
+            for msg in batches[tp]
+        ]
+
+    async def commit(self, records: Sequence[LogRecord]) -> None:
+        offsets: dict[TopicPartition, int] = {}
+        for record in records:
+            partition, offset = (int(part) for part in record.position.split(":"))
+            tp = TopicPartition(self.topic, partition)
+            offsets[tp] = max(offsets.get(tp, 0), offset + 1)
+        if not offsets:
+            return
+        try:
+            await self._started().commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # the partitions moved to another member, which will deliver them again
+            log.warning(
+                "commit of %s for group %s not accepted (%s); records will be redelivered",
+                offsets,
+                self.group_id,
+                exc,
+            )
+
+    async def seek_to_beginning(self) -> None:
+        self._rewound = set()
+        self._rewind(self._started().assignment())
+
+    def _rewind(self, partitions: set[TopicPartition]) -> None:
+        if self._rewound is None or self._consumer is None:
+            return
+        for tp in partitions - self._rewound:
+            # offset 0 (or, once retention removed it, the earliest offset via
+            # auto_offset_reset="earliest"): the first record still on the log
+            self._consumer.seek(tp, 0)
+            self._rewound.add(tp)
+
+    async def lag(self) -> int:
+        consumer = self._started()
+        partitions = consumer.partitions_for_topic(self.topic)
+        if not partitions:
+            await consumer.topics()  # loads the metadata of every topic
+            partitions = consumer.partitions_for_topic(self.topic) or set()
+        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        if not tps:
+            return 0
+        ends = await consumer.end_offsets(tps)
+        starts = await consumer.beginning_offsets(tps)
+        total = 0
+        for tp in tps:
+            committed = await consumer.committed(tp)
+            total += ends[tp] - (starts[tp] if committed is None else max(committed, starts[tp]))
+        return total

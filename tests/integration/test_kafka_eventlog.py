@@ -1,0 +1,170 @@
+"""The Kafka event log against the real broker: topic creation, a broker outage while the
+gateway keeps publishing, and a shutdown with the broker down."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from gateway.eventlog.deadletter import KafkaDeadLetters
+from gateway.eventlog.kafka_producer import KafkaEventLog
+from gateway.eventlog.kafka_reader import KafkaLogReader
+from gateway.events import UsageEvent
+from tests.services.kafka import Broker
+from tests.unit.test_sqlite_eventlog import make_event
+
+pytestmark = pytest.mark.kafka
+
+
+def new_topic() -> str:
+    return f"it-usage-{uuid.uuid4().hex[:10]}"
+
+
+def new_log(bootstrap: str, topic: str, spool: Path, **options: object) -> KafkaEventLog:
+    defaults: dict[str, object] = {"partitions": 3, "linger_ms": 2, "backoff": (0.1, 1.0), "warn_interval": 1.0}
+    return KafkaEventLog(bootstrap, topic, spool, **{**defaults, **options})  # type: ignore[arg-type]
+
+
+async def wait_drained(log: KafkaEventLog, seconds: float) -> None:
+    async with asyncio.timeout(seconds):
+        while log.pending():  # noqa: ASYNC110 - pending() is a counter, polled
+            await asyncio.sleep(0.05)
+
+
+async def read_all(bootstrap: str, topic: str, expected: int, seconds: float = 60.0) -> list[UsageEvent]:
+    reader = KafkaLogReader(bootstrap, topic, f"check-{uuid.uuid4().hex[:6]}")
+    await reader.start()
+    events: list[UsageEvent] = []
+    try:
+        async with asyncio.timeout(seconds):
+            while len(events) < expected:
+                events.extend(UsageEvent.from_json(r.value) for r in await reader.fetch(1000, 0.5))
+        events.extend(UsageEvent.from_json(r.value) for r in await reader.fetch(1000, 1.0))
+    finally:
+        await reader.close()
+    return events
+
+
+def assert_exactly_once_in_order(got: Sequence[UsageEvent], published: Sequence[UsageEvent]) -> None:
+    ids = [e.event_id for e in got]
+    assert len(ids) == len(set(ids)), f"{len(ids) - len(set(ids))} duplicates"
+    assert set(ids) == {e.event_id for e in published}
+    per_tenant_got: dict[str, list[str]] = defaultdict(list)
+    per_tenant_published: dict[str, list[str]] = defaultdict(list)
+    for event in got:
+        per_tenant_got[event.tenant_id].append(event.event_id)
+    for event in published:
+        per_tenant_published[event.tenant_id].append(event.event_id)
+    assert per_tenant_got == per_tenant_published
+
+
+async def test_topic_is_created_with_the_configured_partitions(kafka_bootstrap: str, tmp_path: Path) -> None:
+    topic = new_topic()
+    log = new_log(kafka_bootstrap, topic, tmp_path / "spool.sqlite3", partitions=4)
+    await log.start()
+    log.publish(make_event(0))
+    await wait_drained(log, 30)
+    await log.close()
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    assert len(described["partitions"]) == 4
+
+
+async def test_broker_outage_spools_then_delivers_everything_once_in_order(
+    kafka_bootstrap: str, kafka_broker_control: Broker, tmp_path: Path
+) -> None:
+    topic = new_topic()
+    log = new_log(kafka_bootstrap, topic, tmp_path / "spool.sqlite3")
+    await log.start()
+    before = [make_event(i) for i in range(200)]
+    for event in before:
+        log.publish(event)
+    await wait_drained(log, 30)
+
+    await kafka_broker_control.astop()
+    during = [make_event(i) for i in range(200, 1700)]
+    slowest = 0.0
+    for i, event in enumerate(during):
+        started = time.perf_counter()
+        log.publish(event)  # never blocks on the broker, never raises
+        slowest = max(slowest, time.perf_counter() - started)
+        if i % 100 == 0:
+            await asyncio.sleep(0.02)  # the gateway keeps serving while the broker is down
+    assert slowest < 0.25, f"publish blocked {slowest:.3f}s"
+    assert log.pending() >= len(during) - 50  # at most a batch in flight when it went down
+
+    await kafka_broker_control.astart()
+    await wait_drained(log, 90)
+    assert log.pending() == 0
+    after = [make_event(i) for i in range(1700, 1800)]
+    for event in after:
+        log.publish(event)
+    await wait_drained(log, 30)
+    await log.close()
+
+    published = before + during + after
+    assert_exactly_once_in_order(await read_all(kafka_bootstrap, topic, len(published)), published)
+
+
+async def test_close_with_the_broker_down_keeps_the_spool_for_the_next_start(
+    kafka_bootstrap: str, kafka_broker_control: Broker, tmp_path: Path
+) -> None:
+    topic = new_topic()
+    spool = tmp_path / "spool.sqlite3"
+    log = new_log(kafka_bootstrap, topic, spool)
+    await log.start()
+    first = [make_event(i) for i in range(50)]
+    for event in first:
+        log.publish(event)
+    await wait_drained(log, 30)
+
+    await kafka_broker_control.astop()
+    stranded = [make_event(i) for i in range(50, 350)]
+    for event in stranded:
+        log.publish(event)
+    started = time.perf_counter()
+    await log.close(timeout=1.0)
+    assert time.perf_counter() - started < 10  # a bounded wait, even with the broker gone
+
+    await kafka_broker_control.astart()
+    successor = new_log(kafka_bootstrap, topic, spool)
+    assert successor.pending() == len(stranded)
+    await successor.start()
+    await wait_drained(successor, 60)
+    await successor.close()
+
+    published = first + stranded
+    assert_exactly_once_in_order(await read_all(kafka_bootstrap, topic, len(published)), published)
+
+
+async def test_dead_letters_go_to_the_dlq_topic_with_reason_and_position(kafka_bootstrap: str) -> None:
+    topic = new_topic()
+    letters = KafkaDeadLetters(kafka_bootstrap, topic)
+    await letters.start()
+    await letters.dead_letter(b"\x00not json", "unreadable", "2:41")
+    await letters.close()
+
+    consumer = AIOKafkaConsumer(
+        f"{topic}.dlq", bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    try:
+        message = await asyncio.wait_for(consumer.getone(), 30)
+    finally:
+        await consumer.stop()
+    assert message.value == b"\x00not json"
+    headers = {k: v.decode() for k, v in message.headers}
+    assert headers == {"reason": "unreadable", "source_position": "2:41", "source_topic": topic}

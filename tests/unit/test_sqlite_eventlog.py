@@ -1,0 +1,337 @@
+"""The embedded SQLite log and the Kafka spool: durability against ``kill -9``, publish cost,
+checkpointing, positions, dead letters and the factory (no broker needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from gateway.eventlog.deadletter import KafkaDeadLetters, SqliteDeadLetters
+from gateway.eventlog.factory import build_dead_letters, build_event_log, build_log_reader
+from gateway.eventlog.kafka_producer import KafkaEventLog
+from gateway.eventlog.kafka_reader import KafkaLogReader
+from gateway.eventlog.sqlite import SqliteEventLog, SqliteLogReader, SqliteOutbox
+from gateway.events import UsageEvent
+from gateway.ids import uuid7
+from gateway.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+#: nothing listens here: the Kafka adapter can only spool
+UNREACHABLE_KAFKA = "127.0.0.1:9"
+
+
+def make_event(i: int) -> UsageEvent:
+    return UsageEvent(
+        event_id=str(uuid7()),
+        request_id=f"req_{i}",
+        attempt=1,
+        created_at=datetime(2026, 3, 1, tzinfo=UTC) + timedelta(milliseconds=i),
+        tenant_id=f"tenant-{i % 7}",
+        provider="anthropic",
+        requested_model="claude-sonnet-4",
+        provider_model="claude-sonnet-4-20250514",
+        outcome="success",
+        latency_ms=250.0,
+        prompt_tokens=1000,
+        completion_tokens=300,
+        total_tokens=1300,
+        cost_usd=Decimal("0.0075"),
+        price_version="builtin-1",
+        billable=True,
+    )
+
+
+def stored_ids(path: Path, table: str) -> list[str]:
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute(f"SELECT value FROM {table} ORDER BY seq").fetchall()
+    return [UsageEvent.from_json(value).event_id for (value,) in rows]
+
+
+# --- durability -----------------------------------------------------------------------------
+
+CHILD = """
+import asyncio, sys
+from pathlib import Path
+from tests.unit.test_sqlite_eventlog import make_event, UNREACHABLE_KAFKA
+from gateway.eventlog.sqlite import SqliteEventLog
+from gateway.eventlog.kafka_producer import KafkaEventLog
+
+async def main(kind, path):
+    if kind == "sqlite":
+        log = SqliteEventLog(path, checkpoint_interval=0.05)
+    else:
+        log = KafkaEventLog(UNREACHABLE_KAFKA, "llm.usage", path, checkpoint_interval=0.05)
+    await log.start()
+    out = sys.stdout
+    i = 0
+    while True:
+        event = make_event(i)
+        log.publish(event)
+        out.write(event.event_id + "\\n")  # the client got its response
+        out.flush()
+        i += 1
+        if i % 50 == 0:
+            await asyncio.sleep(0)
+
+asyncio.run(main(sys.argv[1], Path(sys.argv[2])))
+"""
+
+
+@pytest.mark.parametrize(("kind", "table"), [("sqlite", "events"), ("kafka-spool", "spool")])
+def test_sigkill_right_after_publish_loses_nothing(tmp_path: Path, kind: str, table: str) -> None:
+    path = tmp_path / "log.sqlite3"
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, kind, str(path)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert child.stdout is not None
+    acknowledged: list[str] = []
+    try:
+        while len(acknowledged) < 3000:
+            line = child.stdout.readline()
+            if not line:
+                pytest.fail(f"child exited early: {child.stderr.read() if child.stderr else ''}")
+            acknowledged.append(line.strip())
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+    acknowledged.extend(line.strip() for line in child.stdout.read().splitlines() if line.strip())
+    child.stdout.close()
+    if child.stderr is not None:
+        child.stderr.close()
+    assert child.returncode == -signal.SIGKILL
+
+    stored = stored_ids(path, table)
+    assert set(acknowledged) <= set(stored), f"{len(set(acknowledged) - set(stored))} acknowledged events lost"
+    assert stored[: len(acknowledged)] == acknowledged  # in publish order, nothing in between
+
+
+# --- publish cost and concurrency -------------------------------------------------------------
+
+
+async def test_publish_is_fast_while_a_reader_consumes(tmp_path: Path) -> None:
+    path = tmp_path / "events.sqlite3"
+    log = SqliteEventLog(path)
+    await log.start()
+    reader = SqliteLogReader(path, "projector", poll_interval=0.001)
+    await reader.start()
+    events = [make_event(i) for i in range(5000)]
+    read: list[str] = []
+
+    async def consume() -> None:
+        while len(read) < len(events):
+            records = await reader.fetch(1000, 0.05)
+            read.extend(UsageEvent.from_json(r.value).event_id for r in records)
+            await reader.commit(records)
+
+    consumer = asyncio.create_task(consume())
+    costs = []
+    for i, event in enumerate(events):
+        started = time.perf_counter()
+        log.publish(event)
+        costs.append(time.perf_counter() - started)
+        if i % 100 == 0:
+            await asyncio.sleep(0)
+    async with asyncio.timeout(30):
+        await consumer
+    await reader.close()
+    await log.close()
+
+    assert read == [e.event_id for e in events]
+    median_us = statistics.median(costs) * 1e6
+    logging.getLogger(__name__).info("publish median %.1f us", median_us)
+    assert median_us < 100, f"publish takes {median_us:.0f} us (median)"
+
+
+def test_publish_from_many_threads(tmp_path: Path) -> None:
+    path = tmp_path / "events.sqlite3"
+    log = SqliteEventLog(path)
+    per_thread = 500
+    batches = [[make_event(t * per_thread + i) for i in range(per_thread)] for t in range(4)]
+
+    def publish_all(batch: list[UsageEvent]) -> None:
+        for event in batch:
+            log.publish(event)
+
+    threads = [threading.Thread(target=publish_all, args=(batch,)) for batch in batches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    asyncio.run(log.close())
+    stored = stored_ids(path, "events")
+    assert sorted(stored) == sorted(e.event_id for batch in batches for e in batch)
+    for batch in batches:  # each thread's events in its order
+        positions = [stored.index(e.event_id) for e in batch]
+        assert positions == sorted(positions)
+
+
+async def test_checkpoints_keep_the_wal_bounded_under_continuous_appends(tmp_path: Path) -> None:
+    path = tmp_path / "events.sqlite3"
+    outbox = SqliteOutbox(path, wal_limit_frames=500)
+    checkpoints = asyncio.create_task(outbox.run_checkpoints(0.02))
+    value = make_event(0).to_json()
+    biggest = 0
+    for i in range(20_000):
+        outbox.append("t", value, i)
+        if i % 200 == 0:
+            await asyncio.sleep(0)
+            biggest = max(biggest, os.path.getsize(f"{path}-wal"))  # noqa: ASYNC240 - a stat
+    checkpoints.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await checkpoints
+    outbox.close()
+    # 20k appends are ~20k WAL frames (80 MB) without checkpoints; the WAL restarts instead
+    assert biggest < 40 * 1024 * 1024
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 20_000
+
+
+# --- outbox, reader, publish failures -------------------------------------------------------
+
+
+def test_outbox_count_survives_reopen_and_deletes_are_exact(tmp_path: Path) -> None:
+    path = tmp_path / "spool.sqlite3"
+    outbox = SqliteOutbox(path, table="spool")
+    for i in range(2500):
+        outbox.append("k", b"v%d" % i, i)
+    assert outbox.count() == 2500
+    assert outbox.delete_range(1, 2100, chunk=700) == 2100
+    assert outbox.delete([2200, 2300, 9999]) == 2
+    assert outbox.count() == 398
+    outbox.close()
+    reopened = SqliteOutbox(path, table="spool")
+    assert reopened.count() == 398
+    rows = reopened.read_after(0, 3)
+    assert [r[0] for r in rows] == [2101, 2102, 2103]
+    assert rows[0][1:] == ("k", b"v2100", 2100)
+    reopened.close()
+
+
+async def test_reader_positions_live_in_the_log_file(tmp_path: Path) -> None:
+    path = tmp_path / "events.sqlite3"
+    reader = SqliteLogReader(path, "projector")  # the log file does not exist yet
+    await reader.start()
+    log = SqliteEventLog(path)
+    for i in range(5):
+        log.publish(make_event(i))
+    records = await reader.fetch(10, 1.0)
+    assert [r.position for r in records] == ["1", "2", "3", "4", "5"]
+    await reader.commit(records[:3])
+    await reader.close()
+    await log.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT group_id, position FROM positions").fetchall() == [("projector", 3)]
+
+
+async def test_publish_after_close_does_not_raise(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    log = SqliteEventLog(tmp_path / "events.sqlite3")
+    await log.start()
+    await log.close()
+    event = make_event(1)
+    log.publish(event)
+    assert event.event_id in caplog.text
+
+
+def test_publish_failure_is_logged_not_raised(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "events.sqlite3"
+    log = SqliteEventLog(path)
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE events")  # any storage failure
+    event = make_event(1)
+    log.publish(event)
+    assert f"usage event {event.event_id} NOT stored" in caplog.text
+    asyncio.run(log.close())
+
+
+# --- Kafka adapter without a broker -------------------------------------------------------------
+
+
+async def test_kafka_log_spools_when_the_broker_is_unreachable(tmp_path: Path) -> None:
+    spool = tmp_path / "spool.sqlite3"
+    log = KafkaEventLog(UNREACHABLE_KAFKA, "llm.usage", spool, backoff=(0.05, 0.2), request_timeout_ms=1000)
+    await log.start()
+    events = [make_event(i) for i in range(300)]
+    slowest = 0.0
+    for event in events:
+        started = time.perf_counter()
+        log.publish(event)
+        slowest = max(slowest, time.perf_counter() - started)
+    await asyncio.sleep(0.3)  # the forwarder fails to connect and backs off
+    assert log.pending() == 300
+    started = time.perf_counter()
+    await log.close(timeout=0.5)
+    assert time.perf_counter() - started < 5
+    assert slowest < 0.5
+
+    again = KafkaEventLog(UNREACHABLE_KAFKA, "llm.usage", spool)
+    assert again.pending() == 300
+    assert stored_ids(spool, "spool") == [e.event_id for e in events]
+    await again.close(0.1)
+
+
+# --- dead letters and factory ------------------------------------------------------------------
+
+
+async def test_sqlite_dead_letters_keep_bytes_reason_and_position_once(tmp_path: Path) -> None:
+    letters = SqliteDeadLetters(tmp_path / "events.sqlite3")
+    await letters.start()
+    await letters.dead_letter(b'{"schema_version": 99}', "unsupported schema_version 99", "17")
+    await letters.dead_letter(b"\xff\x00", "not JSON", "18")
+    await letters.dead_letter(b"\xff\x00", "not JSON", "18")  # redelivered: kept once
+    stored = await letters.letters()
+    await letters.close()
+    assert [(d.value, d.reason, d.position) for d in stored] == [
+        (b'{"schema_version": 99}', "unsupported schema_version 99", "17"),
+        (b"\xff\x00", "not JSON", "18"),
+    ]
+    assert stored[0].created_at.tzinfo is not None
+
+
+def test_factory_picks_the_embedded_log_without_kafka(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", kafka_bootstrap_servers=None)
+    log = build_event_log(settings)
+    assert isinstance(log, SqliteEventLog)
+    assert log.path == tmp_path / "data" / "events.sqlite3"
+    reader = build_log_reader(settings, "projector")
+    assert isinstance(reader, SqliteLogReader)
+    assert reader.path == log.path
+    assert isinstance(build_dead_letters(settings), SqliteDeadLetters)
+    asyncio.run(log.close())
+
+
+def test_factory_picks_kafka_when_bootstrap_servers_are_set(tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path, kafka_bootstrap_servers="k1:9092", topic="usage.v1", topic_partitions=6, instance_id="gw-2"
+    )
+    log = build_event_log(settings)
+    assert isinstance(log, KafkaEventLog)
+    assert (log.topic, log.bootstrap_servers) == ("usage.v1", "k1:9092")
+    assert (tmp_path / "spool-gw-2.sqlite3").is_file()
+    reader = build_log_reader(settings, "projector")
+    assert isinstance(reader, KafkaLogReader)
+    assert (reader.topic, reader.group_id) == ("usage.v1", "projector")
+    letters = build_dead_letters(settings)
+    assert isinstance(letters, KafkaDeadLetters)
+    assert letters.topic == "usage.v1.dlq"
+    asyncio.run(log.close(0.1))
