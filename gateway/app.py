@@ -20,6 +20,7 @@ from gateway.api.auth import Authenticator
 from gateway.api.middleware import error_middleware
 from gateway.api.state import STATE, GatewayState
 from gateway.eventlog.base import EventLog
+from gateway.health.plugin import health_plugin, install_health
 from gateway.ids import utcnow
 from gateway.metrics import METRICS, GatewayMetrics, metrics_handler, metrics_middleware
 from gateway.pricing.base import PriceBook
@@ -108,6 +109,7 @@ def create_app(
         await event_log.close(timeout=5.0)
 
     app.cleanup_ctx.append(resources)
+    install_health(app, health_plugin(settings, clock=clock))
     for plugin in plugins or []:
         app.cleanup_ctx.append(plugin)
     return app

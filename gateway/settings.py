@@ -14,6 +14,8 @@ import yaml
 from pydantic import AliasChoices, BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.health.config import HealthSettings
+
 DEFAULT_PRIORITY = ["openai", "azure", "anthropic", "google", "ollama"]
 
 
@@ -59,6 +61,9 @@ class Settings(BaseSettings):
     request_timeout: float = 120.0
     connect_timeout: float = 5.0
     stream_idle_timeout: float = 60.0
+
+    # --- provider health ---------------------------------------------------------------------
+    health: HealthSettings = Field(default_factory=HealthSettings)
 
     # --- tenants ------------------------------------------------------------------------------
     default_tenant: str = "default"

@@ -47,6 +47,7 @@ class Served:
 class _Attempts:
     count: int = 0
     failures: list[errors.ProviderError] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
 
 
 class Router:
@@ -79,7 +80,10 @@ class Router:
         candidates = self.candidates(ctx.requested_model, pinned)
         budget = RetryBudget(self.policy.budget_seconds)
         attempts = _Attempts()
-        for candidate in self._open(candidates, attempts):
+        for candidate in candidates:
+            if not self.gate(candidate.provider):
+                attempts.skipped.append(candidate.provider)
+                continue
             provider = self.providers[candidate.provider]
             request = replace(template, model=candidate.model, stream=False)
 
@@ -135,7 +139,10 @@ class Router:
         candidates = self.candidates(ctx.requested_model, pinned)
         budget = RetryBudget(self.policy.budget_seconds)
         attempts = _Attempts()
-        for candidate in self._open(candidates, attempts):
+        for candidate in candidates:
+            if not self.gate(candidate.provider):
+                attempts.skipped.append(candidate.provider)
+                continue
             provider = self.providers[candidate.provider]
             request = replace(template, model=candidate.model, stream=True)
 
@@ -182,15 +189,6 @@ class Router:
         return StreamSession(self.recorder, ctx, candidate, number, started, ttft, head, iterator)
 
     # --- helpers -------------------------------------------------------------------------------------
-    def _open(self, candidates: list[Candidate], attempts: _Attempts) -> list[Candidate]:
-        allowed = [c for c in candidates if self.gate(c.provider)]
-        if not allowed:
-            raise errors.NoProviderAvailable(
-                "every provider for this model is marked down (circuit open): "
-                + ", ".join(c.provider for c in candidates)
-            )
-        return allowed
-
     def _record_failure(
         self, ctx: CallContext, number: int, candidate: Candidate, error: errors.ProviderError, started: float
     ) -> None:
@@ -215,6 +213,7 @@ class Router:
         for error in attempts.failures:
             status = f" HTTP {error.http_status}" if error.http_status else ""
             parts.append(f"{error.provider}: {error.outcome}{status}")
+        parts += [f"{p}: skipped (circuit open)" for p in attempts.skipped]
         summary = "; ".join(parts) or "no attempt was made"
         throttled = attempts.failures and all(e.outcome in ("rate_limited", "overloaded") for e in attempts.failures)
         return errors.AllProvidersFailed(

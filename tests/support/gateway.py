@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +13,7 @@ from aiohttp import web
 from gateway.app import create_app
 from gateway.eventlog.base import EventLog
 from gateway.eventlog.memory import MemoryEventLog
+from gateway.ids import Clock
 from gateway.pricing.base import PriceBook
 from gateway.routing.catalog import KNOWN_PROVIDERS
 from gateway.settings import Settings
@@ -52,7 +53,11 @@ async def running_gateway(
     price_book: PriceBook | None = None,
     settings: dict[str, Any] | None = None,
     plugins: list[Any] | None = None,
+    clock: Clock | None = None,
+    configure: Callable[[web.Application], None] | None = None,
 ) -> AsyncIterator[RunningGateway]:
+    """``clock`` goes to ``create_app`` (event times, health); ``configure(app)`` runs on the built
+    app before it starts (to add routes, app keys, cleanup contexts)."""
     sims: dict[str, Simulator] = {}
     try:
         for name in providers:
@@ -77,9 +82,18 @@ async def running_gateway(
         config = Settings(**values)
         log = event_log if event_log is not None else MemoryEventLog()
         sleep = RecordingSleep()
+        clock_arg: dict[str, Any] = {"clock": clock} if clock is not None else {}
         app = create_app(
-            config, event_log=log, price_book=price_book, sleep=sleep, rng=random.Random(0), plugins=plugins
+            config,
+            event_log=log,
+            price_book=price_book,
+            sleep=sleep,
+            rng=random.Random(0),
+            plugins=plugins,
+            **clock_arg,
         )
+        if configure is not None:
+            configure(app)
         runner, url = await start_app(app)
         try:
             yield RunningGateway(url, sims, log, sleep, app)

@@ -1,0 +1,141 @@
+"""The circuit breaker of one provider: closed -> open -> half_open -> closed (or open again).
+
+Driven by attempt samples (event time) and a clock; it never calls a provider itself: the
+"probe" is the next real client request the router is let through with.
+
+- **closed**: requests flow. The circuit opens when, counting only attempts that ended after it
+  last closed, either ``down_consecutive_failures`` failures came in a row, or the last
+  ``window_seconds`` hold at least ``down_min_attempts`` judged attempts with a failure rate
+  of at least ``down_failure_rate``. ``opened_at`` is the event time of the tripping attempt.
+- **open**: :meth:`allow` says no until ``retry_at = opened_at + cooldown``.
+- **half_open** (from ``retry_at`` on): :meth:`allow` says yes to ONE caller (the probe) and
+  no to everyone else while it is in flight. The probe's outcome arrives as an event: a success
+  closes the circuit; a failure opens it again with the cool-down multiplied by
+  ``cooldown_multiplier`` (capped at ``max_cooldown_seconds``; back to ``cooldown_seconds``
+  once closed); a rate limit or a client-side outcome proves nothing and frees the probe slot.
+  A probe whose event never arrives frees the slot after ``probe_timeout_seconds``.
+
+Any attempt that ended at or after ``retry_at`` counts as a probe outcome, whichever replica
+made it; attempts that ended before it were in flight when the circuit opened and are ignored
+(as are attempts that ended before the circuit last closed). That keeps replicas fed the same
+events on the same transitions.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from gateway.health.config import HealthSettings
+from gateway.health.rules import down_reason
+from gateway.health.window import RollingWindow, Sample
+
+CircuitState = Literal["closed", "open", "half_open"]
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitChange:
+    at: datetime
+    previous: CircuitState
+    current: CircuitState
+    reason: str
+
+
+class CircuitBreaker:
+    def __init__(self, provider: str, config: HealthSettings, on_change: Callable[[CircuitChange], None]) -> None:
+        self.provider = provider
+        self._config = config
+        self._on_change = on_change
+        self.state: CircuitState = "closed"
+        self.consecutive_failures = 0
+        #: the outcomes of the current run of failures (the last few), for the reason text
+        self._run: deque[str] = deque(maxlen=config.down_consecutive_failures)
+        self._trip = RollingWindow(config.window_seconds)
+        self.cooldown_seconds = config.cooldown_seconds
+        self.opened_at: datetime | None = None
+        self.retry_at: datetime | None = None
+        self.closed_at: datetime | None = None
+        self.probe_since: datetime | None = None
+
+    # --- evidence ---------------------------------------------------------------------------------
+    def observe(self, sample: Sample, now: datetime) -> None:
+        self.tick(now)
+        if self.closed_at is not None and sample.t < self.closed_at:
+            return  # ended before the circuit last closed: evidence already judged
+        if sample.kind == "failure":
+            self.consecutive_failures += 1
+            self._run.append(sample.outcome)
+        elif sample.kind == "success":
+            self.consecutive_failures = 0
+            self._run.clear()
+        if self.state == "closed":
+            self._trip.add(sample)
+            reason = self._trip_reason(now) if sample.kind == "failure" else None  # only a failure trips it
+            if reason is not None:
+                self._open(sample.t, self._config.cooldown_seconds, reason)
+        elif self.retry_at is not None and sample.t >= self.retry_at:
+            if sample.kind == "success":
+                self._close(sample.t)
+            elif sample.kind == "failure":
+                cooldown = min(
+                    self.cooldown_seconds * self._config.cooldown_multiplier, self._config.max_cooldown_seconds
+                )
+                self._open(sample.t, cooldown, f"probe failed ({sample.outcome}); cool-down now {cooldown:g}s")
+            else:
+                self.probe_since = None  # a rate limit or a client-side outcome proves nothing
+        self.tick(now)
+
+    def _trip_reason(self, now: datetime) -> str | None:
+        c = self._config
+        if self.consecutive_failures >= c.down_consecutive_failures:
+            return f"{self.consecutive_failures} consecutive failures: {', '.join(self._run)}"
+        return down_reason(self._trip.stats(now), 0, c)  # the failure-rate rule
+
+    # --- the clock ----------------------------------------------------------------------------------
+    def tick(self, now: datetime) -> None:
+        """open -> half_open once the cool-down is over."""
+        if self.state == "open" and self.retry_at is not None and now >= self.retry_at:
+            self._change(
+                self.retry_at,
+                "half_open",
+                f"cool-down of {self.cooldown_seconds:g}s elapsed; letting one probe through",
+            )
+
+    def allow(self, now: datetime) -> bool:
+        """May a request be sent to this provider now? In half_open, yes to one probe at a time."""
+        self.tick(now)
+        if self.state == "closed":
+            return True
+        if self.state == "open":
+            return False
+        timeout = timedelta(seconds=self._config.probe_timeout_seconds)
+        if self.probe_since is None or now - self.probe_since >= timeout:
+            self.probe_since = now
+            return True
+        return False
+
+    # --- transitions ------------------------------------------------------------------------------
+    def _open(self, at: datetime, cooldown: float, reason: str) -> None:
+        self.cooldown_seconds = cooldown
+        self.opened_at = at
+        self.retry_at = at + timedelta(seconds=cooldown)
+        self.probe_since = None
+        self._change(at, "open", reason)
+
+    def _close(self, at: datetime) -> None:
+        opened = self.opened_at
+        down_for = f" after {(at - opened).total_seconds():g}s" if opened is not None else ""
+        self.closed_at = at
+        self.opened_at = self.retry_at = self.probe_since = None
+        self.cooldown_seconds = self._config.cooldown_seconds
+        self.consecutive_failures = 0
+        self._run.clear()
+        self._trip.clear()
+        self._change(at, "closed", f"probe succeeded{down_for}")
+
+    def _change(self, at: datetime, state: CircuitState, reason: str) -> None:
+        previous, self.state = self.state, state
+        self._on_change(CircuitChange(at, previous, state, reason))

@@ -1,0 +1,185 @@
+"""One health view for every gateway replica: each replica reads the usage topic itself.
+
+The choice: every replica runs a group-less consumer (no group, no commits, every partition
+assigned manually) over the usage topic, starting at the first record of the last
+``window_seconds`` (``offsets_for_times``), and applies each event to its own
+:class:`~gateway.health.view.HealthView`. Its own attempts also reach the view at once through
+the ``UsageRecorder`` observer; they come back from Kafka later and are skipped as duplicates
+(``apply`` is idempotent on ``event_id``).
+
+Why not a compacted ``<topic>.health`` topic of transitions/snapshots:
+
+- The events already are the shared truth (design: "health is derived"). Windows are placed by
+  event time and the breaker decides on event times, so replicas fed the same events reach the
+  same states; there is no second source of truth to reconcile, no "which replica's snapshot
+  wins" when two replicas saw different halves of the traffic.
+- A replica that starts (or restarts) rebuilds the current view from the last window of events
+  in seconds, instead of trusting a snapshot computed by someone else's partial view.
+- Nothing to publish on the response path beyond the event that is published anyway.
+
+The cost: every replica reads every usage event (small JSON records; a few MB/min at thousands
+of calls per second) and the shared view lags the in-process one by the producer's batching
+delay (a few ms) plus the fetch wait. Consistency is eventual: replicas seeing events in a
+different order may differ for a moment (e.g. a run of consecutive failures interleaved with a
+success), and each replica lets its own half-open probe through (at most one per replica per
+cool-down); the probe's outcome, an ordinary event, then moves every replica.
+
+In the embedded (SQLite) mode there is one gateway process: the view is in-process only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from gateway.eventlog.kafka_admin import ensure_topic
+from gateway.events import UsageEvent
+from gateway.health.view import HealthView
+
+log = logging.getLogger("gateway.health")
+
+
+class KafkaHealthSync:
+    """Follows the usage topic into ``view``. ``start()`` returns at once: connecting (and
+    reconnecting) happens in the background, so a broker outage never stops a gateway from
+    starting; until it connects the view is in-process only. ``ready`` is set once the last
+    window is assigned and being read."""
+
+    def __init__(
+        self,
+        view: HealthView,
+        bootstrap_servers: str,
+        topic: str,
+        *,
+        partitions: int = 3,
+        replication_factor: int | None = None,
+        client_id: str = "llm-gateway-health",
+        fetch_max_wait_ms: int = 100,
+        retry_seconds: float = 2.0,
+    ) -> None:
+        self.view = view
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = topic
+        self._partitions = partitions
+        self._replication_factor = replication_factor
+        self._client_id = client_id
+        self._fetch_max_wait_ms = fetch_max_wait_ms
+        self._retry_seconds = retry_seconds
+        self._task: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()
+        #: records read from the topic (applied, or skipped as duplicates / unreadable)
+        self.received = 0
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"health-sync-{self.topic}")
+            self._task.add_done_callback(_log_crash)
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                consumer = await self._connect()
+            except (KafkaError, OSError, TimeoutError) as exc:
+                log.warning(
+                    "health sync cannot read %s yet (%s); the view is in-process only, retrying in %gs",
+                    self.topic,
+                    exc,
+                    self._retry_seconds,
+                )
+                await asyncio.sleep(self._retry_seconds)
+                continue
+            try:
+                self.ready.set()
+                await self._follow(consumer)
+            finally:
+                self.ready.clear()
+                await consumer.stop()
+
+    async def _connect(self) -> AIOKafkaConsumer:
+        await ensure_topic(
+            self.bootstrap_servers,
+            self.topic,
+            self._partitions,
+            replication_factor=self._replication_factor,
+            client_id=self._client_id,
+        )
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap_servers,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="latest",
+            client_id=self._client_id,
+            fetch_max_wait_ms=self._fetch_max_wait_ms,
+        )
+        try:
+            await consumer.start()
+            await self._assign_last_window(consumer)
+        except BaseException:
+            await consumer.stop()
+            raise
+        return consumer
+
+    async def _assign_last_window(self, consumer: AIOKafkaConsumer) -> None:
+        """Every partition, from the first record of the last window (or the end)."""
+        partitions = await self._partition_ids()
+        if not partitions:
+            raise KafkaError(f"no partitions known for {self.topic} yet")
+        tps = [TopicPartition(self.topic, p) for p in partitions]
+        consumer.assign(tps)
+        since = self.view.now() - timedelta(seconds=self.view.config.window_seconds)
+        found = await consumer.offsets_for_times({tp: int(since.timestamp() * 1000) for tp in tps})
+        ends = await consumer.end_offsets(tps)
+        for tp in tps:
+            hit = found.get(tp)
+            consumer.seek(tp, hit.offset if hit is not None else ends[tp])
+        log.info("health sync follows %s (%d partitions) from %s on", self.topic, len(tps), since.isoformat())
+
+    async def _partition_ids(self) -> list[int]:
+        """The topic's partitions (a group-less consumer has no metadata of its own for them)."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers, client_id=self._client_id)
+        try:
+            await admin.start()
+            described = await admin.describe_topics([self.topic])
+        finally:
+            await admin.close()
+        parts = (described[0].get("partitions") or []) if described else []
+        return sorted(int(p["partition"]) for p in parts)
+
+    async def _follow(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            try:
+                batches = await consumer.getmany(timeout_ms=1000, max_records=1000)
+            except KafkaError as exc:
+                log.warning("health sync from %s: %s; retrying in %gs", self.topic, exc, self._retry_seconds)
+                await asyncio.sleep(self._retry_seconds)
+                continue
+            for messages in batches.values():
+                for message in messages:
+                    self.received += 1
+                    self._apply(message.value)
+
+    def _apply(self, raw: bytes | None) -> None:
+        if raw is None:
+            return
+        try:
+            event = UsageEvent.from_json(raw)
+        except ValueError:  # undecodable or too new: the projector dead-letters it, health skips it
+            log.debug("health sync skipped an unreadable record on %s", self.topic)
+            return
+        self.view.apply(event)
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("health sync stopped: the shared view no longer follows other replicas", exc_info=exc)

@@ -1,0 +1,260 @@
+"""The health view: provider (and provider+model) health projected from attempt events.
+
+``apply(event)`` is the whole input, whether the event comes from the in-process
+``UsageRecorder`` (observer) or from a log consumer (another replica's attempts, a replay):
+it is idempotent on ``event_id`` and ignores events older than the window. ``gate(provider)``
+plugs into ``Router(gate=...)``. Transitions are logged on ``gateway.health`` with their reason
+and handed to ``listeners`` (the history sink). Time comes from the injected ``clock``; windows
+are placed by event time, so replicas fed the same events compute the same view.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from gateway.events import UsageEvent
+from gateway.health.breaker import CircuitBreaker, CircuitChange, CircuitState
+from gateway.health.config import HealthSettings
+from gateway.health.rules import HealthState, assess
+from gateway.health.transitions import HealthTransition
+from gateway.health.window import RollingWindow, Sample, WindowStats
+from gateway.ids import Clock, utcnow
+
+log = logging.getLogger("gateway.health")
+
+Listener = Callable[[HealthTransition], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelHealth:
+    provider: str
+    model: str
+    state: HealthState
+    reason: str
+    consecutive_failures: int
+    stats: WindowStats
+    last_transition: HealthTransition | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderHealth:
+    provider: str
+    state: HealthState
+    reason: str
+    circuit: CircuitState
+    consecutive_failures: int
+    stats: WindowStats
+    opened_at: datetime | None
+    retry_at: datetime | None
+    cooldown_seconds: float
+    probe_in_flight: bool
+    last_transition: HealthTransition | None
+    models: dict[str, ModelHealth]
+
+
+@dataclass(slots=True)
+class _Track:
+    """One window with its consecutive-failure run and last reported state."""
+
+    window: RollingWindow
+    consecutive_failures: int = 0
+    state: HealthState = "healthy"
+    last_transition: HealthTransition | None = None
+
+    def add(self, sample: Sample) -> None:
+        self.window.add(sample)
+        if sample.kind == "failure":
+            self.consecutive_failures += 1
+        elif sample.kind == "success":
+            self.consecutive_failures = 0
+
+
+@dataclass(slots=True)
+class _Provider:
+    track: _Track
+    breaker: CircuitBreaker
+    models: dict[str, _Track] = field(default_factory=dict)
+    circuit_reason: str = ""
+
+
+class HealthView:
+    def __init__(
+        self,
+        config: HealthSettings | None = None,
+        *,
+        clock: Clock = utcnow,
+        listeners: list[Listener] | None = None,
+    ) -> None:
+        self.config = config or HealthSettings()
+        self._clock = clock
+        self.listeners: list[Listener] = listeners if listeners is not None else []
+        self._span = timedelta(seconds=self.config.window_seconds)
+        self._providers: dict[str, _Provider] = {}
+        self._seen: set[str] = set()
+        self._seen_order: deque[tuple[datetime, str]] = deque()
+
+    def now(self) -> datetime:
+        return self._clock()
+
+    # --- input ------------------------------------------------------------------------------------
+    def apply(self, event: UsageEvent) -> bool:
+        """Count one attempt; False if it was seen already or is older than the window."""
+        now = self._clock()
+        cutoff = now - self._span
+        self._forget(cutoff)
+        if event.event_id in self._seen or event.created_at < cutoff:
+            return False
+        self._seen.add(event.event_id)
+        self._seen_order.append((event.created_at, event.event_id))
+        sample = Sample.of(event)
+        provider = self._provider(event.provider)
+        provider.track.add(sample)
+        model = provider.models.get(event.provider_model)
+        if model is None:
+            model = provider.models[event.provider_model] = _Track(RollingWindow(self.config.window_seconds))
+        model.add(sample)
+        provider.breaker.observe(sample, now)
+        self._refresh(event.provider, provider, now)
+        return True
+
+    def observe(self, event: UsageEvent) -> None:
+        """The ``UsageRecorder`` observer: runs on the response path, so it never raises."""
+        try:
+            self.apply(event)
+        except Exception:  # health must never fail a call that already happened
+            log.exception("provider health could not apply event %s", event.event_id)
+
+    # --- routing ----------------------------------------------------------------------------------
+    def gate(self, provider: str) -> bool:
+        """``Router(gate=...)``: False while the provider's circuit is open (or its one half-open
+        probe is in flight)."""
+        tracked = self._providers.get(provider)
+        if tracked is None or not self.config.circuit_breaker:
+            return True
+        return tracked.breaker.allow(self._clock())
+
+    # --- reading ----------------------------------------------------------------------------------
+    def providers(self) -> list[str]:
+        return sorted(self._providers)
+
+    def health(self, provider: str) -> ProviderHealth:
+        now = self._clock()
+        tracked = self._providers.get(provider) or _Provider(
+            _Track(RollingWindow(self.config.window_seconds)), CircuitBreaker(provider, self.config, _ignore)
+        )
+        tracked.breaker.tick(now)
+        self._refresh(provider, tracked, now)
+        state, reason, stats = self._provider_state(tracked, now)
+        breaker = tracked.breaker
+        return ProviderHealth(
+            provider=provider,
+            state=state,
+            reason=reason,
+            circuit=breaker.state,
+            consecutive_failures=breaker.consecutive_failures,
+            stats=stats,
+            opened_at=breaker.opened_at,
+            retry_at=breaker.retry_at,
+            cooldown_seconds=breaker.cooldown_seconds,
+            probe_in_flight=breaker.state == "half_open" and breaker.probe_since is not None,
+            last_transition=tracked.track.last_transition,
+            models={
+                name: self._model_health(provider, name, track, now) for name, track in sorted(tracked.models.items())
+            },
+        )
+
+    def snapshot(self) -> dict[str, ProviderHealth]:
+        return {name: self.health(name) for name in self.providers()}
+
+    # --- internals --------------------------------------------------------------------------------
+    def _provider(self, name: str) -> _Provider:
+        tracked = self._providers.get(name)
+        if tracked is None:
+            breaker = CircuitBreaker(name, self.config, lambda change: self._circuit_changed(name, change))
+            tracked = self._providers[name] = _Provider(_Track(RollingWindow(self.config.window_seconds)), breaker)
+        return tracked
+
+    def _forget(self, cutoff: datetime) -> None:
+        order = self._seen_order
+        while order and order[0][0] < cutoff:
+            self._seen.discard(order.popleft()[1])
+
+    def _provider_state(self, tracked: _Provider, now: datetime) -> tuple[HealthState, str, WindowStats]:
+        stats = tracked.track.window.stats(now)
+        if tracked.breaker.state != "closed":
+            return "down", f"circuit {tracked.breaker.state}: {tracked.circuit_reason}", stats
+        state, reason = assess(stats, tracked.breaker.consecutive_failures, self.config, can_be_down=False)
+        return state, reason, stats
+
+    def _model_health(self, provider: str, model: str, track: _Track, now: datetime) -> ModelHealth:
+        stats = track.window.stats(now)
+        state, reason = assess(stats, track.consecutive_failures, self.config)
+        return ModelHealth(provider, model, state, reason, track.consecutive_failures, stats, track.last_transition)
+
+    def _refresh(self, name: str, tracked: _Provider, now: datetime) -> None:
+        """Emit the state transitions of a provider and its models since the last look."""
+        if name not in self._providers:
+            return
+        state, reason, stats = self._provider_state(tracked, now)
+        if state != tracked.track.state:
+            previous, tracked.track.state = tracked.track.state, state
+            self._emit(
+                tracked.track,
+                HealthTransition(
+                    name, None, now, "state", previous, state, reason, state, tracked.breaker.state, stats
+                ),
+            )
+        for model, track in tracked.models.items():
+            health = self._model_health(name, model, track, now)
+            if health.state != track.state:
+                previous, track.state = track.state, health.state
+                self._emit(
+                    track,
+                    HealthTransition(
+                        name,
+                        model,
+                        now,
+                        "state",
+                        previous,
+                        health.state,
+                        health.reason,
+                        health.state,
+                        None,
+                        health.stats,
+                    ),
+                )
+
+    def _circuit_changed(self, name: str, change: CircuitChange) -> None:
+        tracked = self._providers[name]
+        tracked.circuit_reason = change.reason
+        state, _, stats = self._provider_state(tracked, self._clock())
+        self._emit(
+            tracked.track,
+            HealthTransition(
+                name,
+                None,
+                change.at,
+                "circuit",
+                change.previous,
+                change.current,
+                change.reason,
+                state,
+                change.current,
+                stats,
+            ),
+        )
+
+    def _emit(self, track: _Track, transition: HealthTransition) -> None:
+        track.last_transition = transition
+        worse = transition.current in ("open", "down", "degraded")
+        log.log(logging.WARNING if worse else logging.INFO, "%s", transition.describe())
+        for listener in self.listeners:
+            listener(transition)
+
+
+def _ignore(_: CircuitChange) -> None:
+    return None

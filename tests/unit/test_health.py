@@ -1,0 +1,423 @@
+"""Provider health: exact windows and percentiles, thresholds, the circuit breaker, its log."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from gateway.events import UsageEvent
+from gateway.health.config import HealthSettings
+from gateway.health.transitions import ALL_MODELS, HealthTransition, transition_rows
+from gateway.health.view import HealthView
+from gateway.health.window import RollingWindow, Sample, classify, percentile
+from tests.support.fakes import ManualClock
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+_ids = itertools.count(1)
+
+
+def ev(
+    outcome: str = "success",
+    *,
+    at: datetime,
+    provider: str = "openai",
+    model: str = "gpt-4",
+    latency: float = 100.0,
+    ttft: float | None = None,
+    event_id: str | None = None,
+) -> UsageEvent:
+    n = next(_ids)
+    return UsageEvent(
+        event_id=event_id or f"ev-{n}",
+        request_id=f"req-{n}",
+        attempt=1,
+        created_at=at,
+        tenant_id="t",
+        provider=provider,
+        requested_model=model,
+        provider_model=model,
+        outcome=outcome,  # type: ignore[arg-type]
+        latency_ms=latency,
+        ttft_ms=ttft,
+    )
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(T0)
+
+
+def make_view(clock: ManualClock, **settings: object) -> tuple[HealthView, list[HealthTransition]]:
+    seen: list[HealthTransition] = []
+    view = HealthView(HealthSettings(**settings), clock=clock, listeners=[seen.append])  # type: ignore[arg-type]
+    return view, seen
+
+
+def feed(view: HealthView, clock: ManualClock, *outcomes: str, step: float = 1.0, **kw: object) -> None:
+    for outcome in outcomes:
+        clock.advance(step)
+        assert view.apply(ev(outcome, at=clock.now, **kw))  # type: ignore[arg-type]
+
+
+# --- windows and percentiles -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "q", "expected"),
+    [
+        ([], 50, None),
+        ([7.0], 50, 7.0),
+        ([7.0], 95, 7.0),
+        ([1.0, 2.0, 3.0], 50, 2.0),
+        ([1.0, 2.0, 3.0], 95, 3.0),
+        ([float(v) for v in range(1, 21)], 50, 10.0),
+        ([float(v) for v in range(1, 21)], 95, 19.0),
+        ([float(v) for v in range(1, 101)], 95, 95.0),
+        ([float(v) for v in range(1, 101)], 100, 100.0),
+    ],
+)
+def test_nearest_rank_percentile(values: list[float], q: int, expected: float | None) -> None:
+    assert percentile(values, q) == expected
+
+
+def test_outcome_classes() -> None:
+    assert classify("success") == "success"
+    for failure in (
+        "timeout",
+        "upstream_error",
+        "overloaded",
+        "connection_error",
+        "malformed_response",
+        "stream_cut",
+        "auth_error",
+        "quota_exhausted",
+    ):
+        assert classify(failure) == "failure"
+    assert classify("rate_limited") == "rate_limited"
+    for neutral in ("client_error", "content_filtered", "model_not_found", "cancelled"):
+        assert classify(neutral) == "neutral"
+
+
+def test_window_stats_are_exact(clock: ManualClock) -> None:
+    view, _ = make_view(clock)
+    for i, latency in enumerate([600.0, 100.0, 500.0, 200.0, 400.0, 300.0]):
+        view.apply(ev(at=T0 + timedelta(seconds=i), latency=latency, ttft=latency / 10))
+    view.apply(ev("timeout", at=T0 + timedelta(seconds=6), latency=2000.0))
+    view.apply(ev("upstream_error", at=T0 + timedelta(seconds=7), latency=5.0))
+    view.apply(ev("rate_limited", at=T0 + timedelta(seconds=8)))
+    view.apply(ev("client_error", at=T0 + timedelta(seconds=9)))
+    clock.advance(10)
+    stats = view.health("openai").stats
+    assert (stats.attempts, stats.successes, stats.failures, stats.rate_limited, stats.timeouts, stats.neutral) == (
+        10,
+        6,
+        2,
+        1,
+        1,
+        1,
+    )
+    assert stats.judged == 9
+    assert stats.failure_rate == pytest.approx(2 / 9)
+    assert stats.rate_limit_rate == pytest.approx(1 / 9)
+    assert stats.timeout_rate == pytest.approx(1 / 9)
+    # successes only: [100..600] -> p50 = 3rd value, p95 = 6th value; failures' latencies excluded
+    assert (stats.p50_latency_ms, stats.p95_latency_ms) == (300.0, 600.0)
+    assert (stats.p50_ttft_ms, stats.p95_ttft_ms) == (30.0, 60.0)
+    assert stats.window_end == clock.now and stats.window_seconds == 60.0
+
+
+def test_window_evicts_by_event_time_inclusive_boundary(clock: ManualClock) -> None:
+    window = RollingWindow(60)
+    window.add(Sample(T0, "failure", "timeout"))
+    window.add(Sample(T0 + timedelta(seconds=30), "success", "success", 50.0, 5.0))
+    window.add(Sample(T0 + timedelta(seconds=10), "success", "success", 10.0, None))  # out of order
+    stats = window.stats(T0 + timedelta(seconds=60))  # T0 is exactly 60 s old: still in
+    assert (stats.attempts, stats.failures, stats.timeouts, stats.p50_latency_ms) == (3, 1, 1, 10.0)
+    stats = window.stats(T0 + timedelta(seconds=60, microseconds=1))
+    assert (stats.attempts, stats.failures, stats.timeouts, stats.successes) == (2, 0, 0, 2)
+    stats = window.stats(T0 + timedelta(seconds=70, microseconds=1))
+    assert (stats.attempts, stats.p50_latency_ms, stats.p95_latency_ms, stats.p50_ttft_ms) == (1, 50.0, 50.0, 5.0)
+    stats = window.stats(T0 + timedelta(seconds=91))
+    assert (stats.attempts, stats.p50_latency_ms, stats.p50_ttft_ms, stats.failure_rate) == (0, None, None, 0.0)
+
+
+def test_apply_is_idempotent_and_ignores_events_older_than_the_window(clock: ManualClock) -> None:
+    view, _ = make_view(clock)
+    event = ev("timeout", at=T0)
+    assert view.apply(event) is True
+    assert view.apply(event) is False
+    assert view.apply(ev("timeout", at=T0 - timedelta(seconds=61))) is False
+    assert view.health("openai").stats.attempts == 1
+    assert view.health("openai").consecutive_failures == 1
+
+
+def test_per_model_breakdown(clock: ManualClock) -> None:
+    view, _ = make_view(clock)
+    feed(view, clock, *["upstream_error"] * 4, model="gpt-4")
+    feed(view, clock, *["success"] * 6, model="gpt-4o", latency=80.0)
+    health = view.health("openai")
+    assert set(health.models) == {"gpt-4", "gpt-4o"}
+    gpt4, gpt4o = health.models["gpt-4"], health.models["gpt-4o"]
+    assert (gpt4.stats.attempts, gpt4.stats.failures, gpt4.consecutive_failures) == (4, 4, 4)
+    assert (gpt4o.stats.attempts, gpt4o.stats.p50_latency_ms, gpt4o.state) == (6, 80.0, "healthy")
+    assert health.stats.attempts == 10 and health.circuit == "closed"
+    # 4 of 10 failed for the provider as a whole: degraded, not down
+    assert health.state == "degraded" and "failure rate 40% >= 20%" in health.reason
+
+
+# --- thresholds ------------------------------------------------------------------------------------
+
+
+def test_client_errors_never_count_against_a_provider(clock: ManualClock) -> None:
+    view, _ = make_view(clock)
+    feed(view, clock, *["client_error"] * 20, *["content_filtered"] * 5, "success")
+    health = view.health("openai")
+    assert (health.state, health.circuit, health.stats.judged, health.stats.failure_rate) == ("healthy", "closed", 1, 0)
+    assert view.gate("openai")
+
+
+def test_degraded_by_failure_rate_needs_enough_attempts(clock: ManualClock) -> None:
+    view, _ = make_view(clock)
+    feed(view, clock, "upstream_error", "success", "success", "success")
+    assert view.health("openai").state == "healthy"  # 4 judged < degraded_min_attempts (5)
+    feed(view, clock, "success")
+    health = view.health("openai")
+    assert health.state == "degraded"
+    assert health.reason == "failure rate 20% >= 20% over 5 attempts in the last 60s"
+
+
+def test_degraded_by_rate_limits_which_are_not_failures(clock: ManualClock) -> None:
+    view, _ = make_view(clock)
+    feed(view, clock, *["rate_limited"] * 2, *["success"] * 8)
+    assert view.health("openai").state == "healthy"
+    feed(view, clock, "rate_limited")  # 3 of 11 = 27 %
+    assert view.health("openai").state == "healthy"
+    feed(view, clock, "rate_limited")  # 4 of 12 = 33 %
+    health = view.health("openai")
+    assert (health.state, health.stats.failures, health.consecutive_failures) == ("degraded", 0, 0)
+    assert health.reason.startswith("rate-limit rate 33% >= 30%")
+    feed(view, clock, *["rate_limited"] * 20)
+    assert view.gate("openai") and view.health("openai").circuit == "closed"
+
+
+def test_degraded_by_p95_latency(clock: ManualClock) -> None:
+    view, _ = make_view(clock, degraded_p95_latency_ms=1000.0)
+    feed(view, clock, *["success"] * 19, latency=200.0)
+    feed(view, clock, "success", latency=5000.0)  # 1 of 20: the p95 is the 19th value
+    assert view.health("openai").state == "healthy"
+    feed(view, clock, "success", latency=5000.0)
+    health = view.health("openai")
+    assert (health.state, health.stats.p95_latency_ms) == ("degraded", 5000.0)
+    assert health.reason == "p95 latency 5000 ms > 1000 ms"
+
+
+def test_degraded_state_recovers_as_failures_leave_the_window(clock: ManualClock) -> None:
+    view, seen = make_view(clock)
+    feed(view, clock, "upstream_error", *["success"] * 4)
+    assert view.health("openai").state == "degraded"
+    clock.advance(57)  # the failure (at T0+1) is now 61 s old
+    assert view.health("openai").state == "healthy"
+    assert [(t.model, t.previous, t.current) for t in seen if t.model is None] == [
+        (None, "healthy", "degraded"),
+        (None, "degraded", "healthy"),
+    ]
+
+
+def test_down_by_failure_rate(clock: ManualClock) -> None:
+    view, seen = make_view(clock)
+    feed(view, clock, *["upstream_error", "success"] * 4, "upstream_error")
+    assert view.health("openai").circuit == "closed"  # 9 judged < down_min_attempts (10)
+    feed(view, clock, "success")
+    assert view.health("openai").circuit == "closed"  # 5 of 10 = 50 %: trips only on a failure
+    feed(view, clock, "timeout")  # 6 of 11 = 55 %
+    health = view.health("openai")
+    assert (health.state, health.circuit) == ("down", "open")
+    [opened] = [t for t in seen if t.kind == "circuit"]
+    assert opened.reason == "failure rate 55% >= 50% over 11 attempts in the last 60s"
+
+
+# --- the circuit breaker ------------------------------------------------------------------------
+
+
+def test_breaker_opens_half_opens_lets_one_probe_and_closes(
+    clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.health")
+    view, seen = make_view(clock)
+    feed(view, clock, "success", *["timeout"] * 4)
+    assert view.gate("openai")
+    feed(view, clock, "timeout")  # the 5th in a row, at T0+6
+    opened_at = clock.now
+    health = view.health("openai")
+    assert (health.state, health.circuit, health.consecutive_failures) == ("down", "open", 5)
+    assert health.opened_at == opened_at and health.retry_at == opened_at + timedelta(seconds=30)
+    assert not view.gate("openai")
+    clock.advance(29.999)
+    assert not view.gate("openai")
+    clock.advance(0.001)
+    assert view.gate("openai") is True  # the probe
+    assert view.health("openai").circuit == "half_open" and view.health("openai").probe_in_flight
+    assert [view.gate("openai") for _ in range(3)] == [False, False, False]  # one probe at a time
+    clock.advance(0.5)
+    view.apply(ev("success", at=clock.now))
+    health = view.health("openai")
+    # closed; the failures still in the window keep it "degraded" until they age out
+    assert (health.state, health.circuit, health.consecutive_failures) == ("degraded", "closed", 0)
+    assert view.gate("openai") and view.gate("openai")
+
+    assert [(t.previous, t.current) for t in seen if t.kind == "circuit"] == [
+        ("closed", "open"),
+        ("open", "half_open"),
+        ("half_open", "closed"),
+    ]
+    records = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "gateway.health"]
+    circuit = [r for r in records if r[1].startswith("circuit openai")]
+    assert circuit == [
+        (
+            logging.WARNING,
+            "circuit openai: closed -> open (5 consecutive failures: timeout, timeout, timeout, timeout, timeout)",
+        ),
+        (logging.INFO, "circuit openai: open -> half_open (cool-down of 30s elapsed; letting one probe through)"),
+        (logging.INFO, "circuit openai: half_open -> closed (probe succeeded after 30.5s)"),
+    ]
+    health_lines = [r for r in records if r[1].startswith("health openai:")]
+    assert health_lines == [
+        (
+            logging.WARNING,
+            "health openai: healthy -> degraded (failure rate 80% >= 20% over 5 attempts in the last 60s)",
+        ),
+        (
+            logging.WARNING,
+            "health openai: degraded -> down (circuit open: 5 consecutive failures: timeout, timeout, "
+            "timeout, timeout, timeout)",
+        ),
+        (logging.WARNING, "health openai: down -> degraded (failure rate 71% >= 20% over 7 attempts in the last 60s)"),
+    ]
+    clock.advance(60)
+    assert view.health("openai").state == "healthy"
+
+
+def test_failed_probe_reopens_with_a_growing_capped_cooldown(clock: ManualClock) -> None:
+    view, seen = make_view(clock, cooldown_seconds=30, cooldown_multiplier=2, max_cooldown_seconds=100)
+    feed(view, clock, *["upstream_error"] * 5)
+    waits = []
+    for _ in range(4):
+        health = view.health("openai")
+        wait = (health.retry_at - clock.now).total_seconds()  # type: ignore[operator]
+        waits.append(wait)
+        clock.advance(wait - 1)
+        assert not view.gate("openai")
+        clock.advance(1)
+        assert view.gate("openai")
+        view.apply(ev("connection_error", at=clock.now))
+        assert view.health("openai").circuit == "open"
+    assert waits == [30, 60, 100, 100]
+    assert [t.reason for t in seen if t.kind == "circuit" and t.previous == "half_open"] == [
+        "probe failed (connection_error); cool-down now 60s",
+        "probe failed (connection_error); cool-down now 100s",
+        "probe failed (connection_error); cool-down now 100s",
+        "probe failed (connection_error); cool-down now 100s",
+    ]
+    clock.advance(100)
+    assert view.gate("openai")
+    view.apply(ev("success", at=clock.now))
+    health = view.health("openai")
+    assert health.circuit == "closed" and health.cooldown_seconds == 30  # reset once closed
+
+
+def test_half_open_probe_slot_is_freed_by_a_neutral_outcome_or_a_timeout(clock: ManualClock) -> None:
+    view, _ = make_view(clock, probe_timeout_seconds=20)
+    feed(view, clock, *["timeout"] * 5)
+    clock.advance(30)
+    assert view.gate("openai") and not view.gate("openai")
+    view.apply(ev("rate_limited", at=clock.now))  # alive but throttled: proves nothing
+    assert view.health("openai").circuit == "half_open"
+    assert view.gate("openai") and not view.gate("openai")
+    clock.advance(19)
+    assert not view.gate("openai")
+    clock.advance(1)  # the probe's outcome never came: another request may probe
+    assert view.gate("openai") and not view.gate("openai")
+
+
+def test_attempts_in_flight_when_the_circuit_opened_do_not_close_it(clock: ManualClock) -> None:
+    view, _ = make_view(clock)
+    feed(view, clock, *["timeout"] * 5)
+    opened = clock.now
+    clock.advance(31)
+    view.apply(ev("success", at=opened + timedelta(seconds=10)))  # ended during the cool-down
+    assert view.health("openai").circuit == "half_open"
+    view.apply(ev("success", at=opened + timedelta(seconds=30)))  # ended after it: a probe outcome
+    assert view.health("openai").circuit == "closed"
+
+
+def test_after_closing_only_new_attempts_can_reopen(clock: ManualClock) -> None:
+    view, _ = make_view(clock)
+    feed(view, clock, *["timeout"] * 5, step=0.1)
+    clock.advance(30)
+    assert view.gate("openai")
+    view.apply(ev("success", at=clock.now))
+    # the window still holds 5 failures of 6 attempts, but they were judged already
+    feed(view, clock, "timeout", "timeout", "success", "timeout")
+    assert view.health("openai").circuit == "closed"
+    view.apply(ev("timeout", at=clock.now - timedelta(seconds=40)))  # older than the close
+    assert view.health("openai").consecutive_failures == 1
+    feed(view, clock, *["timeout"] * 4)
+    assert view.health("openai").circuit == "open"
+
+
+def test_breaker_off_reports_down_but_never_skips(clock: ManualClock) -> None:
+    view, _ = make_view(clock, circuit_breaker=False)
+    feed(view, clock, *["timeout"] * 5)
+    assert view.health("openai").state == "down"
+    assert all(view.gate("openai") for _ in range(3))
+    feed(view, clock, "success", step=31)
+    assert view.health("openai").circuit == "closed"
+
+
+def test_unknown_providers_are_open_and_healthy(clock: ManualClock) -> None:
+    view, _ = make_view(clock)
+    assert view.gate("anthropic")
+    health = view.health("anthropic")
+    assert (health.state, health.circuit, health.stats.attempts, health.models) == ("healthy", "closed", 0, {})
+    assert view.providers() == []
+
+
+def test_observer_never_raises(clock: ManualClock, caplog: pytest.LogCaptureFixture) -> None:
+    view, _ = make_view(clock)
+
+    def broken(_: HealthTransition) -> None:
+        raise RuntimeError("listener bug")
+
+    view.listeners.append(broken)
+    caplog.set_level(logging.ERROR, logger="gateway.health")
+    feed(view, clock, *["timeout"] * 4)
+    view.observe(ev("timeout", at=clock.now))
+    assert any("could not apply" in r.getMessage() for r in caplog.records)
+
+
+# --- history rows ---------------------------------------------------------------------------------
+
+
+def test_transitions_become_history_rows_one_per_key_and_instant(clock: ManualClock) -> None:
+    view, seen = make_view(clock)
+    feed(view, clock, *["timeout"] * 5, latency=1500.0)
+    rows = transition_rows(seen)
+    by_model = {row.model: row for row in rows}
+    assert set(by_model) == {ALL_MODELS, "gpt-4"}
+    provider = by_model[ALL_MODELS]
+    assert (provider.provider, provider.window_end, provider.state, provider.circuit) == (
+        "openai",
+        clock.now,
+        "down",
+        "open",
+    )
+    assert (provider.attempts, provider.failures, provider.timeouts, provider.rate_limited) == (5, 5, 5, 0)
+    assert (provider.p50_ms, provider.p95_ms) == (None, None)  # no success in the window
+    assert provider.reason is not None
+    assert provider.reason.startswith("circuit openai: closed -> open (5 consecutive failures")
+    assert "; health openai: healthy -> down" in provider.reason
+    model = by_model["gpt-4"]
+    assert (model.state, model.circuit) == ("down", None)
