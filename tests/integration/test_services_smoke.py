@@ -11,7 +11,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from tests.integration.conftest import PostgresControl
+from tests.conftest import PostgresControl
 from tests.services.kafka import Broker
 
 RECEIVE_TIMEOUT = 30.0

@@ -1,0 +1,212 @@
+"""Per-tenant costs from the DuckDB usage facts, exact to the last decimal.
+
+Definitions (one row of ``usage_facts`` = one provider attempt):
+
+- **usage** = the attempts the provider bills (``billable``): successful calls, plus streams
+  that ended early (cut, or the client left) after the provider produced tokens; those are
+  flagged ``incomplete``. Attempts that failed without producing tokens (rate limited,
+  timeouts, upstream errors, ...) are not usage: they cost nothing and are not listed.
+- ``usageCount`` = the number of usage rows; ``totalTokens`` = their tokens, priced or not.
+- ``totalCost`` = the exact sum of ``costUsd`` over priced usage. Unpriced usage (no price was
+  known; ``costUsd`` null) is never counted as free: it is reported apart, as
+  ``unpricedCount`` / ``unpricedTokens``, until a replay with a price table costs it.
+- Time window: ``start`` inclusive, ``end`` exclusive, on the attempt's ``createdAt``; both
+  optional, both timezone-aware.
+
+JSON (``to_json``): camelCase keys; money as exact decimal text (``"0.0000025"``), never a
+float; times in ISO 8601 UTC.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from analytics.store import AnalyticsStore
+
+ZERO = Decimal(0)
+
+
+def money_text(value: Decimal) -> str:
+    """Exact decimal text without exponent or trailing zeros: ``0.0000025``, ``12``."""
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("", "-0") else text
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    id: str
+    request_id: str
+    attempt: int
+    provider: str
+    model: str
+    requested_model: str
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+    cost_usd: Decimal | None
+    price_version: str | None
+    outcome: str
+    incomplete: bool
+    stream: bool
+    created_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "requestId": self.request_id,
+            "attempt": self.attempt,
+            "provider": self.provider,
+            "model": self.model,
+            "requestedModel": self.requested_model,
+            "promptTokens": self.prompt_tokens,
+            "completionTokens": self.completion_tokens,
+            "totalTokens": self.total_tokens,
+            "cachedTokens": self.cached_tokens,
+            "reasoningTokens": self.reasoning_tokens,
+            "costUsd": None if self.cost_usd is None else money_text(self.cost_usd),
+            "priceVersion": self.price_version,
+            "outcome": self.outcome,
+            "incomplete": self.incomplete,
+            "stream": self.stream,
+            "createdAt": _iso(self.created_at),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TenantCosts:
+    tenant_id: str
+    start: datetime | None
+    end: datetime | None
+    total_cost: Decimal
+    total_tokens: int
+    usage_count: int
+    unpriced_count: int
+    unpriced_tokens: int
+    usage: list[UsageRow]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tenantId": self.tenant_id,
+            "start": _iso(self.start),
+            "end": _iso(self.end),
+            "totalCost": money_text(self.total_cost),
+            "totalTokens": self.total_tokens,
+            "usageCount": self.usage_count,
+            "unpricedCount": self.unpriced_count,
+            "unpricedTokens": self.unpriced_tokens,
+            "usage": [row.to_dict() for row in self.usage],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+
+_TOTALS = """
+SELECT count(*),
+       coalesce(sum(total_tokens), 0),
+       coalesce(sum(cost_usd), 0),
+       count(*) FILTER (WHERE cost_usd IS NULL),
+       coalesce(sum(total_tokens) FILTER (WHERE cost_usd IS NULL), 0)
+FROM usage_facts
+WHERE {where}
+"""
+_ROWS = """
+SELECT event_id, request_id, attempt, provider, coalesce(served_model, provider_model),
+       requested_model, prompt_tokens, completion_tokens, total_tokens, cached_tokens,
+       reasoning_tokens, cost_usd, price_version, outcome, incomplete, stream, created_at
+FROM usage_facts
+WHERE {where}
+ORDER BY created_at, event_id
+"""
+
+
+def _require_aware(name: str, value: datetime | None) -> None:
+    if value is not None and value.tzinfo is None:
+        raise ValueError(f"{name} must be a timezone-aware datetime")
+
+
+class CostTrackingService:
+    """Costs per tenant over the analytics store (reads go through the store's connection)."""
+
+    def __init__(self, store: AnalyticsStore) -> None:
+        self._store = store
+
+    async def get_costs_for_tenant(
+        self,
+        tenant_id: str,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        *,
+        limit: int | None = None,
+    ) -> TenantCosts:
+        """``limit`` caps the listed usage rows (the oldest first); totals cover the window."""
+        _require_aware("start", start)
+        _require_aware("end", end)
+        where = ["tenant_id = ?", "billable"]
+        params: list[Any] = [tenant_id]
+        if start is not None:
+            where.append("created_at >= ?")
+            params.append(start)
+        if end is not None:
+            where.append("created_at < ?")
+            params.append(end)
+        condition = " AND ".join(where)
+        rows_sql = _ROWS.format(where=condition)
+        if limit is not None:
+            rows_sql += f" LIMIT {int(limit)}"
+
+        def query(conn: Any) -> tuple[Sequence[Any], list[tuple[Any, ...]]]:
+            totals = conn.execute(_TOTALS.format(where=condition), params).fetchone()
+            rows = conn.execute(rows_sql, params).fetchall()
+            return totals, rows
+
+        totals, rows = await self._store.run(query)
+        count, tokens, cost, unpriced, unpriced_tokens = totals
+        return TenantCosts(
+            tenant_id=tenant_id,
+            start=start,
+            end=end,
+            total_cost=Decimal(cost) if cost is not None else ZERO,
+            total_tokens=int(tokens),
+            usage_count=int(count),
+            unpriced_count=int(unpriced),
+            unpriced_tokens=int(unpriced_tokens),
+            usage=[_usage_row(r) for r in rows],
+        )
+
+
+def _usage_row(r: tuple[Any, ...]) -> UsageRow:
+    return UsageRow(
+        id=r[0],
+        request_id=r[1],
+        attempt=r[2],
+        provider=r[3],
+        model=r[4],
+        requested_model=r[5],
+        prompt_tokens=r[6],
+        completion_tokens=r[7],
+        total_tokens=r[8],
+        cached_tokens=r[9],
+        reasoning_tokens=r[10],
+        cost_usd=r[11],
+        price_version=r[12],
+        outcome=r[13],
+        incomplete=r[14],
+        stream=r[15],
+        created_at=r[16].astimezone(UTC),
+    )

@@ -1,0 +1,200 @@
+"""The DuckDB analytics store: one file, numbered migrations, one connection owned by one writer.
+
+DuckDB lets one process open a database file for writing. The store owns that single
+connection; async callers go through :meth:`AnalyticsStore.run`, which executes a function on
+the connection in a worker thread (``asyncio.to_thread``) under an ``asyncio.Lock``, so the
+event loop never blocks on DuckDB and two callers never share the connection at once.
+
+``read_only=True`` opens an existing, migrated file without taking the write lock: that is how
+the CLI reads analytics when no gateway or consumer process holds the file.
+
+Migrations are ``NNNN_name.sql`` files in ``analytics/migrations/``, applied in order at open,
+in one transaction, and recorded in ``schema_migrations``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, TypeVar
+
+import duckdb
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MEMORY = ":memory:"
+_MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations(package: str, folder: str) -> list[Migration]:
+    """The ``NNNN_name.sql`` files of a package folder, in version order (gaps are allowed,
+    duplicate numbers are not)."""
+    root = files(package).joinpath(folder)
+    found: dict[int, Migration] = {}
+    for entry in root.iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match is None:
+            continue
+        version = int(match.group(1))
+        if version in found:
+            raise RuntimeError(f"two migrations numbered {version:04d} in {package}/{folder}")
+        found[version] = Migration(version, match.group(2), entry.read_text(encoding="utf-8"))
+    if not found:
+        raise RuntimeError(f"no migrations found in {package}/{folder}")
+    return [found[v] for v in sorted(found)]
+
+
+def migrations() -> list[Migration]:
+    return load_migrations("analytics", "migrations")
+
+
+_BOOTSTRAP = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version    INTEGER PRIMARY KEY,
+    name       VARCHAR NOT NULL,
+    applied_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp
+)
+"""
+
+
+class StoreError(RuntimeError):
+    """The analytics file cannot be opened as asked (missing, not migrated, too new)."""
+
+
+def apply_migrations(conn: duckdb.DuckDBPyConnection, pending: Sequence[Migration]) -> list[int]:
+    """Apply the migrations not yet recorded, in one transaction; returns the versions applied."""
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        conn.execute(_BOOTSTRAP)
+        applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations").fetchall()}
+        known = {m.version for m in pending}
+        unknown = sorted(applied - known)
+        if unknown:
+            raise StoreError(
+                f"the analytics database has migrations {unknown} this version does not know: "
+                "it was written by a newer llm-gateway"
+            )
+        done = []
+        for migration in pending:
+            if migration.version in applied:
+                continue
+            conn.execute(migration.sql)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES (?, ?)",
+                [migration.version, migration.name],
+            )
+            done.append(migration.version)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return done
+
+
+def _check_migrated(conn: duckdb.DuckDBPyConnection, path: str) -> None:
+    try:
+        rows = conn.execute("SELECT version FROM schema_migrations").fetchall()
+    except duckdb.CatalogException as e:
+        raise StoreError(f"{path} is not an llm-gateway analytics database") from e
+    missing = sorted({m.version for m in migrations()} - {r[0] for r in rows})
+    if missing:
+        raise StoreError(
+            f"{path} lacks migrations {missing}: start the consumer (or the embedded gateway) once to migrate it"
+        )
+
+
+class AnalyticsStore:
+    """One DuckDB database, opened for writing (default) or read-only."""
+
+    def __init__(self, path: str | Path = MEMORY, *, read_only: bool = False) -> None:
+        self.path = str(path)
+        self.read_only = read_only
+        self._conn: duckdb.DuckDBPyConnection | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def is_open(self) -> bool:
+        return self._conn is not None
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def open_sync(self) -> None:
+        """Connect and (writer) migrate; idempotent. Blocking: call from a thread or the CLI."""
+        if self._conn is not None:
+            return
+        if self.read_only:
+            if self.path == MEMORY or not Path(self.path).is_file():
+                raise StoreError(f"no analytics database at {self.path}")
+            conn = duckdb.connect(self.path, read_only=True)
+        else:
+            if self.path != MEMORY:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            conn = duckdb.connect(self.path)
+        try:
+            conn.execute("SET TimeZone = 'UTC'")
+            if self.read_only:
+                _check_migrated(conn, self.path)
+            else:
+                applied = apply_migrations(conn, migrations())
+                if applied:
+                    log.info("analytics store %s: applied migrations %s", self.path, applied)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def close_sync(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def open(self) -> None:
+        async with self._lock:
+            if self._conn is None:
+                await asyncio.to_thread(self.open_sync)
+
+    async def close(self) -> None:
+        async with self._lock:
+            if self._conn is not None:
+                await asyncio.to_thread(self.close_sync)
+
+    # --- use ----------------------------------------------------------------------------------
+    @property
+    def connection(self) -> duckdb.DuckDBPyConnection:
+        """The connection, for synchronous single-threaded callers (CLI, tests)."""
+        if self._conn is None:
+            raise StoreError("the analytics store is not open")
+        return self._conn
+
+    async def run(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """Run ``fn(connection)`` in a worker thread, alone on the connection."""
+        async with self._lock:
+            conn = self.connection
+            work = asyncio.ensure_future(asyncio.to_thread(fn, conn))
+            try:
+                return await asyncio.shield(work)
+            except asyncio.CancelledError:
+                # a DuckDB call cannot be abandoned half-way: keep the connection to ourselves
+                # until the thread is done, then let the cancellation through
+                await asyncio.wait([work])
+                raise
+
+    async def fetchall(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        return await self.run(lambda conn: conn.execute(sql, params).fetchall())
+
+    async def schema_version(self) -> int:
+        rows = await self.fetchall("SELECT coalesce(max(version), 0) FROM schema_migrations")
+        return int(rows[0][0])

@@ -1,0 +1,296 @@
+"""The consumer loop: read usage events from the log, apply them to every sink, then commit.
+
+One batch at a time::
+
+    fetch -> decode (poison -> dead letters) -> apply to EVERY sink -> commit the batch
+
+- The log position is committed only after every sink applied the batch. Sinks are idempotent
+  on the event id, so a batch applied again (after a crash before the commit, a redelivery, a
+  replay) never double-counts.
+- A sink that is unavailable (``SinkError``, ``OSError``, ``TimeoutError``: database down,
+  disk error) PAUSES the projector: nothing is committed and nothing more is fetched; the same
+  batch is retried with capped exponential backoff until it succeeds. Sinks that already
+  applied the batch are not asked again. Counts end equal: no gap, no duplicate.
+- A record that cannot be decoded (bad JSON, failed validation, too new a schema) is poison:
+  its raw bytes, the reason and its position go to the dead letters; the rest of the batch is
+  applied. An event a sink refuses (``RejectedEvents``: a value out of the column's range) is
+  isolated by bisecting the batch and dead-lettered the same way.
+- Any other exception is a bug and propagates, uncommitted: the batch is redelivered to the
+  next projector started from the last commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from consumers.sinks.base import DeadLetters, Sink, SinkError
+from gateway.eventlog.base import LogReader, LogRecord
+from gateway.events import UsageEvent
+from gateway.ids import Clock, utcnow
+
+log = logging.getLogger(__name__)
+
+Sleep = Callable[[float], Awaitable[None]]
+
+#: errors that mean "the sink is unavailable for now" when a sink did not translate them
+_TRANSIENT = (SinkError, OSError, TimeoutError)
+
+
+@dataclass
+class ProjectorStats:
+    """Progress counters, for metrics and health."""
+
+    events_applied: int = 0
+    events_dead_lettered: int = 0
+    batches_committed: int = 0
+    #: failed attempts to apply a batch (each one followed by a backoff)
+    retries: int = 0
+    #: a sink is unavailable: the projector waits and retries the current batch
+    paused: bool = False
+    paused_since: datetime | None = None
+    last_error: str | None = None
+    last_batch_at: datetime | None = None
+    last_batch_size: int = 0
+    last_batch_seconds: float = 0.0
+    #: commits the log refused (the batch is delivered again; sinks are idempotent)
+    commit_failures: int = 0
+    #: records on the log not yet committed (None until first measured)
+    lag: int | None = None
+    lag_at: datetime | None = None
+
+
+@dataclass
+class _Batch:
+    records: Sequence[LogRecord]
+    events: list[UsageEvent] = field(default_factory=list)
+    #: event_id -> the (last) record it came from, to dead-letter an event a sink refuses
+    sources: dict[str, LogRecord] = field(default_factory=dict)
+    poison: list[tuple[LogRecord, str]] = field(default_factory=list)
+    #: steps already done for this batch ("dead-letters", sink names): not repeated on retry
+    done: set[str] = field(default_factory=set)
+    #: events refused by some sink (already dead-lettered)
+    rejected: set[str] = field(default_factory=set)
+
+
+class Projector:
+    def __init__(
+        self,
+        reader: LogReader,
+        sinks: Sequence[Sink],
+        dead_letters: DeadLetters,
+        *,
+        batch_size: int = 1000,
+        poll_timeout: float = 1.0,
+        idle_timeout: float = 0.05,
+        retry_initial: float = 0.5,
+        retry_max: float = 30.0,
+        lag_interval: float = 5.0,
+        clock: Clock = utcnow,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        """``poll_timeout``: how long ``run_forever`` waits on an empty log per fetch (also the
+        longest it takes to notice ``stop``); ``idle_timeout``: the same for
+        ``run_until_idle``, which returns on the first empty fetch. ``retry_*``: backoff of a
+        paused projector, doubling from ``retry_initial`` up to ``retry_max`` seconds."""
+        names = [s.name for s in sinks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"sink names must be unique, got {names}")
+        self.reader = reader
+        self.sinks = list(sinks)
+        self.dead_letters = dead_letters
+        self.batch_size = batch_size
+        self.poll_timeout = poll_timeout
+        self.idle_timeout = idle_timeout
+        self.retry_initial = retry_initial
+        self.retry_max = retry_max
+        self.lag_interval = timedelta(seconds=lag_interval)
+        self.stats = ProjectorStats()
+        self._clock = clock
+        self._sleep = sleep
+
+    # --- lifecycle of the sinks ---------------------------------------------------------------
+    async def start(self) -> None:
+        """Start every sink. A sink that is unavailable now is retried by the first batch."""
+        for sink in self.sinks:
+            try:
+                await sink.start()
+            except SinkError as e:
+                log.warning("sink %s is not available yet (%s): will retry", sink.name, e)
+
+    async def close(self) -> None:
+        for sink in self.sinks:
+            await sink.close()
+
+    # --- loops ----------------------------------------------------------------------------------
+    async def run_until_idle(self) -> int:
+        """Project until a fetch comes back empty (tests, replay); returns events applied."""
+        before = self.stats.events_applied
+        while True:
+            records = await self.reader.fetch(self.batch_size, self.idle_timeout)
+            if not records:
+                break
+            await self.process(records)
+        await self._refresh_lag(force=True)
+        return self.stats.events_applied - before
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        """Project until ``stop`` is set. A batch being applied is finished and committed; a
+        batch waiting for an unavailable sink is abandoned uncommitted (redelivered later)."""
+        while not stop.is_set():
+            try:
+                records = await self.reader.fetch(self.batch_size, self.poll_timeout)
+            except (OSError, TimeoutError) as e:
+                log.warning("fetching from the event log failed (%s): retrying", e)
+                await self._wait(self.retry_initial, stop)
+                continue
+            if records:
+                await self.process(records, stop)
+            await self._refresh_lag()
+
+    # --- one batch ------------------------------------------------------------------------------
+    async def process(self, records: Sequence[LogRecord], stop: asyncio.Event | None = None) -> bool:
+        """Apply one batch to every sink, then commit it. Returns False if ``stop`` was set
+        while waiting for an unavailable sink (nothing committed)."""
+        started = self._clock()
+        batch = self._decode(records)
+        attempt = 0
+        while True:
+            try:
+                await self._apply(batch)
+                break
+            except _TRANSIENT as e:
+                if isinstance(e, SinkError) and not e.retryable:
+                    raise  # RejectedEvents outside a sink step: cannot happen, do not loop
+                attempt += 1
+                delay = min(self.retry_max, self.retry_initial * 2 ** (attempt - 1))
+                self._paused(e, attempt, delay)
+                if not await self._wait(delay, stop):
+                    log.info("stopping while paused: batch of %d left uncommitted", len(records))
+                    return False
+        if self.stats.paused:
+            self._resumed(attempt)
+        await self._commit(records)
+        applied = len(batch.events) - len(batch.rejected)
+        self.stats.events_applied += applied
+        self.stats.batches_committed += 1
+        self.stats.last_batch_at = now = self._clock()
+        self.stats.last_batch_size = len(records)
+        self.stats.last_batch_seconds = (now - started).total_seconds()
+        return True
+
+    async def _commit(self, records: Sequence[LogRecord]) -> None:
+        try:
+            await self.reader.commit(records)
+        except Exception:  # an uncommitted batch is only delivered again: sinks are idempotent
+            self.stats.commit_failures += 1
+            log.exception("committing %d records failed: they will be delivered again", len(records))
+
+    def _decode(self, records: Sequence[LogRecord]) -> _Batch:
+        batch = _Batch(records)
+        for record in records:
+            try:
+                event = UsageEvent.from_json(record.value)
+            except (ValueError, TypeError) as e:  # JSON, validation (a ValueError), version, None
+                batch.poison.append((record, f"undecodable usage event: {_one_line(e)}"))
+                continue
+            batch.events.append(event)
+            batch.sources[event.event_id] = record
+        return batch
+
+    async def _apply(self, batch: _Batch) -> None:
+        if "dead-letters" not in batch.done:
+            for record, reason in batch.poison:
+                await self.dead_letters.dead_letter(record.value, reason, record.position)
+            batch.done.add("dead-letters")
+            self.stats.events_dead_lettered += len(batch.poison)
+        for sink in self.sinks:
+            if sink.name not in batch.done:
+                await self._apply_isolating(sink, batch, batch.events)
+                batch.done.add(sink.name)
+
+    async def _apply_isolating(self, sink: Sink, batch: _Batch, events: list[UsageEvent]) -> None:
+        """Apply ``events``; if the sink refuses some, bisect down to them and dead-letter them."""
+        if not events:
+            return
+        try:
+            await sink.apply(events)
+            return
+        except SinkError as e:
+            if e.retryable:
+                raise
+            if len(events) > 1:
+                middle = len(events) // 2
+                await self._apply_isolating(sink, batch, events[:middle])
+                await self._apply_isolating(sink, batch, events[middle:])
+                return
+            event = events[0]
+            if event.event_id in batch.rejected:
+                return
+            record = batch.sources[event.event_id]
+            log.error("sink %s refused event %s at %s: %s", sink.name, event.event_id, record.position, e)
+            await self.dead_letters.dead_letter(
+                record.value, f"refused by sink {sink.name}: {_one_line(e)}", record.position
+            )
+            batch.rejected.add(event.event_id)
+            self.stats.events_dead_lettered += 1
+
+    # --- pause / resume -------------------------------------------------------------------------
+    def _paused(self, error: BaseException, attempt: int, delay: float) -> None:
+        stats = self.stats
+        if not stats.paused:
+            stats.paused = True
+            stats.paused_since = self._clock()
+        stats.retries += 1
+        stats.last_error = _one_line(error)
+        log.warning(
+            "projector paused: %s (attempt %d failed; retrying the same batch in %.1fs)",
+            stats.last_error,
+            attempt,
+            delay,
+        )
+
+    def _resumed(self, attempts: int) -> None:
+        stats = self.stats
+        since = stats.paused_since
+        paused_for = (self._clock() - since).total_seconds() if since is not None else 0.0
+        log.info("projector resumed after %d failed attempts (%.1fs paused)", attempts, paused_for)
+        stats.paused = False
+        stats.paused_since = None
+
+    async def _wait(self, delay: float, stop: asyncio.Event | None) -> bool:
+        """Sleep ``delay`` seconds, cut short by ``stop``; False if stopped."""
+        if stop is None:
+            await self._sleep(delay)
+            return True
+        if stop.is_set():
+            return False
+        sleeper = asyncio.ensure_future(self._sleep(delay))
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleeper, stopper):
+                task.cancel()
+            await asyncio.gather(sleeper, stopper, return_exceptions=True)
+        return not stop.is_set()
+
+    async def _refresh_lag(self, *, force: bool = False) -> None:
+        now = self._clock()
+        last = self.stats.lag_at
+        if not force and last is not None and now - last < self.lag_interval:
+            return
+        try:
+            self.stats.lag = await self.reader.lag()
+        except Exception as e:  # noqa: BLE001 - the lag is informational; the log may be down
+            log.debug("could not measure the lag: %s", e)
+            return
+        self.stats.lag_at = now
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text[:500] if text else type(error).__name__

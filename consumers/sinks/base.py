@@ -1,0 +1,81 @@
+"""The sink port: where the projector applies batches of usage events, and where it sends
+records it cannot use (dead letters).
+
+A sink is idempotent on ``event_id``: applying a batch twice, or a batch that overlaps one
+already applied, leaves the same rows and the same sums. Re-applying an event whose cost
+changed (replay with a new price table) updates the cost. That is what lets the projector
+commit the log position only after every sink applied a batch, and simply re-apply the batch
+after a failure or a crash.
+
+Errors: adapters translate driver errors at the boundary into :class:`SinkError`, whose
+``retryable`` flag (on the class) tells the projector what to do:
+
+- ``SinkError`` (retryable): the sink is unavailable (database down, disk error, lock held).
+  The projector pauses and retries the same batch with backoff, forever, without committing.
+- ``RejectedEvents`` (not retryable): the sink refuses the data itself (a value out of range).
+  The projector isolates the offending events and dead-letters them; the rest is applied.
+
+Any other exception is a bug: it propagates and stops the projector, uncommitted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar, Protocol
+
+from gateway.events import UsageEvent
+
+
+class Sink(Protocol):
+    """A projection of the usage events (the LLMUsage table, DuckDB facts, ...)."""
+
+    name: str
+
+    async def start(self) -> None:
+        """Acquire resources and apply migrations. Raises ``SinkError`` when unavailable."""
+        ...
+
+    async def apply(self, events: Sequence[UsageEvent]) -> None:
+        """Upsert ``events`` atomically and idempotently (keyed by ``event_id``)."""
+        ...
+
+    async def reset(self) -> None:
+        """Drop the projected data (a full rebuild by replay follows)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class DeadLetters(Protocol):
+    """Where records the projector cannot apply go, byte for byte. Must be idempotent on
+    ``(position, raw)``: the same record may be dead-lettered again after a redelivery."""
+
+    async def dead_letter(self, raw: bytes, reason: str, position: str) -> None: ...
+
+
+class SinkError(Exception):
+    """A sink could not apply a batch for now; the same batch will be retried."""
+
+    retryable: ClassVar[bool] = True
+
+    def __init__(self, sink: str, message: str) -> None:
+        super().__init__(f"{sink}: {message}")
+        self.sink = sink
+
+
+class RejectedEvents(SinkError):
+    """The sink refuses (some of) the events themselves; retrying the same data cannot help."""
+
+    retryable: ClassVar[bool] = False
+
+
+def latest_by_id(events: Sequence[UsageEvent]) -> list[UsageEvent]:
+    """One event per ``event_id`` (the last one wins, e.g. a re-priced copy), in batch order.
+
+    A batch can hold the same event twice (a producer retry, a spool forwarded twice); a
+    single upsert statement must not touch one row twice.
+    """
+    latest = {event.event_id: event for event in events}
+    if len(latest) == len(events):
+        return list(events)
+    return list(latest.values())

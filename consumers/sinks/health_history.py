@@ -1,0 +1,161 @@
+"""The health-history sink: provider health over time, projected from the usage events into
+DuckDB's ``provider_health_history`` (queryable with SQL next to ``usage_facts``).
+
+It runs the same :class:`~gateway.health.view.HealthView` the gateways route on, with event time
+as its clock (``now`` = the latest ``created_at`` seen), and writes a row per
+(provider, model, window_end):
+
+- at each **transition** (circuit closed/open/half_open, state healthy/degraded/down) of a
+  provider (``model = '*'``) or a provider+model: ``reason`` says what changed and why;
+- at each **snapshot** boundary (every ``snapshot_seconds`` of event time, aligned to multiples
+  of it since the epoch) for every key with attempts in its window: ``reason`` is NULL.
+
+A boundary is written once an event after it arrives. Idempotent: rows are upserted on their
+key, so a redelivered batch rewrites the same values (the view also skips event ids it has
+seen). Rows computed while the store was unavailable are kept and written with the next
+successful batch. The view lives in memory: after a restart the first window is computed from
+the events read since then (the rows of that first minute may under-count until the window
+refills); ``reset`` + replay from the beginning rebuilds the whole history exactly.
+
+The table is created by analytics/migrations/0002_provider_health_history.sql.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+
+import duckdb
+
+from analytics.store import AnalyticsStore
+from consumers.sinks.base import SinkError, latest_by_id
+from gateway.events import UsageEvent
+from gateway.health.config import HealthSettings
+from gateway.health.transitions import HealthHistoryRow, HealthTransition, history_row, merge_rows, transition_rows
+from gateway.health.view import HealthView
+
+TABLE = "provider_health_history"
+
+COLUMNS = (
+    "provider", "model", "window_end", "window_seconds", "attempts", "failures", "rate_limited", "timeouts",
+    "p50_ms", "p95_ms", "p50_ttft_ms", "state", "circuit", "reason",
+)  # fmt: skip
+_KEY = ("provider", "model", "window_end")
+_UPSERT_TAIL = (
+    " ON CONFLICT (provider, model, window_end) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS if c not in _KEY and c != "reason")
+    + f", reason = coalesce(excluded.reason, {TABLE}.reason)"
+)
+#: errors in our own SQL or rows (a bug, or the migration is missing): not retried
+_BUGS: tuple[type[duckdb.Error], ...] = (
+    duckdb.CatalogException,
+    duckdb.BinderException,
+    duckdb.ParserException,
+    duckdb.DataError,
+    duckdb.IntegrityError,
+)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class HealthHistorySink:
+    name = "health_history"
+
+    def __init__(
+        self,
+        store: AnalyticsStore,
+        config: HealthSettings | None = None,
+        *,
+        snapshot_seconds: float | None = None,
+    ) -> None:
+        self._store = store
+        self._config = config or HealthSettings()
+        self._interval = timedelta(seconds=snapshot_seconds or self._config.window_seconds)
+        self._pending: dict[tuple[str, str, datetime], HealthHistoryRow] = {}
+        self._fresh_view()
+
+    def _fresh_view(self) -> None:
+        self._now: datetime = _EPOCH
+        self._next_snapshot: datetime | None = None
+        self._view = HealthView(self._config, clock=lambda: self._now, listeners=[self._on_transition])
+
+    # --- Sink -------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        try:
+            await self._store.open()
+        except duckdb.Error as e:
+            raise SinkError(self.name, f"cannot open {self._store.path}: {e}") from e
+
+    async def apply(self, events: Sequence[UsageEvent]) -> None:
+        for event in sorted(latest_by_id(events), key=lambda e: (e.created_at, e.event_id)):
+            self._advance(event.created_at)
+            self._view.apply(event)
+        if self._pending:
+            rows = list(self._pending.values())
+            await self._execute(lambda conn: write_rows(conn, rows))
+            self._pending.clear()
+
+    async def reset(self) -> None:
+        await self._execute(lambda conn: conn.execute(f"DELETE FROM {TABLE}"))
+        self._pending.clear()
+        self._fresh_view()
+
+    async def close(self) -> None:
+        return None  # the store belongs to whoever opened it
+
+    # --- event time -----------------------------------------------------------------------------
+    def _advance(self, t: datetime) -> None:
+        """Move the clock to ``t`` (never back), writing the snapshot boundaries passed on the way."""
+        if self._next_snapshot is None:
+            self._next_snapshot = _boundary_after(t, self._interval)
+        while self._next_snapshot < t:
+            self._now = max(self._now, self._next_snapshot)
+            wrote = self._snapshot()
+            self._next_snapshot += self._interval
+            if not wrote:  # idle: jump over the empty boundaries
+                self._next_snapshot = max(self._next_snapshot, _boundary_after(t, self._interval))
+        self._now = max(self._now, t)
+
+    def _snapshot(self) -> bool:
+        wrote = False
+        for name, health in self._view.snapshot().items():
+            if health.stats.attempts or health.circuit != "closed":
+                self._add(history_row(name, None, health.stats, health.state, health.circuit))
+                wrote = True
+            for model in health.models.values():
+                if model.stats.attempts:
+                    self._add(history_row(name, model.model, model.stats, model.state, None))
+                    wrote = True
+        return wrote
+
+    def _on_transition(self, transition: HealthTransition) -> None:
+        for row in transition_rows([transition]):
+            self._add(row)
+
+    def _add(self, row: HealthHistoryRow) -> None:
+        self._pending[row.key] = merge_rows(self._pending.get(row.key), row)
+
+    async def _execute(self, fn: Callable[[duckdb.DuckDBPyConnection], object]) -> None:
+        try:
+            await self._store.run(fn)
+        except _BUGS:
+            raise
+        except duckdb.Error as e:
+            raise SinkError(self.name, str(e)) from e
+
+
+def write_rows(conn: duckdb.DuckDBPyConnection, rows: Sequence[HealthHistoryRow]) -> None:
+    """Upsert ``rows`` (distinct keys) in one statement."""
+    if not rows:
+        return
+    placeholders = "(" + ", ".join("?" for _ in COLUMNS) + ")"
+    sql = f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES " + ", ".join(placeholders for _ in rows) + _UPSERT_TAIL
+    params: list[object] = []
+    for row in rows:
+        params.extend(getattr(row, column) for column in COLUMNS)
+    conn.execute(sql, params)
+
+
+def _boundary_after(t: datetime, interval: timedelta) -> datetime:
+    """The first multiple of ``interval`` since the epoch that is >= ``t``."""
+    steps = -((_EPOCH - t) // interval)  # ceil((t - epoch) / interval)
+    return _EPOCH + steps * interval

@@ -1,0 +1,419 @@
+"""One contract for the sink port, run against every adapter: the DuckDB sink (always) and the
+Postgres ``"LLMUsage"`` sink (real PostgreSQL, ``-m postgres``).
+
+Each harness reads back what the sink projected in one common shape (id -> row), so every
+test states the contract once: idempotent on the event id, re-priced on redelivery, exact
+money, NULL for unpriced, atomic batches, fast enough for 10k-event batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import pytest
+
+from analytics.store import AnalyticsStore
+from consumers.migrations import MIGRATIONS_TABLE, postgres_migrations
+from consumers.sinks.base import RejectedEvents, Sink, SinkError
+from consumers.sinks.duckdb import FACT_COLUMNS, DuckDBSink
+from consumers.sinks.postgres import PostgresSink
+from gateway.events import UsageEvent
+from gateway.ids import uuid7
+from tests.conftest import DATABASE_ENV, missing_service
+
+START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+TENANTS = ("acme", "globex", "initech")
+
+
+def make_event(i: int, *, cost: Decimal | None = Decimal("0.0000025"), **changes: Any) -> UsageEvent:
+    fields: dict[str, Any] = {
+        "event_id": str(uuid7()),
+        "request_id": f"req_{i}",
+        "attempt": 1,
+        "created_at": START + timedelta(milliseconds=i),
+        "tenant_id": TENANTS[i % len(TENANTS)],
+        "provider": "openai",
+        "requested_model": "gpt-4o",
+        "provider_model": "gpt-4o-2024-08-06",
+        "served_model": "gpt-4o-2024-08-06",
+        "outcome": "success",
+        "http_status": 200,
+        "latency_ms": 12.5 + i,
+        "ttft_ms": 3.25,
+        "prompt_tokens": 100 + i,
+        "completion_tokens": 20,
+        "total_tokens": 120 + i,
+        "cost_usd": cost,
+        "price_version": "2026-01",
+        "billable": True,
+    }
+    fields.update(changes)
+    return UsageEvent(**fields)
+
+
+@dataclass(frozen=True)
+class Projected:
+    """A projected row in the shape common to both sinks."""
+
+    tenant_id: str
+    provider: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cost_usd: Decimal | None
+    price_version: str | None
+    created_at: datetime
+    outcome: str
+    billable: bool
+
+
+def projected(r: tuple[Any, ...]) -> Projected:
+    """(id, tenant, provider, model, prompt, completion, total, cost, version, at, outcome, billable)"""
+    return Projected(
+        tenant_id=r[1],
+        provider=r[2],
+        model=r[3],
+        prompt_tokens=r[4],
+        completion_tokens=r[5],
+        total_tokens=r[6],
+        cost_usd=r[7],
+        price_version=r[8],
+        created_at=r[9].astimezone(UTC),
+        outcome=r[10],
+        billable=r[11],
+    )
+
+
+@dataclass
+class Harness:
+    sink: Sink
+    rows: Callable[[], Awaitable[dict[str, Projected]]]
+    total_cost: Callable[[], Awaitable[Decimal]]
+
+
+# --- DuckDB -------------------------------------------------------------------------------------
+async def duckdb_harness() -> AsyncIterator[Harness]:
+    store = AnalyticsStore()
+    await store.open()
+    sink = DuckDBSink(store)
+    await sink.start()
+
+    async def rows() -> dict[str, Projected]:
+        got = await store.fetchall(
+            "SELECT id, tenant_id, provider, model, prompt_tokens, completion_tokens, total_tokens,"
+            " cost_usd, price_version, created_at, outcome, billable FROM llm_usage"
+        )
+        return {r[0]: projected(r) for r in got}
+
+    async def total_cost() -> Decimal:
+        got = await store.fetchall("SELECT coalesce(sum(cost_usd), 0) FROM usage_facts")
+        return Decimal(got[0][0])
+
+    yield Harness(sink, rows, total_cost)
+    await sink.close()
+    await store.close()
+
+
+# --- Postgres -----------------------------------------------------------------------------------
+def database_url() -> str:
+    url = os.environ.get(DATABASE_ENV, "")
+    if not url:
+        missing_service(f"{DATABASE_ENV} is not set")
+    return url
+
+
+async def postgres_harness() -> AsyncIterator[Harness]:
+    url = database_url()
+    schema = f"sink_contract_{uuid.uuid4().hex[:12]}"
+    sink = PostgresSink(url, schema=schema)
+    await sink.start()
+    conn = await asyncpg.connect(url, server_settings={"search_path": schema})
+
+    async def rows() -> dict[str, Projected]:
+        got = await conn.fetch(
+            'SELECT "id", "tenantId", "provider", "model", "promptTokens", "completionTokens",'
+            ' "totalTokens", "costUsd", "priceVersion", "createdAt", "outcome", "billable"'
+            ' FROM "LLMUsage"'
+        )
+        return {r[0]: projected(tuple(r)) for r in got}
+
+    async def total_cost() -> Decimal:
+        return Decimal(await conn.fetchval('SELECT coalesce(sum("costUsd"), 0) FROM "LLMUsage"'))
+
+    try:
+        yield Harness(sink, rows, total_cost)
+    finally:
+        await sink.close()
+        await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await conn.close()
+
+
+@pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    factory = duckdb_harness if request.param == "duckdb" else postgres_harness
+    async for h in factory():
+        yield h
+
+
+def expected(event: UsageEvent) -> Projected:
+    return Projected(
+        tenant_id=event.tenant_id,
+        provider=event.provider,
+        model=event.served_model or event.provider_model,
+        prompt_tokens=event.prompt_tokens,
+        completion_tokens=event.completion_tokens,
+        total_tokens=event.total_tokens,
+        cost_usd=event.cost_usd,
+        price_version=event.price_version,
+        created_at=event.created_at,
+        outcome=event.outcome,
+        billable=event.billable,
+    )
+
+
+# --- the contract -------------------------------------------------------------------------------
+async def test_apply_projects_every_event(harness: Harness) -> None:
+    events = [make_event(i) for i in range(20)]
+    await harness.sink.apply(events)
+    assert await harness.rows() == {e.event_id: expected(e) for e in events}
+
+
+async def test_apply_is_idempotent(harness: Harness) -> None:
+    events = [make_event(i, cost=Decimal("0.0012345") * i) for i in range(50)]
+    await harness.sink.apply(events)
+    first_rows, first_total = await harness.rows(), await harness.total_cost()
+    await harness.sink.apply(events)
+    assert await harness.rows() == first_rows
+    assert await harness.total_cost() == first_total == sum((e.cost_usd or 0 for e in events), Decimal(0))
+
+
+async def test_overlapping_batches_and_duplicates_within_a_batch(harness: Harness) -> None:
+    events = [make_event(i) for i in range(30)]
+    await harness.sink.apply(events[:20])
+    await harness.sink.apply(events[10:] + events[25:])  # overlap, and the same event twice
+    rows = await harness.rows()
+    assert len(rows) == 30
+    assert await harness.total_cost() == Decimal("0.0000025") * 30
+
+
+async def test_redelivery_with_a_new_price_updates_the_cost(harness: Harness) -> None:
+    events = [make_event(i, cost=Decimal("0.001")) for i in range(10)]
+    await harness.sink.apply(events)
+    repriced = [e.model_copy(update={"cost_usd": Decimal("0.0025"), "price_version": "2026-02"}) for e in events]
+    await harness.sink.apply(repriced)
+    rows = await harness.rows()
+    assert len(rows) == 10
+    assert {(r.cost_usd, r.price_version) for r in rows.values()} == {(Decimal("0.0025"), "2026-02")}
+    assert await harness.total_cost() == Decimal("0.025")
+
+
+async def test_unpriced_is_null_and_a_later_price_backfills_it(harness: Harness) -> None:
+    unpriced = make_event(1, cost=None, price_version=None)
+    free_failure = make_event(2, cost=Decimal(0), outcome="rate_limited", http_status=429, billable=False)
+    await harness.sink.apply([unpriced, free_failure])
+    rows = await harness.rows()
+    assert rows[unpriced.event_id].cost_usd is None
+    assert rows[free_failure.event_id].cost_usd == 0
+    assert rows[free_failure.event_id].outcome == "rate_limited"
+    assert not rows[free_failure.event_id].billable
+    assert await harness.total_cost() == 0
+
+    priced = unpriced.model_copy(update={"cost_usd": Decimal("0.0000031"), "price_version": "2026-02"})
+    await harness.sink.apply([priced])
+    assert (await harness.rows())[unpriced.event_id].cost_usd == Decimal("0.0000031")
+
+    # and a price withdrawn by a replay makes it unpriced again (not free)
+    await harness.sink.apply([unpriced])
+    assert (await harness.rows())[unpriced.event_id].cost_usd is None
+
+
+@pytest.mark.parametrize(
+    "cost",
+    ["0.0000025", "0.0000000001", "1234567890.0123456789", "9999999999.9999999999", "0", "0.1"],
+)
+async def test_money_round_trips_exactly(harness: Harness, cost: str) -> None:
+    event = make_event(1, cost=Decimal(cost))
+    await harness.sink.apply([event])
+    stored = (await harness.rows())[event.event_id].cost_usd
+    assert stored == Decimal(cost)
+    assert isinstance(stored, Decimal)
+
+
+async def test_sums_are_exact(harness: Harness) -> None:
+    costs = [Decimal("0.0000025"), Decimal("0.0000001"), Decimal("0.1"), Decimal("0.2"), Decimal("0.0036751")]
+    events = [make_event(i, cost=c) for i, c in enumerate(costs * 20)]
+    await harness.sink.apply(events)
+    assert await harness.total_cost() == sum(costs) * 20 == Decimal("6.073554")
+
+
+async def test_timestamps_keep_the_instant(harness: Harness) -> None:
+    plus_two = timezone(timedelta(hours=2))
+    event = make_event(1, created_at=datetime(2026, 3, 1, 14, 0, 0, 123456, tzinfo=plus_two))
+    await harness.sink.apply([event])
+    stored = (await harness.rows())[event.event_id].created_at
+    assert stored == datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+async def test_model_is_the_served_model_else_the_provider_model(harness: Harness) -> None:
+    served = make_event(1, served_model="gpt-4o-2024-11-20")
+    unknown = make_event(2, served_model=None)
+    await harness.sink.apply([served, unknown])
+    rows = await harness.rows()
+    assert rows[served.event_id].model == "gpt-4o-2024-11-20"
+    assert rows[unknown.event_id].model == "gpt-4o-2024-08-06"
+
+
+async def test_a_refused_batch_is_rejected_whole(harness: Harness) -> None:
+    good = make_event(1)
+    too_expensive = make_event(2, cost=Decimal("10000000000"))  # beyond DECIMAL(20,10)
+    with pytest.raises(RejectedEvents):
+        await harness.sink.apply([good, too_expensive])
+    assert await harness.rows() == {}
+    await harness.sink.apply([good])
+    assert list(await harness.rows()) == [good.event_id]
+
+
+async def test_reset_drops_the_projection(harness: Harness) -> None:
+    await harness.sink.apply([make_event(i) for i in range(5)])
+    await harness.sink.reset()
+    assert await harness.rows() == {}
+    await harness.sink.apply([make_event(9)])
+    assert len(await harness.rows()) == 1
+
+
+async def test_a_batch_of_ten_thousand(harness: Harness) -> None:
+    events = [make_event(i, cost=Decimal("0.0000025") * (i % 97)) for i in range(10_000)]
+    await harness.sink.apply(events)
+    await harness.sink.apply(events)
+    rows = await harness.rows()
+    assert len(rows) == 10_000
+    assert await harness.total_cost() == sum((e.cost_usd or 0 for e in events), Decimal(0))
+
+
+async def test_empty_batch_is_a_no_op(harness: Harness) -> None:
+    await harness.sink.apply([])
+    assert await harness.rows() == {}
+
+
+# --- DuckDB only: the facts hold the whole event ----------------------------------------------
+async def test_duckdb_facts_hold_every_event_field() -> None:
+    assert set(FACT_COLUMNS) == set(UsageEvent.model_fields)
+    store = AnalyticsStore()
+    await store.open()
+    try:
+        columns = {
+            r[0]
+            for r in await store.fetchall("SELECT column_name FROM duckdb_columns() WHERE table_name = 'usage_facts'")
+        }
+        assert columns == set(UsageEvent.model_fields)
+        event = make_event(
+            7,
+            api_key_id="key_1",
+            stream=True,
+            error_code="x",
+            error_message="quote ' \" and newline\n and unicode ✓ \x00",
+            cached_tokens=11,
+            cache_creation_tokens=3,
+            reasoning_tokens=5,
+            incomplete=True,
+            gateway_instance="gw-1",
+            latency_ms=0.1 + 0.2,
+        )
+        await DuckDBSink(store).apply([event])
+        cursor = store.connection.execute("SELECT * FROM usage_facts")
+        names = [d[0] for d in cursor.description]
+        row = cursor.fetchone()
+        assert row is not None
+        stored = dict(zip(names, row, strict=True))
+        assert UsageEvent.model_validate(stored) == event
+    finally:
+        await store.close()
+
+
+# --- Postgres only: migrations ------------------------------------------------------------------
+@pytest.mark.postgres
+async def test_postgres_consumers_starting_together_migrate_once() -> None:
+    url = database_url()
+    schema = f"sink_migrate_{uuid.uuid4().hex[:12]}"
+    sinks = [PostgresSink(url, schema=schema) for _ in range(4)]
+    try:
+        await asyncio.gather(*(s.start() for s in sinks))
+        conn = await asyncpg.connect(url, server_settings={"search_path": schema})
+        try:
+            rows = await conn.fetch(f"SELECT version, name FROM {MIGRATIONS_TABLE} ORDER BY version")
+            assert [(r["version"], r["name"]) for r in rows] == [(m.version, m.name) for m in postgres_migrations()]
+        finally:
+            await conn.close()
+        await sinks[0].apply([make_event(1)])
+    finally:
+        for sink in sinks:
+            await sink.close()
+        conn = await asyncpg.connect(url)
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await conn.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_keeps_an_existing_platform_table_and_adds_the_extra_columns() -> None:
+    url = database_url()
+    schema = f"sink_platform_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(url)
+    await conn.execute(f'CREATE SCHEMA "{schema}"')
+    await conn.execute(
+        f'CREATE TABLE "{schema}"."LLMUsage" ("id" TEXT PRIMARY KEY, "tenantId" TEXT NOT NULL,'
+        ' "provider" TEXT NOT NULL, "model" TEXT NOT NULL, "promptTokens" INTEGER NOT NULL,'
+        ' "completionTokens" INTEGER NOT NULL, "totalTokens" INTEGER NOT NULL,'
+        ' "costUsd" DECIMAL(65, 30), "createdAt" TIMESTAMP(3) WITH TIME ZONE NOT NULL DEFAULT now())'
+    )
+    await conn.execute(
+        f"INSERT INTO \"{schema}\".\"LLMUsage\" VALUES ('legacy-1', 'acme', 'openai', 'gpt-4', 1, 1, 2, 0.5, now())"
+    )
+    sink = PostgresSink(url, schema=schema)
+    try:
+        await sink.start()
+        event = make_event(1, cost=Decimal("0.0000025"))
+        await sink.apply([event])
+        await sink.reset()  # drops the gateway's rows only
+        await sink.apply([event])
+        rows = await conn.fetch(f'SELECT "id", "costUsd", "requestId" FROM "{schema}"."LLMUsage" ORDER BY "id"')
+        assert [(r["id"], r["costUsd"], r["requestId"]) for r in rows] == sorted(
+            [("legacy-1", Decimal("0.5"), None), (event.event_id, Decimal("0.0000025"), "req_1")], key=lambda r: r[0]
+        )
+    finally:
+        await sink.close()
+        await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await conn.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_a_platform_not_null_column_pauses_rather_than_rejecting_every_event() -> None:
+    url = database_url()
+    schema = f"sink_notnull_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(url)
+    await conn.execute(f'CREATE SCHEMA "{schema}"')
+    await conn.execute(
+        f'CREATE TABLE "{schema}"."LLMUsage" ("id" TEXT PRIMARY KEY, "tenantId" TEXT NOT NULL,'
+        ' "provider" TEXT NOT NULL, "model" TEXT NOT NULL, "promptTokens" INTEGER NOT NULL,'
+        ' "completionTokens" INTEGER NOT NULL, "totalTokens" INTEGER NOT NULL,'
+        ' "costUsd" DECIMAL(65, 30), "createdAt" TIMESTAMPTZ NOT NULL, "userId" TEXT NOT NULL)'
+    )
+    sink = PostgresSink(url, schema=schema)
+    try:
+        await sink.start()
+        with pytest.raises(SinkError) as caught:
+            await sink.apply([make_event(1)])
+        assert caught.value.retryable
+        assert "userId" in str(caught.value)
+    finally:
+        await sink.close()
+        await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await conn.close()

@@ -1,0 +1,129 @@
+"""A database outage mid-stream: the projector pauses, waits, and catches up with no gap and no
+duplicate once PostgreSQL is back (real cluster, taken down with ``pg_ctlcluster stop -m fast``)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import asyncpg
+import pytest
+
+from consumers.deadletter import MemoryDeadLetters
+from consumers.projector import Projector
+from consumers.sinks.postgres import PostgresSink
+from gateway.eventlog.memory import MemoryEventLog
+from gateway.events import UsageEvent
+from gateway.ids import uuid7
+from tests.conftest import PostgresControl
+
+pytestmark = pytest.mark.postgres
+
+START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+TOTAL = 3000
+
+
+def make_event(i: int) -> UsageEvent:
+    failed = i % 10 == 0
+    unpriced = i % 17 == 0 and not failed
+    return UsageEvent(
+        event_id=str(uuid7()),
+        request_id=f"req_{i}",
+        attempt=1,
+        created_at=START + timedelta(milliseconds=i),
+        tenant_id=f"tenant-{i % 4}",
+        provider="openai",
+        requested_model="gpt-4o",
+        provider_model="gpt-4o",
+        outcome="rate_limited" if failed else "success",
+        latency_ms=5.0,
+        prompt_tokens=0 if failed else 100 + i,
+        completion_tokens=0 if failed else 10,
+        total_tokens=0 if failed else 110 + i,
+        cost_usd=Decimal(0) if failed else None if unpriced else Decimal("0.0000025") * (i + 1),
+        price_version="v1",
+        billable=not failed,
+    )
+
+
+@pytest.fixture
+async def schema(database_url: str) -> AsyncIterator[str]:
+    name = f"outage_{uuid.uuid4().hex[:12]}"
+    yield name
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    finally:
+        await conn.close()
+
+
+async def wait_for(what: str, check: Callable[[], bool], seconds: float) -> None:
+    try:
+        async with asyncio.timeout(seconds):
+            while not check():  # noqa: ASYNC110 - polling the projector's counters
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        pytest.fail(f"timed out after {seconds}s waiting until {what}")
+
+
+async def test_projector_waits_out_a_database_outage_and_catches_up(
+    database_url: str, postgres_control: PostgresControl, schema: str
+) -> None:
+    log = MemoryEventLog()
+    sink = PostgresSink(database_url, schema=schema, connect_timeout=2.0, command_timeout=10.0)
+    projector = Projector(
+        log, [sink], MemoryDeadLetters(), batch_size=200, poll_timeout=0.05, retry_initial=0.1, retry_max=1.0
+    )
+    await projector.start()
+    stop = asyncio.Event()
+    consumer = asyncio.create_task(projector.run_forever(stop))
+    events = [make_event(i) for i in range(TOTAL)]
+
+    async def produce() -> None:
+        for i in range(0, TOTAL, 50):  # a steady stream, ~6 s long
+            for event in events[i : i + 50]:
+                log.publish(event)
+            await asyncio.sleep(0.1)
+
+    producer = asyncio.create_task(produce())
+    try:
+        stats = projector.stats
+        await wait_for("some events applied", lambda: stats.events_applied >= 500, 30)
+
+        await postgres_control.astop()  # mid-stream
+        await wait_for("the projector pauses", lambda: stats.paused and stats.retries >= 3, 30)
+        applied_while_down = stats.events_applied
+        await asyncio.sleep(1.0)
+        assert stats.events_applied == applied_while_down  # nothing applied, nothing committed
+        assert stats.paused
+        assert await log.lag() > 0
+
+        await postgres_control.astart()
+        await producer
+        await wait_for("caught up", lambda: stats.events_applied == TOTAL and not stats.paused, 60)
+        assert await log.lag() == 0
+    finally:
+        stop.set()
+        await asyncio.wait_for(consumer, 10)
+        producer.cancel()
+        await projector.close()
+
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": schema})
+    try:
+        count, distinct, total = await conn.fetchrow(
+            'SELECT count(*), count(DISTINCT "id"), sum("costUsd") FROM "LLMUsage"'
+        )
+        per_tenant = dict(await conn.fetch('SELECT "tenantId", sum("costUsd") FROM "LLMUsage" GROUP BY 1'))
+        unpriced = await conn.fetchval('SELECT count(*) FROM "LLMUsage" WHERE "costUsd" IS NULL')
+    finally:
+        await conn.close()
+    assert count == distinct == TOTAL
+    assert total == sum((e.cost_usd for e in events if e.cost_usd is not None), Decimal(0))
+    for tenant, cost in per_tenant.items():
+        expected = [e.cost_usd for e in events if e.tenant_id == tenant and e.cost_usd is not None]
+        assert cost == sum(expected, Decimal(0))
+    assert unpriced == sum(1 for e in events if e.cost_usd is None)
+    assert stats.retries >= 3

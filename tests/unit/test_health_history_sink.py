@@ -1,0 +1,142 @@
+"""The health-history sink on a real (in-memory) DuckDB: transition and snapshot rows, exact."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import duckdb
+import pytest
+
+from analytics.store import AnalyticsStore
+from consumers.sinks.base import SinkError
+from consumers.sinks.health_history import TABLE, HealthHistorySink
+from gateway.events import UsageEvent
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)  # a multiple of 60 s: snapshot boundaries at T0 + k*60
+_ids = itertools.count(1)
+
+
+def ev(outcome: str, seconds: float, provider: str = "openai", latency: float = 100.0) -> UsageEvent:
+    n = next(_ids)
+    return UsageEvent(
+        event_id=f"hh-{n}",
+        request_id=f"req-{n}",
+        attempt=1,
+        created_at=T0 + timedelta(seconds=seconds),
+        tenant_id="t",
+        provider=provider,
+        requested_model="gpt-4",
+        provider_model="gpt-4",
+        outcome=outcome,  # type: ignore[arg-type]
+        latency_ms=latency,
+    )
+
+
+EVENTS = [
+    *[ev("timeout", s) for s in (1, 2, 3, 4, 5)],
+    ev("success", 10, provider="azure", latency=250.0),
+    ev("success", 70, latency=120.0),  # after the 30 s cool-down: the probe that closes the circuit
+    ev("success", 130, provider="azure", latency=300.0),
+]
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[AnalyticsStore]:
+    store = AnalyticsStore()
+    await store.open()
+    tables = await store.fetchall("SELECT table_name FROM information_schema.tables WHERE table_name = ?", [TABLE])
+    assert tables, "the analytics migrations create the health history table"
+    yield store
+    await store.close()
+
+
+async def history(store: AnalyticsStore) -> list[tuple[Any, ...]]:
+    return await store.fetchall(
+        f"SELECT provider, model, window_end, attempts, failures, rate_limited, timeouts, p50_ms, p95_ms, state, "
+        f"circuit, reason FROM {TABLE} ORDER BY window_end, provider, model"
+    )
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+async def test_rows_for_transitions_and_snapshots(store: AnalyticsStore) -> None:
+    sink = HealthHistorySink(store)
+    await sink.start()
+    await sink.apply(EVENTS)
+    rows = await history(store)
+    summary = [(r[0], r[1], r[2], r[3], r[4], r[6], r[9], r[10]) for r in rows]
+    assert summary == [
+        # the 5th timeout in a row opens the circuit: one row for both transitions at that instant
+        ("openai", "*", at(5), 5, 5, 5, "down", "open"),
+        ("openai", "gpt-4", at(5), 5, 5, 5, "down", None),
+        ("openai", "*", at(35), 5, 5, 5, "down", "half_open"),
+        # the snapshot at T0+60 (written once an event after it arrived)
+        ("azure", "*", at(60), 1, 0, 0, "healthy", "closed"),
+        ("azure", "gpt-4", at(60), 1, 0, 0, "healthy", None),
+        ("openai", "*", at(60), 5, 5, 5, "down", "half_open"),
+        ("openai", "gpt-4", at(60), 5, 5, 5, "down", None),
+        # the probe succeeds; the timeouts (T0+1..5) have left the window [T0+10, T0+70]
+        ("openai", "*", at(70), 1, 0, 0, "healthy", "closed"),
+        ("openai", "gpt-4", at(70), 1, 0, 0, "healthy", None),
+        # T0+120: azure's only attempt (T0+10) is out of the window: no azure row
+        ("openai", "*", at(120), 1, 0, 0, "healthy", "closed"),
+        ("openai", "gpt-4", at(120), 1, 0, 0, "healthy", None),
+    ]
+    by_key = {(r[0], r[1], r[2]): r for r in rows}
+    opened = by_key[("openai", "*", at(5))][11]
+    assert opened.startswith("circuit openai: closed -> open (5 consecutive failures: timeout, timeout")
+    assert "; health openai: healthy -> down (circuit open" in opened
+    assert by_key[("openai", "*", at(35))][11].startswith("circuit openai: open -> half_open (cool-down of 30s")
+    assert by_key[("openai", "*", at(70))][11] == (
+        "circuit openai: half_open -> closed (probe succeeded after 65s); "
+        "health openai: down -> healthy (within thresholds (1 attempts in the last 60s))"
+    )
+    assert by_key[("openai", "*", at(60))][11] is None  # a periodic snapshot
+    assert by_key[("azure", "*", at(60))][7:9] == (250.0, 250.0)
+    assert by_key[("openai", "*", at(120))][7:9] == (120.0, 120.0)
+
+
+async def test_redelivery_and_batching_give_the_same_rows(store: AnalyticsStore) -> None:
+    sink = HealthHistorySink(store)
+    await sink.start()
+    await sink.apply(EVENTS)
+    expected = await history(store)
+    await sink.apply(EVENTS)  # redelivered batch: nothing changes
+    assert await history(store) == expected
+
+    await sink.reset()
+    assert await history(store) == []
+    for event in EVENTS:  # one event per batch
+        await sink.apply([event])
+    assert await history(store) == expected
+
+    fresh = HealthHistorySink(store)  # a rebuild from the beginning upserts the same rows
+    await fresh.apply(list(reversed(EVENTS)))  # order within a batch does not matter
+    assert await history(store) == expected
+
+
+async def test_rows_survive_an_unavailable_store(store: AnalyticsStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    sink = HealthHistorySink(store)
+    real_run = store.run
+    calls = {"n": 0}
+
+    async def flaky(fn: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise duckdb.IOException("disk went away")
+        return await real_run(fn)
+
+    monkeypatch.setattr(store, "run", flaky)
+    with pytest.raises(SinkError):
+        await sink.apply(EVENTS[:5])
+    await sink.apply(EVENTS[:5])  # the projector retries the same batch
+    rows = await history(store)
+    assert [(r[0], r[1], r[2], r[10]) for r in rows] == [
+        ("openai", "*", at(5), "open"),
+        ("openai", "gpt-4", at(5), None),
+    ]

@@ -1,0 +1,456 @@
+"""The projector loop over the in-memory log: commit only after every sink applied a batch,
+pause and retry on an unavailable sink, dead-letter poison, survive a crash mid-batch."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from analytics.store import AnalyticsStore
+from consumers.deadletter import DuckDBDeadLetters, LogDeadLetters, MemoryDeadLetters
+from consumers.projector import Projector
+from consumers.sinks.base import RejectedEvents, SinkError
+from consumers.sinks.duckdb import DuckDBSink
+from gateway.eventlog.base import LogRecord
+from gateway.eventlog.memory import MemoryEventLog
+from gateway.events import UsageEvent
+from gateway.ids import uuid7
+
+START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def make_event(i: int, cost: Decimal | None = Decimal("0.0000025")) -> UsageEvent:
+    return UsageEvent(
+        event_id=str(uuid7()),
+        request_id=f"req_{i}",
+        attempt=1,
+        created_at=START + timedelta(seconds=i),
+        tenant_id="acme",
+        provider="openai",
+        requested_model="gpt-4o",
+        provider_model="gpt-4o",
+        outcome="success",
+        latency_ms=10.0,
+        prompt_tokens=10,
+        completion_tokens=5,
+        total_tokens=15,
+        cost_usd=cost,
+        price_version="v1",
+        billable=True,
+    )
+
+
+class RestartableLog(MemoryEventLog):
+    """The in-memory log, plus what a consumer restart does: read again from the last commit."""
+
+    def __init__(self, journal: list[str] | None = None, poison: dict[str, bytes] | None = None) -> None:
+        super().__init__()
+        self.journal = journal if journal is not None else []
+        self.poison = poison or {}
+        self.commits: list[str] = []
+
+    def restart(self) -> None:
+        self._cursor = self._committed
+
+    async def fetch(self, max_records: int, timeout: float) -> list[LogRecord]:  # noqa: ASYNC109
+        records = await super().fetch(max_records, timeout)
+        if records:
+            self.journal.append(f"fetch {records[0].position}-{records[-1].position}")
+        return [
+            LogRecord(r.position, self.poison[r.position], r.key, r.timestamp) if r.position in self.poison else r
+            for r in records
+        ]
+
+    async def commit(self, records: Sequence[LogRecord]) -> None:
+        await super().commit(records)
+        self.commits.append(records[-1].position)
+        self.journal.append(f"commit {records[-1].position}")
+
+
+class RecordingSink:
+    """A sink keeping events by id (idempotent), journaling each call."""
+
+    def __init__(self, name: str, journal: list[str] | None = None) -> None:
+        self.name = name
+        self.journal = journal if journal is not None else []
+        self.events: dict[str, UsageEvent] = {}
+        self.applies = 0
+
+    async def start(self) -> None:
+        return None
+
+    async def apply(self, events: Sequence[UsageEvent]) -> None:
+        self.applies += 1
+        self.events.update((e.event_id, e) for e in events)
+        self.journal.append(f"{self.name} applied {len(events)}")
+
+    async def reset(self) -> None:
+        self.events.clear()
+
+    async def close(self) -> None:
+        return None
+
+
+class FlakySink(RecordingSink):
+    """Unavailable for its first ``failures`` calls (a database that is down)."""
+
+    def __init__(self, name: str, failures: int, journal: list[str] | None = None, error: Exception | None = None):
+        super().__init__(name, journal)
+        self.failures = failures
+        self.error = error or SinkError(name, "connection refused")
+
+    async def apply(self, events: Sequence[UsageEvent]) -> None:
+        if self.failures > 0:
+            self.failures -= 1
+            self.journal.append(f"{self.name} failed")
+            raise self.error
+        await super().apply(events)
+
+
+class SleepRecorder:
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+
+
+async def until(check: Callable[[], bool], seconds: float = 5.0) -> None:
+    async with asyncio.timeout(seconds):
+        while not check():  # noqa: ASYNC110 - polling the projector's counters
+            await asyncio.sleep(0.01)
+
+
+async def publish(log: MemoryEventLog, count: int, start: int = 0) -> list[UsageEvent]:
+    events = [make_event(i) for i in range(start, start + count)]
+    for event in events:
+        log.publish(event)
+    return events
+
+
+# --- the happy path -----------------------------------------------------------------------------
+async def test_applies_every_batch_to_every_sink_then_commits() -> None:
+    journal: list[str] = []
+    log = RestartableLog(journal)
+    a, b = RecordingSink("a", journal), RecordingSink("b", journal)
+    events = await publish(log, 25)
+    projector = Projector(log, [a, b], MemoryDeadLetters(), batch_size=10)
+
+    assert await projector.run_until_idle() == 25
+
+    assert set(a.events) == set(b.events) == {e.event_id for e in events}
+    assert journal[:4] == ["fetch 1-10", "a applied 10", "b applied 10", "commit 10"]
+    assert log.commits == ["10", "20", "25"]
+    assert await log.lag() == 0
+    stats = projector.stats
+    assert (stats.events_applied, stats.batches_committed, stats.lag, stats.paused) == (25, 3, 0, False)
+    assert stats.last_batch_size == 5
+    assert stats.last_batch_at is not None
+
+
+async def test_sink_names_must_be_unique() -> None:
+    with pytest.raises(ValueError, match="unique"):
+        Projector(MemoryEventLog(), [RecordingSink("a"), RecordingSink("a")], MemoryDeadLetters())
+
+
+# --- an unavailable sink pauses the projector ---------------------------------------------------
+async def test_unavailable_sink_pauses_retries_the_same_batch_then_commits() -> None:
+    journal: list[str] = []
+    log = RestartableLog(journal)
+    healthy, flaky = RecordingSink("healthy", journal), FlakySink("flaky", 3, journal)
+    events = await publish(log, 15)
+    sleep = SleepRecorder()
+    projector = Projector(log, [healthy, flaky], MemoryDeadLetters(), batch_size=10, sleep=sleep)
+
+    await projector.run_until_idle()
+
+    # paused on the first batch: no commit, no further fetch, until the sink came back
+    assert journal[:8] == [
+        "fetch 1-10",
+        "healthy applied 10",
+        "flaky failed",
+        "flaky failed",
+        "flaky failed",
+        "flaky applied 10",
+        "commit 10",
+        "fetch 11-15",
+    ]
+    assert healthy.applies == 2  # the healthy sink was not asked again for the retried batch
+    assert sleep.delays == [0.5, 1.0, 2.0]
+    assert set(flaky.events) == set(healthy.events) == {e.event_id for e in events}
+    assert log.commits == ["10", "15"]
+    assert projector.stats.retries == 3
+    assert projector.stats.paused is False
+    assert "connection refused" in (projector.stats.last_error or "")
+
+
+async def test_backoff_is_capped_and_driver_errors_count_as_unavailable() -> None:
+    log = RestartableLog()
+    flaky = FlakySink("pg", 6, error=ConnectionRefusedError("connect call failed"))
+    await publish(log, 3)
+    sleep = SleepRecorder()
+    projector = Projector(log, [flaky], MemoryDeadLetters(), retry_initial=0.25, retry_max=1.0, sleep=sleep)
+
+    await projector.run_until_idle()
+
+    assert sleep.delays == [0.25, 0.5, 1.0, 1.0, 1.0, 1.0]
+    assert len(flaky.events) == 3
+
+
+async def test_paused_state_is_visible_while_waiting() -> None:
+    log = RestartableLog()
+    await publish(log, 2)
+    seen: list[bool] = []
+    projector: Projector
+
+    async def sleep(delay: float) -> None:
+        seen.append(projector.stats.paused)
+
+    projector = Projector(log, [FlakySink("pg", 2)], MemoryDeadLetters(), sleep=sleep)
+    await projector.run_until_idle()
+    assert seen == [True, True]
+    assert projector.stats.paused is False
+
+
+async def test_stop_while_paused_leaves_the_batch_uncommitted() -> None:
+    log = RestartableLog()
+    await publish(log, 5)
+    down = FlakySink("pg", 10**9)
+    projector = Projector(log, [down], MemoryDeadLetters(), poll_timeout=0.01, retry_initial=0.01)
+    stop = asyncio.Event()
+    task = asyncio.create_task(projector.run_forever(stop))
+    await until(lambda: projector.stats.retries >= 3)
+    assert projector.stats.paused
+    stop.set()
+    await asyncio.wait_for(task, 2)
+    assert log.commits == []
+    assert await log.lag() == 5
+
+
+async def test_run_forever_follows_the_log_until_stopped() -> None:
+    log = RestartableLog()
+    sink = RecordingSink("a")
+    projector = Projector(log, [sink], MemoryDeadLetters(), batch_size=50, poll_timeout=0.05)
+    stop = asyncio.Event()
+    task = asyncio.create_task(projector.run_forever(stop))
+    first = await publish(log, 30)
+    second = await publish(log, 30, start=30)
+    await until(lambda: projector.stats.events_applied >= 60)
+    stop.set()
+    await asyncio.wait_for(task, 2)
+    assert set(sink.events) == {e.event_id for e in first + second}
+    assert await log.lag() == 0
+
+
+# --- poison and refused events ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"not json", "undecodable"),
+        (b'{"schema_version": 99, "event_id": "x"}', "schema_version"),
+        (b"[1, 2]", "JSON object"),
+        (b'{"schema_version": 1, "event_id": "x"}', "validation error"),
+    ],
+)
+async def test_poison_is_dead_lettered_and_the_rest_applied(raw: bytes, reason: str) -> None:
+    log = RestartableLog(poison={"3": raw})
+    events = await publish(log, 6)
+    sink = RecordingSink("a")
+    dead = MemoryDeadLetters()
+    projector = Projector(log, [sink], dead, batch_size=10)
+
+    await projector.run_until_idle()
+
+    assert set(sink.events) == {e.event_id for i, e in enumerate(events) if i != 2}
+    [letter] = dead.letters.values()
+    assert (letter.raw, letter.position) == (raw, "3")
+    assert reason in letter.reason
+    assert log.commits == ["6"]
+    assert (projector.stats.events_applied, projector.stats.events_dead_lettered) == (5, 1)
+
+
+async def test_poison_with_a_float_cost_or_a_naive_time_is_dead_lettered() -> None:
+    good = make_event(0)
+    float_cost = good.to_json().replace(b'"cost_usd":"0.0000025"', b'"cost_usd":0.0000025')
+    naive = good.to_json().replace(b'"2026-03-01T12:00:00Z"', b'"2026-03-01T12:00:00"')
+    assert float_cost != good.to_json() != naive
+    log = RestartableLog(poison={"1": float_cost, "2": naive})
+    await publish(log, 3)
+    dead = MemoryDeadLetters()
+    await Projector(log, [RecordingSink("a")], dead).run_until_idle()
+    assert sorted(letter.position for letter in dead.letters.values()) == ["1", "2"]
+
+
+async def test_dead_letters_go_to_the_duckdb_table_once() -> None:
+    store = AnalyticsStore()
+    await store.open()
+    try:
+        dead = DuckDBDeadLetters(store)
+        log = RestartableLog(poison={"2": b"\xff garbage"})
+        await publish(log, 3)
+        sink = DuckDBSink(store)
+        await Projector(log, [sink], dead, batch_size=2).run_until_idle()
+        await log.seek_to_beginning()  # a replay: the poison comes again
+        await Projector(log, [sink], dead, batch_size=2).run_until_idle()
+        rows = await store.fetchall("SELECT position, raw, reason FROM dead_letters")
+        assert [(r[0], r[1]) for r in rows] == [("2", b"\xff garbage")]
+        assert "undecodable" in rows[0][2]
+        assert await store.fetchall("SELECT count(*) FROM usage_facts") == [(2,)]
+    finally:
+        await store.close()
+
+
+class PickySink(RecordingSink):
+    """Refuses any batch holding one given event (a value its column cannot hold)."""
+
+    def __init__(self, name: str, refused: str) -> None:
+        super().__init__(name)
+        self.refused = refused
+
+    async def apply(self, events: Sequence[UsageEvent]) -> None:
+        if any(e.event_id == self.refused for e in events):
+            raise RejectedEvents(self.name, "numeric field overflow")
+        await super().apply(events)
+
+
+async def test_an_event_a_sink_refuses_is_isolated_and_dead_lettered() -> None:
+    log = RestartableLog()
+    events = await publish(log, 9)
+    bad = events[4]
+    picky, other = PickySink("picky", bad.event_id), RecordingSink("other")
+    dead = MemoryDeadLetters()
+    projector = Projector(log, [picky, other], dead, batch_size=100)
+
+    await projector.run_until_idle()
+
+    assert set(picky.events) == {e.event_id for e in events} - {bad.event_id}
+    assert set(other.events) == {e.event_id for e in events}
+    [letter] = dead.letters.values()
+    assert letter.position == "5"
+    assert UsageEvent.from_json(letter.raw) == bad
+    assert "refused by sink picky" in letter.reason
+    assert log.commits == ["9"]
+    assert (projector.stats.events_applied, projector.stats.events_dead_lettered) == (8, 1)
+
+
+# --- a crash mid-batch --------------------------------------------------------------------------
+class CrashingSink:
+    """The real DuckDB sink, but the process "dies" half-way through the second batch."""
+
+    name = "duckdb"
+
+    def __init__(self, inner: DuckDBSink) -> None:
+        self.inner = inner
+        self.batches = 0
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def apply(self, events: Sequence[UsageEvent]) -> None:
+        self.batches += 1
+        if self.batches == 2:
+            await self.inner.apply(events[: len(events) // 2])
+            raise RuntimeError("killed")
+        await self.inner.apply(events)
+
+    async def reset(self) -> None:
+        await self.inner.reset()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+async def test_crash_mid_batch_then_restart_from_the_last_commit_has_no_duplicates() -> None:
+    store = AnalyticsStore()
+    await store.open()
+    try:
+        log = RestartableLog()
+        events = [make_event(i, cost=Decimal("0.0000025") * (i + 1)) for i in range(50)]
+        for event in events:
+            log.publish(event)
+        sink = DuckDBSink(store)
+        with pytest.raises(RuntimeError, match="killed"):
+            await Projector(log, [CrashingSink(sink)], MemoryDeadLetters(), batch_size=20).run_until_idle()
+        assert log.commits == ["20"]
+        assert await store.fetchall("SELECT count(*) FROM usage_facts") == [(30,)]  # 20 + half of 20
+
+        log.restart()  # a new consumer resumes after the last commit: 21..50 again
+        await Projector(log, [sink], MemoryDeadLetters(), batch_size=20).run_until_idle()
+
+        rows = await store.fetchall("SELECT count(*), count(DISTINCT event_id), sum(cost_usd) FROM usage_facts")
+        assert rows == [(50, 50, sum((e.cost_usd or Decimal(0) for e in events), Decimal(0)))]
+        assert await log.lag() == 0
+    finally:
+        await store.close()
+
+
+# --- odds and ends ------------------------------------------------------------------------------
+class FailingCommitLog(RestartableLog):
+    async def commit(self, records: Sequence[LogRecord]) -> None:
+        raise ConnectionError("coordinator unavailable")
+
+
+async def test_a_failed_commit_is_counted_not_fatal() -> None:
+    log = FailingCommitLog()
+    await publish(log, 4)
+    sink = RecordingSink("a")
+    projector = Projector(log, [sink], MemoryDeadLetters(), batch_size=2)
+    await projector.run_until_idle()
+    assert len(sink.events) == 4
+    assert projector.stats.commit_failures == 2
+
+
+async def test_start_tolerates_an_unavailable_sink() -> None:
+    class Down(RecordingSink):
+        async def start(self) -> None:
+            raise SinkError(self.name, "connection refused")
+
+    log = RestartableLog()
+    await publish(log, 1)
+    sink = Down("pg")
+    projector = Projector(log, [sink], MemoryDeadLetters())
+    await projector.start()
+    await projector.run_until_idle()
+    await projector.close()
+    assert len(sink.events) == 1
+
+
+def test_stats_are_plain_values() -> None:
+    projector = Projector(MemoryEventLog(), [], MemoryDeadLetters())
+    stats: Any = projector.stats
+    assert stats.events_applied == 0 and stats.lag is None
+
+
+class BrokenDlq:
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.published: list[tuple[bytes, str, str]] = []
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def dead_letter(self, raw: bytes, reason: str, source_position: str) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("KafkaConnectionError: broker down")
+        self.published.append((raw, reason, source_position))
+
+
+async def test_the_log_dead_letter_adapters_plug_in_and_their_outages_pause() -> None:
+    log = RestartableLog(poison={"2": b"{oops"})
+    await publish(log, 3)
+    dlq = BrokenDlq(failures=2)
+    sleep = SleepRecorder()
+    projector = Projector(log, [RecordingSink("a")], LogDeadLetters(dlq), sleep=sleep)
+    await projector.run_until_idle()
+    assert [(raw, position) for raw, _, position in dlq.published] == [(b"{oops", "2")]
+    assert sleep.delays == [0.5, 1.0]
+    assert log.commits == ["3"]
