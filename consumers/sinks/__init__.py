@@ -1,0 +1,1 @@
+"""Sinks: idempotent projections of usage events (DuckDB, Postgres LLMUsage, health history)."""
