@@ -34,8 +34,11 @@ from gateway.usage import UsageRecorder
 
 log = logging.getLogger(__name__)
 
-#: extra startup/shutdown contexts other packages (consumers, analytics) plug in
+#: a startup/shutdown context (``app.cleanup_ctx``)
 AppPlugin = Callable[[web.Application], AsyncIterator[None]]
+#: extra parts other packages (consumers, analytics) plug into a built, not yet started app:
+#: they may add routes, app keys and ``cleanup_ctx`` entries
+Installer = Callable[[web.Application], None]
 
 
 def create_app(
@@ -47,7 +50,7 @@ def create_app(
     clock: Callable[[], datetime] = utcnow,
     sleep: Sleep = asyncio.sleep,
     rng: random.Random | None = None,
-    plugins: list[AppPlugin] | None = None,
+    installers: list[Installer] | None = None,
 ) -> web.Application:
     """Build the gateway. Tests pass fakes; ``llm-gateway serve`` passes only settings."""
     if event_log is None:
@@ -110,6 +113,6 @@ def create_app(
 
     app.cleanup_ctx.append(resources)
     install_health(app, health_plugin(settings, clock=clock))
-    for plugin in plugins or []:
-        app.cleanup_ctx.append(plugin)
+    for install in installers or []:
+        install(app)
     return app

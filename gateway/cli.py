@@ -40,14 +40,14 @@ async def _serve(settings: Settings, simulate: bool) -> None:
     from aiohttp import web
 
     from gateway.app import create_app
-    from gateway.server import server_plugins
+    from gateway.server import server_installers
 
     sims: list[object] = []
     if simulate:
         from gateway.routing.catalog import KNOWN_PROVIDERS
 
         settings, sims = await _start_simulators(settings, list(KNOWN_PROVIDERS))
-    app = create_app(settings, plugins=server_plugins(settings))
+    app = create_app(settings, installers=server_installers(settings))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.bind_host, settings.port)

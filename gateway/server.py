@@ -1,10 +1,42 @@
-"""What ``llm-gateway serve`` adds around the gateway app (the embedded projector, etc.)."""
+"""What ``llm-gateway serve`` adds around the gateway app.
+
+With the embedded event log (no Kafka configured) the gateway runs the projector in the same
+process: events go from the SQLite log into DuckDB (and Postgres when ``DATABASE_URL`` is set)
+within a fraction of a second, and ``GET /v1/costs`` reads them. With Kafka, projection is the
+job of ``llm-gateway consume`` processes, unless ``project=True`` asks for it here too.
+"""
 
 from __future__ import annotations
 
-from gateway.app import AppPlugin
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from gateway.app import Installer
 from gateway.settings import Settings
 
 
-def server_plugins(settings: Settings) -> list[AppPlugin]:
-    return []
+def server_installers(settings: Settings, *, project: bool | None = None) -> list[Installer]:
+    if project is None:
+        project = not settings.kafka_bootstrap_servers
+    if not project:
+        return []
+    return [embedded_projector(settings)]
+
+
+def embedded_projector(settings: Settings) -> Installer:
+    def install(app: web.Application) -> None:
+        from analytics.http import install_analytics
+        from consumers.pipeline import build_pipeline
+        from gateway.api.state import STATE
+
+        pipeline = build_pipeline(settings)
+        install_analytics(app, pipeline.store, app[STATE].auth)
+
+        async def run(app: web.Application) -> AsyncIterator[None]:
+            async with pipeline.running():
+                yield
+
+        app.cleanup_ctx.append(run)
+
+    return install

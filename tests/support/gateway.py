@@ -6,10 +6,11 @@ import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 
+from gateway.api.state import STATE
 from gateway.app import create_app
 from gateway.eventlog.base import EventLog
 from gateway.eventlog.memory import MemoryEventLog
@@ -49,10 +50,10 @@ async def start_app(app: web.Application, host: str = "127.0.0.1") -> tuple[web.
 async def running_gateway(
     *,
     providers: tuple[str, ...] = KNOWN_PROVIDERS,
-    event_log: EventLog | None = None,
+    event_log: EventLog | Literal["settings"] | None = None,
     price_book: PriceBook | None = None,
     settings: dict[str, Any] | None = None,
-    plugins: list[Any] | None = None,
+    installers: list[Any] | None = None,
     clock: Clock | None = None,
     configure: Callable[[web.Application], None] | None = None,
 ) -> AsyncIterator[RunningGateway]:
@@ -80,7 +81,8 @@ async def running_gateway(
         }
         values.update(settings or {})
         config = Settings(**values)
-        log = event_log if event_log is not None else MemoryEventLog()
+        # "settings": the adapter the settings select (embedded SQLite log or Kafka), as in production
+        log = None if event_log == "settings" else event_log if event_log is not None else MemoryEventLog()
         sleep = RecordingSleep()
         clock_arg: dict[str, Any] = {"clock": clock} if clock is not None else {}
         app = create_app(
@@ -89,14 +91,14 @@ async def running_gateway(
             price_book=price_book,
             sleep=sleep,
             rng=random.Random(0),
-            plugins=plugins,
+            installers=installers,
             **clock_arg,
         )
         if configure is not None:
             configure(app)
         runner, url = await start_app(app)
         try:
-            yield RunningGateway(url, sims, log, sleep, app)
+            yield RunningGateway(url, sims, log if log is not None else app[STATE].event_log, sleep, app)
         finally:
             await runner.cleanup()
     finally:

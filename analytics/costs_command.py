@@ -1,0 +1,104 @@
+"""``llm-gateway costs``: a tenant's costs, from the running service or the DuckDB file.
+
+DuckDB lets one process write a database file. While the gateway (or a consumer) runs, it owns
+the file, so the CLI asks it over HTTP (``GET /v1/costs``); when nothing runs, the CLI opens the
+file read-only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from typing import Any
+
+from gateway.settings import Settings
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("costs", help="show a tenant's costs (exact) over a time window")
+    parser.add_argument("--tenant", required=True)
+    parser.add_argument("--start", help="ISO 8601, inclusive (e.g. 2026-11-01 or 2026-11-01T00:00:00Z)")
+    parser.add_argument("--end", help="ISO 8601, exclusive")
+    parser.add_argument("--json", action="store_true", help="print the JSON document instead of a table")
+    parser.add_argument("--url", help="service to ask (default http://127.0.0.1:<port>)")
+    parser.add_argument("--api-key", help="gateway API key for --url (tenant or admin)")
+    parser.add_argument("--limit", type=int, default=50, help="usage rows to list (totals cover all)")
+    parser.set_defaults(run=run)
+
+
+async def _from_service(url: str, args: argparse.Namespace) -> dict[str, Any] | None:
+    import aiohttp
+
+    params = {
+        k: v
+        for k, v in {"tenantId": args.tenant, "start": args.start, "end": args.end, "limit": str(args.limit)}.items()
+        if v
+    }
+    headers = {"authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                f"{url.rstrip('/')}/v1/costs", params=params, headers=headers, timeout=aiohttp.ClientTimeout(total=30)
+            ) as response,
+        ):
+            body = await response.json(content_type=None)
+            if response.status != 200:
+                message = body.get("error", {}).get("message") if isinstance(body, dict) else body
+                raise SystemExit(f"error {response.status}: {message}")
+            return body if isinstance(body, dict) else None
+    except (aiohttp.ClientConnectionError, TimeoutError):
+        return None
+
+
+async def _from_file(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    from analytics.costs import CostTrackingService
+    from analytics.http import parse_time
+    from analytics.store import AnalyticsStore
+    from consumers.pipeline import analytics_path
+
+    store = AnalyticsStore(analytics_path(settings), read_only=True)
+    await store.open()
+    try:
+        result = await CostTrackingService(store).get_costs_for_tenant(
+            args.tenant, parse_time("start", args.start), parse_time("end", args.end), limit=args.limit
+        )
+        return result.to_dict()
+    finally:
+        await store.close()
+
+
+def render_table(doc: dict[str, Any]) -> str:
+    lines = [
+        f"tenant {doc['tenantId']}: total ${doc['totalCost']} over {doc['usageCount']} calls, "
+        f"{doc['totalTokens']} tokens"
+        + (f" ({doc['unpricedCount']} unpriced calls)" if doc.get("unpricedCount") else "")
+    ]
+    rows = doc.get("usage") or []
+    if rows:
+        header = ("createdAt", "provider", "model", "promptTokens", "completionTokens", "costUsd")
+        table = [header] + [tuple(str(r.get(k) if r.get(k) is not None else "unpriced") for k in header) for r in rows]
+        widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+        for row in table:
+            lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from analytics.store import StoreError
+
+    url = args.url or f"http://127.0.0.1:{settings.port}"
+    doc = asyncio.run(_from_service(url, args))
+    if doc is None:
+        if args.url:
+            raise SystemExit(f"cannot reach {url}")
+        try:
+            doc = asyncio.run(_from_file(settings, args))
+        except StoreError as exc:
+            raise SystemExit(f"no running gateway at {url} and no readable cost store: {exc}") from exc
+    print(json.dumps(doc, indent=2) if args.json else render_table(doc))
+    return 0
+
+
+__all__ = ["register", "render_table", "run"]

@@ -1,0 +1,69 @@
+"""Analytics over HTTP: ``GET /v1/costs`` (and the SQL endpoint), on whichever process owns the
+DuckDB store (the embedded gateway, or ``llm-gateway consume``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from aiohttp import web
+
+from analytics.costs import CostTrackingService
+from analytics.store import AnalyticsStore
+from gateway.api.auth import Authenticator
+from gateway.errors import InvalidRequest
+
+COSTS: web.AppKey[CostTrackingService] = web.AppKey("cost_tracking", CostTrackingService)
+STORE: web.AppKey[AnalyticsStore] = web.AppKey("analytics_store", AnalyticsStore)
+AUTH: web.AppKey[Authenticator] = web.AppKey("analytics_auth", Authenticator)
+
+MAX_ROWS = 10_000
+
+
+def parse_time(name: str, value: str | None) -> datetime | None:
+    """ISO 8601 with a timezone (``Z`` allowed); a date alone means midnight UTC."""
+    if value is None or value == "":
+        return None
+    text = value.strip().replace(" ", "+") if "T" in value else value.strip()
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise InvalidRequest(f"'{name}' must be an ISO 8601 date-time, got {value!r}", param=name) from exc
+    if parsed.tzinfo is None:
+        if "T" in text:
+            raise InvalidRequest(f"'{name}' must carry a timezone (e.g. 2026-01-01T00:00:00Z)", param=name)
+        from datetime import UTC
+
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed
+
+
+async def costs(request: web.Request) -> web.Response:
+    auth = request.app[AUTH]
+    principal = auth.authenticate(request)
+    query = request.query
+    tenant = query.get("tenantId") or None
+    if tenant is None:
+        if principal.admin and auth.open:
+            raise InvalidRequest("Missing required query parameter: 'tenantId'", param="tenantId")
+        tenant = principal.tenant
+    tenant = auth.tenant_for(principal, tenant)
+    start = parse_time("start", query.get("start"))
+    end = parse_time("end", query.get("end"))
+    if start and end and end <= start:
+        raise InvalidRequest("'end' must be after 'start'", param="end")
+    limit_text = query.get("limit")
+    limit = MAX_ROWS
+    if limit_text is not None:
+        if not limit_text.isdigit() or not 0 <= int(limit_text) <= MAX_ROWS:
+            raise InvalidRequest(f"'limit' must be an integer from 0 to {MAX_ROWS}", param="limit")
+        limit = int(limit_text)
+    result = await request.app[COSTS].get_costs_for_tenant(tenant, start, end, limit=limit)
+    return web.Response(body=result.to_json(), content_type="application/json")
+
+
+def install_analytics(app: web.Application, store: AnalyticsStore, auth: Authenticator) -> None:
+    """Add the analytics routes to an app whose lifecycle opens ``store``."""
+    app[STORE] = store
+    app[COSTS] = CostTrackingService(store)
+    app[AUTH] = auth
+    app.router.add_get("/v1/costs", costs)

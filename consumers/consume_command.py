@@ -1,0 +1,80 @@
+"""``llm-gateway consume``: a consumer-group member projecting the log into the stores, serving
+the analytics API (``/v1/costs``, SQL, ``/metrics``, ``/healthz``) over the DuckDB it owns."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser("consume", help="project the event log into DuckDB (and Postgres) and serve analytics")
+    parser.add_argument("--group", default="llm-usage-projector", help="consumer group id")
+    parser.add_argument("--host", help="analytics API bind address (default: as for serve)")
+    parser.add_argument("--port", type=int, default=8081, help="analytics API port (0 = no HTTP API)")
+    parser.add_argument("--batch-size", type=int, default=5000)
+    parser.set_defaults(run=run)
+
+
+def build_consumer_app(settings: Settings, group: str, batch_size: int) -> web.Application:
+    from analytics.http import install_analytics
+    from consumers.pipeline import build_pipeline
+    from gateway.api.auth import Authenticator
+    from gateway.api.middleware import error_middleware
+
+    pipeline = build_pipeline(settings, group_id=group, batch_size=batch_size)
+    app = web.Application(middlewares=[error_middleware])
+    install_analytics(app, pipeline.store, Authenticator(settings.api_keys, settings.default_tenant))
+
+    async def healthz(request: web.Request) -> web.Response:
+        stats = pipeline.projector.stats
+        return web.json_response(
+            {
+                "status": "paused" if stats.paused else "ok",
+                "eventsApplied": stats.events_applied,
+                "deadLettered": stats.events_dead_lettered,
+                "lag": stats.lag,
+                "lastError": stats.last_error,
+            },
+            status=200,
+        )
+
+    app.router.add_get("/healthz", healthz)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        async with pipeline.running():
+            yield
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+async def _consume(settings: Settings, args: argparse.Namespace) -> None:
+    app = build_consumer_app(settings, args.group, args.batch_size)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    if args.port:
+        host = args.host or settings.bind_host
+        await web.TCPSite(runner, host, args.port).start()
+        log.info("consumer %s: analytics API on http://%s:%s", args.group, host, args.port)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        asyncio.run(_consume(settings, args))
+    except KeyboardInterrupt:
+        pass
+    return 0

@@ -1,0 +1,107 @@
+"""Assemble a projector from settings: the log reader, the sinks, the dead letters, the store.
+
+Used by ``llm-gateway serve`` in the embedded mode (gateway and projector in one process) and by
+``llm-gateway consume`` (a consumer-group member in the scaled-out mode). Same code path, only
+the adapters behind the ports differ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from analytics.costs import CostTrackingService
+from analytics.store import AnalyticsStore
+from consumers.deadletter import LogDeadLetters
+from consumers.projector import Projector
+from consumers.sinks.base import Sink
+from consumers.sinks.duckdb import DuckDBSink
+from consumers.sinks.health_history import HealthHistorySink
+from gateway.eventlog.base import LogReader
+from gateway.eventlog.deadletter import DeadLetterStore
+from gateway.eventlog.factory import build_dead_letters, build_log_reader
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ANALYTICS_FILE = "analytics.duckdb"
+DEFAULT_GROUP = "llm-usage-projector"
+
+
+def analytics_path(settings: Settings) -> Path:
+    return Path(settings.data_dir) / ANALYTICS_FILE
+
+
+@dataclass
+class Pipeline:
+    reader: LogReader
+    store: AnalyticsStore
+    dead_letters: DeadLetterStore
+    projector: Projector
+    costs: CostTrackingService
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.store.open()
+        await self.dead_letters.start()
+        await self.reader.start()
+        await self.projector.start()
+        self._task = asyncio.create_task(self._run(), name="projector")
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.projector.run_forever(self._stop)
+            except Exception:  # a bug in one batch must not stop projection for good
+                log.exception("projector failed; restarting from the last committed position")
+                await self.reader.close()
+                await asyncio.sleep(1.0)
+                await self.reader.start()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.projector.close()
+        await self.reader.close()
+        await self.dead_letters.close()
+        await self.store.close()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Pipeline]:
+        await self.start()
+        try:
+            yield self
+        finally:
+            await self.stop()
+
+
+def build_sinks(settings: Settings, store: AnalyticsStore) -> list[Sink]:
+    sinks: list[Sink] = [DuckDBSink(store), HealthHistorySink(store, settings.health)]
+    if settings.database_url:
+        from consumers.sinks.postgres import PostgresSink
+
+        sinks.append(PostgresSink(settings.database_url))
+    return sinks
+
+
+def build_pipeline(
+    settings: Settings, *, group_id: str = DEFAULT_GROUP, batch_size: int = 5000, poll_timeout: float = 0.2
+) -> Pipeline:
+    store = AnalyticsStore(analytics_path(settings))
+    reader = build_log_reader(settings, group_id)
+    dead_letters = build_dead_letters(settings)
+    projector = Projector(
+        reader,
+        build_sinks(settings, store),
+        LogDeadLetters(dead_letters),
+        batch_size=batch_size,
+        poll_timeout=poll_timeout,
+    )
+    return Pipeline(reader, store, dead_letters, projector, CostTrackingService(store))

@@ -1,0 +1,179 @@
+"""The embedded default: gateway + projector in one process over the SQLite log and DuckDB.
+
+A new user's first call is in the cost store within a second; ``GET /v1/costs`` and the
+``llm-gateway costs`` CLI read it; tenants only see their own costs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+
+from gateway.server import server_installers
+from gateway.settings import ApiKey, Settings
+from tests.support.gateway import RunningGateway, running_gateway
+
+KEYS = [
+    ApiKey(key="sk-a", tenant="tenant_a"),
+    ApiKey(key="sk-b", tenant="tenant_b"),
+    ApiKey(key="sk-admin", tenant="ops", admin=True),
+]
+
+
+def embedded(tmp_path: Path, **extra: Any) -> Any:
+    settings = {"data_dir": tmp_path, **extra}
+    return running_gateway(
+        providers=("openai", "anthropic"),
+        event_log="settings",
+        settings=settings,
+        installers=server_installers(Settings(data_dir=tmp_path, _env_file=None)),  # type: ignore[call-arg]
+    )
+
+
+async def get_costs(gw: RunningGateway, params: dict[str, str], key: str | None = None) -> tuple[int, Any]:
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    async with aiohttp.ClientSession() as s, s.get(f"{gw.base_url}/costs", params=params, headers=headers) as r:
+        return r.status, await r.json()
+
+
+async def wait_for_usage(gw: RunningGateway, tenant: str, count: int, key: str | None = None) -> tuple[dict, float]:
+    started = time.monotonic()
+    while True:
+        status, body = await get_costs(gw, {"tenantId": tenant}, key)
+        assert status == 200, body
+        if body["usageCount"] >= count:
+            return body, time.monotonic() - started
+        assert time.monotonic() - started < 5, body
+        await asyncio.sleep(0.02)
+
+
+async def test_first_call_is_in_the_cost_store_within_a_second(tmp_path: Path) -> None:
+    async with embedded(tmp_path) as gw:
+        async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="x", max_retries=0) as client:
+            raw = await client.chat.completions.with_raw_response.create(
+                model="gpt-4",
+                messages=[{"role": "user", "content": "one two three four five"}],
+                extra_body={"tenantId": "tenant_123"},
+            )
+        cost = Decimal(raw.headers["x-llm-cost-usd"])
+        body, waited = await wait_for_usage(gw, "tenant_123", 1)
+    assert waited < 1.0
+    assert Decimal(body["totalCost"]) == cost == (5 * Decimal("0.03") + 8 * Decimal("0.06")) / 1000
+    assert isinstance(body["totalCost"], str)
+    assert body["usageCount"] == 1 and body["totalTokens"] == 13
+    [row] = body["usage"]
+    assert row["provider"] == "openai" and Decimal(row["costUsd"]) == cost
+    assert (tmp_path / "events.sqlite3").exists() and (tmp_path / "analytics.duckdb").exists()
+
+
+async def test_fallback_attempts_are_events_but_only_the_served_call_costs(tmp_path: Path) -> None:
+    from gateway.simulators.base import Fault
+
+    async with embedded(tmp_path) as gw:
+        gw.sims["openai"].faults.push(Fault("server_error"))
+        async with aiohttp.ClientSession() as s:
+            body = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}], "tenantId": "t1"}
+            async with s.post(f"{gw.base_url}/chat/completions", json=body) as r:
+                assert r.status == 200 and r.headers["x-llm-provider"] == "anthropic"
+                cost = Decimal(r.headers["x-llm-cost-usd"])
+        costs, _ = await wait_for_usage(gw, "t1", 1)
+    assert costs["usageCount"] == 1 and Decimal(costs["totalCost"]) == cost
+    assert costs["usage"][0]["provider"] == "anthropic"
+
+
+async def test_time_window_and_tenant_isolation(tmp_path: Path) -> None:
+    async with embedded(tmp_path, api_keys=KEYS) as gw:
+        async with aiohttp.ClientSession() as s:
+            for key in ("sk-a", "sk-a", "sk-b"):
+                body = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}
+                async with s.post(
+                    f"{gw.base_url}/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}
+                ) as r:
+                    assert r.status == 200
+        a, _ = await wait_for_usage(gw, "tenant_a", 2, key="sk-a")
+        assert a["usageCount"] == 2
+        status, err = await get_costs(gw, {"tenantId": "tenant_b"}, key="sk-a")
+        assert status == 403 and err["error"]["type"] == "permission_error"
+        status, own = await get_costs(gw, {}, key="sk-b")  # no tenantId: the key's own tenant
+        assert status == 200 and own["tenantId"] == "tenant_b"
+        status, admin = await get_costs(gw, {"tenantId": "tenant_a"}, key="sk-admin")
+        assert status == 200 and admin["usageCount"] == 2
+        status, _ = await get_costs(gw, {"tenantId": "tenant_a"})
+        assert status == 401
+        status, future = await get_costs(gw, {"tenantId": "tenant_a", "start": "2999-01-01T00:00:00Z"}, key="sk-a")
+        assert status == 200 and future["usageCount"] == 0 and future["totalCost"] == "0"
+        status, bad = await get_costs(gw, {"tenantId": "tenant_a", "start": "yesterday"}, key="sk-a")
+        assert status == 400 and bad["error"]["param"] == "start"
+
+
+async def test_costs_cli_asks_the_running_gateway(tmp_path: Path) -> None:
+    async with embedded(tmp_path) as gw:
+        async with aiohttp.ClientSession() as s:
+            body = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}], "tenantId": "t_cli"}
+            async with s.post(f"{gw.base_url}/chat/completions", json=body) as r:
+                cost = r.headers["x-llm-cost-usd"]
+        await wait_for_usage(gw, "t_cli", 1)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway",
+            "costs",
+            "--tenant",
+            "t_cli",
+            "--json",
+            "--url",
+            gw.url,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        doc = json.loads(out)
+        assert Decimal(doc["totalCost"]) == Decimal(cost) and doc["usageCount"] == 1
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway",
+            "costs",
+            "--tenant",
+            "t_cli",
+            "--url",
+            gw.url,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, _ = await proc.communicate()
+        assert f"total ${Decimal(cost).normalize():f}" in out.decode() or "total $" in out.decode()
+        assert "openai" in out.decode()
+
+
+async def test_costs_cli_reads_the_file_when_nothing_runs(tmp_path: Path) -> None:
+    async with embedded(tmp_path) as gw:
+        async with aiohttp.ClientSession() as s:
+            body = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}], "tenantId": "t_off"}
+            async with s.post(f"{gw.base_url}/chat/completions", json=body) as r:
+                cost = r.headers["x-llm-cost-usd"]
+        await wait_for_usage(gw, "t_off", 1)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "costs",
+        "--tenant",
+        "t_off",
+        "--json",
+        env={"LLM_GATEWAY_DATA_DIR": str(tmp_path), "LLM_GATEWAY_PORT": "1", "PATH": "/usr/bin:/bin"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert Decimal(json.loads(out)["totalCost"]) == Decimal(cost)
