@@ -125,7 +125,7 @@ async def post(
     *,
     headers: Mapping[str, str],
     body: Any,
-    timeout: aiohttp.ClientTimeout,  # noqa: ASYNC109 - the per-request aiohttp timeout object
+    timeout: aiohttp.ClientTimeout,
     classify: ErrorClassifier,
     params: Mapping[str, str] | None = None,
 ) -> AsyncIterator[aiohttp.ClientResponse]:
