@@ -6,9 +6,10 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
+from typing import TypeVar
 
 from gateway import errors
 from gateway.events import UsageEvent
@@ -19,6 +20,8 @@ from gateway.types import ChatRequest, ChatResult, StreamChunk, Usage
 from gateway.usage import AttemptFacts, CallContext, UsageRecorder
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: asked before each provider is tried; False skips it (an open circuit)
 Gate = Callable[[str], bool]
@@ -75,8 +78,16 @@ class Router:
     def candidates(self, model: str, pinned: str | None) -> list[Candidate]:
         return self.catalog.candidates(model, priority=self.priority, configured=self.providers, pinned=pinned)
 
-    # --- non-streaming ---------------------------------------------------------------------------
-    async def complete(self, ctx: CallContext, template: ChatRequest, pinned: str | None = None) -> Served:
+    # --- the attempt loop shared by both kinds of call ---------------------------------------------
+    async def _route(
+        self,
+        ctx: CallContext,
+        template: ChatRequest,
+        pinned: str | None,
+        attempt: Callable[[CallContext, Provider, ChatRequest, Candidate, _Attempts], Awaitable[T]],
+    ) -> T:
+        """Try candidates in order (skipping open circuits), each with retries; fall back on
+        errors that allow it; raise one error naming every attempt when all fail."""
         candidates = self.candidates(ctx.requested_model, pinned)
         budget = RetryBudget(self.policy.budget_seconds)
         attempts = _Attempts()
@@ -85,12 +96,12 @@ class Router:
                 attempts.skipped.append(candidate.provider)
                 continue
             provider = self.providers[candidate.provider]
-            request = replace(template, model=candidate.model, stream=False)
+            request = replace(template, model=candidate.model, stream=template.stream)
 
             async def one_attempt(
                 provider: Provider = provider, request: ChatRequest = request, candidate: Candidate = candidate
-            ) -> Served:
-                return await self._attempt(ctx, provider, request, candidate, attempts)
+            ) -> T:
+                return await attempt(ctx, provider, request, candidate, attempts)
 
             try:
                 return await call_with_retry(
@@ -100,6 +111,10 @@ class Router:
                 if not exc.fallback:
                     raise
         raise self._all_failed(ctx, candidates, attempts)
+
+    # --- non-streaming ---------------------------------------------------------------------------
+    async def complete(self, ctx: CallContext, template: ChatRequest, pinned: str | None = None) -> Served:
+        return await self._route(ctx, replace(template, stream=False), pinned, self._attempt)
 
     async def _attempt(
         self, ctx: CallContext, provider: Provider, request: ChatRequest, candidate: Candidate, attempts: _Attempts
@@ -136,29 +151,7 @@ class Router:
     # --- streaming ---------------------------------------------------------------------------------
     async def open_stream(self, ctx: CallContext, template: ChatRequest, pinned: str | None = None) -> StreamSession:
         """Find a provider whose stream starts; fall back freely until then."""
-        candidates = self.candidates(ctx.requested_model, pinned)
-        budget = RetryBudget(self.policy.budget_seconds)
-        attempts = _Attempts()
-        for candidate in candidates:
-            if not self.gate(candidate.provider):
-                attempts.skipped.append(candidate.provider)
-                continue
-            provider = self.providers[candidate.provider]
-            request = replace(template, model=candidate.model, stream=True)
-
-            async def one_attempt(
-                provider: Provider = provider, request: ChatRequest = request, candidate: Candidate = candidate
-            ) -> StreamSession:
-                return await self._start_stream(ctx, provider, request, candidate, attempts)
-
-            try:
-                return await call_with_retry(
-                    one_attempt, policy=self.policy, budget=budget, sleep=self._sleep, rng=self._rng
-                )
-            except errors.ProviderError as exc:
-                if not exc.fallback:
-                    raise
-        raise self._all_failed(ctx, candidates, attempts)
+        return await self._route(ctx, replace(template, stream=True), pinned, self._start_stream)
 
     async def _start_stream(
         self, ctx: CallContext, provider: Provider, request: ChatRequest, candidate: Candidate, attempts: _Attempts
