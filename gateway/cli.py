@@ -13,6 +13,28 @@ from gateway.settings import Settings, load_settings
 log = logging.getLogger("gateway")
 
 
+class _RateLimit(logging.Filter):
+    """Let each distinct message template of ``prefix`` loggers through once per ``seconds``."""
+
+    def __init__(self, prefix: str, seconds: float) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.seconds = seconds
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        import time
+
+        if not record.name.startswith(self.prefix):
+            return True
+        key = f"{record.name}:{record.msg}"
+        now = time.monotonic()
+        if now - self._last.get(key, -self.seconds) < self.seconds:
+            return False
+        self._last[key] = now
+        return True
+
+
 def _configure_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
@@ -20,6 +42,10 @@ def _configure_logging(level: str) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # aiokafka logs a connection error every ~100 ms while a broker is down; the spool already
+    # warns with its depth, so keep one line per message per 30 s
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_RateLimit("aiokafka", 30.0))
 
 
 async def _start_simulators(settings: Settings, providers: list[str]) -> tuple[Settings, list[object]]:

@@ -202,6 +202,28 @@ def openapi_document() -> dict[str, Any]:
                 }
             },
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}},
+            "/v1/providers/health": {
+                "get": {
+                    "summary": "Provider health derived from the usage events (state, circuit, window stats)",
+                    "responses": {"200": {"description": "per provider and model"}, **_errors(401)},
+                }
+            },
+            "/v1/costs": {
+                "get": {
+                    "summary": "A tenant's exact costs (where this process owns the cost store)",
+                    "parameters": [
+                        {"name": "tenantId", "in": "query", "schema": {"type": "string"}},
+                        {"name": "start", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+                        {"name": "end", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                    ],
+                    "responses": {
+                        "200": {"description": "totalCost (decimal text), totalTokens, usageCount, usage"},
+                        **_errors(400, 401, 403, 404),
+                    },
+                }
+            },
         },
         "components": {
             "schemas": {
