@@ -1,0 +1,111 @@
+"""The CLI as a person runs it: `llm-gateway serve --simulate` and `llm-gateway simulate`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import socket
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@asynccontextmanager
+async def process(*args: str, env: dict[str, str]) -> AsyncIterator[asyncio.subprocess.Process]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+async def wait_http(url: str, deadline: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    async with aiohttp.ClientSession() as s:
+        while True:
+            try:
+                async with s.get(url) as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            assert loop.time() < end, f"{url} did not come up"
+            await asyncio.sleep(0.1)
+
+
+def clean_env(tmp_path: Path) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("OPENAI", "AZURE", "ANTHROPIC", "GEMINI", "GOOGLE", "OLLAMA", "LLM_GATEWAY", "KAFKA"))
+    }
+    env["LLM_GATEWAY_DATA_DIR"] = str(tmp_path)
+    return env
+
+
+async def test_serve_simulate_answers_and_logs_the_cost_line(tmp_path: Path) -> None:
+    port = free_port()
+    async with process("serve", "--simulate", "--port", str(port), env=clean_env(tmp_path)) as proc:
+        await wait_http(f"http://127.0.0.1:{port}/healthz")
+        body = {"model": "gpt-4", "messages": [{"role": "user", "content": "Hello there"}], "tenantId": "tenant_123"}
+        async with aiohttp.ClientSession() as s, s.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body) as r:
+            assert r.status == 200
+            cost = r.headers["x-llm-cost-usd"]
+        proc.terminate()
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+    lines = err.decode().splitlines()
+    cost_lines = [line.split(": ", 1)[1] for line in lines if "gateway.cost" in line]
+    assert cost_lines == [f"Cost | tenant=tenant_123 provider=openai model=gpt-4 cost=${cost}"]
+    assert re.fullmatch(r"\d+\.\d{6,}", cost)
+    assert (tmp_path / "events.sqlite3").exists()
+
+
+async def test_simulate_prints_working_endpoints(tmp_path: Path) -> None:
+    async with process("simulate", env=clean_env(tmp_path)) as proc:
+        assert proc.stdout is not None
+        exports: dict[str, str] = {}
+        while len(exports) < 9:
+            line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode().strip()
+            name, _, value = line.removeprefix("export ").partition("=")
+            exports[name] = value
+        assert set(exports) >= {
+            "OPENAI_BASE_URL",
+            "AZURE_OPENAI_ENDPOINT",
+            "ANTHROPIC_BASE_URL",
+            "GOOGLE_GEMINI_BASE_URL",
+            "OLLAMA_HOST",
+            "OPENAI_API_KEY",
+        }
+        body = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}
+        headers = {"authorization": f"Bearer {exports['OPENAI_API_KEY']}"}
+        async with aiohttp.ClientSession() as s:
+            async with s.post(f"{exports['OPENAI_BASE_URL']}/chat/completions", json=body, headers=headers) as r:
+                assert r.status == 200
+                assert (await r.json())["object"] == "chat.completion"
+            async with s.post(f"{exports['OLLAMA_HOST']}/api/chat", json={**body, "stream": False}) as r:
+                assert r.status == 200 and (await r.json())["done"] is True
