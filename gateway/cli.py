@@ -7,8 +7,12 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from gateway.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from gateway.simulators.base import Simulator
 
 log = logging.getLogger("gateway")
 
@@ -48,10 +52,10 @@ def _configure_logging(level: str) -> None:
         handler.addFilter(_RateLimit("aiokafka", 30.0))
 
 
-async def _start_simulators(settings: Settings, providers: list[str]) -> tuple[Settings, list[object]]:
+async def _start_simulators(settings: Settings, providers: list[str]) -> tuple[Settings, list[Simulator]]:
     from gateway.simulators.registry import make_simulator, provider_settings_for
 
-    sims = []
+    sims: list[Simulator] = []
     overrides = dict(settings.providers)
     for name in providers:
         sim = make_simulator(name)
@@ -68,7 +72,7 @@ async def _serve(settings: Settings, simulate: bool) -> None:
     from gateway.app import create_app
     from gateway.server import server_installers
 
-    sims: list[object] = []
+    sims: list[Simulator] = []
     if simulate:
         from gateway.routing.catalog import KNOWN_PROVIDERS
 
@@ -84,7 +88,7 @@ async def _serve(settings: Settings, simulate: bool) -> None:
     finally:
         await runner.cleanup()
         for sim in sims:
-            await sim.stop()  # type: ignore[attr-defined]
+            await sim.stop()
 
 
 async def _simulate(host: str, port: int) -> None:

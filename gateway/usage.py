@@ -107,7 +107,7 @@ class UsageRecorder:
             outcome=facts.outcome,
             http_status=facts.http_status,
             error_code=facts.error_code,
-            error_message=(facts.error_message or None) and facts.error_message[:500],  # type: ignore[index]
+            error_message=facts.error_message[:500] if facts.error_message else None,
             latency_ms=round(facts.latency_ms, 3),
             ttft_ms=None if facts.ttft_ms is None else round(facts.ttft_ms, 3),
             prompt_tokens=usage.prompt_tokens,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from gateway.errors import InvalidRequest
-from gateway.types import ChatRequest, Message
+from gateway.types import ChatRequest, Message, Role
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 MAX_STOP = 4
@@ -165,7 +165,7 @@ def _messages(body: dict[str, Any]) -> list[Message]:
                 param=f"messages[{i}].role",
                 code="invalid_value",
             )
-        messages.append(Message(role, _content(item, i)))
+        messages.append(Message(cast(Role, role), _content(item, i)))
     return messages
 
 

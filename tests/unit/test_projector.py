@@ -57,7 +57,7 @@ class RestartableLog(MemoryEventLog):
     def restart(self) -> None:
         self._cursor = self._committed
 
-    async def fetch(self, max_records: int, timeout: float) -> list[LogRecord]:  # noqa: ASYNC109
+    async def fetch(self, max_records: int, timeout: float) -> list[LogRecord]:
         records = await super().fetch(max_records, timeout)
         if records:
             self.journal.append(f"fetch {records[0].position}-{records[-1].position}")
