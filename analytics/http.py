@@ -67,3 +67,7 @@ def install_analytics(app: web.Application, store: AnalyticsStore, auth: Authent
     app[COSTS] = CostTrackingService(store)
     app[AUTH] = auth
     app.router.add_get("/v1/costs", costs)
+
+    from analytics.sql_http import install_sql  # imported here: sql_http imports this module
+
+    install_sql(app)

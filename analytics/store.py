@@ -10,6 +10,15 @@ the CLI reads analytics when no gateway or consumer process holds the file.
 
 Migrations are ``NNNN_name.sql`` files in ``analytics/migrations/``, applied in order at open,
 in one transaction, and recorded in ``schema_migrations``.
+
+Sandbox: every store turns DuckDB's external access off right after connecting (``sandbox``):
+SQL run on this database, by any connection or cursor of it, can read or write no file and
+reach no network address, except under ``scratch_dir``, a private directory (0700) the writer
+creates at open and removes at close (the DuckDB sink's batch files: ``<file>.scratch/`` beside
+a database file, a temporary directory for ``:memory:``), and the directories
+given as ``allowed_directories``. The setting belongs to the database instance, not to a
+connection, and cannot be turned back on while the database is open. This is what lets
+``analytics/sql.py`` run an operator's SQL next to the writer.
 """
 
 from __future__ import annotations
@@ -17,6 +26,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import shutil
+import tempfile
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
@@ -117,14 +129,47 @@ def _check_migrated(conn: duckdb.DuckDBPyConnection, path: str) -> None:
         )
 
 
-class AnalyticsStore:
-    """One DuckDB database, opened for writing (default) or read-only."""
+def sandbox(conn: duckdb.DuckDBPyConnection, allowed_directories: Sequence[str | Path] = ()) -> None:
+    """Turn off file and network access for the whole database instance of ``conn``, except
+    under ``allowed_directories``. Irreversible while the database is open."""
+    dirs = [str(Path(d).resolve()).rstrip("/") + "/" for d in allowed_directories]
+    conn.execute("SET allowed_directories = ?", [dirs])  # only settable before access is off
+    conn.execute("SET enable_external_access = false")
+    conn.execute("SET autoinstall_known_extensions = false")
+    conn.execute("SET autoload_known_extensions = false")
+    conn.execute("SET python_enable_replacements = false")
 
-    def __init__(self, path: str | Path = MEMORY, *, read_only: bool = False) -> None:
+
+def _make_scratch(path: str) -> Path:
+    """``<file>.scratch/`` beside a database file (one writer per file: reused after a crash,
+    nothing piles up), else a fresh temporary directory."""
+    if path == MEMORY:
+        return Path(tempfile.mkdtemp(prefix="llm-gateway-duckdb-"))
+    scratch = Path(path + ".scratch")
+    scratch.mkdir(mode=0o700, exist_ok=True)
+    scratch.chmod(0o700)
+    return scratch
+
+
+class AnalyticsStore:
+    """One DuckDB database, opened for writing (default) or read-only; sandboxed (see above)."""
+
+    def __init__(
+        self, path: str | Path = MEMORY, *, read_only: bool = False, allowed_directories: Sequence[str | Path] = ()
+    ) -> None:
         self.path = str(path)
         self.read_only = read_only
+        self.allowed_directories = tuple(allowed_directories)
         self._conn: duckdb.DuckDBPyConnection | None = None
+        self._scratch: Path | None = None
         self._lock = asyncio.Lock()
+
+    @property
+    def scratch_dir(self) -> Path:
+        """The writer's private directory for files DuckDB reads (e.g. the sink's batches)."""
+        if self._scratch is None:
+            raise StoreError("the analytics store is not open for writing")
+        return self._scratch
 
     @property
     def is_open(self) -> bool:
@@ -143,7 +188,11 @@ class AnalyticsStore:
             if self.path != MEMORY:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             conn = duckdb.connect(self.path)
+        scratch = None if self.read_only else _make_scratch(self.path)
+        if scratch is not None and self.path == MEMORY:  # a store never closed: removed at exit
+            weakref.finalize(self, shutil.rmtree, str(scratch), True)
         try:
+            sandbox(conn, [*([scratch] if scratch else []), *self.allowed_directories])
             conn.execute("SET TimeZone = 'UTC'")
             if self.read_only:
                 _check_migrated(conn, self.path)
@@ -153,13 +202,19 @@ class AnalyticsStore:
                     log.info("analytics store %s: applied migrations %s", self.path, applied)
         except BaseException:
             conn.close()
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
             raise
         self._conn = conn
+        self._scratch = scratch
 
     def close_sync(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
 
     async def open(self) -> None:
         async with self._lock:

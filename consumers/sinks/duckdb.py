@@ -86,7 +86,8 @@ class DuckDBSink:
 
     def __init__(self, store: AnalyticsStore, *, scratch_dir: str | Path | None = None) -> None:
         """``scratch_dir``: where batch files are written (and removed at once); default: the
-        system's temporary directory."""
+        store's private ``scratch_dir``, the one place the sandboxed store may read files from
+        (another directory must be among the store's ``allowed_directories``)."""
         self._store = store
         self._scratch = None if scratch_dir is None else str(scratch_dir)
 
@@ -103,7 +104,8 @@ class DuckDBSink:
         scratch = self._scratch
 
         def upsert(conn: duckdb.DuckDBPyConnection) -> None:
-            fd, path = tempfile.mkstemp(prefix="usage-batch-", suffix=".json", dir=scratch)
+            directory = scratch if scratch is not None else self._store.scratch_dir
+            fd, path = tempfile.mkstemp(prefix="usage-batch-", suffix=".json", dir=directory)
             try:
                 with os.fdopen(fd, "wb") as file:
                     file.write(payload)

@@ -1,0 +1,417 @@
+"""Read-only SQL over the analytics store, safe to offer to operators next to the writer.
+
+A query passes four independent locks, each enough on its own for what it covers:
+
+1. **One SELECT, by DuckDB's own parser.** ``extract_statements`` must find exactly one
+   statement, of type SELECT (``WITH ... SELECT``, ``FROM t``, ``VALUES``, ``DESCRIBE``,
+   ``SUMMARIZE`` are SELECTs too). INSERT, UPDATE, DELETE, CREATE, DROP, ALTER, ATTACH, DETACH,
+   COPY, EXPORT, IMPORT, INSTALL, LOAD, PRAGMA, SET, CALL, CHECKPOINT, EXPLAIN, transactions:
+   refused before anything runs.
+2. **Only known tables and harmless table functions, by DuckDB's own syntax tree**
+   (``json_serialize_sql``). Every table function must be on ``ALLOWED_TABLE_FUNCTIONS``
+   (``range``, ``unnest``, catalog functions such as ``duckdb_views()``): ``read_csv``,
+   ``read_parquet``, ``read_text``, ``read_blob``, ``glob``, ``sniff_csv``, ``query``,
+   ``query_table``, ``enable_logging`` and the rest are refused, whatever their arguments.
+   Every table name must name a table or view of the catalog, or a CTE of the query by a plain
+   identifier: a quoted path such as ``FROM '/etc/passwd.csv'`` (a DuckDB "replacement scan" of
+   a file), even one named like a CTE, is refused.
+   Scalar functions with side effects on the database (``nextval``, ``setval``, ``write_log``)
+   are refused.
+3. **A read-only transaction** (``BEGIN TRANSACTION READ ONLY``) on a connection of its own:
+   DuckDB itself refuses any write, and the query never blocks or sees the writer's
+   uncommitted batches.
+4. **No file or network access for the database at all**: the store is sandboxed at open
+   (``analytics.store.sandbox``: ``enable_external_access = false``, which DuckDB will not turn
+   back on while the database is open), so even a query that got past 1-3 could read no file
+   but the writer's private scratch directory, and reach no network address.
+
+Bounds: the query is interrupted (``interrupt()`` from a timer thread) once ``timeout``
+seconds have passed, whatever it is doing; at most ``max_rows`` rows are fetched
+(``fetchmany(max_rows + 1)`` tells whether more existed: ``truncated``).
+
+Values are exact: DECIMAL as decimal text, timestamps as ISO 8601 (``Z`` for UTC), dates and
+times as ISO 8601, intervals as ISO 8601 durations, BLOBs as ``\\x`` hex, UUIDs as text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import math
+import re
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as clock_time
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+import duckdb
+
+from analytics.store import AnalyticsStore
+
+DEFAULT_MAX_ROWS = 1_000
+MAX_ROWS_LIMIT = 100_000
+DEFAULT_TIMEOUT = 30.0
+MAX_TIMEOUT = 300.0
+#: analytics queries one process runs at once (each gets a DuckDB connection of its own)
+MAX_CONCURRENT = 2
+
+#: table functions a query may use: generators and catalog introspection, nothing that reads
+#: files, reaches the network, runs other SQL or changes settings
+ALLOWED_TABLE_FUNCTIONS = frozenset(
+    {
+        "range",
+        "generate_series",
+        "unnest",
+        "json_each",
+        "json_tree",
+        "duckdb_columns",
+        "duckdb_constraints",
+        "duckdb_databases",
+        "duckdb_functions",
+        "duckdb_indexes",
+        "duckdb_keywords",
+        "duckdb_schemas",
+        "duckdb_tables",
+        "duckdb_types",
+        "duckdb_views",
+        "pragma_table_info",
+        "pragma_show",
+        "pg_timezone_names",
+    }
+)
+#: scalar functions with side effects on the database
+DENIED_FUNCTIONS = frozenset({"nextval", "setval", "currval", "write_log"})
+
+JSONValue = str | int | float | bool | None | list[Any] | dict[str, Any]
+
+
+class SqlError(Exception):
+    """The query could not be run; ``code`` says why (the HTTP API's error code)."""
+
+    code = "sql_error"
+
+
+class SqlRefused(SqlError):
+    """The statement is not one read-only query over the analytics tables."""
+
+    code = "sql_not_allowed"
+
+
+class SqlTimeout(SqlError):
+    code = "sql_timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    type: str
+
+
+@dataclass(slots=True)
+class SqlResult:
+    """Columns and JSON-ready rows (see :func:`json_value`)."""
+
+    columns: list[Column]
+    rows: list[list[JSONValue]]
+    truncated: bool
+    max_rows: int
+    elapsed_ms: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "columns": [{"name": c.name, "type": c.type} for c in self.columns],
+            "rows": self.rows,
+            "rowCount": len(self.rows),
+            "truncated": self.truncated,
+            "maxRows": self.max_rows,
+            "elapsedMs": round(self.elapsed_ms, 3),
+        }
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> SqlResult:
+        return cls(
+            columns=[Column(str(c["name"]), str(c["type"])) for c in doc["columns"]],
+            rows=[list(row) for row in doc["rows"]],
+            truncated=bool(doc["truncated"]),
+            max_rows=int(doc["maxRows"]),
+            elapsed_ms=float(doc.get("elapsedMs", 0.0)),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, allow_nan=False)
+
+    def to_csv(self) -> str:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow([c.name for c in self.columns])
+        writer.writerows([cell_text(v, null="") for v in row] for row in self.rows)
+        return out.getvalue()
+
+
+# --- values -------------------------------------------------------------------------------------
+def json_value(value: Any) -> JSONValue:
+    """A DuckDB value as exact JSON: numbers stay numbers except DECIMAL (decimal text) and
+    non-finite floats (``"NaN"``, ``"Infinity"``); times are ISO 8601 text."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            return value.isoformat()
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, date | clock_time):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return iso_duration(value)
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "\\x" + bytes(value).hex()
+    if isinstance(value, dict):
+        return {str(cell_text(json_value(k))): json_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_value(v) for v in value]
+    return str(value)
+
+
+def iso_duration(value: timedelta) -> str:
+    """``P1DT2H3M4.5S`` (a negative interval gets a leading ``-``)."""
+    sign = "-" if value < timedelta(0) else ""
+    value = abs(value)
+    seconds = Decimal(value.seconds) + Decimal(value.microseconds) / Decimal(1_000_000)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    clock = (
+        (f"{hours}H" if hours else "") + (f"{minutes}M" if minutes else "") + (f"{secs.normalize():f}S" if secs else "")
+    )
+    days = f"{value.days}D" if value.days else ""
+    if not days and not clock:
+        clock = "0S"
+    return f"{sign}P{days}" + (f"T{clock}" if clock else "")
+
+
+def cell_text(value: JSONValue, *, null: str = "NULL") -> str:
+    """A JSON-ready value as one text cell (CSV, tables)."""
+    if value is None:
+        return null
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(value, ensure_ascii=False)
+
+
+# --- the checks -----------------------------------------------------------------------------------
+def check_query(conn: duckdb.DuckDBPyConnection, sql: str) -> str:
+    """The one SELECT statement of ``sql``, or :class:`SqlRefused` saying what is not allowed."""
+    try:
+        statements = conn.extract_statements(sql)
+    except duckdb.Error as e:
+        raise SqlError(_message(e)) from e
+    if len(statements) != 1:
+        raise SqlRefused(f"send exactly one SQL statement (got {len(statements)})")
+    statement = statements[0]
+    try:
+        kind = statement.type
+    except ValueError as e:  # a statement type the Python client cannot name (e.g. UPDATE EXTENSIONS)
+        raise SqlRefused("only read-only queries (SELECT) are allowed") from e
+    if kind != duckdb.StatementType.SELECT:
+        raise SqlRefused(f"only read-only queries (SELECT) are allowed, not {kind.name.replace('_', ' ')}")
+    query = statement.query
+    doc = json.loads(conn.execute("SELECT json_serialize_sql(?)", [query]).fetchone()[0])  # type: ignore[index]
+    if doc.get("error"):
+        raise SqlRefused(f"this form of query is not supported here: {doc.get('error_message')}")
+    refs = _References()
+    refs.walk(doc, frozenset())
+    bad = sorted(refs.table_functions - ALLOWED_TABLE_FUNCTIONS)
+    if bad:
+        raise SqlRefused(
+            f"table function {', '.join(bad)} is not allowed: SQL analytics reads the gateway's tables and views "
+            "only (no files, no network)"
+        )
+    bad = sorted(refs.functions & DENIED_FUNCTIONS)
+    if bad:
+        raise SqlRefused(f"function {', '.join(bad)} is not allowed in a read-only query")
+    if refs.tables:
+        catalog = _catalog(conn)
+        unknown = sorted({".".join(p for p in ref if p) for ref in refs.tables if not _known(ref, catalog)})
+        if unknown:
+            raise SqlRefused(
+                f"unknown table or view {', '.join(unknown)}: SQL analytics reads the gateway's tables and views "
+                "only (no files, no network); list them with SELECT view_name, comment FROM duckdb_views()"
+            )
+    return query
+
+
+_PLAIN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class _References:
+    """Table functions, functions and tables a serialized query refers to (CTEs resolved by scope)."""
+
+    def __init__(self) -> None:
+        self.table_functions: set[str] = set()
+        self.functions: set[str] = set()
+        self.tables: set[tuple[str, str, str]] = set()
+
+    def walk(self, node: Any, ctes: frozenset[str]) -> None:
+        if isinstance(node, list):
+            for item in node:
+                self.walk(item, ctes)
+            return
+        if not isinstance(node, dict):
+            return
+        cte_map = node.get("cte_map")
+        if isinstance(cte_map, dict):
+            ctes = ctes | {str(e.get("key", "")).lower() for e in cte_map.get("map") or [] if isinstance(e, dict)}
+        kind = node.get("type")
+        if kind == "TABLE_FUNCTION":
+            function = node.get("function") or {}
+            self.table_functions.add(str(function.get("function_name", "")).lower())
+        elif kind == "BASE_TABLE" or (kind == "SHOW_REF" and node.get("show_type") != "SHOW_SPECIAL"):
+            name = str(node.get("table_name") or "")
+            if name:
+                ref = (str(node.get("catalog_name") or ""), str(node.get("schema_name") or ""), name)
+                # a CTE only by a plain name: DuckDB resolves a name it cannot bind (a CTE out of
+                # scope, or not yet defined) by a "replacement scan", which reads a file whose path
+                # it looks like; a plain identifier looks like no file
+                if ref[0] or ref[1] or name.lower() not in ctes or not _PLAIN_NAME.match(name):
+                    self.tables.add(ref)
+        if node.get("class") == "FUNCTION" and "function_name" in node:
+            self.functions.add(str(node["function_name"]).lower())
+        for value in node.values():
+            if isinstance(value, dict | list):
+                self.walk(value, ctes)
+
+
+_CATALOG = """
+SELECT database_name, schema_name, table_name FROM duckdb_tables()
+UNION ALL SELECT database_name, schema_name, view_name FROM duckdb_views()
+"""
+
+
+def _catalog(conn: duckdb.DuckDBPyConnection) -> set[tuple[str, str, str]]:
+    return {(d.lower(), s.lower(), t.lower()) for d, s, t in conn.execute(_CATALOG).fetchall()}
+
+
+def _known(ref: tuple[str, str, str], catalog: set[tuple[str, str, str]]) -> bool:
+    database, schema, name = (part.lower() for part in ref)
+    for d, s, t in catalog:
+        if t != name:
+            continue
+        if database and schema:
+            if (d, s) == (database, schema):
+                return True
+        elif schema:  # "a.b": schema.table, or database.table (schema main)
+            if schema == s or (schema == d and s == "main"):
+                return True
+        else:
+            return True
+    return False
+
+
+def _message(error: duckdb.Error) -> str:
+    return str(error).strip()
+
+
+# --- running --------------------------------------------------------------------------------------
+def run_query(
+    conn: duckdb.DuckDBPyConnection,
+    sql: str,
+    *,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> SqlResult:
+    """Check and run ``sql`` on ``conn``, a connection used for nothing else meanwhile (a
+    ``cursor()`` of the store's connection). Blocking: call it from a worker thread."""
+    if not 1 <= max_rows <= MAX_ROWS_LIMIT:
+        raise ValueError(f"max_rows must be from 1 to {MAX_ROWS_LIMIT}")
+    if not 0 < timeout <= MAX_TIMEOUT:
+        raise ValueError(f"timeout must be more than 0 and at most {MAX_TIMEOUT} seconds")
+    started = time.monotonic()
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        conn.interrupt()
+
+    timer = threading.Timer(timeout, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        conn.execute("SET TimeZone = 'UTC'")
+        query = check_query(conn, sql)
+        conn.execute("BEGIN TRANSACTION READ ONLY")
+        try:
+            result = conn.execute(query)
+            columns = [Column(str(d[0]), str(d[1])) for d in result.description or []]
+            fetched = result.fetchmany(max_rows + 1)
+        finally:
+            timer.cancel()
+            _rollback(conn)
+    except duckdb.InterruptException as e:
+        if expired.is_set():
+            raise SqlTimeout(f"the query ran longer than {timeout:g} s and was stopped") from e
+        raise SqlTimeout("the query was stopped: the caller left or the service is shutting down") from e
+    except duckdb.PermissionException as e:
+        raise SqlRefused(f"{_message(e)} (SQL analytics has no file or network access)") from e
+    except duckdb.TransactionException as e:
+        raise SqlRefused(_message(e)) from e
+    except duckdb.Error as e:
+        raise SqlError(_message(e)) from e
+    finally:
+        timer.cancel()
+    rows = [[json_value(v) for v in row] for row in fetched[:max_rows]]
+    elapsed = (time.monotonic() - started) * 1000
+    return SqlResult(columns, rows, truncated=len(fetched) > max_rows, max_rows=max_rows, elapsed_ms=elapsed)
+
+
+def _rollback(conn: duckdb.DuckDBPyConnection) -> None:
+    try:
+        conn.execute("ROLLBACK")
+    except duckdb.Error:
+        pass  # interrupted or already ended: closing the connection ends the transaction anyway
+
+
+class SqlService:
+    """Runs analytics queries on an open :class:`AnalyticsStore`, each on a connection of its
+    own (a cursor of the store's connection: same database, same sandbox), outside the store's
+    lock, so a long query never holds up the writer. At most ``MAX_CONCURRENT`` at once."""
+
+    def __init__(self, store: AnalyticsStore, *, concurrency: int = MAX_CONCURRENT) -> None:
+        self.store = store
+        self._slots = asyncio.Semaphore(concurrency)
+        self._running: set[duckdb.DuckDBPyConnection] = set()
+
+    async def query(self, sql: str, *, max_rows: int = DEFAULT_MAX_ROWS, timeout: float = DEFAULT_TIMEOUT) -> SqlResult:
+        async with self._slots:
+            cursor = await self.store.run(lambda conn: conn.cursor())
+            self._running.add(cursor)
+            work = asyncio.ensure_future(asyncio.to_thread(run_query, cursor, sql, max_rows=max_rows, timeout=timeout))
+            try:
+                return await asyncio.shield(work)
+            except asyncio.CancelledError:
+                cursor.interrupt()  # the caller left: stop the query, then let the cancellation through
+                await asyncio.wait([work])
+                raise
+            finally:
+                self._running.discard(cursor)
+                cursor.close()
+
+    def interrupt_all(self) -> None:
+        """Stop every running query (shutdown): each raises :class:`SqlTimeout` at once."""
+        for cursor in list(self._running):
+            cursor.interrupt()

@@ -1,0 +1,108 @@
+"""``POST /v1/analytics/sql``: read-only SQL over the analytics store, for admin keys only.
+
+Request (JSON): ``{"sql": "SELECT ...", "maxRows": 1000, "timeoutSeconds": 30, "format": "json"}``;
+only ``sql`` is required. ``format``: ``json`` (default) or ``csv``.
+
+Response: ``json`` -> ``{"columns": [{"name", "type"}], "rows": [[...]], "rowCount", "truncated",
+"maxRows", "elapsedMs"}`` with exact values (see analytics/sql.py); ``csv`` -> ``text/csv`` with a
+header row, and the same facts in ``x-llm-sql-row-count`` / ``x-llm-sql-truncated`` headers.
+
+Who may call it: an admin key (``api_keys`` entry with ``admin: true``); a tenant key gets 403,
+since SQL sees every tenant's rows. A gateway without keys (local use) treats every caller as
+admin, as for the rest of its API. Errors use the OpenAI error format: 400 with code
+``sql_not_allowed`` (not one read-only query), ``sql_error`` (DuckDB refused it: syntax, unknown
+column, ...) or ``sql_timeout``; 503 ``analytics_unavailable`` while the store is not open.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from analytics.http import AUTH, STORE
+from analytics.sql import (
+    DEFAULT_MAX_ROWS,
+    DEFAULT_TIMEOUT,
+    MAX_ROWS_LIMIT,
+    MAX_TIMEOUT,
+    SqlError,
+    SqlService,
+)
+from analytics.store import StoreError
+from gateway.errors import GatewayError, InvalidRequest, PermissionDenied
+
+SQL: web.AppKey[SqlService] = web.AppKey("analytics_sql", SqlService)
+PATH = "/v1/analytics/sql"
+FORMATS = ("json", "csv")
+
+
+class AnalyticsUnavailable(GatewayError):
+    status = 503
+    type = "server_error"
+    code = "analytics_unavailable"
+
+
+async def sql_query(request: web.Request) -> web.Response:
+    principal = request.app[AUTH].authenticate(request)
+    if not principal.admin:
+        raise PermissionDenied("SQL analytics needs an admin API key: SQL sees every tenant's usage")
+    body = await _json_body(request)
+    sql = body.get("sql")
+    if not isinstance(sql, str) or not sql.strip():
+        raise InvalidRequest("'sql' must be a non-empty string holding one SELECT query", param="sql")
+    max_rows = _number(body, "maxRows", DEFAULT_MAX_ROWS, 1, MAX_ROWS_LIMIT, integer=True)
+    timeout = _number(body, "timeoutSeconds", DEFAULT_TIMEOUT, 0, MAX_TIMEOUT, integer=False)
+    fmt = body.get("format", "json")
+    if fmt not in FORMATS:
+        raise InvalidRequest(f"'format' must be one of {', '.join(FORMATS)}", param="format")
+    try:
+        result = await request.app[SQL].query(sql, max_rows=int(max_rows), timeout=float(timeout))
+    except SqlError as exc:
+        raise InvalidRequest(str(exc), param="sql", code=exc.code) from exc
+    except StoreError as exc:
+        raise AnalyticsUnavailable(f"the analytics store is not open: {exc}") from exc
+    if fmt == "csv":
+        headers = {"x-llm-sql-row-count": str(len(result.rows)), "x-llm-sql-truncated": str(result.truncated).lower()}
+        return web.Response(text=result.to_csv(), content_type="text/csv", charset="utf-8", headers=headers)
+    return web.Response(text=result.to_json(), content_type="application/json")
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.read() or b"null")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise InvalidRequest('the request body must be a JSON object: {"sql": "SELECT ..."}')
+    return body
+
+
+def _number(body: dict[str, Any], name: str, default: float, low: float, high: float, *, integer: bool) -> float:
+    """``body[name]``: an integer in [low, high], or a number in (low, high]."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if integer:
+        if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+            return value
+        raise InvalidRequest(f"'{name}' must be an integer from {low:g} to {high:g}", param=name)
+    if isinstance(value, int | float) and not isinstance(value, bool) and low < value <= high:
+        return float(value)
+    raise InvalidRequest(f"'{name}' must be a number of seconds, more than {low:g} and at most {high:g}", param=name)
+
+
+def install_sql(app: web.Application) -> None:
+    """Add ``POST /v1/analytics/sql`` to an app on which ``install_analytics`` put the store and
+    the authenticator (``STORE``, ``AUTH``). Idempotent."""
+    if SQL in app:
+        return
+    service = SqlService(app[STORE])
+    app[SQL] = service
+    app.router.add_post(PATH, sql_query)
+
+    async def stop_queries(app: web.Application) -> None:
+        service.interrupt_all()  # before the store closes (cleanup runs after shutdown)
+
+    app.on_shutdown.append(stop_queries)

@@ -1,0 +1,206 @@
+"""SQL analytics as a user drives it: ``POST /v1/analytics/sql`` on the embedded gateway (it owns
+the DuckDB file) and the ``llm-gateway sql`` command, against it and against the file alone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from gateway.server import server_installers
+from gateway.settings import ApiKey, Settings
+from tests.support.gateway import RunningGateway, running_gateway
+
+KEYS = [ApiKey(key="sk-tenant", tenant="acme"), ApiKey(key="sk-admin", tenant="ops", admin=True)]
+COUNT = "SELECT count(*) AS n FROM usage_facts"
+
+
+def embedded(tmp_path: Path, **extra: Any) -> Any:
+    settings = Settings(data_dir=tmp_path, _env_file=None)  # type: ignore[call-arg]
+
+    return running_gateway(
+        providers=("openai", "anthropic"),
+        event_log="settings",
+        settings={"data_dir": tmp_path, **extra},
+        installers=server_installers(settings),
+    )
+
+
+async def post_sql(gw: RunningGateway, body: dict[str, Any], key: str | None = "sk-admin") -> tuple[int, Any]:
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{gw.base_url}/analytics/sql", json=body, headers=headers) as r,
+    ):
+        if r.content_type == "text/csv":
+            return r.status, (await r.text(), dict(r.headers))
+        return r.status, await r.json()
+
+
+async def chat(gw: RunningGateway, tenant_key: str | None = None, tenant: str = "acme") -> Decimal:
+    headers = {"authorization": f"Bearer {tenant_key}"} if tenant_key else {}
+    body = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}], "tenantId": tenant}
+    async with aiohttp.ClientSession() as s, s.post(f"{gw.base_url}/chat/completions", json=body, headers=headers) as r:
+        assert r.status == 200, await r.text()
+        return Decimal(r.headers["x-llm-cost-usd"])
+
+
+async def wait_for_rows(gw: RunningGateway, count: int, key: str | None = "sk-admin") -> None:
+    started = time.monotonic()
+    while True:
+        status, body = await post_sql(gw, {"sql": COUNT}, key)
+        assert status == 200, body
+        if body["rows"][0][0] >= count:
+            return
+        assert time.monotonic() - started < 5, body
+        await asyncio.sleep(0.02)
+
+
+async def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "sql",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_only_admin_keys_may_run_sql(tmp_path: Path) -> None:
+    async with embedded(tmp_path, api_keys=KEYS) as gw:
+        cost = await chat(gw, "sk-tenant")
+        await wait_for_rows(gw, 1)
+        status, body = await post_sql(gw, {"sql": COUNT}, key="sk-tenant")
+        assert status == 403 and body["error"]["type"] == "permission_error"
+        status, body = await post_sql(gw, {"sql": COUNT}, key=None)
+        assert status == 401
+        status, body = await post_sql(gw, {"sql": COUNT}, key="sk-wrong")
+        assert status == 401
+        status, body = await post_sql(gw, {"sql": "SELECT tenant_id, cost_usd FROM v_cost_daily"})
+        assert status == 200
+        assert body["columns"] == [
+            {"name": "tenant_id", "type": "VARCHAR"},
+            {"name": "cost_usd", "type": "DECIMAL(38,10)"},
+        ]
+        [[tenant, total]] = body["rows"]
+        assert tenant == "acme" and isinstance(total, str) and Decimal(total) == cost
+
+
+async def test_an_open_gateway_counts_as_admin(tmp_path: Path) -> None:
+    async with embedded(tmp_path) as gw:
+        await chat(gw)
+        await wait_for_rows(gw, 1, key=None)
+
+
+async def test_writes_attach_copy_and_file_reads_are_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.csv"
+    secret.write_text("user,password\nroot,hunter2\n")
+    async with embedded(tmp_path, api_keys=KEYS) as gw:
+        await chat(gw, "sk-tenant")
+        await wait_for_rows(gw, 1)
+        for statement in (
+            "DELETE FROM usage_facts",
+            "INSERT INTO usage_facts SELECT * FROM usage_facts",
+            "DROP TABLE usage_facts",
+            f"ATTACH '{tmp_path}/other.duckdb' AS other",
+            f"COPY usage_facts TO '{tmp_path}/stolen.csv'",
+            f"COPY (SELECT * FROM usage_facts) TO '{tmp_path}/stolen.parquet' (FORMAT parquet)",
+            f"SELECT * FROM read_csv('{secret}')",
+            f"SELECT * FROM '{secret}'",
+            "SELECT * FROM read_text('/etc/passwd')",
+            "SELECT * FROM glob('/etc/*')",
+            "SELECT * FROM read_parquet('http://127.0.0.1:9/x.parquet')",
+            "SELECT 1; DELETE FROM usage_facts",
+            "SET enable_external_access = true",
+        ):
+            status, body = await post_sql(gw, {"sql": statement})
+            assert status == 400, (statement, body)
+            assert body["error"]["code"] == "sql_not_allowed" and body["error"]["param"] == "sql", (statement, body)
+            assert "hunter2" not in json.dumps(body)
+        status, body = await post_sql(gw, {"sql": COUNT})
+        assert status == 200 and body["rows"] == [[1]]  # nothing was deleted
+        # and projection still works after all that (the sink's own file access is intact)
+        await chat(gw, "sk-tenant")
+        await wait_for_rows(gw, 2)
+    assert not (tmp_path / "other.duckdb").exists()
+    assert not (tmp_path / "stolen.csv").exists() and not (tmp_path / "stolen.parquet").exists()
+
+
+async def test_formats_bounds_and_bad_requests(tmp_path: Path) -> None:
+    async with embedded(tmp_path, api_keys=KEYS) as gw:
+        status, (text, headers) = await post_sql(
+            gw, {"sql": "SELECT * FROM range(5) t(i)", "format": "csv", "maxRows": 3}
+        )
+        assert status == 200 and text == "i\n0\n1\n2\n"
+        assert headers["x-llm-sql-truncated"] == "true" and headers["x-llm-sql-row-count"] == "3"
+        status, body = await post_sql(gw, {"sql": "SELECT * FROM range(5)", "maxRows": 3})
+        assert status == 200 and body["truncated"] is True and body["rowCount"] == 3 and body["maxRows"] == 3
+        started = time.monotonic()
+        status, body = await post_sql(gw, {"sql": "SELECT count(*) FROM range(1000000000000)", "timeoutSeconds": 0.3})
+        assert status == 400 and body["error"]["code"] == "sql_timeout"
+        assert time.monotonic() - started < 5
+        status, body = await post_sql(gw, {"sql": "SELEC 1"})
+        assert status == 400 and body["error"]["code"] == "sql_error" and "syntax" in body["error"]["message"]
+        for bad, param in (
+            ({}, "sql"),
+            ({"sql": 1}, "sql"),
+            ({"sql": "SELECT 1", "maxRows": 0}, "maxRows"),
+            ({"sql": "SELECT 1", "maxRows": 10**9}, "maxRows"),
+            ({"sql": "SELECT 1", "maxRows": True}, "maxRows"),
+            ({"sql": "SELECT 1", "timeoutSeconds": 0}, "timeoutSeconds"),
+            ({"sql": "SELECT 1", "timeoutSeconds": 3600}, "timeoutSeconds"),
+            ({"sql": "SELECT 1", "format": "xml"}, "format"),
+        ):
+            status, body = await post_sql(gw, bad)
+            assert status == 400 and body["error"]["param"] == param, (bad, body)
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(f"{gw.base_url}/analytics/sql", data=b"{", headers={"authorization": "Bearer sk-admin"}) as r,
+        ):
+            assert r.status == 400
+
+
+async def test_cli_asks_the_running_gateway(tmp_path: Path) -> None:
+    async with embedded(tmp_path, api_keys=KEYS) as gw:
+        cost = await chat(gw, "sk-tenant")
+        await wait_for_rows(gw, 1)
+        query = "SELECT tenant_id, provider, calls, cost_usd FROM v_cost_daily"
+        code, out, err = await cli(query, "--url", gw.url, "--api-key", "sk-admin", "--format", "json")
+        assert code == 0, err
+        doc = json.loads(out)
+        assert doc["rows"][0][:3] == ["acme", "openai", 1] and Decimal(doc["rows"][0][3]) == cost
+        code, out, err = await cli(query, "--url", gw.url, "--api-key", "sk-admin")
+        assert code == 0, err
+        lines = out.splitlines()
+        assert lines[0].split() == ["tenant_id", "provider", "calls", "cost_usd"] and lines[-1] == "(1 row)"
+        assert lines[2].split()[:3] == ["acme", "openai", "1"]
+        code, out, err = await cli(query, "--url", gw.url, "--api-key", "sk-admin", "--format", "csv")
+        assert code == 0 and out.splitlines()[0] == "tenant_id,provider,calls,cost_usd"
+        code, _, err = await cli(query, "--url", gw.url, "--api-key", "sk-tenant")
+        assert code != 0 and "403" in err
+        code, _, err = await cli("DELETE FROM usage_facts", "--url", gw.url, "--api-key", "sk-admin")
+        assert code != 0 and "sql_not_allowed" in err
+
+
+async def test_cli_reads_the_file_when_nothing_runs(tmp_path: Path) -> None:
+    async with embedded(tmp_path) as gw:
+        cost = await chat(gw)
+        await wait_for_rows(gw, 1, key=None)
+    env = {"LLM_GATEWAY_DATA_DIR": str(tmp_path), "LLM_GATEWAY_PORT": "1", "PATH": "/usr/bin:/bin"}
+    code, out, err = await cli("SELECT sum(cost_usd) AS cost FROM llm_usage", "--format", "json", env=env)
+    assert code == 0, err
+    assert Decimal(json.loads(out)["rows"][0][0]) == cost
+    code, _, err = await cli(f"SELECT * FROM read_text('{tmp_path}/events.sqlite3')", env=env)
+    assert code != 0 and "sql_not_allowed" in err

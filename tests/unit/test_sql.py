@@ -1,0 +1,568 @@
+"""Read-only SQL analytics (analytics/sql.py) over a real, file-backed DuckDB store fed by the
+real sinks: what is refused and by which lock, the time and row bounds, exact values, and the
+documented views."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+import analytics.sql as sql_module
+from analytics.sql import (
+    ALLOWED_TABLE_FUNCTIONS,
+    SqlError,
+    SqlRefused,
+    SqlResult,
+    SqlService,
+    SqlTimeout,
+    check_query,
+    json_value,
+)
+from analytics.sql_command import render_table
+from analytics.store import AnalyticsStore
+from consumers.sinks.duckdb import DuckDBSink
+from consumers.sinks.health_history import write_rows
+from gateway.events import UsageEvent
+from gateway.health.transitions import HealthHistoryRow
+from gateway.ids import uuid7
+
+T0 = datetime(2026, 3, 1, 23, 30, tzinfo=UTC)
+
+
+def attempt(request: str, number: int, provider: str, outcome: str, **changes: Any) -> UsageEvent:
+    billable = outcome == "success"
+    fields: dict[str, Any] = {
+        "event_id": str(uuid7()),
+        "request_id": request,
+        "attempt": number,
+        "created_at": T0 + timedelta(seconds=number),
+        "tenant_id": "acme",
+        "provider": provider,
+        "requested_model": "gpt-4o",
+        "provider_model": "gpt-4o" if provider == "openai" else "claude-sonnet-4",
+        "served_model": ("gpt-4o-2024-08-06" if provider == "openai" else "claude-sonnet-4") if billable else None,
+        "outcome": outcome,
+        "latency_ms": 100.0 * number,
+        "prompt_tokens": 100 if billable else 0,
+        "completion_tokens": 20 if billable else 0,
+        "total_tokens": 120 if billable else 0,
+        "cost_usd": Decimal("0.0000025") if billable else None,
+        "price_version": "v1" if billable else None,
+        "billable": billable,
+    }
+    fields.update(changes)
+    return UsageEvent(**fields)
+
+
+#: r1: openai rate limited twice, then served by anthropic (a fallback from openai);
+#: r2: openai at once; r3 (globex, next UTC day): an unpriced model on ollama
+EVENTS = [
+    attempt("r1", 1, "openai", "rate_limited", http_status=429),
+    attempt("r1", 2, "openai", "rate_limited", http_status=429),
+    attempt("r1", 3, "anthropic", "success", cost_usd=Decimal("0.0000100001")),
+    attempt("r2", 1, "openai", "success"),
+    attempt(
+        "r3",
+        1,
+        "ollama",
+        "success",
+        tenant_id="globex",
+        created_at=T0 + timedelta(hours=1),
+        provider_model="llama3",
+        served_model="llama3:8b",
+        cost_usd=None,
+        price_version=None,
+    ),
+]
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[AnalyticsStore]:
+    """A file-backed writer store, fed through the real DuckDB sink (sandboxed: it proves the sink
+    still works with external access off) and holding one health-history row."""
+    store = AnalyticsStore(tmp_path / "analytics.duckdb")
+    await store.open()
+    await DuckDBSink(store).apply(EVENTS)
+    row = HealthHistoryRow(
+        provider="openai",
+        model="*",
+        window_end=T0 + timedelta(seconds=2),
+        window_seconds=60.0,
+        attempts=2,
+        failures=0,
+        rate_limited=2,
+        timeouts=0,
+        p50_ms=None,
+        p95_ms=None,
+        p50_ttft_ms=None,
+        state="degraded",
+        circuit="closed",
+        reason="rate limits",
+    )
+    await store.run(lambda conn: write_rows(conn, [row]))
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+def secret(tmp_path: Path) -> Path:
+    path = tmp_path / "secret.csv"
+    path.write_text("user,password\nroot,hunter2\n")
+    return path
+
+
+async def facts(store: AnalyticsStore) -> int:
+    return int((await store.fetchall("SELECT count(*) FROM usage_facts"))[0][0])
+
+
+async def query(store: AnalyticsStore, sql: str, **kwargs: Any) -> SqlResult:
+    return await SqlService(store).query(sql, **kwargs)
+
+
+def files_in(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()}
+
+
+def records(result: SqlResult) -> list[dict[str, Any]]:
+    return [dict(zip([c.name for c in result.columns], row, strict=True)) for row in result.rows]
+
+
+# --- lock 1: one SELECT, by DuckDB's parser -----------------------------------------------------
+WRITES = [
+    "INSERT INTO usage_facts SELECT * FROM usage_facts",
+    "UPDATE usage_facts SET cost_usd = 0",
+    "DELETE FROM usage_facts",
+    "TRUNCATE usage_facts",
+    "CREATE TABLE stolen AS SELECT * FROM usage_facts",
+    "CREATE VIEW v AS SELECT 1",
+    "CREATE MACRO m(x) AS x",
+    "DROP TABLE usage_facts",
+    "ALTER TABLE usage_facts ADD COLUMN x INT",
+    "COMMENT ON TABLE usage_facts IS 'x'",
+    "MERGE INTO usage_facts USING usage_facts s ON true WHEN MATCHED THEN DELETE",
+    "ATTACH ':memory:' AS other",
+    "DETACH memory",
+    "COPY usage_facts TO '{dir}/out.csv'",
+    "COPY usage_facts FROM '{dir}/secret.csv'",
+    "EXPORT DATABASE '{dir}/export'",
+    "IMPORT DATABASE '{dir}/export'",
+    "INSTALL httpfs",
+    "LOAD httpfs",
+    "UPDATE EXTENSIONS",
+    "PRAGMA version",
+    "SET enable_external_access = true",
+    "RESET threads",
+    "CALL checkpoint()",
+    "CHECKPOINT",
+    "VACUUM",
+    "BEGIN TRANSACTION",
+    "EXPLAIN ANALYZE DELETE FROM usage_facts",
+    "PREPARE p AS DELETE FROM usage_facts",
+    "USE memory",
+    "CREATE SECRET (TYPE s3, KEY_ID 'x', SECRET 'y')",
+    "SELECT 1; DROP TABLE usage_facts",
+    "DROP TABLE usage_facts; SELECT 1",
+    "SELECT 1; SELECT 2",
+]
+
+
+@pytest.mark.parametrize("statement", WRITES)
+async def test_anything_but_one_select_is_refused_and_nothing_changes(
+    store: AnalyticsStore, tmp_path: Path, secret: Path, statement: str
+) -> None:
+    before = await facts(store)
+    with pytest.raises(SqlRefused):
+        await query(store, statement.format(dir=tmp_path))
+    assert await facts(store) == before
+    written = files_in(tmp_path) - {
+        "secret.csv",
+        "analytics.duckdb",
+        "analytics.duckdb.wal",
+        "analytics.duckdb.scratch",
+    }
+    assert not written and not files_in(store.scratch_dir)
+
+
+async def test_attach_of_a_file_is_refused(store: AnalyticsStore, tmp_path: Path) -> None:
+    with pytest.raises(SqlRefused, match="only read-only queries"):
+        await query(store, f"ATTACH '{tmp_path}/other.duckdb' AS other")
+    assert not (tmp_path / "other.duckdb").exists()
+
+
+# --- lock 2: only catalog tables and harmless table functions ------------------------------------
+FILE_READS = [
+    "SELECT * FROM read_csv('{secret}')",
+    "SELECT * FROM read_csv_auto('{secret}')",
+    "SELECT * FROM read_text('/etc/passwd')",
+    "SELECT * FROM read_blob('/etc/passwd')",
+    "SELECT * FROM glob('/etc/*')",
+    "SELECT * FROM sniff_csv('{secret}')",
+    "SELECT * FROM read_json('{secret}')",
+    "SELECT * FROM read_parquet('http://127.0.0.1:9/x.parquet')",
+    "SELECT * FROM parquet_metadata('{secret}')",
+    "SELECT * FROM read_duckdb('{secret}')",
+    "SELECT * FROM '{secret}'",
+    "SELECT * FROM 'http://127.0.0.1:9/data.csv'",
+    "DESCRIBE '{secret}'",
+    "SUMMARIZE SELECT * FROM read_csv('{secret}')",
+    "SELECT * FROM query('SELECT * FROM read_text(''/etc/passwd'')')",
+    "SELECT * FROM query_table('usage_facts')",
+    "SELECT (SELECT count(*) FROM read_text('/etc/passwd')) AS n",
+    "SELECT 1 WHERE EXISTS (SELECT 1 FROM read_text('/etc/passwd'))",
+    "WITH x AS (SELECT * FROM read_csv('{secret}')) SELECT * FROM x",
+    "SELECT * FROM usage_facts, LATERAL (SELECT * FROM read_text(usage_facts.event_id))",
+    'SELECT * FROM (WITH "{secret}" AS (SELECT 1) SELECT 1), "{secret}"',  # a CTE name out of its scope
+    'WITH "{secret}" AS (SELECT * FROM "{secret}") SELECT * FROM "{secret}"',  # not recursive: the file
+    'WITH x AS (SELECT * FROM "{secret}"), "{secret}" AS (SELECT 1) SELECT * FROM x',  # defined after use
+    "SELECT * FROM enable_logging()",
+    "SELECT * FROM json_execute_serialized_sql('x')",
+    "SELECT * FROM duckdb_secrets()",
+    "SELECT nextval('seq')",
+]
+
+
+@pytest.mark.parametrize("statement", FILE_READS)
+async def test_file_network_and_side_effect_functions_are_refused(
+    store: AnalyticsStore, secret: Path, statement: str
+) -> None:
+    with pytest.raises(SqlRefused):
+        await query(store, statement.format(secret=secret))
+
+
+async def test_the_writers_scratch_directory_is_not_readable_either(store: AnalyticsStore) -> None:
+    """The one directory the sandbox allows (the sink's batch files) is still closed to SQL."""
+    planted = store.scratch_dir / "batch.json"
+    planted.write_text('[{"x": 1}]')
+    for statement in (f"SELECT * FROM read_json('{planted}')", f"SELECT * FROM '{planted}'"):
+        with pytest.raises(SqlRefused):
+            await query(store, statement)
+
+
+async def test_the_checks_hold_without_the_sandbox(secret: Path) -> None:
+    """Lock 2 alone: on a plain DuckDB connection with full file access, the checks refuse the reads."""
+    conn = duckdb.connect()
+    try:
+        assert conn.execute(f"SELECT count(*) FROM read_csv('{secret}')").fetchone() == (1,)  # reachable here
+        for statement in (
+            f"SELECT * FROM read_csv('{secret}')",
+            f"SELECT * FROM '{secret}'",
+            f'WITH "{secret}" AS (SELECT * FROM "{secret}") SELECT * FROM "{secret}"',
+            "COPY (SELECT 1) TO 'x'",
+        ):
+            with pytest.raises(SqlRefused):
+                check_query(conn, statement)
+    finally:
+        conn.close()
+
+
+# --- locks 3 and 4: read-only transaction, sandboxed database -----------------------------------
+async def test_the_read_only_transaction_refuses_writes_that_pass_the_checks(
+    store: AnalyticsStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lock 3 alone: with the statement checks switched off, DuckDB still refuses the write."""
+    monkeypatch.setattr(sql_module, "check_query", lambda conn, sql: sql)
+    before = await facts(store)
+    with pytest.raises(SqlRefused, match="read-only"):
+        await query(store, "DELETE FROM usage_facts")
+    assert await facts(store) == before
+
+
+async def test_the_sandbox_refuses_file_access_that_passes_the_checks(
+    store: AnalyticsStore, secret: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lock 4 alone: with the statement checks off, the database itself has no file access."""
+    monkeypatch.setattr(sql_module, "check_query", lambda conn, sql: sql)
+    for statement in (f"SELECT * FROM read_csv('{secret}')", "SELECT * FROM read_text('/etc/passwd')"):
+        with pytest.raises(SqlRefused, match="file system operations are disabled"):
+            await query(store, statement)
+
+
+async def test_the_sandbox_covers_every_connection_of_the_store(
+    store: AnalyticsStore, secret: Path, tmp_path: Path
+) -> None:
+    """Even the writer's own connection and a fresh cursor cannot read, write or attach files,
+    nor switch the sandbox off; the sink's scratch directory is the one exception."""
+
+    def attempt_all(conn: duckdb.DuckDBPyConnection) -> list[str]:
+        refused = []
+        for statement in (
+            f"SELECT * FROM read_csv('{secret}')",
+            f"COPY usage_facts TO '{tmp_path}/out.csv'",
+            f"ATTACH '{tmp_path}/other.duckdb' AS other",
+            "SELECT * FROM read_csv('http://127.0.0.1:9/x.csv')",
+            "SET enable_external_access = true",
+            f"SET allowed_directories = ['{tmp_path}/']",
+            "LOAD httpfs",
+        ):
+            with pytest.raises(duckdb.Error) as caught:
+                conn.execute(statement)
+            refused.append(type(caught.value).__name__)
+        return refused
+
+    refused = await store.run(attempt_all)
+    assert set(refused) <= {"PermissionException", "InvalidInputException"}
+    cursor = await store.run(lambda conn: conn.cursor())
+    try:
+        attempt_all(cursor)
+    finally:
+        cursor.close()
+    assert not (tmp_path / "out.csv").exists() and not (tmp_path / "other.duckdb").exists()
+    scratch = store.scratch_dir
+    assert scratch == tmp_path / "analytics.duckdb.scratch"
+    assert scratch.is_dir() and oct(scratch.stat().st_mode & 0o777) == "0o700"
+    await store.close()
+    assert not scratch.exists()  # removed at close
+
+
+async def test_the_read_only_store_of_the_cli_is_sandboxed_too(
+    store: AnalyticsStore, secret: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = store.path
+    await store.close()
+    reader = AnalyticsStore(path, read_only=True)
+    await reader.open()
+    try:
+        assert records(await query(reader, "SELECT count(*) AS n FROM usage_facts")) == [{"n": 5}]
+        monkeypatch.setattr(sql_module, "check_query", lambda conn, sql: sql)
+        with pytest.raises(SqlRefused, match="file system operations are disabled"):
+            await query(reader, f"SELECT * FROM read_csv('{secret}')")
+    finally:
+        await reader.close()
+
+
+# --- what is allowed --------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "SELECT count(*) FROM usage_facts",
+        "WITH t AS (SELECT tenant_id FROM usage_facts) SELECT DISTINCT tenant_id FROM t",
+        "FROM llm_usage SELECT id",
+        "SELECT * FROM main.usage_facts",
+        "DESCRIBE usage_facts",
+        "SUMMARIZE v_cost_daily",
+        "SHOW TABLES",
+        "SELECT view_name, comment FROM duckdb_views() WHERE NOT internal",
+        "SELECT * FROM information_schema.columns WHERE table_name = 'v_cost_daily'",
+        "SELECT * FROM range(3)",
+        "SELECT unnest([1, 2])",
+        "SELECT 1;",
+        "SELECT 1 -- ; DROP TABLE usage_facts",
+    ],
+)
+async def test_read_only_queries_run(store: AnalyticsStore, statement: str) -> None:
+    result = await query(store, statement)
+    assert result.columns
+
+
+def test_the_table_function_allowlist_reads_no_files() -> None:
+    assert not {name for name in ALLOWED_TABLE_FUNCTIONS if "read" in name or "scan" in name or "glob" in name}
+
+
+async def test_sql_errors_are_reported(store: AnalyticsStore) -> None:
+    with pytest.raises(SqlError, match="syntax error") as caught:
+        await query(store, "SELEC 1")
+    assert caught.value.code == "sql_error"
+    with pytest.raises(SqlRefused, match="unknown table or view nope"):
+        await query(store, "SELECT * FROM nope")
+    with pytest.raises(SqlError, match="no_such_column"):
+        await query(store, "SELECT no_such_column FROM usage_facts")
+
+
+# --- bounds ------------------------------------------------------------------------------------------
+async def test_rows_are_bounded_and_truncation_is_reported(store: AnalyticsStore) -> None:
+    cut = await query(store, "SELECT * FROM range(10) ORDER BY 1", max_rows=3)
+    assert cut.rows == [[0], [1], [2]] and cut.truncated and cut.max_rows == 3
+    whole = await query(store, "SELECT * FROM range(10)", max_rows=10)
+    assert len(whole.rows) == 10 and not whole.truncated
+    with pytest.raises(ValueError, match="max_rows"):
+        await query(store, "SELECT 1", max_rows=0)
+
+
+async def test_a_long_query_is_stopped_at_the_timeout_and_the_store_still_works(store: AnalyticsStore) -> None:
+    started = time.monotonic()
+    with pytest.raises(SqlTimeout, match=r"longer than 0\.3 s"):
+        await query(store, "SELECT count(*) FROM range(1000000000000)", timeout=0.3)
+    assert time.monotonic() - started < 5
+    assert records(await query(store, "SELECT count(*) AS n FROM usage_facts")) == [{"n": 5}]
+    await DuckDBSink(store).apply([attempt("r9", 1, "openai", "success")])
+    assert await facts(store) == 6
+
+
+async def test_a_running_query_does_not_hold_up_the_writer(store: AnalyticsStore) -> None:
+    slow = asyncio.create_task(query(store, "SELECT count(*) FROM range(1000000000000)", timeout=3))
+    await asyncio.sleep(0.3)
+    started = time.monotonic()
+    await DuckDBSink(store).apply([attempt("r9", 1, "openai", "success")])
+    assert time.monotonic() - started < 2 and not slow.done()
+    with pytest.raises(SqlTimeout):
+        await slow
+
+
+async def test_cancelling_the_caller_stops_the_query(store: AnalyticsStore) -> None:
+    service = SqlService(store)
+    task = asyncio.create_task(service.query("SELECT count(*) FROM range(1000000000000)", timeout=60))
+    await asyncio.sleep(0.3)
+    started = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert time.monotonic() - started < 5
+    interrupted = asyncio.create_task(service.query("SELECT count(*) FROM range(1000000000000)", timeout=60))
+    await asyncio.sleep(0.3)
+    service.interrupt_all()
+    with pytest.raises(SqlTimeout):
+        await interrupted
+
+
+# --- exact values -----------------------------------------------------------------------------------
+async def test_values_are_exact_in_json_and_csv(store: AnalyticsStore) -> None:
+    result = await query(
+        store,
+        "SELECT sum(cost_usd) AS cost, 0.1::DECIMAL(20,10) + 0.2::DECIMAL(20,10) AS dec, "
+        "TIMESTAMPTZ '2026-03-01 12:00:00+02' AS tz, TIMESTAMP '2026-03-01 12:00:00.000001' AS ts, "
+        "DATE '2026-03-01' AS d, INTERVAL 90 MINUTE AS i, 'nan'::DOUBLE AS nan, 0.1::DOUBLE AS f, "
+        "170141183460469231731687303715884105727::HUGEINT AS huge, 'ab'::BLOB AS b, NULL AS n, "
+        "[1.5::DECIMAL(3,1)] AS l, {'k': 'v'} AS s, '00000000-0000-7000-8000-000000000000'::UUID AS u "
+        "FROM usage_facts",
+    )
+    [row] = records(result)
+    assert row == {
+        "cost": "0.0000125001",  # 0.0000025 + 0.0000100001 (+ NULL: the unpriced call), exact
+        "dec": "0.3000000000",
+        "tz": "2026-03-01T10:00:00Z",
+        "ts": "2026-03-01T12:00:00.000001",
+        "d": "2026-03-01",
+        "i": "PT1H30M",
+        "nan": "NaN",
+        "f": 0.1,
+        "huge": 170141183460469231731687303715884105727,
+        "b": "\\x6162",
+        "n": None,
+        "l": ["1.5"],
+        "s": {"k": "v"},
+        "u": "00000000-0000-7000-8000-000000000000",
+    }
+    assert [c.type for c in result.columns][:2] == ["DECIMAL(38,10)", "DECIMAL(21,10)"]
+    doc = json.loads(result.to_json())
+    assert doc["rows"][0][0] == "0.0000125001" and doc["rowCount"] == 1 and doc["truncated"] is False
+    assert SqlResult.from_dict(doc).rows == result.rows
+    lines = result.to_csv().splitlines()
+    assert lines[0].startswith("cost,dec,tz,ts,d,i,nan,f,huge,b,n,l,s,u")
+    assert lines[1].startswith("0.0000125001,0.3000000000,2026-03-01T10:00:00Z,")
+    assert ",," in lines[1]  # NULL is an empty CSV field
+
+
+def test_json_value_handles_nested_and_special_values() -> None:
+    assert json_value(float("inf")) == "Infinity" and json_value(float("-inf")) == "-Infinity"
+    assert json_value({1: Decimal("1.10")}) == {"1": "1.10"}
+    assert json_value(timedelta(days=-1, seconds=5)) == "-PT23H59M55S"
+    assert json_value(timedelta(0)) == "PT0S"
+    assert json_value(datetime(2026, 1, 1, 1, tzinfo=UTC)) == "2026-01-01T01:00:00Z"
+
+
+async def test_table_rendering(store: AnalyticsStore) -> None:
+    result = await query(store, "SELECT tenant_id, count(*) AS calls FROM usage_facts GROUP BY 1 ORDER BY 1")
+    text = render_table(result)
+    assert text.splitlines() == [
+        "tenant_id  calls",
+        "---------  -----",
+        "acme           4",
+        "globex         1",
+        "(2 rows)",
+    ]
+    cut = render_table(await query(store, "SELECT * FROM range(5)", max_rows=2))
+    assert cut.endswith("(2 rows; more rows exist: raise --max-rows, at most 100000)")
+
+
+# --- the documented views -----------------------------------------------------------------------------
+VIEWS = (
+    "v_cost_daily",
+    "v_requests",
+    "v_provider_attempts",
+    "v_provider_outcomes",
+    "v_provider_health_history",
+    "v_unpriced_usage",
+)
+
+
+async def test_every_view_is_documented(store: AnalyticsStore) -> None:
+    result = await query(store, "SELECT view_name, comment FROM duckdb_views() WHERE NOT internal ORDER BY 1")
+    docs = {r["view_name"]: r["comment"] for r in records(result)}
+    for view in VIEWS:
+        assert docs.get(view) and len(docs[view]) > 80, view
+        await query(store, f"SELECT * FROM {view}")
+
+
+async def test_v_cost_daily(store: AnalyticsStore) -> None:
+    result = await query(store, "SELECT * FROM v_cost_daily ORDER BY day, tenant_id, provider")
+    rows = records(result)
+    assert [(r["day"], r["tenant_id"], r["provider"], r["model"]) for r in rows] == [
+        ("2026-03-01", "acme", "anthropic", "claude-sonnet-4"),
+        ("2026-03-01", "acme", "openai", "gpt-4o-2024-08-06"),
+        ("2026-03-02", "globex", "ollama", "llama3:8b"),  # 00:30 UTC the next day
+    ]
+    anthropic, openai, ollama = rows
+    assert (anthropic["calls"], anthropic["tokens"], anthropic["cost_usd"]) == (1, 120, "0.0000100001")
+    # the two 429s on openai cost nothing and are not calls
+    assert (openai["calls"], openai["cost_usd"], openai["unpriced_calls"]) == (1, "0.0000025000", 0)
+    assert (ollama["cost_usd"], ollama["unpriced_calls"], ollama["unpriced_tokens"]) == ("0.0000000000", 1, 120)
+
+
+async def test_v_provider_attempts_and_fallbacks(store: AnalyticsStore) -> None:
+    rows = {r["provider"]: r for r in records(await query(store, "SELECT * FROM v_provider_attempts"))}
+    openai = rows["openai"]
+    assert (openai["attempts"], openai["successes"], openai["failures"], openai["rate_limited"]) == (3, 1, 2, 2)
+    # r1 left openai for anthropic, r2 did not: 1 fallback out of 2 requests
+    assert (openai["requests"], openai["served_requests"], openai["fallbacks"], openai["fallback_rate"]) == (
+        2,
+        1,
+        1,
+        0.5,
+    )
+    assert openai["provider_failures"] == 0  # rate limits are not the provider failing
+    anthropic = rows["anthropic"]
+    assert (anthropic["requests"], anthropic["fallbacks"], anthropic["fallback_rate"]) == (1, 0, 0.0)
+    outcomes = records(
+        await query(store, "SELECT outcome, attempts FROM v_provider_outcomes WHERE provider = 'openai' ORDER BY 1")
+    )
+    assert outcomes == [{"outcome": "rate_limited", "attempts": 2}, {"outcome": "success", "attempts": 1}]
+
+
+async def test_v_requests(store: AnalyticsStore) -> None:
+    rows = {r["request_id"]: r for r in records(await query(store, "SELECT * FROM v_requests"))}
+    r1 = rows["r1"]
+    assert (r1["attempts"], r1["first_provider"], r1["last_provider"], r1["served_attempt"]) == (
+        3,
+        "openai",
+        "anthropic",
+        3,
+    )
+    assert r1["fell_back"] and r1["retried"] and r1["served"] and r1["cost_usd"] == "0.0000100001"
+    assert not rows["r2"]["fell_back"] and not rows["r2"]["retried"] and rows["r2"]["served_attempt"] == 1
+    share = records(await query(store, "SELECT avg(fell_back::INT) AS share FROM v_requests WHERE served"))
+    assert share == [{"share": 1 / 3}]
+
+
+async def test_v_unpriced_usage_and_health_history(store: AnalyticsStore) -> None:
+    unpriced = records(await query(store, "SELECT * FROM v_unpriced_usage"))
+    assert len(unpriced) == 1
+    assert {k: unpriced[0][k] for k in ("provider", "model", "calls", "tenants", "tokens", "requested_models")} == {
+        "provider": "ollama",
+        "model": "llama3:8b",
+        "calls": 1,
+        "tenants": 1,
+        "tokens": 120,
+        "requested_models": ["gpt-4o"],
+    }
+    [health] = records(await query(store, "SELECT * FROM v_provider_health_history"))
+    assert health["window_start"] == "2026-03-01T23:29:02Z" and health["window_end"] == "2026-03-01T23:30:02Z"
+    assert (health["rate_limit_rate"], health["failure_rate"], health["is_transition"]) == (1.0, 0.0, True)
