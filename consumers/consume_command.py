@@ -28,12 +28,15 @@ def register(sub: Any) -> None:
 def build_consumer_app(settings: Settings, group: str, batch_size: int) -> web.Application:
     from analytics.http import install_analytics
     from consumers.pipeline import build_pipeline
+    from consumers.replay_http import install_replay
     from gateway.api.auth import Authenticator
     from gateway.api.middleware import error_middleware
 
     pipeline = build_pipeline(settings, group_id=group, batch_size=batch_size)
     app = web.Application(middlewares=[error_middleware])
-    install_analytics(app, pipeline.store, Authenticator(settings.api_keys, settings.default_tenant))
+    auth = Authenticator(settings.api_keys, settings.default_tenant)
+    install_analytics(app, pipeline.store, auth)
+    install_replay(app, settings, pipeline.store, auth, live_group=group)
 
     async def healthz(request: web.Request) -> web.Response:
         stats = pipeline.projector.stats

@@ -27,11 +27,13 @@ def server_installers(settings: Settings, *, project: bool | None = None) -> lis
 def embedded_projector(settings: Settings) -> Installer:
     def install(app: web.Application) -> None:
         from analytics.http import install_analytics
-        from consumers.pipeline import build_pipeline
+        from consumers.pipeline import DEFAULT_GROUP, build_pipeline
+        from consumers.replay_http import install_replay
         from gateway.api.state import STATE
 
         pipeline = build_pipeline(settings)
         install_analytics(app, pipeline.store, app[STATE].auth)
+        install_replay(app, settings, pipeline.store, app[STATE].auth, live_group=DEFAULT_GROUP)
 
         async def run(app: web.Application) -> AsyncIterator[None]:
             async with pipeline.running():

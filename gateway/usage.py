@@ -11,6 +11,7 @@ from gateway.eventlog.base import EventLog
 from gateway.events import Outcome, UsageEvent
 from gateway.ids import Clock, uuid7
 from gateway.pricing.base import PriceBook, Quote, format_usd
+from gateway.pricing.reprice import quote_models
 from gateway.types import Usage
 
 cost_log = logging.getLogger("gateway.cost")
@@ -67,16 +68,7 @@ class UsageRecorder:
 
     def quote(self, provider: str, models: list[str | None], usage: Usage) -> Quote:
         """Price by the served model (authoritative), else by the model we asked for."""
-        at = self._clock()
-        first: Quote | None = None
-        for model in models:
-            if not model:
-                continue
-            quote = self._prices.quote(provider, model, usage, at)
-            if quote.cost is not None:
-                return quote
-            first = first or quote
-        return first or Quote(None, self._prices.version, "unpriced")
+        return quote_models(self._prices, provider, models, usage, self._clock())
 
     def record(self, ctx: CallContext, facts: AttemptFacts) -> UsageEvent:
         usage = facts.usage

@@ -16,6 +16,10 @@ log = logging.getLogger(__name__)
 MAX_AUTO_REPLICATION = 3
 
 
+#: configs of the topics this project creates: keep every record (replay needs all history)
+TOPIC_CONFIGS: dict[str, str] = {"retention.ms": "-1", "retention.bytes": "-1"}
+
+
 async def ensure_topic(
     bootstrap_servers: str,
     topic: str,
@@ -26,7 +30,10 @@ async def ensure_topic(
     request_timeout_ms: int = 10_000,
 ) -> None:
     """Create ``topic`` with ``partitions`` partitions unless it exists (an existing topic is
-    left as it is). ``replication_factor=None`` means min(3, brokers in the cluster)."""
+    left as it is). ``replication_factor=None`` means min(3, brokers in the cluster).
+
+    Topics are created with unlimited retention (:data:`TOPIC_CONFIGS`): the usage log is the
+    source of truth that replay re-costs history from, so Kafka must not age it out."""
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap_servers,
         client_id=client_id,
@@ -41,7 +48,14 @@ async def ensure_topic(
             replication_factor = min(MAX_AUTO_REPLICATION, len(brokers))
         try:
             response = await admin.create_topics(
-                [NewTopic(topic, num_partitions=partitions, replication_factor=replication_factor)]
+                [
+                    NewTopic(
+                        topic,
+                        num_partitions=partitions,
+                        replication_factor=replication_factor,
+                        topic_configs=dict(TOPIC_CONFIGS),
+                    )
+                ]
             )
         except TopicAlreadyExistsError:
             return

@@ -1,0 +1,246 @@
+"""``llm-gateway replay``: rebuild the projections from the event log, optionally re-costing it.
+
+::
+
+    llm-gateway replay                       # the whole log, recorded costs
+    llm-gateway replay --reprice             # re-cost with the current price table (backfill)
+    llm-gateway replay --reprice --price-file prices.yaml --dry-run   # what would change
+    llm-gateway replay --since 2026-11-01 --reprice
+    llm-gateway replay --full --reprice      # empty the stores, rebuild everything
+
+Where it runs: DuckDB lets one process write ``analytics.duckdb``. When a service owns it
+(``llm-gateway serve`` in the embedded mode, or ``llm-gateway consume``), the command asks that
+service to replay (``POST /v1/admin/replay``, admin key: ``--api-key`` or the first admin key of
+the configuration) and shows its progress. When no service answers, it replays in this process.
+``--url`` names the service (then it must answer); ``--local`` never asks one.
+
+Semantics (immutable log, price versions, what a replay without ``--reprice`` does):
+see :mod:`consumers.replay`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gateway.settings import Settings
+
+if TYPE_CHECKING:
+    from consumers.replay import Progress, ReplayOptions
+    from gateway.pricing.pricefile import PriceFile
+
+DEFAULT_CONSUME_PORT = 8081
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "replay",
+        help="rebuild DuckDB, LLMUsage and health history from the event log (--reprice: re-cost it)",
+        description="Rebuild the projections from the event log; --reprice re-costs history with the current prices.",
+    )
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--from-beginning", action="store_true", help="replay the whole log (the default)")
+    start.add_argument("--since", help="only events created at/after this ISO 8601 time (e.g. 2026-11-01T00:00:00Z)")
+    start.add_argument(
+        "--from-position",
+        help="start at this log position: a record number (embedded log) or partition:offset[,...] (Kafka)",
+    )
+    parser.add_argument("--reprice", action="store_true", help="re-cost every event with the current price table")
+    parser.add_argument(
+        "--price-file", type=Path, help="reprice with this price file instead of the configured one (implies --reprice)"
+    )
+    parser.add_argument("--full", action="store_true", help="empty the stores first, then rebuild from the beginning")
+    parser.add_argument("--dry-run", action="store_true", help="compute the summary and the diff, write nothing")
+    parser.add_argument(
+        "--health",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="rebuild the provider health history too (default: only with --full)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--url", help="the service owning the stores (default: the local gateway or consumer)")
+    parser.add_argument("--api-key", help="admin API key for the service (default: the config's first admin key)")
+    parser.add_argument("--local", action="store_true", help="replay in this process; never ask a service")
+    parser.add_argument(
+        "--group",
+        default="llm-usage-projector",
+        help="the live projector's consumer group (to tell whether it covered the range)",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from analytics.http import parse_time
+    from consumers.replay import ProgressBar, ReplayError, ReplayOptions, render_report
+    from gateway.errors import InvalidRequest
+    from gateway.pricing.pricefile import PriceFileError, load_price_file
+
+    try:
+        since = parse_time("since", args.since)
+        prices = load_price_file(args.price_file) if args.price_file is not None else None
+    except (InvalidRequest, PriceFileError) as e:
+        print(f"replay: {e.message}", file=sys.stderr)
+        return 2
+    options = ReplayOptions(
+        since=since,
+        from_position=args.from_position,
+        reprice=args.reprice or prices is not None,
+        full=args.full,
+        dry_run=args.dry_run,
+        health=args.health,
+    )
+    try:
+        options.check()
+    except ReplayError as e:
+        print(f"replay: {e}", file=sys.stderr)
+        return 2
+    bar = ProgressBar(sys.stderr)
+    try:
+        doc = asyncio.run(_replay(settings, args, options, prices, bar))
+    except ReplayFailed as e:
+        bar.finish()
+        print(f"replay: {e}", file=sys.stderr)
+        return 1
+    bar.finish()
+    print(json.dumps(doc, indent=2) if args.json else render_report(doc))
+    return 0
+
+
+class ReplayFailed(Exception):
+    pass
+
+
+async def _replay(settings: Settings, args: argparse.Namespace, options: Any, prices: Any, bar: Any) -> dict[str, Any]:
+    if not args.local:
+        urls = [args.url] if args.url else default_urls(settings)
+        for url in urls:
+            doc = await via_service(url, options, prices, _api_key(settings, args.api_key), bar)
+            if doc is not None:
+                return doc
+        if args.url:
+            raise ReplayFailed(f"cannot reach {args.url} (or it does not replay: no {ROUTE_HINT})")
+    return await in_process(settings, options, prices, bar, live_group=args.group)
+
+
+ROUTE_HINT = "POST /v1/admin/replay"
+
+
+def default_urls(settings: Settings) -> list[str]:
+    """The embedded gateway projects in-process; with Kafka, ``consume`` does (port 8081)."""
+    gateway = f"http://127.0.0.1:{settings.port}"
+    if settings.kafka_bootstrap_servers:
+        return [f"http://127.0.0.1:{DEFAULT_CONSUME_PORT}", gateway]
+    return [gateway]
+
+
+def _api_key(settings: Settings, given: str | None) -> str | None:
+    if given:
+        return given
+    return next((k.key for k in settings.api_keys if k.admin), None)
+
+
+def request_body(options: ReplayOptions, prices: PriceFile | None) -> dict[str, Any]:
+    from consumers.replay_http import price_document
+
+    return {
+        "since": None if options.since is None else options.since.isoformat(),
+        "fromPosition": options.from_position,
+        "reprice": options.reprice,
+        "full": options.full,
+        "dryRun": options.dry_run,
+        "health": options.health,
+        "prices": None if prices is None else price_document(prices),
+    }
+
+
+async def via_service(url: str, options: Any, prices: Any, api_key: str | None, progress: Any) -> dict[str, Any] | None:
+    """The report of a replay run by the service at ``url``; None when nothing answers there,
+    or the service does not replay (404: e.g. a gateway whose projection runs elsewhere)."""
+    import aiohttp
+
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    timeout = aiohttp.ClientTimeout(total=None, connect=5, sock_read=300)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.post(
+                f"{url.rstrip('/')}/v1/admin/replay", json=request_body(options, prices), headers=headers
+            ) as response,
+        ):
+            if response.status == 404:
+                return None
+            if response.status != 200:
+                body = await response.json(content_type=None)
+                message = body.get("error", {}).get("message") if isinstance(body, dict) else body
+                raise ReplayFailed(f"{url} answered {response.status}: {message}")
+            async for raw in response.content:
+                if not raw.strip():
+                    continue
+                line = json.loads(raw)
+                if line.get("type") == "progress":
+                    progress(int(line["done"]), int(line["total"]))
+                elif line.get("type") == "result":
+                    report: dict[str, Any] = line["report"]
+                    return report
+                elif line.get("type") == "error":
+                    raise ReplayFailed(str(line.get("message")))
+            raise ReplayFailed(f"{url} ended the replay stream without a result")
+    except (aiohttp.ClientConnectionError, TimeoutError):
+        return None
+
+
+async def in_process(
+    settings: Settings,
+    options: ReplayOptions,
+    prices: PriceFile | None,
+    progress: Progress | None,
+    *,
+    live_group: str | None,
+) -> dict[str, Any]:
+    """Replay in this process over the DuckDB file (which no other process may hold)."""
+    import duckdb
+
+    from analytics.store import AnalyticsStore, StoreError
+    from consumers.pipeline import analytics_path, build_sinks
+    from consumers.replay import Replayer, ReplayError
+    from consumers.replay_sources import build_replay_source
+    from gateway.pricing.base import PriceBook
+    from gateway.pricing.book import CompositePriceBook, load_price_book
+    from gateway.pricing.pricefile import PriceFileError
+
+    book: PriceBook | None = None
+    if options.reprice:
+        try:
+            book = CompositePriceBook(prices) if prices is not None else load_price_book(settings.price_file)
+        except PriceFileError as e:
+            raise ReplayFailed(e.message) from e
+    path = analytics_path(settings)
+    store = AnalyticsStore(path)
+    try:
+        await store.open()
+    except (duckdb.IOException, StoreError) as e:
+        raise ReplayFailed(
+            f"cannot open {path} for writing ({e}); if a gateway or consumer owns it, "
+            "let it replay: give its --url (and an admin --api-key)"
+        ) from e
+    try:
+        replayer = Replayer(
+            build_replay_source(settings),
+            store,
+            build_sinks(settings, store),
+            price_book=book,
+            progress=progress,
+            live_group=live_group,
+        )
+        return (await replayer.run(options)).to_dict()
+    except ReplayError as e:
+        raise ReplayFailed(str(e)) from e
+    finally:
+        await store.close()
+
+
+__all__ = ["in_process", "register", "run", "via_service"]

@@ -1,0 +1,72 @@
+"""Re-costing recorded usage events: the pure function behind ``llm-gateway replay --reprice``.
+
+Cost is a pure function of (raw usage, price table at a version). :func:`price_event` applies
+the gateway's call-time rules (:meth:`gateway.usage.UsageRecorder.record`) to the facts an event
+recorded, at the event's own ``created_at``:
+
+- a **billable attempt with token counts** is priced by the served model (authoritative), else
+  by the model the gateway asked the provider for (:func:`quote_models`, the gateway's lookup),
+  and stamped with the book's ``version``;
+- if the book prices neither model but the event **already had a cost**, the recorded cost and
+  version are kept: a price known at call time is not thrown away because today's table no
+  longer lists the model (repricing never turns a priced attempt into an unpriced one);
+- an **unpriced** billable attempt the book still cannot price stays unpriced (cost None), now
+  stamped with the version that was consulted;
+- a billable attempt **without token counts** (a stream cut before the provider reported usage)
+  stays unpriced: there is nothing to price;
+- **failed / non-billable** attempts keep cost 0 and their recorded version.
+
+Events are immutable: a changed event is a copy (``model_copy``), the input is never touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from gateway.events import UsageEvent
+from gateway.pricing.base import PriceBook, Quote
+from gateway.types import Usage
+
+
+def quote_models(book: PriceBook, provider: str, models: Sequence[str | None], usage: Usage, at: datetime) -> Quote:
+    """The first priced quote among ``models`` (skipping empty names), else the first quote,
+    else an unpriced one. The gateway's lookup order: served model, then provider model."""
+    first: Quote | None = None
+    for model in models:
+        if not model:
+            continue
+        quote = book.quote(provider, model, usage, at)
+        if quote.cost is not None:
+            return quote
+        first = first or quote
+    return first or Quote(None, book.version, "unpriced")
+
+
+def event_usage(event: UsageEvent) -> Usage:
+    return Usage(
+        prompt_tokens=event.prompt_tokens,
+        completion_tokens=event.completion_tokens,
+        cached_tokens=event.cached_tokens,
+        cache_creation_tokens=event.cache_creation_tokens,
+        reasoning_tokens=event.reasoning_tokens,
+    )
+
+
+def price_event(event: UsageEvent, book: PriceBook) -> UsageEvent:
+    """``event`` re-costed with ``book`` (the same object when nothing changes)."""
+    if not event.billable or (event.prompt_tokens <= 0 and event.completion_tokens <= 0):
+        return event  # not billed (cost 0), or billed without counts (unknown): nothing to price
+    quote = quote_models(
+        book, event.provider, (event.served_model, event.provider_model), event_usage(event), event.created_at
+    )
+    if quote.cost is None and event.cost_usd is not None:
+        return event
+    if quote.cost == event.cost_usd and quote.price_version == event.price_version:
+        return event
+    return event.model_copy(update={"cost_usd": quote.cost, "price_version": quote.price_version})
+
+
+def price_events(events: Iterable[UsageEvent], book: PriceBook) -> list[UsageEvent]:
+    """:func:`price_event` over a batch."""
+    return [price_event(event, book) for event in events]

@@ -1,0 +1,363 @@
+"""``llm-gateway replay`` for real: events of a model nobody priced are recorded unpriced on the
+log and projected so; the operator writes a price file; one ``replay --reprice`` makes the stores
+show the exact costs, prints the diff, and a second replay changes nothing.
+
+- embedded log, in-process (the CLI, nothing running: it falls back to opening DuckDB itself);
+- embedded log, through the service that owns DuckDB (``POST /v1/admin/replay``), next to the
+  live projector, whose committed position the replay does not touch;
+- Kafka log with DuckDB and the Postgres ``"LLMUsage"`` sink (``kafka`` + ``postgres``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp import web
+
+from analytics.store import AnalyticsStore
+from consumers.pipeline import DEFAULT_GROUP, analytics_path, build_pipeline
+from consumers.replay import ReplayOptions
+from consumers.replay_command import in_process, via_service
+from consumers.replay_http import install_replay
+from gateway.api.auth import Authenticator
+from gateway.api.middleware import error_middleware
+from gateway.cli import build_parser
+from gateway.commands import run_command
+from gateway.eventlog.base import EventLog
+from gateway.eventlog.factory import embedded_log_path, spool_path
+from gateway.eventlog.kafka_producer import KafkaEventLog
+from gateway.eventlog.sqlite import SqliteEventLog
+from gateway.ids import utcnow
+from gateway.pricing.book import load_price_book
+from gateway.pricing.pricefile import load_price_file
+from gateway.settings import ApiKey, Settings
+from gateway.usage import UsageRecorder
+from tests.support.gateway import start_app
+from tests.unit.test_reprice import PRICES, Clock, record_scenario
+
+EVENTS = 8  # record_scenario: 5 calls of acme-llm-1, 1 of gpt-4o, a 429, a stream cut before usage
+ACME = Decimal("0.0055818")  # tenant acme, acme-llm-1, with PRICES (tests/unit/test_reprice.py)
+GLOBEX = Decimal("0.00898")
+GPT = Decimal("0.0065")
+
+
+def settings_for(tmp_path: Path, **values: Any) -> Settings:
+    return Settings(data_dir=tmp_path / "data", _env_file=None, **values)  # type: ignore[call-arg]
+
+
+def write_prices(tmp_path: Path) -> Path:
+    path = tmp_path / "prices.yaml"
+    path.write_text(PRICES, encoding="utf-8")
+    return path
+
+
+async def record(log: EventLog, start: datetime | None = None) -> None:
+    """``start``: the events' time (Kafka deletes records older than its retention, 7 days by
+    default, by their timestamps: events of last March would vanish mid-test)."""
+    await log.start()
+    clock = Clock() if start is None else Clock(start)
+    record_scenario(UsageRecorder(log, load_price_book(None), clock=clock))
+    await log.close(timeout=15.0)
+    assert log.pending() == 0
+
+
+async def project(settings: Settings) -> None:
+    """What the live projector does, until the log is read."""
+    pipeline = build_pipeline(settings)
+    await pipeline.store.open()
+    await pipeline.dead_letters.start()
+    await pipeline.reader.start()
+    await pipeline.projector.start()
+    try:
+        assert await pipeline.projector.run_until_idle() == EVENTS
+    finally:
+        await pipeline.stop()
+
+
+async def duckdb_state(store: AnalyticsStore) -> tuple[list[Any], list[Any]]:
+    facts = await store.fetchall("SELECT * FROM usage_facts ORDER BY event_id")
+    health = await store.fetchall("SELECT * FROM provider_health_history ORDER BY ALL")
+    return facts, health
+
+
+async def costs(store: AnalyticsStore) -> dict[tuple[str, str], tuple[Decimal, int]]:
+    rows = await store.fetchall(
+        "SELECT tenant_id, model, sum(cost_usd), count(*) FILTER (WHERE cost_usd IS NULL AND billable) "
+        "FROM llm_usage GROUP BY ALL"
+    )
+    return {(t, m): (c, u) for t, m, c, u in rows}
+
+
+async def read_file_store(settings: Settings) -> tuple[dict[Any, Any], tuple[list[Any], list[Any]]]:
+    store = AnalyticsStore(analytics_path(settings), read_only=True)
+    await store.open()
+    try:
+        return await costs(store), await duckdb_state(store)
+    finally:
+        await store.close()
+
+
+def positions(settings: Settings) -> list[tuple[str, int]]:
+    with sqlite3.connect(embedded_log_path(settings)) as conn:
+        return conn.execute("SELECT group_id, position FROM positions ORDER BY group_id").fetchall()
+
+
+RECORDED = {
+    ("acme", "acme-llm-1"): (None, 3),
+    ("globex", "acme-llm-1"): (Decimal(0), 3),  # 2 calls + a stream cut before usage; the 429 costs 0
+    ("acme", "gpt-4o-2024-08-06"): (GPT, 0),
+}
+REPRICED = {
+    ("acme", "acme-llm-1"): (ACME, 0),
+    ("globex", "acme-llm-1"): (GLOBEX, 1),
+    ("acme", "gpt-4o-2024-08-06"): (GPT, 0),
+}
+
+
+# --- embedded log, in-process through the CLI -----------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def replay_cli(settings: Settings, *argv: str) -> int:
+    args = build_parser().parse_args(["replay", *argv])
+    return run_command(args, settings)
+
+
+def test_cli_reprices_unpriced_history_in_both_directions_and_twice_is_a_no_op(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # nothing listens on the configured port: the command falls back to replaying in-process
+    settings = settings_for(tmp_path, port=free_port())
+    asyncio.run(record(SqliteEventLog(embedded_log_path(settings))))
+    asyncio.run(project(settings))
+    live = positions(settings)
+    assert live == [(DEFAULT_GROUP, EVENTS)]
+    assert asyncio.run(read_file_store(settings))[0] == RECORDED
+
+    settings = settings.model_copy(update={"price_file": write_prices(tmp_path)})
+    assert replay_cli(settings, "--reprice") == 0
+    out = capsys.readouterr().out
+
+    found, state = asyncio.run(read_file_store(settings))
+    assert found == REPRICED
+    assert "cost changes by tenant and model" in out
+    assert "+0.0055818" in out and "+0.00898" in out and "3 -> 0" in out
+    assert "unpriced billable events: 6 before, 1 after" in out
+    assert "health history not touched" in out  # health does not depend on prices
+    assert positions(settings) == live  # the live group did not move, and no replay group was left
+
+    assert replay_cli(settings, "--reprice", "--json") == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["changed"], doc["diff"], doc["eventsApplied"]) == (0, [], EVENTS)
+
+    # events at T0+2s, +4s, ... +10s (acme-llm-1), +12s (gpt-4o), +13s (429), +14s (cut stream)
+    assert replay_cli(settings, "--reprice", "--json", "--since", "2026-03-01T12:00:09Z") == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["recordsRead"], doc["events"], doc["changed"], doc["range"]["first"]) == (
+        4,
+        4,
+        0,
+        "seq 1 (2026-03-01T12:00:09+0000)",
+    )
+    assert asyncio.run(read_file_store(settings))[1] == state  # facts and health history identical
+
+    # without --reprice the stores get the log's recorded costs back, and say so
+    assert replay_cli(settings, "--health") == 0
+    out = capsys.readouterr().out
+    assert "went back to the cost recorded on the log" in out
+    assert "health history rebuilt" in out
+    found, rebuilt = asyncio.run(read_file_store(settings))
+    assert found == RECORDED
+    assert rebuilt[1] == state[1]  # the same health history, rebuilt from the same events
+
+    # a full rebuild with the price table lands where the first reprice did
+    assert replay_cli(settings, "--full", "--reprice") == 0
+    capsys.readouterr()
+    assert asyncio.run(read_file_store(settings)) == (REPRICED, state)
+
+    assert replay_cli(settings, "--full", "--since", "2026-01-01") == 2
+    assert "--full" in capsys.readouterr().err
+
+
+# --- embedded log, through the service that owns DuckDB -------------------------------------------
+
+
+@pytest.fixture
+async def service(tmp_path: Path) -> AsyncIterator[tuple[Settings, str, Any]]:
+    """The embedded gateway's consumer side: the live projector and ``/v1/admin/replay``."""
+    keys = [ApiKey(key="sk-admin", tenant="ops", admin=True), ApiKey(key="sk-acme", tenant="acme")]
+    settings = settings_for(tmp_path, api_keys=keys)
+    await record(SqliteEventLog(embedded_log_path(settings)))
+    pipeline = build_pipeline(settings)
+    app = web.Application(middlewares=[error_middleware])
+    install_replay(app, settings, pipeline.store, Authenticator(keys, "default"), live_group=DEFAULT_GROUP)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        async with pipeline.running():
+            yield
+
+    app.cleanup_ctx.append(lifecycle)
+    runner, url = await start_app(app)
+    try:
+        async with asyncio.timeout(10):
+            while pipeline.projector.stats.events_applied < EVENTS:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        yield settings, url, pipeline
+    finally:
+        await runner.cleanup()
+
+
+async def test_the_service_replays_next_to_its_live_projector(
+    tmp_path: Path, service: tuple[Settings, str, Any]
+) -> None:
+    settings, url, pipeline = service
+    store: AnalyticsStore = pipeline.store
+    assert await costs(store) == RECORDED
+    live = positions(settings)
+    prices = load_price_file(write_prices(tmp_path))
+    seen: list[tuple[int, int]] = []
+
+    report = await via_service(url, ReplayOptions(reprice=True), prices, "sk-admin", lambda d, t: seen.append((d, t)))
+
+    assert report is not None
+    assert await costs(store) == REPRICED
+    assert report["priceVersion"] == load_price_book(write_prices(tmp_path)).version
+    assert (report["unpricedBefore"], report["unpricedAfter"], report["costChanged"]) == (6, 1, 5)
+    diff = {(d["tenantId"], d["model"]): d for d in report["diff"]}
+    assert (diff[("acme", "acme-llm-1")]["oldCostUsd"], diff[("acme", "acme-llm-1")]["newCostUsd"]) == (
+        "0",
+        "0.0055818",
+    )
+    assert diff[("globex", "acme-llm-1")]["deltaUsd"] == "0.00898"
+    assert report["liveBehind"] == 0 and report["warnings"] == []
+    assert positions(settings) == live
+    state = await duckdb_state(store)
+
+    again = await via_service(url, ReplayOptions(reprice=True), prices, "sk-admin", lambda d, t: None)
+
+    assert again is not None and (again["changed"], again["diff"]) == (0, [])
+    assert await duckdb_state(store) == state
+
+    async with aiohttp.ClientSession() as session:
+        headers = {"authorization": "Bearer sk-acme"}
+        async with session.post(f"{url}/v1/admin/replay", json={}, headers=headers) as response:
+            assert response.status == 403
+        headers = {"authorization": "Bearer sk-admin"}
+        async with session.post(
+            f"{url}/v1/admin/replay", json={"full": True, "since": "2026-01-01"}, headers=headers
+        ) as r:
+            assert r.status == 400
+            assert "--full" in (await r.json())["error"]["message"]
+
+
+# --- Kafka log, DuckDB and Postgres -------------------------------------------------------------
+
+
+@pytest.fixture
+async def pg_schema(database_url: str) -> AsyncIterator[str]:
+    name = f"replay_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(f'CREATE SCHEMA "{name}"')
+        yield name
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    finally:
+        await conn.close()
+
+
+async def llmusage(database_url: str, schema: str) -> list[tuple[Any, ...]]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            f'SELECT "id", "tenantId", "model", "costUsd", "priceVersion", "billable" FROM "{schema}"."LLMUsage" '
+            'ORDER BY "id"'
+        )
+    finally:
+        await conn.close()
+    return [tuple(r) for r in rows]
+
+
+def totals(rows: list[tuple[Any, ...]]) -> dict[tuple[str, str], tuple[Decimal | None, int]]:
+    found: dict[tuple[str, str], tuple[Decimal | None, int]] = {}
+    for _id, tenant, model, cost, _version, billable in rows:
+        total, unpriced = found.get((tenant, model), (None, 0))
+        if cost is not None:
+            total = cost if total is None else total + cost
+        found[(tenant, model)] = (total, unpriced + (cost is None and billable))
+    return found
+
+
+@pytest.mark.kafka
+@pytest.mark.postgres
+async def test_kafka_log_into_duckdb_and_postgres(
+    tmp_path: Path, kafka_bootstrap: str, database_url: str, pg_schema: str
+) -> None:
+    topic = f"replay-{uuid.uuid4().hex[:12]}"
+    settings = settings_for(
+        tmp_path,
+        kafka_bootstrap_servers=kafka_bootstrap,
+        topic=topic,
+        topic_partitions=3,
+        database_url=f"{database_url}?search_path={pg_schema}",
+    )
+    start = utcnow().replace(microsecond=0)
+    await record(KafkaEventLog(kafka_bootstrap, topic, spool_path(settings), partitions=3), start)
+
+    def progress(done: int, total: int) -> None:
+        assert done <= total == EVENTS
+
+    # a first replay builds both stores from the log, with the recorded costs
+    built = await in_process(settings, ReplayOptions(), None, progress, live_group="nobody")
+    assert (built["added"], built["unpricedAfter"], built["liveBehind"]) == (EVENTS, 6, EVENTS)
+    assert totals(await llmusage(database_url, pg_schema)) == RECORDED
+    assert (await read_file_store(settings))[0] == RECORDED
+
+    prices = load_price_file(write_prices(tmp_path))
+    report = await in_process(settings, ReplayOptions(reprice=True), prices, progress, live_group=None)
+
+    rows = await llmusage(database_url, pg_schema)
+    assert totals(rows) == REPRICED
+    version = load_price_book(write_prices(tmp_path)).version
+    assert {r[4] for r in rows if r[5] and r[3] is not None} == {version}
+    found, state = await read_file_store(settings)
+    assert found == REPRICED
+    assert (report["costChanged"], report["unpricedBefore"], report["unpricedAfter"]) == (5, 6, 1)
+    assert {(d["tenantId"], d["model"]): d["deltaUsd"] for d in report["diff"]} == {
+        ("acme", "acme-llm-1"): "0.0055818",
+        ("globex", "acme-llm-1"): "0.00898",
+        ("acme", "gpt-4o-2024-08-06"): "0",  # same cost, new price version
+    }
+
+    again = await in_process(settings, ReplayOptions(reprice=True), prices, progress, live_group=None)
+
+    assert (again["changed"], again["diff"], again["eventsApplied"]) == (0, [], EVENTS)
+    assert await llmusage(database_url, pg_schema) == rows
+    assert (await read_file_store(settings))[1][0] == state[0]
+
+    # from a position: partition 0 from its first offset, the others from their beginning too
+    partial = await in_process(
+        settings, ReplayOptions(reprice=True, from_position="0:0"), prices, progress, live_group=None
+    )
+    assert (partial["recordsRead"], partial["changed"], partial["healthRebuilt"]) == (EVENTS, 0, False)
+    # from a time: Kafka's offsets_for_times on the records' timestamps (= created_at), then the
+    # exact created_at filter; events at start+2s, +4s, ... +10s, +12s, +13s, +14s
+    since = start + timedelta(seconds=9)
+    later = await in_process(settings, ReplayOptions(reprice=True, since=since), prices, None, live_group=None)
+    assert (later["events"], later["changed"], later["diff"]) == (4, 0, [])

@@ -1,0 +1,518 @@
+"""Repricing recorded events (the pure function) and the replayer over a fake log and an
+in-memory DuckDB: unpriced events become priced once a price exists, exactly; failed attempts
+stay at 0; the diff is exact; a second replay is a no-op; a replay without --reprice restores the
+recorded costs; dry runs write nothing; ``full`` drops rows the log no longer has."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from analytics.store import AnalyticsStore
+from consumers.replay import ProgressBar, Replayer, ReplayError, ReplayOptions, decode, render_report, store_money
+from consumers.replay_http import book_from_document, options_from_body, price_document
+from consumers.replay_sources import ReplayStart
+from consumers.sinks.base import RejectedEvents, SinkError
+from consumers.sinks.duckdb import DuckDBSink
+from gateway.errors import InvalidRequest
+from gateway.eventlog.base import LogRecord
+from gateway.eventlog.memory import MemoryEventLog
+from gateway.events import UsageEvent
+from gateway.pricing.book import CompositePriceBook, load_price_book
+from gateway.pricing.pricefile import load_price_file
+from gateway.pricing.reprice import price_event, price_events, quote_models
+from gateway.types import Usage
+from gateway.usage import AttemptFacts, CallContext, UsageRecorder
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+PRICES = """\
+version: ops-1
+prices:
+  - model: acme-llm-1
+    input_per_1k: "0.0021"
+    output_per_1k: "0.0063"
+    cached_input_per_1k: 0.0005
+"""
+
+#: (tenant, tokens (prompt, completion, cached), exact cost with PRICES)
+ACME_CALLS = [
+    ("acme", (1000, 200, 0), Decimal("0.00336")),
+    ("acme", (500, 100, 0), Decimal("0.00168")),
+    ("acme", (123, 45, 0), Decimal("0.0005418")),
+    ("globex", (2000, 300, 1000), Decimal("0.00449")),
+    ("globex", (2000, 300, 1000), Decimal("0.00449")),
+]
+
+
+def price_file(tmp_path: Path, text: str = PRICES) -> Path:
+    path = tmp_path / "prices.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+class Clock:
+    def __init__(self, start: datetime = T0) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        self.now += timedelta(seconds=1)
+        return self.now
+
+
+def record_scenario(recorder: UsageRecorder) -> None:
+    """Calls of an unpriced model (acme-llm-1), a priced one, a rate-limited attempt and a stream
+    cut before any usage, recorded the way the gateway records them."""
+    for i, (tenant, (prompt, completion, cached), _) in enumerate(ACME_CALLS):
+        ctx = CallContext(f"req_{i}", tenant, None, "chat.completions", False, "acme-llm-1")
+        usage = Usage(prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached)
+        recorder.record(
+            ctx, AttemptFacts(1, "openai", "acme-llm-1", "success", 120.0, served_model="acme-llm-1", usage=usage)
+        )
+    ctx = CallContext("req_gpt", "acme", None, "chat.completions", False, "gpt-4o")
+    recorder.record(
+        ctx,
+        AttemptFacts(1, "openai", "gpt-4o", "success", 90.0, served_model="gpt-4o-2024-08-06", usage=Usage(1000, 100)),
+    )
+    ctx = CallContext("req_429", "globex", None, "chat.completions", False, "acme-llm-1")
+    recorder.record(ctx, AttemptFacts(1, "openai", "acme-llm-1", "rate_limited", 15.0, http_status=429))
+    ctx = CallContext("req_cut", "globex", None, "chat.completions", True, "acme-llm-1")
+    recorder.record(ctx, AttemptFacts(1, "openai", "acme-llm-1", "stream_cut", 300.0, incomplete=True))
+
+
+def scenario_events(book: CompositePriceBook | None = None) -> list[UsageEvent]:
+    log = MemoryEventLog()
+    record_scenario(UsageRecorder(log, book or load_price_book(None), clock=Clock()))
+    return log.events
+
+
+# --- the pure function --------------------------------------------------------------------------
+
+
+def test_recorded_at_call_time_without_a_price_the_model_is_unpriced() -> None:
+    events = scenario_events()
+    acme = [e for e in events if e.outcome == "success" and e.provider_model == "acme-llm-1"]
+    assert len(acme) == 5
+    assert all(e.cost_usd is None and e.billable for e in acme)
+    gpt = next(e for e in events if e.request_id == "req_gpt")
+    assert gpt.cost_usd == Decimal("0.0065")  # built-in gpt-4o: 1000 * 0.005/1K + 100 * 0.015/1K
+
+
+def test_price_event_prices_unpriced_events_exactly(tmp_path: Path) -> None:
+    book = load_price_book(price_file(tmp_path))
+    events = scenario_events()
+    acme = [e for e in events if e.outcome == "success" and e.provider_model == "acme-llm-1"]
+
+    repriced = price_events(acme, book)
+
+    assert [e.cost_usd for e in repriced] == [cost for *_, cost in ACME_CALLS]
+    assert all(e.price_version == book.version for e in repriced)
+    assert book.version.endswith(load_price_file(price_file(tmp_path)).version)
+    # the input is untouched: the log is immutable
+    assert all(e.cost_usd is None for e in acme)
+    # a priced event repriced with the same book is the same object (nothing to write)
+    assert price_event(repriced[0], book) is repriced[0]
+
+
+def test_failed_and_usage_less_attempts_keep_their_cost(tmp_path: Path) -> None:
+    book = load_price_book(price_file(tmp_path))
+    events = {e.request_id: e for e in scenario_events()}
+
+    limited = price_event(events["req_429"], book)
+    cut = price_event(events["req_cut"], book)
+
+    assert limited is events["req_429"] and limited.cost_usd == Decimal(0) and not limited.billable
+    assert cut is events["req_cut"] and cut.cost_usd is None and cut.billable  # nothing to price
+
+
+def test_a_recorded_cost_is_never_replaced_by_unpriced() -> None:
+    book = load_price_book(None)
+    event = scenario_events()[0].model_copy(update={"cost_usd": Decimal("0.5"), "price_version": "old"})
+    assert price_event(event, book) is event
+
+
+def test_the_served_model_prices_first_then_the_provider_model(tmp_path: Path) -> None:
+    book = load_price_book(price_file(tmp_path))
+    usage = Usage(1000, 0)
+    served = quote_models(book, "openai", ["gpt-4o-2024-08-06", "acme-llm-1"], usage, T0)
+    fallback = quote_models(book, "openai", [None, "unknown-model-x", "acme-llm-1"], usage, T0)
+    nothing = quote_models(book, "openai", [None, ""], usage, T0)
+
+    assert (served.cost, served.source) == (Decimal("0.005"), "builtin")
+    assert (fallback.cost, fallback.source) == (Decimal("0.0021"), "file")
+    assert (nothing.cost, nothing.source, nothing.price_version) == (None, "unpriced", book.version)
+
+
+def test_prices_apply_at_the_events_time(tmp_path: Path) -> None:
+    events = [e for e in scenario_events() if e.provider_model == "acme-llm-1" and e.outcome == "success"]
+    later = PRICES + f'    effective_from: "{events[2].created_at.isoformat()}"\n'
+    book = load_price_book(price_file(tmp_path, later))
+
+    costs = [price_event(e, book).cost_usd for e in events]
+
+    assert costs[:2] == [None, None]
+    assert costs[2:] == [cost for *_, cost in ACME_CALLS[2:]]
+
+
+# --- decoding -----------------------------------------------------------------------------------
+
+
+def test_decode_matches_from_json_and_refuses_what_it_refuses() -> None:
+    for event in scenario_events():
+        assert decode(event.to_json()) == UsageEvent.from_json(event.to_json())
+    raw = scenario_events()[0].to_json()
+    with pytest.raises(ValueError, match="float"):
+        decode(raw.replace(b'"cost_usd":null', b'"cost_usd":0.1'))
+    with pytest.raises(ValueError, match="schema_version"):
+        decode(raw.replace(b'"schema_version":1', b'"schema_version":99'))
+    with pytest.raises(ValueError, match="schema_version"):
+        decode(raw.replace(b'{"schema_version":1,', b"{"))
+    with pytest.raises(ValueError, match="timezone"):
+        decode(raw.replace(b'+00:00"', b'"', 1).replace(b'Z"', b'"', 1))
+
+
+# --- the price file travels to the service as a document ---------------------------------------
+
+
+def test_price_document_round_trips_to_the_same_version(tmp_path: Path) -> None:
+    other = '  - model: other\n    provider: anthropic\n    input_per_1m: 3\n    output_per_1m: "15"\n'
+    text = PRICES + "    effective_from: 2026-01-01\n" + other
+    original = load_price_file(price_file(tmp_path, text))
+
+    book = book_from_document(price_document(original))
+
+    assert isinstance(book, CompositePriceBook) and book.file_prices is not None
+    assert book.file_prices.version == original.version
+    assert book.file_prices.entries == original.entries
+
+
+def test_request_body_validation() -> None:
+    options = options_from_body({"since": "2026-03-01T00:00:00Z", "reprice": True})
+    assert options.since == datetime(2026, 3, 1, tzinfo=UTC) and options.reprice
+    assert options_from_body({"prices": {"prices": []}}).reprice
+    with pytest.raises(InvalidRequest):
+        options_from_body({"full": True, "since": "2026-03-01"})
+    with pytest.raises(InvalidRequest):
+        options_from_body({"reprice": "yes"})
+    with pytest.raises(InvalidRequest):
+        options_from_body({"unknown": 1})
+
+
+# --- the replayer -------------------------------------------------------------------------------
+
+
+class FakeSource:
+    """A log of events in memory, read as the replay sources read: a fixed range, no group."""
+
+    def __init__(self, events: Sequence[UsageEvent], *, committed: int | None = None) -> None:
+        self.records = [LogRecord(str(i + 1), e.to_json(), e.tenant_id, e.created_at) for i, e in enumerate(events)]
+        self.committed = len(self.records) if committed is None else committed
+        self.total = 0
+        self.first = self.last = "-"
+        self._pending: list[LogRecord] = []
+        self.opened = self.closed = 0
+
+    async def open(self, start: ReplayStart) -> None:
+        self.opened += 1
+        records = self.records
+        if start.since is not None:
+            records = [r for r in records if r.timestamp is not None and r.timestamp >= start.since]
+        self._pending = list(records)
+        self.total = len(records)
+        self.first, self.last = "seq 1", f"seq {len(self.records)}"
+
+    async def fetch(self, max_records: int) -> list[LogRecord]:
+        batch, self._pending = self._pending[:max_records], self._pending[max_records:]
+        return batch
+
+    async def behind(self, group_id: str) -> int:
+        return len(self.records) - self.committed
+
+    async def close(self) -> None:
+        self.closed += 1
+
+
+@pytest.fixture
+async def store() -> AsyncIterator[AnalyticsStore]:
+    store = AnalyticsStore()
+    await store.open()
+    yield store
+    await store.close()
+
+
+async def facts(store: AnalyticsStore) -> list[tuple[Any, ...]]:
+    return await store.fetchall(
+        "SELECT event_id, tenant_id, outcome, cost_usd, price_version FROM usage_facts ORDER BY event_id"
+    )
+
+
+async def cost_of(store: AnalyticsStore, tenant: str, model: str) -> tuple[Decimal, int]:
+    rows = await store.fetchall(
+        "SELECT coalesce(sum(cost_usd), 0), count(*) FILTER (WHERE cost_usd IS NULL AND billable) "
+        "FROM llm_usage WHERE tenant_id = ? AND model = ?",
+        [tenant, model],
+    )
+    return rows[0][0], rows[0][1]
+
+
+def replayer(source: FakeSource, store: AnalyticsStore, book: CompositePriceBook | None = None, **kw: Any) -> Replayer:
+    return Replayer(source, store, [DuckDBSink(store)], price_book=book, batch_size=3, **kw)
+
+
+async def test_reprice_makes_unpriced_events_priced_and_a_second_replay_is_a_no_op(
+    store: AnalyticsStore, tmp_path: Path
+) -> None:
+    events = scenario_events()
+    source = FakeSource(events)
+    recorded = await replayer(source, store).run(ReplayOptions())
+    assert (recorded.added, recorded.unpriced_after) == (len(events), 6)
+    assert await cost_of(store, "acme", "acme-llm-1") == (Decimal(0), 3)
+
+    book = load_price_book(price_file(tmp_path))
+    report = await replayer(source, store, book).run(ReplayOptions(reprice=True))
+
+    assert await cost_of(store, "acme", "acme-llm-1") == (Decimal("0.0055818"), 0)
+    assert await cost_of(store, "globex", "acme-llm-1") == (Decimal("0.00898"), 1)  # the cut stream stays unpriced
+    assert await cost_of(store, "acme", "gpt-4o-2024-08-06") == (Decimal("0.0065"), 0)
+    assert (report.repriced, report.cost_changed, report.added) == (6, 5, 0)  # gpt-4o: same cost, new version
+    assert (report.unpriced_before, report.unpriced_after) == (6, 1)
+    assert report.price_version == book.version
+    diff = {(d.tenant_id, d.model): d for d in report.diff}
+    assert set(diff) == {("acme", "acme-llm-1"), ("globex", "acme-llm-1"), ("acme", "gpt-4o-2024-08-06")}
+    acme = diff[("acme", "acme-llm-1")]
+    assert (acme.old_cost, acme.new_cost, acme.delta) == (Decimal(0), Decimal("0.0055818"), Decimal("0.0055818"))
+    assert (acme.unpriced_before, acme.unpriced_after, acme.changed) == (3, 0, 3)
+    gpt = diff[("acme", "gpt-4o-2024-08-06")]
+    assert (gpt.old_cost, gpt.new_cost, gpt.changed) == (Decimal("0.0065"), Decimal("0.0065"), 1)
+    prices = await store.fetchall(
+        "SELECT DISTINCT price_version FROM usage_facts WHERE billable AND cost_usd IS NOT NULL"
+    )
+    assert prices == [(book.version,)]
+    text = render_report(report.to_dict())
+    assert "acme-llm-1" in text and "+0.0055818" in text and "3 -> 0" in text
+
+    before = await facts(store)
+    again = await replayer(source, store, book).run(ReplayOptions(reprice=True))
+
+    assert await facts(store) == before
+    assert (again.changed, again.diff, again.events_applied) == (0, [], len(events))
+    assert again.repriced == 6  # relative to the log, which still says unpriced
+    assert "no cost changes" in render_report(again.to_dict())
+
+
+async def test_a_replay_without_reprice_restores_the_recorded_costs(store: AnalyticsStore, tmp_path: Path) -> None:
+    source = FakeSource(scenario_events())
+    book = load_price_book(price_file(tmp_path))
+    await replayer(source, store, book).run(ReplayOptions(reprice=True))
+
+    report = await replayer(source, store).run(ReplayOptions())
+
+    assert await cost_of(store, "acme", "acme-llm-1") == (Decimal(0), 3)
+    assert report.cost_changed == 5
+    assert any("recorded on the log" in w for w in report.warnings)
+
+
+async def test_a_dry_run_writes_nothing_and_reports_the_diff(store: AnalyticsStore, tmp_path: Path) -> None:
+    source = FakeSource(scenario_events())
+    await replayer(source, store).run(ReplayOptions())
+    before = await facts(store)
+
+    report = await replayer(source, store, load_price_book(price_file(tmp_path))).run(
+        ReplayOptions(reprice=True, dry_run=True)
+    )
+
+    assert await facts(store) == before
+    assert report.events_applied == 0 and report.cost_changed == 5
+    assert {(d.tenant_id, d.new_cost) for d in report.diff if d.model == "acme-llm-1"} == {
+        ("acme", Decimal("0.0055818")),
+        ("globex", Decimal("0.00898")),
+    }
+
+
+async def test_full_rebuild_drops_rows_the_log_no_longer_has(store: AnalyticsStore, tmp_path: Path) -> None:
+    events = scenario_events()
+    await replayer(FakeSource(events), store).run(ReplayOptions())
+    shorter = FakeSource(events[2:])  # retention removed the first two records
+
+    report = await replayer(shorter, store, load_price_book(price_file(tmp_path))).run(
+        ReplayOptions(reprice=True, full=True)
+    )
+
+    rows = await facts(store)
+    assert len(rows) == len(events) - 2
+    acme = next(d for d in report.diff if (d.tenant_id, d.model) == ("acme", "acme-llm-1"))
+    assert (acme.removed, acme.events, acme.new_cost) == (2, 1, Decimal("0.0005418"))
+    assert (acme.unpriced_before, acme.unpriced_after) == (3, 0)
+    assert await store.fetchall("SELECT count(*) FROM duckdb_tables() WHERE table_name LIKE 'replay_before_%'") == [
+        (0,)
+    ]
+
+
+async def test_since_replays_only_later_events(store: AnalyticsStore, tmp_path: Path) -> None:
+    events = scenario_events()
+    await replayer(FakeSource(events), store).run(ReplayOptions())
+
+    report = await replayer(FakeSource(events), store, load_price_book(price_file(tmp_path))).run(
+        ReplayOptions(reprice=True, since=events[3].created_at)
+    )
+
+    assert report.events == len(events) - 3
+    assert await cost_of(store, "acme", "acme-llm-1") == (Decimal(0), 3)  # before `since`: untouched
+    assert await cost_of(store, "globex", "acme-llm-1") == (Decimal("0.00898"), 1)
+
+
+async def test_options_are_checked(store: AnalyticsStore) -> None:
+    with pytest.raises(ReplayError, match="--full"):
+        await replayer(FakeSource([]), store).run(ReplayOptions(full=True, from_position="3"))
+    with pytest.raises(ReplayError, match="price book"):
+        await replayer(FakeSource([]), store).run(ReplayOptions(reprice=True))
+
+
+async def test_a_lagging_live_projector_is_reported(store: AnalyticsStore, tmp_path: Path) -> None:
+    events = scenario_events()
+    source = FakeSource(events, committed=5)
+
+    report = await replayer(source, store, load_price_book(price_file(tmp_path)), live_group="live").run(
+        ReplayOptions(reprice=True)
+    )
+
+    assert report.live_behind == len(events) - 5
+    assert any("'live'" in w for w in report.warnings)
+    assert (source.opened, source.closed) == (1, 1)
+
+
+class Flaky:
+    """A sink that is unavailable for its first ``failures`` applies and refuses one event."""
+
+    name = "flaky"
+
+    def __init__(self, failures: int, refuse: str) -> None:
+        self.failures = failures
+        self.refuse = refuse
+        self.applied: list[str] = []
+
+    async def start(self) -> None:
+        return None
+
+    async def apply(self, events: Sequence[UsageEvent]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise SinkError(self.name, "down")
+        if any(e.event_id == self.refuse for e in events):
+            raise RejectedEvents(self.name, "out of range")
+        self.applied += [e.event_id for e in events]
+
+    async def reset(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_unavailable_sinks_are_retried_and_refused_events_skipped(store: AnalyticsStore) -> None:
+    events = scenario_events()
+    flaky = Flaky(failures=2, refuse=events[4].event_id)
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    report = await Replayer(FakeSource(events), store, [DuckDBSink(store), flaky], batch_size=100, sleep=sleep).run(
+        ReplayOptions()
+    )
+
+    assert sleeps == [0.5, 1.0]
+    assert flaky.applied == [e.event_id for e in events if e.event_id != events[4].event_id]
+    assert report.refused == 1 and report.events_applied == len(events) - 1
+
+
+async def test_a_sink_down_for_good_stops_the_replay(store: AnalyticsStore) -> None:
+    async def sleep(seconds: float) -> None:
+        return None
+
+    with pytest.raises(ReplayError, match="run it again"):
+        await Replayer(
+            FakeSource(scenario_events()), store, [Flaky(failures=99, refuse="")], retries=2, sleep=sleep
+        ).run(ReplayOptions())
+
+
+def test_progress_bar_only_on_a_terminal() -> None:
+    quiet = io.StringIO()
+    bar = ProgressBar(quiet)
+    bar(5, 10)
+    bar.finish()
+    assert quiet.getvalue() == ""
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty = Tty()
+    bar = ProgressBar(tty, width=10)
+    bar(10, 10)
+    bar.finish()
+    assert "[##########] 10/10" in tty.getvalue() and tty.getvalue().endswith("\n")
+
+
+def test_store_money_rounds_like_the_stores() -> None:
+    assert store_money(Decimal("0.00000000005")) == Decimal("1E-10")
+    assert store_money(Decimal("-0.00000000005")) == Decimal("-1E-10")
+    assert store_money(None) is None
+
+
+class Recording:
+    """A sink that records what it was asked to do (stands in for the health-history sink)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.calls: list[str] = []
+
+    async def start(self) -> None:
+        return None
+
+    async def apply(self, events: Sequence[UsageEvent]) -> None:
+        self.calls.append(f"apply {len(events)}")
+
+    async def reset(self) -> None:
+        self.calls.append("reset")
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("options", "calls"),
+    [
+        (ReplayOptions(), []),
+        (ReplayOptions(reprice=True), []),
+        (ReplayOptions(health=True), ["apply 8"]),
+        (ReplayOptions(full=True), ["reset", "apply 8"]),
+        (ReplayOptions(full=True, dry_run=True), []),
+        (ReplayOptions(from_position="2"), []),
+    ],
+)
+async def test_the_health_history_is_rebuilt_by_full_or_when_asked(
+    store: AnalyticsStore, tmp_path: Path, options: ReplayOptions, calls: list[str]
+) -> None:
+    health = Recording("health_history")
+    book = load_price_book(price_file(tmp_path))
+
+    report = await Replayer(FakeSource(scenario_events()), store, [DuckDBSink(store), health], price_book=book).run(
+        options
+    )
+
+    assert health.calls == calls
+    assert report.health_rebuilt == bool(calls)
+
+
+def test_health_cannot_be_rebuilt_from_the_middle_nor_left_out_of_a_full_rebuild() -> None:
+    with pytest.raises(ReplayError, match="beginning"):
+        ReplayOptions(health=True, since=T0).check()
+    with pytest.raises(ReplayError, match="--full"):
+        ReplayOptions(health=False, full=True).check()
