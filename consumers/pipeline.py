@@ -92,7 +92,12 @@ def build_sinks(settings: Settings, store: AnalyticsStore) -> list[Sink]:
 
 
 def build_pipeline(
-    settings: Settings, *, group_id: str = DEFAULT_GROUP, batch_size: int = 5000, poll_timeout: float = 0.2
+    settings: Settings,
+    *,
+    group_id: str = DEFAULT_GROUP,
+    batch_size: int = 5000,
+    poll_timeout: float = 0.2,
+    linger: float = 0.1,
 ) -> Pipeline:
     store = AnalyticsStore(analytics_path(settings))
     reader = build_log_reader(settings, group_id)
@@ -103,5 +108,6 @@ def build_pipeline(
         LogDeadLetters(dead_letters),
         batch_size=batch_size,
         poll_timeout=poll_timeout,
+        linger=linger,
     )
     return Pipeline(reader, store, dead_letters, projector, CostTrackingService(store))

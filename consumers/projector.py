@@ -89,6 +89,7 @@ class Projector:
         retry_initial: float = 0.5,
         retry_max: float = 30.0,
         lag_interval: float = 5.0,
+        linger: float = 0.0,
         clock: Clock = utcnow,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
@@ -108,6 +109,7 @@ class Projector:
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self.lag_interval = timedelta(seconds=lag_interval)
+        self.linger = linger
         self.stats = ProjectorStats()
         self._clock = clock
         self._sleep = sleep
@@ -147,9 +149,21 @@ class Projector:
                 log.warning("fetching from the event log failed (%s): retrying", e)
                 await self._wait(self.retry_initial, stop)
                 continue
+            if records and self.linger and len(records) < self.batch_size and not stop.is_set():
+                records = [*records, *await self._linger(len(records))]
             if records:
                 await self.process(records, stop)
             await self._refresh_lag()
+
+    async def _linger(self, have: int) -> list[LogRecord]:
+        """A small batch waits ``linger`` seconds for company: each batch has a fixed cost in the
+        sinks (a DuckDB upsert, a Postgres round trip), so a trickle of events should not pay it
+        per event. Bounds the projection delay by ``linger``."""
+        await self._sleep(self.linger)
+        try:
+            return list(await self.reader.fetch(self.batch_size - have, 0.0))
+        except (OSError, TimeoutError):
+            return []
 
     # --- one batch ------------------------------------------------------------------------------
     async def process(self, records: Sequence[LogRecord], stop: asyncio.Event | None = None) -> bool:

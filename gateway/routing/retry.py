@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from gateway.errors import GatewayError
 
@@ -48,26 +48,34 @@ def _retryable(exc: BaseException) -> bool:
 
 
 class _Wait:
-    """Server-requested wait if any, else exponential backoff with jitter."""
+    """Server-requested wait if any, else exponential backoff with jitter.
 
-    def __init__(self, policy: RetryPolicy, rng: random.Random | None) -> None:
+    ``offset`` counts the attempts made before tenacity took over (the first one runs outside
+    it, so a call that succeeds at once pays nothing for the retry machinery)."""
+
+    def __init__(self, policy: RetryPolicy, rng: random.Random | None, offset: int = 0) -> None:
+        self._policy = policy
+        self._offset = offset
         # deterministic (no jitter) when a test injects an rng
-        jitter = 0.0 if rng is not None else policy.initial_wait
-        self._backoff = wait_exponential_jitter(multiplier=policy.initial_wait, max=policy.max_wait, jitter=jitter)
+        self._jitter = 0.0 if rng is not None else policy.initial_wait
 
-    def __call__(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
+    def for_error(self, exc: BaseException | None, attempt_number: int) -> float:
         server_wait = getattr(exc, "retry_after", None)
         if server_wait is not None:
             return float(server_wait)
-        return float(self._backoff(state))
+        backoff = min(self._policy.initial_wait * 2 ** (attempt_number - 1), self._policy.max_wait)
+        return float(backoff + (random.uniform(0, self._jitter) if self._jitter else 0.0))
+
+    def __call__(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        return self.for_error(exc, state.attempt_number + self._offset)
 
 
 class _Stop:
     """Stop after ``attempts``, or when the next wait is too long for the policy or budget."""
 
-    def __init__(self, policy: RetryPolicy, budget: RetryBudget, wait: _Wait) -> None:
-        self._by_count = stop_after_attempt(policy.attempts)
+    def __init__(self, policy: RetryPolicy, budget: RetryBudget, wait: _Wait, offset: int = 0) -> None:
+        self._by_count = stop_after_attempt(policy.attempts - offset)
         self._policy = policy
         self._budget = budget
         self._wait = wait
@@ -76,10 +84,14 @@ class _Stop:
         if self._by_count(state):
             return True
         exc = state.outcome.exception() if state.outcome else None
-        server_wait = getattr(exc, "retry_after", None)
-        if server_wait is not None and server_wait > self._policy.max_server_wait:
-            return True
-        return self._wait(state) > self._budget.remaining
+        return _too_long(exc, self._wait(state), self._policy, self._budget)
+
+
+def _too_long(exc: BaseException | None, delay: float, policy: RetryPolicy, budget: RetryBudget) -> bool:
+    server_wait = getattr(exc, "retry_after", None)
+    if server_wait is not None and server_wait > policy.max_server_wait:
+        return True
+    return delay > budget.remaining
 
 
 async def call_with_retry(
@@ -94,14 +106,25 @@ async def call_with_retry(
 
     The last error is re-raised as is, so the caller can decide on fallback from its class.
     """
-    wait = _Wait(policy, rng)
+    # the first attempt runs outside tenacity: most calls succeed at once
+    try:
+        return await call()
+    except BaseException as exc:
+        if not _retryable(exc) or policy.attempts <= 1:
+            raise
+        first_error = exc
+    wait = _Wait(policy, rng, offset=1)
+    delay = wait.for_error(first_error, 1)
+    if _too_long(first_error, delay, policy, budget):
+        raise first_error
 
     async def _sleep(seconds: float) -> None:
         budget.spend(seconds)
         await sleep(seconds)
 
+    await _sleep(delay)
     retrying = AsyncRetrying(
-        stop=_Stop(policy, budget, wait),
+        stop=_Stop(policy, budget, wait, offset=1),
         wait=wait,
         retry=retry_if_exception(_retryable),
         sleep=_sleep,

@@ -454,3 +454,26 @@ async def test_the_log_dead_letter_adapters_plug_in_and_their_outages_pause() ->
     assert [(raw, position) for raw, _, position in dlq.published] == [(b"{oops", "2")]
     assert sleep.delays == [0.5, 1.0]
     assert log.commits == ["3"]
+
+
+async def test_a_small_batch_lingers_for_company_then_goes_as_one() -> None:
+    log = MemoryEventLog()
+    sink = RecordingSink("a")
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        await publish(log, 4, start=1)  # more events arrive while the first one lingers
+
+    await publish(log, 1)
+    projector = Projector(log, [sink], MemoryDeadLetters(), linger=0.1, sleep=sleep, poll_timeout=0.01)
+    stop = asyncio.Event()
+
+    async def stop_when_applied() -> None:
+        while projector.stats.events_applied < 5:
+            await asyncio.sleep(0.001)
+        stop.set()
+
+    await asyncio.gather(projector.run_forever(stop), stop_when_applied())
+    assert sleeps[0] == 0.1
+    assert projector.stats.batches_committed == 1 and projector.stats.events_applied == 5
