@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from gateway import errors
@@ -32,7 +32,7 @@ async def read_body(request: web.Request) -> Any:
     if not raw.strip():
         raise errors.InvalidRequest("The request body is empty; expected a JSON object")
     try:
-        return json.loads(raw)
+        return orjson.loads(raw)
     except (ValueError, RecursionError) as exc:
         raise errors.InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from exc
 
@@ -84,7 +84,7 @@ async def _serve(
     build = chat_completion if parsed.endpoint == "chat.completions" else text_completion
     body = build(response_id, created, result.model, result)
     return web.Response(
-        body=json.dumps(body),
+        body=orjson.dumps(body),
         content_type="application/json",
         headers={
             "x-request-id": ctx.request_id,
@@ -102,7 +102,7 @@ def _response_id(endpoint: str, request_id: str) -> str:
 
 
 def _sse(obj: Any) -> bytes:
-    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
 async def _stream(

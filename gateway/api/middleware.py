@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
+import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
@@ -30,7 +30,7 @@ def error_response(exc: errors.GatewayError, rid: str) -> web.Response:
         if exc.retry_after is not None:
             headers["retry-after"] = str(max(1, round(exc.retry_after)))
     return web.Response(
-        status=exc.status, body=json.dumps(exc.to_openai()), content_type="application/json", headers=headers
+        status=exc.status, body=orjson.dumps(exc.to_openai()), content_type="application/json", headers=headers
     )
 
 

@@ -6,9 +6,10 @@ so they can be tested without a server; ``anthropic.py`` only does the HTTP.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
+
+import orjson
 
 from gateway import errors
 from gateway.providers.http import default_classify, error_message, malformed, parse_retry_after
@@ -179,7 +180,7 @@ class StreamParser:
 
     def feed(self, event: str | None, data: str) -> StreamChunk | None:
         try:
-            payload = json.loads(data)
+            payload = orjson.loads(data)
         except ValueError as exc:
             raise malformed(PROVIDER, f"stream event is not JSON: {data[:200]!r}") from exc
         if not isinstance(payload, Mapping):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 
 import aiohttp
+import orjson
 
 from gateway import errors
 from gateway.providers import google_wire as wire
@@ -99,7 +99,7 @@ class GoogleProvider:
             if event.data.strip() == "[DONE]":
                 continue
             try:
-                obj = json.loads(event.data)
+                obj = orjson.loads(event.data)
             except ValueError as exc:
                 raise malformed(self.name, f"stream event is not JSON: {event.data[:200]!r}") from exc
             piece = wire.parse_response(obj)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import email.utils
-import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -11,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+import orjson
 
 from gateway import errors
 
@@ -112,7 +112,7 @@ async def read_error_body(resp: aiohttp.ClientResponse) -> tuple[Any, str]:
     except (TimeoutError, aiohttp.ClientError, UnicodeDecodeError):
         return None, ""
     try:
-        return json.loads(raw), raw[:2000]
+        return orjson.loads(raw), raw[:2000]
     except ValueError:
         return None, raw[:2000]
 
@@ -137,7 +137,7 @@ async def post(
     try:
         async with session.post(
             url,
-            data=json.dumps(body),
+            data=orjson.dumps(body),
             headers={"content-type": "application/json", **headers},
             timeout=timeout,
             params=params,
@@ -162,7 +162,7 @@ async def read_json(resp: aiohttp.ClientResponse, provider: str) -> Any:
     """The JSON body of a 2xx response, or MalformedResponse."""
     raw = await resp.read()
     try:
-        return json.loads(raw)
+        return orjson.loads(raw)
     except ValueError as exc:
         raise errors.MalformedResponse(
             f"{provider}: response is not JSON: {raw[:200]!r}", provider=provider, http_status=resp.status

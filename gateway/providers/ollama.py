@@ -6,13 +6,13 @@ cloud). Missing ``prompt_eval_count`` / ``eval_count`` (Go ``omitempty``) count 
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import orjson
 
 from gateway import errors
 from gateway.providers.base import Timeouts
@@ -193,7 +193,7 @@ class OllamaProvider:
         has_tool_calls = False
         async for line in iter_ndjson_lines(resp.content):
             try:
-                obj = json.loads(line)
+                obj = orjson.loads(line)
             except ValueError as exc:
                 raise malformed(self.name, f"stream line is not JSON: {line[:200]!r}") from exc
             piece = parse_object(obj)

@@ -13,6 +13,8 @@ import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+import orjson
+
 from gateway import errors
 from gateway.providers.http import default_classify, error_message, malformed, parse_retry_after
 from gateway.providers.sse import SseEvent
@@ -203,7 +205,7 @@ async def parse_stream(events: AsyncIterator[SseEvent], *, provider: str) -> Asy
         if event.data.strip() == "[DONE]":
             return
         try:
-            data = json.loads(event.data)
+            data = orjson.loads(event.data)
         except ValueError as exc:
             raise malformed(provider, f"stream event is not JSON: {event.data[:200]!r}") from exc
         chunk = parse_chunk(data, provider=provider)

@@ -469,11 +469,12 @@ async def test_a_small_batch_lingers_for_company_then_goes_as_one() -> None:
     projector = Projector(log, [sink], MemoryDeadLetters(), linger=0.1, sleep=sleep, poll_timeout=0.01)
     stop = asyncio.Event()
 
-    async def stop_when_applied() -> None:
-        while projector.stats.events_applied < 5:
-            await asyncio.sleep(0.001)
-        stop.set()
+    class StopAfterOneBatch(RecordingSink):
+        async def apply(self, events: Sequence[UsageEvent]) -> None:
+            await super().apply(events)
+            stop.set()
 
-    await asyncio.gather(projector.run_forever(stop), stop_when_applied())
+    projector.sinks = [StopAfterOneBatch("a")]
+    await asyncio.wait_for(projector.run_forever(stop), 5)
     assert sleeps[0] == 0.1
     assert projector.stats.batches_committed == 1 and projector.stats.events_applied == 5
