@@ -221,10 +221,20 @@ class Projector:
                 await self.dead_letters.dead_letter(record.value, reason, record.position)
             batch.done.add("dead-letters")
             self.stats.events_dead_lettered += len(batch.poison)
-        for sink in self.sinks:
-            if sink.name not in batch.done:
-                await self._apply_isolating(sink, batch, batch.events)
+        # the sinks apply the batch concurrently: DuckDB works in a thread, Postgres in its own
+        # server, so their waits overlap; a sink that failed is retried alone with the batch
+        pending = [sink for sink in self.sinks if sink.name not in batch.done]
+        outcomes = await asyncio.gather(
+            *(self._apply_isolating(sink, batch, batch.events) for sink in pending), return_exceptions=True
+        )
+        failures = []
+        for sink, outcome in zip(pending, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                failures.append(outcome)
+            else:
                 batch.done.add(sink.name)
+        if failures:
+            raise failures[0]
 
     async def _apply_isolating(self, sink: Sink, batch: _Batch, events: list[UsageEvent]) -> None:
         """Apply ``events``; if the sink refuses some, bisect down to them and dead-letter them."""

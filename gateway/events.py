@@ -15,7 +15,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
 SCHEMA_VERSION = 1
 
@@ -81,6 +81,13 @@ class UsageEvent(BaseModel):
     incomplete: bool = False
     gateway_instance: str | None = None
 
+    @field_validator("cost_usd", mode="before")
+    @classmethod
+    def _no_float_money(cls, value: Any) -> Any:
+        if isinstance(value, float):
+            raise ValueError("cost_usd must be decimal text, not a float")
+        return value
+
     @field_serializer("cost_usd")
     def _cost_as_text(self, value: Decimal | None) -> str | None:
         return None if value is None else format(value, "f")
@@ -94,7 +101,22 @@ class UsageEvent(BaseModel):
 
     @classmethod
     def from_json(cls, data: bytes | str) -> UsageEvent:
-        """Decode one event; raises ``ValueError`` for unreadable or too-new events."""
+        """Decode one event; raises ``ValueError`` for unreadable or too-new events.
+
+        Fast path: one pass in pydantic-core (``model_validate_json``), about half the CPU of
+        ``json.loads`` + dict validation. Whatever it refuses or cannot vouch for goes through
+        the checked path, which says exactly what is wrong."""
+        try:
+            event = cls.model_validate_json(data)
+        except ValueError:  # pydantic's ValidationError is a ValueError
+            return cls._from_json_checked(data)
+        fields = event.model_fields_set
+        if "schema_version" in fields and 1 <= event.schema_version <= SCHEMA_VERSION and event.created_at.tzinfo:
+            return event
+        return cls._from_json_checked(data)
+
+    @classmethod
+    def _from_json_checked(cls, data: bytes | str) -> UsageEvent:
         raw: Any = json.loads(data)
         if not isinstance(raw, dict):
             raise ValueError("usage event must be a JSON object")

@@ -145,7 +145,10 @@ class RollingWindow:
 
     def evict(self, now: datetime) -> None:
         """Drop the samples older than ``now - seconds``."""
-        cut = bisect_left(self._samples, now - self._span, key=_t)
+        cutoff = now - self._span
+        if not self._samples or self._samples[0].t >= cutoff:
+            return  # nothing is old enough: skip the bisect (one Python key call per step)
+        cut = bisect_left(self._samples, cutoff, key=_t)
         if not cut:
             return
         for sample in self._samples[:cut]:

@@ -21,24 +21,39 @@ async def iter_lines(content: aiohttp.StreamReader) -> AsyncIterator[str]:
 
 
 async def iter_sse(content: aiohttp.StreamReader) -> AsyncIterator[SseEvent]:
-    """SSE events (``event:`` and joined ``data:`` lines), accepting LF and CRLF line ends."""
+    """SSE events (``event:`` and joined ``data:`` lines), accepting LF and CRLF line ends.
+
+    Reads whatever the connection has (``iter_any``) and splits it into lines in one go: one
+    await per network read instead of one per line (a chunk is two lines)."""
     event: str | None = None
     data: list[str] = []
-    async for line in iter_lines(content):
-        if not line:
-            if data:
-                yield SseEvent(event, "\n".join(data))
-            event, data = None, []
-            continue
-        if line.startswith(":"):
-            continue
+    pending = b""
+    # a StreamReader yields what it has; any other async iterable of bytes (test fakes) works too
+    pieces = content.iter_any() if hasattr(content, "iter_any") else content
+    async for piece in pieces:
+        lines = (pending + piece).split(b"\n")
+        pending = lines.pop()  # an unfinished line (or b"") waits for the next read
+        for raw in lines:
+            line = raw.decode("utf-8", errors="replace").rstrip("\r")
+            if not line:
+                if data:
+                    yield SseEvent(event, "\n".join(data))
+                event, data = None, []
+                continue
+            if line.startswith(":"):
+                continue
+            name, _, value = line.partition(":")
+            if value.startswith(" "):
+                value = value[1:]
+            if name == "data":
+                data.append(value)
+            elif name == "event":
+                event = value
+    if pending:
+        line = pending.decode("utf-8", errors="replace").rstrip("\r")
         name, _, value = line.partition(":")
-        if value.startswith(" "):
-            value = value[1:]
         if name == "data":
-            data.append(value)
-        elif name == "event":
-            event = value
+            data.append(value[1:] if value.startswith(" ") else value)
     if data:
         yield SseEvent(event, "\n".join(data))
 

@@ -1,0 +1,308 @@
+"""Pipeline throughput and lag: the projector over the embedded log and Kafka, into DuckDB and
+Postgres, against read-only and one-sink baselines in the same run (not a test).
+
+1. Drain: N events (1,000,000) are put on the log (not timed); a fresh consumer group projects
+   them all with the product's sinks (``consumers.pipeline.build_sinks``: DuckDB facts, health
+   history, Postgres ``LLMUsage``), then with a null sink (read + decode + commit only) and
+   with each store alone. events/s = N / wall time.
+2. Lag: a separate process publishes at a fixed rate through the gateway's own ``EventLog``
+   while the projector runs; a probe after the last sink measures now - ``created_at``.
+3. Replay: ``llm-gateway replay`` of the N events when that command exists, else the drain of
+   the embedded log from the beginning with all sinks (what a replay does), marked as such.
+
+    python -m tests.bench.pipeline --smoke
+    python -m tests.bench.pipeline --events 1000000 --start-services
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+
+from analytics.store import AnalyticsStore
+from consumers.deadletter import LogDeadLetters
+from consumers.pipeline import build_pipeline, build_sinks
+from consumers.projector import Projector
+from consumers.sinks.base import Sink
+from consumers.sinks.duckdb import DuckDBSink
+from consumers.sinks.health_history import HealthHistorySink
+from consumers.sinks.postgres import PostgresSink
+from gateway.eventlog.factory import build_dead_letters, build_log_reader, embedded_log_path
+from gateway.events import UsageEvent
+from gateway.settings import Settings
+from tests.bench import eventgen
+from tests.bench.common import REPO, Target, clean_env, fmt, machine, percentile, say, services, table, targets_table
+
+BATCH = inspect.signature(build_pipeline).parameters["batch_size"].default
+POLL = inspect.signature(build_pipeline).parameters["poll_timeout"].default
+
+
+class NullSink:
+    name = "null"
+
+    async def start(self) -> None: ...
+    async def apply(self, events: Sequence[UsageEvent]) -> None: ...
+    async def reset(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+class LagProbe(NullSink):
+    """Last in the sink list: records how long ago each event was created, once applied."""
+
+    name = "lag-probe"
+
+    def __init__(self) -> None:
+        self.lags_ms: list[float] = []
+
+    async def apply(self, events: Sequence[UsageEvent]) -> None:
+        now = datetime.now(UTC)
+        self.lags_ms += [(now - e.created_at).total_seconds() * 1000 for e in events]
+
+
+@dataclass
+class Drain:
+    log: str
+    sinks: str
+    events: int
+    seconds: float
+    cpu: float
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds else float("nan")
+
+
+def settings_for(data_dir: Path, kafka: str | None, topic: str, database_url: str | None) -> Settings:
+    return Settings(data_dir=data_dir, kafka_bootstrap_servers=kafka, topic=topic, database_url=database_url)
+
+
+async def pg_schema(url: str) -> str:
+    """A fresh schema, so the bench never touches the shared "LLMUsage" table; returns a DSN
+    whose search_path points at it."""
+    schema = f"bench_pipeline_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
+    finally:
+        await conn.close()
+    return f"{url}{'&' if '?' in url else '?'}search_path={schema}"
+
+
+async def drop_bench_schemas(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        for (name,) in await conn.fetch("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'bench_pipeline_%'"):
+            await conn.execute(f'DROP SCHEMA "{name}" CASCADE')
+    finally:
+        await conn.close()
+
+
+async def make_sinks(kind: str, settings: Settings, store: AnalyticsStore) -> list[Sink]:
+    if kind == "null":
+        return [NullSink()]
+    if kind == "duckdb":
+        return [DuckDBSink(store), HealthHistorySink(store, settings.health)]
+    assert settings.database_url
+    url = await pg_schema(settings.database_url)
+    if kind == "postgres":
+        return [PostgresSink(url)]
+    return build_sinks(settings.model_copy(update={"database_url": url}), store)  # "all": the product's
+
+
+async def project(settings: Settings, sinks: list[Sink], store: AnalyticsStore, until: int, stop_after: float) -> int:
+    """Run a fresh consumer group until ``until`` events are applied (or no progress)."""
+    reader = build_log_reader(settings, f"bench-{uuid.uuid4().hex[:8]}")
+    dead = build_dead_letters(settings)
+    projector = Projector(reader, sinks, LogDeadLetters(dead), batch_size=BATCH, poll_timeout=POLL)
+    await store.open()
+    await dead.start()
+    await reader.start()
+    await projector.start()
+    try:
+        last = time.monotonic()
+        while (left := until - projector.stats.events_applied) > 0 and time.monotonic() - last < stop_after:
+            records = await reader.fetch(min(BATCH, left), POLL)  # the loop of run_forever, bounded
+            if records:
+                await projector.process(records)
+                last = time.monotonic()
+        return projector.stats.events_applied
+    finally:
+        await projector.close()
+        await reader.close()
+        await dead.close()
+        await store.close()
+
+
+async def drain(log: str, kind: str, settings: Settings, n: int, work: Path) -> Drain:
+    store = AnalyticsStore(work / f"analytics-{uuid.uuid4().hex[:8]}.duckdb")
+    sinks = await make_sinks(kind, settings, store)
+    wall, cpu = time.perf_counter(), time.process_time()
+    applied = await project(settings, sinks, store, n, stop_after=60.0)
+    result = Drain(log, kind, applied, time.perf_counter() - wall, time.process_time() - cpu)
+    say(f"drain {log} -> {kind}: {applied:,} events in {result.seconds:.1f} s ({result.rate:,.0f}/s)")
+    return result
+
+
+async def live(log: str, settings: Settings, rate: int, seconds: float, work: Path) -> list[str]:
+    store = AnalyticsStore(work / f"live-{uuid.uuid4().hex[:8]}.duckdb")
+    probe = LagProbe()
+    sinks = [*(await make_sinks("all" if settings.database_url else "duckdb", settings, store)), probe]
+    cmd = [sys.executable, "-m", "tests.bench.eventgen", "--rate", str(rate), "--seconds", str(seconds)]
+    cmd += ["--data-dir", str(settings.data_dir), "--topic", settings.topic]
+    cmd += ["--kafka", settings.kafka_bootstrap_servers] if settings.kafka_bootstrap_servers else []
+    producer = await asyncio.create_subprocess_exec(*cmd, cwd=REPO, stdout=asyncio.subprocess.PIPE)
+    consumer = asyncio.create_task(project(settings, sinks, store, 10**12, stop_after=seconds + 30))
+    out, _ = await producer.communicate()
+    published = json.loads(out.decode().strip().splitlines()[-1])["published"]
+    deadline = time.monotonic() + 60
+    while len(probe.lags_ms) < published and time.monotonic() < deadline and not consumer.done():  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
+    consumer.cancel()
+    await asyncio.gather(consumer, return_exceptions=True)
+    lags = probe.lags_ms
+    say(f"live {log}: {published:,} published, {len(lags):,} applied, p50 lag {percentile(lags, 50):.0f} ms")
+    return [
+        log,
+        f"{rate:,}/s",
+        f"{published:,}",
+        f"{len(lags):,}",
+        *(fmt(percentile(lags, q), 0) for q in (50, 99, 100)),
+    ]
+
+
+async def replay(settings: Settings) -> tuple[float, str] | None:
+    """``llm-gateway replay --local`` (the whole embedded log into a fresh DuckDB, and Postgres
+    when there is one), timed as a command, if the command exists."""
+    if not (REPO / "consumers" / "replay_command.py").is_file():
+        return None
+    cmd = [sys.executable, "-m", "gateway", "replay", "--local", "--json"]
+    env = clean_env(LLM_GATEWAY_DATA_DIR=str(settings.data_dir))
+    if settings.database_url:
+        env["DATABASE_URL"] = await pg_schema(settings.database_url)
+    started = time.perf_counter()
+    done = await asyncio.to_thread(subprocess.run, cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        say(f"llm-gateway replay failed ({done.returncode}): {done.stderr[-300:]}")
+        return None
+    return time.perf_counter() - started, "llm-gateway " + " ".join(cmd[3:])
+
+
+async def bench_log(log: str, settings: Settings, args: argparse.Namespace, work: Path) -> list[Drain]:
+    """The product's sinks over all N events; the baselines over the first ``--baseline-events``."""
+    few = min(args.baseline_events or args.events, args.events)
+    kinds = ["null", "duckdb", *(["postgres", "all"] if settings.database_url else [])]
+    return [await drain(log, kind, settings, args.events if kind == "all" else few, work) for kind in kinds]
+
+
+async def run(args: argparse.Namespace, kafka: str | None, database_url: str | None, work: Path) -> None:
+    eventgen.check_schema()
+    embedded = settings_for(work / "embedded", None, "llm.usage", database_url)
+    say(f"putting {args.events:,} events on the embedded log (not timed)")
+    eventgen.prefill_sqlite(embedded_log_path(embedded), args.events)
+    drains = await bench_log("embedded", embedded, args, work)
+    live_embedded = settings_for(work / "live-e", None, "llm.usage", database_url)
+    lags = [await live("embedded", live_embedded, args.rate, args.seconds, work)]
+    replayed = await replay(embedded)
+    if kafka:
+        topic = f"bench-pipeline-{uuid.uuid4().hex[:8]}"
+        on_kafka = settings_for(work / "kafka", kafka, topic, database_url)
+        say(f"putting {args.events:,} events on Kafka topic {topic} (not timed)")
+        await eventgen.prefill_kafka(kafka, topic, args.events)
+        drains += await bench_log("kafka", on_kafka, args, work)
+        live_kafka = settings_for(work / "live-k", kafka, f"bench-live-{uuid.uuid4().hex[:8]}", database_url)
+        lags.append(await live("kafka", live_kafka, args.rate, args.seconds, work))
+    if database_url:
+        await drop_bench_schemas(database_url)
+    report(args, drains, lags, replayed, kafka, database_url)
+
+
+LABELS = {
+    "null": "none (read + decode + commit)",
+    "duckdb": "DuckDB facts + health history",
+    "postgres": "Postgres LLMUsage",
+    "all": "all (product: DuckDB + health + Postgres)",
+}
+
+
+def drain_row(d: Drain, base: dict[str, float]) -> list[str]:
+    ratio = d.rate / base[d.log] if base.get(d.log) else None
+    return [d.log, LABELS[d.sinks], f"{d.events:,}", fmt(d.seconds, 1), fmt(d.rate, 0), fmt(d.cpu, 1), fmt(ratio)]
+
+
+def pipeline_targets(
+    drains: list[Drain], replayed: tuple[float, str] | None, events: int, logs: list[str]
+) -> list[Target]:
+    full = {d.log: d for d in drains if d.sinks == "all"}
+    targets = [
+        Target(f"projection into Postgres + DuckDB ({log})", full[log].rate if log in full else None, 50_000, False,
+               "/s", "" if log in full else "no Postgres")
+        for log in logs
+    ]  # fmt: skip
+    if replayed is not None:
+        seconds, how = replayed[0], "llm-gateway replay --local"
+    else:
+        drained = full.get("embedded") or next((d for d in drains if d.sinks == "duckdb"), None)
+        seconds, how = (drained.seconds if drained else None), "proxy: projector drain from the beginning"
+    scaled = None if seconds is None else seconds * 1_000_000 / events
+    note = how if events == 1_000_000 else f"{how}; scaled from {events:,} events"
+    return [*targets, Target("replay of 1,000,000 events", scaled, 30, True, " s", note)]
+
+
+def report(
+    args: argparse.Namespace,
+    drains: list[Drain],
+    lags: list[list[str]],
+    replayed: tuple[float, str] | None,
+    kafka: str | None,
+    database_url: str | None,
+) -> None:
+    base = {d.log: d.rate for d in drains if d.sinks == "null"}
+    print(f"\n## Pipeline ({machine()})\n")
+    print(f"Projector batch {BATCH:,}; Kafka: {'yes' if kafka else 'skipped'}; ", end="")
+    print(f"Postgres: {'yes' if database_url else 'skipped'}\n")
+    headers = ["log", "sinks", "events", "s", "events/s", "CPU s (this process)", "x read-only"]
+    print(table(headers, [drain_row(d, base) for d in drains]))
+    print(f"\nLive: {args.rate:,} events/s for {args.seconds:g} s from a separate process (the gateway's EventLog)\n")
+    print(table(["log", "rate", "published", "applied", "p50 lag ms", "p99 lag ms", "max lag ms"], lags))
+    if replayed is not None:
+        print(f"\n`{replayed[1]}` of {args.events:,} events: {replayed[0]:.1f} s (as a command, startup included)")
+    logs = ["embedded", *(["kafka"] if kafka else [])]
+    print()
+    print(targets_table(pipeline_targets(drains, replayed, args.events, logs)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tests.bench.pipeline", description=__doc__.split("\n")[0])
+    p.add_argument("--smoke", action="store_true", help="20,000 events, 2 s live (CI)")
+    p.add_argument("--events", type=int, default=1_000_000)
+    p.add_argument("--baseline-events", type=int, help="events for the baseline drains (default: --events)")
+    p.add_argument("--rate", type=int, default=5_000, help="live events/s")
+    p.add_argument("--seconds", type=float, default=20.0, help="live duration")
+    p.add_argument("--start-services", action="store_true", help="start Postgres and a private broker if not given")
+    p.add_argument("--no-kafka", action="store_true", help="embedded log only")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.events, args.rate, args.seconds = 20_000, 2_000, 2.0
+    with (
+        services(kafka=not args.no_kafka, postgres=True, start=args.start_services) as svc,
+        tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp,
+    ):
+        asyncio.run(run(args, svc.kafka, svc.database_url, Path(tmp)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

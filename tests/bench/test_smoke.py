@@ -1,0 +1,34 @@
+"""CI smoke runs of the benchmarks: each script runs end to end in seconds (``--smoke``) and
+prints its tables, so the benchmarks never rot. Numbers are not judged here (a shared CI
+machine is too noisy for that): PASS/MISS lines are information, only errors fail.
+
+Kafka and Postgres rows run when the suite has them (``LLM_GATEWAY_TEST_KAFKA``,
+``LLM_GATEWAY_TEST_DATABASE_URL``, set by ``tests/run.sh``) and are marked skipped otherwise;
+LiteLLM runs only when its venv exists (``python -m tests.bench.gateway_overhead --install``).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.bench import servers
+from tests.bench.common import REPO
+
+
+@pytest.mark.parametrize("script", ["gateway_overhead", "pipeline", "analytics"])
+def test_benchmark_smoke_run(script: str) -> None:
+    if script == "gateway_overhead" and not servers.wrk_available():
+        servers.install_tools(litellm=False)  # wrk from Debian (apt), as tests/run.sh does for Postgres
+    done = subprocess.run(
+        [sys.executable, "-m", f"tests.bench.{script}", "--smoke"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert "| target" in done.stdout and "verdict" in done.stdout, done.stdout[-4000:]
