@@ -31,6 +31,7 @@ def build_consumer_app(settings: Settings, group: str, batch_size: int) -> web.A
     from consumers.replay_http import install_replay
     from gateway.api.auth import Authenticator
     from gateway.api.middleware import error_middleware
+    from gateway.metrics import METRICS, GatewayMetrics, metrics_handler, watch_projector
 
     pipeline = build_pipeline(settings, group_id=group, batch_size=batch_size)
     app = web.Application(middlewares=[error_middleware])
@@ -52,6 +53,10 @@ def build_consumer_app(settings: Settings, group: str, batch_size: int) -> web.A
         )
 
     app.router.add_get("/healthz", healthz)
+    metrics = GatewayMetrics()
+    watch_projector(metrics, pipeline, group)
+    app[METRICS] = metrics
+    app.router.add_get("/metrics", metrics_handler)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         async with pipeline.running():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -112,3 +113,18 @@ def metrics_middleware(metrics: GatewayMetrics) -> Middleware:
 async def metrics_handler(request: web.Request) -> web.Response:
     body = request.app[METRICS].render()
     return web.Response(body=body, headers={"content-type": CONTENT_TYPE_LATEST})
+
+
+class _HasProjectorStats(Protocol):
+    @property
+    def projector(self) -> Any: ...
+
+
+def watch_projector(metrics: GatewayMetrics, pipeline: _HasProjectorStats, group: str) -> None:
+    """Report a projector's lag (events on the log not yet applied) at every scrape."""
+
+    def refresh() -> None:
+        lag = pipeline.projector.stats.lag
+        metrics.consumer_lag.labels(group).set(lag if lag is not None else 0)
+
+    metrics.on_scrape(refresh)

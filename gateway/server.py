@@ -30,10 +30,12 @@ def embedded_projector(settings: Settings) -> Installer:
         from consumers.pipeline import DEFAULT_GROUP, build_pipeline
         from consumers.replay_http import install_replay
         from gateway.api.state import STATE
+        from gateway.metrics import METRICS, watch_projector
 
         pipeline = build_pipeline(settings)
         install_analytics(app, pipeline.store, app[STATE].auth)
         install_replay(app, settings, pipeline.store, app[STATE].auth, live_group=DEFAULT_GROUP)
+        watch_projector(app[METRICS], pipeline, DEFAULT_GROUP)
 
         async def run(app: web.Application) -> AsyncIterator[None]:
             async with pipeline.running():

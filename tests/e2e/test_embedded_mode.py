@@ -177,3 +177,15 @@ async def test_costs_cli_reads_the_file_when_nothing_runs(tmp_path: Path) -> Non
     out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
     assert Decimal(json.loads(out)["totalCost"]) == Decimal(cost)
+
+
+async def test_metrics_report_the_embedded_projector_lag(tmp_path: Path) -> None:
+    async with embedded(tmp_path) as gw:
+        async with aiohttp.ClientSession() as s:
+            body = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}], "tenantId": "t_lag"}
+            async with s.post(f"{gw.base_url}/chat/completions", json=body) as r:
+                assert r.status == 200
+        await wait_for_usage(gw, "t_lag", 1)
+        async with aiohttp.ClientSession() as s, s.get(f"{gw.url}/metrics") as r:
+            text = await r.text()
+    assert 'llm_gateway_consumer_lag{group="llm-usage-projector"} 0.0' in text
