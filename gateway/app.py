@@ -82,6 +82,7 @@ def create_app(
         sleep=sleep,
         rng=rng,
     )
+    router.native_first = settings.native_first
     state = GatewayState(
         settings=settings,
         router=router,

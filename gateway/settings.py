@@ -51,6 +51,8 @@ class Settings(BaseSettings):
 
     # --- routing / retry --------------------------------------------------------------------
     priority: list[str] = Field(default_factory=lambda: list(DEFAULT_PRIORITY))
+    #: a vendor's own model (claude-3-haiku, gemini-pro) goes to that vendor first, the rest after
+    native_first: bool = True
     retry_attempts: int = 3
     retry_initial_wait: float = 0.5
     retry_max_wait: float = 8.0

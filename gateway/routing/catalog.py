@@ -128,9 +128,17 @@ class ModelCatalog:
         return group
 
     def candidates(
-        self, model: str, *, priority: Iterable[str], configured: Iterable[str], pinned: str | None = None
+        self,
+        model: str,
+        *,
+        priority: Iterable[str],
+        configured: Iterable[str],
+        pinned: str | None = None,
+        native_first: bool = True,
     ) -> list[Candidate]:
-        """Providers to try, in order. ``pinned`` goes first; the rest follow as fallback."""
+        """Providers to try, in order. ``pinned`` goes first; else, with ``native_first``, the
+        providers whose own model was asked for (``claude-3-haiku`` -> Anthropic); the rest follow
+        in priority order as fallback."""
         configured_set = set(configured)
         if pinned is not None:
             if pinned not in KNOWN_PROVIDERS:
@@ -143,6 +151,9 @@ class ModelCatalog:
         if not equivalents:
             raise ModelNotFound(f"The model {model!r} does not exist or no provider serves it", param="model")
         order = [p for p in priority if p in configured_set and p in equivalents]
+        if native_first and pinned is None:
+            native = [p for p in order if NATIVE_PATTERNS[p].search(family_of(model))]
+            order = native + [p for p in order if p not in native]
         if pinned is not None:
             if pinned not in equivalents:
                 raise ModelNotFound(f"provider {pinned!r} has no model for {model!r}", param="model")

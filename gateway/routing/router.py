@@ -74,9 +74,12 @@ class Router:
         self._sleep = sleep
         self._rng = rng
         self.gate = gate
+        self.native_first = True
 
     def candidates(self, model: str, pinned: str | None) -> list[Candidate]:
-        return self.catalog.candidates(model, priority=self.priority, configured=self.providers, pinned=pinned)
+        return self.catalog.candidates(
+            model, priority=self.priority, configured=self.providers, pinned=pinned, native_first=self.native_first
+        )
 
     # --- the attempt loop shared by both kinds of call ---------------------------------------------
     async def _route(

@@ -236,3 +236,19 @@ async def test_adapter_bug_is_recorded_and_fallen_back_from() -> None:
     served = await router.complete(ctx(), TEMPLATE)
     assert served.provider == "azure"
     assert log.events[0].outcome == "upstream_error"
+
+
+async def test_a_vendors_own_model_goes_to_that_vendor_first() -> None:
+    openai, anthropic = ScriptedProvider("openai"), ScriptedProvider("anthropic", ok(model="claude-3-haiku-20240307"))
+    router, _, _ = make_router(openai, anthropic)
+    served = await router.complete(ctx("claude-3-haiku"), TEMPLATE)
+    assert served.provider == "anthropic" and openai.calls == []
+    assert anthropic.calls[0].model == "claude-3-haiku-20240307"
+
+
+async def test_native_first_can_be_turned_off_for_strict_priority() -> None:
+    openai, anthropic = ScriptedProvider("openai"), ScriptedProvider("anthropic")
+    router, _, _ = make_router(openai, anthropic)
+    router.native_first = False
+    served = await router.complete(ctx("claude-3-haiku"), TEMPLATE)
+    assert served.provider == "openai" and openai.calls[0].model == "gpt-3.5-turbo"
