@@ -118,7 +118,9 @@ class HealthView:
             model = provider.models[event.provider_model] = _Track(RollingWindow(self.config.window_seconds))
         model.add(sample)
         provider.breaker.observe(sample, now)
-        self._refresh(event.provider, provider, now)
+        # only the provider and this model can change on this event; the other models' states
+        # only age, and are refreshed when read (health(), snapshot())
+        self._refresh(event.provider, provider, now, only_model=event.provider_model)
         return True
 
     def observe(self, event: UsageEvent) -> None:
@@ -195,8 +197,9 @@ class HealthView:
         state, reason = assess(stats, track.consecutive_failures, self.config)
         return ModelHealth(provider, model, state, reason, track.consecutive_failures, stats, track.last_transition)
 
-    def _refresh(self, name: str, tracked: _Provider, now: datetime) -> None:
-        """Emit the state transitions of a provider and its models since the last look."""
+    def _refresh(self, name: str, tracked: _Provider, now: datetime, only_model: str | None = None) -> None:
+        """Emit the state transitions of a provider and its models (or one of them) since the
+        last look."""
         if name not in self._providers:
             return
         state, reason, stats = self._provider_state(tracked, now)
@@ -208,7 +211,8 @@ class HealthView:
                     name, None, now, "state", previous, state, reason, state, tracked.breaker.state, stats
                 ),
             )
-        for model, track in tracked.models.items():
+        models = tracked.models.items() if only_model is None else [(only_model, tracked.models[only_model])]
+        for model, track in models:
             health = self._model_health(name, model, track, now)
             if health.state != track.state:
                 previous, track.state = track.state, health.state
