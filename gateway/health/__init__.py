@@ -18,7 +18,8 @@ Defaults (``HealthSettings``, ``settings.health``), over the last 60 s of attemp
   failures over >= 10 judged attempts; after 30 s ONE real request probes it (half-open): a
   success closes the circuit, a failure reopens it for twice as long (30, 60, 120, 240, 300 s);
 - **degraded** (still used): >= 20 % failures or >= 30 % rate limits over >= 5 judged attempts,
-  or p95 latency of successes > 30 s (p95 time to first token: off by default);
+  or p95 latency of successes > 30 s (p95 time to first token: off by default); it is healthy
+  again only once both rates are below 75 % of those thresholds (hysteresis: no flapping);
 - **healthy** otherwise.
 
 This package imports no adapter (only ``kafka_sync`` imports aiokafka), so gateways and

@@ -50,12 +50,31 @@ def degraded_reason(stats: WindowStats, c: HealthSettings) -> str | None:
     return None
 
 
+#: hysteresis: a degraded (or down) provider is healthy again only once its rates fall below this
+#: share of the degraded thresholds, so a rate hovering at a threshold does not flap (and log)
+RECOVERY_FACTOR = 0.75
+
+
 def assess(
-    stats: WindowStats, consecutive_failures: int, c: HealthSettings, *, can_be_down: bool = True
+    stats: WindowStats,
+    consecutive_failures: int,
+    c: HealthSettings,
+    *,
+    can_be_down: bool = True,
+    previous: HealthState = "healthy",
 ) -> tuple[HealthState, str]:
-    """The state and why. ``can_be_down=False``: the caller decides "down" (the breaker)."""
+    """The state and why. ``can_be_down=False``: the caller decides "down" (the breaker).
+    ``previous``: the state reported last, for the recovery hysteresis."""
     if can_be_down and (reason := down_reason(stats, consecutive_failures, c)) is not None:
         return "down", reason
     if (reason := degraded_reason(stats, c)) is not None:
         return "degraded", reason
+    if previous != "healthy" and stats.judged >= c.degraded_min_attempts:
+        failure_bar = c.degraded_failure_rate * RECOVERY_FACTOR
+        limit_bar = c.degraded_rate_limit_rate * RECOVERY_FACTOR
+        if stats.failure_rate >= failure_bar or stats.rate_limit_rate >= limit_bar:
+            return "degraded", (
+                f"recovering: failure rate {stats.failure_rate:.0%} / rate-limit rate {stats.rate_limit_rate:.0%}"
+                f" not yet below {failure_bar:.0%} / {limit_bar:.0%}"
+            )
     return "healthy", f"within thresholds ({stats.judged} attempts in the last {c.window_seconds:g}s)"

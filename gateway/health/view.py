@@ -189,12 +189,14 @@ class HealthView:
         stats = tracked.track.window.stats(now)
         if tracked.breaker.state != "closed":
             return "down", f"circuit {tracked.breaker.state}: {tracked.circuit_reason}", stats
-        state, reason = assess(stats, tracked.breaker.consecutive_failures, self.config, can_be_down=False)
+        state, reason = assess(
+            stats, tracked.breaker.consecutive_failures, self.config, can_be_down=False, previous=tracked.track.state
+        )
         return state, reason, stats
 
     def _model_health(self, provider: str, model: str, track: _Track, now: datetime) -> ModelHealth:
         stats = track.window.stats(now)
-        state, reason = assess(stats, track.consecutive_failures, self.config)
+        state, reason = assess(stats, track.consecutive_failures, self.config, previous=track.state)
         return ModelHealth(provider, model, state, reason, track.consecutive_failures, stats, track.last_transition)
 
     def _refresh(self, name: str, tracked: _Provider, now: datetime, only_model: str | None = None) -> None:

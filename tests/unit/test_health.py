@@ -421,3 +421,18 @@ def test_transitions_become_history_rows_one_per_key_and_instant(clock: ManualCl
     assert "; health openai: healthy -> down" in provider.reason
     model = by_model["gpt-4"]
     assert (model.state, model.circuit) == ("down", None)
+
+
+def test_a_rate_hovering_at_the_threshold_does_not_flap(clock: ManualClock) -> None:
+    view, seen = make_view(clock, circuit_breaker=False, down_consecutive_failures=100, down_min_attempts=1000)
+    # about 1 timeout in 5 attempts: the failure rate crosses 20% (the degraded threshold) up
+    # and down on almost every event, but never falls below 15% (the recovery bar)
+    for _ in range(30):
+        feed(view, clock, "timeout", "success", "success", "success", "success", "success", step=0.1)
+        feed(view, clock, "timeout", "success", "success", "success", step=0.1)
+    provider_changes = [t for t in seen if t.model is None and t.kind == "state"]
+    assert [(t.previous, t.current) for t in provider_changes] == [("healthy", "degraded")]
+    # well below the bar (here 0% over the window): healthy again
+    clock.advance(61)
+    feed(view, clock, *["success"] * 10, step=0.1)
+    assert view.health("openai").state == "healthy"
