@@ -138,8 +138,11 @@ class KafkaHealthSync:
         tps = [TopicPartition(self.topic, p) for p in partitions]
         consumer.assign(tps)
         since = self.view.now() - timedelta(seconds=self.view.config.window_seconds)
-        found = await consumer.offsets_for_times({tp: int(since.timestamp() * 1000) for tp in tps})
+        # the ends first: a record written between the two look-ups is then read, not skipped
+        # (with the other order, a partition with no record in the window yet would be sought to
+        # an end that already lies past the records written meanwhile)
         ends = await consumer.end_offsets(tps)
+        found = await consumer.offsets_for_times({tp: int(since.timestamp() * 1000) for tp in tps})
         for tp in tps:
             hit = found.get(tp)
             consumer.seek(tp, hit.offset if hit is not None else ends[tp])
