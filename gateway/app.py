@@ -34,8 +34,6 @@ from gateway.usage import UsageRecorder
 
 log = logging.getLogger(__name__)
 
-#: a startup/shutdown context (``app.cleanup_ctx``)
-AppPlugin = Callable[[web.Application], AsyncIterator[None]]
 #: extra parts other packages (consumers, analytics) plug into a built, not yet started app:
 #: they may add routes, app keys and ``cleanup_ctx`` entries
 Installer = Callable[[web.Application], None]

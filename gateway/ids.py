@@ -10,7 +10,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 Clock = Callable[[], datetime]
-IdFactory = Callable[[], uuid.UUID]
 
 
 def utcnow() -> datetime:

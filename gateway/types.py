@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
@@ -87,18 +87,3 @@ class StreamChunk:
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
     model: str | None = None
-
-
-@dataclass(slots=True)
-class Attempt:
-    """Bookkeeping of one provider attempt, filled by the router for events and headers."""
-
-    number: int
-    provider: str
-    model: str
-    outcome: str = "success"
-    http_status: int | None = None
-    error: str | None = None
-    latency_ms: float = 0.0
-    ttft_ms: float | None = None
-    extra: dict[str, str] = field(default_factory=dict)

@@ -20,6 +20,22 @@ MAX_AUTO_REPLICATION = 3
 TOPIC_CONFIGS: dict[str, str] = {"retention.ms": "-1", "retention.bytes": "-1"}
 
 
+async def topic_partitions(bootstrap_servers: str, topic: str, *, client_id: str = "llm-gateway") -> list[int]:
+    """The partition ids of ``topic`` as the cluster describes them ([] if it does not exist).
+    A group-less consumer has no metadata of its own for a topic, and aiokafka's ``topics()``
+    fills a throwaway metadata object, so ask the cluster directly."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id=client_id)
+    try:
+        await admin.start()
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    for entry in described:
+        if entry.get("topic") == topic and not entry.get("error_code"):
+            return sorted(int(p["partition"]) for p in entry.get("partitions") or [])
+    return []
+
+
 async def ensure_topic(
     bootstrap_servers: str,
     topic: str,

@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from gateway.eventlog.base import LogRecord
-from gateway.eventlog.kafka_admin import ensure_topic
+from gateway.eventlog.kafka_admin import ensure_topic, topic_partitions
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,9 @@ class KafkaLogReader:
         partitions = consumer.partitions_for_topic(self.topic)
         if not partitions:
             # aiokafka's topics() fills a throwaway metadata object, so ask the cluster directly
-            partitions = await self._partitions_from_cluster()
+            partitions = set(
+                await topic_partitions(self.bootstrap_servers, self.topic, client_id=f"{self._client_id}-lag")
+            )
         tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
         if not tps:
             return 0
@@ -156,17 +158,3 @@ class KafkaLogReader:
             committed = await consumer.committed(tp)
             total += ends[tp] - (starts[tp] if committed is None else max(committed, starts[tp]))
         return total
-
-    async def _partitions_from_cluster(self) -> set[int]:
-        from aiokafka.admin import AIOKafkaAdminClient
-
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers, client_id=f"{self._client_id}-lag")
-        await admin.start()
-        try:
-            described = await admin.describe_topics([self.topic])
-        finally:
-            await admin.close()
-        for topic in described:
-            if topic.get("topic") == self.topic and not topic.get("error_code"):
-                return {p["partition"] for p in topic.get("partitions", [])}
-        return set()

@@ -34,10 +34,9 @@ import logging
 from datetime import timedelta
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from gateway.eventlog.kafka_admin import ensure_topic
+from gateway.eventlog.kafka_admin import ensure_topic, topic_partitions
 from gateway.events import UsageEvent
 from gateway.health.view import HealthView
 
@@ -132,7 +131,7 @@ class KafkaHealthSync:
 
     async def _assign_last_window(self, consumer: AIOKafkaConsumer) -> None:
         """Every partition, from the first record of the last window (or the end)."""
-        partitions = await self._partition_ids()
+        partitions = await topic_partitions(self.bootstrap_servers, self.topic, client_id=self._client_id)
         if not partitions:
             raise KafkaError(f"no partitions known for {self.topic} yet")
         tps = [TopicPartition(self.topic, p) for p in partitions]
@@ -147,17 +146,6 @@ class KafkaHealthSync:
             hit = found.get(tp)
             consumer.seek(tp, hit.offset if hit is not None else ends[tp])
         log.info("health sync follows %s (%d partitions) from %s on", self.topic, len(tps), since.isoformat())
-
-    async def _partition_ids(self) -> list[int]:
-        """The topic's partitions (a group-less consumer has no metadata of its own for them)."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers, client_id=self._client_id)
-        try:
-            await admin.start()
-            described = await admin.describe_topics([self.topic])
-        finally:
-            await admin.close()
-        parts = (described[0].get("partitions") or []) if described else []
-        return sorted(int(p["partition"]) for p in parts)
 
     async def _follow(self, consumer: AIOKafkaConsumer) -> None:
         while True:

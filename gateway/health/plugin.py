@@ -25,7 +25,7 @@ from gateway.settings import Settings
 
 HEALTH: web.AppKey[HealthView] = web.AppKey("provider_health", HealthView)
 
-#: a ``cleanup_ctx`` generator (same shape as ``gateway.app.AppPlugin``)
+#: a ``cleanup_ctx`` generator
 AppPlugin = Callable[[web.Application], AsyncIterator[None]]
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import email.utils
-import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -171,15 +170,3 @@ async def read_json(resp: aiohttp.ClientResponse, provider: str) -> Any:
 
 def malformed(provider: str, what: str) -> errors.MalformedResponse:
     return errors.MalformedResponse(f"{provider}: malformed response: {what}", provider=provider, http_status=200)
-
-
-class Stopwatch:
-    """Monotonic milliseconds since creation."""
-
-    __slots__ = ("_t0",)
-
-    def __init__(self) -> None:
-        self._t0 = time.monotonic()
-
-    def ms(self) -> float:
-        return (time.monotonic() - self._t0) * 1000.0
