@@ -128,12 +128,10 @@ class Router:
         try:
             result = await provider.complete(request)
         except BaseException as exc:
-            error = _as_provider_error(exc, candidate.provider)
-            self._record_failure(ctx, number, candidate, error, started)
-            attempts.failures.append(error)
-            if error is not exc:
-                raise error from exc
-            raise
+            failure = self._failed(ctx, number, candidate, exc, started, attempts)
+            if failure is exc:
+                raise
+            raise failure from exc
         latency = (time.monotonic() - started) * 1000.0
         event = self.recorder.record(
             ctx,
@@ -175,19 +173,35 @@ class Router:
             pass
         except BaseException as exc:
             await _aclose(iterator)
-            error = _as_provider_error(exc, candidate.provider)
-            self._record_failure(ctx, number, candidate, error, started)
-            attempts.failures.append(error)
-            if error is not exc:
-                raise error from exc
-            raise
+            failure = self._failed(ctx, number, candidate, exc, started, attempts)
+            if failure is exc:
+                raise
+            raise failure from exc
         ttft = (time.monotonic() - started) * 1000.0
         return StreamSession(self.recorder, ctx, candidate, number, started, ttft, head, iterator)
 
     # --- helpers -------------------------------------------------------------------------------------
-    def _record_failure(
-        self, ctx: CallContext, number: int, candidate: Candidate, error: errors.ProviderError, started: float
-    ) -> None:
+    def _failed(
+        self,
+        ctx: CallContext,
+        number: int,
+        candidate: Candidate,
+        exc: BaseException,
+        started: float,
+        attempts: _Attempts,
+    ) -> BaseException:
+        """Record a failed attempt's event and return what to raise: the ProviderError it means,
+        or the cancellation itself (the caller went away mid-call; the provider may still bill,
+        so the attempt is recorded as cancelled and unpriced, never dropped)."""
+        latency = (time.monotonic() - started) * 1000.0
+        if isinstance(exc, asyncio.CancelledError):
+            facts = AttemptFacts(
+                number=number, provider=candidate.provider, provider_model=candidate.model,
+                outcome="cancelled", latency_ms=latency, incomplete=True,
+            )  # fmt: skip
+            self.recorder.record(ctx, facts)
+            return exc
+        error = _as_provider_error(exc, candidate.provider)
         self.recorder.record(
             ctx,
             AttemptFacts(
@@ -195,12 +209,14 @@ class Router:
                 provider=candidate.provider,
                 provider_model=candidate.model,
                 outcome=error.outcome,  # type: ignore[arg-type]
-                latency_ms=(time.monotonic() - started) * 1000.0,
+                latency_ms=latency,
                 http_status=error.http_status,
                 error_code=error.upstream_code or error.code,
                 error_message=error.message,
             ),
         )
+        attempts.failures.append(error)
+        return error
 
     def _all_failed(
         self, ctx: CallContext, candidates: list[Candidate], attempts: _Attempts
@@ -318,8 +334,6 @@ def _as_provider_error(exc: BaseException, provider: str) -> errors.ProviderErro
     """Adapters raise ProviderErrors; anything else there is a bug, recorded and fallen back from."""
     if isinstance(exc, errors.ProviderError):
         return exc
-    if isinstance(exc, asyncio.CancelledError):
-        raise exc
     if isinstance(exc, asyncio.TimeoutError):
         return errors.UpstreamTimeout(f"{provider}: timed out", provider=provider)
     if isinstance(exc, OSError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from decimal import Decimal
 
@@ -12,7 +13,7 @@ from gateway.eventlog.memory import MemoryEventLog
 from gateway.routing.catalog import ModelCatalog
 from gateway.routing.retry import RetryPolicy
 from gateway.routing.router import Router
-from gateway.types import ChatRequest, Message, StreamChunk, Usage
+from gateway.types import ChatRequest, ChatResult, Message, StreamChunk, Usage
 from gateway.usage import CallContext, UsageRecorder
 from tests.support.fakes import FixedPriceBook, ManualClock, RecordingSleep, ScriptedProvider, ok, rate_limited
 
@@ -252,3 +253,23 @@ async def test_native_first_can_be_turned_off_for_strict_priority() -> None:
     router.native_first = False
     served = await router.complete(ctx("claude-3-haiku"), TEMPLATE)
     assert served.provider == "openai" and openai.calls[0].model == "gpt-3.5-turbo"
+
+
+class HangingProvider(ScriptedProvider):
+    """Never answers: the call only ends when the caller cancels it."""
+
+    async def complete(self, request: ChatRequest) -> ChatResult:  # type: ignore[override]
+        self.calls.append(request)
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_a_cancelled_call_still_records_its_attempt() -> None:
+    router, log, _ = make_router(HangingProvider("openai"))
+    task = asyncio.create_task(router.complete(ctx(), TEMPLATE))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    [event] = log.events
+    assert (event.outcome, event.incomplete, event.billable, event.cost_usd) == ("cancelled", True, True, None)
