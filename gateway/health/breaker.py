@@ -92,7 +92,8 @@ class CircuitBreaker:
         c = self._config
         if self.consecutive_failures >= c.down_consecutive_failures:
             return f"{self.consecutive_failures} consecutive failures: {', '.join(self._run)}"
-        return down_reason(self._trip.stats(now), 0, c)  # the failure-rate rule
+        self._trip.evict(now)
+        return down_reason(self._trip, 0, c)  # the failure-rate rule, on the live counters
 
     # --- the clock ----------------------------------------------------------------------------------
     def tick(self, now: datetime) -> None:

@@ -11,43 +11,47 @@ With ``c = HealthSettings`` and ``judged = attempts - neutral`` over the window:
   latency of successes above ``c.degraded_p95_latency_ms``, or the p95 time to first token above
   ``c.degraded_p95_ttft_ms`` (each when set).
 - **healthy**: otherwise (also with no attempts at all: no evidence against it).
+
+The decision (:func:`decide`) is numbers only and returns which rule fired; the reason text is
+written from that (:func:`explain`) only when somebody reads it. The view judges every event
+with :func:`state_of` and words a reason only on a transition, which keeps the per-event cost
+to a few comparisons.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Protocol
 
 from gateway.health.config import HealthSettings
-from gateway.health.window import WindowStats
 
 HealthState = Literal["healthy", "degraded", "down"]
+#: which rule decided the state
+Cause = Literal[
+    "consecutive", "failure_rate_down", "failure_rate", "rate_limit_rate", "p95_latency", "p95_ttft",
+    "recovering", "within",
+]  # fmt: skip
 
 
-def down_reason(stats: WindowStats, consecutive_failures: int, c: HealthSettings) -> str | None:
-    if consecutive_failures >= c.down_consecutive_failures:
-        return f"{consecutive_failures} consecutive failures"
-    if stats.judged >= c.down_min_attempts and stats.failure_rate >= c.down_failure_rate:
-        return (
-            f"failure rate {stats.failure_rate:.0%} >= {c.down_failure_rate:.0%} over {stats.judged} attempts"
-            f" in the last {c.window_seconds:g}s"
-        )
-    return None
+class Evidence(Protocol):
+    """What the rules read: a :class:`~gateway.health.window.WindowStats` snapshot, or a live
+    :class:`~gateway.health.window.RollingWindow` (same names, computed from its counters)."""
 
-
-def degraded_reason(stats: WindowStats, c: HealthSettings) -> str | None:
-    over = f" over {stats.judged} attempts in the last {c.window_seconds:g}s"
-    if stats.judged >= c.degraded_min_attempts:
-        if stats.failure_rate >= c.degraded_failure_rate:
-            return f"failure rate {stats.failure_rate:.0%} >= {c.degraded_failure_rate:.0%}{over}"
-        if stats.rate_limit_rate >= c.degraded_rate_limit_rate:
-            return f"rate-limit rate {stats.rate_limit_rate:.0%} >= {c.degraded_rate_limit_rate:.0%}{over}"
-    p95, limit = stats.p95_latency_ms, c.degraded_p95_latency_ms
-    if p95 is not None and limit is not None and p95 > limit:
-        return f"p95 latency {p95:g} ms > {limit:g} ms"
-    p95, limit = stats.p95_ttft_ms, c.degraded_p95_ttft_ms
-    if p95 is not None and limit is not None and p95 > limit:
-        return f"p95 time to first token {p95:g} ms > {limit:g} ms"
-    return None
+    @property
+    def judged(self) -> int: ...
+    @property
+    def failures(self) -> int: ...
+    @property
+    def rate_limited(self) -> int: ...
+    @property
+    def failure_rate(self) -> float: ...
+    @property
+    def rate_limit_rate(self) -> float: ...
+    @property
+    def p95_latency_ms(self) -> float | None: ...
+    @property
+    def p95_ttft_ms(self) -> float | None: ...
+    def p95_latency_above(self, limit: float) -> bool: ...
+    def p95_ttft_above(self, limit: float) -> bool: ...
 
 
 #: hysteresis: a degraded (or down) provider is healthy again only once its rates fall below this
@@ -55,26 +59,95 @@ def degraded_reason(stats: WindowStats, c: HealthSettings) -> str | None:
 RECOVERY_FACTOR = 0.75
 
 
+def decide(
+    s: Evidence,
+    consecutive_failures: int,
+    c: HealthSettings,
+    *,
+    can_be_down: bool = True,
+    previous: HealthState = "healthy",
+) -> tuple[HealthState, Cause]:
+    """The state and the rule that decided it. ``can_be_down=False``: the caller decides "down"
+    (the breaker). ``previous``: the state reported last, for the recovery hysteresis."""
+    judged = s.judged
+    failure_rate = s.failures / judged if judged else 0.0
+    if can_be_down:
+        if consecutive_failures >= c.down_consecutive_failures:
+            return "down", "consecutive"
+        if judged >= c.down_min_attempts and failure_rate >= c.down_failure_rate:
+            return "down", "failure_rate_down"
+    rate_limit_rate = s.rate_limited / judged if judged else 0.0
+    enough = judged >= c.degraded_min_attempts
+    if enough:
+        if failure_rate >= c.degraded_failure_rate:
+            return "degraded", "failure_rate"
+        if rate_limit_rate >= c.degraded_rate_limit_rate:
+            return "degraded", "rate_limit_rate"
+    limit = c.degraded_p95_latency_ms
+    if limit is not None and s.p95_latency_above(limit):
+        return "degraded", "p95_latency"
+    limit = c.degraded_p95_ttft_ms
+    if limit is not None and s.p95_ttft_above(limit):
+        return "degraded", "p95_ttft"
+    if previous != "healthy" and enough:
+        if (
+            failure_rate >= c.degraded_failure_rate * RECOVERY_FACTOR
+            or rate_limit_rate >= c.degraded_rate_limit_rate * RECOVERY_FACTOR
+        ):
+            return "degraded", "recovering"
+    return "healthy", "within"
+
+
+def state_of(
+    s: Evidence,
+    consecutive_failures: int,
+    c: HealthSettings,
+    *,
+    can_be_down: bool = True,
+    previous: HealthState = "healthy",
+) -> HealthState:
+    return decide(s, consecutive_failures, c, can_be_down=can_be_down, previous=previous)[0]
+
+
+def explain(cause: Cause, s: Evidence, consecutive_failures: int, c: HealthSettings) -> str:
+    """The reason text of a decision."""
+    over = f" over {s.judged} attempts in the last {c.window_seconds:g}s"
+    if cause == "consecutive":
+        return f"{consecutive_failures} consecutive failures"
+    if cause == "failure_rate_down":
+        return f"failure rate {s.failure_rate:.0%} >= {c.down_failure_rate:.0%}{over}"
+    if cause == "failure_rate":
+        return f"failure rate {s.failure_rate:.0%} >= {c.degraded_failure_rate:.0%}{over}"
+    if cause == "rate_limit_rate":
+        return f"rate-limit rate {s.rate_limit_rate:.0%} >= {c.degraded_rate_limit_rate:.0%}{over}"
+    if cause == "p95_latency":
+        return f"p95 latency {s.p95_latency_ms:g} ms > {c.degraded_p95_latency_ms:g} ms"
+    if cause == "p95_ttft":
+        return f"p95 time to first token {s.p95_ttft_ms:g} ms > {c.degraded_p95_ttft_ms:g} ms"
+    if cause == "recovering":
+        failure_bar = c.degraded_failure_rate * RECOVERY_FACTOR
+        limit_bar = c.degraded_rate_limit_rate * RECOVERY_FACTOR
+        return (
+            f"recovering: failure rate {s.failure_rate:.0%} / rate-limit rate {s.rate_limit_rate:.0%}"
+            f" not yet below {failure_bar:.0%} / {limit_bar:.0%}"
+        )
+    return f"within thresholds ({s.judged} attempts in the last {c.window_seconds:g}s)"
+
+
+def down_reason(s: Evidence, consecutive_failures: int, c: HealthSettings) -> str | None:
+    """Why ``s`` (and the run of failures) says down; None if it does not."""
+    state, cause = decide(s, consecutive_failures, c)
+    return explain(cause, s, consecutive_failures, c) if state == "down" else None
+
+
 def assess(
-    stats: WindowStats,
+    stats: Evidence,
     consecutive_failures: int,
     c: HealthSettings,
     *,
     can_be_down: bool = True,
     previous: HealthState = "healthy",
 ) -> tuple[HealthState, str]:
-    """The state and why. ``can_be_down=False``: the caller decides "down" (the breaker).
-    ``previous``: the state reported last, for the recovery hysteresis."""
-    if can_be_down and (reason := down_reason(stats, consecutive_failures, c)) is not None:
-        return "down", reason
-    if (reason := degraded_reason(stats, c)) is not None:
-        return "degraded", reason
-    if previous != "healthy" and stats.judged >= c.degraded_min_attempts:
-        failure_bar = c.degraded_failure_rate * RECOVERY_FACTOR
-        limit_bar = c.degraded_rate_limit_rate * RECOVERY_FACTOR
-        if stats.failure_rate >= failure_bar or stats.rate_limit_rate >= limit_bar:
-            return "degraded", (
-                f"recovering: failure rate {stats.failure_rate:.0%} / rate-limit rate {stats.rate_limit_rate:.0%}"
-                f" not yet below {failure_bar:.0%} / {limit_bar:.0%}"
-            )
-    return "healthy", f"within thresholds ({stats.judged} attempts in the last {c.window_seconds:g}s)"
+    """The state and why (see :func:`decide`)."""
+    state, cause = decide(stats, consecutive_failures, c, can_be_down=can_be_down, previous=previous)
+    return state, explain(cause, stats, consecutive_failures, c)

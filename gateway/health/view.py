@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from gateway.events import UsageEvent
 from gateway.health.breaker import CircuitBreaker, CircuitChange, CircuitState
 from gateway.health.config import HealthSettings
-from gateway.health.rules import HealthState, assess
+from gateway.health.rules import HealthState, assess, state_of
 from gateway.health.transitions import HealthTransition
 from gateway.health.window import RollingWindow, Sample, WindowStats
 from gateway.ids import Clock, utcnow
@@ -115,7 +115,7 @@ class HealthView:
         provider.track.add(sample)
         model = provider.models.get(event.provider_model)
         if model is None:
-            model = provider.models[event.provider_model] = _Track(RollingWindow(self.config.window_seconds))
+            model = provider.models[event.provider_model] = _Track(self._window())
         model.add(sample)
         provider.breaker.observe(sample, now)
         # only the provider and this model can change on this event; the other models' states
@@ -146,7 +146,7 @@ class HealthView:
     def health(self, provider: str) -> ProviderHealth:
         now = self._clock()
         tracked = self._providers.get(provider) or _Provider(
-            _Track(RollingWindow(self.config.window_seconds)), CircuitBreaker(provider, self.config, _ignore)
+            _Track(self._window()), CircuitBreaker(provider, self.config, _ignore)
         )
         tracked.breaker.tick(now)
         self._refresh(provider, tracked, now)
@@ -177,8 +177,14 @@ class HealthView:
         tracked = self._providers.get(name)
         if tracked is None:
             breaker = CircuitBreaker(name, self.config, lambda change: self._circuit_changed(name, change))
-            tracked = self._providers[name] = _Provider(_Track(RollingWindow(self.config.window_seconds)), breaker)
+            tracked = self._providers[name] = _Provider(_Track(self._window()), breaker)
         return tracked
+
+    def _window(self) -> RollingWindow:
+        c = self.config
+        return RollingWindow(
+            c.window_seconds, latency_limit=c.degraded_p95_latency_ms, ttft_limit=c.degraded_p95_ttft_ms
+        )
 
     def _forget(self, cutoff: datetime) -> None:
         order = self._seen_order
@@ -194,6 +200,16 @@ class HealthView:
         )
         return state, reason, stats
 
+    def _quick_provider_state(self, tracked: _Provider, now: datetime) -> HealthState:
+        """The state :meth:`_provider_state` decides, without its snapshot and reason."""
+        if tracked.breaker.state != "closed":
+            return "down"
+        window = tracked.track.window
+        window.evict(now)
+        return state_of(
+            window, tracked.breaker.consecutive_failures, self.config, can_be_down=False, previous=tracked.track.state
+        )
+
     def _model_health(self, provider: str, model: str, track: _Track, now: datetime) -> ModelHealth:
         stats = track.window.stats(now)
         state, reason = assess(stats, track.consecutive_failures, self.config, previous=track.state)
@@ -204,8 +220,10 @@ class HealthView:
         last look."""
         if name not in self._providers:
             return
-        state, reason, stats = self._provider_state(tracked, now)
-        if state != tracked.track.state:
+        # judged on the live counters first (a few comparisons); the stats snapshot and the
+        # reason text are made only for a transition
+        if self._quick_provider_state(tracked, now) != tracked.track.state:
+            state, reason, stats = self._provider_state(tracked, now)
             previous, tracked.track.state = tracked.track.state, state
             self._emit(
                 tracked.track,
@@ -215,6 +233,9 @@ class HealthView:
             )
         models = tracked.models.items() if only_model is None else [(only_model, tracked.models[only_model])]
         for model, track in models:
+            track.window.evict(now)
+            if state_of(track.window, track.consecutive_failures, self.config, previous=track.state) == track.state:
+                continue
             health = self._model_health(name, model, track, now)
             if health.state != track.state:
                 previous, track.state = track.state, health.state

@@ -2,8 +2,8 @@
 
 Every attempt becomes a :class:`Sample` placed by its event time (``created_at``). A window
 holds the samples with ``now - window_seconds <= t`` (both ends inclusive; samples stamped
-after ``now`` stay in). Counts are kept incrementally and latencies in sorted lists, so adding,
-evicting and reading stats are cheap even with tens of thousands of attempts per window.
+after ``now`` stay in). Counts are kept incrementally, so adding and evicting cost O(1) even
+with tens of thousands of attempts per window (see :class:`RollingWindow`).
 
 Outcome classes (what health counts):
 
@@ -25,7 +25,7 @@ percentiles over successful attempts that report one (non-streaming: the whole l
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
+from bisect import insort
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -110,78 +110,171 @@ class WindowStats:
     def timeout_rate(self) -> float:
         return self._rate(self.timeouts)
 
+    def p95_latency_above(self, limit: float) -> bool:
+        return self.p95_latency_ms is not None and self.p95_latency_ms > limit
+
+    def p95_ttft_above(self, limit: float) -> bool:
+        return self.p95_ttft_ms is not None and self.p95_ttft_ms > limit
+
 
 def _t(sample: Sample) -> datetime:
     return sample.t
 
 
 class RollingWindow:
-    """The samples of the last ``seconds`` of event time, with running counts."""
+    """The samples of the last ``seconds`` of event time, with running counts.
 
-    def __init__(self, seconds: float) -> None:
+    Cost per event is O(1) amortized: samples are appended in time order (an out-of-order one
+    is inserted in place), eviction moves a start index over the old ones (the list is compacted
+    once half of it is dead), and every count, including the number of latencies above the
+    configured p95 limits (``latency_limit``, ``ttft_limit``), is kept incrementally. The rules'
+    "p95 above the limit" test reads those counts: with ``n`` values and nearest rank
+    ``r = ceil(0.95 n)``, ``sorted[r - 1] > limit`` exactly when more than ``n - r`` values are
+    above the limit. Percentile values themselves are computed when read (a snapshot, a
+    transition, the health API): the window's values are sorted then, and the sorted lists are
+    kept until the window changes.
+    """
+
+    def __init__(self, seconds: float, *, latency_limit: float | None = None, ttft_limit: float | None = None) -> None:
         self.seconds = seconds
+        self.latency_limit = latency_limit
+        self.ttft_limit = ttft_limit
         self._span = timedelta(seconds=seconds)
-        self._samples: list[Sample] = []  # ascending t
+        self._samples: list[Sample] = []  # ascending t from self._start on
+        self._start = 0
         self._counts: dict[str, int] = {"success": 0, "failure": 0, "rate_limited": 0, "neutral": 0}
         self._timeouts = 0
-        self._latencies: list[float] = []  # ascending
-        self._ttfts: list[float] = []  # ascending
+        self._latencies = 0  # samples with a latency (successes)
+        self._ttfts = 0
+        self._latencies_over = 0  # ... above latency_limit
+        self._ttfts_over = 0
+        self._sorted: tuple[list[float], list[float]] | None = None  # (latencies, ttfts) cache
 
     def __len__(self) -> int:
-        return len(self._samples)
+        return len(self._samples) - self._start
 
     def add(self, sample: Sample) -> None:
-        if not self._samples or sample.t >= self._samples[-1].t:
-            self._samples.append(sample)
+        samples = self._samples
+        if len(samples) == self._start or sample.t >= samples[-1].t:
+            samples.append(sample)
         else:  # out of order (another partition, another replica): keep the list sorted
-            insort(self._samples, sample, key=_t)
-        self._counts[sample.kind] += 1
+            insort(samples, sample, lo=self._start, key=_t)
+        self._count(sample, 1)
+
+    def _count(self, sample: Sample, step: int) -> None:
+        self._counts[sample.kind] += step
         if sample.outcome in TIMEOUTS:
-            self._timeouts += 1
-        if sample.latency_ms is not None:
-            insort(self._latencies, sample.latency_ms)
-        if sample.ttft_ms is not None:
-            insort(self._ttfts, sample.ttft_ms)
+            self._timeouts += step
+        latency = sample.latency_ms
+        if latency is not None:
+            self._latencies += step
+            if self.latency_limit is not None and latency > self.latency_limit:
+                self._latencies_over += step
+        ttft = sample.ttft_ms
+        if ttft is not None:
+            self._ttfts += step
+            if self.ttft_limit is not None and ttft > self.ttft_limit:
+                self._ttfts_over += step
+        self._sorted = None
 
     def evict(self, now: datetime) -> None:
         """Drop the samples older than ``now - seconds``."""
         cutoff = now - self._span
-        if not self._samples or self._samples[0].t >= cutoff:
-            return  # nothing is old enough: skip the bisect (one Python key call per step)
-        cut = bisect_left(self._samples, cutoff, key=_t)
-        if not cut:
+        samples, start = self._samples, self._start
+        end = len(samples)
+        while start < end and samples[start].t < cutoff:
+            self._count(samples[start], -1)
+            start += 1
+        if start == self._start:
             return
-        for sample in self._samples[:cut]:
-            self._counts[sample.kind] -= 1
-            if sample.outcome in TIMEOUTS:
-                self._timeouts -= 1
-            if sample.latency_ms is not None:
-                del self._latencies[bisect_left(self._latencies, sample.latency_ms)]
-            if sample.ttft_ms is not None:
-                del self._ttfts[bisect_left(self._ttfts, sample.ttft_ms)]
-        del self._samples[:cut]
+        if start * 2 >= end:  # compact: the dead prefix is half of the list
+            del samples[:start]
+            start = 0
+        self._start = start
 
     def clear(self) -> None:
         self._samples.clear()
-        self._latencies.clear()
-        self._ttfts.clear()
+        self._start = 0
         self._counts = dict.fromkeys(self._counts, 0)
-        self._timeouts = 0
+        self._timeouts = self._latencies = self._ttfts = self._latencies_over = self._ttfts_over = 0
+        self._sorted = None
+
+    # --- live evidence for the rules (gateway.health.rules.Evidence), as of the last evict ---------
+    @property
+    def judged(self) -> int:
+        return len(self._samples) - self._start - self._counts["neutral"]
+
+    @property
+    def failures(self) -> int:
+        return self._counts["failure"]
+
+    @property
+    def rate_limited(self) -> int:
+        return self._counts["rate_limited"]
+
+    def _rate(self, count: int) -> float:
+        judged = self.judged
+        return count / judged if judged else 0.0
+
+    @property
+    def failure_rate(self) -> float:
+        return self._rate(self._counts["failure"])
+
+    @property
+    def rate_limit_rate(self) -> float:
+        return self._rate(self._counts["rate_limited"])
+
+    def p95_latency_above(self, limit: float) -> bool:
+        if limit == self.latency_limit:
+            return _p95_above(self._latencies, self._latencies_over)
+        return _above(percentile(self._sorted_values()[0], 95), limit)
+
+    def p95_ttft_above(self, limit: float) -> bool:
+        if limit == self.ttft_limit:
+            return _p95_above(self._ttfts, self._ttfts_over)
+        return _above(percentile(self._sorted_values()[1], 95), limit)
+
+    @property
+    def p95_latency_ms(self) -> float | None:
+        return percentile(self._sorted_values()[0], 95)
+
+    @property
+    def p95_ttft_ms(self) -> float | None:
+        return percentile(self._sorted_values()[1], 95)
+
+    def _sorted_values(self) -> tuple[list[float], list[float]]:
+        if self._sorted is None:
+            live = self._samples[self._start :]
+            self._sorted = (
+                sorted([s.latency_ms for s in live if s.latency_ms is not None]),
+                sorted([s.ttft_ms for s in live if s.ttft_ms is not None]),
+            )
+        return self._sorted
 
     def stats(self, now: datetime) -> WindowStats:
         self.evict(now)
         counts = self._counts
+        latencies, ttfts = self._sorted_values()
         return WindowStats(
             window_seconds=self.seconds,
             window_end=now,
-            attempts=len(self._samples),
+            attempts=len(self),
             successes=counts["success"],
             failures=counts["failure"],
             rate_limited=counts["rate_limited"],
             timeouts=self._timeouts,
             neutral=counts["neutral"],
-            p50_latency_ms=percentile(self._latencies, 50),
-            p95_latency_ms=percentile(self._latencies, 95),
-            p50_ttft_ms=percentile(self._ttfts, 50),
-            p95_ttft_ms=percentile(self._ttfts, 95),
+            p50_latency_ms=percentile(latencies, 50),
+            p95_latency_ms=percentile(latencies, 95),
+            p50_ttft_ms=percentile(ttfts, 50),
+            p95_ttft_ms=percentile(ttfts, 95),
         )
+
+
+def _p95_above(n: int, over: int) -> bool:
+    """Whether the nearest-rank p95 of ``n`` values, ``over`` of them above a limit, is above it."""
+    return n > 0 and over > n - max(1, (95 * n + 99) // 100)
+
+
+def _above(value: float | None, limit: float) -> bool:
+    return value is not None and value > limit

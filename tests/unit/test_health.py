@@ -10,6 +10,7 @@ import pytest
 
 from gateway.events import UsageEvent
 from gateway.health.config import HealthSettings
+from gateway.health.rules import decide
 from gateway.health.transitions import ALL_MODELS, HealthTransition, transition_rows
 from gateway.health.view import HealthView
 from gateway.health.window import RollingWindow, Sample, classify, percentile
@@ -39,7 +40,7 @@ def ev(
         provider=provider,
         requested_model=model,
         provider_model=model,
-        outcome=outcome,  # type: ignore[arg-type]
+        outcome=outcome,
         latency_ms=latency,
         ttft_ms=ttft,
     )
@@ -52,14 +53,14 @@ def clock() -> ManualClock:
 
 def make_view(clock: ManualClock, **settings: object) -> tuple[HealthView, list[HealthTransition]]:
     seen: list[HealthTransition] = []
-    view = HealthView(HealthSettings(**settings), clock=clock, listeners=[seen.append])  # type: ignore[arg-type]
+    view = HealthView(HealthSettings(**settings), clock=clock, listeners=[seen.append])
     return view, seen
 
 
 def feed(view: HealthView, clock: ManualClock, *outcomes: str, step: float = 1.0, **kw: object) -> None:
     for outcome in outcomes:
         clock.advance(step)
-        assert view.apply(ev(outcome, at=clock.now, **kw))  # type: ignore[arg-type]
+        assert view.apply(ev(outcome, at=clock.now, **kw))
 
 
 # --- windows and percentiles -----------------------------------------------------------------
@@ -142,6 +143,41 @@ def test_window_evicts_by_event_time_inclusive_boundary(clock: ManualClock) -> N
     assert (stats.attempts, stats.p50_latency_ms, stats.p95_latency_ms, stats.p50_ttft_ms) == (1, 50.0, 50.0, 5.0)
     stats = window.stats(T0 + timedelta(seconds=91))
     assert (stats.attempts, stats.p50_latency_ms, stats.p50_ttft_ms, stats.failure_rate) == (0, None, None, 0.0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_live_window_judges_exactly_like_its_stats_snapshot(seed: int) -> None:
+    """The view judges each event on the window's live counters (O(1): counts above the p95
+    limits) and words reasons from a stats snapshot (sorted percentiles): both must always agree,
+    through out-of-order samples, evictions and compaction."""
+    import random
+
+    rng = random.Random(seed)
+    config = HealthSettings(degraded_p95_latency_ms=500.0, degraded_p95_ttft_ms=80.0)
+    window = RollingWindow(60, latency_limit=500.0, ttft_limit=80.0)
+    outcomes = ["success"] * 6 + ["timeout", "upstream_error", "rate_limited", "client_error"]
+    now = T0
+    for step in range(3000):
+        now += timedelta(milliseconds=rng.choice([1, 50, 400, 2500]))
+        at = now - timedelta(seconds=rng.choice([0, 0, 0, 5, 30]))  # some arrive late
+        outcome = rng.choice(outcomes)
+        if outcome == "success":
+            window.add(Sample(at, "success", outcome, rng.uniform(10, 900), rng.choice([None, rng.uniform(5, 120)])))
+        else:
+            window.add(Sample(at, classify(outcome), outcome))
+        window.evict(now)
+        stats = window.stats(now)
+        for limit in (500.0, 123.0):  # the configured limit (counters) and another (percentiles)
+            assert window.p95_latency_above(limit) == stats.p95_latency_above(limit), step
+        assert window.p95_ttft_above(80.0) == stats.p95_ttft_above(80.0), step
+        assert (window.judged, window.failures, window.rate_limited) == (
+            stats.judged,
+            stats.failures,
+            stats.rate_limited,
+        )
+        for previous in ("healthy", "degraded"):
+            live = decide(window, step % 7, config, previous=previous)
+            assert live == decide(stats, step % 7, config, previous=previous), step
 
 
 def test_apply_is_idempotent_and_ignores_events_older_than_the_window(clock: ManualClock) -> None:
