@@ -128,32 +128,55 @@ class Projector:
             await sink.close()
 
     # --- loops ----------------------------------------------------------------------------------
+    # Both loops read one batch ahead: while the sinks apply batch N (DuckDB in its thread,
+    # Postgres in its server), the event loop fetches and decodes batch N+1. Commits stay in
+    # order (N is committed before N+1 is applied); a batch read ahead and not applied when the
+    # loop ends is simply not committed, so it is delivered again.
     async def run_until_idle(self) -> int:
         """Project until a fetch comes back empty (tests, replay); returns events applied."""
         before = self.stats.events_applied
-        while True:
-            records = await self.reader.fetch(self.batch_size, self.idle_timeout)
-            if not records:
-                break
-            await self.process(records)
+        ahead: asyncio.Future[_Batch | None] | None = None
+        try:
+            while True:
+                batch = await (ahead or self._next_batch(self.idle_timeout))
+                ahead = None
+                if batch is None:
+                    break
+                ahead = asyncio.ensure_future(self._next_batch(self.idle_timeout))
+                await self._process(batch)
+        finally:
+            await _discard(ahead)
         await self._refresh_lag(force=True)
         return self.stats.events_applied - before
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         """Project until ``stop`` is set. A batch being applied is finished and committed; a
         batch waiting for an unavailable sink is abandoned uncommitted (redelivered later)."""
-        while not stop.is_set():
-            try:
-                records = await self.reader.fetch(self.batch_size, self.poll_timeout)
-            except (OSError, TimeoutError) as e:
-                log.warning("fetching from the event log failed (%s): retrying", e)
-                await self._wait(self.retry_initial, stop)
-                continue
-            if records and self.linger and len(records) < self.batch_size and not stop.is_set():
-                records = [*records, *await self._linger(len(records))]
-            if records:
-                await self.process(records, stop)
-            await self._refresh_lag()
+        ahead: asyncio.Future[_Batch | None] | None = None
+        try:
+            while not stop.is_set():
+                try:
+                    batch = await (ahead or self._next_batch(self.poll_timeout, stop))
+                except (OSError, TimeoutError) as e:
+                    log.warning("fetching from the event log failed (%s): retrying", e)
+                    await self._wait(self.retry_initial, stop)
+                    continue
+                finally:
+                    ahead = None
+                if batch is not None:
+                    ahead = asyncio.ensure_future(self._next_batch(self.poll_timeout, stop))
+                    if not await self._process(batch, stop):
+                        break
+                await self._refresh_lag()
+        finally:
+            await _discard(ahead)
+
+    async def _next_batch(self, timeout: float, stop: asyncio.Event | None = None) -> _Batch | None:
+        """The next batch, fetched and decoded; None when the log had nothing within ``timeout``."""
+        records = await self.reader.fetch(self.batch_size, timeout)
+        if records and self.linger and len(records) < self.batch_size and not (stop and stop.is_set()):
+            records = [*records, *await self._linger(len(records))]
+        return self._decode(records) if records else None
 
     async def _linger(self, have: int) -> list[LogRecord]:
         """A small batch waits ``linger`` seconds for company: each batch has a fixed cost in the
@@ -169,8 +192,11 @@ class Projector:
     async def process(self, records: Sequence[LogRecord], stop: asyncio.Event | None = None) -> bool:
         """Apply one batch to every sink, then commit it. Returns False if ``stop`` was set
         while waiting for an unavailable sink (nothing committed)."""
+        return await self._process(self._decode(records), stop)
+
+    async def _process(self, batch: _Batch, stop: asyncio.Event | None = None) -> bool:
         started = self._clock()
-        batch = self._decode(records)
+        records = batch.records
         attempt = 0
         while True:
             try:
@@ -318,3 +344,10 @@ class Projector:
 def _one_line(error: BaseException) -> str:
     text = " ".join(str(error).split())
     return text[:500] if text else type(error).__name__
+
+
+async def _discard(ahead: asyncio.Future[_Batch | None] | None) -> None:
+    """Drop a batch read ahead (not applied, not committed: it is delivered again)."""
+    if ahead is not None:
+        ahead.cancel()
+        await asyncio.gather(ahead, return_exceptions=True)

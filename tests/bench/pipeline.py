@@ -131,13 +131,20 @@ async def project(settings: Settings, sinks: list[Sink], store: AnalyticsStore, 
     await dead.start()
     await reader.start()
     await projector.start()
+    stop = asyncio.Event()  # never set: the loop is cancelled once done
+
+    async def until_done() -> None:  # the product's loop (run_forever), stopped once all are in
+        seen, last = -1, time.monotonic()
+        while projector.stats.events_applied < until and time.monotonic() - last < stop_after:
+            if projector.stats.events_applied != seen:
+                seen, last = projector.stats.events_applied, time.monotonic()
+            await asyncio.sleep(0.005)
+
     try:
-        last = time.monotonic()
-        while (left := until - projector.stats.events_applied) > 0 and time.monotonic() - last < stop_after:
-            records = await reader.fetch(min(BATCH, left), POLL)  # the loop of run_forever, bounded
-            if records:
-                await projector.process(records)
-                last = time.monotonic()
+        running = asyncio.create_task(projector.run_forever(stop))
+        await until_done()
+        running.cancel()  # every event is applied and committed: do not wait for the next poll
+        await asyncio.gather(running, return_exceptions=True)
         return projector.stats.events_applied
     finally:
         await projector.close()
