@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -116,12 +116,34 @@ class TenantCosts:
         return json.dumps(self.to_dict())
 
 
+#: the totals over the facts of a window (what the rollup path below must always equal)
 _TOTALS = """
 SELECT count(*),
        coalesce(sum(total_tokens), 0),
        coalesce(sum(cost_usd), 0),
        count(*) FILTER (WHERE cost_usd IS NULL),
        coalesce(sum(total_tokens) FILTER (WHERE cost_usd IS NULL), 0)
+FROM usage_facts
+WHERE {where}
+"""
+#: the same totals from parts: whole UTC days from the usage_daily rollup, the partial days at
+#: the window's edges from the facts (each part: ``calls, tokens, cost, unpriced, unpriced tokens``)
+_TOTALS_OF_PARTS = """
+SELECT coalesce(sum(calls), 0),
+       coalesce(sum(tokens), 0),
+       coalesce(sum(cost_usd), 0),
+       coalesce(sum(unpriced_calls), 0),
+       coalesce(sum(unpriced_tokens), 0)
+FROM ({parts})
+"""
+_DAYS_PART = """
+SELECT calls, tokens, cost_usd, unpriced_calls, unpriced_tokens
+FROM usage_daily
+WHERE {where}
+"""
+_FACTS_PART = """
+SELECT count(*), sum(total_tokens), sum(cost_usd), count(*) FILTER (WHERE cost_usd IS NULL),
+       sum(total_tokens) FILTER (WHERE cost_usd IS NULL)
 FROM usage_facts
 WHERE {where}
 """
@@ -157,21 +179,14 @@ class CostTrackingService:
         """``limit`` caps the listed usage rows (the oldest first); totals cover the window."""
         _require_aware("start", start)
         _require_aware("end", end)
-        where = ["tenant_id = ?", "billable"]
-        params: list[Any] = [tenant_id]
-        if start is not None:
-            where.append("created_at >= ?")
-            params.append(start)
-        if end is not None:
-            where.append("created_at < ?")
-            params.append(end)
-        condition = " AND ".join(where)
+        condition, params = _facts_window(tenant_id, start, end)
         rows_sql = _ROWS.format(where=condition)
         if limit is not None:
             rows_sql += f" LIMIT {int(limit)}"
+        totals_sql, totals_params = totals_query(tenant_id, start, end)
 
         def query(conn: Any) -> tuple[Sequence[Any], list[tuple[Any, ...]]]:
-            totals = conn.execute(_TOTALS.format(where=condition), params).fetchone()
+            totals = conn.execute(totals_sql, totals_params).fetchone()
             rows = conn.execute(rows_sql, params).fetchall()
             return totals, rows
 
@@ -188,6 +203,63 @@ class CostTrackingService:
             unpriced_tokens=int(unpriced_tokens),
             usage=[_usage_row(r) for r in rows],
         )
+
+
+def _facts_window(tenant_id: str, start: datetime | None, end: datetime | None) -> tuple[str, list[Any]]:
+    """The WHERE clause (and its parameters) of a tenant's usage in ``[start, end)``."""
+    where = ["tenant_id = ?", "billable"]
+    params: list[Any] = [tenant_id]
+    if start is not None:
+        where.append("created_at >= ?")
+        params.append(start)
+    if end is not None:
+        where.append("created_at < ?")
+        params.append(end)
+    return " AND ".join(where), params
+
+
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, time(0), UTC)
+
+
+def totals_query(tenant_id: str, start: datetime | None, end: datetime | None) -> tuple[str, list[Any]]:
+    """The totals of a tenant's usage in ``[start, end)``, as one statement: the whole UTC days of
+    the window from usage_daily, the partial days at its edges from usage_facts. The result row
+    (types included) is the one ``_TOTALS`` gives over the facts alone."""
+    # whole days: [first, last) as UTC dates; None: unbounded on that side
+    first = last = None
+    if start is not None:
+        at = start.astimezone(UTC)
+        if at != _midnight(at.date()) and at.date() == date.max:  # no next day: facts only
+            condition, params = _facts_window(tenant_id, start, end)
+            return _TOTALS.format(where=condition), params
+        first = at.date() if at == _midnight(at.date()) else at.date() + timedelta(days=1)
+    if end is not None:
+        last = end.astimezone(UTC).date()
+    if first is not None and last is not None and first >= last:  # no whole day inside
+        condition, params = _facts_window(tenant_id, start, end)
+        return _TOTALS.format(where=condition), params
+    parts: list[str] = []
+    params = []
+    days = ["tenant_id = ?"]
+    day_params: list[Any] = [tenant_id]
+    if first is not None:
+        days.append("day >= ?")
+        day_params.append(first)
+    if last is not None:
+        days.append("day < ?")
+        day_params.append(last)
+    parts.append(_DAYS_PART.format(where=" AND ".join(days)))
+    params += day_params
+    if start is not None and first is not None and start < _midnight(first):
+        condition, edge = _facts_window(tenant_id, start, _midnight(first))
+        parts.append(_FACTS_PART.format(where=condition))
+        params += edge
+    if end is not None and last is not None and _midnight(last) < end:
+        condition, edge = _facts_window(tenant_id, _midnight(last), end)
+        parts.append(_FACTS_PART.format(where=condition))
+        params += edge
+    return _TOTALS_OF_PARTS.format(parts=" UNION ALL ".join(parts)), params
 
 
 def _usage_row(r: tuple[Any, ...]) -> UsageRow:

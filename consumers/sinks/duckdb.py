@@ -14,6 +14,7 @@ The store (the DuckDB connection) is borrowed, not owned: whoever created it clo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -66,13 +67,150 @@ _REPRICED = ("cost_usd", "price_version")
 
 _COLUMNS = "{" + ", ".join(f"'{name}': '{kind}'" for name, kind in FACT_COLUMNS.items()) + "}"
 _SELECT = ", ".join(f"e.{name}::{_CASTS[name]}" if name in _CASTS else f"e.{name}" for name in FACT_COLUMNS)
+_SELECT_AS = ", ".join(
+    f"e.{name}::{_CASTS[name]} AS {name}" if name in _CASTS else f"e.{name}" for name in FACT_COLUMNS
+)
+_FACTS = ", ".join(FACT_COLUMNS)
+_DISTINCT = " OR ".join(f"usage_facts.{c} IS DISTINCT FROM excluded.{c}" for c in _REPRICED)
+
+#: the UTC calendar day of an attempt (as in v_cost_daily: independent of the session time zone)
+_DAY = "CAST(timezone('UTC', {}) AS DATE)"
+#: the batch file, parsed once into a temporary table (its columns are usage_facts' columns)
+LOAD_BATCH = (
+    f"CREATE OR REPLACE TEMP TABLE usage_batch AS SELECT {_SELECT_AS} "
+    f"FROM read_json($1, format = 'array', records = true, columns = {_COLUMNS}) AS e"
+)
+#: new events are inserted; an existing event whose cost differs is "updated" to its own values
+#: (a no-op), so that RETURNING gives, for each row it touched, the cost stored *before* this batch:
+#: the batch's own cost for an inserted row, the old cost for a re-priced one. Unchanged
+#: re-deliveries are not returned. The ART index on event_id finds the existing rows (no scan).
+INSERT_NEW = (
+    f"INSERT INTO usage_facts ({_FACTS}) SELECT {_FACTS} FROM usage_batch "
+    "ON CONFLICT (event_id) DO UPDATE SET cost_usd = usage_facts.cost_usd "
+    f"WHERE {_DISTINCT} RETURNING event_id, CAST(cost_usd AS VARCHAR), price_version"
+)
+#: what INSERT_NEW returned, back in DuckDB (``before``: the stored cost, NULL for unpriced)
+LOAD_TOUCHED = (
+    "CREATE OR REPLACE TEMP TABLE usage_touched AS "
+    "SELECT unnest($1::VARCHAR[]) AS event_id, CAST(unnest($2::VARCHAR[]) AS DECIMAL(20, 10)) AS cost_before, "
+    "unnest($3::VARCHAR[]) AS price_version_before"
+)
+#: the touched rows the batch re-prices (the others were inserted by INSERT_NEW)
+REPRICED_IDS = (
+    "SELECT t.event_id FROM usage_touched t JOIN usage_batch b USING (event_id) "
+    "WHERE b.cost_usd IS DISTINCT FROM t.cost_before OR b.price_version IS DISTINCT FROM t.price_version_before"
+)
+#: apply the new cost of the re-priced rows (found through the ART index, like INSERT_NEW);
+#: RETURNING gives the stored row after the update: its rollup key and its new cost
+REPRICE = (
+    f"INSERT INTO usage_facts ({_FACTS}) SELECT {_FACTS} FROM usage_batch "
+    "WHERE event_id IN (SELECT unnest($1::VARCHAR[])) "
+    "ON CONFLICT (event_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _REPRICED)
+    + f" WHERE {_DISTINCT} RETURNING event_id, tenant_id, "
+    + _DAY.format("created_at")
+    + ", provider, "
+    "coalesce(served_model, provider_model), billable, total_tokens"
+)
+LOAD_REPRICED = (
+    "CREATE OR REPLACE TEMP TABLE usage_repriced AS SELECT unnest($1::VARCHAR[]) AS event_id, "
+    "unnest($2::VARCHAR[]) AS tenant_id, unnest($3::DATE[]) AS day, unnest($4::VARCHAR[]) AS provider, "
+    "unnest($5::VARCHAR[]) AS model, unnest($6::BOOLEAN[]) AS billable, unnest($7::BIGINT[]) AS total_tokens"
+)
+
+_SUMS = ("calls", "incomplete_calls", "prompt_tokens", "completion_tokens", "tokens", "cost_usd", "unpriced_calls",
+         "unpriced_tokens")  # fmt: skip
+_ADD = "ON CONFLICT (tenant_id, day, provider, model) DO UPDATE SET " + ", ".join(
+    f"{c} = usage_daily.{c} + excluded.{c}" for c in _SUMS
+)
+#: usage_daily += the billable rows INSERT_NEW inserted (stored as in the batch)
+DAILY_INSERTED = f"""
+INSERT INTO usage_daily (tenant_id, day, provider, model, {", ".join(_SUMS)})
+SELECT b.tenant_id, {_DAY.format("b.created_at")}, b.provider,
+       coalesce(b.served_model, b.provider_model),
+       count(*), count(*) FILTER (WHERE b.incomplete), sum(b.prompt_tokens), sum(b.completion_tokens),
+       sum(b.total_tokens), coalesce(sum(b.cost_usd), 0), count(*) FILTER (WHERE b.cost_usd IS NULL),
+       coalesce(sum(b.total_tokens) FILTER (WHERE b.cost_usd IS NULL), 0)
+FROM usage_batch b JOIN usage_touched t USING (event_id)
+WHERE b.billable
+  AND b.cost_usd IS NOT DISTINCT FROM t.cost_before AND b.price_version IS NOT DISTINCT FROM t.price_version_before
+GROUP BY ALL
+{_ADD}
+"""
+#: usage_daily += the cost differences of the re-priced rows, under their stored rollup key
+DAILY_REPRICED = f"""
+INSERT INTO usage_daily (tenant_id, day, provider, model, {", ".join(_SUMS)})
+SELECT r.tenant_id, r.day, r.provider, r.model, 0, 0, 0, 0, 0,
+       sum(coalesce(b.cost_usd, 0) - coalesce(t.cost_before, 0)),
+       sum(CAST(b.cost_usd IS NULL AS INTEGER) - CAST(t.cost_before IS NULL AS INTEGER)),
+       sum(r.total_tokens * (CAST(b.cost_usd IS NULL AS INTEGER) - CAST(t.cost_before IS NULL AS INTEGER)))
+FROM usage_repriced r JOIN usage_touched t USING (event_id) JOIN usage_batch b USING (event_id)
+WHERE r.billable
+GROUP BY ALL
+{_ADD}
+"""
+#: usage_daily recomputed from all the facts (the aggregate migration 0005 backfills with);
+#: the incremental maintenance above must always equal it
+REBUILD_DAILY = f"""
+INSERT INTO usage_daily (tenant_id, day, provider, model, {", ".join(_SUMS)})
+SELECT tenant_id, {_DAY.format("created_at")}, provider, coalesce(served_model, provider_model),
+       count(*), count(*) FILTER (WHERE incomplete), coalesce(sum(prompt_tokens), 0),
+       coalesce(sum(completion_tokens), 0), coalesce(sum(total_tokens), 0), coalesce(sum(cost_usd), 0),
+       count(*) FILTER (WHERE cost_usd IS NULL), coalesce(sum(total_tokens) FILTER (WHERE cost_usd IS NULL), 0)
+FROM usage_facts
+WHERE billable
+GROUP BY ALL
+"""
+_DROP_TEMP = "DROP TABLE IF EXISTS usage_batch; DROP TABLE IF EXISTS usage_touched; DROP TABLE IF EXISTS usage_repriced"
+
+
+def upsert_batch(conn: duckdb.DuckDBPyConnection, path: str) -> None:
+    """Upsert the batch file ``path`` into usage_facts and keep usage_daily equal to their
+    aggregate, in one transaction (rolled back whole on any error)."""
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        conn.execute(LOAD_BATCH, [path])
+        touched = conn.execute(INSERT_NEW).fetchall()
+        if touched:
+            conn.execute(LOAD_TOUCHED, [list(column) for column in zip(*touched, strict=True)])
+            repriced = [row[0] for row in conn.execute(REPRICED_IDS).fetchall()]
+            if repriced:
+                stored = conn.execute(REPRICE, [repriced]).fetchall()
+                conn.execute(LOAD_REPRICED, [list(column) for column in zip(*stored, strict=True)])
+                conn.execute(DAILY_REPRICED)
+            if len(repriced) < len(touched):
+                conn.execute(DAILY_INSERTED)
+        conn.execute(_DROP_TEMP)
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+
+
+def reset_facts(conn: duckdb.DuckDBPyConnection) -> None:
+    """Empty usage_facts and usage_daily, in one transaction."""
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        conn.execute("DELETE FROM usage_facts")
+        conn.execute("DELETE FROM usage_daily")
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+
+
+def _rollback(conn: duckdb.DuckDBPyConnection) -> None:
+    with contextlib.suppress(duckdb.Error):  # e.g. no transaction left to roll back
+        conn.execute("ROLLBACK")
+
+
+#: the upsert of the facts alone, as one statement (no rollup): kept for tests/bench/sinks.py
 UPSERT = (
-    f"INSERT INTO usage_facts ({', '.join(FACT_COLUMNS)}) "
+    f"INSERT INTO usage_facts ({_FACTS}) "
     f"SELECT {_SELECT} FROM read_json($1, format = 'array', records = true, columns = {_COLUMNS}) AS e "
     "ON CONFLICT (event_id) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in _REPRICED)
-    + " WHERE "
-    + " OR ".join(f"usage_facts.{c} IS DISTINCT FROM excluded.{c}" for c in _REPRICED)
+    + f" WHERE {_DISTINCT}"
 )
 
 _BATCH = TypeAdapter(list[UsageEvent])
@@ -109,14 +247,14 @@ class DuckDBSink:
             try:
                 with os.fdopen(fd, "wb") as file:
                     file.write(payload)
-                conn.execute(UPSERT, [path])
+                upsert_batch(conn, path)
             finally:
                 os.unlink(path)
 
         await self._run(upsert)
 
     async def reset(self) -> None:
-        await self._run(lambda conn: conn.execute("DELETE FROM usage_facts"))
+        await self._run(reset_facts)
 
     async def close(self) -> None:
         return None  # the store belongs to whoever opened it
