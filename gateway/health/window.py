@@ -28,9 +28,9 @@ from __future__ import annotations
 from bisect import insort
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, get_args
 
-from gateway.events import PROVIDER_FAILURES, UsageEvent
+from gateway.events import PROVIDER_FAILURES, Outcome, UsageEvent
 
 Kind = Literal["success", "failure", "rate_limited", "neutral"]
 
@@ -48,6 +48,10 @@ def classify(outcome: str) -> Kind:
     if outcome in RATE_LIMITS:
         return "rate_limited"
     return "neutral"
+
+
+#: the class of every known outcome (``classify`` for the others)
+_KINDS: dict[str, Kind] = {outcome: classify(outcome) for outcome in get_args(Outcome)}
 
 
 def percentile(sorted_values: list[float], q: int) -> float | None:
@@ -69,7 +73,7 @@ class Sample:
 
     @classmethod
     def of(cls, event: UsageEvent) -> Sample:
-        kind = classify(event.outcome)
+        kind = _KINDS.get(event.outcome) or classify(event.outcome)
         if kind == "success":
             return cls(event.created_at, kind, event.outcome, event.latency_ms, event.ttft_ms)
         return cls(event.created_at, kind, event.outcome)
@@ -142,7 +146,8 @@ class RollingWindow:
         self._span = timedelta(seconds=seconds)
         self._samples: list[Sample] = []  # ascending t from self._start on
         self._start = 0
-        self._counts: dict[str, int] = {"success": 0, "failure": 0, "rate_limited": 0, "neutral": 0}
+        # live counts, plain attributes: the rules read them on every event
+        self.successes = self.failures = self.rate_limited = self.neutral = self.judged = 0
         self._timeouts = 0
         self._latencies = 0  # samples with a latency (successes)
         self._ttfts = 0
@@ -162,7 +167,17 @@ class RollingWindow:
         self._count(sample, 1)
 
     def _count(self, sample: Sample, step: int) -> None:
-        self._counts[sample.kind] += step
+        kind = sample.kind
+        if kind == "neutral":
+            self.neutral += step
+        else:
+            self.judged += step
+            if kind == "success":
+                self.successes += step
+            elif kind == "failure":
+                self.failures += step
+            else:
+                self.rate_limited += step
         if sample.outcome in TIMEOUTS:
             self._timeouts += step
         latency = sample.latency_ms
@@ -195,34 +210,22 @@ class RollingWindow:
     def clear(self) -> None:
         self._samples.clear()
         self._start = 0
-        self._counts = dict.fromkeys(self._counts, 0)
+        self.successes = self.failures = self.rate_limited = self.neutral = self.judged = 0
         self._timeouts = self._latencies = self._ttfts = self._latencies_over = self._ttfts_over = 0
         self._sorted = None
 
     # --- live evidence for the rules (gateway.health.rules.Evidence), as of the last evict ---------
-    @property
-    def judged(self) -> int:
-        return len(self._samples) - self._start - self._counts["neutral"]
-
-    @property
-    def failures(self) -> int:
-        return self._counts["failure"]
-
-    @property
-    def rate_limited(self) -> int:
-        return self._counts["rate_limited"]
-
     def _rate(self, count: int) -> float:
         judged = self.judged
         return count / judged if judged else 0.0
 
     @property
     def failure_rate(self) -> float:
-        return self._rate(self._counts["failure"])
+        return self._rate(self.failures)
 
     @property
     def rate_limit_rate(self) -> float:
-        return self._rate(self._counts["rate_limited"])
+        return self._rate(self.rate_limited)
 
     def p95_latency_above(self, limit: float) -> bool:
         if limit == self.latency_limit:
@@ -253,17 +256,16 @@ class RollingWindow:
 
     def stats(self, now: datetime) -> WindowStats:
         self.evict(now)
-        counts = self._counts
         latencies, ttfts = self._sorted_values()
         return WindowStats(
             window_seconds=self.seconds,
             window_end=now,
             attempts=len(self),
-            successes=counts["success"],
-            failures=counts["failure"],
-            rate_limited=counts["rate_limited"],
+            successes=self.successes,
+            failures=self.failures,
+            rate_limited=self.rate_limited,
             timeouts=self._timeouts,
-            neutral=counts["neutral"],
+            neutral=self.neutral,
             p50_latency_ms=percentile(latencies, 50),
             p95_latency_ms=percentile(latencies, 95),
             p50_ttft_ms=percentile(ttfts, 50),

@@ -143,6 +143,22 @@ def cpu_seconds(pid: int) -> float:
     return total / _TICKS
 
 
+def servers_cpu_seconds(names: Sequence[str] = ("postgres", "java")) -> float:
+    """CPU seconds used so far by every process named in ``names`` (PostgreSQL, the Kafka
+    broker), including their exited children (a closed Postgres backend's time is added to the
+    postmaster's cutime/cstime when it is reaped): take the difference over a run."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            head, tail = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)
+            if head.split("(", 1)[1] in names:
+                fields = tail.split()
+                total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    return total / _TICKS
+
+
 def peak_rss_mb(pid: int) -> float:
     """VmHWM (peak resident set) of ``pid`` and its live descendants, in MB."""
     total = 0

@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import inspect
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -44,7 +45,19 @@ from gateway.eventlog.factory import build_dead_letters, build_log_reader, embed
 from gateway.events import UsageEvent
 from gateway.settings import Settings
 from tests.bench import eventgen
-from tests.bench.common import REPO, Target, clean_env, fmt, machine, percentile, say, services, table, targets_table
+from tests.bench.common import (
+    REPO,
+    Target,
+    clean_env,
+    fmt,
+    machine,
+    percentile,
+    say,
+    servers_cpu_seconds,
+    services,
+    table,
+    targets_table,
+)
 
 BATCH = inspect.signature(build_pipeline).parameters["batch_size"].default
 POLL = inspect.signature(build_pipeline).parameters["poll_timeout"].default
@@ -79,6 +92,18 @@ class Drain:
     events: int
     seconds: float
     cpu: float
+    #: CPU seconds of the Postgres server and the Kafka broker during the drain
+    servers_cpu: float = 0.0
+
+    @property
+    def cpu_per_event_us(self) -> float:
+        """All the CPU one event costs (this process, DuckDB's threads, Postgres, the broker)."""
+        return (self.cpu + self.servers_cpu) / self.events * 1e6 if self.events else float("nan")
+
+    @property
+    def ceiling(self) -> float:
+        """events/s if every core of the machine did nothing but this, perfectly in parallel."""
+        return (os.cpu_count() or 1) * 1e6 / self.cpu_per_event_us
 
     @property
     def rate(self) -> float:
@@ -156,9 +181,10 @@ async def project(settings: Settings, sinks: list[Sink], store: AnalyticsStore, 
 async def drain(log: str, kind: str, settings: Settings, n: int, work: Path) -> Drain:
     store = AnalyticsStore(work / f"analytics-{uuid.uuid4().hex[:8]}.duckdb")
     sinks = await make_sinks(kind, settings, store)
-    wall, cpu = time.perf_counter(), time.process_time()
+    wall, cpu, servers = time.perf_counter(), time.process_time(), servers_cpu_seconds()
     applied = await project(settings, sinks, store, n, stop_after=60.0)
-    result = Drain(log, kind, applied, time.perf_counter() - wall, time.process_time() - cpu)
+    seconds, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    result = Drain(log, kind, applied, seconds, cpu, servers_cpu_seconds() - servers)
     say(f"drain {log} -> {kind}: {applied:,} events in {result.seconds:.1f} s ({result.rate:,.0f}/s)")
     return result
 
@@ -246,7 +272,10 @@ LABELS = {
 
 def drain_row(d: Drain, base: dict[str, float]) -> list[str]:
     ratio = d.rate / base[d.log] if base.get(d.log) else None
-    return [d.log, LABELS[d.sinks], f"{d.events:,}", fmt(d.seconds, 1), fmt(d.rate, 0), fmt(d.cpu, 1), fmt(ratio)]
+    return [
+        d.log, LABELS[d.sinks], f"{d.events:,}", fmt(d.seconds, 1), fmt(d.rate, 0), fmt(ratio), fmt(d.cpu, 1),
+        fmt(d.servers_cpu, 1), fmt(d.cpu_per_event_us, 1), fmt(d.ceiling, 0),
+    ]  # fmt: skip
 
 
 def pipeline_targets(
@@ -280,8 +309,16 @@ def report(
     print(f"\n## Pipeline ({machine()})\n")
     print(f"Projector batch {BATCH:,}; Kafka: {'yes' if kafka else 'skipped'}; ", end="")
     print(f"Postgres: {'yes' if database_url else 'skipped'}\n")
-    headers = ["log", "sinks", "events", "s", "events/s", "CPU s (this process)", "x read-only"]
+    headers = [
+        "log", "sinks", "events", "s", "events/s", "x read-only", "CPU s (this process)",
+        "CPU s (Postgres, broker)", "CPU µs/event (all)", f"ceiling events/s ({os.cpu_count()} cores)",
+    ]  # fmt: skip
     print(table(headers, [drain_row(d, base) for d in drains]))
+    print(
+        "\nCPU µs/event counts every process the drain keeps busy (this one with DuckDB's threads, the"
+        "\nPostgres server, the broker); the ceiling is what the machine's cores could do if they did"
+        "\nnothing else, perfectly in parallel: the physical limit of this design on this machine."
+    )
     print(f"\nLive: {args.rate:,} events/s for {args.seconds:g} s from a separate process (the gateway's EventLog)\n")
     print(table(["log", "rate", "published", "applied", "p50 lag ms", "p99 lag ms", "max lag ms"], lags))
     if replayed is not None:
