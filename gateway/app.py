@@ -89,7 +89,7 @@ def create_app(
         clock=clock,
     )
     app = web.Application(
-        middlewares=[metrics_middleware(metrics), error_middleware], client_max_size=settings.max_body_bytes
+        middlewares=[metrics_middleware(metrics, inner=error_middleware)], client_max_size=settings.max_body_bytes
     )
     app[STATE] = state
     app[METRICS] = metrics

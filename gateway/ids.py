@@ -21,9 +21,10 @@ _last_ms = 0
 _counter = 0
 
 
-def uuid7() -> uuid.UUID:
-    """RFC 9562 UUIDv7: 48-bit unix ms, 12-bit monotonic counter, 62 random bits."""
+def _uuid7_int() -> int:
+    """RFC 9562 UUIDv7 as an integer: 48-bit unix ms, 12-bit monotonic counter, 62 random bits."""
     global _last_ms, _counter
+    random_bits = int.from_bytes(os.urandom(10), "big")  # one syscall: 62 random bits + a counter seed
     with _lock:
         ms = time.time_ns() // 1_000_000
         if ms <= _last_ms:
@@ -34,16 +35,27 @@ def uuid7() -> uuid.UUID:
             ms = _last_ms
         else:
             _last_ms = ms
-            _counter = int.from_bytes(os.urandom(2), "big") & 0x7FF
+            _counter = (random_bits >> 64) & 0x7FF
         counter = _counter
-    rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
-    value = (ms & ((1 << 48) - 1)) << 80
-    value |= 0x7 << 76
-    value |= counter << 64
-    value |= 0b10 << 62
-    value |= rand
-    return uuid.UUID(int=value)
+    return (
+        ((ms & 0xFFFFFFFFFFFF) << 80)
+        | (0x7 << 76)
+        | (counter << 64)
+        | (0b10 << 62)
+        | (random_bits & 0x3FFFFFFFFFFFFFFF)
+    )
+
+
+def uuid7() -> uuid.UUID:
+    """RFC 9562 UUIDv7: 48-bit unix ms, 12-bit monotonic counter, 62 random bits."""
+    return uuid.UUID(int=_uuid7_int())
+
+
+def uuid7_str() -> str:
+    """``str(uuid7())`` without building the ``UUID`` object (the event id, once per attempt)."""
+    h = f"{_uuid7_int():032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def request_id() -> str:
-    return f"req_{uuid7().hex}"
+    return f"req_{_uuid7_int():032x}"

@@ -63,22 +63,39 @@ class GatewayMetrics:
             "llm_gateway_consumer_lag", "Events on the log not yet projected", ["group"], registry=r
         )
         self._gauges: list[Callable[[], None]] = []
+        #: labelled children by (metric, label values): ``labels()`` validates and locks on
+        #: every call, a dict lookup does not (the request path updates about eight per call)
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, cached."""
+        key = (metric, *values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def observe_event(self, event: UsageEvent) -> None:
         model = event.served_model or event.provider_model
-        self.attempts.labels(event.provider, model, event.outcome).inc()
-        self.attempt_latency.labels(event.provider).observe(event.latency_ms / 1000.0)
+        provider = event.provider
+        child = self.child
+        child(self.attempts, provider, model, event.outcome).inc()
+        child(self.attempt_latency, provider).observe(event.latency_ms / 1000.0)
         if event.outcome == "success" and event.ttft_ms is not None:
-            self.ttft.labels(event.provider).observe(event.ttft_ms / 1000.0)
+            child(self.ttft, provider).observe(event.ttft_ms / 1000.0)
         if event.prompt_tokens:
-            self.tokens.labels(event.provider, model, "prompt").inc(event.prompt_tokens)
+            child(self.tokens, provider, model, "prompt").inc(event.prompt_tokens)
         if event.completion_tokens:
-            self.tokens.labels(event.provider, model, "completion").inc(event.completion_tokens)
+            child(self.tokens, provider, model, "completion").inc(event.completion_tokens)
         if event.billable:
             if event.cost_usd is None:
-                self.unpriced.labels(event.provider, model).inc()
+                child(self.unpriced, provider, model).inc()
             elif event.cost_usd:
-                self.cost.labels(event.provider, model).inc(float(event.cost_usd))
+                child(self.cost, provider, model).inc(float(event.cost_usd))
+
+    def observe_request(self, route: str, status: int, seconds: float) -> None:
+        self.child(self.requests, route, str(status)).inc()
+        self.child(self.request_latency, route).observe(seconds)
 
     def on_scrape(self, refresh: Callable[[], None]) -> None:
         """Register a callback that refreshes gauges (spool depth, lag) at scrape time."""
@@ -93,19 +110,22 @@ class GatewayMetrics:
 METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics", GatewayMetrics)
 
 
-def metrics_middleware(metrics: GatewayMetrics) -> Middleware:
+def metrics_middleware(metrics: GatewayMetrics, inner: Middleware | None = None) -> Middleware:
+    """Count and time every request. ``inner``, if given, runs inside this one as a plain call
+    (one aiohttp middleware layer instead of two on every request)."""
+
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.monotonic()
-        route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource else "unmatched"
         status = 500
         try:
-            response = await handler(request)
+            response = await (handler(request) if inner is None else inner(request, handler))
             status = response.status
             return response
         finally:
-            metrics.requests.labels(route, str(status)).inc()
-            metrics.request_latency.labels(route).observe(time.monotonic() - started)
+            metrics.observe_request(route, status, time.monotonic() - started)
 
     return middleware
 

@@ -9,7 +9,7 @@ from decimal import Decimal
 
 from gateway.eventlog.base import EventLog
 from gateway.events import Outcome, UsageEvent
-from gateway.ids import Clock, uuid7
+from gateway.ids import Clock, uuid7_str
 from gateway.pricing.base import PriceBook, Quote, format_usd
 from gateway.pricing.reprice import quote_models
 from gateway.types import Usage
@@ -55,7 +55,7 @@ class UsageRecorder:
         price_book: PriceBook,
         *,
         clock: Clock,
-        id_factory: Callable[[], object] = uuid7,
+        id_factory: Callable[[], object] = uuid7_str,
         instance: str | None = None,
         observers: list[Callable[[UsageEvent], None]] | None = None,
     ) -> None:

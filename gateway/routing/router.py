@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+_CANDIDATE_CACHE_SIZE = 1024
+
 #: asked before each provider is tried; False skips it (an open circuit)
 Gate = Callable[[str], bool]
 
@@ -75,11 +77,22 @@ class Router:
         self._rng = rng
         self.gate = gate
         self.native_first = True
+        self._candidates: dict[tuple[object, ...], list[Candidate]] = {}
 
     def candidates(self, model: str, pinned: str | None) -> list[Candidate]:
-        return self.catalog.candidates(
-            model, priority=self.priority, configured=self.providers, pinned=pinned, native_first=self.native_first
-        )
+        """The catalog's answer, memoised: it depends only on the arguments, the priority, the
+        configured providers and ``native_first`` (all part of the key), and the catalog's
+        groups, which never change after start-up. Errors are not cached."""
+        key = (model, pinned, self.native_first, tuple(self.priority), tuple(self.providers))
+        found = self._candidates.get(key)
+        if found is None:
+            found = self.catalog.candidates(
+                model, priority=self.priority, configured=self.providers, pinned=pinned, native_first=self.native_first
+            )
+            if len(self._candidates) >= _CANDIDATE_CACHE_SIZE:  # model names come from clients
+                self._candidates.clear()
+            self._candidates[key] = found
+        return list(found)
 
     # --- the attempt loop shared by both kinds of call ---------------------------------------------
     async def _route(

@@ -1,0 +1,96 @@
+"""The request path's fast paths give the same answers as the slow ones they replace."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from gateway.events import UsageEvent
+from gateway.ids import request_id, uuid7, uuid7_str
+from gateway.metrics import GatewayMetrics
+from gateway.routing.catalog import ModelCatalog
+from tests.unit.test_router import make_router
+
+
+def _event(**changes: Any) -> UsageEvent:
+    fields: dict[str, Any] = {
+        "event_id": uuid7_str(),
+        "request_id": request_id(),
+        "attempt": 1,
+        "created_at": datetime(2025, 3, 1, 12, 0, 0, 123456, tzinfo=UTC),
+        "tenant_id": "tenant_1",
+        "provider": "openai",
+        "requested_model": "gpt-4o",
+        "provider_model": "gpt-4o",
+        "served_model": "gpt-4o-2024-08-06",
+        "outcome": "success",
+        "http_status": 200,
+        "latency_ms": 12.345,
+        "ttft_ms": 3.5,
+        "prompt_tokens": 10,
+        "completion_tokens": 20,
+        "total_tokens": 30,
+        "cost_usd": Decimal("0.000150"),
+        "price_version": "v1",
+        "billable": True,
+    }
+    return UsageEvent(**(fields | changes))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"cost_usd": None, "billable": True, "incomplete": True, "outcome": "stream_cut"},
+        {"cost_usd": Decimal("1E-9")},
+        {"cost_usd": Decimal("12.50000")},
+        {"created_at": datetime(2024, 1, 1, tzinfo=UTC)},  # no microseconds
+        {"created_at": datetime(2024, 1, 1, 5, 6, 7, 8, tzinfo=timezone(timedelta(hours=2)))},
+        {"latency_ms": 1e-05, "ttft_ms": None, "error_message": 'é\u2028"quoted"\nline', "api_key_id": "key_x"},
+        {"endpoint": "completions", "stream": True, "gateway_instance": "gw-1", "error_code": "rate_limit"},
+    ],
+)
+def test_event_encoding_is_byte_identical_to_pydantic(changes: dict[str, Any]) -> None:
+    event = _event(**changes)
+    assert event.to_json() == event.model_dump_json().encode()
+    assert UsageEvent.from_json(event.to_json()) == event
+
+
+def test_uuid7_str_and_request_id_are_ordered_v7_uuids() -> None:
+    ids = [uuid7_str() for _ in range(3000)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    for text in ids[:10]:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text and parsed.version == 7 and parsed.variant == uuid.RFC_4122
+    rid = request_id()
+    assert rid.startswith("req_") and uuid.UUID(rid[4:]).version == 7
+    assert uuid7().version == 7
+
+
+def test_metrics_children_are_cached_and_count_like_labels() -> None:
+    metrics = GatewayMetrics()
+    for _ in range(3):
+        metrics.observe_event(_event())
+    assert metrics.attempts.labels("openai", "gpt-4o-2024-08-06", "success")._value.get() == 3
+    assert metrics.child(metrics.attempts, "a", "b", "c") is metrics.attempts.labels("a", "b", "c")
+
+
+async def test_candidate_cache_follows_priority_and_native_first() -> None:
+    router, _, _ = make_router()
+    router.providers = {"openai": object(), "anthropic": object()}  # type: ignore[dict-item]
+    first = router.candidates("claude-3-haiku", None)
+    assert [c.provider for c in first] == ["anthropic", "openai"]
+    first.clear()  # callers get their own list
+    assert [c.provider for c in router.candidates("claude-3-haiku", None)] == ["anthropic", "openai"]
+    router.native_first = False
+    assert [c.provider for c in router.candidates("claude-3-haiku", None)] == ["openai", "anthropic"]
+    router.priority = ["anthropic", "openai"]
+    assert [c.provider for c in router.candidates("gpt-4", None)] == ["anthropic", "openai"]
+    expected = ModelCatalog().candidates(
+        "gpt-4", priority=["anthropic", "openai"], configured=router.providers, native_first=False
+    )
+    assert router.candidates("gpt-4", None) == expected
