@@ -188,6 +188,9 @@ class Replayer:
         self.retry_initial = retry_initial
         self._sleep = sleep
         self._table = "usage_facts"
+        #: the table compared with was empty when the replay began: every event is new to it,
+        #: so no batch is looked up (a first replay into a fresh store)
+        self._nothing_stored = False
         self._refused: set[str] = set()
 
     async def run(self, options: ReplayOptions) -> ReplayReport:
@@ -214,6 +217,7 @@ class Replayer:
                 snapshot = await self._snapshot()
                 for sink in sinks:
                     await self._retrying(sink, sink.reset)
+            self._nothing_stored = await self._is_empty(self._table)
             await self._replay(report, options, sinks)
             if snapshot is not None:
                 await self._removed(report, snapshot)
@@ -251,6 +255,10 @@ class Replayer:
                 f"could not tell whether the projector group {self.live_group!r} covered the replayed range"
             )
         report.live_behind = behind or 0
+
+    async def _is_empty(self, table: str) -> bool:
+        rows = await self.store.fetchall(f"SELECT NOT EXISTS (SELECT 1 FROM {table})")
+        return bool(rows[0][0])
 
     async def _snapshot(self) -> str:
         """Copy DuckDB's facts (for the diff) before ``full`` empties it."""
@@ -339,7 +347,10 @@ class Replayer:
                 [ids, first, last],
             ).fetchall()
 
-        stored = {row[0]: (row[1], row[2]) for row in await self.store.run(lookup)}
+        if self._nothing_stored:
+            stored: dict[str, tuple[Any, Any]] = {}
+        else:
+            stored = {row[0]: (row[1], row[2]) for row in await self.store.run(lookup)}
         stale: list[UsageEvent] = []
         for event in events:
             cost = store_money(event.cost_usd)
