@@ -123,9 +123,9 @@ async def _stream(
     try:
         await response.prepare(request)
         try:
-            async for chunk in session.chunks():
+            async for batch in session.batches():
                 if formatter is None:
-                    model = chunk.model or session.provider_model
+                    model = batch[0].model or session.provider_model
                     formatter = ChunkFormatter(
                         parsed.endpoint,
                         _response_id(parsed.endpoint, ctx.request_id),
@@ -133,9 +133,10 @@ async def _stream(
                         model,
                         parsed.include_usage,
                     )
-                obj = formatter.content(chunk)
-                if obj is not None:
-                    await response.write(_sse(obj))
+                # what arrived together goes out together: one write per upstream read
+                out = [_sse(obj) for obj in map(formatter.content, batch) if obj is not None]
+                if out:
+                    await response.write(b"".join(out))
         except errors.StreamCut as cut:
             UsageRecorder.log_cost(
                 ctx.tenant_id,
@@ -149,6 +150,7 @@ async def _stream(
         model = session.served_model or session.provider_model
         UsageRecorder.log_cost(ctx.tenant_id, session.provider, model, event.cost_usd)
         cost_text = format_usd(event.cost_usd) if event.cost_usd is not None else "unpriced"
+        tail: list[bytes] = []
         if parsed.include_usage and session.usage is not None:
             if formatter is None:
                 formatter = ChunkFormatter(
@@ -161,10 +163,10 @@ async def _stream(
                 "attempts": session.attempts,
                 "request_id": ctx.request_id,
             }
-            await response.write(_sse(formatter.usage(session.usage, extension)))
-        await response.write(f": x-llm-cost-usd={cost_text}\n\n".encode())
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
+            tail.append(_sse(formatter.usage(session.usage, extension)))
+        tail.append(f": x-llm-cost-usd={cost_text}\n\n".encode())
+        tail.append(b"data: [DONE]\n\n")
+        await response.write_eof(b"".join(tail))
     except ConnectionResetError:
         session.finish("cancelled")
         log.info("client went away during the stream of request %s", ctx.request_id)

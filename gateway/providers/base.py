@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import aiohttp
 
@@ -42,6 +42,16 @@ class Provider(Protocol):
         error translated).
         """
         ...
+
+
+@runtime_checkable
+class BatchStreaming(Protocol):
+    """Optional: a provider that can hand over a stream a network read at a time.
+
+    ``stream_batches`` yields the same chunks as ``stream``, with the same errors, grouped in
+    non-empty lists (one per upstream read), so the gateway answers a read with one write."""
+
+    def stream_batches(self, request: ChatRequest) -> AsyncIterator[list[StreamChunk]]: ...
 
 
 class ProviderFactory(Protocol):

@@ -17,7 +17,7 @@ from gateway import errors
 from gateway.providers import openai_wire as wire
 from gateway.providers.base import Provider, Timeouts
 from gateway.providers.http import post, read_error_body, read_json
-from gateway.providers.sse import iter_sse
+from gateway.providers.sse import iter_sse_batches
 from gateway.settings import ProviderSettings
 from gateway.types import ChatRequest, ChatResult, StreamChunk
 
@@ -82,6 +82,12 @@ class OpenAIProvider:
             )
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
+        async for batch in self.stream_batches(request):
+            for chunk in batch:
+                yield chunk
+
+    async def stream_batches(self, request: ChatRequest) -> AsyncIterator[list[StreamChunk]]:
+        """``stream`` one network read at a time (see ``BatchStreaming``)."""
         target = self.target(request, stream=True)
         started = False
         try:
@@ -97,9 +103,9 @@ class OpenAIProvider:
             ) as resp:
                 if "event-stream" not in resp.headers.get("content-type", "text/event-stream"):
                     raise await self._not_a_stream(resp)
-                async for chunk in wire.parse_stream(iter_sse(resp.content), provider=self.name):
+                async for batch in wire.parse_stream_batches(iter_sse_batches(resp.content), provider=self.name):
                     started = True
-                    yield chunk
+                    yield batch
         except (errors.UpstreamTimeout, errors.UpstreamConnectionError) as exc:
             if not started:
                 raise

@@ -199,18 +199,51 @@ def parse_chunk(data: Any, *, provider: str) -> StreamChunk | None:
     return StreamChunk(text=text, finish_reason=finish, usage=usage, model=_model(data))
 
 
+_DONE = "[DONE]"
+
+
+def _event_chunk(event: SseEvent, provider: str) -> StreamChunk | None:
+    try:
+        data = orjson.loads(event.data)
+    except ValueError as exc:
+        raise malformed(provider, f"stream event is not JSON: {event.data[:200]!r}") from exc
+    return parse_chunk(data, provider=provider)
+
+
 async def parse_stream(events: AsyncIterator[SseEvent], *, provider: str) -> AsyncIterator[StreamChunk]:
     """SSE events -> chunks; ends at ``data: [DONE]``, raises StreamCut if it never comes."""
     async for event in events:
-        if event.data.strip() == "[DONE]":
+        if event.data.strip() == _DONE:
             return
-        try:
-            data = orjson.loads(event.data)
-        except ValueError as exc:
-            raise malformed(provider, f"stream event is not JSON: {event.data[:200]!r}") from exc
-        chunk = parse_chunk(data, provider=provider)
+        chunk = _event_chunk(event, provider)
         if chunk is not None:
             yield chunk
+    raise errors.StreamCut(f"{provider}: stream ended without [DONE]", provider=provider, http_status=200)
+
+
+async def parse_stream_batches(
+    batches: AsyncIterator[list[SseEvent]], *, provider: str
+) -> AsyncIterator[list[StreamChunk]]:
+    """:func:`parse_stream` a network read at a time: one (non-empty) list of chunks per batch
+    of events. Whatever a batch held before a bad event or ``[DONE]`` is yielded first, so the
+    client gets exactly the chunks it would get one by one."""
+    async for events in batches:
+        chunks: list[StreamChunk] = []
+        for event in events:
+            if event.data.strip() == _DONE:
+                if chunks:
+                    yield chunks
+                return
+            try:
+                chunk = _event_chunk(event, provider)
+            except errors.ProviderError:
+                if chunks:
+                    yield chunks
+                raise
+            if chunk is not None:
+                chunks.append(chunk)
+        if chunks:
+            yield chunks
     raise errors.StreamCut(f"{provider}: stream ended without [DONE]", provider=provider, http_status=200)
 
 

@@ -20,11 +20,13 @@ async def iter_lines(content: aiohttp.StreamReader) -> AsyncIterator[str]:
         yield raw.decode("utf-8", errors="replace").rstrip("\r\n")
 
 
-async def iter_sse(content: aiohttp.StreamReader) -> AsyncIterator[SseEvent]:
-    """SSE events (``event:`` and joined ``data:`` lines), accepting LF and CRLF line ends.
+async def iter_sse_batches(content: aiohttp.StreamReader) -> AsyncIterator[list[SseEvent]]:
+    """SSE events (``event:`` and joined ``data:`` lines), accepting LF and CRLF line ends, as
+    one list per network read (never empty).
 
     Reads whatever the connection has (``iter_any``) and splits it into lines in one go: one
-    await per network read instead of one per line (a chunk is two lines)."""
+    await per network read instead of one per line, and the caller can answer a whole read
+    with one write."""
     event: str | None = None
     data: list[str] = []
     pending = b""
@@ -33,11 +35,12 @@ async def iter_sse(content: aiohttp.StreamReader) -> AsyncIterator[SseEvent]:
     async for piece in pieces:
         lines = (pending + piece).split(b"\n")
         pending = lines.pop()  # an unfinished line (or b"") waits for the next read
+        batch: list[SseEvent] = []
         for raw in lines:
             line = raw.decode("utf-8", errors="replace").rstrip("\r")
             if not line:
                 if data:
-                    yield SseEvent(event, "\n".join(data))
+                    batch.append(SseEvent(event, "\n".join(data)))
                 event, data = None, []
                 continue
             if line.startswith(":"):
@@ -49,13 +52,22 @@ async def iter_sse(content: aiohttp.StreamReader) -> AsyncIterator[SseEvent]:
                 data.append(value)
             elif name == "event":
                 event = value
+        if batch:
+            yield batch
     if pending:
         line = pending.decode("utf-8", errors="replace").rstrip("\r")
         name, _, value = line.partition(":")
         if name == "data":
             data.append(value[1:] if value.startswith(" ") else value)
     if data:
-        yield SseEvent(event, "\n".join(data))
+        yield [SseEvent(event, "\n".join(data))]
+
+
+async def iter_sse(content: aiohttp.StreamReader) -> AsyncIterator[SseEvent]:
+    """The events of :func:`iter_sse_batches` one by one."""
+    async for batch in iter_sse_batches(content):
+        for event in batch:
+            yield event
 
 
 async def iter_ndjson_lines(content: aiohttp.StreamReader) -> AsyncIterator[str]:

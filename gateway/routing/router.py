@@ -9,11 +9,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from gateway import errors
 from gateway.events import UsageEvent
-from gateway.providers.base import Provider
+from gateway.providers.base import BatchStreaming, Provider
 from gateway.routing.catalog import Candidate, ModelCatalog
 from gateway.routing.retry import RetryBudget, RetryPolicy, Sleep, call_with_retry
 from gateway.types import ChatRequest, ChatResult, StreamChunk, Usage
@@ -173,14 +173,14 @@ class Router:
         attempts.count += 1
         number = attempts.count
         started = time.monotonic()
-        iterator = provider.stream(request).__aiter__()
+        iterator = _batches(provider, request)
         head: list[StreamChunk] = []
         try:
             # hold back empty role/filter chunks: nothing reaches the client before real content
             while True:
-                chunk = await iterator.__anext__()
-                head.append(chunk)
-                if chunk.text or chunk.finish_reason or chunk.usage:
+                batch = await iterator.__anext__()
+                head += batch
+                if any(chunk.text or chunk.finish_reason or chunk.usage for chunk in batch):
                     break
         except StopAsyncIteration:
             pass
@@ -260,7 +260,7 @@ class StreamSession:
         started: float,
         ttft_ms: float,
         head: list[StreamChunk],
-        iterator: AsyncIterator[StreamChunk],
+        iterator: AsyncIterator[list[StreamChunk]],
     ) -> None:
         self.recorder = recorder
         self.ctx = ctx
@@ -279,13 +279,21 @@ class StreamSession:
 
     async def chunks(self) -> AsyncIterator[StreamChunk]:
         """Every chunk; raises ``StreamCut`` (recorded) when the upstream breaks mid-way."""
+        async for batch in self.batches():
+            for chunk in batch:
+                yield chunk
+
+    async def batches(self) -> AsyncIterator[list[StreamChunk]]:
+        """Every chunk, in non-empty lists of what arrived together (one write each)."""
         try:
-            for chunk in self._head:
-                self._note(chunk)
-                yield chunk
-            async for chunk in self._iterator:
-                self._note(chunk)
-                yield chunk
+            if self._head:
+                for chunk in self._head:
+                    self._note(chunk)
+                yield self._head
+            async for batch in self._iterator:
+                for chunk in batch:
+                    self._note(chunk)
+                yield batch
         except (TimeoutError, errors.ProviderError, OSError) as exc:
             cause = _as_provider_error(exc, self.provider)
             cut = errors.StreamCut(
@@ -334,7 +342,24 @@ class StreamSession:
         await _aclose(self._iterator)
 
 
-async def _aclose(iterator: AsyncIterator[StreamChunk]) -> None:
+def _batches(provider: Provider, request: ChatRequest) -> AsyncIterator[list[StreamChunk]]:
+    """The provider's stream as lists of chunks: its own batches when it offers them
+    (``BatchStreaming``), else one chunk per list."""
+    stream_batches = getattr(provider, "stream_batches", None)
+    if stream_batches is not None:
+        return cast(BatchStreaming, provider).stream_batches(request).__aiter__()
+    return _singletons(provider.stream(request))
+
+
+async def _singletons(chunks: AsyncIterator[StreamChunk]) -> AsyncIterator[list[StreamChunk]]:
+    try:
+        async for chunk in chunks:
+            yield [chunk]
+    finally:
+        await _aclose(chunks)
+
+
+async def _aclose(iterator: AsyncIterator[object]) -> None:
     closer = getattr(iterator, "aclose", None)
     if closer is not None:
         try:

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import pytest
 
+from gateway import errors
 from gateway.events import UsageEvent
 from gateway.ids import request_id, uuid7, uuid7_str
 from gateway.metrics import GatewayMetrics
+from gateway.providers import openai_wire as wire
+from gateway.providers.sse import SseEvent, iter_sse, iter_sse_batches
 from gateway.routing.catalog import ModelCatalog
-from tests.unit.test_router import make_router
+from gateway.types import ChatRequest, StreamChunk, Usage
+from gateway.usage import CallContext
+from tests.support.fakes import ScriptedProvider
+from tests.unit.test_router import TEMPLATE, make_router
 
 
 def _event(**changes: Any) -> UsageEvent:
@@ -94,3 +102,71 @@ async def test_candidate_cache_follows_priority_and_native_first() -> None:
         "gpt-4", priority=["anthropic", "openai"], configured=router.providers, native_first=False
     )
     assert router.candidates("gpt-4", None) == expected
+
+
+# --- streams: one write per upstream read ---------------------------------------------------
+
+
+async def _pieces(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+async def test_sse_batches_group_the_events_of_one_read() -> None:
+    reads = (b"data: a\n\ndata: b\n\nda", b"ta: c\r\n\r\n: comment\n\n", b"data: d")
+    batches = [[e.data for e in batch] async for batch in iter_sse_batches(_pieces(*reads))]  # type: ignore[arg-type]
+    assert batches == [["a", "b"], ["c"], ["d"]]
+    flat = [e.data async for e in iter_sse(_pieces(*reads))]  # type: ignore[arg-type]
+    assert flat == ["a", "b", "c", "d"]
+
+
+def _chunk(text: str) -> str:
+    return orjson.dumps({"model": "m", "choices": [{"delta": {"content": text}}]}).decode()
+
+
+async def _batches_of(*batches: list[str]) -> AsyncIterator[list[SseEvent]]:
+    for batch in batches:
+        yield [SseEvent(None, data) for data in batch]
+
+
+async def test_parse_stream_batches_yields_what_came_before_a_bad_event_or_done() -> None:
+    got: list[list[str]] = []
+    with pytest.raises(errors.MalformedResponse):
+        async for batch in wire.parse_stream_batches(
+            _batches_of([_chunk("a")], [_chunk("b"), _chunk("c"), "{bad"]), provider="openai"
+        ):
+            got.append([c.text for c in batch])
+    assert got == [["a"], ["b", "c"]]  # the client still gets b and c, as one chunk at a time would
+    done = wire.parse_stream_batches(_batches_of([_chunk("a"), "[DONE]", _chunk("x")]), provider="openai")
+    assert [[c.text for c in b] async for b in done] == [["a"]]
+    with pytest.raises(errors.StreamCut):
+        _ = [b async for b in wire.parse_stream_batches(_batches_of([_chunk("a")]), provider="openai")]
+
+
+class BatchingProvider(ScriptedProvider):
+    """Streams in the batches given (``stream`` is never used when ``stream_batches`` exists)."""
+
+    def __init__(self, name: str, batches: list[list[StreamChunk]]) -> None:
+        super().__init__(name)
+        self.batches = batches
+
+    def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
+        raise AssertionError("the router should use stream_batches")
+
+    async def stream_batches(self, request: ChatRequest) -> AsyncIterator[list[StreamChunk]]:
+        for batch in self.batches:
+            yield batch
+
+
+async def test_router_keeps_a_providers_batches_and_holds_back_empty_heads() -> None:
+    batches = [
+        [StreamChunk(model="m")],  # role-only head: held back with the first content
+        [StreamChunk("Hel"), StreamChunk("lo")],
+        [StreamChunk(finish_reason="stop"), StreamChunk(usage=Usage(3, 2))],
+    ]
+    router, log, _ = make_router(BatchingProvider("openai", batches))
+    session = await router.open_stream(CallContext("req_1", "t", None, "chat.completions", True, "gpt-4"), TEMPLATE)
+    got = [[c.text for c in batch] async for batch in session.batches()]
+    assert got == [["", "Hel", "lo"], ["", ""]]
+    event = session.finish("success")
+    assert session.usage == Usage(3, 2) and event.completion_tokens == 2 and log.events == [event]
