@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 
 from gateway.eventlog.base import EventLog
@@ -66,15 +67,16 @@ class UsageRecorder:
         self._instance = instance
         self.observers = observers if observers is not None else []
 
-    def quote(self, provider: str, models: list[str | None], usage: Usage) -> Quote:
+    def quote(self, provider: str, models: list[str | None], usage: Usage, at: datetime | None = None) -> Quote:
         """Price by the served model (authoritative), else by the model we asked for."""
-        return quote_models(self._prices, provider, models, usage, self._clock())
+        return quote_models(self._prices, provider, models, usage, self._clock() if at is None else at)
 
     def record(self, ctx: CallContext, facts: AttemptFacts) -> UsageEvent:
+        now = self._clock()  # one instant: the event's time is the time it is priced at (as replay does)
         usage = facts.usage
         billable = usage is not None and (usage.prompt_tokens > 0 or usage.completion_tokens > 0)
         if usage is not None and billable:
-            quote = self.quote(facts.provider, [facts.served_model, facts.provider_model], usage)
+            quote = self.quote(facts.provider, [facts.served_model, facts.provider_model], usage, now)
             cost, version = quote.cost, quote.price_version
         elif facts.incomplete and facts.outcome in ("cancelled", "stream_cut"):
             # the provider may bill a cut stream but told us nothing: cost unknown, not free
@@ -87,7 +89,7 @@ class UsageRecorder:
             event_id=str(self._ids()),
             request_id=ctx.request_id,
             attempt=facts.number,
-            created_at=self._clock(),
+            created_at=now,
             tenant_id=ctx.tenant_id,
             api_key_id=ctx.api_key_id,
             endpoint=ctx.endpoint,  # type: ignore[arg-type]

@@ -101,6 +101,8 @@ class Router:
         template: ChatRequest,
         pinned: str | None,
         attempt: Callable[[CallContext, Provider, ChatRequest, Candidate, _Attempts], Awaitable[T]],
+        *,
+        stream: bool,
     ) -> T:
         """Try candidates in order (skipping open circuits), each with retries; fall back on
         errors that allow it; raise one error naming every attempt when all fail."""
@@ -112,7 +114,7 @@ class Router:
                 attempts.skipped.append(candidate.provider)
                 continue
             provider = self.providers[candidate.provider]
-            request = replace(template, model=candidate.model, stream=template.stream)
+            request = replace(template, model=candidate.model, stream=stream)
 
             async def one_attempt(
                 provider: Provider = provider, request: ChatRequest = request, candidate: Candidate = candidate
@@ -130,7 +132,7 @@ class Router:
 
     # --- non-streaming ---------------------------------------------------------------------------
     async def complete(self, ctx: CallContext, template: ChatRequest, pinned: str | None = None) -> Served:
-        return await self._route(ctx, replace(template, stream=False), pinned, self._attempt)
+        return await self._route(ctx, template, pinned, self._attempt, stream=False)
 
     async def _attempt(
         self, ctx: CallContext, provider: Provider, request: ChatRequest, candidate: Candidate, attempts: _Attempts
@@ -165,7 +167,7 @@ class Router:
     # --- streaming ---------------------------------------------------------------------------------
     async def open_stream(self, ctx: CallContext, template: ChatRequest, pinned: str | None = None) -> StreamSession:
         """Find a provider whose stream starts; fall back freely until then."""
-        return await self._route(ctx, replace(template, stream=True), pinned, self._start_stream)
+        return await self._route(ctx, template, pinned, self._start_stream, stream=True)
 
     async def _start_stream(
         self, ctx: CallContext, provider: Provider, request: ChatRequest, candidate: Candidate, attempts: _Attempts
