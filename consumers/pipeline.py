@@ -97,7 +97,7 @@ def build_pipeline(
     group_id: str = DEFAULT_GROUP,
     batch_size: int = 5000,
     poll_timeout: float = 0.2,
-    linger: float = 0.1,
+    linger: float = 0.5,
 ) -> Pipeline:
     store = AnalyticsStore(analytics_path(settings))
     reader = build_log_reader(settings, group_id)

@@ -111,6 +111,7 @@ class Projector:
         self.lag_interval = timedelta(seconds=lag_interval)
         self.linger = linger
         self.stats = ProjectorStats()
+        self._last_batch_at: datetime | None = None
         self._clock = clock
         self._sleep = sleep
 
@@ -176,13 +177,24 @@ class Projector:
         records = await self.reader.fetch(self.batch_size, timeout)
         if records and self.linger and len(records) < self.batch_size and not (stop and stop.is_set()):
             records = [*records, *await self._linger(len(records))]
+        if records:
+            self._last_batch_at = self._clock()
         return self._decode(records) if records else None
 
     async def _linger(self, have: int) -> list[LogRecord]:
-        """A small batch waits ``linger`` seconds for company: each batch has a fixed cost in the
-        sinks (a DuckDB upsert, a Postgres round trip), so a trickle of events should not pay it
-        per event. Bounds the projection delay by ``linger``."""
-        await self._sleep(self.linger)
+        """Batches start at most once per ``linger`` seconds: a small batch that comes sooner
+        than that after the previous one waits for the rest of the interval, for company. Each
+        batch has a fixed cost in the sinks (DuckDB statements cost milliseconds whatever their
+        size, a Postgres round trip), so under steady traffic that cost is paid ``1 / linger``
+        times a second instead of once per few events; after a quiet spell the first event goes
+        at once. Bounds the projection delay by ``linger``."""
+        last = self._last_batch_at
+        if last is None:
+            return []
+        wait = self.linger - (self._clock() - last).total_seconds()
+        if wait <= 0:
+            return []
+        await self._sleep(wait)
         try:
             return list(await self.reader.fetch(self.batch_size - have, 0.0))
         except (OSError, TimeoutError):

@@ -20,6 +20,7 @@ from gateway.eventlog.base import LogRecord
 from gateway.eventlog.memory import MemoryEventLog
 from gateway.events import UsageEvent
 from gateway.ids import uuid7
+from tests.support.fakes import ManualClock
 
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -467,25 +468,35 @@ async def test_the_log_dead_letter_adapters_plug_in_and_their_outages_pause() ->
     assert log.commits == ["3"]
 
 
-async def test_a_small_batch_lingers_for_company_then_goes_as_one() -> None:
+async def test_batches_start_at_most_once_per_linger_and_a_small_one_waits_for_company() -> None:
     log = MemoryEventLog()
-    sink = RecordingSink("a")
+    clock = ManualClock()
     sleeps: list[float] = []
 
     async def sleep(seconds: float) -> None:
         sleeps.append(seconds)
-        await publish(log, 4, start=1)  # more events arrive while the first one lingers
+        clock.advance(seconds)
+        await publish(log, 4, start=10)  # more events arrive while the second batch lingers
 
     await publish(log, 1)
-    projector = Projector(log, [sink], MemoryDeadLetters(), linger=0.1, sleep=sleep, poll_timeout=0.01)
+    projector = Projector(log, [], MemoryDeadLetters(), linger=0.5, sleep=sleep, poll_timeout=0.01, clock=clock)
     stop = asyncio.Event()
+    batches: list[int] = []
 
-    class StopAfterOneBatch(RecordingSink):
+    class StopAfterTwoBatches(RecordingSink):
         async def apply(self, events: Sequence[UsageEvent]) -> None:
             await super().apply(events)
-            stop.set()
+            batches.append(len(events))
+            clock.advance(0.1)  # the batch took 100 ms
+            if len(batches) == 1:
+                await publish(log, 1, start=5)  # one more event, 100 ms after the first batch
+            else:
+                stop.set()
 
-    projector.sinks = [StopAfterOneBatch("a")]
+    projector.sinks = [StopAfterTwoBatches("a")]
     await asyncio.wait_for(projector.run_forever(stop), 5)
-    assert sleeps[0] == 0.1
-    assert projector.stats.batches_committed == 1 and projector.stats.events_applied == 5
+    # the first event after a quiet spell goes at once; the next one, 100 ms later, waits the
+    # rest of the 500 ms interval and goes with what arrived meanwhile
+    assert batches == [1, 5]
+    assert sleeps[0] == pytest.approx(0.4)
+    assert projector.stats.batches_committed == 2 and projector.stats.events_applied == 6
