@@ -29,6 +29,7 @@ from typing import Any
 from analytics.store import AnalyticsStore
 
 ZERO = Decimal(0)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def money_text(value: Decimal) -> str:
@@ -155,6 +156,13 @@ FROM usage_facts
 WHERE {where}
 ORDER BY created_at, event_id
 """
+#: ``_ROWS`` as the service fetches it: the money as its exact decimal text and the instant as
+#: microseconds since the epoch, turned into ``Decimal`` / UTC ``datetime`` in Python (same
+#: values, same exponents). DuckDB's own conversion of TIMESTAMPTZ (through the session time
+#: zone) and DECIMAL values to Python objects cost ~15% of the listing over 10M facts.
+_ROWS_FETCHED = _ROWS.replace("cost_usd, price_version", "CAST(cost_usd AS VARCHAR), price_version").replace(
+    "stream, created_at\n", "stream, epoch_us(created_at)\n"
+)
 
 
 def _require_aware(name: str, value: datetime | None) -> None:
@@ -180,7 +188,7 @@ class CostTrackingService:
         _require_aware("start", start)
         _require_aware("end", end)
         condition, params = _facts_window(tenant_id, start, end)
-        rows_sql = _ROWS.format(where=condition)
+        rows_sql = _ROWS_FETCHED.format(where=condition)
         if limit is not None:
             rows_sql += f" LIMIT {int(limit)}"
         totals_sql, totals_params = totals_query(tenant_id, start, end)
@@ -275,10 +283,10 @@ def _usage_row(r: tuple[Any, ...]) -> UsageRow:
         total_tokens=r[8],
         cached_tokens=r[9],
         reasoning_tokens=r[10],
-        cost_usd=r[11],
+        cost_usd=None if r[11] is None else Decimal(r[11]),
         price_version=r[12],
         outcome=r[13],
         incomplete=r[14],
         stream=r[15],
-        created_at=r[16].astimezone(UTC),
+        created_at=_EPOCH + timedelta(microseconds=r[16]),
     )

@@ -18,7 +18,9 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Callable, Sequence
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import duckdb
 from pydantic import TypeAdapter
@@ -67,86 +69,66 @@ _REPRICED = ("cost_usd", "price_version")
 
 _COLUMNS = "{" + ", ".join(f"'{name}': '{kind}'" for name, kind in FACT_COLUMNS.items()) + "}"
 _SELECT = ", ".join(f"e.{name}::{_CASTS[name]}" if name in _CASTS else f"e.{name}" for name in FACT_COLUMNS)
-_SELECT_AS = ", ".join(
-    f"e.{name}::{_CASTS[name]} AS {name}" if name in _CASTS else f"e.{name}" for name in FACT_COLUMNS
-)
 _FACTS = ", ".join(FACT_COLUMNS)
 _DISTINCT = " OR ".join(f"usage_facts.{c} IS DISTINCT FROM excluded.{c}" for c in _REPRICED)
 
 #: the UTC calendar day of an attempt (as in v_cost_daily: independent of the session time zone)
 _DAY = "CAST(timezone('UTC', {}) AS DATE)"
-#: the batch file, parsed once into a temporary table (its columns are usage_facts' columns)
-LOAD_BATCH = (
-    f"CREATE OR REPLACE TEMP TABLE usage_batch AS SELECT {_SELECT_AS} "
-    f"FROM read_json($1, format = 'array', records = true, columns = {_COLUMNS}) AS e"
-)
-#: new events are inserted; an existing event whose cost differs is "updated" to its own values
-#: (a no-op), so that RETURNING gives, for each row it touched, the cost stored *before* this batch:
-#: the batch's own cost for an inserted row, the old cost for a re-priced one. Unchanged
-#: re-deliveries are not returned. The ART index on event_id finds the existing rows (no scan).
-INSERT_NEW = (
-    f"INSERT INTO usage_facts ({_FACTS}) SELECT {_FACTS} FROM usage_batch "
-    "ON CONFLICT (event_id) DO UPDATE SET cost_usd = usage_facts.cost_usd "
-    f"WHERE {_DISTINCT} RETURNING event_id, CAST(cost_usd AS VARCHAR), price_version"
-)
-#: what INSERT_NEW returned, back in DuckDB (``before``: the stored cost, NULL for unpriced)
-LOAD_TOUCHED = (
-    "CREATE OR REPLACE TEMP TABLE usage_touched AS "
-    "SELECT unnest($1::VARCHAR[]) AS event_id, CAST(unnest($2::VARCHAR[]) AS DECIMAL(20, 10)) AS cost_before, "
-    "unnest($3::VARCHAR[]) AS price_version_before"
-)
-#: the touched rows the batch re-prices (the others were inserted by INSERT_NEW)
-REPRICED_IDS = (
-    "SELECT t.event_id FROM usage_touched t JOIN usage_batch b USING (event_id) "
-    "WHERE b.cost_usd IS DISTINCT FROM t.cost_before OR b.price_version IS DISTINCT FROM t.price_version_before"
-)
-#: apply the new cost of the re-priced rows (found through the ART index, like INSERT_NEW);
-#: RETURNING gives the stored row after the update: its rollup key and its new cost
-REPRICE = (
-    f"INSERT INTO usage_facts ({_FACTS}) SELECT {_FACTS} FROM usage_batch "
-    "WHERE event_id IN (SELECT unnest($1::VARCHAR[])) "
-    "ON CONFLICT (event_id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in _REPRICED)
-    + f" WHERE {_DISTINCT} RETURNING event_id, tenant_id, "
-    + _DAY.format("created_at")
-    + ", provider, "
-    "coalesce(served_model, provider_model), billable, total_tokens"
-)
-LOAD_REPRICED = (
-    "CREATE OR REPLACE TEMP TABLE usage_repriced AS SELECT unnest($1::VARCHAR[]) AS event_id, "
-    "unnest($2::VARCHAR[]) AS tenant_id, unnest($3::DATE[]) AS day, unnest($4::VARCHAR[]) AS provider, "
-    "unnest($5::VARCHAR[]) AS model, unnest($6::BOOLEAN[]) AS billable, unnest($7::BIGINT[]) AS total_tokens"
-)
+_BATCH_FILE = f"read_json($1, format = 'array', records = true, columns = {_COLUMNS}) AS e"
+_INSERT_FROM_FILE = f"INSERT INTO usage_facts ({_FACTS}) SELECT {_SELECT} FROM {_BATCH_FILE}"
 
+#: 1. the new events, inserted; RETURNING names them (existing events are left alone here).
+#: The ART index on event_id finds the existing rows: nothing is scanned.
+INSERT_NEW = f"{_INSERT_FROM_FILE} ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+#: 2. usage_daily += the billable events step 1 inserted (all of the batch, or those of ``$2``)
 _SUMS = ("calls", "incomplete_calls", "prompt_tokens", "completion_tokens", "tokens", "cost_usd", "unpriced_calls",
          "unpriced_tokens")  # fmt: skip
 _ADD = "ON CONFLICT (tenant_id, day, provider, model) DO UPDATE SET " + ", ".join(
     f"{c} = usage_daily.{c} + excluded.{c}" for c in _SUMS
 )
-#: usage_daily += the billable rows INSERT_NEW inserted (stored as in the batch)
-DAILY_INSERTED = f"""
+_DAILY_OF_FILE = f"""
 INSERT INTO usage_daily (tenant_id, day, provider, model, {", ".join(_SUMS)})
-SELECT b.tenant_id, {_DAY.format("b.created_at")}, b.provider,
-       coalesce(b.served_model, b.provider_model),
-       count(*), count(*) FILTER (WHERE b.incomplete), sum(b.prompt_tokens), sum(b.completion_tokens),
-       sum(b.total_tokens), coalesce(sum(b.cost_usd), 0), count(*) FILTER (WHERE b.cost_usd IS NULL),
-       coalesce(sum(b.total_tokens) FILTER (WHERE b.cost_usd IS NULL), 0)
-FROM usage_batch b JOIN usage_touched t USING (event_id)
-WHERE b.billable
-  AND b.cost_usd IS NOT DISTINCT FROM t.cost_before AND b.price_version IS NOT DISTINCT FROM t.price_version_before
+SELECT e.tenant_id, {_DAY.format("e.created_at")}, e.provider, coalesce(e.served_model, e.provider_model),
+       count(*), count(*) FILTER (WHERE e.incomplete), sum(e.prompt_tokens), sum(e.completion_tokens),
+       sum(e.total_tokens), coalesce(sum(CAST(e.cost_usd AS DECIMAL(20, 10))), 0),
+       count(*) FILTER (WHERE e.cost_usd IS NULL), coalesce(sum(e.total_tokens) FILTER (WHERE e.cost_usd IS NULL), 0)
+FROM {_BATCH_FILE}
+WHERE e.billable @ONLY@
 GROUP BY ALL
 {_ADD}
 """
-#: usage_daily += the cost differences of the re-priced rows, under their stored rollup key
+DAILY_ALL_INSERTED = _DAILY_OF_FILE.replace("@ONLY@", "")
+DAILY_SOME_INSERTED = _DAILY_OF_FILE.replace("@ONLY@", "AND e.event_id IN (SELECT unnest($2::VARCHAR[]))")
+#: 3. the batch's events that already existed (``$2``): how many are stored, and for those the
+#: batch re-prices, the stored row (old cost, rollup key) and the new cost as DuckDB stores it.
+#: ``@RANGE@`` is first the batch's time range (an event's row has the event's created_at, so
+#: DuckDB skips every row group outside it: the lookup costs the batch, not the table); if fewer
+#: rows than expected are found there, the lookup runs again over the whole table (exact).
+_LOOKUP_EXISTING = f"""
+SELECT count(*),
+       list(struct_pack(id := f.event_id, old := CAST(f.cost_usd AS VARCHAR), new := CAST(e.cost AS VARCHAR),
+                        tenant := f.tenant_id, day := {_DAY.format("f.created_at")}, provider := f.provider,
+                        model := coalesce(f.served_model, f.provider_model), billable := f.billable,
+                        tokens := f.total_tokens))
+           FILTER (WHERE f.cost_usd IS DISTINCT FROM e.cost OR f.price_version IS DISTINCT FROM e.price_version)
+FROM usage_facts f
+JOIN (SELECT e.event_id, CAST(e.cost_usd AS DECIMAL(20, 10)) AS cost, e.price_version FROM {_BATCH_FILE}
+      WHERE e.event_id IN (SELECT unnest($2::VARCHAR[]))) e ON f.event_id = e.event_id
+WHERE @RANGE@
+"""
+LOOKUP_EXISTING_IN_RANGE = _LOOKUP_EXISTING.replace("@RANGE@", "f.created_at BETWEEN $3 AND $4")
+LOOKUP_EXISTING = _LOOKUP_EXISTING.replace("@RANGE@", "true")
+#: 4. the new costs applied (the one-statement upsert: it changes exactly the re-priced rows)
+UPSERT = (
+    f"{_INSERT_FROM_FILE} ON CONFLICT (event_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _REPRICED)
+    + f" WHERE {_DISTINCT}"
+)
+#: 5. usage_daily += the cost differences of the re-priced rows, per rollup key
 DAILY_REPRICED = f"""
 INSERT INTO usage_daily (tenant_id, day, provider, model, {", ".join(_SUMS)})
-SELECT r.tenant_id, r.day, r.provider, r.model, 0, 0, 0, 0, 0,
-       sum(coalesce(b.cost_usd, 0) - coalesce(t.cost_before, 0)),
-       sum(CAST(b.cost_usd IS NULL AS INTEGER) - CAST(t.cost_before IS NULL AS INTEGER)),
-       sum(r.total_tokens * (CAST(b.cost_usd IS NULL AS INTEGER) - CAST(t.cost_before IS NULL AS INTEGER)))
-FROM usage_repriced r JOIN usage_touched t USING (event_id) JOIN usage_batch b USING (event_id)
-WHERE r.billable
-GROUP BY ALL
+SELECT unnest($1::VARCHAR[]), unnest($2::DATE[]), unnest($3::VARCHAR[]), unnest($4::VARCHAR[]), 0, 0, 0, 0, 0,
+       CAST(unnest($5::VARCHAR[]) AS DECIMAL(38, 10)), unnest($6::BIGINT[]), unnest($7::BIGINT[])
 {_ADD}
 """
 #: usage_daily recomputed from all the facts (the aggregate migration 0005 backfills with);
@@ -161,30 +143,60 @@ FROM usage_facts
 WHERE billable
 GROUP BY ALL
 """
-_DROP_TEMP = "DROP TABLE IF EXISTS usage_batch; DROP TABLE IF EXISTS usage_touched; DROP TABLE IF EXISTS usage_repriced"
 
 
-def upsert_batch(conn: duckdb.DuckDBPyConnection, path: str) -> None:
-    """Upsert the batch file ``path`` into usage_facts and keep usage_daily equal to their
-    aggregate, in one transaction (rolled back whole on any error)."""
+def upsert_batch(conn: duckdb.DuckDBPyConnection, path: str, batch: Sequence[UsageEvent]) -> None:
+    """Upsert the batch file ``path`` (the distinct events ``batch``) into usage_facts and keep
+    usage_daily equal to their aggregate, in one transaction (rolled back whole on any error).
+    Live batches (all new) take steps 1 and 2; re-deliveries add step 3; re-pricing 4 and 5."""
     conn.execute("BEGIN TRANSACTION")
     try:
-        conn.execute(LOAD_BATCH, [path])
-        touched = conn.execute(INSERT_NEW).fetchall()
-        if touched:
-            conn.execute(LOAD_TOUCHED, [list(column) for column in zip(*touched, strict=True)])
-            repriced = [row[0] for row in conn.execute(REPRICED_IDS).fetchall()]
-            if repriced:
-                stored = conn.execute(REPRICE, [repriced]).fetchall()
-                conn.execute(LOAD_REPRICED, [list(column) for column in zip(*stored, strict=True)])
-                conn.execute(DAILY_REPRICED)
-            if len(repriced) < len(touched):
-                conn.execute(DAILY_INSERTED)
-        conn.execute(_DROP_TEMP)
+        inserted = [row[0] for row in conn.execute(INSERT_NEW, [path]).fetchall()]
+        if len(inserted) == len(batch):
+            conn.execute(DAILY_ALL_INSERTED, [path])
+        else:
+            if inserted:
+                conn.execute(DAILY_SOME_INSERTED, [path, inserted])
+            new = set(inserted)
+            existing = [e for e in batch if e.event_id not in new]
+            ids = [e.event_id for e in existing]
+            first, last = min(e.created_at for e in existing), max(e.created_at for e in existing)
+            found, changed = conn.execute(LOOKUP_EXISTING_IN_RANGE, [path, ids, first, last]).fetchone() or (0, None)
+            if found != len(ids):
+                found, changed = conn.execute(LOOKUP_EXISTING, [path, ids]).fetchone() or (0, None)
+            if changed:
+                conn.execute(UPSERT, [path])
+                conn.execute(DAILY_REPRICED, _repricing_deltas(changed))
         conn.execute("COMMIT")
     except BaseException:
         _rollback(conn)
         raise
+
+
+def _repricing_deltas(changed: list[dict[str, Any]]) -> list[list[Any]]:
+    """Per rollup key: the cost difference (exact, from DuckDB's own decimal text), and the
+    change of unpriced calls and tokens, of the billable re-priced rows (the columns of
+    DAILY_REPRICED's parameters)."""
+    deltas: dict[tuple[Any, ...], list[Any]] = {}
+    for row in changed:
+        if not row["billable"]:
+            continue
+        old, new = row["old"], row["new"]
+        delta = deltas.setdefault((row["tenant"], row["day"], row["provider"], row["model"]), [Decimal(0), 0, 0])
+        delta[0] += (Decimal(new) if new is not None else 0) - (Decimal(old) if old is not None else 0)
+        unpriced = (new is None) - (old is None)
+        delta[1] += unpriced
+        delta[2] += unpriced * row["tokens"]
+    keys = list(deltas)
+    return [
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [k[2] for k in keys],
+        [k[3] for k in keys],
+        [format(deltas[k][0], "f") for k in keys],
+        [deltas[k][1] for k in keys],
+        [deltas[k][2] for k in keys],
+    ]
 
 
 def reset_facts(conn: duckdb.DuckDBPyConnection) -> None:
@@ -203,15 +215,6 @@ def _rollback(conn: duckdb.DuckDBPyConnection) -> None:
     with contextlib.suppress(duckdb.Error):  # e.g. no transaction left to roll back
         conn.execute("ROLLBACK")
 
-
-#: the upsert of the facts alone, as one statement (no rollup): kept for tests/bench/sinks.py
-UPSERT = (
-    f"INSERT INTO usage_facts ({_FACTS}) "
-    f"SELECT {_SELECT} FROM read_json($1, format = 'array', records = true, columns = {_COLUMNS}) AS e "
-    "ON CONFLICT (event_id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in _REPRICED)
-    + f" WHERE {_DISTINCT}"
-)
 
 _BATCH = TypeAdapter(list[UsageEvent])
 
@@ -238,7 +241,8 @@ class DuckDBSink:
     async def apply(self, events: Sequence[UsageEvent]) -> None:
         if not events:
             return
-        payload = _BATCH.dump_json(latest_by_id(events))
+        batch = latest_by_id(events)
+        payload = _BATCH.dump_json(batch)
         scratch = self._scratch
 
         def upsert(conn: duckdb.DuckDBPyConnection) -> None:
@@ -247,7 +251,7 @@ class DuckDBSink:
             try:
                 with os.fdopen(fd, "wb") as file:
                     file.write(payload)
-                upsert_batch(conn, path)
+                upsert_batch(conn, path, batch)
             finally:
                 os.unlink(path)
 

@@ -16,7 +16,7 @@ from typing import Any
 import duckdb
 import pytest
 
-from analytics.costs import _TOTALS, CostTrackingService, _facts_window
+from analytics.costs import _ROWS, _TOTALS, CostTrackingService, UsageRow, _facts_window
 from analytics.store import AnalyticsStore, apply_migrations, migrations
 from consumers.sinks.base import RejectedEvents
 from consumers.sinks.duckdb import REBUILD_DAILY, UPSERT, DuckDBSink
@@ -244,11 +244,14 @@ async def test_costs_equal_the_totals_over_the_facts_for_any_window(store: Analy
     sink = DuckDBSink(store)
     events = mixed_events(800)
     await sink.apply(events)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    await sink.apply([event(at=epoch - timedelta(hours=h), cost=Decimal(h)) for h in (1, 23, 25)])  # before 1970
+    windows = [(epoch - timedelta(hours=30), epoch), (epoch - timedelta(hours=24), epoch + timedelta(hours=1))]
     await sink.apply([repriced(e, None) for e in events[:40]] + [repriced(e, Decimal("0.5")) for e in events[40:80]])
     service = CostTrackingService(store)
     rng = random.Random(11)
     for tenant in ("acme", "globex", "nobody"):
-        for start, end in _windows(rng):
+        for start, end in _windows(rng) + windows:
             result = await service.get_costs_for_tenant(tenant, start, end)
             condition, params = _facts_window(tenant, start, end)
             count, tokens, cost, unpriced, unpriced_tokens = store.connection.execute(
@@ -261,4 +264,39 @@ async def test_costs_equal_the_totals_over_the_facts_for_any_window(store: Analy
                 unpriced_tokens,
             ), (tenant, start, end)
             assert str(result.total_cost) == str(Decimal(cost)), (tenant, start, end)  # same value and exponent
-            assert len(result.usage) == count
+            reference = store.connection.execute(_ROWS.format(where=condition), params).fetchall()
+            assert [repr(row) for row in result.usage] == [repr(_reference_row(r)) for r in reference]
+
+
+def _reference_row(r: tuple[Any, ...]) -> UsageRow:
+    """A listed row as DuckDB converts it (DECIMAL -> Decimal, TIMESTAMPTZ -> datetime)."""
+    return UsageRow(*r[:16], created_at=r[16].astimezone(UTC))  # type: ignore[misc]
+
+
+async def test_listed_rows_keep_exact_values(store: AnalyticsStore) -> None:
+    costs = [Decimal("9999999999.9999999999"), Decimal("0.0000000001"), Decimal("0"), Decimal("1.5"), None]
+    times = [T0, T0 + timedelta(microseconds=1), datetime(1969, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)]
+    events = [event(cost=c, at=t) for c in costs for t in times]
+    await DuckDBSink(store).apply(events)
+    result = await CostTrackingService(store).get_costs_for_tenant("acme")
+    condition, params = _facts_window("acme", None, None)
+    reference = store.connection.execute(_ROWS.format(where=condition), params).fetchall()
+    assert [repr(row) for row in result.usage] == [repr(_reference_row(r)) for r in reference]
+    assert len(result.usage) == len(events)
+
+
+async def test_a_redelivered_event_with_another_time_is_found_and_repriced_under_its_stored_day(
+    store: AnalyticsStore,
+) -> None:
+    """The lookup of existing events first reads only the batch's time range; an event whose
+    stored created_at lies outside it (never expected: events are immutable) is still found."""
+    sink = DuckDBSink(store)
+    e = event(cost=Decimal("0.2"))
+    await sink.apply([e, event(at=T0 + timedelta(days=9))])
+    moved = e.model_copy(
+        update={"created_at": T0 + timedelta(days=5), "cost_usd": Decimal("0.7"), "price_version": "v2"}
+    )
+    await sink.apply([moved, event(at=T0 + timedelta(days=5))])
+    assert_rollup_is_exact(store)
+    stored = store.connection.execute("SELECT created_at, cost_usd FROM usage_facts WHERE event_id = ?", [e.event_id])
+    assert stored.fetchall() == [(T0, Decimal("0.7000000000"))]
