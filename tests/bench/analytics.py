@@ -108,6 +108,15 @@ async def load_duckdb(path: Path, n: int) -> AnalyticsStore:
         # this aggregate of the facts), filled here as migration 0005 backfills an existing file
         await store.run(lambda c: c.execute(REBUILD_DAILY))
         say(f"DuckDB: usage_daily rebuilt from the facts in {time.perf_counter() - started:.0f} s")
+    aggregate = REBUILD_DAILY[REBUILD_DAILY.index("SELECT") :]
+    differ = (
+        await store.fetchall(
+            f"SELECT (SELECT count(*) FROM (FROM usage_daily EXCEPT ALL ({aggregate}))) "
+            f"+ (SELECT count(*) FROM (({aggregate}) EXCEPT ALL FROM usage_daily))"
+        )
+    )[0][0]
+    if differ:
+        raise SystemExit(f"usage_daily differs from the aggregate of usage_facts in {differ} rows")
     return store
 
 
