@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from gateway.runtime import tune_gc
 from gateway.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -146,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.log_level)
+    tune_gc()
     if args.command == "simulate":
         try:
             asyncio.run(_simulate(args.host, args.port))
