@@ -43,6 +43,7 @@ from consumers.sinks.health_history import HealthHistorySink
 from consumers.sinks.postgres import PostgresSink
 from gateway.eventlog.factory import build_dead_letters, build_log_reader, embedded_log_path
 from gateway.events import UsageEvent
+from gateway.runtime import tune_gc
 from gateway.settings import Settings
 from tests.bench import eventgen
 from tests.bench.common import (
@@ -340,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.smoke:
         args.events, args.rate, args.seconds = 20_000, 2_000, 2.0
+    tune_gc()  # as in the product's processes (llm-gateway serve / consume / replay)
     with (
         services(kafka=not args.no_kafka, postgres=True, start=args.start_services) as svc,
         tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp,
