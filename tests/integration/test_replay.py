@@ -167,14 +167,14 @@ def test_cli_reprices_unpriced_history_in_both_directions_and_twice_is_a_no_op(
     doc = json.loads(capsys.readouterr().out)
     assert (doc["changed"], doc["diff"], doc["eventsApplied"]) == (0, [], EVENTS)
 
-    # events at T0+2s, +4s, ... +10s (acme-llm-1), +12s (gpt-4o), +13s (429), +14s (cut stream)
-    assert replay_cli(settings, "--reprice", "--json", "--since", "2026-03-01T12:00:09Z") == 0
+    # one clock reading per event: T0+1s, ... +5s (acme-llm-1), +6s (gpt-4o), +7s (429), +8s (cut stream)
+    assert replay_cli(settings, "--reprice", "--json", "--since", "2026-03-01T12:00:05Z") == 0
     doc = json.loads(capsys.readouterr().out)
     assert (doc["recordsRead"], doc["events"], doc["changed"], doc["range"]["first"]) == (
         4,
         4,
         0,
-        "seq 1 (2026-03-01T12:00:09+0000)",
+        "seq 1 (2026-03-01T12:00:05+0000)",
     )
     assert asyncio.run(read_file_store(settings))[1] == state  # facts and health history identical
 
@@ -358,6 +358,6 @@ async def test_kafka_log_into_duckdb_and_postgres(
     assert (partial["recordsRead"], partial["changed"], partial["healthRebuilt"]) == (EVENTS, 0, False)
     # from a time: Kafka's offsets_for_times on the records' timestamps (= created_at), then the
     # exact created_at filter; events at start+2s, +4s, ... +10s, +12s, +13s, +14s
-    since = start + timedelta(seconds=9)
+    since = start + timedelta(seconds=5)  # the last 4 events (one clock reading each: +1 s ... +8 s)
     later = await in_process(settings, ReplayOptions(reprice=True, since=since), prices, None, live_group=None)
     assert (later["events"], later["changed"], later["diff"]) == (4, 0, [])
