@@ -236,10 +236,18 @@ class SqliteLogReader:
     group would both read everything.
     """
 
-    def __init__(self, path: Path, group_id: str, *, poll_interval: float = 0.02) -> None:
+    def __init__(
+        self, path: Path, group_id: str, *, poll_interval: float = 0.02, max_poll_interval: float = 0.25
+    ) -> None:
+        """The log is polled every ``poll_interval`` seconds while records keep coming; each
+        empty poll doubles the wait, up to ``max_poll_interval``, so an idle reader costs a few
+        polls a second instead of fifty (measured: an idle embedded gateway used 30 ms of CPU a
+        second on 20 ms polls)."""
         self.path = path
         self.group_id = group_id
         self._poll_interval = poll_interval
+        self._max_poll_interval = max(max_poll_interval, poll_interval)
+        self._wait = poll_interval
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._cursor = 0
@@ -288,6 +296,7 @@ class SqliteLogReader:
             rows = await asyncio.to_thread(self._read, self._cursor, max_records)
             if rows:
                 self._cursor = rows[-1][0]
+                self._wait = self._poll_interval
                 return [
                     LogRecord(str(seq), value, key, datetime.fromtimestamp(ts / 1000, UTC))
                     for seq, key, value, ts in rows
@@ -295,7 +304,8 @@ class SqliteLogReader:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return []
-            await asyncio.sleep(min(self._poll_interval, remaining))
+            await asyncio.sleep(min(self._wait, remaining))
+            self._wait = min(self._wait * 2, self._max_poll_interval)
 
     async def commit(self, records: Sequence[LogRecord]) -> None:
         """Store the group's position: just after the last of ``records``."""

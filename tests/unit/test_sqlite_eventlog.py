@@ -163,6 +163,32 @@ async def test_publish_is_fast_while_a_reader_consumes(tmp_path: Path) -> None:
     assert median_us < 100, f"publish takes {median_us:.0f} us (median)"
 
 
+async def test_an_idle_reader_backs_off_and_polls_fast_again_once_records_come(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "events.sqlite3"
+    log = SqliteEventLog(path)  # not started: no checkpoint task sleeping next to the reader
+    reader = SqliteLogReader(path, "projector", poll_interval=0.01, max_poll_interval=0.08)
+    await reader.start()
+    waits: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds: float) -> None:
+        waits.append(round(seconds, 3))
+        await real_sleep(0)
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    assert await reader.fetch(10, 0.5) == []  # idle: each empty poll doubles the wait, up to the cap
+    assert waits[:6] == [0.01, 0.02, 0.04, 0.08, 0.08, 0.08]
+    log.publish(make_event(1))
+    assert len(await reader.fetch(10, 0.5)) == 1
+    waits.clear()
+    assert await reader.fetch(10, 0.02) == []
+    assert waits[0] == 0.01  # records came: polling is fast again
+    await reader.close()
+    await log.close()
+
+
 def test_publish_from_many_threads(tmp_path: Path) -> None:
     path = tmp_path / "events.sqlite3"
     log = SqliteEventLog(path)
