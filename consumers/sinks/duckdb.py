@@ -35,6 +35,7 @@ from typing import Any
 import duckdb
 from pydantic import TypeAdapter
 
+from analytics.compaction import DayCompactor
 from analytics.store import AnalyticsStore
 from consumers.sinks.base import RejectedEvents, SinkError, latest_by_id
 from gateway.events import UsageEvent
@@ -215,6 +216,7 @@ def reset_facts(conn: duckdb.DuckDBPyConnection) -> None:
     try:
         conn.execute("DELETE FROM usage_facts")
         conn.execute("DELETE FROM usage_daily")
+        conn.execute("DELETE FROM compacted_days")
         conn.execute("COMMIT")
     except BaseException:
         _rollback(conn)
@@ -241,6 +243,7 @@ class DuckDBSink:
         (another directory must be among the store's ``allowed_directories``)."""
         self._store = store
         self._scratch = None if scratch_dir is None else str(scratch_dir)
+        self._compactor = DayCompactor()
 
     async def start(self) -> None:
         try:
@@ -264,11 +267,15 @@ class DuckDBSink:
                 upsert_batch(conn, path, batch)
             finally:
                 os.unlink(path)
+            # a day is over: rewrite it tenant by tenant (analytics/compaction.py)
+            if (window := self._compactor.due([e.created_at for e in batch])) is not None:
+                self._compactor.run(conn, window)
 
         await self._run(upsert)
 
     async def reset(self) -> None:
         await self._run(reset_facts)
+        self._compactor = DayCompactor()
 
     async def close(self) -> None:
         return None  # the store belongs to whoever opened it
