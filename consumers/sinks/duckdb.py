@@ -1,7 +1,8 @@
 """The DuckDB sink: every event field into ``usage_facts``, upserted on ``event_id``.
 
-Fast path (no pandas, no Arrow): pydantic serialises the batch to one JSON array (in Rust),
-the bytes go to a scratch file, and one ``INSERT ... SELECT ... FROM read_json(...)
+Fast path (no pandas, no Arrow): the events' own JSON (``UsageEvent.to_json``, orjson) joined
+into one array (the bytes pydantic's list dump makes, 3.4 -> 2.2 µs per event), the bytes go to
+a scratch file, and one ``INSERT ... SELECT ... FROM read_json(...)
 ON CONFLICT`` statement parses and applies them inside DuckDB, with the column types given
 (nothing is sniffed). Measured with ``python -m tests.bench.sinks --compare`` (100k events into
 a file-backed store, 2 shared cores), batches of 5,000: ~60k events/s inserted, ~100k/s
@@ -33,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-from pydantic import TypeAdapter
 
 from analytics.compaction import DayCompactor
 from analytics.store import AnalyticsStore
@@ -228,7 +228,10 @@ def _rollback(conn: duckdb.DuckDBPyConnection) -> None:
         conn.execute("ROLLBACK")
 
 
-_BATCH = TypeAdapter(list[UsageEvent])
+def batch_json(events: Sequence[UsageEvent]) -> bytes:
+    """The batch file: a JSON array of the events' own JSON (the bytes of pydantic's list dump)."""
+    return b"[" + b",".join(event.to_json() for event in events) + b"]"
+
 
 #: DuckDB errors caused by the data itself; any other DuckDB error is an availability problem
 _DATA_ERRORS: tuple[type[duckdb.Error], ...] = (duckdb.DataError, duckdb.IntegrityError)
@@ -255,7 +258,7 @@ class DuckDBSink:
         if not events:
             return
         batch = latest_by_id(events)
-        payload = _BATCH.dump_json(batch)
+        payload = batch_json(batch)
         scratch = self._scratch
 
         def upsert(conn: duckdb.DuckDBPyConnection) -> None:

@@ -68,6 +68,16 @@ def test_event_encoding_is_byte_identical_to_pydantic(changes: dict[str, Any]) -
     assert UsageEvent.from_json(event.to_json()) == event
 
 
+def test_the_duckdb_sinks_batch_file_is_pydantics_list_dump() -> None:
+    from pydantic import TypeAdapter
+
+    from consumers.sinks.duckdb import batch_json
+
+    events = [_event(cost_usd=None, billable=True, incomplete=True, outcome="stream_cut"), _event(), _event()]
+    assert batch_json(events) == TypeAdapter(list[UsageEvent]).dump_json(events)
+    assert batch_json([]) == b"[]"
+
+
 def test_uuid7_str_and_request_id_are_ordered_v7_uuids() -> None:
     ids = [uuid7_str() for _ in range(3000)]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
