@@ -23,15 +23,20 @@ from datetime import UTC, datetime
 
 import duckdb
 
+from analytics.store import transaction
+
 log = logging.getLogger(__name__)
 
 DAY_MS = 86_400_000
 #: how many closed days back a day change looks for days to rewrite
 LOOKBACK_DAYS = 7
 
-_COUNTS = """
+#: a fact's UTC day as a day number (days since 1970-01-01), in SQL
+DAY_NUMBER_SQL = "CAST(epoch_ms(created_at) // 86400000 AS INTEGER)"
+
+_COUNTS = f"""
 SELECT day_number, count(*) FROM (
-    SELECT CAST(epoch_ms(created_at) // 86400000 AS INTEGER) AS day_number FROM usage_facts
+    SELECT {DAY_NUMBER_SQL} AS day_number FROM usage_facts
     WHERE created_at >= to_timestamp($1 * 86400) AND created_at < to_timestamp($2 * 86400)
 ) GROUP BY day_number
 """
@@ -57,8 +62,7 @@ def stale_days(conn: duckdb.DuckDBPyConnection, first: int, end: int) -> list[in
 def compact_day(conn: duckdb.DuckDBPyConnection, day: int) -> int:
     """Rewrite one UTC day of facts in (tenant_id, created_at, event_id) order, in one
     transaction; returns its row count."""
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(conn):
         conn.execute(
             f"CREATE OR REPLACE TEMP TABLE compacting AS SELECT * FROM usage_facts WHERE {_DAY} "
             "ORDER BY tenant_id, created_at, event_id",
@@ -74,10 +78,6 @@ def compact_day(conn: duckdb.DuckDBPyConnection, day: int) -> int:
             [day, rows],
         )
         conn.execute("DROP TABLE compacting")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return int(rows)
 
 

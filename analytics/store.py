@@ -24,12 +24,13 @@ connection, and cannot be turned back on while the database is open. This is wha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import shutil
 import tempfile
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -87,10 +88,23 @@ class StoreError(RuntimeError):
     """The analytics file cannot be opened as asked (missing, not migrated, too new)."""
 
 
-def apply_migrations(conn: duckdb.DuckDBPyConnection, pending: Sequence[Migration]) -> list[int]:
-    """Apply the migrations not yet recorded, in one transaction; returns the versions applied."""
+@contextlib.contextmanager
+def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """``BEGIN`` ... ``COMMIT``, rolled back whole on any exception (which is re-raised: a failed
+    rollback never hides it)."""
     conn.execute("BEGIN TRANSACTION")
     try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):  # e.g. DuckDB already ended the transaction
+            conn.execute("ROLLBACK")
+        raise
+
+
+def apply_migrations(conn: duckdb.DuckDBPyConnection, pending: Sequence[Migration]) -> list[int]:
+    """Apply the migrations not yet recorded, in one transaction; returns the versions applied."""
+    with transaction(conn):
         conn.execute(_BOOTSTRAP)
         applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations").fetchall()}
         known = {m.version for m in pending}
@@ -110,10 +124,6 @@ def apply_migrations(conn: duckdb.DuckDBPyConnection, pending: Sequence[Migratio
                 [migration.version, migration.name],
             )
             done.append(migration.version)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return done
 
 

@@ -25,7 +25,6 @@ The store (the DuckDB connection) is borrowed, not owned: whoever created it clo
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -36,7 +35,7 @@ from typing import Any
 import duckdb
 
 from analytics.compaction import DayCompactor
-from analytics.store import AnalyticsStore
+from analytics.store import AnalyticsStore, transaction
 from consumers.sinks.base import RejectedEvents, SinkError, latest_by_id
 from gateway.events import UsageEvent
 
@@ -160,28 +159,23 @@ def upsert_batch(conn: duckdb.DuckDBPyConnection, path: str, batch: Sequence[Usa
     """Upsert the batch file ``path`` (the distinct events ``batch``) into usage_facts and keep
     usage_daily equal to their aggregate, in one transaction (rolled back whole on any error).
     Live batches (all new) take steps 1 and 2; re-deliveries add step 3; re-pricing 4 and 5."""
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(conn):
         inserted = [row[0] for row in conn.execute(INSERT_NEW, [path]).fetchall()]
         if len(inserted) == len(batch):
             conn.execute(DAILY_ALL_INSERTED, [path])
-        else:
-            if inserted:
-                conn.execute(DAILY_SOME_INSERTED, [path, inserted])
-            new = set(inserted)
-            existing = [e for e in batch if e.event_id not in new]
-            ids = [e.event_id for e in existing]
-            first, last = min(e.created_at for e in existing), max(e.created_at for e in existing)
-            found, changed = conn.execute(LOOKUP_EXISTING_IN_RANGE, [path, ids, first, last]).fetchone() or (0, None)
-            if found != len(ids):
-                found, changed = conn.execute(LOOKUP_EXISTING, [path, ids]).fetchone() or (0, None)
-            if changed:
-                conn.execute(UPSERT, [path])
-                conn.execute(DAILY_REPRICED, _repricing_deltas(changed))
-        conn.execute("COMMIT")
-    except BaseException:
-        _rollback(conn)
-        raise
+            return
+        if inserted:
+            conn.execute(DAILY_SOME_INSERTED, [path, inserted])
+        new = set(inserted)
+        existing = [e for e in batch if e.event_id not in new]
+        ids = [e.event_id for e in existing]
+        first, last = min(e.created_at for e in existing), max(e.created_at for e in existing)
+        found, changed = conn.execute(LOOKUP_EXISTING_IN_RANGE, [path, ids, first, last]).fetchone() or (0, None)
+        if found != len(ids):
+            found, changed = conn.execute(LOOKUP_EXISTING, [path, ids]).fetchone() or (0, None)
+        if changed:
+            conn.execute(UPSERT, [path])
+            conn.execute(DAILY_REPRICED, _repricing_deltas(changed))
 
 
 def _repricing_deltas(changed: list[dict[str, Any]]) -> list[list[Any]]:
@@ -211,21 +205,11 @@ def _repricing_deltas(changed: list[dict[str, Any]]) -> list[list[Any]]:
 
 
 def reset_facts(conn: duckdb.DuckDBPyConnection) -> None:
-    """Empty usage_facts and usage_daily, in one transaction."""
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    """Empty usage_facts, usage_daily and the record of rewritten days, in one transaction."""
+    with transaction(conn):
         conn.execute("DELETE FROM usage_facts")
         conn.execute("DELETE FROM usage_daily")
         conn.execute("DELETE FROM compacted_days")
-        conn.execute("COMMIT")
-    except BaseException:
-        _rollback(conn)
-        raise
-
-
-def _rollback(conn: duckdb.DuckDBPyConnection) -> None:
-    with contextlib.suppress(duckdb.Error):  # e.g. no transaction left to roll back
-        conn.execute("ROLLBACK")
 
 
 def batch_json(events: Sequence[UsageEvent]) -> bytes:

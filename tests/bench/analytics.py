@@ -28,7 +28,7 @@ from typing import Any
 
 import asyncpg
 
-from analytics.compaction import compact_days, stale_days
+from analytics.compaction import DAY_NUMBER_SQL, compact_days, stale_days
 from analytics.costs import _ROWS, _TOTALS, CostTrackingService
 from analytics.http import MAX_ROWS
 from analytics.store import AnalyticsStore
@@ -93,9 +93,6 @@ WHERE = "tenant_id = ? AND billable AND created_at >= ? AND created_at < ?"
 PG_TOTALS, PG_ROWS = to_pg(_TOTALS.format(where=WHERE)), to_pg(_ROWS.format(where=WHERE)) + f" LIMIT {MAX_ROWS}"
 
 
-_DAYNO = "CAST(epoch_ms(created_at) // 86400000 AS INTEGER)"
-
-
 async def load_duckdb(path: Path, n: int) -> AnalyticsStore:
     store = AnalyticsStore(path)
     await store.open()
@@ -123,7 +120,7 @@ async def load_duckdb(path: Path, n: int) -> AnalyticsStore:
         raise SystemExit(f"usage_daily differs from the aggregate of usage_facts in {differ} rows")
     # the closed days, rewritten tenant by tenant as the sink does when a day ends
     # (analytics/compaction.py); the newest day stays as it arrived
-    (first, newest) = (await store.fetchall(f"SELECT min({_DAYNO}), max({_DAYNO}) FROM usage_facts"))[0]
+    (first, newest) = (await store.fetchall(f"SELECT min({DAY_NUMBER_SQL}), max({DAY_NUMBER_SQL}) FROM usage_facts"))[0]
     if first is not None:
         stale = await store.run(lambda c: stale_days(c, first, newest))
         if stale:

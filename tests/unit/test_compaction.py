@@ -9,9 +9,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 
-from analytics.compaction import DayCompactor, day_number
+from analytics.compaction import DAY_NUMBER_SQL, DayCompactor, compact_day, day_number
 from analytics.costs import CostTrackingService
 from analytics.store import AnalyticsStore
 from consumers.sinks.duckdb import DuckDBSink
@@ -50,7 +51,7 @@ async def facts(store: AnalyticsStore) -> list[tuple[Any, ...]]:
 
 async def tenants_in_storage_order(store: AnalyticsStore, day: int) -> list[str]:
     rows = await store.fetchall(
-        "SELECT tenant_id FROM usage_facts WHERE CAST(epoch_ms(created_at) // 86400000 AS INTEGER) = $1 ORDER BY rowid",
+        f"SELECT tenant_id FROM usage_facts WHERE {DAY_NUMBER_SQL} = $1 ORDER BY rowid",
         [day],
     )
     return [r[0] for r in rows]
@@ -112,3 +113,24 @@ def test_the_compactor_looks_back_at_start_and_then_only_when_the_day_advances()
     assert compactor.due([T0 - timedelta(days=3)]) is None  # an old event does not move the day back
     assert compactor.due([T0 + timedelta(days=1, seconds=1)]) == (d0 + 1 - 7, d0 + 1)
     assert compactor.due([]) is None
+
+
+async def test_a_failed_rewrite_changes_nothing_and_does_not_fail_the_batch(
+    store: AnalyticsStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = DuckDBSink(store)
+    d0 = day_number(T0)
+    sink._compactor.due = lambda created: None  # type: ignore[method-assign]
+    await sink.apply(day_of_events(0))
+    before = await tenants_in_storage_order(store, d0)
+    await store.run(lambda c: c.execute("DROP TABLE compacted_days"))  # the rewrite's last step fails
+
+    with pytest.raises(duckdb.CatalogException):
+        await store.run(lambda c: compact_day(c, d0))
+    assert await tenants_in_storage_order(store, d0) == before  # rolled back whole, rows in place
+
+    sink._compactor = DayCompactor()
+    await sink.apply(day_of_events(1))  # the day change tries again: logged, the batch is applied
+    assert "rewriting closed days" in caplog.text
+    assert await tenants_in_storage_order(store, d0) == before
+    assert (await store.fetchall("SELECT count(*) FROM usage_facts"))[0][0] == 48
