@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from gateway.health.config import HealthSettings
-from gateway.health.rules import down_reason
+from gateway.health.rules import decide, down_reason
 from gateway.health.window import RollingWindow, Sample
 
 CircuitState = Literal["closed", "open", "half_open"]
@@ -93,7 +93,9 @@ class CircuitBreaker:
         if self.consecutive_failures >= c.down_consecutive_failures:
             return f"{self.consecutive_failures} consecutive failures: {', '.join(self._run)}"
         self._trip.evict(now)
-        return down_reason(self._trip, 0, c)  # the failure-rate rule, on the live counters
+        if decide(self._trip, 0, c)[0] != "down":  # the failure-rate rule, on the live counters
+            return None
+        return down_reason(self._trip.stats(now), 0, c)  # worded from a snapshot
 
     # --- the clock ----------------------------------------------------------------------------------
     def tick(self, now: datetime) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Literal, Protocol
 
 from gateway.health.config import HealthSettings
+from gateway.health.window import WindowStats
 
 HealthState = Literal["healthy", "degraded", "down"]
 #: which rule decided the state
@@ -33,8 +34,9 @@ Cause = Literal[
 
 
 class Evidence(Protocol):
-    """What the rules read: a :class:`~gateway.health.window.WindowStats` snapshot, or a live
-    :class:`~gateway.health.window.RollingWindow` (same names, computed from its counters)."""
+    """What :func:`decide` reads: a :class:`~gateway.health.window.WindowStats` snapshot, or a
+    live :class:`~gateway.health.window.RollingWindow` (the same counts, kept incrementally).
+    Reasons are always worded from a snapshot (:func:`explain`)."""
 
     @property
     def judged(self) -> int: ...
@@ -42,14 +44,6 @@ class Evidence(Protocol):
     def failures(self) -> int: ...
     @property
     def rate_limited(self) -> int: ...
-    @property
-    def failure_rate(self) -> float: ...
-    @property
-    def rate_limit_rate(self) -> float: ...
-    @property
-    def p95_latency_ms(self) -> float | None: ...
-    @property
-    def p95_ttft_ms(self) -> float | None: ...
     def p95_latency_above(self, limit: float) -> bool: ...
     def p95_ttft_above(self, limit: float) -> bool: ...
 
@@ -109,7 +103,7 @@ def state_of(
     return decide(s, consecutive_failures, c, can_be_down=can_be_down, previous=previous)[0]
 
 
-def explain(cause: Cause, s: Evidence, consecutive_failures: int, c: HealthSettings) -> str:
+def explain(cause: Cause, s: WindowStats, consecutive_failures: int, c: HealthSettings) -> str:
     """The reason text of a decision."""
     over = f" over {s.judged} attempts in the last {c.window_seconds:g}s"
     if cause == "consecutive":
@@ -134,14 +128,14 @@ def explain(cause: Cause, s: Evidence, consecutive_failures: int, c: HealthSetti
     return f"within thresholds ({s.judged} attempts in the last {c.window_seconds:g}s)"
 
 
-def down_reason(s: Evidence, consecutive_failures: int, c: HealthSettings) -> str | None:
+def down_reason(s: WindowStats, consecutive_failures: int, c: HealthSettings) -> str | None:
     """Why ``s`` (and the run of failures) says down; None if it does not."""
     state, cause = decide(s, consecutive_failures, c)
     return explain(cause, s, consecutive_failures, c) if state == "down" else None
 
 
 def assess(
-    stats: Evidence,
+    stats: WindowStats,
     consecutive_failures: int,
     c: HealthSettings,
     *,

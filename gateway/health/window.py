@@ -215,18 +215,6 @@ class RollingWindow:
         self._sorted = None
 
     # --- live evidence for the rules (gateway.health.rules.Evidence), as of the last evict ---------
-    def _rate(self, count: int) -> float:
-        judged = self.judged
-        return count / judged if judged else 0.0
-
-    @property
-    def failure_rate(self) -> float:
-        return self._rate(self.failures)
-
-    @property
-    def rate_limit_rate(self) -> float:
-        return self._rate(self.rate_limited)
-
     def p95_latency_above(self, limit: float) -> bool:
         if limit == self.latency_limit:
             return _p95_above(self._latencies, self._latencies_over)
@@ -236,14 +224,6 @@ class RollingWindow:
         if limit == self.ttft_limit:
             return _p95_above(self._ttfts, self._ttfts_over)
         return _above(percentile(self._sorted_values()[1], 95), limit)
-
-    @property
-    def p95_latency_ms(self) -> float | None:
-        return percentile(self._sorted_values()[0], 95)
-
-    @property
-    def p95_ttft_ms(self) -> float | None:
-        return percentile(self._sorted_values()[1], 95)
 
     def _sorted_values(self) -> tuple[list[float], list[float]]:
         if self._sorted is None:
