@@ -61,7 +61,7 @@ def create_app(
         price_book = load_price_book(settings.price_file)
 
     metrics = GatewayMetrics()
-    recorder = UsageRecorder(event_log, price_book, clock=clock, instance=settings.instance_id)
+    recorder = UsageRecorder(event_log, price_book, clock=clock, instance=settings.instance_id, defer_observers=True)
     recorder.observers.append(metrics.observe_event)
     metrics.on_scrape(lambda: metrics.spool_depth.set(event_log.pending()))
     provider_map: dict[str, Provider] = dict(providers or {})

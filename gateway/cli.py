@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from gateway.runtime import tune_gc
+from gateway.runtime import tune_gc, tune_logging
 from gateway.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -147,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.log_level)
+    tune_logging()
     tune_gc()
     if args.command == "simulate":
         try:

@@ -20,6 +20,8 @@ Measured (``python -m tests.bench.gateway_overhead`` with ``--alt-src``; 1,000,0
 from __future__ import annotations
 
 import gc
+import logging
+import time
 
 #: (young, middle, old) collection thresholds; CPython's defaults are (700, 10, 10)
 GC_THRESHOLDS = (50_000, 20, 100)
@@ -30,3 +32,34 @@ def tune_gc() -> None:
     gc.collect()
     gc.set_threshold(*GC_THRESHOLDS)
     gc.freeze()
+
+
+class SecondCachedFormatter(logging.Formatter):
+    """``logging.Formatter`` whose default ``%(asctime)s`` (``2026-11-29 06:00:00,123``) formats
+    the date and time once per second instead of once per record (``time.strftime`` was a
+    quarter of the cost line's formatting)."""
+
+    _cached: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        cached = self._cached  # one tuple: threads see a matching second and text
+        if cached[0] != second:
+            cached = self._cached = (second, time.strftime(self.default_time_format, self.converter(second)))
+        return f"{cached[1]},{int(record.msecs):03d}"
+
+
+def tune_logging() -> None:
+    """Stop recording what no log line of ours prints (the caller's file and line, thread and
+    process names), as the logging HOWTO's "Optimization" section describes, and format times
+    with :class:`SecondCachedFormatter`. Together: the cost line 10.5 -> 7.2 µs."""
+    logging._srcfile = None  # the HOWTO's documented switch for the caller lookup
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    for handler in logging.getLogger().handlers:
+        current = handler.formatter
+        if current is not None and type(current) is logging.Formatter:
+            handler.setFormatter(SecondCachedFormatter(current._fmt, current.datefmt))

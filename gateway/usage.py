@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ class UsageRecorder:
         id_factory: Callable[[], object] = uuid7_str,
         instance: str | None = None,
         observers: list[Callable[[UsageEvent], None]] | None = None,
+        defer_observers: bool = False,
     ) -> None:
         self._log = event_log
         self._prices = price_book
@@ -66,6 +68,9 @@ class UsageRecorder:
         self._ids = id_factory
         self._instance = instance
         self.observers = observers if observers is not None else []
+        #: run the observers (health, metrics) on the next loop turn, after the caller's answer
+        #: is written: they are in-memory views, not the record (the log append is done first)
+        self.defer_observers = defer_observers
 
     def quote(self, provider: str, models: list[str | None], usage: Usage, at: datetime | None = None) -> Quote:
         """Price by the served model (authoritative), else by the model we asked for."""
@@ -117,9 +122,23 @@ class UsageRecorder:
             gateway_instance=self._instance,
         )
         self._log.publish(event)
-        for observer in self.observers:
-            observer(event)
+        if self.defer_observers:
+            try:
+                asyncio.get_running_loop().call_soon(self.notify, event)
+                return event
+            except RuntimeError:  # no running loop (a synchronous caller): now
+                pass
+        self.notify(event)
         return event
+
+    def notify(self, event: UsageEvent) -> None:
+        """Hand ``event`` to every observer; one failing observer neither stops the others nor
+        reaches the caller."""
+        for observer in self.observers:
+            try:
+                observer(event)
+            except Exception:
+                log.exception("usage observer %r failed on event %s", observer, event.event_id)
 
     @staticmethod
     def log_cost(tenant: str, provider: str, model: str, cost: Decimal | None) -> None:

@@ -1,14 +1,15 @@
-"""The commands' garbage-collector settings (gateway/runtime.py)."""
+"""The commands' garbage-collector and logging settings (gateway/runtime.py)."""
 
 from __future__ import annotations
 
 import gc
+import re
 from collections.abc import Iterator
 
 import pytest
 
 from gateway import cli
-from gateway.runtime import GC_THRESHOLDS, tune_gc
+from gateway.runtime import GC_THRESHOLDS, SecondCachedFormatter, tune_gc, tune_logging
 
 
 @pytest.fixture
@@ -30,7 +31,7 @@ def test_tune_gc_raises_the_thresholds_and_freezes_what_exists() -> None:
     assert survivor  # frozen objects stay alive and usable
 
 
-@pytest.mark.usefixtures("restore_gc")
+@pytest.mark.usefixtures("restore_gc", "restore_logging")
 def test_every_command_runs_with_the_tuned_collector(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
     monkeypatch.setattr(cli, "tune_gc", lambda: calls.append("tuned"))
@@ -39,3 +40,63 @@ def test_every_command_runs_with_the_tuned_collector(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(gateway.commands, "run_command", lambda args, settings: calls.append(args.command) or 0)
     assert cli.main(["costs", "--tenant", "t"]) == 0
     assert calls == ["tuned", "costs"]
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    import logging
+
+    saved = (logging._srcfile, logging.logThreads, logging.logProcesses, logging.logMultiprocessing)
+    handlers = [(h, h.formatter) for h in logging.getLogger().handlers]
+    yield
+    logging._srcfile, logging.logThreads, logging.logProcesses, logging.logMultiprocessing = saved
+    for handler, formatter in handlers:
+        handler.setFormatter(formatter)
+
+
+def test_second_cached_formatter_prints_what_the_standard_one_prints() -> None:
+    import logging
+
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    standard, cached = logging.Formatter(fmt), SecondCachedFormatter(fmt)
+    # within one second, across a second, back again, and a far date: every line identical
+    for created in (1_764_400_000.001, 1_764_400_000.999, 1_764_400_001.5, 1_764_400_000.25, 1_900_000_000.0):
+        record = logging.LogRecord("gateway.cost", logging.INFO, "x.py", 1, "Cost | %s", ("t",), None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        assert cached.format(record) == standard.format(record)
+    custom = SecondCachedFormatter(fmt, datefmt="%H:%M")
+    assert custom.format(record) == logging.Formatter(fmt, datefmt="%H:%M").format(record)
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_tune_logging_keeps_the_lines_and_drops_the_caller_lookup() -> None:
+    import io
+    import logging
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        tune_logging()
+        assert isinstance(handler.formatter, SecondCachedFormatter)
+        assert logging._srcfile is None and not logging.logThreads
+        logging.getLogger("gateway.cost").warning("Cost | tenant=%s cost=%s", "t1", "$0.000150")
+    finally:
+        root.removeHandler(handler)
+    line = stream.getvalue()
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} WARNING gateway.cost: Cost \| tenant=t1 cost=\$0.000150\n", line
+    )
+
+
+@pytest.mark.usefixtures("restore_gc", "restore_logging")
+def test_every_command_runs_with_tuned_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(cli, "tune_logging", lambda: calls.append("logging"))
+    import gateway.commands
+
+    monkeypatch.setattr(gateway.commands, "run_command", lambda args, settings: calls.append(args.command) or 0)
+    assert cli.main(["costs", "--tenant", "t"]) == 0
+    assert calls == ["logging", "costs"]
