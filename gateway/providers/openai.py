@@ -17,7 +17,6 @@ from gateway import errors
 from gateway.providers import openai_wire as wire
 from gateway.providers.base import Provider, Timeouts
 from gateway.providers.http import post, read_error_body, read_json
-from gateway.providers.sse import iter_sse_batches
 from gateway.settings import ProviderSettings
 from gateway.types import ChatRequest, ChatResult, StreamChunk
 
@@ -87,7 +86,10 @@ class OpenAIProvider:
                 yield chunk
 
     async def stream_batches(self, request: ChatRequest) -> AsyncIterator[list[StreamChunk]]:
-        """``stream`` one network read at a time (see ``BatchStreaming``)."""
+        """``stream`` one network read at a time (see ``BatchStreaming``).
+
+        One generator reads the body and parses each read with ``wire.StreamParser``: no
+        generator per layer (SSE framing, event parsing), none left suspended after ``[DONE]``."""
         target = self.target(request, stream=True)
         started = False
         try:
@@ -103,9 +105,18 @@ class OpenAIProvider:
             ) as resp:
                 if "event-stream" not in resp.headers.get("content-type", "text/event-stream"):
                     raise await self._not_a_stream(resp)
-                async for batch in wire.parse_stream_batches(iter_sse_batches(resp.content), provider=self.name):
-                    started = True
-                    yield batch
+                parser = wire.StreamParser(self.name)
+                content = resp.content
+                while True:
+                    piece = await content.readany()  # b"" at the end of the body
+                    chunks = parser.feed(piece) if piece else parser.end()
+                    if chunks:
+                        started = True
+                        yield chunks
+                    if parser.error is not None:
+                        raise parser.error
+                    if parser.done:
+                        return
         except (errors.UpstreamTimeout, errors.UpstreamConnectionError) as exc:
             if not started:
                 raise

@@ -17,7 +17,7 @@ import orjson
 
 from gateway import errors
 from gateway.providers.http import default_classify, error_message, malformed, parse_retry_after
-from gateway.providers.sse import SseEvent
+from gateway.providers.sse import SseEvent, SseFramer
 from gateway.types import ChatRequest, ChatResult, FinishReason, StreamChunk, Usage
 
 CHAT_PATH = "chat/completions"
@@ -186,39 +186,73 @@ def parse_chunk(data: Any, *, provider: str) -> StreamChunk | None:
     ``choices: []`` prompt-filter chunk. ``obfuscation`` and filter results are ignored.
     An object with an ``error`` key is an in-band failure and raised translated.
     """
-    if isinstance(data, dict) and data.get("error") is not None:
+    if not isinstance(data, dict):
+        raise malformed(provider, f"expected a JSON object, got {type(data).__name__}")
+    if data.get("error") is not None:
         raise classify_inband_error(provider, data)
-    choice = _first_choice(provider, data)
+    choices = data.get("choices")
     text, finish = "", None
-    if choice is not None:
+    if choices:  # what _first_choice checks, inlined: this runs for every streamed event
+        if not isinstance(choices, list):
+            raise malformed(provider, "no choices list")
+        choice = choices[0]
+        if not isinstance(choice, dict):
+            raise malformed(provider, "choices[0] is not an object")
         text = _choice_text(provider, choice, "delta")
-        finish = map_finish_reason(choice.get("finish_reason"))
-    usage = parse_usage(data.get("usage"))
+        reason = choice.get("finish_reason")
+        if reason is not None:
+            finish = _FINISH.get(str(reason), "stop")
+    elif not isinstance(choices, list):
+        raise malformed(provider, "no choices list")
+    usage = data.get("usage")
+    if usage is not None:
+        usage = parse_usage(usage)
     if not text and finish is None and usage is None:
         return None
-    return StreamChunk(text=text, finish_reason=finish, usage=usage, model=_model(data))
+    model = data.get("model")
+    return StreamChunk(text, finish, usage, model if isinstance(model, str) and model else None)
 
 
 _DONE = "[DONE]"
+#: what :func:`_event_json` returns for ``data: [DONE]`` (``null`` is JSON, so not None)
+_END = object()
+
+
+def _event_json(data: bytes | str, provider: str) -> Any:
+    """The JSON of one event's data, or ``_END`` for ``[DONE]``; bytes are parsed as they are
+    (no decode) and decoded with replacement only when that fails."""
+    try:
+        return orjson.loads(data)
+    except ValueError:
+        pass
+    text = data if isinstance(data, str) else data.decode("utf-8", errors="replace")
+    if text.strip() == _DONE:
+        return _END
+    try:
+        return orjson.loads(text)
+    except ValueError as exc:
+        raise malformed(provider, f"stream event is not JSON: {text[:200]!r}") from exc
 
 
 def _event_chunk(event: SseEvent, provider: str) -> StreamChunk | None:
-    try:
-        data = orjson.loads(event.data)
-    except ValueError as exc:
-        raise malformed(provider, f"stream event is not JSON: {event.data[:200]!r}") from exc
-    return parse_chunk(data, provider=provider)
+    data = _event_json(event.data, provider)
+    return None if data is _END else parse_chunk(data, provider=provider)
 
 
 async def parse_stream(events: AsyncIterator[SseEvent], *, provider: str) -> AsyncIterator[StreamChunk]:
     """SSE events -> chunks; ends at ``data: [DONE]``, raises StreamCut if it never comes."""
     async for event in events:
-        if event.data.strip() == _DONE:
+        data = _event_json(event.data, provider)
+        if data is _END:
             return
-        chunk = _event_chunk(event, provider)
+        chunk = parse_chunk(data, provider=provider)
         if chunk is not None:
             yield chunk
-    raise errors.StreamCut(f"{provider}: stream ended without [DONE]", provider=provider, http_status=200)
+    raise _no_done(provider)
+
+
+def _no_done(provider: str) -> errors.StreamCut:
+    return errors.StreamCut(f"{provider}: stream ended without [DONE]", provider=provider, http_status=200)
 
 
 async def parse_stream_batches(
@@ -230,12 +264,13 @@ async def parse_stream_batches(
     async for events in batches:
         chunks: list[StreamChunk] = []
         for event in events:
-            if event.data.strip() == _DONE:
-                if chunks:
-                    yield chunks
-                return
             try:
-                chunk = _event_chunk(event, provider)
+                data = _event_json(event.data, provider)
+                if data is _END:
+                    if chunks:
+                        yield chunks
+                    return
+                chunk = parse_chunk(data, provider=provider)
             except errors.ProviderError:
                 if chunks:
                     yield chunks
@@ -244,7 +279,53 @@ async def parse_stream_batches(
                 chunks.append(chunk)
         if chunks:
             yield chunks
-    raise errors.StreamCut(f"{provider}: stream ended without [DONE]", provider=provider, http_status=200)
+    raise _no_done(provider)
+
+
+class StreamParser:
+    """:func:`parse_stream_batches` over raw reads, without awaits or generators: the stream of
+    one call, a network read at a time (what the adapters' ``stream_batches`` loop uses).
+
+    ``feed(read)`` returns the chunks of the events the read completed. Then ``done`` tells
+    whether ``data: [DONE]`` came (what followed it is ignored) and ``error`` holds what to
+    raise: a bad or in-band error event, after the chunks that came before it. ``end()`` at the
+    end of the body: an unterminated last event, and a StreamCut if ``[DONE]`` never came.
+    """
+
+    __slots__ = ("_framer", "done", "error", "provider")
+
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
+        self.done = False
+        self.error: errors.ProviderError | None = None
+        self._framer = SseFramer()
+
+    def feed(self, piece: bytes) -> list[StreamChunk]:
+        return self._chunks(self._framer.feed(piece))
+
+    def end(self) -> list[StreamChunk]:
+        chunks = self._chunks(self._framer.close())
+        if not self.done and self.error is None:
+            self.error = _no_done(self.provider)
+        return chunks
+
+    def _chunks(self, events: list[tuple[bytes | None, bytes]]) -> list[StreamChunk]:
+        chunks: list[StreamChunk] = []
+        if self.done or self.error is not None:
+            return chunks
+        provider = self.provider
+        try:
+            for _, raw in events:
+                data = _END if raw == b"[DONE]" else _event_json(raw, provider)
+                if data is _END:
+                    self.done = True
+                    break
+                chunk = parse_chunk(data, provider=provider)
+                if chunk is not None:
+                    chunks.append(chunk)
+        except errors.ProviderError as exc:
+            self.error = exc
+        return chunks
 
 
 # --- errors ---------------------------------------------------------------------------------

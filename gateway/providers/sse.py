@@ -2,16 +2,95 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
+
+_CR_LF = re.compile(rb"\r+\n")
 
 
 @dataclass(slots=True)
 class SseEvent:
     event: str | None
     data: str
+
+
+class SseFramer:
+    """Incremental SSE framing without awaits: :meth:`feed` one network read, get the events it
+    completed (``event:`` name and joined ``data:`` lines, both as bytes; events without data
+    are dropped); :meth:`close` at the end of the body gives an unterminated last event.
+
+    Lines end with LF or CRLF (any CRs before the LF are dropped). The usual event, one
+    ``data: ...`` line, costs a slice: a read is split into events on blank lines once, and only
+    events with several lines, comments or fields other than ``data`` are looked at line by line.
+    """
+
+    __slots__ = ("_pending",)
+
+    def __init__(self) -> None:
+        self._pending = b""  # the start of an event whose blank line has not come yet
+
+    def feed(self, piece: bytes) -> list[tuple[bytes | None, bytes]]:
+        buffer = self._pending + piece if self._pending else piece
+        if b"\r" in buffer:
+            buffer = _CR_LF.sub(b"\n", buffer)  # a CR at the very end waits for its LF
+        blocks = buffer.split(b"\n\n")
+        self._pending = blocks.pop()
+        events: list[tuple[bytes | None, bytes]] = []
+        for block in blocks:
+            if block[:6] == b"data: " and b"\n" not in block:
+                events.append((None, block[6:]))
+            else:
+                event = _block(block)
+                if event is not None:
+                    events.append(event)
+        return events
+
+    def close(self) -> list[tuple[bytes | None, bytes]]:
+        """The last event when the body ends without its blank line (none when it has no data).
+
+        Its unfinished last line counts only if it is a ``data`` line."""
+        pending, self._pending = self._pending, b""
+        complete, _, last = pending.rpartition(b"\n")
+        if last.partition(b":")[0] == b"data":
+            complete = pending
+        event = _block(complete.rstrip(b"\r")) if complete else None
+        return [] if event is None else [event]
+
+
+def _block(block: bytes) -> tuple[bytes | None, bytes] | None:
+    """One event's lines: its name and data, None without data. Blank lines come only first
+    (a run of more than two line ends) or last (a CR-only line at the end of the body)."""
+    name: bytes | None = None
+    data: list[bytes] = []
+    for line in block.split(b"\n"):
+        if not line:
+            if data:
+                break
+            name = None
+            continue
+        if line[:1] == b":":
+            continue
+        field, _, value = line.partition(b":")
+        if value[:1] == b" ":
+            value = value[1:]
+        if field == b"data":
+            data.append(value)
+        elif field == b"event":
+            name = value
+    if not data:
+        return None
+    return name, b"\n".join(data)
+
+
+def decode_event(event: tuple[bytes | None, bytes]) -> SseEvent:
+    """A framed event as text (invalid UTF-8 replaced)."""
+    name, data = event
+    return SseEvent(
+        None if name is None else name.decode("utf-8", errors="replace"), data.decode("utf-8", errors="replace")
+    )
 
 
 async def iter_lines(content: aiohttp.StreamReader) -> AsyncIterator[str]:
@@ -24,43 +103,19 @@ async def iter_sse_batches(content: aiohttp.StreamReader) -> AsyncIterator[list[
     """SSE events (``event:`` and joined ``data:`` lines), accepting LF and CRLF line ends, as
     one list per network read (never empty).
 
-    Reads whatever the connection has (``iter_any``) and splits it into lines in one go: one
-    await per network read instead of one per line, and the caller can answer a whole read
+    Reads whatever the connection has (``iter_any``) and frames it with :class:`SseFramer`:
+    one await per network read instead of one per line, and the caller can answer a whole read
     with one write."""
-    event: str | None = None
-    data: list[str] = []
-    pending = b""
+    framer = SseFramer()
     # a StreamReader yields what it has; any other async iterable of bytes (test fakes) works too
     pieces = content.iter_any() if hasattr(content, "iter_any") else content
     async for piece in pieces:
-        lines = (pending + piece).split(b"\n")
-        pending = lines.pop()  # an unfinished line (or b"") waits for the next read
-        batch: list[SseEvent] = []
-        for raw in lines:
-            line = raw.decode("utf-8", errors="replace").rstrip("\r")
-            if not line:
-                if data:
-                    batch.append(SseEvent(event, "\n".join(data)))
-                event, data = None, []
-                continue
-            if line.startswith(":"):
-                continue
-            name, _, value = line.partition(":")
-            if value.startswith(" "):
-                value = value[1:]
-            if name == "data":
-                data.append(value)
-            elif name == "event":
-                event = value
-        if batch:
-            yield batch
-    if pending:
-        line = pending.decode("utf-8", errors="replace").rstrip("\r")
-        name, _, value = line.partition(":")
-        if name == "data":
-            data.append(value[1:] if value.startswith(" ") else value)
-    if data:
-        yield [SseEvent(event, "\n".join(data))]
+        events = framer.feed(piece)
+        if events:
+            yield [decode_event(event) for event in events]
+    events = framer.close()
+    if events:
+        yield [decode_event(event) for event in events]
 
 
 async def iter_sse(content: aiohttp.StreamReader) -> AsyncIterator[SseEvent]:

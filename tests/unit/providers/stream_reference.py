@@ -1,0 +1,121 @@
+"""The OpenAI stream path as it was before the fast path (commit f061e4a), kept as the oracle
+of ``test_stream_fast_path``: line-by-line SSE framing in an async generator, then one JSON
+parse and one ``parse_chunk`` per event, in a second generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any
+
+import orjson
+
+from gateway import errors
+from gateway.providers.http import malformed
+from gateway.providers.openai_wire import _choice_text, _first_choice, classify_inband_error, map_finish_reason
+from gateway.providers.sse import SseEvent
+from gateway.types import StreamChunk, Usage
+
+
+async def iter_sse_batches(pieces: AsyncIterable[bytes]) -> AsyncIterator[list[SseEvent]]:
+    event: str | None = None
+    data: list[str] = []
+    pending = b""
+    async for piece in pieces:
+        lines = (pending + piece).split(b"\n")
+        pending = lines.pop()
+        batch: list[SseEvent] = []
+        for raw in lines:
+            line = raw.decode("utf-8", errors="replace").rstrip("\r")
+            if not line:
+                if data:
+                    batch.append(SseEvent(event, "\n".join(data)))
+                event, data = None, []
+                continue
+            if line.startswith(":"):
+                continue
+            name, _, value = line.partition(":")
+            if value.startswith(" "):
+                value = value[1:]
+            if name == "data":
+                data.append(value)
+            elif name == "event":
+                event = value
+        if batch:
+            yield batch
+    if pending:
+        line = pending.decode("utf-8", errors="replace").rstrip("\r")
+        name, _, value = line.partition(":")
+        if name == "data":
+            data.append(value[1:] if value.startswith(" ") else value)
+    if data:
+        yield [SseEvent(event, "\n".join(data))]
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def parse_usage(raw: Any) -> Usage | None:
+    if not isinstance(raw, dict):
+        return None
+    prompt_details = raw.get("prompt_tokens_details")
+    completion_details = raw.get("completion_tokens_details")
+    return Usage(
+        prompt_tokens=_int(raw.get("prompt_tokens")),
+        completion_tokens=_int(raw.get("completion_tokens")),
+        cached_tokens=_int(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0,
+        reasoning_tokens=(
+            _int(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else 0
+        ),
+    )
+
+
+def _model(data: dict[str, Any]) -> str | None:
+    model = data.get("model")
+    return model if isinstance(model, str) and model else None
+
+
+def parse_chunk(data: Any, *, provider: str) -> StreamChunk | None:
+    if isinstance(data, dict) and data.get("error") is not None:
+        raise classify_inband_error(provider, data)
+    choice = _first_choice(provider, data)
+    text, finish = "", None
+    if choice is not None:
+        text = _choice_text(provider, choice, "delta")
+        finish = map_finish_reason(choice.get("finish_reason"))
+    usage = parse_usage(data.get("usage"))
+    if not text and finish is None and usage is None:
+        return None
+    return StreamChunk(text=text, finish_reason=finish, usage=usage, model=_model(data))
+
+
+def _event_chunk(event: SseEvent, provider: str) -> StreamChunk | None:
+    try:
+        data = orjson.loads(event.data)
+    except ValueError as exc:
+        raise malformed(provider, f"stream event is not JSON: {event.data[:200]!r}") from exc
+    return parse_chunk(data, provider=provider)
+
+
+async def parse_stream_batches(
+    batches: AsyncIterator[list[SseEvent]], *, provider: str
+) -> AsyncIterator[list[StreamChunk]]:
+    async for events in batches:
+        chunks: list[StreamChunk] = []
+        for event in events:
+            if event.data.strip() == "[DONE]":
+                if chunks:
+                    yield chunks
+                return
+            try:
+                chunk = _event_chunk(event, provider)
+            except errors.ProviderError:
+                if chunks:
+                    yield chunks
+                raise
+            if chunk is not None:
+                chunks.append(chunk)
+        if chunks:
+            yield chunks
+    raise errors.StreamCut(f"{provider}: stream ended without [DONE]", provider=provider, http_status=200)
