@@ -134,9 +134,9 @@ async def _stream(
                         parsed.include_usage,
                     )
                 # what arrived together goes out together: one write per upstream read
-                out = [_sse(obj) for obj in map(formatter.content, batch) if obj is not None]
+                out = formatter.sse(batch)
                 if out:
-                    await response.write(b"".join(out))
+                    await response.write(out)
         except errors.StreamCut as cut:
             UsageRecorder.log_cost(
                 ctx.tenant_id,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from gateway.types import ChatResult, StreamChunk, Usage
 
 
@@ -37,7 +39,13 @@ def text_completion(response_id: str, created: int, model: str, result: ChatResu
 
 
 class ChunkFormatter:
-    """Builds the stream objects of one response: chat chunks or text_completion objects."""
+    """Builds the stream events of one response: chat chunks or text_completion objects.
+
+    Every content event of a response shares its id, object, created, model and (with
+    ``include_usage``) ``"usage": null``, so they are rendered once, as byte templates around the
+    parts that change (the text and the finish reason). The bytes are exactly
+    ``data: `` + ``orjson.dumps`` of the chunk object + a blank line (tests/unit/test_stream_formatter.py
+    holds the object-building version as the oracle)."""
 
     def __init__(self, endpoint: str, response_id: str, created: int, model: str, include_usage: bool) -> None:
         self.chat = endpoint == "chat.completions"
@@ -46,47 +54,69 @@ class ChunkFormatter:
         self.model = model
         self.include_usage = include_usage
         self._role_sent = False
+        kind = b'"chat.completion.chunk"' if self.chat else b'"text_completion"'
+        head = b"".join(
+            (
+                b'data: {"id":',
+                orjson.dumps(response_id),
+                b',"object":',
+                kind,
+                b',"created":',
+                orjson.dumps(created),
+                b',"model":',
+                orjson.dumps(model),
+                b',"choices":[{"index":0,',
+            )
+        )
+        #: after the finish reason: the choice, the choices and the object end
+        self._end = b'}],"usage":null}\n\n' if include_usage else b"}]}\n\n"
+        if self.chat:
+            self._first = head + b'"delta":{"role":"assistant","content":'
+            self._text = head + b'"delta":{"content":'
+            self._finish_only = head + b'"delta":{},"logprobs":null,"finish_reason":'
+            self._after_text = b'},"logprobs":null,"finish_reason":'
+        else:
+            self._first = self._text = head + b'"text":'
+            self._finish_only = b""  # a text_completion object always has its text
+            self._after_text = b',"logprobs":null,"finish_reason":'
 
-    def _base(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
+    def sse(self, chunks: list[StreamChunk]) -> bytes:
+        """The SSE events for upstream chunks that arrived together (b"" if none says anything).
+
+        The first event of a chat stream carries the role (and the text, even empty); later
+        chunks without text or finish reason say nothing and are left out."""
+        out: list[bytes] = []
+        add = out.extend
+        end = self._end
+        for chunk in chunks:
+            text = chunk.text
+            finish = chunk.finish_reason
+            reason = b"null" if finish is None else _FINISH_JSON.get(finish) or orjson.dumps(finish)
+            if not self._role_sent:
+                self._role_sent = True
+                add((self._first, orjson.dumps(text), self._after_text, reason, end))
+            elif text:
+                add((self._text, orjson.dumps(text), self._after_text, reason, end))
+            elif finish is not None:
+                if self.chat:
+                    add((self._finish_only, reason, end))
+                else:
+                    add((self._text, b'""', self._after_text, reason, end))
+        return b"".join(out)
+
+    def usage(self, usage: Usage, extension: dict[str, Any]) -> dict[str, Any]:
+        """The final ``choices: []`` chunk with the totals and the gateway's extension field."""
+        return {
             "id": self.id,
             "object": "chat.completion.chunk" if self.chat else "text_completion",
             "created": self.created,
             "model": self.model,
+            "choices": [],
+            "usage": usage.to_openai(),
+            "x_llm_gateway": extension,
         }
-        return body
 
-    def content(self, chunk: StreamChunk) -> dict[str, Any] | None:
-        """The client object for one upstream chunk, or None when it carries nothing to say."""
-        if not chunk.text and chunk.finish_reason is None and self._role_sent:
-            return None
-        body = self._base()
-        if self.chat:
-            delta: dict[str, Any] = {}
-            if not self._role_sent:
-                delta["role"] = "assistant"
-                delta["content"] = chunk.text
-                self._role_sent = True
-            elif chunk.text:
-                delta["content"] = chunk.text
-            choice: dict[str, Any] = {
-                "index": 0,
-                "delta": delta,
-                "logprobs": None,
-                "finish_reason": chunk.finish_reason,
-            }
-        else:
-            self._role_sent = True
-            choice = {"index": 0, "text": chunk.text, "logprobs": None, "finish_reason": chunk.finish_reason}
-        body["choices"] = [choice]
-        if self.include_usage:
-            body["usage"] = None
-        return body
 
-    def usage(self, usage: Usage, extension: dict[str, Any]) -> dict[str, Any]:
-        """The final ``choices: []`` chunk with the totals and the gateway's extension field."""
-        body = self._base()
-        body["choices"] = []
-        body["usage"] = usage.to_openai()
-        body["x_llm_gateway"] = extension
-        return body
+_FINISH_JSON: dict[str, bytes] = {
+    reason: orjson.dumps(reason) for reason in ("stop", "length", "tool_calls", "content_filter")
+}
