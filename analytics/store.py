@@ -161,15 +161,37 @@ def _make_scratch(path: str) -> Path:
     return scratch
 
 
+def _connect(path: str, *, read_only: bool, config: dict[str, str | int]) -> duckdb.DuckDBPyConnection:
+    try:
+        return duckdb.connect(path, read_only=read_only, config=dict(config))
+    except (duckdb.ParserException, duckdb.InvalidInputException) as exc:  # e.g. an unreadable memory limit
+        raise StoreError(f"analytics store settings {config}: {exc}") from exc
+
+
 class AnalyticsStore:
     """One DuckDB database, opened for writing (default) or read-only; sandboxed (see above)."""
 
     def __init__(
-        self, path: str | Path = MEMORY, *, read_only: bool = False, allowed_directories: Sequence[str | Path] = ()
+        self,
+        path: str | Path = MEMORY,
+        *,
+        read_only: bool = False,
+        allowed_directories: Sequence[str | Path] = (),
+        memory_limit: str | None = None,
+        threads: int | None = None,
     ) -> None:
+        """``memory_limit`` (DuckDB syntax, e.g. ``"128MB"``) bounds DuckDB's buffers in this
+        process; larger queries spill to ``<file>.tmp`` (or the scratch directory in memory).
+        ``None``: DuckDB's own default, 80% of the machine's RAM. ``threads``: DuckDB's worker
+        threads (default: one per core)."""
         self.path = str(path)
         self.read_only = read_only
         self.allowed_directories = tuple(allowed_directories)
+        self.config: dict[str, str | int] = {}
+        if memory_limit is not None:
+            self.config["memory_limit"] = memory_limit
+        if threads is not None:
+            self.config["threads"] = threads
         self._conn: duckdb.DuckDBPyConnection | None = None
         self._scratch: Path | None = None
         self._lock = asyncio.Lock()
@@ -193,12 +215,14 @@ class AnalyticsStore:
         if self.read_only:
             if self.path == MEMORY or not Path(self.path).is_file():
                 raise StoreError(f"no analytics database at {self.path}")
-            conn = duckdb.connect(self.path, read_only=True)
+            conn = _connect(self.path, read_only=True, config=self.config)
         else:
             if self.path != MEMORY:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            conn = duckdb.connect(self.path)
+            conn = _connect(self.path, read_only=False, config=self.config)
         scratch = None if self.read_only else _make_scratch(self.path)
+        if scratch is not None and self.path == MEMORY and "memory_limit" in self.config:
+            conn.execute("SET temp_directory = ?", [str(scratch)])  # where an in-memory store spills
         if scratch is not None and self.path == MEMORY:  # a store never closed: removed at exit
             weakref.finalize(self, shutil.rmtree, str(scratch), True)
         try:

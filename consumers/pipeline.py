@@ -99,7 +99,9 @@ def build_pipeline(
     poll_timeout: float = 0.2,
     linger: float = 0.5,
 ) -> Pipeline:
-    store = AnalyticsStore(analytics_path(settings))
+    store = AnalyticsStore(
+        analytics_path(settings), memory_limit=settings.duckdb_memory_limit, threads=settings.duckdb_threads
+    )
     reader = build_log_reader(settings, group_id)
     dead_letters = build_dead_letters(settings)
     projector = Projector(

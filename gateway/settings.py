@@ -80,6 +80,14 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_URL", "database_url"))
     instance_id: str | None = None
 
+    # --- analytics store (DuckDB, written by the projector of serve / consume) -----------------
+    #: DuckDB's buffer memory in this process: bigger queries spill to disk instead of growing
+    #: the gateway (an unbounded DuckDB takes 80% of RAM; a 10M-row COUNT DISTINCT peaked at
+    #: 1 GB). ``LLM_GATEWAY_DUCKDB_MEMORY_LIMIT``, DuckDB syntax ("128MB", "2GB").
+    duckdb_memory_limit: str | None = Field(default="128MB", pattern=r"(?i)^\s*\d+(\.\d+)?\s*(b|[kmgt]i?b)\s*$")
+    #: DuckDB worker threads (default: one per core)
+    duckdb_threads: int | None = Field(default=None, ge=1)
+
     # --- provider credentials (the SDKs' own variable names) ----------------------------------
     openai_api_key: str | None = Field(default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key"))
     openai_base_url: str | None = Field(
