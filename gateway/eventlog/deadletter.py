@@ -20,12 +20,12 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from aiokafka import AIOKafkaProducer
-
-from gateway.eventlog.kafka_admin import ensure_topic, stop_producer
 from gateway.eventlog.sqlite import connect
+
+if TYPE_CHECKING:  # aiokafka is imported when a Kafka store starts (an embedded gateway never loads it)
+    from aiokafka import AIOKafkaProducer
 
 
 def dead_letter_id(raw: bytes, position: str) -> str:
@@ -130,6 +130,10 @@ class KafkaDeadLetters:
     async def start(self) -> None:
         if self._producer is not None:
             return
+        from aiokafka import AIOKafkaProducer
+
+        from gateway.eventlog.kafka_admin import ensure_topic
+
         await ensure_topic(
             self.bootstrap_servers,
             self.topic,
@@ -149,6 +153,8 @@ class KafkaDeadLetters:
 
     async def close(self) -> None:
         if self._producer is not None:
+            from gateway.eventlog.kafka_admin import stop_producer
+
             producer, self._producer = self._producer, None
             await stop_producer(producer, 5.0)
 

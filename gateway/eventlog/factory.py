@@ -12,9 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gateway.eventlog.base import EventLog, LogReader
-from gateway.eventlog.deadletter import DeadLetterStore, KafkaDeadLetters, SqliteDeadLetters
-from gateway.eventlog.kafka_producer import KafkaEventLog
-from gateway.eventlog.kafka_reader import KafkaLogReader
+from gateway.eventlog.deadletter import DeadLetterStore, SqliteDeadLetters
 from gateway.eventlog.sqlite import SqliteEventLog, SqliteLogReader
 from gateway.settings import Settings
 
@@ -38,6 +36,8 @@ def _client_id(settings: Settings, role: str) -> str:
 def build_event_log(settings: Settings) -> EventLog:
     """The gateway's event log (publisher side)."""
     if settings.kafka_bootstrap_servers:
+        from gateway.eventlog.kafka_producer import KafkaEventLog  # aiokafka only when Kafka is used
+
         return KafkaEventLog(
             settings.kafka_bootstrap_servers,
             settings.topic,
@@ -51,6 +51,8 @@ def build_event_log(settings: Settings) -> EventLog:
 def build_log_reader(settings: Settings, group_id: str) -> LogReader:
     """A consumer-group member reading the event log."""
     if settings.kafka_bootstrap_servers:
+        from gateway.eventlog.kafka_reader import KafkaLogReader
+
         return KafkaLogReader(
             settings.kafka_bootstrap_servers,
             settings.topic,
@@ -64,6 +66,8 @@ def build_log_reader(settings: Settings, group_id: str) -> LogReader:
 def build_dead_letters(settings: Settings) -> DeadLetterStore:
     """Where consumers put records they cannot apply (``<topic>.dlq`` or the embedded file)."""
     if settings.kafka_bootstrap_servers:
+        from gateway.eventlog.deadletter import KafkaDeadLetters
+
         return KafkaDeadLetters(
             settings.kafka_bootstrap_servers,
             settings.topic,

@@ -361,3 +361,20 @@ def test_factory_picks_kafka_when_bootstrap_servers_are_set(tmp_path: Path) -> N
     assert isinstance(letters, KafkaDeadLetters)
     assert letters.topic == "usage.v1.dlq"
     asyncio.run(log.close(0.1))
+
+
+def test_an_embedded_gateway_does_not_load_the_kafka_client(tmp_path: Path) -> None:
+    """The embedded ``serve`` (gateway + in-process projector) never imports aiokafka: less memory
+    and start-up for the default mode. A fresh interpreter, as ``llm-gateway serve`` starts."""
+    code = (
+        "import sys\n"
+        "from gateway.app import create_app\n"
+        "from gateway.server import server_installers\n"
+        "from gateway.settings import Settings\n"
+        f"s = Settings(data_dir={str(tmp_path)!r})\n"
+        "create_app(s, installers=server_installers(s, project=True))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'aiokafka'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
