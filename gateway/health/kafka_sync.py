@@ -5,7 +5,8 @@ assigned manually) over the usage topic, starting at the first record of the las
 ``window_seconds`` (``offsets_for_times``), and applies each event to its own
 :class:`~gateway.health.view.HealthView`. Its own attempts also reach the view at once through
 the ``UsageRecorder`` observer; they come back from Kafka later and are skipped as duplicates
-(``apply`` is idempotent on ``event_id``).
+(``apply`` is idempotent on ``event_id``), recognised by the id near the record's start without
+decoding the record (decoding them again was about 2% of a Kafka-mode gateway's CPU).
 
 Why not a compacted ``<topic>.health`` topic of transitions/snapshots:
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from datetime import timedelta
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -41,6 +43,11 @@ from gateway.events import UsageEvent
 from gateway.health.view import HealthView
 
 log = logging.getLogger("gateway.health")
+
+#: the event id near a record's start (``{"schema_version":1,"event_id":"..."``, the encoder's
+#: field order); a string inside another field would have its quotes escaped
+_EVENT_ID = re.compile(rb'"event_id":"([^"\\]{1,64})"')
+_ID_WITHIN = 96
 
 
 class KafkaHealthSync:
@@ -73,6 +80,8 @@ class KafkaHealthSync:
         self.ready = asyncio.Event()
         #: records read from the topic (applied, or skipped as duplicates / unreadable)
         self.received = 0
+        #: records skipped undecoded because their event was already counted (own events)
+        self.known = 0
 
     async def start(self) -> None:
         if self._task is None:
@@ -162,6 +171,12 @@ class KafkaHealthSync:
 
     def _apply(self, raw: bytes | None) -> None:
         if raw is None:
+            return
+        # this replica's own events come back already counted (the recorder's observer): known by
+        # their id, they are skipped without decoding (apply would refuse them as duplicates)
+        found = _EVENT_ID.search(raw, 0, _ID_WITHIN)
+        if found is not None and self.view.has_seen(found.group(1).decode("ascii", "replace")):
+            self.known += 1
             return
         try:
             event = UsageEvent.from_json(raw)

@@ -123,6 +123,10 @@ class HealthView:
         self._refresh(event.provider, provider, now, only_model=event.provider_model)
         return True
 
+    def has_seen(self, event_id: str) -> bool:
+        """Whether an event with this id is counted in the current window."""
+        return event_id in self._seen
+
     def observe(self, event: UsageEvent) -> None:
         """The ``UsageRecorder`` observer: runs on the response path, so it never raises."""
         try:

@@ -472,3 +472,32 @@ def test_a_rate_hovering_at_the_threshold_does_not_flap(clock: ManualClock) -> N
     clock.advance(61)
     feed(view, clock, *["success"] * 10, step=0.1)
     assert view.health("openai").state == "healthy"
+
+
+# --- the replica sync's records ----------------------------------------------------------------
+def test_sync_skips_its_own_events_undecoded_and_applies_the_others(
+    clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.health.kafka_sync import KafkaHealthSync
+
+    view, _ = make_view(clock)
+    sync = KafkaHealthSync(view, "unused:9092", "llm.usage")
+    own = ev("success", at=clock.now, event_id="0193a6c2-7d1e-7000-8000-000000000001")
+    view.observe(own)  # the recorder's observer counted it when it happened
+    other = ev("upstream_error", at=clock.now, event_id="0193a6c2-7d1e-7000-8000-000000000002")
+
+    decoded: list[bytes | str] = []
+    real = UsageEvent.from_json
+    monkeypatch.setattr(UsageEvent, "from_json", lambda data: decoded.append(data) or real(data))
+    sync._apply(own.to_json())
+    assert (decoded, sync.known) == ([], 1)  # known by its id: never decoded
+    sync._apply(other.to_json())
+    assert decoded == [other.to_json()] and view.has_seen(other.event_id) and sync.known == 1
+    assert view.health("openai").stats.attempts == 2
+    # an id quoted inside another field is not taken for the record's own
+    tricky = ev("success", at=clock.now, event_id="0193a6c2-7d1e-7000-8000-000000000003")
+    raw = tricky.to_json().replace(
+        b'"schema_version":1,', b'"schema_version":1,"x":"\\"event_id\\":\\"' + own.event_id.encode() + b'\\"",', 1
+    )
+    sync._apply(raw)
+    assert view.has_seen(tricky.event_id) and sync.known == 1
