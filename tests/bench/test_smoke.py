@@ -32,3 +32,18 @@ def test_benchmark_smoke_run(script: str) -> None:
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     assert "| target" in done.stdout and "verdict" in done.stdout, done.stdout[-4000:]
+
+
+def test_request_path_smoke_run() -> None:
+    """The in-process request path runs the real app end to end (a failing call raises)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.bench.request_path", "--smoke"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    row = next(line for line in done.stdout.splitlines() if line.startswith("| whole in-process path"))
+    assert float(row.split("|")[2]) > 0
