@@ -120,6 +120,7 @@ async def _stream(
     )
     created = int(state.clock().timestamp())
     formatter: ChunkFormatter | None = None
+    held = b""  # the last read of a stream the upstream ended: it goes out with the end, in one write
     try:
         await response.prepare(request)
         try:
@@ -135,7 +136,9 @@ async def _stream(
                     )
                 # what arrived together goes out together: one write per upstream read
                 out = formatter.sse(batch)
-                if out:
+                if session.complete:
+                    held = out
+                elif out:
                     await response.write(out)
         except errors.StreamCut as cut:
             UsageRecorder.log_cost(
@@ -144,13 +147,13 @@ async def _stream(
                 session.served_model or session.provider_model,
                 session.event.cost_usd if session.event else None,
             )
-            await response.write(_sse(cut.to_openai()))
+            await response.write(held + _sse(cut.to_openai()))
             return response
         event = session.finish("success")
         model = session.served_model or session.provider_model
         UsageRecorder.log_cost(ctx.tenant_id, session.provider, model, event.cost_usd)
         cost_text = format_usd(event.cost_usd) if event.cost_usd is not None else "unpriced"
-        tail: list[bytes] = []
+        tail = [held]
         if parsed.include_usage and session.usage is not None:
             if formatter is None:
                 formatter = ChunkFormatter(

@@ -44,12 +44,21 @@ class Provider(Protocol):
         ...
 
 
+class FinalBatch(list[StreamChunk]):
+    """A batch of ``BatchStreaming.stream_batches`` after which the stream ends normally (the
+    upstream's end marker came in the same read): the gateway writes it with the end of its
+    response, in one write."""
+
+    __slots__ = ()
+
+
 @runtime_checkable
 class BatchStreaming(Protocol):
     """Optional: a provider that can hand over a stream a network read at a time.
 
     ``stream_batches`` yields the same chunks as ``stream``, with the same errors, grouped in
-    non-empty lists (one per upstream read), so the gateway answers a read with one write."""
+    non-empty lists (one per upstream read), so the gateway answers a read with one write. The
+    last batch may be a ``FinalBatch`` when the adapter knows nothing but the end follows."""
 
     def stream_batches(self, request: ChatRequest) -> AsyncIterator[list[StreamChunk]]: ...
 

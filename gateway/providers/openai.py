@@ -15,7 +15,7 @@ import aiohttp
 
 from gateway import errors
 from gateway.providers import openai_wire as wire
-from gateway.providers.base import Provider, Timeouts
+from gateway.providers.base import FinalBatch, Provider, Timeouts
 from gateway.providers.http import post, read_error_body, read_json
 from gateway.settings import ProviderSettings
 from gateway.types import ChatRequest, ChatResult, StreamChunk
@@ -112,7 +112,7 @@ class OpenAIProvider:
                     chunks = parser.feed(piece) if piece else parser.end()
                     if chunks:
                         started = True
-                        yield chunks
+                        yield FinalBatch(chunks) if parser.done else chunks
                     if parser.error is not None:
                         raise parser.error
                     if parser.done:

@@ -13,7 +13,7 @@ from typing import TypeVar, cast
 
 from gateway import errors
 from gateway.events import UsageEvent
-from gateway.providers.base import BatchStreaming, Provider
+from gateway.providers.base import BatchStreaming, FinalBatch, Provider
 from gateway.routing.catalog import Candidate, ModelCatalog
 from gateway.routing.retry import RetryBudget, RetryPolicy, Sleep, call_with_retry
 from gateway.types import ChatRequest, ChatResult, StreamChunk, Usage
@@ -181,7 +181,7 @@ class Router:
             # hold back empty role/filter chunks: nothing reaches the client before real content
             while True:
                 batch = await iterator.__anext__()
-                head += batch
+                head = batch if not head else type(batch)(head + batch)  # a FinalBatch stays one
                 if any(chunk.text or chunk.finish_reason or chunk.usage for chunk in batch):
                     break
         except StopAsyncIteration:
@@ -278,6 +278,9 @@ class StreamSession:
         self.served_model: str | None = None
         self.event: UsageEvent | None = None
         self.error: errors.ProviderError | None = None
+        #: the upstream said the stream is over (a FinalBatch came): only its end follows
+        self.complete = False
+        self._drained = False  # the provider's iterator ran to its end: nothing to close
 
     async def chunks(self) -> AsyncIterator[StreamChunk]:
         """Every chunk; raises ``StreamCut`` (recorded) when the upstream breaks mid-way."""
@@ -286,16 +289,16 @@ class StreamSession:
                 yield chunk
 
     async def batches(self) -> AsyncIterator[list[StreamChunk]]:
-        """Every chunk, in non-empty lists of what arrived together (one write each)."""
+        """Every chunk, in non-empty lists of what arrived together (one write each). After a
+        ``FinalBatch``, ``complete`` is True: only the end of the stream follows."""
         try:
             if self._head:
-                for chunk in self._head:
-                    self._note(chunk)
+                self._note(self._head)
                 yield self._head
             async for batch in self._iterator:
-                for chunk in batch:
-                    self._note(chunk)
+                self._note(batch)
                 yield batch
+            self._drained = True
         except (TimeoutError, errors.ProviderError, OSError) as exc:
             cause = _as_provider_error(exc, self.provider)
             cut = errors.StreamCut(
@@ -308,13 +311,16 @@ class StreamSession:
             self.finish("stream_cut", error=cut)
             raise cut from exc
 
-    def _note(self, chunk: StreamChunk) -> None:
-        if chunk.usage is not None:
-            self.usage = chunk.usage
-        if chunk.finish_reason is not None:
-            self.finish_reason = chunk.finish_reason
-        if chunk.model:
-            self.served_model = chunk.model
+    def _note(self, batch: list[StreamChunk]) -> None:
+        for chunk in batch:
+            if chunk.usage is not None:
+                self.usage = chunk.usage
+            if chunk.finish_reason is not None:
+                self.finish_reason = chunk.finish_reason
+            if chunk.model:
+                self.served_model = chunk.model
+        if isinstance(batch, FinalBatch):
+            self.complete = True
 
     def finish(self, outcome: str = "success", *, error: errors.GatewayError | None = None) -> UsageEvent:
         """Record the attempt once (success, stream_cut, or cancelled by the client)."""
@@ -341,7 +347,8 @@ class StreamSession:
         return self.event
 
     async def aclose(self) -> None:
-        await _aclose(self._iterator)
+        if not self._drained:
+            await _aclose(self._iterator)
 
 
 def _batches(provider: Provider, request: ChatRequest) -> AsyncIterator[list[StreamChunk]]:

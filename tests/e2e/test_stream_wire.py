@@ -14,6 +14,7 @@ To re-record after an intended change of the wire format::
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -22,11 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
+from aiohttp import web
 
 from gateway.pricing.base import format_usd
+from gateway.routing.catalog import KNOWN_PROVIDERS
+from gateway.settings import ProviderSettings
 from gateway.simulators.base import Fault, Simulator
-from tests.support.gateway import RunningGateway, running_gateway
+from tests.bench.upstream import Upstream
+from tests.support.gateway import RunningGateway, running_gateway, start_app
 
 GOLDEN = Path(__file__).parent / "stream_wire"
 RECORD = os.environ.get("LLM_GATEWAY_RECORD_STREAM_WIRE") == "1"
@@ -184,3 +190,88 @@ async def test_stream_bytes_and_event(gw: RunningGateway, name: str) -> None:
     assert event.ttft_ms is not None and 0 <= event.ttft_ms <= event.latency_ms
     if expect.outcome == "success":
         assert f": x-llm-cost-usd={format_usd(event.cost_usd)}\n\ndata: [DONE]\n\n" in got
+
+
+# --- a stream whose end comes in the same read as its content ----------------------------------
+
+
+@pytest.fixture
+async def burst_upstream() -> AsyncIterator[str]:
+    """The benchmark's upstream: the whole SSE body (role chunk, 9 words, finish, usage chunk,
+    ``[DONE]``) in one write, so the gateway reads it in one piece."""
+    server = await asyncio.get_running_loop().create_server(Upstream, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_stream_read_in_one_piece_is_answered_in_one_write(
+    burst_upstream: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[bytes] = []
+    write = web.StreamResponse.write
+
+    async def counted(self: web.StreamResponse, data: bytes) -> None:
+        writes.append(bytes(data))
+        await write(self, data)
+
+    monkeypatch.setattr(web.StreamResponse, "write", counted)
+    providers = {name: ProviderSettings(enabled=False) for name in KNOWN_PROVIDERS}
+    providers["openai"] = ProviderSettings(api_key="sk-test", base_url=burst_upstream)
+    async with (
+        running_gateway(providers=(), settings={"providers": providers}, clock=lambda: NOW) as gw,
+        aiohttp.ClientSession() as http,
+        http.post(gw.url + "/v1/chat/completions", json=_chat(**USAGE)) as resp,
+    ):
+        body = await resp.read()
+        request_id = resp.headers["x-request-id"]
+    got = _normalised(body, request_id)
+    golden = GOLDEN / "one_read.sse"
+    if RECORD:
+        golden.write_bytes(got.encode())
+    assert got == golden.read_bytes().decode()
+    assert writes == []  # content, usage chunk, cost comment and [DONE]: all in write_eof
+    [event] = gw.event_log.events
+    assert (event.outcome, event.prompt_tokens, event.completion_tokens) == ("success", 5, 9)
+    assert event.served_model == "gpt-4o-2024-08-06" and event.cost_usd is not None
+    assert f": x-llm-cost-usd={format_usd(event.cost_usd)}\n\ndata: [DONE]\n\n" in got
+
+
+async def test_a_client_gone_mid_stream_is_recorded_as_cancelled_with_what_was_seen() -> None:
+    """The upstream sends a chunk every 50 ms; the client reads the first and hangs up: the next
+    write fails and the attempt is recorded as cancelled (incomplete), served model included."""
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        for i in range(40):
+            chunk = {"model": "gpt-4o-2024-08-06", "choices": [{"index": 0, "delta": {"content": f"w{i} "}}]}
+            await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+            await asyncio.sleep(0.05)
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    upstream = web.Application()
+    upstream.router.add_post("/v1/chat/completions", slow)
+    runner, url = await start_app(upstream)
+    providers = {name: ProviderSettings(enabled=False) for name in KNOWN_PROVIDERS}
+    providers["openai"] = ProviderSettings(api_key="sk-test", base_url=url + "/v1")
+    try:
+        async with running_gateway(providers=(), settings={"providers": providers}, clock=lambda: NOW) as gw:
+            async with aiohttp.ClientSession() as http:
+                resp = await http.post(gw.url + "/v1/chat/completions", json=_chat())
+                first = await resp.content.readuntil(b"\n\n")
+                assert b'"content":"w0 "' in first
+                resp.close()  # the client goes away
+            for _ in range(100):
+                if gw.event_log.events:
+                    break
+                await asyncio.sleep(0.05)
+            [event] = gw.event_log.events
+    finally:
+        await runner.cleanup()
+    assert (event.outcome, event.incomplete, event.served_model) == ("cancelled", True, "gpt-4o-2024-08-06")
+    assert event.ttft_ms is not None and event.ttft_ms <= event.latency_ms
