@@ -40,7 +40,9 @@ class OpenAIProvider:
     def __init__(self, settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts) -> None:
         self._settings = settings
         self._session = session
-        self._timeouts = timeouts
+        # built once: aiohttp's ClientTimeout is immutable, and building one costs a few us a call
+        self._timeout = timeouts.non_streaming()
+        self._stream_timeout = timeouts.streaming()
         self._base = (settings.base_url or DEFAULT_BASE_URL).rstrip("/")
 
     # --- what differs between OpenAI and Azure ----------------------------------------------
@@ -69,7 +71,7 @@ class OpenAIProvider:
             headers={**self.auth_headers(), "accept": "application/json"},
             body=target.body,
             params=target.params,
-            timeout=self._timeouts.non_streaming(),
+            timeout=self._timeout,
             classify=self._classify,
         ) as resp:
             data = await read_json(resp, self.name)
@@ -100,7 +102,7 @@ class OpenAIProvider:
                 headers={**self.auth_headers(), "accept": "text/event-stream"},
                 body=target.body,
                 params=target.params,
-                timeout=self._timeouts.streaming(),
+                timeout=self._stream_timeout,
                 classify=self._classify,
             ) as resp:
                 if "event-stream" not in resp.headers.get("content-type", "text/event-stream"):
