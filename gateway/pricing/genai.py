@@ -15,18 +15,22 @@ computed for each call, because some entries change with the date or even the ti
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 from functools import lru_cache
 from types import MappingProxyType
-
-import genai_prices
-from genai_prices import Usage as GenaiUsage
-from genai_prices import calc_price
+from typing import TYPE_CHECKING
 
 from gateway.types import Usage
+
+if TYPE_CHECKING:
+    # imported on the first lookup: the database is a fallback behind the built-in rates, and
+    # loading it costs ~6 MB and ~70 ms that a gateway pricing only built-in models never needs
+    from genai_prices import Usage as GenaiUsage
+    from genai_prices.types import PriceCalculation
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +50,17 @@ PROVIDER_IDS: Mapping[str, str] = MappingProxyType(
 _PROBE_TIME = datetime.fromisoformat("2025-01-01T00:00:00+00:00")
 
 
+def calc_price(
+    usage: GenaiUsage, model: str, *, provider_id: str, genai_request_timestamp: datetime
+) -> PriceCalculation:
+    """``genai_prices.calc_price``, imported on first use."""
+    from genai_prices import calc_price as calc
+
+    return calc(usage, model, provider_id=provider_id, genai_request_timestamp=genai_request_timestamp)
+
+
 def genai_prices_version() -> str:
-    return f"genai-prices-{genai_prices.__version__}"
+    return f"genai-prices-{importlib.metadata.version('genai-prices')}"
 
 
 def to_genai_usage(usage: Usage) -> GenaiUsage:
@@ -64,12 +77,16 @@ def to_genai_usage(usage: Usage) -> GenaiUsage:
         fields["cache_write_tokens"] = written
     if reasoning:
         fields["output_reasoning_tokens"] = reasoning
+    from genai_prices import Usage as GenaiUsage
+
     return GenaiUsage(**fields)
 
 
 @lru_cache(maxsize=4096)
 def _known(provider_id: str, model: str) -> bool:
     """Whether genai-prices has a price for the model at this provider (misses are cached too)."""
+    from genai_prices import Usage as GenaiUsage
+
     try:
         calc_price(GenaiUsage(), model, provider_id=provider_id, genai_request_timestamp=_PROBE_TIME)
     except LookupError:

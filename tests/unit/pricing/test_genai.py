@@ -123,3 +123,27 @@ def test_a_price_genai_cannot_compute_is_unpriced_not_an_error(
     assert genai_cost("openai", "gpt-4o-mini", Usage(prompt_tokens=10), AT) is None
     q = CompositePriceBook().quote("openai", "gpt-4o-mini", Usage(prompt_tokens=10), AT)
     assert (q.cost, q.source) == (None, "unpriced")
+
+
+def test_the_database_is_loaded_only_when_a_price_falls_back_to_it() -> None:
+    """A built-in model is priced without importing genai-prices (~6 MB); a model only the
+    database knows loads it and is priced from it. A fresh interpreter, as a gateway starts."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from datetime import UTC, datetime\n"
+        "from gateway.pricing.book import CompositePriceBook\n"
+        "from gateway.types import Usage\n"
+        "book, at = CompositePriceBook(), datetime(2025, 6, 1, tzinfo=UTC)\n"
+        "q = book.quote('openai', 'gpt-4o', Usage(prompt_tokens=1000), at)\n"
+        "from importlib.metadata import version\n"
+        "current = book.version.endswith('genai-prices-' + version('genai-prices'))\n"
+        "print(q.source, 'genai_prices' in sys.modules, current)\n"
+        "q = book.quote('openai', 'o1-mini', Usage(prompt_tokens=1000), at)\n"
+        "print(q.source, 'genai_prices' in sys.modules, q.cost is not None)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "builtin False True", out
+    assert out[1].startswith("genai") and out[1].endswith("True True"), out
