@@ -38,6 +38,8 @@ Sleep = Callable[[float], Awaitable[None]]
 
 #: errors that mean "the sink is unavailable for now" when a sink did not translate them
 _TRANSIENT = (SinkError, OSError, TimeoutError)
+#: records decoded between two turns of the event loop (~8 µs each)
+DECODE_SLICE = 128
 
 
 @dataclass
@@ -179,7 +181,7 @@ class Projector:
             records = [*records, *await self._linger(len(records))]
         if records:
             self._last_batch_at = self._clock()
-        return self._decode(records) if records else None
+        return await self._decode_cooperatively(records) if records else None
 
     async def _linger(self, have: int) -> list[LogRecord]:
         """Batches start at most once per ``linger`` seconds: a small batch that comes sooner
@@ -243,6 +245,24 @@ class Projector:
 
     def _decode(self, records: Sequence[LogRecord]) -> _Batch:
         batch = _Batch(records)
+        self._decode_into(batch, records)
+        return batch
+
+    async def _decode_cooperatively(self, records: Sequence[LogRecord]) -> _Batch:
+        """:meth:`_decode`, letting the event loop run between slices of :data:`DECODE_SLICE`
+        records (about a millisecond each): in the embedded ``serve`` the projector shares the
+        loop with the gateway's requests, and a batch of thousands decoded in one go held every
+        request behind it for several milliseconds (p99 at c=1: 14 ms with the projector in the
+        process, 5 ms without)."""
+        batch = _Batch(records)
+        for start in range(0, len(records), DECODE_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            self._decode_into(batch, records[start : start + DECODE_SLICE])
+        return batch
+
+    @staticmethod
+    def _decode_into(batch: _Batch, records: Sequence[LogRecord]) -> None:
         for record in records:
             try:
                 event = UsageEvent.from_json(record.value)
@@ -251,7 +271,6 @@ class Projector:
                 continue
             batch.events.append(event)
             batch.sources[event.event_id] = record
-        return batch
 
     async def _apply(self, batch: _Batch) -> None:
         if "dead-letters" not in batch.done:

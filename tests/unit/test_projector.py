@@ -500,3 +500,36 @@ async def test_batches_start_at_most_once_per_linger_and_a_small_one_waits_for_c
     assert batches == [1, 5]
     assert sleeps[0] == pytest.approx(0.4)
     assert projector.stats.batches_committed == 2 and projector.stats.events_applied == 6
+
+
+async def test_a_batch_is_decoded_in_slices_between_which_the_loop_runs() -> None:
+    """In the embedded serve the projector shares the event loop with the requests: decoding a
+    big batch gives the loop back every DECODE_SLICE records, and decodes what the one-go
+    decode does (events in order, poison kept aside)."""
+    from consumers.projector import DECODE_SLICE
+
+    log = RestartableLog(poison={"5": b"{not json", "700": b'{"schema_version": 99}'})
+    events = await publish(log, 1000)
+    projector = Projector(log, [RecordingSink("a")], MemoryDeadLetters(), batch_size=1000)
+    turns = 0
+
+    async def ticker() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.ensure_future(ticker())
+    await asyncio.sleep(0)
+    before = turns
+    batch = await projector._next_batch(0.1)
+    during = turns - before
+    task.cancel()
+    assert batch is not None
+    assert during >= 1000 // DECODE_SLICE - 1  # the loop ran between the slices
+    whole = projector._decode(batch.records)
+    assert [e.event_id for e in batch.events] == [e.event_id for e in whole.events]
+    assert [e.event_id for e in batch.events] == [
+        e.event_id for i, e in enumerate(events, start=1) if i not in (5, 700)
+    ]
+    assert [r.position for r, _ in batch.poison] == ["5", "700"] == [r.position for r, _ in whole.poison]
