@@ -34,11 +34,10 @@ import sqlite3
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from gateway.eventlog.base import LogRecord
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -67,8 +66,9 @@ class ReplaySource(Protocol):
 
     async def open(self, start: ReplayStart) -> None: ...
 
-    async def fetch(self, max_records: int) -> list[LogRecord]:
-        """The next records of the range; [] once the range is read."""
+    async def fetch(self, max_records: int) -> list[bytes]:
+        """The values of the next records of the range, in log order; [] once the range is read.
+        (A replay needs nothing else of a record: no position, key or timestamp objects are built.)"""
         ...
 
     async def behind(self, group_id: str) -> int | None:
@@ -145,24 +145,22 @@ class SqliteReplaySource:
             raise RuntimeError("the replay source is not open")
         return self._conn
 
-    async def fetch(self, max_records: int) -> list[LogRecord]:
+    async def fetch(self, max_records: int) -> list[bytes]:
         if self._conn is None or self._after >= self._bound:
             return []
-        rows = await asyncio.to_thread(self._read, max_records)
-        if not rows:
-            self._after = self._bound
-            return []
-        self._after = rows[-1][0]
-        return [LogRecord(str(seq), value, key, datetime.fromtimestamp(ts / 1000, UTC)) for seq, key, value, ts in rows]
+        return await asyncio.to_thread(self._read, max_records)
 
-    def _read(self, limit: int) -> list[tuple[int, str | None, bytes, int]]:
+    def _read(self, limit: int) -> list[bytes]:
         # the seq range bounds the scan (rowid order); ``ts`` filters inside it
         with self._lock:
             if self._min_ts is None:
-                sql = "SELECT seq, key, value, ts FROM events WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
-                return self._db().execute(sql, (self._after, self._bound, limit)).fetchall()
-            sql = "SELECT seq, key, value, ts FROM events WHERE seq > ? AND seq <= ? AND ts >= ? ORDER BY seq LIMIT ?"
-            return self._db().execute(sql, (self._after, self._bound, self._min_ts, limit)).fetchall()
+                sql = "SELECT seq, value FROM events WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
+                rows = self._db().execute(sql, (self._after, self._bound, limit)).fetchall()
+            else:
+                sql = "SELECT seq, value FROM events WHERE seq > ? AND seq <= ? AND ts >= ? ORDER BY seq LIMIT ?"
+                rows = self._db().execute(sql, (self._after, self._bound, self._min_ts, limit)).fetchall()
+            self._after = rows[-1][0] if rows else self._bound
+        return [value for _, value in rows]
 
     async def behind(self, group_id: str) -> int:
         if self._conn is None:
@@ -271,7 +269,7 @@ class KafkaReplaySource:
         self.first = ",".join(f"{p}:{self._starts[p]}" for p in partitions)
         self.last = ",".join(f"{p}:{self._ends[p] - 1}" for p in partitions)
 
-    async def fetch(self, max_records: int) -> list[LogRecord]:
+    async def fetch(self, max_records: int) -> list[bytes]:
         from aiokafka.errors import KafkaError
 
         try:
@@ -279,7 +277,7 @@ class KafkaReplaySource:
         except KafkaError as e:
             raise ConnectionError(f"Kafka at {self.bootstrap_servers}: {type(e).__name__}: {e}") from e
 
-    async def _fetch(self, max_records: int) -> list[LogRecord]:
+    async def _fetch(self, max_records: int) -> list[bytes]:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         consumer = self._consumer
@@ -289,19 +287,11 @@ class KafkaReplaySource:
         deadline = loop.time() + self._stall_timeout
         while self._pending:
             batches = await consumer.getmany(timeout_ms=500, max_records=max_records)
-            records: list[LogRecord] = []
+            records: list[bytes] = []
             for tp in sorted(batches, key=lambda tp: tp.partition):
                 end = self._ends[tp.partition]
-                records.extend(
-                    LogRecord(
-                        f"{msg.partition}:{msg.offset}",
-                        msg.value,
-                        None if msg.key is None else msg.key.decode(),
-                        datetime.fromtimestamp(msg.timestamp / 1000, UTC),
-                    )
-                    for msg in batches[tp]
-                    if msg.offset < end
-                )
+                # a record without a value (a tombstone) is no event: it counts as undecodable
+                records.extend(msg.value or b"" for msg in batches[tp] if msg.offset < end)
             for partition in list(self._pending):
                 tp = TopicPartition(self.topic, partition)
                 if await consumer.position(tp) >= self._ends[partition]:

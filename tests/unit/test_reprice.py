@@ -227,9 +227,9 @@ class FakeSource:
         self.total = len(records)
         self.first, self.last = "seq 1", f"seq {len(self.records)}"
 
-    async def fetch(self, max_records: int) -> list[LogRecord]:
+    async def fetch(self, max_records: int) -> list[bytes]:
         batch, self._pending = self._pending[:max_records], self._pending[max_records:]
-        return batch
+        return [record.value for record in batch]
 
     async def behind(self, group_id: str) -> int:
         return len(self.records) - self.committed
