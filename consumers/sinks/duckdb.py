@@ -1,8 +1,8 @@
 """The DuckDB sink: every event field into ``usage_facts``, upserted on ``event_id``.
 
-Fast path (no pandas, no Arrow): the events' own JSON (``UsageEvent.to_json``, orjson) joined
-into one array (the bytes pydantic's list dump makes, 3.4 -> 2.2 µs per event), the bytes go to
-a scratch file, and one ``INSERT ... SELECT ... FROM read_json(...)
+Fast path (no pandas, no Arrow): the events' own JSON (the bytes of ``UsageEvent.to_json`` and
+of pydantic's list dump) as one array, made by one orjson call over the batch (3.4 -> 2.2 -> 1.6
+µs per event), the bytes go to a scratch file, and one ``INSERT ... SELECT ... FROM read_json(...)
 ON CONFLICT`` statement parses and applies them inside DuckDB, with the column types given
 (nothing is sniffed). Measured with ``python -m tests.bench.sinks --compare`` (100k events into
 a file-backed store, 2 shared cores), batches of 5,000: ~60k events/s inserted, ~100k/s
@@ -20,6 +20,14 @@ Cost of the rollup, same benchmark and run, CPU-bound events/s per CPU-second, b
 insert ~80k -> ~60k, re-delivery ~110k -> ~80k, re-pricing ~95k -> ~40k (the file is parsed
 twice; re-pricing adds a lookup).
 
+**Plain inserts while the table holds none of the events**: when ``usage_facts`` was empty at
+start (or after :meth:`DuckDBSink.reset`), a batch is a plain ``INSERT`` (no ``ON CONFLICT``,
+no ``RETURNING``) and the rollup adds the whole batch (``insert_batch``): about 2 µs less
+DuckDB CPU per event (``RETURNING`` alone costs that). A plain insert differs from the upsert
+only when a row with the same id exists, and then it fails whole (a constraint error): the
+transaction is rolled back, the batch is upserted instead, and once the upsert finds rows that
+already existed, so is every later batch.
+
 The store (the DuckDB connection) is borrowed, not owned: whoever created it closes it.
 """
 
@@ -33,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import orjson
 
 from analytics.compaction import DayCompactor
 from analytics.store import AnalyticsStore, transaction
@@ -87,6 +96,8 @@ _DAY = "CAST(timezone('UTC', {}) AS DATE)"
 _BATCH_FILE = f"read_json($1, format = 'array', records = true, columns = {_COLUMNS}) AS e"
 _INSERT_FROM_FILE = f"INSERT INTO usage_facts ({_FACTS}) SELECT {_SELECT} FROM {_BATCH_FILE}"
 
+#: 0. all the batch, when the table holds none of its events (fails whole on a duplicate id)
+INSERT_ALL = _INSERT_FROM_FILE
 #: 1. the new events, inserted; RETURNING names them (existing events are left alone here).
 #: The ART index on event_id finds the existing rows: nothing is scanned.
 INSERT_NEW = f"{_INSERT_FROM_FILE} ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
@@ -155,15 +166,25 @@ GROUP BY ALL
 """
 
 
-def upsert_batch(conn: duckdb.DuckDBPyConnection, path: str, batch: Sequence[UsageEvent]) -> None:
+def insert_batch(conn: duckdb.DuckDBPyConnection, path: str) -> None:
+    """Insert the batch file ``path`` into usage_facts and add it to usage_daily, in one
+    transaction. Raises ``duckdb.ConstraintException`` (nothing changed) if any of its events
+    is already stored: then :func:`upsert_batch` it."""
+    with transaction(conn):
+        conn.execute(INSERT_ALL, [path])
+        conn.execute(DAILY_ALL_INSERTED, [path])
+
+
+def upsert_batch(conn: duckdb.DuckDBPyConnection, path: str, batch: Sequence[UsageEvent]) -> int:
     """Upsert the batch file ``path`` (the distinct events ``batch``) into usage_facts and keep
     usage_daily equal to their aggregate, in one transaction (rolled back whole on any error).
-    Live batches (all new) take steps 1 and 2; re-deliveries add step 3; re-pricing 4 and 5."""
+    Live batches (all new) take steps 1 and 2; re-deliveries add step 3; re-pricing 4 and 5.
+    Returns how many of the events were already stored."""
     with transaction(conn):
         inserted = [row[0] for row in conn.execute(INSERT_NEW, [path]).fetchall()]
         if len(inserted) == len(batch):
             conn.execute(DAILY_ALL_INSERTED, [path])
-            return
+            return 0
         if inserted:
             conn.execute(DAILY_SOME_INSERTED, [path, inserted])
         new = set(inserted)
@@ -176,6 +197,7 @@ def upsert_batch(conn: duckdb.DuckDBPyConnection, path: str, batch: Sequence[Usa
         if changed:
             conn.execute(UPSERT, [path])
             conn.execute(DAILY_REPRICED, _repricing_deltas(changed))
+        return len(existing)
 
 
 def _repricing_deltas(changed: list[dict[str, Any]]) -> list[list[Any]]:
@@ -213,8 +235,16 @@ def reset_facts(conn: duckdb.DuckDBPyConnection) -> None:
 
 
 def batch_json(events: Sequence[UsageEvent]) -> bytes:
-    """The batch file: a JSON array of the events' own JSON (the bytes of pydantic's list dump)."""
-    return b"[" + b",".join(event.to_json() for event in events) + b"]"
+    """The batch file: a JSON array of the events' own JSON (``UsageEvent.to_json``, the bytes of
+    pydantic's list dump), made by one orjson call over the events' field dicts (money as the
+    same decimal text): 2.6 -> 1.6 µs per event."""
+    return orjson.dumps([event.__dict__ for event in events], default=_decimal_text, option=orjson.OPT_UTC_Z)
+
+
+def _decimal_text(value: object) -> str:
+    if isinstance(value, Decimal):
+        return format(value, "f")  # as UsageEvent.to_json and its field serializer write money
+    raise TypeError(f"{type(value).__name__} is not a usage event field type")
 
 
 #: DuckDB errors caused by the data itself; any other DuckDB error is an availability problem
@@ -231,12 +261,21 @@ class DuckDBSink:
         self._store = store
         self._scratch = None if scratch_dir is None else str(scratch_dir)
         self._compactor = DayCompactor()
+        #: plain inserts: the table holds none of the events yet (see the module docstring)
+        self._direct = False
+
+    @property
+    def direct(self) -> bool:
+        """Batches go in as plain inserts (the table held none of the events so far)."""
+        return self._direct
 
     async def start(self) -> None:
         try:
             await self._store.open()
+            rows = await self._store.fetchall("SELECT NOT EXISTS (SELECT 1 FROM usage_facts)")
         except duckdb.Error as e:
             raise SinkError(self.name, f"cannot open {self._store.path}: {e}") from e
+        self._direct = bool(rows[0][0])
 
     async def apply(self, events: Sequence[UsageEvent]) -> None:
         if not events:
@@ -251,7 +290,7 @@ class DuckDBSink:
             try:
                 with os.fdopen(fd, "wb") as file:
                     file.write(payload)
-                upsert_batch(conn, path, batch)
+                self._write(conn, path, batch)
             finally:
                 os.unlink(path)
             # a day is over: rewrite it tenant by tenant (analytics/compaction.py)
@@ -260,9 +299,20 @@ class DuckDBSink:
 
         await self._run(upsert)
 
+    def _write(self, conn: duckdb.DuckDBPyConnection, path: str, batch: Sequence[UsageEvent]) -> None:
+        if self._direct:
+            try:
+                insert_batch(conn, path)
+                return
+            except duckdb.ConstraintException:
+                pass  # some event is stored already (or a NOT NULL refusal, which the upsert repeats)
+        if upsert_batch(conn, path, batch):
+            self._direct = False
+
     async def reset(self) -> None:
         await self._run(reset_facts)
         self._compactor = DayCompactor()
+        self._direct = True
 
     async def close(self) -> None:
         return None  # the store belongs to whoever opened it

@@ -10,11 +10,24 @@ Idempotent on ``"id"`` (= event id): ``INSERT ... ON CONFLICT ("id") DO UPDATE``
 and price version only, so a redelivered batch changes nothing and a replay with a new price
 table (``--reprice``) re-costs history. Rows whose cost did not change are not rewritten.
 
-Write path: each batch is COPYed (binary) into a per-connection temporary staging table, then
+Write path: each batch is COPYed into a per-connection temporary staging table, then
 ``INSERT ... SELECT ... ON CONFLICT`` into ``"LLMUsage"``, in one transaction. Measured with
 ``python -m tests.bench.sinks --compare --database-url ...`` on 10,000-row batches (local
 Postgres 15, 2 shared cores): ~75k rows/s inserted, ~125k/s re-delivered, against ~45k for
 ``executemany`` and ~40k for ``INSERT ... SELECT FROM unnest($1::text[], ...)``.
+
+- **Direct COPY while the table holds none of the events**: when ``"LLMUsage"`` was empty at
+  start (or after :meth:`reset`), batches are COPYed straight into it, without the staging
+  table and the upsert (about 2 µs less Postgres CPU per event). Plain inserts differ from the
+  upsert only when a row with the same id exists, and then the COPY fails whole with a unique
+  violation: that batch is upserted instead, and so is every later one (the sink stops trying).
+- **CSV, not binary**: the rows are sent as CSV made by orjson (each row's values as a JSON array
+  without its brackets: strings quoted, numbers bare, ``null`` unquoted = NULL, money as decimal
+  text, times as ISO 8601 with their offset). Half the client CPU of asyncpg's binary record
+  encoding (5.5 -> 2.9 µs per event, ~0.5 µs more in the server). That text is exactly the CSV
+  Postgres reads as long as it holds no backslash (JSON escapes: quotes, control characters),
+  every float is finite (orjson writes NaN as null) and every time has an offset; a batch with any
+  of those goes as binary records.
 
 The connection pool lives between :meth:`start` and :meth:`close`. If the database is down,
 ``start`` raises ``SinkError`` and ``apply`` retries opening it, so a projector started during
@@ -25,10 +38,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
+import orjson
 
 from consumers.migrations import migrate_postgres, quote_ident
 from consumers.sinks.base import RejectedEvents, SinkError, latest_by_id
@@ -36,7 +51,8 @@ from gateway.events import UsageEvent
 
 log = logging.getLogger(__name__)
 
-TABLE = '"LLMUsage"'
+TABLE_NAME = "LLMUsage"
+TABLE = f'"{TABLE_NAME}"'
 STAGE = "_llmusage_stage"
 
 #: "LLMUsage" columns written by the sink, in COPY order
@@ -58,6 +74,7 @@ UPSERT_FROM_STAGE = (
     + " WHERE "
     + " OR ".join(f"{TABLE}.{c} IS DISTINCT FROM EXCLUDED.{c}" for c in _REPRICED)
 )
+IS_EMPTY = f"SELECT NOT EXISTS (SELECT 1 FROM {TABLE})"
 #: a replay --full rebuild drops the gateway's rows (they carry a request id), not rows other
 #: writers of the platform's table may have put there
 RESET = f'DELETE FROM {TABLE} WHERE "requestId" IS NOT NULL'
@@ -97,6 +114,46 @@ def row(event: UsageEvent) -> tuple[Any, ...]:
     )
 
 
+#: UsageEvent fields copied as they are, and the "LLMUsage" column each goes to (CSV order)
+_AS_IS = {
+    "event_id": "id", "tenant_id": "tenantId", "provider": "provider", "prompt_tokens": "promptTokens",
+    "completion_tokens": "completionTokens", "total_tokens": "totalTokens", "created_at": "createdAt",
+    "request_id": "requestId", "attempt": "attempt", "outcome": "outcome", "requested_model": "requestedModel",
+    "provider_model": "providerModel", "http_status": "httpStatus", "error_code": "errorCode",
+    "latency_ms": "latencyMs", "ttft_ms": "ttftMs", "cached_tokens": "cachedTokens",
+    "cache_creation_tokens": "cacheCreationTokens", "reasoning_tokens": "reasoningTokens",
+    "price_version": "priceVersion", "billable": "billable", "incomplete": "incomplete", "stream": "stream",
+    "endpoint": "endpoint", "api_key_id": "apiKeyId", "gateway_instance": "gatewayInstance",
+}  # fmt: skip
+#: "LLMUsage" columns in the order of a :func:`csv_rows` row: the fields above, then the two computed
+CSV_COLUMNS = (*_AS_IS.values(), "model", "costUsd")
+_fields_as_is = operator.itemgetter(*_AS_IS)
+_COPY_CSV = {"format": "csv", "null": "null"}
+
+
+def csv_rows(events: Sequence[UsageEvent]) -> bytes | None:
+    """The "LLMUsage" rows of ``events`` as Postgres CSV (:data:`CSV_COLUMNS`), or None when
+    some value cannot travel that way (see the module docstring): then use :func:`row`."""
+    lines = []
+    try:
+        for event in events:
+            fields = event.__dict__
+            latency, ttft, cost = fields["latency_ms"], fields["ttft_ms"], fields["cost_usd"]
+            # x - x is 0.0 for a finite float, NaN (true) for NaN and the infinities
+            if latency - latency or (ttft is not None and ttft - ttft) or fields["created_at"].tzinfo is None:
+                return None
+            values = (
+                *_fields_as_is(fields),
+                fields["served_model"] or fields["provider_model"],
+                None if cost is None else str(cost),  # exact decimal text (maybe with an exponent)
+            )
+            lines.append(orjson.dumps(values, option=orjson.OPT_UTC_Z)[1:-1])
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits, a string that is not UTF-8
+        return None
+    data = b"\n".join(lines)
+    return None if b"\\" in data else data
+
+
 #: errors caused by the rows themselves (SQLSTATE classes 22 and 23, or a number the binary
 #: COPY cannot encode, e.g. 2**31 tokens for an INTEGER column): retrying cannot help
 _DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, OverflowError)
@@ -134,6 +191,13 @@ class PostgresSink:
         self._command_timeout = command_timeout
         self._pool: asyncpg.Pool | None = None
         self._lock = asyncio.Lock()
+        #: COPY straight into the table (it holds none of the events yet; see the module docstring)
+        self._direct = False
+
+    @property
+    def direct(self) -> bool:
+        """Batches go in as plain inserts (the table held none of the events so far)."""
+        return self._direct
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -149,12 +213,22 @@ class PostgresSink:
     async def apply(self, events: Sequence[UsageEvent]) -> None:
         if not events:
             return
-        records = [row(e) for e in latest_by_id(events)]
+        batch = latest_by_id(events)
+        data = csv_rows(batch)
         pool = await self._ready()
         try:
-            async with pool.acquire(timeout=self._connect_timeout) as conn, conn.transaction():
-                await conn.copy_records_to_table(STAGE, records=records, columns=COLUMNS)
-                await conn.execute(UPSERT_FROM_STAGE)
+            async with pool.acquire(timeout=self._connect_timeout) as conn:
+                if self._direct:
+                    try:
+                        async with conn.transaction():
+                            await _copy(conn, TABLE_NAME, batch, data)
+                        return
+                    except asyncpg.UniqueViolationError:
+                        self._direct = False
+                        log.info("postgres: %s holds some of the events: upserting from now on", TABLE)
+                async with conn.transaction():
+                    await _copy(conn, STAGE, batch, data)
+                    await conn.execute(UPSERT_FROM_STAGE)
         except asyncpg.NotNullViolationError as e:
             # every column the sink writes NOT NULL is non-null in any valid event: the table
             # has a NOT NULL column the sink does not know (a platform column without a
@@ -172,6 +246,7 @@ class PostgresSink:
                 await conn.execute(RESET)
         except _DRIVER_ERRORS as e:
             raise SinkError(self.name, f"{type(e).__name__}: {e}") from e
+        self._direct = True
 
     # --- internals ----------------------------------------------------------------------------
     async def _ready(self) -> asyncpg.Pool:
@@ -203,6 +278,7 @@ class PostgresSink:
         )
         try:
             await migrate_postgres(conn, schema=self._schema)
+            self._direct = bool(await conn.fetchval(IS_EMPTY))
         finally:
             await conn.close()
 
@@ -211,6 +287,14 @@ class PostgresSink:
         if self._schema is not None:
             settings["search_path"] = quote_ident(self._schema)
         return settings
+
+
+async def _copy(conn: asyncpg.Connection, table: str, batch: Sequence[UsageEvent], data: bytes | None) -> None:
+    """COPY the batch into ``table``: its CSV ``data``, else (None) binary records."""
+    if data is not None:
+        await conn.copy_to_table(table, source=memoryview(data), columns=CSV_COLUMNS, **_COPY_CSV)
+    else:
+        await conn.copy_records_to_table(table, records=[row(e) for e in batch], columns=COLUMNS)
 
 
 async def _create_stage(conn: asyncpg.Connection) -> None:

@@ -9,6 +9,7 @@ money, NULL for unpriced, atomic batches, fast enough for 10k-event batches.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,8 +24,8 @@ import pytest
 from analytics.store import AnalyticsStore
 from consumers.migrations import MIGRATIONS_TABLE, postgres_migrations
 from consumers.sinks.base import RejectedEvents, Sink, SinkError
-from consumers.sinks.duckdb import FACT_COLUMNS, DuckDBSink
-from consumers.sinks.postgres import PostgresSink
+from consumers.sinks.duckdb import FACT_COLUMNS, REBUILD_DAILY, DuckDBSink, batch_json
+from consumers.sinks.postgres import COLUMNS, PostgresSink, csv_rows, row
 from gateway.events import UsageEvent
 from gateway.ids import uuid7
 from tests.conftest import DATABASE_ENV, missing_service
@@ -304,6 +305,27 @@ async def test_empty_batch_is_a_no_op(harness: Harness) -> None:
     assert await harness.rows() == {}
 
 
+async def test_plain_inserts_until_a_batch_meets_a_stored_event_then_upserts(harness: Harness) -> None:
+    sink = harness.sink
+    assert isinstance(sink, DuckDBSink | PostgresSink)
+    events = [make_event(i, cost=Decimal("0.001")) for i in range(30)]
+    assert sink.direct  # started on an empty table
+    await sink.apply(events[:10])
+    assert sink.direct
+    # one batch: re-priced stored events, a stored event as it is, new events
+    repriced = [e.model_copy(update={"cost_usd": Decimal("0.002"), "price_version": "2026-02"}) for e in events[5:9]]
+    await sink.apply([*repriced, events[9], *events[10:20]])
+    assert not sink.direct
+    await sink.apply(events[20:])  # upserted too (the sink stopped trying plain inserts)
+    rows = await harness.rows()
+    assert rows == {e.event_id: expected(e) for e in [*events[:5], *repriced, *events[9:]]}
+    assert await harness.total_cost() == Decimal("0.001") * 26 + Decimal("0.002") * 4
+    await sink.reset()
+    assert sink.direct  # emptied: plain inserts again
+    await sink.apply(events[:3])
+    assert set(await harness.rows()) == {e.event_id for e in events[:3]}
+
+
 # --- DuckDB only: the facts hold the whole event ----------------------------------------------
 async def test_duckdb_facts_hold_every_event_field() -> None:
     assert set(FACT_COLUMNS) == set(UsageEvent.model_fields)
@@ -413,6 +435,107 @@ async def test_postgres_a_platform_not_null_column_pauses_rather_than_rejecting_
             await sink.apply([make_event(1)])
         assert caught.value.retryable
         assert "userId" in str(caught.value)
+    finally:
+        await sink.close()
+        await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await conn.close()
+
+
+# --- DuckDB only: the batch file, plain inserts and the rollup ---------------------------------
+def test_the_batch_file_is_the_events_own_json() -> None:
+    events = [
+        make_event(1),
+        make_event(2, cost=None, price_version=None, served_model=None),
+        make_event(3, cost=Decimal("0.00000001"), error_message='quote " backslash \\ newline \n NUL \x00 ✓'),
+        make_event(
+            4, cost=Decimal("1E+3"), created_at=datetime(2026, 3, 1, 14, 0, 0, 5, tzinfo=timezone(timedelta(hours=2)))
+        ),
+        make_event(5, cost=Decimal("-0"), latency_ms=0.1 + 0.2, ttft_ms=None, api_key_id="null"),
+    ]
+    assert batch_json(events) == b"[" + b",".join(e.to_json() for e in events) + b"]"
+    assert batch_json([]) == b"[]"
+
+
+async def test_duckdb_rollup_equals_the_facts_after_plain_inserts_and_the_fall_back() -> None:
+    store = AnalyticsStore()
+    await store.open()
+    try:
+        sink = DuckDBSink(store)
+        await sink.start()
+        events = [
+            make_event(
+                i,
+                cost=None if i % 7 == 0 else Decimal("0.0000001") * i,
+                created_at=START + timedelta(hours=5 * i),
+                billable=i % 5 != 0,
+                incomplete=i % 3 == 0,
+                served_model=None if i % 4 == 0 else "gpt-4o-2024-11-20",
+            )
+            for i in range(40)
+        ]
+        await sink.apply(events[:20])
+        assert sink.direct
+        repriced = [e.model_copy(update={"cost_usd": None, "price_version": None}) for e in events[15:20]]
+        await sink.apply([*repriced, *events[20:]])
+        assert not sink.direct
+        aggregate = REBUILD_DAILY[REBUILD_DAILY.index("SELECT") :]
+        assert sorted(await store.fetchall("SELECT * FROM usage_daily")) == sorted(await store.fetchall(aggregate))
+    finally:
+        await store.close()
+
+
+# --- Postgres only: CSV and binary COPY write the same rows ----------------------------------
+def _as_stored(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A row as Postgres gives it back: money at the column's scale, NaN comparable."""
+    cost = COLUMNS.index("costUsd")
+    out = list(values)
+    if out[cost] is not None:
+        out[cost] = Decimal(out[cost]).quantize(Decimal("1e-10"))
+    return tuple("NaN" if isinstance(v, float) and math.isnan(v) else v for v in out)
+
+
+@pytest.mark.postgres
+async def test_postgres_csv_and_binary_copy_store_the_same_values() -> None:
+    plus_two = timezone(timedelta(hours=2))
+    # values CSV carries as they are: commas, quotes of the other kind, unicode, empty and "null"
+    # strings, money with an exponent or more than 10 decimals, offsets, floats at their limits
+    as_csv = [
+        make_event(1, tenant_id="acme, inc. ✓ 'x'", api_key_id="null", gateway_instance="", error_code="e,1"),
+        make_event(2, cost=Decimal("1E-7"), created_at=datetime(2026, 3, 1, 14, 0, 0, 1, tzinfo=plus_two)),
+        make_event(3, cost=Decimal("0.00000000015"), latency_ms=0.1 + 0.2, ttft_ms=1e-300),
+        make_event(4, cost=None, price_version=None, served_model=None, http_status=None, ttft_ms=None),
+        make_event(5, cost=Decimal("-0"), latency_ms=1e300, prompt_tokens=2**31 - 1),
+    ]
+    # values CSV cannot carry: each sends its batch as binary records
+    as_binary = [
+        make_event(6, error_code='say "hi"'),
+        make_event(7, tenant_id="back\\slash"),
+        make_event(8, error_code="line\nbreak\ttab"),
+        make_event(9, error_code="nul\x00here"),
+        make_event(10, latency_ms=math.nan),
+        make_event(11, ttft_ms=math.inf),
+        make_event(12, created_at=datetime(2026, 3, 1, 12, 0)),  # noqa: DTZ001 - no offset, on purpose
+    ]
+    assert csv_rows(as_csv) is not None
+    assert all(csv_rows([e]) is None for e in as_binary)
+    assert csv_rows(as_csv[:2] + as_binary[:1]) is None  # one is enough
+    url = database_url()
+    schema = f"sink_csv_{uuid.uuid4().hex[:12]}"
+    sink = PostgresSink(url, schema=schema)
+    conn = await asyncpg.connect(url)
+    try:
+        await sink.start()
+        await sink.apply(as_csv)
+        for event in as_binary[:-1]:
+            await sink.apply([event])
+        columns = ", ".join(f'"{c}"' for c in COLUMNS)
+        stored = {r[0]: _as_stored(tuple(r)) for r in await conn.fetch(f'SELECT {columns} FROM "{schema}"."LLMUsage"')}
+        assert stored == {e.event_id: _as_stored(row(e)) for e in as_csv + as_binary[:-1]}
+        assert stored[as_csv[2].event_id][COLUMNS.index("costUsd")] == Decimal("0.0000000002")  # half up
+        with pytest.raises(RejectedEvents):  # 2**31 tokens: refused whichever way it goes
+            await sink.apply([make_event(13, prompt_tokens=2**31)])
+        with pytest.raises(RejectedEvents):
+            await sink.apply([make_event(14, prompt_tokens=2**70)])
     finally:
         await sink.close()
         await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
