@@ -245,12 +245,14 @@ class Postgres:
         return Totals(*row)
 
     async def consumer_waiting_for_a_lock(self) -> bool:
-        """A consumer's write to "LLMUsage" waits for a lock (the Postgres sink's upsert)."""
+        """A consumer's write to "LLMUsage" waits for a lock (the Postgres sink's upsert, or its
+        COPY while the table holds none of the batch's events)."""
         conn = await asyncpg.connect(self.url, timeout=3)
         try:
             waiting = await conn.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND application_name = 'llm-gateway-consumer' AND query LIKE 'INSERT INTO \"LLMUsage\"%'"
+                "AND application_name = 'llm-gateway-consumer' AND query LIKE '%\"LLMUsage\"%' "
+                "AND (query LIKE 'INSERT INTO%' OR query LIKE 'COPY%')"
             )
         finally:
             await conn.close()
@@ -477,7 +479,7 @@ async def test_consumer_killed_mid_batch_and_restarted_projects_everything_once(
     try:
         async with locker.transaction():
             await locker.execute('LOCK TABLE "LLMUsage" IN SHARE ROW EXCLUSIVE MODE')  # blocks INSERTs
-            await eventually(pg.consumer_waiting_for_a_lock, bool, "the consumer's INSERT waits for the lock", 30)
+            await eventually(pg.consumer_waiting_for_a_lock, bool, "the consumer's write waits for the lock", 30)
             await consumer.kill()
     finally:
         await locker.close()
