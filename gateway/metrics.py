@@ -12,10 +12,11 @@ from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gateway.events import UsageEvent
+from gateway.metric_series import CounterSeries, HistogramSeries, SeriesCollector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -24,78 +25,73 @@ class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
-            "llm_gateway_requests", "HTTP requests by route and status", ["route", "status"], registry=r
+        # the request path's series (see gateway/metric_series.py): plain numbers until scraped
+        self.requests = CounterSeries("llm_gateway_requests", "HTTP requests by route and status", ["route", "status"])
+        self.request_latency = HistogramSeries(
+            "llm_gateway_request_seconds", "HTTP request latency", ["route"], LATENCY_BUCKETS
         )
-        self.request_latency = Histogram(
-            "llm_gateway_request_seconds", "HTTP request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r
+        self.attempts = CounterSeries(
+            "llm_gateway_attempts", "Provider attempts by outcome", ["provider", "model", "outcome"]
         )
-        self.attempts = Counter(
-            "llm_gateway_attempts", "Provider attempts by outcome", ["provider", "model", "outcome"], registry=r
+        self.attempt_latency = HistogramSeries(
+            "llm_gateway_attempt_seconds", "Provider attempt latency", ["provider"], LATENCY_BUCKETS
         )
-        self.attempt_latency = Histogram(
-            "llm_gateway_attempt_seconds", "Provider attempt latency", ["provider"], buckets=LATENCY_BUCKETS, registry=r
-        )
-        self.ttft = Histogram(
+        self.ttft = HistogramSeries(
             "llm_gateway_time_to_first_token_seconds",
             "Time to first token of successful attempts",
             ["provider"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
+            LATENCY_BUCKETS,
         )
-        self.tokens = Counter(
-            "llm_gateway_tokens", "Tokens by provider, model and kind", ["provider", "model", "kind"], registry=r
+        self.tokens = CounterSeries(
+            "llm_gateway_tokens", "Tokens by provider, model and kind", ["provider", "model", "kind"]
         )
-        self.cost = Counter(
-            "llm_gateway_cost_usd",
-            "Cost in USD (approximate float; exact in the stores)",
-            ["provider", "model"],
-            registry=r,
+        self.cost = CounterSeries(
+            "llm_gateway_cost_usd", "Cost in USD (approximate float; exact in the stores)", ["provider", "model"]
         )
-        self.unpriced = Counter(
-            "llm_gateway_unpriced_attempts",
-            "Billable attempts without a known price",
-            ["provider", "model"],
-            registry=r,
+        self.unpriced = CounterSeries(
+            "llm_gateway_unpriced_attempts", "Billable attempts without a known price", ["provider", "model"]
+        )
+        r.register(
+            SeriesCollector(
+                [
+                    self.requests,
+                    self.request_latency,
+                    self.attempts,
+                    self.attempt_latency,
+                    self.ttft,
+                    self.tokens,
+                    self.cost,
+                    self.unpriced,
+                ]
+            )
         )
         self.spool_depth = Gauge("llm_gateway_spool_depth", "Usage events not yet on the durable log", registry=r)
         self.consumer_lag = Gauge(
             "llm_gateway_consumer_lag", "Events on the log not yet projected", ["group"], registry=r
         )
         self._gauges: list[Callable[[], None]] = []
-        #: labelled children by (metric, label values): ``labels()`` validates and locks on
-        #: every call, a dict lookup does not (the request path updates about eight per call)
-        self._children: dict[tuple[Any, ...], Any] = {}
-
-    def child(self, metric: Any, *values: str) -> Any:
-        """``metric.labels(*values)``, cached."""
-        key = (metric, *values)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = metric.labels(*values)
-        return found
 
     def observe_event(self, event: UsageEvent) -> None:
+        """Count one attempt (on the event loop's thread: the series take no lock)."""
         model = event.served_model or event.provider_model
         provider = event.provider
-        child = self.child
-        child(self.attempts, provider, model, event.outcome).inc()
-        child(self.attempt_latency, provider).observe(event.latency_ms / 1000.0)
+        self.attempts.inc((provider, model, event.outcome))
+        self.attempt_latency.observe((provider,), event.latency_ms / 1000.0)
         if event.outcome == "success" and event.ttft_ms is not None:
-            child(self.ttft, provider).observe(event.ttft_ms / 1000.0)
+            self.ttft.observe((provider,), event.ttft_ms / 1000.0)
         if event.prompt_tokens:
-            child(self.tokens, provider, model, "prompt").inc(event.prompt_tokens)
+            self.tokens.inc((provider, model, "prompt"), event.prompt_tokens)
         if event.completion_tokens:
-            child(self.tokens, provider, model, "completion").inc(event.completion_tokens)
+            self.tokens.inc((provider, model, "completion"), event.completion_tokens)
         if event.billable:
             if event.cost_usd is None:
-                child(self.unpriced, provider, model).inc()
+                self.unpriced.inc((provider, model))
             elif event.cost_usd:
-                child(self.cost, provider, model).inc(float(event.cost_usd))
+                self.cost.inc((provider, model), float(event.cost_usd))
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
-        self.child(self.requests, route, str(status)).inc()
-        self.child(self.request_latency, route).observe(seconds)
+        self.requests.inc((route, str(status)))
+        self.request_latency.observe((route,), seconds)
 
     def on_scrape(self, refresh: Callable[[], None]) -> None:
         """Register a callback that refreshes gauges (spool depth, lag) at scrape time."""

@@ -14,7 +14,6 @@ import pytest
 from gateway import errors
 from gateway.events import UsageEvent
 from gateway.ids import request_id, uuid7, uuid7_str
-from gateway.metrics import GatewayMetrics
 from gateway.providers import openai_wire as wire
 from gateway.providers.sse import SseEvent, iter_sse, iter_sse_batches
 from gateway.routing.catalog import ModelCatalog
@@ -87,14 +86,6 @@ def test_uuid7_str_and_request_id_are_ordered_v7_uuids() -> None:
     rid = request_id()
     assert rid.startswith("req_") and uuid.UUID(rid[4:]).version == 7
     assert uuid7().version == 7
-
-
-def test_metrics_children_are_cached_and_count_like_labels() -> None:
-    metrics = GatewayMetrics()
-    for _ in range(3):
-        metrics.observe_event(_event())
-    assert metrics.attempts.labels("openai", "gpt-4o-2024-08-06", "success")._value.get() == 3
-    assert metrics.child(metrics.attempts, "a", "b", "c") is metrics.attempts.labels("a", "b", "c")
 
 
 async def test_candidate_cache_follows_priority_and_native_first() -> None:

@@ -1,0 +1,63 @@
+"""The request path's metric series render exactly what prometheus_client's Counter and
+Histogram render for the same updates (only the ``_created`` timestamps differ)."""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from gateway.metric_series import CounterSeries, HistogramSeries, SeriesCollector
+from gateway.metrics import LATENCY_BUCKETS, GatewayMetrics
+
+_CREATED = re.compile(rb"^(\w+_created\{[^}]*\}) \S+$", re.M)
+
+
+def _without_created_values(text: bytes) -> bytes:
+    return _CREATED.sub(rb"\1 <t>", text)
+
+
+def test_series_render_like_prometheus_client_for_random_updates() -> None:
+    rng = random.Random(7)
+    reference = CollectorRegistry(auto_describe=True)
+    counter = Counter("t_calls", "calls by provider and kind", ["provider", "kind"], registry=reference)
+    histogram = Histogram("t_seconds", "latency", ["provider"], buckets=LATENCY_BUCKETS, registry=reference)
+    mine = CollectorRegistry(auto_describe=True)
+    calls = CounterSeries("t_calls", "calls by provider and kind", ["provider", "kind"])
+    seconds = HistogramSeries("t_seconds", "latency", ["provider"], LATENCY_BUCKETS)
+    mine.register(SeriesCollector([calls, seconds]))
+    # values on and around every bucket bound, tiny, huge, integer and fractional amounts
+    edges = [b for bound in LATENCY_BUCKETS for b in (bound, math.nextafter(bound, 0), math.nextafter(bound, 9e9))]
+    for _ in range(3000):
+        provider = rng.choice(["openai", "azure", "anthropic", 'we"ird\\name'])
+        kind = rng.choice(["prompt", "completion"])
+        amount = rng.choice([1, 7, 0.25, 1e-9, 12345.678])
+        counter.labels(provider, kind).inc(amount)
+        calls.inc((provider, kind), amount)
+        value = rng.choice([*edges, 0.0, 1e-7, 500.0, rng.uniform(0, 130)])
+        histogram.labels(provider).observe(value)
+        seconds.observe((provider,), value)
+    expected, got = generate_latest(reference), generate_latest(mine)
+    assert b"t_seconds_created" in got and b"t_calls_created" in got
+    assert _without_created_values(got) == _without_created_values(expected)
+
+
+def test_gateway_metrics_count_an_event_and_a_request() -> None:
+    from decimal import Decimal
+
+    from tests.unit.test_hot_path import _event
+
+    metrics = GatewayMetrics()
+    for _ in range(3):
+        metrics.observe_event(_event(cost_usd=Decimal("0.000150")))
+    metrics.observe_request("/v1/chat/completions", 200, 0.012)
+    text = metrics.render().decode()
+    labels = 'model="gpt-4o-2024-08-06",outcome="success",provider="openai"'
+    assert f"llm_gateway_attempts_total{{{labels}}} 3.0" in text
+    assert 'llm_gateway_cost_usd_total{model="gpt-4o-2024-08-06",provider="openai"} 0.00045' in text
+    assert 'llm_gateway_request_seconds_bucket{le="0.025",route="/v1/chat/completions"} 1.0' in text
+    assert 'llm_gateway_request_seconds_bucket{le="0.01",route="/v1/chat/completions"} 0.0' in text
+    assert 'llm_gateway_requests_total{route="/v1/chat/completions",status="200"} 1.0' in text
+    assert "llm_gateway_spool_depth 0.0" in text
