@@ -72,7 +72,7 @@ import duckdb
 from analytics.store import AnalyticsStore
 from consumers.replay_report import STORE_SCALE, KeyDiff, ProgressBar, ReplayReport, render_report, store_money
 from consumers.replay_sources import ReplayRangeError, ReplaySource, ReplayStart
-from consumers.sinks.base import Sink, SinkError
+from consumers.sinks.base import DistinctEvents, Sink, SinkError
 from gateway.events import SCHEMA_VERSION, UsageEvent
 from gateway.pricing.base import PriceBook
 from gateway.pricing.reprice import price_events
@@ -292,7 +292,7 @@ class Replayer:
                     if options.reprice and self.price_book is not None:
                         repriced = price_events(events, self.price_book)
                         report.repriced += sum(1 for old, new in zip(events, repriced, strict=True) if old is not new)
-                        events = repriced
+                        events = DistinctEvents(repriced)  # one per event: the ids stay distinct
                     await ready.put((len(records), events))
                 await ready.put(None)
             except Exception as e:  # noqa: BLE001 - handed to the writer, which raises it
@@ -331,7 +331,7 @@ class Replayer:
             events.append(event)
         unique = {e.event_id: e for e in events}  # the same event twice on the log: the last wins
         report.events += len(unique)
-        return list(unique.values()) if len(unique) != len(events) else events
+        return DistinctEvents(unique.values() if len(unique) != len(events) else events)
 
     async def _compare(self, events: list[UsageEvent], report: ReplayReport) -> list[UsageEvent]:
         """Add the batch to the diff; returns the events DuckDB does not hold as they are now.
@@ -339,7 +339,7 @@ class Replayer:
         replayed event.)"""
         stored = {} if self._nothing_stored else await self._stored(events)
         by_key = report.by_key
-        stale: list[UsageEvent] = []
+        stale = DistinctEvents()  # a part of the batch: distinct too
         for event in events:
             cost = event.cost_usd
             if cost is not None:

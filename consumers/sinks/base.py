@@ -69,12 +69,22 @@ class RejectedEvents(SinkError):
     retryable: ClassVar[bool] = False
 
 
+class DistinctEvents(list[UsageEvent]):
+    """A batch whose event ids are known to be distinct (the replayer makes them so as it
+    decodes): :func:`latest_by_id` hands it back as it is instead of checking again in every
+    sink (a dict of the batch per sink: ~5% of a replay's event-loop thread)."""
+
+    __slots__ = ()
+
+
 def latest_by_id(events: Sequence[UsageEvent]) -> list[UsageEvent]:
     """One event per ``event_id`` (the last one wins, e.g. a re-priced copy), in batch order.
 
     A batch can hold the same event twice (a producer retry, a spool forwarded twice); a
     single upsert statement must not touch one row twice.
     """
+    if isinstance(events, DistinctEvents):
+        return events
     latest = {event.event_id: event for event in events}
     if len(latest) == len(events):
         return list(events)

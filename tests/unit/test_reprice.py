@@ -18,7 +18,7 @@ from analytics.store import AnalyticsStore
 from consumers.replay import ProgressBar, Replayer, ReplayError, ReplayOptions, decode, render_report, store_money
 from consumers.replay_http import book_from_document, options_from_body, price_document
 from consumers.replay_sources import ReplayStart
-from consumers.sinks.base import RejectedEvents, SinkError
+from consumers.sinks.base import DistinctEvents, RejectedEvents, SinkError, latest_by_id
 from consumers.sinks.duckdb import DuckDBSink
 from gateway.errors import InvalidRequest
 from gateway.eventlog.base import LogRecord
@@ -516,3 +516,33 @@ def test_health_cannot_be_rebuilt_from_the_middle_nor_left_out_of_a_full_rebuild
         ReplayOptions(health=True, since=T0).check()
     with pytest.raises(ReplayError, match="--full"):
         ReplayOptions(health=False, full=True).check()
+
+
+class Keeping(Recording):
+    """A sink that keeps the batches it is given."""
+
+    def __init__(self) -> None:
+        super().__init__("keeping")
+        self.batches: list[Sequence[UsageEvent]] = []
+
+    async def apply(self, events: Sequence[UsageEvent]) -> None:
+        self.batches.append(events)
+
+
+async def test_an_event_twice_on_the_log_reaches_the_sinks_once_the_last_copy_winning(store: AnalyticsStore) -> None:
+    events = scenario_events()
+    later = events[2].model_copy(update={"cost_usd": Decimal("0.5"), "price_version": "later"})
+    keeping = Keeping()
+    sinks = [DuckDBSink(store), keeping]
+    report = await Replayer(FakeSource([*events, later]), store, sinks, batch_size=100).run(ReplayOptions())
+
+    [batch] = keeping.batches
+    assert isinstance(batch, DistinctEvents)  # the sinks need not check again
+    assert latest_by_id(batch) is batch
+    assert [e.event_id for e in batch] == [e.event_id for e in events]
+    assert batch[2] == later
+    assert report.events == report.events_applied == len(events)
+    stored = await store.fetchall(
+        "SELECT cost_usd, price_version FROM usage_facts WHERE event_id = ?", [later.event_id]
+    )
+    assert stored == [(Decimal("0.5"), "later")]
