@@ -6,7 +6,8 @@ Python), ``gateway`` (``llm-gateway serve``, usage events on the embedded log),
 ``gateway-kafka`` (the same on Kafka) and ``litellm`` (the LiteLLM proxy); optional
 ``gateway-noproj`` (embedded log, projector not in the process: attribution only) and
 ``gateway-alt`` (``--alt-src``: the gateway served from another source tree, e.g. a patched
-copy, for a before/after in one run).
+copy, for a before/after in one run) and ``shaped`` (``tests/bench/shaped_proxy.py``: the
+minimal proxy doing its plumbing the gateway's way, without the gateway's work: attribution).
 Load: ``wrk`` with ``tests/bench/post.lua``. Rounds interleave every target within each cell (upstream delay x
 streaming x concurrency); ratios are taken per round, then the median across rounds.
 
@@ -110,6 +111,7 @@ def start_targets(args: argparse.Namespace, kafka: str | None, log_dir: Path, st
     targets: dict[str, Child] = {"direct": upstream}
     starters = {
         "minimal": lambda: servers.start_minimal(upstream, log_dir),
+        "shaped": lambda: servers.start_shaped(upstream, log_dir),
         "gateway": lambda: servers.start_gateway("gateway", upstream, log_dir),
         "gateway-noproj": lambda: servers.start_gateway("gateway-noproj", upstream, log_dir, project=False),
         "gateway-alt": lambda: servers.start_gateway("gateway-alt", upstream, log_dir, src=args.alt_src),

@@ -166,13 +166,15 @@ async def project(settings: Settings, sinks: list[Sink], store: AnalyticsStore, 
                 seen, last = projector.stats.events_applied, time.monotonic()
             await asyncio.sleep(0.005)
 
+    running = asyncio.create_task(projector.run_forever(stop))
     try:
-        running = asyncio.create_task(projector.run_forever(stop))
         await until_done()
-        running.cancel()  # every event is applied and committed: do not wait for the next poll
-        await asyncio.gather(running, return_exceptions=True)
         return projector.stats.events_applied
     finally:
+        # every event is applied and committed (or the caller gave up: the live run cancels
+        # this coroutine): stop the loop before its reader is closed under it
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
         await projector.close()
         await reader.close()
         await dead.close()

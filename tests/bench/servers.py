@@ -72,6 +72,12 @@ def start_minimal(upstream: Child, log_dir: Path) -> Child:
     return spawn("minimal", [*cmd, "--upstream", f"http://127.0.0.1:{upstream.port}"], port, log_dir)
 
 
+def start_shaped(upstream: Child, log_dir: Path) -> Child:
+    port = free_port()
+    cmd = [sys.executable, "-m", "tests.bench.shaped_proxy", "--port", str(port)]
+    return spawn("shaped", [*cmd, "--upstream", f"http://127.0.0.1:{upstream.port}"], port, log_dir)
+
+
 def gateway_env(upstream: Child, data_dir: Path, port: int, kafka: str | None) -> dict[str, str]:
     env = clean_env()
     env |= {
