@@ -9,10 +9,11 @@ session, return the answer (a stream is copied through as it arrives)::
 from __future__ import annotations
 
 import argparse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 SESSION: web.AppKey[aiohttp.ClientSession] = web.AppKey("session", aiohttp.ClientSession)
 UPSTREAM: web.AppKey[str] = web.AppKey("upstream", str)
@@ -34,8 +35,15 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return response
 
 
-def make_app(upstream: str) -> web.Application:
-    app = web.Application()
+def make_app(
+    upstream: str,
+    handler: Handler | None = None,
+    *,
+    middlewares: Sequence[Middleware] = (),
+    client_max_size: int = 1024**2,
+) -> web.Application:
+    """The proxy's app: one keep-alive client session, ``handler`` (default: ``chat``) on the chat route."""
+    app = web.Application(middlewares=middlewares, client_max_size=client_max_size)
     app[UPSTREAM] = upstream.rstrip("/")
 
     async def session(app: web.Application) -> AsyncIterator[None]:
@@ -45,17 +53,21 @@ def make_app(upstream: str) -> web.Application:
             yield
 
     app.cleanup_ctx.append(session)
-    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/v1/chat/completions", handler if handler is not None else chat)
     return app
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.bench.minimal_proxy")
+def serve(prog: str, default_port: int, build: Callable[[str], web.Application]) -> None:
+    parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9200)
+    parser.add_argument("--port", type=int, default=default_port)
     parser.add_argument("--upstream", required=True, help="e.g. http://127.0.0.1:9100")
     args = parser.parse_args()
-    web.run_app(make_app(args.upstream), host=args.host, port=args.port, access_log=None, print=None)
+    web.run_app(build(args.upstream), host=args.host, port=args.port, access_log=None, print=None)
+
+
+def main() -> None:
+    serve("python -m tests.bench.minimal_proxy", 9200, make_app)
 
 
 if __name__ == "__main__":

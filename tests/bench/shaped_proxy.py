@@ -14,9 +14,7 @@ Streams are copied through as ``minimal_proxy`` does::
 
 from __future__ import annotations
 
-import argparse
 import time
-from collections.abc import AsyncIterator
 
 import aiohttp
 import orjson
@@ -24,7 +22,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway.ids import request_id
-from tests.bench.minimal_proxy import SESSION, UPSTREAM
+from tests.bench.minimal_proxy import SESSION, UPSTREAM, serve
+from tests.bench.minimal_proxy import make_app as make_proxy_app
 
 TIMEOUT = aiohttp.ClientTimeout(total=120, sock_connect=5)
 #: the middleware's last (route, seconds), as the gateway's hands them to its request metrics
@@ -75,28 +74,13 @@ async def chat(request: web.Request) -> web.StreamResponse:
 
 
 def make_app(upstream: str) -> web.Application:
-    app = web.Application(middlewares=[timed], client_max_size=1_048_576)
-    app[UPSTREAM] = upstream.rstrip("/")
+    app = make_proxy_app(upstream, chat, middlewares=[timed], client_max_size=1_048_576)
     app[LAST] = {}
-
-    async def session(app: web.Application) -> AsyncIterator[None]:
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=256, ttl_dns_cache=300)
-        async with aiohttp.ClientSession(connector=connector) as client:
-            app[SESSION] = client
-            yield
-
-    app.cleanup_ctx.append(session)
-    app.router.add_post("/v1/chat/completions", chat)
     return app
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.bench.shaped_proxy")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=9201)
-    parser.add_argument("--upstream", required=True, help="e.g. http://127.0.0.1:9100")
-    args = parser.parse_args()
-    web.run_app(make_app(args.upstream), host=args.host, port=args.port, access_log=None, print=None)
+    serve("python -m tests.bench.shaped_proxy", 9201, make_app)
 
 
 if __name__ == "__main__":

@@ -18,32 +18,30 @@ from tests.bench import servers
 from tests.bench.common import REPO
 
 
-@pytest.mark.parametrize("script", ["gateway_overhead", "pipeline", "analytics"])
-def test_benchmark_smoke_run(script: str) -> None:
-    if script == "gateway_overhead" and not servers.wrk_available():
-        servers.install_tools(litellm=False)  # wrk from Debian (apt), as tests/run.sh does for Postgres
+def smoke_run(script: str, *, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python -m tests.bench.<script> --smoke``, which must succeed."""
     done = subprocess.run(
         [sys.executable, "-m", f"tests.bench.{script}", "--smoke"],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=280,
+        timeout=timeout,
         check=False,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return done
+
+
+@pytest.mark.parametrize("script", ["gateway_overhead", "pipeline", "analytics"])
+def test_benchmark_smoke_run(script: str) -> None:
+    if script == "gateway_overhead" and not servers.wrk_available():
+        servers.install_tools(litellm=False)  # wrk from Debian (apt), as tests/run.sh does for Postgres
+    done = smoke_run(script, timeout=280)
     assert "| target" in done.stdout and "verdict" in done.stdout, done.stdout[-4000:]
 
 
 def test_request_path_smoke_run() -> None:
     """The in-process request path runs the real app end to end (a failing call raises)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.bench.request_path", "--smoke"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    done = smoke_run("request_path", timeout=120)
     row = next(line for line in done.stdout.splitlines() if line.startswith("| whole in-process path"))
     assert float(row.split("|")[2]) > 0

@@ -32,14 +32,15 @@ def test_tune_gc_raises_the_thresholds_and_freezes_what_exists() -> None:
 
 
 @pytest.mark.usefixtures("restore_gc", "restore_logging")
-def test_every_command_runs_with_the_tuned_collector(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_command_runs_with_tuned_logging_and_collector(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
-    monkeypatch.setattr(cli, "tune_gc", lambda: calls.append("tuned"))
+    monkeypatch.setattr(cli, "tune_logging", lambda: calls.append("logging"))
+    monkeypatch.setattr(cli, "tune_gc", lambda: calls.append("gc"))
     import gateway.commands
 
     monkeypatch.setattr(gateway.commands, "run_command", lambda args, settings: calls.append(args.command) or 0)
     assert cli.main(["costs", "--tenant", "t"]) == 0
-    assert calls == ["tuned", "costs"]
+    assert calls == ["logging", "gc", "costs"]
 
 
 @pytest.fixture
@@ -89,14 +90,3 @@ def test_tune_logging_keeps_the_lines_and_drops_the_caller_lookup() -> None:
     assert re.fullmatch(
         r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} WARNING gateway.cost: Cost \| tenant=t1 cost=\$0.000150\n", line
     )
-
-
-@pytest.mark.usefixtures("restore_gc", "restore_logging")
-def test_every_command_runs_with_tuned_logging(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[str] = []
-    monkeypatch.setattr(cli, "tune_logging", lambda: calls.append("logging"))
-    import gateway.commands
-
-    monkeypatch.setattr(gateway.commands, "run_command", lambda args, settings: calls.append(args.command) or 0)
-    assert cli.main(["costs", "--tenant", "t"]) == 0
-    assert calls == ["logging", "costs"]
