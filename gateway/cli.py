@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import yaml
+
 from gateway.runtime import tune_gc, tune_logging
 from gateway.settings import Settings, load_settings
 
@@ -164,7 +166,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         }.items()
         if v is not None
     }
-    settings = load_settings(**overrides)
+    try:
+        settings = load_settings(**overrides)
+    except (ValueError, OSError, yaml.YAMLError) as exc:  # pydantic's ValidationError is a ValueError
+        print(f"llm-gateway: invalid configuration: {exc}", file=sys.stderr)
+        return 2
     if args.command == "serve":
         try:
             asyncio.run(_serve(settings, args.simulate))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +91,26 @@ def test_tune_logging_keeps_the_lines_and_drops_the_caller_lookup() -> None:
     assert re.fullmatch(
         r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} WARNING gateway.cost: Cost \| tenant=t1 cost=\$0.000150\n", line
     )
+
+
+@pytest.mark.usefixtures("restore_gc", "restore_logging")
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [("LLM_GATEWAY_DUCKDB_MEMORY_LIMIT", "lots", "duckdb_memory_limit"), ("LLM_GATEWAY_PORT", "abc", "port")],
+)
+def test_bad_configuration_is_a_clear_error_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], variable: str, value: str, named: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    assert cli.main(["costs", "--tenant", "t"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("llm-gateway: invalid configuration:") and named in err and "Traceback" not in err
+
+
+@pytest.mark.usefixtures("restore_gc", "restore_logging")
+def test_a_missing_config_file_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setenv("LLM_GATEWAY_CONFIG", str(tmp_path / "absent.yaml"))
+    assert cli.main(["costs", "--tenant", "t"]) == 2
+    assert "absent.yaml" in capsys.readouterr().err
