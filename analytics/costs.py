@@ -213,17 +213,23 @@ class CostTrackingService:
         )
 
 
-def _facts_window(tenant_id: str, start: datetime | None, end: datetime | None) -> tuple[str, list[Any]]:
-    """The WHERE clause (and its parameters) of a tenant's usage in ``[start, end)``."""
-    where = ["tenant_id = ?", "billable"]
+def _window(tenant_id: str, column: str, low: Any, high: Any, *conditions: str) -> tuple[str, list[Any]]:
+    """The WHERE clause (and its parameters) of a tenant's rows with ``low <= column < high``
+    (``None``: unbounded on that side), and ``conditions``."""
+    where = ["tenant_id = ?", *conditions]
     params: list[Any] = [tenant_id]
-    if start is not None:
-        where.append("created_at >= ?")
-        params.append(start)
-    if end is not None:
-        where.append("created_at < ?")
-        params.append(end)
+    if low is not None:
+        where.append(f"{column} >= ?")
+        params.append(low)
+    if high is not None:
+        where.append(f"{column} < ?")
+        params.append(high)
     return " AND ".join(where), params
+
+
+def _facts_window(tenant_id: str, start: datetime | None, end: datetime | None) -> tuple[str, list[Any]]:
+    """The WHERE clause (and its parameters) of a tenant's billable usage in ``[start, end)``."""
+    return _window(tenant_id, "created_at", start, end, "billable")
 
 
 def _midnight(day: date) -> datetime:
@@ -247,18 +253,8 @@ def totals_query(tenant_id: str, start: datetime | None, end: datetime | None) -
     if first is not None and last is not None and first >= last:  # no whole day inside
         condition, params = _facts_window(tenant_id, start, end)
         return _TOTALS.format(where=condition), params
-    parts: list[str] = []
-    params = []
-    days = ["tenant_id = ?"]
-    day_params: list[Any] = [tenant_id]
-    if first is not None:
-        days.append("day >= ?")
-        day_params.append(first)
-    if last is not None:
-        days.append("day < ?")
-        day_params.append(last)
-    parts.append(_DAYS_PART.format(where=" AND ".join(days)))
-    params += day_params
+    days, params = _window(tenant_id, "day", first, last)
+    parts = [_DAYS_PART.format(where=days)]
     if start is not None and first is not None and start < _midnight(first):
         condition, edge = _facts_window(tenant_id, start, _midnight(first))
         parts.append(_FACTS_PART.format(where=condition))
