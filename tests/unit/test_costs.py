@@ -5,7 +5,6 @@ store it reads (migrations, the read-only mode the CLI uses)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -18,7 +17,7 @@ from analytics.costs import CostTrackingService, money_text
 from analytics.store import AnalyticsStore, StoreError, migrations
 from consumers.sinks.duckdb import DuckDBSink
 from gateway.events import UsageEvent
-from gateway.ids import uuid7
+from tests.support.events import usage_event
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -33,35 +32,7 @@ def event(
     tokens: tuple[int, int] = (100, 20),
     **changes: Any,
 ) -> UsageEvent:
-    fields: dict[str, Any] = {
-        "event_id": str(uuid7()),
-        "request_id": "req_1",
-        "attempt": 1,
-        "created_at": at,
-        "tenant_id": tenant,
-        "provider": "openai",
-        "requested_model": "gpt-4o",
-        "provider_model": "gpt-4o",
-        "served_model": "gpt-4o-2024-08-06",
-        "outcome": outcome,
-        "latency_ms": 10.0,
-        "prompt_tokens": tokens[0],
-        "completion_tokens": tokens[1],
-        "total_tokens": sum(tokens),
-        "cost_usd": cost,
-        "price_version": "v1" if cost is not None else None,
-        "billable": billable,
-    }
-    fields.update(changes)
-    return UsageEvent(**fields)
-
-
-@pytest.fixture
-async def store() -> AsyncIterator[AnalyticsStore]:
-    store = AnalyticsStore()
-    await store.open()
-    yield store
-    await store.close()
+    return usage_event(tenant, cost, at, outcome=outcome, billable=billable, tokens=tokens, **changes)
 
 
 async def project(store: AnalyticsStore, *events: UsageEvent) -> CostTrackingService:

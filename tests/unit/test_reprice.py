@@ -6,7 +6,7 @@ recorded costs; dry runs write nothing; ``full`` drops rows the log no longer ha
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -236,14 +236,6 @@ class FakeSource:
 
     async def close(self) -> None:
         self.closed += 1
-
-
-@pytest.fixture
-async def store() -> AsyncIterator[AnalyticsStore]:
-    store = AnalyticsStore()
-    await store.open()
-    yield store
-    await store.close()
 
 
 async def facts(store: AnalyticsStore) -> list[tuple[Any, ...]]:

@@ -7,7 +7,6 @@ partial edge days from the facts) equal the totals over the facts for any window
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -21,7 +20,7 @@ from analytics.store import AnalyticsStore, apply_migrations, migrations
 from consumers.sinks.base import RejectedEvents
 from consumers.sinks.duckdb import REBUILD_DAILY, UPSERT, DuckDBSink
 from gateway.events import UsageEvent
-from gateway.ids import uuid7
+from tests.support.events import usage_event
 
 T0 = datetime(2026, 3, 1, 0, 0, tzinfo=UTC)
 _AGGREGATE = REBUILD_DAILY[REBUILD_DAILY.index("SELECT") :]
@@ -38,27 +37,7 @@ def event(
     billable: bool = True,
     **changes: Any,
 ) -> UsageEvent:
-    fields: dict[str, Any] = {
-        "event_id": str(uuid7()),
-        "request_id": "req_1",
-        "attempt": 1,
-        "created_at": at,
-        "tenant_id": tenant,
-        "provider": "openai",
-        "requested_model": "gpt-4o",
-        "provider_model": "gpt-4o",
-        "served_model": "gpt-4o-2024-08-06",
-        "outcome": "success" if billable else "rate_limited",
-        "latency_ms": 10.0,
-        "prompt_tokens": 100,
-        "completion_tokens": 20,
-        "total_tokens": 120,
-        "cost_usd": cost,
-        "price_version": "v1" if cost is not None else None,
-        "billable": billable,
-    }
-    fields.update(changes)
-    return UsageEvent(**fields)
+    return usage_event(tenant, cost, at, billable=billable, **changes)
 
 
 def mixed_events(n: int, seed: int = 1) -> list[UsageEvent]:
@@ -87,14 +66,6 @@ def mixed_events(n: int, seed: int = 1) -> list[UsageEvent]:
 
 def repriced(e: UsageEvent, cost: Decimal | None, version: str | None = "v2") -> UsageEvent:
     return e.model_copy(update={"cost_usd": cost, "price_version": version if cost is not None else None})
-
-
-@pytest.fixture
-async def store() -> AsyncIterator[AnalyticsStore]:
-    store = AnalyticsStore()
-    await store.open()
-    yield store
-    await store.close()
 
 
 def rollup(conn: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
