@@ -14,7 +14,7 @@ With ``c = HealthSettings`` and ``judged = attempts - neutral`` over the window:
 
 The decision (:func:`decide`) is numbers only and returns which rule fired; the reason text is
 written from that (:func:`explain`) only when somebody reads it. The view judges every event
-with :func:`state_of` and words a reason only on a transition, which keeps the per-event cost
+with :func:`decide` and words a reason only on a transition, which keeps the per-event cost
 to a few comparisons.
 """
 
@@ -90,17 +90,6 @@ def decide(
         ):
             return "degraded", "recovering"
     return "healthy", "within"
-
-
-def state_of(
-    s: Evidence,
-    consecutive_failures: int,
-    c: HealthSettings,
-    *,
-    can_be_down: bool = True,
-    previous: HealthState = "healthy",
-) -> HealthState:
-    return decide(s, consecutive_failures, c, can_be_down=can_be_down, previous=previous)[0]
 
 
 def explain(cause: Cause, s: WindowStats, consecutive_failures: int, c: HealthSettings) -> str:

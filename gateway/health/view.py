@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from gateway.events import UsageEvent
 from gateway.health.breaker import CircuitBreaker, CircuitChange, CircuitState
 from gateway.health.config import HealthSettings
-from gateway.health.rules import HealthState, assess, state_of
+from gateway.health.rules import HealthState, assess, decide
 from gateway.health.transitions import HealthTransition
 from gateway.health.window import RollingWindow, Sample, WindowStats
 from gateway.ids import Clock, utcnow
@@ -210,9 +210,10 @@ class HealthView:
             return "down"
         window = tracked.track.window
         window.evict(now)
-        return state_of(
+        state, _ = decide(
             window, tracked.breaker.consecutive_failures, self.config, can_be_down=False, previous=tracked.track.state
         )
+        return state
 
     def _model_health(self, provider: str, model: str, track: _Track, now: datetime) -> ModelHealth:
         stats = track.window.stats(now)
@@ -238,7 +239,8 @@ class HealthView:
         models = tracked.models.items() if only_model is None else [(only_model, tracked.models[only_model])]
         for model, track in models:
             track.window.evict(now)
-            if state_of(track.window, track.consecutive_failures, self.config, previous=track.state) == track.state:
+            state, _ = decide(track.window, track.consecutive_failures, self.config, previous=track.state)
+            if state == track.state:
                 continue
             health = self._model_health(name, model, track, now)
             if health.state != track.state:
