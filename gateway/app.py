@@ -61,7 +61,9 @@ def create_app(
         price_book = load_price_book(settings.price_file)
 
     metrics = GatewayMetrics()
-    recorder = UsageRecorder(event_log, price_book, clock=clock, instance=settings.instance_id, defer_observers=True)
+    recorder = UsageRecorder(
+        event_log, price_book, clock=clock, instance=settings.instance_id, defer_observers=True, group_commit=True
+    )
     recorder.observers.append(metrics.observe_event)
     metrics.on_scrape(lambda: metrics.spool_depth.set(event_log.pending()))
     provider_map: dict[str, Provider] = dict(providers or {})

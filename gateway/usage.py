@@ -61,16 +61,22 @@ class UsageRecorder:
         instance: str | None = None,
         observers: list[Callable[[UsageEvent], None]] | None = None,
         defer_observers: bool = False,
+        group_commit: bool = False,
     ) -> None:
         self._log = event_log
+        #: ``stage`` (durable by the end of the loop turn; the caller awaits ``settled`` before
+        #: it answers) or ``publish`` (durable on return)
+        self._publish = event_log.stage if group_commit else event_log.publish
         self._prices = price_book
         self._clock = clock
         self._ids = id_factory
         self._instance = instance
         self.observers = observers if observers is not None else []
         #: run the observers (health, metrics) on the next loop turn, after the caller's answer
-        #: is written: they are in-memory views, not the record (the log append is done first)
+        #: is written, in one callback for every event of the turn: they are in-memory views,
+        #: not the record (the event is handed to the log first)
         self.defer_observers = defer_observers
+        self._deferred: list[UsageEvent] = []
 
     def quote(self, provider: str, models: list[str | None], usage: Usage, at: datetime | None = None) -> Quote:
         """Price by the served model (authoritative), else by the model we asked for."""
@@ -121,15 +127,24 @@ class UsageRecorder:
             incomplete=facts.incomplete,
             gateway_instance=self._instance,
         )
-        self._log.publish(event)
+        self._publish(event)
         if self.defer_observers:
+            if self._deferred:  # the next turn's callback is scheduled already
+                self._deferred.append(event)
+                return event
             try:
-                asyncio.get_running_loop().call_soon(self.notify, event)
+                asyncio.get_running_loop().call_soon(self._notify_deferred)
+                self._deferred.append(event)
                 return event
             except RuntimeError:  # no running loop (a synchronous caller): now
                 pass
         self.notify(event)
         return event
+
+    def _notify_deferred(self) -> None:
+        events, self._deferred = self._deferred, []
+        for event in events:
+            self.notify(event)
 
     def notify(self, event: UsageEvent) -> None:
         """Hand ``event`` to every observer; one failing observer neither stops the others nor

@@ -57,6 +57,18 @@ async def completions(request: web.Request) -> web.StreamResponse:
 async def _serve(
     request: web.Request, state: GatewayState, principal: Any, parsed: ParsedRequest
 ) -> web.StreamResponse:
+    state.in_flight += 1
+    try:
+        return await _answer(request, state, principal, parsed)
+    finally:
+        # no answer (nor error) goes out before the events of its attempts are on the log
+        await state.event_log.settled(state.in_flight)
+        state.in_flight -= 1
+
+
+async def _answer(
+    request: web.Request, state: GatewayState, principal: Any, parsed: ParsedRequest
+) -> web.StreamResponse:
     tenant = state.auth.tenant_for(principal, parsed.tenant_id)
     ctx = CallContext(
         request_id=request[REQUEST_ID],
@@ -147,6 +159,7 @@ async def _stream(
                 session.served_model or session.provider_model,
                 session.event.cost_usd if session.event else None,
             )
+            await state.event_log.settled(state.in_flight)
             await response.write(held + _sse(cut.to_openai()))
             return response
         event = session.finish("success")
@@ -169,6 +182,7 @@ async def _stream(
             tail.append(_sse(formatter.usage(session.usage, extension)))
         tail.append(f": x-llm-cost-usd={cost_text}\n\n".encode())
         tail.append(b"data: [DONE]\n\n")
+        await state.event_log.settled(state.in_flight)
         await response.write_eof(b"".join(tail))
     except ConnectionResetError:
         session.finish("cancelled")

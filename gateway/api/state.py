@@ -22,6 +22,8 @@ class GatewayState:
     auth: Authenticator
     event_log: EventLog
     clock: Callable[[], datetime]
+    #: completion calls being served now (the event log's group commit asks)
+    in_flight: int = 0
     #: optional extras other components register (cost service, health view, metrics)
     extras: dict[str, Any] = field(default_factory=dict)
 

@@ -21,6 +21,18 @@ class EventLog(Protocol):
 
     def publish(self, event: UsageEvent) -> None: ...
 
+    def stage(self, event: UsageEvent) -> None:
+        """``publish`` for the request path, grouped: durable adapters write every event staged
+        within one loop turn in one commit, at the start of the next turn at the latest (at
+        once without a running loop). Never raises."""
+        ...
+
+    async def settled(self, callers: int = 1) -> None:
+        """Return once every event staged so far is as durable as ``publish`` makes it; an answer
+        waits for this. ``callers``: the calls in flight, this one included (when as many
+        events are staged, none can join the commit, so it is written without waiting)."""
+        ...
+
     async def start(self) -> None: ...
 
     async def close(self, timeout: float = 5.0) -> None:

@@ -22,8 +22,9 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
+from gateway.eventlog.group_commit import GroupCommit
 from gateway.eventlog.kafka_admin import ensure_topic, stop_producer
-from gateway.eventlog.sqlite import Row, SqliteOutbox, append_event
+from gateway.eventlog.sqlite import Row, SqliteOutbox, append_event, append_events, refused_after_close
 from gateway.events import UsageEvent
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class KafkaEventLog:
         self._checkpoint_interval = checkpoint_interval
         self._spool = SqliteOutbox(spool_path, table="spool")
         self._wakeup = asyncio.Event()
+        self._staged = GroupCommit(self._write)
         self._closing = False
         self._producer: AIOKafkaProducer | None = None
         self._forwarder: asyncio.Task[None] | None = None
@@ -81,14 +83,18 @@ class KafkaEventLog:
 
     # --- EventLog --------------------------------------------------------------------------------
     def publish(self, event: UsageEvent) -> None:
-        if self._spool.closed:
-            log.error(
-                "usage event %s published after close, NOT stored: %s",
-                event.event_id,
-                event.model_dump_json(),
-            )
-            return
-        if append_event(self._spool, event):
+        if not refused_after_close(self._spool, event) and append_event(self._spool, event):
+            self._wakeup.set()
+
+    def stage(self, event: UsageEvent) -> None:
+        if not refused_after_close(self._spool, event):
+            self._staged.stage(event)
+
+    async def settled(self, callers: int = 1) -> None:
+        await self._staged.settled(callers)
+
+    def _write(self, events: list[UsageEvent]) -> None:
+        if not refused_after_close(self._spool, *events) and append_events(self._spool, events):
             self._wakeup.set()
 
     def pending(self) -> int:
@@ -113,6 +119,7 @@ class KafkaEventLog:
     async def close(self, timeout: float = 5.0) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        self._staged.flush()
         self._closing = True
         self._wakeup.set()
         if self._forwarder is not None:

@@ -21,6 +21,12 @@ class MemoryEventLog:
         self.events.append(event)
         self._changed.set()
 
+    def stage(self, event: UsageEvent) -> None:
+        self.publish(event)
+
+    async def settled(self, callers: int = 1) -> None:
+        return None
+
     async def start(self) -> None:
         return None
 

@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway.eventlog.base import LogRecord
+from gateway.eventlog.group_commit import GroupCommit
 from gateway.events import UsageEvent
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,21 @@ class SqliteOutbox:
             self._writer.execute(self._insert, (key, value, ts_ms))
             self._count += 1
 
+    def append_many(self, rows: Sequence[tuple[str | None, bytes, int]]) -> None:
+        """``append`` for several rows, in one transaction: all of them or none."""
+        if len(rows) == 1:
+            self.append(*rows[0])
+            return
+        with self._write_lock:
+            self._writer.execute("BEGIN")
+            try:
+                self._writer.executemany(self._insert, rows)
+                self._writer.execute("COMMIT")
+            except BaseException:
+                self._writer.execute("ROLLBACK")
+                raise
+            self._count += len(rows)
+
     def count(self) -> int:
         """Rows in the table (kept in memory: rows found at open, if counted, plus this process's
         appends minus its deletes)."""
@@ -172,6 +188,16 @@ class SqliteOutbox:
         return self._closed
 
 
+def refused_after_close(outbox: SqliteOutbox, *events: UsageEvent) -> bool:
+    """True (after logging each event in full, so it can be recovered by hand) when ``outbox``
+    is closed."""
+    if not outbox.closed:
+        return False
+    for event in events:
+        log.error("usage event %s published after close, NOT stored: %s", event.event_id, event.model_dump_json())
+    return True
+
+
 def append_event(outbox: SqliteOutbox, event: UsageEvent) -> bool:
     """Append one event; never raises (the response path calls it). Returns False, after
     logging the event itself at ERROR so it can be recovered by hand, if it could not be stored."""
@@ -188,6 +214,19 @@ def append_event(outbox: SqliteOutbox, event: UsageEvent) -> bool:
     return True
 
 
+def append_events(outbox: SqliteOutbox, events: Sequence[UsageEvent]) -> int:
+    """Append ``events`` in one transaction; never raises. If that fails, each is tried alone
+    (one bad event must not cost the others), as ``append_event`` does. Returns how many were
+    stored."""
+    if len(events) > 1:
+        try:
+            outbox.append_many([(e.tenant_id, e.to_json(), epoch_ms(e.created_at)) for e in events])
+            return len(events)
+        except (sqlite3.Error, OSError, ValueError):
+            log.warning("appending %d usage events in one transaction failed; appending one by one", len(events))
+    return sum(append_event(outbox, event) for event in events)
+
+
 class SqliteEventLog:
     """``EventLog`` over a SQLite file: an event is on the durable log when ``publish`` returns."""
 
@@ -195,20 +234,26 @@ class SqliteEventLog:
         self._outbox = SqliteOutbox(path, table="events", count_rows=False)
         self._checkpoint_interval = checkpoint_interval
         self._checkpoints: asyncio.Task[None] | None = None
+        self._staged = GroupCommit(self._write)
 
     @property
     def path(self) -> Path:
         return self._outbox.path
 
     def publish(self, event: UsageEvent) -> None:
-        if self._outbox.closed:
-            log.error(
-                "usage event %s published after close, NOT stored: %s",
-                event.event_id,
-                event.model_dump_json(),
-            )
-            return
-        append_event(self._outbox, event)
+        if not refused_after_close(self._outbox, event):
+            append_event(self._outbox, event)
+
+    def stage(self, event: UsageEvent) -> None:
+        if not refused_after_close(self._outbox, event):
+            self._staged.stage(event)
+
+    async def settled(self, callers: int = 1) -> None:
+        await self._staged.settled(callers)
+
+    def _write(self, events: list[UsageEvent]) -> None:
+        if not refused_after_close(self._outbox, *events):
+            append_events(self._outbox, events)
 
     async def start(self) -> None:
         if self._checkpoints is None:
@@ -217,6 +262,7 @@ class SqliteEventLog:
             )
 
     async def close(self, timeout: float = 5.0) -> None:
+        self._staged.flush()
         if self._checkpoints is not None:
             self._checkpoints.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -60,9 +60,7 @@ async def test_two_gateways_route_on_the_same_view(
             log = KafkaEventLog(kafka_bootstrap, topic, tmp_path / f"spool-{name}.sqlite3", client_id=f"gw-{name}")
             gateways.append(
                 await stack.enter_async_context(
-                    running_gateway(
-                        providers=("openai", "azure"), event_log=log, settings=settings
-                    )
+                    running_gateway(providers=("openai", "azure"), event_log=log, settings=settings)
                 )
             )
         a, b = gateways

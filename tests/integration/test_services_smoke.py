@@ -129,9 +129,7 @@ async def test_postgres_create_insert_select(database_url: str) -> None:
 
 
 @pytest.mark.postgres
-async def test_postgres_outage_and_restart(
-    database_url: str, postgres_control: PostgresControl
-) -> None:
+async def test_postgres_outage_and_restart(database_url: str, postgres_control: PostgresControl) -> None:
     table = unique("outage").replace("-", "_")
     conn = await asyncpg.connect(database_url)
     await conn.execute(f"create table {table} (v text)")

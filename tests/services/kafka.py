@@ -346,9 +346,7 @@ class Broker:
 
     def write_config(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(
-            server_properties(self.port, self.controller_port, self.data_dir)
-        )
+        self.config_path.write_text(server_properties(self.port, self.controller_port, self.data_dir))
         self.log4j_path.write_text(LOG4J2_PROPERTIES)
 
     def _java(self, heap: str, main: str, *args: str) -> list[str]:
@@ -536,9 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     fetch = sub.add_parser("fetch", help="copy the broker jars into .kafka-libs")
     fetch.add_argument("--force", action="store_true", help="fetch even if complete")
     fetch.set_defaults(func=cmd_fetch)
-    sub.add_parser("start", help="start a fresh broker, print its bootstrap").set_defaults(
-        func=cmd_start
-    )
+    sub.add_parser("start", help="start a fresh broker, print its bootstrap").set_defaults(func=cmd_start)
     sub.add_parser("stop", help="stop the recorded broker").set_defaults(func=cmd_stop)
     sub.add_parser("status", help="show the recorded broker").set_defaults(func=cmd_status)
     args = parser.parse_args(argv)

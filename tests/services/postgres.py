@@ -67,9 +67,7 @@ def cluster_info() -> ClusterInfo | None:
     """Our cluster's line of ``pg_lsclusters``, or None if it does not exist."""
     if shutil.which("pg_lsclusters") is None:
         return None
-    out = subprocess.run(
-        ["pg_lsclusters", "--no-header"], capture_output=True, text=True, check=True
-    ).stdout
+    out = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True, check=True).stdout
     for line in out.splitlines():
         fields = line.split()
         if fields[:2] == [VERSION, CLUSTER]:
