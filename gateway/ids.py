@@ -19,13 +19,30 @@ def utcnow() -> datetime:
 _lock = threading.Lock()
 _last_ms = 0
 _counter = 0
+#: random bytes from the OS, 10 per id: one getrandom() call per 400 ids instead of one per id
+#: (a syscall per id measured 3.8% of the gateway's CPU under load)
+_POOL_BYTES = 4000
+_pool = b""
+_pos = 0
+
+
+def _forget_pool() -> None:
+    """A forked child must never hand out the random bytes its parent hands out too."""
+    global _pool, _pos
+    _pool, _pos = b"", 0
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _uuid7_int() -> int:
     """RFC 9562 UUIDv7 as an integer: 48-bit unix ms, 12-bit monotonic counter, 62 random bits."""
-    global _last_ms, _counter
-    random_bits = int.from_bytes(os.urandom(10), "big")  # one syscall: 62 random bits + a counter seed
+    global _last_ms, _counter, _pool, _pos
     with _lock:
+        if _pos + 10 > len(_pool):
+            _pool, _pos = os.urandom(_POOL_BYTES), 0
+        random_bits = int.from_bytes(_pool[_pos : _pos + 10], "big")  # 62 random bits + a counter seed
+        _pos += 10
         ms = time.time_ns() // 1_000_000
         if ms <= _last_ms:
             _counter += 1

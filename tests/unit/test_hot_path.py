@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -86,6 +87,32 @@ def test_uuid7_str_and_request_id_are_ordered_v7_uuids() -> None:
     rid = request_id()
     assert rid.startswith("req_") and uuid.UUID(rid[4:]).version == 7
     assert uuid7().version == 7
+
+
+def _random_bits(ids: list[str]) -> set[int]:
+    return {uuid.UUID(text).int & 0x3FFFFFFFFFFFFFFF for text in ids}
+
+
+def test_uuid7_random_bits_are_fresh_across_the_os_pool_refill() -> None:
+    ids = [uuid7_str() for _ in range(2500)]  # several refills of the 400-id pool
+    assert len(_random_bits(ids)) == len(ids)
+
+
+def test_a_forked_child_never_repeats_its_parents_random_bits() -> None:
+    uuid7_str()  # the parent's pool holds unused bytes now
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, then exit at once
+        os.close(read)
+        os.write(write, "\n".join(uuid7_str() for _ in range(50)).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = pipe.read().split("\n")
+    os.waitpid(pid, 0)
+    parent = [uuid7_str() for _ in range(50)]
+    assert len(child) == 50
+    assert not _random_bits(child) & _random_bits(parent)
 
 
 async def test_candidate_cache_follows_priority_and_native_first() -> None:
