@@ -5,10 +5,6 @@ close, ``kill -9``)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +21,7 @@ from gateway.events import UsageEvent
 from gateway.settings import Settings
 from tests.support.fakes import ScriptedProvider, ok
 from tests.support.gateway import start_app
-from tests.unit.test_sqlite_eventlog import REPO, UNREACHABLE_KAFKA, make_event, stored_ids
+from tests.unit.test_sqlite_eventlog import UNREACHABLE_KAFKA, acknowledged_until_sigkill, make_event, stored_ids
 
 
 class Recorder:
@@ -244,33 +240,7 @@ asyncio.run(main(sys.argv[1], Path(sys.argv[2])))
 @pytest.mark.parametrize(("kind", "table"), [("sqlite", "events"), ("kafka-spool", "spool")])
 def test_sigkill_between_commits_loses_no_answered_event(tmp_path: Path, kind: str, table: str) -> None:
     path = tmp_path / "log.sqlite3"
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, kind, str(path)],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    assert child.stdout is not None
-    answered: list[str] = []
-    try:
-        while len(answered) < 3000:
-            line = child.stdout.readline()
-            if not line:
-                pytest.fail(f"child exited early: {child.stderr.read() if child.stderr else ''}")
-            answered.append(line.strip())
-        child.send_signal(signal.SIGKILL)
-        child.wait(10)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait(10)
-    answered.extend(line.strip() for line in child.stdout.read().splitlines() if line.strip())
-    child.stdout.close()
-    if child.stderr is not None:
-        child.stderr.close()
-    assert child.returncode == -signal.SIGKILL
+    answered = acknowledged_until_sigkill(CHILD, kind, path)
     stored = set(stored_ids(path, table))
     assert set(answered) <= stored, f"{len(set(answered) - stored)} answered events lost"
 

@@ -90,11 +90,11 @@ asyncio.run(main(sys.argv[1], Path(sys.argv[2])))
 """
 
 
-@pytest.mark.parametrize(("kind", "table"), [("sqlite", "events"), ("kafka-spool", "spool")])
-def test_sigkill_right_after_publish_loses_nothing(tmp_path: Path, kind: str, table: str) -> None:
-    path = tmp_path / "log.sqlite3"
+def acknowledged_until_sigkill(script: str, kind: str, path: Path, count: int = 3000) -> list[str]:
+    """Run ``script`` (it prints an event id per acknowledged event), ``kill -9`` it after
+    ``count`` acknowledgements; every id it printed."""
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, kind, str(path)],
+        [sys.executable, "-c", script, kind, str(path)],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -104,7 +104,7 @@ def test_sigkill_right_after_publish_loses_nothing(tmp_path: Path, kind: str, ta
     assert child.stdout is not None
     acknowledged: list[str] = []
     try:
-        while len(acknowledged) < 3000:
+        while len(acknowledged) < count:
             line = child.stdout.readline()
             if not line:
                 pytest.fail(f"child exited early: {child.stderr.read() if child.stderr else ''}")
@@ -120,7 +120,13 @@ def test_sigkill_right_after_publish_loses_nothing(tmp_path: Path, kind: str, ta
     if child.stderr is not None:
         child.stderr.close()
     assert child.returncode == -signal.SIGKILL
+    return acknowledged
 
+
+@pytest.mark.parametrize(("kind", "table"), [("sqlite", "events"), ("kafka-spool", "spool")])
+def test_sigkill_right_after_publish_loses_nothing(tmp_path: Path, kind: str, table: str) -> None:
+    path = tmp_path / "log.sqlite3"
+    acknowledged = acknowledged_until_sigkill(CHILD, kind, path)
     stored = stored_ids(path, table)
     assert set(acknowledged) <= set(stored), f"{len(set(acknowledged) - set(stored))} acknowledged events lost"
     assert stored[: len(acknowledged)] == acknowledged  # in publish order, nothing in between
