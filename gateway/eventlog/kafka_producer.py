@@ -1,7 +1,9 @@
 """The gateway's Kafka event log: a local SQLite spool in front of an idempotent producer.
 
 ``publish`` appends the event to the spool (durable against a process crash when it returns)
-and wakes the forwarder; it never waits on the broker. The forwarder sends spooled events in
+and wakes the forwarder; it never waits on the broker. ``stage`` does the same for all the
+events of one loop turn in one spool transaction (``group_commit.py``; durable when
+``settled`` returns). The forwarder sends spooled events in
 spool order (so per tenant, the message key, in publish order) with ``acks=all`` and
 idempotence, and deletes them from the spool only once Kafka has acknowledged them. While the
 broker is down or slow, events pile up in the spool and the forwarder keeps retrying with

@@ -7,8 +7,10 @@ acknowledged them).
 Durability: the file is in WAL mode with ``synchronous=NORMAL``. A commit is one ``write()``
 of a WAL frame and no ``fsync``: once ``append`` returns the row is in the kernel, so a
 ``kill -9`` of the process loses nothing (an OS crash or power cut may lose the last commits,
-never the file's integrity). ``append`` is synchronous on purpose: the response path calls it
-and must not return before the event is safe.
+never the file's integrity). ``append`` is synchronous on purpose: the response path must
+not answer before the event is safe. It stages its events instead of publishing them one by
+one (``group_commit.py``): the events of one loop turn go in one transaction (``append_many``)
+and every answer waits for it.
 
 Checkpoints never run inside ``append``: ``run_checkpoints`` copies the WAL into the database
 file from a worker thread (PASSIVE, so writers are never blocked). Under a write load without
@@ -116,7 +118,9 @@ class SqliteOutbox:
                 self._writer.executemany(self._insert, rows)
                 self._writer.execute("COMMIT")
             except BaseException:
-                self._writer.execute("ROLLBACK")
+                # some failures (a full disk, an I/O error) end the transaction themselves
+                with contextlib.suppress(sqlite3.Error):
+                    self._writer.execute("ROLLBACK")
                 raise
             self._count += len(rows)
 
@@ -228,7 +232,8 @@ def append_events(outbox: SqliteOutbox, events: Sequence[UsageEvent]) -> int:
 
 
 class SqliteEventLog:
-    """``EventLog`` over a SQLite file: an event is on the durable log when ``publish`` returns."""
+    """``EventLog`` over a SQLite file: an event is on the durable log when ``publish`` returns,
+    or, staged, when ``settled`` returns (``group_commit.py``)."""
 
     def __init__(self, path: Path, *, checkpoint_interval: float = 0.5) -> None:
         self._outbox = SqliteOutbox(path, table="events", count_rows=False)

@@ -186,6 +186,44 @@ async def test_a_failed_commit_logs_every_event_in_full_and_releases_the_callers
     await log.close()
 
 
+async def test_when_the_batch_transaction_fails_each_event_is_tried_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import sqlite3
+
+    path = tmp_path / "events.sqlite3"
+    log = SqliteEventLog(path)
+
+    def refuse(rows: Any) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    log._outbox.append_many = refuse  # type: ignore[method-assign]
+    events = [make_event(i) for i in range(4)]
+
+    async def call(event: UsageEvent) -> None:
+        log.stage(event)
+        await log.settled(callers=5)
+
+    await asyncio.gather(*(call(e) for e in events))
+    assert stored_ids(path, "events") == [e.event_id for e in events]  # none lost, in order
+    assert "appending 4 usage events in one transaction failed; appending one by one" in caplog.text
+    await log.close()
+
+
+def test_a_failed_batch_leaves_no_row_behind(tmp_path: Path) -> None:
+    import sqlite3
+
+    outbox = SqliteOutbox(tmp_path / "events.sqlite3")
+    good = make_event(1)
+    rows = [(good.tenant_id, good.to_json(), 1), (None, None, 2)]  # NOT NULL value: the 2nd fails
+    with pytest.raises(sqlite3.IntegrityError):
+        outbox.append_many(rows)  # type: ignore[arg-type]
+    assert stored_ids(tmp_path / "events.sqlite3", "events") == [] and outbox.count() == 0
+    outbox.append_many([(good.tenant_id, good.to_json(), 1)] * 2)  # the writer is usable again
+    assert outbox.count() == 2
+    outbox.close()
+
+
 async def test_close_writes_what_is_staged(tmp_path: Path) -> None:
     path = tmp_path / "events.sqlite3"
     log = SqliteEventLog(path)
