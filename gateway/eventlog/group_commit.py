@@ -36,7 +36,8 @@ class GroupCommit:
         self._waiters: list[asyncio.Future[None]] = []
 
     def stage(self, event: UsageEvent) -> None:
-        """Accept ``event``; it is written at the start of the next loop turn at the latest."""
+        """Accept ``event``; it is written at the start of the next loop turn at the latest.
+        Call it from the event loop's thread (the request path); other threads ``publish``."""
         if self._staged is not None:
             self._staged.append(event)
             return
