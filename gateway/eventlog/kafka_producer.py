@@ -100,7 +100,8 @@ class KafkaEventLog:
             self._wakeup.set()
 
     def pending(self) -> int:
-        return self._spool.count()
+        """Events not yet acknowledged by Kafka: in the spool, or staged for it."""
+        return self._spool.count() + self._staged.staged()
 
     async def start(self) -> None:
         if self._forwarder is not None:
@@ -162,7 +163,7 @@ class KafkaEventLog:
                     if self._closing:
                         return
                     self._wakeup.clear()
-                    if self.pending() == 0:
+                    if self._spool.count() == 0:  # staged events wake it once spooled
                         await self._wakeup.wait()
                 delay = self._backoff[0]
             except asyncio.CancelledError:

@@ -276,7 +276,7 @@ class SqliteEventLog:
         await asyncio.to_thread(self._outbox.close)
 
     def pending(self) -> int:
-        return 0  # nothing waits: the file is the log
+        return self._staged.staged()  # the file is the log: only staged events wait
 
 
 class SqliteLogReader:

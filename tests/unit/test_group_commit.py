@@ -164,6 +164,22 @@ async def test_events_of_one_turn_are_one_transaction_in_the_file(tmp_path: Path
     await log.close(timeout=0.5)
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "kafka-spool"])
+async def test_staged_events_count_as_pending_until_written(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "log.sqlite3"
+    log: SqliteEventLog | KafkaEventLog
+    if kind == "sqlite":
+        log = SqliteEventLog(path)
+    else:  # nothing forwards (not started): what is spooled stays pending
+        log = KafkaEventLog(UNREACHABLE_KAFKA, "llm.usage", path, backoff=(5.0, 5.0), request_timeout_ms=500)
+    log.stage(make_event(1))
+    log.stage(make_event(2))
+    assert log.pending() == 2  # accepted, not yet on the durable log (healthz, the spool gauge)
+    await log.settled()
+    assert log.pending() == (0 if kind == "sqlite" else 2)  # written; the spool still holds them
+    await log.close(timeout=0.5)
+
+
 async def test_a_failed_commit_logs_every_event_in_full_and_releases_the_callers(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -61,3 +61,17 @@ async def test_a_failing_observer_is_logged_and_does_not_stop_the_others(
         await asyncio.sleep(0)
     assert seen == [event] and log.events == [event]
     assert "observer bug" in caplog.text and event.event_id in caplog.text
+
+
+async def test_deferred_observers_see_every_event_of_a_turn_in_order_in_one_callback() -> None:
+    rec, log, seen = recorder(defer=True)
+    loop = asyncio.get_running_loop()
+    scheduled = len(loop._ready)  # type: ignore[attr-defined]
+    events = [rec.record(CTX, FACTS) for _ in range(3)]
+    assert len(loop._ready) == scheduled + 1  # type: ignore[attr-defined]  # one callback for the turn
+    assert seen == [] and log.events == events
+    await asyncio.sleep(0)
+    assert seen == events
+    later = rec.record(CTX, FACTS)  # the next turn gets a callback of its own
+    await asyncio.sleep(0)
+    assert seen == [*events, later]
