@@ -259,42 +259,10 @@ async def test_stage_after_close_is_logged_not_raised(tmp_path: Path, caplog: py
     assert f"usage event {event.event_id} published after close, NOT stored" in caplog.text
 
 
-CHILD = """
-import asyncio, sys
-from pathlib import Path
-from tests.unit.test_sqlite_eventlog import make_event, UNREACHABLE_KAFKA
-from gateway.eventlog.sqlite import SqliteEventLog
-from gateway.eventlog.kafka_producer import KafkaEventLog
-
-CALLS = 8
-
-async def main(kind, path):
-    if kind == "sqlite":
-        log = SqliteEventLog(path, checkpoint_interval=0.05)
-    else:
-        log = KafkaEventLog(UNREACHABLE_KAFKA, "llm.usage", path, checkpoint_interval=0.05)
-    await log.start()
-    out = sys.stdout
-    counter = iter(range(10**9))
-
-    async def calls():
-        while True:
-            event = make_event(next(counter))
-            log.stage(event)
-            await log.settled(CALLS)
-            out.write(event.event_id + "\\n")  # the client got its response
-            out.flush()
-
-    await asyncio.gather(*(calls() for _ in range(CALLS)))
-
-asyncio.run(main(sys.argv[1], Path(sys.argv[2])))
-"""
-
-
 @pytest.mark.parametrize(("kind", "table"), [("sqlite", "events"), ("kafka-spool", "spool")])
 def test_sigkill_between_commits_loses_no_answered_event(tmp_path: Path, kind: str, table: str) -> None:
     path = tmp_path / "log.sqlite3"
-    answered = acknowledged_until_sigkill(CHILD, kind, path)
+    answered = acknowledged_until_sigkill(kind, path, mode="stage")
     stored = set(stored_ids(path, table))
     assert set(answered) <= stored, f"{len(set(answered) - stored)} answered events lost"
 

@@ -69,32 +69,49 @@ from tests.unit.test_sqlite_eventlog import make_event, UNREACHABLE_KAFKA
 from gateway.eventlog.sqlite import SqliteEventLog
 from gateway.eventlog.kafka_producer import KafkaEventLog
 
-async def main(kind, path):
+CALLS = 8  # callers in flight together when events are staged (group commit)
+
+async def main(kind, path, mode):
     if kind == "sqlite":
         log = SqliteEventLog(path, checkpoint_interval=0.05)
     else:
         log = KafkaEventLog(UNREACHABLE_KAFKA, "llm.usage", path, checkpoint_interval=0.05)
     await log.start()
     out = sys.stdout
-    i = 0
-    while True:
-        event = make_event(i)
-        log.publish(event)
-        out.write(event.event_id + "\\n")  # the client got its response
-        out.flush()
-        i += 1
-        if i % 50 == 0:
+    counter = iter(range(10**9))
+
+    async def publishing():
+        while True:
+            for _ in range(50):
+                event = make_event(next(counter))
+                log.publish(event)
+                out.write(event.event_id + "\\n")  # the client got its response
+                out.flush()
             await asyncio.sleep(0)
 
-asyncio.run(main(sys.argv[1], Path(sys.argv[2])))
+    async def staging():
+        while True:
+            event = make_event(next(counter))
+            log.stage(event)
+            await log.settled(CALLS)
+            out.write(event.event_id + "\\n")  # the client got its response
+            out.flush()
+
+    if mode == "publish":
+        await publishing()
+    else:
+        await asyncio.gather(*(staging() for _ in range(CALLS)))
+
+asyncio.run(main(sys.argv[1], Path(sys.argv[2]), sys.argv[3]))
 """
 
 
-def acknowledged_until_sigkill(script: str, kind: str, path: Path, count: int = 3000) -> list[str]:
-    """Run ``script`` (it prints an event id per acknowledged event), ``kill -9`` it after
-    ``count`` acknowledgements; every id it printed."""
+def acknowledged_until_sigkill(kind: str, path: Path, mode: str = "publish", count: int = 3000) -> list[str]:
+    """Run ``CHILD`` (it prints an event id per acknowledged event; ``mode``: ``publish`` one by
+    one, or ``stage`` with 8 callers in flight), ``kill -9`` it after ``count``
+    acknowledgements; every id it printed."""
     child = subprocess.Popen(
-        [sys.executable, "-c", script, kind, str(path)],
+        [sys.executable, "-c", CHILD, kind, str(path), mode],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -126,7 +143,7 @@ def acknowledged_until_sigkill(script: str, kind: str, path: Path, count: int = 
 @pytest.mark.parametrize(("kind", "table"), [("sqlite", "events"), ("kafka-spool", "spool")])
 def test_sigkill_right_after_publish_loses_nothing(tmp_path: Path, kind: str, table: str) -> None:
     path = tmp_path / "log.sqlite3"
-    acknowledged = acknowledged_until_sigkill(CHILD, kind, path)
+    acknowledged = acknowledged_until_sigkill(kind, path)
     stored = stored_ids(path, table)
     assert set(acknowledged) <= set(stored), f"{len(set(acknowledged) - set(stored))} acknowledged events lost"
     assert stored[: len(acknowledged)] == acknowledged  # in publish order, nothing in between
