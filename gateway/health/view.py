@@ -11,6 +11,7 @@ are placed by event time, so replicas fed the same events compute the same view.
 from __future__ import annotations
 
 import logging
+from array import array
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,6 +57,42 @@ class ProviderHealth:
     models: dict[str, ModelHealth]
 
 
+class SeenIds:
+    """The ids of the events counted in the window (``apply`` is idempotent on them), each
+    forgotten once its event time is older than the window, in the order they came. Like the
+    windows, it keeps no object per event beyond the id itself: the times are an ``array``
+    column beside a ``deque`` of ids."""
+
+    def __init__(self) -> None:
+        self.ids: set[str] = set()
+        self._order: deque[str] = deque()
+        self._times = array("d")  # POSIX seconds, in arrival order from self._start on
+        self._start = 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(self, event_id: str, at: float) -> None:
+        self.ids.add(event_id)
+        self._order.append(event_id)
+        self._times.append(at)
+
+    def forget(self, cutoff: float) -> None:
+        """Forget ids from the front for as long as their event time is before ``cutoff``."""
+        times, start = self._times, self._start
+        end = len(times)
+        if start == end or times[start] >= cutoff:
+            return
+        ids, order = self.ids, self._order
+        while start < end and times[start] < cutoff:
+            ids.discard(order.popleft())
+            start += 1
+        if start * 2 >= end:
+            del times[:start]
+            start = 0
+        self._start = start
+
+
 @dataclass(slots=True)
 class _Track:
     """One window with its consecutive-failure run and last reported state."""
@@ -94,8 +131,7 @@ class HealthView:
         self.listeners: list[Listener] = listeners if listeners is not None else []
         self._span = timedelta(seconds=self.config.window_seconds)
         self._providers: dict[str, _Provider] = {}
-        self._seen: set[str] = set()
-        self._seen_order: deque[tuple[datetime, str]] = deque()
+        self._seen = SeenIds()
 
     def now(self) -> datetime:
         return self._clock()
@@ -104,12 +140,13 @@ class HealthView:
     def apply(self, event: UsageEvent) -> bool:
         """Count one attempt; False if it was seen already or is older than the window."""
         now = self._clock()
-        cutoff = now - self._span
-        self._forget(cutoff)
-        if event.event_id in self._seen or event.created_at < cutoff:
+        cutoff = (now - self._span).timestamp()
+        seen = self._seen
+        seen.forget(cutoff)
+        at = event.created_at.timestamp()
+        if event.event_id in seen.ids or at < cutoff:
             return False
-        self._seen.add(event.event_id)
-        self._seen_order.append((event.created_at, event.event_id))
+        seen.add(event.event_id, at)
         sample = Sample.of(event)
         provider = self._provider(event.provider)
         provider.track.add(sample)
@@ -125,7 +162,7 @@ class HealthView:
 
     def has_seen(self, event_id: str) -> bool:
         """Whether an event with this id is counted in the current window."""
-        return event_id in self._seen
+        return event_id in self._seen.ids
 
     def observe(self, event: UsageEvent) -> None:
         """The ``UsageRecorder`` observer: runs on the response path, so it never raises."""
@@ -189,11 +226,6 @@ class HealthView:
         return RollingWindow(
             c.window_seconds, latency_limit=c.degraded_p95_latency_ms, ttft_limit=c.degraded_p95_ttft_ms
         )
-
-    def _forget(self, cutoff: datetime) -> None:
-        order = self._seen_order
-        while order and order[0][0] < cutoff:
-            self._seen.discard(order.popleft()[1])
 
     def _provider_state(self, tracked: _Provider, now: datetime) -> tuple[HealthState, str, WindowStats]:
         stats = tracked.track.window.stats(now)

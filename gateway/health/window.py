@@ -25,7 +25,8 @@ percentiles over successful attempts that report one (non-streaming: the whole l
 
 from __future__ import annotations
 
-from bisect import insort
+from array import array
+from bisect import bisect_right
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal, get_args
@@ -121,22 +122,30 @@ class WindowStats:
         return self.p95_ttft_ms is not None and self.p95_ttft_ms > limit
 
 
-def _t(sample: Sample) -> datetime:
-    return sample.t
+#: a sample's class in the window's code column; TIMEOUT_BIT marks a ``timeout`` outcome
+_KIND_CODES: dict[Kind, int] = {"success": 0, "failure": 1, "rate_limited": 2, "neutral": 3}
+TIMEOUT_BIT = 4
+_NONE = float("nan")  # "no latency" in the float columns
 
 
 class RollingWindow:
     """The samples of the last ``seconds`` of event time, with running counts.
 
     Cost per event is O(1) amortized: samples are appended in time order (an out-of-order one
-    is inserted in place), eviction moves a start index over the old ones (the list is compacted
-    once half of it is dead), and every count, including the number of latencies above the
-    configured p95 limits (``latency_limit``, ``ttft_limit``), is kept incrementally. The rules'
-    "p95 above the limit" test reads those counts: with ``n`` values and nearest rank
+    is inserted in place), eviction moves a start index over the old ones (the columns are
+    compacted once half of them is dead), and every count, including the number of latencies
+    above the configured p95 limits (``latency_limit``, ``ttft_limit``), is kept incrementally.
+    The rules' "p95 above the limit" test reads those counts: with ``n`` values and nearest rank
     ``r = ceil(0.95 n)``, ``sorted[r - 1] > limit`` exactly when more than ``n - r`` values are
     above the limit. Percentile values themselves are computed when read (a snapshot, a
     transition, the health API): the window's values are sorted then, and the sorted lists are
     kept until the window changes.
+
+    Memory: a window holds every attempt of the last ``seconds`` (tens of thousands a minute
+    under load), so it keeps no object per sample. Four ``array`` columns hold the event time
+    (POSIX seconds: ``datetime.timestamp()`` keeps the microsecond order and equality of
+    aware datetimes), the kind and timeout code, the latency and the time to first token (NaN
+    for none): 25 bytes a sample, nothing for the garbage collector to walk.
     """
 
     def __init__(self, seconds: float, *, latency_limit: float | None = None, ttft_limit: float | None = None) -> None:
@@ -144,7 +153,11 @@ class RollingWindow:
         self.latency_limit = latency_limit
         self.ttft_limit = ttft_limit
         self._span = timedelta(seconds=seconds)
-        self._samples: list[Sample] = []  # ascending t from self._start on
+        # the samples, ascending time from self._start on
+        self._t = array("d")
+        self._code = array("B")
+        self._latency = array("d")
+        self._ttft = array("d")
         self._start = 0
         # live counts, plain attributes: the rules read them on every event
         self.successes = self.failures = self.rate_limited = self.neutral = self.judged = 0
@@ -156,37 +169,46 @@ class RollingWindow:
         self._sorted: tuple[list[float], list[float]] | None = None  # (latencies, ttfts) cache
 
     def __len__(self) -> int:
-        return len(self._samples) - self._start
+        return len(self._t) - self._start
 
     def add(self, sample: Sample) -> None:
-        samples = self._samples
-        if len(samples) == self._start or sample.t >= samples[-1].t:
-            samples.append(sample)
-        else:  # out of order (another partition, another replica): keep the list sorted
-            insort(samples, sample, lo=self._start, key=_t)
-        self._count(sample, 1)
+        t = sample.t.timestamp()
+        code = _KIND_CODES[sample.kind] | (TIMEOUT_BIT if sample.outcome in TIMEOUTS else 0)
+        latency = _NONE if sample.latency_ms is None else sample.latency_ms
+        ttft = _NONE if sample.ttft_ms is None else sample.ttft_ms
+        times = self._t
+        if len(times) == self._start or t >= times[-1]:
+            times.append(t)
+            self._code.append(code)
+            self._latency.append(latency)
+            self._ttft.append(ttft)
+        else:  # out of order (another partition, another replica): keep the columns sorted
+            at = bisect_right(times, t, lo=self._start)
+            times.insert(at, t)
+            self._code.insert(at, code)
+            self._latency.insert(at, latency)
+            self._ttft.insert(at, ttft)
+        self._count(code, latency, ttft, 1)
 
-    def _count(self, sample: Sample, step: int) -> None:
-        kind = sample.kind
-        if kind == "neutral":
+    def _count(self, code: int, latency: float, ttft: float, step: int) -> None:
+        kind = code & 3
+        if kind == 3:
             self.neutral += step
         else:
             self.judged += step
-            if kind == "success":
+            if kind == 0:
                 self.successes += step
-            elif kind == "failure":
+            elif kind == 1:
                 self.failures += step
             else:
                 self.rate_limited += step
-        if sample.outcome in TIMEOUTS:
+        if code & TIMEOUT_BIT:
             self._timeouts += step
-        latency = sample.latency_ms
-        if latency is not None:
+        if latency == latency:  # not NaN
             self._latencies += step
             if self.latency_limit is not None and latency > self.latency_limit:
                 self._latencies_over += step
-        ttft = sample.ttft_ms
-        if ttft is not None:
+        if ttft == ttft:
             self._ttfts += step
             if self.ttft_limit is not None and ttft > self.ttft_limit:
                 self._ttfts_over += step
@@ -194,21 +216,24 @@ class RollingWindow:
 
     def evict(self, now: datetime) -> None:
         """Drop the samples older than ``now - seconds``."""
-        cutoff = now - self._span
-        samples, start = self._samples, self._start
-        end = len(samples)
-        while start < end and samples[start].t < cutoff:
-            self._count(samples[start], -1)
-            start += 1
-        if start == self._start:
+        cutoff = (now - self._span).timestamp()
+        times, start = self._t, self._start
+        end = len(times)
+        if start == end or times[start] >= cutoff:
             return
-        if start * 2 >= end:  # compact: the dead prefix is half of the list
-            del samples[:start]
+        codes, latencies, ttfts, count = self._code, self._latency, self._ttft, self._count
+        while start < end and times[start] < cutoff:
+            count(codes[start], latencies[start], ttfts[start], -1)
+            start += 1
+        if start * 2 >= end:  # compact: the dead prefix is half of the columns
+            for column in (times, codes, latencies, ttfts):
+                del column[:start]
             start = 0
         self._start = start
 
     def clear(self) -> None:
-        self._samples.clear()
+        for column in (self._t, self._code, self._latency, self._ttft):
+            del column[:]
         self._start = 0
         self.successes = self.failures = self.rate_limited = self.neutral = self.judged = 0
         self._timeouts = self._latencies = self._ttfts = self._latencies_over = self._ttfts_over = 0
@@ -227,10 +252,10 @@ class RollingWindow:
 
     def _sorted_values(self) -> tuple[list[float], list[float]]:
         if self._sorted is None:
-            live = self._samples[self._start :]
+            start = self._start
             self._sorted = (
-                sorted([s.latency_ms for s in live if s.latency_ms is not None]),
-                sorted([s.ttft_ms for s in live if s.ttft_ms is not None]),
+                sorted([x for x in self._latency[start:] if x == x]),  # x == x: not NaN
+                sorted([x for x in self._ttft[start:] if x == x]),
             )
         return self._sorted
 

@@ -501,3 +501,57 @@ def test_sync_skips_its_own_events_undecoded_and_applies_the_others(
     )
     sync._apply(raw)
     assert view.has_seen(tricky.event_id) and sync.known == 1
+
+
+# --- memory under load ---------------------------------------------------------------------------
+
+
+def test_the_view_keeps_no_object_per_event_for_the_collector_to_walk(clock: ManualClock) -> None:
+    """A minute of attempts at a few thousand per second is a hundred thousand samples or more
+    in every window. The garbage collector's full collections walk every tracked object, and a
+    Sample per event (the old window) paused the gateway for tens of ms each time."""
+    import gc
+
+    view, _ = make_view(clock)
+    events = [
+        ev(("success", "timeout", "rate_limited")[n % 3], at=T0 + timedelta(microseconds=n)) for n in range(20_000)
+    ]
+    view.apply(events[0])
+    gc.collect()
+    tracked = len(gc.get_objects())
+    for event in events[1:]:
+        assert view.apply(event)
+    gc.collect()
+    assert len(gc.get_objects()) - tracked < 1000  # was 20,000: one Sample per event
+    assert view.health("openai").stats.attempts == len(events)
+
+
+def test_a_window_holds_a_sample_in_25_bytes() -> None:
+    """Time, kind and timeout code, latency and time to first token in array columns: 25 bytes
+    a sample plus the arrays' spare room (a Sample object with its time and latency floats
+    was about 170)."""
+    import tracemalloc
+
+    window = RollingWindow(60, latency_limit=500.0)
+    times = [T0 + timedelta(microseconds=n) for n in range(20_000)]  # an event's, made before
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for n, at in enumerate(times):  # the samples, like the events' latencies, do not outlive the call
+            window.add(Sample(at, "success", "success", n + 0.5, 2.0))
+        grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    finally:
+        tracemalloc.stop()
+    assert grown / len(times) < 32, grown / len(times)
+    assert window.stats(T0).p50_latency_ms == 9_999.5
+
+
+def test_forgotten_ids_free_their_memory(clock: ManualClock) -> None:
+    view, _ = make_view(clock, window_seconds=10)
+    for n in range(3000):
+        clock.now = T0 + timedelta(milliseconds=10 * n)  # 30 s of events, 10 s kept
+        assert view.apply(ev("success", at=clock.now, event_id=f"id-{n}"))
+    assert len(view._seen) == 1001  # the last 10 s, both ends inclusive
+    assert not view.has_seen("id-0") and view.has_seen("id-2999") and view.has_seen("id-1999")
+    assert view.health("openai").stats.attempts == 1001
+    assert len(view._seen._times) < 2 * 1001  # the forgotten front is compacted away
