@@ -22,6 +22,7 @@ The table is created by analytics/migrations/0002_provider_health_history.sql.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -55,6 +56,11 @@ _BUGS: tuple[type[duckdb.Error], ...] = (
     duckdb.IntegrityError,
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: events applied to the view between two turns of the event loop (about a millisecond). In the
+#: embedded ``serve`` this sink shares the loop with the gateway's requests: a live batch (half
+#: a second of traffic, hundreds to thousands of events) applied in one go held every request
+#: behind it for 10 to 20 ms (c=1 p99: 10 to 13 ms with this sink, 4 to 5 ms without)
+APPLY_SLICE = 128
 
 
 class HealthHistorySink:
@@ -86,9 +92,13 @@ class HealthHistorySink:
             raise SinkError(self.name, f"cannot open {self._store.path}: {e}") from e
 
     async def apply(self, events: Sequence[UsageEvent]) -> None:
-        for event in sorted(latest_by_id(events), key=lambda e: (e.created_at, e.event_id)):
-            self._advance(event.created_at)
-            self._view.apply(event)
+        ordered = sorted(latest_by_id(events), key=lambda e: (e.created_at, e.event_id))
+        for start in range(0, len(ordered), APPLY_SLICE):
+            if start:
+                await asyncio.sleep(0)  # see APPLY_SLICE
+            for event in ordered[start : start + APPLY_SLICE]:
+                self._advance(event.created_at)
+                self._view.apply(event)
         if self._pending:
             rows = list(self._pending.values())
             await self._execute(lambda conn: write_rows(conn, rows))

@@ -140,3 +140,46 @@ async def test_rows_survive_an_unavailable_store(store: AnalyticsStore, monkeypa
         ("openai", "*", at(5), "open"),
         ("openai", "gpt-4", at(5), None),
     ]
+
+
+async def test_a_large_batch_lets_the_event_loop_run_and_gives_the_same_rows(store: AnalyticsStore) -> None:
+    """In the embedded serve this sink shares the loop with the gateway's requests: a batch
+    of thousands must not hold them all behind it (APPLY_SLICE events between two turns)."""
+    import asyncio
+
+    from consumers.sinks.health_history import APPLY_SLICE
+
+    events = [ev(("success", "timeout", "success", "rate_limited")[n % 4], n / 10) for n in range(3000)]
+    turns: list[int] = []
+    seen = 0
+
+    async def ticker() -> None:
+        while True:
+            turns.append(seen)
+            await asyncio.sleep(0)
+
+    sink = HealthHistorySink(store)
+    await sink.start()
+    real_apply = sink._view.apply
+
+    def counting(event: UsageEvent) -> bool:
+        nonlocal seen
+        seen += 1
+        return real_apply(event)
+
+    sink._view.apply = counting  # type: ignore[method-assign]
+    ticking = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    await sink.apply(events)
+    ticking.cancel()
+    during = sorted({n for n in turns if 0 < n < len(events)})
+    # the loop ran after every slice: never more than APPLY_SLICE events between two turns
+    assert during and during[0] <= APPLY_SLICE
+    assert all(b - a <= APPLY_SLICE for a, b in itertools.pairwise([0, *during, len(events)]))
+    expected = await history(store)
+
+    await sink.reset()
+    one_by_one = HealthHistorySink(store)
+    for event in events:
+        await one_by_one.apply([event])
+    assert await history(store) == expected and len(expected) >= 10  # 5 minutes: snapshots, transitions
