@@ -56,11 +56,13 @@ _BUGS: tuple[type[duckdb.Error], ...] = (
     duckdb.IntegrityError,
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-#: events applied to the view between two turns of the event loop (about a millisecond). In the
-#: embedded ``serve`` this sink shares the loop with the gateway's requests: a live batch (half
-#: a second of traffic, hundreds to thousands of events) applied in one go held every request
-#: behind it for 10 to 20 ms (c=1 p99: 10 to 13 ms with this sink, 4 to 5 ms without)
-APPLY_SLICE = 128
+#: events applied to the view between two turns of the event loop (~10 µs each). In the embedded
+#: ``serve`` this sink shares the loop with the gateway's requests. A live batch (half a second
+#: of traffic, hundreds to thousands of events) applied in one go held every request behind it
+#: for 10 to 20 ms; and a request waits for the loop at each of its 4 or 5 awaits, so each slice
+#: is paid several times over: c=1 p99 of the whole embedded gateway (in process, wrk) 11 to
+#: 14 ms unsliced, 8 to 9 ms with slices of 128, 4.5 to 5 ms with 32
+APPLY_SLICE = 32
 
 
 class HealthHistorySink:
