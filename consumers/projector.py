@@ -39,7 +39,7 @@ Sleep = Callable[[float], Awaitable[None]]
 #: errors that mean "the sink is unavailable for now" when a sink did not translate them
 _TRANSIENT = (SinkError, OSError, TimeoutError)
 #: records decoded between two turns of the event loop (~8 µs each)
-DECODE_SLICE = 32
+DECODE_SLICE = 64
 
 
 @dataclass
@@ -250,12 +250,12 @@ class Projector:
 
     async def _decode_cooperatively(self, records: Sequence[LogRecord]) -> _Batch:
         """:meth:`_decode`, letting the event loop run between slices of :data:`DECODE_SLICE`
-        records (a quarter of a millisecond each): in the embedded ``serve`` the projector
-        shares the loop with the gateway's requests, and a batch of thousands decoded in one go
-        held every request behind it for several milliseconds (p99 at c=1: 14 ms with the
-        projector in the process, 5 ms without). A request waits for the loop at each of its
-        awaits, so it pays a slice several times: slices of 128 (a millisecond) still gave a c=1
-        p99 of 3 to 4 ms with no sink at all, 32 gives 2 to 2.3 ms."""
+        records (half a millisecond each): in the embedded ``serve`` the projector shares the
+        loop with the gateway's requests, and a batch of thousands decoded in one go held every
+        request behind it for several milliseconds (p99 at c=1: 14 ms with the projector in the
+        process, 5 ms without). A request waits for the loop at each of its awaits, so it pays
+        a slice several times; finer slices cost CPU at c=32 (see the health history sink's
+        ``APPLY_SLICE``, measured together)."""
         batch = _Batch(records)
         for start in range(0, len(records), DECODE_SLICE):
             if start:

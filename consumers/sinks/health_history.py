@@ -56,13 +56,15 @@ _BUGS: tuple[type[duckdb.Error], ...] = (
     duckdb.IntegrityError,
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-#: events applied to the view between two turns of the event loop (~10 µs each). In the embedded
+#: events applied to the view between two turns of the event loop (~8 µs each). In the embedded
 #: ``serve`` this sink shares the loop with the gateway's requests. A live batch (half a second
 #: of traffic, hundreds to thousands of events) applied in one go held every request behind it
-#: for 10 to 20 ms; and a request waits for the loop at each of its 4 or 5 awaits, so each slice
-#: is paid several times over: c=1 p99 of the whole embedded gateway (in process, wrk) 11 to
-#: 14 ms unsliced, 8 to 9 ms with slices of 128, 4.5 to 5 ms with 32
-APPLY_SLICE = 32
+#: for 10 to 20 ms; and a request waits for the loop at each of its 4 or 5 awaits, so it pays a
+#: slice several times over. Embedded gateway under wrk, json, A/B in one run (with
+#: DECODE_SLICE the same): c=1 p99 10 ms with slices of 128, 6.6 with 64, 5.1 to 5.5 with 32;
+#: but the finer the slices, the less work each loop turn batches at c=32: server CPU per
+#: request +5% with 32 against 64 or 128. 64 keeps the CPU and most of the p99 gain.
+APPLY_SLICE = 64
 
 
 class HealthHistorySink:
