@@ -48,7 +48,8 @@ from gateway.ids import utcnow, uuid7
 from gateway.pricing.book import load_price_book
 from gateway.server import server_installers
 from gateway.settings import Settings
-from gateway.simulators.base import Fault
+from gateway.simulators.base import Fault, Simulator
+from gateway.simulators.registry import SIMULATED_KEY, make_simulator, provider_settings_for
 from gateway.types import Usage
 from tests.conftest import PostgresControl
 from tests.services.kafka import Broker
@@ -700,14 +701,30 @@ def spooled(data_dir: Path, instance: str) -> int:
         conn.close()
 
 
+@pytest.fixture
+async def slow_openai() -> AsyncIterator[Simulator]:
+    """An OpenAI simulator in the test's process that answers every call after 30 ms."""
+    sim = make_simulator("openai")
+    await sim.start()
+    sim.faults.always(Fault("delay", delay=0.03))
+    yield sim
+    await sim.stop()
+
+
 async def test_gateway_kill_9_under_load_every_acknowledged_call_is_projected(
-    kafka_bootstrap: str, database_url: str, names: Names, procs: Processes, tmp_path: Path
+    kafka_bootstrap: str, database_url: str, names: Names, procs: Processes, tmp_path: Path, slow_openai: Simulator
 ) -> None:
     """Two kills: one right after start (the forwarder has not reached Kafka yet: everything
     acknowledged is still in the spool), one in the steady state (events in flight to Kafka,
-    some acknowledged by it but not yet deleted from the spool: sent again after the restart)."""
+    some acknowledged by it but not yet deleted from the spool: sent again after the restart).
+
+    The provider (an OpenAI simulator in this process) answers after 30 ms, so that the
+    gateway always holds calls when it is killed: with instant answers it could have written
+    every answer before the kill landed (the client, slower than the gateway, had them still
+    unread), and the kill then hit no call in flight."""
     concurrency = 16
     instance = f"gw-{names.run}"
+    upstream = slow_openai
     gateway = procs.serve(
         "gateway",
         data_dir=tmp_path / "gw",
@@ -715,7 +732,11 @@ async def test_gateway_kill_9_under_load_every_acknowledged_call_is_projected(
             "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
             "LLM_GATEWAY_TOPIC": names.topic,
             "LLM_GATEWAY_INSTANCE_ID": instance,
+            "OPENAI_BASE_URL": provider_settings_for("openai", upstream).base_url,
+            "OPENAI_API_KEY": SIMULATED_KEY,
+            "LLM_GATEWAY_PRIORITY": '["openai"]',
         },
+        simulate=False,
         log_level="WARNING",
     )
     consumer = procs.consume(
