@@ -40,6 +40,16 @@ def test_benchmark_smoke_run(script: str) -> None:
     assert "| target" in done.stdout and "verdict" in done.stdout, done.stdout[-4000:]
 
 
+def test_sustained_memory_smoke_run() -> None:
+    """The sustained-load memory bench samples a real ``serve`` under wrk (a failing run raises)."""
+    if not servers.wrk_available():
+        servers.install_tools(litellm=False)
+    done = smoke_run("sustained_memory", timeout=120)
+    row = next(line for line in done.stdout.splitlines() if line.startswith("| gateway "))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert int(cells[1].replace(",", "")) > 0 and float(cells[7]) > 0, row
+
+
 def test_request_path_smoke_run() -> None:
     """The in-process request path runs the real app end to end (a failing call raises)."""
     done = smoke_run("request_path", timeout=120)
