@@ -61,9 +61,11 @@ async def _serve(
     try:
         return await _answer(request, state, principal, parsed)
     finally:
-        # no answer (nor error) goes out before the events of its attempts are on the log
-        await state.event_log.settled(state.in_flight)
-        state.in_flight -= 1
+        try:
+            # no answer (nor error) goes out before the events of its attempts are on the log
+            await state.event_log.settled(state.in_flight)
+        finally:  # cancelled while it waits: still no longer in flight
+            state.in_flight -= 1
 
 
 async def _answer(

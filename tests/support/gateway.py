@@ -37,8 +37,9 @@ class RunningGateway:
         return f"{self.url}/v1"
 
 
-async def start_app(app: web.Application, host: str = "127.0.0.1") -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app, access_log=None)
+async def start_app(app: web.Application, host: str = "127.0.0.1", **runner_options: Any) -> tuple[web.AppRunner, str]:
+    """Serve ``app`` on a free port; ``runner_options`` go to ``web.AppRunner``."""
+    runner = web.AppRunner(app, access_log=None, **runner_options)
     await runner.setup()
     site = web.TCPSite(runner, host, 0)
     await site.start()

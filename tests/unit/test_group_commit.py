@@ -319,3 +319,31 @@ async def test_no_answer_goes_out_before_its_events_are_settled(
             assert payload.endswith(b"data: [DONE]\n\n")
     finally:
         await runner.cleanup()
+
+
+async def test_a_call_cancelled_while_it_waits_for_its_events_leaves_the_in_flight_count(tmp_path: Path) -> None:
+    """A handler cancelled in ``settled`` (a client gone, with aiohttp's handler cancellation
+    on; a shutdown) must still leave the count of calls in flight, or every later call would
+    wait for company that never comes (no more immediate commit at concurrency 1)."""
+    from gateway.api.state import STATE
+
+    log = HeldLog()
+    settings = Settings(data_dir=tmp_path, priority=["openai"], openai_api_key="sk-test", _env_file=None)
+    app = create_app(settings, providers={"openai": ScriptedProvider("openai", ok(), ok())}, event_log=log)
+    runner, url = await start_app(app, handler_cancellation=True)
+    body = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}
+    try:
+        async with ClientSession() as client:
+            call = asyncio.create_task(client.post(f"{url}/v1/chat/completions", json=body))
+            await asyncio.wait_for(log.waiting.wait(), timeout=5)
+            assert app[STATE].in_flight == 1
+            call.cancel()  # the client goes away while its answer waits for the events
+            await asyncio.gather(call, return_exceptions=True)
+        for _ in range(100):
+            if app[STATE].in_flight == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert app[STATE].in_flight == 0
+        assert log.events, "the attempt's event was handed to the log all the same"
+    finally:
+        await runner.cleanup()
