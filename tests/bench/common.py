@@ -159,15 +159,19 @@ def servers_cpu_seconds(names: Sequence[str] = ("postgres", "java")) -> float:
     return total / _TICKS
 
 
+def status_mb(pid: int, key: str) -> float:
+    """A memory line of ``/proc/<pid>/status`` (``VmHWM``, ``VmRSS``, ``RssAnon``...) in MB; 0
+    if the process or the line is gone."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{key}:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def peak_rss_mb(pid: int) -> float:
     """VmHWM (peak resident set) of ``pid`` and its live descendants, in MB."""
-    total = 0
-    for p in process_tree(pid):
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    total += int(line.split()[1])
-    return total / 1024
+    return sum(status_mb(p, "VmHWM") for p in process_tree(pid))
 
 
 # --- Kafka and Postgres ------------------------------------------------------------------------

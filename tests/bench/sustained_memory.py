@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.bench import servers
-from tests.bench.common import Child, cpu_seconds, fmt, peak_rss_mb, say, table
+from tests.bench.common import Child, cpu_seconds, fmt, peak_rss_mb, say, status_mb, table
 from tests.bench.gateway_overhead import Cell, run_wrk
 
 #: seconds of load between two memory samples
@@ -41,13 +41,6 @@ class Run:
     rss_mb: list[float] = field(default_factory=list)  # after each step
     peak_mb: float = 0.0
     anon_mb: float = 0.0
-
-
-def status_mb(pid: int, key: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{key}:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def sustain(server: Child, name: str, seconds: int) -> Run:
