@@ -12,7 +12,6 @@ import random
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
 
-import aiohttp
 from aiohttp import web
 
 from gateway.api import completions, meta
@@ -26,6 +25,7 @@ from gateway.metrics import METRICS, GatewayMetrics, metrics_handler, metrics_mi
 from gateway.pricing.base import PriceBook
 from gateway.providers.base import Provider, Timeouts
 from gateway.providers.registry import build_providers
+from gateway.providers.upstream_http import UpstreamClient
 from gateway.routing.catalog import ModelCatalog
 from gateway.routing.retry import RetryPolicy, Sleep
 from gateway.routing.router import Router
@@ -105,8 +105,7 @@ def create_app(
     async def resources(app: web.Application) -> AsyncIterator[None]:
         await event_log.start()
         timeouts = Timeouts(settings.request_timeout, settings.connect_timeout, settings.stream_idle_timeout)
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=256, ttl_dns_cache=300)
-        async with aiohttp.ClientSession(connector=connector) as session:
+        async with UpstreamClient(limit_per_host=256) as session:
             if providers is None:
                 provider_map.update(build_providers(settings, session, timeouts))
             yield

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import aiohttp
-
 from gateway import errors
 from gateway.providers import anthropic_wire as wire
 from gateway.providers.base import Provider, Timeouts
 from gateway.providers.http import post, read_error_body, read_json
 from gateway.providers.sse import iter_sse
+from gateway.providers.upstream_http import Response, UpstreamClient
 from gateway.settings import ProviderSettings
 from gateway.types import ChatRequest, ChatResult, StreamChunk
 
@@ -25,7 +24,7 @@ API_VERSION = "2023-06-01"
 class AnthropicProvider:
     name = wire.PROVIDER
 
-    def __init__(self, settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts) -> None:
+    def __init__(self, settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> None:
         base = (settings.base_url or DEFAULT_BASE_URL).rstrip("/")
         # ANTHROPIC_BASE_URL is the host (the SDK appends /v1); accept one that already has it
         self._url = f"{base}/messages" if base.endswith("/v1") else f"{base}/v1/messages"
@@ -79,7 +78,7 @@ class AnthropicProvider:
         raise errors.StreamCut(f"{self.name}: stream ended without message_stop", provider=self.name, http_status=200)
 
 
-async def _not_a_stream(resp: aiohttp.ClientResponse) -> errors.ProviderError:
+async def _not_a_stream(resp: Response) -> errors.ProviderError:
     """A 200 answer to a streaming call that is not SSE: an error object, or garbage."""
     body, raw = await read_error_body(resp)
     if wire.error_type(body) is not None:
@@ -92,7 +91,7 @@ async def _not_a_stream(resp: aiohttp.ClientResponse) -> errors.ProviderError:
     )
 
 
-def build(settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts) -> Provider | None:
+def build(settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> Provider | None:
     """The Anthropic provider, or None without an API key (or when disabled)."""
     if not settings.api_key or settings.enabled is False:
         return None

@@ -12,11 +12,10 @@ from __future__ import annotations
 from typing import ClassVar
 from urllib.parse import quote
 
-import aiohttp
-
 from gateway.providers import openai_wire as wire
 from gateway.providers.base import Provider, Timeouts
 from gateway.providers.openai import OpenAIProvider, Target
+from gateway.providers.upstream_http import UpstreamClient
 from gateway.settings import ProviderSettings
 from gateway.types import ChatRequest
 
@@ -36,7 +35,7 @@ class AzureProvider(OpenAIProvider):
     name = "azure"
     chat_max_tokens_field: ClassVar[str] = "max_tokens"
 
-    def __init__(self, settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts) -> None:
+    def __init__(self, settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> None:
         if not settings.base_url:
             raise ValueError("azure: the resource endpoint (AZURE_OPENAI_ENDPOINT) is required")
         super().__init__(settings, session, timeouts)
@@ -64,7 +63,7 @@ class AzureProvider(OpenAIProvider):
         return {"api-key": self._settings.api_key or ""}
 
 
-def build(settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts) -> Provider | None:
+def build(settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> Provider | None:
     """The Azure OpenAI provider, or None without an API key and endpoint (or when disabled)."""
     if not settings.api_key or not settings.base_url or settings.enabled is False:
         return None

@@ -6,8 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-import aiohttp
-
+from gateway.providers.upstream_http import Timeout, UpstreamClient
 from gateway.settings import ProviderSettings
 from gateway.types import ChatRequest, ChatResult, StreamChunk
 
@@ -18,11 +17,11 @@ class Timeouts:
     connect: float = 5.0
     stream_idle: float = 60.0
 
-    def non_streaming(self) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(total=self.request, sock_connect=self.connect)
+    def non_streaming(self) -> Timeout:
+        return Timeout(total=self.request, connect=self.connect)
 
-    def streaming(self) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(total=None, sock_connect=self.connect, sock_read=self.stream_idle)
+    def streaming(self) -> Timeout:
+        return Timeout(total=None, connect=self.connect, read=self.stream_idle)
 
 
 class Provider(Protocol):
@@ -66,6 +65,4 @@ class BatchStreaming(Protocol):
 class ProviderFactory(Protocol):
     """Builds a provider from its settings, or says it is not configured (returns None)."""
 
-    def __call__(
-        self, settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts
-    ) -> Provider | None: ...
+    def __call__(self, settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> Provider | None: ...

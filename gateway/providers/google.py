@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import aiohttp
 import orjson
 
 from gateway import errors
@@ -12,6 +11,7 @@ from gateway.providers import google_wire as wire
 from gateway.providers.base import Timeouts
 from gateway.providers.http import malformed, post, read_json
 from gateway.providers.sse import iter_sse
+from gateway.providers.upstream_http import Response, UpstreamClient
 from gateway.settings import ProviderSettings
 from gateway.types import ChatRequest, ChatResult, FinishReason, StreamChunk, Usage
 
@@ -31,7 +31,7 @@ def models_url(base_url: str | None, api_version: str | None = None) -> str:
 class GoogleProvider:
     name = wire.PROVIDER
 
-    def __init__(self, settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts) -> None:
+    def __init__(self, settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> None:
         if not settings.api_key:
             raise ValueError("the google provider needs an API key")
         self._session = session
@@ -89,7 +89,7 @@ class GoogleProvider:
                 raise
             raise errors.StreamCut(f"{self.name}: stream broke: {exc.message}", provider=self.name) from exc
 
-    async def _chunks(self, resp: aiohttp.ClientResponse, requested: str) -> AsyncIterator[StreamChunk]:
+    async def _chunks(self, resp: Response, requested: str) -> AsyncIterator[StreamChunk]:
         finish: FinishReason | None = None
         finishing: wire.Piece | None = None
         usage: Usage | None = None
@@ -117,7 +117,7 @@ class GoogleProvider:
         yield StreamChunk(finish_reason=finish, usage=usage or Usage(), model=model or requested)
 
 
-def build(settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts) -> GoogleProvider | None:
+def build(settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> GoogleProvider | None:
     if settings.enabled is False or not settings.api_key:
         return None
     return GoogleProvider(settings, session, timeouts)

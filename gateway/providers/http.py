@@ -8,10 +8,10 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
 import orjson
 
 from gateway import errors
+from gateway.providers.upstream_http import BodyCut, Response, Timeout, UpstreamClient
 
 ErrorClassifier = Callable[[int, Mapping[str, str], Any, str], errors.ProviderError]
 
@@ -104,11 +104,11 @@ def default_classify(
     return errors.UpstreamServerError(text, **kwargs)
 
 
-async def read_error_body(resp: aiohttp.ClientResponse) -> tuple[Any, str]:
+async def read_error_body(resp: Response) -> tuple[Any, str]:
     """The parsed JSON body of an error response (or None) and its raw text (truncated)."""
     try:
         raw = await resp.text()
-    except (TimeoutError, aiohttp.ClientError, UnicodeDecodeError):
+    except (TimeoutError, BodyCut, OSError):
         return None, ""
     try:
         return orjson.loads(raw), raw[:2000]
@@ -118,16 +118,16 @@ async def read_error_body(resp: aiohttp.ClientResponse) -> tuple[Any, str]:
 
 @asynccontextmanager
 async def post(
-    session: aiohttp.ClientSession,
+    session: UpstreamClient,
     provider: str,
     url: str,
     *,
     headers: Mapping[str, str],
     body: Any,
-    timeout: aiohttp.ClientTimeout,
+    timeout: Timeout,
     classify: ErrorClassifier,
     params: Mapping[str, str] | None = None,
-) -> AsyncIterator[aiohttp.ClientResponse]:
+) -> AsyncIterator[Response]:
     """POST JSON; yield the 2xx response; raise a translated ProviderError otherwise.
 
     ``classify(status, headers, parsed_body, raw_text)`` maps a non-2xx answer to an error.
@@ -147,17 +147,17 @@ async def post(
             yield resp
     except errors.ProviderError:
         raise
-    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+    except TimeoutError as exc:
         raise errors.UpstreamTimeout(f"{provider}: request timed out", provider=provider) from exc
-    except aiohttp.ClientPayloadError as exc:
+    except BodyCut as exc:
         raise errors.StreamCut(f"{provider}: response body cut: {exc}", provider=provider) from exc
-    except (aiohttp.ClientError, OSError) as exc:
+    except OSError as exc:
         raise errors.UpstreamConnectionError(
             f"{provider}: cannot reach {url}: {exc.__class__.__name__}", provider=provider
         ) from exc
 
 
-async def read_json(resp: aiohttp.ClientResponse, provider: str) -> Any:
+async def read_json(resp: Response, provider: str) -> Any:
     """The JSON body of a 2xx response, or MalformedResponse."""
     raw = await resp.read()
     try:

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 
 from gateway import errors
 from gateway.providers.base import Timeouts
 from gateway.providers.http import default_classify, error_message, malformed, post, read_json
 from gateway.providers.sse import iter_ndjson_lines
+from gateway.providers.upstream_http import Response, UpstreamClient
 from gateway.settings import ProviderSettings
 from gateway.types import ChatRequest, ChatResult, FinishReason, StreamChunk, Usage
 
@@ -143,7 +143,7 @@ def classify(status: int, headers: Mapping[str, str], body: Any, raw: str) -> er
 class OllamaProvider:
     name = PROVIDER
 
-    def __init__(self, settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts) -> None:
+    def __init__(self, settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> None:
         self._session = session
         self._timeouts = timeouts
         self._url = base_url(settings.base_url) + "/api/chat"
@@ -188,7 +188,7 @@ class OllamaProvider:
                 raise
             raise errors.StreamCut(f"{self.name}: stream broke: {exc.message}", provider=self.name) from exc
 
-    async def _chunks(self, resp: aiohttp.ClientResponse, requested: str) -> AsyncIterator[StreamChunk]:
+    async def _chunks(self, resp: Response, requested: str) -> AsyncIterator[StreamChunk]:
         model: str | None = None
         has_tool_calls = False
         async for line in iter_ndjson_lines(resp.content):
@@ -211,7 +211,7 @@ class OllamaProvider:
         raise errors.StreamCut(f"{self.name}: stream ended without done:true", provider=self.name)
 
 
-def build(settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts) -> OllamaProvider | None:
+def build(settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> OllamaProvider | None:
     if settings.enabled is False:
         return None
     return OllamaProvider(settings, session, timeouts)

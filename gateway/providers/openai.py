@@ -11,12 +11,11 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import aiohttp
-
 from gateway import errors
 from gateway.providers import openai_wire as wire
 from gateway.providers.base import FinalBatch, Provider, Timeouts
 from gateway.providers.http import post, read_error_body, read_json
+from gateway.providers.upstream_http import Response, UpstreamClient
 from gateway.settings import ProviderSettings
 from gateway.types import ChatRequest, ChatResult, StreamChunk
 
@@ -37,10 +36,10 @@ class OpenAIProvider:
     #: what chat calls name the length cap (legacy completions always use ``max_tokens``)
     chat_max_tokens_field: ClassVar[str] = "max_completion_tokens"
 
-    def __init__(self, settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts) -> None:
+    def __init__(self, settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> None:
         self._settings = settings
         self._session = session
-        # built once: aiohttp's ClientTimeout is immutable, and building one costs a few us a call
+        # built once: the timeouts are immutable
         self._timeout = timeouts.non_streaming()
         self._stream_timeout = timeouts.streaming()
         self._base = (settings.base_url or DEFAULT_BASE_URL).rstrip("/")
@@ -124,7 +123,7 @@ class OpenAIProvider:
                 raise
             raise errors.StreamCut(f"{self.name}: stream broke: {exc.message}", provider=self.name) from exc
 
-    async def _not_a_stream(self, resp: aiohttp.ClientResponse) -> errors.ProviderError:
+    async def _not_a_stream(self, resp: Response) -> errors.ProviderError:
         """A 200 answer to a streaming call that is not SSE: an error object, or garbage."""
         body, raw = await read_error_body(resp)
         if isinstance(body, dict) and body.get("error") is not None:
@@ -137,11 +136,11 @@ class OpenAIProvider:
         )
 
 
-def _request_id(resp: aiohttp.ClientResponse) -> str | None:
+def _request_id(resp: Response) -> str | None:
     return resp.headers.get("x-request-id") or resp.headers.get("apim-request-id")
 
 
-def build(settings: ProviderSettings, session: aiohttp.ClientSession, timeouts: Timeouts) -> Provider | None:
+def build(settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> Provider | None:
     """The OpenAI provider, or None without an API key (or when disabled)."""
     if not settings.api_key or settings.enabled is False:
         return None

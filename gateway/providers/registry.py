@@ -5,9 +5,8 @@ from __future__ import annotations
 import importlib
 import logging
 
-import aiohttp
-
 from gateway.providers.base import Provider, ProviderFactory, Timeouts
+from gateway.providers.upstream_http import UpstreamClient
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,7 +26,7 @@ def factory(name: str) -> ProviderFactory:
     return build
 
 
-def build_providers(settings: Settings, session: aiohttp.ClientSession, timeouts: Timeouts) -> dict[str, Provider]:
+def build_providers(settings: Settings, session: UpstreamClient, timeouts: Timeouts) -> dict[str, Provider]:
     """Every configured provider (credentials present, not disabled), keyed by id."""
     providers: dict[str, Provider] = {}
     for name in ADAPTER_MODULES:

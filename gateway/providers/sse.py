@@ -6,7 +6,7 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import aiohttp
+from gateway.providers.upstream_http import Body
 
 _CR_LF = re.compile(rb"\r+\n")
 
@@ -93,13 +93,13 @@ def decode_event(event: tuple[bytes | None, bytes]) -> SseEvent:
     )
 
 
-async def iter_lines(content: aiohttp.StreamReader) -> AsyncIterator[str]:
+async def iter_lines(content: Body) -> AsyncIterator[str]:
     """Decoded lines without their ``\\n`` / ``\\r\\n`` endings."""
     async for raw in content:
         yield raw.decode("utf-8", errors="replace").rstrip("\r\n")
 
 
-async def iter_sse_batches(content: aiohttp.StreamReader) -> AsyncIterator[list[SseEvent]]:
+async def iter_sse_batches(content: Body) -> AsyncIterator[list[SseEvent]]:
     """SSE events (``event:`` and joined ``data:`` lines), accepting LF and CRLF line ends, as
     one list per network read (never empty).
 
@@ -107,7 +107,7 @@ async def iter_sse_batches(content: aiohttp.StreamReader) -> AsyncIterator[list[
     one await per network read instead of one per line, and the caller can answer a whole read
     with one write."""
     framer = SseFramer()
-    # a StreamReader yields what it has; any other async iterable of bytes (test fakes) works too
+    # a Body yields what it has; any other async iterable of bytes (test fakes) works too
     pieces = content.iter_any() if hasattr(content, "iter_any") else content
     async for piece in pieces:
         events = framer.feed(piece)
@@ -118,14 +118,14 @@ async def iter_sse_batches(content: aiohttp.StreamReader) -> AsyncIterator[list[
         yield [decode_event(event) for event in events]
 
 
-async def iter_sse(content: aiohttp.StreamReader) -> AsyncIterator[SseEvent]:
+async def iter_sse(content: Body) -> AsyncIterator[SseEvent]:
     """The events of :func:`iter_sse_batches` one by one."""
     async for batch in iter_sse_batches(content):
         for event in batch:
             yield event
 
 
-async def iter_ndjson_lines(content: aiohttp.StreamReader) -> AsyncIterator[str]:
+async def iter_ndjson_lines(content: Body) -> AsyncIterator[str]:
     """Non-empty lines of an NDJSON body."""
     async for line in iter_lines(content):
         if line.strip():

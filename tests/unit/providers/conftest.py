@@ -1,4 +1,5 @@
-"""Fixtures for adapter tests: a real aiohttp client session and fast timeouts."""
+"""Fixtures for adapter tests: the gateway's upstream HTTP client, an aiohttp client for talking
+to the simulators directly, and fast timeouts."""
 
 from __future__ import annotations
 
@@ -8,10 +9,17 @@ import aiohttp
 import pytest
 
 from gateway.providers.base import Timeouts
+from gateway.providers.upstream_http import UpstreamClient
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
+async def session() -> AsyncIterator[UpstreamClient]:
+    async with UpstreamClient() as s:
+        yield s
+
+
+@pytest.fixture
+async def aio() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as s:
         yield s
 

@@ -17,6 +17,7 @@ from gateway import errors
 from gateway.providers import anthropic_wire as wire
 from gateway.providers.anthropic import AnthropicProvider, build
 from gateway.providers.base import Timeouts
+from gateway.providers.upstream_http import UpstreamClient
 from gateway.settings import ProviderSettings
 from gateway.simulators.anthropic import AnthropicSimulator
 from gateway.simulators.base import Fault
@@ -39,7 +40,7 @@ async def sim() -> AsyncIterator[AnthropicSimulator]:
 
 
 @pytest.fixture
-def provider(sim: AnthropicSimulator, session: aiohttp.ClientSession, timeouts: Timeouts) -> AnthropicProvider:
+def provider(sim: AnthropicSimulator, session: UpstreamClient, timeouts: Timeouts) -> AnthropicProvider:
     return AnthropicProvider(ProviderSettings(api_key=KEY, base_url=sim.base_url), session, timeouts)
 
 
@@ -102,15 +103,13 @@ async def test_stream_request_sets_stream_and_max_tokens(provider: AnthropicProv
     assert "system" in body and "stop_sequences" not in body and "metadata" not in body
 
 
-async def test_base_url_with_v1_suffix(
-    sim: AnthropicSimulator, session: aiohttp.ClientSession, timeouts: Timeouts
-) -> None:
+async def test_base_url_with_v1_suffix(sim: AnthropicSimulator, session: UpstreamClient, timeouts: Timeouts) -> None:
     p = AnthropicProvider(ProviderSettings(api_key=KEY, base_url=sim.base_url + "/v1/"), session, timeouts)
     await p.complete(req())
     assert sim.requests[0].path == "/v1/messages"
 
 
-async def test_build(session: aiohttp.ClientSession, timeouts: Timeouts) -> None:
+async def test_build(session: UpstreamClient, timeouts: Timeouts) -> None:
     assert build(ProviderSettings(), session, timeouts) is None
     assert build(ProviderSettings(api_key=KEY, enabled=False), session, timeouts) is None
     p = build(ProviderSettings(api_key=KEY), session, timeouts)
@@ -262,7 +261,7 @@ class _EndsEarly(AnthropicSimulator):
 
 @pytest.mark.parametrize("stall", [0.0, 0.8])
 async def test_stream_ending_or_stalling_without_message_stop_is_cut(
-    session: aiohttp.ClientSession, timeouts: Timeouts, stall: float
+    session: UpstreamClient, timeouts: Timeouts, stall: float
 ) -> None:
     # stall > timeouts.stream_idle (0.5 s): the idle timeout after text became a StreamCut
     sim = _EndsEarly(stall=stall)
@@ -342,23 +341,21 @@ async def test_http_faults(
     assert (await provider.complete(req())).text == sim.reply
 
 
-async def test_wrong_key_is_auth_error(
-    sim: AnthropicSimulator, session: aiohttp.ClientSession, timeouts: Timeouts
-) -> None:
+async def test_wrong_key_is_auth_error(sim: AnthropicSimulator, session: UpstreamClient, timeouts: Timeouts) -> None:
     p = AnthropicProvider(ProviderSettings(api_key="nope", base_url=sim.base_url), session, timeouts)
     with pytest.raises(errors.UpstreamAuthError) as exc:
         await p.complete(req())
     assert exc.value.upstream_code == "authentication_error"
 
 
-async def test_simulator_requires_version_header(sim: AnthropicSimulator, session: aiohttp.ClientSession) -> None:
+async def test_simulator_requires_version_header(sim: AnthropicSimulator, aio: aiohttp.ClientSession) -> None:
     body = {"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
-    async with session.post(sim.base_url + "/v1/messages", json=body, headers={"x-api-key": KEY}) as resp:
+    async with aio.post(sim.base_url + "/v1/messages", json=body, headers={"x-api-key": KEY}) as resp:
         assert resp.status == 400
         assert (await resp.json())["error"]["type"] == "invalid_request_error"
     body["messages"] = [{"role": "system", "content": "x"}]
     headers = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
-    async with session.post(sim.base_url + "/v1/messages", json=body, headers=headers) as resp:
+    async with aio.post(sim.base_url + "/v1/messages", json=body, headers=headers) as resp:
         assert resp.status == 400  # the Messages API has no system role
 
 
@@ -406,7 +403,7 @@ async def test_short_delay_still_answers(provider: AnthropicProvider, sim: Anthr
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_connection_refused(session: aiohttp.ClientSession, timeouts: Timeouts, stream: bool) -> None:
+async def test_connection_refused(session: UpstreamClient, timeouts: Timeouts, stream: bool) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -13,6 +13,7 @@ import pytest
 from gateway import errors
 from gateway.providers.azure import DEFAULT_API_VERSION, AzureProvider, build, resource_root
 from gateway.providers.base import Timeouts
+from gateway.providers.upstream_http import UpstreamClient
 from gateway.settings import ProviderSettings
 from gateway.simulators.azure import AzureSimulator
 from gateway.simulators.base import Fault
@@ -38,7 +39,7 @@ async def sim() -> AsyncIterator[AzureSimulator]:
         await s.stop()
 
 
-def make(sim: AzureSimulator, session: aiohttp.ClientSession, timeouts: Timeouts, **settings: Any) -> AzureProvider:
+def make(sim: AzureSimulator, session: UpstreamClient, timeouts: Timeouts, **settings: Any) -> AzureProvider:
     values: dict[str, Any] = {
         "api_key": KEY,
         "base_url": sim.base_url,
@@ -48,7 +49,7 @@ def make(sim: AzureSimulator, session: aiohttp.ClientSession, timeouts: Timeouts
 
 
 @pytest.fixture
-def provider(sim: AzureSimulator, session: aiohttp.ClientSession, timeouts: Timeouts) -> AzureProvider:
+def provider(sim: AzureSimulator, session: UpstreamClient, timeouts: Timeouts) -> AzureProvider:
     return make(sim, session, timeouts)
 
 
@@ -83,9 +84,7 @@ async def test_deployment_url_mapping(provider: AzureProvider, sim: AzureSimulat
     }
 
 
-async def test_api_version_and_endpoint_forms(
-    sim: AzureSimulator, session: aiohttp.ClientSession, timeouts: Timeouts
-) -> None:
+async def test_api_version_and_endpoint_forms(sim: AzureSimulator, session: UpstreamClient, timeouts: Timeouts) -> None:
     p = make(sim, session, timeouts, base_url=f"{sim.base_url}/openai/", api_version="2025-04-01-preview")
     await p.complete(chat())
     assert sim.requests[0].path == f"/openai/deployments/{DEPLOYMENT}/chat/completions"
@@ -94,7 +93,7 @@ async def test_api_version_and_endpoint_forms(
 
 
 async def test_model_without_deployment_mapping_is_the_deployment(
-    sim: AzureSimulator, session: aiohttp.ClientSession, timeouts: Timeouts
+    sim: AzureSimulator, session: UpstreamClient, timeouts: Timeouts
 ) -> None:
     p = make(sim, session, timeouts, deployments={})
     with pytest.raises(errors.UpstreamModelNotFound) as info:  # "gpt-4o" is not a deployment here
@@ -104,7 +103,7 @@ async def test_model_without_deployment_mapping_is_the_deployment(
     assert info.value.fallback and not info.value.retryable
 
 
-async def test_v1_path(sim: AzureSimulator, session: aiohttp.ClientSession, timeouts: Timeouts) -> None:
+async def test_v1_path(sim: AzureSimulator, session: UpstreamClient, timeouts: Timeouts) -> None:
     p = make(sim, session, timeouts, use_v1=True)
     result = await p.complete(chat(max_tokens=100))
     rec = sim.requests[0]
@@ -118,7 +117,7 @@ async def test_v1_path(sim: AzureSimulator, session: aiohttp.ClientSession, time
     assert "".join(c.text for c in chunks) == sim.reply
 
 
-async def test_legacy_completions(sim: AzureSimulator, session: aiohttp.ClientSession, timeouts: Timeouts) -> None:
+async def test_legacy_completions(sim: AzureSimulator, session: UpstreamClient, timeouts: Timeouts) -> None:
     p = make(sim, session, timeouts, deployments={"gpt-35-turbo-instruct": "instruct"})
     request = ChatRequest(model="gpt-35-turbo-instruct", messages=[], prompt="Once upon a time", max_tokens=4)
     result = await p.complete(request)
@@ -228,7 +227,7 @@ async def test_content_filter_block_is_not_retried(provider: AzureProvider, sim:
     )
 
 
-async def test_wrong_key(sim: AzureSimulator, session: aiohttp.ClientSession, timeouts: Timeouts) -> None:
+async def test_wrong_key(sim: AzureSimulator, session: UpstreamClient, timeouts: Timeouts) -> None:
     with pytest.raises(errors.UpstreamAuthError) as info:
         await make(sim, session, timeouts, api_key="wrong").complete(chat())
     assert (info.value.http_status, info.value.upstream_code) == (401, "401")
@@ -267,7 +266,7 @@ async def test_timeouts(provider: AzureProvider, sim: AzureSimulator) -> None:
 
 
 @pytest.mark.parametrize("streaming", [False, True])
-async def test_connection_refused(session: aiohttp.ClientSession, timeouts: Timeouts, streaming: bool) -> None:
+async def test_connection_refused(session: UpstreamClient, timeouts: Timeouts, streaming: bool) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -276,7 +275,7 @@ async def test_connection_refused(session: aiohttp.ClientSession, timeouts: Time
         await call(p, chat(), streaming)
 
 
-async def test_build(session: aiohttp.ClientSession, timeouts: Timeouts) -> None:
+async def test_build(session: UpstreamClient, timeouts: Timeouts) -> None:
     assert build(ProviderSettings(api_key=KEY), session, timeouts) is None  # no endpoint
     assert build(ProviderSettings(base_url="https://r.openai.azure.com"), session, timeouts) is None
     p = build(ProviderSettings(api_key=KEY, base_url="https://r.openai.azure.com/"), session, timeouts)
@@ -289,23 +288,23 @@ async def test_build(session: aiohttp.ClientSession, timeouts: Timeouts) -> None
 
 
 async def test_simulator_requires_api_version_and_reports_azure_shapes(
-    sim: AzureSimulator, session: aiohttp.ClientSession
+    sim: AzureSimulator, aio: aiohttp.ClientSession
 ) -> None:
     url = f"{sim.base_url}/openai/deployments/{DEPLOYMENT}/chat/completions"
     body = {"messages": [{"role": "user", "content": "hi"}]}
-    async with session.post(url, json=body, headers={"api-key": KEY}) as resp:
+    async with aio.post(url, json=body, headers={"api-key": KEY}) as resp:
         assert resp.status == 404
         assert await resp.json() == {"error": {"code": "404", "message": "Resource not found"}}
-    async with session.post(url, json=body, headers={"api-key": KEY}, params={"api-version": "2024-10-21"}) as resp:
+    async with aio.post(url, json=body, headers={"api-key": KEY}, params={"api-version": "2024-10-21"}) as resp:
         data = await resp.json()
         assert resp.status == 200 and data["model"] == VERSION
         assert data["prompt_filter_results"][0]["prompt_index"] == 0
         assert "content_filter_results" in data["choices"][0]
     v1 = f"{sim.base_url}/openai/v1/chat/completions"
-    async with session.post(v1, json={**body, "model": DEPLOYMENT}, headers={"authorization": f"Bearer {KEY}"}) as resp:
+    async with aio.post(v1, json={**body, "model": DEPLOYMENT}, headers={"authorization": f"Bearer {KEY}"}) as resp:
         assert resp.status == 200  # the v1 API also takes the key as a Bearer token
     sim.faults.push(Fault("rate_limit", retry_after=6))
-    async with session.post(v1, json={**body, "model": DEPLOYMENT}, headers={"api-key": KEY}) as resp:
+    async with aio.post(v1, json={**body, "model": DEPLOYMENT}, headers={"api-key": KEY}) as resp:
         assert resp.status == 429
         assert (resp.headers["retry-after"], resp.headers["retry-after-ms"]) == ("6", "6000")
         assert "Please retry after 6 seconds" in (await resp.json())["error"]["message"]

@@ -12,6 +12,7 @@ from gateway import errors
 from gateway.providers import google_wire as wire
 from gateway.providers.base import Timeouts
 from gateway.providers.google import GoogleProvider, build, models_url
+from gateway.providers.upstream_http import UpstreamClient
 from gateway.settings import ProviderSettings
 from gateway.simulators.base import Fault
 from gateway.simulators.google import THOUGHT_TEXT, GeminiSimulator
@@ -46,7 +47,7 @@ async def sim() -> AsyncIterator[GeminiSimulator]:
 
 
 @pytest.fixture
-def provider(sim: GeminiSimulator, session: aiohttp.ClientSession, timeouts: Timeouts) -> GoogleProvider:
+def provider(sim: GeminiSimulator, session: UpstreamClient, timeouts: Timeouts) -> GoogleProvider:
     p = build(ProviderSettings(api_key=KEY, base_url=sim.base_url), session, timeouts)
     assert p is not None
     return p
@@ -167,12 +168,12 @@ async def test_prompt_blocked_is_an_empty_content_filter_answer(sim: GeminiSimul
     assert chunks[-1].finish_reason == "content_filter"
 
 
-async def test_query_key_is_accepted_by_the_simulator(sim: GeminiSimulator, session: aiohttp.ClientSession) -> None:
+async def test_query_key_is_accepted_by_the_simulator(sim: GeminiSimulator, aio: aiohttp.ClientSession) -> None:
     url = f"{sim.base_url}/v1beta/models/m:generateContent"
     body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
-    async with session.post(url, params={"key": KEY}, json=body) as resp:
+    async with aio.post(url, params={"key": KEY}, json=body) as resp:
         assert resp.status == 200
-    async with session.post(url, json=body) as resp:
+    async with aio.post(url, json=body) as resp:
         assert resp.status == 403
 
 
@@ -192,10 +193,10 @@ async def test_stream(sim: GeminiSimulator, provider: GoogleProvider) -> None:
     assert last.model == "gemini-2.5-flash"
 
 
-async def test_stream_is_crlf_framed(sim: GeminiSimulator, session: aiohttp.ClientSession) -> None:
+async def test_stream_is_crlf_framed(sim: GeminiSimulator, aio: aiohttp.ClientSession) -> None:
     url = f"{sim.base_url}/v1beta/models/m:streamGenerateContent"
     body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
-    async with session.post(url, params={"alt": "sse"}, json=body, headers={"x-goog-api-key": KEY}) as resp:
+    async with aio.post(url, params={"alt": "sse"}, json=body, headers={"x-goog-api-key": KEY}) as resp:
         raw = await resp.read()
     assert raw.count(b"\r\n\r\n") == len(sim.reply.split())
     assert b"[DONE]" not in raw
@@ -297,9 +298,7 @@ async def test_http_faults(
         )
 
 
-async def test_wrong_key_is_auth_error(
-    sim: GeminiSimulator, session: aiohttp.ClientSession, timeouts: Timeouts
-) -> None:
+async def test_wrong_key_is_auth_error(sim: GeminiSimulator, session: UpstreamClient, timeouts: Timeouts) -> None:
     p = GoogleProvider(ProviderSettings(api_key="wrong", base_url=sim.base_url), session, timeouts)
     with pytest.raises(errors.UpstreamAuthError):
         await p.complete(request())
@@ -333,7 +332,7 @@ async def test_delay_fault_still_answers(sim: GeminiSimulator, provider: GoogleP
     assert (await provider.complete(request())).text == sim.reply
 
 
-async def test_connection_refused(session: aiohttp.ClientSession, timeouts: Timeouts) -> None:
+async def test_connection_refused(session: UpstreamClient, timeouts: Timeouts) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

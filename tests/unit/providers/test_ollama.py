@@ -12,6 +12,7 @@ from gateway import errors
 from gateway.providers import ollama
 from gateway.providers.base import Timeouts
 from gateway.providers.ollama import OllamaProvider, base_url, build
+from gateway.providers.upstream_http import UpstreamClient
 from gateway.settings import ProviderSettings
 from gateway.simulators.base import Fault
 from gateway.simulators.ollama import REFUSAL, OllamaSimulator
@@ -44,7 +45,7 @@ async def sim() -> AsyncIterator[OllamaSimulator]:
 
 
 @pytest.fixture
-def provider(sim: OllamaSimulator, session: aiohttp.ClientSession, timeouts: Timeouts) -> OllamaProvider:
+def provider(sim: OllamaSimulator, session: UpstreamClient, timeouts: Timeouts) -> OllamaProvider:
     # OLLAMA_HOST style: host:port without a scheme
     p = build(ProviderSettings(base_url=sim.base_url.removeprefix("http://")), session, timeouts)
     assert p is not None
@@ -104,7 +105,7 @@ async def test_request_mapping(sim: OllamaSimulator, provider: OllamaProvider) -
     assert "options" not in body
 
 
-async def test_cloud_key_is_sent_as_bearer(session: aiohttp.ClientSession, timeouts: Timeouts) -> None:
+async def test_cloud_key_is_sent_as_bearer(session: UpstreamClient, timeouts: Timeouts) -> None:
     sim = OllamaSimulator(api_key="olk")
     await sim.start()
     try:
@@ -118,8 +119,8 @@ async def test_cloud_key_is_sent_as_bearer(session: aiohttp.ClientSession, timeo
         await sim.stop()
 
 
-async def test_simulator_streams_when_stream_is_absent(sim: OllamaSimulator, session: aiohttp.ClientSession) -> None:
-    async with session.post(f"{sim.base_url}/api/chat", json={"model": "m", "messages": []}) as resp:
+async def test_simulator_streams_when_stream_is_absent(sim: OllamaSimulator, aio: aiohttp.ClientSession) -> None:
+    async with aio.post(f"{sim.base_url}/api/chat", json={"model": "m", "messages": []}) as resp:
         assert resp.headers["content-type"] == "application/x-ndjson"
         lines = (await resp.text()).splitlines()
     assert len(lines) == len(sim.reply.split()) + 1
@@ -254,7 +255,7 @@ async def test_timeouts(sim: OllamaSimulator, provider: OllamaProvider) -> None:
         await collect(provider, request(stream=True))
 
 
-async def test_connection_refused(session: aiohttp.ClientSession, timeouts: Timeouts) -> None:
+async def test_connection_refused(session: UpstreamClient, timeouts: Timeouts) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -7,7 +7,6 @@ import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 
 from gateway import errors
@@ -15,6 +14,7 @@ from gateway.providers import openai_wire as wire
 from gateway.providers.base import Timeouts
 from gateway.providers.openai import DEFAULT_BASE_URL, OpenAIProvider, build
 from gateway.providers.sse import SseEvent
+from gateway.providers.upstream_http import UpstreamClient
 from gateway.settings import ProviderSettings
 from gateway.simulators.base import Fault
 from gateway.simulators.openai import OpenAISimulator
@@ -40,7 +40,7 @@ async def sim() -> AsyncIterator[OpenAISimulator]:
 
 
 @pytest.fixture
-def provider(sim: OpenAISimulator, session: aiohttp.ClientSession, timeouts: Timeouts) -> OpenAIProvider:
+def provider(sim: OpenAISimulator, session: UpstreamClient, timeouts: Timeouts) -> OpenAIProvider:
     return OpenAIProvider(ProviderSettings(api_key=KEY, base_url=f"{sim.base_url}/v1"), session, timeouts)
 
 
@@ -226,9 +226,7 @@ async def test_bad_request_keeps_param(provider: OpenAIProvider, sim: OpenAISimu
     assert not info.value.fallback
 
 
-async def test_wrong_key_is_auth_error(
-    sim: OpenAISimulator, session: aiohttp.ClientSession, timeouts: Timeouts
-) -> None:
+async def test_wrong_key_is_auth_error(sim: OpenAISimulator, session: UpstreamClient, timeouts: Timeouts) -> None:
     wrong = OpenAIProvider(ProviderSettings(api_key="sk-wrong", base_url=f"{sim.base_url}/v1"), session, timeouts)
     with pytest.raises(errors.UpstreamAuthError) as info:
         await wrong.complete(chat())
@@ -277,7 +275,7 @@ async def test_timeouts(provider: OpenAIProvider, sim: OpenAISimulator) -> None:
 
 
 @pytest.mark.parametrize("streaming", [False, True])
-async def test_connection_refused(session: aiohttp.ClientSession, timeouts: Timeouts, streaming: bool) -> None:
+async def test_connection_refused(session: UpstreamClient, timeouts: Timeouts, streaming: bool) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -286,7 +284,7 @@ async def test_connection_refused(session: aiohttp.ClientSession, timeouts: Time
         await call(p, chat(), streaming)
 
 
-async def test_build(session: aiohttp.ClientSession, timeouts: Timeouts) -> None:
+async def test_build(session: UpstreamClient, timeouts: Timeouts) -> None:
     assert build(ProviderSettings(), session, timeouts) is None
     assert build(ProviderSettings(api_key=KEY, enabled=False), session, timeouts) is None
     p = build(ProviderSettings(api_key=KEY), session, timeouts)
