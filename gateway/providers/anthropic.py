@@ -13,7 +13,8 @@ from gateway.providers import anthropic_wire as wire
 from gateway.providers.base import Provider, Timeouts
 from gateway.providers.http import post, read_error_body, read_json
 from gateway.providers.sse import iter_sse
-from gateway.providers.upstream_http import Response, UpstreamClient
+from gateway.providers.upstream_http import UpstreamClient
+from gateway.providers.upstream_response import Response
 from gateway.settings import ProviderSettings
 from gateway.types import ChatRequest, ChatResult, StreamChunk
 

@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from gateway.providers.upstream_http import Timeout, UpstreamClient
+from gateway.providers.upstream_http import UpstreamClient
+from gateway.providers.upstream_response import Timeout
 from gateway.settings import ProviderSettings
 from gateway.types import ChatRequest, ChatResult, StreamChunk
 

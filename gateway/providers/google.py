@@ -11,7 +11,8 @@ from gateway.providers import google_wire as wire
 from gateway.providers.base import Timeouts
 from gateway.providers.http import malformed, post, read_json
 from gateway.providers.sse import iter_sse
-from gateway.providers.upstream_http import Response, UpstreamClient
+from gateway.providers.upstream_http import UpstreamClient
+from gateway.providers.upstream_response import Response
 from gateway.settings import ProviderSettings
 from gateway.types import ChatRequest, ChatResult, FinishReason, StreamChunk, Usage
 

@@ -11,7 +11,8 @@ from typing import Any
 import orjson
 
 from gateway import errors
-from gateway.providers.upstream_http import BodyCut, Response, Timeout, UpstreamClient
+from gateway.providers.upstream_http import UpstreamClient
+from gateway.providers.upstream_response import BodyCut, Response, Timeout
 
 ErrorClassifier = Callable[[int, Mapping[str, str], Any, str], errors.ProviderError]
 

@@ -17,7 +17,8 @@ from gateway import errors
 from gateway.providers.base import Timeouts
 from gateway.providers.http import default_classify, error_message, malformed, post, read_json
 from gateway.providers.sse import iter_ndjson_lines
-from gateway.providers.upstream_http import Response, UpstreamClient
+from gateway.providers.upstream_http import UpstreamClient
+from gateway.providers.upstream_response import Response
 from gateway.settings import ProviderSettings
 from gateway.types import ChatRequest, ChatResult, FinishReason, StreamChunk, Usage
 

@@ -15,7 +15,8 @@ from gateway import errors
 from gateway.providers import openai_wire as wire
 from gateway.providers.base import FinalBatch, Provider, Timeouts
 from gateway.providers.http import post, read_error_body, read_json
-from gateway.providers.upstream_http import Response, UpstreamClient
+from gateway.providers.upstream_http import UpstreamClient
+from gateway.providers.upstream_response import Response
 from gateway.settings import ProviderSettings
 from gateway.types import ChatRequest, ChatResult, StreamChunk
 

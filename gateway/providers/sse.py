@@ -6,7 +6,7 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from gateway.providers.upstream_http import Body
+from gateway.providers.upstream_response import Body
 
 _CR_LF = re.compile(rb"\r+\n")
 

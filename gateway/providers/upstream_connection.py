@@ -1,0 +1,313 @@
+"""One keep-alive HTTP/1.1 connection of the upstream client: sends a request, parses the answer
+(status line, headers, then a body by ``content-length``, chunked, or until the server closes)
+as bytes arrive, and goes back to its pool when the answer was read to its end."""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from typing import Protocol
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from gateway.providers.upstream_response import Body, BodyCut, ProtocolViolation, Response
+
+#: the largest status line + headers accepted
+MAX_HEAD = 64 * 1024
+#: stop reading from the socket while this much body is buffered and unread
+HIGH_WATER = 1 << 20
+_NO_BODY_STATUSES = frozenset((204, 304))
+
+
+class ConnectionPool(Protocol):
+    def release(self, conn: Connection) -> None: ...
+
+    def forget(self, conn: Connection) -> None: ...
+
+
+# parser states
+_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _UNTIL_CLOSE, _IDLE = range(8)
+
+
+class Connection(asyncio.Protocol):
+    """One keep-alive connection: parses the answer to the request in flight."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.paused = False
+        self.reusable = True
+        self.idle_since = 0.0
+        self._buffer = b""
+        self._state = _IDLE
+        self._remaining = 0
+        self._head: asyncio.Future[Response] | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._read_timeout: float | None = None
+        self._body: Body | None = None
+
+    # --- asyncio.Protocol ---------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self._state == _IDLE:  # bytes nobody asked for: the connection cannot be trusted
+            self.reusable = False
+            self._close()
+            return
+        self._buffer = self._buffer + data if self._buffer else data
+        try:
+            self._parse()
+        except ProtocolViolation as e:
+            self._error(e)
+
+    def eof_received(self) -> bool | None:
+        self._lost(None)
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._lost(exc)
+
+    # --- one exchange -------------------------------------------------------------------------
+    def send(self, head: bytes, body: bytes, read_timeout: float | None) -> asyncio.Future[Response]:
+        loop = asyncio.get_running_loop()
+        self._head = future = loop.create_future()
+        self._state = _HEAD
+        self._read_timeout = read_timeout
+        if read_timeout is not None:
+            self._head_timer = loop.call_later(read_timeout, _expire_head, future)
+        assert self.transport is not None
+        self.transport.writelines((head, body))
+        return future
+
+    def abandon(self) -> None:
+        """The caller stopped before the end of the answer: this connection cannot be reused."""
+        if self._state != _IDLE:
+            self.reusable = False
+            self._close()
+
+    def pause(self) -> None:
+        if not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.paused:
+            self.paused = False
+            if self.transport is not None:
+                self.transport.resume_reading()
+
+    # --- parsing ------------------------------------------------------------------------------
+    def _parse(self) -> None:
+        while self._buffer or (self._state == _LENGTH and self._remaining == 0):
+            state = self._state
+            if state == _HEAD:
+                if not self._parse_head():
+                    return
+            elif state == _LENGTH:
+                self._parse_length()
+            elif state == _CHUNK_SIZE:
+                if not self._parse_chunk_size():
+                    return
+            elif state == _CHUNK_DATA:
+                self._parse_chunk_data()
+            elif state == _CHUNK_END:
+                if len(self._buffer) < 2:
+                    return
+                if self._buffer[:2] != b"\r\n":
+                    raise ProtocolViolation("a chunk does not end with CRLF")
+                self._buffer = self._buffer[2:]
+                self._state = _CHUNK_SIZE
+            elif state == _TRAILERS:
+                if not self._parse_trailers():
+                    return
+            elif state == _UNTIL_CLOSE:
+                self._deliver(self._buffer)
+                self._buffer = b""
+            else:  # _IDLE: more bytes after a complete answer
+                self.reusable = False
+                self._close()
+                return
+
+    def _parse_head(self) -> bool:
+        buffer = self._buffer
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buffer) > MAX_HEAD:
+                raise ProtocolViolation("the answer's headers are too large")
+            return False
+        lines = buffer[:end].decode("latin-1").split("\r\n")
+        self._buffer = buffer[end + 4 :]
+        version, _, rest = lines[0].partition(" ")
+        code, _, reason = rest.partition(" ")
+        if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
+            raise ProtocolViolation(f"not an HTTP/1.x status line: {lines[0][:100]!r}")
+        status = int(code)
+        headers: CIMultiDict[str] = CIMultiDict()
+        for line in lines[1:]:
+            name, colon, value = line.partition(":")
+            if not colon or not name or name != name.strip():
+                raise ProtocolViolation(f"malformed header line: {line[:100]!r}")
+            headers.add(name, value.strip())
+        if 100 <= status < 200:  # an interim answer (100 Continue, 103 Early Hints): skip it
+            return True
+        if version == "HTTP/1.0" or "close" in headers.get("connection", "").lower():
+            self.reusable = False
+        body = Body(self, self._read_timeout)
+        encoding = headers.get("content-encoding", "identity").strip().lower()
+        if encoding in ("gzip", "x-gzip", "deflate"):
+            body.decoder = zlib.decompressobj(47 if encoding != "deflate" else zlib.MAX_WBITS)
+        elif encoding != "identity":
+            raise ProtocolViolation(f"unsupported content-encoding {encoding!r}")
+        self._body = body
+        transfer = headers.get("transfer-encoding")
+        length = headers.get("content-length")
+        if status in _NO_BODY_STATUSES:
+            self._state, self._remaining = _LENGTH, 0
+        elif transfer is not None:
+            if transfer.strip().lower() != "chunked":
+                raise ProtocolViolation(f"unsupported transfer-encoding {transfer!r}")
+            self._state = _CHUNK_SIZE
+        elif length is not None:
+            if not length.strip().isdigit() or "," in length:
+                raise ProtocolViolation(f"bad content-length {length!r}")
+            self._state, self._remaining = _LENGTH, int(length)
+        else:
+            self._state = _UNTIL_CLOSE
+            self.reusable = False
+        head = self._head
+        self._head = None
+        self._cancel_head_timer()
+        if head is not None and not head.done():
+            head.set_result(Response(status, reason, CIMultiDictProxy(headers), body))
+        return True
+
+    def _parse_length(self) -> None:
+        take = self._remaining
+        buffer = self._buffer
+        if len(buffer) <= take:
+            piece, self._buffer = buffer, b""
+        else:
+            piece, self._buffer = buffer[:take], buffer[take:]
+        self._remaining -= len(piece)
+        if piece:
+            self._deliver(piece)
+        if self._remaining == 0:
+            self._complete()
+
+    def _parse_chunk_size(self) -> bool:
+        buffer = self._buffer
+        end = buffer.find(b"\r\n")
+        if end < 0:
+            if len(buffer) > 1024:
+                raise ProtocolViolation("a chunk size line is too long")
+            return False
+        size_text = buffer[:end].split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise ProtocolViolation(f"bad chunk size {size_text[:20]!r}") from None
+        if size < 0:
+            raise ProtocolViolation(f"bad chunk size {size_text[:20]!r}")
+        self._buffer = buffer[end + 2 :]
+        if size == 0:
+            self._state = _TRAILERS
+        else:
+            self._state, self._remaining = _CHUNK_DATA, size
+        return True
+
+    def _parse_chunk_data(self) -> None:
+        take = self._remaining
+        buffer = self._buffer
+        if len(buffer) <= take:
+            piece, self._buffer = buffer, b""
+        else:
+            piece, self._buffer = buffer[:take], buffer[take:]
+        self._remaining -= len(piece)
+        self._deliver(piece)
+        if self._remaining == 0:
+            self._state = _CHUNK_END
+
+    def _parse_trailers(self) -> bool:
+        buffer = self._buffer
+        if buffer.startswith(b"\r\n"):
+            self._buffer = buffer[2:]
+        else:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buffer) > MAX_HEAD:
+                    raise ProtocolViolation("the answer's trailers are too large")
+                return False
+            self._buffer = buffer[end + 4 :]
+        self._complete()
+        return True
+
+    def _deliver(self, piece: bytes) -> None:
+        body = self._body
+        if body is not None:
+            body.feed(piece)
+            if body.buffered > HIGH_WATER:
+                self.pause()
+
+    def _complete(self) -> None:
+        body, self._body = self._body, None
+        self._state = _IDLE
+        if self._buffer:  # bytes after the answer: never reuse
+            self.reusable = False
+        if body is not None:
+            body.finish()
+        if self.reusable and not self.closed:
+            self.resume()
+            self.pool.release(self)
+        else:
+            self._close()
+            self.pool.forget(self)
+
+    # --- the end ------------------------------------------------------------------------------
+    def _lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._state == _UNTIL_CLOSE:
+            body, self._body = self._body, None
+            self._state = _IDLE
+            if body is not None:
+                body.finish()
+        elif self._state != _IDLE:
+            reason = f": {exc}" if exc else ""
+            self._error(ConnectionResetError(f"the server closed the connection{reason}"))
+        self.pool.forget(self)
+        if self.transport is not None:
+            self.transport.close()
+
+    def _error(self, error: BaseException) -> None:
+        head, self._head = self._head, None
+        self._cancel_head_timer()
+        if head is not None and not head.done():
+            head.set_exception(error)
+        body, self._body = self._body, None
+        if body is not None:
+            body.fail(error if isinstance(error, ProtocolViolation) else BodyCut(str(error)))
+        self._state = _IDLE
+        self.reusable = False
+        self._close()
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.pool.forget(self)
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _expire_head(future: asyncio.Future[Response]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError("no answer from the server within the read timeout"))

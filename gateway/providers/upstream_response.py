@@ -1,0 +1,184 @@
+"""What the upstream client hands the adapters: the answer (:class:`Response`), its body as it
+arrives (:class:`Body`), the timeouts of a call and the failures particular to HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from multidict import CIMultiDictProxy
+
+if TYPE_CHECKING:
+    from gateway.providers.upstream_connection import Connection
+
+
+class ProtocolViolation(ConnectionError):
+    """The server's answer is not valid HTTP/1.x."""
+
+
+class BodyCut(Exception):
+    """The connection ended (or broke) before the end of the answer's body."""
+
+
+@dataclass(frozen=True, slots=True)
+class Timeout:
+    total: float | None = None
+    connect: float | None = None
+    read: float | None = None
+
+
+class Body:
+    """The answer's body as it arrives (the interface the adapters use of aiohttp's
+    ``StreamReader``): ``readany()`` returns what has arrived (``b""`` at the end),
+    ``iter_any()`` iterates that, ``async for line in body`` iterates lines (with their
+    ``\\n``), ``read()`` returns the rest."""
+
+    __slots__ = ("_conn", "_done", "_error", "_pieces", "_read_timeout", "_size", "_waiter", "decoder")
+
+    def __init__(self, conn: Connection | None, read_timeout: float | None) -> None:
+        self._pieces: deque[bytes] = deque()
+        self._size = 0
+        self._done = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._read_timeout = read_timeout
+        self._conn = conn
+        self.decoder: Any = None
+
+    # --- fed by the connection ----------------------------------------------------------------
+    def feed(self, data: bytes) -> None:
+        if self.decoder is not None:
+            try:
+                data = self.decoder.decompress(data)
+            except zlib.error as e:
+                self.fail(BodyCut(f"cannot decompress the body: {e}"))
+                return
+        if data:
+            self._pieces.append(data)
+            self._size += len(data)
+            self._wake()
+
+    def finish(self) -> None:
+        if self.decoder is not None:
+            tail = self.decoder.flush()
+            if tail:
+                self._pieces.append(tail)
+                self._size += len(tail)
+        self._done = True
+        self._conn = None
+        self._wake()
+
+    def fail(self, error: BaseException) -> None:
+        if not self._done:
+            self._error = error
+            self._done = True
+            self._conn = None
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # --- read by the adapter ------------------------------------------------------------------
+    async def readany(self) -> bytes:
+        while not self._pieces:
+            if self._done:
+                if self._error is not None:
+                    raise self._error
+                return b""
+            await self._wait()
+        pieces = self._pieces
+        data = pieces.popleft() if len(pieces) == 1 else b"".join(pieces)
+        if len(pieces) > 1:
+            pieces.clear()
+        self._size = 0
+        conn = self._conn
+        if conn is not None and conn.paused:
+            conn.resume()
+        return data
+
+    async def read(self) -> bytes:
+        parts = []
+        while piece := await self.readany():
+            parts.append(piece)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        while piece := await self.readany():
+            yield piece
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        rest = b""
+        while piece := await self.readany():
+            lines = (rest + piece).split(b"\n")
+            rest = lines.pop()
+            for line in lines:
+                yield line + b"\n"
+        if rest:
+            yield rest
+
+    @property
+    def ended(self) -> bool:
+        """All of the body arrived, or the connection failed: nothing more will come."""
+        return self._done
+
+    def at_eof(self) -> bool:
+        return self._done and not self._pieces
+
+    @property
+    def buffered(self) -> int:
+        return self._size
+
+    async def _wait(self) -> None:
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = None if self._read_timeout is None else loop.call_later(self._read_timeout, _expire, waiter)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError("no data from the server within the read timeout"))
+
+
+class Response:
+    """A provider's answer: ``status``, ``reason``, ``headers`` (case-insensitive) and
+    ``content`` (:class:`Body`)."""
+
+    __slots__ = ("content", "headers", "reason", "status")
+
+    def __init__(self, status: int, reason: str, headers: CIMultiDictProxy[str], content: Body) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.content = content
+
+    async def read(self) -> bytes:
+        return await self.content.read()
+
+    async def text(self) -> str:
+        return (await self.content.read()).decode(_charset(self.headers.get("content-type")), errors="replace")
+
+
+def _charset(content_type: str | None) -> str:
+    if content_type:
+        for param in content_type.split(";")[1:]:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "charset" and value.strip():
+                charset = value.strip().strip('"')
+                try:
+                    "".encode(charset)
+                    return charset
+                except LookupError:
+                    break
+    return "utf-8"
