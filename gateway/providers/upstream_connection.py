@@ -10,7 +10,7 @@ from typing import Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.providers.upstream_response import Body, BodyCut, ProtocolViolation, Response
+from gateway.providers.upstream_response import Body, BodyCut, ProtocolViolation, Response, expiry
 
 #: the largest status line + headers accepted
 MAX_HEAD = 64 * 1024
@@ -45,6 +45,7 @@ class Connection(asyncio.Protocol):
         self._head: asyncio.Future[Response] | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._read_timeout: float | None = None
+        self._deadline: float | None = None
         self._body: Body | None = None
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
@@ -72,13 +73,20 @@ class Connection(asyncio.Protocol):
         self._lost(exc)
 
     # --- one exchange -------------------------------------------------------------------------
-    def send(self, head: bytes, body: bytes, read_timeout: float | None) -> asyncio.Future[Response]:
+    def send(
+        self, head: bytes, body: bytes, read_timeout: float | None, deadline: float | None
+    ) -> asyncio.Future[Response]:
+        """Write the request; the future is the answer once its headers are in. It fails with
+        TimeoutError after ``read_timeout`` or at ``deadline`` (loop time), whichever is first;
+        so does every later wait for the body."""
         loop = asyncio.get_running_loop()
         self._head = future = loop.create_future()
         self._state = _HEAD
         self._read_timeout = read_timeout
-        if read_timeout is not None:
-            self._head_timer = loop.call_later(read_timeout, _expire_head, future)
+        self._deadline = deadline
+        when = expiry(loop, read_timeout, deadline)
+        if when is not None:
+            self._head_timer = loop.call_at(when, _expire_head, future)
         assert self.transport is not None
         self.transport.writelines((head, body))
         return future
@@ -139,29 +147,31 @@ class Connection(asyncio.Protocol):
             if len(buffer) > MAX_HEAD:
                 raise ProtocolViolation("the answer's headers are too large")
             return False
-        lines = buffer[:end].decode("latin-1").split("\r\n")
+        status_line, _, fields = buffer[:end].decode("latin-1").partition("\r\n")
         self._buffer = buffer[end + 4 :]
-        version, _, rest = lines[0].partition(" ")
+        version, _, rest = status_line.partition(" ")
         code, _, reason = rest.partition(" ")
         if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
-            raise ProtocolViolation(f"not an HTTP/1.x status line: {lines[0][:100]!r}")
+            raise ProtocolViolation(f"not an HTTP/1.x status line: {status_line[:100]!r}")
         status = int(code)
-        headers: CIMultiDict[str] = CIMultiDict()
-        for line in lines[1:]:
+        pairs = []
+        for line in fields.split("\r\n") if fields else ():
             name, colon, value = line.partition(":")
-            if not colon or not name or name != name.strip():
+            if not colon or not name or name[-1] in " \t":
                 raise ProtocolViolation(f"malformed header line: {line[:100]!r}")
-            headers.add(name, value.strip())
+            pairs.append((name, value.strip()))
+        headers: CIMultiDict[str] = CIMultiDict(pairs)
         if 100 <= status < 200:  # an interim answer (100 Continue, 103 Early Hints): skip it
             return True
-        if version == "HTTP/1.0" or "close" in headers.get("connection", "").lower():
+        connection = headers.get("connection")
+        if version == "HTTP/1.0" or (connection is not None and "close" in connection.lower()):
             self.reusable = False
-        body = Body(self, self._read_timeout)
-        encoding = headers.get("content-encoding", "identity").strip().lower()
-        if encoding in ("gzip", "x-gzip", "deflate"):
+        body = Body(self, self._read_timeout, self._deadline)
+        encoding = headers.get("content-encoding")
+        if encoding is not None and (encoding := encoding.strip().lower()) != "identity":
+            if encoding not in ("gzip", "x-gzip", "deflate"):
+                raise ProtocolViolation(f"unsupported content-encoding {encoding!r}")
             body.decoder = zlib.decompressobj(47 if encoding != "deflate" else zlib.MAX_WBITS)
-        elif encoding != "identity":
-            raise ProtocolViolation(f"unsupported content-encoding {encoding!r}")
         self._body = body
         transfer = headers.get("transfer-encoding")
         length = headers.get("content-length")
@@ -310,4 +320,4 @@ class Connection(asyncio.Protocol):
 
 def _expire_head(future: asyncio.Future[Response]) -> None:
     if not future.done():
-        future.set_exception(TimeoutError("no answer from the server within the read timeout"))
+        future.set_exception(TimeoutError("no answer from the server within the timeout"))

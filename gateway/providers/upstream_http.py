@@ -59,6 +59,10 @@ class _Origin:
     path: str
 
 
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(deadline - asyncio.get_running_loop().time(), 0.0)
+
+
 class _HostPool:
     """The connections to one origin: idle ones (most recently used first) and a count of all."""
 
@@ -69,7 +73,9 @@ class _HostPool:
         self.busy: set[Connection] = set()
         self.waiters: deque[asyncio.Future[None]] = deque()
 
-    async def acquire(self, connect_timeout: float | None) -> Connection:
+    async def acquire(self, connect_timeout: float | None, deadline: float | None) -> Connection:
+        """An idle connection, or a new one (waiting for a free slot first at the host's limit).
+        Waiting and connecting end by ``deadline`` (loop time) with TimeoutError."""
         now = time.monotonic()
         idle = self.idle
         keepalive = self.client.keepalive_timeout
@@ -83,16 +89,19 @@ class _HostPool:
             waiter = asyncio.get_running_loop().create_future()
             self.waiters.append(waiter)
             try:
-                await waiter
+                await asyncio.wait_for(waiter, _remaining(deadline))
             finally:
                 with contextlib.suppress(ValueError):
                     self.waiters.remove(waiter)
             if idle:
-                return await self.acquire(connect_timeout)
+                return await self.acquire(connect_timeout, deadline)
         conn = Connection(self)
         self.busy.add(conn)  # counts against the limit while it connects
+        remaining = _remaining(deadline)
+        if connect_timeout is not None and (remaining is None or connect_timeout < remaining):
+            remaining = connect_timeout
         try:
-            await asyncio.wait_for(self._connect(conn), connect_timeout)
+            await asyncio.wait_for(self._connect(conn), remaining)
         except BaseException:
             self.forget(conn)
             conn._close()
@@ -215,46 +224,39 @@ class UpstreamClient:
 class _Exchange:
     """One POST: connects (or reuses a connection), sends, waits for the answer's headers."""
 
-    __slots__ = ("_conn", "_data", "_deadline", "_head", "_pool", "_response", "_timeout")
+    __slots__ = ("_conn", "_data", "_head", "_pool", "_response", "_timeout")
 
     def __init__(self, pool: _HostPool, head: bytes, data: bytes, timeout: Timeout) -> None:
         self._pool = pool
         self._head = head
         self._data = data
         self._timeout = timeout
-        self._deadline: asyncio.Timeout | None = None
         self._conn: Connection | None = None
         self._response: Response | None = None
 
     async def __aenter__(self) -> Response:
         timeout = self._timeout
-        if timeout.total is not None:
-            self._deadline = asyncio.timeout(timeout.total)
-            await self._deadline.__aenter__()
+        total = timeout.total
+        # the total timeout is a deadline every wait of the call honours (a pool slot, the
+        # connection, the headers, each piece of the body): timers, no task cancellation
+        deadline = None if total is None else asyncio.get_running_loop().time() + total
         try:
-            conn = self._conn = await self._pool.acquire(timeout.connect)
-            response = self._response = await conn.send(self._head, self._data, timeout.read)
-        except BaseException as e:
-            await self._leave(type(e), e, e.__traceback__)
+            conn = self._conn = await self._pool.acquire(timeout.connect, deadline)
+            response = self._response = await conn.send(self._head, self._data, timeout.read, deadline)
+        except BaseException:
+            self._leave()
             raise
         return response
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> bool | None:
-        return await self._leave(exc_type, exc, tb)
+    ) -> None:
+        self._leave()
 
-    async def _leave(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> bool | None:
+    def _leave(self) -> None:
         conn = self._conn
         if conn is not None:
             response = self._response
             if response is None or not response.content.ended:
                 conn.abandon()
             self._conn = None
-        deadline = self._deadline
-        if deadline is not None:
-            self._deadline = None
-            await deadline.__aexit__(exc_type, exc, tb)  # an expired deadline raises TimeoutError
-        return None

@@ -37,15 +37,17 @@ class Body:
     ``iter_any()`` iterates that, ``async for line in body`` iterates lines (with their
     ``\\n``), ``read()`` returns the rest."""
 
-    __slots__ = ("_conn", "_done", "_error", "_pieces", "_read_timeout", "_size", "_waiter", "decoder")
+    __slots__ = ("_conn", "_deadline", "_done", "_error", "_pieces", "_read_timeout", "_size", "_waiter", "decoder")
 
-    def __init__(self, conn: Connection | None, read_timeout: float | None) -> None:
+    def __init__(self, conn: Connection | None, read_timeout: float | None, deadline: float | None = None) -> None:
         self._pieces: deque[bytes] = deque()
         self._size = 0
         self._done = False
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._read_timeout = read_timeout
+        #: the loop time by which the whole answer must have arrived (the call's total timeout)
+        self._deadline = deadline
         self._conn = conn
         self.decoder: Any = None
 
@@ -137,7 +139,8 @@ class Body:
     async def _wait(self) -> None:
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
-        timer = None if self._read_timeout is None else loop.call_later(self._read_timeout, _expire, waiter)
+        when = expiry(loop, self._read_timeout, self._deadline)
+        timer = None if when is None else loop.call_at(when, _expire, waiter)
         try:
             await waiter
         finally:
@@ -146,9 +149,17 @@ class Body:
                 timer.cancel()
 
 
+def expiry(loop: asyncio.AbstractEventLoop, read_timeout: float | None, deadline: float | None) -> float | None:
+    """When a wait for bytes expires (loop time): after ``read_timeout`` or at ``deadline``."""
+    if read_timeout is None:
+        return deadline
+    when = loop.time() + read_timeout
+    return when if deadline is None or when < deadline else deadline
+
+
 def _expire(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
-        waiter.set_exception(TimeoutError("no data from the server within the read timeout"))
+        waiter.set_exception(TimeoutError("the server sent nothing more within the timeout"))
 
 
 class Response:
