@@ -117,18 +117,9 @@ class Connection(asyncio.Protocol):
                     return
             elif state == _LENGTH:
                 self._parse_length()
-            elif state == _CHUNK_SIZE:
-                if not self._parse_chunk_size():
+            elif state == _CHUNK_SIZE or state == _CHUNK_DATA or state == _CHUNK_END:
+                if not self._parse_chunks():
                     return
-            elif state == _CHUNK_DATA:
-                self._parse_chunk_data()
-            elif state == _CHUNK_END:
-                if len(self._buffer) < 2:
-                    return
-                if self._buffer[:2] != b"\r\n":
-                    raise ProtocolViolation("a chunk does not end with CRLF")
-                self._buffer = self._buffer[2:]
-                self._state = _CHUNK_SIZE
             elif state == _TRAILERS:
                 if not self._parse_trailers():
                     return
@@ -208,38 +199,57 @@ class Connection(asyncio.Protocol):
         if self._remaining == 0:
             self._complete()
 
-    def _parse_chunk_size(self) -> bool:
+    def _parse_chunks(self) -> bool:
+        """Decode as many chunks as the buffer holds, walking it with an offset (one copy of
+        what is left at the end, not one per chunk), and hand their data to the body in one
+        piece. True when the last chunk was seen (trailers follow), False when more bytes are
+        needed."""
         buffer = self._buffer
-        end = buffer.find(b"\r\n")
-        if end < 0:
-            if len(buffer) > 1024:
-                raise ProtocolViolation("a chunk size line is too long")
-            return False
-        size_text = buffer[:end].split(b";", 1)[0].strip()
+        size = len(buffer)
+        pos = 0
+        state = self._state
+        remaining = self._remaining
+        pieces: list[bytes] = []
+        last = False
         try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise ProtocolViolation(f"bad chunk size {size_text[:20]!r}") from None
-        if size < 0:
-            raise ProtocolViolation(f"bad chunk size {size_text[:20]!r}")
-        self._buffer = buffer[end + 2 :]
-        if size == 0:
-            self._state = _TRAILERS
-        else:
-            self._state, self._remaining = _CHUNK_DATA, size
-        return True
-
-    def _parse_chunk_data(self) -> None:
-        take = self._remaining
-        buffer = self._buffer
-        if len(buffer) <= take:
-            piece, self._buffer = buffer, b""
-        else:
-            piece, self._buffer = buffer[:take], buffer[take:]
-        self._remaining -= len(piece)
-        self._deliver(piece)
-        if self._remaining == 0:
-            self._state = _CHUNK_END
+            while pos < size:
+                if state == _CHUNK_DATA:
+                    take = remaining if remaining < size - pos else size - pos
+                    pieces.append(buffer[pos : pos + take])
+                    pos += take
+                    remaining -= take
+                    if remaining == 0:
+                        state = _CHUNK_END
+                elif state == _CHUNK_END:
+                    if size - pos < 2:
+                        break
+                    if buffer[pos : pos + 2] != b"\r\n":
+                        raise ProtocolViolation("a chunk does not end with CRLF")
+                    pos += 2
+                    state = _CHUNK_SIZE
+                else:
+                    end = buffer.find(b"\r\n", pos)
+                    if end < 0:
+                        if size - pos > 1024:
+                            raise ProtocolViolation("a chunk size line is too long")
+                        break
+                    text = buffer[pos:end].split(b";", 1)[0].strip()
+                    if not text or text.strip(b"0123456789abcdefABCDEF"):
+                        raise ProtocolViolation(f"bad chunk size {text[:20]!r}")
+                    pos = end + 2
+                    remaining = int(text, 16)
+                    if remaining == 0:
+                        state = _TRAILERS
+                        last = True
+                        break
+                    state = _CHUNK_DATA
+        finally:
+            self._buffer = buffer[pos:] if pos else buffer
+            self._state = state
+            self._remaining = remaining
+            if pieces:
+                self._deliver(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+        return last
 
     def _parse_trailers(self) -> bool:
         buffer = self._buffer

@@ -18,10 +18,10 @@ from tests.bench import servers
 from tests.bench.common import REPO
 
 
-def smoke_run(script: str, *, timeout: float) -> subprocess.CompletedProcess[str]:
-    """``python -m tests.bench.<script> --smoke``, which must succeed."""
+def smoke_run(script: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python -m tests.bench.<script> --smoke [args]``, which must succeed."""
     done = subprocess.run(
-        [sys.executable, "-m", f"tests.bench.{script}", "--smoke"],
+        [sys.executable, "-m", f"tests.bench.{script}", "--smoke", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -55,3 +55,11 @@ def test_request_path_smoke_run() -> None:
     done = smoke_run("request_path", timeout=120)
     row = next(line for line in done.stdout.splitlines() if line.startswith("| whole in-process path"))
     assert float(row.split("|")[2]) > 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_upstream_client_smoke_run(stream: bool) -> None:
+    """The client bench runs all three clients against the bench upstream (a failing call raises)."""
+    done = smoke_run("upstream_client", *(["--stream"] if stream else []), timeout=120)
+    row = next(line for line in done.stdout.splitlines() if line.startswith("| UpstreamClient"))
+    assert float(row.split("|")[2]) > 0, row
