@@ -63,6 +63,8 @@ class Connection(asyncio.Protocol):
             self._parse()
         except ProtocolViolation as e:
             self._error(e)
+        except ValueError as e:  # a number that is not one (int() of a non-ASCII digit)
+            self._error(ProtocolViolation(f"malformed answer: {e}"))
 
     def eof_received(self) -> bool | None:
         self._lost(None)
@@ -142,7 +144,7 @@ class Connection(asyncio.Protocol):
         self._buffer = buffer[end + 4 :]
         version, _, rest = status_line.partition(" ")
         code, _, reason = rest.partition(" ")
-        if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
+        if not version.startswith("HTTP/1.") or len(code) != 3 or not (code.isascii() and code.isdigit()):
             raise ProtocolViolation(f"not an HTTP/1.x status line: {status_line[:100]!r}")
         status = int(code)
         pairs = []
@@ -173,8 +175,11 @@ class Connection(asyncio.Protocol):
                 raise ProtocolViolation(f"unsupported transfer-encoding {transfer!r}")
             self._state = _CHUNK_SIZE
         elif length is not None:
-            if not length.strip().isdigit() or "," in length:
+            length = length.strip()
+            if not (length.isascii() and length.isdigit()):
                 raise ProtocolViolation(f"bad content-length {length!r}")
+            if len(set(headers.getall("content-length"))) > 1:
+                raise ProtocolViolation("conflicting content-length headers")
             self._state, self._remaining = _LENGTH, int(length)
         else:
             self._state = _UNTIL_CLOSE
@@ -304,6 +309,12 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
     def _error(self, error: BaseException) -> None:
+        self._fail_pending(error)
+        self.reusable = False
+        self._close()
+
+    def _fail_pending(self, error: BaseException) -> None:
+        """Whoever waits on this connection (for the headers, for the body) gets ``error``."""
         head, self._head = self._head, None
         self._cancel_head_timer()
         if head is not None and not head.done():
@@ -312,8 +323,6 @@ class Connection(asyncio.Protocol):
         if body is not None:
             body.fail(error if isinstance(error, ProtocolViolation) else BodyCut(str(error)))
         self._state = _IDLE
-        self.reusable = False
-        self._close()
 
     def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -324,6 +333,8 @@ class Connection(asyncio.Protocol):
         if not self.closed:
             self.closed = True
             self.pool.forget(self)
+        if self._head is not None or self._body is not None:  # closed by us mid-answer
+            self._fail_pending(ConnectionAbortedError("the connection was closed by the gateway"))
         if self.transport is not None:
             self.transport.close()
 

@@ -90,6 +90,10 @@ class _HostPool:
             self.waiters.append(waiter)
             try:
                 await asyncio.wait_for(waiter, _remaining(deadline))
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():  # woken for a slot, then cancelled:
+                    self._wake_one()  # the slot goes to the next in line
+                raise
             finally:
                 with contextlib.suppress(ValueError):
                     self.waiters.remove(waiter)

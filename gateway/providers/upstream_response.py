@@ -65,11 +65,15 @@ class Body:
             self._wake()
 
     def finish(self) -> None:
-        if self.decoder is not None:
-            tail = self.decoder.flush()
+        decoder = self.decoder
+        if decoder is not None:
+            tail = decoder.flush()
             if tail:
                 self._pieces.append(tail)
                 self._size += len(tail)
+            if not decoder.eof:  # the compressed stream stopped short of its end
+                self.fail(BodyCut("the compressed body ended before its end"))
+                return
         self._done = True
         self._conn = None
         self._wake()
