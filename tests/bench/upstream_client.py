@@ -47,17 +47,23 @@ async def _run(calls: int, concurrency: int, call: Call) -> float:
     return (time.process_time() - started) / (calls // concurrency * concurrency) * 1e6
 
 
+async def _consume(resp: Any, stream: bool) -> None:
+    """What an adapter does with the answer: a stream read piece by piece, json read and decoded
+    (the same calls on aiohttp's response and the gateway's)."""
+    if stream:
+        while await resp.content.readany():
+            pass
+    else:
+        orjson.loads(await resp.read())
+
+
 async def ours(url: str, body: dict[str, object], calls: int, concurrency: int) -> float:
     timeout = Timeout(total=120, connect=5, read=60 if body.get("stream") else None)
     async with UpstreamClient() as client:
 
         async def call() -> None:
             async with client.post(url, data=orjson.dumps(body), headers=HEADERS, timeout=timeout) as resp:
-                if body.get("stream"):
-                    while await resp.content.readany():
-                        pass
-                else:
-                    orjson.loads(await resp.read())
+                await _consume(resp, bool(body.get("stream")))
 
         return await _run(calls, concurrency, call)
 
@@ -69,11 +75,7 @@ async def aiohttp_client(url: str, body: dict[str, object], calls: int, concurre
 
         async def call() -> None:
             async with session.post(url, data=orjson.dumps(body), headers=HEADERS, timeout=timeout) as resp:
-                if body.get("stream"):
-                    while await resp.content.readany():
-                        pass
-                else:
-                    orjson.loads(await resp.read())
+                await _consume(resp, bool(body.get("stream")))
 
         return await _run(calls, concurrency, call)
 
