@@ -238,7 +238,9 @@ class Connection(asyncio.Protocol):
                         if size - pos > 1024:
                             raise ProtocolViolation("a chunk size line is too long")
                         break
-                    text = buffer[pos:end].split(b";", 1)[0].strip()
+                    text = buffer[pos:end]
+                    if not text.isalnum():  # an extension (";name=value") or spaces
+                        text = text.split(b";", 1)[0].strip()
                     if not text or text.strip(b"0123456789abcdefABCDEF"):
                         raise ProtocolViolation(f"bad chunk size {text[:20]!r}")
                     pos = end + 2
@@ -247,6 +249,12 @@ class Connection(asyncio.Protocol):
                         state = _TRAILERS
                         last = True
                         break
+                    stop = pos + remaining
+                    if stop + 2 <= size and buffer[stop : stop + 2] == b"\r\n":  # the whole chunk is here
+                        pieces.append(buffer[pos:stop])
+                        pos = stop + 2
+                        remaining = 0
+                        continue
                     state = _CHUNK_DATA
         finally:
             self._buffer = buffer[pos:] if pos else buffer
