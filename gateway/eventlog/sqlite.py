@@ -54,7 +54,9 @@ def connect(path: Path, *, autocheckpoint: int | None = None) -> sqlite3.Connect
     conn.execute("PRAGMA journal_size_limit=67108864")
     # deleted spool rows need not be zeroed on disk (some builds turn secure_delete on)
     conn.execute("PRAGMA secure_delete=OFF")
-    conn.execute("PRAGMA cache_size=-16384")
+    # 2 MiB of page cache per connection: the log is appended at its end and read just behind
+    # it, and the OS caches the file anyway; 16 MiB held about 15 MB more RSS under sustained load
+    conn.execute("PRAGMA cache_size=-2048")
     if autocheckpoint is not None:
         conn.execute(f"PRAGMA wal_autocheckpoint={int(autocheckpoint)}")
     return conn

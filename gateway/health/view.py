@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from array import array
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -58,23 +57,32 @@ class ProviderHealth:
 
 
 class SeenIds:
-    """The ids of the events counted in the window (``apply`` is idempotent on them), each
-    forgotten once its event time is older than the window, in the order they came. Like the
-    windows, it keeps no object per event beyond the id itself: the times are an ``array``
-    column beside a ``deque`` of ids."""
+    """The events counted in the window (``apply`` is idempotent on them), each forgotten once
+    its event time is older than the window, in the order they came.
+
+    An event is known by the 64-bit hash of its id, not the id: at a sustained 3,500 events/s a
+    60 s window holds 210,000 of them, and the id strings kept alive (85 bytes each) and a deque
+    of them cost about 140 bytes an event; a hash costs an int in the set and 16 bytes in the
+    two ``array`` columns (hash, time). Two ids of one window with the same hash (about one
+    chance in 10^9 at that rate) would count as one attempt in the health statistics; no
+    money or event depends on it (the projector's sinks deduplicate on the ids themselves)."""
 
     def __init__(self) -> None:
-        self.ids: set[str] = set()
-        self._order: deque[str] = deque()
-        self._times = array("d")  # POSIX seconds, in arrival order from self._start on
+        self.ids: set[int] = set()
+        self._order = array("q")  # the hashes, in arrival order from self._start on
+        self._times = array("d")  # their POSIX seconds, aligned with _order
         self._start = 0
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    def __contains__(self, event_id: str) -> bool:
+        return hash(event_id) in self.ids
+
     def add(self, event_id: str, at: float) -> None:
-        self.ids.add(event_id)
-        self._order.append(event_id)
+        key = hash(event_id)
+        self.ids.add(key)
+        self._order.append(key)
         self._times.append(at)
 
     def forget(self, cutoff: float) -> None:
@@ -85,10 +93,11 @@ class SeenIds:
             return
         ids, order = self.ids, self._order
         while start < end and times[start] < cutoff:
-            ids.discard(order.popleft())
+            ids.discard(order[start])
             start += 1
         if start * 2 >= end:
             del times[:start]
+            del order[:start]
             start = 0
         self._start = start
 
@@ -144,7 +153,7 @@ class HealthView:
         seen = self._seen
         seen.forget(cutoff)
         at = event.created_at.timestamp()
-        if event.event_id in seen.ids or at < cutoff:
+        if event.event_id in seen or at < cutoff:
             return False
         seen.add(event.event_id, at)
         sample = Sample.of(event)
@@ -162,7 +171,7 @@ class HealthView:
 
     def has_seen(self, event_id: str) -> bool:
         """Whether an event with this id is counted in the current window."""
-        return event_id in self._seen.ids
+        return event_id in self._seen
 
     def observe(self, event: UsageEvent) -> None:
         """The ``UsageRecorder`` observer: runs on the response path, so it never raises."""
