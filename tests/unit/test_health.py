@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import tracemalloc
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -12,7 +13,7 @@ from gateway.events import UsageEvent
 from gateway.health.config import HealthSettings
 from gateway.health.rules import decide
 from gateway.health.transitions import ALL_MODELS, HealthTransition, transition_rows
-from gateway.health.view import HealthView
+from gateway.health.view import HealthView, SeenIds
 from gateway.health.window import RollingWindow, Sample, classify, percentile
 from tests.support.fakes import ManualClock
 
@@ -555,3 +556,25 @@ def test_forgotten_ids_free_their_memory(clock: ManualClock) -> None:
     assert not view.has_seen("id-0") and view.has_seen("id-2999") and view.has_seen("id-1999")
     assert view.health("openai").stats.attempts == 1001
     assert len(view._seen._times) < 2 * 1001  # the forgotten front is compacted away
+
+
+def test_seen_ids_do_not_keep_the_id_strings() -> None:
+    """A counted event costs its hash and time, not its id string: at a sustained 3,500
+    events/s the 60 s window holds 210,000 ids. Kept as strings with a deque of them they cost
+    about 144 bytes an event (measured on the code before); as hashes about 94."""
+    count = 200_000
+    seen = SeenIds()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        ids = [f"0193d2c4-{n:04x}-7000-8000-{n:012x}" for n in range(count)]  # UUIDv7-shaped
+        for n, event_id in enumerate(ids):
+            seen.add(event_id, float(n))
+        del ids, event_id  # the events are gone: only what the view kept of them remains
+        grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    finally:
+        tracemalloc.stop()
+    assert grown / count < 115, grown / count
+    assert "0193d2c4-0007-7000-8000-000000000007" in seen and "0193d2c4-0007-7000-8000-000000000008" not in seen
+    seen.forget(100_000.0)
+    assert len(seen) == 100_000 and "0193d2c4-0007-7000-8000-000000000007" not in seen
