@@ -12,6 +12,7 @@ import contextlib
 import gzip
 import random
 import socket
+import ssl
 import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import trustme
 
 from gateway import errors
 from gateway.providers import http as gateway_http
@@ -98,7 +100,8 @@ def answer(*raws: bytes) -> Handler:
 
 
 class Server:
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
+        self.tls = tls
         self.handler: Handler = answer(plain())
         self.requests: list[Request] = []
         self.accepted = 0
@@ -110,11 +113,11 @@ class Server:
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def url(self, path: str = "/path") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+    def url(self, path: str = "/path", host: str = "127.0.0.1") -> str:
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}{path}"
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -1053,3 +1056,64 @@ async def test_conflicting_content_lengths_are_a_protocol_violation(server: Serv
     server.handler = answer(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 5\r\n\r\nxxxxx")
     with pytest.raises(ProtocolViolation):
         await call(client, server.url())
+
+
+# --- https ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+async def tls_server(ca: trustme.CA) -> AsyncIterator[Server]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost", "127.0.0.1").configure_cert(context)
+    s = Server(tls=context)
+    await s.start()
+    try:
+        yield s
+    finally:
+        await s.stop()
+
+
+def trusting(ca: trustme.CA) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return context
+
+
+async def test_https_json_stream_and_keep_alive(tls_server: Server, ca: trustme.CA) -> None:
+    """The providers are HTTPS: TLS with the hostname checked, chunked bodies and keep-alive."""
+    tls_server.handler = answer(
+        plain(b'{"a":1}', b"content-type: application/json"), CHUNKED_HEAD + chunked(b"data: 1\n\n", b"data: 2\n\n")
+    )
+    async with UpstreamClient(ssl_context=trusting(ca)) as client:
+        assert await call(client, tls_server.url(host="localhost")) == (200, b'{"a":1}')
+        async with client.post(tls_server.url(host="localhost"), data=b"{}", headers={}, timeout=T) as resp:
+            assert await resp.read() == b"data: 1\n\ndata: 2\n\n"
+    assert tls_server.accepted == 1  # the TLS connection was kept and reused
+    assert tls_server.requests[0].header("host") == f"localhost:{tls_server.port}"
+
+
+async def test_https_refuses_an_untrusted_certificate(tls_server: Server) -> None:
+    """The default context checks the chain against the system CAs: a test CA is not one."""
+    async with UpstreamClient() as client:
+        with pytest.raises(ssl.SSLCertVerificationError) as info:
+            await call(client, tls_server.url(host="localhost"))
+    assert isinstance(info.value, OSError)  # the adapters' post() makes it UpstreamConnectionError
+
+
+async def test_https_checks_the_hostname(ca: trustme.CA) -> None:
+    """A trusted certificate for another name does not do."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("api.example.test").configure_cert(context)
+    server = Server(tls=context)
+    await server.start()
+    try:
+        async with UpstreamClient(ssl_context=trusting(ca)) as client:
+            with pytest.raises(ssl.SSLCertVerificationError, match=r"match"):
+                await call(client, server.url(host="localhost"))
+    finally:
+        await server.stop()
