@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from urllib.parse import quote
 
 import orjson
 
@@ -41,7 +42,7 @@ class GoogleProvider:
         self._headers = {"x-goog-api-key": settings.api_key}
 
     def _url(self, model: str, method: str) -> str:
-        bare = model.removeprefix("models/")
+        bare = quote(model.removeprefix("models/"), safe="/")  # a "#", "?" or space stays in the path
         return f"{self._models_url}/{bare}:{method}"
 
     async def complete(self, request: ChatRequest) -> ChatResult:

@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from gateway.providers.upstream_connection import Connection
 from gateway.providers.upstream_response import Response, Timeout
@@ -48,6 +48,9 @@ def _version() -> str:
 
 
 USER_AGENT = f"llm-gateway/{_version()}"
+#: characters a path or a query keeps as they are (RFC 3986 pchar, and ``%`` of what is encoded)
+_PATH_SAFE = "/:@!$&'()*+,;=-._~%"
+_QUERY_SAFE = _PATH_SAFE + "?"
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +208,11 @@ class UpstreamClient:
         port = parts.port or default
         host = parts.hostname
         shown = f"[{host}]" if ":" in host else host
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        # what the request line may carry: a space, a CR or LF, a non-ASCII character in a path
+        # built from a client's model name is percent-encoded (what is encoded already stays)
+        path = quote(parts.path or "/", safe=_PATH_SAFE)
+        if parts.query:
+            path += "?" + quote(parts.query, safe=_QUERY_SAFE)
         origin = _Origin(scheme, host, port, shown if port == default else f"{shown}:{port}", path)
         if len(self._origins) < 1024:
             self._origins[url] = origin

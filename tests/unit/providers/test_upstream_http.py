@@ -24,9 +24,13 @@ import trustme
 
 from gateway import errors
 from gateway.providers import http as gateway_http
+from gateway.providers.base import Timeouts
+from gateway.providers.google import GoogleProvider
 from gateway.providers.upstream_connection import HIGH_WATER
 from gateway.providers.upstream_http import UpstreamClient
 from gateway.providers.upstream_response import BodyCut, ProtocolViolation, Response, Timeout
+from gateway.settings import ProviderSettings
+from gateway.types import ChatRequest, Message
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -273,6 +277,32 @@ async def test_params_are_appended_to_the_query(server: Server, client: Upstream
 async def test_url_without_path_posts_to_root(server: Server, client: UpstreamClient) -> None:
     assert await call(client, f"http://127.0.0.1:{server.port}") == (200, b"ok")
     assert server.requests[0].line == "POST / HTTP/1.1"
+
+
+async def test_the_request_line_is_percent_encoded(server: Server, client: UpstreamClient) -> None:
+    """A path built from a client's model name may hold a space or a non-ASCII character: it
+    goes out percent-encoded (what is encoded already is kept), never raw in the request line."""
+    for path in ("/models/my model:generate", "/models/g\u00e9mini:generate", "/models/a%20b:generate?x=a b"):
+        assert await call(client, server.url(path)) == (200, b"ok")
+    assert [r.line for r in server.requests] == [
+        "POST /models/my%20model:generate HTTP/1.1",
+        "POST /models/g%C3%A9mini:generate HTTP/1.1",
+        "POST /models/a%20b:generate?x=a%20b HTTP/1.1",
+    ]
+
+
+async def test_the_google_adapter_keeps_the_whole_model_in_the_path(server: Server, client: UpstreamClient) -> None:
+    """A "#" or "?" in a model name is part of the name, not a fragment or a query."""
+    server.handler = answer(
+        plain(b'{"error":{"code":404,"message":"no such model","status":"NOT_FOUND"}}', status=b"404 Not Found")
+    )
+    google = GoogleProvider(
+        ProviderSettings(api_key="k", base_url=f"http://127.0.0.1:{server.port}"), client, Timeouts()
+    )
+    request = ChatRequest("tuned/my model#2?", [Message("user", "hi")])
+    with pytest.raises(errors.UpstreamModelNotFound):
+        await google.complete(request)
+    assert server.requests[0].line == "POST /v1beta/models/tuned/my%20model%232%3F:generateContent HTTP/1.1"
 
 
 # --- 2. keep-alive ----------------------------------------------------------------------------
