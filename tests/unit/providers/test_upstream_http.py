@@ -1147,3 +1147,28 @@ async def test_https_checks_the_hostname(ca: trustme.CA) -> None:
                 await call(client, server.url(host="localhost"))
     finally:
         await server.stop()
+
+
+async def test_an_ipv6_literal_host(client: UpstreamClient) -> None:
+    """``http://[::1]:port/``: the connection goes to the address, the host header keeps the brackets."""
+    seen: list[bytes] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen.extend(head.split(b"\r\n")[:2])
+        await reader.readexactly(2)
+        writer.write(plain())
+        await writer.drain()
+        writer.close()
+
+    try:
+        server = await asyncio.start_server(handle, "::1", 0)
+    except OSError as exc:  # a machine without IPv6 loopback
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    port = server.sockets[0].getsockname()[1]
+    try:
+        assert await call(client, f"http://[::1]:{port}/x") == (200, b"ok")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert seen == [b"POST /x HTTP/1.1", f"host: [::1]:{port}".encode()]
