@@ -135,13 +135,17 @@ async def post(
     Transport failures become UpstreamTimeout / UpstreamConnectionError.
     """
     try:
-        async with session.post(
+        exchange = session.post(
             url,
             data=orjson.dumps(body),
             headers={"content-type": "application/json", **headers},
             timeout=timeout,
             params=params,
-        ) as resp:
+        )
+    except ValueError as exc:  # a URL or header the client will not send: the provider's settings
+        raise errors.UpstreamConnectionError(f"{provider}: cannot call {url}: {exc}", provider=provider) from exc
+    try:
+        async with exchange as resp:
             if resp.status >= 300:
                 parsed, raw = await read_error_body(resp)
                 raise classify(resp.status, resp.headers, parsed, raw)

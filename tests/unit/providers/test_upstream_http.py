@@ -983,6 +983,21 @@ async def test_post_helper_maps_transport_failures_to_connection_error(
             pytest.fail("must not be yielded")
 
 
+@pytest.mark.parametrize("bad", ["scheme", "no-host", "header"])
+async def test_post_helper_maps_a_refused_target_to_connection_error(
+    server: Server, client: UpstreamClient, bad: str
+) -> None:
+    """A base URL or key the client will not send (the provider's settings, not the caller's
+    request) fails the attempt like an unreachable provider: the router records it and falls
+    back, and the caller gets a 502, not a 500 from a ValueError."""
+    url = {"scheme": "ftp://example.test/v1", "no-host": "http:///v1"}.get(bad, server.url())
+    headers = {"authorization": "Bearer k\r\nx-injected: 1"} if bad == "header" else {}
+    with pytest.raises(errors.UpstreamConnectionError, match="cannot call"):
+        async with gateway_http.post(client, "test", url, headers=headers, body={}, timeout=T, classify=classify):
+            pytest.fail("must not be yielded")
+    assert server.accepted == 0
+
+
 # --- limits of the parser ---------------------------------------------------------------------
 
 
