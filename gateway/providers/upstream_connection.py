@@ -10,7 +10,7 @@ from typing import Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.providers.upstream_response import Body, BodyCut, ProtocolViolation, Response, expiry
+from gateway.providers.upstream_response import Body, BodyCut, ProtocolViolation, Response, expire, expiry
 
 #: the largest status line + headers accepted
 MAX_HEAD = 64 * 1024
@@ -88,7 +88,7 @@ class Connection(asyncio.Protocol):
         self._deadline = deadline
         when = expiry(loop, read_timeout, deadline)
         if when is not None:
-            self._head_timer = loop.call_at(when, _expire_head, future)
+            self._head_timer = loop.call_at(when, expire, future, "no answer from the server within the timeout")
         assert self.transport is not None
         self.transport.writelines((head, body))
         return future
@@ -297,13 +297,13 @@ class Connection(asyncio.Protocol):
             self.pool.release(self)
         else:
             self._close()
-            self.pool.forget(self)
 
     # --- the end ------------------------------------------------------------------------------
     def _lost(self, exc: Exception | None) -> None:
+        """The server closed the connection (or it broke): ends a body read until close, fails
+        an answer in progress."""
         if self.closed:
             return
-        self.closed = True
         if self._state == _UNTIL_CLOSE:
             body, self._body = self._body, None
             self._state = _IDLE
@@ -311,10 +311,8 @@ class Connection(asyncio.Protocol):
                 body.finish()
         elif self._state != _IDLE:
             reason = f": {exc}" if exc else ""
-            self._error(ConnectionResetError(f"the server closed the connection{reason}"))
-        self.pool.forget(self)
-        if self.transport is not None:
-            self.transport.close()
+            self._fail_pending(ConnectionResetError(f"the server closed the connection{reason}"))
+        self._close()
 
     def _error(self, error: BaseException) -> None:
         self._fail_pending(error)
@@ -345,8 +343,3 @@ class Connection(asyncio.Protocol):
             self._fail_pending(ConnectionAbortedError("the connection was closed by the gateway"))
         if self.transport is not None:
             self.transport.close()
-
-
-def _expire_head(future: asyncio.Future[Response]) -> None:
-    if not future.done():
-        future.set_exception(TimeoutError("no answer from the server within the timeout"))

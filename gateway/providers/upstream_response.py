@@ -99,8 +99,10 @@ class Body:
                 return b""
             await self._wait()
         pieces = self._pieces
-        data = pieces.popleft() if len(pieces) == 1 else b"".join(pieces)
-        if len(pieces) > 1:
+        if len(pieces) == 1:
+            data = pieces.popleft()
+        else:
+            data = b"".join(pieces)
             pieces.clear()
         self._size = 0
         conn = self._conn
@@ -144,7 +146,7 @@ class Body:
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
         when = expiry(loop, self._read_timeout, self._deadline)
-        timer = None if when is None else loop.call_at(when, _expire, waiter)
+        timer = None if when is None else loop.call_at(when, expire, waiter, _SILENT)
         try:
             await waiter
         finally:
@@ -161,9 +163,13 @@ def expiry(loop: asyncio.AbstractEventLoop, read_timeout: float | None, deadline
     return when if deadline is None or when < deadline else deadline
 
 
-def _expire(waiter: asyncio.Future[None]) -> None:
+_SILENT = "the server sent nothing more within the timeout"
+
+
+def expire(waiter: asyncio.Future[Any], message: str) -> None:
+    """A wait's timer: the waiter fails with TimeoutError unless it is done already."""
     if not waiter.done():
-        waiter.set_exception(TimeoutError("the server sent nothing more within the timeout"))
+        waiter.set_exception(TimeoutError(message))
 
 
 class Response:
