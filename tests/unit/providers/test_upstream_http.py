@@ -103,6 +103,30 @@ def answer(*raws: bytes) -> Handler:
     return handler
 
 
+def in_pieces(*parts: bytes, delay: float) -> Handler:
+    """Answer every request with ``parts``, written ``delay`` seconds apart (keep-alive)."""
+
+    async def handler(request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        await send(writer, *parts, delay=delay)
+        return True
+
+    return handler
+
+
+def first_stalls(*sent: bytes, then: bytes, delay: float = 0.0) -> Handler:
+    """The first connection gets ``sent`` (in pieces ``delay`` apart), then silence until the
+    client closes it; every later request is answered ``then``."""
+
+    async def handler(request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        if request.conn == 0:
+            await send(writer, *sent, delay=delay)
+            return await stall(reader)
+        await send(writer, plain(then))
+        return True
+
+    return handler
+
+
 class Server:
     def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.tls = tls
@@ -123,6 +147,13 @@ class Server:
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
 
     async def stop(self) -> None:
         assert self._server is not None
@@ -177,12 +208,8 @@ class Server:
 
 @pytest.fixture
 async def server() -> AsyncIterator[Server]:
-    s = Server()
-    await s.start()
-    try:
+    async with Server() as s:
         yield s
-    finally:
-        await s.stop()
 
 
 @pytest.fixture
@@ -389,14 +416,14 @@ async def test_chunked_answer_one_byte_per_write(server: Server, client: Upstrea
 
 
 NDJSON = [b'{"a":1}\n{"b"', b':2}\n{"c":', b"3}\n", b'{"d":4}']
+#: each NDJSON piece in its own chunk, the chunks written 10 ms apart
+NDJSON_IN_PIECES = in_pieces(
+    CHUNKED_HEAD, *(chunked(p)[: -len(b"0\r\n\r\n")] for p in NDJSON), b"0\r\n\r\n", delay=0.01
+)
 
 
 async def test_chunked_ndjson_iter_any(server: Server, client: UpstreamClient) -> None:
-    async def handler(request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        await send(writer, CHUNKED_HEAD, *(chunked(p)[: -len(b"0\r\n\r\n")] for p in NDJSON), b"0\r\n\r\n", delay=0.01)
-        return True
-
-    server.handler = handler
+    server.handler = NDJSON_IN_PIECES
     async with client.post(server.url(), data=b"{}", headers={}, timeout=T) as resp:
         pieces = [piece async for piece in resp.content.iter_any()]
         assert resp.content.at_eof()
@@ -406,11 +433,7 @@ async def test_chunked_ndjson_iter_any(server: Server, client: UpstreamClient) -
 
 
 async def test_chunked_ndjson_line_iteration(server: Server, client: UpstreamClient) -> None:
-    async def handler(request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        await send(writer, CHUNKED_HEAD, *(chunked(p)[: -len(b"0\r\n\r\n")] for p in NDJSON), b"0\r\n\r\n", delay=0.01)
-        return True
-
-    server.handler = handler
+    server.handler = NDJSON_IN_PIECES
     async with client.post(server.url(), data=b"{}", headers={}, timeout=T) as resp:
         lines = [line async for line in resp.content]
     assert lines == [b'{"a":1}\n', b'{"b":2}\n', b'{"c":3}\n', b'{"d":4}']
@@ -440,14 +463,7 @@ async def test_body_until_close(server: Server, client: UpstreamClient) -> None:
 async def test_body_until_close_is_not_reused_even_if_the_server_keeps_it_open(
     server: Server, client: UpstreamClient
 ) -> None:
-    async def handler(request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        if request.conn == 0:
-            await send(writer, b"HTTP/1.1 200 OK\r\n\r\nstreaming")
-            return await stall(reader)
-        await send(writer, plain(b"next"))
-        return True
-
-    server.handler = handler
+    server.handler = first_stalls(b"HTTP/1.1 200 OK\r\n\r\nstreaming", then=b"next")
     async with client.post(server.url(), data=b"{}", headers={}, timeout=T) as resp:
         assert await resp.content.readany() == b"streaming"
     # left before the end (the server never closed): the connection is dropped, not pooled
@@ -554,18 +570,11 @@ async def test_not_http_1_is_a_protocol_violation(server: Server, client: Upstre
     await until(lambda: server.closed_by_client == 1)  # the connection is dropped
 
 
-async def test_server_closes_before_answering(server: Server, client: UpstreamClient) -> None:
+@pytest.mark.parametrize("sent", [b"", b"HTTP/1.1 200 OK\r\ncontent-le"], ids=["before-answering", "mid-head"])
+async def test_server_closes_before_the_head_ends(server: Server, client: UpstreamClient, sent: bytes) -> None:
     async def handler(request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        return False
-
-    server.handler = handler
-    with pytest.raises(ConnectionResetError):
-        await call(client, server.url())
-
-
-async def test_server_closes_mid_head(server: Server, client: UpstreamClient) -> None:
-    async def handler(request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        await send(writer, b"HTTP/1.1 200 OK\r\ncontent-le")
+        if sent:
+            await send(writer, sent)
         return False
 
     server.handler = handler
@@ -655,14 +664,9 @@ async def test_read_timeout_between_stream_pieces(server: Server, client: Upstre
 
 
 async def test_total_timeout_while_the_body_stalls(server: Server, client: UpstreamClient) -> None:
-    async def handler(request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        if request.conn == 0:
-            await send(writer, b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n", b"0123456789", delay=0.05)
-            return await stall(reader)
-        await send(writer, plain(b"fresh"))
-        return True
-
-    server.handler = handler
+    server.handler = first_stalls(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n", b"0123456789", delay=0.05, then=b"fresh"
+    )
     start = time.monotonic()
     with pytest.raises(TimeoutError):
         async with client.post(server.url(), data=b"{}", headers={}, timeout=Timeout(total=0.2)) as resp:
@@ -684,13 +688,7 @@ async def test_total_timeout_waiting_for_the_headers(server: Server, client: Ups
 
 
 async def test_read_timeout_then_a_new_connection(server: Server, client: UpstreamClient) -> None:
-    async def handler(request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        if request.conn == 0:
-            return await stall(reader)
-        await send(writer, plain(b"fresh"))
-        return True
-
-    server.handler = handler
+    server.handler = first_stalls(then=b"fresh")
     with pytest.raises(TimeoutError):
         await call(client, server.url(), Timeout(read=0.05))
     assert await call(client, server.url()) == (200, b"fresh")
@@ -701,14 +699,7 @@ async def test_read_timeout_then_a_new_connection(server: Server, client: Upstre
 
 
 async def test_leaving_before_the_end_of_the_body_drops_the_connection(server: Server, client: UpstreamClient) -> None:
-    async def handler(request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        if request.conn == 0:
-            await send(writer, CHUNKED_HEAD + b"5\r\nfirst\r\n")
-            return await stall(reader)
-        await send(writer, plain(b"next"))
-        return True
-
-    server.handler = handler
+    server.handler = first_stalls(CHUNKED_HEAD + b"5\r\nfirst\r\n", then=b"next")
     async with client.post(server.url(), data=b"{}", headers={}, timeout=T) as resp:
         assert await resp.content.readany() == b"first"
     await until(lambda: server.closed_by_client == 1)
@@ -719,14 +710,7 @@ async def test_leaving_before_the_end_of_the_body_drops_the_connection(server: S
 async def test_leaving_on_an_exception_before_the_end_drops_the_connection(
     server: Server, client: UpstreamClient
 ) -> None:
-    async def handler(request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        if request.conn == 0:
-            await send(writer, b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n12345")
-            return await stall(reader)
-        await send(writer, plain(b"next"))
-        return True
-
-    server.handler = handler
+    server.handler = first_stalls(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n12345", then=b"next")
     with pytest.raises(ZeroDivisionError):
         async with client.post(server.url(), data=b"{}", headers={}, timeout=T) as resp:
             await resp.content.readany()
@@ -1111,16 +1095,17 @@ def ca() -> trustme.CA:
     return trustme.CA()
 
 
+def serving(ca: trustme.CA, *names: str) -> ssl.SSLContext:
+    """A server's TLS context with a certificate from ``ca`` for ``names``."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(*names).configure_cert(context)
+    return context
+
+
 @pytest.fixture
 async def tls_server(ca: trustme.CA) -> AsyncIterator[Server]:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost", "127.0.0.1").configure_cert(context)
-    s = Server(tls=context)
-    await s.start()
-    try:
+    async with Server(tls=serving(ca, "localhost", "127.0.0.1")) as s:
         yield s
-    finally:
-        await s.stop()
 
 
 def trusting(ca: trustme.CA) -> ssl.SSLContext:
@@ -1152,16 +1137,12 @@ async def test_https_refuses_an_untrusted_certificate(tls_server: Server) -> Non
 
 async def test_https_checks_the_hostname(ca: trustme.CA) -> None:
     """A trusted certificate for another name does not do."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("api.example.test").configure_cert(context)
-    server = Server(tls=context)
-    await server.start()
-    try:
-        async with UpstreamClient(ssl_context=trusting(ca)) as client:
-            with pytest.raises(ssl.SSLCertVerificationError, match=r"match"):
-                await call(client, server.url(host="localhost"))
-    finally:
-        await server.stop()
+    async with (
+        Server(tls=serving(ca, "api.example.test")) as server,
+        UpstreamClient(ssl_context=trusting(ca)) as client,
+    ):
+        with pytest.raises(ssl.SSLCertVerificationError, match=r"match"):
+            await call(client, server.url(host="localhost"))
 
 
 async def test_an_ipv6_literal_host(client: UpstreamClient) -> None:
