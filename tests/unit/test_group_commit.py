@@ -141,16 +141,18 @@ def count_transactions(outbox: SqliteOutbox) -> list[int]:
     return sizes
 
 
+def open_log(kind: str, path: Path) -> SqliteEventLog | KafkaEventLog:
+    """The embedded log, or the Kafka log's spool in front of a broker nobody runs."""
+    if kind == "sqlite":
+        return SqliteEventLog(path)
+    return KafkaEventLog(UNREACHABLE_KAFKA, "llm.usage", path, backoff=(5.0, 5.0), request_timeout_ms=500)
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "kafka-spool"])
 async def test_events_of_one_turn_are_one_transaction_in_the_file(tmp_path: Path, kind: str) -> None:
     path = tmp_path / "log.sqlite3"
-    log: SqliteEventLog | KafkaEventLog
-    if kind == "sqlite":
-        log = SqliteEventLog(path)
-        outbox, table = log._outbox, "events"
-    else:
-        log = KafkaEventLog(UNREACHABLE_KAFKA, "llm.usage", path, backoff=(5.0, 5.0), request_timeout_ms=500)
-        outbox, table = log._spool, "spool"
+    log = open_log(kind, path)
+    outbox, table = (log._outbox, "events") if isinstance(log, SqliteEventLog) else (log._spool, "spool")
     transactions = count_transactions(outbox)
     events = [make_event(i) for i in range(8)]
 
@@ -167,11 +169,7 @@ async def test_events_of_one_turn_are_one_transaction_in_the_file(tmp_path: Path
 @pytest.mark.parametrize("kind", ["sqlite", "kafka-spool"])
 async def test_staged_events_count_as_pending_until_written(tmp_path: Path, kind: str) -> None:
     path = tmp_path / "log.sqlite3"
-    log: SqliteEventLog | KafkaEventLog
-    if kind == "sqlite":
-        log = SqliteEventLog(path)
-    else:  # nothing forwards (not started): what is spooled stays pending
-        log = KafkaEventLog(UNREACHABLE_KAFKA, "llm.usage", path, backoff=(5.0, 5.0), request_timeout_ms=500)
+    log = open_log(kind, path)  # Kafka: nothing forwards (not started), what is spooled stays pending
     log.stage(make_event(1))
     log.stage(make_event(2))
     assert log.pending() == 2  # accepted, not yet on the durable log (healthz, the spool gauge)
