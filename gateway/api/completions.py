@@ -115,6 +115,16 @@ def _response_id(endpoint: str, request_id: str) -> str:
     return prefix + request_id.removeprefix("req_")
 
 
+class EventStream(web.StreamResponse):
+    """An SSE answer whose status line and headers go out with its first chunk, in one write.
+
+    aiohttp's ``StreamResponse`` sends them alone at ``prepare``: one more packet, and one more
+    read for the client. Nothing waits for it here: the router opens a stream only once its
+    first content is in hand, and the first batch always makes an event (the role chunk)."""
+
+    _send_headers_immediately = False
+
+
 def _sse(obj: Any) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
@@ -122,7 +132,7 @@ def _sse(obj: Any) -> bytes:
 async def _stream(
     request: web.Request, state: GatewayState, ctx: CallContext, parsed: ParsedRequest, session: StreamSession
 ) -> web.StreamResponse:
-    response = web.StreamResponse(
+    response = EventStream(
         headers={
             "content-type": "text/event-stream",
             "cache-control": "no-cache",

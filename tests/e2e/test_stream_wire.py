@@ -240,6 +240,84 @@ async def test_a_stream_read_in_one_piece_is_answered_in_one_write(
     assert f": x-llm-cost-usd={format_usd(event.cost_usd)}\n\ndata: [DONE]\n\n" in got
 
 
+def _openai_at(url: str) -> dict[str, ProviderSettings]:
+    providers = {name: ProviderSettings(enabled=False) for name in KNOWN_PROVIDERS}
+    providers["openai"] = ProviderSettings(api_key="sk-test", base_url=url)
+    return providers
+
+
+@pytest.fixture
+def gateway_heads(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every socket write of the process that carries the gateway's answer head (the upstream's
+    have no ``x-request-id``), as written: what the client gets in one packet."""
+    heads: list[bytes] = []
+    write = asyncio.selector_events._SelectorSocketTransport.write  # type: ignore[attr-defined]
+
+    def recorded(self: asyncio.Transport, data: bytes) -> None:
+        if b"\r\nx-request-id: " in data:
+            heads.append(bytes(data))
+        write(self, data)
+
+    monkeypatch.setattr(asyncio.selector_events._SelectorSocketTransport, "write", recorded)  # type: ignore[attr-defined]
+    return heads
+
+
+async def test_a_stream_read_in_one_piece_goes_out_with_its_head_in_one_write(
+    burst_upstream: str, gateway_heads: list[bytes]
+) -> None:
+    """aiohttp's StreamResponse sends the head alone: one more packet, one more client read."""
+    async with (
+        running_gateway(providers=(), settings={"providers": _openai_at(burst_upstream)}, clock=lambda: NOW) as gw,
+        aiohttp.ClientSession() as http,
+        http.post(gw.url + "/v1/chat/completions", json=_chat(**USAGE)) as resp,
+    ):
+        body = await resp.read()
+    [head] = gateway_heads
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\ntransfer-encoding: chunked\r\n" in head.lower()
+    assert head.endswith(body[-50:] + b"\r\n0\r\n\r\n")  # all of it: [DONE] and the last chunk
+    assert body.count(b"data: ") == 12 and b'"content":"Hello"' in head
+
+
+async def test_the_head_of_a_stream_goes_out_with_its_first_read_not_later(gateway_heads: list[bytes]) -> None:
+    """The upstream sends one event, then holds the rest back: the client has the head and that
+    event while it waits, in one write."""
+    rest = asyncio.Event()
+
+    async def thinking(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        for text in ("early", "late"):
+            chunk = {"model": "gpt-4o-2024-08-06", "choices": [{"index": 0, "delta": {"content": text}}]}
+            await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+            await rest.wait()
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    upstream = web.Application()
+    upstream.router.add_post("/v1/chat/completions", thinking)
+    runner, url = await start_app(upstream)
+    try:
+        async with (
+            running_gateway(providers=(), settings={"providers": _openai_at(url + "/v1")}, clock=lambda: NOW) as gw,
+            aiohttp.ClientSession() as http,
+        ):
+            async with asyncio.timeout(10):  # the head and the first event come while the rest waits
+                resp = await http.post(gw.url + "/v1/chat/completions", json=_chat())
+                first = await resp.content.readuntil(b"\n\n")
+            assert not rest.is_set() and b'"content":"early"' in first
+            assert resp.status == 200 and resp.headers["content-type"] == "text/event-stream"
+            [head] = gateway_heads
+            assert b'"content":"early"' in head and b"late" not in head
+            rest.set()
+            body = first + await resp.read()
+    finally:
+        rest.set()  # a failed assertion must not leave the upstream's handler waiting
+        await runner.cleanup()
+    assert b'"content":"late"' in body and body.endswith(b"data: [DONE]\n\n")
+    [event] = gw.event_log.events
+    assert event.outcome == "success"
+
+
 async def test_a_client_gone_mid_stream_is_recorded_as_cancelled_with_what_was_seen() -> None:
     """The upstream sends a chunk every 50 ms; the client reads the first and hangs up: the next
     write fails and the attempt is recorded as cancelled (incomplete), served model included."""
