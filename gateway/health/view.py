@@ -156,7 +156,7 @@ class HealthView:
         if event.event_id in seen or at < cutoff:
             return False
         seen.add(event.event_id, at)
-        sample = Sample.of(event)
+        sample = Sample.of(event, at)
         provider = self._provider(event.provider)
         provider.track.add(sample)
         model = provider.models.get(event.provider_model)
@@ -166,7 +166,7 @@ class HealthView:
         provider.breaker.observe(sample, now)
         # only the provider and this model can change on this event; the other models' states
         # only age, and are refreshed when read (health(), snapshot())
-        self._refresh(event.provider, provider, now, only_model=event.provider_model)
+        self._refresh(event.provider, provider, now, only_model=event.provider_model, cutoff=cutoff)
         return True
 
     def has_seen(self, event_id: str) -> bool:
@@ -245,12 +245,13 @@ class HealthView:
         )
         return state, reason, stats
 
-    def _quick_provider_state(self, tracked: _Provider, now: datetime) -> HealthState:
-        """The state :meth:`_provider_state` decides, without its snapshot and reason."""
+    def _quick_provider_state(self, tracked: _Provider, cutoff: float) -> HealthState:
+        """The state :meth:`_provider_state` decides, without its snapshot and reason
+        (``cutoff``: the window's start, POSIX seconds)."""
         if tracked.breaker.state != "closed":
             return "down"
         window = tracked.track.window
-        window.evict(now)
+        window.evict_before(cutoff)
         state, _ = decide(
             window, tracked.breaker.consecutive_failures, self.config, can_be_down=False, previous=tracked.track.state
         )
@@ -261,14 +262,19 @@ class HealthView:
         state, reason = assess(stats, track.consecutive_failures, self.config, previous=track.state)
         return ModelHealth(provider, model, state, reason, track.consecutive_failures, stats, track.last_transition)
 
-    def _refresh(self, name: str, tracked: _Provider, now: datetime, only_model: str | None = None) -> None:
+    def _refresh(
+        self, name: str, tracked: _Provider, now: datetime, only_model: str | None = None, cutoff: float | None = None
+    ) -> None:
         """Emit the state transitions of a provider and its models (or one of them) since the
-        last look."""
+        last look. ``cutoff``: ``(now - window).timestamp()`` if the caller has it (every window
+        of the view has the same span)."""
         if name not in self._providers:
             return
+        if cutoff is None:
+            cutoff = (now - self._span).timestamp()
         # judged on the live counters first (a few comparisons); the stats snapshot and the
         # reason text are made only for a transition
-        if self._quick_provider_state(tracked, now) != tracked.track.state:
+        if self._quick_provider_state(tracked, cutoff) != tracked.track.state:
             state, reason, stats = self._provider_state(tracked, now)
             previous, tracked.track.state = tracked.track.state, state
             self._emit(
@@ -279,7 +285,7 @@ class HealthView:
             )
         models = tracked.models.items() if only_model is None else [(only_model, tracked.models[only_model])]
         for model, track in models:
-            track.window.evict(now)
+            track.window.evict_before(cutoff)
             state, _ = decide(track.window, track.consecutive_failures, self.config, previous=track.state)
             if state == track.state:
                 continue

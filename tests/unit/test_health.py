@@ -263,6 +263,19 @@ def test_degraded_state_recovers_as_failures_leave_the_window(clock: ManualClock
     ]
 
 
+@pytest.mark.parametrize(("after", "recovered"), [(0, False), (1, True)])
+def test_apply_judges_at_the_exact_edge_of_the_window(clock: ManualClock, after: int, recovered: bool) -> None:
+    """The transitions ``apply`` emits use the same inclusive boundary as the stats: a failure
+    exactly 60 s old still counts (1 of 6, 17%, keeps a degraded provider and model degraded
+    while recovering), one microsecond later it is gone (0 of 5: healthy)."""
+    view, seen = make_view(clock)
+    feed(view, clock, "upstream_error", *["success"] * 4)  # the failure at T0+1: degraded
+    clock.now = T0 + timedelta(seconds=61, microseconds=after)
+    assert view.apply(ev("success", at=clock.now))
+    back = [(t.model, t.current) for t in seen if t.previous == "degraded"]
+    assert back == ([(None, "healthy"), ("gpt-4", "healthy")] if recovered else [])
+
+
 def test_down_by_failure_rate(clock: ManualClock) -> None:
     view, seen = make_view(clock)
     feed(view, clock, *["upstream_error", "success"] * 4, "upstream_error")
