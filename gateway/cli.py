@@ -134,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--simulate", action="store_true", help="serve every provider from built-in simulators (no API keys)"
     )
+    serve.add_argument(
+        "--no-project",
+        dest="project",
+        action="store_false",
+        default=None,
+        help="no projector in this process: run `llm-gateway consume` on the same data dir for the cost store",
+    )
 
     simulate = sub.add_parser("simulate", help="run the five provider simulators and print the env vars to use them")
     simulate.add_argument("--host", default="127.0.0.1")
@@ -163,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "host": getattr(args, "host", None),
             "port": getattr(args, "port", None),
             "config_file": getattr(args, "config", None),
+            "project": getattr(args, "project", None),
         }.items()
         if v is not None
     }

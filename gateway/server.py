@@ -17,6 +17,11 @@ from gateway.settings import Settings
 
 
 def server_installers(settings: Settings, *, project: bool | None = None) -> list[Installer]:
+    """What ``serve`` adds to the gateway app: the in-process projector (with the analytics and
+    replay endpoints over its DuckDB) unless ``project`` (else ``settings.project``) says no;
+    by default only on the embedded log."""
+    if project is None:
+        project = settings.project
     if project is None:
         project = not settings.kafka_bootstrap_servers
     if not project:

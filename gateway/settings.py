@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     )
     database_url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_URL", "database_url"))
     instance_id: str | None = None
+    #: ``serve`` projects the log into the stores in its own process: None (default) does on the
+    #: embedded log and does not on Kafka (``consume`` processes do). False on the embedded log
+    #: leaves it to ``llm-gateway consume`` run next to the gateway on the same data dir: the
+    #: gateway process then holds no DuckDB (``LLM_GATEWAY_PROJECT``, ``serve --no-project``)
+    project: bool | None = None
 
     # --- analytics store (DuckDB, written by the projector of serve / consume) -----------------
     #: DuckDB's buffer memory in this process: bigger queries spill to disk instead of growing

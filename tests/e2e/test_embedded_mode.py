@@ -17,9 +17,11 @@ from typing import Any
 import aiohttp
 import openai
 
+from consumers.consume_command import build_consumer_app
+from gateway.cli import build_parser
 from gateway.server import server_installers
 from gateway.settings import ApiKey, Settings
-from tests.support.gateway import RunningGateway, running_gateway
+from tests.support.gateway import RunningGateway, running_gateway, start_app
 
 KEYS = [
     ApiKey(key="sk-a", tenant="tenant_a"),
@@ -72,6 +74,43 @@ async def test_first_call_is_in_the_cost_store_within_a_second(tmp_path: Path) -
     [row] = body["usage"]
     assert row["provider"] == "openai" and Decimal(row["costUsd"]) == cost
     assert (tmp_path / "events.sqlite3").exists() and (tmp_path / "analytics.duckdb").exists()
+
+
+async def test_serve_without_its_projector_leaves_the_cost_store_to_a_consume_process(tmp_path: Path) -> None:
+    """``serve --no-project`` on the embedded log: the gateway process opens no DuckDB and serves
+    no cost API; ``llm-gateway consume`` on the same data dir projects every call it made."""
+    assert build_parser().parse_args(["serve", "--no-project"]).project is False
+    assert build_parser().parse_args(["serve"]).project is None
+    settings = Settings(data_dir=tmp_path, project=False, _env_file=None)  # type: ignore[call-arg]
+    assert server_installers(settings) == []
+    async with running_gateway(
+        providers=("openai", "anthropic"),
+        event_log="settings",
+        settings={"data_dir": tmp_path},
+        installers=server_installers(settings),
+    ) as gw:
+        async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="x", max_retries=0) as client:
+            for _ in range(3):
+                await client.chat.completions.create(
+                    model="gpt-4", messages=[{"role": "user", "content": "hi"}], extra_body={"tenantId": "t1"}
+                )
+        status, _ = await get_costs(gw, {"tenantId": "t1"})
+        assert status == 404
+        assert not (tmp_path / "analytics.duckdb").exists()
+        consumer = build_consumer_app(Settings(data_dir=tmp_path, _env_file=None), "llm-usage-projector", 5000)  # type: ignore[call-arg]
+        runner, url = await start_app(consumer)
+        try:
+            async with aiohttp.ClientSession() as s:
+                for _ in range(250):
+                    async with s.get(f"{url}/v1/costs", params={"tenantId": "t1"}) as r:
+                        body = await r.json()
+                    if r.status == 200 and body["usageCount"] >= 3:
+                        break
+                    await asyncio.sleep(0.02)
+        finally:
+            await runner.cleanup()
+    assert body["usageCount"] == 3 and Decimal(body["totalCost"]) > 0
+    assert (tmp_path / "analytics.duckdb").exists()
 
 
 async def test_fallback_attempts_are_events_but_only_the_served_call_costs(tmp_path: Path) -> None:
