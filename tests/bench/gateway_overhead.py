@@ -4,7 +4,8 @@ Targets, each a separate process, all behind one fast upstream (``tests/bench/up
 ``direct`` (the upstream itself), ``minimal`` (an aiohttp pass-through, the floor for
 Python), ``gateway`` (``llm-gateway serve``, usage events on the embedded log),
 ``gateway-kafka`` (the same on Kafka) and ``litellm`` (the LiteLLM proxy); optional
-``gateway-noproj`` (embedded log, projector not in the process: attribution only) and
+``gateway-noproj`` (``serve --no-project``: the embedded log, projection left to a
+``consume`` process that does not run here, as for ``gateway-kafka``) and
 ``gateway-alt`` (``--alt-src``: the gateway served from another source tree, e.g. a patched
 copy, for a before/after in one run) and ``shaped`` (``tests/bench/shaped_proxy.py``: the
 minimal proxy doing its plumbing the gateway's way, without the gateway's work: attribution).

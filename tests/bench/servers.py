@@ -5,7 +5,8 @@
 - ``gateway``: ``llm-gateway serve`` (``python -m gateway serve``) with usage events on: the
   embedded log in a temporary data dir (and, as ``serve`` does there, the projector into DuckDB
   in the same process), or Kafka (``KAFKA_BOOTSTRAP_SERVERS``) with its spool
-- ``gateway-noproj``: the embedded gateway without the in-process projector (attribution only)
+- ``gateway-noproj``: ``llm-gateway serve --no-project``: the embedded log, no projector in the
+  process (a ``consume`` process would project it; none runs here, as for ``gateway-kafka``)
 - ``litellm``: the LiteLLM proxy from its own venv, same upstream, no database
 
 ``--install`` (``install_tools``) puts ``wrk`` in with apt and LiteLLM into
@@ -102,12 +103,12 @@ def start_gateway(
     project: bool = True,
     src: Path | None = None,
 ) -> Child:
-    """``llm-gateway serve``; ``project=False``: the bench launcher without the in-process
-    projector; ``src``: serve the packages of another source tree (a patched copy)."""
+    """``llm-gateway serve``; ``project=False``: ``serve --no-project``; ``src``: serve the
+    packages of another source tree (a patched copy)."""
     port = free_port()
     data_dir = log_dir / f"{name}-data"
     env = gateway_env(upstream, data_dir, port, kafka)
-    cmd = ["-m", "gateway", "serve"] if project else ["-m", "tests.bench.gateway_launcher"]
+    cmd = ["-m", "gateway", "serve"] if project else ["-m", "gateway", "serve", "--no-project"]
     return spawn(name, [sys.executable, *cmd], port, log_dir, env, cwd=src or REPO)
 
 
