@@ -48,6 +48,7 @@ def build_consumer_app(settings: Settings, group: str, batch_size: int) -> web.A
                 "deadLettered": stats.events_dead_lettered,
                 "lag": stats.lag,
                 "lastError": stats.last_error,
+                "sinkEvents": dict(stats.sink_events),
             },
             status=200,
         )

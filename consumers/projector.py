@@ -63,6 +63,9 @@ class ProjectorStats:
     #: records on the log not yet committed (None until first measured)
     lag: int | None = None
     lag_at: datetime | None = None
+    #: sink name -> events of the batches it finished applying (committed or not yet): which
+    #: sink is behind while a batch is in flight, or paused on a failing store
+    sink_events: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -283,17 +286,17 @@ class Projector:
         # the sinks apply the batch concurrently: DuckDB works in a thread, Postgres in its own
         # server, so their waits overlap; a sink that failed is retried alone with the batch
         pending = [sink for sink in self.sinks if sink.name not in batch.done]
-        outcomes = await asyncio.gather(
-            *(self._apply_isolating(sink, batch, batch.events) for sink in pending), return_exceptions=True
-        )
-        failures = []
-        for sink, outcome in zip(pending, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                failures.append(outcome)
-            else:
-                batch.done.add(sink.name)
+        outcomes = await asyncio.gather(*(self._apply_sink(sink, batch) for sink in pending), return_exceptions=True)
+        failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
         if failures:
             raise failures[0]
+
+    async def _apply_sink(self, sink: Sink, batch: _Batch) -> None:
+        """One sink's step of a batch, counted as done the moment it is (the others may still work)."""
+        await self._apply_isolating(sink, batch, batch.events)
+        batch.done.add(sink.name)
+        done = self.stats.sink_events
+        done[sink.name] = done.get(sink.name, 0) + len(batch.events)
 
     async def _apply_isolating(self, sink: Sink, batch: _Batch, events: list[UsageEvent]) -> None:
         """Apply ``events``; if the sink refuses some, bisect down to them and dead-letter them."""

@@ -472,15 +472,22 @@ async def test_consumer_killed_mid_batch_and_restarted_projects_everything_once(
     )
     pg = Postgres(database_url, names.prefix)
     await consumer.start()
-    # Each batch goes DuckDB -> health history -> Postgres -> commit. Hold a lock on the table
-    # that makes the consumer's next Postgres write wait: that batch is then in DuckDB, neither
-    # in Postgres nor committed. kill -9 it there, mid-batch.
+    # The sinks apply each batch concurrently, then the position is committed. Hold a lock on
+    # the table that makes the consumer's next Postgres write wait; once DuckDB has applied that
+    # batch (the consumer's /healthz counts events per sink), it is in DuckDB, neither in
+    # Postgres nor committed. kill -9 it there, mid-batch.
     await eventually(pg.count, lambda n: n >= 2 * batch, "two batches projected", 60, 0.01)
     locker = await asyncpg.connect(database_url)
     try:
         async with locker.transaction():
             await locker.execute('LOCK TABLE "LLMUsage" IN SHARE ROW EXCLUSIVE MODE')  # blocks INSERTs
             await eventually(pg.consumer_waiting_for_a_lock, bool, "the consumer's write waits for the lock", 30)
+            await eventually(
+                consumer.healthz,
+                lambda h: h["sinkEvents"].get("duckdb", 0) > h["eventsApplied"],
+                "DuckDB has a batch that is not committed",
+                30,
+            )
             await consumer.kill()
     finally:
         await locker.close()

@@ -162,6 +162,34 @@ async def test_applies_every_batch_to_every_sink_then_commits() -> None:
     assert stats.last_batch_at is not None
 
 
+class GatedSink(RecordingSink):
+    """Applies a batch only once ``gate`` is set (a store slow to answer)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.gate = asyncio.Event()
+
+    async def apply(self, events: Sequence[UsageEvent]) -> None:
+        await self.gate.wait()
+        await super().apply(events)
+
+
+async def test_each_sink_counts_its_events_as_it_finishes_a_batch_before_the_commit() -> None:
+    """``sink_events`` shows the sink ahead while another still works on the same batch (the
+    consumer's /healthz serves it): the batch is not committed until both are done."""
+    log = RestartableLog()
+    fast, slow = RecordingSink("fast"), GatedSink("slow")
+    await publish(log, 10)
+    projector = Projector(log, [fast, slow], MemoryDeadLetters(), batch_size=10)
+    running = asyncio.create_task(projector.run_until_idle())
+    await until(lambda: projector.stats.sink_events.get("fast") == 10)
+    assert projector.stats.sink_events == {"fast": 10}
+    assert (projector.stats.events_applied, log.commits) == (0, [])
+    slow.gate.set()
+    assert await running == 10
+    assert projector.stats.sink_events == {"fast": 10, "slow": 10} and log.commits == ["10"]
+
+
 async def test_sink_names_must_be_unique() -> None:
     with pytest.raises(ValueError, match="unique"):
         Projector(MemoryEventLog(), [RecordingSink("a"), RecordingSink("a")], MemoryDeadLetters())
