@@ -208,9 +208,17 @@ async def burst_upstream() -> AsyncIterator[str]:
         await server.wait_closed()
 
 
+def _openai_at(url: str) -> dict[str, ProviderSettings]:
+    providers = {name: ProviderSettings(enabled=False) for name in KNOWN_PROVIDERS}
+    providers["openai"] = ProviderSettings(api_key="sk-test", base_url=url)
+    return providers
+
+
 async def test_a_stream_read_in_one_piece_is_answered_in_one_write(
-    burst_upstream: str, monkeypatch: pytest.MonkeyPatch
+    burst_upstream: str, gateway_heads: list[bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """One handler write (``write_eof``), and one socket write with the head: aiohttp's
+    StreamResponse sends the head alone, one more packet and one more client read."""
     writes: list[bytes] = []
     write = web.StreamResponse.write
 
@@ -219,10 +227,8 @@ async def test_a_stream_read_in_one_piece_is_answered_in_one_write(
         await write(self, data)
 
     monkeypatch.setattr(web.StreamResponse, "write", counted)
-    providers = {name: ProviderSettings(enabled=False) for name in KNOWN_PROVIDERS}
-    providers["openai"] = ProviderSettings(api_key="sk-test", base_url=burst_upstream)
     async with (
-        running_gateway(providers=(), settings={"providers": providers}, clock=lambda: NOW) as gw,
+        running_gateway(providers=(), settings={"providers": _openai_at(burst_upstream)}, clock=lambda: NOW) as gw,
         aiohttp.ClientSession() as http,
         http.post(gw.url + "/v1/chat/completions", json=_chat(**USAGE)) as resp,
     ):
@@ -234,16 +240,13 @@ async def test_a_stream_read_in_one_piece_is_answered_in_one_write(
         golden.write_bytes(got.encode())
     assert got == golden.read_bytes().decode()
     assert writes == []  # content, usage chunk, cost comment and [DONE]: all in write_eof
+    [head] = gateway_heads
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\ntransfer-encoding: chunked\r\n" in head.lower()
+    assert head.endswith(body[-50:] + b"\r\n0\r\n\r\n")  # all of it: [DONE] and the last chunk
     [event] = gw.event_log.events
     assert (event.outcome, event.prompt_tokens, event.completion_tokens) == ("success", 5, 9)
     assert event.served_model == "gpt-4o-2024-08-06" and event.cost_usd is not None
     assert f": x-llm-cost-usd={format_usd(event.cost_usd)}\n\ndata: [DONE]\n\n" in got
-
-
-def _openai_at(url: str) -> dict[str, ProviderSettings]:
-    providers = {name: ProviderSettings(enabled=False) for name in KNOWN_PROVIDERS}
-    providers["openai"] = ProviderSettings(api_key="sk-test", base_url=url)
-    return providers
 
 
 @pytest.fixture
@@ -260,22 +263,6 @@ def gateway_heads(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
 
     monkeypatch.setattr(asyncio.selector_events._SelectorSocketTransport, "write", recorded)  # type: ignore[attr-defined]
     return heads
-
-
-async def test_a_stream_read_in_one_piece_goes_out_with_its_head_in_one_write(
-    burst_upstream: str, gateway_heads: list[bytes]
-) -> None:
-    """aiohttp's StreamResponse sends the head alone: one more packet, one more client read."""
-    async with (
-        running_gateway(providers=(), settings={"providers": _openai_at(burst_upstream)}, clock=lambda: NOW) as gw,
-        aiohttp.ClientSession() as http,
-        http.post(gw.url + "/v1/chat/completions", json=_chat(**USAGE)) as resp,
-    ):
-        body = await resp.read()
-    [head] = gateway_heads
-    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\ntransfer-encoding: chunked\r\n" in head.lower()
-    assert head.endswith(body[-50:] + b"\r\n0\r\n\r\n")  # all of it: [DONE] and the last chunk
-    assert body.count(b"data: ") == 12 and b'"content":"Hello"' in head
 
 
 async def test_the_head_of_a_stream_goes_out_with_its_first_read_not_later(gateway_heads: list[bytes]) -> None:
@@ -335,10 +322,9 @@ async def test_a_client_gone_mid_stream_is_recorded_as_cancelled_with_what_was_s
     upstream = web.Application()
     upstream.router.add_post("/v1/chat/completions", slow)
     runner, url = await start_app(upstream)
-    providers = {name: ProviderSettings(enabled=False) for name in KNOWN_PROVIDERS}
-    providers["openai"] = ProviderSettings(api_key="sk-test", base_url=url + "/v1")
     try:
-        async with running_gateway(providers=(), settings={"providers": providers}, clock=lambda: NOW) as gw:
+        settings = {"providers": _openai_at(url + "/v1")}
+        async with running_gateway(providers=(), settings=settings, clock=lambda: NOW) as gw:
             async with aiohttp.ClientSession() as http:
                 resp = await http.post(gw.url + "/v1/chat/completions", json=_chat())
                 first = await resp.content.readuntil(b"\n\n")
