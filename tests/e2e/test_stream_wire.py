@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -249,6 +249,25 @@ async def test_a_stream_read_in_one_piece_is_answered_in_one_write(
     assert f": x-llm-cost-usd={format_usd(event.cost_usd)}\n\ndata: [DONE]\n\n" in got
 
 
+def _paced_upstream(texts: list[str], pause: Callable[[], Awaitable[object]]) -> web.Application:
+    """An OpenAI upstream that streams one content event per text, awaiting ``pause()`` after
+    each, then ``[DONE]``."""
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        for text in texts:
+            chunk = {"model": "gpt-4o-2024-08-06", "choices": [{"index": 0, "delta": {"content": text}}]}
+            await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+            await pause()
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    return app
+
+
 @pytest.fixture
 def gateway_heads(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     """Every socket write of the process that carries the gateway's answer head (the upstream's
@@ -269,20 +288,7 @@ async def test_the_head_of_a_stream_goes_out_with_its_first_read_not_later(gatew
     """The upstream sends one event, then holds the rest back: the client has the head and that
     event while it waits, in one write."""
     rest = asyncio.Event()
-
-    async def thinking(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
-        await resp.prepare(request)
-        for text in ("early", "late"):
-            chunk = {"model": "gpt-4o-2024-08-06", "choices": [{"index": 0, "delta": {"content": text}}]}
-            await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
-            await rest.wait()
-        await resp.write(b"data: [DONE]\n\n")
-        return resp
-
-    upstream = web.Application()
-    upstream.router.add_post("/v1/chat/completions", thinking)
-    runner, url = await start_app(upstream)
+    runner, url = await start_app(_paced_upstream(["early", "late"], rest.wait))
     try:
         async with (
             running_gateway(providers=(), settings={"providers": _openai_at(url + "/v1")}, clock=lambda: NOW) as gw,
@@ -308,20 +314,7 @@ async def test_the_head_of_a_stream_goes_out_with_its_first_read_not_later(gatew
 async def test_a_client_gone_mid_stream_is_recorded_as_cancelled_with_what_was_seen() -> None:
     """The upstream sends a chunk every 50 ms; the client reads the first and hangs up: the next
     write fails and the attempt is recorded as cancelled (incomplete), served model included."""
-
-    async def slow(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
-        await resp.prepare(request)
-        for i in range(40):
-            chunk = {"model": "gpt-4o-2024-08-06", "choices": [{"index": 0, "delta": {"content": f"w{i} "}}]}
-            await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
-            await asyncio.sleep(0.05)
-        await resp.write(b"data: [DONE]\n\n")
-        return resp
-
-    upstream = web.Application()
-    upstream.router.add_post("/v1/chat/completions", slow)
-    runner, url = await start_app(upstream)
+    runner, url = await start_app(_paced_upstream([f"w{i} " for i in range(40)], lambda: asyncio.sleep(0.05)))
     try:
         settings = {"providers": _openai_at(url + "/v1")}
         async with running_gateway(providers=(), settings=settings, clock=lambda: NOW) as gw:
