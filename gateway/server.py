@@ -3,7 +3,8 @@
 With the embedded event log (no Kafka configured) the gateway runs the projector in the same
 process: events go from the SQLite log into DuckDB (and Postgres when ``DATABASE_URL`` is set)
 within a fraction of a second, and ``GET /v1/costs`` reads them. With Kafka, projection is the
-job of ``llm-gateway consume`` processes, unless ``project=True`` asks for it here too.
+job of ``llm-gateway consume`` processes. ``Settings.project`` (``LLM_GATEWAY_PROJECT``,
+``serve --no-project``) overrides either default.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ from gateway.app import Installer
 from gateway.settings import Settings
 
 
-def server_installers(settings: Settings, *, project: bool | None = None) -> list[Installer]:
+def server_installers(settings: Settings) -> list[Installer]:
     """What ``serve`` adds to the gateway app: the in-process projector (with the analytics and
-    replay endpoints over its DuckDB) unless ``project`` (else ``settings.project``) says no;
-    by default only on the embedded log."""
-    if project is None:
-        project = settings.project
+    replay endpoints over its DuckDB) when ``settings.project`` says so; by default (None) only
+    on the embedded log."""
+    project = settings.project
     if project is None:
         project = not settings.kafka_bootstrap_servers
     if not project:

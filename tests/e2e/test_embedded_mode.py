@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import openai
+import pytest
 
 from consumers.consume_command import build_consumer_app
 from gateway.cli import build_parser
@@ -74,6 +75,20 @@ async def test_first_call_is_in_the_cost_store_within_a_second(tmp_path: Path) -
     [row] = body["usage"]
     assert row["provider"] == "openai" and Decimal(row["costUsd"]) == cost
     assert (tmp_path / "events.sqlite3").exists() and (tmp_path / "analytics.duckdb").exists()
+
+
+def test_where_serve_projects(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In ``serve`` on the embedded log, in ``consume`` processes with Kafka; ``project`` (the
+    ``LLM_GATEWAY_PROJECT`` variable) overrides either."""
+
+    def projects(**values: Any) -> bool:
+        return len(server_installers(Settings(data_dir=tmp_path, _env_file=None, **values))) == 1  # type: ignore[call-arg]
+
+    kafka = {"kafka_bootstrap_servers": "127.0.0.1:9092"}
+    assert projects() and not projects(**kafka)
+    assert not projects(project=False) and projects(project=True, **kafka)
+    monkeypatch.setenv("LLM_GATEWAY_PROJECT", "false")
+    assert Settings(_env_file=None).project is False and not projects()  # type: ignore[call-arg]
 
 
 async def test_serve_without_its_projector_leaves_the_cost_store_to_a_consume_process(tmp_path: Path) -> None:

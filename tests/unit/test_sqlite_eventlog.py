@@ -396,8 +396,8 @@ def test_an_embedded_gateway_does_not_load_the_kafka_client(tmp_path: Path) -> N
         "from gateway.app import create_app\n"
         "from gateway.server import server_installers\n"
         "from gateway.settings import Settings\n"
-        f"s = Settings(data_dir={str(tmp_path)!r})\n"
-        "create_app(s, installers=server_installers(s, project=True))\n"
+        f"s = Settings(data_dir={str(tmp_path)!r}, project=True)\n"
+        "create_app(s, installers=server_installers(s))\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'aiokafka'))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
