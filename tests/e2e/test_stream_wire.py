@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -271,16 +271,22 @@ def _paced_upstream(texts: list[str], pause: Callable[[], Awaitable[object]]) ->
 @pytest.fixture
 def gateway_heads(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     """Every socket write of the process that carries the gateway's answer head (the upstream's
-    have no ``x-request-id``), as written: what the client gets in one packet."""
+    have no ``x-request-id``), as written: what the client gets in one packet. A ``writelines``
+    call is one write (aiohttp uses it for larger payloads on Python 3.12+, one ``sendmsg``)."""
     heads: list[bytes] = []
-    write = asyncio.selector_events._SelectorSocketTransport.write  # type: ignore[attr-defined]
+    transport = asyncio.selector_events._SelectorSocketTransport  # type: ignore[attr-defined]
+    write = transport.write
 
     def recorded(self: asyncio.Transport, data: bytes) -> None:
         if b"\r\nx-request-id: " in data:
             heads.append(bytes(data))
         write(self, data)
 
-    monkeypatch.setattr(asyncio.selector_events._SelectorSocketTransport, "write", recorded)  # type: ignore[attr-defined]
+    def recorded_lines(self: asyncio.Transport, chunks: Iterable[bytes]) -> None:
+        recorded(self, b"".join(chunks))
+
+    monkeypatch.setattr(transport, "write", recorded)
+    monkeypatch.setattr(transport, "writelines", recorded_lines)
     return heads
 
 
