@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from consumers.sinks.base import DeadLetters, Sink, SinkError
+from consumers.sinks.base import DeadLetters, DistinctEvents, Sink, SinkError, latest_by_id
 from gateway.eventlog.base import LogReader, LogRecord
 from gateway.events import UsageEvent
 from gateway.ids import Clock, utcnow
@@ -79,6 +79,15 @@ class _Batch:
     done: set[str] = field(default_factory=set)
     #: events refused by some sink (already dead-lettered)
     rejected: set[str] = field(default_factory=set)
+    #: ``events``, one per id (the last copy wins), made once for all the sinks
+    _distinct: DistinctEvents | None = None
+
+    def distinct(self) -> DistinctEvents:
+        """The batch as the sinks take it: one event per id, so no sink checks again (a dict of
+        the batch in each sink was 4.6% of the projector's event-loop thread, py-spy)."""
+        if self._distinct is None:
+            self._distinct = DistinctEvents(latest_by_id(self.events))
+        return self._distinct
 
 
 class Projector:
@@ -293,7 +302,7 @@ class Projector:
 
     async def _apply_sink(self, sink: Sink, batch: _Batch) -> None:
         """One sink's step of a batch, counted as done the moment it is (the others may still work)."""
-        await self._apply_isolating(sink, batch, batch.events)
+        await self._apply_isolating(sink, batch, batch.distinct())
         batch.done.add(sink.name)
         done = self.stats.sink_events
         done[sink.name] = done.get(sink.name, 0) + len(batch.events)

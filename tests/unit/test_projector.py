@@ -14,7 +14,7 @@ import pytest
 from analytics.store import AnalyticsStore
 from consumers.deadletter import DuckDBDeadLetters, LogDeadLetters, MemoryDeadLetters
 from consumers.projector import Projector
-from consumers.sinks.base import RejectedEvents, SinkError
+from consumers.sinks.base import RejectedEvents, SinkError, latest_by_id
 from consumers.sinks.duckdb import DuckDBSink
 from gateway.eventlog.base import LogRecord
 from gateway.eventlog.memory import MemoryEventLog
@@ -160,6 +160,37 @@ async def test_applies_every_batch_to_every_sink_then_commits() -> None:
     assert (stats.events_applied, stats.batches_committed, stats.lag, stats.paused) == (25, 3, 0, False)
     assert stats.last_batch_size == 5
     assert stats.last_batch_at is not None
+
+
+class BatchKeepingSink(RecordingSink):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.batches: list[Sequence[UsageEvent]] = []
+
+    async def apply(self, events: Sequence[UsageEvent]) -> None:
+        self.batches.append(events)
+        await super().apply(events)
+
+
+async def test_the_sinks_get_one_event_per_id_the_last_copy_deduplicated_once_for_all() -> None:
+    log = RestartableLog()
+    first, second = make_event(0), make_event(1)
+    repriced = first.model_copy(update={"cost_usd": Decimal("0.0000031"), "price_version": "v2"})
+    for event in (first, second, first, repriced):  # a producer retry, then a re-priced copy
+        log.publish(event)
+    a, b = BatchKeepingSink("a"), BatchKeepingSink("b")
+    projector = Projector(log, [a, b], MemoryDeadLetters(), batch_size=10)
+
+    assert await projector.run_until_idle() == 4  # records applied, as before
+
+    [got] = a.batches
+    assert [(e.event_id, e.cost_usd) for e in got] == [
+        (first.event_id, Decimal("0.0000031")),  # the last copy, in the place of the first
+        (second.event_id, Decimal("0.0000025")),
+    ]
+    assert b.batches == [got] and b.batches[0] is got  # made once, for every sink
+    assert latest_by_id(got) is got  # no sink checks it again
+    assert projector.stats.sink_events == {"a": 4, "b": 4}
 
 
 class GatedSink(RecordingSink):
