@@ -145,6 +145,8 @@ async def make_sinks(kind: str, settings: Settings, store: AnalyticsStore) -> li
     url = await pg_schema(settings.database_url)
     if kind == "postgres":
         return [PostgresSink(url)]
+    if kind == "stores":  # the issue's two stores, without the health history the product adds
+        return [DuckDBSink(store), PostgresSink(url)]
     return build_sinks(settings.model_copy(update={"database_url": url}), store)  # "all": the product's
 
 
@@ -239,7 +241,7 @@ async def replay(settings: Settings) -> tuple[float, str] | None:
 async def bench_log(log: str, settings: Settings, args: argparse.Namespace, work: Path) -> list[Drain]:
     """The product's sinks over all N events; the baselines over the first ``--baseline-events``."""
     few = min(args.baseline_events or args.events, args.events)
-    kinds = ["null", "duckdb", *(["postgres", "all"] if settings.database_url else [])]
+    kinds = ["null", "duckdb", *(["postgres", "stores", "all"] if settings.database_url else [])]
     return [await drain(log, kind, settings, args.events if kind == "all" else few, work) for kind in kinds]
 
 
@@ -269,6 +271,7 @@ LABELS = {
     "null": "none (read + decode + commit)",
     "duckdb": "DuckDB facts + health history",
     "postgres": "Postgres LLMUsage",
+    "stores": "DuckDB facts + Postgres (no health history)",
     "all": "all (product: DuckDB + health + Postgres)",
 }
 
