@@ -54,7 +54,7 @@ async def costs(request: web.Request) -> web.Response:
     limit_text = query.get("limit")
     limit = MAX_ROWS
     if limit_text is not None:
-        if not limit_text.isdigit() or not 0 <= int(limit_text) <= MAX_ROWS:
+        if not (limit_text.isascii() and limit_text.isdigit()) or not 0 <= int(limit_text) <= MAX_ROWS:
             raise InvalidRequest(f"'limit' must be an integer from 0 to {MAX_ROWS}", param="limit")
         limit = int(limit_text)
     result = await request.app[COSTS].get_costs_for_tenant(tenant, start, end, limit=limit)

@@ -112,7 +112,7 @@ class SqliteReplaySource:
         after = 0
         if start.from_position is not None:
             text = start.from_position.strip()
-            if not text.isdigit() or int(text) < 1:
+            if not _digits(text) or int(text) < 1:
                 raise ReplayRangeError(f"the embedded log's positions are record numbers >= 1, got {text!r}")
             after = int(text) - 1
         self._min_ts = None if start.since is None else _epoch_ms(start.since)
@@ -359,12 +359,17 @@ async def _partitions(admin: Any, topic: str) -> set[int]:
     return {int(p["partition"]) for p in described["partitions"]}
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only (``str.isdigit`` also takes ``²``, which ``int`` refuses)."""
+    return text.isascii() and text.isdigit()
+
+
 def _kafka_positions(text: str) -> dict[int, int]:
     """``"0:120,2:98"`` -> {0: 120, 2: 98}."""
     positions: dict[int, int] = {}
     for part in text.split(","):
         partition, sep, offset = part.strip().partition(":")
-        if not sep or not partition.isdigit() or not offset.isdigit():
+        if not sep or not _digits(partition) or not _digits(offset):
             raise ReplayRangeError(f"Kafka positions are partition:offset pairs (e.g. '0:120,2:98'), got {text!r}")
         if int(partition) in positions:
             raise ReplayRangeError(f"partition {partition} is named twice in {text!r}")

@@ -14,6 +14,7 @@ from gateway.events import Outcome, UsageEvent
 from gateway.ids import Clock, uuid7_str
 from gateway.pricing.base import PriceBook, Quote, format_usd
 from gateway.pricing.reprice import quote_models
+from gateway.safe_text import log_value
 from gateway.types import Usage
 
 cost_log = logging.getLogger("gateway.cost")
@@ -159,4 +160,6 @@ class UsageRecorder:
     def log_cost(tenant: str, provider: str, model: str, cost: Decimal | None) -> None:
         """The one cost line per call: ``Cost | tenant=t provider=p model=m cost=$0.000150``."""
         amount = f"${format_usd(cost)}" if cost is not None else "unpriced"
-        cost_log.info("Cost | tenant=%s provider=%s model=%s cost=%s", tenant, provider, model, amount)
+        cost_log.info(
+            "Cost | tenant=%s provider=%s model=%s cost=%s", log_value(tenant), provider, log_value(model), amount
+        )

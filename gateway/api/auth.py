@@ -19,17 +19,28 @@ class Principal:
     key_id: str | None  # a short digest of the key, never the key itself
 
 
+def _key_bytes(key: str) -> bytes:
+    """The key's bytes as the client sent them: a header that is not UTF-8 reaches us with its
+    bytes escaped as surrogates (aiohttp), and simply matches no key."""
+    return key.encode("utf-8", "surrogateescape")
+
+
 def key_id(key: str) -> str:
-    return "key_" + hashlib.sha256(key.encode()).hexdigest()[:12]
+    return "key_" + hashlib.sha256(_key_bytes(key)).hexdigest()[:12]
 
 
 def _presented_key(request: web.Request) -> str | None:
+    key = request.headers.get("x-api-key") or request.headers.get("api-key")
     header = request.headers.get("authorization")
     if header:
         scheme, _, token = header.partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
-    return request.headers.get("x-api-key") or request.headers.get("api-key")
+        if not key:
+            raise AuthenticationFailed(
+                "Malformed Authorization header: send 'Authorization: Bearer <key>'", param="authorization"
+            )
+    return key
 
 
 class Authenticator:
@@ -37,7 +48,7 @@ class Authenticator:
     default tenant and may name any tenant in the body."""
 
     def __init__(self, keys: list[ApiKey], default_tenant: str) -> None:
-        self._by_digest = {hashlib.sha256(k.key.encode()).digest(): k for k in keys}
+        self._by_digest = {hashlib.sha256(_key_bytes(k.key)).digest(): k for k in keys}
         self.open = not keys
         self.default_tenant = default_tenant
 
@@ -47,9 +58,9 @@ class Authenticator:
         presented = _presented_key(request)
         if not presented:
             raise AuthenticationFailed("Missing API key: send 'Authorization: Bearer <key>'", code="missing_api_key")
-        digest = hashlib.sha256(presented.encode()).digest()
+        digest = hashlib.sha256(_key_bytes(presented)).digest()
         match = self._by_digest.get(digest)
-        if match is None or not hmac.compare_digest(hashlib.sha256(match.key.encode()).digest(), digest):
+        if match is None or not hmac.compare_digest(hashlib.sha256(_key_bytes(match.key)).digest(), digest):
             raise AuthenticationFailed("Incorrect API key provided")
         return Principal(match.tenant, match.admin, key_id(presented))
 

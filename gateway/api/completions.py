@@ -15,6 +15,7 @@ from gateway.api.state import STATE, GatewayState
 from gateway.api.validation import ParsedRequest, parse_chat, parse_completion
 from gateway.pricing.base import format_usd
 from gateway.routing.router import StreamSession
+from gateway.safe_text import header_value
 from gateway.usage import ZERO, CallContext, UsageRecorder
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ async def _answer(
         headers={
             "x-request-id": ctx.request_id,
             "x-llm-provider": served.provider,
-            "x-llm-model": result.model,
+            "x-llm-model": header_value(result.model),
             "x-llm-attempts": str(served.attempts),
             "x-llm-cost-usd": format_usd(served.cost) if served.cost is not None else "unpriced",
         },
@@ -138,7 +139,7 @@ async def _stream(
             "cache-control": "no-cache",
             "x-request-id": ctx.request_id,
             "x-llm-provider": session.provider,
-            "x-llm-model": session.provider_model,
+            "x-llm-model": header_value(session.provider_model),
             "x-llm-attempts": str(session.attempts),
         }
     )

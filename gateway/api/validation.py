@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -12,9 +13,20 @@ from gateway.types import ChatRequest, Message, Role
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 MAX_STOP = 4
 MAX_TENANT_LEN = 128
-#: fields we accept but cannot honour: refused clearly rather than silently dropped
-UNSUPPORTED_CHAT = ("tools", "tool_choice", "functions", "function_call", "logprobs", "response_format", "audio")
-UNSUPPORTED_COMPLETION = ("suffix", "echo", "logprobs", "best_of", "logit_bias")
+#: a model name goes into the usage event, the cost log line and the ``x-llm-model`` header
+MAX_MODEL_LEN = 256
+#: fields we know but cannot honour: refused clearly rather than silently dropped (a value equal
+#: to the field's default is accepted: it asks for nothing)
+UNSUPPORTED_CHAT = (
+    "tools", "tool_choice", "functions", "function_call", "logprobs", "top_logprobs", "response_format", "audio",
+    "modalities", "seed", "presence_penalty", "frequency_penalty", "logit_bias", "reasoning_effort", "prediction",
+    "web_search_options",
+)  # fmt: skip
+UNSUPPORTED_COMPLETION = (
+    "suffix", "echo", "logprobs", "best_of", "logit_bias", "seed", "presence_penalty", "frequency_penalty",
+)  # fmt: skip
+#: defaults other than null/false/0/[]/{} of the fields above
+_DEFAULTS: dict[str, object] = {"best_of": 1}
 
 
 @dataclass(slots=True)
@@ -39,7 +51,19 @@ def _expect_object(body: Any) -> dict[str, Any]:
     return body
 
 
-def _string(body: dict[str, Any], name: str, *, required: bool = False, max_len: int | None = None) -> str | None:
+#: control characters (C0, DEL, C1) and the Unicode line and paragraph separators
+_BREAKING = frozenset({"Cc", "Zl", "Zp"})
+
+
+def _has_control(value: str) -> bool:
+    """A character that is in no model name or tenant id, and with which a client could break
+    a log line (forge a cost line) or a response header."""
+    return not value.isprintable() and any(unicodedata.category(c) in _BREAKING for c in value)
+
+
+def _string(
+    body: dict[str, Any], name: str, *, required: bool = False, max_len: int | None = None, printable: bool = False
+) -> str | None:
     value = body.get(name)
     if value is None:
         if required:
@@ -51,6 +75,12 @@ def _string(body: dict[str, Any], name: str, *, required: bool = False, max_len:
         raise InvalidRequest(f"'{name}' must not be empty", param=name, code="invalid_value")
     if max_len is not None and len(value) > max_len:
         raise InvalidRequest(f"'{name}' is longer than {max_len} characters", param=name, code="invalid_value")
+    if printable and _has_control(value):
+        raise InvalidRequest(
+            f"'{name}' must not contain control characters (line breaks, tabs, NUL, ...)",
+            param=name,
+            code="invalid_value",
+        )
     return value
 
 
@@ -71,7 +101,9 @@ def _integer(body: dict[str, Any], name: str, low: int = 1, high: int = 10_000_0
     value = body.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, float) and value.is_integer() and not low <= value <= high:
+        value = int(value)  # an integer too large for the JSON decoder's 64 bits: out of range, below
+    elif isinstance(value, bool) or not isinstance(value, int):
         raise InvalidRequest(f"'{name}' must be an integer, got {_type_name(value)}", param=name, code="invalid_type")
     if not low <= value <= high:
         raise InvalidRequest(
@@ -108,10 +140,15 @@ def _n(body: dict[str, Any]) -> None:
         raise InvalidRequest("Only n=1 is supported by this gateway", param="n", code="unsupported_value")
 
 
+def _is_default(name: str, value: Any) -> bool:
+    if value is None or value is False or value == [] or value == {}:
+        return True
+    return not isinstance(value, bool) and value == _DEFAULTS.get(name, 0)
+
+
 def _unsupported(body: dict[str, Any], names: tuple[str, ...]) -> None:
     for name in names:
-        value = body.get(name)
-        if value is not None and value is not False and value != [] and value != {} and value != 0:
+        if not _is_default(name, body.get(name)):
             raise InvalidRequest(f"'{name}' is not supported by this gateway", param=name, code="unsupported_parameter")
 
 
@@ -127,6 +164,12 @@ def _content(message: dict[str, Any], index: int) -> str:
     if isinstance(content, list):
         texts = []
         for j, part in enumerate(content):
+            if isinstance(part, dict) and part.get("type") is None:
+                raise InvalidRequest(
+                    f"Missing required parameter: '{param}[{j}].type'",
+                    param=f"{param}[{j}].type",
+                    code="missing_required_parameter",
+                )
             if not isinstance(part, dict) or part.get("type") != "text":
                 kind = part.get("type") if isinstance(part, dict) else _type_name(part)
                 raise InvalidRequest(
@@ -159,6 +202,12 @@ def _messages(body: dict[str, Any]) -> list[Message]:
         if not isinstance(item, dict):
             raise InvalidRequest(f"messages[{i}] must be an object", param=f"messages[{i}]", code="invalid_type")
         role = item.get("role")
+        if role is None:
+            raise InvalidRequest(
+                f"Missing required parameter: 'messages[{i}].role'",
+                param=f"messages[{i}].role",
+                code="missing_required_parameter",
+            )
         if not isinstance(role, str) or role not in ROLES:
             raise InvalidRequest(
                 f"messages[{i}].role must be one of {', '.join(sorted(ROLES))}, got {role!r}",
@@ -169,12 +218,18 @@ def _messages(body: dict[str, Any]) -> list[Message]:
     return messages
 
 
-def _include_usage(body: dict[str, Any]) -> bool:
+def _include_usage(body: dict[str, Any], stream: bool) -> bool:
     options = body.get("stream_options")
     if options is None:
         return False
     if not isinstance(options, dict):
         raise InvalidRequest("'stream_options' must be an object", param="stream_options", code="invalid_type")
+    if not stream:  # as OpenAI answers it
+        raise InvalidRequest(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled",
+            param="stream_options",
+            code="invalid_value",
+        )
     value = options.get("include_usage")
     if value is not None and not isinstance(value, bool):
         raise InvalidRequest("'stream_options.include_usage' must be a boolean", param="stream_options.include_usage")
@@ -182,9 +237,9 @@ def _include_usage(body: dict[str, Any]) -> bool:
 
 
 def _common(body: dict[str, Any]) -> tuple[str, str | None, str | None]:
-    model = _string(body, "model", required=True)
+    model = _string(body, "model", required=True, max_len=MAX_MODEL_LEN, printable=True)
     provider = _string(body, "provider")
-    tenant = _string(body, "tenantId", max_len=MAX_TENANT_LEN)
+    tenant = _string(body, "tenantId", max_len=MAX_TENANT_LEN, printable=True)
     if tenant is not None and not tenant.strip():
         raise InvalidRequest("'tenantId' must not be empty", param="tenantId", code="invalid_value")
     _n(body)
@@ -210,7 +265,7 @@ def parse_chat(raw: Any) -> ParsedRequest:
         user=_string(body, "user"),
         stream=_boolean(body, "stream"),
     )
-    return ParsedRequest(template, "chat.completions", model, provider, tenant, _include_usage(body))
+    return ParsedRequest(template, "chat.completions", model, provider, tenant, _include_usage(body, template.stream))
 
 
 def _prompt(body: dict[str, Any]) -> str:
@@ -247,4 +302,4 @@ def parse_completion(raw: Any, *, legacy_model: bool) -> ParsedRequest:
         stream=_boolean(body, "stream"),
         prompt=prompt if legacy_model else None,
     )
-    return ParsedRequest(template, "completions", model, provider, tenant, _include_usage(body))
+    return ParsedRequest(template, "completions", model, provider, tenant, _include_usage(body, template.stream))

@@ -105,6 +105,6 @@ def genai_cost(provider: str, model: str, usage: Usage, at: datetime) -> Decimal
         return None
     except ValueError as e:
         # a price structure our usage cannot fill: record unpriced (replay can cost it later)
-        log.warning("genai-prices cannot price %s/%s: %s", provider, model, e)
+        log.warning("genai-prices cannot price %r/%r: %s", provider, model, e)
         return None
     return result.total_price

@@ -166,6 +166,9 @@ async def test_time_window_and_tenant_isolation(tmp_path: Path) -> None:
         assert status == 200 and future["usageCount"] == 0 and future["totalCost"] == "0"
         status, bad = await get_costs(gw, {"tenantId": "tenant_a", "start": "yesterday"}, key="sk-a")
         assert status == 400 and bad["error"]["param"] == "start"
+        for limit in ("\u00b2", "\u0661", "-1", "1e3", "10001"):  # not ASCII digits, and out of range
+            status, bad = await get_costs(gw, {"tenantId": "tenant_a", "limit": limit}, key="sk-a")
+            assert status == 400 and bad["error"]["param"] == "limit", limit
 
 
 async def test_costs_cli_asks_the_running_gateway(tmp_path: Path) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from decimal import Decimal
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -105,6 +108,50 @@ async def test_keys_map_to_tenants_and_guard_tenant_id() -> None:
         )
         assert status == 200
         assert gw.event_log.events[-1].tenant_id == "tenant_b"
+
+
+async def raw_status(url: str, head: bytes, body: bytes) -> tuple[int, dict]:
+    """POST with header bytes no HTTP client library would send (not UTF-8)."""
+    parts = urlsplit(url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    writer.write(
+        b"POST " + parts.path.encode() + b" HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        + head + b"\r\ncontent-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body
+    )  # fmt: skip
+    answer = await reader.read()
+    writer.close()
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2])
+
+
+async def test_a_key_that_is_not_utf8_or_a_malformed_authorization_header_is_a_401() -> None:
+    async with running_gateway(providers=("openai",), settings={"api_keys": KEYS}) as gw:
+        url = f"{gw.base_url}/chat/completions"
+        for head in (b"authorization: Bearer sk-\xff", b"x-api-key: \xe9t\xe9"):
+            status, body = await raw_status(url, head, json.dumps(CHAT).encode())
+            assert status == 401 and assert_openai_error(body)["code"] == "invalid_api_key", head
+        for header in ("Basic c2stdGVuYW50LWE6", "sk-tenant-a", "Bearer "):
+            status, body, _ = await post(url, json.dumps(CHAT), {"authorization": header})
+            error = assert_openai_error(body)
+            assert status == 401 and error["code"] == "invalid_api_key" and "Bearer <key>" in error["message"]
+        # another header with the key still works next to an Authorization header of another scheme
+        status, _, _ = await post(url, json.dumps(CHAT), {"authorization": "Basic x", "x-api-key": "sk-tenant-a"})
+        assert status == 200
+        assert gw.event_log.events[-1].tenant_id == "tenant_a"
+
+
+async def test_an_upstream_model_name_cannot_break_a_header_or_the_cost_line(
+    gw: RunningGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    gw.sims["openai"].served_model = "gpt-4\r\nx-injected: 1"
+    caplog.set_level(logging.INFO, logger="gateway.cost")
+    url = f"{gw.base_url}/chat/completions"
+    status, _, headers = await post(url, json.dumps({**CHAT, "tenantId": "acme corp"}))
+    assert status == 200
+    assert headers["x-llm-model"] == "gpt-4??x-injected: 1" and "x-injected" not in headers
+    [line] = [r.getMessage() for r in caplog.records if r.name == "gateway.cost"]
+    assert line.startswith('Cost | tenant="acme corp" provider=openai model="gpt-4\\r\\nx-injected: 1" cost=')
+    assert gw.event_log.events[-1].tenant_id == "acme corp"  # the stores keep the values as they are
 
 
 async def test_open_gateway_takes_tenant_from_body_or_default(gw: RunningGateway) -> None:

@@ -169,6 +169,9 @@ async def test_stream_falls_back_before_first_byte(gw: RunningGateway) -> None:
     assert text == gw.sims["azure"].reply
 
 
+ONE = {"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}
+
+
 @pytest.mark.parametrize(
     ("body", "status", "fragment"),
     [
@@ -181,6 +184,21 @@ async def test_stream_falls_back_before_first_byte(gw: RunningGateway) -> None:
         ({"model": "gpt-4", "messages": [{"role": "user", "content": "x"}], "n": 2}, 400, "n=1"),
         ({"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}, 404, "no-such-model"),
         ({"model": "gpt-4", "messages": [{"role": "user", "content": "x"}], "provider": "bedrock"}, 400, "provider"),
+        # a line break or NUL in the model or tenant would reach a response header and the cost line
+        ({"model": "gpt-4\nX", "messages": [{"role": "user", "content": "x"}]}, 400, "control characters"),
+        ({"model": "gpt-4\u0000", "messages": [{"role": "user", "content": "x"}]}, 400, "control characters"),
+        ({"model": "gpt-4" + "x" * 300, "messages": [{"role": "user", "content": "x"}]}, 400, "longer than 256"),
+        ({**ONE, "tenantId": "evil\nCost | tenant=victim"}, 400, "control characters"),
+        ({**ONE, "tenantId": "a\u2028b"}, 400, "control characters"),
+        # options the gateway cannot honour are refused, not dropped
+        ({**ONE, "seed": 1}, 400, "'seed' is not supported"),
+        ({**ONE, "presence_penalty": 1.5}, 400, "'presence_penalty' is not supported"),
+        ({**ONE, "frequency_penalty": -1}, 400, "'frequency_penalty' is not supported"),
+        ({**ONE, "logit_bias": {"50256": -100}}, 400, "'logit_bias' is not supported"),
+        ({**ONE, "stream_options": {"include_usage": True}}, 400, "only allowed when 'stream' is enabled"),
+        ({"model": "gpt-4", "messages": [{"content": "x"}]}, 400, "Missing required parameter: 'messages[0].role'"),
+        ({"model": "gpt-4", "messages": [{"role": "user", "content": [{"text": "x"}]}]}, 400, "content[0].type'"),
+        ({**ONE, "max_tokens": 10**30}, 400, "'max_tokens' must be between"),
     ],
 )
 async def test_bad_input_gets_openai_errors(gw: RunningGateway, body: dict, status: int, fragment: str) -> None:
@@ -192,6 +210,19 @@ async def test_bad_input_gets_openai_errors(gw: RunningGateway, body: dict, stat
     assert isinstance(error, dict) and set(error) == {"message", "type", "param", "code"}
     assert fragment in error["message"]
     assert gw.event_log.events == []
+
+
+async def test_options_at_their_defaults_are_accepted(gw: RunningGateway) -> None:
+    async with client(gw) as c:
+        await c.post(
+            "/chat/completions",
+            body={**ONE, "seed": None, "presence_penalty": 0, "frequency_penalty": 0.0, "logit_bias": {}},
+            cast_to=object,
+        )
+        await c.post(
+            "/completions", body={"model": "gpt-4", "prompt": "x", "best_of": 1, "echo": False}, cast_to=object
+        )
+    assert len(gw.event_log.events) == 2
 
 
 async def test_models_endpoint_lists_groups(gw: RunningGateway) -> None:

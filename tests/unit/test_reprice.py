@@ -538,3 +538,20 @@ async def test_an_event_twice_on_the_log_reaches_the_sinks_once_the_last_copy_wi
         "SELECT cost_usd, price_version FROM usage_facts WHERE event_id = ?", [later.event_id]
     )
     assert stored == [(Decimal("0.5"), "later")]
+
+
+@pytest.mark.parametrize("position", ["0", "-3", "\u00b2", "\u0661", "x"])
+async def test_an_embedded_replay_position_is_a_record_number_in_ascii_digits(tmp_path: Path, position: str) -> None:
+    from consumers.replay_sources import ReplayRangeError, SqliteReplaySource
+
+    with pytest.raises(ReplayRangeError, match="record numbers >= 1"):
+        await SqliteReplaySource(tmp_path / "events.sqlite3").open(ReplayStart(from_position=position))
+
+
+@pytest.mark.parametrize("text", ["0:1,\u00b2:5", "0:\u0661", "0", "a:1"])
+def test_kafka_replay_positions_are_ascii_partition_offset_pairs(text: str) -> None:
+    from consumers.replay_sources import ReplayRangeError, _kafka_positions
+
+    with pytest.raises(ReplayRangeError, match="partition:offset pairs"):
+        _kafka_positions(text)
+    assert _kafka_positions(" 0:120, 2:98") == {0: 120, 2: 98}

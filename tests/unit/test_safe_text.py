@@ -1,0 +1,36 @@
+"""Text from clients and upstreams on its way into response headers and log lines."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.safe_text import MAX_HEADER_TEXT, header_value, log_value
+
+
+@pytest.mark.parametrize("text", ["gpt-4o", "claude-3-5-sonnet-20241022", "models/gemini-1.5-pro", "模型-1"])
+def test_ordinary_values_stay_as_they_are(text: str) -> None:
+    assert header_value(text) == text
+    assert log_value(text) == text
+
+
+def test_a_header_value_has_no_line_break_and_a_bounded_length() -> None:
+    assert header_value("gpt-4\r\nset-cookie: x=1") == "gpt-4??set-cookie: x=1"
+    assert header_value("a\x00b\u2028c") == "a?b?c"
+    assert header_value("m" * 10_000) == "m" * MAX_HEADER_TEXT
+
+
+@pytest.mark.parametrize(
+    ("text", "logged"),
+    [
+        ("acme corp", '"acme corp"'),  # would read as two fields
+        ("x provider=evil", '"x provider=evil"'),
+        ('say "hi"', '"say \\"hi\\""'),
+        ("a\nCost | tenant=victim cost=$999", '"a\\nCost | tenant=victim cost=$999"'),
+        ("a\u2028b", '"a\\u2028b"'),
+        ("", '""'),
+        ("naïve tenant", '"naïve tenant"'),
+    ],
+)
+def test_a_log_value_is_one_field_on_one_line(text: str, logged: str) -> None:
+    assert log_value(text) == logged
+    assert "\n" not in log_value(text) and "\u2028" not in log_value(text)
