@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import math
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -17,21 +18,27 @@ from gateway.providers.upstream_response import BodyCut, Response, Timeout
 ErrorClassifier = Callable[[int, Mapping[str, str], Any, str], errors.ProviderError]
 
 
+def _seconds(text: str, per_second: float = 1.0) -> float | None:
+    """A number of seconds (``>= 0``; infinity is a wait no budget allows); None for text that is
+    not a number, and for NaN, which no wait would ever compare with (``sleep(nan)`` never ends)."""
+    try:
+        value = float(text) / per_second
+    except ValueError:
+        return None
+    return None if math.isnan(value) else max(value, 0.0)
+
+
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds to wait from ``retry-after-ms`` or ``retry-after`` (seconds or HTTP date)."""
     ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(float(ms) / 1000.0, 0.0)
-        except ValueError:
-            pass
+    if ms and (wait := _seconds(ms, 1000.0)) is not None:
+        return wait
     ra = headers.get("retry-after")
     if not ra:
         return None
-    try:
-        return max(float(ra), 0.0)
-    except ValueError:
-        pass
+    wait = _seconds(ra)
+    if wait is not None or _is_number(ra):  # a number, or NaN (no wait at all)
+        return wait
     try:
         when = email.utils.parsedate_to_datetime(ra)
     except (TypeError, ValueError):
@@ -46,10 +53,15 @@ def parse_duration(value: str) -> float | None:
     value = value.strip()
     if not value.endswith("s"):
         return None
+    return _seconds(value[:-1])
+
+
+def _is_number(text: str) -> bool:
     try:
-        return max(float(value[:-1]), 0.0)
+        float(text)
     except ValueError:
-        return None
+        return False
+    return True
 
 
 def error_message(body: Any, fallback: str) -> str:

@@ -58,6 +58,9 @@ class _Wait:
         self._offset = offset
         # deterministic (no jitter) when a test injects an rng
         self._jitter = 0.0 if rng is not None else policy.initial_wait
+        #: the delay drawn for the last (call, attempt): the stop test and the sleep must judge
+        #: the same jittered delay, whichever of the two tenacity asks for first
+        self._drawn: tuple[int, int, float] | None = None
 
     def for_error(self, exc: BaseException | None, attempt_number: int) -> float:
         server_wait = getattr(exc, "retry_after", None)
@@ -67,8 +70,13 @@ class _Wait:
         return float(backoff + (random.uniform(0, self._jitter) if self._jitter else 0.0))
 
     def __call__(self, state: RetryCallState) -> float:
+        drawn = self._drawn
+        if drawn is not None and drawn[0] == id(state) and drawn[1] == state.attempt_number:
+            return drawn[2]
         exc = state.outcome.exception() if state.outcome else None
-        return self.for_error(exc, state.attempt_number + self._offset)
+        delay = self.for_error(exc, state.attempt_number + self._offset)
+        self._drawn = (id(state), state.attempt_number, delay)
+        return delay
 
 
 class _Stop:

@@ -145,6 +145,28 @@ async def test_retry_budget_bounds_total_waiting() -> None:
     assert info.value.status == 503
 
 
+async def test_the_budget_judges_the_jittered_wait_that_is_slept() -> None:
+    """With real jitter (no rng), the stop test and the sleep must see the same delay: tenacity
+    asks for the wait and the stop separately, and a second draw let 15% of these runs wait past
+    the budget (up to 0.44 s over 2 s)."""
+    from gateway.routing.retry import RetryBudget, call_with_retry
+
+    policy = RetryPolicy(attempts=6, initial_wait=0.5, max_wait=8.0, budget_seconds=2.0)
+    over = []
+    for _ in range(300):
+        budget = RetryBudget(policy.budget_seconds)
+        sleep = RecordingSleep()
+
+        async def limited() -> None:
+            raise rate_limited("openai", None)
+
+        with pytest.raises(errors.RateLimited):
+            await call_with_retry(limited, policy=policy, budget=budget, sleep=sleep, rng=None)
+        if sum(sleep.waits) > policy.budget_seconds:
+            over.append(sleep.waits)
+    assert over == []
+
+
 async def test_all_failed_names_each_attempt() -> None:
     router, log, _ = make_router(
         ScriptedProvider("openai", default=errors.UpstreamServerError("x", provider="openai", http_status=500)),
