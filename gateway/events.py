@@ -18,6 +18,8 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
+from gateway.types import MAX_TOKENS
+
 SCHEMA_VERSION = 1
 
 Outcome = Literal[
@@ -67,12 +69,13 @@ class UsageEvent(BaseModel):
     error_message: str | None = None
     latency_ms: float
     ttft_ms: float | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-    cache_creation_tokens: int = 0
-    reasoning_tokens: int = 0
-    total_tokens: int = 0
+    #: token counts: what the stores hold (BIGINT); an event outside that range is poison
+    prompt_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS)
+    completion_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS)
+    cached_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS)
+    cache_creation_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS)
+    reasoning_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS)
+    total_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS)
     #: exact USD; None means unpriced (no price known at call time), never "free"
     cost_usd: Decimal | None = None
     price_version: str | None = None

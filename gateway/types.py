@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, TypeGuard
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 
@@ -36,6 +36,17 @@ class ChatRequest:
         """System and developer messages joined, for vendors with a separate system field."""
         parts = [m.content for m in self.messages if m.role in ("system", "developer")]
         return "\n\n".join(parts) if parts else None
+
+
+#: the largest token count anything stores (a BIGINT in DuckDB and Postgres)
+MAX_TOKENS = 2**63 - 1
+#: the largest count taken from an upstream: a prompt and a completion count add up to a total
+MAX_UPSTREAM_TOKENS = MAX_TOKENS // 2
+
+
+def is_token_count(value: Any) -> TypeGuard[int]:
+    """An upstream's token count we can take: an integer (not a bool), 0 to MAX_UPSTREAM_TOKENS."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_UPSTREAM_TOKENS
 
 
 @dataclass(slots=True)

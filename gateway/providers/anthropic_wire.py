@@ -13,7 +13,7 @@ import orjson
 
 from gateway import errors
 from gateway.providers.http import default_classify, error_message, malformed, parse_retry_after
-from gateway.types import ChatRequest, ChatResult, FinishReason, StreamChunk, Usage
+from gateway.types import ChatRequest, ChatResult, FinishReason, StreamChunk, Usage, is_token_count
 
 PROVIDER = "anthropic"
 #: Anthropic requires ``max_tokens``; used when the client did not set one
@@ -114,7 +114,7 @@ def _count(raw: Mapping[str, Any], key: str) -> int:
     value = raw.get(key)
     if value is None:
         return 0
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if not is_token_count(value):
         raise malformed(PROVIDER, f"usage.{key} is {value!r}")
     return value
 

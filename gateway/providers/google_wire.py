@@ -19,7 +19,7 @@ from gateway.providers.http import (
     parse_duration,
     parse_retry_after,
 )
-from gateway.types import ChatRequest, FinishReason, Usage
+from gateway.types import ChatRequest, FinishReason, Usage, is_token_count
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +110,8 @@ def _count(meta: Mapping[str, Any], key: str) -> int:
     value = meta.get(key)
     if value is None:
         return 0
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _malformed(f"usageMetadata.{key} is not an integer")
+    if not is_token_count(value):
+        raise _malformed(f"usageMetadata.{key} is not a token count: {value!r}")
     return value
 
 

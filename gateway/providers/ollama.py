@@ -20,7 +20,7 @@ from gateway.providers.sse import iter_ndjson_lines
 from gateway.providers.upstream_http import UpstreamClient
 from gateway.providers.upstream_response import Response
 from gateway.settings import ProviderSettings
-from gateway.types import ChatRequest, ChatResult, FinishReason, StreamChunk, Usage
+from gateway.types import ChatRequest, ChatResult, FinishReason, StreamChunk, Usage, is_token_count
 
 PROVIDER = "ollama"
 DEFAULT_HOST = "http://localhost:11434"
@@ -83,8 +83,8 @@ def _count(obj: Mapping[str, Any], key: str) -> int:
     value = obj.get(key)
     if value is None:
         return 0
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise malformed(PROVIDER, f"{key} is not an integer")
+    if not is_token_count(value):
+        raise malformed(PROVIDER, f"{key} is not a token count: {value!r}")
     return value
 
 

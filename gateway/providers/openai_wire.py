@@ -18,7 +18,7 @@ import orjson
 from gateway import errors
 from gateway.providers.http import default_classify, error_message, malformed, parse_retry_after
 from gateway.providers.sse import SseEvent, SseFramer
-from gateway.types import ChatRequest, ChatResult, FinishReason, StreamChunk, Usage
+from gateway.types import ChatRequest, ChatResult, FinishReason, StreamChunk, Usage, is_token_count
 
 CHAT_PATH = "chat/completions"
 TEXT_PATH = "completions"
@@ -106,7 +106,7 @@ def map_finish_reason(value: Any) -> FinishReason | None:
 
 
 def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    return value if is_token_count(value) else 0
 
 
 def parse_usage(raw: Any) -> Usage | None:

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -355,6 +356,30 @@ async def test_poison_with_a_float_cost_or_a_naive_time_is_dead_lettered() -> No
     dead = MemoryDeadLetters()
     await Projector(log, [RecordingSink("a")], dead).run_until_idle()
     assert sorted(letter.position for letter in dead.letters.values()) == ["1", "2"]
+
+
+@pytest.mark.parametrize("tokens", [2**70, 2**64 - 1, 2**63, -5])
+async def test_token_counts_no_store_can_hold_are_poison_not_a_stalled_projector(tmp_path: Path, tokens: int) -> None:
+    """A record no gateway wrote (the gateway takes upstream counts up to 2**62): before, such a
+    count reached the DuckDB sink's batch file, whose TypeError restarted the projector forever."""
+    good = make_event(0)
+    assert b'"prompt_tokens":10,' in good.to_json()
+    bad = good.to_json().replace(b'"prompt_tokens":10,', b'"prompt_tokens":%d,' % tokens)
+    log = RestartableLog(poison={"2": bad})
+    events = await publish(log, 3)
+    store = AnalyticsStore(tmp_path / "a.duckdb")
+    dead = MemoryDeadLetters()
+    projector = Projector(log, [DuckDBSink(store), RecordingSink("b")], dead)
+    await projector.start()
+    try:
+        assert await projector.run_until_idle() == 2
+        rows = await store.fetchall("SELECT event_id FROM usage_facts ORDER BY event_id")
+    finally:
+        await store.close()
+    assert [r[0] for r in rows] == sorted(e.event_id for i, e in enumerate(events) if i != 1)
+    [letter] = dead.letters.values()
+    assert letter.position == "2" and "prompt_tokens" in letter.reason
+    assert log.commits == ["3"]
 
 
 async def test_dead_letters_go_to_the_duckdb_table_once() -> None:

@@ -14,7 +14,7 @@ from gateway import errors
 from gateway.providers.http import malformed
 from gateway.providers.openai_wire import _choice_text, _first_choice, classify_inband_error, map_finish_reason
 from gateway.providers.sse import SseEvent
-from gateway.types import StreamChunk, Usage
+from gateway.types import StreamChunk, Usage, is_token_count
 
 
 async def iter_sse_batches(pieces: AsyncIterable[bytes]) -> AsyncIterator[list[SseEvent]]:
@@ -53,7 +53,7 @@ async def iter_sse_batches(pieces: AsyncIterable[bytes]) -> AsyncIterator[list[S
 
 
 def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    return value if is_token_count(value) else 0
 
 
 def parse_usage(raw: Any) -> Usage | None:

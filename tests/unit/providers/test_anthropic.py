@@ -470,7 +470,9 @@ def test_usage_table(raw: dict[str, Any], expected: Usage) -> None:
     assert wire.usage_from(raw) == expected
 
 
-@pytest.mark.parametrize("raw", [None, {"input_tokens": "ten"}, {"output_tokens": -1}, {"input_tokens": True}])
+@pytest.mark.parametrize(
+    "raw", [None, {"input_tokens": "ten"}, {"output_tokens": -1}, {"input_tokens": True}, {"input_tokens": 2**62}]
+)
 def test_usage_malformed(raw: Any) -> None:
     with pytest.raises(errors.MalformedResponse):
         wire.usage_from(raw)

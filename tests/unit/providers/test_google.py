@@ -385,8 +385,9 @@ def test_map_usage() -> None:
     assert usage == Usage(prompt_tokens=104, completion_tokens=50, cached_tokens=60, reasoning_tokens=30)
     assert usage.total_tokens == 154
     assert wire.map_usage({"promptTokenCount": 3, "totalTokenCount": 3}) == Usage(prompt_tokens=3)
-    with pytest.raises(errors.MalformedResponse):
-        wire.map_usage({"promptTokenCount": "many"})
+    for count in ("many", -1, 2**63):  # not a count the stores can hold (BIGINT), with a total
+        with pytest.raises(errors.MalformedResponse):
+            wire.map_usage({"promptTokenCount": count})
 
 
 def test_parse_response_skips_thoughts_and_sees_function_calls() -> None:

@@ -287,8 +287,9 @@ def test_map_usage() -> None:
     assert ollama.map_usage({"prompt_eval_count": 26, "eval_count": 298}) == Usage(26, 298)
     assert ollama.map_usage({"eval_count": 5}) == Usage(0, 5)
     assert ollama.map_usage({}) == Usage(0, 0)
-    with pytest.raises(errors.MalformedResponse):
-        ollama.map_usage({"eval_count": "5"})
+    for count in ("5", -1, 2**63):
+        with pytest.raises(errors.MalformedResponse):
+            ollama.map_usage({"eval_count": count})
 
 
 def test_parse_object_tool_calls_and_errors() -> None:

@@ -324,6 +324,8 @@ def test_usage_passes_details_through() -> None:
     assert usage.total_tokens == 140
     assert wire.parse_usage({"prompt_tokens": 3, "completion_tokens": 1, "prompt_tokens_details": None}) == Usage(3, 1)
     assert wire.parse_usage(None) is None
+    # counts the stores could not hold (or add up) are no counts, like any other non-count
+    assert wire.parse_usage({"prompt_tokens": 2**63, "completion_tokens": -1}) == Usage(0, 0)
 
 
 def test_body_for_azure_style_max_tokens() -> None:
