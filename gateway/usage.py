@@ -51,6 +51,21 @@ class AttemptFacts:
     incomplete: bool = False
 
 
+#: one token of every kind a price can distinguish: what costs nothing here is free
+_EVERY_KIND_OF_TOKEN = Usage(
+    prompt_tokens=3, completion_tokens=2, cached_tokens=1, cache_creation_tokens=1, reasoning_tokens=1
+)
+
+
+def _billed_unseen(facts: AttemptFacts) -> bool:
+    """Whether an attempt without token counts may still be billed by its provider: it served
+    the call without a usage report (a stream whose api-version ignores ``stream_options``), or
+    it had started answering when the stream was cut or the client went away."""
+    if facts.outcome == "cancelled":
+        return facts.incomplete
+    return facts.outcome in ("success", "stream_cut") and (facts.usage is None or facts.incomplete)
+
+
 class UsageRecorder:
     def __init__(
         self,
@@ -87,12 +102,14 @@ class UsageRecorder:
         now = self._clock()  # one instant: the event's time is the time it is priced at (as replay does)
         usage = facts.usage
         billable = usage is not None and (usage.prompt_tokens > 0 or usage.completion_tokens > 0)
+        models = [facts.served_model, facts.provider_model]
         if usage is not None and billable:
-            quote = self.quote(facts.provider, [facts.served_model, facts.provider_model], usage, now)
+            quote = self.quote(facts.provider, models, usage, now)
             cost, version = quote.cost, quote.price_version
-        elif facts.incomplete and facts.outcome in ("cancelled", "stream_cut"):
-            # the provider may bill a cut stream but told us nothing: cost unknown, not free
-            cost, version = None, self._prices.version
+        elif _billed_unseen(facts):
+            # the provider may bill it but told us nothing: cost unknown, not free (unless the
+            # model costs nothing whatever it used)
+            cost, version = self._unseen_cost(facts.provider, models, now)
             billable = True
         else:
             cost, version = ZERO, self._prices.version
@@ -141,6 +158,14 @@ class UsageRecorder:
                 pass
         self.notify(event)
         return event
+
+    def _unseen_cost(self, provider: str, models: list[str | None], at: datetime) -> tuple[Decimal | None, str]:
+        """The cost of an attempt whose usage we never saw: $0 if the model's price is zero for
+        every kind of token (a local Ollama model), else unknown (None)."""
+        quote = self.quote(provider, models, _EVERY_KIND_OF_TOKEN, at)
+        if quote.cost is not None and quote.cost == 0:
+            return ZERO, quote.price_version
+        return None, self._prices.version
 
     def _notify_deferred(self) -> None:
         events, self._deferred = self._deferred, []

@@ -198,10 +198,20 @@ async def _stream(
         await state.event_log.settled(state.in_flight)
         await response.write_eof(b"".join(tail))
     except ConnectionResetError:
-        session.finish("cancelled")
+        _client_gone(ctx, session)
         log.info("client went away during the stream of request %s", ctx.request_id)
     finally:
-        if session.event is None:
-            session.finish("cancelled")
+        if session.event is None:  # cancelled (the client went away while we waited)
+            _client_gone(ctx, session)
         await session.aclose()
     return response
+
+
+def _client_gone(ctx: CallContext, session: StreamSession) -> None:
+    """Record the stream's attempt as cancelled, with its cost line (one per call, as ever),
+    unless it was recorded already (the client went away during the last write)."""
+    if session.event is not None:
+        return
+    event = session.finish("cancelled")
+    model = session.served_model or session.provider_model
+    UsageRecorder.log_cost(ctx.tenant_id, session.provider, model, event.cost_usd)

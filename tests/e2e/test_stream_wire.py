@@ -15,6 +15,7 @@ To re-record after an intended change of the wire format::
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -132,7 +133,7 @@ CASES: dict[str, Case] = {
     "azure_without_stream_usage": Case(
         "/v1/chat/completions",
         _chat(provider="azure", **USAGE),
-        Expect(tokens=None),  # no usage: recorded as zero tokens
+        Expect(tokens=None, priced=False),  # served without usage: billable, its cost unknown (not free)
         _set("azure", stream_usage_supported=False),
     ),
     "azure_cut": Case(
@@ -189,7 +190,9 @@ async def test_stream_bytes_and_event(gw: RunningGateway, name: str) -> None:
     assert (event.cost_usd is not None) == expect.priced
     assert event.ttft_ms is not None and 0 <= event.ttft_ms <= event.latency_ms
     if expect.outcome == "success":
-        assert f": x-llm-cost-usd={format_usd(event.cost_usd)}\n\ndata: [DONE]\n\n" in got
+        cost = format_usd(event.cost_usd) if event.cost_usd is not None else "unpriced"
+        assert f": x-llm-cost-usd={cost}\n\ndata: [DONE]\n\n" in got
+        assert event.billable == (expect.tokens != (0, 0))
 
 
 # --- a stream whose end comes in the same read as its content ----------------------------------
@@ -317,9 +320,13 @@ async def test_the_head_of_a_stream_goes_out_with_its_first_read_not_later(gatew
     assert event.outcome == "success"
 
 
-async def test_a_client_gone_mid_stream_is_recorded_as_cancelled_with_what_was_seen() -> None:
+async def test_a_client_gone_mid_stream_is_recorded_as_cancelled_with_what_was_seen(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """The upstream sends a chunk every 50 ms; the client reads the first and hangs up: the next
-    write fails and the attempt is recorded as cancelled (incomplete), served model included."""
+    write fails and the attempt is recorded as cancelled (incomplete), served model included,
+    with its cost line (unknown: the provider may bill what it generated)."""
+    caplog.set_level(logging.INFO, logger="gateway.cost")
     runner, url = await start_app(_paced_upstream([f"w{i} " for i in range(40)], lambda: asyncio.sleep(0.05)))
     try:
         settings = {"providers": _openai_at(url + "/v1")}
@@ -338,3 +345,6 @@ async def test_a_client_gone_mid_stream_is_recorded_as_cancelled_with_what_was_s
         await runner.cleanup()
     assert (event.outcome, event.incomplete, event.served_model) == ("cancelled", True, "gpt-4o-2024-08-06")
     assert event.ttft_ms is not None and event.ttft_ms <= event.latency_ms
+    assert (event.billable, event.cost_usd) == (True, None)
+    lines = [r.getMessage() for r in caplog.records if r.name == "gateway.cost"]
+    assert lines == ["Cost | tenant=default provider=openai model=gpt-4o-2024-08-06 cost=unpriced"]
