@@ -13,7 +13,10 @@ recorded, at the event's own ``created_at``:
 - an **unpriced** billable attempt the book still cannot price stays unpriced (cost None), now
   stamped with the version that was consulted;
 - a billable attempt **without token counts** (a stream cut before the provider reported usage)
-  stays unpriced: there is nothing to price;
+  stays as recorded (unknown, or $0 on a free model): there is nothing to price;
+- a cost has at most :data:`COST_DECIMALS` decimals, rounded half up once, here: what the stores
+  keep (DuckDB ``DECIMAL(20,10)``, Postgres ``NUMERIC(20,10)``) is then exactly what the call's
+  header, cost line and event say, and sums over the stores are exact;
 - **failed / non-billable** attempts keep cost 0 and their recorded version.
 
 Events are immutable: a changed event is a copy (``model_copy``), the input is never touched.
@@ -22,23 +25,39 @@ Events are immutable: a changed event is a copy (``model_copy``), the input is n
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from datetime import datetime
+from decimal import ROUND_HALF_UP, Decimal
 
 from gateway.events import UsageEvent
 from gateway.pricing.base import PriceBook, Quote
 from gateway.types import Usage
 
+#: decimals of a stored cost (USD): the scale of the stores' cost columns
+COST_DECIMALS = 10
+_QUANTUM = Decimal(1).scaleb(-COST_DECIMALS)
+
+
+def stored_cost(cost: Decimal) -> Decimal:
+    """``cost`` with at most :data:`COST_DECIMALS` decimals (rounded half up), as the stores hold it."""
+    exponent = cost.as_tuple().exponent
+    if isinstance(exponent, int) and exponent >= -COST_DECIMALS:
+        return cost
+    return cost.quantize(_QUANTUM, rounding=ROUND_HALF_UP)
+
 
 def quote_models(book: PriceBook, provider: str, models: Sequence[str | None], usage: Usage, at: datetime) -> Quote:
     """The first priced quote among ``models`` (skipping empty names), else the first quote,
-    else an unpriced one. The gateway's lookup order: served model, then provider model."""
+    else an unpriced one. The gateway's lookup order: served model, then provider model. The
+    cost has at most :data:`COST_DECIMALS` decimals (:func:`stored_cost`)."""
     first: Quote | None = None
     for model in models:
         if not model:
             continue
         quote = book.quote(provider, model, usage, at)
         if quote.cost is not None:
-            return quote
+            cost = stored_cost(quote.cost)
+            return quote if cost is quote.cost else replace(quote, cost=cost)
         first = first or quote
     return first or Quote(None, book.version, "unpriced")
 
