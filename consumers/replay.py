@@ -41,8 +41,9 @@ Semantics:
   keeps it, and the health view is by far the slowest sink (~10k events/s against ~30k for the
   rest of a replay).
 - **full** empties every sink first (DuckDB facts, the gateway's ``"LLMUsage"`` rows, the health
-  history), then replays the whole log: rows the log no longer has (Kafka retention) are gone and
-  listed as removed. Readers see incomplete totals until it ends. Not with ``since``/position.
+  history), then replays the whole log as it is once they are empty (so nothing a live projector
+  wrote meanwhile is lost): rows the log no longer has (Kafka retention) are gone and listed as
+  removed. Readers see incomplete totals until it ends. Not with ``since``/position.
 - **dry_run** reads, reprices and diffs, writes nothing.
 - **The diff** (per tenant and model; exact ``Decimal``, at the stores' scale of 10 decimals):
   old = the cost DuckDB held for each replayed event before (a snapshot of it with ``full``),
@@ -219,6 +220,13 @@ class Replayer:
                 snapshot = await self._snapshot()
                 for sink in sinks:
                     await self._retrying(sink, sink.reset)
+                # the range ends where the log ends now that the stores are empty: an event a
+                # live projector wrote after the range was first measured, and the reset then
+                # deleted, is in it and written again (it would be lost from the stores otherwise)
+                await self.source.close()
+                await self.source.open(options.start)
+                report.first, report.last = self.source.first, self.source.last
+                await self._wait_for_live(report)
             self._nothing_stored = await self._is_empty(self._table)
             await self._replay(report, options, sinks)
             if snapshot is not None:

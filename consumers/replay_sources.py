@@ -228,6 +228,7 @@ class KafkaReplaySource:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         wanted = _kafka_positions(start.from_position) if start.from_position is not None else {}
+        self._starts, self._ends, self._pending = {}, {}, set()  # a source may be opened again
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap_servers,
             group_id=None,

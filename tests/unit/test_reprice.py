@@ -555,3 +555,27 @@ def test_kafka_replay_positions_are_ascii_partition_offset_pairs(text: str) -> N
     with pytest.raises(ReplayRangeError, match="partition:offset pairs"):
         _kafka_positions(text)
     assert _kafka_positions(" 0:120, 2:98") == {0: 120, 2: 98}
+
+
+async def test_a_full_replay_covers_what_a_live_projector_wrote_before_the_stores_were_emptied(
+    store: AnalyticsStore,
+) -> None:
+    """The live gateway keeps logging and projecting while a full replay starts: events it wrote
+    after the replay first measured the log, and which the reset then deleted, are replayed."""
+    events = scenario_events()
+    early, late = events[:5], events[5:]
+    source = FakeSource(early)
+    duck = DuckDBSink(store)
+    reset = duck.reset
+
+    async def live_projector_then_reset() -> None:  # between the first measure and the reset
+        source.records += FakeSource(events).records[len(early) :]
+        await duck.apply(late)
+        await reset()
+
+    duck.reset = live_projector_then_reset  # type: ignore[method-assign]
+    report = await Replayer(source, store, [duck], batch_size=3).run(ReplayOptions(full=True))
+
+    rows = await store.fetchall("SELECT event_id FROM usage_facts")
+    assert sorted(r[0] for r in rows) == sorted(e.event_id for e in events)
+    assert report.last == f"seq {len(events)}" and source.opened == 2 == source.closed
