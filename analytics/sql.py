@@ -27,7 +27,10 @@ A query passes four independent locks, each enough on its own for what it covers
 
 Bounds: the query is interrupted (``interrupt()`` from a timer thread) once ``timeout``
 seconds have passed, whatever it is doing; at most ``max_rows`` rows are fetched
-(``fetchmany(max_rows + 1)`` tells whether more existed: ``truncated``).
+(``max_rows + 1`` are asked for: whether more existed is ``truncated``), in chunks whose size
+follows the rows' size, and the fetch stops with :class:`SqlResultTooLarge` once the values
+pass ``max_bytes`` (the DuckDB memory limit does not cover rows handed to Python: 40 rows of 10
+MB took a gateway from 128 MB to 1.7 GB).
 
 Values are exact: DECIMAL as decimal text, timestamps as ISO 8601 (``Z`` for UTC), dates and
 times as ISO 8601, intervals as ISO 8601 durations, BLOBs as ``\\x`` hex, UUIDs as text.
@@ -58,6 +61,8 @@ DEFAULT_MAX_ROWS = 1_000
 MAX_ROWS_LIMIT = 100_000
 DEFAULT_TIMEOUT = 30.0
 MAX_TIMEOUT = 300.0
+#: the most text a result may hold (its values' characters, about its JSON size)
+MAX_RESULT_BYTES = 64 * 1024 * 1024
 #: analytics queries one process runs at once (each gets a DuckDB connection of its own)
 MAX_CONCURRENT = 2
 
@@ -105,6 +110,10 @@ class SqlRefused(SqlError):
 
 class SqlTimeout(SqlError):
     code = "sql_timeout"
+
+
+class SqlResultTooLarge(SqlError):
+    code = "sql_result_too_large"
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +343,7 @@ def run_query(
     *,
     max_rows: int = DEFAULT_MAX_ROWS,
     timeout: float = DEFAULT_TIMEOUT,
+    max_bytes: int = MAX_RESULT_BYTES,
 ) -> SqlResult:
     """Check and run ``sql`` on ``conn``, a connection used for nothing else meanwhile (a
     ``cursor()`` of the store's connection). Blocking: call it from a worker thread."""
@@ -358,7 +368,7 @@ def run_query(
         try:
             result = conn.execute(query)
             columns = [Column(str(d[0]), str(d[1])) for d in result.description or []]
-            fetched = result.fetchmany(max_rows + 1)
+            fetched = _fetch(result, max_rows + 1, max_bytes)
         finally:
             timer.cancel()
             _rollback(conn)
@@ -374,9 +384,33 @@ def run_query(
         raise SqlError(_message(e)) from e
     finally:
         timer.cancel()
-    rows = [[json_value(v) for v in row] for row in fetched[:max_rows]]
     elapsed = (time.monotonic() - started) * 1000
-    return SqlResult(columns, rows, truncated=len(fetched) > max_rows, max_rows=max_rows, elapsed_ms=elapsed)
+    return SqlResult(
+        columns, fetched[:max_rows], truncated=len(fetched) > max_rows, max_rows=max_rows, elapsed_ms=elapsed
+    )
+
+
+def _fetch(result: duckdb.DuckDBPyConnection, limit: int, max_bytes: int) -> list[list[JSONValue]]:
+    """Up to ``limit`` rows as JSON values, fetched in chunks sized so that one chunk is about
+    an eighth of what the byte budget has left; :class:`SqlResultTooLarge` past ``max_bytes``."""
+    rows: list[list[JSONValue]] = []
+    size, chunk = 0, 64
+    while len(rows) < limit:
+        fetched = result.fetchmany(min(chunk, limit - len(rows)))
+        for raw in fetched:
+            row = [json_value(v) for v in raw]
+            size += sum(len(v) if isinstance(v, str) else 8 for v in row) + 2 * len(row)
+            rows.append(row)
+        if size > max_bytes:
+            raise SqlResultTooLarge(
+                f"the result is larger than {max_bytes // (1024 * 1024)} MiB: ask for fewer rows or columns "
+                "(LIMIT, maxRows), or aggregate in SQL"
+            )
+        if len(fetched) < chunk:
+            break
+        per_row = max(1, size // len(rows))
+        chunk = max(1, min(4096, (max_bytes - size) // per_row // 8))
+    return rows
 
 
 def _rollback(conn: duckdb.DuckDBPyConnection) -> None:
@@ -391,8 +425,11 @@ class SqlService:
     own (a cursor of the store's connection: same database, same sandbox), outside the store's
     lock, so a long query never holds up the writer. At most ``MAX_CONCURRENT`` at once."""
 
-    def __init__(self, store: AnalyticsStore, *, concurrency: int = MAX_CONCURRENT) -> None:
+    def __init__(
+        self, store: AnalyticsStore, *, concurrency: int = MAX_CONCURRENT, max_bytes: int = MAX_RESULT_BYTES
+    ) -> None:
         self.store = store
+        self.max_bytes = max_bytes
         self._slots = asyncio.Semaphore(concurrency)
         self._running: set[duckdb.DuckDBPyConnection] = set()
 
@@ -400,7 +437,9 @@ class SqlService:
         async with self._slots:
             cursor = await self.store.run(lambda conn: conn.cursor())
             self._running.add(cursor)
-            work = asyncio.ensure_future(asyncio.to_thread(run_query, cursor, sql, max_rows=max_rows, timeout=timeout))
+            work = asyncio.ensure_future(
+                asyncio.to_thread(run_query, cursor, sql, max_rows=max_rows, timeout=timeout, max_bytes=self.max_bytes)
+            )
             try:
                 return await asyncio.shield(work)
             except asyncio.CancelledError:

@@ -11,11 +11,13 @@ Who may call it: an admin key (``api_keys`` entry with ``admin: true``); a tenan
 since SQL sees every tenant's rows. A gateway without keys (local use) treats every caller as
 admin, as for the rest of its API. Errors use the OpenAI error format: 400 with code
 ``sql_not_allowed`` (not one read-only query), ``sql_error`` (DuckDB refused it: syntax, unknown
-column, ...) or ``sql_timeout``; 503 ``analytics_unavailable`` while the store is not open.
+column, ...), ``sql_timeout`` or ``sql_result_too_large`` (over ``MAX_RESULT_BYTES`` of text);
+503 ``analytics_unavailable`` while the store is not open.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -63,10 +65,12 @@ async def sql_query(request: web.Request) -> web.Response:
         raise InvalidRequest(str(exc), param="sql", code=exc.code) from exc
     except StoreError as exc:
         raise AnalyticsUnavailable(f"the analytics store is not open: {exc}") from exc
+    # up to MAX_RESULT_BYTES of text: encoded in a worker thread, not on the gateway's event loop
     if fmt == "csv":
         headers = {"x-llm-sql-row-count": str(len(result.rows)), "x-llm-sql-truncated": str(result.truncated).lower()}
-        return web.Response(text=result.to_csv(), content_type="text/csv", charset="utf-8", headers=headers)
-    return web.Response(text=result.to_json(), content_type="application/json")
+        text = await asyncio.to_thread(result.to_csv)
+        return web.Response(text=text, content_type="text/csv", charset="utf-8", headers=headers)
+    return web.Response(text=await asyncio.to_thread(result.to_json), content_type="application/json")
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:

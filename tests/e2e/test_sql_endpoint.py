@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import threading
 import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
+from analytics.sql import SqlResult
 from gateway.server import server_installers
 from gateway.settings import ApiKey, Settings
 from tests.support.gateway import RunningGateway, running_gateway
@@ -153,6 +156,8 @@ async def test_formats_bounds_and_bad_requests(tmp_path: Path) -> None:
         assert time.monotonic() - started < 5
         status, body = await post_sql(gw, {"sql": "SELEC 1"})
         assert status == 400 and body["error"]["code"] == "sql_error" and "syntax" in body["error"]["message"]
+        status, body = await post_sql(gw, {"sql": "SELECT repeat('x', 1000000) FROM range(100)", "maxRows": 100})
+        assert status == 400 and body["error"]["code"] == "sql_result_too_large", body
         for bad, param in (
             ({}, "sql"),
             ({"sql": 1}, "sql"),
@@ -170,6 +175,24 @@ async def test_formats_bounds_and_bad_requests(tmp_path: Path) -> None:
             s.post(f"{gw.base_url}/analytics/sql", data=b"{", headers={"authorization": "Bearer sk-admin"}) as r,
         ):
             assert r.status == 400
+
+
+async def test_results_are_encoded_off_the_event_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Up to 64 MiB of text: encoding it on the loop held the gateway's LLM calls for 1.5 s."""
+    threads: list[str] = []
+    for name in ("to_json", "to_csv"):
+        encode = getattr(SqlResult, name)
+
+        def recording(self: SqlResult, _encode: Any = encode) -> str:
+            threads.append(threading.current_thread().name)
+            return str(_encode(self))
+
+        monkeypatch.setattr(SqlResult, name, recording)
+    async with embedded(tmp_path) as gw:
+        for fmt in ("json", "csv"):
+            status, _ = await post_sql(gw, {"sql": "SELECT 1 AS one", "format": fmt})
+            assert status == 200
+    assert len(threads) == 2 and threading.main_thread().name not in threads
 
 
 async def test_cli_asks_the_running_gateway(tmp_path: Path) -> None:
