@@ -3,7 +3,8 @@ DuckDB store (the embedded gateway, or ``llm-gateway consume``)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import UTC, datetime
 
 from aiohttp import web
 
@@ -20,7 +21,7 @@ MAX_ROWS = 10_000
 
 
 def parse_time(name: str, value: str | None) -> datetime | None:
-    """ISO 8601 with a timezone (``Z`` allowed); a date alone means midnight UTC."""
+    """ISO 8601 with a timezone (``Z`` allowed); a date alone means midnight UTC. Returned in UTC."""
     if value is None or value == "":
         return None
     text = value.strip().replace(" ", "+") if "T" in value else value.strip()
@@ -29,12 +30,16 @@ def parse_time(name: str, value: str | None) -> datetime | None:
     except ValueError as exc:
         raise InvalidRequest(f"'{name}' must be an ISO 8601 date-time, got {value!r}", param=name) from exc
     if parsed.tzinfo is None:
-        if "T" in text:
+        if not _DATE_ONLY.fullmatch(text):  # a time without a zone ("T" or a space before it)
             raise InvalidRequest(f"'{name}' must carry a timezone (e.g. 2026-01-01T00:00:00Z)", param=name)
-        from datetime import UTC
-
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError as exc:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        raise InvalidRequest(f"'{name}' is out of range in UTC, got {value!r}", param=name) from exc
+
+
+_DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 async def costs(request: web.Request) -> web.Response:

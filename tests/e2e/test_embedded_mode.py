@@ -166,6 +166,16 @@ async def test_time_window_and_tenant_isolation(tmp_path: Path) -> None:
         assert status == 200 and future["usageCount"] == 0 and future["totalCost"] == "0"
         status, bad = await get_costs(gw, {"tenantId": "tenant_a", "start": "yesterday"}, key="sk-a")
         assert status == 400 and bad["error"]["param"] == "start"
+        for moment in ("2026-11-29 00:00:00", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"):
+            status, bad = await get_costs(gw, {"tenantId": "tenant_a", "start": moment}, key="sk-a")
+            assert status == 400 and bad["error"]["param"] == "start", (moment, bad)  # no zone / not a UTC time
+        for moment in ("9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z", "2026-03-01"):
+            status, ok = await get_costs(gw, {"tenantId": "tenant_a", "end": moment}, key="sk-a")
+            assert status == 200, (moment, ok)
+        status, both = await get_costs(
+            gw, {"tenantId": "tenant_a", "start": "2026-01-01T01:00:00 01:00", "end": "2999-01-01"}, key="sk-a"
+        )  # a '+' that a query string turned into a space
+        assert status == 200 and both["usageCount"] == 2
         for limit in ("\u00b2", "\u0661", "-1", "1e3", "10001"):  # not ASCII digits, and out of range
             status, bad = await get_costs(gw, {"tenantId": "tenant_a", "limit": limit}, key="sk-a")
             assert status == 400 and bad["error"]["param"] == "limit", limit
