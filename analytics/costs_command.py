@@ -22,12 +22,14 @@ def register(sub: Any) -> None:
     parser.add_argument("--end", help="ISO 8601, exclusive")
     parser.add_argument("--json", action="store_true", help="print the JSON document instead of a table")
     parser.add_argument("--url", help="service to ask (default http://127.0.0.1:<port>)")
-    parser.add_argument("--api-key", help="gateway API key for --url (tenant or admin)")
+    parser.add_argument(
+        "--api-key", help="API key for the service (tenant or admin; default: the first admin key configured)"
+    )
     parser.add_argument("--limit", type=int, default=50, help="usage rows to list (totals cover all)")
     parser.set_defaults(run=run)
 
 
-async def _from_service(url: str, args: argparse.Namespace) -> dict[str, Any] | None:
+async def _from_service(url: str, args: argparse.Namespace, api_key: str | None) -> dict[str, Any] | None:
     import aiohttp
 
     params = {
@@ -35,7 +37,7 @@ async def _from_service(url: str, args: argparse.Namespace) -> dict[str, Any] | 
         for k, v in {"tenantId": args.tenant, "start": args.start, "end": args.end, "limit": str(args.limit)}.items()
         if v
     }
-    headers = {"authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     try:
         async with (
             aiohttp.ClientSession() as session,
@@ -86,16 +88,21 @@ def render_table(doc: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    import duckdb
+
     from analytics.store import StoreError
+    from gateway.errors import InvalidRequest
 
     url = args.url or f"http://127.0.0.1:{settings.port}"
-    doc = asyncio.run(_from_service(url, args))
+    doc = asyncio.run(_from_service(url, args, args.api_key or settings.admin_key))
     if doc is None:
         if args.url:
             raise SystemExit(f"cannot reach {url}")
         try:
             doc = asyncio.run(_from_file(settings, args))
-        except StoreError as exc:
+        except InvalidRequest as exc:
+            raise SystemExit(f"llm-gateway costs: {exc.message}") from exc
+        except (StoreError, duckdb.Error, OSError) as exc:  # missing, locked by another process, unreadable
             raise SystemExit(f"no running gateway at {url} and no readable cost store: {exc}") from exc
     print(json.dumps(doc, indent=2) if args.json else render_table(doc))
     return 0

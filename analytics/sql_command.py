@@ -123,10 +123,6 @@ def _is_numeric(kind: str) -> bool:
     }  # fmt: skip
 
 
-def default_api_key(settings: Settings) -> str | None:
-    return next((k.key for k in settings.api_keys if k.admin), None)
-
-
 def run(args: argparse.Namespace, settings: Settings) -> int:
     import duckdb
 
@@ -139,7 +135,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise SystemExit(f"--timeout must be more than 0 and at most {MAX_TIMEOUT:g} seconds")
     url = args.url or f"http://127.0.0.1:{settings.port}"
     try:
-        result = asyncio.run(_from_service(url, args, args.api_key or default_api_key(settings)))
+        result = asyncio.run(_from_service(url, args, args.api_key or settings.admin_key))
     except _Unreachable as exc:
         if args.url:
             raise SystemExit(f"cannot reach {url}: {exc}") from exc

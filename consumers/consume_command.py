@@ -6,12 +6,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 
 from gateway.settings import Settings
+from gateway.startup import startup_failure
 
 log = logging.getLogger(__name__)
 
@@ -86,4 +88,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         asyncio.run(_consume(settings, args))
     except KeyboardInterrupt:
         pass
+    except Exception as exc:
+        if (reason := startup_failure(exc)) is None:
+            raise
+        print(f"llm-gateway consume: cannot start: {reason}", file=sys.stderr)
+        return 1
     return 0

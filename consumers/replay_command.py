@@ -118,7 +118,7 @@ async def _replay(settings: Settings, args: argparse.Namespace, options: Any, pr
     if not args.local:
         urls = [args.url] if args.url else default_urls(settings)
         for url in urls:
-            doc = await via_service(url, options, prices, _api_key(settings, args.api_key), bar)
+            doc = await via_service(url, options, prices, args.api_key or settings.admin_key, bar)
             if doc is not None:
                 return doc
         if args.url:
@@ -135,12 +135,6 @@ def default_urls(settings: Settings) -> list[str]:
     if settings.kafka_bootstrap_servers:
         return [f"http://127.0.0.1:{DEFAULT_CONSUME_PORT}", gateway]
     return [gateway]
-
-
-def _api_key(settings: Settings, given: str | None) -> str | None:
-    if given:
-        return given
-    return next((k.key for k in settings.api_keys if k.admin), None)
 
 
 def request_body(options: ReplayOptions, prices: PriceFile | None) -> dict[str, Any]:

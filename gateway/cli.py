@@ -13,6 +13,7 @@ import yaml
 
 from gateway.runtime import tune_gc, tune_logging
 from gateway.settings import Settings, load_settings
+from gateway.startup import startup_failure
 
 if TYPE_CHECKING:
     from gateway.simulators.base import Simulator
@@ -184,6 +185,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_serve(settings, args.simulate))
         except KeyboardInterrupt:
             pass
+        except Exception as exc:
+            if (reason := startup_failure(exc)) is None:
+                raise
+            print(f"llm-gateway serve: cannot start: {reason}", file=sys.stderr)
+            return 1
         return 0
     from gateway.commands import run_command
 

@@ -141,6 +141,12 @@ class Settings(BaseSettings):
         return ProviderSettings(**merged)
 
     @property
+    def admin_key(self) -> str | None:
+        """The first admin key configured: what the operator commands (costs, sql, replay)
+        present to the running service unless given ``--api-key``."""
+        return next((k.key for k in self.api_keys if k.admin), None)
+
+    @property
     def bind_host(self) -> str:
         """Open (keyless) gateways bind to loopback unless told otherwise."""
         if self.host:

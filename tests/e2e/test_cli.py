@@ -109,3 +109,54 @@ async def test_simulate_prints_working_endpoints(tmp_path: Path) -> None:
                 assert (await r.json())["object"] == "chat.completion"
             async with s.post(f"{exports['OLLAMA_HOST']}/api/chat", json={**body, "stream": False}) as r:
                 assert r.status == 200 and (await r.json())["done"] is True
+
+
+async def test_a_second_gateway_on_a_held_data_dir_says_why_in_one_line(tmp_path: Path) -> None:
+    """DuckDB lets one process write the cost store: the second `serve` (and a `consume`) on the
+    same data dir stop with one line naming the file and what to do, not a traceback; a port in
+    use is one line too."""
+    port = free_port()
+    env = clean_env(tmp_path)
+    async with process("serve", "--simulate", "--port", str(port), env=env):
+        await wait_http(f"http://127.0.0.1:{port}/healthz")
+        for args in (("serve", "--port", str(free_port())), ("consume",)):
+            async with process(*args, env=env) as second:
+                _, err = await asyncio.wait_for(second.communicate(), 30)
+            text = err.decode()
+            assert second.returncode == 1, text
+            assert "Traceback" not in text
+            [line] = [x for x in text.splitlines() if "cannot start" in x]
+            assert "analytics.duckdb" in line and "--no-project" in line
+        async with process("serve", "--no-project", "--port", str(port), env=env) as taken:
+            _, err = await asyncio.wait_for(taken.communicate(), 30)
+        assert taken.returncode == 1 and "Traceback" not in err.decode()
+        assert "llm-gateway serve: cannot start:" in err.decode() and "address already in use" in err.decode()
+
+
+async def test_costs_uses_the_configured_admin_key_and_says_what_is_wrong_in_one_line(tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        "api_keys:\n  - {key: sk-team-a, tenant: tenant_a}\n  - {key: sk-admin, tenant: ops, admin: true}\n",
+        encoding="utf-8",
+    )
+    env = {**clean_env(tmp_path), "LLM_GATEWAY_CONFIG": str(config), "LLM_GATEWAY_PORT": str(port)}
+    async with process("serve", "--simulate", env=env):
+        await wait_http(f"http://127.0.0.1:{port}/healthz")
+        body = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}
+        headers = {"authorization": "Bearer sk-team-a"}
+        async with aiohttp.ClientSession() as s:
+            async with s.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, headers=headers) as r:
+                assert r.status == 200
+        for _ in range(100):
+            async with process("costs", "--tenant", "tenant_a", "--json", env=env) as costs:
+                out, err = await asyncio.wait_for(costs.communicate(), 30)
+            assert costs.returncode == 0, err.decode()  # no --api-key: the config's admin key
+            if '"usageCount": 1' in out.decode():
+                break
+            await asyncio.sleep(0.1)
+        assert '"usageCount": 1' in out.decode()
+    # nothing runs now: the file is read directly, and a bad time is one line
+    async with process("costs", "--tenant", "tenant_a", "--start", "garbage", env=env) as bad:
+        _, err = await asyncio.wait_for(bad.communicate(), 30)
+    assert bad.returncode == 1 and "Traceback" not in err.decode() and "'start'" in err.decode()

@@ -1,0 +1,29 @@
+"""Why a long-running command (``serve``, ``consume``) could not start, in one line.
+
+What stops a start is almost always the machine, not the code: the port is taken, the data dir
+is read-only or missing, another process holds the DuckDB file (DuckDB lets one process write
+it). Those get one clear line and exit code 1; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+#: what to do about a DuckDB file another process holds
+_LOCK_HINT = (
+    " (another gateway or `llm-gateway consume` on the same data dir holds it: stop it, use another"
+    " data dir, or run this gateway with --no-project)"
+)
+
+
+def startup_failure(exc: BaseException) -> str | None:
+    """The one-line reason for an environmental start-up failure; None for anything else."""
+    if type(exc).__module__ in ("duckdb", "_duckdb"):
+        text = " ".join(str(exc).split())
+        hint = _LOCK_HINT if "lock" in text.lower() else ""
+        return f"the analytics store (DuckDB): {text}{hint}"
+    if isinstance(exc, sqlite3.Error):
+        return f"the event log (SQLite): {' '.join(str(exc).split())} (is the data dir writable?)"
+    if isinstance(exc, OSError):
+        return " ".join(str(exc).split()) or type(exc).__name__
+    return None

@@ -1,0 +1,27 @@
+"""The one-line reasons `serve` and `consume` give when the machine stops them from starting."""
+
+from __future__ import annotations
+
+import errno
+import sqlite3
+
+import duckdb
+import pytest
+
+from gateway.startup import startup_failure
+
+
+def test_environmental_failures_get_one_line() -> None:
+    lock = duckdb.IOException('IO Error: Could not set lock on file "/d/analytics.duckdb":\nConflicting lock')
+    reason = startup_failure(lock)
+    assert reason is not None and "\n" not in reason
+    assert reason.startswith("the analytics store (DuckDB): IO Error") and "--no-project" in reason
+    reason = startup_failure(sqlite3.OperationalError("unable to open database file"))
+    assert reason == "the event log (SQLite): unable to open database file (is the data dir writable?)"
+    taken = OSError(errno.EADDRINUSE, "error while attempting to bind on address ('127.0.0.1', 8080): address in use")
+    assert "address in use" in (startup_failure(taken) or "")
+
+
+@pytest.mark.parametrize("bug", [ValueError("x"), KeyError("y"), RuntimeError("z")])
+def test_anything_else_keeps_its_traceback(bug: Exception) -> None:
+    assert startup_failure(bug) is None
