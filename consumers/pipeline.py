@@ -57,7 +57,8 @@ class Pipeline:
         while not self._stop.is_set():
             try:
                 await self.projector.run_forever(self._stop)
-            except Exception:  # a bug in one batch must not stop projection for good
+            except Exception as exc:  # a bug in one batch must not stop projection for good
+                self.projector.stats.failed(exc)
                 log.exception("projector failed; restarting from the last committed position")
                 await self.reader.close()
                 await asyncio.sleep(1.0)

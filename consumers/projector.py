@@ -66,6 +66,17 @@ class ProjectorStats:
     #: sink name -> events of the batches it finished applying (committed or not yet): which
     #: sink is behind while a batch is in flight, or paused on a failing store
     sink_events: dict[str, int] = field(default_factory=dict)
+    #: runs that ended in an unexpected error (a bug) and were restarted from the last commit
+    restarts: int = 0
+    #: the last run ended in such an error and no batch has been committed since: projection is
+    #: stuck (the same batch fails again) until it is, which health checks must show
+    failing: bool = False
+
+    def failed(self, error: BaseException) -> None:
+        """A run ended in an unexpected error (see :attr:`failing`)."""
+        self.restarts += 1
+        self.failing = True
+        self.last_error = _one_line(error)
 
 
 @dataclass
@@ -240,6 +251,7 @@ class Projector:
         if self.stats.paused:
             self._resumed(attempt)
         await self._commit(records)
+        self.stats.failing = False
         applied = len(batch.events) - len(batch.rejected)
         self.stats.events_applied += applied
         self.stats.batches_committed += 1

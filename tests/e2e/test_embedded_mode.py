@@ -256,3 +256,55 @@ async def test_metrics_report_the_embedded_projector_lag(tmp_path: Path) -> None
         async with aiohttp.ClientSession() as s, s.get(f"{gw.url}/metrics") as r:
             text = await r.text()
     assert 'llm_gateway_consumer_lag{group="llm-usage-projector"} 0.0' in text
+
+
+async def test_a_consumer_stuck_on_a_bug_says_so_in_its_health_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sink that raises something unexpected (a bug) restarts the projector from its last
+    commit, again and again on the same batch: /healthz is 503 "failing" with the error and the
+    restarts until a batch commits (it said "ok" throughout)."""
+    import consumers.pipeline as pipeline_module
+    from gateway.eventlog.sqlite import SqliteEventLog
+    from tests.unit.test_projector import RecordingSink, make_event
+
+    class BuggySink(RecordingSink):
+        broken = True
+
+        async def apply(self, events: Any) -> None:
+            if self.broken:
+                raise RuntimeError("a bug in a sink")
+            await super().apply(events)
+
+    sink = BuggySink("buggy")
+    monkeypatch.setattr(pipeline_module, "build_sinks", lambda settings, store: [sink])
+    log = SqliteEventLog(tmp_path / "events.sqlite3")
+    await log.start()
+    for i in range(3):
+        log.publish(make_event(i))
+    await log.close()
+
+    runner, url = await start_app(build_consumer_app(Settings(data_dir=tmp_path, _env_file=None), "g1", 100))  # type: ignore[call-arg]
+    try:
+        async with aiohttp.ClientSession() as s:
+
+            async def health() -> tuple[int, dict[str, Any]]:
+                async with s.get(f"{url}/healthz") as r:
+                    return r.status, await r.json()
+
+            for _ in range(100):
+                status, body = await health()
+                if body["restarts"] >= 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert (status, body["status"], body["eventsApplied"]) == (503, "failing", 0)
+            assert "a bug in a sink" in body["lastError"]
+            sink.broken = False  # fixed (a deploy): the next restart commits the batch
+            for _ in range(100):
+                status, body = await health()
+                if body["eventsApplied"] == 3:
+                    break
+                await asyncio.sleep(0.05)
+            assert (status, body["status"], body["eventsApplied"]) == (200, "ok", 3)
+    finally:
+        await runner.cleanup()
