@@ -17,14 +17,14 @@ MAX_TENANT_LEN = 128
 MAX_MODEL_LEN = 256
 #: fields we know but cannot honour: refused clearly rather than silently dropped (a value equal
 #: to the field's default is accepted: it asks for nothing)
-UNSUPPORTED_CHAT = (
+UNSUPPORTED_CHAT = frozenset({
     "tools", "tool_choice", "functions", "function_call", "logprobs", "top_logprobs", "response_format", "audio",
     "modalities", "seed", "presence_penalty", "frequency_penalty", "logit_bias", "reasoning_effort", "prediction",
     "web_search_options",
-)  # fmt: skip
-UNSUPPORTED_COMPLETION = (
+})  # fmt: skip
+UNSUPPORTED_COMPLETION = frozenset({
     "suffix", "echo", "logprobs", "best_of", "logit_bias", "seed", "presence_penalty", "frequency_penalty",
-)  # fmt: skip
+})  # fmt: skip
 #: defaults other than null/false/0/[]/{} of the fields above
 _DEFAULTS: dict[str, object] = {"best_of": 1}
 
@@ -146,9 +146,9 @@ def _is_default(name: str, value: Any) -> bool:
     return not isinstance(value, bool) and value == _DEFAULTS.get(name, 0)
 
 
-def _unsupported(body: dict[str, Any], names: tuple[str, ...]) -> None:
-    for name in names:
-        if not _is_default(name, body.get(name)):
+def _unsupported(body: dict[str, Any], names: frozenset[str]) -> None:
+    for name in body:  # a few keys, against a set: most bodies name none of these
+        if name in names and not _is_default(name, body[name]):
             raise InvalidRequest(f"'{name}' is not supported by this gateway", param=name, code="unsupported_parameter")
 
 
