@@ -43,10 +43,9 @@ def build_consumer_app(settings: Settings, group: str, batch_size: int) -> web.A
 
     async def healthz(request: web.Request) -> web.Response:
         stats = pipeline.projector.stats
-        status = "failing" if stats.failing else "paused" if stats.paused else "ok"
         return web.json_response(
             {
-                "status": status,
+                "status": stats.status,
                 "eventsApplied": stats.events_applied,
                 "deadLettered": stats.events_dead_lettered,
                 "lag": stats.lag,

@@ -72,6 +72,11 @@ class ProjectorStats:
     #: stuck (the same batch fails again) until it is, which health checks must show
     failing: bool = False
 
+    @property
+    def status(self) -> str:
+        """``failing`` (stuck on a bug), ``paused`` (waiting for a store) or ``ok``."""
+        return "failing" if self.failing else "paused" if self.paused else "ok"
+
     def failed(self, error: BaseException) -> None:
         """A run ended in an unexpected error (see :attr:`failing`)."""
         self.restarts += 1

@@ -34,6 +34,7 @@ def embedded_projector(settings: Settings) -> Installer:
         from analytics.http import install_analytics
         from consumers.pipeline import DEFAULT_GROUP, build_pipeline
         from consumers.replay_http import install_replay
+        from gateway.api.meta import HEALTH_PARTS
         from gateway.api.state import STATE
         from gateway.metrics import METRICS, watch_projector
 
@@ -41,6 +42,13 @@ def embedded_projector(settings: Settings) -> Installer:
         install_analytics(app, pipeline.store, app[STATE].auth)
         install_replay(app, settings, pipeline.store, app[STATE].auth, live_group=DEFAULT_GROUP)
         watch_projector(app[METRICS], pipeline, DEFAULT_GROUP)
+        stats = pipeline.projector.stats
+        app.setdefault(HEALTH_PARTS, {})["projector"] = lambda: {
+            "status": stats.status,
+            "lag": stats.lag,
+            "restarts": stats.restarts,
+            "lastError": stats.last_error,
+        }
 
         async def run(app: web.Application) -> AsyncIterator[None]:
             async with pipeline.running():

@@ -308,3 +308,31 @@ async def test_a_consumer_stuck_on_a_bug_says_so_in_its_health_check(
             assert (status, body["status"], body["eventsApplied"]) == (200, "ok", 3)
     finally:
         await runner.cleanup()
+
+
+async def test_the_gateway_health_shows_its_embedded_projector(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway still answers (200, calls served), and its /healthz says the projector in it
+    is stuck on a bug: before, only the consume process's health check could tell."""
+    import consumers.pipeline as pipeline_module
+    from consumers.sinks.duckdb import DuckDBSink
+
+    class BuggySink(DuckDBSink):
+        async def apply(self, events: Any) -> None:
+            raise RuntimeError("a bug in a sink")
+
+    async with embedded(tmp_path) as gw, aiohttp.ClientSession() as s:
+        async with s.get(f"{gw.url}/healthz") as r:
+            assert r.status == 200 and (await r.json())["projector"]["status"] == "ok"
+        monkeypatch.setattr(pipeline_module, "build_sinks", lambda settings, store: [BuggySink(store)])
+    async with embedded(tmp_path) as gw, aiohttp.ClientSession() as s:
+        body = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}
+        async with s.post(f"{gw.base_url}/chat/completions", json=body) as r:
+            assert r.status == 200
+        for _ in range(100):
+            async with s.get(f"{gw.url}/healthz") as r:
+                health = await r.json()
+            if health["projector"]["restarts"] >= 1:
+                break
+            await asyncio.sleep(0.05)
+        assert r.status == 200 and health["status"] == "ok"
+        assert health["projector"]["status"] == "failing" and "a bug in a sink" in health["projector"]["lastError"]
