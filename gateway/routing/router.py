@@ -7,7 +7,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TypeVar, cast
 
@@ -114,7 +114,7 @@ class Router:
                 attempts.skipped.append(candidate.provider)
                 continue
             provider = self.providers[candidate.provider]
-            request = replace(template, model=candidate.model, stream=stream)
+            request = template.for_provider(candidate.model, stream)
 
             async def one_attempt(
                 provider: Provider = provider, request: ChatRequest = request, candidate: Candidate = candidate

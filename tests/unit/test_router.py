@@ -295,3 +295,17 @@ async def test_a_cancelled_call_still_records_its_attempt() -> None:
         await task
     [event] = log.events
     assert (event.outcome, event.incomplete, event.billable, event.cost_usd) == ("cancelled", True, True, None)
+
+
+def test_a_request_for_a_provider_keeps_every_other_field() -> None:
+    """``for_provider`` is ``dataclasses.replace`` written out: a field added to ChatRequest and
+    not copied there would be dropped silently."""
+    from dataclasses import fields, replace
+
+    full = ChatRequest(
+        **{f.name: f"v-{f.name}" for f in fields(ChatRequest) if f.name not in ("messages", "stream")},
+        messages=[Message("user", "hi")],
+        stream=False,
+    )
+    assert full.for_provider("m2", True) == replace(full, model="m2", stream=True)
+    assert full.for_provider("m2", True) is not full
