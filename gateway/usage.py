@@ -172,6 +172,12 @@ class UsageRecorder:
         for event in events:
             self.notify(event)
 
+    def flush_observers(self) -> None:
+        """Hand the events deferred to the next loop turn to the observers now: a decision that
+        needs them (may this request retry the provider that just failed it?) cannot wait."""
+        if self._deferred:
+            self._notify_deferred()
+
     def notify(self, event: UsageEvent) -> None:
         """Hand ``event`` to every observer; one failing observer neither stops the others nor
         reaches the caller."""

@@ -80,19 +80,30 @@ class _Wait:
 
 
 class _Stop:
-    """Stop after ``attempts``, or when the next wait is too long for the policy or budget."""
+    """Stop after ``attempts``, when the next wait is too long for the policy or budget, or when
+    ``keep_going`` says no (the provider's circuit opened meanwhile)."""
 
-    def __init__(self, policy: RetryPolicy, budget: RetryBudget, wait: _Wait, offset: int = 0) -> None:
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        budget: RetryBudget,
+        wait: _Wait,
+        offset: int = 0,
+        keep_going: Callable[[], bool] | None = None,
+    ) -> None:
         self._by_count = stop_after_attempt(policy.attempts - offset)
         self._policy = policy
         self._budget = budget
         self._wait = wait
+        self._keep_going = keep_going
 
     def __call__(self, state: RetryCallState) -> bool:
         if self._by_count(state):
             return True
         exc = state.outcome.exception() if state.outcome else None
-        return _too_long(exc, self._wait(state), self._policy, self._budget)
+        if _too_long(exc, self._wait(state), self._policy, self._budget):
+            return True
+        return self._keep_going is not None and not self._keep_going()
 
 
 def _too_long(exc: BaseException | None, delay: float, policy: RetryPolicy, budget: RetryBudget) -> bool:
@@ -109,10 +120,14 @@ async def call_with_retry(
     budget: RetryBudget,
     sleep: Sleep = asyncio.sleep,
     rng: random.Random | None = None,
+    keep_going: Callable[[], bool] | None = None,
 ) -> T:
     """Run ``call`` until it succeeds, raises a non-retryable error, or retrying must stop.
 
-    The last error is re-raised as is, so the caller can decide on fallback from its class.
+    ``keep_going`` is asked before each retry (before its wait): False stops retrying (the router
+    asks the provider's circuit breaker, which may have opened on this very error, and in
+    half-open lets a retry be the one probe). The last error is re-raised as is, so the caller
+    can decide on fallback from its class.
     """
     # the first attempt runs outside tenacity: most calls succeed at once
     try:
@@ -123,7 +138,7 @@ async def call_with_retry(
         first_error = exc
     wait = _Wait(policy, rng, offset=1)
     delay = wait.for_error(first_error, 1)
-    if _too_long(first_error, delay, policy, budget):
+    if _too_long(first_error, delay, policy, budget) or (keep_going is not None and not keep_going()):
         raise first_error
 
     async def _sleep(seconds: float) -> None:
@@ -132,7 +147,7 @@ async def call_with_retry(
 
     await _sleep(delay)
     retrying = AsyncRetrying(
-        stop=_Stop(policy, budget, wait, offset=1),
+        stop=_Stop(policy, budget, wait, offset=1, keep_going=keep_going),
         wait=wait,
         retry=retry_if_exception(_retryable),
         sleep=_sleep,

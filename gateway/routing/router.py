@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import partial
 from typing import TypeVar, cast
 
 from gateway import errors
@@ -123,12 +124,25 @@ class Router:
 
             try:
                 return await call_with_retry(
-                    one_attempt, policy=self.policy, budget=budget, sleep=self._sleep, rng=self._rng
+                    one_attempt,
+                    policy=self.policy,
+                    budget=budget,
+                    sleep=self._sleep,
+                    rng=self._rng,
+                    # a retry asks the circuit again: it may have opened on this very error, and
+                    # in half-open a retry must be the one probe (or give way to it)
+                    keep_going=partial(self._may_retry, candidate.provider),
                 )
             except errors.ProviderError as exc:
                 if not exc.fallback:
                     raise
         raise self._all_failed(ctx, candidates, attempts)
+
+    def _may_retry(self, provider: str) -> bool:
+        """Whether a request may try ``provider`` again: its circuit, with the attempt that just
+        failed counted (its event may still wait for the next loop turn to reach the health view)."""
+        self.recorder.flush_observers()
+        return self.gate(provider)
 
     # --- non-streaming ---------------------------------------------------------------------------
     async def complete(self, ctx: CallContext, template: ChatRequest, pinned: str | None = None) -> Served:

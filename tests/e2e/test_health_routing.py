@@ -3,6 +3,7 @@ after the cool-down brings it back. The gateway's clock is manual; the simulator
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -133,3 +134,62 @@ async def test_client_errors_do_not_trip_the_circuit(hgw: RunningGateway, clock:
     assert body["providers"]["openai"]["state"] == "healthy"
     assert body["providers"]["openai"]["window"]["neutral"] == 6
     assert await ask(hgw) == ("openai", "1")
+
+
+async def open_then_half_open(gw: RunningGateway, clock: ManualClock) -> None:
+    sim = gw.sims["openai"]
+    sim.faults.always(Fault("server_error"))
+    for _ in range(5):
+        assert await ask(gw) == ("azure", "2")
+    sim.faults.clear()
+    clock.advance(30)
+
+
+async def test_a_probe_that_reopens_the_circuit_is_not_retried(hgw: RunningGateway, clock: ManualClock) -> None:
+    """The half-open probe gets a 503 (retryable): the circuit opens again on it, and the request
+    falls back at once instead of retrying the provider it just found down (it retried twice
+    and slept 1.5 s of its budget on it)."""
+    await open_then_half_open(hgw, clock)
+    sim = hgw.sims["openai"]
+    sim.faults.push(Fault("overloaded"))
+    waits_before = len(hgw.sleep.waits)
+    assert await ask(hgw) == ("azure", "2")
+    assert len(sim.requests) == 6 and hgw.sleep.waits[waits_before:] == []
+    body = await provider_health(hgw)
+    assert body["providers"]["openai"]["circuit"] == "open"
+
+
+async def test_a_closed_circuit_that_opens_on_an_error_stops_the_retries_too(
+    hgw: RunningGateway, clock: ManualClock
+) -> None:
+    """Four failures in a row, then a call whose 503 is the fifth: the circuit opens on it, and
+    the call goes to Azure without a retry on OpenAI."""
+    sim = hgw.sims["openai"]
+    sim.faults.push(Fault("server_error"), times=4)
+    for _ in range(4):
+        assert await ask(hgw) == ("azure", "2")
+    sim.faults.push(Fault("overloaded"), times=3)
+    assert await ask(hgw) == ("azure", "2")
+    assert len(sim.requests) == 5
+    assert (await provider_health(hgw))["providers"]["openai"]["circuit"] == "open"
+
+
+async def test_a_retry_in_half_open_is_the_one_probe_and_a_call_meanwhile_goes_elsewhere(
+    hgw: RunningGateway, clock: ManualClock
+) -> None:
+    """The probe's 429 frees the probe slot (a rate limit proves nothing); its retry takes the
+    slot again, so a call arriving while that retry is in flight is not a second probe."""
+    await open_then_half_open(hgw, clock)
+    sim = hgw.sims["openai"]
+    sim.faults.push(Fault("rate_limit", retry_after=0.1))
+    sim.faults.push(Fault("delay", delay=0.5))  # the retry: a success, slowly
+    probe = asyncio.ensure_future(ask(hgw))
+    for _ in range(200):
+        if len(sim.requests) == 7:  # the retry is in flight
+            break
+        await asyncio.sleep(0.005)
+    assert len(sim.requests) == 7
+    assert (await provider_health(hgw))["providers"]["openai"]["probe_in_flight"] is True
+    assert await ask(hgw) == ("azure", "1")  # not a second probe
+    assert await probe == ("openai", "2")
+    assert len(sim.requests) == 7
