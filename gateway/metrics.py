@@ -19,6 +19,11 @@ from gateway.events import UsageEvent
 from gateway.metric_series import CounterSeries, HistogramSeries, SeriesCollector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+#: distinct ``model`` label values a process reports; later ones are counted under OTHER_MODELS.
+#: Model names come from clients (any ``gpt-...`` name goes upstream as is), and every distinct
+#: label value is a series the gateway keeps and Prometheus stores for good
+MAX_MODEL_LABELS = 200
+OTHER_MODELS = "other"
 
 
 class GatewayMetrics:
@@ -70,10 +75,11 @@ class GatewayMetrics:
             "llm_gateway_consumer_lag", "Events on the log not yet projected", ["group"], registry=r
         )
         self._gauges: list[Callable[[], None]] = []
+        self._model_labels: set[str] = set()
 
     def observe_event(self, event: UsageEvent) -> None:
         """Count one attempt (on the event loop's thread: the series take no lock)."""
-        model = event.served_model or event.provider_model
+        model = self._model_label(event.served_model or event.provider_model)
         provider = event.provider
         self.attempts.inc((provider, model, event.outcome))
         self.attempt_latency.observe((provider,), event.latency_ms / 1000.0)
@@ -88,6 +94,16 @@ class GatewayMetrics:
                 self.unpriced.inc((provider, model))
             elif event.cost_usd:
                 self.cost.inc((provider, model), float(event.cost_usd))
+
+    def _model_label(self, model: str) -> str:
+        """``model`` while fewer than MAX_MODEL_LABELS names have been seen, else OTHER_MODELS."""
+        labels = self._model_labels
+        if model in labels:
+            return model
+        if len(labels) < MAX_MODEL_LABELS:
+            labels.add(model)
+            return model
+        return OTHER_MODELS
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         self.requests.inc((route, str(status)))

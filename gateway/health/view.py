@@ -119,12 +119,17 @@ class _Track:
             self.consecutive_failures = 0
 
 
+#: model tracks a provider holds before the idle ones are forgotten (then twice what remained)
+MODEL_SWEEP_AT = 64
+
+
 @dataclass(slots=True)
 class _Provider:
     track: _Track
     breaker: CircuitBreaker
     models: dict[str, _Track] = field(default_factory=dict)
     circuit_reason: str = ""
+    sweep_at: int = MODEL_SWEEP_AT
 
 
 class HealthView:
@@ -161,6 +166,9 @@ class HealthView:
         provider.track.add(sample)
         model = provider.models.get(event.provider_model)
         if model is None:
+            if len(provider.models) >= provider.sweep_at:
+                _forget_idle_models(provider, cutoff)
+                provider.sweep_at = max(MODEL_SWEEP_AT, 2 * len(provider.models))
             model = provider.models[event.provider_model] = _Track(self._window())
         model.add(sample)
         provider.breaker.observe(sample, now)
@@ -200,6 +208,7 @@ class HealthView:
         )
         tracked.breaker.tick(now)
         self._refresh(provider, tracked, now)
+        _forget_idle_models(tracked, (now - self._span).timestamp())
         state, reason, stats = self._provider_state(tracked, now)
         breaker = tracked.breaker
         return ProviderHealth(
@@ -338,3 +347,18 @@ class HealthView:
 
 def _ignore(_: CircuitChange) -> None:
     return None
+
+
+def _forget_idle_models(tracked: _Provider, cutoff: float) -> None:
+    """Drop the model tracks with no attempt in the window and nothing to report (healthy, no
+    run of failures): a fresh track would say the same. Model names come from clients (any
+    ``gpt-...`` name goes upstream as is), so without this the view kept one track per name
+    ever seen, and the health API listed them all."""
+    idle = []
+    for name, track in tracked.models.items():
+        if track.state == "healthy" and not track.consecutive_failures:
+            track.window.evict_before(cutoff)
+            if not len(track.window):
+                idle.append(name)
+    for name in idle:
+        del tracked.models[name]

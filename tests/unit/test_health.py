@@ -205,6 +205,27 @@ def test_per_model_breakdown(clock: ManualClock) -> None:
     assert health.state == "degraded" and "failure rate 40% >= 20%" in health.reason
 
 
+def test_idle_models_are_forgotten_and_client_chosen_names_stay_bounded(clock: ManualClock) -> None:
+    """Model names come from clients: a track per name ever seen grew without end, and the
+    health API listed every one of them an hour later, with 0 attempts."""
+    from gateway.health.view import MODEL_SWEEP_AT
+
+    view, _ = make_view(clock)
+    feed(view, clock, *["upstream_error"] * 5, model="gpt-4")  # down: kept while it says so
+    most = 0
+    for i in range(1000):  # a new made-up name every second, for 1,000 s
+        feed(view, clock, "success", model=f"gpt-client-{i}")
+        most = max(most, len(view._providers["openai"].models))
+    assert most <= 2 * (60 + MODEL_SWEEP_AT)  # about what a 60 s window holds, not 1,000
+    clock.advance(61)
+    health = view.health("openai")
+    assert set(health.models) == {"gpt-4"}  # down by its run of failures: still reported
+    assert health.models["gpt-4"].state == "down"
+    feed(view, clock, "success", model="gpt-4")  # its run ends: idle and healthy after a window
+    clock.advance(61)
+    assert view.health("openai").models == {}
+
+
 # --- thresholds ------------------------------------------------------------------------------------
 
 

@@ -61,3 +61,24 @@ def test_gateway_metrics_count_an_event_and_a_request() -> None:
     assert 'llm_gateway_request_seconds_bucket{le="0.01",route="/v1/chat/completions"} 0.0' in text
     assert 'llm_gateway_requests_total{route="/v1/chat/completions",status="200"} 1.0' in text
     assert "llm_gateway_spool_depth 0.0" in text
+
+
+def test_client_chosen_model_names_make_a_bounded_number_of_series() -> None:
+    """Any gpt-... name goes upstream as is: 1,000 made-up names must not become 1,000 series
+    (each kept by the gateway and stored by Prometheus for good)."""
+    from gateway.metrics import MAX_MODEL_LABELS, OTHER_MODELS
+    from tests.unit.test_hot_path import _event
+
+    metrics = GatewayMetrics()
+    for i in range(1000):
+        metrics.observe_event(_event(served_model=f"gpt-client-chosen-{i}", provider_model=f"gpt-client-chosen-{i}"))
+    text = metrics.render().decode()
+    attempts = [line for line in text.splitlines() if line.startswith("llm_gateway_attempts_total{")]
+    assert len(attempts) == MAX_MODEL_LABELS + 1
+    other = f'llm_gateway_attempts_total{{model="{OTHER_MODELS}",outcome="success",provider="openai"}}'
+    assert f"{other} {1000 - MAX_MODEL_LABELS}.0" in text
+    assert 'model="gpt-client-chosen-0"' in text and 'model="gpt-client-chosen-999"' not in text
+    metrics.observe_event(_event(served_model="gpt-client-chosen-5", provider_model="gpt-client-chosen-5"))
+    assert 'llm_gateway_attempts_total{model="gpt-client-chosen-5",outcome="success",provider="openai"} 2.0' in (
+        metrics.render().decode()
+    )
