@@ -100,8 +100,9 @@ class KafkaEventLog:
             self._wakeup.set()
 
     def pending(self) -> int:
-        """Events not yet acknowledged by Kafka: in the spool, or staged for it."""
-        return self._spool.count() + self._staged.staged()
+        """Events not yet acknowledged by Kafka: in the spool, staged for it, or held in memory
+        while the spool's file refuses them (a full disk)."""
+        return self._spool.count() + self._staged.staged() + self._spool.held()
 
     async def start(self) -> None:
         if self._forwarder is not None:
@@ -115,7 +116,8 @@ class KafkaEventLog:
                 self._spool.path,
             )
         self._checkpoints = asyncio.create_task(
-            self._spool.run_checkpoints(self._checkpoint_interval), name="kafka-spool-checkpoints"
+            self._spool.run_checkpoints(self._checkpoint_interval, on_written=self._wakeup.set),
+            name="kafka-spool-checkpoints",
         )
         self._forwarder = asyncio.create_task(self._forward(), name="kafka-spool-forwarder")
 

@@ -12,6 +12,13 @@ not answer before the event is safe. It stages its events instead of publishing 
 one (``group_commit.py``): the events of one loop turn go in one transaction (``append_many``)
 and every answer waits for it.
 
+A failing file (a full disk, an I/O error, a lock held past the timeout) never costs an event
+its call: the rows it refused are **held in memory**, oldest first, written before any newer
+row, and retried by the checkpoint loop every ``interval``; ``pending()`` counts them (the
+gateway's ``/healthz`` ``eventsPending``). What a process that dies meanwhile held is lost, so
+the holding is bounded (:data:`MAX_HELD_ROWS`); past it, and at close, each event is logged in
+full at ERROR, to be recovered by hand.
+
 Checkpoints never run inside ``append``: ``run_checkpoints`` copies the WAL into the database
 file from a worker thread (PASSIVE, so writers are never blocked). Under a write load without
 pauses a passive checkpoint can never reach the end of the WAL; when the WAL has grown past
@@ -27,7 +34,7 @@ import logging
 import re
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -41,6 +48,11 @@ log = logging.getLogger(__name__)
 Row = tuple[int, str | None, bytes, int]
 
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
+#: rows held in memory while the file refuses them (about 1 KB each); past it, logged and dropped
+MAX_HELD_ROWS = 50_000
+#: what says "the file cannot take rows now" (a full disk, an I/O error, a lock timeout), not
+#: "this row is wrong"
+_FILE_FAILURES = (sqlite3.OperationalError, sqlite3.DatabaseError, OSError)
 
 
 def connect(path: Path, *, autocheckpoint: int | None = None) -> sqlite3.Connection:
@@ -101,6 +113,10 @@ class SqliteOutbox:
         # a spool is small; the embedded log grows for good and does not need its size
         self._count = int(self._writer.execute(f"SELECT count(*) FROM {table}").fetchone()[0]) if count_rows else 0
         self._closed = False
+        #: rows the file refused (see the module docstring), oldest first; guarded by _held_lock,
+        #: which is taken before _write_lock
+        self._held: list[tuple[str | None, bytes, int]] = []
+        self._held_lock = threading.Lock()
 
     # --- writer side (event loop) ---------------------------------------------------------------
     def append(self, key: str | None, value: bytes, ts_ms: int) -> None:
@@ -125,6 +141,58 @@ class SqliteOutbox:
                     self._writer.execute("ROLLBACK")
                 raise
             self._count += len(rows)
+
+    def append_rows(self, rows: Sequence[tuple[str | None, bytes, int]]) -> int:
+        """Append ``rows`` in one transaction (if that fails, row by row, in order, as far as the
+        file takes them); returns how many are on the file. What the file refuses is held (the
+        module docstring); while rows are held, new ones join them without a write (oldest
+        first: the checkpoint loop writes them all once the file takes them)."""
+        with self._held_lock:
+            if self._held:
+                self._hold(rows)
+                return 0
+            try:
+                self.append_many(rows)
+                return len(rows)
+            except _FILE_FAILURES as exc:
+                if len(rows) > 1:
+                    log.warning("appending %d usage events in one transaction failed; appending one by one", len(rows))
+                written = self._append_while_taken(rows)
+                if written < len(rows):
+                    log.error("%s refuses usage events (%s): holding them in memory", self.path, exc)
+                    self._hold(rows[written:])
+                return written
+
+    def _append_while_taken(self, rows: Sequence[tuple[str | None, bytes, int]]) -> int:
+        for written, row in enumerate(rows):
+            try:
+                self.append(*row)
+            except _FILE_FAILURES:
+                return written
+        return len(rows)
+
+    def _hold(self, rows: Sequence[tuple[str | None, bytes, int]]) -> None:
+        room = max(0, MAX_HELD_ROWS - len(self._held))
+        self._held.extend(rows[:room])
+        for _key, value, _ts in rows[room:]:
+            log.error("usage event NOT stored in %s (%d held already): %s", self.path, MAX_HELD_ROWS, value.decode())
+
+    def retry_held(self) -> int:
+        """Write the held rows if the file takes them now; how many it took."""
+        with self._held_lock:
+            if not self._held:
+                return 0
+            try:
+                self.append_many(self._held)
+            except _FILE_FAILURES:
+                return 0
+            written, self._held = len(self._held), []
+        log.info("%d usage events held back by a failing %s are on it now", written, self.path)
+        return written
+
+    def held(self) -> int:
+        """Rows held in memory, not on the file yet."""
+        return len(self._held)
 
     def count(self) -> int:
         """Rows in the table (kept in memory: rows found at open, if counted, plus this process's
@@ -165,21 +233,38 @@ class SqliteOutbox:
                 with self._write_lock:
                     self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
-    async def run_checkpoints(self, interval: float = 0.5) -> None:
-        """Checkpoint from a worker thread every ``interval`` seconds until cancelled."""
+    async def run_checkpoints(self, interval: float = 0.5, on_written: Callable[[], None] | None = None) -> None:
+        """Checkpoint from a worker thread every ``interval`` seconds until cancelled, and write
+        the rows held back by a failing file once it takes them (then ``on_written()``, on the
+        event loop)."""
         with self._write_lock:
             self._writer.execute("PRAGMA wal_autocheckpoint=0")
         try:
             while True:
                 await asyncio.sleep(interval)
-                await asyncio.to_thread(self.checkpoint)
+                if self._held:
+                    written = await asyncio.to_thread(self.retry_held)
+                    if written and on_written is not None:
+                        on_written()
+                try:
+                    await asyncio.to_thread(self.checkpoint)
+                except _FILE_FAILURES as exc:  # a full disk: the loop must live on to write the held rows
+                    log.warning("checkpointing %s failed (%s); trying again in %gs", self.path, exc, interval)
         finally:
             with self._write_lock:
                 if not self._closed:
                     self._writer.execute("PRAGMA wal_autocheckpoint=1000")
 
     def close(self) -> None:
-        """Checkpoint what is left and close the connections (idempotent)."""
+        """Write the held rows if the file takes them now (else log each in full), checkpoint
+        what is left and close the connections (idempotent)."""
+        if not self._closed and self._held and not self.retry_held():
+            with self._held_lock:
+                for _key, value, _ts in self._held:
+                    log.error(
+                        "usage event NOT stored in %s (closing while it refuses it): %s", self.path, value.decode()
+                    )
+                self._held = []
         with self._checkpoint_lock, self._write_lock, self._read_lock:
             if self._closed:
                 return
@@ -205,32 +290,22 @@ def refused_after_close(outbox: SqliteOutbox, *events: UsageEvent) -> bool:
 
 
 def append_event(outbox: SqliteOutbox, event: UsageEvent) -> bool:
-    """Append one event; never raises (the response path calls it). Returns False, after
-    logging the event itself at ERROR so it can be recovered by hand, if it could not be stored."""
-    try:
-        outbox.append(event.tenant_id, event.to_json(), epoch_ms(event.created_at))
-    except (sqlite3.Error, OSError, ValueError):
-        log.exception(
-            "usage event %s NOT stored in %s: %s",
-            event.event_id,
-            outbox.path,
-            event.model_dump_json(),
-        )
-        return False
-    return True
+    """Append one event; never raises (the response path calls it). True once it is on the
+    file; False if the file refused it (held in memory, see the module docstring) or the event
+    cannot be written at all (logged in full at ERROR)."""
+    return append_events(outbox, [event]) == 1
 
 
 def append_events(outbox: SqliteOutbox, events: Sequence[UsageEvent]) -> int:
-    """Append ``events`` in one transaction; never raises. If that fails, each is tried alone
-    (one bad event must not cost the others), as ``append_event`` does. Returns how many were
-    stored."""
-    if len(events) > 1:
+    """Append ``events`` in one transaction (after any rows held back); never raises. Returns
+    how many are on the file now (0 while the file refuses them: they are held)."""
+    rows = []
+    for event in events:
         try:
-            outbox.append_many([(e.tenant_id, e.to_json(), epoch_ms(e.created_at)) for e in events])
-            return len(events)
-        except (sqlite3.Error, OSError, ValueError):
-            log.warning("appending %d usage events in one transaction failed; appending one by one", len(events))
-    return sum(append_event(outbox, event) for event in events)
+            rows.append((event.tenant_id, event.to_json(), epoch_ms(event.created_at)))
+        except (ValueError, TypeError, OverflowError):  # this event, not the file: it can never be stored
+            log.exception("usage event %s NOT stored in %s: %r", event.event_id, outbox.path, event)
+    return outbox.append_rows(rows) if rows else 0
 
 
 class SqliteEventLog:
@@ -278,7 +353,8 @@ class SqliteEventLog:
         await asyncio.to_thread(self._outbox.close)
 
     def pending(self) -> int:
-        return self._staged.staged()  # the file is the log: only staged events wait
+        # the file is the log: only staged events wait, and those a failing file refused (held)
+        return self._staged.staged() + self._outbox.held()
 
 
 class SqliteLogReader:

@@ -194,10 +194,10 @@ async def test_a_failed_commit_logs_every_event_in_full_and_releases_the_callers
         await log.settled(callers=5)
 
     await asyncio.wait_for(asyncio.gather(*(call(e) for e in events)), timeout=5)
+    assert log.pending() == 3  # held in memory, retried while the gateway runs
+    await log.close()  # the file still refuses them: each is logged in full
     for event in events:
-        assert f"usage event {event.event_id} NOT stored" in caplog.text
         assert event.model_dump_json() in caplog.text  # recoverable by hand
-    await log.close()
 
 
 async def test_when_the_batch_transaction_fails_each_event_is_tried_alone(
