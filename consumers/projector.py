@@ -250,6 +250,7 @@ class Projector:
                 attempt += 1
                 delay = min(self.retry_max, self.retry_initial * 2 ** (attempt - 1))
                 self._paused(e, attempt, delay)
+                await self._refresh_lag()  # the backlog keeps growing while paused: show it
                 if not await self._wait(delay, stop):
                     log.info("stopping while paused: batch of %d left uncommitted", len(records))
                     return False

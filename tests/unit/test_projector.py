@@ -289,6 +289,24 @@ async def test_paused_state_is_visible_while_waiting() -> None:
     assert projector.stats.paused is False
 
 
+async def test_the_lag_is_measured_while_paused() -> None:
+    """A store down for a while: the backlog grows and the lag shows it (it read 0 throughout a
+    22 s Postgres outage, then jumped once the store was back)."""
+    log = RestartableLog()
+    await publish(log, 2)
+    lags: list[int | None] = []
+    projector: Projector
+
+    async def sleep(delay: float) -> None:
+        await publish(log, 10, start=100 + len(lags) * 10)  # traffic goes on meanwhile
+        lags.append(projector.stats.lag)
+
+    projector = Projector(log, [FlakySink("pg", 3)], MemoryDeadLetters(), sleep=sleep, lag_interval=0)
+    await projector.run_until_idle()
+    assert lags[0] == 2 and lags[1] == 12 and lags[2] == 22  # measured at each failed attempt
+    assert projector.stats.lag == 0
+
+
 async def test_stop_while_paused_leaves_the_batch_uncommitted() -> None:
     log = RestartableLog()
     await publish(log, 5)
