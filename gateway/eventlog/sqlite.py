@@ -289,22 +289,28 @@ def refused_after_close(outbox: SqliteOutbox, *events: UsageEvent) -> bool:
     return True
 
 
+def _row(outbox: SqliteOutbox, event: UsageEvent) -> tuple[str | None, bytes, int] | None:
+    """The event as a log row; None (logged in full at ERROR) for an event that can never be
+    written (this event, not the file)."""
+    try:
+        return (event.tenant_id, event.to_json(), epoch_ms(event.created_at))
+    except (ValueError, TypeError, OverflowError):
+        log.exception("usage event %s NOT stored in %s: %r", event.event_id, outbox.path, event)
+        return None
+
+
 def append_event(outbox: SqliteOutbox, event: UsageEvent) -> bool:
     """Append one event; never raises (the response path calls it). True once it is on the
     file; False if the file refused it (held in memory, see the module docstring) or the event
     cannot be written at all (logged in full at ERROR)."""
-    return append_events(outbox, [event]) == 1
+    row = _row(outbox, event)
+    return row is not None and outbox.append_rows((row,)) == 1
 
 
 def append_events(outbox: SqliteOutbox, events: Sequence[UsageEvent]) -> int:
-    """Append ``events`` in one transaction (after any rows held back); never raises. Returns
-    how many are on the file now (0 while the file refuses them: they are held)."""
-    rows = []
-    for event in events:
-        try:
-            rows.append((event.tenant_id, event.to_json(), epoch_ms(event.created_at)))
-        except (ValueError, TypeError, OverflowError):  # this event, not the file: it can never be stored
-            log.exception("usage event %s NOT stored in %s: %r", event.event_id, outbox.path, event)
+    """Append ``events`` in one transaction; never raises. Returns how many are on the file now
+    (0 while the file refuses them: they are held)."""
+    rows = [row for event in events if (row := _row(outbox, event)) is not None]
     return outbox.append_rows(rows) if rows else 0
 
 
