@@ -150,6 +150,13 @@ async def replay_handler(request: web.Request) -> web.StreamResponse:
     except ValueError as e:
         raise InvalidRequest(f"the body is not valid JSON: {e}") from e
     options = options_from_body(body)
+    if options.from_position is not None:
+        from consumers.replay_sources import ReplayRangeError, check_position
+
+        try:
+            check_position(service.settings, options.from_position)
+        except ReplayRangeError as e:
+            raise InvalidRequest(str(e), param="fromPosition") from e
     book: PriceBook | None = None
     if options.reprice:
         try:

@@ -109,12 +109,7 @@ class SqliteReplaySource:
         self._min_ts: int | None = None
 
     async def open(self, start: ReplayStart) -> None:
-        after = 0
-        if start.from_position is not None:
-            text = start.from_position.strip()
-            if not _digits(text) or int(text) < 1:
-                raise ReplayRangeError(f"the embedded log's positions are record numbers >= 1, got {text!r}")
-            after = int(text) - 1
+        after = 0 if start.from_position is None else _embedded_position(start.from_position) - 1
         self._min_ts = None if start.since is None else _epoch_ms(start.since)
         if not self.path.is_file():
             return  # no log yet: nothing to replay
@@ -358,6 +353,23 @@ async def _partitions(admin: Any, topic: str) -> set[int]:
         return set()
     [described] = await admin.describe_topics([topic])
     return {int(p["partition"]) for p in described["partitions"]}
+
+
+def check_position(settings: Settings, position: str) -> None:
+    """Raise :class:`ReplayRangeError` if ``position`` is no position of the configured log (a
+    record number on the embedded log, ``partition:offset`` pairs on Kafka): before a replay
+    starts, so a service can refuse the request (400) instead of failing in its stream."""
+    if settings.kafka_bootstrap_servers:
+        _kafka_positions(position)
+    else:
+        _embedded_position(position)
+
+
+def _embedded_position(position: str) -> int:
+    text = position.strip()
+    if not _digits(text) or int(text) < 1:
+        raise ReplayRangeError(f"the embedded log's positions are record numbers >= 1, got {text!r}")
+    return int(text)
 
 
 def _digits(text: str) -> bool:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from gateway.errors import GatewayError
 from gateway.runtime import tune_gc, tune_logging
 from gateway.settings import Settings, load_settings
 from gateway.startup import startup_failure
@@ -177,7 +178,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         settings = load_settings(**overrides)
-    except (ValueError, OSError, yaml.YAMLError) as exc:  # pydantic's ValidationError is a ValueError
+        if settings.price_file is not None:  # read now: a bad price file is a bad configuration
+            from gateway.pricing.pricefile import load_price_file
+
+            load_price_file(settings.price_file)
+    except (ValueError, OSError, yaml.YAMLError, GatewayError) as exc:  # ValidationError is a ValueError
         print(f"llm-gateway: invalid configuration: {exc}", file=sys.stderr)
         return 2
     if args.command == "serve":

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import AliasChoices, BaseModel, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.health.config import HealthSettings
@@ -22,13 +22,17 @@ DEFAULT_PRIORITY = ["openai", "azure", "anthropic", "google", "ollama"]
 class ApiKey(BaseModel):
     """A gateway API key: its calls bill ``tenant``; ``admin`` may act for any tenant."""
 
-    key: str
-    tenant: str
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(min_length=1)
+    tenant: str = Field(min_length=1)
     admin: bool = False
 
 
 class ProviderSettings(BaseModel):
     """Connection settings of one provider, from the SDK variables or the config file."""
+
+    model_config = ConfigDict(extra="forbid")
 
     api_key: str | None = None
     base_url: str | None = None
@@ -45,24 +49,24 @@ class Settings(BaseSettings):
 
     # --- HTTP server ------------------------------------------------------------------------
     host: str | None = None
-    port: int = 8080
-    max_body_bytes: int = 1_048_576
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
     config_file: Path | None = Field(default=None, validation_alias=AliasChoices("LLM_GATEWAY_CONFIG", "config_file"))
 
     # --- routing / retry --------------------------------------------------------------------
     priority: list[str] = Field(default_factory=lambda: list(DEFAULT_PRIORITY))
     #: a vendor's own model (claude-3-haiku, gemini-pro) goes to that vendor first, the rest after
     native_first: bool = True
-    retry_attempts: int = 3
-    retry_initial_wait: float = 0.5
-    retry_max_wait: float = 8.0
+    retry_attempts: int = Field(default=3, ge=1)
+    retry_initial_wait: float = Field(default=0.5, ge=0)
+    retry_max_wait: float = Field(default=8.0, ge=0)
     #: longest server-requested wait honoured; longer waits fall back at once
-    retry_max_server_wait: float = 20.0
+    retry_max_server_wait: float = Field(default=20.0, ge=0)
     #: total time budget for retry waits of one request, across providers
-    retry_budget_seconds: float = 30.0
-    request_timeout: float = 120.0
-    connect_timeout: float = 5.0
-    stream_idle_timeout: float = 60.0
+    retry_budget_seconds: float = Field(default=30.0, ge=0)
+    request_timeout: float = Field(default=120.0, gt=0)
+    connect_timeout: float = Field(default=5.0, gt=0)
+    stream_idle_timeout: float = Field(default=60.0, gt=0)
 
     # --- provider health ---------------------------------------------------------------------
     health: HealthSettings = Field(default_factory=HealthSettings)
@@ -130,6 +134,36 @@ class Settings(BaseSettings):
     #: path of an operator price file (YAML/JSON), overriding built-in and database prices
     price_file: Path | None = None
 
+    @field_validator("priority")
+    @classmethod
+    def _priority(cls, value: list[str]) -> list[str]:
+        _known(value)
+        if not value or len(set(value)) != len(value):
+            raise ValueError(f"priority must name each provider at most once, and at least one: got {value}")
+        return value
+
+    @field_validator("providers")
+    @classmethod
+    def _providers(cls, value: dict[str, ProviderSettings]) -> dict[str, ProviderSettings]:
+        _known(value)
+        return value
+
+    @field_validator("model_groups")
+    @classmethod
+    def _model_groups(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        for group in value.values():
+            _known(group)
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _one_tenant_per_key(cls, value: list[ApiKey]) -> list[ApiKey]:
+        seen: dict[str, str] = {}
+        for entry in value:
+            if seen.setdefault(entry.key, entry.tenant) != entry.tenant or value.count(entry) > 1:
+                raise ValueError(f"an API key is listed more than once (tenants {seen[entry.key]!r}, {entry.tenant!r})")
+        return value
+
     def provider(self, name: str) -> ProviderSettings:
         """The effective settings of one provider: SDK variables, then the config file."""
         env = _ENV_PROVIDER_SETTINGS[name](self) if name in _ENV_PROVIDER_SETTINGS else ProviderSettings()
@@ -185,6 +219,14 @@ _ENV_PROVIDER_SETTINGS = {
 }
 
 
+def _known(names: Any) -> None:
+    """Provider names are the five the gateway has adapters for: a misspelled one would be
+    ignored silently (a provider left enabled, a fallback order not as written)."""
+    unknown = sorted({str(n) for n in names} - set(DEFAULT_PRIORITY))
+    if unknown:
+        raise ValueError(f"unknown provider(s) {unknown}: the providers are {', '.join(DEFAULT_PRIORITY)}")
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read the environment, then the config file it names (file values win), then overrides."""
     settings = Settings(**overrides)
@@ -193,4 +235,7 @@ def load_settings(**overrides: Any) -> Settings:
     data = yaml.safe_load(Path(settings.config_file).read_text()) or {}
     if not isinstance(data, dict):
         raise ValueError(f"config file {settings.config_file} must hold a mapping")
+    unknown = sorted(str(k) for k in data if k not in Settings.model_fields)
+    if unknown:
+        raise ValueError(f"config file {settings.config_file}: unknown key(s) {unknown}")
     return Settings(**{**data, **overrides, "config_file": settings.config_file})

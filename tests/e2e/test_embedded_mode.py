@@ -336,3 +336,19 @@ async def test_the_gateway_health_shows_its_embedded_projector(tmp_path: Path, m
             await asyncio.sleep(0.05)
         assert r.status == 200 and health["status"] == "ok"
         assert health["projector"]["status"] == "failing" and "a bug in a sink" in health["projector"]["lastError"]
+
+
+async def test_a_replay_request_with_a_position_the_log_does_not_have_is_a_400(tmp_path: Path) -> None:
+    """It was a 200 whose stream carried {"type": "error"}: not the OpenAI error format, and
+    not an error status for the client's mistake."""
+    async with embedded(tmp_path, api_keys=KEYS) as gw, aiohttp.ClientSession() as s:
+        headers = {"authorization": "Bearer sk-admin"}
+        for position in ("abc", "0", "-5", "1:20"):
+            async with s.post(f"{gw.base_url}/admin/replay", json={"fromPosition": position}, headers=headers) as r:
+                body = await r.json(content_type=None)
+                assert r.status == 400, (position, body)
+                assert body["error"]["param"] == "fromPosition" and "record numbers" in body["error"]["message"]
+        async with s.post(
+            f"{gw.base_url}/admin/replay", json={"fromPosition": "1", "dryRun": True}, headers=headers
+        ) as r:
+            assert r.status == 200 and b'"type": "result"' in await r.read()

@@ -114,3 +114,40 @@ def test_a_missing_config_file_is_a_clear_error(
     monkeypatch.setenv("LLM_GATEWAY_CONFIG", str(tmp_path / "absent.yaml"))
     assert cli.main(["costs", "--tenant", "t"]) == 2
     assert "absent.yaml" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("restore_gc", "restore_logging")
+@pytest.mark.parametrize(
+    ("config", "named"),
+    [
+        ("price_file: {dir}/absent-prices.yaml\n", "absent-prices.yaml"),
+        ("price_file: {dir}/prices.yaml\n", "input_per_1k"),  # a price file with a negative price
+        ("request_timeout: -1\n", "request_timeout"),  # every call timed out at once
+        ("connect_timeout: 0\n", "connect_timeout"),
+        ("retry_attempts: 0\n", "retry_attempts"),
+        ("max_body_bytes: -1\n", "max_body_bytes"),  # every request was a 413
+        ("unknown_key: 1\n", "unknown_key"),  # ignored silently
+        ("providers: {ollama: {enbled: false}}\n", "enbled"),  # the typo left Ollama enabled
+        ("providers: {bogus: {enabled: false}}\n", "bogus"),
+        ("priority: [openai, bogus]\n", "bogus"),
+        ("priority: [openai, openai]\n", "at most once"),
+        ("priority: []\n", "at least one"),
+        ("model_groups: {gpt-4o: {bogus: x}}\n", "bogus"),  # a traceback after start-up
+        ("api_keys: [{key: '', tenant: t}]\n", "api_keys"),
+        ("api_keys: [{key: sk-a, tenant: ''}]\n", "api_keys"),
+        ("api_keys: [{key: sk-a, tenant: t1}, {key: sk-a, tenant: t2}]\n", "more than once"),  # who pays?
+        ("api_keys: [{key: sk-a, tenant: t, extra: 1}]\n", "extra"),
+    ],
+)
+def test_a_configuration_that_would_misbehave_is_refused_at_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, config: str, named: str
+) -> None:
+    (tmp_path / "prices.yaml").write_text(
+        "version: v1\nprices:\n  - {model: my-ft, input_per_1k: '-0.1', output_per_1k: '0.2'}\n", encoding="utf-8"
+    )
+    path = tmp_path / "gw.yaml"
+    path.write_text(config.replace("{dir}", str(tmp_path)), encoding="utf-8")
+    monkeypatch.setenv("LLM_GATEWAY_CONFIG", str(path))
+    assert cli.main(["costs", "--tenant", "t"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("llm-gateway: invalid configuration:") and named in err and "Traceback" not in err
