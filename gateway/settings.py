@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway import strict_yaml
 from gateway.health.config import HealthSettings
 
 DEFAULT_PRIORITY = ["openai", "azure", "anthropic", "google", "ollama"]
@@ -232,7 +232,7 @@ def load_settings(**overrides: Any) -> Settings:
     settings = Settings(**overrides)
     if settings.config_file is None:
         return settings
-    data = yaml.safe_load(Path(settings.config_file).read_text()) or {}
+    data = strict_yaml.load(Path(settings.config_file).read_text()) or {}
     if not isinstance(data, dict):
         raise ValueError(f"config file {settings.config_file} must hold a mapping")
     unknown = sorted(str(k) for k in data if k not in Settings.model_fields)

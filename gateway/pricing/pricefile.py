@@ -40,6 +40,7 @@ import yaml
 from gateway.errors import GatewayError
 from gateway.pricing.base import THOUSAND, Rate
 from gateway.pricing.models import model_candidates, normalize_model
+from gateway.strict_yaml import StrictLoader
 
 MILLION = Decimal(1_000_000)
 _LABEL = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -184,8 +185,8 @@ class _NumberText(str):
     __slots__ = ()
 
 
-class _PriceFileLoader(yaml.SafeLoader):  # type: ignore[misc]
-    """SafeLoader that keeps YAML numbers as their source text."""
+class _PriceFileLoader(StrictLoader):
+    """SafeLoader that keeps YAML numbers as their source text and refuses a key given twice."""
 
 
 def _number_text(loader: yaml.SafeLoader, node: yaml.Node) -> _NumberText:

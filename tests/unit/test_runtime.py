@@ -151,3 +151,41 @@ def test_a_configuration_that_would_misbehave_is_refused_at_start(
     assert cli.main(["costs", "--tenant", "t"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("llm-gateway: invalid configuration:") and named in err and "Traceback" not in err
+
+
+@pytest.mark.usefixtures("restore_gc", "restore_logging")
+@pytest.mark.parametrize(
+    ("config", "prices", "named"),
+    [
+        ("priority: [openai]\npriority: [anthropic]\n", None, "'priority' is given twice"),
+        ("providers:\n  ollama: {enabled: false}\n  ollama: {enabled: true}\n", None, "'ollama' is given twice"),
+        ("price_file: {dir}/prices.yaml\n", "version: v1\nversion: v2\nprices: []\n", "'version' is given twice"),
+    ],
+)
+def test_a_key_given_twice_in_an_operators_file_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    config: str,
+    prices: str | None,
+    named: str,
+) -> None:
+    """PyYAML keeps the last of two equal keys silently: one of the operator's two lines was
+    ignored without a word."""
+    if prices is not None:
+        (tmp_path / "prices.yaml").write_text(prices, encoding="utf-8")
+    path = tmp_path / "gw.yaml"
+    path.write_text(config.replace("{dir}", str(tmp_path)), encoding="utf-8")
+    monkeypatch.setenv("LLM_GATEWAY_CONFIG", str(path))
+    assert cli.main(["costs", "--tenant", "t"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("llm-gateway: invalid configuration:") and named in err and "Traceback" not in err
+
+
+def test_anchors_and_merge_keys_still_work() -> None:
+    from gateway import strict_yaml
+
+    assert strict_yaml.load("base: &b {x: 1, y: 2}\nother:\n  <<: *b\n  y: 3\n") == {
+        "base": {"x": 1, "y": 2},
+        "other": {"x": 1, "y": 3},
+    }

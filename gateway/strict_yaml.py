@@ -1,0 +1,33 @@
+"""YAML as the operator's files are read: safe, and a key given twice in one mapping is an error
+(PyYAML keeps the last one silently, so `priority:` written twice, or a price file's `version:`,
+would be half ignored)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+
+class StrictLoader(yaml.SafeLoader):  # type: ignore[misc]
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if any(key_node.tag == "tag:yaml.org,2002:merge" for key_node, _ in node.value):
+            merged: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+            return merged  # `<<: *defaults` then explicit keys: overriding is the point there
+        seen: set[Any] = set()
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, str | int | float | bool):
+                continue  # a complex key: no duplicate check (operators' files have none)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark, f"the key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return mapping
+
+
+def load(text: str) -> Any:
+    """``text`` as YAML, refusing a key given twice in one mapping."""
+    return yaml.load(text, Loader=StrictLoader)
