@@ -136,8 +136,18 @@ def options_from_body(body: object) -> ReplayOptions:
     try:
         options.check()
     except ReplayError as e:
-        raise InvalidRequest(str(e)) from e
+        raise InvalidRequest(_in_body_words(str(e))) from e
     return options
+
+
+#: the CLI's flags, as the request body names them (ReplayOptions words its errors for the CLI)
+_BODY_FIELDS = {"--from-position": "'fromPosition'", "--since": "'since'", "--full": "'full'", "--health": "'health'"}
+
+
+def _in_body_words(message: str) -> str:
+    for flag, name in _BODY_FIELDS.items():
+        message = message.replace(flag, name)
+    return message
 
 
 async def replay_handler(request: web.Request) -> web.StreamResponse:

@@ -196,8 +196,10 @@ def test_request_body_validation() -> None:
     options = options_from_body({"since": "2026-03-01T00:00:00Z", "reprice": True})
     assert options.since == datetime(2026, 3, 1, tzinfo=UTC) and options.reprice
     assert options_from_body({"prices": {"prices": []}}).reprice
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(InvalidRequest, match=r"^'full' rebuilds from the beginning"):  # the body's words
         options_from_body({"full": True, "since": "2026-03-01"})
+    with pytest.raises(InvalidRequest, match=r"^give 'since' or 'fromPosition', not both$"):
+        options_from_body({"since": "2026-03-01", "fromPosition": "3"})
     with pytest.raises(InvalidRequest):
         options_from_body({"reprice": "yes"})
     with pytest.raises(InvalidRequest):
