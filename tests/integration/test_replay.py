@@ -264,7 +264,7 @@ async def test_the_service_replays_next_to_its_live_projector(
             f"{url}/v1/admin/replay", json={"full": True, "since": "2026-01-01"}, headers=headers
         ) as r:
             assert r.status == 400
-            assert "--full" in (await r.json())["error"]["message"]
+            assert "'full'" in (await r.json())["error"]["message"]  # the body's word for it
 
 
 # --- Kafka log, DuckDB and Postgres -------------------------------------------------------------

@@ -116,6 +116,18 @@ def test_a_missing_config_file_is_a_clear_error(
     assert "absent.yaml" in capsys.readouterr().err
 
 
+def assert_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, config: str, named: str
+) -> None:
+    """``config`` (``{dir}``: tmp_path) as the config file: the CLI refuses it in one message."""
+    path = tmp_path / "gw.yaml"
+    path.write_text(config.replace("{dir}", str(tmp_path)), encoding="utf-8")
+    monkeypatch.setenv("LLM_GATEWAY_CONFIG", str(path))
+    assert cli.main(["costs", "--tenant", "t"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("llm-gateway: invalid configuration:") and named in err and "Traceback" not in err
+
+
 @pytest.mark.usefixtures("restore_gc", "restore_logging")
 @pytest.mark.parametrize(
     ("config", "named"),
@@ -145,12 +157,7 @@ def test_a_configuration_that_would_misbehave_is_refused_at_start(
     (tmp_path / "prices.yaml").write_text(
         "version: v1\nprices:\n  - {model: my-ft, input_per_1k: '-0.1', output_per_1k: '0.2'}\n", encoding="utf-8"
     )
-    path = tmp_path / "gw.yaml"
-    path.write_text(config.replace("{dir}", str(tmp_path)), encoding="utf-8")
-    monkeypatch.setenv("LLM_GATEWAY_CONFIG", str(path))
-    assert cli.main(["costs", "--tenant", "t"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("llm-gateway: invalid configuration:") and named in err and "Traceback" not in err
+    assert_refused(monkeypatch, capsys, tmp_path, config, named)
 
 
 @pytest.mark.usefixtures("restore_gc", "restore_logging")
@@ -174,12 +181,7 @@ def test_a_key_given_twice_in_an_operators_file_is_refused(
     ignored without a word."""
     if prices is not None:
         (tmp_path / "prices.yaml").write_text(prices, encoding="utf-8")
-    path = tmp_path / "gw.yaml"
-    path.write_text(config.replace("{dir}", str(tmp_path)), encoding="utf-8")
-    monkeypatch.setenv("LLM_GATEWAY_CONFIG", str(path))
-    assert cli.main(["costs", "--tenant", "t"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("llm-gateway: invalid configuration:") and named in err and "Traceback" not in err
+    assert_refused(monkeypatch, capsys, tmp_path, config, named)
 
 
 def test_anchors_and_merge_keys_still_work() -> None:
