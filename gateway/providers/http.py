@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import math
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -19,26 +20,25 @@ ErrorClassifier = Callable[[int, Mapping[str, str], Any, str], errors.ProviderEr
 
 
 def _seconds(text: str, per_second: float = 1.0) -> float | None:
-    """A number of seconds (``>= 0``; infinity is a wait no budget allows); None for text that is
-    not a number, and for NaN, which no wait would ever compare with (``sleep(nan)`` never ends)."""
-    try:
-        value = float(text) / per_second
-    except ValueError:
-        return None
+    """A number of seconds (``>= 0``; infinity is a wait no budget allows), or None for NaN,
+    which no wait would ever compare with (``sleep(nan)`` never ends). Raises ``ValueError`` for
+    text that is not a number."""
+    value = float(text) / per_second
     return None if math.isnan(value) else max(value, 0.0)
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     """Seconds to wait from ``retry-after-ms`` or ``retry-after`` (seconds or HTTP date)."""
     ms = headers.get("retry-after-ms")
-    if ms and (wait := _seconds(ms, 1000.0)) is not None:
-        return wait
+    if ms:
+        with contextlib.suppress(ValueError):
+            if (wait := _seconds(ms, 1000.0)) is not None:
+                return wait
     ra = headers.get("retry-after")
     if not ra:
         return None
-    wait = _seconds(ra)
-    if wait is not None or _is_number(ra):  # a number, or NaN (no wait at all)
-        return wait
+    with contextlib.suppress(ValueError):
+        return _seconds(ra)  # a number (None for NaN: no wait at all)
     try:
         when = email.utils.parsedate_to_datetime(ra)
     except (TypeError, ValueError):
@@ -53,15 +53,10 @@ def parse_duration(value: str) -> float | None:
     value = value.strip()
     if not value.endswith("s"):
         return None
-    return _seconds(value[:-1])
-
-
-def _is_number(text: str) -> bool:
     try:
-        float(text)
+        return _seconds(value[:-1])
     except ValueError:
-        return False
-    return True
+        return None
 
 
 def error_message(body: Any, fallback: str) -> str:
