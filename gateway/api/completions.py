@@ -166,18 +166,13 @@ async def _stream(
                 elif out:
                     await response.write(out)
         except errors.StreamCut as cut:
-            UsageRecorder.log_cost(
-                ctx.tenant_id,
-                session.provider,
-                session.served_model or session.provider_model,
-                session.event.cost_usd if session.event else None,
-            )
+            _log_stream_cost(ctx, session)
             await state.event_log.settled(state.in_flight)
             await response.write(held + _sse(cut.to_openai()))
             return response
         event = session.finish("success")
+        _log_stream_cost(ctx, session)
         model = session.served_model or session.provider_model
-        UsageRecorder.log_cost(ctx.tenant_id, session.provider, model, event.cost_usd)
         cost_text = format_usd(event.cost_usd) if event.cost_usd is not None else "unpriced"
         tail = [held]
         if parsed.include_usage and session.usage is not None:
@@ -212,6 +207,11 @@ def _client_gone(ctx: CallContext, session: StreamSession) -> None:
     unless it was recorded already (the client went away during the last write)."""
     if session.event is not None:
         return
-    event = session.finish("cancelled")
+    session.finish("cancelled")
+    _log_stream_cost(ctx, session)
+
+
+def _log_stream_cost(ctx: CallContext, session: StreamSession) -> None:
+    """The call's cost line, from the stream's recorded attempt (unpriced if none is)."""
     model = session.served_model or session.provider_model
-    UsageRecorder.log_cost(ctx.tenant_id, session.provider, model, event.cost_usd)
+    UsageRecorder.log_cost(ctx.tenant_id, session.provider, model, session.event.cost_usd if session.event else None)

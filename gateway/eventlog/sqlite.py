@@ -52,7 +52,7 @@ _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
 MAX_HELD_ROWS = 50_000
 #: what says "the file cannot take rows now" (a full disk, an I/O error, a lock timeout), not
 #: "this row is wrong"
-_FILE_FAILURES = (sqlite3.OperationalError, sqlite3.DatabaseError, OSError)
+_FILE_FAILURES = (sqlite3.DatabaseError, OSError)  # OperationalError (full, locked) is a DatabaseError
 
 
 def connect(path: Path, *, autocheckpoint: int | None = None) -> sqlite3.Connection:
