@@ -119,6 +119,32 @@ async def test_broker_outage_spools_then_delivers_everything_once_in_order(
     assert_exactly_once_in_order(await read_all(kafka_bootstrap, topic, len(published)), published)
 
 
+async def test_a_full_spool_disk_holds_the_events_then_the_forwarder_delivers_them(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """The spool's file refuses rows (SQLITE_FULL, as on a full disk): the events are held in
+    memory, counted as pending, written once the file takes them again, and the forwarder is
+    woken for them with no new event to wake it: every one reaches Kafka once, in order."""
+    topic = new_topic()
+    log = new_log(kafka_bootstrap, topic, tmp_path / "spool.sqlite3", checkpoint_interval=0.05)
+    await log.start()
+    writer = log._spool._writer
+    pages = writer.execute("PRAGMA page_count").fetchone()[0]
+    writer.execute(f"PRAGMA max_page_count={pages}")  # full
+    published = [make_event(i) for i in range(300)]
+    for event in published:
+        log.publish(event)  # never raises
+    assert log._spool.held() > 250 and log.pending() >= log._spool.held()
+    async with asyncio.timeout(30):  # what fitted is forwarded: the forwarder waits for a wake-up
+        while log.pending() > log._spool.held():  # noqa: ASYNC110 - counters, polled
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)
+    writer.execute("PRAGMA max_page_count=1073741823")  # room again; nothing else is published
+    await wait_drained(log, 60)
+    await log.close()
+    assert_exactly_once_in_order(await read_all(kafka_bootstrap, topic, len(published)), published)
+
+
 async def test_close_with_the_broker_down_keeps_the_spool_for_the_next_start(
     kafka_bootstrap: str, kafka_broker_control: Broker, tmp_path: Path
 ) -> None:
