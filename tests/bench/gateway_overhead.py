@@ -6,9 +6,10 @@ Python), ``gateway`` (``llm-gateway serve``, usage events on the embedded log),
 ``gateway-kafka`` (the same on Kafka) and ``litellm`` (the LiteLLM proxy); optional
 ``gateway-noproj`` (``serve --no-project``: the embedded log, projection left to a
 ``consume`` process that does not run here, as for ``gateway-kafka``) and
-``gateway-alt`` (``--alt-src``: the gateway served from another source tree, e.g. a patched
-copy, for a before/after in one run) and ``shaped`` (``tests/bench/shaped_proxy.py``: the
-minimal proxy doing its plumbing the gateway's way, without the gateway's work: attribution).
+``gateway-alt`` / ``gateway-kafka-alt`` (``--alt-src``: the gateway, embedded or on Kafka, served
+from another source tree, e.g. a patched copy, for a before/after in one run) and ``shaped``
+(``tests/bench/shaped_proxy.py``: the minimal proxy doing its plumbing the gateway's way,
+without the gateway's work: attribution).
 Load: ``wrk`` with ``tests/bench/post.lua``. Rounds interleave every target within each cell (upstream delay x
 streaming x concurrency); ratios are taken per round, then the median across rounds.
 
@@ -51,7 +52,7 @@ from tests.bench.common import (
 )
 
 LUA = BENCH_DIR / "post.lua"
-GATEWAYS = ("gateway", "gateway-alt", "gateway-noproj", "gateway-kafka")
+GATEWAYS = ("gateway", "gateway-alt", "gateway-noproj", "gateway-kafka", "gateway-kafka-alt")
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,9 @@ def start_targets(args: argparse.Namespace, kafka: str | None, log_dir: Path, st
         "gateway-noproj": lambda: servers.start_gateway("gateway-noproj", upstream, log_dir, project=False),
         "gateway-alt": lambda: servers.start_gateway("gateway-alt", upstream, log_dir, src=args.alt_src),
         "gateway-kafka": lambda: servers.start_gateway("gateway-kafka", upstream, log_dir, kafka) if kafka else None,
+        "gateway-kafka-alt": lambda: (
+            servers.start_gateway("gateway-kafka-alt", upstream, log_dir, kafka, src=args.alt_src) if kafka else None
+        ),
         "litellm": lambda: servers.start_litellm(upstream, log_dir) if servers.litellm_available() else None,
     }
     for name in args.targets:
@@ -125,7 +129,8 @@ def start_targets(args: argparse.Namespace, kafka: str | None, log_dir: Path, st
         say(f"starting {name}")
         child = starters[name]()
         if child is None:
-            say(f"{name}: SKIPPED ({'no Kafka' if name == 'gateway-kafka' else 'no LiteLLM venv; see --install'})")
+            why = "no Kafka" if name.startswith("gateway-kafka") else "no LiteLLM venv; see --install"
+            say(f"{name}: SKIPPED ({why})")
             continue
         stack.callback(child.stop)
         targets[name] = child
@@ -229,7 +234,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--install", action="store_true", help="install wrk (apt) and LiteLLM (venv) if missing")
     p.add_argument("--start-kafka", action="store_true", help="start a private broker without LLM_GATEWAY_TEST_KAFKA")
     args = p.parse_args(argv)
-    if args.alt_src and "gateway-alt" not in args.targets:
+    if args.alt_src and not any(name.endswith("-alt") for name in args.targets):
         args.targets.insert(args.targets.index("gateway") + 1, "gateway-alt")
     if args.smoke:
         # a warm-up second per target: LiteLLM answers its first requests in about a second
@@ -245,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         say("wrk is missing: run with --install (apt-get install wrk)")
         return 2
     cells = [Cell(d, m == "stream", c) for d in args.delays for m in args.modes for c in args.concurrency]
-    want_kafka = "gateway-kafka" in args.targets
+    want_kafka = any(name.startswith("gateway-kafka") for name in args.targets)
     with (
         services(kafka=want_kafka, postgres=False, start=args.start_kafka) as svc,
         tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp,
