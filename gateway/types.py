@@ -17,6 +17,36 @@ class Message:
     content: str
 
 
+#: the generation options past the common ones, by their OpenAI names (see ``Options``)
+OPTION_NAMES = ("seed", "presence_penalty", "frequency_penalty", "response_format")
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Generation options only some vendors' wire formats carry, by their OpenAI names. A
+    request that sets one is sent only to the providers that carry it (``Provider.options``):
+    never silently dropped on the way."""
+
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    #: ``{"type": "json_object"}`` or ``{"type": "json_schema", "json_schema": {"name", "schema",
+    #: "strict"?, "description"?}}`` as the client sent it (``"text"``, the default, is no option)
+    response_format: dict[str, Any] | None = None
+
+    def names(self) -> list[str]:
+        """The options set, in a fixed order."""
+        return [name for name in OPTION_NAMES if getattr(self, name) is not None]
+
+    def json_schema(self) -> dict[str, Any] | None:
+        """The JSON Schema the answer must follow (``json_schema`` mode), else None."""
+        spec = self.response_format
+        if spec is None or spec.get("type") != "json_schema":
+            return None
+        schema: dict[str, Any] = spec["json_schema"].get("schema") or {}
+        return schema
+
+
 @dataclass(slots=True)
 class ChatRequest:
     """What an adapter sends upstream. ``model`` is already the provider's model name."""
@@ -31,6 +61,7 @@ class ChatRequest:
     stream: bool = False
     #: adapters with a legacy text endpoint (OpenAI / Azure ``/completions``) use it when set
     prompt: str | None = None
+    options: Options | None = None
 
     def for_provider(self, model: str, stream: bool) -> ChatRequest:
         """This request as one provider is asked it: its model name, streamed or not (what
@@ -46,6 +77,7 @@ class ChatRequest:
             self.user,
             stream,
             self.prompt,
+            self.options,
         )
 
     def system_text(self) -> str | None:

@@ -43,6 +43,12 @@ _COMMON_PROPS: dict[str, Any] = {
         "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}, {"type": "null"}]
     },
     "user": {"type": "string"},
+    "seed": {
+        "type": ["integer", "null"],
+        "description": "Sent only to providers that carry it (not Anthropic); 400 when none serving the model can.",
+    },
+    "presence_penalty": {"type": ["number", "null"], "minimum": -2, "maximum": 2, "description": "As seed."},
+    "frequency_penalty": {"type": ["number", "null"], "minimum": -2, "maximum": 2, "description": "As seed."},
     "stream": {"type": ["boolean", "null"]},
     "stream_options": {
         "type": ["object", "null"],
@@ -92,6 +98,25 @@ _CHAT_REQUEST = {
         },
         "max_tokens": {"type": ["integer", "null"], "minimum": 1},
         "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
+        "response_format": {
+            "type": ["object", "null"],
+            "required": ["type"],
+            "properties": {
+                "type": {"enum": ["text", "json_object", "json_schema"]},
+                "json_schema": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {
+                        "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                        "schema": {"type": "object"},
+                        "strict": {"type": "boolean"},
+                        "description": {"type": "string"},
+                    },
+                },
+            },
+            "description": "JSON modes, as seed: OpenAI and Azure as sent, Gemini responseMimeType and "
+            "responseJsonSchema, Ollama format.",
+        },
     },
 }
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
 from dataclasses import dataclass
 from typing import Any, cast
 
 from gateway.errors import InvalidRequest
-from gateway.types import ChatRequest, Message, Role
+from gateway.types import ChatRequest, Message, Options, Role
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 MAX_STOP = 4
@@ -18,13 +19,14 @@ MAX_MODEL_LEN = 256
 #: fields we know but cannot honour: refused clearly rather than silently dropped (a value equal
 #: to the field's default is accepted: it asks for nothing)
 UNSUPPORTED_CHAT = frozenset({
-    "tools", "tool_choice", "functions", "function_call", "logprobs", "top_logprobs", "response_format", "audio",
-    "modalities", "seed", "presence_penalty", "frequency_penalty", "logit_bias", "reasoning_effort", "prediction",
-    "web_search_options",
+    "tools", "tool_choice", "functions", "function_call", "logprobs", "top_logprobs", "audio", "modalities",
+    "logit_bias", "reasoning_effort", "prediction", "web_search_options",
 })  # fmt: skip
-UNSUPPORTED_COMPLETION = frozenset({
-    "suffix", "echo", "logprobs", "best_of", "logit_bias", "seed", "presence_penalty", "frequency_penalty",
-})  # fmt: skip
+UNSUPPORTED_COMPLETION = frozenset({"suffix", "echo", "logprobs", "best_of", "logit_bias"})
+#: JSON's safe range for a seed: OpenAI and Ollama take 64-bit integers
+MAX_SEED = 2**63 - 1
+#: OpenAI's rule for ``response_format.json_schema.name``
+_SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: defaults other than null/false/0/[]/{} of the fields above
 _DEFAULTS: dict[str, object] = {"best_of": 1}
 
@@ -236,6 +238,66 @@ def _include_usage(body: dict[str, Any], stream: bool) -> bool:
     return bool(value)
 
 
+def _penalty(body: dict[str, Any], name: str) -> float | None:
+    value = _number(body, name, -2, 2)
+    return None if value == 0 else value  # the default asks for nothing: any provider serves it
+
+
+def _response_format(body: dict[str, Any]) -> dict[str, Any] | None:
+    value = body.get("response_format")
+    if value is None:
+        return None
+    param = "response_format"
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"'{param}' must be an object, got {_type_name(value)}", param=param, code="invalid_type")
+    kind = value.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "json_object"}
+    if kind != "json_schema":
+        raise InvalidRequest(
+            f"'{param}.type' must be one of 'text', 'json_object', 'json_schema', got {kind!r}",
+            param=f"{param}.type",
+            code="invalid_value",
+        )
+    spec = value.get("json_schema")
+    if not isinstance(spec, dict):
+        raise InvalidRequest(
+            f"Missing required parameter: '{param}.json_schema'",
+            param=f"{param}.json_schema",
+            code="missing_required_parameter",
+        )
+    name = spec.get("name")
+    if not isinstance(name, str) or not _SCHEMA_NAME.fullmatch(name):
+        raise InvalidRequest(
+            f"'{param}.json_schema.name' must be 1 to 64 letters, digits, '_' or '-'",
+            param=f"{param}.json_schema.name",
+            code="invalid_value",
+        )
+    for key, kinds, what in (
+        ("schema", dict, "an object"),
+        ("strict", bool, "a boolean"),
+        ("description", str, "a string"),
+    ):
+        if spec.get(key) is not None and not isinstance(spec[key], kinds):
+            raise InvalidRequest(
+                f"'{param}.json_schema.{key}' must be {what}", param=f"{param}.json_schema.{key}", code="invalid_type"
+            )
+    return {"type": "json_schema", "json_schema": {k: v for k, v in spec.items() if v is not None}}
+
+
+def _options(body: dict[str, Any], *, response_format: bool) -> Options | None:
+    """The generation options only some providers carry (``Options``); None when none is set."""
+    options = Options(
+        seed=_integer(body, "seed", -MAX_SEED - 1, MAX_SEED),
+        presence_penalty=_penalty(body, "presence_penalty"),
+        frequency_penalty=_penalty(body, "frequency_penalty"),
+        response_format=_response_format(body) if response_format else None,
+    )
+    return options if options.names() else None
+
+
 def _common(body: dict[str, Any]) -> tuple[str, str | None, str | None]:
     model = _string(body, "model", required=True, max_len=MAX_MODEL_LEN, printable=True)
     provider = _string(body, "provider")
@@ -264,6 +326,7 @@ def parse_chat(raw: Any) -> ParsedRequest:
         stop=_stop(body),
         user=_string(body, "user"),
         stream=_boolean(body, "stream"),
+        options=_options(body, response_format=True),
     )
     return ParsedRequest(template, "chat.completions", model, provider, tenant, _include_usage(body, template.stream))
 
@@ -301,5 +364,6 @@ def parse_completion(raw: Any, *, legacy_model: bool) -> ParsedRequest:
         user=_string(body, "user"),
         stream=_boolean(body, "stream"),
         prompt=prompt if legacy_model else None,
+        options=_options(body, response_format=False),
     )
     return ParsedRequest(template, "completions", model, provider, tenant, _include_usage(body, template.stream))

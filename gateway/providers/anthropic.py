@@ -24,6 +24,8 @@ API_VERSION = "2023-06-01"
 
 class AnthropicProvider:
     name = wire.PROVIDER
+    #: the Messages API has no seed, no penalties and no JSON mode
+    options: frozenset[str] = frozenset()
 
     def __init__(self, settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> None:
         base = (settings.base_url or DEFAULT_BASE_URL).rstrip("/")

@@ -19,7 +19,7 @@ from gateway.providers.http import (
     parse_duration,
     parse_retry_after,
 )
-from gateway.types import ChatRequest, FinishReason, Usage, is_token_count
+from gateway.types import ChatRequest, FinishReason, Options, Usage, is_token_count
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,26 @@ def build_body(req: ChatRequest) -> dict[str, Any]:
         config["maxOutputTokens"] = req.max_tokens
     if req.stop:
         config["stopSequences"] = list(req.stop)
+    if req.options is not None:
+        _add_options(config, req.options)
     body["generationConfig"] = config
     return body
+
+
+def _add_options(config: dict[str, Any], options: Options) -> None:
+    """``generationConfig``'s names for the options (``GoogleProvider.options``); JSON modes are
+    ``responseMimeType`` and, for a schema, ``responseJsonSchema`` (JSON Schema, as OpenAI's)."""
+    if options.seed is not None:
+        config["seed"] = options.seed
+    if options.presence_penalty is not None:
+        config["presencePenalty"] = options.presence_penalty
+    if options.frequency_penalty is not None:
+        config["frequencyPenalty"] = options.frequency_penalty
+    if options.response_format is not None:
+        config["responseMimeType"] = "application/json"
+        schema = options.json_schema()
+        if schema is not None:
+            config["responseJsonSchema"] = schema
 
 
 # --- response ------------------------------------------------------------------------------

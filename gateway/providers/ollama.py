@@ -20,7 +20,16 @@ from gateway.providers.sse import iter_ndjson_lines
 from gateway.providers.upstream_http import UpstreamClient
 from gateway.providers.upstream_response import Response
 from gateway.settings import ProviderSettings
-from gateway.types import ChatRequest, ChatResult, FinishReason, StreamChunk, Usage, is_token_count
+from gateway.types import (
+    OPTION_NAMES,
+    ChatRequest,
+    ChatResult,
+    FinishReason,
+    Options,
+    StreamChunk,
+    Usage,
+    is_token_count,
+)
 
 PROVIDER = "ollama"
 DEFAULT_HOST = "http://localhost:11434"
@@ -68,9 +77,22 @@ def build_body(req: ChatRequest, *, stream: bool) -> dict[str, Any]:
         options["top_p"] = req.top_p
     if req.stop:
         options["stop"] = list(req.stop)
+    if req.options is not None:
+        _add_options(body, options, req.options)
     if options:
         body["options"] = options
     return body
+
+
+def _add_options(body: dict[str, Any], options: dict[str, Any], asked: Options) -> None:
+    """Sampling options go in ``options`` (Ollama's names are OpenAI's); a JSON mode is the
+    top-level ``format``: ``"json"``, or the schema itself."""
+    for name in ("seed", "presence_penalty", "frequency_penalty"):
+        value = getattr(asked, name)
+        if value is not None:
+            options[name] = value
+    if asked.response_format is not None:
+        body["format"] = asked.json_schema() or "json"
 
 
 def map_finish_reason(done_reason: str | None, *, has_tool_calls: bool = False) -> FinishReason:
@@ -143,6 +165,7 @@ def classify(status: int, headers: Mapping[str, str], body: Any, raw: str) -> er
 
 class OllamaProvider:
     name = PROVIDER
+    options = frozenset(OPTION_NAMES)
 
     def __init__(self, settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> None:
         self._session = session

@@ -89,6 +89,9 @@ def build_body(
         value = getattr(request, key)
         if value is not None:
             body[key] = value
+    if request.options is not None:  # OpenAI's own names and shapes
+        for key in request.options.names():
+            body[key] = getattr(request.options, key)
     body["stream"] = stream
     if stream:
         body["stream_options"] = {"include_usage": True}

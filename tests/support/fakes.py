@@ -9,7 +9,7 @@ from decimal import Decimal
 
 from gateway import errors
 from gateway.pricing.base import Quote, Rate
-from gateway.types import ChatRequest, ChatResult, StreamChunk, Usage
+from gateway.types import OPTION_NAMES, ChatRequest, ChatResult, StreamChunk, Usage
 
 Step = BaseException | ChatResult | list[StreamChunk | BaseException]
 
@@ -17,8 +17,11 @@ Step = BaseException | ChatResult | list[StreamChunk | BaseException]
 class ScriptedProvider:
     """Replays a script: each call takes the next step (an error to raise or a result)."""
 
-    def __init__(self, name: str, *steps: Step, default: Step | None = None) -> None:
+    def __init__(
+        self, name: str, *steps: Step, default: Step | None = None, options: frozenset[str] = frozenset(OPTION_NAMES)
+    ) -> None:
         self.name = name
+        self.options = options
         self.steps: deque[Step] = deque(steps)
         self.default = default if default is not None else ok(f"hello from {name}")
         self.calls: list[ChatRequest] = []

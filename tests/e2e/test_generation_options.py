@@ -1,0 +1,119 @@
+"""Generation options only some vendors carry (seed, penalties, JSON modes): each provider gets
+them in its own wire format, and a provider that cannot carry one is never asked (no option is
+dropped on the way); when none of the providers serving the model can, the answer is a 400."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+import pytest
+
+from tests.support.gateway import RunningGateway, running_gateway
+
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+JSON_SCHEMA = {"type": "json_schema", "json_schema": {"name": "place", "schema": SCHEMA, "strict": True}}
+OPTIONS = {"seed": 7, "presence_penalty": 0.5, "frequency_penalty": -0.25, "response_format": JSON_SCHEMA}
+
+
+def client(gw: RunningGateway) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=gw.base_url, api_key="unused", max_retries=0)
+
+
+async def ask(gw: RunningGateway, model: str, provider: str | None = None, **fields: Any) -> Any:
+    extra = {"provider": provider} if provider else {}
+    async with client(gw) as c:
+        raw = await c.chat.completions.with_raw_response.create(
+            model=model, messages=[{"role": "user", "content": "Where?"}], extra_body=extra, **fields
+        )
+    return raw
+
+
+@pytest.mark.parametrize("provider", ["openai", "azure"])
+async def test_openai_wire_carries_the_options_as_sent(gw: RunningGateway, provider: str) -> None:
+    raw = await ask(gw, "gpt-4o", provider, **OPTIONS)
+    assert raw.headers["x-llm-provider"] == provider
+    body = gw.sims[provider].requests[-1].body
+    assert {key: body.get(key) for key in OPTIONS} == OPTIONS
+
+
+async def test_gemini_gets_them_in_generation_config(gw: RunningGateway) -> None:
+    raw = await ask(gw, "gemini-pro", "google", **OPTIONS)
+    assert raw.headers["x-llm-provider"] == "google"
+    config = gw.sims["google"].requests[-1].body["generationConfig"]
+    assert config["seed"] == 7 and config["presencePenalty"] == 0.5 and config["frequencyPenalty"] == -0.25
+    assert config["responseMimeType"] == "application/json" and config["responseJsonSchema"] == SCHEMA
+
+
+async def test_ollama_gets_sampling_options_and_format(gw: RunningGateway) -> None:
+    raw = await ask(gw, "llama3", "ollama", **OPTIONS)
+    assert raw.headers["x-llm-provider"] == "ollama"
+    body = gw.sims["ollama"].requests[-1].body
+    assert body["options"]["seed"] == 7
+    assert body["options"]["presence_penalty"] == 0.5 and body["options"]["frequency_penalty"] == -0.25
+    assert body["format"] == SCHEMA
+
+
+async def test_json_object_mode_in_each_wire_format(gw: RunningGateway) -> None:
+    json_object = {"type": "json_object"}
+    await ask(gw, "gpt-4o", "openai", response_format=json_object)
+    await ask(gw, "gemini-pro", "google", response_format=json_object)
+    await ask(gw, "llama3", "ollama", response_format=json_object)
+    assert gw.sims["openai"].requests[-1].body["response_format"] == json_object
+    config = gw.sims["google"].requests[-1].body["generationConfig"]
+    assert config["responseMimeType"] == "application/json" and "responseJsonSchema" not in config
+    assert gw.sims["ollama"].requests[-1].body["format"] == "json"
+
+
+@pytest.mark.parametrize("option", sorted(OPTIONS))
+async def test_anthropic_cannot_carry_them_so_the_next_provider_serves(gw: RunningGateway, option: str) -> None:
+    """A Claude model goes to Anthropic first; with an option its API has not, Anthropic is not
+    asked at all (its API would refuse the field, or worse, ignore it) and the next serves."""
+    raw = await ask(gw, "claude-3-haiku", **{option: OPTIONS[option]})
+    assert raw.headers["x-llm-provider"] == "openai" and raw.headers["x-llm-attempts"] == "1"
+    assert gw.sims["anthropic"].requests == []
+    [event] = gw.event_log.events
+    assert event.provider == "openai" and event.attempt == 1
+
+
+async def test_pinning_anthropic_with_an_option_falls_to_the_others(gw: RunningGateway) -> None:
+    raw = await ask(gw, "claude-3-haiku", "anthropic", seed=1)
+    assert raw.headers["x-llm-provider"] == "openai"
+    assert gw.sims["anthropic"].requests == []
+    raw = await ask(gw, "claude-3-haiku", "anthropic")  # without it, Anthropic serves as pinned
+    assert raw.headers["x-llm-provider"] == "anthropic"
+
+
+async def test_options_at_their_defaults_still_go_to_anthropic(gw: RunningGateway) -> None:
+    raw = await ask(gw, "claude-3-haiku", presence_penalty=0, frequency_penalty=0.0, response_format={"type": "text"})
+    assert raw.headers["x-llm-provider"] == "anthropic"
+    assert not {"seed", "presence_penalty", "frequency_penalty", "response_format"} & set(
+        gw.sims["anthropic"].requests[-1].body
+    )
+
+
+async def test_no_provider_that_serves_the_model_can_carry_it_is_a_400() -> None:
+    async with running_gateway(providers=("anthropic",)) as gw:
+        async with client(gw) as c:
+            for stream in (False, True):
+                with pytest.raises(openai.BadRequestError) as info:
+                    await c.chat.completions.create(
+                        model="claude-3-haiku",
+                        messages=[{"role": "user", "content": "x"}],
+                        response_format={"type": "json_object"},
+                        stream=stream,
+                    )
+                error = info.value
+                assert error.code == "unsupported_parameter" and error.param == "response_format"
+                assert "'response_format' is not supported by the providers that serve model" in error.message
+                assert "(anthropic)" in error.message
+        assert gw.sims["anthropic"].requests == []
+        assert gw.event_log.events == []
+
+
+async def test_legacy_completions_carry_seed_and_penalties(gw: RunningGateway) -> None:
+    async with client(gw) as c:
+        await c.completions.create(model="gpt-3.5-turbo-instruct", prompt="x", seed=3, presence_penalty=1)
+    body = gw.sims["openai"].requests[-1].body
+    assert gw.sims["openai"].requests[-1].path.endswith("/completions") and "prompt" in body
+    assert (body["seed"], body["presence_penalty"]) == (3, 1)
