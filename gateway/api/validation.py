@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from gateway.errors import InvalidRequest
-from gateway.types import ChatRequest, Message, Options, Role
+from gateway.types import OPTION_NAMES, ChatRequest, Message, Options, Role
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 MAX_STOP = 4
@@ -289,6 +289,8 @@ def _response_format(body: dict[str, Any]) -> dict[str, Any] | None:
 
 def _options(body: dict[str, Any], *, response_format: bool) -> Options | None:
     """The generation options only some providers carry (``Options``); None when none is set."""
+    if body.keys().isdisjoint(OPTION_NAMES):  # most bodies: no lookups, no object
+        return None
     options = Options(
         seed=_integer(body, "seed", -MAX_SEED - 1, MAX_SEED),
         presence_penalty=_penalty(body, "presence_penalty"),
