@@ -91,15 +91,16 @@ def build_body(req: ChatRequest) -> dict[str, Any]:
     return body
 
 
+_OPTION_KEYS = (("seed", "seed"), ("presence_penalty", "presencePenalty"), ("frequency_penalty", "frequencyPenalty"))
+
+
 def _add_options(config: dict[str, Any], options: Options) -> None:
     """``generationConfig``'s names for the options (``GoogleProvider.options``); JSON modes are
     ``responseMimeType`` and, for a schema, ``responseJsonSchema`` (JSON Schema, as OpenAI's)."""
-    if options.seed is not None:
-        config["seed"] = options.seed
-    if options.presence_penalty is not None:
-        config["presencePenalty"] = options.presence_penalty
-    if options.frequency_penalty is not None:
-        config["frequencyPenalty"] = options.frequency_penalty
+    for name, key in _OPTION_KEYS:
+        value = getattr(options, name)
+        if value is not None:
+            config[key] = value
     if options.response_format is not None:
         config["responseMimeType"] = "application/json"
         schema = options.json_schema()
