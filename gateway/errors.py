@@ -209,11 +209,20 @@ class UpstreamBadRequest(ProviderError):
     outcome = "client_error"
     fallback = False
     client_should_retry = False
+    #: the client sees the vendor's own code (``context_length_exceeded``: clients trim and
+    #: retry on it), ours only when the vendor gave none
+    shows_upstream_code: ClassVar[bool] = True
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        if self.upstream_code and self.shows_upstream_code:
+            self.code = self.upstream_code  # type: ignore[misc]
 
 
 class ContentFiltered(UpstreamBadRequest):
     code = "content_filter"
     outcome = "content_filtered"
+    shows_upstream_code = False
 
 
 class StreamCut(ProviderError):

@@ -132,7 +132,8 @@ class Usage:
 class ChatResult:
     text: str
     finish_reason: FinishReason
-    usage: Usage
+    #: None: the provider reported no usage (it may still bill: the cost is unknown, not zero)
+    usage: Usage | None
     #: the model the provider says actually served the call (authoritative for billing)
     model: str
     upstream_request_id: str | None = None

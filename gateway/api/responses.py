@@ -23,7 +23,7 @@ def chat_completion(response_id: str, created: int, model: str, result: ChatResu
                 "finish_reason": result.finish_reason,
             }
         ],
-        "usage": result.usage.to_openai(),
+        "usage": None if result.usage is None else result.usage.to_openai(),
     }
 
 
@@ -34,7 +34,7 @@ def text_completion(response_id: str, created: int, model: str, result: ChatResu
         "created": created,
         "model": model,
         "choices": [{"index": 0, "text": result.text, "logprobs": None, "finish_reason": result.finish_reason}],
-        "usage": result.usage.to_openai(),
+        "usage": None if result.usage is None else result.usage.to_openai(),
     }
 
 

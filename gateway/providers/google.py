@@ -10,7 +10,7 @@ import orjson
 from gateway import errors
 from gateway.providers import google_wire as wire
 from gateway.providers.base import Timeouts
-from gateway.providers.http import malformed, post, read_json
+from gateway.providers.http import malformed, post, read_error_body, read_json
 from gateway.providers.sse import iter_sse
 from gateway.providers.upstream_http import UpstreamClient
 from gateway.providers.upstream_response import Response
@@ -66,7 +66,7 @@ class GoogleProvider:
         return ChatResult(
             text=piece.text,
             finish_reason=piece.finish() or "stop",
-            usage=piece.usage or Usage(),
+            usage=piece.usage,
             model=piece.model or request.model,
             upstream_request_id=request_id,
         )
@@ -85,6 +85,8 @@ class GoogleProvider:
                 classify=wire.classify,
                 params={"alt": "sse"},
             ) as resp:
+                if "event-stream" not in resp.headers.get("content-type", "text/event-stream"):
+                    raise await self._not_a_stream(resp)
                 async for chunk in self._chunks(resp, request.model):
                     started = True
                     yield chunk
@@ -92,6 +94,17 @@ class GoogleProvider:
             if not started:
                 raise
             raise errors.StreamCut(f"{self.name}: stream broke: {exc.message}", provider=self.name) from exc
+
+    async def _not_a_stream(self, resp: Response) -> errors.ProviderError:
+        """A 200 answer to ``alt=sse`` that is not SSE: a google.rpc.Status error object (judged
+        by its own ``code``, e.g. 429 RESOURCE_EXHAUSTED), or garbage."""
+        body, raw = await read_error_body(resp)
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(error, dict):
+            code = error.get("code")
+            status = code if isinstance(code, int) and 400 <= code <= 599 else resp.status
+            return wire.classify(status, resp.headers, body, raw)
+        return malformed(self.name, f"streaming answer is {resp.headers.get('content-type')}, not SSE: {raw[:200]!r}")
 
     async def _chunks(self, resp: Response, requested: str) -> AsyncIterator[StreamChunk]:
         finish: FinishReason | None = None
@@ -118,7 +131,7 @@ class GoogleProvider:
             finish = finishing.finish(has_function_call=has_call)
         if finish is None:
             raise errors.StreamCut(f"{self.name}: stream ended without a finishReason", provider=self.name)
-        yield StreamChunk(finish_reason=finish, usage=usage or Usage(), model=model or requested)
+        yield StreamChunk(finish_reason=finish, usage=usage, model=model or requested)
 
 
 def build(settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> GoogleProvider | None:

@@ -176,7 +176,7 @@ def parse_response(data: Any, *, provider: str, requested_model: str, request_id
     return ChatResult(
         text=_choice_text(provider, choice, "message"),
         finish_reason=map_finish_reason(choice.get("finish_reason")) or "stop",
-        usage=parse_usage(data.get("usage")) or Usage(),
+        usage=parse_usage(data.get("usage")),
         model=_model(data) or requested_model,
         upstream_request_id=request_id or (data.get("id") if isinstance(data.get("id"), str) else None),
     )

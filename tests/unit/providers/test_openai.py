@@ -388,7 +388,7 @@ def test_response_parsing() -> None:
         "gpt-4o",
         "chatcmpl-1",
     )
-    assert result.usage == Usage()
+    assert result.usage is None  # no usage reported: unknown (billed at an unknown cost), not zero
     bad_bodies: list[Any] = [
         [],
         {"choices": "x"},

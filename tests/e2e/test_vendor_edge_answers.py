@@ -1,0 +1,141 @@
+"""Legal vendor answers the simulators do not give, from a scripted upstream: an answer without
+usage (billable at an unknown cost, never free), a Gemini stream answered with a plain JSON
+error, a vendor's own error code for a bad request."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import openai
+import orjson
+import pytest
+from aiohttp import web
+
+from gateway.settings import ProviderSettings
+from gateway.simulators.registry import SIMULATED_KEY
+from tests.support.gateway import RunningGateway, running_gateway, start_app
+
+ANSWER = {"candidates": [{"content": {"role": "model", "parts": [{"text": "hi"}]}, "finishReason": "STOP"}]}
+
+
+class Upstream:
+    """One scripted answer per path kind: ``openai``, ``generate``, ``stream``."""
+
+    def __init__(self) -> None:
+        self.script: dict[str, web.Response] = {}
+        self.calls: list[str] = []
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        kind = "openai" if path.endswith("/chat/completions") else "stream" if "stream" in path else "generate"
+        self.calls.append(kind)
+        return self.script[kind]
+
+
+def openai_answer(**extra: Any) -> web.Response:
+    body = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": "gpt-4o",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        **extra,
+    }
+    return web.json_response(body)
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[tuple[Upstream, str]]:
+    up = Upstream()
+    app = web.Application()
+    app.router.add_route("POST", "/{tail:.*}", up.handle)
+    runner, url = await start_app(app)
+    try:
+        yield up, url
+    finally:
+        await runner.cleanup()
+
+
+async def gateway(url: str, provider: str) -> Any:
+    base = f"{url}/v1" if provider == "openai" else url
+    providers = {name: ProviderSettings(enabled=False) for name in ("openai", "azure", "anthropic", "google", "ollama")}
+    providers[provider] = ProviderSettings(api_key=SIMULATED_KEY, base_url=base)
+    return running_gateway(providers=(), settings={"providers": providers, "retry_attempts": 1})
+
+
+def client(gw: RunningGateway) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=gw.base_url, api_key="unused", max_retries=0)
+
+
+async def test_openai_answer_without_usage_is_billable_at_an_unknown_cost(upstream: tuple[Upstream, str]) -> None:
+    up, url = upstream
+    up.script["openai"] = openai_answer()
+    async with await gateway(url, "openai") as gw, client(gw) as c:
+        raw = await c.chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "x"}]
+        )
+    assert raw.parse().usage is None and raw.headers["x-llm-cost-usd"] == "unpriced"
+    [event] = gw.event_log.events
+    assert event.billable and event.cost_usd is None and event.outcome == "success"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_gemini_answer_without_usage_metadata_is_billable_at_an_unknown_cost(
+    upstream: tuple[Upstream, str], stream: bool
+) -> None:
+    up, url = upstream
+    up.script["generate"] = web.json_response(ANSWER)
+    up.script["stream"] = web.Response(
+        body=b"data: " + orjson.dumps(ANSWER) + b"\r\n\r\n", content_type="text/event-stream"
+    )
+    async with await gateway(url, "google") as gw, client(gw) as c:
+        if stream:
+            chunks = [
+                ch
+                async for ch in await c.chat.completions.create(
+                    model="gemini-pro", messages=[{"role": "user", "content": "x"}], stream=True
+                )
+            ]
+            assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == "hi"
+        else:
+            raw = await c.chat.completions.with_raw_response.create(
+                model="gemini-pro", messages=[{"role": "user", "content": "x"}]
+            )
+            assert raw.headers["x-llm-cost-usd"] == "unpriced"
+    [event] = gw.event_log.events
+    assert event.billable and event.cost_usd is None and event.prompt_tokens == 0
+
+
+async def test_gemini_stream_answered_with_a_json_error_is_that_error(upstream: tuple[Upstream, str]) -> None:
+    """``alt=sse`` answered 200 with a google.rpc.Status body (as the SDK accepts): judged by its
+    own code, a rate limit, not a cut stream billed at an unknown cost."""
+    up, url = upstream
+    error = {"error": {"code": 429, "message": "Resource has been exhausted", "status": "RESOURCE_EXHAUSTED"}}
+    up.script["stream"] = web.json_response(error)
+    async with await gateway(url, "google") as gw, client(gw) as c:
+        with pytest.raises(openai.APIStatusError):
+            await c.chat.completions.create(
+                model="gemini-pro", messages=[{"role": "user", "content": "x"}], stream=True
+            )
+    [event] = gw.event_log.events
+    assert event.outcome == "rate_limited" and not event.billable and event.cost_usd == 0
+
+
+async def test_the_vendors_error_code_reaches_the_client(upstream: tuple[Upstream, str]) -> None:
+    up, url = upstream
+    error = {
+        "error": {
+            "message": "This model's maximum context length is 128000 tokens.",
+            "type": "invalid_request_error",
+            "param": "messages",
+            "code": "context_length_exceeded",
+        }
+    }
+    up.script["openai"] = web.json_response(error, status=400)
+    async with await gateway(url, "openai") as gw, client(gw) as c:
+        with pytest.raises(openai.BadRequestError) as info:
+            await c.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+    assert info.value.code == "context_length_exceeded"
+    assert "maximum context length" in info.value.message
+    [event] = gw.event_log.events
+    assert event.outcome == "client_error" and event.error_code == "context_length_exceeded"
