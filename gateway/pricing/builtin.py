@@ -15,22 +15,40 @@ from types import MappingProxyType
 from gateway.pricing.base import Rate
 from gateway.pricing.models import model_candidates
 
-BUILTIN_VERSION = "builtin-1"
+#: builtin-2: the vendors' prompt-cache rates (builtin-1 billed cached tokens at the input rate)
+BUILTIN_VERSION = "builtin-2"
+
+#: OpenAI bills prompt tokens read from its automatic cache at half the input rate (GPT-4o)
+_OPENAI_CACHED = Decimal("0.5")
+#: Anthropic bills cache reads at 0.1x the input rate and cache writes at 1.25x
+_ANTHROPIC_READ, _ANTHROPIC_WRITE = Decimal("0.1"), Decimal("1.25")
 
 
-def _rate(prompt: str, completion: str) -> Rate:
-    return Rate(input=Decimal(prompt), output=Decimal(completion))
+def _rate(prompt: str, completion: str, *, cached: Decimal | None = None, written: Decimal | None = None) -> Rate:
+    """A rate per 1K tokens; ``cached`` / ``written``: the cache rates as multiples of the input
+    rate (None: the family has no prompt cache, its cached counts stay 0)."""
+    base = Decimal(prompt)
+    return Rate(
+        input=base,
+        output=Decimal(completion),
+        cached_input=None if cached is None else base * cached,
+        cache_write=None if written is None else base * written,
+    )
 
 
-#: family -> rate per 1K tokens (prompt, completion)
+def _claude(prompt: str, completion: str) -> Rate:
+    return _rate(prompt, completion, cached=_ANTHROPIC_READ, written=_ANTHROPIC_WRITE)
+
+
+#: family -> rate per 1K tokens (prompt, completion, and the cache rates where the vendor has them)
 BUILTIN_RATES: Mapping[str, Rate] = MappingProxyType(
     {
         "gpt-4": _rate("0.03", "0.06"),
         "gpt-4-turbo": _rate("0.01", "0.03"),
-        "gpt-4o": _rate("0.005", "0.015"),
-        "claude-3-opus": _rate("0.015", "0.075"),
-        "claude-3-sonnet": _rate("0.003", "0.015"),
-        "claude-3-haiku": _rate("0.00025", "0.00125"),
+        "gpt-4o": _rate("0.005", "0.015", cached=_OPENAI_CACHED),
+        "claude-3-opus": _claude("0.015", "0.075"),
+        "claude-3-sonnet": _claude("0.003", "0.015"),
+        "claude-3-haiku": _claude("0.00025", "0.00125"),
         "gemini-pro": _rate("0.0005", "0.0015"),
     }
 )

@@ -88,3 +88,25 @@ def test_builtin_has_no_cache_rate_so_cached_tokens_cost_the_input_rate() -> Non
     rate = BUILTIN_RATES["gpt-4"]
     assert rate == Rate(input=Decimal("0.03"), output=Decimal("0.06"))
     assert rate.cost(Usage(prompt_tokens=1000, cached_tokens=400)) == Decimal("0.03")
+
+
+def test_gpt4o_cached_prompt_tokens_cost_half_the_input_rate() -> None:
+    """The reviewer's case: 1,000 prompt tokens of which 800 read from OpenAI's cache, 100
+    completion tokens: 200 x 0.005 + 800 x 0.0025 + 100 x 0.015, per 1K."""
+    usage = Usage(prompt_tokens=1000, completion_tokens=100, cached_tokens=800)
+    for provider in ("openai", "azure"):
+        assert CompositePriceBook().quote(provider, "gpt-4o", usage, AT).cost == Decimal("0.0045")
+
+
+def test_claude_cache_reads_cost_a_tenth_and_writes_five_quarters() -> None:
+    """input 100 + cache write 1,000 + cache read 2,000 (prompt 3,100, OpenAI semantics), output
+    50: 100 x 0.00025 + 1000 x 0.0003125 + 2000 x 0.000025 + 50 x 0.00125, per 1K."""
+    usage = Usage(prompt_tokens=3100, completion_tokens=50, cached_tokens=2000, cache_creation_tokens=1000)
+    quote = CompositePriceBook().quote("anthropic", "claude-3-haiku-20240307", usage, AT)
+    assert quote.cost == Decimal("0.00045")  # (0.025 + 0.3125 + 0.05 + 0.0625) / 1000
+
+
+def test_families_without_a_prompt_cache_keep_the_input_rate() -> None:
+    for family in ("gpt-4", "gpt-4-turbo", "gemini-pro"):
+        rate = BUILTIN_RATES[family]
+        assert rate.cached_input is None and rate.cache_write is None
