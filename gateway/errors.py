@@ -241,10 +241,22 @@ class AllProvidersFailed(GatewayError):
     type = "server_error"
     code = "all_providers_failed"
 
-    def __init__(self, message: str, *, attempts: list[ProviderError], status: int = 502) -> None:
-        super().__init__(message)
+    def __init__(
+        self,
+        message: str,
+        *,
+        attempts: list[ProviderError],
+        status: int = 502,
+        code: str | None = None,
+        type: str | None = None,
+        client_should_retry: bool | None = None,
+    ) -> None:
+        super().__init__(message, code=code)
         self.attempts = attempts
         self.status = status  # type: ignore[misc]
+        if type is not None:
+            self.type = type  # type: ignore[misc]
+        self.client_should_retry = client_should_retry  # type: ignore[misc]
 
 
 class NoProviderAvailable(GatewayError):

@@ -30,6 +30,22 @@ _CANDIDATE_CACHE_SIZE = 1024
 Gate = Callable[[str], bool]
 
 
+#: when every attempt failed the same way, the answer is that failure's (OpenAI's status and
+#: code: an SDK raises RateLimitError for 429, NotFoundError for 404); otherwise 502, or 503
+#: when every failure was a rate limit or an overload
+_ALL_FAILED: dict[frozenset[str], tuple[int, str | None, str | None]] = {
+    frozenset({"rate_limited"}): (429, "rate_limit_exceeded", "rate_limit_error"),
+    frozenset({"quota_exhausted"}): (429, "insufficient_quota", "insufficient_quota"),
+    frozenset({"model_not_found"}): (404, "model_not_found", "invalid_request_error"),
+    frozenset({"timeout"}): (504, None, None),
+}
+_THROTTLED = frozenset({"rate_limited", "overloaded"})
+#: failures that may pass: a client's retry later can succeed
+_TRANSIENT = frozenset(
+    {"rate_limited", "overloaded", "timeout", "connection_error", "upstream_error", "malformed_response", "stream_cut"}
+)
+
+
 def _always_open(_: str) -> bool:
     return True
 
@@ -273,11 +289,18 @@ class Router:
             parts.append(f"{error.provider}: {error.outcome}{status}")
         parts += [f"{p}: skipped (circuit open)" for p in attempts.skipped]
         summary = "; ".join(parts) or "no attempt was made"
-        throttled = attempts.failures and all(e.outcome in ("rate_limited", "overloaded") for e in attempts.failures)
+        outcomes = {e.outcome for e in attempts.failures}
+        http_status, code, kind = _ALL_FAILED.get(frozenset(outcomes), (502, None, None))
+        if http_status == 502 and outcomes and outcomes <= _THROTTLED:
+            http_status = 503
         return errors.AllProvidersFailed(
             f"All providers failed for model {ctx.requested_model!r} after {attempts.count} attempts: {summary}",
             attempts=attempts.failures,
-            status=503 if throttled else 502,
+            status=http_status,
+            code=code,
+            type=kind,
+            # every provider refused for good (quota, keys, model): the client's retry cannot help
+            client_should_retry=False if outcomes and not outcomes & _TRANSIENT else None,
         )
 
 
