@@ -19,6 +19,9 @@ class Message:
 
 #: the generation options past the common ones, by their OpenAI names (see ``Options``)
 OPTION_NAMES = ("seed", "presence_penalty", "frequency_penalty", "response_format")
+#: what a request may need that not every vendor carries (``Provider.options``): the options,
+#: and ``temperature`` above 1 (OpenAI's range is 0 to 2, Anthropic's 0 to 1)
+CAPABILITIES = (*OPTION_NAMES, "temperature")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,13 @@ class ChatRequest:
             self.prompt,
             self.options,
         )
+
+    def needs(self) -> list[str]:
+        """The ``CAPABILITIES`` this request needs from a provider (most requests: none)."""
+        needs = self.options.names() if self.options is not None else []
+        if self.temperature is not None and self.temperature > 1:
+            needs.append("temperature")
+        return needs
 
     def system_text(self) -> str | None:
         """System and developer messages joined, for vendors with a separate system field."""

@@ -24,7 +24,7 @@ API_VERSION = "2023-06-01"
 
 class AnthropicProvider:
     name = wire.PROVIDER
-    #: the Messages API has no seed, no penalties and no JSON mode
+    #: the Messages API has no seed, no penalties and no JSON mode, and its temperature is 0 to 1
     options: frozenset[str] = frozenset()
 
     def __init__(self, settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> None:

@@ -29,8 +29,8 @@ class Provider(Protocol):
     """One upstream vendor. Errors raised are ``gateway.errors.ProviderError`` subclasses."""
 
     name: str
-    #: the generation options (``gateway.types.OPTION_NAMES``) its wire format carries: a
-    #: request that sets another one is not sent to this provider
+    #: what its wire format carries of ``gateway.types.CAPABILITIES``: a request that needs
+    #: anything else (``ChatRequest.needs``) is not sent to this provider
     options: frozenset[str]
 
     async def complete(self, request: ChatRequest) -> ChatResult:

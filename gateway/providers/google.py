@@ -15,7 +15,7 @@ from gateway.providers.sse import iter_sse
 from gateway.providers.upstream_http import UpstreamClient
 from gateway.providers.upstream_response import Response
 from gateway.settings import ProviderSettings
-from gateway.types import OPTION_NAMES, ChatRequest, ChatResult, FinishReason, StreamChunk, Usage
+from gateway.types import CAPABILITIES, ChatRequest, ChatResult, FinishReason, StreamChunk, Usage
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 DEFAULT_API_VERSION = "v1beta"
@@ -33,7 +33,7 @@ def models_url(base_url: str | None, api_version: str | None = None) -> str:
 class GoogleProvider:
     name = wire.PROVIDER
     #: Gemini takes a 32-bit seed: a larger one is its 400 (a client error, not a fallback)
-    options = frozenset(OPTION_NAMES)
+    options = frozenset(CAPABILITIES)
 
     def __init__(self, settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> None:
         if not settings.api_key:

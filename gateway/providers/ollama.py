@@ -21,7 +21,7 @@ from gateway.providers.upstream_http import UpstreamClient
 from gateway.providers.upstream_response import Response
 from gateway.settings import ProviderSettings
 from gateway.types import (
-    OPTION_NAMES,
+    CAPABILITIES,
     ChatRequest,
     ChatResult,
     FinishReason,
@@ -165,7 +165,7 @@ def classify(status: int, headers: Mapping[str, str], body: Any, raw: str) -> er
 
 class OllamaProvider:
     name = PROVIDER
-    options = frozenset(OPTION_NAMES)
+    options = frozenset(CAPABILITIES)
 
     def __init__(self, settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> None:
         self._session = session

@@ -18,7 +18,7 @@ from gateway.providers.http import post, read_error_body, read_json
 from gateway.providers.upstream_http import UpstreamClient
 from gateway.providers.upstream_response import Response
 from gateway.settings import ProviderSettings
-from gateway.types import OPTION_NAMES, ChatRequest, ChatResult, StreamChunk
+from gateway.types import CAPABILITIES, ChatRequest, ChatResult, StreamChunk
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -34,7 +34,7 @@ class Target:
 
 class OpenAIProvider:
     name = "openai"
-    options = frozenset(OPTION_NAMES)
+    options = frozenset(CAPABILITIES)
     #: what chat calls name the length cap (legacy completions always use ``max_tokens``)
     chat_max_tokens_field: ClassVar[str] = "max_completion_tokens"
 

@@ -17,7 +17,7 @@ from gateway.events import UsageEvent
 from gateway.providers.base import BatchStreaming, FinalBatch, Provider
 from gateway.routing.catalog import Candidate, ModelCatalog
 from gateway.routing.retry import RetryBudget, RetryPolicy, Sleep, call_with_retry
-from gateway.types import ChatRequest, ChatResult, Options, StreamChunk, Usage
+from gateway.types import ChatRequest, ChatResult, StreamChunk, Usage
 from gateway.usage import AttemptFacts, CallContext, UsageRecorder
 
 log = logging.getLogger(__name__)
@@ -124,8 +124,9 @@ class Router:
         """Try candidates in order (skipping open circuits), each with retries; fall back on
         errors that allow it; raise one error naming every attempt when all fail."""
         candidates = self.candidates(ctx.requested_model, pinned)
-        if template.options is not None:
-            candidates = self._carrying(candidates, template.options, ctx.requested_model)
+        needs = template.needs()
+        if needs:
+            candidates = self._carrying(candidates, needs, ctx.requested_model)
         budget = RetryBudget(self.policy.budget_seconds)
         attempts = _Attempts()
         for candidate in candidates:
@@ -156,17 +157,17 @@ class Router:
                     raise
         raise self._all_failed(ctx, candidates, attempts)
 
-    def _carrying(self, candidates: list[Candidate], options: Options, model: str) -> list[Candidate]:
-        """The candidates whose provider carries every option asked (``Provider.options``): an
-        option is never dropped on the way; a request none of them can carry is a 400."""
-        asked = options.names()
-        able = [c for c in candidates if self.providers[c.provider].options.issuperset(asked)]
+    def _carrying(self, candidates: list[Candidate], needs: list[str], model: str) -> list[Candidate]:
+        """The candidates whose provider carries all the request needs (``Provider.options``): an
+        option is never dropped or bent on the way; a request none of them can carry is a 400."""
+        able = [c for c in candidates if self.providers[c.provider].options.issuperset(needs)]
         if able or not candidates:
             return able
-        missing = next(n for n in asked if any(n not in self.providers[c.provider].options for c in candidates))
+        missing = next(n for n in needs if any(n not in self.providers[c.provider].options for c in candidates))
         serving = ", ".join(dict.fromkeys(c.provider for c in candidates))
+        what = "'temperature' above 1" if missing == "temperature" else f"'{missing}'"
         raise errors.InvalidRequest(
-            f"'{missing}' is not supported by the providers that serve model {model!r} here ({serving})",
+            f"{what} is not supported by the providers that serve model {model!r} here ({serving})",
             param=missing,
             code="unsupported_parameter",
         )

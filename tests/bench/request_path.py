@@ -47,7 +47,7 @@ from gateway.metrics import METRICS
 from gateway.providers import openai_wire as wire
 from gateway.runtime import tune_gc, tune_logging
 from gateway.settings import Settings
-from gateway.types import OPTION_NAMES, ChatRequest, ChatResult
+from gateway.types import CAPABILITIES, ChatRequest, ChatResult
 from gateway.usage import AttemptFacts, CallContext, UsageRecorder
 from tests.bench.common import fmt, say, table
 
@@ -67,7 +67,7 @@ class CannedOpenAI:
     decode and parse the answer."""
 
     name = "openai"
-    options = frozenset(OPTION_NAMES)
+    options = frozenset(CAPABILITIES)
 
     def __init__(self, answer: bytes) -> None:
         self.answer = answer

@@ -117,3 +117,23 @@ async def test_legacy_completions_carry_seed_and_penalties(gw: RunningGateway) -
     body = gw.sims["openai"].requests[-1].body
     assert gw.sims["openai"].requests[-1].path.endswith("/completions") and "prompt" in body
     assert (body["seed"], body["presence_penalty"]) == (3, 1)
+
+
+async def test_a_temperature_above_anthropics_range_goes_to_a_provider_that_takes_it(gw: RunningGateway) -> None:
+    """OpenAI's temperature is 0 to 2, Anthropic's 0 to 1: 1.5 is not sent to Anthropic (it
+    would refuse it with a 400, which does not fall back) nor bent to fit; 1 still is."""
+    raw = await ask(gw, "claude-3-haiku", temperature=1.5)
+    assert raw.headers["x-llm-provider"] == "openai" and gw.sims["openai"].requests[-1].body["temperature"] == 1.5
+    assert gw.sims["anthropic"].requests == []
+    raw = await ask(gw, "claude-3-haiku", temperature=1)
+    assert raw.headers["x-llm-provider"] == "anthropic" and gw.sims["anthropic"].requests[-1].body["temperature"] == 1
+
+
+async def test_a_temperature_no_serving_provider_takes_is_a_400() -> None:
+    async with running_gateway(providers=("anthropic",)) as gw, client(gw) as c:
+        with pytest.raises(openai.BadRequestError) as info:
+            await c.chat.completions.create(
+                model="claude-3-haiku", messages=[{"role": "user", "content": "x"}], temperature=1.2
+            )
+        assert info.value.param == "temperature" and "'temperature' above 1 is not supported" in info.value.message
+        assert gw.sims["anthropic"].requests == [] and gw.event_log.events == []

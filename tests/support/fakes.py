@@ -9,7 +9,7 @@ from decimal import Decimal
 
 from gateway import errors
 from gateway.pricing.base import Quote, Rate
-from gateway.types import OPTION_NAMES, ChatRequest, ChatResult, StreamChunk, Usage
+from gateway.types import CAPABILITIES, ChatRequest, ChatResult, StreamChunk, Usage
 
 Step = BaseException | ChatResult | list[StreamChunk | BaseException]
 
@@ -18,7 +18,7 @@ class ScriptedProvider:
     """Replays a script: each call takes the next step (an error to raise or a result)."""
 
     def __init__(
-        self, name: str, *steps: Step, default: Step | None = None, options: frozenset[str] = frozenset(OPTION_NAMES)
+        self, name: str, *steps: Step, default: Step | None = None, options: frozenset[str] = frozenset(CAPABILITIES)
     ) -> None:
         self.name = name
         self.options = options
