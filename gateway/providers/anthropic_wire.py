@@ -78,13 +78,17 @@ def build_body(req: ChatRequest, *, stream: bool) -> dict[str, Any]:
             turns.append({"role": role, "content": msg.content})
     if not turns and req.prompt is not None:
         turns.append({"role": "user", "content": req.prompt})
+    system = req.system_text()
+    if not turns and system is not None:
+        # system messages alone (OpenAI answers them): Anthropic needs a turn, so they are it
+        turns.append({"role": "user", "content": system})
+        system = None
 
     body: dict[str, Any] = {
         "model": req.model,
         "max_tokens": req.max_tokens if req.max_tokens is not None else DEFAULT_MAX_TOKENS,
         "messages": turns,
     }
-    system = req.system_text()
     if system is not None:
         body["system"] = system
     if req.temperature is not None:

@@ -72,8 +72,12 @@ def build_body(req: ChatRequest) -> dict[str, Any]:
             contents[-1]["parts"].append(part)
         else:
             contents.append({"role": role, "parts": [part]})
-    body: dict[str, Any] = {"contents": contents}
     system = req.system_text()
+    if not contents and system is not None:
+        # system messages alone (OpenAI answers them): Gemini needs a turn, so they are it
+        contents.append({"role": "user", "parts": [{"text": system}]})
+        system = None
+    body: dict[str, Any] = {"contents": contents}
     if system is not None:
         body["systemInstruction"] = {"parts": [{"text": system}]}
     config: dict[str, Any] = {"candidateCount": 1}
