@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, TypeGuard
 
+from gateway.tool_calls import ToolCall, ToolCallPart, ToolSpec
+
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 
 #: OpenAI finish reasons every adapter maps to
@@ -15,13 +17,18 @@ FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
 class Message:
     role: Role
     content: str
+    #: an assistant message's calls (its content may then be empty)
+    tool_calls: tuple[ToolCall, ...] | None = None
+    #: a ``tool`` message: the call it answers
+    tool_call_id: str | None = None
 
 
 #: the generation options past the common ones, by their OpenAI names (see ``Options``)
 OPTION_NAMES = ("seed", "presence_penalty", "frequency_penalty", "response_format")
 #: what a request may need that not every vendor carries (``Provider.options``): the options,
-#: and ``temperature`` above 1 (OpenAI's range is 0 to 2, Anthropic's 0 to 1)
-CAPABILITIES = (*OPTION_NAMES, "temperature")
+#: ``temperature`` above 1 (OpenAI's range is 0 to 2, Anthropic's 0 to 1), and ``tools`` (tools
+#: offered, or calls and their results in the conversation)
+CAPABILITIES = (*OPTION_NAMES, "temperature", "tools")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +72,9 @@ class ChatRequest:
     #: adapters with a legacy text endpoint (OpenAI / Azure ``/completions``) use it when set
     prompt: str | None = None
     options: Options | None = None
+    tools: ToolSpec | None = None
+    #: the conversation holds tool calls or tool results (a provider must carry ``tools``)
+    tool_history: bool = False
 
     def for_provider(self, model: str, stream: bool) -> ChatRequest:
         """This request as one provider is asked it: its model name, streamed or not (what
@@ -81,6 +91,8 @@ class ChatRequest:
             stream,
             self.prompt,
             self.options,
+            self.tools,
+            self.tool_history,
         )
 
     def needs(self) -> list[str]:
@@ -88,6 +100,8 @@ class ChatRequest:
         needs = self.options.names() if self.options is not None else []
         if self.temperature is not None and self.temperature > 1:
             needs.append("temperature")
+        if self.tools is not None or self.tool_history:
+            needs.append("tools")
         return needs
 
     def system_text(self) -> str | None:
@@ -147,6 +161,8 @@ class ChatResult:
     #: the model the provider says actually served the call (authoritative for billing)
     model: str
     upstream_request_id: str | None = None
+    #: the calls the model made (``finish_reason`` "tool_calls"); ``text`` may then be empty
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(slots=True)
@@ -157,3 +173,4 @@ class StreamChunk:
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
     model: str | None = None
+    tool_calls: tuple[ToolCallPart, ...] | None = None

@@ -77,9 +77,11 @@ _CHAT_REQUEST = {
             "minItems": 1,
             "items": {
                 "type": "object",
-                "required": ["role", "content"],
+                "required": ["role"],
                 "properties": {
                     "role": {"type": "string", "enum": ["system", "developer", "user", "assistant", "tool"]},
+                    "tool_calls": {"type": "array", "description": "An assistant message's calls."},
+                    "tool_call_id": {"type": "string", "description": "A tool message: the call it answers."},
                     "content": {
                         "oneOf": [
                             {"type": "string"},
@@ -98,6 +100,39 @@ _CHAT_REQUEST = {
         },
         "max_tokens": {"type": ["integer", "null"], "minimum": 1},
         "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1},
+        "tools": {
+            "type": ["array", "null"],
+            "maxItems": 128,
+            "items": {
+                "type": "object",
+                "required": ["type", "function"],
+                "properties": {
+                    "type": {"const": "function"},
+                    "function": {
+                        "type": "object",
+                        "required": ["name"],
+                        "properties": {
+                            "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                            "description": {"type": "string"},
+                            "parameters": {"type": "object"},
+                            "strict": {"type": "boolean"},
+                        },
+                    },
+                },
+            },
+            "description": "Sent only to providers whose adapter maps function calling.",
+        },
+        "tool_choice": {
+            "oneOf": [
+                {"enum": ["none", "auto", "required"]},
+                {
+                    "type": "object",
+                    "required": ["type", "function"],
+                    "properties": {"type": {"const": "function"}, "function": {"type": "object"}},
+                },
+            ]
+        },
+        "parallel_tool_calls": {"type": ["boolean", "null"]},
         "response_format": {
             "type": ["object", "null"],
             "required": ["type"],

@@ -6,7 +6,19 @@ from typing import Any
 
 import orjson
 
+from gateway.tool_calls import openai_tool_call, openai_tool_call_part
 from gateway.types import ChatResult, StreamChunk, Usage
+
+
+def _message(result: ChatResult) -> dict[str, Any]:
+    if not result.tool_calls:
+        return {"role": "assistant", "content": result.text, "refusal": None}
+    return {
+        "role": "assistant",
+        "content": result.text or None,
+        "refusal": None,
+        "tool_calls": [openai_tool_call(call) for call in result.tool_calls],
+    }
 
 
 def chat_completion(response_id: str, created: int, model: str, result: ChatResult) -> dict[str, Any]:
@@ -18,7 +30,7 @@ def chat_completion(response_id: str, created: int, model: str, result: ChatResu
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": result.text, "refusal": None},
+                "message": _message(result),
                 "logprobs": None,
                 "finish_reason": result.finish_reason,
             }
@@ -89,6 +101,9 @@ class ChunkFormatter:
         add = out.extend
         end = self._end
         for chunk in chunks:
+            if chunk.tool_calls and self.chat:
+                add((b"data: ", orjson.dumps(self._tool_chunk(chunk)), b"\n\n"))
+                continue
             text = chunk.text
             finish = chunk.finish_reason
             reason = b"null" if finish is None else _FINISH_JSON.get(finish) or orjson.dumps(finish)
@@ -103,6 +118,26 @@ class ChunkFormatter:
                 else:
                     add((self._text, b'""', self._after_text, reason, end))
         return b"".join(out)
+
+    def _tool_chunk(self, chunk: StreamChunk) -> dict[str, Any]:
+        """A chunk with pieces of tool calls (rare: built as an object, not from the templates)."""
+        delta: dict[str, Any] = {}
+        if not self._role_sent:
+            self._role_sent = True
+            delta = {"role": "assistant", "content": None}
+        if chunk.text:
+            delta["content"] = chunk.text
+        delta["tool_calls"] = [openai_tool_call_part(part) for part in chunk.tool_calls or ()]
+        obj: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": chunk.finish_reason}],
+        }
+        if self.include_usage:
+            obj["usage"] = None
+        return obj
 
     def usage(self, usage: Usage, extension: dict[str, Any]) -> dict[str, Any]:
         """The final ``choices: []`` chunk with the totals and the gateway's extension field."""

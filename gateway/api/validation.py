@@ -8,6 +8,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any, cast
 
+from gateway.api.tool_validation import parse_tool_call_id, parse_tool_calls, parse_tools, type_name
 from gateway.errors import InvalidRequest
 from gateway.types import OPTION_NAMES, ChatRequest, Message, Options, Role
 
@@ -19,8 +20,8 @@ MAX_MODEL_LEN = 256
 #: fields we know but cannot honour: refused clearly rather than silently dropped (a value equal
 #: to the field's default is accepted: it asks for nothing)
 UNSUPPORTED_CHAT = frozenset({
-    "tools", "tool_choice", "functions", "function_call", "logprobs", "top_logprobs", "audio", "modalities",
-    "logit_bias", "reasoning_effort", "prediction", "web_search_options",
+    "functions", "function_call", "logprobs", "top_logprobs", "audio", "modalities", "logit_bias",
+    "reasoning_effort", "prediction", "web_search_options",
 })  # fmt: skip
 UNSUPPORTED_COMPLETION = frozenset({"suffix", "echo", "logprobs", "best_of", "logit_bias"})
 #: JSON's safe range for a seed: OpenAI and Ollama take 64-bit integers
@@ -41,10 +42,7 @@ class ParsedRequest:
     include_usage: bool
 
 
-def _type_name(value: Any) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
-        type(value), "number" if isinstance(value, int | float) else type(value).__name__
-    )
+_type_name = type_name
 
 
 def _expect_object(body: Any) -> dict[str, Any]:
@@ -172,15 +170,21 @@ def _content(message: dict[str, Any], index: int) -> str:
                     param=f"{param}[{j}].type",
                     code="missing_required_parameter",
                 )
-            if not isinstance(part, dict) or part.get("type") != "text":
+            # an assistant's refusal part (the SDK puts a refused answer back so) is its text
+            key = "refusal" if isinstance(part, dict) and part.get("type") == "refusal" else "text"
+            if (
+                not isinstance(part, dict)
+                or (part.get("type") != "text" and key == "text")
+                or (key == "refusal" and message.get("role") != "assistant")
+            ):
                 kind = part.get("type") if isinstance(part, dict) else _type_name(part)
                 raise InvalidRequest(
                     f"{param}[{j}]: only text content parts are supported, got {kind!r}", param=f"{param}[{j}]"
                 )
-            text = part.get("text")
+            text = part.get(key)
             if not isinstance(text, str):
                 raise InvalidRequest(
-                    f"{param}[{j}].text must be a string", param=f"{param}[{j}].text", code="invalid_type"
+                    f"{param}[{j}].{key} must be a string", param=f"{param}[{j}].{key}", code="invalid_type"
                 )
             texts.append(text)
         return "".join(texts)
@@ -216,8 +220,17 @@ def _messages(body: dict[str, Any]) -> list[Message]:
                 param=f"messages[{i}].role",
                 code="invalid_value",
             )
-        messages.append(Message(cast(Role, role), _content(item, i)))
+        if role == "assistant" and "tool_calls" in item:
+            messages.append(Message("assistant", _content(item, i), parse_tool_calls(item, f"messages[{i}]")))
+        elif role == "tool":
+            messages.append(Message("tool", _content(item, i), tool_call_id=parse_tool_call_id(item, f"messages[{i}]")))
+        else:
+            messages.append(Message(cast(Role, role), _content(item, i)))
     return messages
+
+
+def _tool_history(messages: list[Message]) -> bool:
+    return any(m.role == "tool" or m.tool_calls for m in messages)
 
 
 def _include_usage(body: dict[str, Any], stream: bool) -> bool:
@@ -329,6 +342,8 @@ def parse_chat(raw: Any) -> ParsedRequest:
         user=_string(body, "user"),
         stream=_boolean(body, "stream"),
         options=_options(body, response_format=True),
+        tools=parse_tools(body),
+        tool_history=_tool_history(messages),
     )
     return ParsedRequest(template, "chat.completions", model, provider, tenant, _include_usage(body, template.stream))
 

@@ -18,7 +18,8 @@ import orjson
 from gateway import errors
 from gateway.providers.http import default_classify, error_message, malformed, parse_retry_after
 from gateway.providers.sse import SseEvent, SseFramer
-from gateway.types import ChatRequest, ChatResult, FinishReason, StreamChunk, Usage, is_token_count
+from gateway.tool_calls import ToolCall, ToolCallPart, ToolSpec, openai_tool_call
+from gateway.types import ChatRequest, ChatResult, FinishReason, Message, StreamChunk, Usage, is_token_count
 
 CHAT_PATH = "chat/completions"
 TEXT_PATH = "completions"
@@ -81,7 +82,12 @@ def build_body(
         body["prompt"] = request.prompt
         max_field = "max_tokens"
     else:
-        body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+        body["messages"] = [
+            _tool_message(m) if m.tool_calls or m.tool_call_id else {"role": m.role, "content": m.content}
+            for m in request.messages
+        ]
+        if request.tools is not None:
+            _add_tools(body, request.tools)
         max_field = chat_max_tokens_field
     if request.max_tokens is not None:
         body[max_field] = request.max_tokens
@@ -96,6 +102,76 @@ def build_body(
     if stream:
         body["stream_options"] = {"include_usage": True}
     return body
+
+
+def _tool_message(message: Message) -> dict[str, Any]:
+    """An assistant message with calls (content null when it has none), or a tool result."""
+    if message.tool_call_id is not None:
+        return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content}
+    return {
+        "role": message.role,
+        "content": message.content or None,
+        "tool_calls": [openai_tool_call(call) for call in message.tool_calls or ()],
+    }
+
+
+def _add_tools(body: dict[str, Any], spec: ToolSpec) -> None:
+    tools = []
+    for tool in spec.tools:
+        function: dict[str, Any] = {"name": tool.name}
+        if tool.description is not None:
+            function["description"] = tool.description
+        if tool.parameters is not None:
+            function["parameters"] = tool.parameters
+        if tool.strict is not None:
+            function["strict"] = tool.strict
+        tools.append({"type": "function", "function": function})
+    body["tools"] = tools
+    if spec.function is not None:
+        body["tool_choice"] = {"type": "function", "function": {"name": spec.function}}
+    elif spec.mode is not None:
+        body["tool_choice"] = spec.mode
+    if spec.parallel is not None:
+        body["parallel_tool_calls"] = spec.parallel
+
+
+def _tool_calls(provider: str, message: dict[str, Any]) -> tuple[ToolCall, ...]:
+    """A message's complete ``tool_calls``."""
+    raw = message.get("tool_calls")
+    if not raw:
+        return ()
+    if not isinstance(raw, list):
+        raise malformed(provider, "tool_calls is not a list")
+    calls = []
+    for item in raw:
+        function = item.get("function") if isinstance(item, dict) else None
+        if not isinstance(function, dict) or not isinstance(item.get("id"), str):
+            raise malformed(provider, f"tool call without an id or a function: {str(item)[:200]}")
+        name, arguments = function.get("name"), function.get("arguments")
+        if not isinstance(name, str) or not isinstance(arguments, str):
+            raise malformed(provider, f"tool call {item['id']!r} without a name or arguments text")
+        calls.append(ToolCall(item["id"], name, arguments))
+    return tuple(calls)
+
+
+def _tool_call_parts(provider: str, raw: Any) -> tuple[ToolCallPart, ...]:
+    """A streamed delta's ``tool_calls``: pieces keyed by ``index``."""
+    if not isinstance(raw, list):
+        raise malformed(provider, "delta.tool_calls is not a list")
+    parts = []
+    for item in raw:
+        if not isinstance(item, dict) or not isinstance(item.get("index"), int):
+            raise malformed(provider, f"tool call piece without an index: {str(item)[:200]}")
+        function = item.get("function") or {}
+        if not isinstance(function, dict):
+            raise malformed(provider, "tool call piece's function is not an object")
+        call_id, name, arguments = item.get("id"), function.get("name"), function.get("arguments") or ""
+        if not (call_id is None or isinstance(call_id, str)) or not (name is None or isinstance(name, str)):
+            raise malformed(provider, "tool call piece's id or name is not text")
+        if not isinstance(arguments, str):
+            raise malformed(provider, "tool call piece's arguments are not text")
+        parts.append(ToolCallPart(item["index"], call_id, name, arguments))
+    return tuple(parts)
 
 
 # --- responses ------------------------------------------------------------------------------
@@ -173,12 +249,14 @@ def parse_response(data: Any, *, provider: str, requested_model: str, request_id
     choice = _first_choice(provider, data)
     if choice is None:
         raise malformed(provider, "empty choices")
+    message = choice.get("message")
     return ChatResult(
         text=_choice_text(provider, choice, "message"),
         finish_reason=map_finish_reason(choice.get("finish_reason")) or "stop",
         usage=parse_usage(data.get("usage")),
         model=_model(data) or requested_model,
         upstream_request_id=request_id or (data.get("id") if isinstance(data.get("id"), str) else None),
+        tool_calls=_tool_calls(provider, message) if isinstance(message, dict) else (),
     )
 
 
@@ -194,7 +272,7 @@ def parse_chunk(data: Any, *, provider: str) -> StreamChunk | None:
     if data.get("error") is not None:
         raise classify_inband_error(provider, data)
     choices = data.get("choices")
-    text, finish = "", None
+    text, finish, parts = "", None, None
     if choices:  # what _first_choice checks, inlined: this runs for every streamed event
         if not isinstance(choices, list):
             raise malformed(provider, "no choices list")
@@ -202,6 +280,9 @@ def parse_chunk(data: Any, *, provider: str) -> StreamChunk | None:
         if not isinstance(choice, dict):
             raise malformed(provider, "choices[0] is not an object")
         text = _choice_text(provider, choice, "delta")
+        delta = choice.get("delta")
+        if delta and delta.get("tool_calls"):  # a dict: _choice_text checked it
+            parts = _tool_call_parts(provider, delta["tool_calls"])
         reason = choice.get("finish_reason")
         if reason is not None:
             finish = _FINISH.get(str(reason), "stop")
@@ -210,10 +291,10 @@ def parse_chunk(data: Any, *, provider: str) -> StreamChunk | None:
     usage = data.get("usage")
     if usage is not None:
         usage = parse_usage(usage)
-    if not text and finish is None and usage is None:
+    if not text and finish is None and usage is None and parts is None:
         return None
     model = data.get("model")
-    return StreamChunk(text, finish, usage, model if isinstance(model, str) and model else None)
+    return StreamChunk(text, finish, usage, model if isinstance(model, str) and model else None, parts)
 
 
 _DONE = "[DONE]"

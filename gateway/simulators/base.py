@@ -75,6 +75,28 @@ class FaultPlan:
         return self._always
 
 
+_SAMPLES: dict[str, Any] = {"string": "sim", "integer": 1, "number": 1.5, "boolean": True, "array": [], "object": {}}
+
+
+def sample_arguments(schema: Any) -> dict[str, Any]:
+    """Arguments a simulated model calls a function with: a sample value for each required
+    property of its JSON Schema (vendors' schema dialects share these keys)."""
+    if not isinstance(schema, dict):
+        return {}
+    properties: Any = schema.get("properties")
+    required: Any = schema.get("required")
+    properties = properties if isinstance(properties, dict) else {}
+    out: dict[str, Any] = {}
+    for name in required if isinstance(required, list) else []:
+        spec: Any = properties.get(name)
+        spec = spec if isinstance(spec, dict) else {}
+        kind = spec.get("type")
+        kind = kind.lower() if isinstance(kind, str) else "string"  # Gemini writes STRING
+        enum = spec.get("enum")
+        out[name] = enum[0] if isinstance(enum, list) and enum else _SAMPLES.get(kind, "sim")
+    return out
+
+
 @dataclass(slots=True)
 class RecordedRequest:
     method: str

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 from aiohttp import web
 
-from gateway.simulators.base import Fault, Simulator
+from gateway.simulators.base import Fault, Simulator, sample_arguments
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,7 +352,35 @@ class OpenAISimulator(Simulator):
             }
         return self.decorate_choice(body | {"logprobs": None, "finish_reason": finish}, finish)
 
+    def tool_call(self, call: Call) -> dict[str, Any] | None:
+        """The call the simulated model makes: tools offered (not ``tool_choice: "none"``) and
+        the conversation not ending with a tool result; the forced function, else the first."""
+        body = call.body
+        tools = body.get("tools")
+        if call.kind != "chat" or not isinstance(tools, list) or not tools or body.get("tool_choice") == "none":
+            return None
+        messages = body.get("messages") or [{}]
+        if isinstance(messages[-1], dict) and messages[-1].get("role") == "tool":
+            return None
+        choice = body.get("tool_choice")
+        forced = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+        function = next((t["function"] for t in tools if t["function"]["name"] == forced), tools[0]["function"])
+        arguments = json.dumps(sample_arguments(function.get("parameters")))
+        return {
+            "id": f"call_sim{next(self._ids)}",
+            "type": "function",
+            "function": {"name": function["name"], "arguments": arguments},
+        }
+
     async def json_reply(self, request: web.Request, call: Call, fault: Fault | None) -> web.StreamResponse:
+        tool_call = self.tool_call(call)
+        if tool_call is not None:
+            obj = self.envelope(call, chunk=False) | {
+                "choices": [self.choice(call, None, "tool_calls", chunk=False)],
+                "usage": self.usage(call, tool_call["function"]["arguments"]),
+            }
+            obj["choices"][0]["message"]["tool_calls"] = [tool_call]
+            return web.json_response(self.decorate_response(obj), headers=self.reply_headers())
         words, finish = self.plan(call, fault)
         text = "".join(words)
         obj = self.envelope(call, chunk=False) | {
@@ -400,6 +428,9 @@ class OpenAISimulator(Simulator):
             first = self.choice(call, "", None, chunk=True)
             first["delta"] = {"role": "assistant", "content": "", "refusal": None}
             await self._send_chunk(resp, call, [first])
+        tool_call = self.tool_call(call)
+        if tool_call is not None:
+            return await self._stream_tool_call(resp, call, tool_call)
         words, finish = self.plan(call, fault)
         break_at = min(fault.after_chunks, len(words)) if fault is not None else -1
         for i, word in enumerate([*words, None]):
@@ -413,6 +444,30 @@ class OpenAISimulator(Simulator):
                 "choices": [],
                 "usage": self.usage(call, "".join(words)),
             }
+            await self._send(resp, json.dumps(usage_chunk))
+        await self._send(resp, "[DONE]")
+        return resp
+
+    async def _stream_tool_call(
+        self, resp: web.StreamResponse, call: Call, tool_call: dict[str, Any]
+    ) -> web.StreamResponse:
+        """The call in OpenAI's pieces: id and name first, then the arguments in two halves."""
+        arguments = tool_call["function"]["arguments"]
+        half = len(arguments) // 2
+        head = {
+            "index": 0,
+            "id": tool_call["id"],
+            "type": "function",
+            "function": {"name": tool_call["function"]["name"], "arguments": ""},
+        }
+        pieces = [head] + [{"index": 0, "function": {"arguments": a}} for a in (arguments[:half], arguments[half:])]
+        for piece in pieces:
+            choice = self.choice(call, None, None, chunk=True)
+            choice["delta"] = {"tool_calls": [piece]}
+            await self._send_chunk(resp, call, [choice])
+        await self._send_chunk(resp, call, [self.choice(call, None, "tool_calls", chunk=True)])
+        if self.stream_usage(call):
+            usage_chunk = self.envelope(call, chunk=True) | {"choices": [], "usage": self.usage(call, arguments)}
             await self._send(resp, json.dumps(usage_chunk))
         await self._send(resp, "[DONE]")
         return resp

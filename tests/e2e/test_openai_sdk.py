@@ -220,7 +220,7 @@ ONE = {"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}
         ({**ONE, "tenantId": "a\u2028b"}, 400, "control characters"),
         # options the gateway cannot honour are refused, not dropped
         ({**ONE, "logit_bias": {"50256": -100}}, 400, "'logit_bias' is not supported"),
-        ({**ONE, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "'tools' is not supported"),
+        ({**ONE, "functions": [{"name": "f"}]}, 400, "'functions' is not supported"),  # the legacy form of tools
         # the generation options some providers carry (tests/e2e/test_generation_options.py)
         ({**ONE, "seed": "1"}, 400, "'seed' must be an integer"),
         ({**ONE, "seed": 2**64}, 400, "'seed' must be between"),

@@ -309,3 +309,34 @@ def test_a_request_for_a_provider_keeps_every_other_field() -> None:
     )
     assert full.for_provider("m2", True) == replace(full, model="m2", stream=True)
     assert full.for_provider("m2", True) is not full
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_provider_that_cannot_carry_what_a_request_needs_is_not_asked(stream: bool) -> None:
+    """Tools (offered, or calls in the history): a provider without ``"tools"`` in its options
+    is skipped, with no attempt and no event; when no provider can, the request is a 400."""
+    from gateway.tool_calls import Tool, ToolCall, ToolSpec
+
+    plain = ScriptedProvider("openai", options=frozenset())
+    able = ScriptedProvider("azure")
+    router, log, _ = make_router(plain, able)
+    with_tools = ChatRequest(model="gpt-4", messages=[Message("user", "hi")], tools=ToolSpec((Tool("f"),)))
+    history = ChatRequest(
+        model="gpt-4",
+        messages=[Message("assistant", "", (ToolCall("c1", "f", "{}"),)), Message("tool", "42", tool_call_id="c1")],
+        tool_history=True,
+    )
+    for request in (with_tools, history):
+        if stream:
+            session = await router.open_stream(ctx(stream=True), request)
+            _ = [chunk async for chunk in session.chunks()]
+            session.finish()
+            assert session.provider == "azure"
+        else:
+            assert (await router.complete(ctx(), request)).provider == "azure"
+    assert plain.calls == [] and len(able.calls) == 2
+    assert {e.provider for e in log.events} == {"azure"}
+    lone, _, _ = make_router(ScriptedProvider("openai", options=frozenset()))
+    with pytest.raises(errors.InvalidRequest) as info:
+        await lone.complete(ctx(), with_tools)
+    assert info.value.param == "tools" and info.value.status == 400

@@ -1,0 +1,139 @@
+"""Validate the function-calling parts of a chat request: ``tools``, ``tool_choice``,
+``parallel_tool_calls``, an assistant message's ``tool_calls`` and a tool message's
+``tool_call_id``; errors say which field is wrong, as OpenAI's do."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, cast
+
+from gateway.errors import InvalidRequest
+from gateway.tool_calls import Tool, ToolCall, ToolMode, ToolSpec
+
+#: OpenAI's limits: a function name, the number of tools
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_TOOLS = 128
+_MODES = frozenset({"none", "auto", "required"})
+
+
+def type_name(value: Any) -> str:
+    """A JSON value's type as the error messages name it."""
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number" if isinstance(value, int | float) else type(value).__name__
+    )
+
+
+def _invalid(param: str, message: str, code: str = "invalid_value") -> InvalidRequest:
+    return InvalidRequest(message, param=param, code=code)
+
+
+def _object(value: Any, param: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _invalid(param, f"'{param}' must be an object, got {type_name(value)}", "invalid_type")
+    return value
+
+
+def _name(value: Any, param: str) -> str:
+    if value is None:
+        raise _invalid(param, f"Missing required parameter: '{param}'", "missing_required_parameter")
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise _invalid(param, f"'{param}' must be 1 to 64 letters, digits, '_' or '-', got {value!r}")
+    return value
+
+
+def _tool(item: Any, param: str) -> Tool:
+    item = _object(item, param)
+    if item.get("type") != "function":
+        raise _invalid(f"{param}.type", f"'{param}.type' must be 'function', got {item.get('type')!r}")
+    function = _object(item.get("function"), f"{param}.function")
+    name = _name(function.get("name"), f"{param}.function.name")
+    description = function.get("description")
+    if description is not None and not isinstance(description, str):
+        raise _invalid(f"{param}.function.description", f"'{param}.function.description' must be a string")
+    parameters = function.get("parameters")
+    if parameters is not None:
+        _object(parameters, f"{param}.function.parameters")
+    strict = function.get("strict")
+    if strict is not None and not isinstance(strict, bool):
+        raise _invalid(f"{param}.function.strict", f"'{param}.function.strict' must be a boolean")
+    return Tool(name, description, parameters, strict)
+
+
+def parse_tools(body: dict[str, Any]) -> ToolSpec | None:
+    """The request's tools, how they may be used; None when it offers none."""
+    raw = body.get("tools")
+    choice = body.get("tool_choice")
+    parallel = body.get("parallel_tool_calls")
+    if raw is None or raw == []:
+        for name, value in (("tool_choice", choice), ("parallel_tool_calls", parallel)):
+            if value is not None:
+                raise _invalid(name, f"'{name}' is only allowed when 'tools' are specified")
+        return None
+    if not isinstance(raw, list):
+        raise _invalid("tools", f"'tools' must be an array, got {type_name(raw)}", "invalid_type")
+    if len(raw) > MAX_TOOLS:
+        raise _invalid("tools", f"'tools' accepts at most {MAX_TOOLS} tools, got {len(raw)}")
+    tools = tuple(_tool(item, f"tools[{i}]") for i, item in enumerate(raw))
+    names = [t.name for t in tools]
+    if len(set(names)) != len(names):
+        raise _invalid("tools", "'tools' must not name a function twice")
+    if parallel is not None and not isinstance(parallel, bool):
+        raise _invalid("parallel_tool_calls", "'parallel_tool_calls' must be a boolean", "invalid_type")
+    mode, function = _choice(choice, names)
+    return ToolSpec(tools, mode, function, parallel)
+
+
+def _choice(choice: Any, names: list[str]) -> tuple[ToolMode | None, str | None]:
+    if choice is None:
+        return None, None
+    if isinstance(choice, str):
+        if choice not in _MODES:
+            raise _invalid("tool_choice", f"'tool_choice' must be one of 'none', 'auto', 'required', got {choice!r}")
+        return cast(ToolMode, choice), None
+    choice = _object(choice, "tool_choice")
+    if choice.get("type") != "function":
+        raise _invalid("tool_choice.type", f"'tool_choice.type' must be 'function', got {choice.get('type')!r}")
+    name = _name(_object(choice.get("function"), "tool_choice.function").get("name"), "tool_choice.function.name")
+    if name not in names:
+        raise _invalid("tool_choice.function.name", f"'tool_choice' names {name!r}, which is not in 'tools'")
+    return "required", name
+
+
+def parse_tool_calls(message: dict[str, Any], param: str) -> tuple[ToolCall, ...] | None:
+    """An assistant message's ``tool_calls`` (None when it has none)."""
+    raw = message.get("tool_calls")
+    if raw is None or raw == []:
+        return None
+    param = f"{param}.tool_calls"
+    if not isinstance(raw, list):
+        raise _invalid(param, f"'{param}' must be an array, got {type_name(raw)}", "invalid_type")
+    calls = []
+    for j, item in enumerate(raw):
+        where = f"{param}[{j}]"
+        item = _object(item, where)
+        call_id = item.get("id")
+        if not isinstance(call_id, str) or not call_id:
+            raise _invalid(f"{where}.id", f"'{where}.id' must be a non-empty string")
+        if item.get("type", "function") != "function":
+            raise _invalid(f"{where}.type", f"'{where}.type' must be 'function'")
+        function = _object(item.get("function"), f"{where}.function")
+        name = _name(function.get("name"), f"{where}.function.name")
+        arguments = function.get("arguments", "")
+        if not isinstance(arguments, str):
+            raise _invalid(f"{where}.function.arguments", f"'{where}.function.arguments' must be a string (JSON)")
+        calls.append(ToolCall(call_id, name, arguments))
+    return tuple(calls)
+
+
+def parse_tool_call_id(message: dict[str, Any], param: str) -> str:
+    """A tool message's ``tool_call_id``: required."""
+    value = message.get("tool_call_id")
+    if value is None:
+        raise _invalid(
+            f"{param}.tool_call_id",
+            f"Missing required parameter: '{param}.tool_call_id'",
+            "missing_required_parameter",
+        )
+    if not isinstance(value, str) or not value:
+        raise _invalid(f"{param}.tool_call_id", f"'{param}.tool_call_id' must be a non-empty string")
+    return value

@@ -1,0 +1,75 @@
+"""Function calling, vendor-neutral: the tools a request offers, the calls a model makes.
+
+OpenAI's shapes are the reference: a tool is a function with a JSON Schema for its parameters;
+a call has an id, the function's name and its arguments as JSON text; a tool result goes back
+as a ``tool`` message naming the call's id. Each adapter maps these to its vendor's shapes
+(Anthropic ``tool_use``/``tool_result`` blocks, Gemini ``functionCall``/``functionResponse``
+parts, Ollama ``tool_calls`` with argument objects) and says it carries ``"tools"`` in
+``Provider.options``; a request with tools is never sent to a provider that does not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+#: ``tool_choice`` as a mode; a forced function is ``ToolSpec.function``
+ToolMode = Literal["none", "auto", "required"]
+
+
+@dataclass(frozen=True, slots=True)
+class Tool:
+    name: str
+    description: str | None = None
+    #: JSON Schema of the arguments object (None: no parameters)
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """The request's ``tools``, ``tool_choice`` and ``parallel_tool_calls``."""
+
+    tools: tuple[Tool, ...]
+    #: None: the vendor's default (auto when tools are given)
+    mode: ToolMode | None = None
+    #: ``tool_choice: {"type": "function", "function": {"name": ...}}``: this one must be called
+    function: str | None = None
+    parallel: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A complete call: in an assistant message of the history, or in an answer."""
+
+    id: str
+    name: str
+    #: the arguments object as JSON text (OpenAI's shape; vendors with objects are re-encoded)
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallPart:
+    """A piece of a streamed call: the first piece of call ``index`` carries its id and name,
+    the following ones more of its ``arguments`` text (OpenAI's ``delta.tool_calls``)."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+def openai_tool_call(call: ToolCall) -> dict[str, Any]:
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+
+
+def openai_tool_call_part(part: ToolCallPart) -> dict[str, Any]:
+    out: dict[str, Any] = {"index": part.index}
+    function: dict[str, Any] = {"arguments": part.arguments}
+    if part.id is not None:
+        out["id"] = part.id
+        out["type"] = "function"
+    if part.name is not None:
+        function["name"] = part.name
+    out["function"] = function
+    return out

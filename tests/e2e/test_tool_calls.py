@@ -1,0 +1,165 @@
+"""Function calling through the gateway with the openai SDK: tools offered, the model's calls
+(whole and streamed), the results sent back; each provider that carries ``tools``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import openai
+import pytest
+
+from tests.support.gateway import RunningGateway
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+            "required": ["city", "days"],
+        },
+    },
+}
+TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+ASK = [{"role": "user", "content": "Weather in Paris?"}]
+#: the providers whose adapters carry tools, with a model each serves natively
+CARRIERS = [("openai", "gpt-4o"), ("azure", "gpt-4o")]
+
+
+def client(gw: RunningGateway) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=gw.base_url, api_key="unused", max_retries=0)
+
+
+async def create(gw: RunningGateway, provider: str, model: str, **fields: Any) -> Any:
+    async with client(gw) as c:
+        raw = await c.chat.completions.with_raw_response.create(
+            model=model, extra_body={"provider": provider}, **({"messages": ASK} | fields)
+        )
+    assert raw.headers["x-llm-provider"] == provider
+    return raw.parse()
+
+
+@pytest.mark.parametrize(("provider", "model"), CARRIERS)
+async def test_the_model_calls_a_tool(gw: RunningGateway, provider: str, model: str) -> None:
+    completion = await create(gw, provider, model, tools=[WEATHER, TIME])
+    choice = completion.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    [call] = choice.message.tool_calls
+    assert call.type == "function" and call.function.name == "get_weather" and call.id
+    assert json.loads(call.function.arguments) == {"city": "sim", "days": 1}
+    [event] = gw.event_log.events
+    assert event.outcome == "success" and event.billable and event.cost_usd is not None
+
+
+@pytest.mark.parametrize(("provider", "model"), CARRIERS)
+async def test_a_forced_function_is_the_one_called(gw: RunningGateway, provider: str, model: str) -> None:
+    choice = {"type": "function", "function": {"name": "get_time"}}
+    completion = await create(gw, provider, model, tools=[WEATHER, TIME], tool_choice=choice)
+    assert [c.function.name for c in completion.choices[0].message.tool_calls] == ["get_time"]
+
+
+@pytest.mark.parametrize(("provider", "model"), CARRIERS)
+async def test_a_streamed_call_arrives_in_pieces_that_join(gw: RunningGateway, provider: str, model: str) -> None:
+    async with client(gw) as c:
+        stream = await c.chat.completions.create(
+            model=model,
+            messages=ASK,
+            tools=[WEATHER],
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"provider": provider},
+        )
+        chunks = [chunk async for chunk in stream]
+    pieces = [tc for ch in chunks if ch.choices for tc in ch.choices[0].delta.tool_calls or []]
+    assert pieces[0].id and pieces[0].function.name == "get_weather" and all(p.index == 0 for p in pieces)
+    arguments = "".join(p.function.arguments or "" for p in pieces)
+    assert json.loads(arguments) == {"city": "sim", "days": 1}
+    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason] == [
+        "tool_calls"
+    ]
+    assert chunks[-1].usage is not None and chunks[-1].choices == []
+    [event] = gw.event_log.events
+    assert event.billable and event.cost_usd is not None and not event.incomplete
+
+
+@pytest.mark.parametrize(("provider", "model"), CARRIERS)
+async def test_the_results_go_back_and_the_model_answers(gw: RunningGateway, provider: str, model: str) -> None:
+    first = await create(gw, provider, model, tools=[WEATHER])
+    call = first.choices[0].message.tool_calls[0]
+    history = [
+        *ASK,
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": '{"sky": "clear"}'},
+    ]
+    second = await create(gw, provider, model, tools=[WEATHER], messages=history)
+    assert second.choices[0].finish_reason == "stop" and second.choices[0].message.content
+    sent = gw.sims[provider].requests[-1].body["messages"]
+    assert sent[1]["tool_calls"] == [
+        {"id": call.id, "type": "function", "function": {"name": "get_weather", "arguments": call.function.arguments}}
+    ]
+    assert sent[2] == {"role": "tool", "tool_call_id": call.id, "content": '{"sky": "clear"}'}
+
+
+async def test_tools_and_their_choice_reach_the_upstream_as_sent(gw: RunningGateway) -> None:
+    await create(gw, "openai", "gpt-4o", tools=[WEATHER], tool_choice="required", parallel_tool_calls=False)
+    body = gw.sims["openai"].requests[-1].body
+    assert body["tools"] == [WEATHER] and body["tool_choice"] == "required" and body["parallel_tool_calls"] is False
+
+
+ONE = {"model": "gpt-4o", "messages": ASK}
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "fragment"),
+    [
+        ({**ONE, "tool_choice": "auto"}, "tool_choice", "only allowed when 'tools' are specified"),
+        ({**ONE, "parallel_tool_calls": True}, "parallel_tool_calls", "only allowed when 'tools'"),
+        ({**ONE, "tools": {"type": "function"}}, "tools", "must be an array"),
+        ({**ONE, "tools": [{"type": "web_search"}]}, "tools[0].type", "must be 'function'"),
+        ({**ONE, "tools": [{"type": "function", "function": {"name": "a b"}}]}, "tools[0].function.name", "1 to 64"),
+        ({**ONE, "tools": [{"type": "function", "function": {}}]}, "tools[0].function.name", "Missing required"),
+        ({**ONE, "tools": [WEATHER, WEATHER]}, "tools", "must not name a function twice"),
+        ({**ONE, "tools": [WEATHER], "tool_choice": "always"}, "tool_choice", "must be one of"),
+        (
+            {**ONE, "tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+            "tool_choice.function.name",
+            "not in 'tools'",
+        ),
+        (
+            {"model": "gpt-4o", "messages": [*ASK, {"role": "tool", "content": "42"}]},
+            "messages[1].tool_call_id",
+            "Missing required parameter",
+        ),
+        (
+            {"model": "gpt-4o", "messages": [*ASK, {"role": "assistant", "tool_calls": [{"type": "function"}]}]},
+            "messages[1].tool_calls[0].id",
+            "non-empty string",
+        ),
+        (
+            {
+                "model": "gpt-4o",
+                "messages": [
+                    *ASK,
+                    {
+                        "role": "assistant",
+                        "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": {}}}],
+                    },
+                ],
+            },
+            "messages[1].tool_calls[0].function.arguments",
+            "must be a string",
+        ),
+        ({**ONE, "functions": [WEATHER["function"]]}, "functions", "not supported"),
+    ],
+)
+async def test_bad_tool_input_is_a_400_naming_the_field(
+    gw: RunningGateway, body: dict[str, Any], param: str, fragment: str
+) -> None:
+    async with client(gw) as c:
+        with pytest.raises(openai.BadRequestError) as info:
+            await c.post("/chat/completions", body=body, cast_to=object)
+    assert info.value.param == param and fragment in info.value.message
+    assert gw.event_log.events == []
