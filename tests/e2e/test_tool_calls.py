@@ -9,6 +9,11 @@ from typing import Any
 import openai
 import pytest
 
+from gateway.providers.anthropic import AnthropicProvider
+from gateway.providers.azure import AzureProvider
+from gateway.providers.google import GoogleProvider
+from gateway.providers.ollama import OllamaProvider
+from gateway.providers.openai import OpenAIProvider
 from tests.support.gateway import RunningGateway
 
 WEATHER = {
@@ -25,8 +30,24 @@ WEATHER = {
 }
 TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
 ASK = [{"role": "user", "content": "Weather in Paris?"}]
-#: the providers whose adapters carry tools, with a model each serves natively
-CARRIERS = [("openai", "gpt-4o"), ("azure", "gpt-4o")]
+#: a model each provider serves natively
+MODELS = {
+    "openai": "gpt-4o",
+    "azure": "gpt-4o",
+    "anthropic": "claude-3-haiku",
+    "google": "gemini-pro",
+    "ollama": "llama3",
+}
+_ADAPTERS = {
+    "openai": OpenAIProvider,
+    "azure": AzureProvider,
+    "anthropic": AnthropicProvider,
+    "google": GoogleProvider,
+    "ollama": OllamaProvider,
+}
+#: the providers whose adapters carry tools; the others are checked to be skipped
+CARRIERS = [(name, MODELS[name]) for name, adapter in _ADAPTERS.items() if "tools" in adapter.options]
+OTHERS = [(name, MODELS[name]) for name, adapter in _ADAPTERS.items() if "tools" not in adapter.options]
 
 
 def client(gw: RunningGateway) -> openai.AsyncOpenAI:
@@ -96,11 +117,30 @@ async def test_the_results_go_back_and_the_model_answers(gw: RunningGateway, pro
     ]
     second = await create(gw, provider, model, tools=[WEATHER], messages=history)
     assert second.choices[0].finish_reason == "stop" and second.choices[0].message.content
-    sent = gw.sims[provider].requests[-1].body["messages"]
-    assert sent[1]["tool_calls"] == [
-        {"id": call.id, "type": "function", "function": {"name": "get_weather", "arguments": call.function.arguments}}
-    ]
-    assert sent[2] == {"role": "tool", "tool_call_id": call.id, "content": '{"sky": "clear"}'}
+    assert len(gw.sims[provider].requests) == 2
+
+
+async def test_openai_gets_the_calls_and_results_as_sent(gw: RunningGateway) -> None:
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+    history = [*ASK, {"role": "assistant", "content": None, "tool_calls": [call]}]
+    history.append({"role": "tool", "tool_call_id": "call_1", "content": '{"sky": "clear"}'})
+    await create(gw, "openai", "gpt-4o", tools=[WEATHER], messages=history)
+    sent = gw.sims["openai"].requests[-1].body["messages"]
+    assert sent[1] == {"role": "assistant", "content": None, "tool_calls": [call]}
+    assert sent[2] == {"role": "tool", "tool_call_id": "call_1", "content": '{"sky": "clear"}'}
+
+
+@pytest.mark.parametrize(("provider", "model"), OTHERS)
+async def test_a_provider_whose_adapter_does_not_map_tools_is_not_asked(
+    gw: RunningGateway, provider: str, model: str
+) -> None:
+    """Pinned first (gpt-4o: every provider serves its group), it is skipped, not asked."""
+    async with client(gw) as c:
+        raw = await c.chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=ASK, tools=[WEATHER], extra_body={"provider": provider}
+        )
+    assert raw.headers["x-llm-provider"] != provider and gw.sims[provider].requests == []
+    assert raw.headers["x-llm-attempts"] == "1"
 
 
 async def test_tools_and_their_choice_reach_the_upstream_as_sent(gw: RunningGateway) -> None:
