@@ -26,9 +26,10 @@ class Message:
 #: the generation options past the common ones, by their OpenAI names (see ``Options``)
 OPTION_NAMES = ("seed", "presence_penalty", "frequency_penalty", "response_format")
 #: what a request may need that not every vendor carries (``Provider.options``): the options,
-#: ``temperature`` above 1 (OpenAI's range is 0 to 2, Anthropic's 0 to 1), and ``tools`` (tools
-#: offered, or calls and their results in the conversation)
-CAPABILITIES = (*OPTION_NAMES, "temperature", "tools")
+#: ``temperature`` above 1 (OpenAI's range is 0 to 2, Anthropic's 0 to 1), ``tools`` (tools
+#: offered, or calls and their results in the conversation), ``tool_choice`` (a call required,
+#: or of one function) and ``parallel_tool_calls`` (false: at most one call)
+CAPABILITIES = (*OPTION_NAMES, "temperature", "tools", "tool_choice", "parallel_tool_calls")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +103,11 @@ class ChatRequest:
             needs.append("temperature")
         if self.tools is not None or self.tool_history:
             needs.append("tools")
+        if self.tools is not None:
+            if self.tools.mode == "required":  # a forced function is "required" too
+                needs.append("tool_choice")
+            if self.tools.parallel is False:
+                needs.append("parallel_tool_calls")
         return needs
 
     def system_text(self) -> str | None:

@@ -33,7 +33,11 @@ def models_url(base_url: str | None, api_version: str | None = None) -> str:
 class GoogleProvider:
     name = wire.PROVIDER
     #: Gemini takes a 32-bit seed: a larger one is its 400 (a client error, not a fallback)
-    options = frozenset(CAPABILITIES) - {"tools"}  # function calling: not mapped yet
+    options = frozenset(CAPABILITIES) - {
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+    }  # function calling: not mapped yet
 
     def __init__(self, settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> None:
         if not settings.api_key:

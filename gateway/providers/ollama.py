@@ -165,7 +165,11 @@ def classify(status: int, headers: Mapping[str, str], body: Any, raw: str) -> er
 
 class OllamaProvider:
     name = PROVIDER
-    options = frozenset(CAPABILITIES) - {"tools"}  # function calling: not mapped yet
+    options = frozenset(CAPABILITIES) - {
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+    }  # function calling: not mapped yet
 
     def __init__(self, settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> None:
         self._session = session
