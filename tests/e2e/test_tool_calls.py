@@ -48,6 +48,8 @@ _ADAPTERS = {
 #: the providers whose adapters carry tools; the others are checked to be skipped
 CARRIERS = [(name, MODELS[name]) for name, adapter in _ADAPTERS.items() if "tools" in adapter.options]
 OTHERS = [(name, MODELS[name]) for name, adapter in _ADAPTERS.items() if "tools" not in adapter.options]
+#: those that can also force a call (``tool_choice`` required or one function)
+FORCERS = [(name, MODELS[name]) for name, adapter in _ADAPTERS.items() if {"tools", "tool_choice"} <= adapter.options]
 
 
 def client(gw: RunningGateway) -> openai.AsyncOpenAI:
@@ -75,7 +77,7 @@ async def test_the_model_calls_a_tool(gw: RunningGateway, provider: str, model: 
     assert event.outcome == "success" and event.billable and event.cost_usd is not None
 
 
-@pytest.mark.parametrize(("provider", "model"), CARRIERS)
+@pytest.mark.parametrize(("provider", "model"), FORCERS)
 async def test_a_forced_function_is_the_one_called(gw: RunningGateway, provider: str, model: str) -> None:
     choice = {"type": "function", "function": {"name": "get_time"}}
     completion = await create(gw, provider, model, tools=[WEATHER, TIME], tool_choice=choice)
