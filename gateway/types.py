@@ -146,16 +146,20 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
     def to_openai(self) -> dict[str, object]:
-        out: dict[str, object] = {
+        """OpenAI's usage object, its details always there (as OpenAI sends them: clients read
+        ``usage.prompt_tokens_details.cached_tokens`` without checking for null)."""
+        return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": self.reasoning_tokens,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
         }
-        if self.cached_tokens:
-            out["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
-        if self.reasoning_tokens:
-            out["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens}
-        return out
 
 
 @dataclass(slots=True)

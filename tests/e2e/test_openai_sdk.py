@@ -274,3 +274,13 @@ async def test_models_endpoint_lists_groups(gw: RunningGateway) -> None:
         models = await c.models.list()
     ids = {m.id for m in models.data}
     assert {"gpt-4", "gpt-4o", "claude-3-haiku", "gemini-pro"} <= ids
+
+
+async def test_usage_details_are_there_when_zero(gw: RunningGateway) -> None:
+    """OpenAI always sends the details; clients read them without a null check."""
+    async with client(gw) as c:
+        completion = await c.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
+    usage = completion.usage
+    assert usage is not None and usage.prompt_tokens_details is not None
+    assert usage.prompt_tokens_details.cached_tokens == 0
+    assert usage.completion_tokens_details is not None and usage.completion_tokens_details.reasoning_tokens == 0

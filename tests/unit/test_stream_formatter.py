@@ -97,7 +97,13 @@ def test_usage_chunk_keeps_its_shape() -> None:
             "prompt_tokens": 3,
             "completion_tokens": 2,
             "total_tokens": 5,
-            "prompt_tokens_details": {"cached_tokens": 1},
+            "prompt_tokens_details": {"cached_tokens": 1, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": 0,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
         },
         "x_llm_gateway": {"cost_usd": "0.1"},
     }
