@@ -98,6 +98,7 @@ def create_app(
     app.router.add_post("/v1/chat/completions", completions.chat_completions)
     app.router.add_post("/v1/completions", completions.completions)
     app.router.add_get("/v1/models", meta.models)
+    app.router.add_get("/v1/models/{model}", meta.model)
     app.router.add_get("/healthz", meta.healthz)
     app.router.add_get("/openapi.json", meta.openapi)
     app.router.add_get("/metrics", metrics_handler)

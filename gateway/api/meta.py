@@ -7,27 +7,45 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway import errors
 from gateway.api.openapi import openapi_document
-from gateway.api.state import STATE
+from gateway.api.state import STATE, GatewayState
 
 #: more parts of ``/healthz`` (name -> its current value), from what an installer adds to the
 #: gateway (the embedded projector); informational: the gateway answers 200 while it serves calls
 HEALTH_PARTS: web.AppKey[dict[str, Callable[[], dict[str, Any]]]] = web.AppKey("health_parts", dict)
 
 
+def _model_object(state: GatewayState, name: str, created: int) -> dict[str, Any] | None:
+    """A model as OpenAI lists it, with the providers that serve it in the order the router
+    tries them (``owned_by``: the first); None when no configured provider serves it."""
+    try:
+        candidates = state.router.candidates(name, None)
+    except errors.GatewayError:
+        return None
+    serving = list(dict.fromkeys(c.provider for c in candidates))
+    if not serving:
+        return None
+    return {"id": name, "object": "model", "created": created, "owned_by": serving[0], "providers": serving}
+
+
 async def models(request: web.Request) -> web.Response:
     state = request.app[STATE]
     state.auth.authenticate(request)
     created = int(state.clock().timestamp())
-    catalog = state.router.catalog
-    data = []
-    for name in catalog.listed_models():
-        serving = [p for p in state.router.priority if p in state.router.providers and p in catalog.equivalents(name)]
-        if serving:
-            data.append(
-                {"id": name, "object": "model", "created": created, "owned_by": serving[0], "providers": serving}
-            )
-    return web.json_response({"object": "list", "data": data})
+    found = (_model_object(state, name, created) for name in state.router.catalog.listed_models())
+    return web.json_response({"object": "list", "data": [model for model in found if model is not None]})
+
+
+async def model(request: web.Request) -> web.Response:
+    """GET /v1/models/{model}: one model (``client.models.retrieve``), 404 when none serves it."""
+    state = request.app[STATE]
+    state.auth.authenticate(request)
+    name = request.match_info["model"]
+    found = _model_object(state, name, int(state.clock().timestamp()))
+    if found is None:
+        raise errors.ModelNotFound(f"The model '{name}' does not exist or no configured provider serves it")
+    return web.json_response(found)
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -8,8 +8,9 @@ from decimal import Decimal
 import openai
 import pytest
 
+from gateway.settings import ApiKey
 from gateway.simulators.base import Fault
-from tests.support.gateway import RunningGateway
+from tests.support.gateway import RunningGateway, running_gateway
 
 
 def client(gw: RunningGateway, **kwargs: object) -> openai.AsyncOpenAI:
@@ -274,6 +275,31 @@ async def test_models_endpoint_lists_groups(gw: RunningGateway) -> None:
         models = await c.models.list()
     ids = {m.id for m in models.data}
     assert {"gpt-4", "gpt-4o", "claude-3-haiku", "gemini-pro"} <= ids
+    owners = {m.id: m.owned_by for m in models.data}
+    assert (owners["claude-3-haiku"], owners["gemini-pro"], owners["gpt-4"]) == ("anthropic", "google", "openai")
+
+
+async def test_a_model_is_retrieved_by_name(gw: RunningGateway) -> None:
+    """``client.models.retrieve``: the model with who serves it, in the order calls try them;
+    a dated snapshot too; an unknown model is a 404 (it was a 404 for every model: no route)."""
+    async with client(gw) as c:
+        model = await c.models.retrieve("claude-3-haiku")
+        dated = await c.models.retrieve("claude-3-haiku-20240307")
+        with pytest.raises(openai.NotFoundError) as info:
+            await c.models.retrieve("no-such-model")
+    assert (model.id, model.object, model.owned_by) == ("claude-3-haiku", "model", "anthropic")
+    assert model.model_extra["providers"][0] == "anthropic" and len(model.model_extra["providers"]) == 5  # type: ignore[index]
+    assert dated.id == "claude-3-haiku-20240307" and dated.owned_by == "anthropic"
+    assert info.value.code == "model_not_found"
+
+
+async def test_retrieving_a_model_needs_a_key_when_keys_are_configured() -> None:
+    async with running_gateway(settings={"api_keys": [ApiKey(key="sk-live-1", tenant="acme")]}) as gw:
+        async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="sk-wrong", max_retries=0) as c:
+            with pytest.raises(openai.AuthenticationError):
+                await c.models.retrieve("gpt-4")
+        async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="sk-live-1", max_retries=0) as c:
+            assert (await c.models.retrieve("gpt-4")).owned_by == "openai"
 
 
 async def test_usage_details_are_there_when_zero(gw: RunningGateway) -> None:
