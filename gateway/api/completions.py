@@ -139,7 +139,7 @@ async def _stream(
             "cache-control": "no-cache",
             "x-request-id": ctx.request_id,
             "x-llm-provider": session.provider,
-            "x-llm-model": header_value(session.provider_model),
+            "x-llm-model": header_value(session.first_model),
             "x-llm-attempts": str(session.attempts),
         }
     )
@@ -151,7 +151,7 @@ async def _stream(
         try:
             async for batch in session.batches():
                 if formatter is None:
-                    model = batch[0].model or session.provider_model
+                    model = batch[0].model or session.first_model
                     formatter = ChunkFormatter(
                         parsed.endpoint,
                         _response_id(parsed.endpoint, ctx.request_id),

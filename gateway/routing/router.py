@@ -337,6 +337,13 @@ class StreamSession:
         self.complete = False
         self._drained = False  # the provider's iterator ran to its end: nothing to close
 
+    @property
+    def first_model(self) -> str:
+        """The model the stream's first chunk names (the one that serves it: a dated snapshot, an
+        Azure deployment's model), else the model asked for."""
+        head = self._head
+        return (head[0].model if head else None) or self.provider_model
+
     async def chunks(self) -> AsyncIterator[StreamChunk]:
         """Every chunk; raises ``StreamCut`` (recorded) when the upstream breaks mid-way."""
         async for batch in self.batches():

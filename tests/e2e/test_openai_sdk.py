@@ -310,3 +310,15 @@ async def test_usage_details_are_there_when_zero(gw: RunningGateway) -> None:
     assert usage is not None and usage.prompt_tokens_details is not None
     assert usage.prompt_tokens_details.cached_tokens == 0
     assert usage.completion_tokens_details is not None and usage.completion_tokens_details.reasoning_tokens == 0
+
+
+async def test_a_streams_model_header_names_the_model_that_serves_it(gw: RunningGateway) -> None:
+    """As for a JSON answer: the served model (Azure's deployment runs a dated gpt-4o), the
+    one the chunks name, not the deployment asked for."""
+    async with client(gw) as c:
+        async with c.chat.completions.with_streaming_response.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=True, extra_body={"provider": "azure"}
+        ) as response:
+            header = response.headers["x-llm-model"]
+            models = {chunk.model async for chunk in await response.parse()}
+    assert models == {header} and header != "gpt-4o"
