@@ -18,10 +18,11 @@ MAX_TENANT_LEN = 128
 #: a model name goes into the usage event, the cost log line and the ``x-llm-model`` header
 MAX_MODEL_LEN = 256
 #: fields we know but cannot honour: refused clearly rather than silently dropped (a value equal
-#: to the field's default is accepted: it asks for nothing)
+#: to the field's default is accepted: it asks for nothing). ``store: true`` asks OpenAI to keep
+#: the completion, a ``service_tier`` other than auto changes its price
 UNSUPPORTED_CHAT = frozenset({
     "functions", "function_call", "logprobs", "top_logprobs", "audio", "modalities", "logit_bias",
-    "reasoning_effort", "prediction", "web_search_options",
+    "reasoning_effort", "prediction", "web_search_options", "store", "service_tier",
 })  # fmt: skip
 UNSUPPORTED_COMPLETION = frozenset({"suffix", "echo", "logprobs", "best_of", "logit_bias"})
 #: JSON's safe range for a seed: OpenAI and Ollama take 64-bit integers
@@ -29,7 +30,7 @@ MAX_SEED = 2**63 - 1
 #: OpenAI's rule for ``response_format.json_schema.name``
 _SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: defaults other than null/false/0/[]/{} of the fields above
-_DEFAULTS: dict[str, object] = {"best_of": 1}
+_DEFAULTS: dict[str, object] = {"best_of": 1, "modalities": ["text"], "service_tier": "auto"}
 
 
 @dataclass(slots=True)

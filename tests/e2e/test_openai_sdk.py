@@ -221,6 +221,9 @@ ONE = {"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}
         ({**ONE, "tenantId": "a\u2028b"}, 400, "control characters"),
         # options the gateway cannot honour are refused, not dropped
         ({**ONE, "logit_bias": {"50256": -100}}, 400, "'logit_bias' is not supported"),
+        ({**ONE, "store": True}, 400, "'store' is not supported"),
+        ({**ONE, "service_tier": "priority"}, 400, "'service_tier' is not supported"),
+        ({**ONE, "modalities": ["text", "audio"]}, 400, "'modalities' is not supported"),
         ({**ONE, "functions": [{"name": "f"}]}, 400, "'functions' is not supported"),  # the legacy form of tools
         # the generation options some providers carry (tests/e2e/test_generation_options.py)
         ({**ONE, "seed": "1"}, 400, "'seed' must be an integer"),
@@ -261,7 +264,16 @@ async def test_options_at_their_defaults_are_accepted(gw: RunningGateway) -> Non
     async with client(gw) as c:
         await c.post(
             "/chat/completions",
-            body={**ONE, "seed": None, "presence_penalty": 0, "frequency_penalty": 0.0, "logit_bias": {}},
+            body={
+                **ONE,
+                "seed": None,
+                "presence_penalty": 0,
+                "frequency_penalty": 0.0,
+                "logit_bias": {},
+                "modalities": ["text"],
+                "store": False,
+                "service_tier": "auto",
+            },
             cast_to=object,
         )
         await c.post(
