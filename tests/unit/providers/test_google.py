@@ -144,7 +144,7 @@ async def test_complete_thoughts_cache_tool_use_and_served_model(
         cached_tokens=5,
         reasoning_tokens=40,
     )
-    assert result.usage.to_openai()["completion_tokens_details"] == {"reasoning_tokens": 40}
+    assert result.usage.to_openai()["completion_tokens_details"]["reasoning_tokens"] == 40  # type: ignore[index]
 
 
 @pytest.mark.parametrize(("reason", "expected"), [("MAX_TOKENS", "length"), ("SAFETY", "content_filter")])
