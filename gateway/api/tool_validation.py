@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from typing import Any, cast
 
+import orjson
+
 from gateway.errors import InvalidRequest
 from gateway.tool_calls import Tool, ToolCall, ToolMode, ToolSpec
 
@@ -119,13 +121,26 @@ def parse_tool_calls(message: dict[str, Any], param: str) -> tuple[ToolCall, ...
         function = _object(item.get("function"), f"{where}.function")
         name = _name(function.get("name"), f"{where}.function.name")
         arguments = function.get("arguments", "")
-        if not isinstance(arguments, str):
-            raise _invalid(f"{where}.function.arguments", f"'{where}.function.arguments' must be a string (JSON)")
+        if not isinstance(arguments, str) or not _is_json_object(arguments):
+            raise _invalid(
+                f"{where}.function.arguments", f"'{where}.function.arguments' must be a string holding a JSON object"
+            )
         calls.append(ToolCall(call_id, name, arguments))
     return tuple(calls)
 
 
-def parse_tool_call_id(message: dict[str, Any], param: str) -> str:
+def _is_json_object(text: str) -> bool:
+    """Arguments every vendor can take: Anthropic, Gemini and Ollama want an object, not text
+    (blank text is no arguments)."""
+    if not text.strip():
+        return True
+    try:
+        return isinstance(orjson.loads(text), dict)
+    except ValueError:
+        return False
+
+
+def parse_tool_call_id(message: dict[str, Any], param: str, made: set[str]) -> str:
     """A tool message's ``tool_call_id``: required."""
     value = message.get("tool_call_id")
     if value is None:
@@ -136,4 +151,10 @@ def parse_tool_call_id(message: dict[str, Any], param: str) -> str:
         )
     if not isinstance(value, str) or not value:
         raise _invalid(f"{param}.tool_call_id", f"'{param}.tool_call_id' must be a non-empty string")
+    if value not in made:
+        raise _invalid(
+            f"{param}.tool_call_id",
+            f"'{param}.tool_call_id' names {value!r}, a call no earlier assistant message made "
+            "(a tool message answers a preceding message's tool_calls)",
+        )
     return value

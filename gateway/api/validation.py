@@ -205,6 +205,7 @@ def _messages(body: dict[str, Any]) -> list[Message]:
     if not raw:
         raise InvalidRequest("'messages' must contain at least one message", param="messages", code="empty_array")
     messages = []
+    made: set[str] = set()  # the ids of the calls made so far: what a tool message may answer
     for i, item in enumerate(raw):
         if not isinstance(item, dict):
             raise InvalidRequest(f"messages[{i}] must be an object", param=f"messages[{i}]", code="invalid_type")
@@ -222,9 +223,12 @@ def _messages(body: dict[str, Any]) -> list[Message]:
                 code="invalid_value",
             )
         if role == "assistant" and "tool_calls" in item:
-            messages.append(Message("assistant", _content(item, i), parse_tool_calls(item, f"messages[{i}]")))
+            calls = parse_tool_calls(item, f"messages[{i}]")
+            made.update(call.id for call in calls or ())
+            messages.append(Message("assistant", _content(item, i), calls))
         elif role == "tool":
-            messages.append(Message("tool", _content(item, i), tool_call_id=parse_tool_call_id(item, f"messages[{i}]")))
+            call_id = parse_tool_call_id(item, f"messages[{i}]", made)
+            messages.append(Message("tool", _content(item, i), tool_call_id=call_id))
         else:
             messages.append(Message(cast(Role, role), _content(item, i)))
     return messages

@@ -6,6 +6,7 @@ so they can be tested without a server; ``anthropic.py`` only does the HTTP.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,7 +14,8 @@ import orjson
 
 from gateway import errors
 from gateway.providers.http import default_classify, error_message, malformed, parse_retry_after
-from gateway.types import ChatRequest, ChatResult, FinishReason, StreamChunk, Usage, is_token_count
+from gateway.tool_calls import ToolCall, ToolCallPart, ToolSpec
+from gateway.types import ChatRequest, ChatResult, FinishReason, Message, StreamChunk, Usage, is_token_count
 
 PROVIDER = "anthropic"
 #: Anthropic requires ``max_tokens``; used when the client did not set one
@@ -65,17 +67,23 @@ _USAGE_FIELDS = (
 
 
 def build_body(req: ChatRequest, *, stream: bool) -> dict[str, Any]:
-    """The /v1/messages body: top-level ``system``, user/assistant turns merged by role."""
+    """The /v1/messages body: top-level ``system``, user/assistant turns merged by role.
+
+    A turn's content stays one string (texts joined by blank lines) until a tool block joins
+    it; then it is a list of blocks. Calls are ``tool_use`` blocks of the assistant turn;
+    results are ``tool_result`` blocks of the next user turn, ahead of any text.
+    """
     turns: list[dict[str, Any]] = []
-    for msg in req.messages:
+    for i, msg in enumerate(req.messages):
         if msg.role in ("system", "developer"):
             continue
-        # Anthropic has no tool role; without tool-call ids a tool result is user text
-        role = "assistant" if msg.role == "assistant" else "user"
-        if turns and turns[-1]["role"] == role:
-            turns[-1]["content"] += "\n\n" + msg.content
+        if msg.role == "assistant" and msg.tool_calls:
+            _add_blocks(turns, "assistant", _assistant_blocks(msg, f"messages[{i}]"))
+        elif msg.role == "tool" and msg.tool_call_id is not None:
+            _add_tool_result(turns, msg)
         else:
-            turns.append({"role": role, "content": msg.content})
+            # Anthropic has no tool role; without a tool-call id a tool result is user text
+            _add_text(turns, "assistant" if msg.role == "assistant" else "user", msg.content)
     if not turns and req.prompt is not None:
         turns.append({"role": "user", "content": req.prompt})
     system = req.system_text()
@@ -99,9 +107,102 @@ def build_body(req: ChatRequest, *, stream: bool) -> dict[str, Any]:
         body["stop_sequences"] = list(req.stop)
     if req.user:
         body["metadata"] = {"user_id": req.user}
+    if req.tools is not None:
+        _add_tools(body, req.tools)
     if stream:
         body["stream"] = True
     return body
+
+
+def _blocks(content: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A turn's content as blocks (an empty text is no block: Anthropic refuses those)."""
+    if isinstance(content, list):
+        return content
+    return [{"type": "text", "text": content}] if content else []
+
+
+def _add_text(turns: list[dict[str, Any]], role: str, text: str) -> None:
+    if turns and turns[-1]["role"] == role:
+        last = turns[-1]
+        if isinstance(last["content"], str):
+            last["content"] += "\n\n" + text
+        elif text:
+            last["content"].append({"type": "text", "text": text})
+    else:
+        turns.append({"role": role, "content": text})
+
+
+def _add_blocks(turns: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]) -> None:
+    if turns and turns[-1]["role"] == role:
+        turns[-1]["content"] = _blocks(turns[-1]["content"]) + blocks
+    else:
+        turns.append({"role": role, "content": blocks})
+
+
+def _add_tool_result(turns: list[dict[str, Any]], msg: Message) -> None:
+    """A ``tool_result`` block in the user turn, after the results already there and before
+    any text (Anthropic wants the results first)."""
+    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": msg.tool_call_id}
+    if msg.content:  # ``content`` is optional; an empty text block would be refused
+        block["content"] = msg.content
+    if not (turns and turns[-1]["role"] == "user"):
+        turns.append({"role": "user", "content": [block]})
+        return
+    blocks = _blocks(turns[-1]["content"])
+    at = next((i for i, b in enumerate(blocks) if b.get("type") != "tool_result"), len(blocks))
+    blocks.insert(at, block)
+    turns[-1]["content"] = blocks
+
+
+def _assistant_blocks(msg: Message, where: str) -> list[dict[str, Any]]:
+    """A text block (unless empty), then a ``tool_use`` block per call."""
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": msg.content}] if msg.content else []
+    for j, call in enumerate(msg.tool_calls or ()):
+        arguments = _arguments(call, f"{where}.tool_calls[{j}].function.arguments")
+        blocks.append({"type": "tool_use", "id": call.id, "name": call.name, "input": arguments})
+    return blocks
+
+
+def _arguments(call: ToolCall, param: str) -> dict[str, Any]:
+    """The call's arguments text as the object Anthropic's ``input`` is (empty text: none)."""
+    if not call.arguments.strip():
+        return {}
+    try:
+        value = json.loads(call.arguments)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise errors.InvalidRequest(
+            f"The arguments of tool call {call.id!r} are not a JSON object; Anthropic takes a "
+            f"call's arguments as an object: {call.arguments[:200]!r}",
+            param=param,
+        )
+    return value
+
+
+def _add_tools(body: dict[str, Any], spec: ToolSpec) -> None:
+    """``tools`` and ``tool_choice``; ``parallel_tool_calls: false`` is ``disable_parallel_tool_use``."""
+    tools = []
+    for tool in spec.tools:
+        out: dict[str, Any] = {"name": tool.name}
+        if tool.description is not None:
+            out["description"] = tool.description
+        out["input_schema"] = tool.parameters if tool.parameters is not None else {"type": "object", "properties": {}}
+        tools.append(out)
+    body["tools"] = tools
+    choice: dict[str, Any] | None = None
+    if spec.function is not None:
+        choice = {"type": "tool", "name": spec.function}
+    elif spec.mode is not None:
+        choice = {"type": _CHOICE_TYPES[spec.mode]}
+    if spec.parallel is False and (choice is None or choice["type"] != "none"):
+        choice = (choice or {"type": "auto"}) | {"disable_parallel_tool_use": True}
+    if choice is not None:
+        body["tool_choice"] = choice
+
+
+#: OpenAI's ``tool_choice`` modes -> Anthropic's ``tool_choice.type``
+_CHOICE_TYPES = {"auto": "auto", "required": "any", "none": "none"}
 
 
 # --- responses ----------------------------------------------------------------------------------
@@ -137,35 +238,60 @@ def usage_from(raw: Any) -> Usage:
     )
 
 
-def _text_of(blocks: Any) -> str:
+def _content(blocks: Any) -> tuple[str, tuple[ToolCall, ...]]:
+    """The text of the ``text`` blocks and the calls of the ``tool_use`` blocks (thinking and
+    other blocks are skipped)."""
     if not isinstance(blocks, list):
         raise malformed(PROVIDER, "content is not a list")
     parts: list[str] = []
+    calls: list[ToolCall] = []
     for block in blocks:
         if not isinstance(block, Mapping):
             raise malformed(PROVIDER, "content block is not an object")
-        if block.get("type") == "text":
+        kind = block.get("type")
+        if kind == "text":
             text = block.get("text")
             if not isinstance(text, str):
                 raise malformed(PROVIDER, "text block without text")
             parts.append(text)
-    return "".join(parts)
+        elif kind == "tool_use":
+            call_id, name, arguments = _tool_use(block)
+            if not isinstance(block.get("input"), Mapping):
+                raise malformed(PROVIDER, f"tool_use block {call_id!r} without an input object")
+            calls.append(ToolCall(call_id, name, arguments))
+    return "".join(parts), tuple(calls)
+
+
+def _tool_use(block: Mapping[str, Any]) -> tuple[str, str, str]:
+    """A ``tool_use`` block's id, name and input as JSON text ("" for an empty or absent input:
+    a streamed block's input arrives in deltas)."""
+    call_id, name, value = block.get("id"), block.get("name"), block.get("input")
+    if not isinstance(call_id, str) or not call_id or not isinstance(name, str) or not name:
+        raise malformed(PROVIDER, f"tool_use block without an id or a name: {str(block)[:200]}")
+    return call_id, name, arguments_text(value) if isinstance(value, Mapping) else ""
+
+
+def arguments_text(value: Mapping[str, Any]) -> str:
+    """A call's ``input`` object as OpenAI's arguments text: compact JSON, non-ASCII kept."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def parse_message(body: Any, requested_model: str, request_id: str | None = None) -> ChatResult:
-    """A non-streaming Message -> ChatResult (text blocks only; thinking/tool_use skipped)."""
+    """A non-streaming Message -> ChatResult: text blocks, tool_use blocks as calls."""
     if error_type(body) is not None:  # an error object behind a 200 (seen from proxies)
         raise classify(200, {}, body, "")
     if not isinstance(body, Mapping) or body.get("type", "message") != "message":
         raise malformed(PROVIDER, "not a Message object")
     stop_reason = body.get("stop_reason")
     model = body.get("model")
+    text, calls = _content(body.get("content"))
     return ChatResult(
-        text=_text_of(body.get("content")),
+        text=text,
         finish_reason=finish_reason(stop_reason if isinstance(stop_reason, str) else None),
         usage=usage_from(body.get("usage")),
         model=model if isinstance(model, str) and model else requested_model,
         upstream_request_id=request_id,
+        tool_calls=calls,
     )
 
 
@@ -174,6 +300,8 @@ class StreamParser:
 
     ``feed`` returns the chunk to emit (or None); it raises the translated ProviderError on an
     ``error`` event. ``done`` is set by ``message_stop``; a stream ending without it was cut.
+    A ``tool_use`` block is call ``k`` (counted from 0 over the message's tool_use blocks):
+    its start gives the id and name, each ``input_json_delta`` more of the arguments text.
     """
 
     def __init__(self, requested_model: str) -> None:
@@ -181,6 +309,10 @@ class StreamParser:
         self.done = False
         self._usage: dict[str, Any] = {}
         self._stop_reason: str | None = None
+        #: Anthropic's block index -> the call's index, for the tool_use blocks
+        self._calls: dict[Any, int] = {}
+        #: the calls whose arguments text is still empty
+        self._no_arguments: set[int] = set()
 
     def feed(self, event: str | None, data: str) -> StreamChunk | None:
         try:
@@ -197,14 +329,22 @@ class StreamParser:
             return None
         if kind == "content_block_start":
             block = payload.get("content_block")
-            if isinstance(block, Mapping) and block.get("type") == "text":
-                return self._text(block.get("text"))
+            if isinstance(block, Mapping):
+                if block.get("type") == "text":
+                    return self._text(block.get("text"))
+                if block.get("type") == "tool_use":
+                    return self._call_start(payload.get("index"), block)
             return None
         if kind == "content_block_delta":
             delta = payload.get("delta")
-            if isinstance(delta, Mapping) and delta.get("type") == "text_delta":
-                return self._text(delta.get("text"))
+            if isinstance(delta, Mapping):
+                if delta.get("type") == "text_delta":
+                    return self._text(delta.get("text"))
+                if delta.get("type") == "input_json_delta":
+                    return self._call_arguments(payload.get("index"), delta.get("partial_json"))
             return None
+        if kind == "content_block_stop":
+            return self._call_stop(payload.get("index"))
         if kind == "message_delta":
             delta = payload.get("delta")
             if isinstance(delta, Mapping) and isinstance(delta.get("stop_reason"), str):
@@ -218,7 +358,39 @@ class StreamParser:
                 usage=usage_from(self._usage),
                 model=self.model,
             )
-        return None  # ping, content_block_stop, and event types added later
+        return None  # ping, and event types added later
+
+    def _call_start(self, block_index: Any, block: Mapping[str, Any]) -> StreamChunk:
+        call_id, name, arguments = _tool_use(block)
+        index = len(self._calls)
+        self._calls[block_index] = index
+        if not arguments or arguments == "{}":  # the input comes in deltas (Anthropic sends {})
+            arguments = ""
+            self._no_arguments.add(index)
+        return self._part(ToolCallPart(index, call_id, name, arguments))
+
+    def _call_arguments(self, block_index: Any, partial: Any) -> StreamChunk | None:
+        index = self._calls.get(block_index)
+        if index is None:  # input of a block that is no client tool call (server tools)
+            return None
+        if not isinstance(partial, str):
+            raise malformed(PROVIDER, "input_json_delta without partial_json text")
+        if not partial:
+            return None
+        self._no_arguments.discard(index)
+        return self._part(ToolCallPart(index, arguments=partial))
+
+    def _call_stop(self, block_index: Any) -> StreamChunk | None:
+        """A call that got no arguments text at all (a function without parameters) ends
+        with ``{}``, so the joined pieces are always a JSON object."""
+        index = self._calls.get(block_index)
+        if index is None or index not in self._no_arguments:
+            return None
+        self._no_arguments.discard(index)
+        return self._part(ToolCallPart(index, arguments="{}"))
+
+    def _part(self, part: ToolCallPart) -> StreamChunk:
+        return StreamChunk(model=self.model, tool_calls=(part,))
 
     def _start(self, message: Any) -> None:
         if not isinstance(message, Mapping):

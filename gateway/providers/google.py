@@ -15,6 +15,7 @@ from gateway.providers.sse import iter_sse
 from gateway.providers.upstream_http import UpstreamClient
 from gateway.providers.upstream_response import Response
 from gateway.settings import ProviderSettings
+from gateway.tool_calls import ToolCallPart
 from gateway.types import CAPABILITIES, ChatRequest, ChatResult, FinishReason, StreamChunk, Usage
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
@@ -32,12 +33,10 @@ def models_url(base_url: str | None, api_version: str | None = None) -> str:
 
 class GoogleProvider:
     name = wire.PROVIDER
-    #: Gemini takes a 32-bit seed: a larger one is its 400 (a client error, not a fallback)
-    options = frozenset(CAPABILITIES) - {
-        "tools",
-        "tool_choice",
-        "parallel_tool_calls",
-    }  # function calling: not mapped yet
+    #: Gemini takes a 32-bit seed: a larger one is its 400 (a client error, not a fallback).
+    #: Function calling: tools and tool_choice (required / one function: ``ANY`` mode) are
+    #: mapped; ``parallel_tool_calls: false`` is not (Gemini has no switch to keep to one call).
+    options = frozenset(CAPABILITIES) - {"parallel_tool_calls"}
 
     def __init__(self, settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> None:
         if not settings.api_key:
@@ -73,6 +72,7 @@ class GoogleProvider:
             usage=piece.usage,
             model=piece.model or request.model,
             upstream_request_id=request_id,
+            tool_calls=tuple(piece.tool_calls),
         )
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
@@ -116,6 +116,7 @@ class GoogleProvider:
         usage: Usage | None = None
         model: str | None = None
         has_call = False
+        calls = 0  # the index of the next call: calls are counted across the whole stream
         async for event in iter_sse(resp.content):
             if event.data.strip() == "[DONE]":
                 continue
@@ -129,7 +130,15 @@ class GoogleProvider:
             has_call = has_call or piece.has_function_call
             if piece.raw_finish is not None:
                 finishing = piece
-            if piece.text:
+            if piece.tool_calls:
+                # each functionCall comes whole: one piece with its id, name and all arguments
+                parts = tuple(
+                    ToolCallPart(calls + k, call.id, call.name, call.arguments)
+                    for k, call in enumerate(piece.tool_calls)
+                )
+                calls += len(parts)
+                yield StreamChunk(text=piece.text, model=model or requested, tool_calls=parts)
+            elif piece.text:
                 yield StreamChunk(text=piece.text, model=model or requested)
         if finishing is not None:
             finish = finishing.finish(has_function_call=has_call)

@@ -1,16 +1,18 @@
 """Gemini (Generative Language API) wire mapping: pure functions, no HTTP.
 
-Request body builder, response/chunk parser (one mapper for streaming and non-streaming),
-finish-reason and usage normalisation (providers.md 6.1) and the google.rpc.Status error
-classifier.
+Request body builder (with function declarations, calls and results), response/chunk parser
+(one mapper for streaming and non-streaming, text and ``functionCall`` parts), finish-reason
+and usage normalisation (providers.md 6.1) and the google.rpc.Status error classifier.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+from uuid import uuid4
 
 from gateway import errors
 from gateway.providers.http import (
@@ -19,7 +21,8 @@ from gateway.providers.http import (
     parse_duration,
     parse_retry_after,
 )
-from gateway.types import ChatRequest, FinishReason, Options, Usage, is_token_count
+from gateway.tool_calls import ToolCall, ToolSpec
+from gateway.types import ChatRequest, FinishReason, Message, Options, Usage, is_token_count
 
 log = logging.getLogger(__name__)
 
@@ -61,17 +64,24 @@ _TYPE_PREFIX = "type.googleapis.com/google.rpc."
 
 
 def build_body(req: ChatRequest) -> dict[str, Any]:
-    """The generateContent body: user/model turns, systemInstruction, generationConfig."""
+    """The generateContent body: user/model turns, systemInstruction, tools, generationConfig.
+
+    Consecutive messages of one role share a turn (Gemini alternates user and model turns):
+    the results of a model's calls go back together, as one user turn."""
     contents: list[dict[str, Any]] = []
-    for msg in req.messages:
+    names: dict[str, str] = {}  # call id -> function name, of the calls made so far
+    for i, msg in enumerate(req.messages):
         role = _ROLES.get(msg.role)
         if role is None:  # system / developer go to systemInstruction
             continue
-        part = {"text": msg.content}
-        if contents and contents[-1]["role"] == role:
-            contents[-1]["parts"].append(part)
+        if msg.tool_calls or msg.tool_call_id is not None:
+            parts = _tool_parts(msg, i, names)
         else:
-            contents.append({"role": role, "parts": [part]})
+            parts = [{"text": msg.content}]
+        if contents and contents[-1]["role"] == role:
+            contents[-1]["parts"].extend(parts)
+        else:
+            contents.append({"role": role, "parts": parts})
     system = req.system_text()
     if not contents and system is not None:
         # system messages alone (OpenAI answers them): Gemini needs a turn, so they are it
@@ -80,6 +90,8 @@ def build_body(req: ChatRequest) -> dict[str, Any]:
     body: dict[str, Any] = {"contents": contents}
     if system is not None:
         body["systemInstruction"] = {"parts": [{"text": system}]}
+    if req.tools is not None:
+        _add_tools(body, req.tools)
     config: dict[str, Any] = {"candidateCount": 1}
     if req.temperature is not None:
         config["temperature"] = req.temperature
@@ -93,6 +105,79 @@ def build_body(req: ChatRequest) -> dict[str, Any]:
         _add_options(config, req.options)
     body["generationConfig"] = config
     return body
+
+
+def _tool_parts(msg: Message, index: int, names: dict[str, str]) -> list[dict[str, Any]]:
+    """An assistant message's text and ``functionCall`` parts, or a tool result's
+    ``functionResponse`` part, named by the function of the call it answers.
+
+    Call ids are not sent: Gemini pairs results with calls by order and name, and the ids of
+    the history may be the gateway's own (Gemini's answers often carry none) or another
+    vendor's."""
+    if msg.tool_call_id is not None:
+        name = names.get(msg.tool_call_id)
+        if name is None:
+            raise errors.InvalidRequest(
+                f"{PROVIDER}: tool result for call {msg.tool_call_id!r}, which no earlier assistant message made",
+                param=f"messages[{index}].tool_call_id",
+            )
+        return [{"functionResponse": {"name": name, "response": _tool_result(msg.content)}}]
+    parts: list[dict[str, Any]] = [{"text": msg.content}] if msg.content else []
+    for j, call in enumerate(msg.tool_calls or ()):
+        args = _call_args(call, f"messages[{index}].tool_calls[{j}].function.arguments")
+        parts.append({"functionCall": {"name": call.name, "args": args}})
+        names[call.id] = call.name
+    return parts
+
+
+def _call_args(call: ToolCall, param: str) -> dict[str, Any]:
+    """A call's arguments text as the object Gemini takes (blank text: no arguments)."""
+    try:
+        args = json.loads(call.arguments) if call.arguments.strip() else {}
+    except ValueError:
+        args = None
+    if not isinstance(args, dict):
+        raise errors.InvalidRequest(
+            f"{PROVIDER}: the arguments of tool call {call.id!r} are not a JSON object", param=param
+        )
+    return args
+
+
+def _tool_result(content: str) -> dict[str, Any]:
+    """``functionResponse.response`` must be an object: a JSON object result as it is, any
+    other text wrapped."""
+    try:
+        value = json.loads(content)
+    except ValueError:
+        value = None
+    return value if isinstance(value, dict) else {"content": content}
+
+
+#: ``tool_choice`` mode -> ``functionCallingConfig.mode`` (a forced function is ANY, restricted)
+_MODES = {"auto": "AUTO", "required": "ANY", "none": "NONE"}
+
+
+def _add_tools(body: dict[str, Any], spec: ToolSpec) -> None:
+    """``functionDeclarations`` with ``parametersJsonSchema`` (plain JSON Schema, as OpenAI's;
+    ``parameters`` takes Gemini's OpenAPI subset) and ``toolConfig`` for the choice.
+    ``strict`` has no Gemini equivalent; ``parallel_tool_calls`` is not carried (not in
+    ``GoogleProvider.options``), so it never gets here."""
+    declarations = []
+    for tool in spec.tools:
+        declaration: dict[str, Any] = {"name": tool.name}
+        if tool.description is not None:
+            declaration["description"] = tool.description
+        if tool.parameters is not None:
+            declaration["parametersJsonSchema"] = tool.parameters
+        declarations.append(declaration)
+    body["tools"] = [{"functionDeclarations": declarations}]
+    if spec.function is not None:
+        config: dict[str, Any] = {"mode": "ANY", "allowedFunctionNames": [spec.function]}
+    elif spec.mode is not None:
+        config = {"mode": _MODES[spec.mode]}
+    else:
+        return
+    body["toolConfig"] = {"functionCallingConfig": config}
 
 
 _OPTION_KEYS = (("seed", "seed"), ("presence_penalty", "presencePenalty"), ("frequency_penalty", "frequencyPenalty"))
@@ -162,6 +247,8 @@ class Piece:
     has_function_call: bool = False
     usage: Usage | None = None
     model: str | None = None
+    #: the ``functionCall`` parts, in order (Gemini sends each one whole, also when streaming)
+    tool_calls: list[ToolCall] = field(default_factory=list)
 
     def finish(self, *, has_function_call: bool | None = None) -> FinishReason | None:
         if self.blocked:
@@ -195,28 +282,45 @@ def parse_response(obj: Any) -> Piece:
     if not isinstance(candidates, list) or not isinstance(candidates[0], dict):
         raise _malformed("candidates is not a list of objects")
     cand = candidates[0]
-    piece.text, piece.has_function_call = _read_parts(cand.get("content"))
+    _read_parts(cand.get("content"), piece)
     finish = cand.get("finishReason")
     if finish is not None:
         piece.raw_finish = str(finish)
     return piece
 
 
-def _read_parts(content: Any) -> tuple[str, bool]:
-    """The answer text of a candidate's content (thought parts skipped) and whether it calls."""
+def _read_parts(content: Any, piece: Piece) -> None:
+    """The answer text of a candidate's content (thought parts skipped) and its calls."""
     parts = content.get("parts") if isinstance(content, dict) else None
     if parts is not None and not isinstance(parts, list):
         raise _malformed("content.parts is not a list")
     texts: list[str] = []
-    has_call = False
     for part in parts or []:
         if not isinstance(part, dict):
             raise _malformed("content part is not an object")
-        has_call = has_call or "functionCall" in part
+        if "functionCall" in part:
+            piece.has_function_call = True
+            piece.tool_calls.append(_tool_call(part["functionCall"]))
         text = part.get("text")
         if isinstance(text, str) and not part.get("thought"):
             texts.append(text)
-    return "".join(texts), has_call
+    piece.text = "".join(texts)
+
+
+def _tool_call(raw: Any) -> ToolCall:
+    """A ``functionCall`` part as a call: Gemini's id when it sends one, else a fresh one (the
+    client sends it back with the result; Gemini pairs results by order and name)."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str) or not raw["name"]:
+        raise _malformed("functionCall without a name")
+    args = raw.get("args")
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise _malformed(f"functionCall {raw['name']!r} args is not an object")
+    call_id = raw.get("id")
+    if not isinstance(call_id, str) or not call_id:
+        call_id = f"call_{uuid4().hex[:24]}"
+    return ToolCall(call_id, raw["name"], json.dumps(args, separators=(",", ":"), ensure_ascii=False))
 
 
 def is_answer(obj: Any) -> bool:

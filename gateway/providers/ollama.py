@@ -2,6 +2,13 @@
 
 Ollama needs no key (a local server); ``api_key`` is sent as a Bearer token when set (Ollama
 cloud). Missing ``prompt_eval_count`` / ``eval_count`` (Go ``omitempty``) count as 0.
+
+Function calling: ``tools`` in OpenAI's shape; the model's calls come back whole (one NDJSON
+line holds them all) as ``message.tool_calls[{function: {name, arguments: {...}}}]`` with
+argument objects and no ids, so ids are made here and the arguments re-encoded as JSON text.
+A tool result goes back as ``{"role": "tool", "tool_name": ...}``: the name of the call its
+``tool_call_id`` names, looked up in the conversation. Ollama cannot force a call nor keep to
+one (no ``tool_choice`` / ``parallel_tool_calls``): such requests are never sent here.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
+from uuid import uuid4
 
 import orjson
 
@@ -20,11 +28,13 @@ from gateway.providers.sse import iter_ndjson_lines
 from gateway.providers.upstream_http import UpstreamClient
 from gateway.providers.upstream_response import Response
 from gateway.settings import ProviderSettings
+from gateway.tool_calls import ToolCall, ToolCallPart, ToolSpec
 from gateway.types import (
     CAPABILITIES,
     ChatRequest,
     ChatResult,
     FinishReason,
+    Message,
     Options,
     StreamChunk,
     Usage,
@@ -42,6 +52,7 @@ _ROLES = {
     "assistant": "assistant",
     "tool": "tool",
 }
+_NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
 #: 429 messages that mean a spent plan (Ollama cloud usage limits), not a short rate limit
 _QUOTA_WORDS = ("usage limit", "quota")
 
@@ -65,9 +76,11 @@ def base_url(host: str | None) -> str:
 def build_body(req: ChatRequest, *, stream: bool) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": req.model,
-        "messages": [{"role": _ROLES.get(m.role, "user"), "content": m.content} for m in req.messages],
+        "messages": _messages(req.messages),
         "stream": stream,
     }
+    if req.tools is not None and req.tools.mode != "none":  # "none": the model cannot call
+        body["tools"] = _tools(req.tools)
     options: dict[str, Any] = {}
     if req.max_tokens is not None:
         options["num_predict"] = req.max_tokens
@@ -82,6 +95,56 @@ def build_body(req: ChatRequest, *, stream: bool) -> dict[str, Any]:
     if options:
         body["options"] = options
     return body
+
+
+def _messages(messages: list[Message]) -> list[dict[str, Any]]:
+    """The conversation; calls with argument objects, results named by their call's function."""
+    if not any(m.tool_calls or m.tool_call_id is not None for m in messages):  # the common case
+        return [{"role": _ROLES.get(m.role, "user"), "content": m.content} for m in messages]
+    names: dict[str, str] = {}  # call id -> function name, of the calls made so far
+    out: list[dict[str, Any]] = []
+    for i, m in enumerate(messages):
+        item: dict[str, Any] = {"role": _ROLES.get(m.role, "user"), "content": m.content}
+        if m.tool_calls:
+            item["tool_calls"] = [_call(call, f"messages[{i}].tool_calls[{j}]") for j, call in enumerate(m.tool_calls)]
+            names.update((call.id, call.name) for call in m.tool_calls)
+        if m.tool_call_id is not None:
+            name = names.get(m.tool_call_id)
+            if name is None:
+                raise errors.InvalidRequest(
+                    f"{PROVIDER}: tool result for call {m.tool_call_id!r}, which no earlier assistant message made",
+                    param=f"messages[{i}].tool_call_id",
+                )
+            item["tool_name"] = name
+        out.append(item)
+    return out
+
+
+def _call(call: ToolCall, where: str) -> dict[str, Any]:
+    """A call of the history with its arguments as an object (blank text: no arguments)."""
+    try:
+        arguments = orjson.loads(call.arguments) if call.arguments.strip() else {}
+    except ValueError:
+        arguments = None
+    if not isinstance(arguments, dict):
+        raise errors.InvalidRequest(
+            f"{PROVIDER}: the arguments of tool call {call.id!r} are not a JSON object",
+            param=f"{where}.function.arguments",
+        )
+    return {"function": {"name": call.name, "arguments": arguments}}
+
+
+def _tools(spec: ToolSpec) -> list[dict[str, Any]]:
+    """OpenAI's shape (``strict`` has no Ollama equivalent); no parameters: an empty object
+    schema (Ollama decodes ``parameters`` into a struct that templates render as they are)."""
+    tools = []
+    for tool in spec.tools:
+        function: dict[str, Any] = {"name": tool.name}
+        if tool.description is not None:
+            function["description"] = tool.description
+        function["parameters"] = tool.parameters if tool.parameters is not None else _NO_PARAMETERS
+        tools.append({"type": "function", "function": function})
+    return tools
 
 
 def _add_options(body: dict[str, Any], options: dict[str, Any], asked: Options) -> None:
@@ -120,10 +183,47 @@ class Piece:
 
     text: str
     done: bool
-    has_tool_calls: bool
     done_reason: str | None
     usage: Usage | None
     model: str | None
+    #: the calls it holds, whole, with ids made here
+    tool_calls: tuple[ToolCall, ...] = ()
+
+    @property
+    def has_tool_calls(self) -> bool:
+        return bool(self.tool_calls)
+
+
+def _new_call_id() -> str:
+    return f"call_{uuid4().hex[:24]}"
+
+
+def parse_tool_calls(raw: Any) -> tuple[ToolCall, ...]:
+    """``message.tool_calls``: argument objects re-encoded as compact JSON text (arguments that
+    are already text are kept as they are); an id of the call's own when it has one, else a new one."""
+    if not raw:
+        return ()
+    if not isinstance(raw, list):
+        raise malformed(PROVIDER, "message.tool_calls is not a list")
+    calls = []
+    for item in raw:
+        function = item.get("function") if isinstance(item, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+            raise malformed(PROVIDER, f"tool call without a function name: {str(item)[:200]}")
+        arguments = function.get("arguments")
+        if arguments is None:
+            text = "{}"
+        elif isinstance(arguments, dict):
+            text = orjson.dumps(arguments).decode()
+        elif isinstance(arguments, str):
+            text = arguments
+        else:
+            raise malformed(PROVIDER, f"tool call {function['name']!r} arguments are {type(arguments).__name__}")
+        call_id = item.get("id")
+        calls.append(
+            ToolCall(call_id if isinstance(call_id, str) and call_id else _new_call_id(), function["name"], text)
+        )
+    return tuple(calls)
 
 
 def parse_object(obj: Any) -> Piece:
@@ -145,10 +245,10 @@ def parse_object(obj: Any) -> Piece:
     return Piece(
         text=content,
         done=done,
-        has_tool_calls=bool(message.get("tool_calls")),
         done_reason=obj.get("done_reason") if isinstance(obj.get("done_reason"), str) else None,
         usage=map_usage(obj) if done else None,
         model=model if isinstance(model, str) and model else None,
+        tool_calls=parse_tool_calls(message.get("tool_calls")),
     )
 
 
@@ -165,11 +265,9 @@ def classify(status: int, headers: Mapping[str, str], body: Any, raw: str) -> er
 
 class OllamaProvider:
     name = PROVIDER
-    options = frozenset(CAPABILITIES) - {
-        "tools",
-        "tool_choice",
-        "parallel_tool_calls",
-    }  # function calling: not mapped yet
+    #: tools are carried; a required or forced call and parallel_tool_calls false are not:
+    #: Ollama has no tool_choice nor parallel_tool_calls (such requests go elsewhere)
+    options = frozenset(CAPABILITIES) - {"tool_choice", "parallel_tool_calls"}
 
     def __init__(self, settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> None:
         self._session = session
@@ -194,6 +292,7 @@ class OllamaProvider:
             finish_reason=map_finish_reason(piece.done_reason, has_tool_calls=piece.has_tool_calls),
             usage=piece.usage or Usage(),
             model=piece.model or request.model,
+            tool_calls=piece.tool_calls,
         )
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
@@ -218,7 +317,7 @@ class OllamaProvider:
 
     async def _chunks(self, resp: Response, requested: str) -> AsyncIterator[StreamChunk]:
         model: str | None = None
-        has_tool_calls = False
+        calls = 0  # the calls so far: the index of the next one
         async for line in iter_ndjson_lines(resp.content):
             try:
                 obj = orjson.loads(line)
@@ -226,12 +325,18 @@ class OllamaProvider:
                 raise malformed(self.name, f"stream line is not JSON: {line[:200]!r}") from exc
             piece = parse_object(obj)
             model = piece.model or model
-            has_tool_calls = has_tool_calls or piece.has_tool_calls
-            if piece.text:
+            if piece.tool_calls:  # whole calls: one piece each, with id, name and all arguments
+                parts = tuple(
+                    ToolCallPart(calls + k, call.id, call.name, call.arguments)
+                    for k, call in enumerate(piece.tool_calls)
+                )
+                calls += len(parts)
+                yield StreamChunk(text=piece.text, model=model or requested, tool_calls=parts)
+            elif piece.text:
                 yield StreamChunk(text=piece.text, model=model or requested)
             if piece.done:
                 yield StreamChunk(
-                    finish_reason=map_finish_reason(piece.done_reason, has_tool_calls=has_tool_calls),
+                    finish_reason=map_finish_reason(piece.done_reason, has_tool_calls=calls > 0),
                     usage=piece.usage or Usage(),
                     model=model or requested,
                 )

@@ -256,6 +256,11 @@ class Router:
         """Record a failed attempt's event and return what to raise: the ProviderError it means,
         or the cancellation itself (the caller went away mid-call; the provider may still bill,
         so the attempt is recorded as cancelled and unpriced, never dropped)."""
+        if isinstance(exc, errors.InvalidRequest):
+            # the adapter cannot put this request to its vendor (the API's checks let it pass):
+            # the client's error, before any call; no attempt was made
+            attempts.count -= 1
+            return exc
         latency = (time.monotonic() - started) * 1000.0
         if isinstance(exc, asyncio.CancelledError):
             facts = AttemptFacts(

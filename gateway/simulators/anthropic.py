@@ -6,6 +6,12 @@ split into ``cache_read_input_tokens`` / ``cache_creation_input_tokens`` (the kn
 uncached rest in ``input_tokens``, so a correct adapter reports prompt_tokens = all words.
 ``thinking`` adds a thinking block whose words count as output, like extended thinking.
 The request's ``max_tokens`` (in words) and ``stop_sequences`` are honoured.
+
+Tools: offered (``tool_choice`` not ``none``) and the last user turn holding no
+``tool_result``, the answer is one ``tool_use`` block (the forced tool, else the first) with
+sample arguments from its ``input_schema``; its arguments text counts as the output. Tool
+blocks in the history are checked as Anthropic does: each ``tool_use`` answered by a
+``tool_result`` in the next turn, each ``tool_result`` answering one of the turn before.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.simulators.base import Fault, Simulator
+from gateway.simulators.base import Fault, Simulator, sample_arguments
 
 _QUOTA_BODIES: dict[int, tuple[str, str]] = {
     400: (
@@ -56,11 +62,47 @@ def _error(status: int, etype: str, message: str, headers: dict[str, str] | None
 
 
 def _texts(content: Any) -> list[str]:
+    """The texts of a turn's content: text blocks, and the results in tool_result blocks."""
     if isinstance(content, str):
         return [content]
     if isinstance(content, list):
-        return [b["text"] for b in content if isinstance(b, dict) and isinstance(b.get("text"), str)]
+        out: list[str] = []
+        for b in content:
+            if isinstance(b, dict) and isinstance(b.get("text"), str):
+                out.append(b["text"])
+            elif isinstance(b, dict) and b.get("type") == "tool_result":
+                out += _texts(b.get("content"))
+        return out
     return []
+
+
+def _blocks(msg: Any, kind: str) -> list[dict[str, Any]]:
+    content = msg.get("content") if isinstance(msg, dict) else None
+    if not isinstance(content, list):
+        return []
+    return [b for b in content if isinstance(b, dict) and b.get("type") == kind]
+
+
+def _tool_problem(messages: list[Any]) -> str | None:
+    """Anthropic's pairing rules for tool blocks (its 400 messages, nearly word for word)."""
+    for i, msg in enumerate(messages):
+        results = {b.get("tool_use_id") for b in _blocks(msg, "tool_result")}
+        asked = {b.get("id") for b in _blocks(messages[i - 1], "tool_use")} if i else set()
+        unexpected = sorted(str(r) for r in results - asked)
+        if unexpected:
+            return (
+                f"messages.{i}.content: unexpected `tool_use_id` found in `tool_result` blocks: "
+                f"{', '.join(unexpected)}. Each `tool_result` block must have a corresponding "
+                "`tool_use` block in the previous message."
+            )
+        unanswered = sorted(str(a) for a in asked - results)
+        if unanswered:
+            return (
+                f"messages.{i - 1}: `tool_use` ids were found without `tool_result` blocks "
+                f"immediately after: {', '.join(unanswered)}. Each `tool_use` block must have a "
+                "corresponding `tool_result` block in the next message."
+            )
+    return None
 
 
 def _sse(event: str, **fields: Any) -> bytes:
@@ -104,6 +146,11 @@ class AnthropicSimulator(Simulator):
             rendered = await self._fault(fault, request, body, stream)
             if rendered is not None:
                 return rendered
+        tool_use = self._tool_use(body)
+        if tool_use is not None:
+            if stream:
+                return await self._stream_tool_use(request, body, tool_use)
+            return web.json_response(self._tool_message(body, tool_use), headers={"request-id": self._request_id()})
         answer = self._answer(body)
         if stream:
             return await self._stream(request, body, answer)
@@ -130,7 +177,64 @@ class AnthropicSimulator(Simulator):
                     f'messages.{i}.role: Unexpected role "{role}". The Messages API accepts a '
                     'top-level `system` parameter, not "system" as an input message role.'
                 )
-        return None
+        tools = body.get("tools")
+        if tools is not None and not (
+            isinstance(tools, list) and all(isinstance(t, dict) and isinstance(t.get("name"), str) for t in tools)
+        ):
+            return "tools: Input should be a valid list of tools with a name"
+        return _tool_problem(body["messages"])
+
+    # --- tool use -------------------------------------------------------------------------------
+    def _tool_use(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """The ``tool_use`` block the simulated model answers with, or None for a text answer."""
+        tools = body.get("tools")
+        choice = body.get("tool_choice")
+        choice = choice if isinstance(choice, dict) else {}
+        if not tools or choice.get("type") == "none":
+            return None
+        users = [m for m in body["messages"] if m.get("role") == "user"]
+        if users and _blocks(users[-1], "tool_result"):
+            return None
+        forced = choice.get("name") if choice.get("type") == "tool" else None
+        tool = next((t for t in tools if t["name"] == forced), tools[0])
+        return {
+            "type": "tool_use",
+            "id": f"toolu_sim{next(self._ids)}",
+            "name": tool["name"],
+            "input": sample_arguments(tool.get("input_schema")),
+        }
+
+    def _tool_message(self, body: dict[str, Any], tool_use: dict[str, Any]) -> dict[str, Any]:
+        message = self._message(body, "", self.stop_reason or "tool_use", None, streaming=True)
+        message["content"] = [tool_use]
+        message["usage"] = self._usage(body, self.count_tokens(json.dumps(tool_use["input"])))
+        return message
+
+    async def _stream_tool_use(
+        self, request: web.Request, body: dict[str, Any], tool_use: dict[str, Any]
+    ) -> web.StreamResponse:
+        """The call as Anthropic streams it: the block with an empty input, then the input's
+        JSON text in two ``input_json_delta`` pieces."""
+        resp = web.StreamResponse(headers=_SSE_HEADERS | {"request-id": self._request_id()})
+        await resp.prepare(request)
+        await resp.write(_sse("message_start", message=self._message(body, "", None, None, streaming=True)))
+        await resp.write(_sse("ping"))
+        await resp.write(_sse("content_block_start", index=0, content_block=tool_use | {"input": {}}))
+        arguments = json.dumps(tool_use["input"])
+        half = len(arguments) // 2
+        for piece in (arguments[:half], arguments[half:]):
+            delta = {"type": "input_json_delta", "partial_json": piece}
+            await resp.write(_sse("content_block_delta", index=0, delta=delta))
+        await resp.write(_sse("content_block_stop", index=0))
+        usage: dict[str, Any] = {"output_tokens": self.count_tokens(arguments)}
+        if self.delta_usage_has_input:
+            usage = self._usage(body, usage["output_tokens"])
+            usage.pop("service_tier")
+        end = {"stop_reason": self.stop_reason or "tool_use", "stop_sequence": None}
+        await resp.write(_sse("message_delta", delta=end, usage=usage))
+        await resp.write(_sse("message_stop"))
+        await resp.write_eof()
+        return resp
 
     def _answer(self, body: dict[str, Any]) -> tuple[str, str, str | None]:
         text, stop_reason, stop_sequence = self.reply, "end_turn", None

@@ -3,6 +3,10 @@
 Knobs: ``thoughts_tokens`` (a ``"thought": true`` part plus ``thoughtsTokenCount``),
 ``cached_tokens`` (``cachedContentTokenCount``), ``tool_use_prompt_tokens``,
 ``finish_reason`` (e.g. ``MAX_TOKENS``, ``SAFETY``). Errors are google.rpc.Status bodies.
+
+Function calling: offered ``functionDeclarations`` (mode not ``NONE``) and a conversation not
+ending with ``functionResponse`` parts, the simulated model calls a function (the first allowed
+one, else the first declared) with sample arguments, as one whole ``functionCall`` part.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.simulators.base import Fault, Simulator
+from gateway.simulators.base import Fault, Simulator, sample_arguments
 
 _RPC_STATUS = {
     400: "INVALID_ARGUMENT",
@@ -140,7 +144,9 @@ class GeminiSimulator(Simulator):
                 return rendered
         if streaming:
             return await self._stream(request, model, body, fault)
-        return web.json_response(self._response(model, body, self.reply, final=True, with_thought=True))
+        return web.json_response(
+            self._response(model, body, self.reply, final=True, with_thought=True, call=function_call(body))
+        )
 
     def _check_key(self, request: web.Request) -> web.Response | None:
         if self.api_key is None:
@@ -172,7 +178,7 @@ class GeminiSimulator(Simulator):
                 return "Please use a valid role: user, model."
             if not isinstance(content.get("parts"), list) or not content["parts"]:
                 return "* GenerateContentRequest.contents.parts: contents.parts must not be empty."
-        return None
+        return _check_function_turns(contents)
 
     # --- answers ------------------------------------------------------------------------------
     def _prompt_tokens(self, body: dict[str, Any]) -> int:
@@ -202,12 +208,22 @@ class GeminiSimulator(Simulator):
         return usage
 
     def _response(
-        self, model: str, body: dict[str, Any], text: str, *, final: bool, with_thought: bool
+        self,
+        model: str,
+        body: dict[str, Any],
+        text: str,
+        *,
+        final: bool,
+        with_thought: bool,
+        call: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """One GenerateContentResponse: the text, or (``call``) a functionCall part instead."""
         parts: list[dict[str, Any]] = []
         if with_thought and self.thoughts_tokens:
             parts.append({"text": THOUGHT_TEXT, "thought": True})
-        if text:
+        if call is not None:
+            parts.append({"functionCall": call})
+        elif text:
             parts.append({"text": text})
         candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
         if final:
@@ -222,11 +238,15 @@ class GeminiSimulator(Simulator):
     async def _stream(
         self, request: web.Request, model: str, body: dict[str, Any], fault: Fault | None
     ) -> web.StreamResponse:
-        words = self.reply_words()
-        events = [
-            self._response(model, body, word, final=i == len(words) - 1, with_thought=i == 0)
-            for i, word in enumerate(words)
-        ]
+        call = function_call(body)
+        if call is not None:  # Gemini streams a call whole, in one event
+            events = [self._response(model, body, "", final=True, with_thought=True, call=call)]
+        else:
+            words = self.reply_words()
+            events = [
+                self._response(model, body, word, final=i == len(words) - 1, with_thought=i == 0)
+                for i, word in enumerate(words)
+            ]
         resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await resp.prepare(request)
         limit = len(events)
@@ -282,6 +302,62 @@ class GeminiSimulator(Simulator):
             await resp.write(data[: len(data) // 2])
             return await self.cut_connection(resp, request)
         return None  # timeout (already waited), cut / stream_error on a stream: handled by _stream
+
+
+def _declarations(body: dict[str, Any]) -> list[dict[str, Any]]:
+    tools = body.get("tools")
+    out: list[dict[str, Any]] = []
+    for tool in tools if isinstance(tools, list) else []:
+        found = tool.get("functionDeclarations") if isinstance(tool, dict) else None
+        if isinstance(found, list):
+            out.extend(d for d in found if isinstance(d, dict))
+    return out
+
+
+def _has_part(content: Any, kind: str) -> bool:
+    parts = content.get("parts") if isinstance(content, dict) else None
+    return isinstance(parts, list) and any(isinstance(p, dict) and kind in p for p in parts)
+
+
+def function_call(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``functionCall`` the simulated model makes, or None: no declarations, mode ``NONE``,
+    or the conversation ends with function results (the model then answers in text)."""
+    declarations = _declarations(body)
+    if not declarations:
+        return None
+    config = (body.get("toolConfig") or {}).get("functionCallingConfig") or {}
+    if config.get("mode") == "NONE":
+        return None
+    contents = body.get("contents") or [{}]
+    if _has_part(contents[-1], "functionResponse"):
+        return None
+    allowed = config.get("allowedFunctionNames") or []
+    chosen = next((d for d in declarations if allowed and d.get("name") == allowed[0]), declarations[0])
+    schema = chosen.get("parametersJsonSchema") or chosen.get("parameters")
+    return {"name": chosen.get("name"), "args": sample_arguments(schema)}
+
+
+def _check_function_turns(contents: list[dict[str, Any]]) -> str | None:
+    """Gemini's 400s for a conversation whose calls and results do not pair up: calls only in
+    model turns, results only in the user turn right after a turn of calls, as many as them."""
+    for i, content in enumerate(contents):
+        parts = content["parts"]
+        calls = sum(1 for p in parts if isinstance(p, dict) and "functionCall" in p)
+        results = sum(1 for p in parts if isinstance(p, dict) and "functionResponse" in p)
+        if calls and content["role"] != "model":
+            return "Please ensure that function call turns are model turns."
+        if not results:
+            continue
+        previous = contents[i - 1]["parts"] if i else []
+        made = sum(1 for p in previous if isinstance(p, dict) and "functionCall" in p)
+        if content["role"] != "user" or not made:
+            return "Please ensure that function response turn comes immediately after a function call turn."
+        if results != made:
+            return (
+                "Please ensure that the number of function response parts is equal to the number of "
+                "function call parts of the function call turn."
+            )
+    return None
 
 
 def error_for(fault: Fault, model: str, *, streaming: bool) -> tuple[int, dict[str, Any]] | None:

@@ -3,6 +3,11 @@
 Knobs: ``omit_prompt_eval_count`` (drop the field, as Ollama does when the prompt came from
 the KV cache), ``done_reason`` (``stop`` / ``length``). With ``api_key`` set it behaves like
 Ollama cloud and wants ``Authorization: Bearer <key>``.
+
+Offered ``tools`` (and the conversation not ending with a tool result), the model calls the
+first one, as Ollama answers: ``message.tool_calls`` with an arguments object and no id, empty
+content, ``done_reason`` still ``stop``; a stream sends the call whole in one line, then the
+final line.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.simulators.base import Fault, Simulator
+from gateway.simulators.base import Fault, Simulator, sample_arguments
 
 CREATED_AT = "2026-01-01T00:00:00.123456789Z"
 REFUSAL = "I'm sorry, but I can't help with that."
@@ -28,6 +33,21 @@ def _error(message: str, status: int, headers: dict[str, str] | None = None) -> 
 
 def _line(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj).encode() + b"\n"
+
+
+def tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The call the simulated model makes: tools offered and the conversation not ending with a
+    tool result; the first tool, with sample arguments (an object, as Ollama sends them)."""
+    tools = body.get("tools")
+    if not isinstance(tools, list) or not tools or not isinstance(tools[0], dict):
+        return None
+    messages = body.get("messages") or [{}]
+    if isinstance(messages[-1], dict) and messages[-1].get("role") == "tool":
+        return None
+    function = tools[0].get("function")
+    if not isinstance(function, dict):
+        return None
+    return {"function": {"name": function.get("name"), "arguments": sample_arguments(function.get("parameters"))}}
 
 
 @dataclass
@@ -62,6 +82,10 @@ class OllamaSimulator(Simulator):
                 rendered = await self._fault(fault, request, str(model), streaming)
                 if rendered is not None:
                     return rendered
+        refused = fault is not None and fault.kind == "content_filter"
+        call = None if refused else tool_call(body)
+        if call is not None:
+            return await self._call(request, str(model), body, call, streaming, fault)
         if streaming:
             return await self._stream(request, str(model), body, reply, fault)
         return web.json_response(self._final(str(model), body, reply, content=reply))
@@ -94,6 +118,25 @@ class OllamaSimulator(Simulator):
             "done": False,
         }
 
+    async def _call(
+        self,
+        request: web.Request,
+        model: str,
+        body: dict[str, Any],
+        call: dict[str, Any],
+        streaming: bool,
+        fault: Fault | None,
+    ) -> web.StreamResponse:
+        """A tool call: in the answer's message, or a line of its own before the final line."""
+        arguments = json.dumps(call["function"]["arguments"])  # what the model "generated"
+        final = self._final(model, body, arguments, content="")
+        if not streaming:
+            final["message"]["tool_calls"] = [call]
+            return web.json_response(final)
+        piece = self._piece(model, "")
+        piece["message"]["tool_calls"] = [call]
+        return await self._send_lines(request, [piece, final], fault)
+
     async def _stream(
         self,
         request: web.Request,
@@ -105,6 +148,12 @@ class OllamaSimulator(Simulator):
         words = reply.split(" ")
         lines = [self._piece(model, w if i == 0 else " " + w) for i, w in enumerate(words)]
         lines.append(self._final(model, body, reply, content=""))
+        return await self._send_lines(request, lines, fault)
+
+    async def _send_lines(
+        self, request: web.Request, lines: list[dict[str, Any]], fault: Fault | None
+    ) -> web.StreamResponse:
+        """NDJSON lines, the last one ``done``; a cut or an in-band error after ``after_chunks``."""
         resp = web.StreamResponse(headers={"content-type": NDJSON})
         await resp.prepare(request)
         limit = len(lines)

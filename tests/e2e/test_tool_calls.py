@@ -45,9 +45,8 @@ _ADAPTERS = {
     "google": GoogleProvider,
     "ollama": OllamaProvider,
 }
-#: the providers whose adapters carry tools; the others are checked to be skipped
+#: the providers whose adapters carry tools
 CARRIERS = [(name, MODELS[name]) for name, adapter in _ADAPTERS.items() if "tools" in adapter.options]
-OTHERS = [(name, MODELS[name]) for name, adapter in _ADAPTERS.items() if "tools" not in adapter.options]
 #: those that can also force a call (``tool_choice`` required or one function)
 FORCERS = [(name, MODELS[name]) for name, adapter in _ADAPTERS.items() if {"tools", "tool_choice"} <= adapter.options]
 
@@ -132,23 +131,17 @@ async def test_openai_gets_the_calls_and_results_as_sent(gw: RunningGateway) -> 
     assert sent[2] == {"role": "tool", "tool_call_id": "call_1", "content": '{"sky": "clear"}'}
 
 
-@pytest.mark.parametrize(("provider", "model"), OTHERS)
-async def test_a_provider_whose_adapter_does_not_map_tools_is_not_asked(
-    gw: RunningGateway, provider: str, model: str
-) -> None:
-    """Pinned first (gpt-4o: every provider serves its group), it is skipped, not asked."""
-    async with client(gw) as c:
-        raw = await c.chat.completions.with_raw_response.create(
-            model="gpt-4o", messages=ASK, tools=[WEATHER], extra_body={"provider": provider}
-        )
-    assert raw.headers["x-llm-provider"] != provider and gw.sims[provider].requests == []
-    assert raw.headers["x-llm-attempts"] == "1"
-
-
-async def test_tools_and_their_choice_reach_the_upstream_as_sent(gw: RunningGateway) -> None:
-    await create(gw, "openai", "gpt-4o", tools=[WEATHER], tool_choice="required", parallel_tool_calls=False)
-    body = gw.sims["openai"].requests[-1].body
-    assert body["tools"] == [WEATHER] and body["tool_choice"] == "required" and body["parallel_tool_calls"] is False
+def test_every_adapter_carries_function_calling() -> None:
+    """All five map tools; only the ones that can force a call carry tool_choice, and only
+    OpenAI, Azure and Anthropic can keep a model to one call (a provider that cannot carry what
+    a request needs is skipped: tests/unit/test_router.py)."""
+    assert [name for name, _ in CARRIERS] == list(MODELS)
+    assert [name for name, _ in FORCERS] == ["openai", "azure", "anthropic", "google"]
+    assert [name for name, adapter in _ADAPTERS.items() if "parallel_tool_calls" in adapter.options] == [
+        "openai",
+        "azure",
+        "anthropic",
+    ]
 
 
 ONE = {"model": "gpt-4o", "messages": ASK}
@@ -192,7 +185,26 @@ ONE = {"model": "gpt-4o", "messages": ASK}
                 ],
             },
             "messages[1].tool_calls[0].function.arguments",
-            "must be a string",
+            "must be a string holding a JSON object",
+        ),
+        (
+            {
+                "model": "gpt-4o",
+                "messages": [
+                    *ASK,
+                    {
+                        "role": "assistant",
+                        "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "[1]"}}],
+                    },
+                ],
+            },
+            "messages[1].tool_calls[0].function.arguments",
+            "JSON object",
+        ),
+        (
+            {"model": "gpt-4o", "messages": [*ASK, {"role": "tool", "tool_call_id": "c9", "content": "42"}]},
+            "messages[1].tool_call_id",
+            "a call no earlier assistant message made",
         ),
         ({**ONE, "functions": [WEATHER["function"]]}, "functions", "not supported"),
     ],

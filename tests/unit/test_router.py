@@ -340,3 +340,14 @@ async def test_a_provider_that_cannot_carry_what_a_request_needs_is_not_asked(st
     with pytest.raises(errors.InvalidRequest) as info:
         await lone.complete(ctx(), with_tools)
     assert info.value.param == "tools" and info.value.status == 400
+
+
+async def test_a_request_an_adapter_cannot_put_to_its_vendor_is_the_clients_400() -> None:
+    """An adapter's InvalidRequest (a conversation its vendor's shape cannot hold) is not an
+    adapter bug: no attempt is recorded, nothing falls back, the client gets the 400."""
+    refusing = ScriptedProvider("openai", errors.InvalidRequest("cannot put this", param="messages[1]"))
+    other = ScriptedProvider("azure")
+    router, log, _ = make_router(refusing, other)
+    with pytest.raises(errors.InvalidRequest) as info:
+        await router.complete(ctx(), TEMPLATE)
+    assert info.value.param == "messages[1]" and other.calls == [] and log.events == []
