@@ -14,7 +14,7 @@ import orjson
 
 from gateway import errors
 from gateway.providers.http import default_classify, error_message, malformed, parse_retry_after
-from gateway.tool_calls import ToolCall, ToolCallPart, ToolSpec
+from gateway.tool_calls import Tool, ToolCall, ToolCallPart, ToolSpec
 from gateway.types import ChatRequest, ChatResult, FinishReason, Message, StreamChunk, Usage, is_token_count
 
 PROVIDER = "anthropic"
@@ -109,6 +109,8 @@ def build_body(req: ChatRequest, *, stream: bool) -> dict[str, Any]:
         body["metadata"] = {"user_id": req.user}
     if req.tools is not None:
         _add_tools(body, req.tools)
+    elif req.tool_history:
+        _add_tools(body, _history_tools(req))
     if stream:
         body["stream"] = True
     return body
@@ -199,6 +201,14 @@ def _add_tools(body: dict[str, Any], spec: ToolSpec) -> None:
         choice = (choice or {"type": "auto"}) | {"disable_parallel_tool_use": True}
     if choice is not None:
         body["tool_choice"] = choice
+
+
+def _history_tools(req: ChatRequest) -> ToolSpec:
+    """Tools for a conversation that holds calls but offers no tools (OpenAI takes it so):
+    Anthropic refuses tool_use / tool_result blocks unless tools are defined, so the history's
+    functions are declared, without parameters, and the model may call none of them."""
+    names = dict.fromkeys(call.name for m in req.messages for call in m.tool_calls or ())
+    return ToolSpec(tuple(Tool(name) for name in names), mode="none")
 
 
 #: OpenAI's ``tool_choice`` modes -> Anthropic's ``tool_choice.type``

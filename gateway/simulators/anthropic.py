@@ -182,6 +182,8 @@ class AnthropicSimulator(Simulator):
             isinstance(tools, list) and all(isinstance(t, dict) and isinstance(t.get("name"), str) for t in tools)
         ):
             return "tools: Input should be a valid list of tools with a name"
+        if not tools and any(_blocks(m, "tool_use") or _blocks(m, "tool_result") for m in body["messages"]):
+            return "Requests which include `tool_use` or `tool_result` blocks must define tools."
         return _tool_problem(body["messages"])
 
     # --- tool use -------------------------------------------------------------------------------

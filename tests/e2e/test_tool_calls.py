@@ -217,3 +217,15 @@ async def test_bad_tool_input_is_a_400_naming_the_field(
             await c.post("/chat/completions", body=body, cast_to=object)
     assert info.value.param == param and fragment in info.value.message
     assert gw.event_log.events == []
+
+
+@pytest.mark.parametrize(("provider", "model"), CARRIERS)
+async def test_a_history_with_calls_needs_no_tools_offered(gw: RunningGateway, provider: str, model: str) -> None:
+    """OpenAI answers a conversation holding calls and results without ``tools``; so does every
+    provider through the gateway (Anthropic refuses tool blocks without tools defined: the
+    adapter declares the history's functions, uncallable)."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+    history = [*ASK, {"role": "assistant", "content": None, "tool_calls": [call]}]
+    history.append({"role": "tool", "tool_call_id": "call_1", "content": '{"sky": "clear"}'})
+    completion = await create(gw, provider, model, messages=history)
+    assert completion.choices[0].finish_reason == "stop" and completion.choices[0].message.content

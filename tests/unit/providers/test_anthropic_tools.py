@@ -373,3 +373,23 @@ async def test_simulator_checks_results_answer_calls(provider: AnthropicProvider
     with pytest.raises(errors.UpstreamBadRequest) as exc:
         await provider.complete(req(*history, tools=ToolSpec((WEATHER,))))
     assert "toolu_other" in exc.value.message
+
+
+def test_a_history_with_calls_but_no_tools_declares_them_uncallable() -> None:
+    """OpenAI takes a conversation with calls and results and no ``tools``; Anthropic refuses
+    tool_use / tool_result blocks unless tools are defined: the history's functions are
+    declared, each once, without parameters, and ``tool_choice`` none keeps the model from them."""
+    calls = (ToolCall("c1", "get_weather", '{"city":"Paris"}'), ToolCall("c2", "get_weather", "{}"))
+    request = ChatRequest(
+        model="claude-3-haiku",
+        messages=[
+            Message("user", "Weather?"),
+            Message("assistant", "", calls),
+            Message("tool", "sunny", tool_call_id="c1"),
+            Message("tool", "rain", tool_call_id="c2"),
+        ],
+        tool_history=True,
+    )
+    out = wire.build_body(request, stream=False)
+    assert out["tools"] == [{"name": "get_weather", "input_schema": {"type": "object", "properties": {}}}]
+    assert out["tool_choice"] == {"type": "none"}
