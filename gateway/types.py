@@ -21,6 +21,8 @@ class Message:
     tool_calls: tuple[ToolCall, ...] | None = None
     #: a ``tool`` message: the call it answers
     tool_call_id: str | None = None
+    #: who says it (OpenAI's participant ``name``; the other vendors have no such field)
+    name: str | None = None
 
 
 #: the generation options past the common ones, by their OpenAI names (see ``Options``)

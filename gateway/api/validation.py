@@ -27,6 +27,8 @@ UNSUPPORTED_CHAT = frozenset({
 UNSUPPORTED_COMPLETION = frozenset({"suffix", "echo", "logprobs", "best_of", "logit_bias"})
 #: JSON's safe range for a seed: OpenAI and Ollama take 64-bit integers
 MAX_SEED = 2**63 - 1
+#: OpenAI's rule for a message's ``name``
+_PARTICIPANT = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: OpenAI's rule for ``response_format.json_schema.name``
 _SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: defaults other than null/false/0/[]/{} of the fields above
@@ -222,16 +224,32 @@ def _messages(body: dict[str, Any]) -> list[Message]:
                 param=f"messages[{i}].role",
                 code="invalid_value",
             )
+        name = _participant(item, i, role) if "name" in item else None
         if role == "assistant" and "tool_calls" in item:
             calls = parse_tool_calls(item, f"messages[{i}]")
             made.update(call.id for call in calls or ())
-            messages.append(Message("assistant", _content(item, i), calls))
+            messages.append(Message("assistant", _content(item, i), calls, name=name))
         elif role == "tool":
             call_id = parse_tool_call_id(item, f"messages[{i}]", made)
             messages.append(Message("tool", _content(item, i), tool_call_id=call_id))
         else:
-            messages.append(Message(cast(Role, role), _content(item, i)))
+            messages.append(Message(cast(Role, role), _content(item, i), name=name))
     return messages
+
+
+def _participant(item: dict[str, Any], i: int, role: str) -> str | None:
+    """A message's participant ``name`` (system, user or assistant messages, as at OpenAI)."""
+    param = f"messages[{i}].name"
+    name = item["name"]
+    if name is None:
+        return None
+    if not isinstance(name, str) or not _PARTICIPANT.fullmatch(name) or role == "tool":
+        raise InvalidRequest(
+            f"'{param}' must be 1 to 64 letters, digits, '_' or '-' (and a tool message has none)",
+            param=param,
+            code="invalid_value",
+        )
+    return name
 
 
 def _tool_history(messages: list[Message]) -> bool:

@@ -83,7 +83,7 @@ def build_body(
         max_field = "max_tokens"
     else:
         body["messages"] = [
-            _tool_message(m) if m.tool_calls or m.tool_call_id else {"role": m.role, "content": m.content}
+            _tool_message(m) if m.tool_calls or m.tool_call_id or m.name else {"role": m.role, "content": m.content}
             for m in request.messages
         ]
         if request.tools is not None:
@@ -105,14 +105,17 @@ def build_body(
 
 
 def _tool_message(message: Message) -> dict[str, Any]:
-    """An assistant message with calls (content null when it has none), or a tool result."""
+    """A message with more than a role and text: a tool result, an assistant message with calls
+    (content null when it has no text), a participant's ``name``."""
     if message.tool_call_id is not None:
         return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content}
-    return {
-        "role": message.role,
-        "content": message.content or None,
-        "tool_calls": [openai_tool_call(call) for call in message.tool_calls or ()],
-    }
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.name is not None:
+        out["name"] = message.name
+    if message.tool_calls:
+        out["content"] = message.content or None
+        out["tool_calls"] = [openai_tool_call(call) for call in message.tool_calls]
+    return out
 
 
 def _add_tools(body: dict[str, Any], spec: ToolSpec) -> None:

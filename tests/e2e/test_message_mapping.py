@@ -29,3 +29,24 @@ async def test_a_conversation_of_system_messages_alone_is_sent_as_a_turn(
     else:
         assert body["contents"] == [{"role": "user", "parts": [{"text": "Write a haiku."}]}]
         assert "systemInstruction" not in body
+
+
+async def test_a_participants_name_reaches_openai(gw: RunningGateway) -> None:
+    """``name`` tells speakers apart in a multi-party chat; OpenAI and Azure carry it (it was
+    dropped), the others have no such field."""
+    messages = [
+        {"role": "user", "content": "I'm Bob", "name": "bob"},
+        {"role": "assistant", "content": "Hi Bob", "name": "helper"},
+        {"role": "user", "content": "and I'm Alice"},
+    ]
+    async with client(gw) as c:
+        await c.chat.completions.create(model="gpt-4o", messages=messages)
+        with pytest.raises(openai.BadRequestError) as info:
+            await c.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x", "name": "a b"}])
+    sent = gw.sims["openai"].requests[-1].body["messages"]
+    assert sent == [
+        {"role": "user", "content": "I'm Bob", "name": "bob"},
+        {"role": "assistant", "content": "Hi Bob", "name": "helper"},
+        {"role": "user", "content": "and I'm Alice"},
+    ]
+    assert info.value.param == "messages[0].name"
