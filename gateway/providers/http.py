@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import email.utils
 import math
@@ -167,6 +168,25 @@ async def post(
         raise errors.UpstreamConnectionError(
             f"{provider}: cannot reach {url}: {exc.__class__.__name__}", provider=provider
         ) from exc
+
+
+#: how long a stream waits, after its vendor's end event, for the end of the HTTP body
+END_OF_BODY_WAIT = 0.05
+
+
+async def finish_body(resp: Response) -> None:
+    """After a stream's end event (``[DONE]``, ``message_stop``, ``done: true``): read to the
+    body's end when it follows at once (the chunked terminator), so that the connection goes
+    back to the pool instead of being closed: a new connection (a TLS handshake with a real
+    vendor) for the next call. What does not come within ``END_OF_BODY_WAIT`` is left, and the
+    connection closed as before."""
+    content = resp.content
+    if content.ended:
+        return
+    try:
+        await asyncio.wait_for(content.read(), END_OF_BODY_WAIT)
+    except (TimeoutError, BodyCut, OSError):
+        pass
 
 
 async def read_json(resp: Response, provider: str) -> Any:

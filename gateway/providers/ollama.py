@@ -23,7 +23,7 @@ import orjson
 
 from gateway import errors
 from gateway.providers.base import Timeouts
-from gateway.providers.http import default_classify, error_message, malformed, post, read_json
+from gateway.providers.http import default_classify, error_message, finish_body, malformed, post, read_json
 from gateway.providers.sse import iter_ndjson_lines
 from gateway.providers.upstream_http import UpstreamClient
 from gateway.providers.upstream_response import Response
@@ -335,6 +335,7 @@ class OllamaProvider:
             elif piece.text:
                 yield StreamChunk(text=piece.text, model=model or requested)
             if piece.done:
+                await finish_body(resp)  # before the last chunk: the gateway may close us after it
                 yield StreamChunk(
                     finish_reason=map_finish_reason(piece.done_reason, has_tool_calls=calls > 0),
                     usage=piece.usage or Usage(),
