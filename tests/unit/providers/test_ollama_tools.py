@@ -213,9 +213,21 @@ async def _lines(lines: list[dict[str, Any]]) -> AsyncIterator[bytes]:
         yield orjson.dumps(line) + b"\n"
 
 
+class _Body:
+    """The lines, and a body that has ended (nothing to wait for after ``done: true``)."""
+
+    ended = True
+
+    def __init__(self, lines: list[dict[str, Any]]) -> None:
+        self._lines = lines
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return _lines(self._lines)
+
+
 class _Resp:
     def __init__(self, lines: list[dict[str, Any]]) -> None:
-        self.content = _lines(lines)
+        self.content = _Body(lines)
 
 
 async def test_stream_parsing_counts_calls_across_the_stream() -> None:
