@@ -175,6 +175,8 @@ class ChatResult:
     upstream_request_id: str | None = None
     #: the calls the model made (``finish_reason`` "tool_calls"); ``text`` may then be empty
     tool_calls: tuple[ToolCall, ...] = ()
+    #: the model declined (OpenAI's ``message.refusal``); ``text`` is then empty
+    refusal: str | None = None
 
 
 @dataclass(slots=True)
@@ -186,3 +188,9 @@ class StreamChunk:
     usage: Usage | None = None
     model: str | None = None
     tool_calls: tuple[ToolCallPart, ...] | None = None
+    #: a piece of a refusal (OpenAI's ``delta.refusal``)
+    refusal: str | None = None
+
+    def says_something(self) -> bool:
+        """Content, a call, a refusal, an end or usage: not an empty role or filter chunk."""
+        return bool(self.text or self.finish_reason or self.usage or self.tool_calls or self.refusal)

@@ -11,14 +11,12 @@ from gateway.types import ChatResult, StreamChunk, Usage
 
 
 def _message(result: ChatResult) -> dict[str, Any]:
-    if not result.tool_calls:
+    if not result.tool_calls and result.refusal is None:
         return {"role": "assistant", "content": result.text, "refusal": None}
-    return {
-        "role": "assistant",
-        "content": result.text or None,
-        "refusal": None,
-        "tool_calls": [openai_tool_call(call) for call in result.tool_calls],
-    }
+    message: dict[str, Any] = {"role": "assistant", "content": result.text or None, "refusal": result.refusal}
+    if result.tool_calls:
+        message["tool_calls"] = [openai_tool_call(call) for call in result.tool_calls]
+    return message
 
 
 def chat_completion(response_id: str, created: int, model: str, result: ChatResult) -> dict[str, Any]:
@@ -101,8 +99,8 @@ class ChunkFormatter:
         add = out.extend
         end = self._end
         for chunk in chunks:
-            if chunk.tool_calls and self.chat:
-                add((b"data: ", orjson.dumps(self._tool_chunk(chunk)), b"\n\n"))
+            if (chunk.tool_calls or chunk.refusal) and self.chat:
+                add((b"data: ", orjson.dumps(self._object_chunk(chunk)), b"\n\n"))
                 continue
             text = chunk.text
             finish = chunk.finish_reason
@@ -119,15 +117,19 @@ class ChunkFormatter:
                     add((self._text, b'""', self._after_text, reason, end))
         return b"".join(out)
 
-    def _tool_chunk(self, chunk: StreamChunk) -> dict[str, Any]:
-        """A chunk with pieces of tool calls (rare: built as an object, not from the templates)."""
+    def _object_chunk(self, chunk: StreamChunk) -> dict[str, Any]:
+        """A chunk with pieces of tool calls or of a refusal (rare: built as an object, not from
+        the templates)."""
         delta: dict[str, Any] = {}
         if not self._role_sent:
             self._role_sent = True
             delta = {"role": "assistant", "content": None}
         if chunk.text:
             delta["content"] = chunk.text
-        delta["tool_calls"] = [openai_tool_call_part(part) for part in chunk.tool_calls or ()]
+        if chunk.refusal:
+            delta["refusal"] = chunk.refusal
+        if chunk.tool_calls:
+            delta["tool_calls"] = [openai_tool_call_part(part) for part in chunk.tool_calls]
         obj: dict[str, Any] = {
             "id": self.id,
             "object": "chat.completion.chunk",

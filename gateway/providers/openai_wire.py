@@ -218,8 +218,6 @@ def _choice_text(provider: str, choice: dict[str, Any], key: str) -> str:
         if not isinstance(part, dict):
             raise malformed(provider, f"choices[].{key} is {type(part).__name__}")
         text = part.get("content")
-        if text is None:
-            text = part.get("refusal")  # a refusal replaces the content; pass it on as text
     if text is None:
         return ""
     if not isinstance(text, str):
@@ -253,6 +251,7 @@ def parse_response(data: Any, *, provider: str, requested_model: str, request_id
     if choice is None:
         raise malformed(provider, "empty choices")
     message = choice.get("message")
+    refusal = message.get("refusal") if isinstance(message, dict) else None
     return ChatResult(
         text=_choice_text(provider, choice, "message"),
         finish_reason=map_finish_reason(choice.get("finish_reason")) or "stop",
@@ -260,6 +259,7 @@ def parse_response(data: Any, *, provider: str, requested_model: str, request_id
         model=_model(data) or requested_model,
         upstream_request_id=request_id or (data.get("id") if isinstance(data.get("id"), str) else None),
         tool_calls=_tool_calls(provider, message) if isinstance(message, dict) else (),
+        refusal=refusal if isinstance(refusal, str) and refusal else None,
     )
 
 
@@ -275,7 +275,7 @@ def parse_chunk(data: Any, *, provider: str) -> StreamChunk | None:
     if data.get("error") is not None:
         raise classify_inband_error(provider, data)
     choices = data.get("choices")
-    text, finish, parts = "", None, None
+    text, finish, parts, refusal = "", None, None, None
     if choices:  # what _first_choice checks, inlined: this runs for every streamed event
         if not isinstance(choices, list):
             raise malformed(provider, "no choices list")
@@ -284,8 +284,12 @@ def parse_chunk(data: Any, *, provider: str) -> StreamChunk | None:
             raise malformed(provider, "choices[0] is not an object")
         text = _choice_text(provider, choice, "delta")
         delta = choice.get("delta")
-        if delta and delta.get("tool_calls"):  # a dict: _choice_text checked it
-            parts = _tool_call_parts(provider, delta["tool_calls"])
+        if delta:  # a dict: _choice_text checked it
+            if delta.get("tool_calls"):
+                parts = _tool_call_parts(provider, delta["tool_calls"])
+            refusal = delta.get("refusal")
+            if refusal is not None and not isinstance(refusal, str):
+                raise malformed(provider, f"delta.refusal is {type(refusal).__name__}")
         reason = choice.get("finish_reason")
         if reason is not None:
             finish = _FINISH.get(str(reason), "stop")
@@ -294,10 +298,10 @@ def parse_chunk(data: Any, *, provider: str) -> StreamChunk | None:
     usage = data.get("usage")
     if usage is not None:
         usage = parse_usage(usage)
-    if not text and finish is None and usage is None and parts is None:
+    if not text and finish is None and usage is None and parts is None and not refusal:
         return None
     model = data.get("model")
-    return StreamChunk(text, finish, usage, model if isinstance(model, str) and model else None, parts)
+    return StreamChunk(text, finish, usage, model if isinstance(model, str) and model else None, parts, refusal or None)
 
 
 _DONE = "[DONE]"

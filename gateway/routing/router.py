@@ -230,7 +230,7 @@ class Router:
             while True:
                 batch = await iterator.__anext__()
                 head = batch if not head else type(batch)(head + batch)  # a FinalBatch stays one
-                if any(chunk.text or chunk.finish_reason or chunk.usage or chunk.tool_calls for chunk in batch):
+                if any(chunk.says_something() for chunk in batch):
                     break
         except StopAsyncIteration:
             pass

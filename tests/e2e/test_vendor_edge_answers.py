@@ -139,3 +139,35 @@ async def test_the_vendors_error_code_reaches_the_client(upstream: tuple[Upstrea
     assert "maximum context length" in info.value.message
     [event] = gw.event_log.events
     assert event.outcome == "client_error" and event.error_code == "context_length_exceeded"
+
+
+async def test_an_openai_refusal_stays_a_refusal(upstream: tuple[Upstream, str]) -> None:
+    """``message.refusal`` (content null) and streamed ``delta.refusal`` pieces reach the client
+    as a refusal; they were turned into ordinary content, which clients checking
+    ``message.refusal`` took for an answer."""
+    up, url = upstream
+    message = {"role": "assistant", "content": None, "refusal": "I can't help with that."}
+    up.script["openai"] = openai_answer(
+        choices=[{"index": 0, "message": message, "finish_reason": "stop"}],
+        usage={"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8},
+    )
+    async with await gateway(url, "openai") as gw, client(gw) as c:
+        completion = await c.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+        assert completion.choices[0].message.refusal == "I can't help with that."
+        assert completion.choices[0].message.content is None
+        events = [
+            {"choices": [{"index": 0, "delta": {"role": "assistant", "refusal": ""}, "finish_reason": None}]},
+            {"choices": [{"index": 0, "delta": {"refusal": "I can't "}, "finish_reason": None}]},
+            {"choices": [{"index": 0, "delta": {"refusal": "help."}, "finish_reason": None}]},
+            {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+            {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}},
+        ]
+        body = b"".join(b"data: " + orjson.dumps({"id": "c", "model": "gpt-4o", **e}) + b"\n\n" for e in events)
+        up.script["openai"] = web.Response(body=body + b"data: [DONE]\n\n", content_type="text/event-stream")
+        stream = await c.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "x"}], stream=True
+        )
+        chunks = [chunk async for chunk in stream]
+    deltas = [ch.choices[0].delta for ch in chunks if ch.choices]
+    assert "".join(d.refusal or "" for d in deltas) == "I can't help."
+    assert not "".join(d.content or "" for d in deltas)

@@ -383,8 +383,9 @@ def test_response_parsing() -> None:
         "choices": [{"message": {"content": None, "refusal": "I can't."}, "finish_reason": "stop"}],
     }
     result = wire.parse_response(data, provider="openai", requested_model="gpt-4o")
-    assert (result.text, result.model, result.upstream_request_id) == (
-        "I can't.",
+    assert (result.text, result.refusal, result.model, result.upstream_request_id) == (
+        "",
+        "I can't.",  # a refusal is the answer's refusal, not its text (clients check message.refusal)
         "gpt-4o",
         "chatcmpl-1",
     )
