@@ -219,6 +219,15 @@ class UpstreamBadRequest(ProviderError):
             self.code = self.upstream_code  # type: ignore[misc]
 
 
+class ModelCannotServe(UpstreamBadRequest):
+    """The provider's model cannot do what the request asks (Ollama: "llama3 does not support
+    tools"): the request is fine, another provider's model may serve it."""
+
+    code = "model_cannot_serve"
+    fallback = True
+    shows_upstream_code = False
+
+
 class ContentFiltered(UpstreamBadRequest):
     code = "content_filter"
     outcome = "content_filtered"

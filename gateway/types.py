@@ -52,11 +52,12 @@ class Options:
         return [name for name in OPTION_NAMES if getattr(self, name) is not None]
 
     def json_schema(self) -> dict[str, Any] | None:
-        """The JSON Schema the answer must follow (``json_schema`` mode), else None."""
+        """The JSON Schema the answer must follow (``json_schema`` mode with a schema), else None
+        (JSON, of no set shape)."""
         spec = self.response_format
         if spec is None or spec.get("type") != "json_schema":
             return None
-        schema: dict[str, Any] = spec["json_schema"].get("schema") or {}
+        schema: dict[str, Any] | None = spec["json_schema"].get("schema")
         return schema
 
 
@@ -108,7 +109,7 @@ class ChatRequest:
         if self.tools is not None:
             if self.tools.mode == "required":  # a forced function is "required" too
                 needs.append("tool_choice")
-            if self.tools.parallel is False:
+            if self.tools.parallel is False and self.tools.mode != "none":  # "none": no call at all
                 needs.append("parallel_tool_calls")
         return needs
 

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, cast
 
@@ -136,6 +137,10 @@ def _is_json_object(text: str) -> bool:
         return True
     try:
         return isinstance(orjson.loads(text), dict)
+    except ValueError:
+        pass
+    try:  # what orjson refuses and JSON allows: a number past a double's range (1e400)
+        return isinstance(json.loads(text), dict)
     except ValueError:
         return False
 

@@ -50,7 +50,7 @@ class AnthropicProvider:
             timeout=self._timeouts.non_streaming(),
             classify=wire.classify,
         ) as resp:
-            body = await read_json(resp, self.name)
+            body = await read_json(resp, self.name, exact_if=b'"tool_use"')
             return wire.parse_message(body, request.model, resp.headers.get("request-id"))
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:

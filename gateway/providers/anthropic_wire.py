@@ -81,6 +81,8 @@ def build_body(req: ChatRequest, *, stream: bool) -> dict[str, Any]:
             _add_blocks(turns, "assistant", _assistant_blocks(msg, f"messages[{i}]"))
         elif msg.role == "tool" and msg.tool_call_id is not None:
             _add_tool_result(turns, msg)
+        elif msg.role == "assistant" and not msg.content:
+            continue  # an empty assistant turn (OpenAI takes one): Anthropic refuses empty content
         else:
             # Anthropic has no tool role; without a tool-call id a tool result is user text
             _add_text(turns, "assistant" if msg.role == "assistant" else "user", msg.content)

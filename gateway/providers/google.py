@@ -5,12 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from urllib.parse import quote
 
-import orjson
-
 from gateway import errors
 from gateway.providers import google_wire as wire
 from gateway.providers.base import Timeouts
-from gateway.providers.http import malformed, post, read_error_body, read_json
+from gateway.providers.http import malformed, parse_json, post, read_error_body, read_json
 from gateway.providers.sse import iter_sse
 from gateway.providers.upstream_http import UpstreamClient
 from gateway.providers.upstream_response import Response
@@ -61,7 +59,7 @@ class GoogleProvider:
             timeout=self._timeouts.non_streaming(),
             classify=wire.classify,
         ) as resp:
-            obj = await read_json(resp, self.name)
+            obj = await read_json(resp, self.name, exact_if=b'"functionCall"')
             request_id = resp.headers.get("x-request-id")
         if not wire.is_answer(obj):
             raise malformed(self.name, "neither candidates nor promptFeedback.blockReason")
@@ -121,7 +119,7 @@ class GoogleProvider:
             if event.data.strip() == "[DONE]":
                 continue
             try:
-                obj = orjson.loads(event.data)
+                obj = parse_json(event.data, exact_if=b'"functionCall"')
             except ValueError as exc:
                 raise malformed(self.name, f"stream event is not JSON: {event.data[:200]!r}") from exc
             piece = wire.parse_response(obj)

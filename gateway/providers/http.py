@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import json
 import math
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -145,7 +146,7 @@ async def post(
     try:
         exchange = session.post(
             url,
-            data=orjson.dumps(body),
+            data=encode_json(body),
             headers={"content-type": "application/json", **headers},
             timeout=timeout,
             params=params,
@@ -189,11 +190,29 @@ async def finish_body(resp: Response) -> None:
         pass
 
 
-async def read_json(resp: Response, provider: str) -> Any:
-    """The JSON body of a 2xx response, or MalformedResponse."""
+def parse_json(data: bytes | str, *, exact_if: bytes | None = None) -> Any:
+    """JSON by orjson, or by the standard library's parser when ``exact_if`` occurs in it: orjson
+    reads an integer past 64 bits as a float, and tool-call arguments (an account number, an
+    id) must come through exact."""
+    if exact_if is not None and (exact_if in data if isinstance(data, bytes) else exact_if.decode() in data):
+        return json.loads(data)
+    return orjson.loads(data)
+
+
+def encode_json(value: Any) -> bytes:
+    """A request body: orjson, or the standard library for what orjson refuses (an integer
+    past 64 bits in a tool call's arguments)."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+async def read_json(resp: Response, provider: str, *, exact_if: bytes | None = None) -> Any:
+    """The JSON body of a 2xx response, or MalformedResponse (``exact_if``: see ``parse_json``)."""
     raw = await resp.read()
     try:
-        return orjson.loads(raw)
+        return parse_json(raw, exact_if=exact_if)
     except ValueError as exc:
         raise errors.MalformedResponse(
             f"{provider}: response is not JSON: {raw[:200]!r}", provider=provider, http_status=resp.status

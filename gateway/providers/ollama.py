@@ -13,17 +13,24 @@ one (no ``tool_choice`` / ``parallel_tool_calls``): such requests are never sent
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 from uuid import uuid4
 
-import orjson
-
 from gateway import errors
 from gateway.providers.base import Timeouts
-from gateway.providers.http import default_classify, error_message, finish_body, malformed, post, read_json
+from gateway.providers.http import (
+    default_classify,
+    error_message,
+    finish_body,
+    malformed,
+    parse_json,
+    post,
+    read_json,
+)
 from gateway.providers.sse import iter_ndjson_lines
 from gateway.providers.upstream_http import UpstreamClient
 from gateway.providers.upstream_response import Response
@@ -53,6 +60,9 @@ _ROLES = {
     "tool": "tool",
 }
 _NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
+#: a 400 about the model's abilities ("registry.ollama.ai/library/llama3:latest does not support
+#: tools"; also thinking, vision): the built-in groups map to llama3, which has no tools
+_CANNOT = "does not support"
 #: 429 messages that mean a spent plan (Ollama cloud usage limits), not a short rate limit
 _QUOTA_WORDS = ("usage limit", "quota")
 
@@ -123,7 +133,7 @@ def _messages(messages: list[Message]) -> list[dict[str, Any]]:
 def _call(call: ToolCall, where: str) -> dict[str, Any]:
     """A call of the history with its arguments as an object (blank text: no arguments)."""
     try:
-        arguments = orjson.loads(call.arguments) if call.arguments.strip() else {}
+        arguments = json.loads(call.arguments) if call.arguments.strip() else {}
     except ValueError:
         arguments = None
     if not isinstance(arguments, dict):
@@ -214,7 +224,7 @@ def parse_tool_calls(raw: Any) -> tuple[ToolCall, ...]:
         if arguments is None:
             text = "{}"
         elif isinstance(arguments, dict):
-            text = orjson.dumps(arguments).decode()
+            text = json.dumps(arguments, separators=(",", ":"), ensure_ascii=False)  # exact past 64 bits
         elif isinstance(arguments, str):
             text = arguments
         else:
@@ -257,6 +267,8 @@ def classify(status: int, headers: Mapping[str, str], body: Any, raw: str) -> er
     message = error_message(body, raw or f"HTTP {status}")
     if status == 429 and any(word in message.lower() for word in _QUOTA_WORDS):
         return errors.QuotaExhausted(f"{PROVIDER}: {message}", provider=PROVIDER, http_status=status, retry_after=None)
+    if status == 400 and _CANNOT in message.lower():  # the model, not the request: another may
+        return errors.ModelCannotServe(f"{PROVIDER}: {message}", provider=PROVIDER, http_status=status)
     return default_classify(PROVIDER, status, headers, message)
 
 
@@ -285,7 +297,7 @@ class OllamaProvider:
             timeout=self._timeouts.non_streaming(),
             classify=classify,
         ) as resp:
-            obj = await read_json(resp, self.name)
+            obj = await read_json(resp, self.name, exact_if=b'"tool_calls"')
         piece = parse_object(obj)
         return ChatResult(
             text=piece.text,
@@ -320,7 +332,7 @@ class OllamaProvider:
         calls = 0  # the calls so far: the index of the next one
         async for line in iter_ndjson_lines(resp.content):
             try:
-                obj = orjson.loads(line)
+                obj = parse_json(line, exact_if=b'"tool_calls"')
             except ValueError as exc:
                 raise malformed(self.name, f"stream line is not JSON: {line[:200]!r}") from exc
             piece = parse_object(obj)

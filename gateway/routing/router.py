@@ -40,6 +40,12 @@ _ALL_FAILED: dict[frozenset[str], tuple[int, str | None, str | None]] = {
     frozenset({"timeout"}): (504, None, None),
 }
 _THROTTLED = frozenset({"rate_limited", "overloaded"})
+#: how a 400 names a need (``ChatRequest.needs``) that is not just a field being set
+_NEED_WORDS = {
+    "temperature": "'temperature' above 1",
+    "tool_choice": "'tool_choice' required (or a forced function)",
+    "parallel_tool_calls": "'parallel_tool_calls' false",
+}
 #: failures that may pass: a client's retry later can succeed
 _TRANSIENT = frozenset(
     {"rate_limited", "overloaded", "timeout", "connection_error", "upstream_error", "malformed_response", "stream_cut"}
@@ -165,7 +171,7 @@ class Router:
             return able
         missing = next(n for n in needs if any(n not in self.providers[c.provider].options for c in candidates))
         serving = ", ".join(dict.fromkeys(c.provider for c in candidates))
-        what = "'temperature' above 1" if missing == "temperature" else f"'{missing}'"
+        what = _NEED_WORDS.get(missing) or f"'{missing}'"
         raise errors.InvalidRequest(
             f"{what} is not supported by the providers that serve model {model!r} here ({serving})",
             param=missing,

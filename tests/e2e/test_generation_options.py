@@ -137,3 +137,12 @@ async def test_a_temperature_no_serving_provider_takes_is_a_400() -> None:
             )
         assert info.value.param == "temperature" and "'temperature' above 1 is not supported" in info.value.message
         assert gw.sims["anthropic"].requests == [] and gw.event_log.events == []
+
+
+async def test_a_json_schema_without_a_schema_is_plain_json_everywhere(gw: RunningGateway) -> None:
+    named_only = {"type": "json_schema", "json_schema": {"name": "anything"}}
+    await ask(gw, "gemini-pro", "google", response_format=named_only)
+    await ask(gw, "llama3", "ollama", response_format=named_only)
+    config = gw.sims["google"].requests[-1].body["generationConfig"]
+    assert config["responseMimeType"] == "application/json" and "responseJsonSchema" not in config
+    assert gw.sims["ollama"].requests[-1].body["format"] == "json"

@@ -229,3 +229,20 @@ async def test_a_history_with_calls_needs_no_tools_offered(gw: RunningGateway, p
     history.append({"role": "tool", "tool_call_id": "call_1", "content": '{"sky": "clear"}'})
     completion = await create(gw, provider, model, messages=history)
     assert completion.choices[0].finish_reason == "stop" and completion.choices[0].message.content
+
+
+async def test_parallel_false_with_no_call_allowed_needs_nothing(gw: RunningGateway) -> None:
+    """``tool_choice: "none"`` forbids calls: ``parallel_tool_calls: false`` then asks nothing
+    of the provider (it was a 400 on a model only Gemini serves)."""
+    completion = await create(
+        gw, "google", "gemini-pro", tools=[WEATHER], tool_choice="none", parallel_tool_calls=False
+    )
+    assert completion.choices[0].finish_reason == "stop"
+
+
+async def test_a_required_call_on_a_model_only_ollama_serves_is_a_400_saying_so(gw: RunningGateway) -> None:
+    async with client(gw) as c:
+        with pytest.raises(openai.BadRequestError) as info:
+            await c.chat.completions.create(model="llama3", messages=ASK, tools=[WEATHER], tool_choice="required")
+    assert info.value.param == "tool_choice"
+    assert "'tool_choice' required (or a forced function) is not supported" in info.value.message

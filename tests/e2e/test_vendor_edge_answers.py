@@ -4,6 +4,7 @@ error, a vendor's own error code for a bad request."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,8 +26,10 @@ class Upstream:
     def __init__(self) -> None:
         self.script: dict[str, web.Response] = {}
         self.calls: list[str] = []
+        self.bodies: list[bytes] = []
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.bodies.append(await request.read())
         path = request.path
         kind = "openai" if path.endswith("/chat/completions") else "stream" if "stream" in path else "generate"
         self.calls.append(kind)
@@ -56,10 +59,11 @@ async def upstream() -> AsyncIterator[tuple[Upstream, str]]:
         await runner.cleanup()
 
 
-async def gateway(url: str, provider: str) -> Any:
-    base = f"{url}/v1" if provider == "openai" else url
+async def gateway(url: str, *names: str) -> Any:
     providers = {name: ProviderSettings(enabled=False) for name in ("openai", "azure", "anthropic", "google", "ollama")}
-    providers[provider] = ProviderSettings(api_key=SIMULATED_KEY, base_url=base)
+    for provider in names:
+        base = f"{url}/v1" if provider == "openai" else url
+        providers[provider] = ProviderSettings(api_key=SIMULATED_KEY, base_url=base)
     return running_gateway(providers=(), settings={"providers": providers, "retry_attempts": 1})
 
 
@@ -171,3 +175,102 @@ async def test_an_openai_refusal_stays_a_refusal(upstream: tuple[Upstream, str])
     deltas = [ch.choices[0].delta for ch in chunks if ch.choices]
     assert "".join(d.refusal or "" for d in deltas) == "I can't help."
     assert not "".join(d.content or "" for d in deltas)
+
+
+BIG = 123456789012345678901234567890  # past 64 bits: orjson reads it as a float
+BIG_ARGUMENTS = '{"account":123456789012345678901234567890,"price":0.1}'
+TOOLS = [{"type": "function", "function": {"name": "pay", "parameters": {"type": "object"}}}]
+
+
+@pytest.mark.parametrize(
+    ("provider", "model", "answer"),
+    [
+        (
+            "anthropic",
+            "claude-3-haiku",
+            {
+                "id": "msg_1",
+                "type": "message",
+                "role": "assistant",
+                "model": "claude-3-haiku-20240307",
+                "content": [
+                    {"type": "tool_use", "id": "toolu_1", "name": "pay", "input": {"account": BIG, "price": 0.1}}
+                ],
+                "stop_reason": "tool_use",
+                "usage": {"input_tokens": 3, "output_tokens": 5},
+            },
+        ),
+        (
+            "google",
+            "gemini-pro",
+            {
+                "candidates": [
+                    {
+                        "content": {
+                            "role": "model",
+                            "parts": [{"functionCall": {"name": "pay", "args": {"account": BIG, "price": 0.1}}}],
+                        },
+                        "finishReason": "STOP",
+                    }
+                ],
+                "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 5, "totalTokenCount": 8},
+            },
+        ),
+        (
+            "ollama",
+            "llama3",
+            {
+                "model": "llama3",
+                "message": {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": [{"function": {"name": "pay", "arguments": {"account": BIG, "price": 0.1}}}],
+                },
+                "done": True,
+                "done_reason": "stop",
+                "prompt_eval_count": 3,
+                "eval_count": 5,
+            },
+        ),
+    ],
+)
+async def test_tool_arguments_keep_integers_past_64_bits(
+    upstream: tuple[Upstream, str], provider: str, model: str, answer: dict[str, Any]
+) -> None:
+    """An account number in a call's arguments comes through exact (orjson made it a float:
+    1.2345678901234568e+29), and goes back to the vendor exact in the history."""
+    up, url = upstream
+    up.script["generate"] = web.Response(text=json.dumps(answer), content_type="application/json")
+    async with await gateway(url, provider) as gw, client(gw) as c:
+        completion = await c.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "pay"}], tools=TOOLS
+        )
+        [call] = completion.choices[0].message.tool_calls
+        assert call.function.arguments == BIG_ARGUMENTS
+        up.script["generate"] = web.Response(text=json.dumps(answer), content_type="application/json")
+        history = [
+            {"role": "user", "content": "pay"},
+            {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+            {"role": "tool", "tool_call_id": call.id, "content": "done"},
+        ]
+        await c.chat.completions.create(model=model, messages=history, tools=TOOLS)
+    assert str(BIG).encode() in up.bodies[-1]
+
+
+async def test_an_ollama_model_without_tools_falls_back(upstream: tuple[Upstream, str]) -> None:
+    """The built-in groups map to llama3, which Ollama says "does not support tools": that is
+    the model's limit, not a bad request, so the next provider serves (it was a 400 to the
+    client, with a healthy OpenAI never tried)."""
+    up, url = upstream
+    refusal = {"error": "registry.ollama.ai/library/llama3:latest does not support tools"}
+    up.script["generate"] = web.json_response(refusal, status=400)
+    up.script["openai"] = openai_answer(usage={"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4})
+    async with await gateway(url, "ollama", "openai") as gw, client(gw) as c:
+        raw = await c.chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "x"}], tools=TOOLS, extra_body={"provider": "ollama"}
+        )
+    assert raw.headers["x-llm-provider"] == "openai" and raw.headers["x-llm-attempts"] == "2"
+    assert [(e.provider, e.outcome, e.billable) for e in gw.event_log.events] == [
+        ("ollama", "client_error", False),
+        ("openai", "success", True),
+    ]

@@ -5,7 +5,6 @@ against its simulator over real HTTP."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -13,12 +12,14 @@ import pytest
 from gateway import errors
 from gateway.providers import anthropic_wire as wire
 from gateway.providers.anthropic import AnthropicProvider
-from gateway.providers.base import Timeouts
-from gateway.providers.upstream_http import UpstreamClient
-from gateway.settings import ProviderSettings
 from gateway.simulators.anthropic import AnthropicSimulator
 from gateway.tool_calls import Tool, ToolCall, ToolCallPart, ToolSpec
 from gateway.types import ChatRequest, Message, StreamChunk, Usage
+from tests.unit.providers import test_anthropic as adapter_tests
+
+#: the adapter's fixtures (its simulator, and the adapter pointed at it)
+sim = adapter_tests.sim
+provider = adapter_tests.provider
 
 KEY = "sk-ant-test"
 MODEL = "claude-haiku-4-5-20251001"
@@ -31,21 +32,6 @@ WEATHER = Tool("get_weather", "The weather in a city", WEATHER_SCHEMA)
 TIME = Tool("get_time")
 ASK = Message("user", "Weather in Paris?")
 ROME = {"city": "Rome", "days": 1}
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[AnthropicSimulator]:
-    s = AnthropicSimulator(api_key=KEY)
-    await s.start()
-    try:
-        yield s
-    finally:
-        await s.stop()
-
-
-@pytest.fixture
-def provider(sim: AnthropicSimulator, session: UpstreamClient, timeouts: Timeouts) -> AnthropicProvider:
-    return AnthropicProvider(ProviderSettings(api_key=KEY, base_url=sim.base_url), session, timeouts)
 
 
 def req(*messages: Message, tools: ToolSpec | None = None) -> ChatRequest:
@@ -393,3 +379,10 @@ def test_a_history_with_calls_but_no_tools_declares_them_uncallable() -> None:
     out = wire.build_body(request, stream=False)
     assert out["tools"] == [{"name": "get_weather", "input_schema": {"type": "object", "properties": {}}}]
     assert out["tool_choice"] == {"type": "none"}
+
+
+def test_an_empty_assistant_turn_is_left_out() -> None:
+    """``{"role": "assistant", "content": null, "tool_calls": []}`` is an empty turn at OpenAI;
+    Anthropic refuses a message with empty content, so it is not sent."""
+    out = body(Message("user", "a"), Message("assistant", ""), Message("user", "b"))
+    assert out["messages"] == [{"role": "user", "content": "a\n\nb"}]

@@ -4,7 +4,6 @@ in answers and streams; the pure wire mapping, then the adapter against its simu
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -12,12 +11,16 @@ import pytest
 from gateway import errors
 from gateway.providers import google_wire as wire
 from gateway.providers.base import Timeouts
-from gateway.providers.google import GoogleProvider, build
-from gateway.providers.upstream_http import UpstreamClient
+from gateway.providers.google import GoogleProvider
 from gateway.settings import ProviderSettings
 from gateway.simulators.google import GeminiSimulator
 from gateway.tool_calls import Tool, ToolCall, ToolCallPart, ToolSpec
 from gateway.types import CAPABILITIES, ChatRequest, Message, StreamChunk
+from tests.unit.providers import test_google as adapter_tests
+
+#: the adapter's fixtures (its simulator, and the adapter pointed at it)
+sim = adapter_tests.sim
+provider = adapter_tests.provider
 
 KEY = "gm-test-key"
 WEATHER_SCHEMA: dict[str, Any] = {
@@ -38,23 +41,6 @@ def request(messages: list[Message] | None = None, **kw: Any) -> ChatRequest:
 
 def sse(*events: dict[str, Any]) -> bytes:
     return b"".join(b"data: " + json.dumps(e).encode() + b"\r\n\r\n" for e in events)
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[GeminiSimulator]:
-    s = GeminiSimulator(api_key=KEY)
-    await s.start()
-    try:
-        yield s
-    finally:
-        await s.stop()
-
-
-@pytest.fixture
-def provider(sim: GeminiSimulator, session: UpstreamClient, timeouts: Timeouts) -> GoogleProvider:
-    p = build(ProviderSettings(api_key=KEY, base_url=sim.base_url), session, timeouts)
-    assert p is not None
-    return p
 
 
 def test_the_adapter_carries_tools_and_their_choice_but_not_parallel_false() -> None:

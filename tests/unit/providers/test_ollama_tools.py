@@ -15,13 +15,17 @@ import pytest
 from gateway import errors
 from gateway.providers import ollama
 from gateway.providers.base import Timeouts
-from gateway.providers.ollama import OllamaProvider, build, build_body, parse_object
-from gateway.providers.upstream_http import UpstreamClient
+from gateway.providers.ollama import OllamaProvider, build_body, parse_object
 from gateway.settings import ProviderSettings
 from gateway.simulators.base import Fault
 from gateway.simulators.ollama import REFUSAL, OllamaSimulator
 from gateway.tool_calls import Tool, ToolCall, ToolCallPart, ToolSpec
 from gateway.types import CAPABILITIES, ChatRequest, Message, StreamChunk, Usage
+from tests.unit.providers import test_ollama as adapter_tests
+
+#: the adapter's fixtures (its simulator, and the adapter pointed at it)
+sim = adapter_tests.sim
+provider = adapter_tests.provider
 
 WEATHER = Tool(
     "get_weather",
@@ -41,23 +45,6 @@ ID = re.compile(r"call_[0-9a-f]{24}")
 
 def request(*messages: Message, **kw: Any) -> ChatRequest:
     return ChatRequest(model="llama3.2", messages=list(messages or [ASK]), **kw)
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[OllamaSimulator]:
-    s = OllamaSimulator()
-    await s.start()
-    try:
-        yield s
-    finally:
-        await s.stop()
-
-
-@pytest.fixture
-def provider(sim: OllamaSimulator, session: UpstreamClient, timeouts: Timeouts) -> OllamaProvider:
-    p = build(ProviderSettings(base_url=sim.base_url), session, timeouts)
-    assert p is not None
-    return p
 
 
 # --- capabilities --------------------------------------------------------------------------
