@@ -27,6 +27,8 @@ UNSUPPORTED_CHAT = frozenset({
 UNSUPPORTED_COMPLETION = frozenset({"suffix", "echo", "logprobs", "best_of", "logit_bias"})
 #: JSON's safe range for a seed: OpenAI and Ollama take 64-bit integers
 MAX_SEED = 2**63 - 1
+#: the fields behind the generation options and function calling (checked only when named)
+_EXTRAS = frozenset({*OPTION_NAMES, "tools", "tool_choice", "parallel_tool_calls"})
 #: OpenAI's rule for a message's ``name``
 _PARTICIPANT = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: OpenAI's rule for ``response_format.json_schema.name``
@@ -194,7 +196,8 @@ def _content(message: dict[str, Any], index: int) -> str:
     raise InvalidRequest(f"'{param}' must be a string or an array of content parts", param=param, code="invalid_type")
 
 
-def _messages(body: dict[str, Any]) -> list[Message]:
+def _messages(body: dict[str, Any]) -> tuple[list[Message], bool]:
+    """The conversation, and whether it holds tool calls or results."""
     raw = body.get("messages")
     if raw is None:
         raise InvalidRequest(
@@ -208,6 +211,7 @@ def _messages(body: dict[str, Any]) -> list[Message]:
         raise InvalidRequest("'messages' must contain at least one message", param="messages", code="empty_array")
     messages = []
     made: set[str] = set()  # the ids of the calls made so far: what a tool message may answer
+    history = False
     for i, item in enumerate(raw):
         if not isinstance(item, dict):
             raise InvalidRequest(f"messages[{i}] must be an object", param=f"messages[{i}]", code="invalid_type")
@@ -227,14 +231,17 @@ def _messages(body: dict[str, Any]) -> list[Message]:
         name = _participant(item, i, role) if "name" in item else None
         if role == "assistant" and "tool_calls" in item:
             calls = parse_tool_calls(item, f"messages[{i}]")
-            made.update(call.id for call in calls or ())
+            if calls:
+                made.update(call.id for call in calls)
+                history = True
             messages.append(Message("assistant", _content(item, i), calls, name=name))
         elif role == "tool":
             call_id = parse_tool_call_id(item, f"messages[{i}]", made)
             messages.append(Message("tool", _content(item, i), tool_call_id=call_id))
+            history = True
         else:
             messages.append(Message(cast(Role, role), _content(item, i), name=name))
-    return messages
+    return messages, history
 
 
 def _participant(item: dict[str, Any], i: int, role: str) -> str | None:
@@ -250,10 +257,6 @@ def _participant(item: dict[str, Any], i: int, role: str) -> str | None:
             code="invalid_value",
         )
     return name
-
-
-def _tool_history(messages: list[Message]) -> bool:
-    return any(m.role == "tool" or m.tool_calls for m in messages)
 
 
 def _include_usage(body: dict[str, Any], stream: bool) -> bool:
@@ -351,10 +354,11 @@ def parse_chat(raw: Any) -> ParsedRequest:
     body = _expect_object(raw)
     model, provider, tenant = _common(body)
     _unsupported(body, UNSUPPORTED_CHAT)
-    messages = _messages(body)
+    messages, tool_history = _messages(body)
     max_tokens = _integer(body, "max_completion_tokens")
     if max_tokens is None:
         max_tokens = _integer(body, "max_tokens")
+    extras = not body.keys().isdisjoint(_EXTRAS)  # most bodies: no options, no tools
     template = ChatRequest(
         model=model,
         messages=messages,
@@ -364,9 +368,9 @@ def parse_chat(raw: Any) -> ParsedRequest:
         stop=_stop(body),
         user=_string(body, "user"),
         stream=_boolean(body, "stream"),
-        options=_options(body, response_format=True),
-        tools=parse_tools(body),
-        tool_history=_tool_history(messages),
+        options=_options(body, response_format=True) if extras else None,
+        tools=parse_tools(body) if extras else None,
+        tool_history=tool_history,
     )
     return ParsedRequest(template, "chat.completions", model, provider, tenant, _include_usage(body, template.stream))
 
