@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, TypeGuard
 
+from gateway.images import Image
 from gateway.tool_calls import ToolCall, ToolCallPart, ToolSpec
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
@@ -23,6 +24,9 @@ class Message:
     tool_call_id: str | None = None
     #: who says it (OpenAI's participant ``name``; the other vendors have no such field)
     name: str | None = None
+    #: a user message with images: its parts in order, text and images (``content`` is then
+    #: its text alone)
+    parts: tuple[str | Image, ...] | None = None
 
 
 #: the generation options past the common ones, by their OpenAI names (see ``Options``)
@@ -30,8 +34,9 @@ OPTION_NAMES = ("seed", "presence_penalty", "frequency_penalty", "response_forma
 #: what a request may need that not every vendor carries (``Provider.options``): the options,
 #: ``temperature`` above 1 (OpenAI's range is 0 to 2, Anthropic's 0 to 1), ``tools`` (tools
 #: offered, or calls and their results in the conversation), ``tool_choice`` (a call required,
-#: or of one function) and ``parallel_tool_calls`` (false: at most one call)
-CAPABILITIES = (*OPTION_NAMES, "temperature", "tools", "tool_choice", "parallel_tool_calls")
+#: or of one function), ``parallel_tool_calls`` (false: at most one call), ``images`` (images in
+#: the conversation) and ``image_urls`` (an image by http(s) URL, for the vendor to fetch)
+CAPABILITIES = (*OPTION_NAMES, "temperature", "tools", "tool_choice", "parallel_tool_calls", "images", "image_urls")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +84,8 @@ class ChatRequest:
     tools: ToolSpec | None = None
     #: the conversation holds tool calls or tool results (a provider must carry ``tools``)
     tool_history: bool = False
+    #: what its images need: ``images``, and ``image_urls`` when one is an http(s) URL
+    media: tuple[str, ...] = ()
 
     def for_provider(self, model: str, stream: bool) -> ChatRequest:
         """This request as one provider is asked it: its model name, streamed or not (what
@@ -97,6 +104,7 @@ class ChatRequest:
             self.options,
             self.tools,
             self.tool_history,
+            self.media,
         )
 
     def needs(self) -> list[str]:
@@ -111,6 +119,8 @@ class ChatRequest:
                 needs.append("tool_choice")
             if self.tools.parallel is False and self.tools.mode != "none":  # "none": no call at all
                 needs.append("parallel_tool_calls")
+        if self.media:
+            needs.extend(self.media)
         return needs
 
     def system_text(self) -> str | None:

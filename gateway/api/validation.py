@@ -10,6 +10,7 @@ from typing import Any, cast
 
 from gateway.api.tool_validation import parse_tool_call_id, parse_tool_calls, parse_tools, type_name
 from gateway.errors import InvalidRequest
+from gateway.images import DETAILS, Image, parse_image_url
 from gateway.types import OPTION_NAMES, ChatRequest, Message, Options, Role
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
@@ -157,47 +158,72 @@ def _unsupported(body: dict[str, Any], names: frozenset[str]) -> None:
             raise InvalidRequest(f"'{name}' is not supported by this gateway", param=name, code="unsupported_parameter")
 
 
-def _content(message: dict[str, Any], index: int) -> str:
+def _content(message: dict[str, Any], index: int) -> tuple[str, tuple[str | Image, ...] | None]:
+    """The message's text, and its parts in order when it holds images (else None)."""
     param = f"messages[{index}].content"
     content = message.get("content")
     if content is None:
         if message.get("role") == "assistant":
-            return ""
+            return "", None
         raise InvalidRequest(f"Missing required parameter: '{param}'", param=param, code="missing_required_parameter")
     if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = []
-        for j, part in enumerate(content):
-            if isinstance(part, dict) and part.get("type") is None:
-                raise InvalidRequest(
-                    f"Missing required parameter: '{param}[{j}].type'",
-                    param=f"{param}[{j}].type",
-                    code="missing_required_parameter",
-                )
-            # an assistant's refusal part (the SDK puts a refused answer back so) is its text
-            key = "refusal" if isinstance(part, dict) and part.get("type") == "refusal" else "text"
-            if (
-                not isinstance(part, dict)
-                or (part.get("type") != "text" and key == "text")
-                or (key == "refusal" and message.get("role") != "assistant")
-            ):
-                kind = part.get("type") if isinstance(part, dict) else _type_name(part)
-                raise InvalidRequest(
-                    f"{param}[{j}]: only text content parts are supported, got {kind!r}", param=f"{param}[{j}]"
-                )
-            text = part.get(key)
-            if not isinstance(text, str):
-                raise InvalidRequest(
-                    f"{param}[{j}].{key} must be a string", param=f"{param}[{j}].{key}", code="invalid_type"
-                )
-            texts.append(text)
-        return "".join(texts)
-    raise InvalidRequest(f"'{param}' must be a string or an array of content parts", param=param, code="invalid_type")
+        return content, None
+    if not isinstance(content, list):
+        raise InvalidRequest(
+            f"'{param}' must be a string or an array of content parts", param=param, code="invalid_type"
+        )
+    texts: list[str] = []
+    parts: list[str | Image] = []
+    images = False
+    for j, part in enumerate(content):
+        where = f"{param}[{j}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if isinstance(part, dict) and kind is None:
+            raise InvalidRequest(
+                f"Missing required parameter: '{where}.type'", param=f"{where}.type", code="missing_required_parameter"
+            )
+        if kind == "image_url" and message.get("role") == "user":
+            parts.append(_image(part, where))
+            images = True
+            continue
+        # an assistant's refusal part (the SDK puts a refused answer back so) is its text
+        key = "refusal" if kind == "refusal" and message.get("role") == "assistant" else "text"
+        if kind != key:
+            shown = kind if isinstance(part, dict) else _type_name(part)
+            raise InvalidRequest(
+                f"{where}: only text content parts (and images in user messages) are supported, got {shown!r}",
+                param=where,
+            )
+        text = part.get(key)
+        if not isinstance(text, str):
+            raise InvalidRequest(f"{where}.{key} must be a string", param=f"{where}.{key}", code="invalid_type")
+        texts.append(text)
+        parts.append(text)
+    return "".join(texts), tuple(parts) if images else None
 
 
-def _messages(body: dict[str, Any]) -> tuple[list[Message], bool]:
-    """The conversation, and whether it holds tool calls or results."""
+def _image(part: dict[str, Any], where: str) -> Image:
+    spec = part.get("image_url")
+    url = spec.get("url") if isinstance(spec, dict) else None
+    if not isinstance(url, str):
+        raise InvalidRequest(
+            f"Missing required parameter: '{where}.image_url.url'",
+            param=f"{where}.image_url.url",
+            code="missing_required_parameter",
+        )
+    detail = spec.get("detail") if isinstance(spec, dict) else None
+    if detail is not None and detail not in DETAILS:
+        raise InvalidRequest(
+            f"'{where}.image_url.detail' must be one of 'auto', 'low', 'high'", param=f"{where}.image_url.detail"
+        )
+    try:
+        return parse_image_url(url, detail)
+    except ValueError as exc:
+        raise InvalidRequest(f"'{where}.image_url.url' {exc}", param=f"{where}.image_url.url") from exc
+
+
+def _messages(body: dict[str, Any]) -> tuple[list[Message], bool, tuple[str, ...]]:
+    """The conversation, whether it holds tool calls or results, what its images need."""
     raw = body.get("messages")
     if raw is None:
         raise InvalidRequest(
@@ -212,6 +238,7 @@ def _messages(body: dict[str, Any]) -> tuple[list[Message], bool]:
     messages = []
     made: set[str] = set()  # the ids of the calls made so far: what a tool message may answer
     history = False
+    media: set[str] = set()  # what the images need (ChatRequest.media)
     for i, item in enumerate(raw):
         if not isinstance(item, dict):
             raise InvalidRequest(f"messages[{i}] must be an object", param=f"messages[{i}]", code="invalid_type")
@@ -229,19 +256,25 @@ def _messages(body: dict[str, Any]) -> tuple[list[Message], bool]:
                 code="invalid_value",
             )
         name = _participant(item, i, role) if "name" in item else None
+        content = item.get("content")
+        text, parts = (content, None) if isinstance(content, str) else _content(item, i)
         if role == "assistant" and "tool_calls" in item:
             calls = parse_tool_calls(item, f"messages[{i}]")
             if calls:
                 made.update(call.id for call in calls)
                 history = True
-            messages.append(Message("assistant", _content(item, i), calls, name=name))
+            messages.append(Message("assistant", text, calls, name=name))
         elif role == "tool":
             call_id = parse_tool_call_id(item, f"messages[{i}]", made)
-            messages.append(Message("tool", _content(item, i), tool_call_id=call_id))
+            messages.append(Message("tool", text, tool_call_id=call_id))
             history = True
         else:
-            messages.append(Message(cast(Role, role), _content(item, i), name=name))
-    return messages, history
+            messages.append(Message(cast(Role, role), text, name=name, parts=parts))
+            if parts is not None:
+                media.add("images")
+                if any(isinstance(p, Image) and not p.inline for p in parts):
+                    media.add("image_urls")
+    return messages, history, tuple(sorted(media))
 
 
 def _participant(item: dict[str, Any], i: int, role: str) -> str | None:
@@ -354,7 +387,7 @@ def parse_chat(raw: Any) -> ParsedRequest:
     body = _expect_object(raw)
     model, provider, tenant = _common(body)
     _unsupported(body, UNSUPPORTED_CHAT)
-    messages, tool_history = _messages(body)
+    messages, tool_history, media = _messages(body)
     max_tokens = _integer(body, "max_completion_tokens")
     if max_tokens is None:
         max_tokens = _integer(body, "max_tokens")
@@ -371,6 +404,7 @@ def parse_chat(raw: Any) -> ParsedRequest:
         options=_options(body, response_format=True) if extras else None,
         tools=parse_tools(body) if extras else None,
         tool_history=tool_history,
+        media=media,
     )
     return ParsedRequest(template, "chat.completions", model, provider, tenant, _include_usage(body, template.stream))
 

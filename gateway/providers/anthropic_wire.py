@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from gateway import errors
+from gateway.images import Image
 from gateway.providers.http import default_classify, error_message, malformed, parse_retry_after
 from gateway.tool_calls import Tool, ToolCall, ToolCallPart, ToolSpec
 from gateway.types import ChatRequest, ChatResult, FinishReason, Message, StreamChunk, Usage, is_token_count
@@ -83,6 +84,8 @@ def build_body(req: ChatRequest, *, stream: bool) -> dict[str, Any]:
             _add_tool_result(turns, msg)
         elif msg.role == "assistant" and not msg.content:
             continue  # an empty assistant turn (OpenAI takes one): Anthropic refuses empty content
+        elif msg.parts is not None:  # a user message with images: text and image blocks in order
+            _add_blocks(turns, "user", [_block(part) for part in msg.parts if part])
         else:
             # Anthropic has no tool role; without a tool-call id a tool result is user text
             _add_text(turns, "assistant" if msg.role == "assistant" else "user", msg.content)
@@ -134,6 +137,14 @@ def _add_text(turns: list[dict[str, Any]], role: str, text: str) -> None:
             last["content"].append({"type": "text", "text": text})
     else:
         turns.append({"role": role, "content": text})
+
+
+def _block(part: str | Image) -> dict[str, Any]:
+    if isinstance(part, str):
+        return {"type": "text", "text": part}
+    if part.inline:
+        return {"type": "image", "source": {"type": "base64", "media_type": part.media_type, "data": part.data}}
+    return {"type": "image", "source": {"type": "url", "url": part.url}}
 
 
 def _add_blocks(turns: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]) -> None:

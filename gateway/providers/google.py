@@ -34,7 +34,8 @@ class GoogleProvider:
     #: Gemini takes a 32-bit seed: a larger one is its 400 (a client error, not a fallback).
     #: Function calling: tools and tool_choice (required / one function: ``ANY`` mode) are
     #: mapped; ``parallel_tool_calls: false`` is not (Gemini has no switch to keep to one call).
-    options = frozenset(CAPABILITIES) - {"parallel_tool_calls"}
+    #: Images as ``inlineData``; an image by URL is not (Gemini fetches no http URL here).
+    options = frozenset(CAPABILITIES) - {"parallel_tool_calls", "image_urls"}
 
     def __init__(self, settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> None:
         if not settings.api_key:

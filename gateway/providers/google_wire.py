@@ -15,6 +15,7 @@ from typing import Any
 from uuid import uuid4
 
 from gateway import errors
+from gateway.images import Image
 from gateway.providers.http import (
     default_classify,
     error_message,
@@ -76,6 +77,8 @@ def build_body(req: ChatRequest) -> dict[str, Any]:
             continue
         if msg.tool_calls or msg.tool_call_id is not None:
             parts = _tool_parts(msg, i, names)
+        elif msg.parts is not None:  # text and images in order (images inline only: see options)
+            parts = [_part(part) for part in msg.parts if part]
         else:
             parts = [{"text": msg.content}]
         if contents and contents[-1]["role"] == role:
@@ -105,6 +108,12 @@ def build_body(req: ChatRequest) -> dict[str, Any]:
         _add_options(config, req.options)
     body["generationConfig"] = config
     return body
+
+
+def _part(part: str | Image) -> dict[str, Any]:
+    if isinstance(part, str):
+        return {"text": part}
+    return {"inlineData": {"mimeType": part.media_type, "data": part.data}}
 
 
 def _tool_parts(msg: Message, index: int, names: dict[str, str]) -> list[dict[str, Any]]:

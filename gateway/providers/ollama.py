@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from uuid import uuid4
 
 from gateway import errors
+from gateway.images import Image
 from gateway.providers.base import Timeouts
 from gateway.providers.http import (
     default_classify,
@@ -109,12 +110,14 @@ def build_body(req: ChatRequest, *, stream: bool) -> dict[str, Any]:
 
 def _messages(messages: list[Message]) -> list[dict[str, Any]]:
     """The conversation; calls with argument objects, results named by their call's function."""
-    if not any(m.tool_calls or m.tool_call_id is not None for m in messages):  # the common case
+    if not any(m.tool_calls or m.tool_call_id is not None or m.parts for m in messages):  # the common case
         return [{"role": _ROLES.get(m.role, "user"), "content": m.content} for m in messages]
     names: dict[str, str] = {}  # call id -> function name, of the calls made so far
     out: list[dict[str, Any]] = []
     for i, m in enumerate(messages):
         item: dict[str, Any] = {"role": _ROLES.get(m.role, "user"), "content": m.content}
+        if m.parts is not None:  # the message's text, its images as base64 (inline only: see options)
+            item["images"] = [part.data for part in m.parts if isinstance(part, Image)]
         if m.tool_calls:
             item["tool_calls"] = [_call(call, f"messages[{i}].tool_calls[{j}]") for j, call in enumerate(m.tool_calls)]
             names.update((call.id, call.name) for call in m.tool_calls)
@@ -278,8 +281,9 @@ def classify(status: int, headers: Mapping[str, str], body: Any, raw: str) -> er
 class OllamaProvider:
     name = PROVIDER
     #: tools are carried; a required or forced call and parallel_tool_calls false are not:
-    #: Ollama has no tool_choice nor parallel_tool_calls (such requests go elsewhere)
-    options = frozenset(CAPABILITIES) - {"tool_choice", "parallel_tool_calls"}
+    #: Ollama has no tool_choice nor parallel_tool_calls (such requests go elsewhere). Images
+    #: as base64 ``images`` of the message; an image by URL is not (Ollama fetches nothing)
+    options = frozenset(CAPABILITIES) - {"tool_choice", "parallel_tool_calls", "image_urls"}
 
     def __init__(self, settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> None:
         self._session = session

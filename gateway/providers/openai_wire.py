@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from gateway import errors
+from gateway.images import Image
 from gateway.providers.http import default_classify, error_message, malformed, parse_retry_after
 from gateway.providers.sse import SseEvent, SseFramer
 from gateway.tool_calls import ToolCall, ToolCallPart, ToolSpec, openai_tool_call
@@ -83,7 +84,9 @@ def build_body(
         max_field = "max_tokens"
     else:
         body["messages"] = [
-            _tool_message(m) if m.tool_calls or m.tool_call_id or m.name else {"role": m.role, "content": m.content}
+            _rich_message(m)
+            if m.tool_calls or m.tool_call_id or m.name or m.parts
+            else {"role": m.role, "content": m.content}
             for m in request.messages
         ]
         if request.tools is not None:
@@ -104,18 +107,29 @@ def build_body(
     return body
 
 
-def _tool_message(message: Message) -> dict[str, Any]:
+def _rich_message(message: Message) -> dict[str, Any]:
     """A message with more than a role and text: a tool result, an assistant message with calls
-    (content null when it has no text), a participant's ``name``."""
+    (content null when it has no text), a participant's ``name``, text and images in parts."""
     if message.tool_call_id is not None:
         return {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content}
     out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.parts is not None:
+        out["content"] = [_openai_part(part) for part in message.parts]
     if message.name is not None:
         out["name"] = message.name
     if message.tool_calls:
         out["content"] = message.content or None
         out["tool_calls"] = [openai_tool_call(call) for call in message.tool_calls]
     return out
+
+
+def _openai_part(part: str | Image) -> dict[str, Any]:
+    if isinstance(part, str):
+        return {"type": "text", "text": part}
+    image: dict[str, Any] = {"url": part.url}
+    if part.detail is not None:
+        image["detail"] = part.detail
+    return {"type": "image_url", "image_url": image}
 
 
 def _add_tools(body: dict[str, Any], spec: ToolSpec) -> None:

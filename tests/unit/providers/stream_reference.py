@@ -80,14 +80,19 @@ def parse_chunk(data: Any, *, provider: str) -> StreamChunk | None:
     if isinstance(data, dict) and data.get("error") is not None:
         raise classify_inband_error(provider, data)
     choice = _first_choice(provider, data)
-    text, finish = "", None
+    text, finish, refusal = "", None, None
     if choice is not None:
         text = _choice_text(provider, choice, "delta")
+        delta = choice.get("delta")
+        if isinstance(delta, dict) and delta.get("refusal") is not None:
+            if not isinstance(delta["refusal"], str):
+                raise malformed(provider, "delta.refusal is not text")
+            refusal = delta["refusal"] or None  # a refusal piece: the chunk's refusal, not its text
         finish = map_finish_reason(choice.get("finish_reason"))
     usage = parse_usage(data.get("usage"))
-    if not text and finish is None and usage is None:
+    if not text and finish is None and usage is None and refusal is None:
         return None
-    return StreamChunk(text=text, finish_reason=finish, usage=usage, model=_model(data))
+    return StreamChunk(text=text, finish_reason=finish, usage=usage, model=_model(data), refusal=refusal)
 
 
 def _event_chunk(event: SseEvent, provider: str) -> StreamChunk | None:

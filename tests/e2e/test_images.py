@@ -1,0 +1,100 @@
+"""Images in user messages (``image_url`` content parts): each provider gets them in its own
+shape, a provider that cannot carry them is never asked, and bad images are 400s."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import openai
+import pytest
+
+from tests.support.gateway import RunningGateway
+
+PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 16).decode()
+DATA_URL = f"data:image/png;base64,{PNG}"
+WEB_URL = "https://example.com/cat.jpg"
+
+
+def look(url: str, detail: str | None = None) -> list[dict[str, Any]]:
+    image: dict[str, Any] = {"url": url} | ({"detail": detail} if detail else {})
+    content = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": image}]
+    return [{"role": "user", "content": content}]
+
+
+async def ask(gw: RunningGateway, model: str, provider: str, messages: list[dict[str, Any]]) -> str:
+    async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="unused", max_retries=0) as c:
+        raw = await c.chat.completions.with_raw_response.create(
+            model=model, messages=messages, extra_body={"provider": provider}
+        )
+    served: str = raw.headers["x-llm-provider"]
+    return served
+
+
+@pytest.mark.parametrize("provider", ["openai", "azure"])
+async def test_openai_and_azure_get_the_parts_as_sent(gw: RunningGateway, provider: str) -> None:
+    for url in (DATA_URL, WEB_URL):
+        assert await ask(gw, "gpt-4o", provider, look(url, "low")) == provider
+        [message] = gw.sims[provider].requests[-1].body["messages"]
+        assert message["content"] == look(url, "low")[0]["content"]
+
+
+async def test_anthropic_gets_image_blocks(gw: RunningGateway) -> None:
+    assert await ask(gw, "claude-3-haiku", "anthropic", look(DATA_URL)) == "anthropic"
+    [message] = gw.sims["anthropic"].requests[-1].body["messages"]
+    assert message["content"] == [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}},
+    ]
+    assert await ask(gw, "claude-3-haiku", "anthropic", look(WEB_URL)) == "anthropic"
+    [message] = gw.sims["anthropic"].requests[-1].body["messages"]
+    assert message["content"][1] == {"type": "image", "source": {"type": "url", "url": WEB_URL}}
+
+
+async def test_gemini_gets_inline_data(gw: RunningGateway) -> None:
+    assert await ask(gw, "gemini-pro", "google", look(DATA_URL)) == "google"
+    [turn] = gw.sims["google"].requests[-1].body["contents"]
+    assert turn["parts"] == [{"text": "What is this?"}, {"inlineData": {"mimeType": "image/png", "data": PNG}}]
+
+
+async def test_ollama_gets_base64_images(gw: RunningGateway) -> None:
+    assert await ask(gw, "llama3", "ollama", look(DATA_URL)) == "ollama"
+    [message] = gw.sims["ollama"].requests[-1].body["messages"]
+    assert message == {"role": "user", "content": "What is this?", "images": [PNG]}
+
+
+@pytest.mark.parametrize("provider", ["google", "ollama"])
+async def test_an_image_by_url_is_not_sent_to_a_vendor_that_cannot_fetch_it(gw: RunningGateway, provider: str) -> None:
+    """Gemini and Ollama take image bytes, not URLs: pinned first, they are skipped (the image
+    is never dropped on the way) and the next provider serves."""
+    assert await ask(gw, "gpt-4o", provider, look(WEB_URL)) == "openai"
+    assert gw.sims[provider].requests == []
+
+
+@pytest.mark.parametrize(
+    ("messages", "param", "fragment"),
+    [
+        (look("ftp://example.com/a.png"), "messages[0].content[1].image_url.url", "http(s) URL or a data URL"),
+        (look("data:image/tiff;base64,AAAA"), "messages[0].content[1].image_url.url", "image/tiff"),
+        (look("data:image/png;base64,@@@"), "messages[0].content[1].image_url.url", "not base64"),
+        (look(DATA_URL, "huge"), "messages[0].content[1].image_url.detail", "must be one of"),
+        (
+            [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}],
+            "messages[0].content[0].image_url.url",
+            "Missing required parameter",
+        ),
+        (
+            [{"role": "system", "content": [{"type": "image_url", "image_url": {"url": DATA_URL}}]}],
+            "messages[0].content[0]",
+            "images in user messages",
+        ),
+    ],
+)
+async def test_bad_images_are_400s(
+    gw: RunningGateway, messages: list[dict[str, Any]], param: str, fragment: str
+) -> None:
+    async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="unused", max_retries=0) as c:
+        with pytest.raises(openai.BadRequestError) as info:
+            await c.chat.completions.create(model="gpt-4o", messages=messages)  # type: ignore[arg-type]
+    assert info.value.param == param and fragment in info.value.message
+    assert gw.event_log.events == []
