@@ -45,7 +45,11 @@ _NEED_WORDS = {
     "temperature": "'temperature' above 1",
     "tool_choice": "'tool_choice' required (or a forced function)",
     "parallel_tool_calls": "'parallel_tool_calls' false",
+    "images": "An image ('image_url' part)",
+    "image_urls": "An image by http(s) URL (send its bytes as a data URL instead)",
 }
+#: the request field a need is about, where it is not a field of its own name
+_NEED_PARAMS = {"images": "messages", "image_urls": "messages"}
 #: failures that may pass: a client's retry later can succeed
 _TRANSIENT = frozenset(
     {"rate_limited", "overloaded", "timeout", "connection_error", "upstream_error", "malformed_response", "stream_cut"}
@@ -174,7 +178,7 @@ class Router:
         what = _NEED_WORDS.get(missing) or f"'{missing}'"
         raise errors.InvalidRequest(
             f"{what} is not supported by the providers that serve model {model!r} here ({serving})",
-            param=missing,
+            param=_NEED_PARAMS.get(missing, missing),
             code="unsupported_parameter",
         )
 

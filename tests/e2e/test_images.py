@@ -98,3 +98,11 @@ async def test_bad_images_are_400s(
             await c.chat.completions.create(model="gpt-4o", messages=messages)  # type: ignore[arg-type]
     assert info.value.param == param and fragment in info.value.message
     assert gw.event_log.events == []
+
+
+async def test_an_image_url_no_provider_serving_the_model_can_fetch_is_a_400(gw: RunningGateway) -> None:
+    async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="unused", max_retries=0) as c:
+        with pytest.raises(openai.BadRequestError) as info:
+            await c.chat.completions.create(model="gemini-2.5-flash", messages=look(WEB_URL))  # type: ignore[arg-type]
+    assert info.value.param == "messages" and "An image by http(s) URL" in info.value.message
+    assert "data URL instead" in info.value.message and gw.sims["google"].requests == []
