@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from gateway import errors
 from gateway.providers import anthropic_wire as wire
 from gateway.providers.base import Provider, Timeouts
-from gateway.providers.http import finish_body, post, read_error_body, read_json
+from gateway.providers.http import let_body_finish, post, read_error_body, read_json
 from gateway.providers.sse import iter_sse
 from gateway.providers.upstream_http import UpstreamClient
 from gateway.providers.upstream_response import Response
@@ -75,7 +75,7 @@ class AnthropicProvider:
                         started = True
                         yield chunk
                     if parser.done:
-                        await finish_body(resp)
+                        let_body_finish(resp)
                         return
         except (errors.UpstreamTimeout, errors.UpstreamConnectionError) as exc:
             if not started:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import email.utils
 import json
@@ -171,23 +170,18 @@ async def post(
         ) from exc
 
 
-#: how long a stream waits, after its vendor's end event, for the end of the HTTP body
-END_OF_BODY_WAIT = 0.05
+#: how long a connection may take, after a stream's end event, to receive the end of its body
+END_OF_BODY_WAIT = 0.5
 
 
-async def finish_body(resp: Response) -> None:
-    """After a stream's end event (``[DONE]``, ``message_stop``, ``done: true``): read to the
-    body's end when it follows at once (the chunked terminator), so that the connection goes
-    back to the pool instead of being closed: a new connection (a TLS handshake with a real
-    vendor) for the next call. What does not come within ``END_OF_BODY_WAIT`` is left, and the
-    connection closed as before."""
-    content = resp.content
-    if content.ended:
-        return
-    try:
-        await asyncio.wait_for(content.read(), END_OF_BODY_WAIT)
-    except (TimeoutError, BodyCut, OSError):
-        pass
+def let_body_finish(resp: Response) -> None:
+    """After a stream's end event (``[DONE]``, ``message_stop``, ``done: true``): the body's end
+    (the chunked terminator) may come a moment later. Nobody waits for it: the connection takes
+    it by itself and goes back to the pool, instead of being closed when the adapter stops
+    reading (a new connection, a TLS handshake with a real vendor, for the next call); closed
+    if the end has not come within ``END_OF_BODY_WAIT``."""
+    if not resp.content.ended:
+        resp.content.linger(END_OF_BODY_WAIT)
 
 
 def parse_json(data: bytes | str, *, exact_if: bytes | None = None) -> Any:

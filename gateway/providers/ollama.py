@@ -26,7 +26,7 @@ from gateway.providers.base import Timeouts
 from gateway.providers.http import (
     default_classify,
     error_message,
-    finish_body,
+    let_body_finish,
     malformed,
     parse_json,
     post,
@@ -351,7 +351,7 @@ class OllamaProvider:
             elif piece.text:
                 yield StreamChunk(text=piece.text, model=model or requested)
             if piece.done:
-                await finish_body(resp)  # before the last chunk: the gateway may close us after it
+                let_body_finish(resp)  # before the last chunk: the gateway may close us after it
                 yield StreamChunk(
                     finish_reason=map_finish_reason(piece.done_reason, has_tool_calls=calls > 0),
                     usage=piece.usage or Usage(),

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from gateway import errors
 from gateway.providers import openai_wire as wire
 from gateway.providers.base import FinalBatch, Provider, Timeouts
-from gateway.providers.http import finish_body, post, read_error_body, read_json
+from gateway.providers.http import let_body_finish, post, read_error_body, read_json
 from gateway.providers.upstream_http import UpstreamClient
 from gateway.providers.upstream_response import Response
 from gateway.settings import ProviderSettings
@@ -114,7 +114,7 @@ class OpenAIProvider:
                     piece = await content.readany()  # b"" at the end of the body
                     chunks = parser.feed(piece) if piece else parser.end()
                     if parser.done:  # before the last batch: the gateway may close us after it
-                        await finish_body(resp)
+                        let_body_finish(resp)
                     if chunks:
                         started = True
                         yield FinalBatch(chunks) if parser.done else chunks

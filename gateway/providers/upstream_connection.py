@@ -47,6 +47,7 @@ class Connection(asyncio.Protocol):
         self._read_timeout: float | None = None
         self._deadline: float | None = None
         self._body: Body | None = None
+        self._lingering: asyncio.TimerHandle | None = None
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -93,8 +94,25 @@ class Connection(asyncio.Protocol):
         self.transport.writelines((head, body))
         return future
 
+    def linger(self, seconds: float) -> None:
+        """The caller has what it wanted of this answer (the vendor's end event came) and stops
+        reading before the body's end (the chunked terminator, a moment later): the connection
+        finishes the body by itself and goes back to the pool, or is closed if the end has not
+        come within ``seconds``. Nobody waits for it."""
+        if self._state != _IDLE and not self.closed and self._lingering is None:
+            self._lingering = asyncio.get_running_loop().call_later(seconds, self._give_up)
+
+    def _give_up(self) -> None:
+        self._lingering = None
+        if self._state != _IDLE:
+            self.reusable = False
+            self._close()
+
     def abandon(self) -> None:
-        """The caller stopped before the end of the answer: this connection cannot be reused."""
+        """The caller stopped before the end of the answer: this connection cannot be reused
+        (unless it lingers for the end: see ``linger``)."""
+        if self._lingering is not None:
+            return
         if self._state != _IDLE:
             self.reusable = False
             self._close()
@@ -288,6 +306,9 @@ class Connection(asyncio.Protocol):
     def _complete(self) -> None:
         body, self._body = self._body, None
         self._state = _IDLE
+        if self._lingering is not None:
+            self._lingering.cancel()
+            self._lingering = None
         if self._buffer:  # bytes after the answer: never reuse
             self.reusable = False
         if body is not None:
@@ -336,6 +357,9 @@ class Connection(asyncio.Protocol):
             self._head_timer = None
 
     def _close(self) -> None:
+        if self._lingering is not None:
+            self._lingering.cancel()
+            self._lingering = None
         if not self.closed:
             self.closed = True
             self.pool.forget(self)

@@ -130,6 +130,11 @@ class Body:
         if rest:
             yield rest
 
+    def linger(self, seconds: float) -> None:
+        """Nobody reads the rest: let the connection take it and be reused (``Connection.linger``)."""
+        if not self._done and self._conn is not None:
+            self._conn.linger(seconds)
+
     @property
     def ended(self) -> bool:
         """All of the body arrived, or the connection failed: nothing more will come."""

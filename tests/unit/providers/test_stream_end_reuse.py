@@ -1,17 +1,20 @@
 """A stream's connection goes back to the pool when the body's end (the chunked terminator)
 comes a moment after the vendor's end event: the next call reuses it instead of opening a new
-one (with a real vendor, a TLS handshake). A raw HTTP/1.1 server writes the terminator late."""
+one (with a real vendor, a TLS handshake), and the stream's end does not wait for it. A raw
+HTTP/1.1 server writes the terminator late, or never."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
 
 from gateway.providers.anthropic import AnthropicProvider
 from gateway.providers.base import Provider, Timeouts
+from gateway.providers.http import END_OF_BODY_WAIT
 from gateway.providers.ollama import OllamaProvider
 from gateway.providers.openai import OpenAIProvider
 from gateway.providers.upstream_http import UpstreamClient
@@ -45,11 +48,13 @@ OLLAMA = (
 
 class LateEndServer:
     """Answers every request on a connection with ``body`` as one chunk, then the terminating
-    chunk ``gap`` seconds later; counts the connections it accepted."""
+    chunk ``gap`` seconds later (None: never); counts the connections it accepted and those the
+    client closed."""
 
-    def __init__(self, body: bytes, content_type: str, gap: float) -> None:
+    def __init__(self, body: bytes, content_type: str, gap: float | None) -> None:
         self.body, self.content_type, self.gap = body, content_type, gap
         self.connections = 0
+        self.closed_by_client = 0
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -67,19 +72,24 @@ class LateEndServer:
                     b"transfer-encoding: chunked\r\n\r\n" + f"{len(self.body):x}\r\n".encode() + self.body + b"\r\n"
                 )
                 await writer.drain()
+                if self.gap is None:
+                    await reader.read()  # no terminator: wait for the client to hang up
+                    self.closed_by_client += 1
+                    break
                 await asyncio.sleep(self.gap)
                 writer.write(b"0\r\n\r\n")
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
-            writer.close()
+            self.closed_by_client += 1
+        writer.close()
 
 
 @pytest.fixture
 async def late_end() -> AsyncIterator[Callable[[bytes, str], tuple[LateEndServer, str]]]:
     servers: list[asyncio.Server] = []
 
-    async def start(body: bytes, content_type: str) -> tuple[LateEndServer, str]:
-        server = LateEndServer(body, content_type, gap=0.01)
+    async def start(body: bytes, content_type: str, gap: float | None = GAP) -> tuple[LateEndServer, str]:
+        server = LateEndServer(body, content_type, gap)
         tcp = await asyncio.start_server(server.handle, "127.0.0.1", 0)
         servers.append(tcp)
         return server, f"http://127.0.0.1:{tcp.sockets[0].getsockname()[1]}"
@@ -88,6 +98,9 @@ async def late_end() -> AsyncIterator[Callable[[bytes, str], tuple[LateEndServer
     for tcp in servers:
         tcp.close()
 
+
+#: how late the terminator comes
+GAP = 0.05
 
 CASES: list[tuple[str, bytes, str, Callable[[str, UpstreamClient, Timeouts], Provider], str]] = [
     (
@@ -129,8 +142,36 @@ async def test_the_next_stream_reuses_the_connection(
     provider = make(url, session, timeouts)
     request = ChatRequest(model=model, messages=[Message("user", "hi")], stream=True)
     for _ in range(3):
+        started = time.monotonic()
         chunks = [chunk async for chunk in provider.stream(request)]
+        took = time.monotonic() - started
         assert "".join(c.text for c in chunks) == "hi" and [c.finish_reason for c in chunks if c.finish_reason] == [
             "stop"
         ]
+        assert took < GAP, f"the stream's end waited {took * 1000:.0f} ms for the body's end"
+        await asyncio.sleep(2 * GAP)  # the terminator comes: the connection is back in the pool
     assert server.connections == 1
+
+
+@pytest.mark.parametrize(("name", "body", "content_type", "make", "model"), CASES, ids=[c[0] for c in CASES])
+async def test_a_body_that_never_ends_is_closed_not_kept(
+    late_end: Callable[..., object],
+    session: UpstreamClient,
+    timeouts: Timeouts,
+    name: str,
+    body: bytes,
+    content_type: str,
+    make: Callable[[str, UpstreamClient, Timeouts], Provider],
+    model: str,
+) -> None:
+    """No terminator ever: the connection is closed once the wait for it is over, and the next
+    call opens a new one (nothing leaks, nothing is reused half-read)."""
+    server, url = await late_end(body, content_type, None)  # type: ignore[misc]
+    provider = make(url, session, timeouts)
+    request = ChatRequest(model=model, messages=[Message("user", "hi")], stream=True)
+    _ = [chunk async for chunk in provider.stream(request)]
+    async with asyncio.timeout(END_OF_BODY_WAIT + 2):
+        while server.closed_by_client < 1:  # noqa: ASYNC110 - a counter, polled
+            await asyncio.sleep(0.02)
+    _ = [chunk async for chunk in provider.stream(request)]
+    assert server.connections == 2
