@@ -172,7 +172,7 @@ class Simulator:
 
     # --- server -------------------------------------------------------------------------------
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(client_max_size=64 * 1024 * 1024)  # the vendors take 50 MB requests (images)
         app.add_routes(self.routes())
         return app
 

@@ -106,3 +106,12 @@ async def test_an_image_url_no_provider_serving_the_model_can_fetch_is_a_400(gw:
             await c.chat.completions.create(model="gemini-2.5-flash", messages=look(WEB_URL))  # type: ignore[arg-type]
     assert info.value.param == "messages" and "An image by http(s) URL" in info.value.message
     assert "data URL instead" in info.value.message and gw.sims["google"].requests == []
+
+
+async def test_a_photo_sized_image_fits_the_default_body_limit(gw: RunningGateway) -> None:
+    """A 3 MB image is 4 MB of base64: the default limit (20 MiB) takes it (1 MiB refused
+    anything past about 750 KB of image with a 413)."""
+    photo = base64.b64encode(b"\xff\xd8\xff" + b"\x01" * 3_000_000).decode()
+    assert await ask(gw, "gpt-4o", "openai", look(f"data:image/jpeg;base64,{photo}")) == "openai"
+    [message] = gw.sims["openai"].requests[-1].body["messages"]
+    assert message["content"][1]["image_url"]["url"].endswith(photo[-64:])
