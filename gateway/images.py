@@ -15,8 +15,12 @@ from dataclasses import dataclass
 
 #: the image types every vendor here takes
 MEDIA_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+#: names clients use for them
+_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg"}
 DETAILS = frozenset({"auto", "low", "high"})
-_DATA_URL = re.compile(r"data:(?P<type>[\w.+-]+/[\w.+-]+);base64,(?P<data>.*)", re.DOTALL)
+#: RFC 2397: ``data:<type>[;parameter=value]*;base64,<data>`` (case-insensitive names)
+_DATA_URL = re.compile(r"data:(?P<type>[^;,]*)(?:;[^;,]*)*;base64,(?P<data>.*)", re.DOTALL | re.IGNORECASE)
+_URL = re.compile(r"https?://[^/\s?#]+.*", re.DOTALL | re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +28,8 @@ class Image:
     #: the URL as the client sent it (OpenAI and Azure get it back as is)
     url: str
     detail: str | None = None
-    #: a ``data:`` URL's media type and base64 payload (None for an http(s) URL)
+    #: a ``data:`` URL's media type (what its bytes are) and base64 payload (None for an
+    #: http(s) URL)
     media_type: str | None = None
     data: str | None = None
 
@@ -35,17 +40,43 @@ class Image:
 
 def parse_image_url(url: str, detail: str | None) -> Image:
     """An image from ``image_url.url``; ``ValueError`` says what is wrong with it."""
-    if url.startswith(("https://", "http://")):
+    url = url.strip()
+    if _URL.fullmatch(url):
         return Image(url, detail)
     found = _DATA_URL.fullmatch(url)
     if found is None:
         raise ValueError("must be an http(s) URL or a data URL (data:image/png;base64,...)")
-    media_type = found["type"].lower()
-    if media_type not in MEDIA_TYPES:
-        raise ValueError(f"is a {media_type} data URL; the image types taken are {', '.join(sorted(MEDIA_TYPES))}")
+    declared = found["type"].strip().lower()
+    declared = _ALIASES.get(declared, declared)
+    if declared not in MEDIA_TYPES:
+        raise ValueError(
+            f"is a {declared or 'typeless'} data URL; the image types taken are {', '.join(sorted(MEDIA_TYPES))}"
+        )
     data = "".join(found["data"].split())
     try:
-        base64.b64decode(data, validate=True)
+        padded = data + "=" * (-len(data) % 4)
+        url_safe = "-" in data or "_" in data
+        raw = base64.b64decode(padded, altchars=b"-_" if url_safe else None, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ValueError("holds data that is not base64") from exc
-    return Image(url, detail, media_type, data)
+    if not raw:
+        raise ValueError("holds no image (the data is empty)")
+    actual = _sniff(raw)
+    if actual is None:
+        raise ValueError("holds data that is not a PNG, JPEG, GIF or WebP image")
+    if url_safe or padded != data or data != found["data"]:
+        data = base64.b64encode(raw).decode()  # what the vendors take: standard, padded, one line
+    return Image(url, detail, actual, data)
+
+
+def _sniff(raw: bytes) -> str | None:
+    """The image type its first bytes say (a vendor refuses a media type its bytes belie)."""
+    if raw.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if raw.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if raw.startswith((b"GIF87a", b"GIF89a")):
+        return "image/gif"
+    if raw.startswith(b"RIFF") and raw[8:12] == b"WEBP":
+        return "image/webp"
+    return None

@@ -10,6 +10,7 @@ from aiohttp import web
 from gateway import errors
 from gateway.api.openapi import openapi_document
 from gateway.api.state import STATE, GatewayState
+from gateway.api.validation import model_name
 
 #: more parts of ``/healthz`` (name -> its current value), from what an installer adds to the
 #: gateway (the embedded projector); informational: the gateway answers 200 while it serves calls
@@ -41,7 +42,7 @@ async def model(request: web.Request) -> web.Response:
     """GET /v1/models/{model}: one model (``client.models.retrieve``), 404 when none serves it."""
     state = request.app[STATE]
     state.auth.authenticate(request)
-    name = request.match_info["model"]
+    name = model_name(request.match_info["model"])
     found = _model_object(state, name, int(state.clock().timestamp()))
     if found is None:
         raise errors.ModelNotFound(f"The model '{name}' does not exist or no configured provider serves it")

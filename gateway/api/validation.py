@@ -372,6 +372,14 @@ def _options(body: dict[str, Any], *, response_format: bool) -> Options | None:
     return options if options.names() else None
 
 
+def model_name(value: str) -> str:
+    """A model name as the chat endpoints take it (printable, at most MAX_MODEL_LEN): for the
+    endpoints that name a model otherwise (``GET /v1/models/{model}``)."""
+    checked = _string({"model": value}, "model", required=True, max_len=MAX_MODEL_LEN, printable=True)
+    assert checked is not None
+    return checked
+
+
 def _common(body: dict[str, Any]) -> tuple[str, str | None, str | None]:
     model = _string(body, "model", required=True, max_len=MAX_MODEL_LEN, printable=True)
     provider = _string(body, "provider")

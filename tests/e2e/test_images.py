@@ -115,3 +115,41 @@ async def test_a_photo_sized_image_fits_the_default_body_limit(gw: RunningGatewa
     assert await ask(gw, "gpt-4o", "openai", look(f"data:image/jpeg;base64,{photo}")) == "openai"
     [message] = gw.sims["openai"].requests[-1].body["messages"]
     assert message["content"][1]["image_url"]["url"].endswith(photo[-64:])
+
+
+JPEG = base64.b64encode(b"\xff\xd8\xff\xe0" + b"\x02" * 30).decode()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"data:image/jpg;base64,{JPEG}",  # a common name for image/jpeg
+        f"DATA:IMAGE/JPEG;BASE64,{JPEG}",  # names are case-insensitive
+        f"data:image/jpeg;name=cat.jpg;base64,{JPEG}",  # RFC 2397 parameters
+        f"data:image/png;base64,{JPEG}",  # declared PNG, the bytes are a JPEG: they say what it is
+        f"data:image/jpeg;base64,{JPEG[:20]}\n{JPEG[20:]}",  # a line break in the base64
+        f"data:image/jpeg;base64,{JPEG.rstrip('=')}",  # no padding
+    ],
+)
+async def test_unusual_but_valid_data_urls_reach_the_vendor_as_a_jpeg(gw: RunningGateway, url: str) -> None:
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]
+    assert await ask(gw, "claude-3-haiku", "anthropic", messages) == "anthropic"
+    [message] = gw.sims["anthropic"].requests[-1].body["messages"]
+    assert message["content"] == [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": JPEG}}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("data:image/png;base64,", "holds no image"),
+        ("https://", "http(s) URL or a data URL"),
+        (f"data:image/png;base64,{base64.b64encode(b'not an image at all').decode()}", "not a PNG, JPEG, GIF or WebP"),
+    ],
+)
+async def test_empty_hostless_or_foreign_images_are_400s(gw: RunningGateway, url: str, fragment: str) -> None:
+    async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="unused", max_retries=0) as c:
+        with pytest.raises(openai.BadRequestError) as info:
+            await c.chat.completions.create(model="gpt-4o", messages=look(url))  # type: ignore[arg-type]
+    assert fragment in info.value.message and gw.event_log.events == []

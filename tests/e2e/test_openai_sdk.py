@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from decimal import Decimal
 
+import aiohttp
 import openai
 import pytest
 
@@ -303,6 +304,13 @@ async def test_a_model_is_retrieved_by_name(gw: RunningGateway) -> None:
     assert model.model_extra["providers"][0] == "anthropic" and len(model.model_extra["providers"]) == 5  # type: ignore[index]
     assert dated.id == "claude-3-haiku-20240307" and dated.owned_by == "anthropic"
     assert info.value.code == "model_not_found"
+
+
+@pytest.mark.parametrize(("path", "fragment"), [("gpt-4o%00", "control characters"), ("g" * 300, "longer than 256")])
+async def test_a_model_name_chat_would_refuse_is_a_400_here_too(gw: RunningGateway, path: str, fragment: str) -> None:
+    async with aiohttp.ClientSession() as s, s.get(f"{gw.base_url}/models/{path}") as r:
+        status, body = r.status, await r.json()
+    assert status == 400 and fragment in body["error"]["message"] and body["error"]["param"] == "model"
 
 
 async def test_retrieving_a_model_needs_a_key_when_keys_are_configured() -> None:
