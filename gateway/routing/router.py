@@ -307,8 +307,8 @@ class Router:
         summary = "; ".join(parts) or "no attempt was made"
         outcomes = {e.outcome for e in attempts.failures}
         http_status, code, kind = _ALL_FAILED.get(frozenset(outcomes), (502, None, None))
-        if http_status == 502 and outcomes and outcomes <= _THROTTLED:
-            http_status = 503
+        if http_status == 502 and (outcomes <= _THROTTLED if outcomes else attempts.skipped):
+            http_status = 503  # throttled everywhere, or every circuit open: unavailable for now
         return errors.AllProvidersFailed(
             f"All providers failed for model {ctx.requested_model!r} after {attempts.count} attempts: {summary}",
             attempts=attempts.failures,

@@ -351,3 +351,12 @@ async def test_a_request_an_adapter_cannot_put_to_its_vendor_is_the_clients_400(
     with pytest.raises(errors.InvalidRequest) as info:
         await router.complete(ctx(), TEMPLATE)
     assert info.value.param == "messages[1]" and other.calls == [] and log.events == []
+
+
+async def test_every_circuit_open_is_a_503_not_a_502() -> None:
+    """No provider was even tried (every circuit open): the service is unavailable for now, a
+    503 the SDKs retry later, not a 502 "after 0 attempts" as if providers had failed."""
+    router, log, _ = make_router(ScriptedProvider("openai"), ScriptedProvider("azure"), gate=lambda _: False)
+    with pytest.raises(errors.AllProvidersFailed) as info:
+        await router.complete(ctx(), TEMPLATE)
+    assert info.value.status == 503 and "skipped (circuit open)" in info.value.message and log.events == []
