@@ -10,6 +10,7 @@ parts, Ollama ``tool_calls`` with argument objects) and says it carries ``"tools
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -57,6 +58,12 @@ class ToolCallPart:
     id: str | None = None
     name: str | None = None
     arguments: str = ""
+
+
+def whole_call_parts(calls: Sequence[ToolCall], first_index: int) -> tuple[ToolCallPart, ...]:
+    """Calls that come whole in a stream (Gemini, Ollama) as its pieces: one a call, with its
+    id, name and all its arguments, indexed from ``first_index`` (the calls streamed before)."""
+    return tuple(ToolCallPart(first_index + k, call.id, call.name, call.arguments) for k, call in enumerate(calls))
 
 
 def openai_tool_call(call: ToolCall) -> dict[str, Any]:

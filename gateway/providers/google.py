@@ -13,7 +13,7 @@ from gateway.providers.sse import iter_sse
 from gateway.providers.upstream_http import UpstreamClient
 from gateway.providers.upstream_response import Response
 from gateway.settings import ProviderSettings
-from gateway.tool_calls import ToolCallPart
+from gateway.tool_calls import whole_call_parts
 from gateway.types import CAPABILITIES, ChatRequest, ChatResult, FinishReason, StreamChunk, Usage
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
@@ -130,11 +130,7 @@ class GoogleProvider:
             if piece.raw_finish is not None:
                 finishing = piece
             if piece.tool_calls:
-                # each functionCall comes whole: one piece with its id, name and all arguments
-                parts = tuple(
-                    ToolCallPart(calls + k, call.id, call.name, call.arguments)
-                    for k, call in enumerate(piece.tool_calls)
-                )
+                parts = whole_call_parts(piece.tool_calls, calls)  # each functionCall comes whole
                 calls += len(parts)
                 yield StreamChunk(text=piece.text, model=model or requested, tool_calls=parts)
             elif piece.text:

@@ -36,7 +36,7 @@ from gateway.providers.sse import iter_ndjson_lines
 from gateway.providers.upstream_http import UpstreamClient
 from gateway.providers.upstream_response import Response
 from gateway.settings import ProviderSettings
-from gateway.tool_calls import ToolCall, ToolCallPart, ToolSpec
+from gateway.tool_calls import ToolCall, ToolSpec, whole_call_parts
 from gateway.types import (
     CAPABILITIES,
     ChatRequest,
@@ -341,11 +341,8 @@ class OllamaProvider:
                 raise malformed(self.name, f"stream line is not JSON: {line[:200]!r}") from exc
             piece = parse_object(obj)
             model = piece.model or model
-            if piece.tool_calls:  # whole calls: one piece each, with id, name and all arguments
-                parts = tuple(
-                    ToolCallPart(calls + k, call.id, call.name, call.arguments)
-                    for k, call in enumerate(piece.tool_calls)
-                )
+            if piece.tool_calls:
+                parts = whole_call_parts(piece.tool_calls, calls)  # whole calls, one line
                 calls += len(parts)
                 yield StreamChunk(text=piece.text, model=model or requested, tool_calls=parts)
             elif piece.text:

@@ -127,17 +127,18 @@ CASES: list[tuple[str, bytes, str, Callable[[str, UpstreamClient, Timeouts], Pro
 ]
 
 
-@pytest.mark.parametrize(("name", "body", "content_type", "make", "model"), CASES, ids=[c[0] for c in CASES])
+Case = tuple[str, bytes, str, Callable[[str, UpstreamClient, Timeouts], Provider], str]
+
+
+@pytest.fixture(params=CASES, ids=[c[0] for c in CASES])
+def case(request: pytest.FixtureRequest) -> Case:
+    return request.param  # type: ignore[no-any-return]
+
+
 async def test_the_next_stream_reuses_the_connection(
-    late_end: Callable[..., object],
-    session: UpstreamClient,
-    timeouts: Timeouts,
-    name: str,
-    body: bytes,
-    content_type: str,
-    make: Callable[[str, UpstreamClient, Timeouts], Provider],
-    model: str,
+    late_end: Callable[..., object], session: UpstreamClient, timeouts: Timeouts, case: Case
 ) -> None:
+    _, body, content_type, make, model = case
     server, url = await late_end(body, content_type)  # type: ignore[misc]
     provider = make(url, session, timeouts)
     request = ChatRequest(model=model, messages=[Message("user", "hi")], stream=True)
@@ -153,19 +154,12 @@ async def test_the_next_stream_reuses_the_connection(
     assert server.connections == 1
 
 
-@pytest.mark.parametrize(("name", "body", "content_type", "make", "model"), CASES, ids=[c[0] for c in CASES])
 async def test_a_body_that_never_ends_is_closed_not_kept(
-    late_end: Callable[..., object],
-    session: UpstreamClient,
-    timeouts: Timeouts,
-    name: str,
-    body: bytes,
-    content_type: str,
-    make: Callable[[str, UpstreamClient, Timeouts], Provider],
-    model: str,
+    late_end: Callable[..., object], session: UpstreamClient, timeouts: Timeouts, case: Case
 ) -> None:
     """No terminator ever: the connection is closed once the wait for it is over, and the next
     call opens a new one (nothing leaks, nothing is reused half-read)."""
+    _, body, content_type, make, model = case
     server, url = await late_end(body, content_type, None)  # type: ignore[misc]
     provider = make(url, session, timeouts)
     request = ChatRequest(model=model, messages=[Message("user", "hi")], stream=True)
