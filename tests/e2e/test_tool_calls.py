@@ -246,3 +246,18 @@ async def test_a_required_call_on_a_model_only_ollama_serves_is_a_400_saying_so(
             await c.chat.completions.create(model="llama3", messages=ASK, tools=[WEATHER], tool_choice="required")
     assert info.value.param == "tool_choice"
     assert "'tool_choice' required (or a forced function) is not supported" in info.value.message
+
+
+async def test_a_function_name_gemini_refuses_falls_back_from_gemini(gw: RunningGateway) -> None:
+    """OpenAI takes a function name starting with a digit, Gemini does not: Gemini declines the
+    request before any call (recorded, not billed) and the next provider serves it."""
+    tool = {"type": "function", "function": {"name": "1st_tool", "parameters": {"type": "object"}}}
+    completion = await create(gw, "openai", "gpt-4o", tools=[tool])
+    assert completion.choices[0].message.tool_calls
+    async with client(gw) as c:
+        raw = await c.chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=ASK, tools=[tool], extra_body={"provider": "google"}
+        )
+    assert raw.headers["x-llm-provider"] != "google" and gw.sims["google"].requests == []
+    declined = [e for e in gw.event_log.events if e.provider == "google"]
+    assert [(e.outcome, e.billable) for e in declined] == [("client_error", False)]
