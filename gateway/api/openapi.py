@@ -88,9 +88,29 @@ _CHAT_REQUEST = {
                             {
                                 "type": "array",
                                 "items": {
-                                    "type": "object",
-                                    "required": ["type", "text"],
-                                    "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+                                    "oneOf": [
+                                        {
+                                            "type": "object",
+                                            "required": ["type", "text"],
+                                            "properties": {"type": {"const": "text"}, "text": {"type": "string"}},
+                                        },
+                                        {
+                                            "type": "object",
+                                            "required": ["type", "image_url"],
+                                            "description": "User messages only: a data: URL or an http(s) URL.",
+                                            "properties": {
+                                                "type": {"const": "image_url"},
+                                                "image_url": {
+                                                    "type": "object",
+                                                    "required": ["url"],
+                                                    "properties": {
+                                                        "url": {"type": "string"},
+                                                        "detail": {"enum": ["auto", "low", "high"]},
+                                                    },
+                                                },
+                                            },
+                                        },
+                                    ]
                                 },
                             },
                         ]
