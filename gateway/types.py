@@ -35,8 +35,18 @@ OPTION_NAMES = ("seed", "presence_penalty", "frequency_penalty", "response_forma
 #: ``temperature`` above 1 (OpenAI's range is 0 to 2, Anthropic's 0 to 1), ``tools`` (tools
 #: offered, or calls and their results in the conversation), ``tool_choice`` (a call required,
 #: or of one function), ``parallel_tool_calls`` (false: at most one call), ``images`` (images in
-#: the conversation) and ``image_urls`` (an image by http(s) URL, for the vendor to fetch)
-CAPABILITIES = (*OPTION_NAMES, "temperature", "tools", "tool_choice", "parallel_tool_calls", "images", "image_urls")
+#: the conversation), ``image_urls`` (an image by http(s) URL, for the vendor to fetch) and
+#: ``tool_names`` (a function name starting with a digit or '-': OpenAI's rule takes it, Gemini's not)
+CAPABILITIES = (
+    *OPTION_NAMES,
+    "temperature",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "images",
+    "image_urls",
+    "tool_names",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +125,8 @@ class ChatRequest:
         if self.tools is not None or self.tool_history:
             needs.append("tools")
         if self.tools is not None:
+            if any(not (tool.name[0].isalpha() or tool.name[0] == "_") for tool in self.tools.tools):
+                needs.append("tool_names")
             if self.tools.mode == "required":  # a forced function is "required" too
                 needs.append("tool_choice")
             if self.tools.parallel is False and self.tools.mode != "none":  # "none": no call at all

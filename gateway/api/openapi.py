@@ -281,6 +281,13 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": {"description": "A list of models"}, **_errors(401)},
                 }
             },
+            "/v1/models/{model}": {
+                "get": {
+                    "summary": "One model, with the providers that serve it in the order calls try them",
+                    "parameters": [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "A model"}, **_errors(400, 401, 404)},
+                }
+            },
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}},
             "/v1/providers/health": {

@@ -27,7 +27,9 @@ class AnthropicProvider:
     #: tools, a forced call (``any`` / ``tool``) and one call at most (``disable_parallel_tool_use``);
     #: images, as base64 or URL sources; the Messages API has no seed, no penalties and no JSON
     #: mode, and its temperature is 0 to 1
-    options: frozenset[str] = frozenset({"tools", "tool_choice", "parallel_tool_calls", "images", "image_urls"})
+    options: frozenset[str] = frozenset(
+        {"tools", "tool_choice", "parallel_tool_calls", "images", "image_urls", "tool_names"}
+    )
 
     def __init__(self, settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> None:
         base = (settings.base_url or DEFAULT_BASE_URL).rstrip("/")

@@ -35,7 +35,8 @@ class GoogleProvider:
     #: Function calling: tools and tool_choice (required / one function: ``ANY`` mode) are
     #: mapped; ``parallel_tool_calls: false`` is not (Gemini has no switch to keep to one call).
     #: Images as ``inlineData``; an image by URL is not (Gemini fetches no http URL here).
-    options = frozenset(CAPABILITIES) - {"parallel_tool_calls", "image_urls"}
+    #: A function name must start with a letter or an underscore at Gemini ("tool_names").
+    options = frozenset(CAPABILITIES) - {"parallel_tool_calls", "image_urls", "tool_names"}
 
     def __init__(self, settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> None:
         if not settings.api_key:

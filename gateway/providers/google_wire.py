@@ -173,13 +173,6 @@ def _add_tools(body: dict[str, Any], spec: ToolSpec) -> None:
     ``GoogleProvider.options``), so it never gets here."""
     declarations = []
     for tool in spec.tools:
-        if not tool.name[0].isalpha() and tool.name[0] != "_":
-            # OpenAI's rule lets a name start with a digit or '-', Gemini's does not: its 400
-            # would not fall back, so Gemini declines the request here and the next one serves
-            raise errors.ModelCannotServe(
-                f"{PROVIDER}: function name {tool.name!r} must start with a letter or an underscore at Gemini",
-                provider=PROVIDER,
-            )
         declaration: dict[str, Any] = {"name": tool.name}
         if tool.description is not None:
             declaration["description"] = tool.description

@@ -81,6 +81,8 @@ NATIVE_PATTERNS: dict[str, re.Pattern[str]] = {
 }
 
 #: OpenAI legacy completion-only models: served through the upstream /completions endpoint
+#: legacy completion models listed by ``/v1/models`` (served by the vendors' native patterns)
+_LISTED_LEGACY = ("davinci-002", "babbage-002")
 LEGACY_COMPLETION_MODELS = re.compile(r"^(gpt-3\.5-turbo-instruct|gpt-35-turbo-instruct|davinci-002|babbage-002)")
 
 _SNAPSHOT = re.compile(r"(-\d{4}-\d{2}-\d{2}|-\d{8}|-\d{4}|-latest|-preview|-\d{3})$")
@@ -167,7 +169,8 @@ class ModelCatalog:
         return [Candidate(p, equivalents[p]) for p in order]
 
     def listed_models(self) -> list[str]:
-        return sorted(self.groups)
+        """The groups, and the legacy completion models no group holds (``/v1/models``)."""
+        return sorted({*self.groups, *_LISTED_LEGACY})
 
     @staticmethod
     def is_legacy_completion_model(model: str) -> bool:

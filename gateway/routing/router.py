@@ -47,9 +47,10 @@ _NEED_WORDS = {
     "parallel_tool_calls": "'parallel_tool_calls' false",
     "images": "An image ('image_url' part)",
     "image_urls": "An image by http(s) URL (send its bytes as a data URL instead)",
+    "tool_names": "A function name starting with a digit or '-'",
 }
 #: the request field a need is about, where it is not a field of its own name
-_NEED_PARAMS = {"images": "messages", "image_urls": "messages"}
+_NEED_PARAMS = {"images": "messages", "image_urls": "messages", "tool_names": "tools"}
 #: failures that may pass: a client's retry later can succeed
 _TRANSIENT = frozenset(
     {"rate_limited", "overloaded", "timeout", "connection_error", "upstream_error", "malformed_response", "stream_cut"}

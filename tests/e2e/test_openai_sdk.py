@@ -287,7 +287,7 @@ async def test_models_endpoint_lists_groups(gw: RunningGateway) -> None:
     async with client(gw) as c:
         models = await c.models.list()
     ids = {m.id for m in models.data}
-    assert {"gpt-4", "gpt-4o", "claude-3-haiku", "gemini-pro"} <= ids
+    assert {"gpt-4", "gpt-4o", "claude-3-haiku", "gemini-pro", "davinci-002", "babbage-002"} <= ids
     owners = {m.id: m.owned_by for m in models.data}
     assert (owners["claude-3-haiku"], owners["gemini-pro"], owners["gpt-4"]) == ("anthropic", "google", "openai")
 

@@ -248,9 +248,10 @@ async def test_a_required_call_on_a_model_only_ollama_serves_is_a_400_saying_so(
     assert "'tool_choice' required (or a forced function) is not supported" in info.value.message
 
 
-async def test_a_function_name_gemini_refuses_falls_back_from_gemini(gw: RunningGateway) -> None:
-    """OpenAI takes a function name starting with a digit, Gemini does not: Gemini declines the
-    request before any call (recorded, not billed) and the next provider serves it."""
+async def test_a_function_name_gemini_refuses_is_not_sent_to_gemini(gw: RunningGateway) -> None:
+    """OpenAI takes a function name starting with a digit, Gemini does not (its 400 would not
+    fall back): Gemini is skipped like any need it cannot carry, with no attempt; a model only
+    Gemini serves is a 400 naming ``tools``."""
     tool = {"type": "function", "function": {"name": "1st_tool", "parameters": {"type": "object"}}}
     completion = await create(gw, "openai", "gpt-4o", tools=[tool])
     assert completion.choices[0].message.tool_calls
@@ -258,6 +259,8 @@ async def test_a_function_name_gemini_refuses_falls_back_from_gemini(gw: Running
         raw = await c.chat.completions.with_raw_response.create(
             model="gpt-4o", messages=ASK, tools=[tool], extra_body={"provider": "google"}
         )
-    assert raw.headers["x-llm-provider"] != "google" and gw.sims["google"].requests == []
-    declined = [e for e in gw.event_log.events if e.provider == "google"]
-    assert [(e.outcome, e.billable) for e in declined] == [("client_error", False)]
+        with pytest.raises(openai.BadRequestError) as info:
+            await c.chat.completions.create(model="gemini-1.5-pro", messages=ASK, tools=[tool])
+    assert raw.headers["x-llm-provider"] != "google" and raw.headers["x-llm-attempts"] == "1"
+    assert gw.sims["google"].requests == [] and all(e.provider != "google" for e in gw.event_log.events)
+    assert info.value.param == "tools" and "starting with a digit" in info.value.message
