@@ -235,6 +235,8 @@ def load_settings(**overrides: Any) -> Settings:
     data = strict_yaml.load(Path(settings.config_file).read_text()) or {}
     if not isinstance(data, dict):
         raise ValueError(f"config file {settings.config_file} must hold a mapping")
+    # ``x-`` keys are the file's own (as in compose files): a place to define YAML anchors
+    data = {k: v for k, v in data.items() if not str(k).startswith("x-")}
     unknown = sorted(str(k) for k in data if k not in Settings.model_fields)
     if unknown:
         raise ValueError(f"config file {settings.config_file}: unknown key(s) {unknown}")

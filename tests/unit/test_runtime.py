@@ -191,3 +191,17 @@ def test_anchors_and_merge_keys_still_work() -> None:
         "base": {"x": 1, "y": 2},
         "other": {"x": 1, "y": 3},
     }
+
+
+def test_a_config_files_x_keys_hold_anchors(tmp_path: Path) -> None:
+    """Top-level ``x-`` keys are the file's own (a place to define anchors, as in compose
+    files): ignored, while any other unknown key is still refused."""
+    from gateway.settings import load_settings
+
+    path = tmp_path / "gw.yaml"
+    path.write_text("x-timeouts: &t 7\nrequest_timeout: *t\nconnect_timeout: *t\n", encoding="utf-8")
+    settings = load_settings(config_file=str(path), _env_file=None)
+    assert (settings.request_timeout, settings.connect_timeout) == (7, 7)
+    path.write_text("base: &t 7\nrequest_timeout: *t\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['base'\]"):
+        load_settings(config_file=str(path), _env_file=None)
