@@ -60,6 +60,27 @@ class ToolCallPart:
     arguments: str = ""
 
 
+#: a function without parameters, for vendors that want a schema anyway
+NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
+
+
+def declaration(
+    tool: Tool, *, schema_key: str, empty: dict[str, Any] | None = None, strict: bool = False
+) -> dict[str, Any]:
+    """A function as a vendor declares it: its name, description and parameters schema under
+    ``schema_key`` (``empty`` when it has none and the vendor wants one), ``strict`` where the
+    vendor has it (OpenAI and Azure)."""
+    out: dict[str, Any] = {"name": tool.name}
+    if tool.description is not None:
+        out["description"] = tool.description
+    parameters = tool.parameters if tool.parameters is not None else empty
+    if parameters is not None:
+        out[schema_key] = parameters
+    if strict and tool.strict is not None:
+        out["strict"] = tool.strict
+    return out
+
+
 def whole_call_parts(calls: Sequence[ToolCall], first_index: int) -> tuple[ToolCallPart, ...]:
     """Calls that come whole in a stream (Gemini, Ollama) as its pieces: one a call, with its
     id, name and all its arguments, indexed from ``first_index`` (the calls streamed before)."""

@@ -15,7 +15,7 @@ import orjson
 from gateway import errors
 from gateway.images import Image
 from gateway.providers.http import default_classify, error_message, malformed, parse_retry_after
-from gateway.tool_calls import Tool, ToolCall, ToolCallPart, ToolSpec
+from gateway.tool_calls import NO_PARAMETERS, Tool, ToolCall, ToolCallPart, ToolSpec, declaration
 from gateway.types import ChatRequest, ChatResult, FinishReason, Message, StreamChunk, Usage, is_token_count
 
 PROVIDER = "anthropic"
@@ -197,14 +197,7 @@ def _arguments(call: ToolCall, param: str) -> dict[str, Any]:
 
 def _add_tools(body: dict[str, Any], spec: ToolSpec) -> None:
     """``tools`` and ``tool_choice``; ``parallel_tool_calls: false`` is ``disable_parallel_tool_use``."""
-    tools = []
-    for tool in spec.tools:
-        out: dict[str, Any] = {"name": tool.name}
-        if tool.description is not None:
-            out["description"] = tool.description
-        out["input_schema"] = tool.parameters if tool.parameters is not None else {"type": "object", "properties": {}}
-        tools.append(out)
-    body["tools"] = tools
+    body["tools"] = [declaration(tool, schema_key="input_schema", empty=NO_PARAMETERS) for tool in spec.tools]
     choice: dict[str, Any] | None = None
     if spec.function is not None:
         choice = {"type": "tool", "name": spec.function}

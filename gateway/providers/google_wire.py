@@ -22,7 +22,7 @@ from gateway.providers.http import (
     parse_duration,
     parse_retry_after,
 )
-from gateway.tool_calls import ToolCall, ToolSpec
+from gateway.tool_calls import ToolCall, ToolSpec, declaration
 from gateway.types import ChatRequest, FinishReason, Message, Options, Usage, is_token_count
 
 log = logging.getLogger(__name__)
@@ -171,14 +171,7 @@ def _add_tools(body: dict[str, Any], spec: ToolSpec) -> None:
     ``parameters`` takes Gemini's OpenAPI subset) and ``toolConfig`` for the choice.
     ``strict`` has no Gemini equivalent; ``parallel_tool_calls`` is not carried (not in
     ``GoogleProvider.options``), so it never gets here."""
-    declarations = []
-    for tool in spec.tools:
-        declaration: dict[str, Any] = {"name": tool.name}
-        if tool.description is not None:
-            declaration["description"] = tool.description
-        if tool.parameters is not None:
-            declaration["parametersJsonSchema"] = tool.parameters
-        declarations.append(declaration)
+    declarations = [declaration(tool, schema_key="parametersJsonSchema") for tool in spec.tools]
     body["tools"] = [{"functionDeclarations": declarations}]
     if spec.function is not None:
         config: dict[str, Any] = {"mode": "ANY", "allowedFunctionNames": [spec.function]}

@@ -36,7 +36,7 @@ from gateway.providers.sse import iter_ndjson_lines
 from gateway.providers.upstream_http import UpstreamClient
 from gateway.providers.upstream_response import Response
 from gateway.settings import ProviderSettings
-from gateway.tool_calls import ToolCall, ToolSpec, whole_call_parts
+from gateway.tool_calls import NO_PARAMETERS, ToolCall, ToolSpec, declaration, whole_call_parts
 from gateway.types import (
     CAPABILITIES,
     ChatRequest,
@@ -60,7 +60,6 @@ _ROLES = {
     "assistant": "assistant",
     "tool": "tool",
 }
-_NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
 #: a 400 about the model's abilities ("registry.ollama.ai/library/llama3:latest does not support
 #: tools"; also thinking, vision): the built-in groups map to llama3, which has no tools
 _CANNOT = "does not support"
@@ -150,14 +149,10 @@ def _call(call: ToolCall, where: str) -> dict[str, Any]:
 def _tools(spec: ToolSpec) -> list[dict[str, Any]]:
     """OpenAI's shape (``strict`` has no Ollama equivalent); no parameters: an empty object
     schema (Ollama decodes ``parameters`` into a struct that templates render as they are)."""
-    tools = []
-    for tool in spec.tools:
-        function: dict[str, Any] = {"name": tool.name}
-        if tool.description is not None:
-            function["description"] = tool.description
-        function["parameters"] = tool.parameters if tool.parameters is not None else _NO_PARAMETERS
-        tools.append({"type": "function", "function": function})
-    return tools
+    return [
+        {"type": "function", "function": declaration(tool, schema_key="parameters", empty=NO_PARAMETERS)}
+        for tool in spec.tools
+    ]
 
 
 def _add_options(body: dict[str, Any], options: dict[str, Any], asked: Options) -> None:

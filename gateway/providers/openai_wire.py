@@ -19,7 +19,7 @@ from gateway import errors
 from gateway.images import Image
 from gateway.providers.http import default_classify, error_message, malformed, parse_retry_after
 from gateway.providers.sse import SseEvent, SseFramer
-from gateway.tool_calls import ToolCall, ToolCallPart, ToolSpec, openai_tool_call
+from gateway.tool_calls import ToolCall, ToolCallPart, ToolSpec, declaration, openai_tool_call
 from gateway.types import ChatRequest, ChatResult, FinishReason, Message, StreamChunk, Usage, is_token_count
 
 CHAT_PATH = "chat/completions"
@@ -133,17 +133,9 @@ def _openai_part(part: str | Image) -> dict[str, Any]:
 
 
 def _add_tools(body: dict[str, Any], spec: ToolSpec) -> None:
-    tools = []
-    for tool in spec.tools:
-        function: dict[str, Any] = {"name": tool.name}
-        if tool.description is not None:
-            function["description"] = tool.description
-        if tool.parameters is not None:
-            function["parameters"] = tool.parameters
-        if tool.strict is not None:
-            function["strict"] = tool.strict
-        tools.append({"type": "function", "function": function})
-    body["tools"] = tools
+    body["tools"] = [
+        {"type": "function", "function": declaration(tool, schema_key="parameters", strict=True)} for tool in spec.tools
+    ]
     if spec.function is not None:
         body["tool_choice"] = {"type": "function", "function": {"name": spec.function}}
     elif spec.mode is not None:
