@@ -107,4 +107,19 @@ def genai_cost(provider: str, model: str, usage: Usage, at: datetime) -> Decimal
         # a price structure our usage cannot fill: record unpriced (replay can cost it later)
         log.warning("genai-prices cannot price %r/%r: %s", provider, model, e)
         return None
+    if missing := _missing_rates(result.model_price, usage):
+        # e.g. Azure's davinci-002 entry has an input price only: the library bills the output
+        # at 0, which would record a partly free call; unpriced instead (replay can cost it)
+        log.warning("genai-prices has no %s price for %r/%r: recorded unpriced", missing, provider, model)
+        return None
     return result.total_price
+
+
+def _missing_rates(price: object, usage: Usage) -> str | None:
+    """The token class the call used that the database entry has no rate for (cached and
+    reasoning tokens fall back to the input and output rates), else None."""
+    if usage.prompt_tokens > 0 and getattr(price, "input_mtok", None) is None:
+        return "input"
+    if usage.completion_tokens > 0 and getattr(price, "output_mtok", None) is None:
+        return "output"
+    return None

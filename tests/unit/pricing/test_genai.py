@@ -147,3 +147,16 @@ def test_the_database_is_loaded_only_when_a_price_falls_back_to_it() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[0] == "builtin False True", out
     assert out[1].startswith("genai") and out[1].endswith("True True"), out
+
+
+def test_an_entry_without_an_output_rate_is_unpriced_not_partly_free() -> None:
+    """genai-prices' Azure davinci-002 entry has an input price only, and the library bills the
+    output at 0: a call with completion tokens was recorded at half its price. Unpriced instead;
+    a call that used only what the entry prices is still priced."""
+    with_output = Usage(prompt_tokens=1000, completion_tokens=1000)
+    assert genai_cost("azure", "davinci-002", with_output, AT) is None
+    assert genai_cost("azure", "babbage-002", with_output, AT) is None
+    q = CompositePriceBook().quote("azure", "davinci-002", with_output, AT)
+    assert (q.cost, q.source) == (None, "unpriced")
+    assert genai_cost("azure", "davinci-002", Usage(prompt_tokens=1000), AT) == Decimal("0.002")
+    assert genai_cost("openai", "davinci-002", with_output, AT) == Decimal("0.004")
