@@ -67,8 +67,16 @@ _COMMON_PROPS: dict[str, Any] = {
     },
 }
 
+#: what the request schemas say about fields they do not list
+_OTHER_FIELDS = (
+    "A field not listed here is refused (400 unknown_parameter), as OpenAI refuses it; the OpenAI fields the "
+    "gateway cannot honour (logprobs, logit_bias, audio, web_search_options, ...) are refused with 400 "
+    "unsupported_parameter unless their value asks for nothing (null, false, the default)."
+)
+
 _CHAT_REQUEST = {
     "type": "object",
+    "description": _OTHER_FIELDS,
     "required": ["model", "messages"],
     "properties": {
         **_COMMON_PROPS,
@@ -177,6 +185,7 @@ _CHAT_REQUEST = {
 
 _COMPLETION_REQUEST = {
     "type": "object",
+    "description": _OTHER_FIELDS,
     "required": ["model", "prompt"],
     "properties": {
         **_COMMON_PROPS,

@@ -19,13 +19,25 @@ MAX_TENANT_LEN = 128
 #: a model name goes into the usage event, the cost log line and the ``x-llm-model`` header
 MAX_MODEL_LEN = 256
 #: fields we know but cannot honour: refused clearly rather than silently dropped (a value equal
-#: to the field's default is accepted: it asks for nothing). ``store: true`` asks OpenAI to keep
-#: the completion, a ``service_tier`` other than auto changes its price
+#: to the field's default, :data:`_DEFAULTS`, is accepted: it asks for nothing). ``store: true``
+#: asks OpenAI to keep the completion, a ``service_tier`` other than auto changes its price
 UNSUPPORTED_CHAT = frozenset({
     "functions", "function_call", "logprobs", "top_logprobs", "audio", "modalities", "logit_bias",
-    "reasoning_effort", "prediction", "web_search_options", "store", "service_tier",
+    "reasoning_effort", "prediction", "web_search_options", "store", "service_tier", "metadata",
+    "safety_identifier", "prompt_cache_key", "verbosity",
 })  # fmt: skip
 UNSUPPORTED_COMPLETION = frozenset({"suffix", "echo", "logprobs", "best_of", "logit_bias"})
+#: the fields both endpoints read (``provider`` and ``tenantId`` are the gateway's own)
+_COMMON = frozenset({
+    "model", "provider", "tenantId", "n", "temperature", "top_p", "max_tokens", "stop", "user", "stream",
+    "stream_options", "seed", "presence_penalty", "frequency_penalty",
+})  # fmt: skip
+#: every field each endpoint knows; any other is refused, as OpenAI refuses it ("Unrecognized
+#: request argument"): a field the gateway does not read would be silently dropped
+KNOWN_CHAT = _COMMON | UNSUPPORTED_CHAT | {
+    "messages", "max_completion_tokens", "response_format", "tools", "tool_choice", "parallel_tool_calls",
+}  # fmt: skip
+KNOWN_COMPLETION = _COMMON | UNSUPPORTED_COMPLETION | {"prompt"}
 #: JSON's safe range for a seed: OpenAI and Ollama take 64-bit integers
 MAX_SEED = 2**63 - 1
 #: the fields behind the generation options and function calling (checked only when named)
@@ -34,8 +46,13 @@ _EXTRAS = frozenset({*OPTION_NAMES, "tools", "tool_choice", "parallel_tool_calls
 _PARTICIPANT = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: OpenAI's rule for ``response_format.json_schema.name``
 _SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-#: defaults other than null/false/0/[]/{} of the fields above
-_DEFAULTS: dict[str, object] = {"best_of": 1, "modalities": ["text"], "service_tier": "auto"}
+#: the value (other than null) of an unsupported field that asks for nothing, compared with its
+#: type: ``logprobs: 0`` on the legacy endpoint asks for the sampled token's logprob (chat's
+#: ``logprobs`` is a boolean), and ``web_search_options: {}`` turns web search on
+_DEFAULTS: dict[str, object] = {
+    "best_of": 1, "modalities": ["text"], "service_tier": "auto", "logprobs": False, "top_logprobs": 0,
+    "echo": False, "store": False, "logit_bias": {}, "functions": [], "suffix": "", "metadata": {},
+}  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -147,12 +164,16 @@ def _n(body: dict[str, Any]) -> None:
 
 
 def _is_default(name: str, value: Any) -> bool:
-    if value is None or value is False or value == [] or value == {}:
+    if value is None:
         return True
-    return not isinstance(value, bool) and value == _DEFAULTS.get(name, 0)
+    default = _DEFAULTS.get(name, None)
+    return type(value) is type(default) and value == default
 
 
-def _unsupported(body: dict[str, Any], names: frozenset[str]) -> None:
+def _unsupported(body: dict[str, Any], names: frozenset[str], known: frozenset[str]) -> None:
+    if not body.keys() <= known:
+        name = next(name for name in body if name not in known)
+        raise InvalidRequest(f"Unrecognized request argument supplied: {name}", param=name, code="unknown_parameter")
     for name in body:  # a few keys, against a set: most bodies name none of these
         if name in names and not _is_default(name, body[name]):
             raise InvalidRequest(f"'{name}' is not supported by this gateway", param=name, code="unsupported_parameter")
@@ -394,11 +415,17 @@ def _common(body: dict[str, Any]) -> tuple[str, str | None, str | None]:
 def parse_chat(raw: Any) -> ParsedRequest:
     body = _expect_object(raw)
     model, provider, tenant = _common(body)
-    _unsupported(body, UNSUPPORTED_CHAT)
+    _unsupported(body, UNSUPPORTED_CHAT, KNOWN_CHAT)
     messages, tool_history, media = _messages(body)
     max_tokens = _integer(body, "max_completion_tokens")
     if max_tokens is None:
         max_tokens = _integer(body, "max_tokens")
+    elif body.get("max_tokens") is not None:  # as OpenAI answers it
+        raise InvalidRequest(
+            "Setting 'max_tokens' and 'max_completion_tokens' at the same time is not supported",
+            param="max_tokens",
+            code="invalid_parameter_combination",
+        )
     extras = not body.keys().isdisjoint(_EXTRAS)  # most bodies: no options, no tools
     template = ChatRequest(
         model=model,
@@ -437,7 +464,7 @@ def _prompt(body: dict[str, Any]) -> str:
 def parse_completion(raw: Any, *, legacy_model: bool) -> ParsedRequest:
     body = _expect_object(raw)
     model, provider, tenant = _common(body)
-    _unsupported(body, UNSUPPORTED_COMPLETION)
+    _unsupported(body, UNSUPPORTED_COMPLETION, KNOWN_COMPLETION)
     prompt = _prompt(body)
     max_tokens = _integer(body, "max_tokens")
     template = ChatRequest(

@@ -226,6 +226,14 @@ ONE = {"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}
         ({**ONE, "service_tier": "priority"}, 400, "'service_tier' is not supported"),
         ({**ONE, "modalities": ["text", "audio"]}, 400, "'modalities' is not supported"),
         ({**ONE, "functions": [{"name": "f"}]}, 400, "'functions' is not supported"),  # the legacy form of tools
+        # {} turns web search on with its defaults (leaving the field out is "off"): not a default
+        ({**ONE, "web_search_options": {}}, 400, "'web_search_options' is not supported"),
+        ({**ONE, "metadata": {"k": "v"}}, 400, "'metadata' is not supported"),
+        ({**ONE, "prompt_cache_key": "k"}, 400, "'prompt_cache_key' is not supported"),
+        # a field the gateway does not read is refused, as OpenAI refuses it (it was dropped)
+        ({**ONE, "unknown_param": 1}, 400, "Unrecognized request argument supplied: unknown_param"),
+        ({**ONE, "top_k": 5}, 400, "Unrecognized request argument supplied: top_k"),
+        ({**ONE, "max_tokens": 5, "max_completion_tokens": 7}, 400, "'max_tokens' and 'max_completion_tokens'"),
         # the generation options some providers carry (tests/e2e/test_generation_options.py)
         ({**ONE, "seed": "1"}, 400, "'seed' must be an integer"),
         ({**ONE, "seed": 2**64}, 400, "'seed' must be between"),
@@ -261,6 +269,32 @@ async def test_bad_input_gets_openai_errors(gw: RunningGateway, body: dict, stat
     assert gw.event_log.events == []
 
 
+@pytest.mark.parametrize(
+    ("body", "param", "code"),
+    [
+        # logprobs 0 asks for the sampled token's logprob (OpenAI: "up to logprobs+1 elements"): it
+        # was taken for the default and dropped
+        ({"logprobs": 0}, "logprobs", "unsupported_parameter"),
+        ({"logprobs": 2}, "logprobs", "unsupported_parameter"),
+        ({"response_format": {"type": "json_object"}}, "response_format", "unknown_parameter"),
+        ({"tools": []}, "tools", "unknown_parameter"),
+        ({"max_completion_tokens": 5}, "max_completion_tokens", "unknown_parameter"),
+    ],
+)
+async def test_legacy_completions_refuse_what_they_cannot_carry(
+    gw: RunningGateway, body: dict, param: str, code: str
+) -> None:
+    async with client(gw) as c:
+        with pytest.raises(openai.BadRequestError) as info:
+            await c.post(
+                "/completions", body={"model": "gpt-3.5-turbo-instruct", "prompt": "x", **body}, cast_to=object
+            )
+    error = info.value.body
+    assert isinstance(error, dict) and (error["param"], error["code"]) == (param, code)
+    assert gw.sims["openai"].requests == []
+    assert gw.event_log.events == []
+
+
 async def test_options_at_their_defaults_are_accepted(gw: RunningGateway) -> None:
     async with client(gw) as c:
         await c.post(
@@ -274,6 +308,9 @@ async def test_options_at_their_defaults_are_accepted(gw: RunningGateway) -> Non
                 "modalities": ["text"],
                 "store": False,
                 "service_tier": "auto",
+                "top_logprobs": 0,
+                "logprobs": False,
+                "metadata": None,
             },
             cast_to=object,
         )
