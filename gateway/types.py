@@ -35,8 +35,11 @@ OPTION_NAMES = ("seed", "presence_penalty", "frequency_penalty", "response_forma
 #: ``temperature`` above 1 (OpenAI's range is 0 to 2, Anthropic's 0 to 1), ``tools`` (tools
 #: offered, or calls and their results in the conversation), ``tool_choice`` (a call required,
 #: or of one function), ``parallel_tool_calls`` (false: at most one call), ``images`` (images in
-#: the conversation), ``image_urls`` (an image by http(s) URL, for the vendor to fetch) and
-#: ``tool_names`` (a function name starting with a digit or '-': OpenAI's rule takes it, Gemini's not)
+#: the conversation), ``image_urls`` (an image by http(s) URL, for the vendor to fetch),
+#: ``tool_names`` (a function name starting with a digit or '-': OpenAI's rule takes it, Gemini's
+#: not), ``blank_content`` (a user message or prompt that is empty or only whitespace: OpenAI
+#: answers it, Anthropic and Gemini refuse it) and ``blank_stop`` (a stop sequence that is empty
+#: or only whitespace, such as the common ``"\n"``: Anthropic refuses it)
 CAPABILITIES = (
     *OPTION_NAMES,
     "temperature",
@@ -46,6 +49,8 @@ CAPABILITIES = (
     "images",
     "image_urls",
     "tool_names",
+    "blank_content",
+    "blank_stop",
 )
 
 
@@ -94,8 +99,9 @@ class ChatRequest:
     tools: ToolSpec | None = None
     #: the conversation holds tool calls or tool results (a provider must carry ``tools``)
     tool_history: bool = False
-    #: what its images need: ``images``, and ``image_urls`` when one is an http(s) URL
-    media: tuple[str, ...] = ()
+    #: what its messages' content needs (``CAPABILITIES``): ``images``, ``image_urls`` when one is
+    #: an http(s) URL, ``blank_content``; found once, as the messages are validated
+    content_needs: tuple[str, ...] = ()
 
     def for_provider(self, model: str, stream: bool) -> ChatRequest:
         """This request as one provider is asked it: its model name, streamed or not (what
@@ -114,7 +120,7 @@ class ChatRequest:
             self.options,
             self.tools,
             self.tool_history,
-            self.media,
+            self.content_needs,
         )
 
     def needs(self) -> list[str]:
@@ -131,8 +137,10 @@ class ChatRequest:
                 needs.append("tool_choice")
             if self.tools.parallel is False and self.tools.mode != "none":  # "none": no call at all
                 needs.append("parallel_tool_calls")
-        if self.media:
-            needs.extend(self.media)
+        if self.content_needs:
+            needs.extend(self.content_needs)
+        if self.stop and any(not stop.strip() for stop in self.stop):
+            needs.append("blank_stop")
         return needs
 
     def system_text(self) -> str | None:

@@ -244,7 +244,7 @@ def _image(part: dict[str, Any], where: str) -> Image:
 
 
 def _messages(body: dict[str, Any]) -> tuple[list[Message], bool, tuple[str, ...]]:
-    """The conversation, whether it holds tool calls or results, what its images need."""
+    """The conversation, whether it holds tool calls or results, what its content needs."""
     raw = body.get("messages")
     if raw is None:
         raise InvalidRequest(
@@ -259,7 +259,7 @@ def _messages(body: dict[str, Any]) -> tuple[list[Message], bool, tuple[str, ...
     messages = []
     made: set[str] = set()  # the ids of the calls made so far: what a tool message may answer
     history = False
-    media: set[str] = set()  # what the images need (ChatRequest.media)
+    needs: set[str] = set()  # what the content needs (ChatRequest.content_needs)
     for i, item in enumerate(raw):
         if not isinstance(item, dict):
             raise InvalidRequest(f"messages[{i}] must be an object", param=f"messages[{i}]", code="invalid_type")
@@ -292,10 +292,12 @@ def _messages(body: dict[str, Any]) -> tuple[list[Message], bool, tuple[str, ...
         else:
             messages.append(Message(cast(Role, role), text, name=name, parts=parts))
             if parts is not None:
-                media.add("images")
+                needs.add("images")
                 if any(isinstance(p, Image) and not p.inline for p in parts):
-                    media.add("image_urls")
-    return messages, history, tuple(sorted(media))
+                    needs.add("image_urls")
+            elif role == "user" and not text.strip():
+                needs.add("blank_content")
+    return messages, history, tuple(sorted(needs))
 
 
 def _participant(item: dict[str, Any], i: int, role: str) -> str | None:
@@ -416,7 +418,7 @@ def parse_chat(raw: Any) -> ParsedRequest:
     body = _expect_object(raw)
     model, provider, tenant = _common(body)
     _unsupported(body, UNSUPPORTED_CHAT, KNOWN_CHAT)
-    messages, tool_history, media = _messages(body)
+    messages, tool_history, content_needs = _messages(body)
     max_tokens = _integer(body, "max_completion_tokens")
     if max_tokens is None:
         max_tokens = _integer(body, "max_tokens")
@@ -439,7 +441,7 @@ def parse_chat(raw: Any) -> ParsedRequest:
         options=_options(body, response_format=True) if extras else None,
         tools=parse_tools(body) if extras else None,
         tool_history=tool_history,
-        media=media,
+        content_needs=content_needs,
     )
     return ParsedRequest(template, "chat.completions", model, provider, tenant, _include_usage(body, template.stream))
 
@@ -478,5 +480,6 @@ def parse_completion(raw: Any, *, legacy_model: bool) -> ParsedRequest:
         stream=_boolean(body, "stream"),
         prompt=prompt if legacy_model else None,
         options=_options(body, response_format=False),
+        content_needs=() if prompt.strip() else ("blank_content",),
     )
     return ParsedRequest(template, "completions", model, provider, tenant, _include_usage(body, template.stream))

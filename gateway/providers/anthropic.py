@@ -22,11 +22,44 @@ DEFAULT_BASE_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
 
 
+#: the most output tokens a model's answer may ask for (Anthropic's model table; a larger
+#: ``max_tokens`` is its 400: "max_tokens: 16384 > 4096, which is the maximum allowed number of
+#: output tokens"), by name prefix, the longest first; 3.7 Sonnet's 128k needs a beta header
+#: the gateway does not send. Unknown models are not checked.
+MAX_OUTPUT_TOKENS: tuple[tuple[str, int], ...] = tuple(
+    sorted(
+        {
+            "claude-3-haiku": 4096,
+            "claude-3-sonnet": 4096,
+            "claude-3-opus": 4096,
+            "claude-3-5-haiku": 8192,
+            "claude-3-5-sonnet": 8192,
+            "claude-3-7-sonnet": 64000,
+            "claude-sonnet-4": 64000,
+            "claude-haiku-4": 64000,
+            "claude-opus-4": 32000,
+            "claude-opus-4-5": 64000,
+        }.items(),
+        key=lambda item: -len(item[0]),
+    )
+)
+
+
+def output_cap(model: str) -> int | None:
+    """The model's cap from :data:`MAX_OUTPUT_TOKENS`, None when not known."""
+    for prefix, limit in MAX_OUTPUT_TOKENS:
+        if model.startswith(prefix):
+            return limit
+    return None
+
+
 class AnthropicProvider:
     name = wire.PROVIDER
     #: tools, a forced call (``any`` / ``tool``) and one call at most (``disable_parallel_tool_use``);
     #: images, as base64 or URL sources; the Messages API has no seed, no penalties and no JSON
-    #: mode, and its temperature is 0 to 1
+    #: mode, and its temperature is 0 to 1; blank text and blank stop sequences are its 400
+    #: ("text content blocks must contain non-whitespace text", "each stop sequence must
+    #: contain non-whitespace"): not carried
     options: frozenset[str] = frozenset(
         {"tools", "tool_choice", "parallel_tool_calls", "images", "image_urls", "tool_names"}
     )
@@ -42,6 +75,9 @@ class AnthropicProvider:
         }
         self._session = session
         self._timeouts = timeouts
+
+    def max_output_tokens(self, model: str) -> int | None:  # OutputLimits
+        return output_cap(model)
 
     async def complete(self, request: ChatRequest) -> ChatResult:
         async with post(

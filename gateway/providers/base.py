@@ -47,6 +47,17 @@ class Provider(Protocol):
         ...
 
 
+@runtime_checkable
+class OutputLimits(Protocol):
+    """Optional: a provider whose models cap the tokens an answer may ask for, and that refuses a
+    larger ``max_tokens`` with a 400 (which does not fall back) rather than writing less. A
+    request asking for more than the candidate model's cap is not sent to it (``max_tokens``)."""
+
+    def max_output_tokens(self, model: str) -> int | None:
+        """The cap of ``model`` (the name the provider is asked), None when not known."""
+        ...
+
+
 class FinalBatch(list[StreamChunk]):
     """A batch of ``BatchStreaming.stream_batches`` after which the stream ends normally (the
     upstream's end marker came in the same read): the gateway writes it with the end of its

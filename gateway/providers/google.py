@@ -35,8 +35,9 @@ class GoogleProvider:
     #: Function calling: tools and tool_choice (required / one function: ``ANY`` mode) are
     #: mapped; ``parallel_tool_calls: false`` is not (Gemini has no switch to keep to one call).
     #: Images as ``inlineData``; an image by URL is not (Gemini fetches no http URL here).
-    #: A function name must start with a letter or an underscore at Gemini ("tool_names").
-    options = frozenset(CAPABILITIES) - {"parallel_tool_calls", "image_urls", "tool_names"}
+    #: A function name must start with a letter or an underscore at Gemini ("tool_names"); an
+    #: empty text part is its 400 ("blank_content").
+    options = frozenset(CAPABILITIES) - {"parallel_tool_calls", "image_urls", "tool_names", "blank_content"}
 
     def __init__(self, settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> None:
         if not settings.api_key:

@@ -48,9 +48,14 @@ _NEED_WORDS = {
     "images": "An image ('image_url' part)",
     "image_urls": "An image by http(s) URL (send its bytes as a data URL instead)",
     "tool_names": "A function name starting with a digit or '-'",
+    "blank_content": "An empty or whitespace-only user message (or prompt)",
+    "blank_stop": "A stop sequence that is empty or only whitespace",
 }
 #: the request field a need is about, where it is not a field of its own name
-_NEED_PARAMS = {"images": "messages", "image_urls": "messages", "tool_names": "tools"}
+_NEED_PARAMS = {
+    "images": "messages", "image_urls": "messages", "tool_names": "tools", "blank_content": "messages",
+    "blank_stop": "stop",
+}  # fmt: skip
 #: failures that may pass: a client's retry later can succeed
 _TRANSIENT = frozenset(
     {"rate_limited", "overloaded", "timeout", "connection_error", "upstream_error", "malformed_response", "stream_cut"}
@@ -138,6 +143,8 @@ class Router:
         needs = template.needs()
         if needs:
             candidates = self._carrying(candidates, needs, ctx.requested_model)
+        if template.max_tokens is not None:
+            candidates = self._within_limits(candidates, template.max_tokens, ctx.requested_model)
         budget = RetryBudget(self.policy.budget_seconds)
         attempts = _Attempts()
         for candidate in candidates:
@@ -181,6 +188,28 @@ class Router:
             f"{what} is not supported by the providers that serve model {model!r} here ({serving})",
             param=_NEED_PARAMS.get(missing, missing),
             code="unsupported_parameter",
+        )
+
+    def _within_limits(self, candidates: list[Candidate], max_tokens: int, model: str) -> list[Candidate]:
+        """The candidates whose model may be asked for ``max_tokens`` (``OutputLimits``): a vendor
+        that refuses more than its model writes is not asked, and the request is never cut down
+        to fit; a request none of them takes is a 400."""
+        able = []
+        for candidate in candidates:
+            # OutputLimits, looked up without isinstance (a runtime protocol check costs ~1 µs)
+            limits: Callable[[str], int | None] | None = getattr(
+                self.providers[candidate.provider], "max_output_tokens", None
+            )
+            limit = limits(candidate.model) if limits is not None else None
+            if limit is None or max_tokens <= limit:
+                able.append(candidate)
+        if able or not candidates:
+            return able
+        serving = ", ".join(dict.fromkeys(c.provider for c in candidates))
+        raise errors.InvalidRequest(
+            f"'max_tokens' {max_tokens} is above what the models that serve {model!r} here can write ({serving})",
+            param="max_tokens",
+            code="unsupported_value",
         )
 
     def _may_retry(self, provider: str) -> bool:

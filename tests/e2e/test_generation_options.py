@@ -9,6 +9,7 @@ from typing import Any
 import openai
 import pytest
 
+from gateway.simulators.base import Fault
 from tests.support.gateway import RunningGateway, running_gateway
 
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
@@ -136,6 +137,81 @@ async def test_a_temperature_no_serving_provider_takes_is_a_400() -> None:
                 model="claude-3-haiku", messages=[{"role": "user", "content": "x"}], temperature=1.2
             )
         assert info.value.param == "temperature" and "'temperature' above 1 is not supported" in info.value.message
+        assert gw.sims["anthropic"].requests == [] and gw.event_log.events == []
+
+
+async def test_a_blank_stop_sequence_is_not_sent_to_anthropic(gw: RunningGateway) -> None:
+    """``stop: "\\n"`` is the most common legacy stop, and Anthropic refuses a stop sequence
+    without non-whitespace ("each stop sequence must contain non-whitespace"), a 400 that does
+    not fall back: it goes to the next provider, whole; a visible stop still goes to Anthropic."""
+    for stop in ("\n", ["END", " "], ""):
+        raw = await ask(gw, "claude-3-haiku", stop=stop)
+        assert raw.headers["x-llm-provider"] == "openai"
+        assert gw.sims["openai"].requests[-1].body["stop"] == (stop if isinstance(stop, list) else [stop])
+    assert gw.sims["anthropic"].requests == []
+    raw = await ask(gw, "claude-3-haiku", stop=["END", "\nQ:"])
+    assert raw.headers["x-llm-provider"] == "anthropic"
+    assert gw.sims["anthropic"].requests[-1].body["stop_sequences"] == ["END", "\nQ:"]
+
+
+async def test_a_blank_user_message_skips_anthropic_and_gemini(gw: RunningGateway) -> None:
+    """OpenAI answers an empty user message (or prompt); Anthropic ("text content blocks must
+    contain non-whitespace text") and Gemini (an empty text part) refuse it with a 400. With
+    OpenAI and Azure rate-limited, such a request went to Anthropic and its 400 ended the call;
+    now it is served by Ollama, the next that can carry it."""
+    for name in ("openai", "azure"):
+        gw.sims[name].faults.always(Fault("rate_limit", retry_after=0.01))
+    async with client(gw) as c:
+        chat = await c.chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=[{"role": "user", "content": " "}], stop=["\n"]
+        )
+        legacy = await c.completions.with_raw_response.create(model="gpt-4o", prompt="")
+    assert chat.headers["x-llm-provider"] == legacy.headers["x-llm-provider"] == "ollama"
+    assert gw.sims["anthropic"].requests == [] and gw.sims["google"].requests == []
+    assert gw.sims["ollama"].requests[-1].body["messages"][-1]["content"] == ""
+
+
+async def test_a_blank_message_no_serving_provider_takes_is_a_400() -> None:
+    async with running_gateway(providers=("anthropic", "google")) as gw, client(gw) as c:
+        for model in ("claude-3-haiku", "gemini-pro"):
+            with pytest.raises(openai.BadRequestError) as info:
+                await c.chat.completions.create(model=model, messages=[{"role": "user", "content": ""}])
+            assert info.value.param == "messages" and "whitespace-only user message" in info.value.message
+        assert gw.event_log.events == []
+    async with running_gateway(providers=("anthropic",)) as gw, client(gw) as c:
+        with pytest.raises(openai.BadRequestError) as info:
+            await c.chat.completions.create(
+                model="claude-3-haiku", messages=[{"role": "user", "content": "x"}], stop="\n"
+            )
+        assert info.value.param == "stop" and "A stop sequence that is empty or only whitespace" in info.value.message
+        assert gw.event_log.events == []
+
+
+async def test_max_tokens_above_a_models_cap_is_not_sent_to_it(gw: RunningGateway) -> None:
+    """claude-3-haiku writes at most 4,096 tokens and Anthropic refuses a larger ``max_tokens``
+    with a 400 that does not fall back: 4,097 goes to the next provider, untouched; 4,096 still
+    goes to Anthropic. With OpenAI and Azure rate-limited, gpt-4o with 16,384 (valid there) went
+    to the fallback Claude model and ended on its 400."""
+    raw = await ask(gw, "claude-3-haiku", max_tokens=4097)
+    assert raw.headers["x-llm-provider"] == "openai"
+    assert gw.sims["openai"].requests[-1].body["max_completion_tokens"] == 4097
+    assert gw.sims["anthropic"].requests == []
+    raw = await ask(gw, "claude-3-haiku", max_tokens=4096)
+    assert raw.headers["x-llm-provider"] == "anthropic" and gw.sims["anthropic"].requests[-1].body["max_tokens"] == 4096
+    for name in ("openai", "azure"):
+        gw.sims[name].faults.always(Fault("rate_limit", retry_after=0.01))
+    raw = await ask(gw, "gpt-4o", max_completion_tokens=16384)
+    assert raw.headers["x-llm-provider"] not in ("openai", "azure", "anthropic")
+    assert len(gw.sims["anthropic"].requests) == 1
+
+
+async def test_max_tokens_no_serving_model_takes_is_a_400() -> None:
+    async with running_gateway(providers=("anthropic",)) as gw, client(gw) as c:
+        with pytest.raises(openai.BadRequestError) as info:
+            await c.chat.completions.create(
+                model="claude-3-haiku", messages=[{"role": "user", "content": "x"}], max_tokens=10_000
+            )
+        assert info.value.param == "max_tokens" and "'max_tokens' 10000 is above" in info.value.message
         assert gw.sims["anthropic"].requests == [] and gw.event_log.events == []
 
 

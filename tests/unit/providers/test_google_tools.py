@@ -44,7 +44,12 @@ def sse(*events: dict[str, Any]) -> bytes:
 
 
 def test_the_adapter_carries_tools_and_their_choice_but_not_parallel_false() -> None:
-    assert GoogleProvider.options == frozenset(CAPABILITIES) - {"parallel_tool_calls", "image_urls", "tool_names"}
+    assert GoogleProvider.options == frozenset(CAPABILITIES) - {
+        "parallel_tool_calls",
+        "image_urls",
+        "tool_names",
+        "blank_content",
+    }
     assert request(tools=ToolSpec((WEATHER,), parallel=False)).needs() == ["tools", "parallel_tool_calls"]
 
 
