@@ -3,12 +3,16 @@
 Classic: ``{endpoint}/openai/deployments/{deployment}/(chat/)completions?api-version=...``;
 with ``use_v1``: ``{endpoint}/openai/v1/(chat/)completions`` and the deployment as ``model``.
 The deployment is ``settings.deployments.get(model, model)``. Auth is the ``api-key`` header.
-Chat sends ``max_tokens`` (what the GA api-version accepts). Everything else (parsing, stream
+Chat sends ``max_tokens`` (what every api-version accepts for the GPT models), and
+``max_completion_tokens`` for the reasoning models (o1, o3, o4, gpt-5), which refuse
+``max_tokens`` ("Unsupported parameter: 'max_tokens' is not supported with this model"). The
+model is the gateway's name for it, not the deployment's. Everything else (parsing, stream
 handling, content_filter and ``code: "429"`` errors) is shared with the OpenAI adapter.
 """
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 from urllib.parse import quote
 
@@ -20,6 +24,8 @@ from gateway.settings import ProviderSettings
 from gateway.types import ChatRequest
 
 DEFAULT_API_VERSION = "2024-10-21"
+#: the models that take ``max_completion_tokens`` only
+REASONING_MODELS = re.compile(r"o\d|gpt-5")
 
 
 def resource_root(endpoint: str) -> str:
@@ -51,7 +57,9 @@ class AzureProvider(OpenAIProvider):
             request,
             model=deployment,
             stream=stream,
-            chat_max_tokens_field=self.chat_max_tokens_field,
+            chat_max_tokens_field=(
+                "max_completion_tokens" if REASONING_MODELS.match(request.model) else self.chat_max_tokens_field
+            ),
         )
         path = wire.endpoint(request)
         if self._settings.use_v1:

@@ -308,3 +308,19 @@ async def test_simulator_requires_api_version_and_reports_azure_shapes(
         assert resp.status == 429
         assert (resp.headers["retry-after"], resp.headers["retry-after-ms"]) == ("6", "6000")
         assert "Please retry after 6 seconds" in (await resp.json())["error"]["message"]
+
+
+@pytest.mark.parametrize("model", ["o3-mini", "o1", "o4-mini-2025-04-16", "gpt-5"])
+async def test_reasoning_models_get_max_completion_tokens(
+    sim: AzureSimulator, session: UpstreamClient, timeouts: Timeouts, model: str
+) -> None:
+    """The o-series (and gpt-5) refuse ``max_tokens`` on Azure as on OpenAI ("Unsupported
+    parameter: 'max_tokens' is not supported with this model"): it was always renamed to
+    ``max_tokens``. The model, not the deployment's name, decides; the GPT models keep it."""
+    p = make(sim, session, timeouts, deployments={model: DEPLOYMENT, "gpt-4o": DEPLOYMENT})
+    request = ChatRequest(model=model, messages=[Message("user", "hi")], max_tokens=500)
+    await p.complete(request)
+    body = sim.requests[-1].body
+    assert body["max_completion_tokens"] == 500 and "max_tokens" not in body
+    await p.complete(chat(max_tokens=64))
+    assert sim.requests[-1].body["max_tokens"] == 64 and "max_completion_tokens" not in sim.requests[-1].body
