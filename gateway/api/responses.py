@@ -43,7 +43,9 @@ def text_completion(response_id: str, created: int, model: str, result: ChatResu
         "object": "text_completion",
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "text": result.text, "logprobs": None, "finish_reason": result.finish_reason}],
+        "choices": [
+            {"index": 0, "text": result.text, "logprobs": None, "finish_reason": text_finish(result.finish_reason)}
+        ],
         "usage": None if result.usage is None else result.usage.to_openai(),
     }
 
@@ -64,6 +66,7 @@ class ChunkFormatter:
         self.model = model
         self.include_usage = include_usage
         self._role_sent = False
+        self._finish_json = _FINISH_JSON if self.chat else _TEXT_FINISH_JSON
         kind = b'"chat.completion.chunk"' if self.chat else b'"text_completion"'
         head = b"".join(
             (
@@ -104,7 +107,7 @@ class ChunkFormatter:
                 continue
             text = chunk.text
             finish = chunk.finish_reason
-            reason = b"null" if finish is None else _FINISH_JSON.get(finish) or orjson.dumps(finish)
+            reason = b"null" if finish is None else self._finish_json.get(finish) or orjson.dumps(finish)
             if not self._role_sent:
                 self._role_sent = True
                 add((self._first, orjson.dumps(text), self._after_text, reason, end))
@@ -157,3 +160,11 @@ class ChunkFormatter:
 _FINISH_JSON: dict[str, bytes] = {
     reason: orjson.dumps(reason) for reason in ("stop", "length", "tool_calls", "content_filter")
 }
+#: a text_completion's finish reasons are stop, length and content_filter: an upstream that
+#: called a tool anyway (no tools go on this endpoint) stopped
+_TEXT_FINISH_JSON = {**_FINISH_JSON, "tool_calls": _FINISH_JSON["stop"]}
+
+
+def text_finish(reason: str | None) -> str | None:
+    """A finish reason as the legacy completions endpoint has them (see ``_TEXT_FINISH_JSON``)."""
+    return "stop" if reason == "tool_calls" else reason

@@ -9,8 +9,8 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.api.responses import ChunkFormatter
-from gateway.types import FinishReason, StreamChunk, Usage
+from gateway.api.responses import ChunkFormatter, text_completion, text_finish
+from gateway.types import ChatResult, FinishReason, StreamChunk, Usage
 
 
 class ObjectFormatter:
@@ -46,7 +46,12 @@ class ObjectFormatter:
             }
         else:
             self._role_sent = True
-            choice = {"index": 0, "text": chunk.text, "logprobs": None, "finish_reason": chunk.finish_reason}
+            choice = {
+                "index": 0,
+                "text": chunk.text,
+                "logprobs": None,
+                "finish_reason": text_finish(chunk.finish_reason),
+            }
         body["choices"] = [choice]
         if self.include_usage:
             body["usage"] = None
@@ -107,3 +112,17 @@ def test_usage_chunk_keeps_its_shape() -> None:
         },
         "x_llm_gateway": {"cost_usd": "0.1"},
     }
+
+
+def test_a_text_completion_never_finishes_with_tool_calls() -> None:
+    """The legacy endpoint's finish reasons are stop, length and content_filter: an upstream that
+    called a tool anyway (none is offered there) stopped; it was passed on as ``tool_calls``."""
+    formatter = ChunkFormatter("completions", "cmpl-1", 7, "m", False)
+    event = formatter.sse([StreamChunk(text="x", finish_reason="tool_calls")])
+    assert orjson.loads(event.removeprefix(b"data: "))["choices"][0]["finish_reason"] == "stop"
+    result = ChatResult(text="x", finish_reason="tool_calls", usage=None, model="m")
+    assert text_completion("cmpl-1", 7, "m", result)["choices"][0]["finish_reason"] == "stop"
+    chat = ChunkFormatter("chat.completions", "c-1", 7, "m", False).sse(
+        [StreamChunk(text="", finish_reason="tool_calls")]
+    )
+    assert b'"finish_reason":"tool_calls"' in chat
