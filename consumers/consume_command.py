@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.runtime import until_terminated
 from gateway.settings import Settings
 from gateway.startup import startup_failure
 
@@ -79,7 +80,7 @@ async def _consume(settings: Settings, args: argparse.Namespace) -> None:
         await web.TCPSite(runner, host, args.port).start()
         log.info("consumer %s: analytics API on http://%s:%s", args.group, host, args.port)
     try:
-        await asyncio.Event().wait()
+        await until_terminated()
     finally:
         await runner.cleanup()
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from gateway.errors import GatewayError
-from gateway.runtime import tune_gc, tune_logging
+from gateway.runtime import tune_gc, tune_logging, until_terminated
 from gateway.settings import Settings, load_settings
 from gateway.startup import startup_failure
 
@@ -89,7 +89,7 @@ async def _serve(settings: Settings, simulate: bool) -> None:
     await site.start()
     log.info("llm-gateway listening on http://%s:%s", settings.bind_host, settings.port)
     try:
-        await asyncio.Event().wait()
+        await until_terminated()
     finally:
         await runner.cleanup()
         for sim in sims:

@@ -19,8 +19,10 @@ Measured (``python -m tests.bench.gateway_overhead`` with ``--alt-src``; 1,000,0
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
+import signal
 import time
 
 #: (young, middle, old) collection thresholds; CPython's defaults are (700, 10, 10)
@@ -63,3 +65,23 @@ def tune_logging() -> None:
         current = handler.formatter
         if current is not None and type(current) is logging.Formatter:
             handler.setFormatter(SecondCachedFormatter(current._fmt, current.datefmt))
+
+
+async def until_terminated() -> None:
+    """Return on SIGTERM (what ``docker stop``, Kubernetes and systemd send), so a server
+    (``serve``, ``consume``) stops as on Ctrl-C: it takes no new connection, the calls in
+    flight finish (their usage events are written), a projector commits its batch, the logs
+    are flushed. Without a handler SIGTERM killed the process at once, and every attempt in
+    flight was lost with its event; a gateway running as a container's PID 1 ignored it. A
+    second SIGTERM while stopping kills it."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    try:
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+    except (NotImplementedError, RuntimeError):  # no signal handling here (Windows, a thread)
+        await asyncio.Event().wait()
+    try:
+        await stop.wait()
+        logging.getLogger("gateway").info("SIGTERM: stopping; finishing the calls in flight")
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
