@@ -51,6 +51,7 @@ def create_app(
     installers: list[Installer] | None = None,
 ) -> web.Application:
     """Build the gateway. Tests pass fakes; ``llm-gateway serve`` passes only settings."""
+    completions.quiet_client_payload_errors()
     if event_log is None:
         from gateway.eventlog.factory import build_event_log
 

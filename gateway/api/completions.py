@@ -21,6 +21,23 @@ from gateway.usage import ZERO, CallContext, UsageRecorder
 log = logging.getLogger(__name__)
 
 
+class ClientPayloadNoise(logging.Filter):
+    """Keeps aiohttp's "Unhandled exception" out of the ERROR log when it is a request body the
+    client broke (a content-encoding that does not decode): the handler has answered 400
+    already, and aiohttp's lingering read of the rest of that body raises the same error again."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, web.RequestPayloadError)
+
+
+def quiet_client_payload_errors() -> None:
+    """Install :class:`ClientPayloadNoise` on aiohttp's server logger (once)."""
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ClientPayloadNoise) for f in server.filters):
+        server.addFilter(ClientPayloadNoise())
+
+
 async def read_body(request: web.Request) -> Any:
     if request.content_type not in ("application/json", "", "application/octet-stream", "text/plain"):
         raise errors.UnsupportedMediaType(f"Content-Type must be application/json, got {request.content_type}")
@@ -29,6 +46,12 @@ async def read_body(request: web.Request) -> Any:
     except web.HTTPRequestEntityTooLarge as exc:
         raise errors.RequestTooLarge(
             f"Request body is larger than the limit of {request.app[STATE].settings.max_body_bytes} bytes"
+        ) from exc
+    except (web.RequestPayloadError, ConnectionError) as exc:
+        # a content-encoding that does not decode, or the client gone mid-body: the client's
+        # fault, not a 500 with a traceback (nobody may be left to read the 400)
+        raise errors.InvalidRequest(
+            f"The request body could not be read: {exc.__cause__ or exc}", code="invalid_body"
         ) from exc
     if not raw.strip():
         raise errors.InvalidRequest("The request body is empty; expected a JSON object")
