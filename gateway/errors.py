@@ -243,6 +243,14 @@ class StreamCut(ProviderError):
     outcome = "stream_cut"
 
 
+class ClientTooSlow(StreamCut):
+    """The upstream ended a stream the client had stopped reading (``StreamSession.batches``):
+    the client's doing, so neutral for provider health."""
+
+    code = "client_too_slow"
+    outcome = "cancelled"
+
+
 class AllProvidersFailed(GatewayError):
     """Every candidate provider failed: one error naming each attempt's outcome."""
 

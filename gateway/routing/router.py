@@ -350,6 +350,11 @@ class Router:
         )
 
 
+#: a stream the upstream cut after the client kept a write waiting this long is the client's
+#: (see ``StreamSession.batches``); a client reading at network speed never waits a second
+SLOW_CLIENT_SECONDS = 2.0
+
+
 class StreamSession:
     """A started stream: yields chunks, then records the attempt's event when it ends."""
 
@@ -397,25 +402,39 @@ class StreamSession:
 
     async def batches(self) -> AsyncIterator[list[StreamChunk]]:
         """Every chunk, in non-empty lists of what arrived together (one write each). After a
-        ``FinalBatch``, ``complete`` is True: only the end of the stream follows."""
+        ``FinalBatch``, ``complete`` is True: only the end of the stream follows.
+
+        The gateway reads the upstream only as fast as the client takes the stream (one write
+        per read), so a client that stops reading stops the reads too, and an upstream (or a
+        proxy before it) that cannot send for long enough closes the stream. A cut right after
+        the client held the stream for :data:`SLOW_CLIENT_SECONDS` or more is the client's:
+        recorded ``cancelled`` (``client_too_slow``), not ``stream_cut``, so health does not
+        count it against the provider (ten slow readers opened a healthy provider's circuit)."""
+        held = 0.0  # how long the caller kept the last batch (its write to the client)
         try:
             if self._head:
                 self._note(self._head)
+                taken = time.monotonic()
                 yield self._head
+                held = time.monotonic() - taken
             async for batch in self._iterator:
                 self._note(batch)
+                taken = time.monotonic()
                 yield batch
+                held = time.monotonic() - taken
             self._drained = True
         except (TimeoutError, errors.ProviderError, OSError) as exc:
             cause = _as_provider_error(exc, self.provider)
-            cut = errors.StreamCut(
-                f"{self.provider}: stream interrupted: {cause.message}",
+            kind = errors.ClientTooSlow if held >= SLOW_CLIENT_SECONDS else errors.StreamCut
+            why = f" (the client had read nothing for {held:.1f} s)" if kind is errors.ClientTooSlow else ""
+            cut = kind(
+                f"{self.provider}: stream interrupted: {cause.message}{why}",
                 provider=self.provider,
                 http_status=cause.http_status,
                 upstream_code=cause.upstream_code or cause.code,
             )
             self.error = cut
-            self.finish("stream_cut", error=cut)
+            self.finish(cut.outcome, error=cut)
             raise cut from exc
 
     def _note(self, batch: list[StreamChunk]) -> None:

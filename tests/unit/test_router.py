@@ -245,6 +245,30 @@ async def test_stream_cut_after_first_chunk_is_not_fallen_back() -> None:
     assert event.outcome == "stream_cut" and event.incomplete and event.cost_usd is None
 
 
+async def test_a_cut_after_the_client_held_the_stream_is_the_clients(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway reads the upstream only as fast as the client takes the stream: an upstream
+    that cut a stream while the client had stopped reading did nothing wrong. That cut is
+    recorded ``cancelled`` (``client_too_slow``), which health does not count against the
+    provider (ten slow readers opened a healthy provider's circuit); a cut while the client
+    keeps up is still the provider's ``stream_cut``."""
+    from gateway.health.window import classify
+    from gateway.routing import router as router_module
+
+    monkeypatch.setattr(router_module, "SLOW_CLIENT_SECONDS", 0.05)
+    for pause, outcome, code in ((0.1, "cancelled", "client_too_slow"), (0.0, "stream_cut", "stream_interrupted")):
+        cut = errors.UpstreamConnectionError("reset by peer", provider="openai")
+        openai = ScriptedProvider("openai", [StreamChunk(text="Hel"), StreamChunk(text="lo"), cut])
+        router, log, _ = make_router(openai)
+        session = await router.open_stream(ctx(stream=True), TEMPLATE)
+        with pytest.raises(errors.StreamCut) as info:
+            async for _chunk in session.chunks():
+                await asyncio.sleep(pause)  # the client's write waits for it to read
+        assert info.value.code == code
+        [event] = log.events
+        assert (event.outcome, event.error_code, event.incomplete) == (outcome, code, True)
+        assert classify(event.outcome) == ("neutral" if pause else "failure")
+
+
 async def test_stream_usage_is_priced() -> None:
     chunks = [StreamChunk(text="a"), StreamChunk(finish_reason="stop", usage=Usage(1000, 1000), model="gpt-4-0613")]
     router, _log, _ = make_router(ScriptedProvider("openai", chunks))
