@@ -86,7 +86,9 @@ class HealthHistorySink:
     def _fresh_view(self) -> None:
         self._now: datetime = _EPOCH
         self._next_snapshot: datetime | None = None
-        self._view = HealthView(self._config, clock=lambda: self._now, listeners=[self._on_transition])
+        self._view = HealthView(
+            self._config, clock=lambda: self._now, listeners=[self._on_transition], log_transitions=False
+        )
 
     # --- Sink -------------------------------------------------------------------------------------
     async def start(self) -> None:

@@ -139,8 +139,13 @@ class HealthView:
         *,
         clock: Clock = utcnow,
         listeners: list[Listener] | None = None,
+        log_transitions: bool = True,
     ) -> None:
+        """``log_transitions``: log each transition on ``gateway.health`` (False for a view that
+        only feeds its listeners, such as the history sink's, which in the embedded ``serve``
+        runs beside the live view: every transition was logged twice)."""
         self.config = config or HealthSettings()
+        self._log_transitions = log_transitions
         self._clock = clock
         self.listeners: list[Listener] = listeners if listeners is not None else []
         self._span = timedelta(seconds=self.config.window_seconds)
@@ -339,8 +344,9 @@ class HealthView:
 
     def _emit(self, track: _Track, transition: HealthTransition) -> None:
         track.last_transition = transition
-        worse = transition.current in ("open", "down", "degraded")
-        log.log(logging.WARNING if worse else logging.INFO, "%s", transition.describe())
+        if self._log_transitions:
+            worse = transition.current in ("open", "down", "degraded")
+            log.log(logging.WARNING if worse else logging.INFO, "%s", transition.describe())
         for listener in self.listeners:
             listener(transition)
 

@@ -183,3 +183,23 @@ async def test_a_large_batch_lets_the_event_loop_run_and_gives_the_same_rows(sto
     for event in events:
         await one_by_one.apply([event])
     assert await history(store) == expected and len(expected) >= 10  # 5 minutes: snapshots, transitions
+
+
+async def test_the_sink_logs_no_transition_the_live_view_logs_already(
+    store: AnalyticsStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """In the embedded ``serve`` the live view (routing) and this sink's view both see every
+    event: each transition was logged twice. The sink writes its rows and logs nothing; a
+    view left at its default still logs."""
+    from gateway.health.view import HealthView
+
+    caplog.set_level("INFO", logger="gateway.health")
+    sink = HealthHistorySink(store)
+    await sink.start()
+    await sink.apply(EVENTS)
+    assert await history(store)
+    assert [r for r in caplog.records if r.name == "gateway.health"] == []
+    view = HealthView(clock=lambda: at(6))
+    for event in EVENTS[:5]:
+        view.apply(event)
+    assert any("closed -> open" in r.getMessage() for r in caplog.records if r.name == "gateway.health")
