@@ -75,6 +75,8 @@ class _HostPool:
         self.idle: list[Connection] = []
         self.busy: set[Connection] = set()
         self.waiters: deque[asyncio.Future[None]] = deque()
+        #: the timer that closes connections idle past the keep-alive timeout (one per pool)
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def acquire(self, connect_timeout: float | None, deadline: float | None) -> Connection:
         """An idle connection, or a new one (waiting for a free slot first at the host's limit).
@@ -131,6 +133,21 @@ class _HostPool:
         conn.idle_since = time.monotonic()
         self.idle.append(conn)
         self._wake_one()
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(self.client.keepalive_timeout, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close the connections idle past the keep-alive timeout. They were only closed when the
+        next call looked for one, so after a burst hundreds stayed open for good, each holding a
+        socket here and a slot at the vendor (its server closes them sooner or later anyway)."""
+        self._sweeper = None
+        idle, keepalive = self.idle, self.client.keepalive_timeout
+        now = time.monotonic()
+        while idle and now - idle[0].idle_since >= keepalive:  # the oldest first
+            idle.pop(0)._close()
+        if idle:
+            wait = idle[0].idle_since + keepalive - now
+            self._sweeper = asyncio.get_running_loop().call_later(max(wait, 0.0), self._sweep)
 
     def forget(self, conn: Connection) -> None:
         if conn in self.busy:
@@ -147,6 +164,9 @@ class _HostPool:
                 return
 
     def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for conn in [*self.idle, *self.busy]:
             conn._close()
         self.idle.clear()
