@@ -157,6 +157,8 @@ def csv_rows(events: Sequence[UsageEvent]) -> bytes | None:
 #: errors caused by the rows themselves (SQLSTATE classes 22 and 23, or a number the binary
 #: COPY cannot encode, e.g. 2**31 tokens for an INTEGER column): retrying cannot help
 _DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, OverflowError)
+#: the sink's table or schema does not exist (any more): migrate again
+_SCHEMA_GONE = (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError)
 #: everything else the driver raises means "not now": connection lost, server starting, ...
 _DRIVER_ERRORS = (
     OSError,
@@ -236,8 +238,20 @@ class PostgresSink:
             raise SinkError(self.name, f"{type(e).__name__}: {e}") from e
         except _DATA_ERRORS as e:
             raise RejectedEvents(self.name, f"{type(e).__name__}: {e}") from e
+        except _SCHEMA_GONE as e:
+            # the table (or its schema) is gone: the database was recreated or restored empty.
+            # Open a fresh pool, which migrates first, on the next try (the pool outlived the
+            # database, so the projector stayed paused on "relation does not exist" for good)
+            await self._drop_pool()
+            raise SinkError(self.name, f"{type(e).__name__}: {e} (migrating again)") from e
         except _DRIVER_ERRORS as e:
             raise SinkError(self.name, f"{type(e).__name__}: {e}") from e
+
+    async def _drop_pool(self) -> None:
+        async with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
 
     async def reset(self) -> None:
         pool = await self._ready()

@@ -127,3 +127,36 @@ async def test_projector_waits_out_a_database_outage_and_catches_up(
         assert cost == sum(expected, Decimal(0))
     assert unpriced == sum(1 for e in events if e.cost_usd is None)
     assert stats.retries >= 3
+
+
+async def test_a_database_recreated_empty_is_migrated_again_and_projected_into(database_url: str, schema: str) -> None:
+    """The database restored empty (or recreated) under a running projector: its table is gone.
+    The sink's pool outlived it, so every retry failed on "relation does not exist" and the
+    projector stayed paused for good; now the sink opens a fresh pool, which migrates first,
+    and the batches that were waiting are applied."""
+    log = MemoryEventLog()
+    sink = PostgresSink(database_url, schema=schema, connect_timeout=2.0, command_timeout=10.0)
+    projector = Projector(log, [sink], MemoryDeadLetters(), batch_size=100, retry_initial=0.05, retry_max=0.2)
+    await projector.start()
+    events = [make_event(i) for i in range(300)]
+    try:
+        for event in events[:100]:
+            log.publish(event)
+        assert await projector.run_until_idle() == 100
+        admin = await asyncpg.connect(database_url)
+        try:
+            await admin.execute(f'DROP SCHEMA "{schema}" CASCADE')  # what a restore to empty leaves
+        finally:
+            await admin.close()
+        for event in events[100:]:
+            log.publish(event)
+        assert await projector.run_until_idle() == 200
+        assert projector.stats.retries >= 1 and not projector.stats.paused
+    finally:
+        await projector.close()
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": schema})
+    try:
+        ids = {row[0] for row in await conn.fetch('SELECT "id" FROM "LLMUsage"')}
+    finally:
+        await conn.close()
+    assert ids == {e.event_id for e in events[100:]}  # a replay brings back what the restore lost
