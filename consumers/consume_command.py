@@ -50,6 +50,8 @@ def build_consumer_app(settings: Settings, group: str, batch_size: int) -> web.A
                 "eventsApplied": stats.events_applied,
                 "deadLettered": stats.events_dead_lettered,
                 "lag": stats.lag,
+                "lagAt": stats.lag_at.isoformat() if stats.lag_at else None,
+                "lagError": stats.lag_error,
                 "lastError": stats.last_error,
                 "restarts": stats.restarts,
                 "sinkEvents": dict(stats.sink_events),

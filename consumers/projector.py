@@ -60,9 +60,13 @@ class ProjectorStats:
     last_batch_seconds: float = 0.0
     #: commits the log refused (the batch is delivered again; sinks are idempotent)
     commit_failures: int = 0
-    #: records on the log not yet committed (None until first measured)
+    #: records on the log not yet committed (None until first measured, and while the log
+    #: cannot say: a broker down; ``lag_error`` says why)
     lag: int | None = None
+    #: when ``lag`` was last measured (or failed to be): a stale time is a projector stuck
+    #: in a call to the log
     lag_at: datetime | None = None
+    lag_error: str | None = None
     #: sink name -> events of the batches it finished applying (committed or not yet): which
     #: sink is behind while a batch is in flight, or paused on a failing store
     sink_events: dict[str, int] = field(default_factory=dict)
@@ -396,12 +400,15 @@ class Projector:
         last = self.stats.lag_at
         if not force and last is not None and now - last < self.lag_interval:
             return
+        self.stats.lag_at = now
         try:
             self.stats.lag = await self.reader.lag()
         except Exception as e:  # noqa: BLE001 - the lag is informational; the log may be down
+            # unknown, not the last value: a broker down showed "lag 0" for as long as it was down
             log.debug("could not measure the lag: %s", e)
+            self.stats.lag, self.stats.lag_error = None, _one_line(e)
             return
-        self.stats.lag_at = now
+        self.stats.lag_error = None
 
 
 def _one_line(error: BaseException) -> str:

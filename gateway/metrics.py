@@ -6,6 +6,7 @@ figures live in the cost stores (DuckDB, Postgres), which are Decimal end to end
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -157,6 +158,7 @@ def watch_projector(metrics: GatewayMetrics, pipeline: _HasProjectorStats, group
 
     def refresh() -> None:
         lag = pipeline.projector.stats.lag
-        metrics.consumer_lag.labels(group).set(lag if lag is not None else 0)
+        # NaN while unknown (the log cannot say): 0 read as "caught up" during a broker outage
+        metrics.consumer_lag.labels(group).set(lag if lag is not None else math.nan)
 
     metrics.on_scrape(refresh)

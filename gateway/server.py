@@ -46,6 +46,8 @@ def embedded_projector(settings: Settings) -> Installer:
         app.setdefault(HEALTH_PARTS, {})["projector"] = lambda: {
             "status": stats.status,
             "lag": stats.lag,
+            "lagAt": stats.lag_at.isoformat() if stats.lag_at else None,
+            "lagError": stats.lag_error,
             "restarts": stats.restarts,
             "lastError": stats.last_error,
         }

@@ -307,6 +307,37 @@ async def test_the_lag_is_measured_while_paused() -> None:
     assert projector.stats.lag == 0
 
 
+class LagFailingLog(RestartableLog):
+    """A log that cannot say its lag while ``down`` (a broker unreachable)."""
+
+    down = False
+
+    async def lag(self) -> int:
+        if self.down:
+            raise ConnectionError("Unable to bootstrap from [('kafka', 9092)]")
+        return await super().lag()
+
+
+async def test_a_lag_the_log_cannot_say_is_unknown_not_the_last_value() -> None:
+    """With the broker down the consumer's health and metrics said "lag 0" (the last value it
+    measured) for as long as the outage lasted; now the lag is unknown (None, with why and
+    when) until the log answers again."""
+    log = LagFailingLog()
+    await publish(log, 3)
+    projector = Projector(log, [RecordingSink("s")], MemoryDeadLetters(), lag_interval=0)
+    await projector.run_until_idle()
+    assert (projector.stats.lag, projector.stats.lag_error) == (0, None)
+    log.down = True
+    await publish(log, 2, start=10)
+    await projector.run_until_idle()
+    stats = projector.stats
+    assert stats.lag is None and stats.lag_error is not None and "Unable to bootstrap" in stats.lag_error
+    assert stats.lag_at is not None
+    log.down = False
+    await projector.run_until_idle()
+    assert (stats.lag, stats.lag_error) == (0, None)
+
+
 async def test_stop_while_paused_leaves_the_batch_uncommitted() -> None:
     log = RestartableLog()
     await publish(log, 5)
