@@ -26,4 +26,13 @@ def startup_failure(exc: BaseException) -> str | None:
         return f"the event log (SQLite): {' '.join(str(exc).split())} (is the data dir writable?)"
     if isinstance(exc, OSError):
         return " ".join(str(exc).split()) or type(exc).__name__
+    if type(exc).__module__.startswith("aiokafka") and type(exc).__name__ in _KAFKA_UNREACHABLE:
+        text = " ".join(str(exc).split())
+        return f"the Kafka broker: {text or type(exc).__name__} (is KAFKA_BOOTSTRAP_SERVERS right, and the broker up?)"
     return None
+
+
+#: aiokafka's errors for a broker that cannot be reached (by name: aiokafka is imported only in
+#: Kafka mode); a consumer started before its broker exits with this line, and its supervisor
+#: (compose's ``restart``, Kubernetes) starts it again
+_KAFKA_UNREACHABLE = frozenset({"KafkaConnectionError", "KafkaTimeoutError", "NodeNotReadyError"})

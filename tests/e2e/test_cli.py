@@ -204,3 +204,15 @@ async def test_sigterm_lets_the_calls_in_flight_finish_with_their_events(tmp_pat
     with sqlite3.connect(tmp_path / "events.sqlite3") as db:
         values = [row[0] for row in db.execute("SELECT value FROM events")]
     assert len(values) == 2 and all(b'"outcome":"success"' in bytes(v) for v in values)
+
+
+async def test_consume_without_its_broker_says_so_in_one_line(tmp_path: Path) -> None:
+    """`consume` started before its broker exited with aiokafka's traceback; now one line and
+    exit code 1, for its supervisor to start it again."""
+    env = clean_env(tmp_path) | {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"}
+    async with process("consume", env=env) as proc:
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1
+    last = err.decode().strip().splitlines()[-1]
+    assert last.startswith("llm-gateway consume: cannot start: the Kafka broker: KafkaConnectionError")
+    assert "Traceback" not in err.decode()

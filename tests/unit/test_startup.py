@@ -20,6 +20,11 @@ def test_environmental_failures_get_one_line() -> None:
     assert reason == "the event log (SQLite): unable to open database file (is the data dir writable?)"
     taken = OSError(errno.EADDRINUSE, "error while attempting to bind on address ('127.0.0.1', 8080): address in use")
     assert "address in use" in (startup_failure(taken) or "")
+    from aiokafka.errors import KafkaConnectionError
+
+    # `consume` started before its broker: was a traceback
+    reason = startup_failure(KafkaConnectionError("Unable to bootstrap from [('127.0.0.1', 1)]"))
+    assert reason is not None and reason.startswith("the Kafka broker: KafkaConnectionError: Unable to bootstrap")
 
 
 @pytest.mark.parametrize("bug", [ValueError("x"), KeyError("y"), RuntimeError("z")])
