@@ -153,6 +153,9 @@ class ChatRequest:
 MAX_TOKENS = 2**63 - 1
 #: the largest count taken from an upstream: a prompt and a completion count add up to a total
 MAX_UPSTREAM_TOKENS = MAX_TOKENS // 2
+#: the most tokens one call can use, with a wide margin (the largest context windows hold 10**7):
+#: a usage report beyond it is an upstream's error, recorded as usage unknown (``Usage.plausible``)
+PLAUSIBLE_TOKENS = 10**9
 
 
 def is_token_count(value: Any) -> TypeGuard[int]:
@@ -177,6 +180,21 @@ class Usage:
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+    def plausible(self) -> bool:
+        """Whether the counts could be a call's (every one, and the total, at most
+        :data:`PLAUSIBLE_TOKENS`): an upstream that reported 10**15 output tokens was recorded at
+        $1.25 billion, and counts whose sum passed a BIGINT made the event fail validation, so
+        the attempt had no event at all."""
+        limit = PLAUSIBLE_TOKENS
+        return (
+            0 <= self.prompt_tokens <= limit
+            and 0 <= self.completion_tokens <= limit
+            and self.total_tokens <= limit
+            and 0 <= self.cached_tokens <= limit
+            and 0 <= self.cache_creation_tokens <= limit
+            and 0 <= self.reasoning_tokens <= limit
+        )
 
     def to_openai(self) -> dict[str, object]:
         """OpenAI's usage object, its details always there (as OpenAI sends them: clients read

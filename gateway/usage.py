@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 
@@ -100,6 +100,14 @@ class UsageRecorder:
 
     def record(self, ctx: CallContext, facts: AttemptFacts) -> UsageEvent:
         now = self._clock()  # one instant: the event's time is the time it is priced at (as replay does)
+        if facts.usage is not None and not facts.usage.plausible():
+            log.warning(
+                "%s reported an impossible usage for request %s (%s): recorded as usage unknown",
+                facts.provider,
+                ctx.request_id,
+                facts.usage,
+            )
+            facts = replace(facts, usage=None)
         usage = facts.usage
         billable = usage is not None and (usage.prompt_tokens > 0 or usage.completion_tokens > 0)
         models = [facts.served_model, facts.provider_model]

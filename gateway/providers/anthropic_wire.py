@@ -304,7 +304,9 @@ def parse_message(body: Any, requested_model: str, request_id: str | None = None
     return ChatResult(
         text=text,
         finish_reason=finish_reason(stop_reason if isinstance(stop_reason, str) else None),
-        usage=usage_from(body.get("usage")),
+        # no usage at all: billed, cost unknown (it was a malformed answer, recorded free and
+        # fallen back from: the call paid twice)
+        usage=usage_from(body["usage"]) if body.get("usage") is not None else None,
         model=model if isinstance(model, str) and model else requested_model,
         upstream_request_id=request_id,
         tool_calls=calls,
@@ -366,12 +368,15 @@ class StreamParser:
             if isinstance(delta, Mapping) and isinstance(delta.get("stop_reason"), str):
                 self._stop_reason = delta["stop_reason"]
             self._merge_usage(payload.get("usage"))
-            return None
+            # the final counts: handed on now (a chunk with usage only writes nothing), so a
+            # stream cut before message_stop is still priced exactly (it was unpriced)
+            return StreamChunk(usage=usage_from(self._usage), model=self.model) if self._usage else None
         if kind == "message_stop":
             self.done = True
             return StreamChunk(
                 finish_reason=finish_reason(self._stop_reason),
-                usage=usage_from(self._usage),
+                # no usage in the whole stream: billed, cost unknown (it was recorded free)
+                usage=usage_from(self._usage) if self._usage else None,
                 model=self.model,
             )
         return None  # ping, and event types added later

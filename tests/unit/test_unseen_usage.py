@@ -59,3 +59,20 @@ def test_reported_usage_is_priced_and_zero_tokens_reported_is_free() -> None:
     assert priced.billable and priced.cost_usd is not None and priced.cost_usd > 0
     empty = record("openai", "gpt-4o", "success", usage=Usage(0, 0))
     assert (empty.billable, empty.cost_usd) == (False, Decimal(0))
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        Usage(1000, 10**15),  # an upstream's 10**15 output tokens was recorded at $1.25 billion
+        # three counts of 2**62 - 1 each: their sum passed a BIGINT, the event failed validation
+        # and the attempt had no event at all
+        Usage(3 * (2**62 - 1), 0, cached_tokens=2**62 - 1, cache_creation_tokens=2**62 - 1),
+        Usage(10**9, 1),  # the total alone
+    ],
+)
+def test_an_impossible_usage_is_recorded_as_usage_unknown(usage: Usage, caplog: pytest.LogCaptureFixture) -> None:
+    event = record("anthropic", "claude-3-haiku", "success", usage=usage)
+    assert (event.billable, event.cost_usd, event.prompt_tokens, event.completion_tokens) == (True, None, 0, 0)
+    assert "impossible usage" in caplog.text
+    assert record("anthropic", "claude-3-haiku", "success", usage=Usage(10**9 - 1, 1)).cost_usd is not None

@@ -510,12 +510,39 @@ def test_parse_message_text_blocks_only() -> None:
         {"type": "error"},
         {"type": "message", "content": "hi", "usage": {}},
         {"type": "message", "content": [{"type": "text"}], "usage": {}},
-        {"type": "message", "content": []},
+        {"type": "message", "content": [], "usage": "many"},
     ],
 )
 def test_parse_message_malformed(body: Any) -> None:
     with pytest.raises(errors.MalformedResponse):
         wire.parse_message(body, "m")
+
+
+def test_a_message_without_usage_is_an_answer_of_unknown_cost() -> None:
+    """A 200 Message with its content and no usage: the answer, with usage unknown (recorded
+    billable, unpriced). It was a malformed answer: recorded free, and the call fell back to
+    another provider, paid twice."""
+    result = wire.parse_message({"type": "message", "content": [{"type": "text", "text": "hi"}]}, "m")
+    assert (result.text, result.usage) == ("hi", None)
+
+
+def test_stream_usage_is_known_at_message_delta_and_unknown_when_never_sent() -> None:
+    """The final counts come with message_delta: handed on then, so a stream cut before
+    message_stop is priced exactly (it was unpriced, though Anthropic had told us); a stream
+    that never sent usage is usage unknown (it was recorded as 0 tokens, free)."""
+    parser = wire.StreamParser("m")
+    start = {"type": "message_start", "message": {"model": "m", "usage": {"input_tokens": 1000, "output_tokens": 1}}}
+    assert parser.feed("message_start", json.dumps(start)) is None
+    delta = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 2000}}
+    chunk = parser.feed("message_delta", json.dumps(delta))
+    assert chunk is not None and chunk.usage == Usage(1000, 2000) and not chunk.text and chunk.finish_reason is None
+    bare = wire.StreamParser("m")
+    bare.feed("message_start", json.dumps({"type": "message_start", "message": {"model": "m"}}))
+    assert (
+        bare.feed("message_delta", json.dumps({"type": "message_delta", "delta": {"stop_reason": "end_turn"}})) is None
+    )
+    end = bare.feed("message_stop", json.dumps({"type": "message_stop"}))
+    assert end is not None and end.finish_reason == "stop" and end.usage is None
 
 
 def test_parse_message_error_object_behind_200() -> None:
@@ -593,7 +620,8 @@ def test_stream_parser_prefers_message_delta_counts() -> None:
     assert not parser.done
     final = parser.feed("message_stop", '{"type":"message_stop"}')
     assert parser.done
-    assert [c.text for c in chunks] == ["Hi", " there"]
+    assert [c.text for c in chunks if c.text] == ["Hi", " there"]
+    assert chunks[-1].usage == final.usage  # handed on at message_delta already
     assert final == StreamChunk(
         finish_reason="length",
         model="served",
