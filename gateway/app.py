@@ -72,6 +72,7 @@ def create_app(
         provider_map,
         ModelCatalog(settings.model_groups),
         recorder,
+        first_content_timeout=settings.request_timeout,
         priority=list(settings.priority),
         policy=RetryPolicy(
             attempts=settings.retry_attempts,

@@ -100,7 +100,11 @@ class Router:
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
         gate: Gate = _always_open,
+        first_content_timeout: float | None = None,
     ) -> None:
+        """``first_content_timeout``: how long a stream may take to its first content (the
+        request timeout; None: no limit)."""
+        self.first_content_timeout = first_content_timeout
         self.providers = providers
         self.catalog = catalog
         self.recorder = recorder
@@ -265,6 +269,7 @@ class Router:
         started = time.monotonic()
         iterator = _batches(provider, request)
         head: list[StreamChunk] = []
+        deadline = _Deadline(self.first_content_timeout)
         try:
             # hold back empty role/filter chunks: nothing reaches the client before real content
             while True:
@@ -275,11 +280,19 @@ class Router:
         except StopAsyncIteration:
             pass
         except BaseException as exc:
+            error: BaseException = exc
+            if deadline.expired(exc):
+                error = errors.UpstreamTimeout(
+                    f"{candidate.provider}: no content within {self.first_content_timeout:g}s (the request timeout)",
+                    provider=candidate.provider,
+                )
             await _aclose(iterator)
-            failure = self._failed(ctx, number, candidate, exc, started, attempts)
+            failure = self._failed(ctx, number, candidate, error, started, attempts)
             if failure is exc:
                 raise
             raise failure from exc
+        finally:
+            deadline.cancel()
         ttft = (time.monotonic() - started) * 1000.0
         return StreamSession(self.recorder, ctx, candidate, number, started, ttft, head, iterator)
 
@@ -353,6 +366,39 @@ class Router:
 #: a stream the upstream cut after the client kept a write waiting this long is the client's
 #: (see ``StreamSession.batches``); a client reading at network speed never waits a second
 SLOW_CLIENT_SECONDS = 2.0
+
+
+class _Deadline:
+    """Cancels the current task ``seconds`` from now, unless cancelled first; ``expired(exc)``
+    says whether ``exc`` is that cancellation (then un-cancels the task). What ``asyncio.timeout``
+    does, for a fraction of its cost (one timer): a stream's first content must come within the
+    request timeout, or keep-alive pings (which reset the idle timeout) held the client without
+    even a status line, for good."""
+
+    __slots__ = ("_fired", "_handle", "_task")
+
+    def __init__(self, seconds: float | None) -> None:
+        self._fired = False
+        self._task: asyncio.Task[object] | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        if seconds is not None:
+            self._task = asyncio.current_task()
+            self._handle = asyncio.get_running_loop().call_later(seconds, self._fire)
+
+    def _fire(self) -> None:
+        self._fired = True
+        if self._task is not None:
+            self._task.cancel()
+
+    def expired(self, exc: BaseException) -> bool:
+        if not self._fired or self._task is None:
+            return False
+        others = self._task.uncancel()  # ours is taken back whatever ended the wait
+        return isinstance(exc, asyncio.CancelledError) and others == 0
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
 
 
 class StreamSession:

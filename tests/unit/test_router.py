@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import pytest
@@ -319,6 +320,46 @@ async def test_a_cancelled_call_still_records_its_attempt() -> None:
         await task
     [event] = log.events
     assert (event.outcome, event.incomplete, event.billable, event.cost_usd) == ("cancelled", True, True, None)
+
+
+class PingingProvider(ScriptedProvider):
+    """A stream that keeps the connection busy and says nothing (keep-alive pings: every read
+    resets the idle timeout)."""
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:  # type: ignore[override]
+        self.calls.append(request)
+        while True:
+            await asyncio.sleep(0.01)
+            yield StreamChunk(text="")
+
+
+async def test_a_stream_without_content_by_the_request_timeout_falls_back() -> None:
+    """Pings forever before any content held the client without even a status line, for good
+    (a review waited 40 s); the first content must now come within the request timeout, or
+    the attempt is a timeout and the next provider is tried."""
+    openai, azure = PingingProvider("openai"), ScriptedProvider("azure")
+    router, log, _ = make_router(openai, azure)
+    router.first_content_timeout = 0.1
+    session = await asyncio.wait_for(router.open_stream(ctx(stream=True), TEMPLATE), 5)
+    assert session.provider == "azure" and len(openai.calls) == 1  # a timeout falls back, no retry here
+    texts = [chunk.text async for chunk in session.chunks()]
+    assert texts[0] == "hello"
+    first = log.events[0]
+    assert (first.provider, first.outcome, first.billable) == ("openai", "timeout", False)
+    assert "no content within 0.1s" in (first.error_message or "")
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]  # nothing left pending
+
+
+async def test_the_first_content_deadline_leaves_other_cancellations_alone() -> None:
+    openai = PingingProvider("openai")
+    router, log, _ = make_router(openai)
+    router.first_content_timeout = 30.0
+    task = asyncio.create_task(router.open_stream(ctx(stream=True), TEMPLATE))
+    await asyncio.sleep(0.05)
+    task.cancel()  # the caller went away
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert [e.outcome for e in log.events] == ["cancelled"]
 
 
 def test_a_request_for_a_provider_keeps_every_other_field() -> None:
