@@ -6,9 +6,11 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from gateway.providers.upstream_response import Body
+from gateway.providers.upstream_response import MAX_EVENT_BYTES, Body, too_large
 
 _CR_LF = re.compile(rb"\r+\n")
+#: a blank line, whatever CRs its line ends carry
+_BLANK = re.compile(rb"\n\r*\n")
 
 
 @dataclass(slots=True)
@@ -27,17 +29,38 @@ class SseFramer:
     events with several lines, comments or fields other than ``data`` are looked at line by line.
     """
 
-    __slots__ = ("_pending",)
+    __slots__ = ("_more", "_pending", "_size", "_tail")
 
     def __init__(self) -> None:
         self._pending = b""  # the start of an event whose blank line has not come yet
+        self._more: list[bytes] = []  # reads after it without a blank line: joined once one comes
+        self._size = 0  # bytes of the event so far
+        self._tail = b""  # its end from its last LF on, when only CRs follow that LF
 
     def feed(self, piece: bytes) -> list[tuple[bytes | None, bytes]]:
-        buffer = self._pending + piece if self._pending else piece
+        if self._pending:
+            # a blank line that ends the event has its last LF in this read: look at this read
+            # and the open line end before it only, so a long event costs its length once, not
+            # its length squared
+            if not _BLANK.search(self._tail + piece):
+                self._more.append(piece)
+                self._size += len(piece)
+                if self._size > MAX_EVENT_BYTES:
+                    raise too_large(self._size, MAX_EVENT_BYTES)
+                self._tail = _open_line_end(self._tail, piece)
+                return []
+            buffer = b"".join((self._pending, *self._more, piece))
+            self._more.clear()
+        else:
+            buffer = piece
         if b"\r" in buffer:
             buffer = _CR_LF.sub(b"\n", buffer)  # a CR at the very end waits for its LF
         blocks = buffer.split(b"\n\n")
-        self._pending = blocks.pop()
+        self._pending = pending = blocks.pop()
+        self._size = len(pending)
+        if self._size > MAX_EVENT_BYTES:
+            raise too_large(self._size, MAX_EVENT_BYTES)
+        self._tail = _open_line_end(b"", pending)
         events: list[tuple[bytes | None, bytes]] = []
         for block in blocks:
             if block[:6] == b"data: " and b"\n" not in block:
@@ -52,12 +75,29 @@ class SseFramer:
         """The last event when the body ends without its blank line (none when it has no data).
 
         Its unfinished last line counts only if it is a ``data`` line."""
-        pending, self._pending = self._pending, b""
+        pending = b"".join((self._pending, *self._more))
+        self._pending, self._more, self._size, self._tail = b"", [], 0, b""
+        if b"\r" in pending:
+            pending = _CR_LF.sub(b"\n", pending)  # reads kept apart are not normalised yet
         complete, _, last = pending.rpartition(b"\n")
         if last.partition(b":")[0] == b"data":
             complete = pending
         event = _block(complete.rstrip(b"\r")) if complete else None
         return [] if event is None else [event]
+
+
+_LINE_END_OPEN = re.compile(rb"\n\r*\Z")
+
+
+def _open_line_end(tail: bytes, piece: bytes) -> bytes:
+    """The end of ``tail + piece`` from its last LF on if only CRs follow it, else b"" (what a
+    blank line may start with, for the next read to finish)."""
+    found = _LINE_END_OPEN.search(piece)
+    if found:
+        return piece[found.start() :]
+    if tail and not piece.strip(b"\r"):  # CRs only: the line end stays open
+        return tail + piece
+    return b""
 
 
 def _block(block: bytes) -> tuple[bytes | None, bytes] | None:

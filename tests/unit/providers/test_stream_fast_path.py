@@ -78,6 +78,25 @@ def test_framer_slices_plain_events_and_keeps_what_is_unfinished() -> None:
     assert framer.close() == [(None, b"last")]
 
 
+def test_an_event_past_the_limit_is_a_malformed_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An event that never ends was held whole and split again on every read (105 MB: 43 s of
+    CPU with the event loop stalled); one over MAX_EVENT_BYTES is a malformed answer, and an
+    event under it is framed as before, however many reads it spans."""
+    from gateway.providers import sse
+
+    monkeypatch.setattr(sse, "MAX_EVENT_BYTES", 100)
+    framer = SseFramer()
+    assert framer.feed(b"data: ") == []
+    for _ in range(9):
+        assert framer.feed(b"x" * 10) == []
+    assert framer.feed(b"\r\n\r") == []  # a blank line split over reads, with CRs
+    assert framer.feed(b"\ndata: y\n\n") == [(None, b"x" * 90), (None, b"y")]
+    framer.feed(b"data: ")
+    with pytest.raises(errors.MalformedResponse, match="over 100 bytes"):
+        for _ in range(20):
+            framer.feed(b"x" * 10)
+
+
 # --- events -> chunks -------------------------------------------------------------------------
 
 TEXT = st.one_of(st.text(max_size=6), st.sampled_from(["", " ", "é", '"\\', "\u2028", "\U0001f600"]))

@@ -439,6 +439,25 @@ async def test_chunked_ndjson_line_iteration(server: Server, client: UpstreamCli
     assert lines == [b'{"a":1}\n', b'{"b":2}\n', b'{"c":3}\n', b'{"d":4}']
 
 
+async def test_an_ndjson_line_past_the_event_limit_is_a_malformed_answer(
+    server: Server, client: UpstreamClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A line that never ends was held whole, and joined and split again on every read."""
+    from gateway.providers import upstream_response
+
+    monkeypatch.setattr(upstream_response, "MAX_EVENT_BYTES", 64)
+    pieces = [b'{"a":1}\n{"b":', b"2" * 40, b"3" * 40, b"}\n"]
+    server.handler = in_pieces(
+        CHUNKED_HEAD, *(chunked(p)[: -len(b"0\r\n\r\n")] for p in pieces), b"0\r\n\r\n", delay=0.01
+    )
+    async with client.post(server.url(), data=b"{}", headers={}, timeout=T) as resp:
+        lines = []
+        with pytest.raises(errors.MalformedResponse, match="over 64 bytes"):
+            async for line in resp.content:
+                lines.append(line)
+    assert lines == [b'{"a":1}\n']
+
+
 # --- 4. a body that ends when the server closes -----------------------------------------------
 
 
