@@ -181,7 +181,11 @@ def _count(obj: Mapping[str, Any], key: str) -> int:
     return value
 
 
-def map_usage(obj: Mapping[str, Any]) -> Usage:
+def map_usage(obj: Mapping[str, Any]) -> Usage | None:
+    """The counts of a final object; None when it has neither (usage unknown: billable at an
+    unknown cost where a price file prices the model, $0 on a free one; it was 0 tokens, free)."""
+    if obj.get("prompt_eval_count") is None and obj.get("eval_count") is None:
+        return None
     return Usage(prompt_tokens=_count(obj, "prompt_eval_count"), completion_tokens=_count(obj, "eval_count"))
 
 
@@ -301,7 +305,7 @@ class OllamaProvider:
         return ChatResult(
             text=piece.text,
             finish_reason=map_finish_reason(piece.done_reason, has_tool_calls=piece.has_tool_calls),
-            usage=piece.usage or Usage(),
+            usage=piece.usage,
             model=piece.model or request.model,
             tool_calls=piece.tool_calls,
         )
@@ -346,7 +350,7 @@ class OllamaProvider:
                 let_body_finish(resp)  # before the last chunk: the gateway may close us after it
                 yield StreamChunk(
                     finish_reason=map_finish_reason(piece.done_reason, has_tool_calls=calls > 0),
-                    usage=piece.usage or Usage(),
+                    usage=piece.usage,
                     model=model or requested,
                 )
                 return

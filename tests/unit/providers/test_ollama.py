@@ -286,7 +286,9 @@ def test_map_finish_reason(reason: str | None, tools: bool, expected: str) -> No
 def test_map_usage() -> None:
     assert ollama.map_usage({"prompt_eval_count": 26, "eval_count": 298}) == Usage(26, 298)
     assert ollama.map_usage({"eval_count": 5}) == Usage(0, 5)
-    assert ollama.map_usage({}) == Usage(0, 0)
+    # a final object without counts: usage unknown (with a price file pricing the model it was
+    # recorded as 0 tokens, free)
+    assert ollama.map_usage({}) is None
     for count in ("5", -1, 2**63):
         with pytest.raises(errors.MalformedResponse):
             ollama.map_usage({"eval_count": count})
