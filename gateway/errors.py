@@ -7,6 +7,7 @@ provider) instead of listing classes.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any, ClassVar
 
 
@@ -257,6 +258,8 @@ class AllProvidersFailed(GatewayError):
     status = 502
     type = "server_error"
     code = "all_providers_failed"
+    #: what the failed attempts cost that their providers bill (None: unknown); set by the router
+    cost: Decimal | None = Decimal(0)
 
     def __init__(
         self,

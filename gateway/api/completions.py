@@ -112,8 +112,8 @@ async def _answer(
     except errors.ProviderError as exc:
         UsageRecorder.log_cost(tenant, exc.provider, parsed.requested_model, ZERO)
         raise
-    except errors.AllProvidersFailed:
-        UsageRecorder.log_cost(tenant, "none", parsed.requested_model, ZERO)
+    except errors.AllProvidersFailed as exc:
+        UsageRecorder.log_cost(tenant, "none", parsed.requested_model, exc.cost)
         raise
     result = served.result
     UsageRecorder.log_cost(tenant, served.provider, result.model, served.cost)
@@ -193,10 +193,11 @@ async def _stream(
             await state.event_log.settled(state.in_flight)
             await response.write(held + _sse(cut.to_openai()))
             return response
-        event = session.finish("success")
+        session.finish("success")
         _log_stream_cost(ctx, session)
         model = session.served_model or session.provider_model
-        cost_text = format_usd(event.cost_usd) if event.cost_usd is not None else "unpriced"
+        cost = session.cost
+        cost_text = format_usd(cost) if cost is not None else "unpriced"
         tail = [held]
         if parsed.include_usage and session.usage is not None:
             if formatter is None:
@@ -237,4 +238,4 @@ def _client_gone(ctx: CallContext, session: StreamSession) -> None:
 def _log_stream_cost(ctx: CallContext, session: StreamSession) -> None:
     """The call's cost line, from the stream's recorded attempt (unpriced if none is)."""
     model = session.served_model or session.provider_model
-    UsageRecorder.log_cost(ctx.tenant_id, session.provider, model, session.event.cost_usd if session.event else None)
+    UsageRecorder.log_cost(ctx.tenant_id, session.provider, model, session.cost)

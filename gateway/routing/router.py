@@ -75,10 +75,40 @@ class Served:
     provider_model: str
     attempts: int
     event: UsageEvent
+    #: what the failed attempts before it cost (see ``_Attempts.billed``)
+    before: _Billed | None = None
 
     @property
     def cost(self) -> Decimal | None:
-        return self.event.cost_usd
+        """The call's cost: the serving attempt's, plus what earlier attempts the providers bill
+        cost (None, unpriced, when any of them is unknown)."""
+        return _total(self.event.cost_usd, self.before)
+
+
+@dataclass(slots=True)
+class _Billed:
+    """What a call's failed attempts cost that their providers bill (a stream cut after the
+    provider started, a 200 answer that could not be read, ...): the known costs' sum, and
+    whether any is unknown. The headers and the cost line showed the serving attempt's cost
+    alone."""
+
+    known: Decimal = Decimal(0)
+    unknown: bool = False
+
+    def add(self, event: UsageEvent) -> None:
+        if event.billable:
+            if event.cost_usd is None:
+                self.unknown = True
+            else:
+                self.known += event.cost_usd
+
+
+def _total(cost: Decimal | None, before: _Billed | None) -> Decimal | None:
+    if before is None:
+        return cost
+    if cost is None or before.unknown:
+        return None
+    return cost + before.known
 
 
 @dataclass(slots=True)
@@ -86,6 +116,8 @@ class _Attempts:
     count: int = 0
     failures: list[errors.ProviderError] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    #: the failed attempts' billed costs (None while none was billed)
+    billed: _Billed | None = None
 
 
 class Router:
@@ -177,7 +209,9 @@ class Router:
             except errors.ProviderError as exc:
                 if not exc.fallback:
                     raise
-        raise self._all_failed(ctx, candidates, attempts)
+        failed = self._all_failed(ctx, candidates, attempts)
+        failed.cost = _total(Decimal(0), attempts.billed)
+        raise failed
 
     def _carrying(self, candidates: list[Candidate], needs: list[str], model: str) -> list[Candidate]:
         """The candidates whose provider carries all the request needs (``Provider.options``): an
@@ -254,7 +288,7 @@ class Router:
                 usage=result.usage,
             ),
         )
-        return Served(result, candidate.provider, candidate.model, number, event)
+        return Served(result, candidate.provider, candidate.model, number, event, attempts.billed)
 
     # --- streaming ---------------------------------------------------------------------------------
     async def open_stream(self, ctx: CallContext, template: ChatRequest, pinned: str | None = None) -> StreamSession:
@@ -294,7 +328,9 @@ class Router:
         finally:
             deadline.cancel()
         ttft = (time.monotonic() - started) * 1000.0
-        return StreamSession(self.recorder, ctx, candidate, number, started, ttft, head, iterator)
+        session = StreamSession(self.recorder, ctx, candidate, number, started, ttft, head, iterator)
+        session.before = attempts.billed
+        return session
 
     # --- helpers -------------------------------------------------------------------------------------
     def _failed(
@@ -323,7 +359,7 @@ class Router:
             self.recorder.record(ctx, facts)
             return exc
         error = _as_provider_error(exc, candidate.provider)
-        self.recorder.record(
+        event = self.recorder.record(
             ctx,
             AttemptFacts(
                 number=number,
@@ -337,6 +373,10 @@ class Router:
             ),
         )
         attempts.failures.append(error)
+        if event.billable:
+            if attempts.billed is None:
+                attempts.billed = _Billed()
+            attempts.billed.add(event)
         return error
 
     def _all_failed(
@@ -431,7 +471,14 @@ class StreamSession:
         self.error: errors.ProviderError | None = None
         #: the upstream said the stream is over (a FinalBatch came): only its end follows
         self.complete = False
+        #: what the call's failed attempts before this one cost (``Served.before``)
+        self.before: _Billed | None = None
         self._drained = False  # the provider's iterator ran to its end: nothing to close
+
+    @property
+    def cost(self) -> Decimal | None:
+        """The call's cost once the attempt is recorded (``Served.cost``); None until then."""
+        return None if self.event is None else _total(self.event.cost_usd, self.before)
 
     @property
     def first_model(self) -> str:

@@ -270,6 +270,36 @@ async def test_a_cut_after_the_client_held_the_stream_is_the_clients(monkeypatch
         assert classify(event.outcome) == ("neutral" if pause else "failure")
 
 
+async def test_a_call_costs_what_its_billed_failed_attempts_cost_too() -> None:
+    """A stream Anthropic cut after it had started (billed, cost unknown), then served by Azure:
+    the call's cost is unknown, not Azure's alone, which the headers, the usage chunk and the
+    cost line said; every provider failing that way: the failure's cost is unknown, not 0."""
+    cut = errors.StreamCut("anthropic: stream interrupted", provider="openai")
+    openai, azure = ScriptedProvider("openai", [cut]), ScriptedProvider("azure")
+    router, log, _ = make_router(openai, azure)
+    session = await router.open_stream(ctx(stream=True), TEMPLATE)
+    _ = [chunk async for chunk in session.chunks()]
+    session.finish("success")
+    first, served = log.events
+    assert (first.outcome, first.billable, first.cost_usd) == ("stream_cut", True, None)
+    assert served.cost_usd is not None and served.cost_usd > 0
+    assert session.cost is None
+    clean_router, _log, _ = make_router(ScriptedProvider("openai"))
+    clean = await clean_router.open_stream(ctx(stream=True), TEMPLATE)
+    _ = [chunk async for chunk in clean.chunks()]
+    clean.finish("success")
+    assert clean.cost == _log.events[0].cost_usd  # nothing billed before: the attempt's own
+    both = make_router(ScriptedProvider("openai", [cut]), ScriptedProvider("azure", [cut]))[0]
+    with pytest.raises(errors.AllProvidersFailed) as info:
+        await both.open_stream(ctx(stream=True), TEMPLATE)
+    assert info.value.cost is None
+    failing, _flog, _ = make_router(ScriptedProvider("openai", errors.Overloaded("busy", provider="openai")))
+    failing.policy = RetryPolicy(attempts=1, initial_wait=0.1, max_wait=0.1, max_server_wait=1.0, budget_seconds=1.0)
+    with pytest.raises(errors.AllProvidersFailed) as info:
+        await failing.complete(ctx(), TEMPLATE)
+    assert info.value.cost == 0  # attempts refused: nothing billed
+
+
 async def test_stream_usage_is_priced() -> None:
     chunks = [StreamChunk(text="a"), StreamChunk(finish_reason="stop", usage=Usage(1000, 1000), model="gpt-4-0613")]
     router, _log, _ = make_router(ScriptedProvider("openai", chunks))
