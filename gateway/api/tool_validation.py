@@ -126,6 +126,11 @@ def parse_tool_calls(message: dict[str, Any], param: str) -> tuple[ToolCall, ...
             raise _invalid(
                 f"{where}.function.arguments", f"'{where}.function.arguments' must be a string holding a JSON object"
             )
+        if _too_deep(arguments):
+            raise _invalid(
+                f"{where}.function.arguments",
+                f"'{where}.function.arguments' nests deeper than {MAX_ARGUMENT_DEPTH} levels",
+            )
         calls.append(ToolCall(call_id, name, arguments))
     return tuple(calls)
 
@@ -141,8 +146,41 @@ def _is_json_object(text: str) -> bool:
         pass
     try:  # what orjson refuses and JSON allows: a number past a double's range (1e400)
         return isinstance(json.loads(text), dict)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past what Python parses: no arguments to send
         return False
+
+
+#: the deepest nesting of a call's arguments taken in a history. The adapters read arguments
+#: again with Python's parser (exact integers), which gives up near 1,000 levels: arguments
+#: nested 1,010 deep failed in the adapter, counted as the provider's failure, and five such
+#: requests opened a provider's circuit for every tenant
+MAX_ARGUMENT_DEPTH = 64
+
+
+def _too_deep(text: str) -> bool:
+    """Whether the JSON text nests arrays and objects deeper than :data:`MAX_ARGUMENT_DEPTH`
+    (brackets inside strings do not count). Only texts with that many brackets are looked at."""
+    if text.count("[") + text.count("{") <= MAX_ARGUMENT_DEPTH:
+        return False
+    depth = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_ARGUMENT_DEPTH:
+                return True
+        elif char in "]}":
+            depth -= 1
+    return False
 
 
 def parse_tool_call_id(message: dict[str, Any], param: str, made: set[str]) -> str:

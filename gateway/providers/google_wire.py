@@ -157,7 +157,7 @@ def _tool_result(content: str) -> dict[str, Any]:
     other text wrapped."""
     try:
         value = json.loads(content)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past what Python parses: text, as any other
         value = None
     return value if isinstance(value, dict) else {"content": content}
 

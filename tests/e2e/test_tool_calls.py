@@ -207,6 +207,33 @@ ONE = {"model": "gpt-4o", "messages": ASK}
             "a call no earlier assistant message made",
         ),
         ({**ONE, "functions": [WEATHER["function"]]}, "functions", "not supported"),
+        # arguments the adapters' parser gives up on (about 1,000 levels) failed there, counted as
+        # the provider's failure: five such requests opened its circuit for every tenant; past
+        # 1,024 levels the check itself raised (a 500)
+        *(
+            (
+                {
+                    "model": "claude-3-haiku",
+                    "messages": [
+                        *ASK,
+                        {
+                            "role": "assistant",
+                            "tool_calls": [
+                                {
+                                    "id": "c",
+                                    "type": "function",
+                                    "function": {"name": "f", "arguments": '{"a":' + "[" * depth + "]" * depth + "}"},
+                                }
+                            ],
+                        },
+                        {"role": "tool", "tool_call_id": "c", "content": "42"},
+                    ],
+                },
+                "messages[1].tool_calls[0].function.arguments",
+                "nests deeper than 64 levels" if depth < 1100 else "JSON object",
+            )
+            for depth in (64, 1010, 1100)
+        ),
     ],
 )
 async def test_bad_tool_input_is_a_400_naming_the_field(

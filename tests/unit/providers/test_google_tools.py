@@ -340,3 +340,11 @@ async def test_a_streamed_call_with_a_thought_first(sim: GeminiSimulator, provid
     chunks = [c async for c in provider.stream(request(tools=ToolSpec((TIME,)), stream=True))]
     assert [(p.index, p.name, p.arguments) for c in chunks for p in c.tool_calls or ()] == [(0, "get_time", "{}")]
     assert chunks[-1].usage is not None and chunks[-1].usage.reasoning_tokens == 12
+
+
+def test_a_tool_result_nested_past_pythons_parser_goes_as_text() -> None:
+    """A tool message's content is the client's: nested past what Python parses, it raised in
+    the adapter, counted as Gemini's failure (a tenant could open Gemini's circuit for all)."""
+    deep = '{"a":' + "[" * 1010 + "]" * 1010 + "}"
+    assert wire._tool_result(deep) == {"content": deep}
+    assert wire._tool_result('{"temp": 21}') == {"temp": 21}
