@@ -124,6 +124,21 @@ async def _simulate(host: str, port: int) -> None:
             await sim.stop()
 
 
+def config_error(exc: BaseException) -> str:
+    """What is wrong with the configuration, without the values given: pydantic's text quotes
+    each bad input, and an ``api_keys`` entry or a provider's settings hold secrets (a review saw
+    38 of a 49-character admin key on stderr)."""
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    problems = [
+        f"{'.'.join(str(part) for part in error['loc']) or '(settings)'}: {error['msg']}"
+        for error in exc.errors(include_input=False, include_url=False)
+    ]
+    return f"{len(problems)} problem(s): " + "; ".join(problems)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llm-gateway", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
@@ -183,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             load_price_file(settings.price_file)
     except (ValueError, OSError, yaml.YAMLError, GatewayError) as exc:  # ValidationError is a ValueError
-        print(f"llm-gateway: invalid configuration: {exc}", file=sys.stderr)
+        print(f"llm-gateway: invalid configuration: {config_error(exc)}", file=sys.stderr)
         return 2
     if args.command == "serve":
         try:

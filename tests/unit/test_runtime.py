@@ -205,3 +205,27 @@ def test_a_config_files_x_keys_hold_anchors(tmp_path: Path) -> None:
     path.write_text("base: &t 7\nrequest_timeout: *t\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['base'\]"):
         load_settings(config_file=str(path), _env_file=None)
+
+
+@pytest.mark.usefixtures("restore_gc", "restore_logging")
+@pytest.mark.parametrize(
+    "config",
+    [
+        "api_keys:\n  - key: sk-gw-adm-4f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a\n    admin: true\n",  # no tenant
+        "api_keys:\n"  # the same key twice
+        "  - {key: sk-gw-adm-4f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a, tenant: a}\n"
+        "  - {key: sk-gw-adm-4f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a, tenant: b}\n",
+        "providers:\n  openai:\n    api_key: sk-gw-adm-4f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a\n    apikey: x\n",
+    ],
+)
+def test_a_bad_configuration_never_prints_a_key(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, config: str
+) -> None:
+    """pydantic's message quotes the bad input: 38 of a 49-character admin key reached stderr."""
+    path = tmp_path / "gw.yaml"
+    path.write_text(config, encoding="utf-8")
+    monkeypatch.setenv("LLM_GATEWAY_CONFIG", str(path))
+    assert cli.main(["costs", "--tenant", "t"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("llm-gateway: invalid configuration:") and "api_key" in err.replace("apikey", "api_key")
+    assert "4f9a8b" not in err and "4d3e2f1a" not in err and "sk-gw" not in err
