@@ -141,14 +141,20 @@ class ModelCatalog:
         """Providers to try, in order. ``pinned`` goes first; else, with ``native_first``, the
         providers whose own model was asked for (``claude-3-haiku`` -> Anthropic); the rest follow
         in priority order as fallback."""
-        configured_set = set(configured)
+        # a provider the priority does not name is not used, pinned or not (a pin named Ollama,
+        # which needs no key and so always counts as configured, and the call went to whatever
+        # OLLAMA_HOST is, against an operator's priority of [openai])
+        priority = list(priority)
+        configured_set = set(configured) & set(priority)
         if pinned is not None:
             if pinned not in KNOWN_PROVIDERS:
                 raise InvalidRequest(
                     f"unknown provider {pinned!r}; expected one of {', '.join(KNOWN_PROVIDERS)}", param="provider"
                 )
             if pinned not in configured_set:
-                raise InvalidRequest(f"provider {pinned!r} is not configured on this gateway", param="provider")
+                raise InvalidRequest(
+                    f"provider {pinned!r} is not configured on this gateway (or not in its priority)", param="provider"
+                )
         equivalents = self.equivalents(model)
         if not equivalents:
             raise ModelNotFound(f"The model {model!r} does not exist or no provider serves it", param="model")

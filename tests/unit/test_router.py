@@ -199,6 +199,21 @@ async def test_unknown_or_unconfigured_provider_is_a_client_error() -> None:
         await router.complete(ctx(), TEMPLATE, pinned="anthropic")
 
 
+async def test_a_pin_cannot_reach_a_provider_the_priority_leaves_out() -> None:
+    """The operator's priority names the providers calls may go to: a pin on another one (Ollama
+    needs no key, so it always counts as configured) sent the call there anyway."""
+    openai, ollama = ScriptedProvider("openai"), ScriptedProvider("ollama")
+    router, log, _ = make_router(openai, ollama)
+    router.priority = ["openai"]
+    with pytest.raises(errors.InvalidRequest, match="not in its priority") as info:
+        await router.complete(ctx("llama3"), TEMPLATE, pinned="ollama")
+    assert info.value.param == "provider" and ollama.calls == [] and log.events == []
+    with pytest.raises(errors.ModelNotFound):
+        await router.complete(ctx("llama3"), TEMPLATE)  # unpinned: nobody in the priority serves it
+    served = await router.complete(ctx("gpt-4"), TEMPLATE, pinned="openai")
+    assert served.provider == "openai"
+
+
 async def test_unknown_model_is_404() -> None:
     router, _, _ = make_router(ScriptedProvider("openai"))
     with pytest.raises(errors.ModelNotFound):
