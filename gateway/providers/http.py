@@ -113,10 +113,14 @@ def default_classify(
     return errors.UpstreamServerError(text, **kwargs)
 
 
+#: the most of an error answer read: its message and code (a 2 GB 500 body was read whole)
+ERROR_BODY_BYTES = 256 * 1024
+
+
 async def read_error_body(resp: Response) -> tuple[Any, str]:
     """The parsed JSON body of an error response (or None) and its raw text (truncated)."""
     try:
-        raw = await resp.text()
+        raw = await resp.text(ERROR_BODY_BYTES)  # an error's text is all we need of it
     except (TimeoutError, BodyCut, OSError):
         return None, ""
     try:

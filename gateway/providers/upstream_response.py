@@ -26,6 +26,9 @@ class ProtocolViolation(ConnectionError):
 #: malformed answer. One unending event held every byte of it and was joined and split again on
 #: every read (52 MB took 10 s of CPU, 105 MB 43 s, with the event loop stalled meanwhile)
 MAX_EVENT_BYTES = 32 * 1024 * 1024
+#: the largest whole answer (a non-streaming body) taken from an upstream, decompressed: a 2 GB
+#: answer took the gateway to 5 GB of memory, and a 1 MB gzip bomb to 2 GB
+MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
 def too_large(size: int, limit: int) -> errors.MalformedResponse:
@@ -71,9 +74,12 @@ class Body:
     def feed(self, data: bytes) -> None:
         if self.decoder is not None:
             try:
-                data = self.decoder.decompress(data)
+                data = self.decoder.decompress(data, MAX_BODY_BYTES)
             except zlib.error as e:
                 self.fail(BodyCut(f"cannot decompress the body: {e}"))
+                return
+            if len(data) >= MAX_BODY_BYTES:  # one read inflating to the limit (or past): a bomb
+                self.fail(BodyCut(f"the body inflates past {MAX_BODY_BYTES} bytes"))
                 return
         if data:
             self._pieces.append(data)
@@ -81,6 +87,8 @@ class Body:
             self._wake()
 
     def finish(self) -> None:
+        if self._done:  # failed already (a body that inflates too far): the rest is not decoded
+            return
         decoder = self.decoder
         if decoder is not None:
             tail = decoder.flush()
@@ -126,11 +134,27 @@ class Body:
             conn.resume()
         return data
 
-    async def read(self) -> bytes:
+    async def read(self, limit: int | None = None) -> bytes:
+        """The whole body; past ``limit`` bytes, ``MalformedResponse`` (the rest is not read)."""
         parts = []
+        size = 0
         while piece := await self.readany():
             parts.append(piece)
+            size += len(piece)
+            if limit is not None and size > limit:
+                raise errors.MalformedResponse(
+                    f"upstream: malformed response: an answer over {limit} bytes", provider="upstream", http_status=200
+                )
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def read_at_most(self, limit: int) -> bytes:
+        """The body's first ``limit`` bytes or fewer (the rest is not read)."""
+        parts = []
+        size = 0
+        while size < limit and (piece := await self.readany()):
+            parts.append(piece)
+            size += len(piece)
+        return b"".join(parts)[:limit]
 
     async def iter_any(self) -> AsyncIterator[bytes]:
         while piece := await self.readany():
@@ -217,10 +241,13 @@ class Response:
         self.content = content
 
     async def read(self) -> bytes:
-        return await self.content.read()
+        """The whole body, at most :data:`MAX_BODY_BYTES` (past it, ``MalformedResponse``)."""
+        return await self.content.read(MAX_BODY_BYTES)
 
-    async def text(self) -> str:
-        return (await self.content.read()).decode(_charset(self.headers.get("content-type")), errors="replace")
+    async def text(self, limit: int | None = None) -> str:
+        """The body as text; with ``limit``, its first ``limit`` bytes only (an error's text)."""
+        data = await self.read() if limit is None else await self.content.read_at_most(limit)
+        return data.decode(_charset(self.headers.get("content-type")), errors="replace")
 
 
 def _charset(content_type: str | None) -> str:

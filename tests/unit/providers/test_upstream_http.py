@@ -458,6 +458,26 @@ async def test_an_ndjson_line_past_the_event_limit_is_a_malformed_answer(
     assert lines == [b'{"a":1}\n']
 
 
+async def test_an_answer_past_the_body_limit_is_malformed_and_a_gzip_bomb_is_cut(
+    server: Server, client: UpstreamClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 2 GB answer took the gateway to 5 GB of memory, a 1 MB gzip bomb to 2 GB: a body is
+    read up to MAX_BODY_BYTES, and one read inflating past it fails the body."""
+    import gzip
+
+    from gateway.providers import upstream_response
+    from gateway.providers.upstream_response import BodyCut
+
+    monkeypatch.setattr(upstream_response, "MAX_BODY_BYTES", 1000)
+    bomb = gzip.compress(b"0" * 200_000)
+    server.handler = answer(plain(b"x" * 999), plain(b"x" * 1001), plain(bomb, b"content-encoding: gzip"))
+    assert await call(client, server.url()) == (200, b"x" * 999)
+    with pytest.raises(errors.MalformedResponse, match="over 1000 bytes"):
+        await call(client, server.url())
+    with pytest.raises(BodyCut, match="inflates past 1000 bytes"):
+        await call(client, server.url())
+
+
 # --- 4. a body that ends when the server closes -----------------------------------------------
 
 
