@@ -57,13 +57,17 @@ def _configure_logging(level: str) -> None:
         handler.addFilter(_RateLimit("aiokafka", 30.0))
 
 
+#: requests a simulator started from the CLI keeps (for nothing but debugging)
+SIMULATED_REQUESTS_KEPT = 1000
+
+
 async def _start_simulators(settings: Settings, providers: list[str]) -> tuple[Settings, list[Simulator]]:
     from gateway.simulators.registry import make_simulator, provider_settings_for
 
     sims: list[Simulator] = []
     overrides = dict(settings.providers)
     for name in providers:
-        sim = make_simulator(name)
+        sim = make_simulator(name, max_requests=SIMULATED_REQUESTS_KEPT)
         await sim.start()
         sims.append(sim)
         overrides[name] = provider_settings_for(name, sim)
@@ -88,6 +92,12 @@ async def _serve(settings: Settings, simulate: bool) -> None:
     site = web.TCPSite(runner, settings.bind_host, settings.port)
     await site.start()
     log.info("llm-gateway listening on http://%s:%s", settings.bind_host, settings.port)
+    if not settings.api_keys and settings.bind_host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning(
+            "no API keys are configured and the gateway listens on %s: whoever reaches it can spend as any "
+            "tenant, read every tenant's costs and run SQL analytics; configure api_keys",
+            settings.bind_host,
+        )
     try:
         await until_terminated()
     finally:
@@ -109,7 +119,7 @@ async def _simulate(host: str, port: int) -> None:
     }
     sims = []
     for offset, name in enumerate(KNOWN_PROVIDERS):
-        sim = make_simulator(name)
+        sim = make_simulator(name, max_requests=SIMULATED_REQUESTS_KEPT)
         await sim.start(host, port + offset if port else 0)
         sims.append(sim)
         url_var, key_var = env_names[name]

@@ -116,6 +116,9 @@ class Simulator:
     served_model: str | None = None
     faults: FaultPlan = field(default_factory=FaultPlan)
     requests: list[RecordedRequest] = field(default_factory=list)
+    #: keep only the last this many requests (None: all, as tests read them); ``serve
+    #: --simulate`` kept every body it was ever sent: 2 GB after a review's load
+    max_requests: int | None = None
     _runner: web.AppRunner | None = None
     base_url: str = ""
 
@@ -132,6 +135,8 @@ class Simulator:
         self.requests.append(
             RecordedRequest(request.method, request.path, dict(request.query), dict(request.headers), body)
         )
+        if self.max_requests is not None and len(self.requests) > 2 * self.max_requests:
+            del self.requests[: -self.max_requests]  # trimmed in halves: amortised O(1) a request
         return body
 
     async def take_fault(self) -> Fault | None:
