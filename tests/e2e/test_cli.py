@@ -216,3 +216,14 @@ async def test_consume_without_its_broker_says_so_in_one_line(tmp_path: Path) ->
     last = err.decode().strip().splitlines()[-1]
     assert last.startswith("llm-gateway consume: cannot start: the Kafka broker: KafkaConnectionError")
     assert "Traceback" not in err.decode()
+
+
+async def test_serve_warns_when_it_listens_beyond_loopback_without_keys(tmp_path: Path) -> None:
+    port = free_port()
+    async with process(
+        "serve", "--simulate", "--host", "0.0.0.0", "--port", str(port), env=clean_env(tmp_path)
+    ) as proc:
+        await wait_http(f"http://127.0.0.1:{port}/healthz")
+        proc.terminate()
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert "WARNING" in err.decode() and "no API keys are configured and the gateway listens on 0.0.0.0" in err.decode()
