@@ -10,6 +10,8 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any, ClassVar
 
+from gateway.safe_text import redact_secrets
+
 
 class GatewayError(Exception):
     """Root of every error the gateway raises on purpose."""
@@ -115,7 +117,7 @@ class ProviderError(GatewayError):
         upstream_code: str | None = None,
         param: str | None = None,
     ) -> None:
-        super().__init__(message, param=param)
+        super().__init__(redact_secrets(message), param=param)
         self.provider = provider
         self.http_status = http_status
         #: seconds the upstream asked us to wait (retry-after-ms / retry-after / RetryInfo)

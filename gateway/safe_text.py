@@ -8,6 +8,7 @@ Both keep an ordinary value as it is (one C-level check), so the documented form
 from __future__ import annotations
 
 import json
+import re
 
 #: longest header value the gateway sends from text it did not write itself
 MAX_HEADER_TEXT = 256
@@ -28,3 +29,21 @@ def log_value(text: str) -> str:
     if text and text.isprintable() and " " not in text and "=" not in text and '"' not in text:
         return text
     return json.dumps(text, ensure_ascii=False) if text.isprintable() else json.dumps(text)
+
+
+#: credentials an upstream may echo in an error message (a key sent in the wrong header, a proxy
+#: quoting the request): API keys with a known prefix, bearer tokens, key parameters
+_SECRETS = re.compile(
+    r"(?P<keep>\b(?:sk|pk|rk)-(?:ant-|proj-|svcacct-)?|\bAIza|\bBearer\s+|\b(?:api[_-]?key|key|token)=)"
+    r"(?P<secret>[A-Za-z0-9_\-.~+/]{8,}=*)",
+    re.IGNORECASE,
+)
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with what looks like a credential replaced by ``***`` (its prefix kept, so the
+    message still says which kind): an upstream's error text reaches the client and the usage
+    event, and a review saw ``Bearer sk-...`` come back whole in a 400."""
+    if "-" not in text and "AIza" not in text and "=" not in text and "earer" not in text:
+        return text
+    return _SECRETS.sub(lambda m: m.group("keep") + "***", text)

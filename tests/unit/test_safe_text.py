@@ -34,3 +34,20 @@ def test_a_header_value_has_no_line_break_and_a_bounded_length() -> None:
 def test_a_log_value_is_one_field_on_one_line(text: str, logged: str) -> None:
     assert log_value(text) == logged
     assert "\n" not in log_value(text) and "\u2028" not in log_value(text)
+
+
+def test_credentials_in_an_upstream_error_are_redacted() -> None:
+    """An upstream's 400 that quoted the request's key reached the tenant and the usage event
+    whole (a review: "Incorrect API key provided: Bearer sk-UPSTREAM-PROVIDER-SECRET-123")."""
+    from gateway import errors
+    from gateway.safe_text import redact_secrets
+
+    error = errors.UpstreamBadRequest(
+        "openai: Incorrect API key provided: Bearer sk-UPSTREAM-PROVIDER-SECRET-123", provider="openai"
+    )
+    assert error.message == "openai: Incorrect API key provided: Bearer ***"
+    assert "SECRET" not in str(error.to_openai())
+    assert redact_secrets("bad key sk-ant-api03-ABCDEFGHIJKLMNOP here") == "bad key sk-ant-*** here"
+    assert redact_secrets("url?key=AIzaSyD-abcdefghijklmnop123&alt=sse") == "url?key=***&alt=sse"
+    for plain in ("rate limit of gpt-4o-2024-08-06 exceeded", "network-error in task-12345678", "no key"):
+        assert redact_secrets(plain) == plain
