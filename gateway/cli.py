@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from gateway.errors import GatewayError
-from gateway.runtime import tune_gc, tune_logging, until_terminated
+from gateway.runtime import quiet_accept_errors, tune_gc, tune_logging, until_terminated
 from gateway.settings import Settings, load_settings
 from gateway.startup import startup_failure
 
@@ -86,6 +86,7 @@ async def _serve(settings: Settings, simulate: bool) -> None:
         from gateway.routing.catalog import KNOWN_PROVIDERS
 
         settings, sims = await _start_simulators(settings, list(KNOWN_PROVIDERS))
+    quiet_accept_errors(asyncio.get_running_loop())
     app = create_app(settings, installers=server_installers(settings))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
