@@ -71,6 +71,20 @@ def test_an_unreadable_limit_is_refused_with_the_setting_named(tmp_path: Path) -
 
 def test_serve_and_consume_open_the_store_with_the_settings(tmp_path: Path) -> None:
     default = build_pipeline(Settings(data_dir=tmp_path / "d1"))
-    assert default.store.config == {"memory_limit": "128MB"}
+    assert default.store.config == {"memory_limit": "128MB", "max_temp_directory_size": "4GB"}
     tuned = build_pipeline(Settings(data_dir=tmp_path / "d2", duckdb_memory_limit="1GB", duckdb_threads=1))
-    assert tuned.store.config == {"memory_limit": "1GB", "threads": 1}
+    assert tuned.store.config == {"memory_limit": "1GB", "threads": 1, "max_temp_directory_size": "4GB"}
+
+
+def test_queries_spill_at_most_max_spill_to_disk() -> None:
+    """DuckDB lets queries spill up to 90% of the free disk, the disk the event log is on: an
+    analyst's query wrote 5.6 GB in 25 s in a review."""
+    from analytics.store import MAX_SPILL, AnalyticsStore
+
+    store = AnalyticsStore()
+    store.open_sync()
+    try:
+        (limit,) = store.connection.execute("SELECT current_setting('max_temp_directory_size')").fetchone() or ("",)
+    finally:
+        store.close_sync()
+    assert MAX_SPILL == "4GB" and limit == "3.7 GiB"
