@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any, ClassVar
 
 from gateway.safe_text import redact_secrets
+from gateway.types import Usage
 
 
 class GatewayError(Exception):
@@ -118,6 +119,9 @@ class ProviderError(GatewayError):
         param: str | None = None,
     ) -> None:
         super().__init__(redact_secrets(message), param=param)
+        #: what the provider reported it used, when it answered and bills the attempt anyway (a
+        #: 200 answer the adapter could not read): recorded with the attempt
+        self.usage: Usage | None = None
         self.provider = provider
         self.http_status = http_status
         #: seconds the upstream asked us to wait (retry-after-ms / retry-after / RetryInfo)

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from gateway import errors
 from gateway.providers import anthropic_wire as wire
 from gateway.providers.base import Provider, Timeouts
-from gateway.providers.http import let_body_finish, post, read_error_body, read_json
+from gateway.providers.http import let_body_finish, post, read_error_body, read_json, with_billed_usage
 from gateway.providers.sse import iter_sse
 from gateway.providers.upstream_http import UpstreamClient
 from gateway.providers.upstream_response import Response
@@ -90,7 +90,10 @@ class AnthropicProvider:
             classify=wire.classify,
         ) as resp:
             body = await read_json(resp, self.name, exact_if=b'"tool_use"')
-            return wire.parse_message(body, request.model, resp.headers.get("request-id"))
+            try:
+                return wire.parse_message(body, request.model, resp.headers.get("request-id"))
+            except errors.MalformedResponse as exc:
+                raise with_billed_usage(exc, lambda: wire.usage_from(body["usage"])) from None
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
         parser = wire.StreamParser(request.model)

@@ -8,7 +8,7 @@ from urllib.parse import quote
 from gateway import errors
 from gateway.providers import google_wire as wire
 from gateway.providers.base import Timeouts
-from gateway.providers.http import malformed, parse_json, post, read_error_body, read_json
+from gateway.providers.http import malformed, parse_json, post, read_error_body, read_json, with_billed_usage
 from gateway.providers.sse import iter_sse
 from gateway.providers.upstream_http import UpstreamClient
 from gateway.providers.upstream_response import Response
@@ -64,9 +64,12 @@ class GoogleProvider:
         ) as resp:
             obj = await read_json(resp, self.name, exact_if=b'"functionCall"')
             request_id = resp.headers.get("x-request-id")
-        if not wire.is_answer(obj):
-            raise malformed(self.name, "neither candidates nor promptFeedback.blockReason")
-        piece = wire.parse_response(obj)
+        try:
+            if not wire.is_answer(obj):
+                raise malformed(self.name, "neither candidates nor promptFeedback.blockReason")
+            piece = wire.parse_response(obj)
+        except errors.MalformedResponse as exc:
+            raise with_billed_usage(exc, lambda: wire.map_usage(obj["usageMetadata"])) from None
         return ChatResult(
             text=piece.text,
             finish_reason=piece.finish() or "stop",

@@ -16,6 +16,7 @@ import orjson
 from gateway import errors
 from gateway.providers.upstream_http import UpstreamClient
 from gateway.providers.upstream_response import BodyCut, Response, Timeout
+from gateway.types import Usage
 
 ErrorClassifier = Callable[[int, Mapping[str, str], Any, str], errors.ProviderError]
 
@@ -215,6 +216,17 @@ async def read_json(resp: Response, provider: str, *, exact_if: bytes | None = N
         raise errors.MalformedResponse(
             f"{provider}: response is not JSON: {raw[:200]!r}", provider=provider, http_status=resp.status
         ) from exc
+
+
+def with_billed_usage(exc: errors.MalformedResponse, usage_of: Callable[[], Usage | None]) -> errors.MalformedResponse:
+    """``exc`` (a 200 answer the adapter could not read) with the usage the answer reported, when
+    that part can be read: the provider bills the answer whatever is wrong with its content (it
+    was recorded free, and the call fell back and paid again)."""
+    try:
+        exc.usage = usage_of()
+    except (errors.ProviderError, ValueError, TypeError, LookupError, AttributeError):
+        exc.usage = None
+    return exc
 
 
 def malformed(provider: str, what: str) -> errors.MalformedResponse:

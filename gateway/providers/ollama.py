@@ -31,6 +31,7 @@ from gateway.providers.http import (
     parse_json,
     post,
     read_json,
+    with_billed_usage,
 )
 from gateway.providers.sse import iter_ndjson_lines
 from gateway.providers.upstream_http import UpstreamClient
@@ -301,7 +302,10 @@ class OllamaProvider:
             classify=classify,
         ) as resp:
             obj = await read_json(resp, self.name, exact_if=b'"tool_calls"')
-        piece = parse_object(obj)
+        try:
+            piece = parse_object(obj)
+        except errors.MalformedResponse as exc:
+            raise with_billed_usage(exc, lambda: map_usage(obj)) from None
         return ChatResult(
             text=piece.text,
             finish_reason=map_finish_reason(piece.done_reason, has_tool_calls=piece.has_tool_calls),

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from gateway import errors
 from gateway.providers import openai_wire as wire
 from gateway.providers.base import FinalBatch, Provider, Timeouts
-from gateway.providers.http import let_body_finish, post, read_error_body, read_json
+from gateway.providers.http import let_body_finish, post, read_error_body, read_json, with_billed_usage
 from gateway.providers.upstream_http import UpstreamClient
 from gateway.providers.upstream_response import Response
 from gateway.settings import ProviderSettings
@@ -76,12 +76,15 @@ class OpenAIProvider:
             classify=self._classify,
         ) as resp:
             data = await read_json(resp, self.name)
-            return wire.parse_response(
-                data,
-                provider=self.name,
-                requested_model=request.model,
-                request_id=_request_id(resp),
-            )
+            try:
+                return wire.parse_response(
+                    data,
+                    provider=self.name,
+                    requested_model=request.model,
+                    request_id=_request_id(resp),
+                )
+            except errors.MalformedResponse as exc:
+                raise with_billed_usage(exc, lambda: wire.parse_usage(data.get("usage"))) from None
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
         async for batch in self.stream_batches(request):

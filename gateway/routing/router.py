@@ -367,6 +367,7 @@ class Router:
                 provider_model=candidate.model,
                 outcome=error.outcome,  # type: ignore[arg-type]
                 latency_ms=latency,
+                usage=error.usage,
                 http_status=error.http_status,
                 error_code=error.upstream_code or error.code,
                 error_message=error.message,

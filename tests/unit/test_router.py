@@ -315,6 +315,18 @@ async def test_a_call_costs_what_its_billed_failed_attempts_cost_too() -> None:
     assert info.value.cost == 0  # attempts refused: nothing billed
 
 
+async def test_an_unreadable_answer_with_usage_is_billed_then_fallen_back_from() -> None:
+    bad = errors.MalformedResponse("openai: malformed response: content is int", provider="openai", http_status=200)
+    bad.usage = Usage(1000, 1000)
+    openai, azure = ScriptedProvider("openai", bad), ScriptedProvider("azure")
+    router, log, _ = make_router(openai, azure)
+    served = await router.complete(ctx(), TEMPLATE)
+    first, second = log.events
+    assert (first.outcome, first.billable, first.prompt_tokens) == ("malformed_response", True, 1000)
+    assert first.cost_usd is not None and first.cost_usd > 0
+    assert served.provider == "azure" and served.cost == first.cost_usd + second.cost_usd
+
+
 async def test_stream_usage_is_priced() -> None:
     chunks = [StreamChunk(text="a"), StreamChunk(finish_reason="stop", usage=Usage(1000, 1000), model="gpt-4-0613")]
     router, _log, _ = make_router(ScriptedProvider("openai", chunks))

@@ -1,0 +1,95 @@
+"""A 200 answer an adapter cannot read, whose usage it can: the provider bills it whatever is wrong
+with its content, so the failed attempt carries that usage (it was recorded free, and the call
+fell back and paid again)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from gateway import errors
+from gateway.providers import anthropic, google, ollama, openai
+from gateway.providers.base import Timeouts
+from gateway.providers.upstream_http import UpstreamClient
+from gateway.settings import ProviderSettings
+from gateway.types import ChatRequest, Message, Usage
+
+BODIES: dict[str, tuple[Any, Any, Usage]] = {
+    # vendor: (module, the 200 body, the usage it reports)
+    "openai": (
+        openai,
+        {"choices": [{"message": {"content": 5}}], "usage": {"prompt_tokens": 100, "completion_tokens": 20}},
+        Usage(100, 20),
+    ),
+    "anthropic": (
+        anthropic,
+        {
+            "type": "message",
+            "content": [{"type": "text", "text": 5}],
+            "usage": {"input_tokens": 30, "output_tokens": 40},
+        },
+        Usage(30, 40),
+    ),
+    "google": (
+        google,
+        {
+            "candidates": [{"content": {"parts": "oops"}}],
+            "usageMetadata": {"promptTokenCount": 100, "candidatesTokenCount": 20},
+        },
+        Usage(100, 20),
+    ),
+    "ollama": (
+        ollama,
+        {
+            "model": "llama3",
+            "message": {"role": "assistant", "content": 5},
+            "done": True,
+            "prompt_eval_count": 7,
+            "eval_count": 9,
+        },
+        Usage(7, 9),
+    ),
+}
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    answer: dict[str, Any] = {}
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.json_response(answer["body"])
+
+    app = web.Application()
+    app.router.add_route("POST", "/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}", answer
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("vendor", list(BODIES))
+async def test_an_unreadable_answer_carries_the_usage_it_reported(
+    vendor: str, upstream: tuple[str, dict[str, Any]], session: UpstreamClient, timeouts: Timeouts
+) -> None:
+    url, answer = upstream
+    module, body, usage = BODIES[vendor]
+    answer["body"] = body
+    base = f"{url}/v1" if vendor == "openai" else url
+    provider = module.build(ProviderSettings(api_key="k", base_url=base), session, timeouts)
+    assert provider is not None
+    request = ChatRequest(model="m", messages=[Message("user", "hi")])
+    with pytest.raises(errors.MalformedResponse) as info:
+        await provider.complete(request)
+    assert info.value.usage == usage
+    answer["body"] = {"nothing": "readable"}
+    with pytest.raises(errors.MalformedResponse) as info:
+        await provider.complete(request)
+    assert info.value.usage is None
