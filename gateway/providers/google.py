@@ -93,7 +93,9 @@ class GoogleProvider:
                 classify=wire.classify,
                 params={"alt": "sse"},
             ) as resp:
-                if "event-stream" not in resp.headers.get("content-type", "text/event-stream"):
+                if "event-stream" not in resp.headers.get("content-type", "text/event-stream") or await _json_body(
+                    resp
+                ):
                     raise await self._not_a_stream(resp)
                 async for chunk in self._chunks(resp, request.model):
                     started = True
@@ -107,6 +109,8 @@ class GoogleProvider:
         """A 200 answer to ``alt=sse`` that is not SSE: a google.rpc.Status error object (judged
         by its own ``code``, e.g. 429 RESOURCE_EXHAUSTED), or garbage."""
         body, raw = await read_error_body(resp)
+        if isinstance(body, list) and len(body) == 1:  # the stream's array form: [{"error": ...}]
+            body = body[0]
         error = body.get("error") if isinstance(body, dict) else None
         if isinstance(error, dict):
             code = error.get("code")
@@ -145,6 +149,15 @@ class GoogleProvider:
         if finish is None:
             raise errors.StreamCut(f"{self.name}: stream ended without a finishReason", provider=self.name)
         yield StreamChunk(finish_reason=finish, usage=usage, model=model or requested)
+
+
+async def _json_body(resp: Response) -> bool:
+    """Whether an answer labelled SSE is a JSON document (``[{"error": {...}}]``, which Google's
+    SDK accepts): the SSE framer dropped it as lines without ``data:``, and an overload or a
+    quota error became a cut stream, billed at an unknown cost and not retried."""
+    first = await resp.content.readany()
+    resp.content.unread(first)
+    return first.lstrip()[:1] in (b"[", b"{")
 
 
 def build(settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> GoogleProvider | None:

@@ -134,6 +134,12 @@ class Body:
             conn.resume()
         return data
 
+    def unread(self, data: bytes) -> None:
+        """Put ``data`` (what the last ``readany`` gave) back in front of the body."""
+        if data:
+            self._pieces.appendleft(data)
+            self._size += len(data)
+
     async def read(self, limit: int | None = None) -> bytes:
         """The whole body; past ``limit`` bytes, ``MalformedResponse`` (the rest is not read)."""
         parts = []

@@ -93,3 +93,39 @@ async def test_an_unreadable_answer_carries_the_usage_it_reported(
     with pytest.raises(errors.MalformedResponse) as info:
         await provider.complete(request)
     assert info.value.usage is None
+
+
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [
+        (
+            '[{"error": {"code": 503, "message": "The model is overloaded.", "status": "UNAVAILABLE"}}]',
+            errors.Overloaded,
+        ),
+        ('{"error": {"code": 429, "message": "slow down", "status": "RESOURCE_EXHAUSTED"}}', errors.RateLimited),
+    ],
+)
+async def test_gemini_json_error_labelled_as_sse_is_that_error(
+    body: str, kind: type[errors.ProviderError], session: UpstreamClient, timeouts: Timeouts
+) -> None:
+    """A 200 ``text/event-stream`` holding a JSON error document (Google's SDK accepts it): the
+    SSE framer dropped it, and an overload became a cut stream, billed at an unknown cost and
+    not retried."""
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(text=body, content_type="text/event-stream")
+
+    app = web.Application()
+    app.router.add_route("POST", "/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        provider = google.build(ProviderSettings(api_key="k", base_url=f"http://127.0.0.1:{port}"), session, timeouts)
+        assert provider is not None
+        with pytest.raises(kind):
+            _ = [c async for c in provider.stream(ChatRequest(model="gemini-pro", messages=[Message("user", "hi")]))]
+    finally:
+        await runner.cleanup()
