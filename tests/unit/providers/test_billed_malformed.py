@@ -4,7 +4,8 @@ fell back and paid again)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -55,13 +56,9 @@ BODIES: dict[str, tuple[Any, Any, Usage]] = {
 }
 
 
-@pytest.fixture
-async def upstream() -> AsyncIterator[tuple[str, dict[str, Any]]]:
-    answer: dict[str, Any] = {}
-
-    async def handle(request: web.Request) -> web.Response:
-        return web.json_response(answer["body"])
-
+@asynccontextmanager
+async def serving(handle: Callable[[web.Request], Awaitable[web.Response]]) -> AsyncIterator[str]:
+    """A fake upstream answering every POST with ``handle``; yields its base URL."""
     app = web.Application()
     app.router.add_route("POST", "/{tail:.*}", handle)
     runner = web.AppRunner(app)
@@ -70,9 +67,20 @@ async def upstream() -> AsyncIterator[tuple[str, dict[str, Any]]]:
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        yield f"http://127.0.0.1:{port}", answer
+        yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    answer: dict[str, Any] = {}
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.json_response(answer["body"])
+
+    async with serving(handle) as url:
+        yield url, answer
 
 
 @pytest.mark.parametrize("vendor", list(BODIES))
@@ -115,17 +123,8 @@ async def test_gemini_json_error_labelled_as_sse_is_that_error(
     async def handle(request: web.Request) -> web.Response:
         return web.Response(text=body, content_type="text/event-stream")
 
-    app = web.Application()
-    app.router.add_route("POST", "/{tail:.*}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        provider = google.build(ProviderSettings(api_key="k", base_url=f"http://127.0.0.1:{port}"), session, timeouts)
+    async with serving(handle) as url:
+        provider = google.build(ProviderSettings(api_key="k", base_url=url), session, timeouts)
         assert provider is not None
         with pytest.raises(kind):
             _ = [c async for c in provider.stream(ChatRequest(model="gemini-pro", messages=[Message("user", "hi")]))]
-    finally:
-        await runner.cleanup()
