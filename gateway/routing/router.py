@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -416,6 +417,8 @@ class Router:
 #: a stream the upstream cut after the client kept a write waiting this long is the client's
 #: (see ``StreamSession.batches``); a client reading at network speed never waits a second
 SLOW_CLIENT_SECONDS = 2.0
+#: how long after such a wait a cut is still the client's (an upstream's send timeout, about)
+SLOW_CLIENT_WINDOW = 60.0
 
 
 class _Deadline:
@@ -540,23 +543,30 @@ class StreamSession:
         the client held the stream for :data:`SLOW_CLIENT_SECONDS` or more is the client's:
         recorded ``cancelled`` (``client_too_slow``), not ``stream_cut``, so health does not
         count it against the provider (ten slow readers opened a healthy provider's circuit)."""
-        held = 0.0  # how long the caller kept the last batch (its write to the client)
+        slow = 0.0  # the longest the caller kept a batch (its write to the client)...
+        slow_at = -math.inf  # ... and when that ended
         try:
             if self._head:
                 self._note(self._head)
                 taken = time.monotonic()
                 yield self._head
-                held = time.monotonic() - taken
+                if (now := time.monotonic()) - taken >= SLOW_CLIENT_SECONDS:
+                    slow, slow_at = now - taken, now
             async for batch in self._iterator:
                 self._note(batch)
                 taken = time.monotonic()
                 yield batch
-                held = time.monotonic() - taken
+                if (now := time.monotonic()) - taken >= SLOW_CLIENT_SECONDS:
+                    slow, slow_at = now - taken, now
             self._drained = True
         except (TimeoutError, errors.ProviderError, OSError) as exc:
             cause = _as_provider_error(exc, self.provider)
-            kind = errors.ClientTooSlow if held >= SLOW_CLIENT_SECONDS else errors.StreamCut
-            why = f" (the client had read nothing for {held:.1f} s)" if kind is errors.ClientTooSlow else ""
+            # the upstream cut while the gateway held its reads: what it had buffered meanwhile
+            # may still be forwarded after the client came back, so the cut shows a few quick
+            # writes later (the last write alone missed half of the slow readers in a re-test)
+            client = time.monotonic() - slow_at <= SLOW_CLIENT_WINDOW
+            kind = errors.ClientTooSlow if client else errors.StreamCut
+            why = f" (the client had read nothing for {slow:.1f} s)" if client else ""
             cut = kind(
                 f"{self.provider}: stream interrupted: {cause.message}{why}",
                 provider=self.provider,
