@@ -75,18 +75,22 @@ async def until_terminated() -> None:
     flight finish (their usage events are written), a projector commits its batch, the logs
     are flushed. Without a handler SIGTERM killed the process at once, and every attempt in
     flight was lost with its event; a gateway running as a container's PID 1 ignored it. A
-    second SIGTERM while stopping kills it."""
+    SIGTERM while stopping changes nothing (it killed the process, and lost every answer and
+    event in flight, in a re-test): SIGKILL is what ends a stop that takes too long."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+
+    def terminate() -> None:
+        if stop.is_set():
+            logging.getLogger("gateway").info("SIGTERM again: still finishing the calls in flight")
+        stop.set()
+
     try:
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGTERM, terminate)
     except (NotImplementedError, RuntimeError):  # no signal handling here (Windows, a thread)
         await asyncio.Event().wait()
-    try:
-        await stop.wait()
-        logging.getLogger("gateway").info("SIGTERM: stopping; finishing the calls in flight")
-    finally:
-        loop.remove_signal_handler(signal.SIGTERM)
+    await stop.wait()
+    logging.getLogger("gateway").info("SIGTERM: stopping; finishing the calls in flight")
 
 
 #: how often the event loop's "out of file descriptors" error is logged at most (seconds)

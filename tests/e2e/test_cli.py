@@ -195,6 +195,8 @@ async def test_sigterm_lets_the_calls_in_flight_finish_with_their_events(tmp_pat
             calls = asyncio.gather(call(False), call(True))
             await asyncio.sleep(0.5)  # both are waiting on the upstream
             proc.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.2)
+            proc.send_signal(signal.SIGTERM)  # again: still stopping (it killed the process, a re-test)
             (json_status, json_body), (stream_status, stream_body) = await asyncio.wait_for(calls, 20)
             assert await asyncio.wait_for(proc.wait(), 20) == 0
     finally:
