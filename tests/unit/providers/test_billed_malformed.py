@@ -128,3 +128,15 @@ async def test_gemini_json_error_labelled_as_sse_is_that_error(
         assert provider is not None
         with pytest.raises(kind):
             _ = [c async for c in provider.stream(ChatRequest(model="gemini-pro", messages=[Message("user", "hi")]))]
+
+
+def test_an_answer_nested_past_pythons_parser_is_still_read() -> None:
+    """A tool_use answer nested about 990 levels deep was an adapter failure (RecursionError):
+    recorded free, counted against the provider, and paid again at the fallback."""
+    from gateway.providers.http import parse_json
+
+    deep = '{"type":"tool_use","input":{"a":' + "[" * 990 + "]" * 990 + "}}"
+    assert parse_json(deep.encode(), exact_if=b'"tool_use"')["type"] == "tool_use"
+    assert parse_json(b'{"tool_use": 123456789012345678901234567890}', exact_if=b'"tool_use"') == {
+        "tool_use": 123456789012345678901234567890
+    }
