@@ -73,13 +73,22 @@ class Body:
     # --- fed by the connection ----------------------------------------------------------------
     def feed(self, data: bytes) -> None:
         if self.decoder is not None:
+            # a read may inflate 100 times (and to 1 MiB at least): more is a bomb, refused before
+            # it is inflated (64 MiB in one call held the event loop for a second)
+            limit = min(MAX_BODY_BYTES, max(1 << 20, 100 * len(data)))
             try:
-                data = self.decoder.decompress(data, MAX_BODY_BYTES)
+                data = self.decoder.decompress(data, limit)
             except zlib.error as e:
                 self.fail(BodyCut(f"cannot decompress the body: {e}"))
                 return
-            if len(data) >= MAX_BODY_BYTES:  # one read inflating to the limit (or past): a bomb
-                self.fail(BodyCut(f"the body inflates past {MAX_BODY_BYTES} bytes"))
+            if len(data) >= limit:
+                self.fail(
+                    errors.MalformedResponse(
+                        f"upstream: malformed response: a compressed body inflating past {limit} bytes in one read",
+                        provider="upstream",
+                        http_status=200,
+                    )
+                )
                 return
         if data:
             self._pieces.append(data)
