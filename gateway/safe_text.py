@@ -34,7 +34,8 @@ def log_value(text: str) -> str:
 #: credentials an upstream may echo in an error message (a key sent in the wrong header, a proxy
 #: quoting the request): API keys with a known prefix, bearer tokens, key parameters
 _SECRETS = re.compile(
-    r"(?P<keep>\b(?:sk|pk|rk)-(?:ant-|proj-|svcacct-)?|\bAIza|\bBearer\s+|\b(?:api[_-]?key|key|token)=)"
+    r"(?P<keep>\b(?:sk|pk|rk)-(?:ant-|proj-|svcacct-)?|\bAIza|\b(?:Bearer|Basic)\s+"
+    r"|\b(?:api[_-]?key|x-api-key|key|token|secret|password)[\"']?\s*[:=]\s*[\"']?)"
     r"(?P<secret>[A-Za-z0-9_\-.~+/]{8,}=*)",
     re.IGNORECASE,
 )
@@ -44,6 +45,6 @@ def redact_secrets(text: str) -> str:
     """``text`` with what looks like a credential replaced by ``***`` (its prefix kept, so the
     message still says which kind): an upstream's error text reaches the client and the usage
     event, and a review saw ``Bearer sk-...`` come back whole in a 400."""
-    if "-" not in text and "AIza" not in text and "=" not in text and "earer" not in text:
+    if "-" not in text and "AIza" not in text and "=" not in text and ":" not in text and "earer" not in text:
         return text
     return _SECRETS.sub(lambda m: m.group("keep") + "***", text)

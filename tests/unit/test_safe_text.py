@@ -51,3 +51,12 @@ def test_credentials_in_an_upstream_error_are_redacted() -> None:
     assert redact_secrets("url?key=AIzaSyD-abcdefghijklmnop123&alt=sse") == "url?key=***&alt=sse"
     for plain in ("rate limit of gpt-4o-2024-08-06 exceeded", "network-error in task-12345678", "no key"):
         assert redact_secrets(plain) == plain
+    # shapes a re-test found coming back whole: a JSON api_key, Azure's 32-hex api-key header,
+    # HTTP basic credentials
+    assert redact_secrets('{"api_key": "abcd1234efgh5678"}') == '{"api_key": "***"}'
+    assert redact_secrets("api-key: 0123456789abcdef0123456789abcdef") == "api-key: ***"
+    assert redact_secrets("Authorization: Basic dXNlcjpwYXNzd29yZA==") == "Authorization: Basic ***"
+    assert (
+        redact_secrets("context length 128000 exceeded: 130000 tokens")
+        == "context length 128000 exceeded: 130000 tokens"
+    )
