@@ -132,6 +132,8 @@ class GoogleProvider:
                 obj = parse_json(event.data, exact_if=b'"functionCall"')
             except ValueError as exc:
                 raise malformed(self.name, f"stream event is not JSON: {event.data[:200]!r}") from exc
+            if finishing is not None:  # after the candidate's finishReason: nothing more is its
+                continue  # answer (text reached the client, and its usage replaced the final one)
             piece = wire.parse_response(obj)
             model = piece.model or model
             usage = piece.usage or usage

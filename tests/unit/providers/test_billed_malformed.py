@@ -4,6 +4,7 @@ fell back and paid again)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -140,3 +141,30 @@ def test_an_answer_nested_past_pythons_parser_is_still_read() -> None:
     assert parse_json(b'{"tool_use": 123456789012345678901234567890}', exact_if=b'"tool_use"') == {
         "tool_use": 123456789012345678901234567890
     }
+
+
+async def test_gemini_ignores_what_comes_after_the_finish(session: UpstreamClient, timeouts: Timeouts) -> None:
+    """Text sent after ``finishReason`` reached the client, and that event's usage replaced
+    the final one in the bill."""
+    events = [
+        {"candidates": [{"content": {"parts": [{"text": "Hi"}]}}]},
+        {
+            "candidates": [{"content": {"parts": [{"text": "!"}]}, "finishReason": "STOP"}],
+            "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 20},
+        },
+        {
+            "candidates": [{"content": {"parts": [{"text": " EXTRA"}]}}],
+            "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 40},
+        },
+    ]
+    body = "".join(f"data: {json.dumps(e)}\r\n\r\n" for e in events)
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(text=body, content_type="text/event-stream")
+
+    async with serving(handle) as url:
+        provider = google.build(ProviderSettings(api_key="k", base_url=url), session, timeouts)
+        assert provider is not None
+        chunks = [c async for c in provider.stream(ChatRequest(model="gemini-pro", messages=[Message("user", "hi")]))]
+    assert "".join(c.text for c in chunks) == "Hi!"
+    assert chunks[-1].finish_reason == "stop" and chunks[-1].usage == Usage(10, 20)
