@@ -31,12 +31,14 @@ MAX_EVENT_BYTES = 32 * 1024 * 1024
 MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
+def malformed_answer(what: str) -> errors.MalformedResponse:
+    """A 200 answer the client refuses (``http.malformed`` for a provider named: the client does
+    not know which provider it serves)."""
+    return errors.MalformedResponse(f"upstream: malformed response: {what}", provider="upstream", http_status=200)
+
+
 def too_large(size: int, limit: int) -> errors.MalformedResponse:
-    return errors.MalformedResponse(
-        f"upstream: malformed response: a stream event or line over {limit} bytes ({size} so far)",
-        provider="upstream",
-        http_status=200,
-    )
+    return malformed_answer(f"a stream event or line over {limit} bytes ({size} so far)")
 
 
 class BodyCut(Exception):
@@ -82,13 +84,7 @@ class Body:
                 self.fail(BodyCut(f"cannot decompress the body: {e}"))
                 return
             if len(data) >= limit:
-                self.fail(
-                    errors.MalformedResponse(
-                        f"upstream: malformed response: a compressed body inflating past {limit} bytes in one read",
-                        provider="upstream",
-                        http_status=200,
-                    )
-                )
+                self.fail(malformed_answer(f"a compressed body inflating past {limit} bytes in one read"))
                 return
         if data:
             self._pieces.append(data)
@@ -157,9 +153,7 @@ class Body:
             parts.append(piece)
             size += len(piece)
             if limit is not None and size > limit:
-                raise errors.MalformedResponse(
-                    f"upstream: malformed response: an answer over {limit} bytes", provider="upstream", http_status=200
-                )
+                raise malformed_answer(f"an answer over {limit} bytes")
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def read_at_most(self, limit: int) -> bytes:

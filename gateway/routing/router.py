@@ -97,11 +97,11 @@ class _Billed:
     unknown: bool = False
 
     def add(self, event: UsageEvent) -> None:
-        if event.billable:
-            if event.cost_usd is None:
-                self.unknown = True
-            else:
-                self.known += event.cost_usd
+        """Count a billable attempt's cost."""
+        if event.cost_usd is None:
+            self.unknown = True
+        else:
+            self.known += event.cost_usd
 
 
 def _total(cost: Decimal | None, before: _Billed | None) -> Decimal | None:
@@ -338,9 +338,7 @@ class Router:
         finally:
             self._starts.end(deadline)
         ttft = (time.monotonic() - started) * 1000.0
-        session = StreamSession(self.recorder, ctx, candidate, number, started, ttft, head, iterator)
-        session.before = attempts.billed
-        return session
+        return StreamSession(self.recorder, ctx, candidate, number, started, ttft, head, iterator, attempts.billed)
 
     # --- helpers -------------------------------------------------------------------------------------
     def _failed(
@@ -385,8 +383,7 @@ class Router:
         )
         attempts.failures.append(error)
         if event.billable:
-            if attempts.billed is None:
-                attempts.billed = _Billed()
+            attempts.billed = attempts.billed or _Billed()
             attempts.billed.add(event)
         return error
 
@@ -494,6 +491,7 @@ class StreamSession:
         ttft_ms: float,
         head: list[StreamChunk],
         iterator: AsyncIterator[list[StreamChunk]],
+        before: _Billed | None = None,
     ) -> None:
         self.recorder = recorder
         self.ctx = ctx
@@ -512,7 +510,7 @@ class StreamSession:
         #: the upstream said the stream is over (a FinalBatch came): only its end follows
         self.complete = False
         #: what the call's failed attempts before this one cost (``Served.before``)
-        self.before: _Billed | None = None
+        self.before = before
         self._drained = False  # the provider's iterator ran to its end: nothing to close
 
     @property
