@@ -194,3 +194,38 @@ async def test_dead_letters_go_to_the_dlq_topic_with_reason_and_position(kafka_b
     assert message.value == b"\x00not json"
     headers = {k: v.decode() for k, v in message.headers}
     assert headers == {"reason": "unreadable", "source_position": "2:41", "source_topic": topic}
+
+
+async def test_the_projector_says_its_lag_is_unknown_while_the_broker_is_down(
+    kafka_bootstrap: str, kafka_broker_control: Broker, tmp_path: Path
+) -> None:
+    """A consumer's health said "lag 0" for as long as a review's broker was down (the last
+    value, kept when the log could not answer): it is unknown (None, with why) until the broker
+    answers again, then measured again."""
+    from consumers.deadletter import MemoryDeadLetters
+    from consumers.projector import Projector
+    from tests.bench.pipeline import NullSink
+
+    topic = new_topic()
+    log = new_log(kafka_bootstrap, topic, tmp_path / "spool.sqlite3")
+    await log.start()
+    for i in range(20):
+        log.publish(make_event(i))
+    await wait_drained(log, 30)
+    await log.close()
+    reader = KafkaLogReader(kafka_bootstrap, topic, f"lag-{uuid.uuid4().hex[:8]}")
+    projector = Projector(reader, [NullSink()], MemoryDeadLetters(), poll_timeout=0.5, idle_timeout=2.0, lag_interval=0)
+    await reader.start()
+    try:
+        assert await projector.run_until_idle() == 20
+        assert (projector.stats.lag, projector.stats.lag_error) == (0, None)
+        await kafka_broker_control.astop()
+        try:
+            await asyncio.wait_for(projector._refresh_lag(force=True), 120)
+            assert projector.stats.lag is None and projector.stats.lag_error
+        finally:
+            await kafka_broker_control.astart()
+        await asyncio.wait_for(projector._refresh_lag(force=True), 120)
+        assert (projector.stats.lag, projector.stats.lag_error) == (0, None)
+    finally:
+        await reader.close()
