@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from consumers.sinks.base import DeadLetters, DistinctEvents, Sink, SinkError, latest_by_id
+from gateway.backoff import doubling
 from gateway.eventlog.base import LogReader, LogRecord
 from gateway.events import UsageEvent
 from gateway.ids import Clock, utcnow
@@ -252,7 +253,7 @@ class Projector:
                 if isinstance(e, SinkError) and not e.retryable:
                     raise  # RejectedEvents outside a sink step: cannot happen, do not loop
                 attempt += 1
-                delay = min(self.retry_max, self.retry_initial * 2 ** (attempt - 1))
+                delay = doubling(self.retry_initial, attempt, self.retry_max)
                 self._paused(e, attempt, delay)
                 await self._refresh_lag()  # the backlog keeps growing while paused: show it
                 if not await self._wait(delay, stop):

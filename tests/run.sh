@@ -60,12 +60,12 @@ timed "kafka jars" py -m tests.services.kafka fetch
 
 postgres_started=1
 start=$EPOCHREALTIME
-database_url=$(py -m tests.services.postgres start)
+database_url=$(py -m tests.services.postgres start | tail -n 1)
 report "postgres start" "$start"
 
 kafka_started=1
 start=$EPOCHREALTIME
-kafka_bootstrap=$(py -m tests.services.kafka start)
+kafka_bootstrap=$(py -m tests.services.kafka start | tail -n 1)
 report "kafka start" "$start"
 
 export LLM_GATEWAY_TEST_KAFKA=$kafka_bootstrap

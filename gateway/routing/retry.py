@@ -16,6 +16,7 @@ from typing import TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
+from gateway.backoff import doubling
 from gateway.errors import GatewayError
 
 T = TypeVar("T")
@@ -66,7 +67,7 @@ class _Wait:
         server_wait = getattr(exc, "retry_after", None)
         if server_wait is not None:
             return float(server_wait)
-        backoff = min(self._policy.initial_wait * 2 ** (attempt_number - 1), self._policy.max_wait)
+        backoff = doubling(self._policy.initial_wait, attempt_number, self._policy.max_wait)
         return float(backoff + (random.uniform(0, self._jitter) if self._jitter else 0.0))
 
     def __call__(self, state: RetryCallState) -> float:

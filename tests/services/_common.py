@@ -67,13 +67,23 @@ def write_state(path: Path, state: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def run_tool(cmd: list[str], **kwargs: Any) -> None:
+    """Run an external tool whose output nobody reads; its stdout goes to stderr.
+
+    The service CLIs print one machine-readable line on stdout (a DSN, a bootstrap address),
+    which tests/run.sh captures: a tool's chatter there ("Removed stale pid file." from
+    pg_ctlcluster) would become part of that value.
+    """
+    subprocess.run(cmd, check=True, stdout=2, **kwargs)  # fd 2, also under a capturing pytest
+
+
 def apt_install(*packages: str) -> None:
     """Install Debian packages (as root); a fresh CI machine may lack them."""
     if shutil.which("apt-get") is None:
         raise RuntimeError(f"cannot install {packages}: apt-get is not available")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     log(f"apt-get install -y {' '.join(packages)}")
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    run_tool(["apt-get", "update", "-qq"], env=env)
     subprocess.run(
         ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
         check=True,

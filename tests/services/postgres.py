@@ -32,6 +32,7 @@ from tests.services._common import (
     log,
     read_state,
     run_coroutine,
+    run_tool,
     tcp_port_open,
     wait_until,
     write_state,
@@ -81,7 +82,7 @@ def ensure_installed() -> ClusterInfo:
         apt_install(f"postgresql-{VERSION}")
     if cluster_info() is None:
         log(f"postgres: creating cluster {VERSION} {CLUSTER}")
-        subprocess.run(["pg_createcluster", VERSION, CLUSTER], check=True)
+        run_tool(["pg_createcluster", VERSION, CLUSTER])
     info = cluster_info()
     if info is None:
         raise PostgresError(f"cluster {VERSION} {CLUSTER} missing after install")
@@ -89,7 +90,7 @@ def ensure_installed() -> ClusterInfo:
 
 
 def _ctl(action: str, *flags: str) -> None:
-    subprocess.run(["pg_ctlcluster", VERSION, CLUSTER, action, *flags], check=True)
+    run_tool(["pg_ctlcluster", VERSION, CLUSTER, action, *flags])
 
 
 def _psql_as_postgres(sql: str) -> str:

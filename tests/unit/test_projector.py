@@ -274,6 +274,22 @@ async def test_backoff_is_capped_and_driver_errors_count_as_unavailable() -> Non
     assert len(flaky.events) == 3
 
 
+async def test_a_pause_past_a_thousand_retries_keeps_waiting_at_the_cap() -> None:
+    # 2 ** 1024 overflows a float: the 1,025th retry of a database down for 8.5 hours (at the
+    # 30 s cap) crashed the projector with OverflowError instead of waiting on
+    log = RestartableLog()
+    flaky = FlakySink("pg", 1100, error=ConnectionRefusedError("connect call failed"))
+    await publish(log, 2)
+    sleep = SleepRecorder()
+    projector = Projector(log, [flaky], MemoryDeadLetters(), retry_initial=0.25, retry_max=30.0, sleep=sleep)
+
+    await projector.run_until_idle()
+
+    assert len(sleep.delays) == 1100
+    assert sleep.delays[:3] == [0.25, 0.5, 1.0] and set(sleep.delays[8:]) == {30.0}
+    assert len(flaky.events) == 2 and projector.stats.paused is False
+
+
 async def test_paused_state_is_visible_while_waiting() -> None:
     log = RestartableLog()
     await publish(log, 2)

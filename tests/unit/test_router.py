@@ -76,6 +76,22 @@ async def test_backoff_is_exponential_without_server_wait() -> None:
     assert sleep.waits == [0.5, 1.0]
 
 
+async def test_backoff_stays_at_the_cap_past_a_thousand_attempts() -> None:
+    # retry_attempts has no upper bound: 2 ** 1024 overflowed a float and the 1,025th wait
+    # raised OverflowError out of the router
+    from gateway.routing.retry import RetryBudget, call_with_retry
+
+    policy = RetryPolicy(attempts=1100, initial_wait=0.001, max_wait=0.002, budget_seconds=10.0)
+    sleep = RecordingSleep()
+
+    async def limited() -> None:
+        raise rate_limited("openai", None)
+
+    with pytest.raises(errors.RateLimited):
+        await call_with_retry(limited, policy=policy, budget=RetryBudget(10.0), sleep=sleep, rng=random.Random(1))
+    assert len(sleep.waits) == 1099 and sleep.waits[0] == 0.001 and set(sleep.waits[1:]) == {0.002}
+
+
 async def test_exhausted_retries_fall_back_in_priority_order() -> None:
     openai = ScriptedProvider("openai", default=rate_limited("openai", 1.0))
     anthropic = ScriptedProvider("anthropic", ok(model="claude-3-opus-20240229"))
