@@ -122,6 +122,9 @@ class ProviderError(GatewayError):
         #: what the provider reported it used, when it answered and bills the attempt anyway (a
         #: 200 answer the adapter could not read): recorded with the attempt
         self.usage: Usage | None = None
+        #: what the call's attempts the providers bill cost, this one included (None: unknown),
+        #: when this error ends the call; set by the router
+        self.call_cost: Decimal | None = Decimal(0)
         self.provider = provider
         self.http_status = http_status
         #: seconds the upstream asked us to wait (retry-after-ms / retry-after / RetryInfo)

@@ -16,7 +16,7 @@ from gateway.api.validation import ParsedRequest, parse_chat, parse_completion
 from gateway.pricing.base import format_usd
 from gateway.routing.router import StreamSession
 from gateway.safe_text import header_value
-from gateway.usage import ZERO, CallContext, UsageRecorder
+from gateway.usage import CallContext, UsageRecorder
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ async def _answer(
             return await _stream(request, state, ctx, parsed, session)
         served = await state.router.complete(ctx, parsed.template, parsed.provider)
     except errors.ProviderError as exc:
-        UsageRecorder.log_cost(tenant, exc.provider, parsed.requested_model, ZERO)
+        UsageRecorder.log_cost(tenant, exc.provider, parsed.requested_model, exc.call_cost)
         raise
     except errors.AllProvidersFailed as exc:
         UsageRecorder.log_cost(tenant, "none", parsed.requested_model, exc.cost)

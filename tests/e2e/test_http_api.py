@@ -154,6 +154,28 @@ async def test_an_upstream_model_name_cannot_break_a_header_or_the_cost_line(
     assert gw.event_log.events[-1].tenant_id == "acme corp"  # the stores keep the values as they are
 
 
+async def test_the_cost_line_of_a_call_a_provider_refuses_counts_the_attempts_billed_before(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """OpenAI cut the stream before its first content (billed, cost unknown); Azure then refused the
+    request (400, no fallback). The cost line said $0.000000 while the stores held the billed
+    attempt; it now says what the call cost: unpriced, as the stores do."""
+    from gateway.simulators.base import Fault
+
+    async with running_gateway(providers=("openai", "azure")) as gw:
+        gw.sims["openai"].faults.push(Fault("cut", after_chunks=0))
+        gw.sims["azure"].faults.push(Fault("bad_request"))
+        caplog.set_level(logging.INFO, logger="gateway.cost")
+        body = json.dumps({**CHAT, "stream": True, "tenantId": "t-refused"})
+        async with aiohttp.ClientSession() as s, s.post(f"{gw.base_url}/chat/completions", data=body) as r:
+            assert r.status == 400
+        first, refused = gw.event_log.events[-2:]
+        assert (first.outcome, first.billable, first.cost_usd) == ("stream_cut", True, None)
+        assert (refused.provider, refused.http_status, refused.billable) == ("azure", 400, False)
+        [line] = [r.getMessage() for r in caplog.records if r.name == "gateway.cost"]
+        assert line == "Cost | tenant=t-refused provider=azure model=gpt-4 cost=unpriced"
+
+
 async def test_open_gateway_takes_tenant_from_body_or_default(gw: RunningGateway) -> None:
     url = f"{gw.base_url}/chat/completions"
     status, _, headers = await post(url, json.dumps(CHAT))

@@ -351,6 +351,22 @@ async def test_an_unreadable_answer_with_usage_is_billed_then_fallen_back_from()
     assert served.provider == "azure" and served.cost == first.cost_usd + second.cost_usd
 
 
+async def test_a_refusal_after_a_billed_attempt_carries_what_the_call_cost() -> None:
+    bad = errors.MalformedResponse("openai: malformed response: content is int", provider="openai", http_status=200)
+    bad.usage = Usage(1000, 1000)
+    refused = errors.UpstreamBadRequest("azure: bad request", provider="azure", http_status=400)
+    router, log, _ = make_router(ScriptedProvider("openai", bad), ScriptedProvider("azure", refused))
+    with pytest.raises(errors.UpstreamBadRequest) as info:
+        await router.complete(ctx(), TEMPLATE)
+    first, second = log.events
+    assert first.billable and first.cost_usd is not None and first.cost_usd > 0 and not second.billable
+    assert info.value.call_cost == first.cost_usd
+    router, _, _ = make_router(ScriptedProvider("openai", errors.UpstreamBadRequest("no", provider="openai")))
+    with pytest.raises(errors.UpstreamBadRequest) as info:
+        await router.complete(ctx(), TEMPLATE)
+    assert info.value.call_cost == 0  # refused at once: nothing billed
+
+
 async def test_stream_usage_is_priced() -> None:
     chunks = [StreamChunk(text="a"), StreamChunk(finish_reason="stop", usage=Usage(1000, 1000), model="gpt-4-0613")]
     router, _log, _ = make_router(ScriptedProvider("openai", chunks))
@@ -483,7 +499,7 @@ async def test_a_provider_that_cannot_carry_what_a_request_needs_is_not_asked(st
     assert plain.calls == [] and len(able.calls) == 2
     assert {e.provider for e in log.events} == {"azure"}
     lone, _, _ = make_router(ScriptedProvider("openai", options=frozenset()))
-    with pytest.raises(errors.InvalidRequest) as info:
+    with pytest.raises(errors.UpstreamBadRequest) as info:
         await lone.complete(ctx(), with_tools)
     assert info.value.param == "tools" and info.value.status == 400
 
@@ -494,7 +510,7 @@ async def test_a_request_an_adapter_cannot_put_to_its_vendor_is_the_clients_400(
     refusing = ScriptedProvider("openai", errors.InvalidRequest("cannot put this", param="messages[1]"))
     other = ScriptedProvider("azure")
     router, log, _ = make_router(refusing, other)
-    with pytest.raises(errors.InvalidRequest) as info:
+    with pytest.raises(errors.UpstreamBadRequest) as info:
         await router.complete(ctx(), TEMPLATE)
     assert info.value.param == "messages[1]" and other.calls == [] and log.events == []
 
