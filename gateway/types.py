@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeGuard
 
@@ -161,6 +162,23 @@ PLAUSIBLE_TOKENS = 10**9
 def is_token_count(value: Any) -> TypeGuard[int]:
     """An upstream's token count we can take: an integer (not a bool), 0 to MAX_UPSTREAM_TOKENS."""
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_UPSTREAM_TOKENS
+
+
+class UnreadableUsage(ValueError):
+    """A usage report with a count that is missing or not a token count (negative, a float, a
+    string): the usage is unknown. Reading it as 0 recorded a billed answer as free."""
+
+
+def token_count(raw: Mapping[str, Any], key: str, *, required: bool = False) -> int:
+    """``raw[key]`` as a token count; 0 when absent or null unless ``required``."""
+    value = raw.get(key)
+    if value is None:
+        if required:
+            raise UnreadableUsage(f"{key} is missing")
+        return 0
+    if not is_token_count(value):
+        raise UnreadableUsage(f"{key} is {value!r}")
+    return value
 
 
 @dataclass(slots=True)

@@ -14,9 +14,18 @@ import orjson
 
 from gateway import errors
 from gateway.images import Image
-from gateway.providers.http import default_classify, error_message, malformed, parse_retry_after
+from gateway.providers.http import default_classify, error_message, malformed, parse_retry_after, usage_unknown
 from gateway.tool_calls import NO_PARAMETERS, Tool, ToolCall, ToolCallPart, ToolSpec, declaration
-from gateway.types import ChatRequest, ChatResult, FinishReason, Message, StreamChunk, Usage, is_token_count
+from gateway.types import (
+    ChatRequest,
+    ChatResult,
+    FinishReason,
+    Message,
+    StreamChunk,
+    UnreadableUsage,
+    Usage,
+    token_count,
+)
 
 PROVIDER = "anthropic"
 #: Anthropic requires ``max_tokens``; used when the client did not set one
@@ -231,27 +240,23 @@ def finish_reason(stop_reason: str | None) -> FinishReason:
     return STOP_REASONS.get(stop_reason, "stop")
 
 
-def _count(raw: Mapping[str, Any], key: str) -> int:
-    value = raw.get(key)
-    if value is None:
-        return 0
-    if not is_token_count(value):
-        raise malformed(PROVIDER, f"usage.{key} is {value!r}")
-    return value
-
-
-def usage_from(raw: Any) -> Usage:
-    """Anthropic usage -> OpenAI semantics: prompt = uncached + cache writes + cache reads."""
-    if not isinstance(raw, Mapping):
-        raise malformed(PROVIDER, f"usage is {type(raw).__name__}")
-    created = _count(raw, "cache_creation_input_tokens")
-    read = _count(raw, "cache_read_input_tokens")
-    return Usage(
-        prompt_tokens=_count(raw, "input_tokens") + created + read,
-        completion_tokens=_count(raw, "output_tokens"),
-        cached_tokens=read,
-        cache_creation_tokens=created,
-    )
+def usage_from(raw: Any) -> Usage | None:
+    """Anthropic usage -> OpenAI semantics: prompt = uncached + cache writes + cache reads; None
+    (usage unknown) when a count is missing or not a token count."""
+    try:
+        if not isinstance(raw, Mapping):
+            raise UnreadableUsage(f"usage is {type(raw).__name__}")
+        created = token_count(raw, "cache_creation_input_tokens")
+        read = token_count(raw, "cache_read_input_tokens")
+        return Usage(
+            prompt_tokens=token_count(raw, "input_tokens", required=True) + created + read,
+            completion_tokens=token_count(raw, "output_tokens", required=True),
+            cached_tokens=read,
+            cache_creation_tokens=created,
+        )
+    except UnreadableUsage as e:
+        usage_unknown(PROVIDER, e)
+        return None
 
 
 def _content(blocks: Any) -> tuple[str, tuple[ToolCall, ...]]:

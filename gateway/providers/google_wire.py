@@ -21,9 +21,10 @@ from gateway.providers.http import (
     error_message,
     parse_duration,
     parse_retry_after,
+    usage_unknown,
 )
 from gateway.tool_calls import ToolCall, ToolSpec, declaration
-from gateway.types import ChatRequest, FinishReason, Message, Options, Usage, is_token_count
+from gateway.types import ChatRequest, FinishReason, Message, Options, UnreadableUsage, Usage, token_count
 
 log = logging.getLogger(__name__)
 
@@ -216,26 +217,23 @@ def map_finish_reason(value: str | None, *, has_function_call: bool = False) -> 
     return "tool_calls" if has_function_call else "stop"
 
 
-def _count(meta: Mapping[str, Any], key: str) -> int:
-    value = meta.get(key)
-    if value is None:
-        return 0
-    if not is_token_count(value):
-        raise _malformed(f"usageMetadata.{key} is not a token count: {value!r}")
-    return value
-
-
-def map_usage(meta: Any) -> Usage:
-    """``usageMetadata`` in OpenAI semantics: thoughts are completion, tool-use prompt is prompt."""
-    if not isinstance(meta, Mapping):
-        raise _malformed("usageMetadata is not an object")
-    thoughts = _count(meta, "thoughtsTokenCount")
-    return Usage(
-        prompt_tokens=_count(meta, "promptTokenCount") + _count(meta, "toolUsePromptTokenCount"),
-        completion_tokens=_count(meta, "candidatesTokenCount") + thoughts,
-        cached_tokens=_count(meta, "cachedContentTokenCount"),
-        reasoning_tokens=thoughts,
-    )
+def map_usage(meta: Any) -> Usage | None:
+    """``usageMetadata`` in OpenAI semantics: thoughts are completion, tool-use prompt is prompt;
+    None (usage unknown) when a count is not a token count. Gemini leaves out the counts that
+    are 0 (``candidatesTokenCount`` of an empty answer), so none is required."""
+    try:
+        if not isinstance(meta, Mapping):
+            raise UnreadableUsage(f"usageMetadata is {type(meta).__name__}")
+        thoughts = token_count(meta, "thoughtsTokenCount")
+        return Usage(
+            prompt_tokens=token_count(meta, "promptTokenCount") + token_count(meta, "toolUsePromptTokenCount"),
+            completion_tokens=token_count(meta, "candidatesTokenCount") + thoughts,
+            cached_tokens=token_count(meta, "cachedContentTokenCount"),
+            reasoning_tokens=thoughts,
+        )
+    except UnreadableUsage as e:
+        usage_unknown("google", e)
+        return None
 
 
 @dataclass(slots=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import json
+import logging
 import math
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -16,7 +17,9 @@ import orjson
 from gateway import errors
 from gateway.providers.upstream_http import UpstreamClient
 from gateway.providers.upstream_response import BodyCut, Response, Timeout
-from gateway.types import Usage
+from gateway.types import UnreadableUsage, Usage
+
+log = logging.getLogger(__name__)
 
 ErrorClassifier = Callable[[int, Mapping[str, str], Any, str], errors.ProviderError]
 
@@ -230,6 +233,12 @@ def with_billed_usage(exc: errors.MalformedResponse, usage_of: Callable[[], Usag
     except (errors.ProviderError, ValueError, TypeError, LookupError, AttributeError):
         exc.usage = None
     return exc
+
+
+def usage_unknown(provider: str, why: UnreadableUsage) -> None:
+    """An answer's usage report could not be read: the answer is served and its attempt is
+    recorded as usage unknown (billable at an unknown cost), never as free."""
+    log.warning("%s sent a usage report that cannot be read (%s): recorded as usage unknown", provider, why)
 
 
 def malformed(provider: str, what: str) -> errors.MalformedResponse:

@@ -31,6 +31,7 @@ from gateway.providers.http import (
     parse_json,
     post,
     read_json,
+    usage_unknown,
     with_billed_usage,
 )
 from gateway.providers.sse import iter_ndjson_lines
@@ -46,8 +47,9 @@ from gateway.types import (
     Message,
     Options,
     StreamChunk,
+    UnreadableUsage,
     Usage,
-    is_token_count,
+    token_count,
 )
 
 PROVIDER = "ollama"
@@ -173,21 +175,19 @@ def map_finish_reason(done_reason: str | None, *, has_tool_calls: bool = False) 
     return "tool_calls" if has_tool_calls else "stop"
 
 
-def _count(obj: Mapping[str, Any], key: str) -> int:
-    value = obj.get(key)
-    if value is None:
-        return 0
-    if not is_token_count(value):
-        raise malformed(PROVIDER, f"{key} is not a token count: {value!r}")
-    return value
-
-
 def map_usage(obj: Mapping[str, Any]) -> Usage | None:
-    """The counts of a final object; None when it has neither (usage unknown: billable at an
-    unknown cost where a price file prices the model, $0 on a free one; it was 0 tokens, free)."""
+    """The counts of a final object; None when it has neither or one is not a token count (usage
+    unknown: billable at an unknown cost where a price file prices the model, $0 on a free one;
+    it was 0 tokens, free). Ollama leaves out ``prompt_eval_count`` when the prompt was cached."""
     if obj.get("prompt_eval_count") is None and obj.get("eval_count") is None:
         return None
-    return Usage(prompt_tokens=_count(obj, "prompt_eval_count"), completion_tokens=_count(obj, "eval_count"))
+    try:
+        return Usage(
+            prompt_tokens=token_count(obj, "prompt_eval_count"), completion_tokens=token_count(obj, "eval_count")
+        )
+    except UnreadableUsage as e:
+        usage_unknown(PROVIDER, e)
+        return None
 
 
 @dataclass(slots=True)

@@ -17,10 +17,19 @@ import orjson
 
 from gateway import errors
 from gateway.images import Image
-from gateway.providers.http import default_classify, error_message, malformed, parse_retry_after
+from gateway.providers.http import default_classify, error_message, malformed, parse_retry_after, usage_unknown
 from gateway.providers.sse import SseEvent, SseFramer
 from gateway.tool_calls import ToolCall, ToolCallPart, ToolSpec, declaration, openai_tool_call
-from gateway.types import ChatRequest, ChatResult, FinishReason, Message, StreamChunk, Usage, is_token_count
+from gateway.types import (
+    ChatRequest,
+    ChatResult,
+    FinishReason,
+    Message,
+    StreamChunk,
+    UnreadableUsage,
+    Usage,
+    token_count,
+)
 
 CHAT_PATH = "chat/completions"
 TEXT_PATH = "completions"
@@ -193,24 +202,25 @@ def map_finish_reason(value: Any) -> FinishReason | None:
     return _FINISH.get(str(value), "stop")
 
 
-def _int(value: Any) -> int:
-    return value if is_token_count(value) else 0
-
-
-def parse_usage(raw: Any) -> Usage | None:
-    """``usage`` with its details; None when absent (e.g. a stream chunk's ``"usage": null``)."""
+def parse_usage(raw: Any, provider: str = "openai") -> Usage | None:
+    """``usage`` with its details; None when absent (e.g. a stream chunk's ``"usage": null``) or
+    unreadable (a count missing, negative, a float or a string: usage unknown, not 0 tokens)."""
     if not isinstance(raw, dict):
         return None
     prompt_details = raw.get("prompt_tokens_details")
     completion_details = raw.get("completion_tokens_details")
-    return Usage(
-        prompt_tokens=_int(raw.get("prompt_tokens")),
-        completion_tokens=_int(raw.get("completion_tokens")),
-        cached_tokens=_int(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0,
-        reasoning_tokens=(
-            _int(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else 0
-        ),
-    )
+    try:
+        return Usage(
+            prompt_tokens=token_count(raw, "prompt_tokens", required=True),
+            completion_tokens=token_count(raw, "completion_tokens", required=True),
+            cached_tokens=token_count(prompt_details, "cached_tokens") if isinstance(prompt_details, dict) else 0,
+            reasoning_tokens=(
+                token_count(completion_details, "reasoning_tokens") if isinstance(completion_details, dict) else 0
+            ),
+        )
+    except UnreadableUsage as e:
+        usage_unknown(provider, e)
+        return None
 
 
 def _choice_text(provider: str, choice: dict[str, Any], key: str) -> str:

@@ -83,6 +83,32 @@ async def test_openai_answer_without_usage_is_billable_at_an_unknown_cost(upstre
     assert event.billable and event.cost_usd is None and event.outcome == "success"
 
 
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {},
+        {"prompt_tokens": None, "completion_tokens": None},
+        {"prompt_tokens": 10.7, "completion_tokens": 20.2},
+        {"prompt_tokens": "10", "completion_tokens": "20"},
+        {"prompt_tokens": -5, "completion_tokens": 20},
+        {"prompt_tokens": 10, "completion_tokens": -20},
+    ],
+)
+async def test_openai_answer_with_unreadable_counts_is_billable_at_an_unknown_cost(
+    upstream: tuple[Upstream, str], usage: dict[str, Any]
+) -> None:
+    """Each was read as 0 tokens: recorded $0 (not billable), or priced without the bad count."""
+    up, url = upstream
+    up.script["openai"] = openai_answer(usage=usage)
+    async with await gateway(url, "openai") as gw, client(gw) as c:
+        raw = await c.chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "x"}]
+        )
+    assert raw.parse().choices[0].message.content == "hi" and raw.headers["x-llm-cost-usd"] == "unpriced"
+    [event] = gw.event_log.events
+    assert event.billable and event.cost_usd is None and event.outcome == "success"
+
+
 @pytest.mark.parametrize("stream", [False, True])
 async def test_gemini_answer_without_usage_metadata_is_billable_at_an_unknown_cost(
     upstream: tuple[Upstream, str], stream: bool

@@ -499,7 +499,7 @@ async def test_a_provider_that_cannot_carry_what_a_request_needs_is_not_asked(st
     assert plain.calls == [] and len(able.calls) == 2
     assert {e.provider for e in log.events} == {"azure"}
     lone, _, _ = make_router(ScriptedProvider("openai", options=frozenset()))
-    with pytest.raises(errors.UpstreamBadRequest) as info:
+    with pytest.raises(errors.InvalidRequest) as info:
         await lone.complete(ctx(), with_tools)
     assert info.value.param == "tools" and info.value.status == 400
 
@@ -510,7 +510,7 @@ async def test_a_request_an_adapter_cannot_put_to_its_vendor_is_the_clients_400(
     refusing = ScriptedProvider("openai", errors.InvalidRequest("cannot put this", param="messages[1]"))
     other = ScriptedProvider("azure")
     router, log, _ = make_router(refusing, other)
-    with pytest.raises(errors.UpstreamBadRequest) as info:
+    with pytest.raises(errors.InvalidRequest) as info:
         await router.complete(ctx(), TEMPLATE)
     assert info.value.param == "messages[1]" and other.calls == [] and log.events == []
 

@@ -12,9 +12,18 @@ import orjson
 
 from gateway import errors
 from gateway.providers.http import malformed
-from gateway.providers.openai_wire import _choice_text, _first_choice, classify_inband_error, map_finish_reason
+
+# the usage report is read as the product reads it (since 2026-11-29: unreadable counts are usage
+# unknown); this oracle is about the framing and the chunk path
+from gateway.providers.openai_wire import (
+    _choice_text,
+    _first_choice,
+    classify_inband_error,
+    map_finish_reason,
+    parse_usage,
+)
 from gateway.providers.sse import SseEvent
-from gateway.types import StreamChunk, Usage, is_token_count
+from gateway.types import StreamChunk
 
 
 async def iter_sse_batches(pieces: AsyncIterable[bytes]) -> AsyncIterator[list[SseEvent]]:
@@ -50,25 +59,6 @@ async def iter_sse_batches(pieces: AsyncIterable[bytes]) -> AsyncIterator[list[S
             data.append(value[1:] if value.startswith(" ") else value)
     if data:
         yield [SseEvent(event, "\n".join(data))]
-
-
-def _int(value: Any) -> int:
-    return value if is_token_count(value) else 0
-
-
-def parse_usage(raw: Any) -> Usage | None:
-    if not isinstance(raw, dict):
-        return None
-    prompt_details = raw.get("prompt_tokens_details")
-    completion_details = raw.get("completion_tokens_details")
-    return Usage(
-        prompt_tokens=_int(raw.get("prompt_tokens")),
-        completion_tokens=_int(raw.get("completion_tokens")),
-        cached_tokens=_int(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0,
-        reasoning_tokens=(
-            _int(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else 0
-        ),
-    )
 
 
 def _model(data: dict[str, Any]) -> str | None:

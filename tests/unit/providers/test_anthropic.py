@@ -471,11 +471,24 @@ def test_usage_table(raw: dict[str, Any], expected: Usage) -> None:
 
 
 @pytest.mark.parametrize(
-    "raw", [None, {"input_tokens": "ten"}, {"output_tokens": -1}, {"input_tokens": True}, {"input_tokens": 2**62}]
+    "raw",
+    [
+        None,
+        {},
+        {"input_tokens": "ten", "output_tokens": 4},
+        {"input_tokens": 10, "output_tokens": -1},
+        {"input_tokens": True, "output_tokens": 4},
+        {"input_tokens": 2**62, "output_tokens": 4},
+        {"input_tokens": 10.5, "output_tokens": 4},
+        {"output_tokens": 4},
+        {"input_tokens": 10, "output_tokens": 4, "cache_read_input_tokens": -3},
+    ],
 )
-def test_usage_malformed(raw: Any) -> None:
-    with pytest.raises(errors.MalformedResponse):
-        wire.usage_from(raw)
+def test_an_unreadable_usage_is_unknown_not_zero(raw: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Usage unknown (billable at an unknown cost), the answer still served: it was a malformed
+    answer (fallen back from and recorded free) or, for a missing count, 0 tokens."""
+    assert wire.usage_from(raw) is None
+    assert "recorded as usage unknown" in caplog.text
 
 
 def test_parse_message_text_blocks_only() -> None:
@@ -510,12 +523,19 @@ def test_parse_message_text_blocks_only() -> None:
         {"type": "error"},
         {"type": "message", "content": "hi", "usage": {}},
         {"type": "message", "content": [{"type": "text"}], "usage": {}},
-        {"type": "message", "content": [], "usage": "many"},
     ],
 )
 def test_parse_message_malformed(body: Any) -> None:
     with pytest.raises(errors.MalformedResponse):
         wire.parse_message(body, "m")
+
+
+def test_a_message_with_an_unreadable_usage_is_an_answer_of_unknown_cost() -> None:
+    for usage in ("many", {"input_tokens": -1, "output_tokens": 2}, {"output_tokens": 2}):
+        result = wire.parse_message(
+            {"type": "message", "content": [{"type": "text", "text": "hi"}], "usage": usage}, "m"
+        )
+        assert (result.text, result.usage) == ("hi", None)
 
 
 def test_a_message_without_usage_is_an_answer_of_unknown_cost() -> None:

@@ -385,9 +385,11 @@ def test_map_usage() -> None:
     assert usage == Usage(prompt_tokens=104, completion_tokens=50, cached_tokens=60, reasoning_tokens=30)
     assert usage.total_tokens == 154
     assert wire.map_usage({"promptTokenCount": 3, "totalTokenCount": 3}) == Usage(prompt_tokens=3)
-    for count in ("many", -1, 2**63):  # not a count the stores can hold (BIGINT), with a total
-        with pytest.raises(errors.MalformedResponse):
-            wire.map_usage({"promptTokenCount": count})
+    # not a count (or not one the stores can hold, BIGINT): usage unknown, not 0 tokens or a
+    # malformed answer (fallen back from, recorded free)
+    for count in ("many", -1, 2**63, 1.5, True):
+        assert wire.map_usage({"promptTokenCount": count, "candidatesTokenCount": 2}) is None
+    assert wire.map_usage("many") is None
 
 
 def test_parse_response_skips_thoughts_and_sees_function_calls() -> None:

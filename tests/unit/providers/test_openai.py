@@ -324,8 +324,19 @@ def test_usage_passes_details_through() -> None:
     assert usage.total_tokens == 140
     assert wire.parse_usage({"prompt_tokens": 3, "completion_tokens": 1, "prompt_tokens_details": None}) == Usage(3, 1)
     assert wire.parse_usage(None) is None
-    # counts the stores could not hold (or add up) are no counts, like any other non-count
-    assert wire.parse_usage({"prompt_tokens": 2**63, "completion_tokens": -1}) == Usage(0, 0)
+    # a count missing, or not one (negative, a float, a string, past a BIGINT): usage unknown,
+    # billable at an unknown cost; it was read as 0 tokens, so the answer was recorded free
+    for raw in (
+        {},
+        {"prompt_tokens": None, "completion_tokens": None},
+        {"prompt_tokens": 2**63, "completion_tokens": 1},
+        {"prompt_tokens": 10, "completion_tokens": -20},
+        {"prompt_tokens": 10.7, "completion_tokens": 20},
+        {"prompt_tokens": "10", "completion_tokens": 20},
+        {"prompt_tokens": 10},
+        {"prompt_tokens": 10, "completion_tokens": 2, "prompt_tokens_details": {"cached_tokens": -1}},
+    ):
+        assert wire.parse_usage(raw) is None, raw
 
 
 def test_body_for_azure_style_max_tokens() -> None:
