@@ -7,9 +7,11 @@ background consumers) open and close in ``cleanup_ctx`` generators.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from datetime import datetime
 
 from aiohttp import web
@@ -37,6 +39,25 @@ log = logging.getLogger(__name__)
 #: extra parts other packages (consumers, analytics) plug into a built, not yet started app:
 #: they may add routes, app keys and ``cleanup_ctx`` entries
 Installer = Callable[[web.Application], None]
+
+
+@asynccontextmanager
+async def _price_file_watch(settings: Settings, book: PriceBook) -> AsyncIterator[None]:
+    """Follow the price file while the app runs (gateway/pricing/reload.py)."""
+    from gateway.pricing.book import CompositePriceBook
+
+    if settings.price_file is None or not settings.price_reload_seconds or not isinstance(book, CompositePriceBook):
+        yield
+        return
+    from gateway.pricing.reload import PriceFileWatch
+
+    task = asyncio.create_task(PriceFileWatch(book, settings.price_file).run(settings.price_reload_seconds))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def create_app(
@@ -111,7 +132,8 @@ def create_app(
         async with UpstreamClient(limit_per_host=256) as session:
             if providers is None:
                 provider_map.update(build_providers(settings, session, timeouts))
-            yield
+            async with _price_file_watch(settings, price_book):
+                yield
         await event_log.close(timeout=5.0)
 
     app.cleanup_ctx.append(resources)

@@ -133,6 +133,8 @@ class Settings(BaseSettings):
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     #: path of an operator price file (YAML/JSON), overriding built-in and database prices
     price_file: Path | None = None
+    #: seconds between two looks at the price file for changes (0: read at start only)
+    price_reload_seconds: float = Field(default=5.0, ge=0)
 
     @field_validator("priority")
     @classmethod

@@ -94,6 +94,12 @@ class UsageRecorder:
         self.defer_observers = defer_observers
         self._deferred: list[UsageEvent] = []
 
+    @property
+    def price_version(self) -> str:
+        """The version of the prices new calls are priced with (it changes when the price file
+        is reloaded)."""
+        return self._prices.version
+
     def quote(self, provider: str, models: list[str | None], usage: Usage, at: datetime | None = None) -> Quote:
         """Price by the served model (authoritative), else by the model we asked for."""
         return quote_models(self._prices, provider, models, usage, self._clock() if at is None else at)

@@ -55,6 +55,7 @@ async def healthz(request: web.Request) -> web.Response:
         "status": "ok",
         "providers": sorted(state.router.providers),
         "eventsPending": state.event_log.pending(),
+        "priceVersion": state.router.recorder.price_version,
     }
     for name, part in request.app.get(HEALTH_PARTS, {}).items():
         body[name] = part()

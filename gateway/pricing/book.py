@@ -40,10 +40,14 @@ class CompositePriceBook:
     """A :class:`gateway.pricing.base.PriceBook` over the price file, built-ins and genai-prices."""
 
     def __init__(self, file_prices: PriceFile | None = None) -> None:
-        self.file_prices = file_prices
+        self.use_file(file_prices)
+
+    def use_file(self, file_prices: PriceFile | None) -> None:
+        """Price with ``file_prices`` from now on (the running gateway's price file reloaded)."""
         parts = [BUILTIN_VERSION, genai_prices_version()]
         if file_prices is not None:
             parts.append(file_prices.version)
+        self.file_prices = file_prices
         self.version: str = "+".join(parts)
 
     def quote(self, provider: str, model: str, usage: Usage, at: datetime) -> Quote:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from decimal import Decimal
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -195,3 +197,33 @@ async def test_each_provider_can_be_pinned(gw: RunningGateway, provider: str) ->
     assert event.provider == provider and event.prompt_tokens == 1
     if provider == "ollama":
         assert event.cost_usd == 0
+
+
+async def test_the_gateway_follows_its_price_file_without_a_restart(tmp_path: Path) -> None:
+    """An operator corrects a rate in the price file: new calls are priced with it within the
+    reload interval. Before, the file was read once at start, so after `replay --reprice` (which
+    reads the file anew) the history had the new rate and every new call the old one."""
+    path = tmp_path / "prices.yaml"
+    entry = 'version: ops\nprices:\n  - model: gpt-4\n    input_per_1k: "{}"\n    output_per_1k: "0.06"\n'
+    path.write_text(entry.format("0.03"))
+    settings = {"price_file": path, "price_reload_seconds": 0.02}
+    async with running_gateway(providers=("openai",), settings=settings) as gw, aiohttp.ClientSession() as s:
+        async with s.get(f"{gw.base_url.removesuffix('/v1')}/healthz") as r:
+            before = (await r.json())["priceVersion"]
+        _, _, first = await post(f"{gw.base_url}/chat/completions", json.dumps(CHAT))
+        path.write_text(entry.format("0.30"))
+        os.utime(path, ns=(path.stat().st_mtime_ns + 10**9,) * 2)  # past the timestamp granularity
+        for _ in range(300):
+            await asyncio.sleep(0.01)
+            async with s.get(f"{gw.base_url.removesuffix('/v1')}/healthz") as r:
+                now = (await r.json())["priceVersion"]
+            if now != before:
+                break
+        assert now != before and now.endswith(tuple("0123456789abcdef"))
+        _, _, second = await post(f"{gw.base_url}/chat/completions", json.dumps(CHAT))
+        old, new = gw.event_log.events[-2:]
+    assert (old.price_version, new.price_version) == (before, now)
+    assert old.prompt_tokens == new.prompt_tokens and old.completion_tokens == new.completion_tokens
+    prompt, completion = Decimal(new.prompt_tokens) / 1000, Decimal(new.completion_tokens) / 1000
+    assert Decimal(first["x-llm-cost-usd"]) == old.cost_usd == prompt * Decimal("0.03") + completion * Decimal("0.06")
+    assert Decimal(second["x-llm-cost-usd"]) == new.cost_usd == prompt * Decimal("0.30") + completion * Decimal("0.06")

@@ -1,0 +1,94 @@
+"""The running gateway follows its price file (gateway/pricing/reload.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from gateway.pricing.book import load_price_book
+from gateway.pricing.reload import PriceFileWatch
+from gateway.types import Usage
+
+AT = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+USAGE = Usage(prompt_tokens=1000, completion_tokens=500)
+
+
+def prices(input_per_1k: str) -> str:
+    return f'version: ops\nprices:\n  - model: gpt-4\n    input_per_1k: "{input_per_1k}"\n    output_per_1k: "0.04"\n'
+
+
+def write(path: Path, text: str) -> None:
+    """A write that changes the signature even within the file system's timestamp granularity."""
+    before = path.stat().st_mtime_ns if path.exists() else 0
+    path.write_text(text)
+    os.utime(path, ns=(before + 1_000_000_000, before + 1_000_000_000))
+
+
+def cost(watch: PriceFileWatch) -> Decimal | None:
+    return watch.book.quote("openai", "gpt-4", USAGE, AT).cost
+
+
+async def test_a_changed_file_prices_new_calls_and_a_bad_one_keeps_the_prices_in_use(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "prices.yaml"
+    path.write_text(prices("0.02"))
+    watch = PriceFileWatch(load_price_book(path), path)
+    first = watch.book.version
+    assert cost(watch) == Decimal("0.04")  # 1k in at 0.02 + 0.5k out at 0.04
+    assert await watch.check() is False  # unchanged: not read again
+
+    write(path, prices("0.10"))
+    assert await watch.check() is True
+    assert cost(watch) == Decimal("0.12") and watch.book.version != first
+    second = watch.book.version
+
+    write(path, "version: ops\nprices:\n  - model: gpt-4\n    input_per_1k: [")  # half-written
+    assert await watch.check() is False
+    assert cost(watch) == Decimal("0.12") and watch.book.version == second
+    assert "was not taken, keeping prices" in caplog.text
+
+    write(path, prices("0.03"))  # the editor finishes
+    assert await watch.check() is True and cost(watch) == Decimal("0.05")
+
+    path.unlink()
+    assert await watch.check() is False and cost(watch) == Decimal("0.05")
+    assert "is gone" in caplog.text
+
+
+async def test_the_watch_survives_a_surprise_and_looks_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "prices.yaml"
+    path.write_text(prices("0.02"))
+    calls: list[Path] = []
+
+    def load(p: Path):  # type: ignore[no-untyped-def]
+        calls.append(p)
+        if len(calls) == 1:
+            raise RuntimeError("surprise")
+        from gateway.pricing.pricefile import load_price_file
+
+        return load_price_file(p)
+
+    watch = PriceFileWatch(load_price_book(path), path, load=load)
+    caplog.set_level(logging.WARNING)
+    task = asyncio.create_task(watch.run(0.01))
+    try:
+        write(path, prices("0.10"))
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if calls:
+                break
+        write(path, prices("0.20"))
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if cost(watch) == Decimal("0.22"):
+                break
+    finally:
+        task.cancel()
+    assert "reload failed" in caplog.text and cost(watch) == Decimal("0.22")
