@@ -70,12 +70,15 @@ class UsageEvent(BaseModel):
     latency_ms: float
     ttft_ms: float | None = None
     #: token counts: what the stores hold (BIGINT); an event outside that range is poison
-    prompt_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS)
-    completion_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS)
-    cached_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS)
-    cache_creation_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS)
-    reasoning_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS)
-    total_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS)
+    #: Negative counts are history: gateways before c1a6653 took an upstream's -5 as it came (and
+    #: billed the call), and the log must stay readable by every later version; no gateway since
+    #: writes one (an unreadable count is usage unknown).
+    prompt_tokens: int = Field(default=0, ge=-MAX_TOKENS, le=MAX_TOKENS)
+    completion_tokens: int = Field(default=0, ge=-MAX_TOKENS, le=MAX_TOKENS)
+    cached_tokens: int = Field(default=0, ge=-MAX_TOKENS, le=MAX_TOKENS)
+    cache_creation_tokens: int = Field(default=0, ge=-MAX_TOKENS, le=MAX_TOKENS)
+    reasoning_tokens: int = Field(default=0, ge=-MAX_TOKENS, le=MAX_TOKENS)
+    total_tokens: int = Field(default=0, ge=-MAX_TOKENS, le=MAX_TOKENS)
     #: exact USD; None means unpriced (no price known at call time), never "free"
     cost_usd: Decimal | None = None
     price_version: str | None = None

@@ -410,7 +410,7 @@ async def test_poison_with_a_float_cost_or_a_naive_time_is_dead_lettered() -> No
     assert sorted(letter.position for letter in dead.letters.values()) == ["1", "2"]
 
 
-@pytest.mark.parametrize("tokens", [2**70, 2**64 - 1, 2**63, -5])
+@pytest.mark.parametrize("tokens", [2**70, 2**64 - 1, 2**63, -(2**63)])
 async def test_token_counts_no_store_can_hold_are_poison_not_a_stalled_projector(tmp_path: Path, tokens: int) -> None:
     """A record no gateway wrote (the gateway takes upstream counts up to 2**62): before, such a
     count reached the DuckDB sink's batch file, whose TypeError restarted the projector forever."""
@@ -432,6 +432,25 @@ async def test_token_counts_no_store_can_hold_are_poison_not_a_stalled_projector
     [letter] = dead.letters.values()
     assert letter.position == "2" and "prompt_tokens" in letter.reason
     assert log.commits == ["3"]
+
+
+async def test_negative_counts_an_older_gateway_wrote_are_projected_not_dead_lettered(tmp_path: Path) -> None:
+    """Gateways before c1a6653 recorded an upstream's ``prompt_tokens: -5`` as it came and billed
+    the call; a later version refused the record as undecodable and the billed call vanished
+    from the stores after an upgrade (review finding)."""
+    old = make_event(0).to_json().replace(b'"prompt_tokens":10,', b'"prompt_tokens":-5,')
+    log = RestartableLog(poison={"1": old})
+    await publish(log, 2)
+    store = AnalyticsStore(tmp_path / "a.duckdb")
+    dead = MemoryDeadLetters()
+    projector = Projector(log, [DuckDBSink(store)], dead)
+    await projector.start()
+    try:
+        assert await projector.run_until_idle() == 2
+        rows = await store.fetchall("SELECT prompt_tokens, cost_usd FROM usage_facts ORDER BY prompt_tokens")
+    finally:
+        await store.close()
+    assert dead.letters == {} and rows[0][0] == -5 and rows[0][1] == make_event(0).cost_usd
 
 
 async def test_dead_letters_go_to_the_duckdb_table_once() -> None:
