@@ -41,6 +41,9 @@ Sleep = Callable[[float], Awaitable[None]]
 _TRANSIENT = (SinkError, OSError, TimeoutError)
 #: records decoded between two turns of the event loop (~8 µs each)
 DECODE_SLICE = 64
+#: seconds a lag measurement may take before the lag is unknown: with the broker down, Kafka's
+#: offset requests wait out their 30 s request timeout, and the last lag (0) was shown meanwhile
+LAG_TIMEOUT = 5.0
 
 
 @dataclass
@@ -81,6 +84,20 @@ class ProjectorStats:
     def status(self) -> str:
         """``failing`` (stuck on a bug), ``paused`` (waiting for a store) or ``ok``."""
         return "failing" if self.failing else "paused" if self.paused else "ok"
+
+    def health(self) -> dict[str, object]:
+        """What ``/healthz`` shows of the projector (the embedded ``serve`` and ``consume``)."""
+        return {
+            "status": self.status,
+            "eventsApplied": self.events_applied,
+            "deadLettered": self.events_dead_lettered,
+            "lag": self.lag,
+            "lagAt": self.lag_at.isoformat() if self.lag_at else None,
+            "lagError": self.lag_error,
+            "lastError": self.last_error,
+            "restarts": self.restarts,
+            "sinkEvents": dict(self.sink_events),
+        }
 
     def failed(self, error: BaseException) -> None:
         """A run ended in an unexpected error (see :attr:`failing`)."""
@@ -144,6 +161,7 @@ class Projector:
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self.lag_interval = timedelta(seconds=lag_interval)
+        self.lag_timeout = LAG_TIMEOUT
         self.linger = linger
         self.stats = ProjectorStats()
         self._last_batch_at: datetime | None = None
@@ -314,7 +332,15 @@ class Projector:
             for record, reason in batch.poison:
                 await self.dead_letters.dead_letter(record.value, reason, record.position)
             batch.done.add("dead-letters")
-            self.stats.events_dead_lettered += len(batch.poison)
+            if batch.poison:
+                record, reason = batch.poison[0]
+                log.error(
+                    "dead-lettered %d record(s) the projector cannot read (first at %s: %s)",
+                    len(batch.poison),
+                    record.position,
+                    reason,
+                )
+                self.stats.events_dead_lettered += len(batch.poison)
         # the sinks apply the batch concurrently: DuckDB works in a thread, Postgres in its own
         # server, so their waits overlap; a sink that failed is retried alone with the batch
         pending = [sink for sink in self.sinks if sink.name not in batch.done]
@@ -403,7 +429,11 @@ class Projector:
             return
         self.stats.lag_at = now
         try:
-            self.stats.lag = await self.reader.lag()
+            self.stats.lag = await asyncio.wait_for(self.reader.lag(), self.lag_timeout)
+        except TimeoutError:
+            self.stats.lag = None
+            self.stats.lag_error = f"the log did not say its lag within {self.lag_timeout:g}s"
+            return
         except Exception as e:  # noqa: BLE001 - the lag is informational; the log may be down
             # unknown, not the last value: a broker down showed "lag 0" for as long as it was down
             log.debug("could not measure the lag: %s", e)

@@ -75,6 +75,12 @@ class GatewayMetrics:
         self.consumer_lag = Gauge(
             "llm_gateway_consumer_lag", "Events on the log not yet projected", ["group"], registry=r
         )
+        self.consumer_dead_lettered = Gauge(
+            "llm_gateway_consumer_dead_lettered",
+            "Records this process's projector dead-lettered since it started (undecodable, or refused by a store)",
+            ["group"],
+            registry=r,
+        )
         self._gauges: list[Callable[[], None]] = []
         self._model_labels: set[str] = set()
 
@@ -160,5 +166,6 @@ def watch_projector(metrics: GatewayMetrics, pipeline: _HasProjectorStats, group
         lag = pipeline.projector.stats.lag
         # NaN while unknown (the log cannot say): 0 read as "caught up" during a broker outage
         metrics.consumer_lag.labels(group).set(lag if lag is not None else math.nan)
+        metrics.consumer_dead_lettered.labels(group).set(pipeline.projector.stats.events_dead_lettered)
 
     metrics.on_scrape(refresh)

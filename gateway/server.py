@@ -42,15 +42,7 @@ def embedded_projector(settings: Settings) -> Installer:
         install_analytics(app, pipeline.store, app[STATE].auth)
         install_replay(app, settings, pipeline.store, app[STATE].auth, live_group=DEFAULT_GROUP)
         watch_projector(app[METRICS], pipeline, DEFAULT_GROUP)
-        stats = pipeline.projector.stats
-        app.setdefault(HEALTH_PARTS, {})["projector"] = lambda: {
-            "status": stats.status,
-            "lag": stats.lag,
-            "lagAt": stats.lag_at.isoformat() if stats.lag_at else None,
-            "lagError": stats.lag_error,
-            "restarts": stats.restarts,
-            "lastError": stats.last_error,
-        }
+        app.setdefault(HEALTH_PARTS, {})["projector"] = pipeline.projector.stats.health
 
         async def run(app: web.Application) -> AsyncIterator[None]:
             async with pipeline.running():

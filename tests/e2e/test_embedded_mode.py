@@ -352,3 +352,33 @@ async def test_a_replay_request_with_a_position_the_log_does_not_have_is_a_400(t
             f"{gw.base_url}/admin/replay", json={"fromPosition": "1", "dryRun": True}, headers=headers
         ) as r:
             assert r.status == 200 and b'"type": "result"' in await r.read()
+
+
+async def test_a_dead_lettered_record_is_seen_in_health_metrics_and_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An undecodable record on the embedded log went to the log's dead-letter table with no log
+    line, nothing in /healthz and no metric: an operator could not tell (review finding)."""
+    import sqlite3
+
+    from gateway.eventlog.factory import EMBEDDED_LOG_FILE
+
+    async with embedded(tmp_path) as gw, aiohttp.ClientSession() as s:
+        conn = sqlite3.connect(tmp_path / EMBEDDED_LOG_FILE)
+        with conn:
+            conn.execute("INSERT INTO events (key, value, ts) VALUES (?, ?, ?)", ("k", b'{"schema_version": 1}', 0))
+        conn.close()
+        for _ in range(200):
+            async with s.get(f"{gw.url}/healthz") as r:
+                projector = (await r.json())["projector"]
+            if projector["deadLettered"]:
+                break
+            await asyncio.sleep(0.02)
+        async with s.get(f"{gw.url}/metrics") as r:
+            text = await r.text()
+    assert projector["deadLettered"] == 1 and projector["status"] == "ok"
+    assert 'llm_gateway_consumer_dead_lettered{group="llm-usage-projector"} 1.0' in text
+    assert any(
+        r.levelname == "ERROR" and "dead-lettered 1 record(s) the projector cannot read" in r.getMessage()
+        for r in caplog.records
+    )

@@ -341,6 +341,25 @@ async def test_a_lag_the_log_cannot_say_is_unknown_not_the_last_value() -> None:
     assert (stats.lag, stats.lag_error) == (0, None)
 
 
+async def test_a_lag_measurement_that_hangs_is_unknown_within_the_timeout() -> None:
+    """With the broker just gone, Kafka's offset requests wait out a 30 s request timeout: the
+    lag stayed at its last value (0) for those 30 s, in /healthz and the metric."""
+
+    class HangingLog(RestartableLog):
+        async def lag(self) -> int:
+            await asyncio.sleep(60)
+            return 0
+
+    log = HangingLog()
+    await publish(log, 2)
+    projector = Projector(log, [RecordingSink("s")], MemoryDeadLetters(), lag_interval=0)
+    projector.lag_timeout = 0.05
+    started = asyncio.get_running_loop().time()
+    await projector.run_until_idle()
+    assert asyncio.get_running_loop().time() - started < 5
+    assert projector.stats.lag is None and "did not say its lag within 0.05s" in (projector.stats.lag_error or "")
+
+
 async def test_stop_while_paused_leaves_the_batch_uncommitted() -> None:
     log = RestartableLog()
     await publish(log, 5)
