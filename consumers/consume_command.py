@@ -14,9 +14,20 @@ from aiohttp import web
 
 from gateway.runtime import until_terminated
 from gateway.settings import Settings
-from gateway.startup import startup_failure
+from gateway.startup import startup_failure, warn_if_open
 
 log = logging.getLogger(__name__)
+
+
+def _batch_size(text: str) -> int:
+    """A batch of 0 events made a consumer that said ``ok`` and never projected anything."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= 100_000:
+        raise argparse.ArgumentTypeError(f"must be 1 to 100000, got {value}")
+    return value
 
 
 def register(sub: Any) -> None:
@@ -24,7 +35,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--group", default="llm-usage-projector", help="consumer group id")
     parser.add_argument("--host", help="analytics API bind address (default: as for serve)")
     parser.add_argument("--port", type=int, default=8081, help="analytics API port (0 = no HTTP API)")
-    parser.add_argument("--batch-size", type=int, default=5000)
+    parser.add_argument("--batch-size", type=_batch_size, default=5000, help="events per batch (1 to 100000)")
     parser.set_defaults(run=run)
 
 
@@ -65,11 +76,12 @@ async def _consume(settings: Settings, args: argparse.Namespace) -> None:
     app = build_consumer_app(settings, args.group, args.batch_size)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    if args.port:
-        host = args.host or settings.bind_host
-        await web.TCPSite(runner, host, args.port).start()
-        log.info("consumer %s: analytics API on http://%s:%s", args.group, host, args.port)
     try:
+        if args.port:  # inside the try: a port in use still closes what setup opened
+            host = args.host or settings.bind_host
+            await web.TCPSite(runner, host, args.port).start()
+            log.info("consumer %s: analytics API on http://%s:%s", args.group, host, args.port)
+            warn_if_open(bool(settings.api_keys), host, "consumer")
         await until_terminated()
     finally:
         await runner.cleanup()

@@ -14,7 +14,7 @@ import yaml
 from gateway.errors import GatewayError
 from gateway.runtime import quiet_accept_errors, tune_gc, tune_logging, until_terminated
 from gateway.settings import Settings, load_settings
-from gateway.startup import startup_failure
+from gateway.startup import startup_failure, warn_if_open
 
 if TYPE_CHECKING:
     from gateway.simulators.base import Simulator
@@ -90,16 +90,12 @@ async def _serve(settings: Settings, simulate: bool) -> None:
     app = create_app(settings, installers=server_installers(settings))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.bind_host, settings.port)
-    await site.start()
-    log.info("llm-gateway listening on http://%s:%s", settings.bind_host, settings.port)
-    if not settings.api_keys and settings.bind_host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning(
-            "no API keys are configured and the gateway listens on %s: whoever reaches it can spend as any "
-            "tenant, read every tenant's costs and run SQL analytics; configure api_keys",
-            settings.bind_host,
-        )
     try:
+        # inside the try: a port in use must still close what setup opened (the embedded
+        # projector's generator was torn down by asyncio.run instead, with an ERROR traceback)
+        await web.TCPSite(runner, settings.bind_host, settings.port).start()
+        log.info("llm-gateway listening on http://%s:%s", settings.bind_host, settings.port)
+        warn_if_open(bool(settings.api_keys), settings.bind_host, "gateway")
         await until_terminated()
     finally:
         await runner.cleanup()

@@ -7,11 +7,12 @@ gateway's own settings use the ``LLM_GATEWAY_`` prefix. Nothing else in the code
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway import strict_yaml
 from gateway.health.config import HealthSettings
@@ -43,6 +44,11 @@ class ProviderSettings(BaseModel):
     use_v1: bool = False
     enabled: bool | None = None
 
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        return _http_url(value)
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LLM_GATEWAY_", extra="ignore", populate_by_name=True)
@@ -54,30 +60,32 @@ class Settings(BaseSettings):
     config_file: Path | None = Field(default=None, validation_alias=AliasChoices("LLM_GATEWAY_CONFIG", "config_file"))
 
     # --- routing / retry --------------------------------------------------------------------
-    priority: list[str] = Field(default_factory=lambda: list(DEFAULT_PRIORITY))
+    #: ``LLM_GATEWAY_PRIORITY``: a JSON list or comma-separated names (``openai,anthropic``)
+    priority: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_PRIORITY))
     #: a vendor's own model (claude-3-haiku, gemini-pro) goes to that vendor first, the rest after
     native_first: bool = True
     retry_attempts: int = Field(default=3, ge=1)
-    retry_initial_wait: float = Field(default=0.5, ge=0)
-    retry_max_wait: float = Field(default=8.0, ge=0)
+    retry_initial_wait: float = Field(default=0.5, ge=0, allow_inf_nan=False)
+    retry_max_wait: float = Field(default=8.0, ge=0, allow_inf_nan=False)
     #: longest server-requested wait honoured; longer waits fall back at once
-    retry_max_server_wait: float = Field(default=20.0, ge=0)
+    retry_max_server_wait: float = Field(default=20.0, ge=0, allow_inf_nan=False)
     #: total time budget for retry waits of one request, across providers
-    retry_budget_seconds: float = Field(default=30.0, ge=0)
-    request_timeout: float = Field(default=120.0, gt=0)
-    connect_timeout: float = Field(default=5.0, gt=0)
-    stream_idle_timeout: float = Field(default=60.0, gt=0)
+    retry_budget_seconds: float = Field(default=30.0, ge=0, allow_inf_nan=False)
+    request_timeout: float = Field(default=120.0, gt=0, allow_inf_nan=False)
+    connect_timeout: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+    stream_idle_timeout: float = Field(default=60.0, gt=0, allow_inf_nan=False)
 
     # --- provider health ---------------------------------------------------------------------
     health: HealthSettings = Field(default_factory=HealthSettings)
 
     # --- tenants ------------------------------------------------------------------------------
-    default_tenant: str = "default"
+    #: a tenant id (an empty one billed calls to a tenant no cost query can name)
+    default_tenant: str = Field(default="default", min_length=1)
 
     # --- events ---------------------------------------------------------------------------------
     data_dir: Path = Path(".llm-gateway")
     topic: str = "llm.usage"
-    topic_partitions: int = 3
+    topic_partitions: int = Field(default=3, ge=1)
     kafka_bootstrap_servers: str | None = Field(
         default=None, validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "kafka_bootstrap_servers")
     )
@@ -134,7 +142,20 @@ class Settings(BaseSettings):
     #: path of an operator price file (YAML/JSON), overriding built-in and database prices
     price_file: Path | None = None
     #: seconds between two looks at the price file for changes (0: read at start only)
-    price_reload_seconds: float = Field(default=5.0, ge=0)
+    price_reload_seconds: float = Field(default=5.0, ge=0, allow_inf_nan=False)
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _priority_text(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    return json.loads(text)
+                except ValueError:
+                    raise ValueError("priority must be a JSON list or comma-separated provider names") from None
+            return [name.strip() for name in text.split(",") if name.strip()]
+        return value
 
     @field_validator("priority")
     @classmethod
@@ -143,6 +164,20 @@ class Settings(BaseSettings):
         if not value or len(set(value)) != len(value):
             raise ValueError(f"priority must name each provider at most once, and at least one: got {value}")
         return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        """A DSN asyncpg takes; anything else was retried forever as a database outage. The
+        message leaves the value out (it holds a password)."""
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("DATABASE_URL must be a postgresql:// (or postgres://) URL")
+        return value
+
+    @field_validator("openai_base_url", "anthropic_base_url", "google_gemini_base_url", "azure_openai_endpoint")
+    @classmethod
+    def _env_base_url(cls, value: str | None) -> str | None:
+        return _http_url(value)
 
     @field_validator("providers")
     @classmethod
@@ -221,6 +256,14 @@ _ENV_PROVIDER_SETTINGS = {
 }
 
 
+def _http_url(value: str | None) -> str | None:
+    """An upstream base URL is http(s) (Ollama's host may leave the scheme out, as its client
+    allows): an ``ftp://`` one failed every call as the provider's connection error."""
+    if value and "://" in value and not value.lower().startswith(("http://", "https://")):
+        raise ValueError("an upstream URL must start with http:// or https://")
+    return value
+
+
 def _known(names: Any) -> None:
     """Provider names are the five the gateway has adapters for: a misspelled one would be
     ignored silently (a provider left enabled, a fallback order not as written)."""
@@ -242,4 +285,8 @@ def load_settings(**overrides: Any) -> Settings:
     unknown = sorted(str(k) for k in data if k not in Settings.model_fields)
     if unknown:
         raise ValueError(f"config file {settings.config_file}: unknown key(s) {unknown}")
+    price_file = data.get("price_file")
+    if isinstance(price_file, str) and not Path(price_file).is_absolute():
+        # next to the config file that names it, wherever the gateway is started from
+        data["price_file"] = Path(settings.config_file).parent / price_file
     return Settings(**{**data, **overrides, "config_file": settings.config_file})

@@ -7,7 +7,26 @@ it). Those get one clear line and exit code 1; anything else is a bug and keeps 
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+
+log = logging.getLogger(__name__)
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def warn_if_open(has_keys: bool, host: str, what: str) -> None:
+    """Say at WARNING that a keyless service listens beyond loopback (``serve``, ``consume``)."""
+    if not has_keys and host not in _LOOPBACK:
+        log.warning(
+            "no API keys are configured and the %s listens on %s: whoever reaches it can %s; configure api_keys",
+            what,
+            host,
+            "spend as any tenant, read every tenant's costs and run SQL analytics"
+            if what == "gateway"
+            else "read every tenant's costs, run SQL analytics and start replays",
+        )
+
 
 #: what to do about a DuckDB file another process holds
 _LOCK_HINT = (

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 
 def free_port() -> int:
@@ -131,6 +132,24 @@ async def test_a_second_gateway_on_a_held_data_dir_says_why_in_one_line(tmp_path
             _, err = await asyncio.wait_for(taken.communicate(), 30)
         assert taken.returncode == 1 and "Traceback" not in err.decode()
         assert "llm-gateway serve: cannot start:" in err.decode() and "address already in use" in err.decode()
+
+
+@pytest.mark.parametrize("command", ["serve", "consume"])
+async def test_a_port_in_use_is_one_line_after_the_stores_opened(tmp_path: Path, command: str) -> None:
+    """The embedded serve opens DuckDB and starts its projector before it binds: a taken port
+    then printed 15 lines of ERROR traceback ("athrow(): asynchronous generator is already
+    running") before the one line; the port is now bound inside the cleanup."""
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        args = ("serve", "--simulate", "--port", port) if command == "serve" else ("consume", "--port", port)
+        async with process(*args, env=clean_env(tmp_path)) as proc:
+            _, err = await asyncio.wait_for(proc.communicate(), 30)
+    text = err.decode()
+    assert proc.returncode == 1 and "address already in use" in text, text
+    assert "Traceback" not in text and "ERROR" not in text, text
 
 
 async def test_costs_uses_the_configured_admin_key_and_says_what_is_wrong_in_one_line(tmp_path: Path) -> None:

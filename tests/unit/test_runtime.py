@@ -150,6 +150,13 @@ def assert_refused(
         ("api_keys: [{key: sk-a, tenant: ''}]\n", "api_keys"),
         ("api_keys: [{key: sk-a, tenant: t1}, {key: sk-a, tenant: t2}]\n", "more than once"),  # who pays?
         ("api_keys: [{key: sk-a, tenant: t, extra: 1}]\n", "extra"),
+        # accepted before, each misbehaving at run time (an operator review):
+        ("topic_partitions: 0\n", "topic_partitions"),  # the topic was never created
+        ("database_url: notaurl\n", "postgresql://"),  # retried forever as a database outage
+        ("providers: {openai: {base_url: 'ftp://x'}}\n", "http://"),  # every call a connection error
+        ("default_tenant: ''\n", "default_tenant"),  # billed to a tenant no query can name
+        ("request_timeout: .inf\n", "request_timeout"),
+        ("retry_budget_seconds: .nan\n", "retry_budget_seconds"),
     ],
 )
 def test_a_configuration_that_would_misbehave_is_refused_at_start(
@@ -183,6 +190,45 @@ def test_a_key_given_twice_in_an_operators_file_is_refused(
     if prices is not None:
         (tmp_path / "prices.yaml").write_text(prices, encoding="utf-8")
     assert_refused(monkeypatch, capsys, tmp_path, config, named)
+
+
+@pytest.mark.usefixtures("restore_gc", "restore_logging")
+def test_a_database_url_refused_is_not_printed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", "mysql://gw:s3cr3t-pw@db/gw")
+    monkeypatch.setenv("OPENAI_BASE_URL", "ftp://files.example")
+    assert cli.main(["costs", "--tenant", "t"]) == 2
+    err = capsys.readouterr().err
+    assert "postgresql://" in err and "s3cr3t" not in err
+
+
+def test_the_priority_variable_takes_a_json_list_or_comma_separated_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``LLM_GATEWAY_PRIORITY=openai,anthropic`` was an error that did not say JSON was expected."""
+    from gateway.settings import Settings
+
+    for value in ("openai,anthropic", " openai , anthropic ", '["openai", "anthropic"]'):
+        monkeypatch.setenv("LLM_GATEWAY_PRIORITY", value)
+        assert Settings(_env_file=None).priority == ["openai", "anthropic"]  # type: ignore[call-arg]
+    monkeypatch.setenv("LLM_GATEWAY_PRIORITY", "[openai")
+    with pytest.raises(ValueError, match="JSON list or comma-separated"):
+        Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_a_relative_price_file_is_found_next_to_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was resolved against the working directory: `serve --config cfg/gateway.yaml` started
+    from elsewhere failed with "cannot read the price file"."""
+    from gateway.settings import load_settings
+
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "gateway.yaml").write_text("price_file: prices.yaml\n", encoding="utf-8")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    settings = load_settings(config_file="../cfg/gateway.yaml", _env_file=None)
+    assert settings.price_file is not None and settings.price_file.resolve() == (tmp_path / "cfg" / "prices.yaml")
 
 
 def test_anchors_and_merge_keys_still_work() -> None:
@@ -253,3 +299,24 @@ async def test_out_of_file_descriptors_is_logged_once_in_a_while(caplog: pytest.
     mine = [r.getMessage() for r in caplog.records if r.name == "gateway"]
     assert len(mine) == 2 and "(999 more like it in the last 11 s)" in mine[1]
     assert any("something else" in r.getMessage() for r in caplog.records if r.name == "asyncio")
+
+
+@pytest.mark.usefixtures("restore_gc", "restore_logging")
+@pytest.mark.parametrize("size", ["0", "-5", "many"])
+def test_consume_refuses_a_batch_size_that_projects_nothing(capsys: pytest.CaptureFixture[str], size: str) -> None:
+    """``--batch-size 0`` made a consumer that said ``ok`` and never applied an event."""
+    with pytest.raises(SystemExit) as info:
+        cli.main(["consume", "--batch-size", size])
+    assert info.value.code == 2 and "--batch-size" in capsys.readouterr().err
+
+
+def test_a_keyless_service_beyond_loopback_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    from gateway.startup import warn_if_open
+
+    warn_if_open(False, "127.0.0.1", "consumer")
+    warn_if_open(True, "0.0.0.0", "consumer")
+    assert caplog.records == []
+    warn_if_open(False, "0.0.0.0", "consumer")
+    [record] = caplog.records
+    assert record.levelname == "WARNING" and "consumer listens on 0.0.0.0" in record.getMessage()
+    assert "start replays" in record.getMessage()
