@@ -12,6 +12,7 @@ import asyncio
 import json
 from typing import Any
 
+from analytics.owner import OWNER_HINT, owner_urls
 from gateway.settings import Settings
 
 
@@ -45,6 +46,8 @@ async def _from_service(url: str, args: argparse.Namespace, api_key: str | None)
                 f"{url.rstrip('/')}/v1/costs", params=params, headers=headers, timeout=aiohttp.ClientTimeout(total=30)
             ) as response,
         ):
+            if response.status == 404:
+                return None  # not the store's owner (a gateway whose projection runs elsewhere)
             body = await response.json(content_type=None)
             if response.status != 200:
                 message = body.get("error", {}).get("message") if isinstance(body, dict) else body
@@ -93,17 +96,21 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from analytics.store import StoreError
     from gateway.errors import InvalidRequest
 
-    url = args.url or f"http://127.0.0.1:{settings.port}"
-    doc = asyncio.run(_from_service(url, args, args.api_key or settings.admin_key))
+    urls = [args.url] if args.url else owner_urls(settings)
+    doc = None
+    for url in urls:
+        doc = asyncio.run(_from_service(url, args, args.api_key or settings.admin_key))
+        if doc is not None:
+            break
     if doc is None:
         if args.url:
-            raise SystemExit(f"cannot reach {url}")
+            raise SystemExit(f"cannot reach {url}, or it has no cost store: {OWNER_HINT}")
         try:
             doc = asyncio.run(_from_file(settings, args))
         except InvalidRequest as exc:
             raise SystemExit(f"llm-gateway costs: {exc.message}") from exc
         except (StoreError, duckdb.Error, OSError) as exc:  # missing, locked by another process, unreadable
-            raise SystemExit(f"no running gateway at {url} and no readable cost store: {exc}") from exc
+            raise SystemExit(f"no running gateway at {' or '.join(urls)} and no readable cost store: {exc}") from exc
     print(json.dumps(doc, indent=2) if args.json else render_table(doc))
     return 0
 

@@ -16,6 +16,7 @@ import asyncio
 import sys
 from typing import Any
 
+from analytics.owner import OWNER_HINT, owner_urls
 from analytics.sql import DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT, MAX_ROWS_LIMIT, MAX_TIMEOUT, SqlResult, cell_text
 from gateway.settings import Settings
 
@@ -69,10 +70,9 @@ async def _from_service(url: str, args: argparse.Namespace, api_key: str | None)
     except (aiohttp.ContentTypeError, ValueError) as exc:
         raise SystemExit(f"{endpoint} did not answer with JSON: {exc}") from exc
     if response.status == 404:
-        raise SystemExit(
-            f"{url} has no SQL endpoint: the analytics store lives in the process that projects the events "
-            "(the gateway in the embedded mode, else `llm-gateway consume`, e.g. --url http://127.0.0.1:8081)"
-        )
+        if not args.url:
+            raise _Unreachable(f"{url} has no SQL endpoint")  # not the store's owner: ask the next
+        raise SystemExit(f"{url} has no SQL endpoint: {OWNER_HINT}")
     if response.status != 200:
         error = doc.get("error", {}) if isinstance(doc, dict) else {}
         raise SystemExit(f"error {response.status} ({error.get('code')}): {error.get('message', doc)}")
@@ -133,12 +133,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise SystemExit(f"--max-rows must be from 1 to {MAX_ROWS_LIMIT}")
     if not 0 < args.timeout <= MAX_TIMEOUT:
         raise SystemExit(f"--timeout must be more than 0 and at most {MAX_TIMEOUT:g} seconds")
-    url = args.url or f"http://127.0.0.1:{settings.port}"
-    try:
-        result = asyncio.run(_from_service(url, args, args.api_key or settings.admin_key))
-    except _Unreachable as exc:
-        if args.url:
-            raise SystemExit(f"cannot reach {url}: {exc}") from exc
+    urls = [args.url] if args.url else owner_urls(settings)
+    url = " or ".join(urls)
+    result = None
+    for candidate in urls:
+        try:
+            result = asyncio.run(_from_service(candidate, args, args.api_key or settings.admin_key))
+            break
+        except _Unreachable as exc:
+            if args.url:
+                raise SystemExit(f"cannot reach {candidate}: {exc}") from exc
+    if result is None:
         try:
             result = asyncio.run(_from_file(settings, args))
         except SqlError as err:

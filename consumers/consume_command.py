@@ -34,7 +34,9 @@ def register(sub: Any) -> None:
     parser = sub.add_parser("consume", help="project the event log into DuckDB (and Postgres) and serve analytics")
     parser.add_argument("--group", default="llm-usage-projector", help="consumer group id")
     parser.add_argument("--host", help="analytics API bind address (default: as for serve)")
-    parser.add_argument("--port", type=int, default=8081, help="analytics API port (0 = no HTTP API)")
+    parser.add_argument(
+        "--port", type=int, help="analytics API port (default LLM_GATEWAY_CONSUME_PORT, 8081; 0 = no HTTP API)"
+    )
     parser.add_argument("--batch-size", type=_batch_size, default=5000, help="events per batch (1 to 100000)")
     parser.set_defaults(run=run)
 
@@ -75,12 +77,13 @@ def build_consumer_app(settings: Settings, group: str, batch_size: int) -> web.A
 async def _consume(settings: Settings, args: argparse.Namespace) -> None:
     app = build_consumer_app(settings, args.group, args.batch_size)
     runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
+    port = settings.consume_port if args.port is None else args.port
     try:
-        if args.port:  # inside the try: a port in use still closes what setup opened
+        await runner.setup()  # inside the try: see serve
+        if port:  # inside the try: a port in use still closes what setup opened
             host = args.host or settings.bind_host
-            await web.TCPSite(runner, host, args.port).start()
-            log.info("consumer %s: analytics API on http://%s:%s", args.group, host, args.port)
+            await web.TCPSite(runner, host, port).start()
+            log.info("consumer %s: analytics API on http://%s:%s", args.group, host, port)
             warn_if_open(bool(settings.api_keys), host, "consumer")
         await until_terminated()
     finally:

@@ -27,13 +27,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from analytics.owner import owner_urls
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
     from consumers.replay import Progress, ReplayOptions
     from gateway.pricing.pricefile import PriceFile
-
-DEFAULT_CONSUME_PORT = 8081
 
 
 def register(sub: Any) -> None:
@@ -116,7 +115,7 @@ class ReplayFailed(Exception):
 
 async def _replay(settings: Settings, args: argparse.Namespace, options: Any, prices: Any, bar: Any) -> dict[str, Any]:
     if not args.local:
-        urls = [args.url] if args.url else default_urls(settings)
+        urls = [args.url] if args.url else owner_urls(settings)
         for url in urls:
             doc = await via_service(url, options, prices, args.api_key or settings.admin_key, bar)
             if doc is not None:
@@ -127,14 +126,6 @@ async def _replay(settings: Settings, args: argparse.Namespace, options: Any, pr
 
 
 ROUTE_HINT = "POST /v1/admin/replay"
-
-
-def default_urls(settings: Settings) -> list[str]:
-    """The embedded gateway projects in-process; with Kafka, ``consume`` does (port 8081)."""
-    gateway = f"http://127.0.0.1:{settings.port}"
-    if settings.kafka_bootstrap_servers:
-        return [f"http://127.0.0.1:{DEFAULT_CONSUME_PORT}", gateway]
-    return [gateway]
 
 
 def request_body(options: ReplayOptions, prices: PriceFile | None) -> dict[str, Any]:

@@ -89,10 +89,11 @@ async def _serve(settings: Settings, simulate: bool) -> None:
     quiet_accept_errors(asyncio.get_running_loop())
     app = create_app(settings, installers=server_installers(settings))
     runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
     try:
-        # inside the try: a port in use must still close what setup opened (the embedded
-        # projector's generator was torn down by asyncio.run instead, with an ERROR traceback)
+        # inside the try: a start that fails half-way (a port in use, a DuckDB file another
+        # process holds) must still close what it opened; asyncio.run tore the generators down
+        # instead, with an ERROR traceback before the one-line reason
+        await runner.setup()
         await web.TCPSite(runner, settings.bind_host, settings.port).start()
         log.info("llm-gateway listening on http://%s:%s", settings.bind_host, settings.port)
         warn_if_open(bool(settings.api_keys), settings.bind_host, "gateway")

@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     # --- HTTP server ------------------------------------------------------------------------
     host: str | None = None
     port: int = Field(default=8080, ge=0, le=65535)
+    #: ``llm-gateway consume``'s analytics API port (where the operator commands look for it)
+    consume_port: int = Field(default=8081, ge=0, le=65535)
     max_body_bytes: int = Field(default=20 * 1024 * 1024, gt=0)  # images travel as base64 in the body
     config_file: Path | None = Field(default=None, validation_alias=AliasChoices("LLM_GATEWAY_CONFIG", "config_file"))
 

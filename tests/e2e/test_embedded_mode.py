@@ -13,6 +13,7 @@ import time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import openai
@@ -122,10 +123,33 @@ async def test_serve_without_its_projector_leaves_the_cost_store_to_a_consume_pr
                     if r.status == 200 and body["usageCount"] >= 3:
                         break
                     await asyncio.sleep(0.02)
+            # the operator commands find the consumer: the gateway answers 404 for the store's
+            # endpoints (they asked only the gateway, then opened the file the consumer holds)
+            env = {
+                "PATH": "/usr/bin:/bin",
+                "LLM_GATEWAY_DATA_DIR": str(tmp_path),
+                "LLM_GATEWAY_PORT": str(urlsplit(gw.url).port),
+                "LLM_GATEWAY_CONSUME_PORT": str(urlsplit(url).port),
+            }
+            outputs = []
+            for args in (
+                ("costs", "--tenant", "t1", "--json"),
+                ("sql", "SELECT count(*) AS n FROM usage_facts", "--format", "json"),
+                ("replay", "--json"),
+            ):
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "gateway", *args, env=env,
+                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                )  # fmt: skip
+                out, err = await proc.communicate()
+                assert proc.returncode == 0, (args, err.decode())
+                outputs.append(json.loads(out))
         finally:
             await runner.cleanup()
     assert body["usageCount"] == 3 and Decimal(body["totalCost"]) > 0
     assert (tmp_path / "analytics.duckdb").exists()
+    costs, sql, replay = outputs
+    assert costs["usageCount"] == 3 and sql["rows"] == [[3]] and replay["events"] == 3
 
 
 async def test_fallback_attempts_are_events_but_only_the_served_call_costs(tmp_path: Path) -> None:
