@@ -16,6 +16,18 @@ log = logging.getLogger(__name__)
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 
 
+#: the longest wait passed on to a client in ``retry-after`` (a day)
+MAX_RETRY_AFTER = 86_400
+
+
+def retry_after_header(seconds: float) -> str:
+    """Whole seconds, 1 to a day: an upstream's ``retry-after: inf`` (or 1e400) made
+    ``round`` raise, and the client got a bare 500 without the OpenAI error object."""
+    if seconds != seconds:  # NaN
+        return "1"
+    return str(int(max(1, min(round(min(seconds, MAX_RETRY_AFTER)), MAX_RETRY_AFTER))))
+
+
 def error_response(exc: errors.GatewayError, rid: str) -> web.Response:
     headers = {"x-request-id": rid}
     if exc.client_should_retry is False:
@@ -24,11 +36,11 @@ def error_response(exc: errors.GatewayError, rid: str) -> web.Response:
         headers["x-llm-attempts"] = str(len(exc.attempts))
         waits = [a.retry_after for a in exc.attempts if a.retry_after is not None]
         if waits:
-            headers["retry-after"] = str(max(1, round(min(waits))))
+            headers["retry-after"] = retry_after_header(min(waits))
     elif isinstance(exc, errors.ProviderError):
         headers["x-llm-provider"] = exc.provider
         if exc.retry_after is not None:
-            headers["retry-after"] = str(max(1, round(exc.retry_after)))
+            headers["retry-after"] = retry_after_header(exc.retry_after)
     return web.Response(
         status=exc.status, body=orjson.dumps(exc.to_openai()), content_type="application/json", headers=headers
     )

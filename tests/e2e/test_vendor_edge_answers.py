@@ -300,3 +300,27 @@ async def test_an_ollama_model_without_tools_falls_back(upstream: tuple[Upstream
         ("ollama", "client_error", False),
         ("openai", "success", True),
     ]
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "retry_after"),
+    [
+        (400, {"type": "invalid_request_error", "code": None}, "inf"),
+        (429, {"type": "insufficient_quota", "code": "insufficient_quota"}, "1e400"),
+        (400, {"type": "invalid_request_error", "code": None}, "99999999999999999999999"),
+    ],
+)
+async def test_an_endless_retry_after_is_an_openai_error_with_a_days_wait(
+    upstream: tuple[Upstream, str], status: int, error: dict[str, Any], retry_after: str
+) -> None:
+    """``round(inf)`` raised in the error middleware: a bare 500, no error object, no request id."""
+    up, url = upstream
+    up.script["openai"] = web.json_response(
+        {"error": {"message": "no", **error}}, status=status, headers={"retry-after": retry_after}
+    )
+    async with await gateway(url, "openai") as gw, client(gw) as c:
+        with pytest.raises(openai.APIStatusError) as info:
+            await c.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+    response = info.value.response
+    assert response.status_code != 500 and response.headers["x-request-id"].startswith("req_")
+    assert response.headers["retry-after"] == "86400" and "error" in response.json()
