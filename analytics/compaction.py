@@ -37,10 +37,11 @@ DAY_NUMBER_SQL = "CAST(epoch_ms(created_at) // 86400000 AS INTEGER)"
 _COUNTS = f"""
 SELECT day_number, count(*) FROM (
     SELECT {DAY_NUMBER_SQL} AS day_number FROM usage_facts
-    WHERE created_at >= to_timestamp($1 * 86400) AND created_at < to_timestamp($2 * 86400)
+    WHERE created_at >= to_timestamp($1::BIGINT * 86400) AND created_at < to_timestamp($2::BIGINT * 86400)
 ) GROUP BY day_number
 """
-_DAY = "created_at >= to_timestamp($1 * 86400) AND created_at < to_timestamp(($1 + 1) * 86400)"
+#: BIGINT: a day number times 86400 overflows an INTEGER from 2038-01-19 on
+_DAY = "created_at >= to_timestamp($1::BIGINT * 86400) AND created_at < to_timestamp(($1::BIGINT + 1) * 86400)"
 
 
 def day_number(t: datetime) -> int:

@@ -366,6 +366,11 @@ def run_query(
         query = check_query(conn, sql)
         conn.execute("BEGIN TRANSACTION READ ONLY")
         try:
+            # an interrupt that comes before a query starts is lost: a timeout of a microsecond
+            # expired during the checks and the query then ran unbounded (9 s, past the 300 s cap
+            # had it been longer)
+            if expired.is_set():
+                raise duckdb.InterruptException("expired before the query started")
             result = conn.execute(query)
             columns = [Column(str(d[0]), str(d[1])) for d in result.description or []]
             fetched = _fetch(result, max_rows + 1, max_bytes)

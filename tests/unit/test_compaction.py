@@ -105,6 +105,22 @@ async def test_a_late_event_is_sorted_in_at_the_next_day_change_and_reset_forget
     assert await store.fetchall("SELECT count(*) FROM compacted_days") == [(0,)]
 
 
+async def test_days_after_2038_are_rewritten_too(store: AnalyticsStore) -> None:
+    """A day number times 86400 overflowed an INTEGER from 2038-01-19 on: every day change logged
+    "Overflow in multiplication of INT32" and no day was rewritten."""
+    from datetime import UTC, datetime
+
+    sink = DuckDBSink(store)
+    start = datetime(2038, 3, 1, tzinfo=UTC)
+    for d in range(2):
+        day = start + timedelta(days=d)
+        await sink.apply([event(TENANTS[i % 4], at=day + timedelta(minutes=10 * i)) for i in range(24)])
+    d0 = day_number(start)
+    order = await tenants_in_storage_order(store, d0)
+    assert order == sorted(order) and len(order) == 24
+    assert await store.fetchall("SELECT day_number, row_count FROM compacted_days") == [(d0, 24)]
+
+
 def test_the_compactor_looks_back_at_start_and_then_only_when_the_day_advances() -> None:
     compactor = DayCompactor()
     d0 = day_number(T0)

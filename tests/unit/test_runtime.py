@@ -157,6 +157,9 @@ def assert_refused(
         ("default_tenant: ''\n", "default_tenant"),  # billed to a tenant no query can name
         ("request_timeout: .inf\n", "request_timeout"),
         ("retry_budget_seconds: .nan\n", "retry_budget_seconds"),
+        ("health: {window_seconds: .inf}\n", "window_seconds"),  # a traceback at start
+        ("health: {window_seconds: 1.0e+15}\n", "window_seconds"),
+        ("health: {cooldown_seconds: 1.0e+15}\n", "cooldown_seconds"),  # the projector failed later
     ],
 )
 def test_a_configuration_that_would_misbehave_is_refused_at_start(

@@ -416,6 +416,17 @@ async def test_a_long_query_is_stopped_at_the_timeout_and_the_store_still_works(
     assert await facts(store) == 6
 
 
+@pytest.mark.parametrize("timeout", [1e-6, 1e-320])
+async def test_a_timeout_that_expires_before_the_query_starts_still_stops_it(
+    store: AnalyticsStore, timeout: float
+) -> None:
+    """The interrupt came before the query started and was lost: the query ran unbounded."""
+    started = time.monotonic()
+    with pytest.raises(SqlTimeout):
+        await query(store, "SELECT count(*) FROM range(1000000000000)", timeout=timeout)
+    assert time.monotonic() - started < 5
+
+
 async def test_a_running_query_does_not_hold_up_the_writer(store: AnalyticsStore) -> None:
     slow = asyncio.create_task(query(store, "SELECT count(*) FROM range(1000000000000)", timeout=3))
     await asyncio.sleep(0.3)
