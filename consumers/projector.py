@@ -244,7 +244,9 @@ class Projector:
         last = self._last_batch_at
         if last is None:
             return []
-        wait = self.linger - (self._clock() - last).total_seconds()
+        # at most ``linger``: the wall clock stepped back a day (NTP, an operator) made this wait a
+        # day, the cost store stood still and SIGTERM went unheard meanwhile
+        wait = min(self.linger, self.linger - (self._clock() - last).total_seconds())
         if wait <= 0:
             return []
         await self._sleep(wait)
@@ -425,7 +427,8 @@ class Projector:
     async def _refresh_lag(self, *, force: bool = False) -> None:
         now = self._clock()
         last = self.stats.lag_at
-        if not force and last is not None and now - last < self.lag_interval:
+        # a clock stepped back (now before the last measure) measures again, not after the step
+        if not force and last is not None and timedelta(0) <= now - last < self.lag_interval:
             return
         self.stats.lag_at = now
         try:

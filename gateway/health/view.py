@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from array import array
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from gateway.events import UsageEvent
@@ -149,6 +149,7 @@ class HealthView:
         self._clock = clock
         self.listeners: list[Listener] = listeners if listeners is not None else []
         self._span = timedelta(seconds=self.config.window_seconds)
+        self._span_seconds = self.config.window_seconds
         self._providers: dict[str, _Provider] = {}
         self._seen = SeenIds()
 
@@ -159,14 +160,22 @@ class HealthView:
     def apply(self, event: UsageEvent) -> bool:
         """Count one attempt; False if it was seen already or is older than the window."""
         now = self._clock()
-        cutoff = (now - self._span).timestamp()
+        now_ts = now.timestamp()
+        cutoff = now_ts - self._span_seconds
         seen = self._seen
         seen.forget(cutoff)
         at = event.created_at.timestamp()
         if event.event_id in seen or at < cutoff:
             return False
-        seen.add(event.event_id, at)
         sample = Sample.of(event, at)
+        if at > now_ts:
+            # stamped ahead of this view's clock (another replica's clock ahead, a clock stepped
+            # back): counted as now. Taken as stamped, 5 failures from a replica 50 min ahead
+            # opened the circuit on every replica until 50 min later, and the id kept every
+            # later one in SeenIds for as long
+            at = now_ts
+            sample = replace(sample, t=now, ts=now_ts)
+        seen.add(event.event_id, at)
         provider = self._provider(event.provider)
         provider.track.add(sample)
         model = provider.models.get(event.provider_model)

@@ -181,6 +181,23 @@ def test_live_window_judges_exactly_like_its_stats_snapshot(seed: int) -> None:
             assert live == decide(stats, step % 7, config, previous=previous), step
 
 
+def test_events_stamped_ahead_of_the_views_clock_count_as_now(clock: ManualClock) -> None:
+    """Another replica's clock 50 min ahead: its 5 failures opened the circuit here until 50 min
+    later (retry_at ahead by the skew), and its ids stayed in SeenIds for as long."""
+    from datetime import timedelta
+
+    view, _ = make_view(clock)
+    ahead = clock.now + timedelta(minutes=50)
+    for i in range(5):
+        assert view.apply(ev("upstream_error", at=ahead + timedelta(seconds=i)))
+    health = view.health("openai")
+    assert health.circuit == "open" and health.retry_at is not None
+    assert health.retry_at <= clock.now + timedelta(seconds=view.config.cooldown_seconds)
+    clock.advance(view.config.cooldown_seconds + view.config.window_seconds + 1)
+    view.apply(ev("success", at=clock.now))
+    assert len(view._seen) == 1  # the future ids were forgotten with their window
+
+
 def test_apply_is_idempotent_and_ignores_events_older_than_the_window(clock: ManualClock) -> None:
     view, _ = make_view(clock)
     event = ev("timeout", at=T0)

@@ -676,6 +676,28 @@ async def test_batches_start_at_most_once_per_linger_and_a_small_one_waits_for_c
     assert projector.stats.batches_committed == 2 and projector.stats.events_applied == 6
 
 
+async def test_a_wall_clock_stepped_back_neither_stalls_the_linger_nor_the_lag() -> None:
+    """The clock was a day ahead for the previous batch, then corrected: the linger waited a day
+    (the cost store stood still, /healthz said ok) and the lag was not measured for a day."""
+    log = MemoryEventLog()
+    clock = ManualClock()
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    projector = Projector(log, [RecordingSink("a")], MemoryDeadLetters(), linger=0.5, sleep=sleep, clock=clock)
+    await publish(log, 1)
+    clock.advance(86_400)  # a day ahead
+    assert await projector.run_until_idle() == 1
+    measured = projector.stats.lag_at
+    clock.advance(-86_400)  # corrected
+    await publish(log, 1, start=5)
+    assert await projector.run_until_idle() == 1
+    assert max(sleeps, default=0) <= 0.5
+    assert projector.stats.lag_at is not None and measured is not None and projector.stats.lag_at < measured
+
+
 async def test_a_batch_is_decoded_in_slices_between_which_the_loop_runs() -> None:
     """In the embedded serve the projector shares the event loop with the requests: decoding a
     big batch gives the loop back every DECODE_SLICE records, and decodes what the one-go
