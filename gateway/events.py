@@ -11,7 +11,7 @@ Fields are only ever added with defaults within a version.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -21,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_valid
 from gateway.types import MAX_TOKENS
 
 SCHEMA_VERSION = 1
+#: the latest ``created_at`` an event may carry
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
 Outcome = Literal[
     "success",
@@ -54,7 +56,9 @@ class UsageEvent(BaseModel):
     event_id: str  # UUIDv7, the idempotency key of every projection
     request_id: str
     attempt: int = Field(ge=1)  # 1-based attempt number within the request
-    created_at: datetime  # timezone-aware, when the attempt ended
+    #: timezone-aware, when the attempt ended; before the year 9000: a stamp near datetime's
+    #: end (9999) overflowed the health history's arithmetic and halted projection for good
+    created_at: datetime = Field(lt=LATEST)
     tenant_id: str
     api_key_id: str | None = None
     endpoint: Literal["chat.completions", "completions"] = "chat.completions"

@@ -80,6 +80,7 @@ class HealthHistorySink:
         self._store = store
         self._config = config or HealthSettings()
         self._interval = timedelta(seconds=snapshot_seconds or self._config.window_seconds)
+        self._window = timedelta(seconds=self._config.window_seconds)
         self._pending: dict[tuple[str, str, datetime], HealthHistoryRow] = {}
         self._fresh_view()
 
@@ -123,11 +124,16 @@ class HealthHistorySink:
         """Move the clock to ``t`` (never back), writing the snapshot boundaries passed on the way."""
         if self._next_snapshot is None:
             self._next_snapshot = _boundary_after(t, self._interval)
+        # the boundaries before ``t`` have no event after the last one (self._now): past one
+        # window after it, each would repeat the last (an open circuit, nothing in the window).
+        # Written, a 60-day quiet spell behind an open circuit made 86,403 rows in one go (4 GB)
+        # and a far-future stamp an endless loop
+        quiet_after = self._now + self._window
         while self._next_snapshot < t:
             self._now = max(self._now, self._next_snapshot)
             wrote = self._snapshot()
             self._next_snapshot += self._interval
-            if not wrote:  # idle: jump over the empty boundaries
+            if not wrote or self._next_snapshot > quiet_after:  # idle: jump over the empty boundaries
                 self._next_snapshot = max(self._next_snapshot, _boundary_after(t, self._interval))
         self._now = max(self._now, t)
 

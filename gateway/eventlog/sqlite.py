@@ -83,6 +83,16 @@ def ensure_log_table(conn: sqlite3.Connection, table: str) -> None:
     )
 
 
+def _log_time(ts: int) -> datetime:
+    """A record's log time; one past datetime's range (year 10000, in UTC, of an event stamped
+    9999-12-31T23:00-05:00) is the latest time there is: it raised in the reader, and the batch
+    it was in never reached the projector, whose decoder dead-letters such an event."""
+    try:
+        return datetime.fromtimestamp(ts / 1000, UTC)
+    except (OverflowError, ValueError, OSError):
+        return datetime.max.replace(tzinfo=UTC) if ts > 0 else datetime.min.replace(tzinfo=UTC)
+
+
 def epoch_ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
@@ -432,10 +442,13 @@ class SqliteLogReader:
             if rows:
                 self._cursor = rows[-1][0]
                 self._wait = self._poll_interval
-                return [
-                    LogRecord(str(seq), value, key, datetime.fromtimestamp(ts / 1000, UTC))
-                    for seq, key, value, ts in rows
-                ]
+                try:
+                    return [
+                        LogRecord(str(seq), value, key, datetime.fromtimestamp(ts / 1000, UTC))
+                        for seq, key, value, ts in rows
+                    ]
+                except (OverflowError, ValueError, OSError):  # a time past datetime's range
+                    return [LogRecord(str(seq), value, key, _log_time(ts)) for seq, key, value, ts in rows]
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return []

@@ -101,6 +101,23 @@ async def test_rows_for_transitions_and_snapshots(store: AnalyticsStore) -> None
     assert by_key[("openai", "*", at(120))][7:9] == (120.0, 120.0)
 
 
+async def test_a_quiet_spell_behind_an_open_circuit_writes_a_window_of_rows_not_one_per_boundary(
+    store: AnalyticsStore,
+) -> None:
+    """Every boundary of a gap was written while the circuit was not closed: 60 quiet days made
+    86,403 rows in one INSERT (4 GB), and an event stamped in year 9999 an endless loop."""
+    sink = HealthHistorySink(store)
+    await sink.start()
+    failures = [ev("timeout", s) for s in (1, 2, 3, 4, 5)]  # the circuit opens at T0+5
+    await sink.apply(failures)
+    await sink.apply([ev("success", 60 * 86_400.0)])  # 60 days later
+    rows = await history(store)
+    assert len(rows) < 20
+    assert max(r[2] for r in rows) == at(60 * 86_400)  # the success's own transition row
+    # the first boundary after the failures is written, then the quiet spell is jumped over
+    assert ("openai", "*", at(60)) in {(r[0], r[1], r[2]) for r in rows}
+
+
 async def test_redelivery_and_batching_give_the_same_rows(store: AnalyticsStore) -> None:
     sink = HealthHistorySink(store)
     await sink.start()

@@ -479,3 +479,45 @@ async def test_held_events_past_the_bound_are_logged_in_full(
         assert f"usage event NOT stored in {path} (3 held already): {event.model_dump_json()}" in caplog.text
     assert events[stored + 2].model_dump_json() not in caplog.text  # held, not dropped
     await log.close()
+
+
+async def test_an_event_stamped_past_datetimes_range_is_read_and_dead_lettered_not_a_stuck_batch(
+    tmp_path: Path,
+) -> None:
+    """An event stamped 9999-12-31T23:00-05:00 (year 10000 in UTC): its log time raised in the
+    reader and the batch never reached the projector; an event stamped 9999-12-31T23:59:30Z
+    overflowed the health history and halted projection for good. Both are dead-lettered now,
+    and the events around them projected."""
+    from analytics.store import AnalyticsStore
+    from consumers.projector import Projector
+    from consumers.sinks.duckdb import DuckDBSink
+    from consumers.sinks.health_history import HealthHistorySink
+    from tests.unit.test_projector import MemoryDeadLetters
+
+    path = tmp_path / "events.sqlite3"
+    log = SqliteEventLog(path)
+    await log.start()
+    log.publish(make_event(1))
+    await log.close(timeout=5)
+    stamps = [(b"9999-12-31T23:00:00-05:00", 253402318800000), (b"9999-12-31T23:59:30Z", 253402300770000)]
+    conn = sqlite3.connect(path)
+    with conn:
+        for i, (stamp, ts) in enumerate(stamps):
+            value = make_event(10 + i).to_json()
+            at = value.index(b'"created_at":"') + len(b'"created_at":"')
+            value = value[:at] + stamp + value[value.index(b'"', at) :]
+            conn.execute("INSERT INTO events (key, value, ts) VALUES (?, ?, ?)", ("t", value, ts))
+        conn.execute("INSERT INTO events (key, value, ts) VALUES (?, ?, ?)", ("t", make_event(2).to_json(), 0))
+    conn.close()
+    store = AnalyticsStore(tmp_path / "a.duckdb")
+    dead = MemoryDeadLetters()
+    reader = SqliteLogReader(path, "projector")
+    await reader.start()
+    projector = Projector(reader, [DuckDBSink(store), HealthHistorySink(store)], dead)
+    await projector.start()
+    try:
+        assert await asyncio.wait_for(projector.run_until_idle(), 30) == 2
+    finally:
+        await projector.close()
+    assert sorted(letter.position for letter in dead.letters.values()) == ["2", "3"]
+    assert all("created_at" in letter.reason for letter in dead.letters.values())
