@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import InvalidTimestampError
 from aiokafka.partitioner import DefaultPartitioner
 
 from gateway.eventlog.group_commit import GroupCommit
@@ -82,6 +83,11 @@ class KafkaEventLog:
         self._partitioner = DefaultPartitioner()
         self._partition_cache: dict[tuple[bytes | None, int], int] = {}
         self._last_warning = 0.0
+        #: the broker refused the spooled records' times (InvalidTimestampError: stamped more
+        #: than an hour ahead of its clock, on a topic with CreateTime): the next sends carry
+        #: this process's current time instead, which the broker takes unless the clock itself
+        #: is ahead (then the warning says so). Topics this project creates use LogAppendTime.
+        self._stamp_now = False
 
     # --- EventLog --------------------------------------------------------------------------------
     def publish(self, event: UsageEvent) -> None:
@@ -241,9 +247,10 @@ class KafkaEventLog:
             key_bytes = None if key is None else key.encode()
             partition = self._partition_of(key_bytes, partitions)
             batch = open_batches.get(partition)
-            if batch is None or batch[1].append(timestamp=ts, key=key_bytes, value=value) is None:
+            stamp = None if self._stamp_now else ts
+            if batch is None or batch[1].append(timestamp=stamp, key=key_bytes, value=value) is None:
                 builder = producer.create_batch()
-                builder.append(timestamp=ts, key=key_bytes, value=value)  # a first record always fits
+                builder.append(timestamp=stamp, key=key_bytes, value=value)  # a first record always fits
                 batch = open_batches[partition] = (partition, builder, [])
                 batches.append(batch)
             batch[2].append(seq)
@@ -286,6 +293,20 @@ class KafkaEventLog:
             self._down_since = now
 
     def _note_down(self, exc: BaseException, retry_in: float) -> None:
+        if isinstance(exc, InvalidTimestampError):
+            if not self._stamp_now:
+                self._stamp_now = True  # resend with the current time at once
+                return
+            self._warn(
+                "Kafka at %s refuses the usage events' times (%s): this gateway's clock is probably more "
+                "than an hour ahead of the broker's; %d usage events spooled. Fix the clock, or set "
+                "message.timestamp.type=LogAppendTime on topic %s",
+                self.bootstrap_servers,
+                exc,
+                self.pending(),
+                self.topic,
+            )
+            return
         self._warn(
             "Kafka at %s unavailable (%s: %s); %d usage events spooled, retrying in %.1fs",
             self.bootstrap_servers,
