@@ -183,7 +183,9 @@ class KafkaHealthSync:
         except ValueError:  # undecodable or too new: the projector dead-letters it, health skips it
             log.debug("health sync skipped an unreadable record on %s", self.topic)
             return
-        self.view.apply(event)
+        # observe: an event the view cannot apply is logged and skipped; raised here, it
+        # stopped the sync for good (a year-9999 stamp overflowed the view's arithmetic)
+        self.view.observe(event)
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:

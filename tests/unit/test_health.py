@@ -553,6 +553,9 @@ def test_sync_skips_its_own_events_undecoded_and_applies_the_others(
     )
     sync._apply(raw)
     assert view.has_seen(tricky.event_id) and sync.known == 1
+    # an event the view cannot apply is skipped: raised, it stopped the sync for good
+    monkeypatch.setattr(view, "apply", lambda event: 1 / 0)
+    sync._apply(ev("success", at=clock.now).to_json())
 
 
 # --- memory under load ---------------------------------------------------------------------------
