@@ -203,6 +203,13 @@ async def in_process(
             book = CompositePriceBook(prices) if prices is not None else load_price_book(settings.price_file)
         except PriceFileError as e:
             raise ReplayFailed(e.message) from e
+    if not settings.kafka_bootstrap_servers:
+        from gateway.eventlog.factory import EMBEDDED_LOG_FILE
+
+        log_file = settings.data_dir / EMBEDDED_LOG_FILE
+        if not log_file.is_file():
+            # a mistyped data dir was created, given an empty DuckDB file, and replayed as empty
+            raise ReplayFailed(f"no event log at {log_file}: is LLM_GATEWAY_DATA_DIR the gateway's data dir?")
     path = analytics_path(settings)
     store = AnalyticsStore(path)
     try:

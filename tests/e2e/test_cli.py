@@ -248,3 +248,18 @@ async def test_serve_warns_when_it_listens_beyond_loopback_without_keys(tmp_path
         proc.terminate()
         _, err = await asyncio.wait_for(proc.communicate(), 20)
     assert "WARNING" in err.decode() and "no API keys are configured and the gateway listens on 0.0.0.0" in err.decode()
+
+
+async def test_small_cli_edges_an_operator_meets(tmp_path: Path) -> None:
+    """A bogus --log-level is refused, not taken as INFO; replay on a mistyped data dir says so
+    instead of creating it and replaying nothing."""
+    env = clean_env(tmp_path)
+    async with process("--log-level", "bogus", "costs", "--tenant", "t", env=env) as bogus:
+        _, err = await asyncio.wait_for(bogus.communicate(), 30)
+    assert bogus.returncode == 2 and "--log-level" in err.decode()
+
+    missing = tmp_path / "typo"
+    async with process("replay", "--local", env={**env, "LLM_GATEWAY_DATA_DIR": str(missing)}) as replay:
+        _, err = await asyncio.wait_for(replay.communicate(), 60)
+    assert replay.returncode != 0 and "no event log at" in err.decode(), err.decode()
+    assert not (missing / "analytics.duckdb").exists()

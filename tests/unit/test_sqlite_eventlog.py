@@ -235,6 +235,30 @@ def test_publish_from_many_threads(tmp_path: Path) -> None:
         assert positions == sorted(positions)
 
 
+async def test_a_checkpoint_that_keeps_failing_is_logged_once_a_minute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A disk that stays full logged a WARNING at every try (every 0.5 s: 7,200 lines an hour)."""
+    outbox = SqliteOutbox(tmp_path / "events.sqlite3")
+    tries = 0
+
+    def full() -> None:
+        nonlocal tries
+        tries += 1
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(outbox, "checkpoint", full)
+    checkpoints = asyncio.create_task(outbox.run_checkpoints(0.005))
+    while tries < 20:  # noqa: ASYNC110 - a counter, polled
+        await asyncio.sleep(0.01)
+    checkpoints.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await checkpoints
+    outbox.close()
+    warnings = [r for r in caplog.records if "checkpointing" in r.getMessage()]
+    assert len(warnings) == 1 and "disk is full" in warnings[0].getMessage()
+
+
 async def test_checkpoints_keep_the_wal_bounded_under_continuous_appends(tmp_path: Path) -> None:
     path = tmp_path / "events.sqlite3"
     outbox = SqliteOutbox(path, wal_limit_frames=500)
