@@ -320,6 +320,59 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/analytics/sql": {
+                "post": {
+                    "summary": "One read-only SQL query over the analytics store (admin key where keys are set)",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["sql"],
+                                    "properties": {
+                                        "sql": {"type": "string"},
+                                        "maxRows": {"type": "integer", "minimum": 1},
+                                        "timeoutSeconds": {"type": "number", "exclusiveMinimum": 0, "maximum": 300},
+                                        "format": {"type": "string", "enum": ["json", "csv"]},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {"description": "columns, rows (money as decimal text), truncated"},
+                        **_errors(400, 401, 403, 404),
+                    },
+                }
+            },
+            "/v1/admin/replay": {
+                "post": {
+                    "summary": "Replay the event log into the stores (admin key); streams progress, then the report",
+                    "requestBody": {
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "since": {"type": ["string", "null"], "format": "date-time"},
+                                        "fromPosition": {"type": ["string", "null"]},
+                                        "reprice": {"type": "boolean"},
+                                        "full": {"type": "boolean"},
+                                        "dryRun": {"type": "boolean"},
+                                        "health": {"type": ["boolean", "null"]},
+                                        "prices": {"type": ["object", "null"], "description": "a price file"},
+                                    },
+                                }
+                            }
+                        }
+                    },
+                    "responses": {
+                        "200": {"description": "NDJSON lines: progress, then result (the report) or error"},
+                        **_errors(400, 401, 403, 409),
+                    },
+                }
+            },
         },
         "components": {
             "schemas": {

@@ -270,6 +270,15 @@ async def test_costs_cli_reads_the_file_when_nothing_runs(tmp_path: Path) -> Non
     assert Decimal(json.loads(out)["totalCost"]) == Decimal(cost)
 
 
+async def test_the_openapi_document_names_every_route_of_the_embedded_gateway(tmp_path: Path) -> None:
+    """/v1/analytics/sql and /v1/admin/replay were served but missing from /openapi.json."""
+    async with embedded(tmp_path) as gw, aiohttp.ClientSession() as s:
+        async with s.get(f"{gw.url}/openapi.json") as r:
+            documented = set((await r.json())["paths"])
+        served = {route.resource.canonical for route in gw.app.router.routes() if route.resource is not None}
+    assert served - {"/openapi.json"} <= documented, served - documented
+
+
 async def test_metrics_report_the_embedded_projector_lag(tmp_path: Path) -> None:
     async with embedded(tmp_path) as gw:
         async with aiohttp.ClientSession() as s:
