@@ -16,17 +16,12 @@ log = logging.getLogger(__name__)
 MAX_AUTO_REPLICATION = 3
 
 
-#: configs of the topics this project creates: keep every record (replay needs all history),
-#: and stamp records with the broker's time. With the producer's time (CreateTime, the default)
-#: the broker refuses a record stamped more than an hour ahead of its clock
-#: (InvalidTimestampError): one gateway whose clock ran ahead left its spool stuck behind such a
-#: record for good. An event's own time is its ``created_at``; the record time only serves the
-#: seeks by time (replay --since, the health sync), which LogAppendTime keeps in log order.
-TOPIC_CONFIGS: dict[str, str] = {
-    "retention.ms": "-1",
-    "retention.bytes": "-1",
-    "message.timestamp.type": "LogAppendTime",
-}
+#: configs of the topics this project creates: keep every record (replay needs all history).
+#: Records keep the producer's time (CreateTime: the event's ``created_at``), which ``replay
+#: --since`` seeks by; LogAppendTime was tried and lost the events stamped after their append
+#: time. A record the broker refuses for its time is sent again with the current time (the
+#: forwarder's ``_stamp_now``).
+TOPIC_CONFIGS: dict[str, str] = {"retention.ms": "-1", "retention.bytes": "-1"}
 
 
 async def topic_partitions(bootstrap_servers: str, topic: str, *, client_id: str = "llm-gateway") -> list[int]:

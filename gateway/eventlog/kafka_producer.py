@@ -84,9 +84,10 @@ class KafkaEventLog:
         self._partition_cache: dict[tuple[bytes | None, int], int] = {}
         self._last_warning = 0.0
         #: the broker refused the spooled records' times (InvalidTimestampError: stamped more
-        #: than an hour ahead of its clock, on a topic with CreateTime): the next sends carry
-        #: this process's current time instead, which the broker takes unless the clock itself
-        #: is ahead (then the warning says so). Topics this project creates use LogAppendTime.
+        #: than an hour ahead of its clock): the next sends carry this process's current time
+        #: instead, which the broker takes unless the clock itself is ahead (then the warning
+        #: says so). A gateway whose clock ran 2 h ahead, then corrected, left its spool stuck
+        #: behind such records for good.
         self._stamp_now = False
 
     # --- EventLog --------------------------------------------------------------------------------
@@ -299,12 +300,10 @@ class KafkaEventLog:
                 return
             self._warn(
                 "Kafka at %s refuses the usage events' times (%s): this gateway's clock is probably more "
-                "than an hour ahead of the broker's; %d usage events spooled. Fix the clock, or set "
-                "message.timestamp.type=LogAppendTime on topic %s",
+                "than an hour ahead of the broker's; %d usage events spooled until the clock is fixed",
                 self.bootstrap_servers,
                 exc,
                 self.pending(),
-                self.topic,
             )
             return
         self._warn(
