@@ -122,6 +122,9 @@ class ProviderError(GatewayError):
         #: what the provider reported it used, when it answered and bills the attempt anyway (a
         #: 200 answer the adapter could not read): recorded with the attempt
         self.usage: Usage | None = None
+        #: the provider answered and bills this attempt, but its usage could not be read (a 200
+        #: answer in the vendor's format with content and usage both unreadable): cost unknown
+        self.billed_unseen = False
         #: what the call's attempts the providers bill cost, this one included (None: unknown),
         #: when this error ends the call; set by the router
         self.call_cost: Decimal | None = Decimal(0)

@@ -49,6 +49,8 @@ class AttemptFacts:
     served_model: str | None = None
     usage: Usage | None = None
     incomplete: bool = False
+    #: the provider bills the attempt though its usage was not seen (``ProviderError.billed_unseen``)
+    billed: bool = False
 
 
 #: one token of every kind a price can distinguish: what costs nothing here is free
@@ -61,6 +63,8 @@ def _billed_unseen(facts: AttemptFacts) -> bool:
     """Whether an attempt without token counts may still be billed by its provider: it served
     the call without a usage report (a stream whose api-version ignores ``stream_options``), or
     it had started answering when the stream was cut or the client went away."""
+    if facts.billed:
+        return True
     if facts.outcome == "cancelled":
         return facts.incomplete
     return facts.outcome in ("success", "stream_cut") and (facts.usage is None or facts.incomplete)

@@ -232,6 +232,8 @@ def with_billed_usage(exc: errors.MalformedResponse, usage_of: Callable[[], Usag
         exc.usage = usage_of()
     except (errors.ProviderError, ValueError, TypeError, LookupError, AttributeError):
         exc.usage = None
+    # billed all the same: an answer without readable usage is of unknown cost, not free
+    exc.billed_unseen = exc.usage is None
     return exc
 
 

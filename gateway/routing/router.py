@@ -377,6 +377,7 @@ class Router:
                 outcome=error.outcome,  # type: ignore[arg-type]
                 latency_ms=latency,
                 usage=error.usage,
+                billed=error.billed_unseen,
                 http_status=error.http_status,
                 error_code=error.upstream_code or error.code,
                 error_message=error.message,

@@ -351,6 +351,18 @@ async def test_an_unreadable_answer_with_usage_is_billed_then_fallen_back_from()
     assert served.provider == "azure" and served.cost == first.cost_usd + second.cost_usd
 
 
+async def test_an_answer_unreadable_in_content_and_usage_is_billed_at_an_unknown_cost() -> None:
+    """A 200 answer with content 5 and prompt_tokens -5: recorded free (billable false, $0) and
+    fallen back from; the provider bills it, so its cost is unknown, and so is the call's."""
+    bad = errors.MalformedResponse("openai: malformed response: content is int", provider="openai", http_status=200)
+    bad.billed_unseen = True
+    router, log, _ = make_router(ScriptedProvider("openai", bad), ScriptedProvider("azure"))
+    served = await router.complete(ctx(), TEMPLATE)
+    first, second = log.events
+    assert (first.outcome, first.billable, first.cost_usd) == ("malformed_response", True, None)
+    assert served.provider == "azure" and second.cost_usd is not None and served.cost is None
+
+
 async def test_a_refusal_after_a_billed_attempt_carries_what_the_call_cost() -> None:
     bad = errors.MalformedResponse("openai: malformed response: content is int", provider="openai", http_status=200)
     bad.usage = Usage(1000, 1000)

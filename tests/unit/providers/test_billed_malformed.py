@@ -97,11 +97,12 @@ async def test_an_unreadable_answer_carries_the_usage_it_reported(
     request = ChatRequest(model="m", messages=[Message("user", "hi")])
     with pytest.raises(errors.MalformedResponse) as info:
         await provider.complete(request)
-    assert info.value.usage == usage
+    assert info.value.usage == usage and not info.value.billed_unseen
+    # a 200 answer whose usage cannot be read either: billed at an unknown cost (it was free)
     answer["body"] = {"nothing": "readable"}
     with pytest.raises(errors.MalformedResponse) as info:
         await provider.complete(request)
-    assert info.value.usage is None
+    assert info.value.usage is None and info.value.billed_unseen
 
 
 @pytest.mark.parametrize(
