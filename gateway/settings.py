@@ -66,23 +66,24 @@ class Settings(BaseSettings):
     priority: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_PRIORITY))
     #: a vendor's own model (claude-3-haiku, gemini-pro) goes to that vendor first, the rest after
     native_first: bool = True
-    retry_attempts: int = Field(default=3, ge=1)
+    retry_attempts: int = Field(default=3, ge=1, le=100)
     retry_initial_wait: float = Field(default=0.5, ge=0, allow_inf_nan=False)
     retry_max_wait: float = Field(default=8.0, ge=0, allow_inf_nan=False)
     #: longest server-requested wait honoured; longer waits fall back at once
     retry_max_server_wait: float = Field(default=20.0, ge=0, allow_inf_nan=False)
     #: total time budget for retry waits of one request, across providers
     retry_budget_seconds: float = Field(default=30.0, ge=0, allow_inf_nan=False)
-    request_timeout: float = Field(default=120.0, gt=0, allow_inf_nan=False)
-    connect_timeout: float = Field(default=5.0, gt=0, allow_inf_nan=False)
-    stream_idle_timeout: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    #: at most a day each (1e300 s was taken: a call never timed out)
+    request_timeout: float = Field(default=120.0, gt=0, le=86_400)
+    connect_timeout: float = Field(default=5.0, gt=0, le=86_400)
+    stream_idle_timeout: float = Field(default=60.0, gt=0, le=86_400)
 
     # --- provider health ---------------------------------------------------------------------
     health: HealthSettings = Field(default_factory=HealthSettings)
 
     # --- tenants ------------------------------------------------------------------------------
     #: a tenant id (an empty one billed calls to a tenant no cost query can name)
-    default_tenant: str = Field(default="default", min_length=1)
+    default_tenant: str = Field(default="default", min_length=1, pattern=r"^\S(.*\S)?$")
 
     # --- events ---------------------------------------------------------------------------------
     data_dir: Path = Path(".llm-gateway")
@@ -176,7 +177,9 @@ class Settings(BaseSettings):
             raise ValueError("DATABASE_URL must be a postgresql:// (or postgres://) URL")
         return value
 
-    @field_validator("openai_base_url", "anthropic_base_url", "google_gemini_base_url", "azure_openai_endpoint")
+    @field_validator(
+        "openai_base_url", "anthropic_base_url", "google_gemini_base_url", "azure_openai_endpoint", "ollama_host"
+    )
     @classmethod
     def _env_base_url(cls, value: str | None) -> str | None:
         return _http_url(value)
@@ -259,10 +262,14 @@ _ENV_PROVIDER_SETTINGS = {
 
 
 def _http_url(value: str | None) -> str | None:
-    """An upstream base URL is http(s) (Ollama's host may leave the scheme out, as its client
-    allows): an ``ftp://`` one failed every call as the provider's connection error."""
-    if value and "://" in value and not value.lower().startswith(("http://", "https://")):
-        raise ValueError("an upstream URL must start with http:// or https://")
+    """An upstream base URL is http(s) with a host (Ollama's host may leave the scheme out, as
+    its client allows): an ``ftp://`` one failed every call as the provider's connection error,
+    ``https://`` without a host fell back quietly. The message leaves the value out (a URL can
+    hold a password)."""
+    if value and "://" in value:
+        scheme, _, rest = value.partition("://")
+        if scheme.lower() not in ("http", "https") or not rest.split("/", 1)[0].rsplit("@", 1)[-1]:
+            raise ValueError("an upstream URL must be http:// or https:// with a host")
     return value
 
 

@@ -60,7 +60,10 @@ class PriceFileWatch:
             return False
         before = self.book.version
         self.book.use_file(prices)
-        log.warning("price file %s reloaded: prices %s (were %s)", self.path, self.book.version, before)
+        if self.book.version == before:  # rewritten with the same prices
+            log.info("price file %s rewritten, prices unchanged (%s)", self.path, before)
+        else:
+            log.warning("price file %s reloaded: prices %s (were %s)", self.path, self.book.version, before)
         return True
 
     async def run(self, every: float) -> None:

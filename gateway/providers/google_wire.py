@@ -219,14 +219,16 @@ def map_finish_reason(value: str | None, *, has_function_call: bool = False) -> 
 
 def map_usage(meta: Any) -> Usage | None:
     """``usageMetadata`` in OpenAI semantics: thoughts are completion, tool-use prompt is prompt;
-    None (usage unknown) when a count is not a token count. Gemini leaves out the counts that
-    are 0 (``candidatesTokenCount`` of an empty answer), so none is required."""
+    None (usage unknown) when a count is not a token count, or the prompt's is missing (a prompt
+    is never 0 tokens: ``{}`` was billed $0). Gemini leaves out the other counts when they are 0
+    (``candidatesTokenCount`` of an empty answer)."""
     try:
         if not isinstance(meta, Mapping):
             raise UnreadableUsage(f"usageMetadata is {type(meta).__name__}")
         thoughts = token_count(meta, "thoughtsTokenCount")
         return Usage(
-            prompt_tokens=token_count(meta, "promptTokenCount") + token_count(meta, "toolUsePromptTokenCount"),
+            prompt_tokens=token_count(meta, "promptTokenCount", required=True)
+            + token_count(meta, "toolUsePromptTokenCount"),
             completion_tokens=token_count(meta, "candidatesTokenCount") + thoughts,
             cached_tokens=token_count(meta, "cachedContentTokenCount"),
             reasoning_tokens=thoughts,

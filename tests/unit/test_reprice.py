@@ -137,6 +137,19 @@ def test_a_recorded_cost_is_never_replaced_by_unpriced() -> None:
     assert price_event(event, book) is event
 
 
+@pytest.mark.parametrize(("prompt", "recorded"), [(-5, Decimal("0.00033")), (-50, Decimal("-0.00144")), (-5, None)])
+def test_impossible_counts_an_older_gateway_recorded_reprice_as_unpriced(
+    tmp_path: Path, prompt: int, recorded: Decimal | None
+) -> None:
+    """Gateways before c1a6653 recorded an upstream's -5 prompt tokens as they came: a reprice
+    priced the negative tokens, lowering the cost or making it negative money."""
+    book = load_price_book(price_file(tmp_path))
+    event = next(e for e in scenario_events() if e.request_id == "req_gpt")
+    old = event.model_copy(update={"prompt_tokens": prompt, "cost_usd": recorded, "price_version": "old"})
+    repriced = price_event(old, book)
+    assert repriced.cost_usd is None and repriced.billable
+
+
 def test_the_served_model_prices_first_then_the_provider_model(tmp_path: Path) -> None:
     book = load_price_book(price_file(tmp_path))
     usage = Usage(1000, 0)

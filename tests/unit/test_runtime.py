@@ -160,6 +160,10 @@ def assert_refused(
         ("health: {window_seconds: .inf}\n", "window_seconds"),  # a traceback at start
         ("health: {window_seconds: 1.0e+15}\n", "window_seconds"),
         ("health: {cooldown_seconds: 1.0e+15}\n", "cooldown_seconds"),  # the projector failed later
+        ("request_timeout: 1.0e+300\n", "request_timeout"),  # a call never timed out
+        ("retry_attempts: 1000000000\n", "retry_attempts"),
+        ("default_tenant: '   '\n", "default_tenant"),
+        ("providers: {openai: {base_url: 'https://'}}\n", "with a host"),  # fell back quietly
     ],
 )
 def test_a_configuration_that_would_misbehave_is_refused_at_start(
@@ -204,6 +208,13 @@ def test_a_database_url_refused_is_not_printed(
     assert cli.main(["costs", "--tenant", "t"]) == 2
     err = capsys.readouterr().err
     assert "postgresql://" in err and "s3cr3t" not in err
+    # OLLAMA_HOST was taken at start and crashed the first use, its password in the traceback
+    monkeypatch.delenv("DATABASE_URL")
+    monkeypatch.delenv("OPENAI_BASE_URL")
+    monkeypatch.setenv("OLLAMA_HOST", "ftp://u:S3CRETPW@h:1")
+    assert cli.main(["costs", "--tenant", "t"]) == 2
+    err = capsys.readouterr().err
+    assert "http://" in err and "S3CRETPW" not in err and "Traceback" not in err
 
 
 def test_the_priority_variable_takes_a_json_list_or_comma_separated_names(monkeypatch: pytest.MonkeyPatch) -> None:

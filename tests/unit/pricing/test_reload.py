@@ -57,6 +57,12 @@ async def test_a_changed_file_prices_new_calls_and_a_bad_one_keeps_the_prices_in
     write(path, prices("0.03"))  # the editor finishes
     assert await watch.check() is True and cost(watch) == Decimal("0.05")
 
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="gateway.pricing.reload")
+    write(path, prices("0.03") + "# a comment\n")  # rewritten, same prices: not a warning
+    assert await watch.check() is True and cost(watch) == Decimal("0.05")
+    assert [r.levelname for r in caplog.records] == ["INFO"] and "prices unchanged" in caplog.text
+
     path.unlink()
     assert await watch.check() is False and cost(watch) == Decimal("0.05")
     assert "is gone" in caplog.text

@@ -390,6 +390,8 @@ def test_map_usage() -> None:
     for count in ("many", -1, 2**63, 1.5, True):
         assert wire.map_usage({"promptTokenCount": count, "candidatesTokenCount": 2}) is None
     assert wire.map_usage("many") is None
+    # no prompt count: a prompt is never 0 tokens ({} was billed $0)
+    assert wire.map_usage({}) is None and wire.map_usage({"candidatesTokenCount": 2}) is None
 
 
 def test_parse_response_skips_thoughts_and_sees_function_calls() -> None:
