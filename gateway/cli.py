@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -223,7 +224,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from gateway.commands import run_command
 
-    return run_command(args, settings)
+    try:
+        return run_command(args, settings)
+    except BrokenPipeError:  # `llm-gateway costs ... | head -1`: the reader left, not our error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor a second one at exit
+        return 0
 
 
 if __name__ == "__main__":

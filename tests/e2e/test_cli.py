@@ -263,3 +263,26 @@ async def test_small_cli_edges_an_operator_meets(tmp_path: Path) -> None:
         _, err = await asyncio.wait_for(replay.communicate(), 60)
     assert replay.returncode != 0 and "no event log at" in err.decode(), err.decode()
     assert not (missing / "analytics.duckdb").exists()
+
+
+async def test_a_reader_that_leaves_early_is_not_a_traceback(tmp_path: Path) -> None:
+    """`llm-gateway costs --json | head -1` ended with a BrokenPipeError traceback, exit 1."""
+    from analytics.store import AnalyticsStore
+    from consumers.sinks.duckdb import DuckDBSink
+    from tests.unit.test_projector import make_event
+
+    store = AnalyticsStore(tmp_path / "analytics.duckdb")
+    await store.open()
+    await DuckDBSink(store).apply([make_event(i).model_copy(update={"tenant_id": "t"}) for i in range(200)])
+    await store.close()
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the command writes
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "costs", "--tenant", "t", "--json", "--limit", "200",
+            env={**clean_env(tmp_path), "LLM_GATEWAY_PORT": "1"}, stdout=write_end, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0 and "Traceback" not in err.decode(), err.decode()
