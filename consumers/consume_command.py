@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.runtime import until_terminated
+from gateway.runtime import listening_socket, until_terminated
 from gateway.settings import Settings
 from gateway.startup import startup_failure, warn_if_open
 
@@ -75,15 +75,16 @@ def build_consumer_app(settings: Settings, group: str, batch_size: int) -> web.A
 
 
 async def _consume(settings: Settings, args: argparse.Namespace) -> None:
+    port = settings.consume_port if args.port is None else args.port
+    host = args.host or settings.bind_host
+    sock = listening_socket(host, port) if port else None  # a taken port: before joining the group
     app = build_consumer_app(settings, args.group, args.batch_size)
     runner = web.AppRunner(app, access_log=None)
-    port = settings.consume_port if args.port is None else args.port
     try:
         await runner.setup()  # inside the try: see serve
-        if port:  # inside the try: a port in use still closes what setup opened
-            host = args.host or settings.bind_host
-            await web.TCPSite(runner, host, port).start()
-            log.info("consumer %s: analytics API on http://%s:%s", args.group, host, port)
+        if sock is not None:
+            await web.SockSite(runner, sock).start()
+            log.info("consumer %s: analytics API on http://%s:%s", args.group, host, sock.getsockname()[1])
             warn_if_open(bool(settings.api_keys), host, "consumer")
         await until_terminated()
     finally:

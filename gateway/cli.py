@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from gateway.errors import GatewayError
-from gateway.runtime import quiet_accept_errors, tune_gc, tune_logging, until_terminated
+from gateway.runtime import listening_socket, quiet_accept_errors, tune_gc, tune_logging, until_terminated
 from gateway.settings import Settings, load_settings
 from gateway.startup import startup_failure, warn_if_open
 
@@ -88,15 +88,16 @@ async def _serve(settings: Settings, simulate: bool) -> None:
 
         settings, sims = await _start_simulators(settings, list(KNOWN_PROVIDERS))
     quiet_accept_errors(asyncio.get_running_loop())
+    sock = listening_socket(settings.bind_host, settings.port)  # a taken port fails before anything opens
     app = create_app(settings, installers=server_installers(settings))
     runner = web.AppRunner(app, access_log=None)
     try:
-        # inside the try: a start that fails half-way (a port in use, a DuckDB file another
-        # process holds) must still close what it opened; asyncio.run tore the generators down
-        # instead, with an ERROR traceback before the one-line reason
+        # inside the try: a start that fails half-way (a DuckDB file another process holds)
+        # must still close what it opened; asyncio.run tore the generators down instead, with
+        # an ERROR traceback before the one-line reason
         await runner.setup()
-        await web.TCPSite(runner, settings.bind_host, settings.port).start()
-        log.info("llm-gateway listening on http://%s:%s", settings.bind_host, settings.port)
+        await web.SockSite(runner, sock).start()
+        log.info("llm-gateway listening on http://%s:%s", settings.bind_host, sock.getsockname()[1])
         warn_if_open(bool(settings.api_keys), settings.bind_host, "gateway")
         await until_terminated()
     finally:

@@ -23,6 +23,7 @@ import asyncio
 import gc
 import logging
 import signal
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -124,3 +125,27 @@ def quiet_accept_errors(loop: asyncio.AbstractEventLoop, clock: Callable[[], flo
         last, skipped = now, 0
 
     loop.set_exception_handler(handler)
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` and listening, made before a service opens anything: a
+    port in use fails the start at once. Bound after the set-up, a second ``consume`` on a
+    taken port joined the consumer group (and the running member gave up its partitions to
+    the rebalance) before it failed. Serve it with ``aiohttp.web.SockSite``."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp's TCPSite does
+        sock.bind(address)
+        sock.listen(1024)
+    except OSError as e:  # worded as asyncio's: the address, then why
+        sock.close()
+        why = (e.strerror or str(e)).lower()
+        raise OSError(e.errno, f"error while attempting to bind on address {address[:2]!r}: {why}") from None
+    except BaseException:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
