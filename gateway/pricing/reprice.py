@@ -78,7 +78,7 @@ def event_usage(event: UsageEvent) -> Usage:
 
 def price_event(event: UsageEvent, book: PriceBook) -> UsageEvent:
     """``event`` re-costed with ``book`` (the same object when nothing changes)."""
-    if not event.billable or (event.prompt_tokens <= 0 and event.completion_tokens <= 0):
+    if not event.billable or (event.prompt_tokens == 0 and event.completion_tokens == 0):
         return event  # not billed (cost 0), or billed without counts (unknown): nothing to price
     usage = event_usage(event)
     quote = quote_models(book, event.provider, (event.served_model, event.provider_model), usage, event.created_at)

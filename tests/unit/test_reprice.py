@@ -137,15 +137,19 @@ def test_a_recorded_cost_is_never_replaced_by_unpriced() -> None:
     assert price_event(event, book) is event
 
 
-@pytest.mark.parametrize(("prompt", "recorded"), [(-5, Decimal("0.00033")), (-50, Decimal("-0.00144")), (-5, None)])
+@pytest.mark.parametrize(
+    ("prompt", "completion", "recorded"),
+    [(-5, 100, Decimal("0.00033")), (-50, 100, Decimal("-0.00144")), (-5, 100, None), (-5, 0, Decimal("-0.0001"))],
+)
 def test_impossible_counts_an_older_gateway_recorded_reprice_as_unpriced(
-    tmp_path: Path, prompt: int, recorded: Decimal | None
+    tmp_path: Path, prompt: int, completion: int, recorded: Decimal | None
 ) -> None:
     """Gateways before c1a6653 recorded an upstream's -5 prompt tokens as they came: a reprice
     priced the negative tokens, lowering the cost or making it negative money."""
     book = load_price_book(price_file(tmp_path))
     event = next(e for e in scenario_events() if e.request_id == "req_gpt")
-    old = event.model_copy(update={"prompt_tokens": prompt, "cost_usd": recorded, "price_version": "old"})
+    update = {"prompt_tokens": prompt, "completion_tokens": completion, "cost_usd": recorded, "price_version": "old"}
+    old = event.model_copy(update=update)
     repriced = price_event(old, book)
     assert repriced.cost_usd is None and repriced.billable
 
