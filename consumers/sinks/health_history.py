@@ -128,13 +128,14 @@ class HealthHistorySink:
         # window after it, each would repeat the last (an open circuit, nothing in the window).
         # Written, a 60-day quiet spell behind an open circuit made 86,403 rows in one go (4 GB)
         # and a far-future stamp an endless loop
-        quiet_after = self._now + self._window
-        while self._next_snapshot < t:
-            self._now = max(self._now, self._next_snapshot)
-            wrote = self._snapshot()
-            self._next_snapshot += self._interval
-            if not wrote or self._next_snapshot > quiet_after:  # idle: jump over the empty boundaries
-                self._next_snapshot = max(self._next_snapshot, _boundary_after(t, self._interval))
+        if self._next_snapshot < t:  # rarely: once a snapshot interval (not per event)
+            quiet_after = self._now + self._window
+            while self._next_snapshot < t:
+                self._now = max(self._now, self._next_snapshot)
+                wrote = self._snapshot()
+                self._next_snapshot += self._interval
+                if not wrote or self._next_snapshot > quiet_after:  # idle: jump over the empty boundaries
+                    self._next_snapshot = max(self._next_snapshot, _boundary_after(t, self._interval))
         self._now = max(self._now, t)
 
     def _snapshot(self) -> bool:
