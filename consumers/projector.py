@@ -71,6 +71,9 @@ class ProjectorStats:
     #: in a call to the log
     lag_at: datetime | None = None
     lag_error: str | None = None
+    #: seconds after which a lag not measured again is unknown (the projector stuck in a call to
+    #: the log, e.g. a commit to a broker gone under load: the last lag showed for 42 s)
+    lag_stale_after: float = 15.0
     #: sink name -> events of the batches it finished applying (committed or not yet): which
     #: sink is behind while a batch is in flight, or paused on a failing store
     sink_events: dict[str, int] = field(default_factory=dict)
@@ -85,15 +88,25 @@ class ProjectorStats:
         """``failing`` (stuck on a bug), ``paused`` (waiting for a store) or ``ok``."""
         return "failing" if self.failing else "paused" if self.paused else "ok"
 
+    def current_lag(self, now: datetime | None = None) -> tuple[int | None, str | None]:
+        """The lag and why it is unknown, as of ``now``: None once the last measure is older than
+        :attr:`lag_stale_after`."""
+        if self.lag_at is not None:
+            age = ((now or utcnow()) - self.lag_at).total_seconds()
+            if age > self.lag_stale_after:
+                return None, f"not measured for {age:.0f}s: the projector is waiting on the log"
+        return self.lag, self.lag_error
+
     def health(self) -> dict[str, object]:
         """What ``/healthz`` shows of the projector (the embedded ``serve`` and ``consume``)."""
+        lag, lag_error = self.current_lag()
         return {
             "status": self.status,
             "eventsApplied": self.events_applied,
             "deadLettered": self.events_dead_lettered,
-            "lag": self.lag,
+            "lag": lag,
             "lagAt": self.lag_at.isoformat() if self.lag_at else None,
-            "lagError": self.lag_error,
+            "lagError": lag_error,
             "lastError": self.last_error,
             "restarts": self.restarts,
             "sinkEvents": dict(self.sink_events),
@@ -163,7 +176,7 @@ class Projector:
         self.lag_interval = timedelta(seconds=lag_interval)
         self.lag_timeout = LAG_TIMEOUT
         self.linger = linger
-        self.stats = ProjectorStats()
+        self.stats = ProjectorStats(lag_stale_after=2 * lag_interval + LAG_TIMEOUT)
         self._last_batch_at: datetime | None = None
         self._clock = clock
         self._sleep = sleep

@@ -163,7 +163,7 @@ def watch_projector(metrics: GatewayMetrics, pipeline: _HasProjectorStats, group
     """Report a projector's lag (events on the log not yet applied) at every scrape."""
 
     def refresh() -> None:
-        lag = pipeline.projector.stats.lag
+        lag, _ = pipeline.projector.stats.current_lag()
         # NaN while unknown (the log cannot say): 0 read as "caught up" during a broker outage
         metrics.consumer_lag.labels(group).set(lag if lag is not None else math.nan)
         metrics.consumer_dead_lettered.labels(group).set(pipeline.projector.stats.events_dead_lettered)

@@ -360,6 +360,36 @@ async def test_a_lag_measurement_that_hangs_is_unknown_within_the_timeout() -> N
     assert projector.stats.lag is None and "did not say its lag within 0.05s" in (projector.stats.lag_error or "")
 
 
+async def test_a_lag_not_measured_again_for_long_is_unknown_in_health() -> None:
+    """Under load, a commit to a broker gone hung the projector's loop: /healthz showed the last
+    lag (150), no error and ok for the whole 42 s outage, as did the metric."""
+
+    class HangingCommitLog(RestartableLog):
+        hang = False
+
+        async def commit(self, records: Sequence[LogRecord]) -> None:
+            if self.hang:
+                await asyncio.sleep(60)
+            await super().commit(records)
+
+    log = HangingCommitLog()
+    await publish(log, 3)
+    projector = Projector(log, [RecordingSink("s")], MemoryDeadLetters(), lag_interval=0, poll_timeout=0.01)
+    await projector.run_until_idle()
+    assert projector.stats.health()["lag"] == 0
+    projector.stats.lag_stale_after = 0.2
+    log.hang = True
+    await publish(log, 2, start=10)
+    stop = asyncio.Event()
+    task = asyncio.create_task(projector.run_forever(stop))
+    await asyncio.sleep(0.5)
+    health = projector.stats.health()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert health["lag"] is None and "not measured for" in str(health["lagError"])
+    assert health["status"] == "ok"  # not paused, not failing: only the lag is unknown
+
+
 async def test_stop_while_paused_leaves_the_batch_uncommitted() -> None:
     log = RestartableLog()
     await publish(log, 5)
