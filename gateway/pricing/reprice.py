@@ -49,11 +49,7 @@ def stored_cost(cost: Decimal) -> Decimal:
 def quote_models(book: PriceBook, provider: str, models: Sequence[str | None], usage: Usage, at: datetime) -> Quote:
     """The first priced quote among ``models`` (skipping empty names), else the first quote,
     else an unpriced one. The gateway's lookup order: served model, then provider model. The
-    cost has at most :data:`COST_DECIMALS` decimals (:func:`stored_cost`). Counts no call can
-    have (negative: an older gateway recorded an upstream's -5 as it came) are unpriced: a
-    reprice turned them into negative money, taken off the tenant's total."""
-    if not usage.plausible():
-        return Quote(None, book.version, "unpriced")
+    cost has at most :data:`COST_DECIMALS` decimals (:func:`stored_cost`)."""
     first: Quote | None = None
     for model in models:
         if not model:
@@ -81,10 +77,15 @@ def price_event(event: UsageEvent, book: PriceBook) -> UsageEvent:
     if not event.billable or (event.prompt_tokens == 0 and event.completion_tokens == 0):
         return event  # not billed (cost 0), or billed without counts (unknown): nothing to price
     usage = event_usage(event)
-    quote = quote_models(book, event.provider, (event.served_model, event.provider_model), usage, event.created_at)
-    if quote.cost is None and event.cost_usd is not None and usage.plausible():
-        return event  # a price gone from the table does not unprice a recorded cost; a cost an
-        # older gateway recorded for impossible counts (negative tokens: negative money) does
+    if not usage.plausible():
+        # counts no call can have (an older gateway recorded an upstream's -5 as it came): a
+        # reprice priced them into negative money; such an event is unpriced, whatever it
+        # recorded (the gateway's recorder makes these usage unknown before it quotes)
+        quote = Quote(None, book.version, "unpriced")
+    else:
+        quote = quote_models(book, event.provider, (event.served_model, event.provider_model), usage, event.created_at)
+        if quote.cost is None and event.cost_usd is not None:
+            return event  # a price gone from the table does not unprice a recorded cost
     if quote.cost == event.cost_usd and quote.price_version == event.price_version:
         return event
     return event.model_copy(update={"cost_usd": quote.cost, "price_version": quote.price_version})
