@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -48,6 +48,10 @@ log = logging.getLogger("gateway.health")
 #: field order); a string inside another field would have its quotes escaped
 _EVENT_ID = re.compile(rb'"event_id":"([^"\\]{1,64})"')
 _ID_WITHIN = 96
+#: ... and, after it, its time and provider (the view knows an event by all three)
+_CREATED_AT = re.compile(rb'"created_at":"([^"\\]{1,40})"')
+_PROVIDER = re.compile(rb'"provider":"([^"\\]{1,64})"')
+_FIELDS_WITHIN = 1024
 
 
 class KafkaHealthSync:
@@ -173,9 +177,9 @@ class KafkaHealthSync:
         if raw is None:
             return
         # this replica's own events come back already counted (the recorder's observer): known by
-        # their id, they are skipped without decoding (apply would refuse them as duplicates)
-        found = _EVENT_ID.search(raw, 0, _ID_WITHIN)
-        if found is not None and self.view.has_seen(found.group(1).decode("ascii", "replace")):
+        # their id, time and provider, they are skipped without decoding (apply would refuse
+        # them as duplicates)
+        if self._counted(raw):
             self.known += 1
             return
         try:
@@ -186,6 +190,25 @@ class KafkaHealthSync:
         # observe: an event the view cannot apply is logged and skipped; raised here, it
         # stopped the sync for good (a year-9999 stamp overflowed the view's arithmetic)
         self.view.observe(event)
+
+    def _counted(self, raw: bytes) -> bool:
+        """Whether the view counts the record's event already, read from the raw record (any
+        field not found or not readable there: False, and ``apply`` decides)."""
+        found = _EVENT_ID.search(raw, 0, _ID_WITHIN)
+        if found is None:
+            return False
+        at = _CREATED_AT.search(raw, found.end(), _FIELDS_WITHIN)
+        provider = _PROVIDER.search(raw, found.end(), _FIELDS_WITHIN)
+        if at is None or provider is None:
+            return False
+        try:
+            ts = datetime.fromisoformat(at.group(1).decode("ascii")).timestamp()
+        except (ValueError, OverflowError):  # not a time this reader knows: decoded and judged there
+            return False
+        decode = bytes.decode
+        return self.view.has_counted(
+            decode(provider.group(1), "utf-8", "replace"), ts, decode(found.group(1), "ascii", "replace")
+        )
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:

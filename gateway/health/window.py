@@ -26,7 +26,7 @@ percentiles over successful attempts that report one (non-streaming: the whole l
 from __future__ import annotations
 
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal, get_args
@@ -154,10 +154,19 @@ class RollingWindow:
     under load), so it keeps no object per sample. Four ``array`` columns hold the event time
     (POSIX seconds: ``datetime.timestamp()`` keeps the microsecond order and equality of
     aware datetimes), the kind and timeout code, the latency and the time to first token (NaN
-    for none): 25 bytes a sample, nothing for the garbage collector to walk.
+    for none): 25 bytes a sample, nothing for the garbage collector to walk. A ``keyed`` window
+    adds a fifth, a 64-bit key per sample (the view's event-id hash), and answers
+    :meth:`holds`: which events it counts, with no set of ids beside it.
     """
 
-    def __init__(self, seconds: float, *, latency_limit: float | None = None, ttft_limit: float | None = None) -> None:
+    def __init__(
+        self,
+        seconds: float,
+        *,
+        latency_limit: float | None = None,
+        ttft_limit: float | None = None,
+        keyed: bool = False,
+    ) -> None:
         self.seconds = seconds
         self.latency_limit = latency_limit
         self.ttft_limit = ttft_limit
@@ -167,6 +176,10 @@ class RollingWindow:
         self._code = array("B")
         self._latency = array("d")
         self._ttft = array("d")
+        self._key = array("q") if keyed else None
+        self._columns: tuple[array[float] | array[int], ...] = (self._t, self._code, self._latency, self._ttft)
+        if self._key is not None:
+            self._columns += (self._key,)
         self._start = 0
         # live counts, plain attributes: the rules read them on every event
         self.successes = self.failures = self.rate_limited = self.neutral = self.judged = 0
@@ -180,24 +193,43 @@ class RollingWindow:
     def __len__(self) -> int:
         return len(self._t) - self._start
 
-    def add(self, sample: Sample) -> None:
+    def add(self, sample: Sample, key: int = 0) -> None:
+        """Count ``sample``; ``key``: its key in a keyed window (see :meth:`holds`)."""
         t = sample.ts
         code = _KIND_CODES[sample.kind] | (TIMEOUT_BIT if sample.outcome in TIMEOUTS else 0)
         latency = _NONE if sample.latency_ms is None else sample.latency_ms
         ttft = _NONE if sample.ttft_ms is None else sample.ttft_ms
-        times = self._t
+        times, keys = self._t, self._key
         if len(times) == self._start or t >= times[-1]:
             times.append(t)
             self._code.append(code)
             self._latency.append(latency)
             self._ttft.append(ttft)
+            if keys is not None:
+                keys.append(key)
         else:  # out of order (another partition, another replica): keep the columns sorted
             at = bisect_right(times, t, lo=self._start)
             times.insert(at, t)
             self._code.insert(at, code)
             self._latency.insert(at, latency)
             self._ttft.insert(at, ttft)
+            if keys is not None:
+                keys.insert(at, key)
         self._count(code, latency, ttft, 1)
+
+    def holds(self, ts: float, key: int) -> bool:
+        """Whether a sample at ``ts`` (POSIX seconds) with ``key`` is in this keyed window
+        (until evicted). A new event, later than every sample, costs one comparison; an
+        older one a binary search and a look at the samples of its exact time."""
+        times, keys = self._t, self._key
+        if keys is None or len(times) == self._start or ts > times[-1]:
+            return False
+        at, end = bisect_left(times, ts, lo=self._start), len(times)
+        while at < end and times[at] == ts:
+            if keys[at] == key:
+                return True
+            at += 1
+        return False
 
     def _count(self, code: int, latency: float, ttft: float, step: int) -> None:
         kind = code & 3
@@ -238,13 +270,13 @@ class RollingWindow:
             count(codes[start], latencies[start], ttfts[start], -1)
             start += 1
         if start * 2 >= end:  # compact: the dead prefix is half of the columns
-            for column in (times, codes, latencies, ttfts):
+            for column in self._columns:
                 del column[:start]
             start = 0
         self._start = start
 
     def clear(self) -> None:
-        for column in (self._t, self._code, self._latency, self._ttft):
+        for column in self._columns:
             del column[:]
         self._start = 0
         self.successes = self.failures = self.rate_limited = self.neutral = self.judged = 0

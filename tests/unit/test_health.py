@@ -13,7 +13,7 @@ from gateway.events import UsageEvent
 from gateway.health.config import HealthSettings
 from gateway.health.rules import decide
 from gateway.health.transitions import ALL_MODELS, HealthTransition, transition_rows
-from gateway.health.view import HealthView, SeenIds
+from gateway.health.view import HealthView
 from gateway.health.window import RollingWindow, Sample, classify, percentile
 from tests.support.fakes import ManualClock
 
@@ -183,7 +183,7 @@ def test_live_window_judges_exactly_like_its_stats_snapshot(seed: int) -> None:
 
 def test_events_stamped_ahead_of_the_views_clock_count_as_now(clock: ManualClock) -> None:
     """Another replica's clock 50 min ahead: its 5 failures opened the circuit here until 50 min
-    later (retry_at ahead by the skew), and its ids stayed in SeenIds for as long."""
+    later (retry_at ahead by the skew), and its ids were kept for as long."""
     from datetime import timedelta
 
     view, _ = make_view(clock)
@@ -195,7 +195,7 @@ def test_events_stamped_ahead_of_the_views_clock_count_as_now(clock: ManualClock
     assert health.retry_at <= clock.now + timedelta(seconds=view.config.cooldown_seconds)
     clock.advance(view.config.cooldown_seconds + view.config.window_seconds + 1)
     view.apply(ev("success", at=clock.now))
-    assert len(view._seen) == 1  # the future ids were forgotten with their window
+    assert len(view._ahead) == 0  # the future ids were forgotten with their window
 
 
 def test_apply_is_idempotent_and_ignores_events_older_than_the_window(clock: ManualClock) -> None:
@@ -544,7 +544,11 @@ def test_sync_skips_its_own_events_undecoded_and_applies_the_others(
     sync._apply(own.to_json())
     assert (decoded, sync.known) == ([], 1)  # known by its id: never decoded
     sync._apply(other.to_json())
-    assert decoded == [other.to_json()] and view.has_seen(other.event_id) and sync.known == 1
+    assert (
+        decoded == [other.to_json()]
+        and view.has_counted("openai", clock.now.timestamp(), other.event_id)
+        and sync.known == 1
+    )
     assert view.health("openai").stats.attempts == 2
     # an id quoted inside another field is not taken for the record's own
     tricky = ev("success", at=clock.now, event_id="0193a6c2-7d1e-7000-8000-000000000003")
@@ -552,7 +556,7 @@ def test_sync_skips_its_own_events_undecoded_and_applies_the_others(
         b'"schema_version":1,', b'"schema_version":1,"x":"\\"event_id\\":\\"' + own.event_id.encode() + b'\\"",', 1
     )
     sync._apply(raw)
-    assert view.has_seen(tricky.event_id) and sync.known == 1
+    assert view.has_counted("openai", clock.now.timestamp(), tricky.event_id) and sync.known == 1
     # an event the view cannot apply is skipped: raised, it stopped the sync for good
     monkeypatch.setattr(view, "apply", lambda event: 1 / 0)
     sync._apply(ev("success", at=clock.now).to_json())
@@ -603,32 +607,65 @@ def test_a_window_holds_a_sample_in_25_bytes() -> None:
 
 def test_forgotten_ids_free_their_memory(clock: ManualClock) -> None:
     view, _ = make_view(clock, window_seconds=10)
+    times = []
     for n in range(3000):
         clock.now = T0 + timedelta(milliseconds=10 * n)  # 30 s of events, 10 s kept
+        times.append(clock.now.timestamp())
         assert view.apply(ev("success", at=clock.now, event_id=f"id-{n}"))
-    assert len(view._seen) == 1001  # the last 10 s, both ends inclusive
-    assert not view.has_seen("id-0") and view.has_seen("id-2999") and view.has_seen("id-1999")
-    assert view.health("openai").stats.attempts == 1001
-    assert len(view._seen._times) < 2 * 1001  # the forgotten front is compacted away
+    assert view.health("openai").stats.attempts == 1001  # the last 10 s, both ends inclusive
+    assert not view.has_counted("openai", times[0], "id-0")
+    assert view.has_counted("openai", times[2999], "id-2999") and view.has_counted("openai", times[1999], "id-1999")
+    assert not view.apply(ev("success", at=T0 + timedelta(milliseconds=19_990), event_id="id-1999"))
+    window = view._providers["openai"].track.window
+    assert len(window._t) < 2 * 1001  # the forgotten front is compacted away
 
 
-def test_seen_ids_do_not_keep_the_id_strings() -> None:
-    """A counted event costs its hash and time, not its id string: at a sustained 3,500
-    events/s the 60 s window holds 210,000 ids. Kept as strings with a deque of them they cost
-    about 144 bytes an event (measured on the code before); as hashes about 94."""
-    count = 200_000
-    seen = SeenIds()
+def test_a_duplicate_is_known_by_its_id_time_and_provider(clock: ManualClock) -> None:
+    """The view knows the events it counts by their provider's window (time and id hash), with
+    no set of ids beside it: duplicates are refused in or out of order, other events at the
+    same instant are not, and an event stamped ahead is still known once the clock passes
+    its stamp."""
+    view, _ = make_view(clock, window_seconds=60)
+    at = clock.now - timedelta(seconds=1)
+    first = ev("success", at=at, event_id="a")
+    assert view.apply(first)
+    for n in range(1, 50):  # later events, then the duplicate out of order
+        assert view.apply(ev("success", at=at + timedelta(milliseconds=n)))
+    assert not view.apply(first) and not view.apply(first.model_copy())
+    assert view.apply(ev("upstream_error", at=at, event_id="b"))  # same instant, another event
+    assert view.apply(ev("success", at=at, provider="anthropic", event_id="c"))
+    assert not view.apply(ev("upstream_error", at=at, event_id="b"))
+    assert view.health("openai").stats.attempts == 51
+    ahead = ev("success", at=clock.now + timedelta(seconds=5), event_id="d")
+    assert view.apply(ahead)  # counted as now
+    clock.advance(10)  # its own stamp is now in the window's past
+    assert not view.apply(ahead) and view.health("openai").stats.attempts == 52
+    assert len(view._ahead) == 1
+    clock.advance(61)  # all gone with the window
+    assert not view.has_counted("openai", at.timestamp(), "a")
+    assert view.apply(ev("success", at=clock.now)) and len(view._ahead) == 0
+
+
+def test_the_view_holds_an_event_in_less_than_100_bytes() -> None:
+    """A counted event costs its samples in the provider's and the model's windows (the
+    provider's with its id hash), not its id string: at a sustained 3,000 events/s the 60 s
+    window holds 180,000 events, in each of the two views of an embedded ``serve``. With a
+    set of the ids' hashes beside the windows an event cost about 177 bytes (measured on the
+    code before); now about 87."""
+    count = 100_000
+    clock = ManualClock(T0 + timedelta(seconds=count / 1000))
+    view = HealthView(HealthSettings(window_seconds=count / 1000), clock=clock)
+    events = [
+        ev("success", at=T0 + timedelta(milliseconds=n), event_id=f"0193d2c4-{n:04x}-7000-8000-{n:012x}")
+        for n in range(count)
+    ]
     tracemalloc.start()
     try:
         before = tracemalloc.take_snapshot()
-        ids = [f"0193d2c4-{n:04x}-7000-8000-{n:012x}" for n in range(count)]  # UUIDv7-shaped
-        for n, event_id in enumerate(ids):
-            seen.add(event_id, float(n))
-        del ids, event_id  # the events are gone: only what the view kept of them remains
+        for event in events:
+            assert view.apply(event)
         grown = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
     finally:
         tracemalloc.stop()
-    assert grown / count < 115, grown / count
-    assert "0193d2c4-0007-7000-8000-000000000007" in seen and "0193d2c4-0007-7000-8000-000000000008" not in seen
-    seen.forget(100_000.0)
-    assert len(seen) == 100_000 and "0193d2c4-0007-7000-8000-000000000007" not in seen
+    assert grown / count < 100, grown / count
+    assert view.health("openai").stats.attempts == count
