@@ -185,7 +185,7 @@ class HealthView:
                 provider.sweep_at = max(MODEL_SWEEP_AT, 2 * len(provider.models))
             model = provider.models[event.provider_model] = _Track(self._window())
         model.add(sample)
-        provider.breaker.observe(sample, now)
+        provider.breaker.observe(sample, now, cutoff)
         # only the provider and this model can change on this event; the other models' states
         # only age, and are refreshed when read (health(), snapshot())
         self._refresh(event.provider, provider, now, only_model=event.provider_model, cutoff=cutoff)

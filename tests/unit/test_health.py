@@ -669,3 +669,19 @@ def test_the_view_holds_an_event_in_less_than_100_bytes() -> None:
         tracemalloc.stop()
     assert grown / count < 100, grown / count
     assert view.health("openai").stats.attempts == count
+
+
+def test_a_run_of_successes_keeps_one_window_of_samples_in_the_breaker(clock: ManualClock) -> None:
+    """The breaker's trip window was evicted only when a failure asked for the failure rate: a
+    run of successes kept every sample since the circuit last closed, for good (25 bytes each,
+    4.5 MB a minute at 3,000 events/s in each view), and the first failure then evicted them
+    all in one call on the event loop."""
+    view, _ = make_view(clock, window_seconds=10)
+    for n in range(5000):  # 50 s of successes, 10 s kept
+        clock.now = T0 + timedelta(milliseconds=10 * n)
+        assert view.apply(ev("success", at=clock.now))
+    trip = view._providers["openai"].breaker._trip
+    assert len(trip) == 1001 and len(trip._t) < 2 * 1001
+    feed(view, clock, *["upstream_error"] * 4, step=0.001)  # the rate is judged on the last 10 s only
+    health = view.health("openai")
+    assert health.circuit == "closed" and len(trip) == health.stats.attempts == 1004
