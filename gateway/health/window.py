@@ -142,7 +142,7 @@ class RollingWindow:
 
     Cost per event is O(1) amortized: samples are appended in time order (an out-of-order one
     is inserted in place), eviction moves a start index over the old ones (the columns are
-    compacted once half of them is dead), and every count, including the number of latencies
+    compacted once a fifth of them is dead), and every count, including the number of latencies
     above the configured p95 limits (``latency_limit``, ``ttft_limit``), is kept incrementally.
     The rules' "p95 above the limit" test reads those counts: with ``n`` values and nearest rank
     ``r = ceil(0.95 n)``, ``sorted[r - 1] > limit`` exactly when more than ``n - r`` values are
@@ -269,7 +269,10 @@ class RollingWindow:
         while start < end and times[start] < cutoff:
             count(codes[start], latencies[start], ttfts[start], -1)
             start += 1
-        if start * 2 >= end:  # compact: the dead prefix is half of the columns
+        # compact once the dead prefix is a fifth of the columns: they hold at most 1.25 times the
+        # window (twice it, compacted at half: 11 MB more a view at 3,000 events/s); moving the
+        # live samples is a memmove of about 160 bytes per evicted sample, amortized
+        if start * 5 >= end:
             for column in self._columns:
                 del column[:start]
             start = 0

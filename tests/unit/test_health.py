@@ -685,3 +685,16 @@ def test_a_run_of_successes_keeps_one_window_of_samples_in_the_breaker(clock: Ma
     feed(view, clock, *["upstream_error"] * 4, step=0.001)  # the rate is judged on the last 10 s only
     health = view.health("openai")
     assert health.circuit == "closed" and len(trip) == health.stats.attempts == 1004
+
+
+def test_a_windows_columns_hold_at_most_a_quarter_more_than_the_window(clock: ManualClock) -> None:
+    """Evicted samples are compacted away once they are a fifth of the columns: compacted at
+    half, the columns held up to twice the window (11 MB more a view at 3,000 events/s)."""
+    window = RollingWindow(10)
+    most = 0.0
+    for n in range(5000):  # 50 s at 100 samples/s, 10 s kept
+        at = T0 + timedelta(milliseconds=10 * n)
+        window.add(Sample(at, "success", "success", 1.0))
+        window.evict(at)
+        most = max(most, len(window._t) / len(window))
+    assert len(window) == 1001 and most <= 1.25, most
