@@ -61,9 +61,8 @@ class CircuitBreaker:
         self.probe_since: datetime | None = None
 
     # --- evidence ---------------------------------------------------------------------------------
-    def observe(self, sample: Sample, now: datetime, cutoff: float | None = None) -> None:
-        """Judge one attempt as of ``now``; ``cutoff``: ``(now - window).timestamp()`` if the
-        caller has it."""
+    def observe(self, sample: Sample, now: datetime, cutoff: float) -> None:
+        """Judge one attempt as of ``now``; ``cutoff``: ``(now - window).timestamp()``."""
         self.tick(now)
         if self.closed_at is not None and sample.t < self.closed_at:
             return  # ended before the circuit last closed: evidence already judged
@@ -78,10 +77,7 @@ class CircuitBreaker:
             # successes kept every sample since the circuit last closed (25 bytes each, 4.5 MB
             # a minute at 3,000 events/s, for good), and the next failure evicted them all in
             # one call on the event loop
-            if cutoff is None:
-                self._trip.evict(now)
-            else:
-                self._trip.evict_before(cutoff)
+            self._trip.evict_before(cutoff)
             self._trip.add(sample)
             reason = self._trip_reason(now) if sample.kind == "failure" else None  # only a failure trips it
             if reason is not None:

@@ -62,8 +62,8 @@ class SeenIds:
     counted as "now" (the provider window, which knows the others, would look for them at
     their own time).
 
-    An event is known by the 64-bit hash of its id, not the id: an int in the set and 16 bytes
-    in the two ``array`` columns (hash, time)."""
+    An event is known by the 64-bit hash of its id (the view's key), not the id: an int in the
+    set and 16 bytes in the two ``array`` columns (hash, time)."""
 
     def __init__(self) -> None:
         self.ids: set[int] = set()
@@ -74,11 +74,10 @@ class SeenIds:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __contains__(self, event_id: str) -> bool:
-        return hash(event_id) in self.ids
+    def __contains__(self, key: int) -> bool:
+        return key in self.ids
 
-    def add(self, event_id: str, at: float) -> None:
-        key = hash(event_id)
+    def add(self, key: int, at: float) -> None:
         self.ids.add(key)
         self._order.append(key)
         self._times.append(at)
@@ -164,9 +163,9 @@ class HealthView:
         now_ts = now.timestamp()
         cutoff = now_ts - self._span_seconds
         at = event.created_at.timestamp()
-        if at < cutoff or self._counted(event.provider, at, event.event_id, cutoff):
-            return False
         key = hash(event.event_id)
+        if at < cutoff or self._counted(event.provider, at, key, cutoff):
+            return False
         sample = Sample.of(event, at)
         if at > now_ts:
             # stamped ahead of this view's clock (another replica's clock ahead, a clock stepped
@@ -175,7 +174,7 @@ class HealthView:
             # long
             at = now_ts
             sample = replace(sample, t=now, ts=now_ts)
-            self._ahead.add(event.event_id, at)
+            self._ahead.add(key, at)
         provider = self._provider(event.provider)
         provider.track.add(sample, key)
         model = provider.models.get(event.provider_model)
@@ -195,15 +194,17 @@ class HealthView:
         """Whether the event with this id, provider and ``created_at`` (POSIX seconds) is counted
         in the current window (``apply`` would refuse it)."""
         cutoff = self._clock().timestamp() - self._span_seconds
-        return at >= cutoff and self._counted(provider, at, event_id, cutoff)
+        return at >= cutoff and self._counted(provider, at, hash(event_id), cutoff)
 
-    def _counted(self, provider: str, at: float, event_id: str, cutoff: float) -> bool:
+    def _counted(self, provider: str, at: float, key: int, cutoff: float) -> bool:
+        """Whether the event keyed ``key`` (its id's hash) is counted: ahead of the clock, or
+        in its provider's window at its time."""
         ahead = self._ahead
         ahead.forget(cutoff)
-        if event_id in ahead:
+        if key in ahead:
             return True
         tracked = self._providers.get(provider)
-        return tracked is not None and tracked.track.window.holds(at, hash(event_id))
+        return tracked is not None and tracked.track.window.holds(at, key)
 
     def observe(self, event: UsageEvent) -> None:
         """The ``UsageRecorder`` observer: runs on the response path, so it never raises."""

@@ -687,7 +687,7 @@ def test_a_run_of_successes_keeps_one_window_of_samples_in_the_breaker(clock: Ma
     assert health.circuit == "closed" and len(trip) == health.stats.attempts == 1004
 
 
-def test_a_windows_columns_hold_at_most_a_quarter_more_than_the_window(clock: ManualClock) -> None:
+def test_a_windows_columns_hold_at_most_a_quarter_more_than_the_window() -> None:
     """Evicted samples are compacted away once they are a fifth of the columns: compacted at
     half, the columns held up to twice the window (11 MB more a view at 3,000 events/s)."""
     window = RollingWindow(10)
