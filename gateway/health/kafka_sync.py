@@ -38,8 +38,8 @@ from datetime import datetime, timedelta
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from gateway.event_json import decode_event
 from gateway.eventlog.kafka_admin import ensure_topic, topic_partitions
-from gateway.events import UsageEvent
 from gateway.health.view import HealthView
 
 log = logging.getLogger("gateway.health")
@@ -183,7 +183,7 @@ class KafkaHealthSync:
             self.known += 1
             return
         try:
-            event = UsageEvent.from_json(raw)
+            event = decode_event(raw)
         except ValueError:  # undecodable or too new: the projector dead-letters it, health skips it
             log.debug("health sync skipped an unreadable record on %s", self.topic)
             return

@@ -539,8 +539,10 @@ def test_sync_skips_its_own_events_undecoded_and_applies_the_others(
     other = ev("upstream_error", at=clock.now, event_id="0193a6c2-7d1e-7000-8000-000000000002")
 
     decoded: list[bytes | str] = []
-    real = UsageEvent.from_json
-    monkeypatch.setattr(UsageEvent, "from_json", lambda data: decoded.append(data) or real(data))
+    import gateway.health.kafka_sync as sync_module
+
+    real = sync_module.decode_event
+    monkeypatch.setattr(sync_module, "decode_event", lambda data: decoded.append(data) or real(data))
     sync._apply(own.to_json())
     assert (decoded, sync.known) == ([], 1)  # known by its id: never decoded
     sync._apply(other.to_json())

@@ -1,0 +1,204 @@
+"""The fast event reader (gateway/event_json.py) against the reference, ``UsageEvent.from_json``.
+
+The rule: ``decode_fast`` returns None, or exactly the event ``from_json`` returns (the same
+values of the same types, the same JSON); where ``from_json`` refuses a record it returns None.
+And it does take the records the gateway writes, or it would be no faster."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.event_json import _wire_type, decode_event, decode_fast
+from gateway.events import UsageEvent
+
+BASE: dict[str, Any] = {
+    "schema_version": 1, "event_id": "e1", "request_id": "r1", "attempt": 1, "created_at": "2026-03-01T00:00:00Z",
+    "tenant_id": "t", "api_key_id": None, "endpoint": "chat.completions", "stream": False, "provider": "openai",
+    "requested_model": "m", "provider_model": "m", "served_model": None, "outcome": "success", "http_status": 200,
+    "error_code": None, "error_message": None, "latency_ms": 1.5, "ttft_ms": None, "prompt_tokens": 1,
+    "completion_tokens": 2, "cached_tokens": 0, "cache_creation_tokens": 0, "reasoning_tokens": 0,
+    "total_tokens": 3, "cost_usd": "0.5", "price_version": "v", "billable": True, "incomplete": False,
+    "gateway_instance": None,
+}  # fmt: skip
+
+
+def _shape(event: UsageEvent) -> list[tuple[str, str, str]]:
+    """Each field's name, type and text (``Decimal('1.50')`` is not ``Decimal('1.5')`` here;
+    a time's text includes its offset)."""
+    return [(name, type(value).__name__, str(value)) for name, value in event.__dict__.items()]
+
+
+def _json(event: UsageEvent) -> bytes | str:
+    try:
+        return event.to_json()
+    except TypeError as e:  # an int orjson cannot write (pydantic took it): the same for both
+        return repr(e)
+
+
+def assert_same_as_reference(raw: bytes | str) -> UsageEvent | None:
+    """The rule above, for one record; returns the fast reader's event."""
+    try:
+        reference: UsageEvent | None = UsageEvent.from_json(raw)
+    except ValueError:
+        reference = None
+    fast = decode_fast(raw)
+    if fast is None:
+        return None
+    assert reference is not None, f"the fast reader took a record from_json refuses: {raw!r}"
+    assert _shape(fast) == _shape(reference), raw
+    assert _json(fast) == _json(reference)
+    assert fast == reference
+    return fast
+
+
+def record(field: str, json_value: str) -> bytes:
+    """BASE with ``field``'s value written as the JSON text ``json_value``."""
+    placeholder = orjson.dumps({**BASE, field: "@@@"})
+    return placeholder.replace(b'"@@@"', json_value.encode(), 1)
+
+
+INTS = ["1", "0", "-1", "1.0", "1e2", '"1"', "true", "null", "9223372036854775807", "-9223372036854775807",
+        "-9223372036854775808", "9223372036854775808", "18446744073709551616", "1.5", "-0", "[]", "{}"]  # fmt: skip
+FLOATS = ["1", "1.5", "-0.0", "1e308", "1e400", "-1e400", "1e-400", '"1.5"', "true", "null", "NaN", "Infinity",
+          "0.1000000000000000055511151231257827", "123456789012345678901234567890", "5e-324"]  # fmt: skip
+TEXTS = ['"x"', '""', '"\\u0000"', '"\\ud800"', '"\\ud83d\\ude00"', '"\\udc00\\ud800"', '"é"', "1", "null", "true",
+         '"a\\"b"', '"line\\nbreak"']  # fmt: skip
+BOOLS = ["true", "false", "1", "0", '"true"', "null", "1.0"]
+TIMES = [
+    "2026-03-01T00:00:00Z", "2026-03-01T00:00:00+00:00", "2026-03-01T00:00:00+05:30", "2026-03-01T00:00:00-00:00",
+    "2026-03-01t00:00:00z", "2026-03-01 00:00:00Z", "2026-03-01T00:00:00.1Z", "2026-03-01T00:00:00.123456Z",
+    "2026-03-01T00:00:00.1234567Z", "2026-03-01T00:00:00.9999995Z", "2026-03-01T00:00:00.123456789123Z",
+    "2026-03-01T23:59:60Z", "2026-03-01T24:00:00Z", "2026-03-01T00:00Z", "2026-03-01", "2026-02-29T00:00:00Z",
+    "2028-02-29T00:00:00Z", "8999-12-31T23:59:59.999999Z", "8999-12-31T23:59:59.9999999Z", "9000-01-01T00:00:00Z",
+    "8999-12-31T23:00:00-01:00", "9000-01-01T00:30:00+01:00", "9999-12-31T23:59:59Z", "2026-03-01T00:00:00+24:00",
+    "2026-03-01T00:00:00+23:59", "0001-01-01T00:00:00Z", "0001-01-01T00:00:00+01:00", "0000-01-01T00:00:00Z",
+    "2026-03-01T00:00:00", "1700000000", "2026-3-1T00:00:00Z", "2026-03-01T00:00:00Zjunk", "2026-03-01T00:00:00.Z",
+    "2026-03-01T00:00:00,5Z", "2026-03-01T00:00:00+0530", "2026-03-01T00:00:00+05", "+2026-03-01T00:00:00Z",
+    "2026-03-01T00:00:00Z\\n", "\\n2026-03-01T00:00:00Z", "2026-W09-7T00:00:00Z", "20260301T000000Z",
+]  # fmt: skip
+MONEY = ['"0"', '"1.5"', '"-1.5"', '"1e-7"', '"NaN"', '"Infinity"', '"-Infinity"', '" 1"', '"1.5 "', '"1_0"', '"+1"',
+         '".5"', '"1."', '"00.1"', "0.1", "1", "0", "null", '"0.0000000001"', '"1234567890123456789012345678901"',
+         '"-0"', '"1.50"', '"\\u0663"', '"0x10"', "true", '"12345678901234567890.1234567890"']  # fmt: skip
+
+CASES = (
+    [("attempt", v) for v in INTS]
+    + [("schema_version", v) for v in INTS]
+    + [(f, v) for f in ("prompt_tokens", "total_tokens", "http_status") for v in INTS]
+    + [(f, v) for f in ("latency_ms", "ttft_ms") for v in FLOATS]
+    + [(f, v) for f in ("event_id", "provider", "api_key_id", "error_message") for v in TEXTS]
+    + [(f, v) for f in ("stream", "billable") for v in BOOLS]
+    + [("created_at", f'"{v}"') for v in TIMES]
+    + [("cost_usd", v) for v in MONEY]
+    + [("outcome", v) for v in ['"success"', '"Success"', '"bogus"', "null", "1", '"stream_cut"']]
+    + [("endpoint", v) for v in ['"completions"', '"x"', "null"]]
+)
+
+
+@pytest.mark.parametrize(("field", "json_value"), CASES)
+def test_a_field_value_is_read_as_from_json_reads_it_or_left_to_it(field: str, json_value: str) -> None:
+    assert_same_as_reference(record(field, json_value))
+
+
+STRUCTURE = [
+    *(orjson.dumps({k: v for k, v in BASE.items() if k != name}) for name in BASE),  # each field missing
+    orjson.dumps(BASE)[:-1] + b',"extra":1,"__dict__":{}}',
+    orjson.dumps(BASE)[:-1] + b',"provider":"second"}',  # a key twice: the last wins in both
+    orjson.dumps(BASE)[:-1] + b',"provider":7}',
+    b'{"attempt":0,' + orjson.dumps(BASE)[1:],
+    orjson.dumps(BASE)[:-1] + b',"schema_version":2}',
+    orjson.dumps(BASE)[:-1] + b',"cost_usd":0.5}',
+    orjson.dumps(BASE) + b" ",
+    b" \n" + orjson.dumps(BASE),
+    orjson.dumps(BASE) + b"x",
+    b"\xef\xbb\xbf" + orjson.dumps(BASE),
+    b"[" + orjson.dumps(BASE) + b"]",
+    orjson.dumps(BASE).replace(b'"provider"', b'"pro\\u0076ider"'),
+    orjson.dumps(BASE).replace(b'"openai"', b'"open\xffai"'),
+    orjson.dumps(BASE).replace(b'"openai"', b'"open\nai"'),
+    orjson.dumps(BASE)[:-1] + b",}",
+    b"null",
+    b"1",
+    b'"text"',
+    b"",
+]
+
+
+@pytest.mark.parametrize("raw", STRUCTURE)
+def test_a_record_of_another_shape_is_read_as_from_json_reads_it_or_left_to_it(raw: bytes) -> None:
+    assert_same_as_reference(raw)
+    assert_same_as_reference(raw.decode("utf-8", errors="replace"))  # the log may hand over text
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12) | st.decimals().map(str),
+    lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.text(max_size=3), inner, max_size=2),
+    max_leaves=3,
+)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from(sorted(BASE)), _json_values, min_size=1, max_size=4))
+def test_any_fields_changed_to_any_json_are_read_as_from_json_reads_them(changes: dict[str, Any]) -> None:
+    raw = orjson.dumps({**BASE, **changes}, option=orjson.OPT_NON_STR_KEYS) if _encodable(changes) else None
+    if raw is not None:
+        assert_same_as_reference(raw)
+
+
+def _encodable(changes: dict[str, Any]) -> bool:
+    try:
+        orjson.dumps(changes)
+    except TypeError:  # an int beyond 64 bits: orjson cannot write it
+        return False
+    return True
+
+
+# --- it does read what the gateway writes ----------------------------------------------------------
+
+
+def _events() -> list[UsageEvent]:
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    plain = UsageEvent.model_validate({**BASE, "created_at": start})
+    return [
+        plain,
+        plain.model_copy(update={"cost_usd": None, "billable": False, "outcome": "rate_limited", "http_status": 429}),
+        plain.model_copy(update={"cost_usd": Decimal("0.0000000001"), "ttft_ms": 12.25, "stream": True}),
+        plain.model_copy(update={"cost_usd": Decimal("123456.1234567890"), "error_message": 'é "quoted"\n\u2028'}),
+        plain.model_copy(update={"created_at": datetime(2026, 3, 1, 5, 30, 0, 123456, timezone(timedelta(hours=5)))}),
+        plain.model_copy(update={"prompt_tokens": -5, "total_tokens": 2**62, "api_key_id": "key_1"}),
+        plain.model_copy(update={"cost_usd": Decimal("-0"), "gateway_instance": "gw-1", "endpoint": "completions"}),
+    ]
+
+
+@pytest.mark.parametrize("event", _events(), ids=lambda e: str(e.cost_usd))
+def test_the_gateways_own_records_take_the_fast_reader(event: UsageEvent) -> None:
+    raw = event.to_json()
+    fast = assert_same_as_reference(raw)
+    assert fast is not None, f"left to from_json: {raw!r}"
+    assert fast == event
+    assert decode_event(raw) == event
+
+
+def test_what_from_json_refuses_decode_event_refuses_with_its_reason() -> None:
+    raw = orjson.dumps(BASE).replace(b'"cost_usd":"0.5"', b'"cost_usd":0.5')
+    with pytest.raises(ValueError, match="float"):
+        decode_event(raw)
+
+
+def test_a_field_type_it_cannot_read_fails_at_import_not_at_run_time() -> None:
+    with pytest.raises(TypeError, match="teach it"):
+        _wire_type(list[int])
+
+
+def test_an_event_it_read_copies_with_changes_as_any_other() -> None:
+    fast = decode_fast(orjson.dumps(BASE))
+    assert fast is not None
+    copy = fast.model_copy(update={"cost_usd": Decimal("2")})
+    assert (copy.cost_usd, fast.cost_usd) == (Decimal("2"), Decimal("0.5"))
+    assert copy.model_fields_set == fast.model_fields_set == set(BASE)
