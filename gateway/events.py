@@ -134,7 +134,10 @@ class UsageEvent(BaseModel):
 
     @classmethod
     def _from_json_checked(cls, data: bytes | str) -> UsageEvent:
-        raw: Any = json.loads(data)
+        try:
+            raw: Any = json.loads(data)
+        except RecursionError:  # not a ValueError: the projector took it for a bug, restarting forever
+            raise ValueError("usage event JSON nested too deep") from None
         if not isinstance(raw, dict):
             raise ValueError("usage event must be a JSON object")
         version = raw.get("schema_version")

@@ -6,7 +6,7 @@ And it does take the records the gateway writes, or it would be no faster."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -55,6 +55,8 @@ def assert_same_as_reference(raw: bytes | str) -> UsageEvent | None:
     assert _shape(fast) == _shape(reference), raw
     assert _json(fast) == _json(reference)
     assert fast == reference
+    assert fast.model_fields_set == reference.model_fields_set
+    assert fast.created_at.tzname() == reference.created_at.tzname()
     return fast
 
 
@@ -66,7 +68,8 @@ def record(field: str, json_value: str) -> bytes:
 
 INTS = ["1", "0", "-1", "1.0", "1e2", '"1"', "true", "null", "9223372036854775807", "-9223372036854775807",
         "-9223372036854775808", "9223372036854775808", "18446744073709551616", "1.5", "-0", "[]", "{}"]  # fmt: skip
-FLOATS = ["1", "1.5", "-0.0", "1e308", "1e400", "-1e400", "1e-400", '"1.5"', "true", "null", "NaN", "Infinity",
+FLOATS = ["5965687258968819189590104360000000000000", "9007199254740993", "-9007199254740993", "1", "1.5",
+          "-0.0", "1e308", "1e400", "-1e400", "1e-400", '"1.5"', "true", "null", "NaN", "Infinity",
           "0.1000000000000000055511151231257827", "123456789012345678901234567890", "5e-324"]  # fmt: skip
 TEXTS = ['"x"', '""', '"\\u0000"', '"\\ud800"', '"\\ud83d\\ude00"', '"\\udc00\\ud800"', '"é"', "1", "null", "true",
          '"a\\"b"', '"line\\nbreak"']  # fmt: skip
@@ -82,6 +85,7 @@ TIMES = [
     "2026-03-01T00:00:00", "1700000000", "2026-3-1T00:00:00Z", "2026-03-01T00:00:00Zjunk", "2026-03-01T00:00:00.Z",
     "2026-03-01T00:00:00,5Z", "2026-03-01T00:00:00+0530", "2026-03-01T00:00:00+05", "+2026-03-01T00:00:00Z",
     "2026-03-01T00:00:00Z\\n", "\\n2026-03-01T00:00:00Z", "2026-W09-7T00:00:00Z", "20260301T000000Z",
+    "2026-03-01T00:00:00+00:60", "2026-03-01T00:00:00+05:75", "2026-03-01T00:60:00Z", "2026-03-01T00:00:00+01:00:30",
 ]  # fmt: skip
 MONEY = ['"0"', '"1.5"', '"-1.5"', '"1e-7"', '"NaN"', '"Infinity"', '"-Infinity"', '" 1"', '"1.5 "', '"1_0"', '"+1"',
          '".5"', '"1."', '"00.1"', "0.1", "1", "0", "null", '"0.0000000001"', '"1234567890123456789012345678901"',
@@ -127,6 +131,11 @@ STRUCTURE = [
     b"1",
     b'"text"',
     b"",
+    orjson.dumps(BASE)[:-1] + b',"x":"\xff"}',  # invalid UTF-8 in a value msgspec would skip
+    orjson.dumps(BASE)[:-1] + b',"\xff":1}',
+    orjson.dumps(BASE)[:-1] + b',"x":' + b"1" * 4301 + b"}",  # beyond Python's int digits
+    orjson.dumps(BASE)[:-1] + b',"x":' + b"[" * 900 + b"]" * 900 + b"}",
+    orjson.dumps(BASE)[:-1] + b',"x":' + b"[" * 3000 + b"]" * 3000 + b"}",
 ]
 
 
@@ -170,7 +179,7 @@ def _events() -> list[UsageEvent]:
         plain.model_copy(update={"cost_usd": None, "billable": False, "outcome": "rate_limited", "http_status": 429}),
         plain.model_copy(update={"cost_usd": Decimal("0.0000000001"), "ttft_ms": 12.25, "stream": True}),
         plain.model_copy(update={"cost_usd": Decimal("123456.1234567890"), "error_message": 'é "quoted"\n\u2028'}),
-        plain.model_copy(update={"created_at": datetime(2026, 3, 1, 5, 30, 0, 123456, timezone(timedelta(hours=5)))}),
+        plain.model_copy(update={"created_at": datetime(2026, 3, 1, 5, 30, 0, 123456, UTC)}),
         plain.model_copy(update={"prompt_tokens": -5, "total_tokens": 2**62, "api_key_id": "key_1"}),
         plain.model_copy(update={"cost_usd": Decimal("-0"), "gateway_instance": "gw-1", "endpoint": "completions"}),
     ]
@@ -183,6 +192,28 @@ def test_the_gateways_own_records_take_the_fast_reader(event: UsageEvent) -> Non
     assert fast is not None, f"left to from_json: {raw!r}"
     assert fast == event
     assert decode_event(raw) == event
+
+
+def test_text_that_is_not_utf_8_and_other_inputs_are_left_to_from_json() -> None:
+    lone = orjson.dumps(BASE).decode().replace("openai", "open\ud800ai")  # a str from a log
+    assert decode_fast(lone) is None
+    assert decode_event(lone).provider == UsageEvent.from_json(lone).provider == "open\ud800ai"
+    assert decode_fast("\ud800") is None
+    assert decode_fast(memoryview(orjson.dumps(BASE))) is None  # from_json: TypeError
+
+
+def test_a_record_older_than_a_field_is_read_by_from_json_which_knows_it_was_not_named() -> None:
+    raw = orjson.dumps({k: v for k, v in BASE.items() if k != "api_key_id"})
+    assert decode_fast(raw) is None
+    assert "api_key_id" not in decode_event(raw).model_fields_set
+
+
+def test_a_record_nested_too_deep_is_unreadable_not_a_recursion_error() -> None:
+    """A RecursionError is not a ValueError: the projector took such a record for a bug and
+    restarted on it forever, where it dead-letters an unreadable one."""
+    raw = orjson.dumps(BASE)[:-1] + b',"x":' + b"[" * 3000 + b"]" * 3000 + b"}"
+    with pytest.raises(ValueError, match="nested too deep"):
+        decode_event(raw)
 
 
 def test_what_from_json_refuses_decode_event_refuses_with_its_reason() -> None:

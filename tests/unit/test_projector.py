@@ -428,6 +428,7 @@ async def test_run_forever_follows_the_log_until_stopped() -> None:
         (b'{"schema_version": 99, "event_id": "x"}', "schema_version"),
         (b"[1, 2]", "JSON object"),
         (b'{"schema_version": 1, "event_id": "x"}', "validation error"),
+        (b'{"schema_version": 1, "x": ' + b"[" * 3000 + b"]" * 3000 + b"}", "nested too deep"),
     ],
 )
 async def test_poison_is_dead_lettered_and_the_rest_applied(raw: bytes, reason: str) -> None:
