@@ -38,11 +38,12 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import annotated_types
 import msgspec
 
-from gateway.events import LATEST, SCHEMA_VERSION, UsageEvent
+from gateway.events import LATEST, SCHEMA_VERSION, STORED_MONEY, UsageEvent
 
-#: money as ``UsageEvent.to_json`` writes it (``format(value, "f")``): anything else is left to
-#: pydantic (an exponent, ``NaN``, spaces, a ``+``: what it accepts or refuses)
-_MONEY = re.compile(r"-?[0-9]{1,30}(?:\.[0-9]{1,30})?")
+#: money as ``UsageEvent.to_json`` writes it (``format(value, "f")``), under STORED_MONEY (10
+#: digits before the point): anything else is left to pydantic (an exponent, ``NaN``, spaces, a
+#: ``+``, a larger amount: what it accepts or refuses)
+_MONEY = re.compile(r"-?[0-9]{1,10}(?:\.[0-9]{1,30})?")
 _ALL_SET = set(UsageEvent.model_fields)
 #: a time as the gateway writes it (UTC, ``Z``, at most 6 decimals), which pydantic and
 #: ``datetime.fromisoformat`` read alike; anything else is left to pydantic (msgspec's own reader
@@ -67,9 +68,17 @@ def _wire_type(annotation: Any) -> Any:
     raise TypeError(f"gateway.event_json cannot read a UsageEvent field of type {annotation!r}: teach it")
 
 
+def _bounded(kind: Any, meta: msgspec.Meta) -> Any:
+    """``kind`` with ``meta``'s bounds, on each member of an optional (``int | None``)."""
+    if get_origin(kind) in (Union, types.UnionType):
+        return Union[tuple(arg if arg is type(None) else Annotated[arg, meta] for arg in get_args(kind))]  # noqa: UP007
+    return Annotated[kind, meta]
+
+
 def _struct() -> tuple[type[msgspec.Struct], dict[str, Any], tuple[str, ...], tuple[str, ...]]:
-    """The struct of ``UsageEvent``'s fields (in its order), the upper bounds left to check
-    after decoding (``Lt``), and the money and time fields."""
+    """The struct of ``UsageEvent``'s fields (in its order), the bounds left to check after
+    decoding (``Gt``, ``Lt``, ``allow_inf_nan``: checked below by name), and the money and time
+    fields."""
     specs: list[tuple[str, Any]] = []
     below: dict[str, Any] = {}
     for name, field in UsageEvent.model_fields.items():
@@ -80,12 +89,16 @@ def _struct() -> tuple[type[msgspec.Struct], dict[str, Any], tuple[str, ...], tu
                 bounds["ge"] = rule.ge
             elif isinstance(rule, annotated_types.Le):
                 bounds["le"] = rule.le
-            elif isinstance(rule, annotated_types.Lt):
-                below[name] = rule.lt
+            elif isinstance(rule, annotated_types.MaxLen):
+                bounds["max_length"] = rule.max_length
+            elif isinstance(rule, annotated_types.Lt | annotated_types.Gt):
+                below[f"{name} {type(rule).__name__}"] = rule.lt if isinstance(rule, annotated_types.Lt) else rule.gt
+            elif type(rule).__name__ == "_PydanticGeneralMetadata" and rule.__dict__ == {"allow_inf_nan": False}:
+                pass  # the floats' bounds below leave out NaN and the infinities
             else:
                 raise TypeError(f"gateway.event_json cannot check {rule!r} on UsageEvent.{name}: teach it")
         if bounds:
-            kind = Annotated[kind, msgspec.Meta(**bounds)]
+            kind = _bounded(kind, msgspec.Meta(**bounds))
         # every field required: a record without one (older than the field, or not the gateway's)
         # goes to from_json, which fills the default and knows which fields the record named
         specs.append((name, kind))
@@ -100,8 +113,11 @@ def _struct() -> tuple[type[msgspec.Struct], dict[str, Any], tuple[str, ...], tu
 _Wire, _BELOW, _MONEY_FIELDS, _TIME_FIELDS = _struct()
 _FLOAT_FIELDS = tuple(n for n, f in UsageEvent.model_fields.items() if float in (f.annotation, *get_args(f.annotation)))
 if (_TIME_FIELDS, _MONEY_FIELDS, _BELOW, _FLOAT_FIELDS) != (
-    ("created_at",), ("cost_usd",), {"created_at": LATEST}, ("latency_ms", "ttft_ms")
-):  # fmt: skip
+    ("created_at",),
+    ("cost_usd",),
+    {"created_at Lt": LATEST, "cost_usd Gt": -STORED_MONEY, "cost_usd Lt": STORED_MONEY},
+    ("latency_ms", "ttft_ms"),
+):
     raise TypeError("gateway.event_json reads created_at, cost_usd, latency_ms and ttft_ms by name: teach it")
 _decoder = msgspec.json.Decoder(_Wire)
 _asdict = msgspec.structs.asdict
@@ -117,7 +133,13 @@ _SURELY_BEFORE_LATEST = (LATEST - timedelta(days=1)).date().isoformat()
 
 def decode_fast(raw: bytes | str) -> UsageEvent | None:
     """The event, or None when this reader cannot vouch for the record (then ``from_json``)."""
-    if raw.__class__ is not bytes and raw.__class__ is not str:
+    if raw.__class__ is bytes:
+        if b"\\u" in raw and (b"\\ud" in raw or b"\\uD" in raw or b"\\u0000" in raw):
+            return None  # a surrogate or NUL escape: from_json refuses a lone one, a NUL in a key
+    elif raw.__class__ is str:
+        if "\\u" in raw and ("\\ud" in raw or "\\uD" in raw or "\\u0000" in raw):
+            return None
+    else:
         return None
     try:
         fields = _asdict(_decoder.decode(raw))

@@ -13,16 +13,30 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
-from gateway.types import MAX_TOKENS
+from gateway.types import PLAUSIBLE_TOKENS
 
 SCHEMA_VERSION = 1
 #: the latest ``created_at`` an event may carry
 LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+#: the largest integer every store holds in every integer column (Postgres INTEGER): token
+#: counts (the gateway writes at most PLAUSIBLE_TOKENS), the attempt number and the HTTP status.
+#: A record beyond it is poison: DuckDB's INTEGER refused an http_status of 2**31 as "invalid
+#: input", which the projector took for an unavailable store, paused for good; a total of 2**63 - 1
+#: was stored and then overflowed its day's rollup, so DuckDB refused every later event of the day
+STORED_INT = 2**31 - 1
+#: money every store holds: NUMERIC(20, 10) / DECIMAL(20, 10), under 10**10 USD either way
+STORED_MONEY = Decimal(10**10)
+#: the longest text of a column Postgres indexes (ids, tenant): a b-tree row holds 2,704 bytes,
+#: 4 per character at most. A longer id was refused as "index row size exceeds", which the
+#: projector took for an unavailable store, paused for good (the gateway writes ids of 36 to 40
+#: characters and tenants of at most 128)
+INDEXED_TEXT = 512
+assert PLAUSIBLE_TOKENS < STORED_INT
 
 Outcome = Literal[
     "success",
@@ -53,13 +67,13 @@ class UsageEvent(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     schema_version: int = SCHEMA_VERSION
-    event_id: str  # UUIDv7, the idempotency key of every projection
-    request_id: str
-    attempt: int = Field(ge=1)  # 1-based attempt number within the request
+    event_id: str = Field(max_length=INDEXED_TEXT)  # UUIDv7, the idempotency key of every projection
+    request_id: str = Field(max_length=INDEXED_TEXT)
+    attempt: int = Field(ge=1, le=STORED_INT)  # 1-based attempt number within the request
     #: timezone-aware, when the attempt ended; before the year 9000: a stamp near datetime's
     #: end (9999) overflowed the health history's arithmetic and halted projection for good
     created_at: datetime = Field(lt=LATEST)
-    tenant_id: str
+    tenant_id: str = Field(max_length=INDEXED_TEXT)
     api_key_id: str | None = None
     endpoint: Literal["chat.completions", "completions"] = "chat.completions"
     stream: bool = False
@@ -68,23 +82,25 @@ class UsageEvent(BaseModel):
     provider_model: str  # what the gateway asked the provider for
     served_model: str | None = None  # what the provider says served it
     outcome: Outcome
-    http_status: int | None = None
+    http_status: int | None = Field(default=None, ge=-STORED_INT, le=STORED_INT)
     error_code: str | None = None
     error_message: str | None = None
-    latency_ms: float
-    ttft_ms: float | None = None
-    #: token counts: what the stores hold (BIGINT); an event outside that range is poison
+    #: finite: NaN was stored as NULL in DuckDB and as NaN in Postgres, or refused by one store only
+    latency_ms: float = Field(allow_inf_nan=False)
+    ttft_ms: float | None = Field(default=None, allow_inf_nan=False)
+    #: token counts: what every store holds (STORED_INT); an event outside that range is poison
     #: Negative counts are history: gateways before c1a6653 took an upstream's -5 as it came (and
     #: billed the call), and the log must stay readable by every later version; no gateway since
     #: writes one (an unreadable count is usage unknown).
-    prompt_tokens: int = Field(default=0, ge=-MAX_TOKENS, le=MAX_TOKENS)
-    completion_tokens: int = Field(default=0, ge=-MAX_TOKENS, le=MAX_TOKENS)
-    cached_tokens: int = Field(default=0, ge=-MAX_TOKENS, le=MAX_TOKENS)
-    cache_creation_tokens: int = Field(default=0, ge=-MAX_TOKENS, le=MAX_TOKENS)
-    reasoning_tokens: int = Field(default=0, ge=-MAX_TOKENS, le=MAX_TOKENS)
-    total_tokens: int = Field(default=0, ge=-MAX_TOKENS, le=MAX_TOKENS)
-    #: exact USD; None means unpriced (no price known at call time), never "free"
-    cost_usd: Decimal | None = None
+    prompt_tokens: int = Field(default=0, ge=-STORED_INT, le=STORED_INT)
+    completion_tokens: int = Field(default=0, ge=-STORED_INT, le=STORED_INT)
+    cached_tokens: int = Field(default=0, ge=-STORED_INT, le=STORED_INT)
+    cache_creation_tokens: int = Field(default=0, ge=-STORED_INT, le=STORED_INT)
+    reasoning_tokens: int = Field(default=0, ge=-STORED_INT, le=STORED_INT)
+    total_tokens: int = Field(default=0, ge=-STORED_INT, le=STORED_INT)
+    #: exact USD; None means unpriced (no price known at call time), never "free"; under
+    #: STORED_MONEY (a larger one stopped the replay, whose diff rounds it to the stores' scale)
+    cost_usd: Decimal | None = Field(default=None, gt=-STORED_MONEY, lt=STORED_MONEY)
     price_version: str | None = None
     #: whether the provider bills this attempt (it produced tokens)
     billable: bool = False
@@ -129,7 +145,7 @@ class UsageEvent(BaseModel):
             return cls._from_json_checked(data)
         fields = event.model_fields_set
         if "schema_version" in fields and 1 <= event.schema_version <= SCHEMA_VERSION and event.created_at.tzinfo:
-            return event
+            return _storable(event)
         return cls._from_json_checked(data)
 
     @classmethod
@@ -148,4 +164,38 @@ class UsageEvent(BaseModel):
         event = cls.model_validate(raw)
         if event.created_at.tzinfo is None:
             raise ValueError("created_at must carry a timezone")
-        return event
+        return _storable(event)
+
+
+#: the event's text fields (every one a store keeps)
+_TEXT_FIELDS = tuple(
+    name for name, field in UsageEvent.model_fields.items() if str in (field.annotation, *get_args(field.annotation))
+)
+
+
+#: the fields Postgres keys and indexes: a NUL in one cannot be dropped as in the other texts
+_KEYS = ("event_id", "request_id", "tenant_id")
+
+
+def _storable(event: UsageEvent) -> UsageEvent:
+    """``event`` if every store can hold it, else ``ValueError``: what the field types let
+    through and no store takes. Text with a lone surrogate (a ``\\ud800`` escape) is no UTF-8:
+    the DuckDB batch raised TypeError and the projector restarted on it forever; a time whose
+    UTC is before the year 1 (``0001-01-01T00:30:00+01:00``) overflowed the health history and
+    the day compaction, the same way; a key with a NUL was in DuckDB and refused by Postgres."""
+    fields = event.__dict__
+    for name in _TEXT_FIELDS:
+        text = fields[name]
+        if text is not None and not text.isascii():
+            try:
+                text.encode()
+            except UnicodeEncodeError:
+                raise ValueError(f"{name} is not Unicode text (a lone surrogate): no store holds it") from None
+    for name in _KEYS:
+        if "\x00" in fields[name]:
+            raise ValueError(f"{name} holds a NUL character: Postgres holds none, and it is a key")
+    try:
+        event.created_at.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("created_at is before the year 1 in UTC: no store holds it") from None
+    return event

@@ -26,8 +26,8 @@ Postgres 15, 2 shared cores): ~75k rows/s inserted, ~125k/s re-delivered, agains
   text, times as ISO 8601 with their offset). Half the client CPU of asyncpg's binary record
   encoding (5.5 -> 2.9 µs per event, ~0.5 µs more in the server). That text is exactly the CSV
   Postgres reads as long as it holds no backslash (JSON escapes: quotes, control characters),
-  every float is finite (orjson writes NaN as null) and every time has an offset; a batch with any
-  of those goes as binary records.
+  every float is finite (orjson writes NaN as null) and every time has an offset Postgres reads
+  as text (under 16 hours); a batch with any of those goes as binary records.
 
 The connection pool lives between :meth:`start` and :meth:`close`. If the database is down,
 ``start`` raises ``SinkError`` and ``apply`` retries opening it, so a projector started during
@@ -40,6 +40,7 @@ import asyncio
 import logging
 import operator
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -85,8 +86,8 @@ def row(event: UsageEvent) -> tuple[Any, ...]:
     return (
         event.event_id,
         event.tenant_id,
-        event.provider,
-        event.served_model or event.provider_model,
+        _text(event.provider),
+        _text(event.served_model or event.provider_model),
         event.prompt_tokens,
         event.completion_tokens,
         event.total_tokens,
@@ -95,8 +96,8 @@ def row(event: UsageEvent) -> tuple[Any, ...]:
         event.request_id,
         event.attempt,
         event.outcome,
-        event.requested_model,
-        event.provider_model,
+        _text(event.requested_model),
+        _text(event.provider_model),
         event.http_status,
         _text(event.error_code),
         event.latency_ms,
@@ -104,13 +105,13 @@ def row(event: UsageEvent) -> tuple[Any, ...]:
         event.cached_tokens,
         event.cache_creation_tokens,
         event.reasoning_tokens,
-        event.price_version,
+        _text(event.price_version),
         event.billable,
         event.incomplete,
         event.stream,
         event.endpoint,
-        event.api_key_id,
-        event.gateway_instance,
+        _text(event.api_key_id),
+        _text(event.gateway_instance),
     )
 
 
@@ -129,6 +130,8 @@ _AS_IS = {
 CSV_COLUMNS = (*_AS_IS.values(), "model", "costUsd")
 _fields_as_is = operator.itemgetter(*_AS_IS)
 _COPY_CSV = {"format": "csv", "null": "null"}
+#: the widest UTC offset Postgres reads in a time's text
+_TEXT_OFFSET = timedelta(hours=16)
 
 
 def csv_rows(events: Sequence[UsageEvent]) -> bytes | None:
@@ -140,7 +143,12 @@ def csv_rows(events: Sequence[UsageEvent]) -> bytes | None:
             fields = event.__dict__
             latency, ttft, cost = fields["latency_ms"], fields["ttft_ms"], fields["cost_usd"]
             # x - x is 0.0 for a finite float, NaN (true) for NaN and the infinities
-            if latency - latency or (ttft is not None and ttft - ttft) or fields["created_at"].tzinfo is None:
+            created = fields["created_at"]
+            if latency - latency or (ttft is not None and ttft - ttft) or created.tzinfo is None:
+                return None
+            # Postgres reads an offset of at most 15:59 as text (a record's +16:00 was refused
+            # as CSV and stored as binary, by what shared its batch)
+            if (offset := created.utcoffset()) and not -_TEXT_OFFSET < offset < _TEXT_OFFSET:
                 return None
             values = (
                 *_fields_as_is(fields),
@@ -156,7 +164,12 @@ def csv_rows(events: Sequence[UsageEvent]) -> bytes | None:
 
 #: errors caused by the rows themselves (SQLSTATE classes 22 and 23, or a number the binary
 #: COPY cannot encode, e.g. 2**31 tokens for an INTEGER column): retrying cannot help
-_DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, OverflowError)
+_DATA_ERRORS = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.ProgramLimitExceededError,  # an index row too large: a value, not the server (54000)
+    OverflowError,
+)
 #: the sink's table or schema does not exist (any more): migrate again
 _SCHEMA_GONE = (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError)
 #: everything else the driver raises means "not now": connection lost, server starting, ...
@@ -316,5 +329,7 @@ async def _create_stage(conn: asyncpg.Connection) -> None:
 
 
 def _text(value: str | None) -> str | None:
-    """Postgres text cannot hold NUL characters; provider error strings sometimes do."""
+    """Postgres text cannot hold NUL characters; provider error strings sometimes do, and a
+    model name is the client's or the upstream's. Refused, the event was in DuckDB and not
+    here; the ids and the tenant, keys, are refused before any sink (``UsageEvent.from_json``)."""
     return value.replace("\x00", "") if value is not None and "\x00" in value else value

@@ -275,7 +275,8 @@ async def test_model_is_the_served_model_else_the_provider_model(harness: Harnes
 
 async def test_a_refused_batch_is_rejected_whole(harness: Harness) -> None:
     good = make_event(1)
-    too_expensive = make_event(2, cost=Decimal("10000000000"))  # beyond DECIMAL(20,10)
+    # beyond DECIMAL(20,10) (and the schema since: made past its check, as a foreign record)
+    too_expensive = make_event(2).model_copy(update={"cost_usd": Decimal("10000000000")})
     with pytest.raises(RejectedEvents):
         await harness.sink.apply([good, too_expensive])
     assert await harness.rows() == {}
@@ -505,6 +506,7 @@ async def test_postgres_csv_and_binary_copy_store_the_same_values() -> None:
         make_event(3, cost=Decimal("0.00000000015"), latency_ms=0.1 + 0.2, ttft_ms=1e-300),
         make_event(4, cost=None, price_version=None, served_model=None, http_status=None, ttft_ms=None),
         make_event(5, cost=Decimal("-0"), latency_ms=1e300, prompt_tokens=2**31 - 1),
+        make_event(15, created_at=datetime(2026, 3, 1, 14, 0, tzinfo=timezone(timedelta(hours=15, minutes=59)))),
     ]
     # values CSV cannot carry: each sends its batch as binary records
     as_binary = [
@@ -512,8 +514,11 @@ async def test_postgres_csv_and_binary_copy_store_the_same_values() -> None:
         make_event(7, tenant_id="back\\slash"),
         make_event(8, error_code="line\nbreak\ttab"),
         make_event(9, error_code="nul\x00here"),
-        make_event(10, latency_ms=math.nan),
-        make_event(11, ttft_ms=math.inf),
+        make_event(10).model_copy(update={"latency_ms": math.nan}),  # past the schema: the sink's own guard
+        make_event(11).model_copy(update={"ttft_ms": math.inf}),
+        make_event(16, created_at=datetime(2026, 3, 1, 14, 0, tzinfo=timezone(timedelta(hours=16)))),  # text: no
+        make_event(17, created_at=datetime(2026, 3, 1, 14, 0, tzinfo=timezone(-timedelta(hours=23, minutes=59)))),
+        make_event(18, provider_model="nul\x00model", served_model=None, gateway_instance="g\x00"),  # NUL: dropped
         make_event(12, created_at=datetime(2026, 3, 1, 12, 0)),  # noqa: DTZ001 - no offset, on purpose
     ]
     assert csv_rows(as_csv) is not None
@@ -531,11 +536,14 @@ async def test_postgres_csv_and_binary_copy_store_the_same_values() -> None:
         columns = ", ".join(f'"{c}"' for c in COLUMNS)
         stored = {r[0]: _as_stored(tuple(r)) for r in await conn.fetch(f'SELECT {columns} FROM "{schema}"."LLMUsage"')}
         assert stored == {e.event_id: _as_stored(row(e)) for e in as_csv + as_binary[:-1]}
+        nul = stored[as_binary[-2].event_id]
+        assert (nul[COLUMNS.index("providerModel")], nul[COLUMNS.index("gatewayInstance")]) == ("nulmodel", "g")
         assert stored[as_csv[2].event_id][COLUMNS.index("costUsd")] == Decimal("0.0000000002")  # half up
+        # past the schema (which refuses them since): the sink's own guard
         with pytest.raises(RejectedEvents):  # 2**31 tokens: refused whichever way it goes
-            await sink.apply([make_event(13, prompt_tokens=2**31)])
-        with pytest.raises(RejectedEvents):  # the most an event can carry (a BIGINT): not an INTEGER either
-            await sink.apply([make_event(14, prompt_tokens=2**63 - 1)])
+            await sink.apply([make_event(13).model_copy(update={"prompt_tokens": 2**31})])
+        with pytest.raises(RejectedEvents):  # an index row too large (54000): a value, not the server
+            await sink.apply([make_event(14).model_copy(update={"tenant_id": os.urandom(6000).hex()})])
     finally:
         await sink.close()
         await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
