@@ -24,14 +24,17 @@ Events are immutable: a changed event is a copy (``model_copy``), the input is n
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 
-from gateway.events import UsageEvent
+from gateway.events import STORED_MONEY, UsageEvent
 from gateway.pricing.base import PriceBook, Quote
 from gateway.types import Usage
+
+log = logging.getLogger(__name__)
 
 #: decimals of a stored cost (USD): the scale of the stores' cost columns
 COST_DECIMALS = 10
@@ -57,6 +60,13 @@ def quote_models(book: PriceBook, provider: str, models: Sequence[str | None], u
         quote = book.quote(provider, model, usage, at)
         if quote.cost is not None:
             cost = stored_cost(quote.cost)
+            if not -STORED_MONEY < cost < STORED_MONEY:
+                # no store holds it (10**10 USD and more: a price file's slip): unknown, not a
+                # usage event the schema refuses, which failed the call after it happened
+                log.warning(
+                    "%s/%s priced at %s USD, more than any store holds: recorded as unpriced", provider, model, cost
+                )
+                return Quote(None, book.version, "unpriced")
             return quote if cost is quote.cost else replace(quote, cost=cost)
         first = first or quote
     return first or Quote(None, book.version, "unpriced")

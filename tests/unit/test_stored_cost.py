@@ -60,3 +60,17 @@ async def test_a_cost_finer_than_the_stores_is_stored_as_it_was_announced(tmp_pa
     finally:
         await store.close()
     assert total == daily == Decimal("0.0000004126") == sum(costs)
+
+
+def test_a_cost_no_store_holds_is_recorded_as_unpriced_and_the_call_still_has_its_event(tmp_path: Path) -> None:
+    """A price file's slip (a price per token entered as per million): 10**10 USD or more is
+    beyond DECIMAL(20, 10) and NUMERIC(20, 10), and the usage event refuses it; built with it,
+    the recorder raised and the call failed after it happened."""
+    prices = tmp_path / "prices.yaml"
+    prices.write_text(PRICES.replace('output_per_1m: "0.01875"', 'output_per_1m: "30000000000000"'), encoding="utf-8")
+    log = MemoryEventLog()
+    recorder = UsageRecorder(log, load_price_book(prices), clock=lambda: datetime(2026, 3, 1, tzinfo=UTC))
+    ctx = CallContext("req_big", "tenant_a", None, "chat.completions", False, "gpt-4")
+    event = recorder.record(ctx, AttemptFacts(1, "openai", "gpt-4", "success", 10.0, usage=Usage(5, 400)))
+    assert (event.cost_usd, event.billable, event.completion_tokens) == (None, True, 400)
+    assert log.events == [event]
