@@ -15,6 +15,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway import strict_yaml
+from gateway.events import INDEXED_TEXT
 from gateway.health.config import HealthSettings
 
 DEFAULT_PRIORITY = ["openai", "azure", "anthropic", "google", "ollama"]
@@ -26,7 +27,9 @@ class ApiKey(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     key: str = Field(min_length=1)
-    tenant: str = Field(min_length=1)
+    #: at most the longest tenant every store holds (``INDEXED_TEXT``): a longer one made every
+    #: call of the key fail to record its usage event
+    tenant: str = Field(min_length=1, max_length=INDEXED_TEXT)
     admin: bool = False
 
 
@@ -83,7 +86,7 @@ class Settings(BaseSettings):
 
     # --- tenants ------------------------------------------------------------------------------
     #: a tenant id (an empty one billed calls to a tenant no cost query can name)
-    default_tenant: str = Field(default="default", min_length=1, pattern=r"^\S(.*\S)?$")
+    default_tenant: str = Field(default="default", min_length=1, max_length=INDEXED_TEXT, pattern=r"^\S(.*\S)?$")
 
     # --- events ---------------------------------------------------------------------------------
     data_dir: Path = Path(".llm-gateway")

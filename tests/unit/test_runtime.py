@@ -163,6 +163,9 @@ def assert_refused(
         ("request_timeout: 1.0e+300\n", "request_timeout"),  # a call never timed out
         ("retry_attempts: 1000000000\n", "retry_attempts"),
         ("default_tenant: '   '\n", "default_tenant"),
+        # longer than any store's index holds: every call's usage event was refused
+        ("default_tenant: " + "t" * 513 + "\n", "default_tenant"),
+        ("api_keys: [{key: sk-a, tenant: " + "t" * 513 + "}]\n", "api_keys"),
         ("providers: {openai: {base_url: 'https://'}}\n", "with a host"),  # fell back quietly
     ],
 )
