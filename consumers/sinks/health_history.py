@@ -32,7 +32,14 @@ from analytics.store import AnalyticsStore
 from consumers.sinks.base import SinkError, latest_by_id
 from gateway.events import UsageEvent
 from gateway.health.config import HealthSettings
-from gateway.health.transitions import HealthHistoryRow, HealthTransition, history_row, merge_rows, transition_rows
+from gateway.health.transitions import (
+    ALL_MODELS,
+    HealthHistoryRow,
+    HealthTransition,
+    history_row,
+    merge_rows,
+    transition_rows,
+)
 from gateway.health.view import HealthView
 
 TABLE = "provider_health_history"
@@ -145,7 +152,9 @@ class HealthHistorySink:
                 self._add(history_row(name, None, health.stats, health.state, health.circuit))
                 wrote = True
             for model in health.models.values():
-                if model.stats.attempts:
+                # a model named "*" (model names are the clients'): its rows would overwrite the
+                # provider's, which are keyed by that model name (ALL_MODELS); it has none
+                if model.stats.attempts and model.model != ALL_MODELS:
                     self._add(history_row(name, model.model, model.stats, model.state, None))
                     wrote = True
         return wrote

@@ -96,6 +96,8 @@ def transition_rows(transitions: Iterable[HealthTransition]) -> list[HealthHisto
     opening and the state going down) merge into one row, reasons joined, the last state wins."""
     rows: dict[tuple[str, str, datetime], HealthHistoryRow] = {}
     for t in transitions:
+        if t.model == ALL_MODELS:
+            continue  # a model named "*" (a client's): its rows would overwrite the provider's
         stats = t.stats if t.stats.window_end == t.at else replace(t.stats, window_end=t.at)
         row = history_row(t.provider, t.model, stats, t.state, t.circuit, t.describe())
         rows[row.key] = merge_rows(rows.get(row.key), row)

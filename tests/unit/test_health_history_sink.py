@@ -101,6 +101,23 @@ async def test_rows_for_transitions_and_snapshots(store: AnalyticsStore) -> None
     assert by_key[("openai", "*", at(120))][7:9] == (120.0, 120.0)
 
 
+async def test_a_model_named_like_the_providers_rows_leaves_them_as_they_are(store: AnalyticsStore) -> None:
+    """Model names are the clients': a model named "*" wrote its rows under the provider's key,
+    which then showed no open circuit (a review)."""
+
+    def star(e: UsageEvent) -> UsageEvent:
+        return e.model_copy(update={"requested_model": "*", "provider_model": "*"})
+
+    sink, control = HealthHistorySink(store), HealthHistorySink(store)
+    await sink.start()
+    await sink.apply([star(e) for e in EVENTS])
+    starred = await history(store)
+    await store.run(lambda conn: conn.execute(f"DELETE FROM {TABLE}"))
+    await control.apply([e.model_copy(update={"event_id": e.event_id + "-c"}) for e in EVENTS])
+    provider_rows = [r for r in await history(store) if r[1] == "*"]
+    assert starred == provider_rows  # the provider's rows, exactly; the "*" model has none
+
+
 async def test_a_quiet_spell_behind_an_open_circuit_writes_a_window_of_rows_not_one_per_boundary(
     store: AnalyticsStore,
 ) -> None:
