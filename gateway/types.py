@@ -150,7 +150,8 @@ class ChatRequest:
         return "\n\n".join(parts) if parts else None
 
 
-#: the largest token count anything stores (a BIGINT in DuckDB and Postgres)
+#: a BIGINT: the bound of an upstream's counts this module reads (what the stores hold is less:
+#: ``gateway.events.STORED_INT``; a count past PLAUSIBLE_TOKENS is usage unknown before that)
 MAX_TOKENS = 2**63 - 1
 #: the largest count taken from an upstream: a prompt and a completion count add up to a total
 MAX_UPSTREAM_TOKENS = MAX_TOKENS // 2
