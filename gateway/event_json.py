@@ -38,11 +38,11 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import annotated_types
 import msgspec
 
-from gateway.events import LATEST, SCHEMA_VERSION, STORED_MONEY, UsageEvent
+from gateway.events import LATEST, MONEY_BOUND, SCHEMA_VERSION, UsageEvent
 
-#: money as ``UsageEvent.to_json`` writes it (``format(value, "f")``), under STORED_MONEY (10
-#: digits before the point): anything else is left to pydantic (an exponent, ``NaN``, spaces, a
-#: ``+``, a larger amount: what it accepts or refuses)
+#: money as ``UsageEvent.to_json`` writes it (``format(value, "f")``), 10 digits before the
+#: point at most (then checked against MONEY_BOUND): anything else is left to pydantic (an
+#: exponent, ``NaN``, spaces, a ``+``, a larger amount: what it accepts or refuses)
 _MONEY = re.compile(r"-?[0-9]{1,10}(?:\.[0-9]{1,30})?")
 _ALL_SET = set(UsageEvent.model_fields)
 #: a time as the gateway writes it (UTC, ``Z``, at most 6 decimals), which pydantic and
@@ -115,7 +115,7 @@ _FLOAT_FIELDS = tuple(n for n, f in UsageEvent.model_fields.items() if float in 
 if (_TIME_FIELDS, _MONEY_FIELDS, _BELOW, _FLOAT_FIELDS) != (
     ("created_at",),
     ("cost_usd",),
-    {"created_at Lt": LATEST, "cost_usd Gt": -STORED_MONEY, "cost_usd Lt": STORED_MONEY},
+    {"created_at Lt": LATEST, "cost_usd Gt": -MONEY_BOUND, "cost_usd Lt": MONEY_BOUND},
     ("latency_ms", "ttft_ms"),
 ):
     raise TypeError("gateway.event_json reads created_at, cost_usd, latency_ms and ttft_ms by name: teach it")
@@ -160,7 +160,9 @@ def decode_fast(raw: bytes | str) -> UsageEvent | None:
     if (cost := fields["cost_usd"]) is not None:
         if _money(cost) is None:
             return None
-        fields["cost_usd"] = Decimal(cost)
+        money = fields["cost_usd"] = Decimal(cost)
+        if not -MONEY_BOUND < money < MONEY_BOUND:  # 10 digits before the point, yet 10**10 rounded
+            return None
     event: UsageEvent = _new(UsageEvent)
     _set(event, "__dict__", fields)
     # the record named every field (the struct requires them all); a set of its own, which

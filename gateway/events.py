@@ -29,8 +29,11 @@ LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 #: input", which the projector took for an unavailable store, paused for good; a total of 2**63 - 1
 #: was stored and then overflowed its day's rollup, so DuckDB refused every later event of the day
 STORED_INT = 2**31 - 1
-#: money every store holds: NUMERIC(20, 10) / DECIMAL(20, 10), under 10**10 USD either way
+#: money every store holds: NUMERIC(20, 10) / DECIMAL(20, 10), under 10**10 USD either way,
+#: after both round it half up to 10 decimals (9999999999.99999999995 became 10**10 and was
+#: refused by each store, after the health history had counted it)
 STORED_MONEY = Decimal(10**10)
+MONEY_BOUND = STORED_MONEY - Decimal("0.00000000005")
 #: the longest text of a column Postgres indexes (ids, tenant): a b-tree row holds 2,704 bytes,
 #: 4 per character at most. A longer id was refused as "index row size exceeds", which the
 #: projector took for an unavailable store, paused for good (the gateway writes ids of 36 to 40
@@ -100,7 +103,7 @@ class UsageEvent(BaseModel):
     total_tokens: int = Field(default=0, ge=-STORED_INT, le=STORED_INT)
     #: exact USD; None means unpriced (no price known at call time), never "free"; under
     #: STORED_MONEY (a larger one stopped the replay, whose diff rounds it to the stores' scale)
-    cost_usd: Decimal | None = Field(default=None, gt=-STORED_MONEY, lt=STORED_MONEY)
+    cost_usd: Decimal | None = Field(default=None, gt=-MONEY_BOUND, lt=MONEY_BOUND)
     price_version: str | None = None
     #: whether the provider bills this attempt (it produced tokens)
     billable: bool = False

@@ -438,6 +438,9 @@ _UNSTORABLE = [
     (b'"latency_ms":10.0', b'"latency_ms":"Infinity"', "latency_ms"),
     (b'"cost_usd":"0.0000025"', b'"cost_usd":"1E+30"', "cost_usd"),  # replay: InvalidOperation
     (b'"cost_usd":"0.0000025"', b'"cost_usd":"12345678901234567890.5"', "cost_usd"),
+    # 10 digits before the point, and 10**10 once rounded to the stores' 10 decimals (a re-test)
+    (b'"cost_usd":"0.0000025"', b'"cost_usd":"9999999999.99999999995"', "cost_usd"),
+    (b'"cost_usd":"0.0000025"', b'"cost_usd":"-9999999999.99999999999"', "cost_usd"),
 ]
 
 
