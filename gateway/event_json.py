@@ -48,7 +48,7 @@ _ALL_SET = set(UsageEvent.model_fields)
 #: a time as the gateway writes it (UTC, ``Z``, at most 6 decimals), which pydantic and
 #: ``datetime.fromisoformat`` read alike; anything else is left to pydantic (msgspec's own reader
 #: rounds a 7th decimal where pydantic drops it; another offset names its zone otherwise)
-_TIME = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?Z\Z")
+_TIME = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?Z\Z"
 _SCALARS = (int, str, bool, float, type(None))
 
 
@@ -58,7 +58,7 @@ def _wire_type(annotation: Any) -> Any:
     if annotation is Decimal:
         return str
     if annotation is datetime:
-        return Annotated[str, msgspec.Meta(pattern=_TIME.pattern)]
+        return Annotated[str, msgspec.Meta(pattern=_TIME)]
     if get_origin(annotation) in (Union, types.UnionType):
         return Union[tuple(_wire_type(arg) for arg in get_args(annotation))]  # noqa: UP007 - built from a tuple
     if get_origin(annotation) is Literal and all(isinstance(arg, str) for arg in get_args(annotation)):
@@ -75,12 +75,12 @@ def _bounded(kind: Any, meta: msgspec.Meta) -> Any:
     return Annotated[kind, meta]
 
 
-def _struct() -> tuple[type[msgspec.Struct], dict[str, Any], tuple[str, ...], tuple[str, ...]]:
+def _struct() -> tuple[type[msgspec.Struct], dict[tuple[str, str], Any], tuple[str, ...], tuple[str, ...]]:
     """The struct of ``UsageEvent``'s fields (in its order), the bounds left to check after
     decoding (``Gt``, ``Lt``, ``allow_inf_nan``: checked below by name), and the money and time
     fields."""
     specs: list[tuple[str, Any]] = []
-    below: dict[str, Any] = {}
+    below: dict[tuple[str, str], Any] = {}
     for name, field in UsageEvent.model_fields.items():
         kind = _wire_type(field.annotation)
         bounds: dict[str, Any] = {}
@@ -91,9 +91,11 @@ def _struct() -> tuple[type[msgspec.Struct], dict[str, Any], tuple[str, ...], tu
                 bounds["le"] = rule.le
             elif isinstance(rule, annotated_types.MaxLen):
                 bounds["max_length"] = rule.max_length
-            elif isinstance(rule, annotated_types.Lt | annotated_types.Gt):
-                below[f"{name} {type(rule).__name__}"] = rule.lt if isinstance(rule, annotated_types.Lt) else rule.gt
-            elif type(rule).__name__ == "_PydanticGeneralMetadata" and rule.__dict__ == {"allow_inf_nan": False}:
+            elif isinstance(rule, annotated_types.Lt):
+                below[name, "lt"] = rule.lt
+            elif isinstance(rule, annotated_types.Gt):
+                below[name, "gt"] = rule.gt
+            elif getattr(rule, "__dict__", None) == {"allow_inf_nan": False}:
                 pass  # the floats' bounds below leave out NaN and the infinities
             else:
                 raise TypeError(f"gateway.event_json cannot check {rule!r} on UsageEvent.{name}: teach it")
@@ -115,7 +117,7 @@ _FLOAT_FIELDS = tuple(n for n, f in UsageEvent.model_fields.items() if float in 
 if (_TIME_FIELDS, _MONEY_FIELDS, _BELOW, _FLOAT_FIELDS) != (
     ("created_at",),
     ("cost_usd",),
-    {"created_at Lt": LATEST, "cost_usd Gt": -MONEY_BOUND, "cost_usd Lt": MONEY_BOUND},
+    {("created_at", "lt"): LATEST, ("cost_usd", "gt"): -MONEY_BOUND, ("cost_usd", "lt"): MONEY_BOUND},
     ("latency_ms", "ttft_ms"),
 ):
     raise TypeError("gateway.event_json reads created_at, cost_usd, latency_ms and ttft_ms by name: teach it")
