@@ -136,10 +136,11 @@ _SURELY_BEFORE_LATEST = (LATEST - timedelta(days=1)).date().isoformat()
 def decode_fast(raw: bytes | str) -> UsageEvent | None:
     """The event, or None when this reader cannot vouch for the record (then ``from_json``)."""
     if raw.__class__ is bytes:
-        if b"\\u" in raw and (b"\\ud" in raw or b"\\uD" in raw or b"\\u0000" in raw):
+        # one byte first: memchr; a two-byte needle is scanned byte by byte (0.7 µs a record)
+        if b"\\" in raw and b"\\u" in raw and (b"\\ud" in raw or b"\\uD" in raw or b"\\u0000" in raw):
             return None  # a surrogate or NUL escape: from_json refuses a lone one, a NUL in a key
     elif raw.__class__ is str:
-        if "\\u" in raw and ("\\ud" in raw or "\\uD" in raw or "\\u0000" in raw):
+        if "\\" in raw and "\\u" in raw and ("\\ud" in raw or "\\uD" in raw or "\\u0000" in raw):
             return None
     else:
         return None
