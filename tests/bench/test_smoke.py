@@ -50,6 +50,19 @@ def test_sustained_memory_smoke_run() -> None:
     assert int(cells[1].replace(",", "")) > 0 and float(cells[7]) > 0, row
 
 
+def test_memory_floor_smoke_run() -> None:
+    """The memory floor bench measures DuckDB's steps in a child process, then both serve modes
+    under wrk: each step holds more than the one before, and the floor adds DuckDB's share."""
+    if not servers.wrk_available():
+        servers.install_tools(litellm=False)
+    done = smoke_run("memory_floor", timeout=120)
+    steps = [line.split("|") for line in done.stdout.splitlines() if line.startswith("| +")]
+    peaks = [float(cells[5]) for cells in steps if len(cells) == 7]  # step, 4 figures: VmHWM last
+    assert len(peaks) == 5 and peaks == sorted(peaks), done.stdout
+    row = next(line for line in done.stdout.splitlines() if line.startswith("| = floor"))
+    assert float(row.split("|")[2]) > peaks[0] > 0, row
+
+
 def test_request_path_smoke_run() -> None:
     """The in-process request path runs the real app end to end (a failing call raises)."""
     done = smoke_run("request_path", timeout=120)
