@@ -89,6 +89,10 @@ class KafkaEventLog:
         #: says so). A gateway whose clock ran 2 h ahead, then corrected, left its spool stuck
         #: behind such records for good.
         self._stamp_now = False
+        #: (first seq, last seq, rows) that Kafka acknowledged, deleted from the spool in the same
+        #: worker-thread call as the next read: one thread hop per forward instead of two (at
+        #: concurrency 1 every call is forwarded alone, on the loop the next call waits for)
+        self._acked: tuple[int, int, int] | None = None
 
     # --- EventLog --------------------------------------------------------------------------------
     def publish(self, event: UsageEvent) -> None:
@@ -109,7 +113,8 @@ class KafkaEventLog:
     def pending(self) -> int:
         """Events not yet acknowledged by Kafka: in the spool, staged for it, or held in memory
         while the spool's file refuses them (a full disk)."""
-        return self._spool.count() + self._staged.staged() + self._spool.held()
+        acked = self._acked[2] if self._acked is not None else 0
+        return self._spool.count() - acked + self._staged.staged() + self._spool.held()
 
     async def start(self) -> None:
         if self._forwarder is not None:
@@ -141,6 +146,8 @@ class KafkaEventLog:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._forwarder
             self._forwarder = None
+        if self._acked is not None:
+            await asyncio.to_thread(self._delete_acked)
         if self._producer is not None:
             producer, self._producer = self._producer, None
             await stop_producer(producer, max(deadline - loop.time(), 0.5))
@@ -208,7 +215,7 @@ class KafkaEventLog:
     async def _forward_once(self, producer: AIOKafkaProducer) -> bool:
         """Send the oldest spooled events, wait for the acknowledgements, delete what Kafka
         acknowledged. False if the spool was empty."""
-        rows = await asyncio.to_thread(self._spool.read_after, 0, self._forward_batch)
+        rows = await asyncio.to_thread(self._delete_acked_then_read)
         if not rows:
             return False
         batches = self._batches(producer, rows, sorted(await producer.partitions_for(self.topic)))
@@ -223,7 +230,7 @@ class KafkaEventLog:
         results = await self._acknowledgements(futures)
         failure = send_error or next((r for r in results if isinstance(r, Exception)), None)
         if failure is None:
-            await asyncio.to_thread(self._spool.delete_range, rows[0][0], rows[-1][0])
+            self._acked = (rows[0][0], rows[-1][0], len(rows))  # deleted with the next read
         else:
             acked = sorted(
                 seq
@@ -236,6 +243,16 @@ class KafkaEventLog:
             raise failure
         self._note_up()
         return True
+
+    def _delete_acked(self) -> None:
+        """Delete what Kafka acknowledged from the spool (a worker thread)."""
+        if (acked := self._acked) is not None:
+            self._acked = None  # first: pending() counts the rows until they are gone, as before
+            self._spool.delete_range(acked[0], acked[1])
+
+    def _delete_acked_then_read(self) -> list[Row]:
+        self._delete_acked()
+        return self._spool.read_after(0, self._forward_batch)
 
     def _batches(
         self, producer: AIOKafkaProducer, rows: Sequence[Row], partitions: list[int]

@@ -176,6 +176,42 @@ async def test_close_with_the_broker_down_keeps_the_spool_for_the_next_start(
     assert_exactly_once_in_order(await read_all(kafka_bootstrap, topic, len(published)), published)
 
 
+async def test_what_kafka_acknowledged_is_never_sent_again_even_when_close_cuts_the_forwarder_short(
+    kafka_bootstrap: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The spool's rows are deleted once Kafka acknowledges them (with the forwarder's next read,
+    or by ``close`` when it cancels the forwarder in between): a successor on the same spool
+    must find nothing to send again."""
+    topic = new_topic()
+    spool = tmp_path / "spool.sqlite3"
+    log = new_log(kafka_bootstrap, topic, spool)
+    forward_once = log._forward_once
+    forwarded = asyncio.Event()
+
+    async def then_stall(producer: object) -> bool:  # the forwarder held between two forwards
+        sent = await forward_once(producer)  # type: ignore[arg-type]
+        if sent:
+            forwarded.set()
+            await asyncio.Event().wait()  # until close() cancels it
+        return sent
+
+    monkeypatch.setattr(log, "_forward_once", then_stall)
+    await log.start()
+    events = [make_event(i) for i in range(40)]
+    for event in events:
+        log.publish(event)
+    async with asyncio.timeout(30):
+        await forwarded.wait()
+    assert log.pending() == 0  # acknowledged: not pending, though its rows are still on the spool
+    await log.close(timeout=0.5)
+
+    successor = new_log(kafka_bootstrap, topic, spool)
+    assert successor.pending() == 0
+    await successor.start()
+    await successor.close()
+    assert_exactly_once_in_order(await read_all(kafka_bootstrap, topic, len(events)), events)
+
+
 async def test_dead_letters_go_to_the_dlq_topic_with_reason_and_position(kafka_bootstrap: str) -> None:
     topic = new_topic()
     letters = KafkaDeadLetters(kafka_bootstrap, topic)
