@@ -55,12 +55,9 @@ from uuid import UUID
 
 import duckdb
 
+from analytics.sql_limits import DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT, MAX_ROWS_LIMIT, MAX_TIMEOUT
 from analytics.store import AnalyticsStore
 
-DEFAULT_MAX_ROWS = 1_000
-MAX_ROWS_LIMIT = 100_000
-DEFAULT_TIMEOUT = 30.0
-MAX_TIMEOUT = 300.0
 #: the most text a result may hold (its values' characters, about its JSON size)
 MAX_RESULT_BYTES = 64 * 1024 * 1024
 #: analytics queries one process runs at once (each gets a DuckDB connection of its own)

@@ -14,11 +14,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from analytics.owner import OWNER_HINT, owner_urls
-from analytics.sql import DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT, MAX_ROWS_LIMIT, MAX_TIMEOUT, SqlResult, cell_text
+from analytics.sql_limits import DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT, MAX_ROWS_LIMIT, MAX_TIMEOUT
 from gateway.settings import Settings
+
+if TYPE_CHECKING:  # analytics.sql imports DuckDB: only when the command runs
+    from analytics.sql import SqlResult
 
 #: table cells longer than this are cut (CSV and JSON are never cut)
 MAX_CELL = 80
@@ -53,6 +56,8 @@ class _Unreachable(Exception):
 
 async def _from_service(url: str, args: argparse.Namespace, api_key: str | None) -> SqlResult:
     import aiohttp
+
+    from analytics.sql import SqlResult
 
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     body = {"sql": args.query, "maxRows": args.max_rows, "timeoutSeconds": args.timeout, "format": "json"}
@@ -93,6 +98,8 @@ async def _from_file(settings: Settings, args: argparse.Namespace) -> SqlResult:
 
 
 def render_table(result: SqlResult) -> str:
+    from analytics.sql import cell_text
+
     names = [c.name for c in result.columns]
     cells = [[_cut(cell_text(v)) for v in row] for row in result.rows]
     widths = [max([len(name), *(len(row[i]) for row in cells)]) for i, name in enumerate(names)]

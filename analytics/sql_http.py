@@ -24,14 +24,8 @@ from typing import Any
 from aiohttp import web
 
 from analytics.http import AUTH, STORE
-from analytics.sql import (
-    DEFAULT_MAX_ROWS,
-    DEFAULT_TIMEOUT,
-    MAX_ROWS_LIMIT,
-    MAX_TIMEOUT,
-    SqlError,
-    SqlService,
-)
+from analytics.sql import SqlError, SqlService
+from analytics.sql_limits import DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT, MAX_ROWS_LIMIT, MAX_TIMEOUT
 from analytics.store import StoreError
 from gateway.errors import GatewayError, InvalidRequest, PermissionDenied
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import sys
 import time
 from decimal import Decimal
@@ -90,6 +91,31 @@ def test_where_serve_projects(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert not projects(project=False) and projects(project=True, **kafka)
     monkeypatch.setenv("LLM_GATEWAY_PROJECT", "false")
     assert Settings(_env_file=None).project is False and not projects()  # type: ignore[call-arg]
+
+
+def test_serve_without_its_projector_loads_no_duckdb(tmp_path: Path) -> None:
+    """``serve --no-project`` (and Kafka mode) runs with DuckDB's library not even imported: its
+    13 MB were in every gateway process, through the ``sql`` command's parser."""
+    script = (
+        "import asyncio, sys\n"
+        "from aiohttp import web\n"
+        "from gateway.app import create_app\n"
+        "from gateway.cli import build_parser\n"
+        "from gateway.server import server_installers\n"
+        "from gateway.settings import Settings\n"
+        "assert build_parser().parse_args(['serve', '--no-project']).project is False\n"
+        "async def main():\n"
+        "    for settings in (Settings(data_dir=sys.argv[1], project=False, _env_file=None),\n"
+        "                     Settings(data_dir=sys.argv[1], kafka_bootstrap_servers='127.0.0.1:9', _env_file=None)):\n"
+        "        runner = web.AppRunner(create_app(settings, installers=server_installers(settings)))\n"
+        "        await runner.setup()\n"
+        "        await runner.cleanup()\n"
+        "asyncio.run(main())\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'duckdb'))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stdout
 
 
 async def test_serve_without_its_projector_leaves_the_cost_store_to_a_consume_process(tmp_path: Path) -> None:
