@@ -64,7 +64,10 @@ def child(batches: int) -> None:
     """The embedded ``serve``'s steps, in this process, one at a time (``--child``)."""
     _step("python")
     import gateway.server  # noqa: F401 - what `serve --no-project` runs: no DuckDB in it
+    from gateway.cli import build_parser
     from tests.bench import eventgen
+
+    build_parser()  # with every command's parser, as `llm-gateway serve` builds it
 
     if "duckdb" in sys.modules:
         raise SystemExit("the gateway's modules import duckdb: the steps below would not measure it")
@@ -180,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             server = servers.start_gateway(name, upstream, log_dir, project=project)
             try:
                 peaks[name] = sustain(server, name, seconds).peak_mb
+                if not project and "duckdb" in Path(f"/proc/{server.pid}/maps").read_text():
+                    raise SystemExit("serve --no-project has DuckDB loaded: the floor would count it twice")
             finally:
                 server.stop()
     print(report(steps, peaks["gateway-noproj"], peaks["gateway"], seconds))
