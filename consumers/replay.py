@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
@@ -83,21 +84,45 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "KeyDiff",
+    "PendingRebuild",
     "ProgressBar",
     "ReplayError",
     "ReplayOptions",
     "ReplayReport",
     "Replayer",
     "decode",
+    "pending_rebuild",
     "render_report",
     "store_money",
 ]
 
 REFERENCE_SINK = "duckdb"
+#: the marker of a full rebuild in progress (analytics/migrations/0007_rebuild_pending.sql)
+REBUILD_TABLE = "rebuild_pending"
 HEALTH_SINK = "health_history"
 
 Progress = Callable[[int, int], None]
 Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRebuild:
+    """A full rebuild that began and has not ended: the stores miss part of the log."""
+
+    started_at: datetime
+    reprice: bool
+    prices_document: dict[str, Any] | None
+
+    def options(self) -> ReplayOptions:
+        return ReplayOptions(full=True, reprice=self.reprice)
+
+
+async def pending_rebuild(store: AnalyticsStore) -> PendingRebuild | None:
+    rows = await store.fetchall(f"SELECT started_at, reprice, prices FROM {REBUILD_TABLE} LIMIT 1")
+    if not rows:
+        return None
+    started_at, reprice, prices = rows[0]
+    return PendingRebuild(started_at, bool(reprice), None if prices is None else json.loads(prices))
 
 
 class ReplayError(Exception):
@@ -166,7 +191,11 @@ class Replayer:
         retries: int = 4,
         retry_initial: float = 0.5,
         sleep: Sleep = asyncio.sleep,
+        prices_document: dict[str, Any] | None = None,
     ) -> None:
+        """``prices_document``: the price file ``price_book`` was read from, as a document
+        (``consumers.replay_http.price_document``), when it is not the configured one: a full
+        rebuild cut short is run again with it (see :data:`REBUILD_TABLE`)."""
         self.source = source
         self.store = store
         self.sinks = list(sinks)
@@ -178,6 +207,7 @@ class Replayer:
         self.retries = retries
         self.retry_initial = retry_initial
         self._sleep = sleep
+        self.prices_document = prices_document
         self._table = "usage_facts"
         #: the table compared with was empty when the replay began: every event is new to it,
         #: so no batch is looked up (a first replay into a fresh store)
@@ -206,6 +236,7 @@ class Replayer:
                 await sink.start()
             if options.full and not options.dry_run:
                 snapshot = await self._snapshot()
+                await self._mark_rebuild(options)  # before anything is emptied
                 for sink in sinks:
                     await self._retrying(sink, sink.reset)
                 # the range ends where the log ends now that the stores are empty: an event a
@@ -219,6 +250,14 @@ class Replayer:
             await self._replay(report, options, sinks)
             if snapshot is not None:
                 await self._removed(report, snapshot)
+            if options.full and not options.dry_run:
+                await self.store.run(lambda conn: conn.execute(f"DELETE FROM {REBUILD_TABLE}"))
+            elif (pending := await pending_rebuild(self.store)) is not None:
+                report.warnings.append(
+                    f"a full rebuild (replay --full) begun {pending.started_at.isoformat()} was cut short: the "
+                    "stores miss part of the log until it runs again (the gateway or consumer that owns them "
+                    "runs it when it starts; or run replay --full)"
+                )
         except ReplayRangeError as e:
             raise ReplayError(str(e)) from e
         except (SinkError, duckdb.Error, OSError, TimeoutError) as e:
@@ -253,6 +292,17 @@ class Replayer:
                 f"could not tell whether the projector group {self.live_group!r} covered the replayed range"
             )
         report.live_behind = behind or 0
+
+    async def _mark_rebuild(self, options: ReplayOptions) -> None:
+        document = None if self.prices_document is None else json.dumps(self.prices_document)
+
+        def mark(conn: duckdb.DuckDBPyConnection) -> None:
+            conn.execute("BEGIN")
+            conn.execute(f"DELETE FROM {REBUILD_TABLE}")
+            conn.execute(f"INSERT INTO {REBUILD_TABLE} VALUES (now(), ?, ?)", [options.reprice, document])
+            conn.execute("COMMIT")
+
+        await self.store.run(mark)
 
     async def _is_empty(self, table: str) -> bool:
         rows = await self.store.fetchall(f"SELECT NOT EXISTS (SELECT 1 FROM {table})")

@@ -149,6 +149,7 @@ async def via_service(url: str, options: Any, prices: Any, api_key: str | None, 
 
     headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
     timeout = aiohttp.ClientTimeout(total=None, connect=5, sock_read=300)
+    started = False  # the service took the replay: from then on, going away is not "nobody there"
     try:
         async with (
             aiohttp.ClientSession(timeout=timeout) as session,
@@ -158,6 +159,7 @@ async def via_service(url: str, options: Any, prices: Any, api_key: str | None, 
         ):
             if response.status == 404:
                 return None
+            started = response.status == 200
             if response.status != 200:
                 body = await response.json(content_type=None)
                 message = body.get("error", {}).get("message") if isinstance(body, dict) else body
@@ -174,8 +176,15 @@ async def via_service(url: str, options: Any, prices: Any, api_key: str | None, 
                 elif line.get("type") == "error":
                     raise ReplayFailed(str(line.get("message")))
             raise ReplayFailed(f"{url} ended the replay stream without a result")
-    except (aiohttp.ClientConnectionError, TimeoutError):
-        return None
+    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as e:
+        if not started:
+            return None  # nobody there: the caller replays in-process
+        # the service went away mid-replay (a restart, a crash): replaying here now would fight it
+        # for the store as it comes back; a full rebuild it began runs again when it starts
+        again = " (it runs the full rebuild again when it starts)" if options.full else ""
+        raise ReplayFailed(
+            f"the replay at {url} was cut short: {type(e).__name__}: {e}; run it again once {url} answers{again}"
+        ) from e
 
 
 async def in_process(
@@ -192,6 +201,7 @@ async def in_process(
     from analytics.store import AnalyticsStore, StoreError
     from consumers.pipeline import analytics_path, build_sinks
     from consumers.replay import Replayer, ReplayError
+    from consumers.replay_http import price_document
     from consumers.replay_sources import build_replay_source
     from gateway.pricing.base import PriceBook
     from gateway.pricing.book import CompositePriceBook, load_price_book
@@ -227,6 +237,7 @@ async def in_process(
             price_book=book,
             progress=progress,
             live_group=live_group,
+            prices_document=None if prices is None else price_document(prices),
         )
         return (await replayer.run(options)).to_dict()
     except ReplayError as e:

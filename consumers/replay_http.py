@@ -25,18 +25,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
 from analytics.store import AnalyticsStore
-from consumers.replay import Replayer, ReplayError, ReplayOptions
+from consumers.replay import PendingRebuild, Replayer, ReplayError, ReplayOptions, pending_rebuild
 from gateway.api.auth import Authenticator
 from gateway.errors import GatewayError, InvalidRequest, PermissionDenied
 from gateway.pricing.base import PriceBook
 from gateway.pricing.pricefile import PriceFile, PriceFileError, parse_price_file
 from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
 
 ROUTE = "/v1/admin/replay"
 NDJSON = "application/x-ndjson"
@@ -57,6 +60,25 @@ class ReplayService:
     live_group: str
     wait_for_live: float = 30.0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: a full rebuild found cut short at start, run again (see :func:`resume_rebuild`)
+    resuming: asyncio.Task[None] | None = None
+
+    def replayer(
+        self, book: PriceBook | None, prices_document: dict[str, Any] | None, progress: Any = None
+    ) -> Replayer:
+        from consumers.pipeline import build_sinks
+        from consumers.replay_sources import build_replay_source
+
+        return Replayer(
+            build_replay_source(self.settings),
+            self.store,
+            build_sinks(self.settings, self.store),
+            price_book=book,
+            progress=progress,
+            live_group=self.live_group,
+            wait_for_live=self.wait_for_live,
+            prices_document=prices_document,
+        )
 
 
 REPLAY: web.AppKey[ReplayService] = web.AppKey("replay_service", ReplayService)
@@ -75,6 +97,50 @@ def install_replay(
     projector of ``live_group`` (the replay waits for it to cover the range first)."""
     app[REPLAY] = ReplayService(settings, store, auth, live_group, wait_for_live)
     app.router.add_post(ROUTE, replay_handler)
+    # on_startup handlers run after the cleanup contexts have started (the store is open)
+    app.on_startup.append(resume_rebuild)
+    app.on_shutdown.append(_stop_resuming)
+
+
+async def resume_rebuild(app: web.Application) -> None:
+    """Run again, in the background, a full rebuild that this store says was cut short (the
+    process that ran it died after the stores were emptied): until it ends they miss part of the
+    log, and the live projector, past it already, would never bring it back."""
+    service = app[REPLAY]
+    pending = await pending_rebuild(service.store)
+    if pending is not None:
+        log.warning(
+            "a full rebuild of the stores (replay --full) begun %s was cut short: they miss part of the "
+            "log; running it again now",
+            pending.started_at.isoformat(),
+        )
+        service.resuming = asyncio.create_task(_resume(service, pending), name="rebuild-resume")
+
+
+async def _resume(service: ReplayService, pending: PendingRebuild) -> None:
+    try:
+        book: PriceBook | None = None
+        if pending.reprice:
+            if pending.prices_document is not None:
+                book = book_from_document(pending.prices_document)
+            else:
+                from gateway.pricing.book import load_price_book
+
+                book = load_price_book(service.settings.price_file)
+        async with service.lock:
+            report = await service.replayer(book, pending.prices_document).run(pending.options())
+    except (ReplayError, PriceFileError) as e:
+        log.error("the interrupted full rebuild failed again (%s); it runs again at the next start", e)
+    else:
+        log.info("the interrupted full rebuild is done: %d events in the stores again", report.events_applied)
+
+
+async def _stop_resuming(app: web.Application) -> None:
+    task = app[REPLAY].resuming
+    if task is not None and not task.done():
+        task.cancel()  # the marker stays: the next start runs it again
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 # --- the price file as a request document ---------------------------------------------------------
@@ -182,15 +248,17 @@ async def replay_handler(request: web.Request) -> web.StreamResponse:
     if lock.locked():
         raise ReplayBusy("a replay is already running in this process")
     async with lock:
-        return await _stream(request, service, options, book)
+        document = body["prices"] if options.reprice and isinstance(body.get("prices"), dict) else None
+        return await _stream(request, service, options, book, document)
 
 
 async def _stream(
-    request: web.Request, service: ReplayService, options: ReplayOptions, book: PriceBook | None
+    request: web.Request,
+    service: ReplayService,
+    options: ReplayOptions,
+    book: PriceBook | None,
+    document: dict[str, Any] | None,
 ) -> web.StreamResponse:
-    from consumers.pipeline import build_sinks
-    from consumers.replay_sources import build_replay_source
-
     response = web.StreamResponse(headers={"content-type": NDJSON, "cache-control": "no-store"})
     await response.prepare(request)
     state = {"done": 0, "total": 0}
@@ -203,15 +271,7 @@ async def _stream(
             await asyncio.sleep(PROGRESS_INTERVAL)
             await _line(response, {"type": "progress", **state})
 
-    replayer = Replayer(
-        build_replay_source(service.settings),
-        service.store,
-        build_sinks(service.settings, service.store),
-        price_book=book,
-        progress=progress,
-        live_group=service.live_group,
-        wait_for_live=service.wait_for_live,
-    )
+    replayer = service.replayer(book, document, progress)
     ticker = asyncio.create_task(tick(), name="replay-progress")
     try:
         report = await replayer.run(options)

@@ -29,8 +29,8 @@ from aiohttp import web
 from analytics.store import AnalyticsStore
 from consumers.pipeline import DEFAULT_GROUP, analytics_path, build_pipeline
 from consumers.replay import ReplayOptions
-from consumers.replay_command import in_process, via_service
-from consumers.replay_http import install_replay
+from consumers.replay_command import ReplayFailed, in_process, via_service
+from consumers.replay_http import REPLAY, install_replay
 from gateway.api.auth import Authenticator
 from gateway.api.middleware import error_middleware
 from gateway.cli import build_parser
@@ -265,6 +265,97 @@ async def test_the_service_replays_next_to_its_live_projector(
         ) as r:
             assert r.status == 400
             assert "'full'" in (await r.json())["error"]["message"]  # the body's word for it
+
+
+async def serve_store(settings: Settings) -> tuple[web.AppRunner, Any]:
+    """The store's owner as ``serve`` and ``consume`` run it: the live projector and the replay
+    service, started."""
+    pipeline = build_pipeline(settings)
+    app = web.Application(middlewares=[error_middleware])
+    install_replay(app, settings, pipeline.store, Authenticator([], "default"), live_group=DEFAULT_GROUP)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        async with pipeline.running():
+            yield
+
+    app.cleanup_ctx.append(lifecycle)
+    runner, _ = await start_app(app)
+    return runner, pipeline
+
+
+async def test_a_full_rebuild_cut_short_is_run_again_by_the_stores_owner_when_it_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``replay --full`` empties the stores, then writes the log back; killed in between, it left
+    them missing most of history for good (the live projector is past those events) while
+    ``/healthz`` said ok. Its marker makes the process that owns the stores run it again, with
+    the prices it was given."""
+    settings = settings_for(tmp_path)
+    await record(SqliteEventLog(embedded_log_path(settings)))
+    await project(settings)
+    prices = load_price_file(write_prices(tmp_path))
+    emptied = asyncio.Event()
+
+    async def killed_while_writing(self: Any, *args: Any) -> None:
+        emptied.set()
+        await asyncio.Event().wait()  # the process dies here
+
+    with monkeypatch.context() as patched:
+        patched.setattr("consumers.replay.Replayer._replay", killed_while_writing)
+        cut = asyncio.create_task(
+            in_process(settings, ReplayOptions(full=True, reprice=True), prices, None, live_group=None)
+        )
+        async with asyncio.timeout(20):
+            await emptied.wait()
+        cut.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cut
+    summary, _ = await read_file_store(settings)
+    assert summary == {}  # emptied, and nothing written back
+
+    # a replay that is not a rebuild says the stores are short (and leaves it to the owner)
+    report = await in_process(settings, ReplayOptions(), None, None, live_group=None)
+    assert any("cut short" in w for w in report["warnings"]), report["warnings"]
+
+    runner, pipeline = await serve_store(settings)
+    try:
+        async with asyncio.timeout(30):
+            while await pipeline.store.fetchall("SELECT * FROM rebuild_pending"):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        assert await costs(pipeline.store) == REPRICED  # the whole log, costed with the given prices
+    finally:
+        await runner.cleanup()
+    assert any("was cut short" in r.getMessage() for r in caplog.records)
+
+    runner, pipeline = await serve_store(settings)  # done: the next start has nothing to run again
+    try:
+        app_service = runner.app[REPLAY]
+        assert app_service.resuming is None
+    finally:
+        await runner.cleanup()
+
+
+async def test_the_cli_says_a_replay_the_service_took_was_cut_short(tmp_path: Path) -> None:
+    """The service answered and began; then it went away (a restart, a crash): the CLI said
+    nothing useful (a raw ClientPayloadError) or replayed in-process as if nobody were there."""
+
+    async def dies_mid_replay(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "application/x-ndjson"})
+        await response.prepare(request)
+        await response.write(b'{"type": "progress", "done": 10, "total": 100}\n')
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/admin/replay", dies_mid_replay)
+    runner, url = await start_app(app)
+    try:
+        with pytest.raises(ReplayFailed, match=r"cut short.*runs the full rebuild again"):
+            await via_service(url, ReplayOptions(full=True), None, None, lambda d, t: None)
+    finally:
+        await runner.cleanup()
+    assert await via_service(f"http://127.0.0.1:{free_port()}", ReplayOptions(), None, None, print) is None
 
 
 # --- Kafka log, DuckDB and Postgres -------------------------------------------------------------
