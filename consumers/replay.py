@@ -40,10 +40,14 @@ Semantics:
   order. Otherwise a replay leaves it alone: it does not depend on prices, the live projector
   keeps it, and the health view is by far the slowest sink (~10k events/s against ~30k for the
   rest of a replay).
-- **full** empties every sink first (DuckDB facts, the gateway's ``"LLMUsage"`` rows, the health
-  history), then replays the whole log as it is once they are empty (so nothing a live projector
+- **full** empties every sink first (DuckDB facts, the health history; in Postgres
+  ``"LLMUsage"``, which other gateways' logs may share, the rows of the events this DuckDB store
+  held), then replays the whole log as it is once they are empty (so nothing a live projector
   wrote meanwhile is lost): rows the log no longer has (Kafka retention) are gone and listed as
-  removed. Readers see incomplete totals until it ends. Not with ``since``/position.
+  removed. Readers see incomplete totals until it ends. Before emptying anything it marks the
+  DuckDB store (``rebuild_pending``) and clears the mark at the end: a rebuild cut short (a
+  crash, a kill) is run again by the process that owns the store when it starts, and any other
+  replay warns meanwhile. Not with ``since``/position.
 - **dry_run** reads, reprices and diffs, writes nothing.
 - **The diff** (per tenant and model; exact ``Decimal``, at the stores' scale of 10 decimals):
   old = the cost DuckDB held for each replayed event before (a snapshot of it with ``full``),
@@ -59,6 +63,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -74,7 +79,7 @@ import duckdb
 from analytics.store import AnalyticsStore
 from consumers.replay_report import STORE_SCALE, KeyDiff, ProgressBar, ReplayReport, render_report, store_money
 from consumers.replay_sources import ReplayRangeError, ReplaySource, ReplayStart
-from consumers.sinks.base import DistinctEvents, Sink, SinkError
+from consumers.sinks.base import DistinctEvents, SharedSink, Sink, SinkError
 from gateway.event_json import decode_event
 from gateway.events import UsageEvent
 from gateway.pricing.base import PriceBook
@@ -238,7 +243,10 @@ class Replayer:
                 snapshot = await self._snapshot()
                 await self._mark_rebuild(options)  # before anything is emptied
                 for sink in sinks:
-                    await self._retrying(sink, sink.reset)
+                    if isinstance(sink, SharedSink):  # other logs' rows too: only this store's go
+                        await self._forget_stored(sink, sink.forget, snapshot)
+                    else:
+                        await self._retrying(sink, sink.reset)
                 # the range ends where the log ends now that the stores are empty: an event a
                 # live projector wrote after the range was first measured, and the reset then
                 # deleted, is in it and written again (it would be lost from the stores otherwise)
@@ -303,6 +311,21 @@ class Replayer:
             conn.execute("COMMIT")
 
         await self.store.run(mark)
+
+    async def _forget_stored(
+        self, sink: Sink, forget: Callable[[Sequence[str]], Awaitable[None]], snapshot: str, chunk: int = 10_000
+    ) -> None:
+        """Have ``sink`` forget every event this store held (the snapshot), ``chunk`` ids at a time."""
+        after = ""
+        while True:
+            rows = await self.store.fetchall(
+                f"SELECT event_id FROM {snapshot} WHERE event_id > ? ORDER BY event_id LIMIT {chunk}", [after]
+            )
+            if not rows:
+                return
+            ids = [row[0] for row in rows]
+            await self._retrying(sink, functools.partial(forget, ids))
+            after = ids[-1]
 
     async def _is_empty(self, table: str) -> bool:
         rows = await self.store.fetchall(f"SELECT NOT EXISTS (SELECT 1 FROM {table})")

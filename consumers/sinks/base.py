@@ -21,7 +21,7 @@ Any other exception is a bug: it propagates and stops the projector, uncommitted
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, runtime_checkable
 
 from gateway.events import UsageEvent
 
@@ -44,6 +44,17 @@ class Sink(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class SharedSink(Protocol):
+    """A sink whose table other event logs may write too (several embedded gateways projecting
+    into one Postgres ``"LLMUsage"``): a full rebuild from this log must not empty it. The
+    replay has it forget the events this log's DuckDB store held instead, then writes the log."""
+
+    async def forget(self, event_ids: Sequence[str]) -> None:
+        """Delete the rows of ``event_ids`` (those it holds)."""
+        ...
 
 
 class DeadLetters(Protocol):

@@ -79,6 +79,7 @@ IS_EMPTY = f"SELECT NOT EXISTS (SELECT 1 FROM {TABLE})"
 #: a replay --full rebuild drops the gateway's rows (they carry a request id), not rows other
 #: writers of the platform's table may have put there
 RESET = f'DELETE FROM {TABLE} WHERE "requestId" IS NOT NULL'
+FORGET = f'DELETE FROM {TABLE} WHERE "id" = ANY($1::text[])'
 
 
 def row(event: UsageEvent) -> tuple[Any, ...]:
@@ -274,6 +275,18 @@ class PostgresSink:
         except _DRIVER_ERRORS as e:
             raise SinkError(self.name, f"{type(e).__name__}: {e}") from e
         self._direct = True
+
+    async def forget(self, event_ids: Sequence[str]) -> None:
+        """Delete the rows of ``event_ids``: a full rebuild's reset of a table other gateways'
+        logs may share (``reset`` empties it of every gateway's rows)."""
+        if not event_ids:
+            return
+        pool = await self._ready()
+        try:
+            async with pool.acquire(timeout=self._connect_timeout) as conn:
+                await conn.execute(FORGET, list(event_ids))
+        except _DRIVER_ERRORS as e:
+            raise SinkError(self.name, f"{type(e).__name__}: {e}") from e
 
     # --- internals ----------------------------------------------------------------------------
     async def _ready(self) -> asyncpg.Pool:

@@ -452,3 +452,27 @@ async def test_kafka_log_into_duckdb_and_postgres(
     since = start + timedelta(seconds=5)  # the last 4 events (one clock reading each: +1 s ... +8 s)
     later = await in_process(settings, ReplayOptions(reprice=True, since=since), prices, None, live_group=None)
     assert (later["events"], later["changed"], later["diff"]) == (4, 0, [])
+
+
+@pytest.mark.postgres
+async def test_a_full_rebuild_leaves_other_gateways_rows_in_a_shared_postgres(
+    tmp_path: Path, database_url: str, pg_schema: str
+) -> None:
+    """Two embedded gateways, each with its own log and DuckDB, project into one Postgres: a
+    ``replay --full`` of one of them deleted every gateway's ``"LLMUsage"`` rows (216,963 -> 1,000
+    in a review) and reported nothing removed. Now it deletes and writes back only the rows its
+    own store held; the other gateway's rows stay as they were."""
+    dsn = f"{database_url}?search_path={pg_schema}"
+    gateways = [settings_for(tmp_path / name, database_url=dsn) for name in ("a", "b")]
+    start = utcnow().replace(microsecond=0)
+    for offset, settings in enumerate(gateways):
+        await record(SqliteEventLog(embedded_log_path(settings)), start + timedelta(minutes=offset))
+        await in_process(settings, ReplayOptions(), None, None, live_group=None)
+    both = await llmusage(database_url, pg_schema)
+    assert len(both) == 2 * EVENTS
+
+    report = await in_process(gateways[1], ReplayOptions(full=True), None, None, live_group=None)
+
+    assert (report["eventsApplied"], report["changed"]) == (EVENTS, 0)
+    assert await llmusage(database_url, pg_schema) == both
+    assert (await read_file_store(gateways[1]))[0] == RECORDED
