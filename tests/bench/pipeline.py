@@ -41,6 +41,7 @@ from consumers.sinks.base import Sink
 from consumers.sinks.duckdb import DuckDBSink
 from consumers.sinks.health_history import HealthHistorySink
 from consumers.sinks.postgres import PostgresSink
+from gateway.eventlog.base import LogRecord
 from gateway.eventlog.factory import build_dead_letters, build_log_reader, embedded_log_path
 from gateway.events import UsageEvent
 from gateway.runtime import tune_gc
@@ -62,6 +63,7 @@ from tests.bench.common import (
 
 BATCH = inspect.signature(build_pipeline).parameters["batch_size"].default
 POLL = inspect.signature(build_pipeline).parameters["poll_timeout"].default
+LINGER = inspect.signature(build_pipeline).parameters["linger"].default
 
 
 class NullSink:
@@ -74,16 +76,23 @@ class NullSink:
 
 
 class LagProbe(NullSink):
-    """Last in the sink list: records how long ago each event was created, once applied."""
+    """Records how long ago each event was created, once its batch is committed: applied by
+    every sink (the projector applies them all at once, so a sink's own ``apply`` would stamp
+    the batch when the others have only begun) and its position stored."""
 
     name = "lag-probe"
 
     def __init__(self) -> None:
         self.lags_ms: list[float] = []
+        self._batch: list[datetime] = []
 
     async def apply(self, events: Sequence[UsageEvent]) -> None:
+        self._batch += [e.created_at for e in events]
+
+    def committed(self) -> None:
         now = datetime.now(UTC)
-        self.lags_ms += [(now - e.created_at).total_seconds() * 1000 for e in events]
+        self.lags_ms += [(now - t).total_seconds() * 1000 for t in self._batch]
+        self._batch.clear()
 
 
 @dataclass
@@ -150,11 +159,29 @@ async def make_sinks(kind: str, settings: Settings, store: AnalyticsStore) -> li
     return build_sinks(settings.model_copy(update={"database_url": url}), store)  # "all": the product's
 
 
-async def project(settings: Settings, sinks: list[Sink], store: AnalyticsStore, until: int, stop_after: float) -> int:
-    """Run a fresh consumer group until ``until`` events are applied (or no progress)."""
+async def project(
+    settings: Settings,
+    sinks: list[Sink],
+    store: AnalyticsStore,
+    until: int,
+    stop_after: float,
+    probe: LagProbe | None = None,
+    linger: float = 0.0,
+) -> int:
+    """Run a fresh consumer group until ``until`` events are applied (or no progress), with the
+    product's batch size and poll timeout. ``linger``: the product's (LINGER) for live traffic; a
+    drained backlog's batches are full, and lingering would only hold its last one back."""
     reader = build_log_reader(settings, f"bench-{uuid.uuid4().hex[:8]}")
+    if probe is not None:
+        commit = reader.commit
+
+        async def committed(records: Sequence[LogRecord]) -> None:
+            await commit(records)
+            probe.committed()
+
+        reader.commit = committed  # type: ignore[method-assign]
     dead = build_dead_letters(settings)
-    projector = Projector(reader, sinks, LogDeadLetters(dead), batch_size=BATCH, poll_timeout=POLL)
+    projector = Projector(reader, sinks, LogDeadLetters(dead), batch_size=BATCH, poll_timeout=POLL, linger=linger)
     await store.open()
     await dead.start()
     await reader.start()
@@ -202,7 +229,9 @@ async def live(log: str, settings: Settings, rate: int, seconds: float, work: Pa
     cmd += ["--data-dir", str(settings.data_dir), "--topic", settings.topic]
     cmd += ["--kafka", settings.kafka_bootstrap_servers] if settings.kafka_bootstrap_servers else []
     producer = await asyncio.create_subprocess_exec(*cmd, cwd=REPO, stdout=asyncio.subprocess.PIPE)
-    consumer = asyncio.create_task(project(settings, sinks, store, 10**12, stop_after=seconds + 30))
+    consumer = asyncio.create_task(
+        project(settings, sinks, store, 10**12, stop_after=seconds + 30, probe=probe, linger=LINGER)
+    )
     out, _ = await producer.communicate()
     published = json.loads(out.decode().strip().splitlines()[-1])["published"]
     deadline = time.monotonic() + 60
@@ -325,7 +354,11 @@ def report(
         "\nPostgres server, the broker); the ceiling is what the machine's cores could do if they did"
         "\nnothing else, perfectly in parallel: the physical limit of this design on this machine."
     )
-    print(f"\nLive: {args.rate:,} events/s for {args.seconds:g} s from a separate process (the gateway's EventLog)\n")
+    print(
+        f"\nLive: {args.rate:,} events/s for {args.seconds:g} s from a separate process (the gateway's EventLog);"
+        f" lag = now - created_at once the event's batch is in every sink and committed (the product's batch"
+        f" of {BATCH:,} and linger of {LINGER:g} s: a batch waits that long for more events)\n"
+    )
     print(table(["log", "rate", "published", "applied", "p50 lag ms", "p99 lag ms", "max lag ms"], lags))
     if replayed is not None:
         print(f"\n`{replayed[1]}` of {args.events:,} events: {replayed[0]:.1f} s (as a command, startup included)")
