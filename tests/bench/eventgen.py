@@ -65,11 +65,11 @@ def event_dict(i: int, created_at: datetime) -> dict[str, object]:
     }
 
 
-def encoded(count: int, start: int = 0) -> Iterator[tuple[str, bytes, int]]:
-    """(key, value, ts_ms) of events ``start .. start+count``, 1 ms apart from START, as compact
-    JSON with the fields in schema order: byte for byte what the gateway writes."""
+def encoded(count: int, start: int = 0, spacing_ms: float = 1.0) -> Iterator[tuple[str, bytes, int]]:
+    """(key, value, ts_ms) of events ``start .. start+count``, ``spacing_ms`` apart from START, as
+    compact JSON with the fields in schema order: byte for byte what the gateway writes."""
     for i in range(start, start + count):
-        at = START + timedelta(milliseconds=i)
+        at = START + timedelta(milliseconds=i * spacing_ms)
         data = event_dict(i, at)
         value = json.dumps(data, separators=(",", ":")).encode()
         yield str(data["tenant_id"]), value, int(at.timestamp() * 1000)
@@ -83,12 +83,17 @@ def check_schema() -> None:
         say("WARNING: generated events are not byte for byte what the gateway writes")
 
 
-def prefill_sqlite(path: Path, count: int, chunk: int = 50_000) -> None:
+def spacing_for(count: int, days: float) -> float:
+    """Milliseconds between two of ``count`` events spread evenly over ``days`` of event time."""
+    return days * 86_400_000 / max(count, 1)
+
+
+def prefill_sqlite(path: Path, count: int, chunk: int = 50_000, spacing_ms: float = 1.0) -> None:
     conn = connect(path)
     ensure_log_table(conn, "events")
     try:
         for low in range(0, count, chunk):
-            rows = list(encoded(min(chunk, count - low), low))
+            rows = list(encoded(min(chunk, count - low), low, spacing_ms))
             conn.execute("BEGIN")
             conn.executemany("INSERT INTO events (key, value, ts) VALUES (?, ?, ?)", rows)
             conn.execute("COMMIT")
@@ -97,7 +102,7 @@ def prefill_sqlite(path: Path, count: int, chunk: int = 50_000) -> None:
         conn.close()
 
 
-async def prefill_kafka(bootstrap: str, topic: str, count: int, partitions: int = 3) -> None:
+async def prefill_kafka(bootstrap: str, topic: str, count: int, partitions: int = 3, spacing_ms: float = 1.0) -> None:
     from aiokafka import AIOKafkaProducer
 
     from gateway.eventlog.kafka_admin import ensure_topic
@@ -107,7 +112,7 @@ async def prefill_kafka(bootstrap: str, topic: str, count: int, partitions: int 
     await producer.start()
     try:
         batches: dict[int, object] = {}
-        for key, value, ts in encoded(count):
+        for key, value, ts in encoded(count, 0, spacing_ms):
             p = zlib.crc32(key.encode()) % partitions
             batch = batches.setdefault(p, producer.create_batch())
             if batch.append(key=key.encode(), value=value, timestamp=ts) is None:  # type: ignore[attr-defined]

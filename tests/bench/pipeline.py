@@ -278,7 +278,8 @@ async def run(args: argparse.Namespace, kafka: str | None, database_url: str | N
     eventgen.check_schema()
     embedded = settings_for(work / "embedded", None, "llm.usage", database_url)
     say(f"putting {args.events:,} events on the embedded log (not timed)")
-    eventgen.prefill_sqlite(embedded_log_path(embedded), args.events)
+    spacing = eventgen.spacing_for(args.events, args.days)
+    eventgen.prefill_sqlite(embedded_log_path(embedded), args.events, spacing_ms=spacing)
     drains = await bench_log("embedded", embedded, args, work)
     live_embedded = settings_for(work / "live-e", None, "llm.usage", database_url)
     lags = [await live("embedded", live_embedded, args.rate, args.seconds, work)]
@@ -287,7 +288,7 @@ async def run(args: argparse.Namespace, kafka: str | None, database_url: str | N
         topic = f"bench-pipeline-{uuid.uuid4().hex[:8]}"
         on_kafka = settings_for(work / "kafka", kafka, topic, database_url)
         say(f"putting {args.events:,} events on Kafka topic {topic} (not timed)")
-        await eventgen.prefill_kafka(kafka, topic, args.events)
+        await eventgen.prefill_kafka(kafka, topic, args.events, spacing_ms=spacing)
         drains += await bench_log("kafka", on_kafka, args, work)
         live_kafka = settings_for(work / "live-k", kafka, f"bench-live-{uuid.uuid4().hex[:8]}", database_url)
         lags.append(await live("kafka", live_kafka, args.rate, args.seconds, work))
@@ -342,7 +343,9 @@ def report(
 ) -> None:
     base = {d.log: d.rate for d in drains if d.sinks == "null"}
     print(f"\n## Pipeline ({machine()})\n")
-    print(f"Projector batch {BATCH:,}; Kafka: {'yes' if kafka else 'skipped'}; ", end="")
+    spacing = eventgen.spacing_for(args.events, args.days)
+    print(f"Events over {args.days:g} days of event time ({spacing:g} ms apart); ", end="")
+    print(f"projector batch {BATCH:,}; Kafka: {'yes' if kafka else 'skipped'}; ", end="")
     print(f"Postgres: {'yes' if database_url else 'skipped'}\n")
     headers = [
         "log", "sinks", "events", "s", "events/s", "x read-only", "CPU s (this process)",
@@ -376,6 +379,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=20.0, help="live duration")
     p.add_argument("--start-services", action="store_true", help="start Postgres and a private broker if not given")
     p.add_argument("--no-kafka", action="store_true", help="embedded log only")
+    p.add_argument(
+        "--days",
+        type=float,
+        default=1.0,
+        help="days of event time the N events span (default 1: a day of a platform's calls). Sparser "
+        "history costs more: the health history writes rows per minute of event time, and DuckDB "
+        "compacts each closed day",
+    )
     args = p.parse_args(argv)
     if args.smoke:
         args.events, args.rate, args.seconds = 20_000, 2_000, 2.0
