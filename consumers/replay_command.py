@@ -122,6 +122,13 @@ async def _replay(settings: Settings, args: argparse.Namespace, options: Any, pr
                 return doc
         if args.url:
             raise ReplayFailed(f"cannot reach {args.url} (or it does not replay: no {ROUTE_HINT})")
+        if not options.dry_run:
+            print(
+                f"replay: nothing answered at {', '.join(urls)}: replaying in this process, which holds the "
+                "analytics store until it ends (a serve or consume on this data dir cannot start meanwhile; "
+                "Ctrl-C stops it, nothing is lost)",
+                file=sys.stderr,
+            )
     return await in_process(settings, options, prices, bar, live_group=args.group)
 
 

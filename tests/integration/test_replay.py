@@ -153,7 +153,9 @@ def test_cli_reprices_unpriced_history_in_both_directions_and_twice_is_a_no_op(
 
     settings = settings.model_copy(update={"price_file": write_prices(tmp_path)})
     assert replay_cli(settings, "--reprice") == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    # it says that it holds the store meanwhile (a serve starting on this data dir would stop)
+    assert "replaying in this process" in err and "cannot start meanwhile" in err
 
     found, state = asyncio.run(read_file_store(settings))
     assert found == REPRICED
