@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tests.bench import servers
@@ -200,7 +200,16 @@ def check_targets(results: Results, cells: list[Cell], names: list[str]) -> list
     high = max(c.concurrency for c in cells)
     conc = 32 if any(c.concurrency == 32 for c in cells) else high
     json_hi, stream_hi, json_c1 = Cell(0, False, conc), Cell(0, True, conc), Cell(0, False, 1)
-    no_litellm = "" if "litellm" in names else "LiteLLM not run (--install)"
+    no_litellm = (
+        ""
+        if "litellm" in names
+        else "LiteLLM not in --targets" + ("" if servers.litellm_available() else " (not installed: --install)")
+    )
+
+    def erred(*cells: tuple[str, Cell]) -> bool:
+        """A cell the figure is made of had an error: a figure of failed answers says nothing."""
+        return any(s.errors or not s.requests for cell in cells for s in results.get(cell, []))
+
     out = []
     for gw in (g for g in GATEWAYS if g in names):
         rss = max((s.rss_mb for (n, _), ss in results.items() if n == gw for s in ss), default=None)
@@ -208,13 +217,17 @@ def check_targets(results: Results, cells: list[Cell], names: list[str]) -> list
         rps = per_round(results, gw, "litellm", json_hi, "rps", "/")
         added = per_round(results, gw, "direct", json_c1, "p50_ms", "-")
         stream = per_round(results, gw, "minimal", stream_hi, "rps", "/")
-        out += [
-            Target(f"{gw}: CPU/req vs minimal (json, c={conc})", cpu, 2.5, True, "x"),
-            Target(f"{gw}: RPS vs LiteLLM (json, c={conc})", rps, 10, False, "x", no_litellm),
-            Target(f"{gw}: added p50 over direct (json, c=1)", added, 0.5, True, " ms"),
-            Target(f"{gw}: stream RPS vs minimal (c={conc})", stream, 0.5, False, "x"),
-            Target(f"{gw}: peak RSS under load", rss, 120, True, " MB"),
+        targets = [
+            (Target(f"{gw}: CPU/req vs minimal (json, c={conc})", cpu, 2.5, True, "x"), (json_hi,), "minimal"),
+            (Target(f"{gw}: RPS vs LiteLLM (json, c={conc})", rps, 10, False, "x", no_litellm), (json_hi,), "litellm"),
+            (Target(f"{gw}: added p50 over direct (json, c=1)", added, 0.5, True, " ms"), (json_c1,), "direct"),
+            (Target(f"{gw}: stream RPS vs minimal (c={conc})", stream, 0.5, False, "x"), (stream_hi,), "minimal"),
+            (Target(f"{gw}: peak RSS under load", rss, 120, True, " MB"), tuple(cells), None),
         ]
+        for target, used, base in targets:
+            if erred(*((gw, c) for c in used), *(((base, c) for c in used) if base else ())):
+                target = replace(target, value=None, note="errors in its cells (see ERRORS below)")
+            out.append(target)
     return out
 
 
