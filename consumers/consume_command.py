@@ -53,7 +53,7 @@ def build_consumer_app(settings: Settings, group: str, batch_size: int) -> web.A
     app = web.Application(middlewares=[error_middleware])
     auth = Authenticator(settings.api_keys, settings.default_tenant)
     install_analytics(app, pipeline.store, auth)
-    install_replay(app, settings, pipeline.store, auth, live_group=group)
+    install_replay(app, settings, pipeline.store, auth, live_group=group, stats=pipeline.projector.stats)
 
     async def healthz(request: web.Request) -> web.Response:
         stats = pipeline.projector.stats

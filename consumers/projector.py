@@ -78,6 +78,9 @@ class ProjectorStats:
     #: sink name -> events of the batches it finished applying (committed or not yet): which
     #: sink is behind while a batch is in flight, or paused on a failing store
     sink_events: dict[str, int] = field(default_factory=dict)
+    #: a full rebuild found cut short and being run again by this process (see
+    #: consumers/replay_http.py): until it ends the stores miss part of the log
+    rebuild: dict[str, object] | None = None
     #: runs that ended in an unexpected error (a bug) and were restarted from the last commit
     restarts: int = 0
     #: the last run ended in such an error and no batch has been committed since: projection is
@@ -111,6 +114,7 @@ class ProjectorStats:
             "lastError": self.last_error,
             "restarts": self.restarts,
             "sinkEvents": dict(self.sink_events),
+            **({"rebuild": dict(self.rebuild)} if self.rebuild is not None else {}),
         }
 
     def failed(self, error: BaseException) -> None:

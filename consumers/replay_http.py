@@ -32,6 +32,7 @@ from typing import Any
 from aiohttp import web
 
 from analytics.store import AnalyticsStore
+from consumers.projector import ProjectorStats
 from consumers.replay import PendingRebuild, Replayer, ReplayError, ReplayOptions, pending_rebuild
 from gateway.api.auth import Authenticator
 from gateway.errors import GatewayError, InvalidRequest, PermissionDenied
@@ -62,6 +63,8 @@ class ReplayService:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: a full rebuild found cut short at start, run again (see :func:`resume_rebuild`)
     resuming: asyncio.Task[None] | None = None
+    #: the live projector's stats, where ``/healthz`` shows such a rebuild
+    stats: ProjectorStats | None = None
 
     def replayer(
         self, book: PriceBook | None, prices_document: dict[str, Any] | None, progress: Any = None
@@ -92,10 +95,12 @@ def install_replay(
     *,
     live_group: str,
     wait_for_live: float = 30.0,
+    stats: ProjectorStats | None = None,
 ) -> None:
     """Add ``POST /v1/admin/replay`` to an app whose lifecycle opens ``store`` and runs the
-    projector of ``live_group`` (the replay waits for it to cover the range first)."""
-    app[REPLAY] = ReplayService(settings, store, auth, live_group, wait_for_live)
+    projector of ``live_group`` (the replay waits for it to cover the range first); ``stats``:
+    that projector's, where ``/healthz`` shows a rebuild this process runs again."""
+    app[REPLAY] = ReplayService(settings, store, auth, live_group, wait_for_live, stats=stats)
     app.router.add_post(ROUTE, replay_handler)
     # on_startup handlers run after the cleanup contexts have started (the store is open)
     app.on_startup.append(resume_rebuild)
@@ -118,6 +123,13 @@ async def resume_rebuild(app: web.Application) -> None:
 
 
 async def _resume(service: ReplayService, pending: PendingRebuild) -> None:
+    shown: dict[str, object] = {"state": "running", "begun": pending.started_at.isoformat(), "done": 0, "total": 0}
+
+    def progress(done: int, total: int) -> None:
+        shown["done"], shown["total"] = done, total
+
+    if service.stats is not None:
+        service.stats.rebuild = shown
     try:
         book: PriceBook | None = None
         if pending.reprice:
@@ -128,11 +140,14 @@ async def _resume(service: ReplayService, pending: PendingRebuild) -> None:
 
                 book = load_price_book(service.settings.price_file)
         async with service.lock:
-            report = await service.replayer(book, pending.prices_document).run(pending.options())
+            report = await service.replayer(book, pending.prices_document, progress).run(pending.options())
     except (ReplayError, PriceFileError) as e:
         log.error("the interrupted full rebuild failed again (%s); it runs again at the next start", e)
+        shown.update(state="failed", error=str(e))
     else:
         log.info("the interrupted full rebuild is done: %d events in the stores again", report.events_applied)
+        if service.stats is not None:
+            service.stats.rebuild = None
 
 
 async def _stop_resuming(app: web.Application) -> None:

@@ -40,7 +40,9 @@ def embedded_projector(settings: Settings) -> Installer:
 
         pipeline = build_pipeline(settings)
         install_analytics(app, pipeline.store, app[STATE].auth)
-        install_replay(app, settings, pipeline.store, app[STATE].auth, live_group=DEFAULT_GROUP)
+        install_replay(
+            app, settings, pipeline.store, app[STATE].auth, live_group=DEFAULT_GROUP, stats=pipeline.projector.stats
+        )
         watch_projector(app[METRICS], pipeline, DEFAULT_GROUP)
         app.setdefault(HEALTH_PARTS, {})["projector"] = pipeline.projector.stats.health
 

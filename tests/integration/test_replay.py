@@ -28,7 +28,7 @@ from aiohttp import web
 
 from analytics.store import AnalyticsStore
 from consumers.pipeline import DEFAULT_GROUP, analytics_path, build_pipeline
-from consumers.replay import ReplayOptions
+from consumers.replay import Replayer, ReplayOptions
 from consumers.replay_command import ReplayFailed, in_process, via_service
 from consumers.replay_http import REPLAY, install_replay
 from gateway.api.auth import Authenticator
@@ -274,7 +274,8 @@ async def serve_store(settings: Settings) -> tuple[web.AppRunner, Any]:
     service, started."""
     pipeline = build_pipeline(settings)
     app = web.Application(middlewares=[error_middleware])
-    install_replay(app, settings, pipeline.store, Authenticator([], "default"), live_group=DEFAULT_GROUP)
+    auth = Authenticator([], "default")
+    install_replay(app, settings, pipeline.store, auth, live_group=DEFAULT_GROUP, stats=pipeline.projector.stats)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         async with pipeline.running():
@@ -319,12 +320,29 @@ async def test_a_full_rebuild_cut_short_is_run_again_by_the_stores_owner_when_it
     report = await in_process(settings, ReplayOptions(), None, None, live_group=None)
     assert any("cut short" in w for w in report["warnings"]), report["warnings"]
 
+    released = asyncio.Event()
+    writing = Replayer._replay
+
+    async def held_until_looked_at(self: Any, *args: Any) -> None:
+        await released.wait()
+        await writing(self, *args)
+
+    monkeypatch.setattr(Replayer, "_replay", held_until_looked_at)
     runner, pipeline = await serve_store(settings)
     try:
+        async with asyncio.timeout(10):
+            while "rebuild" not in pipeline.projector.stats.health():  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        shown = pipeline.projector.stats.health()["rebuild"]
+        assert isinstance(shown, dict) and shown["state"] == "running"  # /healthz says so meanwhile
+        released.set()
         async with asyncio.timeout(30):
             while await pipeline.store.fetchall("SELECT * FROM rebuild_pending"):  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
         assert await costs(pipeline.store) == REPRICED  # the whole log, costed with the given prices
+        async with asyncio.timeout(10):
+            while "rebuild" in pipeline.projector.stats.health():  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
     finally:
         await runner.cleanup()
     assert any("was cut short" in r.getMessage() for r in caplog.records)
