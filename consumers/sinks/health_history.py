@@ -130,8 +130,7 @@ class HealthHistorySink:
                 self._view.apply(event)
         if self._pending:
             rows = list(self._pending.values())
-            scratch = self._store.scratch_dir
-            await self._execute(lambda conn: write_rows(conn, rows, scratch))
+            await self._execute(lambda conn: write_rows(conn, rows, self._store.scratch_dir))
             self._pending.clear()
 
     async def reset(self) -> None:

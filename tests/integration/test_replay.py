@@ -496,3 +496,24 @@ async def test_a_full_rebuild_leaves_other_gateways_rows_in_a_shared_postgres(
     assert (report["eventsApplied"], report["changed"]) == (EVENTS, 0)
     assert await llmusage(database_url, pg_schema) == both
     assert (await read_file_store(gateways[1]))[0] == RECORDED
+
+
+async def test_a_rebuild_that_cannot_run_again_says_so_and_keeps_its_mark(tmp_path: Path) -> None:
+    """The rebuild's price file no longer reads (a mark from another version, a hand edit): the
+    owner starts anyway, ``/healthz`` shows the rebuild failed and why, and the mark stays for the
+    next start (the stores still miss part of the log)."""
+    settings = settings_for(tmp_path)
+    await record(SqliteEventLog(embedded_log_path(settings)))
+    store = AnalyticsStore(analytics_path(settings))
+    await store.open()
+    await store.run(lambda conn: conn.execute("INSERT INTO rebuild_pending VALUES (now(), true, ?)", ['{"prices": 5}']))
+    await store.close()
+    runner, pipeline = await serve_store(settings)
+    try:
+        async with asyncio.timeout(10):
+            while (pipeline.projector.stats.rebuild or {}).get("state") != "failed":  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        assert "prices" in str(pipeline.projector.stats.health()["rebuild"])
+        assert len(await pipeline.store.fetchall("SELECT * FROM rebuild_pending")) == 1
+    finally:
+        await runner.cleanup()
