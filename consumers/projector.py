@@ -89,8 +89,14 @@ class ProjectorStats:
 
     @property
     def status(self) -> str:
-        """``failing`` (stuck on a bug), ``paused`` (waiting for a store) or ``ok``."""
-        return "failing" if self.failing else "paused" if self.paused else "ok"
+        """``failing`` (stuck on a bug), ``paused`` (waiting for a store), ``rebuilding`` (a full
+        rebuild cut short is run again: the stores miss part of the log until it ends; ``rebuild``
+        says how far, or why it failed) or ``ok``."""
+        if self.failing:
+            return "failing"
+        if self.paused:
+            return "paused"
+        return "rebuilding" if self.rebuild is not None else "ok"
 
     def current_lag(self, now: datetime | None = None) -> tuple[int | None, str | None]:
         """The lag and why it is unknown, as of ``now``: None once the last measure is older than

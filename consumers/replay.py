@@ -72,6 +72,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import ROUND_HALF_UP
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -83,6 +84,8 @@ from consumers.sinks.base import DistinctEvents, SharedSink, Sink, SinkError
 from gateway.event_json import decode_event
 from gateway.events import UsageEvent
 from gateway.pricing.base import PriceBook
+from gateway.pricing.book import CompositePriceBook, load_price_book
+from gateway.pricing.pricefile import parse_price_file, price_document
 from gateway.pricing.reprice import price_events
 
 log = logging.getLogger(__name__)
@@ -110,16 +113,40 @@ Progress = Callable[[int, int], None]
 Sleep = Callable[[float], Awaitable[None]]
 
 
+def rebuild_prices(book: PriceBook | None) -> str | None:
+    """What a rebuild's mark records of the prices it reprices with: ``{"file": <the price file
+    as a document>}``, or ``{"file": null}`` for the built-in tables alone; None for a book of
+    another kind (the owner's configured file is used then)."""
+    if not isinstance(book, CompositePriceBook):
+        return None
+    prices = book.file_prices
+    return json.dumps({"file": None if prices is None else price_document(prices)})
+
+
 @dataclass(frozen=True, slots=True)
 class PendingRebuild:
     """A full rebuild that began and has not ended: the stores miss part of the log."""
 
     started_at: datetime
     reprice: bool
-    prices_document: dict[str, Any] | None
+    #: the mark's record of its prices (:func:`rebuild_prices`), as stored
+    prices: str | None
 
     def options(self) -> ReplayOptions:
         return ReplayOptions(full=True, reprice=self.reprice)
+
+    def price_book(self, configured: Path | None) -> PriceBook | None:
+        """The book the rebuild began with. Raises ``PriceFileError`` or ``ValueError`` when the
+        mark's prices no longer read (a hand edit, a stricter version)."""
+        if not self.reprice:
+            return None
+        if self.prices is None:
+            return load_price_book(configured)
+        doc = json.loads(self.prices)
+        if not isinstance(doc, dict) or "file" not in doc:
+            raise ValueError(f"the mark's prices are not a price record: {self.prices[:200]!r}")
+        file = doc["file"]
+        return CompositePriceBook(None if file is None else parse_price_file(file, source="the rebuild's price file"))
 
 
 async def pending_rebuild(store: AnalyticsStore) -> PendingRebuild | None:
@@ -127,7 +154,7 @@ async def pending_rebuild(store: AnalyticsStore) -> PendingRebuild | None:
     if not rows:
         return None
     started_at, reprice, prices = rows[0]
-    return PendingRebuild(started_at, bool(reprice), None if prices is None else json.loads(prices))
+    return PendingRebuild(started_at, bool(reprice), prices)
 
 
 class ReplayError(Exception):
@@ -196,11 +223,7 @@ class Replayer:
         retries: int = 4,
         retry_initial: float = 0.5,
         sleep: Sleep = asyncio.sleep,
-        prices_document: dict[str, Any] | None = None,
     ) -> None:
-        """``prices_document``: the price file ``price_book`` was read from, as a document
-        (``consumers.replay_http.price_document``), when it is not the configured one: a full
-        rebuild cut short is run again with it (see :data:`REBUILD_TABLE`)."""
         self.source = source
         self.store = store
         self.sinks = list(sinks)
@@ -212,7 +235,6 @@ class Replayer:
         self.retries = retries
         self.retry_initial = retry_initial
         self._sleep = sleep
-        self.prices_document = prices_document
         self._table = "usage_facts"
         #: the table compared with was empty when the replay began: every event is new to it,
         #: so no batch is looked up (a first replay into a fresh store)
@@ -302,7 +324,9 @@ class Replayer:
         report.live_behind = behind or 0
 
     async def _mark_rebuild(self, options: ReplayOptions) -> None:
-        document = None if self.prices_document is None else json.dumps(self.prices_document)
+        """The mark records the prices themselves (a process that runs the rebuild again may be
+        configured with another price file than the one that began it)."""
+        document = rebuild_prices(self.price_book) if options.reprice else None
 
         def mark(conn: duckdb.DuckDBPyConnection) -> None:
             conn.execute("BEGIN")

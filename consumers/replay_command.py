@@ -136,7 +136,7 @@ ROUTE_HINT = "POST /v1/admin/replay"
 
 
 def request_body(options: ReplayOptions, prices: PriceFile | None) -> dict[str, Any]:
-    from consumers.replay_http import price_document
+    from gateway.pricing.pricefile import price_document
 
     return {
         "since": None if options.since is None else options.since.isoformat(),
@@ -208,7 +208,6 @@ async def in_process(
     from analytics.store import AnalyticsStore, StoreError
     from consumers.pipeline import analytics_path, build_sinks
     from consumers.replay import Replayer, ReplayError
-    from consumers.replay_http import price_document
     from consumers.replay_sources import build_replay_source
     from gateway.pricing.base import PriceBook
     from gateway.pricing.book import CompositePriceBook, load_price_book
@@ -244,7 +243,6 @@ async def in_process(
             price_book=book,
             progress=progress,
             live_group=live_group,
-            prices_document=None if prices is None else price_document(prices),
         )
         return (await replayer.run(options)).to_dict()
     except ReplayError as e:

@@ -11,7 +11,7 @@ Request (JSON, admin key)::
     {"since": "2026-11-01T00:00:00Z", "fromPosition": null, "reprice": true, "full": false,
      "dryRun": false, "health": null, "prices": {<price file document>} | null}
 
-``prices``: the price file to reprice with, as a document (:func:`price_document`; the CLI reads
+``prices``: the price file to reprice with, as a document (``gateway.pricing.pricefile.price_document``; the CLI reads
 and validates the operator's file and sends it, so the service need not see the file); absent:
 the service's configured price file, read again now (the *current* price table).
 
@@ -37,7 +37,7 @@ from consumers.replay import PendingRebuild, Replayer, ReplayError, ReplayOption
 from gateway.api.auth import Authenticator
 from gateway.errors import GatewayError, InvalidRequest, PermissionDenied
 from gateway.pricing.base import PriceBook
-from gateway.pricing.pricefile import PriceFile, PriceFileError, parse_price_file
+from gateway.pricing.pricefile import PriceFileError, parse_price_file
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -66,9 +66,7 @@ class ReplayService:
     #: the live projector's stats, where ``/healthz`` shows such a rebuild
     stats: ProjectorStats | None = None
 
-    def replayer(
-        self, book: PriceBook | None, prices_document: dict[str, Any] | None, progress: Any = None
-    ) -> Replayer:
+    def replayer(self, book: PriceBook | None, progress: Any = None) -> Replayer:
         from consumers.pipeline import build_sinks
         from consumers.replay_sources import build_replay_source
 
@@ -80,7 +78,6 @@ class ReplayService:
             progress=progress,
             live_group=self.live_group,
             wait_for_live=self.wait_for_live,
-            prices_document=prices_document,
         )
 
 
@@ -107,6 +104,13 @@ def install_replay(
     app.on_shutdown.append(_stop_resuming)
 
 
+#: after a resumed rebuild failed for a reason that may pass (a store down for longer than the
+#: replay's own retries, a bug), it runs again after this many seconds, doubled each time up to
+#: RESUME_RETRY_MAX: the stores stay short of the log until it succeeds
+RESUME_RETRY = 30.0
+RESUME_RETRY_MAX = 600.0
+
+
 async def resume_rebuild(app: web.Application) -> None:
     """Run again, in the background, a full rebuild that this store says was cut short (the
     process that ran it died after the stores were emptied): until it ends they miss part of the
@@ -122,7 +126,9 @@ async def resume_rebuild(app: web.Application) -> None:
         service.resuming = asyncio.create_task(_resume(service, pending), name="rebuild-resume")
 
 
-async def _resume(service: ReplayService, pending: PendingRebuild) -> None:
+async def _resume(service: ReplayService, pending: PendingRebuild, sleep: Any = asyncio.sleep) -> None:
+    """Until it succeeds: the same rebuild with the same prices, shown in ``/healthz`` (``rebuild``
+    under the projector) while it runs or waits to run again."""
     shown: dict[str, object] = {"state": "running", "begun": pending.started_at.isoformat(), "done": 0, "total": 0}
 
     def progress(done: int, total: int) -> None:
@@ -131,26 +137,35 @@ async def _resume(service: ReplayService, pending: PendingRebuild) -> None:
     if service.stats is not None:
         service.stats.rebuild = shown
     try:
-        book: PriceBook | None = None
-        if pending.reprice:
-            if pending.prices_document is not None:
-                book = book_from_document(pending.prices_document)
+        book = pending.price_book(service.settings.price_file)
+    except (PriceFileError, ValueError) as e:  # the mark's prices no longer read: no retry can help
+        log.error(
+            "the interrupted full rebuild cannot run again: %s; run llm-gateway replay --full to rebuild the stores",
+            e,
+        )
+        shown.update(state="failed", error=f"{e}; run llm-gateway replay --full")
+        return
+    delay = RESUME_RETRY
+    while True:
+        shown.update(state="running", error=None)
+        try:
+            async with service.lock:
+                report = await service.replayer(book, progress).run(pending.options())
+        except Exception as e:
+            if isinstance(e, ReplayError):
+                log.error("the interrupted full rebuild failed again (%s); trying again in %.0fs", e, delay)
             else:
-                from gateway.pricing.book import load_price_book
-
-                book = load_price_book(service.settings.price_file)
-        async with service.lock:
-            report = await service.replayer(book, pending.prices_document, progress).run(pending.options())
-    except (ReplayError, PriceFileError) as e:
-        log.error("the interrupted full rebuild failed again (%s); it runs again at the next start", e)
-        shown.update(state="failed", error=str(e))
-    except Exception as e:  # a bug: said, not left to the garbage collector (the marker stays)
-        log.exception("the interrupted full rebuild failed again; it runs again at the next start")
-        shown.update(state="failed", error=f"{type(e).__name__}: {e}")
-    else:
+                log.exception("the interrupted full rebuild failed again; trying again in %.0fs", delay)
+            shown.update(state="failed", error=f"{type(e).__name__}: {e}", retryInSeconds=delay)
+            await sleep(delay)
+            delay = min(delay * 2, RESUME_RETRY_MAX)
+            continue
+        for warning in report.warnings:
+            log.warning("the interrupted full rebuild: %s", warning)
         log.info("the interrupted full rebuild is done: %d events in the stores again", report.events_applied)
         if service.stats is not None:
             service.stats.rebuild = None
+        return
 
 
 async def _stop_resuming(app: web.Application) -> None:
@@ -162,25 +177,6 @@ async def _stop_resuming(app: web.Application) -> None:
 
 
 # --- the price file as a request document ---------------------------------------------------------
-
-
-def price_document(prices: PriceFile) -> dict[str, Any]:
-    """A price file as a JSON document that :func:`parse_price_file` reads back to the same
-    entries, label and version (rates as exact decimal text per 1K tokens)."""
-    entries = []
-    for entry in prices.entries:
-        item: dict[str, Any] = {"model": entry.model, "provider": entry.provider or "*"}
-        if entry.effective_from is not None:
-            item["effective_from"] = entry.effective_from.isoformat()
-        for name in ("input", "output", "cached_input", "cache_write"):
-            value = getattr(entry.rate, name)
-            if value is not None:
-                item[f"{name}_per_1k"] = format(value, "f")
-        entries.append(item)
-    doc: dict[str, Any] = {"prices": entries}
-    if prices.label is not None:
-        doc["version"] = prices.label
-    return doc
 
 
 def book_from_document(doc: object) -> PriceBook:
@@ -266,16 +262,11 @@ async def replay_handler(request: web.Request) -> web.StreamResponse:
     if lock.locked():
         raise ReplayBusy("a replay is already running in this process")
     async with lock:
-        document = body["prices"] if options.reprice and isinstance(body.get("prices"), dict) else None
-        return await _stream(request, service, options, book, document)
+        return await _stream(request, service, options, book)
 
 
 async def _stream(
-    request: web.Request,
-    service: ReplayService,
-    options: ReplayOptions,
-    book: PriceBook | None,
-    document: dict[str, Any] | None,
+    request: web.Request, service: ReplayService, options: ReplayOptions, book: PriceBook | None
 ) -> web.StreamResponse:
     response = web.StreamResponse(headers={"content-type": NDJSON, "cache-control": "no-store"})
     await response.prepare(request)
@@ -289,7 +280,7 @@ async def _stream(
             await asyncio.sleep(PROGRESS_INTERVAL)
             await _line(response, {"type": "progress", **state})
 
-    replayer = service.replayer(book, document, progress)
+    replayer = service.replayer(book, progress)
     ticker = asyncio.create_task(tick(), name="replay-progress")
     try:
         report = await replayer.run(options)
@@ -311,4 +302,4 @@ async def _line(response: web.StreamResponse, doc: dict[str, Any]) -> None:
     await response.write(json.dumps(doc).encode() + b"\n")
 
 
-__all__ = ["REPLAY", "ROUTE", "book_from_document", "install_replay", "price_document", "replay_handler"]
+__all__ = ["REPLAY", "ROUTE", "book_from_document", "install_replay", "replay_handler"]

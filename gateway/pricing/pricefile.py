@@ -43,6 +43,11 @@ from gateway.pricing.models import model_candidates, normalize_model
 from gateway.strict_yaml import StrictLoader
 
 MILLION = Decimal(1_000_000)
+#: the largest rate a price file may give (per 1K or per 1M tokens), and its most decimals: far
+#: beyond any real price (a slip such as a per-token price entered per million still loads, and
+#: its calls are recorded unpriced: see ``quote_models``), within Decimal's arithmetic
+MAX_RATE = Decimal(10) ** 15
+MAX_RATE_DECIMALS = 30
 _LABEL = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _TOP_KEYS = frozenset({"version", "prices"})
 #: the rates of an entry, each the name of a :class:`Rate` field (``<name>_per_1k``/``_per_1m``)
@@ -269,6 +274,13 @@ def _money(value: Any, *, where: str) -> Decimal:
             raise PriceFileError(f"{where}: {str(value)!r} is not a decimal number") from e
     if not amount.is_finite() or amount < 0:
         raise PriceFileError(f"{where}: {str(value)!r} must be a finite, non-negative amount of USD")
+    # within what the arithmetic and the stores can carry: "1e999999999" overflowed Decimal's
+    # context (a traceback, a 500 from the replay endpoint), "1e-999999999" is a billion digits
+    if amount > MAX_RATE or (amount and -amount.as_tuple().exponent > MAX_RATE_DECIMALS):  # type: ignore[operator]
+        raise PriceFileError(
+            f"{where}: {str(value)[:40]!r} is out of range: at most 10**15 USD, with at most "
+            f"{MAX_RATE_DECIMALS} decimals"
+        )
     return amount
 
 
@@ -307,3 +319,22 @@ def _kind(value: object) -> str:
     if value is None:
         return "nothing"
     return "a number" if isinstance(value, _NumberText) else f"a {type(value).__name__}"
+
+
+def price_document(prices: PriceFile) -> dict[str, Any]:
+    """A price file as a JSON document that :func:`parse_price_file` reads back to the same
+    entries, label and version (rates as exact decimal text per 1K tokens)."""
+    entries = []
+    for entry in prices.entries:
+        item: dict[str, Any] = {"model": entry.model, "provider": entry.provider or "*"}
+        if entry.effective_from is not None:
+            item["effective_from"] = entry.effective_from.isoformat()
+        for name in ("input", "output", "cached_input", "cache_write"):
+            value = getattr(entry.rate, name)
+            if value is not None:
+                item[f"{name}_per_1k"] = format(value, "f")
+        entries.append(item)
+    doc: dict[str, Any] = {"prices": entries}
+    if prices.label is not None:
+        doc["version"] = prices.label
+    return doc

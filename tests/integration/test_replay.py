@@ -28,7 +28,7 @@ from aiohttp import web
 
 from analytics.store import AnalyticsStore
 from consumers.pipeline import DEFAULT_GROUP, analytics_path, build_pipeline
-from consumers.replay import Replayer, ReplayOptions
+from consumers.replay import Replayer, ReplayError, ReplayOptions
 from consumers.replay_command import ReplayFailed, in_process, via_service
 from consumers.replay_http import REPLAY, install_replay
 from gateway.api.auth import Authenticator
@@ -41,7 +41,7 @@ from gateway.eventlog.kafka_producer import KafkaEventLog
 from gateway.eventlog.sqlite import SqliteEventLog
 from gateway.ids import utcnow
 from gateway.pricing.book import load_price_book
-from gateway.pricing.pricefile import load_price_file
+from gateway.pricing.pricefile import PriceFile, load_price_file
 from gateway.settings import ApiKey, Settings
 from gateway.usage import UsageRecorder
 from tests.support.gateway import start_app
@@ -286,17 +286,22 @@ async def serve_store(settings: Settings) -> tuple[web.AppRunner, Any]:
     return runner, pipeline
 
 
+@pytest.mark.parametrize("prices_from", ["--price-file", "the replay's own configuration"])
 async def test_a_full_rebuild_cut_short_is_run_again_by_the_stores_owner_when_it_starts(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, prices_from: str
 ) -> None:
     """``replay --full`` empties the stores, then writes the log back; killed in between, it left
     them missing most of history for good (the live projector is past those events) while
     ``/healthz`` said ok. Its marker makes the process that owns the stores run it again, with
-    the prices it was given."""
+    the prices it began with, whether given to it or read from its own configuration (the owner,
+    here, is configured with no price file: a re-test found the owner's file used instead)."""
     settings = settings_for(tmp_path)
     await record(SqliteEventLog(embedded_log_path(settings)))
     await project(settings)
-    prices = load_price_file(write_prices(tmp_path))
+    prices: PriceFile | None = load_price_file(write_prices(tmp_path))
+    replaying = settings
+    if prices_from != "--price-file":
+        prices, replaying = None, settings.model_copy(update={"price_file": write_prices(tmp_path)})
     emptied = asyncio.Event()
 
     async def killed_while_writing(self: Any, *args: Any) -> None:
@@ -306,7 +311,7 @@ async def test_a_full_rebuild_cut_short_is_run_again_by_the_stores_owner_when_it
     with monkeypatch.context() as patched:
         patched.setattr("consumers.replay.Replayer._replay", killed_while_writing)
         cut = asyncio.create_task(
-            in_process(settings, ReplayOptions(full=True, reprice=True), prices, None, live_group=None)
+            in_process(replaying, ReplayOptions(full=True, reprice=True), prices, None, live_group=None)
         )
         async with asyncio.timeout(20):
             await emptied.wait()
@@ -498,22 +503,57 @@ async def test_a_full_rebuild_leaves_other_gateways_rows_in_a_shared_postgres(
     assert (await read_file_store(gateways[1]))[0] == RECORDED
 
 
-async def test_a_rebuild_that_cannot_run_again_says_so_and_keeps_its_mark(tmp_path: Path) -> None:
-    """The rebuild's price file no longer reads (a mark from another version, a hand edit): the
-    owner starts anyway, ``/healthz`` shows the rebuild failed and why, and the mark stays for the
-    next start (the stores still miss part of the log)."""
+@pytest.mark.parametrize("mark", ['{"prices": 5}', "{not json", '{"file": {"prices": 5}}'])
+async def test_a_rebuild_that_cannot_run_again_says_so_and_keeps_its_mark(tmp_path: Path, mark: str) -> None:
+    """The rebuild's prices no longer read (a hand edit, a stricter version): the owner starts
+    anyway (a mark that was not JSON stopped the gateway's start), ``/healthz`` shows the rebuild
+    failed and why, and the mark stays (the stores still miss part of the log)."""
     settings = settings_for(tmp_path)
     await record(SqliteEventLog(embedded_log_path(settings)))
     store = AnalyticsStore(analytics_path(settings))
     await store.open()
-    await store.run(lambda conn: conn.execute("INSERT INTO rebuild_pending VALUES (now(), true, ?)", ['{"prices": 5}']))
+    await store.run(lambda conn: conn.execute("INSERT INTO rebuild_pending VALUES (now(), true, ?)", [mark]))
     await store.close()
     runner, pipeline = await serve_store(settings)
     try:
         async with asyncio.timeout(10):
             while (pipeline.projector.stats.rebuild or {}).get("state") != "failed":  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
-        assert "prices" in str(pipeline.projector.stats.health()["rebuild"])
+        health = pipeline.projector.stats.health()
+        assert health["status"] == "rebuilding" and "replay --full" in str(health["rebuild"])
         assert len(await pipeline.store.fetchall("SELECT * FROM rebuild_pending")) == 1
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_rebuild_that_fails_again_is_tried_again_until_it_succeeds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store down for longer than the replay's own retries failed the resumed rebuild: it was
+    given up until the next start, the stores short of the log meanwhile. It is tried again."""
+    settings = settings_for(tmp_path)
+    await record(SqliteEventLog(embedded_log_path(settings)))
+    store = AnalyticsStore(analytics_path(settings))
+    await store.open()
+    await store.run(lambda conn: conn.execute("INSERT INTO rebuild_pending VALUES (now(), false, NULL)"))
+    await store.close()
+    monkeypatch.setattr("consumers.replay_http.RESUME_RETRY", 0.05)
+    run = Replayer.run
+    failures: list[str] = []
+
+    async def down_twice(self: Any, options: ReplayOptions) -> Any:
+        if len(failures) < 2:
+            failures.append("down")
+            raise ReplayError("replay stopped: postgres: connection refused (nothing is lost: run it again)")
+        return await run(self, options)
+
+    monkeypatch.setattr(Replayer, "run", down_twice)
+    runner, pipeline = await serve_store(settings)
+    try:
+        async with asyncio.timeout(20):
+            while await pipeline.store.fetchall("SELECT * FROM rebuild_pending"):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        assert failures == ["down", "down"]
+        assert await costs(pipeline.store) == RECORDED and pipeline.projector.stats.health()["status"] == "ok"
     finally:
         await runner.cleanup()

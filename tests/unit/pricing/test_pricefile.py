@@ -213,6 +213,12 @@ def test_model_and_provider_names_are_case_insensitive() -> None:
             "prices: [{model: a, input_per_1k: 0x10, output_per_1k: 1}]",
             r"'0x10' is not a decimal number",
         ),
+        # Decimal's context overflowed on these (a traceback, a 500 from the replay endpoint), or
+        # would write a billion digits
+        ("prices: [{model: a, input_per_1k: '1e999999999', output_per_1k: 1}]", r"'1e999999999' is out of range"),
+        ("prices: [{model: a, input_per_1m: '1e999999', output_per_1k: 1}]", r"input_per_1m: '1e999999' is out of"),
+        ("prices: [{model: a, input_per_1k: '1e-999999999', output_per_1k: 1}]", r"at most 30 decimals"),
+        ("prices: [{model: a, input_per_1k: '1000000000000000.5', output_per_1k: 1}]", r"at most 10\*\*15 USD"),
         (
             "prices: [{model: a, input_per_1k: abc, output_per_1k: 1}]",
             r"'abc' is not a decimal number",
