@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from analytics.costs import CostTrackingService
-from analytics.store import AnalyticsStore
+from analytics.store import AnalyticsStore, StoreError
 from gateway.api.auth import Authenticator
-from gateway.errors import InvalidRequest
+from gateway.errors import GatewayError, InvalidRequest
 
 COSTS: web.AppKey[CostTrackingService] = web.AppKey("cost_tracking", CostTrackingService)
 STORE: web.AppKey[AnalyticsStore] = web.AppKey("analytics_store", AnalyticsStore)
@@ -42,6 +42,14 @@ def parse_time(name: str, value: str | None) -> datetime | None:
 _DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
+class AnalyticsUnavailable(GatewayError):
+    """The analytics store cannot answer now (not open: the process starting or stopping)."""
+
+    status = 503
+    type = "server_error"
+    code = "analytics_unavailable"
+
+
 async def costs(request: web.Request) -> web.Response:
     auth = request.app[AUTH]
     principal = auth.authenticate(request)
@@ -62,7 +70,10 @@ async def costs(request: web.Request) -> web.Response:
         if not (limit_text.isascii() and limit_text.isdigit()) or not 0 <= int(limit_text) <= MAX_ROWS:
             raise InvalidRequest(f"'limit' must be an integer from 0 to {MAX_ROWS}", param="limit")
         limit = int(limit_text)
-    result = await request.app[COSTS].get_costs_for_tenant(tenant, start, end, limit=limit)
+    try:
+        result = await request.app[COSTS].get_costs_for_tenant(tenant, start, end, limit=limit)
+    except StoreError as exc:  # was a 500
+        raise AnalyticsUnavailable(str(exc)) from exc
     return web.Response(body=result.to_json(), content_type="application/json")
 
 

@@ -23,21 +23,15 @@ from typing import Any
 
 from aiohttp import web
 
-from analytics.http import AUTH, STORE
+from analytics.http import AUTH, STORE, AnalyticsUnavailable
 from analytics.sql import SqlError, SqlService
 from analytics.sql_limits import DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT, MAX_ROWS_LIMIT, MAX_TIMEOUT
 from analytics.store import StoreError
-from gateway.errors import GatewayError, InvalidRequest, PermissionDenied
+from gateway.errors import InvalidRequest, PermissionDenied
 
 SQL: web.AppKey[SqlService] = web.AppKey("analytics_sql", SqlService)
 PATH = "/v1/analytics/sql"
 FORMATS = ("json", "csv")
-
-
-class AnalyticsUnavailable(GatewayError):
-    status = 503
-    type = "server_error"
-    code = "analytics_unavailable"
 
 
 async def sql_query(request: web.Request) -> web.Response:
@@ -58,7 +52,7 @@ async def sql_query(request: web.Request) -> web.Response:
     except SqlError as exc:
         raise InvalidRequest(str(exc), param="sql", code=exc.code) from exc
     except StoreError as exc:
-        raise AnalyticsUnavailable(f"the analytics store is not open: {exc}") from exc
+        raise AnalyticsUnavailable(str(exc)) from exc
     # up to MAX_RESULT_BYTES of text: encoded in a worker thread, not on the gateway's event loop
     if fmt == "csv":
         headers = {"x-llm-sql-row-count": str(len(result.rows)), "x-llm-sql-truncated": str(result.truncated).lower()}

@@ -227,3 +227,31 @@ async def test_cli_reads_the_file_when_nothing_runs(tmp_path: Path) -> None:
     assert Decimal(json.loads(out)["rows"][0][0]) == cost
     code, _, err = await cli(f"SELECT * FROM read_text('{tmp_path}/events.sqlite3')", env=env)
     assert code != 0 and "sql_not_allowed" in err
+
+
+async def test_the_store_not_open_is_a_503_in_the_openai_error_format() -> None:
+    """While the process starts or stops, the analytics store may not be open: ``/v1/costs``
+    answered a bare 500 "Internal error" (the SQL endpoint a 503)."""
+    from aiohttp import web
+
+    from analytics.http import install_analytics
+    from analytics.store import AnalyticsStore
+    from gateway.api.auth import Authenticator
+    from gateway.api.middleware import error_middleware
+    from tests.support.gateway import start_app
+
+    app = web.Application(middlewares=[error_middleware])
+    install_analytics(app, AnalyticsStore(), Authenticator([], "default"))
+    runner, url = await start_app(app)
+    try:
+        async with aiohttp.ClientSession() as session:
+            for method, path, kwargs in (
+                ("GET", "/v1/costs", {"params": {"tenantId": "t"}}),
+                ("POST", "/v1/analytics/sql", {"json": {"sql": "SELECT 1"}}),
+            ):
+                async with session.request(method, f"{url}{path}", **kwargs) as response:  # type: ignore[arg-type]
+                    body = await response.json()
+                assert response.status == 503, (path, body)
+                assert body["error"]["code"] == "analytics_unavailable" and "not open" in body["error"]["message"]
+    finally:
+        await runner.cleanup()
