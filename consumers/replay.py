@@ -84,8 +84,8 @@ from consumers.sinks.base import DistinctEvents, SharedSink, Sink, SinkError
 from gateway.event_json import decode_event
 from gateway.events import UsageEvent
 from gateway.pricing.base import PriceBook
-from gateway.pricing.book import CompositePriceBook, load_price_book
-from gateway.pricing.pricefile import parse_price_file, price_document
+from gateway.pricing.book import CompositePriceBook, book_from_document, load_price_book
+from gateway.pricing.pricefile import price_document
 from gateway.pricing.reprice import price_events
 
 log = logging.getLogger(__name__)
@@ -145,8 +145,7 @@ class PendingRebuild:
         doc = json.loads(self.prices)
         if not isinstance(doc, dict) or "file" not in doc:
             raise ValueError(f"the mark's prices are not a price record: {self.prices[:200]!r}")
-        file = doc["file"]
-        return CompositePriceBook(None if file is None else parse_price_file(file, source="the rebuild's price file"))
+        return book_from_document(doc["file"], source="the rebuild's price file")
 
 
 async def pending_rebuild(store: AnalyticsStore) -> PendingRebuild | None:

@@ -11,9 +11,10 @@ Request (JSON, admin key)::
     {"since": "2026-11-01T00:00:00Z", "fromPosition": null, "reprice": true, "full": false,
      "dryRun": false, "health": null, "prices": {<price file document>} | null}
 
-``prices``: the price file to reprice with, as a document (``gateway.pricing.pricefile.price_document``; the CLI reads
-and validates the operator's file and sends it, so the service need not see the file); absent:
-the service's configured price file, read again now (the *current* price table).
+``prices``: the price file to reprice with, as a document (``gateway.pricing.pricefile.
+price_document``; the CLI reads and validates the operator's file and sends it, so the service
+need not see the file); absent: the service's configured price file, read again now (the
+*current* price table).
 
 Response: ``application/x-ndjson``, one JSON object per line: ``{"type": "progress", "done": n,
 "total": m}`` a few times a second, then ``{"type": "result", "report": {...}}`` or
@@ -37,7 +38,7 @@ from consumers.replay import PendingRebuild, Replayer, ReplayError, ReplayOption
 from gateway.api.auth import Authenticator
 from gateway.errors import GatewayError, InvalidRequest, PermissionDenied
 from gateway.pricing.base import PriceBook
-from gateway.pricing.pricefile import PriceFileError, parse_price_file
+from gateway.pricing.pricefile import PriceFileError
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ async def resume_rebuild(app: web.Application) -> None:
         service.resuming = asyncio.create_task(_resume(service, pending), name="rebuild-resume")
 
 
-async def _resume(service: ReplayService, pending: PendingRebuild, sleep: Any = asyncio.sleep) -> None:
+async def _resume(service: ReplayService, pending: PendingRebuild) -> None:
     """Until it succeeds: the same rebuild with the same prices, shown in ``/healthz`` (``rebuild``
     under the projector) while it runs or waits to run again."""
     shown: dict[str, object] = {"state": "running", "begun": pending.started_at.isoformat(), "done": 0, "total": 0}
@@ -157,7 +158,7 @@ async def _resume(service: ReplayService, pending: PendingRebuild, sleep: Any = 
             else:
                 log.exception("the interrupted full rebuild failed again; trying again in %.0fs", delay)
             shown.update(state="failed", error=f"{type(e).__name__}: {e}", retryInSeconds=delay)
-            await sleep(delay)
+            await asyncio.sleep(delay)
             delay = min(delay * 2, RESUME_RETRY_MAX)
             continue
         for warning in report.warnings:
@@ -177,12 +178,6 @@ async def _stop_resuming(app: web.Application) -> None:
 
 
 # --- the price file as a request document ---------------------------------------------------------
-
-
-def book_from_document(doc: object) -> PriceBook:
-    from gateway.pricing.book import CompositePriceBook
-
-    return CompositePriceBook(parse_price_file(doc, source="the request's price file"))
 
 
 # --- the handler --------------------------------------------------------------------------------
@@ -251,6 +246,8 @@ async def replay_handler(request: web.Request) -> web.StreamResponse:
     if options.reprice:
         try:
             if body.get("prices") is not None:
+                from gateway.pricing.book import book_from_document
+
                 book = book_from_document(body["prices"])
             else:
                 from gateway.pricing.book import load_price_book
@@ -302,4 +299,4 @@ async def _line(response: web.StreamResponse, doc: dict[str, Any]) -> None:
     await response.write(json.dumps(doc).encode() + b"\n")
 
 
-__all__ = ["REPLAY", "ROUTE", "book_from_document", "install_replay", "replay_handler"]
+__all__ = ["REPLAY", "ROUTE", "install_replay", "replay_handler"]

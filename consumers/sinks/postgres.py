@@ -76,8 +76,9 @@ UPSERT_FROM_STAGE = (
     + " OR ".join(f"{TABLE}.{c} IS DISTINCT FROM EXCLUDED.{c}" for c in _REPRICED)
 )
 IS_EMPTY = f"SELECT NOT EXISTS (SELECT 1 FROM {TABLE})"
-#: a replay --full rebuild drops the gateway's rows (they carry a request id), not rows other
-#: writers of the platform's table may have put there
+#: the Sink's ``reset``: the gateway's rows (they carry a request id), not rows other writers of
+#: the platform's table may have put there. A replay --full does not use it: other gateways' logs
+#: may share the table, so it has the sink forget its own store's events (FORGET, ``SharedSink``)
 RESET = f'DELETE FROM {TABLE} WHERE "requestId" IS NOT NULL'
 FORGET = f'DELETE FROM {TABLE} WHERE "id" = ANY($1::text[])'
 

@@ -81,7 +81,7 @@ class Sample:
         if self.ts != self.ts:  # NaN: not given
             self.ts = self.t.timestamp()
         if self.code < 0:
-            self.code = _KIND_CODES[self.kind] | (TIMEOUT_BIT if self.outcome in TIMEOUTS else 0)
+            self.code = _code(self.kind, self.outcome)
 
     @classmethod
     def of(cls, event: UsageEvent, ts: float | None = None) -> Sample:
@@ -142,9 +142,14 @@ TIMEOUT_BIT = 4
 _NONE = float("nan")  # "no latency" in the float columns
 
 
+def _code(kind: Kind, outcome: str) -> int:
+    """A sample's window code: its kind's, with TIMEOUT_BIT for a timeout."""
+    return _KIND_CODES[kind] | (TIMEOUT_BIT if outcome in TIMEOUTS else 0)
+
+
 def _coded(outcome: str) -> tuple[Kind, int]:
     kind = classify(outcome)
-    return kind, _KIND_CODES[kind] | (TIMEOUT_BIT if outcome in TIMEOUTS else 0)
+    return kind, _code(kind, outcome)
 
 
 #: the class and window code of every known outcome (``_coded`` for the others)

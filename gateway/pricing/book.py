@@ -27,7 +27,7 @@ from gateway.pricing.base import Quote
 from gateway.pricing.builtin import BUILTIN_VERSION, builtin_rate
 from gateway.pricing.genai import genai_cost, genai_prices_version
 from gateway.pricing.models import normalize_model
-from gateway.pricing.pricefile import PriceFile, load_price_file
+from gateway.pricing.pricefile import PriceFile, load_price_file, parse_price_file
 from gateway.types import Usage
 
 #: providers whose calls cost nothing unless the price file prices them
@@ -67,6 +67,12 @@ class CompositePriceBook:
         if cost is not None:
             return Quote(cost=cost, price_version=self.version, source="genai-prices")
         return Quote(cost=None, price_version=self.version, source="unpriced")
+
+
+def book_from_document(doc: object, *, source: str = "the request's price file") -> CompositePriceBook:
+    """The price book of a price file sent as a document (``price_document``'s), or None for the
+    built-in tables alone. Raises ``PriceFileError`` naming ``source``."""
+    return CompositePriceBook(None if doc is None else parse_price_file(doc, source=source))
 
 
 def load_price_book(price_file: Path | None = None) -> CompositePriceBook:

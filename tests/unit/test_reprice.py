@@ -16,7 +16,7 @@ import pytest
 
 from analytics.store import AnalyticsStore
 from consumers.replay import ProgressBar, Replayer, ReplayError, ReplayOptions, decode, render_report, store_money
-from consumers.replay_http import book_from_document, options_from_body
+from consumers.replay_http import options_from_body
 from consumers.replay_sources import ReplayStart
 from consumers.sinks.base import DistinctEvents, RejectedEvents, SinkError, latest_by_id
 from consumers.sinks.duckdb import DuckDBSink
@@ -24,7 +24,7 @@ from gateway.errors import InvalidRequest
 from gateway.eventlog.base import LogRecord
 from gateway.eventlog.memory import MemoryEventLog
 from gateway.events import UsageEvent
-from gateway.pricing.book import CompositePriceBook, load_price_book
+from gateway.pricing.book import CompositePriceBook, book_from_document, load_price_book
 from gateway.pricing.pricefile import load_price_file, price_document
 from gateway.pricing.reprice import price_event, price_events, quote_models
 from gateway.types import Usage
