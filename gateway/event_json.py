@@ -168,9 +168,10 @@ def decode_fast(raw: bytes | str) -> UsageEvent | None:
             return None
     event: UsageEvent = _new(UsageEvent)
     _set(event, "__dict__", fields)
-    # the record named every field (the struct requires them all); a set of its own, which
-    # ``model_copy(update=...)`` adds to
-    _set(event, "__pydantic_fields_set__", _ALL_SET.copy())
+    # the record named every field (the struct requires them all). One set for every event it
+    # reads (a copy each cost 0.5 µs, 8% of a decode): a frozen model never adds to it, and
+    # pydantic copies it before ``model_copy(update=...)`` adds the update's names
+    _set(event, "__pydantic_fields_set__", _ALL_SET)
     _set(event, "__pydantic_extra__", None)
     _set(event, "__pydantic_private__", None)
     return event

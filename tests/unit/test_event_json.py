@@ -14,6 +14,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from gateway.event_json import _wire_type, decode_event, decode_fast
 from gateway.events import UsageEvent
@@ -236,3 +237,19 @@ def test_an_event_it_read_copies_with_changes_as_any_other() -> None:
     copy = fast.model_copy(update={"cost_usd": Decimal("2")})
     assert (copy.cost_usd, fast.cost_usd) == (Decimal("2"), Decimal("0.5"))
     assert copy.model_fields_set == fast.model_fields_set == set(BASE)
+
+
+def test_what_one_event_s_copy_names_never_reaches_the_others() -> None:
+    # every event it reads shares one set of field names: a copy's update, even of a name that
+    # is no field, must land in the copy's own set, never in the events read before or after
+    first, second = decode_fast(orjson.dumps(BASE)), decode_fast(orjson.dumps(BASE | {"event_id": "e-2"}))
+    assert first is not None and second is not None
+    copy = first.model_copy(update={"cost_usd": Decimal("2"), "not_a_field": 1})
+    assert "not_a_field" in copy.model_fields_set
+    later = decode_fast(orjson.dumps(BASE | {"event_id": "e-3"}))
+    assert later is not None
+    for event in (first, second, later):
+        assert event.model_fields_set == set(BASE)
+    with pytest.raises(ValidationError):  # frozen: nothing adds to the set by assignment
+        first.cost_usd = Decimal("3")  # type: ignore[misc]
+    assert first.model_fields_set == set(BASE)
