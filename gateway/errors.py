@@ -205,12 +205,20 @@ class UpstreamModelNotFound(ProviderError):
 
 
 class MalformedResponse(ProviderError):
-    """The provider answered 2xx with a body we cannot read."""
+    """The provider answered 2xx with a body we cannot read. It bills the answer whatever is
+    wrong with it: billable at the usage it reported when that part can be read
+    (``providers.http.with_billed_usage``), else at an unknown cost, never free (a truncated
+    JSON body, a stream whose first event is cut, was recorded free and the call's fallback
+    showed only what the next provider cost)."""
 
     status = 502
     type = "server_error"
     code = "malformed_upstream_response"
     outcome = "malformed_response"
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.billed_unseen = True
 
 
 class UpstreamBadRequest(ProviderError):

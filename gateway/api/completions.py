@@ -191,7 +191,9 @@ async def _stream(
         except errors.StreamCut as cut:
             _log_stream_cost(ctx, session)
             await state.event_log.settled(state.in_flight)
-            await response.write(held + _sse(cut.to_openai()))
+            # the cost travels with a cut stream too (a cut after the usage report is priced)
+            cost_line = f": x-llm-cost-usd={format_usd(session.cost)}\n\n".encode()
+            await response.write(held + cost_line + _sse(cut.to_openai()))
             return response
         session.finish("success")
         _log_stream_cost(ctx, session)

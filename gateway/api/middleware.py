@@ -10,6 +10,7 @@ from aiohttp.typedefs import Handler
 
 from gateway import errors
 from gateway.ids import request_id
+from gateway.pricing.base import format_usd
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +33,18 @@ def error_response(exc: errors.GatewayError, rid: str) -> web.Response:
     headers = {"x-request-id": rid}
     if exc.client_should_retry is False:
         headers["x-should-retry"] = "false"
+    # a call that reached providers says what it cost, failed or not, as its cost line and the
+    # stores do: an attempt the provider bills (a malformed 200, a stream cut after it began)
+    # costs its price or an unknown amount, which the error answers left out
     if isinstance(exc, errors.AllProvidersFailed):
         headers["x-llm-attempts"] = str(len(exc.attempts))
+        headers["x-llm-cost-usd"] = format_usd(exc.cost)
         waits = [a.retry_after for a in exc.attempts if a.retry_after is not None]
         if waits:
             headers["retry-after"] = retry_after_header(min(waits))
     elif isinstance(exc, errors.ProviderError):
         headers["x-llm-provider"] = exc.provider
+        headers["x-llm-cost-usd"] = format_usd(exc.call_cost)
         if exc.retry_after is not None:
             headers["retry-after"] = retry_after_header(exc.retry_after)
     return web.Response(

@@ -379,3 +379,51 @@ async def test_a_streams_model_header_names_the_model_that_serves_it(gw: Running
             header = response.headers["x-llm-model"]
             models = {chunk.model async for chunk in await response.parse()}
     assert models == {header} and header != "gpt-4o"
+
+
+async def test_a_call_says_what_it_cost_when_it_fails_too(gw: RunningGateway) -> None:
+    """A 200 answer the gateway cannot read is billed by its provider at an unknown cost: the
+    failed call's answer says so (it said nothing, while the stores and the cost line billed the
+    tenant), and a call served after it is unpriced, not what the fallback alone cost."""
+    gw.sims["openai"].faults.push(Fault("malformed"))
+    async with client(gw) as c:
+        raw = await c.chat.completions.with_raw_response.create(
+            model="gpt-4", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert (raw.headers["x-llm-provider"], raw.headers["x-llm-attempts"]) == ("azure", "2")
+    assert raw.headers["x-llm-cost-usd"] == "unpriced"
+    bad, served = gw.event_log.events
+    assert (bad.outcome, bad.billable, bad.cost_usd) == ("malformed_response", True, None)
+    assert served.cost_usd is not None and served.cost_usd > 0
+
+    gw.sims["openai"].faults.push(Fault("malformed"))
+    for name in ("azure", "anthropic", "google", "ollama"):
+        gw.sims[name].faults.push(Fault("server_error"))
+    async with client(gw) as c:
+        with pytest.raises(openai.InternalServerError) as info:
+            await c.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
+    assert info.value.response.headers["x-llm-attempts"] == "5"
+    assert info.value.response.headers["x-llm-cost-usd"] == "unpriced"
+    refused = [e for e in gw.event_log.events[2:] if e.outcome == "upstream_error"]
+    assert len(refused) == 4 and not any(e.billable for e in refused)
+
+    for sim in gw.sims.values():
+        sim.faults.push(Fault("server_error"))
+    async with client(gw) as c:
+        with pytest.raises(openai.InternalServerError) as info:
+            await c.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
+    assert info.value.response.headers["x-llm-cost-usd"] == "0.000000"  # refused everywhere: nothing billed
+
+
+async def test_a_cut_stream_says_what_it_cost_before_its_error(gw: RunningGateway) -> None:
+    gw.sims["openai"].faults.push(Fault("cut", after_chunks=2))
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{gw.base_url}/chat/completions",
+            json={"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}], "stream": True},
+        ) as r:
+            text = (await r.read()).decode()
+    [event] = gw.event_log.events
+    assert (event.outcome, event.billable, event.cost_usd) == ("stream_cut", True, None)
+    head, _, error = text.rpartition(": x-llm-cost-usd=unpriced\n\n")
+    assert head.startswith("data: ") and error.startswith("data: {\"error\"") and "[DONE]" not in text

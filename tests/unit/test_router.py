@@ -352,10 +352,10 @@ async def test_an_unreadable_answer_with_usage_is_billed_then_fallen_back_from()
 
 
 async def test_an_answer_unreadable_in_content_and_usage_is_billed_at_an_unknown_cost() -> None:
-    """A 200 answer with content 5 and prompt_tokens -5: recorded free (billable false, $0) and
-    fallen back from; the provider bills it, so its cost is unknown, and so is the call's."""
+    """A 200 answer with content 5 and prompt_tokens -5, or not JSON at all: recorded free
+    (billable false, $0) and fallen back from; the provider bills it, so its cost is unknown,
+    and so is the call's. Every malformed answer is so unless its usage was read."""
     bad = errors.MalformedResponse("openai: malformed response: content is int", provider="openai", http_status=200)
-    bad.billed_unseen = True
     router, log, _ = make_router(ScriptedProvider("openai", bad), ScriptedProvider("azure"))
     served = await router.complete(ctx(), TEMPLATE)
     first, second = log.events

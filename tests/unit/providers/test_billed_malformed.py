@@ -169,3 +169,42 @@ async def test_gemini_ignores_what_comes_after_the_finish(session: UpstreamClien
         chunks = [c async for c in provider.stream(ChatRequest(model="gemini-pro", messages=[Message("user", "hi")]))]
     assert "".join(c.text for c in chunks) == "Hi!"
     assert chunks[-1].finish_reason == "stop" and chunks[-1].usage == Usage(10, 20)
+
+
+#: a 200 body cut in its JSON, and a stream whose first event is (in each vendor's framing)
+TRUNCATED: dict[str, tuple[str, str]] = {
+    "openai": ('{"id": "x", "choices": [{"message": {"content": "Hel', 'data: {"id": "x", "choices": [{"del\n\n'),
+    "anthropic": ('{"type": "message", "content": [{"type": "te', 'event: message_start\ndata: {"type": "mess\n\n'),
+    "google": ('{"candidates": [{"content": {"par', 'data: {"candidates": [{"conte\n\n'),
+    "ollama": ('{"model": "llama3", "message": {"role": "assi', '{"model": "llama3", "message": {"ro\n'),
+}
+
+
+@pytest.mark.parametrize("vendor", list(TRUNCATED))
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_answer_that_is_not_json_at_all_is_billed_at_an_unknown_cost(
+    vendor: str, stream: bool, session: UpstreamClient, timeouts: Timeouts
+) -> None:
+    """A 200 whose body (or first stream event) is not JSON: the provider answered, and bills it;
+    it was recorded free (``billable`` false, $0), and the call's fallback showed only what the
+    next provider cost."""
+    body, events = TRUNCATED[vendor]
+    kind = "application/x-ndjson" if vendor == "ollama" else "text/event-stream"
+
+    async def handle(request: web.Request) -> web.Response:
+        if stream:
+            return web.Response(text=events, content_type=kind)
+        return web.Response(text=body, content_type="application/json")
+
+    async with serving(handle) as url:
+        module = BODIES[vendor][0]
+        base = f"{url}/v1" if vendor == "openai" else url
+        provider = module.build(ProviderSettings(api_key="k", base_url=base), session, timeouts)
+        assert provider is not None
+        request = ChatRequest(model="m", messages=[Message("user", "hi")], stream=stream)
+        with pytest.raises(errors.MalformedResponse) as info:
+            if stream:
+                _ = [c async for c in provider.stream(request)]
+            else:
+                await provider.complete(request)
+    assert info.value.usage is None and info.value.billed_unseen
