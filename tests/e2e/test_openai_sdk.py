@@ -426,4 +426,4 @@ async def test_a_cut_stream_says_what_it_cost_before_its_error(gw: RunningGatewa
     [event] = gw.event_log.events
     assert (event.outcome, event.billable, event.cost_usd) == ("stream_cut", True, None)
     head, _, error = text.rpartition(": x-llm-cost-usd=unpriced\n\n")
-    assert head.startswith("data: ") and error.startswith("data: {\"error\"") and "[DONE]" not in text
+    assert head.startswith("data: ") and error.startswith('data: {"error"') and "[DONE]" not in text
