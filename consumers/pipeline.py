@@ -83,12 +83,14 @@ class Pipeline:
             await self.stop()
 
 
-def build_sinks(settings: Settings, store: AnalyticsStore) -> list[Sink]:
-    sinks: list[Sink] = [DuckDBSink(store), HealthHistorySink(store, settings.health)]
+def build_sinks(settings: Settings, store: AnalyticsStore, *, live: bool) -> list[Sink]:
+    """The product's sinks; ``live``: the projector's, which never change a stored event (a
+    replay's correct them: ``consumers.sinks.base``)."""
+    sinks: list[Sink] = [DuckDBSink(store, corrects=not live), HealthHistorySink(store, settings.health)]
     if settings.database_url:
         from consumers.sinks.postgres import PostgresSink
 
-        sinks.append(PostgresSink(settings.database_url))
+        sinks.append(PostgresSink(settings.database_url, corrects=not live))
     return sinks
 
 
@@ -107,7 +109,7 @@ def build_pipeline(
     dead_letters = build_dead_letters(settings)
     projector = Projector(
         reader,
-        build_sinks(settings, store),
+        build_sinks(settings, store, live=True),
         LogDeadLetters(dead_letters),
         batch_size=batch_size,
         poll_timeout=poll_timeout,

@@ -30,11 +30,12 @@ Semantics:
   the last record on the log when the replay starts (see :mod:`consumers.replay_sources`). The
   replay reads with its own reader and commits nothing: the live projector's position is never
   touched.
-- **The live projector.** Run through a service (``POST /v1/admin/replay``), the replay first waits
-  (``wait_for_live`` seconds) until the service's projector has committed the whole range, so it
-  cannot later overwrite a repriced row with a recorded cost. Run in-process while a projector
-  group is behind, the summary warns: that group will project those events again, with their
-  recorded costs, when it runs (replay again once it has caught up).
+- **The live projector** never changes an event the stores hold (its sinks are built with
+  ``corrects=False``, see ``consumers.sinks.base``): when it projects, after the replay, events
+  the replay already wrote (a group behind, a redelivery after a crash), they keep the replay's
+  costs. Run through a service (``POST /v1/admin/replay``), the replay first waits
+  (``wait_for_live`` seconds) until the service's projector has committed the whole range; the
+  report's ``liveBehind`` says how many it had not.
 - **Health history** is rebuilt by ``full`` (which empties it first) or when asked
   (``health=True``), and only from the beginning: a fresh health view needs the whole stream in
   order. Otherwise a replay leaves it alone: it does not depend on prices, the live projector
@@ -552,11 +553,6 @@ class Replayer:
         report.added = sum(d.added for d in report.by_key.values())
         report.unpriced_before = sum(d.unpriced_before for d in report.by_key.values())
         report.unpriced_after = sum(d.unpriced_after for d in report.by_key.values())
-        if report.live_behind and options.reprice and not options.dry_run:
-            report.warnings.append(
-                f"the projector group {self.live_group!r} had not yet projected {report.live_behind} of the "
-                "replayed events: it will write their recorded costs when it does; replay again once it caught up"
-            )
         if not options.reprice and report.cost_changed:
             report.warnings.append(
                 f"{report.cost_changed} events {'would go' if options.dry_run else 'went'} back to the cost "

@@ -239,7 +239,7 @@ async def in_process(
         replayer = Replayer(
             build_replay_source(settings),
             store,
-            build_sinks(settings, store),
+            build_sinks(settings, store, live=False),
             price_book=book,
             progress=progress,
             live_group=live_group,

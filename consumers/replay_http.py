@@ -74,7 +74,7 @@ class ReplayService:
         return Replayer(
             build_replay_source(self.settings),
             self.store,
-            build_sinks(self.settings, self.store),
+            build_sinks(self.settings, self.store, live=False),
             price_book=book,
             progress=progress,
             live_group=self.live_group,

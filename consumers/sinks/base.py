@@ -2,10 +2,17 @@
 records it cannot use (dead letters).
 
 A sink is idempotent on ``event_id``: applying a batch twice, or a batch that overlaps one
-already applied, leaves the same rows and the same sums. Re-applying an event whose cost
-changed (replay with a new price table) updates the cost. That is what lets the projector
+already applied, leaves the same rows and the same sums. That is what lets the projector
 commit the log position only after every sink applied a batch, and simply re-apply the batch
 after a failure or a crash.
+
+Who may change a stored event: a **replay**'s sinks correct it (re-applying an event whose
+cost changed, with a new price table or back to the recorded one, updates the cost); the
+**live projector**'s sinks never do (``corrects=False``: a stored event is kept as it is). The
+log never holds two versions of an event, so a live projector meeting a stored event is
+redelivering it (a crash between the stores' commit and the position's, a group set back):
+it carried the recorded cost and overwrote what ``replay --reprice`` had corrected, for part
+of history and without a word (a review rewound a group after a reprice: 615 events went back).
 
 Errors: adapters translate driver errors at the boundary into :class:`SinkError`, whose
 ``retryable`` flag (on the class) tells the projector what to do:

@@ -175,10 +175,13 @@ def insert_batch(conn: duckdb.DuckDBPyConnection, path: str) -> None:
         conn.execute(DAILY_ALL_INSERTED, [path])
 
 
-def upsert_batch(conn: duckdb.DuckDBPyConnection, path: str, batch: Sequence[UsageEvent]) -> int:
+def upsert_batch(
+    conn: duckdb.DuckDBPyConnection, path: str, batch: Sequence[UsageEvent], *, corrects: bool = True
+) -> int:
     """Upsert the batch file ``path`` (the distinct events ``batch``) into usage_facts and keep
     usage_daily equal to their aggregate, in one transaction (rolled back whole on any error).
     Live batches (all new) take steps 1 and 2; re-deliveries add step 3; re-pricing 4 and 5.
+    ``corrects`` False: the events already stored are left as they are (steps 1 and 2 only).
     Returns how many of the events were already stored."""
     with transaction(conn):
         inserted = [row[0] for row in conn.execute(INSERT_NEW, [path]).fetchall()]
@@ -187,6 +190,8 @@ def upsert_batch(conn: duckdb.DuckDBPyConnection, path: str, batch: Sequence[Usa
             return 0
         if inserted:
             conn.execute(DAILY_SOME_INSERTED, [path, inserted])
+        if not corrects:
+            return len(batch) - len(inserted)
         new = set(inserted)
         existing = [e for e in batch if e.event_id not in new]
         ids = [e.event_id for e in existing]
@@ -254,11 +259,14 @@ _DATA_ERRORS: tuple[type[duckdb.Error], ...] = (duckdb.DataError, duckdb.Integri
 class DuckDBSink:
     name = "duckdb"
 
-    def __init__(self, store: AnalyticsStore, *, scratch_dir: str | Path | None = None) -> None:
+    def __init__(self, store: AnalyticsStore, *, scratch_dir: str | Path | None = None, corrects: bool = True) -> None:
         """``scratch_dir``: where batch files are written (and removed at once); default: the
         store's private ``scratch_dir``, the one place the sandboxed store may read files from
-        (another directory must be among the store's ``allowed_directories``)."""
+        (another directory must be among the store's ``allowed_directories``). ``corrects``: an
+        event already stored takes the batch's cost (a replay's sinks); False: it is kept as
+        stored (the live projector's, see ``consumers.sinks.base``)."""
         self._store = store
+        self._corrects = corrects
         self._scratch = None if scratch_dir is None else str(scratch_dir)
         self._compactor = DayCompactor()
         #: plain inserts: the table holds none of the events yet (see the module docstring)
@@ -306,7 +314,7 @@ class DuckDBSink:
                 return
             except duckdb.ConstraintException:
                 pass  # some event is stored already (or a NOT NULL refusal, which the upsert repeats)
-        if upsert_batch(conn, path, batch):
+        if upsert_batch(conn, path, batch, corrects=self._corrects):
             self._direct = False
 
     async def reset(self) -> None:

@@ -8,7 +8,9 @@ else the model the gateway asked the provider for.
 
 Idempotent on ``"id"`` (= event id): ``INSERT ... ON CONFLICT ("id") DO UPDATE`` of the cost
 and price version only, so a redelivered batch changes nothing and a replay with a new price
-table (``--reprice``) re-costs history. Rows whose cost did not change are not rewritten.
+table (``--reprice``) re-costs history. Rows whose cost did not change are not rewritten. The
+live projector's sink (``corrects=False``) inserts ``ON CONFLICT DO NOTHING``: a redelivery
+never undoes a replay's correction.
 
 Write path: each batch is COPYed into a per-connection temporary staging table, then
 ``INSERT ... SELECT ... ON CONFLICT`` into ``"LLMUsage"``, in one transaction. Measured with
@@ -75,6 +77,8 @@ UPSERT_FROM_STAGE = (
     + " WHERE "
     + " OR ".join(f"{TABLE}.{c} IS DISTINCT FROM EXCLUDED.{c}" for c in _REPRICED)
 )
+#: the live projector's (``corrects`` False): a stored row is kept as it is
+INSERT_NEW_FROM_STAGE = f'INSERT INTO {TABLE} ({_QUOTED}) SELECT {_QUOTED} FROM {STAGE} ON CONFLICT ("id") DO NOTHING'
 IS_EMPTY = f"SELECT NOT EXISTS (SELECT 1 FROM {TABLE})"
 #: the Sink's ``reset``: the gateway's rows (they carry a request id), not rows other writers of
 #: the platform's table may have put there. A replay --full does not use it: other gateways' logs
@@ -196,11 +200,15 @@ class PostgresSink:
         max_size: int = 2,
         connect_timeout: float = 10.0,
         command_timeout: float = 60.0,
+        corrects: bool = True,
     ) -> None:
         """``schema``: put the table in this schema (created if missing) instead of the
         connection's default search path. ``min_size`` 0: connections are opened on demand
-        (a pool with a floor keeps reconnecting, and logging tracebacks, during an outage)."""
+        (a pool with a floor keeps reconnecting, and logging tracebacks, during an outage).
+        ``corrects``: a stored row takes the batch's cost (a replay's sinks); False: it is kept
+        as stored (the live projector's, see ``consumers.sinks.base``)."""
         self._dsn = dsn
+        self._merge = UPSERT_FROM_STAGE if corrects else INSERT_NEW_FROM_STAGE
         self._schema = schema
         self._min_size = min_size
         self._max_size = max_size
@@ -245,7 +253,7 @@ class PostgresSink:
                         log.info("postgres: %s holds some of the events: upserting from now on", TABLE)
                 async with conn.transaction():
                     await _copy(conn, STAGE, batch, data)
-                    await conn.execute(UPSERT_FROM_STAGE)
+                    await conn.execute(self._merge)
         except asyncpg.NotNullViolationError as e:
             # every column the sink writes NOT NULL is non-null in any valid event: the table
             # has a NOT NULL column the sink does not know (a platform column without a

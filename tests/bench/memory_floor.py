@@ -85,7 +85,7 @@ def child(batches: int) -> None:
         store = AnalyticsStore(
             Path(work) / "analytics.duckdb", memory_limit=settings.duckdb_memory_limit, threads=settings.duckdb_threads
         )
-        sinks = build_sinks(settings, store)
+        sinks = build_sinks(settings, store, live=True)
 
         async def apply(count: int, start: int) -> None:
             events = [decode_event(value) for _, value, _ in eventgen.encoded(count, start)]

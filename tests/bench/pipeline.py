@@ -149,14 +149,14 @@ async def make_sinks(kind: str, settings: Settings, store: AnalyticsStore) -> li
     if kind == "null":
         return [NullSink()]
     if kind == "duckdb":
-        return [DuckDBSink(store), HealthHistorySink(store, settings.health)]
+        return [DuckDBSink(store, corrects=False), HealthHistorySink(store, settings.health)]
     assert settings.database_url
     url = await pg_schema(settings.database_url)
     if kind == "postgres":
-        return [PostgresSink(url)]
+        return [PostgresSink(url, corrects=False)]
     if kind == "stores":  # the two stores, without the health history the product adds
-        return [DuckDBSink(store), PostgresSink(url)]
-    return build_sinks(settings.model_copy(update={"database_url": url}), store)  # "all": the product's
+        return [DuckDBSink(store, corrects=False), PostgresSink(url, corrects=False)]
+    return build_sinks(settings.model_copy(update={"database_url": url}), store, live=True)  # "all": the product's
 
 
 async def project(

@@ -99,14 +99,17 @@ class Harness:
     sink: Sink
     rows: Callable[[], Awaitable[dict[str, Projected]]]
     total_cost: Callable[[], Awaitable[Decimal]]
+    #: the live projector's sink on the same store (``corrects=False``)
+    live: Sink
 
 
 # --- DuckDB -------------------------------------------------------------------------------------
 async def duckdb_harness() -> AsyncIterator[Harness]:
     store = AnalyticsStore()
     await store.open()
-    sink = DuckDBSink(store)
+    sink, live = DuckDBSink(store), DuckDBSink(store, corrects=False)
     await sink.start()
+    await live.start()
 
     async def rows() -> dict[str, Projected]:
         got = await store.fetchall(
@@ -119,7 +122,7 @@ async def duckdb_harness() -> AsyncIterator[Harness]:
         got = await store.fetchall("SELECT coalesce(sum(cost_usd), 0) FROM usage_facts")
         return Decimal(got[0][0])
 
-    yield Harness(sink, rows, total_cost)
+    yield Harness(sink, rows, total_cost, live)
     await sink.close()
     await store.close()
 
@@ -135,8 +138,9 @@ def database_url() -> str:
 async def postgres_harness() -> AsyncIterator[Harness]:
     url = database_url()
     schema = f"sink_contract_{uuid.uuid4().hex[:12]}"
-    sink = PostgresSink(url, schema=schema)
+    sink, live = PostgresSink(url, schema=schema), PostgresSink(url, schema=schema, corrects=False)
     await sink.start()
+    await live.start()
     conn = await asyncpg.connect(url, server_settings={"search_path": schema})
 
     async def rows() -> dict[str, Projected]:
@@ -151,9 +155,10 @@ async def postgres_harness() -> AsyncIterator[Harness]:
         return Decimal(await conn.fetchval('SELECT coalesce(sum("costUsd"), 0) FROM "LLMUsage"'))
 
     try:
-        yield Harness(sink, rows, total_cost)
+        yield Harness(sink, rows, total_cost, live)
     finally:
         await sink.close()
+        await live.close()
         await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
         await conn.close()
 
@@ -215,6 +220,23 @@ async def test_redelivery_with_a_new_price_updates_the_cost(harness: Harness) ->
     assert len(rows) == 10
     assert {(r.cost_usd, r.price_version) for r in rows.values()} == {(Decimal("0.0025"), "2026-02")}
     assert await harness.total_cost() == Decimal("0.025")
+
+
+async def test_the_live_projector_s_sink_keeps_a_stored_event_as_it_is(harness: Harness) -> None:
+    """A live projector meeting a stored event is redelivering it with its recorded cost: it
+    must not undo what a replay corrected (it did, for part of history, without a word)."""
+    events = [make_event(i, cost=Decimal("0.001")) for i in range(10)]
+    await harness.live.apply(events[:4])
+    repriced = [e.model_copy(update={"cost_usd": Decimal("0.0025"), "price_version": "2026-02"}) for e in events]
+    await harness.sink.apply(repriced[:4])  # a replay --reprice
+    await harness.live.apply(events)  # a redelivery of the first four, and six new ones
+    rows = await harness.rows()
+    assert {i: (rows[e.event_id].cost_usd, rows[e.event_id].price_version) for i, e in enumerate(events)} == {
+        i: (Decimal("0.0025"), "2026-02") if i < 4 else (e.cost_usd, e.price_version) for i, e in enumerate(events)
+    }
+    assert await harness.total_cost() == Decimal("0.0025") * 4 + Decimal("0.001") * 6
+    await harness.sink.apply(events[:4])  # a replay without --reprice: back to the recorded costs
+    assert await harness.total_cost() == Decimal("0.001") * 10
 
 
 async def test_unpriced_is_null_and_a_later_price_backfills_it(harness: Harness) -> None:

@@ -336,7 +336,7 @@ async def test_a_consumer_stuck_on_a_bug_says_so_in_its_health_check(
             await super().apply(events)
 
     sink = BuggySink("buggy")
-    monkeypatch.setattr(pipeline_module, "build_sinks", lambda settings, store: [sink])
+    monkeypatch.setattr(pipeline_module, "build_sinks", lambda settings, store, live: [sink])
     log = SqliteEventLog(tmp_path / "events.sqlite3")
     await log.start()
     for i in range(3):
@@ -382,7 +382,7 @@ async def test_the_gateway_health_shows_its_embedded_projector(tmp_path: Path, m
     async with embedded(tmp_path) as gw, aiohttp.ClientSession() as s:
         async with s.get(f"{gw.url}/healthz") as r:
             assert r.status == 200 and (await r.json())["projector"]["status"] == "ok"
-        monkeypatch.setattr(pipeline_module, "build_sinks", lambda settings, store: [BuggySink(store)])
+        monkeypatch.setattr(pipeline_module, "build_sinks", lambda settings, store, live: [BuggySink(store)])
     async with embedded(tmp_path) as gw, aiohttp.ClientSession() as s:
         body = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}
         async with s.post(f"{gw.base_url}/chat/completions", json=body) as r:

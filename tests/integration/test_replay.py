@@ -198,6 +198,29 @@ def test_cli_reprices_unpriced_history_in_both_directions_and_twice_is_a_no_op(
     assert "--full" in capsys.readouterr().err
 
 
+def test_a_redelivery_after_a_reprice_keeps_the_corrected_costs(tmp_path: Path) -> None:
+    """The live projector meets events a replay corrected when they are delivered again (a crash
+    between the stores' commit and the position's, a group set back): it wrote their recorded
+    costs over the corrections, for part of history and without a word. Its sinks now keep a
+    stored event as it is; a replay without --reprice still restores the recorded costs."""
+    settings = settings_for(tmp_path, port=free_port())
+    asyncio.run(record(SqliteEventLog(embedded_log_path(settings))))
+    asyncio.run(project(settings))
+    priced = settings.model_copy(update={"price_file": write_prices(tmp_path)})
+    assert replay_cli(priced, "--reprice") == 0
+    found, state = asyncio.run(read_file_store(settings))
+    assert found == REPRICED
+
+    with sqlite3.connect(embedded_log_path(settings)) as conn:  # the live group set back to the start
+        conn.execute("UPDATE positions SET position = 0 WHERE group_id = ?", [DEFAULT_GROUP])
+    asyncio.run(project(settings))  # every event delivered again
+    assert positions(settings) == [(DEFAULT_GROUP, EVENTS)]
+    assert asyncio.run(read_file_store(settings)) == (REPRICED, state)  # facts and rollup as corrected
+
+    assert replay_cli(priced) == 0  # a replay without --reprice: the recorded costs, as documented
+    assert asyncio.run(read_file_store(settings))[0] == RECORDED
+
+
 # --- embedded log, through the service that owns DuckDB -------------------------------------------
 
 
