@@ -13,6 +13,7 @@ from gateway.api.middleware import REQUEST_ID
 from gateway.api.responses import ChunkFormatter, chat_completion, text_completion
 from gateway.api.state import STATE, GatewayState
 from gateway.api.validation import ParsedRequest, parse_chat, parse_completion
+from gateway.api.write_watch import WriteWatch
 from gateway.pricing.base import format_usd
 from gateway.routing.router import StreamSession
 from gateway.safe_text import header_value
@@ -169,8 +170,11 @@ async def _stream(
     created = int(state.clock().timestamp())
     formatter: ChunkFormatter | None = None
     held = b""  # the last read of a stream the upstream ended: it goes out with the end, in one write
+    watch = WriteWatch(request.transport, state.settings.stream_idle_timeout, ctx.request_id)
     try:
+        watch.begin()
         await response.prepare(request)
+        watch.end()
         try:
             async for batch in session.batches():
                 if formatter is None:
@@ -187,12 +191,15 @@ async def _stream(
                 if session.complete:
                     held = out
                 elif out:
+                    watch.begin()
                     await response.write(out)
+                    watch.end()
         except errors.StreamCut as cut:
             _log_stream_cost(ctx, session)
             await state.event_log.settled(state.in_flight)
             # the cost travels with a cut stream too (a cut after the usage report is priced)
             cost_line = f": x-llm-cost-usd={format_usd(session.cost)}\n\n".encode()
+            watch.begin()
             await response.write(held + cost_line + _sse(cut.to_openai()))
             return response
         session.finish("success")
@@ -217,11 +224,13 @@ async def _stream(
         tail.append(f": x-llm-cost-usd={cost_text}\n\n".encode())
         tail.append(b"data: [DONE]\n\n")
         await state.event_log.settled(state.in_flight)
+        watch.begin()
         await response.write_eof(b"".join(tail))
-    except ConnectionResetError:
+    except ConnectionError:  # reset, or lost while a write waited (a plain ConnectionError: a 500 before)
         _client_gone(ctx, session)
         log.info("client went away during the stream of request %s", ctx.request_id)
     finally:
+        watch.close()
         if session.event is None:  # cancelled (the client went away while we waited)
             _client_gone(ctx, session)
         await session.aclose()
