@@ -85,3 +85,22 @@ async def fetch_metrics(gw: RunningGateway) -> str:
     data = await asyncio.wait_for(reader.read(), 5)
     writer.close()
     return data.decode()
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"bad header\r\n",  # a header line without a name and a colon
+        b"x-long: " + b"a" * 9000 + b"\r\n",  # past the parser's 8,190 bytes a line
+        b"transfer-encoding: chunked\r\ncontent-length: 5\r\n",  # both framings at once
+    ],
+)
+async def test_a_request_head_the_parser_refuses_leaves_no_error_traceback(
+    gw: RunningGateway, head: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Answered 400 by aiohttp's parser before any handler; each one wrote a traceback at
+    ERROR, which anyone can send without a key (a log flood)."""
+    answer = await exchange(gw, head, BODY)
+    assert status_of(answer) in (400, 431), answer[:300]
+    assert gw.sims["openai"].requests == [] and gw.event_log.events == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
