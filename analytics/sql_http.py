@@ -18,7 +18,6 @@ column, ...), ``sql_timeout`` or ``sql_result_too_large`` (over ``MAX_RESULT_BYT
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 from aiohttp import web
@@ -27,6 +26,7 @@ from analytics.http import AUTH, STORE, AnalyticsUnavailable
 from analytics.sql import SqlError, SqlService
 from analytics.sql_limits import DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT, MAX_ROWS_LIMIT, MAX_TIMEOUT
 from analytics.store import StoreError
+from gateway.api.json_body import json_body
 from gateway.errors import InvalidRequest, PermissionDenied
 
 SQL: web.AppKey[SqlService] = web.AppKey("analytics_sql", SqlService)
@@ -62,10 +62,7 @@ async def sql_query(request: web.Request) -> web.Response:
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.read() or b"null")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from exc
+    body = await json_body(request, empty=None)
     if not isinstance(body, dict):
         raise InvalidRequest('the request body must be a JSON object: {"sql": "SELECT ..."}')
     return body

@@ -36,6 +36,7 @@ from analytics.store import AnalyticsStore
 from consumers.projector import ProjectorStats
 from consumers.replay import PendingRebuild, Replayer, ReplayError, ReplayOptions, pending_rebuild
 from gateway.api.auth import Authenticator
+from gateway.api.json_body import json_body
 from gateway.errors import GatewayError, InvalidRequest, PermissionDenied
 from gateway.pricing.base import PriceBook
 from gateway.pricing.pricefile import PriceFileError
@@ -230,10 +231,7 @@ async def replay_handler(request: web.Request) -> web.StreamResponse:
     principal = service.auth.authenticate(request)
     if not principal.admin:
         raise PermissionDenied("replaying the event log needs an admin API key")
-    try:
-        body = await request.json() if request.can_read_body else {}
-    except ValueError as e:
-        raise InvalidRequest(f"the body is not valid JSON: {e}") from e
+    body = await json_body(request, empty={})
     options = options_from_body(body)
     if options.from_position is not None:
         from consumers.replay_sources import ReplayRangeError, check_position

@@ -255,3 +255,26 @@ async def test_the_store_not_open_is_a_503_in_the_openai_error_format() -> None:
                 assert body["error"]["code"] == "analytics_unavailable" and "not open" in body["error"]["message"]
     finally:
         await runner.cleanup()
+
+
+@pytest.mark.parametrize("path", ["/analytics/sql", "/admin/replay"])
+@pytest.mark.parametrize(
+    ("body", "headers", "code"),
+    [
+        (b'{"sql": ' + b"[" * 2000 + b"]" * 2000 + b"}", {}, "invalid_json"),  # past Python's parser
+        (b"not gzip at all", {"content-encoding": "gzip"}, "invalid_body"),  # an encoding it is not in
+        (b'{"sql": ' + b"7" * 5001 + b"}", {}, "invalid_json"),  # past Python's integer conversion
+    ],
+)
+async def test_a_broken_admin_body_is_a_400_in_the_openai_format(
+    tmp_path: Path, path: str, body: bytes, headers: dict[str, str], code: str
+) -> None:
+    """Both were a 500 (RecursionError, RequestPayloadError); the long number's 400 told the
+    client to call ``sys.set_int_max_str_digits()``."""
+    async with embedded(tmp_path) as gw, aiohttp.ClientSession() as s:
+        headers = {"content-type": "application/json", **headers}
+        async with s.post(f"{gw.base_url}{path}", data=body, headers=headers) as r:
+            assert r.status == 400, await r.text()
+            error = (await r.json())["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["code"] == code
+    assert "sys." not in error["message"]

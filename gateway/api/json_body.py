@@ -1,0 +1,32 @@
+"""The JSON body of an admin or analytics request (``/v1/analytics/sql``, ``/v1/admin/replay``):
+any body a client can break is a 400 in the OpenAI error format, as on the completion routes.
+A body nested past Python's parser (``RecursionError``) or that claims an encoding it is not in
+(``RequestPayloadError``) was a 500 there (a review); a number too long for Python's integer
+conversion said to raise ``sys.set_int_max_str_digits()``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from gateway.errors import InvalidRequest
+
+
+async def json_body(request: web.Request, *, empty: Any) -> Any:
+    """The parsed body (standard library ``json``: integers exact), or ``empty`` for none."""
+    try:
+        raw = await request.read()
+    except (web.RequestPayloadError, ConnectionError) as exc:
+        reason = exc.__cause__ or exc
+        raise InvalidRequest(f"the request body could not be read: {reason}", code="invalid_body") from exc
+    if not raw.strip():
+        return empty
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise InvalidRequest("the request body is not valid JSON: nested too deep", code="invalid_json") from None
+    except ValueError as exc:  # UnicodeDecodeError too
+        reason = "a number too long" if "int_max_str_digits" in str(exc) else str(exc)
+        raise InvalidRequest(f"the request body is not valid JSON: {reason}", code="invalid_json") from exc
