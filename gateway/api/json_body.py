@@ -19,8 +19,8 @@ async def json_body(request: web.Request, *, empty: Any) -> Any:
     try:
         raw = await request.read()
     except (web.RequestPayloadError, ConnectionError) as exc:
-        reason = exc.__cause__ or exc
-        raise InvalidRequest(f"the request body could not be read: {reason}", code="invalid_body") from exc
+        cause = exc.__cause__ or exc
+        raise InvalidRequest(f"the request body could not be read: {cause}", code="invalid_body") from exc
     if not raw.strip():
         return empty
     try:

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 class WriteWatch:
     __slots__ = ("_handle", "_limit", "_loop", "_request_id", "_transport", "since")
 
-    def __init__(self, transport: asyncio.BaseTransport | None, limit: float, request_id: str) -> None:
+    def __init__(self, transport: asyncio.Transport | None, limit: float, request_id: str) -> None:
         self._loop = asyncio.get_running_loop()
         self._transport = transport
         self._limit = limit
