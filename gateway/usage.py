@@ -13,7 +13,7 @@ from gateway.eventlog.base import EventLog
 from gateway.events import Outcome, UsageEvent
 from gateway.ids import Clock, uuid7_str
 from gateway.pricing.base import PriceBook, Quote, format_usd
-from gateway.pricing.reprice import quote_models
+from gateway.pricing.reprice import quote_models, unseen_cost
 from gateway.safe_text import log_value
 from gateway.types import Usage
 
@@ -51,12 +51,6 @@ class AttemptFacts:
     incomplete: bool = False
     #: the provider bills the attempt though its usage was not seen (``ProviderError.billed_unseen``)
     billed: bool = False
-
-
-#: one token of every kind a price can distinguish: what costs nothing here is free
-_EVERY_KIND_OF_TOKEN = Usage(
-    prompt_tokens=3, completion_tokens=2, cached_tokens=1, cache_creation_tokens=1, reasoning_tokens=1
-)
 
 
 def _billed_unseen(facts: AttemptFacts) -> bool:
@@ -178,12 +172,9 @@ class UsageRecorder:
         return event
 
     def _unseen_cost(self, provider: str, models: list[str | None], at: datetime) -> tuple[Decimal | None, str]:
-        """The cost of an attempt whose usage we never saw: $0 if the model's price is zero for
-        every kind of token (a local Ollama model), else unknown (None)."""
-        quote = self.quote(provider, models, _EVERY_KIND_OF_TOKEN, at)
-        if quote.cost is not None and quote.cost == 0:
-            return ZERO, quote.price_version
-        return None, self._prices.version
+        """The cost of an attempt whose usage we never saw (``pricing.reprice.unseen_cost``)."""
+        cost, version, _priced = unseen_cost(self._prices, provider, models, at)
+        return cost, version
 
     def _notify_deferred(self) -> None:
         events, self._deferred = self._deferred, []

@@ -13,7 +13,8 @@ recorded, at the event's own ``created_at``:
 - an **unpriced** billable attempt the book still cannot price stays unpriced (cost None), now
   stamped with the version that was consulted;
 - a billable attempt **without token counts** (a stream cut before the provider reported usage)
-  stays as recorded (unknown, or $0 on a free model): there is nothing to price;
+  costs what the recorder would say now (:func:`unseen_cost`): $0 on a model the book prices at
+  nothing, else unknown (and as recorded when the book no longer prices the model);
 - a cost has at most :data:`COST_DECIMALS` decimals, rounded half up once, here: what the stores
   keep (DuckDB ``DECIMAL(20,10)``, Postgres ``NUMERIC(20,10)``) is then exactly what the call's
   header, cost line and event say, and sums over the stores are exact;
@@ -72,6 +73,28 @@ def quote_models(book: PriceBook, provider: str, models: Sequence[str | None], u
     return first or Quote(None, book.version, "unpriced")
 
 
+#: one token of every kind a price can distinguish: what costs nothing here is free
+EVERY_KIND_OF_TOKEN = Usage(
+    prompt_tokens=3, completion_tokens=2, cached_tokens=1, cache_creation_tokens=1, reasoning_tokens=1
+)
+ZERO = Decimal(0)
+
+
+def unseen_cost(
+    book: PriceBook, provider: str, models: Sequence[str | None], at: datetime
+) -> tuple[Decimal | None, str, bool]:
+    """The cost of a billed attempt whose usage was never seen: $0 when ``book`` prices the model
+    at nothing whatever it used (a local Ollama model), else unknown (None); with the version
+    stamped, and whether ``book`` prices the model at all. The recorder's rule at call time and
+    the reprice's."""
+    quote = quote_models(book, provider, models, EVERY_KIND_OF_TOKEN, at)
+    if quote.cost is None:
+        return None, book.version, False
+    if quote.cost == 0:
+        return ZERO, quote.price_version, True
+    return None, book.version, True
+
+
 def event_usage(event: UsageEvent) -> Usage:
     return Usage(
         prompt_tokens=event.prompt_tokens,
@@ -84,8 +107,20 @@ def event_usage(event: UsageEvent) -> Usage:
 
 def price_event(event: UsageEvent, book: PriceBook) -> UsageEvent:
     """``event`` re-costed with ``book`` (the same object when nothing changes)."""
-    if not event.billable or (event.prompt_tokens == 0 and event.completion_tokens == 0):
-        return event  # not billed (cost 0), or billed without counts (unknown): nothing to price
+    if not event.billable:
+        return event  # not billed: cost 0
+    if event.prompt_tokens == 0 and event.completion_tokens == 0:
+        # billed without counts (the recorder makes no other billable event without tokens):
+        # $0 or unknown, by the model's price, as at call time. Left as recorded, a call made
+        # while its model was free stayed $0 once a price file priced it (review)
+        cost, version, priced = unseen_cost(
+            book, event.provider, (event.served_model, event.provider_model), event.created_at
+        )
+        if not priced and event.cost_usd is not None:
+            return event  # a price gone from the table does not unprice a recorded cost
+        if cost == event.cost_usd and version == event.price_version:
+            return event
+        return event.model_copy(update={"cost_usd": cost, "price_version": version})
     usage = event_usage(event)
     if not usage.plausible():
         # counts no call can have (an older gateway recorded an upstream's -5 as it came): a

@@ -128,7 +128,40 @@ def test_failed_and_usage_less_attempts_keep_their_cost(tmp_path: Path) -> None:
     cut = price_event(events["req_cut"], book)
 
     assert limited is events["req_429"] and limited.cost_usd == Decimal(0) and not limited.billable
-    assert cut is events["req_cut"] and cut.cost_usd is None and cut.billable  # nothing to price
+    # billed without counts, of a model the book prices: unknown still, with the version consulted
+    assert (cut.cost_usd, cut.billable, cut.price_version) == (None, True, book.version)
+    assert price_event(cut, book) is cut
+
+
+LLAMA_PRICED = """\
+version: ops-2
+prices:
+  - provider: ollama
+    model: llama3
+    input_per_1k: "0.0001"
+    output_per_1k: "0.0002"
+"""
+
+
+def test_an_attempt_billed_without_counts_costs_what_its_model_costs_now(tmp_path: Path) -> None:
+    """A stream of a free model (a local Ollama) cut before its usage is $0; once a price file
+    prices the model, a reprice makes it unknown, as the recorder would now: it stayed $0, a
+    free billable call of unknown usage (review). Back to free, it is $0 again."""
+    free = load_price_book(None)
+    log = MemoryEventLog()
+    ctx = CallContext("req_llama", "acme", None, "chat.completions", True, "llama3")
+    UsageRecorder(log, free, clock=Clock()).record(
+        ctx, AttemptFacts(1, "ollama", "llama3", "stream_cut", 300.0, incomplete=True)
+    )
+    [recorded] = log.events
+    assert (recorded.cost_usd, recorded.billable) == (Decimal(0), True)
+
+    priced = load_price_book(price_file(tmp_path, LLAMA_PRICED))
+    unknown = price_event(recorded, priced)
+    assert (unknown.cost_usd, unknown.billable, unknown.price_version) == (None, True, priced.version)
+    again = price_event(unknown, free)
+    assert (again.cost_usd, again.price_version) == (Decimal(0), recorded.price_version)
+    assert price_event(recorded, free) is recorded  # nothing changed
 
 
 def test_a_recorded_cost_is_never_replaced_by_unpriced() -> None:
@@ -291,7 +324,8 @@ async def test_reprice_makes_unpriced_events_priced_and_a_second_replay_is_a_no_
     assert await cost_of(store, "acme", "acme-llm-1") == (Decimal("0.0055818"), 0)
     assert await cost_of(store, "globex", "acme-llm-1") == (Decimal("0.00898"), 1)  # the cut stream stays unpriced
     assert await cost_of(store, "acme", "gpt-4o-2024-08-06") == (Decimal("0.0065"), 0)
-    assert (report.repriced, report.cost_changed, report.added) == (6, 5, 0)  # gpt-4o: same cost, new version
+    # gpt-4o: the same cost, a new version; the cut stream: unknown still, stamped with the version consulted
+    assert (report.repriced, report.cost_changed, report.added) == (7, 5, 0)
     assert (report.unpriced_before, report.unpriced_after) == (6, 1)
     assert report.price_version == book.version
     diff = {(d.tenant_id, d.model): d for d in report.diff}
@@ -313,7 +347,7 @@ async def test_reprice_makes_unpriced_events_priced_and_a_second_replay_is_a_no_
 
     assert await facts(store) == before
     assert (again.changed, again.diff, again.events_applied) == (0, [], len(events))
-    assert again.repriced == 6  # relative to the log, which still says unpriced
+    assert again.repriced == 7  # relative to the log, which still says unpriced
     assert "no cost changes" in render_report(again.to_dict())
 
 
