@@ -9,45 +9,69 @@ waited for them (122 s), longer than an orchestrator's grace period before its S
 loses the event. Aborted, the pending write raises ``ConnectionError``: the stream is recorded
 ``cancelled`` and its upstream closed, as when the client leaves.
 
-One timer per stream, re-armed every ``limit`` seconds while the stream lives (streams last
-seconds, so most never see it fire); a write costs two attribute stores and a clock read.
+One sweep for all the streams of a gateway, every quarter of ``limit`` (at most a second) while
+any is open: a timer per stream cost 3% of a stream's CPU at 2,200 streams/s (each cancelled
+timer stays in the event loop's heap until its time). A stream costs a set entry; a write, two
+attribute stores and a clock read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 log = logging.getLogger(__name__)
 
 
-class WriteWatch:
-    __slots__ = ("_handle", "_limit", "_loop", "_request_id", "_transport", "since")
+class Watch:
+    """One stream's writes (:meth:`WriteWatches.watch`)."""
 
-    def __init__(self, transport: asyncio.Transport | None, limit: float, request_id: str) -> None:
-        self._loop = asyncio.get_running_loop()
+    __slots__ = ("_owner", "_request_id", "_transport", "since")
+
+    def __init__(self, owner: WriteWatches, transport: asyncio.Transport | None, request_id: str) -> None:
+        self._owner = owner
         self._transport = transport
-        self._limit = limit
         self._request_id = request_id
-        #: when the write in progress began (``loop.time()``); None between writes
+        #: when the write in progress began (``time.monotonic()``); None between writes
         self.since: float | None = None
-        self._handle = self._loop.call_later(limit, self._check)
 
     def begin(self) -> None:
-        self.since = self._loop.time()
+        self.since = time.monotonic()
 
     def end(self) -> None:
         self.since = None
 
     def close(self) -> None:
-        self._handle.cancel()
+        self._owner.active.discard(self)
 
-    def _check(self) -> None:
-        since = self.since
-        waited = 0.0 if since is None else self._loop.time() - since
-        if waited >= self._limit:
-            log.info("request %s: the client took nothing for %.0f s: closing its stream", self._request_id, waited)
-            if self._transport is not None:
-                self._transport.abort()
+    def abort(self, waited: float) -> None:
+        log.info("request %s: the client took nothing for %.0f s: closing its stream", self._request_id, waited)
+        self.close()
+        if self._transport is not None:
+            self._transport.abort()
+
+
+class WriteWatches:
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.every = min(1.0, limit / 4)
+        self.active: set[Watch] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def watch(self, transport: asyncio.Transport | None, request_id: str) -> Watch:
+        watch = Watch(self, transport, request_id)
+        self.active.add(watch)
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.every, self._sweep)
+        return watch
+
+    def _sweep(self) -> None:
+        self._timer = None
+        if not self.active:
             return
-        self._handle = self._loop.call_later(self._limit - waited, self._check)
+        now = time.monotonic()
+        stalled = [(w, now - w.since) for w in self.active if w.since is not None and now - w.since >= self.limit]
+        for watch, waited in stalled:
+            watch.abort(waited)
+        self._timer = asyncio.get_running_loop().call_later(self.every, self._sweep)
