@@ -79,7 +79,7 @@ async def _consume(settings: Settings, args: argparse.Namespace) -> None:
     host = args.host or settings.bind_host
     sock = listening_socket(host, port) if port else None  # a taken port: before joining the group
     app = build_consumer_app(settings, args.group, args.batch_size)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout)
     try:
         await runner.setup()  # inside the try: see serve
         if sock is not None:

@@ -90,7 +90,7 @@ async def _serve(settings: Settings, simulate: bool) -> None:
     quiet_accept_errors(asyncio.get_running_loop())
     sock = listening_socket(settings.bind_host, settings.port)  # a taken port fails before anything opens
     app = create_app(settings, installers=server_installers(settings))
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout)
     try:
         # inside the try: a start that fails half-way (a DuckDB file another process holds)
         # must still close what it opened; asyncio.run tore the generators down instead, with

@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     request_timeout: float = Field(default=120.0, gt=0, le=86_400)
     connect_timeout: float = Field(default=5.0, gt=0, le=86_400)
     stream_idle_timeout: float = Field(default=60.0, gt=0, le=86_400)
+    #: how long a stop (SIGTERM) lets the calls in flight finish; then they are cancelled, their
+    #: attempts recorded ``cancelled``. Keep it under the orchestrator's grace period (Kubernetes
+    #: 30 s, ``docker stop`` 10 s by default): its SIGKILL loses the events of calls still running
+    shutdown_timeout: float = Field(default=25.0, gt=0, le=86_400)
 
     # --- provider health ---------------------------------------------------------------------
     health: HealthSettings = Field(default_factory=HealthSettings)

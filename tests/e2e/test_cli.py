@@ -289,3 +289,53 @@ async def test_a_reader_that_leaves_early_is_not_a_traceback(tmp_path: Path) -> 
         os.close(write_end)
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0 and "Traceback" not in err.decode(), err.decode()
+
+
+async def test_a_stop_cancels_the_calls_still_running_after_the_shutdown_timeout(tmp_path: Path) -> None:
+    """Calls longer than the stop's grace (``LLM_GATEWAY_SHUTDOWN_TIMEOUT``) are cancelled and
+    recorded so, and the process exits: aiohttp's 60 s let an orchestrator's SIGKILL (Kubernetes
+    after 30 s, ``docker stop`` after 10) take the process first, and the events with it."""
+    import signal
+    import sqlite3
+    import time
+
+    from gateway.simulators.base import Fault
+    from gateway.simulators.openai import OpenAISimulator
+
+    sim = OpenAISimulator(api_key="sk-test")
+    await sim.start()
+    sim.faults.always(Fault("delay", delay=60))
+    port = free_port()
+    env = clean_env(tmp_path) | {
+        "OPENAI_BASE_URL": f"{sim.base_url}/v1",
+        "OPENAI_API_KEY": "sk-test",
+        "LLM_GATEWAY_PRIORITY": '["openai"]',
+        "LLM_GATEWAY_SHUTDOWN_TIMEOUT": "1",
+    }
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello there"}]}
+    try:
+        async with process("serve", "--port", str(port), env=env) as proc, aiohttp.ClientSession() as s:
+            await wait_http(f"http://127.0.0.1:{port}/healthz")
+
+            async def call(stream: bool) -> int:
+                try:
+                    async with s.post(url, json={**body, "stream": stream}) as r:
+                        await r.read()
+                        return r.status
+                except aiohttp.ClientError:
+                    return 0  # cut: the gateway went away
+
+            calls = asyncio.gather(call(False), call(True))
+            await asyncio.sleep(0.5)  # both are waiting on the upstream
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 20) == 0
+            stopped = time.monotonic() - started
+            await asyncio.wait_for(calls, 20)
+    finally:
+        await sim.stop()
+    assert stopped < 10  # the shutdown timeout, not the upstream's 60 s
+    with sqlite3.connect(tmp_path / "events.sqlite3") as db:
+        values = [bytes(row[0]) for row in db.execute("SELECT value FROM events")]
+    assert len(values) == 2 and all(b'"outcome":"cancelled"' in v for v in values)
