@@ -378,6 +378,9 @@ class Router:
                 latency_ms=latency,
                 usage=error.usage,
                 billed=error.billed_unseen,
+                # a stream cut before its first content ended before the provider finished, as
+                # one cut later does (it was not, and v_cost_daily's incomplete_calls missed it)
+                incomplete=isinstance(error, errors.StreamCut),
                 http_status=error.http_status,
                 error_code=error.upstream_code or error.code,
                 error_message=error.message,

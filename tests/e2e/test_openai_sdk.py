@@ -427,3 +427,18 @@ async def test_a_cut_stream_says_what_it_cost_before_its_error(gw: RunningGatewa
     assert (event.outcome, event.billable, event.cost_usd) == ("stream_cut", True, None)
     head, _, error = text.rpartition(": x-llm-cost-usd=unpriced\n\n")
     assert head.startswith("data: ") and error.startswith('data: {"error"') and "[DONE]" not in text
+
+
+async def test_a_stream_cut_before_its_first_content_is_recorded_incomplete(gw: RunningGateway) -> None:
+    """It ended before the provider finished, as a stream cut later does: the event said
+    otherwise, and v_cost_daily's incomplete_calls missed it."""
+    gw.sims["openai"].faults.push(Fault("cut", after_chunks=0))
+    async with client(gw) as c:
+        raw = await c.chat.completions.with_raw_response.create(
+            model="gpt-4", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        _ = [chunk async for chunk in raw.parse()]
+    assert raw.headers["x-llm-provider"] == "azure"
+    cut, served = gw.event_log.events
+    assert (cut.outcome, cut.billable, cut.incomplete, cut.cost_usd) == ("stream_cut", True, True, None)
+    assert (served.outcome, served.incomplete) == ("success", False)
