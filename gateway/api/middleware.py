@@ -79,7 +79,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             message = f"Method {request.method} is not allowed on {request.path}"
         elif exc.status == 413:
             message = f"Request body too large: {exc.text}"
-        return error_response(cls(message), rid)
+        response = error_response(cls(message), rid)
+        if isinstance(exc, web.HTTPMethodNotAllowed):  # RFC 9110: a 405 says what is allowed
+            response.headers["allow"] = ", ".join(sorted(exc.allowed_methods))
+        return response
     except Exception:
         log.exception("unhandled error in %s %s (request %s)", request.method, request.path, rid)
         return error_response(errors.GatewayError(f"Internal error; request id {rid}"), rid)

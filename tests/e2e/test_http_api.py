@@ -67,6 +67,7 @@ async def test_unknown_route_and_method_use_openai_errors(gw: RunningGateway) ->
         async with s.get(f"{gw.base_url}/chat/completions") as r:
             assert r.status == 405
             assert_openai_error(await r.json())
+            assert r.headers["allow"] == "POST"  # what is allowed (RFC 9110)
 
 
 async def test_healthz_and_openapi(gw: RunningGateway) -> None:
