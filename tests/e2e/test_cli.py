@@ -184,6 +184,36 @@ async def test_costs_uses_the_configured_admin_key_and_says_what_is_wrong_in_one
     assert bad.returncode == 1 and "Traceback" not in err.decode() and "'start'" in err.decode()
 
 
+@asynccontextmanager
+async def serving_slowly(
+    tmp_path: Path, delay: float, **env_extra: str
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, aiohttp.ClientSession, str]]:
+    """``llm-gateway serve`` in a process, on an OpenAI simulator that answers after ``delay``
+    seconds; yields the process, a client session and the chat URL."""
+    from gateway.simulators.base import Fault
+    from gateway.simulators.openai import OpenAISimulator
+
+    sim = OpenAISimulator(api_key="sk-test")
+    await sim.start()
+    sim.faults.always(Fault("delay", delay=delay))
+    port = free_port()
+    env = clean_env(tmp_path) | {
+        "OPENAI_BASE_URL": f"{sim.base_url}/v1",
+        "OPENAI_API_KEY": "sk-test",
+        "LLM_GATEWAY_PRIORITY": '["openai"]',
+        **env_extra,
+    }
+    try:
+        async with process("serve", "--port", str(port), env=env) as proc, aiohttp.ClientSession() as s:
+            await wait_http(f"http://127.0.0.1:{port}/healthz")
+            yield proc, s, f"http://127.0.0.1:{port}/v1/chat/completions"
+    finally:
+        await sim.stop()
+
+
+SLOW_BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello there"}]}
+
+
 async def test_sigterm_lets_the_calls_in_flight_finish_with_their_events(tmp_path: Path) -> None:
     """``docker stop`` and Kubernetes send SIGTERM: the calls in flight (a json call and a
     stream, both waiting on a slow upstream) get their whole answers and their usage events are
@@ -192,37 +222,19 @@ async def test_sigterm_lets_the_calls_in_flight_finish_with_their_events(tmp_pat
     import signal
     import sqlite3
 
-    from gateway.simulators.base import Fault
-    from gateway.simulators.openai import OpenAISimulator
+    async with serving_slowly(tmp_path, 1.5) as (proc, s, url):
 
-    sim = OpenAISimulator(api_key="sk-test")
-    await sim.start()
-    sim.faults.always(Fault("delay", delay=1.5))
-    port = free_port()
-    env = clean_env(tmp_path) | {
-        "OPENAI_BASE_URL": f"{sim.base_url}/v1",
-        "OPENAI_API_KEY": "sk-test",
-        "LLM_GATEWAY_PRIORITY": '["openai"]',
-    }
-    url = f"http://127.0.0.1:{port}/v1/chat/completions"
-    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello there"}]}
-    try:
-        async with process("serve", "--port", str(port), env=env) as proc, aiohttp.ClientSession() as s:
-            await wait_http(f"http://127.0.0.1:{port}/healthz")
+        async def call(stream: bool) -> tuple[int, bytes]:
+            async with s.post(url, json={**SLOW_BODY, "stream": stream}) as r:
+                return r.status, await r.read()
 
-            async def call(stream: bool) -> tuple[int, bytes]:
-                async with s.post(url, json={**body, "stream": stream}) as r:
-                    return r.status, await r.read()
-
-            calls = asyncio.gather(call(False), call(True))
-            await asyncio.sleep(0.5)  # both are waiting on the upstream
-            proc.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.2)
-            proc.send_signal(signal.SIGTERM)  # again: still stopping (it killed the process, a re-test)
-            (json_status, json_body), (stream_status, stream_body) = await asyncio.wait_for(calls, 20)
-            assert await asyncio.wait_for(proc.wait(), 20) == 0
-    finally:
-        await sim.stop()
+        calls = asyncio.gather(call(False), call(True))
+        await asyncio.sleep(0.5)  # both are waiting on the upstream
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)  # again: still stopping (it killed the process, a re-test)
+        (json_status, json_body), (stream_status, stream_body) = await asyncio.wait_for(calls, 20)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
     assert json_status == stream_status == 200
     assert b'"finish_reason":"stop"' in json_body and stream_body.endswith(b"data: [DONE]\n\n")
     with sqlite3.connect(tmp_path / "events.sqlite3") as db:
@@ -299,42 +311,23 @@ async def test_a_stop_cancels_the_calls_still_running_after_the_shutdown_timeout
     import sqlite3
     import time
 
-    from gateway.simulators.base import Fault
-    from gateway.simulators.openai import OpenAISimulator
+    async with serving_slowly(tmp_path, 60, LLM_GATEWAY_SHUTDOWN_TIMEOUT="1") as (proc, s, url):
 
-    sim = OpenAISimulator(api_key="sk-test")
-    await sim.start()
-    sim.faults.always(Fault("delay", delay=60))
-    port = free_port()
-    env = clean_env(tmp_path) | {
-        "OPENAI_BASE_URL": f"{sim.base_url}/v1",
-        "OPENAI_API_KEY": "sk-test",
-        "LLM_GATEWAY_PRIORITY": '["openai"]',
-        "LLM_GATEWAY_SHUTDOWN_TIMEOUT": "1",
-    }
-    url = f"http://127.0.0.1:{port}/v1/chat/completions"
-    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello there"}]}
-    try:
-        async with process("serve", "--port", str(port), env=env) as proc, aiohttp.ClientSession() as s:
-            await wait_http(f"http://127.0.0.1:{port}/healthz")
+        async def call(stream: bool) -> int:
+            try:
+                async with s.post(url, json={**SLOW_BODY, "stream": stream}) as r:
+                    await r.read()
+                    return r.status
+            except aiohttp.ClientError:
+                return 0  # cut: the gateway went away
 
-            async def call(stream: bool) -> int:
-                try:
-                    async with s.post(url, json={**body, "stream": stream}) as r:
-                        await r.read()
-                        return r.status
-                except aiohttp.ClientError:
-                    return 0  # cut: the gateway went away
-
-            calls = asyncio.gather(call(False), call(True))
-            await asyncio.sleep(0.5)  # both are waiting on the upstream
-            started = time.monotonic()
-            proc.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(proc.wait(), 20) == 0
-            stopped = time.monotonic() - started
-            await asyncio.wait_for(calls, 20)
-    finally:
-        await sim.stop()
+        calls = asyncio.gather(call(False), call(True))
+        await asyncio.sleep(0.5)  # both are waiting on the upstream
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        stopped = time.monotonic() - started
+        await asyncio.wait_for(calls, 20)
     assert stopped < 10  # the shutdown timeout, not the upstream's 60 s
     with sqlite3.connect(tmp_path / "events.sqlite3") as db:
         values = [bytes(row[0]) for row in db.execute("SELECT value FROM events")]
