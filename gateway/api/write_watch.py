@@ -9,6 +9,12 @@ waited for them (122 s), longer than an orchestrator's grace period before its S
 loses the event. Aborted, the pending write raises ``ConnectionError``: the stream is recorded
 ``cancelled`` and its upstream closed, as when the client leaves.
 
+What counts is whether the client takes bytes, not how long one write takes: a write waits
+while the connection's send buffer drains, and a sweep that sees that buffer shrink counts it as
+progress. (Timing the write alone cut a client reading a steady 100 KB/s: when the upstream
+runs ahead, one upstream read of up to 1 MiB becomes one write, which such a client takes
+longer than the limit to read; a re-test.)
+
 One sweep for all the streams of a gateway, every quarter of ``limit`` (at most a second) while
 any is open: a timer per stream cost 3% of a stream's CPU at 2,200 streams/s (each cancelled
 timer stays in the event loop's heap until its time). A stream costs a set entry; a write, two
@@ -20,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -27,20 +34,37 @@ log = logging.getLogger(__name__)
 class Watch:
     """One stream's writes (:meth:`WriteWatches.watch`)."""
 
-    __slots__ = ("_owner", "_request_id", "_transport", "since")
+    __slots__ = ("_owner", "_request_id", "_seen", "_transport", "since")
 
     def __init__(self, owner: WriteWatches, transport: asyncio.Transport | None, request_id: str) -> None:
         self._owner = owner
         self._transport = transport
         self._request_id = request_id
-        #: when the write in progress began (``time.monotonic()``); None between writes
+        #: when the write in progress began, or last made progress (``time.monotonic()``); None
+        #: between writes
         self.since: float | None = None
+        #: the send buffer's size at the last sweep during this write (-1: not seen yet)
+        self._seen = -1
 
     def begin(self) -> None:
-        self.since = time.monotonic()
+        self.since = self._owner.clock()
+        self._seen = -1
 
     def end(self) -> None:
         self.since = None
+
+    def waited(self, now: float) -> float:
+        """Seconds the write in progress has waited without the client taking a byte."""
+        since = self.since
+        if since is None:
+            return 0.0
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            size = transport.get_write_buffer_size()
+            if 0 <= size < self._seen:  # the client took some: progress
+                self.since = since = now
+            self._seen = size
+        return now - since
 
     def close(self) -> None:
         self._owner.active.discard(self)
@@ -53,8 +77,9 @@ class Watch:
 
 
 class WriteWatches:
-    def __init__(self, limit: float) -> None:
+    def __init__(self, limit: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
+        self.clock = clock
         self.every = min(1.0, limit / 4)
         self.active: set[Watch] = set()
         self._timer: asyncio.TimerHandle | None = None
@@ -70,8 +95,8 @@ class WriteWatches:
         self._timer = None
         if not self.active:
             return
-        now = time.monotonic()
-        stalled = [(w, now - w.since) for w in self.active if w.since is not None and now - w.since >= self.limit]
+        now = self.clock()
+        stalled = [(w, waited) for w in self.active if (waited := w.waited(now)) >= self.limit]
         for watch, waited in stalled:
             watch.abort(waited)
         self._timer = asyncio.get_running_loop().call_later(self.every, self._sweep)
