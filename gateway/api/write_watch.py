@@ -9,11 +9,13 @@ waited for them (122 s), longer than an orchestrator's grace period before its S
 loses the event. Aborted, the pending write raises ``ConnectionError``: the stream is recorded
 ``cancelled`` and its upstream closed, as when the client leaves.
 
-What counts is whether the client takes bytes, not how long one write takes: a write waits
-while the connection's send buffer drains, and a sweep that sees that buffer shrink counts it as
-progress. (Timing the write alone cut a client reading a steady 100 KB/s: when the upstream
-runs ahead, one upstream read of up to 1 MiB becomes one write, which such a client takes
-longer than the limit to read; a re-test.)
+What counts is whether the client takes bytes, not how long one write takes: a sweep that sees
+the bytes not yet taken shrink counts it as progress. Those are the transport's buffer and, on
+Linux, the socket's send queue (``TIOCOUTQ``): the kernel takes megabytes of a loopback or LAN
+connection's answer, and the transport's own buffer then stays the same for seconds while the
+client reads steadily. (Timing the write alone cut a client reading a steady 100 KB/s: when the
+upstream runs ahead, one upstream read of up to 1 MiB becomes one write, which such a client
+takes longer than the limit to read; a re-test.)
 
 One sweep for all the streams of a gateway, every quarter of ``limit`` (at most a second) while
 any is open: a timer per stream cost 3% of a stream's CPU at 2,200 streams/s (each cancelled
@@ -25,10 +27,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Callable
 
+try:
+    import fcntl
+    import termios
+except ImportError:  # not a POSIX system: the transport's buffer alone
+    fcntl = termios = None  # type: ignore[assignment]
+
 log = logging.getLogger(__name__)
+
+
+#: the ioctl that reads a socket's send queue (bytes the peer has not acknowledged), where known
+_OUTQ: int | None = getattr(termios, "TIOCOUTQ", None) if termios is not None else None
+
+
+def untaken(transport: asyncio.Transport) -> int:
+    """Bytes written to ``transport`` that its peer has not taken yet."""
+    size = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if _OUTQ is not None and sock is not None:
+        try:
+            size += int.from_bytes(fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0"), sys.byteorder, signed=True)
+        except (OSError, ValueError):  # a socket closed meanwhile, not a TCP one
+            pass
+    return size
 
 
 class Watch:
@@ -60,7 +85,7 @@ class Watch:
             return 0.0
         transport = self._transport
         if transport is not None and not transport.is_closing():
-            size = transport.get_write_buffer_size()
+            size = untaken(transport)
             if 0 <= size < self._seen:  # the client took some: progress
                 self.since = since = now
             self._seen = size

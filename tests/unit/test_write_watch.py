@@ -18,6 +18,9 @@ class FakeTransport:
     def is_closing(self) -> bool:
         return self.aborted
 
+    def get_extra_info(self, name: str) -> object:
+        return None  # no socket: the buffer alone
+
     def abort(self) -> None:
         self.aborted = True
 
@@ -67,3 +70,31 @@ async def test_a_client_that_takes_nothing_is_cut_after_the_limit_and_no_sooner(
     clock.now += 1.0
     watches._sweep()
     assert transport.aborted
+
+
+async def test_what_the_kernel_holds_counts_as_untaken() -> None:
+    """The kernel takes megabytes of an answer on a local connection: the transport's buffer
+    then stays the same for seconds while the client reads, and only the socket's send queue
+    shows it taking bytes."""
+    import asyncio
+    import socket
+    import sys
+
+    from gateway.api.write_watch import untaken
+
+    if sys.platform != "linux":
+        return
+    server, client = socket.socketpair()
+    server.setblocking(False)
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, server)
+    try:
+        transport.write(b"x" * 100_000)
+        await asyncio.sleep(0.05)
+        before = untaken(transport)  # type: ignore[arg-type]
+        client.recv(50_000)
+        await asyncio.sleep(0.05)
+        assert before >= 100_000 and untaken(transport) < before  # type: ignore[arg-type]
+    finally:
+        transport.close()
+        client.close()
