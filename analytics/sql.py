@@ -223,6 +223,11 @@ def cell_text(value: JSONValue, *, null: str = "NULL") -> str:
 # --- the checks -----------------------------------------------------------------------------------
 def check_query(conn: duckdb.DuckDBPyConnection, sql: str) -> str:
     """The one SELECT statement of ``sql``, or :class:`SqlRefused` saying what is not allowed."""
+    if not sql.isascii():
+        try:
+            sql.encode()
+        except UnicodeEncodeError as e:  # DuckDB raised a TypeError: a 500 (a re-test)
+            raise SqlError(f"the query is not text DuckDB can read: {e.reason} at character {e.start}") from e
     try:
         statements = conn.extract_statements(sql)
     except duckdb.Error as e:

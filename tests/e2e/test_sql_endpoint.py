@@ -278,3 +278,10 @@ async def test_a_broken_admin_body_is_a_400_in_the_openai_format(
             error = (await r.json())["error"]
     assert set(error) == {"message", "type", "param", "code"} and error["code"] == code
     assert "sys." not in error["message"]
+
+
+async def test_a_query_that_is_not_text_is_a_400(tmp_path: Path) -> None:
+    """A lone surrogate (valid JSON, not text): DuckDB's parser raised a TypeError, a 500."""
+    async with embedded(tmp_path) as gw:
+        status, body = await post_sql(gw, {"sql": "SELECT '\ud800'"})
+    assert status == 400 and body["error"]["code"] == "sql_error", body
