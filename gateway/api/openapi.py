@@ -231,16 +231,29 @@ _GATEWAY_HEADERS = {
         "schema": {"type": "string"},
         "description": "Exact cost in USD as decimal text, or 'unpriced'. On streams: the "
         "`x_llm_gateway.cost_usd` field of the final usage chunk and an SSE comment "
-        "`: x-llm-cost-usd=...` before `data: [DONE]`.",
+        "`: x-llm-cost-usd=...` before `data: [DONE]` (or before the error event of a stream cut "
+        "mid-way).",
+    },
+}
+#: what an error answer of a call that reached providers carries
+_ERROR_HEADERS = {
+    "x-request-id": _GATEWAY_HEADERS["x-request-id"],
+    "x-llm-attempts": {"schema": {"type": "string"}, "description": "Attempts made, when every provider failed."},
+    "x-llm-provider": {"schema": {"type": "string"}, "description": "The provider that refused the call, if one did."},
+    "x-llm-cost-usd": {
+        "schema": {"type": "string"},
+        "description": "What the failed call's attempts cost that their providers bill, when providers were "
+        "tried: '0.000000' when each refused or never answered, else decimal text or 'unpriced'.",
     },
 }
 
 
-def _errors(*statuses: int) -> dict[str, Any]:
+def _errors(*statuses: int, headers: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         str(s): {
             "description": "OpenAI error object",
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            **({"headers": headers} if headers else {}),
         }
         for s in statuses
     }
@@ -260,7 +273,7 @@ def _post(summary: str, request_ref: str, response_ref: str) -> dict[str, Any]:
                         "text/event-stream": {"schema": {"type": "string"}},
                     },
                 },
-                **_errors(400, 401, 403, 404, 413, 415, 429, 502, 503, 504),
+                **_errors(400, 401, 403, 404, 413, 415, 429, 502, 503, 504, headers=_ERROR_HEADERS),
             },
         }
     }

@@ -78,6 +78,9 @@ async def test_healthz_and_openapi(gw: RunningGateway) -> None:
             doc = await r.json()
     assert doc["openapi"].startswith("3.")
     assert {"/v1/chat/completions", "/v1/completions", "/v1/models"} <= set(doc["paths"])
+    # a failed call says what it cost, and the document says so
+    failed = doc["paths"]["/v1/chat/completions"]["post"]["responses"]["502"]
+    assert {"x-request-id", "x-llm-attempts", "x-llm-cost-usd"} <= set(failed["headers"])
 
 
 KEYS = [
