@@ -114,17 +114,24 @@ class CircuitBreaker:
             )
 
     def allow(self, now: datetime) -> bool:
-        """May a request be sent to this provider now? In half_open, yes to one probe at a time."""
+        """May a request be sent to this provider now? In half_open, yes to one probe at a time
+        (this call takes the probe's place)."""
+        if not self.would_allow(now):
+            return False
+        if self.state == "half_open":
+            self.probe_since = now
+        return True
+
+    def would_allow(self, now: datetime) -> bool:
+        """What :meth:`allow` would say now, without taking the half-open probe's place (a retry
+        asks before its wait; it takes the place only when it is sent)."""
         self.tick(now)
         if self.state == "closed":
             return True
         if self.state == "open":
             return False
         timeout = timedelta(seconds=self._config.probe_timeout_seconds)
-        if self.probe_since is None or now - self.probe_since >= timeout:
-            self.probe_since = now
-            return True
-        return False
+        return self.probe_since is None or now - self.probe_since >= timeout
 
     # --- transitions ------------------------------------------------------------------------------
     def _open(self, at: datetime, cooldown: float, reason: str) -> None:

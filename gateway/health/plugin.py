@@ -34,6 +34,8 @@ class HealthWiring:
     view: HealthView
     #: for ``Router(gate=...)``
     gate: Callable[[str], bool]
+    #: for ``Router.peek``
+    peek: Callable[[str], bool]
     #: for ``UsageRecorder.observers``
     observer: Callable[[UsageEvent], None]
     #: for ``app.cleanup_ctx``: follows the usage topic when Kafka is configured, else a no-op
@@ -65,7 +67,7 @@ def health_plugin(settings: Settings, *, clock: Clock = utcnow, config: HealthSe
         finally:
             await sync.close()
 
-    return HealthWiring(view, view.gate, view.observe, follow_replicas)
+    return HealthWiring(view, view.gate, view.peek, view.observe, follow_replicas)
 
 
 def install_health(app: web.Application, wiring: HealthWiring) -> None:
@@ -75,6 +77,7 @@ def install_health(app: web.Application, wiring: HealthWiring) -> None:
 
     state = app[STATE]
     state.router.gate = wiring.gate
+    state.router.peek = wiring.peek
     state.router.recorder.observers.append(wiring.observer)
     app[HEALTH] = wiring.view
     app.router.add_get("/v1/providers/health", provider_health)

@@ -222,6 +222,14 @@ class HealthView:
             return True
         return tracked.breaker.allow(self._clock())
 
+    def peek(self, provider: str) -> bool:
+        """``Router.peek``: what :meth:`gate` would say now, without taking the half-open probe's
+        place."""
+        tracked = self._providers.get(provider)
+        if tracked is None or not self.config.circuit_breaker:
+            return True
+        return tracked.breaker.would_allow(self._clock())
+
     # --- reading ----------------------------------------------------------------------------------
     def providers(self) -> list[str]:
         return sorted(self._providers)

@@ -122,13 +122,16 @@ async def call_with_retry(
     sleep: Sleep = asyncio.sleep,
     rng: random.Random | None = None,
     keep_going: Callable[[], bool] | None = None,
+    may_send: Callable[[], bool] | None = None,
 ) -> T:
     """Run ``call`` until it succeeds, raises a non-retryable error, or retrying must stop.
 
-    ``keep_going`` is asked before each retry (before its wait): False stops retrying (the router
-    asks the provider's circuit breaker, which may have opened on this very error, and in
-    half-open lets a retry be the one probe). The last error is re-raised as is, so the caller
-    can decide on fallback from its class.
+    ``keep_going`` is asked before each retry's wait, ``may_send`` after it, when the retry is
+    about to be sent: False from either stops retrying (the router asks the provider's circuit
+    breaker: it may have opened on this very error, or during the wait, by other calls; in
+    half-open a retry must be the one probe, whose place ``may_send`` takes). The last error is
+    re-raised as is, so the caller can decide on fallback from its class. (A retry was sent into
+    a circuit that opened during its wait, and a second probe beside the one in flight: review.)
     """
     # the first attempt runs outside tenacity: most calls succeed at once
     try:
@@ -154,7 +157,26 @@ async def call_with_retry(
         sleep=_sleep,
         reraise=True,
     )
-    async for attempt in retrying:
-        with attempt:
-            return await call()
+    last = first_error
+    try:
+        async for attempt in retrying:
+            with attempt:
+                if may_send is not None and not may_send():
+                    raise _Withheld(last)
+                try:
+                    return await call()
+                except BaseException as exc:
+                    last = exc
+                    raise
+    except _Withheld as withheld:
+        raise withheld.error from withheld.error.__cause__
     raise AssertionError("unreachable: tenacity either returns or re-raises")  # pragma: no cover
+
+
+class _Withheld(Exception):
+    """A retry its provider's circuit refused when it was to be sent: ``error`` (the last
+    attempt's) ends the retries (not retryable, so tenacity re-raises it at once)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error

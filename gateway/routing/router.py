@@ -133,10 +133,13 @@ class Router:
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
         gate: Gate = _always_open,
+        peek: Gate | None = None,
         first_content_timeout: float | None = None,
     ) -> None:
         """``first_content_timeout``: how long a stream may take to its first content (the
-        request timeout; None: no limit)."""
+        request timeout; None: no limit). ``gate``: may an attempt be sent to a provider now
+        (its circuit; in half-open the call takes the one probe's place); ``peek``: what it
+        would say, taking nothing (default: ``gate``, for a gate that holds no places)."""
         self._starts = _StartWatch(first_content_timeout)
         self.providers = providers
         self.catalog = catalog
@@ -146,6 +149,7 @@ class Router:
         self._sleep = sleep
         self._rng = rng
         self.gate = gate
+        self.peek = peek or gate
         self.native_first = True
         self._candidates: dict[tuple[object, ...], list[Candidate]] = {}
 
@@ -212,9 +216,11 @@ class Router:
                     budget=budget,
                     sleep=self._sleep,
                     rng=self._rng,
-                    # a retry asks the circuit again: it may have opened on this very error, and
-                    # in half-open a retry must be the one probe (or give way to it)
+                    # a retry asks the circuit again: before its wait (it may have opened on this
+                    # very error), and when it is sent (it may have opened during the wait, and
+                    # in half-open a retry must be the one probe, or give way to it)
                     keep_going=partial(self._may_retry, candidate.provider),
+                    may_send=partial(self.gate, candidate.provider),
                 )
             except errors.ProviderError as exc:
                 if not exc.fallback:
@@ -262,10 +268,12 @@ class Router:
         )
 
     def _may_retry(self, provider: str) -> bool:
-        """Whether a request may try ``provider`` again: its circuit, with the attempt that just
-        failed counted (its event may still wait for the next loop turn to reach the health view)."""
+        """Whether a request may try ``provider`` again, asked before the retry's wait: its
+        circuit, with the attempt that just failed counted (its event may still wait for the next
+        loop turn to reach the health view); without taking a half-open probe's place, which the
+        retry takes when it is sent (``gate``)."""
         self.recorder.flush_observers()
-        return self.gate(provider)
+        return self.peek(provider)
 
     # --- non-streaming ---------------------------------------------------------------------------
     async def complete(self, ctx: CallContext, template: ChatRequest, pinned: str | None = None) -> Served:
