@@ -6,7 +6,6 @@ import contextlib
 import email.utils
 import json
 import logging
-import math
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -25,11 +24,13 @@ ErrorClassifier = Callable[[int, Mapping[str, str], Any, str], errors.ProviderEr
 
 
 def _seconds(text: str, per_second: float = 1.0) -> float | None:
-    """A number of seconds (``>= 0``; infinity is a wait no budget allows), or None for NaN,
-    which no wait would ever compare with (``sleep(nan)`` never ends). Raises ``ValueError`` for
-    text that is not a number."""
+    """A number of seconds (``> 0``; infinity is a wait no budget allows), or None for NaN,
+    which no wait would ever compare with (``sleep(nan)`` never ends), and for zero or less: no
+    wait named, so the backoff applies (a ``retry-after: -5`` or ``0`` made three retries in 10
+    ms, and a negative ``retry-after-ms`` overrode a valid ``retry-after``: review; the official
+    SDKs honour only a positive wait too). Raises ``ValueError`` for text that is not a number."""
     value = float(text) / per_second
-    return None if math.isnan(value) else max(value, 0.0)
+    return value if value > 0 else None  # NaN compares false
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
@@ -50,7 +51,8 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+    wait = (when - datetime.now(UTC)).total_seconds()
+    return wait if wait > 0 else None  # a date past: no wait named (as above)
 
 
 def parse_duration(value: str) -> float | None:

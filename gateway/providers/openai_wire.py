@@ -63,7 +63,13 @@ CONTENT_FILTER_CODES = frozenset(
 )
 _OVERLOAD_CODES = frozenset({"server_is_overloaded", "slow_down", "overloaded", "engine_overloaded"})
 _RATE_CODES = frozenset({"rate_limit_exceeded", "rate_limit_error", "requests", "tokens", "429"})
-_HINT = re.compile(r"(?:try again|retry) (?:in|after) (\d+(?:\.\d+)?)\s*(ms|milliseconds?|s|sec|seconds?)\b", re.I)
+_HINT = re.compile(
+    r"(?:try again|retry) (?:in|after) "
+    r"(?:(\d+(?:\.\d+)?)\s*(ms|milliseconds?|s|secs?|seconds?|mins?|minutes?)\b"  # 600ms, 6 seconds, 2 minutes
+    r"|((?:\d+h)?(?:\d+m(?!s))?(?:\d+(?:\.\d+)?s)?)\b)",  # a Go duration: 6m0s, 1m30s, 1h2m3.5s
+    re.I,
+)
+_GO_DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?", re.I)
 
 
 # --- request --------------------------------------------------------------------------------
@@ -455,12 +461,22 @@ def _error_fields(body: Any) -> tuple[str | None, str | None, str | None, str | 
 
 
 def retry_hint(message: str) -> float | None:
-    """The wait named in a rate-limit message ("try again in 600ms", "retry after 6 seconds")."""
+    """The wait named in a rate-limit message ("try again in 600ms", "retry after 6 seconds",
+    "try again in 6m0s": OpenAI writes waits over a minute so, and they were not read, so the
+    gateway retried after half a second and a second: review); None for none, or a zero one."""
     match = _HINT.search(message)
     if match is None:
         return None
-    value = float(match.group(1))
-    return value / 1000.0 if match.group(2).lower().startswith("m") else value
+    if match.group(1) is not None:
+        value, unit = float(match.group(1)), match.group(2).lower()
+        wait = value / 1000.0 if unit.startswith(("ms", "milli")) else value * 60.0 if unit.startswith("min") else value
+    else:
+        parts = _GO_DURATION.fullmatch(match.group(3))
+        if parts is None or not any(parts.groups()):
+            return None
+        hours, minutes, seconds = (float(part) if part else 0.0 for part in parts.groups())
+        wait = hours * 3600.0 + minutes * 60.0 + seconds
+    return wait if wait > 0 else None
 
 
 def classify_error(provider: str, status: int, headers: Mapping[str, str], body: Any, raw: str) -> errors.ProviderError:

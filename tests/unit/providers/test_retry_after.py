@@ -10,6 +10,7 @@ from email.utils import format_datetime
 import pytest
 
 from gateway.providers.http import parse_duration, parse_retry_after
+from gateway.providers.openai_wire import retry_hint
 
 
 @pytest.mark.parametrize(
@@ -17,7 +18,10 @@ from gateway.providers.http import parse_duration, parse_retry_after
     [
         ({"retry-after": "2"}, 2.0),
         ({"retry-after": "0.5"}, 0.5),
-        ({"retry-after": "-3"}, 0.0),
+        ({"retry-after": "-3"}, None),  # no wait named: the backoff applies (it was three retries in 10 ms)
+        ({"retry-after": "0"}, None),
+        ({"retry-after-ms": "-100", "retry-after": "2"}, 2.0),  # a negative ms no longer overrides
+        ({"retry-after-ms": "0", "retry-after": "2"}, 2.0),
         ({"retry-after-ms": "700"}, 0.7),
         ({"retry-after-ms": "700", "retry-after": "9"}, 0.7),
         ({"retry-after-ms": "soon", "retry-after": "9"}, 9.0),
@@ -41,6 +45,8 @@ def test_an_http_date() -> None:
     when = datetime.now(UTC) + timedelta(seconds=30)
     wait = parse_retry_after({"retry-after": format_datetime(when, usegmt=True)})
     assert wait is not None and 28 <= wait <= 30
+    past = datetime.now(UTC) - timedelta(seconds=30)
+    assert parse_retry_after({"retry-after": format_datetime(past, usegmt=True)}) is None
 
 
 @pytest.mark.parametrize(
@@ -48,3 +54,22 @@ def test_an_http_date() -> None:
 )
 def test_protobuf_durations(text: str, seconds: float | None) -> None:
     assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("message", "seconds"),
+    [
+        ("Please try again in 600ms.", 0.6),
+        ("Please try again in 7.2s. Visit https://platform.openai.com/account/rate-limits", 7.2),
+        ("Please retry after 6 seconds", 6.0),
+        # waits over a minute, as OpenAI writes them: not read, so the gateway retried at once
+        ("Please try again in 6m0s.", 360.0),
+        ("Please try again in 1m30s.", 90.0),
+        ("Please try again in 1h2m3.5s.", 3723.5),
+        ("try again in 2 minutes", 120.0),
+        ("Please try again in 0s.", None),  # no wait: the backoff applies
+        ("Please try again later.", None),
+    ],
+)
+def test_the_wait_a_rate_limit_message_names(message: str, seconds: float | None) -> None:
+    assert retry_hint(message) == seconds
