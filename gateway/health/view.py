@@ -176,6 +176,9 @@ class HealthView:
             sample = replace(sample, t=now, ts=now_ts)
             self._ahead.add(key, at)
         provider = self._provider(event.provider)
+        # a cool-down that ended before this event: its half_open transition counts what came
+        # before it (it counted this event too, stamped at the cool-down's end: review)
+        provider.breaker.tick(now)
         provider.track.add(sample, key)
         model = provider.models.get(event.provider_model)
         if model is None:

@@ -700,3 +700,19 @@ def test_a_windows_columns_hold_at_most_a_quarter_more_than_the_window() -> None
         window.evict(at)
         most = max(most, len(window._t) / len(window))
     assert len(window) == 1001 and most <= 1.25, most
+
+
+def test_the_half_open_transition_counts_what_came_before_it_not_the_event_that_found_it(
+    clock: ManualClock,
+) -> None:
+    """With event time as the clock (the health history), nobody asks the gate between the
+    cool-down's end and the next event: that event finds the circuit due for half-open. The
+    transition is stamped at the cool-down's end, and its counts were taken with that event in
+    them (review: attempts 6 and a p50 of the probe's 1,002 ms in the history's half_open row,
+    where the window held 5 failures and no latency)."""
+    view, seen = make_view(clock)
+    feed(view, clock, *["upstream_error"] * 5)
+    clock.advance(31)
+    view.apply(ev("success", at=clock.now, latency=1002.0))
+    [half_open] = [t for t in seen if (t.kind, t.current) == ("circuit", "half_open")]
+    assert (half_open.stats.attempts, half_open.stats.failures, half_open.stats.p50_latency_ms) == (5, 5, None)
