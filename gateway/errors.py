@@ -280,6 +280,9 @@ class AllProvidersFailed(GatewayError):
     code = "all_providers_failed"
     #: what the failed attempts cost that their providers bill (None: unknown); set by the router
     cost: Decimal | None = Decimal(0)
+    #: seconds until the first skipped provider's circuit lets a probe through (every provider
+    #: was skipped); set by the router
+    retry_after: float | None = None
 
     def __init__(
         self,

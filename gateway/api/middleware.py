@@ -40,6 +40,8 @@ def error_response(exc: errors.GatewayError, rid: str) -> web.Response:
         headers["x-llm-attempts"] = str(len(exc.attempts))
         headers["x-llm-cost-usd"] = format_usd(exc.cost)
         waits = [a.retry_after for a in exc.attempts if a.retry_after is not None]
+        if exc.retry_after is not None:  # circuits open: when the first lets a probe through
+            waits.append(exc.retry_after)
         if waits:
             headers["retry-after"] = retry_after_header(min(waits))
     elif isinstance(exc, errors.ProviderError):

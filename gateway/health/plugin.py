@@ -36,6 +36,8 @@ class HealthWiring:
     gate: Callable[[str], bool]
     #: for ``Router.peek``
     peek: Callable[[str], bool]
+    #: for ``Router.reopens_in``
+    reopens_in: Callable[[str], float | None]
     #: for ``UsageRecorder.observers``
     observer: Callable[[UsageEvent], None]
     #: for ``app.cleanup_ctx``: follows the usage topic when Kafka is configured, else a no-op
@@ -67,7 +69,7 @@ def health_plugin(settings: Settings, *, clock: Clock = utcnow, config: HealthSe
         finally:
             await sync.close()
 
-    return HealthWiring(view, view.gate, view.peek, view.observe, follow_replicas)
+    return HealthWiring(view, view.gate, view.peek, view.reopens_in, view.observe, follow_replicas)
 
 
 def install_health(app: web.Application, wiring: HealthWiring) -> None:
@@ -78,6 +80,7 @@ def install_health(app: web.Application, wiring: HealthWiring) -> None:
     state = app[STATE]
     state.router.gate = wiring.gate
     state.router.peek = wiring.peek
+    state.router.reopens_in = wiring.reopens_in
     state.router.recorder.observers.append(wiring.observer)
     app[HEALTH] = wiring.view
     app.router.add_get("/v1/providers/health", provider_health)

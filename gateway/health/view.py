@@ -225,6 +225,14 @@ class HealthView:
             return True
         return tracked.breaker.allow(self._clock())
 
+    def reopens_in(self, provider: str) -> float | None:
+        """``Router.reopens_in``: seconds until the provider's open circuit lets a probe through;
+        None when it is not open."""
+        tracked = self._providers.get(provider)
+        if tracked is None or tracked.breaker.state != "open" or tracked.breaker.retry_at is None:
+            return None
+        return max((tracked.breaker.retry_at - self._clock()).total_seconds(), 0.0)
+
     def peek(self, provider: str) -> bool:
         """``Router.peek``: what :meth:`gate` would say now, without taking the half-open probe's
         place."""

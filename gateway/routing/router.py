@@ -67,6 +67,10 @@ def _always_open(_: str) -> bool:
     return True
 
 
+def _never_open(_: str) -> float | None:
+    return None
+
+
 @dataclass(slots=True)
 class Served:
     """A finished non-streaming call."""
@@ -150,6 +154,8 @@ class Router:
         self._rng = rng
         self.gate = gate
         self.peek = peek or gate
+        #: seconds until a provider's open circuit lets a probe through (None: not open)
+        self.reopens_in: Callable[[str], float | None] = _never_open
         self.native_first = True
         self._candidates: dict[tuple[object, ...], list[Candidate]] = {}
 
@@ -413,7 +419,7 @@ class Router:
         http_status, code, kind = _ALL_FAILED.get(frozenset(outcomes), (502, None, None))
         if http_status == 502 and (outcomes <= _THROTTLED if outcomes else attempts.skipped):
             http_status = 503  # throttled everywhere, or every circuit open: unavailable for now
-        return errors.AllProvidersFailed(
+        failed = errors.AllProvidersFailed(
             f"All providers failed for model {ctx.requested_model!r} after {attempts.count} attempts: {summary}",
             attempts=attempts.failures,
             status=http_status,
@@ -422,6 +428,12 @@ class Router:
             # every provider refused for good (quota, keys, model): the client's retry cannot help
             client_should_retry=False if outcomes and not outcomes & _TRANSIENT else None,
         )
+        # every circuit open: the client may come back when the first lets a probe through (the
+        # 503 said nothing, and the SDK retried at 0.5 to 8 s into a 30 s cool-down: review)
+        waits = [w for p in attempts.skipped if (w := self.reopens_in(p)) is not None]
+        if waits:
+            failed.retry_after = min(waits)
+        return failed
 
 
 #: a stream the upstream cut after the client kept a write waiting this long is the client's

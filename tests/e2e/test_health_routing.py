@@ -193,3 +193,21 @@ async def test_a_retry_in_half_open_is_the_one_probe_and_a_call_meanwhile_goes_e
     assert await ask(hgw) == ("azure", "1")  # not a second probe
     assert await probe == ("openai", "2")
     assert len(sim.requests) == 7
+
+
+async def test_every_circuit_open_says_when_to_come_back(hgw: RunningGateway, clock: ManualClock) -> None:
+    """The 503 of a call every provider's circuit refused carried no retry-after, though the
+    gateway knows when the first lets a probe through: the SDK retried at 0.5 to 8 s into a 30 s
+    cool-down (review)."""
+    for sim in hgw.sims.values():
+        sim.faults.always(Fault("server_error"))
+    async with openai.AsyncOpenAI(base_url=hgw.base_url, api_key="unused", max_retries=0) as client:
+        for _ in range(5):  # five failures in a row on each: both circuits open
+            with pytest.raises(openai.APIStatusError):
+                await client.chat.completions.create(model="gpt-4", messages=MESSAGES)
+        clock.advance(12)
+        with pytest.raises(openai.APIStatusError) as info:
+            await client.chat.completions.create(model="gpt-4", messages=MESSAGES)
+    response = info.value.response
+    assert (response.status_code, response.headers["x-llm-attempts"]) == (503, "0")
+    assert response.headers["retry-after"] == "18"  # 30 s of cool-down, 12 gone
