@@ -375,6 +375,12 @@ def run_query(
                 raise duckdb.InterruptException("expired before the query started")
             result = conn.execute(query)
             columns = [Column(str(d[0]), str(d[1])) for d in result.description or []]
+            if any(_NESTED.search(c.type) for c in columns):
+                # a list, struct, map or union: one value may be any size, and the driver turns it
+                # into Python objects whole (SELECT range(20000000) took the gateway to 4 GB): its
+                # JSON size is measured in DuckDB first, then the query runs again to be read
+                _refuse_if_too_large(conn, query, max_rows + 1, max_bytes)
+                result = conn.execute(query)
             fetched = _fetch(result, max_rows + 1, max_bytes)
         finally:
             timer.cancel()
@@ -397,6 +403,40 @@ def run_query(
     )
 
 
+#: a column type whose values nest others (``BIGINT[]``, ``INTEGER[2]``, ``STRUCT(..)``, ``MAP(..)``,
+#: ``UNION(..)``)
+_NESTED = re.compile(r"\]$|^(?:STRUCT|MAP|UNION)\(")
+
+
+def _too_large(max_bytes: int) -> SqlResultTooLarge:
+    return SqlResultTooLarge(
+        f"the result is larger than {max_bytes // (1024 * 1024)} MiB: ask for fewer rows or columns "
+        "(LIMIT, maxRows), or aggregate in SQL"
+    )
+
+
+def _refuse_if_too_large(conn: duckdb.DuckDBPyConnection, query: str, limit: int, max_bytes: int) -> None:
+    """:class:`SqlResultTooLarge` when the first ``limit`` rows of ``query`` are larger than
+    ``max_bytes`` as JSON, measured in DuckDB without reading them."""
+    row = conn.execute(
+        # the newline ends a trailing "-- comment" of the query before the closing parenthesis
+        f"SELECT coalesce(sum(strlen(to_json(t)::VARCHAR)), 0) FROM (SELECT * FROM ({query}\n) LIMIT {int(limit)}) t"
+    ).fetchone()
+    if row is not None and row[0] > max_bytes:
+        raise _too_large(max_bytes)
+
+
+def _json_size(value: JSONValue) -> int:
+    """About the bytes of ``value`` as JSON (text as its length, a scalar as 8)."""
+    if isinstance(value, str):
+        return len(value) + 2
+    if isinstance(value, list):
+        return 2 + sum(_json_size(v) + 1 for v in value)
+    if isinstance(value, dict):
+        return 2 + sum(len(k) + 4 + _json_size(v) for k, v in value.items())
+    return 8
+
+
 def _fetch(result: duckdb.DuckDBPyConnection, limit: int, max_bytes: int) -> list[list[JSONValue]]:
     """Up to ``limit`` rows as JSON values, fetched in chunks sized so that one chunk is about
     an eighth of what the byte budget has left; :class:`SqlResultTooLarge` past ``max_bytes``."""
@@ -406,13 +446,11 @@ def _fetch(result: duckdb.DuckDBPyConnection, limit: int, max_bytes: int) -> lis
         fetched = result.fetchmany(min(chunk, limit - len(rows)))
         for raw in fetched:
             row = [json_value(v) for v in raw]
-            size += sum(len(v) if isinstance(v, str) else 8 for v in row) + 2 * len(row)
+            # a list or struct counted as a scalar let 100 MB through a 64 MiB limit (review)
+            size += sum(len(v) if isinstance(v, str) else _json_size(v) for v in row) + 2 * len(row)
             rows.append(row)
         if size > max_bytes:
-            raise SqlResultTooLarge(
-                f"the result is larger than {max_bytes // (1024 * 1024)} MiB: ask for fewer rows or columns "
-                "(LIMIT, maxRows), or aggregate in SQL"
-            )
+            raise _too_large(max_bytes)
         if len(fetched) < chunk:
             break
         per_row = max(1, size // len(rows))

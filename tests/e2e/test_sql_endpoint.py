@@ -285,3 +285,22 @@ async def test_a_query_that_is_not_text_is_a_400(tmp_path: Path) -> None:
     async with embedded(tmp_path) as gw:
         status, body = await post_sql(gw, {"sql": "SELECT '\ud800'"})
     assert status == 400 and body["error"]["code"] == "sql_error", body
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT list(repeat(chr(120), 1000)) AS l FROM range(100000) GROUP BY range % 1000",  # many lists
+        "SELECT range(20000000) AS r -- one list of 20 million numbers",  # one value: 4 GB of Python
+    ],
+)
+async def test_a_result_of_lists_is_held_to_the_size_limit(tmp_path: Path, sql: str) -> None:
+    """Lists, structs and maps counted as 8 bytes a value: a 100 MB answer went through the 64 MiB
+    limit, and one list of 20 million numbers took the gateway to 4 GB (review)."""
+    async with embedded(tmp_path) as gw:
+        status, body = await post_sql(gw, {"sql": sql, "maxRows": 10000})
+        # too large, or past DuckDB's memory limit while it measures: a 400 either way, no rows read
+        assert status == 400, str(body)[:300]
+        assert body["error"]["code"] in ("sql_result_too_large", "sql_error"), str(body)[:300]
+        status, body = await post_sql(gw, {"sql": "SELECT range(3) AS r, {'a': [1, 2]} AS s -- small"})
+    assert status == 200 and body["rows"] == [[[0, 1, 2], {"a": [1, 2]}]], body

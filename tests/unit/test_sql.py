@@ -398,6 +398,11 @@ async def test_a_result_is_bounded_in_bytes_too(store: AnalyticsStore) -> None:
         await small.query("SELECT 'row ' || i AS s FROM range(100000) t(i)", max_rows=100_000)
     fits = await small.query("SELECT repeat('x', 1000) AS s FROM range(90)", max_rows=100)
     assert [len(row[0]) for row in fits.rows] == [1000] * 90 and not fits.truncated
+    # lists, structs and maps are measured too (each counted 8 bytes: 100 MB passed 64 MiB)
+    for nested in ("[repeat('x', 50000)]", "{'s': repeat('x', 50000)}", "map(['k'], [repeat('x', 50000)])"):
+        with pytest.raises(SqlResultTooLarge):
+            await small.query(f"SELECT {nested} AS v FROM range(40)", max_rows=100)
+    assert (await small.query("SELECT [1, 2] AS v, {'a': 'b'} AS s", max_rows=10)).rows == [[[1, 2], {"a": "b"}]]
     # chunked fetching returns every row, in order, and still tells a truncation
     whole = await SqlService(store).query("SELECT i FROM range(70000) t(i) ORDER BY i", max_rows=70_000)
     assert [row[0] for row in whole.rows] == list(range(70_000)) and not whole.truncated
