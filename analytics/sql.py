@@ -155,8 +155,11 @@ class SqlResult:
     def to_csv(self) -> str:
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow([c.name for c in self.columns])
-        writer.writerows([cell_text(v, null="") for v in row] for row in self.rows)
+        # the writer quotes a value with a newline, not one with a carriage return alone (with
+        # "\n" ending its lines): such a row was read back as two (review). Its rows quote all.
+        quoted = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
+        for cells in ([c.name for c in self.columns], *([cell_text(v, null="") for v in row] for row in self.rows)):
+            (quoted if any("\r" in cell for cell in cells) else writer).writerow(cells)
         return out.getvalue()
 
 

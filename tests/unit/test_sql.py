@@ -601,3 +601,16 @@ async def test_v_unpriced_usage_and_health_history(store: AnalyticsStore) -> Non
     [health] = records(await query(store, "SELECT * FROM v_provider_health_history"))
     assert health["window_start"] == "2026-03-01T23:29:02Z" and health["window_end"] == "2026-03-01T23:30:02Z"
     assert (health["rate_limit_rate"], health["failure_rate"], health["is_transition"]) == (1.0, 0.0, True)
+
+
+async def test_csv_keeps_a_value_with_a_carriage_return_in_its_row(store: AnalyticsStore) -> None:
+    """Written unquoted (the writer's lines end with a newline, so a carriage return was not
+    special to it), the row was read back as two (review)."""
+    import csv as csv_module
+    import io
+
+    result = await query(store, "SELECT 'a' || chr(13) || 'b' AS \"x\ry\", 2 AS n, 'plain' AS p", max_rows=10)
+    assert list(csv_module.reader(io.StringIO(result.to_csv(), newline=""))) == [
+        ["x\ry", "n", "p"],
+        ["a\rb", "2", "plain"],
+    ]
