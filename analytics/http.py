@@ -25,6 +25,11 @@ def parse_time(name: str, value: str | None) -> datetime | None:
     if value is None or value == "":
         return None
     text = value.strip().replace(" ", "+") if "T" in value else value.strip()
+    if _FINER_THAN_MICROSECONDS.search(text):
+        # Python drops the digits past the sixth: a start 0.4 µs after an event took the event in
+        raise InvalidRequest(
+            f"'{name}' may have at most 6 decimals of a second (microseconds), got {value!r}", param=name
+        )
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as exc:
@@ -40,6 +45,7 @@ def parse_time(name: str, value: str | None) -> datetime | None:
 
 
 _DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}")
+_FINER_THAN_MICROSECONDS = re.compile(r"[.,]\d{7}")
 
 
 class AnalyticsUnavailable(GatewayError):
