@@ -26,7 +26,7 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--api-key", help="API key for the service (tenant or admin; default: the first admin key configured)"
     )
-    parser.add_argument("--limit", type=int, default=50, help="usage rows to list (totals cover all)")
+    parser.add_argument("--limit", type=int, default=50, help="usage rows to list, 0 to 10000 (totals cover all)")
     parser.set_defaults(run=run)
 
 
@@ -59,16 +59,16 @@ async def _from_service(url: str, args: argparse.Namespace, api_key: str | None)
 
 async def _from_file(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     from analytics.costs import CostTrackingService
-    from analytics.http import parse_time
+    from analytics.http import parse_limit, parse_window
     from analytics.store import AnalyticsStore
     from consumers.pipeline import analytics_path
 
+    start, end = parse_window(args.start, args.end)  # the checks the HTTP API makes
+    limit = parse_limit(str(args.limit))
     store = AnalyticsStore(analytics_path(settings), read_only=True)
     await store.open()
     try:
-        result = await CostTrackingService(store).get_costs_for_tenant(
-            args.tenant, parse_time("start", args.start), parse_time("end", args.end), limit=args.limit
-        )
+        result = await CostTrackingService(store).get_costs_for_tenant(args.tenant, start, end, limit=limit)
         return result.to_dict()
     finally:
         await store.close()

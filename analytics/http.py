@@ -44,6 +44,26 @@ def parse_time(name: str, value: str | None) -> datetime | None:
         raise InvalidRequest(f"'{name}' is out of range in UTC, got {value!r}", param=name) from exc
 
 
+def parse_window(start_text: str | None, end_text: str | None) -> tuple[datetime | None, datetime | None]:
+    """A cost query's window (``start`` inclusive, ``end`` exclusive, either open), checked: the
+    HTTP API's and the ``costs`` command's reading the file (which took an end before its start
+    and answered an empty report: review)."""
+    start = parse_time("start", start_text)
+    end = parse_time("end", end_text)
+    if start and end and end <= start:
+        raise InvalidRequest("'end' must be after 'start'", param="end")
+    return start, end
+
+
+def parse_limit(text: str | None) -> int:
+    """How many usage rows a cost report lists: 0 to MAX_ROWS (default MAX_ROWS)."""
+    if text is None:
+        return MAX_ROWS
+    if not (text.isascii() and text.isdigit()) or not 0 <= int(text) <= MAX_ROWS:
+        raise InvalidRequest(f"'limit' must be an integer from 0 to {MAX_ROWS}", param="limit")
+    return int(text)
+
+
 _DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}")
 _FINER_THAN_MICROSECONDS = re.compile(r"[.,]\d{7}")
 
@@ -66,16 +86,8 @@ async def costs(request: web.Request) -> web.Response:
             raise InvalidRequest("Missing required query parameter: 'tenantId'", param="tenantId")
         tenant = principal.tenant
     tenant = auth.tenant_for(principal, tenant)
-    start = parse_time("start", query.get("start"))
-    end = parse_time("end", query.get("end"))
-    if start and end and end <= start:
-        raise InvalidRequest("'end' must be after 'start'", param="end")
-    limit_text = query.get("limit")
-    limit = MAX_ROWS
-    if limit_text is not None:
-        if not (limit_text.isascii() and limit_text.isdigit()) or not 0 <= int(limit_text) <= MAX_ROWS:
-            raise InvalidRequest(f"'limit' must be an integer from 0 to {MAX_ROWS}", param="limit")
-        limit = int(limit_text)
+    start, end = parse_window(query.get("start"), query.get("end"))
+    limit = parse_limit(query.get("limit"))
     try:
         result = await request.app[COSTS].get_costs_for_tenant(tenant, start, end, limit=limit)
     except StoreError as exc:  # was a 500

@@ -238,13 +238,19 @@ async def test_time_window_and_tenant_isolation(tmp_path: Path) -> None:
             assert status == 400 and bad["error"]["param"] == "limit", limit
 
 
+async def one_call(gw: RunningGateway, tenant: str) -> str:
+    """One chat call for ``tenant``, projected; its x-llm-cost-usd."""
+    async with aiohttp.ClientSession() as s:
+        body = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}], "tenantId": tenant}
+        async with s.post(f"{gw.base_url}/chat/completions", json=body) as r:
+            cost = r.headers["x-llm-cost-usd"]
+    await wait_for_usage(gw, tenant, 1)
+    return cost
+
+
 async def test_costs_cli_asks_the_running_gateway(tmp_path: Path) -> None:
     async with embedded(tmp_path) as gw:
-        async with aiohttp.ClientSession() as s:
-            body = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}], "tenantId": "t_cli"}
-            async with s.post(f"{gw.base_url}/chat/completions", json=body) as r:
-                cost = r.headers["x-llm-cost-usd"]
-        await wait_for_usage(gw, "t_cli", 1)
+        cost = await one_call(gw, "t_cli")
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -279,28 +285,37 @@ async def test_costs_cli_asks_the_running_gateway(tmp_path: Path) -> None:
         assert "openai" in out.decode()
 
 
-async def test_costs_cli_reads_the_file_when_nothing_runs(tmp_path: Path) -> None:
-    async with embedded(tmp_path) as gw:
-        async with aiohttp.ClientSession() as s:
-            body = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}], "tenantId": "t_off"}
-            async with s.post(f"{gw.base_url}/chat/completions", json=body) as r:
-                cost = r.headers["x-llm-cost-usd"]
-        await wait_for_usage(gw, "t_off", 1)
+async def costs_from_file(data_dir: Path, *args: str) -> tuple[int | None, bytes, bytes]:
+    """``llm-gateway costs`` with nothing running on its port: it reads the file."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "gateway",
         "costs",
-        "--tenant",
-        "t_off",
-        "--json",
-        env={"LLM_GATEWAY_DATA_DIR": str(tmp_path), "LLM_GATEWAY_PORT": "1", "PATH": "/usr/bin:/bin"},
+        *args,
+        env={"LLM_GATEWAY_DATA_DIR": str(data_dir), "LLM_GATEWAY_PORT": "1", "PATH": "/usr/bin:/bin"},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
+    return proc.returncode, out, err
+
+
+async def test_costs_cli_reads_the_file_when_nothing_runs(tmp_path: Path) -> None:
+    async with embedded(tmp_path) as gw:
+        cost = await one_call(gw, "t_off")
+    code, out, err = await costs_from_file(tmp_path, "--tenant", "t_off", "--json")
+    assert code == 0, err.decode()
     assert Decimal(json.loads(out)["totalCost"]) == Decimal(cost)
+    # reading the file, it checks what the HTTP API checks: it answered an end before its start
+    # with an empty report, and a negative limit with DuckDB's "no readable cost store" (review)
+    for bad, named in (
+        (["--start", "2026-12-01", "--end", "2026-11-30"], "'end' must be after 'start'"),
+        (["--limit", "-1"], "'limit' must be an integer from 0 to 10000"),
+        (["--limit", "100000"], "'limit' must be an integer from 0 to 10000"),
+    ):
+        code, _, err = await costs_from_file(tmp_path, "--tenant", "t_off", *bad)
+        assert code != 0 and named in err.decode(), (bad, err.decode())
 
 
 async def test_the_openapi_document_names_every_route_of_the_embedded_gateway(tmp_path: Path) -> None:
