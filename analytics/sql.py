@@ -384,7 +384,18 @@ def run_query(
                 # JSON size is measured in DuckDB first, then the query runs again to be read
                 _refuse_if_too_large(conn, query, max_rows + 1, max_bytes)
                 result = conn.execute(query)
+            intervals = [i for i, c in enumerate(columns) if c.type == "INTERVAL"]
+            if intervals:
+                # the driver turns an INTERVAL into a timedelta, months into 30 days each (two
+                # months read P60D, a year P360D: review): its parts are read instead
+                result = conn.execute(_interval_parts(query, len(columns), intervals))
             fetched = _fetch(result, max_rows + 1, max_bytes)
+            for row in fetched:
+                for i in intervals:
+                    parts = row[i]
+                    # a NULL interval's parts are NULLs
+                    exact = isinstance(parts, list) and None not in parts
+                    row[i] = iso_interval(*parts) if exact else None  # type: ignore[misc]
         finally:
             timer.cancel()
             _rollback(conn)
@@ -427,6 +438,36 @@ def _refuse_if_too_large(conn: duckdb.DuckDBPyConnection, query: str, limit: int
     ).fetchone()
     if row is not None and row[0] > max_bytes:
         raise _too_large(max_bytes)
+
+
+def _interval_parts(query: str, width: int, intervals: list[int]) -> str:
+    """``query`` with each INTERVAL column (by position) as ``[months, days, microseconds]``."""
+    parts = "[datepart('year', {c}) * 12 + datepart('month', {c}), datepart('day', {c}), " + (
+        "datepart('hour', {c}) * 3600000000 + datepart('minute', {c}) * 60000000 + datepart('microsecond', {c})]"
+    )
+    columns = [parts.format(c=f"#{i + 1}") if i in intervals else f"#{i + 1}" for i in range(width)]
+    return f"SELECT {', '.join(columns)} FROM ({query}\n) q"  # the newline ends a trailing comment
+
+
+def iso_interval(months: int, days: int, micros: int) -> str:
+    """An INTERVAL's parts as ISO 8601, exactly (``P1Y2M3DT4H5M6.5S``); a part of another sign
+    than the others gets its own ``-`` (as PostgreSQL's iso_8601 style writes them), a wholly
+    negative one a leading ``-``."""
+    sign = ""
+    if months <= 0 and days <= 0 and micros <= 0 and (months or days or micros):
+        sign, months, days, micros = "-", -months, -days, -micros
+    years, months = int(months / 12), months - int(months / 12) * 12  # toward zero, as DuckDB splits
+    seconds = Decimal(micros) / Decimal(1_000_000)
+    hours = int(seconds / 3600)
+    minutes = int((seconds - hours * 3600) / 60)
+    secs = seconds - hours * 3600 - minutes * 60
+    date = (f"{years}Y" if years else "") + (f"{months}M" if months else "") + (f"{days}D" if days else "")
+    clock = (
+        (f"{hours}H" if hours else "") + (f"{minutes}M" if minutes else "") + (f"{secs.normalize():f}S" if secs else "")
+    )
+    if not date and not clock:
+        clock = "0S"
+    return f"{sign}P{date}" + (f"T{clock}" if clock else "")
 
 
 def _json_size(value: JSONValue) -> int:

@@ -614,3 +614,17 @@ async def test_csv_keeps_a_value_with_a_carriage_return_in_its_row(store: Analyt
         ["x\ry", "n", "p"],
         ["a\rb", "2", "plain"],
     ]
+
+
+async def test_an_interval_comes_back_exactly(store: AnalyticsStore) -> None:
+    """DuckDB's Python driver turns an INTERVAL into a timedelta, months into 30 days each: two
+    months read P60D, a year P360D (review). Its parts are read instead."""
+    result = await query(
+        store,
+        "SELECT age(DATE '2026-03-01', DATE '2026-01-01') AS a, INTERVAL '1 year' AS y, INTERVAL 90 MINUTE AS m, "
+        "NULL::INTERVAL AS n, -INTERVAL '2 months 3 days' AS neg, INTERVAL '1 month' - INTERVAL '3 days' AS mixed, "
+        "INTERVAL '14 months 3 days 01:02:03.5' AS full, 7 AS other -- and a comment",
+        max_rows=10,
+    )
+    assert result.rows == [["P2M", "P1Y", "PT1H30M", None, "-P2M3D", "P1M-3D", "P1Y2M3DT1H2M3.5S", 7]]
+    assert [c.type for c in result.columns][:2] == ["INTERVAL", "INTERVAL"]
