@@ -6,7 +6,7 @@ the ``GET /v1/providers/health`` route and (with Kafka) the replica sync.
     install_health(app, health_plugin(settings, clock=clock))
 
 after the app, its ``STATE`` and its routes exist (before the app starts). ``install_health``
-sets ``router.gate``, appends the observer to ``recorder.observers``, stores the view under
+makes the view the router's ``circuits``, appends the observer to ``recorder.observers``, stores the view under
 :data:`HEALTH`, adds the route and appends the sync's ``cleanup_ctx``.
 """
 
@@ -31,13 +31,8 @@ AppPlugin = Callable[[web.Application], AsyncIterator[None]]
 
 @dataclass(frozen=True, slots=True)
 class HealthWiring:
+    #: also the router's ``circuits``
     view: HealthView
-    #: for ``Router(gate=...)``
-    gate: Callable[[str], bool]
-    #: for ``Router.peek``
-    peek: Callable[[str], bool]
-    #: for ``Router.reopens_in``
-    reopens_in: Callable[[str], float | None]
     #: for ``UsageRecorder.observers``
     observer: Callable[[UsageEvent], None]
     #: for ``app.cleanup_ctx``: follows the usage topic when Kafka is configured, else a no-op
@@ -69,7 +64,7 @@ def health_plugin(settings: Settings, *, clock: Clock = utcnow, config: HealthSe
         finally:
             await sync.close()
 
-    return HealthWiring(view, view.gate, view.peek, view.reopens_in, view.observe, follow_replicas)
+    return HealthWiring(view, view.observe, follow_replicas)
 
 
 def install_health(app: web.Application, wiring: HealthWiring) -> None:
@@ -78,9 +73,7 @@ def install_health(app: web.Application, wiring: HealthWiring) -> None:
     from gateway.api.state import STATE
 
     state = app[STATE]
-    state.router.gate = wiring.gate
-    state.router.peek = wiring.peek
-    state.router.reopens_in = wiring.reopens_in
+    state.router.circuits = wiring.view
     state.router.recorder.observers.append(wiring.observer)
     app[HEALTH] = wiring.view
     app.router.add_get("/v1/providers/health", provider_health)

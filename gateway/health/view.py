@@ -3,7 +3,7 @@
 ``apply(event)`` is the whole input, whether the event comes from the in-process
 ``UsageRecorder`` (observer) or from a log consumer (another replica's attempts, a replay):
 it is idempotent on ``event_id`` and ignores events older than the window. ``gate(provider)``
-plugs into ``Router(gate=...)``. Transitions are logged on ``gateway.health`` with their reason
+plugs into ``Router.circuits``. Transitions are logged on ``gateway.health`` with their reason
 and handed to ``listeners`` (the history sink). Time comes from the injected ``clock``; windows
 are placed by event time, so replicas fed the same events compute the same view.
 """
@@ -218,7 +218,7 @@ class HealthView:
 
     # --- routing ----------------------------------------------------------------------------------
     def gate(self, provider: str) -> bool:
-        """``Router(gate=...)``: False while the provider's circuit is open (or its one half-open
+        """``Router.circuits``: False while the provider's circuit is open (or its one half-open
         probe is in flight)."""
         tracked = self._providers.get(provider)
         if tracked is None or not self.config.circuit_breaker:
@@ -226,7 +226,7 @@ class HealthView:
         return tracked.breaker.allow(self._clock())
 
     def reopens_in(self, provider: str) -> float | None:
-        """``Router.reopens_in``: seconds until the provider's open circuit lets a probe through;
+        """``Router.circuits``: seconds until the provider's open circuit lets a probe through;
         None when it is not open."""
         tracked = self._providers.get(provider)
         if tracked is None or tracked.breaker.state != "open" or tracked.breaker.retry_at is None:
@@ -234,7 +234,7 @@ class HealthView:
         return max((tracked.breaker.retry_at - self._clock()).total_seconds(), 0.0)
 
     def peek(self, provider: str) -> bool:
-        """``Router.peek``: what :meth:`gate` would say now, without taking the half-open probe's
+        """``Router.circuits``: what :meth:`gate` would say now, without taking the half-open probe's
         place."""
         tracked = self._providers.get(provider)
         if tracked is None or not self.config.circuit_breaker:

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import partial
-from typing import TypeVar, cast
+from typing import Protocol, TypeVar, cast
 
 from gateway import errors
 from gateway.events import UsageEvent
@@ -27,8 +27,35 @@ T = TypeVar("T")
 
 _CANDIDATE_CACHE_SIZE = 1024
 
-#: asked before each provider is tried; False skips it (an open circuit)
-Gate = Callable[[str], bool]
+
+class Circuits(Protocol):
+    """The providers' circuit breakers as the router asks them (``HealthView``)."""
+
+    def gate(self, provider: str) -> bool:
+        """May an attempt be sent to ``provider`` now? False skips it (an open circuit); in
+        half-open, True takes the one probe's place."""
+        ...
+
+    def peek(self, provider: str) -> bool:
+        """What :meth:`gate` would say now, taking nothing."""
+        ...
+
+    def reopens_in(self, provider: str) -> float | None:
+        """Seconds until an open circuit lets a probe through; None when it is not open."""
+        ...
+
+
+class _NoCircuits:
+    """Every provider may always be tried (no health view)."""
+
+    def gate(self, provider: str) -> bool:
+        return True
+
+    def peek(self, provider: str) -> bool:
+        return True
+
+    def reopens_in(self, provider: str) -> float | None:
+        return None
 
 
 #: when every attempt failed the same way, the answer is that failure's (OpenAI's status and
@@ -61,14 +88,6 @@ _NEED_PARAMS = {
 _TRANSIENT = frozenset(
     {"rate_limited", "overloaded", "timeout", "connection_error", "upstream_error", "malformed_response", "stream_cut"}
 )
-
-
-def _always_open(_: str) -> bool:
-    return True
-
-
-def _never_open(_: str) -> float | None:
-    return None
 
 
 @dataclass(slots=True)
@@ -136,14 +155,12 @@ class Router:
         policy: RetryPolicy,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
-        gate: Gate = _always_open,
-        peek: Gate | None = None,
+        circuits: Circuits | None = None,
         first_content_timeout: float | None = None,
     ) -> None:
         """``first_content_timeout``: how long a stream may take to its first content (the
-        request timeout; None: no limit). ``gate``: may an attempt be sent to a provider now
-        (its circuit; in half-open the call takes the one probe's place); ``peek``: what it
-        would say, taking nothing (default: ``gate``, for a gate that holds no places)."""
+        request timeout; None: no limit). ``circuits``: the providers' circuit breakers (the
+        health view sets its own, ``gateway.health.plugin``); none: every provider may be tried."""
         self._starts = _StartWatch(first_content_timeout)
         self.providers = providers
         self.catalog = catalog
@@ -152,10 +169,7 @@ class Router:
         self.policy = policy
         self._sleep = sleep
         self._rng = rng
-        self.gate = gate
-        self.peek = peek or gate
-        #: seconds until a provider's open circuit lets a probe through (None: not open)
-        self.reopens_in: Callable[[str], float | None] = _never_open
+        self.circuits: Circuits = circuits or _NoCircuits()
         self.native_first = True
         self._candidates: dict[tuple[object, ...], list[Candidate]] = {}
 
@@ -204,7 +218,7 @@ class Router:
         budget = RetryBudget(self.policy.budget_seconds)
         attempts = _Attempts()
         for candidate in candidates:
-            if not self.gate(candidate.provider):
+            if not self.circuits.gate(candidate.provider):
                 attempts.skipped.append(candidate.provider)
                 continue
             provider = self.providers[candidate.provider]
@@ -226,7 +240,7 @@ class Router:
                     # very error), and when it is sent (it may have opened during the wait, and
                     # in half-open a retry must be the one probe, or give way to it)
                     keep_going=partial(self._may_retry, candidate.provider),
-                    may_send=partial(self.gate, candidate.provider),
+                    may_send=partial(self.circuits.gate, candidate.provider),
                 )
             except errors.ProviderError as exc:
                 if not exc.fallback:
@@ -277,9 +291,9 @@ class Router:
         """Whether a request may try ``provider`` again, asked before the retry's wait: its
         circuit, with the attempt that just failed counted (its event may still wait for the next
         loop turn to reach the health view); without taking a half-open probe's place, which the
-        retry takes when it is sent (``gate``)."""
+        retry takes when it is sent (``Circuits.gate``)."""
         self.recorder.flush_observers()
-        return self.peek(provider)
+        return self.circuits.peek(provider)
 
     # --- non-streaming ---------------------------------------------------------------------------
     async def complete(self, ctx: CallContext, template: ChatRequest, pinned: str | None = None) -> Served:
@@ -430,9 +444,9 @@ class Router:
         )
         # every circuit open: the client may come back when the first lets a probe through (the
         # 503 said nothing, and the SDK retried at 0.5 to 8 s into a 30 s cool-down: review)
-        waits = [w for p in attempts.skipped if (w := self.reopens_in(p)) is not None]
-        if waits:
-            failed.retry_after = min(waits)
+        if not attempts.failures:
+            waits = [w for p in attempts.skipped if (w := self.circuits.reopens_in(p)) is not None]
+            failed.retry_after = min(waits, default=None)
         return failed
 
 

@@ -21,11 +21,21 @@ from tests.support.fakes import FixedPriceBook, ManualClock, RecordingSleep, Scr
 PRIORITY = ["openai", "azure", "anthropic", "google", "ollama"]
 
 
-def make_router(*providers: ScriptedProvider, policy: RetryPolicy | None = None, gate=None):
+class _Gate:
+    """Circuits that only say which providers may be tried (they hold no probe places)."""
+
+    def __init__(self, gate) -> None:
+        self.gate = self.peek = gate
+
+    def reopens_in(self, provider: str) -> float | None:
+        return None
+
+
+def make_router(*providers: ScriptedProvider, policy: RetryPolicy | None = None, gate=None, circuits=None):
     log = MemoryEventLog()
     sleep = RecordingSleep()
     recorder = UsageRecorder(log, FixedPriceBook(), clock=ManualClock())
-    kwargs = {"gate": gate} if gate else {}
+    kwargs = {"circuits": circuits or (_Gate(gate) if gate else None)}
     router = Router(
         {p.name: p for p in providers},
         ModelCatalog(),
@@ -540,6 +550,9 @@ class _Circuit:
     """A provider's circuit as the router sees it: ``gate`` takes the half-open probe's place,
     ``peek`` takes nothing."""
 
+    def reopens_in(self, provider: str) -> float | None:
+        return None
+
     def __init__(self) -> None:
         self.state = {"openai": "closed"}
         self.probe_taken = False
@@ -565,8 +578,7 @@ async def test_a_retry_asks_the_circuit_again_when_it_is_sent(meanwhile: str) ->
     circuit = _Circuit()
     busy = errors.Overloaded("busy", provider="openai", http_status=503, retry_after=2.0)
     openai, azure = ScriptedProvider("openai", busy), ScriptedProvider("azure")
-    router, log, _ = make_router(openai, azure, gate=circuit.gate)
-    router.peek = circuit.peek
+    router, log, _ = make_router(openai, azure, circuits=circuit)
 
     async def other_calls_meanwhile(seconds: float) -> None:
         if meanwhile == "open":
@@ -579,3 +591,22 @@ async def test_a_retry_asks_the_circuit_again_when_it_is_sent(meanwhile: str) ->
     served = await router.complete(ctx(), TEMPLATE)
     assert served.provider == "azure" and len(openai.calls) == 1
     assert [e.outcome for e in log.events] == ["overloaded", "success"]
+
+
+async def test_only_a_call_every_circuit_refused_says_when_one_reopens() -> None:
+    """The wait is the first open circuit's when no provider was tried; a call another provider
+    failed is not told to come back when a skipped one reopens."""
+
+    class Open(_Gate):
+        def reopens_in(self, provider: str) -> float | None:
+            return 20.0 if provider == "openai" else None
+
+    failing = ScriptedProvider("azure", errors.UpstreamServerError("boom", provider="azure", http_status=500))
+    router, _log, _ = make_router(ScriptedProvider("openai"), failing, circuits=Open(lambda p: p != "openai"))
+    with pytest.raises(errors.AllProvidersFailed) as info:
+        await router.complete(ctx(), TEMPLATE)
+    assert info.value.retry_after is None
+    router, _log, _ = make_router(ScriptedProvider("openai"), circuits=Open(lambda _: False))
+    with pytest.raises(errors.AllProvidersFailed) as info:
+        await router.complete(ctx(), TEMPLATE)
+    assert (info.value.status, info.value.retry_after) == (503, 20.0)
