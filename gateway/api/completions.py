@@ -14,16 +14,12 @@ from gateway.api.middleware import REQUEST_ID
 from gateway.api.responses import ChunkFormatter, chat_completion, text_completion
 from gateway.api.state import STATE, GatewayState
 from gateway.api.validation import ParsedRequest, parse_chat, parse_completion
-from gateway.api.write_watch import WriteWatches
 from gateway.pricing.base import format_usd
 from gateway.routing.router import StreamSession
 from gateway.safe_text import header_value
 from gateway.usage import CallContext, UsageRecorder
 
 log = logging.getLogger(__name__)
-
-#: ``GatewayState.extras``' key of the gateway's stream write watches
-WATCHES = "write_watches"
 
 
 class ClientPayloadNoise(logging.Filter):
@@ -178,10 +174,7 @@ async def _stream(
     created = int(state.clock().timestamp())
     formatter: ChunkFormatter | None = None
     held = b""  # the last read of a stream the upstream ended: it goes out with the end, in one write
-    watches = state.extras.get(WATCHES)
-    if watches is None:
-        watches = state.extras[WATCHES] = WriteWatches(state.settings.stream_idle_timeout)
-    watch = watches.watch(request.transport, ctx.request_id)
+    watch = state.write_watches.watch(request.transport, ctx.request_id)
     try:
         watch.begin()
         await response.prepare(request)

@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.api.auth import Authenticator
+from gateway.api.write_watch import WriteWatches
 from gateway.eventlog.base import EventLog
 from gateway.routing.router import Router
 from gateway.settings import Settings
@@ -26,6 +27,11 @@ class GatewayState:
     in_flight: int = 0
     #: optional extras other components register (cost service, health view, metrics)
     extras: dict[str, Any] = field(default_factory=dict)
+    #: the streams' writes, watched for clients that stop taking them (``stream_idle_timeout``)
+    write_watches: WriteWatches = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.write_watches = WriteWatches(self.settings.stream_idle_timeout)
 
 
 STATE: web.AppKey[GatewayState] = web.AppKey("gateway_state", GatewayState)
