@@ -378,17 +378,17 @@ def run_query(
                 raise duckdb.InterruptException("expired before the query started")
             result = conn.execute(query)
             columns = [Column(str(d[0]), str(d[1])) for d in result.description or []]
-            if any(_NESTED.search(c.type) for c in columns):
+            nested = any(_NESTED.search(c.type) for c in columns)
+            # the driver turns a top-level INTERVAL into a timedelta, months into 30 days each (two
+            # months read P60D, a year P360D: review): its parts are read instead
+            intervals = [i for i, c in enumerate(columns) if c.type == "INTERVAL"]
+            if nested:
                 # a list, struct, map or union: one value may be any size, and the driver turns it
                 # into Python objects whole (SELECT range(20000000) took the gateway to 4 GB): its
-                # JSON size is measured in DuckDB first, then the query runs again to be read
+                # JSON size is measured in DuckDB first
                 _refuse_if_too_large(conn, query, max_rows + 1, max_bytes)
-                result = conn.execute(query)
-            intervals = [i for i, c in enumerate(columns) if c.type == "INTERVAL"]
-            if intervals:
-                # the driver turns an INTERVAL into a timedelta, months into 30 days each (two
-                # months read P60D, a year P360D: review): its parts are read instead
-                result = conn.execute(_interval_parts(query, len(columns), intervals))
+            if nested or intervals:  # the first run only said the column types: run it to be read
+                result = conn.execute(_interval_parts(query, len(columns), intervals) if intervals else query)
             fetched = _fetch(result, max_rows + 1, max_bytes)
             for row in fetched:
                 for i in intervals:
@@ -491,7 +491,7 @@ def _fetch(result: duckdb.DuckDBPyConnection, limit: int, max_bytes: int) -> lis
         for raw in fetched:
             row = [json_value(v) for v in raw]
             # a list or struct counted as a scalar let 100 MB through a 64 MiB limit (review)
-            size += sum(len(v) if isinstance(v, str) else _json_size(v) for v in row) + 2 * len(row)
+            size += sum(_json_size(v) for v in row) + len(row)
             rows.append(row)
         if size > max_bytes:
             raise _too_large(max_bytes)

@@ -13,14 +13,12 @@ from gateway.eventlog.base import EventLog
 from gateway.events import Outcome, UsageEvent
 from gateway.ids import Clock, uuid7_str
 from gateway.pricing.base import PriceBook, Quote, format_usd
-from gateway.pricing.reprice import quote_models, unseen_cost
+from gateway.pricing.reprice import ZERO, quote_models, unseen_cost
 from gateway.safe_text import log_value
 from gateway.types import Usage
 
 cost_log = logging.getLogger("gateway.cost")
 log = logging.getLogger(__name__)
-
-ZERO = Decimal(0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway import errors
+from gateway.api.json_body import body_bytes
 from gateway.api.middleware import REQUEST_ID
 from gateway.api.responses import ChunkFormatter, chat_completion, text_completion
 from gateway.api.state import STATE, GatewayState
@@ -47,16 +48,10 @@ async def read_body(request: web.Request) -> Any:
     if request.content_type not in ("application/json", "", "application/octet-stream", "text/plain"):
         raise errors.UnsupportedMediaType(f"Content-Type must be application/json, got {request.content_type}")
     try:
-        raw = await request.read()
+        raw = await body_bytes(request)
     except web.HTTPRequestEntityTooLarge as exc:
         raise errors.RequestTooLarge(
             f"Request body is larger than the limit of {request.app[STATE].settings.max_body_bytes} bytes"
-        ) from exc
-    except (web.RequestPayloadError, ConnectionError) as exc:
-        # a content-encoding that does not decode, or the client gone mid-body: the client's
-        # fault, not a 500 with a traceback (nobody may be left to read the 400)
-        raise errors.InvalidRequest(
-            f"The request body could not be read: {exc.__cause__ or exc}", code="invalid_body"
         ) from exc
     if not raw.strip():
         raise errors.InvalidRequest("The request body is empty; expected a JSON object")

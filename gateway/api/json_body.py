@@ -14,13 +14,20 @@ from aiohttp import web
 from gateway.errors import InvalidRequest
 
 
-async def json_body(request: web.Request, *, empty: Any) -> Any:
-    """The parsed body (standard library ``json``: integers exact), or ``empty`` for none."""
+async def body_bytes(request: web.Request) -> bytes:
+    """The request's body; a content-encoding that does not decode, or the client gone mid-body,
+    is the client's fault: a 400 ``invalid_body``, not a 500 with a traceback (nobody may be left
+    to read it). Every JSON route reads its body so (``completions.read_body`` too)."""
     try:
-        raw = await request.read()
+        return await request.read()
     except (web.RequestPayloadError, ConnectionError) as exc:
         cause = exc.__cause__ or exc
-        raise InvalidRequest(f"the request body could not be read: {cause}", code="invalid_body") from exc
+        raise InvalidRequest(f"The request body could not be read: {cause}", code="invalid_body") from exc
+
+
+async def json_body(request: web.Request, *, empty: Any) -> Any:
+    """The parsed body (standard library ``json``: integers exact), or ``empty`` for none."""
+    raw = await body_bytes(request)
     if not raw.strip():
         return empty
     try:
