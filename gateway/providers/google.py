@@ -132,8 +132,10 @@ class GoogleProvider:
                 obj = parse_json(event.data, exact_if=b'"functionCall"')
             except ValueError as exc:
                 raise malformed(self.name, f"stream event is not JSON: {event.data[:200]!r}") from exc
-            if finishing is not None:  # after the candidate's finishReason: nothing more is its
-                continue  # answer (text reached the client, and its usage replaced the final one)
+            # every event is the answer's, also after a finishReason: Gemini has put one on every
+            # event of a stream, and sends the full usage in the last event, which may follow the
+            # finish (providers.md 4.4: the last usageMetadata seen is the bill). Once stopped at
+            # the first finish, a stream gave the client its first words and billed its prompt
             piece = wire.parse_response(obj)
             model = piece.model or model
             usage = piece.usage or usage

@@ -81,7 +81,9 @@ def build_body(req: ChatRequest) -> dict[str, Any]:
         elif msg.parts is not None:  # text and images in order (images inline only: see options)
             parts = [_part(part) for part in msg.parts if part]
         else:
-            parts = [{"text": msg.content}]
+            parts = [{"text": msg.content}] if msg.content else []
+        if not parts:  # an empty turn (OpenAI takes an empty assistant message): an empty text
+            continue  # part is Gemini's 400 ("Unable to submit request because it has an empty text parameter")
         if contents and contents[-1]["role"] == role:
             contents[-1]["parts"].extend(parts)
         else:

@@ -178,6 +178,11 @@ class GeminiSimulator(Simulator):
                 return "Please use a valid role: user, model."
             if not isinstance(content.get("parts"), list) or not content["parts"]:
                 return "* GenerateContentRequest.contents.parts: contents.parts must not be empty."
+            if any(isinstance(part, dict) and part.get("text") == "" for part in content["parts"]):
+                return (
+                    "Unable to submit request because it has an empty text parameter. "
+                    "Add a value to the parameter and try again."
+                )
         return _check_function_turns(contents)
 
     # --- answers ------------------------------------------------------------------------------

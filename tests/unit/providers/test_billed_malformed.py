@@ -144,20 +144,50 @@ def test_an_answer_nested_past_pythons_parser_is_still_read() -> None:
     }
 
 
-async def test_gemini_ignores_what_comes_after_the_finish(session: UpstreamClient, timeouts: Timeouts) -> None:
-    """Text sent after ``finishReason`` reached the client, and that event's usage replaced
-    the final one in the bill."""
-    events = [
-        {"candidates": [{"content": {"parts": [{"text": "Hi"}]}}]},
-        {
-            "candidates": [{"content": {"parts": [{"text": "!"}]}, "finishReason": "STOP"}],
-            "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 20},
-        },
-        {
-            "candidates": [{"content": {"parts": [{"text": " EXTRA"}]}}],
-            "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 40},
-        },
-    ]
+def _gemini_event(text: str, finish: str | None = None, usage: tuple[int, ...] | None = None) -> dict[str, Any]:
+    candidate: dict[str, Any] = {"content": {"parts": [{"text": text}] if text else []}}
+    if finish is not None:
+        candidate["finishReason"] = finish
+    event: dict[str, Any] = {"candidates": [candidate]}
+    if usage is not None:
+        names = ("promptTokenCount", "candidatesTokenCount", "thoughtsTokenCount")
+        event["usageMetadata"] = dict(zip(names, usage, strict=False))
+    return event
+
+
+GEMINI_STREAMS = {
+    # the full counts in an event after the finish (the finish carried the prompt's only)
+    "usage after the finish": (
+        [_gemini_event("Hel"), _gemini_event("lo", "STOP", (1000,)), _gemini_event("", None, (1000, 20, 500))],
+        "Hello",
+        Usage(1000, 520, reasoning_tokens=500),
+    ),
+    # a finishReason on every event (Gemini did so in 2024): the answer is all of them
+    "a finish on every event": (
+        [
+            _gemini_event("Hel", "STOP", (10,)),
+            _gemini_event("lo ", "STOP", (10,)),
+            _gemini_event("world", "STOP", (10, 3)),
+        ],
+        "Hello world",
+        Usage(10, 3),
+    ),
+    # text after the finish is the answer's too, and the last usage seen is the bill
+    "text after the finish": (
+        [_gemini_event("Hi"), _gemini_event("!", "STOP", (10, 20)), _gemini_event(" more", None, (10, 40))],
+        "Hi! more",
+        Usage(10, 40),
+    ),
+}
+
+
+@pytest.mark.parametrize("events, text, usage", list(GEMINI_STREAMS.values()), ids=list(GEMINI_STREAMS))
+async def test_a_gemini_stream_is_every_event_and_billed_by_the_last_usage(
+    session: UpstreamClient, timeouts: Timeouts, events: list[dict[str, Any]], text: str, usage: Usage
+) -> None:
+    """providers.md 4.4: "Take the last usageMetadata seen". The adapter stopped reading at the
+    first finishReason: a stream whose full counts came after it billed its prompt alone, and
+    one with a finish on every event gave the client its first word."""
     body = "".join(f"data: {json.dumps(e)}\r\n\r\n" for e in events)
 
     async def handle(request: web.Request) -> web.Response:
@@ -167,8 +197,8 @@ async def test_gemini_ignores_what_comes_after_the_finish(session: UpstreamClien
         provider = google.build(ProviderSettings(api_key="k", base_url=url), session, timeouts)
         assert provider is not None
         chunks = [c async for c in provider.stream(ChatRequest(model="gemini-pro", messages=[Message("user", "hi")]))]
-    assert "".join(c.text for c in chunks) == "Hi!"
-    assert chunks[-1].finish_reason == "stop" and chunks[-1].usage == Usage(10, 20)
+    assert "".join(c.text for c in chunks) == text
+    assert chunks[-1].finish_reason == "stop" and chunks[-1].usage == usage
 
 
 #: a 200 body cut in its JSON, and a stream whose first event is (in each vendor's framing)

@@ -109,6 +109,26 @@ def test_build_body_merges_same_role_and_omits_unset() -> None:
     }
 
 
+def test_an_empty_assistant_turn_is_not_sent() -> None:
+    """OpenAI takes an empty assistant message; Gemini refuses an empty text part ("Unable to
+    submit request because it has an empty text parameter"), a 400 that does not fall back."""
+    messages = [Message("user", "hi"), Message("assistant", ""), Message("user", "again")]
+    assert wire.build_body(ChatRequest("m", messages))["contents"] == [
+        {"role": "user", "parts": [{"text": "hi"}, {"text": "again"}]}
+    ]
+
+
+async def test_the_simulator_refuses_an_empty_text_part_as_gemini_does(
+    sim: GeminiSimulator, provider: GoogleProvider, aio: aiohttp.ClientSession
+) -> None:
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}, {"role": "model", "parts": [{"text": ""}]}]}
+    url = f"{sim.base_url}/v1beta/models/gemini-2.5-flash:generateContent"
+    async with aio.post(url, json=body, headers={"x-goog-api-key": KEY}) as resp:
+        assert resp.status == 400 and "empty text parameter" in await resp.text()
+    messages = [Message("user", "hi"), Message("assistant", ""), Message("user", "again")]
+    assert (await provider.complete(request(messages=messages))).text
+
+
 async def test_stream_request_uses_alt_sse(sim: GeminiSimulator, provider: GoogleProvider) -> None:
     await collect(provider, request(stream=True))
     rec = sim.requests[-1]

@@ -138,7 +138,6 @@ def test_a_conversation_without_tools_is_unchanged() -> None:
     assert wire.build_body(request(messages)) == {
         "contents": [
             {"role": "user", "parts": [{"text": "a"}, {"text": "b"}]},
-            {"role": "model", "parts": [{"text": ""}]},
         ],
         "generationConfig": {"candidateCount": 1},
     }
