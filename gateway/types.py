@@ -40,10 +40,13 @@ OPTION_NAMES = ("seed", "presence_penalty", "frequency_penalty", "response_forma
 #: ``tool_names`` (a function name starting with a digit or '-': OpenAI's rule takes it, Gemini's
 #: not), ``blank_content`` (a user message or prompt that is empty or only whitespace: OpenAI
 #: answers it, Anthropic and Gemini refuse it) and ``blank_stop`` (a stop sequence that is empty
-#: or only whitespace, such as the common ``"\n"``: Anthropic refuses it)
+#: or only whitespace, such as the common ``"\n"``: Anthropic refuses it) and
+#: ``temperature_with_top_p`` (both set, neither at its default of 1: the later Claude models
+#: refuse the pair)
 CAPABILITIES = (
     *OPTION_NAMES,
     "temperature",
+    "temperature_with_top_p",
     "tools",
     "tool_choice",
     "parallel_tool_calls",
@@ -129,6 +132,8 @@ class ChatRequest:
         needs = self.options.names() if self.options is not None else []
         if self.temperature is not None and self.temperature > 1:
             needs.append("temperature")
+        if self.top_p is not None and self.top_p != 1 and self.temperature is not None and self.temperature != 1:
+            needs.append("temperature_with_top_p")
         if self.tools is not None or self.tool_history:
             needs.append("tools")
         if self.tools is not None:

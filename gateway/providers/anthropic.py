@@ -6,6 +6,7 @@ only talks HTTP.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 
 from gateway import errors
@@ -45,6 +46,27 @@ MAX_OUTPUT_TOKENS: tuple[tuple[str, int], ...] = tuple(
 )
 
 
+#: a Claude model of the newer naming (``claude-sonnet-4-5``, ``claude-opus-4-1-20250805``) and
+#: its version (4.0 for ``claude-sonnet-4-20250514``: a date is no minor version)
+_VERSIONED = re.compile(r"claude-(?:opus|sonnet|haiku)-(\d+)(?:-(\d{1,2}))?(?:-|@|$)")
+#: from this version on, Claude refuses ``temperature`` and ``top_p`` together ("`temperature`
+#: and `top_p` cannot both be specified for this model. Please use only one."): Opus 4.1,
+#: Sonnet and Haiku 4.5 and the models after them
+_ONE_SAMPLING_KNOB = (4, 1)
+_LACKS_NOTHING: frozenset[str] = frozenset()
+_LACKS_THE_PAIR = frozenset({"temperature_with_top_p"})
+
+
+def sampling_lacks(model: str) -> frozenset[str]:
+    """``ModelOptions.model_lacks``: the pair of ``temperature`` and ``top_p`` for the models that
+    refuse it; models of other names (the Claude 3 ones, a deployment's own name) take it."""
+    found = _VERSIONED.match(model)
+    if found is None:
+        return _LACKS_NOTHING
+    version = (int(found.group(1)), int(found.group(2) or 0))
+    return _LACKS_THE_PAIR if version >= _ONE_SAMPLING_KNOB else _LACKS_NOTHING
+
+
 def output_cap(model: str) -> int | None:
     """The model's cap from :data:`MAX_OUTPUT_TOKENS`, None when not known."""
     for prefix, limit in MAX_OUTPUT_TOKENS:
@@ -59,9 +81,10 @@ class AnthropicProvider:
     #: images, as base64 or URL sources; the Messages API has no seed, no penalties and no JSON
     #: mode, and its temperature is 0 to 1; blank text and blank stop sequences are its 400
     #: ("text content blocks must contain non-whitespace text", "each stop sequence must
-    #: contain non-whitespace"): not carried
+    #: contain non-whitespace"): not carried. ``temperature`` with ``top_p``: by the older models
+    #: only (``model_lacks``)
     options: frozenset[str] = frozenset(
-        {"tools", "tool_choice", "parallel_tool_calls", "images", "image_urls", "tool_names"}
+        {"tools", "tool_choice", "parallel_tool_calls", "images", "image_urls", "tool_names", "temperature_with_top_p"}
     )
 
     def __init__(self, settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> None:
@@ -78,6 +101,9 @@ class AnthropicProvider:
 
     def max_output_tokens(self, model: str) -> int | None:  # OutputLimits
         return output_cap(model)
+
+    def model_lacks(self, model: str) -> frozenset[str]:  # ModelOptions
+        return sampling_lacks(model)
 
     async def complete(self, request: ChatRequest) -> ChatResult:
         async with post(

@@ -113,9 +113,13 @@ def build_body(req: ChatRequest, *, stream: bool) -> dict[str, Any]:
     }
     if system is not None:
         body["system"] = system
-    if req.temperature is not None:
+    # each at 1, its default here, asks for nothing: sent with the other, it would be the pair the
+    # later models refuse (SDKs send ``top_p: 1`` beside a temperature); the router keeps a pair
+    # of other values from those models (``ChatRequest.needs``)
+    both = req.temperature is not None and req.top_p is not None
+    if req.temperature is not None and not (both and req.temperature == 1):
         body["temperature"] = req.temperature
-    if req.top_p is not None:
+    if req.top_p is not None and not (both and req.top_p == 1):
         body["top_p"] = req.top_p
     if req.stop:
         body["stop_sequences"] = list(req.stop)

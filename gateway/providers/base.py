@@ -58,6 +58,17 @@ class OutputLimits(Protocol):
         ...
 
 
+@runtime_checkable
+class ModelOptions(Protocol):
+    """Optional: a provider some of whose models refuse, with a 400 that does not fall back, what
+    its wire format carries for the others. A request that needs one of them is not sent to
+    such a model."""
+
+    def model_lacks(self, model: str) -> frozenset[str]:
+        """What of ``Provider.options`` the model (the name the provider is asked) does not take."""
+        ...
+
+
 class FinalBatch(list[StreamChunk]):
     """A batch of ``BatchStreaming.stream_batches`` after which the stream ends normally (the
     upstream's end marker came in the same read): the gateway writes it with the end of its

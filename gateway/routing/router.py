@@ -78,11 +78,12 @@ _NEED_WORDS = {
     "tool_names": "A function name starting with a digit or '-'",
     "blank_content": "An empty or whitespace-only user message (or prompt)",
     "blank_stop": "A stop sequence that is empty or only whitespace",
+    "temperature_with_top_p": "'temperature' with 'top_p' (set only one)",
 }
 #: the request field a need is about, where it is not a field of its own name
 _NEED_PARAMS = {
     "images": "messages", "image_urls": "messages", "tool_names": "tools", "blank_content": "messages",
-    "blank_stop": "stop",
+    "blank_stop": "stop", "temperature_with_top_p": "top_p",
 }  # fmt: skip
 #: failures that may pass: a client's retry later can succeed
 _TRANSIENT = frozenset(
@@ -253,10 +254,10 @@ class Router:
     def _carrying(self, candidates: list[Candidate], needs: list[str], model: str) -> list[Candidate]:
         """The candidates whose provider carries all the request needs (``Provider.options``): an
         option is never dropped or bent on the way; a request none of them can carry is a 400."""
-        able = [c for c in candidates if self.providers[c.provider].options.issuperset(needs)]
+        able = [c for c in candidates if not self._lacks(c, needs)]
         if able or not candidates:
             return able
-        missing = next(n for n in needs if any(n not in self.providers[c.provider].options for c in candidates))
+        missing = next(n for n in needs if any(n in self._lacks(c, needs) for c in candidates))
         serving = ", ".join(dict.fromkeys(c.provider for c in candidates))
         what = _NEED_WORDS.get(missing) or f"'{missing}'"
         raise errors.InvalidRequest(
@@ -264,6 +265,17 @@ class Router:
             param=_NEED_PARAMS.get(missing, missing),
             code="unsupported_parameter",
         )
+
+    def _lacks(self, candidate: Candidate, needs: list[str]) -> set[str]:
+        """What of ``needs`` the candidate's provider does not carry (``Provider.options``), or
+        its model does not take (``ModelOptions``)."""
+        provider = self.providers[candidate.provider]
+        lacking = set(needs).difference(provider.options)
+        # ModelOptions, looked up without isinstance (a runtime protocol check costs ~1 µs)
+        model_lacks: Callable[[str], frozenset[str]] | None = getattr(provider, "model_lacks", None)
+        if model_lacks is not None:
+            lacking.update(model_lacks(candidate.model).intersection(needs))
+        return lacking
 
     def _within_limits(self, candidates: list[Candidate], max_tokens: int, model: str) -> list[Candidate]:
         """The candidates whose model may be asked for ``max_tokens`` (``OutputLimits``): a vendor

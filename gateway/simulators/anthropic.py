@@ -39,6 +39,11 @@ _QUOTA_BODIES: dict[int, tuple[str, str]] = {
     ),
 }
 _SSE_HEADERS = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
+#: the models that refuse ``temperature`` and ``top_p`` together (Opus 4.1, the 4.5 and 4.6 ones)
+_ONE_SAMPLING_KNOB = (
+    "claude-opus-4-1", "claude-opus-4-5", "claude-sonnet-4-5", "claude-haiku-4-5",
+    "claude-opus-4-6", "claude-sonnet-4-6",
+)  # fmt: skip
 _STATUS_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -177,6 +182,8 @@ class AnthropicSimulator(Simulator):
                     f'messages.{i}.role: Unexpected role "{role}". The Messages API accepts a '
                     'top-level `system` parameter, not "system" as an input message role.'
                 )
+        if "temperature" in body and "top_p" in body and str(body["model"]).startswith(_ONE_SAMPLING_KNOB):
+            return "`temperature` and `top_p` cannot both be specified for this model. Please use only one."
         tools = body.get("tools")
         if tools is not None and not (
             isinstance(tools, list) and all(isinstance(t, dict) and isinstance(t.get("name"), str) for t in tools)

@@ -194,6 +194,30 @@ async def test_a_blank_message_no_serving_provider_takes_is_a_400() -> None:
         assert gw.event_log.events == []
 
 
+async def test_temperature_with_top_p_is_not_sent_to_a_claude_model_that_refuses_the_pair(gw: RunningGateway) -> None:
+    """Opus 4.1, Sonnet and Haiku 4.5 and later refuse ``temperature`` and ``top_p`` together
+    (a 400 that does not fall back): such a pair is not sent to them, a 400 before any call when
+    only they serve the model; either knob at its default of 1 asks for nothing and is left out
+    (SDKs send ``top_p: 1``); the Claude 3 models take the pair."""
+    with pytest.raises(openai.BadRequestError) as info:
+        await ask(gw, "claude-sonnet-4-5-20250929", temperature=0.5, top_p=0.9)
+    assert info.value.param == "top_p" and "'temperature' with 'top_p'" in info.value.message
+    assert gw.sims["anthropic"].requests == [] and gw.event_log.events == []
+    for model in ("claude-sonnet-4-5", "claude-opus-4-1-20250805", "claude-haiku-4-5"):
+        raw = await ask(gw, model, temperature=0.5, top_p=1)
+        assert raw.headers["x-llm-provider"] == "anthropic"
+        body = gw.sims["anthropic"].requests[-1].body
+        assert body["temperature"] == 0.5 and "top_p" not in body
+    await ask(gw, "claude-sonnet-4-5", temperature=1, top_p=0.3)
+    body = gw.sims["anthropic"].requests[-1].body
+    assert body["top_p"] == 0.3 and "temperature" not in body
+    for model in ("claude-3-haiku", "claude-sonnet-4-20250514", "claude-3-7-sonnet-latest"):
+        raw = await ask(gw, model, temperature=0.5, top_p=0.9)
+        assert raw.headers["x-llm-provider"] == "anthropic"
+        body = gw.sims["anthropic"].requests[-1].body
+        assert (body["temperature"], body["top_p"]) == (0.5, 0.9)
+
+
 async def test_max_tokens_above_a_models_cap_is_not_sent_to_it(gw: RunningGateway) -> None:
     """claude-3-haiku writes at most 4,096 tokens and Anthropic refuses a larger ``max_tokens``
     with a 400 that does not fall back: 4,097 goes to the next provider, untouched; 4,096 still

@@ -25,6 +25,7 @@ from gateway.types import ChatRequest, Message, StreamChunk, Usage
 
 KEY = "sk-ant-test"
 MODEL = "claude-haiku-4-5-20251001"
+OLDER_MODEL = "claude-3-haiku-20240307"
 #: words of the default request: "Be brief." + "Say hello to me"
 PROMPT_WORDS = 6
 
@@ -73,6 +74,7 @@ async def test_request_mapping(provider: AnthropicProvider, sim: AnthropicSimula
         stop=["END"],
         user="tenant-7",
     )
+    request.model = OLDER_MODEL  # the later models refuse temperature with top_p (the router keeps it from them)
     await provider.complete(request)
     (rec,) = sim.requests
     assert rec.method == "POST"
@@ -80,7 +82,7 @@ async def test_request_mapping(provider: AnthropicProvider, sim: AnthropicSimula
     assert rec.headers["x-api-key"] == KEY
     assert rec.headers["anthropic-version"] == "2023-06-01"
     assert rec.body == {
-        "model": MODEL,
+        "model": OLDER_MODEL,
         "max_tokens": wire.DEFAULT_MAX_TOKENS,
         "system": "Be brief.\n\nUse English.",
         "messages": [
@@ -758,3 +760,40 @@ def test_build_body_edge_cases() -> None:
         "system": "s",
         "messages": [{"role": "user", "content": "complete this"}],
     }
+
+
+@pytest.mark.parametrize(
+    "model, refuses",
+    [
+        ("claude-opus-4-1-20250805", True),
+        ("claude-opus-4-1", True),
+        ("claude-sonnet-4-5", True),
+        ("claude-sonnet-4-5-20250929", True),
+        ("claude-haiku-4-5@20251001", True),
+        ("claude-opus-4-6", True),
+        ("claude-sonnet-5", True),
+        ("claude-opus-4-20250514", False),  # a date is no minor version: Opus 4.0
+        ("claude-sonnet-4-0", False),
+        ("claude-3-7-sonnet-20250219", False),
+        ("claude-3-haiku-20240307", False),
+        ("my-claude-deployment", False),
+    ],
+)
+def test_which_models_refuse_temperature_with_top_p(model: str, refuses: bool) -> None:
+    lacks = AnthropicProvider.model_lacks(None, model)  # type: ignore[arg-type]
+    assert ("temperature_with_top_p" in lacks) is refuses
+
+
+def test_a_sampling_knob_at_its_default_is_left_out_beside_the_other() -> None:
+    def sampling(temperature: float | None, top_p: float | None) -> dict[str, Any]:
+        body = wire.build_body(
+            ChatRequest("m", [Message("user", "x")], temperature=temperature, top_p=top_p), stream=False
+        )
+        return {k: body[k] for k in ("temperature", "top_p") if k in body}
+
+    assert sampling(0.5, 1) == {"temperature": 0.5}
+    assert sampling(1, 0.5) == {"top_p": 0.5}
+    assert sampling(1, 1) == {}
+    assert sampling(1, None) == {"temperature": 1}
+    assert sampling(None, 1) == {"top_p": 1}
+    assert sampling(0.5, 0.9) == {"temperature": 0.5, "top_p": 0.9}
