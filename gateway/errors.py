@@ -240,6 +240,13 @@ class UpstreamBadRequest(ProviderError):
             self.code = self.upstream_code  # type: ignore[misc]
 
 
+class UpstreamTooLarge(UpstreamBadRequest):
+    """The provider refused the request as too large (413): the client's request is, too."""
+
+    status = 413
+    code = "request_too_large"
+
+
 class ModelCannotServe(UpstreamBadRequest):
     """The provider's model cannot do what the request asks (Ollama: "llama3 does not support
     tools"): the request is fine, another provider's model may serve it."""

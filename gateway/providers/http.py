@@ -6,6 +6,7 @@ import contextlib
 import email.utils
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -79,6 +80,18 @@ def error_message(body: Any, fallback: str) -> str:
     return fallback
 
 
+#: a vendor's words for a prompt longer than the model's context: OpenAI's code for it
+#: (``context_length_exceeded``) is what clients trim and retry on. Anthropic: "prompt is too
+#: long: 215000 tokens > 200000 maximum"; Gemini: "The input token count (1200000) exceeds the
+#: maximum number of tokens allowed (1048576)"; Ollama: "input length exceeds the context length"
+_CONTEXT_TOO_LONG = re.compile(
+    r"prompt is too long|input token count.*exceeds the maximum|maximum context length"
+    r"|exceeds (?:the )?(?:maximum )?context (?:length|window)",
+    re.IGNORECASE,
+)
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+
+
 def default_classify(
     provider: str,
     status: int,
@@ -109,7 +122,9 @@ def default_classify(
     if status == 408:
         return errors.UpstreamTimeout(text, **kwargs)
     if status in (400, 409, 413, 422):
-        return errors.UpstreamBadRequest(text, **kwargs)
+        if _CONTEXT_TOO_LONG.search(message):
+            kwargs["upstream_code"] = CONTEXT_LENGTH_EXCEEDED
+        return (errors.UpstreamTooLarge if status == 413 else errors.UpstreamBadRequest)(text, **kwargs)
     if status == 504:
         return errors.UpstreamTimeout(text, **kwargs)
     if status == 503:

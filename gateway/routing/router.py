@@ -438,7 +438,7 @@ class Router:
         parts = []
         for error in attempts.failures:
             status = f" HTTP {error.http_status}" if error.http_status else ""
-            parts.append(f"{error.provider}: {error.outcome}{status}")
+            parts.append(f"{error.provider}: {error.outcome}{status}{_why(error)}")
         parts += [f"{p}: skipped (circuit open)" for p in attempts.skipped]
         summary = "; ".join(parts) or "no attempt was made"
         outcomes = {e.outcome for e in attempts.failures}
@@ -460,6 +460,19 @@ class Router:
             waits = [w for p in attempts.skipped if (w := self.circuits.reopens_in(p)) is not None]
             failed.retry_after = min(waits, default=None)
         return failed
+
+
+#: the most of a provider's own words an all-failed message repeats per attempt
+WHY_CHARS = 160
+
+
+def _why(error: errors.ProviderError) -> str:
+    """`` (the provider's message)``, short: "client_error HTTP 400" alone hid Ollama's "llama3
+    does not support tools" (review)."""
+    text = " ".join(error.message.removeprefix(f"{error.provider}: ").split())
+    if not text:
+        return ""
+    return f" ({text[:WHY_CHARS]}{'...' if len(text) > WHY_CHARS else ''})"
 
 
 #: a stream the upstream cut after the client kept a write waiting this long is the client's

@@ -324,3 +324,46 @@ async def test_an_endless_retry_after_is_an_openai_error_with_a_days_wait(
     response = info.value.response
     assert response.status_code != 500 and response.headers["x-request-id"].startswith("req_")
     assert response.headers["retry-after"] == "86400" and "error" in response.json()
+
+
+LONG_PROMPTS = {
+    "anthropic": {
+        "type": "error",
+        "error": {"type": "invalid_request_error", "message": "prompt is too long: 215000 tokens > 200000 maximum"},
+    },
+    "google": {
+        "error": {
+            "code": 400,
+            "message": "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576).",
+            "status": "INVALID_ARGUMENT",
+        }
+    },
+}
+
+
+@pytest.mark.parametrize("provider", list(LONG_PROMPTS))
+async def test_a_prompt_too_long_is_context_length_exceeded_for_every_vendor(
+    upstream: tuple[Upstream, str], provider: str
+) -> None:
+    """OpenAI's code for it is what clients trim and retry on; Anthropic's and Gemini's 400s said
+    ``invalid_request_error`` / ``INVALID_ARGUMENT``, the vendor's words only in the message."""
+    up, url = upstream
+    up.script["generate"] = web.json_response(LONG_PROMPTS[provider], status=400)
+    model = "claude-3-haiku" if provider == "anthropic" else "gemini-pro"
+    async with await gateway(url, provider) as gw, client(gw) as c:
+        with pytest.raises(openai.BadRequestError) as info:
+            await c.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}])
+    assert info.value.code == "context_length_exceeded"
+    [event] = gw.event_log.events
+    assert event.outcome == "client_error" and event.error_code == "context_length_exceeded"
+
+
+async def test_a_request_too_large_for_the_vendor_is_a_413(upstream: tuple[Upstream, str]) -> None:
+    up, url = upstream
+    error = {"type": "error", "error": {"type": "request_too_large", "message": "Request exceeds the maximum size"}}
+    up.script["generate"] = web.json_response(error, status=413)
+    async with await gateway(url, "anthropic") as gw, client(gw) as c:
+        with pytest.raises(openai.APIStatusError) as info:
+            await c.chat.completions.create(model="claude-3-haiku", messages=[{"role": "user", "content": "x"}])
+    assert info.value.status_code == 413 and info.value.code == "request_too_large"
+    assert "maximum size" in info.value.message

@@ -207,6 +207,20 @@ async def test_all_failed_names_each_attempt() -> None:
     assert len(log.events) == 2 and all(e.cost_usd == 0 and not e.billable for e in log.events)
 
 
+async def test_all_failed_says_what_each_provider_said() -> None:
+    """"client_error HTTP 400" alone hid Ollama's reason ("does not support tools")."""
+    refusal = errors.ModelCannotServe(
+        "ollama: registry.ollama.ai/library/llama3:latest does not support tools", provider="ollama", http_status=400
+    )
+    long = errors.UpstreamServerError("openai: " + "z" * 500, provider="openai", http_status=500)
+    router, _, _ = make_router(ScriptedProvider("openai", default=long), ScriptedProvider("ollama", default=refusal))
+    with pytest.raises(errors.AllProvidersFailed) as info:
+        await router.complete(ctx(), TEMPLATE)
+    message = info.value.message
+    assert "ollama: client_error HTTP 400 (registry.ollama.ai/library/llama3:latest does not support tools)" in message
+    assert f"openai: upstream_error HTTP 500 ({'z' * 160}...)" in message
+
+
 async def test_pinned_provider_goes_first_then_priority() -> None:
     google = ScriptedProvider("google", errors.UpstreamServerError("x", provider="google", http_status=500))
     openai = ScriptedProvider("openai")

@@ -716,7 +716,7 @@ def err_body(etype: str, message: str = "m") -> dict[str, Any]:
         (401, err_body("authentication_error"), {}, errors.UpstreamAuthError, None),
         (403, err_body("permission_error"), {}, errors.UpstreamAuthError, None),
         (404, err_body("not_found_error"), {}, errors.UpstreamModelNotFound, None),
-        (413, err_body("request_too_large"), {}, errors.UpstreamBadRequest, None),
+        (413, err_body("request_too_large"), {}, errors.UpstreamTooLarge, None),
         (
             400,
             err_body("invalid_request_error", "prompt is too long"),
