@@ -208,7 +208,7 @@ async def test_all_failed_names_each_attempt() -> None:
 
 
 async def test_all_failed_says_what_each_provider_said() -> None:
-    """"client_error HTTP 400" alone hid Ollama's reason ("does not support tools")."""
+    """ "client_error HTTP 400" alone hid Ollama's reason ("does not support tools")."""
     refusal = errors.ModelCannotServe(
         "ollama: registry.ollama.ai/library/llama3:latest does not support tools", provider="ollama", http_status=400
     )
