@@ -98,6 +98,7 @@ def build_body(req: ChatRequest, *, stream: bool) -> dict[str, Any]:
         else:
             # Anthropic has no tool role; without a tool-call id a tool result is user text
             _add_text(turns, "assistant" if msg.role == "assistant" else "user", msg.content)
+    _trim_prefill(turns)
     if not turns and req.prompt is not None:
         turns.append({"role": "user", "content": req.prompt})
     system = req.system_text()
@@ -150,6 +151,24 @@ def _add_text(turns: list[dict[str, Any]], role: str, text: str) -> None:
             last["content"].append({"type": "text", "text": text})
     else:
         turns.append({"role": role, "content": text})
+
+
+def _trim_prefill(turns: list[dict[str, Any]]) -> None:
+    """A last assistant turn is Anthropic's prefill (the answer goes on from it), and one that
+    ends in whitespace is its 400 ("final assistant content cannot end with trailing
+    whitespace"), which does not fall back: its trailing whitespace goes (the model writes the
+    space itself), and a turn of whitespace alone with it."""
+    if not turns or turns[-1]["role"] != "assistant":
+        return
+    content = turns[-1]["content"]
+    if isinstance(content, str):
+        turns[-1]["content"] = content = content.rstrip()
+        if not content:
+            turns.pop()
+    elif content and content[-1].get("type") == "text":
+        content[-1]["text"] = content[-1]["text"].rstrip()
+        if not content[-1]["text"]:
+            content.pop()
 
 
 def _block(part: str | Image) -> dict[str, Any]:

@@ -182,6 +182,12 @@ class AnthropicSimulator(Simulator):
                     f'messages.{i}.role: Unexpected role "{role}". The Messages API accepts a '
                     'top-level `system` parameter, not "system" as an input message role.'
                 )
+        last = body["messages"][-1] if body["messages"] else None
+        if isinstance(last, dict) and last.get("role") == "assistant":
+            content = last.get("content")
+            text = content if isinstance(content, str) else (content[-1].get("text") if content else None)
+            if isinstance(text, str) and text != text.rstrip():
+                return "messages: final assistant content cannot end with trailing whitespace"
         if "temperature" in body and "top_p" in body and str(body["model"]).startswith(_ONE_SAMPLING_KNOB):
             return "`temperature` and `top_p` cannot both be specified for this model. Please use only one."
         tools = body.get("tools")

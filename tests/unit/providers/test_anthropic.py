@@ -797,3 +797,20 @@ def test_a_sampling_knob_at_its_default_is_left_out_beside_the_other() -> None:
     assert sampling(1, None) == {"temperature": 1}
     assert sampling(None, 1) == {"top_p": 1}
     assert sampling(0.5, 0.9) == {"temperature": 0.5, "top_p": 0.9}
+
+
+@pytest.mark.parametrize(
+    "last, sent",
+    [
+        ("Sure, ", [{"role": "assistant", "content": "Sure,"}]),
+        ("  \n", []),
+        ("{", [{"role": "assistant", "content": "{"}]),
+    ],
+)
+async def test_a_prefill_loses_its_trailing_whitespace(
+    provider: AnthropicProvider, sim: AnthropicSimulator, last: str, sent: list[dict[str, Any]]
+) -> None:
+    """A last assistant message is Anthropic's prefill, and one ending in whitespace is its 400
+    ("final assistant content cannot end with trailing whitespace"), which does not fall back."""
+    await provider.complete(req(Message("user", "Say hi"), Message("assistant", last)))
+    assert sim.requests[-1].body["messages"] == [{"role": "user", "content": "Say hi"}, *sent]
