@@ -345,6 +345,9 @@ class Projector:
     @staticmethod
     def _decode_into(batch: _Batch, records: Sequence[LogRecord]) -> None:
         for record in records:
+            if not record.value:  # a Kafka tombstone, or an empty record
+                batch.poison.append((record, "undecodable usage event: the record has no value"))
+                continue
             try:
                 event = decode_event(record.value)
             except (ValueError, TypeError) as e:  # JSON, validation (a ValueError), version, None

@@ -100,7 +100,9 @@ class KafkaLogReader:
         return [
             LogRecord(
                 f"{msg.partition}:{msg.offset}",
-                msg.value,
+                # a tombstone (null value) is no event: an empty one, dead-lettered as such (None
+                # reached the dead-letter store, which could not hash it: the batch never passed)
+                b"" if msg.value is None else msg.value,
                 None if msg.key is None else msg.key.decode(),
                 datetime.fromtimestamp(msg.timestamp / 1000, UTC),
             )

@@ -294,3 +294,71 @@ async def test_events_stamped_hours_ahead_reach_the_topic(kafka_bootstrap: str, 
     finally:
         await log.close()
     assert_exactly_once_in_order(await read_all(kafka_bootstrap, topic, 6), skewed + on_time)
+
+
+class Collected:
+    name = "collected"
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+
+    async def start(self) -> None: ...
+    async def apply(self, events: Sequence[UsageEvent]) -> None:
+        self.ids.extend(e.event_id for e in events)
+
+    async def reset(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+async def test_a_tombstone_on_the_topic_is_dead_lettered_and_projection_goes_on(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """A record with a null value (a Kafka tombstone, which compaction tools and mistaken
+    producers write) reached the dead-letter store as None: hashing it raised, and the projector
+    retried the batch for good ("paused", every event behind it never stored: review)."""
+    from aiokafka import AIOKafkaProducer
+
+    from consumers.projector import Projector
+
+    topic = new_topic()
+    log = new_log(kafka_bootstrap, topic, tmp_path / "spool.sqlite3", partitions=1)
+    await log.start()
+    events = [make_event(i) for i in range(6)]
+    for event in events[:3]:
+        log.publish(event)
+    await wait_drained(log, 30)
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, None, key=b"tenant", partition=0)
+    finally:
+        await producer.stop()
+    for event in events[3:]:
+        log.publish(event)
+    await wait_drained(log, 30)
+    await log.close()
+
+    reader = KafkaLogReader(kafka_bootstrap, topic, f"tomb-{uuid.uuid4().hex[:8]}")
+    letters = KafkaDeadLetters(kafka_bootstrap, topic)
+    sink = Collected()
+    projector = Projector(reader, [sink], letters, poll_timeout=0.5, idle_timeout=2.0)
+    await reader.start()
+    await letters.start()
+    try:
+        assert await asyncio.wait_for(projector.run_until_idle(), 60) == 6
+    finally:
+        await reader.close()
+        await letters.close()
+    assert sink.ids == [e.event_id for e in events]
+    assert projector.stats.events_dead_lettered == 1
+    consumer = AIOKafkaConsumer(
+        f"{topic}.dlq", bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    try:
+        message = await asyncio.wait_for(consumer.getone(), 30)
+    finally:
+        await consumer.stop()
+    headers = {k: v.decode() for k, v in message.headers}
+    assert not message.value and headers["source_position"] == "0:3"
+    assert "no value" in headers["reason"]
