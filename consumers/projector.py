@@ -78,6 +78,9 @@ class ProjectorStats:
     #: sink name -> events of the batches it finished applying (committed or not yet): which
     #: sink is behind while a batch is in flight, or paused on a failing store
     sink_events: dict[str, int] = field(default_factory=dict)
+    #: sink name -> since when it has been applying the current batch (a store that hangs: a
+    #: Postgres that takes the statement and never answers holds a sink up to its timeout)
+    applying: dict[str, datetime] = field(default_factory=dict)
     #: a full rebuild found cut short and being run again by this process (see
     #: consumers/replay_http.py): until it ends the stores miss part of the log
     rebuild: dict[str, object] | None = None
@@ -96,7 +99,19 @@ class ProjectorStats:
             return "failing"
         if self.paused:
             return "paused"
+        if self.stalled():
+            return "stalled"
         return "rebuilding" if self.rebuild is not None else "ok"
+
+    def stalled(self, now: datetime | None = None) -> dict[str, float]:
+        """The sinks applying the current batch for longer than :attr:`lag_stale_after`, with
+        their seconds so far (a store that hangs: ``/healthz`` said ``ok`` for the minute of the
+        sink's timeout, and blamed the log: review)."""
+        if not self.applying:
+            return {}
+        now = now or utcnow()
+        ages = {name: (now - since).total_seconds() for name, since in self.applying.items()}
+        return {name: round(age, 1) for name, age in sorted(ages.items()) if age > self.lag_stale_after}
 
     def current_lag(self, now: datetime | None = None) -> tuple[int | None, str | None]:
         """The lag and why it is unknown, as of ``now``: None once the last measure is older than
@@ -104,7 +119,9 @@ class ProjectorStats:
         if self.lag_at is not None:
             age = ((now or utcnow()) - self.lag_at).total_seconds()
             if age > self.lag_stale_after:
-                return None, f"not measured for {age:.0f}s: the projector is waiting on the log"
+                stalled = self.stalled(now)
+                waits_on = f"sink {', '.join(stalled)}" if stalled else "the log"
+                return None, f"not measured for {age:.0f}s: the projector is waiting on {waits_on}"
         return self.lag, self.lag_error
 
     def health(self) -> dict[str, object]:
@@ -120,6 +137,7 @@ class ProjectorStats:
             "lastError": self.last_error,
             "restarts": self.restarts,
             "sinkEvents": dict(self.sink_events),
+            **({"stalledSinks": stalled} if (stalled := self.stalled()) else {}),
             **({"rebuild": dict(self.rebuild)} if self.rebuild is not None else {}),
         }
 
@@ -373,14 +391,32 @@ class Projector:
         # the sinks apply the batch concurrently: DuckDB works in a thread, Postgres in its own
         # server, so their waits overlap; a sink that failed is retried alone with the batch
         pending = [sink for sink in self.sinks if sink.name not in batch.done]
-        outcomes = await asyncio.gather(*(self._apply_sink(sink, batch) for sink in pending), return_exceptions=True)
+        applying = asyncio.gather(*(self._apply_sink(sink, batch) for sink in pending), return_exceptions=True)
+        try:
+            outcomes = await asyncio.wait_for(asyncio.shield(applying), self.stats.lag_stale_after)
+        except TimeoutError:  # a store that hangs: said once, then waited for (its own timeout ends it)
+            log.warning(
+                "projector waits on sink(s) %s: a batch of %d events not applied after %.0fs",
+                ", ".join(sorted(self.stats.applying)),
+                len(batch.events),
+                self.stats.lag_stale_after,
+            )
+            outcomes = await applying
+        except asyncio.CancelledError:  # the shield kept it from the sinks: a stop stops them too
+            applying.cancel()
+            raise
         failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
         if failures:
             raise failures[0]
 
     async def _apply_sink(self, sink: Sink, batch: _Batch) -> None:
         """One sink's step of a batch, counted as done the moment it is (the others may still work)."""
-        await self._apply_isolating(sink, batch, batch.distinct())
+        applying = self.stats.applying
+        applying[sink.name] = self._clock()
+        try:
+            await self._apply_isolating(sink, batch, batch.distinct())
+        finally:
+            del applying[sink.name]
         batch.done.add(sink.name)
         done = self.stats.sink_events
         done[sink.name] = done.get(sink.name, 0) + len(batch.events)

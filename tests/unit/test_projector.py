@@ -390,6 +390,60 @@ async def test_a_lag_not_measured_again_for_long_is_unknown_in_health() -> None:
     assert health["status"] == "ok"  # not paused, not failing: only the lag is unknown
 
 
+class HangingSink(RecordingSink):
+    """A store that takes the statement and does not answer until ``release`` is set."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.release = asyncio.Event()
+        self.cancelled = False
+
+    async def apply(self, events: Sequence[UsageEvent]) -> None:
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        await super().apply(events)
+
+
+async def test_a_sink_that_hangs_is_named_in_health_and_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    """A Postgres that hung (the proxy to it stopped) held its sink for the minute of its
+    timeout while /healthz said ok and blamed the log, with no warning (review)."""
+    log = RestartableLog()
+    await publish(log, 3)
+    projector = Projector(log, [RecordingSink("duckdb"), hanging := HangingSink("postgres")], MemoryDeadLetters())
+    projector.stats.lag_stale_after = 0.2
+    projector.stats.lag_at = datetime.now(UTC)
+    stop = asyncio.Event()
+    task = asyncio.create_task(projector.run_forever(stop))
+    try:
+        await until(lambda: "projector waits on sink(s) postgres" in caplog.text)
+        health = projector.stats.health()
+        assert health["status"] == "stalled" and list(health["stalledSinks"]) == ["postgres"]  # type: ignore[call-overload]
+        assert "waiting on sink postgres" in str(health["lagError"])
+        hanging.release.set()
+        await until(lambda: projector.stats.events_applied == 3)
+        assert projector.stats.health()["status"] == "ok" and "stalledSinks" not in projector.stats.health()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 2)
+
+
+async def test_a_stop_while_a_sink_hangs_cancels_its_apply() -> None:
+    log = RestartableLog()
+    await publish(log, 3)
+    hanging = HangingSink("postgres")
+    projector = Projector(log, [hanging], MemoryDeadLetters())
+    projector.stats.lag_stale_after = 0.05
+    task = asyncio.create_task(projector.run_forever(asyncio.Event()))
+    await until(lambda: bool(projector.stats.stalled()))
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await asyncio.sleep(0)
+    assert hanging.cancelled and log.commits == [] and projector.stats.applying == {}
+
+
 async def test_stop_while_paused_leaves_the_batch_uncommitted() -> None:
     log = RestartableLog()
     await publish(log, 5)
