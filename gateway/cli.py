@@ -14,7 +14,7 @@ import yaml
 
 from gateway.errors import GatewayError
 from gateway.runtime import listening_socket, quiet_accept_errors, tune_gc, tune_logging, until_terminated
-from gateway.settings import Settings, load_settings
+from gateway.settings import Settings, load_settings, unknown_environment
 from gateway.startup import startup_failure, warn_if_open
 
 if TYPE_CHECKING:
@@ -203,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         }.items()
         if v is not None
     }
+    for name in unknown_environment():
+        print(f"llm-gateway: warning: {name} is set but is no setting (ignored; misspelled?)", file=sys.stderr)
     try:
         settings = load_settings(**overrides)
         if settings.price_file is not None:  # read now: a bad price file is a bad configuration

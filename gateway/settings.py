@@ -8,6 +8,8 @@ gateway's own settings use the ``LLM_GATEWAY_`` prefix. Nothing else in the code
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -184,17 +186,23 @@ class Settings(BaseSettings):
             raise ValueError("DATABASE_URL must be a postgresql:// (or postgres://) URL")
         return value
 
-    @field_validator(
-        "openai_base_url", "anthropic_base_url", "google_gemini_base_url", "azure_openai_endpoint", "ollama_host"
-    )
+    @field_validator("openai_base_url", "anthropic_base_url", "google_gemini_base_url", "azure_openai_endpoint")
     @classmethod
     def _env_base_url(cls, value: str | None) -> str | None:
+        return _http_url(value, bare_host=False)
+
+    @field_validator("ollama_host")
+    @classmethod
+    def _ollama_host(cls, value: str | None) -> str | None:
         return _http_url(value)
 
     @field_validator("providers")
     @classmethod
     def _providers(cls, value: dict[str, ProviderSettings]) -> dict[str, ProviderSettings]:
         _known(value)
+        for name, provider in value.items():
+            if name != "ollama":
+                _http_url(provider.base_url, bare_host=False)
         return value
 
     @field_validator("model_groups")
@@ -268,11 +276,14 @@ _ENV_PROVIDER_SETTINGS = {
 }
 
 
-def _http_url(value: str | None) -> str | None:
+def _http_url(value: str | None, *, bare_host: bool = True) -> str | None:
     """An upstream base URL is http(s) with a host (Ollama's host may leave the scheme out, as
-    its client allows): an ``ftp://`` one failed every call as the provider's connection error,
-    ``https://`` without a host fell back quietly. The message leaves the value out (a URL can
-    hold a password)."""
+    its client allows: ``bare_host``): an ``ftp://`` one failed every call as the provider's
+    connection error, ``https://`` without a host fell back quietly, and one without a scheme
+    (``api.openai.com/v1``, the commonest slip) failed every call. The message leaves the value
+    out (a URL can hold a password)."""
+    if value and "://" not in value and not bare_host:
+        raise ValueError("an upstream URL must start with http:// or https:// (and name a host)")
     if value and "://" in value:
         scheme, _, rest = value.partition("://")
         if scheme.lower() not in ("http", "https") or not rest.split("/", 1)[0].rsplit("@", 1)[-1]:
@@ -288,12 +299,29 @@ def _known(names: Any) -> None:
         raise ValueError(f"unknown provider(s) {unknown}: the providers are {', '.join(DEFAULT_PRIORITY)}")
 
 
+def unknown_environment(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The ``LLM_GATEWAY_*`` variables set that are no setting (a misspelled one was ignored
+    without a word: a docs review), but for the test suite's ``LLM_GATEWAY_TEST_*``."""
+    known = {f"LLM_GATEWAY_{name}".upper() for name in Settings.model_fields}
+    for field in Settings.model_fields.values():
+        if isinstance(field.validation_alias, AliasChoices):
+            known.update(str(choice).upper() for choice in field.validation_alias.choices)
+    names = os.environ if environ is None else environ
+    return sorted(
+        name
+        for name in names
+        if name.upper().startswith("LLM_GATEWAY_")
+        and name.upper() not in known
+        and not name.upper().startswith("LLM_GATEWAY_TEST_")
+    )
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read the environment, then the config file it names (file values win), then overrides."""
     settings = Settings(**overrides)
     if settings.config_file is None:
         return settings
-    data = strict_yaml.load(Path(settings.config_file).read_text()) or {}
+    data = strict_yaml.load(Path(settings.config_file).read_text(), str(settings.config_file)) or {}
     if not isinstance(data, dict):
         raise ValueError(f"config file {settings.config_file} must hold a mapping")
     # ``x-`` keys are the file's own (as in compose files): a place to define YAML anchors

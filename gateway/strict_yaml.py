@@ -28,6 +28,13 @@ class StrictLoader(yaml.SafeLoader):  # type: ignore[misc]
         return mapping
 
 
-def load(text: str) -> Any:
-    """``text`` as YAML, refusing a key given twice in one mapping."""
-    return yaml.load(text, Loader=StrictLoader)
+def load(text: str, name: str | None = None) -> Any:
+    """``text`` as YAML, refusing a key given twice in one mapping; ``name``: the file it came from,
+    which errors name (PyYAML says ``"<unicode string>"``)."""
+    loader = StrictLoader(text)
+    if name is not None:
+        loader.name = name
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()

@@ -140,6 +140,7 @@ def assert_refused(
         ("retry_attempts: 0\n", "retry_attempts"),
         ("max_body_bytes: -1\n", "max_body_bytes"),  # every request was a 413
         ("unknown_key: 1\n", "unknown_key"),  # ignored silently
+        ("priority: [openai\n", 'gw.yaml", line 1'),  # PyYAML named it "<unicode string>"
         ("providers: {ollama: {enbled: false}}\n", "enbled"),  # the typo left Ollama enabled
         ("providers: {bogus: {enabled: false}}\n", "bogus"),
         ("priority: [openai, bogus]\n", "bogus"),
@@ -167,6 +168,9 @@ def assert_refused(
         ("default_tenant: " + "t" * 513 + "\n", "default_tenant"),
         ("api_keys: [{key: sk-a, tenant: " + "t" * 513 + "}]\n", "api_keys"),
         ("providers: {openai: {base_url: 'https://'}}\n", "with a host"),  # fell back quietly
+        # no scheme: every call a connection error (a docs review)
+        ("providers: {openai: {base_url: 'api.openai.com/v1'}}\n", "start with http://"),
+        ("providers: {anthropic: {base_url: 'localhost:8080'}}\n", "start with http://"),
     ],
 )
 def test_a_configuration_that_would_misbehave_is_refused_at_start(
@@ -218,6 +222,49 @@ def test_a_database_url_refused_is_not_printed(
     assert cli.main(["costs", "--tenant", "t"]) == 2
     err = capsys.readouterr().err
     assert "http://" in err and "S3CRETPW" not in err and "Traceback" not in err
+
+
+@pytest.mark.usefixtures("restore_gc", "restore_logging")
+@pytest.mark.parametrize("variable", ["OPENAI_BASE_URL", "ANTHROPIC_BASE_URL", "AZURE_OPENAI_ENDPOINT"])
+def test_an_upstream_url_without_a_scheme_is_refused_but_ollamas_host_may_leave_it_out(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], variable: str
+) -> None:
+    """``OPENAI_BASE_URL=api.openai.com/v1`` started, and every call failed as the provider's
+    connection error (a docs review); ``OLLAMA_HOST=host:port`` is Ollama's own form."""
+    from gateway.settings import Settings
+
+    monkeypatch.setenv(variable, "api.example.com/v1")
+    assert cli.main(["costs", "--tenant", "t"]) == 2
+    assert "start with http://" in capsys.readouterr().err
+    monkeypatch.delenv(variable)
+    monkeypatch.setenv("OLLAMA_HOST", "gpu-box:11434")
+    assert Settings(_env_file=None).ollama_host == "gpu-box:11434"  # type: ignore[call-arg]
+    assert (
+        Settings(_env_file=None, providers={"ollama": {"base_url": "gpu-box"}}).provider("ollama").base_url == "gpu-box"
+    )  # type: ignore[call-arg]
+
+
+def test_a_misspelled_gateway_variable_is_named_in_a_warning(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``LLM_GATEWAY_PRIORTY`` was ignored without a word, where an unknown key in the config
+    file is refused (a docs review); the known ones and the tests' own are not named."""
+    from gateway.settings import unknown_environment
+
+    environ = {
+        "LLM_GATEWAY_PRIORTY": "anthropic",
+        "LLM_GATEWAY_PRIORITY": "openai",
+        "llm_gateway_port": "1",
+        "LLM_GATEWAY_CONFIG": "x",
+        "LLM_GATEWAY_HEALTH": "{}",
+        "LLM_GATEWAY_TEST_KAFKA": "k",
+        "OPENAI_API_KEY": "k",
+    }
+    assert unknown_environment(environ) == ["LLM_GATEWAY_PRIORTY"]
+    monkeypatch.setenv("LLM_GATEWAY_PRIORTY", "anthropic")
+    monkeypatch.setenv("LLM_GATEWAY_CONFIG", "/nonexistent/gw.yaml")  # stops it right after the warning
+    assert cli.main(["costs", "--tenant", "t"]) == 2
+    assert "LLM_GATEWAY_PRIORTY is set but is no setting" in capsys.readouterr().err
 
 
 def test_the_priority_variable_takes_a_json_list_or_comma_separated_names(monkeypatch: pytest.MonkeyPatch) -> None:
