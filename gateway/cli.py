@@ -7,7 +7,7 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import yaml
@@ -62,6 +62,12 @@ def _configure_logging(level: str) -> None:
 SIMULATED_REQUESTS_KEPT = 1000
 
 
+def simulated(settings: Settings, providers: Iterable[str]) -> list[str]:
+    """The providers ``serve --simulate`` simulates: all but those the configuration turns off
+    (``enabled: false``; they were simulated and served all the same: a docs review)."""
+    return [name for name in providers if settings.provider(name).enabled is not False]
+
+
 async def _start_simulators(settings: Settings, providers: list[str]) -> tuple[Settings, list[Simulator]]:
     from gateway.simulators.registry import make_simulator, provider_settings_for
 
@@ -86,7 +92,7 @@ async def _serve(settings: Settings, simulate: bool) -> None:
     if simulate:
         from gateway.routing.catalog import KNOWN_PROVIDERS
 
-        settings, sims = await _start_simulators(settings, list(KNOWN_PROVIDERS))
+        settings, sims = await _start_simulators(settings, simulated(settings, KNOWN_PROVIDERS))
     quiet_accept_errors(asyncio.get_running_loop())
     sock = listening_socket(settings.bind_host, settings.port)  # a taken port fails before anything opens
     app = create_app(settings, installers=server_installers(settings))

@@ -384,3 +384,15 @@ def test_a_keyless_service_beyond_loopback_says_so(caplog: pytest.LogCaptureFixt
     [record] = caplog.records
     assert record.levelname == "WARNING" and "consumer listens on 0.0.0.0" in record.getMessage()
     assert "start replays" in record.getMessage()
+
+
+def test_serve_simulate_leaves_out_the_providers_the_configuration_turns_off() -> None:
+    """``serve --simulate --config`` with the README's ``ollama: {enabled: false}`` simulated
+    Ollama and served calls with it (a docs review)."""
+    from gateway.cli import simulated
+    from gateway.routing.catalog import KNOWN_PROVIDERS
+    from gateway.settings import Settings
+
+    off = Settings(_env_file=None, providers={"ollama": {"enabled": False}, "azure": {"enabled": True}})  # type: ignore[call-arg]
+    assert simulated(off, KNOWN_PROVIDERS) == [p for p in KNOWN_PROVIDERS if p != "ollama"]
+    assert simulated(Settings(_env_file=None), KNOWN_PROVIDERS) == list(KNOWN_PROVIDERS)  # type: ignore[call-arg]
