@@ -405,7 +405,12 @@ class Router:
                 number=number, provider=candidate.provider, provider_model=candidate.model,
                 outcome="cancelled", latency_ms=latency, incomplete=True,
             )  # fmt: skip
-            self.recorder.record(ctx, facts)
+            event = self.recorder.record(ctx, facts)
+            # the call's one cost line (a stop's timeout cancelled a non-streaming call without
+            # it: a docs review); a stream already open logs its own (api/completions.py)
+            UsageRecorder.log_cost(
+                ctx.tenant_id, candidate.provider, candidate.model, _total(event.cost_usd, attempts.billed)
+            )
             return exc
         error = _as_provider_error(exc, candidate.provider)
         event = self.recorder.record(

@@ -624,3 +624,25 @@ async def test_only_a_call_every_circuit_refused_says_when_one_reopens() -> None
     with pytest.raises(errors.AllProvidersFailed) as info:
         await router.complete(ctx(), TEMPLATE)
     assert (info.value.status, info.value.retry_after) == (503, 20.0)
+
+
+async def test_a_cancelled_call_still_logs_its_one_cost_line(caplog: pytest.LogCaptureFixture) -> None:
+    """A stop's timeout cancelled a non-streaming call with its event recorded but no cost line
+    (one per call, as the README promises: a docs review)."""
+
+    class Hanging(ScriptedProvider):
+        async def complete(self, request: ChatRequest) -> ChatResult:
+            await asyncio.sleep(60)
+            raise AssertionError("not reached")
+
+    router, log, _ = make_router(Hanging("openai"))
+    caplog.set_level("INFO", logger="gateway.cost")
+    task = asyncio.create_task(router.complete(ctx(), TEMPLATE))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    [event] = log.events
+    assert event.outcome == "cancelled"
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Cost |")]
+    assert lines == ["Cost | tenant=tenant_123 provider=openai model=gpt-4 cost=unpriced"]
