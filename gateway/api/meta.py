@@ -51,15 +51,17 @@ async def model(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    providers = sorted(state.router.providers)
     body: dict[str, Any] = {
-        "status": "ok",
-        "providers": sorted(state.router.providers),
+        # a gateway that can serve no call is not ready (every call a 404): 503 for a probe
+        "status": "ok" if providers else "no_providers",
+        "providers": providers,
         "eventsPending": state.event_log.pending(),
         "priceVersion": state.router.recorder.price_version,
     }
     for name, part in request.app.get(HEALTH_PARTS, {}).items():
         body[name] = part()
-    return web.json_response(body)
+    return web.json_response(body, status=200 if providers else 503)
 
 
 async def openapi(request: web.Request) -> web.Response:

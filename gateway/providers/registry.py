@@ -36,5 +36,11 @@ def build_providers(settings: Settings, session: UpstreamClient, timeouts: Timeo
         provider = factory(name)(provider_settings, session, timeouts)
         if provider is not None:
             providers[name] = provider
-    log.info("configured providers: %s", ", ".join(providers) or "none")
+    if providers:
+        log.info("configured providers: %s", ", ".join(providers))
+    else:  # every call a 404 while /healthz said ok (a docs review)
+        log.warning(
+            "configured providers: none: every call will be refused (set a provider's key, e.g. "
+            "OPENAI_API_KEY, or leave Ollama on; see README 'Configuration')"
+        )
     return providers

@@ -83,6 +83,16 @@ async def test_healthz_and_openapi(gw: RunningGateway) -> None:
     assert {"x-request-id", "x-llm-attempts", "x-llm-cost-usd"} <= set(failed["headers"])
 
 
+async def test_a_gateway_without_providers_is_not_ready(caplog: pytest.LogCaptureFixture) -> None:
+    """Every call a 404 while /healthz said ok and the start logged "none" at INFO (a docs review)."""
+    caplog.set_level(logging.INFO, logger="gateway")
+    async with running_gateway(providers=()) as gw, aiohttp.ClientSession() as s:
+        async with s.get(f"{gw.url}/healthz") as r:
+            assert r.status == 503
+            assert await r.json() == {**(await r.json()), "status": "no_providers", "providers": []}
+    assert any(r.levelno == logging.WARNING and "configured providers: none" in r.getMessage() for r in caplog.records)
+
+
 KEYS = [
     ApiKey(key="sk-tenant-a", tenant="tenant_a"),
     ApiKey(key="sk-admin", tenant="ops", admin=True),
