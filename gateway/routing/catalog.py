@@ -71,7 +71,9 @@ DEFAULT_GROUPS: dict[str, dict[str, str]] = {
 
 #: model names each provider serves as they are (pass-through), when no group names them
 NATIVE_PATTERNS: dict[str, re.Pattern[str]] = {
-    "openai": re.compile(r"^(gpt-|o\d|chatgpt-|davinci-|babbage-|text-)"),
+    # ``ft:``: an OpenAI fine-tune (``ft:gpt-4o-mini-2024-07-18:org::id``), which only OpenAI serves
+    # (a 404 before: a docs review)
+    "openai": re.compile(r"^(ft:|gpt-|o\d|chatgpt-|davinci-|babbage-|text-)"),
     "azure": re.compile(r"^(gpt-|o\d|davinci-|babbage-)"),
     "anthropic": re.compile(r"^claude-"),
     "google": re.compile(r"^(models/)?gemini-"),
@@ -83,7 +85,9 @@ NATIVE_PATTERNS: dict[str, re.Pattern[str]] = {
 #: OpenAI legacy completion-only models: served through the upstream /completions endpoint
 #: legacy completion models listed by ``/v1/models`` (served by the vendors' native patterns)
 _LISTED_LEGACY = ("davinci-002", "babbage-002")
-LEGACY_COMPLETION_MODELS = re.compile(r"^(gpt-3\.5-turbo-instruct|gpt-35-turbo-instruct|davinci-002|babbage-002)")
+LEGACY_COMPLETION_MODELS = re.compile(
+    r"^(ft:)?(gpt-3\.5-turbo-instruct|gpt-35-turbo-instruct|davinci-002|babbage-002)"
+)
 
 _SNAPSHOT = re.compile(r"(-\d{4}-\d{2}-\d{2}|-\d{8}|-\d{4}|-latest|-preview|-\d{3})$")
 

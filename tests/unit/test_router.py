@@ -427,6 +427,21 @@ async def test_a_vendors_own_model_goes_to_that_vendor_first() -> None:
     assert anthropic.calls[0].model == "claude-3-haiku-20240307"
 
 
+async def test_an_openai_fine_tune_goes_to_openai_alone() -> None:
+    """``ft:gpt-4o-mini-2024-07-18:org::id`` was a 404 ("no provider serves it") unless a model
+    group named it (a docs review); only OpenAI holds the fine-tune, so nothing falls back."""
+    fine_tune = "ft:gpt-4o-mini-2024-07-18:acme::abc123"
+    openai, azure = (
+        ScriptedProvider("openai", errors.UpstreamServerError("x", provider="openai")),
+        ScriptedProvider("azure"),
+    )
+    router, log, _ = make_router(openai, azure)
+    with pytest.raises(errors.AllProvidersFailed):
+        await router.complete(ctx(fine_tune), TEMPLATE)
+    assert [c.model for c in openai.calls] == [fine_tune] and azure.calls == []
+    assert router.catalog.is_legacy_completion_model("ft:davinci-002:acme::x")
+
+
 async def test_native_first_can_be_turned_off_for_strict_priority() -> None:
     openai, anthropic = ScriptedProvider("openai"), ScriptedProvider("anthropic")
     router, _, _ = make_router(openai, anthropic)
