@@ -74,11 +74,15 @@ async def _from_file(settings: Settings, args: argparse.Namespace) -> dict[str, 
         await store.close()
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def render_table(doc: dict[str, Any]) -> str:
     lines = [
-        f"tenant {doc['tenantId']}: total ${doc['totalCost']} over {doc['usageCount']} calls, "
-        f"{doc['totalTokens']} tokens"
-        + (f" ({doc['unpricedCount']} unpriced calls)" if doc.get("unpricedCount") else "")
+        f"tenant {doc['tenantId']}: total ${doc['totalCost']} over {_count(doc['usageCount'], 'call')}, "
+        f"{_count(doc['totalTokens'], 'token')}"
+        + (f" ({_count(doc['unpricedCount'], 'unpriced call')})" if doc.get("unpricedCount") else "")
     ]
     rows = doc.get("usage") or []
     if rows:

@@ -136,7 +136,7 @@ def render_report(doc: dict[str, Any]) -> str:
     lines = [
         f"replay {doc['range']['first']} .. {doc['range']['last']} ({mode}{priced}): "
         f"{doc['recordsRead']:,} records in {doc['elapsedSeconds']:.2f}s ({doc['eventsPerSecond']:,.0f} events/s)",
-        f"  events {doc['events']:,}  applied {doc['eventsApplied']:,}  repriced {doc['repriced']:,}  "
+        f"  events {doc['events']:,}  applied {doc['eventsApplied']:,}  costed unlike the log {doc['repriced']:,}  "
         f"changed {doc['changed']:,} (new rows {doc['added']:,}, new costs {doc['costChanged']:,})",
         f"  unpriced billable events: {doc['unpricedBefore']:,} before, {doc['unpricedAfter']:,} after",
         f"  undecodable {doc['undecodable']:,}  refused {doc['refused']:,}  "

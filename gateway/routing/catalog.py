@@ -85,9 +85,7 @@ NATIVE_PATTERNS: dict[str, re.Pattern[str]] = {
 #: OpenAI legacy completion-only models: served through the upstream /completions endpoint
 #: legacy completion models listed by ``/v1/models`` (served by the vendors' native patterns)
 _LISTED_LEGACY = ("davinci-002", "babbage-002")
-LEGACY_COMPLETION_MODELS = re.compile(
-    r"^(ft:)?(gpt-3\.5-turbo-instruct|gpt-35-turbo-instruct|davinci-002|babbage-002)"
-)
+LEGACY_COMPLETION_MODELS = re.compile(r"^(ft:)?(gpt-3\.5-turbo-instruct|gpt-35-turbo-instruct|davinci-002|babbage-002)")
 
 _SNAPSHOT = re.compile(r"(-\d{4}-\d{2}-\d{2}|-\d{8}|-\d{4}|-latest|-preview|-\d{3})$")
 

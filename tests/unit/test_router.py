@@ -435,7 +435,7 @@ async def test_an_openai_fine_tune_goes_to_openai_alone() -> None:
         ScriptedProvider("openai", errors.UpstreamServerError("x", provider="openai")),
         ScriptedProvider("azure"),
     )
-    router, log, _ = make_router(openai, azure)
+    router, _log, _ = make_router(openai, azure)
     with pytest.raises(errors.AllProvidersFailed):
         await router.complete(ctx(fine_tune), TEMPLATE)
     assert [c.model for c in openai.calls] == [fine_tune] and azure.calls == []
