@@ -29,6 +29,11 @@ from gateway.settings import Settings
 log = logging.getLogger(__name__)
 
 ANALYTICS_FILE = "analytics.duckdb"
+#: seconds a stop lets the projector finish its batch before it cancels it (the batch is not
+#: committed and comes again at the next start): a store that hangs (a Postgres that takes the
+#: statement and never answers) held a SIGTERM for up to its statement timeout, 68 s in a
+#: re-test, past an orchestrator's grace period
+STOP_GRACE_SECONDS = 5.0
 DEFAULT_GROUP = "llm-usage-projector"
 
 
@@ -45,6 +50,7 @@ class Pipeline:
     costs: CostTrackingService
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
+    stop_grace: float = STOP_GRACE_SECONDS
 
     async def start(self) -> None:
         await self.store.open()
@@ -67,8 +73,22 @@ class Pipeline:
     async def stop(self) -> None:
         self._stop.set()
         if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), self.stop_grace)
+            except TimeoutError:
+                log.warning(
+                    "projector still busy %.0fs after the stop (a store that hangs?): its batch is cancelled, "
+                    "uncommitted, and comes again at the next start",
+                    self.stop_grace,
+                )
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+            except asyncio.CancelledError:
+                if not self._task.done():  # this stop was cancelled: the projector goes with it
+                    self._task.cancel()
+                    raise
+        self._task = None
         await self.projector.close()
         await self.reader.close()
         await self.dead_letters.close()

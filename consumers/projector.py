@@ -26,6 +26,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from consumers.sinks.base import DeadLetters, DistinctEvents, Sink, SinkError, latest_by_id
 from gateway.backoff import doubling
@@ -404,6 +405,7 @@ class Projector:
             outcomes = await applying
         except asyncio.CancelledError:  # the shield kept it from the sinks: a stop stops them too
             applying.cancel()
+            applying.add_done_callback(_retrieve)  # nobody awaits it now: no "never retrieved" error
             raise
         failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
         if failures:
@@ -518,3 +520,8 @@ async def _discard(ahead: asyncio.Future[_Batch | None] | None) -> None:
     if ahead is not None:
         ahead.cancel()
         await asyncio.gather(ahead, return_exceptions=True)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

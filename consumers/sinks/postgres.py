@@ -188,6 +188,10 @@ _DRIVER_ERRORS = (
 )
 
 
+#: how long closing waits for the pool's connections before it drops them
+CLOSE_SECONDS = 2.0
+
+
 class PostgresSink:
     name = "postgres"
 
@@ -232,7 +236,10 @@ class PostgresSink:
         async with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None:
-            await pool.close()
+            try:  # graceful, but bounded: a connection to a server that hangs held a stop ~10 s
+                await asyncio.wait_for(pool.close(), CLOSE_SECONDS)
+            except TimeoutError:
+                pool.terminate()
 
     # --- the port -----------------------------------------------------------------------------
     async def apply(self, events: Sequence[UsageEvent]) -> None:

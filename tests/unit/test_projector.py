@@ -444,6 +444,28 @@ async def test_a_stop_while_a_sink_hangs_cancels_its_apply() -> None:
     assert hanging.cancelled and log.commits == [] and projector.stats.applying == {}
 
 
+async def test_a_pipeline_stop_cancels_a_batch_a_hung_store_holds(tmp_path: Path) -> None:
+    """A SIGTERM waited for a hung Postgres's statement timeout (68 s in a re-test), past an
+    orchestrator's grace period: after ``stop_grace`` the batch is cancelled, uncommitted."""
+    from analytics.costs import CostTrackingService
+    from consumers.pipeline import Pipeline
+    from gateway.eventlog.deadletter import SqliteDeadLetters
+
+    log = RestartableLog()
+    await publish(log, 3)
+    hanging = HangingSink("postgres")
+    store = AnalyticsStore(tmp_path / "a.duckdb")
+    projector = Projector(log, [hanging], MemoryDeadLetters(), poll_timeout=0.01)
+    letters = SqliteDeadLetters(tmp_path / "letters.sqlite3")
+    pipeline = Pipeline(log, store, letters, projector, CostTrackingService(store), stop_grace=0.2)
+    await pipeline.start()
+    await until(lambda: bool(projector.stats.applying))
+    started = asyncio.get_running_loop().time()
+    await asyncio.wait_for(pipeline.stop(), 5)
+    assert asyncio.get_running_loop().time() - started < 2
+    assert hanging.cancelled and log.commits == []
+
+
 async def test_stop_while_paused_leaves_the_batch_uncommitted() -> None:
     log = RestartableLog()
     await publish(log, 5)
