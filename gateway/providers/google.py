@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from urllib.parse import quote
 
@@ -15,6 +16,8 @@ from gateway.providers.upstream_response import Response
 from gateway.settings import ProviderSettings
 from gateway.tool_calls import whole_call_parts
 from gateway.types import CAPABILITIES, ChatRequest, ChatResult, FinishReason, StreamChunk, Usage
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 DEFAULT_API_VERSION = "v1beta"
@@ -134,11 +137,22 @@ class GoogleProvider:
                 raise malformed(self.name, f"stream event is not JSON: {event.data[:200]!r}") from exc
             # every event is the answer's, also after a finishReason: Gemini has put one on every
             # event of a stream, and sends the full usage in the last event, which may follow the
-            # finish (providers.md 4.4: the last usageMetadata seen is the bill). Once stopped at
-            # the first finish, a stream gave the client its first words and billed its prompt
-            piece = wire.parse_response(obj)
+            # finish (providers.md 4.4: the final usageMetadata has the full counts). Once stopped
+            # at the first finish, a stream gave the client its first words and billed its prompt
+            try:
+                piece = wire.parse_response(obj)
+            except errors.ProviderError as exc:
+                if finishing is None or usage is None:
+                    raise
+                # the answer had finished, with its usage: an error after it ends the stream,
+                # not the answer (it failed the call, unpriced, in a re-test)
+                log.warning("%s: an error event after the answer finished ended its stream: %s", self.name, exc)
+                break
             model = piece.model or model
-            usage = piece.usage or usage
+            # usage counts are cumulative: a later report with less (a prompt-only one after the
+            # full counts) lowered the bill to the prompt in a re-test; the largest is the bill
+            if piece.usage is not None and (usage is None or _tokens(piece.usage) >= _tokens(usage)):
+                usage = piece.usage
             has_call = has_call or piece.has_function_call
             if piece.raw_finish is not None:
                 finishing = piece
@@ -153,6 +167,10 @@ class GoogleProvider:
         if finish is None:
             raise errors.StreamCut(f"{self.name}: stream ended without a finishReason", provider=self.name)
         yield StreamChunk(finish_reason=finish, usage=usage, model=model or requested)
+
+
+def _tokens(usage: Usage) -> int:
+    return usage.prompt_tokens + usage.completion_tokens
 
 
 async def _json_body(resp: Response) -> bool:

@@ -172,7 +172,19 @@ GEMINI_STREAMS = {
         "Hello world",
         Usage(10, 3),
     ),
-    # text after the finish is the answer's too, and the last usage seen is the bill
+    # a later report with less (prompt-only) does not lower the bill: counts are cumulative
+    "a smaller usage after the full one": (
+        [_gemini_event("Hi", "STOP", (1000, 2000)), _gemini_event("", None, (1000,))],
+        "Hi",
+        Usage(1000, 2000),
+    ),
+    # an error event after a finished answer with its usage ends the stream, not the answer
+    "an error after the finish": (
+        [_gemini_event("Hi", "STOP", (10, 20)), {"error": {"code": 500, "message": "internal", "status": "INTERNAL"}}],
+        "Hi",
+        Usage(10, 20),
+    ),
+    # text after the finish is the answer's too, and so is its usage
     "text after the finish": (
         [_gemini_event("Hi"), _gemini_event("!", "STOP", (10, 20)), _gemini_event(" more", None, (10, 40))],
         "Hi! more",
@@ -182,12 +194,13 @@ GEMINI_STREAMS = {
 
 
 @pytest.mark.parametrize("events, text, usage", list(GEMINI_STREAMS.values()), ids=list(GEMINI_STREAMS))
-async def test_a_gemini_stream_is_every_event_and_billed_by_the_last_usage(
+async def test_a_gemini_stream_is_every_event_and_billed_by_its_full_usage(
     session: UpstreamClient, timeouts: Timeouts, events: list[dict[str, Any]], text: str, usage: Usage
 ) -> None:
-    """providers.md 4.4: "Take the last usageMetadata seen". The adapter stopped reading at the
-    first finishReason: a stream whose full counts came after it billed its prompt alone, and
-    one with a finish on every event gave the client its first word."""
+    """providers.md 4.4: the final usageMetadata has the full counts. The adapter stopped
+    reading at the first finishReason: a stream whose full counts came after it billed its
+    prompt alone, and one with a finish on every event gave the client its first word. Counts
+    are cumulative: a later, smaller report is not the bill (a re-test)."""
     body = "".join(f"data: {json.dumps(e)}\r\n\r\n" for e in events)
 
     async def handle(request: web.Request) -> web.Response:
