@@ -241,10 +241,12 @@ class UpstreamBadRequest(ProviderError):
 
 
 class UpstreamTooLarge(UpstreamBadRequest):
-    """The provider refused the request as too large (413): the client's request is, too."""
+    """The provider refused the request as too large (413): the client's request is, too. The code
+    is ours whatever the vendor's (OpenAI's 413 has none, and its ``type`` stood in for it)."""
 
     status = 413
     code = "request_too_large"
+    shows_upstream_code = False
 
 
 class ModelCannotServe(UpstreamBadRequest):

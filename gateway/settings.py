@@ -286,7 +286,9 @@ def _http_url(value: str | None, *, bare_host: bool = True) -> str | None:
         raise ValueError("an upstream URL must start with http:// or https:// (and name a host)")
     if value and "://" in value:
         scheme, _, rest = value.partition("://")
-        if scheme.lower() not in ("http", "https") or not rest.split("/", 1)[0].rsplit("@", 1)[-1]:
+        authority = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+        host = authority.rsplit("]", 1)[0] if authority.startswith("[") else authority.split(":", 1)[0]
+        if scheme.lower() not in ("http", "https") or not host.strip("["):  # https://:443/v1 had no host
             raise ValueError("an upstream URL must be http:// or https:// with a host")
     return value
 
@@ -299,6 +301,10 @@ def _known(names: Any) -> None:
         raise ValueError(f"unknown provider(s) {unknown}: the providers are {', '.join(DEFAULT_PRIORITY)}")
 
 
+#: documented variables that are no setting: ``compose.yaml`` reads LLM_GATEWAY_SIMULATE itself
+_READ_ELSEWHERE = frozenset({"LLM_GATEWAY_SIMULATE"})
+
+
 def unknown_environment(environ: Mapping[str, str] | None = None) -> list[str]:
     """The ``LLM_GATEWAY_*`` variables set that are no setting (a misspelled one was ignored
     without a word: a docs review), but for the test suite's ``LLM_GATEWAY_TEST_*``."""
@@ -306,6 +312,7 @@ def unknown_environment(environ: Mapping[str, str] | None = None) -> list[str]:
     for field in Settings.model_fields.values():
         if isinstance(field.validation_alias, AliasChoices):
             known.update(str(choice).upper() for choice in field.validation_alias.choices)
+    known.update(_READ_ELSEWHERE)
     names = os.environ if environ is None else environ
     return sorted(
         name

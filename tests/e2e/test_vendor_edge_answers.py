@@ -358,8 +358,20 @@ async def test_a_prompt_too_long_is_context_length_exceeded_for_every_vendor(
     assert event.outcome == "client_error" and event.error_code == "context_length_exceeded"
 
 
-async def test_a_request_too_large_for_the_vendor_is_a_413(upstream: tuple[Upstream, str]) -> None:
+@pytest.mark.parametrize("vendor", ["anthropic", "openai"])
+async def test_a_request_too_large_for_the_vendor_is_a_413(upstream: tuple[Upstream, str], vendor: str) -> None:
+    """OpenAI's 413 has ``code: null``, and its ``type`` stood in for the code (a re-test)."""
     up, url = upstream
+    if vendor == "openai":
+        too_large = {
+            "error": {"message": "Request exceeds the maximum size", "type": "invalid_request_error", "code": None}
+        }
+        up.script["openai"] = web.json_response(too_large, status=413)
+        async with await gateway(url, "openai") as gw, client(gw) as c:
+            with pytest.raises(openai.APIStatusError) as info:
+                await c.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+        assert info.value.status_code == 413 and info.value.code == "request_too_large"
+        return
     error = {"type": "error", "error": {"type": "request_too_large", "message": "Request exceeds the maximum size"}}
     up.script["generate"] = web.json_response(error, status=413)
     async with await gateway(url, "anthropic") as gw, client(gw) as c:

@@ -171,6 +171,7 @@ def assert_refused(
         # no scheme: every call a connection error (a docs review)
         ("providers: {openai: {base_url: 'api.openai.com/v1'}}\n", "start with http://"),
         ("providers: {anthropic: {base_url: 'localhost:8080'}}\n", "start with http://"),
+        ("providers: {openai: {base_url: 'https://:443/v1'}}\n", "with a host"),  # a port, no host (re-test)
     ],
 )
 def test_a_configuration_that_would_misbehave_is_refused_at_start(
@@ -258,6 +259,7 @@ def test_a_misspelled_gateway_variable_is_named_in_a_warning(
         "LLM_GATEWAY_CONFIG": "x",
         "LLM_GATEWAY_HEALTH": "{}",
         "LLM_GATEWAY_TEST_KAFKA": "k",
+        "LLM_GATEWAY_SIMULATE": "1",  # compose.yaml's own (re-test)
         "OPENAI_API_KEY": "k",
     }
     assert unknown_environment(environ) == ["LLM_GATEWAY_PRIORTY"]
