@@ -474,7 +474,8 @@ WHY_CHARS = 160
 def _why(error: errors.ProviderError) -> str:
     """`` (the provider's message)``, short: "client_error HTTP 400" alone hid Ollama's "llama3
     does not support tools" (review)."""
-    text = " ".join(error.message.removeprefix(f"{error.provider}: ").split())
+    words = error.message.removeprefix(f"{error.provider}: ").split()
+    text = "".join(ch for ch in " ".join(words) if ch.isprintable())  # no ESC or BEL from a vendor
     if not text:
         return ""
     return f" ({text[:WHY_CHARS]}{'...' if len(text) > WHY_CHARS else ''})"

@@ -212,13 +212,13 @@ async def test_all_failed_says_what_each_provider_said() -> None:
     refusal = errors.ModelCannotServe(
         "ollama: registry.ollama.ai/library/llama3:latest does not support tools", provider="ollama", http_status=400
     )
-    long = errors.UpstreamServerError("openai: " + "z" * 500, provider="openai", http_status=500)
+    long = errors.UpstreamServerError("openai: \x1b[31m" + "z" * 500 + "\x07", provider="openai", http_status=500)
     router, _, _ = make_router(ScriptedProvider("openai", default=long), ScriptedProvider("ollama", default=refusal))
     with pytest.raises(errors.AllProvidersFailed) as info:
         await router.complete(ctx(), TEMPLATE)
     message = info.value.message
     assert "ollama: client_error HTTP 400 (registry.ollama.ai/library/llama3:latest does not support tools)" in message
-    assert f"openai: upstream_error HTTP 500 ({'z' * 160}...)" in message
+    assert f"openai: upstream_error HTTP 500 ([31m{'z' * 156}...)" in message
 
 
 async def test_pinned_provider_goes_first_then_priority() -> None:
