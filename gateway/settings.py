@@ -202,7 +202,10 @@ class Settings(BaseSettings):
         _known(value)
         for name, provider in value.items():
             if name != "ollama":
-                _http_url(provider.base_url, bare_host=False)
+                try:
+                    _http_url(provider.base_url, bare_host=False)
+                except ValueError as e:
+                    raise ValueError(f"{name}.base_url: {e}") from None
         return value
 
     @field_validator("model_groups")
