@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
 
 from gateway.eventlog.deadletter import KafkaDeadLetters
@@ -212,6 +212,17 @@ async def test_what_kafka_acknowledged_is_never_sent_again_even_when_close_cuts_
     assert_exactly_once_in_order(await read_all(kafka_bootstrap, topic, len(events)), events)
 
 
+async def first_dead_letter(bootstrap: str, topic: str) -> ConsumerRecord[bytes, bytes]:
+    consumer = AIOKafkaConsumer(
+        f"{topic}.dlq", bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+    )
+    await consumer.start()
+    try:
+        return await asyncio.wait_for(consumer.getone(), 30)
+    finally:
+        await consumer.stop()
+
+
 async def test_dead_letters_go_to_the_dlq_topic_with_reason_and_position(kafka_bootstrap: str) -> None:
     topic = new_topic()
     letters = KafkaDeadLetters(kafka_bootstrap, topic)
@@ -219,14 +230,7 @@ async def test_dead_letters_go_to_the_dlq_topic_with_reason_and_position(kafka_b
     await letters.dead_letter(b"\x00not json", "unreadable", "2:41")
     await letters.close()
 
-    consumer = AIOKafkaConsumer(
-        f"{topic}.dlq", bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest", group_id=None
-    )
-    await consumer.start()
-    try:
-        message = await asyncio.wait_for(consumer.getone(), 30)
-    finally:
-        await consumer.stop()
+    message = await first_dead_letter(kafka_bootstrap, topic)
     assert message.value == b"\x00not json"
     headers = {k: v.decode() for k, v in message.headers}
     assert headers == {"reason": "unreadable", "source_position": "2:41", "source_topic": topic}
@@ -351,14 +355,7 @@ async def test_a_tombstone_on_the_topic_is_dead_lettered_and_projection_goes_on(
         await letters.close()
     assert sink.ids == [e.event_id for e in events]
     assert projector.stats.events_dead_lettered == 1
-    consumer = AIOKafkaConsumer(
-        f"{topic}.dlq", bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest", group_id=None
-    )
-    await consumer.start()
-    try:
-        message = await asyncio.wait_for(consumer.getone(), 30)
-    finally:
-        await consumer.stop()
+    message = await first_dead_letter(kafka_bootstrap, topic)
     headers = {k: v.decode() for k, v in message.headers}
     assert not message.value and headers["source_position"] == "0:3"
     assert "no value" in headers["reason"]

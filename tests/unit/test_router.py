@@ -459,8 +459,13 @@ class HangingProvider(ScriptedProvider):
         raise AssertionError("unreachable")
 
 
-async def test_a_cancelled_call_still_records_its_attempt() -> None:
+async def test_a_cancelled_call_still_records_its_attempt_and_logs_its_cost_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The cost line is one per call: a stop's timeout cancelled a non-streaming call without it
+    (a docs review)."""
     router, log, _ = make_router(HangingProvider("openai"))
+    caplog.set_level("INFO", logger="gateway.cost")
     task = asyncio.create_task(router.complete(ctx(), TEMPLATE))
     await asyncio.sleep(0.01)
     task.cancel()
@@ -468,6 +473,8 @@ async def test_a_cancelled_call_still_records_its_attempt() -> None:
         await task
     [event] = log.events
     assert (event.outcome, event.incomplete, event.billable, event.cost_usd) == ("cancelled", True, True, None)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Cost |")]
+    assert lines == ["Cost | tenant=tenant_123 provider=openai model=gpt-4 cost=unpriced"]
 
 
 class PingingProvider(ScriptedProvider):
@@ -639,25 +646,3 @@ async def test_only_a_call_every_circuit_refused_says_when_one_reopens() -> None
     with pytest.raises(errors.AllProvidersFailed) as info:
         await router.complete(ctx(), TEMPLATE)
     assert (info.value.status, info.value.retry_after) == (503, 20.0)
-
-
-async def test_a_cancelled_call_still_logs_its_one_cost_line(caplog: pytest.LogCaptureFixture) -> None:
-    """A stop's timeout cancelled a non-streaming call with its event recorded but no cost line
-    (one per call, as the README promises: a docs review)."""
-
-    class Hanging(ScriptedProvider):
-        async def complete(self, request: ChatRequest) -> ChatResult:
-            await asyncio.sleep(60)
-            raise AssertionError("not reached")
-
-    router, log, _ = make_router(Hanging("openai"))
-    caplog.set_level("INFO", logger="gateway.cost")
-    task = asyncio.create_task(router.complete(ctx(), TEMPLATE))
-    await asyncio.sleep(0.01)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    [event] = log.events
-    assert event.outcome == "cancelled"
-    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Cost |")]
-    assert lines == ["Cost | tenant=tenant_123 provider=openai model=gpt-4 cost=unpriced"]
