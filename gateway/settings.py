@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -288,10 +289,12 @@ def _http_url(value: str | None, *, bare_host: bool = True) -> str | None:
     if value and "://" not in value and not bare_host:
         raise ValueError("an upstream URL must start with http:// or https:// (and name a host)")
     if value and "://" in value:
-        scheme, _, rest = value.partition("://")
-        authority = rest.split("/", 1)[0].rsplit("@", 1)[-1]
-        host = authority.rsplit("]", 1)[0] if authority.startswith("[") else authority.split(":", 1)[0]
-        if scheme.lower() not in ("http", "https") or not host.strip("["):  # https://:443/v1 had no host
+        try:
+            url = urlsplit(value)
+            fine = url.scheme.lower() in ("http", "https") and bool(url.hostname)  # https://:443/v1: none
+        except ValueError:  # a bracketed host that is no IPv6 address
+            fine = False
+        if not fine:
             raise ValueError("an upstream URL must be http:// or https:// with a host")
     return value
 

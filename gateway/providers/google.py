@@ -151,7 +151,7 @@ class GoogleProvider:
             model = piece.model or model
             # usage counts are cumulative: a later report with less (a prompt-only one after the
             # full counts) lowered the bill to the prompt in a re-test; the largest is the bill
-            if piece.usage is not None and (usage is None or _tokens(piece.usage) >= _tokens(usage)):
+            if piece.usage is not None and (usage is None or piece.usage.total_tokens >= usage.total_tokens):
                 usage = piece.usage
             has_call = has_call or piece.has_function_call
             if piece.raw_finish is not None:
@@ -167,10 +167,6 @@ class GoogleProvider:
         if finish is None:
             raise errors.StreamCut(f"{self.name}: stream ended without a finishReason", provider=self.name)
         yield StreamChunk(finish_reason=finish, usage=usage, model=model or requested)
-
-
-def _tokens(usage: Usage) -> int:
-    return usage.prompt_tokens + usage.completion_tokens
 
 
 async def _json_body(resp: Response) -> bool:
