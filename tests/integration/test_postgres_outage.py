@@ -8,6 +8,8 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -160,3 +162,99 @@ async def test_a_database_recreated_empty_is_migrated_again_and_projected_into(d
     finally:
         await conn.close()
     assert ids == {e.event_id for e in events[100:]}  # a replay brings back what the restore lost
+
+
+class PausableProxy:
+    """A TCP proxy to the database that can stop forwarding (a server that takes the statement and
+    never answers, as a hung host or a stopped proxy does), then carry on."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.upstream = (host, port)
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+        self._writers: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def _handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        self._writers.append(client_writer)
+        await self.flowing.wait()  # a stopped host serves no new connection either (a cancel request)
+        reader, writer = await asyncio.open_connection(*self.upstream)
+        self._writers.append(writer)
+        await asyncio.gather(self._pipe(client_reader, writer), self._pipe(reader, client_writer))
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                await self.flowing.wait()
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        self.flowing.set()
+        for writer in self._writers:
+            writer.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+async def test_a_hung_database_is_named_and_a_stop_does_not_wait_for_it(
+    database_url: str, schema: str, tmp_path: Path
+) -> None:
+    """Behind a proxy that stopped forwarding, Postgres held the sink for its statement timeout:
+    /healthz said ok and blamed the log, and a SIGTERM waited 68 s (a re-test). The sink is now
+    named (stalled), and a stop cancels the held batch after its grace and closes the pool within
+    CLOSE_SECONDS; the batch was not committed, and is stored at the next start."""
+    from analytics.costs import CostTrackingService
+    from analytics.store import AnalyticsStore
+    from consumers.pipeline import Pipeline
+    from consumers.sinks.postgres import CLOSE_SECONDS
+    from gateway.eventlog.deadletter import SqliteDeadLetters
+
+    url = urlsplit(database_url)
+    proxy = PausableProxy(url.hostname or "127.0.0.1", url.port or 5432)
+    proxied = urlunsplit(url._replace(netloc=f"{url.netloc.rsplit('@', 1)[0]}@127.0.0.1:{await proxy.start()}"))
+    log = MemoryEventLog()
+    events = [make_event(i) for i in range(20)]
+    try:
+        sink = PostgresSink(proxied, schema=schema, connect_timeout=2.0, command_timeout=60.0)
+        projector = Projector(log, [sink], MemoryDeadLetters(), batch_size=200, poll_timeout=0.05)
+        projector.stats.lag_stale_after = 0.5
+        store = AnalyticsStore(tmp_path / "a.duckdb")
+        pipeline = Pipeline(
+            log, store, SqliteDeadLetters(tmp_path / "letters.sqlite3"), projector, CostTrackingService(store)
+        )
+        pipeline.stop_grace = 0.5
+        await pipeline.start()
+        for event in events[:10]:
+            log.publish(event)
+        await wait_for("the first events stored", lambda: projector.stats.events_applied == 10, 30)
+
+        proxy.flowing.clear()
+        for event in events[10:]:
+            log.publish(event)
+        await wait_for("the sink named as stalled", lambda: "postgres" in projector.stats.stalled(), 30)
+        assert projector.stats.health()["status"] == "stalled"
+
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(pipeline.stop(), 60)
+        assert asyncio.get_running_loop().time() - started < pipeline.stop_grace + CLOSE_SECONDS + 2
+        assert await log.lag() == 10  # the held batch was not committed
+    finally:
+        await proxy.close()
+
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": schema})
+    try:
+        stored = {row[0] for row in await conn.fetch('SELECT "id" FROM "LLMUsage"')}
+    finally:
+        await conn.close()
+    assert stored == {e.event_id for e in events[:10]}
