@@ -18,9 +18,10 @@ Outcome classes (what health counts):
   of every rate: ``judged = attempts - neutral`` is the denominator.
 
 Percentiles are nearest-rank over the window: ``p(q) = sorted[ceil(q/100 * n) - 1]``, always an
-observed value. Latency percentiles are over successful attempts (a fast 500 says nothing about
-how long a served call takes; timeouts show up in the timeout rate); time-to-first-token
-percentiles over successful attempts that report one (non-streaming: the whole latency).
+observed value, found without sorting the window (see :class:`RollingWindow`). Latency
+percentiles are over successful attempts (a fast 500 says nothing about how long a served call
+takes; timeouts show up in the timeout rate); time-to-first-token percentiles over successful
+attempts that report one (non-streaming: the whole latency).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from array import array
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal, get_args
+from itertools import compress
+from typing import Literal, NamedTuple, get_args
 
 from gateway.events import PROVIDER_FAILURES, Outcome, UsageEvent
 
@@ -76,12 +78,19 @@ class Sample:
     ts: float = field(default=float("nan"), compare=False, repr=False)
     #: the windows' code column (the kind's code, TIMEOUT_BIT for a timeout): computed once
     code: int = field(default=-1, compare=False, repr=False)
+    #: the value buckets of the latency and the time to first token (:func:`bucket`): computed once
+    latency_bucket: int = field(default=-1, compare=False, repr=False)
+    ttft_bucket: int = field(default=-1, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.ts != self.ts:  # NaN: not given
             self.ts = self.t.timestamp()
         if self.code < 0:
             self.code = _code(self.kind, self.outcome)
+        if self.latency_bucket < 0:
+            self.latency_bucket = bucket(self.latency_ms)
+        if self.ttft_bucket < 0:
+            self.ttft_bucket = bucket(self.ttft_ms)
 
     @classmethod
     def of(cls, event: UsageEvent, ts: float | None = None) -> Sample:
@@ -155,6 +164,17 @@ def _coded(outcome: str) -> tuple[Kind, int]:
 #: the class and window code of every known outcome (``_coded`` for the others)
 _CODED: dict[str, tuple[Kind, int]] = {outcome: _coded(outcome) for outcome in get_args(Outcome)}
 
+#: upper bounds of the value buckets, log-spaced from 0.05 ms to 20 minutes (each about 7% wider
+#: than the one before); a value's bucket is 1 + the number of bounds at or below it, so 1 to 255,
+#: and the bucket order is the value order by construction (a bisection, no rounding of a log)
+_BOUNDS = [0.05 * 24_000_000 ** (i / 253) for i in range(254)]
+NO_VALUE = 0  # the bucket of "no latency"
+
+
+def bucket(value: float | None) -> int:
+    """The value bucket of a latency in ms (:data:`NO_VALUE` for None)."""
+    return NO_VALUE if value is None else bisect_right(_BOUNDS, value) + 1
+
 
 class RollingWindow:
     """The samples of the last ``seconds`` of event time, with running counts.
@@ -166,14 +186,20 @@ class RollingWindow:
     The rules' "p95 above the limit" test reads those counts: with ``n`` values and nearest rank
     ``r = ceil(0.95 n)``, ``sorted[r - 1] > limit`` exactly when more than ``n - r`` values are
     above the limit. Percentile values themselves are computed when read (a snapshot, a
-    transition, the health API): the window's values are sorted then, and the sorted lists are
-    kept until the window changes.
+    transition, the health API), without sorting the window: each latency and time to first
+    token also has its value bucket (:func:`bucket`, one byte in a ``bytearray`` column) and each
+    bucket a running count, so the rank's bucket is found from 255 counts, its values are
+    picked out with ``bytearray.find`` (memchr) and only they are sorted. With 180,000 samples
+    (a minute at 3,000 events/s) a snapshot took 50 ms of CPU and 11.5 MB of Python lists when
+    the whole window was sorted, once a minute on the embedded gateway's event loop and at every
+    read of the health API. The four values are kept until the window changes.
 
     Memory: a window holds every attempt of the last ``seconds`` (tens of thousands a minute
     under load), so it keeps no object per sample. Four ``array`` columns hold the event time
     (POSIX seconds: ``datetime.timestamp()`` keeps the microsecond order and equality of
     aware datetimes), the kind and timeout code, the latency and the time to first token (NaN
-    for none): 25 bytes a sample, nothing for the garbage collector to walk. A ``keyed`` window
+    for none), and two ``bytearray`` columns their value buckets: 27 bytes a sample, nothing for
+    the garbage collector to walk. A ``keyed`` window
     adds a fifth, a 64-bit key per sample (the view's event-id hash), and answers
     :meth:`holds`: which events it counts, with no set of ids beside it.
     """
@@ -195,8 +221,17 @@ class RollingWindow:
         self._code = array("B")
         self._latency = array("d")
         self._ttft = array("d")
+        self._latency_bucket = bytearray()
+        self._ttft_bucket = bytearray()
         self._key = array("q") if keyed else None
-        self._columns: tuple[array[float] | array[int], ...] = (self._t, self._code, self._latency, self._ttft)
+        self._columns: tuple[array[float] | array[int] | bytearray, ...] = (
+            self._t,
+            self._code,
+            self._latency,
+            self._ttft,
+            self._latency_bucket,
+            self._ttft_bucket,
+        )
         if self._key is not None:
             self._columns += (self._key,)
         self._start = 0
@@ -207,7 +242,10 @@ class RollingWindow:
         self._ttfts = 0
         self._latencies_over = 0  # ... above latency_limit
         self._ttfts_over = 0
-        self._sorted: tuple[list[float], list[float]] | None = None  # (latencies, ttfts) cache
+        # samples per value bucket (NO_VALUE's too), for the percentiles
+        self._latency_counts = [0] * 256
+        self._ttft_counts = [0] * 256
+        self._percentiles: _Percentiles | None = None  # cached until the window changes
 
     def __len__(self) -> int:
         return len(self._t) - self._start
@@ -218,12 +256,15 @@ class RollingWindow:
         code = sample.code
         latency = _NONE if sample.latency_ms is None else sample.latency_ms
         ttft = _NONE if sample.ttft_ms is None else sample.ttft_ms
+        latency_bucket, ttft_bucket = sample.latency_bucket, sample.ttft_bucket
         times, keys = self._t, self._key
         if len(times) == self._start or t >= times[-1]:
             times.append(t)
             self._code.append(code)
             self._latency.append(latency)
             self._ttft.append(ttft)
+            self._latency_bucket.append(latency_bucket)
+            self._ttft_bucket.append(ttft_bucket)
             if keys is not None:
                 keys.append(key)
         else:  # out of order (another partition, another replica): keep the columns sorted
@@ -232,9 +273,11 @@ class RollingWindow:
             self._code.insert(at, code)
             self._latency.insert(at, latency)
             self._ttft.insert(at, ttft)
+            self._latency_bucket.insert(at, latency_bucket)
+            self._ttft_bucket.insert(at, ttft_bucket)
             if keys is not None:
                 keys.insert(at, key)
-        self._count(code, latency, ttft, 1)
+        self._count(code, latency, ttft, latency_bucket, ttft_bucket, 1)
 
     def holds(self, ts: float, key: int) -> bool:
         """Whether a sample at ``ts`` (POSIX seconds) with ``key`` is in this keyed window
@@ -250,7 +293,9 @@ class RollingWindow:
             at += 1
         return False
 
-    def _count(self, code: int, latency: float, ttft: float, step: int) -> None:
+    def _count(self, code: int, latency: float, ttft: float, latency_bucket: int, ttft_bucket: int, step: int) -> None:
+        self._latency_counts[latency_bucket] += step
+        self._ttft_counts[ttft_bucket] += step
         kind = code & 3
         if kind == 3:
             self.neutral += step
@@ -272,7 +317,7 @@ class RollingWindow:
             self._ttfts += step
             if self.ttft_limit is not None and ttft > self.ttft_limit:
                 self._ttfts_over += step
-        self._sorted = None
+        self._percentiles = None
 
     def evict(self, now: datetime) -> None:
         """Drop the samples older than ``now - seconds``."""
@@ -285,8 +330,9 @@ class RollingWindow:
         if start == end or times[start] >= cutoff:
             return
         codes, latencies, ttfts, count = self._code, self._latency, self._ttft, self._count
+        latency_buckets, ttft_buckets = self._latency_bucket, self._ttft_bucket
         while start < end and times[start] < cutoff:
-            count(codes[start], latencies[start], ttfts[start], -1)
+            count(codes[start], latencies[start], ttfts[start], latency_buckets[start], ttft_buckets[start], -1)
             start += 1
         # compact once the dead prefix is a fifth of the columns: they hold at most 1.25 times the
         # window (twice it, compacted at half: 11 MB more a view at 3,000 events/s); moving the
@@ -303,31 +349,67 @@ class RollingWindow:
         self._start = 0
         self.successes = self.failures = self.rate_limited = self.neutral = self.judged = 0
         self._timeouts = self._latencies = self._ttfts = self._latencies_over = self._ttfts_over = 0
-        self._sorted = None
+        self._latency_counts = [0] * 256
+        self._ttft_counts = [0] * 256
+        self._percentiles = None
 
     # --- live evidence for the rules (gateway.health.rules.Evidence), as of the last evict ---------
     def p95_latency_above(self, limit: float) -> bool:
         if limit == self.latency_limit:
             return _p95_above(self._latencies, self._latencies_over)
-        return _above(percentile(self._sorted_values()[0], 95), limit)
+        return _above(self._quantiles().p95_latency_ms, limit)
 
     def p95_ttft_above(self, limit: float) -> bool:
         if limit == self.ttft_limit:
             return _p95_above(self._ttfts, self._ttfts_over)
-        return _above(percentile(self._sorted_values()[1], 95), limit)
+        return _above(self._quantiles().p95_ttft_ms, limit)
 
-    def _sorted_values(self) -> tuple[list[float], list[float]]:
-        if self._sorted is None:
-            start = self._start
-            self._sorted = (
-                sorted([x for x in self._latency[start:] if x == x]),  # x == x: not NaN
-                sorted([x for x in self._ttft[start:] if x == x]),
+    def _quantiles(self) -> _Percentiles:
+        if self._percentiles is None:
+            self._percentiles = _Percentiles(
+                *self._pick(self._latency, self._latency_bucket, self._latency_counts, self._latencies),
+                *self._pick(self._ttft, self._ttft_bucket, self._ttft_counts, self._ttfts),
             )
-        return self._sorted
+        return self._percentiles
+
+    def _pick(
+        self, values: array[float], buckets: bytearray, counts: list[int], n: int
+    ) -> tuple[float | None, float | None]:
+        """The nearest-rank p50 and p95 of the ``n`` live values of a column: each rank's bucket
+        from the running counts, then that bucket's values alone sorted (once when both ranks
+        fall in it)."""
+        if n == 0:
+            return None, None
+        found: list[float] = []
+        at, below, picked, picked_at = NO_VALUE + 1, 0, [0.0], -1
+        for q in (50, 95):
+            rank = max(1, (q * n + 99) // 100)
+            while below + counts[at] < rank:
+                below += counts[at]
+                at += 1
+            if at != picked_at:
+                picked, picked_at = self._bucket_values(values, buckets, at, counts[at]), at
+            found.append(picked[rank - below - 1])
+        return found[0], found[1]
+
+    def _bucket_values(self, values: array[float], buckets: bytearray, at: int, count: int) -> list[float]:
+        """The live values of bucket ``at`` (``count`` of them), ascending: picked one by one with
+        ``bytearray.find`` (memchr) when the bucket is a small part of the window, in one pass
+        with ``itertools.compress`` when it is a large one (latencies in a narrow range)."""
+        start = self._start
+        if count * 16 > len(values) - start:
+            return sorted(compress(values[start:], map(at.__eq__, buckets[start:])))
+        find, picked = buckets.find, []
+        i = find(at, start)
+        while i >= 0:
+            picked.append(values[i])
+            i = find(at, i + 1)
+        picked.sort()
+        return picked
 
     def stats(self, now: datetime) -> WindowStats:
         self.evict(now)
-        latencies, ttfts = self._sorted_values()
+        p = self._quantiles()
         return WindowStats(
             window_seconds=self.seconds,
             window_end=now,
@@ -337,11 +419,18 @@ class RollingWindow:
             rate_limited=self.rate_limited,
             timeouts=self._timeouts,
             neutral=self.neutral,
-            p50_latency_ms=percentile(latencies, 50),
-            p95_latency_ms=percentile(latencies, 95),
-            p50_ttft_ms=percentile(ttfts, 50),
-            p95_ttft_ms=percentile(ttfts, 95),
+            p50_latency_ms=p.p50_latency_ms,
+            p95_latency_ms=p.p95_latency_ms,
+            p50_ttft_ms=p.p50_ttft_ms,
+            p95_ttft_ms=p.p95_ttft_ms,
         )
+
+
+class _Percentiles(NamedTuple):
+    p50_latency_ms: float | None
+    p95_latency_ms: float | None
+    p50_ttft_ms: float | None
+    p95_ttft_ms: float | None
 
 
 def _p95_above(n: int, over: int) -> bool:

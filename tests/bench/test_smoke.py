@@ -76,3 +76,11 @@ def test_upstream_client_smoke_run(stream: bool) -> None:
     done = smoke_run("upstream_client", *(["--stream"] if stream else []), timeout=120)
     row = next(line for line in done.stdout.splitlines() if line.startswith("| UpstreamClient"))
     assert float(row.split("|")[2]) > 0, row
+
+
+def test_health_window_smoke_run() -> None:
+    """The health window bench checks the snapshot's percentiles against the sorted window's
+    (a difference exits non-zero) and prints both timings."""
+    done = smoke_run("health_window", timeout=120)
+    rows = [line for line in done.stdout.splitlines() if "stats() (value buckets)" in line]
+    assert len(rows) == 2 and all(float(row.split("|")[5]) > 0 for row in rows), done.stdout

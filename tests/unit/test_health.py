@@ -146,6 +146,73 @@ def test_window_evicts_by_event_time_inclusive_boundary(clock: ManualClock) -> N
     assert (stats.attempts, stats.p50_latency_ms, stats.p50_ttft_ms, stats.failure_rate) == (0, None, None, 0.0)
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_window_percentiles_are_the_nearest_rank_of_the_live_values(seed: int) -> None:
+    """The window finds its percentiles from value buckets without sorting itself: they must be
+    exactly the nearest-rank percentiles of the live values, through ties, values on and beyond
+    the bucket bounds (0, under 0.05 ms, over 20 minutes), late samples, evictions, compaction
+    and a clear."""
+    import random
+
+    from gateway.health.window import _BOUNDS
+
+    rng = random.Random(seed)
+    window = RollingWindow(30)
+    live: list[tuple[datetime, float | None, float | None]] = []
+    specials = [0.0, 0.01, _BOUNDS[0], _BOUNDS[1], _BOUNDS[100], _BOUNDS[-1], 5e6, 250.0, 250.0]
+
+    def value() -> float:
+        return rng.choice(specials) if rng.random() < 0.3 else rng.lognormvariate(rng.choice([2, 6]), 1.5)
+
+    now = T0
+    for step in range(2500):
+        now += timedelta(milliseconds=rng.choice([1, 20, 300, 1500]))
+        at = now - timedelta(seconds=rng.choice([0, 0, 0, 3, 20]))
+        if rng.random() < 0.8:
+            latency, ttft = value(), rng.choice([None, value()])
+            window.add(Sample(at, "success", "success", latency, ttft))
+        else:
+            latency = ttft = None
+            window.add(Sample(at, "failure", "upstream_error"))
+        live.append((at, latency, ttft))
+        if step == 1200:
+            window.clear()
+            live.clear()
+        if step % 7 == 0:
+            stats = window.stats(now)
+            cutoff = now - timedelta(seconds=30)
+            live = [s for s in live if s[0] >= cutoff]
+            latencies = sorted(s[1] for s in live if s[1] is not None)
+            ttfts = sorted(s[2] for s in live if s[2] is not None)
+            assert stats.attempts == len(live), step
+            assert (stats.p50_latency_ms, stats.p95_latency_ms) == (
+                percentile(latencies, 50),
+                percentile(latencies, 95),
+            ), step
+            assert (stats.p50_ttft_ms, stats.p95_ttft_ms) == (percentile(ttfts, 50), percentile(ttfts, 95)), step
+
+
+def test_a_window_snapshot_sorts_no_copy_of_the_window() -> None:
+    """A snapshot of 100,000 latencies (half a minute at 3,000 events/s) used to sort every
+    value of the window into two Python lists: 4.4 MB allocated (tracemalloc on the code
+    before), and 22 to 50 ms of CPU per window on the event loop, at each minute's health
+    history snapshot and each read of the health API. It now sorts only the rank's bucket."""
+    import random
+
+    rng = random.Random(5)
+    window = RollingWindow(600)
+    for n in range(100_000):
+        window.add(Sample(T0 + timedelta(milliseconds=n), "success", "success", rng.lognormvariate(6, 1), None))
+    tracemalloc.start()
+    try:
+        stats = window.stats(T0 + timedelta(seconds=100))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert stats.attempts == 100_000 and stats.p50_latency_ms is not None
+    assert peak < 500_000, peak
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_live_window_judges_exactly_like_its_stats_snapshot(seed: int) -> None:
     """The view judges each event on the window's live counters (O(1): counts above the p95
@@ -587,10 +654,10 @@ def test_the_view_keeps_no_object_per_event_for_the_collector_to_walk(clock: Man
     assert view.health("openai").stats.attempts == len(events)
 
 
-def test_a_window_holds_a_sample_in_25_bytes() -> None:
-    """Time, kind and timeout code, latency and time to first token in array columns: 25 bytes
-    a sample plus the arrays' spare room (a Sample object with its time and latency floats
-    was about 170)."""
+def test_a_window_holds_a_sample_in_27_bytes() -> None:
+    """Time, kind and timeout code, latency and time to first token in array columns, and the
+    two latencies' value buckets: 27 bytes a sample plus the columns' spare room (a Sample
+    object with its time and latency floats was about 170)."""
     import tracemalloc
 
     window = RollingWindow(60, latency_limit=500.0)
