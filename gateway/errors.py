@@ -128,6 +128,9 @@ class ProviderError(GatewayError):
         #: what the call's attempts the providers bill cost, this one included (None: unknown),
         #: when this error ends the call; set by the router
         self.call_cost: Decimal | None = Decimal(0)
+        #: how many attempts the call made, this one included, when this error ends the call
+        #: (retries and fallbacks before it); set by the router, None when unknown
+        self.call_attempts: int | None = None
         self.provider = provider
         self.http_status = http_status
         #: seconds the upstream asked us to wait (retry-after-ms / retry-after / RetryInfo)

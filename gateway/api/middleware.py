@@ -47,6 +47,8 @@ def error_response(exc: errors.GatewayError, rid: str) -> web.Response:
     elif isinstance(exc, errors.ProviderError):
         headers["x-llm-provider"] = exc.provider
         headers["x-llm-cost-usd"] = format_usd(exc.call_cost)
+        if exc.call_attempts is not None:  # the vendor's refusal may follow retries and fallbacks
+            headers["x-llm-attempts"] = str(exc.call_attempts)
         if exc.retry_after is not None:
             headers["retry-after"] = retry_after_header(exc.retry_after)
     return web.Response(

@@ -238,7 +238,10 @@ _GATEWAY_HEADERS = {
 #: what an error answer of a call that reached providers carries
 _ERROR_HEADERS = {
     "x-request-id": _GATEWAY_HEADERS["x-request-id"],
-    "x-llm-attempts": {"schema": {"type": "string"}, "description": "Attempts made, when every provider failed."},
+    "x-llm-attempts": {
+        "schema": {"type": "string"},
+        "description": "Attempts made (retries + fallbacks), when providers were tried.",
+    },
     "x-llm-provider": {"schema": {"type": "string"}, "description": "The provider that refused the call, if one did."},
     "x-llm-cost-usd": {
         "schema": {"type": "string"},

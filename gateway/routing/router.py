@@ -246,6 +246,7 @@ class Router:
             except errors.ProviderError as exc:
                 if not exc.fallback:
                     exc.call_cost = _total(Decimal(0), attempts.billed)
+                    exc.call_attempts = attempts.count
                     raise
         failed = self._all_failed(ctx, candidates, attempts)
         failed.cost = _total(Decimal(0), attempts.billed)

@@ -415,6 +415,31 @@ async def test_a_call_says_what_it_cost_when_it_fails_too(gw: RunningGateway) ->
     assert info.value.response.headers["x-llm-cost-usd"] == "0.000000"  # refused everywhere: nothing billed
 
 
+async def test_a_providers_refusal_after_a_fallback_or_a_retry_says_how_many_attempts_it_took(
+    gw: RunningGateway,
+) -> None:
+    """A vendor's own refusal (a 400) may end a call after a fallback or a retry: the answer
+    named the refusing provider and the cost, not the attempts, so the headers summed over a
+    review's 300 calls to 45 attempts where the metrics counted 87."""
+    gw.sims["openai"].faults.push(Fault("server_error"))
+    gw.sims["azure"].faults.push(Fault("bad_request"))
+    async with client(gw) as c:
+        with pytest.raises(openai.BadRequestError) as info:
+            await c.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
+    headers = info.value.response.headers
+    assert (headers["x-llm-provider"], headers["x-llm-attempts"]) == ("azure", "2")
+    assert headers["x-llm-cost-usd"] == "0.000000"
+
+    gw.sims["openai"].faults.push(Fault("rate_limit", retry_after=0.01))
+    gw.sims["openai"].faults.push(Fault("bad_request"))
+    async with client(gw) as c:
+        with pytest.raises(openai.BadRequestError) as info:
+            await c.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
+    headers = info.value.response.headers
+    assert (headers["x-llm-provider"], headers["x-llm-attempts"]) == ("openai", "2")
+    assert len(gw.event_log.events) == 4
+
+
 async def test_a_cut_stream_says_what_it_cost_before_its_error(gw: RunningGateway) -> None:
     gw.sims["openai"].faults.push(Fault("cut", after_chunks=2))
     async with aiohttp.ClientSession() as http:
