@@ -44,7 +44,7 @@ class GatewayMetrics:
         )
         self.ttft = HistogramSeries(
             "llm_gateway_time_to_first_token_seconds",
-            "Time to first token of successful attempts",
+            "Time to first token of successful streaming attempts",
             ["provider"],
             LATENCY_BUCKETS,
         )
@@ -86,11 +86,13 @@ class GatewayMetrics:
 
     def observe_event(self, event: UsageEvent) -> None:
         """Count one attempt (on the event loop's thread: the series take no lock)."""
-        model = self._model_label(event.served_model or event.provider_model)
+        outcome = event.outcome
+        model = self._model_label(event.served_model or event.provider_model, outcome != "model_not_found")
         provider = event.provider
-        self.attempts.inc((provider, model, event.outcome))
+        self.attempts.inc((provider, model, outcome))
         self.attempt_latency.observe((provider,), event.latency_ms / 1000.0)
-        if event.outcome == "success" and event.ttft_ms is not None:
+        # streams only: a non-streaming answer's event carries its whole latency as its first token
+        if outcome == "success" and event.stream and event.ttft_ms is not None:
             self.ttft.observe((provider,), event.ttft_ms / 1000.0)
         if event.prompt_tokens:
             self.tokens.inc((provider, model, "prompt"), event.prompt_tokens)
@@ -102,12 +104,15 @@ class GatewayMetrics:
             elif event.cost_usd:
                 self.cost.inc((provider, model), float(event.cost_usd))
 
-    def _model_label(self, model: str) -> str:
-        """``model`` while fewer than MAX_MODEL_LABELS names have been seen, else OTHER_MODELS."""
+    def _model_label(self, model: str, may_claim: bool) -> str:
+        """``model`` while fewer than MAX_MODEL_LABELS names have been seen, else OTHER_MODELS.
+        A name a provider said it does not have (``may_claim`` false) takes no label of its own:
+        made-up names would use up the labels, and every real model after them would count as
+        OTHER_MODELS until a restart."""
         labels = self._model_labels
         if model in labels:
             return model
-        if len(labels) < MAX_MODEL_LABELS:
+        if may_claim and len(labels) < MAX_MODEL_LABELS:
             labels.add(model)
             return model
         return OTHER_MODELS

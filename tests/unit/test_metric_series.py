@@ -82,3 +82,34 @@ def test_client_chosen_model_names_make_a_bounded_number_of_series() -> None:
     assert 'llm_gateway_attempts_total{model="gpt-client-chosen-5",outcome="success",provider="openai"} 2.0' in (
         metrics.render().decode()
     )
+
+
+def test_a_model_its_provider_does_not_have_takes_no_label_of_its_own() -> None:
+    """Made-up names the provider answers 404 for used up the labels, and every real model
+    after them counted as ``other`` until a restart (review: 205 junk names, then a real call)."""
+    from gateway.metrics import MAX_MODEL_LABELS, OTHER_MODELS
+    from tests.unit.test_hot_path import _event
+
+    metrics = GatewayMetrics()
+    for i in range(MAX_MODEL_LABELS + 5):
+        junk = f"gpt-4-junk-{i}"
+        metrics.observe_event(_event(outcome="model_not_found", served_model=None, provider_model=junk))
+    metrics.observe_event(_event(provider="anthropic", served_model="claude-3-haiku", provider_model="claude-3-haiku"))
+    text = metrics.render().decode()
+    assert 'llm_gateway_attempts_total{model="claude-3-haiku",outcome="success",provider="anthropic"} 1.0' in text
+    other = f'llm_gateway_attempts_total{{model="{OTHER_MODELS}",outcome="model_not_found",provider="openai"}}'
+    assert f"{other} {MAX_MODEL_LABELS + 5}.0" in text
+
+
+def test_time_to_first_token_is_observed_for_streams_only() -> None:
+    """A non-streaming answer's event carries its whole latency as its time to first token (what
+    health wants); in the histogram it mixed complete calls into the first-token times."""
+    from tests.unit.test_hot_path import _event
+
+    metrics = GatewayMetrics()
+    metrics.observe_event(_event(stream=False, latency_ms=1500.0, ttft_ms=1500.0))
+    metrics.observe_event(_event(stream=True, latency_ms=900.0, ttft_ms=120.0))
+    text = metrics.render().decode()
+    assert 'llm_gateway_time_to_first_token_seconds_count{provider="openai"} 1.0' in text
+    assert 'llm_gateway_time_to_first_token_seconds_sum{provider="openai"} 0.12' in text
+    assert 'llm_gateway_attempt_seconds_count{provider="openai"} 2.0' in text
