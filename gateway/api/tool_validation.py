@@ -12,6 +12,7 @@ import orjson
 
 from gateway.errors import InvalidRequest
 from gateway.tool_calls import Tool, ToolCall, ToolMode, ToolSpec
+from gateway.types import Message
 
 #: OpenAI's limits: a function name, the number of tools
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -181,6 +182,60 @@ def _too_deep(text: str) -> bool:
         elif char in "]}":
             depth -= 1
     return False
+
+
+class CallsAnswered:
+    """OpenAI's rule for a conversation's calls: an assistant message's ``tool_calls`` are
+    followed at once by one ``tool`` message for each (OpenAI's and Anthropic's 400 otherwise).
+    The results are put in the order of the calls: OpenAI and Anthropic pair them by id, but
+    Gemini and Ollama by position and name, so results sent back in another order (which OpenAI
+    takes) gave each call another call's result."""
+
+    def __init__(self) -> None:
+        self._order: dict[str, int] = {}  # the last assistant message's call ids -> their order
+        self._pending: set[str] = set()  # ... not answered yet
+        self._at = 0  # that message's index in the request
+        self._first: int | None = None  # the index of its first result in the messages
+
+    def made(self, calls: tuple[ToolCall, ...], index: int) -> None:
+        """An assistant message (at ``index``) made ``calls``."""
+        self._order = {}
+        for k, call in enumerate(calls):
+            if call.id in self._order:
+                raise _invalid(
+                    f"messages[{index}].tool_calls[{k}].id", f"'messages[{index}].tool_calls' has id {call.id!r} twice"
+                )
+            self._order[call.id] = k
+        self._pending = set(self._order)
+        self._at = index
+
+    def answer(self, call_id: str, index: int, messages: list[Message]) -> None:
+        """The tool message at ``index`` answers ``call_id`` (``messages``: those before it)."""
+        if call_id not in self._pending:
+            raise _invalid(
+                f"messages[{index}].tool_call_id",
+                f"'messages[{index}].tool_call_id' names {call_id!r}, which is not an unanswered call of the "
+                "assistant message before it (each call is answered once, by the tool messages right after it)",
+            )
+        self._pending.discard(call_id)
+        if self._first is None:
+            self._first = len(messages)
+
+    def before_next(self, index: int, messages: list[Message]) -> None:
+        """A message that is no tool result comes at ``index`` (or the conversation ends): every
+        call must be answered by now. Puts the results in the order of their calls."""
+        if self._pending:
+            missing = ", ".join(sorted(self._pending, key=self._order.__getitem__))
+            raise _invalid(
+                f"messages[{self._at}].tool_calls",
+                f"An assistant message with 'tool_calls' must be followed by tool messages responding to each "
+                f"'tool_call_id'. The following tool_call_ids did not have response messages: {missing}",
+            )
+        first = self._first
+        if first is not None:
+            order = self._order
+            messages[first:] = sorted(messages[first:], key=lambda m: order[m.tool_call_id or ""])
+            self._first = None
 
 
 def parse_tool_call_id(message: dict[str, Any], param: str, made: set[str]) -> str:

@@ -8,7 +8,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any, cast
 
-from gateway.api.tool_validation import parse_tool_call_id, parse_tool_calls, parse_tools, type_name
+from gateway.api.tool_validation import CallsAnswered, parse_tool_call_id, parse_tool_calls, parse_tools, type_name
 from gateway.errors import InvalidRequest
 from gateway.images import DETAILS, Image, parse_image_url
 from gateway.types import OPTION_NAMES, ChatRequest, Message, Options, Role
@@ -256,8 +256,9 @@ def _messages(body: dict[str, Any]) -> tuple[list[Message], bool, tuple[str, ...
         )
     if not raw:
         raise InvalidRequest("'messages' must contain at least one message", param="messages", code="empty_array")
-    messages = []
+    messages: list[Message] = []
     made: set[str] = set()  # the ids of the calls made so far: what a tool message may answer
+    calls = CallsAnswered()
     history = False
     needs: set[str] = set()  # what the content needs (ChatRequest.content_needs)
     for i, item in enumerate(raw):
@@ -279,16 +280,20 @@ def _messages(body: dict[str, Any]) -> tuple[list[Message], bool, tuple[str, ...
         name = _participant(item, i, role) if "name" in item else None
         content = item.get("content")
         text, parts = (content, None) if isinstance(content, str) else _content(item, i)
-        if role == "assistant" and "tool_calls" in item:
-            calls = parse_tool_calls(item, f"messages[{i}]")
-            if calls:
-                made.update(call.id for call in calls)
-                history = True
-            messages.append(Message("assistant", text, calls, name=name))
-        elif role == "tool":
+        if role == "tool":
             call_id = parse_tool_call_id(item, f"messages[{i}]", made)
+            calls.answer(call_id, i, messages)
             messages.append(Message("tool", text, tool_call_id=call_id))
             history = True
+            continue
+        calls.before_next(i, messages)
+        if role == "assistant" and "tool_calls" in item:
+            made_here = parse_tool_calls(item, f"messages[{i}]")
+            if made_here:
+                made.update(call.id for call in made_here)
+                calls.made(made_here, i)
+                history = True
+            messages.append(Message("assistant", text, made_here, name=name))
         else:
             messages.append(Message(cast(Role, role), text, name=name, parts=parts))
             if parts is not None:
@@ -297,6 +302,7 @@ def _messages(body: dict[str, Any]) -> tuple[list[Message], bool, tuple[str, ...
                     needs.add("image_urls")
             elif role == "user" and not text.strip():
                 needs.add("blank_content")
+    calls.before_next(len(raw), messages)
     return messages, history, tuple(sorted(needs))
 
 

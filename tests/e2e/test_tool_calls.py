@@ -147,6 +147,16 @@ def test_every_adapter_carries_function_calling() -> None:
 ONE = {"model": "gpt-4o", "messages": ASK}
 
 
+def _calls(*ids: str, arguments: str = '{"city": "Paris", "days": 1}') -> dict[str, Any]:
+    """An assistant message calling get_weather once per id."""
+    calls = [{"id": i, "type": "function", "function": {"name": "get_weather", "arguments": arguments}} for i in ids]
+    return {"role": "assistant", "content": None, "tool_calls": calls}
+
+
+def _result(call_id: str, content: str = "42") -> dict[str, Any]:
+    return {"role": "tool", "tool_call_id": call_id, "content": content}
+
+
 @pytest.mark.parametrize(
     ("body", "param", "fragment"),
     [
@@ -205,6 +215,27 @@ ONE = {"model": "gpt-4o", "messages": ASK}
             {"model": "gpt-4o", "messages": [*ASK, {"role": "tool", "tool_call_id": "c9", "content": "42"}]},
             "messages[1].tool_call_id",
             "a call no earlier assistant message made",
+        ),
+        # OpenAI's (and Anthropic's) rule: each call answered once, by the tool messages right after it
+        (
+            {"model": "gpt-4o", "messages": [*ASK, _calls("c1", "c2"), _result("c1")]},
+            "messages[1].tool_calls",
+            "did not have response messages: c2",
+        ),
+        (
+            {"model": "gpt-4o", "messages": [*ASK, _calls("c1"), {"role": "user", "content": "?"}, _result("c1")]},
+            "messages[1].tool_calls",
+            "did not have response messages: c1",
+        ),
+        (
+            {"model": "gpt-4o", "messages": [*ASK, _calls("c1"), _result("c1"), _result("c1")]},
+            "messages[3].tool_call_id",
+            "not an unanswered call",
+        ),
+        (
+            {"model": "gpt-4o", "messages": [*ASK, _calls("c1", "c1"), _result("c1")]},
+            "messages[1].tool_calls[1].id",
+            "has id 'c1' twice",
         ),
         ({**ONE, "functions": [WEATHER["function"]]}, "functions", "not supported"),
         # arguments the adapters' parser gives up on (about 1,000 levels) failed there, counted as
@@ -291,3 +322,30 @@ async def test_a_function_name_gemini_refuses_is_not_sent_to_gemini(gw: RunningG
     assert raw.headers["x-llm-provider"] != "google" and raw.headers["x-llm-attempts"] == "1"
     assert gw.sims["google"].requests == [] and all(e.provider != "google" for e in gw.event_log.events)
     assert info.value.param == "tools" and "starting with a digit" in info.value.message
+
+
+@pytest.mark.parametrize(("provider", "model"), [("google", "gemini-pro"), ("ollama", "llama3")])
+async def test_results_sent_back_in_another_order_reach_each_call(
+    gw: RunningGateway, provider: str, model: str
+) -> None:
+    """OpenAI pairs results with calls by id, so a client may send them in any order; Gemini and
+    Ollama pair them by position and name: Rome's result went back first and the model read it
+    as Paris's (review). They are sent in the order of the calls."""
+    paris = {"id": "c_paris", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
+    rome = {"id": "c_rome", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Rome"}'}}
+    history = [
+        *ASK,
+        {"role": "assistant", "content": None, "tool_calls": [paris, rome]},
+        _result("c_rome", '{"temp": "31C"}'),
+        _result("c_paris", '{"temp": "12C"}'),
+    ]
+    await create(gw, provider, model, tools=[WEATHER], messages=history)
+    body = gw.sims[provider].requests[-1].body
+    if provider == "google":
+        parts = [part for turn in body["contents"] for part in turn["parts"]]
+        calls = [p["functionCall"]["args"]["city"] for p in parts if "functionCall" in p]
+        results = [p["functionResponse"]["response"]["temp"] for p in parts if "functionResponse" in p]
+    else:
+        calls = [c["function"]["arguments"]["city"] for m in body["messages"] for c in m.get("tool_calls", [])]
+        results = [json.loads(m["content"])["temp"] for m in body["messages"] if m["role"] == "tool"]
+    assert (calls, results) == (["Paris", "Rome"], ["12C", "31C"])
