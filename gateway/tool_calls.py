@@ -65,16 +65,21 @@ NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
 
 
 def declaration(
-    tool: Tool, *, schema_key: str, empty: dict[str, Any] | None = None, strict: bool = False
+    tool: Tool, *, schema_key: str, empty: dict[str, Any] | None = None, strict: bool = False, typed: bool = False
 ) -> dict[str, Any]:
     """A function as a vendor declares it: its name, description and parameters schema under
     ``schema_key`` (``empty`` when it has none and the vendor wants one), ``strict`` where the
-    vendor has it (OpenAI and Azure)."""
+    vendor has it (OpenAI and Azure). ``typed``: the vendor wants the schema's root to say
+    ``type: object`` (Anthropic's 400 "input_schema.type: Field required" for ``{}`` or a schema
+    of ``properties`` alone, which OpenAI takes): added when it says no type (the API refuses
+    any type but object)."""
     out: dict[str, Any] = {"name": tool.name}
     if tool.description is not None:
         out["description"] = tool.description
     parameters = tool.parameters if tool.parameters is not None else empty
     if parameters is not None:
+        if typed and "type" not in parameters:
+            parameters = {"type": "object", **parameters}
         out[schema_key] = parameters
     if strict and tool.strict is not None:
         out["strict"] = tool.strict

@@ -57,6 +57,13 @@ def _tool(item: Any, param: str) -> Tool:
     parameters = function.get("parameters")
     if parameters is not None:
         _object(parameters, f"{param}.function.parameters")
+        kind = parameters.get("type", "object")
+        if kind != "object":  # the arguments are an object: OpenAI refuses any other schema too
+            raise _invalid(
+                f"{param}.function.parameters",
+                f"Invalid schema for function {name!r}: schema must be a JSON Schema of 'type: \"object\"', "
+                f"got 'type: {kind!r}'",
+            )
     strict = function.get("strict")
     if strict is not None and not isinstance(strict, bool):
         raise _invalid(f"{param}.function.strict", f"'{param}.function.strict' must be a boolean")

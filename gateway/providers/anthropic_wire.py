@@ -229,7 +229,9 @@ def _arguments(call: ToolCall, param: str) -> dict[str, Any]:
 
 def _add_tools(body: dict[str, Any], spec: ToolSpec) -> None:
     """``tools`` and ``tool_choice``; ``parallel_tool_calls: false`` is ``disable_parallel_tool_use``."""
-    body["tools"] = [declaration(tool, schema_key="input_schema", empty=NO_PARAMETERS) for tool in spec.tools]
+    body["tools"] = [
+        declaration(tool, schema_key="input_schema", empty=NO_PARAMETERS, typed=True) for tool in spec.tools
+    ]
     choice: dict[str, Any] | None = None
     if spec.function is not None:
         choice = {"type": "tool", "name": spec.function}

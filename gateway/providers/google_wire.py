@@ -174,7 +174,7 @@ def _add_tools(body: dict[str, Any], spec: ToolSpec) -> None:
     ``parameters`` takes Gemini's OpenAPI subset) and ``toolConfig`` for the choice.
     ``strict`` has no Gemini equivalent; ``parallel_tool_calls`` is not carried (not in
     ``GoogleProvider.options``), so it never gets here."""
-    declarations = [declaration(tool, schema_key="parametersJsonSchema") for tool in spec.tools]
+    declarations = [declaration(tool, schema_key="parametersJsonSchema", typed=True) for tool in spec.tools]
     body["tools"] = [{"functionDeclarations": declarations}]
     if spec.function is not None:
         config: dict[str, Any] = {"mode": "ANY", "allowedFunctionNames": [spec.function]}

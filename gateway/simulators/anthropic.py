@@ -107,6 +107,14 @@ def _tool_problem(messages: list[Any]) -> str | None:
                 f"immediately after: {', '.join(unanswered)}. Each `tool_use` block must have a "
                 "corresponding `tool_result` block in the next message."
             )
+    last = len(messages) - 1
+    unanswered = sorted(str(b.get("id")) for b in _blocks(messages[last], "tool_use")) if messages else []
+    if unanswered:
+        return (
+            f"messages.{last}: `tool_use` ids were found without `tool_result` blocks immediately after: "
+            f"{', '.join(unanswered)}. Each `tool_use` block must have a corresponding `tool_result` block "
+            "in the next message."
+        )
     return None
 
 
@@ -195,6 +203,12 @@ class AnthropicSimulator(Simulator):
             isinstance(tools, list) and all(isinstance(t, dict) and isinstance(t.get("name"), str) for t in tools)
         ):
             return "tools: Input should be a valid list of tools with a name"
+        for k, tool in enumerate(tools or ()):
+            schema = tool.get("input_schema")
+            kind = schema.get("type") if isinstance(schema, dict) else None
+            if kind != "object":
+                what = "Field required" if kind is None else "Input should be 'object'"
+                return f"tools.{k}.custom.input_schema.type: {what}"
         if not tools and any(_blocks(m, "tool_use") or _blocks(m, "tool_result") for m in body["messages"]):
             return "Requests which include `tool_use` or `tool_result` blocks must define tools."
         return _tool_problem(body["messages"])

@@ -216,6 +216,11 @@ def _result(call_id: str, content: str = "42") -> dict[str, Any]:
             "messages[1].tool_call_id",
             "a call no earlier assistant message made",
         ),
+        (
+            {**ONE, "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]},
+            "tools[0].function.parameters",
+            "must be a JSON Schema of 'type: \"object\"', got 'type: 'string''",
+        ),
         # OpenAI's (and Anthropic's) rule: each call answered once, by the tool messages right after it
         (
             {"model": "gpt-4o", "messages": [*ASK, _calls("c1", "c2"), _result("c1")]},

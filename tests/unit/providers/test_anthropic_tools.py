@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import aiohttp
 import pytest
 
 from gateway import errors
@@ -22,6 +23,7 @@ sim = adapter_tests.sim
 provider = adapter_tests.provider
 
 KEY = "sk-ant-test"
+HEADERS = {"x-api-key": KEY, "anthropic-version": "2023-06-01"}
 MODEL = "claude-haiku-4-5-20251001"
 WEATHER_SCHEMA = {
     "type": "object",
@@ -386,3 +388,33 @@ def test_an_empty_assistant_turn_is_left_out() -> None:
     Anthropic refuses a message with empty content, so it is not sent."""
     out = body(Message("user", "a"), Message("assistant", ""), Message("user", "b"))
     assert out["messages"] == [{"role": "user", "content": "a\n\nb"}]
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [{}, {"properties": {"city": {"type": "string"}}}, {"anyOf": [{"required": ["city"]}, {"required": ["zip"]}]}],
+)
+async def test_a_schema_without_a_type_is_sent_as_an_object_schema(
+    provider: AnthropicProvider, sim: AnthropicSimulator, schema: dict[str, Any]
+) -> None:
+    """OpenAI takes a parameters schema that does not say ``type: object``; Anthropic answers
+    400 "tools.0.custom.input_schema.type: Field required", which does not fall back (review)."""
+    result = await provider.complete(req(tools=ToolSpec((Tool("lookup", None, schema),))))
+    assert result.finish_reason == "tool_calls"
+    assert sim.requests[0].body["tools"][0]["input_schema"] == {"type": "object", **schema}
+
+
+async def test_the_simulator_refuses_an_untyped_schema_as_anthropic_does(sim: AnthropicSimulator) -> None:
+    body = {"model": "claude-3-haiku", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+    async with aiohttp.ClientSession() as http:
+        for schema, said in (({}, "Field required"), ({"type": "string"}, "Input should be 'object'")):
+            tools = [{"name": "f", "input_schema": schema}]
+            async with http.post(f"{sim.base_url}/v1/messages", json=body | {"tools": tools}, headers=HEADERS) as r:
+                assert r.status == 400 and f"tools.0.custom.input_schema.type: {said}" in await r.text()
+        tool_use = {"type": "tool_use", "id": "t1", "name": "f", "input": {}}
+        last = [*body["messages"], {"role": "assistant", "content": [tool_use]}]
+        tools = [{"name": "f", "input_schema": {"type": "object"}}]
+        async with http.post(
+            f"{sim.base_url}/v1/messages", json=body | {"tools": tools, "messages": last}, headers=HEADERS
+        ) as r:
+            assert r.status == 400 and "without `tool_result` blocks immediately after: t1" in await r.text()

@@ -63,7 +63,7 @@ def test_declarations_use_json_schema_and_omit_what_is_unset() -> None:
             "functionDeclarations": [
                 {"name": "get_weather", "description": "The weather in a city", "parametersJsonSchema": WEATHER_SCHEMA},
                 {"name": "get_time"},
-                {"name": "strict_one", "parametersJsonSchema": {}},
+                {"name": "strict_one", "parametersJsonSchema": {"type": "object"}},  # the root typed
             ]
         }
     ]
