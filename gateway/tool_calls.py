@@ -10,6 +10,7 @@ parts, Ollama ``tool_calls`` with argument objects) and says it carries ``"tools
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -58,6 +59,25 @@ class ToolCallPart:
     id: str | None = None
     name: str | None = None
     arguments: str = ""
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value - value != 0:  # inf: past a double's range (1e400)
+        raise ValueError(f"{text} is past a double's range")
+    return value
+
+
+def load_json(text: str) -> Any:
+    """Arguments or a result as JSON that can be sent on as it was meant: integers exact past 64
+    bits (Python's parser; orjson refuses them), and ``NaN``, ``Infinity`` and numbers past a
+    double's range refused (``ValueError``), which Python's parser takes and the vendors' bodies
+    then carried as ``null``."""
+    return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
 
 
 #: a function without parameters, for vendors that want a schema anyway

@@ -4,14 +4,13 @@
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, cast
 
 import orjson
 
 from gateway.errors import InvalidRequest
-from gateway.tool_calls import Tool, ToolCall, ToolMode, ToolSpec
+from gateway.tool_calls import Tool, ToolCall, ToolMode, ToolSpec, load_json
 from gateway.types import Message
 
 #: OpenAI's limits: a function name, the number of tools
@@ -152,8 +151,8 @@ def _is_json_object(text: str) -> bool:
         return isinstance(orjson.loads(text), dict)
     except ValueError:
         pass
-    try:  # what orjson refuses and JSON allows: a number past a double's range (1e400)
-        return isinstance(json.loads(text), dict)
+    try:  # what orjson refuses and JSON allows: an integer past 64 bits
+        return isinstance(load_json(text), dict)
     except (ValueError, RecursionError):  # nested past what Python parses: no arguments to send
         return False
 

@@ -15,7 +15,7 @@ import orjson
 from gateway import errors
 from gateway.images import Image
 from gateway.providers.http import default_classify, error_message, malformed, parse_retry_after, usage_unknown
-from gateway.tool_calls import NO_PARAMETERS, Tool, ToolCall, ToolCallPart, ToolSpec, declaration
+from gateway.tool_calls import NO_PARAMETERS, Tool, ToolCall, ToolCallPart, ToolSpec, declaration, load_json
 from gateway.types import (
     ChatRequest,
     ChatResult,
@@ -215,7 +215,7 @@ def _arguments(call: ToolCall, param: str) -> dict[str, Any]:
     if not call.arguments.strip():
         return {}
     try:
-        value = json.loads(call.arguments)
+        value = load_json(call.arguments)
     except ValueError:
         value = None
     if not isinstance(value, dict):

@@ -23,7 +23,7 @@ from gateway.providers.http import (
     parse_retry_after,
     usage_unknown,
 )
-from gateway.tool_calls import ToolCall, ToolSpec, declaration
+from gateway.tool_calls import ToolCall, ToolSpec, declaration, load_json
 from gateway.types import ChatRequest, FinishReason, Message, Options, UnreadableUsage, Usage, token_count
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def _tool_parts(msg: Message, index: int, names: dict[str, str]) -> list[dict[st
 def _call_args(call: ToolCall, param: str) -> dict[str, Any]:
     """A call's arguments text as the object Gemini takes (blank text: no arguments)."""
     try:
-        args = json.loads(call.arguments) if call.arguments.strip() else {}
+        args = load_json(call.arguments) if call.arguments.strip() else {}
     except ValueError:
         args = None
     if not isinstance(args, dict):
@@ -159,7 +159,7 @@ def _tool_result(content: str) -> dict[str, Any]:
     """``functionResponse.response`` must be an object: a JSON object result as it is, any
     other text wrapped."""
     try:
-        value = json.loads(content)
+        value = load_json(content)  # NaN or 1e400 in it: sent as the text it is, not as null
     except (ValueError, RecursionError):  # nested past what Python parses: text, as any other
         value = None
     return value if isinstance(value, dict) else {"content": content}

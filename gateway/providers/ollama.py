@@ -38,7 +38,7 @@ from gateway.providers.sse import iter_ndjson_lines
 from gateway.providers.upstream_http import UpstreamClient
 from gateway.providers.upstream_response import Response
 from gateway.settings import ProviderSettings
-from gateway.tool_calls import NO_PARAMETERS, ToolCall, ToolSpec, declaration, whole_call_parts
+from gateway.tool_calls import NO_PARAMETERS, ToolCall, ToolSpec, declaration, load_json, whole_call_parts
 from gateway.types import (
     CAPABILITIES,
     ChatRequest,
@@ -138,7 +138,7 @@ def _messages(messages: list[Message]) -> list[dict[str, Any]]:
 def _call(call: ToolCall, where: str) -> dict[str, Any]:
     """A call of the history with its arguments as an object (blank text: no arguments)."""
     try:
-        arguments = json.loads(call.arguments) if call.arguments.strip() else {}
+        arguments = load_json(call.arguments) if call.arguments.strip() else {}
     except ValueError:
         arguments = None
     if not isinstance(arguments, dict):

@@ -347,3 +347,22 @@ def test_a_tool_result_nested_past_pythons_parser_goes_as_text() -> None:
     deep = '{"a":' + "[" * 1010 + "]" * 1010 + "}"
     assert wire._tool_result(deep) == {"content": deep}
     assert wire._tool_result('{"temp": 21}') == {"temp": 21}
+
+
+def test_a_result_with_what_json_has_no_number_for_goes_as_its_text() -> None:
+    """Python's parser reads NaN and 1e400, which the body then carried as null: Gemini was
+    told the result was {"a": null} (review)."""
+    for content in ('{"a": NaN}', '{"a": 1e400}'):
+        body = wire.build_body(
+            request([ASK, Message("assistant", "", (PARIS,)), Message("tool", content, tool_call_id="call_1")])
+        )
+        [response] = [
+            p["functionResponse"] for turn in body["contents"] for p in turn["parts"] if "functionResponse" in p
+        ]
+        assert response["response"] == {"content": content}
+    big = '{"a": 123456789012345678901234567890}'  # exact past 64 bits: still an object
+    body = wire.build_body(
+        request([ASK, Message("assistant", "", (PARIS,)), Message("tool", big, tool_call_id="call_1")])
+    )
+    [response] = [p["functionResponse"] for turn in body["contents"] for p in turn["parts"] if "functionResponse" in p]
+    assert response["response"] == {"a": 123456789012345678901234567890}
