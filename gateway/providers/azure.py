@@ -6,7 +6,11 @@ The deployment is ``settings.deployments.get(model, model)``. Auth is the ``api-
 Chat sends ``max_tokens`` (what every api-version accepts for the GPT models), and
 ``max_completion_tokens`` for the reasoning models (o1, o3, o4, gpt-5), which refuse
 ``max_tokens`` ("Unsupported parameter: 'max_tokens' is not supported with this model"). The
-model is the gateway's name for it, not the deployment's. Everything else (parsing, stream
+model is the gateway's name for it: a name that ``deployments`` maps, or, for a deployment
+named directly (a model group's ``azure: prod-o3-mini``), the model that ``deployments`` maps to
+it, else the deployment's name, where a reasoning model's name counts at its start or after a
+``-``, ``_``, ``.`` or ``/``. Streams ask for their usage (``stream_options``) on api-versions
+from 2024-09-01 on: older ones refuse the field with a 400. Everything else (parsing, stream
 handling, content_filter and ``code: "429"`` errors) is shared with the OpenAI adapter.
 """
 
@@ -26,6 +30,10 @@ from gateway.types import ChatRequest
 DEFAULT_API_VERSION = "2024-10-21"
 #: the models that take ``max_completion_tokens`` only
 REASONING_MODELS = re.compile(r"o\d|gpt-5")
+#: ... named in a deployment's name (``prod-o3-mini``, ``team_gpt-5``)
+_REASONING_IN_NAME = re.compile(r"(?:^|[-_./])(?:o\d|gpt-5)")
+#: the first api-version that takes ``stream_options`` (2024-09-01-preview; GA 2024-10-21)
+STREAM_OPTIONS_SINCE = "2024-09-01"
 
 
 def resource_root(endpoint: str) -> str:
@@ -47,6 +55,11 @@ class AzureProvider(OpenAIProvider):
         super().__init__(settings, session, timeouts)
         self._base = resource_root(settings.base_url)
         self._api_version = settings.api_version or DEFAULT_API_VERSION
+        version = self._api_version
+        #: whether streams may ask for their usage: a dated api-version before 2024-09-01 refuses it
+        self._stream_usage = bool(settings.use_v1) or not (version[:4].isdigit() and version < STREAM_OPTIONS_SINCE)
+        #: deployment -> the model ``deployments`` maps to it
+        self._models = {deployment: model for model, deployment in settings.deployments.items()}
 
     def deployment(self, model: str) -> str:
         return self._settings.deployments.get(model, model)
@@ -57,15 +70,26 @@ class AzureProvider(OpenAIProvider):
             request,
             model=deployment,
             stream=stream,
-            chat_max_tokens_field=(
-                "max_completion_tokens" if REASONING_MODELS.match(request.model) else self.chat_max_tokens_field
-            ),
+            chat_max_tokens_field="max_completion_tokens"
+            if self.reasoning(request.model)
+            else self.chat_max_tokens_field,
         )
+        if stream and not self._stream_usage:
+            del body["stream_options"]  # the stream has no usage then: billed at an unknown cost
         path = wire.endpoint(request)
         if self._settings.use_v1:
             return Target(f"{self._base}/openai/v1/{path}", None, body)
         url = f"{self._base}/openai/deployments/{quote(deployment, safe='')}/{path}"
         return Target(url, {"api-version": self._api_version}, body)
+
+    def reasoning(self, model: str) -> bool:
+        """Whether the model (or deployment) named ``model`` is a reasoning model."""
+        if model in self._settings.deployments:
+            return REASONING_MODELS.match(model) is not None
+        known = self._models.get(model)
+        if known is not None:
+            return REASONING_MODELS.match(known) is not None
+        return _REASONING_IN_NAME.search(model) is not None
 
     def auth_headers(self) -> dict[str, str]:
         return {"api-key": self._settings.api_key or ""}

@@ -17,6 +17,7 @@ status=200)`` filters the output instead: HTTP 200 with ``finish_reason: "conten
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -79,6 +80,19 @@ AZURE_ERRORS: dict[str, ErrorSpec] = {
     ),
 }
 _NO_API_VERSION = ErrorSpec(404, "Resource not found", "404")
+#: api-versions before 2024-09-01(-preview) do not know ``stream_options``
+_NO_STREAM_OPTIONS = ErrorSpec(
+    400, "Unrecognized request argument supplied: stream_options", None, "invalid_request_error", None
+)
+#: the reasoning models (o1, o3, o4, gpt-5) refuse ``max_tokens``
+_MAX_TOKENS_REFUSED = ErrorSpec(
+    400,
+    "Unsupported parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens' instead.",
+    "unsupported_parameter",
+    "invalid_request_error",
+    "max_tokens",
+)
+_REASONING = re.compile(r"o\d|gpt-5")
 
 
 @dataclass
@@ -117,6 +131,11 @@ class AzureSimulator(OpenAISimulator):
             return self.error_response(_NO_API_VERSION, model=call.model)
         if self.deployments is not None and call.model not in self.deployments:
             return self.error_response(self.ERRORS["not_found"], model=call.model, api_version=call.api_version)
+        version = call.api_version or ""
+        if "stream_options" in call.body and version[:4].isdigit() and version < "2024-09-01":
+            return self.error_response(_NO_STREAM_OPTIONS, model=call.model)
+        if "max_tokens" in call.body and call.kind == "chat" and _REASONING.match(self.served(call)):
+            return self.error_response(_MAX_TOKENS_REFUSED, model=call.model)
         return None
 
     def served(self, call: Call) -> str:

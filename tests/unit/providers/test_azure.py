@@ -324,3 +324,55 @@ async def test_reasoning_models_get_max_completion_tokens(
     assert body["max_completion_tokens"] == 500 and "max_tokens" not in body
     await p.complete(chat(max_tokens=64))
     assert sim.requests[-1].body["max_tokens"] == 64 and "max_completion_tokens" not in sim.requests[-1].body
+
+
+@pytest.mark.parametrize(
+    ("deployment", "deployments", "reasoning"),
+    [
+        ("prod-o3-mini", {}, True),  # a model group naming the deployment: its name says the model
+        ("team_gpt-5", {}, True),
+        ("o1", {}, True),
+        ("reasoner-prod", {"o3-mini": "reasoner-prod"}, True),  # ``deployments`` says the model
+        ("prod-gpt-4o", {}, False),
+        ("photo1", {}, False),
+        ("chat-prod", {"gpt-4o": "chat-prod"}, False),
+    ],
+)
+async def test_a_deployment_named_directly_gets_the_length_field_of_its_model(
+    sim: AzureSimulator,
+    session: UpstreamClient,
+    timeouts: Timeouts,
+    deployment: str,
+    deployments: dict[str, str],
+    reasoning: bool,
+) -> None:
+    """A model group maps a name to an Azure deployment (``azure: prod-o3-mini``): the adapter
+    judged the deployment's name as a model name, so an o-series deployment was sent
+    ``max_tokens`` and refused it with a 400 that does not fall back (review)."""
+    sim.served_model = None  # the simulator serves (and judges) the deployment's own name
+    sim.deployments = {d: m for m, d in deployments.items()} or None
+    p = make(sim, session, timeouts, deployments=deployments)
+    result = await p.complete(ChatRequest(model=deployment, messages=[Message("user", "hi")], max_tokens=50))
+    assert result.finish_reason == "stop"
+    body = sim.requests[-1].body
+    field = "max_completion_tokens" if reasoning else "max_tokens"
+    assert body[field] == 50 and len({"max_tokens", "max_completion_tokens"} & set(body)) == 1
+
+
+@pytest.mark.parametrize(
+    ("api_version", "asks_usage"), [("2024-06-01", False), ("2024-08-01-preview", False), ("2024-10-21", True)]
+)
+async def test_streams_ask_for_usage_only_where_the_api_version_knows_how(
+    sim: AzureSimulator, session: UpstreamClient, timeouts: Timeouts, api_version: str, asks_usage: bool
+) -> None:
+    """Api-versions before 2024-09-01 refuse ``stream_options`` ("Unrecognized request argument
+    supplied"): every stream of a gateway configured with one was a 400 (review). Their streams
+    have no usage report: billed at an unknown cost."""
+    p = make(sim, session, timeouts, api_version=api_version)
+    chunks = await collect(p, chat())
+    assert "".join(c.text for c in chunks) == sim.reply
+    assert ("stream_options" in sim.requests[-1].body) is asks_usage
+    assert (chunks[-1].usage is not None) is asks_usage
+    v1 = make(sim, session, timeouts, api_version=api_version, use_v1=True)
+    await collect(v1, chat())
+    assert "stream_options" in sim.requests[-1].body  # the v1 API takes it
