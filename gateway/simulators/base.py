@@ -17,6 +17,7 @@ included); completion tokens are the words of the reply. Streams send one word p
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -78,23 +79,46 @@ class FaultPlan:
 _SAMPLES: dict[str, Any] = {"string": "sim", "integer": 1, "number": 1.5, "boolean": True, "array": [], "object": {}}
 
 
-def sample_arguments(schema: Any) -> dict[str, Any]:
-    """Arguments a simulated model calls a function with: a sample value for each required
-    property of its JSON Schema (vendors' schema dialects share these keys)."""
+def sample_arguments(schema: Any, root: Any = None, depth: int = 0) -> dict[str, Any]:
+    """Arguments a simulated model calls a function with (or a structured answer): a sample value
+    for each required property of its JSON Schema (vendors' schema dialects share these keys);
+    nested objects and ``$ref`` to the root's ``$defs`` are followed a few levels deep."""
     if not isinstance(schema, dict):
         return {}
+    root = schema if root is None else root
     properties: Any = schema.get("properties")
     required: Any = schema.get("required")
     properties = properties if isinstance(properties, dict) else {}
-    out: dict[str, Any] = {}
-    for name in required if isinstance(required, list) else []:
-        spec: Any = properties.get(name)
-        spec = spec if isinstance(spec, dict) else {}
-        kind = spec.get("type")
-        kind = kind.lower() if isinstance(kind, str) else "string"  # Gemini writes STRING
-        enum = spec.get("enum")
-        out[name] = enum[0] if isinstance(enum, list) and enum else _SAMPLES.get(kind, "sim")
-    return out
+    names = required if isinstance(required, list) else []
+    return {name: _sample(properties.get(name), root, depth) for name in names if isinstance(name, str)}
+
+
+def _sample(spec: Any, root: Any, depth: int) -> Any:
+    """A value that fits ``spec`` (in the common cases: the first branch of a union, the first
+    of an enum, a type's sample)."""
+    if not isinstance(spec, dict) or depth > 8:
+        return "sim"
+    ref = spec.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/"):
+        target: Any = root
+        for key in ref[2:].split("/"):
+            target = target.get(key) if isinstance(target, dict) else None
+        return _sample(target, root, depth + 1)
+    for union in ("anyOf", "oneOf", "allOf"):
+        branches = spec.get(union)
+        if isinstance(branches, list) and branches:
+            return _sample(branches[0], root, depth + 1)
+    enum = spec.get("enum")
+    if isinstance(enum, list) and enum:
+        return enum[0]
+    if "const" in spec:
+        return spec["const"]
+    kind = spec.get("type")
+    kind = kind[0] if isinstance(kind, list) and kind else kind
+    kind = kind.lower() if isinstance(kind, str) else "string"  # Gemini writes STRING
+    if kind == "object":
+        return sample_arguments(spec, root, depth + 1)
+    return _SAMPLES.get(kind, "sim")
 
 
 @dataclass(slots=True)
@@ -151,9 +175,23 @@ class Simulator:
     def count_tokens(text: str) -> int:
         return len(text.split())
 
-    def reply_words(self) -> list[str]:
-        """The reply split into stream pieces that concatenate back to ``reply``."""
-        words = self.reply.split(" ")
+    def json_format(self, body: Any) -> tuple[bool, Any]:
+        """Whether the request asks for a JSON answer, and its schema (None: any JSON object);
+        each vendor's simulator reads its own field (OpenAI ``response_format``, Gemini
+        ``responseMimeType``, Ollama ``format``)."""
+        return False, None
+
+    def reply_text(self, body: Any) -> str:
+        """The answer to a request: ``reply``, or, when it asks for JSON, a sample object of its
+        schema (so the SDKs' structured-output helpers parse it), or the reply in an object."""
+        wanted, schema = self.json_format(body)
+        if not wanted:
+            return self.reply
+        return json.dumps(sample_arguments(schema) if isinstance(schema, dict) else {"reply": self.reply})
+
+    def reply_words(self, text: str | None = None) -> list[str]:
+        """The reply (or ``text``) split into stream pieces that concatenate back to it."""
+        words = (self.reply if text is None else text).split(" ")
         return [w if i == 0 else " " + w for i, w in enumerate(words)]
 
     @staticmethod

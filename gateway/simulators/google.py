@@ -145,7 +145,7 @@ class GeminiSimulator(Simulator):
         if streaming:
             return await self._stream(request, model, body, fault)
         return web.json_response(
-            self._response(model, body, self.reply, final=True, with_thought=True, call=function_call(body))
+            self._response(model, body, self.reply_text(body), final=True, with_thought=True, call=function_call(body))
         )
 
     def _check_key(self, request: web.Request) -> web.Response | None:
@@ -193,11 +193,17 @@ class GeminiSimulator(Simulator):
             texts.extend(str(p.get("text", "")) for p in content.get("parts", []) if isinstance(p, dict))
         return sum(self.count_tokens(t) for t in texts)
 
+    def json_format(self, body: Any) -> tuple[bool, Any]:
+        config = body.get("generationConfig") if isinstance(body, dict) else None
+        config = config if isinstance(config, dict) else {}
+        schema = config.get("responseJsonSchema", config.get("responseSchema"))
+        return config.get("responseMimeType") == "application/json", schema
+
     def _usage(self, body: dict[str, Any], *, final: bool) -> dict[str, Any]:
         prompt = self._prompt_tokens(body)
         if not final:
             return {"promptTokenCount": prompt, "totalTokenCount": prompt}
-        candidates = self.count_tokens(self.reply)
+        candidates = self.count_tokens(self.reply_text(body))
         usage: dict[str, Any] = {
             "promptTokenCount": prompt,
             "candidatesTokenCount": candidates,
@@ -247,7 +253,7 @@ class GeminiSimulator(Simulator):
         if call is not None:  # Gemini streams a call whole, in one event
             events = [self._response(model, body, "", final=True, with_thought=True, call=call)]
         else:
-            words = self.reply_words()
+            words = self.reply_words(self.reply_text(body))
             events = [
                 self._response(model, body, word, final=i == len(words) - 1, with_thought=i == 0)
                 for i, word in enumerate(words)

@@ -74,7 +74,7 @@ class OllamaSimulator(Simulator):
             return _error("json: cannot unmarshal string into Go struct field ChatRequest.messages", 400)
         streaming = body.get("stream", True) is not False
         fault = await self.take_fault()
-        reply = self.reply
+        reply = self.reply_text(body)
         if fault is not None:
             if fault.kind == "content_filter":  # local models have no filter signal: they refuse
                 reply = REFUSAL
@@ -89,6 +89,10 @@ class OllamaSimulator(Simulator):
         if streaming:
             return await self._stream(request, str(model), body, reply, fault)
         return web.json_response(self._final(str(model), body, reply, content=reply))
+
+    def json_format(self, body: Any) -> tuple[bool, Any]:
+        wanted = body.get("format") if isinstance(body, dict) else None  # "json" or a JSON Schema
+        return wanted == "json" or isinstance(wanted, dict), wanted if isinstance(wanted, dict) else None
 
     # --- answers ------------------------------------------------------------------------------
     def _final(self, model: str, body: dict[str, Any], reply: str, *, content: str) -> dict[str, Any]:

@@ -291,10 +291,18 @@ class OpenAISimulator(Simulator):
         """The reply pieces and the finish reason."""
         if fault is not None and fault.kind == "content_filter":
             return [], "content_filter"
-        words = self.reply_words()
+        words = self.reply_words(self.reply_text(call.body))
         if call.max_tokens is not None and call.max_tokens < len(words):
             return words[: max(call.max_tokens, 0)], "length"
         return words, "stop"
+
+    def json_format(self, body: Any) -> tuple[bool, Any]:
+        spec = body.get("response_format") if isinstance(body, dict) else None
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        if kind == "json_schema":
+            inner = spec.get("json_schema") if isinstance(spec, dict) else None
+            return True, inner.get("schema") if isinstance(inner, dict) else None
+        return kind == "json_object", None
 
     def usage(self, call: Call, text: str) -> dict[str, Any]:
         if call.kind == "chat":
