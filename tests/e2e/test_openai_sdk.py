@@ -6,6 +6,7 @@ import logging
 from decimal import Decimal
 
 import aiohttp
+import httpx
 import openai
 import pytest
 
@@ -421,21 +422,24 @@ async def test_a_providers_refusal_after_a_fallback_or_a_retry_says_how_many_att
     """A vendor's own refusal (a 400) may end a call after a fallback or a retry: the answer
     named the refusing provider and the cost, not the attempts, so the headers summed over a
     review's 300 calls to 45 attempts where the metrics counted 87."""
+
+    async def refused() -> httpx.Headers:
+        async with client(gw) as c:
+            with pytest.raises(openai.BadRequestError) as info:
+                await c.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
+        return info.value.response.headers
+
     gw.sims["openai"].faults.push(Fault("server_error"))
     gw.sims["azure"].faults.push(Fault("bad_request"))
-    async with client(gw) as c:
-        with pytest.raises(openai.BadRequestError) as info:
-            await c.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
-    headers = info.value.response.headers
-    assert (headers["x-llm-provider"], headers["x-llm-attempts"]) == ("azure", "2")
-    assert headers["x-llm-cost-usd"] == "0.000000"
-
+    headers = await refused()
+    assert (headers["x-llm-provider"], headers["x-llm-attempts"], headers["x-llm-cost-usd"]) == (
+        "azure",
+        "2",
+        "0.000000",
+    )
     gw.sims["openai"].faults.push(Fault("rate_limit", retry_after=0.01))
     gw.sims["openai"].faults.push(Fault("bad_request"))
-    async with client(gw) as c:
-        with pytest.raises(openai.BadRequestError) as info:
-            await c.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
-    headers = info.value.response.headers
+    headers = await refused()
     assert (headers["x-llm-provider"], headers["x-llm-attempts"]) == ("openai", "2")
     assert len(gw.event_log.events) == 4
 
