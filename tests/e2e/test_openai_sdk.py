@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from decimal import Decimal
 
 import aiohttp
-import httpx
 import openai
 import pytest
 
@@ -423,7 +423,7 @@ async def test_a_providers_refusal_after_a_fallback_or_a_retry_says_how_many_att
     named the refusing provider and the cost, not the attempts, so the headers summed over a
     review's 300 calls to 45 attempts where the metrics counted 87."""
 
-    async def refused() -> httpx.Headers:
+    async def refused() -> Mapping[str, str]:
         async with client(gw) as c:
             with pytest.raises(openai.BadRequestError) as info:
                 await c.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
