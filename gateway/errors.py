@@ -265,6 +265,15 @@ class ContentFiltered(UpstreamBadRequest):
     code = "content_filter"
     outcome = "content_filtered"
     shows_upstream_code = False
+    #: Azure's ``innererror`` (``code`` and ``content_filter_result``: which category fired, at
+    #: what severity), passed on to the client as Azure sends it
+    innererror: dict[str, Any] | None = None
+
+    def to_openai(self) -> dict[str, Any]:
+        out = super().to_openai()
+        if self.innererror is not None:
+            out["error"]["innererror"] = self.innererror
+        return out
 
 
 class StreamCut(ProviderError):

@@ -460,6 +460,23 @@ def _error_fields(body: Any) -> tuple[str | None, str | None, str | None, str | 
     return text(err.get("code")), text(err.get("type")), text(err.get("param")), inner_code
 
 
+#: the largest ``innererror`` passed on (its JSON text): Azure's is a few hundred bytes
+MAX_INNERERROR = 4096
+
+
+def _innererror(body: Any) -> dict[str, Any] | None:
+    """Azure's ``error.innererror`` of a content-filter 400, when it is an object of a sane size."""
+    err = body.get("error") if isinstance(body, dict) else None
+    inner = err.get("innererror") if isinstance(err, dict) else None
+    if not isinstance(inner, dict):
+        return None
+    try:
+        size = len(orjson.dumps(inner))
+    except TypeError:  # nested past orjson's limit
+        return None
+    return inner if size <= MAX_INNERERROR else None
+
+
 def retry_hint(message: str) -> float | None:
     """The wait named in a rate-limit message ("try again in 600ms", "retry after 6 seconds",
     "try again in 6m0s": OpenAI writes waits over a minute so, and they were not read, so the
@@ -501,7 +518,9 @@ def classify_error(provider: str, status: int, headers: Mapping[str, str], body:
     if codes & QUOTA_CODES and status in (402, 403, 429):
         return errors.QuotaExhausted(text, **kwargs)
     if codes & CONTENT_FILTER_CODES and status == 400:
-        return errors.ContentFiltered(text, **kwargs)
+        filtered = errors.ContentFiltered(text, **kwargs)
+        filtered.innererror = _innererror(body)
+        return filtered
     err = default_classify(provider, status, headers, message, kwargs["upstream_code"])
     if headers.get("x-should-retry") == "true" and not err.retryable and (status in (408, 409) or status >= 500):
         err = errors.Overloaded(text, **kwargs)

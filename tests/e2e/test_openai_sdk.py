@@ -471,3 +471,19 @@ async def test_a_stream_cut_before_its_first_content_is_recorded_incomplete(gw: 
     cut, served = gw.event_log.events
     assert (cut.outcome, cut.billable, cut.incomplete, cut.cost_usd) == ("stream_cut", True, True, None)
     assert (served.outcome, served.incomplete) == ("success", False)
+
+
+async def test_azures_content_filter_refusal_says_which_category_fired(gw: RunningGateway) -> None:
+    """Azure's 400 names the category and severity that fired under ``innererror``; the client
+    got the message alone and could not tell a violence block from a self-harm one (review)."""
+    gw.sims["azure"].faults.push(Fault("content_filter"))
+    async with client(gw) as c:
+        with pytest.raises(openai.BadRequestError) as info:
+            await c.chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "hi"}], extra_body={"provider": "azure"}
+            )
+    error = info.value.body
+    assert isinstance(error, dict) and error["code"] == "content_filter"
+    inner = error["innererror"]
+    assert inner["code"] == "ResponsibleAIPolicyViolation"
+    assert inner["content_filter_result"]["violence"] == {"filtered": True, "severity": "high"}
