@@ -189,6 +189,20 @@ class Simulator:
             return self.reply
         return json.dumps(sample_arguments(schema) if isinstance(schema, dict) else {"reply": self.reply})
 
+    @staticmethod
+    def cut_answer(text: str, max_tokens: Any, stops: Any) -> tuple[str, bool]:
+        """``text`` as a model writes it under a length cap (``max_tokens``, in this simulator's
+        tokens: words) and stop sequences (a string or a list): cut before the first stop, then
+        at the cap; and whether the cap cut it (a ``length`` finish)."""
+        stops = [stops] if isinstance(stops, str) else stops if isinstance(stops, list) else []
+        found = [text.index(stop) for stop in stops if isinstance(stop, str) and stop and stop in text]
+        if found:
+            text = text[: min(found)]
+        words = text.split(" ")
+        if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and 0 <= max_tokens < len(words):
+            return " ".join(words[:max_tokens]), True
+        return text, False
+
     def reply_words(self, text: str | None = None) -> list[str]:
         """The reply (or ``text``) split into stream pieces that concatenate back to it."""
         words = (self.reply if text is None else text).split(" ")

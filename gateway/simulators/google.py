@@ -145,7 +145,7 @@ class GeminiSimulator(Simulator):
         if streaming:
             return await self._stream(request, model, body, fault)
         return web.json_response(
-            self._response(model, body, self.reply_text(body), final=True, with_thought=True, call=function_call(body))
+            self._response(model, body, self._answer(body)[0], final=True, with_thought=True, call=function_call(body))
         )
 
     def _check_key(self, request: web.Request) -> web.Response | None:
@@ -199,11 +199,17 @@ class GeminiSimulator(Simulator):
         schema = config.get("responseJsonSchema", config.get("responseSchema"))
         return config.get("responseMimeType") == "application/json", schema
 
+    def _answer(self, body: dict[str, Any]) -> tuple[str, bool]:
+        """The answer's text under ``maxOutputTokens`` and ``stopSequences``, and whether the cap cut it."""
+        config = body.get("generationConfig")
+        config = config if isinstance(config, dict) else {}
+        return self.cut_answer(self.reply_text(body), config.get("maxOutputTokens"), config.get("stopSequences"))
+
     def _usage(self, body: dict[str, Any], *, final: bool) -> dict[str, Any]:
         prompt = self._prompt_tokens(body)
         if not final:
             return {"promptTokenCount": prompt, "totalTokenCount": prompt}
-        candidates = self.count_tokens(self.reply_text(body))
+        candidates = self.count_tokens(self._answer(body)[0])
         usage: dict[str, Any] = {
             "promptTokenCount": prompt,
             "candidatesTokenCount": candidates,
@@ -238,7 +244,8 @@ class GeminiSimulator(Simulator):
             parts.append({"text": text})
         candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
         if final:
-            candidate["finishReason"] = self.finish_reason
+            capped = call is None and self._answer(body)[1]
+            candidate["finishReason"] = "MAX_TOKENS" if capped else self.finish_reason
         return {
             "candidates": [candidate],
             "usageMetadata": self._usage(body, final=final),
@@ -253,7 +260,7 @@ class GeminiSimulator(Simulator):
         if call is not None:  # Gemini streams a call whole, in one event
             events = [self._response(model, body, "", final=True, with_thought=True, call=call)]
         else:
-            words = self.reply_words(self.reply_text(body))
+            words = self.reply_words(self._answer(body)[0])
             events = [
                 self._response(model, body, word, final=i == len(words) - 1, with_thought=i == 0)
                 for i, word in enumerate(words)

@@ -74,7 +74,9 @@ class OllamaSimulator(Simulator):
             return _error("json: cannot unmarshal string into Go struct field ChatRequest.messages", 400)
         streaming = body.get("stream", True) is not False
         fault = await self.take_fault()
-        reply = self.reply_text(body)
+        options = body.get("options")
+        options = options if isinstance(options, dict) else {}
+        reply, capped = self.cut_answer(self.reply_text(body), options.get("num_predict"), options.get("stop"))
         if fault is not None:
             if fault.kind == "content_filter":  # local models have no filter signal: they refuse
                 reply = REFUSAL
@@ -86,23 +88,26 @@ class OllamaSimulator(Simulator):
         call = None if refused else tool_call(body)
         if call is not None:
             return await self._call(request, str(model), body, call, streaming, fault)
+        reason = "length" if capped and not refused else None
         if streaming:
-            return await self._stream(request, str(model), body, reply, fault)
-        return web.json_response(self._final(str(model), body, reply, content=reply))
+            return await self._stream(request, str(model), body, reply, fault, reason)
+        return web.json_response(self._final(str(model), body, reply, content=reply, reason=reason))
 
     def json_format(self, body: Any) -> tuple[bool, Any]:
         wanted = body.get("format") if isinstance(body, dict) else None  # "json" or a JSON Schema
         return wanted == "json" or isinstance(wanted, dict), wanted if isinstance(wanted, dict) else None
 
     # --- answers ------------------------------------------------------------------------------
-    def _final(self, model: str, body: dict[str, Any], reply: str, *, content: str) -> dict[str, Any]:
+    def _final(
+        self, model: str, body: dict[str, Any], reply: str, *, content: str, reason: str | None = None
+    ) -> dict[str, Any]:
         prompt = sum(self.count_tokens(str(m.get("content", ""))) for m in body.get("messages") or [])
         out: dict[str, Any] = {
             "model": self.served_model or model,
             "created_at": CREATED_AT,
             "message": {"role": "assistant", "content": content},
             "done": True,
-            "done_reason": self.done_reason,
+            "done_reason": reason or self.done_reason,
             "total_duration": 1_200_000_000,
             "load_duration": 50_000_000,
             "prompt_eval_count": prompt,
@@ -148,10 +153,11 @@ class OllamaSimulator(Simulator):
         body: dict[str, Any],
         reply: str,
         fault: Fault | None,
+        reason: str | None = None,
     ) -> web.StreamResponse:
         words = reply.split(" ")
         lines = [self._piece(model, w if i == 0 else " " + w) for i, w in enumerate(words)]
-        lines.append(self._final(model, body, reply, content=""))
+        lines.append(self._final(model, body, reply, content="", reason=reason))
         return await self._send_lines(request, lines, fault)
 
     async def _send_lines(

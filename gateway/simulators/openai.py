@@ -291,10 +291,8 @@ class OpenAISimulator(Simulator):
         """The reply pieces and the finish reason."""
         if fault is not None and fault.kind == "content_filter":
             return [], "content_filter"
-        words = self.reply_words(self.reply_text(call.body))
-        if call.max_tokens is not None and call.max_tokens < len(words):
-            return words[: max(call.max_tokens, 0)], "length"
-        return words, "stop"
+        text, capped = self.cut_answer(self.reply_text(call.body), call.max_tokens, call.body.get("stop"))
+        return self.reply_words(text), "length" if capped else "stop"
 
     def json_format(self, body: Any) -> tuple[bool, Any]:
         spec = body.get("response_format") if isinstance(body, dict) else None

@@ -294,3 +294,50 @@ async def test_the_sdks_structured_output_helpers_work_on_the_simulators(
         )
     assert isinstance(json.loads(answer.choices[0].message.content or ""), dict)
     assert len(gw.event_log.events) == 3 and all(e.outcome == "success" for e in gw.event_log.events)
+
+
+@pytest.mark.parametrize(
+    ("provider", "model"),
+    [
+        ("openai", "gpt-4o"),
+        ("azure", "gpt-4o"),
+        ("anthropic", "claude-3-haiku"),
+        ("google", "gemini-pro"),
+        ("ollama", "llama3"),
+    ],
+)
+@pytest.mark.parametrize("stream", [False, True])
+async def test_every_simulated_model_keeps_to_max_tokens_and_stop(
+    gw: RunningGateway, provider: str, model: str, stream: bool
+) -> None:
+    """The Gemini and Ollama simulators answered their whole sentence whatever the cap or the
+    stop sequences (review), so a ``length`` finish could not be seen through them. Every
+    simulator now writes as its vendor's model would: cut at the first stop, then at the cap."""
+
+    async def answer(**fields: Any) -> tuple[str, str | None]:
+        async with client(gw) as c:
+            if not stream:
+                done = await c.chat.completions.create(
+                    model=model,
+                    messages=[{"role": "user", "content": "Hi"}],
+                    extra_body={"provider": provider},
+                    **fields,
+                )
+                return done.choices[0].message.content or "", done.choices[0].finish_reason
+            pieces = await c.chat.completions.create(
+                model=model,
+                messages=[{"role": "user", "content": "Hi"}],
+                extra_body={"provider": provider},
+                stream=True,
+                **fields,
+            )
+            text, finish = "", None
+            async for chunk in pieces:
+                for choice in chunk.choices:
+                    text += choice.delta.content or ""
+                    finish = choice.finish_reason or finish
+            return text, finish
+
+    reply = gw.sims[provider].reply
+    assert await answer(max_tokens=3) == (" ".join(reply.split(" ")[:3]), "length")
+    assert await answer(stop=["simulator"]) == (reply[: reply.index("simulator")], "stop")
