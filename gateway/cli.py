@@ -145,7 +145,18 @@ def config_error(exc: BaseException) -> str:
     each bad input, and an ``api_keys`` entry or a provider's settings hold secrets (a review saw
     38 of a 49-character admin key on stderr)."""
     from pydantic import ValidationError
+    from yaml import MarkedYAMLError
 
+    if isinstance(exc, MarkedYAMLError):
+        # where and what, not PyYAML's snippet of the file: the lines around a syntax error are
+        # the api_keys entry it is in (a review saw an admin key on stderr)
+        parts = []
+        for text, mark in ((exc.context, exc.context_mark), (exc.problem, exc.problem_mark)):
+            if text:
+                parts.append(
+                    text if mark is None else f'{text} in "{mark.name}", line {mark.line + 1}, column {mark.column + 1}'
+                )
+        return "; ".join(parts)
     if not isinstance(exc, ValidationError):
         return str(exc)
     problems = [

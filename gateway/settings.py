@@ -29,11 +29,21 @@ class ApiKey(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    key: str = Field(min_length=1)
+    #: no blank at its ends: the key a client presents is read without them, so such a key
+    #: could never match
+    key: str = Field(min_length=1, pattern=r"^\S(.*\S)?$")
     #: at most the longest tenant every store holds (``INDEXED_TEXT``): a longer one made every
-    #: call of the key fail to record its usage event
-    tenant: str = Field(min_length=1, max_length=INDEXED_TEXT)
+    #: call of the key fail to record its usage event; printable, no blank at its ends (what
+    #: the API takes as a ``tenantId``)
+    tenant: str = Field(min_length=1, max_length=INDEXED_TEXT, pattern=r"^\S(.*\S)?$")
     admin: bool = False
+
+    @field_validator("tenant")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if not value.isprintable():
+            raise ValueError("a tenant must not contain control characters (line breaks, tabs, NUL, ...)")
+        return value
 
 
 class ProviderSettings(BaseModel):
@@ -221,8 +231,9 @@ class Settings(BaseSettings):
     def _one_tenant_per_key(cls, value: list[ApiKey]) -> list[ApiKey]:
         seen: dict[str, str] = {}
         for entry in value:
-            if seen.setdefault(entry.key, entry.tenant) != entry.tenant or value.count(entry) > 1:
+            if entry.key in seen:  # even with the same tenant: which entry's ``admin`` would hold?
                 raise ValueError(f"an API key is listed more than once (tenants {seen[entry.key]!r}, {entry.tenant!r})")
+            seen[entry.key] = entry.tenant
         return value
 
     def provider(self, name: str) -> ProviderSettings:

@@ -15,8 +15,11 @@ from gateway.health.window import WindowStats
 
 
 async def provider_health(request: web.Request) -> web.Response:
+    """Any key may read the providers' health; the per-model breakdown takes an admin key (or
+    an open gateway): model names are the tenants' (a fine-tune's name says whose it is), and a
+    model only one tenant uses shows that tenant's traffic."""
     state = request.app[STATE]
-    state.auth.authenticate(request)
+    admin = state.auth.authenticate(request).admin
     view = request.app[HEALTH]
     configured = [p for p in state.router.priority if p in state.router.providers]
     names = configured + [p for p in view.providers() if p not in configured]
@@ -26,12 +29,12 @@ async def provider_health(request: web.Request) -> web.Response:
             "generated_at": _iso(view.now()),
             "window_seconds": view.config.window_seconds,
             "thresholds": view.config.model_dump(exclude={"kafka_sync"}),
-            "providers": {name: provider_json(view.health(name)) for name in names},
+            "providers": {name: provider_json(view.health(name), models=admin) for name in names},
         }
     )
 
 
-def provider_json(health: ProviderHealth) -> dict[str, Any]:
+def provider_json(health: ProviderHealth, *, models: bool = True) -> dict[str, Any]:
     return {
         "state": health.state,
         "reason": health.reason,
@@ -43,7 +46,7 @@ def provider_json(health: ProviderHealth) -> dict[str, Any]:
         "probe_in_flight": health.probe_in_flight,
         "last_transition": transition_json(health.last_transition),
         "window": stats_json(health.stats),
-        "models": {name: model_json(model) for name, model in health.models.items()},
+        "models": {name: model_json(model) for name, model in health.models.items()} if models else {},
     }
 
 

@@ -241,3 +241,27 @@ async def test_the_gateway_follows_its_price_file_without_a_restart(tmp_path: Pa
     prompt, completion = Decimal(new.prompt_tokens) / 1000, Decimal(new.completion_tokens) / 1000
     assert Decimal(first["x-llm-cost-usd"]) == old.cost_usd == prompt * Decimal("0.03") + completion * Decimal("0.06")
     assert Decimal(second["x-llm-cost-usd"]) == new.cost_usd == prompt * Decimal("0.30") + completion * Decimal("0.06")
+
+
+async def test_only_an_admin_key_sees_the_health_of_each_model() -> None:
+    """Model names are the tenants' (a fine-tune's name says whose it is), and a model only one
+    tenant uses shows its traffic: any tenant's key read every model's attempts and latencies
+    on ``GET /v1/providers/health`` (review)."""
+    secret = "ft:gpt-4o-mini-2024-07-18:tenant-a-org::acquisition-x"
+    async with running_gateway(providers=("openai",), settings={"api_keys": KEYS}) as gw:
+        status, _, _ = await post(
+            f"{gw.base_url}/chat/completions",
+            json.dumps({**CHAT, "model": secret}),
+            {"authorization": "Bearer sk-tenant-a"},
+        )
+        assert status == 200
+        async with aiohttp.ClientSession() as s:
+            seen = {}
+            for key in ("sk-tenant-a", "sk-admin"):
+                async with s.get(f"{gw.base_url}/providers/health", headers={"authorization": f"Bearer {key}"}) as r:
+                    assert r.status == 200
+                    seen[key] = await r.json()
+    openai_a, openai_admin = (seen[k]["providers"]["openai"] for k in ("sk-tenant-a", "sk-admin"))
+    assert openai_a["models"] == {} and secret not in json.dumps(seen["sk-tenant-a"])
+    assert openai_a["window"]["attempts"] == 1  # the provider's health stays every key's to read
+    assert openai_admin["models"][secret]["window"]["attempts"] == 1

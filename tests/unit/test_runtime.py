@@ -150,6 +150,11 @@ def assert_refused(
         ("api_keys: [{key: '', tenant: t}]\n", "api_keys"),
         ("api_keys: [{key: sk-a, tenant: ''}]\n", "api_keys"),
         ("api_keys: [{key: sk-a, tenant: t1}, {key: sk-a, tenant: t2}]\n", "more than once"),  # who pays?
+        # the last entry won, so the key was silently an admin (or not) by the order (review)
+        ("api_keys: [{key: sk-a, tenant: t1}, {key: sk-a, tenant: t1, admin: true}]\n", "more than once"),
+        ("api_keys: [{key: ' sk-a', tenant: t}]\n", "api_keys.0.key"),  # a client's key is read without its blanks
+        ("api_keys: [{key: sk-a, tenant: '   '}]\n", "api_keys.0.tenant"),
+        ('api_keys: [{key: sk-a, tenant: "a\\tb"}]\n', "control characters"),
         ("api_keys: [{key: sk-a, tenant: t, extra: 1}]\n", "extra"),
         # accepted before, each misbehaving at run time (an operator review):
         ("topic_partitions: 0\n", "topic_partitions"),  # the topic was never created
@@ -329,6 +334,11 @@ def test_a_config_files_x_keys_hold_anchors(tmp_path: Path) -> None:
         "  - {key: sk-gw-adm-4f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a, tenant: a}\n"
         "  - {key: sk-gw-adm-4f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a, tenant: b}\n",
         "providers:\n  openai:\n    api_key: sk-gw-adm-4f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a\n    apikey: x\n",
+        # YAML syntax errors: PyYAML's message quotes the lines around the error (review)
+        "api_keys:\n  - {key: sk-gw-adm-4f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a, tenant: t1, admin: true\n",
+        "api_keys:\n  - key: sk-gw-adm-4f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a\n"
+        "    key: sk-gw-adm-4f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1b\n",
+        "api_keys:\n  - key: sk-gw-adm-4f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a\n   tenant: t\n",
     ],
 )
 def test_a_bad_configuration_never_prints_a_key(
@@ -340,7 +350,9 @@ def test_a_bad_configuration_never_prints_a_key(
     monkeypatch.setenv("LLM_GATEWAY_CONFIG", str(path))
     assert cli.main(["costs", "--tenant", "t"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("llm-gateway: invalid configuration:") and "api_key" in err.replace("apikey", "api_key")
+    assert err.startswith("llm-gateway: invalid configuration:") and (
+        "api_key" in err.replace("apikey", "api_key") or 'gw.yaml", line' in err
+    )
     assert "4f9a8b" not in err and "4d3e2f1a" not in err and "sk-gw" not in err
 
 
