@@ -112,7 +112,8 @@ def apply_migrations(conn: duckdb.DuckDBPyConnection, pending: Sequence[Migratio
         if unknown:
             raise StoreError(
                 f"the analytics database has migrations {unknown} this version does not know: "
-                "it was written by a newer llm-gateway"
+                "it was written by a newer llm-gateway. Run that version; or move the file aside, and "
+                "this version fills a new one from the event log at start"
             )
         done = []
         for migration in pending:

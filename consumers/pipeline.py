@@ -16,6 +16,7 @@ from pathlib import Path
 
 from analytics.costs import CostTrackingService
 from analytics.store import AnalyticsStore
+from consumers import catch_up
 from consumers.deadletter import LogDeadLetters
 from consumers.projector import Projector
 from consumers.sinks.base import Sink
@@ -56,6 +57,13 @@ class Pipeline:
         await self.store.open()
         await self.dead_letters.start()
         await self.reader.start()
+        if await catch_up.pending(self.store):
+            behind = catch_up.CatchUp(self.store, self.reader)
+            if await self.reader.has_committed():
+                await behind.begin()
+                self.projector.on_caught_up = behind.caught_up
+            else:  # a new group: it reads the log from its beginning anyway
+                await behind.done()
         await self.projector.start()
         self._task = asyncio.create_task(self._run(), name="projector")
 

@@ -210,6 +210,9 @@ class Projector:
         self._last_batch_at: datetime | None = None
         self._clock = clock
         self._sleep = sleep
+        #: called once, at the first fetch that finds the log read to its end (a store catching
+        #: up with the log: ``consumers.catch_up``)
+        self.on_caught_up: Callable[[], Awaitable[None]] | None = None
 
     # --- lifecycle of the sinks ---------------------------------------------------------------
     async def start(self) -> None:
@@ -238,6 +241,7 @@ class Projector:
                 batch = await (ahead or self._next_batch(self.idle_timeout))
                 ahead = None
                 if batch is None:
+                    await self._caught_up()
                     break
                 ahead = asyncio.ensure_future(self._next_batch(self.idle_timeout))
                 await self._process(batch)
@@ -264,9 +268,17 @@ class Projector:
                     ahead = asyncio.ensure_future(self._next_batch(self.poll_timeout, stop))
                     if not await self._process(batch, stop):
                         break
+                elif not stop.is_set():
+                    await self._caught_up()
                 await self._refresh_lag()
         finally:
             await _discard(ahead)
+
+    async def _caught_up(self) -> None:
+        """The log is read to its end: once, tell who waits for that (``on_caught_up``)."""
+        call, self.on_caught_up = self.on_caught_up, None
+        if call is not None:
+            await call()
 
     async def _next_batch(self, timeout: float, stop: asyncio.Event | None = None) -> _Batch | None:
         """The next batch, fetched and decoded; None when the log had nothing within ``timeout``."""

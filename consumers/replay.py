@@ -79,6 +79,7 @@ from typing import Any
 import duckdb
 
 from analytics.store import AnalyticsStore
+from consumers import catch_up
 from consumers.replay_report import STORE_SCALE, KeyDiff, ProgressBar, ReplayReport, render_report, store_money
 from consumers.replay_sources import ReplayRangeError, ReplaySource, ReplayStart
 from consumers.sinks.base import DistinctEvents, SharedSink, Sink, SinkError
@@ -281,7 +282,10 @@ class Replayer:
             if snapshot is not None:
                 await self._removed(report, snapshot)
             if options.full and not options.dry_run:
-                await self.store.run(lambda conn: conn.execute(f"DELETE FROM {REBUILD_TABLE}"))
+                # the whole log is in the stores: neither a rebuild nor a catch-up is left to run
+                await self.store.run(
+                    lambda conn: conn.execute(f"DELETE FROM {REBUILD_TABLE}; DELETE FROM {catch_up.TABLE}")
+                )
             elif (pending := await pending_rebuild(self.store)) is not None:
                 report.warnings.append(
                     f"a full rebuild (replay --full) begun {pending.started_at.isoformat()} was cut short: the "

@@ -41,6 +41,8 @@ def startup_failure(exc: BaseException) -> str | None:
         text = " ".join(str(exc).split())
         hint = _LOCK_HINT if "lock" in text.lower() else ""
         return f"the analytics store (DuckDB): {text}{hint}"
+    if (type(exc).__module__, type(exc).__name__) == ("analytics.store", "StoreError"):  # e.g. a newer version's
+        return f"the analytics store (DuckDB): {' '.join(str(exc).split())}"
     if isinstance(exc, sqlite3.Error):
         return f"the event log (SQLite): {' '.join(str(exc).split())} (is the data dir writable?)"
     if isinstance(exc, OSError):

@@ -78,6 +78,15 @@ class LogReader(Protocol):
         """Read the whole log again from its first record (replay)."""
         ...
 
+    async def has_committed(self) -> bool:
+        """Whether the group has committed a position on this log (projected anything)."""
+        ...
+
+    async def end_rewind(self) -> None:
+        """After :meth:`seek_to_beginning`: partitions this reader is given from now on are read
+        from the group's position again (Kafka's rebalances; a one-partition log has none)."""
+        ...
+
     async def lag(self) -> int:
         """Records on the log not yet committed by this group."""
         ...

@@ -133,6 +133,20 @@ class KafkaLogReader:
         self._rewound = set()
         self._rewind(self._started().assignment())
 
+    async def end_rewind(self) -> None:
+        self._rewound = None
+
+    async def has_committed(self) -> bool:
+        consumer = self._started()
+        partitions = consumer.partitions_for_topic(self.topic) or set(
+            await topic_partitions(self.bootstrap_servers, self.topic, client_id=f"{self._client_id}-lag")
+        )
+        for partition in sorted(partitions):
+            committed = await consumer.committed(TopicPartition(self.topic, partition))
+            if committed:
+                return True
+        return False
+
     def _rewind(self, partitions: set[TopicPartition]) -> None:
         if self._rewound is None or self._consumer is None:
             return

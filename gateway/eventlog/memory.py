@@ -67,5 +67,11 @@ class MemoryEventLog:
     async def seek_to_beginning(self) -> None:
         self._cursor = 0
 
+    async def end_rewind(self) -> None:
+        pass
+
+    async def has_committed(self) -> bool:
+        return self._committed > 0
+
     async def lag(self) -> int:
         return len(self.events) - self._committed

@@ -485,6 +485,12 @@ class SqliteLogReader:
     async def seek_to_beginning(self) -> None:
         self._cursor = 0
 
+    async def end_rewind(self) -> None:
+        pass
+
+    async def has_committed(self) -> bool:
+        return await asyncio.to_thread(self._committed) > 0
+
     async def lag(self) -> int:
         def compute() -> int:
             with self._lock:

@@ -134,6 +134,25 @@ async def test_a_second_gateway_on_a_held_data_dir_says_why_in_one_line(tmp_path
         assert "llm-gateway serve: cannot start:" in err.decode() and "address already in use" in err.decode()
 
 
+async def test_a_cost_store_of_a_newer_version_is_one_line_saying_what_to_do(tmp_path: Path) -> None:
+    """An older version on a store a newer one migrated: a traceback ending in "written by a
+    newer llm-gateway", with no remedy (upgrade review)."""
+    from analytics.store import AnalyticsStore
+
+    env = clean_env(tmp_path)
+    store = AnalyticsStore(str(Path(env["LLM_GATEWAY_DATA_DIR"]) / "analytics.duckdb"))
+    store.open_sync()
+    store.connection.execute("INSERT INTO schema_migrations (version, name) VALUES (999, 'from the future')")
+    store.close_sync()
+    for args in (("serve", "--port", str(free_port())), ("consume", "--port", str(free_port()))):
+        async with process(*args, env=env) as refused:
+            _, err = await asyncio.wait_for(refused.communicate(), 30)
+        text = err.decode()
+        assert refused.returncode == 1 and "Traceback" not in text, text
+        [line] = [x for x in text.splitlines() if "cannot start" in x]
+        assert "[999]" in line and "move the file aside" in line
+
+
 @pytest.mark.parametrize("command", ["serve", "consume"])
 async def test_a_port_in_use_is_one_line_after_the_stores_opened(tmp_path: Path, command: str) -> None:
     """The embedded serve opens DuckDB and starts its projector before it binds: a taken port

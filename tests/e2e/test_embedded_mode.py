@@ -24,7 +24,7 @@ from consumers.consume_command import build_consumer_app
 from gateway.cli import build_parser
 from gateway.server import server_installers
 from gateway.settings import ApiKey, Settings
-from tests.support.gateway import RunningGateway, running_gateway, start_app
+from tests.support.gateway import RunningGateway, remove_analytics_store, running_gateway, start_app
 
 KEYS = [
     ApiKey(key="sk-a", tenant="tenant_a"),
@@ -463,3 +463,35 @@ async def test_a_dead_lettered_record_is_seen_in_health_metrics_and_the_log(
         r.levelname == "ERROR" and "dead-lettered 1 record(s) the projector cannot read" in r.getMessage()
         for r in caplog.records
     )
+
+
+async def test_a_cost_store_created_anew_is_filled_from_the_whole_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The group's position lives with the log, not in DuckDB: a DuckDB file removed (an older
+    version refused the migrated one, say) came back empty, the projector went on from the
+    group's position, /v1/costs said 0 and /healthz ok (upgrade review). The new store now gets
+    the whole log, and only once."""
+    body = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}
+    async with embedded(tmp_path) as gw, aiohttp.ClientSession() as s:
+        for _ in range(7):
+            async with s.post(f"{gw.base_url}/chat/completions", json=body) as r:
+                assert r.status == 200
+        before, _ = await wait_for_usage(gw, "default", 7)
+    remove_analytics_store(tmp_path)
+    caplog.set_level("INFO", logger="consumers.catch_up")
+    async with embedded(tmp_path) as gw, aiohttp.ClientSession() as s:
+        after, _ = await wait_for_usage(gw, "default", 7)
+        assert (after["usageCount"], after["totalCost"]) == (before["usageCount"], before["totalCost"])
+        for _ in range(100):  # the mark goes once the projector finds the log read to its end
+            if any("caught up" in r.getMessage() for r in caplog.records):
+                break
+            await asyncio.sleep(0.05)
+        assert any("caught up with the event log" in r.getMessage() for r in caplog.records)
+        async with s.post(f"{gw.base_url}/chat/completions", json=body) as r:
+            assert r.status == 200
+        await wait_for_usage(gw, "default", 8)
+    caplog.clear()
+    async with embedded(tmp_path) as gw:
+        await wait_for_usage(gw, "default", 8)
+    assert not any("from its beginning" in r.getMessage() for r in caplog.records)  # once only

@@ -53,7 +53,7 @@ from gateway.simulators.registry import SIMULATED_KEY, make_simulator, provider_
 from gateway.types import Usage
 from tests.conftest import PostgresControl
 from tests.services.kafka import Broker
-from tests.support.gateway import RunningGateway, running_gateway
+from tests.support.gateway import RunningGateway, remove_analytics_store, running_gateway
 from tests.support.processes import Processes, ServiceProcess, processes
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
@@ -447,12 +447,8 @@ async def committed_records(bootstrap: str, group: str) -> int:
     return sum(meta.offset for meta in offsets.values() if meta.offset > 0)
 
 
-async def test_consumer_killed_mid_batch_and_restarted_projects_everything_once(
-    kafka_bootstrap: str, database_url: str, names: Names, procs: Processes, tmp_path: Path
-) -> None:
-    total, batch = 12_000, 1000
-    events = [synthetic_event(names, i) for i in range(total)]
-    log = KafkaEventLog(kafka_bootstrap, names.topic, tmp_path / "spool.sqlite3", partitions=3)
+async def publish(kafka_bootstrap: str, names: Names, events: list[UsageEvent], spool: Path) -> None:
+    log = KafkaEventLog(kafka_bootstrap, names.topic, spool, partitions=3)
     await log.start()
     try:
         for event in events:
@@ -462,6 +458,14 @@ async def test_consumer_killed_mid_batch_and_restarted_projects_everything_once(
                 await asyncio.sleep(0.05)
     finally:
         await log.close()
+
+
+async def test_consumer_killed_mid_batch_and_restarted_projects_everything_once(
+    kafka_bootstrap: str, database_url: str, names: Names, procs: Processes, tmp_path: Path
+) -> None:
+    total, batch = 12_000, 1000
+    events = [synthetic_event(names, i) for i in range(total)]
+    await publish(kafka_bootstrap, names, events, tmp_path / "spool.sqlite3")
 
     consumer = procs.consume(
         "consumer",
@@ -526,6 +530,46 @@ async def test_consumer_killed_mid_batch_and_restarted_projects_everything_once(
     facts = duckdb_rows(tmp_path / "consumer", names.prefix)
     assert totals_of(facts, cost_at=4) == expected
     assert {r[0] for r in facts} == {e.event_id for e in events}
+
+
+async def test_a_consumer_whose_cost_store_is_new_projects_the_whole_topic_into_it(
+    kafka_bootstrap: str, database_url: str, names: Names, procs: Processes, tmp_path: Path
+) -> None:
+    """The group's offsets live in Kafka, not in the DuckDB file they describe: a member whose
+    file was removed (an older version refused the migrated one, say) started on an empty store
+    from the group's offsets, and every earlier event was missing from it, with /healthz ok
+    (upgrade review). The new store now gets the whole topic, Postgres keeps its rows as they
+    are (inserts only), and a restart after that does not read the topic again."""
+    events = [synthetic_event(names, i) for i in range(3000)]
+    await publish(kafka_bootstrap, names, events, tmp_path / "spool.sqlite3")
+    data_dir = tmp_path / "consumer"
+    consumer = procs.consume(
+        "consumer", data_dir=data_dir, env=consumer_env(kafka_bootstrap, names, database_url), group=names.group
+    )
+    pg = Postgres(database_url, names.prefix)
+    await consumer.start()
+    await eventually(consumer.healthz, lambda h: h["eventsApplied"] >= 3000, "the topic projected", 60)
+    assert await consumer.stop() == 0
+    before = await pg.totals()
+    remove_analytics_store(data_dir)
+
+    await consumer.start()
+    health = await eventually(consumer.healthz, lambda h: h["eventsApplied"] >= 3000, "the new store filled", 60)
+    assert health["deadLettered"] == 0
+
+    async def log_text() -> str:
+        return consumer.log_tail(1000)
+
+    await eventually(log_text, lambda text: "caught up with the event log" in text, "the catch-up ended", 30)
+    assert await consumer.stop() == 0
+    assert await pg.totals() == before
+    assert totals_of(duckdb_rows(data_dir, names.prefix), cost_at=4) == before
+    assert "projecting the event log into it from its beginning" in consumer.log_tail(1000)
+
+    await consumer.start()  # caught up: the mark is gone, the group's offsets hold again
+    await asyncio.sleep(3)
+    assert (await consumer.healthz())["eventsApplied"] == 0
+    assert await consumer.stop() == 0
 
 
 # ==================================================================================================

@@ -6,6 +6,7 @@ import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from aiohttp import web
@@ -105,3 +106,13 @@ async def running_gateway(
     finally:
         for sim in sims.values():
             await sim.stop()
+
+
+def remove_analytics_store(data_dir: Path) -> None:
+    """A data dir's DuckDB file and what DuckDB keeps beside it (its WAL, its scratch directory)."""
+    import shutil
+
+    from consumers.pipeline import ANALYTICS_FILE
+
+    for path in data_dir.glob(ANALYTICS_FILE + "*"):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()

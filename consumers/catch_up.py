@@ -1,0 +1,53 @@
+"""A new analytics store behind a log that was projected before: the whole log goes into it.
+
+The consumer group's position lives with the log (the SQLite file's positions, Kafka's committed
+offsets), not in the store it describes. A DuckDB file removed or moved aside (an older version
+refused a migrated one, say) was created anew, empty, and the projector went on from the
+group's position: every earlier event was missing from DuckDB, ``/v1/costs`` said 0 and
+``/healthz`` ok (an upgrade review). A store that holds no usage when it is migrated is marked
+(migration 0009); when the group has committed a position (a new group reads the log from its
+beginning anyway), the projector then reads the log from its beginning (its sinks only insert,
+so what Postgres holds stays as it is; events already projected there are skipped) and the mark
+is removed once the projector has caught up with the log: its first fetch that finds nothing
+more. A stop before that reads the log from the beginning again at the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from analytics.store import AnalyticsStore
+from gateway.eventlog.base import LogReader
+
+log = logging.getLogger(__name__)
+
+TABLE = "projection_catch_up"
+
+
+async def pending(store: AnalyticsStore) -> bool:
+    """Whether the store is marked as not holding the log yet."""
+    rows = await store.fetchall(f"SELECT count(*) FROM {TABLE}")
+    return bool(rows[0][0])
+
+
+class CatchUp:
+    """Reads the log from its beginning into a marked store, and removes the mark once caught up."""
+
+    def __init__(self, store: AnalyticsStore, reader: LogReader) -> None:
+        self.store = store
+        self.reader = reader
+
+    async def begin(self) -> None:
+        log.info(
+            "the analytics store holds no usage yet: projecting the event log into it from its beginning "
+            "(the stores keep what they hold; after a replay --reprice, run it again to re-cost this store)"
+        )
+        await self.reader.seek_to_beginning()
+
+    async def caught_up(self) -> None:
+        await self.reader.end_rewind()
+        await self.done()
+        log.info("the analytics store has caught up with the event log")
+
+    async def done(self) -> None:
+        await self.store.run(lambda conn: conn.execute(f"DELETE FROM {TABLE}"))
