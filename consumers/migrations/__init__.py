@@ -40,6 +40,10 @@ def postgres_migrations() -> list[Migration]:
     return load_migrations("consumers", "migrations/postgres")
 
 
+class NewerSchema(RuntimeError):
+    """The database was migrated by a newer gateway."""
+
+
 async def migrate_postgres(
     conn: asyncpg.Connection, pending: list[Migration] | None = None, *, schema: str | None = None
 ) -> list[int]:
@@ -54,9 +58,9 @@ async def migrate_postgres(
         applied = {row["version"] for row in await conn.fetch(f"SELECT version FROM {MIGRATIONS_TABLE}")}
         unknown = sorted(applied - {m.version for m in todo})
         if unknown:
-            raise RuntimeError(
-                f"the database has gateway migrations {unknown} this version does not know: "
-                "it was migrated by a newer llm-gateway"
+            raise NewerSchema(
+                f"the database has gateway migrations {unknown} this version does not know: it was migrated "
+                "by a newer llm-gateway, whose rows this one could rewrite (run that version)"
             )
         done = []
         for migration in todo:

@@ -48,7 +48,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from consumers.migrations import migrate_postgres, quote_ident
+from consumers.migrations import NewerSchema, migrate_postgres, quote_ident
 from consumers.sinks.base import RejectedEvents, SinkError, latest_by_id
 from gateway.events import UsageEvent
 
@@ -323,6 +323,10 @@ class PostgresSink:
                 )
             except _DRIVER_ERRORS as e:
                 raise SinkError(self.name, f"cannot open the database: {type(e).__name__}: {e}") from e
+            except NewerSchema as e:
+                # the projector pauses on it (in /healthz), the gateway serves on, the events wait
+                # on the log until a version that knows the database projects them
+                raise SinkError(self.name, str(e)) from e
             return self._pool
 
     async def _migrate(self) -> None:

@@ -422,9 +422,22 @@ async def test_postgres_keeps_an_existing_platform_table_and_adds_the_extra_colu
     await conn.execute(
         f"INSERT INTO \"{schema}\".\"LLMUsage\" VALUES ('legacy-1', 'acme', 'openai', 'gpt-4', 1, 1, 2, 0.5, now())"
     )
+    await conn.execute(f'COMMENT ON COLUMN "{schema}"."LLMUsage"."tenantId" IS \'the platform\'\'s own words\'')
     sink = PostgresSink(url, schema=schema)
     try:
         await sink.start()
+        # the columns the gateway adds say what they hold; the platform's keep its comments
+        comments = {
+            r["attname"]: r["comment"]
+            for r in await conn.fetch(
+                "SELECT a.attname, col_description(a.attrelid, a.attnum) AS comment FROM pg_attribute a "
+                "WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped",
+                f'"{schema}"."LLMUsage"',
+            )
+        }
+        assert comments["tenantId"] == "the platform's own words" and comments["costUsd"] is None
+        added = ["requestId", "outcome", "priceVersion", "billable", "apiKeyId", "gatewayInstance"]
+        assert all(comments[name] for name in added), comments
         event = make_event(1, cost=Decimal("0.0000025"))
         await sink.apply([event])
         await sink.reset()  # drops the gateway's rows only
@@ -569,4 +582,30 @@ async def test_postgres_csv_and_binary_copy_store_the_same_values() -> None:
     finally:
         await sink.close()
         await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        await conn.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_written_by_a_newer_version_is_refused_saying_so() -> None:
+    """A database a newer gateway migrated: an older projector could undo what the newer one
+    wrote (its corrections), so it refuses the database rather than write to it. It was a
+    RuntimeError that stopped ``serve`` with a traceback (upgrade review)."""
+    url = database_url()
+    schema = f"sink_newer_{uuid.uuid4().hex[:12]}"
+    sink = PostgresSink(url, schema=schema)
+    conn = await asyncpg.connect(url)
+    try:
+        await sink.start()
+        await sink.close()
+        await conn.execute(f"INSERT INTO \"{schema}\".{MIGRATIONS_TABLE} (version, name) VALUES (999, 'future')")
+        sink = PostgresSink(url, schema=schema)
+        with pytest.raises(SinkError, match=r"\[999\].*newer llm-gateway") as refused:
+            await sink.start()
+        # the projector waits (paused, in /healthz) instead of dead-lettering the events
+        assert refused.value.retryable
+        with pytest.raises(SinkError, match="newer llm-gateway"):
+            await sink.apply([make_event(1)])
+    finally:
+        await sink.close()
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         await conn.close()
