@@ -466,6 +466,7 @@ class Replayer:
                 key.changed += 1
                 stale.append(event)
             elif old_version != event.price_version:
+                report.version_changed += 1
                 key.changed += 1
                 stale.append(event)
         return stale

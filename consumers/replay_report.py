@@ -75,6 +75,8 @@ class ReplayReport:
     added: int = 0
     #: events already in DuckDB whose cost the replay changed
     cost_changed: int = 0
+    #: ... whose cost stayed and whose price version the replay changed (a new table, same rates)
+    version_changed: int = 0
     undecodable: int = 0
     refused: int = 0
     unpriced_before: int = 0
@@ -113,6 +115,7 @@ class ReplayReport:
             "changed": self.changed,
             "added": self.added,
             "costChanged": self.cost_changed,
+            "versionChanged": self.version_changed,
             "undecodable": self.undecodable,
             "refused": self.refused,
             "unpricedBefore": self.unpriced_before,
@@ -137,7 +140,8 @@ def render_report(doc: dict[str, Any]) -> str:
         f"replay {doc['range']['first']} .. {doc['range']['last']} ({mode}{priced}): "
         f"{doc['recordsRead']:,} records in {doc['elapsedSeconds']:.2f}s ({doc['eventsPerSecond']:,.0f} events/s)",
         f"  events {doc['events']:,}  applied {doc['eventsApplied']:,}  costed unlike the log {doc['repriced']:,}  "
-        f"changed {doc['changed']:,} (new rows {doc['added']:,}, new costs {doc['costChanged']:,})",
+        f"changed {doc['changed']:,} (new rows {doc['added']:,}, new costs {doc['costChanged']:,}, "
+        f"same cost at a new price version {doc.get('versionChanged', 0):,})",
         f"  unpriced billable events: {doc['unpricedBefore']:,} before, {doc['unpricedAfter']:,} after",
         f"  undecodable {doc['undecodable']:,}  refused {doc['refused']:,}  "
         f"health history {'rebuilt' if doc['healthRebuilt'] else 'not touched'}",

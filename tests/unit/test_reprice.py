@@ -326,6 +326,10 @@ async def test_reprice_makes_unpriced_events_priced_and_a_second_replay_is_a_no_
     assert await cost_of(store, "acme", "gpt-4o-2024-08-06") == (Decimal("0.0065"), 0)
     # gpt-4o: the same cost, a new version; the cut stream: unknown still, stamped with the version consulted
     assert (report.repriced, report.cost_changed, report.added) == (7, 5, 0)
+    # the summary says which changes are a price version alone (an upgrade review read "changed
+    # 446" where every delta was +0)
+    assert report.version_changed == 2 and report.changed == 7
+    assert "same cost at a new price version 2" in render_report(report.to_dict())
     assert (report.unpriced_before, report.unpriced_after) == (6, 1)
     assert report.price_version == book.version
     diff = {(d.tenant_id, d.model): d for d in report.diff}
