@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +32,29 @@ from gateway.eventlog.sqlite import Row, SqliteOutbox, append_event, append_even
 from gateway.events import UsageEvent
 
 log = logging.getLogger(__name__)
+
+
+def lock_spool(path: Path) -> int | None:
+    """An exclusive lock on ``<spool>.lock`` for as long as this process uses the spool (its
+    descriptor; closing it releases the lock, and so does the process's end). Two gateways on
+    one spool (one data dir, no instance ids) both forwarded it: each sent the other's records,
+    and one stopped saying it left records it had not (an upgrade review). None where the system
+    has no ``flock``."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise OSError(
+            f"another gateway process uses the usage event spool {path}: give each gateway its own "
+            "LLM_GATEWAY_DATA_DIR or LLM_GATEWAY_INSTANCE_ID"
+        ) from None
+    return fd
 
 
 class KafkaEventLog:
@@ -71,6 +95,7 @@ class KafkaEventLog:
         self._backoff = backoff
         self._warn_interval = warn_interval
         self._checkpoint_interval = checkpoint_interval
+        self._lock = lock_spool(spool_path)
         self._spool = SqliteOutbox(spool_path, table="spool")
         self._wakeup = asyncio.Event()
         self._staged = GroupCommit(self._write)
@@ -158,6 +183,9 @@ class KafkaEventLog:
             self._checkpoints = None
         left = self.pending()
         await asyncio.to_thread(self._spool.close)
+        if self._lock is not None:
+            os.close(self._lock)  # releases it
+            self._lock = None
         if left:
             log.warning(
                 "Kafka event log closed with %d usage events left in the spool %s; "

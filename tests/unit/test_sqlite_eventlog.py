@@ -545,3 +545,20 @@ async def test_an_event_stamped_past_datetimes_range_is_read_and_dead_lettered_n
         await projector.close()
     assert sorted(letter.position for letter in dead.letters.values()) == ["2", "3"]
     assert all("created_at" in letter.reason for letter in dead.letters.values())
+
+
+async def test_two_gateways_on_one_kafka_spool_are_refused_at_start(tmp_path: Path) -> None:
+    """Two gateways on one data dir (no instance ids) both forwarded the one spool: each sent the
+    other's records, and one said at its stop that it left records the other had sent (an
+    upgrade review). The second is refused, in words saying what to do."""
+    from gateway.eventlog.kafka_producer import KafkaEventLog
+
+    spool = tmp_path / "spool.sqlite3"
+    first = KafkaEventLog("127.0.0.1:1", "llm.usage", spool)
+    with pytest.raises(OSError, match="LLM_GATEWAY_INSTANCE_ID"):
+        KafkaEventLog("127.0.0.1:1", "llm.usage", spool)
+    other = KafkaEventLog("127.0.0.1:1", "llm.usage", tmp_path / "spool-gw-2.sqlite3")  # its own spool
+    await other.close(timeout=0.1)
+    await first.close(timeout=0.1)
+    again = KafkaEventLog("127.0.0.1:1", "llm.usage", spool)  # the first one's stop released it
+    await again.close(timeout=0.1)
