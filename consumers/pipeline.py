@@ -61,7 +61,14 @@ class Pipeline:
             behind = catch_up.CatchUp(self.store, self.reader)
             if await self.reader.has_committed():
                 await behind.begin()
-                self.projector.on_caught_up = behind.caught_up
+                stats = self.projector.stats
+                stats.catching_up = True
+
+                async def caught_up() -> None:
+                    await behind.caught_up()
+                    stats.catching_up = False
+
+                self.projector.on_caught_up = caught_up
             else:  # a new group: it reads the log from its beginning anyway
                 await behind.done()
         await self.projector.start()

@@ -85,6 +85,9 @@ class ProjectorStats:
     #: a full rebuild found cut short and being run again by this process (see
     #: consumers/replay_http.py): until it ends the stores miss part of the log
     rebuild: dict[str, object] | None = None
+    #: a new cost store is being filled from the beginning of the log (``consumers.catch_up``):
+    #: until the projector reaches the log's end the store misses part of it
+    catching_up: bool = False
     #: runs that ended in an unexpected error (a bug) and were restarted from the last commit
     restarts: int = 0
     #: the last run ended in such an error and no batch has been committed since: projection is
@@ -95,14 +98,17 @@ class ProjectorStats:
     def status(self) -> str:
         """``failing`` (stuck on a bug), ``paused`` (waiting for a store), ``rebuilding`` (a full
         rebuild cut short is run again: the stores miss part of the log until it ends; ``rebuild``
-        says how far, or why it failed) or ``ok``."""
+        says how far, or why it failed), ``catching_up`` (a new cost store filled from the log's
+        beginning) or ``ok``."""
         if self.failing:
             return "failing"
         if self.paused:
             return "paused"
         if self.stalled():
             return "stalled"
-        return "rebuilding" if self.rebuild is not None else "ok"
+        if self.rebuild is not None:
+            return "rebuilding"
+        return "catching_up" if self.catching_up else "ok"
 
     def stalled(self, now: datetime | None = None) -> dict[str, float]:
         """The sinks applying the current batch for longer than :attr:`lag_stale_after`, with

@@ -488,6 +488,8 @@ async def test_a_cost_store_created_anew_is_filled_from_the_whole_log(
                 break
             await asyncio.sleep(0.05)
         assert any("caught up with the event log" in r.getMessage() for r in caplog.records)
+        async with s.get(f"{gw.url}/healthz") as r:
+            assert (await r.json())["projector"]["status"] == "ok"
         async with s.post(f"{gw.base_url}/chat/completions", json=body) as r:
             assert r.status == 200
         await wait_for_usage(gw, "default", 8)
@@ -495,3 +497,35 @@ async def test_a_cost_store_created_anew_is_filled_from_the_whole_log(
     async with embedded(tmp_path) as gw:
         await wait_for_usage(gw, "default", 8)
     assert not any("from its beginning" in r.getMessage() for r in caplog.records)  # once only
+
+
+async def test_the_projector_says_it_is_catching_up_until_a_new_store_holds_the_log(tmp_path: Path) -> None:
+    """While a new cost store is filled from the log's beginning, /v1/costs misses part of the
+    log: the projector's status says ``catching_up`` until it has read the log to its end."""
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from consumers.pipeline import build_pipeline
+    from gateway.eventlog.factory import build_event_log
+    from tests.support.events import usage_event
+
+    settings = Settings(data_dir=tmp_path, _env_file=None)  # type: ignore[call-arg]
+    log = build_event_log(settings)
+    await log.start()
+    for n in range(3):
+        log.publish(usage_event("acme", Decimal("0.001"), datetime(2026, 11, 30, 12, n, tzinfo=UTC)))
+    await log.close()
+    for fresh in (True, False):
+        pipeline = build_pipeline(settings)
+        await pipeline.start()
+        try:
+            # a new store: catching up (the group committed nothing yet the first time: no rewind)
+            assert pipeline.projector.stats.status == ("ok" if fresh else "catching_up")
+            for _ in range(200):
+                if pipeline.projector.stats.events_applied == 3 and pipeline.projector.stats.status == "ok":
+                    break
+                await asyncio.sleep(0.02)
+            assert (pipeline.projector.stats.events_applied, pipeline.projector.stats.status) == (3, "ok")
+        finally:
+            await pipeline.stop()
+        remove_analytics_store(tmp_path)
