@@ -74,10 +74,17 @@ def _finite(text: str) -> float:
 
 def load_json(text: str) -> Any:
     """Arguments or a result as JSON that can be sent on as it was meant: integers exact past 64
-    bits (Python's parser; orjson refuses them), and ``NaN``, ``Infinity`` and numbers past a
-    double's range refused (``ValueError``), which Python's parser takes and the vendors' bodies
-    then carried as ``null``."""
-    return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+    bits (Python's parser; orjson reads them as floats), and refused (``ValueError``) what Python's parser
+    takes and no vendor body can carry: ``NaN``, ``Infinity`` and numbers past a double's range
+    (they went as ``null``), and a lone surrogate (``"\\udfff"``: the body could not be encoded,
+    which counted as the provider's connection error)."""
+    value = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+    if "\\u" in text:  # only an escape makes a surrogate (the text itself is valid Unicode)
+        try:
+            json.dumps(value, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise ValueError("a lone surrogate is not Unicode text") from None
+    return value
 
 
 #: a function without parameters, for vendors that want a schema anyway

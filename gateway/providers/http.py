@@ -227,7 +227,16 @@ def encode_json(value: Any) -> bytes:
     try:
         return orjson.dumps(value)
     except TypeError:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        try:
+            return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        except UnicodeEncodeError as exc:
+            # the request's own text, which no vendor can take: the client's error, never the
+            # provider's (it was a connection error: five such calls opened the provider's circuit)
+            raise errors.InvalidRequest(
+                "The request holds text that is not valid Unicode (a lone surrogate, such as a \\udfff "
+                "escape in a tool call's arguments or a tool result)",
+                code="invalid_value",
+            ) from exc
 
 
 async def read_json(resp: Response, provider: str, *, exact_if: bytes | None = None) -> Any:

@@ -9,6 +9,7 @@ from typing import Any
 import openai
 import pytest
 
+from gateway import errors
 from gateway.providers.anthropic import AnthropicProvider
 from gateway.providers.azure import AzureProvider
 from gateway.providers.google import GoogleProvider
@@ -228,7 +229,9 @@ def _result(call_id: str, content: str = "42") -> dict[str, Any]:
                 "messages[1].tool_calls[0].function.arguments",
                 "must be a string holding a JSON object",
             )
-            for arguments in ('{"a": NaN}', '{"a": -Infinity}', '{"a": 1e400}')
+            # a lone surrogate: the adapters could not encode the body, which counted as the
+            # provider's connection error (five such calls opened its circuit: re-test)
+            for arguments in ('{"a": NaN}', '{"a": -Infinity}', '{"a": 1e400}', '{"city": "\\udfff"}')
         ),
         # OpenAI's (and Anthropic's) rule: each call answered once, by the tool messages right after it
         (
@@ -363,3 +366,20 @@ async def test_results_sent_back_in_another_order_reach_each_call(
         calls = [c["function"]["arguments"]["city"] for m in body["messages"] for c in m.get("tool_calls", [])]
         results = [json.loads(m["content"])["temp"] for m in body["messages"] if m["role"] == "tool"]
     assert (calls, results) == (["Paris", "Rome"], ["12C", "31C"])
+
+
+@pytest.mark.parametrize(("provider", "model"), [("anthropic", "claude-3-haiku"), ("google", "gemini-pro")])
+async def test_text_no_vendor_can_take_is_the_clients_error_not_the_providers(
+    gw: RunningGateway, provider: str, model: str
+) -> None:
+    """A tool result holding a lone surrogate escape goes to Gemini as its text; a body that
+    cannot be encoded at all (defence in depth) is a 400, and the provider's health never
+    counts it (it was a connection error, and five such calls opened the circuit)."""
+    from gateway.providers.http import encode_json
+
+    with pytest.raises(errors.InvalidRequest, match="not valid Unicode"):
+        encode_json({"messages": [{"content": "\udfff"}]})
+    history = [*ASK, _calls("c1"), _result("c1", '{"t": "\\udc00"}')]
+    for _ in range(6):
+        await create(gw, provider, model, tools=[WEATHER], messages=history)
+    assert all(e.outcome == "success" for e in gw.event_log.events)
