@@ -29,9 +29,11 @@ from gateway.types import ChatRequest
 
 DEFAULT_API_VERSION = "2024-10-21"
 #: the models that take ``max_completion_tokens`` only
-REASONING_MODELS = re.compile(r"o\d|gpt-5")
-#: ... named in a deployment's name (``prod-o3-mini``, ``team_gpt-5``)
-_REASONING_IN_NAME = re.compile(r"(?:^|[-_./])(?:o\d|gpt-5)")
+REASONING_MODELS = re.compile(r"o\d|gpt-5", re.IGNORECASE)
+#: ... named in a deployment's name (``prod-o3-mini``, ``Team_GPT-5``), in any case; an o-series
+#: name is ``o`` and one digit, then its end or a separator or ``mini`` / ``pro`` (``o365-bot`` is
+#: no reasoning model)
+_REASONING_IN_NAME = re.compile(r"(?:^|[-_./])(?:o\d(?:$|[-_./]|mini|pro)|gpt-5)", re.IGNORECASE)
 #: the first api-version that takes ``stream_options`` (2024-09-01-preview; GA 2024-10-21)
 STREAM_OPTIONS_SINCE = "2024-09-01"
 

@@ -333,8 +333,12 @@ async def test_reasoning_models_get_max_completion_tokens(
         ("team_gpt-5", {}, True),
         ("o1", {}, True),
         ("reasoner-prod", {"o3-mini": "reasoner-prod"}, True),  # ``deployments`` says the model
+        ("Prod-O3-Mini", {}, True),  # in any case (re-test)
+        ("GPT-5-chat", {}, True),
+        ("prod-o4mini", {}, True),
         ("prod-gpt-4o", {}, False),
         ("photo1", {}, False),
+        ("team-o365-bot", {}, False),  # no o-series name (re-test)
         ("chat-prod", {"gpt-4o": "chat-prod"}, False),
     ],
 )
