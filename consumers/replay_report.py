@@ -147,7 +147,19 @@ def render_report(doc: dict[str, Any]) -> str:
         f"health history {'rebuilt' if doc['healthRebuilt'] else 'not touched'}",
     ]
     lines += [f"  warning: {w}" for w in doc.get("warnings", [])]
-    diff = doc.get("diff") or []
+    changes = doc.get("diff") or []
+    # the pairs whose stored money changed; the others only got new rows or a new price version
+    diff = [
+        d
+        for d in changes
+        if d["removed"]
+        or (d["added"] < d["events"] and (Decimal(d["deltaUsd"]) or d["unpricedBefore"] != d["unpricedAfter"]))
+    ]
+    if len(diff) < len(changes):
+        lines.append(
+            f"  {len(changes) - len(diff):,} tenant/model pairs changed no cost (new rows, or the same cost at a new "
+            "price version)"
+        )
     if not diff:
         lines.append("no cost changes")
         return "\n".join(lines)

@@ -329,7 +329,13 @@ async def test_reprice_makes_unpriced_events_priced_and_a_second_replay_is_a_no_
     # the summary says which changes are a price version alone (an upgrade review read "changed
     # 446" where every delta was +0)
     assert report.version_changed == 2 and report.changed == 7
-    assert "same cost at a new price version 2" in render_report(report.to_dict())
+    text = render_report(report.to_dict())
+    assert "same cost at a new price version 2" in text
+    # the table lists the pairs whose money changed: gpt-4o's cost stayed (its version alone
+    # changed), and the table still listed it with a delta of +0 (re-test)
+    assert "1 tenant/model pairs changed no cost" in text
+    table = text.split("cost changes by tenant and model (USD):")[1]
+    assert "gpt-4o-2024-08-06" not in table and "acme-llm-1" in table
     assert (report.unpriced_before, report.unpriced_after) == (6, 1)
     assert report.price_version == book.version
     diff = {(d.tenant_id, d.model): d for d in report.diff}
