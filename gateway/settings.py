@@ -38,11 +38,12 @@ class ApiKey(BaseModel):
     tenant: str = Field(min_length=1, max_length=INDEXED_TEXT, pattern=r"^\S(.*\S)?$")
     admin: bool = False
 
-    @field_validator("tenant")
+    @field_validator("key", "tenant")
     @classmethod
     def _printable(cls, value: str) -> str:
+        # a key with one could never be sent in a header (re-test)
         if not value.isprintable():
-            raise ValueError("a tenant must not contain control characters (line breaks, tabs, NUL, ...)")
+            raise ValueError("must not contain control characters (line breaks, tabs, NUL, ...)")
         return value
 
 

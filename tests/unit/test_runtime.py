@@ -155,6 +155,7 @@ def assert_refused(
         ("api_keys: [{key: ' sk-a', tenant: t}]\n", "api_keys.0.key"),  # a client's key is read without its blanks
         ("api_keys: [{key: sk-a, tenant: '   '}]\n", "api_keys.0.tenant"),
         ('api_keys: [{key: sk-a, tenant: "a\\tb"}]\n', "control characters"),
+        ('api_keys: [{key: "sk-a\\x01b", tenant: t}]\n', "api_keys.0.key"),
         ("api_keys: [{key: sk-a, tenant: t, extra: 1}]\n", "extra"),
         # accepted before, each misbehaving at run time (an operator review):
         ("topic_partitions: 0\n", "topic_partitions"),  # the topic was never created
