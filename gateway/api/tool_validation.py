@@ -56,6 +56,7 @@ def _tool(item: Any, param: str) -> Tool:
     parameters = function.get("parameters")
     if parameters is not None:
         _object(parameters, f"{param}.function.parameters")
+        shallow_enough(parameters, f"{param}.function.parameters")
         kind = parameters.get("type", "object")
         if kind != "object":  # the arguments are an object: OpenAI refuses any other schema too
             raise _invalid(
@@ -162,6 +163,20 @@ def _is_json_object(text: str) -> bool:
 #: nested 1,010 deep failed in the adapter, counted as the provider's failure, and five such
 #: requests opened a provider's circuit for every tenant
 MAX_ARGUMENT_DEPTH = 64
+
+
+def shallow_enough(value: Any, param: str) -> None:
+    """A JSON value the adapters re-encode (a tool's schema, a response schema) must nest at most
+    :data:`MAX_ARGUMENT_DEPTH` levels: past orjson's 255 the body falls back to Python's encoder,
+    which gives up near 1,000 (``RecursionError``), and that counted as each provider's failure:
+    five such requests opened every provider's circuit for every tenant (review)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_ARGUMENT_DEPTH:
+            raise _invalid(param, f"'{param}' nests deeper than {MAX_ARGUMENT_DEPTH} levels")
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
 
 
 def _too_deep(text: str) -> bool:

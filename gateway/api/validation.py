@@ -8,7 +8,14 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any, cast
 
-from gateway.api.tool_validation import CallsAnswered, parse_tool_call_id, parse_tool_calls, parse_tools, type_name
+from gateway.api.tool_validation import (
+    CallsAnswered,
+    parse_tool_call_id,
+    parse_tool_calls,
+    parse_tools,
+    shallow_enough,
+    type_name,
+)
 from gateway.errors import InvalidRequest
 from gateway.images import DETAILS, Image, parse_image_url
 from gateway.types import OPTION_NAMES, ChatRequest, Message, Options, Role
@@ -303,6 +310,10 @@ def _messages(body: dict[str, Any]) -> tuple[list[Message], bool, tuple[str, ...
             elif role == "user" and not text.strip():
                 needs.add("blank_content")
     calls.before_next(len(raw), messages)
+    if not any(m.content.strip() or m.parts or m.tool_calls for m in messages):
+        # no text at all (e.g. one empty system message): Gemini and Anthropic are sent it as an
+        # empty user turn, which they refuse with a 400 that does not fall back (review)
+        needs.add("blank_content")
     return messages, history, tuple(sorted(needs))
 
 
@@ -385,6 +396,8 @@ def _response_format(body: dict[str, Any]) -> dict[str, Any] | None:
             raise InvalidRequest(
                 f"'{param}.json_schema.{key}' must be {what}", param=f"{param}.json_schema.{key}", code="invalid_type"
             )
+    if spec.get("schema") is not None:
+        shallow_enough(spec["schema"], f"{param}.json_schema.schema")
     return {"type": "json_schema", "json_schema": {k: v for k, v in spec.items() if v is not None}}
 
 

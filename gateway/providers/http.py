@@ -229,6 +229,10 @@ def encode_json(value: Any) -> bytes:
     except TypeError:
         try:
             return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        except RecursionError:  # nested past Python's encoder (the API bounds what it takes)
+            raise errors.InvalidRequest(
+                "The request nests too deep to be sent to a provider", code="invalid_value"
+            ) from None
         except UnicodeEncodeError as exc:
             # the request's own text, which no vendor can take: the client's error, never the
             # provider's (it was a connection error: five such calls opened the provider's circuit)

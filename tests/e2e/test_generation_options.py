@@ -341,3 +341,18 @@ async def test_every_simulated_model_keeps_to_max_tokens_and_stop(
     reply = gw.sims[provider].reply
     assert await answer(max_tokens=3) == (" ".join(reply.split(" ")[:3]), "length")
     assert await answer(stop=["simulator"]) == (reply[: reply.index("simulator")], "stop")
+
+
+async def test_a_conversation_without_any_text_is_not_sent_to_vendors_that_refuse_it(gw: RunningGateway) -> None:
+    """One empty system message: Gemini (and Anthropic) get it as an empty user turn and answer
+    400 "empty text parameter", which does not fall back; OpenAI answers it (review)."""
+    raw = await ask_messages(gw, "gpt-4o", "google", [{"role": "system", "content": ""}])
+    assert raw.headers["x-llm-provider"] not in ("google", "anthropic")
+    assert gw.sims["google"].requests == []
+
+
+async def ask_messages(gw: RunningGateway, model: str, provider: str, messages: list[dict[str, Any]]) -> Any:
+    async with client(gw) as c:
+        return await c.chat.completions.with_raw_response.create(
+            model=model, messages=messages, extra_body={"provider": provider}
+        )

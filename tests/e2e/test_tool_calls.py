@@ -154,6 +154,14 @@ def _calls(*ids: str, arguments: str = '{"city": "Paris", "days": 1}') -> dict[s
     return {"role": "assistant", "content": None, "tool_calls": calls}
 
 
+def _nested(levels: int) -> dict[str, Any]:
+    """An object schema ``levels`` deep (two JSON levels a schema level)."""
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"a": schema}}
+    return schema
+
+
 def _result(call_id: str, content: str = "42") -> dict[str, Any]:
     return {"role": "tool", "tool_call_id": call_id, "content": content}
 
@@ -221,6 +229,21 @@ def _result(call_id: str, content: str = "42") -> dict[str, Any]:
             {**ONE, "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]},
             "tools[0].function.parameters",
             "must be a JSON Schema of 'type: \"object\"', got 'type: 'string''",
+        ),
+        # nested past Python's encoder: every adapter failed (RecursionError), counted as each
+        # provider's failure, and five such requests opened every circuit (review)
+        (
+            {**ONE, "tools": [{"type": "function", "function": {"name": "f", "parameters": _nested(100)}}]},
+            "tools[0].function.parameters",
+            "nests deeper than 64 levels",
+        ),
+        (
+            {
+                **ONE,
+                "response_format": {"type": "json_schema", "json_schema": {"name": "deep", "schema": _nested(40)}},
+            },
+            "response_format.json_schema.schema",
+            "nests deeper than 64 levels",
         ),
         # Python's parser takes these, and the vendors' bodies then carried them as null (review)
         *(
@@ -379,6 +402,8 @@ async def test_text_no_vendor_can_take_is_the_clients_error_not_the_providers(
 
     with pytest.raises(errors.InvalidRequest, match="not valid Unicode"):
         encode_json({"messages": [{"content": "\udfff"}]})
+    with pytest.raises(errors.InvalidRequest, match="nests too deep"):
+        encode_json({"tools": [{"parameters": _nested(600)}]})
     history = [*ASK, _calls("c1"), _result("c1", '{"t": "\\udc00"}')]
     for _ in range(6):
         await create(gw, provider, model, tools=[WEATHER], messages=history)
