@@ -52,6 +52,14 @@ class GoogleProvider:
 
     def _url(self, model: str, method: str) -> str:
         bare = quote(model.removeprefix("models/"), safe="/")  # a "#", "?" or space stays in the path
+        if any(part in (".", "..") for part in bare.split("/")):
+            # a dot segment leaves models/: the server resolves it to another resource, called with
+            # this gateway's key (review)
+            raise errors.InvalidRequest(
+                f"{model!r} is not a model name Gemini takes (a '.' or '..' path segment)",
+                param="model",
+                code="invalid_value",
+            )
         return f"{self._models_url}/{bare}:{method}"
 
     async def complete(self, request: ChatRequest) -> ChatResult:

@@ -476,3 +476,15 @@ def test_classify_error_bodies() -> None:
         is errors.UpstreamAuthError
     )
     assert type(wire.classify(502, {}, None, "<html>")) is errors.UpstreamServerError
+
+
+@pytest.mark.parametrize("model", ["gemini-pro/../../tunedModels/x", "..", "gemini-1.5-pro/./x", "models/../files"])
+async def test_a_model_name_with_dot_segments_never_leaves_models(
+    provider: GoogleProvider, sim: GeminiSimulator, model: str
+) -> None:
+    """The model name is a path segment of the vendor's URL: ``..`` in it led the request, with
+    this gateway's key, to another resource of Google's API (review). It is the client's 400,
+    sent nowhere (not a failure of the provider either)."""
+    with pytest.raises(errors.InvalidRequest, match="path segment"):
+        await provider.complete(ChatRequest(model, [Message("user", "hi")]))
+    assert sim.requests == []
