@@ -159,9 +159,15 @@ def config_error(exc: BaseException) -> str:
         return "; ".join(parts)
     if not isinstance(exc, ValidationError):
         return str(exc)
+    from gateway.strict_yaml import shown_key
+
+    def where(loc: tuple[int | str, ...]) -> str:
+        # a location's parts are settings' names and list indexes, but an unknown key's is the
+        # operator's text, which may be an API key written as a mapping's key (re-test)
+        return ".".join(str(p) if isinstance(p, int) else shown_key(p).strip("'") for p in loc) or "(settings)"
+
     problems = [
-        f"{'.'.join(str(part) for part in error['loc']) or '(settings)'}: {error['msg']}"
-        for error in exc.errors(include_input=False, include_url=False)
+        f"{where(error['loc'])}: {error['msg']}" for error in exc.errors(include_input=False, include_url=False)
     ]
     return f"{len(problems)} problem(s): " + "; ".join(problems)
 

@@ -351,9 +351,9 @@ def load_settings(**overrides: Any) -> Settings:
         raise ValueError(f"config file {settings.config_file} must hold a mapping")
     # ``x-`` keys are the file's own (as in compose files): a place to define YAML anchors
     data = {k: v for k, v in data.items() if not str(k).startswith("x-")}
-    unknown = sorted(str(k) for k in data if k not in Settings.model_fields)
+    unknown = sorted(strict_yaml.shown_key(k) for k in data if k not in Settings.model_fields)
     if unknown:
-        raise ValueError(f"config file {settings.config_file}: unknown key(s) {unknown}")
+        raise ValueError(f"config file {settings.config_file}: unknown key(s) [{', '.join(unknown)}]")
     price_file = data.get("price_file")
     if isinstance(price_file, str) and not Path(price_file).is_absolute():
         # next to the config file that names it, wherever the gateway is started from

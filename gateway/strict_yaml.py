@@ -4,9 +4,22 @@ would be half ignored)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
+
+#: how a key of an operator's file may be named in an error: a setting's name is a short
+#: identifier; anything else (``sk-live-...``: an API key written as a mapping's key) may be a
+#: secret, and error messages reach stderr and the logs
+_SHOWN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
+
+
+def shown_key(key: object) -> str:
+    """``key`` as an error message may name it: quoted when it looks like a setting's name, else
+    a placeholder (a review saw API keys written as mapping keys echoed on stderr)."""
+    text = str(key)
+    return repr(text) if _SHOWN_KEY.fullmatch(text) else "<a key not shown: it may be a secret>"
 
 
 class StrictLoader(yaml.SafeLoader):  # type: ignore[misc]
@@ -21,7 +34,10 @@ class StrictLoader(yaml.SafeLoader):  # type: ignore[misc]
                 continue  # a complex key: no duplicate check (operators' files have none)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    "while reading a mapping", node.start_mark, f"the key {key!r} is given twice", key_node.start_mark
+                    "while reading a mapping",
+                    node.start_mark,
+                    f"the key {shown_key(key)} is given twice",
+                    key_node.start_mark,
                 )
             seen.add(key)
         mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
