@@ -464,6 +464,8 @@ class Replayer:
             if old_cost != cost:
                 report.cost_changed += 1
                 key.changed += 1
+                key.cost_changed += 1
+                key.cost_delta += (cost or 0) - (old_cost or 0)
                 stale.append(event)
             elif old_version != event.price_version:
                 report.version_changed += 1

@@ -35,6 +35,9 @@ class KeyDiff:
     unpriced_after: int = 0
     #: rows a ``full`` rebuild dropped that the log no longer has
     removed: int = 0
+    #: stored rows whose cost the replay changed, and by how much in all (unpriced counts as 0)
+    cost_changed: int = 0
+    cost_delta: Decimal = ZERO
 
     @property
     def delta(self) -> Decimal:
@@ -57,6 +60,8 @@ class KeyDiff:
             "removed": self.removed,
             "unpricedBefore": self.unpriced_before,
             "unpricedAfter": self.unpriced_after,
+            "costChanged": self.cost_changed,
+            "costDeltaUsd": money_text(self.cost_delta),
         }
 
 
@@ -148,13 +153,9 @@ def render_report(doc: dict[str, Any]) -> str:
     ]
     lines += [f"  warning: {w}" for w in doc.get("warnings", [])]
     changes = doc.get("diff") or []
-    # the pairs whose stored money changed; the others only got new rows or a new price version
-    diff = [
-        d
-        for d in changes
-        if d["removed"]
-        or (d["added"] < d["events"] and (Decimal(d["deltaUsd"]) or d["unpricedBefore"] != d["unpricedAfter"]))
-    ]
+    # the pairs whose stored money changed (rows re-costed, even when their changes offset each
+    # other, or rows removed); the others only got new rows or a new price version
+    diff = [d for d in changes if d.get("costChanged") or d["removed"]]
     if len(diff) < len(changes):
         lines.append(
             f"  {len(changes) - len(diff):,} tenant/model pairs changed no cost (new rows, or the same cost at a new "
@@ -164,16 +165,15 @@ def render_report(doc: dict[str, Any]) -> str:
         lines.append("no cost changes")
         return "\n".join(lines)
     lines.append("cost changes by tenant and model (USD):")
-    header = ("tenant", "model", "events", "changed", "old", "new", "delta", "unpriced")
+    header = ("tenant", "model", "events", "re-costed", "removed", "delta (re-costed)", "unpriced")
     table = [header] + [
         (
             d["tenantId"],
             d["model"],
             str(d["events"]),
-            str(d["changed"]),
-            d["oldCostUsd"],
-            d["newCostUsd"],
-            ("+" if not d["deltaUsd"].startswith("-") else "") + d["deltaUsd"],
+            str(d["costChanged"]),
+            str(d["removed"]),
+            ("+" if not d["costDeltaUsd"].startswith("-") else "") + d["costDeltaUsd"],
             f"{d['unpricedBefore']} -> {d['unpricedAfter']}",
         )
         for d in diff

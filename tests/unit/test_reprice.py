@@ -643,3 +643,18 @@ async def test_a_full_replay_covers_what_a_live_projector_wrote_before_the_store
     rows = await store.fetchall("SELECT event_id FROM usage_facts")
     assert sorted(r[0] for r in rows) == sorted(e.event_id for e in events)
     assert report.last == f"seq {len(events)}" and source.opened == 2 == source.closed
+
+
+def test_the_report_table_lists_the_pairs_whose_stored_rows_were_re_costed() -> None:
+    """A pair with new rows only was listed as a cost change (its new rows' cost counted as a
+    delta), and one whose re-costed rows offset each other was hidden (re-test)."""
+    from consumers.replay_report import KeyDiff, ReplayReport
+
+    report = ReplayReport(events=6)
+    report.by_key[("t1", "gpt-4o")] = KeyDiff("t1", "gpt-4o", Decimal("0.3"), Decimal("0.5"), 5, 2, added=2)
+    offset = KeyDiff("t2", "haiku", Decimal("0.2"), Decimal("0.2"), 2, 2, cost_changed=2, cost_delta=Decimal(0))
+    report.by_key[("t2", "haiku")] = offset
+    text = render_report(report.to_dict())
+    assert "1 tenant/model pairs changed no cost" in text
+    table = text.split("cost changes by tenant and model (USD):")[1]
+    assert "t2" in table and "haiku" in table and "t1" not in table
