@@ -87,6 +87,23 @@ def load_json(text: str) -> Any:
     return value
 
 
+#: the deepest JSON value the adapters re-encode (arguments, schemas, results): past orjson's 255
+#: levels a body falls back to Python's encoder, which gives up near 1,000
+MAX_JSON_DEPTH = 64
+
+
+def nests_deeper(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether ``value`` nests objects and arrays more than ``limit`` levels deep."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
 #: a function without parameters, for vendors that want a schema anyway
 NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
 

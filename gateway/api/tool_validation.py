@@ -10,7 +10,7 @@ from typing import Any, cast
 import orjson
 
 from gateway.errors import InvalidRequest
-from gateway.tool_calls import Tool, ToolCall, ToolMode, ToolSpec, load_json
+from gateway.tool_calls import MAX_JSON_DEPTH, Tool, ToolCall, ToolMode, ToolSpec, load_json, nests_deeper
 from gateway.types import Message
 
 #: OpenAI's limits: a function name, the number of tools
@@ -162,7 +162,7 @@ def _is_json_object(text: str) -> bool:
 #: again with Python's parser (exact integers), which gives up near 1,000 levels: arguments
 #: nested 1,010 deep failed in the adapter, counted as the provider's failure, and five such
 #: requests opened a provider's circuit for every tenant
-MAX_ARGUMENT_DEPTH = 64
+MAX_ARGUMENT_DEPTH = MAX_JSON_DEPTH
 
 
 def shallow_enough(value: Any, param: str) -> None:
@@ -170,13 +170,8 @@ def shallow_enough(value: Any, param: str) -> None:
     :data:`MAX_ARGUMENT_DEPTH` levels: past orjson's 255 the body falls back to Python's encoder,
     which gives up near 1,000 (``RecursionError``), and that counted as each provider's failure:
     five such requests opened every provider's circuit for every tenant (review)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > MAX_ARGUMENT_DEPTH:
-            raise _invalid(param, f"'{param}' nests deeper than {MAX_ARGUMENT_DEPTH} levels")
-        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    if nests_deeper(value, MAX_ARGUMENT_DEPTH):
+        raise _invalid(param, f"'{param}' nests deeper than {MAX_ARGUMENT_DEPTH} levels")
 
 
 def _too_deep(text: str) -> bool:

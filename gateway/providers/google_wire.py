@@ -23,7 +23,7 @@ from gateway.providers.http import (
     parse_retry_after,
     usage_unknown,
 )
-from gateway.tool_calls import ToolCall, ToolSpec, declaration, load_json
+from gateway.tool_calls import ToolCall, ToolSpec, declaration, load_json, nests_deeper
 from gateway.types import ChatRequest, FinishReason, Message, Options, UnreadableUsage, Usage, token_count
 
 log = logging.getLogger(__name__)
@@ -160,6 +160,8 @@ def _tool_result(content: str) -> dict[str, Any]:
     other text wrapped."""
     try:
         value = load_json(content)  # NaN or 1e400 in it: sent as the text it is, not as null
+        if nests_deeper(value):  # deeper than a body can be re-encoded: the text it is (re-test)
+            value = None
     except (ValueError, RecursionError):  # nested past what Python parses: text, as any other
         value = None
     return value if isinstance(value, dict) else {"content": content}

@@ -366,3 +366,25 @@ def test_a_result_with_what_json_has_no_number_for_goes_as_its_text() -> None:
     )
     [response] = [p["functionResponse"] for turn in body["contents"] for p in turn["parts"] if "functionResponse" in p]
     assert response["response"] == {"a": 123456789012345678901234567890}
+
+
+def test_a_result_nested_too_deep_to_re_encode_goes_as_its_text() -> None:
+    """A tool result nested about 960 levels parsed, then the body with Gemini's wrapper around
+    it could not be encoded: a 400 with no fallback, though OpenAI takes the same call (re-test).
+    A result nested deeper than the bound the API keeps for schemas and arguments (64) goes as
+    text."""
+    from gateway.providers.http import encode_json
+
+    deep = '{"a":' * 100 + "1" + "}" * 100
+    body = wire.build_body(
+        request([ASK, Message("assistant", "", (PARIS,)), Message("tool", deep, tool_call_id="call_1")])
+    )
+    [response] = [p["functionResponse"] for turn in body["contents"] for p in turn["parts"] if "functionResponse" in p]
+    assert response["response"] == {"content": deep}
+    assert encode_json(body)  # the body can be sent
+    shallow = '{"a":' * 10 + "1" + "}" * 10  # a result within the bound stays an object
+    body = wire.build_body(
+        request([ASK, Message("assistant", "", (PARIS,)), Message("tool", shallow, tool_call_id="call_1")])
+    )
+    [response] = [p["functionResponse"] for turn in body["contents"] for p in turn["parts"] if "functionResponse" in p]
+    assert isinstance(response["response"], dict) and "content" not in response["response"]
