@@ -28,12 +28,10 @@ from gateway.settings import ProviderSettings
 from gateway.types import ChatRequest
 
 DEFAULT_API_VERSION = "2024-10-21"
-#: the models that take ``max_completion_tokens`` only
-REASONING_MODELS = re.compile(r"o\d|gpt-5", re.IGNORECASE)
-#: ... named in a deployment's name (``prod-o3-mini``, ``Team_GPT-5``), in any case; an o-series
-#: name is ``o`` and one digit, then its end or a separator or ``mini`` / ``pro`` (``o365-bot`` is
-#: no reasoning model)
-_REASONING_IN_NAME = re.compile(r"(?:^|[-_./])(?:o\d(?:$|[-_./]|mini|pro)|gpt-5)", re.IGNORECASE)
+#: the models that take ``max_completion_tokens`` only (o1, o3, o4, gpt-5), named at the start
+#: of a name or after a separator, in any case (``Prod-O3-Mini``, ``team_gpt5``); an o-series name
+#: is ``o`` and one digit, then its end, a separator, ``mini`` or ``pro`` (``o365-bot`` is none)
+REASONING = re.compile(r"(?:^|[-_./])(?:o\d(?:$|[-_./]|mini|pro)|gpt-?5)", re.IGNORECASE)
 #: the first api-version that takes ``stream_options`` (2024-09-01-preview; GA 2024-10-21)
 STREAM_OPTIONS_SINCE = "2024-09-01"
 
@@ -85,13 +83,10 @@ class AzureProvider(OpenAIProvider):
         return Target(url, {"api-version": self._api_version}, body)
 
     def reasoning(self, model: str) -> bool:
-        """Whether the model (or deployment) named ``model`` is a reasoning model."""
-        if model in self._settings.deployments:
-            return REASONING_MODELS.match(model) is not None
-        known = self._models.get(model)
-        if known is not None:
-            return REASONING_MODELS.match(known) is not None
-        return _REASONING_IN_NAME.search(model) is not None
+        """Whether the model (or deployment) named ``model`` is a reasoning model: the gateway's
+        model name, or the one ``deployments`` maps to this deployment, else its own name."""
+        named = model if model in self._settings.deployments else self._models.get(model, model)
+        return REASONING.search(named) is not None
 
     def auth_headers(self) -> dict[str, str]:
         return {"api-key": self._settings.api_key or ""}

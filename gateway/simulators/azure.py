@@ -92,7 +92,7 @@ _MAX_TOKENS_REFUSED = ErrorSpec(
     "invalid_request_error",
     "max_tokens",
 )
-_REASONING = re.compile(r"o\d|gpt-5", re.IGNORECASE)
+_REASONING = re.compile(r"o\d(?:$|[-_.]|mini|pro)|gpt-?5", re.IGNORECASE)
 
 
 @dataclass

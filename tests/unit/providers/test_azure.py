@@ -339,6 +339,8 @@ async def test_reasoning_models_get_max_completion_tokens(
         ("prod-gpt-4o", {}, False),
         ("photo1", {}, False),
         ("team-o365-bot", {}, False),  # no o-series name (re-test)
+        ("gpt5-mini", {}, True),  # GPT-5 without its hyphen (re-test)
+        ("assist-dep", {"o365-assist": "assist-dep"}, False),  # a gateway model name alike (re-test)
         ("chat-prod", {"gpt-4o": "chat-prod"}, False),
     ],
 )
