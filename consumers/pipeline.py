@@ -84,6 +84,8 @@ class Pipeline:
                 await self.reader.close()
                 await asyncio.sleep(1.0)
                 await self.reader.start()
+                if self.projector.stats.catching_up:  # a new store: its log is read from the start
+                    await self.reader.seek_to_beginning()
 
     async def stop(self) -> None:
         self._stop.set()

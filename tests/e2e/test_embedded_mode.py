@@ -529,3 +529,56 @@ async def test_the_projector_says_it_is_catching_up_until_a_new_store_holds_the_
         finally:
             await pipeline.stop()
         remove_analytics_store(tmp_path)
+
+
+async def test_a_projector_failure_during_the_catch_up_starts_it_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in a batch restarts the projector from the group's committed position: during a
+    catch-up that position is still the old one until the first commit, so the restart went on
+    from there and the new store never got the events before it."""
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from consumers.pipeline import build_pipeline
+    from consumers.sinks.duckdb import DuckDBSink
+    from gateway.eventlog.factory import build_event_log
+    from tests.support.events import usage_event
+
+    settings = Settings(data_dir=tmp_path, _env_file=None)  # type: ignore[call-arg]
+    log = build_event_log(settings)
+    await log.start()
+    for n in range(3):
+        log.publish(usage_event("acme", Decimal("0.001"), datetime(2026, 11, 30, 12, n, tzinfo=UTC)))
+    await log.close()
+    pipeline = build_pipeline(settings)
+    await pipeline.start()
+    for _ in range(200):
+        if pipeline.projector.stats.events_applied == 3:
+            break
+        await asyncio.sleep(0.02)
+    await pipeline.stop()
+    remove_analytics_store(tmp_path)
+
+    failures = [RuntimeError("a bug in the first batch")]
+    apply = DuckDBSink.apply
+
+    async def failing_once(self: DuckDBSink, events: Any) -> None:
+        if failures:
+            raise failures.pop()
+        await apply(self, events)
+
+    monkeypatch.setattr(DuckDBSink, "apply", failing_once)
+    pipeline = build_pipeline(settings)
+    await pipeline.start()
+    try:
+        for _ in range(300):
+            stats = pipeline.projector.stats
+            if stats.restarts and stats.status == "ok":
+                break
+            await asyncio.sleep(0.02)
+        assert pipeline.projector.stats.restarts == 1
+        rows = await pipeline.store.fetchall("SELECT count(*) FROM usage_facts")
+        assert rows[0][0] == 3
+    finally:
+        await pipeline.stop()
