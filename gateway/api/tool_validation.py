@@ -130,74 +130,39 @@ def parse_tool_calls(message: dict[str, Any], param: str) -> tuple[ToolCall, ...
         function = _object(item.get("function"), f"{where}.function")
         name = _name(function.get("name"), f"{where}.function.name")
         arguments = function.get("arguments", "")
-        if not isinstance(arguments, str) or not _is_json_object(arguments):
+        value = _json_object(arguments) if isinstance(arguments, str) else None
+        if value is None:
             raise _invalid(
                 f"{where}.function.arguments", f"'{where}.function.arguments' must be a string holding a JSON object"
             )
-        if _too_deep(arguments):
-            raise _invalid(
-                f"{where}.function.arguments",
-                f"'{where}.function.arguments' nests deeper than {MAX_ARGUMENT_DEPTH} levels",
-            )
+        if arguments.count("[") + arguments.count("{") > MAX_JSON_DEPTH:  # only such texts can nest deeper
+            shallow_enough(value, f"{where}.function.arguments")
         calls.append(ToolCall(call_id, name, arguments))
     return tuple(calls)
 
 
-def _is_json_object(text: str) -> bool:
-    """Arguments every vendor can take: Anthropic, Gemini and Ollama want an object, not text
-    (blank text is no arguments)."""
+def _json_object(text: str) -> dict[str, Any] | None:
+    """A call's arguments as the object every vendor can take (Anthropic, Gemini and Ollama want
+    an object, not text; blank text is no arguments), or None when they are no JSON object."""
     if not text.strip():
-        return True
+        return {}
     try:
-        return isinstance(orjson.loads(text), dict)
+        value = orjson.loads(text)
     except ValueError:
-        pass
-    try:  # what orjson refuses and JSON allows: an integer past 64 bits
-        return isinstance(load_json(text), dict)
-    except (ValueError, RecursionError):  # nested past what Python parses: no arguments to send
-        return False
-
-
-#: the deepest nesting of a call's arguments taken in a history. The adapters read arguments
-#: again with Python's parser (exact integers), which gives up near 1,000 levels: arguments
-#: nested 1,010 deep failed in the adapter, counted as the provider's failure, and five such
-#: requests opened a provider's circuit for every tenant
-MAX_ARGUMENT_DEPTH = MAX_JSON_DEPTH
+        try:  # what orjson refuses and JSON allows: an integer past 64 bits
+            value = load_json(text)
+        except (ValueError, RecursionError):  # nested past what Python parses: no arguments to send
+            return None
+    return value if isinstance(value, dict) else None
 
 
 def shallow_enough(value: Any, param: str) -> None:
-    """A JSON value the adapters re-encode (a tool's schema, a response schema) must nest at most
-    :data:`MAX_ARGUMENT_DEPTH` levels: past orjson's 255 the body falls back to Python's encoder,
-    which gives up near 1,000 (``RecursionError``), and that counted as each provider's failure:
-    five such requests opened every provider's circuit for every tenant (review)."""
-    if nests_deeper(value, MAX_ARGUMENT_DEPTH):
-        raise _invalid(param, f"'{param}' nests deeper than {MAX_ARGUMENT_DEPTH} levels")
-
-
-def _too_deep(text: str) -> bool:
-    """Whether the JSON text nests arrays and objects deeper than :data:`MAX_ARGUMENT_DEPTH`
-    (brackets inside strings do not count). Only texts with that many brackets are looked at."""
-    if text.count("[") + text.count("{") <= MAX_ARGUMENT_DEPTH:
-        return False
-    depth = 0
-    in_string = escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            if depth > MAX_ARGUMENT_DEPTH:
-                return True
-        elif char in "]}":
-            depth -= 1
-    return False
+    """A JSON value the adapters read and re-encode (a call's arguments, a tool's schema, a
+    response schema) nests at most :data:`MAX_JSON_DEPTH` levels: Python's parser and encoder give
+    up near 1,000 levels (``RecursionError``), and that counted as each provider's failure: five
+    such requests opened every provider's circuit for every tenant (reviews)."""
+    if nests_deeper(value, MAX_JSON_DEPTH):
+        raise _invalid(param, f"'{param}' nests deeper than {MAX_JSON_DEPTH} levels")
 
 
 class CallsAnswered:
