@@ -53,13 +53,17 @@ def classify(outcome: str) -> Kind:
     return "neutral"
 
 
+def nearest_rank(n: int, q: int) -> int:
+    """The 1-based rank of the nearest-rank ``q`` percentile (``0 < q <= 100``) of ``n`` values:
+    ``ceil(q * n / 100)`` in integers (no float rounding), at least 1."""
+    return max(1, (q * n + 99) // 100)
+
+
 def percentile(sorted_values: list[float], q: int) -> float | None:
-    """Nearest-rank percentile (``0 < q <= 100``) of an ascending list; None when empty."""
+    """Nearest-rank percentile (``0 < q <= 100``) of an ascending list; None when empty (the
+    definition the windows keep without sorting: the tests and benches compare them with it)."""
     n = len(sorted_values)
-    if n == 0:
-        return None
-    rank = max(1, (q * n + 99) // 100)  # ceil(q * n / 100) in integers: no float rounding
-    return sorted_values[rank - 1]
+    return sorted_values[nearest_rank(n, q) - 1] if n else None
 
 
 @dataclass(slots=True)
@@ -383,7 +387,7 @@ class RollingWindow:
         found: list[float] = []
         at, below, picked, picked_at = NO_VALUE + 1, 0, [0.0], -1
         for q in (50, 95):
-            rank = max(1, (q * n + 99) // 100)
+            rank = nearest_rank(n, q)
             while below + counts[at] < rank:
                 below += counts[at]
                 at += 1
@@ -435,7 +439,7 @@ class _Percentiles(NamedTuple):
 
 def _p95_above(n: int, over: int) -> bool:
     """Whether the nearest-rank p95 of ``n`` values, ``over`` of them above a limit, is above it."""
-    return n > 0 and over > n - max(1, (95 * n + 99) // 100)
+    return n > 0 and over > n - nearest_rank(n, 95)
 
 
 def _above(value: float | None, limit: float) -> bool:
