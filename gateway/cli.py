@@ -164,7 +164,7 @@ def config_error(exc: BaseException) -> str:
     def where(loc: tuple[int | str, ...]) -> str:
         # a location's parts are settings' names and list indexes, but an unknown key's is the
         # operator's text, which may be an API key written as a mapping's key (re-test)
-        return ".".join(str(p) if isinstance(p, int) else shown_key(p).strip("'") for p in loc) or "(settings)"
+        return ".".join(str(p) if isinstance(p, int) else shown_key(p) for p in loc) or "(settings)"
 
     problems = [
         f"{where(error['loc'])}: {error['msg']}" for error in exc.errors(include_input=False, include_url=False)

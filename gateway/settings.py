@@ -353,7 +353,7 @@ def load_settings(**overrides: Any) -> Settings:
     data = {k: v for k, v in data.items() if not str(k).startswith("x-")}
     unknown = sorted(strict_yaml.shown_key(k) for k in data if k not in Settings.model_fields)
     if unknown:
-        raise ValueError(f"config file {settings.config_file}: unknown key(s) [{', '.join(unknown)}]")
+        raise ValueError(f"config file {settings.config_file}: unknown key(s) {unknown}")
     price_file = data.get("price_file")
     if isinstance(price_file, str) and not Path(price_file).is_absolute():
         # next to the config file that names it, wherever the gateway is started from

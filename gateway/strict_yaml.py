@@ -16,10 +16,10 @@ _SHOWN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
 
 
 def shown_key(key: object) -> str:
-    """``key`` as an error message may name it: quoted when it looks like a setting's name, else
-    a placeholder (a review saw API keys written as mapping keys echoed on stderr)."""
+    """``key`` as an error message may name it: as it is when it looks like a setting's name,
+    else a placeholder (a review saw API keys written as mapping keys echoed on stderr)."""
     text = str(key)
-    return repr(text) if _SHOWN_KEY.fullmatch(text) else "<a key not shown: it may be a secret>"
+    return text if _SHOWN_KEY.fullmatch(text) else "<a key not shown: it may be a secret>"
 
 
 class StrictLoader(yaml.SafeLoader):  # type: ignore[misc]
@@ -36,7 +36,7 @@ class StrictLoader(yaml.SafeLoader):  # type: ignore[misc]
                 raise yaml.constructor.ConstructorError(
                     "while reading a mapping",
                     node.start_mark,
-                    f"the key {shown_key(key)} is given twice",
+                    f"the key {shown_key(key)!r} is given twice",
                     key_node.start_mark,
                 )
             seen.add(key)

@@ -138,14 +138,20 @@ class KafkaLogReader:
 
     async def has_committed(self) -> bool:
         consumer = self._started()
-        partitions = consumer.partitions_for_topic(self.topic) or set(
-            await topic_partitions(self.bootstrap_servers, self.topic, client_id=f"{self._client_id}-lag")
-        )
-        for partition in sorted(partitions):
-            committed = await consumer.committed(TopicPartition(self.topic, partition))
-            if committed:
+        for tp in await self._topic_partitions():
+            if await consumer.committed(tp):
                 return True
         return False
+
+    async def _topic_partitions(self) -> list[TopicPartition]:
+        """The topic's partitions, in order."""
+        partitions = self._started().partitions_for_topic(self.topic)
+        if not partitions:
+            # aiokafka's topics() fills a throwaway metadata object, so ask the cluster directly
+            partitions = set(
+                await topic_partitions(self.bootstrap_servers, self.topic, client_id=f"{self._client_id}-lag")
+            )
+        return [TopicPartition(self.topic, p) for p in sorted(partitions)]
 
     def _rewind(self, partitions: set[TopicPartition]) -> None:
         if self._rewound is None or self._consumer is None:
@@ -158,13 +164,7 @@ class KafkaLogReader:
 
     async def lag(self) -> int:
         consumer = self._started()
-        partitions = consumer.partitions_for_topic(self.topic)
-        if not partitions:
-            # aiokafka's topics() fills a throwaway metadata object, so ask the cluster directly
-            partitions = set(
-                await topic_partitions(self.bootstrap_servers, self.topic, client_id=f"{self._client_id}-lag")
-            )
-        tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+        tps = await self._topic_partitions()
         if not tps:
             return 0
         ends = await consumer.end_offsets(tps)
