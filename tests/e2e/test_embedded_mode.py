@@ -502,19 +502,9 @@ async def test_a_cost_store_created_anew_is_filled_from_the_whole_log(
 async def test_the_projector_says_it_is_catching_up_until_a_new_store_holds_the_log(tmp_path: Path) -> None:
     """While a new cost store is filled from the log's beginning, /v1/costs misses part of the
     log: the projector's status says ``catching_up`` until it has read the log to its end."""
-    from datetime import UTC, datetime
-    from decimal import Decimal
-
     from consumers.pipeline import build_pipeline
-    from gateway.eventlog.factory import build_event_log
-    from tests.support.events import usage_event
 
-    settings = Settings(data_dir=tmp_path, _env_file=None)  # type: ignore[call-arg]
-    log = build_event_log(settings)
-    await log.start()
-    for n in range(3):
-        log.publish(usage_event("acme", Decimal("0.001"), datetime(2026, 11, 30, 12, n, tzinfo=UTC)))
-    await log.close()
+    settings = await three_events_on_the_log(tmp_path)
     for fresh in (True, False):
         pipeline = build_pipeline(settings)
         await pipeline.start()
@@ -537,20 +527,10 @@ async def test_a_projector_failure_during_the_catch_up_starts_it_over(
     """A bug in a batch restarts the projector from the group's committed position: during a
     catch-up that position is still the old one until the first commit, so the restart went on
     from there and the new store never got the events before it."""
-    from datetime import UTC, datetime
-    from decimal import Decimal
-
     from consumers.pipeline import build_pipeline
     from consumers.sinks.duckdb import DuckDBSink
-    from gateway.eventlog.factory import build_event_log
-    from tests.support.events import usage_event
 
-    settings = Settings(data_dir=tmp_path, _env_file=None)  # type: ignore[call-arg]
-    log = build_event_log(settings)
-    await log.start()
-    for n in range(3):
-        log.publish(usage_event("acme", Decimal("0.001"), datetime(2026, 11, 30, 12, n, tzinfo=UTC)))
-    await log.close()
+    settings = await three_events_on_the_log(tmp_path)
     pipeline = build_pipeline(settings)
     await pipeline.start()
     for _ in range(200):
@@ -582,3 +562,20 @@ async def test_a_projector_failure_during_the_catch_up_starts_it_over(
         assert rows[0][0] == 3
     finally:
         await pipeline.stop()
+
+
+async def three_events_on_the_log(data_dir: Path) -> Settings:
+    """The settings of ``data_dir``, whose embedded log holds three priced events."""
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from gateway.eventlog.factory import build_event_log
+    from tests.support.events import usage_event
+
+    settings = Settings(data_dir=data_dir, _env_file=None)  # type: ignore[call-arg]
+    log = build_event_log(settings)
+    await log.start()
+    for n in range(3):
+        log.publish(usage_event("acme", Decimal("0.001"), datetime(2026, 11, 30, 12, n, tzinfo=UTC)))
+    await log.close()
+    return settings
