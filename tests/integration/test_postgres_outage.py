@@ -156,11 +156,7 @@ async def test_a_database_recreated_empty_is_migrated_again_and_projected_into(d
         assert projector.stats.retries >= 1 and not projector.stats.paused
     finally:
         await projector.close()
-    conn = await asyncpg.connect(database_url, server_settings={"search_path": schema})
-    try:
-        ids = {row[0] for row in await conn.fetch('SELECT "id" FROM "LLMUsage"')}
-    finally:
-        await conn.close()
+    ids = await stored_ids(database_url, schema)
     assert ids == {e.event_id for e in events[100:]}  # a replay brings back what the restore lost
 
 
@@ -252,9 +248,13 @@ async def test_a_hung_database_is_named_and_a_stop_does_not_wait_for_it(
     finally:
         await proxy.close()
 
+    assert await stored_ids(database_url, schema) == {e.event_id for e in events[:10]}
+
+
+async def stored_ids(database_url: str, schema: str) -> set[str]:
+    """The event ids ``"LLMUsage"`` holds in ``schema``."""
     conn = await asyncpg.connect(database_url, server_settings={"search_path": schema})
     try:
-        stored = {row[0] for row in await conn.fetch('SELECT "id" FROM "LLMUsage"')}
+        return {row[0] for row in await conn.fetch('SELECT "id" FROM "LLMUsage"')}
     finally:
         await conn.close()
-    assert stored == {e.event_id for e in events[:10]}
