@@ -14,7 +14,9 @@ refuses exactly as before and says why. It takes the records the gateway writes,
 records of that shape:
 
 - every field present and no other (a record older than a field goes to ``from_json``, which
-  fills the default; msgspec would not check the UTF-8 of a value it skips);
+  fills the default; msgspec would not check the UTF-8 of a value it skips); except the fields
+  added to the version later (``ADDED_IN_VERSION``): one a record lacks reads as its default,
+  left out of the fields it names, as ``from_json`` does (the log holds records from before);
 - msgspec's types, a strict subset of pydantic's (a JSON integer for an ``int``, not ``1.0`` or
   ``"1"``; ``true`` for a ``bool``, not ``"yes"``);
 - then what msgspec does not check: the schema version, ``created_at`` in UTC (``Z``, at most 6
@@ -38,7 +40,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 import annotated_types
 import msgspec
 
-from gateway.events import LATEST, MONEY_BOUND, SCHEMA_VERSION, UsageEvent
+from gateway.events import ADDED_IN_VERSION, LATEST, MONEY_BOUND, SCHEMA_VERSION, UsageEvent
 
 #: money as ``UsageEvent.to_json`` writes it (``format(value, "f")``), 10 digits before the
 #: point at most (then checked against MONEY_BOUND): anything else is left to pydantic (an
@@ -102,8 +104,12 @@ def _struct() -> tuple[type[msgspec.Struct], dict[tuple[str, str], Any], tuple[s
         if bounds:
             kind = _bounded(kind, msgspec.Meta(**bounds))
         # every field required: a record without one (older than the field, or not the gateway's)
-        # goes to from_json, which fills the default and knows which fields the record named
-        specs.append((name, kind))
+        # goes to from_json, which fills the default and knows which fields the record named;
+        # but a field added later is UNSET when absent (decode_fast fills in its default)
+        if name in ADDED_IN_VERSION:
+            specs.append((name, Union[kind, msgspec.UnsetType], msgspec.UNSET))  # type: ignore[arg-type]  # noqa: UP007
+        else:
+            specs.append((name, kind))
     fields = UsageEvent.model_fields.items()
     money = tuple(n for n, f in fields if Decimal in (f.annotation, *get_args(f.annotation)))
     times = tuple(n for n, f in fields if datetime in (f.annotation, *get_args(f.annotation)))
@@ -122,6 +128,9 @@ if (_TIME_FIELDS, _MONEY_FIELDS, _BELOW, _FLOAT_FIELDS) != (
 ):
     raise TypeError("gateway.event_json reads created_at, cost_usd, latency_ms and ttft_ms by name: teach it")
 _decoder = msgspec.json.Decoder(_Wire)
+_UNSET = msgspec.UNSET
+#: field added later -> (its default, the names a record without it names)
+_LATER = {name: (UsageEvent.model_fields[name].default, _ALL_SET - {name}) for name in ADDED_IN_VERSION}
 _asdict = msgspec.structs.asdict
 _from_iso = datetime.fromisoformat
 _money = _MONEY.fullmatch
@@ -166,12 +175,18 @@ def decode_fast(raw: bytes | str) -> UsageEvent | None:
         money = fields["cost_usd"] = Decimal(cost)
         if not -MONEY_BOUND < money < MONEY_BOUND:  # 10 digits before the point, yet 10**10 rounded
             return None
+    named = _ALL_SET
+    for name, (default, others) in _LATER.items():
+        if fields[name] is _UNSET:  # a record from before the field
+            fields[name] = default
+            named = others if named is _ALL_SET else named & others
     event: UsageEvent = _new(UsageEvent)
     _set(event, "__dict__", fields)
-    # the record named every field (the struct requires them all). One set for every event it
-    # reads (a copy each cost 0.5 µs, 8% of a decode): a frozen model never adds to it, and
-    # pydantic copies it before ``model_copy(update=...)`` adds the update's names
-    _set(event, "__pydantic_fields_set__", _ALL_SET)
+    # the record named every field (the struct requires them all, but those added later). One
+    # set for every event it reads (a copy each cost 0.5 µs, 8% of a decode): a frozen model
+    # never adds to it, and pydantic copies it before ``model_copy(update=...)`` adds the
+    # update's names
+    _set(event, "__pydantic_fields_set__", named)
     _set(event, "__pydantic_extra__", None)
     _set(event, "__pydantic_private__", None)
     return event

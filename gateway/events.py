@@ -58,6 +58,10 @@ Outcome = Literal[
     "cancelled",
 ]
 
+#: fields added to version 1 after its first release (with a default): a record written before one
+#: lacks it, and reads as its default
+ADDED_IN_VERSION = frozenset({"cache_creation_1h_tokens"})
+
 #: outcomes that mean the provider itself misbehaved (health counts them as failures)
 PROVIDER_FAILURES = frozenset(
     {"overloaded", "timeout", "connection_error", "upstream_error", "malformed_response", "stream_cut"}
@@ -99,6 +103,9 @@ class UsageEvent(BaseModel):
     completion_tokens: int = Field(default=0, ge=-STORED_INT, le=STORED_INT)
     cached_tokens: int = Field(default=0, ge=-STORED_INT, le=STORED_INT)
     cache_creation_tokens: int = Field(default=0, ge=-STORED_INT, le=STORED_INT)
+    #: of cache_creation_tokens, those written to a cache that lives an hour (priced apart).
+    #: Added within version 1 with a default: older events read as 0, older consumers ignore it
+    cache_creation_1h_tokens: int = Field(default=0, ge=-STORED_INT, le=STORED_INT)
     reasoning_tokens: int = Field(default=0, ge=-STORED_INT, le=STORED_INT)
     total_tokens: int = Field(default=0, ge=-STORED_INT, le=STORED_INT)
     #: exact USD; None means unpriced (no price known at call time), never "free"; under

@@ -199,6 +199,9 @@ class Usage:
     completion_tokens: int = 0
     cached_tokens: int = 0
     cache_creation_tokens: int = 0
+    #: of ``cache_creation_tokens``, those written to a cache that lives an hour (Anthropic's
+    #: ``ttl: "1h"``, billed at 2x the input rate instead of the 5-minute write's 1.25x)
+    cache_creation_1h_tokens: int = 0
     reasoning_tokens: int = 0
 
     @property
@@ -217,6 +220,7 @@ class Usage:
             and self.total_tokens <= limit
             and 0 <= self.cached_tokens <= limit
             and 0 <= self.cache_creation_tokens <= limit
+            and 0 <= self.cache_creation_1h_tokens <= limit
             and 0 <= self.reasoning_tokens <= limit
         )
 

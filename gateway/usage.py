@@ -147,6 +147,7 @@ class UsageRecorder:
             completion_tokens=usage.completion_tokens,
             cached_tokens=usage.cached_tokens,
             cache_creation_tokens=usage.cache_creation_tokens,
+            cache_creation_1h_tokens=usage.cache_creation_1h_tokens,
             reasoning_tokens=usage.reasoning_tokens,
             total_tokens=usage.total_tokens,
             cost_usd=cost,

@@ -74,6 +74,7 @@ FACT_COLUMNS: dict[str, str] = {
     "completion_tokens": "BIGINT",
     "cached_tokens": "BIGINT",
     "cache_creation_tokens": "BIGINT",
+    "cache_creation_1h_tokens": "BIGINT",
     "reasoning_tokens": "BIGINT",
     "total_tokens": "BIGINT",
     "cost_usd": "VARCHAR",

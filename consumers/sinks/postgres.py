@@ -63,8 +63,8 @@ COLUMNS = (
     "id", "tenantId", "provider", "model", "promptTokens", "completionTokens", "totalTokens",
     "costUsd", "createdAt", "requestId", "attempt", "outcome", "requestedModel", "providerModel",
     "httpStatus", "errorCode", "latencyMs", "ttftMs", "cachedTokens", "cacheCreationTokens",
-    "reasoningTokens", "priceVersion", "billable", "incomplete", "stream", "endpoint", "apiKeyId",
-    "gatewayInstance",
+    "cacheCreation1hTokens", "reasoningTokens", "priceVersion", "billable", "incomplete", "stream", "endpoint",
+    "apiKeyId", "gatewayInstance",
 )  # fmt: skip
 _REPRICED = ('"costUsd"', '"priceVersion"')
 _QUOTED = ", ".join(f'"{c}"' for c in COLUMNS)
@@ -110,6 +110,7 @@ def row(event: UsageEvent) -> tuple[Any, ...]:
         event.ttft_ms,
         event.cached_tokens,
         event.cache_creation_tokens,
+        event.cache_creation_1h_tokens,
         event.reasoning_tokens,
         _text(event.price_version),
         event.billable,
@@ -128,7 +129,8 @@ _AS_IS = {
     "request_id": "requestId", "attempt": "attempt", "outcome": "outcome", "requested_model": "requestedModel",
     "provider_model": "providerModel", "http_status": "httpStatus", "error_code": "errorCode",
     "latency_ms": "latencyMs", "ttft_ms": "ttftMs", "cached_tokens": "cachedTokens",
-    "cache_creation_tokens": "cacheCreationTokens", "reasoning_tokens": "reasoningTokens",
+    "cache_creation_tokens": "cacheCreationTokens", "cache_creation_1h_tokens": "cacheCreation1hTokens",
+    "reasoning_tokens": "reasoningTokens",
     "price_version": "priceVersion", "billable": "billable", "incomplete": "incomplete", "stream": "stream",
     "endpoint": "endpoint", "api_key_id": "apiKeyId", "gateway_instance": "gatewayInstance",
 }  # fmt: skip

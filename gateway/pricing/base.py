@@ -14,21 +14,26 @@ THOUSAND = Decimal(1000)
 
 @dataclass(frozen=True, slots=True)
 class Rate:
-    """USD per 1,000 tokens. Cache rates default to the input rate when a source has none."""
+    """USD per 1,000 tokens. Cache rates default to the input rate when a source has none; the
+    1-hour cache write's rate to the cache write's."""
 
     input: Decimal
     output: Decimal
     cached_input: Decimal | None = None
     cache_write: Decimal | None = None
+    cache_write_1h: Decimal | None = None
 
     def cost(self, usage: Usage) -> Decimal:
         cached = min(usage.cached_tokens, usage.prompt_tokens)
         written = min(usage.cache_creation_tokens, usage.prompt_tokens - cached)
+        hour = min(usage.cache_creation_1h_tokens, written)
         plain = usage.prompt_tokens - cached - written
+        write = self.cache_write if self.cache_write is not None else self.input
         total = (
             plain * self.input
             + cached * (self.cached_input if self.cached_input is not None else self.input)
-            + written * (self.cache_write if self.cache_write is not None else self.input)
+            + (written - hour) * write
+            + hour * (self.cache_write_1h if self.cache_write_1h is not None else write)
             + usage.completion_tokens * self.output
         )
         return total / THOUSAND

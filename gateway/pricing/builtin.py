@@ -15,29 +15,40 @@ from types import MappingProxyType
 from gateway.pricing.base import Rate
 from gateway.pricing.models import model_candidates
 
-#: builtin-2: the vendors' prompt-cache rates (builtin-1 billed cached tokens at the input rate)
-BUILTIN_VERSION = "builtin-2"
+#: builtin-2: the vendors' prompt-cache rates (builtin-1 billed cached tokens at the input rate);
+#: builtin-3: Anthropic's 1-hour cache writes at their own rate (builtin-2 billed them at the
+#: 5-minute write's). A call without 1-hour writes costs the same in both.
+BUILTIN_VERSION = "builtin-3"
 
 #: OpenAI bills prompt tokens read from its automatic cache at half the input rate (GPT-4o)
 _OPENAI_CACHED = Decimal("0.5")
-#: Anthropic bills cache reads at 0.1x the input rate and cache writes at 1.25x
-_ANTHROPIC_READ, _ANTHROPIC_WRITE = Decimal("0.1"), Decimal("1.25")
+#: Anthropic bills cache reads at 0.1x the input rate, cache writes at 1.25x, and writes to a
+#: cache that lives an hour (``ttl: "1h"``) at 2x
+_ANTHROPIC_READ, _ANTHROPIC_WRITE, _ANTHROPIC_WRITE_1H = Decimal("0.1"), Decimal("1.25"), Decimal("2")
 
 
-def _rate(prompt: str, completion: str, *, cached: Decimal | None = None, written: Decimal | None = None) -> Rate:
-    """A rate per 1K tokens; ``cached`` / ``written``: the cache rates as multiples of the input
-    rate (None: the family has no prompt cache, its cached counts stay 0)."""
+def _rate(
+    prompt: str,
+    completion: str,
+    *,
+    cached: Decimal | None = None,
+    written: Decimal | None = None,
+    written_1h: Decimal | None = None,
+) -> Rate:
+    """A rate per 1K tokens; ``cached`` / ``written`` / ``written_1h``: the cache rates as
+    multiples of the input rate (None: the family has no such cache, its counts stay 0)."""
     base = Decimal(prompt)
     return Rate(
         input=base,
         output=Decimal(completion),
         cached_input=None if cached is None else base * cached,
         cache_write=None if written is None else base * written,
+        cache_write_1h=None if written_1h is None else base * written_1h,
     )
 
 
 def _claude(prompt: str, completion: str) -> Rate:
-    return _rate(prompt, completion, cached=_ANTHROPIC_READ, written=_ANTHROPIC_WRITE)
+    return _rate(prompt, completion, cached=_ANTHROPIC_READ, written=_ANTHROPIC_WRITE, written_1h=_ANTHROPIC_WRITE_1H)
 
 
 #: family -> rate per 1K tokens (prompt, completion, and the cache rates where the vendor has them)

@@ -3,7 +3,8 @@
 Usage mapping, checked against genai-prices' unit registry (``data_units.py``, ``decompose.py``):
 ``input_tokens`` is the TOTAL input and ``cache_read_tokens``/``cache_write_tokens`` are subsets
 of it; the library bills ``input_tokens - cache_read - cache_write`` at the input rate and each
-subset at its own rate (or at the input rate when the model has none). ``output_tokens`` is the
+subset at its own rate (or at the input rate when the model has none). ``cache_write_1h_tokens``
+is a subset of ``cache_write_tokens``, at the model's 1-hour write rate (or its write rate). ``output_tokens`` is the
 total output and ``output_reasoning_tokens`` a subset of it. Those are exactly our :class:`Usage`
 semantics, so the counts pass through unchanged (subsets clamped to their totals, as
 :meth:`Rate.cost` does), and every token is billed once.
@@ -69,12 +70,15 @@ def to_genai_usage(usage: Usage) -> GenaiUsage:
     completion = max(usage.completion_tokens, 0)
     cached = min(max(usage.cached_tokens, 0), prompt)
     written = min(max(usage.cache_creation_tokens, 0), prompt - cached)
+    hour = min(max(usage.cache_creation_1h_tokens, 0), written)
     reasoning = min(max(usage.reasoning_tokens, 0), completion)
     fields: dict[str, int] = {"input_tokens": prompt, "output_tokens": completion}
     if cached:
         fields["cache_read_tokens"] = cached
     if written:
         fields["cache_write_tokens"] = written
+    if hour:
+        fields["cache_write_1h_tokens"] = hour
     if reasoning:
         fields["output_reasoning_tokens"] = reasoning
     from genai_prices import Usage as GenaiUsage

@@ -10,6 +10,7 @@
         output_per_1k: "0.004"        # or output_per_1m
         cached_input_per_1k: "0.001"  # optional (cache reads); default: the input rate
         cache_write_per_1k: "0.0025"  # optional (cache writes); default: the input rate
+        cache_write_1h_per_1k: "0.004" # optional (writes to a 1-hour cache); default: cache_write
         effective_from: 2026-01-01T00:00:00Z   # optional: applies to calls at/after this instant
 
 Money is never a float. Prices may be written as strings or as plain numbers; numbers are read from
@@ -51,7 +52,10 @@ MAX_RATE_DECIMALS = 30
 _LABEL = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _TOP_KEYS = frozenset({"version", "prices"})
 #: the rates of an entry, each the name of a :class:`Rate` field (``<name>_per_1k``/``_per_1m``)
-_RATE_FIELDS = ("input", "output", "cached_input", "cache_write")
+_RATE_FIELDS = ("input", "output", "cached_input", "cache_write", "cache_write_1h")
+#: rates added later: in the canonical content only when given, so that the version of a file
+#: written before them stays what it was (a changed version re-stamps every call on replay)
+_LATER_RATES = frozenset({"cache_write_1h"})
 _ENTRY_KEYS = frozenset(
     {"provider", "model", "effective_from"} | {f"{name}_per_{unit}" for name in _RATE_FIELDS for unit in ("1k", "1m")}
 )
@@ -75,7 +79,11 @@ class PriceEntry:
             "provider": self.provider,
             "model": self.model,
             "effective_from": self.effective_from.isoformat() if self.effective_from else None,
-            **{name: _canonical_decimal(getattr(self.rate, name)) for name in _RATE_FIELDS},
+            **{
+                name: _canonical_decimal(getattr(self.rate, name))
+                for name in _RATE_FIELDS
+                if name not in _LATER_RATES or getattr(self.rate, name) is not None
+            },
         }
 
 
@@ -255,6 +263,7 @@ def _parse_rate(raw: Mapping[str, Any], *, where: str) -> Rate:
         output=output_rate,
         cached_input=rates["cached_input"],
         cache_write=rates["cache_write"],
+        cache_write_1h=rates["cache_write_1h"],
     )
 
 
@@ -329,7 +338,7 @@ def price_document(prices: PriceFile) -> dict[str, Any]:
         item: dict[str, Any] = {"model": entry.model, "provider": entry.provider or "*"}
         if entry.effective_from is not None:
             item["effective_from"] = entry.effective_from.isoformat()
-        for name in ("input", "output", "cached_input", "cache_write"):
+        for name in _RATE_FIELDS:
             value = getattr(entry.rate, name)
             if value is not None:
                 item[f"{name}_per_1k"] = format(value, "f")

@@ -75,7 +75,12 @@ def quote_models(book: PriceBook, provider: str, models: Sequence[str | None], u
 
 #: one token of every kind a price can distinguish: what costs nothing here is free
 EVERY_KIND_OF_TOKEN = Usage(
-    prompt_tokens=3, completion_tokens=2, cached_tokens=1, cache_creation_tokens=1, reasoning_tokens=1
+    prompt_tokens=4,
+    completion_tokens=2,
+    cached_tokens=1,
+    cache_creation_tokens=2,
+    cache_creation_1h_tokens=1,
+    reasoning_tokens=1,
 )
 ZERO = Decimal(0)
 
@@ -101,6 +106,7 @@ def event_usage(event: UsageEvent) -> Usage:
         completion_tokens=event.completion_tokens,
         cached_tokens=event.cached_tokens,
         cache_creation_tokens=event.cache_creation_tokens,
+        cache_creation_1h_tokens=event.cache_creation_1h_tokens,
         reasoning_tokens=event.reasoning_tokens,
     )
 

@@ -70,6 +70,7 @@ _USAGE_FIELDS = (
     "cache_creation_input_tokens",
     "cache_read_input_tokens",
     "output_tokens",
+    "cache_creation",  # the cache writes by lifetime: ephemeral_5m_input_tokens, ephemeral_1h_input_tokens
 )
 
 
@@ -272,16 +273,33 @@ def usage_from(raw: Any) -> Usage | None:
         if not isinstance(raw, Mapping):
             raise UnreadableUsage(f"usage is {type(raw).__name__}")
         created = token_count(raw, "cache_creation_input_tokens")
+        hour = _hour_writes(raw.get("cache_creation"), created)
         read = token_count(raw, "cache_read_input_tokens")
         return Usage(
             prompt_tokens=token_count(raw, "input_tokens", required=True) + created + read,
             completion_tokens=token_count(raw, "output_tokens", required=True),
             cached_tokens=read,
             cache_creation_tokens=created,
+            cache_creation_1h_tokens=hour,
         )
     except UnreadableUsage as e:
         usage_unknown(PROVIDER, e)
         return None
+
+
+def _hour_writes(split: Any, created: int) -> int:
+    """Of the ``created`` cache-write tokens, those written to a 1-hour cache (2x the input rate
+    instead of 1.25x): ``cache_creation.ephemeral_1h_input_tokens``. Absent or null: none (the
+    API before the split, and every 5-minute write). A split that cannot be the total's is
+    usage unknown: priced at either rate it would be a guess."""
+    if split is None:
+        return 0
+    if not isinstance(split, Mapping):
+        raise UnreadableUsage(f"cache_creation is {type(split).__name__}")
+    hour = token_count(split, "ephemeral_1h_input_tokens")
+    if hour + token_count(split, "ephemeral_5m_input_tokens") > created:
+        raise UnreadableUsage(f"cache_creation {dict(split)!r} exceeds cache_creation_input_tokens {created}")
+    return hour
 
 
 def _content(blocks: Any) -> tuple[str, tuple[ToolCall, ...]]:

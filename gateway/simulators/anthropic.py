@@ -2,8 +2,9 @@
 
 Beyond the base class: requires ``anthropic-version`` (400 without it) and, when ``api_key`` is
 set, a matching ``x-api-key`` (401). Token accounting follows Anthropic: the prompt words are
-split into ``cache_read_input_tokens`` / ``cache_creation_input_tokens`` (the knobs) and the
-uncached rest in ``input_tokens``, so a correct adapter reports prompt_tokens = all words.
+split into ``cache_read_input_tokens`` / ``cache_creation_input_tokens`` (the knobs; the writes
+also by lifetime in ``cache_creation``) and the uncached rest in ``input_tokens``, so a correct
+adapter reports prompt_tokens = all words.
 ``thinking`` adds a thinking block whose words count as output, like extended thinking.
 The request's ``max_tokens`` (in words) and ``stop_sequences`` are honoured.
 
@@ -130,6 +131,9 @@ class AnthropicSimulator(Simulator):
     #: prompt tokens reported as cache reads / cache writes (None: sent as null)
     cache_read_input_tokens: int | None = 0
     cache_creation_input_tokens: int | None = 0
+    #: of the cache writes, those to a 1-hour cache: the ``cache_creation`` split is sent
+    #: (``ephemeral_5m_input_tokens`` the rest) whenever cache writes are not null
+    cache_creation_1h_input_tokens: int = 0
     #: force this stop_reason (e.g. "max_tokens", "refusal", "tool_use") whatever the reply
     stop_reason: str | None = None
     #: text of a thinking block sent before the answer (its words count as output tokens)
@@ -283,14 +287,19 @@ class AnthropicSimulator(Simulator):
     def _usage(self, body: dict[str, Any], output_tokens: int) -> dict[str, Any]:
         texts = _texts(body.get("system")) + [t for m in body["messages"] for t in _texts(m.get("content"))]
         prompt = sum(self.count_tokens(t) for t in texts)
-        cached = (self.cache_read_input_tokens or 0) + (self.cache_creation_input_tokens or 0)
-        return {
+        written = self.cache_creation_input_tokens
+        cached = (self.cache_read_input_tokens or 0) + (written or 0)
+        usage: dict[str, Any] = {
             "input_tokens": max(prompt - cached, 0),
-            "cache_creation_input_tokens": self.cache_creation_input_tokens,
+            "cache_creation_input_tokens": written,
             "cache_read_input_tokens": self.cache_read_input_tokens,
             "output_tokens": output_tokens,
             "service_tier": "standard",
         }
+        if written is not None:
+            hour = self.cache_creation_1h_input_tokens
+            usage["cache_creation"] = {"ephemeral_5m_input_tokens": written - hour, "ephemeral_1h_input_tokens": hour}
+        return usage
 
     def _output_tokens(self, text: str) -> int:
         return self.count_tokens(text) + self.count_tokens(self.thinking or "")

@@ -55,6 +55,7 @@ def event_dict(i: int, created_at: datetime) -> dict[str, object]:
         "completion_tokens": completion,
         "cached_tokens": 0,
         "cache_creation_tokens": 0,
+        "cache_creation_1h_tokens": 0,
         "reasoning_tokens": 0,
         "total_tokens": (prompt + completion) if ok else 0,
         "cost_usd": (None if i % 97 == 0 else f"{0.0000025 * (i % 5000):.7f}") if ok else "0",

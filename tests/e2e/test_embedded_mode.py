@@ -579,3 +579,39 @@ async def three_events_on_the_log(data_dir: Path) -> Settings:
         log.publish(usage_event("acme", Decimal("0.001"), datetime(2026, 11, 30, 12, n, tzinfo=UTC)))
     await log.close()
     return settings
+
+
+async def test_writes_to_a_1h_cache_are_priced_stored_and_re_costed_apart(tmp_path: Path) -> None:
+    """Anthropic bills a write to a cache that lives an hour at 2x the input rate, a 5-minute
+    write at 1.25x. They were one count, so an hour's writes were priced as 5 minutes' (28%
+    under on a review's call) and no replay could tell them apart."""
+    prompt = " ".join(f"w{i}" for i in range(40))
+    async with embedded(tmp_path) as gw, aiohttp.ClientSession() as s:
+        sim = gw.sims["anthropic"]
+        sim.cache_creation_input_tokens, sim.cache_creation_1h_input_tokens = 30, 20
+        body = {"model": "claude-3-haiku", "provider": "anthropic", "tenantId": "t1h",
+                "messages": [{"role": "user", "content": prompt}]}  # fmt: skip
+        async with s.post(f"{gw.base_url}/chat/completions", json=body) as r:
+            assert r.status == 200, await r.text()
+            cost, answer = Decimal(r.headers["x-llm-cost-usd"]), await r.json()
+        out, prompt_tokens = answer["usage"]["completion_tokens"], answer["usage"]["prompt_tokens"]
+        assert prompt_tokens == 40
+        # claude-3-haiku per 1K: input 0.00025, 5-minute write 0.0003125, 1-hour write 0.0005
+        rest = 10 * Decimal("0.00025") + 10 * Decimal("0.0003125") + out * Decimal("0.00125")
+        assert cost == (rest + 20 * Decimal("0.0005")) / 1000
+        await wait_for_usage(gw, "t1h", 1)
+        headers = {"authorization": "Bearer unused"}
+        sql = {"sql": "SELECT cache_creation_tokens, cache_creation_1h_tokens, cost_usd FROM usage_facts"}
+        async with s.post(f"{gw.base_url}/analytics/sql", json=sql, headers=headers) as r:
+            assert r.status == 200
+            [(written, hour, stored)] = (await r.json())["rows"]
+            assert (written, hour, Decimal(stored)) == (30, 20, cost)
+        # a replay re-costs the hour's writes at a corrected rate, and only them
+        prices = {"prices": [{"provider": "anthropic", "model": "claude-3-haiku", "input_per_1k": "0.00025",
+                              "output_per_1k": "0.00125", "cache_write_per_1k": "0.0003125",
+                              "cache_write_1h_per_1k": "0.001"}]}  # fmt: skip
+        async with s.post(f"{gw.base_url}/admin/replay", json={"prices": prices}, headers=headers) as r:
+            assert r.status == 200 and b'"type": "result"' in await r.read()
+        sql = {"sql": "SELECT cost_usd FROM usage_facts"}
+        async with s.post(f"{gw.base_url}/analytics/sql", json=sql, headers=headers) as r:
+            assert Decimal((await r.json())["rows"][0][0]) == (rest + 20 * Decimal("0.001")) / 1000

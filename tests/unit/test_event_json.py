@@ -24,7 +24,8 @@ BASE: dict[str, Any] = {
     "tenant_id": "t", "api_key_id": None, "endpoint": "chat.completions", "stream": False, "provider": "openai",
     "requested_model": "m", "provider_model": "m", "served_model": None, "outcome": "success", "http_status": 200,
     "error_code": None, "error_message": None, "latency_ms": 1.5, "ttft_ms": None, "prompt_tokens": 1,
-    "completion_tokens": 2, "cached_tokens": 0, "cache_creation_tokens": 0, "reasoning_tokens": 0,
+    "completion_tokens": 2, "cached_tokens": 0, "cache_creation_tokens": 0, "cache_creation_1h_tokens": 0,
+    "reasoning_tokens": 0,
     "total_tokens": 3, "cost_usd": "0.5", "price_version": "v", "billable": True, "incomplete": False,
     "gateway_instance": None,
 }  # fmt: skip
@@ -210,6 +211,22 @@ def test_a_record_older_than_a_field_is_read_by_from_json_which_knows_it_was_not
     raw = orjson.dumps({k: v for k, v in BASE.items() if k != "api_key_id"})
     assert decode_fast(raw) is None
     assert "api_key_id" not in decode_event(raw).model_fields_set
+
+
+def test_a_record_older_than_a_field_added_later_is_read_fast_as_from_json_reads_it() -> None:
+    """The log holds records written before ``cache_creation_1h_tokens``: they read as 0, the
+    field not among those the record names, without leaving the fast path (the replay reads
+    millions of them)."""
+    raw = orjson.dumps({k: v for k, v in BASE.items() if k != "cache_creation_1h_tokens"})
+    fast, reference = decode_fast(raw), UsageEvent.from_json(raw)
+    assert fast is not None
+    assert fast == reference and fast.cache_creation_1h_tokens == 0
+    assert fast.model_fields_set == reference.model_fields_set == set(BASE) - {"cache_creation_1h_tokens"}
+    named = decode_fast(orjson.dumps(BASE | {"cache_creation_1h_tokens": 7}))
+    assert named is not None and named.cache_creation_1h_tokens == 7
+    assert named.model_fields_set == set(BASE)
+    # and the next record that names every field is not marked as lacking one
+    assert decode_fast(orjson.dumps(BASE)).model_fields_set == set(BASE)  # type: ignore[union-attr]
 
 
 def test_a_record_nested_too_deep_is_unreadable_not_a_recursion_error() -> None:

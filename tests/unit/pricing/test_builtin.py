@@ -106,7 +106,21 @@ def test_claude_cache_reads_cost_a_tenth_and_writes_five_quarters() -> None:
     assert quote.cost == Decimal("0.00045")  # (0.025 + 0.3125 + 0.05 + 0.0625) / 1000
 
 
+def test_claude_writes_to_a_1h_cache_cost_twice_the_input_rate() -> None:
+    """Anthropic bills a write to a cache that lives an hour at 2x the input rate, a 5-minute
+    write at 1.25x. Of 1,000 writes, 600 for an hour; input 100, output 50 (claude-3-haiku:
+    0.00025 / 0.00125 per 1K)."""
+    usage = Usage(prompt_tokens=1100, completion_tokens=50, cache_creation_tokens=1000, cache_creation_1h_tokens=600)
+    quote = CompositePriceBook().quote("anthropic", "claude-3-haiku-20240307", usage, AT)
+    # (100 x 0.00025 + 400 x 0.0003125 + 600 x 0.0005 + 50 x 0.00125) / 1000
+    assert quote.cost == Decimal("0.0005125")
+    assert quote.price_version.startswith("builtin-3")
+    # more 1-hour writes than writes: the writes bound them (as the writes are bound by the prompt)
+    over = Usage(prompt_tokens=1100, completion_tokens=50, cache_creation_tokens=1000, cache_creation_1h_tokens=5000)
+    assert CompositePriceBook().quote("anthropic", "claude-3-haiku", over, AT).cost == Decimal("0.0005875")
+
+
 def test_families_without_a_prompt_cache_keep_the_input_rate() -> None:
     for family in ("gpt-4", "gpt-4-turbo", "gemini-pro"):
         rate = BUILTIN_RATES[family]
-        assert rate.cached_input is None and rate.cache_write is None
+        assert rate.cached_input is None and rate.cache_write is None and rate.cache_write_1h is None

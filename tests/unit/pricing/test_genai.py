@@ -61,6 +61,15 @@ def test_anthropic_cache_reads_and_writes_billed_once_each() -> None:
     assert quote("anthropic", "claude-3-5-sonnet-20241022", usage) == expected == Decimal("0.010035")
 
 
+def test_anthropic_1h_cache_writes_at_their_own_rate_the_rest_at_the_write_rate() -> None:
+    # claude-sonnet-4: input $3, output $15, cache write $3.75, 1-hour cache write $6 per million
+    usage = Usage(prompt_tokens=1000, completion_tokens=500, cache_creation_tokens=300, cache_creation_1h_tokens=200)
+    expected = (700 * Decimal(3) + 100 * Decimal("3.75") + 200 * Decimal(6) + 500 * Decimal(15)) / M
+    assert quote("anthropic", "claude-sonnet-4-20250514", usage) == expected
+    # a model with no 1-hour rate bills those writes at its write rate (gpt-4o: the input rate)
+    assert to_genai_usage(usage).cache_write_1h_tokens == 200
+
+
 def test_reasoning_tokens_are_part_of_completion_not_extra() -> None:
     with_reasoning = quote("openai", "gpt-4o-mini", Usage(completion_tokens=1000, reasoning_tokens=800))
     without = quote("openai", "gpt-4o-mini", Usage(completion_tokens=1000))

@@ -10,7 +10,8 @@ import pytest
 
 from gateway.errors import GatewayError
 from gateway.pricing.base import Rate
-from gateway.pricing.pricefile import PriceFileError, load_price_file, parse_price_file
+from gateway.pricing.pricefile import PriceFileError, load_price_file, parse_price_file, price_document
+from gateway.types import Usage
 
 AT = datetime(2026, 6, 1, tzinfo=UTC)
 
@@ -309,3 +310,45 @@ def test_digest_ignores_formatting_and_units_but_not_prices(tmp_path: Path) -> N
     assert a.digest == b.digest
     assert a.digest != c.digest
     assert a.version == f"file-{a.digest[:12]}"
+
+
+PRE_1H_FILE = """
+version: "ops-7"
+prices:
+  - provider: anthropic
+    model: claude-x
+    input_per_1k: "0.003"
+    output_per_1k: "0.015"
+    cached_input_per_1k: "0.0003"
+    cache_write_per_1k: "0.00375"
+"""
+
+
+def test_a_file_written_before_the_1h_rate_keeps_its_version(tmp_path: Path) -> None:
+    """The version names the prices every stored call was costed with: had adding a rate
+    changed the version of files that do not give it, a replay would have re-stamped every call
+    (the digest below is what the gateway computed before ``cache_write_1h`` existed)."""
+    prices = load_price_file(write(tmp_path, PRE_1H_FILE))
+    assert prices.digest == "d41151110286bdea0bdcf96ff77435633ac3240d57b2550304f222e51c7cd998"
+    with_1h = load_price_file(write(tmp_path, PRE_1H_FILE + '    cache_write_1h_per_1k: "0.006"\n', "b.yaml"))
+    assert with_1h.digest != prices.digest
+
+
+def test_the_1h_cache_write_rate_prices_those_writes_and_defaults_to_the_write_rate(tmp_path: Path) -> None:
+    plain = load_price_file(write(tmp_path, PRE_1H_FILE)).rate("anthropic", "claude-x", AT)
+    given = load_price_file(write(tmp_path, PRE_1H_FILE + "    cache_write_1h_per_1m: 6\n", "b.yaml")).rate(
+        "anthropic", "claude-x", AT
+    )
+    assert plain is not None and given is not None
+    assert given.cache_write_1h == Decimal("0.006") and plain.cache_write_1h is None
+    # 100 plain + 1,000 read + 300 written for 5 minutes + 200 for an hour; 10 out
+    usage = Usage(
+        prompt_tokens=1600, completion_tokens=10, cached_tokens=1000, cache_creation_tokens=500,
+        cache_creation_1h_tokens=200,
+    )  # fmt: skip
+    base = 100 * Decimal("0.003") + 1000 * Decimal("0.0003") + 300 * Decimal("0.00375") + 10 * Decimal("0.015")
+    assert given.cost(usage) == (base + 200 * Decimal("0.006")) / 1000
+    assert plain.cost(usage) == (base + 200 * Decimal("0.00375")) / 1000  # no 1h rate: the write rate
+    # and the document a replay writes reads back to the same rate
+    doc = price_document(load_price_file(write(tmp_path, PRE_1H_FILE + "    cache_write_1h_per_1m: 6\n", "c.yaml")))
+    assert doc["prices"][0]["cache_write_1h_per_1k"] == "0.006"

@@ -134,6 +134,7 @@ async def test_complete_result(provider: AnthropicProvider, sim: AnthropicSimula
 
 async def test_complete_cache_tokens_and_thinking(provider: AnthropicProvider, sim: AnthropicSimulator) -> None:
     sim.cache_read_input_tokens, sim.cache_creation_input_tokens = 3, 1
+    sim.cache_creation_1h_input_tokens = 1
     sim.thinking = "let me think about it"
     sim.served_model = "claude-haiku-4-5-20251001-snap"
     result = await provider.complete(req())
@@ -144,6 +145,7 @@ async def test_complete_cache_tokens_and_thinking(provider: AnthropicProvider, s
         completion_tokens=words(sim.reply) + 5,
         cached_tokens=3,
         cache_creation_tokens=1,
+        cache_creation_1h_tokens=1,
     )
 
 
@@ -211,6 +213,7 @@ async def test_stream_cache_thinking_served_model(
     provider: AnthropicProvider, sim: AnthropicSimulator, delta_has_input: bool
 ) -> None:
     sim.cache_read_input_tokens, sim.cache_creation_input_tokens = 2, 2
+    sim.cache_creation_1h_input_tokens = 1
     sim.thinking = "hmm okay"
     sim.served_model = "claude-snap"
     sim.delta_usage_has_input = delta_has_input
@@ -221,6 +224,7 @@ async def test_stream_cache_thinking_served_model(
         completion_tokens=words(sim.reply) + 2,
         cached_tokens=2,
         cache_creation_tokens=2,
+        cache_creation_1h_tokens=1,
     )
     assert chunks[-1].model == "claude-snap"
 
@@ -466,6 +470,20 @@ def test_finish_reason_table(stop_reason: str | None, expected: str) -> None:
                 cache_creation_tokens=100,
             ),
         ),
+        (  # writes by lifetime (the API since 2025): the 1-hour ones are priced apart
+            {
+                "input_tokens": 3,
+                "output_tokens": 9,
+                "cache_creation_input_tokens": 100,
+                "cache_read_input_tokens": 0,
+                "cache_creation": {"ephemeral_5m_input_tokens": 40, "ephemeral_1h_input_tokens": 60},
+            },
+            Usage(prompt_tokens=103, completion_tokens=9, cache_creation_tokens=100, cache_creation_1h_tokens=60),
+        ),
+        (  # a null split: no 1-hour writes
+            {"input_tokens": 3, "output_tokens": 9, "cache_creation_input_tokens": 5, "cache_creation": None},
+            Usage(prompt_tokens=8, completion_tokens=9, cache_creation_tokens=5),
+        ),
     ],
 )
 def test_usage_table(raw: dict[str, Any], expected: Usage) -> None:
@@ -484,6 +502,20 @@ def test_usage_table(raw: dict[str, Any], expected: Usage) -> None:
         {"input_tokens": 10.5, "output_tokens": 4},
         {"output_tokens": 4},
         {"input_tokens": 10, "output_tokens": 4, "cache_read_input_tokens": -3},
+        # a split that cannot be the writes': at either rate it would be a guess
+        {"input_tokens": 10, "output_tokens": 4, "cache_creation_input_tokens": 5, "cache_creation": [5]},
+        {
+            "input_tokens": 10,
+            "output_tokens": 4,
+            "cache_creation_input_tokens": 5,
+            "cache_creation": {"ephemeral_1h_input_tokens": 6},
+        },
+        {
+            "input_tokens": 10,
+            "output_tokens": 4,
+            "cache_creation_input_tokens": 5,
+            "cache_creation": {"ephemeral_1h_input_tokens": "5"},
+        },
     ],
 )
 def test_an_unreadable_usage_is_unknown_not_zero(raw: Any, caplog: pytest.LogCaptureFixture) -> None:
