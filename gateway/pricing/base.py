@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
+from decimal import Context, Decimal, localcontext
 from typing import Protocol
 
 from gateway.types import Usage
 
 THOUSAND = Decimal(1000)
+#: wide enough for any cost exactly: a price file's rate has up to 46 digits (10**15 with 30
+#: decimals) and a count 10; Decimal's default 28 digits rounded a long rate's products
+EXACT = Context(prec=80)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,14 +33,15 @@ class Rate:
         hour = min(usage.cache_creation_1h_tokens, written)
         plain = usage.prompt_tokens - cached - written
         write = self.cache_write if self.cache_write is not None else self.input
-        total = (
-            plain * self.input
-            + cached * (self.cached_input if self.cached_input is not None else self.input)
-            + (written - hour) * write
-            + hour * (self.cache_write_1h if self.cache_write_1h is not None else write)
-            + usage.completion_tokens * self.output
-        )
-        return total / THOUSAND
+        with localcontext(EXACT):
+            total = (
+                plain * self.input
+                + cached * (self.cached_input if self.cached_input is not None else self.input)
+                + (written - hour) * write
+                + hour * (self.cache_write_1h if self.cache_write_1h is not None else write)
+                + usage.completion_tokens * self.output
+            )
+            return total / THOUSAND
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +57,11 @@ class PriceBook(Protocol):
     version: str
 
     def quote(self, provider: str, model: str, usage: Usage, at: datetime) -> Quote: ...
+
+    def quote_first(self, provider: str, models: Sequence[str], usage: Usage, at: datetime) -> Quote:
+        """The quote of the most authoritative source that prices one of ``models`` (the first
+        such model within it), else an unpriced quote."""
+        ...
 
 
 def format_usd(value: Decimal | None) -> str:

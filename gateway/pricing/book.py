@@ -1,6 +1,6 @@
 """The gateway's price book: operator file, built-in table, genai-prices database, free, unpriced.
 
-Lookup order for one call:
+Lookup order for one call (each source tries the served model, then the model asked for):
 
 1. the operator's price file (:mod:`gateway.pricing.pricefile`), when it prices the model;
 2. local providers (Ollama) are free: cost 0, source ``free``;
@@ -13,12 +13,13 @@ operator's own hardware, and users name local models after OpenAI ones (``ollama
 so OpenAI tooling works; billing those at OpenAI's rates would be wrong. Only the price file prices
 a local model.
 
-``version`` names the effective table (``builtin-2+genai-prices-0.2.3+file-<label>-<sha12>``) and is
+``version`` names the effective table (``builtin-3+genai-prices-0.2.3+file-<label>-<sha12>``) and is
 recorded with every quote, so a replay knows which prices were used.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -52,20 +53,31 @@ class CompositePriceBook:
 
     def quote(self, provider: str, model: str, usage: Usage, at: datetime) -> Quote:
         """The exact cost of one call of ``model`` on ``provider`` at ``at`` (timezone-aware)."""
+        return self.quote_first(provider, (model,), usage, at)
+
+    def quote_first(self, provider: str, models: Sequence[str], usage: Usage, at: datetime) -> Quote:
+        """The cost of one call by the first source (in the module's order) that prices one of
+        ``models``, the first such model within a source. So the operator's entry for the model
+        the gateway asked for (an Azure deployment, an Ollama tag) beats the built-in rate of
+        the model the vendor says served it (a review: ``prod-gpt4o`` priced in the file was
+        billed at the built-in gpt-4o rate, because Azure answered ``gpt-4o-2024-08-06``)."""
         if at.tzinfo is None or at.utcoffset() is None:
             raise ValueError(f"quote needs a timezone-aware time, got {at.isoformat()}")
         if self.file_prices is not None:
-            rate = self.file_prices.rate(provider, model, at)
-            if rate is not None:
-                return Quote(cost=rate.cost(usage), price_version=self.version, source="file")
+            for model in models:
+                rate = self.file_prices.rate(provider, model, at)
+                if rate is not None:
+                    return Quote(cost=rate.cost(usage), price_version=self.version, source="file")
         if provider in FREE_PROVIDERS:
             return Quote(cost=_ZERO, price_version=self.version, source="free")
-        rate = builtin_rate(model)
-        if rate is not None:
-            return Quote(cost=rate.cost(usage), price_version=self.version, source="builtin")
-        cost = genai_cost(provider, normalize_model(model), usage, at)
-        if cost is not None:
-            return Quote(cost=cost, price_version=self.version, source="genai-prices")
+        for model in models:
+            rate = builtin_rate(model)
+            if rate is not None:
+                return Quote(cost=rate.cost(usage), price_version=self.version, source="builtin")
+        for model in models:
+            cost = genai_cost(provider, normalize_model(model), usage, at)
+            if cost is not None:
+                return Quote(cost=cost, price_version=self.version, source="genai-prices")
         return Quote(cost=None, price_version=self.version, source="unpriced")
 
 

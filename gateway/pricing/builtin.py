@@ -17,7 +17,8 @@ from gateway.pricing.models import model_candidates
 
 #: builtin-2: the vendors' prompt-cache rates (builtin-1 billed cached tokens at the input rate);
 #: builtin-3: Anthropic's 1-hour cache writes at their own rate (builtin-2 billed them at the
-#: 5-minute write's). A call without 1-hour writes costs the same in both.
+#: 5-minute write's), and the gpt-4o snapshots of 2024-08-06 and 2024-11-20 at theirs (builtin-2
+#: billed them at the family's launch rate).
 BUILTIN_VERSION = "builtin-3"
 
 #: OpenAI bills prompt tokens read from its automatic cache at half the input rate (GPT-4o)
@@ -57,6 +58,11 @@ BUILTIN_RATES: Mapping[str, Rate] = MappingProxyType(
         "gpt-4": _rate("0.03", "0.06"),
         "gpt-4-turbo": _rate("0.01", "0.03"),
         "gpt-4o": _rate("0.005", "0.015", cached=_OPENAI_CACHED),
+        # the snapshots OpenAI and Azure name as the served model since August 2024 (the "gpt-4o"
+        # alias points at them) cost half the launch snapshot's input rate: at the family's rate
+        # a review's call was billed 67% over what the vendor bills
+        "gpt-4o-2024-08-06": _rate("0.0025", "0.01", cached=_OPENAI_CACHED),
+        "gpt-4o-2024-11-20": _rate("0.0025", "0.01", cached=_OPENAI_CACHED),
         "claude-3-opus": _claude("0.015", "0.075"),
         "claude-3-sonnet": _claude("0.003", "0.015"),
         "claude-3-haiku": _claude("0.00025", "0.00125"),

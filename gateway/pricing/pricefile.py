@@ -39,11 +39,11 @@ from typing import Any
 import yaml
 
 from gateway.errors import GatewayError
-from gateway.pricing.base import THOUSAND, Rate
+from gateway.pricing.base import EXACT, Rate
 from gateway.pricing.models import model_candidates, normalize_model
+from gateway.routing.catalog import KNOWN_PROVIDERS
 from gateway.strict_yaml import StrictLoader
 
-MILLION = Decimal(1_000_000)
 #: the largest rate a price file may give (per 1K or per 1M tokens), and its most decimals: far
 #: beyond any real price (a slip such as a per-token price entered per million still loads, and
 #: its calls are recorded unpriced: see ``quote_models``), within Decimal's arithmetic
@@ -230,6 +230,10 @@ def _parse_entry(raw: object, *, where: str) -> PriceEntry:
     if provider_raw is not None and (not isinstance(provider_raw, str) or not provider_raw.strip()):
         raise PriceFileError(f"{where}: 'provider' must be a provider name or '*'")
     provider = None if provider_raw is None or provider_raw.strip() == "*" else provider_raw.strip().lower()
+    if provider is not None and provider not in KNOWN_PROVIDERS:
+        # an entry for "gemini" (the gateway's provider is "google") loaded and never applied:
+        # its calls were billed from the database at another rate (a review)
+        raise PriceFileError(f"{where}: unknown provider {provider_raw!r}; one of {', '.join(KNOWN_PROVIDERS)} or '*'")
 
     rate = _parse_rate(raw, where=where)
     effective = raw.get("effective_from")
@@ -250,7 +254,7 @@ def _parse_rate(raw: Mapping[str, Any], *, where: str) -> Rate:
         if per_1k is not None:
             rates[name] = _money(per_1k, where=f"{where}: {name}_per_1k")
         elif per_1m is not None:
-            rates[name] = _money(per_1m, where=f"{where}: {name}_per_1m") * THOUSAND / MILLION
+            rates[name] = _money(per_1m, where=f"{where}: {name}_per_1m").scaleb(-3, EXACT)  # per 1K, exactly
         else:
             rates[name] = None
     input_rate, output_rate = rates["input"], rates["output"]
@@ -283,14 +287,23 @@ def _money(value: Any, *, where: str) -> Decimal:
             raise PriceFileError(f"{where}: {str(value)!r} is not a decimal number") from e
     if not amount.is_finite() or amount < 0:
         raise PriceFileError(f"{where}: {str(value)!r} must be a finite, non-negative amount of USD")
+    if amount.is_zero():
+        amount = abs(amount)  # "-0": the header and the log said -0.000000 where the stores said 0
     # within what the arithmetic and the stores can carry: "1e999999999" overflowed Decimal's
     # context (a traceback, a 500 from the replay endpoint), "1e-999999999" is a billion digits
-    if amount > MAX_RATE or (amount and -amount.as_tuple().exponent > MAX_RATE_DECIMALS):  # type: ignore[operator]
+    if amount > MAX_RATE or (amount and _decimals(amount) > MAX_RATE_DECIMALS):
         raise PriceFileError(
             f"{where}: {str(value)[:40]!r} is out of range: at most 10**15 USD, with at most "
             f"{MAX_RATE_DECIMALS} decimals"
         )
     return amount
+
+
+def _decimals(amount: Decimal) -> int:
+    """How many decimals ``amount`` is written with (finite amounts only)."""
+    exponent = amount.as_tuple().exponent
+    assert isinstance(exponent, int)
+    return -exponent
 
 
 def _instant(value: object, *, where: str) -> datetime:
@@ -321,7 +334,7 @@ def _sort_key(canonical: dict[str, str | None]) -> tuple[str, ...]:
 
 
 def _canonical_decimal(value: Decimal | None) -> str | None:
-    return None if value is None else format(value.normalize(), "f")
+    return None if value is None else format(value.normalize(EXACT), "f")
 
 
 def _kind(value: object) -> str:
@@ -340,7 +353,11 @@ def price_document(prices: PriceFile) -> dict[str, Any]:
             item["effective_from"] = entry.effective_from.isoformat()
         for name in _RATE_FIELDS:
             value = getattr(entry.rate, name)
-            if value is not None:
+            if value is None:
+                continue
+            if _decimals(value) > MAX_RATE_DECIMALS:  # given per 1M with 28 to 30 decimals
+                item[f"{name}_per_1m"] = format(value.scaleb(3, EXACT), "f")
+            else:
                 item[f"{name}_per_1k"] = format(value, "f")
         entries.append(item)
     doc: dict[str, Any] = {"prices": entries}

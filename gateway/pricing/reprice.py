@@ -32,7 +32,7 @@ from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 from gateway.events import STORED_MONEY, UsageEvent
-from gateway.pricing.base import PriceBook, Quote
+from gateway.pricing.base import EXACT, PriceBook, Quote
 from gateway.types import Usage
 
 log = logging.getLogger(__name__)
@@ -47,30 +47,27 @@ def stored_cost(cost: Decimal) -> Decimal:
     exponent = cost.as_tuple().exponent
     if isinstance(exponent, int) and exponent >= -COST_DECIMALS:
         return cost
-    return cost.quantize(_QUANTUM, rounding=ROUND_HALF_UP)
+    return cost.quantize(_QUANTUM, rounding=ROUND_HALF_UP, context=EXACT)  # any size (the caller bounds it)
 
 
 def quote_models(book: PriceBook, provider: str, models: Sequence[str | None], usage: Usage, at: datetime) -> Quote:
-    """The first priced quote among ``models`` (skipping empty names), else the first quote,
-    else an unpriced one. The gateway's lookup order: served model, then provider model. The
-    cost has at most :data:`COST_DECIMALS` decimals (:func:`stored_cost`)."""
-    first: Quote | None = None
-    for model in models:
-        if not model:
-            continue
-        quote = book.quote(provider, model, usage, at)
-        if quote.cost is not None:
-            cost = stored_cost(quote.cost)
-            if not -STORED_MONEY < cost < STORED_MONEY:
-                # no store holds it (10**10 USD and more: a price file's slip): unknown, not a
-                # usage event the schema refuses, which failed the call after it happened
-                log.warning(
-                    "%s/%s priced at %s USD, more than any store holds: recorded as unpriced", provider, model, cost
-                )
-                return Quote(None, book.version, "unpriced")
-            return quote if cost is quote.cost else replace(quote, cost=cost)
-        first = first or quote
-    return first or Quote(None, book.version, "unpriced")
+    """The quote of the most authoritative price source for any of ``models`` (skipping empty
+    names; within a source, the first model it prices: the gateway's order is the served model,
+    then the provider model), else an unpriced one. The cost has at most :data:`COST_DECIMALS`
+    decimals (:func:`stored_cost`)."""
+    names = [model for model in models if model]
+    if not names:
+        return Quote(None, book.version, "unpriced")
+    quote = book.quote_first(provider, names, usage, at)
+    if quote.cost is None:
+        return quote
+    cost = stored_cost(quote.cost)
+    if not -STORED_MONEY < cost < STORED_MONEY:
+        # no store holds it (10**10 USD and more: a price file's slip): unknown, not a usage
+        # event the schema refuses, which failed the call after it happened
+        log.warning("%s/%s priced at %s USD, more than any store holds: recorded as unpriced", provider, names, cost)
+        return Quote(None, book.version, "unpriced")
+    return quote if cost is quote.cost else replace(quote, cost=cost)
 
 
 #: one token of every kind a price can distinguish: what costs nothing here is free

@@ -50,7 +50,7 @@ from tests.unit.test_reprice import PRICES, Clock, record_scenario
 EVENTS = 8  # record_scenario: 5 calls of acme-llm-1, 1 of gpt-4o, a 429, a stream cut before usage
 ACME = Decimal("0.0055818")  # tenant acme, acme-llm-1, with PRICES (tests/unit/test_reprice.py)
 GLOBEX = Decimal("0.00898")
-GPT = Decimal("0.0065")
+GPT = Decimal("0.0035")  # built-in gpt-4o-2024-08-06: 1000 x 0.0025/1K + 100 x 0.01/1K
 
 
 def settings_for(tmp_path: Path, **values: Any) -> Settings:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -74,6 +74,10 @@ class FixedPriceBook:
         if model in self.unpriced:
             return Quote(None, self.version, "unpriced")
         return Quote(self.rate.cost(usage), self.version, "test")
+
+    def quote_first(self, provider: str, models: Sequence[str], usage: Usage, at: datetime) -> Quote:
+        priced = [model for model in models if model not in self.unpriced]
+        return self.quote(provider, priced[0] if priced else models[0], usage, at)
 
 
 class ManualClock:

@@ -101,7 +101,7 @@ def test_recorded_at_call_time_without_a_price_the_model_is_unpriced() -> None:
     assert len(acme) == 5
     assert all(e.cost_usd is None and e.billable for e in acme)
     gpt = next(e for e in events if e.request_id == "req_gpt")
-    assert gpt.cost_usd == Decimal("0.0065")  # built-in gpt-4o: 1000 * 0.005/1K + 100 * 0.015/1K
+    assert gpt.cost_usd == Decimal("0.0035")  # built-in gpt-4o-2024-08-06: 1000 * 0.0025/1K + 100 * 0.01/1K
 
 
 def test_price_event_prices_unpriced_events_exactly(tmp_path: Path) -> None:
@@ -187,16 +187,28 @@ def test_impossible_counts_an_older_gateway_recorded_reprice_as_unpriced(
     assert repriced.cost_usd is None and repriced.billable
 
 
-def test_the_served_model_prices_first_then_the_provider_model(tmp_path: Path) -> None:
+def test_each_source_prices_the_served_model_first_then_the_provider_model(tmp_path: Path) -> None:
+    """Sources first, then models: the operator's entry for the model the gateway asked for (an
+    Azure deployment, a custom name) beats the built-in rate of the model the vendor says served
+    it. The served model was tried through every source first, so ``prod-gpt4o`` priced in the
+    file was billed at the built-in gpt-4o rate when Azure answered ``gpt-4o-2024-08-06``."""
     book = load_price_book(price_file(tmp_path))
     usage = Usage(1000, 0)
-    served = quote_models(book, "openai", ["gpt-4o-2024-08-06", "acme-llm-1"], usage, T0)
+    asked = quote_models(book, "openai", ["gpt-4o-2024-08-06", "acme-llm-1"], usage, T0)
+    served = quote_models(book, "openai", ["acme-llm-1", "gpt-4o-2024-08-06"], usage, T0)
+    builtin = quote_models(book, "openai", ["gpt-4o-2024-08-06", "unknown-model-x"], usage, T0)
     fallback = quote_models(book, "openai", [None, "unknown-model-x", "acme-llm-1"], usage, T0)
     nothing = quote_models(book, "openai", [None, ""], usage, T0)
 
-    assert (served.cost, served.source) == (Decimal("0.005"), "builtin")
+    assert (asked.cost, asked.source) == (Decimal("0.0021"), "file")
+    assert (served.cost, served.source) == (Decimal("0.0021"), "file")
+    assert (builtin.cost, builtin.source) == (Decimal("0.0025"), "builtin")
     assert (fallback.cost, fallback.source) == (Decimal("0.0021"), "file")
     assert (nothing.cost, nothing.source, nothing.price_version) == (None, "unpriced", book.version)
+    # a local model priced in the file by its name beats "free", whatever tag the server names
+    ollama = quote_models(book, "ollama", ["acme-llm-1:latest", "acme-llm-1"], usage, T0)
+    assert (ollama.cost, ollama.source) == (Decimal("0.0021"), "file")
+    assert quote_models(book, "ollama", ["llama3:latest", "llama3"], usage, T0).source == "free"
 
 
 def test_prices_apply_at_the_events_time(tmp_path: Path) -> None:
@@ -323,7 +335,7 @@ async def test_reprice_makes_unpriced_events_priced_and_a_second_replay_is_a_no_
 
     assert await cost_of(store, "acme", "acme-llm-1") == (Decimal("0.0055818"), 0)
     assert await cost_of(store, "globex", "acme-llm-1") == (Decimal("0.00898"), 1)  # the cut stream stays unpriced
-    assert await cost_of(store, "acme", "gpt-4o-2024-08-06") == (Decimal("0.0065"), 0)
+    assert await cost_of(store, "acme", "gpt-4o-2024-08-06") == (Decimal("0.0035"), 0)
     # gpt-4o: the same cost, a new version; the cut stream: unknown still, stamped with the version consulted
     assert (report.repriced, report.cost_changed, report.added) == (7, 5, 0)
     # the summary says which changes are a price version alone (an upgrade review read "changed
@@ -344,7 +356,7 @@ async def test_reprice_makes_unpriced_events_priced_and_a_second_replay_is_a_no_
     assert (acme.old_cost, acme.new_cost, acme.delta) == (Decimal(0), Decimal("0.0055818"), Decimal("0.0055818"))
     assert (acme.unpriced_before, acme.unpriced_after, acme.changed) == (3, 0, 3)
     gpt = diff[("acme", "gpt-4o-2024-08-06")]
-    assert (gpt.old_cost, gpt.new_cost, gpt.changed) == (Decimal("0.0065"), Decimal("0.0065"), 1)
+    assert (gpt.old_cost, gpt.new_cost, gpt.changed) == (Decimal("0.0035"), Decimal("0.0035"), 1)
     prices = await store.fetchall(
         "SELECT DISTINCT price_version FROM usage_facts WHERE billable AND cost_usd IS NOT NULL"
     )

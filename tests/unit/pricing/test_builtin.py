@@ -23,16 +23,21 @@ EXPECTED = {
     "claude-3-haiku": ("0.00025", "0.00125"),
     "gemini-pro": ("0.0005", "0.0015"),
 }
+#: snapshots whose vendor price is not their family's
+SNAPSHOTS = {
+    "gpt-4o-2024-08-06": ("0.0025", "0.01"),
+    "gpt-4o-2024-11-20": ("0.0025", "0.01"),
+}
 
 
 def test_table_holds_exactly_the_seed_rates() -> None:
-    assert {k: (str(r.input), str(r.output)) for k, r in BUILTIN_RATES.items()} == EXPECTED
+    assert {k: (str(r.input), str(r.output)) for k, r in BUILTIN_RATES.items()} == EXPECTED | SNAPSHOTS
     for rate in BUILTIN_RATES.values():
         assert isinstance(rate.input, Decimal)
         assert isinstance(rate.output, Decimal)
 
 
-@pytest.mark.parametrize(("family", "rates"), EXPECTED.items())
+@pytest.mark.parametrize(("family", "rates"), (EXPECTED | SNAPSHOTS).items())
 def test_each_rate_prices_1k_prompt_and_1k_completion(family: str, rates: tuple[str, str]) -> None:
     book = CompositePriceBook()
     prompt_only = book.quote("openai", family, Usage(prompt_tokens=1000), AT)
@@ -75,13 +80,25 @@ def test_builtin_rates_apply_on_any_provider(provider: str) -> None:
     [
         ("gpt-4-turbo-2024-04-09", "gpt-4-turbo"),
         ("gpt-4-1106-preview", "gpt-4-turbo"),
-        ("gpt-4o-2024-08-06", "gpt-4o"),
+        ("gpt-4o-2024-05-13", "gpt-4o"),
         ("claude-3-opus-20240229", "claude-3-opus"),
         ("models/gemini-1.0-pro-001", "gemini-pro"),
     ],
 )
 def test_snapshots_take_the_family_rate(model: str, family: str) -> None:
     assert builtin_rate(model) == BUILTIN_RATES[family]
+
+
+@pytest.mark.parametrize("provider", ["openai", "azure"])
+def test_the_gpt_4o_snapshots_served_since_august_2024_cost_what_openai_bills(provider: str) -> None:
+    """OpenAI and Azure name ``gpt-4o-2024-08-06`` (what the ``gpt-4o`` alias points at) or
+    ``-11-20`` as the served model: $2.50 / $10 per 1M, cached input $1.25. At the family's
+    launch rate ($5 / $15) a review's call was billed 67% over."""
+    usage = Usage(prompt_tokens=1000, completion_tokens=500, cached_tokens=400)
+    for model in ("gpt-4o-2024-08-06", "gpt-4o-2024-11-20"):
+        quote = CompositePriceBook().quote(provider, model, usage, AT)
+        assert quote.cost == (600 * Decimal("0.0025") + 400 * Decimal("0.00125") + 500 * Decimal("0.01")) / 1000
+    assert CompositePriceBook().quote(provider, "gpt-4o-2024-05-13", usage, AT).cost == Decimal("0.0115")
 
 
 def test_builtin_has_no_cache_rate_so_cached_tokens_cost_the_input_rate() -> None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Context, Decimal, localcontext
 from pathlib import Path
 
 import pytest
 
 from gateway.errors import GatewayError
-from gateway.pricing.base import Rate
+from gateway.pricing.base import Rate, format_usd
 from gateway.pricing.pricefile import PriceFileError, load_price_file, parse_price_file, price_document
 from gateway.types import Usage
 
@@ -275,6 +275,11 @@ def test_model_and_provider_names_are_case_insensitive() -> None:
         ("version: 'has space'\nprices: []", r"version 'has space' must be"),
         ("prices: [oops", r"not valid YAML"),
         ("prices: [a]", r"prices\[0\]: expected a mapping, got a str"),
+        # the gateway's provider is "google": an entry for "gemini" was never applied (a review)
+        (
+            "prices: [{provider: gemini, model: gemini-1.5-pro, input_per_1k: '0.1', output_per_1k: '0.1'}]",
+            r"unknown provider 'gemini'; one of openai, azure, anthropic, google, ollama or '\*'",
+        ),
     ],
 )
 def test_bad_files_name_the_file_and_the_entry(tmp_path: Path, text: str, message: str) -> None:
@@ -352,3 +357,30 @@ def test_the_1h_cache_write_rate_prices_those_writes_and_defaults_to_the_write_r
     # and the document a replay writes reads back to the same rate
     doc = price_document(load_price_file(write(tmp_path, PRE_1H_FILE + "    cache_write_1h_per_1m: 6\n", "c.yaml")))
     assert doc["prices"][0]["cache_write_1h_per_1k"] == "0.006"
+
+
+def test_a_negative_zero_rate_is_zero() -> None:
+    """``-0`` loaded as is: the header and the cost line said -0.000000, the stores 0."""
+    prices = parse_price_file({"prices": [{"model": "m", "input_per_1k": "-0", "output_per_1m": "-0.0"}]}, source="x")
+    cost = prices.entries[0].rate.cost(Usage(prompt_tokens=10, completion_tokens=5))
+    assert cost == 0 and not cost.is_signed()
+    assert format_usd(cost) == "0.000000"
+
+
+def test_long_rates_are_kept_and_costed_exactly_and_travel_to_a_replay() -> None:
+    """Decimal's default context has 28 digits: a rate per 1M with 30 decimals lost digits on the
+    way to per 1K, and long products were rounded. And ``replay --price-file`` refused such a
+    file a running gateway had taken: its document carried the rate per 1K, 3 decimals more than
+    the limit (a review)."""
+    long_in, long_out = "0.123456789012345678901234567891", "98765432109876.123456789012345678901234567891"
+    doc = {"prices": [{"model": "m", "input_per_1m": long_in, "output_per_1k": long_out}]}
+    prices = parse_price_file(doc, source="x")
+    rate = prices.entries[0].rate
+    assert str(rate.input) == "0.000123456789012345678901234567891"  # per 1K: every digit
+    usage = Usage(prompt_tokens=999_999_937, completion_tokens=3)
+    with localcontext(Context(prec=200)):  # the reference: far wider than any operand
+        expected = (999_999_937 * Decimal(long_in) / 1000 + 3 * Decimal(long_out)) / 1000
+    assert rate.cost(usage) == expected
+    assert expected != (999_999_937 * Decimal(long_in) / 1000 + 3 * Decimal(long_out)) / 1000  # 28 digits
+    again = parse_price_file(price_document(prices), source="the document")
+    assert again.entries == prices.entries and again.digest == prices.digest

@@ -39,7 +39,7 @@ async def test_a_changed_file_prices_new_calls_and_a_bad_one_keeps_the_prices_in
 ) -> None:
     path = tmp_path / "prices.yaml"
     path.write_text(prices("0.02"))
-    watch = PriceFileWatch(load_price_book(path), path)
+    watch = PriceFileWatch(load_price_book(path), path, settle=0)
     first = watch.book.version
     assert cost(watch) == Decimal("0.04")  # 1k in at 0.02 + 0.5k out at 0.04
     assert await watch.check() is False  # unchanged: not read again
@@ -81,7 +81,7 @@ async def test_the_watch_survives_a_surprise_and_looks_again(tmp_path: Path, cap
 
         return load_price_file(p)
 
-    watch = PriceFileWatch(load_price_book(path), path, load=load)
+    watch = PriceFileWatch(load_price_book(path), path, load=load, settle=0)
     caplog.set_level(logging.WARNING)
     task = asyncio.create_task(watch.run(0.01))
     try:
@@ -98,3 +98,51 @@ async def test_the_watch_survives_a_surprise_and_looks_again(tmp_path: Path, cap
     finally:
         task.cancel()
     assert "reload failed" in caplog.text and cost(watch) == Decimal("0.22")
+
+
+async def test_a_copy_that_keeps_the_modification_time_and_size_is_still_seen(tmp_path: Path) -> None:
+    """``cp -p``, ``rsync -t`` or ``tar x`` keep the modification time: a same-size edit was
+    never reloaded, while ``replay --reprice`` read the new file (a review)."""
+    path = tmp_path / "prices.yaml"
+    path.write_text(prices("0.02"))
+    watch = PriceFileWatch(load_price_book(path), path, settle=0)
+    before = path.stat()
+    path.write_text(prices("0.09"))  # the same size
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size and path.stat().st_mtime_ns == before.st_mtime_ns
+    assert await watch.check() is True and cost(watch) == Decimal("0.11")
+
+
+async def test_a_file_changed_a_moment_ago_is_read_once_it_has_rested(tmp_path: Path) -> None:
+    """An editor writes in bursts: a file caught between two is a valid file with entries
+    missing (a review's truncated file priced its gpt-4o calls at the built-in rate)."""
+    path = tmp_path / "prices.yaml"
+    path.write_text(prices("0.02"))
+    now = [0.0]
+    watch = PriceFileWatch(load_price_book(path), path, clock=lambda: now[0])
+    path.write_text(prices("0.10"))
+    changed = path.stat().st_ctime_ns / 1e9
+    now[0] = changed + 0.5
+    assert await watch.check() is False and cost(watch) == Decimal("0.04")  # not yet
+    now[0] = changed + 1.5
+    assert await watch.check() is True and cost(watch) == Decimal("0.12")
+
+
+async def test_a_file_that_changes_while_it_is_read_is_read_again(tmp_path: Path) -> None:
+    path = tmp_path / "prices.yaml"
+    path.write_text(prices("0.02"))
+
+    def load(p: Path):  # type: ignore[no-untyped-def]
+        from gateway.pricing.pricefile import load_price_file
+
+        taken = load_price_file(p)
+        if not loads:
+            write(p, prices("0.30"))  # the next burst lands during the read
+        loads.append(taken)
+        return taken
+
+    loads: list[object] = []
+    watch = PriceFileWatch(load_price_book(path), path, load=load, settle=0)
+    write(path, prices("0.10"))
+    assert await watch.check() is False and cost(watch) == Decimal("0.04")  # not the stale read
+    assert await watch.check() is True and cost(watch) == Decimal("0.32")
