@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.api.drain import RUNNER_BACKSTOP
 from gateway.runtime import listening_socket, until_terminated
 from gateway.settings import Settings
 from gateway.startup import startup_failure, warn_if_open
@@ -46,11 +47,13 @@ def build_consumer_app(settings: Settings, group: str, batch_size: int) -> web.A
     from consumers.pipeline import build_pipeline
     from consumers.replay_http import install_replay
     from gateway.api.auth import Authenticator
+    from gateway.api.drain import install_drain
     from gateway.api.middleware import error_middleware
     from gateway.metrics import METRICS, GatewayMetrics, metrics_handler, watch_projector
 
     pipeline = build_pipeline(settings, group_id=group, batch_size=batch_size)
     app = web.Application(middlewares=[error_middleware])
+    install_drain(app, settings.shutdown_timeout)
     auth = Authenticator(settings.api_keys, settings.default_tenant)
     install_analytics(app, pipeline.store, auth)
     install_replay(app, settings, pipeline.store, auth, live_group=group, stats=pipeline.projector.stats)
@@ -79,7 +82,8 @@ async def _consume(settings: Settings, args: argparse.Namespace) -> None:
     host = args.host or settings.bind_host
     sock = listening_socket(host, port) if port else None  # a taken port: before joining the group
     app = build_consumer_app(settings, args.group, args.batch_size)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout)
+    # the app drains its requests within the shutdown timeout itself (gateway/api/drain.py)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=RUNNER_BACKSTOP)
     try:
         await runner.setup()  # inside the try: see serve
         if sock is not None:

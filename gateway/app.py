@@ -18,6 +18,7 @@ from aiohttp import web
 
 from gateway.api import completions, meta
 from gateway.api.auth import Authenticator
+from gateway.api.drain import install_drain
 from gateway.api.middleware import error_middleware
 from gateway.api.state import STATE, GatewayState
 from gateway.eventlog.base import EventLog
@@ -118,6 +119,7 @@ def create_app(
     )
     app[STATE] = state
     app[METRICS] = metrics
+    install_drain(app, settings.shutdown_timeout)
     app.router.add_post("/v1/chat/completions", completions.chat_completions)
     app.router.add_post("/v1/completions", completions.completions)
     app.router.add_get("/v1/models", meta.models)

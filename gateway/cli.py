@@ -85,6 +85,7 @@ async def _start_simulators(settings: Settings, providers: list[str]) -> tuple[S
 async def _serve(settings: Settings, simulate: bool) -> None:
     from aiohttp import web
 
+    from gateway.api.drain import RUNNER_BACKSTOP
     from gateway.app import create_app
     from gateway.server import server_installers
 
@@ -96,7 +97,8 @@ async def _serve(settings: Settings, simulate: bool) -> None:
     quiet_accept_errors(asyncio.get_running_loop())
     sock = listening_socket(settings.bind_host, settings.port)  # a taken port fails before anything opens
     app = create_app(settings, installers=server_installers(settings))
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout)
+    # the app drains its requests within the shutdown timeout itself (gateway/api/drain.py)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=RUNNER_BACKSTOP)
     try:
         # inside the try: a start that fails half-way (a DuckDB file another process holds)
         # must still close what it opened; asyncio.run tore the generators down instead, with

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import orjson
@@ -9,6 +10,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway import errors
+from gateway.api.drain import IN_FLIGHT
 from gateway.ids import request_id
 from gateway.pricing.base import format_usd
 
@@ -68,6 +70,18 @@ _HTTP_ERRORS: dict[int, type[errors.GatewayError]] = {
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     rid = request_id()
     request[REQUEST_ID] = rid
+    in_flight = request.app.get(IN_FLIGHT)  # a stop drains them (gateway/api/drain.py)
+    if in_flight is None:
+        return await _answer(request, handler, rid)
+    task = asyncio.current_task()
+    in_flight.add(task)
+    try:
+        return await _answer(request, handler, rid)
+    finally:
+        in_flight.discard(task)
+
+
+async def _answer(request: web.Request, handler: Handler, rid: str) -> web.StreamResponse:
     try:
         response = await handler(request)
     except errors.GatewayError as exc:

@@ -143,6 +143,8 @@ class _Attempts:
     skipped: list[str] = field(default_factory=list)
     #: the failed attempts' billed costs (None while none was billed)
     billed: _Billed | None = None
+    #: a cancelled attempt wrote the call's cost line
+    cancel_logged: bool = False
 
 
 class Router:
@@ -248,6 +250,16 @@ class Router:
                     exc.call_cost = _total(Decimal(0), attempts.billed)
                     exc.call_attempts = attempts.count
                     raise
+            except asyncio.CancelledError:
+                if not attempts.cancel_logged:
+                    # cancelled between attempts (a stop during a retry's wait): no attempt to
+                    # record, but the call's one cost line, what its attempts cost (a review
+                    # found such calls with no line and nothing saying they were cut off)
+                    log.info("request %s cancelled between attempts, after %d", ctx.request_id, attempts.count)
+                    UsageRecorder.log_cost(
+                        ctx.tenant_id, candidate.provider, candidate.model, _total(Decimal(0), attempts.billed)
+                    )
+                raise
         failed = self._all_failed(ctx, candidates, attempts)
         failed.cost = _total(Decimal(0), attempts.billed)
         raise failed
@@ -412,6 +424,7 @@ class Router:
             UsageRecorder.log_cost(
                 ctx.tenant_id, candidate.provider, candidate.model, _total(event.cost_usd, attempts.billed)
             )
+            attempts.cancel_logged = True
             return exc
         error = _as_provider_error(exc, candidate.provider)
         event = self.recorder.record(

@@ -330,7 +330,7 @@ async def test_a_stop_cancels_the_calls_still_running_after_the_shutdown_timeout
     import sqlite3
     import time
 
-    async with serving_slowly(tmp_path, 60, LLM_GATEWAY_SHUTDOWN_TIMEOUT="1") as (proc, s, url):
+    async with serving_slowly(tmp_path, 60, LLM_GATEWAY_SHUTDOWN_TIMEOUT="4") as (proc, s, url):
 
         async def call(stream: bool) -> int:
             try:
@@ -347,7 +347,9 @@ async def test_a_stop_cancels_the_calls_still_running_after_the_shutdown_timeout
         assert await asyncio.wait_for(proc.wait(), 20) == 0
         stopped = time.monotonic() - started
         await asyncio.wait_for(calls, 20)
-    assert stopped < 10  # the shutdown timeout, not the upstream's 60 s
+    # the shutdown timeout once: not the upstream's 60 s, nor twice the timeout (aiohttp's runner
+    # spends it twice: 52 s for the default 25, past Kubernetes' 30 s grace; a review)
+    assert 4 <= stopped < 6.5, stopped
     with sqlite3.connect(tmp_path / "events.sqlite3") as db:
         values = [bytes(row[0]) for row in db.execute("SELECT value FROM events")]
     assert len(values) == 2 and all(b'"outcome":"cancelled"' in v for v in values)

@@ -474,7 +474,28 @@ async def test_a_cancelled_call_still_records_its_attempt_and_logs_its_cost_line
     [event] = log.events
     assert (event.outcome, event.incomplete, event.billable, event.cost_usd) == ("cancelled", True, True, None)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Cost |")]
-    assert lines == ["Cost | tenant=tenant_123 provider=openai model=gpt-4 cost=unpriced"]
+    assert lines == ["Cost | tenant=tenant_123 provider=openai model=gpt-4 cost=unpriced"]  # once
+
+
+async def test_a_call_cancelled_during_a_retry_s_wait_logs_its_cost_line_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A stop's cancellation that lands in the backoff between attempts (no attempt in flight)
+    left the call without its cost line: 10 calls, 0 lines (a review)."""
+    router, log, _ = make_router(ScriptedProvider("openai", rate_limited("openai", 15.0), ok()))
+    router._sleep = asyncio.sleep  # a real wait, to be cancelled in
+    caplog.set_level("INFO", logger="gateway.cost")
+    task = asyncio.create_task(router.complete(ctx(), TEMPLATE))
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if log.events:
+            break
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert [e.outcome for e in log.events] == ["rate_limited"]  # no attempt was cut: none made up
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Cost |")]
+    assert lines == ["Cost | tenant=tenant_123 provider=openai model=gpt-4 cost=$0.000000"]
 
 
 class PingingProvider(ScriptedProvider):
