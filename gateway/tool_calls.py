@@ -26,6 +26,9 @@ class Tool:
     #: JSON Schema of the arguments object (None: no parameters)
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
+    #: a prompt-cache breakpoint after this tool (``gateway.prompt_cache``): ``(ttl,)``, ttl None
+    #: for the default 5 minutes; empty: none
+    cache: tuple[str | None, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,11 @@ class Message:
     #: a user message with images: its parts in order, text and images (``content`` is then
     #: its text alone)
     parts: tuple[str | Image, ...] | None = None
+    #: prompt-cache breakpoints (``gateway.prompt_cache``): (index in ``pieces``, or ``WHOLE``
+    #: for the message's last block; ttl, None for 5 minutes). Anthropic alone reads them
+    cache: tuple[tuple[int, str | None], ...] = ()
+    #: the content parts as the client sent them, when it marked one (text and images)
+    pieces: tuple[str | Image, ...] | None = None
 
 
 #: the generation options past the common ones, by their OpenAI names (see ``Options``)

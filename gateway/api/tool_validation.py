@@ -10,6 +10,7 @@ from typing import Any, cast
 import orjson
 
 from gateway.errors import InvalidRequest
+from gateway.prompt_cache import parse_mark
 from gateway.tool_calls import MAX_JSON_DEPTH, Tool, ToolCall, ToolMode, ToolSpec, load_json, nests_deeper
 from gateway.types import Message
 
@@ -67,7 +68,9 @@ def _tool(item: Any, param: str) -> Tool:
     strict = function.get("strict")
     if strict is not None and not isinstance(strict, bool):
         raise _invalid(f"{param}.function.strict", f"'{param}.function.strict' must be a boolean")
-    return Tool(name, description, parameters, strict)
+    mark = item.get("cache_control")
+    cache = () if mark is None else (parse_mark(mark, f"{param}.cache_control"),)
+    return Tool(name, description, parameters, strict, cache)
 
 
 def parse_tools(body: dict[str, Any]) -> ToolSpec | None:

@@ -18,6 +18,7 @@ from gateway.api.tool_validation import (
 )
 from gateway.errors import InvalidRequest
 from gateway.images import DETAILS, Image, parse_image_url
+from gateway.prompt_cache import WHOLE, check_marks, parse_mark
 from gateway.types import OPTION_NAMES, ChatRequest, Message, Options, Role
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
@@ -186,22 +187,36 @@ def _unsupported(body: dict[str, Any], names: frozenset[str], known: frozenset[s
             raise InvalidRequest(f"'{name}' is not supported by this gateway", param=name, code="unsupported_parameter")
 
 
-def _content(message: dict[str, Any], index: int) -> tuple[str, tuple[str | Image, ...] | None]:
+class _Content:
+    """A message's content: its text, its parts when it holds images, and its prompt-cache
+    marks with the parts they index (``Message.cache``, ``Message.pieces``)."""
+
+    __slots__ = ("marks", "parts", "pieces", "text")
+
+    def __init__(self, text: str, parts: tuple[str | Image, ...] | None = None) -> None:
+        self.text = text
+        self.parts = parts
+        self.pieces: tuple[str | Image, ...] | None = None
+        self.marks: list[tuple[int, str | None]] = []
+
+
+def _content(message: dict[str, Any], index: int) -> _Content:
     """The message's text, and its parts in order when it holds images (else None)."""
     param = f"messages[{index}].content"
     content = message.get("content")
     if content is None:
         if message.get("role") == "assistant":
-            return "", None
+            return _Content("")
         raise InvalidRequest(f"Missing required parameter: '{param}'", param=param, code="missing_required_parameter")
     if isinstance(content, str):
-        return content, None
+        return _Content(content)
     if not isinstance(content, list):
         raise InvalidRequest(
             f"'{param}' must be a string or an array of content parts", param=param, code="invalid_type"
         )
     texts: list[str] = []
     parts: list[str | Image] = []
+    marks: list[tuple[int, str | None]] = []
     images = False
     for j, part in enumerate(content):
         where = f"{param}[{j}]"
@@ -210,6 +225,8 @@ def _content(message: dict[str, Any], index: int) -> tuple[str, tuple[str | Imag
             raise InvalidRequest(
                 f"Missing required parameter: '{where}.type'", param=f"{where}.type", code="missing_required_parameter"
             )
+        if isinstance(part, dict) and "cache_control" in part:
+            marks.append((j, parse_mark(part["cache_control"], f"{where}.cache_control")))
         if kind == "image_url" and message.get("role") == "user":
             parts.append(_image(part, where))
             images = True
@@ -227,7 +244,10 @@ def _content(message: dict[str, Any], index: int) -> tuple[str, tuple[str | Imag
             raise InvalidRequest(f"{where}.{key} must be a string", param=f"{where}.{key}", code="invalid_type")
         texts.append(text)
         parts.append(text)
-    return "".join(texts), tuple(parts) if images else None
+    out = _Content("".join(texts), tuple(parts) if images else None)
+    if marks:
+        out.pieces, out.marks = tuple(parts), marks
+    return out
 
 
 def _image(part: dict[str, Any], where: str) -> Image:
@@ -286,11 +306,18 @@ def _messages(body: dict[str, Any]) -> tuple[list[Message], bool, tuple[str, ...
             )
         name = _participant(item, i, role) if "name" in item else None
         content = item.get("content")
-        text, parts = (content, None) if isinstance(content, str) else _content(item, i)
+        cache: tuple[tuple[int, str | None], ...] = ()
+        if isinstance(content, str):
+            text, parts, pieces = content, None, None
+        else:
+            read = _content(item, i)
+            text, parts, pieces, cache = read.text, read.parts, read.pieces, tuple(read.marks)
+        if "cache_control" in item:  # the whole message: its last block
+            cache = (*cache, (WHOLE, parse_mark(item["cache_control"], f"messages[{i}].cache_control")))
         if role == "tool":
             call_id = parse_tool_call_id(item, f"messages[{i}]", made)
             calls.answer(call_id, i, messages)
-            messages.append(Message("tool", text, tool_call_id=call_id))
+            messages.append(Message("tool", text, tool_call_id=call_id, cache=cache))
             history = True
             continue
         calls.before_next(i, messages)
@@ -300,9 +327,9 @@ def _messages(body: dict[str, Any]) -> tuple[list[Message], bool, tuple[str, ...
                 made.update(call.id for call in made_here)
                 calls.made(made_here, i)
                 history = True
-            messages.append(Message("assistant", text, made_here, name=name))
+            messages.append(Message("assistant", text, made_here, name=name, cache=cache, pieces=pieces))
         else:
-            messages.append(Message(cast(Role, role), text, name=name, parts=parts))
+            messages.append(Message(cast(Role, role), text, name=name, parts=parts, cache=cache, pieces=pieces))
             if parts is not None:
                 needs.add("images")
                 if any(isinstance(p, Image) and not p.inline for p in parts):
@@ -462,6 +489,8 @@ def parse_chat(raw: Any) -> ParsedRequest:
         tool_history=tool_history,
         content_needs=content_needs,
     )
+    if any(m.cache for m in messages) or (template.tools and any(t.cache for t in template.tools.tools)):
+        check_marks(template.tools.tools if template.tools else (), messages)
     return ParsedRequest(template, "chat.completions", model, provider, tenant, _include_usage(body, template.stream))
 
 

@@ -14,6 +14,7 @@ import orjson
 
 from gateway import errors
 from gateway.images import Image
+from gateway.prompt_cache import WHOLE, control
 from gateway.providers.http import default_classify, error_message, malformed, parse_retry_after, usage_unknown
 from gateway.tool_calls import NO_PARAMETERS, Tool, ToolCall, ToolCallPart, ToolSpec, declaration, load_json
 from gateway.types import (
@@ -89,11 +90,16 @@ def build_body(req: ChatRequest, *, stream: bool) -> dict[str, Any]:
         if msg.role in ("system", "developer"):
             continue
         if msg.role == "assistant" and msg.tool_calls:
-            _add_blocks(turns, "assistant", _assistant_blocks(msg, f"messages[{i}]"))
+            blocks = _assistant_blocks(msg, f"messages[{i}]")
+            if msg.cache:  # a mark on its text or on the message: its last block
+                blocks[-1]["cache_control"] = control(msg.cache[-1][1])
+            _add_blocks(turns, "assistant", blocks)
         elif msg.role == "tool" and msg.tool_call_id is not None:
             _add_tool_result(turns, msg)
         elif msg.role == "assistant" and not msg.content:
             continue  # an empty assistant turn (OpenAI takes one): Anthropic refuses empty content
+        elif msg.cache:  # prompt-cache marks: the content as blocks, marked as the client marked it
+            _add_blocks(turns, "assistant" if msg.role == "assistant" else "user", _marked_blocks(msg))
         elif msg.parts is not None:  # a user message with images: text and image blocks in order
             _add_blocks(turns, "user", [_block(part) for part in msg.parts if part])
         else:
@@ -102,7 +108,9 @@ def build_body(req: ChatRequest, *, stream: bool) -> dict[str, Any]:
     _trim_prefill(turns)
     if not turns and req.prompt is not None:
         turns.append({"role": "user", "content": req.prompt})
-    system = req.system_text()
+    system: str | list[dict[str, Any]] | None = req.system_text()
+    if system is not None and any(m.cache for m in req.messages if m.role in ("system", "developer")):
+        system = [b for m in req.messages if m.role in ("system", "developer") for b in _marked_blocks(m)]
     if not turns and system is not None:
         # system messages alone (OpenAI answers them): Anthropic needs a turn, so they are it
         turns.append({"role": "user", "content": system})
@@ -187,12 +195,32 @@ def _add_blocks(turns: list[dict[str, Any]], role: str, blocks: list[dict[str, A
         turns.append({"role": role, "content": blocks})
 
 
+def _marked_blocks(msg: Message) -> list[dict[str, Any]]:
+    """A message's content as blocks with the client's prompt-cache marks: a mark on an empty
+    text (no block: Anthropic refuses those) goes to the block before it, a mark on the whole
+    message to its last block."""
+    pieces = msg.pieces or msg.parts or (msg.content,)
+    blocks: list[dict[str, Any]] = []
+    last: dict[int, int] = {}  # piece -> the index of its block, or of the block before it
+    for j, piece in enumerate(pieces):
+        if piece:
+            blocks.append(_block(piece))
+        last[j] = len(blocks) - 1
+    for j, ttl in msg.cache:
+        at = len(blocks) - 1 if j == WHOLE else last.get(j, -1)
+        if at >= 0:
+            blocks[at]["cache_control"] = control(ttl)
+    return blocks
+
+
 def _add_tool_result(turns: list[dict[str, Any]], msg: Message) -> None:
     """A ``tool_result`` block in the user turn, after the results already there and before
     any text (Anthropic wants the results first)."""
     block: dict[str, Any] = {"type": "tool_result", "tool_use_id": msg.tool_call_id}
     if msg.content:  # ``content`` is optional; an empty text block would be refused
         block["content"] = msg.content
+    if msg.cache:
+        block["cache_control"] = control(msg.cache[-1][1])
     if not (turns and turns[-1]["role"] == "user"):
         turns.append({"role": "user", "content": [block]})
         return
@@ -233,6 +261,9 @@ def _add_tools(body: dict[str, Any], spec: ToolSpec) -> None:
     body["tools"] = [
         declaration(tool, schema_key="input_schema", empty=NO_PARAMETERS, typed=True) for tool in spec.tools
     ]
+    for tool, out in zip(spec.tools, body["tools"], strict=True):
+        if tool.cache:
+            out["cache_control"] = control(tool.cache[0])
     choice: dict[str, Any] | None = None
     if spec.function is not None:
         choice = {"type": "tool", "name": spec.function}

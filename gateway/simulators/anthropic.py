@@ -143,6 +143,9 @@ class AnthropicSimulator(Simulator):
     #: a ``ping`` event after every this many text deltas (and one after message_start)
     ping_every: int = 2
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    #: the prompt prefixes cached by ``cache_control`` marks (kept for the simulator's life)
+    _cached: set[str] = field(default_factory=set)
+    _cache_usage: dict[int, tuple[Any, tuple[int, int, int] | None]] = field(default_factory=dict)
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/v1/messages", self._messages)]
@@ -287,19 +290,63 @@ class AnthropicSimulator(Simulator):
     def _usage(self, body: dict[str, Any], output_tokens: int) -> dict[str, Any]:
         texts = _texts(body.get("system")) + [t for m in body["messages"] for t in _texts(m.get("content"))]
         prompt = sum(self.count_tokens(t) for t in texts)
-        written = self.cache_creation_input_tokens
-        cached = (self.cache_read_input_tokens or 0) + (written or 0)
+        written, read = self.cache_creation_input_tokens, self.cache_read_input_tokens
+        hour = self.cache_creation_1h_input_tokens
+        marked = self._prompt_cache(body)
+        if marked is not None and written == read == 0:  # no knob set: what the marks cache
+            read, written, hour = marked
+        cached = (read or 0) + (written or 0)
         usage: dict[str, Any] = {
             "input_tokens": max(prompt - cached, 0),
             "cache_creation_input_tokens": written,
-            "cache_read_input_tokens": self.cache_read_input_tokens,
+            "cache_read_input_tokens": read,
             "output_tokens": output_tokens,
             "service_tier": "standard",
         }
         if written is not None:
-            hour = self.cache_creation_1h_input_tokens
             usage["cache_creation"] = {"ephemeral_5m_input_tokens": written - hour, "ephemeral_1h_input_tokens": hour}
         return usage
+
+    def _prompt_cache(self, body: dict[str, Any]) -> tuple[int, int, int] | None:
+        """(read, written, written for an hour) by the request's ``cache_control`` marks (None
+        without any), as
+        Anthropic caches: the longest marked prefix cached before is read, the rest up to the
+        last mark is written (at each mark's lifetime) and cached. Once per request (a stream
+        reports its usage twice)."""
+        done = self._cache_usage.get(id(body))
+        if done is not None and done[0] is body:
+            return done[1]
+        blocks: list[tuple[str, str | None, bool]] = []  # (text, ttl, marked)
+        system = body.get("system")
+        for turn in [{"content": system}] + body["messages"] if system is not None else body["messages"]:
+            content: Any = turn["content"]
+            for block in [{"text": content}] if isinstance(content, str) else content:
+                mark: Any = block.get("cache_control") if isinstance(block, dict) else None
+                text = " ".join(_texts([block])) if isinstance(block, dict) else ""
+                blocks.append((text, mark.get("ttl") if isinstance(mark, dict) else None, mark is not None))
+        if not any(marked for _, _, marked in blocks):
+            return None
+        read = written = hour = 0
+        prefix: list[str] = []
+        counted = 0
+        for text, ttl, marked in blocks:
+            prefix.append(text)
+            if not marked:
+                continue
+            key = "\x00".join(prefix)
+            tokens = sum(self.count_tokens(t) for t in prefix)
+            if key in self._cached:
+                read, written, hour, counted = tokens, 0, 0, tokens
+            else:
+                written += tokens - counted
+                hour += tokens - counted if ttl == "1h" else 0
+                counted = tokens
+                self._cached.add(key)
+        result: tuple[int, int, int] | None = (read, written, hour)
+        if len(self._cache_usage) > 64:
+            self._cache_usage.clear()
+        self._cache_usage[id(body)] = (body, result)
+        return result
 
     def _output_tokens(self, text: str) -> int:
         return self.count_tokens(text) + self.count_tokens(self.thinking or "")

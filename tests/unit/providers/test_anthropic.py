@@ -846,3 +846,31 @@ async def test_a_prefill_loses_its_trailing_whitespace(
     ("final assistant content cannot end with trailing whitespace"), which does not fall back."""
     await provider.complete(req(Message("user", "Say hi"), Message("assistant", last)))
     assert sim.requests[-1].body["messages"] == [{"role": "user", "content": "Say hi"}, *sent]
+
+
+def test_cache_marks_on_calls_results_and_empty_parts_land_on_a_block() -> None:
+    """A mark on an assistant's calls goes to its last tool_use block, on a tool result to the
+    tool_result block, and a mark on an empty text part (no block: Anthropic refuses those) to
+    the block before it."""
+    from gateway.api.validation import parse_chat
+
+    body = {
+        "model": "claude-3-haiku",
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "look it up"},
+                                         {"type": "text", "text": "", "cache_control": {"type": "ephemeral"}}]},
+            {"role": "assistant", "content": None, "cache_control": {"type": "ephemeral", "ttl": "5m"},
+             "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "42", "cache_control": {"type": "ephemeral"}},
+        ],
+    }  # fmt: skip
+    sent = wire.build_body(parse_chat(body).template, stream=False)
+    assert sent["messages"][0]["content"] == [
+        {"type": "text", "text": "look it up", "cache_control": {"type": "ephemeral"}}
+    ]
+    assert sent["messages"][1]["content"][-1] == {
+        "type": "tool_use", "id": "c1", "name": "f", "input": {}, "cache_control": {"type": "ephemeral", "ttl": "5m"}
+    }  # fmt: skip
+    assert sent["messages"][2]["content"] == [
+        {"type": "tool_result", "tool_use_id": "c1", "content": "42", "cache_control": {"type": "ephemeral"}}
+    ]
