@@ -5,11 +5,25 @@ The embedded ``serve`` projects in its own process; with Kafka, or with ``serve 
 next to ``llm-gateway consume`` on the same data dir, the consumer does (port 8081). The
 commands ask each address in turn and take the first that answers with the endpoint (a gateway
 whose projection runs elsewhere answers 404); only when none does they open the files.
+
+They send the admin key there, so an address another local user listens on is not asked (on
+Linux, where ``/proc/net/tcp`` says who holds a listening socket): while the gateway was down,
+any user could bind its port and collect the key (a review).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+from pathlib import Path
+
 from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: the kernel's tables of TCP sockets: a listening socket's local port and owner's uid
+TCP_TABLES = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
+_LISTEN = "0A"
 
 #: what the commands say when the address given with --url has no such endpoint
 OWNER_HINT = (
@@ -19,6 +33,33 @@ OWNER_HINT = (
 
 
 def owner_urls(settings: Settings) -> list[str]:
-    """The addresses to ask, the likelier owner first."""
-    gateway, consumer = f"http://127.0.0.1:{settings.port}", f"http://127.0.0.1:{settings.consume_port}"
-    return [consumer, gateway] if settings.kafka_bootstrap_servers else [gateway, consumer]
+    """The addresses to ask, the likelier owner first; not those another user listens on."""
+    ports = (
+        [settings.consume_port, settings.port]
+        if settings.kafka_bootstrap_servers
+        else [settings.port, settings.consume_port]
+    )
+    trusted = {os.getuid(), 0}
+    urls = []
+    for port in ports:
+        owners = listener_uids(port)
+        if owners and not owners <= trusted:
+            log.warning("port %s is held by another user (uid %s): not asked, nor sent the key", port, sorted(owners))
+            continue
+        urls.append(f"http://127.0.0.1:{port}")
+    return urls
+
+
+def listener_uids(port: int) -> set[int]:
+    """The uids of the sockets listening on ``port`` (none known: empty)."""
+    uids: set[int] = set()
+    for table in TCP_TABLES:
+        try:
+            lines = table.read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 7 and fields[3] == _LISTEN and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                uids.add(int(fields[7]))
+    return uids

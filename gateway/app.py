@@ -29,9 +29,10 @@ from gateway.pricing.base import PriceBook
 from gateway.providers.base import Provider, Timeouts
 from gateway.providers.registry import build_providers
 from gateway.providers.upstream_http import UpstreamClient
-from gateway.routing.catalog import ModelCatalog
+from gateway.routing.catalog import KNOWN_PROVIDERS, ModelCatalog
 from gateway.routing.retry import RetryPolicy, Sleep
 from gateway.routing.router import Router
+from gateway.safe_text import register_secret
 from gateway.settings import Settings
 from gateway.usage import UsageRecorder
 
@@ -74,6 +75,8 @@ def create_app(
 ) -> web.Application:
     """Build the gateway. Tests pass fakes; ``llm-gateway serve`` passes only settings."""
     completions.quiet_client_payload_errors()
+    for secret in [*(settings.provider(name).api_key for name in KNOWN_PROVIDERS), *(k.key for k in settings.api_keys)]:
+        register_secret(secret)
     if event_log is None:
         from gateway.eventlog.factory import build_event_log
 

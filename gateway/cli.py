@@ -212,6 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.log_level)
     tune_logging()
     tune_gc()
+    # the files it creates (the event log, the cost store, spools) hold tenants' usage and the
+    # vendors' error texts: for its own user only (a review read them, 0644, as any local user)
+    os.umask(0o077)
     if args.command == "simulate":
         try:
             asyncio.run(_simulate(args.host, args.port))

@@ -41,10 +41,28 @@ _SECRETS = re.compile(
 )
 
 
+#: the credentials the gateway holds (its providers' keys, its own API keys): redacted wherever
+#: they appear, whatever their shape (an Azure key is 32 hex digits, no prefix: a review saw it
+#: come back whole from a vendor's 401 to a tenant's client and into the stores)
+_KNOWN: set[str] = set()
+#: the shortest credential redacted as such (shorter values would redact ordinary words)
+MIN_SECRET = 8
+
+
+def register_secret(value: str | None) -> None:
+    """Redact ``value`` from every error text from now on (at start, for each configured key)."""
+    if value and len(value.strip()) >= MIN_SECRET:
+        _KNOWN.add(value.strip())
+
+
 def redact_secrets(text: str) -> str:
-    """``text`` with what looks like a credential replaced by ``***`` (its prefix kept, so the
-    message still says which kind): an upstream's error text reaches the client and the usage
-    event, and a review saw ``Bearer sk-...`` come back whole in a 400."""
+    """``text`` with the gateway's own credentials and what looks like a credential replaced by
+    ``***`` (the prefix of a known kind kept, so the message still says which kind): an
+    upstream's error text reaches the client and the usage event, and a review saw
+    ``Bearer sk-...`` come back whole in a 400."""
+    for secret in _KNOWN:
+        if secret in text:
+            text = text.replace(secret, "***")
     if "-" not in text and "AIza" not in text and "=" not in text and ":" not in text and "earer" not in text:
         return text
     return _SECRETS.sub(lambda m: m.group("keep") + "***", text)

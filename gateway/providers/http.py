@@ -7,6 +7,7 @@ import email.utils
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ import orjson
 from gateway import errors
 from gateway.providers.upstream_http import UpstreamClient
 from gateway.providers.upstream_response import BodyCut, Response, Timeout
+from gateway.safe_text import redact_secrets
 from gateway.types import UnreadableUsage, Usage
 
 log = logging.getLogger(__name__)
@@ -176,7 +178,11 @@ async def post(
             params=params,
         )
     except ValueError as exc:  # a URL or header the client will not send: the provider's settings
-        raise errors.UpstreamConnectionError(f"{provider}: cannot call {url}: {exc}", provider=provider) from exc
+        _log_unreachable(provider, url, exc)
+        raise errors.UpstreamConnectionError(
+            f"{provider}: cannot call the provider's endpoint ({exc.__class__.__name__}): see the gateway's log",
+            provider=provider,
+        ) from exc
     try:
         async with exchange as resp:
             if resp.status >= 300:
@@ -190,9 +196,26 @@ async def post(
     except BodyCut as exc:
         raise errors.StreamCut(f"{provider}: response body cut: {exc}", provider=provider) from exc
     except OSError as exc:
+        _log_unreachable(provider, url, exc)
         raise errors.UpstreamConnectionError(
-            f"{provider}: cannot reach {url}: {exc.__class__.__name__}", provider=provider
+            f"{provider}: cannot reach the provider's endpoint ({exc.__class__.__name__})", provider=provider
         ) from exc
+
+
+#: (provider, failure) -> when it was last logged: an outage fails every call
+_UNREACHABLE_LOGGED: dict[tuple[str, str], float] = {}
+_UNREACHABLE_EVERY = 60.0
+
+
+def _log_unreachable(provider: str, url: str, exc: Exception) -> None:
+    """The endpoint's URL goes to the operator's log, not into the error: the error reaches the
+    tenant's client and the stores, and a review read an internal host name
+    (``myres-prod-eastus.internal.corp``) in a tenant's 502. Once a minute per failure."""
+    key = (provider, exc.__class__.__name__)
+    now = time.monotonic()
+    if now - _UNREACHABLE_LOGGED.get(key, -_UNREACHABLE_EVERY) >= _UNREACHABLE_EVERY:
+        _UNREACHABLE_LOGGED[key] = now
+        log.warning("%s: cannot reach %s: %s", provider, url, redact_secrets(str(exc)) or exc.__class__.__name__)
 
 
 #: how long a connection may take, after a stream's end event, to receive the end of its body

@@ -353,3 +353,6 @@ async def test_a_stop_cancels_the_calls_still_running_after_the_shutdown_timeout
     with sqlite3.connect(tmp_path / "events.sqlite3") as db:
         values = [bytes(row[0]) for row in db.execute("SELECT value FROM events")]
     assert len(values) == 2 and all(b'"outcome":"cancelled"' in v for v in values)
+    # the files hold tenants' usage and vendors' error texts: its user's only (they were 0644)
+    for made in (tmp_path / "events.sqlite3", tmp_path / "analytics.duckdb"):
+        assert made.stat().st_mode & 0o077 == 0, (made, oct(made.stat().st_mode))

@@ -1,0 +1,62 @@
+"""What reaches a tenant's client and the stores from a vendor's failure: never the gateway's
+credentials (whatever their shape), nor the provider's endpoint."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from gateway.settings import ProviderSettings
+from tests.support.gateway import running_gateway, start_app
+
+AZURE_KEY = "deadbeefcafebabe0123456789abcdef"  # 32 hex digits and no prefix, as Azure's keys are
+
+
+async def test_a_key_of_no_known_shape_echoed_by_the_vendor_is_redacted_everywhere(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """An Azure key (32 hex digits) in Azure's 401 reached the tenant's client, the log file and
+    DuckDB whole (a review): only keys with a known prefix were redacted."""
+
+    async def refuse(request: web.Request) -> web.Response:
+        key = request.headers.get("api-key", "")
+        return web.json_response({"error": {"code": "401", "message": f"The key '{key}' is not valid"}}, status=401)
+
+    upstream = web.Application()
+    upstream.router.add_post("/openai/deployments/{deployment}/chat/completions", refuse)
+    runner, url = await start_app(upstream)
+    try:
+        providers = {"azure": ProviderSettings(api_key=AZURE_KEY, base_url=url)}
+        async with running_gateway(providers=("openai",), settings={"providers": providers}) as gw:
+            async with aiohttp.ClientSession() as s:
+                body = {"model": "gpt-4o", "provider": "azure", "messages": [{"role": "user", "content": "hi"}]}
+                async with s.post(f"{gw.base_url}/chat/completions", json=body) as r:
+                    answer = await r.text()
+            events = [e for e in gw.event_log.events if e.provider == "azure"]
+    finally:
+        await runner.cleanup()
+    assert r.status >= 400 and "is not valid" in answer and AZURE_KEY not in answer
+    assert events and all(AZURE_KEY not in (e.error_message or "") for e in events)
+    assert "The key '***' is not valid" in (events[0].error_message or "")
+
+
+async def test_an_unreachable_endpoint_is_named_in_the_log_not_to_the_client(caplog: pytest.LogCaptureFixture) -> None:
+    """A tenant's 502 said ``cannot reach http://myres-prod-eastus.internal.corp:...``: the
+    endpoint is the operator's to know (a review)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nothing listens there
+    endpoint = f"http://127.0.0.1:{port}/v1"
+    providers = {"openai": ProviderSettings(api_key="sk-test", base_url=endpoint)}
+    caplog.set_level(logging.WARNING, logger="gateway.providers.http")
+    async with running_gateway(providers=("azure",), settings={"providers": providers}) as gw:
+        async with aiohttp.ClientSession() as s:
+            body = {"model": "gpt-4o", "provider": "openai", "messages": [{"role": "user", "content": "hi"}]}
+            async with s.post(f"{gw.base_url}/chat/completions", json=body) as r:
+                answer = await r.text()
+        events = [e for e in gw.event_log.events if e.provider == "openai"]
+    assert r.status == 502 and "cannot reach the provider's endpoint" in answer and str(port) not in answer
+    assert events and all(str(port) not in (e.error_message or "") for e in events)
+    assert f"openai: cannot reach {endpoint}" in caplog.text
