@@ -36,7 +36,7 @@ class Message:
 
 
 #: the generation options past the common ones, by their OpenAI names (see ``Options``)
-OPTION_NAMES = ("seed", "presence_penalty", "frequency_penalty", "response_format")
+OPTION_NAMES = ("seed", "presence_penalty", "frequency_penalty", "response_format", "reasoning_effort")
 #: what a request may need that not every vendor carries (``Provider.options``): the options,
 #: ``temperature`` above 1 (OpenAI's range is 0 to 2, Anthropic's 0 to 1), ``tools`` (tools
 #: offered, or calls and their results in the conversation), ``tool_choice`` (a call required,
@@ -75,6 +75,9 @@ class Options:
     #: ``{"type": "json_object"}`` or ``{"type": "json_schema", "json_schema": {"name", "schema",
     #: "strict"?, "description"?}}`` as the client sent it (``"text"``, the default, is no option)
     response_format: dict[str, Any] | None = None
+    #: how hard a reasoning model thinks (``minimal``, ``low``, ``medium``, ``high``, ...): OpenAI
+    #: and Azure take it as sent; the other vendors' thinking knobs are not the same scale
+    reasoning_effort: str | None = None
 
     def names(self) -> list[str]:
         """The options set, in a fixed order."""

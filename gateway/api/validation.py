@@ -31,7 +31,7 @@ MAX_MODEL_LEN = 256
 #: asks OpenAI to keep the completion, a ``service_tier`` other than auto changes its price
 UNSUPPORTED_CHAT = frozenset({
     "functions", "function_call", "logprobs", "top_logprobs", "audio", "modalities", "logit_bias",
-    "reasoning_effort", "prediction", "web_search_options", "store", "service_tier", "metadata",
+    "prediction", "web_search_options", "store", "service_tier", "metadata",
     "safety_identifier", "prompt_cache_key", "verbosity",
 })  # fmt: skip
 UNSUPPORTED_COMPLETION = frozenset({"suffix", "echo", "logprobs", "best_of", "logit_bias"})
@@ -44,6 +44,7 @@ _COMMON = frozenset({
 #: request argument"): a field the gateway does not read would be silently dropped
 KNOWN_CHAT = _COMMON | UNSUPPORTED_CHAT | {
     "messages", "max_completion_tokens", "response_format", "tools", "tool_choice", "parallel_tool_calls",
+    "reasoning_effort",
 }  # fmt: skip
 KNOWN_COMPLETION = _COMMON | UNSUPPORTED_COMPLETION | {"prompt"}
 #: JSON's safe range for a seed: OpenAI and Ollama take 64-bit integers
@@ -437,8 +438,26 @@ def _options(body: dict[str, Any], *, response_format: bool) -> Options | None:
         presence_penalty=_penalty(body, "presence_penalty"),
         frequency_penalty=_penalty(body, "frequency_penalty"),
         response_format=_response_format(body) if response_format else None,
+        reasoning_effort=_reasoning_effort(body),
     )
     return options if options.names() else None
+
+
+#: a reasoning effort's shape: OpenAI adds levels (``none``, ``xhigh``) and answers an unknown one
+_EFFORT = re.compile(r"[a-z]{1,16}")
+
+
+def _reasoning_effort(body: dict[str, Any]) -> str | None:
+    value = body.get("reasoning_effort")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _EFFORT.fullmatch(value):
+        raise InvalidRequest(
+            "'reasoning_effort' must be a level such as 'minimal', 'low', 'medium' or 'high'",
+            param="reasoning_effort",
+            code="invalid_value",
+        )
+    return value
 
 
 def model_name(value: str) -> str:

@@ -40,7 +40,9 @@ class GoogleProvider:
     #: Images as ``inlineData``; an image by URL is not (Gemini fetches no http URL here).
     #: A function name must start with a letter or an underscore at Gemini ("tool_names"); an
     #: empty text part is its 400 ("blank_content").
-    options = frozenset(CAPABILITIES) - {"parallel_tool_calls", "image_urls", "tool_names", "blank_content"}
+    options = frozenset(CAPABILITIES) - {
+        "parallel_tool_calls", "image_urls", "tool_names", "blank_content", "reasoning_effort"
+    }  # fmt: skip
 
     def __init__(self, settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> None:
         if not settings.api_key:

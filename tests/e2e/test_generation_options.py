@@ -356,3 +356,35 @@ async def ask_messages(gw: RunningGateway, model: str, provider: str, messages: 
         return await c.chat.completions.with_raw_response.create(
             model=model, messages=messages, extra_body={"provider": provider}
         )
+
+
+async def test_reasoning_effort_goes_to_openai_and_azure_as_sent_and_nowhere_else(gw: RunningGateway) -> None:
+    """A reasoning model's effort was refused everywhere (a 400 for every o-series or gpt-5
+    client that set it); OpenAI and Azure take it as sent. Gemini's and Anthropic's thinking
+    budgets and Ollama's ``think`` are other scales: not bent to fit, so not sent to them."""
+    for provider in ("openai", "azure"):
+        raw = await ask(gw, "o3-mini", provider, reasoning_effort="low")
+        assert raw.headers["x-llm-provider"] == provider
+        assert gw.sims[provider].requests[-1].body["reasoning_effort"] == "low"
+    for model in ("claude-3-haiku", "gemini-pro"):
+        raw = await ask(gw, model, reasoning_effort="high")
+        assert raw.headers["x-llm-provider"] == "openai", model
+    assert all(gw.sims[name].requests == [] for name in ("anthropic", "google", "ollama"))
+    async with client(gw) as c:
+        with pytest.raises(openai.BadRequestError) as info:
+            await c.chat.completions.create(
+                model="o3-mini",
+                messages=[{"role": "user", "content": "x"}],
+                reasoning_effort="Very High!",  # type: ignore[arg-type]
+            )
+    assert info.value.param == "reasoning_effort"
+
+
+async def test_a_reasoning_effort_no_serving_provider_takes_is_a_400(gw: RunningGateway) -> None:
+    async with client(gw) as c:
+        with pytest.raises(openai.BadRequestError) as info:
+            await c.chat.completions.create(
+                model="llama3", messages=[{"role": "user", "content": "x"}], reasoning_effort="low"
+            )
+    assert info.value.code == "unsupported_parameter" and info.value.param == "reasoning_effort"
+    assert gw.sims["ollama"].requests == []

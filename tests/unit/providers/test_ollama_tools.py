@@ -52,7 +52,12 @@ def request(*messages: Message, **kw: Any) -> ChatRequest:
 
 def test_tools_are_carried_but_not_a_forced_choice_nor_parallel_false() -> None:
     assert "tools" in OllamaProvider.options
-    assert OllamaProvider.options == frozenset(CAPABILITIES) - {"tool_choice", "parallel_tool_calls", "image_urls"}
+    assert OllamaProvider.options == frozenset(CAPABILITIES) - {
+        "tool_choice",
+        "parallel_tool_calls",
+        "image_urls",
+        "reasoning_effort",
+    }
     assert request(tools=ToolSpec((WEATHER,), mode="auto")).needs() == ["tools"]
     assert not set(request(tools=ToolSpec((WEATHER,), mode="required")).needs()) <= OllamaProvider.options
 
