@@ -137,6 +137,14 @@ class ProviderError(GatewayError):
         self.retry_after = retry_after
         self.upstream_code = upstream_code
 
+    def name_provider(self, provider: str) -> None:
+        """Say which provider, for an error raised below the adapters (``provider="upstream"``:
+        the answer's reader): "upstream: malformed response" reached clients and the stores."""
+        if self.provider != provider:
+            self.message = self.message.replace(f"{self.provider}:", f"{provider}:", 1)
+            self.args = (self.message,)
+            self.provider = provider
+
 
 class RateLimited(ProviderError):
     """429: retried on the same provider with backoff, then fallback."""
@@ -173,6 +181,18 @@ class UpstreamServerError(ProviderError):
     type = "server_error"
     code = "upstream_server_error"
     outcome = "upstream_error"
+
+
+class ConnectionsBusy(ProviderError):
+    """Every connection the gateway may open to the provider's host stayed busy for the connect
+    timeout: the request never left the gateway. No provider attempt (no event; health is not
+    told: a burst of one tenant opened a healthy provider's circuit for everyone, a review), and
+    the next provider is tried; busy everywhere, a 503."""
+
+    status = 503
+    type = "server_error"
+    code = "gateway_busy"
+    outcome = "overloaded"
 
 
 class UpstreamTimeout(ProviderError):

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from gateway import errors
-from gateway.providers.upstream_http import UpstreamClient
+from gateway.providers.upstream_http import PoolBusy, UpstreamClient
 from gateway.providers.upstream_response import BodyCut, Response, Timeout
 from gateway.safe_text import redact_secrets
 from gateway.types import UnreadableUsage, Usage
@@ -189,8 +189,11 @@ async def post(
                 parsed, raw = await read_error_body(resp)
                 raise classify(resp.status, resp.headers, parsed, raw)
             yield resp
-    except errors.ProviderError:
+    except errors.ProviderError as exc:
+        exc.name_provider(provider)
         raise
+    except PoolBusy as exc:
+        raise errors.ConnectionsBusy(f"{provider}: {exc}, the request was not sent", provider=provider) from None
     except TimeoutError as exc:
         raise errors.UpstreamTimeout(f"{provider}: request timed out", provider=provider) from exc
     except BodyCut as exc:

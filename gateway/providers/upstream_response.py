@@ -29,6 +29,10 @@ MAX_EVENT_BYTES = 32 * 1024 * 1024
 #: the largest whole answer (a non-streaming body) taken from an upstream, decompressed: a 2 GB
 #: answer took the gateway to 5 GB of memory, and a 1 MB gzip bomb to 2 GB
 MAX_BODY_BYTES = 64 * 1024 * 1024
+#: what every answer may hold on its own, and what the answers past it share (in flight at once)
+OWN_BYTES = 1024 * 1024
+SHARED_BYTES = 256 * 1024 * 1024
+_SHARED = [0]
 
 
 def malformed_answer(what: str) -> errors.MalformedResponse:
@@ -146,15 +150,30 @@ class Body:
             self._size += len(data)
 
     async def read(self, limit: int | None = None) -> bytes:
-        """The whole body; past ``limit`` bytes, ``MalformedResponse`` (the rest is not read)."""
+        """The whole body; past ``limit`` bytes, ``MalformedResponse`` (the rest is not read).
+        Past :data:`OWN_BYTES`, an answer takes its bytes from :data:`SHARED_BYTES`, which all
+        such answers in flight share; when those are taken, it is refused the same way: 80
+        answers of 300 MB at once, each refused at 64 MiB, held 5.4 GB (a review)."""
         parts = []
-        size = 0
-        while piece := await self.readany():
-            parts.append(piece)
-            size += len(piece)
-            if limit is not None and size > limit:
-                raise malformed_answer(f"an answer over {limit} bytes")
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        size = shared = 0
+        try:
+            while piece := await self.readany():
+                parts.append(piece)
+                size += len(piece)
+                if limit is not None and size > limit:
+                    raise malformed_answer(f"an answer over {limit} bytes")
+                if size > OWN_BYTES:
+                    extra = size - OWN_BYTES - shared
+                    if _SHARED[0] + extra > SHARED_BYTES:
+                        raise malformed_answer(
+                            f"an answer over {OWN_BYTES} bytes while the large answers in flight hold "
+                            f"{_SHARED[0]} bytes (at most {SHARED_BYTES})"
+                        )
+                    _SHARED[0] += extra
+                    shared += extra
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+        finally:
+            _SHARED[0] -= shared
 
     async def read_at_most(self, limit: int) -> bytes:
         """The body's first ``limit`` bytes or fewer (the rest is not read)."""

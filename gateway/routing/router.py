@@ -16,6 +16,7 @@ from typing import Protocol, TypeVar, cast
 from gateway import errors
 from gateway.events import UsageEvent
 from gateway.providers.base import BatchStreaming, FinalBatch, Provider
+from gateway.providers.upstream_http import QUEUED
 from gateway.routing.catalog import Candidate, ModelCatalog
 from gateway.routing.retry import RetryBudget, RetryPolicy, Sleep, call_with_retry
 from gateway.types import ChatRequest, ChatResult, StreamChunk, Usage
@@ -330,6 +331,7 @@ class Router:
         attempts.count += 1
         number = attempts.count
         started = time.monotonic()
+        QUEUED.set(0.0)
         try:
             result = await provider.complete(request)
         except BaseException as exc:
@@ -337,7 +339,7 @@ class Router:
             if failure is exc:
                 raise
             raise failure from exc
-        latency = (time.monotonic() - started) * 1000.0
+        latency = _latency_ms(started)
         event = self.recorder.record(
             ctx,
             AttemptFacts(
@@ -365,6 +367,7 @@ class Router:
         attempts.count += 1
         number = attempts.count
         started = time.monotonic()
+        QUEUED.set(0.0)
         iterator = _batches(provider, request)
         head: list[StreamChunk] = []
         deadline = self._starts.begin()
@@ -391,6 +394,7 @@ class Router:
             raise failure from exc
         finally:
             self._starts.end(deadline)
+        started += QUEUED.get()  # the wait for a free connection is the gateway's
         ttft = (time.monotonic() - started) * 1000.0
         return StreamSession(self.recorder, ctx, candidate, number, started, ttft, head, iterator, attempts.billed)
 
@@ -412,7 +416,11 @@ class Router:
             # the client's error, before any call; no attempt was made
             attempts.count -= 1
             return exc
-        latency = (time.monotonic() - started) * 1000.0
+        if isinstance(exc, errors.ConnectionsBusy):  # never sent: no attempt, the next provider
+            attempts.count -= 1
+            attempts.failures.append(exc)
+            return exc
+        latency = _latency_ms(started)
         if isinstance(exc, asyncio.CancelledError):
             facts = AttemptFacts(
                 number=number, provider=candidate.provider, provider_model=candidate.model,
@@ -723,6 +731,11 @@ async def _aclose(iterator: AsyncIterator[object]) -> None:
             await closer()
         except (TimeoutError, errors.GatewayError, OSError, RuntimeError):
             log.debug("error while closing an upstream stream", exc_info=True)
+
+
+def _latency_ms(started: float) -> float:
+    """An attempt's latency since ``started``, without its wait for a free connection."""
+    return (time.monotonic() - started - QUEUED.get()) * 1000.0
 
 
 def _as_provider_error(exc: BaseException, provider: str) -> errors.ProviderError:

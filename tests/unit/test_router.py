@@ -498,6 +498,37 @@ async def test_a_call_cancelled_during_a_retry_s_wait_logs_its_cost_line_once(
     assert lines == ["Cost | tenant=tenant_123 provider=openai model=gpt-4 cost=$0.000000"]
 
 
+def busy(provider: str) -> errors.ConnectionsBusy:
+    return errors.ConnectionsBusy(f"{provider}: all 256 of the gateway's connections were busy", provider=provider)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_request_that_found_every_connection_busy_is_no_attempt_and_falls_back(stream: bool) -> None:
+    """It never left the gateway: no event (health is not told: a burst opened a healthy
+    provider's circuit for every tenant, a review), not counted, and the next provider serves."""
+    openai, azure = ScriptedProvider("openai", busy("openai")), ScriptedProvider("azure")
+    router, log, _ = make_router(openai, azure)
+    if stream:
+        session = await router.open_stream(ctx(stream=True), TEMPLATE)
+        texts = [chunk.text async for chunk in session.chunks()]
+        assert texts[0] == "hello"
+        provider, attempts = session.provider, session.attempts
+    else:
+        served = await router.complete(ctx(), TEMPLATE)
+        provider, attempts = served.provider, served.attempts
+    assert (provider, attempts) == ("azure", 1)
+    # a stream's own event comes when it ends (the session's); openai's would be here now
+    assert [(e.provider, e.attempt, e.outcome) for e in log.events] == ([] if stream else [("azure", 1, "success")])
+
+
+async def test_busy_everywhere_is_a_503_with_no_event() -> None:
+    router, log, _ = make_router(ScriptedProvider("openai", busy("openai")), ScriptedProvider("azure", busy("azure")))
+    with pytest.raises(errors.AllProvidersFailed) as info:
+        await router.complete(ctx(), TEMPLATE)
+    assert info.value.status == 503 and "connections were busy" in info.value.message
+    assert log.events == []
+
+
 class PingingProvider(ScriptedProvider):
     """A stream that keeps the connection busy and says nothing (keep-alive pings: every read
     resets the idle timeout)."""

@@ -27,7 +27,7 @@ from gateway.providers import http as gateway_http
 from gateway.providers.base import Timeouts
 from gateway.providers.google import GoogleProvider
 from gateway.providers.upstream_connection import HIGH_WATER
-from gateway.providers.upstream_http import UpstreamClient
+from gateway.providers.upstream_http import QUEUED, PoolBusy, UpstreamClient
 from gateway.providers.upstream_response import BodyCut, ProtocolViolation, Response, Timeout
 from gateway.settings import ProviderSettings
 from gateway.types import ChatRequest, Message
@@ -477,6 +477,34 @@ async def test_an_answer_past_the_body_limit_is_malformed_and_a_gzip_bomb_is_cut
         await call(client, server.url())
 
 
+async def test_large_answers_in_flight_share_one_bound(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each answer was bounded alone: 80 answers of 300 MB at once, each refused at 64 MiB, held
+    5.4 GB (a review). Past its own share an answer takes from one pool all such answers share,
+    and is refused when the pool is taken; the pool is whole again after."""
+    from gateway.providers import upstream_response
+
+    monkeypatch.setattr(upstream_response, "OWN_BYTES", 1000)
+    monkeypatch.setattr(upstream_response, "SHARED_BYTES", 3000)
+
+    async def handler(request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        size = int(request.body)
+        await send(writer, CHUNKED_HEAD, *(b"3e8\r\n" + b"x" * 1000 + b"\r\n" for _ in range(size)), b"0\r\n\r\n",
+                   delay=0.02)  # fmt: skip
+        return True
+
+    server.handler = handler
+    async with UpstreamClient() as client:
+        small = call(client, server.url(), data=b"1")  # 1,000 bytes: its own share
+        big = [call(client, server.url(), data=b"3") for _ in range(2)]  # 2,000 more each: 4,000 > 3,000
+        results = await asyncio.gather(small, *big, return_exceptions=True)
+    assert results[0] == (200, b"x" * 1000)
+    refused = [r for r in results[1:] if isinstance(r, errors.MalformedResponse)]
+    assert len(refused) == 1 and "large answers in flight hold" in refused[0].message
+    assert upstream_response._SHARED[0] == 0
+    async with UpstreamClient() as client:  # the pool is whole again: both fit one after the other
+        assert await call(client, server.url(), data=b"3") == (200, b"x" * 3000)
+
+
 # --- 4. a body that ends when the server closes -----------------------------------------------
 
 
@@ -841,6 +869,35 @@ async def test_limit_per_host_a_dropped_connection_frees_its_slot(server: Server
     assert server.accepted == 3
 
 
+async def test_a_wait_for_a_slot_past_the_connect_timeout_is_pool_busy_and_not_latency(server: Server) -> None:
+    """Waiting for a free connection is the gateway's queue: past the connect timeout (as
+    aiohttp's includes the pool's wait) it is PoolBusy, not the provider's timeout, and the time
+    waited is kept apart (``QUEUED``) from the provider's latency (a review: a burst of 1,000
+    calls recorded 744 provider timeouts, 488 of them never sent, and opened the circuit)."""
+
+    async def handler(request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(0.3)
+        await send(writer, plain(b"ok"))
+        return True
+
+    server.handler = handler
+    async with UpstreamClient(limit_per_host=1) as client:
+        first = asyncio.create_task(call(client, server.url(), Timeout(total=5)))
+        await asyncio.sleep(0.05)
+        with pytest.raises(PoolBusy):
+            await call(client, server.url(), Timeout(total=5, connect=0.1))
+        assert server.accepted == 1 and len(server.requests) == 1  # never sent
+
+        async def queued() -> tuple[tuple[int, bytes], float]:
+            QUEUED.set(0.0)
+            result = await call(client, server.url(), Timeout(total=5, connect=2))
+            return result, QUEUED.get()
+
+        result, waited = await queued()  # waits for the first call's slot, then is answered
+        assert result == (200, b"ok") and 0.1 < waited < 0.5
+        assert await first == (200, b"ok")
+
+
 # --- 12. invalid input ------------------------------------------------------------------------
 
 
@@ -938,6 +995,22 @@ async def test_async_with_closes_the_client(server: Server) -> None:
 
 def classify(status: int, headers: Mapping[str, str], body: Any, raw: str) -> errors.ProviderError:
     return gateway_http.default_classify("test", status, headers, gateway_http.error_message(body, raw))
+
+
+async def test_an_error_of_the_answer_s_reader_names_the_provider(
+    server: Server, client: UpstreamClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reader below the adapters knows no provider: "upstream: malformed response: an answer
+    over 67108864 bytes" reached clients and the stores (a review)."""
+    from gateway.providers import upstream_response
+
+    monkeypatch.setattr(upstream_response, "MAX_BODY_BYTES", 10)
+    server.handler = answer(plain(b'{"too": "long for the limit"}'))
+    with pytest.raises(errors.MalformedResponse) as info:
+        async with gateway_http.post(client, "openai", server.url("/v1/chat"), headers={}, body={}, timeout=T,
+                                     classify=classify) as resp:  # fmt: skip
+            await resp.read()
+    assert info.value.provider == "openai" and str(info.value).startswith("openai: malformed response: an answer over")
 
 
 async def test_post_helper_maps_429_to_rate_limited(server: Server, client: UpstreamClient) -> None:
