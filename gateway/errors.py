@@ -183,6 +183,15 @@ class UpstreamServerError(ProviderError):
     outcome = "upstream_error"
 
 
+class ClientGone(GatewayError):
+    """The client left before the next attempt was sent: the call stops there (no attempt is
+    made for nobody). 499, nginx's "client closed request", for the metrics alone."""
+
+    status = 499
+    type = "client_gone"
+    code = "client_closed_request"
+
+
 class ConnectionsBusy(ProviderError):
     """Every connection the gateway may open to the provider's host stayed busy for the connect
     timeout: the request never left the gateway. No provider attempt (no event; health is not

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any
 
 import orjson
@@ -16,6 +17,7 @@ from gateway.api.responses import ChunkFormatter, chat_completion, text_completi
 from gateway.api.state import STATE, GatewayState
 from gateway.api.validation import ParsedRequest, parse_chat, parse_completion
 from gateway.pricing.base import format_usd
+from gateway.providers.upstream_http import CLIENT_GONE
 from gateway.routing.router import StreamSession
 from gateway.safe_text import header_value
 from gateway.usage import CallContext, UsageRecorder
@@ -82,6 +84,7 @@ async def _serve(
     request: web.Request, state: GatewayState, principal: Any, parsed: ParsedRequest
 ) -> web.StreamResponse:
     state.in_flight += 1
+    CLIENT_GONE.set(partial(_gone, request))
     try:
         return await _answer(request, state, principal, parsed)
     finally:
@@ -90,6 +93,12 @@ async def _serve(
             await state.event_log.settled(state.in_flight)
         finally:  # cancelled while it waits: still no longer in flight
             state.in_flight -= 1
+
+
+def _gone(request: web.Request) -> bool:
+    """Whether the request's client has closed its connection."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 async def _answer(

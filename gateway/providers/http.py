@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from gateway import errors
-from gateway.providers.upstream_http import PoolBusy, UpstreamClient
+from gateway.providers.upstream_http import ClientGone, PoolBusy, UpstreamClient
 from gateway.providers.upstream_response import BodyCut, Response, Timeout
 from gateway.safe_text import redact_secrets
 from gateway.types import UnreadableUsage, Usage
@@ -192,6 +192,8 @@ async def post(
     except errors.ProviderError as exc:
         exc.name_provider(provider)
         raise
+    except ClientGone:
+        raise errors.ClientGone(f"{provider}: the client left before the request was sent") from None
     except PoolBusy as exc:
         raise errors.ConnectionsBusy(f"{provider}: {exc}, the request was not sent", provider=provider) from None
     except TimeoutError as exc:

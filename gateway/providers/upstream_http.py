@@ -31,7 +31,7 @@ import importlib.metadata
 import ssl
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
@@ -66,6 +66,15 @@ class _Origin:
 #: seconds the current task's requests waited for a free connection (the router leaves them out
 #: of the attempt's latency: a review saw the pool's queue as a provider's p50 of 8 s)
 QUEUED: ContextVar[float] = ContextVar("upstream_queued", default=0.0)
+
+
+#: whether the client of the current task's request has gone (set by the API per request)
+CLIENT_GONE: ContextVar[Callable[[], bool] | None] = ContextVar("client_gone", default=None)
+
+
+class ClientGone(Exception):
+    """The request's client left while it waited for a connection: it was not sent (sent, the
+    vendor would answer, and bill, a call nobody reads: a review saw 940 of 1,200 so)."""
 
 
 class PoolBusy(Exception):
@@ -301,7 +310,14 @@ class _Exchange:
         # connection, the headers, each piece of the body): timers, no task cancellation
         deadline = None if total is None else asyncio.get_running_loop().time() + total
         try:
+            waited = QUEUED.get()
             conn = self._conn = await self._pool.acquire(timeout.connect, deadline)
+            if QUEUED.get() != waited and (gone := CLIENT_GONE.get()) is not None and gone():
+                # it waited for a connection, and its client left meanwhile: the connection, not
+                # used, goes back to the pool (abandoning an idle one would keep its slot)
+                self._conn = None
+                self._pool.release(conn)
+                raise ClientGone
             response = self._response = await conn.send(self._head, self._data, timeout.read, deadline)
         except BaseException:
             self._leave()

@@ -16,7 +16,7 @@ from typing import Protocol, TypeVar, cast
 from gateway import errors
 from gateway.events import UsageEvent
 from gateway.providers.base import BatchStreaming, FinalBatch, Provider
-from gateway.providers.upstream_http import QUEUED
+from gateway.providers.upstream_http import CLIENT_GONE, QUEUED
 from gateway.routing.catalog import Candidate, ModelCatalog
 from gateway.routing.retry import RetryBudget, RetryPolicy, Sleep, call_with_retry
 from gateway.types import ChatRequest, ChatResult, StreamChunk, Usage
@@ -251,6 +251,12 @@ class Router:
                     exc.call_cost = _total(Decimal(0), attempts.billed)
                     exc.call_attempts = attempts.count
                     raise
+            except errors.ClientGone:
+                log.info("request %s: the client left before attempt %d was sent", ctx.request_id, attempts.count + 1)
+                UsageRecorder.log_cost(
+                    ctx.tenant_id, candidate.provider, candidate.model, _total(Decimal(0), attempts.billed)
+                )
+                raise
             except asyncio.CancelledError:
                 if not attempts.cancel_logged:
                     # cancelled between attempts (a stop during a retry's wait): no attempt to
@@ -328,6 +334,7 @@ class Router:
     async def _attempt(
         self, ctx: CallContext, provider: Provider, request: ChatRequest, candidate: Candidate, attempts: _Attempts
     ) -> Served:
+        _client_still_there(attempts)
         attempts.count += 1
         number = attempts.count
         started = time.monotonic()
@@ -364,6 +371,7 @@ class Router:
     async def _start_stream(
         self, ctx: CallContext, provider: Provider, request: ChatRequest, candidate: Candidate, attempts: _Attempts
     ) -> StreamSession:
+        _client_still_there(attempts)
         attempts.count += 1
         number = attempts.count
         started = time.monotonic()
@@ -419,6 +427,9 @@ class Router:
         if isinstance(exc, errors.ConnectionsBusy):  # never sent: no attempt, the next provider
             attempts.count -= 1
             attempts.failures.append(exc)
+            return exc
+        if isinstance(exc, errors.ClientGone):  # never sent, and nobody to answer: the call ends
+            attempts.count -= 1
             return exc
         latency = _latency_ms(started)
         if isinstance(exc, asyncio.CancelledError):
@@ -731,6 +742,13 @@ async def _aclose(iterator: AsyncIterator[object]) -> None:
             await closer()
         except (TimeoutError, errors.GatewayError, OSError, RuntimeError):
             log.debug("error while closing an upstream stream", exc_info=True)
+
+
+def _client_still_there(attempts: _Attempts) -> None:
+    """Before a retry or a fallback is sent: a client that left meanwhile (in a backoff, during
+    the attempt before) is answered by nobody, and the attempt would be billed for nothing."""
+    if attempts.count and (gone := CLIENT_GONE.get()) is not None and gone():
+        raise errors.ClientGone("the client left before the next attempt")
 
 
 def _latency_ms(started: float) -> float:

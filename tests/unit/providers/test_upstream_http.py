@@ -27,7 +27,7 @@ from gateway.providers import http as gateway_http
 from gateway.providers.base import Timeouts
 from gateway.providers.google import GoogleProvider
 from gateway.providers.upstream_connection import HIGH_WATER
-from gateway.providers.upstream_http import QUEUED, PoolBusy, UpstreamClient
+from gateway.providers.upstream_http import CLIENT_GONE, QUEUED, ClientGone, PoolBusy, UpstreamClient
 from gateway.providers.upstream_response import BodyCut, ProtocolViolation, Response, Timeout
 from gateway.settings import ProviderSettings
 from gateway.types import ChatRequest, Message
@@ -896,6 +896,20 @@ async def test_a_wait_for_a_slot_past_the_connect_timeout_is_pool_busy_and_not_l
         result, waited = await queued()  # waits for the first call's slot, then is answered
         assert result == (200, b"ok") and 0.1 < waited < 0.5
         assert await first == (200, b"ok")
+
+        # a client that left while its request waited for the connection: it is not sent
+        first = asyncio.create_task(call(client, server.url(), Timeout(total=5)))
+        await asyncio.sleep(0.05)
+        sent = len(server.requests)
+        CLIENT_GONE.set(lambda: True)
+        try:
+            with pytest.raises(ClientGone):
+                await call(client, server.url(), Timeout(total=5, connect=2))
+        finally:
+            CLIENT_GONE.set(None)
+        assert await first == (200, b"ok")
+        assert len(server.requests) == sent  # the first call's only
+        assert await call(client, server.url()) == (200, b"ok")  # the slot went back
 
 
 # --- 12. invalid input ------------------------------------------------------------------------
