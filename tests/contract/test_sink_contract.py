@@ -537,20 +537,13 @@ async def test_postgres_csv_and_binary_copy_store_the_same_values() -> None:
     # values CSV carries as they are: commas, quotes of the other kind, unicode, empty and "null"
     # strings, money with an exponent or more than 10 decimals, offsets, floats at their limits
     as_csv = [
-        make_event(
-            1,
-            tenant_id="acme, inc. ✓ 'x'",
-            api_key_id="null",
-            gateway_instance="",
-            error_code="e,1",
-            cache_creation_tokens=5,
-            cache_creation_1h_tokens=3,
-        ),
+        make_event(1, tenant_id="acme, inc. ✓ 'x'", api_key_id="null", gateway_instance="", error_code="e,1"),
         make_event(2, cost=Decimal("1E-7"), created_at=datetime(2026, 3, 1, 14, 0, 0, 1, tzinfo=plus_two)),
         make_event(3, cost=Decimal("0.00000000015"), latency_ms=0.1 + 0.2, ttft_ms=1e-300),
         make_event(4, cost=None, price_version=None, served_model=None, http_status=None, ttft_ms=None),
         make_event(5, cost=Decimal("-0"), latency_ms=1e300, prompt_tokens=2**31 - 1),
         make_event(15, created_at=datetime(2026, 3, 1, 14, 0, tzinfo=timezone(timedelta(hours=15, minutes=59)))),
+        make_event(19, cache_creation_tokens=5, cache_creation_1h_tokens=3),
     ]
     # values CSV cannot carry: each sends its batch as binary records
     as_binary = [

@@ -10,10 +10,23 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from gateway.events import UsageEvent
 from gateway.settings import ProviderSettings
 from tests.support.gateway import running_gateway, start_app
 
 AZURE_KEY = "deadbeefcafebabe0123456789abcdef"  # 32 hex digits and no prefix, as Azure's keys are
+
+
+async def call_through(provider: str, upstream: ProviderSettings) -> tuple[int, str, list[UsageEvent]]:
+    """One call pinned to ``provider`` (its settings ``upstream``, a simulator for the others):
+    the status, the answer's text and the provider's events."""
+    others = ("openai",) if provider != "openai" else ("azure",)
+    async with running_gateway(providers=others, settings={"providers": {provider: upstream}}) as gw:
+        async with aiohttp.ClientSession() as s:
+            body = {"model": "gpt-4o", "provider": provider, "messages": [{"role": "user", "content": "hi"}]}
+            async with s.post(f"{gw.base_url}/chat/completions", json=body) as r:
+                answer = await r.text()
+        return r.status, answer, [e for e in gw.event_log.events if e.provider == provider]
 
 
 async def test_a_key_of_no_known_shape_echoed_by_the_vendor_is_redacted_everywhere(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -28,16 +41,10 @@ async def test_a_key_of_no_known_shape_echoed_by_the_vendor_is_redacted_everywhe
     upstream.router.add_post("/openai/deployments/{deployment}/chat/completions", refuse)
     runner, url = await start_app(upstream)
     try:
-        providers = {"azure": ProviderSettings(api_key=AZURE_KEY, base_url=url)}
-        async with running_gateway(providers=("openai",), settings={"providers": providers}) as gw:
-            async with aiohttp.ClientSession() as s:
-                body = {"model": "gpt-4o", "provider": "azure", "messages": [{"role": "user", "content": "hi"}]}
-                async with s.post(f"{gw.base_url}/chat/completions", json=body) as r:
-                    answer = await r.text()
-            events = [e for e in gw.event_log.events if e.provider == "azure"]
+        status, answer, events = await call_through("azure", ProviderSettings(api_key=AZURE_KEY, base_url=url))
     finally:
         await runner.cleanup()
-    assert r.status >= 400 and "is not valid" in answer and AZURE_KEY not in answer
+    assert status >= 400 and "is not valid" in answer and AZURE_KEY not in answer
     assert events and all(AZURE_KEY not in (e.error_message or "") for e in events)
     assert "The key '***' is not valid" in (events[0].error_message or "")
 
@@ -49,14 +56,8 @@ async def test_an_unreachable_endpoint_is_named_in_the_log_not_to_the_client(cap
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # closed again: nothing listens there
     endpoint = f"http://127.0.0.1:{port}/v1"
-    providers = {"openai": ProviderSettings(api_key="sk-test", base_url=endpoint)}
     caplog.set_level(logging.WARNING, logger="gateway.providers.http")
-    async with running_gateway(providers=("azure",), settings={"providers": providers}) as gw:
-        async with aiohttp.ClientSession() as s:
-            body = {"model": "gpt-4o", "provider": "openai", "messages": [{"role": "user", "content": "hi"}]}
-            async with s.post(f"{gw.base_url}/chat/completions", json=body) as r:
-                answer = await r.text()
-        events = [e for e in gw.event_log.events if e.provider == "openai"]
-    assert r.status == 502 and "cannot reach the provider's endpoint" in answer and str(port) not in answer
+    status, answer, events = await call_through("openai", ProviderSettings(api_key="sk-test", base_url=endpoint))
+    assert status == 502 and "cannot reach the provider's endpoint" in answer and str(port) not in answer
     assert events and all(str(port) not in (e.error_message or "") for e in events)
     assert f"openai: cannot reach {endpoint}" in caplog.text
