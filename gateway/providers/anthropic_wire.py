@@ -99,7 +99,11 @@ def build_body(req: ChatRequest, *, stream: bool) -> dict[str, Any]:
         elif msg.role == "assistant" and not msg.content:
             continue  # an empty assistant turn (OpenAI takes one): Anthropic refuses empty content
         elif msg.cache:  # prompt-cache marks: the content as blocks, marked as the client marked it
-            _add_blocks(turns, "assistant" if msg.role == "assistant" else "user", _marked_blocks(msg))
+            role = "assistant" if msg.role == "assistant" else "user"
+            before: list[dict[str, Any]] = []
+            if turns and turns[-1]["role"] == role:
+                before = turns[-1]["content"] = _blocks(turns[-1]["content"])
+            _add_blocks(turns, role, _marked_blocks(msg, before))
         elif msg.parts is not None:  # a user message with images: text and image blocks in order
             _add_blocks(turns, "user", [_block(part) for part in msg.parts if part])
         else:
@@ -110,7 +114,10 @@ def build_body(req: ChatRequest, *, stream: bool) -> dict[str, Any]:
         turns.append({"role": "user", "content": req.prompt})
     system: str | list[dict[str, Any]] | None = req.system_text()
     if system is not None and any(m.cache for m in req.messages if m.role in ("system", "developer")):
-        system = [b for m in req.messages if m.role in ("system", "developer") for b in _marked_blocks(m)]
+        system = []
+        for m in req.messages:
+            if m.role in ("system", "developer"):
+                system += _marked_blocks(m, system)
     if not turns and system is not None:
         # system messages alone (OpenAI answers them): Anthropic needs a turn, so they are it
         turns.append({"role": "user", "content": system})
@@ -166,7 +173,8 @@ def _trim_prefill(turns: list[dict[str, Any]]) -> None:
     """A last assistant turn is Anthropic's prefill (the answer goes on from it), and one that
     ends in whitespace is its 400 ("final assistant content cannot end with trailing
     whitespace"), which does not fall back: its trailing whitespace goes (the model writes the
-    space itself), and a turn of whitespace alone with it."""
+    space itself), with the blocks of whitespace alone at its end (a prompt-cache mark on one
+    passes to the block before it), and a turn of whitespace alone with them."""
     if not turns or turns[-1]["role"] != "assistant":
         return
     content = turns[-1]["content"]
@@ -174,10 +182,16 @@ def _trim_prefill(turns: list[dict[str, Any]]) -> None:
         turns[-1]["content"] = content = content.rstrip()
         if not content:
             turns.pop()
-    elif content and content[-1].get("type") == "text":
+        return
+    while content and content[-1].get("type") == "text":
         content[-1]["text"] = content[-1]["text"].rstrip()
-        if not content[-1]["text"]:
-            content.pop()
+        if content[-1]["text"]:
+            break
+        mark = content.pop().get("cache_control")
+        if mark is not None and content and "cache_control" not in content[-1]:
+            content[-1]["cache_control"] = mark
+    if not content:
+        turns.pop()
 
 
 def _block(part: str | Image) -> dict[str, Any]:
@@ -195,21 +209,38 @@ def _add_blocks(turns: list[dict[str, Any]], role: str, blocks: list[dict[str, A
         turns.append({"role": role, "content": blocks})
 
 
-def _marked_blocks(msg: Message) -> list[dict[str, Any]]:
-    """A message's content as blocks with the client's prompt-cache marks: a mark on an empty
-    text (no block: Anthropic refuses those) goes to the block before it, a mark on the whole
-    message to its last block."""
+def _marked_blocks(msg: Message, before: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A message's content as blocks, split where the client put prompt-cache marks: the texts
+    between two marks are one block (as they are one text without marks), an image is a block.
+    Anthropic refuses a text block that is empty or only whitespace ("text content blocks must
+    contain non-whitespace text"), so such a stretch joins the block before it, in this message
+    or in ``before`` (the blocks this message's follow), with its mark (none before it: it goes,
+    with its mark); a mark on the whole message is its last block's."""
     pieces = msg.pieces or msg.parts or (msg.content,)
+    marks = dict(msg.cache)
     blocks: list[dict[str, Any]] = []
-    last: dict[int, int] = {}  # piece -> the index of its block, or of the block before it
+    text: list[str] = []
+
+    def close(mark: dict[str, str] | None) -> None:
+        stretch = "".join(text)
+        text.clear()
+        last = blocks or before
+        if stretch.strip():
+            blocks.append({"type": "text", "text": stretch})
+        elif last and last[-1]["type"] == "text":
+            last[-1]["text"] += stretch
+        if mark is not None and (blocks or before):
+            (blocks or before)[-1]["cache_control"] = mark
+
     for j, piece in enumerate(pieces):
-        if piece:
+        if isinstance(piece, str):
+            text.append(piece)
+        else:
+            close(None)
             blocks.append(_block(piece))
-        last[j] = len(blocks) - 1
-    for j, ttl in msg.cache:
-        at = len(blocks) - 1 if j == WHOLE else last.get(j, -1)
-        if at >= 0:
-            blocks[at]["cache_control"] = control(ttl)
+        if j in marks:
+            close(control(marks[j]))
+    close(control(marks[WHOLE]) if WHOLE in marks else None)
     return blocks
 
 

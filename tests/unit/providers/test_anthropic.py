@@ -874,3 +874,47 @@ def test_cache_marks_on_calls_results_and_empty_parts_land_on_a_block() -> None:
     assert sent["messages"][2]["content"] == [
         {"type": "tool_result", "tool_use_id": "c1", "content": "42", "cache_control": {"type": "ephemeral"}}
     ]
+
+
+def _sent(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    from gateway.api.validation import parse_chat
+
+    return wire.build_body(parse_chat({"model": "claude-3-haiku", "messages": messages}).template, stream=False)
+
+
+MARK = {"type": "ephemeral"}
+
+
+def test_a_marked_stretch_of_whitespace_joins_the_block_before_it() -> None:
+    """Anthropic refuses a text block of whitespace alone: a mark on one made the marked
+    content a block of its own (a re-test); the texts between two marks are one block."""
+    sent = _sent([{"role": "user", "content": [
+        {"type": "text", "text": "Hello"}, {"type": "text", "text": " ", "cache_control": MARK},
+        {"type": "text", "text": "more "}, {"type": "text", "text": "words"},
+    ]}])  # fmt: skip
+    assert sent["messages"][0]["content"] == [
+        {"type": "text", "text": "Hello ", "cache_control": MARK},
+        {"type": "text", "text": "more words"},
+    ]
+    system = _sent([
+        {"role": "system", "content": " "}, {"role": "system", "content": "S", "cache_control": MARK},
+        {"role": "system", "content": [{"type": "text", "text": "  ", "cache_control": MARK}]},
+        {"role": "user", "content": "hi"},
+    ])["system"]  # fmt: skip
+    assert system == [{"type": "text", "text": "S  ", "cache_control": MARK}]  # its whitespace kept, in a block
+    assert all(block["text"].strip() for m in sent["messages"] for block in m["content"])
+
+
+def test_a_marked_prefill_ending_in_whitespace_is_trimmed_and_keeps_its_mark() -> None:
+    """A last assistant turn that ends in whitespace is Anthropic's 400, which does not fall
+    back: a marked block of whitespace at its end left the block before it untrimmed."""
+    for assistant in (
+        [{"role": "assistant", "content": [{"type": "text", "text": "Sure "},
+                                           {"type": "text", "text": " ", "cache_control": MARK}]}],
+        [{"role": "assistant", "content": "Sure "},
+         {"role": "assistant", "content": [{"type": "text", "text": "\n", "cache_control": MARK}]}],
+    ):  # fmt: skip
+        sent = _sent([{"role": "user", "content": "Hi"}, *assistant])
+        assert sent["messages"][-1] == {
+            "role": "assistant", "content": [{"type": "text", "text": "Sure", "cache_control": MARK}]
+        }, sent["messages"]  # fmt: skip
