@@ -46,6 +46,7 @@ import math
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock_time
@@ -57,11 +58,14 @@ import duckdb
 
 from analytics.sql_limits import DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT, MAX_ROWS_LIMIT, MAX_TIMEOUT
 from analytics.store import AnalyticsStore
+from gateway.errors import ClientGone
 
 #: the most text a result may hold (its values' characters, about its JSON size)
 MAX_RESULT_BYTES = 64 * 1024 * 1024
 #: analytics queries one process runs at once (each gets a DuckDB connection of its own)
 MAX_CONCURRENT = 2
+#: how often a running query looks whether its caller has left (seconds)
+GONE_EVERY = 0.25
 
 #: table functions a query may use: generators and catalog introspection, nothing that reads
 #: files, reaches the network, runs other SQL or changes settings
@@ -522,7 +526,17 @@ class SqlService:
         self._slots = asyncio.Semaphore(concurrency)
         self._running: set[duckdb.DuckDBPyConnection] = set()
 
-    async def query(self, sql: str, *, max_rows: int = DEFAULT_MAX_ROWS, timeout: float = DEFAULT_TIMEOUT) -> SqlResult:
+    async def query(
+        self,
+        sql: str,
+        *,
+        max_rows: int = DEFAULT_MAX_ROWS,
+        timeout: float = DEFAULT_TIMEOUT,
+        gone: Callable[[], bool] | None = None,
+    ) -> SqlResult:
+        """Run ``sql``; ``gone``: whether the caller has left, looked at every
+        :data:`GONE_EVERY` seconds (aiohttp does not cancel a handler whose client left: a
+        query abandoned so ran to its timeout, holding one of the slots; a re-test)."""
         async with self._slots:
             cursor = await self.store.run(lambda conn: conn.cursor())
             self._running.add(cursor)
@@ -530,10 +544,17 @@ class SqlService:
                 asyncio.to_thread(run_query, cursor, sql, max_rows=max_rows, timeout=timeout, max_bytes=self.max_bytes)
             )
             try:
-                return await asyncio.shield(work)
-            except asyncio.CancelledError:
-                cursor.interrupt()  # the caller left: stop the query, then let the cancellation through
+                while True:  # asyncio.wait leaves ``work`` running when this is cancelled
+                    done, _ = await asyncio.wait([work], timeout=None if gone is None else GONE_EVERY)
+                    if done:
+                        return work.result()
+                    if gone is not None and gone():
+                        raise ClientGone("the client left: its query was stopped")
+            except (asyncio.CancelledError, ClientGone):
+                cursor.interrupt()  # the caller left: stop the query, then let that through
                 await asyncio.wait([work])
+                if not work.cancelled():
+                    work.exception()  # retrieved: the interrupt's SqlTimeout is expected
                 raise
             finally:
                 self._running.discard(cursor)

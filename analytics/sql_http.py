@@ -18,6 +18,7 @@ column, ...), ``sql_timeout`` or ``sql_result_too_large`` (over ``MAX_RESULT_BYT
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -27,6 +28,7 @@ from analytics.sql import SqlError, SqlService
 from analytics.sql_limits import DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT, MAX_ROWS_LIMIT, MAX_TIMEOUT
 from analytics.store import StoreError
 from gateway.api.json_body import json_body
+from gateway.api.middleware import client_gone
 from gateway.errors import InvalidRequest, PermissionDenied
 
 SQL: web.AppKey[SqlService] = web.AppKey("analytics_sql", SqlService)
@@ -48,7 +50,9 @@ async def sql_query(request: web.Request) -> web.Response:
     if fmt not in FORMATS:
         raise InvalidRequest(f"'format' must be one of {', '.join(FORMATS)}", param="format")
     try:
-        result = await request.app[SQL].query(sql, max_rows=int(max_rows), timeout=float(timeout))
+        result = await request.app[SQL].query(
+            sql, max_rows=int(max_rows), timeout=float(timeout), gone=partial(client_gone, request)
+        )
     except SqlError as exc:
         raise InvalidRequest(str(exc), param="sql", code=exc.code) from exc
     except StoreError as exc:

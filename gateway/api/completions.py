@@ -12,7 +12,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway import errors
 from gateway.api.json_body import body_bytes
-from gateway.api.middleware import REQUEST_ID
+from gateway.api.middleware import REQUEST_ID, client_gone
 from gateway.api.responses import ChunkFormatter, chat_completion, text_completion
 from gateway.api.state import STATE, GatewayState
 from gateway.api.validation import ParsedRequest, parse_chat, parse_completion
@@ -84,7 +84,7 @@ async def _serve(
     request: web.Request, state: GatewayState, principal: Any, parsed: ParsedRequest
 ) -> web.StreamResponse:
     state.in_flight += 1
-    CLIENT_GONE.set(partial(_gone, request))
+    CLIENT_GONE.set(partial(client_gone, request))
     try:
         return await _answer(request, state, principal, parsed)
     finally:
@@ -93,12 +93,6 @@ async def _serve(
             await state.event_log.settled(state.in_flight)
         finally:  # cancelled while it waits: still no longer in flight
             state.in_flight -= 1
-
-
-def _gone(request: web.Request) -> bool:
-    """Whether the request's client has closed its connection."""
-    transport = request.transport
-    return transport is None or transport.is_closing()
 
 
 async def _answer(

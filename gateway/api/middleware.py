@@ -19,6 +19,12 @@ log = logging.getLogger(__name__)
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 
 
+def client_gone(request: web.Request) -> bool:
+    """Whether the request's client has closed its connection."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 #: the longest wait passed on to a client in ``retry-after`` (a day)
 MAX_RETRY_AFTER = 86_400
 
@@ -39,7 +45,8 @@ def error_response(exc: errors.GatewayError, rid: str) -> web.Response:
     # stores do: an attempt the provider bills (a malformed 200, a stream cut after it began)
     # costs its price or an unknown amount, which the error answers left out
     if isinstance(exc, errors.AllProvidersFailed):
-        headers["x-llm-attempts"] = str(len(exc.attempts))
+        # the attempts sent: a request every connection of a provider was busy for was not
+        headers["x-llm-attempts"] = str(sum(not isinstance(a, errors.ConnectionsBusy) for a in exc.attempts))
         headers["x-llm-cost-usd"] = format_usd(exc.cost)
         waits = [a.retry_after for a in exc.attempts if a.retry_after is not None]
         if exc.retry_after is not None:  # circuits open: when the first lets a probe through

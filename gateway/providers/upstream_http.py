@@ -311,7 +311,12 @@ class _Exchange:
         deadline = None if total is None else asyncio.get_running_loop().time() + total
         try:
             waited = QUEUED.get()
-            conn = self._conn = await self._pool.acquire(timeout.connect, deadline)
+            try:
+                conn = self._conn = await self._pool.acquire(timeout.connect, deadline)
+            except PoolBusy:
+                if (gone := CLIENT_GONE.get()) is not None and gone():
+                    raise ClientGone from None  # and the client left while it waited
+                raise
             if QUEUED.get() != waited and (gone := CLIENT_GONE.get()) is not None and gone():
                 # it waited for a connection, and its client left meanwhile: the connection, not
                 # used, goes back to the pool (abandoning an idle one would keep its slot)

@@ -334,7 +334,7 @@ class Router:
     async def _attempt(
         self, ctx: CallContext, provider: Provider, request: ChatRequest, candidate: Candidate, attempts: _Attempts
     ) -> Served:
-        _client_still_there(attempts)
+        _client_still_there()
         attempts.count += 1
         number = attempts.count
         started = time.monotonic()
@@ -371,7 +371,7 @@ class Router:
     async def _start_stream(
         self, ctx: CallContext, provider: Provider, request: ChatRequest, candidate: Candidate, attempts: _Attempts
     ) -> StreamSession:
-        _client_still_there(attempts)
+        _client_still_there()
         attempts.count += 1
         number = attempts.count
         started = time.monotonic()
@@ -481,6 +481,8 @@ class Router:
         summary = "; ".join(parts) or "no attempt was made"
         outcomes = {e.outcome for e in attempts.failures}
         http_status, code, kind = _ALL_FAILED.get(frozenset(outcomes), (502, None, None))
+        if attempts.failures and all(isinstance(e, errors.ConnectionsBusy) for e in attempts.failures):
+            code = errors.ConnectionsBusy.code  # nothing was sent: the gateway's own limit
         if http_status == 502 and (outcomes <= _THROTTLED if outcomes else attempts.skipped):
             http_status = 503  # throttled everywhere, or every circuit open: unavailable for now
         failed = errors.AllProvidersFailed(
@@ -744,10 +746,11 @@ async def _aclose(iterator: AsyncIterator[object]) -> None:
             log.debug("error while closing an upstream stream", exc_info=True)
 
 
-def _client_still_there(attempts: _Attempts) -> None:
-    """Before a retry or a fallback is sent: a client that left meanwhile (in a backoff, during
-    the attempt before) is answered by nobody, and the attempt would be billed for nothing."""
-    if attempts.count and (gone := CLIENT_GONE.get()) is not None and gone():
+def _client_still_there() -> None:
+    """Before an attempt is sent (a retry, a fallback, one after a wait for a connection): a
+    client that left meanwhile is answered by nobody, and the attempt would be billed for
+    nothing (a re-test saw 50 such sent to the fallback after their wait)."""
+    if (gone := CLIENT_GONE.get()) is not None and gone():
         raise errors.ClientGone("the client left before the next attempt")
 
 

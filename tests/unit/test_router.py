@@ -546,12 +546,32 @@ async def test_a_request_that_found_every_connection_busy_is_no_attempt_and_fall
     assert [(e.provider, e.attempt, e.outcome) for e in log.events] == ([] if stream else [("azure", 1, "success")])
 
 
+async def test_a_client_that_left_while_its_request_waited_gets_no_fallback_sent() -> None:
+    """A re-test: 50 clients gone while they waited for a connection were each sent to the
+    fallback, answered and billed for nobody."""
+    from gateway.providers.upstream_http import CLIENT_GONE
+
+    openai, azure = ScriptedProvider("openai", busy("openai")), ScriptedProvider("azure")
+    router, log, _ = make_router(openai, azure)
+    CLIENT_GONE.set(lambda: len(openai.calls) > 0)  # gone by the time openai's wait ended
+    try:
+        with pytest.raises(errors.ClientGone):
+            await router.complete(ctx(), TEMPLATE)
+    finally:
+        CLIENT_GONE.set(None)
+    assert azure.calls == [] and log.events == []
+
+
 async def test_busy_everywhere_is_a_503_with_no_event() -> None:
     router, log, _ = make_router(ScriptedProvider("openai", busy("openai")), ScriptedProvider("azure", busy("azure")))
     with pytest.raises(errors.AllProvidersFailed) as info:
         await router.complete(ctx(), TEMPLATE)
     assert info.value.status == 503 and "connections were busy" in info.value.message
+    assert info.value.code == "gateway_busy"
     assert log.events == []
+    from gateway.api.middleware import error_response
+
+    assert error_response(info.value, "req_1").headers["x-llm-attempts"] == "0"  # none was sent
 
 
 class PingingProvider(ScriptedProvider):

@@ -442,6 +442,35 @@ async def test_a_running_query_does_not_hold_up_the_writer(store: AnalyticsStore
         await slow
 
 
+async def test_a_query_whose_caller_left_is_stopped_and_frees_its_slot(
+    store: AnalyticsStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp does not cancel a handler whose client left: two abandoned queries held both
+    slots for their whole timeout, and a `SELECT 1` waited 19 s (a re-test)."""
+    from gateway.errors import ClientGone
+
+    service = SqlService(store)
+    left = [False]
+    abandoned = [
+        asyncio.create_task(
+            service.query("SELECT count(*) FROM range(1000000000000)", timeout=60, gone=lambda: left[0])
+        )
+        for _ in range(2)
+    ]
+    await asyncio.sleep(0.3)
+    started = time.monotonic()
+    left[0] = True
+    for task in abandoned:
+        with pytest.raises(ClientGone):
+            await task
+    result = await service.query("SELECT 1 AS one")
+    assert result.rows == [[1]] and time.monotonic() - started < 5
+    import gc
+
+    gc.collect()  # an unretrieved exception of the interrupted work would be logged now
+    assert "exception was never retrieved" not in caplog.text
+
+
 async def test_cancelling_the_caller_stops_the_query(store: AnalyticsStore) -> None:
     service = SqlService(store)
     task = asyncio.create_task(service.query("SELECT count(*) FROM range(1000000000000)", timeout=60))
