@@ -101,8 +101,21 @@ class _Body:
         return data or b""
 
 
+class _Connected:
+    """The client's transport as the gateway looks at it: open (a mock's ``is_closing()`` is a
+    truthy mock: the gateway took the client for gone)."""
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
 def _request(app: web.Application, match_info: Any) -> web.Request:
-    request = make_mocked_request("POST", "/v1/chat/completions", headers=HEADERS, app=app, payload=_Body(BODY))
+    request = make_mocked_request(
+        "POST", "/v1/chat/completions", headers=HEADERS, app=app, payload=_Body(BODY), transport=_Connected()
+    )
     if match_info is not None:
         request._match_info = match_info
     return request
