@@ -13,6 +13,7 @@ any user could bind its port and collect the key (a review).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -40,6 +41,8 @@ def owner_urls(settings: Settings) -> list[str]:
         else [settings.port, settings.consume_port]
     )
     trusted = {os.getuid(), 0}
+    with contextlib.suppress(OSError):  # the service's user, for root running the commands (sudo)
+        trusted.add(os.stat(settings.data_dir).st_uid)
     urls = []
     for port in ports:
         owners = listener_uids(port)

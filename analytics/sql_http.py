@@ -27,6 +27,7 @@ from analytics.http import AUTH, STORE, AnalyticsUnavailable
 from analytics.sql import SqlError, SqlService
 from analytics.sql_limits import DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT, MAX_ROWS_LIMIT, MAX_TIMEOUT
 from analytics.store import StoreError
+from gateway.api.drain import at_stop
 from gateway.api.json_body import json_body
 from gateway.api.middleware import client_gone
 from gateway.errors import InvalidRequest, PermissionDenied
@@ -95,7 +96,6 @@ def install_sql(app: web.Application) -> None:
     app[SQL] = service
     app.router.add_post(PATH, sql_query)
 
-    async def stop_queries(app: web.Application) -> None:
-        service.interrupt_all()  # before the store closes (cleanup runs after shutdown)
-
-    app.on_shutdown.append(stop_queries)
+    # a stop interrupts them at once, before it waits for the requests in flight (and before the
+    # store closes: cleanup runs after shutdown)
+    at_stop(app, service.interrupt_all)

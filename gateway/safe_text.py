@@ -44,15 +44,16 @@ _SECRETS = re.compile(
 #: the credentials the gateway holds (its providers' keys, its own API keys): redacted wherever
 #: they appear, whatever their shape (an Azure key is 32 hex digits, no prefix: a review saw it
 #: come back whole from a vendor's 401 to a tenant's client and into the stores)
-_KNOWN: set[str] = set()
+_KNOWN: list[str] = []  # longest first: a key holding another is redacted whole
 #: the shortest credential redacted as such (shorter values would redact ordinary words)
 MIN_SECRET = 8
 
 
 def register_secret(value: str | None) -> None:
     """Redact ``value`` from every error text from now on (at start, for each configured key)."""
-    if value and len(value.strip()) >= MIN_SECRET:
-        _KNOWN.add(value.strip())
+    if value and len(value.strip()) >= MIN_SECRET and value.strip() not in _KNOWN:
+        _KNOWN.append(value.strip())
+        _KNOWN.sort(key=len, reverse=True)
 
 
 def redact_secrets(text: str) -> str:

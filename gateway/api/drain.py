@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -32,15 +33,34 @@ CANCELLED_GRACE = 5.0
 RUNNER_BACKSTOP = 1.0
 
 
+_AT_ONCE = web.AppKey("drain_at_once", list)
+
+
 def install_drain(app: web.Application, timeout: float) -> None:
     """Track ``app``'s requests (``IN_FLIGHT``, kept by the error middleware) and drain them
     within ``timeout`` seconds when it shuts down."""
     app[IN_FLIGHT] = set()
     app[_TIMEOUT] = timeout
+    app[_AT_ONCE] = []
     app.on_shutdown.append(_drain)
 
 
+def at_stop(app: web.Application, hook: Callable[[], None]) -> None:
+    """Run ``hook`` as soon as a stop begins, before the drain waits: work not worth waiting for
+    (an analytics query, interrupted so: it held a stop for the whole timeout, a diff review)."""
+    if _AT_ONCE in app:
+        app[_AT_ONCE].append(hook)
+        return
+
+    async def run(app: web.Application) -> None:
+        hook()
+
+    app.on_shutdown.append(run)
+
+
 async def _drain(app: web.Application) -> None:
+    for hook in app[_AT_ONCE]:
+        hook()
     tasks: set[asyncio.Task[Any]] = app[IN_FLIGHT]
     if not tasks:
         return

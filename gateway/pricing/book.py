@@ -1,6 +1,7 @@
 """The gateway's price book: operator file, built-in table, genai-prices database, free, unpriced.
 
-Lookup order for one call (each source tries the served model, then the model asked for):
+Lookup order for one call (the price file tries the served model, then the model asked for;
+then each model in that order goes through 2 to 4):
 
 1. the operator's price file (:mod:`gateway.pricing.pricefile`), when it prices the model;
 2. local providers (Ollama) are free: cost 0, source ``free``;
@@ -56,11 +57,14 @@ class CompositePriceBook:
         return self.quote_first(provider, (model,), usage, at)
 
     def quote_first(self, provider: str, models: Sequence[str], usage: Usage, at: datetime) -> Quote:
-        """The cost of one call by the first source (in the module's order) that prices one of
-        ``models``, the first such model within a source. So the operator's entry for the model
-        the gateway asked for (an Azure deployment, an Ollama tag) beats the built-in rate of
-        the model the vendor says served it (a review: ``prod-gpt4o`` priced in the file was
-        billed at the built-in gpt-4o rate, because Azure answered ``gpt-4o-2024-08-06``)."""
+        """The cost of one call of the first of ``models`` (the served model, then the one
+        asked for) that the price file prices, else of the first the other sources price (each
+        model through the built-in table, then the database). So the operator's entry for the
+        model the gateway asked for (an Azure deployment, an Ollama tag) beats the built-in rate
+        of the model the vendor says served it (a review: ``prod-gpt4o`` priced in the file was
+        billed at the built-in gpt-4o rate, because Azure answered ``gpt-4o-2024-08-06``), and
+        the served model's price in the database beats the built-in rate of a deployment's
+        name (``gpt-4`` serving ``gpt-4o-mini``: 120x over, a diff review)."""
         if at.tzinfo is None or at.utcoffset() is None:
             raise ValueError(f"quote needs a timezone-aware time, got {at.isoformat()}")
         if self.file_prices is not None:
@@ -70,11 +74,10 @@ class CompositePriceBook:
                     return Quote(cost=rate.cost(usage), price_version=self.version, source="file")
         if provider in FREE_PROVIDERS:
             return Quote(cost=_ZERO, price_version=self.version, source="free")
-        for model in models:
+        for model in models:  # then the served model first: the built-in table, the database
             rate = builtin_rate(model)
             if rate is not None:
                 return Quote(cost=rate.cost(usage), price_version=self.version, source="builtin")
-        for model in models:
             cost = genai_cost(provider, normalize_model(model), usage, at)
             if cost is not None:
                 return Quote(cost=cost, price_version=self.version, source="genai-prices")

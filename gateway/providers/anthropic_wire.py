@@ -103,7 +103,11 @@ def build_body(req: ChatRequest, *, stream: bool) -> dict[str, Any]:
             before: list[dict[str, Any]] = []
             if turns and turns[-1]["role"] == role:
                 before = turns[-1]["content"] = _blocks(turns[-1]["content"])
-            _add_blocks(turns, role, _marked_blocks(msg, before))
+            blocks = _marked_blocks(msg, before)
+            if blocks or before:
+                _add_blocks(turns, role, blocks)
+            else:  # whitespace alone, nothing to mark: as without the mark (an empty turn: a 400)
+                _add_text(turns, role, msg.content)
         elif msg.parts is not None:  # a user message with images: text and image blocks in order
             _add_blocks(turns, "user", [_block(part) for part in msg.parts if part])
         else:

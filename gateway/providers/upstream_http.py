@@ -121,12 +121,12 @@ class _HostPool:
             if connect_timeout is not None and (wait_by is None or began + connect_timeout < wait_by):
                 wait_by = began + connect_timeout
             try:
-                while len(self.busy) >= self.client.limit_per_host:
+                while len(self.busy) >= self.client.limit_per_host and not idle:
                     await self._wait_for_slot(wait_by)
-                    if idle:
-                        return await self.acquire(connect_timeout, deadline)
             finally:  # the wait is the gateway's, not the provider's: left out of its latency
                 QUEUED.set(QUEUED.get() + loop.time() - began)
+            if idle:  # a connection came back: take it (a wait again if another took it first)
+                return await self.acquire(connect_timeout, deadline)
         conn = Connection(self)
         self.busy.add(conn)  # counts against the limit while it connects
         remaining = _remaining(deadline)

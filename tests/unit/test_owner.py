@@ -36,3 +36,18 @@ def test_the_kernel_s_table_names_our_own_listener() -> None:
         port = listener.getsockname()[1]
         assert owner.listener_uids(port) == {__import__("os").getuid()}
     assert owner.listener_uids(port) == set()
+
+
+def test_root_trusts_the_data_dir_s_owner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Root running the commands (sudo) against the gateway's service user: it was skipped, and
+    the command opened the store the gateway holds."""
+    import os
+
+    data = tmp_path / "data"
+    data.mkdir()
+    os.chown(data, 4242, -1)
+    table = tmp_path / "tcp"
+    table.write_text(HEADER + row(18080, 4242))
+    monkeypatch.setattr(owner, "TCP_TABLES", (table,))
+    settings = Settings(port=18080, consume_port=18081, data_dir=data, _env_file=None)  # type: ignore[call-arg]
+    assert owner.owner_urls(settings)[0] == "http://127.0.0.1:18080"

@@ -204,6 +204,10 @@ def test_each_source_prices_the_served_model_first_then_the_provider_model(tmp_p
     assert (served.cost, served.source) == (Decimal("0.0021"), "file")
     assert (builtin.cost, builtin.source) == (Decimal("0.0025"), "builtin")
     assert (fallback.cost, fallback.source) == (Decimal("0.0021"), "file")
+    # past the file, the served model first through every source: the built-in rate of the
+    # deployment's name (gpt-4) billed a gpt-4o-mini call 120x over (a diff review)
+    mini = quote_models(book, "azure", ["gpt-4o-mini-2024-07-18", "gpt-4"], Usage(1000, 1000), T0)
+    assert mini.source == "genai-prices" and mini.cost == (1000 * Decimal("0.15") + 1000 * Decimal("0.6")) / 1_000_000
     assert (nothing.cost, nothing.source, nothing.price_version) == (None, "unpriced", book.version)
     # a local model priced in the file by its name beats "free", whatever tag the server names
     ollama = quote_models(book, "ollama", ["acme-llm-1:latest", "acme-llm-1"], usage, T0)

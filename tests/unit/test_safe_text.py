@@ -60,3 +60,15 @@ def test_credentials_in_an_upstream_error_are_redacted() -> None:
         redact_secrets("context length 128000 exceeded: 130000 tokens")
         == "context length 128000 exceeded: 130000 tokens"
     )
+
+
+def test_a_known_key_holding_another_is_redacted_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys were replaced in a set's order: with one key inside another, the shorter went first
+    and the longer one's rest reached the client (by PYTHONHASHSEED: a diff review)."""
+    from gateway import safe_text
+
+    for order in (["9f3c2a71", "9f3c2a71e4b8d6059f3c2a71e4b8d605"], ["9f3c2a71e4b8d6059f3c2a71e4b8d605", "9f3c2a71"]):
+        monkeypatch.setattr(safe_text, "_KNOWN", [])
+        for key in order:
+            safe_text.register_secret(key)
+        assert safe_text.redact_secrets("key 9f3c2a71e4b8d6059f3c2a71e4b8d605. and 9f3c2a71!") == "key ***. and ***!"

@@ -918,3 +918,15 @@ def test_a_marked_prefill_ending_in_whitespace_is_trimmed_and_keeps_its_mark() -
         assert sent["messages"][-1] == {
             "role": "assistant", "content": [{"type": "text", "text": "Sure", "cache_control": MARK}]
         }, sent["messages"]  # fmt: skip
+
+
+def test_a_marked_message_of_whitespace_alone_is_no_empty_turn() -> None:
+    """Nothing before it to take the mark: it was sent as an empty turn, Anthropic's 400 (a diff
+    review); it goes as it would without the mark."""
+    sent = _sent([
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": [{"type": "text", "text": "  ", "cache_control": MARK}]},
+        {"role": "user", "content": "b"},
+    ])  # fmt: skip
+    assert all(turn["content"] for turn in sent["messages"])
+    assert sent["messages"][1] == {"role": "assistant", "content": "  "}
