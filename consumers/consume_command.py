@@ -49,7 +49,7 @@ def build_consumer_app(settings: Settings, group: str, batch_size: int) -> web.A
     from gateway.api.auth import Authenticator
     from gateway.api.drain import install_drain
     from gateway.api.middleware import error_middleware
-    from gateway.metrics import METRICS, GatewayMetrics, metrics_handler, watch_projector
+    from gateway.metrics import METRICS, METRICS_AUTH, GatewayMetrics, metrics_handler, watch_projector
 
     pipeline = build_pipeline(settings, group_id=group, batch_size=batch_size)
     app = web.Application(middlewares=[error_middleware])
@@ -67,6 +67,8 @@ def build_consumer_app(settings: Settings, group: str, batch_size: int) -> web.A
     metrics = GatewayMetrics()
     watch_projector(metrics, pipeline, group)
     app[METRICS] = metrics
+    if settings.metrics_auth:
+        app[METRICS_AUTH] = auth
     app.router.add_get("/metrics", metrics_handler)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

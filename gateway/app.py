@@ -24,7 +24,7 @@ from gateway.api.state import STATE, GatewayState
 from gateway.eventlog.base import EventLog
 from gateway.health.plugin import health_plugin, install_health
 from gateway.ids import utcnow
-from gateway.metrics import METRICS, GatewayMetrics, metrics_handler, metrics_middleware
+from gateway.metrics import METRICS, METRICS_AUTH, GatewayMetrics, metrics_handler, metrics_middleware
 from gateway.pricing.base import PriceBook
 from gateway.providers.base import Provider, Timeouts
 from gateway.providers.registry import build_providers
@@ -122,6 +122,8 @@ def create_app(
     )
     app[STATE] = state
     app[METRICS] = metrics
+    if settings.metrics_auth:
+        app[METRICS_AUTH] = state.auth
     install_drain(app, settings.shutdown_timeout)
     app.router.add_post("/v1/chat/completions", completions.chat_completions)
     app.router.add_post("/v1/completions", completions.completions)

@@ -132,6 +132,8 @@ class GatewayMetrics:
 
 
 METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics", GatewayMetrics)
+#: the authenticator ``GET /metrics`` asks for an admin key (``metrics_auth``); absent: open
+METRICS_AUTH: web.AppKey[Any] = web.AppKey("metrics_auth", object)
 
 
 def metrics_middleware(metrics: GatewayMetrics, inner: Middleware | None = None) -> Middleware:
@@ -155,6 +157,12 @@ def metrics_middleware(metrics: GatewayMetrics, inner: Middleware | None = None)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
+    auth = request.app.get(METRICS_AUTH)
+    if auth is not None and not auth.authenticate(request).admin:
+        # the metrics name every model called, fine-tunes included (``ft:...:acme::x``): whose
+        from gateway.errors import PermissionDenied
+
+        raise PermissionDenied("the metrics take an admin API key (metrics_auth): they name every tenant's models")
     body = request.app[METRICS].render()
     return web.Response(body=body, headers={"content-type": CONTENT_TYPE_LATEST})
 

@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     #: attempts recorded ``cancelled``. Keep it under the orchestrator's grace period (Kubernetes
     #: 30 s, ``docker stop`` 10 s by default): its SIGKILL loses the events of calls still running
     shutdown_timeout: float = Field(default=25.0, gt=0, le=86_400)
+    #: ``GET /metrics`` takes an admin key (when keys are configured): the metrics name every
+    #: model called, fine-tunes included. Prometheus sends one with ``authorization`` in its
+    #: scrape config. Off by default: a scraper without a key would get 401s
+    metrics_auth: bool = False
 
     # --- provider health ---------------------------------------------------------------------
     health: HealthSettings = Field(default_factory=HealthSettings)

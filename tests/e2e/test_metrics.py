@@ -37,3 +37,23 @@ async def test_metrics_count_attempts_tokens_and_cost(gw: RunningGateway) -> Non
     assert abs(cost - float(event.cost_usd)) < 1e-12
     assert m[("llm_gateway_requests_total", (("route", "/v1/chat/completions"), ("status", "200")))] == 1
     assert ("llm_gateway_spool_depth", ()) in m
+
+
+async def test_metrics_may_take_an_admin_key() -> None:
+    """The metrics name every model called, fine-tunes included (``ft:...:acme::x``: whose it
+    is), with no key needed (a review); ``metrics_auth`` makes them an admin's."""
+    from gateway.settings import ApiKey
+    from tests.support.gateway import running_gateway
+
+    keys = [ApiKey(key="sk-tenant-a", tenant="a"), ApiKey(key="sk-admin-ops", tenant="ops", admin=True)]
+    for required in (True, False):
+        settings = {"api_keys": keys, "metrics_auth": required}
+        async with running_gateway(providers=("openai",), settings=settings) as gw, aiohttp.ClientSession() as s:
+            statuses = []
+            for key in (None, "sk-tenant-a", "sk-admin-ops"):
+                headers = {"authorization": f"Bearer {key}"} if key else {}
+                async with s.get(f"{gw.url}/metrics", headers=headers) as r:
+                    statuses.append(r.status)
+                    if r.status == 403:
+                        assert (await r.json())["error"]["type"] == "permission_error"
+        assert statuses == ([401, 403, 200] if required else [200, 200, 200])
