@@ -15,7 +15,7 @@ from aiohttp import web
 from gateway.api.drain import RUNNER_BACKSTOP
 from gateway.runtime import listening_socket, until_terminated
 from gateway.settings import Settings
-from gateway.startup import startup_failure, warn_if_open
+from gateway.startup import startup_failure, warn_if_open, warn_if_readable
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ async def _consume(settings: Settings, args: argparse.Namespace) -> None:
     app = build_consumer_app(settings, args.group, args.batch_size)
     # the app drains its requests within the shutdown timeout itself (gateway/api/drain.py)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=RUNNER_BACKSTOP)
+    warn_if_readable(settings.data_dir)
     try:
         await runner.setup()  # inside the try: see serve
         if sock is not None:

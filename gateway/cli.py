@@ -15,7 +15,7 @@ import yaml
 from gateway.errors import GatewayError
 from gateway.runtime import listening_socket, quiet_accept_errors, tune_gc, tune_logging, until_terminated
 from gateway.settings import Settings, load_settings, unknown_environment
-from gateway.startup import startup_failure, warn_if_open
+from gateway.startup import startup_failure, warn_if_open, warn_if_readable
 
 if TYPE_CHECKING:
     from gateway.simulators.base import Simulator
@@ -107,6 +107,7 @@ async def _serve(settings: Settings, simulate: bool) -> None:
         await web.SockSite(runner, sock).start()
         log.info("llm-gateway listening on http://%s:%s", settings.bind_host, sock.getsockname()[1])
         warn_if_open(bool(settings.api_keys), settings.bind_host, "gateway")
+        warn_if_readable(settings.data_dir)
         await until_terminated()
     finally:
         await runner.cleanup()

@@ -20,7 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_valid
 
 from gateway.types import PLAUSIBLE_TOKENS
 
-SCHEMA_VERSION = 1
+#: the newest version this gateway reads. An event is written at the lowest version whose readers
+#: read it whole (:func:`version_for`): 2 adds the 1-hour cache writes, which change the cost, so
+#: a consumer that knows only 1 dead-letters such an event (kept, replayable once upgraded)
+#: instead of storing it, and re-pricing it, without them (a rolling-upgrade review: an old
+#: consumer's `replay --reprice` priced them at the 5-minute rate, 15% under). Every other event
+#: is still written at 1, which older consumers read.
+SCHEMA_VERSION = 2
 #: the latest ``created_at`` an event may carry
 LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 #: the largest integer every store holds in every integer column (Postgres INTEGER): token
@@ -58,9 +64,14 @@ Outcome = Literal[
     "cancelled",
 ]
 
-#: fields added to version 1 after its first release (with a default): a record written before one
+#: fields added after version 1's first release (with a default): a record written before one
 #: lacks it, and reads as its default
 ADDED_IN_VERSION = frozenset({"cache_creation_1h_tokens"})
+
+
+def version_for(cache_creation_1h_tokens: int) -> int:
+    """The schema version an event is written at: see :data:`SCHEMA_VERSION`."""
+    return 2 if cache_creation_1h_tokens else 1
 
 #: outcomes that mean the provider itself misbehaved (health counts them as failures)
 PROVIDER_FAILURES = frozenset(
@@ -73,7 +84,7 @@ class UsageEvent(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = 1  # the recorder writes version_for(...)
     event_id: str = Field(max_length=INDEXED_TEXT)  # UUIDv7, the idempotency key of every projection
     request_id: str = Field(max_length=INDEXED_TEXT)
     attempt: int = Field(ge=1, le=STORED_INT)  # 1-based attempt number within the request
@@ -104,7 +115,7 @@ class UsageEvent(BaseModel):
     cached_tokens: int = Field(default=0, ge=-STORED_INT, le=STORED_INT)
     cache_creation_tokens: int = Field(default=0, ge=-STORED_INT, le=STORED_INT)
     #: of cache_creation_tokens, those written to a cache that lives an hour (priced apart).
-    #: Added within version 1 with a default: older events read as 0, older consumers ignore it
+    #: Version 2: an event with any is written at 2; older events read as 0
     cache_creation_1h_tokens: int = Field(default=0, ge=-STORED_INT, le=STORED_INT)
     reasoning_tokens: int = Field(default=0, ge=-STORED_INT, le=STORED_INT)
     total_tokens: int = Field(default=0, ge=-STORED_INT, le=STORED_INT)

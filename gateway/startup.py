@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,26 @@ def warn_if_open(has_keys: bool, host: str, what: str) -> None:
             "spend as any tenant, read every tenant's costs and run SQL analytics"
             if what == "gateway"
             else "read every tenant's costs, run SQL analytics and start replays",
+        )
+
+
+def warn_if_readable(data_dir: Path) -> None:
+    """Say at WARNING that the data dir's files are open to other users: the files this version
+    creates are its user's only (umask 077), but a data dir an older version made keeps its
+    0644 files, and SQLite gives its -wal and -shm files the database file's mode (an upgrade
+    review). Changing modes the operator may have chosen is left to them."""
+    try:
+        paths = [data_dir, *data_dir.rglob("*")]
+        shared = [p for p in paths if p.stat().st_mode & 0o077 and (p.is_file() or p == data_dir)]
+    except OSError:
+        return
+    if shared:
+        log.warning(
+            "%d file(s) of the data dir %s are readable by other users (they hold tenants' usage and "
+            "vendors' error texts): chmod -R go-rwx %s",
+            len(shared),
+            data_dir,
+            data_dir,
         )
 
 

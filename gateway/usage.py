@@ -10,7 +10,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from gateway.eventlog.base import EventLog
-from gateway.events import Outcome, UsageEvent
+from gateway.events import Outcome, UsageEvent, version_for
 from gateway.ids import Clock, uuid7_str
 from gateway.pricing.base import PriceBook, Quote, format_usd
 from gateway.pricing.reprice import ZERO, quote_models, unseen_cost
@@ -125,6 +125,7 @@ class UsageRecorder:
             cost, version = ZERO, self._prices.version
         usage = usage or Usage()
         event = UsageEvent(
+            schema_version=version_for(usage.cache_creation_1h_tokens),
             event_id=str(self._ids()),
             request_id=ctx.request_id,
             attempt=facts.number,

@@ -607,11 +607,16 @@ async def test_writes_to_a_1h_cache_are_priced_stored_and_re_costed_apart(tmp_pa
         assert cost == (rest + 20 * Decimal("0.0005")) / 1000
         await wait_for_usage(gw, "t1h", 1)
         headers = {"authorization": "Bearer unused"}
-        sql = {"sql": "SELECT cache_creation_tokens, cache_creation_1h_tokens, cost_usd FROM usage_facts"}
+        sql = {
+            "sql": "SELECT cache_creation_tokens, cache_creation_1h_tokens, cost_usd, schema_version FROM usage_facts"
+        }
         async with s.post(f"{gw.base_url}/analytics/sql", json=sql, headers=headers) as r:
             assert r.status == 200
-            [(written, hour, stored)] = (await r.json())["rows"]
+            [(written, hour, stored, version)] = (await r.json())["rows"]
             assert (written, hour, Decimal(stored)) == (30, 20, cost)
+            # version 2: a consumer that knows only 1 dead-letters it rather than re-price it
+            # without the hour's writes (a rolling-upgrade review: 15% under)
+            assert version == 2
         # a replay re-costs the hour's writes at a corrected rate, and only them
         prices = {"prices": [{"provider": "anthropic", "model": "claude-3-haiku", "input_per_1k": "0.00025",
                               "output_per_1k": "0.00125", "cache_write_per_1k": "0.0003125",

@@ -229,6 +229,20 @@ def test_a_record_older_than_a_field_added_later_is_read_fast_as_from_json_reads
     assert decode_fast(orjson.dumps(BASE)).model_fields_set == set(BASE)  # type: ignore[union-attr]
 
 
+def test_an_event_with_1h_cache_writes_is_version_2_which_a_version_1_reader_refuses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gateway import event_json, events
+
+    assert events.version_for(0) == 1 and events.version_for(5) == 2
+    raw = orjson.dumps(BASE | {"schema_version": 2, "cache_creation_1h_tokens": 5})
+    assert decode_event(raw).cache_creation_1h_tokens == 5
+    monkeypatch.setattr(events, "SCHEMA_VERSION", 1)  # a consumer of the version before
+    monkeypatch.setattr(event_json, "SCHEMA_VERSION", 1)
+    with pytest.raises(ValueError, match="unsupported usage event schema_version 2"):
+        decode_event(raw)
+
+
 def test_a_record_nested_too_deep_is_unreadable_not_a_recursion_error() -> None:
     """A RecursionError is not a ValueError: the projector took such a record for a bug and
     restarted on it forever, where it dead-letters an unreadable one."""

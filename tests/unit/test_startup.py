@@ -30,3 +30,24 @@ def test_environmental_failures_get_one_line() -> None:
 @pytest.mark.parametrize("bug", [ValueError("x"), KeyError("y"), RuntimeError("z")])
 def test_anything_else_keeps_its_traceback(bug: Exception) -> None:
     assert startup_failure(bug) is None
+
+
+def test_a_data_dir_open_to_other_users_is_said_at_start(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """A data dir an older version made keeps its 0644 files (the umask only covers new ones,
+    and SQLite gives its -wal and -shm files the database's mode): an upgrade review."""
+    import logging
+
+    from gateway.startup import warn_if_readable
+
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    (data / "events.sqlite3").write_bytes(b"")
+    (data / "events.sqlite3").chmod(0o600)
+    caplog.set_level(logging.WARNING)
+    warn_if_readable(data)
+    assert "readable by other users" not in caplog.text
+    (data / "analytics.duckdb").write_bytes(b"")
+    (data / "analytics.duckdb").chmod(0o644)
+    warn_if_readable(data)
+    assert f"1 file(s) of the data dir {data} are readable by other users" in caplog.text
+    assert f"chmod -R go-rwx {data}" in caplog.text
