@@ -73,22 +73,17 @@ _HTTP_ERRORS: dict[int, type[errors.GatewayError]] = {
 }
 
 
+#: the tasks of an app without a drain: tracked the same way, looked at by nobody
+_UNTRACKED: set[object] = set()
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     rid = request_id()
     request[REQUEST_ID] = rid
-    in_flight = request.app.get(IN_FLIGHT)  # a stop drains them (gateway/api/drain.py)
-    if in_flight is None:
-        return await _answer(request, handler, rid)
+    in_flight = request.app.get(IN_FLIGHT, _UNTRACKED)  # a stop drains them (gateway/api/drain.py)
     task = asyncio.current_task()
     in_flight.add(task)
-    try:
-        return await _answer(request, handler, rid)
-    finally:
-        in_flight.discard(task)
-
-
-async def _answer(request: web.Request, handler: Handler, rid: str) -> web.StreamResponse:
     try:
         response = await handler(request)
     except errors.GatewayError as exc:
@@ -111,6 +106,8 @@ async def _answer(request: web.Request, handler: Handler, rid: str) -> web.Strea
     except Exception:
         log.exception("unhandled error in %s %s (request %s)", request.method, request.path, rid)
         return error_response(errors.GatewayError(f"Internal error; request id {rid}"), rid)
+    finally:
+        in_flight.discard(task)
     if not response.prepared:
         response.headers["x-request-id"] = rid
     return response

@@ -86,6 +86,10 @@ _NEED_PARAMS = {
     "images": "messages", "image_urls": "messages", "tool_names": "tools", "blank_content": "messages",
     "blank_stop": "stop", "temperature_with_top_p": "top_p",
 }  # fmt: skip
+#: what ends an attempt before it is sent: the adapter cannot put the request to its vendor
+#: (the client's error, which the API's checks let pass), every connection to the provider was
+#: busy (the next is tried), the client left (the call ends)
+_NOT_SENT = (errors.InvalidRequest, errors.ConnectionsBusy, errors.ClientGone)
 #: failures that may pass: a client's retry later can succeed
 _TRANSIENT = frozenset(
     {"rate_limited", "overloaded", "timeout", "connection_error", "upstream_error", "malformed_response", "stream_cut"}
@@ -419,17 +423,10 @@ class Router:
         """Record a failed attempt's event and return what to raise: the ProviderError it means,
         or the cancellation itself (the caller went away mid-call; the provider may still bill,
         so the attempt is recorded as cancelled and unpriced, never dropped)."""
-        if isinstance(exc, errors.InvalidRequest):
-            # the adapter cannot put this request to its vendor (the API's checks let it pass):
-            # the client's error, before any call; no attempt was made
+        if isinstance(exc, _NOT_SENT):  # no attempt was made: no event, not counted
             attempts.count -= 1
-            return exc
-        if isinstance(exc, errors.ConnectionsBusy):  # never sent: no attempt, the next provider
-            attempts.count -= 1
-            attempts.failures.append(exc)
-            return exc
-        if isinstance(exc, errors.ClientGone):  # never sent, and nobody to answer: the call ends
-            attempts.count -= 1
+            if isinstance(exc, errors.ConnectionsBusy):  # the next provider is tried
+                attempts.failures.append(exc)
             return exc
         latency = _latency_ms(started)
         if isinstance(exc, asyncio.CancelledError):
