@@ -32,7 +32,7 @@ from gateway.providers.upstream_http import UpstreamClient
 from gateway.routing.catalog import KNOWN_PROVIDERS, ModelCatalog
 from gateway.routing.retry import RetryPolicy, Sleep
 from gateway.routing.router import Router
-from gateway.safe_text import register_secret
+from gateway.safe_text import register_secret, url_password
 from gateway.settings import Settings
 from gateway.usage import UsageRecorder
 
@@ -75,8 +75,11 @@ def create_app(
 ) -> web.Application:
     """Build the gateway. Tests pass fakes; ``llm-gateway serve`` passes only settings."""
     completions.quiet_client_payload_errors()
-    for secret in [*(settings.provider(name).api_key for name in KNOWN_PROVIDERS), *(k.key for k in settings.api_keys)]:
-        register_secret(secret)
+    for name in KNOWN_PROVIDERS:
+        register_secret(settings.provider(name).api_key)
+        register_secret(url_password(settings.provider(name).base_url))
+    for key in settings.api_keys:
+        register_secret(key.key)
     if event_log is None:
         from gateway.eventlog.factory import build_event_log
 

@@ -73,6 +73,7 @@ def version_for(cache_creation_1h_tokens: int) -> int:
     """The schema version an event is written at: see :data:`SCHEMA_VERSION`."""
     return 2 if cache_creation_1h_tokens else 1
 
+
 #: outcomes that mean the provider itself misbehaved (health counts them as failures)
 PROVIDER_FAILURES = frozenset(
     {"overloaded", "timeout", "connection_error", "upstream_error", "malformed_response", "stream_cut"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from urllib.parse import urlsplit
 
 #: longest header value the gateway sends from text it did not write itself
 MAX_HEADER_TEXT = 256
@@ -54,6 +55,14 @@ def register_secret(value: str | None) -> None:
     if value and len(value.strip()) >= MIN_SECRET and value.strip() not in _KNOWN:
         _KNOWN.append(value.strip())
         _KNOWN.sort(key=len, reverse=True)
+
+
+def url_password(url: str | None) -> str | None:
+    """The password of a URL's user info (``https://user:pw@host``), a credential to redact."""
+    try:
+        return urlsplit(url).password if url else None
+    except ValueError:
+        return None
 
 
 def redact_secrets(text: str) -> str:

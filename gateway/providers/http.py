@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
@@ -221,20 +220,10 @@ def _log_unreachable(provider: str, url: str, exc: Exception) -> None:
     now = time.monotonic()
     if now - _UNREACHABLE_LOGGED.get(key, -_UNREACHABLE_EVERY) >= _UNREACHABLE_EVERY:
         _UNREACHABLE_LOGGED[key] = now
-        shown = _without_password(url)
-        log.warning("%s: cannot reach %s: %s", provider, shown, redact_secrets(str(exc)) or exc.__class__.__name__)
-
-
-def _without_password(url: str) -> str:
-    """``url`` with the password of its user info (``https://user:pw@host``) as ``***``."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return url
-    if not password:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{password}@", ":***@", 1)))
+        # the URL's password, one of the gateway's credentials, is redacted with them
+        log.warning(
+            "%s: cannot reach %s: %s", provider, redact_secrets(url), redact_secrets(str(exc)) or exc.__class__.__name__
+        )
 
 
 #: how long a connection may take, after a stream's end event, to receive the end of its body

@@ -49,9 +49,14 @@ async def test_a_key_of_no_known_shape_echoed_by_the_vendor_is_redacted_everywhe
     assert "The key '***' is not valid" in (events[0].error_message or "")
 
 
-async def test_an_unreachable_endpoint_is_named_in_the_log_not_to_the_client(caplog: pytest.LogCaptureFixture) -> None:
+async def test_an_unreachable_endpoint_is_named_in_the_log_not_to_the_client(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A tenant's 502 said ``cannot reach http://myres-prod-eastus.internal.corp:...``: the
     endpoint is the operator's to know (a review)."""
+    from gateway.providers import http
+
+    monkeypatch.setattr(http, "_UNREACHABLE_LOGGED", {})  # logged once a minute: another test's
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # closed again: nothing listens there
@@ -61,3 +66,25 @@ async def test_an_unreachable_endpoint_is_named_in_the_log_not_to_the_client(cap
     assert status == 502 and "cannot reach the provider's endpoint" in answer and str(port) not in answer
     assert events and all(str(port) not in (e.error_message or "") for e in events)
     assert f"openai: cannot reach {endpoint}" in caplog.text
+
+
+async def test_the_password_of_a_provider_s_url_is_redacted_as_a_credential(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator's log printed ``http://user:pw-secret@...`` (a re-test): a URL's password is
+    one of the gateway's credentials, redacted with its keys wherever a text carries it."""
+    from gateway.providers import http
+
+    monkeypatch.setattr(http, "_UNREACHABLE_LOGGED", {})  # logged once a minute: another test's
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    caplog.set_level(logging.WARNING, logger="gateway.providers.http")
+    upstream = ProviderSettings(api_key="sk-test", base_url=f"http://ops:pw-secret-42@127.0.0.1:{port}/v1")
+    status, answer, _ = await call_through("openai", upstream)
+    assert status == 502 and "pw-secret-42" not in answer
+    assert f"openai: cannot reach http://ops:***@127.0.0.1:{port}/v1" in caplog.text
+    assert "pw-secret-42" not in caplog.text
+    from gateway.safe_text import redact_secrets
+
+    assert redact_secrets("an upstream's echo of pw-secret-42") == "an upstream's echo of ***"  # any text
