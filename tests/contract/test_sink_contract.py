@@ -13,6 +13,7 @@ import math
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -133,6 +134,35 @@ def database_url() -> str:
     if not url:
         missing_service(f"{DATABASE_ENV} is not set")
     return url
+
+
+@dataclass
+class Scratch:
+    """A Postgres schema of one test's own: its URL, name and a connection, and the sinks made
+    on it (``sink``), all closed and the schema dropped after."""
+
+    url: str
+    schema: str
+    conn: asyncpg.Connection
+    sinks: list[PostgresSink]
+
+    def sink(self) -> PostgresSink:
+        made = PostgresSink(self.url, schema=self.schema)
+        self.sinks.append(made)
+        return made
+
+
+@asynccontextmanager
+async def scratch_schema(name: str) -> AsyncIterator[Scratch]:
+    url = database_url()
+    scratch = Scratch(url, f"sink_{name}_{uuid.uuid4().hex[:12]}", await asyncpg.connect(url), [])
+    try:
+        yield scratch
+    finally:
+        for sink in scratch.sinks:
+            await sink.close()
+        await scratch.conn.execute(f'DROP SCHEMA IF EXISTS "{scratch.schema}" CASCADE')
+        await scratch.conn.close()
 
 
 async def postgres_harness() -> AsyncIterator[Harness]:
@@ -410,22 +440,20 @@ async def test_postgres_consumers_starting_together_migrate_once() -> None:
 
 @pytest.mark.postgres
 async def test_postgres_keeps_an_existing_platform_table_and_adds_the_extra_columns() -> None:
-    url = database_url()
-    schema = f"sink_platform_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(url)
-    await conn.execute(f'CREATE SCHEMA "{schema}"')
-    await conn.execute(
-        f'CREATE TABLE "{schema}"."LLMUsage" ("id" TEXT PRIMARY KEY, "tenantId" TEXT NOT NULL,'
-        ' "provider" TEXT NOT NULL, "model" TEXT NOT NULL, "promptTokens" INTEGER NOT NULL,'
-        ' "completionTokens" INTEGER NOT NULL, "totalTokens" INTEGER NOT NULL,'
-        ' "costUsd" DECIMAL(65, 30), "createdAt" TIMESTAMP(3) WITH TIME ZONE NOT NULL DEFAULT now())'
-    )
-    await conn.execute(
-        f"INSERT INTO \"{schema}\".\"LLMUsage\" VALUES ('legacy-1', 'acme', 'openai', 'gpt-4', 1, 1, 2, 0.5, now())"
-    )
-    await conn.execute(f'COMMENT ON COLUMN "{schema}"."LLMUsage"."tenantId" IS \'the platform\'\'s own words\'')
-    sink = PostgresSink(url, schema=schema)
-    try:
+    async with scratch_schema("platform") as pg:
+        schema, conn = pg.schema, pg.conn
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
+        await conn.execute(
+            f'CREATE TABLE "{schema}"."LLMUsage" ("id" TEXT PRIMARY KEY, "tenantId" TEXT NOT NULL,'
+            ' "provider" TEXT NOT NULL, "model" TEXT NOT NULL, "promptTokens" INTEGER NOT NULL,'
+            ' "completionTokens" INTEGER NOT NULL, "totalTokens" INTEGER NOT NULL,'
+            ' "costUsd" DECIMAL(65, 30), "createdAt" TIMESTAMP(3) WITH TIME ZONE NOT NULL DEFAULT now())'
+        )
+        await conn.execute(
+            f"INSERT INTO \"{schema}\".\"LLMUsage\" VALUES ('legacy-1', 'acme', 'openai', 'gpt-4', 1, 1, 2, 0.5, now())"
+        )
+        await conn.execute(f'COMMENT ON COLUMN "{schema}"."LLMUsage"."tenantId" IS \'the platform\'\'s own words\'')
+        sink = pg.sink()
         await sink.start()
         # the columns the gateway adds say what they hold; the platform's keep its comments
         comments = {
@@ -447,35 +475,24 @@ async def test_postgres_keeps_an_existing_platform_table_and_adds_the_extra_colu
         assert [(r["id"], r["costUsd"], r["requestId"]) for r in rows] == sorted(
             [("legacy-1", Decimal("0.5"), None), (event.event_id, Decimal("0.0000025"), "req_1")], key=lambda r: r[0]
         )
-    finally:
-        await sink.close()
-        await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await conn.close()
 
 
 @pytest.mark.postgres
 async def test_postgres_a_platform_not_null_column_pauses_rather_than_rejecting_every_event() -> None:
-    url = database_url()
-    schema = f"sink_notnull_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(url)
-    await conn.execute(f'CREATE SCHEMA "{schema}"')
-    await conn.execute(
-        f'CREATE TABLE "{schema}"."LLMUsage" ("id" TEXT PRIMARY KEY, "tenantId" TEXT NOT NULL,'
-        ' "provider" TEXT NOT NULL, "model" TEXT NOT NULL, "promptTokens" INTEGER NOT NULL,'
-        ' "completionTokens" INTEGER NOT NULL, "totalTokens" INTEGER NOT NULL,'
-        ' "costUsd" DECIMAL(65, 30), "createdAt" TIMESTAMPTZ NOT NULL, "userId" TEXT NOT NULL)'
-    )
-    sink = PostgresSink(url, schema=schema)
-    try:
+    async with scratch_schema("notnull") as pg:
+        await pg.conn.execute(f'CREATE SCHEMA "{pg.schema}"')
+        await pg.conn.execute(
+            f'CREATE TABLE "{pg.schema}"."LLMUsage" ("id" TEXT PRIMARY KEY, "tenantId" TEXT NOT NULL,'
+            ' "provider" TEXT NOT NULL, "model" TEXT NOT NULL, "promptTokens" INTEGER NOT NULL,'
+            ' "completionTokens" INTEGER NOT NULL, "totalTokens" INTEGER NOT NULL,'
+            ' "costUsd" DECIMAL(65, 30), "createdAt" TIMESTAMPTZ NOT NULL, "userId" TEXT NOT NULL)'
+        )
+        sink = pg.sink()
         await sink.start()
         with pytest.raises(SinkError) as caught:
             await sink.apply([make_event(1)])
         assert caught.value.retryable
         assert "userId" in str(caught.value)
-    finally:
-        await sink.close()
-        await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await conn.close()
 
 
 # --- DuckDB only: the batch file, plain inserts and the rollup ---------------------------------
@@ -561,11 +578,8 @@ async def test_postgres_csv_and_binary_copy_store_the_same_values() -> None:
     assert csv_rows(as_csv) is not None
     assert all(csv_rows([e]) is None for e in as_binary)
     assert csv_rows(as_csv[:2] + as_binary[:1]) is None  # one is enough
-    url = database_url()
-    schema = f"sink_csv_{uuid.uuid4().hex[:12]}"
-    sink = PostgresSink(url, schema=schema)
-    conn = await asyncpg.connect(url)
-    try:
+    async with scratch_schema("csv") as pg:
+        schema, conn, sink = pg.schema, pg.conn, pg.sink()
         await sink.start()
         await sink.apply(as_csv)
         for event in as_binary[:-1]:
@@ -581,10 +595,6 @@ async def test_postgres_csv_and_binary_copy_store_the_same_values() -> None:
             await sink.apply([make_event(13).model_copy(update={"prompt_tokens": 2**31})])
         with pytest.raises(RejectedEvents):  # an index row too large (54000): a value, not the server
             await sink.apply([make_event(14).model_copy(update={"tenant_id": os.urandom(6000).hex()})])
-    finally:
-        await sink.close()
-        await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
-        await conn.close()
 
 
 @pytest.mark.postgres
@@ -592,22 +602,15 @@ async def test_postgres_written_by_a_newer_version_is_refused_saying_so() -> Non
     """A database a newer gateway migrated: an older projector could undo what the newer one
     wrote (its corrections), so it refuses the database rather than write to it. It was a
     RuntimeError that stopped ``serve`` with a traceback (upgrade review)."""
-    url = database_url()
-    schema = f"sink_newer_{uuid.uuid4().hex[:12]}"
-    sink = PostgresSink(url, schema=schema)
-    conn = await asyncpg.connect(url)
-    try:
+    async with scratch_schema("newer") as pg:
+        sink = pg.sink()
         await sink.start()
         await sink.close()
-        await conn.execute(f"INSERT INTO \"{schema}\".{MIGRATIONS_TABLE} (version, name) VALUES (999, 'future')")
-        sink = PostgresSink(url, schema=schema)
+        await pg.conn.execute(f"INSERT INTO \"{pg.schema}\".{MIGRATIONS_TABLE} (version, name) VALUES (999, 'future')")
+        sink = pg.sink()
         with pytest.raises(SinkError, match=r"\[999\].*newer llm-gateway") as refused:
             await sink.start()
         # the projector waits (paused, in /healthz) instead of dead-lettering the events
         assert refused.value.retryable
         with pytest.raises(SinkError, match="newer llm-gateway"):
             await sink.apply([make_event(1)])
-    finally:
-        await sink.close()
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        await conn.close()

@@ -626,3 +626,19 @@ async def test_writes_to_a_1h_cache_are_priced_stored_and_re_costed_apart(tmp_pa
         sql = {"sql": "SELECT cost_usd FROM usage_facts"}
         async with s.post(f"{gw.base_url}/analytics/sql", json=sql, headers=headers) as r:
             assert Decimal((await r.json())["rows"][0][0]) == (rest + 20 * Decimal("0.001")) / 1000
+
+
+async def test_the_consumer_s_metrics_may_take_an_admin_key(tmp_path: Path) -> None:
+    """``llm-gateway consume`` serves ``/metrics`` too: ``metrics_auth`` closes it the same way."""
+    settings = Settings(data_dir=tmp_path, api_keys=KEYS, metrics_auth=True, _env_file=None)  # type: ignore[call-arg]
+    runner, url = await start_app(build_consumer_app(settings, "llm-usage-projector", 5000))
+    try:
+        statuses = []
+        async with aiohttp.ClientSession() as s:
+            for key in (None, "sk-a", "sk-admin"):
+                headers = {"authorization": f"Bearer {key}"} if key else {}
+                async with s.get(f"{url}/metrics", headers=headers) as r:
+                    statuses.append(r.status)
+    finally:
+        await runner.cleanup()
+    assert statuses == [401, 403, 200]
