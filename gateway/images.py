@@ -12,12 +12,17 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 #: the image types every vendor here takes
 MEDIA_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
 #: names clients use for them
 _ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg"}
 DETAILS = frozenset({"auto", "low", "high"})
+#: the longest base64 payload of one image Anthropic takes ("image exceeds 5 MB maximum:
+#: 5592672 bytes > 5242880 bytes", measured on the base64 text): a longer one needs
+#: ``large_images`` (``ChatRequest.needs``), which its adapter does not carry
+ANTHROPIC_MAX_BASE64 = 5 * 1024 * 1024
 #: RFC 2397: ``data:<type>[;parameter=value]*;base64,<data>`` (case-insensitive names)
 _DATA_URL = re.compile(r"data:(?P<type>[^;,]*)(?:;[^;,]*)*;base64,(?P<data>.*)", re.DOTALL | re.IGNORECASE)
 _URL = re.compile(r"https?://[^/\s?#]+.*", re.DOTALL | re.IGNORECASE)
@@ -37,11 +42,27 @@ class Image:
     def inline(self) -> bool:
         return self.data is not None
 
+    def needs(self) -> tuple[str, ...]:
+        """What of ``gateway.types.CAPABILITIES`` sending this image needs besides ``images``:
+        ``image_urls`` (the vendor fetches it), ``gif_images`` (Gemini takes PNG, JPEG, WebP,
+        HEIC and HEIF, and refuses a GIF with a 400 that does not fall back) and
+        ``large_images`` (a payload over Anthropic's 5 MB)."""
+        if self.data is None:
+            return ("image_urls",)
+        needs = ("gif_images",) if self.media_type == "image/gif" else ()
+        return (*needs, "large_images") if len(self.data) > ANTHROPIC_MAX_BASE64 else needs
+
 
 def parse_image_url(url: str, detail: str | None) -> Image:
     """An image from ``image_url.url``; ``ValueError`` says what is wrong with it."""
     url = url.strip()
     if _URL.fullmatch(url):
+        try:
+            host = urlsplit(url).hostname
+        except ValueError:  # a malformed port or IPv6 literal
+            host = None
+        if not host:  # ``http://@/a.png``, ``http://:80/``: nothing a vendor could fetch
+            raise ValueError("is an http(s) URL without a host")
         return Image(url, detail)
     found = _DATA_URL.fullmatch(url)
     if found is None:

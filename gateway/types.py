@@ -42,6 +42,8 @@ OPTION_NAMES = ("seed", "presence_penalty", "frequency_penalty", "response_forma
 #: offered, or calls and their results in the conversation), ``tool_choice`` (a call required,
 #: or of one function), ``parallel_tool_calls`` (false: at most one call), ``images`` (images in
 #: the conversation), ``image_urls`` (an image by http(s) URL, for the vendor to fetch),
+#: ``gif_images`` (a GIF: Gemini refuses it), ``large_images`` (an image's base64 over 5 MiB:
+#: Anthropic refuses it),
 #: ``tool_names`` (a function name starting with a digit or '-': OpenAI's rule takes it, Gemini's
 #: not), ``blank_content`` (a user message or prompt that is empty or only whitespace: OpenAI
 #: answers it, Anthropic and Gemini refuse it) and ``blank_stop`` (a stop sequence that is empty
@@ -57,6 +59,8 @@ CAPABILITIES = (
     "parallel_tool_calls",
     "images",
     "image_urls",
+    "gif_images",
+    "large_images",
     "tool_names",
     "blank_content",
     "blank_stop",

@@ -333,8 +333,7 @@ def _messages(body: dict[str, Any]) -> tuple[list[Message], bool, tuple[str, ...
             messages.append(Message(cast(Role, role), text, name=name, parts=parts, cache=cache, pieces=pieces))
             if parts is not None:
                 needs.add("images")
-                if any(isinstance(p, Image) and not p.inline for p in parts):
-                    needs.add("image_urls")
+                needs.update(need for p in parts if isinstance(p, Image) for need in p.needs())
             elif role == "user" and not text.strip():
                 needs.add("blank_content")
     calls.before_next(len(raw), messages)

@@ -81,10 +81,20 @@ class AnthropicProvider:
     #: images, as base64 or URL sources; the Messages API has no seed, no penalties and no JSON
     #: mode, and its temperature is 0 to 1; blank text and blank stop sequences are its 400
     #: ("text content blocks must contain non-whitespace text", "each stop sequence must
-    #: contain non-whitespace"): not carried. ``temperature`` with ``top_p``: by the older models
-    #: only (``model_lacks``)
+    #: contain non-whitespace"), and so is an image of more than 5 MiB of base64 ("image exceeds
+    #: 5 MB maximum"): not carried. ``temperature`` with ``top_p``: by the older models only
+    #: (``model_lacks``)
     options: frozenset[str] = frozenset(
-        {"tools", "tool_choice", "parallel_tool_calls", "images", "image_urls", "tool_names", "temperature_with_top_p"}
+        {
+            "tools",
+            "tool_choice",
+            "parallel_tool_calls",
+            "images",
+            "image_urls",
+            "gif_images",
+            "tool_names",
+            "temperature_with_top_p",
+        }
     )
 
     def __init__(self, settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> None:

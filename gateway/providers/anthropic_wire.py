@@ -98,7 +98,10 @@ def build_body(req: ChatRequest, *, stream: bool) -> dict[str, Any]:
             _add_tool_result(turns, msg)
         elif msg.role == "assistant" and not msg.content:
             continue  # an empty assistant turn (OpenAI takes one): Anthropic refuses empty content
-        elif msg.cache:  # prompt-cache marks: the content as blocks, marked as the client marked it
+        elif msg.cache or msg.parts is not None:
+            # prompt-cache marks, or images: the content as blocks (text and images in order),
+            # marked as the client marked it; a stretch of whitespace alone joins the text before
+            # it (a block of it is Anthropic's 400: "\n" beside an image, a review found)
             role = "assistant" if msg.role == "assistant" else "user"
             before: list[dict[str, Any]] = []
             if turns and turns[-1]["role"] == role:
@@ -108,8 +111,6 @@ def build_body(req: ChatRequest, *, stream: bool) -> dict[str, Any]:
                 _add_blocks(turns, role, blocks)
             else:  # whitespace alone, nothing to mark: as without the mark (an empty turn: a 400)
                 _add_text(turns, role, msg.content)
-        elif msg.parts is not None:  # a user message with images: text and image blocks in order
-            _add_blocks(turns, "user", [_block(part) for part in msg.parts if part])
         else:
             # Anthropic has no tool role; without a tool-call id a tool result is user text
             _add_text(turns, "assistant" if msg.role == "assistant" else "user", msg.content)

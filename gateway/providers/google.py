@@ -39,9 +39,10 @@ class GoogleProvider:
     #: mapped; ``parallel_tool_calls: false`` is not (Gemini has no switch to keep to one call).
     #: Images as ``inlineData``; an image by URL is not (Gemini fetches no http URL here).
     #: A function name must start with a letter or an underscore at Gemini ("tool_names"); an
-    #: empty text part is its 400 ("blank_content").
+    #: empty text part is its 400 ("blank_content"). A GIF is its 400 too: it takes PNG, JPEG,
+    #: WebP, HEIC and HEIF ("gif_images").
     options = frozenset(CAPABILITIES) - {
-        "parallel_tool_calls", "image_urls", "tool_names", "blank_content", "reasoning_effort"
+        "parallel_tool_calls", "image_urls", "gif_images", "tool_names", "blank_content", "reasoning_effort"
     }  # fmt: skip
 
     def __init__(self, settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> None:

@@ -76,6 +76,8 @@ _NEED_WORDS = {
     "parallel_tool_calls": "'parallel_tool_calls' false",
     "images": "An image ('image_url' part)",
     "image_urls": "An image by http(s) URL (send its bytes as a data URL instead)",
+    "gif_images": "A GIF image (send it as PNG, JPEG or WebP)",
+    "large_images": "An image of more than 5 MiB of base64",
     "tool_names": "A function name starting with a digit or '-'",
     "blank_content": "An empty or whitespace-only user message (or prompt)",
     "blank_stop": "A stop sequence that is empty or only whitespace",
@@ -83,7 +85,8 @@ _NEED_WORDS = {
 }
 #: the request field a need is about, where it is not a field of its own name
 _NEED_PARAMS = {
-    "images": "messages", "image_urls": "messages", "tool_names": "tools", "blank_content": "messages",
+    "images": "messages", "image_urls": "messages", "gif_images": "messages", "large_images": "messages",
+    "tool_names": "tools", "blank_content": "messages",
     "blank_stop": "stop", "temperature_with_top_p": "top_p",
 }  # fmt: skip
 #: what ends an attempt before it is sent: the adapter cannot put the request to its vendor

@@ -82,11 +82,35 @@ def _texts(content: Any) -> list[str]:
     return []
 
 
+#: the longest base64 image Anthropic takes
+IMAGE_MAX_BASE64 = 5 * 1024 * 1024
+
+
 def _blocks(msg: Any, kind: str) -> list[dict[str, Any]]:
     content = msg.get("content") if isinstance(msg, dict) else None
     if not isinstance(content, list):
         return []
     return [b for b in content if isinstance(b, dict) and b.get("type") == kind]
+
+
+def _block_problem(messages: list[Any]) -> str | None:
+    """Anthropic's 400s for a text block of whitespace alone and an image over 5 MB of base64."""
+    for i, msg in enumerate(messages):
+        content = msg.get("content") if isinstance(msg, dict) else None
+        for j, block in enumerate(content if isinstance(content, list) else ()):
+            if not isinstance(block, dict):
+                continue
+            text = block.get("text")
+            if block.get("type") == "text" and isinstance(text, str) and not text.strip():
+                return f"messages.{i}.content.{j}.text: text content blocks must contain non-whitespace text"
+            source = block.get("source") if block.get("type") == "image" else None
+            data = source.get("data") if isinstance(source, dict) else None
+            if isinstance(data, str) and len(data) > IMAGE_MAX_BASE64:
+                return (
+                    f"messages.{i}.content.{j}.image.source.base64: image exceeds 5 MB maximum: "
+                    f"{len(data)} bytes > {IMAGE_MAX_BASE64} bytes"
+                )
+    return None
 
 
 def _tool_problem(messages: list[Any]) -> str | None:
@@ -218,7 +242,7 @@ class AnthropicSimulator(Simulator):
                 return f"tools.{k}.custom.input_schema.type: {what}"
         if not tools and any(_blocks(m, "tool_use") or _blocks(m, "tool_result") for m in body["messages"]):
             return "Requests which include `tool_use` or `tool_result` blocks must define tools."
-        return _tool_problem(body["messages"])
+        return _block_problem(body["messages"]) or _tool_problem(body["messages"])
 
     # --- tool use -------------------------------------------------------------------------------
     def _tool_use(self, body: dict[str, Any]) -> dict[str, Any] | None:

@@ -93,6 +93,10 @@ def _quota_error(fault: Fault, model: str, quota_id: str, limit: str) -> dict[st
     )
 
 
+#: the image types Gemini takes inline (a GIF is its 400)
+_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/heic", "image/heif"})
+
+
 def api_key_invalid() -> dict[str, Any]:
     return rpc_error(
         400,
@@ -183,6 +187,11 @@ class GeminiSimulator(Simulator):
                     "Unable to submit request because it has an empty text parameter. "
                     "Add a value to the parameter and try again."
                 )
+            for part in content["parts"]:
+                inline = part.get("inlineData") if isinstance(part, dict) else None
+                kind = inline.get("mimeType") if isinstance(inline, dict) else None
+                if kind is not None and kind.startswith("image/") and kind not in _IMAGE_TYPES:
+                    return f"Unsupported MIME type: {kind}"
         return _check_function_turns(contents)
 
     # --- answers ------------------------------------------------------------------------------

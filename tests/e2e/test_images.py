@@ -153,3 +153,65 @@ async def test_empty_hostless_or_foreign_images_are_400s(gw: RunningGateway, url
         with pytest.raises(openai.BadRequestError) as info:
             await c.chat.completions.create(model="gpt-4o", messages=look(url))  # type: ignore[arg-type]
     assert fragment in info.value.message and gw.event_log.events == []
+
+
+@pytest.mark.parametrize("url", ["http://@/a.png", "https://:443/a.png", "http://user:pw@/a.png"])
+async def test_an_http_url_without_a_host_is_a_400(gw: RunningGateway, url: str) -> None:
+    """An empty host passed the URL's pattern and was sent (and billed); a review."""
+    async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="unused", max_retries=0) as c:
+        with pytest.raises(openai.BadRequestError) as info:
+            await c.chat.completions.create(model="gpt-4o", messages=look(url))  # type: ignore[arg-type]
+    assert info.value.param == "messages[0].content[1].image_url.url" and "without a host" in info.value.message
+    assert gw.event_log.events == []
+
+
+@pytest.mark.parametrize("blank", ["\n", " ", "\t\n "])
+async def test_anthropic_gets_no_text_block_of_whitespace_beside_an_image(gw: RunningGateway, blank: str) -> None:
+    """Anthropic refuses a text block of whitespace alone with a 400 that does not fall back; a
+    review found ``"\\n"`` beside an image sent as one. It joins the text before it, or goes."""
+    image = {"type": "image_url", "image_url": {"url": DATA_URL}}
+    space, look_at = {"type": "text", "text": blank}, {"type": "text", "text": "Look:"}
+    shapes = [
+        ([space, image], [{"type": "image"}]),
+        ([look_at, space, image], [{"text": "Look:" + blank}, {"type": "image"}]),
+        ([image, space, image], [{"type": "image"}, {"type": "image"}]),
+    ]
+    for content, expected in shapes:
+        messages = [{"role": "user", "content": content}]
+        assert await ask(gw, "claude-3-haiku", "anthropic", messages) == "anthropic"
+        [message] = gw.sims["anthropic"].requests[-1].body["messages"]
+        got = [{"type": b["type"]} if b["type"] == "image" else {"text": b["text"]} for b in message["content"]]
+        assert got == expected
+
+
+GIF = base64.b64encode(b"GIF89a" + b"\0" * 16).decode()
+
+
+async def test_a_gif_is_not_sent_to_gemini(gw: RunningGateway) -> None:
+    """Gemini takes PNG, JPEG, WebP, HEIC and HEIF: a GIF is its 400, which does not fall back
+    (a review). Pinned first, Google is skipped; for a model only Google serves, a 400 here."""
+    gif = look(f"data:image/gif;base64,{GIF}")
+    assert await ask(gw, "gpt-4o", "google", gif) == "openai"
+    assert gw.sims["google"].requests == []
+    async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="unused", max_retries=0) as c:
+        with pytest.raises(openai.BadRequestError) as info:
+            await c.chat.completions.create(model="gemini-2.5-flash", messages=gif)  # type: ignore[arg-type]
+    assert info.value.param == "messages" and "A GIF image" in info.value.message
+    assert gw.sims["google"].requests == [] and gw.event_log.events[-1].provider == "openai"
+    assert await ask(gw, "gemini-2.5-flash", "google", look(DATA_URL)) == "google"  # a PNG goes
+
+
+async def test_an_image_over_anthropics_5_mb_is_not_sent_to_anthropic(gw: RunningGateway) -> None:
+    """Anthropic refuses an image of more than 5 MiB of base64 ("image exceeds 5 MB maximum"),
+    a 400 that does not fall back, where OpenAI takes 20 MB (a review): not sent to it."""
+    big = base64.b64encode(b"\xff\xd8\xff" + b"\x03" * (4 * 1024 * 1024)).decode()  # 5.3 MiB of base64
+    assert len(big) > 5 * 1024 * 1024
+    photo = look(f"data:image/jpeg;base64,{big}")
+    assert await ask(gw, "gpt-4o", "anthropic", photo) == "openai"
+    assert gw.sims["anthropic"].requests == []
+    async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="unused", max_retries=0) as c:
+        with pytest.raises(openai.BadRequestError) as info:
+            await c.chat.completions.create(model="claude-3-5-sonnet-20241022", messages=photo)  # type: ignore[arg-type]
+    assert info.value.param == "messages" and "more than 5 MiB" in info.value.message
+    small = base64.b64encode(b"\xff\xd8\xff" + b"\x03" * (3 * 1024 * 1024)).decode()  # 4 MiB: goes
+    assert await ask(gw, "claude-3-haiku", "anthropic", look(f"data:image/jpeg;base64,{small}")) == "anthropic"

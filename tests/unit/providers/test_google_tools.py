@@ -47,6 +47,7 @@ def test_the_adapter_carries_tools_and_their_choice_but_not_parallel_false() -> 
     assert GoogleProvider.options == frozenset(CAPABILITIES) - {
         "parallel_tool_calls",
         "image_urls",
+        "gif_images",
         "tool_names",
         "blank_content",
         "reasoning_effort",
