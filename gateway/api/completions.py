@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from functools import partial
 from typing import Any
 
 import orjson
@@ -12,7 +11,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway import errors
 from gateway.api.json_body import body_bytes
-from gateway.api.middleware import REQUEST_ID, client_gone
+from gateway.api.middleware import REQUEST_ID, ClientWatch
 from gateway.api.responses import ChunkFormatter, chat_completion, text_completion
 from gateway.api.state import STATE, GatewayState
 from gateway.api.validation import ParsedRequest, parse_chat, parse_completion
@@ -84,10 +83,13 @@ async def _serve(
     request: web.Request, state: GatewayState, principal: Any, parsed: ParsedRequest
 ) -> web.StreamResponse:
     state.in_flight += 1
-    CLIENT_GONE.set(partial(client_gone, request))
+    watch = ClientWatch(request)
+    watching = CLIENT_GONE.set(watch)
     try:
         return await _answer(request, state, principal, parsed)
     finally:
+        watch.release()
+        CLIENT_GONE.reset(watching)
         try:
             # no answer (nor error) goes out before the events of its attempts are on the log
             await state.event_log.settled(state.in_flight)

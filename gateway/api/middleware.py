@@ -25,6 +25,25 @@ def client_gone(request: web.Request) -> bool:
     return transport is None or transport.is_closing()
 
 
+class ClientWatch:
+    """``client_gone`` of a request while it is served (``CLIENT_GONE``); :meth:`release` at its
+    end. A task the request started (a pooled upstream connection's) copies the request's
+    context and keeps it: holding the request there kept its body, 20 MB an image request, for
+    as long as the connection lived (a review: 455 MB after 25 such requests)."""
+
+    __slots__ = ("_request",)
+
+    def __init__(self, request: web.Request) -> None:
+        self._request: web.Request | None = request
+
+    def __call__(self) -> bool:
+        request = self._request
+        return request is not None and client_gone(request)
+
+    def release(self) -> None:
+        self._request = None
+
+
 #: the longest wait passed on to a client in ``retry-after`` (a day)
 MAX_RETRY_AFTER = 86_400
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
+import json
+
 import aiohttp
 
+from gateway.simulators.base import KEPT_BODY_BYTES
 from gateway.simulators.registry import make_simulator
 
 
@@ -23,3 +27,23 @@ async def test_a_bounded_simulator_keeps_only_the_last_requests() -> None:
     assert 3 <= len(sim.requests) <= 6
     assert sim.requests[-1].body["messages"][0]["content"] == "n9"
     assert make_simulator("openai").max_requests is None
+
+
+async def test_a_bounded_simulator_keeps_no_large_body() -> None:
+    """Its last requests alone held 19 GB after 1,000 image requests of 19 MB: a body over
+    ``KEPT_BODY_BYTES`` is not kept (the request is, and it is answered as any other)."""
+    sim = make_simulator("openai", max_requests=3)
+    await sim.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            for text in ("small", "x" * (KEPT_BODY_BYTES + 1)):
+                body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": text}]}).encode()
+                headers = {"content-type": "application/json"}
+                url = f"{sim.base_url}/v1/chat/completions"
+                async with http.post(url, data=io.BytesIO(body), headers=headers) as r:
+                    assert r.status == 200
+    finally:
+        await sim.stop()
+    small, large = sim.requests
+    assert small.body["messages"][0]["content"] == "small"
+    assert large.body is None and large.path == "/v1/chat/completions"
