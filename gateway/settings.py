@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,6 +23,19 @@ from gateway.events import INDEXED_TEXT
 from gateway.health.config import HealthSettings
 
 DEFAULT_PRIORITY = ["openai", "azure", "anthropic", "google", "ollama"]
+
+
+#: a path step a model name must not hold (it goes into URLs: Gemini's, Azure's deployments)
+_PATH_STEP = re.compile(r"(^|/)\.\.?(/|$)")
+
+
+def _model_name(value: str, what: str) -> None:
+    """A model name in the config file: not empty, no blank at its ends, no control character,
+    no ``.``/``..`` path step, ``?`` or ``#`` (a vendor's URL may carry it)."""
+    if not value or value != value.strip() or not value.isprintable():
+        raise ValueError(f"{what}: {value!r} is not a model name (empty, blank-edged or with a control character)")
+    if _PATH_STEP.search(value) or "?" in value or "#" in value or value.startswith("/"):
+        raise ValueError(f"{what}: {value!r} is not a model name (a URL path step, '?' or '#')")
 
 
 class ApiKey(BaseModel):
@@ -57,6 +71,15 @@ class ProviderSettings(BaseModel):
     api_version: str | None = None
     #: Azure: requested model -> deployment name (defaults to the model name)
     deployments: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("deployments")
+    @classmethod
+    def _deployment_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for model, deployment in value.items():
+            _model_name(model, "deployments")
+            _model_name(deployment, f"deployments: {model}")
+        return value
+
     #: Azure: use the v1 path (/openai/v1/chat/completions) instead of deployment URLs
     use_v1: bool = False
     enabled: bool | None = None
@@ -227,8 +250,16 @@ class Settings(BaseSettings):
     @field_validator("model_groups")
     @classmethod
     def _model_groups(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
-        for group in value.values():
+        # a model name a client could not send or a vendor could not take: every call of the
+        # group was sent ``model: ""`` (or a path with ``..`` to Gemini's URL) and refused with
+        # a 400 that ends the call (a review)
+        for name, group in value.items():
+            _model_name(name, "a model group's name")
+            if not group:
+                raise ValueError(f"model group {name!r} names no provider")
             _known(group)
+            for provider, model in group.items():
+                _model_name(model, f"model group {name!r}: {provider}")
         return value
 
     @field_validator("api_keys")

@@ -66,6 +66,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     principal = state.auth.authenticate(request)
     parsed = parse_chat(await read_body(request))
+    if state.router.catalog.is_legacy_completion_model(parsed.requested_model):
+        # as OpenAI answers it: the vendors refuse these models on their chat endpoint, so every
+        # provider was asked in vain, and each refusal recorded (a review)
+        raise errors.ModelNotFound(
+            f"{parsed.requested_model!r} is not a chat model and thus not supported in the "
+            "v1/chat/completions endpoint. Did you mean to use v1/completions?",
+            param="model",
+        )
     return await _serve(request, state, principal, parsed)
 
 

@@ -20,6 +20,7 @@ import re
 from typing import ClassVar
 from urllib.parse import quote
 
+from gateway.pricing.models import normalize_model
 from gateway.providers import openai_wire as wire
 from gateway.providers.base import Provider, Timeouts
 from gateway.providers.openai import OpenAIProvider, Target
@@ -60,9 +61,16 @@ class AzureProvider(OpenAIProvider):
         self._stream_usage = bool(settings.use_v1) or not (version[:4].isdigit() and version < STREAM_OPTIONS_SINCE)
         #: deployment -> the model ``deployments`` maps to it
         self._models = {deployment: model for model, deployment in settings.deployments.items()}
+        #: ``deployments`` by the model's spelling: a model group sends Azure's own name
+        #: (``gpt-35-turbo``) where an operator keys the map by OpenAI's (``gpt-3.5-turbo``), and
+        #: the call went to a deployment of Azure's name, a 404 that fell back (a review)
+        self._by_spelling = {normalize_model(model): deployment for model, deployment in settings.deployments.items()}
 
     def deployment(self, model: str) -> str:
-        return self._settings.deployments.get(model, model)
+        deployments = self._settings.deployments
+        if model in deployments:
+            return deployments[model]
+        return self._by_spelling.get(normalize_model(model), model)
 
     def target(self, request: ChatRequest, *, stream: bool) -> Target:
         deployment = self.deployment(request.model)
@@ -85,7 +93,8 @@ class AzureProvider(OpenAIProvider):
     def reasoning(self, model: str) -> bool:
         """Whether the model (or deployment) named ``model`` is a reasoning model: the gateway's
         model name, or the one ``deployments`` maps to this deployment, else its own name."""
-        named = model if model in self._settings.deployments else self._models.get(model, model)
+        mapped = model in self._settings.deployments or normalize_model(model) in self._by_spelling
+        named = model if mapped else self._models.get(model, model)
         return REASONING.search(named) is not None
 
     def auth_headers(self) -> dict[str, str]:

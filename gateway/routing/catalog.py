@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from gateway.errors import InvalidRequest, ModelNotFound
+from gateway.pricing.models import ALIASES
 
 KNOWN_PROVIDERS = ("openai", "azure", "anthropic", "google", "ollama")
 
@@ -78,7 +79,8 @@ NATIVE_PATTERNS: dict[str, re.Pattern[str]] = {
     "anthropic": re.compile(r"^claude-"),
     "google": re.compile(r"^(models/)?gemini-"),
     "ollama": re.compile(
-        r"^[a-z0-9._/-]+:[a-z0-9._-]+$|^(llama|mistral|mixtral|qwen|phi|gemma|deepseek|codellama|llava|tinyllama)"
+        # name:tag, either in any case (``command-r:35b-v0.1-q4_K_M``, ``hf.co/org/Model-GGUF:Q4_K_M``)
+        r"^[A-Za-z0-9._/-]+:[A-Za-z0-9._-]+$|^(llama|mistral|mixtral|qwen|phi|gemma|deepseek|codellama|llava|tinyllama)"
     ),
 }
 
@@ -97,9 +99,13 @@ class Candidate:
 
 
 def family_of(model: str) -> str:
-    """``claude-3-haiku-20240307`` -> ``claude-3-haiku``; names without a suffix unchanged."""
+    """``claude-3-haiku-20240307`` -> ``claude-3-haiku``; names without a suffix unchanged. The
+    renames no suffix rule finds are the price tables' (``gpt-4-1106-preview`` is a GPT-4 Turbo,
+    whose group it falls back in: it fell back as gpt-4, to a model 5x the price; a review)."""
     previous = None
     while previous != model:
+        if model in ALIASES:
+            return ALIASES[model] or model
         previous = model
         model = _SNAPSHOT.sub("", model)
     return model
@@ -115,21 +121,25 @@ class ModelCatalog:
             self.groups[name] = dict(mapping)
 
     def equivalents(self, model: str) -> dict[str, str]:
-        """provider -> provider model for a requested model ({} when nobody serves it)."""
+        """provider -> provider model for a requested model ({} when nobody serves it). A group
+        is the whole list: a vendor it leaves out is not asked, even for its own model (a config
+        file's ``claude-3-haiku: {openai: ..., google: ...}`` still sent calls to Anthropic, which
+        an operator may have left out for cost or data residency; a review). Only a model no
+        group holds goes to the vendors whose own name it is."""
+        if model != model.strip():  # "gpt-4 " went upstream as such (" gpt-4" was a 404)
+            return {}
         group = self.groups.get(model)
-        if group is None:
-            family = family_of(model)
-            group = dict(self.groups.get(family, {}))
+        if group is not None:
+            return dict(group)
+        family = family_of(model)
+        group = dict(self.groups.get(family, {}))
+        if group:
             # the provider that owns a dated snapshot is asked for exactly that snapshot
             for provider, pattern in NATIVE_PATTERNS.items():
                 if provider in group and pattern.search(model) and family_of(group[provider]) == family:
                     group[provider] = model
-        else:
-            group = dict(group)
-        for provider, pattern in NATIVE_PATTERNS.items():
-            if provider not in group and pattern.search(model):
-                group[provider] = model
-        return group
+            return group
+        return {provider: model for provider, pattern in NATIVE_PATTERNS.items() if pattern.search(model)}
 
     def candidates(
         self,

@@ -265,3 +265,20 @@ async def test_only_an_admin_key_sees_the_health_of_each_model() -> None:
     assert openai_a["models"] == {} and secret not in json.dumps(seen["sk-tenant-a"])
     assert openai_a["window"]["attempts"] == 1  # the provider's health stays every key's to read
     assert openai_admin["models"][secret]["window"]["attempts"] == 1
+
+
+@pytest.mark.parametrize("model", ["gpt-3.5-turbo-instruct", "davinci-002", "babbage-002"])
+async def test_a_legacy_completion_model_on_the_chat_endpoint_is_a_404_as_at_openai(
+    gw: RunningGateway, model: str
+) -> None:
+    """Sent upstream to the vendors' chat endpoints, which refuse these models: every provider
+    was asked in vain (a review). Answered as OpenAI answers it, before any call."""
+    status, body, _ = await post(
+        f"{gw.base_url}/chat/completions", json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]})
+    )
+    assert_openai_error(body)
+    assert status == 404 and body["error"]["code"] == "model_not_found" and body["error"]["param"] == "model"
+    assert "v1/completions" in body["error"]["message"]
+    assert gw.event_log.events == [] and all(sim.requests == [] for sim in gw.sims.values())
+    status, _, _ = await post(f"{gw.base_url}/completions", json.dumps({"model": model, "prompt": "hi"}))
+    assert status == 200

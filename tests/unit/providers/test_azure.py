@@ -382,3 +382,17 @@ async def test_streams_ask_for_usage_only_where_the_api_version_knows_how(
     v1 = make(sim, session, timeouts, api_version=api_version, use_v1=True)
     await collect(v1, chat())
     assert "stream_options" in sim.requests[-1].body  # the v1 API takes it
+
+
+async def test_deployments_keyed_by_openais_spelling_serve_azures(
+    sim: AzureSimulator, session: UpstreamClient, timeouts: Timeouts
+) -> None:
+    """The gpt-3.5-turbo group sends Azure ``gpt-35-turbo``; a map keyed by the requested model
+    (``gpt-3.5-turbo: prod-35``, as the README's ``gpt-4o: prod-gpt4o``) was not found, and the
+    call went to a deployment named ``gpt-35-turbo``: a 404 that fell back (a review)."""
+    p = make(sim, session, timeouts, deployments={"gpt-3.5-turbo": DEPLOYMENT})
+    assert p.deployment("gpt-35-turbo") == DEPLOYMENT
+    await p.complete(ChatRequest("gpt-35-turbo", [Message("user", "hi")]))
+    assert sim.requests[-1].path == f"/openai/deployments/{DEPLOYMENT}/chat/completions"
+    exact = make(sim, session, timeouts, deployments={"gpt-35-turbo": "x", "gpt-3.5-turbo": DEPLOYMENT})
+    assert exact.deployment("gpt-35-turbo") == "x"  # the name as sent wins
