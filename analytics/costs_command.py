@@ -12,7 +12,7 @@ import asyncio
 import json
 from typing import Any
 
-from analytics.owner import OWNER_HINT, owner_urls
+from analytics.owner import owner_hint, owner_urls, read_directly, service_url
 from gateway.settings import Settings
 
 
@@ -22,7 +22,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--start", help="ISO 8601, inclusive (e.g. 2026-11-01 or 2026-11-01T00:00:00Z)")
     parser.add_argument("--end", help="ISO 8601, exclusive")
     parser.add_argument("--json", action="store_true", help="print the JSON document instead of a table")
-    parser.add_argument("--url", help="service to ask (default http://127.0.0.1:<port>)")
+    parser.add_argument("--url", type=service_url, help="service to ask (default http://127.0.0.1:<port>)")
     parser.add_argument(
         "--api-key", help="API key for the service (tenant or admin; default: the first admin key configured)"
     )
@@ -108,13 +108,19 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             break
     if doc is None:
         if args.url:
-            raise SystemExit(f"cannot reach {url}, or it has no cost store: {OWNER_HINT}")
+            raise SystemExit(f"cannot reach {url}, or it has no cost store: {owner_hint(settings)}")
         try:
             doc = asyncio.run(_from_file(settings, args))
+            from consumers.pipeline import analytics_path
+
+            read_directly(analytics_path(settings), urls)
         except InvalidRequest as exc:
             raise SystemExit(f"llm-gateway costs: {exc.message}") from exc
         except (StoreError, duckdb.Error, OSError) as exc:  # missing, locked by another process, unreadable
-            raise SystemExit(f"no running gateway at {' or '.join(urls)} and no readable cost store: {exc}") from exc
+            raise SystemExit(
+                f"nothing at {' or '.join(urls)} serves the cost store (a gateway whose projection runs in "
+                f"`llm-gateway consume` does not) and no readable cost store: {exc}; {owner_hint(settings)}"
+            ) from exc
     print(json.dumps(doc, indent=2) if args.json else render_table(doc))
     return 0
 

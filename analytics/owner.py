@@ -13,10 +13,13 @@ any user could bind its port and collect the key (a review).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import os
+import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from gateway.settings import Settings
 
@@ -26,11 +29,36 @@ log = logging.getLogger(__name__)
 TCP_TABLES = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
 _LISTEN = "0A"
 
-#: what the commands say when the address given with --url has no such endpoint
-OWNER_HINT = (
-    "the analytics store lives in the process that projects the events (the gateway in the embedded "
-    "mode, else `llm-gateway consume`, e.g. --url http://127.0.0.1:8081)"
-)
+
+def owner_hint(settings: Settings) -> str:
+    """What the commands say when no address asked has the endpoint."""
+    return (
+        "the analytics store lives in the process that projects the events (the gateway in the embedded "
+        f"mode, else `llm-gateway consume`, e.g. --url http://127.0.0.1:{settings.consume_port})"
+    )
+
+
+def service_url(value: str) -> str:
+    """``--url``: an http(s) URL with a host (an argparse ``type``: anything else is a one-line
+    usage error, where a bad URL was a traceback of the HTTP client; a review)."""
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # raises on a port that is no number or out of range
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a URL ({e})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an http(s) URL with a host, e.g. http://127.0.0.1:8080")
+    del port
+    return value
+
+
+def read_directly(path: Path, urls: list[str]) -> None:
+    """Say on stderr that the numbers come from the file, not from a running projector."""
+    print(
+        f"note: nothing at {' or '.join(urls) or 'the usual ports'} serves the analytics store: read {path} "
+        "as of its last projection (events not projected yet are not in it)",
+        file=sys.stderr,
+    )
 
 
 def owner_urls(settings: Settings) -> list[str]:

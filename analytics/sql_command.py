@@ -14,9 +14,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from analytics.owner import OWNER_HINT, owner_urls
+from analytics.owner import owner_hint, owner_urls, read_directly, service_url
 from analytics.sql_limits import DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT, MAX_ROWS_LIMIT, MAX_TIMEOUT
 from gateway.settings import Settings
 
@@ -45,7 +46,7 @@ def register(sub: Any) -> None:
         default=DEFAULT_TIMEOUT,
         help=f"seconds before the query is stopped (<= {MAX_TIMEOUT:g})",
     )
-    parser.add_argument("--url", help="service to ask (default http://127.0.0.1:<port>)")
+    parser.add_argument("--url", type=service_url, help="service to ask (default http://127.0.0.1:<port>)")
     parser.add_argument("--api-key", help="admin API key for the service (default: the first admin key configured)")
     parser.set_defaults(run=run)
 
@@ -54,7 +55,7 @@ class _Unreachable(Exception):
     pass
 
 
-async def _from_service(url: str, args: argparse.Namespace, api_key: str | None) -> SqlResult:
+async def _from_service(url: str, args: argparse.Namespace, api_key: str | None, hint: str) -> SqlResult:
     import aiohttp
 
     from analytics.sql import SqlResult
@@ -73,15 +74,21 @@ async def _from_service(url: str, args: argparse.Namespace, api_key: str | None)
     except aiohttp.ClientConnectionError as exc:
         raise _Unreachable(str(exc)) from exc
     except (aiohttp.ContentTypeError, ValueError) as exc:
-        raise SystemExit(f"{endpoint} did not answer with JSON: {exc}") from exc
+        raise SystemExit(f"{endpoint} did not answer as an llm-gateway (not JSON: {exc})") from exc
     if response.status == 404:
         if not args.url:
             raise _Unreachable(f"{url} has no SQL endpoint")  # not the store's owner: ask the next
-        raise SystemExit(f"{url} has no SQL endpoint: {OWNER_HINT}")
+        raise SystemExit(f"{url} has no SQL endpoint: {hint}")
     if response.status != 200:
         error = doc.get("error", {}) if isinstance(doc, dict) else {}
         raise SystemExit(f"error {response.status} ({error.get('code')}): {error.get('message', doc)}")
     return SqlResult.from_dict(doc)
+
+
+def _store_path(settings: Settings) -> Path:
+    from consumers.pipeline import analytics_path
+
+    return analytics_path(settings)
 
 
 async def _from_file(settings: Settings, args: argparse.Namespace) -> SqlResult:
@@ -145,7 +152,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     result = None
     for candidate in urls:
         try:
-            result = asyncio.run(_from_service(candidate, args, args.api_key or settings.admin_key))
+            key = args.api_key or settings.admin_key
+            result = asyncio.run(_from_service(candidate, args, key, owner_hint(settings)))
             break
         except _Unreachable as exc:
             if args.url:
@@ -153,10 +161,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if result is None:
         try:
             result = asyncio.run(_from_file(settings, args))
+            read_directly(_store_path(settings), urls)
         except SqlError as err:
             raise SystemExit(f"error ({err.code}): {err}") from err
         except StoreError as err:
-            raise SystemExit(f"no running gateway at {url} and no readable analytics store: {err}") from err
+            raise SystemExit(
+                f"nothing at {url} serves the analytics store (a gateway whose projection runs in "
+                f"`llm-gateway consume` does not) and no readable analytics store: {err}; {owner_hint(settings)}"
+            ) from err
         except duckdb.Error as err:  # e.g. another process holds the file's lock
             raise SystemExit(
                 f"no gateway answers at {url} and the analytics file cannot be opened ({err}); "

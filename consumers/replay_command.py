@@ -23,11 +23,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from analytics.owner import owner_urls
+from analytics.owner import owner_urls, service_url
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
@@ -61,7 +62,9 @@ def register(sub: Any) -> None:
         help="rebuild the provider health history too (default: only with --full)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--url", help="the service owning the stores (default: the local gateway or consumer)")
+    parser.add_argument(
+        "--url", type=service_url, help="the service owning the stores (default: the local gateway or consumer)"
+    )
     parser.add_argument("--api-key", help="admin API key for the service (default: the config's first admin key)")
     parser.add_argument("--local", action="store_true", help="replay in this process; never ask a service")
     parser.add_argument(
@@ -227,15 +230,17 @@ async def in_process(
             # a mistyped data dir was created, given an empty DuckDB file, and replayed as empty
             raise ReplayFailed(f"no event log at {log_file}: is LLM_GATEWAY_DATA_DIR the gateway's data dir?")
     path = analytics_path(settings)
+    created = not path.exists()
     store = AnalyticsStore(path)
+    done = False
     try:
-        await store.open()
-    except (duckdb.IOException, StoreError) as e:
-        raise ReplayFailed(
-            f"cannot open {path} for writing ({e}); if a gateway or consumer owns it, "
-            "let it replay: give its --url (and an admin --api-key)"
-        ) from e
-    try:
+        try:
+            await store.open()
+        except (duckdb.IOException, StoreError) as e:
+            raise ReplayFailed(
+                f"cannot open {path} for writing ({e}); if a gateway or consumer owns it, "
+                "let it replay: give its --url (and an admin --api-key)"
+            ) from e
         replayer = Replayer(
             build_replay_source(settings),
             store,
@@ -244,11 +249,24 @@ async def in_process(
             progress=progress,
             live_group=live_group,
         )
-        return (await replayer.run(options)).to_dict()
+        report = (await replayer.run(options)).to_dict()
+        done = True
+        return report
     except ReplayError as e:
         raise ReplayFailed(str(e)) from e
     finally:
         await store.close()
+        if created and not done:
+            # a store this replay made and did not fill: left behind, ``costs`` read it as the
+            # whole history and said "total $0" for a tenant that spent money (a review)
+            remove_store(path)
+
+
+def remove_store(path: Path) -> None:
+    """Remove the DuckDB file ``path`` with its write-ahead log and spill directory."""
+    for leftover in (path, path.with_name(path.name + ".wal")):
+        leftover.unlink(missing_ok=True)
+    shutil.rmtree(path.with_name(path.name + ".tmp"), ignore_errors=True)
 
 
 __all__ = ["in_process", "register", "run", "via_service"]

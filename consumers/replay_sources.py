@@ -224,6 +224,10 @@ class KafkaReplaySource:
 
         wanted = _kafka_positions(start.from_position) if start.from_position is not None else {}
         self._starts, self._ends, self._pending = {}, {}, set()  # a source may be opened again
+        # the consumer is made once the broker answered: made before, a broker that is down left it
+        # unclosed ("ERROR asyncio: Unclosed AIOKafkaConsumer" after the replay's one-line error)
+        async with self._admin() as admin:
+            partitions = sorted(await _partitions(admin, self.topic))
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap_servers,
             group_id=None,
@@ -234,10 +238,8 @@ class KafkaReplaySource:
             max_partition_fetch_bytes=self._max_partition_fetch_bytes,
             fetch_max_wait_ms=100,
         )
-        async with self._admin() as admin:
-            partitions = sorted(await _partitions(admin, self.topic))
+        self._consumer = consumer  # closed by close(), whatever start() did
         await consumer.start()
-        self._consumer = consumer
         unknown = sorted(set(wanted) - set(partitions))
         if unknown:
             raise ReplayRangeError(f"topic {self.topic} has no partition(s) {unknown} (it has {partitions})")

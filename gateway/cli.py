@@ -175,6 +175,17 @@ def config_error(exc: BaseException) -> str:
     return f"{len(problems)} problem(s): " + "; ".join(problems)
 
 
+def _first_port(value: str) -> int:
+    """``simulate --port``: the first of five ports, so at most 65531 (a bad one was a traceback)."""
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
+    if port != 0 and not 1 <= port <= 65535 - 4:
+        raise argparse.ArgumentTypeError(f"{port} is not 0 or a first port from 1 to 65531 (five ports follow)")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llm-gateway", description=__doc__)
     parser.add_argument(
@@ -199,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     simulate = sub.add_parser("simulate", help="run the five provider simulators and print the env vars to use them")
     simulate.add_argument("--host", default="127.0.0.1")
-    simulate.add_argument("--port", type=int, default=0, help="first port (the next four follow); 0 = any")
+    simulate.add_argument("--port", type=_first_port, default=0, help="first port (the next four follow); 0 = any")
 
     from gateway.commands import register_commands
 
@@ -221,6 +232,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_simulate(args.host, args.port))
         except KeyboardInterrupt:
             pass
+        except (OSError, OverflowError) as exc:  # a port taken or past 65535, a host unknown
+            print(f"llm-gateway simulate: cannot start: {exc}", file=sys.stderr)
+            return 1
         return 0
     overrides = {
         k: v

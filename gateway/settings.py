@@ -247,6 +247,16 @@ class Settings(BaseSettings):
                     raise ValueError(f"{name}.base_url: {e}") from None
         return value
 
+    @field_validator("data_dir", "config_file", "price_file", mode="before")
+    @classmethod
+    def _not_empty_path(cls, value: Any) -> Any:
+        # an empty LLM_GATEWAY_DATA_DIR put the event log and the cost store in the working
+        # directory (and a warning then said to chmod it all); an empty LLM_GATEWAY_CONFIG read
+        # "." (a review)
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("is empty: unset it for the default, or give a path")
+        return value
+
     @field_validator("model_groups")
     @classmethod
     def _model_groups(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:

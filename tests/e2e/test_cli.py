@@ -356,3 +356,58 @@ async def test_a_stop_cancels_the_calls_still_running_after_the_shutdown_timeout
     # the files hold tenants' usage and vendors' error texts: its user's only (they were 0644)
     for made in (tmp_path / "events.sqlite3", tmp_path / "analytics.duckdb"):
         assert made.stat().st_mode & 0o077 == 0, (made, oct(made.stat().st_mode))
+
+
+async def test_bad_operator_input_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """A review: a bad ``--url`` was the HTTP client's traceback (costs, replay) or a misleading
+    "did not answer with JSON" (sql); ``simulate`` on a port past 65531, an unknown host or a
+    port in use was a traceback; an empty ``LLM_GATEWAY_DATA_DIR`` put the event log and the cost
+    store in the working directory, and an empty ``LLM_GATEWAY_CONFIG`` read ".". Now each is
+    one line and exit code 2 (a usage or configuration error) or 1 (cannot start)."""
+    env = clean_env(tmp_path)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        taken = str(held.getsockname()[1])
+        cases = [
+            (["costs", "--tenant", "t", "--url", "notaurl"], env, 2, "--url"),
+            (["costs", "--tenant", "t", "--url", "http://127.0.0.1:1:2"], env, 2, "--url"),
+            (["sql", "select 1", "--url", "ftp://x"], env, 2, "--url"),
+            (["replay", "--url", "http://[::1"], env, 2, "--url"),
+            (["simulate", "--port", "65533"], env, 2, "--port"),
+            (["simulate", "--host", "nosuchhost.invalid"], env, 1, "cannot start"),
+            (["simulate", "--port", taken], env, 1, "cannot start"),
+            (["costs", "--tenant", "t"], {**env, "LLM_GATEWAY_DATA_DIR": ""}, 2, "data_dir"),
+            (["costs", "--tenant", "t"], {**env, "LLM_GATEWAY_CONFIG": " "}, 2, "LLM_GATEWAY_CONFIG"),
+        ]
+
+        async def run(args: list[str], environ: dict[str, str]) -> tuple[int | None, str]:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gateway", *args, env=environ, cwd=work,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            _, err = await asyncio.wait_for(proc.communicate(), 60)
+            return proc.returncode, err.decode()
+
+        results = await asyncio.gather(*(run(args, environ) for args, environ, _, _ in cases))
+    for (args, _, code, fragment), (returncode, err) in zip(cases, results, strict=True):
+        assert returncode == code and fragment in err, (args, returncode, err)
+        assert "Traceback" not in err and len(err.strip().splitlines()) <= 8, (args, err)  # argparse: usage + 1
+    assert os.listdir(work) == []  # nothing written where the commands ran
+
+
+async def test_costs_read_from_the_file_says_so(tmp_path: Path) -> None:
+    """With nothing serving the store (a ``serve --no-project`` whose ``consume`` is stopped),
+    ``costs`` read the file and printed its totals as current, without a word (a review)."""
+    from analytics.store import AnalyticsStore
+
+    store = AnalyticsStore(tmp_path / "analytics.duckdb")
+    await store.open()
+    await store.close()
+    env = {**clean_env(tmp_path), "LLM_GATEWAY_PORT": str(free_port()), "LLM_GATEWAY_CONSUME_PORT": str(free_port())}
+    async with process("costs", "--tenant", "t", env=env) as costs:
+        out, err = await asyncio.wait_for(costs.communicate(), 60)
+    assert costs.returncode == 0 and "note: nothing at" in err.decode() and "as of its last projection" in err.decode()
+    assert "$0" in out.decode() or "0 calls" in out.decode()

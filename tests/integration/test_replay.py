@@ -11,7 +11,9 @@ show the exact costs, prints the diff, and a second replay changes nothing.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import os
 import socket
 import sqlite3
 import uuid
@@ -580,3 +582,28 @@ async def test_a_rebuild_that_fails_again_is_tried_again_until_it_succeeds(
         assert await costs(pipeline.store) == RECORDED and pipeline.projector.stats.health()["status"] == "ok"
     finally:
         await runner.cleanup()
+
+
+async def test_a_replay_that_fails_leaves_no_empty_cost_store_behind(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """In Kafka mode with the broker down, ``replay`` fell back to replaying in its process,
+    failed, and left the empty DuckDB file it had made: ``costs`` then read it as the whole
+    history, "total $0 over 0 calls" with exit code 0, for a tenant that had spent money (a
+    review). It also left its Kafka consumer unclosed."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{s.getsockname()[1]}"  # nothing listens once it is closed
+    settings = Settings(data_dir=tmp_path, kafka_bootstrap_servers=closed, _env_file=None)
+    with pytest.raises(ReplayFailed, match="Kafka at"):
+        await in_process(settings, ReplayOptions(), None, None, live_group=None)
+    assert os.listdir(tmp_path) == []
+    gc.collect()  # aiokafka says so when an unclosed consumer is collected
+    assert "Unclosed AIOKafkaConsumer" not in caplog.text
+    # a store that was there before stays, filled or not
+    store = AnalyticsStore(analytics_path(settings))
+    await store.open()
+    await store.close()
+    with pytest.raises(ReplayFailed, match="Kafka at"):
+        await in_process(settings, ReplayOptions(), None, None, live_group=None)
+    assert analytics_path(settings).is_file()
