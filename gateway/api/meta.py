@@ -33,8 +33,7 @@ def _model_object(state: GatewayState, name: str, created: int) -> dict[str, Any
 async def models(request: web.Request) -> web.Response:
     state = request.app[STATE]
     state.auth.authenticate(request)
-    created = int(state.clock().timestamp())
-    found = (_model_object(state, name, created) for name in state.router.catalog.listed_models())
+    found = (_model_object(state, name, state.started) for name in state.router.catalog.listed_models())
     return web.json_response({"object": "list", "data": [model for model in found if model is not None]})
 
 
@@ -43,7 +42,7 @@ async def model(request: web.Request) -> web.Response:
     state = request.app[STATE]
     state.auth.authenticate(request)
     name = model_name(request.match_info["model"])
-    found = _model_object(state, name, int(state.clock().timestamp()))
+    found = _model_object(state, name, state.started)
     if found is None:
         raise errors.ModelNotFound(f"The model '{name}' does not exist or no configured provider serves it")
     return web.json_response(found)
@@ -51,7 +50,9 @@ async def model(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    providers = sorted(state.router.providers)
+    # the providers calls may go to: configured and in the priority (one it leaves out was
+    # listed, though no call reaches it; a review)
+    providers = sorted(p for p in state.router.providers if p in state.router.priority)
     body: dict[str, Any] = {
         # a gateway that can serve no call is not ready (every call a 404): 503 for a probe
         "status": "ok" if providers else "no_providers",

@@ -29,9 +29,13 @@ class GatewayState:
     extras: dict[str, Any] = field(default_factory=dict)
     #: the streams' writes, watched for clients that stop taking them (``stream_idle_timeout``)
     write_watches: WriteWatches = field(init=False)
+    #: when this gateway started (POSIX seconds): the ``created`` of the models it lists, one
+    #: value for the process's life (it was each request's time, so every listing differed)
+    started: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.write_watches = WriteWatches(self.settings.stream_idle_timeout)
+        self.started = int(self.clock().timestamp())
 
 
 STATE: web.AppKey[GatewayState] = web.AppKey("gateway_state", GatewayState)

@@ -487,3 +487,21 @@ async def test_azures_content_filter_refusal_says_which_category_fired(gw: Runni
     inner = error["innererror"]
     assert inner["code"] == "ResponsibleAIPolicyViolation"
     assert inner["content_filter_result"]["violence"] == {"filtered": True, "severity": "high"}
+
+
+async def test_models_keep_their_created_time_and_healthz_names_the_providers_calls_reach() -> None:
+    """``created`` was each request's clock (every listing differed); ``/healthz`` listed a
+    configured provider the priority leaves out, which no call reaches (a review)."""
+    from datetime import UTC, datetime, timedelta
+
+    now = [datetime(2026, 11, 30, tzinfo=UTC)]
+    async with running_gateway(settings={"priority": ["anthropic", "openai"]}, clock=lambda: now[0]) as gw:
+        async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="unused", max_retries=0) as c:
+            first = {m.id: m.created for m in (await c.models.list()).data}
+            now[0] += timedelta(hours=5)
+            again = {m.id: m.created for m in (await c.models.list()).data}
+            retrieved = await c.models.retrieve("gpt-4")
+        async with aiohttp.ClientSession() as s, s.get(f"{gw.url}/healthz") as r:
+            health = await r.json()
+    assert first == again and retrieved.created == first["gpt-4"] == int(datetime(2026, 11, 30, tzinfo=UTC).timestamp())
+    assert health["providers"] == ["anthropic", "openai"]
