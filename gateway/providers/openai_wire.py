@@ -311,7 +311,7 @@ def parse_chunk(data: Any, *, provider: str) -> StreamChunk | None:
                 parts = _tool_call_parts(provider, delta["tool_calls"])
             refusal = delta.get("refusal")
             if refusal is not None and not isinstance(refusal, str):
-                raise malformed(provider, f"delta.refusal is {type(refusal).__name__}")
+                raise malformed(provider, "delta.refusal is not text")
         reason = choice.get("finish_reason")
         if reason is not None:
             finish = _FINISH.get(str(reason), "stop")
