@@ -84,18 +84,10 @@ class AnthropicProvider:
     #: contain non-whitespace"), and so is an image of more than 5 MiB of base64 ("image exceeds
     #: 5 MB maximum"): not carried. ``temperature`` with ``top_p``: by the older models only
     #: (``model_lacks``)
-    options: frozenset[str] = frozenset(
-        {
-            "tools",
-            "tool_choice",
-            "parallel_tool_calls",
-            "images",
-            "image_urls",
-            "gif_images",
-            "tool_names",
-            "temperature_with_top_p",
-        }
-    )
+    options: frozenset[str] = frozenset({
+        "tools", "tool_choice", "parallel_tool_calls", "images", "image_urls", "gif_images", "tool_names",
+        "temperature_with_top_p",
+    })  # fmt: skip
 
     def __init__(self, settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> None:
         base = (settings.base_url or DEFAULT_BASE_URL).rstrip("/")

@@ -187,16 +187,21 @@ async def test_anthropic_gets_no_text_block_of_whitespace_beside_an_image(gw: Ru
 GIF = base64.b64encode(b"GIF89a" + b"\0" * 16).decode()
 
 
+async def refused(gw: RunningGateway, model: str, messages: list[dict[str, Any]]) -> openai.BadRequestError:
+    async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="unused", max_retries=0) as c:
+        with pytest.raises(openai.BadRequestError) as info:
+            await c.chat.completions.create(model=model, messages=messages)  # type: ignore[arg-type]
+    return info.value
+
+
 async def test_a_gif_is_not_sent_to_gemini(gw: RunningGateway) -> None:
     """Gemini takes PNG, JPEG, WebP, HEIC and HEIF: a GIF is its 400, which does not fall back
     (a review). Pinned first, Google is skipped; for a model only Google serves, a 400 here."""
     gif = look(f"data:image/gif;base64,{GIF}")
     assert await ask(gw, "gpt-4o", "google", gif) == "openai"
     assert gw.sims["google"].requests == []
-    async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="unused", max_retries=0) as c:
-        with pytest.raises(openai.BadRequestError) as info:
-            await c.chat.completions.create(model="gemini-2.5-flash", messages=gif)  # type: ignore[arg-type]
-    assert info.value.param == "messages" and "A GIF image" in info.value.message
+    refusal = await refused(gw, "gemini-2.5-flash", gif)
+    assert refusal.param == "messages" and "A GIF image" in refusal.message
     assert gw.sims["google"].requests == [] and gw.event_log.events[-1].provider == "openai"
     assert await ask(gw, "gemini-2.5-flash", "google", look(DATA_URL)) == "google"  # a PNG goes
 
@@ -209,9 +214,7 @@ async def test_an_image_over_anthropics_5_mb_is_not_sent_to_anthropic(gw: Runnin
     photo = look(f"data:image/jpeg;base64,{big}")
     assert await ask(gw, "gpt-4o", "anthropic", photo) == "openai"
     assert gw.sims["anthropic"].requests == []
-    async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="unused", max_retries=0) as c:
-        with pytest.raises(openai.BadRequestError) as info:
-            await c.chat.completions.create(model="claude-3-5-sonnet-20241022", messages=photo)  # type: ignore[arg-type]
-    assert info.value.param == "messages" and "more than 5 MiB" in info.value.message
+    refusal = await refused(gw, "claude-3-5-sonnet-20241022", photo)
+    assert refusal.param == "messages" and "more than 5 MiB" in refusal.message
     small = base64.b64encode(b"\xff\xd8\xff" + b"\x03" * (3 * 1024 * 1024)).decode()  # 4 MiB: goes
     assert await ask(gw, "claude-3-haiku", "anthropic", look(f"data:image/jpeg;base64,{small}")) == "anthropic"
