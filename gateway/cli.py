@@ -127,16 +127,19 @@ async def _simulate(host: str, port: int) -> None:
         "ollama": ("OLLAMA_HOST", None),
     }
     sims = []
-    for offset, name in enumerate(KNOWN_PROVIDERS):
-        sim = make_simulator(name, max_requests=SIMULATED_REQUESTS_KEPT)
-        await sim.start(host, port + offset if port else 0)
-        sims.append(sim)
-        url_var, key_var = env_names[name]
-        print(f"export {url_var}={SIMULATORS[name].base_url.format(url=sim.base_url)}")
-        if key_var:
-            print(f"export {key_var}={SIMULATED_KEY}")
-    sys.stdout.flush()
+    lines = []
     try:
+        for offset, name in enumerate(KNOWN_PROVIDERS):
+            sim = make_simulator(name, max_requests=SIMULATED_REQUESTS_KEPT)
+            await sim.start(host, port + offset if port else 0)
+            sims.append(sim)
+            url_var, key_var = env_names[name]
+            lines.append(f"export {url_var}={SIMULATORS[name].base_url.format(url=sim.base_url)}")
+            if key_var:
+                lines.append(f"export {key_var}={SIMULATED_KEY}")
+        # printed once all five listen: a later port taken left the first lines on stdout for an
+        # ``eval`` to take, pointing providers at simulators that were gone (a re-test)
+        print("\n".join(lines), flush=True)
         await asyncio.Event().wait()
     finally:
         for sim in sims:
@@ -175,6 +178,13 @@ def config_error(exc: BaseException) -> str:
     return f"{len(problems)} problem(s): " + "; ".join(problems)
 
 
+def _host(value: str) -> str:
+    """``simulate --host``: not empty (the URLs it printed had no host: ``http://:46900``)."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("is empty: give an address such as 127.0.0.1")
+    return value
+
+
 def _first_port(value: str) -> int:
     """``simulate --port``: the first of five ports, so at most 65531 (a bad one was a traceback)."""
     try:
@@ -209,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     simulate = sub.add_parser("simulate", help="run the five provider simulators and print the env vars to use them")
-    simulate.add_argument("--host", default="127.0.0.1")
+    simulate.add_argument("--host", type=_host, default="127.0.0.1")
     simulate.add_argument("--port", type=_first_port, default=0, help="first port (the next four follow); 0 = any")
 
     from gateway.commands import register_commands

@@ -58,11 +58,14 @@ def parse_image_url(url: str, detail: str | None) -> Image:
     url = url.strip()
     if _URL.fullmatch(url):
         try:
-            host = urlsplit(url).hostname
-        except ValueError:  # a malformed port or IPv6 literal
-            host = None
+            parts = urlsplit(url)
+            host, _ = parts.hostname, parts.port  # ``port`` raises on one that is no port number
+        except ValueError as exc:  # a malformed port or IPv6 literal
+            raise ValueError(f"is not a valid http(s) URL ({exc})") from None
         if not host:  # ``http://@/a.png``, ``http://:80/``: nothing a vendor could fetch
             raise ValueError("is an http(s) URL without a host")
+        if any(c.isspace() for c in parts.netloc):
+            raise ValueError("is an http(s) URL with a blank in its host")
         return Image(url, detail)
     found = _DATA_URL.fullmatch(url)
     if found is None:

@@ -75,9 +75,19 @@ class ProviderSettings(BaseModel):
     @field_validator("deployments")
     @classmethod
     def _deployment_names(cls, value: dict[str, str]) -> dict[str, str]:
+        from gateway.pricing.models import normalize_model
+
+        spelled: dict[str, tuple[str, str]] = {}
         for model, deployment in value.items():
             _model_name(model, "deployments")
             _model_name(deployment, f"deployments: {model}")
+            # one model under both spellings (``gpt-35-turbo``, ``gpt-3.5-turbo``), to two
+            # deployments: the adapter is sent one spelling, so one entry was never used
+            other = spelled.setdefault(normalize_model(model), (model, deployment))
+            if other[1] != deployment:
+                raise ValueError(
+                    f"deployments: {other[0]!r} and {model!r} are one model, mapped to {other[1]!r} and {deployment!r}"
+                )
         return value
 
     #: Azure: use the v1 path (/openai/v1/chat/completions) instead of deployment URLs

@@ -25,6 +25,15 @@ def client_gone(request: web.Request) -> bool:
     return transport is None or transport.is_closing()
 
 
+def release_body(request: web.Request) -> None:
+    """Drop the request's body once it is answered. aiohttp keeps a keep-alive connection's last
+    request until the next one comes, and the request keeps the body it read (``read()``
+    caches it): each idle client held its last body, 15 MB an image request, for as long as it
+    kept its connection open (a re-test: 739 MB for 40 idle clients)."""
+    if getattr(request, "_read_bytes", None) is not None:
+        request._read_bytes = None
+
+
 class ClientWatch:
     """``client_gone`` of a request while it is served (``CLIENT_GONE``); :meth:`release` at its
     end. A task the request started (a pooled upstream connection's) copies the request's
@@ -127,6 +136,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(errors.GatewayError(f"Internal error; request id {rid}"), rid)
     finally:
         in_flight.discard(task)
+        release_body(request)
     if not response.prepared:
         response.headers["x-request-id"] = rid
     return response

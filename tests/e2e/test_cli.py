@@ -379,6 +379,7 @@ async def test_bad_operator_input_is_one_line_not_a_traceback(tmp_path: Path) ->
             (["simulate", "--port", "65533"], env, 2, "--port"),
             (["simulate", "--host", "nosuchhost.invalid"], env, 1, "cannot start"),
             (["simulate", "--port", taken], env, 1, "cannot start"),
+            (["simulate", "--host", ""], env, 2, "--host"),
             (["costs", "--tenant", "t"], {**env, "LLM_GATEWAY_DATA_DIR": ""}, 2, "data_dir"),
             (["costs", "--tenant", "t"], {**env, "LLM_GATEWAY_CONFIG": " "}, 2, "LLM_GATEWAY_CONFIG"),
         ]

@@ -155,13 +155,24 @@ async def test_empty_hostless_or_foreign_images_are_400s(gw: RunningGateway, url
     assert fragment in info.value.message and gw.event_log.events == []
 
 
-@pytest.mark.parametrize("url", ["http://@/a.png", "https://:443/a.png", "http://user:pw@/a.png"])
-async def test_an_http_url_without_a_host_is_a_400(gw: RunningGateway, url: str) -> None:
-    """An empty host passed the URL's pattern and was sent (and billed); a review."""
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("http://@/a.png", "without a host"),
+        ("https://:443/a.png", "without a host"),
+        ("http://user:pw@/a.png", "without a host"),
+        ("http://example.com:abc/a.png", "not a valid http(s) URL"),
+        ("http://example.com:99999/a.png", "not a valid http(s) URL"),
+        ("http://exa mple.com/a.png", "blank in its host"),
+    ],
+)
+async def test_an_http_url_a_vendor_could_not_fetch_is_a_400(gw: RunningGateway, url: str, fragment: str) -> None:
+    """An empty host (a review), a port that is no port or a blank in the host (a re-test)
+    passed the URL's pattern and were sent, and billed."""
     async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="unused", max_retries=0) as c:
         with pytest.raises(openai.BadRequestError) as info:
             await c.chat.completions.create(model="gpt-4o", messages=look(url))  # type: ignore[arg-type]
-    assert info.value.param == "messages[0].content[1].image_url.url" and "without a host" in info.value.message
+    assert info.value.param == "messages[0].content[1].image_url.url" and fragment in info.value.message
     assert gw.event_log.events == []
 
 

@@ -44,3 +44,25 @@ async def test_an_answered_request_is_not_kept_by_the_upstream_connection_it_ope
                 await client.chat.completions.create(model="gpt-4o", messages=messages)  # type: ignore[arg-type]
         await asyncio.sleep(0.05)  # the closed connections' handlers end
         assert bodies_alive(gw.app) == 0
+
+
+async def test_an_idle_keep_alive_connection_does_not_keep_its_last_request_body() -> None:
+    """aiohttp keeps a connection's last request until the next one comes, and the request
+    kept the body it read: 40 idle clients held 739 MB of image bodies (a re-test)."""
+    async with running_gateway(providers=("openai",)) as gw:
+        gw.sims["openai"].max_requests = 1
+        messages = [
+            {
+                "role": "user",
+                "content": [{"type": "image_url", "image_url": {"url": f"data:image/jpeg;base64,{PHOTO}"}}],
+            }
+        ]
+        clients = [openai.AsyncOpenAI(base_url=gw.base_url, api_key="unused", max_retries=0) for _ in range(2)]
+        try:
+            for client in clients:  # each leaves its connection open, idle
+                await client.chat.completions.create(model="gpt-4o", messages=messages)  # type: ignore[arg-type]
+            await asyncio.sleep(0.05)
+            assert bodies_alive(gw.app) == 0
+        finally:
+            for client in clients:
+                await client.close()

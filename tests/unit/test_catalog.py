@@ -79,3 +79,10 @@ def test_a_model_group_a_vendor_could_not_take_is_refused_at_start(groups: dict,
 def test_an_azure_deployment_name_with_a_path_step_is_refused() -> None:
     with pytest.raises(ValidationError, match="URL path step"):
         ProviderSettings(deployments={"gpt-4o": "../admin"})
+
+
+def test_one_model_under_both_spellings_to_two_deployments_is_refused() -> None:
+    """Azure is sent one spelling, so one of the two entries was never used (a re-test)."""
+    with pytest.raises(ValidationError, match="are one model"):
+        ProviderSettings(deployments={"gpt-35-turbo": "dep-a", "gpt-3.5-turbo": "dep-b"})
+    ProviderSettings(deployments={"gpt-35-turbo": "dep-a", "gpt-3.5-turbo": "dep-a"})  # the same: fine

@@ -6,6 +6,7 @@ import io
 import json
 
 import aiohttp
+import pytest
 
 from gateway.simulators.base import KEPT_BODY_BYTES
 from gateway.simulators.registry import make_simulator
@@ -47,3 +48,20 @@ async def test_a_bounded_simulator_keeps_no_large_body() -> None:
     small, large = sim.requests
     assert small.body["messages"][0]["content"] == "small"
     assert large.body is None and large.path == "/v1/chat/completions"
+
+
+def test_simulate_prints_nothing_when_a_later_port_is_taken(capsys: pytest.CaptureFixture[str]) -> None:
+    """It printed the first providers' ``export`` lines before a later port failed: an ``eval``
+    of its output pointed those providers at simulators that were gone (a re-test)."""
+    import asyncio
+    import socket
+
+    from gateway.cli import _simulate
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        third = held.getsockname()[1]
+        with pytest.raises(OSError):
+            asyncio.run(_simulate("127.0.0.1", third - 2))
+    assert capsys.readouterr().out == ""

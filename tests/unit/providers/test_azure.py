@@ -394,5 +394,5 @@ async def test_deployments_keyed_by_openais_spelling_serve_azures(
     assert p.deployment("gpt-35-turbo") == DEPLOYMENT
     await p.complete(ChatRequest("gpt-35-turbo", [Message("user", "hi")]))
     assert sim.requests[-1].path == f"/openai/deployments/{DEPLOYMENT}/chat/completions"
-    exact = make(sim, session, timeouts, deployments={"gpt-35-turbo": "x", "gpt-3.5-turbo": DEPLOYMENT})
-    assert exact.deployment("gpt-35-turbo") == "x"  # the name as sent wins
+    exact = make(sim, session, timeouts, deployments={"gpt-35-turbo": DEPLOYMENT})
+    assert exact.deployment("gpt-35-turbo") == DEPLOYMENT  # (both spellings to two deployments: refused)
