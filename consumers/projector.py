@@ -274,6 +274,8 @@ class Projector:
                     ahead = asyncio.ensure_future(self._next_batch(self.poll_timeout, stop))
                     if not await self._process(batch, stop):
                         break
+                    if self.on_caught_up is not None and await self.reader.rewind_done():
+                        await self._caught_up()  # read again up to where the group was
                 elif not stop.is_set():
                     await self._caught_up()
                 await self._refresh_lag()

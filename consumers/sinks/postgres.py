@@ -190,6 +190,10 @@ _DRIVER_ERRORS = (
 )
 
 
+#: milliseconds a sink's transaction may sit idle before the server ends it (a batch's
+#: statements follow each other at once; only a hung process leaves one idle this long)
+IDLE_IN_TRANSACTION_MS = 30_000
+
 #: how long closing waits for the pool's connections before it drops them
 CLOSE_SECONDS = 2.0
 
@@ -345,7 +349,14 @@ class PostgresSink:
             await conn.close()
 
     def _server_settings(self) -> dict[str, str]:
-        settings = {"application_name": "llm-gateway-consumer"}
+        settings = {
+            "application_name": "llm-gateway-consumer",
+            # a member that hangs mid-batch (SIGSTOP, a VM paused) holds its transaction's row
+            # locks, and the member given its partitions waited on them for good, its health
+            # blaming Postgres (a review: 5 minutes until the hung process was continued). The
+            # server ends such a transaction; its batch was not committed and comes again
+            "idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_MS),
+        }
         if self._schema is not None:
             settings["search_path"] = quote_ident(self._schema)
         return settings

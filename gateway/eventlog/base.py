@@ -82,6 +82,13 @@ class LogReader(Protocol):
         """Whether the group has committed a position on this log (projected anything)."""
         ...
 
+    async def rewind_done(self) -> bool:
+        """After :meth:`seek_to_beginning`: whether this reader has read again all the group had
+        committed when it rewound (what it holds of it): a catch-up is over then, though new
+        events keep coming (it waited for a fetch that found nothing, which steady traffic
+        never gives: ``catching_up`` for minutes, a review)."""
+        ...
+
     async def end_rewind(self) -> None:
         """After :meth:`seek_to_beginning`: partitions this reader is given from now on are read
         from the group's position again (Kafka's rebalances; a one-partition log has none)."""

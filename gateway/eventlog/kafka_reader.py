@@ -27,7 +27,7 @@ class _Rewinder(ConsumerRebalanceListener):  # type: ignore[misc]
         self._reader = reader
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        return None
+        self._reader._forget(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self._reader._rewind(assigned)
@@ -57,6 +57,11 @@ class KafkaLogReader:
         self._consumer: AIOKafkaConsumer | None = None
         #: partitions rewound by the replay in progress (None: no replay)
         self._rewound: set[TopicPartition] | None = None
+        #: per rewound partition, the group's committed offset when this reader took it: what it
+        #: reads again below that is not committed (the group's offset never moves back)
+        self._floors: dict[TopicPartition, int] = {}
+        #: per rewound partition, the offset after the last record applied since the rewind
+        self._read_again: dict[TopicPartition, int] = {}
 
     async def start(self) -> None:
         if self._consumer is not None:
@@ -116,6 +121,8 @@ class KafkaLogReader:
             partition, offset = (int(part) for part in record.position.split(":"))
             tp = TopicPartition(self.topic, partition)
             offsets[tp] = max(offsets.get(tp, 0), offset + 1)
+        if self._rewound is not None:
+            offsets = await self._above_floors(offsets)
         if not offsets:
             return
         try:
@@ -135,6 +142,45 @@ class KafkaLogReader:
 
     async def end_rewind(self) -> None:
         self._rewound = None
+        self._floors, self._read_again = {}, {}
+
+    async def rewind_done(self) -> bool:
+        consumer = self._started()
+        for tp in consumer.assignment() & (self._rewound or set()):
+            if self._read_again.get(tp, 0) < await self._floor(tp):
+                return False
+        return True
+
+    async def _floor(self, tp: TopicPartition) -> int:
+        """The group's committed offset of ``tp`` when this reader rewound it (asked once, before
+        this reader commits anything there)."""
+        floor = self._floors.get(tp)
+        if floor is None:
+            floor = self._floors[tp] = await self._started().committed(tp) or 0
+        return floor
+
+    async def _above_floors(self, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+        """The offsets of a rewound reader that move the group on. Committed as read, a new
+        member's catch-up set its partitions back to offset 0, and whoever got them next (a
+        rebalance) projected them again and dead-lettered their poison records again (a
+        review: 43,635 events of one member leaving)."""
+        kept = {}
+        for tp, offset in offsets.items():
+            if self._rewound is not None and tp in self._rewound:
+                self._read_again[tp] = max(self._read_again.get(tp, 0), offset)
+                if offset <= await self._floor(tp):
+                    continue
+            kept[tp] = offset
+        return kept
+
+    def _forget(self, revoked: set[TopicPartition]) -> None:
+        """Partitions given up during a rewind are rewound again if they come back (what the
+        store missed of them is read again), from the group's offset of that time."""
+        if self._rewound is not None:
+            self._rewound -= revoked
+        for tp in revoked:
+            self._floors.pop(tp, None)
+            self._read_again.pop(tp, None)
 
     async def has_committed(self) -> bool:
         consumer = self._started()

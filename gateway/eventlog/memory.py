@@ -15,6 +15,9 @@ class MemoryEventLog:
         self._changed = asyncio.Event()
         self._committed = 0
         self._cursor = 0
+        self._rewind_floor = 0
+        #: the last position committed since the rewind (``rewind_done``)
+        self._read_again = 0
 
     # --- publisher ----------------------------------------------------------------------------
     def publish(self, event: UsageEvent) -> None:
@@ -63,9 +66,14 @@ class MemoryEventLog:
     async def commit(self, records: Sequence[LogRecord]) -> None:
         if records:
             self._committed = max(self._committed, int(records[-1].position))
+            self._read_again = max(self._read_again, int(records[-1].position))
 
     async def seek_to_beginning(self) -> None:
         self._cursor = 0
+        self._rewind_floor, self._read_again = self._committed, 0
+
+    async def rewind_done(self) -> bool:
+        return self._read_again >= self._rewind_floor
 
     async def end_rewind(self) -> None:
         pass

@@ -410,6 +410,12 @@ class SqliteLogReader:
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._cursor = 0
+        #: the group's position when the reader was rewound (``rewind_done``), and whether it is
+        #: reading the log again (its commits below that position are not stored)
+        self._rewind_floor = 0
+        self._rewinding = False
+        #: the last position applied (committed) since the rewind
+        self._read_again = 0
 
     async def start(self) -> None:
         if self._conn is None:
@@ -472,7 +478,12 @@ class SqliteLogReader:
     async def commit(self, records: Sequence[LogRecord]) -> None:
         """Store the group's position: just after the last of ``records``."""
         if records:
-            await asyncio.to_thread(self._store, max(int(r.position) for r in records))
+            position = max(int(r.position) for r in records)
+            if self._rewinding:
+                self._read_again = max(self._read_again, position)
+                if position <= self._rewind_floor:
+                    return  # read again during a catch-up: the group's position does not move back
+            await asyncio.to_thread(self._store, position)
 
     def _store(self, position: int) -> None:
         with self._lock:
@@ -484,9 +495,14 @@ class SqliteLogReader:
 
     async def seek_to_beginning(self) -> None:
         self._cursor = 0
+        self._rewind_floor = await asyncio.to_thread(self._committed)
+        self._rewinding, self._read_again = True, 0
+
+    async def rewind_done(self) -> bool:
+        return self._read_again >= self._rewind_floor
 
     async def end_rewind(self) -> None:
-        pass
+        self._rewinding = False
 
     async def has_committed(self) -> bool:
         return await asyncio.to_thread(self._committed) > 0

@@ -350,3 +350,38 @@ async def test_publish_never_raises_and_pending_settles(harness: Harness) -> Non
         assert log.publish(make_event(i)) is None  # type: ignore[func-returns-value]
     await harness.flush(log)
     assert log.pending() == 0
+
+
+async def test_a_catch_up_never_moves_the_groups_position_back(harness: Harness) -> None:
+    """A member with a new cost store reads the log again from its beginning. Its commits of
+    what it read again set the group's position back (Kafka: to offset 0), and whoever got its
+    partitions next projected them again (a review: 43,635 events, poison records dead-lettered
+    again). It was caught up only on a fetch that found nothing, which steady traffic never
+    gives: ``rewind_done`` says when it has read again all the group had committed."""
+    if not harness.restartable:
+        pytest.skip("the in-memory log is one object: its reader cannot be restarted")
+    log = await harness.log()
+    await publish(log, [make_event(i) for i in range(40)])
+    await harness.flush(log)
+    reader = await harness.reader()
+    await reader.commit(await read_n(reader, 40))
+    await harness.close_reader(reader)
+
+    member = await harness.reader()  # same group: a new store behind it
+    await member.seek_to_beginning()
+    await publish(log, [make_event(i) for i in range(40, 50)])  # traffic goes on
+    await harness.flush(log)
+    first: list[LogRecord] = []
+    async with asyncio.timeout(30):
+        while len(first) < 20:  # 20 of the 50, no more (read_n reads on to check the end)
+            first.extend(await member.fetch(20 - len(first), 0.5))
+    await member.commit(first)
+    # the group's position stayed after the 40 it had (with partitions, some of the 20 may be
+    # past it: new events), where the old commits set it back to 20 of the 50
+    assert await member.lag() <= 10
+    assert not await member.rewind_done()  # 20 read again of the 40 committed
+    rest = await read_n(member, 30)
+    await member.commit(rest)
+    assert await member.rewind_done()  # what it applied covers what the group had
+    assert await member.lag() == 0
+    await member.end_rewind()

@@ -614,3 +614,35 @@ async def test_postgres_written_by_a_newer_version_is_refused_saying_so() -> Non
         assert refused.value.retryable
         with pytest.raises(SinkError, match="newer llm-gateway"):
             await sink.apply([make_event(1)])
+
+
+@pytest.mark.postgres
+async def test_postgres_a_hung_members_transaction_does_not_hold_the_others_for_good(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A consume member hung mid-batch (SIGSTOP) kept its transaction's row locks; the member
+    given its partitions waited on them, timed out every 60 s and tried again, for as long as
+    the hung process lived (a review: 5 minutes, its health blaming Postgres). The server now
+    ends a sink's transaction idle past ``IDLE_IN_TRANSACTION_MS``."""
+    from consumers.sinks import postgres as postgres_sink
+
+    monkeypatch.setattr(postgres_sink, "IDLE_IN_TRANSACTION_MS", 500)
+    async with scratch_schema("hung") as scratch:
+        hung, other = scratch.sink(), scratch.sink()
+        await hung.start()
+        await other.start()
+        event = make_event(1)
+        await other.apply([event])
+        assert hung._pool is not None
+        async with hung._pool.acquire() as conn:  # the hung member, its batch half done
+            await conn.execute("BEGIN")
+            await conn.execute('SELECT 1 FROM "LLMUsage" WHERE "id" = $1 FOR UPDATE', event.event_id)
+            repriced = event.model_copy(update={"cost_usd": Decimal("0.0000030"), "price_version": "2026-02"})
+            async with asyncio.timeout(15):  # the lock waited for up to the 60 s statement timeout
+                await other.apply([repriced])
+            with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError)):
+                await conn.execute("COMMIT")  # the server ended that session
+        cost = await scratch.conn.fetchval(
+            f'SELECT "costUsd" FROM "{scratch.schema}"."LLMUsage" WHERE "id" = $1', event.event_id
+        )
+        assert cost == Decimal("0.0000030")

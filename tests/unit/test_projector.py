@@ -866,3 +866,38 @@ async def test_a_batch_is_decoded_in_slices_between_which_the_loop_runs() -> Non
         e.event_id for i, e in enumerate(events, start=1) if i not in (5, 700)
     ]
     assert [r.position for r, _ in batch.poison] == ["5", "700"] == [r.position for r, _ in whole.poison]
+
+
+async def test_a_catch_up_ends_once_the_log_is_read_again_though_traffic_never_stops() -> None:
+    """The catch-up of a new store ended only on a fetch that found nothing, which steady traffic
+    never gives: ``catching_up`` for minutes after the member was level with the others (a
+    review). It ends once the reader has read again all the group had committed."""
+    log = RestartableLog()
+    await publish(log, 60)
+    await log.commit(await log.fetch(60, 0))  # projected before; the new store holds none
+    await log.seek_to_beginning()
+    sink = RecordingSink("duckdb")
+    projector = Projector(log, [sink], MemoryDeadLetters(), batch_size=10, poll_timeout=0.05)
+    caught_up: list[int] = []
+
+    async def level() -> None:
+        caught_up.append(len(sink.events))
+
+    projector.on_caught_up = level
+    stop = asyncio.Event()
+    running = asyncio.create_task(projector.run_forever(stop))
+
+    async def traffic() -> None:  # an event every 2 ms: no fetch ever comes back empty
+        i = 60
+        while not stop.is_set():
+            log.publish(make_event(i))
+            i += 1
+            await asyncio.sleep(0.002)
+
+    sending = asyncio.create_task(traffic())
+    try:
+        await until(lambda: bool(caught_up), seconds=5.0)
+    finally:
+        stop.set()
+        await asyncio.gather(running, sending)
+    assert 60 <= caught_up[0] < 120
