@@ -8,8 +8,10 @@ group's position: every earlier event was missing from DuckDB, ``/v1/costs`` sai
 (migration 0009); when the group has committed a position (a new group reads the log from its
 beginning anyway), the projector then reads the log from its beginning (its sinks only insert,
 so what Postgres holds stays as it is; events already projected there are skipped) and the mark
-is removed once the projector has caught up with the log: its first fetch that finds nothing
-more. A stop before that reads the log from the beginning again at the next start.
+is removed once the projector has caught up with the log: it has applied again all the group
+had committed (``LogReader.rewind_done``), or a fetch found nothing more. Meanwhile the group's
+position never moves back. A stop before that reads the log from the beginning again at the
+next start.
 """
 
 from __future__ import annotations

@@ -216,8 +216,9 @@ class Projector:
         self._last_batch_at: datetime | None = None
         self._clock = clock
         self._sleep = sleep
-        #: called once, at the first fetch that finds the log read to its end (a store catching
-        #: up with the log: ``consumers.catch_up``)
+        #: called once, when the log is read to its end (a fetch that finds nothing) or the reader
+        #: has applied again all the group had committed (``rewind_done``): a store catching up
+        #: with the log (``consumers.catch_up``)
         self.on_caught_up: Callable[[], Awaitable[None]] | None = None
 
     # --- lifecycle of the sinks ---------------------------------------------------------------

@@ -21,13 +21,14 @@ log = logging.getLogger(__name__)
 
 
 class _Rewinder(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Rewinds partitions assigned during a replay that were not rewound yet."""
+    """Keeps a rewind (a catch-up) going through rebalances (aiokafka's are eager: every
+    partition is revoked, then the new assignment given)."""
 
     def __init__(self, reader: KafkaLogReader) -> None:
         self._reader = reader
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        self._reader._forget(revoked)
+        self._reader._rebalancing = True
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self._reader._rewind(assigned)
@@ -62,6 +63,8 @@ class KafkaLogReader:
         self._floors: dict[TopicPartition, int] = {}
         #: per rewound partition, the offset after the last record applied since the rewind
         self._read_again: dict[TopicPartition, int] = {}
+        #: between a rebalance's revocation and its new assignment (no rewind is done then)
+        self._rebalancing = False
 
     async def start(self) -> None:
         if self._consumer is not None:
@@ -137,7 +140,9 @@ class KafkaLogReader:
             )
 
     async def seek_to_beginning(self) -> None:
-        self._rewound = set()
+        # what an earlier rewind of this reader knew is stale (a projector restarted after a bug
+        # rewinds again: a floor kept from before let it commit below the group's offset)
+        self._rewound, self._floors, self._read_again = set(), {}, {}
         self._rewind(self._started().assignment())
 
     async def end_rewind(self) -> None:
@@ -145,6 +150,8 @@ class KafkaLogReader:
         self._floors, self._read_again = {}, {}
 
     async def rewind_done(self) -> bool:
+        if self._rebalancing:  # the assignment is changing: nothing is known of the next one
+            return False
         consumer = self._started()
         for tp in consumer.assignment() & (self._rewound or set()):
             if self._read_again.get(tp, 0) < await self._floor(tp):
@@ -152,11 +159,17 @@ class KafkaLogReader:
         return True
 
     async def _floor(self, tp: TopicPartition) -> int:
-        """The group's committed offset of ``tp`` when this reader rewound it (asked once, before
-        this reader commits anything there)."""
+        """The group's committed offset of ``tp`` when this reader was given it during the rewind
+        (asked once per assignment, before this reader commits anything there); 0 when retention
+        removed every record below it (nothing to read again: such a partition without traffic
+        kept the catch-up going for good)."""
         floor = self._floors.get(tp)
         if floor is None:
-            floor = self._floors[tp] = await self._started().committed(tp) or 0
+            consumer = self._started()
+            floor = await consumer.committed(tp) or 0
+            if floor and (await consumer.beginning_offsets([tp]))[tp] >= floor:
+                floor = 0
+            self._floors[tp] = floor
         return floor
 
     async def _above_floors(self, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
@@ -172,15 +185,6 @@ class KafkaLogReader:
                     continue
             kept[tp] = offset
         return kept
-
-    def _forget(self, revoked: set[TopicPartition]) -> None:
-        """Partitions given up during a rewind are rewound again if they come back (what the
-        store missed of them is read again), from the group's offset of that time."""
-        if self._rewound is not None:
-            self._rewound -= revoked
-        for tp in revoked:
-            self._floors.pop(tp, None)
-            self._read_again.pop(tp, None)
 
     async def has_committed(self) -> bool:
         consumer = self._started()
@@ -200,12 +204,18 @@ class KafkaLogReader:
         return [TopicPartition(self.topic, p) for p in sorted(partitions)]
 
     def _rewind(self, partitions: set[TopicPartition]) -> None:
+        """During a rewind, each partition this reader is given is read from where the rewind had
+        got to in it (0 the first time), up to the group's offset of now (another member may
+        have moved it on meanwhile). A rebalance gives every partition again: each was read
+        from 0 again, and N members joining one by one read the log N times (a diff review)."""
+        self._rebalancing = False
         if self._rewound is None or self._consumer is None:
             return
-        for tp in partitions - self._rewound:
-            # offset 0 (or, once retention removed it, the earliest offset via
-            # auto_offset_reset="earliest"): the first record still on the log
-            self._consumer.seek(tp, 0)
+        for tp in partitions:
+            # where it had got to, else offset 0 (or, once retention removed it, the earliest
+            # offset via auto_offset_reset="earliest"): the first record still on the log
+            self._consumer.seek(tp, self._read_again.get(tp, 0))
+            self._floors.pop(tp, None)
             self._rewound.add(tp)
 
     async def lag(self) -> int:

@@ -1,18 +1,21 @@
 """Model groups: a requested model -> each provider's equivalent, in priority order.
 
 Vendors are data here: which model names a provider serves natively is a pattern table, and
-the equivalents between vendors are groups (built-in defaults for the seed's models, extended or
-overridden by the config file).
+the equivalents between vendors are groups (built-in defaults for the seed's models; the config
+file adds groups, and replaces a built-in group of the same name whole).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from gateway.errors import InvalidRequest, ModelNotFound
 from gateway.pricing.models import ALIASES
+
+log = logging.getLogger(__name__)
 
 KNOWN_PROVIDERS = ("openai", "azure", "anthropic", "google", "ollama")
 
@@ -119,6 +122,16 @@ class ModelCatalog:
             if unknown:
                 raise ValueError(f"model group {name!r} names unknown providers {sorted(unknown)}")
             self.groups[name] = dict(mapping)
+            left_out = [
+                p for p, pattern in NATIVE_PATTERNS.items() if pattern.search(family_of(name)) and p not in mapping
+            ]
+            if left_out:  # what a config written for an older version meant as "and also" (a diff review)
+                log.warning(
+                    "model group %r of the config file leaves out %s, whose own model it names: its calls do not "
+                    "go there (a group is the whole list of its providers)",
+                    name,
+                    ", ".join(left_out),
+                )
 
     def equivalents(self, model: str) -> dict[str, str]:
         """provider -> provider model for a requested model ({} when nobody serves it). A group

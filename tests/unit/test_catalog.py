@@ -86,3 +86,12 @@ def test_one_model_under_both_spellings_to_two_deployments_is_refused() -> None:
     with pytest.raises(ValidationError, match="are one model"):
         ProviderSettings(deployments={"gpt-35-turbo": "dep-a", "gpt-3.5-turbo": "dep-b"})
     ProviderSettings(deployments={"gpt-35-turbo": "dep-a", "gpt-3.5-turbo": "dep-a"})  # the same: fine
+
+
+def test_a_config_group_that_leaves_out_its_own_vendor_says_so_at_start(caplog: pytest.LogCaptureFixture) -> None:
+    """A config written when groups were extended, not replaced, loses its vendor silently
+    (``gpt-4o: {ollama: llama3:70b}`` no longer reached OpenAI; a diff review): a warning."""
+    with caplog.at_level("WARNING", logger="gateway.routing.catalog"):
+        ModelCatalog({"gpt-4o": {"ollama": "llama3:70b"}, "mine": {"openai": "gpt-4o"}})
+    [warning] = caplog.records
+    assert "'gpt-4o'" in warning.getMessage() and "openai, azure" in warning.getMessage()
