@@ -7,7 +7,8 @@ so they can be tested without a server; ``anthropic.py`` only does the HTTP.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import orjson
@@ -106,7 +107,7 @@ def build_body(req: ChatRequest, *, stream: bool) -> dict[str, Any]:
             before: list[dict[str, Any]] = []
             if turns and turns[-1]["role"] == role:
                 before = turns[-1]["content"] = _blocks(turns[-1]["content"])
-            blocks = _marked_blocks(msg, before)
+            blocks = _marked_blocks(msg, before, partial(_last_turn_blocks, turns))
             if blocks or before:
                 _add_blocks(turns, role, blocks)
             else:  # whitespace alone, nothing to mark: as without the mark (an empty turn: a 400)
@@ -214,13 +215,25 @@ def _add_blocks(turns: list[dict[str, Any]], role: str, blocks: list[dict[str, A
         turns.append({"role": role, "content": blocks})
 
 
-def _marked_blocks(msg: Message, before: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _last_turn_blocks(turns: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The blocks of the last turn so far (its text made a block), or none."""
+    if not turns:
+        return []
+    turns[-1]["content"] = blocks = _blocks(turns[-1]["content"])
+    return blocks
+
+
+def _marked_blocks(
+    msg: Message, before: list[dict[str, Any]], earlier: Callable[[], list[dict[str, Any]]] | None = None
+) -> list[dict[str, Any]]:
     """A message's content as blocks, split where the client put prompt-cache marks: the texts
     between two marks are one block (as they are one text without marks), an image is a block.
     Anthropic refuses a text block that is empty or only whitespace ("text content blocks must
     contain non-whitespace text"), so such a stretch joins the block before it, in this message
-    or in ``before`` (the blocks this message's follow), with its mark (none before it: it goes,
-    with its mark); a mark on the whole message is its last block's."""
+    or in ``before`` (the blocks this message's follow), with its mark. With no block before it
+    in its turn, the stretch goes and its mark marks the end of the turn before (``earlier``),
+    where the prefix it caches ends too (it went: a re-test's cache write never made); a mark on
+    the whole message is its last block's."""
     pieces = msg.pieces or msg.parts or (msg.content,)
     marks = dict(msg.cache)
     blocks: list[dict[str, Any]] = []
@@ -234,8 +247,12 @@ def _marked_blocks(msg: Message, before: list[dict[str, Any]]) -> list[dict[str,
             blocks.append({"type": "text", "text": stretch})
         elif last and last[-1]["type"] == "text":
             last[-1]["text"] += stretch
-        if mark is not None and (blocks or before):
+        if mark is None:
+            return
+        if blocks or before:
             (blocks or before)[-1]["cache_control"] = mark
+        elif earlier is not None and (prior := earlier()) and "cache_control" not in prior[-1]:
+            prior[-1]["cache_control"] = mark
 
     for j, piece in enumerate(pieces):
         if isinstance(piece, str):

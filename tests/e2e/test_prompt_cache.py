@@ -109,3 +109,26 @@ async def test_marks_anthropic_would_refuse_are_a_400_first(
         with pytest.raises(openai.BadRequestError) as info:
             await c.chat.completions.create(model="claude-3-haiku", messages=messages)  # type: ignore[arg-type]
     assert info.value.param == param and words in info.value.message
+
+
+async def test_a_mark_on_whitespace_opening_a_turn_marks_the_end_of_the_turn_before(gw: RunningGateway) -> None:
+    """Whitespace alone is no block for Anthropic, so a mark on a turn's leading whitespace had
+    no block to sit on and went: the cache write the client asked for was never made (a
+    re-test). The prefix it caches ends where the turn before ends: the mark goes there."""
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgoAAAAAAAAAAAAAAAAAAAAAAAAA"}}
+    messages = [
+        {"role": "user", "content": DOC},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": [{"type": "text", "text": " ", "cache_control": FIVE}, image,
+                                     {"type": "text", "text": "what is this"}]},
+    ]  # fmt: skip
+    async with client(gw) as c:
+        await c.chat.completions.create(
+            model="claude-3-haiku",
+            messages=messages,  # type: ignore[arg-type]
+            extra_body={"provider": "anthropic"},
+        )
+    turns = gw.sims["anthropic"].requests[-1].body["messages"]
+    assert turns[1] == {"role": "assistant", "content": [{"type": "text", "text": "ok", "cache_control": FIVE}]}
+    assert [b["type"] for b in turns[2]["content"]] == ["image", "text"]
+    assert all("cache_control" not in b for b in turns[2]["content"])
