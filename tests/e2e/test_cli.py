@@ -389,7 +389,12 @@ async def test_bad_operator_input_is_one_line_not_a_traceback(tmp_path: Path) ->
                 sys.executable, "-m", "gateway", *args, env=environ, cwd=work,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             )  # fmt: skip
-            _, err = await asyncio.wait_for(proc.communicate(), 60)
+            try:
+                _, err = await asyncio.wait_for(proc.communicate(), 60)
+            finally:
+                if proc.returncode is None:  # a command that did not end (a regression): not left running
+                    proc.kill()
+                    await proc.wait()
             return proc.returncode, err.decode()
 
         results = await asyncio.gather(*(run(args, environ) for args, environ, _, _ in cases))
