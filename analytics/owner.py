@@ -19,9 +19,9 @@ import logging
 import os
 import sys
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from gateway.settings import Settings
+from gateway.urls import http_url_problem
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +41,8 @@ def owner_hint(settings: Settings) -> str:
 def service_url(value: str) -> str:
     """``--url``: an http(s) URL with a host (an argparse ``type``: anything else is a one-line
     usage error, where a bad URL was a traceback of the HTTP client; a review)."""
-    try:
-        parts = urlsplit(value)
-        port = parts.port  # raises on a port that is no number or out of range
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a URL ({e})") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an http(s) URL with a host, e.g. http://127.0.0.1:8080")
-    del port
+    if (problem := http_url_problem(value)) is not None:
+        raise argparse.ArgumentTypeError(f"{value!r} {problem}; e.g. http://127.0.0.1:8080")
     return value
 
 

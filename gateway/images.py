@@ -12,7 +12,8 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+
+from gateway.urls import http_url_problem
 
 #: the image types every vendor here takes
 MEDIA_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
@@ -57,15 +58,8 @@ def parse_image_url(url: str, detail: str | None) -> Image:
     """An image from ``image_url.url``; ``ValueError`` says what is wrong with it."""
     url = url.strip()
     if _URL.fullmatch(url):
-        try:
-            parts = urlsplit(url)
-            host, _ = parts.hostname, parts.port  # ``port`` raises on one that is no port number
-        except ValueError as exc:  # a malformed port or IPv6 literal
-            raise ValueError(f"is not a valid http(s) URL ({exc})") from None
-        if not host:  # ``http://@/a.png``, ``http://:80/``: nothing a vendor could fetch
-            raise ValueError("is an http(s) URL without a host")
-        if any(c.isspace() for c in parts.netloc):
-            raise ValueError("is an http(s) URL with a blank in its host")
+        if (problem := http_url_problem(url)) is not None:  # nothing a vendor could fetch
+            raise ValueError(problem)
         return Image(url, detail)
     found = _DATA_URL.fullmatch(url)
     if found is None:

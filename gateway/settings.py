@@ -13,7 +13,6 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -21,6 +20,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from gateway import strict_yaml
 from gateway.events import INDEXED_TEXT
 from gateway.health.config import HealthSettings
+from gateway.urls import http_url_problem
 
 DEFAULT_PRIORITY = ["openai", "azure", "anthropic", "google", "ollama"]
 
@@ -355,14 +355,8 @@ def _http_url(value: str | None, *, bare_host: bool = True) -> str | None:
     out (a URL can hold a password)."""
     if value and "://" not in value and not bare_host:
         raise ValueError("an upstream URL must start with http:// or https:// (and name a host)")
-    if value and "://" in value:
-        try:
-            url = urlsplit(value)
-            fine = url.scheme.lower() in ("http", "https") and bool(url.hostname)  # https://:443/v1: none
-        except ValueError:  # a bracketed host that is no IPv6 address
-            fine = False
-        if not fine:
-            raise ValueError("an upstream URL must be http:// or https:// with a host")
+    if value and "://" in value and http_url_problem(value) is not None:  # https://:443/v1: no host
+        raise ValueError("an upstream URL must be http:// or https:// with a host (and a port that is a number)")
     return value
 
 

@@ -178,6 +178,8 @@ def assert_refused(
         ("providers: {openai: {base_url: 'api.openai.com/v1'}}\n", "start with http://"),
         ("providers: {anthropic: {base_url: 'localhost:8080'}}\n", "start with http://"),
         ("providers: {openai: {base_url: 'https://:443/v1'}}\n", "with a host"),  # a port, no host (re-test)
+        # a port that is no number: refused by --url and image URLs, taken here (a diff review)
+        ("providers: {openai: {base_url: 'https://api.openai.com:abc/v1'}}\n", "a port that is a number"),
     ],
 )
 def test_a_configuration_that_would_misbehave_is_refused_at_start(
