@@ -307,23 +307,20 @@ class KafkaReplaySource:
         from aiokafka import TopicPartition
         from aiokafka.errors import KafkaError
 
+        from gateway.eventlog import kafka_offsets
+
         if not self._ends:
             return 0
         tps = [TopicPartition(self.topic, p) for p in sorted(self._ends)]
-        for attempt in range(1, 11):
-            try:
-                async with self._admin() as admin:
-                    offsets = await admin.list_consumer_group_offsets(group_id, partitions=tps)
-                break
-            except KafkaError as e:  # e.g. no group coordinator yet on a fresh cluster
-                if not e.retriable or attempt == 10:
-                    log.warning("cannot read the committed offsets of group %s: %s", group_id, e)
-                    return None
-                await asyncio.sleep(0.3)
+        try:  # asks again while the coordinator cannot answer (e.g. none yet on a fresh cluster)
+            async with self._admin() as admin:
+                offsets = await kafka_offsets.admin_committed(admin, group_id, tps)
+        except KafkaError as e:
+            log.warning("cannot read the committed offsets of group %s: %s", group_id, e)
+            return None
         total = 0
         for tp in tps:
-            meta = offsets.get(tp)
-            committed = meta.offset if meta is not None and meta.offset >= 0 else 0
+            committed = offsets.get(tp, 0)
             total += max(0, self._ends[tp.partition] - max(committed, self._starts[tp.partition]))
         return total
 

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
+from gateway.eventlog import kafka_offsets
 from gateway.eventlog.base import LogRecord
 from gateway.eventlog.kafka_admin import ensure_topic, topic_partitions
 
@@ -76,6 +77,7 @@ class KafkaLogReader:
             replication_factor=self._replication_factor,
             client_id=self._client_id,
         )
+        kafka_offsets.install()  # a coordinator still loading is no "nothing committed"
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap_servers,
             group_id=self.group_id,
