@@ -38,6 +38,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from gateway.eventlog.sqlite import close_locked
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,7 @@ class SqliteReplaySource:
     async def close(self) -> None:
         if self._conn is not None:
             conn, self._conn = self._conn, None
-            await asyncio.to_thread(conn.close)
+            await close_locked(conn, self._lock)
 
 
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:

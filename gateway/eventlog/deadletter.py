@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from gateway.eventlog.sqlite import connect
+from gateway.eventlog.sqlite import close_locked, connect
 
 if TYPE_CHECKING:  # aiokafka is imported when a Kafka store starts (an embedded gateway never loads it)
     from aiokafka import AIOKafkaProducer
@@ -76,7 +76,7 @@ class SqliteDeadLetters:
     async def close(self) -> None:
         if self._conn is not None:
             conn, self._conn = self._conn, None
-            await asyncio.to_thread(conn.close)
+            await close_locked(conn, self._lock)
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:

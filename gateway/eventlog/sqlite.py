@@ -76,6 +76,18 @@ def connect(path: Path, *, autocheckpoint: int | None = None) -> sqlite3.Connect
     return conn
 
 
+async def close_locked(conn: sqlite3.Connection, lock: threading.Lock) -> None:
+    """Close ``conn`` once the thread using it under ``lock`` is done. A read runs on in its
+    worker thread after its task is cancelled (``asyncio.to_thread`` cannot stop it), and
+    closing the connection under that read crashed the interpreter (a segfault in a CI run)."""
+
+    def close() -> None:
+        with lock:
+            conn.close()
+
+    await asyncio.to_thread(close)
+
+
 def ensure_log_table(conn: sqlite3.Connection, table: str) -> None:
     if not _IDENTIFIER.fullmatch(table):
         raise ValueError(f"bad table name {table!r}")
@@ -431,7 +443,7 @@ class SqliteLogReader:
     async def close(self) -> None:
         if self._conn is not None:
             conn, self._conn = self._conn, None
-            await asyncio.to_thread(conn.close)
+            await close_locked(conn, self._lock)
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
