@@ -197,7 +197,11 @@ async def post(
     except PoolBusy as exc:
         raise errors.ConnectionsBusy(f"{provider}: {exc}, the request was not sent", provider=provider) from None
     except TimeoutError as exc:
-        raise errors.UpstreamTimeout(f"{provider}: request timed out", provider=provider) from exc
+        timed_out = errors.UpstreamTimeout(f"{provider}: request timed out", provider=provider)
+        # the provider had the whole request: it bills the call whether or not its answer is read
+        # (recorded free, a review's three 6 s answers, each given up at 4 s, cost $0)
+        timed_out.billed_unseen = exchange.sent
+        raise timed_out from exc
     except BodyCut as exc:
         raise errors.StreamCut(f"{provider}: response body cut: {exc}", provider=provider) from exc
     except OSError as exc:

@@ -293,7 +293,7 @@ class UpstreamClient:
 class _Exchange:
     """One POST: connects (or reuses a connection), sends, waits for the answer's headers."""
 
-    __slots__ = ("_conn", "_data", "_head", "_pool", "_response", "_timeout")
+    __slots__ = ("_conn", "_data", "_head", "_pool", "_response", "_timeout", "sent")
 
     def __init__(self, pool: _HostPool, head: bytes, data: bytes, timeout: Timeout) -> None:
         self._pool = pool
@@ -302,6 +302,8 @@ class _Exchange:
         self._timeout = timeout
         self._conn: Connection | None = None
         self._response: Response | None = None
+        #: the whole request went out (the provider has it, and may bill it whatever follows)
+        self.sent = False
 
     async def __aenter__(self) -> Response:
         timeout = self._timeout
@@ -323,8 +325,12 @@ class _Exchange:
                 self._conn = None
                 self._pool.release(conn)
                 raise ClientGone
-            response = self._response = await conn.send(self._head, self._data, timeout.read, deadline)
+            answer = conn.send(self._head, self._data, timeout.read, deadline)
+            self.sent = True
+            response = self._response = await answer
         except BaseException:
+            if self.sent and conn.transport is not None and conn.transport.get_write_buffer_size():
+                self.sent = False  # part of the request was still here: the provider never had it
             self._leave()
             raise
         return response

@@ -402,6 +402,8 @@ class Router:
                     f"{candidate.provider}: no content within {self.first_content_timeout:g}s (the request timeout)",
                     provider=candidate.provider,
                 )
+                # sent, the provider bills it all the same (``providers.http.post``)
+                error.billed_unseen = isinstance(exc, errors.ProviderError) and exc.billed_unseen
             await _aclose(iterator)
             failure = self._failed(ctx, number, candidate, error, started, attempts)
             if failure is exc:

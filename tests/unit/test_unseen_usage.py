@@ -19,11 +19,17 @@ NOW = datetime(2026, 3, 1, tzinfo=UTC)
 
 
 def record(
-    provider: str, model: str, outcome: str, *, usage: Usage | None = None, incomplete: bool = False
+    provider: str,
+    model: str,
+    outcome: str,
+    *,
+    usage: Usage | None = None,
+    incomplete: bool = False,
+    billed: bool = False,
 ) -> UsageEvent:
     recorder = UsageRecorder(MemoryEventLog(), load_price_book(None), clock=lambda: NOW)
     ctx = CallContext("req_1", "acme", None, "chat.completions", True, model)
-    facts = AttemptFacts(1, provider, model, outcome, 120.0, usage=usage, incomplete=incomplete)  # type: ignore[arg-type]
+    facts = AttemptFacts(1, provider, model, outcome, 120.0, usage=usage, incomplete=incomplete, billed=billed)  # type: ignore[arg-type]
     return recorder.record(ctx, facts)
 
 
@@ -52,6 +58,11 @@ def test_no_usage_seen_on_a_free_model_costs_nothing_known(outcome: str, incompl
 def test_attempts_the_provider_refused_or_never_answered_cost_nothing(outcome: str) -> None:
     event = record("openai", "gpt-4o", outcome)
     assert (event.billable, event.cost_usd) == (False, Decimal(0))
+
+
+def test_a_timeout_after_the_provider_had_the_request_is_billable_at_an_unknown_cost() -> None:
+    event = record("openai", "gpt-4o", "timeout", billed=True)  # ``UpstreamTimeout.billed_unseen``
+    assert (event.outcome, event.billable, event.cost_usd) == ("timeout", True, None)
 
 
 def test_reported_usage_is_priced_and_zero_tokens_reported_is_free() -> None:
