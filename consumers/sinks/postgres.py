@@ -42,8 +42,9 @@ import asyncio
 import logging
 import operator
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import orjson
@@ -69,7 +70,12 @@ COLUMNS = (
 _REPRICED = ('"costUsd"', '"priceVersion"')
 _QUOTED = ", ".join(f'"{c}"' for c in COLUMNS)
 
-CREATE_STAGE = f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGE} (LIKE {TABLE}) ON COMMIT DELETE ROWS"
+#: the staging table: the sink's columns of "LLMUsage", their types and nothing else. ``LIKE``
+#: copied every column with its NOT NULL but not its default, so a platform column such as
+#: Prisma's ``"updatedAt" ... NOT NULL DEFAULT CURRENT_TIMESTAMP`` refused every staged row
+CREATE_STAGE = (
+    f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGE} ON COMMIT DELETE ROWS AS SELECT {_QUOTED} FROM {TABLE} WITH NO DATA"
+)
 UPSERT_FROM_STAGE = (
     f"INSERT INTO {TABLE} ({_QUOTED}) SELECT {_QUOTED} FROM {STAGE} "
     'ON CONFLICT ("id") DO UPDATE SET '
@@ -80,6 +86,11 @@ UPSERT_FROM_STAGE = (
 #: the live projector's (``corrects`` False): a stored row is kept as it is
 INSERT_NEW_FROM_STAGE = f'INSERT INTO {TABLE} ({_QUOTED}) SELECT {_QUOTED} FROM {STAGE} ON CONFLICT ("id") DO NOTHING'
 IS_EMPTY = f"SELECT NOT EXISTS (SELECT 1 FROM {TABLE})"
+#: whether "createdAt" is a ``timestamp`` without time zone (the platform's table, made by an ORM)
+CREATED_AT_IS_NAIVE = (
+    "SELECT coalesce((SELECT atttypid = 'timestamp'::regtype FROM pg_attribute "
+    f"WHERE attrelid = to_regclass('{TABLE}') AND attname = 'createdAt' AND NOT attisdropped), false)"
+)
 #: the Sink's ``reset``: the gateway's rows (they carry a request id), not rows other writers of
 #: the platform's table may have put there. A replay --full does not use it: other gateways' logs
 #: may share the table, so it has the sink forget its own store's events (FORGET, ``SharedSink``)
@@ -87,8 +98,13 @@ RESET = f'DELETE FROM {TABLE} WHERE "requestId" IS NOT NULL'
 FORGET = f'DELETE FROM {TABLE} WHERE "id" = ANY($1::text[])'
 
 
-def row(event: UsageEvent) -> tuple[Any, ...]:
-    """The "LLMUsage" row of one event, in :data:`COLUMNS` order."""
+def row(event: UsageEvent, *, naive_utc: bool = False) -> tuple[Any, ...]:
+    """The "LLMUsage" row of one event, in :data:`COLUMNS` order. ``naive_utc``: its time as
+    UTC without a zone, for a ``"createdAt"`` that is a ``timestamp`` without time zone (an ORM's
+    ``DateTime``)."""
+    created = event.created_at
+    if naive_utc:
+        created = created.astimezone(UTC).replace(tzinfo=None) if created.tzinfo is not None else created
     return (
         event.event_id,
         event.tenant_id,
@@ -98,7 +114,7 @@ def row(event: UsageEvent) -> tuple[Any, ...]:
         event.completion_tokens,
         event.total_tokens,
         event.cost_usd,
-        event.created_at,
+        created,
         event.request_id,
         event.attempt,
         event.outcome,
@@ -142,9 +158,11 @@ _COPY_CSV = {"format": "csv", "null": "null"}
 _TEXT_OFFSET = timedelta(hours=16)
 
 
-def csv_rows(events: Sequence[UsageEvent]) -> bytes | None:
+def csv_rows(events: Sequence[UsageEvent], *, naive_utc: bool = False) -> bytes | None:
     """The "LLMUsage" rows of ``events`` as Postgres CSV (:data:`CSV_COLUMNS`), or None when
-    some value cannot travel that way (see the module docstring): then use :func:`row`."""
+    some value cannot travel that way (see the module docstring): then use :func:`row`.
+    ``naive_utc``: ``"createdAt"`` has no time zone, and Postgres drops the offset of a time it
+    reads for such a column: only UTC times travel as text."""
     lines = []
     try:
         for event in events:
@@ -156,7 +174,7 @@ def csv_rows(events: Sequence[UsageEvent]) -> bytes | None:
                 return None
             # Postgres reads an offset of at most 15:59 as text (a record's +16:00 was refused
             # as CSV and stored as binary, by what shared its batch)
-            if (offset := created.utcoffset()) and not -_TEXT_OFFSET < offset < _TEXT_OFFSET:
+            if (offset := created.utcoffset()) and (naive_utc or not -_TEXT_OFFSET < offset < _TEXT_OFFSET):
                 return None
             values = (
                 *_fields_as_is(fields),
@@ -178,8 +196,8 @@ _DATA_ERRORS = (
     asyncpg.ProgramLimitExceededError,  # an index row too large: a value, not the server (54000)
     OverflowError,
 )
-#: the sink's table or schema does not exist (any more): migrate again
-_SCHEMA_GONE = (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError)
+#: the sink's table, schema or one of its columns does not exist (any more): migrate again
+_SCHEMA_GONE = (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError, asyncpg.UndefinedColumnError)
 #: everything else the driver raises means "not now": connection lost, server starting, ...
 _DRIVER_ERRORS = (
     OSError,
@@ -217,9 +235,9 @@ class PostgresSink:
         (a pool with a floor keeps reconnecting, and logging tracebacks, during an outage).
         ``corrects``: a stored row takes the batch's cost (a replay's sinks); False: it is kept
         as stored (the live projector's, see ``consumers.sinks.base``)."""
-        self._dsn = dsn
+        self._dsn, dsn_schema, self._dsn_settings = dsn_options(dsn)
         self._merge = UPSERT_FROM_STAGE if corrects else INSERT_NEW_FROM_STAGE
-        self._schema = schema
+        self._schema = schema or dsn_schema
         self._min_size = min_size
         self._max_size = max_size
         self._connect_timeout = connect_timeout
@@ -228,6 +246,8 @@ class PostgresSink:
         self._lock = asyncio.Lock()
         #: COPY straight into the table (it holds none of the events yet; see the module docstring)
         self._direct = False
+        #: "createdAt" is a ``timestamp`` without time zone: times are written as UTC without one
+        self._naive_utc = False
 
     @property
     def direct(self) -> bool:
@@ -252,20 +272,21 @@ class PostgresSink:
         if not events:
             return
         batch = latest_by_id(events)
-        data = csv_rows(batch)
         pool = await self._ready()
+        naive = self._naive_utc
+        data = csv_rows(batch, naive_utc=naive)
         try:
             async with pool.acquire(timeout=self._connect_timeout) as conn:
                 if self._direct:
                     try:
                         async with conn.transaction():
-                            await _copy(conn, TABLE_NAME, batch, data)
+                            await _copy(conn, TABLE_NAME, batch, data, naive)
                         return
                     except asyncpg.UniqueViolationError:
                         self._direct = False
                         log.info("postgres: %s holds some of the events: upserting from now on", TABLE)
                 async with conn.transaction():
-                    await _copy(conn, STAGE, batch, data)
+                    await _copy(conn, STAGE, batch, data, naive)
                     await conn.execute(self._merge)
         except asyncpg.NotNullViolationError as e:
             # every column the sink writes NOT NULL is non-null in any valid event: the table
@@ -274,6 +295,10 @@ class PostgresSink:
             raise SinkError(self.name, f"{type(e).__name__}: {e}") from e
         except _DATA_ERRORS as e:
             raise RejectedEvents(self.name, f"{type(e).__name__}: {e}") from e
+        except TypeError as e:
+            # the driver cannot encode a value for the type a column has in the platform's table
+            # (a schema problem: every event would fail the same, so pause, not dead-letter)
+            raise SinkError(self.name, f"a column of {TABLE} does not take the sink's values: {e}") from e
         except _SCHEMA_GONE as e:
             # the table (or its schema) is gone: the database was recreated or restored empty.
             # Open a fresh pool, which migrates first, on the next try (the pool outlived the
@@ -343,14 +368,15 @@ class PostgresSink:
             server_settings=self._server_settings(),
         )
         try:
-            await migrate_postgres(conn, schema=self._schema)
+            await migrate_postgres(conn, schema=self._schema, table=TABLE_NAME, columns=COLUMNS)
             self._direct = bool(await conn.fetchval(IS_EMPTY))
+            self._naive_utc = bool(await conn.fetchval(CREATED_AT_IS_NAIVE))
         finally:
             await conn.close()
 
     def _server_settings(self) -> dict[str, str]:
         settings = {
-            "application_name": "llm-gateway-consumer",
+            "application_name": self._dsn_settings.get("application_name", "llm-gateway-consumer"),
             # a member that hangs mid-batch (SIGSTOP, a VM paused) holds its transaction's row
             # locks, and the member given its partitions waited on them for good, its health
             # blaming Postgres (a review: 5 minutes until the hung process was continued). The
@@ -362,12 +388,42 @@ class PostgresSink:
         return settings
 
 
-async def _copy(conn: asyncpg.Connection, table: str, batch: Sequence[UsageEvent], data: bytes | None) -> None:
+#: query parameters of a Prisma database URL that are the ORM's, not the server's: asyncpg sends
+#: unknown ones to the server as settings, which refused the connection ("unrecognized
+#: configuration parameter")
+_ORM_PARAMETERS = frozenset({"connection_limit", "pool_timeout", "pgbouncer", "socket_timeout", "sslaccept"})
+
+
+def dsn_options(dsn: str) -> tuple[str, str | None, dict[str, str]]:
+    """``dsn`` without what is not the server's, the schema it names (Prisma's ``?schema=``,
+    the table's schema), and the settings it gives that the sink would otherwise set."""
+    parts = urlsplit(dsn)
+    if not parts.query:
+        return dsn, None, {}
+    schema = None
+    given: dict[str, str] = {}
+    kept = []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name == "schema":
+            schema = value or None
+            continue
+        if name in _ORM_PARAMETERS:
+            continue
+        if name == "application_name":
+            given[name] = value
+        kept.append((name, value))
+    return urlunsplit(parts._replace(query=urlencode(kept, quote_via=quote))), schema, given
+
+
+async def _copy(
+    conn: asyncpg.Connection, table: str, batch: Sequence[UsageEvent], data: bytes | None, naive_utc: bool
+) -> None:
     """COPY the batch into ``table``: its CSV ``data``, else (None) binary records."""
     if data is not None:
         await conn.copy_to_table(table, source=memoryview(data), columns=CSV_COLUMNS, **_COPY_CSV)
     else:
-        await conn.copy_records_to_table(table, records=[row(e) for e in batch], columns=COLUMNS)
+        records = [row(e, naive_utc=naive_utc) for e in batch]
+        await conn.copy_records_to_table(table, records=records, columns=COLUMNS)
 
 
 async def _create_stage(conn: asyncpg.Connection) -> None:

@@ -1,0 +1,163 @@
+"""The platform's own "LLMUsage" table, as a review met it: made by an ORM (Prisma) with columns,
+types and constraints of its own, altered after, dropped and made again, written by a role with
+no CREATE on its schema, named by a Prisma database URL. Against the real PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+
+import asyncpg
+import pytest
+
+from consumers.sinks.base import SinkError
+from consumers.sinks.postgres import PostgresSink, dsn_options
+from tests.contract.test_sink_contract import make_event, scratch_schema
+
+pytestmark = pytest.mark.postgres
+
+#: the platform's table as `prisma migrate` makes it: a DateTime is timestamp(3) without time zone,
+#: `@updatedAt` and `@default(...)` columns are NOT NULL with defaults
+PRISMA_TABLE = """
+CREATE TABLE "{schema}"."LLMUsage" (
+    "id" TEXT NOT NULL,
+    "tenantId" TEXT NOT NULL,
+    "provider" TEXT NOT NULL,
+    "model" TEXT NOT NULL,
+    "promptTokens" INTEGER NOT NULL DEFAULT 0,
+    "completionTokens" INTEGER NOT NULL DEFAULT 0,
+    "totalTokens" INTEGER NOT NULL DEFAULT 0,
+    "costUsd" DECIMAL(65,30),
+    "createdAt" TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    "updatedAt" TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    "source" TEXT NOT NULL DEFAULT 'platform',
+    CONSTRAINT "LLMUsage_pkey" PRIMARY KEY ("id")
+)
+"""
+
+
+async def stored(conn: asyncpg.Connection, schema: str, *extra: str) -> dict[str, tuple[object, ...]]:
+    columns = ", ".join(f'"{c}"' for c in ("id", "costUsd", "createdAt", *extra))
+    rows = await conn.fetch(f'SELECT {columns} FROM "{schema}"."LLMUsage"')
+    return {r["id"]: tuple(r)[1:] for r in rows}
+
+
+async def test_a_prisma_table_with_not_null_defaults_and_naive_times_takes_every_batch() -> None:
+    """Its NOT NULL columns with defaults refused every staged row once the table held rows
+    (the staging table copied NOT NULL, not the default), and a tenant with a quote (the binary
+    path) met its `timestamp` column with an aware time: a crash loop."""
+    async with scratch_schema("prisma") as pg:
+        await pg.conn.execute(f'CREATE SCHEMA "{pg.schema}"')
+        await pg.conn.execute(PRISMA_TABLE.format(schema=pg.schema))
+        await pg.conn.execute(
+            f'INSERT INTO "{pg.schema}"."LLMUsage" ("id", "tenantId", "provider", "model") '
+            "VALUES ('platform-row', 'acme', 'openai', 'gpt-4')"
+        )
+        sink = pg.sink()
+        await sink.start()
+        assert not sink.direct  # the table holds a row: the staging path
+        at = datetime(2026, 3, 1, 12, 0, 0, 123000, tzinfo=UTC)
+        plain = make_event(1, created_at=at)
+        quoted = make_event(2, tenant_id='O"Brien\\', created_at=at)  # CSV cannot carry it: binary
+        shifted = make_event(3, created_at=at.astimezone(timezone(timedelta(hours=5))))  # not UTC
+        await sink.apply([plain])
+        await sink.apply([quoted])
+        await sink.apply([shifted])
+        rows = await stored(pg.conn, pg.schema, "source")
+        naive = at.replace(tzinfo=None)  # the same instant, as UTC without a zone
+        assert rows[plain.event_id] == (Decimal("0.0000025"), naive, "platform")
+        assert rows[quoted.event_id] == (Decimal("0.0000025"), naive, "platform")
+        assert rows[shifted.event_id] == (Decimal("0.0000025"), naive, "platform")
+        assert rows["platform-row"][2] == "platform"  # the platform's row is left as it was
+
+
+async def test_a_column_the_platform_adds_with_a_default_is_filled_by_it() -> None:
+    async with scratch_schema("altered") as pg:
+        sink = pg.sink()
+        await sink.start()
+        await sink.apply([make_event(1)])
+        await pg.conn.execute(f'ALTER TABLE "{pg.schema}"."LLMUsage" ADD COLUMN "seq" BIGSERIAL')
+        again = pg.sink()  # a restart: the table holds rows, so the staging path
+        await again.start()
+        await again.apply([make_event(2)])
+        seqs = await pg.conn.fetch(f'SELECT "seq" FROM "{pg.schema}"."LLMUsage" ORDER BY "seq"')
+        assert [r["seq"] for r in seqs] == [1, 2]
+
+
+async def test_a_dropped_table_is_made_again_and_a_bare_one_gets_the_gateway_columns() -> None:
+    """The record of applied migrations kept the projector paused on "relation does not exist"
+    for good (restarts too), and on a column the platform's new table did not have."""
+    async with scratch_schema("dropped") as pg:
+        sink = pg.sink()
+        await sink.start()
+        await sink.apply([make_event(1)])
+        await pg.conn.execute(f'DROP TABLE "{pg.schema}"."LLMUsage"')
+        with pytest.raises(SinkError, match="migrating again"):
+            await sink.apply([make_event(2)])
+        await sink.apply([make_event(2)])  # migrated again on the next try
+        assert len(await stored(pg.conn, pg.schema)) == 1
+
+        await pg.conn.execute(f'DROP TABLE "{pg.schema}"."LLMUsage"')
+        await pg.conn.execute(PRISMA_TABLE.format(schema=pg.schema))  # the platform's, without ours
+        third = make_event(3)
+        with pytest.raises(SinkError, match="migrating again"):
+            await sink.apply([third])
+        await sink.apply([third])
+        assert list(await stored(pg.conn, pg.schema)) == [third.event_id]
+        restarted = pg.sink()
+        await restarted.start()
+        await restarted.apply([make_event(4)])
+        assert len(await stored(pg.conn, pg.schema)) == 2
+
+
+async def test_a_role_without_create_writes_to_a_database_its_owner_migrated() -> None:
+    async with scratch_schema("grants") as pg:
+        owner = pg.sink()
+        await owner.start()
+        await owner.close()
+        role = f"app_{pg.schema[-12:]}"
+        await pg.conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'app'")
+        try:
+            await pg.conn.execute(f'GRANT USAGE ON SCHEMA "{pg.schema}" TO {role}')
+            await pg.conn.execute(f'GRANT SELECT, INSERT, UPDATE ON "{pg.schema}"."LLMUsage" TO {role}')
+            await pg.conn.execute(f'GRANT SELECT ON "{pg.schema}".gateway_schema_migrations TO {role}')
+            url = pg.url.replace("gw:gw@", f"{role}:app@", 1)
+            app = PostgresSink(url, schema=pg.schema)
+            try:
+                await app.start()
+                await app.apply([make_event(1), make_event(2)])
+            finally:
+                await app.close()
+            assert len(await stored(pg.conn, pg.schema)) == 2
+        finally:
+            await pg.conn.execute(f"DROP OWNED BY {role}")
+            await pg.conn.execute(f"DROP ROLE {role}")
+
+
+def test_a_prisma_database_url_names_the_schema_and_keeps_its_application_name() -> None:
+    dsn, schema, settings = dsn_options(
+        "postgresql://u:p@db:5432/app?schema=usage&connection_limit=5&application_name=platform-usage"
+        "&sslmode=disable&options=-c%20statement_timeout%3D5000"
+    )
+    assert schema == "usage"
+    assert settings == {"application_name": "platform-usage"}
+    assert dsn == (
+        "postgresql://u:p@db:5432/app?application_name=platform-usage&sslmode=disable"
+        "&options=-c%20statement_timeout%3D5000"
+    )
+    assert dsn_options("postgresql://u:p@db/app") == ("postgresql://u:p@db/app", None, {})
+
+
+async def test_the_schema_of_a_prisma_url_is_where_the_table_goes() -> None:
+    async with scratch_schema("url") as pg:
+        sink = PostgresSink(f"{pg.url}?schema={pg.schema}&connection_limit=3&application_name=platform-usage")
+        try:
+            await sink.start()
+            await sink.apply([make_event(1)])
+            names = await pg.conn.fetch(
+                "SELECT application_name FROM pg_stat_activity WHERE application_name = 'platform-usage'"
+            )
+            assert names  # the pool's connection, named as the URL says
+        finally:
+            await sink.close()
+        assert len(await stored(pg.conn, pg.schema)) == 1
