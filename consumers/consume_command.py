@@ -60,8 +60,8 @@ def build_consumer_app(settings: Settings, group: str, batch_size: int) -> web.A
 
     async def healthz(request: web.Request) -> web.Response:
         stats = pipeline.projector.stats
-        # stuck on a bug: not ok (paused waits for a store)
-        return web.json_response(stats.health(), status=503 if stats.failing else 200)
+        # stuck on a bug, or no log to read: not ok (paused waits for a store)
+        return web.json_response(stats.health(), status=503 if stats.failing or stats.waiting_for_log else 200)
 
     app.router.add_get("/healthz", healthz)
     metrics = GatewayMetrics()

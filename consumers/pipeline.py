@@ -36,6 +36,16 @@ ANALYTICS_FILE = "analytics.duckdb"
 #: re-test, past an orchestrator's grace period
 STOP_GRACE_SECONDS = 5.0
 DEFAULT_GROUP = "llm-usage-projector"
+#: seconds between tries to reach an event log that cannot be reached at start: the first wait,
+#: doubled after each try, up to the last
+LOG_RETRY_FIRST = 1.0
+LOG_RETRY_MAX = 30.0
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """The log cannot be reached for now (a broker down or restarting: aiokafka's retriable
+    errors), as opposed to refusing (a data dir it may not write, an unknown topic setting)."""
+    return bool(getattr(exc, "retriable", False))
 
 
 def analytics_path(settings: Settings) -> Path:
@@ -55,6 +65,21 @@ class Pipeline:
 
     async def start(self) -> None:
         await self.store.open()
+        try:
+            await self._start_log()
+        except Exception as exc:
+            if not _unreachable(exc):
+                raise
+            # a broker restarting with its consumers (a deploy): the process waits for it, its
+            # health served meanwhile, instead of exiting for a supervisor to start it again
+            log.warning("the event log cannot be reached (%s): projecting once it can", exc)
+            self.projector.stats.log_unreachable(exc)
+            self._task = asyncio.create_task(self._reach_then_run(), name="projector")
+            return
+        self._task = asyncio.create_task(self._run(), name="projector")
+
+    async def _start_log(self) -> None:
+        """Start what reads and writes the log (safe to call again after a failure)."""
         await self.dead_letters.start()
         await self.reader.start()
         if await catch_up.pending(self.store):
@@ -72,7 +97,27 @@ class Pipeline:
             else:  # a new group: it reads the log from its beginning anyway
                 await behind.done()
         await self.projector.start()
-        self._task = asyncio.create_task(self._run(), name="projector")
+
+    async def _reach_then_run(self) -> None:
+        """Try :meth:`_start_log` until the log answers (backoff up to ``LOG_RETRY_MAX``), then run."""
+        delay = LOG_RETRY_FIRST
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+            if self._stop.is_set():
+                return
+            try:
+                await self._start_log()
+                break
+            except Exception as exc:
+                if not _unreachable(exc):
+                    raise
+                self.projector.stats.log_unreachable(exc)
+                log.warning("the event log still cannot be reached (%s): trying again in %gs", exc, delay)
+                delay = min(delay * 2, LOG_RETRY_MAX)
+        self.projector.stats.log_reached()
+        log.info("the event log answers: projecting")
+        await self._run()
 
     async def _run(self) -> None:
         while not self._stop.is_set():

@@ -94,14 +94,29 @@ class ProjectorStats:
     #: stuck (the same batch fails again) until it is, which health checks must show
     failing: bool = False
 
+    #: the event log could not be reached at start: nothing is projected until it can
+    waiting_for_log: bool = False
+
+    def log_unreachable(self, error: BaseException) -> None:
+        self.waiting_for_log = True
+        self.lag, self.lag_at = None, utcnow()
+        self.lag_error = self.last_error = f"the event log cannot be reached: {_one_line(error)}"
+
+    def log_reached(self) -> None:
+        self.waiting_for_log = False
+        self.lag_error = None
+
     @property
     def status(self) -> str:
-        """``failing`` (stuck on a bug), ``paused`` (waiting for a store), ``rebuilding`` (a full
+        """``failing`` (stuck on a bug), ``waiting_for_log`` (the log could not be reached at
+        start: a broker down), ``paused`` (waiting for a store), ``rebuilding`` (a full
         rebuild cut short is run again: the stores miss part of the log until it ends; ``rebuild``
         says how far, or why it failed), ``catching_up`` (a new cost store filled from the log's
         beginning) or ``ok``."""
         if self.failing:
             return "failing"
+        if self.waiting_for_log:
+            return "waiting_for_log"
         if self.paused:
             return "paused"
         if self.stalled():
@@ -123,6 +138,8 @@ class ProjectorStats:
     def current_lag(self, now: datetime | None = None) -> tuple[int | None, str | None]:
         """The lag and why it is unknown, as of ``now``: None once the last measure is older than
         :attr:`lag_stale_after`."""
+        if self.waiting_for_log:
+            return None, self.lag_error
         if self.lag_at is not None:
             age = ((now or utcnow()) - self.lag_at).total_seconds()
             if age > self.lag_stale_after:

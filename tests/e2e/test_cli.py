@@ -261,16 +261,28 @@ async def test_sigterm_lets_the_calls_in_flight_finish_with_their_events(tmp_pat
     assert len(values) == 2 and all(b'"outcome":"success"' in bytes(v) for v in values)
 
 
-async def test_consume_without_its_broker_says_so_in_one_line(tmp_path: Path) -> None:
-    """`consume` started before its broker exited with aiokafka's traceback; now one line and
-    exit code 1, for its supervisor to start it again."""
+async def test_consume_without_its_broker_waits_for_it_saying_so(tmp_path: Path) -> None:
+    """`consume` started before its broker exited at once (a deploy restarting both left
+    projection to a supervisor's restart policy): it waits, its health says why (503, not
+    ready), and a stop ends it at once."""
+    port = free_port()
     env = clean_env(tmp_path) | {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"}
-    async with process("consume", env=env) as proc:
-        _, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 1
-    last = err.decode().strip().splitlines()[-1]
-    assert last.startswith("llm-gateway consume: cannot start: the Kafka broker: KafkaConnectionError")
-    assert "Traceback" not in err.decode()
+    async with process("consume", "--port", str(port), env=env) as proc:
+        async with aiohttp.ClientSession() as http:
+            async with asyncio.timeout(60):
+                while True:
+                    try:
+                        async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                            status, health = resp.status, await resp.json()
+                            break
+                    except aiohttp.ClientConnectionError:
+                        await asyncio.sleep(0.2)
+        proc.terminate()
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0
+    assert status == 503 and health["status"] == "waiting_for_log"
+    assert "KafkaConnectionError" in health["lagError"]
+    assert "the event log cannot be reached" in err.decode() and "Traceback" not in err.decode()
 
 
 async def test_serve_warns_when_it_listens_beyond_loopback_without_keys(tmp_path: Path) -> None:

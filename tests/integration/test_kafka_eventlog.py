@@ -359,3 +359,44 @@ async def test_a_tombstone_on_the_topic_is_dead_lettered_and_projection_goes_on(
     headers = {k: v.decode() for k, v in message.headers}
     assert not message.value and headers["source_position"] == "0:3"
     assert "no value" in headers["reason"]
+
+
+async def test_a_consumer_started_while_the_broker_is_down_waits_for_it_then_projects(
+    kafka_bootstrap: str, kafka_broker_control: Broker, tmp_path: Path
+) -> None:
+    """`consume` started before its broker (a deploy restarting both) exited at once, leaving
+    projection to a supervisor's restart policy. It now waits, saying so in its health, and
+    projects once the broker answers."""
+    from consumers import pipeline as pipeline_module
+    from consumers.pipeline import build_pipeline
+    from gateway.settings import Settings
+
+    topic = new_topic()
+    settings = Settings(  # type: ignore[call-arg]
+        data_dir=tmp_path / "data", kafka_bootstrap_servers=kafka_bootstrap, topic=topic, _env_file=None
+    )
+    pipeline = build_pipeline(settings, group_id=f"wait-{uuid.uuid4().hex[:8]}")
+    stats = pipeline.projector.stats
+    await kafka_broker_control.astop()
+    try:
+        pipeline_module.LOG_RETRY_FIRST = 0.2
+        await asyncio.wait_for(pipeline.start(), 120)
+        health = stats.health()
+        assert health["status"] == "waiting_for_log"
+        assert health["lag"] is None and "cannot be reached" in str(health["lagError"])
+    finally:
+        pipeline_module.LOG_RETRY_FIRST = 1.0
+        await kafka_broker_control.astart()
+    try:
+        log = new_log(kafka_bootstrap, topic, tmp_path / "spool.sqlite3")
+        await log.start()
+        for i in range(5):
+            log.publish(make_event(i))
+        await wait_drained(log, 30)
+        await log.close()
+        async with asyncio.timeout(120):
+            while stats.events_applied < 5:  # noqa: ASYNC110 - a counter, polled
+                await asyncio.sleep(0.2)
+        assert stats.status == "ok" and stats.health()["lagError"] is None
+    finally:
+        await pipeline.stop()
