@@ -93,10 +93,6 @@ _NEED_PARAMS = {
 #: (the client's error, which the API's checks let pass), every connection to the provider was
 #: busy (the next is tried), the client left (the call ends)
 _NOT_SENT = (errors.InvalidRequest, errors.ConnectionsBusy, errors.ClientGone)
-#: failures that may pass: a client's retry later can succeed
-_TRANSIENT = frozenset(
-    {"rate_limited", "overloaded", "timeout", "connection_error", "upstream_error", "malformed_response", "stream_cut"}
-)
 
 
 @dataclass(slots=True)
@@ -493,8 +489,13 @@ class Router:
             status=http_status,
             code=code,
             type=kind,
-            # every provider refused for good (quota, keys, model): the client's retry cannot help
-            client_should_retry=False if outcomes and not outcomes & _TRANSIENT else None,
+            # attempts were sent: the gateway has retried and fallen back as configured, or every
+            # provider refused for good (quota, keys, model). A client's retry on top of that
+            # multiplies the calls, and what the vendors bill of them: the OpenAI SDKs retried
+            # every such 429, 502 and 504 twice (a review: 45 upstream calls for one create()
+            # with every provider rate limited). Nothing sent (connections busy, circuits open):
+            # the client may come back, after ``retry-after`` when known
+            client_should_retry=False if _sent(attempts.failures) else None,
         )
         # every circuit open: the client may come back when the first lets a probe through (the
         # 503 said nothing, and the SDK retried at 0.5 to 8 s into a 30 s cool-down: review)
@@ -502,6 +503,11 @@ class Router:
             waits = [w for p in attempts.skipped if (w := self.circuits.reopens_in(p)) is not None]
             failed.retry_after = min(waits, default=None)
         return failed
+
+
+def _sent(failures: list[errors.ProviderError]) -> bool:
+    """Whether any of the failed attempts reached its provider (a busy pool sends nothing)."""
+    return any(not isinstance(e, errors.ConnectionsBusy) for e in failures)
 
 
 #: the most of a provider's own words an all-failed message repeats per attempt
