@@ -319,12 +319,20 @@ class _Exchange:
                 if (gone := CLIENT_GONE.get()) is not None and gone():
                     raise ClientGone from None  # and the client left while it waited
                 raise
-            if QUEUED.get() != waited and (gone := CLIENT_GONE.get()) is not None and gone():
-                # it waited for a connection, and its client left meanwhile: the connection, not
-                # used, goes back to the pool (abandoning an idle one would keep its slot)
-                self._conn = None
-                self._pool.release(conn)
-                raise ClientGone
+            if QUEUED.get() != waited:
+                if (gone := CLIENT_GONE.get()) is not None and gone():
+                    # it waited for a connection, and its client left meanwhile: the connection,
+                    # not used, goes back to the pool (abandoning an idle one would keep its slot)
+                    self._conn = None
+                    self._pool.release(conn)
+                    raise ClientGone
+                if deadline is not None and _remaining(deadline) == 0.0:
+                    # its whole time went waiting for a connection: sent now, it would time out at
+                    # once, a provider timeout it never had (a review: 300 calls against 256
+                    # connections, 42 never sent and recorded as upstream timeouts)
+                    self._conn = None
+                    self._pool.release(conn)
+                    raise PoolBusy(self._pool.client.limit_per_host)
             answer = conn.send(self._head, self._data, timeout.read, deadline)
             self.sent = True
             response = self._response = await answer

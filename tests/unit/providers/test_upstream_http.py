@@ -856,6 +856,36 @@ async def test_limit_per_host(server: Server) -> None:
     assert sorted(r.body for r in server.requests) == [b"call %d" % i for i in range(5)]
 
 
+async def test_a_connection_that_frees_only_past_the_deadline_is_pool_busy_not_a_sent_request(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call whose whole time went waiting for a connection was sent when one freed up just
+    past its deadline, and timed out at once: a provider timeout it never had, and billed as
+    sent (a review: 300 calls against 256 connections, 42 never sent recorded as timeouts)."""
+    from gateway.providers import upstream_http
+
+    async def handler(request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(0.3)
+        await send(writer, plain(b"ok"))
+        return True
+
+    release = upstream_http._HostPool.release
+
+    def slow_release(pool: upstream_http._HostPool, conn: upstream_http.Connection) -> None:
+        release(pool, conn)  # wakes the waiting call, which runs once the loop is free again:
+        time.sleep(0.2)  # past its deadline (a busy event loop)
+
+    server.handler = handler
+    monkeypatch.setattr(upstream_http._HostPool, "release", slow_release)
+    async with UpstreamClient(limit_per_host=1) as client:
+        first = asyncio.create_task(call(client, server.url(), Timeout(total=5)))
+        await asyncio.sleep(0.05)
+        with pytest.raises(PoolBusy):
+            await call(client, server.url(), Timeout(total=0.35, connect=5))
+        assert await first == (200, b"ok")
+    assert len(server.requests) == 1  # the second was never sent
+
+
 async def test_limit_per_host_a_dropped_connection_frees_its_slot(server: Server) -> None:
     async def handler(request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         await asyncio.sleep(0.02)
