@@ -256,9 +256,10 @@ async def in_process(
         raise ReplayFailed(str(e)) from e
     finally:
         await store.close()
-        if created and not done:
-            # a store this replay made and did not fill: left behind, ``costs`` read it as the
-            # whole history and said "total $0" for a tenant that spent money (a review)
+        if created and (not done or options.dry_run):
+            # a store this replay made and did not fill (it failed, or was a dry run, which
+            # writes nothing): left behind, ``costs`` read it as the whole history and said
+            # "total $0" for a tenant that spent money (a review)
             remove_store(path)
 
 

@@ -607,3 +607,14 @@ async def test_a_replay_that_fails_leaves_no_empty_cost_store_behind(
     with pytest.raises(ReplayFailed, match="Kafka at"):
         await in_process(settings, ReplayOptions(), None, None, live_group=None)
     assert analytics_path(settings).is_file()
+
+
+async def test_a_dry_run_writes_no_cost_store(tmp_path: Path) -> None:
+    """A dry run writes nothing: it left the DuckDB file it opened (a review found one in its
+    working directory, where the default data dir is)."""
+    settings = settings_for(tmp_path)
+    await record(SqliteEventLog(embedded_log_path(settings)))
+    report = await in_process(settings, ReplayOptions(reprice=True, dry_run=True), None, None, live_group=None)
+    assert report["dryRun"] and report["recordsRead"] > 0
+    assert not analytics_path(settings).exists()
+    assert sorted(os.listdir(settings.data_dir)) == ["events.sqlite3"]
