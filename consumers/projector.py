@@ -61,6 +61,8 @@ class ProjectorStats:
     paused: bool = False
     paused_since: datetime | None = None
     last_error: str | None = None
+    #: when ``last_error`` happened: a status ``ok`` next to an old error is one recovered from
+    last_error_at: datetime | None = None
     last_batch_at: datetime | None = None
     last_batch_size: int = 0
     last_batch_seconds: float = 0.0
@@ -100,7 +102,8 @@ class ProjectorStats:
     def log_unreachable(self, error: BaseException) -> None:
         self.waiting_for_log = True
         self.lag, self.lag_at = None, utcnow()
-        self.lag_error = self.last_error = f"the event log cannot be reached: {_one_line(error)}"
+        self.lag_error = f"the event log cannot be reached: {_one_line(error)}"
+        self.note_error(self.lag_error)
 
     def log_reached(self) -> None:
         self.waiting_for_log = False
@@ -159,6 +162,7 @@ class ProjectorStats:
             "lagAt": self.lag_at.isoformat() if self.lag_at else None,
             "lagError": lag_error,
             "lastError": self.last_error,
+            "lastErrorAt": self.last_error_at.isoformat() if self.last_error_at else None,
             "restarts": self.restarts,
             "sinkEvents": dict(self.sink_events),
             **({"stalledSinks": stalled} if (stalled := self.stalled()) else {}),
@@ -169,7 +173,10 @@ class ProjectorStats:
         """A run ended in an unexpected error (see :attr:`failing`)."""
         self.restarts += 1
         self.failing = True
-        self.last_error = _one_line(error)
+        self.note_error(_one_line(error))
+
+    def note_error(self, text: str) -> None:
+        self.last_error, self.last_error_at = text, utcnow()
 
 
 @dataclass
@@ -494,7 +501,7 @@ class Projector:
             stats.paused = True
             stats.paused_since = self._clock()
         stats.retries += 1
-        stats.last_error = _one_line(error)
+        stats.note_error(_one_line(error))
         log.warning(
             "projector paused: %s (attempt %d failed; retrying the same batch in %.1fs)",
             stats.last_error,

@@ -259,6 +259,10 @@ async def test_unavailable_sink_pauses_retries_the_same_batch_then_commits() -> 
     assert projector.stats.retries == 3
     assert projector.stats.paused is False
     assert "connection refused" in (projector.stats.last_error or "")
+    # resumed: the error stays, with its time, so "ok" next to it reads as one recovered from
+    health = projector.stats.health()
+    assert health["status"] == "ok" and health["lastErrorAt"] is not None
+    assert datetime.fromisoformat(str(health["lastErrorAt"])) <= datetime.now(UTC)
 
 
 @pytest.mark.parametrize("failures", [6, 1100])
