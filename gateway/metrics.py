@@ -149,6 +149,11 @@ def metrics_middleware(metrics: GatewayMetrics, inner: Middleware | None = None)
         try:
             response = await (handler(request) if inner is None else inner(request, handler))
             status = response.status
+            if not response.prepared and ((transport := request.transport) is None or transport.is_closing()):
+                # its client left before the answer (an SDK's timeout, then its retry): the call
+                # ran and is billed, nobody read it. 499 as nginx counts it, not a 200 (a review
+                # read three billed calls behind one SDK call, all "200", none delivered)
+                status = 499
             return response
         finally:
             metrics.observe_request(route, status, time.monotonic() - started)

@@ -57,3 +57,29 @@ async def test_metrics_may_take_an_admin_key() -> None:
                     if r.status == 403:
                         assert (await r.json())["error"]["type"] == "permission_error"
         assert statuses == ([401, 403, 200] if required else [200, 200, 200])
+
+
+async def test_an_answer_its_client_left_before_counts_as_499_not_200(gw: RunningGateway) -> None:
+    """An SDK gave up on a slow call (its timeout) and retried: the first call ran on and was
+    billed, and the metrics counted its answer, which nobody read, as a 200."""
+    import asyncio
+
+    gw.sims["openai"].faults.push(Fault("delay", delay=0.6))  # answers after 0.6 s
+    async with aiohttp.ClientSession() as s:
+        timeout = aiohttp.ClientTimeout(total=0.2)
+        try:
+            async with s.post(f"{gw.base_url}/chat/completions", json=CHAT, timeout=timeout) as r:
+                await r.read()
+        except TimeoutError:
+            pass
+        route = (("route", "/v1/chat/completions"), ("status", "499"))
+        for _ in range(50):  # the call ends once the upstream answers
+            async with s.get(f"{gw.url}/metrics") as r:
+                m = samples(await r.text())
+            if m.get(("llm_gateway_requests_total", route)):
+                break
+            await asyncio.sleep(0.05)
+    assert m[("llm_gateway_requests_total", route)] == 1
+    assert ("llm_gateway_requests_total", (("route", "/v1/chat/completions"), ("status", "200"))) not in m
+    [event] = gw.event_log.events
+    assert event.outcome == "success" and event.billable  # it ran, and is billed
