@@ -313,12 +313,16 @@ class KafkaReplaySource:
         if not self._ends:
             return 0
         tps = [TopicPartition(self.topic, p) for p in sorted(self._ends)]
-        try:  # asks again while the coordinator cannot answer (e.g. none yet on a fresh cluster)
-            async with self._admin() as admin:
-                offsets = await kafka_offsets.admin_committed(admin, group_id, tps)
-        except KafkaError as e:
-            log.warning("cannot read the committed offsets of group %s: %s", group_id, e)
-            return None
+        for attempt in range(1, 4):
+            try:  # asks again while the coordinator cannot answer (e.g. none yet on a fresh cluster)
+                async with self._admin() as admin:
+                    offsets = await kafka_offsets.admin_committed(admin, group_id, tps)
+                break
+            except KafkaError as e:  # the admin client could not start, or gave up
+                if not e.retriable or attempt == 3:
+                    log.warning("cannot read the committed offsets of group %s: %s", group_id, e)
+                    return None
+                await asyncio.sleep(0.3)
         total = 0
         for tp in tps:
             committed = offsets.get(tp, 0)

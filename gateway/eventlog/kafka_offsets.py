@@ -90,6 +90,18 @@ async def admin_committed(admin: Any, group_id: str, partitions: list[TopicParti
     raise AssertionError("unreachable")
 
 
+#: the aiokafka methods that read committed offsets through the one this module replaces
+#: (checked by the tests against the installed aiokafka: a renamed method is no silent no-op)
+CALLERS = ("fetch_committed_offsets", "_maybe_refresh_commit_offsets")
+
+
 def install() -> None:
     """Make aiokafka's group coordinator read committed offsets with :func:`_coordinator_fetch`."""
+    if GroupCoordinator.__dict__.get("_do_fetch_commit_offsets") is _coordinator_fetch:
+        return
+    if not callable(getattr(GroupCoordinator, "_do_fetch_commit_offsets", None)):
+        raise RuntimeError(
+            "aiokafka's GroupCoordinator has no _do_fetch_commit_offsets: this aiokafka is not one "
+            "gateway/eventlog/kafka_offsets.py knows (pyproject.toml pins the versions it does)"
+        )
     GroupCoordinator._do_fetch_commit_offsets = _coordinator_fetch

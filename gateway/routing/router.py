@@ -506,8 +506,11 @@ class Router:
 
 
 def _sent(failures: list[errors.ProviderError]) -> bool:
-    """Whether any of the failed attempts reached its provider (a busy pool sends nothing)."""
-    return any(not isinstance(e, errors.ConnectionsBusy) for e in failures)
+    """Whether any of the failed attempts reached its provider: it answered (an HTTP status), or
+    had the whole request when the wait for its answer ran out. A busy pool, a connection
+    refused or a name that does not resolve sent nothing, and cost nothing: a client's retry
+    may find the provider back."""
+    return any(e.http_status is not None or e.billed_unseen for e in failures)
 
 
 #: the most of a provider's own words an all-failed message repeats per attempt

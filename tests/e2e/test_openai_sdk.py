@@ -168,6 +168,19 @@ async def test_every_provider_failing_the_same_way_answers_as_that_failure(
     assert sent == int(headers["x-llm-attempts"]) >= 5  # the gateway's attempts, and no SDK retry
 
 
+async def test_providers_that_cannot_be_reached_leave_the_sdk_its_retries(gw: RunningGateway) -> None:
+    """Nothing was sent (every connection refused) and nothing billed: the client may come back
+    and find a provider up, so the answer does not stop the SDK's retries."""
+    for sim in gw.sims.values():
+        await sim.stop()  # nothing listens on their ports any more
+    async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="unused", max_retries=0) as c:
+        with pytest.raises(openai.APIStatusError) as info:
+            await c.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
+    assert info.value.status_code == 502
+    assert "connection_error" in info.value.message
+    assert info.value.response.headers.get("x-should-retry") is None
+
+
 async def test_all_providers_failing_is_one_clear_5xx(gw: RunningGateway) -> None:
     for sim in gw.sims.values():
         sim.faults.always(Fault("server_error"))

@@ -110,3 +110,17 @@ async def test_the_admin_read_gives_up_with_the_error(monkeypatch: pytest.Monkey
         await kafka_offsets.admin_committed(admin, "projector", [TP])
     with pytest.raises(GroupAuthorizationFailedError):
         await kafka_offsets.admin_committed(FakeAdmin([group_error(UNAUTHORIZED)]), "projector", [TP])
+
+
+def test_aiokafka_still_reads_committed_offsets_through_the_method_replaced() -> None:
+    """An aiokafka that renamed the method would leave the fix a dead attribute: its readers of
+    committed offsets must still call it (``pyproject.toml`` pins the versions checked)."""
+    import inspect
+
+    source = inspect.getsource(GroupCoordinator)
+    for caller in kafka_offsets.CALLERS:
+        body = inspect.getsource(getattr(GroupCoordinator, caller))
+        assert "self._do_fetch_commit_offsets(" in body, caller
+    assert "def _do_fetch_commit_offsets" in source  # aiokafka's own, which install() replaces
+    kafka_offsets.install()
+    assert GroupCoordinator._do_fetch_commit_offsets is kafka_offsets._coordinator_fetch
