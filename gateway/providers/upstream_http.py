@@ -68,6 +68,22 @@ class _Origin:
 QUEUED: ContextVar[float] = ContextVar("upstream_queued", default=0.0)
 
 
+class Wire:
+    """How far the current attempt's request got: ``queued`` for a free connection,
+    ``connecting``, ``sending``, or ``sent`` whole (the provider has it, and may bill it). The
+    router gives each attempt one (:data:`WIRE`) and reads it when its own deadline cuts the
+    attempt short, which no exception of the exchange then says."""
+
+    __slots__ = ("state",)
+
+    def __init__(self) -> None:
+        self.state = "new"
+
+
+#: the current task's attempt (set by the router per attempt)
+WIRE: ContextVar[Wire | None] = ContextVar("upstream_wire", default=None)
+
+
 #: whether the client of the current task's request has gone (set by the API per request)
 CLIENT_GONE: ContextVar[Callable[[], bool] | None] = ContextVar("client_gone", default=None)
 
@@ -120,6 +136,8 @@ class _HostPool:
             wait_by = deadline
             if connect_timeout is not None and (wait_by is None or began + connect_timeout < wait_by):
                 wait_by = began + connect_timeout
+            if (wire := WIRE.get()) is not None:
+                wire.state = "queued"
             try:
                 while len(self.busy) >= self.client.limit_per_host and not idle:
                     await self._wait_for_slot(wait_by)
@@ -129,6 +147,8 @@ class _HostPool:
                 return await self.acquire(connect_timeout, deadline)
         conn = Connection(self)
         self.busy.add(conn)  # counts against the limit while it connects
+        if (wire := WIRE.get()) is not None:
+            wire.state = "connecting"
         remaining = _remaining(deadline)
         if connect_timeout is not None and (remaining is None or connect_timeout < remaining):
             remaining = connect_timeout
@@ -335,10 +355,14 @@ class _Exchange:
                     raise PoolBusy(self._pool.client.limit_per_host)
             answer = conn.send(self._head, self._data, timeout.read, deadline)
             self.sent = True
+            if (wire := WIRE.get()) is not None:
+                wire.state = "sent"
             response = self._response = await answer
         except BaseException:
             if self.sent and conn.transport is not None and conn.transport.get_write_buffer_size():
                 self.sent = False  # part of the request was still here: the provider never had it
+                if (wire := WIRE.get()) is not None:
+                    wire.state = "sending"
             self._leave()
             raise
         return response

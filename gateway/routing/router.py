@@ -16,7 +16,7 @@ from typing import Protocol, TypeVar, cast
 from gateway import errors
 from gateway.events import UsageEvent
 from gateway.providers.base import BatchStreaming, FinalBatch, Provider
-from gateway.providers.upstream_http import CLIENT_GONE, QUEUED
+from gateway.providers.upstream_http import CLIENT_GONE, QUEUED, WIRE, Wire
 from gateway.routing.catalog import Candidate, ModelCatalog
 from gateway.routing.retry import RetryBudget, RetryPolicy, Sleep, call_with_retry
 from gateway.types import ChatRequest, ChatResult, StreamChunk, Usage
@@ -379,6 +379,7 @@ class Router:
         number = attempts.count
         started = time.monotonic()
         QUEUED.set(0.0)
+        WIRE.set(wire := Wire())
         iterator = _batches(provider, request)
         head: list[StreamChunk] = []
         deadline = self._starts.begin()
@@ -394,12 +395,7 @@ class Router:
         except BaseException as exc:
             error: BaseException = exc
             if deadline is not None and deadline.expired(exc):
-                error = errors.UpstreamTimeout(
-                    f"{candidate.provider}: no content within {self.first_content_timeout:g}s (the request timeout)",
-                    provider=candidate.provider,
-                )
-                # sent, the provider bills it all the same (``providers.http.post``)
-                error.billed_unseen = isinstance(exc, errors.ProviderError) and exc.billed_unseen
+                error = _first_content_timeout(candidate.provider, self.first_content_timeout or 0.0, wire)
             await _aclose(iterator)
             failure = self._failed(ctx, number, candidate, error, started, attempts)
             if failure is exc:
@@ -763,6 +759,23 @@ def _client_still_there() -> None:
     nothing (a re-test saw 50 such sent to the fallback after their wait)."""
     if (gone := CLIENT_GONE.get()) is not None and gone():
         raise errors.ClientGone("the client left before the next attempt")
+
+
+def _first_content_timeout(provider: str, seconds: float, wire: Wire) -> errors.ProviderError:
+    """What a stream start cut short by the request timeout was: still waiting for a free
+    connection, nothing was sent (no attempt: a review saw such waits recorded as the
+    provider's timeouts, counted against its health); sent whole, the provider bills it all the
+    same (``providers.http.post``), at a cost nobody told us."""
+    if wire.state == "queued":
+        return errors.ConnectionsBusy(
+            f"{provider}: every connection to the provider stayed busy for the request timeout, "
+            "the request was not sent",
+            provider=provider,
+        )
+    message = f"{provider}: no content within {seconds:g}s (the request timeout)"
+    timed_out = errors.UpstreamTimeout(message, provider=provider)
+    timed_out.billed_unseen = wire.state == "sent"
+    return timed_out
 
 
 def _latency_ms(started: float) -> float:

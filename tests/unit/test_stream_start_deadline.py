@@ -1,0 +1,95 @@
+"""A stream start cut short by the request timeout (the router's first-content deadline): what
+the attempt was depends on how far its request got. Sent whole, the provider bills it, at a cost
+nobody told us; still waiting for a free connection, nothing was sent and it is no attempt (a
+diff review found both recorded as free provider timeouts)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gateway import errors
+from gateway.eventlog.memory import MemoryEventLog
+from gateway.providers.base import Timeouts
+from gateway.providers.openai import OpenAIProvider
+from gateway.providers.upstream_http import UpstreamClient
+from gateway.routing.catalog import ModelCatalog
+from gateway.routing.retry import RetryPolicy
+from gateway.routing.router import Router
+from gateway.settings import ProviderSettings
+from gateway.simulators.base import Fault
+from gateway.simulators.openai import OpenAISimulator
+from gateway.types import ChatRequest, Message
+from gateway.usage import CallContext, UsageRecorder
+from tests.support.fakes import FixedPriceBook, ManualClock, RecordingSleep
+
+KEY = "sk-test"
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[OpenAISimulator]:
+    s = OpenAISimulator(api_key=KEY)
+    await s.start()
+    try:
+        yield s
+    finally:
+        await s.stop()
+
+
+def stream_request() -> ChatRequest:
+    return ChatRequest(model="gpt-4o", messages=[Message("user", "hi")], stream=True)
+
+
+def router_for(provider: OpenAIProvider, log: MemoryEventLog, first_content: float) -> Router:
+    return Router(
+        {"openai": provider},
+        ModelCatalog(),
+        UsageRecorder(log, FixedPriceBook(), clock=ManualClock()),
+        priority=["openai"],
+        policy=RetryPolicy(attempts=1, initial_wait=0, max_wait=0, max_server_wait=0, budget_seconds=10),
+        sleep=RecordingSleep(),
+        rng=random.Random(1),
+        first_content_timeout=first_content,
+    )
+
+
+async def test_a_stream_sent_whole_without_content_by_the_deadline_is_billed_unseen(sim: OpenAISimulator) -> None:
+    log = MemoryEventLog()
+    async with UpstreamClient() as session:
+        timeouts = Timeouts(request=0.5, connect=0.5, stream_idle=5)  # the deadline comes first
+        provider = OpenAIProvider(ProviderSettings(api_key=KEY, base_url=f"{sim.base_url}/v1"), session, timeouts)
+        sim.faults.push(Fault("timeout", delay=3))
+        with pytest.raises(errors.AllProvidersFailed):
+            await router_for(provider, log, 0.5).open_stream(
+                CallContext("r1", "acme", None, "chat.completions", True, "gpt-4o"), stream_request()
+            )
+    [event] = log.events
+    assert (event.outcome, event.billable, event.cost_usd) == ("timeout", True, None)
+
+
+async def test_a_stream_still_waiting_for_a_connection_at_the_deadline_is_no_attempt(sim: OpenAISimulator) -> None:
+    log = MemoryEventLog()
+    async with UpstreamClient(limit_per_host=1) as session:
+        timeouts = Timeouts(request=1.0, connect=5.0, stream_idle=30)
+        provider = OpenAIProvider(ProviderSettings(api_key=KEY, base_url=f"{sim.base_url}/v1"), session, timeouts)
+        sim.faults.push(Fault("timeout", delay=4))
+
+        async def hold() -> None:  # a stream holds the only connection for 4 s
+            async for _ in provider.stream(stream_request()):
+                pass
+
+        hog = asyncio.create_task(hold())
+        await asyncio.sleep(0.05)
+        try:
+            with pytest.raises(errors.AllProvidersFailed) as info:
+                await router_for(provider, log, 1.0).open_stream(
+                    CallContext("r2", "acme", None, "chat.completions", True, "gpt-4o"), stream_request()
+                )
+        finally:
+            hog.cancel()
+    assert info.value.code == errors.ConnectionsBusy.code
+    assert log.events == []  # no attempt: nothing was sent, the provider's health is not told
+    assert len(sim.requests) == 1  # the held stream's alone
