@@ -233,6 +233,14 @@ class Settings(BaseSettings):
         message leaves the value out (it holds a password)."""
         if value is not None and not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("DATABASE_URL must be a postgresql:// (or postgres://) URL")
+        if value is not None and re.search(r"[?&]pgbouncer=true(&|$)", value, re.IGNORECASE):
+            # transaction pooling hands each transaction any server connection: the sink's
+            # session settings (search path, idle timeout), which PgBouncer refuses at connect,
+            # and its temporary staging table would not follow it
+            raise ValueError(
+                "DATABASE_URL names a PgBouncer (pgbouncer=true): point it at PostgreSQL itself "
+                "(the projection holds at most 2 connections per process)"
+            )
         return value
 
     @field_validator("openai_base_url", "anthropic_base_url", "google_gemini_base_url", "azure_openai_endpoint")

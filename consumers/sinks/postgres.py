@@ -42,6 +42,7 @@ import asyncio
 import logging
 import operator
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
@@ -235,12 +236,14 @@ class PostgresSink:
         (a pool with a floor keeps reconnecting, and logging tracebacks, during an outage).
         ``corrects``: a stored row takes the batch's cost (a replay's sinks); False: it is kept
         as stored (the live projector's, see ``consumers.sinks.base``)."""
-        self._dsn, dsn_schema, self._dsn_settings = dsn_options(dsn)
+        options = dsn_options(dsn)
+        self._dsn = options.dsn
+        self._application_name = options.application_name or "llm-gateway-consumer"
         self._merge = UPSERT_FROM_STAGE if corrects else INSERT_NEW_FROM_STAGE
-        self._schema = schema or dsn_schema
+        self._schema = schema or options.schema
         self._min_size = min_size
         self._max_size = max_size
-        self._connect_timeout = connect_timeout
+        self._connect_timeout = options.connect_timeout or connect_timeout
         self._command_timeout = command_timeout
         self._pool: asyncpg.Pool | None = None
         self._lock = asyncio.Lock()
@@ -376,7 +379,7 @@ class PostgresSink:
 
     def _server_settings(self) -> dict[str, str]:
         settings = {
-            "application_name": self._dsn_settings.get("application_name", "llm-gateway-consumer"),
+            "application_name": self._application_name,
             # a member that hangs mid-batch (SIGSTOP, a VM paused) holds its transaction's row
             # locks, and the member given its partitions waited on them for good, its health
             # blaming Postgres (a review: 5 minutes until the hung process was continued). The
@@ -388,31 +391,63 @@ class PostgresSink:
         return settings
 
 
-#: query parameters of a Prisma database URL that are the ORM's, not the server's: asyncpg sends
-#: unknown ones to the server as settings, which refused the connection ("unrecognized
-#: configuration parameter")
-_ORM_PARAMETERS = frozenset({"connection_limit", "pool_timeout", "pgbouncer", "socket_timeout", "sslaccept"})
+#: query parameters of a Prisma database URL (or libpq's) that are the client's, not the server's:
+#: asyncpg sends the ones it does not know to the server as settings, which refused the
+#: connection ("unrecognized configuration parameter"). The pool's size and timeouts are the sink's.
+CLIENT_PARAMETERS = frozenset(
+    {
+        "connection_limit",
+        "pool_timeout",
+        "socket_timeout",
+        "sslaccept",
+        "sslidentity",
+        "max_connection_lifetime",
+        "max_idle_connection_lifetime",
+        "statement_cache_size",
+        "pgbouncer",
+    }
+)
 
 
-def dsn_options(dsn: str) -> tuple[str, str | None, dict[str, str]]:
-    """``dsn`` without what is not the server's, the schema it names (Prisma's ``?schema=``,
-    the table's schema), and the settings it gives that the sink would otherwise set."""
+@dataclass(frozen=True)
+class DsnOptions:
+    """What a database URL says beyond what asyncpg reads itself."""
+
+    #: the URL without the client's parameters
+    dsn: str
+    #: Prisma's ``?schema=``: the table's schema
+    schema: str | None = None
+    application_name: str | None = None
+    #: libpq's and Prisma's ``connect_timeout`` (seconds)
+    connect_timeout: float | None = None
+    #: Prisma's ``pgbouncer=true``: the URL is a PgBouncer's (refused: ``gateway.settings``)
+    pgbouncer: bool = False
+
+
+def dsn_options(dsn: str) -> DsnOptions:
     parts = urlsplit(dsn)
     if not parts.query:
-        return dsn, None, {}
-    schema = None
-    given: dict[str, str] = {}
+        return DsnOptions(dsn)
+    found: dict[str, str] = {}
     kept = []
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if name == "schema":
-            schema = value or None
-            continue
-        if name in _ORM_PARAMETERS:
+        if name in ("schema", "connect_timeout") or name in CLIENT_PARAMETERS:
+            found[name] = value
             continue
         if name == "application_name":
-            given[name] = value
+            found[name] = value
         kept.append((name, value))
-    return urlunsplit(parts._replace(query=urlencode(kept, quote_via=quote))), schema, given
+    try:
+        timeout = float(found["connect_timeout"]) if found.get("connect_timeout") else None
+    except ValueError:
+        timeout = None
+    return DsnOptions(
+        dsn=urlunsplit(parts._replace(query=urlencode(kept, quote_via=quote))),
+        schema=found.get("schema") or None,
+        application_name=found.get("application_name"),
+        connect_timeout=timeout if timeout is not None and timeout > 0 else None,
+        pgbouncer=found.get("pgbouncer", "").lower() == "true",
+    )
 
 
 async def _copy(

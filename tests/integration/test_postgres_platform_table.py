@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from consumers.sinks.base import SinkError
-from consumers.sinks.postgres import PostgresSink, dsn_options
+from consumers.sinks.postgres import DsnOptions, PostgresSink, dsn_options
 from tests.contract.test_sink_contract import make_event, scratch_schema
 
 pytestmark = pytest.mark.postgres
@@ -135,22 +135,29 @@ async def test_a_role_without_create_writes_to_a_database_its_owner_migrated() -
 
 
 def test_a_prisma_database_url_names_the_schema_and_keeps_its_application_name() -> None:
-    dsn, schema, settings = dsn_options(
-        "postgresql://u:p@db:5432/app?schema=usage&connection_limit=5&application_name=platform-usage"
-        "&sslmode=disable&options=-c%20statement_timeout%3D5000"
+    """Prisma's and libpq's client parameters went to the server as settings, which refused the
+    connection ("unrecognized configuration parameter"): a diff review listed the ones left."""
+    options = dsn_options(
+        "postgresql://u:p%40ss@db:5432/app?schema=usage&connection_limit=5&application_name=platform-usage"
+        "&sslmode=disable&options=-c%20statement_timeout%3D5000&connect_timeout=10&pool_timeout=20"
+        "&statement_cache_size=0&sslidentity=id.p12&sslaccept=strict&socket_timeout=9"
+        "&max_connection_lifetime=60&max_idle_connection_lifetime=30"
     )
-    assert schema == "usage"
-    assert settings == {"application_name": "platform-usage"}
-    assert dsn == (
-        "postgresql://u:p@db:5432/app?application_name=platform-usage&sslmode=disable"
+    assert (options.schema, options.application_name, options.connect_timeout) == ("usage", "platform-usage", 10.0)
+    assert options.dsn == (
+        "postgresql://u:p%40ss@db:5432/app?application_name=platform-usage&sslmode=disable"
         "&options=-c%20statement_timeout%3D5000"
     )
-    assert dsn_options("postgresql://u:p@db/app") == ("postgresql://u:p@db/app", None, {})
+    assert not options.pgbouncer
+    assert dsn_options("postgresql://u:p@db/app") == DsnOptions("postgresql://u:p@db/app")
+    assert dsn_options("postgresql://u:p@db/app?connect_timeout=soon").connect_timeout is None
 
 
 async def test_the_schema_of_a_prisma_url_is_where_the_table_goes() -> None:
     async with scratch_schema("url") as pg:
-        sink = PostgresSink(f"{pg.url}?schema={pg.schema}&connection_limit=3&application_name=platform-usage")
+        sink = PostgresSink(
+            f"{pg.url}?schema={pg.schema}&connection_limit=3&application_name=platform-usage&connect_timeout=10"
+        )
         try:
             await sink.start()
             await sink.apply([make_event(1)])

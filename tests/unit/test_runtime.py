@@ -216,6 +216,18 @@ def test_a_key_given_twice_in_an_operators_file_is_refused(
 
 
 @pytest.mark.usefixtures("restore_gc", "restore_logging")
+def test_a_pgbouncer_url_is_refused_at_start_saying_why(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Prisma's ``pgbouncer=true`` was dropped and the URL taken: transaction pooling cannot
+    carry the sink's session settings and temporary staging table. Refused in one line."""
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u:s3cr3t-pw@pool:6432/app?connection_limit=1&pgbouncer=true")
+    assert cli.main(["costs", "--tenant", "t"]) == 2
+    err = capsys.readouterr().err
+    assert "PgBouncer" in err and "s3cr3t" not in err
+
+
+@pytest.mark.usefixtures("restore_gc", "restore_logging")
 def test_a_database_url_refused_is_not_printed(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
