@@ -292,10 +292,21 @@ class PostgresSink:
                     await _copy(conn, STAGE, batch, data, naive)
                     await conn.execute(self._merge)
         except asyncpg.NotNullViolationError as e:
-            # every column the sink writes NOT NULL is non-null in any valid event: the table
-            # has a NOT NULL column the sink does not know (a platform column without a
-            # default). A schema problem, not bad events: pause until an operator fixes it.
-            raise SinkError(self.name, f"{type(e).__name__}: {e}") from e
+            column = getattr(e, "column_name", None)
+            if column in COLUMNS:
+                # one of the sink's columns, NOT NULL in the platform's table (Prisma's
+                # ``costUsd Decimal``), and an event without that value (an unpriced call): that
+                # event cannot be stored here. Dead-lettered alone (the batch is bisected); it
+                # paused the projection for every tenant (a re-test)
+                raise RejectedEvents(
+                    self.name,
+                    f'{TABLE}."{column}" is NOT NULL in this table, and the event has no value for it '
+                    "(an unpriced call has no cost): allow NULL there, or price the model and replay",
+                ) from e
+            # a NOT NULL column the sink does not write, without a default: every event fails
+            # alike. A schema problem, not bad events: pause until an operator fixes it (the
+            # message only: its detail is the failing row, a tenant's call)
+            raise SinkError(self.name, f"{type(e).__name__}: {_message(e)}") from e
         except _DATA_ERRORS as e:
             raise RejectedEvents(self.name, f"{type(e).__name__}: {e}") from e
         except TypeError as e:
@@ -380,6 +391,10 @@ class PostgresSink:
     def _server_settings(self) -> dict[str, str]:
         settings = {
             "application_name": self._application_name,
+            # the platform's own defaults (Prisma's ``"updatedAt" ... DEFAULT CURRENT_TIMESTAMP``
+            # on a timestamp without zone, read back as UTC) come out in UTC, as "createdAt" does,
+            # whatever zone the database or role is set to (a re-test: 14 hours apart)
+            "TimeZone": "UTC",
             # a member that hangs mid-batch (SIGSTOP, a VM paused) holds its transaction's row
             # locks, and the member given its partitions waited on them for good, its health
             # blaming Postgres (a review: 5 minutes until the hung process was continued). The
@@ -463,6 +478,14 @@ async def _copy(
 
 async def _create_stage(conn: asyncpg.Connection) -> None:
     await conn.execute(CREATE_STAGE)
+
+
+def _message(error: asyncpg.PostgresError) -> str:
+    """The server's message without its detail (which may quote a whole row)."""
+    message = getattr(error, "message", None)
+    if message:
+        return str(message)
+    return str(error.args[0]) if error.args else type(error).__name__
 
 
 def _text(value: str | None) -> str | None:

@@ -168,3 +168,51 @@ async def test_the_schema_of_a_prisma_url_is_where_the_table_goes() -> None:
         finally:
             await sink.close()
         assert len(await stored(pg.conn, pg.schema)) == 1
+
+
+async def test_an_unpriced_call_where_cost_is_not_null_is_dead_lettered_alone() -> None:
+    """Prisma makes ``costUsd Decimal`` NOT NULL; an unpriced call (a new model) has no cost.
+    Its event paused the projection for every tenant (a re-test); now it alone is dead-lettered,
+    saying why, and the rest of its batch lands."""
+    from consumers.deadletter import MemoryDeadLetters
+    from consumers.projector import Projector
+    from gateway.eventlog.memory import MemoryEventLog
+
+    async with scratch_schema("notnullcost") as pg:
+        await pg.conn.execute(f'CREATE SCHEMA "{pg.schema}"')
+        table = PRISMA_TABLE.format(schema=pg.schema)
+        await pg.conn.execute(table.replace('"costUsd" DECIMAL(65,30),', '"costUsd" DECIMAL(65,30) NOT NULL,'))
+        log, letters = MemoryEventLog(), MemoryDeadLetters()
+        priced = [make_event(i, tenant_id=f"t{i}") for i in range(4)]
+        unpriced = make_event(9, tenant_id="new-model", cost=None)
+        for event in (priced[0], priced[1], unpriced, priced[2], priced[3]):
+            log.publish(event)
+        projector = Projector(log, [pg.sink()], letters, batch_size=10)
+        await projector.start()
+        assert await projector.run_until_idle() == 4
+        await projector.close()
+        assert set(await stored(pg.conn, pg.schema)) == {e.event_id for e in priced}
+        [letter] = letters.letters.values()
+        assert b"new-model" in letter.raw and '"costUsd" is NOT NULL' in letter.reason
+        assert "new-model" not in letter.reason  # the reason names the column, not the row
+        assert projector.stats.status == "ok"
+
+
+async def test_the_platforms_time_defaults_come_out_in_utc_whatever_the_database_zone() -> None:
+    async with scratch_schema("zone") as pg:
+        await pg.conn.execute(f'CREATE SCHEMA "{pg.schema}"')
+        await pg.conn.execute(PRISMA_TABLE.format(schema=pg.schema))
+        database = await pg.conn.fetchval("SELECT current_database()")
+        role = await pg.conn.fetchval("SELECT current_user")
+        await pg.conn.execute(f'ALTER ROLE "{role}" IN DATABASE "{database}" SET timezone = \'Pacific/Kiritimati\'')
+        try:
+            sink = pg.sink()
+            await sink.start()
+            event = make_event(1, created_at=datetime.now(UTC))
+            await sink.apply([event])
+            created, updated = await pg.conn.fetchrow(
+                f'SELECT "createdAt", "updatedAt" FROM "{pg.schema}"."LLMUsage" WHERE "id" = $1', event.event_id
+            )
+        finally:
+            await pg.conn.execute(f'ALTER ROLE "{role}" IN DATABASE "{database}" RESET timezone')
+        assert abs((updated - created).total_seconds()) < 60  # both UTC without a zone (not 14 h apart)
