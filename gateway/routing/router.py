@@ -89,6 +89,10 @@ _NEED_PARAMS = {
     "tool_names": "tools", "blank_content": "messages",
     "blank_stop": "stop", "temperature_with_top_p": "top_p",
 }  # fmt: skip
+#: failures that may pass: a client's retry later can succeed
+_TRANSIENT = frozenset(
+    {"rate_limited", "overloaded", "timeout", "connection_error", "upstream_error", "malformed_response", "stream_cut"}
+)
 #: what ends an attempt before it is sent: the adapter cannot put the request to its vendor
 #: (the client's error, which the API's checks let pass), every connection to the provider was
 #: busy (the next is tried), the client left (the call ends)
@@ -485,13 +489,15 @@ class Router:
             status=http_status,
             code=code,
             type=kind,
-            # attempts were sent: the gateway has retried and fallen back as configured, or every
-            # provider refused for good (quota, keys, model). A client's retry on top of that
-            # multiplies the calls, and what the vendors bill of them: the OpenAI SDKs retried
-            # every such 429, 502 and 504 twice (a review: 45 upstream calls for one create()
-            # with every provider rate limited). Nothing sent (connections busy, circuits open):
+            # every provider refused for good (quota, keys, model), or the gateway has retried
+            # or fallen back already (two attempts or more reached providers): a client's retry
+            # on top multiplies the calls, and what the vendors bill of them (the OpenAI SDKs
+            # retried every such 429, 502 and 504 twice: a review counted 45 upstream calls for
+            # one create() with every provider rate limited). One attempt that reached its
+            # provider (a 5xx blip of a model only one provider serves, which the gateway does
+            # not retry there), or nothing sent (connections refused or busy, circuits open):
             # the client may come back, after ``retry-after`` when known
-            client_should_retry=False if _sent(attempts.failures) else None,
+            client_should_retry=False if _permanent(outcomes) or _sent(attempts.failures) >= 2 else None,
         )
         # every circuit open: the client may come back when the first lets a probe through (the
         # 503 said nothing, and the SDK retried at 0.5 to 8 s into a 30 s cool-down: review)
@@ -501,12 +507,16 @@ class Router:
         return failed
 
 
-def _sent(failures: list[errors.ProviderError]) -> bool:
-    """Whether any of the failed attempts reached its provider: it answered (an HTTP status), or
+def _sent(failures: list[errors.ProviderError]) -> int:
+    """How many of the failed attempts reached their provider: it answered (an HTTP status), or
     had the whole request when the wait for its answer ran out. A busy pool, a connection
-    refused or a name that does not resolve sent nothing, and cost nothing: a client's retry
-    may find the provider back."""
-    return any(e.http_status is not None or e.billed_unseen for e in failures)
+    refused or a name that does not resolve sent nothing, and cost nothing."""
+    return sum(e.http_status is not None or e.billed_unseen for e in failures)
+
+
+def _permanent(outcomes: set[str]) -> bool:
+    """Every provider refused for good: no retry of the client's can help."""
+    return bool(outcomes) and not outcomes & _TRANSIENT
 
 
 #: the most of a provider's own words an all-failed message repeats per attempt

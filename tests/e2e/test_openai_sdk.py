@@ -181,6 +181,21 @@ async def test_providers_that_cannot_be_reached_leave_the_sdk_its_retries(gw: Ru
     assert info.value.response.headers.get("x-should-retry") is None
 
 
+async def test_one_failed_attempt_leaves_the_sdk_its_retry() -> None:
+    """A 5xx blip of the one provider serving a model is not retried there by the gateway:
+    its answer must not stop the SDK's retry too (a re-test saw such calls fail for good)."""
+    from tests.support.gateway import running_gateway
+
+    async with running_gateway(providers=("openai",)) as gw:
+        gw.sims["openai"].faults.push(Fault("server_error"))
+        async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="unused", max_retries=2) as c:
+            raw = await c.chat.completions.with_raw_response.create(
+                model="gpt-4", messages=[{"role": "user", "content": "hi"}]
+            )
+        assert raw.parse().choices[0].message.content
+        assert len(gw.sims["openai"].requests) == 2  # the blip, then the SDK's retry
+
+
 async def test_all_providers_failing_is_one_clear_5xx(gw: RunningGateway) -> None:
     for sim in gw.sims.values():
         sim.faults.always(Fault("server_error"))
