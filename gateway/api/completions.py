@@ -15,6 +15,7 @@ from gateway.api.middleware import REQUEST_ID, ClientWatch
 from gateway.api.responses import ChunkFormatter, chat_completion, text_completion
 from gateway.api.state import STATE, GatewayState
 from gateway.api.validation import ParsedRequest, parse_chat, parse_completion
+from gateway.metrics import CLIENT_LEFT
 from gateway.pricing.base import format_usd
 from gateway.providers.upstream_http import CLIENT_GONE
 from gateway.routing.router import StreamSession
@@ -240,11 +241,13 @@ async def _stream(
         await response.write_eof(b"".join(tail))
     except ConnectionError:  # reset, or lost while a write waited (a plain ConnectionError: a 500 before)
         _client_gone(ctx, session)
+        request[CLIENT_LEFT] = True
         log.info("client went away during the stream of request %s", ctx.request_id)
     finally:
         watch.close()
         if session.event is None:  # cancelled (the client went away while we waited)
             _client_gone(ctx, session)
+            request[CLIENT_LEFT] = True
         await session.aclose()
     return response
 

@@ -83,3 +83,32 @@ async def test_an_answer_its_client_left_before_counts_as_499_not_200(gw: Runnin
     assert ("llm_gateway_requests_total", (("route", "/v1/chat/completions"), ("status", "200"))) not in m
     [event] = gw.event_log.events
     assert event.outcome == "success" and event.billable  # it ran, and is billed
+
+
+async def test_a_stream_its_client_left_counts_as_499_not_200(gw: RunningGateway) -> None:
+    """A stream whose client left before its end was counted a 200 (its status line had gone, or
+    was about to, when the write failed); it is counted as 499."""
+    import asyncio
+
+    gw.sims["openai"].faults.push(Fault("delay", delay=0.6))
+    async with aiohttp.ClientSession() as s:
+        try:
+            async with s.post(
+                f"{gw.base_url}/chat/completions",
+                json={**CHAT, "stream": True},
+                timeout=aiohttp.ClientTimeout(total=0.2),
+            ) as r:
+                await r.read()
+        except TimeoutError:
+            pass
+        route = (("route", "/v1/chat/completions"), ("status", "499"))
+        for _ in range(50):
+            async with s.get(f"{gw.url}/metrics") as r:
+                m = samples(await r.text())
+            if m.get(("llm_gateway_requests_total", route)):
+                break
+            await asyncio.sleep(0.05)
+    assert m[("llm_gateway_requests_total", route)] == 1
+    assert ("llm_gateway_requests_total", (("route", "/v1/chat/completions"), ("status", "200"))) not in m
+    [event] = gw.event_log.events  # recorded once: whole from the upstream, so priced whole
+    assert event.outcome in ("success", "cancelled")
