@@ -7,6 +7,7 @@ import re
 from datetime import UTC, datetime
 
 from aiohttp import web
+from multidict import MultiMapping
 
 from analytics.costs import CostTrackingService
 from analytics.store import AnalyticsStore, StoreError
@@ -76,10 +77,32 @@ class AnalyticsUnavailable(GatewayError):
     code = "analytics_unavailable"
 
 
+#: the query parameters of ``GET /v1/costs``
+COSTS_PARAMETERS = ("tenantId", "start", "end", "limit")
+
+
+def _only(query: MultiMapping[str], known: tuple[str, ...]) -> None:
+    """Refuse a parameter the endpoint does not read, or one given twice: ``from=``/``to=`` were
+    ignored and the all-time total answered for a day's question (a review), and a second
+    ``start=`` was dropped."""
+    seen: set[str] = set()
+    for name, _ in query.items():
+        if name not in known:
+            raise InvalidRequest(
+                f"Unrecognized query parameter: {name!r} (this endpoint reads {', '.join(known)})",
+                param=name,
+                code="unknown_parameter",
+            )
+        if name in seen:
+            raise InvalidRequest(f"Query parameter {name!r} given more than once", param=name)
+        seen.add(name)
+
+
 async def costs(request: web.Request) -> web.Response:
     auth = request.app[AUTH]
     principal = auth.authenticate(request)
     query = request.query
+    _only(query, COSTS_PARAMETERS)
     tenant = query.get("tenantId") or None
     if tenant is None:
         if principal.admin and auth.open:

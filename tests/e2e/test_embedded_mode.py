@@ -236,6 +236,14 @@ async def test_time_window_and_tenant_isolation(tmp_path: Path) -> None:
         for limit in ("\u00b2", "\u0661", "-1", "1e3", "10001"):  # not ASCII digits, and out of range
             status, bad = await get_costs(gw, {"tenantId": "tenant_a", "limit": limit}, key="sk-a")
             assert status == 400 and bad["error"]["param"] == "limit", limit
+        # a window asked as from/to was ignored: the all-time total answered for a day (a review)
+        for name in ("from", "to", "startTime"):
+            status, bad = await get_costs(gw, {"tenantId": "tenant_a", name: "2026-12-01T00:00:00Z"}, key="sk-a")
+            assert status == 400 and bad["error"]["code"] == "unknown_parameter" and bad["error"]["param"] == name
+        async with aiohttp.ClientSession() as s:  # a second start= was dropped
+            url = f"{gw.base_url}/costs?tenantId=tenant_a&start=2026-01-01&start=2999-01-01"
+            async with s.get(url, headers={"authorization": "Bearer sk-a"}) as r:
+                assert r.status == 400 and (await r.json())["error"]["param"] == "start"
 
 
 async def one_call(gw: RunningGateway, tenant: str) -> str:
