@@ -113,8 +113,8 @@ class Pipeline:
                 if not _unreachable(exc):
                     raise
                 self.projector.stats.log_unreachable(exc)
-                log.warning("the event log still cannot be reached (%s): trying again in %gs", exc, delay)
                 delay = min(delay * 2, LOG_RETRY_MAX)
+                log.warning("the event log still cannot be reached (%s): trying again in %gs", exc, delay)
         self.projector.stats.log_reached()
         log.info("the event log answers: projecting")
         await self._run()
