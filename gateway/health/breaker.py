@@ -53,6 +53,12 @@ class CircuitBreaker:
         self.consecutive_failures = 0
         #: the outcomes of the current run of failures (the last few), for the reason text
         self._run: deque[str] = deque(maxlen=config.down_consecutive_failures)
+        #: event times bounding the run: the last success counted, the last failure of the run.
+        #: Events arrive out of their order (a replica's spool forwarded after a broker outage):
+        #: a failure older than a success already counted is not in the run after it, and a
+        #: success older than the run does not end it
+        self._success_t: datetime | None = None
+        self._failure_t: datetime | None = None
         self._trip = RollingWindow(config.window_seconds)
         self.cooldown_seconds = config.cooldown_seconds
         self.opened_at: datetime | None = None
@@ -67,11 +73,18 @@ class CircuitBreaker:
         if self.closed_at is not None and sample.t < self.closed_at:
             return  # ended before the circuit last closed: evidence already judged
         if sample.kind == "failure":
-            self.consecutive_failures += 1
-            self._run.append(sample.outcome)
+            if self._success_t is None or sample.t >= self._success_t:
+                self.consecutive_failures += 1
+                self._run.append(sample.outcome)
+                if self._failure_t is None or sample.t > self._failure_t:
+                    self._failure_t = sample.t
         elif sample.kind == "success":
-            self.consecutive_failures = 0
-            self._run.clear()
+            if self._success_t is None or sample.t > self._success_t:
+                self._success_t = sample.t
+            if self._failure_t is None or sample.t >= self._failure_t:
+                self.consecutive_failures = 0
+                self._run.clear()
+                self._failure_t = None
         if self.state == "closed":
             # evicted on every attempt, not only when a failure asks for the rate: a run of
             # successes kept every sample since the circuit last closed (25 bytes each, 4.5 MB
@@ -149,6 +162,7 @@ class CircuitBreaker:
         self.cooldown_seconds = self._config.cooldown_seconds
         self.consecutive_failures = 0
         self._run.clear()
+        self._success_t, self._failure_t = at, None
         self._trip.clear()
         self._change(at, "closed", f"probe succeeded{down_for}")
 

@@ -783,3 +783,25 @@ def test_the_half_open_transition_counts_what_came_before_it_not_the_event_that_
     view.apply(ev("success", at=clock.now, latency=1002.0))
     [half_open] = [t for t in seen if (t.kind, t.current) == ("circuit", "half_open")]
     assert (half_open.stats.attempts, half_open.stats.failures, half_open.stats.p50_latency_ms) == (5, 5, None)
+
+
+def test_failures_older_than_a_success_counted_do_not_make_a_run(clock: ManualClock) -> None:
+    """A replica's spool forwarded after a broker outage: its 5 failures, older than successes
+    the other replicas had already counted, arrived last and opened the circuit everywhere
+    (the health-sync review), though the provider had worked since."""
+    view, _ = make_view(clock, down_min_attempts=1000)  # the failure-rate rule out of the way
+    clock.advance(10)
+    failures_at = [clock.now - timedelta(seconds=9 - i) for i in range(5)]  # t-9 .. t-5
+    assert view.apply(ev("success", at=clock.now - timedelta(seconds=2)))  # counted first
+    for at in failures_at:  # then the late ones, older than it
+        assert view.apply(ev("upstream_error", at=at))
+    health = view.health("openai")
+    assert (health.circuit, health.consecutive_failures) == ("closed", 0)
+    # a success older than a run does not end it: 5 new failures open the circuit
+    for _ in range(4):
+        clock.advance(1)
+        view.apply(ev("upstream_error", at=clock.now))
+    assert view.apply(ev("success", at=clock.now - timedelta(seconds=30)))  # late, older than the run
+    clock.advance(1)
+    view.apply(ev("upstream_error", at=clock.now))
+    assert view.health("openai").circuit == "open"
