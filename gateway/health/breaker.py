@@ -23,6 +23,7 @@ events on the same transitions.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +36,9 @@ from gateway.health.window import RollingWindow, Sample
 
 CircuitState = Literal["closed", "open", "half_open"]
 
+#: the steady clock bounding a cool-down and a probe's slot in real time (patched by tests)
+monotonic = time.monotonic
+
 
 @dataclass(frozen=True, slots=True)
 class CircuitChange:
@@ -45,8 +49,17 @@ class CircuitChange:
 
 
 class CircuitBreaker:
-    def __init__(self, provider: str, config: HealthSettings, on_change: Callable[[CircuitChange], None]) -> None:
+    def __init__(
+        self,
+        provider: str,
+        config: HealthSettings,
+        on_change: Callable[[CircuitChange], None],
+        *,
+        steady: bool = False,
+    ) -> None:
+        """``steady``: the clock given is the wall clock, which may step (see ``_retry_by``)."""
         self.provider = provider
+        self._steady = steady
         self._config = config
         self._on_change = on_change
         self.state: CircuitState = "closed"
@@ -65,6 +78,11 @@ class CircuitBreaker:
         self.retry_at: datetime | None = None
         self.closed_at: datetime | None = None
         self.probe_since: datetime | None = None
+        #: ``retry_at`` and ``probe_since`` on the steady clock: the wall clock stepped back (an NTP
+        #: correction, an operator) kept a recovered provider's circuit open, and its calls on a
+        #: fallback at 2.9x the price, for the whole step (an hour: the clock review)
+        self._retry_by: float | None = None
+        self._probe_by: float | None = None
 
     # --- evidence ---------------------------------------------------------------------------------
     def observe(self, sample: Sample, now: datetime, cutoff: float) -> None:
@@ -94,7 +112,7 @@ class CircuitBreaker:
             self._trip.add(sample)
             reason = self._trip_reason(now) if sample.kind == "failure" else None  # only a failure trips it
             if reason is not None:
-                self._open(sample.t, self._config.cooldown_seconds, reason)
+                self._open(sample.t, self._config.cooldown_seconds, reason, now)
         elif self.retry_at is not None and sample.t >= self.retry_at:
             if sample.kind == "success":
                 self._close(sample.t)
@@ -102,7 +120,7 @@ class CircuitBreaker:
                 cooldown = min(
                     self.cooldown_seconds * self._config.cooldown_multiplier, self._config.max_cooldown_seconds
                 )
-                self._open(sample.t, cooldown, f"probe failed ({sample.outcome}); cool-down now {cooldown:g}s")
+                self._open(sample.t, cooldown, f"probe failed ({sample.outcome}); cool-down now {cooldown:g}s", now)
             else:
                 self.probe_since = None  # a rate limit or a client-side outcome proves nothing
         self.tick(now)
@@ -118,8 +136,13 @@ class CircuitBreaker:
 
     # --- the clock ----------------------------------------------------------------------------------
     def tick(self, now: datetime) -> None:
-        """open -> half_open once the cool-down is over."""
-        if self.state == "open" and self.retry_at is not None and now >= self.retry_at:
+        """open -> half_open once the cool-down is over, by the wall clock or, when that stepped
+        back, by the steady one (then the cool-down ends now: the probe's events count)."""
+        if self.state != "open" or self.retry_at is None:
+            return
+        if now < self.retry_at and self._retry_by is not None and monotonic() >= self._retry_by:
+            self.retry_at = now
+        if now >= self.retry_at:
             self._change(
                 self.retry_at,
                 "half_open",
@@ -133,6 +156,7 @@ class CircuitBreaker:
             return False
         if self.state == "half_open":
             self.probe_since = now
+            self._probe_by = monotonic() + self._config.probe_timeout_seconds if self._steady else None
         return True
 
     def would_allow(self, now: datetime) -> bool:
@@ -144,14 +168,18 @@ class CircuitBreaker:
         if self.state == "open":
             return False
         timeout = timedelta(seconds=self._config.probe_timeout_seconds)
-        return self.probe_since is None or now - self.probe_since >= timeout
+        if self.probe_since is None or now - self.probe_since >= timeout:
+            return True
+        return self._probe_by is not None and monotonic() >= self._probe_by
 
     # --- transitions ------------------------------------------------------------------------------
-    def _open(self, at: datetime, cooldown: float, reason: str) -> None:
+    def _open(self, at: datetime, cooldown: float, reason: str, now: datetime) -> None:
         self.cooldown_seconds = cooldown
         self.opened_at = at
         self.retry_at = at + timedelta(seconds=cooldown)
-        self.probe_since = None
+        left = min(max((self.retry_at - now).total_seconds(), 0.0), cooldown)
+        self._retry_by = monotonic() + left if self._steady else None
+        self.probe_since = self._probe_by = None
         self._change(at, "open", reason)
 
     def _close(self, at: datetime) -> None:
@@ -159,6 +187,7 @@ class CircuitBreaker:
         down_for = f" after {(at - opened).total_seconds():g}s" if opened is not None else ""
         self.closed_at = at
         self.opened_at = self.retry_at = self.probe_since = None
+        self._retry_by = self._probe_by = None
         self.cooldown_seconds = self._config.cooldown_seconds
         self.consecutive_failures = 0
         self._run.clear()

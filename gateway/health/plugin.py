@@ -43,7 +43,7 @@ def health_plugin(settings: Settings, *, clock: Clock = utcnow, config: HealthSe
     """The health components of one gateway process. ``config`` defaults to ``settings.health``;
     ``clock`` must be the clock the ``UsageRecorder`` stamps events with."""
     config = config if config is not None else settings.health
-    view = HealthView(config, clock=clock)
+    view = HealthView(config, clock=clock, steady=True)
 
     async def follow_replicas(app: web.Application) -> AsyncIterator[None]:
         if not (settings.kafka_bootstrap_servers and config.kafka_sync):

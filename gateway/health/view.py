@@ -137,12 +137,16 @@ class HealthView:
         clock: Clock = utcnow,
         listeners: list[Listener] | None = None,
         log_transitions: bool = True,
+        steady: bool = False,
     ) -> None:
         """``log_transitions``: log each transition on ``gateway.health`` (False for a view that
         only feeds its listeners, such as the history sink's, which in the embedded ``serve``
-        runs beside the live view: every transition was logged twice)."""
+        runs beside the live view: every transition was logged twice). ``steady``: ``clock`` is
+        the wall clock, which may step; cool-downs and probe slots are also bounded in real time
+        (the live view's; the history's clock is the events' time)."""
         self.config = config or HealthSettings()
         self._log_transitions = log_transitions
+        self._steady = steady
         self._clock = clock
         self.listeners: list[Listener] = listeners if listeners is not None else []
         self._span = timedelta(seconds=self.config.window_seconds)
@@ -279,7 +283,9 @@ class HealthView:
     def _provider(self, name: str) -> _Provider:
         tracked = self._providers.get(name)
         if tracked is None:
-            breaker = CircuitBreaker(name, self.config, lambda change: self._circuit_changed(name, change))
+            breaker = CircuitBreaker(
+                name, self.config, lambda change: self._circuit_changed(name, change), steady=self._steady
+            )
             # the provider's window is keyed: it knows which events the view counts
             tracked = self._providers[name] = _Provider(_Track(self._window(keyed=True)), breaker)
         return tracked

@@ -805,3 +805,46 @@ def test_failures_older_than_a_success_counted_do_not_make_a_run(clock: ManualCl
     clock.advance(1)
     view.apply(ev("upstream_error", at=clock.now))
     assert view.health("openai").circuit == "open"
+
+
+def test_a_wall_clock_stepped_back_does_not_hold_a_circuit_open_for_the_step(
+    clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The clock review stepped the gateway's wall clock back an hour while a circuit was open:
+    it stayed open for that hour (its calls on a fallback at 2.9x the price). The live view's
+    cool-down and probe slot are also bounded on the steady clock."""
+    from gateway.health import breaker as breaker_module
+
+    steady = [1000.0]
+    monkeypatch.setattr(breaker_module, "monotonic", lambda: steady[0])
+    seen: list[HealthTransition] = []
+    view = HealthView(HealthSettings(cooldown_seconds=30), clock=clock, listeners=[seen.append], steady=True)
+    feed(view, clock, *["upstream_error"] * 5)
+    assert view.health("openai").circuit == "open" and not view.gate("openai")
+    clock.advance(-3600)  # the step back
+    steady[0] += 31  # real time: the cool-down is over
+    assert view.gate("openai")  # the probe goes
+    assert not view.gate("openai")  # one at a time
+    clock.advance(1)
+    assert view.apply(ev("success", at=clock.now))  # the probe's answer, stamped by the stepped clock
+    assert view.health("openai").circuit == "closed"
+
+    # a probe whose answer never comes frees its slot after its timeout, in real time too
+    feed(view, clock, *["upstream_error"] * 5)
+    steady[0] += 31
+    assert view.gate("openai")
+    clock.advance(-600)
+    steady[0] += HealthSettings().probe_timeout_seconds
+    assert view.gate("openai")
+
+
+def test_the_history_view_keeps_to_the_events_time(clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The history's clock is the events' time: real time passing does not end its cool-downs."""
+    from gateway.health import breaker as breaker_module
+
+    steady = [1000.0]
+    monkeypatch.setattr(breaker_module, "monotonic", lambda: steady[0])
+    view, _ = make_view(clock, cooldown_seconds=30)
+    feed(view, clock, *["upstream_error"] * 5)
+    steady[0] += 3600
+    assert view.health("openai").circuit == "open" and not view.gate("openai")
