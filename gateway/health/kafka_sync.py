@@ -54,6 +54,14 @@ _PROVIDER = re.compile(rb'"provider":"([^"\\]{1,64})"')
 _FIELDS_WITHIN = 1024
 
 
+#: outcomes that say more about the replica than about the provider: its key refused (a replica
+#: deployed with a wrong or old key), its network path (a wrong upstream URL, its egress down).
+#: Another replica's are not counted: one replica's bad key opened the provider's circuit on
+#: every replica, and their calls went to the fallback (the health-sync review). A provider
+#: down for everyone is found by each replica's own attempts.
+REPLICA_LOCAL = frozenset({"auth_error", "connection_error"})
+
+
 class KafkaHealthSync:
     """Follows the usage topic into ``view``. ``start()`` returns at once: connecting (and
     reconnecting) happens in the background, so a broker outage never stops a gateway from
@@ -186,6 +194,8 @@ class KafkaHealthSync:
             event = decode_event(raw)
         except ValueError:  # undecodable or too new: the projector dead-letters it, health skips it
             log.debug("health sync skipped an unreadable record on %s", self.topic)
+            return
+        if event.outcome in REPLICA_LOCAL:
             return
         # observe: an event the view cannot apply is logged and skipped; raised here, it
         # stopped the sync for good (a year-9999 stamp overflowed the view's arithmetic)

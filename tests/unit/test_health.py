@@ -848,3 +848,22 @@ def test_the_history_view_keeps_to_the_events_time(clock: ManualClock, monkeypat
     feed(view, clock, *["upstream_error"] * 5)
     steady[0] += 3600
     assert view.health("openai").circuit == "open" and not view.gate("openai")
+
+
+def test_another_replicas_auth_and_connection_errors_are_its_own(clock: ManualClock) -> None:
+    """One replica's bad key opened the provider's circuit on every replica (the health-sync
+    review): the sync does not count another replica's auth or connection errors; its other
+    failures it does."""
+    from gateway.health.kafka_sync import KafkaHealthSync
+
+    view, _ = make_view(clock)
+    sync = KafkaHealthSync(view, "127.0.0.1:1", "llm.usage")
+    for outcome in ("auth_error", "connection_error"):
+        for _ in range(6):
+            clock.advance(1)
+            sync._apply(ev(outcome, at=clock.now).to_json())
+    assert view.health("openai").circuit == "closed"
+    for _ in range(5):
+        clock.advance(1)
+        sync._apply(ev("upstream_error", at=clock.now).to_json())
+    assert view.health("openai").circuit == "open"
