@@ -40,12 +40,15 @@ DEFAULT_GROUP = "llm-usage-projector"
 #: doubled after each try, up to the last
 LOG_RETRY_FIRST = 1.0
 LOG_RETRY_MAX = 30.0
+#: seconds the start gives the log to answer before it goes on waiting for it in the background
+LOG_FIRST_TRY = 5.0
 
 
 def _unreachable(exc: BaseException) -> bool:
     """The log cannot be reached for now (a broker down or restarting: aiokafka's retriable
-    errors), as opposed to refusing (a data dir it may not write, an unknown topic setting)."""
-    return bool(getattr(exc, "retriable", False))
+    errors, or no answer within :data:`LOG_FIRST_TRY`), as opposed to refusing (a data dir it
+    may not write, an unknown topic setting)."""
+    return isinstance(exc, TimeoutError) or bool(getattr(exc, "retriable", False))
 
 
 def analytics_path(settings: Settings) -> Path:
@@ -66,6 +69,9 @@ class Pipeline:
     async def start(self) -> None:
         await self.store.open()
         try:
+            # bounded: a broker address that takes no connection held the start (no health
+            # served, and a SIGTERM meanwhile killed the process) for aiokafka's whole timeout
+            await asyncio.wait_for(self._connect_log(), LOG_FIRST_TRY)
             await self._start_log()
         except Exception as exc:
             if not _unreachable(exc):
@@ -78,10 +84,14 @@ class Pipeline:
             return
         self._task = asyncio.create_task(self._run(), name="projector")
 
-    async def _start_log(self) -> None:
-        """Start what reads and writes the log (safe to call again after a failure)."""
+    async def _connect_log(self) -> None:
+        """Connect what reads and writes the log (safe to call again after a failure)."""
         await self.dead_letters.start()
         await self.reader.start()
+
+    async def _start_log(self) -> None:
+        """:meth:`_connect_log`, then catch a new cost store up and start the sinks."""
+        await self._connect_log()
         if await catch_up.pending(self.store):
             behind = catch_up.CatchUp(self.store, self.reader)
             if await self.reader.has_committed():
@@ -134,6 +144,10 @@ class Pipeline:
 
     async def stop(self) -> None:
         self._stop.set()
+        if self._task is not None and self.projector.stats.waiting_for_log:
+            self._task.cancel()  # no batch to finish: it was still trying to reach the log
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), self.stop_grace)

@@ -285,6 +285,35 @@ async def test_consume_without_its_broker_waits_for_it_saying_so(tmp_path: Path)
     assert "the event log cannot be reached" in err.decode() and "Traceback" not in err.decode()
 
 
+async def test_consume_on_a_broker_address_that_never_answers_serves_health_and_stops_at_once(
+    tmp_path: Path,
+) -> None:
+    """A bootstrap address that takes connections and never answers held the start for
+    aiokafka's whole timeout (no health served), and a stop while a try waited on it took 5 s
+    and warned of a batch cancelled that did not exist (a re-test)."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)  # connections complete in the kernel; nothing ever reads or answers
+        port = free_port()
+        env = clean_env(tmp_path) | {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{silent.getsockname()[1]}"}
+        async with process("consume", "--port", str(port), env=env) as proc:
+            async with aiohttp.ClientSession() as http:
+                async with asyncio.timeout(30):
+                    while True:
+                        try:
+                            async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                                status, health = resp.status, await resp.json()
+                                break
+                        except aiohttp.ClientConnectionError:
+                            await asyncio.sleep(0.2)
+            await asyncio.sleep(2.0)  # its next try (1 s on) is waiting for the silent broker now
+            proc.terminate()
+            _, err = await asyncio.wait_for(proc.communicate(), 10)
+    assert (status, health["status"]) == (503, "waiting_for_log")
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert "still busy" not in err.decode()
+
+
 async def test_serve_warns_when_it_listens_beyond_loopback_without_keys(tmp_path: Path) -> None:
     port = free_port()
     async with process(
