@@ -15,7 +15,9 @@ Why not a compacted ``<topic>.health`` topic of transitions/snapshots:
   same states; there is no second source of truth to reconcile, no "which replica's snapshot
   wins" when two replicas saw different halves of the traffic.
 - A replica that starts (or restarts) rebuilds the current view from the last window of events
-  in seconds, instead of trusting a snapshot computed by someone else's partial view.
+  in seconds, instead of trusting a snapshot computed by someone else's partial view. (A circuit
+  whose cool-down outlasts the window, after failed probes, is not rebuilt: the failures that
+  opened it are older than the window. The restarted replica tries the provider again.)
 - Nothing to publish on the response path beyond the event that is published anyway.
 
 The cost: every replica reads every usage event (small JSON records; a few MB/min at thousands
