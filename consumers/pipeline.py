@@ -44,11 +44,17 @@ LOG_RETRY_MAX = 30.0
 LOG_FIRST_TRY = 5.0
 
 
+class LogUnanswered(Exception):
+    """The log did not answer within :data:`LOG_FIRST_TRY` at start."""
+
+    retriable = True
+
+
 def _unreachable(exc: BaseException) -> bool:
     """The log cannot be reached for now (a broker down or restarting: aiokafka's retriable
     errors, or no answer within :data:`LOG_FIRST_TRY`), as opposed to refusing (a data dir it
     may not write, an unknown topic setting)."""
-    return isinstance(exc, TimeoutError) or bool(getattr(exc, "retriable", False))
+    return bool(getattr(exc, "retriable", False))
 
 
 def analytics_path(settings: Settings) -> Path:
@@ -69,9 +75,12 @@ class Pipeline:
     async def start(self) -> None:
         await self.store.open()
         try:
-            # bounded: a broker address that takes no connection held the start (no health
-            # served, and a SIGTERM meanwhile killed the process) for aiokafka's whole timeout
-            await asyncio.wait_for(self._connect_log(), LOG_FIRST_TRY)
+            try:
+                # bounded: a broker address that takes no connection held the start (no health
+                # served) for aiokafka's whole timeout
+                await asyncio.wait_for(self._connect_log(), LOG_FIRST_TRY)
+            except TimeoutError as slow:
+                raise LogUnanswered(f"no answer within {LOG_FIRST_TRY:g}s") from slow
             await self._start_log()
         except Exception as exc:
             if not _unreachable(exc):

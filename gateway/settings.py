@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -233,7 +234,9 @@ class Settings(BaseSettings):
         message leaves the value out (it holds a password)."""
         if value is not None and not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("DATABASE_URL must be a postgresql:// (or postgres://) URL")
-        if value is not None and re.search(r"[?&]pgbouncer=true(&|$)", value, re.IGNORECASE):
+        if value is not None and any(
+            name == "pgbouncer" and flag.lower() == "true" for name, flag in parse_qsl(urlsplit(value).query)
+        ):
             # transaction pooling hands each transaction any server connection: the sink's
             # session settings (search path, idle timeout), which PgBouncer refuses at connect,
             # and its temporary staging table would not follow it

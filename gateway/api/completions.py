@@ -247,7 +247,8 @@ async def _stream(
         watch.close()
         if session.event is None:  # cancelled (the client went away while we waited)
             _client_gone(ctx, session)
-            request[CLIENT_LEFT] = True
+            if (transport := request.transport) is None or transport.is_closing():
+                request[CLIENT_LEFT] = True  # (not a bug's exception: that is no 499)
         await session.aclose()
     return response
 

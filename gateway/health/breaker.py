@@ -38,6 +38,8 @@ CircuitState = Literal["closed", "open", "half_open"]
 
 #: the steady clock bounding a cool-down and a probe's slot in real time (patched by tests)
 monotonic = time.monotonic
+#: the failures of a run kept (their count is the run's length up to this)
+RUN_KEPT = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,14 +66,13 @@ class CircuitBreaker:
         self._on_change = on_change
         self.state: CircuitState = "closed"
         self.consecutive_failures = 0
-        #: the outcomes of the current run of failures (the last few), for the reason text
-        self._run: deque[str] = deque(maxlen=config.down_consecutive_failures)
-        #: event times bounding the run: the last success counted, the last failure of the run.
-        #: Events arrive out of their order (a replica's spool forwarded after a broker outage):
-        #: a failure older than a success already counted is not in the run after it, and a
-        #: success older than the run does not end it
+        #: the current run of failures: (event time, outcome), in arrival order. Events arrive out
+        #: of their order (another replica's through the sync, a spool forwarded after a broker
+        #: outage): a failure older than a success already counted is not in the run after it,
+        #: and a success ends only the failures older than itself. The last RUN_KEPT.
+        self._run: deque[tuple[datetime, str]] = deque(maxlen=RUN_KEPT)
+        #: the newest success counted (event time)
         self._success_t: datetime | None = None
-        self._failure_t: datetime | None = None
         self._trip = RollingWindow(config.window_seconds)
         self.cooldown_seconds = config.cooldown_seconds
         self.opened_at: datetime | None = None
@@ -88,21 +89,20 @@ class CircuitBreaker:
     def observe(self, sample: Sample, now: datetime, cutoff: float) -> None:
         """Judge one attempt as of ``now``; ``cutoff``: ``(now - window).timestamp()``."""
         self.tick(now)
+        self._clamp(now)
         if self.closed_at is not None and sample.t < self.closed_at:
             return  # ended before the circuit last closed: evidence already judged
         if sample.kind == "failure":
             if self._success_t is None or sample.t >= self._success_t:
-                self.consecutive_failures += 1
-                self._run.append(sample.outcome)
-                if self._failure_t is None or sample.t > self._failure_t:
-                    self._failure_t = sample.t
+                self._run.append((sample.t, sample.outcome))
         elif sample.kind == "success":
             if self._success_t is None or sample.t > self._success_t:
                 self._success_t = sample.t
-            if self._failure_t is None or sample.t >= self._failure_t:
-                self.consecutive_failures = 0
-                self._run.clear()
-                self._failure_t = None
+            if self._run:
+                kept = [failure for failure in self._run if failure[0] > sample.t]
+                if len(kept) != len(self._run):
+                    self._run = deque(kept, maxlen=RUN_KEPT)
+        self.consecutive_failures = len(self._run)
         if self.state == "closed":
             # evicted on every attempt, not only when a failure asks for the rate: a run of
             # successes kept every sample since the circuit last closed (25 bytes each, 4.5 MB
@@ -125,10 +125,20 @@ class CircuitBreaker:
                 self.probe_since = None  # a rate limit or a client-side outcome proves nothing
         self.tick(now)
 
+    def _clamp(self, now: datetime) -> None:
+        """Times past ``now`` are ``now``: the clock stepped back (an NTP correction), and the
+        times taken before the step are ahead of it. Kept as they were, every attempt for the
+        step's length was older than the last success or the last close, and judged nothing."""
+        if self._success_t is not None and self._success_t > now:
+            self._success_t = now
+        if self.closed_at is not None and self.closed_at > now:
+            self.closed_at = now
+
     def _trip_reason(self, now: datetime) -> str | None:
         c = self._config
         if self.consecutive_failures >= c.down_consecutive_failures:
-            return f"{self.consecutive_failures} consecutive failures: {', '.join(self._run)}"
+            last = [outcome for _, outcome in list(self._run)[-c.down_consecutive_failures :]]
+            return f"{self.consecutive_failures} consecutive failures: {', '.join(last)}"
         self._trip.evict(now)
         if decide(self._trip, 0, c)[0] != "down":  # the failure-rate rule, on the live counters
             return None
@@ -148,6 +158,17 @@ class CircuitBreaker:
                 "half_open",
                 f"cool-down of {self.cooldown_seconds:g}s elapsed; letting one probe through",
             )
+
+    def reopens_in(self, now: datetime) -> float | None:
+        """Seconds until the open circuit lets a probe through (None when it is not open): the
+        sooner of the wall clock's and the steady clock's (a clock stepped back an hour said
+        ``retry-after: 3623`` for a probe 24 s away: a re-test)."""
+        if self.state != "open" or self.retry_at is None:
+            return None
+        left = (self.retry_at - now).total_seconds()
+        if self._retry_by is not None:
+            left = min(left, self._retry_by - monotonic())
+        return max(left, 0.0)
 
     def allow(self, now: datetime) -> bool:
         """May a request be sent to this provider now? In half_open, yes to one probe at a time
@@ -191,7 +212,7 @@ class CircuitBreaker:
         self.cooldown_seconds = self._config.cooldown_seconds
         self.consecutive_failures = 0
         self._run.clear()
-        self._success_t, self._failure_t = at, None
+        self._success_t = at
         self._trip.clear()
         self._change(at, "closed", f"probe succeeded{down_for}")
 

@@ -233,9 +233,9 @@ class HealthView:
         """``Router.circuits``: seconds until the provider's open circuit lets a probe through;
         None when it is not open."""
         tracked = self._providers.get(provider)
-        if tracked is None or tracked.breaker.state != "open" or tracked.breaker.retry_at is None:
+        if tracked is None:
             return None
-        return max((tracked.breaker.retry_at - self._clock()).total_seconds(), 0.0)
+        return tracked.breaker.reopens_in(self._clock())
 
     def peek(self, provider: str) -> bool:
         """``Router.circuits``: what :meth:`gate` would say now, without taking the half-open probe's

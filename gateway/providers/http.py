@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from gateway import errors
-from gateway.providers.upstream_http import ClientGone, PoolBusy, UpstreamClient
+from gateway.providers.upstream_http import WIRE, ClientGone, PoolBusy, UpstreamClient
 from gateway.providers.upstream_response import BodyCut, Response, Timeout
 from gateway.safe_text import redact_secrets
 from gateway.types import UnreadableUsage, Usage
@@ -183,9 +183,13 @@ async def post(
             f"{provider}: cannot call the provider's endpoint ({exc.__class__.__name__}): see the gateway's log",
             provider=provider,
         ) from exc
+    refused = False
     try:
         async with exchange as resp:
             if resp.status >= 300:
+                refused = True  # no answer to bill, whatever comes of its body
+                if (wire := WIRE.get()) is not None:
+                    wire.state = "answered"
                 parsed, raw = await read_error_body(resp)
                 raise classify(resp.status, resp.headers, parsed, raw)
             yield resp
@@ -200,7 +204,7 @@ async def post(
         timed_out = errors.UpstreamTimeout(f"{provider}: request timed out", provider=provider)
         # the provider had the whole request: it bills the call whether or not its answer is read
         # (recorded free, a review's three 6 s answers, each given up at 4 s, cost $0)
-        timed_out.billed_unseen = exchange.sent
+        timed_out.billed_unseen = exchange.sent and not refused
         raise timed_out from exc
     except BodyCut as exc:
         raise errors.StreamCut(f"{provider}: response body cut: {exc}", provider=provider) from exc

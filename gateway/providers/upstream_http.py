@@ -70,7 +70,8 @@ QUEUED: ContextVar[float] = ContextVar("upstream_queued", default=0.0)
 
 class Wire:
     """How far the current attempt's request got: ``queued`` for a free connection,
-    ``connecting``, ``sending``, or ``sent`` whole (the provider has it, and may bill it). The
+    ``connecting``, ``sending``, ``sent`` whole (the provider has it, and may bill it), or
+    ``answered`` with an error status (a refusal, not billed). The
     router gives each attempt one (:data:`WIRE`) and reads it when its own deadline cuts the
     attempt short, which no exception of the exchange then says."""
 

@@ -497,7 +497,9 @@ class Router:
             # provider (a 5xx blip of a model only one provider serves, which the gateway does
             # not retry there), or nothing sent (connections refused or busy, circuits open):
             # the client may come back, after ``retry-after`` when known
-            client_should_retry=False if _permanent(outcomes) or _sent(attempts.failures) >= 2 else None,
+            client_should_retry=(
+                False if (_permanent(outcomes) and not attempts.skipped) or _sent(attempts.failures) >= 2 else None
+            ),
         )
         # every circuit open: the client may come back when the first lets a probe through (the
         # 503 said nothing, and the SDK retried at 0.5 to 8 s into a 30 s cool-down: review)
@@ -776,7 +778,11 @@ def _first_content_timeout(provider: str, seconds: float, wire: Wire) -> errors.
     connection, nothing was sent (no attempt: a review saw such waits recorded as the
     provider's timeouts, counted against its health); sent whole, the provider bills it all the
     same (``providers.http.post``), at a cost nobody told us."""
-    if wire.state == "queued":
+    if wire.state in ("queued", "answered"):
+        if wire.state == "answered":  # an error status, its body still coming: the vendor's refusal
+            return errors.UpstreamTimeout(
+                f"{provider}: an error answer's body did not come within {seconds:g}s", provider=provider
+            )
         return errors.ConnectionsBusy(
             f"{provider}: every connection to the provider stayed busy for the request timeout, "
             "the request was not sent",

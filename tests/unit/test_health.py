@@ -867,3 +867,57 @@ def test_another_replicas_auth_and_connection_errors_are_its_own(clock: ManualCl
         clock.advance(1)
         sync._apply(ev("upstream_error", at=clock.now).to_json())
     assert view.health("openai").circuit == "open"
+
+
+def test_a_success_that_arrives_late_ends_only_the_failures_before_it(clock: ManualClock) -> None:
+    """Another replica's success comes through the sync a moment late, inside a local run: it
+    ends the failures before it, not the run after it (a diff review: 5 counted where 2
+    followed the last success, and the circuit opened)."""
+    view, _ = make_view(clock, down_min_attempts=1000)
+    start = clock.now
+    for second in (1, 2, 3, 4):
+        clock.advance(1)
+        view.apply(ev("upstream_error", at=start + timedelta(seconds=second)))
+    clock.advance(1)
+    view.apply(ev("success", at=start + timedelta(seconds=3.5)))  # between the 3rd and the 4th
+    view.apply(ev("upstream_error", at=clock.now))
+    health = view.health("openai")
+    assert (health.circuit, health.consecutive_failures) == ("closed", 2)
+
+
+def test_a_clock_stepped_back_still_counts_a_run_of_failures(clock: ManualClock) -> None:
+    """After an NTP step back every new attempt is older than the last success counted before
+    it: the run of failures never grew, and a provider gone down kept its traffic (a diff
+    review). Times ahead of the clock are taken as now."""
+    view, _ = make_view(clock, down_min_attempts=1000)
+    feed(view, clock, "success")
+    clock.advance(-3600)
+    feed(view, clock, *["upstream_error"] * 5)
+    assert view.health("openai").circuit == "open"
+
+
+def test_after_a_step_back_the_probe_closes_the_circuit_and_retry_after_is_real_time(
+    clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-test: a circuit closed once before, opened again, then the clock stepped back an
+    hour. The probe's success was older than the last close and was dropped: half-open for the
+    hour; and the 503's retry-after said 3623 s for a probe 24 s away."""
+    from gateway.health import breaker as breaker_module
+
+    steady = [1000.0]
+    monkeypatch.setattr(breaker_module, "monotonic", lambda: steady[0])
+    view = HealthView(HealthSettings(cooldown_seconds=30), clock=clock, steady=True)
+    feed(view, clock, *["upstream_error"] * 5)
+    steady[0] += 31
+    clock.advance(31)
+    assert view.gate("openai")
+    feed(view, clock, "success")  # closed once
+    assert view.health("openai").circuit == "closed"
+    feed(view, clock, *["upstream_error"] * 5)  # open again
+    clock.advance(-3600)
+    steady[0] += 6
+    assert view.reopens_in("openai") == pytest.approx(24, abs=1)
+    steady[0] += 25
+    assert view.gate("openai")
+    feed(view, clock, "success")  # the probe's answer, stamped by the stepped clock
+    assert view.health("openai").circuit == "closed"

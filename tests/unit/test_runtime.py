@@ -221,10 +221,14 @@ def test_a_pgbouncer_url_is_refused_at_start_saying_why(
 ) -> None:
     """Prisma's ``pgbouncer=true`` was dropped and the URL taken: transaction pooling cannot
     carry the sink's session settings and temporary staging table. Refused in one line."""
-    monkeypatch.setenv("DATABASE_URL", "postgresql://u:s3cr3t-pw@pool:6432/app?connection_limit=1&pgbouncer=true")
-    assert cli.main(["costs", "--tenant", "t"]) == 2
-    err = capsys.readouterr().err
-    assert "PgBouncer" in err and "s3cr3t" not in err
+    for url in (
+        "postgresql://u:s3cr3t-pw@pool:6432/app?connection_limit=1&pgbouncer=true",
+        "postgresql://u:s3cr3t-pw@pool:6432/app?pgbouncer=%74rue#x",  # as the URL's reader decodes it
+    ):
+        monkeypatch.setenv("DATABASE_URL", url)
+        assert cli.main(["costs", "--tenant", "t"]) == 2
+        err = capsys.readouterr().err
+        assert "PgBouncer" in err and "s3cr3t" not in err
 
 
 @pytest.mark.usefixtures("restore_gc", "restore_logging")

@@ -93,3 +93,45 @@ async def test_a_stream_still_waiting_for_a_connection_at_the_deadline_is_no_att
     assert info.value.code == errors.ConnectionsBusy.code
     assert log.events == []  # no attempt: nothing was sent, the provider's health is not told
     assert len(sim.requests) == 1  # the held stream's alone
+
+
+@pytest.fixture
+async def refusing_port() -> AsyncIterator[int]:
+    """A server that answers 500 with a body it never finishes."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"
+        )
+        await writer.drain()
+        held.append(writer)
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_an_error_answer_whose_body_stalls_is_not_billed(refusing_port: int, stream: bool) -> None:
+    """A 500 whose body never finished: a refusal, not an answer to bill (a diff review: the
+    deadline took it for a request sent and unanswered, billable at an unknown cost)."""
+    log = MemoryEventLog()
+    async with UpstreamClient() as session:
+        timeouts = Timeouts(request=0.5, connect=0.5, stream_idle=5)
+        settings = ProviderSettings(api_key=KEY, base_url=f"http://127.0.0.1:{refusing_port}/v1")
+        router = router_for(OpenAIProvider(settings, session, timeouts), log, 0.5)
+        ctx = CallContext("r3", "acme", None, "chat.completions", stream, "gpt-4o")
+        request = stream_request() if stream else ChatRequest(model="gpt-4o", messages=[Message("user", "hi")])
+        with pytest.raises(errors.AllProvidersFailed):
+            if stream:
+                await router.open_stream(ctx, request)
+            else:
+                await router.complete(ctx, request)
+    [event] = log.events
+    assert (event.billable, event.cost_usd) == (False, 0)
