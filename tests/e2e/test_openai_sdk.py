@@ -196,6 +196,23 @@ async def test_one_failed_attempt_leaves_the_sdk_its_retry() -> None:
         assert len(gw.sims["openai"].requests) == 2  # the blip, then the SDK's retry
 
 
+async def test_a_refusal_beside_a_provider_skipped_for_its_circuit_leaves_the_sdk_its_retry() -> None:
+    """Every provider tried refused for good (a 401), but one was only skipped for its open
+    circuit, which lets a probe through within its cool-down: the client may come back."""
+    from tests.support.gateway import running_gateway
+
+    async with running_gateway(providers=("openai", "anthropic")) as gw:
+        gw.sims["openai"].faults.always(Fault("server_error"))
+        async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="unused", max_retries=0) as c:
+            for _ in range(5):  # openai fails, anthropic serves; openai's circuit opens
+                await c.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
+            gw.sims["anthropic"].faults.always(Fault("auth"))
+            with pytest.raises(openai.APIStatusError) as info:
+                await c.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
+    assert "openai: skipped (circuit open)" in info.value.message
+    assert info.value.response.headers.get("x-should-retry") is None
+
+
 async def test_all_providers_failing_is_one_clear_5xx(gw: RunningGateway) -> None:
     for sim in gw.sims.values():
         sim.faults.always(Fault("server_error"))
