@@ -131,9 +131,9 @@ class GatewayMetrics:
         return generate_latest(self.registry)
 
 
-#: set on a request whose client left before the end of its answer (a stream cut short by it):
-#: counted as 499, as nginx counts it
-CLIENT_LEFT = "llm_gateway.client_left"
+#: an attribute true on a prepared answer (a stream) whose client left before its end: counted
+#: as 499, as nginx counts it
+CLIENT_LEFT = "client_left"
 
 METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics", GatewayMetrics)
 #: the authenticator ``GET /metrics`` asks for an admin key (``metrics_auth``); absent: open
@@ -153,8 +153,10 @@ def metrics_middleware(metrics: GatewayMetrics, inner: Middleware | None = None)
         try:
             response = await (handler(request) if inner is None else inner(request, handler))
             status = response.status
-            if request.get(CLIENT_LEFT) or (
-                not response.prepared and ((transport := request.transport) is None or transport.is_closing())
+            if (
+                getattr(response, CLIENT_LEFT, False)
+                if response.prepared
+                else (transport := request.transport) is None or transport.is_closing()
             ):
                 # its client left before the answer (an SDK's timeout, then its retry): the call
                 # ran and is billed, nobody read it. 499 as nginx counts it, not a 200 (a review

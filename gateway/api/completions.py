@@ -15,7 +15,6 @@ from gateway.api.middleware import REQUEST_ID, ClientWatch
 from gateway.api.responses import ChunkFormatter, chat_completion, text_completion
 from gateway.api.state import STATE, GatewayState
 from gateway.api.validation import ParsedRequest, parse_chat, parse_completion
-from gateway.metrics import CLIENT_LEFT
 from gateway.pricing.base import format_usd
 from gateway.providers.upstream_http import CLIENT_GONE
 from gateway.routing.router import StreamSession
@@ -161,6 +160,8 @@ class EventStream(web.StreamResponse):
     first content is in hand, and the first batch always makes an event (the role chunk)."""
 
     _send_headers_immediately = False
+    #: its client left before its end (``gateway.metrics.CLIENT_LEFT``: a 499 in the metrics)
+    client_left = False
 
 
 def _sse(obj: Any) -> bytes:
@@ -241,14 +242,14 @@ async def _stream(
         await response.write_eof(b"".join(tail))
     except ConnectionError:  # reset, or lost while a write waited (a plain ConnectionError: a 500 before)
         _client_gone(ctx, session)
-        request[CLIENT_LEFT] = True
+        response.client_left = True
         log.info("client went away during the stream of request %s", ctx.request_id)
     finally:
         watch.close()
         if session.event is None:  # cancelled (the client went away while we waited)
             _client_gone(ctx, session)
             if (transport := request.transport) is None or transport.is_closing():
-                request[CLIENT_LEFT] = True  # (not a bug's exception: that is no 499)
+                response.client_left = True  # (not a bug's exception: that is no 499)
         await session.aclose()
     return response
 
