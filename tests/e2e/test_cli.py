@@ -10,6 +10,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -261,6 +262,17 @@ async def test_sigterm_lets_the_calls_in_flight_finish_with_their_events(tmp_pat
     assert len(values) == 2 and all(b'"outcome":"success"' in bytes(v) for v in values)
 
 
+async def first_health(port: int, seconds: float) -> tuple[int, Any]:
+    """The first answer of ``GET /healthz`` on ``port``, once something listens there."""
+    async with aiohttp.ClientSession() as http, asyncio.timeout(seconds):
+        while True:
+            try:
+                async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                    return resp.status, await resp.json()
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.2)
+
+
 async def test_consume_without_its_broker_waits_for_it_saying_so(tmp_path: Path) -> None:
     """`consume` started before its broker exited at once (a deploy restarting both left
     projection to a supervisor's restart policy): it waits, its health says why (503, not
@@ -268,15 +280,7 @@ async def test_consume_without_its_broker_waits_for_it_saying_so(tmp_path: Path)
     port = free_port()
     env = clean_env(tmp_path) | {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"}
     async with process("consume", "--port", str(port), env=env) as proc:
-        async with aiohttp.ClientSession() as http:
-            async with asyncio.timeout(60):
-                while True:
-                    try:
-                        async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
-                            status, health = resp.status, await resp.json()
-                            break
-                    except aiohttp.ClientConnectionError:
-                        await asyncio.sleep(0.2)
+        status, health = await first_health(port, 60)
         proc.terminate()
         _, err = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 0
@@ -297,15 +301,7 @@ async def test_consume_on_a_broker_address_that_never_answers_serves_health_and_
         port = free_port()
         env = clean_env(tmp_path) | {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{silent.getsockname()[1]}"}
         async with process("consume", "--port", str(port), env=env) as proc:
-            async with aiohttp.ClientSession() as http:
-                async with asyncio.timeout(30):
-                    while True:
-                        try:
-                            async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
-                                status, health = resp.status, await resp.json()
-                                break
-                        except aiohttp.ClientConnectionError:
-                            await asyncio.sleep(0.2)
+            status, health = await first_health(port, 30)
             await asyncio.sleep(2.0)  # its next try (1 s on) is waiting for the silent broker now
             proc.terminate()
             _, err = await asyncio.wait_for(proc.communicate(), 10)

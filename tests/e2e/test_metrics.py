@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -59,28 +62,36 @@ async def test_metrics_may_take_an_admin_key() -> None:
         assert statuses == ([401, 403, 200] if required else [200, 200, 200])
 
 
-async def test_an_answer_its_client_left_before_counts_as_499_not_200(gw: RunningGateway) -> None:
-    """An SDK gave up on a slow call (its timeout) and retried: the first call ran on and was
-    billed, and the metrics counted its answer, which nobody read, as a 200."""
-    import asyncio
-
-    gw.sims["openai"].faults.push(Fault("delay", delay=0.6))  # answers after 0.6 s
+async def metrics_once_the_client_left(gw: RunningGateway, body: dict[str, object]) -> dict[Any, float]:
+    """POST ``body`` with a client that gives up after 0.2 s (the upstream answers after 0.6 s),
+    then the metrics once the gateway has counted that request as a 499 (or after 2.5 s)."""
+    gw.sims["openai"].faults.push(Fault("delay", delay=0.6))
     async with aiohttp.ClientSession() as s:
-        timeout = aiohttp.ClientTimeout(total=0.2)
         try:
-            async with s.post(f"{gw.base_url}/chat/completions", json=CHAT, timeout=timeout) as r:
+            timeout = aiohttp.ClientTimeout(total=0.2)
+            async with s.post(f"{gw.base_url}/chat/completions", json=body, timeout=timeout) as r:
                 await r.read()
         except TimeoutError:
             pass
-        route = (("route", "/v1/chat/completions"), ("status", "499"))
         for _ in range(50):  # the call ends once the upstream answers
             async with s.get(f"{gw.url}/metrics") as r:
                 m = samples(await r.text())
-            if m.get(("llm_gateway_requests_total", route)):
+            if m.get(("llm_gateway_requests_total", ANSWERED_499)):
                 break
             await asyncio.sleep(0.05)
-    assert m[("llm_gateway_requests_total", route)] == 1
-    assert ("llm_gateway_requests_total", (("route", "/v1/chat/completions"), ("status", "200"))) not in m
+    return m
+
+
+ANSWERED_499 = (("route", "/v1/chat/completions"), ("status", "499"))
+ANSWERED_200 = (("route", "/v1/chat/completions"), ("status", "200"))
+
+
+async def test_an_answer_its_client_left_before_counts_as_499_not_200(gw: RunningGateway) -> None:
+    """An SDK gave up on a slow call (its timeout) and retried: the first call ran on and was
+    billed, and the metrics counted its answer, which nobody read, as a 200."""
+    m = await metrics_once_the_client_left(gw, CHAT)
+    assert m[("llm_gateway_requests_total", ANSWERED_499)] == 1
+    assert ("llm_gateway_requests_total", ANSWERED_200) not in m
     [event] = gw.event_log.events
     assert event.outcome == "success" and event.billable  # it ran, and is billed
 
@@ -88,27 +99,8 @@ async def test_an_answer_its_client_left_before_counts_as_499_not_200(gw: Runnin
 async def test_a_stream_its_client_left_counts_as_499_not_200(gw: RunningGateway) -> None:
     """A stream whose client left before its end was counted a 200 (its status line had gone, or
     was about to, when the write failed); it is counted as 499."""
-    import asyncio
-
-    gw.sims["openai"].faults.push(Fault("delay", delay=0.6))
-    async with aiohttp.ClientSession() as s:
-        try:
-            async with s.post(
-                f"{gw.base_url}/chat/completions",
-                json={**CHAT, "stream": True},
-                timeout=aiohttp.ClientTimeout(total=0.2),
-            ) as r:
-                await r.read()
-        except TimeoutError:
-            pass
-        route = (("route", "/v1/chat/completions"), ("status", "499"))
-        for _ in range(50):
-            async with s.get(f"{gw.url}/metrics") as r:
-                m = samples(await r.text())
-            if m.get(("llm_gateway_requests_total", route)):
-                break
-            await asyncio.sleep(0.05)
-    assert m[("llm_gateway_requests_total", route)] == 1
-    assert ("llm_gateway_requests_total", (("route", "/v1/chat/completions"), ("status", "200"))) not in m
+    m = await metrics_once_the_client_left(gw, {**CHAT, "stream": True})
+    assert m[("llm_gateway_requests_total", ANSWERED_499)] == 1
+    assert ("llm_gateway_requests_total", ANSWERED_200) not in m
     [event] = gw.event_log.events  # recorded once: whole from the upstream, so priced whole
     assert event.outcome in ("success", "cancelled")
