@@ -71,8 +71,9 @@ class CircuitBreaker:
         #: outage): a failure older than a success already counted is not in the run after it,
         #: and a success ends only the failures older than itself. The last RUN_KEPT.
         self._run: deque[tuple[datetime, str]] = deque(maxlen=RUN_KEPT)
-        #: the newest success counted (event time)
+        #: the newest success counted (event time), and the newest failure of the run
         self._success_t: datetime | None = None
+        self._run_latest: datetime | None = None
         self._trip = RollingWindow(config.window_seconds)
         self.cooldown_seconds = config.cooldown_seconds
         self.opened_at: datetime | None = None
@@ -95,6 +96,8 @@ class CircuitBreaker:
         if sample.kind == "failure":
             if self._success_t is None or sample.t >= self._success_t:
                 self._run.append((sample.t, sample.outcome))
+                if self._run_latest is None or sample.t > self._run_latest:
+                    self._run_latest = sample.t
         elif sample.kind == "success":
             if self._success_t is None or sample.t > self._success_t:
                 self._success_t = sample.t
@@ -133,6 +136,11 @@ class CircuitBreaker:
             self._success_t = now
         if self.closed_at is not None and self.closed_at > now:
             self.closed_at = now
+        if self._run and self._run_latest is not None and self._run_latest > now:
+            # failures stamped before the step: a success now must end them (they kept the run
+            # going for the step's length, and one more failure opened the circuit: a re-test)
+            self._run = deque(((min(t, now), outcome) for t, outcome in self._run), maxlen=RUN_KEPT)
+            self._run_latest = now
 
     def _trip_reason(self, now: datetime) -> str | None:
         c = self._config
@@ -212,7 +220,7 @@ class CircuitBreaker:
         self.cooldown_seconds = self._config.cooldown_seconds
         self.consecutive_failures = 0
         self._run.clear()
-        self._success_t = at
+        self._success_t, self._run_latest = at, None
         self._trip.clear()
         self._change(at, "closed", f"probe succeeded{down_for}")
 

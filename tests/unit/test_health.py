@@ -921,3 +921,16 @@ def test_after_a_step_back_the_probe_closes_the_circuit_and_retry_after_is_real_
     assert view.gate("openai")
     feed(view, clock, "success")  # the probe's answer, stamped by the stepped clock
     assert view.health("openai").circuit == "closed"
+
+
+def test_a_success_after_a_step_back_ends_the_failures_before_the_step(clock: ManualClock) -> None:
+    """A re-test: 4 failures, the clock stepped back, successes (stamped before those failures)
+    did not end the run, and one more failure opened the circuit."""
+    view, _ = make_view(clock, down_min_attempts=1000)
+    feed(view, clock, *["upstream_error"] * 4)
+    clock.advance(-5)
+    feed(view, clock, "success")
+    assert view.health("openai").consecutive_failures == 0
+    feed(view, clock, "upstream_error")
+    health = view.health("openai")
+    assert (health.circuit, health.consecutive_failures) == ("closed", 1)
