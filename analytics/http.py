@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
+import duckdb
 from aiohttp import web
 from multidict import MultiMapping
 
@@ -113,7 +114,7 @@ async def costs(request: web.Request) -> web.Response:
     limit = parse_limit(query.get("limit"))
     try:
         result = await request.app[COSTS].get_costs_for_tenant(tenant, start, end, limit=limit)
-    except StoreError as exc:  # was a 500
+    except (StoreError, duckdb.Error) as exc:  # was a 500 (a store DuckDB invalidated, a full disk)
         raise AnalyticsUnavailable(str(exc)) from exc
     return web.Response(body=result.to_json(), content_type="application/json")
 

@@ -84,6 +84,11 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 
 
+def _fatal(exc: duckdb.Error) -> bool:
+    """DuckDB invalidated the database: every later call on the connection fails."""
+    return isinstance(exc, duckdb.FatalException) or "database has been invalidated" in str(exc)
+
+
 class StoreError(RuntimeError):
     """The analytics file cannot be opened as asked (missing, not migrated, too new)."""
 
@@ -201,6 +206,8 @@ class AnalyticsStore:
         # free space, and one analyst's query wrote 5.6 GB in 25 s in a review
         self.config["max_temp_directory_size"] = MAX_SPILL
         self._conn: duckdb.DuckDBPyConnection | None = None
+        #: the connection was dropped after a fatal error: ``run`` opens the file again
+        self._invalidated = False
         self._scratch: Path | None = None
         self._lock = asyncio.Lock()
 
@@ -277,8 +284,15 @@ class AnalyticsStore:
         return self._conn
 
     async def run(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
-        """Run ``fn(connection)`` in a worker thread, alone on the connection."""
+        """Run ``fn(connection)`` in a worker thread, alone on the connection. A connection
+        DuckDB invalidated (a fatal error: a checkpoint on a full disk) is closed, and the file
+        opened again at the next call (its write-ahead log replayed), instead of every call
+        failing on it until a restart (a storage review)."""
         async with self._lock:
+            if self._conn is None and self._invalidated:
+                await asyncio.to_thread(self.open_sync)  # raises again while the cause lasts
+                self._invalidated = False
+                log.warning("analytics store %s: opened again after a fatal error", self.path)
             conn = self.connection
             work = asyncio.ensure_future(asyncio.to_thread(fn, conn))
             try:
@@ -288,6 +302,21 @@ class AnalyticsStore:
                 # until the thread is done, then let the cancellation through
                 await asyncio.wait([work])
                 raise
+            except duckdb.Error as exc:
+                if _fatal(exc):
+                    log.error("analytics store %s: %s; it is opened again at the next use", self.path, exc)
+                    self._invalidated = True
+                    await asyncio.to_thread(self._drop_connection)
+                raise
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(duckdb.Error):
+                conn.close()
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
 
     async def fetchall(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         return await self.run(lambda conn: conn.execute(sql, params).fetchall())
