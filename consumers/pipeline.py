@@ -81,7 +81,7 @@ class Pipeline:
                 await asyncio.wait_for(self._connect_log(), LOG_FIRST_TRY)
             except TimeoutError as slow:
                 raise LogUnanswered(f"no answer within {LOG_FIRST_TRY:g}s") from slow
-            await self._start_log()
+            await self._begin()
         except Exception as exc:
             if not _unreachable(exc):
                 raise
@@ -99,8 +99,11 @@ class Pipeline:
         await self.reader.start()
 
     async def _start_log(self) -> None:
-        """:meth:`_connect_log`, then catch a new cost store up and start the sinks."""
         await self._connect_log()
+        await self._begin()
+
+    async def _begin(self) -> None:
+        """Once the log answers: catch a new cost store up, and start the sinks."""
         if await catch_up.pending(self.store):
             behind = catch_up.CatchUp(self.store, self.reader)
             if await self.reader.has_committed():
