@@ -258,12 +258,14 @@ class AnalyticsStore:
         self._scratch = scratch
 
     def close_sync(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-        if self._scratch is not None:
-            shutil.rmtree(self._scratch, ignore_errors=True)
-            self._scratch = None
+        conn, self._conn = self._conn, None
+        try:
+            if conn is not None:
+                conn.close()
+        finally:
+            if self._scratch is not None:
+                shutil.rmtree(self._scratch, ignore_errors=True)
+                self._scratch = None
 
     async def open(self) -> None:
         async with self._lock:
@@ -310,13 +312,8 @@ class AnalyticsStore:
                 raise
 
     def _drop_connection(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(duckdb.Error):
-                conn.close()
-        if self._scratch is not None:
-            shutil.rmtree(self._scratch, ignore_errors=True)
-            self._scratch = None
+        with contextlib.suppress(duckdb.Error):  # an invalidated connection may refuse to close
+            self.close_sync()
 
     async def fetchall(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
         return await self.run(lambda conn: conn.execute(sql, params).fetchall())

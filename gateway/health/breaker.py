@@ -65,7 +65,6 @@ class CircuitBreaker:
         self._config = config
         self._on_change = on_change
         self.state: CircuitState = "closed"
-        self.consecutive_failures = 0
         #: the current run of failures: (event time, outcome), in arrival order. Events arrive out
         #: of their order (another replica's through the sync, a spool forwarded after a broker
         #: outage): a failure older than a success already counted is not in the run after it,
@@ -105,7 +104,6 @@ class CircuitBreaker:
                 kept = [failure for failure in self._run if failure[0] > sample.t]
                 if len(kept) != len(self._run):
                     self._run = deque(kept, maxlen=RUN_KEPT)
-        self.consecutive_failures = len(self._run)
         if self.state == "closed":
             # evicted on every attempt, not only when a failure asks for the rate: a run of
             # successes kept every sample since the circuit last closed (25 bytes each, 4.5 MB
@@ -127,6 +125,11 @@ class CircuitBreaker:
             else:
                 self.probe_since = None  # a rate limit or a client-side outcome proves nothing
         self.tick(now)
+
+    @property
+    def consecutive_failures(self) -> int:
+        """The current run of failures (by event time, since the last success before them)."""
+        return len(self._run)
 
     def _clamp(self, now: datetime) -> None:
         """Times past ``now`` are ``now``: the clock stepped back (an NTP correction), and the
@@ -218,7 +221,6 @@ class CircuitBreaker:
         self.opened_at = self.retry_at = self.probe_since = None
         self._retry_by = self._probe_by = None
         self.cooldown_seconds = self._config.cooldown_seconds
-        self.consecutive_failures = 0
         self._run.clear()
         self._success_t, self._run_latest = at, None
         self._trip.clear()

@@ -778,15 +778,15 @@ def _first_content_timeout(provider: str, seconds: float, wire: Wire) -> errors.
     connection, nothing was sent (no attempt: a review saw such waits recorded as the
     provider's timeouts, counted against its health); sent whole, the provider bills it all the
     same (``providers.http.post``), at a cost nobody told us."""
-    if wire.state in ("queued", "answered"):
-        if wire.state == "answered":  # an error status, its body still coming: the vendor's refusal
-            return errors.UpstreamTimeout(
-                f"{provider}: an error answer's body did not come within {seconds:g}s", provider=provider
-            )
+    if wire.state == "queued":
         return errors.ConnectionsBusy(
             f"{provider}: every connection to the provider stayed busy for the request timeout, "
             "the request was not sent",
             provider=provider,
+        )
+    if wire.state == "answered":  # an error status, its body still coming: the vendor's refusal
+        return errors.UpstreamTimeout(
+            f"{provider}: an error answer's body did not come within {seconds:g}s", provider=provider
         )
     message = f"{provider}: no content within {seconds:g}s (the request timeout)"
     timed_out = errors.UpstreamTimeout(message, provider=provider)
