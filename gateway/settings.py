@@ -13,12 +13,12 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway import strict_yaml
+from gateway.database_url import dsn_options
 from gateway.events import INDEXED_TEXT
 from gateway.health.config import HealthSettings
 from gateway.urls import http_url_problem
@@ -234,9 +234,7 @@ class Settings(BaseSettings):
         message leaves the value out (it holds a password)."""
         if value is not None and not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("DATABASE_URL must be a postgresql:// (or postgres://) URL")
-        if value is not None and any(
-            name == "pgbouncer" and flag.lower() == "true" for name, flag in parse_qsl(urlsplit(value).query)
-        ):
+        if value is not None and dsn_options(value).pgbouncer:
             # transaction pooling hands each transaction any server connection: the sink's
             # session settings (search path, idle timeout), which PgBouncer refuses at connect,
             # and its temporary staging table would not follow it

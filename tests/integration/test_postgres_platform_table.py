@@ -11,7 +11,8 @@ import asyncpg
 import pytest
 
 from consumers.sinks.base import SinkError
-from consumers.sinks.postgres import DsnOptions, PostgresSink, dsn_options
+from consumers.sinks.postgres import PostgresSink
+from gateway.database_url import DsnOptions, dsn_options
 from tests.contract.test_sink_contract import make_event, scratch_schema
 
 pytestmark = pytest.mark.postgres
