@@ -19,7 +19,7 @@ Postgres 15, 2 shared cores): ~75k rows/s inserted, ~125k/s re-delivered, agains
 ``executemany`` and ~40k for ``INSERT ... SELECT FROM unnest($1::text[], ...)``.
 
 - **Direct COPY while the table holds none of the events**: when ``"LLMUsage"`` was empty at
-  start (or after :meth:`reset`), batches are COPYed straight into it, without the staging
+  start (or after :meth:`reset`) and has no ``"updatedAt"`` of the platform's, batches are COPYed straight into it, without the staging
   table and the upsert (about 2 µs less Postgres CPU per event). Plain inserts differ from the
   upsert only when a row with the same id exists, and then the COPY fails whole with a unique
   violation: that batch is upserted instead, and so is every later one (the sink stops trying).
@@ -76,20 +76,48 @@ _QUOTED = ", ".join(f'"{c}"' for c in COLUMNS)
 CREATE_STAGE = (
     f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGE} ON COMMIT DELETE ROWS AS SELECT {_QUOTED} FROM {TABLE} WITH NO DATA"
 )
-UPSERT_FROM_STAGE = (
-    f"INSERT INTO {TABLE} ({_QUOTED}) SELECT {_QUOTED} FROM {STAGE} "
-    'ON CONFLICT ("id") DO UPDATE SET '
-    + ", ".join(f"{c} = EXCLUDED.{c}" for c in _REPRICED)
-    + " WHERE "
-    + " OR ".join(f"{TABLE}.{c} IS DISTINCT FROM EXCLUDED.{c}" for c in _REPRICED)
-)
+#: the platform's ``"updatedAt"`` (Prisma's ``@updatedAt``), when its table has one: the time a
+#: row was last written. Prisma sets it in its client, so `prisma migrate` gives the column no
+#: default (``"updatedAt" TIMESTAMP(3) NOT NULL``): left to its default, every insert failed and
+#: the projection paused for good; and a repriced row kept the time it was first written, so a
+#: platform's sync of changed rows (``WHERE "updatedAt" > last_sync``) never saw the correction
+UPDATED_AT = '"updatedAt"'
+
+
+def merge_from_stage(*, corrects: bool, updated_at: bool) -> str:
+    """The statement that moves the staged batch into the table. ``corrects``: a stored row
+    takes the batch's cost and price version (only if they differ); else it is kept as stored.
+    ``updated_at``: the table has ``"updatedAt"``, set to the transaction's time on every row
+    this writes (and only those)."""
+    columns, values = _QUOTED, _QUOTED
+    if updated_at:
+        columns, values = f"{_QUOTED}, {UPDATED_AT}", f"{_QUOTED}, now()"
+    insert = f'INSERT INTO {TABLE} ({columns}) SELECT {values} FROM {STAGE} ON CONFLICT ("id") DO '
+    if not corrects:
+        return insert + "NOTHING"
+    updated = (*_REPRICED, UPDATED_AT) if updated_at else _REPRICED
+    return (
+        insert
+        + "UPDATE SET "
+        + ", ".join(f"{c} = EXCLUDED.{c}" for c in updated)
+        + " WHERE "
+        + " OR ".join(f"{TABLE}.{c} IS DISTINCT FROM EXCLUDED.{c}" for c in _REPRICED)
+    )
+
+
+UPSERT_FROM_STAGE = merge_from_stage(corrects=True, updated_at=False)
 #: the live projector's (``corrects`` False): a stored row is kept as it is
-INSERT_NEW_FROM_STAGE = f'INSERT INTO {TABLE} ({_QUOTED}) SELECT {_QUOTED} FROM {STAGE} ON CONFLICT ("id") DO NOTHING'
+INSERT_NEW_FROM_STAGE = merge_from_stage(corrects=False, updated_at=False)
 IS_EMPTY = f"SELECT NOT EXISTS (SELECT 1 FROM {TABLE})"
 #: whether "createdAt" is a ``timestamp`` without time zone (the platform's table, made by an ORM)
 CREATED_AT_IS_NAIVE = (
     "SELECT coalesce((SELECT atttypid = 'timestamp'::regtype FROM pg_attribute "
     f"WHERE attrelid = to_regclass('{TABLE}') AND attname = 'createdAt' AND NOT attisdropped), false)"
+)
+#: whether the table has a time column ``"updatedAt"`` (see UPDATED_AT)
+HAS_UPDATED_AT = (
+    "SELECT coalesce((SELECT atttypid IN ('timestamp'::regtype, 'timestamptz'::regtype) FROM pg_attribute "
+    f"WHERE attrelid = to_regclass('{TABLE}') AND attname = 'updatedAt' AND NOT attisdropped), false)"
 )
 #: the Sink's ``reset``: the gateway's rows (they carry a request id), not rows other writers of
 #: the platform's table may have put there. A replay --full does not use it: other gateways' logs
@@ -238,7 +266,8 @@ class PostgresSink:
         options = dsn_options(dsn)
         self._dsn = options.dsn
         self._application_name = options.application_name or "llm-gateway-consumer"
-        self._merge = UPSERT_FROM_STAGE if corrects else INSERT_NEW_FROM_STAGE
+        self._corrects = corrects
+        self._merge = merge_from_stage(corrects=corrects, updated_at=False)
         self._schema = schema or options.schema
         self._min_size = min_size
         self._max_size = max_size
@@ -250,6 +279,8 @@ class PostgresSink:
         self._direct = False
         #: "createdAt" is a ``timestamp`` without time zone: times are written as UTC without one
         self._naive_utc = False
+        #: the table has the platform's "updatedAt": written with each row (never by a direct COPY)
+        self._updated_at = False
 
     @property
     def direct(self) -> bool:
@@ -334,7 +365,7 @@ class PostgresSink:
                 await conn.execute(RESET)
         except _DRIVER_ERRORS as e:
             raise SinkError(self.name, f"{type(e).__name__}: {e}") from e
-        self._direct = True
+        self._direct = not self._updated_at
 
     async def forget(self, event_ids: Sequence[str]) -> None:
         """Delete the rows of ``event_ids``: a full rebuild's reset of a table other gateways'
@@ -382,8 +413,10 @@ class PostgresSink:
         )
         try:
             await migrate_postgres(conn, schema=self._schema, table=TABLE_NAME, columns=COLUMNS)
-            self._direct = bool(await conn.fetchval(IS_EMPTY))
             self._naive_utc = bool(await conn.fetchval(CREATED_AT_IS_NAIVE))
+            self._updated_at = bool(await conn.fetchval(HAS_UPDATED_AT))
+            self._merge = merge_from_stage(corrects=self._corrects, updated_at=self._updated_at)
+            self._direct = not self._updated_at and bool(await conn.fetchval(IS_EMPTY))
         finally:
             await conn.close()
 

@@ -4,6 +4,7 @@ no CREATE on its schema, named by a Prisma database URL. Against the real Postgr
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -18,7 +19,8 @@ from tests.contract.test_sink_contract import make_event, scratch_schema
 pytestmark = pytest.mark.postgres
 
 #: the platform's table as `prisma migrate` makes it: a DateTime is timestamp(3) without time zone,
-#: `@updatedAt` and `@default(...)` columns are NOT NULL with defaults
+#: `@default(...)` columns (here `updatedAt DateTime @default(now()) @updatedAt`) are NOT NULL
+#: with defaults. A bare `@updatedAt` has none (the last test)
 PRISMA_TABLE = """
 CREATE TABLE "{schema}"."LLMUsage" (
     "id" TEXT NOT NULL,
@@ -217,3 +219,38 @@ async def test_the_platforms_time_defaults_come_out_in_utc_whatever_the_database
         finally:
             await pg.conn.execute(f'ALTER ROLE "{role}" IN DATABASE "{database}" RESET timezone')
         assert abs((updated - created).total_seconds()) < 60  # both UTC without a zone (not 14 h apart)
+
+
+async def test_prismas_updated_at_without_a_default_is_written_with_each_row_and_each_correction() -> None:
+    """`updatedAt DateTime @updatedAt` is set by Prisma's client, so `prisma migrate` gives the
+    column no default: every insert failed its NOT NULL and the projection paused for good. And
+    a repriced row kept the time it was first written, so the platform's sync of changed rows
+    (``WHERE "updatedAt" > last_sync``) never saw the correction."""
+    async with scratch_schema("updatedat") as pg:
+        await pg.conn.execute(f'CREATE SCHEMA "{pg.schema}"')
+        table = PRISMA_TABLE.format(schema=pg.schema)
+        bare = table.replace(
+            '"updatedAt" TIMESTAMP(3) NOT NULL DEFAULT CURRENT_TIMESTAMP,', '"updatedAt" TIMESTAMP(3) NOT NULL,'
+        )
+        assert bare != table
+        await pg.conn.execute(bare)
+        live = PostgresSink(pg.url, schema=pg.schema, corrects=False)
+        pg.sinks.append(live)
+        await live.start()
+        first, second = make_event(1), make_event(2)
+        await live.apply([first, second])  # an empty table: the first batch
+        await live.apply([make_event(3)])
+        written = await stored(pg.conn, pg.schema, "updatedAt")
+        assert len(written) == 3
+        now = datetime.now(UTC).replace(tzinfo=None)
+        assert all(abs((row[2] - now).total_seconds()) < 60 for row in written.values())  # UTC, written now
+
+        replay = pg.sink()  # a replay's sink: corrects the costs that changed
+        await replay.start()
+        await asyncio.sleep(0.01)  # timestamp(3): past the millisecond of the first write
+        corrected = first.model_copy(update={"cost_usd": Decimal("0.0000031"), "price_version": "2026-02"})
+        await replay.apply([corrected, second])  # the second's cost is unchanged
+        after = await stored(pg.conn, pg.schema, "updatedAt")
+        assert after[first.event_id][0] == Decimal("0.0000031")
+        assert after[first.event_id][2] > written[first.event_id][2]  # the corrected row says so
+        assert after[second.event_id] == written[second.event_id]  # an unchanged row is not rewritten
