@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,12 +73,13 @@ def build_body(req: ChatRequest) -> dict[str, Any]:
     the results of a model's calls go back together, as one user turn."""
     contents: list[dict[str, Any]] = []
     names: dict[str, str] = {}  # call id -> function name, of the calls made so far
+    signed = signs_calls(req.model)
     for i, msg in enumerate(req.messages):
         role = _ROLES.get(msg.role)
         if role is None:  # system / developer go to systemInstruction
             continue
         if msg.tool_calls or msg.tool_call_id is not None:
-            parts = _tool_parts(msg, i, names)
+            parts = _tool_parts(msg, i, names, signed)
         elif msg.parts is not None:  # text and images in order (images inline only: see options)
             parts = [_part(part) for part in msg.parts if part]
         else:
@@ -119,9 +121,24 @@ def _part(part: str | Image) -> dict[str, Any]:
     return {"inlineData": {"mimeType": part.media_type, "data": part.data}}
 
 
-def _tool_parts(msg: Message, index: int, names: dict[str, str]) -> list[dict[str, Any]]:
+#: Gemini 3 models: they refuse a history whose calls lack the ``thoughtSignature`` they were
+#: made with (400 "Function call is missing a thought_signature in functionCall parts"), and
+#: the OpenAI shape has no place for it: their calls go back with the validator's documented
+#: skip value (ai.google.dev/gemini-api/docs/thought-signatures), so every tool loop on them
+#: failed at its second turn (a review). The model reasons on without its earlier thoughts.
+_SIGNS_CALLS = re.compile(r"(?:^|/)gemini-3(?:[.-]|$)")
+SKIP_SIGNATURE = "skip_thought_signature_validator"
+
+
+def signs_calls(model: str) -> bool:
+    """Whether ``model`` wants a thought signature on each call of its history (Gemini 3)."""
+    return _SIGNS_CALLS.search(model) is not None
+
+
+def _tool_parts(msg: Message, index: int, names: dict[str, str], signed: bool = False) -> list[dict[str, Any]]:
     """An assistant message's text and ``functionCall`` parts, or a tool result's
-    ``functionResponse`` part, named by the function of the call it answers.
+    ``functionResponse`` part, named by the function of the call it answers. ``signed``: each
+    call carries the skip signature (see :data:`_SIGNS_CALLS`).
 
     Call ids are not sent: Gemini pairs results with calls by order and name, and the ids of
     the history may be the gateway's own (Gemini's answers often carry none) or another
@@ -137,7 +154,10 @@ def _tool_parts(msg: Message, index: int, names: dict[str, str]) -> list[dict[st
     parts: list[dict[str, Any]] = [{"text": msg.content}] if msg.content else []
     for j, call in enumerate(msg.tool_calls or ()):
         args = _call_args(call, f"messages[{index}].tool_calls[{j}].function.arguments")
-        parts.append({"functionCall": {"name": call.name, "args": args}})
+        part: dict[str, Any] = {"functionCall": {"name": call.name, "args": args}}
+        if signed:
+            part["thoughtSignature"] = SKIP_SIGNATURE
+        parts.append(part)
         names[call.id] = call.name
     return parts
 

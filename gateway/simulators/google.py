@@ -12,6 +12,7 @@ one, else the first declared) with sample arguments, as one whole ``functionCall
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,7 +138,7 @@ class GeminiSimulator(Simulator):
         denied = self._check_key(request)
         if denied is not None:
             return denied
-        invalid = self._validate(body)
+        invalid = self._validate(body) or _check_signatures(model, body)
         if invalid is not None:
             return web.json_response(rpc_error(400, invalid), status=400)
         streaming = method == "streamGenerateContent"
@@ -248,7 +249,10 @@ class GeminiSimulator(Simulator):
         if with_thought and self.thoughts_tokens:
             parts.append({"text": THOUGHT_TEXT, "thought": True})
         if call is not None:
-            parts.append({"functionCall": call})
+            part: dict[str, Any] = {"functionCall": call}
+            if _SIGNS.search(model):  # Gemini 3 signs each step's first call
+                part["thoughtSignature"] = THOUGHT_SIGNATURE
+            parts.append(part)
         elif text:
             parts.append({"text": text})
         candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
@@ -362,6 +366,30 @@ def function_call(body: dict[str, Any]) -> dict[str, Any] | None:
     chosen = next((d for d in declarations if allowed and d.get("name") == allowed[0]), declarations[0])
     schema = chosen.get("parametersJsonSchema") or chosen.get("parameters")
     return {"name": chosen.get("name"), "args": sample_arguments(schema)}
+
+
+#: Gemini 3 models: their calls carry a thought signature, and the history sent back must too
+_SIGNS = re.compile(r"(?:^|/)gemini-3(?:[.-]|$)")
+#: the (opaque, base64) signature the simulated Gemini 3 puts on its calls
+THOUGHT_SIGNATURE = "CiQBcsjafAbc0simulatedSignature0xyz="
+
+
+def _check_signatures(model: str, body: dict[str, Any]) -> str | None:
+    """Gemini 3's 400 for a history whose current turn (since the last user message that is not
+    function results) has a model step whose first call lacks its ``thoughtSignature``."""
+    if not _SIGNS.search(model):
+        return None
+    contents = body.get("contents") or []
+    for content in reversed(contents):
+        parts = [p for p in content.get("parts", []) if isinstance(p, dict)]
+        if content.get("role") == "user" and not any("functionResponse" in p for p in parts):
+            return None  # the turn's start
+        calls = [p for p in parts if "functionCall" in p]
+        if calls and not calls[0].get("thoughtSignature"):
+            name = calls[0]["functionCall"].get("name")
+            position = contents.index(content) + 1
+            return f"Function call `{name}` in the {position}. content block is missing a `thought_signature`."
+    return None
 
 
 def _check_function_turns(contents: list[dict[str, Any]]) -> str | None:

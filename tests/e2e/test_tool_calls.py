@@ -122,6 +122,39 @@ async def test_the_results_go_back_and_the_model_answers(gw: RunningGateway, pro
     assert len(gw.sims[provider].requests) == 2
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_gemini_3_tool_loop_goes_on_past_its_first_call(gw: RunningGateway, stream: bool) -> None:
+    """Gemini 3 refuses a history whose calls lack their thought signature, which the OpenAI
+    shape cannot carry back: every tool loop on it failed at its second turn with that 400 (a
+    review). The calls go back with the validator's documented skip value."""
+    from gateway.simulators.google import THOUGHT_SIGNATURE
+
+    model = "gemini-3-pro-preview"
+    first = await create(gw, "google", model, tools=[WEATHER])
+    call = first.choices[0].message.tool_calls[0]
+    assert THOUGHT_SIGNATURE not in call.id  # the signature stays with Gemini
+    history = [
+        *ASK,
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": '{"sky": "clear"}'},
+    ]
+    async with client(gw) as c:
+        answer = await c.chat.completions.create(
+            model=model, messages=history, tools=[WEATHER], stream=stream, extra_body={"provider": "google"}
+        )
+        text = (
+            "".join([ch.choices[0].delta.content or "" async for ch in answer if ch.choices])
+            if stream
+            else answer.choices[0].message.content
+        )
+    assert text
+    sent = gw.sims["google"].requests[-1].body["contents"]
+    assert sent[1]["parts"][0]["thoughtSignature"] == "skip_thought_signature_validator"
+    # the models before Gemini 3 get the calls as before
+    await create(gw, "google", "gemini-2.5-flash", tools=[WEATHER], messages=history)
+    assert "thoughtSignature" not in gw.sims["google"].requests[-1].body["contents"][1]["parts"][0]
+
+
 async def test_openai_gets_the_calls_and_results_as_sent(gw: RunningGateway) -> None:
     call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
     history = [*ASK, {"role": "assistant", "content": None, "tool_calls": [call]}]
