@@ -279,7 +279,12 @@ class StreamChunk:
     tool_calls: tuple[ToolCallPart, ...] | None = None
     #: a piece of a refusal (OpenAI's ``delta.refusal``)
     refusal: str | None = None
+    #: the model has begun to think (a vendor that streams its thinking: Ollama's
+    #: ``message.thinking``). Not sent to the client, but it is the answer begun: generated,
+    #: billed output, so the stream has started (a model thinking past the request timeout was
+    #: failed for "no content", at an unknown cost, while it wrote all along: a review)
+    thinking: bool = False
 
     def says_something(self) -> bool:
-        """Content, a call, a refusal, an end or usage: not an empty role or filter chunk."""
-        return bool(self.text or self.finish_reason or self.usage or self.tool_calls or self.refusal)
+        """Content, a call, a refusal, thinking, an end or usage: not an empty role or filter chunk."""
+        return bool(self.text or self.finish_reason or self.usage or self.tool_calls or self.refusal or self.thinking)

@@ -201,6 +201,8 @@ class Piece:
     model: str | None
     #: the calls it holds, whole, with ids made here
     tool_calls: tuple[ToolCall, ...] = ()
+    #: it holds thinking (``message.thinking``: a thinking model's, never the answer's content)
+    thinking: bool = False
 
     @property
     def has_tool_calls(self) -> bool:
@@ -262,6 +264,7 @@ def parse_object(obj: Any) -> Piece:
         usage=map_usage(obj) if done else None,
         model=model if isinstance(model, str) and model else None,
         tool_calls=parse_tool_calls(message.get("tool_calls")),
+        thinking=bool(message.get("thinking")),
     )
 
 
@@ -337,6 +340,7 @@ class OllamaProvider:
     async def _chunks(self, resp: Response, requested: str) -> AsyncIterator[StreamChunk]:
         model: str | None = None
         calls = 0  # the calls so far: the index of the next one
+        thought = False  # the model has begun to think (said once: the stream has started)
         async for line in iter_ndjson_lines(resp.content):
             try:
                 obj = parse_json(line, exact_if=b'"tool_calls"')
@@ -350,6 +354,9 @@ class OllamaProvider:
                 yield StreamChunk(text=piece.text, model=model or requested, tool_calls=parts)
             elif piece.text:
                 yield StreamChunk(text=piece.text, model=model or requested)
+            elif piece.thinking and not thought:
+                thought = True
+                yield StreamChunk(model=model or requested, thinking=True)
             if piece.done:
                 let_body_finish(resp)  # before the last chunk: the gateway may close us after it
                 yield StreamChunk(

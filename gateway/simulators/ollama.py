@@ -4,6 +4,10 @@ Knobs: ``omit_prompt_eval_count`` (drop the field, as Ollama does when the promp
 the KV cache), ``done_reason`` (``stop`` / ``length``). With ``api_key`` set it behaves like
 Ollama cloud and wants ``Authorization: Bearer <key>``.
 
+``thinking``: the text a thinking model (qwen3, deepseek-r1, gpt-oss) writes before its answer,
+in ``message.thinking`` with empty content, as Ollama sends it: one line a word in a stream,
+spread over ``think_seconds``; its tokens count in ``eval_count`` (generated output).
+
 Offered ``tools`` (and the conversation not ending with a tool result), the model calls the
 first one, as Ollama answers: ``message.tool_calls`` with an arguments object and no id, empty
 content, ``done_reason`` still ``stop``; a stream sends the call whole in one line, then the
@@ -12,6 +16,7 @@ final line.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +61,8 @@ class OllamaSimulator(Simulator):
     api_key: str | None = None
     omit_prompt_eval_count: bool = False
     done_reason: str = "stop"
+    thinking: str | None = None
+    think_seconds: float = 0.0
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/api/chat", self._chat)]
@@ -91,7 +98,10 @@ class OllamaSimulator(Simulator):
         reason = "length" if capped and not refused else None
         if streaming:
             return await self._stream(request, str(model), body, reply, fault, reason)
-        return web.json_response(self._final(str(model), body, reply, content=reply, reason=reason))
+        answer = self._final(str(model), body, reply, content=reply, reason=reason)
+        if self.thinking is not None:
+            answer["message"]["thinking"] = self.thinking
+        return web.json_response(answer)
 
     def json_format(self, body: Any) -> tuple[bool, Any]:
         wanted = body.get("format") if isinstance(body, dict) else None  # "json" or a JSON Schema
@@ -112,20 +122,18 @@ class OllamaSimulator(Simulator):
             "load_duration": 50_000_000,
             "prompt_eval_count": prompt,
             "prompt_eval_duration": 100_000_000,
-            "eval_count": self.count_tokens(reply),
+            "eval_count": self.count_tokens(reply) + self.count_tokens(self.thinking or ""),
             "eval_duration": 1_000_000_000,
         }
         if self.omit_prompt_eval_count:
             del out["prompt_eval_count"]
         return out
 
-    def _piece(self, model: str, text: str) -> dict[str, Any]:
-        return {
-            "model": self.served_model or model,
-            "created_at": CREATED_AT,
-            "message": {"role": "assistant", "content": text},
-            "done": False,
-        }
+    def _piece(self, model: str, text: str, thinking: str | None = None) -> dict[str, Any]:
+        message = {"role": "assistant", "content": text}
+        if thinking is not None:
+            message["thinking"] = thinking
+        return {"model": self.served_model or model, "created_at": CREATED_AT, "message": message, "done": False}
 
     async def _call(
         self,
@@ -156,20 +164,26 @@ class OllamaSimulator(Simulator):
         reason: str | None = None,
     ) -> web.StreamResponse:
         words = reply.split(" ")
-        lines = [self._piece(model, w if i == 0 else " " + w) for i, w in enumerate(words)]
+        thoughts = (self.thinking or "").split(" ") if self.thinking else []
+        lines = [self._piece(model, "", thinking=w if i == 0 else " " + w) for i, w in enumerate(thoughts)]
+        lines += [self._piece(model, w if i == 0 else " " + w) for i, w in enumerate(words)]
         lines.append(self._final(model, body, reply, content="", reason=reason))
         return await self._send_lines(request, lines, fault)
 
     async def _send_lines(
         self, request: web.Request, lines: list[dict[str, Any]], fault: Fault | None
     ) -> web.StreamResponse:
-        """NDJSON lines, the last one ``done``; a cut or an in-band error after ``after_chunks``."""
+        """NDJSON lines, the last one ``done``; a cut or an in-band error after ``after_chunks``;
+        the thinking lines spread over ``think_seconds``."""
         resp = web.StreamResponse(headers={"content-type": NDJSON})
         await resp.prepare(request)
         limit = len(lines)
         if fault is not None and fault.kind in ("cut", "stream_error"):
             limit = min(fault.after_chunks, len(lines) - 1)
+        thinking = sum(1 for line in lines if "thinking" in line["message"])
         for line in lines[:limit]:
+            if "thinking" in line["message"] and self.think_seconds:
+                await asyncio.sleep(self.think_seconds / thinking)
             await resp.write(_line(line))
         if fault is not None and fault.kind == "cut":
             return await self.cut_connection(resp, request)

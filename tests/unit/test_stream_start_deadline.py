@@ -14,6 +14,7 @@ import pytest
 from gateway import errors
 from gateway.eventlog.memory import MemoryEventLog
 from gateway.providers.base import Timeouts
+from gateway.providers.ollama import OllamaProvider
 from gateway.providers.openai import OpenAIProvider
 from gateway.providers.upstream_http import UpstreamClient
 from gateway.routing.catalog import ModelCatalog
@@ -21,6 +22,7 @@ from gateway.routing.retry import RetryPolicy
 from gateway.routing.router import Router
 from gateway.settings import ProviderSettings
 from gateway.simulators.base import Fault
+from gateway.simulators.ollama import OllamaSimulator
 from gateway.simulators.openai import OpenAISimulator
 from gateway.types import ChatRequest, Message
 from gateway.usage import CallContext, UsageRecorder
@@ -43,12 +45,12 @@ def stream_request() -> ChatRequest:
     return ChatRequest(model="gpt-4o", messages=[Message("user", "hi")], stream=True)
 
 
-def router_for(provider: OpenAIProvider, log: MemoryEventLog, first_content: float) -> Router:
+def router_for(provider: OpenAIProvider | OllamaProvider, log: MemoryEventLog, first_content: float) -> Router:
     return Router(
-        {"openai": provider},
+        {provider.name: provider},
         ModelCatalog(),
         UsageRecorder(log, FixedPriceBook(), clock=ManualClock()),
-        priority=["openai"],
+        priority=[provider.name],
         policy=RetryPolicy(attempts=1, initial_wait=0, max_wait=0, max_server_wait=0, budget_seconds=10),
         sleep=RecordingSleep(),
         rng=random.Random(1),
@@ -135,3 +137,31 @@ async def test_an_error_answer_whose_body_stalls_is_not_billed(refusing_port: in
                 await router.complete(ctx, request)
     [event] = log.events
     assert (event.billable, event.cost_usd) == (False, 0)
+
+
+async def test_a_model_thinking_past_the_deadline_has_begun_its_stream() -> None:
+    """Ollama's thinking models (qwen3, deepseek-r1) stream their thinking in ``message.thinking``
+    with empty content before the answer. That stream had "no content" until the answer began:
+    a model thinking past the request timeout was failed as a provider timeout, at an unknown
+    cost, while it wrote all along (a review). Its thinking starts the stream; the thinking
+    never reaches the answer, and its tokens are billed output."""
+    sim = OllamaSimulator(thinking="let me think this through one careful step at a time", think_seconds=1.2)
+    await sim.start()
+    log = MemoryEventLog()
+    try:
+        async with UpstreamClient() as session:
+            timeouts = Timeouts(request=0.4, connect=0.5, stream_idle=5)
+            provider = OllamaProvider(ProviderSettings(base_url=sim.base_url), session, timeouts)
+            router = router_for(provider, log, 0.4)
+            stream = await router.open_stream(
+                CallContext("r1", "acme", None, "chat.completions", True, "llama3"),
+                ChatRequest(model="llama3", messages=[Message("user", "hi")], stream=True),
+            )
+            text = "".join([chunk.text async for chunk in stream.chunks()])
+            stream.finish()
+    finally:
+        await sim.stop()
+    assert text == sim.reply_text(sim.requests[-1].body) and "careful" not in text
+    [event] = log.events
+    assert event.outcome == "success" and not event.incomplete
+    assert event.completion_tokens == sim.count_tokens(text) + sim.count_tokens(sim.thinking or "")
