@@ -19,10 +19,11 @@ Postgres 15, 2 shared cores): ~75k rows/s inserted, ~125k/s re-delivered, agains
 ``executemany`` and ~40k for ``INSERT ... SELECT FROM unnest($1::text[], ...)``.
 
 - **Direct COPY while the table holds none of the events**: when ``"LLMUsage"`` was empty at
-  start (or after :meth:`reset`) and has no ``"updatedAt"`` of the platform's, batches are COPYed straight into it, without the staging
-  table and the upsert (about 2 µs less Postgres CPU per event). Plain inserts differ from the
-  upsert only when a row with the same id exists, and then the COPY fails whole with a unique
-  violation: that batch is upserted instead, and so is every later one (the sink stops trying).
+  start (or after :meth:`reset`) and has no ``"updatedAt"`` of the platform's, batches are
+  COPYed straight into it, without the staging table and the upsert (about 2 µs less Postgres
+  CPU per event). Plain inserts differ from the upsert only when a row with the same id exists,
+  and then the COPY fails whole with a unique violation: that batch is upserted instead, and so
+  is every later one (the sink stops trying).
 - **CSV, not binary**: the rows are sent as CSV made by orjson (each row's values as a JSON array
   without its brackets: strings quoted, numbers bare, ``null`` unquoted = NULL, money as decimal
   text, times as ISO 8601 with their offset). Half the client CPU of asyncpg's binary record
