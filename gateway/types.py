@@ -49,11 +49,13 @@ OPTION_NAMES = ("seed", "presence_penalty", "frequency_penalty", "response_forma
 #: answers it, Anthropic and Gemini refuse it) and ``blank_stop`` (a stop sequence that is empty
 #: or only whitespace, such as the common ``"\n"``: Anthropic refuses it) and
 #: ``temperature_with_top_p`` (both set, neither at its default of 1: the later Claude models
-#: refuse the pair)
+#: refuse the pair) and ``sampling`` (``temperature`` or ``top_p`` set to other than 1, their
+#: default: OpenAI's reasoning models refuse it)
 CAPABILITIES = (
     *OPTION_NAMES,
     "temperature",
     "temperature_with_top_p",
+    "sampling",
     "tools",
     "tool_choice",
     "parallel_tool_calls",
@@ -144,8 +146,12 @@ class ChatRequest:
         needs = self.options.names() if self.options is not None else []
         if self.temperature is not None and self.temperature > 1:
             needs.append("temperature")
-        if self.top_p is not None and self.top_p != 1 and self.temperature is not None and self.temperature != 1:
-            needs.append("temperature_with_top_p")
+        tempered = self.temperature is not None and self.temperature != 1
+        nucleus = self.top_p is not None and self.top_p != 1
+        if tempered or nucleus:
+            needs.append("sampling")
+            if tempered and nucleus:
+                needs.append("temperature_with_top_p")
         if self.tools is not None or self.tool_history:
             needs.append("tools")
         if self.tools is not None:

@@ -91,11 +91,14 @@ class AzureProvider(OpenAIProvider):
         return Target(url, {"api-version": self._api_version}, body)
 
     def reasoning(self, model: str) -> bool:
-        """Whether the model (or deployment) named ``model`` is a reasoning model: the gateway's
-        model name, or the one ``deployments`` maps to this deployment, else its own name."""
+        """Whether the model (or deployment) named ``model`` is a reasoning model."""
+        return REASONING.search(self.model_name(model)) is not None
+
+    def model_name(self, model: str) -> str:
+        """The gateway's model name, or the one ``deployments`` maps to this deployment, else its
+        own name."""
         mapped = model in self._settings.deployments or normalize_model(model) in self._by_spelling
-        named = model if mapped else self._models.get(model, model)
-        return REASONING.search(named) is not None
+        return model if mapped else self._models.get(model, model)
 
     def auth_headers(self) -> dict[str, str]:
         return {"api-key": self._settings.api_key or ""}

@@ -7,6 +7,7 @@ request goes (URL, query, auth header) and the name of the chat length cap.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -30,6 +31,18 @@ class Target:
     url: str
     params: Mapping[str, str] | None
     body: dict[str, Any]
+
+
+#: OpenAI's reasoning models that take no sampling knobs: o1, o3, o4 and gpt-5 (its chat model
+#: aside), fine-tunes of them too. ``temperature`` and ``top_p`` only at their default 1, no
+#: penalties: any other is their 400 ("Unsupported value: 'temperature' does not support 0.2
+#: with this model. Only the default (1) value is supported."), which does not fall back, so a
+#: model group starting with one ended every such request there (a review). gpt-5.1 and later
+#: take them (without reasoning, their default), so they are not named here
+FIXED_SAMPLING = re.compile(r"(?:^|[-_./:])(?:o\d(?:$|[-_./:]|mini|pro)|gpt-?5(?:$|_|-(?!chat)))", re.IGNORECASE)
+#: what those models do not take (``ModelOptions.model_lacks``)
+_LACKS_SAMPLING = frozenset({"sampling", "presence_penalty", "frequency_penalty"})
+_LACKS_NOTHING: frozenset[str] = frozenset()
 
 
 class OpenAIProvider:
@@ -58,6 +71,13 @@ class OpenAIProvider:
 
     def auth_headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self._settings.api_key or ''}"}
+
+    def model_name(self, model: str) -> str:
+        """The name that says which model ``model`` (the name the provider is asked) is."""
+        return model
+
+    def model_lacks(self, model: str) -> frozenset[str]:  # ModelOptions
+        return _LACKS_SAMPLING if FIXED_SAMPLING.search(self.model_name(model)) else _LACKS_NOTHING
 
     # --- the port ---------------------------------------------------------------------------
     def _classify(self, status: int, headers: Mapping[str, str], body: Any, raw: str) -> errors.ProviderError:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -90,6 +91,8 @@ OPENAI_ERRORS: dict[str, ErrorSpec] = {
     "timeout": ErrorSpec(408, "Request timed out.", "timeout", "timeout"),
 }
 
+#: the reasoning models that take no sampling knob (``sampling_problem``)
+_FIXED_SAMPLING = re.compile(r"(?:ft:)?(?:o\d|gpt-5(?:$|-(?!chat)))")
 _UNPARSABLE = ErrorSpec(400, "We could not parse the JSON body of your request.", None, "invalid_request_error")
 
 
@@ -235,7 +238,7 @@ class OpenAISimulator(Simulator):
         elif kind == "text" and not isinstance(body.get("prompt"), str | list):
             missing = "prompt"
         if missing is None:
-            return None
+            return self.sampling_problem(body, model or "")
         spec = ErrorSpec(
             400,
             f"Missing required parameter: '{missing}'.",
@@ -244,6 +247,29 @@ class OpenAISimulator(Simulator):
             missing,
         )
         return self.error_response(spec, model=model or "")
+
+    def sampling_problem(self, body: dict[str, Any], model: str) -> web.Response | None:
+        """The reasoning models' 400s for a sampling knob (o1, o3, o4, gpt-5 but its chat model):
+        temperature and top_p only at 1, no penalties."""
+        if not _FIXED_SAMPLING.match(model):
+            return None
+        for name in ("temperature", "top_p"):
+            value = body.get(name)
+            if value is not None and value != 1:
+                message = (
+                    f"Unsupported value: '{name}' does not support {value} with this model. "
+                    "Only the default (1) value is supported."
+                )
+                return self.error_response(
+                    ErrorSpec(400, message, "unsupported_value", "invalid_request_error", name), model=model
+                )
+        for name in ("presence_penalty", "frequency_penalty"):
+            if body.get(name) is not None:
+                message = f"Unsupported parameter: '{name}' is not supported with this model."
+                return self.error_response(
+                    ErrorSpec(400, message, "unsupported_parameter", "invalid_request_error", name), model=model
+                )
+        return None
 
     def parse_call(self, request: web.Request, body: dict[str, Any], kind: str, model: str) -> Call:
         cap = body.get("max_completion_tokens", body.get("max_tokens"))

@@ -388,3 +388,29 @@ async def test_a_reasoning_effort_no_serving_provider_takes_is_a_400(gw: Running
             )
     assert info.value.code == "unsupported_parameter" and info.value.param == "reasoning_effort"
     assert gw.sims["ollama"].requests == []
+
+
+async def test_a_sampling_knob_is_not_sent_to_an_openai_reasoning_model() -> None:
+    """o1, o3, o4 and gpt-5 take ``temperature`` and ``top_p`` only at 1, and no penalties:
+    anything else is their 400, which does not fall back, so a model group led by one ended
+    every request with a temperature (LangChain sends 0.7) on that 400 (a review). Such a request
+    skips them, to the group's next model, or is a 400 before any call when only they serve it;
+    the knobs at 1, and the chat and later models, go as before."""
+    groups = {"thinker": {"openai": "o3-mini", "azure": "o4-mini", "google": "gemini-2.5-flash"}}
+    async with running_gateway(settings={"model_groups": groups}) as gw:
+        raw = await ask(gw, "thinker", temperature=0.2)
+        assert raw.headers["x-llm-provider"] == "google"
+        assert gw.sims["openai"].requests == [] and gw.sims["azure"].requests == []
+        raw = await ask(gw, "thinker", presence_penalty=0.5)
+        assert raw.headers["x-llm-provider"] == "google"
+        raw = await ask(gw, "thinker", temperature=1, top_p=1)
+        assert raw.headers["x-llm-provider"] == "openai"
+        assert gw.sims["openai"].requests[-1].body["temperature"] == 1
+        with pytest.raises(openai.BadRequestError) as info:
+            await ask(gw, "o3-mini", "openai", top_p=0.5)
+        assert info.value.param == "temperature" and "other than 1" in info.value.message
+        assert len(gw.sims["openai"].requests) == 1
+        for model in ("gpt-5-chat-latest", "gpt-5.1", "gpt-4o"):
+            raw = await ask(gw, model, "openai", temperature=0.2)
+            assert raw.headers["x-llm-provider"] == "openai"
+            assert gw.sims["openai"].requests[-1].body["temperature"] == 0.2
