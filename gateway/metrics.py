@@ -83,11 +83,13 @@ class GatewayMetrics:
         )
         self._gauges: list[Callable[[], None]] = []
         self._model_labels: set[str] = set()
+        #: labels taken by a name's failure, before any success of it (see _model_label)
+        self._failed_labels = 0
 
     def observe_event(self, event: UsageEvent) -> None:
         """Count one attempt (on the event loop's thread: the series take no lock)."""
         outcome = event.outcome
-        model = self._model_label(event.served_model or event.provider_model, outcome != "model_not_found")
+        model = self._model_label(event.served_model or event.provider_model, outcome)
         provider = event.provider
         self.attempts.inc((provider, model, outcome))
         self.attempt_latency.observe((provider,), event.latency_ms / 1000.0)
@@ -104,17 +106,25 @@ class GatewayMetrics:
             elif event.cost_usd:
                 self.cost.inc((provider, model), float(event.cost_usd))
 
-    def _model_label(self, model: str, may_claim: bool) -> str:
+    def _model_label(self, model: str, outcome: str) -> str:
         """``model`` while fewer than MAX_MODEL_LABELS names have been seen, else OTHER_MODELS.
-        A name a provider said it does not have (``may_claim`` false) takes no label of its own:
-        made-up names would use up the labels, and every real model after them would count as
-        OTHER_MODELS until a restart."""
+        Model names are the clients': made-up names would use up the labels, and every real
+        model after them would count as OTHER_MODELS until a restart. So a name its provider said
+        it does not have (``model_not_found``) takes no label of its own, and names that have
+        only failed (rate limited, timed out, ...) take at most half of them: a burst of made-up
+        names all rate limited took the 200 labels just the same (a review); a success (a model
+        its provider served) takes any label left."""
         labels = self._model_labels
         if model in labels:
             return model
-        if may_claim and len(labels) < MAX_MODEL_LABELS:
-            labels.add(model)
-            return model
+        if len(labels) < MAX_MODEL_LABELS and outcome != "model_not_found":
+            if outcome == "success":
+                labels.add(model)
+                return model
+            if self._failed_labels < MAX_MODEL_LABELS // 2:
+                self._failed_labels += 1
+                labels.add(model)
+                return model
         return OTHER_MODELS
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:

@@ -7,6 +7,7 @@ import math
 import random
 import re
 
+import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from gateway.metric_series import CounterSeries, HistogramSeries, SeriesCollector
@@ -99,6 +100,30 @@ def test_a_model_its_provider_does_not_have_takes_no_label_of_its_own() -> None:
     assert 'llm_gateway_attempts_total{model="claude-3-haiku",outcome="success",provider="anthropic"} 1.0' in text
     other = f'llm_gateway_attempts_total{{model="{OTHER_MODELS}",outcome="model_not_found",provider="openai"}}'
     assert f"{other} {MAX_MODEL_LABELS + 5}.0" in text
+
+
+@pytest.mark.parametrize("outcome", ["rate_limited", "upstream_error", "timeout", "connection_error"])
+def test_made_up_names_that_only_fail_take_no_label_of_their_own(outcome: str) -> None:
+    """A review: 220 made-up names, all rate limited, took the 200 labels, and gpt-4o's
+    successes after them were counted as ``other`` until a restart. Failing names take at most
+    half of the labels."""
+    from gateway.metrics import MAX_MODEL_LABELS, OTHER_MODELS
+    from tests.unit.test_hot_path import _event
+
+    metrics = GatewayMetrics()
+    for i in range(MAX_MODEL_LABELS + 20):
+        junk = f"gpt-junk-{i}"
+        metrics.observe_event(_event(outcome=outcome, served_model=None, provider_model=junk, billable=False))
+    metrics.observe_event(_event(served_model="gpt-4o", provider_model="gpt-4o"))
+    text = metrics.render().decode()
+    assert 'llm_gateway_attempts_total{model="gpt-4o",outcome="success",provider="openai"} 1.0' in text
+    assert f'llm_gateway_attempts_total{{model="gpt-junk-0",outcome="{outcome}",provider="openai"}} 1.0' in text
+    other = f'llm_gateway_attempts_total{{model="{OTHER_MODELS}",outcome="{outcome}",provider="openai"}}'
+    assert f"{other} {MAX_MODEL_LABELS // 2 + 20}.0" in text
+    for i in range(MAX_MODEL_LABELS):  # successes take what is left, and no more
+        metrics.observe_event(_event(served_model=f"gpt-real-{i}", provider_model=f"gpt-real-{i}"))
+    text = metrics.render().decode()
+    assert 'model="gpt-real-98"' in text and 'model="gpt-real-99"' not in text
 
 
 def test_time_to_first_token_is_observed_for_streams_only() -> None:
