@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -118,6 +118,14 @@ class _Track:
 
 #: model tracks a provider holds before the idle ones are forgotten (then twice what remained)
 MODEL_SWEEP_AT = 64
+#: the most model tracks a provider holds at once. Model names are the clients': a burst of
+#: made-up names took a track each (about 5 KB, in each of the embedded ``serve``'s two views),
+#: a history row each per minute and an entry each in the health API (15,000 names in 20 s:
+#: +210 MB of memory, a 6.9 MB health answer; a review). A name met while the provider holds
+#: this many active ones counts for the provider alone, until idle ones are forgotten
+MAX_MODEL_TRACKS = 256
+#: seconds of event time between two sweeps of a provider that holds MAX_MODEL_TRACKS
+_FULL_SWEEP_EVERY = 1.0
 
 
 @dataclass(slots=True)
@@ -127,6 +135,8 @@ class _Provider:
     models: dict[str, _Track] = field(default_factory=dict)
     circuit_reason: str = ""
     sweep_at: int = MODEL_SWEEP_AT
+    #: when the models may be swept again while they are MAX_MODEL_TRACKS (POSIX seconds)
+    full_sweep_after: float = 0.0
 
 
 class HealthView:
@@ -185,17 +195,31 @@ class HealthView:
         provider.breaker.tick(now)
         provider.track.add(sample, key)
         model = provider.models.get(event.provider_model)
-        if model is None:
-            if len(provider.models) >= provider.sweep_at:
-                _forget_idle_models(provider, cutoff)
-                provider.sweep_at = max(MODEL_SWEEP_AT, 2 * len(provider.models))
-            model = provider.models[event.provider_model] = _Track(self._window())
-        model.add(sample)
+        if model is None and event.outcome != "model_not_found":  # a name the provider has not
+            model = self._new_model(provider, event.provider_model, at, cutoff)  # (None: full)
+        if model is not None:
+            model.add(sample)
         provider.breaker.observe(sample, now, cutoff)
         # only the provider and this model can change on this event; the other models' states
         # only age, and are refreshed when read (health(), snapshot())
         self._refresh(event.provider, provider, now, only_model=event.provider_model, cutoff=cutoff)
         return True
+
+    def _new_model(self, provider: _Provider, name: str, at: float, cutoff: float) -> _Track | None:
+        """A track for the model ``name``, or None while the provider holds MAX_MODEL_TRACKS
+        active ones (the attempt then counts for the provider alone)."""
+        models = provider.models
+        full = len(models) >= MAX_MODEL_TRACKS
+        if len(models) >= provider.sweep_at or (full and at >= provider.full_sweep_after):
+            # full: also the tracks that only keep a run of failures (a made-up name a provider
+            # failed once would hold its place for good)
+            _forget_idle_models(provider, cutoff, keep_failing=not full)
+            provider.sweep_at = max(MODEL_SWEEP_AT, 2 * len(models))
+            provider.full_sweep_after = at + _FULL_SWEEP_EVERY
+        if len(models) >= MAX_MODEL_TRACKS:
+            return None
+        track = models[name] = _Track(self._window())
+        return track
 
     def has_counted(self, provider: str, at: float, event_id: str) -> bool:
         """Whether the event with this id, provider and ``created_at`` (POSIX seconds) is counted
@@ -343,7 +367,11 @@ class HealthView:
                     name, None, now, "state", previous, state, reason, state, tracked.breaker.state, stats
                 ),
             )
-        models = tracked.models.items() if only_model is None else [(only_model, tracked.models[only_model])]
+        if only_model is None:
+            models: Iterable[tuple[str, _Track]] = tracked.models.items()
+        else:
+            track = tracked.models.get(only_model)  # None: not tracked (a 404's name, or too many)
+            models = () if track is None else ((only_model, track),)
         for model, track in models:
             track.window.evict_before(cutoff)
             state, _ = decide(track.window, track.consecutive_failures, self.config, previous=track.state)
@@ -401,14 +429,15 @@ def _ignore(_: CircuitChange) -> None:
     return None
 
 
-def _forget_idle_models(tracked: _Provider, cutoff: float) -> None:
+def _forget_idle_models(tracked: _Provider, cutoff: float, *, keep_failing: bool = True) -> None:
     """Drop the model tracks with no attempt in the window and nothing to report (healthy, no
     run of failures): a fresh track would say the same. Model names come from clients (any
     ``gpt-...`` name goes upstream as is), so without this the view kept one track per name
-    ever seen, and the health API listed them all."""
+    ever seen, and the health API listed them all. ``keep_failing`` False: also those that keep
+    only a state or a run of failures."""
     idle = []
     for name, track in tracked.models.items():
-        if track.state == "healthy" and not track.consecutive_failures:
+        if not keep_failing or (track.state == "healthy" and not track.consecutive_failures):
             track.window.evict_before(cutoff)
             if not len(track.window):
                 idle.append(name)

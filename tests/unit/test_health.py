@@ -310,6 +310,29 @@ def test_idle_models_are_forgotten_and_client_chosen_names_stay_bounded(clock: M
     assert view.health("openai").models == {}
 
 
+@pytest.mark.parametrize("outcome", ["rate_limited", "upstream_error"])
+def test_a_burst_of_made_up_model_names_takes_a_bounded_number_of_tracks(clock: ManualClock, outcome: str) -> None:
+    """A review: 15,000 made-up names in 20 s took a track each (about 5 KB, in each of the
+    embedded serve's two views: +210 MB), a history row each and an entry each in the health
+    API (6.9 MB). A name the provider said it does not have takes none; past MAX_MODEL_TRACKS
+    active ones, an attempt counts for the provider alone; the tracks come back as they idle."""
+    from gateway.health.view import MAX_MODEL_TRACKS
+
+    view, _ = make_view(clock)
+    for i in range(1000):
+        assert view.apply(ev("model_not_found", at=clock.now, model=f"gpt-404-{i}"))
+    assert view.health("openai").models == {} and view.health("openai").stats.attempts == 1000
+    for i in range(3 * MAX_MODEL_TRACKS):  # within one window
+        clock.advance(0.05)
+        assert view.apply(ev(outcome, at=clock.now, model=f"gpt-made-up-{i}"))
+    assert len(view._providers["openai"].models) == MAX_MODEL_TRACKS
+    health = view.health("openai")
+    assert len(health.models) == MAX_MODEL_TRACKS and health.stats.attempts == 1000 + 3 * MAX_MODEL_TRACKS
+    clock.advance(61)  # the window passes: the made-up names idle (a run of one failure each)
+    feed(view, clock, "success", model="gpt-4o")
+    assert set(view._providers["openai"].models) == {"gpt-4o"}
+
+
 # --- thresholds ------------------------------------------------------------------------------------
 
 
