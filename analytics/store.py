@@ -107,6 +107,39 @@ def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConn
         raise
 
 
+def empty_tables(conn: duckdb.DuckDBPyConnection, *names: str) -> None:
+    """Empty the tables ``names`` in the caller's transaction, each dropped and made again as it
+    is (its columns, keys, indexes and comments). A ``DELETE`` of every row takes each row out
+    of the primary key's index, in memory: a year of health history (2,005,924 rows) ran out of
+    the default 128MB, after the facts had been emptied, so a ``replay --full`` left the costs at
+    $0 and its resumption failed the same way at every try (a review); 2M rows took 37 s where
+    it fits. Dropping takes milliseconds and no memory."""
+    for name in names:
+        [(ddl, comment)] = conn.execute(
+            "SELECT sql, comment FROM duckdb_tables() WHERE table_name = ? AND schema_name = current_schema()", [name]
+        ).fetchall()
+        indexes = [
+            row[0] for row in conn.execute("SELECT sql FROM duckdb_indexes() WHERE table_name = ?", [name]).fetchall()
+        ]
+        columns = conn.execute(
+            "SELECT column_name, comment FROM duckdb_columns() WHERE table_name = ? AND comment IS NOT NULL "
+            "AND schema_name = current_schema()",
+            [name],
+        ).fetchall()
+        conn.execute(f"DROP TABLE {name}")
+        conn.execute(ddl)
+        for index in indexes:
+            conn.execute(index)
+        if comment is not None:
+            conn.execute(f"COMMENT ON TABLE {name} IS {_literal(comment)}")
+        for column, text in columns:
+            conn.execute(f'COMMENT ON COLUMN {name}."{column}" IS {_literal(text)}')
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
 def apply_migrations(conn: duckdb.DuckDBPyConnection, pending: Sequence[Migration]) -> list[int]:
     """Apply the migrations not yet recorded, in one transaction; returns the versions applied."""
     with transaction(conn):

@@ -44,7 +44,7 @@ import duckdb
 import orjson
 
 from analytics.compaction import DayCompactor
-from analytics.store import AnalyticsStore, transaction
+from analytics.store import AnalyticsStore, empty_tables, transaction
 from consumers.sinks.base import RejectedEvents, SinkError, latest_by_id
 from gateway.events import UsageEvent
 
@@ -233,11 +233,10 @@ def _repricing_deltas(changed: list[dict[str, Any]]) -> list[list[Any]]:
 
 
 def reset_facts(conn: duckdb.DuckDBPyConnection) -> None:
-    """Empty usage_facts, usage_daily and the record of rewritten days, in one transaction."""
+    """Empty usage_facts, usage_daily and the record of rewritten days, in one transaction
+    (dropped and made again: ``empty_tables``)."""
     with transaction(conn):
-        conn.execute("DELETE FROM usage_facts")
-        conn.execute("DELETE FROM usage_daily")
-        conn.execute("DELETE FROM compacted_days")
+        empty_tables(conn, "usage_facts", "usage_daily", "compacted_days")
 
 
 def batch_json(events: Sequence[UsageEvent]) -> bytes:

@@ -32,7 +32,7 @@ from pathlib import Path
 import duckdb
 import orjson
 
-from analytics.store import AnalyticsStore
+from analytics.store import AnalyticsStore, empty_tables, transaction
 from consumers.sinks.base import SinkError, latest_by_id
 from gateway.events import UsageEvent
 from gateway.health.config import HealthSettings
@@ -134,7 +134,7 @@ class HealthHistorySink:
             self._pending.clear()
 
     async def reset(self) -> None:
-        await self._execute(lambda conn: conn.execute(f"DELETE FROM {TABLE}"))
+        await self._execute(_empty)
         self._pending.clear()
         self._fresh_view()
 
@@ -217,6 +217,11 @@ def write_rows(
         conn.execute(_UPSERT_FROM_FILE, [path])
     finally:
         os.unlink(path)
+
+
+def _empty(conn: duckdb.DuckDBPyConnection) -> None:
+    with transaction(conn):
+        empty_tables(conn, TABLE)
 
 
 def _boundary_after(t: datetime, interval: timedelta) -> datetime:
