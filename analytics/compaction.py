@@ -10,9 +10,10 @@ listing of a 30-day window went from 66-77 ms to 35-38 ms; rewriting one day (11
 takes about half a second.
 
 When: each time the newest event's day advances (``DayCompactor.observe``), every day of the
-last :data:`LOOKBACK_DAYS` before it whose row count differs from the count recorded when it
-was last rewritten (never rewritten, or a late event arrived since). Older days receiving late
-events keep them at the end, unsorted: correct, only a little slower to list.
+last :data:`LOOKBACK_DAYS` before it, and every day since the last one rewritten, whose row
+count differs from the count recorded when it was last rewritten (never rewritten, or a late
+event arrived since). Older days receiving late events keep them at the end, unsorted: correct,
+only a little slower to list.
 """
 
 from __future__ import annotations
@@ -105,10 +106,17 @@ class DayCompactor:
         return newest - LOOKBACK_DAYS, newest
 
     def run(self, conn: duckdb.DuckDBPyConnection, window: tuple[int, int]) -> int:
-        """Rewrite the stale days of ``window``; a failure is logged, never raised (the facts
-        are already committed; the days are tried again at the next day change)."""
+        """Rewrite the stale days of ``window``, which reaches back to the day after the last one
+        rewritten: traffic that paused for more than LOOKBACK_DAYS (or a restart after such a
+        pause) left the days before the pause unsorted for good (a review: a year's last day,
+        then traffic 46 days later). A failure is logged, never raised (the facts are already
+        committed; the days are tried again at the next day change)."""
+        first, end = window
         try:
-            return compact_days(conn, stale_days(conn, *window))
+            (last,) = conn.execute("SELECT max(day_number) FROM compacted_days").fetchone() or (None,)
+            if last is not None and last + 1 < first:
+                first = last + 1
+            return compact_days(conn, stale_days(conn, first, end))
         except duckdb.Error as e:
             log.warning("rewriting closed days %s failed (retried at the next day change): %s", window, e)
             return 0

@@ -121,6 +121,26 @@ async def test_days_after_2038_are_rewritten_too(store: AnalyticsStore) -> None:
     assert await store.fetchall("SELECT day_number, row_count FROM compacted_days") == [(d0, 24)]
 
 
+@pytest.mark.parametrize("restart", [False, True])
+async def test_the_days_before_a_long_pause_are_rewritten_when_traffic_comes_back(
+    store: AnalyticsStore, restart: bool
+) -> None:
+    """The look back was the last 7 days before the newest: after a pause of more than that
+    (traffic, or the gateway, stopped for weeks), the last days before it were never rewritten,
+    restart or not (a review: a year's last day, then calls 46 days later)."""
+    sink = DuckDBSink(store)
+    d0 = day_number(T0)
+    for d in range(2):
+        await sink.apply(day_of_events(d))  # day 0 rewritten when day 1 came; day 1 still open
+    if restart:
+        sink = DuckDBSink(store)
+    await sink.apply(day_of_events(46))
+    order = await tenants_in_storage_order(store, d0 + 1)
+    assert order == sorted(order)
+    done = await store.fetchall("SELECT day_number FROM compacted_days ORDER BY 1")
+    assert done == [(d0,), (d0 + 1,)]
+
+
 def test_the_compactor_looks_back_at_start_and_then_only_when_the_day_advances() -> None:
     compactor = DayCompactor()
     d0 = day_number(T0)
