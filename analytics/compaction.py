@@ -118,5 +118,5 @@ class DayCompactor:
                 first = last + 1
             return compact_days(conn, stale_days(conn, first, end))
         except duckdb.Error as e:
-            log.warning("rewriting closed days %s failed (retried at the next day change): %s", window, e)
+            log.warning("rewriting closed days %s failed (retried at the next day change): %s", (first, end), e)
             return 0

@@ -114,13 +114,13 @@ def empty_tables(conn: duckdb.DuckDBPyConnection, *names: str) -> None:
     the default 128MB, after the facts had been emptied, so a ``replay --full`` left the costs at
     $0 and its resumption failed the same way at every try (a review); 2M rows took 37 s where
     it fits. Dropping takes milliseconds and no memory."""
+    here = "table_name = ? AND schema_name = current_schema()"
     for name in names:
-        [(ddl, comment)] = conn.execute(
-            "SELECT sql, comment FROM duckdb_tables() WHERE table_name = ? AND schema_name = current_schema()", [name]
-        ).fetchall()
-        indexes = [
-            row[0] for row in conn.execute("SELECT sql FROM duckdb_indexes() WHERE table_name = ?", [name]).fetchall()
-        ]
+        found = conn.execute(f"SELECT sql, comment FROM duckdb_tables() WHERE {here}", [name]).fetchone()
+        if found is None:
+            raise duckdb.CatalogException(f"Catalog Error: Table with name {name} does not exist!")
+        ddl, comment = found
+        indexes = [row[0] for row in conn.execute(f"SELECT sql FROM duckdb_indexes() WHERE {here}", [name]).fetchall()]
         columns = conn.execute(
             "SELECT column_name, comment FROM duckdb_columns() WHERE table_name = ? AND comment IS NOT NULL "
             "AND schema_name = current_schema()",

@@ -107,7 +107,7 @@ class GatewayMetrics:
                 self.cost.inc((provider, model), float(event.cost_usd))
 
     def _model_label(self, model: str, outcome: str) -> str:
-        """``model`` while fewer than MAX_MODEL_LABELS names have been seen, else OTHER_MODELS.
+        """``model`` while it may take one of the MAX_MODEL_LABELS labels, else OTHER_MODELS.
         Model names are the clients': made-up names would use up the labels, and every real
         model after them would count as OTHER_MODELS until a restart. So a name its provider said
         it does not have (``model_not_found``) takes no label of its own, and names that have

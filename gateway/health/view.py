@@ -211,8 +211,9 @@ class HealthView:
         models = provider.models
         full = len(models) >= MAX_MODEL_TRACKS
         if len(models) >= provider.sweep_at or (full and at >= provider.full_sweep_after):
-            # full: also the tracks that only keep a run of failures (a made-up name a provider
-            # failed once would hold its place for good)
+            # full: also the healthy tracks that only keep a run of failures (a made-up name a
+            # provider failed once would hold its place for good); one degraded or down is kept
+            # (forgotten, it would go from down to nothing without a transition)
             _forget_idle_models(provider, cutoff, keep_failing=not full)
             provider.sweep_at = max(MODEL_SWEEP_AT, 2 * len(models))
             provider.full_sweep_after = at + _FULL_SWEEP_EVERY
@@ -433,11 +434,11 @@ def _forget_idle_models(tracked: _Provider, cutoff: float, *, keep_failing: bool
     """Drop the model tracks with no attempt in the window and nothing to report (healthy, no
     run of failures): a fresh track would say the same. Model names come from clients (any
     ``gpt-...`` name goes upstream as is), so without this the view kept one track per name
-    ever seen, and the health API listed them all. ``keep_failing`` False: also those that keep
-    only a state or a run of failures."""
+    ever seen, and the health API listed them all. ``keep_failing`` False: also the healthy
+    ones that keep a run of failures."""
     idle = []
     for name, track in tracked.models.items():
-        if not keep_failing or (track.state == "healthy" and not track.consecutive_failures):
+        if track.state == "healthy" and (not keep_failing or not track.consecutive_failures):
             track.window.evict_before(cutoff)
             if not len(track.window):
                 idle.append(name)

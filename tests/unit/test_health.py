@@ -318,19 +318,25 @@ def test_a_burst_of_made_up_model_names_takes_a_bounded_number_of_tracks(clock: 
     active ones, an attempt counts for the provider alone; the tracks come back as they idle."""
     from gateway.health.view import MAX_MODEL_TRACKS
 
-    view, _ = make_view(clock)
+    view, seen = make_view(clock)
+    feed(view, clock, *["upstream_error"] * 10, model="gpt-real")  # a real model, down
+    feed(view, clock, *["success"] * 5, model="gpt-4")  # the provider recovers meanwhile
     for i in range(1000):
         assert view.apply(ev("model_not_found", at=clock.now, model=f"gpt-404-{i}"))
-    assert view.health("openai").models == {} and view.health("openai").stats.attempts == 1000
+    assert set(view.health("openai").models) == {"gpt-real", "gpt-4"}
     for i in range(3 * MAX_MODEL_TRACKS):  # within one window
         clock.advance(0.05)
         assert view.apply(ev(outcome, at=clock.now, model=f"gpt-made-up-{i}"))
     assert len(view._providers["openai"].models) == MAX_MODEL_TRACKS
     health = view.health("openai")
-    assert len(health.models) == MAX_MODEL_TRACKS and health.stats.attempts == 1000 + 3 * MAX_MODEL_TRACKS
+    assert len(health.models) == MAX_MODEL_TRACKS and health.stats.attempts == 1015 + 3 * MAX_MODEL_TRACKS
     clock.advance(61)  # the window passes: the made-up names idle (a run of one failure each)
     feed(view, clock, "success", model="gpt-4o")
-    assert set(view._providers["openai"].models) == {"gpt-4o"}
+    # the down model stays (forgotten, it would go from down to nothing without a transition)
+    assert set(view._providers["openai"].models) == {"gpt-real", "gpt-4o"}
+    assert view.health("openai").models["gpt-real"].state == "down"
+    feed(view, clock, "success", model="gpt-real")
+    assert [t.current for t in seen if t.model == "gpt-real"][-1] == "healthy"
 
 
 # --- thresholds ------------------------------------------------------------------------------------
