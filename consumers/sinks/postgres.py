@@ -336,7 +336,10 @@ class PostgresSink:
                 ) from e
             # a NOT NULL column the sink does not write, without a default: every event fails
             # alike. A schema problem, not bad events: pause until an operator fixes it (the
-            # message only: its detail is the failing row, a tenant's call)
+            # message only: its detail is the failing row, a tenant's call). The table is read
+            # again at the next try: the column may be an "updatedAt" added since the start
+            # (Prisma's), which the sink writes once it knows it
+            await self._drop_pool()
             raise SinkError(self.name, f"{type(e).__name__}: {_message(e)}") from e
         except _DATA_ERRORS as e:
             raise RejectedEvents(self.name, f"{type(e).__name__}: {e}") from e

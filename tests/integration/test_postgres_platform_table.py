@@ -254,3 +254,20 @@ async def test_prismas_updated_at_without_a_default_is_written_with_each_row_and
         assert after[first.event_id][0] == Decimal("0.0000031")
         assert after[first.event_id][2] > written[first.event_id][2]  # the corrected row says so
         assert after[second.event_id] == written[second.event_id]  # an unchanged row is not rewritten
+
+
+async def test_an_updated_at_the_platform_adds_while_the_sink_runs_is_written_at_the_next_try() -> None:
+    """`prisma migrate` adding ``updatedAt DateTime @updatedAt`` to the live table: the sink
+    knew the table's columns from its start, and paused on the new NOT NULL until a restart."""
+    async with scratch_schema("addedupdatedat") as pg:
+        sink = pg.sink()
+        await sink.start()
+        await sink.apply([make_event(1)])
+        table = f'"{pg.schema}"."LLMUsage"'
+        await pg.conn.execute(f'ALTER TABLE {table} ADD COLUMN "updatedAt" TIMESTAMP(3) NOT NULL DEFAULT now()')
+        await pg.conn.execute(f'ALTER TABLE {table} ALTER COLUMN "updatedAt" DROP DEFAULT')  # as Prisma leaves it
+        later = make_event(2)
+        with pytest.raises(SinkError, match="updatedAt"):
+            await sink.apply([later])  # paused once: the projector retries the batch
+        await sink.apply([later])
+        assert (await stored(pg.conn, pg.schema, "updatedAt"))[later.event_id][2] is not None
