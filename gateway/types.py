@@ -286,11 +286,12 @@ class StreamChunk:
     #: a piece of a refusal (OpenAI's ``delta.refusal``)
     refusal: str | None = None
     #: the model has begun to think (a vendor that streams its thinking: Ollama's
-    #: ``message.thinking``). Not sent to the client, but it is the answer begun: generated,
-    #: billed output, so the stream has started (a model thinking past the request timeout was
-    #: failed for "no content", at an unknown cost, while it wrote all along: a review)
+    #: ``message.thinking``). Never sent to the client and not content (a cut before the answer
+    #: still falls back), but the model is writing: the first-content deadline no longer applies
+    #: (a model thinking past the request timeout was failed for "no content", at an unknown
+    #: cost, while it wrote all along: a review)
     thinking: bool = False
 
     def says_something(self) -> bool:
-        """Content, a call, a refusal, thinking, an end or usage: not an empty role or filter chunk."""
-        return bool(self.text or self.finish_reason or self.usage or self.tool_calls or self.refusal or self.thinking)
+        """Content, a call, a refusal, an end or usage: not an empty role, filter or thinking chunk."""
+        return bool(self.text or self.finish_reason or self.usage or self.tool_calls or self.refusal)

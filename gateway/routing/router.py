@@ -395,6 +395,9 @@ class Router:
                 head = batch if not head else type(batch)(head + batch)  # a FinalBatch stays one
                 if any(chunk.says_something() for chunk in batch):
                     break
+                if deadline is not None and any(chunk.thinking for chunk in batch):
+                    self._starts.end(deadline)  # the model writes: no deadline for its first content
+                    deadline = None
         except StopAsyncIteration:
             pass
         except BaseException as exc:

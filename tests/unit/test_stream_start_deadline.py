@@ -165,3 +165,45 @@ async def test_a_model_thinking_past_the_deadline_has_begun_its_stream() -> None
     [event] = log.events
     assert event.outcome == "success" and not event.incomplete
     assert event.completion_tokens == sim.count_tokens(text) + sim.count_tokens(sim.thinking or "")
+
+
+async def test_a_stream_cut_while_its_model_thinks_falls_back() -> None:
+    """The thinking is not content: the client has nothing yet, so a cut then goes to the next
+    provider (a re-test: the first version took thinking for the stream's start, and such a cut
+    was the client's error)."""
+    thinker = OllamaSimulator(thinking="one two three four five six", think_seconds=0.3)
+    other = OpenAISimulator(api_key=KEY)
+    await thinker.start()
+    await other.start()
+    thinker.faults.push(Fault("cut", after_chunks=3))  # three thinking lines, then the cut
+    log = MemoryEventLog()
+    try:
+        async with UpstreamClient() as session:
+            timeouts = Timeouts(request=5, connect=0.5, stream_idle=5)
+            providers = {
+                "ollama": OllamaProvider(ProviderSettings(base_url=thinker.base_url), session, timeouts),
+                "openai": OpenAIProvider(
+                    ProviderSettings(api_key=KEY, base_url=f"{other.base_url}/v1"), session, timeouts
+                ),
+            }
+            router = Router(
+                providers,
+                ModelCatalog({"thinky": {"ollama": "qwen3", "openai": "gpt-4o"}}),
+                UsageRecorder(log, FixedPriceBook(), clock=ManualClock()),
+                priority=["ollama", "openai"],
+                policy=RetryPolicy(attempts=1, initial_wait=0, max_wait=0, max_server_wait=0, budget_seconds=10),
+                sleep=RecordingSleep(),
+                rng=random.Random(1),
+                first_content_timeout=5,
+            )
+            stream = await router.open_stream(
+                CallContext("r1", "acme", None, "chat.completions", True, "thinky"),
+                ChatRequest(model="thinky", messages=[Message("user", "hi")], stream=True),
+            )
+            text = "".join([chunk.text async for chunk in stream.chunks()])
+            stream.finish()
+    finally:
+        await thinker.stop()
+        await other.stop()
+    assert stream.provider == "openai" and text
+    assert [(e.provider, e.outcome) for e in log.events] == [("ollama", "stream_cut"), ("openai", "success")]
