@@ -49,13 +49,15 @@ OPTION_NAMES = ("seed", "presence_penalty", "frequency_penalty", "response_forma
 #: answers it, Anthropic and Gemini refuse it) and ``blank_stop`` (a stop sequence that is empty
 #: or only whitespace, such as the common ``"\n"``: Anthropic refuses it) and
 #: ``temperature_with_top_p`` (both set, neither at its default of 1: the later Claude models
-#: refuse the pair) and ``sampling`` (``temperature`` or ``top_p`` set to other than 1, their
-#: default: OpenAI's reasoning models refuse it)
+#: refuse the pair), ``sampling`` (``temperature`` or ``top_p`` set to other than 1, their
+#: default: OpenAI's reasoning models refuse it) and ``sampling_with_reasoning`` (that with a
+#: ``reasoning_effort`` other than ``none``: gpt-5.1 and later refuse the pair)
 CAPABILITIES = (
     *OPTION_NAMES,
     "temperature",
     "temperature_with_top_p",
     "sampling",
+    "sampling_with_reasoning",
     "tools",
     "tool_choice",
     "parallel_tool_calls",
@@ -152,6 +154,9 @@ class ChatRequest:
             needs.append("sampling")
             if tempered and nucleus:
                 needs.append("temperature_with_top_p")
+            effort = self.options.reasoning_effort if self.options is not None else None
+            if effort is not None and effort != "none":
+                needs.append("sampling_with_reasoning")
         if self.tools is not None or self.tool_history:
             needs.append("tools")
         if self.tools is not None:

@@ -86,7 +86,7 @@ class AnthropicProvider:
     #: (``model_lacks``)
     options: frozenset[str] = frozenset({
         "tools", "tool_choice", "parallel_tool_calls", "images", "image_urls", "gif_images", "tool_names",
-        "temperature_with_top_p", "sampling",
+        "temperature_with_top_p", "sampling", "sampling_with_reasoning",
     })  # fmt: skip
 
     def __init__(self, settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> None:

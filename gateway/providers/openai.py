@@ -38,10 +38,13 @@ class Target:
 #: penalties: any other is their 400 ("Unsupported value: 'temperature' does not support 0.2
 #: with this model. Only the default (1) value is supported."), which does not fall back, so a
 #: model group starting with one ended every such request there (a review). gpt-5.1 and later
-#: take them (without reasoning, their default), so they are not named here
+#: take them without reasoning only (``reasoning_effort`` ``none``, their default)
 FIXED_SAMPLING = re.compile(r"(?:^|[-_./:])(?:o\d(?:$|[-_./:]|mini|pro)|gpt-?5(?:$|_|-(?!chat)))", re.IGNORECASE)
+#: gpt-5.1 and later: the sampling knobs only without reasoning
+SAMPLING_IF_NO_REASONING = re.compile(r"(?:^|[-_./:])gpt-?5\.\d", re.IGNORECASE)
 #: what those models do not take (``ModelOptions.model_lacks``)
 _LACKS_SAMPLING = frozenset({"sampling", "presence_penalty", "frequency_penalty"})
+_LACKS_SAMPLING_WITH_REASONING = frozenset({"sampling_with_reasoning"})
 _LACKS_NOTHING: frozenset[str] = frozenset()
 
 
@@ -77,7 +80,10 @@ class OpenAIProvider:
         return model
 
     def model_lacks(self, model: str) -> frozenset[str]:  # ModelOptions
-        return _LACKS_SAMPLING if FIXED_SAMPLING.search(self.model_name(model)) else _LACKS_NOTHING
+        named = self.model_name(model)
+        if FIXED_SAMPLING.search(named):
+            return _LACKS_SAMPLING
+        return _LACKS_SAMPLING_WITH_REASONING if SAMPLING_IF_NO_REASONING.search(named) else _LACKS_NOTHING
 
     # --- the port ---------------------------------------------------------------------------
     def _classify(self, status: int, headers: Mapping[str, str], body: Any, raw: str) -> errors.ProviderError:

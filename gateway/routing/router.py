@@ -83,12 +83,14 @@ _NEED_WORDS = {
     "blank_stop": "A stop sequence that is empty or only whitespace",
     "temperature_with_top_p": "'temperature' with 'top_p' (set only one)",
     "sampling": "'temperature' or 'top_p' other than 1",
+    "sampling_with_reasoning": "'temperature' or 'top_p' other than 1 with 'reasoning_effort'",
 }
 #: the request field a need is about, where it is not a field of its own name
 _NEED_PARAMS = {
     "images": "messages", "image_urls": "messages", "gif_images": "messages", "large_images": "messages",
     "tool_names": "tools", "blank_content": "messages",
     "blank_stop": "stop", "temperature_with_top_p": "top_p", "sampling": "temperature",
+    "sampling_with_reasoning": "temperature",
 }  # fmt: skip
 #: failures that may pass: a client's retry later can succeed
 _TRANSIENT = frozenset(

@@ -93,6 +93,8 @@ OPENAI_ERRORS: dict[str, ErrorSpec] = {
 
 #: the reasoning models that take no sampling knob (``sampling_problem``)
 _FIXED_SAMPLING = re.compile(r"(?:ft:)?(?:o\d|gpt-5(?:$|-(?!chat)))")
+#: gpt-5.1 and later: the sampling knobs only without reasoning (``reasoning_effort`` none)
+_SAMPLING_IF_NO_REASONING = re.compile(r"(?:ft:)?gpt-5\.\d")
 _UNPARSABLE = ErrorSpec(400, "We could not parse the JSON body of your request.", None, "invalid_request_error")
 
 
@@ -251,7 +253,9 @@ class OpenAISimulator(Simulator):
     def sampling_problem(self, body: dict[str, Any], model: str) -> web.Response | None:
         """The reasoning models' 400s for a sampling knob (o1, o3, o4, gpt-5 but its chat model):
         temperature and top_p only at 1, no penalties."""
-        if not _FIXED_SAMPLING.match(model):
+        effort = body.get("reasoning_effort")
+        reasoning = _SAMPLING_IF_NO_REASONING.match(model) and effort is not None and effort != "none"
+        if not (_FIXED_SAMPLING.match(model) or reasoning):
             return None
         for name in ("temperature", "top_p"):
             value = body.get(name)

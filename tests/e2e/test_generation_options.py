@@ -414,3 +414,10 @@ async def test_a_sampling_knob_is_not_sent_to_an_openai_reasoning_model() -> Non
             raw = await ask(gw, model, "openai", temperature=0.2)
             assert raw.headers["x-llm-provider"] == "openai"
             assert gw.sims["openai"].requests[-1].body["temperature"] == 0.2
+        # gpt-5.1 and later take the knobs without reasoning only (a re-test)
+        await ask(gw, "gpt-5.1", "openai", temperature=0.2, reasoning_effort="none")
+        assert gw.sims["openai"].requests[-1].body["reasoning_effort"] == "none"
+        sent = len(gw.sims["openai"].requests)
+        with pytest.raises(openai.BadRequestError) as info:
+            await ask(gw, "gpt-5.2", "openai", temperature=0.2, reasoning_effort="high")
+        assert "with 'reasoning_effort'" in info.value.message and len(gw.sims["openai"].requests) == sent
