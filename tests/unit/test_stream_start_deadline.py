@@ -19,7 +19,7 @@ from gateway.providers.openai import OpenAIProvider
 from gateway.providers.upstream_http import UpstreamClient
 from gateway.routing.catalog import ModelCatalog
 from gateway.routing.retry import RetryPolicy
-from gateway.routing.router import Router
+from gateway.routing.router import Router, StreamSession
 from gateway.settings import ProviderSettings
 from gateway.simulators.base import Fault
 from gateway.simulators.ollama import OllamaSimulator
@@ -45,12 +45,19 @@ def stream_request() -> ChatRequest:
     return ChatRequest(model="gpt-4o", messages=[Message("user", "hi")], stream=True)
 
 
-def router_for(provider: OpenAIProvider | OllamaProvider, log: MemoryEventLog, first_content: float) -> Router:
+def router_for(
+    provider: OpenAIProvider | OllamaProvider,
+    log: MemoryEventLog,
+    first_content: float,
+    *more: OpenAIProvider | OllamaProvider,
+    groups: dict[str, dict[str, str]] | None = None,
+) -> Router:
+    providers = [provider, *more]
     return Router(
-        {provider.name: provider},
-        ModelCatalog(),
+        {p.name: p for p in providers},
+        ModelCatalog(groups),
         UsageRecorder(log, FixedPriceBook(), clock=ManualClock()),
-        priority=[provider.name],
+        priority=[p.name for p in providers],
         policy=RetryPolicy(attempts=1, initial_wait=0, max_wait=0, max_server_wait=0, budget_seconds=10),
         sleep=RecordingSleep(),
         rng=random.Random(1),
@@ -139,12 +146,23 @@ async def test_an_error_answer_whose_body_stalls_is_not_billed(refusing_port: in
     assert (event.billable, event.cost_usd) == (False, 0)
 
 
-async def test_a_model_thinking_past_the_deadline_has_begun_its_stream() -> None:
+async def read_stream(router: Router, model: str) -> tuple[StreamSession, str]:
+    """Open a stream of ``model`` and read it to its end: the session and its text."""
+    stream = await router.open_stream(
+        CallContext("r1", "acme", None, "chat.completions", True, model),
+        ChatRequest(model=model, messages=[Message("user", "hi")], stream=True),
+    )
+    text = "".join([chunk.text async for chunk in stream.chunks()])
+    stream.finish()
+    return stream, text
+
+
+async def test_a_model_thinking_past_the_deadline_is_not_failed_for_it() -> None:
     """Ollama's thinking models (qwen3, deepseek-r1) stream their thinking in ``message.thinking``
     with empty content before the answer. That stream had "no content" until the answer began:
     a model thinking past the request timeout was failed as a provider timeout, at an unknown
-    cost, while it wrote all along (a review). Its thinking starts the stream; the thinking
-    never reaches the answer, and its tokens are billed output."""
+    cost, while it wrote all along (a review). Its thinking ends the first-content deadline;
+    the thinking never reaches the answer, and its tokens are billed output."""
     sim = OllamaSimulator(thinking="let me think this through one careful step at a time", think_seconds=1.2)
     await sim.start()
     log = MemoryEventLog()
@@ -152,13 +170,7 @@ async def test_a_model_thinking_past_the_deadline_has_begun_its_stream() -> None
         async with UpstreamClient() as session:
             timeouts = Timeouts(request=0.4, connect=0.5, stream_idle=5)
             provider = OllamaProvider(ProviderSettings(base_url=sim.base_url), session, timeouts)
-            router = router_for(provider, log, 0.4)
-            stream = await router.open_stream(
-                CallContext("r1", "acme", None, "chat.completions", True, "llama3"),
-                ChatRequest(model="llama3", messages=[Message("user", "hi")], stream=True),
-            )
-            text = "".join([chunk.text async for chunk in stream.chunks()])
-            stream.finish()
+            _, text = await read_stream(router_for(provider, log, 0.4), "llama3")
     finally:
         await sim.stop()
     assert text == sim.reply_text(sim.requests[-1].body) and "careful" not in text
@@ -180,28 +192,14 @@ async def test_a_stream_cut_while_its_model_thinks_falls_back() -> None:
     try:
         async with UpstreamClient() as session:
             timeouts = Timeouts(request=5, connect=0.5, stream_idle=5)
-            providers = {
-                "ollama": OllamaProvider(ProviderSettings(base_url=thinker.base_url), session, timeouts),
-                "openai": OpenAIProvider(
-                    ProviderSettings(api_key=KEY, base_url=f"{other.base_url}/v1"), session, timeouts
-                ),
-            }
-            router = Router(
-                providers,
-                ModelCatalog({"thinky": {"ollama": "qwen3", "openai": "gpt-4o"}}),
-                UsageRecorder(log, FixedPriceBook(), clock=ManualClock()),
-                priority=["ollama", "openai"],
-                policy=RetryPolicy(attempts=1, initial_wait=0, max_wait=0, max_server_wait=0, budget_seconds=10),
-                sleep=RecordingSleep(),
-                rng=random.Random(1),
-                first_content_timeout=5,
+            router = router_for(
+                OllamaProvider(ProviderSettings(base_url=thinker.base_url), session, timeouts),
+                log,
+                5,
+                OpenAIProvider(ProviderSettings(api_key=KEY, base_url=f"{other.base_url}/v1"), session, timeouts),
+                groups={"thinky": {"ollama": "qwen3", "openai": "gpt-4o"}},
             )
-            stream = await router.open_stream(
-                CallContext("r1", "acme", None, "chat.completions", True, "thinky"),
-                ChatRequest(model="thinky", messages=[Message("user", "hi")], stream=True),
-            )
-            text = "".join([chunk.text async for chunk in stream.chunks()])
-            stream.finish()
+            stream, text = await read_stream(router, "thinky")
     finally:
         await thinker.stop()
         await other.stop()
