@@ -55,6 +55,11 @@ class ClientWatch:
 
 #: the longest wait passed on to a client in ``retry-after`` (a day)
 MAX_RETRY_AFTER = 86_400
+#: the longest ``retry-after`` a client's SDK may wait for before its own retry: the Python SDK
+#: waits at most 60 s (it retries on its own schedule past that), the Node SDK any time at all
+#: (a review: a create() with a 5 s timeout slept 90 s on an upstream's retry-after, and 30 then
+#: 60 s on the cool-downs of circuits open). A longer wait says ``x-should-retry: false``
+SDK_RETRY_WAIT = 60
 
 
 def retry_after_header(seconds: float) -> str:
@@ -88,6 +93,8 @@ def error_response(exc: errors.GatewayError, rid: str) -> web.Response:
             headers["x-llm-attempts"] = str(exc.call_attempts)
         if exc.retry_after is not None:
             headers["retry-after"] = retry_after_header(exc.retry_after)
+    if int(headers.get("retry-after", 0)) > SDK_RETRY_WAIT:
+        headers["x-should-retry"] = "false"  # the client schedules its own retry by retry-after
     return web.Response(
         status=exc.status, body=orjson.dumps(exc.to_openai()), content_type="application/json", headers=headers
     )

@@ -499,12 +499,19 @@ class Router:
             # or fallen back already (two attempts or more reached providers): a client's retry
             # on top multiplies the calls, and what the vendors bill of them (the OpenAI SDKs
             # retried every such 429, 502 and 504 twice: a review counted 45 upstream calls for
-            # one create() with every provider rate limited). One attempt that reached its
-            # provider (a 5xx blip of a model only one provider serves, which the gateway does
-            # not retry there), or nothing sent (connections refused or busy, circuits open):
-            # the client may come back, after ``retry-after`` when known
+            # one create() with every provider rate limited). Nor after an attempt its provider
+            # bills (a timeout after it had the whole request, an answer that could not be read,
+            # a stream cut): the SDKs' two retries of one such 504 billed three calls (a
+            # review). One free attempt that reached its provider (a 5xx blip of a model only
+            # one provider serves, which the gateway does not retry there), or nothing sent
+            # (connections refused or busy, circuits open): the client may come back, after
+            # ``retry-after`` when known
             client_should_retry=(
-                False if (_permanent(outcomes) and not attempts.skipped) or _sent(attempts.failures) >= 2 else None
+                False
+                if (_permanent(outcomes) and not attempts.skipped)
+                or _sent(attempts.failures) >= 2
+                or attempts.billed is not None
+                else None
             ),
         )
         # every circuit open: the client may come back when the first lets a probe through (the

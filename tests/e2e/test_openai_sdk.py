@@ -196,6 +196,43 @@ async def test_one_failed_attempt_leaves_the_sdk_its_retry() -> None:
         assert len(gw.sims["openai"].requests) == 2  # the blip, then the SDK's retry
 
 
+@pytest.mark.parametrize("fault", [Fault("timeout", delay=4), Fault("malformed")], ids=["timeout", "malformed"])
+async def test_a_failed_attempt_its_provider_bills_stops_the_sdks_retry(fault: Fault) -> None:
+    """A timeout after the provider had the whole request, or an answer that could not be read,
+    is billed (at a cost nobody told us, or its price): the SDK's two retries of one such 504
+    billed three calls (a review, with the Node SDK). The answer says ``x-should-retry: false``."""
+    from tests.support.gateway import running_gateway
+
+    async with running_gateway(providers=("openai",)) as gw:  # request timeout 2 s
+        gw.sims["openai"].faults.always(fault)
+        async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="unused", max_retries=2) as c:
+            with pytest.raises(openai.APIStatusError) as info:
+                await c.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
+        assert info.value.response.headers.get("x-should-retry") == "false"
+        assert len(gw.sims["openai"].requests) == 1
+        [event] = gw.event_log.events
+        assert event.billable
+
+
+async def test_a_wait_longer_than_an_sdk_honours_stops_its_retry() -> None:
+    """The Node SDK sleeps for any ``retry-after`` (a create() with a 5 s timeout slept 90 s; the
+    Python SDK retries on its own schedule past 60 s): a wait past 60 s is the client's to
+    schedule, with ``x-should-retry: false``; a shorter one still lets the SDK retry."""
+    from tests.support.gateway import running_gateway
+
+    async with running_gateway(providers=("openai",)) as gw:
+        gw.sims["openai"].faults.push(Fault("server_error", retry_after=90))
+        async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="unused", max_retries=2) as c:
+            with pytest.raises(openai.APIStatusError) as info:
+                await c.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
+            headers = info.value.response.headers
+            assert (headers["retry-after"], headers.get("x-should-retry")) == ("90", "false")
+            assert len(gw.sims["openai"].requests) == 1
+            gw.sims["openai"].faults.push(Fault("server_error", retry_after=1))
+            await c.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
+        assert len(gw.sims["openai"].requests) == 3  # the second 500, then the SDK's retry after 1 s
+
+
 async def test_a_refusal_beside_a_provider_skipped_for_its_circuit_leaves_the_sdk_its_retry() -> None:
     """Every provider tried refused for good (a 401), but one was only skipped for its open
     circuit, which lets a probe through within its cool-down: the client may come back."""
