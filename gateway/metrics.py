@@ -57,6 +57,11 @@ class GatewayMetrics:
         self.unpriced = CounterSeries(
             "llm_gateway_unpriced_attempts", "Billable attempts without a known price", ["provider", "model"]
         )
+        self.errors = CounterSeries(
+            "llm_gateway_error_answers",
+            "Error answers by their OpenAI error code; circuits_open: every provider skipped, none tried",
+            ["code"],
+        )
         r.register(
             SeriesCollector(
                 [
@@ -68,8 +73,23 @@ class GatewayMetrics:
                     self.tokens,
                     self.cost,
                     self.unpriced,
+                    self.errors,
                 ]
             )
+        )
+        # an open circuit sends no attempt, so the attempts' error rate goes quiet while a
+        # provider is still down (a review): these say what the circuits and health say
+        self.provider_circuit = Gauge(
+            "llm_gateway_provider_circuit",
+            "Circuit per provider: 0 closed, 1 half-open, 2 open",
+            ["provider"],
+            registry=r,
+        )
+        self.provider_health = Gauge(
+            "llm_gateway_provider_health",
+            "Health per provider: 0 healthy, 1 degraded, 2 down",
+            ["provider"],
+            registry=r,
         )
         self.spool_depth = Gauge("llm_gateway_spool_depth", "Usage events not yet on the durable log", registry=r)
         self.consumer_lag = Gauge(
@@ -126,6 +146,10 @@ class GatewayMetrics:
                 labels.add(model)
                 return model
         return OTHER_MODELS
+
+    def observe_error(self, code: str) -> None:
+        """Count an error answer by its code (one of the gateway's own: a bounded set)."""
+        self.errors.inc((code,))
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         self.requests.inc((route, str(status)))
@@ -193,6 +217,22 @@ async def metrics_handler(request: web.Request) -> web.Response:
 class _HasProjectorStats(Protocol):
     @property
     def projector(self) -> Any: ...
+
+
+_CIRCUIT = {"closed": 0, "half_open": 1, "open": 2}
+_HEALTH = {"healthy": 0, "degraded": 1, "down": 2}
+
+
+def watch_health(metrics: GatewayMetrics, view: Any) -> None:
+    """Report each provider's circuit and health state (``HealthView``) at every scrape."""
+
+    def refresh() -> None:
+        for name in view.providers():
+            health = view.health(name)
+            metrics.provider_circuit.labels(name).set(_CIRCUIT.get(health.circuit, 2))
+            metrics.provider_health.labels(name).set(_HEALTH.get(health.state, 2))
+
+    metrics.on_scrape(refresh)
 
 
 def watch_projector(metrics: GatewayMetrics, pipeline: _HasProjectorStats, group: str) -> None:

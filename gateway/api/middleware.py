@@ -12,6 +12,7 @@ from aiohttp.typedefs import Handler
 from gateway import errors
 from gateway.api.drain import IN_FLIGHT
 from gateway.ids import request_id
+from gateway.metrics import METRICS
 from gateway.pricing.base import format_usd
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,24 @@ def retry_after_header(seconds: float) -> str:
     return str(int(max(1, min(round(min(seconds, MAX_RETRY_AFTER)), MAX_RETRY_AFTER))))
 
 
+def error_label(exc: errors.GatewayError) -> str:
+    """The code an error answer is counted under: the gateway's own (a vendor's code for a bad
+    request, free text, counts as its class's), ``circuits_open`` when no provider was tried."""
+    if isinstance(exc, errors.AllProvidersFailed) and not exc.attempts:
+        return "circuits_open"
+    code = exc.code
+    return code if code is not None and code in _GATEWAY_CODES else type(exc).code or "error"
+
+
+def _codes(cls: type[errors.GatewayError]) -> set[str]:
+    own = {cls.code} if cls.code is not None else set()
+    return own.union(*(_codes(sub) for sub in cls.__subclasses__()))
+
+
+#: the error codes the gateway's own classes give (and the router's for every provider failed)
+_GATEWAY_CODES = _codes(errors.GatewayError) | {"rate_limit_exceeded", "insufficient_quota", "model_not_found"}
+
+
 def error_response(exc: errors.GatewayError, rid: str) -> web.Response:
     headers = {"x-request-id": rid}
     if exc.client_should_retry is False:
@@ -122,6 +141,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         response = await handler(request)
     except errors.GatewayError as exc:
+        metrics = request.app.get(METRICS)
+        if metrics is not None:
+            metrics.observe_error(error_label(exc))
         return error_response(exc, rid)
     except web.HTTPException as exc:
         if exc.status < 400:

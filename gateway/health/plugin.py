@@ -71,10 +71,13 @@ def install_health(app: web.Application, wiring: HealthWiring) -> None:
     """Plug ``wiring`` into a built, not yet started gateway app."""
     from gateway.api.health import provider_health
     from gateway.api.state import STATE
+    from gateway.metrics import METRICS, watch_health
 
     state = app[STATE]
     state.router.circuits = wiring.view
     state.router.recorder.observers.append(wiring.observer)
     app[HEALTH] = wiring.view
+    if METRICS in app:
+        watch_health(app[METRICS], wiring.view)
     app.router.add_get("/v1/providers/health", provider_health)
     app.cleanup_ctx.append(wiring.plugin)
