@@ -227,10 +227,11 @@ def watch_health(metrics: GatewayMetrics, view: Any) -> None:
     """Report each provider's circuit and health state (``HealthView``) at every scrape."""
 
     def refresh() -> None:
-        for name in view.providers():
-            health = view.health(name)
-            metrics.provider_circuit.labels(name).set(_CIRCUIT.get(health.circuit, 2))
-            metrics.provider_health.labels(name).set(_HEALTH.get(health.state, 2))
+        # the providers' states alone: health() made every model's statistics and percentiles
+        # (50 ms of the event loop a scrape with 5 providers of 256 models: a diff review)
+        for name, (state, circuit) in view.provider_states().items():
+            metrics.provider_circuit.labels(name).set(_CIRCUIT.get(circuit, 2))
+            metrics.provider_health.labels(name).set(_HEALTH.get(state, 2))
 
     metrics.on_scrape(refresh)
 

@@ -196,7 +196,7 @@ class HealthView:
         provider.track.add(sample, key)
         model = provider.models.get(event.provider_model)
         if model is None and event.outcome != "model_not_found":  # a name the provider has not
-            model = self._new_model(provider, event.provider_model, at, cutoff)  # (None: full)
+            model = self._new_model(event.provider, provider, event.provider_model, now, cutoff)  # None: full
         if model is not None:
             model.add(sample)
         provider.breaker.observe(sample, now, cutoff)
@@ -205,22 +205,39 @@ class HealthView:
         self._refresh(event.provider, provider, now, only_model=event.provider_model, cutoff=cutoff)
         return True
 
-    def _new_model(self, provider: _Provider, name: str, at: float, cutoff: float) -> _Track | None:
-        """A track for the model ``name``, or None while the provider holds MAX_MODEL_TRACKS
-        active ones (the attempt then counts for the provider alone)."""
+    def _new_model(self, name: str, provider: _Provider, model: str, now: datetime, cutoff: float) -> _Track | None:
+        """A track for ``model``, or None while the provider holds MAX_MODEL_TRACKS active ones
+        (the attempt then counts for the provider alone)."""
         models = provider.models
+        at = now.timestamp()
         full = len(models) >= MAX_MODEL_TRACKS
         if len(models) >= provider.sweep_at or (full and at >= provider.full_sweep_after):
             # full: also the healthy tracks that only keep a run of failures (a made-up name a
-            # provider failed once would hold its place for good); one degraded or down is kept
-            # (forgotten, it would go from down to nothing without a transition)
+            # provider failed once would hold its place for good)
             _forget_idle_models(provider, cutoff, keep_failing=not full)
+            if len(models) >= MAX_MODEL_TRACKS:
+                # still full: the idle ones degraded or down, each said so first (kept, 256
+                # names that failed five times each held every place for good: a diff review)
+                self._forget_idle_failing(name, provider, now, cutoff)
             provider.sweep_at = max(MODEL_SWEEP_AT, 2 * len(models))
             provider.full_sweep_after = at + _FULL_SWEEP_EVERY
         if len(models) >= MAX_MODEL_TRACKS:
             return None
-        track = models[name] = _Track(self._window())
+        track = models[model] = _Track(self._window())
         return track
+
+    def _forget_idle_failing(self, name: str, provider: _Provider, now: datetime, cutoff: float) -> None:
+        """Forget the provider's model tracks with no attempt in the window that are degraded or
+        down, each with a transition to healthy that says why (as a fresh track would say)."""
+        for model, track in list(provider.models.items()):
+            track.window.evict_before(cutoff)
+            if len(track.window) or track.state == "healthy":
+                continue
+            reason = f"forgotten: no attempt in the window while the provider holds {MAX_MODEL_TRACKS} models"
+            stats = track.window.stats(now)
+            change = HealthTransition(name, model, now, "state", track.state, "healthy", reason, "healthy", None, stats)
+            self._emit(track, change)
+            del provider.models[model]
 
     def has_counted(self, provider: str, at: float, event_id: str) -> bool:
         """Whether the event with this id, provider and ``created_at`` (POSIX seconds) is counted
@@ -300,6 +317,17 @@ class HealthView:
                 name: self._model_health(provider, name, track, now) for name, track in sorted(tracked.models.items())
             },
         )
+
+    def provider_states(self) -> dict[str, tuple[HealthState, CircuitState]]:
+        """Each provider's state and circuit now, without the statistics :meth:`health` makes
+        (its models' among them): for the metrics' scrape."""
+        now = self._clock()
+        cutoff = (now - self._span).timestamp()
+        states = {}
+        for name, tracked in self._providers.items():
+            tracked.breaker.tick(now)
+            states[name] = (self._quick_provider_state(tracked, cutoff), tracked.breaker.state)
+        return states
 
     def snapshot(self) -> dict[str, ProviderHealth]:
         return {name: self.health(name) for name in self.providers()}

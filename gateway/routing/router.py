@@ -510,7 +510,7 @@ class Router:
                 False
                 if (_permanent(outcomes) and not attempts.skipped)
                 or _sent(attempts.failures) >= 2
-                or attempts.billed is not None
+                or _costs(attempts.billed)
                 else None
             ),
         )
@@ -520,6 +520,12 @@ class Router:
             waits = [w for p in attempts.skipped if (w := self.circuits.reopens_in(p)) is not None]
             failed.retry_after = min(waits, default=None)
         return failed
+
+
+def _costs(billed: _Billed | None) -> bool:
+    """Whether failed attempts cost money their providers bill: an unknown amount, or more
+    than $0 (a free model's timeout leaves the client its retry)."""
+    return billed is not None and (billed.unknown or billed.known > 0)
 
 
 def _sent(failures: list[errors.ProviderError]) -> int:

@@ -126,3 +126,19 @@ async def test_circuits_health_and_error_answers_are_in_the_metrics() -> None:
     assert m[("llm_gateway_provider_health", (("provider", "openai"),))] == 2  # down
     assert m[("llm_gateway_error_answers_total", (("code", "circuits_open"),))] == 1
     assert m[("llm_gateway_error_answers_total", (("code", "all_providers_failed"),))] == 5
+
+
+async def test_error_answers_are_counted_by_the_gateways_own_codes(gw: RunningGateway) -> None:
+    """A vendor's code is free text: it is counted under its class's code (a bounded label);
+    answers the routes give (404) and the front door's are counted too."""
+    gw.sims["openai"].faults.push(Fault("bad_request"))  # OpenAI's context_length_exceeded
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{gw.base_url}/chat/completions", json={**CHAT, "provider": "openai"}) as r:
+            assert r.status == 400 and (await r.json())["error"]["code"] == "context_length_exceeded"
+        async with s.get(f"{gw.url}/v1/nothing-here") as r:
+            assert r.status == 404
+        async with s.get(f"{gw.url}/metrics") as r:
+            m = samples(await r.text())
+    assert m[("llm_gateway_error_answers_total", (("code", "invalid_request"),))] == 1
+    assert m[("llm_gateway_error_answers_total", (("code", "not_found"),))] == 1
+    assert not any(k[0] == "llm_gateway_error_answers_total" and "context" in str(k[1]) for k in m)

@@ -214,6 +214,21 @@ async def test_a_failed_attempt_its_provider_bills_stops_the_sdks_retry(fault: F
         assert event.billable
 
 
+async def test_a_free_models_timeout_leaves_the_sdk_its_retry() -> None:
+    """A diff review: a timeout of a model that costs nothing (a local Ollama's) is billable at
+    $0, and stopped the SDK's retry as if it cost money."""
+    from tests.support.gateway import running_gateway
+
+    async with running_gateway(providers=("ollama",)) as gw:  # request timeout 2 s
+        gw.sims["ollama"].faults.push(Fault("timeout", delay=4))
+        async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="unused", max_retries=2) as c:
+            completion = await c.chat.completions.create(model="llama3", messages=[{"role": "user", "content": "hi"}])
+        assert completion.choices[0].message.content
+        assert len(gw.sims["ollama"].requests) == 2  # the timeout, then the SDK's retry
+        first = gw.event_log.events[0]
+        assert (first.outcome, first.billable, first.cost_usd) == ("timeout", True, 0)
+
+
 async def test_a_wait_longer_than_an_sdk_honours_stops_its_retry() -> None:
     """The Node SDK sleeps for any ``retry-after`` (a create() with a 5 s timeout slept 90 s; the
     Python SDK retries on its own schedule past 60 s): a wait past 60 s is the client's to

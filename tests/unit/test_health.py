@@ -963,3 +963,40 @@ def test_a_success_after_a_step_back_ends_the_failures_before_the_step(clock: Ma
     feed(view, clock, "upstream_error")
     health = view.health("openai")
     assert (health.circuit, health.consecutive_failures) == ("closed", 1)
+
+
+def test_a_provider_full_of_down_names_forgets_the_idle_ones_saying_so(clock: ManualClock) -> None:
+    """A diff review: 256 names down by five failures each kept every place for good once the
+    full sweep kept degraded and down tracks, and a real model then had no track until a restart.
+    Idle ones that are not healthy are forgotten when the provider is still full, each with a
+    transition that says why."""
+    from gateway.health.view import MAX_MODEL_TRACKS
+
+    view, seen = make_view(clock, circuit_breaker=False)
+    for i in range(MAX_MODEL_TRACKS):
+        feed(view, clock, *["timeout"] * 5, step=0.01, model=f"gpt-broken-{i}")
+    assert len(view._providers["openai"].models) == MAX_MODEL_TRACKS
+    assert view.health("openai").models["gpt-broken-0"].state == "down"
+    clock.advance(3600)
+    feed(view, clock, "success", "success", model="gpt-4o")
+    assert set(view._providers["openai"].models) == {"gpt-4o"}
+    forgotten = [t for t in seen if t.model == "gpt-broken-0" and t.current == "healthy"]
+    assert len(forgotten) == 1 and forgotten[0].reason.startswith("forgotten: no attempt in the window")
+
+
+@pytest.mark.parametrize("scenario", ["closed", "degraded", "open", "half_open"])
+def test_the_providers_states_for_the_metrics_are_healths(clock: ManualClock, scenario: str) -> None:
+    """The metrics' scrape reads the providers' states without the models' statistics (health()
+    made them all: 50 ms a scrape at 5 x 256 models); the states are health()'s."""
+    view, _ = make_view(clock)
+    feed(view, clock, *["success"] * 8, model="gpt-4o")
+    if scenario == "degraded":
+        feed(view, clock, "upstream_error", "success", "upstream_error")
+    if scenario in ("open", "half_open"):
+        feed(view, clock, *["upstream_error"] * 5)
+    if scenario == "half_open":
+        clock.advance(31)
+    states = view.provider_states()
+    health = view.health("openai")
+    assert states == {"openai": (health.state, health.circuit)}
+    assert health.circuit == {"open": "open", "half_open": "half_open"}.get(scenario, "closed")
