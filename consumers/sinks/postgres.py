@@ -106,19 +106,14 @@ def merge_from_stage(*, corrects: bool, updated_at: bool) -> str:
     )
 
 
-UPSERT_FROM_STAGE = merge_from_stage(corrects=True, updated_at=False)
-#: the live projector's (``corrects`` False): a stored row is kept as it is
-INSERT_NEW_FROM_STAGE = merge_from_stage(corrects=False, updated_at=False)
 IS_EMPTY = f"SELECT NOT EXISTS (SELECT 1 FROM {TABLE})"
-#: whether "createdAt" is a ``timestamp`` without time zone (the platform's table, made by an ORM)
-CREATED_AT_IS_NAIVE = (
-    "SELECT coalesce((SELECT atttypid = 'timestamp'::regtype FROM pg_attribute "
-    f"WHERE attrelid = to_regclass('{TABLE}') AND attname = 'createdAt' AND NOT attisdropped), false)"
-)
-#: whether the table has a time column ``"updatedAt"`` (see UPDATED_AT)
-HAS_UPDATED_AT = (
-    "SELECT coalesce((SELECT atttypid IN ('timestamp'::regtype, 'timestamptz'::regtype) FROM pg_attribute "
-    f"WHERE attrelid = to_regclass('{TABLE}') AND attname = 'updatedAt' AND NOT attisdropped), false)"
+#: the time types of "createdAt" and "updatedAt", as the table has them (the platform's, made by
+#: an ORM): ``timestamp`` (without time zone) or ``timestamptz``, absent when the column is not
+#: there or is of another type
+TIME_COLUMNS = (
+    "SELECT attname, CASE atttypid WHEN 'timestamp'::regtype THEN 'timestamp' ELSE 'timestamptz' END "
+    f"FROM pg_attribute WHERE attrelid = to_regclass('{TABLE}') AND attname IN ('createdAt', 'updatedAt') "
+    "AND NOT attisdropped AND atttypid IN ('timestamp'::regtype, 'timestamptz'::regtype)"
 )
 #: the Sink's ``reset``: the gateway's rows (they carry a request id), not rows other writers of
 #: the platform's table may have put there. A replay --full does not use it: other gateways' logs
@@ -417,8 +412,9 @@ class PostgresSink:
         )
         try:
             await migrate_postgres(conn, schema=self._schema, table=TABLE_NAME, columns=COLUMNS)
-            self._naive_utc = bool(await conn.fetchval(CREATED_AT_IS_NAIVE))
-            self._updated_at = bool(await conn.fetchval(HAS_UPDATED_AT))
+            times = dict(await conn.fetch(TIME_COLUMNS))
+            self._naive_utc = times.get("createdAt") == "timestamp"
+            self._updated_at = "updatedAt" in times
             self._merge = merge_from_stage(corrects=self._corrects, updated_at=self._updated_at)
             self._direct = not self._updated_at and bool(await conn.fetchval(IS_EMPTY))
         finally:

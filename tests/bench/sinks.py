@@ -165,7 +165,8 @@ _PG_TYPES = (
     "text text text text int4 int4 int4 numeric timestamptz text int4 text text text int4 text float8 float8 "
     "int4 int4 int4 text bool bool bool text text text"
 ).split()
-_PG_CONFLICT = pg.UPSERT_FROM_STAGE[pg.UPSERT_FROM_STAGE.index("ON CONFLICT") :]
+_PG_UPSERT = pg.merge_from_stage(corrects=True, updated_at=False)
+_PG_CONFLICT = _PG_UPSERT[_PG_UPSERT.index("ON CONFLICT") :]
 
 
 def _pg_executemany(conn: asyncpg.Connection) -> Apply:
