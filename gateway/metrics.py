@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gateway.events import UsageEvent
+from gateway.health.view import HealthView
 from gateway.metric_series import CounterSeries, HistogramSeries, SeriesCollector
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -223,7 +224,7 @@ _CIRCUIT = {"closed": 0, "half_open": 1, "open": 2}
 _HEALTH = {"healthy": 0, "degraded": 1, "down": 2}
 
 
-def watch_health(metrics: GatewayMetrics, view: Any) -> None:
+def watch_health(metrics: GatewayMetrics, view: HealthView) -> None:
     """Report each provider's circuit and health state (``HealthView``) at every scrape."""
 
     def refresh() -> None:

@@ -85,8 +85,8 @@ def _codes(cls: type[errors.GatewayError]) -> set[str]:
     return own.union(*(_codes(sub) for sub in cls.__subclasses__()))
 
 
-#: the error codes the gateway's own classes give (and the router's for every provider failed)
-_GATEWAY_CODES = _codes(errors.GatewayError) | {"rate_limit_exceeded", "insufficient_quota", "model_not_found"}
+#: the error codes the gateway's own classes give (the router's for every provider failed among them)
+_GATEWAY_CODES = _codes(errors.GatewayError)
 
 
 def error_response(exc: errors.GatewayError, rid: str) -> web.Response:

@@ -340,7 +340,7 @@ class OllamaProvider:
     async def _chunks(self, resp: Response, requested: str) -> AsyncIterator[StreamChunk]:
         model: str | None = None
         calls = 0  # the calls so far: the index of the next one
-        thought = False  # the model has begun to think (said once: the stream has started)
+        thought = False  # the model has begun to think (said once: it ends the first-content deadline)
         async for line in iter_ndjson_lines(resp.content):
             try:
                 obj = parse_json(line, exact_if=b'"tool_calls"')
