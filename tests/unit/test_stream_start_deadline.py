@@ -33,12 +33,8 @@ KEY = "sk-test"
 
 @pytest.fixture
 async def sim() -> AsyncIterator[OpenAISimulator]:
-    s = OpenAISimulator(api_key=KEY)
-    await s.start()
-    try:
+    async with OpenAISimulator(api_key=KEY) as s:
         yield s
-    finally:
-        await s.stop()
 
 
 def stream_request() -> ChatRequest:
@@ -163,45 +159,34 @@ async def test_a_model_thinking_past_the_deadline_is_not_failed_for_it() -> None
     a model thinking past the request timeout was failed as a provider timeout, at an unknown
     cost, while it wrote all along (a review). Its thinking ends the first-content deadline;
     the thinking never reaches the answer, and its tokens are billed output."""
-    sim = OllamaSimulator(thinking="let me think this through one careful step at a time", think_seconds=1.2)
-    await sim.start()
     log = MemoryEventLog()
-    try:
-        async with UpstreamClient() as session:
-            timeouts = Timeouts(request=0.4, connect=0.5, stream_idle=5)
-            provider = OllamaProvider(ProviderSettings(base_url=sim.base_url), session, timeouts)
-            _, text = await read_stream(router_for(provider, log, 0.4), "llama3")
-    finally:
-        await sim.stop()
+    thinker = OllamaSimulator(thinking="let me think this through one careful step at a time", think_seconds=1.2)
+    async with thinker as sim, UpstreamClient() as session:
+        timeouts = Timeouts(request=0.4, connect=0.5, stream_idle=5)
+        provider = OllamaProvider(ProviderSettings(base_url=sim.base_url), session, timeouts)
+        _, text = await read_stream(router_for(provider, log, 0.4), "llama3")
     assert text == sim.reply_text(sim.requests[-1].body) and "careful" not in text
     [event] = log.events
     assert event.outcome == "success" and not event.incomplete
     assert event.completion_tokens == sim.count_tokens(text) + sim.count_tokens(sim.thinking or "")
 
 
-async def test_a_stream_cut_while_its_model_thinks_falls_back() -> None:
+async def test_a_stream_cut_while_its_model_thinks_falls_back(sim: OpenAISimulator) -> None:
     """The thinking is not content: the client has nothing yet, so a cut then goes to the next
     provider (a re-test: the first version took thinking for the stream's start, and such a cut
     was the client's error)."""
-    thinker = OllamaSimulator(thinking="one two three four five six", think_seconds=0.3)
-    other = OpenAISimulator(api_key=KEY)
-    await thinker.start()
-    await other.start()
-    thinker.faults.push(Fault("cut", after_chunks=3))  # three thinking lines, then the cut
     log = MemoryEventLog()
-    try:
+    async with OllamaSimulator(thinking="one two three four five six", think_seconds=0.3) as thinker:
+        thinker.faults.push(Fault("cut", after_chunks=3))  # three thinking lines, then the cut
         async with UpstreamClient() as session:
             timeouts = Timeouts(request=5, connect=0.5, stream_idle=5)
             router = router_for(
                 OllamaProvider(ProviderSettings(base_url=thinker.base_url), session, timeouts),
                 log,
                 5,
-                OpenAIProvider(ProviderSettings(api_key=KEY, base_url=f"{other.base_url}/v1"), session, timeouts),
+                OpenAIProvider(ProviderSettings(api_key=KEY, base_url=f"{sim.base_url}/v1"), session, timeouts),
                 groups={"thinky": {"ollama": "qwen3", "openai": "gpt-4o"}},
             )
             stream, text = await read_stream(router, "thinky")
-    finally:
-        await thinker.stop()
-        await other.stop()
     assert stream.provider == "openai" and text
     assert [(e.provider, e.outcome) for e in log.events] == [("ollama", "stream_cut"), ("openai", "success")]

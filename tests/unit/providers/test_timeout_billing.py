@@ -28,12 +28,8 @@ def chat(text: str = "Hello") -> ChatRequest:
 
 @pytest.fixture
 async def sim() -> AsyncIterator[OpenAISimulator]:
-    s = OpenAISimulator(api_key=KEY)
-    await s.start()
-    try:
+    async with OpenAISimulator(api_key=KEY) as s:
         yield s
-    finally:
-        await s.stop()
 
 
 async def call(provider: OpenAIProvider, request: ChatRequest, streaming: bool) -> None:
