@@ -122,9 +122,7 @@ def empty_tables(conn: duckdb.DuckDBPyConnection, *names: str) -> None:
         ddl, comment = found
         indexes = [row[0] for row in conn.execute(f"SELECT sql FROM duckdb_indexes() WHERE {here}", [name]).fetchall()]
         columns = conn.execute(
-            "SELECT column_name, comment FROM duckdb_columns() WHERE table_name = ? AND comment IS NOT NULL "
-            "AND schema_name = current_schema()",
-            [name],
+            f"SELECT column_name, comment FROM duckdb_columns() WHERE {here} AND comment IS NOT NULL", [name]
         ).fetchall()
         conn.execute(f"DROP TABLE {name}")
         conn.execute(ddl)
