@@ -9,6 +9,7 @@ from urllib.parse import quote
 from gateway import errors
 from gateway.providers import google_wire as wire
 from gateway.providers.base import Timeouts
+from gateway.providers.google_thinking import effort_lacks
 from gateway.providers.http import malformed, parse_json, post, read_error_body, read_json, with_billed_usage
 from gateway.providers.sse import iter_sse
 from gateway.providers.upstream_http import UpstreamClient
@@ -40,9 +41,10 @@ class GoogleProvider:
     #: Images as ``inlineData``; an image by URL is not (Gemini fetches no http URL here).
     #: A function name must start with a letter or an underscore at Gemini ("tool_names"); an
     #: empty text part is its 400 ("blank_content"). A GIF is its 400 too: it takes PNG, JPEG,
-    #: WebP, HEIC and HEIF ("gif_images").
+    #: WebP, HEIC and HEIF ("gif_images"). ``reasoning_effort`` is a ``thinkingConfig`` on Gemini
+    #: 2.5 and later, and lacked by the models before (``model_lacks``).
     options = frozenset(CAPABILITIES) - {
-        "parallel_tool_calls", "image_urls", "gif_images", "tool_names", "blank_content", "reasoning_effort"
+        "parallel_tool_calls", "image_urls", "gif_images", "tool_names", "blank_content"
     }  # fmt: skip
 
     def __init__(self, settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> None:
@@ -52,6 +54,9 @@ class GoogleProvider:
         self._timeouts = timeouts
         self._models_url = models_url(settings.base_url, settings.api_version)
         self._headers = {"x-goog-api-key": settings.api_key}
+
+    def model_lacks(self, model: str) -> frozenset[str]:  # ModelOptions
+        return effort_lacks(model)
 
     def _url(self, model: str, method: str) -> str:
         bare = quote(model.removeprefix("models/"), safe="/")  # a "#", "?" or space stays in the path

@@ -17,6 +17,7 @@ from uuid import uuid4
 
 from gateway import errors
 from gateway.images import Image
+from gateway.providers.google_thinking import thinking_config
 from gateway.providers.http import (
     default_classify,
     error_message,
@@ -110,7 +111,7 @@ def build_body(req: ChatRequest) -> dict[str, Any]:
     if req.stop:
         config["stopSequences"] = list(req.stop)
     if req.options is not None:
-        _add_options(config, req.options)
+        _add_options(config, req.options, req.model)
     body["generationConfig"] = config
     return body
 
@@ -210,9 +211,10 @@ def _add_tools(body: dict[str, Any], spec: ToolSpec) -> None:
 _OPTION_KEYS = (("seed", "seed"), ("presence_penalty", "presencePenalty"), ("frequency_penalty", "frequencyPenalty"))
 
 
-def _add_options(config: dict[str, Any], options: Options) -> None:
+def _add_options(config: dict[str, Any], options: Options, model: str) -> None:
     """``generationConfig``'s names for the options (``GoogleProvider.options``); JSON modes are
-    ``responseMimeType`` and, for a schema, ``responseJsonSchema`` (JSON Schema, as OpenAI's)."""
+    ``responseMimeType`` and, for a schema, ``responseJsonSchema`` (JSON Schema, as OpenAI's);
+    ``reasoning_effort`` is a ``thinkingConfig`` (:mod:`google_thinking`)."""
     for name, key in _OPTION_KEYS:
         value = getattr(options, name)
         if value is not None:
@@ -222,6 +224,8 @@ def _add_options(config: dict[str, Any], options: Options) -> None:
         schema = options.json_schema()
         if schema is not None:
             config["responseJsonSchema"] = schema
+    if options.reasoning_effort is not None:
+        config["thinkingConfig"] = thinking_config(model, options.reasoning_effort)
 
 
 # --- response ------------------------------------------------------------------------------

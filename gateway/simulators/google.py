@@ -138,7 +138,7 @@ class GeminiSimulator(Simulator):
         denied = self._check_key(request)
         if denied is not None:
             return denied
-        invalid = self._validate(body) or _check_signatures(model, body)
+        invalid = self._validate(body) or _check_signatures(model, body) or _check_thinking(model, body)
         if invalid is not None:
             return web.json_response(rpc_error(400, invalid), status=400)
         streaming = method == "streamGenerateContent"
@@ -389,6 +389,45 @@ def _check_signatures(model: str, body: dict[str, Any]) -> str | None:
             name = calls[0]["functionCall"].get("name")
             position = contents.index(content) + 1
             return f"Function call `{name}` in the {position}. content block is missing a `thought_signature`."
+    return None
+
+
+#: a thinking model's generation and tier: ``gemini-2.5-pro``, ``gemini-3-flash-preview``, ...
+_THINKS = re.compile(r"(?:^|/)gemini-(\d+)(?:\.(\d+))?-(flash-lite|flash|pro)(?:-|$)")
+#: Gemini 2.5's thinking budgets: (least, most); 0 turns thinking off where the least is 0, and
+#: Flash-Lite's least budget but 0 is 512. -1 is dynamic thinking, taken by all
+_BUDGETS = {"pro": (128, 32768), "flash": (0, 24576), "flash-lite": (0, 24576)}
+#: Gemini 3's levels: the Pro models take low and high only
+_LEVELS = {"pro": ("low", "high"), "flash": ("minimal", "low", "medium", "high")}
+
+
+def _check_thinking(model: str, body: dict[str, Any]) -> str | None:
+    """Gemini's 400s for a ``thinkingConfig`` the model does not take: thinking on a model
+    before 2.5, a level and a budget both, a level on 2.5, a budget out of the model's range (0 on
+    2.5 Pro, which only thinks), a level the model has not (Gemini 3 Pro: low and high)."""
+    config = body.get("generationConfig")
+    thinking = config.get("thinkingConfig") if isinstance(config, dict) else None
+    if thinking is None:
+        return None
+    found = _THINKS.search(model)
+    generation = (int(found.group(1)), int(found.group(2) or 0)) if found else (0, 0)
+    if found is None or generation < (2, 5):
+        return "Unable to submit request because thinking is not supported by this model."
+    tier = found.group(3)
+    level, budget = thinking.get("thinkingLevel"), thinking.get("thinkingBudget")
+    if level is not None and budget is not None:
+        return "You can only set only one of thinking budget and thinking level."
+    if level is not None:
+        if generation < (3, 0):
+            return "Thinking level is not supported for this model."
+        if level not in _LEVELS["pro" if tier == "pro" else "flash"]:
+            return f"Thinking level {str(level).upper()} is not supported for this model."
+    if budget is not None and budget != -1 and generation < (3, 0):
+        least, most = _BUDGETS[tier]
+        if budget == 0 and least > 0:
+            return "Budget 0 is invalid. This model only works in thinking mode."
+        if not isinstance(budget, int) or not least <= budget <= most or (tier == "flash-lite" and 0 < budget < 512):
+            return f"The thinking budget {budget} is invalid. Please choose a value between {least} and {most}."
     return None
 
 

@@ -360,8 +360,9 @@ async def ask_messages(gw: RunningGateway, model: str, provider: str, messages: 
 
 async def test_reasoning_effort_goes_to_openai_and_azure_as_sent_and_nowhere_else(gw: RunningGateway) -> None:
     """A reasoning model's effort was refused everywhere (a 400 for every o-series or gpt-5
-    client that set it); OpenAI and Azure take it as sent. Gemini's and Anthropic's thinking
-    budgets and Ollama's ``think`` are other scales: not bent to fit, so not sent to them."""
+    client that set it); OpenAI and Azure take it as sent. Anthropic's thinking budgets and
+    Ollama's ``think`` are other scales: not bent to fit, so not sent to them; nor to a Gemini
+    model without thinking (``gemini-pro``; Gemini 2.5 and later: the next test)."""
     for provider in ("openai", "azure"):
         raw = await ask(gw, "o3-mini", provider, reasoning_effort="low")
         assert raw.headers["x-llm-provider"] == provider
@@ -378,6 +379,28 @@ async def test_reasoning_effort_goes_to_openai_and_azure_as_sent_and_nowhere_els
                 reasoning_effort="Very High!",  # type: ignore[arg-type]
             )
     assert info.value.param == "reasoning_effort"
+
+
+async def test_a_thinking_gemini_takes_reasoning_effort_as_its_thinking_config(gw: RunningGateway) -> None:
+    """Google's own mapping (its OpenAI-compatible endpoint): a budget on Gemini 2.5, a level on
+    Gemini 3. A client of Gemini through the SDK got a 400 ``unsupported_parameter``, or was
+    served by another vendor, for ``reasoning_effort`` on gemini-2.5-flash."""
+    raw = await ask(gw, "gemini-2.5-flash", reasoning_effort="low")
+    assert raw.headers["x-llm-provider"] == "google"
+    assert gw.sims["google"].requests[-1].body["generationConfig"]["thinkingConfig"] == {"thinkingBudget": 1024}
+    raw = await ask(gw, "gemini-3-pro-preview", reasoning_effort="medium", stream=True)
+    assert raw.headers["x-llm-provider"] == "google"
+    assert gw.sims["google"].requests[-1].body["generationConfig"]["thinkingConfig"] == {"thinkingLevel": "high"}
+    async with client(gw) as c:
+        with pytest.raises(openai.BadRequestError) as info:
+            await c.chat.completions.create(
+                model="gemini-2.5-pro",
+                messages=[{"role": "user", "content": "x"}],
+                reasoning_effort="ultra",  # type: ignore[arg-type]
+                extra_body={"provider": "google"},
+            )
+    assert info.value.param == "reasoning_effort" and info.value.code == "invalid_value"
+    assert len(gw.sims["google"].requests) == 2
 
 
 async def test_a_reasoning_effort_no_serving_provider_takes_is_a_400(gw: RunningGateway) -> None:
