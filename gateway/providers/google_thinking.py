@@ -8,8 +8,8 @@ depend on the model: the Pro models take ``low`` and ``high`` only, the Flash on
 ``low``, ``medium`` and ``high``. Each effort goes as the nearest value the model takes, never
 as one it answers a 400 for: a Pro model cannot think less than its least (Gemini 2.5 Pro's
 budget is 128 to 32,768, 0 is its 400; Gemini 3 Pro has no ``minimal``). Models before 2.5
-(and names that are no Gemini version, a Gemma or a ``-latest`` alias) have no thinking
-switch: they lack the option, so a request that sets it is not sent to them.
+(and names that are no Gemini version, a Gemma or a ``-latest`` alias, and the image, speech
+and live-audio models) have no thinking switch: they lack the option, so a request that sets it is not sent to them.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from gateway import errors
 
 #: ``gemini-<major>[.<minor>]-<tier>``, as bare or ``models/`` names; ``-lite`` after the tier
 _VERSIONED = re.compile(r"(?:^|/)gemini-(\d+)(?:\.(\d+))?-(flash|pro)(-lite)?(?:-|$)")
+#: the models of a generation made for another output (images, speech, live audio): no switch
+_OTHER_OUTPUT = re.compile(r"-(?:image|tts|live|audio)(?:-|$)")
 
 #: Google's budgets for the OpenAI levels (Gemini 2.5); ``minimal`` and ``xhigh`` as the nearest
 BUDGETS = {"none": 0, "minimal": 1024, "low": 1024, "medium": 8192, "high": 24576, "xhigh": 24576}
@@ -40,7 +42,7 @@ _LACKS_NOTHING: frozenset[str] = frozenset()
 def _version(model: str) -> tuple[tuple[int, int], bool] | None:
     """The model's (major, minor) and whether it is a Pro, None for a name of no such shape."""
     found = _VERSIONED.search(model)
-    if found is None:
+    if found is None or _OTHER_OUTPUT.search(model, found.end() - 1):
         return None
     return (int(found.group(1)), int(found.group(2) or 0)), found.group(3) == "pro"
 

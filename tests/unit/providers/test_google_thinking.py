@@ -84,8 +84,13 @@ async def test_no_effort_sends_no_thinking_config(provider: GoogleProvider, sim:
 
 
 @pytest.mark.parametrize(
-    "model", ["gemini-2.0-flash", "gemini-1.5-pro", "gemini-pro", "gemma-3-27b-it", "gemini-flash-latest"]
-)
+    "model",
+    [
+        "gemini-2.0-flash", "gemini-1.5-pro", "gemini-pro", "gemma-3-27b-it", "gemini-flash-latest",
+        "gemini-2.5-flash-image", "gemini-2.5-flash-preview-tts", "gemini-3-pro-image-preview",
+        "gemini-2.5-flash-native-audio-preview-09-2025", "gemini-live-2.5-flash-preview",
+    ],
+)  # fmt: skip
 def test_models_without_a_thinking_switch_lack_the_option(provider: GoogleProvider, model: str) -> None:
     """Gemini answers thinking on them with a 400 that does not fall back: the router skips them."""
     assert provider.model_lacks(model) == frozenset({"reasoning_effort"})
