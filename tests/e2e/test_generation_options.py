@@ -371,14 +371,19 @@ async def test_reasoning_effort_goes_to_openai_and_azure_as_sent_and_nowhere_els
         raw = await ask(gw, model, reasoning_effort="high")
         assert raw.headers["x-llm-provider"] == "openai", model
     assert all(gw.sims[name].requests == [] for name in ("anthropic", "google", "ollama"))
+    assert (await refused_effort(gw, "o3-mini", "Very High!")).param == "reasoning_effort"
+
+
+async def refused_effort(gw: RunningGateway, model: str, effort: str, **extra: Any) -> openai.BadRequestError:
     async with client(gw) as c:
         with pytest.raises(openai.BadRequestError) as info:
             await c.chat.completions.create(
-                model="o3-mini",
+                model=model,
                 messages=[{"role": "user", "content": "x"}],
-                reasoning_effort="Very High!",  # type: ignore[arg-type]
+                reasoning_effort=effort,  # type: ignore[arg-type]
+                extra_body=extra,
             )
-    assert info.value.param == "reasoning_effort"
+    return info.value
 
 
 async def test_a_thinking_gemini_takes_reasoning_effort_as_its_thinking_config(gw: RunningGateway) -> None:
@@ -391,15 +396,8 @@ async def test_a_thinking_gemini_takes_reasoning_effort_as_its_thinking_config(g
     raw = await ask(gw, "gemini-3-pro-preview", reasoning_effort="medium", stream=True)
     assert raw.headers["x-llm-provider"] == "google"
     assert gw.sims["google"].requests[-1].body["generationConfig"]["thinkingConfig"] == {"thinkingLevel": "high"}
-    async with client(gw) as c:
-        with pytest.raises(openai.BadRequestError) as info:
-            await c.chat.completions.create(
-                model="gemini-2.5-pro",
-                messages=[{"role": "user", "content": "x"}],
-                reasoning_effort="ultra",  # type: ignore[arg-type]
-                extra_body={"provider": "google"},
-            )
-    assert info.value.param == "reasoning_effort" and info.value.code == "invalid_value"
+    refused = await refused_effort(gw, "gemini-2.5-pro", "ultra", provider="google")
+    assert refused.param == "reasoning_effort" and refused.code == "invalid_value"
     assert len(gw.sims["google"].requests) == 2
 
 
