@@ -360,9 +360,10 @@ async def ask_messages(gw: RunningGateway, model: str, provider: str, messages: 
 
 async def test_reasoning_effort_goes_to_openai_and_azure_as_sent_and_nowhere_else(gw: RunningGateway) -> None:
     """A reasoning model's effort was refused everywhere (a 400 for every o-series or gpt-5
-    client that set it); OpenAI and Azure take it as sent. Anthropic's thinking budgets and
-    Ollama's ``think`` are other scales: not bent to fit, so not sent to them; nor to a Gemini
-    model without thinking (``gemini-pro``; Gemini 2.5 and later: the next test)."""
+    client that set it); OpenAI and Azure take it as sent. Not to Anthropic (a tool loop with
+    thinking on must send back signed thinking blocks the OpenAI shape cannot hold) nor Ollama
+    (``think`` is per model), nor a Gemini model without thinking (``gemini-pro``; Gemini 2.5
+    and later: the next test)."""
     for provider in ("openai", "azure"):
         raw = await ask(gw, "o3-mini", provider, reasoning_effort="low")
         assert raw.headers["x-llm-provider"] == provider
