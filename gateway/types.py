@@ -84,7 +84,7 @@ class Options:
     #: "strict"?, "description"?}}`` as the client sent it (``"text"``, the default, is no option)
     response_format: dict[str, Any] | None = None
     #: how hard a reasoning model thinks (``minimal``, ``low``, ``medium``, ``high``, ...): OpenAI
-    #: and Azure take it as sent; the other vendors' thinking knobs are not the same scale
+    #: and Azure take it as sent, Gemini 2.5 and later as a ``thinkingConfig`` (google_thinking)
     reasoning_effort: str | None = None
 
     def names(self) -> list[str]:
