@@ -66,7 +66,7 @@ class AzureProvider(OpenAIProvider):
         #: the call went to a deployment of Azure's name, a 404 that fell back (a review)
         self._by_spelling = {normalize_model(model): deployment for model, deployment in settings.deployments.items()}
 
-    def deployment(self, model: str) -> str:
+    def deployment(self, model: str) -> str:  # Deployments
         deployments = self._settings.deployments
         if model in deployments:
             return deployments[model]

@@ -69,6 +69,19 @@ class ModelOptions(Protocol):
         ...
 
 
+@runtime_checkable
+class Deployments(Protocol):
+    """Optional: a provider whose vendor is asked for a model by another name of the operator's
+    (an Azure deployment, ``deployments`` in the config file). The adapter is still asked for the
+    model (it maps the name itself); the attempt's event, its price (a price-file entry for the
+    deployment), its health track and its cost line name what was called, as when a model group
+    names the deployment (``Candidate.called``)."""
+
+    def deployment(self, model: str) -> str:
+        """The name the vendor is asked for ``model`` (``model`` itself when nothing maps it)."""
+        ...
+
+
 class FinalBatch(list[StreamChunk]):
     """A batch of ``BatchStreaming.stream_batches`` after which the stream ends normally (the
     upstream's end marker came in the same read): the gateway writes it with the end of its

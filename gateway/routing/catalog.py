@@ -98,7 +98,17 @@ _SNAPSHOT = re.compile(r"(-\d{4}-\d{2}-\d{2}|-\d{8}|-\d{4}|-latest|-preview|-\d{
 @dataclass(frozen=True, slots=True)
 class Candidate:
     provider: str
+    #: the model the provider's adapter is asked for
     model: str
+    #: the name the adapter asks its vendor for ``model`` by, when it maps it (an Azure deployment:
+    #: ``Deployments``); "" when that is ``model`` itself
+    deployment: str = ""
+
+    @property
+    def called(self) -> str:
+        """The model as its vendor is asked for it: what the attempt's event, price, health track
+        and cost line name (as when a model group names the deployment)."""
+        return self.deployment or self.model
 
 
 def family_of(model: str) -> str:

@@ -203,13 +203,26 @@ class Router:
         key = (model, pinned, self.native_first, tuple(self.priority), tuple(self.providers))
         found = self._candidates.get(key)
         if found is None:
-            found = self.catalog.candidates(
+            listed = self.catalog.candidates(
                 model, priority=self.priority, configured=self.providers, pinned=pinned, native_first=self.native_first
             )
+            found = [self._as_asked(candidate) for candidate in listed]
             if len(self._candidates) >= _CANDIDATE_CACHE_SIZE:  # model names come from clients
                 self._candidates.clear()
             self._candidates[key] = found
         return list(found)
+
+    def _as_asked(self, candidate: Candidate) -> Candidate:
+        """The candidate with the name its vendor is asked (``Deployments``: ``gpt-4o`` -> Azure's
+        ``prod-gpt4o``), which its events name as those of a model group naming the deployment:
+        a review found a price-file entry for the deployment ignored (billed at the built-in
+        rate, 13x) and no event saying which deployment served."""
+        # Deployments, looked up without isinstance (a runtime protocol check costs ~1 µs)
+        deployment: Callable[[str], str] | None = getattr(self.providers[candidate.provider], "deployment", None)
+        if deployment is None:
+            return candidate
+        name = deployment(candidate.model)
+        return candidate if name == candidate.model else Candidate(candidate.provider, candidate.model, name)
 
     # --- the attempt loop shared by both kinds of call ---------------------------------------------
     async def _route(
@@ -264,7 +277,7 @@ class Router:
             except errors.ClientGone:
                 log.info("request %s: the client left before attempt %d was sent", ctx.request_id, attempts.count + 1)
                 UsageRecorder.log_cost(
-                    ctx.tenant_id, candidate.provider, candidate.model, _total(Decimal(0), attempts.billed)
+                    ctx.tenant_id, candidate.provider, candidate.called, _total(Decimal(0), attempts.billed)
                 )
                 raise
             except asyncio.CancelledError:
@@ -274,7 +287,7 @@ class Router:
                     # found such calls with no line and nothing saying they were cut off)
                     log.info("request %s cancelled between attempts, after %d", ctx.request_id, attempts.count)
                     UsageRecorder.log_cost(
-                        ctx.tenant_id, candidate.provider, candidate.model, _total(Decimal(0), attempts.billed)
+                        ctx.tenant_id, candidate.provider, candidate.called, _total(Decimal(0), attempts.billed)
                     )
                 raise
         failed = self._all_failed(ctx, candidates, attempts)
@@ -362,7 +375,7 @@ class Router:
             AttemptFacts(
                 number=number,
                 provider=candidate.provider,
-                provider_model=candidate.model,
+                provider_model=candidate.called,
                 outcome="success",
                 latency_ms=latency,
                 ttft_ms=latency,
@@ -371,7 +384,7 @@ class Router:
                 usage=result.usage,
             ),
         )
-        return Served(result, candidate.provider, candidate.model, number, event, attempts.billed)
+        return Served(result, candidate.provider, candidate.called, number, event, attempts.billed)
 
     # --- streaming ---------------------------------------------------------------------------------
     async def open_stream(self, ctx: CallContext, template: ChatRequest, pinned: str | None = None) -> StreamSession:
@@ -438,14 +451,14 @@ class Router:
         latency = _latency_ms(started)
         if isinstance(exc, asyncio.CancelledError):
             facts = AttemptFacts(
-                number=number, provider=candidate.provider, provider_model=candidate.model,
+                number=number, provider=candidate.provider, provider_model=candidate.called,
                 outcome="cancelled", latency_ms=latency, incomplete=True,
             )  # fmt: skip
             event = self.recorder.record(ctx, facts)
             # the call's one cost line (a stop's timeout cancelled a non-streaming call without
             # it: a docs review); a stream already open logs its own (api/completions.py)
             UsageRecorder.log_cost(
-                ctx.tenant_id, candidate.provider, candidate.model, _total(event.cost_usd, attempts.billed)
+                ctx.tenant_id, candidate.provider, candidate.called, _total(event.cost_usd, attempts.billed)
             )
             attempts.cancel_logged = True
             return exc
@@ -455,7 +468,7 @@ class Router:
             AttemptFacts(
                 number=number,
                 provider=candidate.provider,
-                provider_model=candidate.model,
+                provider_model=candidate.called,
                 outcome=error.outcome,  # type: ignore[arg-type]
                 latency_ms=latency,
                 usage=error.usage,
@@ -639,7 +652,7 @@ class StreamSession:
         self.recorder = recorder
         self.ctx = ctx
         self.provider = candidate.provider
-        self.provider_model = candidate.model
+        self.provider_model = candidate.called
         self.attempts = attempt
         self._started = started
         self.ttft_ms = ttft_ms

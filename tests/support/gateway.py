@@ -58,9 +58,11 @@ async def running_gateway(
     installers: list[Any] | None = None,
     clock: Clock | None = None,
     configure: Callable[[web.Application], None] | None = None,
+    provider_options: dict[str, dict[str, Any]] | None = None,
 ) -> AsyncIterator[RunningGateway]:
     """``clock`` goes to ``create_app`` (event times, health); ``configure(app)`` runs on the built
-    app before it starts (to add routes, app keys, cleanup contexts)."""
+    app before it starts (to add routes, app keys, cleanup contexts); ``provider_options`` adds
+    to a simulated provider's settings (Azure's ``deployments``)."""
     sims: dict[str, Simulator] = {}
     try:
         for name in providers:
@@ -68,6 +70,8 @@ async def running_gateway(
             await sim.start()
             sims[name] = sim
         provider_settings = {name: provider_settings_for(name, sim) for name, sim in sims.items()}
+        for name, options in (provider_options or {}).items():
+            provider_settings[name] = provider_settings[name].model_copy(update=options)
         # providers without a simulator are switched off (Ollama needs no key)
         for name in KNOWN_PROVIDERS:
             if name not in sims:
