@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -224,13 +224,17 @@ _CIRCUIT = {"closed": 0, "half_open": 1, "open": 2}
 _HEALTH = {"healthy": 0, "degraded": 1, "down": 2}
 
 
-def watch_health(metrics: GatewayMetrics, view: HealthView) -> None:
-    """Report each provider's circuit and health state (``HealthView``) at every scrape."""
+def watch_health(metrics: GatewayMetrics, view: HealthView, configured: Callable[[], Iterable[str]] = tuple) -> None:
+    """Report each provider's circuit and health state (``HealthView``) at every scrape: the
+    ``configured`` ones from the start (healthy and closed until their first attempt, as
+    ``/v1/providers/health`` says; a review found no series for them, so an ``absent()`` alert
+    could not tell "no traffic yet" from "not configured"), and any other the view has seen."""
 
     def refresh() -> None:
         # the providers' states alone: health() made every model's statistics and percentiles
         # (50 ms of the event loop a scrape with 5 providers of 256 models: a diff review)
-        for name, (state, circuit) in view.provider_states().items():
+        states = dict.fromkeys(configured(), ("healthy", "closed")) | view.provider_states()
+        for name, (state, circuit) in states.items():
             metrics.provider_circuit.labels(name).set(_CIRCUIT.get(circuit, 2))
             metrics.provider_health.labels(name).set(_HEALTH.get(state, 2))
 

@@ -78,6 +78,7 @@ def install_health(app: web.Application, wiring: HealthWiring) -> None:
     state.router.recorder.observers.append(wiring.observer)
     app[HEALTH] = wiring.view
     if METRICS in app:
-        watch_health(app[METRICS], wiring.view)
+        router = state.router  # its providers are made at start-up: read at each scrape
+        watch_health(app[METRICS], wiring.view, lambda: [name for name in router.priority if name in router.providers])
     app.router.add_get("/v1/providers/health", provider_health)
     app.cleanup_ctx.append(wiring.plugin)
