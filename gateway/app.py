@@ -91,7 +91,7 @@ def create_app(
 
     metrics = GatewayMetrics()
     recorder = UsageRecorder(
-        event_log, price_book, clock=clock, instance=settings.instance_id, defer_observers=True, group_commit=True
+        event_log, price_book, clock=clock, instance=settings.event_instance, defer_observers=True, group_commit=True
     )
     recorder.observers.append(metrics.observe_event)
     metrics.on_scrape(lambda: metrics.spool_depth.set(event_log.pending()))

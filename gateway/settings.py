@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -316,6 +317,15 @@ class Settings(BaseSettings):
         """The first admin key configured: what the operator commands (costs, sql, replay)
         present to the running service unless given ``--api-key``."""
         return next((k.key for k in self.api_keys if k.admin), None)
+
+    @property
+    def event_instance(self) -> str:
+        """What the gateway's usage events name as their process (``gateway_instance``, Postgres
+        ``"gatewayInstance"``): ``instance_id``, else the host's name (a Kubernetes pod's, a
+        container's). A review found every row NULL with two replicas in Kafka mode: no attempt,
+        billed ones of a replica killed among them, could be traced to its replica. (The spool's
+        file is named by ``instance_id`` alone, so a data dir keeps its spool across upgrades.)"""
+        return self.instance_id or socket.gethostname()[:255] or "localhost"
 
     @property
     def bind_host(self) -> str:
