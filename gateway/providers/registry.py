@@ -36,8 +36,21 @@ def build_providers(settings: Settings, session: UpstreamClient, timeouts: Timeo
         provider = factory(name)(provider_settings, session, timeouts)
         if provider is not None:
             providers[name] = provider
-    if providers:
-        log.info("configured providers: %s", ", ".join(providers))
+    usable = [name for name in settings.priority if name in providers]
+    if usable:
+        left_out = [name for name in providers if name not in usable]
+        log.info(
+            "configured providers: %s%s",
+            ", ".join(usable),
+            f" (configured but not in the priority, so not used: {', '.join(left_out)})" if left_out else "",
+        )
+    elif providers:  # a key missing after a rotation: every call a 404 without a word (a review)
+        log.warning(
+            "configured providers: none in the priority %s: every call will be refused (configured: %s; set "
+            "the key of one the priority names, or add one of these to the priority)",
+            settings.priority,
+            ", ".join(providers),
+        )
     else:  # every call a 404 while /healthz said ok (a docs review)
         log.warning(
             "configured providers: none: every call will be refused (set a provider's key, e.g. "

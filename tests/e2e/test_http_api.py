@@ -93,6 +93,19 @@ async def test_a_gateway_without_providers_is_not_ready(caplog: pytest.LogCaptur
     assert any(r.levelno == logging.WARNING and "configured providers: none" in r.getMessage() for r in caplog.records)
 
 
+async def test_a_priority_naming_no_configured_provider_is_said_at_start(caplog: pytest.LogCaptureFixture) -> None:
+    """``priority: [openai]`` with the OpenAI key missing (a rotation's slip) and Azure configured:
+    every call a 404 ``model_not_found`` and the start said "configured providers: azure" at
+    INFO (a review). It is a WARNING naming the priority and what is configured."""
+    caplog.set_level(logging.INFO, logger="gateway")
+    async with running_gateway(providers=("azure",), settings={"priority": ["openai"]}) as gw:
+        async with aiohttp.ClientSession() as s, s.get(f"{gw.url}/healthz") as r:
+            assert r.status == 503 and (await r.json())["status"] == "no_providers"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    [warning] = [message for message in warnings if "priority" in message]
+    assert "none in the priority ['openai']" in warning and "configured: azure" in warning
+
+
 KEYS = [
     ApiKey(key="sk-tenant-a", tenant="tenant_a"),
     ApiKey(key="sk-admin", tenant="ops", admin=True),
