@@ -58,7 +58,8 @@ class CompositePriceBook:
 
     def quote_first(self, provider: str, models: Sequence[str], usage: Usage, at: datetime) -> Quote:
         """The cost of one call of the first of ``models`` (the served model, then the one
-        asked for) that the price file prices, else of the first the other sources price (each
+        asked for) that the price file prices (by its very name first: ``PriceFile.rate_first``),
+        else of the first the other sources price (each
         model through the built-in table, then the database). So the operator's entry for the
         model the gateway asked for (an Azure deployment, an Ollama tag) beats the built-in rate
         of the model the vendor says served it (a review: ``prod-gpt4o`` priced in the file was
@@ -68,10 +69,9 @@ class CompositePriceBook:
         if at.tzinfo is None or at.utcoffset() is None:
             raise ValueError(f"quote needs a timezone-aware time, got {at.isoformat()}")
         if self.file_prices is not None:
-            for model in models:
-                rate = self.file_prices.rate(provider, model, at)
-                if rate is not None:
-                    return Quote(cost=rate.cost(usage), price_version=self.version, source="file")
+            rate = self.file_prices.rate_first(provider, models, at)
+            if rate is not None:
+                return Quote(cost=rate.cost(usage), price_version=self.version, source="file")
         if provider in FREE_PROVIDERS:
             return Quote(cost=_ZERO, price_version=self.version, source="free")
         for model in models:  # then the served model first: the built-in table, the database

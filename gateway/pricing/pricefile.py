@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from decimal import Decimal, InvalidOperation
@@ -123,15 +123,26 @@ class PriceFile:
 
     def rate(self, provider: str, model: str, at: datetime) -> Rate | None:
         """The rate the file sets for this call, or None when it sets none."""
+        return self.rate_first(provider, (model,), at)
+
+    def rate_first(self, provider: str, models: Sequence[str], at: datetime) -> Rate | None:
+        """The rate the file sets for a call of the first of ``models`` it prices by that very
+        name, else by a name it stands for (a snapshot's family: ``gpt-4o-2024-11-20`` ->
+        ``gpt-4o``), in ``models``' order each time. So an entry for the deployment the gateway
+        called (``prod-gpt4o``) beats one for the family of the snapshot Azure says served it: a
+        review found the file's general ``gpt-4o`` priced a call of the operator's ``prod-gpt4o``
+        entry (4.6x)."""
         provider = provider.lower()
-        for name in model_candidates(model):
-            by_provider = self._index.get(name)
-            if by_provider is None:
-                continue
-            for key in (provider, None):
-                for entry in by_provider.get(key, ()):
-                    if entry.effective_from is None or entry.effective_from <= at:
-                        return entry.rate
+        chains = [model_candidates(model) for model in models]
+        for names in [chain[:1] for chain in chains] + [chain[1:] for chain in chains]:
+            for name in names:
+                by_provider = self._index.get(name)
+                if by_provider is None:
+                    continue
+                for key in (provider, None):
+                    for entry in by_provider.get(key, ()):
+                        if entry.effective_from is None or entry.effective_from <= at:
+                            return entry.rate
         return None
 
 

@@ -108,6 +108,30 @@ def test_cached_tokens_from_file_rates_are_billed_once(price_file: Path) -> None
     assert quote.cost == Decimal("0.0008") + Decimal("0.0006") + Decimal("0.0004") == Decimal("0.0018")
 
 
+def test_an_entry_for_the_name_called_beats_one_for_the_served_snapshots_family() -> None:
+    """Azure serves ``prod-gpt4o`` (the operator's deployment) and says ``gpt-4o-2024-11-20``:
+    the file's entry for the deployment prices it, not its general ``gpt-4o`` entry, which the
+    snapshot's family matched first (a review: 4.6x). A name's own entry still goes first in
+    the gateway's order, and a family entry is found when no name has its own."""
+    book = CompositePriceBook(
+        parse_price_file(
+            {
+                "prices": [
+                    {"model": "gpt-4o", "input_per_1k": "0.0025", "output_per_1k": "0.01"},
+                    {"provider": "azure", "model": "prod-gpt4o", "input_per_1k": "0.001", "output_per_1k": "0.002"},
+                    {"model": "gpt-4o-2024-08-06", "input_per_1k": "0.003", "output_per_1k": "0.012"},
+                ]
+            }
+        )
+    )
+    deployment = book.quote_first("azure", ["gpt-4o-2024-11-20", "prod-gpt4o"], USAGE, AT)
+    assert (deployment.source, deployment.cost) == ("file", Decimal("0.002"))
+    snapshot = book.quote_first("azure", ["gpt-4o-2024-08-06", "prod-gpt4o"], USAGE, AT)
+    assert snapshot.cost == Decimal("0.009")  # the served snapshot's own entry, first in order
+    family = book.quote_first("openai", ["gpt-4o-2024-11-20", "gpt-4o-custom-deploy"], USAGE, AT)
+    assert family.cost == Decimal("0.0075")  # no name has its own: the served model's family
+
+
 def test_effective_from_corrects_history(tmp_path: Path) -> None:
     path = tmp_path / "p.yaml"
     path.write_text(
