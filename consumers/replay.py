@@ -44,8 +44,9 @@ Semantics:
 - **full** empties every sink first (DuckDB facts, the health history; in Postgres
   ``"LLMUsage"``, which other gateways' logs may share, the rows of the events this DuckDB store
   held), then replays the whole log as it is once they are empty (so nothing a live projector
-  wrote meanwhile is lost): rows the log no longer has (Kafka retention) are gone and listed as
-  removed. Readers see incomplete totals until it ends. Before emptying anything it marks the
+  wrote meanwhile is lost). Events the stores hold and the log does not (another log's, after a
+  switch between the embedded log and Kafka; past Kafka's retention) make it refuse before
+  anything changes, unless ``drop_missing``: then they are gone and listed as removed. Readers see incomplete totals until it ends. Before emptying anything it marks the
   DuckDB store (``rebuild_pending``) and clears the mark at the end: a rebuild cut short (a
   crash, a kill) is run again by the process that owns the store when it starts, and any other
   replay warns meanwhile. Not with ``since``/position.
@@ -72,11 +73,12 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import ROUND_HALF_UP
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import orjson
 
 from analytics.store import AnalyticsStore
 from consumers import catch_up
@@ -85,7 +87,7 @@ from consumers.replay_sources import ReplayRangeError, ReplaySource, ReplayStart
 from consumers.sinks.base import DistinctEvents, SharedSink, Sink, SinkError
 from gateway.event_json import decode_event
 from gateway.events import UsageEvent
-from gateway.pricing.base import PriceBook
+from gateway.pricing.base import PriceBook, format_usd
 from gateway.pricing.book import CompositePriceBook, book_from_document, load_price_book
 from gateway.pricing.pricefile import price_document
 from gateway.pricing.reprice import price_events
@@ -135,7 +137,9 @@ class PendingRebuild:
     prices: str | None
 
     def options(self) -> ReplayOptions:
-        return ReplayOptions(full=True, reprice=self.reprice)
+        # the mark is set once the rebuild passed its check of the stored events the log does
+        # not hold (or was told to drop them): running it again drops what that one would have
+        return ReplayOptions(full=True, reprice=self.reprice, drop_missing=True)
 
     def price_book(self, configured: Path | None) -> PriceBook | None:
         """The book the rebuild began with. Raises ``PriceFileError`` or ``ValueError`` when the
@@ -171,6 +175,8 @@ class ReplayOptions:
     dry_run: bool = False
     #: rebuild the health history too; None: when it is useful (see :meth:`rebuilds_health`)
     health: bool | None = None
+    #: ``full`` removes the stored events the log does not hold (without it, it refuses to)
+    drop_missing: bool = False
 
     @property
     def rebuilds_health(self) -> bool:
@@ -195,9 +201,24 @@ class ReplayOptions:
             raise ReplayError("the health history can only be rebuilt by a replay from the beginning")
         if self.health is False and self.full:
             raise ReplayError("--full empties the health history too: it cannot leave it out")
+        if self.drop_missing and not self.full:
+            raise ReplayError("--drop-missing goes with --full (only a full rebuild removes events)")
 
 
 # --- decoding -----------------------------------------------------------------------------------
+
+
+def _event_ids(records: Sequence[bytes]) -> list[str]:
+    """The ``event_id`` of each record that has one (an undecodable record is skipped, as the
+    replay skips it)."""
+    ids = []
+    for record in records:
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            event_id = orjson.loads(record).get("event_id")
+            if isinstance(event_id, str):
+                ids.append(event_id)
+    return ids
+
 
 #: ``UsageEvent.from_json``, fast for the records the gateway writes (gateway/event_json.py)
 decode = decode_event
@@ -257,6 +278,8 @@ class Replayer:
         report.health_rebuilt = any(s.name == HEALTH_SINK for s in sinks)
         snapshot: str | None = None
         try:
+            if options.full:
+                await self._check_missing(options)
             await self.source.open(options.start)
             report.first, report.last = self.source.first, self.source.last
             await self._wait_for_live(report)
@@ -542,6 +565,39 @@ class Replayer:
                 log.warning("replay: %s unavailable (%s); retrying in %.1fs", sink.name, e, delay)
                 await self._sleep(delay)
 
+    async def _check_missing(self, options: ReplayOptions) -> None:
+        """Refuse a full rebuild that would remove events the stores hold and the log does not
+        (another log's: the data dir's embedded log after a switch to Kafka or back; or past
+        Kafka's retention) unless ``drop_missing``: a review's ``replay --full`` after a switch
+        to Kafka took 1,860 events ($0.289788) out of DuckDB and the platform's ``"LLMUsage"``,
+        said ``changed 0``, and exited 0. Reads the log's ids once, into a temporary table."""
+        if options.drop_missing or await self._is_empty("usage_facts"):
+            return
+        table = f"replay_log_ids_{uuid.uuid4().hex[:12]}"
+        await self.store.run(lambda conn: conn.execute(f"CREATE TEMP TABLE {table} (event_id VARCHAR)"))
+        try:
+            await self.source.open(options.start)
+            try:
+                while records := await self.source.fetch(self.batch_size):
+                    await self.store.fetchall(f"INSERT INTO {table} SELECT unnest(?::VARCHAR[])", [_event_ids(records)])
+            finally:
+                await self.source.close()
+            [(count, cost, unpriced)] = await self.store.fetchall(
+                f"SELECT count(*), coalesce(sum(cost_usd), 0), count(*) FILTER (WHERE cost_usd IS NULL AND billable) "
+                f"FROM usage_facts f WHERE NOT EXISTS (SELECT 1 FROM {table} l WHERE l.event_id = f.event_id)"
+            )
+        finally:
+            with contextlib.suppress(duckdb.Error):
+                await self.store.run(lambda conn: conn.execute(f"DROP TABLE IF EXISTS {table}"))
+        if count:
+            raise ReplayError(
+                f"--full would remove {count} events (${format_usd(cost)}"
+                + (f" and {unpriced} unpriced" if unpriced else "")
+                + ") that the stores hold and the log does not: another log's (this data dir's embedded log "
+                "after a switch to Kafka, or back) or past Kafka's retention. Nothing was changed. Replay "
+                "without --full (it keeps them), or add --drop-missing to remove them"
+            )
+
     async def _removed(self, report: ReplayReport, snapshot: str) -> None:
         rows = await self.store.fetchall(
             f"SELECT b.tenant_id, b.model, count(*), coalesce(sum(b.cost_usd), 0), "
@@ -553,6 +609,11 @@ class Replayer:
             key.removed += int(count)
             key.old_cost += cost
             key.unpriced_before += int(unpriced)
+        removed, money = sum(int(row[2]) for row in rows), sum((row[3] for row in rows), Decimal(0))
+        if removed:
+            report.warnings.append(
+                f"removed {removed} events (${format_usd(money)}) the log does not hold (--drop-missing)"
+            )
 
     def _summarise(self, report: ReplayReport, options: ReplayOptions) -> None:
         report.refused = len(self._refused)

@@ -54,6 +54,12 @@ def register(sub: Any) -> None:
         "--price-file", type=Path, help="reprice with this price file instead of the configured one (implies --reprice)"
     )
     parser.add_argument("--full", action="store_true", help="empty the stores first, then rebuild from the beginning")
+    parser.add_argument(
+        "--drop-missing",
+        action="store_true",
+        help="with --full: remove the stored events the log does not hold (another log's, or past Kafka's "
+        "retention); without it --full refuses to",
+    )
     parser.add_argument("--dry-run", action="store_true", help="compute the summary and the diff, write nothing")
     parser.add_argument(
         "--health",
@@ -94,6 +100,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         full=args.full,
         dry_run=args.dry_run,
         health=args.health,
+        drop_missing=args.drop_missing,
     )
     try:
         options.check()
@@ -146,6 +153,7 @@ def request_body(options: ReplayOptions, prices: PriceFile | None) -> dict[str, 
         "fromPosition": options.from_position,
         "reprice": options.reprice,
         "full": options.full,
+        "dropMissing": options.drop_missing,
         "dryRun": options.dry_run,
         "health": options.health,
         "prices": None if prices is None else price_document(prices),

@@ -9,7 +9,7 @@ Postgres pool.
 Request (JSON, admin key)::
 
     {"since": "2026-11-01T00:00:00Z", "fromPosition": null, "reprice": true, "full": false,
-     "dryRun": false, "health": null, "prices": {<price file document>} | null}
+     "dropMissing": false, "dryRun": false, "health": null, "prices": {<price file document>} | null}
 
 ``prices``: the price file to reprice with, as a document (``gateway.pricing.pricefile.
 price_document``; the CLI reads and validates the operator's file and sends it, so the service
@@ -189,11 +189,11 @@ def options_from_body(body: object) -> ReplayOptions:
 
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a JSON object")
-    allowed = {"since", "fromPosition", "reprice", "full", "dryRun", "health", "prices"}
+    allowed = {"since", "fromPosition", "reprice", "full", "dropMissing", "dryRun", "health", "prices"}
     unknown = sorted(set(body) - allowed)
     if unknown:
         raise InvalidRequest(f"unknown fields {unknown}; allowed: {sorted(allowed)}")
-    for name in ("reprice", "full", "dryRun"):
+    for name in ("reprice", "full", "dropMissing", "dryRun"):
         if not isinstance(body.get(name, False), bool):
             raise InvalidRequest(f"'{name}' must be a boolean", param=name)
     if body.get("health") is not None and not isinstance(body["health"], bool):
@@ -206,6 +206,7 @@ def options_from_body(body: object) -> ReplayOptions:
         from_position=body.get("fromPosition"),
         reprice=bool(body.get("reprice", False)) or body.get("prices") is not None,
         full=bool(body.get("full", False)),
+        drop_missing=bool(body.get("dropMissing", False)),
         dry_run=bool(body.get("dryRun", False)),
         health=body.get("health"),
     )
@@ -217,7 +218,13 @@ def options_from_body(body: object) -> ReplayOptions:
 
 
 #: the CLI's flags, as the request body names them (ReplayOptions words its errors for the CLI)
-_BODY_FIELDS = {"--from-position": "'fromPosition'", "--since": "'since'", "--full": "'full'", "--health": "'health'"}
+_BODY_FIELDS = {
+    "--from-position": "'fromPosition'",
+    "--since": "'since'",
+    "--full": "'full'",
+    "--health": "'health'",
+    "--drop-missing": "'dropMissing'",
+}
 
 
 def _in_body_words(message: str) -> str:

@@ -200,6 +200,32 @@ def test_cli_reprices_unpriced_history_in_both_directions_and_twice_is_a_no_op(
     assert "--full" in capsys.readouterr().err
 
 
+def test_cli_full_keeps_the_history_another_log_made_unless_told(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A data dir's stores hold the embedded log's history, and the gateway moves to another log
+    (Kafka, here a new embedded log): ``replay --full`` took the old history out of the stores,
+    said ``changed 0`` and exited 0 (a review). It refuses, naming what it would remove, and
+    ``--drop-missing`` removes it."""
+    settings = settings_for(tmp_path, port=free_port())
+    asyncio.run(record(SqliteEventLog(embedded_log_path(settings))))
+    assert replay_cli(settings, "--reprice") == 0
+    before = {row[0] for row in asyncio.run(read_file_store(settings))[1][0]}
+    embedded_log_path(settings).unlink()  # the history is now another log's
+    start = utcnow().replace(microsecond=0)
+    asyncio.run(record(SqliteEventLog(embedded_log_path(settings)), start))
+    capsys.readouterr()
+
+    assert replay_cli(settings, "--full") == 1
+    err = capsys.readouterr().err
+    assert f"--full would remove {EVENTS} events ($" in err and "--drop-missing" in err
+    assert {row[0] for row in asyncio.run(read_file_store(settings))[1][0]} == before  # nothing changed
+    assert replay_cli(settings, "--full", "--drop-missing") == 0
+    assert f"removed {EVENTS} events" in capsys.readouterr().out
+    after = {row[0] for row in asyncio.run(read_file_store(settings))[1][0]}
+    assert len(after) == EVENTS and not after & before
+
+
 def test_a_redelivery_after_a_reprice_keeps_the_corrected_costs(tmp_path: Path) -> None:
     """The live projector meets events a replay corrected when they are delivered again (a crash
     between the stores' commit and the position's, a group set back): it wrote their recorded

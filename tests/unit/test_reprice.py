@@ -406,17 +406,27 @@ async def test_a_dry_run_writes_nothing_and_reports_the_diff(store: AnalyticsSto
     }
 
 
-async def test_full_rebuild_drops_rows_the_log_no_longer_has(store: AnalyticsStore, tmp_path: Path) -> None:
+async def test_full_rebuild_drops_rows_the_log_no_longer_has_only_when_told(
+    store: AnalyticsStore, tmp_path: Path
+) -> None:
+    """Events the stores hold and the log does not (past Kafka's retention, or another log's after
+    a switch between the embedded log and Kafka): ``full`` refuses, changing nothing, unless told
+    to drop them (a review's ``--full`` after a switch to Kafka removed 1,860 events' money from
+    DuckDB and the platform's table, said ``changed 0`` and exited 0)."""
     events = scenario_events()
     await replayer(FakeSource(events), store).run(ReplayOptions())
     shorter = FakeSource(events[2:])  # retention removed the first two records
+    book = load_price_book(price_file(tmp_path))
+    for dry_run in (False, True):
+        with pytest.raises(ReplayError, match=r"would remove 2 events \(\$0.000000 and 2 unpriced\).*--drop-missing"):
+            await replayer(shorter, store, book).run(ReplayOptions(reprice=True, full=True, dry_run=dry_run))
+        assert len(await facts(store)) == len(events)  # nothing changed
 
-    report = await replayer(shorter, store, load_price_book(price_file(tmp_path))).run(
-        ReplayOptions(reprice=True, full=True)
-    )
+    report = await replayer(shorter, store, book).run(ReplayOptions(reprice=True, full=True, drop_missing=True))
 
     rows = await facts(store)
     assert len(rows) == len(events) - 2
+    assert any("removed 2 events" in warning for warning in report.warnings)
     acme = next(d for d in report.diff if (d.tenant_id, d.model) == ("acme", "acme-llm-1"))
     assert (acme.removed, acme.events, acme.new_cost) == (2, 1, Decimal("0.0005418"))
     assert (acme.unpriced_before, acme.unpriced_after) == (3, 0)
@@ -441,6 +451,8 @@ async def test_since_replays_only_later_events(store: AnalyticsStore, tmp_path: 
 async def test_options_are_checked(store: AnalyticsStore) -> None:
     with pytest.raises(ReplayError, match="--full"):
         await replayer(FakeSource([]), store).run(ReplayOptions(full=True, from_position="3"))
+    with pytest.raises(ReplayError, match="--drop-missing goes with --full"):
+        await replayer(FakeSource([]), store).run(ReplayOptions(drop_missing=True))
     with pytest.raises(ReplayError, match="price book"):
         await replayer(FakeSource([]), store).run(ReplayOptions(reprice=True))
 
