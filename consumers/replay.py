@@ -46,9 +46,10 @@ Semantics:
   held), then replays the whole log as it is once they are empty (so nothing a live projector
   wrote meanwhile is lost). Events the stores hold and the log does not (another log's, after a
   switch between the embedded log and Kafka; past Kafka's retention) make it refuse before
-  anything changes, unless ``drop_missing``: then they are gone and listed as removed. Readers see incomplete totals until it ends. Before emptying anything it marks the
-  DuckDB store (``rebuild_pending``) and clears the mark at the end: a rebuild cut short (a
-  crash, a kill) is run again by the process that owns the store when it starts, and any other
+  anything changes, unless ``drop_missing``: then they are gone and listed as removed. Readers
+  see incomplete totals until it ends. Before emptying anything it marks the DuckDB store
+  (``rebuild_pending``) and clears the mark at the end: a rebuild cut short (a crash, a kill) is
+  run again by the process that owns the store when it starts, and any other
   replay warns meanwhile. Not with ``since``/position.
 - **dry_run** reads, reprices and diffs, writes nothing.
 - **The diff** (per tenant and model; exact ``Decimal``, at the stores' scale of 10 decimals):
