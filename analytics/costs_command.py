@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
-from analytics.owner import owner_hint, owner_urls, read_directly, service_url
+from analytics.owner import owner_hint, owner_urls, read_directly, service_url, store_headers
 from gateway.settings import Settings
 
 
@@ -30,7 +32,9 @@ def register(sub: Any) -> None:
     parser.set_defaults(run=run)
 
 
-async def _from_service(url: str, args: argparse.Namespace, api_key: str | None) -> dict[str, Any] | None:
+async def _from_service(
+    url: str, args: argparse.Namespace, api_key: str | None, store: Mapping[str, str] = MappingProxyType({})
+) -> dict[str, Any] | None:
     import aiohttp
 
     params = {
@@ -38,7 +42,7 @@ async def _from_service(url: str, args: argparse.Namespace, api_key: str | None)
         for k, v in {"tenantId": args.tenant, "start": args.start, "end": args.end, "limit": str(args.limit)}.items()
         if v
     }
-    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = {**store, **({"authorization": f"Bearer {api_key}"} if api_key else {})}
     try:
         async with (
             aiohttp.ClientSession() as session,
@@ -103,7 +107,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     urls = [args.url] if args.url else owner_urls(settings)
     doc = None
     for url in urls:
-        doc = asyncio.run(_from_service(url, args, args.api_key or settings.admin_key))
+        store = {} if args.url else store_headers(settings)
+        doc = asyncio.run(_from_service(url, args, args.api_key or settings.admin_key, store))
         if doc is not None:
             break
     if doc is None:

@@ -13,7 +13,7 @@ from multidict import MultiMapping
 from analytics.costs import CostTrackingService
 from analytics.store import AnalyticsStore, StoreError
 from gateway.api.auth import Authenticator
-from gateway.errors import GatewayError, InvalidRequest
+from gateway.errors import GatewayError, InvalidRequest, RouteNotFound
 
 COSTS: web.AppKey[CostTrackingService] = web.AppKey("cost_tracking", CostTrackingService)
 STORE: web.AppKey[AnalyticsStore] = web.AppKey("analytics_store", AnalyticsStore)
@@ -99,7 +99,17 @@ def _only(query: MultiMapping[str], known: tuple[str, ...]) -> None:
         seen.add(name)
 
 
+def check_store(request: web.Request, store: AnalyticsStore) -> None:
+    """A command asking for another data dir's store (``STORE_HEADER``) is told this is not it."""
+    from analytics.owner import STORE_HEADER, store_id
+
+    asked = request.headers.get(STORE_HEADER)
+    if asked is not None and asked != store_id(store.path):
+        raise RouteNotFound(f"this service owns another analytics store than the one asked for ({STORE_HEADER})")
+
+
 async def costs(request: web.Request) -> web.Response:
+    check_store(request, request.app[STORE])
     auth = request.app[AUTH]
     principal = auth.authenticate(request)
     query = request.query

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import logging
 import os
 import sys
@@ -53,6 +54,29 @@ def read_directly(path: Path, urls: list[str]) -> None:
         "as of its last projection (events not projected yet are not in it)",
         file=sys.stderr,
     )
+
+
+#: the analytics store a command run without ``--url`` means (:func:`store_id`), sent when the
+#: data dir was given (``LLM_GATEWAY_DATA_DIR``, the config's ``data_dir``): a service that owns
+#: another store answers 404, as one that has none, and the command asks the next address or
+#: reads the file. A review's ``LLM_GATEWAY_DATA_DIR=<a restored copy> llm-gateway replay --full``
+#: rebuilt the live gateway's store, and ``costs`` gave its numbers, without a word.
+STORE_HEADER = "x-llm-store-id"
+
+
+def store_id(path: str | Path) -> str:
+    """A store's name for :data:`STORE_HEADER`: a digest of its file's absolute path (the path
+    itself is not sent)."""
+    return hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:32]
+
+
+def store_headers(settings: Settings) -> dict[str, str]:
+    """:data:`STORE_HEADER` for the commands' requests, when the data dir was given."""
+    if "data_dir" not in settings.model_fields_set:
+        return {}  # the default: whatever store the local service owns (a container's, say)
+    from consumers.pipeline import analytics_path
+
+    return {STORE_HEADER: store_id(analytics_path(settings))}
 
 
 def owner_urls(settings: Settings) -> list[str]:

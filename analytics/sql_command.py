@@ -14,10 +14,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from analytics.owner import owner_hint, owner_urls, read_directly, service_url
+from analytics.owner import owner_hint, owner_urls, read_directly, service_url, store_headers
 from analytics.sql_limits import DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT, MAX_ROWS_LIMIT, MAX_TIMEOUT
 from gateway.settings import Settings
 
@@ -55,12 +57,14 @@ class _Unreachable(Exception):
     pass
 
 
-async def _from_service(url: str, args: argparse.Namespace, api_key: str | None, hint: str) -> SqlResult:
+async def _from_service(
+    url: str, args: argparse.Namespace, api_key: str | None, hint: str, store: Mapping[str, str] = MappingProxyType({})
+) -> SqlResult:
     import aiohttp
 
     from analytics.sql import SqlResult
 
-    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = {**store, **({"authorization": f"Bearer {api_key}"} if api_key else {})}
     body = {"sql": args.query, "maxRows": args.max_rows, "timeoutSeconds": args.timeout, "format": "json"}
     endpoint = f"{url.rstrip('/')}/v1/analytics/sql"
     try:
@@ -153,7 +157,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     for candidate in urls:
         try:
             key = args.api_key or settings.admin_key
-            result = asyncio.run(_from_service(candidate, args, key, owner_hint(settings)))
+            store = {} if args.url else store_headers(settings)
+            result = asyncio.run(_from_service(candidate, args, key, owner_hint(settings), store))
             break
         except _Unreachable as exc:
             if args.url:

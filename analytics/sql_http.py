@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from analytics.http import AUTH, STORE, AnalyticsUnavailable
+from analytics.http import AUTH, STORE, AnalyticsUnavailable, check_store
 from analytics.sql import SqlError, SqlService
 from analytics.sql_limits import DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT, MAX_ROWS_LIMIT, MAX_TIMEOUT
 from analytics.store import StoreError
@@ -38,6 +38,7 @@ FORMATS = ("json", "csv")
 
 
 async def sql_query(request: web.Request) -> web.Response:
+    check_store(request, request.app[STORE])
     principal = request.app[AUTH].authenticate(request)
     if not principal.admin:
         raise PermissionDenied("SQL analytics needs an admin API key: SQL sees every tenant's usage")

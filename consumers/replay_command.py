@@ -25,10 +25,12 @@ import asyncio
 import json
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from analytics.owner import owner_urls, service_url
+from analytics.owner import owner_urls, service_url, store_headers
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
@@ -127,7 +129,8 @@ async def _replay(settings: Settings, args: argparse.Namespace, options: Any, pr
     if not args.local:
         urls = [args.url] if args.url else owner_urls(settings)
         for url in urls:
-            doc = await via_service(url, options, prices, args.api_key or settings.admin_key, bar)
+            store = {} if args.url else store_headers(settings)
+            doc = await via_service(url, options, prices, args.api_key or settings.admin_key, bar, store)
             if doc is not None:
                 return doc
         if args.url:
@@ -160,12 +163,19 @@ def request_body(options: ReplayOptions, prices: PriceFile | None) -> dict[str, 
     }
 
 
-async def via_service(url: str, options: Any, prices: Any, api_key: str | None, progress: Any) -> dict[str, Any] | None:
+async def via_service(
+    url: str,
+    options: Any,
+    prices: Any,
+    api_key: str | None,
+    progress: Any,
+    store: Mapping[str, str] = MappingProxyType({}),
+) -> dict[str, Any] | None:
     """The report of a replay run by the service at ``url``; None when nothing answers there,
     or the service does not replay (404: e.g. a gateway whose projection runs elsewhere)."""
     import aiohttp
 
-    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = {**store, **({"authorization": f"Bearer {api_key}"} if api_key else {})}
     timeout = aiohttp.ClientTimeout(total=None, connect=5, sock_read=300)
     started = False  # the service took the replay: from then on, going away is not "nobody there"
     try:

@@ -32,6 +32,7 @@ from typing import Any
 
 from aiohttp import web
 
+from analytics.http import check_store
 from analytics.store import AnalyticsStore
 from consumers.projector import ProjectorStats
 from consumers.replay import PendingRebuild, Replayer, ReplayError, ReplayOptions, pending_rebuild
@@ -235,6 +236,7 @@ def _in_body_words(message: str) -> str:
 
 async def replay_handler(request: web.Request) -> web.StreamResponse:
     service = request.app[REPLAY]
+    check_store(request, service.store)
     principal = service.auth.authenticate(request)
     if not principal.admin:
         raise PermissionDenied("replaying the event log needs an admin API key")

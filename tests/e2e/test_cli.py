@@ -454,3 +454,40 @@ async def test_costs_read_from_the_file_says_so(tmp_path: Path) -> None:
         out, err = await asyncio.wait_for(costs.communicate(), 60)
     assert costs.returncode == 0 and "note: nothing at" in err.decode() and "as of its last projection" in err.decode()
     assert "$0" in out.decode() or "0 calls" in out.decode()
+
+
+async def test_the_commands_ask_a_service_only_for_the_data_dir_they_were_given(tmp_path: Path) -> None:
+    """``LLM_GATEWAY_DATA_DIR=<a restored copy> llm-gateway costs`` gave the live gateway's numbers,
+    and ``replay --full`` rebuilt the live gateway's store, because a gateway answered on the
+    default port (a review). With a data dir given, a service owning another store answers 404
+    to them, as one without a store, and the commands read the file they were given."""
+    from analytics.store import AnalyticsStore
+
+    live, copy = tmp_path / "live", tmp_path / "copy"
+    copy.mkdir()
+    store = AnalyticsStore(copy / "analytics.duckdb")
+    await store.open()
+    await store.close()
+    port = free_port()
+    env = {**clean_env(live), "LLM_GATEWAY_PORT": str(port), "LLM_GATEWAY_CONSUME_PORT": str(free_port())}
+    async with process("serve", "--simulate", env=env):
+        await wait_http(f"http://127.0.0.1:{port}/healthz")
+        body = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}], "tenantId": "t"}
+        async with aiohttp.ClientSession() as s:
+            async with s.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body) as r:
+                assert r.status == 200
+        for _ in range(100):  # the live data dir: the service answers
+            async with process("costs", "--tenant", "t", "--json", env=env) as costs:
+                out, err = await asyncio.wait_for(costs.communicate(), 30)
+            if '"usageCount": 1' in out.decode():
+                break
+            await asyncio.sleep(0.1)
+        assert '"usageCount": 1' in out.decode() and "note:" not in err.decode()
+        other = {**env, "LLM_GATEWAY_DATA_DIR": str(copy)}
+        async with process("costs", "--tenant", "t", "--json", env=other) as costs:
+            out, err = await asyncio.wait_for(costs.communicate(), 30)
+        assert costs.returncode == 0 and '"usageCount": 0' in out.decode()
+        assert f"read {copy / 'analytics.duckdb'}" in err.decode()
+        async with process("replay", "--dry-run", env=other) as replay:
+            _, err = await asyncio.wait_for(replay.communicate(), 30)
+        assert replay.returncode == 1 and f"no event log at {copy / 'events.sqlite3'}" in err.decode()
