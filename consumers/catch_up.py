@@ -17,6 +17,9 @@ next start.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+
+import orjson
 
 from analytics.store import AnalyticsStore
 from gateway.eventlog.base import LogReader
@@ -24,12 +27,47 @@ from gateway.eventlog.base import LogReader
 log = logging.getLogger(__name__)
 
 TABLE = "projection_catch_up"
+#: the group's last committed records looked at (:func:`mark_if_behind`) for the newest that is an
+#: event (an undecodable record the projector dead-lettered is in no store)
+LAST_COMMITTED = 16
 
 
 async def pending(store: AnalyticsStore) -> bool:
     """Whether the store is marked as not holding the log yet."""
     rows = await store.fetchall(f"SELECT count(*) FROM {TABLE}")
     return bool(rows[0][0])
+
+
+async def mark_if_behind(store: AnalyticsStore, reader: LogReader) -> bool:
+    """Mark a store that does not hold the newest event the group's position says was projected
+    (a data dir backed up file by file while it ran, DuckDB copied before the log:
+    a review's restored store missed 534 events for good while ``/healthz`` said ok), so the
+    projector reads the log into it again from its beginning; the sinks only insert, so what it
+    holds stays. Only for a reader that can give its last committed records (the embedded log)."""
+    last_committed: Callable[[int], Awaitable[list[bytes]]] | None = getattr(reader, "last_committed", None)
+    if last_committed is None:
+        return False
+    newest = None
+    for value in await last_committed(LAST_COMMITTED):  # the last first
+        try:
+            event_id = orjson.loads(value).get("event_id")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(event_id, str):
+            newest = event_id
+            break
+    if newest is None:
+        return False
+    rows = await store.fetchall("SELECT count(*) FROM usage_facts WHERE event_id = ?", [newest])
+    if rows[0][0]:
+        return False
+    log.warning(
+        "the analytics store does not hold the last event the event log says was projected (%s; a copy of the "
+        "data dir whose analytics store is older than its log?): projecting the log into it again",
+        newest,
+    )
+    await store.run(lambda conn: conn.execute(f"INSERT INTO {TABLE} SELECT now()"))
+    return True
 
 
 class CatchUp:

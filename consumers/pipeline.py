@@ -104,7 +104,7 @@ class Pipeline:
 
     async def _begin(self) -> None:
         """Once the log answers: catch a new cost store up, and start the sinks."""
-        if await catch_up.pending(self.store):
+        if await catch_up.pending(self.store) or await catch_up.mark_if_behind(self.store, self.reader):
             behind = catch_up.CatchUp(self.store, self.reader)
             if await self.reader.has_committed():
                 await behind.begin()

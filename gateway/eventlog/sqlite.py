@@ -519,6 +519,22 @@ class SqliteLogReader:
     async def has_committed(self) -> bool:
         return await asyncio.to_thread(self._committed) > 0
 
+    async def last_committed(self, count: int) -> list[bytes]:
+        """The values of the group's last ``count`` committed records, the last first (for a
+        store to tell whether it holds what the group's position says was projected)."""
+
+        def read() -> list[bytes]:
+            position = self._committed()
+            with self._lock:
+                rows = (
+                    self._db()
+                    .execute("SELECT value FROM events WHERE seq <= ? ORDER BY seq DESC LIMIT ?", (position, count))
+                    .fetchall()
+                )
+            return [bytes(row[0]) for row in rows]
+
+        return await asyncio.to_thread(read)
+
     async def lag(self) -> int:
         def compute() -> int:
             with self._lock:
