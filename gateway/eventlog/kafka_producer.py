@@ -29,6 +29,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from gateway.eventlog.group_commit import GroupCommit
 from gateway.eventlog.kafka_admin import ensure_topic, stop_producer
+from gateway.eventlog.spool_lock import lock_spool
 from gateway.eventlog.sqlite import Row, SqliteOutbox, append_event, append_events, refused_after_close
 from gateway.events import UsageEvent
 
@@ -36,29 +37,6 @@ log = logging.getLogger(__name__)
 
 #: seconds between two warnings that the spool cannot delete what Kafka acknowledged
 UNDELETED_LOG_EVERY = 30.0
-
-
-def lock_spool(path: Path) -> int | None:
-    """An exclusive lock on ``<spool>.lock`` for as long as this process uses the spool (its
-    descriptor; closing it releases the lock, and so does the process's end). Two gateways on
-    one spool (one data dir, no instance ids) both forwarded it: each sent the other's records,
-    and one stopped saying it left records it had not (an upgrade review). None where the system
-    has no ``flock``."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX
-        return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise OSError(
-            f"another gateway process uses the usage event spool {path}: give each gateway its own "
-            "LLM_GATEWAY_DATA_DIR or LLM_GATEWAY_INSTANCE_ID"
-        ) from None
-    return fd
 
 
 class KafkaEventLog:

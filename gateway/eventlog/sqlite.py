@@ -381,6 +381,9 @@ class SqliteEventLog:
 
     async def start(self) -> None:
         if self._checkpoints is None:
+            from gateway.eventlog.spool_adoption import adopt_spools
+
+            await asyncio.to_thread(adopt_spools, self._outbox, self.path.parent)
             self._checkpoints = asyncio.create_task(
                 self._outbox.run_checkpoints(self._checkpoint_interval), name="eventlog-checkpoints"
             )
