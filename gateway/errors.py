@@ -52,6 +52,10 @@ class InvalidRequest(GatewayError):
     status = 400
     type = "invalid_request_error"
     code = "invalid_request"
+    #: set by the router when a provider's adapter refuses the request after attempts on others
+    #: (a fallback it cannot be put to): what those cost and how many there were, for the answer
+    call_cost: Decimal | None = Decimal(0)
+    call_attempts: int | None = None
 
 
 class AuthenticationFailed(GatewayError):

@@ -51,9 +51,12 @@ OPTION_NAMES = ("seed", "presence_penalty", "frequency_penalty", "response_forma
 #: ``temperature_with_top_p`` (both set, neither at its default of 1: the later Claude models
 #: refuse the pair), ``sampling`` (``temperature`` or ``top_p`` set to other than 1, their
 #: default: OpenAI's reasoning models refuse it) and ``sampling_with_reasoning`` (that with a
-#: ``reasoning_effort`` other than ``none``: gpt-5.1 and later refuse the pair)
+#: ``reasoning_effort`` other than ``none``: gpt-5.1 and later refuse the pair), and
+#: ``reasoning_effort_level`` (a ``reasoning_effort`` none of :data:`REASONING_LEVELS`: OpenAI's
+#: API takes it as sent and answers for itself; a vendor that maps the levels has no value for it)
 CAPABILITIES = (
     *OPTION_NAMES,
+    "reasoning_effort_level",
     "temperature",
     "temperature_with_top_p",
     "sampling",
@@ -69,6 +72,10 @@ CAPABILITIES = (
     "blank_content",
     "blank_stop",
 )
+
+
+#: the ``reasoning_effort`` levels OpenAI names (a vendor that maps them maps these)
+REASONING_LEVELS = frozenset({"none", "minimal", "low", "medium", "high", "xhigh"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +153,8 @@ class ChatRequest:
     def needs(self) -> list[str]:
         """The ``CAPABILITIES`` this request needs from a provider (most requests: none)."""
         needs = self.options.names() if self.options is not None else []
+        if self.options is not None and self.options.reasoning_effort not in (None, *REASONING_LEVELS):
+            needs.append("reasoning_effort_level")
         if self.temperature is not None and self.temperature > 1:
             needs.append("temperature")
         tempered = self.temperature is not None and self.temperature != 1

@@ -44,7 +44,7 @@ class GoogleProvider:
     #: WebP, HEIC and HEIF ("gif_images"). ``reasoning_effort`` is a ``thinkingConfig`` on Gemini
     #: 2.5 and later, and lacked by the models before (``model_lacks``).
     options = frozenset(CAPABILITIES) - {
-        "parallel_tool_calls", "image_urls", "gif_images", "tool_names", "blank_content"
+        "parallel_tool_calls", "image_urls", "gif_images", "tool_names", "blank_content", "reasoning_effort_level"
     }  # fmt: skip
 
     def __init__(self, settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> None:

@@ -59,7 +59,7 @@ def thinking_config(model: str, effort: str) -> dict[str, Any]:
     if version is None:  # effort_lacks kept the request from this model
         raise errors.InvalidRequest(f"{model!r} takes no 'reasoning_effort'", param="reasoning_effort")
     (major_minor, pro) = version
-    if effort not in BUDGETS:
+    if effort not in BUDGETS:  # the router keeps such a request from Gemini ("reasoning_effort_level")
         raise errors.InvalidRequest(
             f"'reasoning_effort' {effort!r} is no level Gemini takes: one of {', '.join(BUDGETS)}",
             param="reasoning_effort",

@@ -286,7 +286,9 @@ class OllamaProvider:
     #: tools are carried; a required or forced call and parallel_tool_calls false are not:
     #: Ollama has no tool_choice nor parallel_tool_calls (such requests go elsewhere). Images
     #: as base64 ``images`` of the message; an image by URL is not (Ollama fetches nothing)
-    options = frozenset(CAPABILITIES) - {"tool_choice", "parallel_tool_calls", "image_urls", "reasoning_effort"}
+    options = frozenset(CAPABILITIES) - {
+        "tool_choice", "parallel_tool_calls", "image_urls", "reasoning_effort", "reasoning_effort_level"
+    }  # fmt: skip
 
     def __init__(self, settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> None:
         self._session = session

@@ -84,13 +84,14 @@ _NEED_WORDS = {
     "temperature_with_top_p": "'temperature' with 'top_p' (set only one)",
     "sampling": "'temperature' or 'top_p' other than 1",
     "sampling_with_reasoning": "'temperature' or 'top_p' other than 1 with 'reasoning_effort'",
+    "reasoning_effort_level": "A 'reasoning_effort' other than none, minimal, low, medium, high or xhigh",
 }
 #: the request field a need is about, where it is not a field of its own name
 _NEED_PARAMS = {
     "images": "messages", "image_urls": "messages", "gif_images": "messages", "large_images": "messages",
     "tool_names": "tools", "blank_content": "messages",
     "blank_stop": "stop", "temperature_with_top_p": "top_p", "sampling": "temperature",
-    "sampling_with_reasoning": "temperature",
+    "sampling_with_reasoning": "temperature", "reasoning_effort_level": "reasoning_effort",
 }  # fmt: skip
 #: failures that may pass: a client's retry later can succeed
 _TRANSIENT = frozenset(
@@ -274,6 +275,12 @@ class Router:
                     exc.call_cost = _total(Decimal(0), attempts.billed)
                     exc.call_attempts = attempts.count
                     raise
+            except errors.InvalidRequest as exc:
+                if attempts.count:  # the fallback's adapter cannot put it: the attempts before it cost
+                    exc.call_cost = _total(Decimal(0), attempts.billed)
+                    exc.call_attempts = attempts.count
+                    UsageRecorder.log_cost(ctx.tenant_id, candidate.provider, candidate.called, exc.call_cost)
+                raise
             except errors.ClientGone:
                 log.info("request %s: the client left before attempt %d was sent", ctx.request_id, attempts.count + 1)
                 UsageRecorder.log_cost(

@@ -398,8 +398,31 @@ async def test_a_thinking_gemini_takes_reasoning_effort_as_its_thinking_config(g
     assert raw.headers["x-llm-provider"] == "google"
     assert gw.sims["google"].requests[-1].body["generationConfig"]["thinkingConfig"] == {"thinkingLevel": "high"}
     refused = await refused_effort(gw, "gemini-2.5-pro", "ultra", provider="google")
-    assert refused.param == "reasoning_effort" and refused.code == "invalid_value"
+    assert refused.param == "reasoning_effort" and refused.code == "unsupported_parameter"
     assert len(gw.sims["google"].requests) == 2
+
+
+async def test_a_level_gemini_has_no_value_for_is_not_sent_to_it() -> None:
+    """OpenAI takes any level as sent (and answers for itself); Gemini maps six. A group of
+    o3-mini and gemini-2.5-flash asked with ``reasoning_effort: "extreme"`` went to OpenAI, then
+    Gemini's adapter refused it mid-route: a 400 without the cost of the attempt made, and no
+    cost line (a re-test). Gemini is now skipped for it, as for any option it cannot carry."""
+    groups = {"thinker": {"openai": "o3-mini", "google": "gemini-2.5-flash"}}
+    async with running_gateway(providers=("openai", "google"), settings={"model_groups": groups}) as gw:
+        gw.sims["openai"].faults.always(Fault("server_error"))
+        async with client(gw) as c:
+            with pytest.raises(openai.APIStatusError) as info:
+                await c.chat.completions.create(
+                    model="thinker",
+                    messages=[{"role": "user", "content": "x"}],
+                    reasoning_effort="extreme",  # type: ignore[arg-type]
+                )
+            assert info.value.status_code == 502 and gw.sims["google"].requests == []
+            assert info.value.response.headers["x-llm-attempts"] == str(len(gw.event_log.events)) != "0"
+            raw = await c.chat.completions.with_raw_response.create(
+                model="thinker", messages=[{"role": "user", "content": "x"}], reasoning_effort="high"
+            )
+            assert raw.headers["x-llm-provider"] == "google"  # a level it maps: the fallback serves
 
 
 async def test_a_reasoning_effort_no_serving_provider_takes_is_a_400(gw: RunningGateway) -> None:

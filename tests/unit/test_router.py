@@ -403,6 +403,36 @@ async def test_a_refusal_after_a_billed_attempt_carries_what_the_call_cost() -> 
     assert info.value.call_cost == 0  # refused at once: nothing billed
 
 
+async def test_a_fallback_whose_adapter_cannot_put_the_request_answers_what_the_attempts_cost(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A fallback's adapter that cannot put the request to its vendor (no attempt: Gemini given a
+    reasoning level it has no value for, before the router kept such requests from it) after a
+    billed attempt elsewhere: the 400 carried neither the attempts nor their cost, and the call
+    had no cost line (a re-test). Both are said now; a refusal before any attempt says none."""
+    import logging
+
+    from gateway.api.middleware import error_response
+
+    bad = errors.MalformedResponse("openai: malformed response: content is int", provider="openai", http_status=200)
+    bad.usage = Usage(1000, 1000)
+    cannot = errors.InvalidRequest("azure: cannot put it", param="messages")
+    caplog.set_level(logging.INFO, logger="gateway.cost")
+    router, log, _ = make_router(ScriptedProvider("openai", bad), ScriptedProvider("azure", cannot))
+    with pytest.raises(errors.InvalidRequest) as info:
+        await router.complete(ctx(), TEMPLATE)
+    [first] = log.events
+    assert (info.value.call_attempts, info.value.call_cost) == (1, first.cost_usd) and first.cost_usd
+    headers = error_response(info.value, "req_1").headers
+    assert (headers["x-llm-attempts"], headers["x-llm-cost-usd"]) == ("1", format(first.cost_usd, "f").ljust(8, "0"))
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Cost |")]
+    assert "provider=azure" in line and f"cost=${headers['x-llm-cost-usd']}" in line
+    router, _, _ = make_router(ScriptedProvider("openai", errors.InvalidRequest("openai: cannot put it")))
+    with pytest.raises(errors.InvalidRequest) as info:
+        await router.complete(ctx(), TEMPLATE)
+    assert info.value.call_attempts is None and "x-llm-attempts" not in error_response(info.value, "r").headers
+
+
 async def test_stream_usage_is_priced() -> None:
     chunks = [StreamChunk(text="a"), StreamChunk(finish_reason="stop", usage=Usage(1000, 1000), model="gpt-4-0613")]
     router, _log, _ = make_router(ScriptedProvider("openai", chunks))

@@ -15,10 +15,11 @@ import pytest
 from gateway import errors
 from gateway.providers.base import Timeouts
 from gateway.providers.google import GoogleProvider, build
+from gateway.providers.google_thinking import BUDGETS, FLASH_LEVELS, PRO_LEVELS
 from gateway.providers.upstream_http import UpstreamClient
 from gateway.settings import ProviderSettings
 from gateway.simulators.google import GeminiSimulator
-from gateway.types import ChatRequest, Message, Options
+from gateway.types import REASONING_LEVELS, ChatRequest, Message, Options
 
 KEY = "gm-thinking-key"
 EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
@@ -41,6 +42,13 @@ EXPECTED = {
     "gemini-3-flash-preview": FLASH_3,
     "gemini-3.5-flash": FLASH_3,
 }
+
+
+def test_the_levels_mapped_are_the_levels_openai_names() -> None:
+    """A level outside them is a need Gemini lacks (``reasoning_effort_level``): not sent to it."""
+    assert set(BUDGETS) == set(FLASH_LEVELS) == set(PRO_LEVELS) == REASONING_LEVELS == set(EFFORTS)
+    assert request("gemini-2.5-pro", "extreme").needs() == ["reasoning_effort", "reasoning_effort_level"]
+    assert request("gemini-2.5-pro", "xhigh").needs() == ["reasoning_effort"]
 
 
 def request(model: str, effort: str | None, **kw: Any) -> ChatRequest:

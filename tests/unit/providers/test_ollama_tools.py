@@ -57,6 +57,7 @@ def test_tools_are_carried_but_not_a_forced_choice_nor_parallel_false() -> None:
         "parallel_tool_calls",
         "image_urls",
         "reasoning_effort",
+        "reasoning_effort_level",
     }
     assert request(tools=ToolSpec((WEATHER,), mode="auto")).needs() == ["tools"]
     assert not set(request(tools=ToolSpec((WEATHER,), mode="required")).needs()) <= OllamaProvider.options
