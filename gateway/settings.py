@@ -153,7 +153,9 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "kafka_bootstrap_servers")
     )
     database_url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_URL", "database_url"))
-    instance_id: str | None = None
+    #: names the gateway process in its events and its spool's file: no blank at its ends, no
+    #: path separator, printable (``" gw 8 "`` was stored with its blanks; a re-test)
+    instance_id: str | None = Field(default=None, min_length=1, max_length=255, pattern=r"^\S(.*\S)?$")
     #: ``serve`` projects the log into the stores in its own process: None (default) does on the
     #: embedded log and does not on Kafka (``consume`` processes do). False on the embedded log
     #: leaves it to ``llm-gateway consume`` run next to the gateway on the same data dir: the
@@ -265,6 +267,13 @@ class Settings(BaseSettings):
                     _http_url(provider.base_url, bare_host=False)
                 except ValueError as e:
                     raise ValueError(f"{name}.base_url: {e}") from None
+        return value
+
+    @field_validator("instance_id")
+    @classmethod
+    def _instance_name(cls, value: str | None) -> str | None:
+        if value is not None and (not value.isprintable() or "/" in value or "\\" in value):
+            raise ValueError("must be printable, without '/' or '\\' (it names the spool's file)")
         return value
 
     @field_validator("data_dir", "config_file", "price_file", mode="before")

@@ -170,6 +170,9 @@ def assert_refused(
         ("request_timeout: 1.0e+300\n", "request_timeout"),  # a call never timed out
         ("retry_attempts: 1000000000\n", "retry_attempts"),
         ("default_tenant: '   '\n", "default_tenant"),
+        # stored with its blanks in every event's gatewayInstance (a re-test); a '/' in the spool's name
+        ("instance_id: ' gw 8 '\n", "instance_id"),
+        ("instance_id: 'eu/2'\n", "without '/'"),
         # longer than any store's index holds: every call's usage event was refused
         ("default_tenant: " + "t" * 513 + "\n", "default_tenant"),
         ("api_keys: [{key: sk-a, tenant: " + "t" * 513 + "}]\n", "api_keys"),
