@@ -19,16 +19,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-import orjson
-
 from analytics.store import AnalyticsStore
+from gateway.event_json import decode_event
 from gateway.eventlog.base import LogReader
 
 log = logging.getLogger(__name__)
 
 TABLE = "projection_catch_up"
 #: the group's last committed records looked at (:func:`mark_if_behind`) for the newest that is an
-#: event (an undecodable record the projector dead-lettered is in no store)
+#: event the projector applied (one it dead-lettered is in no store)
 LAST_COMMITTED = 16
 
 
@@ -48,14 +47,12 @@ async def mark_if_behind(store: AnalyticsStore, reader: LogReader) -> bool:
     if last_committed is None:
         return False
     newest = None
-    for value in await last_committed(LAST_COMMITTED):  # the last first
+    for value in await last_committed(LAST_COMMITTED):  # the last first, dead letters left out
         try:
-            event_id = orjson.loads(value).get("event_id")
-        except (ValueError, AttributeError):
+            newest = decode_event(value).event_id  # as the projector reads it
+        except (ValueError, TypeError):
             continue
-        if isinstance(event_id, str):
-            newest = event_id
-            break
+        break
     if newest is None:
         return False
     rows = await store.fetchall("SELECT count(*) FROM usage_facts WHERE event_id = ?", [newest])

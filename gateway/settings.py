@@ -155,7 +155,8 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_URL", "database_url"))
     #: names the gateway process in its events and its spool's file: no blank at its ends, no
     #: path separator, printable (``" gw 8 "`` was stored with its blanks; a re-test)
-    instance_id: str | None = Field(default=None, min_length=1, max_length=255, pattern=r"^\S(.*\S)?$")
+    #: (at most 200: ``spool-<id>.sqlite3.lock`` within a file name's 255 bytes)
+    instance_id: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^\S(.*\S)?$")
     #: ``serve`` projects the log into the stores in its own process: None (default) does on the
     #: embedded log and does not on Kafka (``consume`` processes do). False on the embedded log
     #: leaves it to ``llm-gateway consume`` run next to the gateway on the same data dir: the

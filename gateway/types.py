@@ -153,8 +153,10 @@ class ChatRequest:
     def needs(self) -> list[str]:
         """The ``CAPABILITIES`` this request needs from a provider (most requests: none)."""
         needs = self.options.names() if self.options is not None else []
-        if self.options is not None and self.options.reasoning_effort not in (None, *REASONING_LEVELS):
-            needs.append("reasoning_effort_level")
+        if self.options is not None:
+            effort = self.options.reasoning_effort
+            if effort is not None and effort not in REASONING_LEVELS:
+                needs.append("reasoning_effort_level")
         if self.temperature is not None and self.temperature > 1:
             needs.append("temperature")
         tempered = self.temperature is not None and self.temperature != 1

@@ -523,18 +523,24 @@ class SqliteLogReader:
         return await asyncio.to_thread(self._committed) > 0
 
     async def last_committed(self, count: int) -> list[bytes]:
-        """The values of the group's last ``count`` committed records, the last first (for a
-        store to tell whether it holds what the group's position says was projected)."""
+        """The values of the group's last ``count`` committed records, the last first, but those
+        the projector dead-lettered (for a store to tell whether it holds what the group's
+        position says was projected)."""
+        from gateway.eventlog.deadletter import dead_letter_id  # it imports this module
 
         def read() -> list[bytes]:
             position = self._committed()
             with self._lock:
-                rows = (
-                    self._db()
-                    .execute("SELECT value FROM events WHERE seq <= ? ORDER BY seq DESC LIMIT ?", (position, count))
-                    .fetchall()
-                )
-            return [bytes(row[0]) for row in rows]
+                db = self._db()
+                rows = db.execute(
+                    "SELECT seq, value FROM events WHERE seq <= ? ORDER BY seq DESC LIMIT ?", (position, count)
+                ).fetchall()
+                ids = {dead_letter_id(bytes(value), str(seq)): bytes(value) for seq, value in rows}
+                if ids and db.execute("SELECT 1 FROM sqlite_master WHERE name = 'dead_letters'").fetchone():
+                    marks = ",".join("?" * len(ids))
+                    for (dead,) in db.execute(f"SELECT id FROM dead_letters WHERE id IN ({marks})", list(ids)):
+                        del ids[dead]
+            return list(ids.values())
 
         return await asyncio.to_thread(read)
 

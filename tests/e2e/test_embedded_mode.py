@@ -548,6 +548,33 @@ async def test_a_cost_store_older_than_its_log_is_filled_from_the_log(
     assert any("does not hold the last event" in r.getMessage() for r in caplog.records)
 
 
+async def test_a_dead_lettered_last_record_is_not_taken_for_a_store_behind_its_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The newest committed record is one the projector dead-lettered (a schema it does not know):
+    it is in no store, and the first version of the check above read the whole log again at
+    every start for it (a diff review)."""
+    from consumers.pipeline import build_pipeline
+    from gateway.eventlog.sqlite import SqliteOutbox
+
+    settings = await three_events_on_the_log(tmp_path)
+    outbox = SqliteOutbox(tmp_path / "events.sqlite3")
+    outbox.append("acme", b'{"event_id": "bad-1", "schema_version": 999}', 0)
+    outbox.close()
+    caplog.set_level("WARNING", logger="consumers.catch_up")
+    for _ in range(2):
+        pipeline = build_pipeline(settings)
+        await pipeline.start()
+        try:
+            for _ in range(200):
+                if pipeline.projector.stats.events_dead_lettered + pipeline.projector.stats.events_applied >= 4:
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            await pipeline.stop()
+    assert not any("does not hold the last event" in r.getMessage() for r in caplog.records)
+
+
 async def test_the_projector_says_it_is_catching_up_until_a_new_store_holds_the_log(tmp_path: Path) -> None:
     """While a new cost store is filled from the log's beginning, /v1/costs misses part of the
     log: the projector's status says ``catching_up`` until it has read the log to its end."""
