@@ -422,6 +422,11 @@ async def test_full_rebuild_drops_rows_the_log_no_longer_has_only_when_told(
             await replayer(shorter, store, book).run(ReplayOptions(reprice=True, full=True, dry_run=dry_run))
         assert len(await facts(store)) == len(events)  # nothing changed
 
+    dry = await replayer(shorter, store, book).run(
+        ReplayOptions(reprice=True, full=True, drop_missing=True, dry_run=True)
+    )
+    assert "would remove 2 events ($0.000000 and 2 unpriced)" in " ".join(dry.warnings)
+    assert len(await facts(store)) == len(events)
     report = await replayer(shorter, store, book).run(ReplayOptions(reprice=True, full=True, drop_missing=True))
 
     rows = await facts(store)
@@ -446,6 +451,30 @@ async def test_since_replays_only_later_events(store: AnalyticsStore, tmp_path: 
     assert report.events == len(events) - 3
     assert await cost_of(store, "acme", "acme-llm-1") == (Decimal(0), 3)  # before `since`: untouched
     assert await cost_of(store, "globex", "acme-llm-1") == (Decimal("0.00898"), 1)
+
+
+async def test_full_is_not_refused_for_events_the_live_projector_stores_during_its_check(store: AnalyticsStore) -> None:
+    """The check reads the log up to its end when it starts; events appended and projected by the
+    live gateway meanwhile are past that end: they were counted as held by the stores and not by
+    the log, and a busy gateway's --full was refused (a diff review)."""
+    events = scenario_events()
+    await replayer(FakeSource(events[:5]), store).run(ReplayOptions())
+
+    class Busy(FakeSource):
+        """The log as the gateway appends to it: 5 events when the check opens it, 7 after."""
+
+        async def open(self, start: ReplayStart) -> None:
+            await super().open(start)
+            if self.opened == 1:
+                self._pending, self.total = self._pending[:5], 5
+
+        async def fetch(self, max_records: int) -> list[bytes]:
+            if self.opened == 1 and len(self._pending) == 5:  # the check's first read
+                await DuckDBSink(store).apply(DistinctEvents(events[5:7]))  # the live projector
+            return await super().fetch(max_records)
+
+    report = await replayer(Busy(events[:7]), store).run(ReplayOptions(full=True))
+    assert report.events == 7 and not report.warnings
 
 
 async def test_options_are_checked(store: AnalyticsStore) -> None:
