@@ -109,9 +109,9 @@ def check_store(request: web.Request, store: AnalyticsStore) -> None:
 
 
 async def costs(request: web.Request) -> web.Response:
-    check_store(request, request.app[STORE])
     auth = request.app[AUTH]
     principal = auth.authenticate(request)
+    check_store(request, request.app[STORE])  # after the key: no one else learns a store's id
     query = request.query
     _only(query, COSTS_PARAMETERS)
     tenant = query.get("tenantId") or None

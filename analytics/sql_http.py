@@ -38,10 +38,10 @@ FORMATS = ("json", "csv")
 
 
 async def sql_query(request: web.Request) -> web.Response:
-    check_store(request, request.app[STORE])
     principal = request.app[AUTH].authenticate(request)
     if not principal.admin:
         raise PermissionDenied("SQL analytics needs an admin API key: SQL sees every tenant's usage")
+    check_store(request, request.app[STORE])
     body = await _json_body(request)
     sql = body.get("sql")
     if not isinstance(sql, str) or not sql.strip():

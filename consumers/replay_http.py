@@ -236,10 +236,10 @@ def _in_body_words(message: str) -> str:
 
 async def replay_handler(request: web.Request) -> web.StreamResponse:
     service = request.app[REPLAY]
-    check_store(request, service.store)
     principal = service.auth.authenticate(request)
     if not principal.admin:
         raise PermissionDenied("replaying the event log needs an admin API key")
+    check_store(request, service.store)
     body = await json_body(request, empty={})
     options = options_from_body(body)
     if options.from_position is not None:
