@@ -15,6 +15,7 @@ from gateway.settings import Settings
 COMMAND_MODULES = (
     "consumers.consume_command",
     "consumers.replay_command",
+    "consumers.export_command",
     "analytics.costs_command",
     "analytics.sql_command",
 )

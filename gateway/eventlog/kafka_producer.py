@@ -118,6 +118,12 @@ class KafkaEventLog:
         if not refused_after_close(self._spool, *events) and append_events(self._spool, events):
             self._wakeup.set()
 
+    def spool_records(self, rows: Sequence[tuple[str | None, bytes, int]]) -> None:
+        """Spool records as they are (``(key, value, timestamp ms)``, another log's) to forward in
+        order: ``llm-gateway export-log`` puts the embedded log on the topic this way."""
+        self._spool.append_many(rows)
+        self._wakeup.set()
+
     def pending(self) -> int:
         """Events not yet acknowledged by Kafka: in the spool, staged for it, or held in memory
         while the spool's file refuses them (a full disk)."""

@@ -200,6 +200,46 @@ def test_cli_reprices_unpriced_history_in_both_directions_and_twice_is_a_no_op(
     assert "--full" in capsys.readouterr().err
 
 
+@pytest.mark.kafka
+def test_export_log_puts_the_embedded_history_on_kafka_once(
+    tmp_path: Path, kafka_bootstrap: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A data dir moving to Kafka mode: the embedded log's history could not be replayed from the
+    topic, and ``replay --full`` refused to rebuild stores holding it (a review of mode
+    switches). ``export-log`` puts it on the topic, once: run again, it sends what came after."""
+    embedded = settings_for(tmp_path, port=free_port())
+    kafka = settings_for(
+        tmp_path,
+        port=free_port(),
+        consume_port=free_port(),
+        kafka_bootstrap_servers=kafka_bootstrap,
+        topic=f"export-{uuid.uuid4().hex[:12]}",
+        topic_partitions=3,
+    )
+    asyncio.run(record(SqliteEventLog(embedded_log_path(embedded))))
+    assert replay_cli(embedded) == 0  # the data dir's store holds the embedded history
+    export = build_parser().parse_args(["export-log", "--timeout", "60"])
+    capsys.readouterr()
+    for expected in (f"exported {EVENTS} events of {EVENTS}", f"exported 0 events of {EVENTS}"):
+        assert run_command(export, kafka) == 0
+        assert expected in capsys.readouterr().out
+    asyncio.run(record(SqliteEventLog(embedded_log_path(embedded))))  # the embedded gateway took more
+    assert run_command(export, kafka) == 0
+    assert f"exported {EVENTS} events of {2 * EVENTS}" in capsys.readouterr().out
+
+    assert replay_cli(kafka, "--full", "--local") == 0  # nothing of the store is missing from the topic
+    facts = asyncio.run(read_file_store(kafka))[1][0]
+    assert len(facts) == len({row[0] for row in facts}) == 2 * EVENTS
+
+
+def test_export_log_says_what_it_needs_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    export = build_parser().parse_args(["export-log"])
+    assert run_command(export, settings_for(tmp_path)) == 2
+    assert "KAFKA_BOOTSTRAP_SERVERS" in capsys.readouterr().err
+    assert run_command(export, settings_for(tmp_path, kafka_bootstrap_servers="127.0.0.1:1")) == 1
+    assert "no embedded log at" in capsys.readouterr().err
+
+
 def test_cli_full_keeps_the_history_another_log_made_unless_told(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
