@@ -59,8 +59,9 @@ def _adopt(log_outbox: SqliteOutbox, path: Path) -> int:
         log_outbox.append_many([(key, bytes(value), ts) for _, key, value, ts in rows])
         conn.execute(f"DELETE FROM {SPOOL_TABLE} WHERE seq <= ?", (rows[-1][0],))
         log.warning(
-            "moved %d usage events that a gateway in Kafka mode left in its spool %s (answered, never taken by "
-            "Kafka) into the embedded log",
+            "moved %d usage events that a gateway in Kafka mode left in its spool %s into the embedded log "
+            "(answered; not acknowledged by Kafka, or acknowledged just before that gateway stopped: the stores "
+            "keep an event once, by its id)",
             len(rows),
             path,
         )
