@@ -4,22 +4,30 @@ to Kafka mode.
 The embedded log (``events.sqlite3``) is the history's source of truth until the gateway moves to
 Kafka; after that, a replay reads the topic alone, so the history made before the move could not
 be re-costed, and ``replay --full`` refused to rebuild stores holding it (a review of mode
-switches). This command forwards every record of the embedded log, as it is (key, value, time),
-through the gateway's own Kafka path (a spool of its own, ``export-spool.sqlite3``, acks=all, in
-order, waiting out a broker outage), and notes in the embedded log how far it got for that
-topic, so running it again (after the embedded gateway took more calls, or after a Ctrl-C) sends
-only what follows. A record may go twice only when the command is stopped between a batch's
-sending and its note: every projection keeps an event once, by its id.
+switches). This command sends every record of the embedded log as it is (key, value, time) to
+the topic, batch by batch, with the gateway's producer settings (acks=all, idempotent, the
+gateway's partitioner), and after each batch Kafka acknowledged it notes in the embedded log how
+far it got for that cluster and topic: run again (after the embedded gateway took more calls,
+after a failure or a stop), it sends only what came after. A batch goes twice only when the
+process dies between Kafka's acknowledgement and the note (SIGKILL): the projections keep an
+event once, by its id. It refuses a topic that would delete the history (a ``retention.ms`` or
+``retention.bytes`` of its own: records keep their times, so old ones went at once while the
+command said it had exported them; a review), and one run at a time per data dir.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import os
+import signal
 import sqlite3
 import sys
 import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,20 +35,34 @@ from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
 
-EXPORT_SPOOL = "export-spool.sqlite3"
-BATCH = 10_000
-MARKS = "exports"
+BATCH = 5_000
+MARKS = "kafka_exports"
 
 
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "export-log",
         help="put the embedded log's events on the Kafka topic (a data dir moving to Kafka mode)",
-        description="Forward the embedded log's events (events.sqlite3 in the data dir) to the Kafka topic "
+        description="Send the embedded log's events (events.sqlite3 in the data dir) to the Kafka topic "
         "(KAFKA_BOOTSTRAP_SERVERS, LLM_GATEWAY_TOPIC); run again, it sends only what came after.",
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the broker (600)")
+    parser.add_argument(
+        "--from-start", action="store_true", help="send the whole log again (a topic emptied or made again)"
+    )
     parser.set_defaults(run=run)
+
+
+class ExportError(Exception):
+    """Nothing more can be sent now; what was sent is noted."""
+
+
+@dataclass
+class Progress:
+    sent: int = 0
+    last: int = 0
+    before: int = 0  # the note when the run began
+    stopped: bool = False
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -50,56 +72,158 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print("export-log: set KAFKA_BOOTSTRAP_SERVERS (the topic's brokers)", file=sys.stderr)
         return 2
     path = embedded_log_path(settings)
-    if not path.is_file():
-        print(f"export-log: no embedded log at {path}: is LLM_GATEWAY_DATA_DIR its data dir?", file=sys.stderr)
+    problem = _log_problem(path)
+    if problem is not None:
+        print(f"export-log: {problem}", file=sys.stderr)
         return 1
+    progress = Progress()
     try:
-        sent, total = asyncio.run(export(settings, path, args.timeout))
-    except (TimeoutError, OSError, sqlite3.Error) as exc:
-        print(f"export-log: {exc} (what was sent is noted: run it again to go on)", file=sys.stderr)
+        asyncio.run(_main(settings, path, args.timeout, args.from_start, progress))
+    except ExportError as exc:
+        print(f"export-log: {exc}; {_so_far(progress)}", file=sys.stderr)
         return 1
-    print(f"exported {sent} events of {total} on the embedded log to {settings.topic}")
+    if progress.stopped:
+        print(f"export-log: stopped; {_so_far(progress)}", file=sys.stderr)
+        return 1
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        (total,) = conn.execute("SELECT count(*) FROM events").fetchone()
+    again = f" (up to record {progress.before} sent before; --from-start sends them again)" if progress.before else ""
+    print(f"exported {progress.sent} events to {settings.topic}{again}; the log holds {total}")
     return 0
 
 
-async def export(settings: Settings, path: Path, timeout: float) -> tuple[int, int]:
-    """Forward the records after this topic's mark; returns (sent now, records on the log)."""
-    from gateway.eventlog.kafka_producer import KafkaEventLog
+def _so_far(progress: Progress) -> str:
+    last = progress.last or progress.before
+    return f"{progress.sent} events sent and noted, up to record {last}: run it again to go on"
 
-    assert settings.kafka_bootstrap_servers is not None
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute(f"CREATE TABLE IF NOT EXISTS {MARKS} (topic TEXT PRIMARY KEY, last_seq INTEGER NOT NULL)")
-    row = conn.execute(f"SELECT last_seq FROM {MARKS} WHERE topic = ?", (settings.topic,)).fetchone()
-    after = int(row[0]) if row else 0
-    (total,) = conn.execute("SELECT count(*) FROM events").fetchone()
-    target = KafkaEventLog(
-        settings.kafka_bootstrap_servers,
-        settings.topic,
-        Path(settings.data_dir) / EXPORT_SPOOL,
-        partitions=settings.topic_partitions,
-        client_id="llm-gateway-export",
-    )
-    sent = 0
-    await target.start()
+
+def _log_problem(path: Path) -> str | None:
+    if not path.is_file():
+        return f"no embedded log at {path}: is LLM_GATEWAY_DATA_DIR its data dir?"
+    if not os.access(path, os.W_OK):
+        return f"{path} is read-only: export-log notes its progress in it (export from a writable copy)"
     try:
-        while rows := conn.execute(
-            "SELECT seq, key, value, ts FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, BATCH)
-        ).fetchall():
-            target.spool_records([(key, bytes(value), ts) for _, key, value, ts in rows])
-            deadline = time.monotonic() + timeout
-            while target.pending():
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"Kafka at {settings.kafka_bootstrap_servers} took no events for {timeout:g} s")
-                await asyncio.sleep(0.05)
-            after = rows[-1][0]
-            conn.execute(
-                f"INSERT INTO {MARKS} (topic, last_seq) VALUES (?, ?) "
-                "ON CONFLICT (topic) DO UPDATE SET last_seq = excluded.last_seq",
-                (settings.topic, after),
-            )
-            sent += len(rows)
-            print(f"export-log: {sent} sent, up to record {after}", file=sys.stderr)
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'").fetchone() is None:
+                return f"{path} holds no event log (no events table)"
+    except sqlite3.Error as exc:
+        return f"{path} cannot be read: {exc}"
+    return None
+
+
+async def _main(settings: Settings, path: Path, timeout: float, from_start: bool, progress: Progress) -> None:
+    from gateway.eventlog.spool_lock import lock_file
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        lock = lock_file(Path(settings.data_dir) / "export-log.lock", "another export-log runs on this data dir")
+    except OSError as exc:
+        raise ExportError(str(exc)) from None
+    try:
+        await _export(settings, path, from_start, progress, stop, timeout)
     finally:
-        await target.close()
+        if lock is not None:
+            os.close(lock)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    if stop.is_set():
+        progress.stopped = True
+
+
+async def _export(
+    settings: Settings, path: Path, from_start: bool, progress: Progress, stop: asyncio.Event, timeout: float
+) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    from gateway.eventlog.kafka_admin import ensure_topic, stop_producer
+
+    bootstrap = settings.kafka_bootstrap_servers
+    assert bootstrap is not None
+    deadline = time.monotonic() + timeout
+    while True:  # a broker down at the start is waited for, up to --timeout
+        try:
+            await asyncio.wait_for(ensure_topic(bootstrap, settings.topic, settings.topic_partitions), 30)
+            cluster, limits = await asyncio.wait_for(_topic_facts(bootstrap, settings.topic), 30)
+            break
+        except Exception as exc:  # noqa: BLE001 - any broker failure is one line
+            if stop.is_set() or time.monotonic() > deadline:
+                raise ExportError(f"Kafka at {bootstrap} cannot be reached ({exc or type(exc).__name__})") from None
+            log.debug("export-log: Kafka not reachable yet: %s", exc)
+            await asyncio.sleep(1.0)
+    target = f"{cluster}/{settings.topic}"
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {MARKS} (target TEXT PRIMARY KEY, last_seq INTEGER NOT NULL)")
+        row = conn.execute(f"SELECT last_seq FROM {MARKS} WHERE target = ?", (target,)).fetchone()
+        progress.before = 0 if from_start or row is None else int(row[0])
+        (oldest,) = conn.execute("SELECT min(ts) FROM events WHERE seq > ?", (progress.before,)).fetchone()
+        if oldest is not None and limits:
+            since = datetime.fromtimestamp(oldest / 1000, UTC).date().isoformat()
+            raise ExportError(
+                f"topic {settings.topic} deletes records ({', '.join(limits)}), and the log's events go back to "
+                f"{since}: they would be deleted from it; set retention.ms=-1 and retention.bytes=-1 on it (the "
+                "gateway makes its topics so)"
+            )
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            client_id="llm-gateway-export",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+        )
+        await producer.start()
+        try:
+            after = progress.before
+            while not stop.is_set() and (
+                rows := conn.execute(
+                    "SELECT seq, key, value, ts FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, BATCH)
+                ).fetchall()
+            ):
+                sends = [
+                    await producer.send(
+                        settings.topic, bytes(value), key=None if key is None else key.encode(), timestamp_ms=ts
+                    )
+                    for _, key, value, ts in rows
+                ]
+                await asyncio.gather(*sends)
+                after = rows[-1][0]
+                conn.execute(
+                    f"INSERT INTO {MARKS} (target, last_seq) VALUES (?, ?) "
+                    "ON CONFLICT (target) DO UPDATE SET last_seq = excluded.last_seq",
+                    (target, after),
+                )
+                progress.sent, progress.last = progress.sent + len(rows), after
+                print(f"export-log: {progress.sent} sent, up to record {after}", file=sys.stderr)
+        except Exception as exc:  # noqa: BLE001 - a broker gone mid-way: one line, what was sent is noted
+            raise ExportError(f"Kafka at {bootstrap} failed ({exc or type(exc).__name__})") from None
+        finally:
+            await stop_producer(producer, 10.0)
+    finally:
         conn.close()
-    return sent, int(total)
+
+
+async def _topic_facts(bootstrap: str, topic: str) -> tuple[str, list[str]]:
+    """The cluster's id and the topic's deleting configs (``retention.ms=...`` other than -1)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="llm-gateway-export")
+    await admin.start()
+    try:
+        cluster = str((await admin.describe_cluster()).get("cluster_id") or "kafka")
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, {"retention.ms": None, "retention.bytes": None})]
+        )
+    finally:
+        await admin.close()
+    limits = []
+    for response in responses:
+        for resource in response.resources:
+            for entry in resource[4]:
+                name, value = entry[0], entry[1]
+                if name in ("retention.ms", "retention.bytes") and value not in (None, "-1"):
+                    limits.append(f"{name}={value}")
+    return cluster, limits

@@ -220,16 +220,57 @@ def test_export_log_puts_the_embedded_history_on_kafka_once(
     assert replay_cli(embedded) == 0  # the data dir's store holds the embedded history
     export = build_parser().parse_args(["export-log", "--timeout", "60"])
     capsys.readouterr()
-    for expected in (f"exported {EVENTS} events of {EVENTS}", f"exported 0 events of {EVENTS}"):
+    for expected in (f"exported {EVENTS} events", f"exported 0 events to {kafka.topic} (up to record {EVENTS}"):
         assert run_command(export, kafka) == 0
         assert expected in capsys.readouterr().out
     asyncio.run(record(SqliteEventLog(embedded_log_path(embedded))))  # the embedded gateway took more
     assert run_command(export, kafka) == 0
-    assert f"exported {EVENTS} events of {2 * EVENTS}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"exported {EVENTS} events to {kafka.topic} (up to record {EVENTS} sent before" in out
+    assert f"the log holds {2 * EVENTS}" in out
 
     assert replay_cli(kafka, "--full", "--local") == 0  # nothing of the store is missing from the topic
     facts = asyncio.run(read_file_store(kafka))[1][0]
     assert len(facts) == len({row[0] for row in facts}) == 2 * EVENTS
+    on_topic = asyncio.run(in_process(kafka, ReplayOptions(dry_run=True), None, None, live_group=None))
+    assert on_topic["recordsRead"] == 2 * EVENTS  # each record once
+
+
+@pytest.mark.kafka
+def test_export_log_waits_for_a_broker_and_refuses_a_topic_that_deletes_history(
+    tmp_path: Path, kafka_bootstrap: str, kafka_broker_control: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A broker down at the start left the batch in a spool of the export's, sent again with the
+    next run (every record twice); a topic keeping records a day deleted the older history at
+    once while the command said it had exported it (a review)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    kafka = settings_for(tmp_path, kafka_bootstrap_servers=kafka_bootstrap, topic=f"export-{uuid.uuid4().hex[:12]}")
+    asyncio.run(record(SqliteEventLog(embedded_log_path(kafka))))  # events of last March
+    kafka_broker_control.stop()
+    try:
+        assert run_command(build_parser().parse_args(["export-log", "--timeout", "2"]), kafka) == 1
+        assert "cannot be reached" in capsys.readouterr().err
+    finally:
+        kafka_broker_control.start()
+    assert run_command(build_parser().parse_args(["export-log", "--timeout", "60"]), kafka) == 0
+    assert f"exported {EVENTS} events" in capsys.readouterr().out
+    on_topic = asyncio.run(in_process(kafka, ReplayOptions(dry_run=True), None, None, live_group=None))
+    assert on_topic["recordsRead"] == EVENTS
+
+    async def short_lived(topic: str) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"retention.ms": "86400000"})])
+        finally:
+            await admin.close()
+
+    day = settings_for(tmp_path, kafka_bootstrap_servers=kafka_bootstrap, topic=f"day-{uuid.uuid4().hex[:12]}")
+    asyncio.run(short_lived(day.topic))
+    assert run_command(build_parser().parse_args(["export-log", "--timeout", "30"]), day) == 1
+    err = capsys.readouterr().err
+    assert "retention.ms=86400000" in err and "would be deleted" in err
 
 
 def test_export_log_says_what_it_needs_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
