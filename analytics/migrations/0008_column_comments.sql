@@ -33,7 +33,7 @@ COMMENT ON COLUMN usage_facts.cost_usd IS 'exact USD of the attempt at price_ver
 COMMENT ON COLUMN usage_facts.price_version IS 'the prices the cost was computed with (built-in table, genai-prices, price file versions)';
 COMMENT ON COLUMN usage_facts.billable IS 'the provider bills the attempt (it produced or read tokens); failed attempts it refused are not';
 COMMENT ON COLUMN usage_facts.incomplete IS 'the answer ended early: a stream cut, or the client left';
-COMMENT ON COLUMN usage_facts.gateway_instance IS 'the gateway process that made the attempt: LLM_GATEWAY_INSTANCE_ID, else its host name (NULL in events of versions before 2026-12)';
+COMMENT ON COLUMN usage_facts.gateway_instance IS 'the gateway process that made the attempt (NULL unless configured)';
 
 -- llm_usage: the platform's LLMUsage shape
 COMMENT ON VIEW llm_usage IS 'The platform''s LLMUsage shape over usage_facts (snake_case), one row per attempt: what the Postgres "LLMUsage" table holds.';

@@ -22,4 +22,4 @@ COMMENT ON COLUMN "LLMUsage"."incomplete" IS 'the answer ended early: a stream c
 COMMENT ON COLUMN "LLMUsage"."stream" IS 'the client asked for a stream';
 COMMENT ON COLUMN "LLMUsage"."endpoint" IS 'chat.completions or completions';
 COMMENT ON COLUMN "LLMUsage"."apiKeyId" IS 'short digest of the gateway key used (never the key); NULL without keys';
-COMMENT ON COLUMN "LLMUsage"."gatewayInstance" IS 'the gateway process that made the attempt: LLM_GATEWAY_INSTANCE_ID, else its host name (NULL in events of versions before 2026-12)';
+COMMENT ON COLUMN "LLMUsage"."gatewayInstance" IS 'the gateway process that made the attempt (NULL unless configured)';
