@@ -54,7 +54,12 @@ def register(sub: Any) -> None:
 
 
 class ExportError(Exception):
-    """Nothing more can be sent now; what was sent is noted."""
+    """Nothing more can be sent now; what was sent is noted. ``resumable``: running the command
+    again goes on (else the message says what to change first)."""
+
+    def __init__(self, message: str, *, resumable: bool = True) -> None:
+        super().__init__(message)
+        self.resumable = resumable
 
 
 @dataclass
@@ -63,6 +68,8 @@ class Progress:
     last: int = 0
     before: int = 0  # the note when the run began
     stopped: bool = False
+    #: stopped while a batch was in flight: it may have gone in part, and goes again
+    unsure: bool = False
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -80,10 +87,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         asyncio.run(_main(settings, path, args.timeout, args.from_start, progress))
     except ExportError as exc:
-        print(f"export-log: {exc}; {_so_far(progress)}", file=sys.stderr)
+        print(f"export-log: {exc}" + (f"; {_so_far(progress)}" if exc.resumable else ""), file=sys.stderr)
+        return 1
+    except sqlite3.Error as exc:  # the embedded log (locked past 30 s, a full disk): not Kafka's
+        print(f"export-log: the embedded log {path}: {exc}; {_so_far(progress)}", file=sys.stderr)
         return 1
     if progress.stopped:
-        print(f"export-log: stopped; {_so_far(progress)}", file=sys.stderr)
+        part = " (the batch in flight may have gone in part: it goes again)" if progress.unsure else ""
+        print(f"export-log: stopped{part}; {_so_far(progress)}", file=sys.stderr)
         return 1
     with contextlib.closing(sqlite3.connect(path)) as conn:
         (total,) = conn.execute("SELECT count(*) FROM events").fetchone()
@@ -121,7 +132,7 @@ async def _main(settings: Settings, path: Path, timeout: float, from_start: bool
     try:
         lock = lock_file(Path(settings.data_dir) / "export-log.lock", "another export-log runs on this data dir")
     except OSError as exc:
-        raise ExportError(str(exc)) from None
+        raise ExportError(str(exc), resumable=False) from None
     try:
         await _export(settings, path, from_start, progress, stop, timeout)
     finally:
@@ -146,15 +157,17 @@ async def _export(
     while True:  # a broker down at the start is waited for, up to --timeout
         try:
             await asyncio.wait_for(ensure_topic(bootstrap, settings.topic, settings.topic_partitions), 30)
-            cluster, limits = await asyncio.wait_for(_topic_facts(bootstrap, settings.topic), 30)
+            cluster, limits, records = await asyncio.wait_for(_topic_facts(bootstrap, settings.topic), 30)
             break
         except Exception as exc:  # noqa: BLE001 - any broker failure is one line
-            if stop.is_set() or time.monotonic() > deadline:
+            if stop.is_set():
+                return
+            if time.monotonic() > deadline:
                 raise ExportError(f"Kafka at {bootstrap} cannot be reached ({exc or type(exc).__name__})") from None
             log.debug("export-log: Kafka not reachable yet: %s", exc)
             await asyncio.sleep(1.0)
     target = f"{cluster}/{settings.topic}"
-    conn = sqlite3.connect(path, isolation_level=None)
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30.0)  # the gateway's busy timeout
     try:
         conn.execute(f"CREATE TABLE IF NOT EXISTS {MARKS} (target TEXT PRIMARY KEY, last_seq INTEGER NOT NULL)")
         row = conn.execute(f"SELECT last_seq FROM {MARKS} WHERE target = ?", (target,)).fetchone()
@@ -164,8 +177,16 @@ async def _export(
             since = datetime.fromtimestamp(oldest / 1000, UTC).date().isoformat()
             raise ExportError(
                 f"topic {settings.topic} deletes records ({', '.join(limits)}), and the log's events go back to "
-                f"{since}: they would be deleted from it; set retention.ms=-1 and retention.bytes=-1 on it (the "
-                "gateway makes its topics so)"
+                f"{since}: they would be deleted from it; set retention.ms=-1 and retention.bytes=-1 on it, and "
+                "cleanup.policy=delete (the gateway makes its topics so)",
+                resumable=False,
+            )
+        (noted,) = conn.execute("SELECT count(*) FROM events WHERE seq <= ?", (progress.before,)).fetchone()
+        if records < noted:  # emptied, or deleted and made again, since this data dir's note
+            raise ExportError(
+                f"topic {settings.topic} holds {records} records, fewer than the {noted} this data dir noted as sent "
+                "to it: it was emptied or made again; run export-log --from-start",
+                resumable=False,
             )
         producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
@@ -188,7 +209,22 @@ async def _export(
                     )
                     for _, key, value, ts in rows
                 ]
-                await asyncio.gather(*sends)
+                acked = asyncio.ensure_future(asyncio.gather(*sends))
+                stopped = asyncio.ensure_future(stop.wait())
+                await asyncio.wait({acked, stopped}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                stopped.cancel()
+                if not acked.done():  # the broker went away mid-batch (its producer retries for good)
+                    acked.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await acked
+                    if stop.is_set():
+                        progress.unsure = True
+                        return
+                    raise ExportError(
+                        f"Kafka at {bootstrap} acknowledged no batch for {timeout:g} s; the batch in flight may have "
+                        "gone in part and go again"
+                    )
+                acked.result()
                 after = rows[-1][0]
                 conn.execute(
                     f"INSERT INTO {MARKS} (target, last_seq) VALUES (?, ?) "
@@ -197,6 +233,8 @@ async def _export(
                 )
                 progress.sent, progress.last = progress.sent + len(rows), after
                 print(f"export-log: {progress.sent} sent, up to record {after}", file=sys.stderr)
+        except (ExportError, sqlite3.Error):
+            raise
         except Exception as exc:  # noqa: BLE001 - a broker gone mid-way: one line, what was sent is noted
             raise ExportError(f"Kafka at {bootstrap} failed ({exc or type(exc).__name__})") from None
         finally:
@@ -205,18 +243,22 @@ async def _export(
         conn.close()
 
 
-async def _topic_facts(bootstrap: str, topic: str) -> tuple[str, list[str]]:
-    """The cluster's id and the topic's deleting configs (``retention.ms=...`` other than -1)."""
+async def _topic_facts(bootstrap: str, topic: str) -> tuple[str, list[str], int]:
+    """The cluster's id, the topic's configs that delete records (a ``retention.ms`` or
+    ``retention.bytes`` other than -1, a compacting ``cleanup.policy``: the key is the tenant, so
+    compaction kept one event a tenant; a review) and the records it holds."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    from gateway.eventlog.kafka_admin import topic_partitions
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="llm-gateway-export")
     await admin.start()
     try:
         cluster = str((await admin.describe_cluster()).get("cluster_id") or "kafka")
-        responses = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, topic, {"retention.ms": None, "retention.bytes": None})]
-        )
+        wanted = {"retention.ms": None, "retention.bytes": None, "cleanup.policy": None}
+        responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, wanted)])
     finally:
         await admin.close()
     limits = []
@@ -226,4 +268,14 @@ async def _topic_facts(bootstrap: str, topic: str) -> tuple[str, list[str]]:
                 name, value = entry[0], entry[1]
                 if name in ("retention.ms", "retention.bytes") and value not in (None, "-1"):
                     limits.append(f"{name}={value}")
-    return cluster, limits
+                elif name == "cleanup.policy" and value and "compact" in value:
+                    limits.append(f"{name}={value}")
+    partitions = [TopicPartition(topic, p) for p in await topic_partitions(bootstrap, topic)]
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, client_id="llm-gateway-export", enable_auto_commit=False)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets(partitions) if partitions else {}
+        starts = await consumer.beginning_offsets(partitions) if partitions else {}
+    finally:
+        await consumer.stop()
+    return cluster, limits, sum(ends[tp] - starts[tp] for tp in partitions)

@@ -258,19 +258,32 @@ def test_export_log_waits_for_a_broker_and_refuses_a_topic_that_deletes_history(
     on_topic = asyncio.run(in_process(kafka, ReplayOptions(dry_run=True), None, None, live_group=None))
     assert on_topic["recordsRead"] == EVENTS
 
-    async def short_lived(topic: str) -> None:
+    async def make_topic(topic: str, configs: dict[str, str] | None = None, *, delete: bool = False) -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
         await admin.start()
         try:
-            await admin.create_topics([NewTopic(topic, 1, 1, topic_configs={"retention.ms": "86400000"})])
+            if delete:
+                await admin.delete_topics([topic])
+                await asyncio.sleep(1.0)
+            await admin.create_topics([NewTopic(topic, 1, 1, topic_configs=configs or {})])
         finally:
             await admin.close()
 
-    day = settings_for(tmp_path, kafka_bootstrap_servers=kafka_bootstrap, topic=f"day-{uuid.uuid4().hex[:12]}")
-    asyncio.run(short_lived(day.topic))
-    assert run_command(build_parser().parse_args(["export-log", "--timeout", "30"]), day) == 1
-    err = capsys.readouterr().err
-    assert "retention.ms=86400000" in err and "would be deleted" in err
+    deleting = (({"retention.ms": "86400000"}, "retention.ms=86400000"), ({"cleanup.policy": "compact"}, "compact"))
+    for configs, named in deleting:
+        other = settings_for(tmp_path, kafka_bootstrap_servers=kafka_bootstrap, topic=f"del-{uuid.uuid4().hex[:12]}")
+        asyncio.run(make_topic(other.topic, configs))
+        assert run_command(build_parser().parse_args(["export-log", "--timeout", "30"]), other) == 1
+        err = capsys.readouterr().err
+        assert named in err and "would be deleted" in err and "run it again" not in err
+
+    # the topic deleted and made again since the note: said, and --from-start sends it all again
+    asyncio.run(make_topic(kafka.topic, {"retention.ms": "-1"}, delete=True))
+    assert run_command(build_parser().parse_args(["export-log", "--timeout", "30"]), kafka) == 1
+    assert "made again; run export-log --from-start" in capsys.readouterr().err
+    assert run_command(build_parser().parse_args(["export-log", "--from-start"]), kafka) == 0
+    on_topic = asyncio.run(in_process(kafka, ReplayOptions(dry_run=True), None, None, live_group=None))
+    assert on_topic["recordsRead"] == EVENTS
 
 
 def test_export_log_says_what_it_needs_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
