@@ -26,6 +26,11 @@ class GatewayError(Exception):
     fallback: ClassVar[bool] = False
     #: the client should not retry (sent as ``x-should-retry: false``)
     client_should_retry: ClassVar[bool | None] = None
+    #: set by the router on the error that ends a call after attempts (a provider's refusal, or
+    #: a fallback's adapter that cannot put the request): what the call's billed attempts cost
+    #: (None: unknown) and how many attempts it made, for its answer's headers
+    call_cost: Decimal | None = Decimal(0)
+    call_attempts: int | None = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -52,10 +57,6 @@ class InvalidRequest(GatewayError):
     status = 400
     type = "invalid_request_error"
     code = "invalid_request"
-    #: set by the router when a provider's adapter refuses the request after attempts on others
-    #: (a fallback it cannot be put to): what those cost and how many there were, for the answer
-    call_cost: Decimal | None = Decimal(0)
-    call_attempts: int | None = None
 
 
 class AuthenticationFailed(GatewayError):
@@ -129,12 +130,7 @@ class ProviderError(GatewayError):
         #: the provider answered and bills this attempt, but its usage could not be read (a 200
         #: answer in the vendor's format with content and usage both unreadable): cost unknown
         self.billed_unseen = False
-        #: what the call's attempts the providers bill cost, this one included (None: unknown),
-        #: when this error ends the call; set by the router
-        self.call_cost: Decimal | None = Decimal(0)
-        #: how many attempts the call made, this one included, when this error ends the call
-        #: (retries and fallbacks before it); set by the router, None when unknown
-        self.call_attempts: int | None = None
+        # call_cost, call_attempts (GatewayError's): this attempt included, when it ends the call
         self.provider = provider
         self.http_status = http_status
         #: seconds the upstream asked us to wait (retry-after-ms / retry-after / RetryInfo)

@@ -112,8 +112,7 @@ def error_response(exc: errors.GatewayError, rid: str) -> web.Response:
             headers["x-llm-attempts"] = str(exc.call_attempts)
         if exc.retry_after is not None:
             headers["retry-after"] = retry_after_header(exc.retry_after)
-    elif isinstance(exc, errors.InvalidRequest) and exc.call_attempts is not None:
-        # a fallback's adapter could not put the request after attempts on other providers
+    elif exc.call_attempts is not None:  # another error that ended a call after attempts (the router's)
         headers["x-llm-attempts"] = str(exc.call_attempts)
         headers["x-llm-cost-usd"] = format_usd(exc.call_cost)
     if int(headers.get("retry-after", 0)) > SDK_RETRY_WAIT:

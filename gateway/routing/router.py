@@ -158,6 +158,11 @@ class _Attempts:
     #: a cancelled attempt wrote the call's cost line
     cancel_logged: bool = False
 
+    def charge(self, exc: errors.GatewayError) -> None:
+        """``exc`` ends the call: it carries what the billed attempts cost and how many there were."""
+        exc.call_cost = _total(Decimal(0), self.billed)
+        exc.call_attempts = self.count
+
 
 class Router:
     def __init__(
@@ -272,13 +277,11 @@ class Router:
                 )
             except errors.ProviderError as exc:
                 if not exc.fallback:
-                    exc.call_cost = _total(Decimal(0), attempts.billed)
-                    exc.call_attempts = attempts.count
+                    attempts.charge(exc)
                     raise
             except errors.InvalidRequest as exc:
                 if attempts.count:  # the fallback's adapter cannot put it: the attempts before it cost
-                    exc.call_cost = _total(Decimal(0), attempts.billed)
-                    exc.call_attempts = attempts.count
+                    attempts.charge(exc)
                     UsageRecorder.log_cost(ctx.tenant_id, candidate.provider, candidate.called, exc.call_cost)
                 raise
             except errors.ClientGone:
