@@ -209,14 +209,7 @@ async def _export(
                     )
                     for _, key, value, ts in rows
                 ]
-                acked = asyncio.ensure_future(asyncio.gather(*sends))
-                stopped = asyncio.ensure_future(stop.wait())
-                await asyncio.wait({acked, stopped}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                stopped.cancel()
-                if not acked.done():  # the broker went away mid-batch (its producer retries for good)
-                    acked.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await acked
+                if not await _acknowledged(sends, stop, timeout):
                     if stop.is_set():
                         progress.unsure = True
                         return
@@ -224,7 +217,6 @@ async def _export(
                         f"Kafka at {bootstrap} acknowledged no batch for {timeout:g} s; the batch in flight may have "
                         "gone in part and go again"
                     )
-                acked.result()
                 after = rows[-1][0]
                 conn.execute(
                     f"INSERT INTO {MARKS} (target, last_seq) VALUES (?, ?) "
@@ -241,6 +233,22 @@ async def _export(
             await stop_producer(producer, 10.0)
     finally:
         conn.close()
+
+
+async def _acknowledged(sends: list[asyncio.Future[Any]], stop: asyncio.Event, timeout: float) -> bool:
+    """Whether Kafka acknowledged every record of a batch before ``timeout`` and before ``stop``
+    (a broker gone mid-batch: the idempotent producer retries for good). Raises a send's error."""
+    acked = asyncio.ensure_future(asyncio.gather(*sends))
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({acked, stopped}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if acked.done():
+        acked.result()
+        return True
+    acked.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await acked
+    return False
 
 
 async def _topic_facts(bootstrap: str, topic: str) -> tuple[str, list[str], int]:
