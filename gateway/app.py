@@ -16,7 +16,7 @@ from datetime import datetime
 
 from aiohttp import web
 
-from gateway.api import completions, meta
+from gateway.api import completions, embeddings, meta
 from gateway.api.auth import Authenticator
 from gateway.api.drain import install_drain
 from gateway.api.middleware import error_middleware
@@ -130,6 +130,7 @@ def create_app(
     install_drain(app, settings.shutdown_timeout)
     app.router.add_post("/v1/chat/completions", completions.chat_completions)
     app.router.add_post("/v1/completions", completions.completions)
+    app.router.add_post("/v1/embeddings", embeddings.embeddings)
     app.router.add_get("/v1/models", meta.models)
     app.router.add_get("/v1/models/{model}", meta.model)
     app.router.add_get("/healthz", meta.healthz)

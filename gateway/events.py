@@ -24,9 +24,10 @@ from gateway.types import PLAUSIBLE_TOKENS
 #: read it whole (:func:`version_for`): 2 adds the 1-hour cache writes, which change the cost, so
 #: a consumer that knows only 1 dead-letters such an event (kept, replayable once upgraded)
 #: instead of storing it, and re-pricing it, without them (a rolling-upgrade review: an old
-#: consumer's `replay --reprice` priced them at the 5-minute rate, 15% under). Every other event
-#: is still written at 1, which older consumers read.
-SCHEMA_VERSION = 2
+#: consumer's `replay --reprice` priced them at the 5-minute rate, 15% under). 3 adds the
+#: ``embeddings`` endpoint, which a reader of 2 would take for poison anyway (an unknown value).
+#: Every other event is still written at 1, which older consumers read.
+SCHEMA_VERSION = 3
 #: the latest ``created_at`` an event may carry
 LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 #: the largest integer every store holds in every integer column (Postgres INTEGER): token
@@ -69,8 +70,10 @@ Outcome = Literal[
 ADDED_IN_VERSION = frozenset({"cache_creation_1h_tokens"})
 
 
-def version_for(cache_creation_1h_tokens: int) -> int:
+def version_for(cache_creation_1h_tokens: int, endpoint: str = "chat.completions") -> int:
     """The schema version an event is written at: see :data:`SCHEMA_VERSION`."""
+    if endpoint == "embeddings":
+        return 3
     return 2 if cache_creation_1h_tokens else 1
 
 
@@ -94,7 +97,7 @@ class UsageEvent(BaseModel):
     created_at: datetime = Field(lt=LATEST)
     tenant_id: str = Field(max_length=INDEXED_TEXT)
     api_key_id: str | None = None
-    endpoint: Literal["chat.completions", "completions"] = "chat.completions"
+    endpoint: Literal["chat.completions", "completions", "embeddings"] = "chat.completions"
     stream: bool = False
     provider: str
     requested_model: str  # what the client asked for

@@ -28,7 +28,7 @@ class CallContext:
     request_id: str
     tenant_id: str
     api_key_id: str | None
-    endpoint: str  # "chat.completions" | "completions"
+    endpoint: str  # "chat.completions" | "completions" | "embeddings"
     stream: bool
     requested_model: str
 
@@ -125,7 +125,7 @@ class UsageRecorder:
             cost, version = ZERO, self._prices.version
         usage = usage or Usage()
         event = UsageEvent(
-            schema_version=version_for(usage.cache_creation_1h_tokens),
+            schema_version=version_for(usage.cache_creation_1h_tokens, ctx.endpoint),
             event_id=str(self._ids()),
             request_id=ctx.request_id,
             attempt=facts.number,

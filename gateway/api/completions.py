@@ -1,8 +1,10 @@
-"""POST /v1/chat/completions and POST /v1/completions."""
+"""POST /v1/chat/completions and POST /v1/completions (and what ``embeddings`` shares of them)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import orjson
@@ -17,7 +19,7 @@ from gateway.api.state import STATE, GatewayState
 from gateway.api.validation import ParsedRequest, parse_chat, parse_completion
 from gateway.pricing.base import format_usd
 from gateway.providers.upstream_http import CLIENT_GONE
-from gateway.routing.router import StreamSession
+from gateway.routing.router import Served, StreamSession
 from gateway.safe_text import header_value
 from gateway.usage import CallContext, UsageRecorder
 
@@ -90,11 +92,19 @@ async def completions(request: web.Request) -> web.StreamResponse:
 async def _serve(
     request: web.Request, state: GatewayState, principal: Any, parsed: ParsedRequest
 ) -> web.StreamResponse:
+    return await serve_call(request, state, partial(_answer, request, state, principal, parsed))
+
+
+async def serve_call(
+    request: web.Request, state: GatewayState, answer: Callable[[], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Run ``answer``, a call to the providers, as one in flight: watching its client, and not
+    answering before the events of its attempts are on the log."""
     state.in_flight += 1
     watch = ClientWatch(request)
     watching = CLIENT_GONE.set(watch)
     try:
-        return await _answer(request, state, principal, parsed)
+        return await answer()
     finally:
         watch.release()
         CLIENT_GONE.reset(watching)
@@ -117,34 +127,48 @@ async def _answer(
         stream=parsed.template.stream,
         requested_model=parsed.requested_model,
     )
-    try:
+    with CostLineOnFailure(tenant, parsed.requested_model):
         if parsed.template.stream:
             session = await state.router.open_stream(ctx, parsed.template, parsed.provider)
             return await _stream(request, state, ctx, parsed, session)
         served = await state.router.complete(ctx, parsed.template, parsed.provider)
-    except errors.ProviderError as exc:
-        UsageRecorder.log_cost(tenant, exc.provider, parsed.requested_model, exc.call_cost)
-        raise
-    except errors.AllProvidersFailed as exc:
-        UsageRecorder.log_cost(tenant, "none", parsed.requested_model, exc.cost)
-        raise
     result = served.result
     UsageRecorder.log_cost(tenant, served.provider, result.model, served.cost)
     created = int(state.clock().timestamp())
     response_id = _response_id(parsed.endpoint, ctx.request_id)
     build = chat_completion if parsed.endpoint == "chat.completions" else text_completion
     body = build(response_id, created, result.model, result)
-    return web.Response(
-        body=orjson.dumps(body),
-        content_type="application/json",
-        headers={
-            "x-request-id": ctx.request_id,
-            "x-llm-provider": served.provider,
-            "x-llm-model": header_value(result.model),
-            "x-llm-attempts": str(served.attempts),
-            "x-llm-cost-usd": format_usd(served.cost) if served.cost is not None else "unpriced",
-        },
-    )
+    return web.Response(body=orjson.dumps(body), content_type="application/json", headers=served_headers(ctx, served))
+
+
+class CostLineOnFailure:
+    """The cost line of a call that ends in an error after its attempts (one line per call)."""
+
+    __slots__ = ("model", "tenant")
+
+    def __init__(self, tenant: str, model: str) -> None:
+        self.tenant = tenant
+        self.model = model
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object) -> None:
+        if isinstance(exc, errors.ProviderError):
+            UsageRecorder.log_cost(self.tenant, exc.provider, self.model, exc.call_cost)
+        elif isinstance(exc, errors.AllProvidersFailed):
+            UsageRecorder.log_cost(self.tenant, "none", self.model, exc.cost)
+
+
+def served_headers(ctx: CallContext, served: Served[Any]) -> dict[str, str]:
+    """The headers of a served non-streaming call: who served it, how, and what it cost."""
+    return {
+        "x-request-id": ctx.request_id,
+        "x-llm-provider": served.provider,
+        "x-llm-model": header_value(served.result.model),
+        "x-llm-attempts": str(served.attempts),
+        "x-llm-cost-usd": format_usd(served.cost) if served.cost is not None else "unpriced",
+    }
 
 
 def _response_id(endpoint: str, request_id: str) -> str:

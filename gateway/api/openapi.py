@@ -196,6 +196,44 @@ _COMPLETION_REQUEST = {
     },
 }
 
+_TOKEN_IDS = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}
+_EMBEDDING_REQUEST = {
+    "type": "object",
+    "description": "Served only by providers of the model itself (never another model of a group); any other "
+    "field is a 400 unknown_parameter.",
+    "required": ["model", "input"],
+    "properties": {
+        "model": {"type": "string", "minLength": 1, "maxLength": 256},
+        "input": {
+            "oneOf": [
+                {"type": "string", "minLength": 1},
+                {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "maxItems": 2048},
+                _TOKEN_IDS,
+                {"type": "array", "items": _TOKEN_IDS, "minItems": 1, "maxItems": 2048},
+            ]
+        },
+        "encoding_format": {"enum": ["float", "base64"], "default": "float"},
+        "dimensions": {"type": "integer", "minimum": 1},
+        "user": {"type": "string"},
+        "provider": {"enum": ["openai", "azure", "anthropic", "google", "ollama"]},
+        "tenantId": {"type": "string", "minLength": 1, "maxLength": 128},
+    },
+    "additionalProperties": False,
+}
+_EMBEDDING_RESPONSE = {
+    "type": "object",
+    "required": ["object", "data", "model", "usage"],
+    "properties": {
+        "object": {"const": "list"},
+        "data": {"type": "array"},
+        "model": {"type": "string"},
+        "usage": {
+            "description": "null when the vendor reports none (Gemini): the call is then unpriced",
+            "type": ["object", "null"],
+        },
+    },
+}
+
 _CHAT_RESPONSE = {
     "type": "object",
     "required": ["id", "object", "created", "model", "choices", "usage"],
@@ -300,6 +338,9 @@ def openapi_document() -> dict[str, Any]:
                 "#/components/schemas/CompletionRequest",
                 "#/components/schemas/TextCompletion",
             ),
+            "/v1/embeddings": _post(
+                "Embeddings", "#/components/schemas/EmbeddingRequest", "#/components/schemas/EmbeddingList"
+            ),
             "/v1/models": {
                 "get": {
                     "summary": "Models this gateway can serve",
@@ -397,6 +438,8 @@ def openapi_document() -> dict[str, Any]:
                 "CompletionRequest": _COMPLETION_REQUEST,
                 "ChatCompletion": _CHAT_RESPONSE,
                 "TextCompletion": _COMPLETION_RESPONSE,
+                "EmbeddingRequest": _EMBEDDING_REQUEST,
+                "EmbeddingList": _EMBEDDING_RESPONSE,
             },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },

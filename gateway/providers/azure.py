@@ -20,7 +20,9 @@ import re
 from typing import ClassVar
 from urllib.parse import quote
 
+from gateway.embedding import EmbeddingRequest
 from gateway.pricing.models import normalize_model
+from gateway.providers import embedding_wire
 from gateway.providers import openai_wire as wire
 from gateway.providers.base import Provider, Timeouts
 from gateway.providers.openai import OpenAIProvider, Target
@@ -88,6 +90,14 @@ class AzureProvider(OpenAIProvider):
         if self._settings.use_v1:
             return Target(f"{self._base}/openai/v1/{path}", None, body)
         url = f"{self._base}/openai/deployments/{quote(deployment, safe='')}/{path}"
+        return Target(url, {"api-version": self._api_version}, body)
+
+    def embed_target(self, request: EmbeddingRequest) -> Target:
+        deployment = self.deployment(request.model)
+        body = embedding_wire.openai_body(request, deployment)
+        if self._settings.use_v1:
+            return Target(f"{self._base}/openai/v1/embeddings", None, body)
+        url = f"{self._base}/openai/deployments/{quote(deployment, safe='')}/embeddings"
         return Target(url, {"api-version": self._api_version}, body)
 
     def reasoning(self, model: str) -> bool:

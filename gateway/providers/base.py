@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from gateway.embedding import EmbeddingRequest, EmbeddingResult
 from gateway.providers.upstream_http import UpstreamClient
 from gateway.providers.upstream_response import Timeout
 from gateway.settings import ProviderSettings
@@ -44,6 +45,16 @@ class Provider(Protocol):
         a failure after chunks were yielded raises ``StreamCut`` (or the vendor's in-stream
         error translated).
         """
+        ...
+
+
+@runtime_checkable
+class Embeddings(Protocol):
+    """Optional: a provider that makes embeddings (``POST /v1/embeddings``); it names
+    ``embeddings`` in its ``options``. Errors as ``Provider.complete``'s."""
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:
+        """One embedding call: a vector per input, in their order."""
         ...
 
 

@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 from urllib.parse import quote
 
 from gateway import errors
+from gateway.embedding import EmbeddingRequest, EmbeddingResult
+from gateway.providers import embedding_wire
 from gateway.providers import google_wire as wire
 from gateway.providers.base import Timeouts
 from gateway.providers.google_thinking import effort_lacks
@@ -44,7 +46,8 @@ class GoogleProvider:
     #: WebP, HEIC and HEIF ("gif_images"). ``reasoning_effort`` is a ``thinkingConfig`` on Gemini
     #: 2.5 and later, and lacked by the models before (``model_lacks``).
     options = frozenset(CAPABILITIES) - {
-        "parallel_tool_calls", "image_urls", "gif_images", "tool_names", "blank_content", "reasoning_effort_level"
+        "parallel_tool_calls", "image_urls", "gif_images", "tool_names", "blank_content", "reasoning_effort_level",
+        "embedding_tokens",
     }  # fmt: skip
 
     def __init__(self, settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> None:
@@ -69,6 +72,22 @@ class GoogleProvider:
                 code="invalid_value",
             )
         return f"{self._models_url}/{bare}:{method}"
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:  # Embeddings
+        async with post(
+            self._session,
+            self.name,
+            self._url(request.model, "batchEmbedContents"),
+            headers=self._headers,
+            body=embedding_wire.gemini_body(request),
+            timeout=self._timeouts.non_streaming(),
+            classify=wire.classify,
+        ) as resp:
+            obj = await read_json(resp, self.name)
+        try:
+            return embedding_wire.parse_gemini(obj, request, self.name)
+        except errors.MalformedResponse as exc:
+            raise with_billed_usage(exc, lambda: embedding_wire.gemini_usage(obj, self.name)) from None
 
     async def complete(self, request: ChatRequest) -> ChatResult:
         url = self._url(request.model, "generateContent")

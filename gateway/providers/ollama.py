@@ -21,7 +21,9 @@ from urllib.parse import urlsplit
 from uuid import uuid4
 
 from gateway import errors
+from gateway.embedding import EmbeddingRequest, EmbeddingResult
 from gateway.images import Image
+from gateway.providers import embedding_wire
 from gateway.providers.base import Timeouts
 from gateway.providers.http import (
     default_classify,
@@ -287,14 +289,32 @@ class OllamaProvider:
     #: Ollama has no tool_choice nor parallel_tool_calls (such requests go elsewhere). Images
     #: as base64 ``images`` of the message; an image by URL is not (Ollama fetches nothing)
     options = frozenset(CAPABILITIES) - {
-        "tool_choice", "parallel_tool_calls", "image_urls", "reasoning_effort", "reasoning_effort_level"
+        "tool_choice", "parallel_tool_calls", "image_urls", "reasoning_effort", "reasoning_effort_level",
+        "embedding_tokens",
     }  # fmt: skip
 
     def __init__(self, settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> None:
         self._session = session
         self._timeouts = timeouts
         self._url = base_url(settings.base_url) + "/api/chat"
+        self._embed_url = base_url(settings.base_url) + "/api/embed"
         self._headers = {"authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:  # Embeddings
+        async with post(
+            self._session,
+            self.name,
+            self._embed_url,
+            headers=self._headers,
+            body=embedding_wire.ollama_body(request),
+            timeout=self._timeouts.non_streaming(),
+            classify=classify,
+        ) as resp:
+            obj = await read_json(resp, self.name)
+        try:
+            return embedding_wire.parse_ollama(obj, request, self.name)
+        except errors.MalformedResponse as exc:
+            raise with_billed_usage(exc, lambda: embedding_wire.ollama_usage(obj, self.name)) from None
 
     async def complete(self, request: ChatRequest) -> ChatResult:
         async with post(

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from gateway import errors
+from gateway.embedding import EmbeddingRequest, EmbeddingResult
+from gateway.providers import embedding_wire
 from gateway.providers import openai_wire as wire
 from gateway.providers.base import FinalBatch, Provider, Timeouts
 from gateway.providers.http import let_body_finish, post, read_error_body, read_json, with_billed_usage
@@ -72,6 +74,9 @@ class OpenAIProvider:
         )
         return Target(f"{self._base}/{wire.endpoint(request)}", None, body)
 
+    def embed_target(self, request: EmbeddingRequest) -> Target:
+        return Target(f"{self._base}/embeddings", None, embedding_wire.openai_body(request, request.model))
+
     def auth_headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self._settings.api_key or ''}"}
 
@@ -111,6 +116,26 @@ class OpenAIProvider:
                 )
             except errors.MalformedResponse as exc:
                 raise with_billed_usage(exc, lambda: wire.parse_usage(data.get("usage"))) from None
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:  # Embeddings
+        target = self.embed_target(request)
+        async with post(
+            self._session,
+            self.name,
+            target.url,
+            headers={**self.auth_headers(), "accept": "application/json"},
+            body=target.body,
+            params=target.params,
+            timeout=self._timeout,
+            classify=self._classify,
+        ) as resp:
+            data = await read_json(resp, self.name)
+        if isinstance(data, dict) and data.get("error") is not None:
+            raise wire.classify_inband_error(self.name, data)
+        try:
+            return embedding_wire.parse_openai(data, request, self.name)
+        except errors.MalformedResponse as exc:
+            raise with_billed_usage(exc, lambda: embedding_wire.openai_usage(data, self.name)) from None
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
         async for batch in self.stream_batches(request):

@@ -77,13 +77,17 @@ DEFAULT_GROUPS: dict[str, dict[str, str]] = {
 NATIVE_PATTERNS: dict[str, re.Pattern[str]] = {
     # ``ft:``: an OpenAI fine-tune (``ft:gpt-4o-mini-2024-07-18:org::id``), which only OpenAI serves
     # (a 404 before: a docs review)
-    "openai": re.compile(r"^(ft:|gpt-|o\d|chatgpt-|davinci-|babbage-|text-)"),
-    "azure": re.compile(r"^(gpt-|o\d|davinci-|babbage-)"),
+    # (``text-embedding-004``/``-005`` and ``text-multilingual-embedding-*`` are Google's)
+    "openai": re.compile(r"^(ft:|gpt-|o\d|chatgpt-|davinci-|babbage-|text-(?!embedding-00[4-9]|multilingual-))"),
+    # Azure serves OpenAI's embedding models too (``text-embedding-3-small``, ``-ada-002``)
+    "azure": re.compile(r"^(gpt-|o\d|davinci-|babbage-|text-embedding-(?!00[4-9]))"),
     "anthropic": re.compile(r"^claude-"),
-    "google": re.compile(r"^(models/)?gemini-"),
+    "google": re.compile(r"^(models/)?(gemini-|text-embedding-00[4-9]|text-multilingual-embedding-|embedding-00)"),
     "ollama": re.compile(
-        # name:tag, either in any case (``command-r:35b-v0.1-q4_K_M``, ``hf.co/org/Model-GGUF:Q4_K_M``)
-        r"^[A-Za-z0-9._/-]+:[A-Za-z0-9._-]+$|^(llama|mistral|mixtral|qwen|phi|gemma|deepseek|codellama|llava|tinyllama)"
+        # name:tag, either in any case (``command-r:35b-v0.1-q4_K_M``, ``hf.co/org/Model-GGUF:Q4_K_M``),
+        # and the embedding models of Ollama's library
+        r"^[A-Za-z0-9._/-]+:[A-Za-z0-9._-]+$|^(llama|mistral|mixtral|qwen|phi|gemma|deepseek|codellama|llava|tinyllama"
+        r"|nomic-embed|mxbai-embed|all-minilm|snowflake-arctic-embed|bge-|granite-embedding|embeddinggemma)"
     ),
 }
 

@@ -11,13 +11,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import partial
-from typing import Protocol, TypeVar, cast
+from typing import Generic, Protocol, TypeVar, cast
 
 from gateway import errors
+from gateway.embedding import EmbeddingRequest, EmbeddingResult
 from gateway.events import UsageEvent
-from gateway.providers.base import BatchStreaming, FinalBatch, Provider
+from gateway.providers.base import BatchStreaming, Embeddings, FinalBatch, Provider
 from gateway.providers.upstream_http import CLIENT_GONE, QUEUED, WIRE, Wire
-from gateway.routing.catalog import Candidate, ModelCatalog
+from gateway.routing.catalog import Candidate, ModelCatalog, family_of
 from gateway.routing.retry import RetryBudget, RetryPolicy, Sleep, call_with_retry
 from gateway.types import ChatRequest, ChatResult, StreamChunk, Usage
 from gateway.usage import AttemptFacts, CallContext, UsageRecorder
@@ -25,6 +26,10 @@ from gateway.usage import AttemptFacts, CallContext, UsageRecorder
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+#: what a call asks: a chat or text completion, or embeddings
+Q = TypeVar("Q", ChatRequest, EmbeddingRequest)
+#: what a call's serving attempt hands back
+R = TypeVar("R", ChatResult, EmbeddingResult)
 
 _CANDIDATE_CACHE_SIZE = 1024
 
@@ -85,6 +90,8 @@ _NEED_WORDS = {
     "sampling": "'temperature' or 'top_p' other than 1",
     "sampling_with_reasoning": "'temperature' or 'top_p' other than 1 with 'reasoning_effort'",
     "reasoning_effort_level": "A 'reasoning_effort' other than none, minimal, low, medium, high or xhigh",
+    "embeddings": "Making embeddings",
+    "embedding_tokens": "Input as token ids (send the text instead)",
 }
 #: the request field a need is about, where it is not a field of its own name
 _NEED_PARAMS = {
@@ -92,6 +99,7 @@ _NEED_PARAMS = {
     "tool_names": "tools", "blank_content": "messages",
     "blank_stop": "stop", "temperature_with_top_p": "top_p", "sampling": "temperature",
     "sampling_with_reasoning": "temperature", "reasoning_effort_level": "reasoning_effort",
+    "embeddings": "model", "embedding_tokens": "input",
 }  # fmt: skip
 #: failures that may pass: a client's retry later can succeed
 _TRANSIENT = frozenset(
@@ -104,10 +112,10 @@ _NOT_SENT = (errors.InvalidRequest, errors.ConnectionsBusy, errors.ClientGone)
 
 
 @dataclass(slots=True)
-class Served:
+class Served(Generic[R]):
     """A finished non-streaming call."""
 
-    result: ChatResult
+    result: R
     provider: str
     provider_model: str
     attempts: int
@@ -234,15 +242,17 @@ class Router:
     async def _route(
         self,
         ctx: CallContext,
-        template: ChatRequest,
+        template: Q,
         pinned: str | None,
-        attempt: Callable[[CallContext, Provider, ChatRequest, Candidate, _Attempts], Awaitable[T]],
+        attempt: Callable[[CallContext, Provider, Q, Candidate, _Attempts], Awaitable[T]],
         *,
         stream: bool,
     ) -> T:
         """Try candidates in order (skipping open circuits), each with retries; fall back on
         errors that allow it; raise one error naming every attempt when all fail."""
         candidates = self.candidates(ctx.requested_model, pinned)
+        if isinstance(template, EmbeddingRequest):
+            candidates = _same_model(candidates, ctx.requested_model)
         needs = template.needs()
         if needs:
             candidates = self._carrying(candidates, needs, ctx.requested_model)
@@ -257,11 +267,7 @@ class Router:
             provider = self.providers[candidate.provider]
             request = template.for_provider(candidate.model, stream)
 
-            async def one_attempt(
-                provider: Provider = provider, request: ChatRequest = request, candidate: Candidate = candidate
-            ) -> T:
-                return await attempt(ctx, provider, request, candidate, attempts)
-
+            one_attempt = partial(attempt, ctx, provider, request, candidate, attempts)
             try:
                 return await call_with_retry(
                     one_attempt,
@@ -361,19 +367,43 @@ class Router:
         return self.circuits.peek(provider)
 
     # --- non-streaming ---------------------------------------------------------------------------
-    async def complete(self, ctx: CallContext, template: ChatRequest, pinned: str | None = None) -> Served:
+    async def complete(self, ctx: CallContext, template: ChatRequest, pinned: str | None = None) -> Served[ChatResult]:
         return await self._route(ctx, template, pinned, self._attempt, stream=False)
 
     async def _attempt(
         self, ctx: CallContext, provider: Provider, request: ChatRequest, candidate: Candidate, attempts: _Attempts
-    ) -> Served:
+    ) -> Served[ChatResult]:
+        return await self._call(ctx, partial(provider.complete, request), candidate, attempts)
+
+    # --- embeddings --------------------------------------------------------------------------------
+    async def embed(
+        self, ctx: CallContext, template: EmbeddingRequest, pinned: str | None = None
+    ) -> Served[EmbeddingResult]:
+        """An embedding call: the providers that serve the model itself (``gateway.embedding``)."""
+        return await self._route(ctx, template, pinned, self._embed_attempt, stream=False)
+
+    async def _embed_attempt(
+        self,
+        ctx: CallContext,
+        provider: Provider,
+        request: EmbeddingRequest,
+        candidate: Candidate,
+        attempts: _Attempts,
+    ) -> Served[EmbeddingResult]:
+        embeds: Embeddings = cast(Embeddings, provider)  # it names "embeddings" in its options
+        return await self._call(ctx, partial(embeds.embed, request), candidate, attempts)
+
+    async def _call(
+        self, ctx: CallContext, call: Callable[[], Awaitable[R]], candidate: Candidate, attempts: _Attempts
+    ) -> Served[R]:
+        """One non-streaming attempt, recorded whatever its end."""
         _client_still_there()
         attempts.count += 1
         number = attempts.count
         started = time.monotonic()
         QUEUED.set(0.0)
         try:
-            result = await provider.complete(request)
+            result = await call()
         except BaseException as exc:
             failure = self._failed(ctx, number, candidate, exc, started, attempts)
             if failure is exc:
@@ -543,6 +573,18 @@ class Router:
             waits = [w for p in attempts.skipped if (w := self.circuits.reopens_in(p)) is not None]
             failed.retry_after = min(waits, default=None)
         return failed
+
+
+def _same_model(candidates: list[Candidate], model: str) -> list[Candidate]:
+    """The candidates that serve ``model`` itself (a dated snapshot of it too): a vector is
+    compared only with vectors of its own model, so an embedding call never goes to another model
+    of a group (``claude-3-haiku`` to OpenAI's ``gpt-3.5-turbo``). An Azure deployment of it
+    (``deployments``) is the model itself."""
+    family = family_of(model)
+    same = [c for c in candidates if c.model == model or family_of(c.model) == family]
+    if not same:
+        raise errors.ModelNotFound(f"no configured provider serves the model {model!r} itself", param="model")
+    return same
 
 
 def _costs(billed: _Billed | None) -> bool:

@@ -114,6 +114,8 @@ class AzureSimulator(OpenAISimulator):
             web.post("/openai/deployments/{deployment}/completions", self._text),
             web.post("/openai/v1/chat/completions", self._chat),
             web.post("/openai/v1/completions", self._text),
+            web.post("/openai/deployments/{deployment}/embeddings", self._embed),
+            web.post("/openai/v1/embeddings", self._embed),
         ]
 
     # --- hooks ----------------------------------------------------------------------------------
@@ -141,6 +143,11 @@ class AzureSimulator(OpenAISimulator):
     def served(self, call: Call) -> str:
         version = self.deployments.get(call.model) if isinstance(self.deployments, Mapping) else None
         return str(version or self.served_model or call.model)
+
+    def embedding_model(self, call: Call) -> str:
+        """The deployment's model (its chat ``served_model`` is a chat model's)."""
+        version = self.deployments.get(call.model) if isinstance(self.deployments, Mapping) else None
+        return str(version or call.model)
 
     def reply_headers(self) -> dict[str, str]:
         rid = f"00000000-0000-4000-8000-{next(self._ids):012d}"

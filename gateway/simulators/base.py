@@ -12,12 +12,19 @@ choose faults for the next requests::
 Replies are deterministic so tests can assert exact token counts and costs: the reply text is
 ``sim.reply``; prompt tokens are the whitespace-separated words of every message (system
 included); completion tokens are the words of the reply. Streams send one word per chunk.
+Embeddings: a vector of ``embedding_dimensions`` (or the request's dimensions) made from a hash
+of the input, of length 1; input tokens are the words of each input (a token array: its length).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
+import math
+import random
+import struct
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
@@ -148,6 +155,8 @@ class Simulator:
     #: ``KEPT_BODY_BYTES`` (None: all, as tests read them); ``serve --simulate`` kept every body it
     #: was ever sent: 2 GB after a review's load
     max_requests: int | None = None
+    #: the length of the vectors of an embedding request that names no dimensions
+    embedding_dimensions: int = 8
     _runner: web.AppRunner | None = None
     base_url: str = ""
 
@@ -182,6 +191,35 @@ class Simulator:
     @staticmethod
     def count_tokens(text: str) -> int:
         return len(text.split())
+
+    def embedding(self, item: Any, dimensions: Any = None, *, as_base64: bool = False) -> list[float] | str:
+        """The vector of one input (a text or a token array): the same input, the same vector."""
+        size = dimensions if isinstance(dimensions, int) and 0 < dimensions <= 4096 else self.embedding_dimensions
+        rng = random.Random(hashlib.sha256(json.dumps(item).encode()).digest())
+        values = [rng.uniform(-1.0, 1.0) for _ in range(size)]
+        norm = math.sqrt(sum(v * v for v in values)) or 1.0
+        vector = [round(v / norm, 6) for v in values]
+        if as_base64:  # the vendors' base64: the float32 values, little-endian
+            return base64.b64encode(struct.pack(f"<{size}f", *vector)).decode()
+        return vector
+
+    def input_tokens(self, item: Any) -> int:
+        """An embedding input's tokens: a text's words, a token array's length."""
+        return self.count_tokens(item) if isinstance(item, str) else len(item) if isinstance(item, list) else 0
+
+    async def faulty_json(self, request: web.Request, data: bytes, fault: Fault | None) -> web.StreamResponse | None:
+        """A JSON answer as a ``malformed`` fault (half of it) or a ``cut`` one (half, then the
+        connection dropped) sends it; None for other faults."""
+        kind = fault.kind if fault is not None else None
+        if kind == "malformed":
+            return web.Response(body=data[: len(data) // 2], content_type="application/json")
+        if kind == "cut":
+            resp = web.StreamResponse(headers={"content-type": "application/json"})
+            resp.content_length = len(data)
+            await resp.prepare(request)
+            await resp.write(data[: len(data) // 2])
+            return await self.cut_connection(resp, request)
+        return None
 
     def json_format(self, body: Any) -> tuple[bool, Any]:
         """Whether the request asks for a JSON answer, and its schema (None: any JSON object);

@@ -133,11 +133,13 @@ class GeminiSimulator(Simulator):
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await self.record(request)
         model, _, method = request.match_info["target"].rpartition(":")
-        if method not in ("generateContent", "streamGenerateContent") or not model:
+        if method not in ("generateContent", "streamGenerateContent", "batchEmbedContents") or not model:
             return web.json_response(rpc_error(404, f"Method not found: {method}"), status=404)
         denied = self._check_key(request)
         if denied is not None:
             return denied
+        if method == "batchEmbedContents":
+            return await self._embed(request, model, body)
         invalid = self._validate(body) or _check_signatures(model, body) or _check_thinking(model, body)
         if invalid is not None:
             return web.json_response(rpc_error(400, invalid), status=400)
@@ -152,6 +154,42 @@ class GeminiSimulator(Simulator):
         return web.json_response(
             self._response(model, body, self._answer(body)[0], final=True, with_thought=True, call=function_call(body))
         )
+
+    async def _embed(self, request: web.Request, model: str, body: Any) -> web.StreamResponse:
+        """``{"embeddings": [{"values": [...]}]}``, one per request, each of whose ``model`` must
+        be the one of the URL; no usage, as Gemini reports none."""
+        requests = body.get("requests") if isinstance(body, dict) else None
+        if not isinstance(requests, list) or not requests:
+            return web.json_response(
+                rpc_error(400, "* BatchEmbedContentsRequest.requests: contents is not specified"), status=400
+            )
+        texts = []
+        for i, one in enumerate(requests):
+            parts = (
+                one.get("content", {}).get("parts")
+                if isinstance(one, dict) and isinstance(one.get("content"), dict)
+                else None
+            )
+            if one.get("model") != f"models/{model}" if isinstance(one, dict) else True:
+                message = f"* BatchEmbedContentsRequest.requests[{i}].model: model must match the batch model"
+                return web.json_response(rpc_error(400, message), status=400)
+            if (
+                not isinstance(parts, list)
+                or not parts
+                or not all(isinstance(p, dict) and p.get("text") for p in parts)
+            ):
+                return web.json_response(
+                    rpc_error(400, f"* requests[{i}].content: contents is not specified"), status=400
+                )
+            texts.append(" ".join(p["text"] for p in parts))
+        fault = await self.take_fault()
+        if fault is not None:
+            error = error_for(fault, model, streaming=False)
+            if error is not None:
+                return web.json_response(error[1], status=error[0])
+        dimensions = requests[0].get("outputDimensionality")
+        data = json.dumps({"embeddings": [{"values": self.embedding(text, dimensions)} for text in texts]}).encode()
+        return await self.faulty_json(request, data, fault) or web.Response(body=data, content_type="application/json")
 
     def _check_key(self, request: web.Request) -> web.Response | None:
         if self.api_key is None:

@@ -65,7 +65,36 @@ class OllamaSimulator(Simulator):
     think_seconds: float = 0.0
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.post("/api/chat", self._chat)]
+        return [web.post("/api/chat", self._chat), web.post("/api/embed", self._embed)]
+
+    async def _embed(self, request: web.Request) -> web.StreamResponse:
+        """``{"model", "embeddings": [[...]], "prompt_eval_count"}``."""
+        body = await self.record(request)
+        if self.api_key is not None and request.headers.get("authorization") != f"Bearer {self.api_key}":
+            return _error("unauthorized", 401)
+        if not isinstance(body, dict) or not body.get("model"):
+            return _error("model is required", 400)
+        raw = body.get("input")
+        items = [raw] if isinstance(raw, str) else raw
+        if not isinstance(items, list) or not items or not all(isinstance(i, str) for i in items):
+            return _error("invalid input type", 400)
+        model = str(body["model"])
+        fault = await self.take_fault()
+        if fault is not None and fault.kind not in ("malformed", "cut"):
+            rendered = await self._fault(fault, request, model, False)
+            if rendered is not None:
+                return rendered
+        answer = {
+            "model": self.served_model or model,
+            "embeddings": [self.embedding(item, body.get("dimensions")) for item in items],
+            "total_duration": 14_000_000,
+            "load_duration": 1_000_000,
+            "prompt_eval_count": sum(self.input_tokens(item) for item in items),
+        }
+        if self.omit_prompt_eval_count:
+            del answer["prompt_eval_count"]
+        data = json.dumps(answer).encode()
+        return await self.faulty_json(request, data, fault) or web.Response(body=data, content_type="application/json")
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await self.record(request)

@@ -140,7 +140,11 @@ class OpenAISimulator(Simulator):
         return [
             web.post("/v1/chat/completions", self._chat),
             web.post("/v1/completions", self._text),
+            web.post("/v1/embeddings", self._embed),
         ]
+
+    async def _embed(self, request: web.Request) -> web.StreamResponse:
+        return await self.handle(request, "embed")
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         return await self.handle(request, "chat")
@@ -162,6 +166,10 @@ class OpenAISimulator(Simulator):
 
     def served(self, call: Call) -> str:
         return self.served_model or call.model
+
+    def embedding_model(self, call: Call) -> str:
+        """The model an embedding answer names."""
+        return self.served(call)
 
     def reply_headers(self) -> dict[str, str]:
         return {"x-request-id": f"req_sim{next(self._ids)}", "openai-processing-ms": "12"}
@@ -227,6 +235,8 @@ class OpenAISimulator(Simulator):
         spec = self.fault_error(fault, call)
         if spec is not None:
             return self.error_response(spec, model=call.model, fault=fault, api_version=call.api_version)
+        if kind == "embed":
+            return await self.embed_reply(request, call, fault)
         if call.stream:
             return await self.stream_reply(request, call, fault)
         return await self.json_reply(request, call, fault)
@@ -239,6 +249,8 @@ class OpenAISimulator(Simulator):
             missing = "messages"
         elif kind == "text" and not isinstance(body.get("prompt"), str | list):
             missing = "prompt"
+        elif kind == "embed" and not isinstance(body.get("input"), str | list):
+            missing = "input"
         if missing is None:
             return self.sampling_problem(body, model or "")
         spec = ErrorSpec(
@@ -436,6 +448,27 @@ class OpenAISimulator(Simulator):
             await resp.write(raw[: len(raw) // 2].encode())
             return await self.cut_connection(resp, request)
         return web.Response(text=raw, content_type="application/json", headers=headers)
+
+    async def embed_reply(self, request: web.Request, call: Call, fault: Fault | None) -> web.StreamResponse:
+        """A ``list`` of ``embedding`` objects (``encoding_format`` ``base64``: float32 bytes)."""
+        raw = call.body["input"]
+        items = [raw] if isinstance(raw, str) or (raw and not isinstance(raw[0], str | list)) else raw
+        as_base64 = call.body.get("encoding_format") == "base64"
+        dimensions = call.body.get("dimensions")
+        obj = {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": self.embedding(item, dimensions, as_base64=as_base64)}
+                for i, item in enumerate(items)
+            ],
+            "model": self.embedding_model(call),
+            "usage": {"prompt_tokens": (n := sum(self.input_tokens(i) for i in items)), "total_tokens": n},
+        }
+        data = json.dumps(obj).encode()
+        faulty = await self.faulty_json(request, data, fault)
+        if faulty is not None:
+            return faulty
+        return web.Response(body=data, content_type="application/json", headers=self.reply_headers())
 
     async def _send(self, resp: web.StreamResponse, data: str) -> None:
         end = "\r\n" if self.crlf else "\n"

@@ -1,0 +1,99 @@
+"""The embedding answers' readers: one vector per input or a malformed answer (never a vector
+short, out of order or made of something else), and the usage each vendor reports."""
+
+from __future__ import annotations
+
+import base64
+import struct
+from typing import Any
+
+import pytest
+
+from gateway import errors
+from gateway.embedding import EmbeddingRequest, as_base64, as_floats, checked_vector
+from gateway.providers import embedding_wire as wire
+from gateway.types import Usage
+
+TWO = EmbeddingRequest("text-embedding-3-small", texts=("a", "b"))
+
+
+def openai_answer(*vectors: Any, usage: Any = None) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
+        "model": "text-embedding-3-small",
+        "usage": usage if usage is not None else {"prompt_tokens": 2, "total_tokens": 2},
+    }
+
+
+def test_openai_vectors_are_put_in_index_order_with_the_usage() -> None:
+    answer = openai_answer([0.1, 0.2], [0.3, 0.4])
+    answer["data"].reverse()
+    result = wire.parse_openai(answer, TWO, "openai")
+    assert result.vectors == [[0.1, 0.2], [0.3, 0.4]]
+    assert result.usage == Usage(prompt_tokens=2) and result.model == "text-embedding-3-small"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        openai_answer([0.1]),  # one vector for two inputs
+        openai_answer([0.1], [0.2], [0.3]),
+        {"data": [{"index": 0, "embedding": [0.1]}, {"index": 0, "embedding": [0.2]}]},  # an index twice
+        {"data": [{"index": 0, "embedding": [0.1]}, {"index": 2, "embedding": [0.2]}]},  # a gap
+        {"data": [{"index": "0", "embedding": [0.1]}, {"index": 1, "embedding": [0.2]}]},
+        openai_answer([0.1], []),  # an empty vector
+        openai_answer([0.1], ["x"]),
+        openai_answer([0.1], [True]),
+        openai_answer([0.1], "AAAA"),  # base64 not asked for
+        {"object": "list"},
+        [],
+    ],
+)
+def test_an_openai_answer_that_is_not_one_vector_per_input_is_malformed(answer: Any) -> None:
+    with pytest.raises(errors.MalformedResponse):
+        wire.parse_openai(answer, TWO, "openai")
+
+
+def test_base64_is_taken_as_it_came_when_asked_and_checked() -> None:
+    asked = EmbeddingRequest("m", texts=("a",), base64=True)
+    good = base64.b64encode(struct.pack("<2f", 0.5, -1.0)).decode()
+    assert wire.parse_openai(openai_answer(good), asked, "openai").vectors == [good]
+    for bad in ("not base64!", base64.b64encode(b"abc").decode(), ""):  # not whole float32 values
+        with pytest.raises(errors.MalformedResponse):
+            wire.parse_openai(openai_answer(bad), asked, "openai")
+
+
+def test_an_unreadable_usage_is_unknown_not_zero() -> None:
+    answer = openai_answer([0.1], [0.2], usage={"prompt_tokens": -3})
+    assert wire.parse_openai(answer, TWO, "openai").usage is None
+
+
+def test_gemini_vectors_and_its_missing_usage() -> None:
+    answer = {"embeddings": [{"values": [1, 2]}, {"values": [0.5, 0.25]}]}
+    result = wire.parse_gemini(answer, TWO, "google")
+    assert result.vectors == [[1.0, 2.0], [0.5, 0.25]] and result.usage is None
+    assert wire.parse_gemini(answer | {"usageMetadata": {"promptTokenCount": 7}}, TWO, "google").usage == Usage(
+        prompt_tokens=7
+    )
+    with pytest.raises(errors.MalformedResponse):
+        wire.parse_gemini({"embeddings": [{"values": [1.0]}]}, TWO, "google")
+    with pytest.raises(errors.MalformedResponse):
+        wire.parse_gemini({"embeddings": [{"values": [1.0]}, {}]}, TWO, "google")
+
+
+def test_ollama_vectors_and_prompt_eval_count() -> None:
+    answer = {"model": "nomic-embed-text", "embeddings": [[0.1], [0.2]], "prompt_eval_count": 4}
+    result = wire.parse_ollama(answer, TWO, "ollama")
+    assert result.vectors == [[0.1], [0.2]] and result.usage == Usage(prompt_tokens=4)
+    with pytest.raises(errors.MalformedResponse):
+        wire.parse_ollama({"embeddings": [[0.1]]}, TWO, "ollama")
+
+
+def test_base64_and_floats_convert_as_openai_does() -> None:
+    vector = [0.5, -0.25, 1.0]
+    encoded = as_base64(vector)
+    assert base64.b64decode(encoded) == struct.pack("<3f", *vector)
+    assert as_floats(encoded) == vector and as_floats(vector) is vector and as_base64(encoded) == encoded
+    assert checked_vector([1, float("nan")], base64_text=False) is None
+    assert checked_vector([1, 2.5], base64_text=False) == [1.0, 2.5]
