@@ -77,8 +77,10 @@ DEFAULT_GROUPS: dict[str, dict[str, str]] = {
 NATIVE_PATTERNS: dict[str, re.Pattern[str]] = {
     # ``ft:``: an OpenAI fine-tune (``ft:gpt-4o-mini-2024-07-18:org::id``), which only OpenAI serves
     # (a 404 before: a docs review)
-    # (``text-embedding-004``/``-005`` and ``text-multilingual-embedding-*`` are Google's)
-    "openai": re.compile(r"^(ft:|gpt-|o\d|chatgpt-|davinci-|babbage-|text-(?!embedding-00[4-9]|multilingual-))"),
+    # (``text-embedding-004``/``-005`` and ``text-multilingual-embedding-*`` are Google's;
+    # ``gpt-35-*`` is Azure's spelling, which OpenAI answers with a 404: a review saw
+    # ``gpt-35-turbo-instruct`` sent to OpenAI as such)
+    "openai": re.compile(r"^(ft:|gpt-(?!35-)|o\d|chatgpt-|davinci-|babbage-|text-(?!embedding-00[4-9]|multilingual-))"),
     # Azure serves OpenAI's embedding models too (``text-embedding-3-small``, ``-ada-002``)
     "azure": re.compile(r"^(gpt-|o\d|davinci-|babbage-|text-embedding-(?!00[4-9]))"),
     "anthropic": re.compile(r"^claude-"),

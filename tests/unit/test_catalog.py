@@ -95,3 +95,12 @@ def test_a_config_group_that_leaves_out_its_own_vendor_says_so_at_start(caplog: 
         ModelCatalog({"gpt-4o": {"ollama": "llama3:70b"}, "mine": {"openai": "gpt-4o"}})
     [warning] = caplog.records
     assert "'gpt-4o'" in warning.getMessage() and "openai, azure" in warning.getMessage()
+
+
+def test_azures_spelling_goes_to_azure_only() -> None:
+    """``gpt-35-turbo-instruct`` (Azure's name for gpt-3.5-turbo-instruct) went to OpenAI as such,
+    a 404 there, before Azure (a review): OpenAI's names have the dot."""
+    catalog = ModelCatalog()
+    for model in ("gpt-35-turbo-instruct", "gpt-35-turbo", "gpt-35-turbo-16k"):
+        assert catalog.equivalents(model) == {"azure": model}
+    assert catalog.equivalents("gpt-3.5-turbo-instruct")["openai"] == "gpt-3.5-turbo-instruct"
