@@ -255,7 +255,7 @@ class Router:
             candidates = _same_model(candidates, ctx.requested_model)
         needs = template.needs()
         if needs:
-            candidates = self._carrying(candidates, needs, ctx.requested_model)
+            candidates = self._carrying(candidates, needs, ctx)
         if template.max_tokens is not None:
             candidates = self._within_limits(candidates, template.max_tokens, ctx.requested_model)
         budget = RetryBudget(self.policy.budget_seconds)
@@ -310,7 +310,7 @@ class Router:
         failed.cost = _total(Decimal(0), attempts.billed)
         raise failed
 
-    def _carrying(self, candidates: list[Candidate], needs: list[str], model: str) -> list[Candidate]:
+    def _carrying(self, candidates: list[Candidate], needs: list[str], ctx: CallContext) -> list[Candidate]:
         """The candidates whose provider carries all the request needs (``Provider.options``): an
         option is never dropped or bent on the way; a request none of them can carry is a 400."""
         able = [c for c in candidates if not self._lacks(c, needs)]
@@ -319,9 +319,12 @@ class Router:
         missing = next(n for n in needs if any(n in self._lacks(c, needs) for c in candidates))
         serving = ", ".join(dict.fromkeys(c.provider for c in candidates))
         what = _NEED_WORDS.get(missing) or f"'{missing}'"
+        param = _NEED_PARAMS.get(missing, missing)
+        if param == "messages" and ctx.endpoint == "completions":  # the legacy endpoint's are its prompt
+            param, what = "prompt", what.replace("user message (or prompt)", "prompt")
         raise errors.InvalidRequest(
-            f"{what} is not supported by the providers that serve model {model!r} here ({serving})",
-            param=_NEED_PARAMS.get(missing, missing),
+            f"{what} is not supported by the providers that serve model {ctx.requested_model!r} here ({serving})",
+            param=param,
             code="unsupported_parameter",
         )
 

@@ -185,6 +185,10 @@ async def test_a_blank_message_no_serving_provider_takes_is_a_400() -> None:
             with pytest.raises(openai.BadRequestError) as info:
                 await c.chat.completions.create(model=model, messages=[{"role": "user", "content": ""}])
             assert info.value.param == "messages" and "whitespace-only user message" in info.value.message
+            # the legacy endpoint's names its prompt (it said "messages", a field it has not: a review)
+            with pytest.raises(openai.BadRequestError) as info:
+                await c.completions.create(model=model, prompt=" ")
+            assert info.value.param == "prompt" and "whitespace-only prompt" in info.value.message
         assert gw.event_log.events == []
     async with running_gateway(providers=("anthropic",)) as gw, client(gw) as c:
         with pytest.raises(openai.BadRequestError) as info:
