@@ -99,6 +99,7 @@ async def _serve(settings: Settings, simulate: bool) -> None:
     app = create_app(settings, installers=server_installers(settings))
     # the app drains its requests within the shutdown timeout itself (gateway/api/drain.py)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=RUNNER_BACKSTOP)
+    stopping = False
     try:
         # inside the try: a start that fails half-way (a DuckDB file another process holds)
         # must still close what it opened; asyncio.run tore the generators down instead, with
@@ -109,10 +110,13 @@ async def _serve(settings: Settings, simulate: bool) -> None:
         warn_if_open(bool(settings.api_keys), settings.bind_host, "gateway")
         warn_if_readable(settings.data_dir)
         await until_terminated()
+        stopping = True
     finally:
         await runner.cleanup()
         for sim in sims:
             await sim.stop()
+    if stopping:  # a log alone tells a clean stop from a kill (a review)
+        log.info("llm-gateway stopped: the calls in flight finished and their events are on the log")
 
 
 async def _simulate(host: str, port: int) -> None:

@@ -40,11 +40,14 @@ def tune_gc() -> None:
 
 
 class SecondCachedFormatter(logging.Formatter):
-    """``logging.Formatter`` whose default ``%(asctime)s`` (``2026-11-29 06:00:00,123``) formats
-    the date and time once per second instead of once per record (``time.strftime`` was a
-    quarter of the cost line's formatting)."""
+    """``logging.Formatter`` whose default ``%(asctime)s`` is ISO 8601 in UTC
+    (``2026-11-29T06:00:00.123Z``), formatted once per second instead of once per record
+    (``time.strftime`` was a quarter of the cost line's formatting). The standard one writes the
+    local time without its offset (``2026-12-01 00:54:42,028`` under ``TZ=America/New_York`` at
+    05:54 UTC: a review), ambiguous at a DST change and an hour off the stores' UTC days."""
 
     _cached: tuple[int, str] = (-1, "")
+    converter = time.gmtime
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         if datefmt:
@@ -52,8 +55,8 @@ class SecondCachedFormatter(logging.Formatter):
         second = int(record.created)
         cached = self._cached  # one tuple: threads see a matching second and text
         if cached[0] != second:
-            cached = self._cached = (second, time.strftime(self.default_time_format, self.converter(second)))
-        return f"{cached[1]},{int(record.msecs):03d}"
+            cached = self._cached = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        return f"{cached[1]}.{int(record.msecs):03d}Z"
 
 
 def tune_logging() -> None:

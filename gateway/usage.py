@@ -18,6 +18,8 @@ from gateway.safe_text import log_value
 from gateway.types import Usage
 
 cost_log = logging.getLogger("gateway.cost")
+#: the longest model name a cost line holds (a client's is at most as long)
+LOGGED_MODEL = 256
 log = logging.getLogger(__name__)
 
 
@@ -198,8 +200,13 @@ class UsageRecorder:
 
     @staticmethod
     def log_cost(tenant: str, provider: str, model: str, cost: Decimal | None) -> None:
-        """The one cost line per call: ``Cost | tenant=t provider=p model=m cost=$0.000150``."""
+        """The one cost line per call: ``Cost | tenant=t provider=p model=m cost=$0.000150``. The
+        model is the one the provider says served the call: a name past :data:`LOGGED_MODEL`
+        characters is cut there (an upstream's 200,000-character ``model`` made a line that log
+        shippers split at 16 KB, the ``cost=`` field lost: a review)."""
         amount = f"${format_usd(cost)}" if cost is not None else "unpriced"
+        if len(model) > LOGGED_MODEL:
+            model = model[:LOGGED_MODEL] + "..."
         cost_log.info(
             "Cost | tenant=%s provider=%s model=%s cost=%s", log_value(tenant), provider, log_value(model), amount
         )

@@ -255,6 +255,11 @@ async def test_sigterm_lets_the_calls_in_flight_finish_with_their_events(tmp_pat
         proc.send_signal(signal.SIGTERM)  # again: still stopping (it killed the process, a re-test)
         (json_status, json_body), (stream_status, stream_body) = await asyncio.wait_for(calls, 20)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
+        assert proc.stderr is not None
+        last = (await proc.stderr.read()).decode().rstrip().rsplit("\n", 1)[-1]
+        assert last.endswith(
+            "INFO gateway.cli: llm-gateway stopped: the calls in flight finished and their events are on the log"
+        )
     assert json_status == stream_status == 200
     assert b'"finish_reason":"stop"' in json_body and stream_body.endswith(b"data: [DONE]\n\n")
     with sqlite3.connect(tmp_path / "events.sqlite3") as db:

@@ -57,18 +57,29 @@ def restore_logging() -> Iterator[None]:
         handler.setFormatter(formatter)
 
 
-def test_second_cached_formatter_prints_what_the_standard_one_prints() -> None:
+def test_second_cached_formatter_prints_utc_iso_times(monkeypatch: pytest.MonkeyPatch) -> None:
     import logging
+    import time
+    from datetime import UTC, datetime
 
-    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    standard, cached = logging.Formatter(fmt), SecondCachedFormatter(fmt)
-    # within one second, across a second, back again, and a far date: every line identical
-    for created in (1_764_400_000.001, 1_764_400_000.999, 1_764_400_001.5, 1_764_400_000.25, 1_900_000_000.0):
-        record = logging.LogRecord("gateway.cost", logging.INFO, "x.py", 1, "Cost | %s", ("t",), None)
-        record.created, record.msecs = created, (created - int(created)) * 1000
-        assert cached.format(record) == standard.format(record)
-    custom = SecondCachedFormatter(fmt, datefmt="%H:%M")
-    assert custom.format(record) == logging.Formatter(fmt, datefmt="%H:%M").format(record)
+    monkeypatch.setenv("TZ", "America/New_York")  # the local time is not what it prints
+    time.tzset()
+    try:
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+        cached = SecondCachedFormatter(fmt)
+        # within one second, across a second, back again, and a far date: every line the instant's
+        for created in (1_764_400_000.001, 1_764_400_000.999, 1_764_400_001.5, 1_764_400_000.25, 1_900_000_000.0):
+            record = logging.LogRecord("gateway.cost", logging.INFO, "x.py", 1, "Cost | %s", ("t",), None)
+            record.created, record.msecs = created, (created - int(created)) * 1000
+            at = datetime.fromtimestamp(created, UTC)
+            stamp = at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(record.msecs):03d}Z"
+            assert cached.format(record) == f"{stamp} INFO gateway.cost: Cost | t"
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    custom, standard = SecondCachedFormatter(fmt, datefmt="%H:%M"), logging.Formatter(fmt, datefmt="%H:%M")
+    standard.converter = time.gmtime
+    assert custom.format(record) == standard.format(record)
 
 
 @pytest.mark.usefixtures("restore_logging")
@@ -90,7 +101,7 @@ def test_tune_logging_keeps_the_lines_and_drops_the_caller_lookup() -> None:
         root.removeHandler(handler)
     line = stream.getvalue()
     assert re.fullmatch(
-        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} WARNING gateway.cost: Cost \| tenant=t1 cost=\$0.000150\n", line
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z WARNING gateway.cost: Cost \| tenant=t1 cost=\$0.000150\n", line
     )
 
 

@@ -72,3 +72,15 @@ def test_a_known_key_holding_another_is_redacted_whole(monkeypatch: pytest.Monke
         for key in order:
             safe_text.register_secret(key)
         assert safe_text.redact_secrets("key 9f3c2a71e4b8d6059f3c2a71e4b8d605. and 9f3c2a71!") == "key ***. and ***!"
+
+
+def test_the_cost_line_cuts_an_upstreams_endless_model_name(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    from decimal import Decimal
+
+    from gateway.usage import LOGGED_MODEL, UsageRecorder
+
+    caplog.set_level(logging.INFO, logger="gateway.cost")
+    UsageRecorder.log_cost("t", "openai", "m" * 200_000, Decimal("0.5"))
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "gateway.cost"]
+    assert line == f"Cost | tenant=t provider=openai model={'m' * LOGGED_MODEL}... cost=$0.500000"
