@@ -47,7 +47,7 @@ class SecondCachedFormatter(logging.Formatter):
     05:54 UTC: a review), ambiguous at a DST change and an hour off the stores' UTC days."""
 
     _cached: tuple[int, str] = (-1, "")
-    converter = time.gmtime
+    converter = time.gmtime  # type: ignore[assignment]  # (typeshed types it with an argument default)
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         if datefmt:

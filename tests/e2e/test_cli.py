@@ -258,7 +258,7 @@ async def test_sigterm_lets_the_calls_in_flight_finish_with_their_events(tmp_pat
         assert proc.stderr is not None
         last = (await proc.stderr.read()).decode().rstrip().rsplit("\n", 1)[-1]
         assert last.endswith(
-            "INFO gateway.cli: llm-gateway stopped: the calls in flight finished and their events are on the log"
+            "INFO gateway: llm-gateway stopped: the calls in flight finished and their events are on the log"
         )
     assert json_status == stream_status == 200
     assert b'"finish_reason":"stop"' in json_body and stream_body.endswith(b"data: [DONE]\n\n")
