@@ -14,7 +14,7 @@ operator's own hardware, and users name local models after OpenAI ones (``ollama
 so OpenAI tooling works; billing those at OpenAI's rates would be wrong. Only the price file prices
 a local model.
 
-``version`` names the effective table (``builtin-3+genai-prices-0.2.3+file-<label>-<sha12>``) and is
+``version`` names the effective table (``builtin-4+genai-prices-0.2.3+file-<label>-<sha12>``) and is
 recorded with every quote, so a replay knows which prices were used.
 """
 

@@ -18,8 +18,9 @@ from gateway.pricing.models import model_candidates
 #: builtin-2: the vendors' prompt-cache rates (builtin-1 billed cached tokens at the input rate);
 #: builtin-3: Anthropic's 1-hour cache writes at their own rate (builtin-2 billed them at the
 #: 5-minute write's), and the gpt-4o snapshots of 2024-08-06 and 2024-11-20 at theirs (builtin-2
-#: billed them at the family's launch rate).
-BUILTIN_VERSION = "builtin-3"
+#: billed them at the family's launch rate); builtin-4: davinci-002 and babbage-002, which the
+#: database prices on OpenAI only (their Azure calls were unpriced: a review).
+BUILTIN_VERSION = "builtin-4"
 
 #: OpenAI bills prompt tokens read from its automatic cache at half the input rate (GPT-4o)
 _OPENAI_CACHED = Decimal("0.5")
@@ -67,6 +68,10 @@ BUILTIN_RATES: Mapping[str, Rate] = MappingProxyType(
         "claude-3-sonnet": _claude("0.003", "0.015"),
         "claude-3-haiku": _claude("0.00025", "0.00125"),
         "gemini-pro": _rate("0.0005", "0.0015"),
+        # the legacy completion models, on OpenAI and Azure alike ($2.00 and $0.40 per 1M tokens
+        # in and out); their fine-tunes (``ft:davinci-002:...``) cost more and stay unpriced
+        "davinci-002": _rate("0.002", "0.002"),
+        "babbage-002": _rate("0.0004", "0.0004"),
     }
 )
 

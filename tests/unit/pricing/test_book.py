@@ -52,7 +52,7 @@ def test_is_a_price_book() -> None:
 
 def test_version_without_file() -> None:
     book = load_price_book(None)
-    assert book.version == f"builtin-3+genai-prices-{genai_prices.__version__}"
+    assert book.version == f"builtin-4+genai-prices-{genai_prices.__version__}"
     assert book.quote("openai", "gpt-4", USAGE, AT).price_version == book.version
 
 
@@ -147,7 +147,7 @@ def test_effective_from_corrects_history(tmp_path: Path) -> None:
 
 def test_version_names_the_file_and_changes_with_its_prices(tmp_path: Path, price_file: Path) -> None:
     book = load_price_book(price_file)
-    assert book.version.startswith(f"builtin-3+genai-prices-{genai_prices.__version__}+file-ops-1-")
+    assert book.version.startswith(f"builtin-4+genai-prices-{genai_prices.__version__}+file-ops-1-")
     assert load_price_book(price_file).version == book.version  # stable
 
     reformatted = tmp_path / "reformatted.yaml"

@@ -27,6 +27,9 @@ EXPECTED = {
 SNAPSHOTS = {
     "gpt-4o-2024-08-06": ("0.0025", "0.01"),
     "gpt-4o-2024-11-20": ("0.0025", "0.01"),
+    # the legacy completion models (OpenAI's price, on Azure too)
+    "davinci-002": ("0.002", "0.002"),
+    "babbage-002": ("0.0004", "0.0004"),
 }
 
 
@@ -131,7 +134,7 @@ def test_claude_writes_to_a_1h_cache_cost_twice_the_input_rate() -> None:
     quote = CompositePriceBook().quote("anthropic", "claude-3-haiku-20240307", usage, AT)
     # (100 x 0.00025 + 400 x 0.0003125 + 600 x 0.0005 + 50 x 0.00125) / 1000
     assert quote.cost == Decimal("0.0005125")
-    assert quote.price_version.startswith("builtin-3")
+    assert quote.price_version.startswith("builtin-4")
     # more 1-hour writes than writes: the writes bound them (as the writes are bound by the prompt)
     over = Usage(prompt_tokens=1100, completion_tokens=50, cache_creation_tokens=1000, cache_creation_1h_tokens=5000)
     assert CompositePriceBook().quote("anthropic", "claude-3-haiku", over, AT).cost == Decimal("0.0005875")
@@ -141,3 +144,21 @@ def test_families_without_a_prompt_cache_keep_the_input_rate() -> None:
     for family in ("gpt-4", "gpt-4-turbo", "gemini-pro"):
         rate = BUILTIN_RATES[family]
         assert rate.cached_input is None and rate.cache_write is None and rate.cache_write_1h is None
+
+
+def test_the_legacy_completion_models_cost_the_same_on_azure_as_on_openai() -> None:
+    """davinci-002 and babbage-002 were priced by the database on OpenAI only: an Azure call of
+    either (a fallback) was unpriced (a review)."""
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from gateway.pricing.book import CompositePriceBook
+    from gateway.types import Usage
+
+    book = CompositePriceBook()
+    usage = Usage(prompt_tokens=1000, completion_tokens=500)
+    for model, per_1k in (("davinci-002", Decimal("0.002")), ("babbage-002", Decimal("0.0004"))):
+        for provider in ("openai", "azure"):
+            quote = book.quote(provider, model, usage, datetime.now(UTC))
+            assert quote.cost == per_1k * Decimal("1.5") and quote.source == "builtin"
+    assert book.quote("openai", "ft:davinci-002:org::x1", usage, datetime.now(UTC)).cost is None

@@ -165,7 +165,8 @@ def test_an_entry_without_an_output_rate_is_unpriced_not_partly_free() -> None:
     with_output = Usage(prompt_tokens=1000, completion_tokens=1000)
     assert genai_cost("azure", "davinci-002", with_output, AT) is None
     assert genai_cost("azure", "babbage-002", with_output, AT) is None
+    # the book prices both by the built-in table since builtin-4, never by the partial entry
     q = CompositePriceBook().quote("azure", "davinci-002", with_output, AT)
-    assert (q.cost, q.source) == (None, "unpriced")
+    assert (q.cost, q.source) == (Decimal("0.004"), "builtin")
     assert genai_cost("azure", "davinci-002", Usage(prompt_tokens=1000), AT) == Decimal("0.002")
     assert genai_cost("openai", "davinci-002", with_output, AT) == Decimal("0.004")
