@@ -22,6 +22,7 @@ from gateway.api.drain import install_drain
 from gateway.api.middleware import error_middleware
 from gateway.api.state import STATE, GatewayState
 from gateway.eventlog.base import EventLog
+from gateway.failure_log import FailureLog
 from gateway.health.plugin import health_plugin, install_health
 from gateway.ids import utcnow
 from gateway.metrics import METRICS, METRICS_AUTH, GatewayMetrics, metrics_handler, metrics_middleware
@@ -94,6 +95,7 @@ def create_app(
         event_log, price_book, clock=clock, instance=settings.event_instance, defer_observers=True, group_commit=True
     )
     recorder.observers.append(metrics.observe_event)
+    recorder.observers.append(FailureLog())
     metrics.on_scrape(lambda: metrics.spool_depth.set(event_log.pending()))
     provider_map: dict[str, Provider] = dict(providers or {})
     router = Router(

@@ -1,0 +1,61 @@
+"""A WARNING for provider attempts that failed: what an operator reads to see an expired key or
+a vendor's outage, from the usage events (a ``UsageRecorder`` observer).
+
+A review found every upstream failure silent but for its call's cost line (``provider=none``)
+and, after five, a circuit opening: a primary provider's expired key (401) showed up only as
+a circuit flapping. Each (provider, outcome) logs at most once per ``every`` seconds, saying how
+many more failed alike since its last line, so an outage at hundreds of requests a second is a
+line a minute per kind, not a flood. Not logged: successes, calls the client ended, and the
+vendor's refusals of the request itself (``client_error``, ``content_filtered``: the client's
+answer carries them).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from gateway.events import UsageEvent
+from gateway.safe_text import log_value
+
+log = logging.getLogger("gateway.providers")
+
+#: the outcomes that are not a provider failing
+QUIET = frozenset({"success", "cancelled", "client_error", "content_filtered"})
+#: the longest upstream message a line quotes
+MESSAGE_CHARS = 200
+
+
+class FailureLog:
+    def __init__(self, every: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every = every
+        self._clock = clock
+        #: (provider, outcome) -> when it was last logged, and how many failed alike since
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def __call__(self, event: UsageEvent) -> None:
+        if event.outcome in QUIET:
+            return
+        key = (event.provider, event.outcome)
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last[0] < self.every:
+            self._last[key] = (last[0], last[1] + 1)
+            return
+        self._last[key] = (now, 0)
+        since = f" ({last[1]} more since the last such line)" if last is not None and last[1] else ""
+        status = f"HTTP {event.http_status}" if event.http_status is not None else "no HTTP answer"
+        code = f" {log_value(event.error_code)}" if event.error_code else ""
+        message = (event.error_message or "")[:MESSAGE_CHARS]
+        log.warning(
+            "%s attempt failed: %s (%s%s) model=%s request=%s: %s%s",
+            event.provider,
+            event.outcome,
+            status,
+            code,
+            log_value(event.provider_model[:MESSAGE_CHARS]),
+            event.request_id,
+            log_value(message) if message else "-",
+            since,
+        )
