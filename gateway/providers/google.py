@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from urllib.parse import quote
 
 from gateway import errors
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 DEFAULT_API_VERSION = "v1beta"
+#: the most inputs one ``batchEmbedContents`` call takes
+EMBED_BATCH = 100
 
 
 def models_url(base_url: str | None, api_version: str | None = None) -> str:
@@ -74,6 +77,25 @@ class GoogleProvider:
         return f"{self._models_url}/{bare}:{method}"
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:  # Embeddings
+        """Gemini takes at most :data:`EMBED_BATCH` inputs a call (its 400 "at most 100 requests
+        can be in one batch"; OpenAI's clients send up to 2,048): more go in several calls, one
+        after the other, their vectors joined in order. A failure after a first call was answered
+        is billed (that call's inputs were embedded) at a cost no one saw."""
+        texts = request.texts or ()
+        if len(texts) <= EMBED_BATCH:
+            return await self._embed_batch(request)
+        results: list[EmbeddingResult] = []
+        for start in range(0, len(texts), EMBED_BATCH):
+            try:
+                results.append(await self._embed_batch(replace(request, texts=texts[start : start + EMBED_BATCH])))
+            except errors.ProviderError as exc:
+                exc.billed_unseen = exc.billed_unseen or bool(results)
+                raise
+        usages = [r.usage for r in results]
+        usage = None if None in usages else Usage(prompt_tokens=sum(u.prompt_tokens for u in usages if u is not None))
+        return EmbeddingResult([v for r in results for v in r.vectors], usage, results[0].model)
+
+    async def _embed_batch(self, request: EmbeddingRequest) -> EmbeddingResult:
         async with post(
             self._session,
             self.name,

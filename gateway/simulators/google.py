@@ -159,6 +159,9 @@ class GeminiSimulator(Simulator):
         """``{"embeddings": [{"values": [...]}]}``, one per request, each of whose ``model`` must
         be the one of the URL; no usage, as Gemini reports none."""
         requests = body.get("requests") if isinstance(body, dict) else None
+        if isinstance(requests, list) and len(requests) > 100:
+            message = "* BatchEmbedContentsRequest.requests: at most 100 requests can be in one batch"
+            return web.json_response(rpc_error(400, message), status=400)
         if not isinstance(requests, list) or not requests:
             return web.json_response(
                 rpc_error(400, "* BatchEmbedContentsRequest.requests: contents is not specified"), status=400

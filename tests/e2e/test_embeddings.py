@@ -226,3 +226,23 @@ async def test_base64_an_upstream_sends_is_passed_on_as_it_came() -> None:
         assert isinstance(sent, str)
         assert sent == gw.sims["openai"].embedding("abc", as_base64=True)
         assert base64.b64decode(sent) == struct.pack("<8f", *gw.sims["openai"].embedding("abc"))  # type: ignore[arg-type]
+
+
+async def test_gemini_gets_at_most_100_inputs_a_call_and_the_vectors_stay_in_order() -> None:
+    """Gemini refuses more than 100 inputs in a batch; 250 went in one call (a review)."""
+    texts = [f"text number {i}" for i in range(250)]
+    async with running_gateway(providers=("google",)) as gw:
+        sim = gw.sims["google"]
+        answer = (await embed(gw, model="gemini-embedding-001", input=texts, encoding_format="float")).parse()
+        assert [item.embedding for item in answer.data] == [sim.embedding(text) for text in texts]
+        assert [len(r.body["requests"]) for r in sim.requests] == [100, 100, 50]
+        assert len(gw.event_log.events) == 1  # one attempt, however many calls it took
+        # a later call failing: the attempt fails, billed for the inputs already embedded
+        sim.faults.push(Fault("delay", delay=0))
+        sim.faults.push(Fault("server_error"))
+        with pytest.raises(openai.APIStatusError) as failed:
+            await embed(gw, model="gemini-embedding-001", input=texts)
+        assert failed.value.status_code == 502
+        event = gw.event_log.events[-1]
+        assert event.outcome == "upstream_error" and event.billable and event.cost_usd is None
+        assert failed.value.response.headers["x-llm-cost-usd"] == "unpriced"
