@@ -86,6 +86,10 @@ def to_genai_usage(usage: Usage) -> GenaiUsage:
     return GenaiUsage(**fields)
 
 
+#: the (provider, model, token class) whose missing rate was logged
+_SAID_MISSING: set[tuple[str, str, str]] = set()
+
+
 @lru_cache(maxsize=4096)
 def _known(provider_id: str, model: str) -> bool:
     """Whether genai-prices has a price for the model at this provider (misses are cached too)."""
@@ -113,8 +117,16 @@ def genai_cost(provider: str, model: str, usage: Usage, at: datetime) -> Decimal
         return None
     if missing := _missing_rates(result.model_price, usage):
         # e.g. Azure's davinci-002 entry has an input price only: the library bills the output
-        # at 0, which would record a partly free call; unpriced instead (replay can cost it)
-        log.warning("genai-prices has no %s price for %r/%r: recorded unpriced", missing, provider, model)
+        # at 0, which would record a partly free call; unpriced instead (replay can cost it).
+        # Said once per model: it was two lines for every call of such a model (a review)
+        if (provider, model, missing) not in _SAID_MISSING:
+            _SAID_MISSING.add((provider, model, missing))
+            log.warning(
+                "genai-prices has no %s price for %r/%r: its calls that use such tokens are recorded unpriced",
+                missing,
+                provider,
+                model,
+            )
         return None
     return result.total_price
 

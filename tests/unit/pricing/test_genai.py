@@ -170,3 +170,20 @@ def test_an_entry_without_an_output_rate_is_unpriced_not_partly_free() -> None:
     assert (q.cost, q.source) == (Decimal("0.004"), "builtin")
     assert genai_cost("azure", "davinci-002", Usage(prompt_tokens=1000), AT) == Decimal("0.002")
     assert genai_cost("openai", "davinci-002", with_output, AT) == Decimal("0.004")
+
+
+def test_a_missing_rate_is_said_once_per_model_not_per_call(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two WARNINGs a call for every Gemini embedding call (a review): once is enough."""
+    import logging
+
+    from gateway.pricing import genai
+
+    monkeypatch.setattr(genai, "_SAID_MISSING", set())
+    caplog.set_level(logging.WARNING, logger="gateway.pricing.genai")
+    with_output = Usage(prompt_tokens=10, completion_tokens=10)
+    for _ in range(3):
+        assert genai_cost("azure", "babbage-002", with_output, AT) is None
+    said = [r.getMessage() for r in caplog.records if "babbage-002" in r.getMessage()]
+    assert len(said) == 1
