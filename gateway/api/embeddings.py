@@ -72,8 +72,8 @@ def _inputs(body: dict[str, Any]) -> tuple[tuple[str, ...] | None, tuple[tuple[i
             if not text:  # OpenAI's 400 too; a vector of nothing is of no use
                 raise InvalidRequest(f"'input[{i}]' must not be empty", param="input", code="invalid_value")
         return tuple(value), None
-    if all(isinstance(item, int) and not isinstance(item, bool) for item in value):
-        return None, (_token_ids(value, "input"),)
+    if all(isinstance(item, int | float) and not isinstance(item, bool) for item in value):
+        return None, (_token_ids(value, "input"),)  # a float there is a bad token id, not a mix
     if all(isinstance(item, list) for item in value):
         return None, tuple(_token_ids(item, f"input[{i}]") for i, item in enumerate(value))
     raise InvalidRequest(

@@ -300,19 +300,21 @@ def _errors(*statuses: int, headers: dict[str, Any] | None = None) -> dict[str, 
     }
 
 
-def _post(summary: str, request_ref: str, response_ref: str) -> dict[str, Any]:
+def _post(summary: str, request_ref: str, response_ref: str, *, streams: bool = True) -> dict[str, Any]:
+    content: dict[str, Any] = {"application/json": {"schema": {"$ref": response_ref}}}
+    if streams:
+        content["text/event-stream"] = {"schema": {"type": "string"}}
     return {
         "post": {
             "summary": summary,
             "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": request_ref}}}},
             "responses": {
                 "200": {
-                    "description": "The completion (JSON), or an SSE stream when `stream` is true.",
+                    "description": "The completion (JSON), or an SSE stream when `stream` is true."
+                    if streams
+                    else "The answer (JSON).",
                     "headers": _GATEWAY_HEADERS,
-                    "content": {
-                        "application/json": {"schema": {"$ref": response_ref}},
-                        "text/event-stream": {"schema": {"type": "string"}},
-                    },
+                    "content": content,
                 },
                 **_errors(400, 401, 403, 404, 413, 415, 429, 502, 503, 504, headers=_ERROR_HEADERS),
             },
@@ -339,7 +341,10 @@ def openapi_document() -> dict[str, Any]:
                 "#/components/schemas/TextCompletion",
             ),
             "/v1/embeddings": _post(
-                "Embeddings", "#/components/schemas/EmbeddingRequest", "#/components/schemas/EmbeddingList"
+                "Embeddings",
+                "#/components/schemas/EmbeddingRequest",
+                "#/components/schemas/EmbeddingList",
+                streams=False,
             ),
             "/v1/models": {
                 "get": {

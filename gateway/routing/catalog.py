@@ -96,6 +96,11 @@ NATIVE_PATTERNS: dict[str, re.Pattern[str]] = {
 #: OpenAI legacy completion-only models: served through the upstream /completions endpoint
 #: legacy completion models listed by ``/v1/models`` (served by the vendors' native patterns)
 _LISTED_LEGACY = ("davinci-002", "babbage-002")
+#: embedding models listed by ``/v1/models`` (``POST /v1/embeddings``; the vendors serve others)
+_LISTED_EMBEDDINGS = (
+    "text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002", "gemini-embedding-001",
+    "nomic-embed-text",
+)  # fmt: skip
 LEGACY_COMPLETION_MODELS = re.compile(r"^(ft:)?(gpt-3\.5-turbo-instruct|gpt-35-turbo-instruct|davinci-002|babbage-002)")
 
 _SNAPSHOT = re.compile(r"(-\d{4}-\d{2}-\d{2}|-\d{8}|-\d{4}|-latest|-preview|-\d{3})$")
@@ -216,8 +221,9 @@ class ModelCatalog:
         return [Candidate(p, equivalents[p]) for p in order]
 
     def listed_models(self) -> list[str]:
-        """The groups, and the legacy completion models no group holds (``/v1/models``)."""
-        return sorted({*self.groups, *_LISTED_LEGACY})
+        """The groups, and the legacy completion and embedding models no group holds
+        (``/v1/models``; each listed when a configured provider serves it)."""
+        return sorted({*self.groups, *_LISTED_LEGACY, *_LISTED_EMBEDDINGS})
 
     @staticmethod
     def is_legacy_completion_model(model: str) -> bool:

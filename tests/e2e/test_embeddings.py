@@ -190,6 +190,8 @@ async def test_rate_limits_are_retried_with_backoff_on_the_same_provider() -> No
         ({"model": "text-embedding-3-small", "input": [[1], []]}, "input", "invalid_value"),
         ({"model": "text-embedding-3-small", "input": [-1]}, "input", "invalid_value"),
         ({"model": "text-embedding-3-small", "input": [True]}, "input", "invalid_type"),
+        ({"model": "text-embedding-3-small", "input": [1.5, 2]}, "input", "invalid_value"),  # not "a mix"
+        ({"model": "text-embedding-3-small", "input": [10**30]}, "input", "invalid_value"),
         ({"model": "text-embedding-3-small", "input": {"a": 1}}, "input", "invalid_type"),
         ({"model": "text-embedding-3-small", "input": ["a"] * 2049}, "input", "invalid_value"),
         (

@@ -77,7 +77,9 @@ async def test_healthz_and_openapi(gw: RunningGateway) -> None:
         async with s.get(f"{gw.url}/openapi.json") as r:
             doc = await r.json()
     assert doc["openapi"].startswith("3.")
-    assert {"/v1/chat/completions", "/v1/completions", "/v1/models"} <= set(doc["paths"])
+    assert {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"} <= set(doc["paths"])
+    # embeddings never stream (the document said they could: a review)
+    assert set(doc["paths"]["/v1/embeddings"]["post"]["responses"]["200"]["content"]) == {"application/json"}
     # a failed call says what it cost, and the document says so
     failed = doc["paths"]["/v1/chat/completions"]["post"]["responses"]["502"]
     assert {"x-request-id", "x-llm-attempts", "x-llm-cost-usd"} <= set(failed["headers"])

@@ -428,6 +428,8 @@ async def test_models_endpoint_lists_groups(gw: RunningGateway) -> None:
         models = await c.models.list()
     ids = {m.id for m in models.data}
     assert {"gpt-4", "gpt-4o", "claude-3-haiku", "gemini-pro", "davinci-002", "babbage-002"} <= ids
+    # the embedding models too (none was listed: a review)
+    assert {"text-embedding-3-small", "gemini-embedding-001", "nomic-embed-text"} <= ids
     owners = {m.id: m.owned_by for m in models.data}
     assert (owners["claude-3-haiku"], owners["gemini-pro"], owners["gpt-4"]) == ("anthropic", "google", "openai")
 
