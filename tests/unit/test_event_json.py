@@ -284,3 +284,21 @@ def test_what_one_event_s_copy_names_never_reaches_the_others() -> None:
     with pytest.raises(ValidationError):  # frozen: nothing adds to the set by assignment
         first.cost_usd = Decimal("3")  # type: ignore[misc]
     assert first.model_fields_set == set(BASE)
+
+
+def test_an_embedding_event_is_version_3_which_a_version_2_reader_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``endpoint: embeddings`` is a value no reader of version 2 knows: written at 3, such a
+    reader dead-letters it as a newer version (kept, projected once upgraded)."""
+    from gateway import event_json, events
+
+    assert events.version_for(0, "embeddings") == 3 and events.version_for(5, "completions") == 2
+    raw = orjson.dumps(
+        BASE | {"schema_version": 3, "endpoint": "embeddings", "completion_tokens": 0, "total_tokens": 1}
+    )
+    event = decode_event(raw)
+    assert (event.endpoint, event.schema_version) == ("embeddings", 3)
+    assert decode_event(event.to_json()) == event
+    monkeypatch.setattr(events, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(event_json, "SCHEMA_VERSION", 2)
+    with pytest.raises(ValueError, match="unsupported usage event schema_version 3"):
+        decode_event(raw)
