@@ -4,10 +4,12 @@ answer holds one vector per input, and hands back the usage it reports (None whe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from gateway import errors
 from gateway.embedding import EmbeddingRequest, EmbeddingResult, Vector, checked_vector
-from gateway.providers.http import malformed, usage_unknown
+from gateway.providers.http import malformed, usage_unknown, with_billed_usage
 from gateway.types import UnreadableUsage, Usage, token_count
 
 
@@ -32,6 +34,21 @@ def _prompt_usage(provider: str, raw: Any, key: str) -> Usage | None:
     except UnreadableUsage as e:
         usage_unknown(provider, e)
         return None
+
+
+def read_answer(
+    data: Any,
+    request: EmbeddingRequest,
+    provider: str,
+    parse: Callable[[Any, EmbeddingRequest, str], EmbeddingResult],
+    usage_of: Callable[[Any, str], Usage | None],
+) -> EmbeddingResult:
+    """``parse`` of a vendor's 200 answer; one it cannot read is malformed, billed at the usage
+    it reports when that part can be read (``with_billed_usage``)."""
+    try:
+        return parse(data, request, provider)
+    except errors.MalformedResponse as exc:
+        raise with_billed_usage(exc, lambda: usage_of(data, provider)) from None
 
 
 def _model(data: dict[str, Any], asked: str) -> str:

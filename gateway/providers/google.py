@@ -13,7 +13,15 @@ from gateway.providers import embedding_wire
 from gateway.providers import google_wire as wire
 from gateway.providers.base import Timeouts
 from gateway.providers.google_thinking import effort_lacks
-from gateway.providers.http import malformed, parse_json, post, read_error_body, read_json, with_billed_usage
+from gateway.providers.http import (
+    malformed,
+    parse_json,
+    post,
+    post_json,
+    read_error_body,
+    read_json,
+    with_billed_usage,
+)
 from gateway.providers.sse import iter_sse
 from gateway.providers.upstream_http import UpstreamClient
 from gateway.providers.upstream_response import Response
@@ -96,7 +104,7 @@ class GoogleProvider:
         return EmbeddingResult([v for r in results for v in r.vectors], usage, results[0].model)
 
     async def _embed_batch(self, request: EmbeddingRequest) -> EmbeddingResult:
-        async with post(
+        obj, _ = await post_json(
             self._session,
             self.name,
             self._url(request.model, "batchEmbedContents"),
@@ -104,12 +112,10 @@ class GoogleProvider:
             body=embedding_wire.gemini_body(request),
             timeout=self._timeouts.non_streaming(),
             classify=wire.classify,
-        ) as resp:
-            obj = await read_json(resp, self.name)
-        try:
-            return embedding_wire.parse_gemini(obj, request, self.name)
-        except errors.MalformedResponse as exc:
-            raise with_billed_usage(exc, lambda: embedding_wire.gemini_usage(obj, self.name)) from None
+        )
+        return embedding_wire.read_answer(
+            obj, request, self.name, embedding_wire.parse_gemini, embedding_wire.gemini_usage
+        )
 
     async def complete(self, request: ChatRequest) -> ChatResult:
         url = self._url(request.model, "generateContent")

@@ -293,6 +293,24 @@ async def read_json(resp: Response, provider: str, *, exact_if: bytes | None = N
         ) from exc
 
 
+async def post_json(
+    session: UpstreamClient,
+    provider: str,
+    url: str,
+    *,
+    headers: Mapping[str, str],
+    body: Any,
+    timeout: Timeout,
+    classify: ErrorClassifier,
+    params: Mapping[str, str] | None = None,
+) -> tuple[Any, Mapping[str, str]]:
+    """:func:`post` and :func:`read_json`: a non-streaming call's JSON answer and its headers."""
+    async with post(
+        session, provider, url, headers=headers, body=body, timeout=timeout, classify=classify, params=params
+    ) as resp:
+        return await read_json(resp, provider), resp.headers
+
+
 def with_billed_usage(exc: errors.MalformedResponse, usage_of: Callable[[], Usage | None]) -> errors.MalformedResponse:
     """``exc`` (a 200 answer the adapter could not read) with the usage the answer reported, when
     that part can be read: the provider bills the answer whatever is wrong with its content (it

@@ -32,6 +32,7 @@ from gateway.providers.http import (
     malformed,
     parse_json,
     post,
+    post_json,
     read_json,
     usage_unknown,
     with_billed_usage,
@@ -301,7 +302,7 @@ class OllamaProvider:
         self._headers = {"authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:  # Embeddings
-        async with post(
+        obj, _ = await post_json(
             self._session,
             self.name,
             self._embed_url,
@@ -309,12 +310,10 @@ class OllamaProvider:
             body=embedding_wire.ollama_body(request),
             timeout=self._timeouts.non_streaming(),
             classify=classify,
-        ) as resp:
-            obj = await read_json(resp, self.name)
-        try:
-            return embedding_wire.parse_ollama(obj, request, self.name)
-        except errors.MalformedResponse as exc:
-            raise with_billed_usage(exc, lambda: embedding_wire.ollama_usage(obj, self.name)) from None
+        )
+        return embedding_wire.read_answer(
+            obj, request, self.name, embedding_wire.parse_ollama, embedding_wire.ollama_usage
+        )
 
     async def complete(self, request: ChatRequest) -> ChatResult:
         async with post(

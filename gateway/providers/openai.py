@@ -17,7 +17,7 @@ from gateway.embedding import EmbeddingRequest, EmbeddingResult
 from gateway.providers import embedding_wire
 from gateway.providers import openai_wire as wire
 from gateway.providers.base import FinalBatch, Provider, Timeouts
-from gateway.providers.http import let_body_finish, post, read_error_body, read_json, with_billed_usage
+from gateway.providers.http import let_body_finish, post, post_json, read_error_body, with_billed_usage
 from gateway.providers.upstream_http import UpstreamClient
 from gateway.providers.upstream_response import Response
 from gateway.settings import ProviderSettings
@@ -94,9 +94,9 @@ class OpenAIProvider:
     def _classify(self, status: int, headers: Mapping[str, str], body: Any, raw: str) -> errors.ProviderError:
         return wire.classify_error(self.name, status, headers, body, raw)
 
-    async def complete(self, request: ChatRequest) -> ChatResult:
-        target = self.target(request, stream=False)
-        async with post(
+    async def _call(self, target: Target) -> tuple[Any, Mapping[str, str]]:
+        """A non-streaming call: its JSON answer and headers."""
+        return await post_json(
             self._session,
             self.name,
             target.url,
@@ -105,37 +105,24 @@ class OpenAIProvider:
             params=target.params,
             timeout=self._timeout,
             classify=self._classify,
-        ) as resp:
-            data = await read_json(resp, self.name)
-            try:
-                return wire.parse_response(
-                    data,
-                    provider=self.name,
-                    requested_model=request.model,
-                    request_id=_request_id(resp),
-                )
-            except errors.MalformedResponse as exc:
-                raise with_billed_usage(exc, lambda: wire.parse_usage(data.get("usage"))) from None
+        )
+
+    async def complete(self, request: ChatRequest) -> ChatResult:
+        data, headers = await self._call(self.target(request, stream=False))
+        try:
+            return wire.parse_response(
+                data, provider=self.name, requested_model=request.model, request_id=_request_id(headers)
+            )
+        except errors.MalformedResponse as exc:
+            raise with_billed_usage(exc, lambda: wire.parse_usage(data.get("usage"))) from None
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:  # Embeddings
-        target = self.embed_target(request)
-        async with post(
-            self._session,
-            self.name,
-            target.url,
-            headers={**self.auth_headers(), "accept": "application/json"},
-            body=target.body,
-            params=target.params,
-            timeout=self._timeout,
-            classify=self._classify,
-        ) as resp:
-            data = await read_json(resp, self.name)
+        data, _ = await self._call(self.embed_target(request))
         if isinstance(data, dict) and data.get("error") is not None:
             raise wire.classify_inband_error(self.name, data)
-        try:
-            return embedding_wire.parse_openai(data, request, self.name)
-        except errors.MalformedResponse as exc:
-            raise with_billed_usage(exc, lambda: embedding_wire.openai_usage(data, self.name)) from None
+        return embedding_wire.read_answer(
+            data, request, self.name, embedding_wire.parse_openai, embedding_wire.openai_usage
+        )
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
         async for batch in self.stream_batches(request):
@@ -194,8 +181,8 @@ class OpenAIProvider:
         )
 
 
-def _request_id(resp: Response) -> str | None:
-    return resp.headers.get("x-request-id") or resp.headers.get("apim-request-id")
+def _request_id(headers: Mapping[str, str]) -> str | None:
+    return headers.get("x-request-id") or headers.get("apim-request-id")
 
 
 def build(settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> Provider | None:
