@@ -88,7 +88,10 @@ class GoogleProvider:
         """Gemini takes at most :data:`EMBED_BATCH` inputs a call (its 400 "at most 100 requests
         can be in one batch"; OpenAI's clients send up to 2,048): more go in several calls, one
         after the other, their vectors joined in order. A failure after a first call was answered
-        is billed (that call's inputs were embedded) at a cost no one saw."""
+        ends the attempt as an answer cut mid-way (``StreamCut``), billed at a cost no one saw: not
+        retried, which would embed (and bill) the first calls' inputs again, and recorded even
+        when the next call was never sent (a busy pool, the client gone: no event at all before,
+        a diff review)."""
         texts = request.texts or ()
         if len(texts) <= EMBED_BATCH:
             return await self._embed_batch(request)
@@ -96,9 +99,16 @@ class GoogleProvider:
         for start in range(0, len(texts), EMBED_BATCH):
             try:
                 results.append(await self._embed_batch(replace(request, texts=texts[start : start + EMBED_BATCH])))
-            except errors.ProviderError as exc:
-                exc.billed_unseen = exc.billed_unseen or bool(results)
-                raise
+            except (errors.ProviderError, errors.ClientGone) as exc:
+                if not results:
+                    raise
+                cut = errors.StreamCut(
+                    f"{self.name}: the answer broke after {start} of {len(texts)} inputs were embedded: {exc.message}",
+                    provider=self.name,
+                    http_status=getattr(exc, "http_status", None),
+                )
+                cut.billed_unseen = True
+                raise cut from exc
         usages = [r.usage for r in results]
         usage = None if None in usages else Usage(prompt_tokens=sum(u.prompt_tokens for u in usages if u is not None))
         return EmbeddingResult([v for r in results for v in r.vectors], usage, results[0].model)

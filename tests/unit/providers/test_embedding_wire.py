@@ -97,3 +97,36 @@ def test_base64_and_floats_convert_as_openai_does() -> None:
     assert as_floats(encoded) == vector and as_floats(vector) is vector and as_base64(encoded) == encoded
     assert checked_vector([1, float("nan")], base64_text=False) is None
     assert checked_vector([1, 2.5], base64_text=False) == [1.0, 2.5]
+
+
+@pytest.mark.parametrize(
+    "late",
+    [
+        errors.ConnectionsBusy("google: every connection busy", provider="google"),
+        errors.ClientGone("google: the client left"),
+        errors.RateLimited("google: 429", provider="google", retry_after=1.0),
+    ],
+)
+async def test_a_gemini_call_failing_after_a_first_batch_is_a_billed_cut_not_a_retry(late: Exception) -> None:
+    """After a first batch was embedded, a later one that was not even sent (a busy pool, the
+    client gone) recorded no event at all, and a rate limit was retried from the first batch,
+    which embedded it again (a diff review): the attempt is now cut, billed, and not retried."""
+    from gateway.embedding import EmbeddingResult
+    from gateway.providers.base import Timeouts
+    from gateway.providers.google import GoogleProvider
+    from gateway.settings import ProviderSettings
+
+    provider = GoogleProvider(ProviderSettings(api_key="k"), None, Timeouts())  # type: ignore[arg-type]
+    calls: list[int] = []
+
+    async def batch(request: EmbeddingRequest) -> EmbeddingResult:
+        calls.append(request.count)
+        if len(calls) == 2:
+            raise late
+        return EmbeddingResult([[0.5]] * request.count, None, request.model)
+
+    provider._embed_batch = batch  # type: ignore[method-assign]
+    with pytest.raises(errors.StreamCut) as cut:
+        await provider.embed(EmbeddingRequest("gemini-embedding-001", texts=tuple("x" * 150)))
+    assert calls == [100, 50] and cut.value.billed_unseen and not cut.value.retryable
+    assert "after 100 of 150 inputs" in cut.value.message
