@@ -96,10 +96,14 @@ def checked_vector(value: Any, *, base64_text: bool) -> Vector | None:
     if isinstance(value, list):
         if not value:
             return None
-        for number in value:
-            if isinstance(number, bool) or not isinstance(number, int | float) or not math.isfinite(number):
-                return None
-        return [float(number) for number in value] if any(isinstance(n, int) for n in value) else value
+        # one C loop (``sum``'s): it refuses anything but numbers, and is finite only when each
+        # is. A loop in Python over each number held the event loop 1.7 s for 2,048 vectors of
+        # 3,072 (a diff review), every other call on the process waiting. (A ``true`` passes as 1.)
+        try:
+            total = sum(value, 0.0)
+        except TypeError:
+            return None
+        return value if math.isfinite(total) else None
     if base64_text and isinstance(value, str) and value:
         try:
             raw = base64.b64decode(value, validate=True)

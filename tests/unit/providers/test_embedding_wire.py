@@ -44,7 +44,9 @@ def test_openai_vectors_are_put_in_index_order_with_the_usage() -> None:
         {"data": [{"index": "0", "embedding": [0.1]}, {"index": 1, "embedding": [0.2]}]},
         openai_answer([0.1], []),  # an empty vector
         openai_answer([0.1], ["x"]),
-        openai_answer([0.1], [True]),
+        openai_answer([0.1], [None]),
+        openai_answer([0.1], [[0.2]]),
+        openai_answer([0.1], [1e308, 1e308]),  # past a double: no vector
         openai_answer([0.1], "AAAA"),  # base64 not asked for
         {"object": "list"},
         [],
@@ -72,7 +74,7 @@ def test_an_unreadable_usage_is_unknown_not_zero() -> None:
 def test_gemini_vectors_and_its_missing_usage() -> None:
     answer = {"embeddings": [{"values": [1, 2]}, {"values": [0.5, 0.25]}]}
     result = wire.parse_gemini(answer, TWO, "google")
-    assert result.vectors == [[1.0, 2.0], [0.5, 0.25]] and result.usage is None
+    assert result.vectors == [[1, 2], [0.5, 0.25]] and result.usage is None
     assert wire.parse_gemini(answer | {"usageMetadata": {"promptTokenCount": 7}}, TWO, "google").usage == Usage(
         prompt_tokens=7
     )
@@ -96,7 +98,8 @@ def test_base64_and_floats_convert_as_openai_does() -> None:
     assert base64.b64decode(encoded) == struct.pack("<3f", *vector)
     assert as_floats(encoded) == vector and as_floats(vector) is vector and as_base64(encoded) == encoded
     assert checked_vector([1, float("nan")], base64_text=False) is None
-    assert checked_vector([1, 2.5], base64_text=False) == [1.0, 2.5]
+    assert checked_vector([1, 2.5], base64_text=False) == [1, 2.5]
+    assert checked_vector([1.0, float("inf")], base64_text=False) is None
 
 
 @pytest.mark.parametrize(
