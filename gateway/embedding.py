@@ -2,7 +2,8 @@
 
 A vector is compared only with vectors of the same model, so an embedding call never falls back
 to another model: only to another provider of the same one (OpenAI and Azure serve OpenAI's
-models; a model group of the config file may name the same model's deployments). Vendors send
+models, an Azure deployment named by ``deployments``; a model group's other members are not
+used, even the same model under another name). Vendors send
 vectors as JSON numbers, or, asked for ``base64`` (what the OpenAI SDKs ask by default), as the
 little-endian float32 bytes in base64: an adapter whose vendor sends them so passes them on as
 they came; the gateway encodes the others (:func:`as_base64`), as OpenAI would.

@@ -579,12 +579,12 @@ class Router:
 
 
 def _same_model(candidates: list[Candidate], model: str) -> list[Candidate]:
-    """The candidates that serve ``model`` itself (a dated snapshot of it too): a vector is
-    compared only with vectors of its own model, so an embedding call never goes to another model
-    of a group (``claude-3-haiku`` to OpenAI's ``gpt-3.5-turbo``). An Azure deployment of it
-    (``deployments``) is the model itself."""
-    family = family_of(model)
-    same = [c for c in candidates if c.model == model or family_of(c.model) == family]
+    """The candidates that serve ``model`` itself, or a dated snapshot of it (or it of theirs): a
+    vector is compared only with vectors of its own model, so an embedding call never goes to
+    another model of a group (``claude-3-haiku`` to OpenAI's ``gpt-3.5-turbo``). Not two members
+    of one family (``text-embedding-004`` for ``-005``: a diff review). An Azure deployment of it
+    (``deployments``) is the model itself (``Candidate.deployment``)."""
+    same = [c for c in candidates if c.model == model or family_of(c.model) == model or family_of(model) == c.model]
     if not same:
         raise errors.ModelNotFound(f"no configured provider serves the model {model!r} itself", param="model")
     return same

@@ -252,3 +252,23 @@ async def test_gemini_gets_at_most_100_inputs_a_call_and_the_vectors_stay_in_ord
             event = gw.event_log.events[-1]
             assert event.outcome == "stream_cut" and event.billable and event.cost_usd is None
             assert failed.value.response.headers["x-llm-cost-usd"] == "unpriced"
+
+
+async def test_an_azure_deployment_serves_its_model_and_a_group_never_swaps_models() -> None:
+    """``deployments`` maps the model to the operator's Azure deployment (the same model); a model
+    group of the config file naming another model of the family is not used for it (a group
+    ``text-embedding-005: {google: text-embedding-004}`` passed as the same family: a review)."""
+    from gateway.routing.catalog import Candidate
+    from gateway.routing.router import _same_model
+
+    options = {"azure": {"deployments": {"text-embedding-3-small": "prod-emb"}}}
+    async with running_gateway(providers=("openai", "azure"), provider_options=options) as gw:
+        gw.sims["openai"].faults.always(Fault("server_error"))
+        raw = await embed(gw, model="text-embedding-3-small", input="x")
+        assert raw.headers["x-llm-provider"] == "azure"
+        assert gw.sims["azure"].requests[-1].path == "/openai/deployments/prod-emb/embeddings"
+        assert gw.event_log.events[-1].provider_model == "prod-emb"
+    group = [Candidate("google", "text-embedding-004"), Candidate("openai", "text-embedding-005")]
+    assert _same_model(group, "text-embedding-005") == [Candidate("openai", "text-embedding-005")]
+    dated = [Candidate("openai", "gpt-4o-2024-08-06"), Candidate("azure", "gpt-4o")]
+    assert _same_model(dated, "gpt-4o-2024-08-06") == dated  # a snapshot and its family are one model
