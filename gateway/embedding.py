@@ -21,7 +21,9 @@ from typing import Any
 
 from gateway.types import Usage
 
-#: the capability every embedding request needs (``Provider.options``)
+#: the capability every embedding request needs (``Provider.options``): named by an adapter that
+#: has ``embed`` (``providers.base.Embeddings``), not one of ``types.CAPABILITIES``, which
+#: adapters take less what they lack (a new adapter would have claimed it without ``embed``)
 EMBEDDINGS = "embeddings"
 #: inputs given as token ids: only OpenAI's wire format carries them
 EMBEDDING_TOKENS = "embedding_tokens"

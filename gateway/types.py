@@ -71,9 +71,6 @@ CAPABILITIES = (
     "tool_names",
     "blank_content",
     "blank_stop",
-    # POST /v1/embeddings (``gateway.embedding``): vectors at all, and inputs as token ids
-    "embeddings",
-    "embedding_tokens",
 )
 
 

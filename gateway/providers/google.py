@@ -8,7 +8,7 @@ from dataclasses import replace
 from urllib.parse import quote
 
 from gateway import errors
-from gateway.embedding import EmbeddingRequest, EmbeddingResult
+from gateway.embedding import EMBEDDINGS, EmbeddingRequest, EmbeddingResult
 from gateway.providers import embedding_wire
 from gateway.providers import google_wire as wire
 from gateway.providers.base import Timeouts
@@ -57,9 +57,8 @@ class GoogleProvider:
     #: WebP, HEIC and HEIF ("gif_images"). ``reasoning_effort`` is a ``thinkingConfig`` on Gemini
     #: 2.5 and later, and lacked by the models before (``model_lacks``).
     options = frozenset(CAPABILITIES) - {
-        "parallel_tool_calls", "image_urls", "gif_images", "tool_names", "blank_content", "reasoning_effort_level",
-        "embedding_tokens",
-    }  # fmt: skip
+        "parallel_tool_calls", "image_urls", "gif_images", "tool_names", "blank_content", "reasoning_effort_level"
+    } | {EMBEDDINGS}  # fmt: skip
 
     def __init__(self, settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> None:
         if not settings.api_key:

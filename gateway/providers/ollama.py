@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from uuid import uuid4
 
 from gateway import errors
-from gateway.embedding import EmbeddingRequest, EmbeddingResult
+from gateway.embedding import EMBEDDINGS, EmbeddingRequest, EmbeddingResult
 from gateway.images import Image
 from gateway.providers import embedding_wire
 from gateway.providers.base import Timeouts
@@ -290,9 +290,8 @@ class OllamaProvider:
     #: Ollama has no tool_choice nor parallel_tool_calls (such requests go elsewhere). Images
     #: as base64 ``images`` of the message; an image by URL is not (Ollama fetches nothing)
     options = frozenset(CAPABILITIES) - {
-        "tool_choice", "parallel_tool_calls", "image_urls", "reasoning_effort", "reasoning_effort_level",
-        "embedding_tokens",
-    }  # fmt: skip
+        "tool_choice", "parallel_tool_calls", "image_urls", "reasoning_effort", "reasoning_effort_level"
+    } | {EMBEDDINGS}  # fmt: skip
 
     def __init__(self, settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> None:
         self._session = session

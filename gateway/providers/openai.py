@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from gateway import errors
-from gateway.embedding import EmbeddingRequest, EmbeddingResult
+from gateway.embedding import EMBEDDING_TOKENS, EMBEDDINGS, EmbeddingRequest, EmbeddingResult
 from gateway.providers import embedding_wire
 from gateway.providers import openai_wire as wire
 from gateway.providers.base import FinalBatch, Provider, Timeouts
@@ -52,7 +52,7 @@ _LACKS_NOTHING: frozenset[str] = frozenset()
 
 class OpenAIProvider:
     name = "openai"
-    options = frozenset(CAPABILITIES)
+    options = frozenset(CAPABILITIES) | {EMBEDDINGS, EMBEDDING_TOKENS}
     #: what chat calls name the length cap (legacy completions always use ``max_tokens``)
     chat_max_tokens_field: ClassVar[str] = "max_completion_tokens"
 

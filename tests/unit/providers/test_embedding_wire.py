@@ -133,3 +133,22 @@ async def test_a_gemini_call_failing_after_a_first_batch_is_a_billed_cut_not_a_r
         await provider.embed(EmbeddingRequest("gemini-embedding-001", texts=tuple("x" * 150)))
     assert calls == [100, 50] and cut.value.billed_unseen and not cut.value.retryable
     assert "after 100 of 150 inputs" in cut.value.message
+
+
+def test_an_adapter_claims_embeddings_exactly_when_it_makes_them() -> None:
+    """The router sends an embedding call to a provider naming ``embeddings`` in its options and
+    calls its ``embed``: one without it would fail with an AttributeError, a 500."""
+    import importlib
+    import inspect
+
+    from gateway.embedding import EMBEDDINGS
+    from gateway.providers.registry import ADAPTER_MODULES
+
+    seen = {}
+    for module_name in ADAPTER_MODULES.values():
+        module = importlib.import_module(module_name)
+        for cls in vars(module).values():
+            if inspect.isclass(cls) and isinstance(getattr(cls, "options", None), frozenset):
+                seen[cls.__name__] = (EMBEDDINGS in cls.options, callable(getattr(cls, "embed", None)))
+    assert seen and all(claims == makes for claims, makes in seen.values()), seen
+    assert not seen["AnthropicProvider"][0] and all(seen[n][0] for n in ("OpenAIProvider", "GoogleProvider"))

@@ -51,8 +51,7 @@ def test_the_adapter_carries_tools_and_their_choice_but_not_parallel_false() -> 
         "tool_names",
         "blank_content",
         "reasoning_effort_level",
-        "embedding_tokens",
-    }
+    } | {"embeddings"}
     assert request(tools=ToolSpec((WEATHER,), parallel=False)).needs() == ["tools", "parallel_tool_calls"]
 
 

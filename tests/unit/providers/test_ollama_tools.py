@@ -58,8 +58,7 @@ def test_tools_are_carried_but_not_a_forced_choice_nor_parallel_false() -> None:
         "image_urls",
         "reasoning_effort",
         "reasoning_effort_level",
-        "embedding_tokens",
-    }
+    } | {"embeddings"}
     assert request(tools=ToolSpec((WEATHER,), mode="auto")).needs() == ["tools"]
     assert not set(request(tools=ToolSpec((WEATHER,), mode="required")).needs()) <= OllamaProvider.options
 
