@@ -95,7 +95,8 @@ def create_app(
         event_log, price_book, clock=clock, instance=settings.event_instance, defer_observers=True, group_commit=True
     )
     recorder.observers.append(metrics.observe_event)
-    recorder.observers.append(FailureLog())
+    failures = FailureLog()
+    recorder.observers.append(failures)
     metrics.on_scrape(lambda: metrics.spool_depth.set(event_log.pending()))
     provider_map: dict[str, Provider] = dict(providers or {})
     router = Router(
@@ -130,6 +131,11 @@ def create_app(
     if settings.metrics_auth:
         app[METRICS_AUTH] = state.auth
     install_drain(app, settings.shutdown_timeout)
+
+    async def flush_failures(_app: web.Application) -> None:
+        failures.flush()
+
+    app.on_cleanup.append(flush_failures)
     app.router.add_post("/v1/chat/completions", completions.chat_completions)
     app.router.add_post("/v1/completions", completions.completions)
     app.router.add_post("/v1/embeddings", embeddings.embeddings)

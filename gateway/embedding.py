@@ -17,7 +17,7 @@ import math
 import sys
 from array import array
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from gateway.types import Usage
 
@@ -44,8 +44,8 @@ class EmbeddingRequest:
     user: str | None = None
     #: the client asked for base64 (an adapter whose vendor can send it asks for it too)
     base64: bool = False
-    #: no length cap (the router asks every request)
-    max_tokens: None = None
+    #: no length cap (the router asks every request for one)
+    max_tokens: ClassVar[None] = None
 
     @property
     def count(self) -> int:
@@ -54,7 +54,8 @@ class EmbeddingRequest:
         return len(inputs or ())
 
     def for_provider(self, model: str, stream: bool) -> EmbeddingRequest:
-        """This request as one provider is asked it (never streamed)."""
+        """This request as one provider is asked it (``stream`` is always False: an embedding
+        answer is one JSON object)."""
         return EmbeddingRequest(model, self.texts, self.tokens, self.dimensions, self.user, self.base64)
 
     def needs(self) -> list[str]:

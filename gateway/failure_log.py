@@ -5,13 +5,17 @@ A review found every upstream failure silent but for its call's cost line (``pro
 and, after five, a circuit opening: a primary provider's expired key (401) showed up only as
 a circuit flapping. Each (provider, outcome) logs at most once per ``every`` seconds, saying how
 many more failed alike since its last line, so an outage at hundreds of requests a second is a
-line a minute per kind, not a flood. Not logged: successes, calls the client ended, and the
-vendor's refusals of the request itself (``client_error``, ``content_filtered``: the client's
-answer carries them).
+line a minute per kind, not a flood; those in between are counted in a line at the end of the
+minute (and at a stop: a re-test saw an outage's 59 seconds as one line once the circuits had
+opened and no failure came to carry the count). Not logged: successes, calls the client ended,
+and the vendor's refusals of the request itself (``client_error``, ``content_filtered``: the
+client's answer carries them). An unreadable 200 answer's message is not quoted: it holds the
+start of the model's answer (what the upstream wrote, maybe the prompt).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -25,6 +29,8 @@ log = logging.getLogger("gateway.providers")
 QUIET = frozenset({"success", "cancelled", "client_error", "content_filtered"})
 #: the longest upstream message a line quotes
 MESSAGE_CHARS = 200
+#: failures whose message may quote the model's answer
+_ANSWER_IN_MESSAGE = frozenset({"malformed_response", "stream_cut"})
 
 
 class FailureLog:
@@ -42,12 +48,14 @@ class FailureLog:
         last = self._last.get(key)
         if last is not None and now - last[0] < self.every:
             self._last[key] = (last[0], last[1] + 1)
+            if not last[1]:  # the first one counted: its line comes at the end of the minute
+                self._summary_in(key, last[0] + self.every - now)
             return
         self._last[key] = (now, 0)
         since = f" ({last[1]} more since the last such line)" if last is not None and last[1] else ""
         status = f"HTTP {event.http_status}" if event.http_status is not None else "no HTTP answer"
         code = f" {log_value(event.error_code)}" if event.error_code else ""
-        message = (event.error_message or "")[:MESSAGE_CHARS]
+        message = "" if event.outcome in _ANSWER_IN_MESSAGE else (event.error_message or "")[:MESSAGE_CHARS]
         log.warning(
             "%s attempt failed: %s (%s%s) model=%s request=%s: %s%s",
             event.provider,
@@ -59,3 +67,30 @@ class FailureLog:
             log_value(message) if message else "-",
             since,
         )
+
+    def _summary_in(self, key: tuple[str, str], delay: float) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a synchronous caller): the next line carries the count
+            return
+        loop.call_later(max(delay, 0.0), self._summary, key)
+
+    def _summary(self, key: tuple[str, str]) -> None:
+        """The line of the failures counted since ``key``'s last line, if any."""
+        last = self._last.get(key)
+        if last is None or not last[1]:
+            return
+        now = self._clock()
+        self._last[key] = (now, 0)
+        log.warning(
+            "%s: %d more attempts failed: %s, in the %.0f s since the last such line",
+            key[0],
+            last[1],
+            key[1],
+            now - last[0],
+        )
+
+    def flush(self) -> None:
+        """Write every count not written yet (at a stop)."""
+        for key in list(self._last):
+            self._summary(key)

@@ -15,11 +15,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.api.completions import CostLineOnFailure, read_body, serve_call, served_headers
+from gateway.api.calls import CostLineOnFailure, read_body, serve_call, served_headers
 from gateway.api.middleware import REQUEST_ID
 from gateway.api.state import STATE, GatewayState
 from gateway.api.tool_validation import type_name
-from gateway.api.validation import _common, _expect_object, _integer, _string, _unsupported
+from gateway.api.validation import common_fields, expect_object, integer_field, refuse_unknown, string_field
 from gateway.embedding import EmbeddingRequest, EmbeddingResult, as_base64, as_floats
 from gateway.errors import InvalidRequest
 from gateway.usage import CallContext, UsageRecorder
@@ -46,7 +46,9 @@ def _token_ids(value: list[Any], where: str) -> tuple[int, ...]:
     for token in value:
         if isinstance(token, bool) or not isinstance(token, int) or not 0 <= token < 2**31:
             raise InvalidRequest(
-                f"'{where}' holds {token!r}: token ids are integers from 0", param="input", code="invalid_value"
+                f"'{where}' holds {token!r}: token ids are integers from 0 to {2**31 - 1}",
+                param="input",
+                code="invalid_value",
             )
     return tuple(value)
 
@@ -55,6 +57,8 @@ def _inputs(body: dict[str, Any]) -> tuple[tuple[str, ...] | None, tuple[tuple[i
     value = body.get("input")
     if value is None:
         raise InvalidRequest("Missing required parameter: 'input'", param="input", code="missing_required_parameter")
+    if value == "":
+        raise InvalidRequest("'input' must not be empty", param="input", code="invalid_value")
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list):
@@ -98,16 +102,16 @@ def _encoding(body: dict[str, Any]) -> bool:
 
 
 def parse_embeddings(raw: Any) -> ParsedEmbeddings:
-    body = _expect_object(raw)
-    _unsupported(body, frozenset(), KNOWN)
-    model, provider, tenant = _common(body)
+    body = expect_object(raw)
+    refuse_unknown(body, frozenset(), KNOWN)
+    model, provider, tenant = common_fields(body)
     texts, tokens = _inputs(body)
     template = EmbeddingRequest(
         model=model,
         texts=texts,
         tokens=tokens,
-        dimensions=_integer(body, "dimensions", 1, MAX_DIMENSIONS),
-        user=_string(body, "user"),
+        dimensions=integer_field(body, "dimensions", 1, MAX_DIMENSIONS),
+        user=string_field(body, "user"),
         base64=_encoding(body),
     )
     return ParsedEmbeddings(template, provider, tenant)

@@ -17,7 +17,7 @@ from gateway.errors import InvalidRequest
 async def body_bytes(request: web.Request) -> bytes:
     """The request's body; a content-encoding that does not decode, or the client gone mid-body,
     is the client's fault: a 400 ``invalid_body``, not a 500 with a traceback (nobody may be left
-    to read it). Every JSON route reads its body so (``completions.read_body`` too)."""
+    to read it). Every JSON route reads its body so (``calls.read_body`` too)."""
     try:
         return await request.read()
     except (web.RequestPayloadError, ConnectionError) as exc:

@@ -196,7 +196,7 @@ _COMPLETION_REQUEST = {
     },
 }
 
-_TOKEN_IDS = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}
+_TOKEN_IDS = {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}, "minItems": 1}
 _EMBEDDING_REQUEST = {
     "type": "object",
     "description": "Served only by providers of the model itself (never another model of a group); any other "
@@ -213,7 +213,7 @@ _EMBEDDING_REQUEST = {
             ]
         },
         "encoding_format": {"enum": ["float", "base64"], "default": "float"},
-        "dimensions": {"type": "integer", "minimum": 1},
+        "dimensions": {"type": "integer", "minimum": 1, "maximum": 65536},
         "user": {"type": "string"},
         "provider": {"enum": ["openai", "azure", "anthropic", "google", "ollama"]},
         "tenantId": {"type": "string", "minLength": 1, "maxLength": 128},

@@ -549,3 +549,11 @@ def parse_completion(raw: Any, *, legacy_model: bool) -> ParsedRequest:
         content_needs=() if prompt.strip() else ("blank_content",),
     )
     return ParsedRequest(template, "completions", model, provider, tenant, _include_usage(body, template.stream))
+
+
+# --- what the embeddings endpoint checks the same way (``gateway.api.embeddings``) -------------
+expect_object = _expect_object
+common_fields = _common
+integer_field = _integer
+string_field = _string
+refuse_unknown = _unsupported

@@ -12,6 +12,7 @@ from typing import Any
 import openai
 import pytest
 
+from gateway.pricing.base import format_usd
 from gateway.pricing.book import CompositePriceBook
 from gateway.simulators.base import Fault
 from gateway.types import Usage
@@ -87,7 +88,12 @@ async def test_every_vendor_answers_in_openai_shape_priced_and_recorded(
                 assert sim.requests[-1].body["encoding_format"] == ("base64" if encoding != "float" else "float")
         lines = [r.getMessage() for r in caplog.records if r.name == "gateway.cost"]
         assert len(lines) == 3 and all("tenant=t_embed" in line for line in lines)
-        assert "provider=openai model=text-embedding-3-small cost=$0.000000" in lines[0]
+        cost = price("openai", "text-embedding-3-small", 9)
+        assert cost is not None
+        assert (
+            lines[0] == f"Cost | tenant=t_embed provider=openai model=text-embedding-3-small cost=${format_usd(cost)}"
+        )
+        assert lines[2] == "Cost | tenant=t_embed provider=ollama model=nomic-embed-text cost=$0.000000"
 
 
 async def test_the_request_reaches_each_vendor_in_its_own_fields() -> None:

@@ -65,6 +65,34 @@ async def test_an_expired_key_is_a_warning_naming_the_provider(caplog: pytest.Lo
                     model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
                 )
                 assert raw.headers["x-llm-provider"] == "azure"
-    (line,) = lines(caplog)
+    line, counted = lines(caplog)  # the two others in a line at the stop
+    assert counted.startswith("openai: 2 more attempts failed: auth_error")
     assert line.startswith("openai attempt failed: auth_error (HTTP 401 invalid_api_key) model=gpt-4o request=req_")
     assert "Incorrect API key" in line and "sk-sim" not in line.replace("sk-sim***", "")
+
+
+async def test_the_count_is_written_when_the_minute_ends_and_at_a_stop(caplog: pytest.LogCaptureFixture) -> None:
+    """A re-test: once the circuits had opened, no failure came to carry the count, and a 59 s
+    outage was one line. The count now has its own line at the end of the window, and at a stop."""
+    import asyncio
+
+    failures = FailureLog(every=0.05)
+    timeout = make_event(outcome="timeout")
+    for _ in range(3):
+        failures(timeout)
+    assert len(lines(caplog)) == 1
+    await asyncio.sleep(0.15)
+    assert lines(caplog)[1].startswith("openai: 2 more attempts failed: timeout, in the ")
+    failures(make_event(outcome="upstream_error", error_message="boom"))
+    failures(make_event(outcome="upstream_error"))
+    failures.flush()  # the stop: before the window ends
+    assert lines(caplog)[-1].startswith("openai: 1 more attempts failed: upstream_error")
+    await asyncio.sleep(0.1)  # its timer finds nothing left to say
+    assert len(lines(caplog)) == 4
+
+
+def test_an_unreadable_answer_is_not_quoted(caplog: pytest.LogCaptureFixture) -> None:
+    """Its message holds the start of the model's answer, which may repeat the prompt."""
+    FailureLog()(make_event(outcome="malformed_response", error_message='not JSON: b\'{"content": "SSN 123"\''))
+    (line,) = lines(caplog)
+    assert "SSN" not in line and line.endswith(": -")
