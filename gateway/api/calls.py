@@ -1,0 +1,88 @@
+"""What every call to the providers shares, whatever its endpoint (chat and legacy completions,
+embeddings): reading the JSON body, the in-flight wrapper, the cost line of a call that ends in an
+error, and the headers of a served answer."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway import errors
+from gateway.api.json_body import body_bytes
+from gateway.api.middleware import ClientWatch
+from gateway.api.state import STATE, GatewayState
+from gateway.pricing.base import format_usd
+from gateway.providers.upstream_http import CLIENT_GONE
+from gateway.routing.router import Served
+from gateway.safe_text import header_value
+from gateway.usage import CallContext, UsageRecorder
+
+
+async def read_body(request: web.Request) -> Any:
+    if request.content_type not in ("application/json", "", "application/octet-stream", "text/plain"):
+        raise errors.UnsupportedMediaType(f"Content-Type must be application/json, got {request.content_type}")
+    try:
+        raw = await body_bytes(request)
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise errors.RequestTooLarge(
+            f"Request body is larger than the limit of {request.app[STATE].settings.max_body_bytes} bytes"
+        ) from exc
+    if not raw.strip():
+        raise errors.InvalidRequest("The request body is empty; expected a JSON object")
+    try:
+        return orjson.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise errors.InvalidRequest(f"The request body is not valid JSON: {exc}", code="invalid_json") from exc
+
+
+async def serve_call(
+    request: web.Request, state: GatewayState, answer: Callable[[], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Run ``answer``, a call to the providers, as one in flight: watching its client, and not
+    answering before the events of its attempts are on the log."""
+    state.in_flight += 1
+    watch = ClientWatch(request)
+    watching = CLIENT_GONE.set(watch)
+    try:
+        return await answer()
+    finally:
+        watch.release()
+        CLIENT_GONE.reset(watching)
+        try:
+            # no answer (nor error) goes out before the events of its attempts are on the log
+            await state.event_log.settled(state.in_flight)
+        finally:  # cancelled while it waits: still no longer in flight
+            state.in_flight -= 1
+
+
+class CostLineOnFailure:
+    """The cost line of a call that ends in an error after its attempts (one line per call)."""
+
+    __slots__ = ("model", "tenant")
+
+    def __init__(self, tenant: str, model: str) -> None:
+        self.tenant = tenant
+        self.model = model
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object) -> None:
+        if isinstance(exc, errors.ProviderError):
+            UsageRecorder.log_cost(self.tenant, exc.provider, self.model, exc.call_cost)
+        elif isinstance(exc, errors.AllProvidersFailed):
+            UsageRecorder.log_cost(self.tenant, "none", self.model, exc.cost)
+
+
+def served_headers(ctx: CallContext, served: Served[Any]) -> dict[str, str]:
+    """The headers of a served non-streaming call: who served it, how, and what it cost."""
+    return {
+        "x-request-id": ctx.request_id,
+        "x-llm-provider": served.provider,
+        "x-llm-model": header_value(served.result.model),
+        "x-llm-attempts": str(served.attempts),
+        "x-llm-cost-usd": format_usd(served.cost) if served.cost is not None else "unpriced",
+    }
