@@ -92,6 +92,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         since = parse_time("since", args.since)
         prices = load_price_file(args.price_file) if args.price_file is not None else None
+        if prices is None and args.reprice and settings.price_file is not None:
+            # the configured prices go with the request: the service that replays (in Kafka mode a
+            # `consume` member, often run without the gateway's config) repriced with its own,
+            # and put history back at the built-in rates (a review: 249 events re-costed)
+            prices = load_price_file(settings.price_file)
     except (InvalidRequest, PriceFileError) as e:
         print(f"replay: {e.message}", file=sys.stderr)
         return 2
