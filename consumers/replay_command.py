@@ -97,6 +97,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             # `consume` member, often run without the gateway's config) repriced with its own,
             # and put history back at the built-in rates (a review: 249 events re-costed)
             prices = load_price_file(settings.price_file)
+            print(f"replay: repricing with {settings.price_file} ({prices.version})", file=sys.stderr)
     except (InvalidRequest, PriceFileError) as e:
         print(f"replay: {e.message}", file=sys.stderr)
         return 2

@@ -37,8 +37,11 @@ class FailureLog:
     def __init__(self, every: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.every = every
         self._clock = clock
-        #: (provider, outcome) -> when it was last logged, and how many failed alike since
+        #: (provider, outcome) -> when its window began (its last full line), and how many failed
+        #: alike since
         self._last: dict[tuple[str, str], tuple[float, int]] = {}
+        #: (provider, outcome) -> the timer of the line that writes its window's count
+        self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
 
     def __call__(self, event: UsageEvent) -> None:
         if event.outcome in QUIET:
@@ -48,11 +51,13 @@ class FailureLog:
         last = self._last.get(key)
         if last is not None and now - last[0] < self.every:
             self._last[key] = (last[0], last[1] + 1)
-            if not last[1]:  # the first one counted: its line comes at the end of the minute
+            if not last[1]:  # the first one counted: its line comes at the end of the window
                 self._summary_in(key, last[0] + self.every - now)
             return
+        # a new window, with a full line (a status or message that changed shows: a diff review)
+        self._cancel(key)
         self._last[key] = (now, 0)
-        since = f" ({last[1]} more since the last such line)" if last is not None and last[1] else ""
+        since = f" ({_attempts(last[1])} since the last such line)" if last is not None and last[1] else ""
         status = f"HTTP {event.http_status}" if event.http_status is not None else "no HTTP answer"
         code = f" {log_value(event.error_code)}" if event.error_code else ""
         message = "" if event.outcome in _ANSWER_IN_MESSAGE else (event.error_message or "")[:MESSAGE_CHARS]
@@ -73,24 +78,35 @@ class FailureLog:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop (a synchronous caller): the next line carries the count
             return
-        loop.call_later(max(delay, 0.0), self._summary, key)
+        self._timers[key] = loop.call_later(max(delay, 0.0), self._summary, key)
+
+    def _cancel(self, key: tuple[str, str]) -> None:
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
 
     def _summary(self, key: tuple[str, str]) -> None:
-        """The line of the failures counted since ``key``'s last line, if any."""
+        """The line of the failures counted in ``key``'s window, if any. The window goes on: the
+        next failure after its end writes a full line."""
+        self._timers.pop(key, None)
         last = self._last.get(key)
         if last is None or not last[1]:
             return
-        now = self._clock()
-        self._last[key] = (now, 0)
+        self._last[key] = (last[0], 0)
         log.warning(
-            "%s: %d more attempts failed: %s, in the %.0f s since the last such line",
+            "%s: %s failed: %s, in the %.0f s after the last such line",
             key[0],
-            last[1],
+            _attempts(last[1]),
             key[1],
-            now - last[0],
+            self._clock() - last[0],
         )
 
     def flush(self) -> None:
         """Write every count not written yet (at a stop)."""
         for key in list(self._last):
+            self._cancel(key)
             self._summary(key)
+
+
+def _attempts(count: int) -> str:
+    return f"{count} more attempt" if count == 1 else f"{count} more attempts"

@@ -107,6 +107,9 @@ class GoogleProvider:
                     http_status=getattr(exc, "http_status", None),
                 )
                 cut.billed_unseen = True
+                usages = [r.usage for r in results]
+                if None not in usages:  # what the embedded batches used, when Gemini said it
+                    cut.usage = Usage(prompt_tokens=sum(u.prompt_tokens for u in usages if u is not None))
                 raise cut from exc
         usages = [r.usage for r in results]
         usage = None if None in usages else Usage(prompt_tokens=sum(u.prompt_tokens for u in usages if u is not None))

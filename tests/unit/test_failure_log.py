@@ -50,7 +50,7 @@ def test_one_line_per_provider_and_outcome_a_minute_with_the_count_between(caplo
     assert got[0].startswith(
         "openai attempt failed: rate_limited (HTTP 429 rate_limit_exceeded) model=gpt-4o request=req_1"
     )
-    assert "(4 more since the last such line)" in got[2] and "rate_limited" in got[2]
+    assert "(4 more attempts since the last such line)" in got[2] and "rate_limited" in got[2]
     # an upstream's message is quoted: it cannot end the line or forge another
     assert "auth_error (HTTP 401)" in got[1] and '"Incorrect API key\\nCost | forged"' in got[1]
 
@@ -86,7 +86,7 @@ async def test_the_count_is_written_when_the_minute_ends_and_at_a_stop(caplog: p
     failures(make_event(outcome="upstream_error", error_message="boom"))
     failures(make_event(outcome="upstream_error"))
     failures.flush()  # the stop: before the window ends
-    assert lines(caplog)[-1].startswith("openai: 1 more attempts failed: upstream_error")
+    assert lines(caplog)[-1].startswith("openai: 1 more attempt failed: upstream_error")
     await asyncio.sleep(0.1)  # its timer finds nothing left to say
     assert len(lines(caplog)) == 4
 
@@ -96,3 +96,25 @@ def test_an_unreadable_answer_is_not_quoted(caplog: pytest.LogCaptureFixture) ->
     FailureLog()(make_event(outcome="malformed_response", error_message='not JSON: b\'{"content": "SSN 123"\''))
     (line,) = lines(caplog)
     assert "SSN" not in line and line.endswith(": -")
+
+
+async def test_a_long_outage_gets_a_full_line_each_window_showing_what_changed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The count's own line began a new window, so later failures were only counted: a 500 that
+    became a 503 never showed (a diff review). Each window now starts with a full line, and its
+    count comes at its end, one timer a window."""
+    import asyncio
+
+    failures = FailureLog(every=0.05)
+    for i in range(12):
+        status = 500 if i < 6 else 503
+        failures(make_event(outcome="upstream_error", http_status=status, error_message=f"m{i}"))
+        await asyncio.sleep(0.01)
+    failures.flush()
+    got = lines(caplog)
+    full = [line for line in got if line.startswith("openai attempt failed:")]
+    assert len(full) >= 2 and "HTTP 500" in full[0] and "HTTP 503" in full[-1]
+    counted = sum(int(line.split(": ", 1)[1].split(" more")[0]) for line in got if line.startswith("openai: "))
+    counted += sum(int(line.split("(")[-1].split(" more")[0]) for line in got if "since the last such line)" in line)
+    assert counted + len(full) == 12  # every failure in exactly one line

@@ -47,7 +47,6 @@ def test_the_configured_price_file_goes_with_a_reprice(
         return {}
 
     monkeypatch.setattr(replay_command, "_replay", replay)
-    monkeypatch.setattr(replay_command, "render_report", lambda doc: "", raising=False)
     args = parse(*(str(other) if a == "OTHER" else a for a in argv), "--json")
     settings = Settings(price_file=configured, data_dir=tmp_path)
     assert replay_command.run(args, settings) == 0
@@ -56,3 +55,31 @@ def test_the_configured_price_file_goes_with_a_reprice(
         assert prices is None
     else:
         assert prices is not None and ("ops-7" if sent == "configured" else "ops-8") in prices.version
+
+
+def test_without_a_configured_file_the_service_uses_its_own_and_an_unreadable_one_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from consumers.replay import ReplayOptions
+
+    seen: list[Any] = []
+
+    async def replay(settings: Settings, args: Any, options: Any, prices: Any, bar: Any) -> dict[str, Any]:
+        seen.append((options, prices))
+        return {}
+
+    monkeypatch.setattr(replay_command, "_replay", replay)
+    assert replay_command.run(parse("--reprice", "--json"), Settings(data_dir=tmp_path)) == 0
+    ((options, prices),) = seen
+    assert prices is None and options.reprice
+    assert replay_command.request_body(options, prices)["prices"] is None  # the service's own
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("prices: [{model: x}]", encoding="utf-8")
+    assert replay_command.run(parse("--reprice"), Settings(data_dir=tmp_path, price_file=broken)) == 2
+    assert "replay:" in capsys.readouterr().err and len(seen) == 1
+    configured = tmp_path / "prices.yaml"
+    configured.write_text(PRICES, encoding="utf-8")
+    assert replay_command.run(parse("--reprice", "--json"), Settings(data_dir=tmp_path, price_file=configured)) == 0
+    assert "repricing with" in capsys.readouterr().err
+    sent = replay_command.request_body(ReplayOptions(reprice=True), seen[-1][1])
+    assert sent["reprice"] and sent["prices"]["version"] == "ops-7"

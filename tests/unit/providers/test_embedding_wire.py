@@ -152,3 +152,23 @@ def test_an_adapter_claims_embeddings_exactly_when_it_makes_them() -> None:
                 seen[cls.__name__] = (EMBEDDINGS in cls.options, callable(getattr(cls, "embed", None)))
     assert seen and all(claims == makes for claims, makes in seen.values()), seen
     assert not seen["AnthropicProvider"][0] and all(seen[n][0] for n in ("OpenAIProvider", "GoogleProvider"))
+
+
+async def test_a_cut_gemini_attempt_keeps_the_usage_of_the_batches_embedded() -> None:
+    from gateway.embedding import EmbeddingResult
+    from gateway.providers.base import Timeouts
+    from gateway.providers.google import GoogleProvider
+    from gateway.settings import ProviderSettings
+
+    provider = GoogleProvider(ProviderSettings(api_key="k"), None, Timeouts())  # type: ignore[arg-type]
+
+    async def batch(request: EmbeddingRequest) -> EmbeddingResult:
+        if request.texts and request.texts[0] == "late":
+            raise errors.UpstreamServerError("google: 500", provider="google", http_status=500)
+        return EmbeddingResult([[0.5]] * request.count, Usage(prompt_tokens=request.count * 2), request.model)
+
+    provider._embed_batch = batch  # type: ignore[method-assign]
+    texts = ("x",) * 200 + ("late",)
+    with pytest.raises(errors.StreamCut) as cut:
+        await provider.embed(EmbeddingRequest("gemini-embedding-001", texts=texts))
+    assert cut.value.usage == Usage(prompt_tokens=400) and cut.value.billed_unseen
