@@ -134,6 +134,7 @@ def create_app(
 
     async def flush_failures(_app: web.Application) -> None:
         failures.flush()
+        state.auth.refusals.flush()
 
     app.on_cleanup.append(flush_failures)
     app.router.add_post("/v1/chat/completions", completions.chat_completions)

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 from aiohttp import web
 
-from gateway.errors import AuthenticationFailed, PermissionDenied
+from gateway.errors import AuthenticationFailed, GatewayError, PermissionDenied
+from gateway.safe_text import log_value
 from gateway.settings import ApiKey
+from gateway.windowed_log import WindowedLog
+
+log = logging.getLogger("gateway.auth")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,27 +57,63 @@ class Authenticator:
         self._by_digest = {hashlib.sha256(_key_bytes(k.key)).digest(): k for k in keys}
         self.open = not keys
         self.default_tenant = default_tenant
+        #: refused keys and tenants, a WARNING window per reason (``gateway.auth``): they were
+        #: never logged, so a client trying keys went unseen (a logs review)
+        self.refusals = WindowedLog(log, _refusals_counted)
 
     def authenticate(self, request: web.Request) -> Principal:
         if self.open:
             return Principal(self.default_tenant, True, None)
-        presented = _presented_key(request)
+        try:
+            presented = _presented_key(request)
+        except AuthenticationFailed as e:
+            raise self._refused(request, "malformed Authorization header", e) from None
         if not presented:
-            raise AuthenticationFailed("Missing API key: send 'Authorization: Bearer <key>'", code="missing_api_key")
+            missing = AuthenticationFailed(
+                "Missing API key: send 'Authorization: Bearer <key>'", code="missing_api_key"
+            )
+            raise self._refused(request, "missing key", missing)
         digest = hashlib.sha256(_key_bytes(presented)).digest()
         match = self._by_digest.get(digest)
         if match is None or not hmac.compare_digest(hashlib.sha256(_key_bytes(match.key)).digest(), digest):
-            raise AuthenticationFailed("Incorrect API key provided")
+            raise self._refused(
+                request, "wrong key", AuthenticationFailed("Incorrect API key provided"), key_id(presented)
+            )
         return Principal(match.tenant, match.admin, key_id(presented))
 
-    @staticmethod
-    def tenant_for(principal: Principal, requested: str | None) -> str:
+    def tenant_for(self, principal: Principal, requested: str | None) -> str:
         """The tenant a call bills: the key's, or the body's ``tenantId`` when allowed."""
         if requested is None or requested == principal.tenant:
             return principal.tenant
         if principal.admin:
             return requested
-        raise PermissionDenied(
+        refused = PermissionDenied(
             f"This API key belongs to tenant {principal.tenant!r} and may not act for tenant {requested!r}",
             param="tenantId",
         )
+        self.refusals.hit(
+            "another tenant",
+            lambda since: (
+                f"gateway key refused (another tenant): {principal.key_id} of tenant "
+                f"{log_value(principal.tenant)} asked for tenant {log_value(requested)}{since}"
+            ),
+        )
+        raise refused
+
+    def _refused(self, request: web.Request, reason: str, error: GatewayError, key: str | None = None) -> GatewayError:
+        """``error``, logged in ``reason``'s window: the method, path and client address (and the
+        digest of a wrong key, never the key)."""
+        peer = request.remote or "?"
+        shown = f" {key}" if key else ""
+        self.refusals.hit(
+            reason,
+            lambda since: (
+                f"gateway key refused ({reason}): {request.method} {log_value(request.path[:200])} "
+                f"from {log_value(peer)}{shown}{since}"
+            ),
+        )
+        return error
+
+
+def _refusals_counted(reason: Hashable, count: int, seconds: float) -> str:
+    return f"gateway key refused ({reason}): {count} more, in the {seconds:.0f} s after the last such line"

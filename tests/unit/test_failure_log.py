@@ -50,7 +50,7 @@ def test_one_line_per_provider_and_outcome_a_minute_with_the_count_between(caplo
     assert got[0].startswith(
         "openai attempt failed: rate_limited (HTTP 429 rate_limit_exceeded) model=gpt-4o request=req_1"
     )
-    assert "(4 more attempts since the last such line)" in got[2] and "rate_limited" in got[2]
+    assert "(4 more since the last such line)" in got[2] and "rate_limited" in got[2]
     # an upstream's message is quoted: it cannot end the line or forge another
     assert "auth_error (HTTP 401)" in got[1] and '"Incorrect API key\\nCost | forged"' in got[1]
 
@@ -118,3 +118,33 @@ async def test_a_long_outage_gets_a_full_line_each_window_showing_what_changed(
     counted = sum(int(line.split(": ", 1)[1].split(" more")[0]) for line in got if line.startswith("openai: "))
     counted += sum(int(line.split("(")[-1].split(" more")[0]) for line in got if "since the last such line)" in line)
     assert counted + len(full) == 12  # every failure in exactly one line
+
+
+async def test_refused_gateway_keys_are_logged_without_the_key(caplog: pytest.LogCaptureFixture) -> None:
+    """401s and 403s were never logged: a client trying keys went unseen (a logs review). One full
+    line a minute per reason (the client's address, the path, a wrong key's digest, never the
+    key), the others counted at the window's end or at a stop."""
+    import aiohttp
+
+    from gateway.settings import ApiKey
+
+    caplog.set_level(logging.INFO)
+    keys = [ApiKey(key="sk-team-a", tenant="tenant_a")]
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+    async with running_gateway(providers=("openai",), settings={"api_keys": keys}) as gw:
+        url = f"{gw.base_url}/chat/completions"
+        async with aiohttp.ClientSession() as s:
+            for key in ("sk-guess-1", "sk-guess-2", "sk-guess-3"):
+                async with s.post(url, json=body, headers={"authorization": f"Bearer {key}"}) as r:
+                    assert r.status == 401
+            async with s.post(url, json=body) as r:
+                assert r.status == 401
+            mine = {"authorization": "Bearer sk-team-a"}
+            async with s.post(url, json=body | {"tenantId": "tenant_b"}, headers=mine) as r:
+                assert r.status == 403
+    got = [r.getMessage() for r in caplog.records if r.name == "gateway.auth" and r.levelno == logging.WARNING]
+    assert got[0].startswith("gateway key refused (wrong key): POST /v1/chat/completions from 127.0.0.1 key_")
+    assert any(line.startswith("gateway key refused (missing key): POST /v1/chat/completions") for line in got)
+    assert any("(another tenant)" in line and "asked for tenant tenant_b" in line for line in got)
+    assert any(line.startswith("gateway key refused (wrong key): 2 more, in the ") for line in got)  # at the stop
+    assert not any("sk-guess" in line or "sk-team-a" in line for line in got)
