@@ -158,33 +158,10 @@ class GeminiSimulator(Simulator):
     async def _embed(self, request: web.Request, model: str, body: Any) -> web.StreamResponse:
         """``{"embeddings": [{"values": [...]}]}``, one per request, each of whose ``model`` must
         be the one of the URL; no usage, as Gemini reports none."""
-        requests = body.get("requests") if isinstance(body, dict) else None
-        if isinstance(requests, list) and len(requests) > 100:
-            message = "* BatchEmbedContentsRequest.requests: at most 100 requests can be in one batch"
-            return web.json_response(rpc_error(400, message), status=400)
-        if not isinstance(requests, list) or not requests:
-            return web.json_response(
-                rpc_error(400, "* BatchEmbedContentsRequest.requests: contents is not specified"), status=400
-            )
-        texts = []
-        for i, one in enumerate(requests):
-            parts = (
-                one.get("content", {}).get("parts")
-                if isinstance(one, dict) and isinstance(one.get("content"), dict)
-                else None
-            )
-            if one.get("model") != f"models/{model}" if isinstance(one, dict) else True:
-                message = f"* BatchEmbedContentsRequest.requests[{i}].model: model must match the batch model"
-                return web.json_response(rpc_error(400, message), status=400)
-            if (
-                not isinstance(parts, list)
-                or not parts
-                or not all(isinstance(p, dict) and p.get("text") for p in parts)
-            ):
-                return web.json_response(
-                    rpc_error(400, f"* requests[{i}].content: contents is not specified"), status=400
-                )
-            texts.append(" ".join(p["text"] for p in parts))
+        requests: Any = body.get("requests") if isinstance(body, dict) else None
+        texts = _batch_texts(requests, model)
+        if isinstance(texts, str):
+            return web.json_response(rpc_error(400, texts), status=400)
         fault = await self.take_fault()
         if fault is not None:
             error = error_for(fault, model, streaming=False)
@@ -493,6 +470,25 @@ def _check_function_turns(contents: list[dict[str, Any]]) -> str | None:
                 "function call parts of the function call turn."
             )
     return None
+
+
+def _batch_texts(requests: Any, model: str) -> list[str] | str:
+    """The texts of a ``batchEmbedContents`` request's ``requests``, or Gemini's 400 for them."""
+    if not isinstance(requests, list) or not requests:
+        return "* BatchEmbedContentsRequest.requests: contents is not specified"
+    if len(requests) > 100:
+        return "* BatchEmbedContentsRequest.requests: at most 100 requests can be in one batch"
+    texts = []
+    for i, one in enumerate(requests):
+        one = one if isinstance(one, dict) else {}
+        if one.get("model") != f"models/{model}":
+            return f"* BatchEmbedContentsRequest.requests[{i}].model: model must match the batch model"
+        content = one.get("content")
+        parts = content.get("parts") if isinstance(content, dict) else None
+        if not isinstance(parts, list) or not parts or not all(isinstance(p, dict) and p.get("text") for p in parts):
+            return f"* requests[{i}].content: contents is not specified"
+        texts.append(" ".join(p["text"] for p in parts))
+    return texts
 
 
 def error_for(fault: Fault, model: str, *, streaming: bool) -> tuple[int, dict[str, Any]] | None:
