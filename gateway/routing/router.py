@@ -247,11 +247,13 @@ class Router:
         attempt: Callable[[CallContext, Provider, Q, Candidate, _Attempts], Awaitable[T]],
         *,
         stream: bool,
+        same_model: bool = False,
     ) -> T:
         """Try candidates in order (skipping open circuits), each with retries; fall back on
-        errors that allow it; raise one error naming every attempt when all fail."""
+        errors that allow it; raise one error naming every attempt when all fail.
+        ``same_model``: only the candidates that serve the model asked for (``_same_model``)."""
         candidates = self.candidates(ctx.requested_model, pinned)
-        if isinstance(template, EmbeddingRequest):
+        if same_model:
             candidates = _same_model(candidates, ctx.requested_model)
         needs = template.needs()
         if needs:
@@ -383,7 +385,7 @@ class Router:
         self, ctx: CallContext, template: EmbeddingRequest, pinned: str | None = None
     ) -> Served[EmbeddingResult]:
         """An embedding call: the providers that serve the model itself (``gateway.embedding``)."""
-        return await self._route(ctx, template, pinned, self._embed_attempt, stream=False)
+        return await self._route(ctx, template, pinned, self._embed_attempt, stream=False, same_model=True)
 
     async def _embed_attempt(
         self,
