@@ -77,7 +77,7 @@ class ParsedRequest:
 _type_name = type_name
 
 
-def _expect_object(body: Any) -> dict[str, Any]:
+def expect_object(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest(f"The request body must be a JSON object, got {_type_name(body)}")
     return body
@@ -93,7 +93,7 @@ def _has_control(value: str) -> bool:
     return not value.isprintable() and any(unicodedata.category(c) in _BREAKING for c in value)
 
 
-def _string(
+def string_field(
     body: dict[str, Any], name: str, *, required: bool = False, max_len: int | None = None, printable: bool = False
 ) -> str | None:
     value = body.get(name)
@@ -129,7 +129,7 @@ def _number(body: dict[str, Any], name: str, low: float, high: float) -> float |
     return float(value)
 
 
-def _integer(body: dict[str, Any], name: str, low: int = 1, high: int = 10_000_000) -> int | None:
+def integer_field(body: dict[str, Any], name: str, low: int = 1, high: int = 10_000_000) -> int | None:
     value = body.get(name)
     if value is None:
         return None
@@ -167,7 +167,7 @@ def _stop(body: dict[str, Any]) -> list[str] | None:
 
 
 def _n(body: dict[str, Any]) -> None:
-    n = _integer(body, "n", 1, 128)
+    n = integer_field(body, "n", 1, 128)
     if n is not None and n != 1:
         raise InvalidRequest("Only n=1 is supported by this gateway", param="n", code="unsupported_value")
 
@@ -179,7 +179,7 @@ def _is_default(name: str, value: Any) -> bool:
     return type(value) is type(default) and value == default
 
 
-def _unsupported(body: dict[str, Any], names: frozenset[str], known: frozenset[str]) -> None:
+def refuse_unknown(body: dict[str, Any], names: frozenset[str], known: frozenset[str]) -> None:
     if not body.keys() <= known:
         name = next(name for name in body if name not in known)
         raise InvalidRequest(f"Unrecognized request argument supplied: {name}", param=name, code="unknown_parameter")
@@ -433,7 +433,7 @@ def _options(body: dict[str, Any], *, response_format: bool) -> Options | None:
     if body.keys().isdisjoint(OPTION_NAMES):  # most bodies: no lookups, no object
         return None
     options = Options(
-        seed=_integer(body, "seed", -MAX_SEED - 1, MAX_SEED),
+        seed=integer_field(body, "seed", -MAX_SEED - 1, MAX_SEED),
         presence_penalty=_penalty(body, "presence_penalty"),
         frequency_penalty=_penalty(body, "frequency_penalty"),
         response_format=_response_format(body) if response_format else None,
@@ -462,15 +462,15 @@ def _reasoning_effort(body: dict[str, Any]) -> str | None:
 def model_name(value: str) -> str:
     """A model name as the chat endpoints take it (printable, at most MAX_MODEL_LEN): for the
     endpoints that name a model otherwise (``GET /v1/models/{model}``)."""
-    checked = _string({"model": value}, "model", required=True, max_len=MAX_MODEL_LEN, printable=True)
+    checked = string_field({"model": value}, "model", required=True, max_len=MAX_MODEL_LEN, printable=True)
     assert checked is not None
     return checked
 
 
-def _common(body: dict[str, Any]) -> tuple[str, str | None, str | None]:
-    model = _string(body, "model", required=True, max_len=MAX_MODEL_LEN, printable=True)
-    provider = _string(body, "provider")
-    tenant = _string(body, "tenantId", max_len=MAX_TENANT_LEN, printable=True)
+def common_fields(body: dict[str, Any]) -> tuple[str, str | None, str | None]:
+    model = string_field(body, "model", required=True, max_len=MAX_MODEL_LEN, printable=True)
+    provider = string_field(body, "provider")
+    tenant = string_field(body, "tenantId", max_len=MAX_TENANT_LEN, printable=True)
     if tenant is not None and not tenant.strip():
         raise InvalidRequest("'tenantId' must not be empty", param="tenantId", code="invalid_value")
     _n(body)
@@ -479,13 +479,13 @@ def _common(body: dict[str, Any]) -> tuple[str, str | None, str | None]:
 
 
 def parse_chat(raw: Any) -> ParsedRequest:
-    body = _expect_object(raw)
-    model, provider, tenant = _common(body)
-    _unsupported(body, UNSUPPORTED_CHAT, KNOWN_CHAT)
+    body = expect_object(raw)
+    model, provider, tenant = common_fields(body)
+    refuse_unknown(body, UNSUPPORTED_CHAT, KNOWN_CHAT)
     messages, tool_history, content_needs = _messages(body)
-    max_tokens = _integer(body, "max_completion_tokens")
+    max_tokens = integer_field(body, "max_completion_tokens")
     if max_tokens is None:
-        max_tokens = _integer(body, "max_tokens")
+        max_tokens = integer_field(body, "max_tokens")
     elif body.get("max_tokens") is not None:  # as OpenAI answers it
         raise InvalidRequest(
             "Setting 'max_tokens' and 'max_completion_tokens' at the same time is not supported",
@@ -500,7 +500,7 @@ def parse_chat(raw: Any) -> ParsedRequest:
         top_p=_number(body, "top_p", 0, 1),
         max_tokens=max_tokens,
         stop=_stop(body),
-        user=_string(body, "user"),
+        user=string_field(body, "user"),
         stream=_boolean(body, "stream"),
         options=_options(body, response_format=True) if extras else None,
         tools=parse_tools(body) if extras else None,
@@ -530,11 +530,11 @@ def _prompt(body: dict[str, Any]) -> str:
 
 
 def parse_completion(raw: Any, *, legacy_model: bool) -> ParsedRequest:
-    body = _expect_object(raw)
-    model, provider, tenant = _common(body)
-    _unsupported(body, UNSUPPORTED_COMPLETION, KNOWN_COMPLETION)
+    body = expect_object(raw)
+    model, provider, tenant = common_fields(body)
+    refuse_unknown(body, UNSUPPORTED_COMPLETION, KNOWN_COMPLETION)
     prompt = _prompt(body)
-    max_tokens = _integer(body, "max_tokens")
+    max_tokens = integer_field(body, "max_tokens")
     template = ChatRequest(
         model=model,
         messages=[Message("user", prompt)],
@@ -542,18 +542,10 @@ def parse_completion(raw: Any, *, legacy_model: bool) -> ParsedRequest:
         top_p=_number(body, "top_p", 0, 1),
         max_tokens=16 if max_tokens is None else max_tokens,
         stop=_stop(body),
-        user=_string(body, "user"),
+        user=string_field(body, "user"),
         stream=_boolean(body, "stream"),
         prompt=prompt if legacy_model else None,
         options=_options(body, response_format=False),
         content_needs=() if prompt.strip() else ("blank_content",),
     )
     return ParsedRequest(template, "completions", model, provider, tenant, _include_usage(body, template.stream))
-
-
-# --- what the embeddings endpoint checks the same way (``gateway.api.embeddings``) -------------
-expect_object = _expect_object
-common_fields = _common
-integer_field = _integer
-string_field = _string
-refuse_unknown = _unsupported
