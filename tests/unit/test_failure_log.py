@@ -139,12 +139,15 @@ async def test_refused_gateway_keys_are_logged_without_the_key(caplog: pytest.Lo
                     assert r.status == 401
             async with s.post(url, json=body) as r:
                 assert r.status == 401
+            async with s.post(url, json=body, headers={"authorization": "Basic c2stdGVhbS1h"}) as r:
+                assert r.status == 401
             mine = {"authorization": "Bearer sk-team-a"}
             async with s.post(url, json=body | {"tenantId": "tenant_b"}, headers=mine) as r:
                 assert r.status == 403
     got = [r.getMessage() for r in caplog.records if r.name == "gateway.auth" and r.levelno == logging.WARNING]
     assert got[0].startswith("gateway key refused (wrong key): POST /v1/chat/completions from 127.0.0.1 key_")
     assert any(line.startswith("gateway key refused (missing key): POST /v1/chat/completions") for line in got)
+    assert any(line.startswith("gateway key refused (malformed Authorization header): POST") for line in got)
     assert any("(another tenant)" in line and "asked for tenant tenant_b" in line for line in got)
     assert any(line.startswith("gateway key refused (wrong key): 2 more, in the ") for line in got)  # at the stop
     assert not any("sk-guess" in line or "sk-team-a" in line for line in got)
