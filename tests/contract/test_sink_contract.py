@@ -223,6 +223,19 @@ async def test_apply_projects_every_event(harness: Harness) -> None:
     assert await harness.rows() == {e.event_id: expected(e) for e in events}
 
 
+async def test_embedding_events_project_priced_and_unpriced(harness: Harness) -> None:
+    """``POST /v1/embeddings``'s events (endpoint ``embeddings``, schema version 3, input tokens
+    only; Gemini's billed at a cost unknown) go into each store as any other."""
+    priced = make_event(1, schema_version=3, endpoint="embeddings", completion_tokens=0, total_tokens=101)
+    unpriced = make_event(
+        2, cost=None, schema_version=3, endpoint="embeddings", provider="google", prompt_tokens=0,
+        completion_tokens=0, total_tokens=0, served_model=None, provider_model="gemini-embedding-001",
+    )  # fmt: skip
+    await harness.sink.apply([priced, unpriced])
+    assert await harness.rows() == {e.event_id: expected(e) for e in (priced, unpriced)}
+    assert await harness.total_cost() == priced.cost_usd
+
+
 async def test_apply_is_idempotent(harness: Harness) -> None:
     events = [make_event(i, cost=Decimal("0.0012345") * i) for i in range(50)]
     await harness.sink.apply(events)
@@ -404,13 +417,13 @@ async def test_duckdb_facts_hold_every_event_field() -> None:
             gateway_instance="gw-1",
             latency_ms=0.1 + 0.2,
         )
-        await DuckDBSink(store).apply([event])
-        cursor = store.connection.execute("SELECT * FROM usage_facts")
+        embedding = make_event(8, schema_version=3, endpoint="embeddings", completion_tokens=0, total_tokens=108)
+        await DuckDBSink(store).apply([event, embedding])
+        cursor = store.connection.execute("SELECT * FROM usage_facts ORDER BY created_at")
         names = [d[0] for d in cursor.description]
-        row = cursor.fetchone()
-        assert row is not None
-        stored = dict(zip(names, row, strict=True))
-        assert UsageEvent.model_validate(stored) == event
+        rows = cursor.fetchall()
+        stored = [UsageEvent.model_validate(dict(zip(names, row, strict=True))) for row in rows]
+        assert stored == [event, embedding]
     finally:
         await store.close()
 
