@@ -1,0 +1,181 @@
+"""Follow the usage topic from a point in time, without a consumer group: what the health view
+and the budget ledger of every gateway replica do to see the other replicas' events.
+
+:class:`TopicFollower` runs a group-less consumer (no group, no commits, every partition
+assigned by hand) from the first record at or after :meth:`TopicFollower.since` on each
+partition, and hands each record's bytes to :meth:`TopicFollower.apply`. ``start()`` returns at
+once: connecting (and reconnecting) happens in the background, so a broker outage never stops
+a gateway from starting. ``ready`` is set while the partitions are assigned and being read;
+``caught_up`` once every record that was on the topic at the (first) assignment was read. A follower
+whose ``apply`` is not idempotent sets ``resume``: after a lost connection it goes on from the
+records it had read, not from ``since()`` again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from gateway.eventlog.kafka_admin import ensure_topic, topic_partitions
+
+
+class TopicFollower:
+    #: the follower's name in its log lines ("health sync")
+    name = "topic follower"
+    #: after a lost connection, read on from the last record applied (not from ``since()``)
+    resume = False
+    log = logging.getLogger("gateway")
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        *,
+        partitions: int = 3,
+        replication_factor: int | None = None,
+        client_id: str = "llm-gateway-follower",
+        fetch_max_wait_ms: int = 100,
+        retry_seconds: float = 2.0,
+    ) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = topic
+        self._partitions = partitions
+        self._replication_factor = replication_factor
+        self._client_id = client_id
+        self._fetch_max_wait_ms = fetch_max_wait_ms
+        self._retry_seconds = retry_seconds
+        self._task: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()
+        self.caught_up = asyncio.Event()
+        #: partition -> the offset to read up to for ``caught_up``
+        self._ends: dict[TopicPartition, int] = {}
+        #: records read from the topic (applied, or skipped as duplicates / unreadable)
+        self.received = 0
+        #: partition -> the offset after the last record applied (``resume``)
+        self._next: dict[TopicPartition, int] = {}
+
+    def since(self) -> datetime:
+        """Where (in record time) to start reading, at each (re)connection."""
+        raise NotImplementedError
+
+    def apply(self, raw: bytes | None) -> None:
+        """One record's value."""
+        raise NotImplementedError
+
+    #: what the process does without the topic, for the warning ("the view is in-process only")
+    without_topic = "this process sees its own events only"
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"{self.name}-{self.topic}")
+            self._task.add_done_callback(self._log_crash)
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                consumer = await self._connect()
+            except (KafkaError, OSError, TimeoutError) as exc:
+                self.log.warning(
+                    "%s cannot read %s yet (%s); %s, retrying in %gs",
+                    self.name,
+                    self.topic,
+                    exc,
+                    self.without_topic,
+                    self._retry_seconds,
+                )
+                await asyncio.sleep(self._retry_seconds)
+                continue
+            try:
+                self.ready.set()
+                await self._follow(consumer)
+            finally:
+                self.ready.clear()
+                await consumer.stop()
+
+    async def _connect(self) -> AIOKafkaConsumer:
+        await ensure_topic(
+            self.bootstrap_servers,
+            self.topic,
+            self._partitions,
+            replication_factor=self._replication_factor,
+            client_id=self._client_id,
+        )
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap_servers,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="latest",
+            client_id=self._client_id,
+            fetch_max_wait_ms=self._fetch_max_wait_ms,
+        )
+        try:
+            await consumer.start()
+            await self._assign_since(consumer)
+        except BaseException:
+            await consumer.stop()
+            raise
+        return consumer
+
+    async def _assign_since(self, consumer: AIOKafkaConsumer) -> None:
+        """Every partition, from its first record at or after ``since()`` (or its end)."""
+        partitions = await topic_partitions(self.bootstrap_servers, self.topic, client_id=self._client_id)
+        if not partitions:
+            raise KafkaError(f"no partitions known for {self.topic} yet")
+        tps = [TopicPartition(self.topic, p) for p in partitions]
+        consumer.assign(tps)
+        since = self.since()
+        # the ends first: a record written between the two look-ups is then read, not skipped
+        # (with the other order, a partition with no record in the window yet would be sought to
+        # an end that already lies past the records written meanwhile)
+        ends = await consumer.end_offsets(tps)
+        found = await consumer.offsets_for_times({tp: int(since.timestamp() * 1000) for tp in tps})
+        for tp in tps:
+            hit = found.get(tp)
+            offset = hit.offset if hit is not None else ends[tp]
+            consumer.seek(tp, max(offset, self._next.get(tp, offset)) if self.resume else offset)
+        if not self.caught_up.is_set():
+            self._ends = {tp: end for tp, end in ends.items() if hit_before(found.get(tp), end)}
+            if not self._ends:
+                self.caught_up.set()
+        self.log.info("%s follows %s (%d partitions) from %s on", self.name, self.topic, len(tps), since.isoformat())
+
+    async def _follow(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            try:
+                batches = await consumer.getmany(timeout_ms=1000, max_records=1000)
+            except KafkaError as exc:
+                self.log.warning("%s from %s: %s; retrying in %gs", self.name, self.topic, exc, self._retry_seconds)
+                await asyncio.sleep(self._retry_seconds)
+                continue
+            for tp, messages in batches.items():
+                for message in messages:
+                    self.received += 1
+                    self.apply(message.value)
+                if self.resume and messages:
+                    self._next[tp] = messages[-1].offset + 1
+                if self._ends and messages:
+                    end = self._ends.get(tp)
+                    if end is not None and messages[-1].offset + 1 >= end:
+                        del self._ends[tp]
+                        if not self._ends:
+                            self.caught_up.set()
+
+    def _log_crash(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self.log.error("%s stopped: %s", self.name, self.without_topic, exc_info=exc)
+
+
+def hit_before(hit: object, end: int) -> bool:
+    """Whether an ``offsets_for_times`` answer leaves records to read before ``end``."""
+    offset = getattr(hit, "offset", None)
+    return offset is not None and offset < end

@@ -1,0 +1,171 @@
+"""Budgets: the settings (exact amounts, periods), and the ledger that derives each tenant's
+spend of the current period from usage events."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from gateway.budgets.config import Budget, BudgetSettings
+from gateway.budgets.ledger import SpendLedger
+from gateway.errors import BudgetExceeded
+from gateway.settings import Settings
+from tests.support.events import usage_event
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def spend(tenant: str, cost: str | None, at: datetime, event_id: str | None = None) -> Any:
+    extra: dict[str, Any] = {"event_id": event_id} if event_id else {}
+    return usage_event(tenant, None if cost is None else Decimal(cost), at, **extra)
+
+
+@pytest.mark.parametrize(
+    ("given", "exact"),
+    [
+        ("49.99", Decimal("49.99")),
+        (49.99, Decimal("49.99")),
+        (0.1, Decimal("0.1")),
+        (50, Decimal(50)),
+        ("0", Decimal(0)),
+    ],
+)
+def test_amounts_are_exact_whatever_their_spelling(given: Any, exact: Decimal) -> None:
+    budget = Budget(usd=given)
+    assert budget.usd == exact and str(budget.usd) == str(exact)
+
+
+@pytest.mark.parametrize(
+    ("given", "complaint"),
+    [
+        ({"usd": "-1"}, "from 0 to"),
+        ({"usd": "NaN"}, "from 0 to"),
+        ({"usd": "Infinity"}, "from 0 to"),
+        ({"usd": "1e12"}, "from 0 to"),
+        ({"usd": "fifty"}, "not an amount"),
+        ({"usd": True}, "as a string or a number"),
+        ({"usd": "5", "period": "week"}, "'day' or 'month'"),
+        ({"usd": "5", "every": "day"}, "Extra inputs"),
+    ],
+)
+def test_a_bad_budget_is_refused_with_its_reason(given: dict[str, Any], complaint: str) -> None:
+    with pytest.raises(ValidationError, match=complaint):
+        Budget(**given)
+
+
+def test_budgets_come_from_the_environment_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "LLM_GATEWAY_BUDGETS", '{"tenants": {"acme": {"usd": "12.50", "period": "day"}}, "default": {"usd": 3}}'
+    )
+    budgets = Settings(_env_file=None).budgets  # type: ignore[call-arg]
+    assert budgets.enabled
+    assert budgets.for_tenant("acme") == Budget(usd=Decimal("12.50"), period="day")
+    assert budgets.for_tenant("anyone else") == Budget(usd=Decimal(3), period="month")
+
+
+def test_no_budget_is_the_default() -> None:
+    assert not Settings(_env_file=None).budgets.enabled  # type: ignore[call-arg]
+
+
+def test_a_tenant_id_with_spaces_around_it_is_refused() -> None:
+    with pytest.raises(ValidationError, match="not a tenant id"):
+        BudgetSettings(tenants={" acme": Budget(usd=1)})
+
+
+@pytest.mark.parametrize(
+    ("period", "at", "start", "end"),
+    [
+        ("day", "2026-12-31T23:59:59+00:00", "2026-12-31T00:00:00+00:00", "2027-01-01T00:00:00+00:00"),
+        ("month", "2026-12-31T23:59:59+00:00", "2026-12-01T00:00:00+00:00", "2027-01-01T00:00:00+00:00"),
+        ("month", "2027-02-14T08:00:00+00:00", "2027-02-01T00:00:00+00:00", "2027-03-01T00:00:00+00:00"),
+        # a time given in another zone is placed by its UTC instant
+        ("day", "2026-12-01T20:00:00-05:00", "2026-12-02T00:00:00+00:00", "2026-12-03T00:00:00+00:00"),
+    ],
+)
+def test_periods_are_utc_calendar_days_and_months(period: str, at: str, start: str, end: str) -> None:
+    budget = Budget(usd=1, period=period)  # type: ignore[arg-type]
+    began = budget.period_start(datetime.fromisoformat(at))
+    assert began == datetime.fromisoformat(start)
+    assert budget.period_end(began) == datetime.fromisoformat(end)
+
+
+NOW = datetime(2026, 12, 15, 12, 0, tzinfo=UTC)
+
+
+def test_the_ledger_sums_a_tenants_priced_events_of_the_period_exactly() -> None:
+    ledger = SpendLedger(BudgetSettings(tenants={"acme": Budget(usd="0.3")}), clock=Clock(NOW))
+    for cost in ("0.1", "0.1", None, "0"):  # unpriced and free attempts add nothing
+        ledger.observe(spend("acme", cost, NOW))
+    ledger.observe(spend("acme", "5", NOW - timedelta(days=30)))  # last month's
+    ledger.observe(spend("other", "5", NOW))  # no budget: not tracked
+    standing = ledger.standing("acme")
+    assert standing is not None
+    assert (standing.spent, standing.remaining, standing.exceeded) == (Decimal("0.2"), Decimal("0.1"), False)
+    ledger.check("acme")
+    ledger.observe(spend("acme", "0.1", NOW))
+    with pytest.raises(BudgetExceeded) as refused:
+        ledger.check("acme")
+    assert refused.value.status == 429 and refused.value.code == "budget_exceeded"
+    assert refused.value.type == "insufficient_quota" and refused.value.client_should_retry is False
+    assert "$0.300000 spent of $0.300000" in refused.value.message
+    assert "2027-01-01T00:00:00Z" in refused.value.message
+    assert ledger.standing("other") is None and ledger.tenants() == ["acme"]
+    ledger.check("other")
+
+
+def test_a_new_period_starts_from_nothing_and_an_event_ahead_of_the_clock_waits_for_it() -> None:
+    clock = Clock(datetime(2026, 12, 31, 23, 59, tzinfo=UTC))
+    ledger = SpendLedger(BudgetSettings(default=Budget(usd=1, period="day")), clock=clock)
+    ledger.observe(spend("acme", "1", clock.now))
+    # a replica whose clock is a minute ahead: its call belongs to tomorrow
+    ledger.observe(spend("acme", "0.25", datetime(2027, 1, 1, 0, 0, 30, tzinfo=UTC)))
+    # a clock a year ahead is no budget of now
+    ledger.observe(spend("acme", "100", datetime(2028, 1, 1, tzinfo=UTC)))
+    with pytest.raises(BudgetExceeded):
+        ledger.check("acme")
+    clock.now = datetime(2027, 1, 1, 0, 1, tzinfo=UTC)
+    ledger.check("acme")
+    standing = ledger.standing("acme")
+    assert standing is not None and standing.spent == Decimal("0.25")
+
+
+def test_a_budget_of_zero_refuses_every_call() -> None:
+    ledger = SpendLedger(BudgetSettings(tenants={"frozen": Budget(usd=0)}), clock=Clock(NOW))
+    with pytest.raises(BudgetExceeded):
+        ledger.check("frozen")
+
+
+def test_own_events_coming_back_from_the_shared_stream_count_once() -> None:
+    ledger = SpendLedger(BudgetSettings(default=Budget(usd=100)), clock=Clock(NOW), shared_stream=True)
+    assert not ledger.complete
+    own = spend("acme", "1.5", NOW, event_id="own-1")
+    ledger.observe(own)
+    ledger.observe_shared(own)  # its echo
+    ledger.observe_shared(spend("acme", "2", NOW, event_id="other-replica"))
+    ledger.observe_shared(own)  # read once more (a re-read): counted, as any event read
+    standing = ledger.standing("acme")
+    assert standing is not None and standing.spent == Decimal("5")
+
+
+def test_the_refusals_are_logged_once_a_window_per_tenant(caplog: pytest.LogCaptureFixture) -> None:
+    ledger = SpendLedger(BudgetSettings(default=Budget(usd=0)), clock=Clock(NOW))
+    for _ in range(3):
+        with pytest.raises(BudgetExceeded):
+            ledger.check("acme")
+    lines = [r.getMessage() for r in caplog.records if r.name == "gateway.budgets"]
+    assert lines == [
+        "budget exceeded: tenant acme spent $0.000000 of its monthly $0.000000; its calls are refused "
+        "until 2027-01-01T00:00:00+00:00"
+    ]
+    ledger.refusals.flush()
+    assert "2 more calls refused" in caplog.records[-1].getMessage()
