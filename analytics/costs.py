@@ -27,17 +27,10 @@ from decimal import Decimal
 from typing import Any
 
 from analytics.store import AnalyticsStore
+from gateway.pricing.base import money_text
 
 ZERO = Decimal(0)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def money_text(value: Decimal) -> str:
-    """Exact decimal text without exponent or trailing zeros: ``0.0000025``, ``12``."""
-    text = format(value, "f")
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return "0" if text in ("", "-0") else text
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from analytics.costs import money_text
+from gateway.pricing.base import money_text
 
 #: the stores' money scale: DECIMAL(20, 10) / NUMERIC(20, 10), rounded half away from zero
 STORE_SCALE = Decimal("1e-10")

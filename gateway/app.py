@@ -16,11 +16,12 @@ from datetime import datetime
 
 from aiohttp import web
 
-from gateway.api import completions, embeddings, meta
+from gateway.api import budgets, completions, embeddings, meta
 from gateway.api.auth import Authenticator
 from gateway.api.drain import install_drain
 from gateway.api.middleware import error_middleware
 from gateway.api.state import STATE, GatewayState
+from gateway.budgets.plugin import install_budgets
 from gateway.eventlog.base import EventLog
 from gateway.failure_log import FailureLog
 from gateway.health.plugin import health_plugin, install_health
@@ -142,6 +143,7 @@ def create_app(
     app.router.add_post("/v1/embeddings", embeddings.embeddings)
     app.router.add_get("/v1/models", meta.models)
     app.router.add_get("/v1/models/{model}", meta.model)
+    app.router.add_get("/v1/budgets", budgets.budgets)
     app.router.add_get("/healthz", meta.healthz)
     app.router.add_get("/openapi.json", meta.openapi)
     app.router.add_get("/metrics", metrics_handler)
@@ -158,6 +160,7 @@ def create_app(
 
     app.cleanup_ctx.append(resources)
     install_health(app, health_plugin(settings, clock=clock))
+    install_budgets(app, settings, clock)
     for install in installers or []:
         install(app)
     return app

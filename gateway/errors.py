@@ -101,6 +101,29 @@ class UnsupportedMediaType(GatewayError):
     code = "unsupported_media_type"
 
 
+class BudgetExceeded(GatewayError):
+    """The tenant has spent its budget of the period (``gateway.budgets``): no provider is asked
+    until the next period starts. OpenAI's exhausted-quota answer, with our code."""
+
+    status = 429
+    type = "insufficient_quota"
+    code = "budget_exceeded"
+    #: the budget is not back before the period ends (sent as ``x-should-retry: false``)
+    client_should_retry = False
+
+    @classmethod
+    def of(cls, standing: Any) -> BudgetExceeded:
+        """For a ``gateway.budgets.ledger.Standing``."""
+        from gateway.pricing.base import format_usd
+
+        period = "daily" if standing.budget.period == "day" else "monthly"
+        return cls(
+            f"Tenant {standing.tenant!r} has used its {period} budget: ${format_usd(standing.spent)} spent "
+            f"of ${format_usd(standing.budget.usd)}. Calls are accepted again from "
+            f"{standing.resets.strftime('%Y-%m-%dT%H:%M:%SZ')}, or when the budget is raised."
+        )
+
+
 # --- provider (upstream) errors -------------------------------------------------------------
 
 

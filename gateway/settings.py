@@ -19,6 +19,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway import strict_yaml
+from gateway.budgets.config import BudgetSettings
 from gateway.database_url import dsn_options
 from gateway.events import INDEXED_TEXT
 from gateway.health.config import HealthSettings
@@ -142,6 +143,8 @@ class Settings(BaseSettings):
     health: HealthSettings = Field(default_factory=HealthSettings)
 
     # --- tenants ------------------------------------------------------------------------------
+    #: spending limits per tenant and UTC day or month (``gateway.budgets``)
+    budgets: BudgetSettings = Field(default_factory=BudgetSettings)
     #: a tenant id (an empty one billed calls to a tenant no cost query can name)
     default_tenant: str = Field(default="default", min_length=1, max_length=INDEXED_TEXT, pattern=r"^\S(.*\S)?$")
 

@@ -11,6 +11,7 @@ import orjson
 from aiohttp import web
 
 from gateway import errors
+from gateway.api.auth import Principal
 from gateway.api.json_body import body_bytes
 from gateway.api.middleware import ClientWatch
 from gateway.api.state import STATE, GatewayState
@@ -75,6 +76,15 @@ class CostLineOnFailure:
             UsageRecorder.log_cost(self.tenant, exc.provider, self.model, exc.call_cost)
         elif isinstance(exc, errors.AllProvidersFailed):
             UsageRecorder.log_cost(self.tenant, "none", self.model, exc.cost)
+
+
+def billed_tenant(state: GatewayState, principal: Principal, requested: str | None) -> str:
+    """The tenant a call bills (``Authenticator.tenant_for``); :class:`~gateway.errors.BudgetExceeded`
+    when it has spent its budget of the period (no provider is asked, no event recorded)."""
+    tenant = state.auth.tenant_for(principal, requested)
+    if state.budgets is not None:
+        state.budgets.check(tenant)
+    return tenant
 
 
 def served_headers(ctx: CallContext, served: Served[Any]) -> dict[str, str]:

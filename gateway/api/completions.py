@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway import errors
-from gateway.api.calls import CostLineOnFailure, read_body, serve_call, served_headers
+from gateway.api.calls import CostLineOnFailure, billed_tenant, read_body, serve_call, served_headers
 from gateway.api.middleware import REQUEST_ID
 from gateway.api.responses import ChunkFormatter, chat_completion, text_completion
 from gateway.api.state import STATE, GatewayState
@@ -79,7 +79,7 @@ async def _serve(
 async def _answer(
     request: web.Request, state: GatewayState, principal: Any, parsed: ParsedRequest
 ) -> web.StreamResponse:
-    tenant = state.auth.tenant_for(principal, parsed.tenant_id)
+    tenant = billed_tenant(state, principal, parsed.tenant_id)
     ctx = CallContext(
         request_id=request[REQUEST_ID],
         tenant_id=tenant,

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.api.calls import CostLineOnFailure, read_body, serve_call, served_headers
+from gateway.api.calls import CostLineOnFailure, billed_tenant, read_body, serve_call, served_headers
 from gateway.api.middleware import REQUEST_ID
 from gateway.api.state import STATE, GatewayState
 from gateway.api.tool_validation import type_name
@@ -142,7 +142,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
 async def _answer(
     request: web.Request, state: GatewayState, principal: Any, parsed: ParsedEmbeddings
 ) -> web.StreamResponse:
-    tenant = state.auth.tenant_for(principal, parsed.tenant_id)
+    tenant = billed_tenant(state, principal, parsed.tenant_id)
     model = parsed.template.model
     ctx = CallContext(
         request_id=request[REQUEST_ID],

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from gateway.api.auth import Authenticator
 from gateway.api.write_watch import WriteWatches
+from gateway.budgets.ledger import SpendLedger
 from gateway.eventlog.base import EventLog
 from gateway.routing.router import Router
 from gateway.settings import Settings
@@ -23,6 +24,8 @@ class GatewayState:
     auth: Authenticator
     event_log: EventLog
     clock: Callable[[], datetime]
+    #: what each tenant spent of its budget (None: no budget configured)
+    budgets: SpendLedger | None = None
     #: completion calls being served now (the event log's group commit asks)
     in_flight: int = 0
     #: optional extras other components register (cost service, health view, metrics)

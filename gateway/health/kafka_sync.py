@@ -32,16 +32,12 @@ In the embedded (SQLite) mode there is one gateway process: the view is in-proce
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from datetime import datetime, timedelta
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
-
 from gateway.event_json import decode_event
-from gateway.eventlog.kafka_admin import ensure_topic, topic_partitions
+from gateway.eventlog.kafka_follow import TopicFollower
 from gateway.health.view import HealthView
 
 log = logging.getLogger("gateway.health")
@@ -64,11 +60,13 @@ _FIELDS_WITHIN = 1024
 REPLICA_LOCAL = frozenset({"auth_error", "connection_error"})
 
 
-class KafkaHealthSync:
-    """Follows the usage topic into ``view``. ``start()`` returns at once: connecting (and
-    reconnecting) happens in the background, so a broker outage never stops a gateway from
-    starting; until it connects the view is in-process only. ``ready`` is set once the last
-    window is assigned and being read."""
+class KafkaHealthSync(TopicFollower):
+    """Follows the usage topic into ``view`` from the first record of the last window; until it
+    connects the view is in-process only."""
+
+    name = "health sync"
+    log = log
+    without_topic = "the view is in-process only"
 
     def __init__(
         self,
@@ -82,108 +80,23 @@ class KafkaHealthSync:
         fetch_max_wait_ms: int = 100,
         retry_seconds: float = 2.0,
     ) -> None:
+        super().__init__(
+            bootstrap_servers,
+            topic,
+            partitions=partitions,
+            replication_factor=replication_factor,
+            client_id=client_id,
+            fetch_max_wait_ms=fetch_max_wait_ms,
+            retry_seconds=retry_seconds,
+        )
         self.view = view
-        self.bootstrap_servers = bootstrap_servers
-        self.topic = topic
-        self._partitions = partitions
-        self._replication_factor = replication_factor
-        self._client_id = client_id
-        self._fetch_max_wait_ms = fetch_max_wait_ms
-        self._retry_seconds = retry_seconds
-        self._task: asyncio.Task[None] | None = None
-        self.ready = asyncio.Event()
-        #: records read from the topic (applied, or skipped as duplicates / unreadable)
-        self.received = 0
         #: records skipped undecoded because their event was already counted (own events)
         self.known = 0
 
-    async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"health-sync-{self.topic}")
-            self._task.add_done_callback(_log_crash)
+    def since(self) -> datetime:
+        return self.view.now() - timedelta(seconds=self.view.config.window_seconds)
 
-    async def close(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.wait([task])
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                consumer = await self._connect()
-            except (KafkaError, OSError, TimeoutError) as exc:
-                log.warning(
-                    "health sync cannot read %s yet (%s); the view is in-process only, retrying in %gs",
-                    self.topic,
-                    exc,
-                    self._retry_seconds,
-                )
-                await asyncio.sleep(self._retry_seconds)
-                continue
-            try:
-                self.ready.set()
-                await self._follow(consumer)
-            finally:
-                self.ready.clear()
-                await consumer.stop()
-
-    async def _connect(self) -> AIOKafkaConsumer:
-        await ensure_topic(
-            self.bootstrap_servers,
-            self.topic,
-            self._partitions,
-            replication_factor=self._replication_factor,
-            client_id=self._client_id,
-        )
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap_servers,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="latest",
-            client_id=self._client_id,
-            fetch_max_wait_ms=self._fetch_max_wait_ms,
-        )
-        try:
-            await consumer.start()
-            await self._assign_last_window(consumer)
-        except BaseException:
-            await consumer.stop()
-            raise
-        return consumer
-
-    async def _assign_last_window(self, consumer: AIOKafkaConsumer) -> None:
-        """Every partition, from the first record of the last window (or the end)."""
-        partitions = await topic_partitions(self.bootstrap_servers, self.topic, client_id=self._client_id)
-        if not partitions:
-            raise KafkaError(f"no partitions known for {self.topic} yet")
-        tps = [TopicPartition(self.topic, p) for p in partitions]
-        consumer.assign(tps)
-        since = self.view.now() - timedelta(seconds=self.view.config.window_seconds)
-        # the ends first: a record written between the two look-ups is then read, not skipped
-        # (with the other order, a partition with no record in the window yet would be sought to
-        # an end that already lies past the records written meanwhile)
-        ends = await consumer.end_offsets(tps)
-        found = await consumer.offsets_for_times({tp: int(since.timestamp() * 1000) for tp in tps})
-        for tp in tps:
-            hit = found.get(tp)
-            consumer.seek(tp, hit.offset if hit is not None else ends[tp])
-        log.info("health sync follows %s (%d partitions) from %s on", self.topic, len(tps), since.isoformat())
-
-    async def _follow(self, consumer: AIOKafkaConsumer) -> None:
-        while True:
-            try:
-                batches = await consumer.getmany(timeout_ms=1000, max_records=1000)
-            except KafkaError as exc:
-                log.warning("health sync from %s: %s; retrying in %gs", self.topic, exc, self._retry_seconds)
-                await asyncio.sleep(self._retry_seconds)
-                continue
-            for messages in batches.values():
-                for message in messages:
-                    self.received += 1
-                    self._apply(message.value)
-
-    def _apply(self, raw: bytes | None) -> None:
+    def apply(self, raw: bytes | None) -> None:
         if raw is None:
             return
         # this replica's own events come back already counted (the recorder's observer): known by
@@ -221,8 +134,3 @@ class KafkaHealthSync:
         return self.view.has_counted(
             decode(provider.group(1), "utf-8", "replace"), ts, decode(found.group(1), "ascii", "replace")
         )
-
-
-def _log_crash(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and (exc := task.exception()) is not None:
-        log.error("health sync stopped: the shared view no longer follows other replicas", exc_info=exc)

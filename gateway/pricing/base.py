@@ -64,6 +64,14 @@ class PriceBook(Protocol):
         ...
 
 
+def money_text(value: Decimal) -> str:
+    """Exact decimal text without exponent or trailing zeros: ``0.0000025``, ``12``."""
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("", "-0") else text
+
+
 def format_usd(value: Decimal | None) -> str:
     """Money as text for logs and headers: at least 6 decimals, more when needed to be exact."""
     if value is None:

@@ -13,10 +13,11 @@ from typing import Any
 import duckdb
 import pytest
 
-from analytics.costs import CostTrackingService, money_text
+from analytics.costs import CostTrackingService
 from analytics.store import AnalyticsStore, StoreError, migrations
 from consumers.sinks.duckdb import DuckDBSink
 from gateway.events import UsageEvent
+from gateway.pricing.base import money_text
 from tests.support.events import usage_event
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

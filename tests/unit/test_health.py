@@ -639,9 +639,9 @@ def test_sync_skips_its_own_events_undecoded_and_applies_the_others(
 
     real = sync_module.decode_event
     monkeypatch.setattr(sync_module, "decode_event", lambda data: decoded.append(data) or real(data))
-    sync._apply(own.to_json())
+    sync.apply(own.to_json())
     assert (decoded, sync.known) == ([], 1)  # known by its id: never decoded
-    sync._apply(other.to_json())
+    sync.apply(other.to_json())
     assert (
         decoded == [other.to_json()]
         and view.has_counted("openai", clock.now.timestamp(), other.event_id)
@@ -653,11 +653,11 @@ def test_sync_skips_its_own_events_undecoded_and_applies_the_others(
     raw = tricky.to_json().replace(
         b'"schema_version":1,', b'"schema_version":1,"x":"\\"event_id\\":\\"' + own.event_id.encode() + b'\\"",', 1
     )
-    sync._apply(raw)
+    sync.apply(raw)
     assert view.has_counted("openai", clock.now.timestamp(), tricky.event_id) and sync.known == 1
     # an event the view cannot apply is skipped: raised, it stopped the sync for good
     monkeypatch.setattr(view, "apply", lambda event: 1 / 0)
-    sync._apply(ev("success", at=clock.now).to_json())
+    sync.apply(ev("success", at=clock.now).to_json())
 
 
 # --- memory under load ---------------------------------------------------------------------------
@@ -890,11 +890,11 @@ def test_another_replicas_auth_and_connection_errors_are_its_own(clock: ManualCl
     for outcome in ("auth_error", "connection_error"):
         for _ in range(6):
             clock.advance(1)
-            sync._apply(ev(outcome, at=clock.now).to_json())
+            sync.apply(ev(outcome, at=clock.now).to_json())
     assert view.health("openai").circuit == "closed"
     for _ in range(5):
         clock.advance(1)
-        sync._apply(ev("upstream_error", at=clock.now).to_json())
+        sync.apply(ev("upstream_error", at=clock.now).to_json())
     assert view.health("openai").circuit == "open"
 
 
