@@ -24,7 +24,6 @@ class KafkaBudgetSync(TopicFollower):
     name = "budget sync"
     log = log
     without_topic = "budgets count this replica's calls only"
-    resume = True  # counting is not idempotent: a reconnection must not read a record twice
 
     def __init__(self, ledger: SpendLedger, bootstrap_servers: str, topic: str, **kwargs: object) -> None:
         super().__init__(bootstrap_servers, topic, **kwargs)  # type: ignore[arg-type]

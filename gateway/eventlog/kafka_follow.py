@@ -6,9 +6,9 @@ assigned by hand) from the first record at or after :meth:`TopicFollower.since` 
 partition, and hands each record's bytes to :meth:`TopicFollower.apply`. ``start()`` returns at
 once: connecting (and reconnecting) happens in the background, so a broker outage never stops
 a gateway from starting. ``ready`` is set while the partitions are assigned and being read;
-``caught_up`` once every record that was on the topic at the (first) assignment was read. A follower
-whose ``apply`` is not idempotent sets ``resume``: after a lost connection it goes on from the
-records it had read, not from ``since()`` again.
+``caught_up`` once every record that was on the topic at the (first) assignment was read. A broker lost
+after that is retried by the same consumer, which goes on from its position: no record is
+applied twice (the budget ledger's counting relies on it; a broker restart is tested).
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ from gateway.eventlog.kafka_admin import ensure_topic, topic_partitions
 class TopicFollower:
     #: the follower's name in its log lines ("health sync")
     name = "topic follower"
-    #: after a lost connection, read on from the last record applied (not from ``since()``)
-    resume = False
     log = logging.getLogger("gateway")
 
     def __init__(
@@ -55,8 +53,6 @@ class TopicFollower:
         self._ends: dict[TopicPartition, int] = {}
         #: records read from the topic (applied, or skipped as duplicates / unreadable)
         self.received = 0
-        #: partition -> the offset after the last record applied (``resume``)
-        self._next: dict[TopicPartition, int] = {}
 
     def since(self) -> datetime:
         """Where (in record time) to start reading, at each (re)connection."""
@@ -141,8 +137,7 @@ class TopicFollower:
         found = await consumer.offsets_for_times({tp: int(since.timestamp() * 1000) for tp in tps})
         for tp in tps:
             hit = found.get(tp)
-            offset = hit.offset if hit is not None else ends[tp]
-            consumer.seek(tp, max(offset, self._next.get(tp, offset)) if self.resume else offset)
+            consumer.seek(tp, hit.offset if hit is not None else ends[tp])
         if not self.caught_up.is_set():
             self._ends = {tp: end for tp, end in ends.items() if hit_before(found.get(tp), end)}
             if not self._ends:
@@ -161,8 +156,6 @@ class TopicFollower:
                 for message in messages:
                     self.received += 1
                     self.apply(message.value)
-                if self.resume and messages:
-                    self._next[tp] = messages[-1].offset + 1
                 if self._ends and messages:
                     end = self._ends.get(tp)
                     if end is not None and messages[-1].offset + 1 >= end:
