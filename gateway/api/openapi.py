@@ -382,6 +382,17 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/budgets": {
+                "get": {
+                    "summary": "Each tenant's budget of the period: limitUsd, spentUsd, remainingUsd (decimal text), "
+                    "exceeded, periodStart, resetsAt; an admin key sees every tenant, another key its own",
+                    "parameters": [{"name": "tenantId", "in": "query", "schema": {"type": "string"}}],
+                    "responses": {
+                        "200": {"description": "object list, data (one budget a tenant), complete"},
+                        **_errors(400, 401, 403),
+                    },
+                }
+            },
             "/v1/analytics/sql": {
                 "post": {
                     "summary": "One read-only SQL query over the analytics store (admin key where keys are set)",
