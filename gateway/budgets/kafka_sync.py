@@ -1,10 +1,10 @@
 """With Kafka, every replica's ledger counts every replica's events: each follows the usage
-topic (group-less, as the health sync does) from the start of the earliest current period, an
-hour early for records out of time order. Its own events come back from the topic counted
-already (:meth:`~gateway.budgets.ledger.SpendLedger.observe_shared` skips them by id).
+topic (group-less, as the health sync does) from its snapshot's offsets, or else from the start
+of the earliest current period, an hour early for records out of time order. Its own events
+come back from the topic counted already (known by their ids).
 
-Until the topic's records of the period are read (``caught_up``), the ledger counts only what it
-has read so far and this process's own calls: a budget is then enforced late, never early.
+Until the topic's records up to the start are read (``caught_up``), the ledger counts only what
+it has read so far and this process's own calls: a budget is then enforced late, never early.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
+from gateway.budgets.follow import SKEW
 from gateway.budgets.ledger import SpendLedger
-from gateway.budgets.seed import SKEW
-from gateway.event_json import decode_event
+from gateway.budgets.snapshot import Snapshot
 from gateway.eventlog.kafka_follow import TopicFollower
 
 log = logging.getLogger("gateway.budgets")
@@ -25,21 +25,37 @@ class KafkaBudgetSync(TopicFollower):
     log = log
     without_topic = "budgets count this replica's calls only"
 
-    def __init__(self, ledger: SpendLedger, bootstrap_servers: str, topic: str, **kwargs: object) -> None:
+    def __init__(
+        self,
+        ledger: SpendLedger,
+        bootstrap_servers: str,
+        topic: str,
+        snapshot: Snapshot | None = None,
+        **kwargs: object,
+    ) -> None:
         super().__init__(bootstrap_servers, topic, **kwargs)  # type: ignore[arg-type]
         self.ledger = ledger
-        #: records not counted because they could not be read
-        self.unreadable = 0
+        self._snapshot = snapshot
+
+    @property
+    def log_name(self) -> str:
+        return f"kafka:{self.topic}"
 
     def since(self) -> datetime:
         return self.ledger.earliest_start() - SKEW
 
+    def resume_at(self) -> dict[int, int]:
+        return dict(self._snapshot.positions) if self._snapshot is not None else {}
+
+    def resumed(self, accepted: bool) -> None:
+        if self._snapshot is not None and accepted:
+            self.ledger.restore(self._snapshot.spent)
+        elif self._snapshot is not None:
+            log.info("budgets: the snapshot's offsets are past %s's ends: the current periods are read", self.topic)
+        self._snapshot = None
+
     def apply(self, raw: bytes | None) -> None:
-        if raw is None:
-            return
-        try:
-            event = decode_event(raw)
-        except ValueError:  # the projector dead-letters it; it counts for nothing here
-            self.unreadable += 1
-            return
-        self.ledger.observe_shared(event)
+        self.ledger.observe_record(raw)
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(self.log_name, dict(self.positions), self.ledger.confirmed())

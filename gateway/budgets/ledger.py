@@ -1,12 +1,16 @@
 """What each tenant has spent in its budget's current period, derived from the usage events.
 
-The ledger is a projection of the event stream like the cost stores and the health view: it
-adds each event's ``cost_usd`` to its tenant's period (by the event's time), and the gateway
-refuses a tenant's next call once that sum reaches its budget
-(:class:`~gateway.errors.BudgetExceeded`, before any provider is asked). Nothing of it is stored:
-a gateway that starts reads the current period's events from the log again
-(:mod:`gateway.budgets.seed`; with Kafka, :mod:`gateway.budgets.kafka_sync`, which also brings
-every other replica's events).
+The ledger is a projection of the event log like the cost stores and the health view: it adds
+each event's ``cost_usd`` to its tenant's period (by the event's time), and the gateway refuses
+a tenant's next call once that sum reaches its budget (:class:`~gateway.errors.BudgetExceeded`,
+before any provider is asked).
+
+It follows the log (the embedded one, or the Kafka topic every replica writes: see
+:mod:`gateway.budgets.follow`), and counts this process's own attempts at once, as they are
+recorded (:meth:`SpendLedger.observe`): those are *pending* until the log brings them back,
+when they are known by their id and not counted again. What the log brought, with the position
+it was read to, is the *confirmed* spend a snapshot keeps (:mod:`gateway.budgets.snapshot`), so
+a restart reads only the log after it.
 
 - A budget is checked before a call, not during it: the calls in flight when a tenant reaches
   it still finish, so its spend can pass the limit by what they cost.
@@ -25,6 +29,7 @@ from decimal import Decimal
 
 from gateway.budgets.config import Budget, BudgetSettings
 from gateway.errors import BudgetExceeded
+from gateway.event_json import decode_event, event_id_of
 from gateway.events import UsageEvent
 from gateway.ids import Clock, utcnow
 from gateway.pricing.base import format_usd
@@ -33,9 +38,12 @@ from gateway.windowed_log import WindowedLog
 
 log = logging.getLogger("gateway.budgets")
 ZERO = Decimal(0)
-#: own events counted and not yet read back from the shared stream, at most (past it the oldest
-#: is forgotten, and counted a second time if it comes back: too much, never too little)
-MAX_ECHOES = 500_000
+#: own events counted and not yet read back from the log, at most (past it the oldest is
+#: forgotten, and counted a second time if it comes back: too much, never too little)
+MAX_PENDING = 500_000
+
+#: tenant -> (period kind, period start) -> spent
+Spend = dict[str, dict[tuple[str, datetime], Decimal]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,59 +66,100 @@ class Standing:
 
 
 class SpendLedger:
-    def __init__(self, config: BudgetSettings, *, clock: Clock = utcnow, shared_stream: bool = False) -> None:
-        """``shared_stream``: the events also come from a stream every replica writes (Kafka),
-        this process's own among them, which :meth:`observe` counted already."""
+    def __init__(self, config: BudgetSettings, *, clock: Clock = utcnow) -> None:
         self.config = config
         self._clock = clock
-        #: tenant -> period start -> spent (the current period and, for a replica whose clock
-        #: is ahead, the next)
-        self._spent: dict[str, dict[datetime, Decimal]] = {}
-        #: own events counted, by id, until the shared stream brings them back
-        self._echoes: dict[str, None] | None = {} if shared_stream else None
-        #: whether the events before now are all counted (the start's read of the log is over)
-        self.complete = not shared_stream
+        #: tenant -> (period, start) -> spent: the current period and, for a replica whose clock
+        #: is ahead, the next; confirmed and pending together
+        self._spent: Spend = {}
+        #: own events counted, by id, until the log brings them back: (tenant, period, cost)
+        self._pending: dict[str, tuple[str, tuple[str, datetime], Decimal]] = {}
+        #: whether the log's events before now are all counted (its read at the start is over)
+        self.complete = False
+        #: whether a follower brings this process's own events back from the log (else they are
+        #: counted once, as recorded, and not kept pending)
+        self.follows_log = True
+        #: records of the log that could not be read (the projector dead-letters them)
+        self.unreadable = 0
         #: the refused calls' WARNINGs (``gateway.budgets``)
         self.refusals = WindowedLog(log, _refusals_counted)
 
+    # --- what is spent ---------------------------------------------------------------------------
+
     def observe(self, event: UsageEvent) -> None:
-        """A usage event of this process (the recorder's observer)."""
-        if self._add(event) and self._echoes is not None:
-            echoes = self._echoes
-            echoes[event.event_id] = None
-            if len(echoes) > MAX_ECHOES:
-                del echoes[next(iter(echoes))]
+        """An attempt of this process, as it is recorded (the recorder's observer)."""
+        counted = self._add(event.tenant_id, event.created_at, event.cost_usd)
+        if counted is not None and self.follows_log:
+            pending = self._pending
+            pending[event.event_id] = counted
+            if len(pending) > MAX_PENDING:
+                del pending[next(iter(pending))]
 
-    def observe_shared(self, event: UsageEvent) -> None:
-        """A usage event read from the log or the shared stream (any process's)."""
-        if self._echoes is not None and self._echoes:
-            try:
-                del self._echoes[event.event_id]
+    def observe_record(self, raw: bytes | None) -> None:
+        """A record of the log (any process's attempt): an own one known by its id without
+        decoding it, else decoded and counted."""
+        if raw is None:
+            return
+        if self._pending:
+            event_id = event_id_of(raw)
+            if event_id is not None and self._pending.pop(event_id, None) is not None:
                 return  # counted when this process recorded it
-            except KeyError:
-                pass
-        self._add(event)
+        try:
+            event = decode_event(raw)
+        except ValueError:
+            self.unreadable += 1
+            return
+        if self._pending and self._pending.pop(event.event_id, None) is not None:
+            return
+        self._add(event.tenant_id, event.created_at, event.cost_usd)
 
-    def _add(self, event: UsageEvent) -> bool:
-        cost = event.cost_usd
+    def _add(self, tenant: str, at: datetime, cost: Decimal | None) -> tuple[str, tuple[str, datetime], Decimal] | None:
         if not cost or cost < 0:  # unknown (None) or free
-            return False
-        budget = self.config.for_tenant(event.tenant_id)
+            return None
+        budget = self.config.for_tenant(tenant)
         if budget is None:
-            return False
+            return None
         current = budget.period_start(self._clock())
-        start = budget.period_start(event.created_at)
+        start = budget.period_start(at)
         if start != current and start != budget.period_end(current):
-            return False  # a past period's (or a clock far ahead): no budget of now
-        periods = self._spent.get(event.tenant_id)
+            return None  # a past period's (or a clock far ahead): no budget of now
+        key = (budget.period, start)
+        periods = self._spent.get(tenant)
         if periods is None:
-            self._spent[event.tenant_id] = {start: cost}
-            return True
-        periods[start] = periods.get(start, ZERO) + cost
-        if len(periods) > 1:
-            for old in [p for p in periods if p < current]:
-                del periods[old]
-        return True
+            self._spent[tenant] = {key: cost}
+        else:
+            periods[key] = periods.get(key, ZERO) + cost
+            if len(periods) > 1:
+                for old in [k for k in periods if k[1] < current]:
+                    del periods[old]
+        return tenant, key, cost
+
+    # --- snapshots ----------------------------------------------------------------------------------
+
+    def confirmed(self) -> Spend:
+        """What the log brought so far: the spend less the own attempts it has not brought yet."""
+        spent = {tenant: dict(periods) for tenant, periods in self._spent.items()}
+        for tenant, key, cost in self._pending.values():
+            periods = spent.get(tenant)
+            if periods is not None and key in periods:
+                periods[key] -= cost
+        return {t: {k: v for k, v in p.items() if v > 0} for t, p in spent.items() if any(v > 0 for v in p.values())}
+
+    def restore(self, confirmed: Spend) -> None:
+        """Add a snapshot's confirmed spend (the log read from the snapshot's position on): only
+        what still is a current (or next) period of each tenant's budget."""
+        now = self._clock()
+        for tenant, periods in confirmed.items():
+            budget = self.config.for_tenant(tenant)
+            if budget is None:
+                continue
+            current = budget.period_start(now)
+            for (period, start), cost in periods.items():
+                if period == budget.period and start in (current, budget.period_end(current)) and cost > 0:
+                    counted = self._spent.setdefault(tenant, {})
+                    counted[period, start] = counted.get((period, start), ZERO) + cost
+
+    # --- what is allowed ---------------------------------------------------------------------------
 
     def standing(self, tenant: str) -> Standing | None:
         """``tenant``'s budget now (None: it has none)."""
@@ -119,7 +168,7 @@ class SpendLedger:
             return None
         start = budget.period_start(self._clock())
         periods = self._spent.get(tenant)
-        spent = periods.get(start, ZERO) if periods is not None else ZERO
+        spent = periods.get((budget.period, start), ZERO) if periods is not None else ZERO
         return Standing(tenant, budget, start, budget.period_end(start), spent)
 
     def check(self, tenant: str) -> None:

@@ -1,27 +1,34 @@
-"""Wiring budgets into a gateway app: the ledger (the router's recorder feeds it, the handlers
-ask it before a call), the read of the current periods at the start, and with Kafka the sync
-of every replica's events. Without budgets configured nothing is installed."""
+"""Wiring budgets into a gateway app: the ledger (the router's recorder feeds it the attempts,
+the handlers ask it before a call), its follower of the log (the embedded log, read to its end
+before the gateway takes calls; or the Kafka topic, in the background), and its snapshots in
+the data dir. Without budgets configured nothing is installed."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from gateway.api.state import STATE
+from gateway.budgets import snapshot as snapshots
 from gateway.budgets.ledger import SpendLedger
 from gateway.ids import Clock
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
-    from gateway.eventlog.kafka_follow import TopicFollower
+    from gateway.budgets.kafka_sync import KafkaBudgetSync
 
 log = logging.getLogger("gateway.budgets")
+
+#: how often a changed snapshot is written (seconds)
+SNAPSHOT_EVERY = 5.0
 
 
 def install_budgets(app: web.Application, settings: Settings, clock: Clock) -> None:
@@ -29,38 +36,63 @@ def install_budgets(app: web.Application, settings: Settings, clock: Clock) -> N
     if not settings.budgets.enabled:
         return
     state = app[STATE]
-    shared = bool(settings.kafka_bootstrap_servers)
-    ledger = SpendLedger(settings.budgets, clock=clock, shared_stream=shared)
+    ledger = SpendLedger(settings.budgets, clock=clock)
     state.budgets = ledger
     state.router.recorder.observers.append(ledger.observe)
+    path = settings.data_dir / snapshots.FILE
 
     async def follow(app: web.Application) -> AsyncIterator[None]:
-        if not shared:
-            from gateway.budgets.seed import seed_from_log
-            from gateway.eventlog.sqlite import SqliteEventLog
+        from gateway.eventlog.sqlite import SqliteEventLog
 
-            if isinstance(state.event_log, SqliteEventLog):
-                await seed_from_log(state.event_log.path, ledger)
+        if settings.kafka_bootstrap_servers:
+            from gateway.budgets.kafka_sync import KafkaBudgetSync
+
+            topic = settings.topic
+            snapshot = await asyncio.to_thread(snapshots.load, path, settings.budgets, f"kafka:{topic}")
+            sync = KafkaBudgetSync(
+                ledger,
+                settings.kafka_bootstrap_servers,
+                topic,
+                snapshot,
+                partitions=settings.topic_partitions,
+                client_id="llm-gateway-budgets" + (f"-{settings.instance_id}" if settings.instance_id else ""),
+            )
+            await sync.start()
+            tasks = [
+                asyncio.create_task(_complete_when_read(sync, ledger)),
+                asyncio.create_task(_save_every(path, sync.snapshot, ledger, settings)),
+            ]
+            try:
+                yield
+            finally:
+                await _cancel(tasks)
+                await sync.close()
+                _save_final(path, sync.snapshot, ledger, settings)
+            return
+        if not isinstance(state.event_log, SqliteEventLog):  # an in-memory log (tests): no log to read
+            ledger.follows_log = False
+            ledger.complete = True
             yield
             return
-        from gateway.budgets.kafka_sync import KafkaBudgetSync
+        from gateway.budgets.follow import LOG_NAME, SqliteBudgetFollower
 
-        sync = KafkaBudgetSync(
-            ledger,
-            settings.kafka_bootstrap_servers or "",
-            settings.topic,
-            partitions=settings.topic_partitions,
-            client_id="llm-gateway-budgets" + (f"-{settings.instance_id}" if settings.instance_id else ""),
-        )
-        await sync.start()
-        watch = asyncio.create_task(_complete_when_read(sync, ledger))
+        snapshot = await asyncio.to_thread(snapshots.load, path, settings.budgets, LOG_NAME)
+        follower = SqliteBudgetFollower(state.event_log.path, ledger)
+        await follower.catch_up(snapshot)
+        tasks = [
+            asyncio.create_task(follower.run()),
+            asyncio.create_task(_save_every(path, follower.snapshot, ledger, settings)),
+        ]
         try:
             yield
         finally:
-            watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watch
-            await sync.close()
+            await _cancel(tasks)
+            try:
+                await follower.drain()
+            except sqlite3.Error as exc:
+                log.warning("budgets: cannot read the embedded log at the stop (%s)", exc)
+            await follower.close()
+            _save_final(path, follower.snapshot, ledger, settings)
 
     app.cleanup_ctx.append(follow)
 
@@ -70,13 +102,45 @@ def install_budgets(app: web.Application, settings: Settings, clock: Clock) -> N
     app.on_cleanup.append(flush_refusals)
 
 
-async def _complete_when_read(sync: TopicFollower, ledger: SpendLedger) -> None:
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _complete_when_read(sync: KafkaBudgetSync, ledger: SpendLedger) -> None:
     began = time.perf_counter()
     await sync.caught_up.wait()
     ledger.complete = True
-    log.info(
-        "budgets: read the current periods' %d records of %s in %.1f s",
-        sync.received,
-        sync.topic,
-        time.perf_counter() - began,
-    )
+    log.info("budgets: read %d records of %s in %.1f s", sync.received, sync.topic, time.perf_counter() - began)
+
+
+async def _save_every(
+    path: Path, take: Callable[[], snapshots.Snapshot], ledger: SpendLedger, settings: Settings
+) -> None:
+    """Write the snapshot every :data:`SNAPSHOT_EVERY` seconds while it changes (once the start's
+    read is over: one taken before would make the next start read the whole period again)."""
+    last = None
+    while True:
+        await asyncio.sleep(SNAPSHOT_EVERY)
+        if not ledger.complete:
+            continue
+        taken = take()
+        if taken.positions == last:
+            continue
+        try:
+            await asyncio.to_thread(snapshots.save, path, taken, settings.budgets)
+            last = taken.positions
+        except OSError as exc:  # a full disk: the next start reads more of the log, nothing is lost
+            log.warning("budgets: cannot write the snapshot %s (%s)", path, exc)
+
+
+def _save_final(path: Path, take: Callable[[], snapshots.Snapshot], ledger: SpendLedger, settings: Settings) -> None:
+    if not ledger.complete:
+        return
+    try:
+        snapshots.save(path, take(), settings.budgets)
+    except OSError as exc:
+        log.warning("budgets: cannot write the snapshot %s (%s)", path, exc)

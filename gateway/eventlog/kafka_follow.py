@@ -53,6 +53,8 @@ class TopicFollower:
         self._ends: dict[TopicPartition, int] = {}
         #: records read from the topic (applied, or skipped as duplicates / unreadable)
         self.received = 0
+        #: partition -> the offset of the next record to read
+        self.positions: dict[int, int] = {}
 
     def since(self) -> datetime:
         """Where (in record time) to start reading, at each (re)connection."""
@@ -61,6 +63,15 @@ class TopicFollower:
     def apply(self, raw: bytes | None) -> None:
         """One record's value."""
         raise NotImplementedError
+
+    def resume_at(self) -> dict[int, int]:
+        """Partition -> the offset to go on from, at the first assignment, in place of
+        ``since()`` (a snapshot's); {}: none."""
+        return {}
+
+    def resumed(self, accepted: bool) -> None:
+        """Whether ``resume_at()``'s offsets were taken (all are, or none: an offset past a
+        partition's end is from another topic of that name)."""
 
     #: what the process does without the topic, for the warning ("the view is in-process only")
     without_topic = "this process sees its own events only"
@@ -135,11 +146,22 @@ class TopicFollower:
         # an end that already lies past the records written meanwhile)
         ends = await consumer.end_offsets(tps)
         found = await consumer.offsets_for_times({tp: int(since.timestamp() * 1000) for tp in tps})
+        first = not self.caught_up.is_set() and not self.positions
+        resume = self.resume_at() if first else {}
+        if resume:
+            accepted = all(resume.get(tp.partition, 0) <= ends[tp] for tp in tps)
+            self.resumed(accepted)
+            if not accepted:
+                resume = {}
         for tp in tps:
             hit = found.get(tp)
-            consumer.seek(tp, hit.offset if hit is not None else ends[tp])
+            offset = hit.offset if hit is not None else ends[tp]
+            if tp.partition in resume:
+                offset = max(offset, resume[tp.partition])
+            self.positions[tp.partition] = offset
+            consumer.seek(tp, offset)
         if not self.caught_up.is_set():
-            self._ends = {tp: end for tp, end in ends.items() if hit_before(found.get(tp), end)}
+            self._ends = {tp: end for tp, end in ends.items() if self.positions[tp.partition] < end}
             if not self._ends:
                 self.caught_up.set()
         self.log.info("%s follows %s (%d partitions) from %s on", self.name, self.topic, len(tps), since.isoformat())
@@ -156,6 +178,8 @@ class TopicFollower:
                 for message in messages:
                     self.received += 1
                     self.apply(message.value)
+                if messages:
+                    self.positions[tp.partition] = messages[-1].offset + 1
                 if self._ends and messages:
                     end = self._ends.get(tp)
                     if end is not None and messages[-1].offset + 1 >= end:
@@ -166,9 +190,3 @@ class TopicFollower:
     def _log_crash(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and (exc := task.exception()) is not None:
             self.log.error("%s stopped: %s", self.name, self.without_topic, exc_info=exc)
-
-
-def hit_before(hit: object, end: int) -> bool:
-    """Whether an ``offsets_for_times`` answer leaves records to read before ``end``."""
-    offset = getattr(hit, "offset", None)
-    return offset is not None and offset < end

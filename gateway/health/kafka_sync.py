@@ -36,17 +36,13 @@ import logging
 import re
 from datetime import datetime, timedelta
 
-from gateway.event_json import decode_event
+from gateway.event_json import EVENT_ID, ID_WITHIN, decode_event
 from gateway.eventlog.kafka_follow import TopicFollower
 from gateway.health.view import HealthView
 
 log = logging.getLogger("gateway.health")
 
-#: the event id near a record's start (``{"schema_version":1,"event_id":"..."``, the encoder's
-#: field order); a string inside another field would have its quotes escaped
-_EVENT_ID = re.compile(rb'"event_id":"([^"\\]{1,64})"')
-_ID_WITHIN = 96
-#: ... and, after it, its time and provider (the view knows an event by all three)
+#: after a record's event id (``EVENT_ID``), its time and provider (the view knows an event by all three)
 _CREATED_AT = re.compile(rb'"created_at":"([^"\\]{1,40})"')
 _PROVIDER = re.compile(rb'"provider":"([^"\\]{1,64})"')
 _FIELDS_WITHIN = 1024
@@ -119,7 +115,7 @@ class KafkaHealthSync(TopicFollower):
     def _counted(self, raw: bytes) -> bool:
         """Whether the view counts the record's event already, read from the raw record (any
         field not found or not readable there: False, and ``apply`` decides)."""
-        found = _EVENT_ID.search(raw, 0, _ID_WITHIN)
+        found = EVENT_ID.search(raw, 0, ID_WITHIN)
         if found is None:
             return False
         at = _CREATED_AT.search(raw, found.end(), _FIELDS_WITHIN)

@@ -5,6 +5,8 @@ says where each tenant stands, to the exact cent."""
 
 from __future__ import annotations
 
+import json
+import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +20,8 @@ import openai
 import pytest
 from aiohttp import web
 
+from gateway.api.state import STATE
+from gateway.eventlog.factory import EMBEDDED_LOG_FILE
 from gateway.settings import ApiKey
 from tests.support.gateway import RunningGateway, running_gateway
 
@@ -191,3 +195,44 @@ async def test_without_budgets_nothing_is_refused_and_the_endpoint_lists_none(tm
         for _ in range(2):
             await chat(gw, "sk-a")
         assert await budgets(gw, "sk-admin") == (200, {"object": "list", "data": [], "complete": True})
+
+
+def remove_log(data_dir: Path) -> None:
+    for path in data_dir.glob(EMBEDDED_LOG_FILE + "*"):
+        path.unlink()
+
+
+async def test_a_restart_reads_the_log_from_the_snapshot_and_trusts_no_snapshot_of_another_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.budgets")
+    limits = {"default": {"usd": "100", "period": "month"}}
+
+    def spent(gw: RunningGateway) -> Decimal:
+        standing = gw.app[STATE].budgets.standing("tenant_a")  # type: ignore[union-attr]
+        assert standing is not None
+        return standing.spent
+
+    async with gateway(tmp_path, limits) as gw:
+        total = sum([Decimal((await chat(gw, "sk-a")).headers["x-llm-cost-usd"]) for _ in range(3)], Decimal(0))
+    snapshot = json.loads((tmp_path / "budgets.json").read_text())
+    assert snapshot["positions"] == {"0": 3} and snapshot["log"] == "sqlite"
+    assert [row[0] for row in snapshot["spent"]] == ["tenant_a"] and Decimal(snapshot["spent"][0][3]) == total
+
+    caplog.clear()
+    async with gateway(tmp_path, limits) as gw:
+        assert spent(gw) == total
+        assert "read 0 events of the log" in caplog.text and "from the snapshot's position" in caplog.text
+        total += Decimal((await chat(gw, "sk-a")).headers["x-llm-cost-usd"])
+        assert spent(gw) == total
+
+    # a snapshot left beside a log it was not made from (the log replaced by another) is not used
+    saved = (tmp_path / "budgets.json").read_text()
+    remove_log(tmp_path)
+    async with gateway(tmp_path, limits) as gw:
+        first = Decimal((await chat(gw, "sk-a")).headers["x-llm-cost-usd"])
+    (tmp_path / "budgets.json").write_text(saved)  # its position 4 and id are not this log's
+    caplog.clear()
+    async with gateway(tmp_path, limits) as gw:
+        assert "not on this log" in caplog.text
+        assert spent(gw) == first

@@ -5,6 +5,7 @@ the period spent from the topic, and a broker restart makes no replica count a c
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -33,6 +34,7 @@ async def replica(
         "kafka_bootstrap_servers": kafka,
         "topic": topic,
         "instance_id": name,
+        "data_dir": tmp_path / name,
         "budgets": {"tenants": {"acme": {"usd": limit, "period": "day"}}},
     }
     log = KafkaEventLog(kafka, topic, tmp_path / f"spool-{name}.sqlite3", client_id=f"gw-{name}")
@@ -69,8 +71,9 @@ async def until(condition: Callable[[], bool], what: str, seconds: float = 30.0)
 
 
 async def test_replicas_count_each_others_spend_once_and_a_late_one_reads_the_period(
-    kafka_bootstrap: str, tmp_path: Path
+    kafka_bootstrap: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.budgets")
     topic = f"llm.usage.budgets-{uuid.uuid4().hex[:8]}"
     async with AsyncExitStack() as stack:
         a = await stack.enter_async_context(replica(kafka_bootstrap, topic, tmp_path, "a"))
@@ -86,6 +89,13 @@ async def test_replicas_count_each_others_spend_once_and_a_late_one_reads_the_pe
         c = await stack.enter_async_context(replica(kafka_bootstrap, topic, tmp_path, "c"))
         await until(lambda: ledger(c).complete, "the late replica reads the period's records")
         assert spent(c) == total
+
+    # a restarted replica goes on from its snapshot's offsets: it reads nothing again
+    caplog.clear()
+    async with replica(kafka_bootstrap, topic, tmp_path, "a") as a:
+        await until(lambda: ledger(a).complete, "replica a reads on from its snapshot")
+        assert spent(a) == total
+        assert f"read 0 records of {topic}" in caplog.text
 
     # a budget the calls so far used up: a new replica refuses the tenant, the others too
     async with replica(kafka_bootstrap, topic, tmp_path, "d", limit=str(total)) as d:

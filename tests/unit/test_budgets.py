@@ -3,16 +3,21 @@ spend of the current period from usage events."""
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
+from gateway.budgets import snapshot
 from gateway.budgets.config import Budget, BudgetSettings
+from gateway.budgets.follow import first_seq_since
 from gateway.budgets.ledger import SpendLedger
 from gateway.errors import BudgetExceeded
+from gateway.eventlog.sqlite import ensure_log_table
 from gateway.settings import Settings
 from tests.support.events import usage_event
 
@@ -145,16 +150,73 @@ def test_a_budget_of_zero_refuses_every_call() -> None:
         ledger.check("frozen")
 
 
-def test_own_events_coming_back_from_the_shared_stream_count_once() -> None:
-    ledger = SpendLedger(BudgetSettings(default=Budget(usd=100)), clock=Clock(NOW), shared_stream=True)
-    assert not ledger.complete
-    own = spend("acme", "1.5", NOW, event_id="own-1")
+def test_own_events_coming_back_from_the_log_count_once_and_only_the_log_confirms() -> None:
+    ledger = SpendLedger(BudgetSettings(default=Budget(usd=100)), clock=Clock(NOW))
+    own, later = spend("acme", "1.5", NOW), spend("acme", "0.5", NOW)
     ledger.observe(own)
-    ledger.observe_shared(own)  # its echo
-    ledger.observe_shared(spend("acme", "2", NOW, event_id="other-replica"))
-    ledger.observe_shared(own)  # read once more (a re-read): counted, as any event read
+    ledger.observe(later)
+    assert ledger.confirmed() == {}  # counted, not yet on the log
+    ledger.observe_record(own.to_json())  # its record: known by its id
+    ledger.observe_record(spend("acme", "2", NOW).to_json())  # another replica's
+    ledger.observe_record(b'{"schema_version":1,"event_id":"x","tenant_id":')  # unreadable
+    ledger.observe_record(None)  # a tombstone
+    ledger.observe(spend("acme", "1", NOW, event_id="own-2"))
+    ledger.observe_record(b'{"schema_version":1,"event_id":"own-2","cut here')  # known by its id: not decoded
     standing = ledger.standing("acme")
     assert standing is not None and standing.spent == Decimal("5")
+    assert ledger.unreadable == 1
+    key = ("month", datetime(2026, 12, 1, tzinfo=UTC))
+    assert ledger.confirmed() == {"acme": {key: Decimal("4.5")}}  # ``later`` is still pending
+    ledger.observe_record(own.to_json())  # read once more: a record like any other
+    assert ledger.confirmed() == {"acme": {key: Decimal("6")}}
+
+
+def test_without_a_log_to_follow_own_events_are_not_kept_pending() -> None:
+    ledger = SpendLedger(BudgetSettings(default=Budget(usd=100)), clock=Clock(NOW))
+    ledger.follows_log = False
+    ledger.observe(spend("acme", "1", NOW))
+    assert ledger.confirmed() == {"acme": {("month", datetime(2026, 12, 1, tzinfo=UTC)): Decimal(1)}}
+
+
+def test_a_restored_snapshot_adds_only_the_current_periods_of_each_budget() -> None:
+    ledger = SpendLedger(
+        BudgetSettings(tenants={"daily": Budget(usd=9, period="day")}, default=Budget(usd=9)), clock=Clock(NOW)
+    )
+    ledger.observe(spend("acme", "1", NOW))
+    december, november = datetime(2026, 12, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)
+    ledger.restore(
+        {
+            "acme": {("month", december): Decimal("2"), ("month", november): Decimal("50")},
+            # its budget was monthly when the snapshot was made: December 1st is not today
+            "daily": {("month", december): Decimal("7"), ("day", datetime(2026, 12, 15, tzinfo=UTC)): Decimal("3")},
+        }
+    )
+    assert [ledger.standing(t).spent for t in ("acme", "daily")] == [Decimal(3), Decimal(3)]  # type: ignore[union-attr]
+
+
+def test_a_snapshot_is_used_only_for_its_log_and_its_budgets(tmp_path: Path) -> None:
+    config = BudgetSettings(default=Budget(usd=9))
+    spent = {"acme": {("month", datetime(2026, 12, 1, tzinfo=UTC)): Decimal("0.0000125")}}
+    path = tmp_path / "budgets.json"
+    snapshot.save(path, snapshot.Snapshot("sqlite", {0: 42}, spent, "evt-42"), config)
+    assert snapshot.load(path, config, "sqlite") == snapshot.Snapshot("sqlite", {0: 42}, spent, "evt-42")
+    assert snapshot.load(path, config, "kafka:llm.usage") is None
+    assert snapshot.load(path, BudgetSettings(default=Budget(usd=10)), "sqlite") is None
+    assert snapshot.load(tmp_path / "none.json", config, "sqlite") is None
+    path.write_text('{"version": 1, "config": "' + snapshot.fingerprint(config) + '", "log": "sqlite"}')
+    assert snapshot.load(path, config, "sqlite") is None  # no positions: unreadable
+    path.write_text("{not json")
+    assert snapshot.load(path, config, "sqlite") is None
+
+
+def test_the_first_record_of_a_period_is_found_by_bisection(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "log.sqlite3")
+    ensure_log_table(conn, "events")
+    assert first_seq_since(conn, 1000) is None
+    conn.executemany("INSERT INTO events (seq, value, ts) VALUES (?, x'00', ?)", [(s, s * 10) for s in range(5, 400)])
+    assert first_seq_since(conn, 1000) == 100
+    assert first_seq_since(conn, 0) == 5
+    assert first_seq_since(conn, 10_000) == 399  # past the end: the last record, read and judged
 
 
 def test_the_refusals_are_logged_once_a_window_per_tenant(caplog: pytest.LogCaptureFixture) -> None:
