@@ -84,3 +84,11 @@ def test_health_window_smoke_run() -> None:
     done = smoke_run("health_window", timeout=120)
     rows = [line for line in done.stdout.splitlines() if "stats() (value buckets)" in line]
     assert len(rows) == 2 and all(float(row.split("|")[5]) > 0 for row in rows), done.stdout
+
+
+def test_budget_start_smoke_run() -> None:
+    """The budget start bench checks that the snapshot's start and the whole read find the same
+    spend (a difference exits non-zero) and prints both timings."""
+    done = smoke_run("budget_start", timeout=120)
+    row = next(line for line in done.stdout.splitlines() if line.startswith("| from the snapshot"))
+    assert row.split("|")[2].strip() == "1,000", done.stdout
