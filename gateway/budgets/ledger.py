@@ -174,6 +174,14 @@ class SpendLedger:
     def check(self, tenant: str) -> None:
         """Raise :class:`BudgetExceeded` when ``tenant`` has used its budget of the period (and
         log it: a line a minute per tenant, the others counted)."""
+        budget = self.config.for_tenant(tenant)
+        if budget is None:
+            return
+        periods = self._spent.get(tenant)
+        if budget.usd > 0 and (
+            periods is None or periods.get((budget.period, budget.period_start(self._clock())), ZERO) < budget.usd
+        ):
+            return  # the common case, without building a Standing
         standing = self.standing(tenant)
         if standing is not None and standing.exceeded:
             self.refusals.hit(
