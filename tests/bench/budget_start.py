@@ -61,7 +61,7 @@ async def main_async(events: int, tail: int) -> None:
         outbox = SqliteOutbox(log)
         began = time.perf_counter()
         write(outbox, events - tail, month, now)
-        _, ledger, follower = await start(log, None)
+        _, _, follower = await start(log, None)
         saved = follower.snapshot()
         snapshots.save(Path(tmp) / snapshots.FILE, saved, CONFIG)
         write(outbox, tail, now, now)
