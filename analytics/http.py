@@ -8,11 +8,11 @@ from datetime import UTC, datetime
 
 import duckdb
 from aiohttp import web
-from multidict import MultiMapping
 
 from analytics.costs import CostTrackingService
 from analytics.store import AnalyticsStore, StoreError
 from gateway.api.auth import Authenticator
+from gateway.api.query import only_parameters
 from gateway.errors import GatewayError, InvalidRequest, RouteNotFound
 
 COSTS: web.AppKey[CostTrackingService] = web.AppKey("cost_tracking", CostTrackingService)
@@ -82,23 +82,6 @@ class AnalyticsUnavailable(GatewayError):
 COSTS_PARAMETERS = ("tenantId", "start", "end", "limit")
 
 
-def _only(query: MultiMapping[str], known: tuple[str, ...]) -> None:
-    """Refuse a parameter the endpoint does not read, or one given twice: ``from=``/``to=`` were
-    ignored and the all-time total answered for a day's question (a review), and a second
-    ``start=`` was dropped."""
-    seen: set[str] = set()
-    for name, _ in query.items():
-        if name not in known:
-            raise InvalidRequest(
-                f"Unrecognized query parameter: {name!r} (this endpoint reads {', '.join(known)})",
-                param=name,
-                code="unknown_parameter",
-            )
-        if name in seen:
-            raise InvalidRequest(f"Query parameter {name!r} given more than once", param=name)
-        seen.add(name)
-
-
 def check_store(request: web.Request, store: AnalyticsStore) -> None:
     """A command asking for another data dir's store (``STORE_HEADER``) is told this is not it."""
     from analytics.owner import STORE_HEADER, store_id
@@ -113,7 +96,7 @@ async def costs(request: web.Request) -> web.Response:
     principal = auth.authenticate(request)
     check_store(request, request.app[STORE])  # after the key: no one else learns a store's id
     query = request.query
-    _only(query, COSTS_PARAMETERS)
+    only_parameters(query, COSTS_PARAMETERS)
     tenant = query.get("tenantId") or None
     if tenant is None:
         if principal.admin and auth.open:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
@@ -150,6 +152,18 @@ async def _simulate(host: str, port: int) -> None:
             await sim.stop()
 
 
+def _env_json_error(exc: BaseException) -> str | None:
+    """pydantic-settings' "error parsing value for field "budgets" from source
+    "EnvSettingsSource"" named neither the variable nor what is wrong: the variable, and where
+    its JSON breaks (the decoder's position, never the value: it may hold a key)."""
+    found = re.search(r'field "(\w+)" from source "EnvSettingsSource"', str(exc))
+    if found is None:
+        return None
+    cause = exc.__cause__
+    where = f": {cause}" if isinstance(cause, json.JSONDecodeError) else ""
+    return f"LLM_GATEWAY_{found.group(1).upper()} is not valid JSON{where}"
+
+
 def config_error(exc: BaseException) -> str:
     """What is wrong with the configuration, without the values given: pydantic's text quotes
     each bad input, and an ``api_keys`` entry or a provider's settings hold secrets (a review saw
@@ -168,7 +182,7 @@ def config_error(exc: BaseException) -> str:
                 )
         return "; ".join(parts)
     if not isinstance(exc, ValidationError):
-        return str(exc)
+        return _env_json_error(exc) or str(exc)
     from gateway.strict_yaml import shown_key
 
     def where(loc: tuple[int | str, ...]) -> str:

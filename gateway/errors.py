@@ -120,7 +120,7 @@ class BudgetExceeded(GatewayError):
         return cls(
             f"Tenant {standing.tenant!r} has used its {period} budget: ${format_usd(standing.spent)} spent "
             f"of ${format_usd(standing.budget.usd)}. Calls are accepted again from "
-            f"{standing.resets.strftime('%Y-%m-%dT%H:%M:%SZ')}, or when the budget is raised."
+            f"{standing.resets.strftime('%Y-%m-%dT%H:%M:%SZ')}, or once the gateway runs with a higher budget."
         )
 
 

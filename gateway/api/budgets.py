@@ -12,9 +12,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.api.query import only_parameters
 from gateway.api.state import STATE
+from gateway.api.validation import MAX_TENANT_LEN, string_field
 from gateway.budgets.ledger import Standing
-from gateway.errors import InvalidRequest
 from gateway.pricing.base import money_text
 
 
@@ -39,12 +40,9 @@ def standing_json(standing: Standing) -> dict[str, Any]:
 async def budgets(request: web.Request) -> web.Response:
     state = request.app[STATE]
     principal = state.auth.authenticate(request)
-    for name in request.query:
-        if name != "tenantId":
-            raise InvalidRequest(
-                f"Unrecognized query parameter: {name[:100]!r} (this endpoint reads tenantId)", param=name[:100]
-            )
-    asked = request.query.get("tenantId") or None
+    only_parameters(request.query, ("tenantId",))
+    # as a body's tenantId: a tenant no call can bill has no budget to show
+    asked = string_field(dict(request.query), "tenantId", max_len=MAX_TENANT_LEN, printable=True) or None
     ledger = state.budgets
     if asked is not None or not principal.admin:
         tenants = [state.auth.tenant_for(principal, asked)]

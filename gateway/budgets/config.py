@@ -6,24 +6,29 @@ file under ``budgets:``, in the environment as JSON::
     LLM_GATEWAY_BUDGETS='{"tenants": {"acme": {"usd": "50", "period": "month"}},
                           "default": {"usd": "5", "period": "day"}}'
 
-``default`` applies to every tenant not listed. Amounts are exact decimals: give them as
-strings or integers (a YAML or JSON number with a fraction is read by its written digits,
-never through binary floating point arithmetic).
+``default`` applies to every tenant not listed. Amounts are exact decimals: strings of digits
+with an optional fraction (``"49.99"``), or integers. A YAML or JSON number with a fraction is
+refused: its parser made it a float, whose digits past the 17th are lost (``12345678.123456789``
+read as ``12345678.12345679``), so it is asked for as a string.
 """
 
 from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 #: the largest limit (USD) a budget may give: more is a typo, not a budget
 MAX_LIMIT = Decimal("1000000000")
-#: tenant ids are the events' (the stores index at most 255 characters)
+#: a tenant id: no blank at either end, printable, at most what every store holds
+#: (``gateway.events.INDEXED_TEXT``), as an API key's tenant
 _TENANT = re.compile(r"\S(.*\S)?", re.DOTALL)
+_TENANT_LEN = 512
+#: an amount written as text: digits, an optional fraction (no sign, exponent, blank or "_")
+_AMOUNT = re.compile(r"[0-9]+(\.[0-9]+)?")
 
 Period = Literal["day", "month"]
 
@@ -38,13 +43,16 @@ class Budget(BaseModel):
     @field_validator("usd", mode="before")
     @classmethod
     def _exact(cls, value: Any) -> Decimal:
-        if isinstance(value, bool) or not isinstance(value, (str, int, float, Decimal)):
-            raise ValueError('give the amount in USD as a string or a number, e.g. "50.00"')
-        try:
-            # a float (YAML or JSON) by its shortest text, the digits written in the file
-            amount = Decimal(repr(value) if isinstance(value, float) else value)
-        except InvalidOperation:
-            raise ValueError(f"{value!r} is not an amount in USD") from None
+        if isinstance(value, float):
+            raise ValueError(
+                f'write an amount with a fraction as a string, e.g. usd: "{value}" (a number is read as a '
+                "float, whose last digits may be lost)"
+            )
+        if isinstance(value, bool) or not isinstance(value, (str, int, Decimal)):
+            raise ValueError('give the amount in USD as a string or an integer, e.g. "50.00"')
+        if isinstance(value, str) and not _AMOUNT.fullmatch(value):
+            raise ValueError(f'{value[:40]!r} is not an amount in USD (digits, an optional fraction: "49.99")')
+        amount = Decimal(value)
         if not amount.is_finite() or amount < 0 or amount > MAX_LIMIT:
             raise ValueError(f"an amount from 0 to {MAX_LIMIT} USD, got {value!r}")
         return amount
@@ -77,8 +85,11 @@ class BudgetSettings(BaseModel):
     @classmethod
     def _tenant_ids(cls, tenants: dict[str, Budget]) -> dict[str, Budget]:
         for tenant in tenants:
-            if not _TENANT.fullmatch(tenant) or len(tenant) > 255:
-                raise ValueError(f"{tenant[:80]!r} is not a tenant id (1 to 255 characters, no space at either end)")
+            if not _TENANT.fullmatch(tenant) or len(tenant) > _TENANT_LEN or not tenant.isprintable():
+                raise ValueError(
+                    f"{tenant[:80]!r} is not a tenant id (1 to {_TENANT_LEN} printable characters, no blank at "
+                    "either end: no call could bill it)"
+                )
         return tenants
 
     @property

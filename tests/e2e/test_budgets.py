@@ -186,8 +186,18 @@ async def test_the_budgets_endpoint_says_what_each_tenant_spent_to_the_cent(tmp_
         assert status == 403 and refused["error"]["code"] == "permission_denied"
         status, refused = await budgets(gw, "sk-a", tenant="tenant_a")
         assert status == 400 and refused["error"]["param"] == "tenant"
+        assert refused["error"]["code"] == "unknown_parameter"
+        for query in ("tenantId=tenant_a&tenantId=tenant_b", "tenantId=a%0Ab", "tenantId=" + "x" * 129):
+            status, refused = await budgets_query(gw, "sk-admin", query)
+            assert status == 400 and refused["error"]["param"] == "tenantId", query
         status, refused = await budgets(gw, "sk-wrong")
         assert status == 401
+
+
+async def budgets_query(gw: RunningGateway, key: str, query: str) -> tuple[int, Any]:
+    headers = {"authorization": f"Bearer {key}"}
+    async with aiohttp.ClientSession() as s, s.get(f"{gw.base_url}/budgets?{query}", headers=headers) as r:
+        return r.status, await r.json()
 
 
 async def test_without_budgets_nothing_is_refused_and_the_endpoint_lists_none(tmp_path: Path) -> None:

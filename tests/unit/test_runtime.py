@@ -108,7 +108,15 @@ def test_tune_logging_keeps_the_lines_and_drops_the_caller_lookup() -> None:
 @pytest.mark.usefixtures("restore_gc", "restore_logging")
 @pytest.mark.parametrize(
     ("variable", "value", "named"),
-    [("LLM_GATEWAY_DUCKDB_MEMORY_LIMIT", "lots", "duckdb_memory_limit"), ("LLM_GATEWAY_PORT", "abc", "port")],
+    [
+        ("LLM_GATEWAY_DUCKDB_MEMORY_LIMIT", "lots", "duckdb_memory_limit"),
+        ("LLM_GATEWAY_PORT", "abc", "port"),
+        # a JSON setting names the variable and where its JSON breaks (pydantic-settings said
+        # "error parsing value for field "budgets" from source "EnvSettingsSource"")
+        ("LLM_GATEWAY_BUDGETS", "{bad", "LLM_GATEWAY_BUDGETS is not valid JSON: Expecting property name"),
+        ("LLM_GATEWAY_HEALTH", "", "LLM_GATEWAY_HEALTH is not valid JSON: Expecting value"),
+        ("LLM_GATEWAY_BUDGETS", '{"default": {"usd": 12.5}}', 'as a string, e.g. usd: "12.5"'),
+    ],
 )
 def test_bad_configuration_is_a_clear_error_not_a_traceback(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], variable: str, value: str, named: str
