@@ -81,7 +81,13 @@ async def main_async(events: int, tail: int) -> None:
             ["start", "events read", "seconds", "µs an event", "x whole read"],
             [
                 ["whole period (baseline)", f"{events:,}", fmt(full), fmt(full / events * 1e6), "1.00"],
-                ["from the snapshot", f"{tail:,}", fmt(resumed), fmt(resumed / max(tail, 1) * 1e6), fmt(resumed / full)],
+                [
+                    "from the snapshot",
+                    f"{tail:,}",
+                    fmt(resumed),
+                    fmt(resumed / max(tail, 1) * 1e6),
+                    fmt(resumed / full),
+                ],
             ],
         )
     )
