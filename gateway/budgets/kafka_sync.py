@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from typing import Any
 
 from gateway.budgets.follow import SKEW
 from gateway.budgets.ledger import SpendLedger
@@ -31,9 +32,10 @@ class KafkaBudgetSync(TopicFollower):
         bootstrap_servers: str,
         topic: str,
         snapshot: Snapshot | None = None,
-        **kwargs: object,
+        **options: Any,
     ) -> None:
-        super().__init__(bootstrap_servers, topic, **kwargs)  # type: ignore[arg-type]
+        """``options``: :class:`TopicFollower`'s."""
+        super().__init__(bootstrap_servers, topic, **options)
         self.ledger = ledger
         self._snapshot = snapshot
 

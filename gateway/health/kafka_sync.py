@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import re
 from datetime import datetime, timedelta
+from typing import Any
 
 from gateway.event_json import EVENT_ID, ID_WITHIN, decode_event
 from gateway.eventlog.kafka_follow import TopicFollower
@@ -70,21 +71,11 @@ class KafkaHealthSync(TopicFollower):
         bootstrap_servers: str,
         topic: str,
         *,
-        partitions: int = 3,
-        replication_factor: int | None = None,
         client_id: str = "llm-gateway-health",
-        fetch_max_wait_ms: int = 100,
-        retry_seconds: float = 2.0,
+        **options: Any,
     ) -> None:
-        super().__init__(
-            bootstrap_servers,
-            topic,
-            partitions=partitions,
-            replication_factor=replication_factor,
-            client_id=client_id,
-            fetch_max_wait_ms=fetch_max_wait_ms,
-            retry_seconds=retry_seconds,
-        )
+        """``options``: :class:`TopicFollower`'s."""
+        super().__init__(bootstrap_servers, topic, client_id=client_id, **options)
         self.view = view
         #: records skipped undecoded because their event was already counted (own events)
         self.known = 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
@@ -20,6 +20,7 @@ from gateway.api.state import STATE
 from gateway.budgets.ledger import SpendLedger
 from gateway.eventlog.kafka_producer import KafkaEventLog
 from tests.support.gateway import RunningGateway, running_gateway
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.kafka
 
@@ -60,14 +61,6 @@ async def call(gw: RunningGateway) -> Decimal:
             model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], extra_body={"tenantId": "acme"}
         )
     return Decimal(raw.headers["x-llm-cost-usd"])
-
-
-async def until(condition: Callable[[], bool], what: str, seconds: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"not within {seconds:g}s: {what}")
-        await asyncio.sleep(0.05)
 
 
 async def test_replicas_count_each_others_spend_once_and_a_late_one_reads_the_period(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable
 from contextlib import AsyncExitStack
 from datetime import timedelta
 from pathlib import Path
@@ -21,6 +20,7 @@ from gateway.health.view import HealthView
 from gateway.ids import utcnow
 from gateway.simulators.base import Fault
 from tests.support.gateway import RunningGateway, running_gateway
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.kafka
 
@@ -33,14 +33,6 @@ async def ask(gw: RunningGateway) -> tuple[str, str]:
             model="gpt-4", messages=[{"role": "user", "content": "hi"}]
         )
     return raw.headers["x-llm-provider"], raw.headers["x-llm-attempts"]
-
-
-async def until(condition: Callable[[], bool], what: str, seconds: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            pytest.fail(f"not within {seconds:g}s: {what}")
-        await asyncio.sleep(0.05)
 
 
 async def test_two_gateways_route_on_the_same_view(
