@@ -14,12 +14,14 @@ import sqlite3
 import threading
 import time
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 from gateway.budgets.ledger import SpendLedger
 from gateway.budgets.snapshot import Snapshot
 from gateway.event_json import event_id_of
 from gateway.eventlog.sqlite import close_locked, connect, ensure_log_table, epoch_ms
+from gateway.windowed_log import WindowedLog
 
 log = logging.getLogger("gateway.budgets")
 
@@ -70,11 +72,11 @@ class SqliteBudgetFollower:
 
     def _start_locked(self, snapshot: Snapshot | None) -> bool:
         conn = self._db()
-        if snapshot is not None and snapshot.check is not None and 0 in snapshot.positions:
-            seq = snapshot.positions[0]
+        if snapshot is not None and 0 in snapshot.checks and 0 in snapshot.positions:
+            seq, check = snapshot.positions[0], snapshot.checks[0]
             row = conn.execute("SELECT value FROM events WHERE seq = ?", (seq,)).fetchone()
-            if row is not None and event_id_of(row[0]) == snapshot.check:
-                self.position, self.last_id = seq, snapshot.check
+            if row is not None and event_id_of(row[0]) == check:
+                self.position, self.last_id = seq, check
                 return True
             log.info("budgets: the snapshot's position is not on this log: the current periods are read from it")
         first = first_seq_since(conn, epoch_ms(self.ledger.earliest_start() - SKEW))
@@ -102,7 +104,7 @@ class SqliteBudgetFollower:
         resumed = await asyncio.to_thread(self._start, snapshot)
         if resumed:
             assert snapshot is not None
-            self.ledger.restore(snapshot.spent)
+            self.ledger.restore(snapshot.spent, snapshot.recent)
         before = self.position
         await self.drain()
         read = self.position - before
@@ -122,19 +124,25 @@ class SqliteBudgetFollower:
 
     async def run(self) -> None:
         """Follow the log's new records until cancelled."""
+        failures = WindowedLog(log, lambda _key, count, seconds: f"budgets: {count} more failed reads of the log")
         while True:
             try:
                 rows = await asyncio.to_thread(self._read)
             except sqlite3.Error as exc:  # the gateway's log write fails the same way: it says so
-                log.warning("budgets cannot read the embedded log (%s); retrying", exc)
+                failures.hit("read", partial("budgets cannot read the embedded log ({}); retrying{}".format, exc))
                 rows = []
             if rows:
                 self._apply(rows)
             else:
                 await asyncio.sleep(self.poll_interval)
 
+    def moved(self) -> object:
+        """What changes when the follower reads on (a snapshot is written only then)."""
+        return self.position
+
     def snapshot(self) -> Snapshot:
-        return Snapshot(LOG_NAME, {0: self.position}, self.ledger.confirmed(), self.last_id)
+        checks = {0: self.last_id} if self.last_id is not None else {}
+        return Snapshot(LOG_NAME, {0: self.position}, self.ledger.confirmed(), checks, self.ledger.recent_ids())
 
     async def close(self) -> None:
         if self._conn is not None:

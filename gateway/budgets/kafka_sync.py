@@ -46,18 +46,33 @@ class KafkaBudgetSync(TopicFollower):
     def since(self) -> datetime:
         return self.ledger.earliest_start() - SKEW
 
-    def resume_at(self) -> dict[int, int]:
-        return dict(self._snapshot.positions) if self._snapshot is not None else {}
+    def resume_at(self) -> dict[int, tuple[int, str | None]]:
+        if self._snapshot is None:
+            return {}
+        # a partition it had read nothing of (no check) is read from the period's start: none of
+        # its records before that run's position was counted
+        checks = self._snapshot.checks
+        return {p: (offset, checks[p]) for p, offset in self._snapshot.positions.items() if p in checks}
 
     def resumed(self, accepted: bool) -> None:
         if self._snapshot is not None and accepted:
-            self.ledger.restore(self._snapshot.spent)
+            self.ledger.restore(self._snapshot.spent, self._snapshot.recent)
         elif self._snapshot is not None:
-            log.info("budgets: the snapshot's offsets are past %s's ends: the current periods are read", self.topic)
+            log.info(
+                "budgets: the snapshot's records are not on %s (another topic of that name, or deleted): "
+                "the current periods are read",
+                self.topic,
+            )
         self._snapshot = None
 
     def apply(self, raw: bytes | None) -> None:
         self.ledger.observe_record(raw)
 
+    def moved(self) -> object:
+        """What changes when the follower reads on (a snapshot is written only then)."""
+        return tuple(sorted(self.positions.items()))
+
     def snapshot(self) -> Snapshot:
-        return Snapshot(self.log_name, dict(self.positions), self.ledger.confirmed())
+        return Snapshot(
+            self.log_name, dict(self.positions), self.ledger.confirmed(), dict(self.checks), self.ledger.recent_ids()
+        )

@@ -41,6 +41,10 @@ ZERO = Decimal(0)
 #: own events counted and not yet read back from the log, at most (past it the oldest is
 #: forgotten, and counted a second time if it comes back: too much, never too little)
 MAX_PENDING = 500_000
+#: the ids of the last records read, kept to count a record the log holds twice once (about
+#: 10 MB); a snapshot keeps the last :data:`SNAPSHOT_IDS` of them
+RECENT_IDS = 100_000
+SNAPSHOT_IDS = 10_000
 
 #: tenant -> (period kind, period start) -> spent
 Spend = dict[str, dict[tuple[str, datetime], Decimal]]
@@ -81,6 +85,9 @@ class SpendLedger:
         self.follows_log = True
         #: records of the log that could not be read (the projector dead-letters them)
         self.unreadable = 0
+        #: the ids of the last records read, oldest first, and the records found twice
+        self.recent: dict[str, None] = {}
+        self.duplicates = 0
         #: the refused calls' WARNINGs (``gateway.budgets``)
         self.refusals = WindowedLog(log, _refusals_counted)
 
@@ -96,22 +103,33 @@ class SpendLedger:
                 del pending[next(iter(pending))]
 
     def observe_record(self, raw: bytes | None) -> None:
-        """A record of the log (any process's attempt): an own one known by its id without
-        decoding it, else decoded and counted."""
+        """A record of the log (any process's attempt), counted once by its event id: an own one
+        is known without decoding it, and a record the log holds twice (a spool sent again
+        after a crash) counts once when its first copy is among the last :data:`RECENT_IDS`."""
         if raw is None:
             return
-        if self._pending:
-            event_id = event_id_of(raw)
-            if event_id is not None and self._pending.pop(event_id, None) is not None:
-                return  # counted when this process recorded it
+        event_id = event_id_of(raw)
+        if event_id is not None and self._known(event_id):
+            return
         try:
             event = decode_event(raw)
         except ValueError:
             self.unreadable += 1
             return
-        if self._pending and self._pending.pop(event.event_id, None) is not None:
+        if event_id is None and self._known(event.event_id):
             return
         self._add(event.tenant_id, event.created_at, event.cost_usd)
+
+    def _known(self, event_id: str) -> bool:
+        """Whether ``event_id`` is counted already (an own attempt, or read lately); it is read now."""
+        recent = self.recent
+        if event_id in recent:
+            self.duplicates += 1
+            return True
+        recent[event_id] = None
+        if len(recent) > RECENT_IDS:
+            del recent[next(iter(recent))]
+        return bool(self._pending) and self._pending.pop(event_id, None) is not None
 
     def _add(self, tenant: str, at: datetime, cost: Decimal | None) -> tuple[str, tuple[str, datetime], Decimal] | None:
         if not cost or cost < 0:  # unknown (None) or free
@@ -145,9 +163,17 @@ class SpendLedger:
                 periods[key] -= cost
         return {t: {k: v for k, v in p.items() if v > 0} for t, p in spent.items() if any(v > 0 for v in p.values())}
 
-    def restore(self, confirmed: Spend) -> None:
+    def recent_ids(self) -> list[str]:
+        """The ids of the last :data:`SNAPSHOT_IDS` records read, oldest first (for a snapshot)."""
+        ids = list(self.recent)
+        return ids[-SNAPSHOT_IDS:]
+
+    def restore(self, confirmed: Spend, recent: list[str] | None = None) -> None:
         """Add a snapshot's confirmed spend (the log read from the snapshot's position on): only
-        what still is a current (or next) period of each tenant's budget."""
+        what still is a current (or next) period of each tenant's budget; and the ids of the
+        last records it had read."""
+        for event_id in recent or ():
+            self.recent[event_id] = None
         now = self._clock()
         for tenant, periods in confirmed.items():
             budget = self.config.for_tenant(tenant)

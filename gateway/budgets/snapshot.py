@@ -1,10 +1,11 @@
-"""A budget ledger's snapshot: the spend the log brought, and the position it was read to, so a
-restart reads only the log after it (not the whole period: a month of a busy gateway's events
-took minutes). Kept in the data dir as ``budgets.json``, written atomically every few seconds
-while it changes and at a stop.
+"""A budget ledger's snapshot: the spend the log brought, the position it was read to, and the
+ids of the last records read, so a restart reads only the log after it (not the whole period:
+a month of a busy gateway's events took minutes) and still counts a record the log holds twice
+once. Kept in the data dir as ``budgets.json``, written atomically every few seconds while it
+changes and at a stop.
 
-A snapshot is used only for the log it was made from (``log``: the embedded log, checked by the
-id of the event at its position; or the Kafka topic, checked by its offsets) and for the same
+A snapshot is used only for the log it was made from (``log``: the embedded log or the Kafka
+topic, each position checked by the id of the event the log holds there) and for the same
 budgets (``config``: a fingerprint of the settings; a tenant given a budget since had its spend
 not counted). Otherwise the ledger reads the current periods from the log again.
 """
@@ -15,6 +16,8 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -26,7 +29,9 @@ from gateway.budgets.ledger import Spend
 log = logging.getLogger("gateway.budgets")
 
 FILE = "budgets.json"
-VERSION = 1
+VERSION = 2
+#: one snapshot written at a time (the periodic one may still be writing at a stop)
+_writing = threading.Lock()
 
 
 @dataclass
@@ -36,8 +41,10 @@ class Snapshot:
     #: embedded log: {0: the last ``seq`` read}; Kafka: partition -> the next offset to read
     positions: dict[int, int]
     spent: Spend = field(default_factory=dict)
-    #: embedded log: the id of the event at the last ``seq`` read
-    check: str | None = None
+    #: partition -> the id of the event the log holds at the last position read
+    checks: dict[int, str] = field(default_factory=dict)
+    #: the ids of the last records read, oldest first
+    recent: list[str] = field(default_factory=list)
 
 
 def fingerprint(config: BudgetSettings) -> str:
@@ -51,20 +58,26 @@ def save(path: Path, snapshot: Snapshot, config: BudgetSettings) -> None:
         "config": fingerprint(config),
         "log": snapshot.log,
         "positions": {str(p): o for p, o in snapshot.positions.items()},
-        "check": snapshot.check,
+        "checks": {str(p): i for p, i in snapshot.checks.items()},
         "spent": [
             [tenant, period, start.isoformat(), str(cost)]
             for tenant, periods in snapshot.spent.items()
             for (period, start), cost in periods.items()
         ],
+        "recent": snapshot.recent,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w") as out:
-        json.dump(body, out)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(temporary, path)
+    with _writing:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+        try:
+            with os.fdopen(handle, "w") as out:
+                json.dump(body, out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
 
 
 def load(path: Path, config: BudgetSettings, log_name: str) -> Snapshot | None:
@@ -86,13 +99,24 @@ def load(path: Path, config: BudgetSettings, log_name: str) -> Snapshot | None:
         why = f"made from another log ({body.get('log')!r})"
     if why is None:
         try:
-            spent: Spend = {}
-            for tenant, period, start, cost in body["spent"]:
-                spent.setdefault(str(tenant), {})[str(period), datetime.fromisoformat(start)] = Decimal(cost)
-            positions = {int(p): int(o) for p, o in body["positions"].items()}
-            check = body.get("check")
-            return Snapshot(log_name, positions, spent, None if check is None else str(check))
+            return _read(body, log_name)
         except (KeyError, TypeError, ValueError, InvalidOperation, AttributeError) as exc:
             why = f"unreadable ({exc})"
     log.info("budgets: snapshot %s not used (%s): the current periods are read from the log", path, why)
     return None
+
+
+def _read(body: dict[str, object], log_name: str) -> Snapshot:
+    spent: Spend = {}
+    for tenant, period, start, cost in body["spent"]:  # type: ignore[attr-defined]
+        amount = Decimal(cost)
+        if not amount.is_finite() or amount <= 0:  # NaN made the start raise
+            raise ValueError(f"spent {cost!r}")
+        moment = datetime.fromisoformat(start)
+        if moment.tzinfo is None:
+            raise ValueError(f"a period start without its zone: {start!r}")
+        spent.setdefault(str(tenant), {})[str(period), moment] = amount
+    positions = {int(p): int(o) for p, o in body["positions"].items()}  # type: ignore[attr-defined]
+    checks = {int(p): str(i) for p, i in body["checks"].items()}  # type: ignore[attr-defined]
+    recent = [str(i) for i in body["recent"]]  # type: ignore[attr-defined]
+    return Snapshot(log_name, positions, spent, checks, recent)

@@ -20,6 +20,7 @@ from datetime import datetime
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from gateway.event_json import event_id_of
 from gateway.eventlog.kafka_admin import ensure_topic, topic_partitions
 
 
@@ -53,8 +54,10 @@ class TopicFollower:
         self._ends: dict[TopicPartition, int] = {}
         #: records read from the topic (applied, or skipped as duplicates / unreadable)
         self.received = 0
-        #: partition -> the offset of the next record to read
+        #: partition -> the offset of the next record to read, and the event id of the record
+        #: before it when known (read, or resumed from)
         self.positions: dict[int, int] = {}
+        self.checks: dict[int, str] = {}
 
     def since(self) -> datetime:
         """Where (in record time) to start reading, at each (re)connection."""
@@ -64,14 +67,16 @@ class TopicFollower:
         """One record's value."""
         raise NotImplementedError
 
-    def resume_at(self) -> dict[int, int]:
+    def resume_at(self) -> dict[int, tuple[int, str | None]]:
         """Partition -> the offset to go on from, at the first assignment, in place of
-        ``since()`` (a snapshot's); {}: none."""
+        ``since()`` (a snapshot's), with the event id of the record just before it; {}: none.
+        A partition not given is read from ``since()``."""
         return {}
 
     def resumed(self, accepted: bool) -> None:
-        """Whether ``resume_at()``'s offsets were taken (all are, or none: an offset past a
-        partition's end is from another topic of that name)."""
+        """Whether ``resume_at()``'s offsets were taken: all are, or none (the record before an
+        offset is not the event it names: another topic of that name, or records retention
+        deleted)."""
 
     #: what the process does without the topic, for the warning ("the view is in-process only")
     without_topic = "this process sees its own events only"
@@ -149,15 +154,17 @@ class TopicFollower:
         first = not self.caught_up.is_set() and not self.positions
         resume = self.resume_at() if first else {}
         if resume:
-            accepted = all(resume.get(tp.partition, 0) <= ends[tp] for tp in tps)
+            accepted = await _records_match(consumer, [(tp, ends[tp], resume.get(tp.partition)) for tp in tps])
             self.resumed(accepted)
             if not accepted:
                 resume = {}
         for tp in tps:
             hit = found.get(tp)
             offset = hit.offset if hit is not None else ends[tp]
-            if tp.partition in resume:
-                offset = max(offset, resume[tp.partition])
+            if tp.partition in resume and resume[tp.partition][0] >= offset:
+                offset, check = resume[tp.partition]
+                if check is not None:
+                    self.checks[tp.partition] = check
             self.positions[tp.partition] = offset
             consumer.seek(tp, offset)
         if not self.caught_up.is_set():
@@ -180,6 +187,8 @@ class TopicFollower:
                     self.apply(message.value)
                 if messages:
                     self.positions[tp.partition] = messages[-1].offset + 1
+                    if (check := event_id_of(messages[-1].value or b"")) is not None:
+                        self.checks[tp.partition] = check
                 if self._ends and messages:
                     end = self._ends.get(tp)
                     if end is not None and messages[-1].offset + 1 >= end:
@@ -190,3 +199,26 @@ class TopicFollower:
     def _log_crash(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and (exc := task.exception()) is not None:
             self.log.error("%s stopped: %s", self.name, self.without_topic, exc_info=exc)
+
+
+#: how long the check of a snapshot's record waits for it
+_CHECK_TIMEOUT_MS = 10_000
+
+
+async def _records_match(
+    consumer: AIOKafkaConsumer, expected: list[tuple[TopicPartition, int, tuple[int, str | None] | None]]
+) -> bool:
+    """Whether each partition's record before the offset to resume from holds the event named
+    (an offset of 0: nothing was read there; no offset given: the partition is new)."""
+    for tp, end, resume in expected:
+        if resume is None or resume[0] == 0:
+            continue
+        offset, event_id = resume
+        if offset > end or event_id is None:
+            return False
+        consumer.seek(tp, offset - 1)
+        fetched = await consumer.getmany(tp, timeout_ms=_CHECK_TIMEOUT_MS, max_records=1)
+        records = fetched.get(tp, [])
+        if not records or records[0].offset != offset - 1 or event_id_of(records[0].value or b"") != event_id:
+            return False
+    return True

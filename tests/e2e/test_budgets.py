@@ -207,6 +207,14 @@ async def test_without_budgets_nothing_is_refused_and_the_endpoint_lists_none(tm
         assert await budgets(gw, "sk-admin") == (200, {"object": "list", "data": [], "complete": True})
 
 
+def duplicate_last_record(data_dir: Path) -> None:
+    with sqlite3.connect(data_dir / EMBEDDED_LOG_FILE) as conn:
+        conn.execute(
+            "INSERT INTO events (key, value, ts) "
+            "SELECT key, value, ts FROM events WHERE seq = (SELECT max(seq) FROM events)"
+        )
+
+
 def remove_log(data_dir: Path) -> None:
     for path in data_dir.glob(EMBEDDED_LOG_FILE + "*"):
         path.unlink()
@@ -235,6 +243,14 @@ async def test_a_restart_reads_the_log_from_the_snapshot_and_trusts_no_snapshot_
         assert "read 0 events of the log" in caplog.text and "from the snapshot's position" in caplog.text
         total += Decimal((await chat(gw, "sk-a")).headers["x-llm-cost-usd"])
         assert spent(gw) == total
+
+    # the log holding a record twice (a spool taken in again after a crash), read without a
+    # snapshot: counted once, as every projection keeps it
+    duplicate_last_record(tmp_path)
+    (tmp_path / "budgets.json").unlink()
+    async with gateway(tmp_path, limits) as gw:
+        assert spent(gw) == total
+        assert "read 5 events of the log" in caplog.text
 
     # a snapshot left beside a log it was not made from (the log replaced by another) is not used
     saved = (tmp_path / "budgets.json").read_text()

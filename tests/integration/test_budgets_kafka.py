@@ -5,6 +5,7 @@ the period spent from the topic, and a broker restart makes no replica count a c
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -89,6 +90,18 @@ async def test_replicas_count_each_others_spend_once_and_a_late_one_reads_the_pe
         await until(lambda: ledger(a).complete, "replica a reads on from its snapshot")
         assert spent(a) == total
         assert f"read 0 records of {topic}" in caplog.text
+
+    # a snapshot whose records are not the topic's (a topic of that name made again) is not used
+    saved = tmp_path / "a" / "budgets.json"
+    body = json.loads(saved.read_text())
+    body["checks"] = {partition: "not-this-topic" for partition in body["checks"]}
+    body["spent"] = [[tenant, period, start, "1000"] for tenant, period, start, _ in body["spent"]]
+    saved.write_text(json.dumps(body))
+    caplog.clear()
+    async with replica(kafka_bootstrap, topic, tmp_path, "a") as a:
+        await until(lambda: ledger(a).complete, "replica a reads the period again")
+        assert spent(a) == total
+        assert "records are not on" in caplog.text
 
     # a budget the calls so far used up: a new replica refuses the tenant, the others too
     async with replica(kafka_bootstrap, topic, tmp_path, "d", limit=str(total)) as d:

@@ -3,6 +3,7 @@ spend of the current period from usage events."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -12,11 +13,13 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from gateway.budgets import ledger as ledger_module
 from gateway.budgets import snapshot
 from gateway.budgets.config import Budget, BudgetSettings
 from gateway.budgets.follow import first_seq_since
 from gateway.budgets.ledger import SpendLedger
 from gateway.errors import BudgetExceeded
+from gateway.event_json import event_id_of
 from gateway.eventlog.sqlite import ensure_log_table
 from gateway.settings import Settings
 from tests.support.events import usage_event
@@ -175,8 +178,30 @@ def test_own_events_coming_back_from_the_log_count_once_and_only_the_log_confirm
     assert ledger.unreadable == 1
     key = ("month", datetime(2026, 12, 1, tzinfo=UTC))
     assert ledger.confirmed() == {"acme": {key: Decimal("4.5")}}  # ``later`` is still pending
-    ledger.observe_record(own.to_json())  # read once more: a record like any other
-    assert ledger.confirmed() == {"acme": {key: Decimal("6")}}
+    # a record the log holds twice (a spool sent again after a crash) counts once
+    ledger.observe_record(own.to_json())
+    twice = spend("acme", "7", NOW)
+    ledger.observe_record(twice.to_json())
+    ledger.observe_record(twice.to_json())
+    assert ledger.confirmed() == {"acme": {key: Decimal("11.5")}} and ledger.duplicates == 2
+
+
+def test_a_record_sent_again_after_a_restart_counts_once_through_the_snapshots_ids(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ledger_module, "RECENT_IDS", 3)
+    monkeypatch.setattr(ledger_module, "SNAPSHOT_IDS", 2)
+    config = BudgetSettings(default=Budget(usd=100))
+    before = SpendLedger(config, clock=Clock(NOW))
+    records = [spend("acme", "1", NOW).to_json() for _ in range(4)]
+    for raw in records:
+        before.observe_record(raw)
+    assert len(before.recent) == 3 and before.recent_ids() == [event_id_of(r) for r in records[-2:]]
+    after = SpendLedger(config, clock=Clock(NOW))
+    after.restore(before.confirmed(), before.recent_ids())
+    after.observe_record(records[-1])  # the last one, sent again
+    after.observe_record(records[0])  # one past the ids kept: counted a second time (documented)
+    assert after.standing("acme").spent == Decimal(5)  # type: ignore[union-attr]
 
 
 def test_without_a_log_to_follow_own_events_are_not_kept_pending() -> None:
@@ -206,8 +231,9 @@ def test_a_snapshot_is_used_only_for_its_log_and_its_budgets(tmp_path: Path) -> 
     config = BudgetSettings(default=Budget(usd=9))
     spent = {"acme": {("month", datetime(2026, 12, 1, tzinfo=UTC)): Decimal("0.0000125")}}
     path = tmp_path / "budgets.json"
-    snapshot.save(path, snapshot.Snapshot("sqlite", {0: 42}, spent, "evt-42"), config)
-    assert snapshot.load(path, config, "sqlite") == snapshot.Snapshot("sqlite", {0: 42}, spent, "evt-42")
+    saved = snapshot.Snapshot("sqlite", {0: 42}, spent, {0: "evt-42"}, ["evt-41", "evt-42"])
+    snapshot.save(path, saved, config)
+    assert snapshot.load(path, config, "sqlite") == saved
     assert snapshot.load(path, config, "kafka:llm.usage") is None
     assert snapshot.load(path, BudgetSettings(default=Budget(usd=10)), "sqlite") is None
     assert snapshot.load(tmp_path / "none.json", config, "sqlite") is None
@@ -215,6 +241,26 @@ def test_a_snapshot_is_used_only_for_its_log_and_its_budgets(tmp_path: Path) -> 
     assert snapshot.load(path, config, "sqlite") is None  # no positions: unreadable
     path.write_text("{not json")
     assert snapshot.load(path, config, "sqlite") is None
+
+    # an amount no snapshot writes made the start raise (NaN), or refused a tenant (Infinity)
+    def written(amount: str, start: str = "2026-12-01T00:00:00+00:00") -> dict[str, Any]:
+        return {
+            "version": snapshot.VERSION,
+            "config": snapshot.fingerprint(config),
+            "log": "sqlite",
+            "positions": {"0": 42},
+            "checks": {"0": "e"},
+            "recent": [],
+            "spent": [["acme", "month", start, amount]],
+        }
+
+    for amount in ("NaN", "Infinity", "-1", "0"):
+        path.write_text(json.dumps(written(amount)))
+        assert snapshot.load(path, config, "sqlite") is None, amount
+    path.write_text(json.dumps(written("1", "2026-12-01T00:00:00")))
+    assert snapshot.load(path, config, "sqlite") is None  # a period start without its zone
+    path.write_text(json.dumps(written("1")))
+    assert snapshot.load(path, config, "sqlite") is not None
 
 
 def test_the_first_record_of_a_period_is_found_by_bisection(tmp_path: Path) -> None:
