@@ -65,6 +65,10 @@ def _inputs(body: dict[str, Any]) -> tuple[tuple[str, ...] | None, tuple[tuple[i
         raise InvalidRequest(f"'input' must be {_INPUT_SHAPES}", param="input", code="invalid_type")
     if not value:
         raise InvalidRequest("'input' must not be an empty array", param="input", code="invalid_value")
+    if all(isinstance(item, int | float) and not isinstance(item, bool) for item in value):
+        # one input of token ids, however long (the model's context is the vendor's to check);
+        # a float there is a bad token id, not a mix
+        return None, (_token_ids(value, "input"),)
     if len(value) > MAX_INPUTS:
         raise InvalidRequest(
             f"'input' holds {len(value)} inputs; at most {MAX_INPUTS} go in one request",
@@ -76,8 +80,6 @@ def _inputs(body: dict[str, Any]) -> tuple[tuple[str, ...] | None, tuple[tuple[i
             if not text:  # OpenAI's 400 too; a vector of nothing is of no use
                 raise InvalidRequest(f"'input[{i}]' must not be empty", param="input", code="invalid_value")
         return tuple(value), None
-    if all(isinstance(item, int | float) and not isinstance(item, bool) for item in value):
-        return None, (_token_ids(value, "input"),)  # a float there is a bad token id, not a mix
     if all(isinstance(item, list) for item in value):
         return None, tuple(_token_ids(item, f"input[{i}]") for i, item in enumerate(value))
     raise InvalidRequest(

@@ -136,6 +136,18 @@ async def test_token_ids_go_to_openai_and_are_refused_where_no_provider_takes_th
         assert len(gw.event_log.events) == before  # nothing was sent
 
 
+async def test_one_long_array_of_token_ids_is_one_input_not_thousands() -> None:
+    """2,049 token ids are one input of 2,049 tokens; OpenAI's limit of 2,048 counts inputs
+    (a review: the ids were counted as inputs and the request refused)."""
+    async with running_gateway() as gw:
+        ids = list(range(3000))
+        raw = await embed(gw, model="text-embedding-3-small", input=ids, encoding_format="float")
+        assert len(raw.parse().data) == 1 and raw.parse().usage.prompt_tokens == 3000
+        sent = gw.sims["openai"].requests[-1].body["input"]
+        assert sent in (ids, [ids])
+        assert [e.prompt_tokens for e in gw.event_log.events] == [3000]
+
+
 async def test_a_failing_provider_falls_back_to_the_same_model_elsewhere_never_to_another() -> None:
     async with running_gateway() as gw:
         gw.sims["openai"].faults.always(Fault("server_error"))
