@@ -14,7 +14,7 @@ from aiohttp import web
 
 from gateway.api.query import only_parameters
 from gateway.api.state import STATE
-from gateway.api.validation import MAX_TENANT_LEN, string_field
+from gateway.api.validation import tenant_field
 from gateway.budgets.ledger import Standing
 from gateway.pricing.base import money_text
 
@@ -42,7 +42,7 @@ async def budgets(request: web.Request) -> web.Response:
     principal = state.auth.authenticate(request)
     only_parameters(request.query, ("tenantId",))
     # as a body's tenantId: a tenant no call can bill has no budget to show
-    asked = string_field(dict(request.query), "tenantId", max_len=MAX_TENANT_LEN, printable=True) or None
+    asked = tenant_field(request.query)
     ledger = state.budgets
     if asked is not None or not principal.admin:
         tenants = [state.auth.tenant_for(principal, asked)]

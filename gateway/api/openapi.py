@@ -5,6 +5,8 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from gateway.api.validation import MAX_TENANT_LEN
+
 _ERROR = {
     "type": "object",
     "required": ["error"],
@@ -62,7 +64,7 @@ _COMMON_PROPS: dict[str, Any] = {
     "tenantId": {
         "type": "string",
         "minLength": 1,
-        "maxLength": 128,
+        "maxLength": MAX_TENANT_LEN,
         "description": "Tenant billed for the call (honoured for admin keys or an open gateway).",
     },
 }
@@ -216,7 +218,7 @@ _EMBEDDING_REQUEST = {
         "dimensions": {"type": "integer", "minimum": 1, "maximum": 65536},
         "user": {"type": "string"},
         "provider": {"enum": ["openai", "azure", "anthropic", "google", "ollama"]},
-        "tenantId": {"type": "string", "minLength": 1, "maxLength": 128},
+        "tenantId": {"type": "string", "minLength": 1, "maxLength": MAX_TENANT_LEN},
     },
     "additionalProperties": False,
 }

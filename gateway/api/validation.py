@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -17,13 +18,16 @@ from gateway.api.tool_validation import (
     type_name,
 )
 from gateway.errors import InvalidRequest
+from gateway.events import INDEXED_TEXT
 from gateway.images import DETAILS, Image, parse_image_url
 from gateway.prompt_cache import WHOLE, check_marks, parse_mark
 from gateway.types import OPTION_NAMES, ChatRequest, Message, Options, Role
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 MAX_STOP = 4
-MAX_TENANT_LEN = 128
+#: a tenant named in a request: as long as one of the configuration (API keys, budgets), the
+#: longest every store holds; it was 128, so an admin could not name a key's longer tenant
+MAX_TENANT_LEN = INDEXED_TEXT
 #: a model name goes into the usage event, the cost log line and the ``x-llm-model`` header
 MAX_MODEL_LEN = 256
 #: fields we know but cannot honour: refused clearly rather than silently dropped (a value equal
@@ -467,12 +471,22 @@ def model_name(value: str) -> str:
     return checked
 
 
+def tenant_field(body: Mapping[str, Any]) -> str | None:
+    """``tenantId`` as a key's tenant is written: printable, no blank at either end (``" acme"``
+    billed a tenant apart from ``acme``, which no key or budget could name), at most
+    MAX_TENANT_LEN characters."""
+    tenant = string_field(dict(body), "tenantId", max_len=MAX_TENANT_LEN, printable=True)
+    if tenant is not None and not tenant.strip():
+        raise InvalidRequest("'tenantId' must not be empty", param="tenantId", code="invalid_value")
+    if tenant is not None and tenant != tenant.strip():
+        raise InvalidRequest("'tenantId' must not begin or end with a blank", param="tenantId", code="invalid_value")
+    return tenant
+
+
 def common_fields(body: dict[str, Any]) -> tuple[str, str | None, str | None]:
     model = string_field(body, "model", required=True, max_len=MAX_MODEL_LEN, printable=True)
     provider = string_field(body, "provider")
-    tenant = string_field(body, "tenantId", max_len=MAX_TENANT_LEN, printable=True)
-    if tenant is not None and not tenant.strip():
-        raise InvalidRequest("'tenantId' must not be empty", param="tenantId", code="invalid_value")
+    tenant = tenant_field(body)
     _n(body)
     assert model is not None
     return model, provider, tenant

@@ -187,11 +187,40 @@ async def test_the_budgets_endpoint_says_what_each_tenant_spent_to_the_cent(tmp_
         status, refused = await budgets(gw, "sk-a", tenant="tenant_a")
         assert status == 400 and refused["error"]["param"] == "tenant"
         assert refused["error"]["code"] == "unknown_parameter"
-        for query in ("tenantId=tenant_a&tenantId=tenant_b", "tenantId=a%0Ab", "tenantId=" + "x" * 129):
+        for query in (
+            "tenantId=tenant_a&tenantId=tenant_b",
+            "tenantId=a%0Ab",
+            "tenantId=" + "x" * 513,
+            "tenantId=%20tenant_a",
+            "tenantId=",
+        ):
             status, refused = await budgets_query(gw, "sk-admin", query)
             assert status == 400 and refused["error"]["param"] == "tenantId", query
         status, refused = await budgets(gw, "sk-wrong")
         assert status == 401
+
+
+async def test_an_admin_names_any_tenant_a_key_can_have_up_to_512_characters(tmp_path: Path) -> None:
+    """A key's tenant may have 512 characters (what every store holds); a request's tenantId was
+    held to 128, so an admin could neither bill nor look up such a tenant (a review)."""
+    long_tenant = "t" * 512
+    keys = [*KEYS, ApiKey(key="sk-long", tenant=long_tenant)]
+    async with running_gateway(
+        providers=("openai",),
+        event_log="settings",
+        settings={"data_dir": tmp_path, "api_keys": keys, "budgets": {"tenants": {long_tenant: {"usd": "1"}}}},
+    ) as gw:
+        billed = await chat(gw, "sk-admin", extra_body={"tenantId": long_tenant})
+        status, named = await budgets(gw, "sk-admin", tenantId=long_tenant)
+        assert status == 200
+        [standing] = named["data"]
+        assert standing["tenantId"] == long_tenant
+        assert Decimal(standing["spentUsd"]) == Decimal(billed.headers["x-llm-cost-usd"]) > 0
+        # a blank at either end names no tenant a key or a budget can have: refused, not billed apart
+        for odd in (" " + long_tenant[:10], long_tenant[:10] + " "):
+            with pytest.raises(openai.BadRequestError) as refused:
+                await chat(gw, "sk-admin", extra_body={"tenantId": odd})
+            assert refused.value.code == "invalid_value" and refused.value.param == "tenantId"
 
 
 async def budgets_query(gw: RunningGateway, key: str, query: str) -> tuple[int, Any]:
