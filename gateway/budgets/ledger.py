@@ -175,6 +175,8 @@ class SpendLedger:
         for event_id in recent or ():
             self.recent[event_id] = None
         now = self._clock()
+        tenants: set[str] = set()
+        total = ZERO
         for tenant, periods in confirmed.items():
             budget = self.config.for_tenant(tenant)
             if budget is None:
@@ -184,6 +186,13 @@ class SpendLedger:
                 if period == budget.period and start in (current, budget.period_end(current)) and cost > 0:
                     counted = self._spent.setdefault(tenant, {})
                     counted[period, start] = counted.get((period, start), ZERO) + cost
+                    tenants.add(tenant)
+                    total += cost
+        # the snapshot is taken as written (an owner-only file): what it brought is said, so a
+        # spend that does not match the stores can be traced to it (delete it to count again)
+        log.info(
+            "budgets: the snapshot gave %d tenants' spend of their periods, $%s in all", len(tenants), format_usd(total)
+        )
 
     # --- what is allowed ---------------------------------------------------------------------------
 

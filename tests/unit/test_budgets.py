@@ -4,6 +4,7 @@ spend of the current period from usage events."""
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -211,7 +212,8 @@ def test_without_a_log_to_follow_own_events_are_not_kept_pending() -> None:
     assert ledger.confirmed() == {"acme": {("month", datetime(2026, 12, 1, tzinfo=UTC)): Decimal(1)}}
 
 
-def test_a_restored_snapshot_adds_only_the_current_periods_of_each_budget() -> None:
+def test_a_restored_snapshot_adds_only_the_current_periods_of_each_budget(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.budgets")
     ledger = SpendLedger(
         BudgetSettings(tenants={"daily": Budget(usd=9, period="day")}, default=Budget(usd=9)), clock=Clock(NOW)
     )
@@ -225,6 +227,8 @@ def test_a_restored_snapshot_adds_only_the_current_periods_of_each_budget() -> N
         }
     )
     assert [ledger.standing(t).spent for t in ("acme", "daily")] == [Decimal(3), Decimal(3)]  # type: ignore[union-attr]
+    # taken as written: what it gave is said (a hand-edited file's spend can be traced to it)
+    assert "budgets: the snapshot gave 2 tenants' spend of their periods, $5.000000 in all" in caplog.messages
 
 
 def test_a_snapshot_is_used_only_for_its_log_and_its_budgets(tmp_path: Path) -> None:
@@ -233,6 +237,7 @@ def test_a_snapshot_is_used_only_for_its_log_and_its_budgets(tmp_path: Path) -> 
     path = tmp_path / "budgets.json"
     saved = snapshot.Snapshot("sqlite", {0: 42}, spent, {0: "evt-42"}, ["evt-41", "evt-42"])
     snapshot.save(path, saved, config)
+    assert path.stat().st_mode & 0o777 == 0o600  # taken as written: the gateway user's alone
     assert snapshot.load(path, config, "sqlite") == saved
     assert snapshot.load(path, config, "kafka:llm.usage") is None
     assert snapshot.load(path, BudgetSettings(default=Budget(usd=10)), "sqlite") is None
