@@ -6,13 +6,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 
 from gateway.api.drain import RUNNER_BACKSTOP
+from gateway.json_log import say
 from gateway.runtime import listening_socket, until_terminated
 from gateway.settings import Settings
 from gateway.startup import startup_failure, warn_if_open, warn_if_readable
@@ -106,6 +106,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     except Exception as exc:
         if (reason := startup_failure(exc)) is None:
             raise
-        print(f"llm-gateway consume: cannot start: {reason}", file=sys.stderr)
+        say(f"llm-gateway consume: cannot start: {reason}")
         return 1
     return 0

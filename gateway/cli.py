@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from gateway.errors import GatewayError
+from gateway.json_log import FORMATS, LOG_FORMAT_ENV, say, use_json
 from gateway.runtime import listening_socket, quiet_accept_errors, tune_gc, tune_logging, until_terminated
 from gateway.settings import Settings, load_settings, unknown_environment
 from gateway.startup import startup_failure, warn_if_open, warn_if_readable
@@ -47,12 +48,14 @@ class _RateLimit(logging.Filter):
         return True
 
 
-def _configure_logging(level: str) -> None:
+def _configure_logging(level: str, log_format: str = "text") -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if log_format == "json":
+        use_json()
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     # aiokafka logs a connection error every ~100 ms while a broker is down; the spool already
     # warns with its depth, so keep one line per message per 30 s
@@ -219,6 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default="INFO", type=str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
     )
+    parser.add_argument(
+        "--log-format",
+        type=str.lower,
+        choices=FORMATS,
+        help="text lines, or one JSON object a line with the cost line's values as fields "
+        "(default: LLM_GATEWAY_LOG_FORMAT, else text)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the gateway (embedded event log and cost store by default)")
@@ -249,7 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(args.log_level)
+    log_format = args.log_format or os.environ.get(LOG_FORMAT_ENV, "text").strip().lower() or "text"
+    if log_format not in FORMATS:
+        parser.error(f"{LOG_FORMAT_ENV}={log_format!r}: choose from {', '.join(FORMATS)}")
+    _configure_logging(args.log_level, log_format)
     tune_logging()
     tune_gc()
     # the files it creates (the event log, the cost store, spools) hold tenants' usage and the
@@ -275,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if v is not None
     }
     for name in unknown_environment():
-        print(f"llm-gateway: warning: {name} is set but is no setting (ignored; misspelled?)", file=sys.stderr)
+        say(f"llm-gateway: warning: {name} is set but is no setting (ignored; misspelled?)", logging.WARNING)
     try:
         settings = load_settings(**overrides)
         if settings.price_file is not None:  # read now: a bad price file is a bad configuration
@@ -283,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             load_price_file(settings.price_file)
     except (ValueError, OSError, yaml.YAMLError, GatewayError) as exc:  # ValidationError is a ValueError
-        print(f"llm-gateway: invalid configuration: {config_error(exc)}", file=sys.stderr)
+        say(f"llm-gateway: invalid configuration: {config_error(exc)}")
         return 2
     if args.command == "serve":
         try:
@@ -293,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception as exc:
             if (reason := startup_failure(exc)) is None:
                 raise
-            print(f"llm-gateway serve: cannot start: {reason}", file=sys.stderr)
+            say(f"llm-gateway serve: cannot start: {reason}")
             return 1
         return 0
     from gateway.commands import run_command

@@ -400,8 +400,9 @@ def _known(names: Any) -> None:
         raise ValueError(f"unknown provider(s) {unknown}: the providers are {', '.join(DEFAULT_PRIORITY)}")
 
 
-#: documented variables that are no setting: ``compose.yaml`` reads LLM_GATEWAY_SIMULATE itself
-_READ_ELSEWHERE = frozenset({"LLM_GATEWAY_SIMULATE"})
+#: documented variables that are no setting: ``compose.yaml`` reads LLM_GATEWAY_SIMULATE itself,
+#: the CLI LLM_GATEWAY_LOG_FORMAT (the logs are set up before the settings are read)
+_READ_ELSEWHERE = frozenset({"LLM_GATEWAY_SIMULATE", "LLM_GATEWAY_LOG_FORMAT"})
 
 
 def unknown_environment(environ: Mapping[str, str] | None = None) -> list[str]:

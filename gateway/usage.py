@@ -12,6 +12,7 @@ from decimal import Decimal
 from gateway.eventlog.base import EventLog
 from gateway.events import Outcome, UsageEvent, version_for
 from gateway.ids import Clock, uuid7_str
+from gateway.json_log import FIELDS
 from gateway.pricing.base import PriceBook, Quote, format_usd
 from gateway.pricing.reprice import ZERO, quote_models, unseen_cost
 from gateway.safe_text import log_value
@@ -199,14 +200,30 @@ class UsageRecorder:
                 log.exception("usage observer %r failed on event %s", observer, event.event_id)
 
     @staticmethod
-    def log_cost(tenant: str, provider: str, model: str, cost: Decimal | None) -> None:
+    def log_cost(ctx: CallContext, provider: str, model: str, cost: Decimal | None) -> None:
         """The one cost line per call: ``Cost | tenant=t provider=p model=m cost=$0.000150``. The
         model is the one the provider says served the call: a name past :data:`LOGGED_MODEL`
         characters is cut there (an upstream's 200,000-character ``model`` made a line that log
-        shippers split at 16 KB, the ``cost=`` field lost: a review)."""
-        amount = f"${format_usd(cost)}" if cost is not None else "unpriced"
+        shippers split at 16 KB, the ``cost=`` field lost: a review). The same values, with the
+        request id and the endpoint, are the line's fields in JSON logs (``gateway/json_log.py``)."""
+        if not cost_log.isEnabledFor(logging.INFO):
+            return
+        text = format_usd(cost) if cost is not None else None
         if len(model) > LOGGED_MODEL:
             model = model[:LOGGED_MODEL] + "..."
+        fields = {
+            "tenantId": ctx.tenant_id,
+            "provider": provider,
+            "model": model,
+            "costUsd": text,
+            "requestId": ctx.request_id,
+            "endpoint": ctx.endpoint,
+        }
         cost_log.info(
-            "Cost | tenant=%s provider=%s model=%s cost=%s", log_value(tenant), provider, log_value(model), amount
+            "Cost | tenant=%s provider=%s model=%s cost=%s",
+            log_value(ctx.tenant_id),
+            provider,
+            log_value(model),
+            f"${text}" if text is not None else "unpriced",
+            extra={FIELDS: fields},
         )

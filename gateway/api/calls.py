@@ -62,20 +62,19 @@ async def serve_call(
 class CostLineOnFailure:
     """The cost line of a call that ends in an error after its attempts (one line per call)."""
 
-    __slots__ = ("model", "tenant")
+    __slots__ = ("ctx",)
 
-    def __init__(self, tenant: str, model: str) -> None:
-        self.tenant = tenant
-        self.model = model
+    def __init__(self, ctx: CallContext) -> None:
+        self.ctx = ctx
 
     def __enter__(self) -> None:
         return None
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object) -> None:
         if isinstance(exc, errors.ProviderError):
-            UsageRecorder.log_cost(self.tenant, exc.provider, self.model, exc.call_cost)
+            UsageRecorder.log_cost(self.ctx, exc.provider, self.ctx.requested_model, exc.call_cost)
         elif isinstance(exc, errors.AllProvidersFailed):
-            UsageRecorder.log_cost(self.tenant, "none", self.model, exc.cost)
+            UsageRecorder.log_cost(self.ctx, "none", self.ctx.requested_model, exc.cost)
 
 
 def billed_tenant(state: GatewayState, principal: Principal, requested: str | None) -> str:

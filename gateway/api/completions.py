@@ -88,13 +88,13 @@ async def _answer(
         stream=parsed.template.stream,
         requested_model=parsed.requested_model,
     )
-    with CostLineOnFailure(tenant, parsed.requested_model):
+    with CostLineOnFailure(ctx):
         if parsed.template.stream:
             session = await state.router.open_stream(ctx, parsed.template, parsed.provider)
             return await _stream(request, state, ctx, parsed, session)
         served = await state.router.complete(ctx, parsed.template, parsed.provider)
     result = served.result
-    UsageRecorder.log_cost(tenant, served.provider, result.model, served.cost)
+    UsageRecorder.log_cost(ctx, served.provider, result.model, served.cost)
     created = int(state.clock().timestamp())
     response_id = _response_id(parsed.endpoint, ctx.request_id)
     build = chat_completion if parsed.endpoint == "chat.completions" else text_completion
@@ -221,4 +221,4 @@ def _client_gone(ctx: CallContext, session: StreamSession) -> None:
 def _log_stream_cost(ctx: CallContext, session: StreamSession) -> None:
     """The call's cost line, from the stream's recorded attempt (unpriced if none is)."""
     model = session.served_model or session.provider_model
-    UsageRecorder.log_cost(ctx.tenant_id, session.provider, model, session.cost)
+    UsageRecorder.log_cost(ctx, session.provider, model, session.cost)

@@ -154,8 +154,8 @@ async def _answer(
         stream=False,
         requested_model=model,
     )
-    with CostLineOnFailure(tenant, model):
+    with CostLineOnFailure(ctx):
         served = await state.router.embed(ctx, parsed.template, parsed.provider)
-    UsageRecorder.log_cost(tenant, served.provider, served.result.model, served.cost)
+    UsageRecorder.log_cost(ctx, served.provider, served.result.model, served.cost)
     body = embedding_list(served.result, base64=parsed.template.base64)
     return web.Response(body=orjson.dumps(body), content_type="application/json", headers=served_headers(ctx, served))

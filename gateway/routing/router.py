@@ -290,13 +290,11 @@ class Router:
             except errors.InvalidRequest as exc:
                 if attempts.count:  # the fallback's adapter cannot put it: the attempts before it cost
                     attempts.charge(exc)
-                    UsageRecorder.log_cost(ctx.tenant_id, candidate.provider, candidate.called, exc.call_cost)
+                    UsageRecorder.log_cost(ctx, candidate.provider, candidate.called, exc.call_cost)
                 raise
             except errors.ClientGone:
                 log.info("request %s: the client left before attempt %d was sent", ctx.request_id, attempts.count + 1)
-                UsageRecorder.log_cost(
-                    ctx.tenant_id, candidate.provider, candidate.called, _total(Decimal(0), attempts.billed)
-                )
+                UsageRecorder.log_cost(ctx, candidate.provider, candidate.called, _total(Decimal(0), attempts.billed))
                 raise
             except asyncio.CancelledError:
                 if not attempts.cancel_logged:
@@ -305,7 +303,7 @@ class Router:
                     # found such calls with no line and nothing saying they were cut off)
                     log.info("request %s cancelled between attempts, after %d", ctx.request_id, attempts.count)
                     UsageRecorder.log_cost(
-                        ctx.tenant_id, candidate.provider, candidate.called, _total(Decimal(0), attempts.billed)
+                        ctx, candidate.provider, candidate.called, _total(Decimal(0), attempts.billed)
                     )
                 raise
         failed = self._all_failed(ctx, candidates, attempts)
@@ -502,9 +500,7 @@ class Router:
             event = self.recorder.record(ctx, facts)
             # the call's one cost line (a stop's timeout cancelled a non-streaming call without
             # it: a docs review); a stream already open logs its own (api/completions.py)
-            UsageRecorder.log_cost(
-                ctx.tenant_id, candidate.provider, candidate.called, _total(event.cost_usd, attempts.billed)
-            )
+            UsageRecorder.log_cost(ctx, candidate.provider, candidate.called, _total(event.cost_usd, attempts.billed))
             attempts.cancel_logged = True
             return exc
         error = _as_provider_error(exc, candidate.provider)

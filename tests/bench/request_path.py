@@ -211,7 +211,7 @@ async def measure(calls: int, work: Path) -> list[tuple[str, float]]:
             ("usage event: JSON + durable SQLite append", _time(lambda: log.publish(event), calls)),
             (
                 "cost log line (to a file)",
-                _time(lambda: UsageRecorder.log_cost("default", "openai", result.model, event.cost_usd), calls),
+                _time(lambda: UsageRecorder.log_cost(ctx, "openai", result.model, event.cost_usd), calls),
             ),
             ("health: observe the attempt", _time(lambda: health.observe(_fresh(event)), calls)),
             (

@@ -78,9 +78,10 @@ def test_the_cost_line_cuts_an_upstreams_endless_model_name(caplog: pytest.LogCa
     import logging
     from decimal import Decimal
 
-    from gateway.usage import LOGGED_MODEL, UsageRecorder
+    from gateway.usage import LOGGED_MODEL, CallContext, UsageRecorder
 
     caplog.set_level(logging.INFO, logger="gateway.cost")
-    UsageRecorder.log_cost("t", "openai", "m" * 200_000, Decimal("0.5"))
+    ctx = CallContext("req_1", "t", None, "chat.completions", False, "gpt-4")
+    UsageRecorder.log_cost(ctx, "openai", "m" * 200_000, Decimal("0.5"))
     (line,) = [r.getMessage() for r in caplog.records if r.name == "gateway.cost"]
     assert line == f"Cost | tenant=t provider=openai model={'m' * LOGGED_MODEL}... cost=$0.500000"
