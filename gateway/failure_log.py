@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Hashable
-from typing import cast
+from typing import Any, cast
 
 from gateway.events import UsageEvent
 from gateway.safe_text import log_value
@@ -37,12 +37,20 @@ _ANSWER_IN_MESSAGE = frozenset({"malformed_response", "stream_cut"})
 class FailureLog:
     def __init__(self, every: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         #: one window per (provider, outcome)
-        self.windows = WindowedLog(log, _counted, every=every, clock=clock)
+        self.windows = WindowedLog(log, _counted, key_fields=_key_fields, every=every, clock=clock)
 
     def __call__(self, event: UsageEvent) -> None:
         if event.outcome in QUIET:
             return
-        self.windows.hit((event.provider, event.outcome), lambda since: _full(event, since))
+        fields = {
+            "provider": event.provider,
+            "outcome": event.outcome,
+            "httpStatus": event.http_status,
+            "errorCode": event.error_code,
+            "model": event.provider_model[:MESSAGE_CHARS],
+            "requestId": event.request_id,
+        }
+        self.windows.hit((event.provider, event.outcome), lambda since: _full(event, since), fields)
 
     def flush(self) -> None:
         """Write every count not written yet (at a stop)."""
@@ -59,6 +67,11 @@ def _full(event: UsageEvent, since: str) -> str:
         f"{event.provider} attempt failed: {event.outcome} ({status}{code}) model={model} "
         f"request={event.request_id}: {quoted}{since}"
     )
+
+
+def _key_fields(key: Hashable) -> dict[str, Any]:
+    provider, outcome = cast(tuple[str, str], key)
+    return {"provider": provider, "outcome": outcome}
 
 
 def _counted(key: Hashable, count: int, seconds: float) -> str:

@@ -9,6 +9,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Hashable
+from typing import Any
+
+from gateway.json_log import FIELDS
 
 
 class WindowedLog:
@@ -17,22 +20,26 @@ class WindowedLog:
         logger: logging.Logger,
         counted: Callable[[Hashable, int, float], str],
         *,
+        key_fields: Callable[[Hashable], dict[str, Any]] | None = None,
         every: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``counted(key, count, seconds)``: the text of a window's count line."""
+        """``counted(key, count, seconds)``: the text of a window's count line; ``key_fields(key)``:
+        its fields in JSON logs (with ``count``)."""
         self.every = every
         self._log = logger
         self._counted = counted
+        self._key_fields = key_fields
         self._clock = clock
         #: key -> when its window began (its last full line), and how many came since
         self._last: dict[Hashable, tuple[float, int]] = {}
         #: key -> the timer of the line that writes its window's count
         self._timers: dict[Hashable, asyncio.TimerHandle] = {}
 
-    def hit(self, key: Hashable, full: Callable[[str], str]) -> None:
+    def hit(self, key: Hashable, full: Callable[[str], str], fields: dict[str, Any] | None = None) -> None:
         """One more of ``key``: its full line, ``full(since)``, when its window is over (``since``:
-        " (N more since the last such line)" or ""), else counted."""
+        " (N more since the last such line)" or ""), else counted. ``fields``: the full line's
+        in JSON logs (with ``more``, the count ``since`` gives)."""
         now = self._clock()
         last = self._last.get(key)
         if last is not None and now - last[0] < self.every:
@@ -42,8 +49,10 @@ class WindowedLog:
             return
         self._cancel(key)
         self._last[key] = (now, 0)
-        since = f" ({last[1]} more since the last such line)" if last is not None and last[1] else ""
-        self._log.warning("%s", full(since))
+        more = last[1] if last is not None else 0
+        since = f" ({more} more since the last such line)" if more else ""
+        extra = {**(fields or {}), "more": more} if fields is not None or more else None
+        self._log.warning("%s", full(since), extra={FIELDS: extra} if extra is not None else None)
 
     def flush(self) -> None:
         """Write every count not written yet (at a stop)."""
@@ -71,4 +80,5 @@ class WindowedLog:
         if last is None or not last[1]:
             return
         self._last[key] = (last[0], 0)
-        self._log.warning("%s", self._counted(key, last[1], self._clock() - last[0]))
+        fields = {**(self._key_fields(key) if self._key_fields is not None else {}), "count": last[1]}
+        self._log.warning("%s", self._counted(key, last[1], self._clock() - last[0]), extra={FIELDS: fields})

@@ -59,7 +59,7 @@ class Authenticator:
         self.default_tenant = default_tenant
         #: refused keys and tenants, a WARNING window per reason (``gateway.auth``): they were
         #: never logged, so a client trying keys went unseen (a logs review)
-        self.refusals = WindowedLog(log, _refusals_counted)
+        self.refusals = WindowedLog(log, _refusals_counted, key_fields=lambda reason: {"reason": reason})
 
     def authenticate(self, request: web.Request) -> Principal:
         if self.open:
@@ -97,6 +97,7 @@ class Authenticator:
                 f"gateway key refused (another tenant): {principal.key_id} of tenant "
                 f"{log_value(principal.tenant)} asked for tenant {log_value(requested)}{since}"
             ),
+            {"reason": "another tenant", "keyId": principal.key_id, "tenantId": principal.tenant, "asked": requested},
         )
         raise refused
 
@@ -111,6 +112,7 @@ class Authenticator:
                 f"gateway key refused ({reason}): {request.method} {log_value(request.path[:200])} "
                 f"from {log_value(peer)}{shown}{since}"
             ),
+            {"reason": reason, "method": request.method, "path": request.path[:200], "client": peer, "keyId": key},
         )
         return error
 

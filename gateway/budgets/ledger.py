@@ -89,7 +89,7 @@ class SpendLedger:
         self.recent: dict[str, None] = {}
         self.duplicates = 0
         #: the refused calls' WARNINGs (``gateway.budgets``)
-        self.refusals = WindowedLog(log, _refusals_counted)
+        self.refusals = WindowedLog(log, _refusals_counted, key_fields=lambda tenant: {"tenantId": tenant})
 
     # --- what is spent ---------------------------------------------------------------------------
 
@@ -226,6 +226,13 @@ class SpendLedger:
                     f"{'daily' if standing.budget.period == 'day' else 'monthly'} ${format_usd(standing.budget.usd)}; "
                     f"its calls are refused until {standing.resets.isoformat()}{since}"
                 ),
+                {
+                    "tenantId": tenant,
+                    "period": standing.budget.period,
+                    "spentUsd": format_usd(standing.spent),
+                    "limitUsd": format_usd(standing.budget.usd),
+                    "resetsAt": standing.resets.isoformat(),
+                },
             )
             raise BudgetExceeded.of(standing)
 

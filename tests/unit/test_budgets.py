@@ -290,3 +290,17 @@ def test_the_refusals_are_logged_once_a_window_per_tenant(caplog: pytest.LogCapt
     ]
     ledger.refusals.flush()
     assert "2 more calls refused" in caplog.records[-1].getMessage()
+    # JSON logs: the values as fields (money as text)
+    from tests.support.logs import fields
+
+    assert fields(caplog, "gateway.budgets") == [
+        {
+            "tenantId": "acme",
+            "period": "month",
+            "spentUsd": "0.000000",
+            "limitUsd": "0.000000",
+            "resetsAt": "2027-01-01T00:00:00+00:00",
+            "more": 0,
+        },
+        {"tenantId": "acme", "count": 2},
+    ]

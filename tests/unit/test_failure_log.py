@@ -14,6 +14,7 @@ from gateway.failure_log import FailureLog
 from gateway.simulators.base import Fault
 from tests.support.events import usage_event
 from tests.support.gateway import running_gateway
+from tests.support.logs import fields
 
 
 def make_event(**changes: object) -> UsageEvent:
@@ -53,6 +54,20 @@ def test_one_line_per_provider_and_outcome_a_minute_with_the_count_between(caplo
     assert "(4 more since the last such line)" in got[2] and "rate_limited" in got[2]
     # an upstream's message is quoted: it cannot end the line or forge another
     assert "auth_error (HTTP 401)" in got[1] and '"Incorrect API key\\nCost | forged"' in got[1]
+    # JSON logs: the values as fields, and how many the window counted
+    limited_fields = {
+        "provider": "openai",
+        "outcome": "rate_limited",
+        "httpStatus": 429,
+        "errorCode": "rate_limit_exceeded",
+        "model": "gpt-4o",
+        "requestId": "req_1",
+    }
+    assert fields(caplog, "gateway.providers") == [
+        {**limited_fields, "more": 0},
+        {**limited_fields, "outcome": "auth_error", "httpStatus": 401, "errorCode": None, "more": 0},
+        {**limited_fields, "more": 4},
+    ]
 
 
 async def test_an_expired_key_is_a_warning_naming_the_provider(caplog: pytest.LogCaptureFixture) -> None:
@@ -83,6 +98,7 @@ async def test_the_count_is_written_when_the_minute_ends_and_at_a_stop(caplog: p
     assert len(lines(caplog)) == 1
     await asyncio.sleep(0.15)
     assert lines(caplog)[1].startswith("openai: 2 more attempts failed: timeout, in the ")
+    assert fields(caplog, "gateway.providers")[1] == {"provider": "openai", "outcome": "timeout", "count": 2}
     failures(make_event(outcome="upstream_error", error_message="boom"))
     failures(make_event(outcome="upstream_error"))
     failures.flush()  # the stop: before the window ends
@@ -151,3 +167,18 @@ async def test_refused_gateway_keys_are_logged_without_the_key(caplog: pytest.Lo
     assert any("(another tenant)" in line and "asked for tenant tenant_b" in line for line in got)
     assert any(line.startswith("gateway key refused (wrong key): 2 more, in the ") for line in got)  # at the stop
     assert not any("sk-guess" in line or "sk-team-a" in line for line in got)
+    logged = fields(caplog, "gateway.auth")
+    assert logged[0] == {
+        "reason": "wrong key",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "client": "127.0.0.1",
+        "keyId": logged[0]["keyId"],
+        "more": 0,
+    }
+    assert str(logged[0]["keyId"]).startswith("key_")
+    [other] = [line for line in logged if line["reason"] == "another tenant"]
+    assert (other["tenantId"], other["asked"], other["more"]) == ("tenant_a", "tenant_b", 0)
+    assert str(other["keyId"]).startswith("key_") and other["keyId"] != logged[0]["keyId"]
+    assert {"reason": "wrong key", "count": 2} in logged
+    assert not any("sk-guess" in str(line) or "sk-team-a" in str(line) for line in logged)
