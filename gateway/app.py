@@ -26,6 +26,7 @@ from gateway.eventlog.base import EventLog
 from gateway.failure_log import FailureLog
 from gateway.health.plugin import health_plugin, install_health
 from gateway.ids import utcnow
+from gateway.limits.plugin import install_limits
 from gateway.metrics import METRICS, METRICS_AUTH, GatewayMetrics, metrics_handler, metrics_middleware
 from gateway.pricing.base import PriceBook
 from gateway.providers.base import Provider, Timeouts
@@ -161,6 +162,7 @@ def create_app(
     app.cleanup_ctx.append(resources)
     install_health(app, health_plugin(settings, clock=clock))
     install_budgets(app, settings, clock)
+    install_limits(app, settings)
     for install in installers or []:
         install(app)
     return app

@@ -7,6 +7,7 @@ provider) instead of listing classes.
 
 from __future__ import annotations
 
+import math
 from decimal import Decimal
 from typing import Any, ClassVar
 
@@ -31,6 +32,8 @@ class GatewayError(Exception):
     #: (None: unknown) and how many attempts it made, for its answer's headers
     call_cost: Decimal | None = Decimal(0)
     call_attempts: int | None = None
+    #: headers of its own the answer carries (a tenant's rate limit: when to retry)
+    headers: dict[str, str] | None = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -122,6 +125,35 @@ class BudgetExceeded(GatewayError):
             f"of ${format_usd(standing.budget.usd)}. Calls are accepted again from "
             f"{standing.resets.strftime('%Y-%m-%dT%H:%M:%SZ')}, or once the gateway runs with a higher budget."
         )
+
+
+class TenantRateLimited(GatewayError):
+    """The tenant is over its requests or tokens a minute (``gateway.limits``): OpenAI's own
+    rate-limit answer (type ``requests`` or ``tokens``), with ``retry-after`` and
+    ``retry-after-ms``, which the SDKs wait for and retry on."""
+
+    status = 429
+    type = "requests"
+    code = "rate_limit_exceeded"
+
+    @classmethod
+    def of(cls, tenant: str, kind: str, limit: int, wait: float) -> TenantRateLimited:
+        from gateway.limits.limiter import reset_text, wait_ms
+
+        short = "RPM" if kind == "requests" else "TPM"
+        error = cls(
+            f"Rate limit reached for tenant {tenant!r} on {kind} per min ({short}): Limit {limit}. "
+            f"Please try again in {reset_text(wait)}."
+        )
+        error.type = kind  # type: ignore[misc]
+        error.headers = {
+            "retry-after": str(max(1, math.ceil(wait_ms(wait) / 1000))),
+            "retry-after-ms": str(max(1, wait_ms(wait))),
+            f"x-ratelimit-limit-{kind}": str(limit),
+            f"x-ratelimit-remaining-{kind}": "0",
+            f"x-ratelimit-reset-{kind}": reset_text(wait),
+        }
+        return error
 
 
 # --- provider (upstream) errors -------------------------------------------------------------

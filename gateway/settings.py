@@ -23,6 +23,7 @@ from gateway.budgets.config import BudgetSettings
 from gateway.database_url import dsn_options
 from gateway.events import INDEXED_TEXT
 from gateway.health.config import HealthSettings
+from gateway.limits.config import RateLimitSettings
 from gateway.urls import http_url_problem
 
 DEFAULT_PRIORITY = ["openai", "azure", "anthropic", "google", "ollama"]
@@ -145,6 +146,8 @@ class Settings(BaseSettings):
     # --- tenants ------------------------------------------------------------------------------
     #: spending limits per tenant and UTC day or month (``gateway.budgets``)
     budgets: BudgetSettings = Field(default_factory=BudgetSettings)
+    #: requests and tokens a minute per tenant (``gateway.limits``)
+    rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
     #: a tenant id (an empty one billed calls to a tenant no cost query can name)
     default_tenant: str = Field(default="default", min_length=1, max_length=INDEXED_TEXT, pattern=r"^\S(.*\S)?$")
 

@@ -77,21 +77,31 @@ class CostLineOnFailure:
             UsageRecorder.log_cost(self.ctx, "none", self.ctx.requested_model, exc.cost)
 
 
-def billed_tenant(state: GatewayState, principal: Principal, requested: str | None) -> str:
-    """The tenant a call bills (``Authenticator.tenant_for``); :class:`~gateway.errors.BudgetExceeded`
-    when it has spent its budget of the period (no provider is asked, no event recorded)."""
+def billed_tenant(
+    state: GatewayState, principal: Principal, requested: str | None
+) -> tuple[str, dict[str, str] | None]:
+    """The tenant a call bills (``Authenticator.tenant_for``), and its rate-limit headers (None:
+    it has no limit). :class:`~gateway.errors.BudgetExceeded` when it has spent its budget of the
+    period, :class:`~gateway.errors.TenantRateLimited` when it is over its rate limit: no provider
+    is asked, no event recorded."""
     tenant = state.auth.tenant_for(principal, requested)
     if state.budgets is not None:
         state.budgets.check(tenant)
-    return tenant
+    if state.limits is not None:
+        return tenant, state.limits.admit(tenant)
+    return tenant, None
 
 
-def served_headers(ctx: CallContext, served: Served[Any]) -> dict[str, str]:
-    """The headers of a served non-streaming call: who served it, how, and what it cost."""
-    return {
+def served_headers(ctx: CallContext, served: Served[Any], limits: dict[str, str] | None) -> dict[str, str]:
+    """The headers of a served non-streaming call: who served it, how, and what it cost (and the
+    tenant's rate limits, when it has any)."""
+    headers = {
         "x-request-id": ctx.request_id,
         "x-llm-provider": served.provider,
         "x-llm-model": header_value(served.result.model),
         "x-llm-attempts": str(served.attempts),
         "x-llm-cost-usd": format_usd(served.cost) if served.cost is not None else "unpriced",
     }
+    if limits is not None:
+        headers.update(limits)
+    return headers

@@ -79,7 +79,7 @@ async def _serve(
 async def _answer(
     request: web.Request, state: GatewayState, principal: Any, parsed: ParsedRequest
 ) -> web.StreamResponse:
-    tenant = billed_tenant(state, principal, parsed.tenant_id)
+    tenant, limits = billed_tenant(state, principal, parsed.tenant_id)
     ctx = CallContext(
         request_id=request[REQUEST_ID],
         tenant_id=tenant,
@@ -91,7 +91,7 @@ async def _answer(
     with CostLineOnFailure(ctx):
         if parsed.template.stream:
             session = await state.router.open_stream(ctx, parsed.template, parsed.provider)
-            return await _stream(request, state, ctx, parsed, session)
+            return await _stream(request, state, ctx, parsed, session, limits)
         served = await state.router.complete(ctx, parsed.template, parsed.provider)
     result = served.result
     UsageRecorder.log_cost(ctx, served.provider, result.model, served.cost)
@@ -99,7 +99,9 @@ async def _answer(
     response_id = _response_id(parsed.endpoint, ctx.request_id)
     build = chat_completion if parsed.endpoint == "chat.completions" else text_completion
     body = build(response_id, created, result.model, result)
-    return web.Response(body=orjson.dumps(body), content_type="application/json", headers=served_headers(ctx, served))
+    return web.Response(
+        body=orjson.dumps(body), content_type="application/json", headers=served_headers(ctx, served, limits)
+    )
 
 
 def _response_id(endpoint: str, request_id: str) -> str:
@@ -124,18 +126,24 @@ def _sse(obj: Any) -> bytes:
 
 
 async def _stream(
-    request: web.Request, state: GatewayState, ctx: CallContext, parsed: ParsedRequest, session: StreamSession
+    request: web.Request,
+    state: GatewayState,
+    ctx: CallContext,
+    parsed: ParsedRequest,
+    session: StreamSession,
+    limits: dict[str, str] | None,
 ) -> web.StreamResponse:
-    response = EventStream(
-        headers={
-            "content-type": "text/event-stream",
-            "cache-control": "no-cache",
-            "x-request-id": ctx.request_id,
-            "x-llm-provider": session.provider,
-            "x-llm-model": header_value(session.first_model),
-            "x-llm-attempts": str(session.attempts),
-        }
-    )
+    headers = {
+        "content-type": "text/event-stream",
+        "cache-control": "no-cache",
+        "x-request-id": ctx.request_id,
+        "x-llm-provider": session.provider,
+        "x-llm-model": header_value(session.first_model),
+        "x-llm-attempts": str(session.attempts),
+    }
+    if limits is not None:
+        headers.update(limits)
+    response = EventStream(headers=headers)
     created = int(state.clock().timestamp())
     formatter: ChunkFormatter | None = None
     held = b""  # the last read of a stream the upstream ended: it goes out with the end, in one write

@@ -144,7 +144,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
 async def _answer(
     request: web.Request, state: GatewayState, principal: Any, parsed: ParsedEmbeddings
 ) -> web.StreamResponse:
-    tenant = billed_tenant(state, principal, parsed.tenant_id)
+    tenant, limits = billed_tenant(state, principal, parsed.tenant_id)
     model = parsed.template.model
     ctx = CallContext(
         request_id=request[REQUEST_ID],
@@ -158,4 +158,6 @@ async def _answer(
         served = await state.router.embed(ctx, parsed.template, parsed.provider)
     UsageRecorder.log_cost(ctx, served.provider, served.result.model, served.cost)
     body = embedding_list(served.result, base64=parsed.template.base64)
-    return web.Response(body=orjson.dumps(body), content_type="application/json", headers=served_headers(ctx, served))
+    return web.Response(
+        body=orjson.dumps(body), content_type="application/json", headers=served_headers(ctx, served, limits)
+    )

@@ -115,6 +115,8 @@ def error_response(exc: errors.GatewayError, rid: str) -> web.Response:
     elif exc.call_attempts is not None:  # another error that ended a call after attempts (the router's)
         headers["x-llm-attempts"] = str(exc.call_attempts)
         headers["x-llm-cost-usd"] = format_usd(exc.call_cost)
+    if exc.headers is not None:
+        headers.update(exc.headers)
     if int(headers.get("retry-after", 0)) > SDK_RETRY_WAIT:
         headers["x-should-retry"] = "false"  # the client schedules its own retry by retry-after
     return web.Response(

@@ -13,6 +13,7 @@ from gateway.api.auth import Authenticator
 from gateway.api.write_watch import WriteWatches
 from gateway.budgets.ledger import SpendLedger
 from gateway.eventlog.base import EventLog
+from gateway.limits.limiter import RateLimiter
 from gateway.routing.router import Router
 from gateway.settings import Settings
 
@@ -26,6 +27,8 @@ class GatewayState:
     clock: Callable[[], datetime]
     #: what each tenant spent of its budget (None: no budget configured)
     budgets: SpendLedger | None = None
+    #: per-tenant rate limits (``gateway.limits``), when configured
+    limits: RateLimiter | None = None
     #: completion calls being served now (the event log's group commit asks)
     in_flight: int = 0
     #: optional extras other components register (cost service, health view, metrics)

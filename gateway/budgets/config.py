@@ -21,12 +21,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from gateway.tenant_ids import check_tenant_ids
+
 #: the largest limit (USD) a budget may give: more is a typo, not a budget
 MAX_LIMIT = Decimal("1000000000")
-#: a tenant id: no blank at either end, printable, at most what every store holds
-#: (``gateway.events.INDEXED_TEXT``), as an API key's tenant
-_TENANT = re.compile(r"\S(.*\S)?", re.DOTALL)
-_TENANT_LEN = 512
 #: an amount written as text: digits, an optional fraction (no sign, exponent, blank or "_")
 _AMOUNT = re.compile(r"[0-9]+(\.[0-9]+)?")
 
@@ -84,12 +82,7 @@ class BudgetSettings(BaseModel):
     @field_validator("tenants")
     @classmethod
     def _tenant_ids(cls, tenants: dict[str, Budget]) -> dict[str, Budget]:
-        for tenant in tenants:
-            if not _TENANT.fullmatch(tenant) or len(tenant) > _TENANT_LEN or not tenant.isprintable():
-                raise ValueError(
-                    f"{tenant[:80]!r} is not a tenant id (1 to {_TENANT_LEN} printable characters, no blank at "
-                    "either end: no call could bill it)"
-                )
+        check_tenant_ids(tenants)
         return tenants
 
     @property

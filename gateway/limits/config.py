@@ -1,0 +1,57 @@
+"""Rate-limit settings: requests and tokens a minute per tenant.
+
+One nested model in :class:`gateway.settings.Settings` (``settings.rate_limits``); in the config
+file under ``rate_limits:``, in the environment as JSON::
+
+    LLM_GATEWAY_RATE_LIMITS='{"tenants": {"acme": {"requests_per_minute": 600,
+                              "tokens_per_minute": 200000}}, "default": {"requests_per_minute": 60}}'
+
+``default`` applies to every tenant not listed. A limit left out (or null) is no limit.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from gateway.tenant_ids import check_tenant_ids
+
+#: the largest limit a minute: more is a typo, not a limit
+MAX_PER_MINUTE = 10**9
+
+
+class RateLimit(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: calls a minute (chat, legacy completions, embeddings; a stream is one call)
+    requests_per_minute: int | None = Field(default=None, ge=1, le=MAX_PER_MINUTE, strict=True)
+    #: tokens a minute (every attempt's prompt and completion tokens, as the providers report them)
+    tokens_per_minute: int | None = Field(default=None, ge=1, le=MAX_PER_MINUTE, strict=True)
+
+    @model_validator(mode="after")
+    def _something(self) -> RateLimit:
+        if self.requests_per_minute is None and self.tokens_per_minute is None:
+            raise ValueError("give requests_per_minute, tokens_per_minute or both (an empty limit limits nothing)")
+        return self
+
+
+class RateLimitSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: a limit per tenant id
+    tenants: dict[str, RateLimit] = Field(default_factory=dict)
+    #: the limit of every tenant not in ``tenants`` (None: unlimited)
+    default: RateLimit | None = None
+
+    @field_validator("tenants")
+    @classmethod
+    def _tenant_ids(cls, tenants: dict[str, RateLimit]) -> dict[str, RateLimit]:
+        check_tenant_ids(tenants)
+        return tenants
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tenants) or self.default is not None
+
+    def for_tenant(self, tenant: str) -> RateLimit | None:
+        limit = self.tenants.get(tenant)
+        return limit if limit is not None else self.default

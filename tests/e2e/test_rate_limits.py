@@ -1,0 +1,136 @@
+"""Rate limits through the real gateway (real adapters, simulators, the official SDK): a tenant
+over its requests or tokens a minute gets OpenAI's 429 with the wait, before any provider is
+asked and with no usage event; the SDK waits and retries on its own; every answer of a limited
+tenant carries OpenAI's ``x-ratelimit-*`` headers."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+from aiohttp import web
+
+from gateway.api.state import STATE
+from gateway.settings import ApiKey
+from tests.support.gateway import running_gateway
+
+KEYS = [ApiKey(key="sk-a", tenant="tenant_a"), ApiKey(key="sk-b", tenant="tenant_b")]
+CHAT: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+
+class Answered:
+    def __init__(self) -> None:
+        self.statuses: list[int] = []
+
+    async def __call__(self, _request: web.Request, response: web.StreamResponse) -> None:
+        self.statuses.append(response.status)
+
+    def install(self, app: web.Application) -> None:
+        app.on_response_prepare.append(self)
+
+
+class Clock:
+    """Still until started, then moving with real time (the SDK's retries sleep for real)."""
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+
+    def __call__(self) -> float:
+        return 1000.0 if self.started is None else 1000.0 + time.monotonic() - self.started
+
+
+def limited(limits: dict[str, Any], answered: Answered | None = None) -> Any:
+    return running_gateway(
+        providers=("openai",),
+        settings={"api_keys": KEYS, "rate_limits": limits},
+        configure=answered.install if answered is not None else None,
+    )
+
+
+async def test_a_tenant_over_its_requests_a_minute_waits_and_the_sdk_retries_after_the_wait() -> None:
+    answered = Answered()
+    async with limited({"tenants": {"tenant_a": {"requests_per_minute": 120}}}, answered) as gw:
+        clock = Clock()
+        limits = gw.app[STATE].limits
+        assert limits is not None
+        limits._clock = clock  # still: however slow the machine, the 120 calls come at once
+        async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="sk-a", max_retries=0) as client:
+            first = await client.chat.completions.with_raw_response.create(**CHAT)
+            assert first.headers["x-ratelimit-limit-requests"] == "120"
+            assert first.headers["x-ratelimit-remaining-requests"] == "119"
+            for _ in range(119):
+                await client.chat.completions.create(**CHAT)
+            asked, events = len(gw.sims["openai"].requests), len(gw.event_log.events)
+            with pytest.raises(openai.RateLimitError) as refused:
+                await client.chat.completions.create(**CHAT)
+            with pytest.raises(openai.RateLimitError):  # a stream is refused before it opens
+                await client.chat.completions.create(**CHAT, stream=True)
+            with pytest.raises(openai.RateLimitError):
+                await client.embeddings.create(model="text-embedding-3-small", input="hi")
+        error = refused.value
+        assert error.code == "rate_limit_exceeded" and error.type == "requests"
+        headers = error.response.headers
+        assert headers["retry-after-ms"] == "500" and headers["retry-after"] == "1"
+        assert headers["x-ratelimit-remaining-requests"] == "0" and "x-should-retry" not in headers
+        assert len(gw.sims["openai"].requests) == asked and len(gw.event_log.events) == events  # none asked
+        # another tenant is served
+        async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="sk-b", max_retries=0) as other:
+            served = await other.chat.completions.with_raw_response.create(**CHAT)
+            assert "x-ratelimit-limit-requests" not in served.headers  # it has no limit
+        # the SDK's own retries wait retry-after-ms and get through
+        answered.statuses.clear()
+        clock.started = time.monotonic()
+        async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="sk-a", max_retries=2) as client:
+            await client.chat.completions.create(**CHAT)
+        assert answered.statuses[-1] == 200 and 429 in answered.statuses
+
+
+async def test_a_tenant_over_its_tokens_a_minute_is_refused_until_the_bucket_refills() -> None:
+    async with limited({"default": {"tokens_per_minute": 5}}) as gw:
+        limits = gw.app[STATE].limits
+        assert limits is not None
+        limits._clock = Clock()  # still
+        async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="sk-a", max_retries=0) as client:
+            async with client.chat.completions.with_streaming_response.create(
+                **CHAT, stream=True, stream_options={"include_usage": True}
+            ) as streamed:
+                assert streamed.headers["x-ratelimit-limit-tokens"] == "5"
+                assert streamed.headers["x-ratelimit-remaining-tokens"] == "5"
+                async for _ in streamed.iter_lines():
+                    pass
+            used = gw.event_log.events[-1].prompt_tokens + gw.event_log.events[-1].completion_tokens
+            assert used > 5  # the simulator's answer: the bucket owes tokens
+            with pytest.raises(openai.RateLimitError) as refused:
+                await client.chat.completions.create(**CHAT)
+        assert refused.value.type == "tokens"
+        wait_ms = int(refused.value.response.headers["retry-after-ms"])
+        assert wait_ms == (used - 5 + 1) * 12_000  # 5 a minute: 12 s a token
+        assert refused.value.response.headers["retry-after"] == str(-(-wait_ms // 1000))
+        # tenant_b has a bucket of its own
+        async with aiohttp.ClientSession() as s:
+            headers = {"authorization": "Bearer sk-b"}
+            async with s.post(f"{gw.base_url}/chat/completions", json=CHAT, headers=headers) as r:
+                assert r.status == 200 and r.headers["x-ratelimit-remaining-tokens"] == "5"
+
+
+async def test_a_budget_refusal_comes_first_and_takes_no_request(tmp_path: Any) -> None:
+    async with running_gateway(
+        providers=("openai",),
+        event_log="settings",
+        settings={
+            "data_dir": tmp_path,
+            "api_keys": KEYS,
+            "budgets": {"tenants": {"tenant_a": {"usd": "0"}}},
+            "rate_limits": {"default": {"requests_per_minute": 1}},
+        },
+    ) as gw:
+        async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="sk-a", max_retries=0) as client:
+            for _ in range(3):
+                with pytest.raises(openai.RateLimitError) as refused:
+                    await client.chat.completions.create(**CHAT)
+                assert refused.value.code == "budget_exceeded"  # not the rate limit of 1 a minute
+        limits = gw.app[STATE].limits
+        assert limits is not None and "tenant_a" not in limits._tenants  # no request taken

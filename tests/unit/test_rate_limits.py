@@ -1,0 +1,181 @@
+"""Per-tenant rate limits (``gateway/limits``): requests a minute as a GCRA, tokens a minute as a
+bucket the attempts' usage empties, OpenAI's headers, and the settings' checks."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from gateway.errors import TenantRateLimited
+from gateway.limits import limiter as limiter_module
+from gateway.limits.config import RateLimit, RateLimitSettings
+from gateway.limits.limiter import RateLimiter, reset_text
+from gateway.settings import Settings, load_settings
+from tests.support.events import usage_event
+from tests.support.logs import fields
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def limiter(clock: Clock, **tenants: RateLimit) -> RateLimiter:
+    return RateLimiter(RateLimitSettings(tenants=tenants), clock=clock)
+
+
+def test_requests_a_minute_come_at_once_then_one_an_interval_and_a_refusal_is_not_counted() -> None:
+    clock = Clock()
+    limits = limiter(clock, acme=RateLimit(requests_per_minute=3))
+    remaining = [limits.admit("acme")["x-ratelimit-remaining-requests"] for _ in range(3)]  # type: ignore[index]
+    assert remaining == ["2", "1", "0"]
+    with pytest.raises(TenantRateLimited) as refused:
+        limits.admit("acme")
+    error = refused.value
+    assert (error.status, error.type, error.code) == (429, "requests", "rate_limit_exceeded")
+    assert error.headers == {
+        "retry-after": "20",
+        "retry-after-ms": "20000",
+        "x-ratelimit-limit-requests": "3",
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": "20s",
+    }
+    assert "Rate limit reached for tenant 'acme' on requests per min (RPM): Limit 3" in error.message
+    clock.now += 19.9
+    with pytest.raises(TenantRateLimited) as again:
+        limits.admit("acme")
+    assert again.value.headers["retry-after-ms"] == "100"  # type: ignore[index]
+    clock.now += 0.1  # one interval after the refusals: they took nothing
+    headers = limits.admit("acme")
+    assert headers is not None and headers["x-ratelimit-remaining-requests"] == "0"
+    assert headers["x-ratelimit-reset-requests"] == "1m0s"  # back to 3 once the bucket drains
+    clock.now += 60
+    assert [limits.admit("acme") is not None for _ in range(3)] == [True] * 3
+
+
+def test_tokens_a_minute_are_taken_by_the_attempts_and_refill_at_the_rate() -> None:
+    clock = Clock()
+    limits = limiter(clock, acme=RateLimit(tokens_per_minute=1000))
+    first = limits.admit("acme")
+    assert first == {
+        "x-ratelimit-limit-tokens": "1000",
+        "x-ratelimit-remaining-tokens": "1000",
+        "x-ratelimit-reset-tokens": "0ms",
+    }
+    at = datetime(2026, 12, 2, tzinfo=UTC)
+    limits.observe(usage_event("acme", None, at, prompt_tokens=600, completion_tokens=300))
+    assert limits.admit("acme")["x-ratelimit-remaining-tokens"] == "100"  # type: ignore[index]
+    limits.observe(usage_event("acme", None, at, prompt_tokens=500, completion_tokens=100))  # -500: owed
+    limits.observe(usage_event("other", None, at, prompt_tokens=10**6))  # another tenant's: not acme's
+    with pytest.raises(TenantRateLimited) as refused:
+        limits.admit("acme")
+    assert refused.value.type == "tokens"
+    assert refused.value.headers["retry-after-ms"] == "30060"  # type: ignore[index]  # 501 tokens at 1000/min
+    clock.now += 30.05
+    with pytest.raises(TenantRateLimited):  # 0.83 of a token: not yet
+        limits.admit("acme")
+    clock.now += 0.02
+    assert limits.admit("acme")["x-ratelimit-remaining-tokens"] == "1"  # type: ignore[index]
+
+
+def test_only_tenants_with_a_limit_are_limited_and_the_default_covers_the_others() -> None:
+    clock = Clock()
+    limits = RateLimiter(
+        RateLimitSettings(
+            tenants={"big": RateLimit(requests_per_minute=100)}, default=RateLimit(requests_per_minute=1)
+        ),
+        clock=clock,
+    )
+    assert limits.admit("big") is not None and limits.admit("big") is not None
+    limits.admit("small")
+    with pytest.raises(TenantRateLimited):
+        limits.admit("small")
+    limits.admit("another")  # its own bucket
+    assert RateLimiter(RateLimitSettings(tenants={"big": RateLimit(requests_per_minute=1)})).admit("x") is None
+
+
+def test_tenants_back_at_their_full_allowance_are_forgotten_past_the_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limiter_module, "SWEEP_AT", 3)
+    clock = Clock()
+    limits = RateLimiter(RateLimitSettings(default=RateLimit(requests_per_minute=2)), clock=clock)
+    for tenant in ("a", "b", "c"):
+        limits.admit(tenant)
+    limits.admit("c")  # c's bucket is full: it stays after the sweep
+    clock.now += 30  # a and b are back at their allowance, c is not
+    limits.admit("d")
+    assert sorted(limits._tenants) == ["c", "d"]
+    assert limits.admit("c")["x-ratelimit-remaining-requests"] == "0"  # type: ignore[index]  # c kept what it used
+
+
+def test_refusals_are_logged_once_a_window_per_tenant_and_limit(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="gateway.limits")
+    clock = Clock()
+    limits = limiter(clock, acme=RateLimit(requests_per_minute=1))
+    limits.admit("acme")
+    for _ in range(3):
+        with pytest.raises(TenantRateLimited):
+            limits.admit("acme")
+    limits.refusals.flush()
+    lines = [r.getMessage() for r in caplog.records if r.name == "gateway.limits"]
+    assert lines == [
+        "rate limit: tenant acme is over its 1 requests a minute; refused for 1m0s",
+        "rate limit: tenant acme: 2 more calls refused (requests), in the 0 s after the last such line",
+    ]
+    assert fields(caplog, "gateway.limits") == [
+        {"tenantId": "acme", "limit": "requests", "perMinute": 1, "retryAfterMs": 60000, "more": 0},
+        {"tenantId": "acme", "limit": "requests", "count": 2},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(0, "0ms"), (0.0201, "21ms"), (1.5, "1.5s"), (20, "20s"), (59.9999, "1m0s"), (360, "6m0s")]
+)
+def test_waits_are_written_as_openai_writes_them(seconds: float, text: str) -> None:
+    assert reset_text(seconds) == text
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"default": {}},
+        {"default": {"requests_per_minute": 0}},
+        {"default": {"requests_per_minute": "60"}},
+        {"default": {"requests_per_minute": 1.5}},
+        {"default": {"tokens_per_minute": True}},
+        {"default": {"requests_per_minute": 10**10}},
+        {"default": {"requests_per_minute": 60, "burst": 5}},
+        {"tenants": {" acme": {"requests_per_minute": 60}}},
+        {"tenants": {"a\nb": {"requests_per_minute": 60}}},
+    ],
+)
+def test_a_limit_that_limits_nothing_or_no_tenant_is_refused_at_start(bad: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        RateLimitSettings.model_validate(bad)
+
+
+def test_rate_limits_come_from_the_environment_as_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLM_GATEWAY_RATE_LIMITS", '{"tenants": {"acme": {"tokens_per_minute": 5000}}}')
+    settings = Settings()
+    assert settings.rate_limits.for_tenant("acme") == RateLimit(tokens_per_minute=5000)
+    assert settings.rate_limits.for_tenant("other") is None
+
+
+def test_rate_limits_come_from_the_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text(
+        "rate_limits:\n"
+        "  tenants:\n"
+        "    acme: {requests_per_minute: 600, tokens_per_minute: 200000}\n"
+        "  default: {requests_per_minute: 60}\n"
+    )
+    monkeypatch.setenv("LLM_GATEWAY_CONFIG", str(config))
+    limits = load_settings().rate_limits
+    assert limits.for_tenant("acme") == RateLimit(requests_per_minute=600, tokens_per_minute=200000)
+    assert limits.for_tenant("anyone") == RateLimit(requests_per_minute=60)
