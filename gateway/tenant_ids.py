@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import TypeVar
+from typing import Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from gateway.events import INDEXED_TEXT
 
@@ -24,3 +26,28 @@ def check_tenant_ids(tenants: Mapping[str, T]) -> Mapping[str, T]:
                 "either end: no call could bill it)"
             )
     return tenants
+
+
+class PerTenant(BaseModel, Generic[T]):
+    """A setting per tenant id, and a default for every tenant not listed (budgets, rate limits)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: the setting of each tenant named
+    tenants: dict[str, T] = Field(default_factory=dict)
+    #: the setting of every tenant not in ``tenants`` (None: none, unlimited)
+    default: T | None = None
+
+    @field_validator("tenants")
+    @classmethod
+    def _tenant_ids(cls, tenants: dict[str, T]) -> dict[str, T]:
+        check_tenant_ids(tenants)
+        return tenants
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.tenants) or self.default is not None
+
+    def for_tenant(self, tenant: str) -> T | None:
+        setting = self.tenants.get(tenant)
+        return setting if setting is not None else self.default

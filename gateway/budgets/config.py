@@ -19,9 +19,9 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator
 
-from gateway.tenant_ids import check_tenant_ids
+from gateway.tenant_ids import PerTenant
 
 #: the largest limit (USD) a budget may give: more is a typo, not a budget
 MAX_LIMIT = Decimal("1000000000")
@@ -71,24 +71,5 @@ class Budget(BaseModel):
         return start.replace(month=start.month + 1)
 
 
-class BudgetSettings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    #: a budget per tenant id
-    tenants: dict[str, Budget] = Field(default_factory=dict)
-    #: the budget of every tenant not in ``tenants`` (None: unlimited)
-    default: Budget | None = None
-
-    @field_validator("tenants")
-    @classmethod
-    def _tenant_ids(cls, tenants: dict[str, Budget]) -> dict[str, Budget]:
-        check_tenant_ids(tenants)
-        return tenants
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.tenants) or self.default is not None
-
-    def for_tenant(self, tenant: str) -> Budget | None:
-        budget = self.tenants.get(tenant)
-        return budget if budget is not None else self.default
+class BudgetSettings(PerTenant[Budget]):
+    """A budget per tenant id (``tenants``), and ``default`` for every tenant not listed."""

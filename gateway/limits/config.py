@@ -11,9 +11,9 @@ file under ``rate_limits:``, in the environment as JSON::
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gateway.tenant_ids import check_tenant_ids
+from gateway.tenant_ids import PerTenant
 
 #: the largest limit a minute: more is a typo, not a limit
 MAX_PER_MINUTE = 10**9
@@ -34,24 +34,5 @@ class RateLimit(BaseModel):
         return self
 
 
-class RateLimitSettings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    #: a limit per tenant id
-    tenants: dict[str, RateLimit] = Field(default_factory=dict)
-    #: the limit of every tenant not in ``tenants`` (None: unlimited)
-    default: RateLimit | None = None
-
-    @field_validator("tenants")
-    @classmethod
-    def _tenant_ids(cls, tenants: dict[str, RateLimit]) -> dict[str, RateLimit]:
-        check_tenant_ids(tenants)
-        return tenants
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.tenants) or self.default is not None
-
-    def for_tenant(self, tenant: str) -> RateLimit | None:
-        limit = self.tenants.get(tenant)
-        return limit if limit is not None else self.default
+class RateLimitSettings(PerTenant[RateLimit]):
+    """A limit per tenant id (``tenants``), and ``default`` for every tenant not listed."""
