@@ -275,6 +275,20 @@ _GATEWAY_HEADERS = {
         "mid-way).",
     },
 }
+#: the answers of a tenant with a rate limit (``rate_limits``), as OpenAI sends them
+_RATE_LIMIT_HEADERS = {
+    f"x-ratelimit-{what}-{kind}": {
+        "schema": {"type": "string"},
+        "description": f"{text} ({kind} a minute), when the tenant has such a rate limit.",
+    }
+    for kind in ("requests", "tokens")
+    for what, text in (
+        ("limit", "The limit"),
+        ("remaining", "What is left now"),
+        ("reset", "Until the allowance is full again: '20ms', '1.5s', '6m0s'"),
+    )
+}
+_GATEWAY_HEADERS.update(_RATE_LIMIT_HEADERS)
 #: what an error answer of a call that reached providers carries
 _ERROR_HEADERS = {
     "x-request-id": _GATEWAY_HEADERS["x-request-id"],
@@ -288,6 +302,12 @@ _ERROR_HEADERS = {
         "description": "What the failed call's attempts cost that their providers bill, when providers were "
         "tried: '0.000000' when each refused or never answered, else decimal text or 'unpriced'.",
     },
+    "retry-after": {
+        "schema": {"type": "string"},
+        "description": "Seconds to wait (a tenant's rate limit, an upstream's, circuits open).",
+    },
+    "retry-after-ms": {"schema": {"type": "string"}, "description": "A tenant's rate limit: milliseconds to wait."},
+    **_RATE_LIMIT_HEADERS,
 }
 
 

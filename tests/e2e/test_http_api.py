@@ -83,6 +83,12 @@ async def test_healthz_and_openapi(gw: RunningGateway) -> None:
     # a failed call says what it cost, and the document says so
     failed = doc["paths"]["/v1/chat/completions"]["post"]["responses"]["502"]
     assert {"x-request-id", "x-llm-attempts", "x-llm-cost-usd"} <= set(failed["headers"])
+    # a tenant's rate limits: OpenAI's headers on answers, the waits on a 429
+    limited = {f"x-ratelimit-{w}-{k}" for w in ("limit", "remaining", "reset") for k in ("requests", "tokens")}
+    served = doc["paths"]["/v1/chat/completions"]["post"]["responses"]["200"]
+    assert limited <= set(served["headers"])
+    refused = doc["paths"]["/v1/embeddings"]["post"]["responses"]["429"]
+    assert limited | {"retry-after", "retry-after-ms"} <= set(refused["headers"])
 
 
 async def test_a_gateway_without_providers_is_not_ready(caplog: pytest.LogCaptureFixture) -> None:
