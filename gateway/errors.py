@@ -34,6 +34,8 @@ class GatewayError(Exception):
     call_attempts: int | None = None
     #: headers of its own the answer carries (a tenant's rate limit: when to retry)
     headers: dict[str, str] | None = None
+    #: the label it is counted under in the metrics, when not its code (two errors share a code)
+    metric_code: ClassVar[str | None] = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -127,6 +129,10 @@ class BudgetExceeded(GatewayError):
         )
 
 
+#: the longest wait an answer's ``retry-after`` gives (a day)
+MAX_RETRY_AFTER = 86_400
+
+
 class TenantRateLimited(GatewayError):
     """The tenant is over its requests or tokens a minute (``gateway.limits``): OpenAI's own
     rate-limit answer (type ``requests`` or ``tokens``), with ``retry-after`` and
@@ -135,9 +141,12 @@ class TenantRateLimited(GatewayError):
     status = 429
     type = "requests"
     code = "rate_limit_exceeded"
+    #: OpenAI's code, as an upstream's rate limit: told apart in the metrics
+    metric_code = "tenant_rate_limited"
 
     @classmethod
-    def of(cls, tenant: str, kind: str, limit: int, wait: float) -> TenantRateLimited:
+    def of(cls, tenant: str, kind: str, limit: int, wait: float, headers: dict[str, str]) -> TenantRateLimited:
+        """``headers``: the tenant's ``x-ratelimit-*`` headers now (both limits, when it has both)."""
         from gateway.limits.limiter import reset_text, wait_ms
 
         short = "RPM" if kind == "requests" else "TPM"
@@ -146,12 +155,12 @@ class TenantRateLimited(GatewayError):
             f"Please try again in {reset_text(wait)}."
         )
         error.type = kind  # type: ignore[misc]
+        ms = max(1, wait_ms(wait))
         error.headers = {
-            "retry-after": str(max(1, math.ceil(wait_ms(wait) / 1000))),
-            "retry-after-ms": str(max(1, wait_ms(wait))),
-            f"x-ratelimit-limit-{kind}": str(limit),
-            f"x-ratelimit-remaining-{kind}": "0",
-            f"x-ratelimit-reset-{kind}": reset_text(wait),
+            **headers,
+            # at most a day, as an upstream's (past 60 s the middleware adds x-should-retry: false)
+            "retry-after": str(min(MAX_RETRY_AFTER, math.ceil(ms / 1000))),
+            "retry-after-ms": str(min(MAX_RETRY_AFTER * 1000, ms)),
         }
         return error
 

@@ -54,11 +54,23 @@ class JsonFormatter(SecondCachedFormatter):
         try:
             return orjson.dumps(line, default=str).decode()
         except (TypeError, orjson.JSONEncodeError):  # a lone surrogate, a key that is no string
+            pass
+        try:
             return json.dumps(line, default=str, skipkeys=True)
+        except Exception:  # noqa: BLE001 - a field that refers to itself, a __str__ that raises: the line without it
+            own = {name: line[name] for name in _OWN}
+            own["fieldsError"] = "a field could not be written"
+            return json.dumps(own, default=repr)
+
+
+#: whether the logs are JSON: the cost line builds its fields only then (0.8 µs a call)
+structured = False
 
 
 def use_json(root: logging.Logger | None = None) -> None:
     """Format every handler of ``root`` (the root logger) as JSON lines."""
+    global structured
+    structured = True
     for handler in (root or logging.getLogger()).handlers:
         handler.setFormatter(JsonFormatter())
 

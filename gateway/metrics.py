@@ -60,7 +60,8 @@ class GatewayMetrics:
         )
         self.errors = CounterSeries(
             "llm_gateway_error_answers",
-            "Error answers by their OpenAI error code; circuits_open: every provider skipped, none tried",
+            "Error answers by their OpenAI error code; circuits_open: every provider skipped, none tried; "
+            "tenant_rate_limited: a tenant over its rate limit",
             ["code"],
         )
         r.register(

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 
+from gateway import json_log
 from gateway.eventlog.base import EventLog
 from gateway.events import Outcome, UsageEvent, version_for
 from gateway.ids import Clock, uuid7_str
@@ -211,19 +212,23 @@ class UsageRecorder:
         text = format_usd(cost) if cost is not None else None
         if len(model) > LOGGED_MODEL:
             model = model[:LOGGED_MODEL] + "..."
-        fields = {
-            "tenantId": ctx.tenant_id,
-            "provider": provider,
-            "model": model,
-            "costUsd": text,
-            "requestId": ctx.request_id,
-            "endpoint": ctx.endpoint,
-        }
+        fields = None
+        if json_log.structured:
+            fields = {
+                FIELDS: {
+                    "tenantId": ctx.tenant_id,
+                    "provider": provider,
+                    "model": model,
+                    "costUsd": text,
+                    "requestId": ctx.request_id,
+                    "endpoint": ctx.endpoint,
+                }
+            }
         cost_log.info(
             "Cost | tenant=%s provider=%s model=%s cost=%s",
             log_value(ctx.tenant_id),
             provider,
             log_value(model),
             f"${text}" if text is not None else "unpriced",
-            extra={FIELDS: fields},
+            extra=fields,
         )

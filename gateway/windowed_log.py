@@ -13,6 +13,9 @@ from typing import Any
 
 from gateway.json_log import FIELDS
 
+#: keys held before the ones of windows over are forgotten
+PRUNE_AT = 1000
+
 
 class WindowedLog:
     def __init__(
@@ -30,6 +33,7 @@ class WindowedLog:
         self._log = logger
         self._counted = counted
         self._key_fields = key_fields
+        self._prune_at = PRUNE_AT
         self._clock = clock
         #: key -> when its window began (its last full line), and how many came since
         self._last: dict[Hashable, tuple[float, int]] = {}
@@ -48,11 +52,21 @@ class WindowedLog:
                 self._count_in(key, last[0] + self.every - now)
             return
         self._cancel(key)
+        if last is None and len(self._last) >= self._prune_at:
+            self._prune(now)
         self._last[key] = (now, 0)
         more = last[1] if last is not None else 0
         since = f" ({more} more since the last such line)" if more else ""
         extra = {**(fields or {}), "more": more} if fields is not None or more else None
         self._log.warning("%s", full(since), extra={FIELDS: extra} if extra is not None else None)
+
+    def _prune(self, now: float) -> None:
+        """Forget the keys whose window is over with nothing counted (a key per tenant refused,
+        made-up tenants included, was kept for good: a review). Amortised: not again until the
+        table has doubled."""
+        for key in [k for k, (began, count) in self._last.items() if not count and now - began >= self.every]:
+            del self._last[key]
+        self._prune_at = max(PRUNE_AT, 2 * len(self._last))
 
     def flush(self) -> None:
         """Write every count not written yet (at a stop)."""

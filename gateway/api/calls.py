@@ -59,13 +59,15 @@ async def serve_call(
             state.in_flight -= 1
 
 
-class CostLineOnFailure:
-    """The cost line of a call that ends in an error after its attempts (one line per call)."""
+class CallFailure:
+    """What a call that ends in an error after it was admitted carries: its cost line (one line
+    per call, after its attempts), and its tenant's rate-limit headers, as a served answer's."""
 
-    __slots__ = ("ctx",)
+    __slots__ = ("ctx", "limits")
 
-    def __init__(self, ctx: CallContext) -> None:
+    def __init__(self, ctx: CallContext, limits: dict[str, str] | None) -> None:
         self.ctx = ctx
+        self.limits = limits
 
     def __enter__(self) -> None:
         return None
@@ -75,6 +77,8 @@ class CostLineOnFailure:
             UsageRecorder.log_cost(self.ctx, exc.provider, self.ctx.requested_model, exc.call_cost)
         elif isinstance(exc, errors.AllProvidersFailed):
             UsageRecorder.log_cost(self.ctx, "none", self.ctx.requested_model, exc.cost)
+        if self.limits is not None and isinstance(exc, errors.GatewayError):
+            exc.headers = {**self.limits, **exc.headers} if exc.headers else self.limits
 
 
 def billed_tenant(

@@ -11,6 +11,7 @@ from aiohttp.typedefs import Handler
 
 from gateway import errors
 from gateway.api.drain import IN_FLIGHT
+from gateway.errors import MAX_RETRY_AFTER
 from gateway.ids import request_id
 from gateway.metrics import METRICS
 from gateway.pricing.base import format_usd
@@ -54,8 +55,6 @@ class ClientWatch:
         self._request = None
 
 
-#: the longest wait passed on to a client in ``retry-after`` (a day)
-MAX_RETRY_AFTER = 86_400
 #: the longest ``retry-after`` a client's SDK may wait for before its own retry: the Python SDK
 #: waits at most 60 s (it retries on its own schedule past that), the Node SDK any time at all
 #: (a review: a create() with a 5 s timeout slept 90 s on an upstream's retry-after, and 30 then
@@ -76,6 +75,8 @@ def error_label(exc: errors.GatewayError) -> str:
     request, free text, counts as its class's), ``circuits_open`` when no provider was tried."""
     if isinstance(exc, errors.AllProvidersFailed) and not exc.attempts:
         return "circuits_open"
+    if exc.metric_code is not None:
+        return exc.metric_code
     code = exc.code
     return code if code is not None and code in _GATEWAY_CODES else type(exc).code or "error"
 

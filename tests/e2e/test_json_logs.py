@@ -13,6 +13,7 @@ import aiohttp
 import openai
 import pytest
 
+from gateway import json_log
 from gateway.json_log import JsonFormatter
 from gateway.pricing.base import format_usd
 from gateway.simulators.base import Fault
@@ -30,7 +31,10 @@ def cost_fields(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
     return lines
 
 
-async def test_every_call_end_writes_its_cost_fields(caplog: pytest.LogCaptureFixture) -> None:
+async def test_every_call_end_writes_its_cost_fields(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(json_log, "structured", True)  # as use_json() sets it
     caplog.set_level(logging.INFO, logger="gateway.cost")
     async with running_gateway(providers=("openai",)) as gw, aiohttp.ClientSession() as s:
         url = f"{gw.base_url}/chat/completions"

@@ -36,10 +36,10 @@ class Clock:
     """Still until started, then moving with real time (the SDK's retries sleep for real)."""
 
     def __init__(self) -> None:
-        self.started: float | None = None
+        self.started: int | None = None
 
-    def __call__(self) -> float:
-        return 1000.0 if self.started is None else 1000.0 + time.monotonic() - self.started
+    def __call__(self) -> int:
+        return 10**12 if self.started is None else 10**12 + time.monotonic_ns() - self.started
 
 
 def limited(limits: dict[str, Any], answered: Answered | None = None) -> Any:
@@ -82,7 +82,7 @@ async def test_a_tenant_over_its_requests_a_minute_waits_and_the_sdk_retries_aft
             assert "x-ratelimit-limit-requests" not in served.headers  # it has no limit
         # the SDK's own retries wait retry-after-ms and get through
         answered.statuses.clear()
-        clock.started = time.monotonic()
+        clock.started = time.monotonic_ns()
         async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="sk-a", max_retries=2) as client:
             await client.chat.completions.create(**CHAT)
         assert answered.statuses[-1] == 200 and 429 in answered.statuses
@@ -134,3 +134,36 @@ async def test_a_budget_refusal_comes_first_and_takes_no_request(tmp_path: Any) 
                 assert refused.value.code == "budget_exceeded"  # not the rate limit of 1 a minute
         limits = gw.app[STATE].limits
         assert limits is not None and "tenant_a" not in limits._tenants  # no request taken
+
+
+async def test_an_admitted_call_that_fails_still_says_where_the_tenant_stands() -> None:
+    """Only served answers had the headers: a limited tenant's 502, 404 or provider refusal had
+    none (a review). A refusal is counted apart from an upstream's rate limit in the metrics."""
+    from gateway.simulators.base import Fault
+
+    limits = {"default": {"requests_per_minute": 5, "tokens_per_minute": 1000}}
+    async with limited(limits) as gw, aiohttp.ClientSession() as s:
+        headers = {"authorization": "Bearer sk-a"}
+        gw.sims["openai"].faults.push(Fault("server_error"), times=10)
+        async with s.post(f"{gw.base_url}/chat/completions", json=CHAT, headers=headers) as r:
+            assert r.status == 502
+            assert (r.headers["x-ratelimit-remaining-requests"], r.headers["x-ratelimit-limit-tokens"]) == ("4", "1000")
+        gw.sims["openai"].faults.clear()
+        for body, status in (({**CHAT, "model": "no-such-model"}, 404), ({**CHAT, "stream": True}, 200)):
+            async with s.post(f"{gw.base_url}/chat/completions", json=body, headers=headers) as r:
+                await r.read()
+                assert r.status == status and "x-ratelimit-remaining-requests" in r.headers
+        legacy = {"model": "gpt-3.5-turbo-instruct", "prompt": "hi"}
+        async with s.post(f"{gw.base_url}/completions", json=legacy, headers=headers) as r:
+            assert r.status == 200 and r.headers["x-ratelimit-remaining-requests"] == "1"
+        async with s.post(
+            f"{gw.base_url}/embeddings", json={"model": "text-embedding-3-small", "input": "x"}, headers=headers
+        ) as r:
+            assert r.status == 200 and r.headers["x-ratelimit-remaining-requests"] == "0"
+        async with s.post(f"{gw.base_url}/chat/completions", json=CHAT, headers=headers) as r:
+            assert r.status == 429
+            assert r.headers["x-ratelimit-limit-tokens"] == "1000"  # both limits, on the refusal too
+        async with s.get(f"{gw.url}/metrics") as r:
+            metrics = await r.text()
+        assert 'llm_gateway_error_answers_total{code="tenant_rate_limited"} 1.0' in metrics
+        assert 'code="rate_limit_exceeded"' not in metrics

@@ -182,3 +182,20 @@ async def test_refused_gateway_keys_are_logged_without_the_key(caplog: pytest.Lo
     assert str(other["keyId"]).startswith("key_") and other["keyId"] != logged[0]["keyId"]
     assert {"reason": "wrong key", "count": 2} in logged
     assert not any("sk-guess" in str(line) or "sk-team-a" in str(line) for line in logged)
+
+
+def test_keys_of_windows_over_are_forgotten_once_many_are_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key per tenant refused was kept for good, made-up tenants included (a review)."""
+    from gateway import windowed_log
+    from gateway.windowed_log import WindowedLog
+
+    monkeypatch.setattr(windowed_log, "PRUNE_AT", 100)
+    clock = Clock()
+    windows = WindowedLog(logging.getLogger("test.windows"), lambda key, count, seconds: "", clock=clock)
+    for n in range(100):
+        windows.hit(n, lambda since: "line")
+    windows.hit(0, lambda since: "line")  # counted: key 0 is kept while its count waits
+    clock.now += 61
+    windows.hit("new", lambda since: "line")
+    assert sorted(map(str, windows._last)) == ["0", "new"]
+    assert len(windows._last) < 100

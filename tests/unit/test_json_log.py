@@ -10,6 +10,7 @@ from decimal import Decimal
 
 import pytest
 
+from gateway import json_log
 from gateway.json_log import FIELDS, JsonFormatter, say, use_json
 
 
@@ -51,6 +52,18 @@ def test_a_field_never_replaces_the_lines_own_and_odd_values_do_not_break_it() -
     assert parsed["surrogate"] == "\ud800"
 
 
+def test_a_field_that_cannot_be_written_leaves_the_line_without_it() -> None:
+    class Broken:
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    circular: list[object] = []
+    circular.append(circular)
+    for odd in (Broken(), circular):
+        parsed = json.loads(JsonFormatter().format(record("kept", fields={"odd": odd, "bad": "\ud800"})))
+        assert parsed["message"] == "kept" and parsed["fieldsError"] and "odd" not in parsed
+
+
 def test_a_traceback_stays_in_its_line() -> None:
     line = JsonFormatter().format(record("failed", exc=True))
     assert "\n" not in line
@@ -72,8 +85,9 @@ def root_stream() -> Iterator[io.StringIO]:
 
 
 def test_a_refusal_to_start_is_a_json_line_when_the_logs_are(
-    root_stream: io.StringIO, capsys: pytest.CaptureFixture[str]
+    root_stream: io.StringIO, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(json_log, "structured", False)  # put back after use_json()
     say("llm-gateway: invalid configuration: port: not a number")
     assert capsys.readouterr().err == "llm-gateway: invalid configuration: port: not a number\n"
     assert root_stream.getvalue() == ""
