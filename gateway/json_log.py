@@ -79,7 +79,7 @@ def say(line: str, level: int = logging.ERROR) -> None:
     """A service's one-line refusal to start (a bad configuration, a port in use): on stderr as
     it is, or as a JSON line of logger ``gateway`` when the logs are JSON (a log pipeline
     reading the service's stderr would otherwise get the one line that matters unparsed)."""
-    if any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers):
+    if structured:
         logging.getLogger("gateway").log(level, "%s", line)
     else:
         print(line, file=sys.stderr, flush=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
@@ -71,29 +70,24 @@ def test_a_traceback_stays_in_its_line() -> None:
     assert parsed["exception"].startswith("Traceback") and "ValueError: bad\nthing" in parsed["exception"]
 
 
-@pytest.fixture
-def root_stream() -> Iterator[io.StringIO]:
-    root = logging.getLogger()
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    saved = root.handlers[:]
-    root.handlers[:] = [handler]
-    try:
-        yield stream
-    finally:
-        root.handlers[:] = saved
-
-
 def test_a_refusal_to_start_is_a_json_line_when_the_logs_are(
-    root_stream: io.StringIO, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(json_log, "structured", False)  # put back after use_json()
     say("llm-gateway: invalid configuration: port: not a number")
     assert capsys.readouterr().err == "llm-gateway: invalid configuration: port: not a number\n"
-    assert root_stream.getvalue() == ""
-    use_json()
+    assert not caplog.records
+    logger = logging.getLogger("test.json_log")  # not the root: pytest's own handlers live there
+    handler = logging.StreamHandler(io.StringIO())
+    logger.addHandler(handler)
+    try:
+        use_json(logger)
+        assert isinstance(handler.formatter, JsonFormatter) and json_log.structured
+    finally:
+        logger.removeHandler(handler)
     say("llm-gateway: invalid configuration: port: not a number")
-    parsed = json.loads(root_stream.getvalue())
+    [logged] = caplog.records
+    parsed = json.loads(JsonFormatter().format(logged))
     assert parsed["message"] == "llm-gateway: invalid configuration: port: not a number"
     assert (parsed["level"], parsed["logger"]) == ("ERROR", "gateway")
     assert capsys.readouterr().err == ""
