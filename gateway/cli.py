@@ -90,7 +90,7 @@ async def _start_simulators(settings: Settings, providers: list[str]) -> tuple[S
 async def _serve(settings: Settings, simulate: bool) -> None:
     from aiohttp import web
 
-    from gateway.api.drain import RUNNER_BACKSTOP
+    from gateway.api.drain import CANCELLED, RUNNER_BACKSTOP
     from gateway.app import create_app
     from gateway.server import server_installers
 
@@ -120,7 +120,13 @@ async def _serve(settings: Settings, simulate: bool) -> None:
         await runner.cleanup()
         for sim in sims:
             await sim.stop()
-    if stopping:  # a log alone tells a clean stop from a kill (a review)
+    if stopping and app.get(CANCELLED):  # a log alone tells a clean stop from a kill (a review)
+        log.info(
+            "llm-gateway stopped: %d call(s) still running after the shutdown timeout were cancelled; "
+            "every call's events are on the log",
+            app[CANCELLED],
+        )
+    elif stopping:
         log.info("llm-gateway stopped: the calls in flight finished and their events are on the log")
 
 

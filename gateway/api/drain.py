@@ -34,6 +34,8 @@ RUNNER_BACKSTOP = 1.0
 
 
 _AT_ONCE = web.AppKey("drain_at_once", list)
+#: how many requests the stop cancelled after the timeout (the stop's last line says so)
+CANCELLED = web.AppKey("drain_cancelled", int)
 
 
 def install_drain(app: web.Application, timeout: float) -> None:
@@ -42,6 +44,7 @@ def install_drain(app: web.Application, timeout: float) -> None:
     app[IN_FLIGHT] = set()
     app[_TIMEOUT] = timeout
     app[_AT_ONCE] = []
+    app[CANCELLED] = 0
     app.on_shutdown.append(_drain)
 
 
@@ -70,6 +73,7 @@ async def _drain(app: web.Application) -> None:
     if not running:
         return
     log.warning("stopping: cancelling %d request(s) still running after %s s", len(running), timeout)
+    app[CANCELLED] = len(running)
     for task in running:
         task.cancel()
     _, stuck = await asyncio.wait(running, timeout=CANCELLED_GRACE)

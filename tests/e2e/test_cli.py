@@ -389,6 +389,10 @@ async def test_a_stop_cancels_the_calls_still_running_after_the_shutdown_timeout
         assert await asyncio.wait_for(proc.wait(), 20) == 0
         stopped = time.monotonic() - started
         await asyncio.wait_for(calls, 20)
+        assert proc.stderr is not None
+        last = (await proc.stderr.read()).decode().splitlines()[-1]
+        # it said "the calls in flight finished" (a review)
+        assert "llm-gateway stopped: 2 call(s) still running after the shutdown timeout were cancelled" in last
     # the shutdown timeout once: not the upstream's 60 s, nor twice the timeout (aiohttp's runner
     # spends it twice: 52 s for the default 25, past Kubernetes' 30 s grace; a review)
     assert 4 <= stopped < 6.5, stopped
