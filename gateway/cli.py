@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import io
 import json
 import logging
 import os
@@ -120,7 +122,7 @@ async def _serve(settings: Settings, simulate: bool) -> None:
         await runner.cleanup()
         for sim in sims:
             await sim.stop()
-    if stopping and app.get(CANCELLED):  # a log alone tells a clean stop from a kill (a review)
+    if stopping and CANCELLED in app and app[CANCELLED]:  # a log alone tells a clean stop from a kill (a review)
         log.info(
             "llm-gateway stopped: %d call(s) still running after the shutdown timeout were cancelled; "
             "every call's events are on the log",
@@ -262,9 +264,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _asks_json(argv: Sequence[str]) -> bool:
+    """Whether the command line or the environment asks for JSON logs, read before argparse."""
+    given = list(argv)
+    for i, arg in enumerate(given):
+        if arg == "--log-format" and i + 1 < len(given):
+            return given[i + 1].lower() == "json"
+        if arg.startswith("--log-format="):
+            return arg.partition("=")[2].lower() == "json"
+    return os.environ.get(LOG_FORMAT_ENV, "").strip().lower() == "json"
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser``'s arguments; with JSON logs asked, a refused command line is one JSON line (it
+    was argparse's usage and error in text, the one thing the log pipeline got from the start)."""
+    given = sys.argv[1:] if argv is None else argv
+    if not _asks_json(given):
+        return parser.parse_args(given)
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            return parser.parse_args(given)
+    except SystemExit as exc:
+        if exc.code:
+            _configure_logging("INFO", "json")
+            say(said.getvalue().strip().splitlines()[-1] if said.getvalue().strip() else "llm-gateway: bad arguments")
+        else:
+            sys.stderr.write(said.getvalue())
+        raise
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     log_format = args.log_format or os.environ.get(LOG_FORMAT_ENV, "text").strip().lower() or "text"
     if log_format not in FORMATS:
         parser.error(f"{LOG_FORMAT_ENV}={log_format!r}: choose from {', '.join(FORMATS)}")

@@ -96,6 +96,12 @@ async def test_serve_with_json_logs_writes_only_json_lines(tmp_path: Path) -> No
     [refusal] = [json.loads(line) for line in err.decode().splitlines()]
     assert proc.returncode == 2 and refusal["level"] == "ERROR"
     assert refusal["message"].startswith("llm-gateway: invalid configuration:") and "port" in refusal["message"]
+    # argparse's refusals too (they were its usage and error lines in text)
+    for args in (["--log-format", "json", "serve", "--port", "abc"], ["serve", "--bogus"]):
+        async with process(*args, env=env) as proc:
+            _, err = await asyncio.wait_for(proc.communicate(), 30)
+        [refused] = [json.loads(line) for line in err.decode().splitlines()]
+        assert proc.returncode == 2 and refused["level"] == "ERROR" and "error:" in refused["message"], args
     for args, environ in (
         (["--log-format", "xml", "serve"], env),
         (["serve"], {**env, "LLM_GATEWAY_LOG_FORMAT": "xml"}),
