@@ -198,11 +198,19 @@ def config_error(exc: BaseException) -> str:
 
     def where(loc: tuple[int | str, ...]) -> str:
         # a location's parts are settings' names and list indexes, but an unknown key's is the
-        # operator's text, which may be an API key written as a mapping's key (re-test)
-        return ".".join(str(p) if isinstance(p, int) else shown_key(p) for p in loc) or "(settings)"
+        # operator's text, which may be an API key written as a mapping's key (re-test);
+        # "[key]" is pydantic's mark of a mapping's key itself
+        return ".".join(str(p) if isinstance(p, int) or p == "[key]" else shown_key(p) for p in loc) or "(settings)"
+
+    def hint(loc: tuple[int | str, ...]) -> str:
+        # a tenant id YAML read as a number (``123:``) or a bool (``yes:``)
+        if len(loc) == 4 and loc[1] == "tenants" and loc[3] == "[key]":
+            return " (a tenant id is text: quote it)"
+        return ""
 
     problems = [
-        f"{where(error['loc'])}: {error['msg']}" for error in exc.errors(include_input=False, include_url=False)
+        f"{where(error['loc'])}: {error['msg']}{hint(error['loc'])}"
+        for error in exc.errors(include_input=False, include_url=False)
     ]
     return f"{len(problems)} problem(s): " + "; ".join(problems)
 

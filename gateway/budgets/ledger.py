@@ -224,14 +224,14 @@ class SpendLedger:
                 lambda since: (
                     f"budget exceeded: tenant {log_value(tenant)} spent ${format_usd(standing.spent)} of its "
                     f"{'daily' if standing.budget.period == 'day' else 'monthly'} ${format_usd(standing.budget.usd)}; "
-                    f"its calls are refused until {standing.resets.isoformat()}{since}"
+                    f"its calls are refused until {standing.resets.strftime('%Y-%m-%dT%H:%M:%SZ')}{since}"
                 ),
                 {
                     "tenantId": tenant,
                     "period": standing.budget.period,
                     "spentUsd": format_usd(standing.spent),
                     "limitUsd": format_usd(standing.budget.usd),
-                    "resetsAt": standing.resets.isoformat(),
+                    "resetsAt": standing.resets.strftime("%Y-%m-%dT%H:%M:%SZ"),
                 },
             )
             raise BudgetExceeded.of(standing)

@@ -6,7 +6,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.api.state import STATE
-from gateway.limits.limiter import RateLimiter
+from gateway.limits.config import RateLimit
+from gateway.limits.limiter import RateLimiter, log
 from gateway.settings import Settings
 
 
@@ -14,7 +15,13 @@ def install_limits(app: web.Application, settings: Settings) -> None:
     if not settings.rate_limits.enabled:
         return
     state = app[STATE]
-    limiter = RateLimiter(settings.rate_limits)
+    config = settings.rate_limits
+    limiter = RateLimiter(config)
+    log.info(
+        "rate limits: %d tenant(s) listed; every other tenant: %s",
+        len(config.tenants),
+        _described(config.default) if config.default is not None else "no limit",
+    )
     state.limits = limiter
     state.router.recorder.observers.append(limiter.observe)
 
@@ -22,3 +29,12 @@ def install_limits(app: web.Application, settings: Settings) -> None:
         limiter.refusals.flush()
 
     app.on_cleanup.append(flush)
+
+
+def _described(limit: RateLimit) -> str:
+    parts = [
+        f"{value} {what} a minute"
+        for value, what in ((limit.requests_per_minute, "requests"), (limit.tokens_per_minute, "tokens"))
+        if value is not None
+    ]
+    return ", ".join(parts)

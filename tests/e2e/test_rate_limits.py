@@ -5,6 +5,7 @@ tenant carries OpenAI's ``x-ratelimit-*`` headers."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -88,8 +89,12 @@ async def test_a_tenant_over_its_requests_a_minute_waits_and_the_sdk_retries_aft
         assert answered.statuses[-1] == 200 and 429 in answered.statuses
 
 
-async def test_a_tenant_over_its_tokens_a_minute_is_refused_until_the_bucket_refills() -> None:
+async def test_a_tenant_over_its_tokens_a_minute_is_refused_until_the_bucket_refills(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.limits")
     async with limited({"default": {"tokens_per_minute": 5}}) as gw:
+        assert "rate limits: 0 tenant(s) listed; every other tenant: 5 tokens a minute" in caplog.messages
         limits = gw.app[STATE].limits
         assert limits is not None
         limits._clock = Clock()  # still

@@ -286,7 +286,7 @@ def test_the_refusals_are_logged_once_a_window_per_tenant(caplog: pytest.LogCapt
     lines = [r.getMessage() for r in caplog.records if r.name == "gateway.budgets"]
     assert lines == [
         "budget exceeded: tenant acme spent $0.000000 of its monthly $0.000000; its calls are refused "
-        "until 2027-01-01T00:00:00+00:00"
+        "until 2027-01-01T00:00:00Z"
     ]
     ledger.refusals.flush()
     assert "2 more calls refused" in caplog.records[-1].getMessage()
@@ -299,7 +299,7 @@ def test_the_refusals_are_logged_once_a_window_per_tenant(caplog: pytest.LogCapt
             "period": "month",
             "spentUsd": "0.000000",
             "limitUsd": "0.000000",
-            "resetsAt": "2027-01-01T00:00:00+00:00",
+            "resetsAt": "2027-01-01T00:00:00Z",
             "more": 0,
         },
         {"tenantId": "acme", "count": 2},

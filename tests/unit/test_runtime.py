@@ -159,6 +159,13 @@ def assert_refused(
         ("retry_attempts: 0\n", "retry_attempts"),
         ("max_body_bytes: -1\n", "max_body_bytes"),  # every request was a 413
         ("unknown_key: 1\n", "unknown_key"),  # ignored silently
+        # a tenant id YAML reads as a number: it said "<a key not shown: it may be a secret>" (a review)
+        (
+            "rate_limits: {tenants: {123: {requests_per_minute: 5}}}\n",
+            "tenants.123.[key]: Input should be a valid string (a tenant id is text: quote it)",
+        ),
+        ("budgets: {tenants: {yes: {usd: '1'}}}\n", "(a tenant id is text: quote it)"),
+        ("rate_limits: {default: {requests_per_minute: 0}}\n", "rate_limits.default.requests_per_minute"),
         ("priority: [openai\n", 'gw.yaml", line 1'),  # PyYAML named it "<unicode string>"
         ("providers: {ollama: {enbled: false}}\n", "enbled"),  # the typo left Ollama enabled
         ("providers: {bogus: {enabled: false}}\n", "bogus"),
