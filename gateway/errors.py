@@ -149,12 +149,18 @@ class TenantRateLimited(GatewayError):
         """``headers``: the tenant's ``x-ratelimit-*`` headers now (both limits, when it has both)."""
         from gateway.limits.limiter import reset_text, wait_ms
 
-        short = "RPM" if kind == "requests" else "TPM"
-        error = cls(
-            f"Rate limit reached for tenant {tenant!r} on {kind} per min ({short}): Limit {limit}. "
-            f"Please try again in {reset_text(wait)}."
-        )
-        error.type = kind  # type: ignore[misc]
+        if kind == "concurrent requests":
+            error = cls(
+                f"Rate limit reached for tenant {tenant!r} on requests at once: Limit {limit}. "
+                f"Please try again in {reset_text(wait)}."
+            )
+        else:
+            short = "RPM" if kind == "requests" else "TPM"
+            error = cls(
+                f"Rate limit reached for tenant {tenant!r} on {kind} per min ({short}): Limit {limit}. "
+                f"Please try again in {reset_text(wait)}."
+            )
+            error.type = kind  # type: ignore[misc]
         ms = max(1, wait_ms(wait))
         error.headers = {
             **headers,

@@ -15,6 +15,7 @@ from gateway.api.auth import Principal
 from gateway.api.json_body import body_bytes
 from gateway.api.middleware import ClientWatch
 from gateway.api.state import STATE, GatewayState
+from gateway.limits.limiter import RateLimiter
 from gateway.pricing.base import format_usd
 from gateway.providers.upstream_http import CLIENT_GONE
 from gateway.routing.router import Served
@@ -59,15 +60,17 @@ async def serve_call(
             state.in_flight -= 1
 
 
-class CallFailure:
-    """What a call that ends in an error after it was admitted carries: its cost line (one line
-    per call, after its attempts), and its tenant's rate-limit headers, as a served answer's."""
+class AdmittedCall:
+    """A call from its admission to its end (its answer, its error, or its stream's end): a call
+    that fails after its attempts gets its cost line (one line per call) and its tenant's
+    rate-limit headers, as a served answer; at its end it leaves its tenant's calls at once."""
 
-    __slots__ = ("ctx", "limits")
+    __slots__ = ("ctx", "limiter", "limits")
 
-    def __init__(self, ctx: CallContext, limits: dict[str, str] | None) -> None:
+    def __init__(self, ctx: CallContext, limits: dict[str, str] | None, limiter: RateLimiter | None) -> None:
         self.ctx = ctx
         self.limits = limits
+        self.limiter = limiter
 
     def __enter__(self) -> None:
         return None
@@ -77,8 +80,11 @@ class CallFailure:
             UsageRecorder.log_cost(self.ctx, exc.provider, self.ctx.requested_model, exc.call_cost)
         elif isinstance(exc, errors.AllProvidersFailed):
             UsageRecorder.log_cost(self.ctx, "none", self.ctx.requested_model, exc.cost)
-        if self.limits is not None and isinstance(exc, errors.GatewayError):
-            exc.headers = {**self.limits, **exc.headers} if exc.headers else self.limits
+        if self.limits is not None:
+            if isinstance(exc, errors.GatewayError):
+                exc.headers = {**self.limits, **exc.headers} if exc.headers else self.limits
+            if self.limiter is not None:
+                self.limiter.release(self.ctx.tenant_id)
 
 
 def billed_tenant(

@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway import errors
-from gateway.api.calls import CallFailure, billed_tenant, read_body, serve_call, served_headers
+from gateway.api.calls import AdmittedCall, billed_tenant, read_body, serve_call, served_headers
 from gateway.api.middleware import REQUEST_ID
 from gateway.api.responses import ChunkFormatter, chat_completion, text_completion
 from gateway.api.state import STATE, GatewayState
@@ -88,7 +88,7 @@ async def _answer(
         stream=parsed.template.stream,
         requested_model=parsed.requested_model,
     )
-    with CallFailure(ctx, limits):
+    with AdmittedCall(ctx, limits, state.limits):
         if parsed.template.stream:
             session = await state.router.open_stream(ctx, parsed.template, parsed.provider)
             return await _stream(request, state, ctx, parsed, session, limits)

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.api.calls import CallFailure, billed_tenant, read_body, serve_call, served_headers
+from gateway.api.calls import AdmittedCall, billed_tenant, read_body, serve_call, served_headers
 from gateway.api.middleware import REQUEST_ID
 from gateway.api.state import STATE, GatewayState
 from gateway.api.tool_validation import type_name
@@ -154,7 +154,7 @@ async def _answer(
         stream=False,
         requested_model=model,
     )
-    with CallFailure(ctx, limits):
+    with AdmittedCall(ctx, limits, state.limits):
         served = await state.router.embed(ctx, parsed.template, parsed.provider)
     UsageRecorder.log_cost(ctx, served.provider, served.result.model, served.cost)
     body = embedding_list(served.result, base64=parsed.template.base64)

@@ -6,7 +6,8 @@ file under ``rate_limits:``, in the environment as JSON::
     LLM_GATEWAY_RATE_LIMITS='{"tenants": {"acme": {"requests_per_minute": 600,
                               "tokens_per_minute": 200000}}, "default": {"requests_per_minute": 60}}'
 
-``default`` applies to every tenant not listed. A limit left out (or null) is no limit.
+``default`` applies to every tenant not listed. A limit left out (or null) is no limit;
+``max_concurrent_requests`` caps the calls of a tenant at once.
 """
 
 from __future__ import annotations
@@ -26,11 +27,15 @@ class RateLimit(BaseModel):
     requests_per_minute: int | None = Field(default=None, ge=1, le=MAX_PER_MINUTE, strict=True)
     #: tokens a minute (every attempt's prompt and completion tokens, as the providers report them)
     tokens_per_minute: int | None = Field(default=None, ge=1, le=MAX_PER_MINUTE, strict=True)
+    #: calls at once (a stream until its end)
+    max_concurrent_requests: int | None = Field(default=None, ge=1, le=MAX_PER_MINUTE, strict=True)
 
     @model_validator(mode="after")
     def _something(self) -> RateLimit:
-        if self.requests_per_minute is None and self.tokens_per_minute is None:
-            raise ValueError("give requests_per_minute, tokens_per_minute or both (an empty limit limits nothing)")
+        if self.requests_per_minute is None and self.tokens_per_minute is None and self.max_concurrent_requests is None:
+            raise ValueError(
+                "give requests_per_minute, tokens_per_minute or max_concurrent_requests (an empty limit limits nothing)"
+            )
         return self
 
 

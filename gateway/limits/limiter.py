@@ -38,6 +38,8 @@ MINUTE_NS = 60_000_000_000
 #: tenants held before the ones back at their full allowance are forgotten (they start full
 #: again); the next sweep waits until twice as many are held as the last one left
 SWEEP_AT = 50_000
+#: the wait a refusal for calls at once gives (one of them may end at any time)
+CONCURRENT_WAIT = 1.0
 
 
 class _Tenant:
@@ -46,13 +48,15 @@ class _Tenant:
     so no float rounds a call away after days of uptime. Tokens: what the bucket held at
     ``filled_at`` (below zero: owed)."""
 
-    __slots__ = ("filled_at", "limit", "tat", "tokens")
+    __slots__ = ("filled_at", "in_flight", "limit", "tat", "tokens")
 
     def __init__(self, limit: RateLimit, now: int) -> None:
         self.limit = limit
         self.tat = now * (limit.requests_per_minute or 0)
         self.tokens = float(limit.tokens_per_minute or 0)
         self.filled_at = now
+        #: calls admitted and not ended (only with ``max_concurrent_requests``)
+        self.in_flight = 0
 
     def refill(self, now: int) -> float:
         """The tokens the bucket holds now."""
@@ -64,6 +68,8 @@ class _Tenant:
         return self.tokens
 
     def full(self, now: int) -> bool:
+        if self.in_flight:
+            return False
         requests_back = self.tat <= now * (self.limit.requests_per_minute or 0)
         tokens_back = self.limit.tokens_per_minute is None or self.refill(now) >= self.limit.tokens_per_minute
         return requests_back and tokens_back
@@ -124,9 +130,11 @@ class RateLimiter:
         limit = state.limit
         headers: dict[str, str] = {}
         refused: tuple[str, int, float] | None = None
+        if (at_once := limit.max_concurrent_requests) is not None and state.in_flight >= at_once:
+            refused = ("concurrent requests", at_once, CONCURRENT_WAIT)
         if (capacity := limit.tokens_per_minute) is not None:
             tokens = state.refill(now)
-            if tokens < 1:  # until the bucket holds a token again
+            if refused is None and tokens < 1:  # until the bucket holds a token again
                 refused = ("tokens", capacity, (1 - tokens) * MINUTE / capacity)
             headers["x-ratelimit-limit-tokens"] = str(capacity)
             headers["x-ratelimit-remaining-tokens"] = str(max(0, math.floor(tokens)))
@@ -145,7 +153,15 @@ class RateLimiter:
             headers["x-ratelimit-reset-requests"] = reset_text((tat - scaled_now) / window * MINUTE)
         if refused is not None:
             self._refused(tenant, *refused, headers)
+        if at_once is not None:
+            state.in_flight += 1
         return headers
+
+    def release(self, tenant: str) -> None:
+        """A call :meth:`admit` let through has ended (answered, failed, or its stream over)."""
+        state = self._tenants.get(tenant)
+        if state is not None and state.limit.max_concurrent_requests is not None and state.in_flight:
+            state.in_flight -= 1
 
     def observe(self, event: UsageEvent) -> None:
         """An attempt recorded (the recorder's observer): its tokens come out of its tenant's bucket."""
@@ -160,12 +176,12 @@ class RateLimiter:
         state.tokens -= tokens
 
     def _refused(self, tenant: str, kind: str, limit: int, wait: float, headers: dict[str, str]) -> None:
+        where = (
+            f"at its {limit} requests at once" if kind == "concurrent requests" else f"over its {limit} {kind} a minute"
+        )
         self.refusals.hit(
             (tenant, kind),
-            lambda since: (
-                f"rate limit: tenant {log_value(tenant)} is over its {limit} {kind} a minute; "
-                f"refused for {reset_text(wait)}{since}"
-            ),
+            lambda since: f"rate limit: tenant {log_value(tenant)} is {where}; refused for {reset_text(wait)}{since}",
             {"tenantId": tenant, "limit": kind, "perMinute": limit, "retryAfterMs": wait_ms(wait)},
         )
         raise TenantRateLimited.of(tenant, kind, limit, wait, headers)

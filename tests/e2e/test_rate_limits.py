@@ -5,6 +5,7 @@ tenant carries OpenAI's ``x-ratelimit-*`` headers."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -172,3 +173,34 @@ async def test_an_admitted_call_that_fails_still_says_where_the_tenant_stands() 
             metrics = await r.text()
         assert 'llm_gateway_error_answers_total{code="tenant_rate_limited"} 1.0' in metrics
         assert 'code="rate_limit_exceeded"' not in metrics
+
+
+async def test_calls_at_once_hold_their_place_until_their_end_streams_included() -> None:
+    from gateway.simulators.base import Fault
+
+    async with limited({"default": {"max_concurrent_requests": 2}}) as gw, aiohttp.ClientSession() as s:
+        headers = {"authorization": "Bearer sk-a"}
+        url = f"{gw.base_url}/chat/completions"
+
+        async def call(body: dict[str, Any]) -> int:
+            async with s.post(url, json=body, headers=headers) as r:
+                await r.read()
+                return r.status
+
+        gw.sims["openai"].faults.push(Fault("delay", delay=0.5), times=2)
+        running = asyncio.gather(call(CHAT), call({**CHAT, "stream": True}))
+        await asyncio.sleep(0.2)  # both wait on the upstream
+        asked = len(gw.sims["openai"].requests)
+        async with s.post(url, json=CHAT, headers=headers) as r:
+            refused = await r.json()
+            assert r.status == 429 and r.headers["retry-after"] == "1"
+        assert refused["error"]["type"] == "requests" and "at once: Limit 2" in refused["error"]["message"]
+        assert len(gw.sims["openai"].requests) == asked
+        async with s.post(url, json=CHAT, headers={"authorization": "Bearer sk-b"}) as r:
+            assert r.status == 200  # tenant_b has places of its own
+        assert await running == [200, 200]
+        # ended: their places are free again; a failed call gives its place back too
+        gw.sims["openai"].faults.push(Fault("server_error"), times=30)
+        assert [await call(CHAT) for _ in range(3)] == [502, 502, 502]
+        gw.sims["openai"].faults.clear()
+        assert await asyncio.gather(call(CHAT), call(CHAT)) == [200, 200]

@@ -226,3 +226,35 @@ def test_rate_limits_come_from_the_config_file(tmp_path: Path, monkeypatch: pyte
     limits = load_settings().rate_limits
     assert limits.for_tenant("acme") == RateLimit(requests_per_minute=600, tokens_per_minute=200000)
     assert limits.for_tenant("anyone") == RateLimit(requests_per_minute=60)
+
+
+def test_calls_at_once_are_counted_until_they_end_and_a_refusal_takes_none() -> None:
+    clock = Clock()
+    limits = limiter(clock, acme=RateLimit(max_concurrent_requests=2, requests_per_minute=100))
+    assert limits.admit("acme") is not None and limits.admit("acme") is not None
+    with pytest.raises(TenantRateLimited) as refused:
+        limits.admit("acme")
+    error = refused.value
+    assert error.type == "requests" and "on requests at once: Limit 2" in error.message
+    assert error.headers is not None and error.headers["retry-after"] == "1"
+    assert error.headers["x-ratelimit-remaining-requests"] == "98"  # the refused call took no request
+    limits.release("acme")
+    assert limits.admit("acme") is not None  # one ended: one more
+    limits.release("acme")
+    limits.release("acme")
+    limits.release("acme")  # more releases than calls never open more room
+    assert limits._tenants["acme"].in_flight == 0
+    limits.release("nobody")  # a tenant without a limit: nothing to do
+
+
+def test_a_tenant_with_calls_running_is_never_swept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limiter_module, "SWEEP_AT", 2)
+    clock = Clock()
+    limits = RateLimiter(RateLimitSettings(default=RateLimit(max_concurrent_requests=1)), clock=clock)
+    limits.admit("busy")
+    limits.admit("done")
+    limits.release("done")
+    limits.admit("new")  # sweeps: "done" is back at its allowance, "busy" is not
+    assert sorted(limits._tenants) == ["busy", "new"]
+    with pytest.raises(TenantRateLimited):
+        limits.admit("busy")
