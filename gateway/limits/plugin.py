@@ -33,8 +33,12 @@ def install_limits(app: web.Application, settings: Settings) -> None:
 
 def _described(limit: RateLimit) -> str:
     parts = [
-        f"{value} {what} a minute"
-        for value, what in ((limit.requests_per_minute, "requests"), (limit.tokens_per_minute, "tokens"))
+        f"{value} {what}"
+        for value, what in (
+            (limit.requests_per_minute, "requests a minute"),
+            (limit.tokens_per_minute, "tokens a minute"),
+            (limit.max_concurrent_requests, "requests at once"),
+        )
         if value is not None
     ]
     return ", ".join(parts)

@@ -175,10 +175,14 @@ async def test_an_admitted_call_that_fails_still_says_where_the_tenant_stands() 
         assert 'code="rate_limit_exceeded"' not in metrics
 
 
-async def test_calls_at_once_hold_their_place_until_their_end_streams_included() -> None:
+async def test_calls_at_once_hold_their_place_until_their_end_streams_included(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.limits")
     from gateway.simulators.base import Fault
 
     async with limited({"default": {"max_concurrent_requests": 2}}) as gw, aiohttp.ClientSession() as s:
+        assert "rate limits: 0 tenant(s) listed; every other tenant: 2 requests at once" in caplog.messages
         headers = {"authorization": "Bearer sk-a"}
         url = f"{gw.base_url}/chat/completions"
 
