@@ -20,7 +20,7 @@ from pathlib import Path
 from gateway.budgets.ledger import SpendLedger
 from gateway.budgets.snapshot import Snapshot
 from gateway.event_json import event_id_of
-from gateway.eventlog.sqlite import close_locked, connect, ensure_log_table, epoch_ms
+from gateway.eventlog.sqlite import close_locked, connect, ensure_log_table, epoch_ms, first_seq_since
 from gateway.windowed_log import WindowedLog
 
 log = logging.getLogger("gateway.budgets")
@@ -29,22 +29,6 @@ log = logging.getLogger("gateway.budgets")
 SKEW = timedelta(hours=1)
 LOG_NAME = "sqlite"
 _CHUNK = 5000
-
-
-def first_seq_since(conn: sqlite3.Connection, since_ms: int) -> int | None:
-    """The smallest ``seq`` from which on every record is stamped ``since_ms`` or later, were the
-    log in time order (None: an empty log)."""
-    low, high = conn.execute("SELECT min(seq), max(seq) FROM events").fetchone()
-    if low is None:
-        return None
-    while low < high:
-        middle = (low + high) // 2
-        row = conn.execute("SELECT ts FROM events WHERE seq >= ? ORDER BY seq LIMIT 1", (middle,)).fetchone()
-        if row[0] < since_ms:
-            low = middle + 1
-        else:
-            high = middle
-    return int(low)
 
 
 class SqliteBudgetFollower:

@@ -111,6 +111,22 @@ def epoch_ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
 
+def first_seq_since(conn: sqlite3.Connection, since_ms: int) -> int | None:
+    """The smallest ``seq`` from which on every record is stamped ``since_ms`` or later, were the
+    log in time order (None: an empty log)."""
+    low, high = conn.execute("SELECT min(seq), max(seq) FROM events").fetchone()
+    if low is None:
+        return None
+    while low < high:
+        middle = (low + high) // 2
+        row = conn.execute("SELECT ts FROM events WHERE seq >= ? ORDER BY seq LIMIT 1", (middle,)).fetchone()
+        if row[0] < since_ms:
+            low = middle + 1
+        else:
+            high = middle
+    return int(low)
+
+
 class SqliteOutbox:
     """An append-only table ``(seq, key, value, ts)`` in a SQLite file.
 

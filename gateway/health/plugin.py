@@ -47,7 +47,16 @@ def health_plugin(settings: Settings, *, clock: Clock = utcnow, config: HealthSe
 
     async def follow_replicas(app: web.Application) -> AsyncIterator[None]:
         if not (settings.kafka_bootstrap_servers and config.kafka_sync):
-            yield  # embedded mode: one process, the in-process view is the whole view
+            # embedded mode: one process, the in-process view is the whole view; a restart
+            # remembers the window's attempts from the log
+            from gateway.api.state import STATE
+            from gateway.eventlog.sqlite import SqliteEventLog
+            from gateway.health.recall import recall
+
+            event_log = app[STATE].event_log
+            if isinstance(event_log, SqliteEventLog):
+                await recall(view, event_log.path)
+            yield
             return
         from gateway.health.kafka_sync import KafkaHealthSync
 

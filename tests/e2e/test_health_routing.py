@@ -211,3 +211,34 @@ async def test_every_circuit_open_says_when_to_come_back(hgw: RunningGateway, cl
     response = info.value.response
     assert (response.status_code, response.headers["x-llm-attempts"]) == (503, "0")
     assert response.headers["retry-after"] == "18"  # 30 s of cool-down, 12 gone
+
+
+async def test_a_restarted_gateway_remembers_an_open_circuit_from_the_log(
+    tmp_path: Any, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A restart forgot every circuit: the provider that was down got the first calls again, five
+    failures before its circuit opened anew. The embedded log holds the window's attempts."""
+    caplog.set_level(logging.INFO, logger="gateway.health")
+    settings = {"data_dir": tmp_path}
+    async with running_gateway(
+        providers=("openai", "azure"), clock=clock, event_log="settings", settings=settings
+    ) as gw:
+        gw.sims["openai"].faults.always(Fault("server_error"))
+        for _ in range(5):
+            clock.advance(1)
+            assert await ask(gw) == ("azure", "2")
+        assert (await provider_health(gw))["providers"]["openai"]["circuit"] == "open"
+    clock.advance(5)
+    async with running_gateway(
+        providers=("openai", "azure"), clock=clock, event_log="settings", settings=settings
+    ) as gw:
+        assert (await provider_health(gw))["providers"]["openai"]["circuit"] == "open"
+        assert await ask(gw) == ("azure", "1")  # openai is not asked
+        assert not gw.sims["openai"].requests
+    assert any(m.startswith("provider health: 10 attempts of the last 60 s read from the log") for m in caplog.messages)
+    # past the window, nothing is read: the circuit is closed again
+    clock.advance(200)
+    async with running_gateway(
+        providers=("openai", "azure"), clock=clock, event_log="settings", settings=settings
+    ) as gw:
+        assert (await provider_health(gw))["providers"]["openai"]["circuit"] == "closed"

@@ -17,11 +17,10 @@ from pydantic import ValidationError
 from gateway.budgets import ledger as ledger_module
 from gateway.budgets import snapshot
 from gateway.budgets.config import Budget, BudgetSettings
-from gateway.budgets.follow import first_seq_since
 from gateway.budgets.ledger import SpendLedger
 from gateway.errors import BudgetExceeded
 from gateway.event_json import event_id_of
-from gateway.eventlog.sqlite import ensure_log_table
+from gateway.eventlog.sqlite import ensure_log_table, first_seq_since
 from gateway.settings import Settings
 from tests.support.events import usage_event
 
