@@ -202,14 +202,14 @@ def config_error(exc: BaseException) -> str:
         # "[key]" is pydantic's mark of a mapping's key itself
         return ".".join(str(p) if isinstance(p, int) or p == "[key]" else shown_key(p) for p in loc) or "(settings)"
 
-    def hint(loc: tuple[int | str, ...]) -> str:
-        # a tenant id YAML read as a number (``123:``) or a bool (``yes:``)
-        if len(loc) == 4 and loc[1] == "tenants" and loc[3] == "[key]":
-            return " (a tenant id is text: quote it)"
-        return ""
+    def hint(loc: tuple[int | str, ...], kind: str) -> str:
+        # a tenant id YAML read as a number (``123:``, ``tenant: 123``) or a bool (``yes:``)
+        tenant_key = len(loc) == 4 and loc[1] == "tenants" and loc[3] == "[key]"
+        key_tenant = len(loc) == 3 and loc[0] == "api_keys" and loc[2] == "tenant"
+        return " (a tenant id is text: quote it)" if kind == "string_type" and (tenant_key or key_tenant) else ""
 
     problems = [
-        f"{where(error['loc'])}: {error['msg']}{hint(error['loc'])}"
+        f"{where(error['loc'])}: {error['msg']}{hint(error['loc'], error['type'])}"
         for error in exc.errors(include_input=False, include_url=False)
     ]
     return f"{len(problems)} problem(s): " + "; ".join(problems)

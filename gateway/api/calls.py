@@ -102,9 +102,11 @@ def billed_tenant(
     return tenant, None
 
 
-def served_headers(ctx: CallContext, served: Served[Any], limits: dict[str, str] | None) -> dict[str, str]:
+def served_headers(
+    ctx: CallContext, served: Served[Any], limits: dict[str, str] | None, limiter: RateLimiter | None
+) -> dict[str, str]:
     """The headers of a served non-streaming call: who served it, how, and what it cost (and the
-    tenant's rate limits, when it has any)."""
+    tenant's rate limits, when it has any, the call's own tokens taken)."""
     headers = {
         "x-request-id": ctx.request_id,
         "x-llm-provider": served.provider,
@@ -113,5 +115,5 @@ def served_headers(ctx: CallContext, served: Served[Any], limits: dict[str, str]
         "x-llm-cost-usd": format_usd(served.cost) if served.cost is not None else "unpriced",
     }
     if limits is not None:
-        headers.update(limits)
+        headers.update(limits if limiter is None else limiter.current(ctx.tenant_id, limits))
     return headers

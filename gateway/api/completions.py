@@ -100,7 +100,9 @@ async def _answer(
     build = chat_completion if parsed.endpoint == "chat.completions" else text_completion
     body = build(response_id, created, result.model, result)
     return web.Response(
-        body=orjson.dumps(body), content_type="application/json", headers=served_headers(ctx, served, limits)
+        body=orjson.dumps(body),
+        content_type="application/json",
+        headers=served_headers(ctx, served, limits, state.limits),
     )
 
 

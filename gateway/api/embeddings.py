@@ -159,5 +159,7 @@ async def _answer(
     UsageRecorder.log_cost(ctx, served.provider, served.result.model, served.cost)
     body = embedding_list(served.result, base64=parsed.template.base64)
     return web.Response(
-        body=orjson.dumps(body), content_type="application/json", headers=served_headers(ctx, served, limits)
+        body=orjson.dumps(body),
+        content_type="application/json",
+        headers=served_headers(ctx, served, limits, state.limits),
     )

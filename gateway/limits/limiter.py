@@ -40,6 +40,8 @@ MINUTE_NS = 60_000_000_000
 SWEEP_AT = 50_000
 #: the wait a refusal for calls at once gives (one of them may end at any time)
 CONCURRENT_WAIT = 1.0
+#: the most a tenant's token bucket owes, in minutes of its limit (a refusal waits at most a day)
+MAX_DEBT_MINUTES = 1440
 
 
 class _Tenant:
@@ -98,6 +100,8 @@ class RateLimiter:
         self._clock = clock
         self._tenants: dict[str, _Tenant] = {}
         self._sweep_at = SWEEP_AT
+        #: hands the recorded attempts not yet observed to :meth:`observe` (the recorder's)
+        self.flush: Callable[[], None] = lambda: None
         self.refusals = WindowedLog(log, _refusals_counted, key_fields=_key_fields)
 
     def _state(self, tenant: str, now: int) -> _Tenant | None:
@@ -173,7 +177,24 @@ class RateLimiter:
         if state is None or state.limit.tokens_per_minute is None:
             return
         state.refill(now)
-        state.tokens -= tokens
+        # at most a day of the limit owed: the longest wait a refusal gives (the tokens of one
+        # attempt are bounded only by what the stores hold)
+        state.tokens = max(state.tokens - tokens, 1 - state.limit.tokens_per_minute * MAX_DEBT_MINUTES)
+
+    def current(self, tenant: str, admitted: dict[str, str]) -> dict[str, str]:
+        """``admitted``'s headers with the tokens left now: a non-streaming answer's own tokens
+        are taken when it is answered (the headers of its admission said the bucket was full)."""
+        state = self._tenants.get(tenant)
+        if state is None or (capacity := state.limit.tokens_per_minute) is None:
+            return admitted
+        self.flush()  # the attempts' events reach the observers a loop turn later
+        now = self._clock()
+        tokens = state.refill(now)
+        return {
+            **admitted,
+            "x-ratelimit-remaining-tokens": str(max(0, math.floor(tokens))),
+            "x-ratelimit-reset-tokens": reset_text((capacity - tokens) * MINUTE / capacity),
+        }
 
     def _refused(self, tenant: str, kind: str, limit: int, wait: float, headers: dict[str, str]) -> None:
         where = (

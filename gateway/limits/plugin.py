@@ -24,6 +24,7 @@ def install_limits(app: web.Application, settings: Settings) -> None:
     )
     state.limits = limiter
     state.router.recorder.observers.append(limiter.observe)
+    limiter.flush = state.router.recorder.flush_observers
 
     async def flush(_app: web.Application) -> None:
         limiter.refusals.flush()

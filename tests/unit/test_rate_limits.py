@@ -92,6 +92,10 @@ def test_a_refusal_carries_both_limits_and_a_wait_of_at_most_a_day() -> None:
     assert headers["retry-after"] == "86400" and headers["retry-after-ms"] == "86400000"  # not 1,141 years
     assert (headers["x-ratelimit-remaining-tokens"], headers["x-ratelimit-limit-requests"]) == ("0", "2")
     assert headers["x-ratelimit-remaining-requests"] == "1"  # the refused call took no request
+    # at most a day owed: the message and the headers give the same wait (a re-test found
+    # "try again in 3008m0s" beside retry-after: 86400)
+    assert "Please try again in 1440m0s" in refused.value.message
+    assert headers["x-ratelimit-reset-tokens"] == "1441m0s"  # until full: a day, then a minute more
 
 
 def test_tokens_a_minute_are_taken_by_the_attempts_and_refill_at_the_rate() -> None:

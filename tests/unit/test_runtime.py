@@ -165,6 +165,7 @@ def assert_refused(
             "tenants.123.[key]: Input should be a valid string (a tenant id is text: quote it)",
         ),
         ("budgets: {tenants: {yes: {usd: '1'}}}\n", "(a tenant id is text: quote it)"),
+        ("api_keys: [{key: sk-a, tenant: 123}]\n", "api_keys.0.tenant: Input should be a valid string (a tenant id"),
         ("rate_limits: {default: {requests_per_minute: 0}}\n", "rate_limits.default.requests_per_minute"),
         ("priority: [openai\n", 'gw.yaml", line 1'),  # PyYAML named it "<unicode string>"
         ("providers: {ollama: {enbled: false}}\n", "enbled"),  # the typo left Ollama enabled
