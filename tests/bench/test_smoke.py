@@ -92,3 +92,11 @@ def test_budget_start_smoke_run() -> None:
     done = smoke_run("budget_start", timeout=120)
     row = next(line for line in done.stdout.splitlines() if line.startswith("| from the snapshot"))
     assert row.split("|")[2].strip() == "1,000", done.stdout
+
+
+def test_health_recall_smoke_run() -> None:
+    """The health recall bench checks that the recall counted every attempt of the window (a
+    difference exits non-zero) and prints it beside the read-only baseline."""
+    done = smoke_run("health_recall", timeout=120)
+    row = next(line for line in done.stdout.splitlines() if line.startswith("| recall into the health view"))
+    assert row.split("|")[2].strip() == "5,000", done.stdout
