@@ -35,7 +35,12 @@ def write(outbox: SqliteOutbox, count: int, start: datetime, end: datetime) -> N
     for n in range(count):
         outcome = "upstream_error" if n % 50 == 0 else None
         provider = PROVIDERS[n % len(PROVIDERS)]
-        batch.append(usage_event("t", Decimal("0.0000125"), start + step * n, outcome=outcome, provider=provider))
+        latency = 150.0 + (n * 7919) % 2000  # spread, as real latencies are
+        batch.append(
+            usage_event(
+                "t", Decimal("0.0000125"), start + step * n, outcome=outcome, provider=provider, latency_ms=latency
+            )
+        )
         if len(batch) == 5000:
             append_events(outbox, batch)
             batch = []
