@@ -610,7 +610,8 @@ class Replayer:
             return
         raise ReplayError(
             f"--full would remove {what} that the stores hold and the log does not: another log's (this data "
-            "dir's embedded log after a switch to Kafka, or back) or past Kafka's retention. Nothing was changed. "
+            "dir's embedded log after a switch to Kafka, or back) or past the log's retention (Kafka's, or "
+            "log_retention_days). Nothing was changed. "
             "Replay without --full (it keeps them), or add --drop-missing ('dropMissing' in a request body) to "
             "remove them"
         )

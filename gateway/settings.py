@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway import strict_yaml
@@ -168,6 +168,10 @@ class Settings(BaseSettings):
     #: leaves it to ``llm-gateway consume`` run next to the gateway on the same data dir: the
     #: gateway process then holds no DuckDB (``LLM_GATEWAY_PROJECT``, ``serve --no-project``)
     project: bool | None = None
+    #: days the embedded log keeps an event once every reader has projected it (None: for good;
+    #: ``gateway/eventlog/retention.py``). At least a budget's period and a day (a restart
+    #: without its snapshot reads the current periods from the log)
+    log_retention_days: int | None = Field(default=None, ge=1, le=36_500)
 
     # --- analytics store (DuckDB, written by the projector of serve / consume) -----------------
     #: DuckDB's buffer memory in this process: bigger queries spill to disk instead of growing
@@ -275,6 +279,19 @@ class Settings(BaseSettings):
                 except ValueError as e:
                     raise ValueError(f"{name}.base_url: {e}") from None
         return value
+
+    @model_validator(mode="after")
+    def _retention_covers_budgets(self) -> Settings:
+        days = self.log_retention_days
+        if days is not None and self.budgets.enabled:
+            budgets = [*self.budgets.tenants.values(), *([self.budgets.default] if self.budgets.default else [])]
+            needed = 32 if any(b.period == "month" for b in budgets) else 2
+            if days < needed:
+                raise ValueError(
+                    f"log_retention_days {days} is shorter than the budgets' periods: give at least {needed} "
+                    "(a restart without the budgets' snapshot reads the current periods from the log)"
+                )
+        return self
 
     @field_validator("instance_id")
     @classmethod

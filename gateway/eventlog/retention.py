@@ -1,0 +1,133 @@
+"""Retention of the embedded log (``log_retention_days``): ``serve`` deletes, once an hour, the
+events older than that many days that every reader of the log has projected.
+
+A gateway at 100 calls a second appends about 9 million events a day to ``events.sqlite3``,
+which nothing trimmed: the disk filled. Off by default (the log is the history ``replay``
+rebuilds the stores from); once on, the stores keep the history the log no longer holds, and
+``replay --full``, which would lose it, refuses (``replay --since`` re-projects what is left).
+
+What goes: records stamped before the cut (``ts``, the event's time) and before the lowest
+position of the ``positions`` table (every group that reads the log: the projector of
+``serve``, ``consume``'s), so no event leaves the log before it is in the stores. A group that
+stopped for good holds every record after its position: each hour's run says how many it holds
+back. The rows go
+in small transactions, so the gateway's appends never wait long for one; SQLite reuses the pages
+they free (the file does not shrink: ``VACUUM`` it offline for that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.eventlog.sqlite import connect, ensure_log_table, epoch_ms, first_seq_since
+
+log = logging.getLogger("gateway.eventlog")
+
+#: how often the log is trimmed (seconds), the first time at the start
+TRIM_EVERY = 3600.0
+#: rows deleted in one transaction (a few milliseconds of the writer's lock)
+CHUNK = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class Trimmed:
+    #: records deleted
+    deleted: int
+    #: the lowest reader's position (None: no reader has committed one: nothing is projected)
+    floor: int | None
+    #: records older than the cut that wait for a reader (past ``floor``)
+    held: int
+
+
+def _bounds(conn: sqlite3.Connection, before_ms: int) -> tuple[int, int | None]:
+    """(the last ``seq`` stamped before the cut, 0 for none; the lowest reader's position)."""
+    first_new = first_seq_since(conn, before_ms)
+    if first_new is None:
+        return 0, None
+    (ts,) = conn.execute("SELECT ts FROM events WHERE seq = ?", (first_new,)).fetchone()
+    by_time = first_new if ts < before_ms else first_new - 1  # every record old: the last one too
+    try:
+        (floor,) = conn.execute("SELECT min(position) FROM positions").fetchone()
+    except sqlite3.OperationalError:  # no reader ever committed: nothing is projected
+        return by_time, None
+    return by_time, None if floor is None else int(floor)
+
+
+def trim(path: Path, before: datetime, *, stopped: Callable[[], bool] = lambda: False) -> Trimmed:
+    """Delete the records of ``path`` older than ``before`` that every reader has projected, a
+    :data:`CHUNK` a transaction, until done or ``stopped()``."""
+    conn = connect(path)
+    try:
+        ensure_log_table(conn, "events")
+        by_time, floor = _bounds(conn, epoch_ms(before))
+        # the record at a reader's position stays: the start checks the stores against it
+        last = 0 if floor is None else min(by_time, floor - 1)
+        held = conn.execute("SELECT count(*) FROM events WHERE seq > ? AND seq <= ?", (last, by_time)).fetchone()[0]
+        (low,) = conn.execute("SELECT min(seq) FROM events").fetchone()
+        deleted = 0
+        while low is not None and low <= last and not stopped():
+            high = min(low + CHUNK - 1, last)
+            deleted += conn.execute("DELETE FROM events WHERE seq >= ? AND seq <= ?", (low, high)).rowcount
+            low = high + 1
+            time.sleep(0.001)  # the gateway's appends take the writer's lock in between
+        return Trimmed(deleted, floor, int(held))
+    finally:
+        conn.close()
+
+
+def retention_plugin(
+    path: Path, days: int, clock: Callable[[], datetime]
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A ``cleanup_ctx`` that trims ``path`` at the start and every :data:`TRIM_EVERY` seconds."""
+
+    stop = threading.Event()
+
+    async def run() -> None:
+        while True:
+            cut = clock() - timedelta(days=days)
+            began = time.perf_counter()
+            try:
+                done = await asyncio.to_thread(trim, path, cut, stopped=stop.is_set)
+            except sqlite3.Error as exc:  # a full disk, a lock held too long: the next hour tries again
+                log.warning("log retention: cannot trim %s (%s); trying again in an hour", path, exc)
+            else:
+                if done.deleted:
+                    log.info(
+                        "log retention: %d events before %s deleted in %.1f s",
+                        done.deleted,
+                        cut.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                        time.perf_counter() - began,
+                    )
+                if done.held:
+                    log.info(
+                        "log retention: %d events before %s are kept until every reader has projected them "
+                        "(the lowest position is %s)",
+                        done.held,
+                        cut.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                        "none" if done.floor is None else done.floor,
+                    )
+            await asyncio.sleep(TRIM_EVERY)
+
+    async def plugin(_app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(run(), name="log-retention")
+        try:
+            yield
+        finally:
+            stop.set()  # a trim in its thread ends after its current chunk
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    return plugin
