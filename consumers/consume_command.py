@@ -76,6 +76,9 @@ def build_consumer_app(settings: Settings, group: str, batch_size: int) -> web.A
             yield
 
     app.cleanup_ctx.append(lifecycle)
+    from consumers.log_retention import install_log_retention
+
+    install_log_retention(app, settings, pipeline)
     return app
 
 

@@ -283,6 +283,8 @@ class Replayer:
                 await self._check_missing(options, report)
             await self.source.open(options.start)
             report.first, report.last = self.source.first, self.source.last
+            if self.source.trimmed is not None:
+                report.warnings.append(self.source.trimmed)
             await self._wait_for_live(report)
             for sink in sinks:
                 await sink.start()

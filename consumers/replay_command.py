@@ -59,8 +59,8 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--drop-missing",
         action="store_true",
-        help="with --full: remove the stored events the log does not hold (another log's, or past Kafka's "
-        "retention); without it --full refuses to",
+        help="with --full: remove the stored events the log does not hold (another log's, or past the log's "
+        "retention: Kafka's, or log_retention_days); without it --full refuses to",
     )
     parser.add_argument("--dry-run", action="store_true", help="compute the summary and the diff, write nothing")
     parser.add_argument(

@@ -64,6 +64,9 @@ class ReplaySource(Protocol):
     #: where the range starts and ends, for the summary (e.g. ``"seq 1"`` / ``"seq 100000"``)
     first: str
     last: str
+    #: what the log no longer holds of the range asked (records its retention deleted), for the
+    #: summary; None when it holds it all
+    trimmed: str | None
 
     async def open(self, start: ReplayStart) -> None: ...
 
@@ -108,6 +111,7 @@ class SqliteReplaySource:
         self._after = 0  # last seq read
         self._bound = 0  # last seq of the range
         self._min_ts: int | None = None
+        self.trimmed: str | None = None
 
     async def open(self, start: ReplayStart) -> None:
         after = 0 if start.from_position is None else _embedded_position(start.from_position) - 1
@@ -116,7 +120,12 @@ class SqliteReplaySource:
             return  # no log yet: nothing to replay
         self._conn = await asyncio.to_thread(self._connect)
         self._after = after
-        self._bound, self.total = await asyncio.to_thread(self._measure)
+        self._bound, self.total, oldest = await asyncio.to_thread(self._measure)
+        if oldest > after + 1 and start.since is None:
+            self.trimmed = (
+                f"the log starts at seq {oldest}: the {oldest - after - 1} records before it were deleted by its "
+                "retention (log_retention_days); the stores keep them as they are (not re-projected nor re-priced)"
+            )
         self.first = f"seq {after + 1}" + ("" if self._min_ts is None else f" ({start.since:%Y-%m-%dT%H:%M:%S%z})")
         self.last = f"seq {self._bound}"
 
@@ -125,16 +134,17 @@ class SqliteReplaySource:
         conn.execute("PRAGMA query_only=ON")
         return conn
 
-    def _measure(self) -> tuple[int, int]:
+    def _measure(self) -> tuple[int, int, int]:
+        """(the range's last seq, its records, the log's first seq)."""
         with self._lock:
             conn = self._db()
             if not _has_table(conn, "events"):
-                return 0, 0
-            (bound,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+                return 0, 0, 0
+            bound, oldest = conn.execute("SELECT coalesce(max(seq), 0), coalesce(min(seq), 0) FROM events").fetchone()
             sql = "SELECT count(*) FROM events WHERE seq > ? AND seq <= ? AND ts >= ?"
             min_ts = -(2**62) if self._min_ts is None else self._min_ts
             (total,) = conn.execute(sql, (self._after, bound, min_ts)).fetchone()
-        return int(bound), int(total)
+        return int(bound), int(total), int(oldest)
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -199,6 +209,8 @@ class KafkaReplaySource:
         max_partition_fetch_bytes: int = 8 * 1024 * 1024,
         stall_timeout: float = 60.0,
     ) -> None:
+        #: the topic's retention is the operator's: what it deleted is not known here
+        self.trimmed: str | None = None
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
         self.total = 0

@@ -23,8 +23,6 @@ from gateway.api.middleware import error_middleware
 from gateway.api.state import STATE, GatewayState
 from gateway.budgets.plugin import install_budgets
 from gateway.eventlog.base import EventLog
-from gateway.eventlog.retention import retention_plugin
-from gateway.eventlog.sqlite import SqliteEventLog
 from gateway.failure_log import FailureLog
 from gateway.health.plugin import health_plugin, install_health
 from gateway.ids import utcnow
@@ -165,9 +163,7 @@ def create_app(
     install_health(app, health_plugin(settings, clock=clock))
     install_budgets(app, settings, clock)
     install_limits(app, settings)
-    if settings.log_retention_days is not None and isinstance(event_log, SqliteEventLog):
-        app.cleanup_ctx.append(retention_plugin(event_log.path, settings.log_retention_days, clock))
-    elif settings.log_retention_days is not None:
+    if settings.log_retention_days is not None and settings.kafka_bootstrap_servers:
         log.warning("log_retention_days applies to the embedded log only: on Kafka, the topic's retention does")
     for install in installers or []:
         install(app)

@@ -51,5 +51,8 @@ def embedded_projector(settings: Settings) -> Installer:
                 yield
 
         app.cleanup_ctx.append(run)
+        from consumers.log_retention import install_log_retention
+
+        install_log_retention(app, settings, pipeline, app[STATE].clock)
 
     return install

@@ -280,10 +280,18 @@ class Settings(BaseSettings):
                     raise ValueError(f"{name}.base_url: {e}") from None
         return value
 
+    @field_validator("log_retention_days", mode="before")
+    @classmethod
+    def _days_not_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # YAML's ``yes`` was taken for 1 day (a review)
+            raise ValueError("give a number of days")
+        return value
+
     @model_validator(mode="after")
     def _retention_covers_budgets(self) -> Settings:
         days = self.log_retention_days
-        if days is not None and self.budgets.enabled:
+        # (with Kafka the setting has no effect: the topic's retention is the operator's)
+        if days is not None and self.budgets.enabled and not self.kafka_bootstrap_servers:
             budgets = [*self.budgets.tenants.values(), *([self.budgets.default] if self.budgets.default else [])]
             needed = 32 if any(b.period == "month" for b in budgets) else 2
             if days < needed:

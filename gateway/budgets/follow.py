@@ -63,8 +63,18 @@ class SqliteBudgetFollower:
                 self.position, self.last_id = seq, check
                 return True
             log.info("budgets: the snapshot's position is not on this log: the current periods are read from it")
-        first = first_seq_since(conn, epoch_ms(self.ledger.earliest_start() - SKEW))
+        since = self.ledger.earliest_start()
+        first = first_seq_since(conn, epoch_ms(since - SKEW))
         self.position = 0 if first is None else first - 1
+        oldest = conn.execute("SELECT seq, ts FROM events ORDER BY seq LIMIT 1").fetchone()
+        if oldest is not None and oldest[0] > 1 and oldest[1] > epoch_ms(since):
+            # records deleted by a retention shorter than the period (an earlier configuration's)
+            log.warning(
+                "budgets: the log's first record (seq %d) is from after the current periods' start %s: what "
+                "was spent before it (deleted by the log's retention) is not counted",
+                oldest[0],
+                since.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            )
         return False
 
     def _read(self) -> list[tuple[int, bytes]]:

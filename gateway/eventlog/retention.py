@@ -1,5 +1,7 @@
-"""Retention of the embedded log (``log_retention_days``): ``serve`` deletes, once an hour, the
-events older than that many days that every reader of the log has projected.
+"""Retention of the embedded log (``log_retention_days``): the process that projects it (``serve``,
+or ``consume`` beside ``serve --no-project``) deletes, at its start and once an hour, the events
+older than that many days that every reader of the log has projected, while its stores are
+neither catching up with the log nor being rebuilt.
 
 A gateway at 100 calls a second appends about 9 million events a day to ``events.sqlite3``,
 which nothing trimmed: the disk filled. Off by default (the log is the history ``replay``
@@ -22,7 +24,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -37,6 +39,8 @@ log = logging.getLogger("gateway.eventlog")
 TRIM_EVERY = 3600.0
 #: rows deleted in one transaction (a few milliseconds of the writer's lock)
 CHUNK = 2000
+#: seconds before the next try when the stores were catching up or being rebuilt
+NOT_STEADY_RETRY = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,20 +51,29 @@ class Trimmed:
     floor: int | None
     #: records older than the cut that wait for a reader (past ``floor``)
     held: int
+    #: the reader at ``floor``, and where (for the log line)
+    holder: str | None = None
 
 
-def _bounds(conn: sqlite3.Connection, before_ms: int) -> tuple[int, int | None]:
-    """(the last ``seq`` stamped before the cut, 0 for none; the lowest reader's position)."""
+def _bounds(conn: sqlite3.Connection, before_ms: int) -> tuple[int, tuple[int, str] | None]:
+    """(the last ``seq`` up to which every record is stamped before the cut, 0 for none; the
+    lowest reader's position and group)."""
     first_new = first_seq_since(conn, before_ms)
     if first_new is None:
         return 0, None
     (ts,) = conn.execute("SELECT ts FROM events WHERE seq = ?", (first_new,)).fetchone()
     by_time = first_new if ts < before_ms else first_new - 1  # every record old: the last one too
+    # the bisection supposes the log in time order: a record stamped after the cut below it
+    # (a clock stepped back, an adopted spool) ends the range there (one stamped 400 days ago
+    # in the middle of the log took 599 newer ones with it: a review)
+    (newer,) = conn.execute("SELECT min(seq) FROM events WHERE seq <= ? AND ts >= ?", (by_time, before_ms)).fetchone()
+    if newer is not None:
+        by_time = int(newer) - 1
     try:
-        (floor,) = conn.execute("SELECT min(position) FROM positions").fetchone()
+        row = conn.execute("SELECT position, group_id FROM positions ORDER BY position LIMIT 1").fetchone()
     except sqlite3.OperationalError:  # no reader ever committed: nothing is projected
         return by_time, None
-    return by_time, None if floor is None else int(floor)
+    return by_time, None if row is None else (int(row[0]), str(row[1]))
 
 
 def trim(path: Path, before: datetime, *, stopped: Callable[[], bool] = lambda: False) -> Trimmed:
@@ -69,7 +82,8 @@ def trim(path: Path, before: datetime, *, stopped: Callable[[], bool] = lambda: 
     conn = connect(path)
     try:
         ensure_log_table(conn, "events")
-        by_time, floor = _bounds(conn, epoch_ms(before))
+        by_time, lowest = _bounds(conn, epoch_ms(before))
+        floor = None if lowest is None else lowest[0]
         # the record at a reader's position stays: the start checks the stores against it
         last = 0 if floor is None else min(by_time, floor - 1)
         held = conn.execute("SELECT count(*) FROM events WHERE seq > ? AND seq <= ?", (last, by_time)).fetchone()[0]
@@ -80,43 +94,61 @@ def trim(path: Path, before: datetime, *, stopped: Callable[[], bool] = lambda: 
             deleted += conn.execute("DELETE FROM events WHERE seq >= ? AND seq <= ?", (low, high)).rowcount
             low = high + 1
             time.sleep(0.001)  # the gateway's appends take the writer's lock in between
-        return Trimmed(deleted, floor, int(held))
+        holder = None if lowest is None else f"{lowest[1]} at seq {lowest[0]}"
+        return Trimmed(deleted, floor, int(held), holder)
     finally:
         conn.close()
 
 
 def retention_plugin(
-    path: Path, days: int, clock: Callable[[], datetime]
+    path: Path,
+    days: int,
+    clock: Callable[[], datetime],
+    *,
+    steady: Callable[[], Awaitable[bool]],
+    lock: asyncio.Lock,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
-    """A ``cleanup_ctx`` that trims ``path`` at the start and every :data:`TRIM_EVERY` seconds."""
-
+    """A ``cleanup_ctx`` of the process that projects the log (after its projector has started):
+    trims ``path`` at the start and every :data:`TRIM_EVERY` seconds, holding ``lock`` (the
+    replays'), and only while ``steady()`` says its stores are neither catching up with the log
+    nor being rebuilt (a store that reads the log again needs all of it: a review's removed
+    ``analytics.duckdb`` got 69 of its 400 events back, the start's trim had taken the rest)."""
     stop = threading.Event()
+
+    async def once() -> bool:
+        cut = clock() - timedelta(days=days)
+        async with lock:
+            if not await steady():
+                return False
+            began = time.perf_counter()
+            done = await asyncio.to_thread(trim, path, cut, stopped=stop.is_set)
+        if done.deleted:
+            log.info(
+                "log retention: %d events before %s deleted in %.1f s",
+                done.deleted,
+                cut.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                time.perf_counter() - began,
+            )
+        if done.held:
+            log.info(
+                "log retention: %d events before %s are kept until every reader has projected them "
+                "(the lowest position: %s)",
+                done.held,
+                cut.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                done.holder or "none: no reader has projected the log",
+            )
+        return True
 
     async def run() -> None:
         while True:
-            cut = clock() - timedelta(days=days)
-            began = time.perf_counter()
             try:
-                done = await asyncio.to_thread(trim, path, cut, stopped=stop.is_set)
+                trimmed = await once()
             except sqlite3.Error as exc:  # a full disk, a lock held too long: the next hour tries again
                 log.warning("log retention: cannot trim %s (%s); trying again in an hour", path, exc)
-            else:
-                if done.deleted:
-                    log.info(
-                        "log retention: %d events before %s deleted in %.1f s",
-                        done.deleted,
-                        cut.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                        time.perf_counter() - began,
-                    )
-                if done.held:
-                    log.info(
-                        "log retention: %d events before %s are kept until every reader has projected them "
-                        "(the lowest position is %s)",
-                        done.held,
-                        cut.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                        "none" if done.floor is None else done.floor,
-                    )
-            await asyncio.sleep(TRIM_EVERY)
+                trimmed = True
+            if not trimmed:
+                log.info("log retention: the stores are catching up with the log or being rebuilt: trying again soon")
+            await asyncio.sleep(TRIM_EVERY if trimmed else NOT_STEADY_RETRY)
 
     async def plugin(_app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(run(), name="log-retention")

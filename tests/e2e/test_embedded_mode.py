@@ -737,6 +737,7 @@ async def test_log_retention_deletes_what_the_stores_hold_and_keeps_their_histor
         await wait_for_usage(gw, "tenant_old", 3)
     clock.advance(3 * 86400)
     settings = {"data_dir": tmp_path, "log_retention_days": 2}
+    installers = server_installers(Settings(_env_file=None, **settings))  # type: ignore[call-arg, arg-type]
     async with running_gateway(
         providers=("openai",), event_log="settings", settings=settings, installers=installers, clock=clock
     ) as gw:
@@ -763,3 +764,56 @@ async def test_log_retention_deletes_what_the_stores_hold_and_keeps_their_histor
     )
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 1 and "--full would remove 2 events" in err.decode(), err
+    # a replay of what is left says what it no longer holds
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "replay",
+        "--reprice",
+        "--local",
+        env={**env, "LLM_GATEWAY_DATA_DIR": str(tmp_path)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err
+    assert "the log starts at seq 3: the 2 records before it were deleted by its retention" in out.decode()
+
+
+async def test_log_retention_waits_for_a_store_that_reads_the_log_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review removed analytics.duckdb and restarted with retention on: the start's trim took
+    the log's old events before the new store had read them (69 of 400 came back). A store
+    catching up with the log (or a rebuild pending) holds the trim off until it has them."""
+    import sqlite3
+
+    from gateway.eventlog import retention
+    from tests.support.fakes import ManualClock
+
+    monkeypatch.setattr(retention, "NOT_STEADY_RETRY", 0.05)
+    clock = ManualClock()
+    plain = server_installers(Settings(data_dir=tmp_path, _env_file=None))  # type: ignore[call-arg]
+    async with running_gateway(
+        providers=("openai",), event_log="settings", settings={"data_dir": tmp_path}, installers=plain, clock=clock
+    ) as gw:
+        for _ in range(20):
+            await one_call(gw, "tenant_old")
+        await wait_for_usage(gw, "tenant_old", 20)
+    remove_analytics_store(tmp_path)
+    clock.advance(3 * 86400)
+    settings = {"data_dir": tmp_path, "log_retention_days": 2}
+    installers = server_installers(Settings(_env_file=None, **settings))  # type: ignore[call-arg, arg-type]
+    async with running_gateway(
+        providers=("openai",), event_log="settings", settings=settings, installers=installers, clock=clock
+    ) as gw:
+        body, _ = await wait_for_usage(gw, "tenant_old", 20)  # the new store has every old event
+        assert body["usageCount"] == 20
+        for _ in range(100):  # once caught up, the trim runs
+            with sqlite3.connect(tmp_path / "events.sqlite3") as db:
+                (left,) = db.execute("SELECT count(*) FROM events").fetchone()
+            if left == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert left == 1  # the record at the projector's position

@@ -20,7 +20,7 @@ from gateway.budgets.config import Budget, BudgetSettings
 from gateway.budgets.ledger import SpendLedger
 from gateway.errors import BudgetExceeded
 from gateway.event_json import event_id_of
-from gateway.eventlog.sqlite import ensure_log_table, first_seq_since
+from gateway.eventlog.sqlite import ensure_log_table, epoch_ms, first_seq_since
 from gateway.settings import Settings
 from tests.support.events import usage_event
 
@@ -303,3 +303,28 @@ def test_the_refusals_are_logged_once_a_window_per_tenant(caplog: pytest.LogCapt
         },
         {"tenantId": "acme", "count": 2},
     ]
+
+
+async def test_a_log_trimmed_past_the_periods_start_is_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An earlier, shorter log retention deleted part of the month: the spend before the log's
+    first record cannot be counted, and the start says so (a review saw a quarter of it counted)."""
+    from gateway.budgets.follow import SqliteBudgetFollower
+
+    caplog.set_level(logging.WARNING, logger="gateway.budgets")
+    path = tmp_path / "events.sqlite3"
+    conn = sqlite3.connect(path)
+    ensure_log_table(conn, "events")
+    for day in (2, 10, 14):  # December 2nd went with the retention: the log starts on the 10th
+        event = spend("acme", "1", datetime(2026, 12, day, tzinfo=UTC))
+        conn.execute(
+            "INSERT INTO events (key, value, ts) VALUES ('acme', ?, ?)", (event.to_json(), epoch_ms(event.created_at))
+        )
+    conn.execute("DELETE FROM events WHERE seq = 1")
+    conn.commit()
+    conn.close()
+    ledger = SpendLedger(BudgetSettings(default=Budget(usd=100)), clock=Clock(NOW))
+    follower = SqliteBudgetFollower(path, ledger)
+    await follower.catch_up(None)
+    await follower.close()
+    assert ledger.standing("acme").spent == Decimal(2)  # type: ignore[union-attr]
+    assert any("is not counted" in m and "2026-12-01T00:00:00Z" in m for m in caplog.messages)

@@ -283,6 +283,7 @@ class FakeSource:
         self.committed = len(self.records) if committed is None else committed
         self.total = 0
         self.first = self.last = "-"
+        self.trimmed: str | None = None
         self._pending: list[LogRecord] = []
         self.opened = self.closed = 0
 

@@ -88,3 +88,22 @@ def test_retention_is_refused_shorter_than_the_budgets_periods(budgets: dict[str
     else:
         with pytest.raises(ValidationError, match="shorter than the budgets' periods"):
             make()
+
+
+def test_retention_days_are_a_number_not_yes_and_kafka_mode_does_not_check_budgets() -> None:
+    with pytest.raises(ValidationError, match="give a number of days"):
+        Settings(log_retention_days=True, _env_file=None)  # type: ignore[call-arg]
+    kafka = Settings(  # type: ignore[call-arg]
+        log_retention_days=1, budgets={"default": {"usd": "5"}}, kafka_bootstrap_servers="b:9092", _env_file=None
+    )
+    assert kafka.log_retention_days == 1  # no effect there: it blocked every command (a review)
+
+
+def test_a_record_stamped_after_the_cut_ends_what_goes(tmp_path: Path) -> None:
+    """The cut is found by bisection over a log in time order: one record stamped 400 days ago
+    in the middle of a newer log took 599 newer ones with it (a review)."""
+    path = tmp_path / "events.sqlite3"
+    # the bisection lands on seq 8 (400 days old): seq 4 to 7 are from today
+    log_of(path, [10.0] * 3 + [0.5] * 4 + [400.0] + [0.5] * 7, {"g": 16})
+    done = trim(path, NOW - timedelta(days=1))
+    assert done.deleted == 3 and seqs(path)[0] == 4
