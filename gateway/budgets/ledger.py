@@ -108,12 +108,17 @@ class SpendLedger:
         after a crash) counts once when its first copy is among the last :data:`RECENT_IDS`."""
         if raw is None:
             return
+        if not isinstance(raw, bytes):  # a row another program wrote as text (or a number)
+            if not isinstance(raw, str):
+                self.unreadable += 1
+                return
+            raw = raw.encode("utf-8", "surrogatepass")  # the projector decodes text alike
         event_id = event_id_of(raw)
         if event_id is not None and self._known(event_id):
             return
         try:
             event = decode_event(raw)
-        except ValueError:
+        except (ValueError, TypeError, RecursionError):  # as the projector dead-letters it
             self.unreadable += 1
             return
         if event_id is None and self._known(event.event_id):

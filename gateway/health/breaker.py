@@ -73,7 +73,13 @@ class CircuitBreaker:
         #: the newest success counted (event time), and the newest failure of the run
         self._success_t: datetime | None = None
         self._run_latest: datetime | None = None
-        self._trip = RollingWindow(config.window_seconds)
+        # with the latency limits it judges: a p95 over the whole window was computed on every
+        # failure without them (a review: the start's read of a busy week's window took 67 s)
+        self._trip = RollingWindow(
+            config.window_seconds,
+            latency_limit=config.degraded_p95_latency_ms,
+            ttft_limit=config.degraded_p95_ttft_ms,
+        )
         self.cooldown_seconds = config.cooldown_seconds
         self.opened_at: datetime | None = None
         self.retry_at: datetime | None = None

@@ -14,7 +14,6 @@ import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import Generator
 from datetime import timedelta
 from pathlib import Path
 
@@ -29,19 +28,24 @@ SKEW = timedelta(seconds=60)
 _CHUNK = 5000
 
 
-def _chunks(path: Path, since_ms: int) -> Generator[list[bytes], None, None]:
+def _first(path: Path, since_ms: int) -> int | None:
     conn = connect(path)
     try:
         ensure_log_table(conn, "events")
         first = first_seq_since(conn, since_ms)
-        if first is None:
-            return
-        position = first - 1
-        while rows := conn.execute(
-            "SELECT seq, value FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (position, _CHUNK)
-        ).fetchall():
-            position = rows[-1][0]
-            yield [bytes(value) for _seq, value in rows]
+        return None if first is None else first - 1
+    finally:
+        conn.close()
+
+
+def _chunk(path: Path, after: int) -> list[tuple[int, object]]:
+    """The records after ``after``, at most :data:`_CHUNK` (one read, its own connection: nothing
+    is left open in a thread the start's cancellation cannot stop)."""
+    conn = connect(path)
+    try:
+        return conn.execute(
+            "SELECT seq, value FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after, _CHUNK)
+        ).fetchall()
     finally:
         conn.close()
 
@@ -50,22 +54,24 @@ async def recall(view: HealthView, path: Path) -> int:
     """Apply the log's attempts of ``view``'s window to it; how many it counted."""
     began = time.perf_counter()
     since = view.now() - timedelta(seconds=view.config.window_seconds) - SKEW
-    chunks = _chunks(path, epoch_ms(since))
     counted = unreadable = 0
     try:
-        while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
-            for raw in chunk:
+        position = await asyncio.to_thread(_first, path, epoch_ms(since))
+        while position is not None and (rows := await asyncio.to_thread(_chunk, path, position)):
+            position = rows[-1][0]
+            for _seq, raw in rows:
+                if not isinstance(raw, bytes | str):  # a foreign row (a number): no event
+                    unreadable += 1
+                    continue
                 try:
                     event = decode_event(raw)
-                except ValueError:  # a foreign or corrupted record: the projector dead-letters it
+                except (ValueError, TypeError, RecursionError):  # foreign or corrupted: the projector dead-letters it
                     unreadable += 1
                     continue
                 counted += view.apply(event)
     except sqlite3.Error as exc:  # the log cannot be read: health starts empty, as before
         log.warning("provider health: cannot read the embedded log (%s): it starts from nothing", exc)
         return counted
-    finally:
-        chunks.close()
     if counted or unreadable:
         log.info(
             "provider health: %d attempts of the last %.0f s read from the log in %.1f s%s",

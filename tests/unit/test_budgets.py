@@ -328,3 +328,13 @@ async def test_a_log_trimmed_past_the_periods_start_is_said(tmp_path: Path, capl
     await follower.close()
     assert ledger.standing("acme").spent == Decimal(2)  # type: ignore[union-attr]
     assert any("is not counted" in m and "2026-12-01T00:00:00Z" in m for m in caplog.messages)
+
+
+def test_a_record_written_as_text_counts_as_the_projector_counts_it() -> None:
+    """A row holding text raised TypeError in the start's read (a bytes pattern over a str)."""
+    ledger = SpendLedger(BudgetSettings(default=Budget(usd=100)), clock=Clock(NOW))
+    ledger.observe_record(spend("acme", "1.5", NOW).to_json().decode())  # type: ignore[arg-type]
+    ledger.observe_record(2**62)  # type: ignore[arg-type]
+    ledger.observe_record(b'{"deep": ' * 10_000)
+    assert ledger.standing("acme").spent == Decimal("1.5")  # type: ignore[union-attr]
+    assert ledger.unreadable == 2

@@ -52,3 +52,30 @@ async def test_a_log_that_cannot_be_read_leaves_health_empty(tmp_path: Path, cap
     assert await recall(view, path) == 0
     assert "cannot read the embedded log" in caplog.text
     assert await recall(HealthView(clock=lambda: NOW), tmp_path / "empty.sqlite3") == 0
+
+
+async def test_rows_written_as_text_or_numbers_do_not_stop_the_start(tmp_path: Path) -> None:
+    """A row holding text stopped every start (``bytes(value)``: TypeError); the projector takes
+    it (a review). Text is read as the projector reads it, a number is unreadable."""
+    path = tmp_path / "events.sqlite3"
+    failed = [usage_event("t", None, NOW - timedelta(seconds=20 - i), outcome="upstream_error") for i in range(5)]
+    with sqlite3.connect(path) as conn:
+        ensure_log_table(conn, "events")
+        conn.executemany(
+            "INSERT INTO events (key, value, ts) VALUES ('t', ?, ?)",
+            [(e.to_json().decode(), epoch_ms(e.created_at)) for e in failed] + [(2**62, epoch_ms(NOW))],
+        )
+    view = HealthView(clock=lambda: NOW)
+    assert await recall(view, path) == 5
+    assert view.health("openai").circuit == "open"
+
+
+def test_the_breakers_window_judges_latency_with_its_limits() -> None:
+    """Without them, each failure computed a p95 over the whole window (a review: a busy week's
+    window took 67 s to read back at start)."""
+    from gateway.health.breaker import CircuitBreaker
+    from gateway.health.config import HealthSettings
+
+    config = HealthSettings(degraded_p95_latency_ms=5000, degraded_p95_ttft_ms=2000)
+    trip = CircuitBreaker("openai", config, lambda _change: None)._trip
+    assert (trip.latency_limit, trip.ttft_limit) == (5000, 2000)
