@@ -25,7 +25,7 @@ from gateway.budgets.config import Budget, BudgetSettings
 from gateway.budgets.follow import LOG_NAME, SqliteBudgetFollower
 from gateway.budgets.ledger import SpendLedger
 from gateway.eventlog.sqlite import SqliteOutbox, append_events
-from tests.bench.common import fmt, say, table
+from tests.bench.common import say, table, timing_row
 from tests.support.events import usage_event
 
 CONFIG = BudgetSettings(default=Budget(usd=1_000_000))
@@ -80,14 +80,8 @@ async def main_async(events: int, tail: int) -> None:
         table(
             ["start", "events read", "seconds", "µs an event", "x whole read"],
             [
-                ["whole period (baseline)", f"{events:,}", fmt(full), fmt(full / events * 1e6), "1.00"],
-                [
-                    "from the snapshot",
-                    f"{tail:,}",
-                    fmt(resumed),
-                    fmt(resumed / max(tail, 1) * 1e6),
-                    fmt(resumed / full),
-                ],
+                timing_row("whole period (baseline)", events, full, full),
+                timing_row("from the snapshot", tail, resumed, full),
             ],
         )
     )

@@ -316,3 +316,8 @@ def machine() -> str:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     return f"{os.cpu_count()} cores ({model}), {mem:.0f} GiB RAM, Python {sys.version.split()[0]}, load avg {load}"
+
+
+def timing_row(label: str, count: int, seconds: float, baseline: float) -> list[str]:
+    """A table row of a timed run over ``count`` items: its seconds, µs an item, x the baseline's."""
+    return [label, f"{count:,}", fmt(seconds), fmt(seconds / max(count, 1) * 1e6), fmt(seconds / baseline)]

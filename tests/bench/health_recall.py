@@ -23,7 +23,7 @@ from gateway.eventlog.sqlite import SqliteOutbox, append_events, connect, epoch_
 from gateway.health.config import HealthSettings
 from gateway.health.recall import SKEW, recall
 from gateway.health.view import HealthView
-from tests.bench.common import fmt, say, table
+from tests.bench.common import say, table, timing_row
 from tests.support.events import usage_event
 
 PROVIDERS = ("openai", "azure", "anthropic", "google", "ollama")
@@ -83,14 +83,8 @@ async def main_async(events: int, window: float, before: int) -> None:
         table(
             ["start", "events", "seconds", "µs an event", "x read only"],
             [
-                ["read and decode only (baseline)", f"{events:,}", fmt(baseline), fmt(baseline / events * 1e6), "1.00"],
-                [
-                    "recall into the health view",
-                    f"{events:,}",
-                    fmt(took),
-                    fmt(took / events * 1e6),
-                    fmt(took / baseline),
-                ],
+                timing_row("read and decode only (baseline)", events, baseline, baseline),
+                timing_row("recall into the health view", events, took, baseline),
             ],
         )
     )

@@ -750,35 +750,30 @@ async def test_log_retention_deletes_what_the_stores_hold_and_keeps_their_histor
     assert tenants == ["tenant_old", "tenant_new"]
     assert any(m.startswith("log retention: 2 events before ") for m in caplog.messages)
     # rebuilding the stores from what is left would lose the deleted events' history: refused
+    code, _, err = await replay_locally(tmp_path, "--full")
+    assert code == 1 and "--full would remove 2 events" in err, err
+    # a replay of what is left says what it no longer holds
+    code, out, err = await replay_locally(tmp_path, "--reprice")
+    assert code == 0, err
+    assert "the log starts at seq 3: the 2 records before it were deleted by its retention" in out
+
+
+async def replay_locally(data_dir: Path, *args: str) -> tuple[int | None, str, str]:
+    """``llm-gateway replay --local <args>`` on ``data_dir``: (exit code, stdout, stderr)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_GATEWAY", "KAFKA", "DATABASE_URL"))}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "gateway",
         "replay",
-        "--full",
         "--local",
-        env={**env, "LLM_GATEWAY_DATA_DIR": str(tmp_path)},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 1 and "--full would remove 2 events" in err.decode(), err
-    # a replay of what is left says what it no longer holds
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "replay",
-        "--reprice",
-        "--local",
-        env={**env, "LLM_GATEWAY_DATA_DIR": str(tmp_path)},
+        *args,
+        env={**env, "LLM_GATEWAY_DATA_DIR": str(data_dir)},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err
-    assert "the log starts at seq 3: the 2 records before it were deleted by its retention" in out.decode()
+    return proc.returncode, out.decode(), err.decode()
 
 
 async def test_log_retention_waits_for_a_store_that_reads_the_log_again(
