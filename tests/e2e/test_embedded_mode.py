@@ -728,14 +728,7 @@ async def test_log_retention_deletes_what_the_stores_hold_and_keeps_their_histor
 
     caplog.set_level(logging.INFO, logger="gateway.eventlog")
     clock = ManualClock()
-    installers = server_installers(Settings(data_dir=tmp_path, _env_file=None))  # type: ignore[call-arg]
-    async with running_gateway(
-        providers=("openai",), event_log="settings", settings={"data_dir": tmp_path}, installers=installers, clock=clock
-    ) as gw:
-        for _ in range(3):
-            await one_call(gw, "tenant_old")
-        await wait_for_usage(gw, "tenant_old", 3)
-    clock.advance(3 * 86400)
+    await old_calls(tmp_path, clock, 3)
     settings = {"data_dir": tmp_path, "log_retention_days": 2}
     installers = server_installers(Settings(_env_file=None, **settings))  # type: ignore[call-arg, arg-type]
     async with running_gateway(
@@ -756,6 +749,19 @@ async def test_log_retention_deletes_what_the_stores_hold_and_keeps_their_histor
     code, out, err = await replay_locally(tmp_path, "--reprice")
     assert code == 0, err
     assert "the log starts at seq 3: the 2 records before it were deleted by its retention" in out
+
+
+async def old_calls(data_dir: Path, clock: Any, count: int) -> None:
+    """``count`` calls of ``tenant_old`` through an embedded gateway without retention, projected;
+    then ``clock`` moves three days on."""
+    installers = server_installers(Settings(data_dir=data_dir, _env_file=None))  # type: ignore[call-arg]
+    async with running_gateway(
+        providers=("openai",), event_log="settings", settings={"data_dir": data_dir}, installers=installers, clock=clock
+    ) as gw:
+        for _ in range(count):
+            await one_call(gw, "tenant_old")
+        await wait_for_usage(gw, "tenant_old", count)
+    clock.advance(3 * 86400)
 
 
 async def replay_locally(data_dir: Path, *args: str) -> tuple[int | None, str, str]:
@@ -789,15 +795,8 @@ async def test_log_retention_waits_for_a_store_that_reads_the_log_again(
 
     monkeypatch.setattr(retention, "NOT_STEADY_RETRY", 0.05)
     clock = ManualClock()
-    plain = server_installers(Settings(data_dir=tmp_path, _env_file=None))  # type: ignore[call-arg]
-    async with running_gateway(
-        providers=("openai",), event_log="settings", settings={"data_dir": tmp_path}, installers=plain, clock=clock
-    ) as gw:
-        for _ in range(20):
-            await one_call(gw, "tenant_old")
-        await wait_for_usage(gw, "tenant_old", 20)
+    await old_calls(tmp_path, clock, 20)
     remove_analytics_store(tmp_path)
-    clock.advance(3 * 86400)
     settings = {"data_dir": tmp_path, "log_retention_days": 2}
     installers = server_installers(Settings(_env_file=None, **settings))  # type: ignore[call-arg, arg-type]
     async with running_gateway(
