@@ -91,9 +91,13 @@ def trim(path: Path, before: datetime, *, stopped: Callable[[], bool] = lambda: 
         deleted = 0
         while low is not None and low <= last and not stopped():
             high = min(low + CHUNK - 1, last)
+            began = time.perf_counter()
             deleted += conn.execute("DELETE FROM events WHERE seq >= ? AND seq <= ?", (low, high)).rowcount
             low = high + 1
-            time.sleep(0.001)  # the gateway's appends take the writer's lock in between
+            # as long again idle: the gateway's appends take the writer's lock in between, and the
+            # calls keep most of the CPU (a review's 2,000,000-row trim under load: 40% fewer
+            # calls a second while it ran with a 1 ms pause)
+            time.sleep(max(0.001, time.perf_counter() - began))
         holder = None if lowest is None else f"{lowest[1]} at seq {lowest[0]}"
         return Trimmed(deleted, floor, int(held), holder)
     finally:
