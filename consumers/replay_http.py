@@ -264,7 +264,7 @@ async def replay_handler(request: web.Request) -> web.StreamResponse:
             raise InvalidRequest(str(e), param="prices") from e
     lock = service.lock
     if lock.locked():
-        raise ReplayBusy("a replay is already running in this process")
+        raise ReplayBusy("a replay, or the log's retention trim, is running in this process: try again later")
     async with lock:
         return await _stream(request, service, options, book)
 

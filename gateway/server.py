@@ -9,6 +9,7 @@ job of ``llm-gateway consume`` processes. ``Settings.project`` (``LLM_GATEWAY_PR
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -25,6 +26,11 @@ def server_installers(settings: Settings) -> list[Installer]:
     if project is None:
         project = not settings.kafka_bootstrap_servers
     if not project:
+        if settings.log_retention_days is not None and not settings.kafka_bootstrap_servers:
+            logging.getLogger("gateway.eventlog").info(
+                "log retention: the process that projects the log trims it (llm-gateway consume on this data "
+                "dir); nothing is trimmed while none runs"
+            )
         return []
     return [embedded_projector(settings)]
 

@@ -13,13 +13,14 @@ import logging
 import sqlite3
 import threading
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 
 from gateway.budgets.ledger import SpendLedger
 from gateway.budgets.snapshot import Snapshot
 from gateway.event_json import event_id_of
+from gateway.eventlog.retention import latest_cut
 from gateway.eventlog.sqlite import close_locked, connect, ensure_log_table, epoch_ms, first_seq_since
 from gateway.windowed_log import WindowedLog
 
@@ -66,13 +67,13 @@ class SqliteBudgetFollower:
         since = self.ledger.earliest_start()
         first = first_seq_since(conn, epoch_ms(since - SKEW))
         self.position = 0 if first is None else first - 1
-        oldest = conn.execute("SELECT seq, ts FROM events ORDER BY seq LIMIT 1").fetchone()
-        if oldest is not None and oldest[0] > 1 and oldest[1] > epoch_ms(since):
+        cut = latest_cut(conn)
+        if cut is not None and cut > epoch_ms(since):
             # records deleted by a retention shorter than the period (an earlier configuration's)
             log.warning(
-                "budgets: the log's first record (seq %d) is from after the current periods' start %s: what "
-                "was spent before it (deleted by the log's retention) is not counted",
-                oldest[0],
+                "budgets: the log's retention deleted its records before %s, after the current periods' start "
+                "%s: what was spent before then is not counted",
+                datetime.fromtimestamp(cut / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 since.strftime("%Y-%m-%dT%H:%M:%SZ"),
             )
         return False

@@ -20,6 +20,7 @@ from gateway.budgets.config import Budget, BudgetSettings
 from gateway.budgets.ledger import SpendLedger
 from gateway.errors import BudgetExceeded
 from gateway.event_json import event_id_of
+from gateway.eventlog.retention import trim
 from gateway.eventlog.sqlite import ensure_log_table, epoch_ms, first_seq_since
 from gateway.settings import Settings
 from tests.support.events import usage_event
@@ -314,20 +315,24 @@ async def test_a_log_trimmed_past_the_periods_start_is_said(tmp_path: Path, capl
     path = tmp_path / "events.sqlite3"
     conn = sqlite3.connect(path)
     ensure_log_table(conn, "events")
-    for day in (2, 10, 14):  # December 2nd went with the retention: the log starts on the 10th
+    for day in (2, 10, 14):  # a 10-day retention took December 2nd
         event = spend("acme", "1", datetime(2026, 12, day, tzinfo=UTC))
         conn.execute(
             "INSERT INTO events (key, value, ts) VALUES ('acme', ?, ?)", (event.to_json(), epoch_ms(event.created_at))
         )
-    conn.execute("DELETE FROM events WHERE seq = 1")
+    conn.execute("CREATE TABLE positions (group_id TEXT PRIMARY KEY, position INTEGER NOT NULL)")
+    conn.execute("INSERT INTO positions VALUES ('g', 3)")
     conn.commit()
     conn.close()
+    assert trim(path, datetime(2026, 12, 5, tzinfo=UTC)).deleted == 1
     ledger = SpendLedger(BudgetSettings(default=Budget(usd=100)), clock=Clock(NOW))
     follower = SqliteBudgetFollower(path, ledger)
     await follower.catch_up(None)
     await follower.close()
     assert ledger.standing("acme").spent == Decimal(2)  # type: ignore[union-attr]
-    assert any("is not counted" in m and "2026-12-01T00:00:00Z" in m for m in caplog.messages)
+    assert any(
+        "deleted its records before 2026-12-05T00:00:00Z" in m and "2026-12-01T00:00:00Z" in m for m in caplog.messages
+    )
 
 
 def test_a_record_written_as_text_counts_as_the_projector_counts_it() -> None:

@@ -3,6 +3,7 @@ every reader goes."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,7 +40,8 @@ def test_only_records_older_than_the_cut_and_projected_by_every_reader_go(tmp_pa
     # seq 1..80 are 10 to 2 days old, 81..100 from today; the slowest reader is at 60
     log_of(path, [10 - i * 0.1 for i in range(80)] + [0.1] * 20, {"llm-gateway-projector": 90, "consume": 60})
     done = trim(path, NOW - timedelta(days=1))
-    assert (done.deleted, done.floor, done.held) == (59, 60, 21)  # the record at a position stays
+    # the record at a position stays; 20 older than the cut wait for the slowest reader
+    assert (done.deleted, done.floor, done.held) == (59, 60, 20)
     assert seqs(path) == list(range(60, 101))
     with sqlite3.connect(path) as conn:
         conn.execute("UPDATE positions SET position = 100")
@@ -62,10 +64,13 @@ def test_nothing_goes_before_a_reader_has_projected_and_everything_old_can_go(tm
     assert trim(tmp_path / "new.sqlite3", NOW).deleted == 0
 
 
-def test_a_stop_ends_the_trim_after_its_current_chunk(tmp_path: Path) -> None:
+def test_a_stop_ends_the_trim_after_its_current_chunk(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "events.sqlite3"
     log_of(path, [5.0] * (CHUNK * 3), {"g": CHUNK * 3 + 1})
+    caplog.set_level(logging.INFO, logger="gateway.eventlog")
     done = trim(path, NOW - timedelta(days=1), stopped=iter([False, True]).__next__)  # a stop after one chunk
+    # its task, cancelled by the stop, no longer logs it: the trim does (a re-test)
+    assert f"log retention: stopped after deleting {CHUNK} events (the rest at the next start)" in caplog.messages
     assert done.deleted == CHUNK and len(seqs(path)) == CHUNK * 2
 
 
@@ -107,3 +112,11 @@ def test_a_record_stamped_after_the_cut_ends_what_goes(tmp_path: Path) -> None:
     log_of(path, [10.0] * 3 + [0.5] * 4 + [400.0] + [0.5] * 7, {"g": 16})
     done = trim(path, NOW - timedelta(days=1))
     assert done.deleted == 3 and seqs(path)[0] == 4
+
+
+def test_serve_without_its_projector_says_who_trims(caplog: pytest.LogCaptureFixture) -> None:
+    from gateway.server import server_installers
+
+    caplog.set_level(logging.INFO, logger="gateway.eventlog")
+    assert server_installers(Settings(project=False, log_retention_days=30, _env_file=None)) == []  # type: ignore[call-arg]
+    assert any("llm-gateway consume on this data dir" in m for m in caplog.messages)
