@@ -149,17 +149,13 @@ class TenantRateLimited(GatewayError):
         """``headers``: the tenant's ``x-ratelimit-*`` headers now (both limits, when it has both)."""
         from gateway.limits.limiter import reset_text, wait_ms
 
-        if kind == "concurrent requests":
-            error = cls(
-                f"Rate limit reached for tenant {tenant!r} on requests at once: Limit {limit}. "
-                f"Please try again in {reset_text(wait)}."
-            )
-        else:
-            short = "RPM" if kind == "requests" else "TPM"
-            error = cls(
-                f"Rate limit reached for tenant {tenant!r} on {kind} per min ({short}): Limit {limit}. "
-                f"Please try again in {reset_text(wait)}."
-            )
+        at_once = kind == "concurrent requests"
+        what = "requests at once" if at_once else f"{kind} per min ({'RPM' if kind == 'requests' else 'TPM'})"
+        error = cls(
+            f"Rate limit reached for tenant {tenant!r} on {what}: Limit {limit}. "
+            f"Please try again in {reset_text(wait)}."
+        )
+        if not at_once:
             error.type = kind  # type: ignore[misc]
         ms = max(1, wait_ms(wait))
         error.headers = {

@@ -98,7 +98,7 @@ def _has_control(value: str) -> bool:
 
 
 def string_field(
-    body: dict[str, Any], name: str, *, required: bool = False, max_len: int | None = None, printable: bool = False
+    body: Mapping[str, Any], name: str, *, required: bool = False, max_len: int | None = None, printable: bool = False
 ) -> str | None:
     value = body.get(name)
     if value is None:
@@ -475,10 +475,13 @@ def tenant_field(body: Mapping[str, Any]) -> str | None:
     """``tenantId`` as a key's tenant is written: printable, no blank at either end (``" acme"``
     billed a tenant apart from ``acme``, which no key or budget could name), at most
     MAX_TENANT_LEN characters."""
-    tenant = string_field(dict(body), "tenantId", max_len=MAX_TENANT_LEN, printable=True)
-    if tenant is not None and not tenant.strip():
+    tenant = string_field(body, "tenantId", max_len=MAX_TENANT_LEN, printable=True)
+    if tenant is None:
+        return None
+    stripped = tenant.strip()
+    if not stripped:
         raise InvalidRequest("'tenantId' must not be empty", param="tenantId", code="invalid_value")
-    if tenant is not None and tenant != tenant.strip():
+    if tenant != stripped:
         raise InvalidRequest("'tenantId' must not begin or end with a blank", param="tenantId", code="invalid_value")
     return tenant
 

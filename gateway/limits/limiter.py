@@ -77,6 +77,14 @@ class _Tenant:
         return requests_back and tokens_back
 
 
+def _tokens_left(capacity: int, tokens: float) -> dict[str, str]:
+    """The headers of what a token bucket holding ``tokens`` of ``capacity`` has left."""
+    return {
+        "x-ratelimit-remaining-tokens": str(max(0, math.floor(tokens))),
+        "x-ratelimit-reset-tokens": reset_text((capacity - tokens) * MINUTE / capacity),
+    }
+
+
 def reset_text(seconds: float) -> str:
     """A wait as OpenAI writes it in ``x-ratelimit-reset-*``: ``20ms``, ``1.5s``, ``6m0s``."""
     ms = wait_ms(seconds)
@@ -141,8 +149,7 @@ class RateLimiter:
             if refused is None and tokens < 1:  # until the bucket holds a token again
                 refused = ("tokens", capacity, (1 - tokens) * MINUTE / capacity)
             headers["x-ratelimit-limit-tokens"] = str(capacity)
-            headers["x-ratelimit-remaining-tokens"] = str(max(0, math.floor(tokens)))
-            headers["x-ratelimit-reset-tokens"] = reset_text((capacity - tokens) * MINUTE / capacity)
+            headers.update(_tokens_left(capacity, tokens))
         if (per_minute := limit.requests_per_minute) is not None:
             scaled_now = now * per_minute  # the unit of ``tat``: a call adds MINUTE_NS to it
             window = MINUTE_NS * per_minute
@@ -189,12 +196,7 @@ class RateLimiter:
             return admitted
         self.flush()  # the attempts' events reach the observers a loop turn later
         now = self._clock()
-        tokens = state.refill(now)
-        return {
-            **admitted,
-            "x-ratelimit-remaining-tokens": str(max(0, math.floor(tokens))),
-            "x-ratelimit-reset-tokens": reset_text((capacity - tokens) * MINUTE / capacity),
-        }
+        return {**admitted, **_tokens_left(capacity, state.refill(now))}
 
     def _refused(self, tenant: str, kind: str, limit: int, wait: float, headers: dict[str, str]) -> None:
         where = (
