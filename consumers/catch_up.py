@@ -20,7 +20,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from analytics.store import AnalyticsStore
-from gateway.event_json import decode_event
+from gateway.event_json import UNDECODABLE, decode_event
 from gateway.eventlog.base import LogReader
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ async def mark_if_behind(store: AnalyticsStore, reader: LogReader) -> bool:
     for value in await last_committed(LAST_COMMITTED):  # the last first, dead letters left out
         try:
             newest = decode_event(value).event_id  # as the projector reads it
-        except (ValueError, TypeError):
+        except UNDECODABLE:
             continue
         break
     if newest is None:

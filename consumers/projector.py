@@ -30,7 +30,7 @@ from typing import Any
 
 from consumers.sinks.base import DeadLetters, DistinctEvents, Sink, SinkError, latest_by_id
 from gateway.backoff import doubling
-from gateway.event_json import decode_event
+from gateway.event_json import UNDECODABLE, decode_event
 from gateway.eventlog.base import LogReader, LogRecord
 from gateway.events import UsageEvent
 from gateway.ids import Clock, utcnow
@@ -414,7 +414,7 @@ class Projector:
                 continue
             try:
                 event = decode_event(record.value)
-            except (ValueError, TypeError) as e:  # JSON, validation (a ValueError), version, None
+            except UNDECODABLE as e:  # JSON, validation (a ValueError), version, None
                 batch.poison.append((record, f"undecodable usage event: {_one_line(e)}"))
                 continue
             batch.events.append(event)

@@ -86,7 +86,7 @@ from consumers import catch_up
 from consumers.replay_report import STORE_SCALE, KeyDiff, ProgressBar, ReplayReport, render_report, store_money
 from consumers.replay_sources import ReplayRangeError, ReplaySource, ReplayStart
 from consumers.sinks.base import DistinctEvents, SharedSink, Sink, SinkError
-from gateway.event_json import decode_event
+from gateway.event_json import UNDECODABLE, decode_event
 from gateway.events import UsageEvent
 from gateway.pricing.base import PriceBook, format_usd
 from gateway.pricing.book import CompositePriceBook, book_from_document, load_price_book
@@ -446,7 +446,7 @@ class Replayer:
         for record in records:
             try:
                 event = decode(record)
-            except (ValueError, TypeError):
+            except UNDECODABLE:
                 report.undecodable += 1  # the live projector dead-letters it; a replay skips it
                 continue
             if since is not None and event.created_at < since:

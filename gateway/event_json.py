@@ -206,6 +206,12 @@ def event_id_of(raw: bytes) -> str | None:
     return None if found is None else found.group(1).decode("ascii", "replace")
 
 
+#: what :func:`decode_event` raises for a record that is no event (bad JSON, a failed validation,
+#: a newer schema, a value that is no text): every reader counts it unreadable (the projector
+#: dead-letters it) instead of failing on it
+UNDECODABLE = (ValueError, TypeError, RecursionError)
+
+
 def decode_event(raw: bytes | str) -> UsageEvent:
     """``UsageEvent.from_json``, fast for the records the gateway writes; raises what it raises."""
     return decode_fast(raw) or UsageEvent.from_json(raw)

@@ -29,7 +29,7 @@ from decimal import Decimal
 
 from gateway.budgets.config import Budget, BudgetSettings
 from gateway.errors import BudgetExceeded
-from gateway.event_json import decode_event, event_id_of
+from gateway.event_json import UNDECODABLE, decode_event, event_id_of
 from gateway.events import UsageEvent
 from gateway.ids import Clock, utcnow
 from gateway.pricing.base import format_usd
@@ -118,7 +118,7 @@ class SpendLedger:
             return
         try:
             event = decode_event(raw)
-        except (ValueError, TypeError, RecursionError):  # as the projector dead-letters it
+        except UNDECODABLE:  # as the projector dead-letters it
             self.unreadable += 1
             return
         if event_id is None and self._known(event.event_id):

@@ -17,7 +17,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from gateway.event_json import decode_event
+from gateway.event_json import UNDECODABLE, decode_event
 from gateway.eventlog.sqlite import connect, ensure_log_table, epoch_ms, first_seq_since
 from gateway.health.view import HealthView
 
@@ -65,7 +65,7 @@ async def recall(view: HealthView, path: Path) -> int:
                     continue
                 try:
                     event = decode_event(raw)
-                except (ValueError, TypeError, RecursionError):  # foreign or corrupted: the projector dead-letters it
+                except UNDECODABLE:  # foreign or corrupted: the projector dead-letters it
                     unreadable += 1
                     continue
                 counted += view.apply(event)
