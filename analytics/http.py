@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from pathlib import Path
 
 import duckdb
 from aiohttp import web
@@ -112,8 +113,11 @@ async def costs(request: web.Request) -> web.Response:
     return web.Response(body=result.to_json(), content_type="application/json")
 
 
-def install_analytics(app: web.Application, store: AnalyticsStore, auth: Authenticator) -> None:
-    """Add the analytics routes to an app whose lifecycle opens ``store``."""
+def install_analytics(
+    app: web.Application, store: AnalyticsStore, auth: Authenticator, export_dir: Path | None = None
+) -> None:
+    """Add the analytics routes to an app whose lifecycle opens ``store``; ``export_dir``: where
+    the Parquet export writes (one of the store's allowed directories), None for no export."""
     app[STORE] = store
     app[COSTS] = CostTrackingService(store)
     app[AUTH] = auth
@@ -122,3 +126,7 @@ def install_analytics(app: web.Application, store: AnalyticsStore, auth: Authent
     from analytics.sql_http import install_sql  # imported here: sql_http imports this module
 
     install_sql(app)
+    if export_dir is not None:
+        from analytics.export_http import install_export
+
+        install_export(app, export_dir)

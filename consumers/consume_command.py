@@ -44,7 +44,7 @@ def register(sub: Any) -> None:
 
 def build_consumer_app(settings: Settings, group: str, batch_size: int) -> web.Application:
     from analytics.http import install_analytics
-    from consumers.pipeline import build_pipeline
+    from consumers.pipeline import build_pipeline, export_path
     from consumers.replay_http import install_replay
     from gateway.api.auth import Authenticator
     from gateway.api.drain import install_drain
@@ -55,7 +55,7 @@ def build_consumer_app(settings: Settings, group: str, batch_size: int) -> web.A
     app = web.Application(middlewares=[error_middleware])
     install_drain(app, settings.shutdown_timeout)
     auth = Authenticator(settings.api_keys, settings.default_tenant)
-    install_analytics(app, pipeline.store, auth)
+    install_analytics(app, pipeline.store, auth, export_dir=export_path(settings))
     install_replay(app, settings, pipeline.store, auth, live_group=group, stats=pipeline.projector.stats)
 
     async def healthz(request: web.Request) -> web.Response:

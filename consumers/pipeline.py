@@ -30,6 +30,8 @@ from gateway.settings import Settings
 log = logging.getLogger(__name__)
 
 ANALYTICS_FILE = "analytics.duckdb"
+#: the Parquet export's default directory, in the data dir
+EXPORT_DIR = "export"
 #: seconds a stop lets the projector finish its batch before it cancels it (the batch is not
 #: committed and comes again at the next start): a store that hangs (a Postgres that takes the
 #: statement and never answers) held a SIGTERM for up to its statement timeout, 68 s in a
@@ -59,6 +61,11 @@ def _unreachable(exc: BaseException) -> bool:
 
 def analytics_path(settings: Settings) -> Path:
     return Path(settings.data_dir) / ANALYTICS_FILE
+
+
+def export_path(settings: Settings) -> Path:
+    """Where the Parquet export writes (``export_dir``, else ``<data_dir>/export``)."""
+    return Path(settings.export_dir) if settings.export_dir is not None else Path(settings.data_dir) / EXPORT_DIR
 
 
 @dataclass
@@ -211,7 +218,10 @@ def build_pipeline(
     linger: float = 0.5,
 ) -> Pipeline:
     store = AnalyticsStore(
-        analytics_path(settings), memory_limit=settings.duckdb_memory_limit, threads=settings.duckdb_threads
+        analytics_path(settings),
+        memory_limit=settings.duckdb_memory_limit,
+        threads=settings.duckdb_threads,
+        allowed_directories=[export_path(settings)],
     )
     reader = build_log_reader(settings, group_id)
     dead_letters = build_dead_letters(settings)

@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "consumers.export_command",
     "analytics.costs_command",
     "analytics.sql_command",
+    "analytics.parquet_command",
 )
 
 

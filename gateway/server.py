@@ -38,14 +38,14 @@ def server_installers(settings: Settings) -> list[Installer]:
 def embedded_projector(settings: Settings) -> Installer:
     def install(app: web.Application) -> None:
         from analytics.http import install_analytics
-        from consumers.pipeline import DEFAULT_GROUP, build_pipeline
+        from consumers.pipeline import DEFAULT_GROUP, build_pipeline, export_path
         from consumers.replay_http import install_replay
         from gateway.api.meta import HEALTH_PARTS
         from gateway.api.state import STATE
         from gateway.metrics import METRICS, watch_projector
 
         pipeline = build_pipeline(settings)
-        install_analytics(app, pipeline.store, app[STATE].auth)
+        install_analytics(app, pipeline.store, app[STATE].auth, export_dir=export_path(settings))
         install_replay(
             app, settings, pipeline.store, app[STATE].auth, live_group=DEFAULT_GROUP, stats=pipeline.projector.stats
         )

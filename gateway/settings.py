@@ -180,6 +180,9 @@ class Settings(BaseSettings):
     duckdb_memory_limit: str | None = Field(default="128MB", pattern=r"(?i)^\s*\d+(\.\d+)?\s*(b|[kmgt]i?b)\s*$")
     #: DuckDB worker threads (default: one per core)
     duckdb_threads: int | None = Field(default=None, ge=1)
+    #: where ``llm-gateway export-parquet`` (``POST /v1/analytics/export``) writes the usage facts
+    #: as Parquet, one file a UTC day (default: ``<data_dir>/export``); the store may write there
+    export_dir: Path | None = None
 
     # --- provider credentials (the SDKs' own variable names) ----------------------------------
     openai_api_key: str | None = Field(default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key"))
@@ -308,7 +311,7 @@ class Settings(BaseSettings):
             raise ValueError("must be printable, without '/' or '\\' (it names the spool's file)")
         return value
 
-    @field_validator("data_dir", "config_file", "price_file", mode="before")
+    @field_validator("data_dir", "config_file", "price_file", "export_dir", mode="before")
     @classmethod
     def _not_empty_path(cls, value: Any) -> Any:
         # an empty LLM_GATEWAY_DATA_DIR put the event log and the cost store in the working

@@ -441,6 +441,30 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/v1/analytics/export": {
+                "post": {
+                    "summary": "Write the usage facts as Parquet, one file a UTC day, into the server's export "
+                    "directory (admin key where keys are set); a day exported again is replaced",
+                    "requestBody": {
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "from": {"type": "string", "format": "date"},
+                                        "to": {"type": "string", "format": "date"},
+                                    },
+                                    "additionalProperties": False,
+                                }
+                            }
+                        }
+                    },
+                    "responses": {
+                        "200": {"description": "object list, directory, data (day, path, rows, costUsd, bytes)"},
+                        **_errors(400, 401, 403, 404, 503),
+                    },
+                }
+            },
             "/v1/admin/replay": {
                 "post": {
                     "summary": "Replay the event log into the stores (admin key); streams progress, then the report",

@@ -1,0 +1,86 @@
+"""``POST /v1/analytics/export``: the usage facts as Parquet files, one a UTC day, written by the
+process that owns the analytics store into its export directory (``export_dir``; see
+analytics/parquet_export.py). For admin keys only: the files hold every tenant's usage.
+
+Request (JSON, every field optional): ``{"from": "2026-11-01", "to": "2026-11-30"}``, UTC days,
+both inclusive; without them, every day the store holds. Response: ``{"object": "list",
+"directory": <the export directory>, "data": [{"day", "path", "rows", "costUsd",
+"unpricedCalls", "bytes"}]}``, a day whose facts are gone with ``path: null`` (its old file
+removed). The directory is the server's setting, never the request's: a key cannot make the
+gateway write elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from aiohttp import web
+
+from analytics.http import AUTH, STORE, AnalyticsUnavailable, check_store
+from analytics.parquet_export import export_range
+from analytics.store import StoreError
+from gateway.api.json_body import json_body
+from gateway.errors import InvalidRequest, PermissionDenied
+
+PATH = "/v1/analytics/export"
+EXPORT_DIR: web.AppKey[Path] = web.AppKey("analytics_export_dir", Path)
+#: one export at a time per process (two would write the same days twice over)
+_LOCK: web.AppKey[asyncio.Lock] = web.AppKey("analytics_export_lock", asyncio.Lock)
+FIELDS = ("from", "to")
+
+
+async def export_parquet(request: web.Request) -> web.Response:
+    principal = request.app[AUTH].authenticate(request)
+    if not principal.admin:
+        raise PermissionDenied("the Parquet export needs an admin API key: its files hold every tenant's usage")
+    check_store(request, request.app[STORE])
+    first, last = parse_days(await json_body(request, empty={}))
+    directory = request.app[EXPORT_DIR]
+    try:
+        async with request.app[_LOCK]:
+            days = await export_range(request.app[STORE], directory, first, last)
+    except (StoreError, duckdb.Error, OSError) as exc:  # a store not open, a full disk, a directory gone
+        raise AnalyticsUnavailable(f"the export failed: {exc}") from exc
+    body = {"object": "list", "directory": str(directory), "data": [day.to_dict() for day in days]}
+    return web.json_response(body)
+
+
+def parse_days(body: Any) -> tuple[date | None, date | None]:
+    """``from`` and ``to`` of a request body (UTC days, inclusive, either left out)."""
+    if not isinstance(body, dict):
+        raise InvalidRequest('the request body must be a JSON object: {"from": "2026-11-01", "to": "2026-11-30"}')
+    for name in body:
+        if name not in FIELDS:
+            raise InvalidRequest(
+                f"Unrecognized request argument supplied: {name!r} (this endpoint reads from, to)",
+                param=name,
+                code="unknown_parameter",
+            )
+    first, last = parse_day("from", body.get("from")), parse_day("to", body.get("to"))
+    if first and last and last < first:
+        raise InvalidRequest("'to' must not be before 'from'", param="to")
+    return first, last
+
+
+def parse_day(name: str, value: object) -> date | None:
+    """A UTC calendar day, ``YYYY-MM-DD``; None for none."""
+    if value is None:
+        return None
+    if isinstance(value, str) and len(value) == 10 and value.isascii():
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            pass
+    raise InvalidRequest(f"'{name}' must be a UTC day as YYYY-MM-DD, got {value!r}", param=name)
+
+
+def install_export(app: web.Application, directory: Path) -> None:
+    """Add ``POST /v1/analytics/export`` to an app on which ``install_analytics`` put the store and
+    the authenticator. ``directory``: the export directory, among the store's allowed ones."""
+    app[EXPORT_DIR] = directory
+    app[_LOCK] = asyncio.Lock()
+    app.router.add_post(PATH, export_parquet)
