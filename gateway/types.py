@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, Literal, TypeGuard
 
 from gateway.images import Image
@@ -53,7 +54,9 @@ OPTION_NAMES = ("seed", "presence_penalty", "frequency_penalty", "response_forma
 #: default: OpenAI's reasoning models refuse it) and ``sampling_with_reasoning`` (that with a
 #: ``reasoning_effort`` other than ``none``: gpt-5.1 and later refuse the pair), and
 #: ``reasoning_effort_level`` (a ``reasoning_effort`` none of :data:`REASONING_LEVELS`: OpenAI's
-#: API takes it as sent and answers for itself; a vendor that maps the levels has no value for it)
+#: API takes it as sent and answers for itself; a vendor that maps the levels has no value for it),
+#: ``tools_with_response_format`` (tools offered with a JSON ``response_format``: Gemini before 3
+#: refuses the pair, "Tool use with a response mime type: 'application/json' is unsupported")
 CAPABILITIES = (
     *OPTION_NAMES,
     "reasoning_effort_level",
@@ -71,6 +74,7 @@ CAPABILITIES = (
     "tool_names",
     "blank_content",
     "blank_stop",
+    "tools_with_response_format",
 )
 
 
@@ -170,9 +174,15 @@ class ChatRequest:
                 needs.append("sampling_with_reasoning")
         if self.tools is not None or self.tool_history:
             needs.append("tools")
-        if self.tools is not None:
-            if any(not (tool.name[0].isalpha() or tool.name[0] == "_") for tool in self.tools.tools):
+            # a function name Gemini refuses, offered or in the conversation's calls (those
+            # went to Gemini: a review)
+            offered = (tool.name for tool in self.tools.tools) if self.tools is not None else ()
+            called = (call.name for m in self.messages if m.tool_calls for call in m.tool_calls)
+            if any(not (name[:1].isalpha() or name[:1] == "_") for name in chain(offered, called)):
                 needs.append("tool_names")
+        if self.tools is not None:
+            if self.options is not None and self.options.response_format is not None:
+                needs.append("tools_with_response_format")
             if self.tools.mode == "required":  # a forced function is "required" too
                 needs.append("tool_choice")
             if self.tools.parallel is False and self.tools.mode != "none":  # "none": no call at all

@@ -284,8 +284,11 @@ def _add_tool_result(turns: list[dict[str, Any]], msg: Message) -> None:
 
 
 def _assistant_blocks(msg: Message, where: str) -> list[dict[str, Any]]:
-    """A text block (unless empty), then a ``tool_use`` block per call."""
-    blocks: list[dict[str, Any]] = [{"type": "text", "text": msg.content}] if msg.content else []
+    """A text block (unless empty or whitespace alone: Anthropic's 400 "text content blocks must
+    contain non-whitespace text", which models' own "\n\n" before a call made; a review), then a
+    ``tool_use`` block per call."""
+    text = msg.content
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": text}] if text and not text.isspace() else []
     for j, call in enumerate(msg.tool_calls or ()):
         arguments = _arguments(call, f"{where}.tool_calls[{j}].function.arguments")
         blocks.append({"type": "tool_use", "id": call.id, "name": call.name, "input": arguments})

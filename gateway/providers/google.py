@@ -12,7 +12,7 @@ from gateway.embedding import EMBEDDINGS, EmbeddingRequest, EmbeddingResult
 from gateway.providers import embedding_wire
 from gateway.providers import google_wire as wire
 from gateway.providers.base import Timeouts
-from gateway.providers.google_thinking import effort_lacks
+from gateway.providers.google_thinking import effort_lacks, json_with_tools_lacks
 from gateway.providers.http import (
     malformed,
     parse_json,
@@ -55,7 +55,8 @@ class GoogleProvider:
     #: A function name must start with a letter or an underscore at Gemini ("tool_names"); an
     #: empty text part is its 400 ("blank_content"). A GIF is its 400 too: it takes PNG, JPEG,
     #: WebP, HEIC and HEIF ("gif_images"). ``reasoning_effort`` is a ``thinkingConfig`` on Gemini
-    #: 2.5 and later, and lacked by the models before (``model_lacks``).
+    #: 2.5 and later, and lacked by the models before (``model_lacks``); so are tools with a JSON
+    #: ``response_format`` before Gemini 3.
     options = frozenset(CAPABILITIES) - {
         "parallel_tool_calls", "image_urls", "gif_images", "tool_names", "blank_content", "reasoning_effort_level"
     } | {EMBEDDINGS}  # fmt: skip
@@ -69,7 +70,7 @@ class GoogleProvider:
         self._headers = {"x-goog-api-key": settings.api_key}
 
     def model_lacks(self, model: str) -> frozenset[str]:  # ModelOptions
-        return effort_lacks(model)
+        return effort_lacks(model) | json_with_tools_lacks(model)
 
     def _url(self, model: str, method: str) -> str:
         bare = quote(model.removeprefix("models/"), safe="/")  # a "#", "?" or space stays in the path

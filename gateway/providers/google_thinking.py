@@ -53,6 +53,17 @@ def effort_lacks(model: str) -> frozenset[str]:
     return _LACKS_NOTHING if version is not None and version[0] >= (2, 5) else _LACKS_EFFORT
 
 
+_LACKS_JSON_WITH_TOOLS = frozenset({"tools_with_response_format"})
+
+
+def json_with_tools_lacks(model: str) -> frozenset[str]:
+    """``tools_with_response_format`` for a model before Gemini 3 (and a name of no version):
+    their 400 "Tool use with a response mime type: 'application/json' is unsupported" does not
+    fall back (a review)."""
+    version = _version(model)
+    return _LACKS_NOTHING if version is not None and version[0] >= (3, 0) else _LACKS_JSON_WITH_TOOLS
+
+
 def thinking_config(model: str, effort: str) -> dict[str, Any]:
     """The ``thinkingConfig`` for ``effort`` on ``model`` (one that :func:`effort_lacks` keeps)."""
     version = _version(model)

@@ -14,6 +14,7 @@ one (no ``tool_choice`` / ``parallel_tool_calls``): such requests are never sent
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +70,9 @@ _ROLES = {
 #: a 400 about the model's abilities ("registry.ollama.ai/library/llama3:latest does not support
 #: tools"; also thinking, vision): the built-in groups map to llama3, which has no tools
 _CANNOT = "does not support"
+#: what a model lacks, in the words of that 400, and the request field it is about
+_LACKED = re.compile(r"does not support (tools|vision|thinking|insert)\b")
+_LACKED_PARAMS = {"tools": "tools", "vision": "messages", "thinking": "reasoning_effort", "insert": "suffix"}
 #: 429 messages that mean a spent plan (Ollama cloud usage limits), not a short rate limit
 _QUOTA_WORDS = ("usage limit", "quota")
 
@@ -277,7 +281,9 @@ def classify(status: int, headers: Mapping[str, str], body: Any, raw: str) -> er
     if status == 429 and any(word in message.lower() for word in _QUOTA_WORDS):
         return errors.QuotaExhausted(f"{PROVIDER}: {message}", provider=PROVIDER, http_status=status, retry_after=None)
     if status == 400 and _CANNOT in message.lower():  # the model, not the request: another may
-        return errors.ModelCannotServe(f"{PROVIDER}: {message}", provider=PROVIDER, http_status=status)
+        lacked = _LACKED.search(message.lower())
+        param = _LACKED_PARAMS[lacked.group(1)] if lacked else None
+        return errors.ModelCannotServe(f"{PROVIDER}: {message}", provider=PROVIDER, http_status=status, param=param)
     return default_classify(PROVIDER, status, headers, message)
 
 

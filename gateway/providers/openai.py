@@ -48,6 +48,12 @@ SAMPLING_IF_NO_REASONING = re.compile(r"(?:^|[-_./:])gpt-?5\.\d", re.IGNORECASE)
 _LACKS_SAMPLING = frozenset({"sampling", "presence_penalty", "frequency_penalty"})
 _LACKS_SAMPLING_WITH_REASONING = frozenset({"sampling_with_reasoning"})
 _LACKS_NOTHING: frozenset[str] = frozenset()
+#: OpenAI's o-series (o1, o3, o4, their mini and pro) refuse ``parallel_tool_calls`` whatever its
+#: value ("Unsupported parameter: 'parallel_tool_calls' is not supported with this model."), a 400
+#: that does not fall back: ``false`` (at most one call) is not carried to them, ``true`` (the
+#: model may make several, its default) is left out of the body (a review)
+NO_PARALLEL_TOOL_CALLS = re.compile(r"(?:^|[-_./:])o\d(?:$|[-_./:]|mini|pro)", re.IGNORECASE)
+_LACKS_SAMPLING_AND_PARALLEL = _LACKS_SAMPLING | {"parallel_tool_calls"}
 
 
 class OpenAIProvider:
@@ -71,6 +77,7 @@ class OpenAIProvider:
             model=request.model,
             stream=stream,
             chat_max_tokens_field=self.chat_max_tokens_field,
+            parallel_tool_calls=self.takes_parallel_tool_calls(request.model),
         )
         return Target(f"{self._base}/{wire.endpoint(request)}", None, body)
 
@@ -84,10 +91,14 @@ class OpenAIProvider:
         """The name that says which model ``model`` (the name the provider is asked) is."""
         return model
 
+    def takes_parallel_tool_calls(self, model: str) -> bool:
+        """Whether ``parallel_tool_calls`` may be sent for ``model`` (see NO_PARALLEL_TOOL_CALLS)."""
+        return NO_PARALLEL_TOOL_CALLS.search(self.model_name(model)) is None
+
     def model_lacks(self, model: str) -> frozenset[str]:  # ModelOptions
         named = self.model_name(model)
         if FIXED_SAMPLING.search(named):
-            return _LACKS_SAMPLING
+            return _LACKS_SAMPLING_AND_PARALLEL if NO_PARALLEL_TOOL_CALLS.search(named) else _LACKS_SAMPLING
         return _LACKS_SAMPLING_WITH_REASONING if SAMPLING_IF_NO_REASONING.search(named) else _LACKS_NOTHING
 
     # --- the port ---------------------------------------------------------------------------

@@ -86,12 +86,14 @@ def build_body(
     model: str,
     stream: bool,
     chat_max_tokens_field: str = "max_completion_tokens",
+    parallel_tool_calls: bool = True,
 ) -> dict[str, Any]:
     """The JSON body for ``endpoint(request)``.
 
     Chat sends ``messages`` and the length cap as ``chat_max_tokens_field`` (OpenAI:
     ``max_completion_tokens``; Azure GA api-versions: ``max_tokens``); legacy completions send
     ``prompt`` and ``max_tokens``. Streams always ask for usage (the gateway bills from it).
+    ``parallel_tool_calls`` False: the model refuses the field, which is left out.
     """
     body: dict[str, Any] = {"model": model}
     if request.prompt is not None:
@@ -105,7 +107,7 @@ def build_body(
             for m in request.messages
         ]
         if request.tools is not None:
-            _add_tools(body, request.tools)
+            _add_tools(body, request.tools, parallel_tool_calls)
         max_field = chat_max_tokens_field
     if request.max_tokens is not None:
         body[max_field] = request.max_tokens
@@ -147,7 +149,7 @@ def _openai_part(part: str | Image) -> dict[str, Any]:
     return {"type": "image_url", "image_url": image}
 
 
-def _add_tools(body: dict[str, Any], spec: ToolSpec) -> None:
+def _add_tools(body: dict[str, Any], spec: ToolSpec, parallel_tool_calls: bool = True) -> None:
     body["tools"] = [
         {"type": "function", "function": declaration(tool, schema_key="parameters", strict=True)} for tool in spec.tools
     ]
@@ -155,7 +157,7 @@ def _add_tools(body: dict[str, Any], spec: ToolSpec) -> None:
         body["tool_choice"] = {"type": "function", "function": {"name": spec.function}}
     elif spec.mode is not None:
         body["tool_choice"] = spec.mode
-    if spec.parallel is not None:
+    if spec.parallel is not None and parallel_tool_calls:
         body["parallel_tool_calls"] = spec.parallel
 
 

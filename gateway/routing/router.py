@@ -92,6 +92,7 @@ _NEED_WORDS = {
     "reasoning_effort_level": "A 'reasoning_effort' other than none, minimal, low, medium, high or xhigh",
     "embeddings": "Making embeddings",
     "embedding_tokens": "Input as token ids (send the text instead)",
+    "tools_with_response_format": "A JSON 'response_format' together with 'tools'",
 }
 #: the request field a need is about, where it is not a field of its own name
 _NEED_PARAMS = {
@@ -99,7 +100,7 @@ _NEED_PARAMS = {
     "tool_names": "tools", "blank_content": "messages",
     "blank_stop": "stop", "temperature_with_top_p": "top_p", "sampling": "temperature",
     "sampling_with_reasoning": "temperature", "reasoning_effort_level": "reasoning_effort",
-    "embeddings": "model", "embedding_tokens": "input",
+    "embeddings": "model", "embedding_tokens": "input", "tools_with_response_format": "response_format",
 }  # fmt: skip
 #: failures that may pass: a client's retry later can succeed
 _TRANSIENT = frozenset(
@@ -543,6 +544,11 @@ class Router:
             code = errors.ConnectionsBusy.code  # nothing was sent: the gateway's own limit
         if http_status == 502 and (outcomes <= _THROTTLED if outcomes else attempts.skipped):
             http_status = 503  # throttled everywhere, or every circuit open: unavailable for now
+        cannot = attempts.failures and all(isinstance(e, errors.ModelCannotServe) for e in attempts.failures)
+        if cannot and not attempts.skipped:
+            # every model tried lacks what the request asks ("llama3 does not support tools"):
+            # the request's own 400, not a 502 the SDKs take for a server error and retry (a review)
+            http_status, code, kind = 400, errors.ModelCannotServe.code, errors.ModelCannotServe.type
         failed = errors.AllProvidersFailed(
             f"All providers failed for model {ctx.requested_model!r} after {attempts.count} attempts: {summary}",
             attempts=attempts.failures,
@@ -568,6 +574,8 @@ class Router:
                 else None
             ),
         )
+        if cannot:
+            failed.param = next((e.param for e in attempts.failures if e.param), None)
         # every circuit open: the client may come back when the first lets a probe through (the
         # 503 said nothing, and the SDK retried at 0.5 to 8 s into a 30 s cool-down: review)
         if not attempts.failures:

@@ -397,6 +397,56 @@ async def test_a_function_name_gemini_refuses_is_not_sent_to_gemini(gw: RunningG
     assert info.value.param == "tools" and "starting with a digit" in info.value.message
 
 
+async def test_a_call_in_the_history_named_as_gemini_refuses_is_not_sent_to_gemini(gw: RunningGateway) -> None:
+    """The check looked at the tools offered only: a conversation holding a call to ``1lookup``
+    went to Gemini, whose 400 does not fall back (a review)."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "1lookup", "arguments": "{}"}}
+    history = [*ASK, {"role": "assistant", "content": None, "tool_calls": [call]}]
+    history.append({"role": "tool", "tool_call_id": "call_1", "content": "done"})
+    async with client(gw) as c:
+        raw = await c.chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=history, extra_body={"provider": "google"}
+        )
+    assert raw.headers["x-llm-provider"] != "google" and gw.sims["google"].requests == []
+
+
+async def test_tools_with_a_json_format_are_not_sent_to_a_gemini_before_3(gw: RunningGateway) -> None:
+    """Gemini before 3 refuses tools with ``responseMimeType: application/json`` ("Tool use with a
+    response mime type: 'application/json' is unsupported"), a 400 that does not fall back: the
+    pair went to it, and a group's Ollama, which takes it, was never tried (a review)."""
+    pair = {"tools": [WEATHER], "response_format": {"type": "json_object"}}
+    async with client(gw) as c:
+        raw = await c.chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=ASK, extra_body={"provider": "google"}, **pair
+        )
+        with pytest.raises(openai.BadRequestError) as info:
+            await c.chat.completions.create(model="gemini-2.5-flash", messages=ASK, **pair)
+    assert raw.headers["x-llm-provider"] != "google" and raw.headers["x-llm-attempts"] == "1"
+    assert gw.sims["google"].requests == []
+    assert info.value.param == "response_format" and info.value.code == "unsupported_parameter"
+    assert "A JSON 'response_format' together with 'tools'" in info.value.message
+    completion = await create(gw, "google", "gemini-3-pro-preview", **pair)  # Gemini 3 takes the pair
+    assert completion.choices[0].finish_reason in ("stop", "tool_calls")
+    body = gw.sims["google"].requests[-1].body
+    assert body["tools"] and body["generationConfig"]["responseMimeType"] == "application/json"
+
+
+@pytest.mark.parametrize("model", ["o3-mini", "o1", "o4-mini", "o3"])
+async def test_openais_o_series_is_never_sent_parallel_tool_calls(gw: RunningGateway, model: str) -> None:
+    """o1, o3 and o4 (and their mini) refuse ``parallel_tool_calls`` whatever its value
+    ("Unsupported parameter: 'parallel_tool_calls' is not supported with this model."), a 400
+    that does not fall back (a review): ``false`` (one call at most) cannot be carried to them,
+    ``true`` (the model's own choice) goes out without the field; other models keep it."""
+    async with client(gw) as c:
+        with pytest.raises(openai.BadRequestError) as info:
+            await c.chat.completions.create(model=model, messages=ASK, tools=[WEATHER], parallel_tool_calls=False)
+    assert info.value.param == "parallel_tool_calls" and gw.sims["openai"].requests == []
+    await create(gw, "openai", model, tools=[WEATHER], parallel_tool_calls=True)
+    assert "parallel_tool_calls" not in gw.sims["openai"].requests[-1].body
+    await create(gw, "openai", "gpt-4o", tools=[WEATHER], parallel_tool_calls=True)
+    assert gw.sims["openai"].requests[-1].body["parallel_tool_calls"] is True
+
+
 @pytest.mark.parametrize(("provider", "model"), [("google", "gemini-pro"), ("ollama", "llama3")])
 async def test_results_sent_back_in_another_order_reach_each_call(
     gw: RunningGateway, provider: str, model: str

@@ -302,6 +302,28 @@ async def test_an_ollama_model_without_tools_falls_back(upstream: tuple[Upstream
     ]
 
 
+async def test_an_ollama_model_without_tools_alone_is_the_requests_400(upstream: tuple[Upstream, str]) -> None:
+    """With no other provider for it, the model's "does not support tools" was a 502
+    ``all_providers_failed``, which the SDKs take for a server error and retry (a review)."""
+    up, url = upstream
+    async with await gateway(url, "ollama") as gw, client(gw) as c:
+        for stream in (False, True):
+            up.script["generate"] = web.json_response({"error": "llama3:latest does not support tools"}, status=400)
+            with pytest.raises(openai.BadRequestError) as info:
+                await c.chat.completions.create(
+                    model="llama3", messages=[{"role": "user", "content": "x"}], tools=TOOLS, stream=stream
+                )
+            error = info.value.response.json()["error"]
+            assert (error["type"], error["code"], error["param"]) == (
+                "invalid_request_error",
+                "model_cannot_serve",
+                "tools",
+            )
+            assert "does not support tools" in error["message"]
+            assert info.value.response.headers["x-should-retry"] == "false"
+    assert [(e.provider, e.outcome) for e in gw.event_log.events] == [("ollama", "client_error")] * 2
+
+
 @pytest.mark.parametrize(
     ("status", "error", "retry_after"),
     [

@@ -125,6 +125,18 @@ def test_history_with_calls_and_results() -> None:
     ]
 
 
+def test_whitespace_before_a_call_makes_no_text_block() -> None:
+    """Models often write "\n\n" before a call (Ollama's and Gemini's answers through this
+    gateway too): sent back as a text block of whitespace, it was Anthropic's 400 "text content
+    blocks must contain non-whitespace text", which ends the call (a review)."""
+    call = ToolCall("toolu_1", "get_time", "{}")
+    sent = body(ASK, Message("assistant", "\n\n", tool_calls=(call,)), Message("tool", "12:00", tool_call_id="toolu_1"))
+    assert sent["messages"][1] == {
+        "role": "assistant",
+        "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_time", "input": {}}],
+    }
+
+
 def test_merging_around_tool_blocks() -> None:
     """Texts of the same role join the block list; results go ahead of a text already there."""
     call = ToolCall("toolu_1", "get_time", "{}")
