@@ -196,6 +196,9 @@ class ProviderError(GatewayError):
         #: the provider answered and bills this attempt, but its usage could not be read (a 200
         #: answer in the vendor's format with content and usage both unreadable): cost unknown
         self.billed_unseen = False
+        #: the model that answer names, when it could be read: the billed usage is priced as it
+        #: (the requested name's launch rate billed a snapshot's usage 73% over: a review)
+        self.served_model: str | None = None
         # call_cost, call_attempts (GatewayError's): this attempt included, when it ends the call
         self.provider = provider
         self.http_status = http_status

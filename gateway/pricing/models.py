@@ -8,8 +8,10 @@ A name resolves to a chain of candidates, most specific first::
 
 A price table takes the first candidate it holds, so an exact name always beats its family.
 Only date/version suffixes are stripped (``-2024-08-06``, ``-20240307``, ``@20240307``, ``-0613``,
-``-001``, ``-preview``, ``-latest``, ``-v1:0``): ``gpt-4o-mini`` never becomes ``gpt-4o`` and
-``gpt-4-turbo`` never becomes ``gpt-4``. Renames that no suffix rule can express are aliases.
+``-001``, ``-preview``, ``-latest``, ``-v1:0``, and Ollama's ``:latest`` tag, the model itself:
+a price for ``llama3`` prices ``llama3:latest``, the name ``ollama list`` shows): ``gpt-4o-mini``
+never becomes ``gpt-4o`` and ``gpt-4-turbo`` never becomes ``gpt-4``. Renames that no suffix rule
+can express are aliases.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import re
 from functools import lru_cache
 
 #: one trailing date/version segment
-_SUFFIX = re.compile(r"(?:-\d{4}-\d{2}-\d{2}|-\d{8}|@\d{8}|@latest|-\d{3,4}|-preview|-latest|-v\d+(?::\d+)?)$")
+_SUFFIX = re.compile(r"(?:-\d{4}-\d{2}-\d{2}|-\d{8}|@\d{8}|@latest|:latest|-\d{3,4}|-preview|-latest|-v\d+(?::\d+)?)$")
 
 #: names whose family no suffix rule finds, or that a suffix rule would get wrong.
 #: ``None`` ends the chain: the name is its own model, not a snapshot of anything.

@@ -121,7 +121,7 @@ class AnthropicProvider:
             try:
                 return wire.parse_message(body, request.model, resp.headers.get("request-id"))
             except errors.MalformedResponse as exc:
-                raise with_billed_usage(exc, lambda: wire.usage_from(body["usage"])) from None
+                raise with_billed_usage(exc, lambda: wire.usage_from(body["usage"]), lambda: body["model"]) from None
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamChunk]:
         parser = wire.StreamParser(request.model)

@@ -23,7 +23,10 @@ class Timeouts:
         return Timeout(total=self.request, connect=self.connect)
 
     def streaming(self) -> Timeout:
-        return Timeout(total=None, connect=self.connect, read=self.stream_idle)
+        # the headers are part of the first content's wait (the request timeout, as the router's
+        # start watch has it), not a silence inside the stream: an upstream that answered them
+        # late (Ollama loading its model) was failed over at the idle timeout (a review)
+        return Timeout(total=None, connect=self.connect, read=self.stream_idle, head=self.request)
 
 
 class Provider(Protocol):

@@ -148,7 +148,9 @@ class GoogleProvider:
                 raise malformed(self.name, "neither candidates nor promptFeedback.blockReason")
             piece = wire.parse_response(obj)
         except errors.MalformedResponse as exc:
-            raise with_billed_usage(exc, lambda: wire.map_usage(obj["usageMetadata"])) from None
+            raise with_billed_usage(
+                exc, lambda: wire.map_usage(obj["usageMetadata"]), lambda: obj["modelVersion"]
+            ) from None
         return ChatResult(
             text=piece.text,
             finish_reason=piece.finish() or "stop",
@@ -201,6 +203,7 @@ class GoogleProvider:
         finish: FinishReason | None = None
         finishing: wire.Piece | None = None
         usage: Usage | None = None
+        unreadable = False  # a usage report could not be read: the stream's usage is unknown
         model: str | None = None
         has_call = False
         calls = 0  # the index of the next call: calls are counted across the whole stream
@@ -229,6 +232,9 @@ class GoogleProvider:
             # full counts) lowered the bill to the prompt in a re-test; the largest is the bill
             if piece.usage is not None and (usage is None or piece.usage.total_tokens >= usage.total_tokens):
                 usage = piece.usage
+            # an unreadable report (the final one, with the answer's counts) left the prompt-only
+            # report of the first event as the bill: the answer's tokens were free (a review)
+            unreadable = unreadable or piece.usage_unreadable
             has_call = has_call or piece.has_function_call
             if piece.raw_finish is not None:
                 finishing = piece
@@ -242,7 +248,7 @@ class GoogleProvider:
             finish = finishing.finish(has_function_call=has_call)
         if finish is None:
             raise errors.StreamCut(f"{self.name}: stream ended without a finishReason", provider=self.name)
-        yield StreamChunk(finish_reason=finish, usage=usage, model=model or requested)
+        yield StreamChunk(finish_reason=finish, usage=None if unreadable else usage, model=model or requested)
 
 
 async def _json_body(resp: Response) -> bool:

@@ -276,6 +276,8 @@ class Piece:
     blocked: bool = False
     has_function_call: bool = False
     usage: Usage | None = None
+    #: a ``usageMetadata`` came that could not be read (``usage`` is None)
+    usage_unreadable: bool = False
     model: str | None = None
     #: the ``functionCall`` parts, in order (Gemini sends each one whole, also when streaming)
     tool_calls: list[ToolCall] = field(default_factory=list)
@@ -302,6 +304,7 @@ def parse_response(obj: Any) -> Piece:
     piece.model = model if isinstance(model, str) and model else None
     if obj.get("usageMetadata") is not None:
         piece.usage = map_usage(obj["usageMetadata"])
+        piece.usage_unreadable = piece.usage is None
     feedback = obj.get("promptFeedback")
     candidates = obj.get("candidates")
     if not candidates:

@@ -311,14 +311,22 @@ async def post_json(
         return await read_json(resp, provider), resp.headers
 
 
-def with_billed_usage(exc: errors.MalformedResponse, usage_of: Callable[[], Usage | None]) -> errors.MalformedResponse:
+def with_billed_usage(
+    exc: errors.MalformedResponse, usage_of: Callable[[], Usage | None], model_of: Callable[[], object] | None = None
+) -> errors.MalformedResponse:
     """``exc`` (a 200 answer the adapter could not read) with the usage the answer reported, when
     that part can be read: the provider bills the answer whatever is wrong with its content (it
-    was recorded free, and the call fell back and paid again)."""
+    was recorded free, and the call fell back and paid again); and with the model it names
+    (``model_of``), which prices that usage."""
     try:
         exc.usage = usage_of()
     except (errors.ProviderError, ValueError, TypeError, LookupError, AttributeError):
         exc.usage = None
+    try:
+        model = model_of() if model_of is not None else None
+    except (ValueError, TypeError, LookupError, AttributeError):
+        model = None
+    exc.served_model = model if isinstance(model, str) and model else None
     # billed all the same: an answer without readable usage is of unknown cost, not free
     exc.billed_unseen = exc.usage is None
     return exc

@@ -334,7 +334,7 @@ class OllamaProvider:
         try:
             piece = parse_object(obj)
         except errors.MalformedResponse as exc:
-            raise with_billed_usage(exc, lambda: map_usage(obj)) from None
+            raise with_billed_usage(exc, lambda: map_usage(obj), lambda: obj["model"]) from None
         return ChatResult(
             text=piece.text,
             finish_reason=map_finish_reason(piece.done_reason, has_tool_calls=piece.has_tool_calls),

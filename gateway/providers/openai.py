@@ -125,7 +125,7 @@ class OpenAIProvider:
                 data, provider=self.name, requested_model=request.model, request_id=_request_id(headers)
             )
         except errors.MalformedResponse as exc:
-            raise with_billed_usage(exc, lambda: wire.parse_usage(data.get("usage"))) from None
+            raise with_billed_usage(exc, lambda: wire.parse_usage(data.get("usage")), lambda: data["model"]) from None
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:  # Embeddings
         data, _ = await self._call(self.embed_target(request))

@@ -77,17 +77,23 @@ class Connection(asyncio.Protocol):
 
     # --- one exchange -------------------------------------------------------------------------
     def send(
-        self, head: bytes, body: bytes, read_timeout: float | None, deadline: float | None
+        self,
+        head: bytes,
+        body: bytes,
+        read_timeout: float | None,
+        deadline: float | None,
+        head_timeout: float | None = None,
     ) -> asyncio.Future[Response]:
         """Write the request; the future is the answer once its headers are in. It fails with
-        TimeoutError after ``read_timeout`` or at ``deadline`` (loop time), whichever is first;
-        so does every later wait for the body."""
+        TimeoutError after ``head_timeout`` (default: ``read_timeout``) or at ``deadline`` (loop
+        time), whichever is first; every later wait for the body after ``read_timeout`` or at
+        ``deadline``."""
         loop = asyncio.get_running_loop()
         self._head = future = loop.create_future()
         self._state = _HEAD
         self._read_timeout = read_timeout
         self._deadline = deadline
-        when = expiry(loop, read_timeout, deadline)
+        when = expiry(loop, read_timeout if head_timeout is None else head_timeout, deadline)
         if when is not None:
             self._head_timer = loop.call_at(when, expire, future, "no answer from the server within the timeout")
         assert self.transport is not None

@@ -354,7 +354,7 @@ class _Exchange:
                     self._conn = None
                     self._pool.release(conn)
                     raise PoolBusy(self._pool.client.limit_per_host)
-            answer = conn.send(self._head, self._data, timeout.read, deadline)
+            answer = conn.send(self._head, self._data, timeout.read, deadline, timeout.head)
             self.sent = True
             if (wire := WIRE.get()) is not None:
                 wire.state = "sent"

@@ -54,6 +54,9 @@ class Timeout:
     total: float | None = None
     connect: float | None = None
     read: float | None = None
+    #: the wait for the answer's headers, where it is not ``read``'s (a stream's: its first content
+    #: may take the request timeout, its silences afterwards the idle one)
+    head: float | None = None
 
 
 class Body:

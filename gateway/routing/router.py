@@ -515,6 +515,7 @@ class Router:
                 latency_ms=latency,
                 usage=error.usage,
                 billed=error.billed_unseen,
+                served_model=error.served_model,
                 # a stream cut before its first content ended before the provider finished, as
                 # one cut later does (it was not, and v_cost_daily's incomplete_calls missed it)
                 incomplete=isinstance(error, errors.StreamCut),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import Any
 
 import openai
@@ -300,6 +301,25 @@ async def test_an_ollama_model_without_tools_falls_back(upstream: tuple[Upstream
         ("ollama", "client_error", False),
         ("openai", "success", True),
     ]
+
+
+async def test_an_unreadable_answer_is_billed_as_the_model_it_names(upstream: tuple[Upstream, str]) -> None:
+    """OpenAI's answer without choices, whose usage and model can be read: the usage was priced
+    as the requested name (gpt-4o at its launch rate, $0.008 here) instead of the snapshot that
+    answered ($0.0045), 73% over (a review)."""
+    up, url = upstream
+    usage = {"prompt_tokens": 1000, "completion_tokens": 200, "total_tokens": 1200}
+    up.script["openai"] = web.json_response({"model": "gpt-4o-2024-08-06", "choices": [], "usage": usage})
+    async with await gateway(url, "openai") as gw, client(gw) as c:
+        with pytest.raises(openai.APIStatusError) as info:
+            await c.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+    [event] = gw.event_log.events
+    assert (event.outcome, event.served_model, event.cost_usd) == (
+        "malformed_response",
+        "gpt-4o-2024-08-06",
+        Decimal("0.0045"),
+    )
+    assert Decimal(info.value.response.headers["x-llm-cost-usd"]) == Decimal("0.0045")
 
 
 async def test_an_ollama_model_without_tools_alone_is_the_requests_400(upstream: tuple[Upstream, str]) -> None:

@@ -81,9 +81,13 @@ async def test_a_stream_still_waiting_for_a_connection_at_the_deadline_is_no_att
         timeouts = Timeouts(request=1.0, connect=5.0, stream_idle=30)
         provider = OpenAIProvider(ProviderSettings(api_key=KEY, base_url=f"{sim.base_url}/v1"), session, timeouts)
         sim.faults.push(Fault("timeout", delay=4))
+        # its own request timeout: a stream's wait for its headers is bounded by it
+        holder = OpenAIProvider(
+            ProviderSettings(api_key=KEY, base_url=f"{sim.base_url}/v1"), session, Timeouts(request=10, connect=5)
+        )
 
         async def hold() -> None:  # a stream holds the only connection for 4 s
-            async for _ in provider.stream(stream_request()):
+            async for _ in holder.stream(stream_request()):
                 pass
 
         hog = asyncio.create_task(hold())
@@ -190,3 +194,22 @@ async def test_a_stream_cut_while_its_model_thinks_falls_back(sim: OpenAISimulat
             stream, text = await read_stream(router, "thinky")
     assert stream.provider == "openai" and text
     assert [(e.provider, e.outcome) for e in log.events] == [("ollama", "stream_cut"), ("openai", "success")]
+
+
+async def test_a_stream_whose_headers_come_after_the_idle_timeout_is_waited_for(sim: OpenAISimulator) -> None:
+    """The wait for the answer's headers is part of the first content's (the request timeout),
+    not a silence inside the stream: an upstream that sent them after the idle timeout (Ollama
+    loading its model) was failed over as a billed timeout, then billed again elsewhere (a
+    review), where the same call not streamed was served."""
+    log = MemoryEventLog()
+    async with UpstreamClient() as session:
+        timeouts = Timeouts(request=5, connect=0.5, stream_idle=0.3)
+        provider = OpenAIProvider(ProviderSettings(api_key=KEY, base_url=f"{sim.base_url}/v1"), session, timeouts)
+        sim.faults.push(Fault("delay", delay=0.8))
+        session_ = await router_for(provider, log, 5).open_stream(
+            CallContext("r1", "acme", None, "chat.completions", True, "gpt-4o"), stream_request()
+        )
+        text = "".join(chunk.text for batch in [b async for b in session_.batches()] for chunk in batch if chunk.text)
+        session_.finish("success")
+    assert text
+    assert [(e.outcome, e.provider) for e in log.events] == [("success", "openai")]

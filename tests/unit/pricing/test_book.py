@@ -80,6 +80,9 @@ def test_lookup_order(price_file: Path) -> None:
     )  # built-in beats genai-prices
     assert q("openai", "gpt-3.5-turbo") == ("genai-prices", Decimal("0.00125"))
     assert q("ollama", "llama3") == ("file", Decimal("0.0002"))  # the file prices local models
+    # under Ollama's own name too (it was free: the ":latest" tag was not the model; a review)
+    assert q("ollama", "llama3:latest") == ("file", Decimal("0.0002"))
+    assert q("ollama", "llama3:70b") == ("free", Decimal(0))  # another size: not that entry's
     assert q("ollama", "mistral") == ("free", Decimal(0))
     assert q("openai", "no-such-model") == ("unpriced", None)
 

@@ -33,6 +33,8 @@ from gateway.pricing.models import model_candidates, normalize_model
         ("models/gemini-pro", "gemini-pro"),
         ("models/gemini-1.0-pro-001", "gemini-pro"),
         ("GPT-4o-2024-08-06", "gpt-4o"),
+        ("llama3:latest", "llama3"),
+        ("nomic-embed-text:latest", "nomic-embed-text"),
     ],
 )
 def test_snapshots_resolve_to_their_family(name: str, family: str) -> None:

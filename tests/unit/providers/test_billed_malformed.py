@@ -57,6 +57,12 @@ BODIES: dict[str, tuple[Any, Any, Usage]] = {
 }
 
 
+#: the model each body names (Anthropic's and Gemini's are added below)
+SERVED = {"anthropic": "claude-3-5-haiku-20241022", "google": "gemini-2.5-flash-001", "ollama": "llama3"}
+BODIES["anthropic"][1]["model"] = SERVED["anthropic"]
+BODIES["google"][1]["modelVersion"] = SERVED["google"]
+
+
 @asynccontextmanager
 async def serving(handle: Callable[[web.Request], Awaitable[web.Response]]) -> AsyncIterator[str]:
     """A fake upstream answering every POST with ``handle``; yields its base URL."""
@@ -98,6 +104,7 @@ async def test_an_unreadable_answer_carries_the_usage_it_reported(
     with pytest.raises(errors.MalformedResponse) as info:
         await provider.complete(request)
     assert info.value.usage == usage and not info.value.billed_unseen
+    assert info.value.served_model == SERVED.get(vendor)  # the model the answer names prices it
     # a 200 answer whose usage cannot be read either: billed at an unknown cost (it was free)
     answer["body"] = {"nothing": "readable"}
     with pytest.raises(errors.MalformedResponse) as info:
@@ -190,12 +197,27 @@ GEMINI_STREAMS = {
         "Hi! more",
         Usage(10, 40),
     ),
+    # the final report cannot be read (no prompt count, a fractional count): the usage is unknown,
+    # not the first event's prompt-only report (the answer's 900 tokens went free: a review)
+    "an unreadable final report": (
+        [
+            _gemini_event("Hi", None, (1000,)),
+            _gemini_event("!", "STOP") | {"usageMetadata": {"candidatesTokenCount": 900}},
+        ],
+        "Hi!",
+        None,
+    ),
+    "a fractional final count": (
+        [_gemini_event("Hi", None, (1000,)), _gemini_event("!", "STOP", (1000, 500.0))],  # type: ignore[arg-type]
+        "Hi!",
+        None,
+    ),
 }
 
 
 @pytest.mark.parametrize("events, text, usage", list(GEMINI_STREAMS.values()), ids=list(GEMINI_STREAMS))
 async def test_a_gemini_stream_is_every_event_and_billed_by_its_full_usage(
-    session: UpstreamClient, timeouts: Timeouts, events: list[dict[str, Any]], text: str, usage: Usage
+    session: UpstreamClient, timeouts: Timeouts, events: list[dict[str, Any]], text: str, usage: Usage | None
 ) -> None:
     """providers.md 4.4: the final usageMetadata has the full counts. The adapter stopped
     reading at the first finishReason: a stream whose full counts came after it billed its

@@ -73,7 +73,7 @@ def provider(sim: GeminiSimulator, session: UpstreamClient, timeouts: Timeouts) 
 async def test_each_effort_reaches_a_thinking_gemini_as_a_config_it_takes(
     provider: GoogleProvider, sim: GeminiSimulator, model: str
 ) -> None:
-    assert provider.model_lacks(model) == frozenset()
+    assert "reasoning_effort" not in provider.model_lacks(model)
     for effort, expected in zip(EFFORTS, EXPECTED[model], strict=True):
         result = await provider.complete(request(model, effort))
         assert result.text, (model, effort)
@@ -101,7 +101,7 @@ async def test_no_effort_sends_no_thinking_config(provider: GoogleProvider, sim:
 )  # fmt: skip
 def test_models_without_a_thinking_switch_lack_the_option(provider: GoogleProvider, model: str) -> None:
     """Gemini answers thinking on them with a 400 that does not fall back: the router skips them."""
-    assert provider.model_lacks(model) == frozenset({"reasoning_effort"})
+    assert provider.model_lacks(model) - {"tools_with_response_format"} == frozenset({"reasoning_effort"})
 
 
 async def test_a_level_gemini_has_no_value_for_is_a_400_before_any_call(
@@ -134,3 +134,17 @@ async def test_the_simulator_refuses_what_gemini_refuses(
     async with aio.post(url, json=body, headers={"x-goog-api-key": KEY}) as resp:
         assert resp.status == 400
         assert refusal in (await resp.json())["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("model", "takes_the_pair"),
+    [
+        ("gemini-3-pro-preview", True), ("gemini-3-flash", True), ("gemini-2.5-pro", False),
+        ("gemini-2.5-flash", False), ("gemini-2.0-flash", False), ("gemini-pro", False),
+    ],
+)  # fmt: skip
+def test_tools_with_a_json_format_are_lacked_before_gemini_3(
+    provider: GoogleProvider, model: str, takes_the_pair: bool
+) -> None:
+    """Gemini before 3 answers the pair with a 400 that does not fall back (a review)."""
+    assert ("tools_with_response_format" not in provider.model_lacks(model)) is takes_the_pair
