@@ -421,6 +421,17 @@ class AllProvidersFailed(GatewayError):
         self.client_should_retry = client_should_retry  # type: ignore[misc]
 
 
+class GatewayStopping(GatewayError):
+    """The gateway stopped while the call ran: its shutdown timeout (``LLM_GATEWAY_SHUTDOWN_TIMEOUT``)
+    ended it. The answer says what its attempts cost; after an attempt its provider may bill,
+    ``x-should-retry: false`` (the SDKs retried the dropped connection it was before on another
+    replica, billed again: a review)."""
+
+    status = 503
+    type = "server_error"
+    code = "gateway_stopping"
+
+
 class NoProviderAvailable(GatewayError):
     status = 503
     type = "server_error"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
@@ -20,6 +21,23 @@ from gateway.safe_text import log_value
 from gateway.types import Usage
 
 cost_log = logging.getLogger("gateway.cost")
+
+
+@dataclass(slots=True)
+class CancelledCall:
+    """What a call cut off by a cancellation (a stop's timeout) had cost, written by the router
+    for the HTTP layer's answer (``CANCELLED_CALL``): ``cost`` None is unknown; ``billed``: an
+    attempt its provider may bill was made (a retry would be billed again); ``stream_open``: a
+    stream had started (its answer's head may be on the wire: no other answer can follow)."""
+
+    cost: Decimal | None = Decimal(0)
+    attempts: int = 0
+    billed: bool = False
+    stream_open: bool = False
+
+
+#: the call's :class:`CancelledCall`, set by whoever serves it (``gateway.api.calls.serve_call``)
+CANCELLED_CALL: ContextVar[CancelledCall | None] = ContextVar("cancelled_call", default=None)
 #: the longest model name a cost line holds (a client's is at most as long)
 LOGGED_MODEL = 256
 log = logging.getLogger(__name__)

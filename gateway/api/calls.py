@@ -4,6 +4,7 @@ error, and the headers of a served answer."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ from aiohttp import web
 
 from gateway import errors
 from gateway.api.auth import Principal
+from gateway.api.drain import stopped
 from gateway.api.json_body import body_bytes
 from gateway.api.middleware import ClientWatch
 from gateway.api.state import STATE, GatewayState
@@ -20,7 +22,7 @@ from gateway.pricing.base import format_usd
 from gateway.providers.upstream_http import CLIENT_GONE
 from gateway.routing.router import Served
 from gateway.safe_text import header_value
-from gateway.usage import CallContext, UsageRecorder
+from gateway.usage import CANCELLED_CALL, CallContext, CancelledCall, UsageRecorder
 
 
 async def read_body(request: web.Request) -> Any:
@@ -48,16 +50,44 @@ async def serve_call(
     state.in_flight += 1
     watch = ClientWatch(request)
     watching = CLIENT_GONE.set(watch)
+    note = CancelledCall()
+    noting = CANCELLED_CALL.set(note)
     try:
         return await answer()
+    except asyncio.CancelledError:
+        if note.stream_open or not stopped(request.app):
+            raise
+        # the stop's timeout ended the call: an answer, not a dropped connection
+        raise stopping_error(note) from None
     finally:
         watch.release()
         CLIENT_GONE.reset(watching)
+        CANCELLED_CALL.reset(noting)
         try:
             # no answer (nor error) goes out before the events of its attempts are on the log
             await state.event_log.settled(state.in_flight)
         finally:  # cancelled while it waits: still no longer in flight
             state.in_flight -= 1
+
+
+def stopping_error(note: CancelledCall) -> errors.GatewayStopping:
+    """The answer of a call a stop cut off: what its attempts cost, and no retry after an attempt
+    its provider may bill (the client retries on another replica otherwise, ``retry-after`` 1 s)."""
+    error = errors.GatewayStopping(
+        "The gateway stopped before this call finished (its shutdown timeout)"
+        + (
+            f" after {note.attempts} provider attempt(s), which the provider may bill: not retried"
+            if note.billed
+            else "; no provider billed it: retry it"
+        )
+    )
+    error.call_attempts = note.attempts
+    error.call_cost = note.cost
+    if note.billed:
+        error.client_should_retry = False  # type: ignore[misc]
+    else:
+        error.headers = {"retry-after": "1"}
+    return error
 
 
 class AdmittedCall:

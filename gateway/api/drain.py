@@ -36,6 +36,8 @@ RUNNER_BACKSTOP = 1.0
 _AT_ONCE = web.AppKey("drain_at_once", list)
 #: how many requests the stop cancelled after the timeout (the stop's last line says so)
 CANCELLED = web.AppKey("drain_cancelled", int)
+#: the tasks the stop cancelled: their calls answer "the gateway is stopping" (``stopped``)
+_STOPPED = web.AppKey("drain_stopped", set)
 
 
 def install_drain(app: web.Application, timeout: float) -> None:
@@ -45,7 +47,13 @@ def install_drain(app: web.Application, timeout: float) -> None:
     app[_TIMEOUT] = timeout
     app[_AT_ONCE] = []
     app[CANCELLED] = 0
+    app[_STOPPED] = set()
     app.on_shutdown.append(_drain)
+
+
+def stopped(app: web.Application) -> bool:
+    """Whether the current task was cancelled by the stop's drain (not by its client or a bug)."""
+    return asyncio.current_task() in app.get(_STOPPED, ())
 
 
 def at_stop(app: web.Application, hook: Callable[[], None]) -> None:
@@ -74,6 +82,7 @@ async def _drain(app: web.Application) -> None:
         return
     log.warning("stopping: cancelling %d request(s) still running after %s s", len(running), timeout)
     app[CANCELLED] = len(running)
+    app[_STOPPED].update(running)
     for task in running:
         task.cancel()
     _, stuck = await asyncio.wait(running, timeout=CANCELLED_GRACE)

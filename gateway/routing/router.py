@@ -21,7 +21,7 @@ from gateway.providers.upstream_http import CLIENT_GONE, QUEUED, WIRE, Wire
 from gateway.routing.catalog import Candidate, ModelCatalog, family_of
 from gateway.routing.retry import RetryBudget, RetryPolicy, Sleep, call_with_retry
 from gateway.types import ChatRequest, ChatResult, StreamChunk, Usage
-from gateway.usage import AttemptFacts, CallContext, UsageRecorder
+from gateway.usage import CANCELLED_CALL, AttemptFacts, CallContext, UsageRecorder
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +166,8 @@ class _Attempts:
     billed: _Billed | None = None
     #: a cancelled attempt wrote the call's cost line
     cancel_logged: bool = False
+    #: the call's cost when an attempt in flight was cancelled (that attempt's unknown cost in it)
+    cancel_cost: Decimal | None = Decimal(0)
 
     def charge(self, exc: errors.GatewayError) -> None:
         """``exc`` ends the call: it carries what the billed attempts cost and how many there were."""
@@ -306,6 +308,11 @@ class Router:
                     UsageRecorder.log_cost(
                         ctx, candidate.provider, candidate.called, _total(Decimal(0), attempts.billed)
                     )
+                if (note := CANCELLED_CALL.get()) is not None:
+                    cancelled = attempts.cancel_logged
+                    note.cost = attempts.cancel_cost if cancelled else _total(Decimal(0), attempts.billed)
+                    note.attempts = attempts.count
+                    note.billed = cancelled or attempts.billed is not None
                 raise
         failed = self._all_failed(ctx, candidates, attempts)
         failed.cost = _total(Decimal(0), attempts.billed)
@@ -472,6 +479,8 @@ class Router:
             self._starts.end(deadline)
         started += QUEUED.get()  # the wait for a free connection is the gateway's
         ttft = (time.monotonic() - started) * 1000.0
+        if (note := CANCELLED_CALL.get()) is not None:
+            note.stream_open = True
         return StreamSession(self.recorder, ctx, candidate, number, started, ttft, head, iterator, attempts.billed)
 
     # --- helpers -------------------------------------------------------------------------------------
@@ -501,7 +510,8 @@ class Router:
             event = self.recorder.record(ctx, facts)
             # the call's one cost line (a stop's timeout cancelled a non-streaming call without
             # it: a docs review); a stream already open logs its own (api/completions.py)
-            UsageRecorder.log_cost(ctx, candidate.provider, candidate.called, _total(event.cost_usd, attempts.billed))
+            attempts.cancel_cost = _total(event.cost_usd, attempts.billed)
+            UsageRecorder.log_cost(ctx, candidate.provider, candidate.called, attempts.cancel_cost)
             attempts.cancel_logged = True
             return exc
         error = _as_provider_error(exc, candidate.provider)

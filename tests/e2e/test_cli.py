@@ -374,13 +374,13 @@ async def test_a_stop_cancels_the_calls_still_running_after_the_shutdown_timeout
 
     async with serving_slowly(tmp_path, 60, LLM_GATEWAY_SHUTDOWN_TIMEOUT="4") as (proc, s, url):
 
-        async def call(stream: bool) -> int:
+        async def call(stream: bool) -> tuple[int, dict[str, str], Any]:
             try:
                 async with s.post(url, json={**SLOW_BODY, "stream": stream}) as r:
-                    await r.read()
-                    return r.status
+                    headers = {name.lower(): value for name, value in r.headers.items()}
+                    return r.status, headers, await r.json(content_type=None)
             except aiohttp.ClientError:
-                return 0  # cut: the gateway went away
+                return 0, {}, None  # cut: the gateway went away
 
         calls = asyncio.gather(call(False), call(True))
         await asyncio.sleep(0.5)  # both are waiting on the upstream
@@ -388,7 +388,13 @@ async def test_a_stop_cancels_the_calls_still_running_after_the_shutdown_timeout
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
         stopped = time.monotonic() - started
-        await asyncio.wait_for(calls, 20)
+        answers = await asyncio.wait_for(calls, 20)
+        # each client hears why, what its call cost and not to retry it (its attempt may be
+        # billed): a dropped connection, which the SDKs retried on another replica (a review)
+        for status, headers, body in answers:
+            assert status == 503 and body["error"]["code"] == "gateway_stopping", (status, body)
+            assert headers["x-should-retry"] == "false" and headers["x-llm-cost-usd"] == "unpriced"
+            assert headers["x-llm-attempts"] == "1" and headers["x-request-id"].startswith("req_")
         assert proc.stderr is not None
         last = (await proc.stderr.read()).decode().splitlines()[-1]
         # it said "the calls in flight finished" (a review)

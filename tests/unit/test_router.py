@@ -773,3 +773,53 @@ async def test_only_a_call_every_circuit_refused_says_when_one_reopens() -> None
     with pytest.raises(errors.AllProvidersFailed) as info:
         await router.complete(ctx(), TEMPLATE)
     assert (info.value.status, info.value.retry_after) == (503, 20.0)
+
+
+class _Hanging(ScriptedProvider):
+    """A provider whose calls never answer (until cancelled)."""
+
+    async def complete(self, request: ChatRequest) -> ChatResult:
+        self.calls.append(request)
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+async def test_a_cancelled_call_tells_its_server_what_it_cost_and_whether_it_was_billed() -> None:
+    """A stop's timeout cancels a call: the HTTP layer answers it (``gateway_stopping``) with what
+    its attempts cost and whether one its provider may bill was made (``CANCELLED_CALL``)."""
+    from gateway.usage import CANCELLED_CALL, CancelledCall
+
+    async def cancelled(router: Router) -> CancelledCall:
+        note = CancelledCall()
+
+        async def call() -> None:
+            CANCELLED_CALL.set(note)  # the task's own context, as serve_call sets it
+            await router.complete(ctx(), TEMPLATE)
+
+        task = asyncio.create_task(call())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return note
+
+    # during an attempt: the provider had the request (billable, at an unknown cost)
+    router, log, _ = make_router(_Hanging("openai"))
+    note = await cancelled(router)
+    assert (note.attempts, note.billed, note.cost) == (1, True, None)
+    assert [e.outcome for e in log.events] == ["cancelled"]
+    # between attempts (a retry's wait): the one attempt made was free, so the client may retry
+    rate_limited = errors.RateLimited("slow down", provider="openai", http_status=429, retry_after=5)
+    log = MemoryEventLog()
+    router = Router(
+        {"openai": ScriptedProvider("openai", rate_limited)},
+        ModelCatalog(),
+        UsageRecorder(log, FixedPriceBook(), clock=ManualClock()),
+        priority=PRIORITY,
+        policy=RetryPolicy(attempts=3, initial_wait=0.5, max_wait=8.0, max_server_wait=20.0, budget_seconds=30.0),
+        sleep=lambda _seconds: asyncio.Event().wait(),
+        rng=random.Random(1),
+    )
+    note = await cancelled(router)
+    assert (note.attempts, note.billed, note.cost) == (1, False, Decimal(0))
+    assert [e.outcome for e in log.events] == ["rate_limited"]
