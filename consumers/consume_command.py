@@ -42,7 +42,8 @@ def register(sub: Any) -> None:
     parser.set_defaults(run=run)
 
 
-def build_consumer_app(settings: Settings, group: str, batch_size: int) -> web.Application:
+def build_consumer_app(settings: Settings, group: str, batch_size: int, host: str | None = None) -> web.Application:
+    """``host``: where it listens (default ``settings.bind_host``)."""
     from analytics.http import install_analytics
     from consumers.pipeline import build_pipeline, export_path
     from consumers.replay_http import install_replay
@@ -54,7 +55,11 @@ def build_consumer_app(settings: Settings, group: str, batch_size: int) -> web.A
     pipeline = build_pipeline(settings, group_id=group, batch_size=batch_size)
     app = web.Application(middlewares=[error_middleware])
     install_drain(app, settings.shutdown_timeout)
-    auth = Authenticator(settings.api_keys, settings.default_tenant)
+    from gateway.api.browser_guard import is_loopback_host
+
+    auth = Authenticator(
+        settings.api_keys, settings.default_tenant, loopback=is_loopback_host(host or settings.bind_host)
+    )
     install_analytics(app, pipeline.store, auth, export_dir=export_path(settings))
     install_replay(app, settings, pipeline.store, auth, live_group=group, stats=pipeline.projector.stats)
 
@@ -86,7 +91,7 @@ async def _consume(settings: Settings, args: argparse.Namespace) -> None:
     port = settings.consume_port if args.port is None else args.port
     host = args.host or settings.bind_host
     sock = listening_socket(host, port) if port else None  # a taken port: before joining the group
-    app = build_consumer_app(settings, args.group, args.batch_size)
+    app = build_consumer_app(settings, args.group, args.batch_size, host)
     # the app drains its requests within the shutdown timeout itself (gateway/api/drain.py)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=RUNNER_BACKSTOP)
     warn_if_readable(settings.data_dir)

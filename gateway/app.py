@@ -18,6 +18,7 @@ from aiohttp import web
 
 from gateway.api import budgets, completions, embeddings, meta
 from gateway.api.auth import Authenticator
+from gateway.api.browser_guard import is_loopback_host
 from gateway.api.drain import install_drain
 from gateway.api.middleware import error_middleware
 from gateway.api.state import STATE, GatewayState
@@ -121,7 +122,7 @@ def create_app(
     state = GatewayState(
         settings=settings,
         router=router,
-        auth=Authenticator(settings.api_keys, settings.default_tenant),
+        auth=Authenticator(settings.api_keys, settings.default_tenant, loopback=is_loopback_host(settings.bind_host)),
         event_log=event_log,
         clock=clock,
     )

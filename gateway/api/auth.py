@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from gateway.api.browser_guard import refuse_browser_cross_site
 from gateway.errors import AuthenticationFailed, GatewayError, PermissionDenied
 from gateway.safe_text import log_value
 from gateway.settings import ApiKey
@@ -36,6 +37,10 @@ def key_id(key: str) -> str:
 
 
 def _presented_key(request: web.Request) -> str | None:
+    for name in ("authorization", "x-api-key", "api-key"):
+        if len(request.headers.getall(name, ())) > 1:
+            # which one would count? The first won, silently (a review)
+            raise AuthenticationFailed(f"More than one {name!r} header: send one", param=name)
     key = request.headers.get("x-api-key") or request.headers.get("api-key")
     header = request.headers.get("authorization")
     if header:
@@ -53,9 +58,12 @@ class Authenticator:
     """With no keys configured the gateway is open (local use): every caller is an admin of the
     default tenant and may name any tenant in the body."""
 
-    def __init__(self, keys: list[ApiKey], default_tenant: str) -> None:
+    def __init__(self, keys: list[ApiKey], default_tenant: str, *, loopback: bool = False) -> None:
+        """``loopback``: the service listens on loopback only (an open one then takes requests
+        for a loopback ``Host`` alone: ``gateway/api/browser_guard.py``)."""
         self._by_digest = {hashlib.sha256(_key_bytes(k.key)).digest(): k for k in keys}
         self.open = not keys
+        self.loopback = loopback
         self.default_tenant = default_tenant
         #: refused keys and tenants, a WARNING window per reason (``gateway.auth``): they were
         #: never logged, so a client trying keys went unseen (a logs review)
@@ -63,6 +71,7 @@ class Authenticator:
 
     def authenticate(self, request: web.Request) -> Principal:
         if self.open:
+            refuse_browser_cross_site(request, loopback=self.loopback)
             return Principal(self.default_tenant, True, None)
         try:
             presented = _presented_key(request)

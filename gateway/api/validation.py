@@ -265,7 +265,7 @@ def _image(part: dict[str, Any], where: str) -> Image:
             code="missing_required_parameter",
         )
     detail = spec.get("detail") if isinstance(spec, dict) else None
-    if detail is not None and detail not in DETAILS:
+    if detail is not None and (not isinstance(detail, str) or detail not in DETAILS):  # a list: unhashable, a 500
         raise InvalidRequest(
             f"'{where}.image_url.detail' must be one of 'auto', 'low', 'high'", param=f"{where}.image_url.detail"
         )
@@ -483,6 +483,15 @@ def tenant_field(body: Mapping[str, Any]) -> str | None:
         raise InvalidRequest("'tenantId' must not be empty", param="tenantId", code="invalid_value")
     if tenant != stripped:
         raise InvalidRequest("'tenantId' must not begin or end with a blank", param="tenantId", code="invalid_value")
+    if not tenant.isprintable():
+        # as a key's or a budget's tenant id must be (a zero-width space, a BOM or a no-break
+        # space billed a tenant no key or budget could name: a review)
+        raise InvalidRequest(
+            "'tenantId' must be printable: no invisible or format character (zero-width space, BOM, "
+            "no-break space, ...)",
+            param="tenantId",
+            code="invalid_value",
+        )
     return tenant
 
 

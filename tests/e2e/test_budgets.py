@@ -217,7 +217,9 @@ async def test_an_admin_names_any_tenant_a_key_can_have_up_to_512_characters(tmp
         assert standing["tenantId"] == long_tenant
         assert Decimal(standing["spentUsd"]) == Decimal(billed.headers["x-llm-cost-usd"]) > 0
         # a blank at either end names no tenant a key or a budget can have: refused, not billed apart
-        for odd in (" " + long_tenant[:10], long_tenant[:10] + " "):
+        # nor an invisible or format character (a zero-width space, a BOM, a no-break space): a
+        # key's or a budget's tenant id is refused with one at start (a review billed them apart)
+        for odd in (" " + long_tenant[:10], long_tenant[:10] + " ", "acme\u200b", "\ufeffacme", "ac\u00a0me"):
             with pytest.raises(openai.BadRequestError) as refused:
                 await chat(gw, "sk-admin", extra_body={"tenantId": odd})
             assert refused.value.code == "invalid_value" and refused.value.param == "tenantId"

@@ -303,3 +303,26 @@ async def test_a_legacy_completion_model_on_the_chat_endpoint_is_a_404_as_at_ope
     assert gw.event_log.events == [] and all(sim.requests == [] for sim in gw.sims.values())
     status, _, _ = await post(f"{gw.base_url}/completions", json.dumps({"model": model, "prompt": "hi"}))
     assert status == 200
+
+
+async def test_an_open_gateway_takes_no_call_from_a_page_of_another_site(gw: RunningGateway) -> None:
+    """A page's ``text/plain`` POST (a "simple" request: no CORS preflight) was served and billed
+    to the tenant it named, and a DNS-rebound name read answers (a review)."""
+    url = f"{gw.base_url}/chat/completions"
+    body = json.dumps({**CHAT, "tenantId": "victim"})
+    status, answer, _ = await post(url, body, {"content-type": "text/plain", "origin": "https://evil.example"})
+    assert status == 403 and assert_openai_error(answer)["code"] == "cross_site_refused"
+    status, answer, _ = await post(url, body, {"content-type": "application/json", "host": "rebind.evil.example"})
+    assert status == 403 and assert_openai_error(answer)["code"] == "cross_site_refused"
+    assert gw.event_log.events == []
+    status, _, _ = await post(url, body, {"content-type": "application/json", "origin": "http://localhost:3000"})
+    assert status == 200 and len(gw.event_log.events) == 1
+
+
+@pytest.mark.parametrize("detail", [["low"], {"a": 1}, 1])
+async def test_an_image_detail_that_is_no_text_is_a_400(gw: RunningGateway, detail: object) -> None:
+    """A list was a 500 (an unhashable value looked up in a set), which the SDK retried twice."""
+    part = {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": detail}}
+    body = {**CHAT, "messages": [{"role": "user", "content": [part]}]}
+    status, answer, _ = await post(f"{gw.base_url}/chat/completions", json.dumps(body))
+    assert status == 400 and assert_openai_error(answer)["param"] == "messages[0].content[0].image_url.detail"
