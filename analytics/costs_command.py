@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from analytics.owner import owner_hint, owner_urls, read_directly, service_url, store_headers
+from analytics.owner import owner_hint, owner_urls, read_file, service_url, store_headers
 from gateway.settings import Settings
 
 
@@ -99,10 +99,6 @@ def render_table(doc: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    import duckdb
-
-    from analytics.store import StoreError
-    from gateway.errors import InvalidRequest
 
     urls = [args.url] if args.url else owner_urls(settings)
     doc = None
@@ -114,18 +110,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if doc is None:
         if args.url:
             raise SystemExit(f"cannot reach {url}, or it has no cost store: {owner_hint(settings)}")
-        try:
-            doc = asyncio.run(_from_file(settings, args))
-            from consumers.pipeline import analytics_path
-
-            read_directly(analytics_path(settings), urls)
-        except InvalidRequest as exc:
-            raise SystemExit(f"llm-gateway costs: {exc.message}") from exc
-        except (StoreError, duckdb.Error, OSError) as exc:  # missing, locked by another process, unreadable
-            raise SystemExit(
-                f"nothing at {' or '.join(urls)} serves the cost store (a gateway whose projection runs in "
-                f"`llm-gateway consume` does not) and no readable cost store: {exc}; {owner_hint(settings)}"
-            ) from exc
+        doc = read_file(settings, urls, "costs", lambda: _from_file(settings, args))
     print(json.dumps(doc, indent=2) if args.json else render_table(doc))
     return 0
 

@@ -20,11 +20,11 @@ from typing import Any
 import duckdb
 from aiohttp import web
 
-from analytics.http import AUTH, STORE, AnalyticsUnavailable, check_store
+from analytics.http import STORE, AnalyticsUnavailable, admin_only
 from analytics.parquet_export import export_range
 from analytics.store import StoreError
 from gateway.api.json_body import json_body
-from gateway.errors import InvalidRequest, PermissionDenied
+from gateway.errors import InvalidRequest
 
 PATH = "/v1/analytics/export"
 EXPORT_DIR: web.AppKey[Path] = web.AppKey("analytics_export_dir", Path)
@@ -34,10 +34,7 @@ FIELDS = ("from", "to")
 
 
 async def export_parquet(request: web.Request) -> web.Response:
-    principal = request.app[AUTH].authenticate(request)
-    if not principal.admin:
-        raise PermissionDenied("the Parquet export needs an admin API key: its files hold every tenant's usage")
-    check_store(request, request.app[STORE])
+    admin_only(request, "the Parquet export needs an admin API key: its files hold every tenant's usage")
     first, last = parse_days(await json_body(request, empty={}))
     directory = request.app[EXPORT_DIR]
     try:

@@ -14,7 +14,7 @@ from analytics.costs import CostTrackingService
 from analytics.store import AnalyticsStore, StoreError
 from gateway.api.auth import Authenticator
 from gateway.api.query import only_parameters
-from gateway.errors import GatewayError, InvalidRequest, RouteNotFound
+from gateway.errors import GatewayError, InvalidRequest, PermissionDenied, RouteNotFound
 
 COSTS: web.AppKey[CostTrackingService] = web.AppKey("cost_tracking", CostTrackingService)
 STORE: web.AppKey[AnalyticsStore] = web.AppKey("analytics_store", AnalyticsStore)
@@ -90,6 +90,14 @@ def check_store(request: web.Request, store: AnalyticsStore) -> None:
     asked = request.headers.get(STORE_HEADER)
     if asked is not None and asked != store_id(store.path):
         raise RouteNotFound(f"this service owns another analytics store than the one asked for ({STORE_HEADER})")
+
+
+def admin_only(request: web.Request, why: str) -> None:
+    """The analytics endpoints that see every tenant (SQL, the Parquet export): an admin key, and
+    the store the command asked for. ``why``: the refusal's message."""
+    if not request.app[AUTH].authenticate(request).admin:
+        raise PermissionDenied(why)
+    check_store(request, request.app[STORE])
 
 
 async def costs(request: web.Request) -> web.Response:

@@ -14,17 +14,22 @@ any user could bind its port and collect the key (a review).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import hashlib
 import logging
 import os
 import sys
+from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
 from gateway.settings import Settings
 from gateway.urls import http_url_problem
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: the kernel's tables of TCP sockets: a listening socket's local port and owner's uid
 TCP_TABLES = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
@@ -77,6 +82,54 @@ def store_headers(settings: Settings) -> dict[str, str]:
     from consumers.pipeline import analytics_path
 
     return {STORE_HEADER: store_id(analytics_path(settings))}
+
+
+class Unreachable(Exception):
+    """An address asked has no such service (nothing listens, or not the store's owner)."""
+
+
+def ask_owner(
+    settings: Settings,
+    url: str | None,
+    api_key: str | None,
+    ask: Callable[[str, str | None, Mapping[str, str]], Coroutine[Any, Any, T]],
+) -> tuple[T | None, list[str]]:
+    """``ask(address, key, store headers)`` of ``--url``, else of each :func:`owner_urls` in
+    turn (an :class:`Unreachable` one: the next); None when none answered, and the addresses
+    asked. With ``--url``, one that cannot be reached ends the command."""
+    urls = [url] if url else owner_urls(settings)
+    for candidate in urls:
+        try:
+            store = {} if url else store_headers(settings)
+            return asyncio.run(ask(candidate, api_key or settings.admin_key, store)), urls
+        except Unreachable as exc:
+            if url:
+                raise SystemExit(f"cannot reach {candidate}: {exc}; {owner_hint(settings)}") from exc
+    return None, urls
+
+
+def read_file(settings: Settings, urls: list[str], command: str, read: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """``read()`` from the store's file, when no address asked answered: said on stderr
+    (:func:`read_directly`); a refused input, or a store that cannot be read (missing, locked by
+    another process, a full disk), is one line and exit 1."""
+    import duckdb
+
+    from analytics.store import StoreError
+    from consumers.pipeline import analytics_path
+    from gateway.errors import InvalidRequest
+
+    try:
+        result = asyncio.run(read())
+    except InvalidRequest as exc:
+        raise SystemExit(f"llm-gateway {command}: {exc.message}") from exc
+    except (StoreError, duckdb.Error, OSError) as exc:
+        raise SystemExit(
+            f"nothing at {' or '.join(urls) or 'the usual ports'} serves the analytics store (a gateway whose "
+            f"projection runs in `llm-gateway consume` does not) and its file cannot be read: {exc}; "
+            f"{owner_hint(settings)}"
+        ) from exc
+    read_directly(analytics_path(settings), urls)
+    return result
 
 
 def owner_urls(settings: Settings) -> list[str]:

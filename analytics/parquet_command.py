@@ -9,14 +9,13 @@ into this configuration's (``export_dir``, default ``<data_dir>/export``).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 from collections.abc import Mapping
 from datetime import date
 from types import MappingProxyType
 from typing import Any
 
-from analytics.owner import owner_hint, owner_urls, read_directly, service_url, store_headers
+from analytics.owner import Unreachable, ask_owner, read_file, service_url
 from gateway.settings import Settings
 
 
@@ -46,10 +45,6 @@ def register(sub: Any) -> None:
     parser.set_defaults(run=run)
 
 
-class _Unreachable(Exception):
-    pass
-
-
 def _body(args: argparse.Namespace) -> dict[str, str]:
     return {name: value for name, value in (("from", args.first), ("to", args.last)) if value}
 
@@ -68,11 +63,11 @@ async def _from_service(
         ):
             doc = await r.json(content_type=None)
     except aiohttp.ClientConnectionError as exc:
-        raise _Unreachable(str(exc)) from exc
+        raise Unreachable(str(exc)) from exc
     except ValueError as exc:
         raise SystemExit(f"{endpoint} did not answer as an llm-gateway (not JSON: {exc})") from exc
     if r.status == 404:
-        raise _Unreachable(f"{url} has no export endpoint")  # not the store's owner: ask the next
+        raise Unreachable(f"{url} has no export endpoint")  # not the store's owner: ask the next
     if r.status != 200 or not isinstance(doc, dict):
         error = doc.get("error", {}) if isinstance(doc, dict) else {}
         raise SystemExit(f"error {r.status} ({error.get('code')}): {error.get('message', doc)}")
@@ -118,38 +113,14 @@ def render(doc: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    import duckdb
-
-    from analytics.store import StoreError
-    from gateway.errors import InvalidRequest
 
     if args.first and args.last and args.last < args.first:
         raise SystemExit("llm-gateway export-parquet: --to must not be before --from")
-    urls = [args.url] if args.url else owner_urls(settings)
-    doc = None
-    for url in urls:
-        try:
-            store = {} if args.url else store_headers(settings)
-            doc = asyncio.run(_from_service(url, args, args.api_key or settings.admin_key, store))
-            break
-        except _Unreachable as exc:
-            if args.url:
-                raise SystemExit(
-                    f"cannot reach {url}, or it has no analytics store ({exc}): {owner_hint(settings)}"
-                ) from exc
+    doc, urls = ask_owner(
+        settings, args.url, args.api_key, lambda url, key, store: _from_service(url, args, key, store)
+    )
     if doc is None:
-        try:
-            doc = asyncio.run(_from_file(settings, args))
-            from consumers.pipeline import analytics_path
-
-            read_directly(analytics_path(settings), urls)
-        except InvalidRequest as exc:
-            raise SystemExit(f"llm-gateway export-parquet: {exc.message}") from exc
-        except (StoreError, duckdb.Error, OSError) as exc:  # missing, locked by another process, a full disk
-            raise SystemExit(
-                f"nothing at {' or '.join(urls)} serves the analytics store and it cannot be exported from its "
-                f"file: {exc}; {owner_hint(settings)}"
-            ) from exc
+        doc = read_file(settings, urls, "export-parquet", lambda: _from_file(settings, args))
     print(json.dumps(doc, indent=2) if args.json else render(doc))
     return 0
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from analytics.owner import owner_hint, owner_urls, read_directly, service_url, store_headers
+from analytics.owner import Unreachable, ask_owner, owner_hint, read_directly, service_url
 from analytics.sql_limits import DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT, MAX_ROWS_LIMIT, MAX_TIMEOUT
 from gateway.settings import Settings
 
@@ -53,10 +53,6 @@ def register(sub: Any) -> None:
     parser.set_defaults(run=run)
 
 
-class _Unreachable(Exception):
-    pass
-
-
 async def _from_service(
     url: str, args: argparse.Namespace, api_key: str | None, hint: str, store: Mapping[str, str] = MappingProxyType({})
 ) -> SqlResult:
@@ -76,12 +72,12 @@ async def _from_service(
         ):
             doc = await response.json(content_type=None)
     except aiohttp.ClientConnectionError as exc:
-        raise _Unreachable(str(exc)) from exc
+        raise Unreachable(str(exc)) from exc
     except (aiohttp.ContentTypeError, ValueError) as exc:
         raise SystemExit(f"{endpoint} did not answer as an llm-gateway (not JSON: {exc})") from exc
     if response.status == 404:
         if not args.url:
-            raise _Unreachable(f"{url} has no SQL endpoint")  # not the store's owner: ask the next
+            raise Unreachable(f"{url} has no SQL endpoint")  # not the store's owner: ask the next
         raise SystemExit(f"{url} has no SQL endpoint: {hint}")
     if response.status != 200:
         error = doc.get("error", {}) if isinstance(doc, dict) else {}
@@ -151,18 +147,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise SystemExit(f"--max-rows must be from 1 to {MAX_ROWS_LIMIT}")
     if not 0 < args.timeout <= MAX_TIMEOUT:
         raise SystemExit(f"--timeout must be more than 0 and at most {MAX_TIMEOUT:g} seconds")
-    urls = [args.url] if args.url else owner_urls(settings)
+    hint = owner_hint(settings)
+    result, urls = ask_owner(
+        settings, args.url, args.api_key, lambda candidate, key, store: _from_service(candidate, args, key, hint, store)
+    )
     url = " or ".join(urls)
-    result = None
-    for candidate in urls:
-        try:
-            key = args.api_key or settings.admin_key
-            store = {} if args.url else store_headers(settings)
-            result = asyncio.run(_from_service(candidate, args, key, owner_hint(settings), store))
-            break
-        except _Unreachable as exc:
-            if args.url:
-                raise SystemExit(f"cannot reach {candidate}: {exc}") from exc
     if result is None:
         try:
             result = asyncio.run(_from_file(settings, args))

@@ -23,14 +23,14 @@ from typing import Any
 
 from aiohttp import web
 
-from analytics.http import AUTH, STORE, AnalyticsUnavailable, check_store
+from analytics.http import STORE, AnalyticsUnavailable, admin_only
 from analytics.sql import SqlError, SqlService
 from analytics.sql_limits import DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT, MAX_ROWS_LIMIT, MAX_TIMEOUT
 from analytics.store import StoreError
 from gateway.api.drain import at_stop
 from gateway.api.json_body import json_body
 from gateway.api.middleware import client_gone
-from gateway.errors import InvalidRequest, PermissionDenied
+from gateway.errors import InvalidRequest
 
 SQL: web.AppKey[SqlService] = web.AppKey("analytics_sql", SqlService)
 PATH = "/v1/analytics/sql"
@@ -38,10 +38,7 @@ FORMATS = ("json", "csv")
 
 
 async def sql_query(request: web.Request) -> web.Response:
-    principal = request.app[AUTH].authenticate(request)
-    if not principal.admin:
-        raise PermissionDenied("SQL analytics needs an admin API key: SQL sees every tenant's usage")
-    check_store(request, request.app[STORE])
+    admin_only(request, "SQL analytics needs an admin API key: SQL sees every tenant's usage")
     body = await _json_body(request)
     sql = body.get("sql")
     if not isinstance(sql, str) or not sql.strip():

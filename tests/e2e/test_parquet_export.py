@@ -4,9 +4,7 @@ alone; the files hold what the calls cost, to the last decimal."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -19,6 +17,7 @@ from gateway.server import server_installers
 from gateway.settings import Settings
 from tests.e2e.test_sql_endpoint import KEYS, chat, wait_for_rows
 from tests.support.gateway import running_gateway
+from tests.support.processes import run_command
 
 TODAY = datetime.now(UTC).date().isoformat()
 
@@ -49,19 +48,7 @@ def exported(directory: Path) -> list[tuple[Any, ...]]:
 
 
 async def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "export-parquet",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_command("export-parquet", *args, env=env)
 
 
 async def test_the_gateway_exports_what_its_calls_cost(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import threading
 import time
 from decimal import Decimal
@@ -19,6 +18,7 @@ from analytics.sql import SqlResult
 from gateway.server import server_installers
 from gateway.settings import ApiKey, Settings
 from tests.support.gateway import RunningGateway, running_gateway
+from tests.support.processes import run_command
 
 KEYS = [ApiKey(key="sk-tenant", tenant="acme"), ApiKey(key="sk-admin", tenant="ops", admin=True)]
 COUNT = "SELECT count(*) AS n FROM usage_facts"
@@ -66,19 +66,7 @@ async def wait_for_rows(gw: RunningGateway, count: int, key: str | None = "sk-ad
 
 
 async def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gateway",
-        "sql",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_command("sql", *args, env=env)
 
 
 async def test_only_admin_keys_may_run_sql(tmp_path: Path) -> None:

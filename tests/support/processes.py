@@ -36,6 +36,17 @@ REPO = Path(__file__).resolve().parents[2]
 _PASSED_THROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "VIRTUAL_ENV", "PYTHONPATH", "SSL_CERT_FILE")
 
 
+async def run_command(command: str, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """``python -m gateway <command> <args>`` to its end: its exit code, stdout and stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", command, *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
 def free_port() -> int:
     """A port nobody listens on now (bind to 0, then close)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
