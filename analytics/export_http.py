@@ -21,10 +21,10 @@ import duckdb
 from aiohttp import web
 
 from analytics.http import STORE, AnalyticsUnavailable, admin_only
-from analytics.parquet_export import export_range
+from analytics.parquet_export import ExportDirTaken, export_range
 from analytics.store import StoreError
 from gateway.api.json_body import json_body
-from gateway.errors import InvalidRequest
+from gateway.errors import GatewayError, InvalidRequest
 
 PATH = "/v1/analytics/export"
 EXPORT_DIR: web.AppKey[Path] = web.AppKey("analytics_export_dir", Path)
@@ -33,14 +33,50 @@ _LOCK: web.AppKey[asyncio.Lock] = web.AppKey("analytics_export_lock", asyncio.Lo
 FIELDS = ("from", "to")
 
 
+class ExportRefused(GatewayError):
+    """The store cannot be exported now (being rebuilt), or not into this directory."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "export_refused"
+
+
+class ExportFailed(GatewayError):
+    """The export directory could not be written (missing, a file, a full disk, no permission)."""
+
+    status = 503
+    type = "server_error"
+    code = "export_failed"
+
+
 async def export_parquet(request: web.Request) -> web.Response:
     admin_only(request, "the Parquet export needs an admin API key: its files hold every tenant's usage")
     first, last = parse_days(await json_body(request, empty={}))
     directory = request.app[EXPORT_DIR]
+    # a replay or the retention trim: their lock; a store being filled from the log: its days are
+    # partial (an export during a `replay --full` replaced ten good days with a tenth of their
+    # rows and answered 200: a review)
+    from consumers.replay_http import REPLAY
+
+    service = request.app.get(REPLAY)
+    lock = service.lock if service is not None else request.app[_LOCK]
+    if lock.locked():
+        raise ExportRefused(
+            "a replay, the log's retention trim or another export runs in this process: try again later"
+        )
     try:
-        async with request.app[_LOCK]:
+        async with lock:
+            if service is not None and not await service.whole():
+                raise ExportRefused(
+                    "the analytics store is being filled from the log (a new store catching up, or a full "
+                    "rebuild): its days are not whole yet; export once it is done (GET /healthz)"
+                )
             days = await export_range(request.app[STORE], directory, first, last)
-    except (StoreError, duckdb.Error, OSError) as exc:  # a store not open, a full disk, a directory gone
+    except ExportDirTaken as exc:
+        raise ExportRefused(str(exc), code="export_dir_taken") from exc
+    except OSError as exc:  # the directory gone, a file, full, not ours
+        raise ExportFailed(f"cannot write the export directory {directory}: {exc}") from exc
+    except (StoreError, duckdb.Error) as exc:  # a store not open, invalidated
         raise AnalyticsUnavailable(f"the export failed: {exc}") from exc
     body = {"object": "list", "directory": str(directory), "data": [day.to_dict() for day in days]}
     return web.json_response(body)
@@ -78,6 +114,6 @@ def parse_day(name: str, value: object) -> date | None:
 def install_export(app: web.Application, directory: Path) -> None:
     """Add ``POST /v1/analytics/export`` to an app on which ``install_analytics`` put the store and
     the authenticator. ``directory``: the export directory, among the store's allowed ones."""
-    app[EXPORT_DIR] = directory
+    app[EXPORT_DIR] = directory.absolute()  # the answer names it: not relative to the server's cwd
     app[_LOCK] = asyncio.Lock()
     app.router.add_post(PATH, export_parquet)

@@ -76,16 +76,27 @@ async def _from_service(
 
 async def _from_file(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     from analytics.export_http import parse_days
-    from analytics.parquet_export import export_range
+    from analytics.parquet_export import ExportDirTaken, export_range
     from analytics.store import AnalyticsStore
+    from consumers import catch_up
     from consumers.pipeline import analytics_path, export_path
+    from consumers.replay import pending_rebuild
 
     first, last = parse_days(_body(args))
-    directory = export_path(settings)
+    directory = export_path(settings).absolute()
     store = AnalyticsStore(analytics_path(settings), read_only=True, allowed_directories=[directory])
     await store.open()
     try:
+        if await catch_up.pending(store) or await pending_rebuild(store) is not None:
+            raise SystemExit(
+                "llm-gateway export-parquet: the analytics store is not whole (a full rebuild or a catch-up "
+                "was cut short): start the gateway (or consume) to finish it, then export"
+            )
         days = await export_range(store, directory, first, last)
+    except ExportDirTaken as exc:
+        raise SystemExit(f"llm-gateway export-parquet: {exc}") from exc
+    except OSError as exc:  # the directory, not the store: a file there, full, not ours
+        raise SystemExit(f"llm-gateway export-parquet: cannot write the export directory {directory}: {exc}") from exc
     finally:
         await store.close()
     return {"object": "list", "directory": str(directory), "data": [day.to_dict() for day in days]}

@@ -20,6 +20,7 @@ between two days of a long export, not after all of them.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import uuid
@@ -37,6 +38,37 @@ from gateway.pricing.base import money_text
 #: the facts' folder inside an export directory, and each day's file in it
 TABLE_DIR = "usage_facts"
 FILE_NAME = "usage.parquet"
+#: the file that names the store an export directory belongs to
+OWNER_FILE = ".llm-gateway-export.json"
+
+
+class ExportDirTaken(Exception):
+    """The export directory holds another store's export (see :func:`claim_directory`)."""
+
+
+def claim_directory(conn: duckdb.DuckDBPyConnection, directory: Path) -> None:
+    """Make ``directory`` this store's export directory, or raise :class:`ExportDirTaken` when it
+    is another store's: an export replaces the days of its range and removes those the store has
+    no facts for, so two stores (replicas, Kafka members, each with its own facts) exporting into
+    one directory deleted and overwrote each other's days (a review)."""
+    row = conn.execute("SELECT id FROM store_identity LIMIT 1").fetchone()
+    mine = str(row[0]) if row else ""
+    owner = directory / OWNER_FILE
+    try:
+        named = json.loads(owner.read_text(encoding="utf-8")).get("store")
+    except FileNotFoundError:
+        directory.mkdir(parents=True, exist_ok=True)
+        owner.write_text(json.dumps({"store": mine}), encoding="utf-8")
+        return
+    except (ValueError, AttributeError) as exc:  # not JSON, not an object: someone else's file
+        raise ExportDirTaken(f"{owner} cannot be read ({exc}): is this directory another program's?") from exc
+    if named != mine:
+        raise ExportDirTaken(
+            f"{directory} holds the export of another analytics store ({OWNER_FILE}): give each store "
+            "(each replica, each consume member) its own export_dir"
+        )
+
+
 _DAY_DIR = re.compile(r"^day=(\d{4}-\d{2}-\d{2})$")
 #: the UTC calendar day of an attempt (as in v_cost_daily and the rollup)
 _DAY = "CAST(timezone('UTC', created_at) AS DATE)"
@@ -113,6 +145,7 @@ def export_day(conn: duckdb.DuckDBPyConnection, directory: Path, day: date) -> E
         if not rows:
             _remove(target, folder)
             return ExportedDay(day, None, 0, Decimal(0), 0, 0)
+        made = not folder.is_dir()
         folder.mkdir(parents=True, exist_ok=True)
         temporary = folder / f".{FILE_NAME}.{uuid.uuid4().hex}.tmp"
         try:
@@ -125,6 +158,8 @@ def export_day(conn: duckdb.DuckDBPyConnection, directory: Path, day: date) -> E
             os.replace(temporary, target)
         except BaseException:
             temporary.unlink(missing_ok=True)
+            if made:  # no empty day folder left behind (a full disk)
+                _remove(target, folder)
             raise
     _fsync_dir(folder)
     return ExportedDay(day, day_path(day), int(rows), Decimal(cost), int(unpriced), target.stat().st_size)
@@ -178,8 +213,14 @@ def _fsync_dir(path: Path) -> None:
 async def export_range(
     store: AnalyticsStore, directory: Path, first: date | None, last: date | None
 ) -> list[ExportedDay]:
-    """Export each day of ``[first, last]`` (see :func:`days_to_export`), one store call a day."""
-    days = await store.run(lambda conn: days_to_export(conn, directory, first, last))
+    """Export each day of ``[first, last]`` (see :func:`days_to_export`), one store call a day,
+    into a directory this store owns (:func:`claim_directory`)."""
+
+    def claim_and_list(conn: duckdb.DuckDBPyConnection) -> list[date]:
+        claim_directory(conn, directory)
+        return days_to_export(conn, directory, first, last)
+
+    days = await store.run(claim_and_list)
     done = []
     for day in days:
         done.append(await store.run(lambda conn, day=day: export_day(conn, directory, day)))  # type: ignore[misc]

@@ -12,9 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from consumers import catch_up
 from consumers.pipeline import Pipeline
-from consumers.replay import pending_rebuild
 from consumers.replay_http import REPLAY
 from gateway.eventlog.factory import EMBEDDED_LOG_FILE
 from gateway.eventlog.retention import retention_plugin
@@ -31,10 +29,5 @@ def install_log_retention(
         return
     service = app[REPLAY]
 
-    async def steady() -> bool:
-        if pipeline.projector.stats.catching_up or (service.resuming is not None and not service.resuming.done()):
-            return False
-        return not await catch_up.pending(pipeline.store) and await pending_rebuild(pipeline.store) is None
-
     path = Path(settings.data_dir) / EMBEDDED_LOG_FILE
-    app.cleanup_ctx.append(retention_plugin(path, days, clock, steady=steady, lock=service.lock))
+    app.cleanup_ctx.append(retention_plugin(path, days, clock, steady=service.whole, lock=service.lock))

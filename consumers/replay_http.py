@@ -34,6 +34,7 @@ from aiohttp import web
 
 from analytics.http import check_store
 from analytics.store import AnalyticsStore
+from consumers import catch_up
 from consumers.projector import ProjectorStats
 from consumers.replay import PendingRebuild, Replayer, ReplayError, ReplayOptions, pending_rebuild
 from gateway.api.auth import Authenticator
@@ -68,6 +69,16 @@ class ReplayService:
     resuming: asyncio.Task[None] | None = None
     #: the live projector's stats, where ``/healthz`` shows such a rebuild
     stats: ProjectorStats | None = None
+
+    async def whole(self) -> bool:
+        """Whether the store holds the log as far as it has read it: no new store catching up with
+        it, no full rebuild pending or running (they read the log again from its start). The
+        retention trim and the Parquet export wait for it."""
+        if (self.stats is not None and self.stats.catching_up) or (
+            self.resuming is not None and not self.resuming.done()
+        ):
+            return False
+        return not await catch_up.pending(self.store) and await pending_rebuild(self.store) is None
 
     def replayer(self, book: PriceBook | None, progress: Any = None) -> Replayer:
         from consumers.pipeline import build_sinks

@@ -46,6 +46,8 @@ def _presented_key(request: web.Request) -> str | None:
     if header:
         scheme, _, token = header.partition(" ")
         if scheme.lower() == "bearer" and token.strip():
+            if key and key != token.strip():  # two keys: which one counts? (a re-test)
+                raise AuthenticationFailed("Two different API keys (Authorization and x-api-key): send one")
             return token.strip()
         if not key:
             raise AuthenticationFailed(

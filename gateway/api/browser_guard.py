@@ -44,7 +44,8 @@ def refuse_browser_cross_site(request: web.Request, *, loopback: bool) -> None:
     if loopback and not is_loopback_host(request.host):
         raise PermissionDenied(
             f"This gateway listens on loopback and takes requests for a loopback host, not {request.host[:100]!r} "
-            f"(a name pointed at this machine from a web page): {_HINT}",
+            f"(a name pointed at this machine from a web page; a reverse proxy in front: have it send "
+            f"'Host: 127.0.0.1'): {_HINT}",
             code="cross_site_refused",
         )
 

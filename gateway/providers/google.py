@@ -232,9 +232,11 @@ class GoogleProvider:
             # full counts) lowered the bill to the prompt in a re-test; the largest is the bill
             if piece.usage is not None and (usage is None or piece.usage.total_tokens >= usage.total_tokens):
                 usage = piece.usage
-            # an unreadable report (the final one, with the answer's counts) left the prompt-only
-            # report of the first event as the bill: the answer's tokens were free (a review)
-            unreadable = unreadable or piece.usage_unreadable
+            # the last report decides: an unreadable final one (with the answer's counts) left the
+            # prompt-only report of the first event as the bill, the answer's tokens free (a
+            # review); an unreadable one before a readable final one changes nothing (a re-test)
+            if piece.usage is not None or piece.usage_unreadable:
+                unreadable = piece.usage_unreadable
             has_call = has_call or piece.has_function_call
             if piece.raw_finish is not None:
                 finishing = piece

@@ -152,7 +152,7 @@ async def raw_status(url: str, head: bytes, body: bytes) -> tuple[int, dict]:
     parts = urlsplit(url)
     reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
     writer.write(
-        b"POST " + parts.path.encode() + b" HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"POST " + parts.path.encode() + b" HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
         + head + b"\r\ncontent-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body
     )  # fmt: skip
     answer = await reader.read()

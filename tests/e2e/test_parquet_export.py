@@ -47,8 +47,8 @@ def exported(directory: Path) -> list[tuple[Any, ...]]:
         ).fetchall()
 
 
-async def cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    return await run_command("export-parquet", *args, env=env)
+async def cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> tuple[int, str, str]:
+    return await run_command("export-parquet", *args, env=env, cwd=cwd)
 
 
 async def test_the_gateway_exports_what_its_calls_cost(tmp_path: Path) -> None:
@@ -109,3 +109,37 @@ async def test_the_command_asks_the_gateway_then_reads_the_file(tmp_path: Path) 
     assert code == 2 and "YYYY-MM-DD" in err
     code, _, err = await cli("--from", "2026-03-02", "--to", "2026-03-01", env=env)
     assert code != 0 and "--to must not be before --from" in err
+
+
+async def test_an_export_waits_for_a_whole_store_and_names_a_directory_it_cannot_write(tmp_path: Path) -> None:
+    """During a full rebuild (or a new store's catch-up) the store's days are partial: an export
+    then replaced ten good days with a tenth of their rows and answered 200 (a re-test). A
+    directory it cannot write is the export's 503, not "the analytics store is unavailable"."""
+    from analytics.http import STORE
+    from consumers.replay import REBUILD_TABLE
+
+    async with embedded(tmp_path, export_dir=tmp_path / "export") as gw:
+        await chat(gw)
+        await wait_for_rows(gw, 1, key=None)
+        store = gw.app[STORE]
+        await store.run(lambda c: c.execute(f"INSERT INTO {REBUILD_TABLE} (started_at, reprice) VALUES (now(), false)"))
+        status, body = await post_export(gw, {}, key=None)
+        assert status == 409 and body["error"]["code"] == "export_refused" and "rebuild" in body["error"]["message"]
+        await store.run(lambda c: c.execute(f"DELETE FROM {REBUILD_TABLE}"))
+        (tmp_path / "export").write_text("a file where the directory should be")
+        status, body = await post_export(gw, {}, key=None)
+        assert status == 503 and body["error"]["code"] == "export_failed", body
+        assert str(tmp_path / "export") in body["error"]["message"]
+    assert (tmp_path / "export").read_text() == "a file where the directory should be"
+
+
+async def test_a_relative_export_dir_is_answered_as_the_server_resolved_it(tmp_path: Path) -> None:
+    env = {"LLM_GATEWAY_DATA_DIR": str(tmp_path), "LLM_GATEWAY_PORT": "1", "PATH": "/usr/bin:/bin"}
+    async with embedded(tmp_path) as gw:
+        await chat(gw)
+        await wait_for_rows(gw, 1, key=None)
+        status, body = await post_export(gw, {}, key=None)
+    assert status == 200 and Path(body["directory"]).is_absolute()
+    code, out, err = await cli("--json", env={**env, "LLM_GATEWAY_EXPORT_DIR": "relative-export"}, cwd=tmp_path)
+    assert code == 0, err
+    assert json.loads(out)["directory"] == str(tmp_path / "relative-export")

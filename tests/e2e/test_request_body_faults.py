@@ -21,7 +21,7 @@ async def exchange(gw: RunningGateway, head: bytes, body: bytes, *, close: bool 
     """Send a raw request; read the answer, or close after the body when ``close``."""
     url = urlsplit(gw.url)
     reader, writer = await asyncio.open_connection(url.hostname, url.port)
-    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n" + head)
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n" + head)
     writer.write(b"\r\n" + body)
     await writer.drain()
     if close:
@@ -81,7 +81,7 @@ async def test_a_client_gone_mid_body_is_no_500(
 async def fetch_metrics(gw: RunningGateway) -> str:
     url = urlsplit(gw.url)
     reader, writer = await asyncio.open_connection(url.hostname, url.port)
-    writer.write(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+    writer.write(b"GET /metrics HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
     data = await asyncio.wait_for(reader.read(), 5)
     writer.close()
     return data.decode()

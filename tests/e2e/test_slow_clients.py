@@ -37,7 +37,7 @@ def stalled_stream(url: str) -> socket.socket:
     sock.connect((host, int(port)))
     body = json.dumps({"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}], "stream": True}).encode()
     head = (
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     )
     sock.sendall(head.encode() + body)

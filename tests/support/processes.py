@@ -36,10 +36,12 @@ REPO = Path(__file__).resolve().parents[2]
 _PASSED_THROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "VIRTUAL_ENV", "PYTHONPATH", "SSL_CERT_FILE")
 
 
-async def run_command(command: str, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """``python -m gateway <command> <args>`` to its end: its exit code, stdout and stderr."""
+async def run_command(
+    command: str, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> tuple[int, str, str]:
+    """``python -m gateway <command> <args>`` to its end (in ``cwd``): its exit code, stdout and stderr."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", command, *args, env=env,
+        sys.executable, "-m", "gateway", command, *args, env=env, cwd=cwd,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await proc.communicate()

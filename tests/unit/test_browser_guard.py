@@ -63,6 +63,9 @@ def test_with_keys_the_key_decides_and_two_keys_are_refused() -> None:
     with pytest.raises(AuthenticationFailed) as info:
         auth.authenticate(both)  # which one counted? the first, silently (a review)
     assert info.value.param == "authorization"
+    with pytest.raises(AuthenticationFailed):  # Authorization won over x-api-key, silently (a re-test)
+        auth.authenticate(request(authorization="Bearer sk-a", **{"x-api-key": "sk-b"}))
+    assert auth.authenticate(request(authorization="Bearer sk-a", **{"x-api-key": "sk-a"})).tenant == "a"
 
 
 @pytest.mark.parametrize(

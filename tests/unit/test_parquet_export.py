@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from analytics.parquet_export import FILE_NAME, TABLE_DIR, days_to_export, export_day, export_range
+from analytics.parquet_export import FILE_NAME, OWNER_FILE, TABLE_DIR, days_to_export, export_day, export_range
 from analytics.store import AnalyticsStore
 from consumers.sinks.duckdb import DuckDBSink
 from tests.unit.test_usage_daily import event, mixed_events
@@ -26,7 +26,8 @@ async def writer(tmp_path: Path) -> tuple[AnalyticsStore, Path]:
 
 
 def files(export: Path) -> list[str]:
-    return sorted(str(p.relative_to(export)) for p in export.rglob("*") if p.is_file())
+    """The files of an export, but the one naming its store (``OWNER_FILE``)."""
+    return sorted(str(p.relative_to(export)) for p in export.rglob("*") if p.is_file() and p.name != OWNER_FILE)
 
 
 async def read_back(store: AnalyticsStore, export: Path, query: str) -> list[tuple[object, ...]]:
@@ -158,4 +159,43 @@ async def test_the_last_day_a_date_can_be_has_no_day_after_it(tmp_path: Path) ->
     store, export = await writer(tmp_path)
     assert await store.run(lambda c: days_to_export(c, export, date.max, date.max)) == []
     assert (await store.run(lambda c: export_day(c, export, date.max))).rows == 0
+    await store.close()
+
+
+async def test_two_stores_never_share_an_export_directory(tmp_path: Path) -> None:
+    """Each store's export replaces its days and removes those it has no facts for: two replicas
+    (or Kafka members) given one directory deleted and overwrote each other's (a re-test)."""
+    from analytics.parquet_export import ExportDirTaken
+
+    export = tmp_path / "export"
+    first = AnalyticsStore(tmp_path / "a.duckdb", allowed_directories=[export])
+    second = AnalyticsStore(tmp_path / "b.duckdb", allowed_directories=[export])
+    for store, day in ((first, MIDNIGHT), (second, MIDNIGHT + timedelta(days=1))):
+        await store.open()
+        sink = DuckDBSink(store)
+        await sink.start()
+        await sink.apply([event("acme", Decimal(1), day)])
+    await export_range(first, export, None, None)
+    assert (export / OWNER_FILE).is_file()
+    with pytest.raises(ExportDirTaken, match="another analytics store"):
+        await export_range(second, export, None, None)
+    assert files(export) == [f"{TABLE_DIR}/day=2026-03-02/{FILE_NAME}"]  # the first's, untouched
+    await export_range(first, export, None, None)  # its own, again
+    await first.close()
+    await second.close()
+
+
+async def test_a_failed_write_leaves_no_empty_day_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, export = await writer(tmp_path)
+    sink = DuckDBSink(store)
+    await sink.start()
+    await sink.apply([event("acme", Decimal(1), MIDNIGHT)])
+
+    def fail(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("analytics.parquet_export._fsync", fail)
+    with pytest.raises(OSError, match="No space"):
+        await export_range(store, export, None, None)
+    assert not (export / TABLE_DIR / "day=2026-03-02").exists()  # a disk-full export left it (a re-test)
     await store.close()

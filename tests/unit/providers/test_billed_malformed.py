@@ -207,6 +207,13 @@ GEMINI_STREAMS = {
         "Hi!",
         None,
     ),
+    # an unreadable report before the final one, readable: the final one is the bill (it was
+    # unpriced: a re-test)
+    "an unreadable report before a readable final one": (
+        [_gemini_event("Hi") | {"usageMetadata": {"promptTokenCount": None}}, _gemini_event("!", "STOP", (1000, 500))],
+        "Hi!",
+        Usage(1000, 500),
+    ),
     "a fractional final count": (
         [_gemini_event("Hi", None, (1000,)), _gemini_event("!", "STOP", (1000, 500.0))],  # type: ignore[arg-type]
         "Hi!",
