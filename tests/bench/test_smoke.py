@@ -100,3 +100,11 @@ def test_health_recall_smoke_run() -> None:
     done = smoke_run("health_recall", timeout=120)
     row = next(line for line in done.stdout.splitlines() if line.startswith("| recall into the health view"))
     assert row.split("|")[2].strip() == "5,000", done.stdout
+
+
+def test_parquet_export_smoke_run() -> None:
+    """The Parquet export bench checks that its day files and the one-COPY baseline hold every
+    fact and the same cost (a difference exits non-zero), and prints both."""
+    done = smoke_run("parquet_export", timeout=120)
+    row = next(line for line in done.stdout.splitlines() if line.startswith("| export-parquet, 3 day files"))
+    assert row.split("|")[2].strip() == "20,000", done.stdout
