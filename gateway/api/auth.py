@@ -37,12 +37,13 @@ def key_id(key: str) -> str:
 
 
 def _presented_key(request: web.Request) -> str | None:
-    for name in ("authorization", "x-api-key", "api-key"):
-        if len(request.headers.getall(name, ())) > 1:
-            # which one would count? The first won, silently (a review)
+    headers = request.headers
+    key = headers.get("x-api-key") or headers.get("api-key")
+    header = headers.get("authorization")
+    # two of one header: which one would count? The first won, silently (a review)
+    for name in ("authorization", "x-api-key", "api-key") if key is not None else ("authorization",):
+        if len(headers.getall(name, ())) > 1:
             raise AuthenticationFailed(f"More than one {name!r} header: send one", param=name)
-    key = request.headers.get("x-api-key") or request.headers.get("api-key")
-    header = request.headers.get("authorization")
     if header:
         scheme, _, token = header.partition(" ")
         if scheme.lower() == "bearer" and token.strip():

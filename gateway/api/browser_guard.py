@@ -20,6 +20,7 @@ has no key to send, and browsers add no ``Authorization`` header of their own.
 from __future__ import annotations
 
 import ipaddress
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -59,6 +60,7 @@ def _loopback_origin(origin: str) -> bool:
     return parts.scheme in ("http", "https") and host is not None and _loopback_name(host)
 
 
+@lru_cache(maxsize=256)  # a request's Host, parsed (2 µs) once per distinct one
 def is_loopback_host(host: str) -> bool:
     """Whether a ``Host`` header (``name[:port]``, ``[v6][:port]``) names this machine's loopback."""
     host = host.strip()
