@@ -253,6 +253,8 @@ class Projector:
                 await sink.start()
             except SinkError as e:
                 log.warning("sink %s is not available yet (%s): will retry", sink.name, e)
+                # /healthz said nothing of it until the first batch (a review)
+                self.stats.note_error(f"sink {sink.name} not available at start: {e}")
 
     async def close(self) -> None:
         for sink in self.sinks:

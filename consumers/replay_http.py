@@ -140,6 +140,24 @@ async def resume_rebuild(app: web.Application) -> None:
         service.resuming = asyncio.create_task(_resume(service, pending), name="rebuild-resume")
 
 
+async def _resume_if_cut(service: ReplayService) -> bool:
+    """After a full rebuild that failed once the stores were emptied (a store down past the
+    replay's retries): run it again in the background until it succeeds, as at a start. It was
+    left so until a restart: the costs answered $0 and ``/healthz`` said ok (a review)."""
+    if service.resuming is not None and not service.resuming.done():
+        return True
+    try:
+        pending = await pending_rebuild(service.store)
+    except Exception:  # the store itself cannot say: the next start will
+        log.exception("cannot tell whether the stopped full rebuild left the stores short")
+        return False
+    if pending is None:
+        return False
+    log.warning("the full rebuild stopped short: the stores miss part of the log; it runs again in the background")
+    service.resuming = asyncio.create_task(_resume(service, pending), name="rebuild-resume")
+    return True
+
+
 async def _resume(service: ReplayService, pending: PendingRebuild) -> None:
     """Until it succeeds: the same rebuild with the same prices, shown in ``/healthz`` (``rebuild``
     under the projector) while it runs or waits to run again."""
@@ -301,6 +319,14 @@ async def _stream(
         report = await replayer.run(options)
     except ReplayError as e:
         message: dict[str, Any] = {"type": "error", "message": str(e)}
+        if options.full and await _resume_if_cut(service):
+            message["message"] += (
+                "; the stores miss part of the log: the rebuild runs again in the background (/healthz)"
+            )
+    except Exception:  # a bug: the stores may be short all the same
+        if options.full:
+            await _resume_if_cut(service)
+        raise
     else:
         message = {"type": "result", "report": report.to_dict()}
     finally:

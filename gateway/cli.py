@@ -93,6 +93,7 @@ async def _serve(settings: Settings, simulate: bool) -> None:
     from aiohttp import web
 
     from gateway.api.drain import CANCELLED, RUNNER_BACKSTOP
+    from gateway.api.state import STATE
     from gateway.app import create_app
     from gateway.server import server_installers
 
@@ -122,6 +123,15 @@ async def _serve(settings: Settings, simulate: bool) -> None:
         await runner.cleanup()
         for sim in sims:
             await sim.stop()
+    lost = app[STATE].event_log.lost() if STATE in app else 0
+    if lost:
+        # the data dir refused them to the end (a full disk): not "their events are on the log"
+        log.error(
+            "llm-gateway stopped: %d usage event(s) of answered calls could not be written (the data dir "
+            "refused them to the end: a full disk?); each is in an ERROR line above, not on the log",
+            lost,
+        )
+        raise SystemExit(1)
     if stopping and CANCELLED in app and app[CANCELLED]:  # a log alone tells a clean stop from a kill (a review)
         log.info(
             "llm-gateway stopped: %d call(s) still running after the shutdown timeout were cancelled; "

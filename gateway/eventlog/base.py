@@ -43,6 +43,11 @@ class EventLog(Protocol):
         """Events accepted but not yet on the durable log (the spool depth)."""
         ...
 
+    def lost(self) -> int:
+        """Events accepted that ``close`` could not put on the durable log (its file refused them
+        to the end): each was logged in full at ERROR."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class LogRecord:

@@ -130,6 +130,9 @@ class KafkaEventLog:
         acked = self._acked[2] if self._acked is not None else 0
         return max(self._spool.count() - acked, 0) + self._staged.staged() + self._spool.held()
 
+    def lost(self) -> int:
+        return self._spool.lost
+
     async def start(self) -> None:
         if self._forwarder is not None:
             return
@@ -171,7 +174,7 @@ class KafkaEventLog:
                 await self._checkpoints
             self._checkpoints = None
         left = self.pending()
-        await asyncio.to_thread(self._spool.close)
+        await asyncio.to_thread(self._spool.close, max(deadline - loop.time(), 1.0))
         if self._lock is not None:
             os.close(self._lock)  # releases it
             self._lock = None

@@ -39,6 +39,9 @@ class MemoryEventLog:
     def pending(self) -> int:
         return 0
 
+    def lost(self) -> int:
+        return 0
+
     async def wait_for(self, count: int, timeout: float = 5.0) -> list[UsageEvent]:
         """Wait until at least ``count`` events arrived (tests)."""
         async with asyncio.timeout(timeout):

@@ -156,6 +156,8 @@ class SqliteOutbox:
         #: rows the file refused (see the module docstring), oldest first; guarded by _held_lock,
         #: which is taken before _write_lock
         self._held: list[tuple[str | None, bytes, int]] = []
+        #: held rows the file still refused when it closed: logged in full, not on the log
+        self.lost = 0
         self._held_lock = threading.Lock()
 
     # --- writer side (event loop) ---------------------------------------------------------------
@@ -307,16 +309,23 @@ class SqliteOutbox:
                 if not self._closed:
                     self._writer.execute("PRAGMA wal_autocheckpoint=1000")
 
-    def close(self) -> None:
-        """Write the held rows if the file takes them now (else log each in full), checkpoint
-        what is left and close the connections (idempotent)."""
-        if not self._closed and self._held and not self.retry_held():
-            with self._held_lock:
-                for _key, value, _ts in self._held:
-                    log.error(
-                        "usage event NOT stored in %s (closing while it refuses it): %s", self.path, value.decode()
-                    )
-                self._held = []
+    def close(self, retry_for: float = 0.0) -> None:
+        """Write the held rows if the file takes them within ``retry_for`` seconds (else log each
+        in full and count it ``lost``), checkpoint what is left and close the connections
+        (idempotent). A stop on a full disk gave up on the first try: a review's SIGTERM lost
+        the events of 315 answered calls, and said they were on the log."""
+        deadline = time.monotonic() + retry_for
+        while not self._closed and self._held and not self.retry_held():
+            if time.monotonic() >= deadline:
+                with self._held_lock:
+                    for _key, value, _ts in self._held:
+                        log.error(
+                            "usage event NOT stored in %s (closing while it refuses it): %s", self.path, value.decode()
+                        )
+                    self.lost += len(self._held)
+                    self._held = []
+                break
+            time.sleep(min(0.25, max(deadline - time.monotonic(), 0.0)))
         with self._checkpoint_lock, self._write_lock, self._read_lock:
             if self._closed:
                 return
@@ -411,11 +420,14 @@ class SqliteEventLog:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._checkpoints
             self._checkpoints = None
-        await asyncio.to_thread(self._outbox.close)
+        await asyncio.to_thread(self._outbox.close, timeout)
 
     def pending(self) -> int:
         # the file is the log: only staged events wait, and those a failing file refused (held)
         return self._staged.staged() + self._outbox.held()
+
+    def lost(self) -> int:
+        return self._outbox.lost
 
 
 class SqliteLogReader:

@@ -738,3 +738,37 @@ async def test_a_dry_run_writes_no_cost_store(tmp_path: Path) -> None:
     assert report["dryRun"] and report["recordsRead"] > 0
     assert not analytics_path(settings).exists()
     assert sorted(os.listdir(settings.data_dir)) == ["events.sqlite3"]
+
+
+async def test_a_full_rebuild_that_fails_once_the_stores_are_emptied_runs_again_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store down past the replay's own retries stopped ``replay --full`` after it had emptied
+    the stores: they stayed short until the next restart, ``/v1/costs`` answered $0 and
+    ``/healthz`` said ok (a review). The service now runs it again in the background, as a
+    start does, and says so in its answer."""
+    settings = settings_for(tmp_path)
+    await record(SqliteEventLog(embedded_log_path(settings)))
+    await project(settings)
+    before, _ = await read_file_store(settings)
+    writing = Replayer._replay
+    failures = [ReplayError("the Postgres sink is unavailable: connection refused")]
+
+    async def fails_once(self: Any, *args: Any) -> None:
+        if failures:
+            raise failures.pop()
+        await writing(self, *args)
+
+    monkeypatch.setattr(Replayer, "_replay", fails_once)
+    runner, pipeline = await serve_store(settings)
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/admin/replay"
+        async with aiohttp.ClientSession() as s, s.post(url, json={"full": True}) as r:
+            lines = [json.loads(line) for line in (await r.text()).splitlines()]
+        assert lines[-1]["type"] == "error" and "runs again in the background" in lines[-1]["message"], lines
+        async with asyncio.timeout(30):
+            while await pipeline.store.fetchall("SELECT * FROM rebuild_pending"):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        assert await costs(pipeline.store) == before  # the whole log again, without a restart
+    finally:
+        await runner.cleanup()

@@ -296,6 +296,21 @@ async def test_paused_state_is_visible_while_waiting() -> None:
     assert projector.stats.paused is False
 
 
+async def test_a_sink_unavailable_at_start_is_in_health_before_any_event() -> None:
+    """An idle gateway whose Postgres was down at start showed ``ok`` and no error until its
+    first call (a review)."""
+
+    class DownAtStart(RecordingSink):
+        async def start(self) -> None:
+            raise SinkError(self.name, "connection refused")
+
+    projector = Projector(RestartableLog(), [DownAtStart("postgres")], MemoryDeadLetters())
+    await projector.start()
+    health = projector.stats.health()
+    assert health["lastError"] == "sink postgres not available at start: postgres: connection refused"
+    assert health["lastErrorAt"] is not None
+
+
 async def test_the_lag_is_measured_while_paused() -> None:
     """A store down for a while: the backlog grows and the lag shows it (it read 0 throughout a
     22 s Postgres outage, then jumped once the store was back)."""

@@ -562,3 +562,41 @@ async def test_two_gateways_on_one_kafka_spool_are_refused_at_start(tmp_path: Pa
     await first.close(timeout=0.1)
     again = KafkaEventLog("127.0.0.1:1", "llm.usage", spool)  # the first one's stop released it
     await again.close(timeout=0.1)
+
+
+async def test_a_stop_on_a_full_disk_waits_for_room_then_counts_what_it_could_not_write(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The close gave up on its first try: a review's SIGTERM on a full disk lost the events of
+    315 answered calls, and the stop line said they were on the log. It retries for its timeout
+    (room made meanwhile: every event written), then counts what the file still refused."""
+    path = tmp_path / "events.sqlite3"
+    log = SqliteEventLog(path)
+    await log.start()
+    writer = _fill(log)
+    events = [make_event(i) for i in range(20)]
+    for event in events:
+        log.publish(event)
+    assert log.pending() > 0  # the file takes a few, then refuses the rest
+
+    async def room_in_a_moment() -> None:
+        await asyncio.sleep(0.3)
+        writer.execute("PRAGMA max_page_count=1073741823")
+
+    freeing = asyncio.create_task(room_in_a_moment())
+    await log.close(timeout=5.0)
+    await freeing
+    assert stored_ids(path, "events") == [e.event_id for e in events] and log.lost() == 0
+    assert "NOT stored" not in caplog.text
+    # a file that refuses to the end: logged in full and counted, after the timeout
+    other = SqliteEventLog(tmp_path / "other.sqlite3")
+    await other.start()
+    _fill(other)
+    for event in events:
+        other.publish(event)
+    refused = other.pending()
+    assert refused > 0
+    started = time.monotonic()
+    await other.close(timeout=0.5)
+    assert 0.4 < time.monotonic() - started < 3 and other.lost() == refused
+    assert f"usage event NOT stored in {tmp_path / 'other.sqlite3'}" in caplog.text
