@@ -42,9 +42,10 @@ def refuse_browser_cross_site(request: web.Request, *, loopback: bool) -> None:
     if headers.get("sec-fetch-site") == "cross-site":
         raise PermissionDenied(f"A cross-site browser request may not call a gateway without API keys: {_HINT}",
                                code="cross_site_refused")  # fmt: skip
-    if loopback and not is_loopback_host(request.host):
+    # no Host at all (HTTP/1.0, an in-process call): no browser sent it
+    if loopback and (host := headers.get("host")) and not is_loopback_host(host):
         raise PermissionDenied(
-            f"This gateway listens on loopback and takes requests for a loopback host, not {request.host[:100]!r} "
+            f"This gateway listens on loopback and takes requests for a loopback host, not {host[:100]!r} "
             f"(a name pointed at this machine from a web page; a reverse proxy in front: have it send "
             f"'Host: 127.0.0.1'): {_HINT}",
             code="cross_site_refused",

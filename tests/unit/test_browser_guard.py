@@ -47,6 +47,9 @@ def test_on_loopback_a_name_pointed_at_it_is_refused() -> None:
     (a GET carries no Origin), so the Host says it."""
     with pytest.raises(PermissionDenied):
         Authenticator([], "default", loopback=True).authenticate(request("rebind.evil.example:8080"))
+    # no Host at all: no browser sends that (HTTP/1.0, an in-process call; the request-path bench's)
+    no_host = make_mocked_request("POST", "/v1/chat/completions", headers={})
+    assert Authenticator([], "default", loopback=True).authenticate(no_host).admin
     # listening beyond loopback (compose's service name, a pod's), any host is taken
     assert Authenticator([], "default", loopback=False).authenticate(request("gateway:8080")).admin
 
