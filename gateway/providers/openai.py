@@ -77,7 +77,7 @@ class OpenAIProvider:
             model=request.model,
             stream=stream,
             chat_max_tokens_field=self.chat_max_tokens_field,
-            parallel_tool_calls=self.takes_parallel_tool_calls(request.model),
+            parallel_tool_calls=request.tools is None or self.takes_parallel_tool_calls(request.model),
         )
         return Target(f"{self._base}/{wire.endpoint(request)}", None, body)
 
