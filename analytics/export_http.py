@@ -74,7 +74,7 @@ async def export_parquet(request: web.Request) -> web.Response:
             days = await export_range(request.app[STORE], directory, first, last)
     except ExportDirTaken as exc:
         raise ExportRefused(str(exc), code="export_dir_taken") from exc
-    except OSError as exc:  # the directory gone, a file, full, not ours
+    except (OSError, duckdb.IOException) as exc:  # the directory gone, a file, full (DuckDB's write), not ours
         raise ExportFailed(f"cannot write the export directory {directory}: {exc}") from exc
     except (StoreError, duckdb.Error) as exc:  # a store not open, invalidated
         raise AnalyticsUnavailable(f"the export failed: {exc}") from exc

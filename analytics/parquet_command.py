@@ -75,6 +75,8 @@ async def _from_service(
 
 
 async def _from_file(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    import duckdb
+
     from analytics.export_http import parse_days
     from analytics.parquet_export import ExportDirTaken, export_range
     from analytics.store import AnalyticsStore
@@ -95,7 +97,7 @@ async def _from_file(settings: Settings, args: argparse.Namespace) -> dict[str, 
         days = await export_range(store, directory, first, last)
     except ExportDirTaken as exc:
         raise SystemExit(f"llm-gateway export-parquet: {exc}") from exc
-    except OSError as exc:  # the directory, not the store: a file there, full, not ours
+    except (OSError, duckdb.IOException) as exc:  # the directory, not the store: a file there, full, not ours
         raise SystemExit(f"llm-gateway export-parquet: cannot write the export directory {directory}: {exc}") from exc
     finally:
         await store.close()

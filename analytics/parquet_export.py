@@ -57,8 +57,19 @@ def claim_directory(conn: duckdb.DuckDBPyConnection, directory: Path) -> None:
     try:
         named = json.loads(owner.read_text(encoding="utf-8")).get("store")
     except FileNotFoundError:
+        if any(exported_days(directory)):
+            # day files and no owner (the file deleted): whose are they? Claimed, another store's
+            # export wiped them, and their store could not export again (a re-test)
+            raise ExportDirTaken(
+                f"{directory} holds day files but no {OWNER_FILE}: restore it, or empty the directory"
+            ) from None
         directory.mkdir(parents=True, exist_ok=True)
-        owner.write_text(json.dumps({"store": mine}), encoding="utf-8")
+        written = directory / f".{OWNER_FILE}.{uuid.uuid4().hex}.tmp"
+        try:  # whole or not at all: an empty file after a full disk held the directory for good
+            written.write_text(json.dumps({"store": mine}), encoding="utf-8")
+            os.replace(written, owner)
+        finally:
+            written.unlink(missing_ok=True)
         return
     except (ValueError, AttributeError) as exc:  # not JSON, not an object: someone else's file
         raise ExportDirTaken(f"{owner} cannot be read ({exc}): is this directory another program's?") from exc

@@ -182,6 +182,18 @@ async def _resume(service: ReplayService, pending: PendingRebuild) -> None:
         shown.update(state="running", error=None)
         try:
             async with service.lock:
+                # another replay may have rebuilt the stores meanwhile (an operator's `replay
+                # --full` during the wait): running this one then emptied them again and undid
+                # its prices (a re-test)
+                now_pending = await pending_rebuild(service.store)
+                if now_pending is None:
+                    log.info("the interrupted full rebuild is not pending any more: another replay did it")
+                    if service.stats is not None:
+                        service.stats.rebuild = None
+                    return
+                if now_pending.started_at != pending.started_at:  # a newer one, cut short too: its prices
+                    pending, book = now_pending, now_pending.price_book(service.settings.price_file)
+                    shown["begun"] = pending.started_at.isoformat()
                 report = await service.replayer(book, progress).run(pending.options())
         except Exception as e:
             if isinstance(e, ReplayError):
@@ -293,7 +305,9 @@ async def replay_handler(request: web.Request) -> web.StreamResponse:
             raise InvalidRequest(str(e), param="prices") from e
     lock = service.lock
     if lock.locked():
-        raise ReplayBusy("a replay, or the log's retention trim, is running in this process: try again later")
+        raise ReplayBusy(
+            "a replay, the log's retention trim or a Parquet export is running in this process: try again later"
+        )
     async with lock:
         return await _stream(request, service, options, book)
 

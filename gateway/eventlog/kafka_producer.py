@@ -178,7 +178,8 @@ class KafkaEventLog:
         if self._lock is not None:
             os.close(self._lock)  # releases it
             self._lock = None
-        if left:
+        left -= self._spool.lost  # those its file refused to the end: logged at ERROR, not in it
+        if left > 0:
             log.warning(
                 "Kafka event log closed with %d usage events left in the spool %s; "
                 "they are forwarded at the next start",

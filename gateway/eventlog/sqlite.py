@@ -218,6 +218,7 @@ class SqliteOutbox:
         self._held.extend(rows[:room])
         for _key, value, _ts in rows[room:]:
             log.error("usage event NOT stored in %s (%d held already): %s", self.path, MAX_HELD_ROWS, value.decode())
+        self.lost += len(rows[room:])  # the stop counts them too (a re-test found them left out)
 
     def retry_held(self) -> int:
         """Write the held rows if the file takes them now; how many it took."""
@@ -318,6 +319,8 @@ class SqliteOutbox:
         while not self._closed and self._held and not self.retry_held():
             if time.monotonic() >= deadline:
                 with self._held_lock:
+                    # what fits one by one (room for some: all or nothing lost them all, a re-test)
+                    self._held = self._held[self._append_while_taken(self._held) :]
                     for _key, value, _ts in self._held:
                         log.error(
                             "usage event NOT stored in %s (closing while it refuses it): %s", self.path, value.decode()

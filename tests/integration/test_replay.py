@@ -772,3 +772,53 @@ async def test_a_full_rebuild_that_fails_once_the_stores_are_emptied_runs_again_
         assert await costs(pipeline.store) == before  # the whole log again, without a restart
     finally:
         await runner.cleanup()
+
+
+async def test_a_rebuild_waiting_to_run_again_leaves_a_newer_replay_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rebuild waiting out its backoff ran after an operator's own `replay --full` had rebuilt
+    the stores, emptied them again and undid that replay's prices (a re-test): it runs only while
+    its rebuild is still the pending one."""
+    import consumers.replay_http as replay_http
+
+    monkeypatch.setattr(replay_http, "RESUME_RETRY", 2.0)
+    settings = settings_for(tmp_path)
+    await record(SqliteEventLog(embedded_log_path(settings)))
+    await project(settings)
+    before, _ = await read_file_store(settings)
+    writing = Replayer._replay
+    runs: list[str] = []
+    failures = [ReplayError("postgres: down"), ReplayError("postgres: still down")]
+
+    async def fails_twice(self: Any, *args: Any) -> None:
+        runs.append("run")
+        if failures:
+            raise failures.pop()
+        await writing(self, *args)
+
+    monkeypatch.setattr(Replayer, "_replay", fails_twice)
+    runner, pipeline = await serve_store(settings)
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/admin/replay"
+        async with aiohttp.ClientSession() as s:
+            async with s.post(url, json={"full": True}) as r:
+                assert "runs again in the background" in (await r.text())
+            service = runner.app[REPLAY]
+            async with asyncio.timeout(10):
+                while len(runs) < 2:  # noqa: ASYNC110 - the background run failed too: it waits
+                    await asyncio.sleep(0.01)
+            for _ in range(100):  # the operator's own, which succeeds (409 while the failed run lets go)
+                async with s.post(url, json={"full": True}) as r:
+                    if r.status != 409:
+                        assert '"type": "result"' in (await r.text())
+                        break
+                await asyncio.sleep(0.02)
+        assert service.resuming is not None
+        async with asyncio.timeout(10):
+            await service.resuming
+        assert runs == ["run"] * 3  # not a fourth: the waiting rebuild saw nothing pending
+        assert await costs(pipeline.store) == before
+        assert "rebuild" not in pipeline.projector.stats.health()
+    finally:
+        await runner.cleanup()

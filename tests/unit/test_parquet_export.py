@@ -199,3 +199,28 @@ async def test_a_failed_write_leaves_no_empty_day_folder(tmp_path: Path, monkeyp
         await export_range(store, export, None, None)
     assert not (export / TABLE_DIR / "day=2026-03-02").exists()  # a disk-full export left it (a re-test)
     await store.close()
+
+
+async def test_day_files_without_their_owner_file_are_nobodys_to_claim(tmp_path: Path) -> None:
+    """The owner file deleted, another store's export claimed the directory and wiped its days,
+    and their own store could not export again (a re-test); an owner file left empty by a full
+    disk held the directory for good: it is written whole or not at all."""
+    from analytics.parquet_export import ExportDirTaken
+
+    store, export = await writer(tmp_path)
+    sink = DuckDBSink(store)
+    await sink.start()
+    await sink.apply([event("acme", Decimal(1), MIDNIGHT)])
+    await export_range(store, export, None, None)
+    (export / OWNER_FILE).unlink()
+    with pytest.raises(ExportDirTaken, match=r"no \.llm-gateway-export\.json"):
+        await export_range(store, export, None, None)
+    assert files(export) == [f"{TABLE_DIR}/day=2026-03-02/{FILE_NAME}"]
+    # an empty directory is claimed, with no temporary file left
+    fresh = tmp_path / "fresh"
+    await store.close()
+    store = AnalyticsStore(tmp_path / "a.duckdb", allowed_directories=[fresh])
+    await store.open()
+    await export_range(store, fresh, None, None)
+    assert sorted(p.name for p in fresh.iterdir()) == [OWNER_FILE, TABLE_DIR]
+    await store.close()

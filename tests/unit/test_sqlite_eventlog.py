@@ -600,3 +600,23 @@ async def test_a_stop_on_a_full_disk_waits_for_room_then_counts_what_it_could_no
     await other.close(timeout=0.5)
     assert 0.4 < time.monotonic() - started < 3 and other.lost() == refused
     assert f"usage event NOT stored in {tmp_path / 'other.sqlite3'}" in caplog.text
+
+
+async def test_events_past_the_held_bound_count_as_lost_and_a_stop_writes_what_fits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past MAX_HELD_ROWS the events were logged "NOT stored" but not counted, so the stop said
+    every event was on the log (a re-test); and the stop's last try was all or nothing."""
+    import gateway.eventlog.sqlite as sqlite_log
+
+    monkeypatch.setattr(sqlite_log, "MAX_HELD_ROWS", 5)
+    log = SqliteEventLog(tmp_path / "events.sqlite3")
+    await log.start()
+    _fill(log)
+    for i in range(40):
+        log.publish(make_event(i))
+    held = log._outbox.held()
+    assert held == 5 and log.lost() > 0  # those past the bound, already
+    lost_before = log.lost()
+    await log.close(timeout=0.3)
+    assert log.lost() == lost_before + held
