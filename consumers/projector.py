@@ -90,6 +90,11 @@ class ProjectorStats:
     #: a new cost store is being filled from the beginning of the log (``consumers.catch_up``):
     #: until the projector reaches the log's end the store misses part of it
     catching_up: bool = False
+    #: the stores hold the log as far as its end was when first read to it (a fetch that found
+    #: less than a batch): a new store filled from the log's start, with no position of its group
+    #: to catch up to, is not ``catching_up`` but partial until then (an export answered 200
+    #: with 122,500 of 200,000 rows: a re-test)
+    reached_end: bool = False
     #: runs that ended in an unexpected error (a bug) and were restarted from the last commit
     restarts: int = 0
     #: the last run ended in such an error and no batch has been committed since: projection is
@@ -301,9 +306,12 @@ class Projector:
                     ahead = asyncio.ensure_future(self._next_batch(self.poll_timeout, stop))
                     if not await self._process(batch, stop):
                         break
+                    if len(batch.records) < self.batch_size:
+                        self.stats.reached_end = True
                     if self.on_caught_up is not None and await self.reader.rewind_done():
                         await self._caught_up()  # read again up to where the group was
                 elif not stop.is_set():
+                    self.stats.reached_end = True
                     await self._caught_up()
                 await self._refresh_lag()
         finally:

@@ -74,7 +74,7 @@ class ReplayService:
         """Whether the store holds the log as far as it has read it: no new store catching up with
         it, no full rebuild pending or running (they read the log again from its start). The
         retention trim and the Parquet export wait for it."""
-        if (self.stats is not None and self.stats.catching_up) or (
+        if (self.stats is not None and (self.stats.catching_up or not self.stats.reached_end)) or (
             self.resuming is not None and not self.resuming.done()
         ):
             return False

@@ -14,7 +14,7 @@ import pytest
 
 from analytics.store import AnalyticsStore
 from consumers.deadletter import DuckDBDeadLetters, LogDeadLetters, MemoryDeadLetters
-from consumers.projector import Projector
+from consumers.projector import Projector, ProjectorStats
 from consumers.sinks.base import RejectedEvents, SinkError, latest_by_id
 from consumers.sinks.duckdb import DuckDBSink
 from gateway.eventlog.base import LogRecord
@@ -920,3 +920,50 @@ async def test_a_catch_up_ends_once_the_log_is_read_again_though_traffic_never_s
         stop.set()
         await asyncio.gather(running, sending)
     assert 60 <= caught_up[0] < 120
+
+
+async def test_the_stores_reach_the_logs_end_only_once_it_has_been_read_to_it() -> None:
+    """A new store filled from the log's start with no position of its group to catch up to is
+    partial until the log is read to its end: an export then answered 200 with part of its days
+    (a re-test). A batch smaller than the batch size, or a fetch of nothing, is that end."""
+    log = RestartableLog()
+    await publish(log, 12)
+    sink = RecordingSink("s")
+    projector = Projector(log, [sink], MemoryDeadLetters(), batch_size=5, poll_timeout=0.01)
+    seen: list[tuple[int, bool]] = []
+    apply = sink.apply
+
+    async def watching(events: Sequence[UsageEvent]) -> None:
+        seen.append((len(sink.events), projector.stats.reached_end))
+        await apply(events)
+
+    sink.apply = watching  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    running = asyncio.create_task(projector.run_forever(stop))
+    async with asyncio.timeout(5):
+        while not projector.stats.reached_end:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    stop.set()
+    await running
+    assert seen[:3] == [(0, False), (5, False), (10, False)] and len(sink.events) == 12
+
+
+async def test_a_store_is_not_whole_before_its_projector_reached_the_logs_end() -> None:
+    """What the Parquet export and the retention trim wait for (``ReplayService.whole``)."""
+    from analytics.store import AnalyticsStore
+    from consumers import catch_up
+    from consumers.replay_http import ReplayService
+    from gateway.api.auth import Authenticator
+    from gateway.settings import Settings
+
+    store = AnalyticsStore()
+    await store.open()
+    await store.run(lambda conn: conn.execute(f"DELETE FROM {catch_up.TABLE}"))  # a new store's mark: its start's
+    stats = ProjectorStats()
+    service = ReplayService(Settings(_env_file=None), store, Authenticator([], "d"), "g", stats=stats)  # type: ignore[call-arg]
+    assert not await service.whole()
+    stats.reached_end = True
+    assert await service.whole()
+    stats.catching_up = True
+    assert not await service.whole()
+    await store.close()
