@@ -73,12 +73,19 @@ class ReplayService:
     async def whole(self) -> bool:
         """Whether the store holds the log as far as it has read it: no new store catching up with
         it, no full rebuild pending or running (they read the log again from its start). The
-        retention trim and the Parquet export wait for it."""
-        if (self.stats is not None and (self.stats.catching_up or not self.stats.reached_end)) or (
+        retention trim waits for it; the Parquet export also for the log read to its end once
+        (:meth:`read_to_the_end`)."""
+        if (self.stats is not None and self.stats.catching_up) or (
             self.resuming is not None and not self.resuming.done()
         ):
             return False
         return not await catch_up.pending(self.store) and await pending_rebuild(self.store) is None
+
+    def read_to_the_end(self) -> bool:
+        """Whether the live projector has read the log to its end once (``ProjectorStats.reached_end``):
+        a new store filled from the log's start holds part of each day until then. The retention
+        trim needs no such wait: it deletes only what every reader has projected."""
+        return self.stats is None or self.stats.reached_end
 
     def replayer(self, book: PriceBook | None, progress: Any = None) -> Replayer:
         from consumers.pipeline import build_sinks

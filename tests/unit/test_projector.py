@@ -949,7 +949,8 @@ async def test_the_stores_reach_the_logs_end_only_once_it_has_been_read_to_it() 
 
 
 async def test_a_store_is_not_whole_before_its_projector_reached_the_logs_end() -> None:
-    """What the Parquet export and the retention trim wait for (``ReplayService.whole``)."""
+    """What the Parquet export waits for (``ReplayService.whole`` and ``read_to_the_end``); the
+    retention trim waits for the first only (it deletes what every reader has projected)."""
     from analytics.store import AnalyticsStore
     from consumers import catch_up
     from consumers.replay_http import ReplayService
@@ -961,9 +962,9 @@ async def test_a_store_is_not_whole_before_its_projector_reached_the_logs_end() 
     await store.run(lambda conn: conn.execute(f"DELETE FROM {catch_up.TABLE}"))  # a new store's mark: its start's
     stats = ProjectorStats()
     service = ReplayService(Settings(_env_file=None), store, Authenticator([], "d"), "g", stats=stats)  # type: ignore[call-arg]
-    assert not await service.whole()
+    assert await service.whole() and not service.read_to_the_end()
     stats.reached_end = True
-    assert await service.whole()
+    assert await service.whole() and service.read_to_the_end()
     stats.catching_up = True
     assert not await service.whole()
     await store.close()
