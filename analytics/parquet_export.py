@@ -1,11 +1,12 @@
 """Parquet export of the usage facts, one file per UTC day, for a data lake or another engine.
 
-``export_days(conn, directory, first, last)`` writes, for each UTC day from ``first`` to
-``last`` (inclusive) that holds facts, every row of ``usage_facts`` stamped that day, ordered by
-time and event id, to ``<directory>/usage_facts/day=YYYY-MM-DD/usage.parquet`` (Hive-style
-partitions: ``read_parquet('<directory>/usage_facts/*/*.parquet', hive_partitioning = true)``
-reads them back with a ``day`` column). Money stays exact: ``cost_usd`` is a Parquet DECIMAL(20,
-10), as in the store.
+``export_range(store, directory, first, last)`` writes (``export_day`` a day at a time), for
+each UTC day from ``first`` to ``last`` (inclusive) that holds facts, every row of
+``usage_facts`` stamped that day, ordered by time and event id, to
+``<directory>/usage_facts/day=YYYY-MM-DD/usage.parquet``. These are Hive-style partitions:
+``read_parquet('<directory>/usage_facts/*/*.parquet', hive_partitioning = true)`` reads them
+back with a ``day`` column. Money stays exact: ``cost_usd`` is a Parquet DECIMAL(20, 10), as
+in the store.
 
 A day is the store's as of its export: exporting it again replaces its file (after a
 ``replay --reprice``, or for today while calls still come in), and a day of the range whose
@@ -33,6 +34,7 @@ from pathlib import Path
 import duckdb
 
 from analytics.store import AnalyticsStore, transaction
+from gateway.atomic_file import write_atomically
 from gateway.pricing.base import money_text
 
 #: the facts' folder inside an export directory, and each day's file in it
@@ -63,13 +65,8 @@ def claim_directory(conn: duckdb.DuckDBPyConnection, directory: Path) -> None:
             raise ExportDirTaken(
                 f"{directory} holds day files but no {OWNER_FILE}: restore it, or empty the directory"
             ) from None
-        directory.mkdir(parents=True, exist_ok=True)
-        written = directory / f".{OWNER_FILE}.{uuid.uuid4().hex}.tmp"
-        try:  # whole or not at all: an empty file after a full disk held the directory for good
-            written.write_text(json.dumps({"store": mine}), encoding="utf-8")
-            os.replace(written, owner)
-        finally:
-            written.unlink(missing_ok=True)
+        # whole or not at all: an empty file after a full disk held the directory for good
+        write_atomically(owner, json.dumps({"store": mine}))
         return
     except (ValueError, AttributeError) as exc:  # not JSON, not an object: someone else's file
         raise ExportDirTaken(f"{owner} cannot be read ({exc}): is this directory another program's?") from exc

@@ -15,14 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
+from gateway.atomic_file import write_atomically
 from gateway.budgets.config import BudgetSettings
 from gateway.budgets.ledger import Spend
 
@@ -67,17 +66,7 @@ def save(path: Path, snapshot: Snapshot, config: BudgetSettings) -> None:
         "recent": snapshot.recent,
     }
     with _writing:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-        try:
-            with os.fdopen(handle, "w") as out:
-                json.dump(body, out)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        write_atomically(path, json.dumps(body))
 
 
 def load(path: Path, config: BudgetSettings, log_name: str) -> Snapshot | None:
