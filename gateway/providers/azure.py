@@ -83,7 +83,7 @@ class AzureProvider(OpenAIProvider):
             chat_max_tokens_field="max_completion_tokens"
             if self.reasoning(request.model)
             else self.chat_max_tokens_field,
-            parallel_tool_calls=request.tools is None or self.takes_parallel_tool_calls(request.model),
+            parallel_tool_calls=self.takes_parallel_tool_calls(request),
         )
         if stream and not self._stream_usage:
             del body["stream_options"]  # the stream has no usage then: billed at an unknown cost

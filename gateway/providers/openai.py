@@ -77,7 +77,7 @@ class OpenAIProvider:
             model=request.model,
             stream=stream,
             chat_max_tokens_field=self.chat_max_tokens_field,
-            parallel_tool_calls=request.tools is None or self.takes_parallel_tool_calls(request.model),
+            parallel_tool_calls=self.takes_parallel_tool_calls(request),
         )
         return Target(f"{self._base}/{wire.endpoint(request)}", None, body)
 
@@ -91,9 +91,10 @@ class OpenAIProvider:
         """The name that says which model ``model`` (the name the provider is asked) is."""
         return model
 
-    def takes_parallel_tool_calls(self, model: str) -> bool:
-        """Whether ``parallel_tool_calls`` may be sent for ``model`` (see NO_PARALLEL_TOOL_CALLS)."""
-        return NO_PARALLEL_TOOL_CALLS.search(self.model_name(model)) is None
+    def takes_parallel_tool_calls(self, request: ChatRequest) -> bool:
+        """Whether ``parallel_tool_calls`` may be sent for ``request``'s model (see
+        NO_PARALLEL_TOOL_CALLS); looked up only for a request with tools."""
+        return request.tools is None or NO_PARALLEL_TOOL_CALLS.search(self.model_name(request.model)) is None
 
     def model_lacks(self, model: str) -> frozenset[str]:  # ModelOptions
         named = self.model_name(model)
