@@ -164,6 +164,7 @@ async def test_serve_without_its_projector_leaves_the_cost_store_to_a_consume_pr
                 ("costs", "--tenant", "t1", "--json"),
                 ("sql", "SELECT count(*) AS n FROM usage_facts", "--format", "json"),
                 ("replay", "--json"),
+                ("export-parquet", "--json"),  # written by the consumer, into its export directory
             ):
                 proc = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "gateway", *args, env=env,
@@ -176,8 +177,12 @@ async def test_serve_without_its_projector_leaves_the_cost_store_to_a_consume_pr
             await runner.cleanup()
     assert body["usageCount"] == 3 and Decimal(body["totalCost"]) > 0
     assert (tmp_path / "analytics.duckdb").exists()
-    costs, sql, replay = outputs
+    costs, sql, replay, export = outputs
     assert costs["usageCount"] == 3 and sql["rows"] == [[3]] and replay["events"] == 3
+    [day] = export["data"]
+    assert export["directory"] == str(tmp_path / "export") and day["rows"] == 3
+    assert Decimal(day["costUsd"]) == Decimal(body["totalCost"])
+    assert (tmp_path / "export" / day["path"]).is_file()
 
 
 async def test_fallback_attempts_are_events_but_only_the_served_call_costs(tmp_path: Path) -> None:

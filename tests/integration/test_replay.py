@@ -740,6 +740,15 @@ async def test_a_dry_run_writes_no_cost_store(tmp_path: Path) -> None:
     assert sorted(os.listdir(settings.data_dir)) == ["events.sqlite3"]
 
 
+async def projected_log(tmp_path: Path) -> tuple[Settings, dict[Any, Any]]:
+    """An embedded log of the scenario's calls, projected; its settings and the stores' costs."""
+    settings = settings_for(tmp_path)
+    await record(SqliteEventLog(embedded_log_path(settings)))
+    await project(settings)
+    before, _ = await read_file_store(settings)
+    return settings, before
+
+
 async def test_a_full_rebuild_that_fails_once_the_stores_are_emptied_runs_again_at_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -747,10 +756,7 @@ async def test_a_full_rebuild_that_fails_once_the_stores_are_emptied_runs_again_
     the stores: they stayed short until the next restart, ``/v1/costs`` answered $0 and
     ``/healthz`` said ok (a review). The service now runs it again in the background, as a
     start does, and says so in its answer."""
-    settings = settings_for(tmp_path)
-    await record(SqliteEventLog(embedded_log_path(settings)))
-    await project(settings)
-    before, _ = await read_file_store(settings)
+    settings, before = await projected_log(tmp_path)
     writing = Replayer._replay
     failures = [ReplayError("the Postgres sink is unavailable: connection refused")]
 
@@ -783,10 +789,7 @@ async def test_a_rebuild_waiting_to_run_again_leaves_a_newer_replay_alone(
     import consumers.replay_http as replay_http
 
     monkeypatch.setattr(replay_http, "RESUME_RETRY", 2.0)
-    settings = settings_for(tmp_path)
-    await record(SqliteEventLog(embedded_log_path(settings)))
-    await project(settings)
-    before, _ = await read_file_store(settings)
+    settings, before = await projected_log(tmp_path)
     writing = Replayer._replay
     runs: list[str] = []
     failures = [ReplayError("postgres: down"), ReplayError("postgres: still down")]

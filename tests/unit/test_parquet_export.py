@@ -13,6 +13,7 @@ import pytest
 from analytics.parquet_export import FILE_NAME, OWNER_FILE, TABLE_DIR, days_to_export, export_day, export_range
 from analytics.store import AnalyticsStore
 from consumers.sinks.duckdb import DuckDBSink
+from gateway.events import UsageEvent
 from tests.unit.test_usage_daily import event, mixed_events
 
 MIDNIGHT = datetime(2026, 3, 2, tzinfo=UTC)
@@ -23,6 +24,14 @@ async def writer(tmp_path: Path) -> tuple[AnalyticsStore, Path]:
     store = AnalyticsStore(tmp_path / "a.duckdb", allowed_directories=[export])
     await store.open()
     return store, export
+
+
+async def project(store: AnalyticsStore, events: list[UsageEvent]) -> DuckDBSink:
+    """``events`` into the store's facts, through the product's DuckDB sink (returned)."""
+    sink = DuckDBSink(store)
+    await sink.start()
+    await sink.apply(events)
+    return sink
 
 
 def files(export: Path) -> list[str]:
@@ -42,9 +51,7 @@ async def test_each_day_holds_exactly_its_facts_with_their_values(tmp_path: Path
         event("acme", Decimal("123456789.0123456789"), MIDNIGHT - timedelta(microseconds=1)),  # the last of one
     ]
     events = [*mixed_events(600), *edges]
-    sink = DuckDBSink(store)
-    await sink.start()
-    await sink.apply(events)
+    await project(store, events)
     done = await export_range(store, export, None, None)
     days = sorted({e.created_at.astimezone(UTC).date() for e in events})
     assert [d.day for d in done] == days
@@ -78,9 +85,7 @@ async def test_a_day_exported_again_is_replaced_and_a_day_without_facts_loses_it
     store, export = await writer(tmp_path)
     first = event("acme", Decimal("0.5"), MIDNIGHT + timedelta(hours=1))
     other_day = event("acme", Decimal("2"), MIDNIGHT + timedelta(days=1))
-    sink = DuckDBSink(store)
-    await sink.start()
-    await sink.apply([first, other_day])
+    sink = await project(store, [first, other_day])
     await export_range(store, export, None, None)
     # a reprice (the replay's sink corrects the stored cost) and a later call the same day
     await sink.apply([first.model_copy(update={"cost_usd": Decimal("0.75")}), event("acme", Decimal("1"), MIDNIGHT)])
@@ -105,9 +110,7 @@ async def test_a_day_exported_again_is_replaced_and_a_day_without_facts_loses_it
 
 async def test_the_range_is_whole_utc_days_and_other_files_are_left_alone(tmp_path: Path) -> None:
     store, export = await writer(tmp_path)
-    sink = DuckDBSink(store)
-    await sink.start()
-    await sink.apply([event("acme", Decimal(1), MIDNIGHT + timedelta(days=n, hours=23)) for n in range(4)])
+    await project(store, [event("acme", Decimal(1), MIDNIGHT + timedelta(days=n, hours=23)) for n in range(4)])
     done = await export_range(store, export, date(2026, 3, 3), date(2026, 3, 4))
     assert [d.day for d in done] == [date(2026, 3, 3), date(2026, 3, 4)]
     assert await store.run(lambda c: days_to_export(c, export, date(2026, 3, 5), None)) == [date(2026, 3, 5)]
@@ -123,9 +126,7 @@ async def test_the_range_is_whole_utc_days_and_other_files_are_left_alone(tmp_pa
 
 async def test_a_failed_write_leaves_the_day_as_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store, export = await writer(tmp_path)
-    sink = DuckDBSink(store)
-    await sink.start()
-    await sink.apply([event("acme", Decimal(1), MIDNIGHT)])
+    sink = await project(store, [event("acme", Decimal(1), MIDNIGHT)])
     [before] = await export_range(store, export, None, None)
     content = (export / str(before.path)).read_bytes()
     await sink.apply([event("acme", Decimal(2), MIDNIGHT)])
@@ -144,9 +145,7 @@ async def test_a_failed_write_leaves_the_day_as_it_was(tmp_path: Path, monkeypat
 async def test_a_read_only_store_exports_too(tmp_path: Path) -> None:
     """The command without a running gateway opens the file read-only."""
     store, export = await writer(tmp_path)
-    sink = DuckDBSink(store)
-    await sink.start()
-    await sink.apply([event("acme", Decimal("0.25"), MIDNIGHT)])
+    await project(store, [event("acme", Decimal("0.25"), MIDNIGHT)])
     await store.close()
     reader = AnalyticsStore(tmp_path / "a.duckdb", read_only=True, allowed_directories=[export])
     await reader.open()
@@ -172,9 +171,7 @@ async def test_two_stores_never_share_an_export_directory(tmp_path: Path) -> Non
     second = AnalyticsStore(tmp_path / "b.duckdb", allowed_directories=[export])
     for store, day in ((first, MIDNIGHT), (second, MIDNIGHT + timedelta(days=1))):
         await store.open()
-        sink = DuckDBSink(store)
-        await sink.start()
-        await sink.apply([event("acme", Decimal(1), day)])
+        await project(store, [event("acme", Decimal(1), day)])
     await export_range(first, export, None, None)
     assert (export / OWNER_FILE).is_file()
     with pytest.raises(ExportDirTaken, match="another analytics store"):
@@ -187,9 +184,7 @@ async def test_two_stores_never_share_an_export_directory(tmp_path: Path) -> Non
 
 async def test_a_failed_write_leaves_no_empty_day_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store, export = await writer(tmp_path)
-    sink = DuckDBSink(store)
-    await sink.start()
-    await sink.apply([event("acme", Decimal(1), MIDNIGHT)])
+    await project(store, [event("acme", Decimal(1), MIDNIGHT)])
 
     def fail(*_: object) -> None:
         raise OSError(28, "No space left on device")
@@ -208,9 +203,7 @@ async def test_day_files_without_their_owner_file_are_nobodys_to_claim(tmp_path:
     from analytics.parquet_export import ExportDirTaken
 
     store, export = await writer(tmp_path)
-    sink = DuckDBSink(store)
-    await sink.start()
-    await sink.apply([event("acme", Decimal(1), MIDNIGHT)])
+    await project(store, [event("acme", Decimal(1), MIDNIGHT)])
     await export_range(store, export, None, None)
     (export / OWNER_FILE).unlink()
     with pytest.raises(ExportDirTaken, match=r"no \.llm-gateway-export\.json"):
