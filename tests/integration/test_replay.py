@@ -740,6 +740,21 @@ async def test_a_dry_run_writes_no_cost_store(tmp_path: Path) -> None:
     assert sorted(os.listdir(settings.data_dir)) == ["events.sqlite3"]
 
 
+def failing_writes(monkeypatch: pytest.MonkeyPatch, *errors: ReplayError) -> list[str]:
+    """The replays' writes (after the stores are emptied) raise ``errors`` in turn, then work;
+    returns the list each write appends to."""
+    writing, failures, runs = Replayer._replay, list(errors), []
+
+    async def write(self: Any, *args: Any) -> None:
+        runs.append("run")
+        if failures:
+            raise failures.pop(0)
+        await writing(self, *args)
+
+    monkeypatch.setattr(Replayer, "_replay", write)
+    return runs
+
+
 async def projected_log(tmp_path: Path) -> tuple[Settings, dict[Any, Any]]:
     """An embedded log of the scenario's calls, projected; its settings and the stores' costs."""
     settings = settings_for(tmp_path)
@@ -757,15 +772,7 @@ async def test_a_full_rebuild_that_fails_once_the_stores_are_emptied_runs_again_
     ``/healthz`` said ok (a review). The service now runs it again in the background, as a
     start does, and says so in its answer."""
     settings, before = await projected_log(tmp_path)
-    writing = Replayer._replay
-    failures = [ReplayError("the Postgres sink is unavailable: connection refused")]
-
-    async def fails_once(self: Any, *args: Any) -> None:
-        if failures:
-            raise failures.pop()
-        await writing(self, *args)
-
-    monkeypatch.setattr(Replayer, "_replay", fails_once)
+    failing_writes(monkeypatch, ReplayError("the Postgres sink is unavailable: connection refused"))
     runner, pipeline = await serve_store(settings)
     try:
         url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/admin/replay"
@@ -790,17 +797,7 @@ async def test_a_rebuild_waiting_to_run_again_leaves_a_newer_replay_alone(
 
     monkeypatch.setattr(replay_http, "RESUME_RETRY", 2.0)
     settings, before = await projected_log(tmp_path)
-    writing = Replayer._replay
-    runs: list[str] = []
-    failures = [ReplayError("postgres: down"), ReplayError("postgres: still down")]
-
-    async def fails_twice(self: Any, *args: Any) -> None:
-        runs.append("run")
-        if failures:
-            raise failures.pop()
-        await writing(self, *args)
-
-    monkeypatch.setattr(Replayer, "_replay", fails_twice)
+    runs = failing_writes(monkeypatch, ReplayError("postgres: down"), ReplayError("postgres: still down"))
     runner, pipeline = await serve_store(settings)
     try:
         url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1/admin/replay"
