@@ -23,6 +23,7 @@ from aiohttp import web
 from analytics.http import STORE, AnalyticsUnavailable, admin_only
 from analytics.parquet_export import ExportDirTaken, export_range
 from analytics.store import StoreError
+from gateway.api.expect import add_post
 from gateway.api.json_body import json_body
 from gateway.errors import GatewayError, InvalidRequest
 
@@ -116,4 +117,4 @@ def install_export(app: web.Application, directory: Path) -> None:
     the authenticator. ``directory``: the export directory, among the store's allowed ones."""
     app[EXPORT_DIR] = directory.absolute()  # the answer names it: not relative to the server's cwd
     app[_LOCK] = asyncio.Lock()
-    app.router.add_post(PATH, export_parquet)
+    add_post(app, PATH, export_parquet)

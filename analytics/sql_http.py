@@ -28,6 +28,7 @@ from analytics.sql import SqlError, SqlService
 from analytics.sql_limits import DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT, MAX_ROWS_LIMIT, MAX_TIMEOUT
 from analytics.store import StoreError
 from gateway.api.drain import at_stop
+from gateway.api.expect import add_post
 from gateway.api.json_body import json_body
 from gateway.api.middleware import client_gone
 from gateway.errors import InvalidRequest
@@ -92,7 +93,7 @@ def install_sql(app: web.Application) -> None:
         return
     service = SqlService(app[STORE])
     app[SQL] = service
-    app.router.add_post(PATH, sql_query)
+    add_post(app, PATH, sql_query)
 
     # a stop interrupts them at once, before it waits for the requests in flight (and before the
     # store closes: cleanup runs after shutdown)

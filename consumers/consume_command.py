@@ -60,6 +60,9 @@ def build_consumer_app(settings: Settings, group: str, batch_size: int, host: st
     auth = Authenticator(
         settings.api_keys, settings.default_tenant, loopback=is_loopback_host(host or settings.bind_host)
     )
+    from gateway.api.expect import EXPECT_AUTH
+
+    app[EXPECT_AUTH] = auth
     install_analytics(app, pipeline.store, auth, export_dir=export_path(settings))
     install_replay(app, settings, pipeline.store, auth, live_group=group, stats=pipeline.projector.stats)
 

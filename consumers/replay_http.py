@@ -38,6 +38,7 @@ from consumers import catch_up
 from consumers.projector import ProjectorStats
 from consumers.replay import PendingRebuild, Replayer, ReplayError, ReplayOptions, pending_rebuild
 from gateway.api.auth import Authenticator
+from gateway.api.expect import add_post
 from gateway.api.json_body import json_body
 from gateway.errors import GatewayError, InvalidRequest, PermissionDenied
 from gateway.pricing.base import PriceBook
@@ -119,7 +120,7 @@ def install_replay(
     projector of ``live_group`` (the replay waits for it to cover the range first); ``stats``:
     that projector's, where ``/healthz`` shows a rebuild this process runs again."""
     app[REPLAY] = ReplayService(settings, store, auth, live_group, wait_for_live, stats=stats)
-    app.router.add_post(ROUTE, replay_handler)
+    add_post(app, ROUTE, replay_handler)
     # on_startup handlers run after the cleanup contexts have started (the store is open)
     app.on_startup.append(resume_rebuild)
     app.on_shutdown.append(_stop_resuming)

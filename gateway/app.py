@@ -20,6 +20,7 @@ from gateway.api import budgets, completions, embeddings, meta
 from gateway.api.auth import Authenticator
 from gateway.api.browser_guard import is_loopback_host
 from gateway.api.drain import install_drain
+from gateway.api.expect import EXPECT_AUTH, add_post
 from gateway.api.middleware import error_middleware
 from gateway.api.state import STATE, GatewayState
 from gateway.budgets.plugin import install_budgets
@@ -140,9 +141,10 @@ def create_app(
         state.auth.refusals.flush()
 
     app.on_cleanup.append(flush_failures)
-    app.router.add_post("/v1/chat/completions", completions.chat_completions)
-    app.router.add_post("/v1/completions", completions.completions)
-    app.router.add_post("/v1/embeddings", embeddings.embeddings)
+    app[EXPECT_AUTH] = state.auth
+    add_post(app, "/v1/chat/completions", completions.chat_completions)
+    add_post(app, "/v1/completions", completions.completions)
+    add_post(app, "/v1/embeddings", embeddings.embeddings)
     app.router.add_get("/v1/models", meta.models)
     app.router.add_get("/v1/models/{model}", meta.model)
     app.router.add_get("/v1/budgets", budgets.budgets)

@@ -100,6 +100,12 @@ class RequestTooLarge(GatewayError):
     code = "request_too_large"
 
 
+class ExpectationFailed(GatewayError):
+    status = 417
+    type = "invalid_request_error"
+    code = "expectation_failed"
+
+
 class UnsupportedMediaType(GatewayError):
     status = 415
     type = "invalid_request_error"

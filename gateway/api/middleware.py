@@ -137,7 +137,7 @@ _HTTP_ERRORS: dict[int, type[errors.GatewayError]] = {
 _UNTRACKED: set[object] = set()
 
 
-def _answer(request: web.Request, exc: errors.GatewayError, rid: str) -> web.Response:
+def answer_error(request: web.Request, exc: errors.GatewayError, rid: str) -> web.Response:
     """The error answer for ``exc``, counted in the metrics by its code."""
     metrics = request.app.get(METRICS)
     if metrics is not None:
@@ -155,7 +155,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         response = await handler(request)
     except errors.GatewayError as exc:
-        return _answer(request, exc, rid)
+        return answer_error(request, exc, rid)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -167,13 +167,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             message = f"Method {request.method} is not allowed on {request.path}"
         elif exc.status == 413:
             message = f"Request body too large: {exc.text}"
-        response = _answer(request, cls(message), rid)
+        response = answer_error(request, cls(message), rid)
         if isinstance(exc, web.HTTPMethodNotAllowed):  # RFC 9110: a 405 says what is allowed
             response.headers["allow"] = ", ".join(sorted(exc.allowed_methods))
         return response
     except Exception:
         log.exception("unhandled error in %s %s (request %s)", request.method, request.path, rid)
-        return _answer(request, errors.GatewayError(f"Internal error; request id {rid}"), rid)
+        return answer_error(request, errors.GatewayError(f"Internal error; request id {rid}"), rid)
     finally:
         in_flight.discard(task)
         release_body(request)
