@@ -12,6 +12,7 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from uuid import uuid4
 
@@ -387,6 +388,26 @@ def retry_delay(body: Any) -> float | None:
     return None
 
 
+#: where Gemini's daily quotas reset ("at midnight Pacific time"); PST where the system has no
+#: time zone database (an hour early in summer)
+try:
+    from zoneinfo import ZoneInfo
+
+    _QUOTA_DAY_ZONE: Any = ZoneInfo("America/Los_Angeles")
+except Exception:  # ZoneInfoNotFoundError, or no zoneinfo at all
+    _QUOTA_DAY_ZONE = timezone(timedelta(hours=-8))
+
+
+def until_quota_day_ends(now: datetime | None = None) -> float:
+    """Seconds until Gemini's next daily quota reset (midnight Pacific time), at least 1."""
+    instant = (now or datetime.now(UTC)).astimezone(UTC)
+    day = instant.astimezone(_QUOTA_DAY_ZONE).date()
+    midnight = datetime.combine(day + timedelta(days=1), datetime.min.time(), tzinfo=_QUOTA_DAY_ZONE)
+    # in UTC: a difference of two times in one zone is of their wall clocks (23 or 25 hours on
+    # the days the clocks change are not 24)
+    return max(1.0, (midnight.astimezone(UTC) - instant).total_seconds())
+
+
 def quota_ids(body: Any) -> list[str]:
     err = body.get("error") if isinstance(body, Mapping) else None
     if not isinstance(err, Mapping):
@@ -428,7 +449,13 @@ def classify(status: int, headers: Mapping[str, str], body: Any, raw: str) -> er
         return errors.UpstreamAuthError(text, **kwargs)
     if status == 429 or rpc_status == "RESOURCE_EXHAUSTED":
         if any("PerDay" in q for q in quota_ids(body)):
-            return errors.QuotaExhausted(text, **kwargs)
+            # a daily quota (``GenerateRequestsPerDayPerProjectPerModel``): a rate limit over a
+            # day, as OpenAI's requests-per-day limits are, not credit gone. It resets at
+            # midnight Pacific time, and the other models' quotas are their own: no provider
+            # failure (taken for one, five calls to a model out of its day's quota opened the
+            # circuit for every Gemini model: a review). Its wait, the day's end, is past any
+            # retry: the call falls back at once
+            kwargs["retry_after"] = max(retry_after or 0.0, until_quota_day_ends())
         return errors.RateLimited(text, **kwargs)
     if rpc_status == "FAILED_PRECONDITION":
         # billing not enabled / region not supported: this account cannot serve, fall back

@@ -242,3 +242,24 @@ async def test_a_restarted_gateway_remembers_an_open_circuit_from_the_log(
         providers=("openai", "azure"), clock=clock, event_log="settings", settings=settings
     ) as gw:
         assert (await provider_health(gw))["providers"]["openai"]["circuit"] == "closed"
+
+
+async def test_a_gemini_models_daily_quota_is_a_rate_limit_that_leaves_the_other_models_served(
+    clock: ManualClock,
+) -> None:
+    """Gemini's daily quotas are per model: a model out of its day's quota is a 429 the client
+    may retry after the day's end (Pacific midnight), no failure of Google. Counted as one, five
+    such calls opened Google's circuit, and a model with quota left got a 503 (a review)."""
+    async with running_gateway(providers=("google",), clock=clock) as gw:
+        async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="unused", max_retries=0) as client:
+            for _ in range(6):
+                gw.sims["google"].faults.push(Fault("quota"))
+                with pytest.raises(openai.RateLimitError) as info:
+                    await client.chat.completions.create(model="gemini-1.5-pro", messages=MESSAGES)
+                assert info.value.code == "rate_limit_exceeded"
+                wait = int(info.value.response.headers["retry-after"])
+                assert 1 <= wait <= 86_400 and len(gw.sims["google"].requests) == _ + 1  # no retry
+            answer = await client.chat.completions.create(model="gemini-2.5-flash", messages=MESSAGES)
+        assert answer.choices[0].message.content
+        google = (await provider_health(gw))["providers"]["google"]
+        assert google["circuit"] == "closed", google

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import AsyncIterator
+from datetime import datetime
 
 import aiohttp
 import pytest
@@ -279,12 +280,30 @@ async def test_rate_limit_uses_retry_info(sim: GeminiSimulator, provider: Google
     assert info.value.retry_after == pytest.approx(41.2)
 
 
-async def test_per_day_quota_is_quota_exhausted(sim: GeminiSimulator, provider: GoogleProvider) -> None:
+async def test_a_per_day_quota_is_a_rate_limit_until_the_day_ends(
+    sim: GeminiSimulator, provider: GoogleProvider
+) -> None:
+    """A model's daily quota resets at midnight Pacific time: a rate limit that long (past any
+    retry), not credit gone (``QuotaExhausted``, a failure of the provider's health)."""
     sim.faults.push(Fault("quota", retry_after=37))
-    with pytest.raises(errors.QuotaExhausted) as info:
+    with pytest.raises(errors.RateLimited) as info:
         await provider.complete(request())
     assert info.value.http_status == 429
-    assert not info.value.retryable
+    assert info.value.retry_after == pytest.approx(wire.until_quota_day_ends(), abs=5)
+
+
+@pytest.mark.parametrize(
+    ("now", "hours"),
+    [
+        ("2026-12-02T07:59:00+00:00", 1 / 60),  # 23:59 PST
+        ("2026-12-02T08:00:00+00:00", 24),  # midnight PST: a whole day
+        ("2026-07-02T06:30:00+00:00", 0.5),  # 23:30 PDT
+        ("2026-03-08T08:00:00+00:00", 23),  # midnight PST on the day the clocks go forward: 23 h
+        ("2026-11-01T07:30:00+00:00", 24.5),  # 00:30 PDT on the day the clocks go back: 24.5 h
+    ],
+)
+def test_the_quota_day_ends_at_midnight_pacific_time(now: str, hours: float) -> None:
+    assert wire.until_quota_day_ends(datetime.fromisoformat(now)) == pytest.approx(hours * 3600)
 
 
 @pytest.mark.parametrize(
