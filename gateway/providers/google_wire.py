@@ -394,7 +394,7 @@ try:
     from zoneinfo import ZoneInfo
 
     _QUOTA_DAY_ZONE: Any = ZoneInfo("America/Los_Angeles")
-except Exception:  # ZoneInfoNotFoundError, or no zoneinfo at all
+except (ImportError, KeyError, OSError):  # no time zone database (ZoneInfoNotFoundError is a KeyError)
     _QUOTA_DAY_ZONE = timezone(timedelta(hours=-8))
 
 
