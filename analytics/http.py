@@ -71,6 +71,30 @@ _DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}")
 _FINER_THAN_MICROSECONDS = re.compile(r"[.,]\d{7}")
 
 
+class StoreNotWhole(GatewayError):
+    """The store is being filled from the log (a full rebuild, a new store catching up): what it
+    holds now is part of the history, and a total over it would be short."""
+
+    status = 503
+    type = "server_error"
+    code = "store_rebuilding"
+    headers = {"retry-after": "10"}
+
+
+async def refuse_partial_store(request: web.Request, what: str) -> None:
+    """:class:`StoreNotWhole` while the store misses part of the log. ``/v1/costs`` answered 200
+    with a tenant's total at a tenth of its value, rising, through a ``replay --full`` (a review);
+    the Parquet export refused the same state already."""
+    from consumers.replay_http import REPLAY  # here: consumers imports this module
+
+    service = request.app.get(REPLAY)
+    if service is not None and not await service.whole():
+        raise StoreNotWhole(
+            f"the analytics store is being filled from the log (a full rebuild, or a new store catching up): "
+            f"{what} would count part of the history; try again once it is done (GET /healthz)"
+        )
+
+
 class AnalyticsUnavailable(GatewayError):
     """The analytics store cannot answer now (not open: the process starting or stopping)."""
 
@@ -115,6 +139,7 @@ async def costs(request: web.Request) -> web.Response:
     start, end = parse_window(query.get("start"), query.get("end"))
     limit = parse_limit(query.get("limit"))
     try:
+        await refuse_partial_store(request, "its costs")
         result = await request.app[COSTS].get_costs_for_tenant(tenant, start, end, limit=limit)
     except (StoreError, duckdb.Error) as exc:  # was a 500 (a store DuckDB invalidated, a full disk)
         raise AnalyticsUnavailable(str(exc)) from exc

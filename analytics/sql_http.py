@@ -23,7 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from analytics.http import STORE, AnalyticsUnavailable, admin_only
+from analytics.http import STORE, AnalyticsUnavailable, admin_only, refuse_partial_store
 from analytics.sql import SqlError, SqlService
 from analytics.sql_limits import DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT, MAX_ROWS_LIMIT, MAX_TIMEOUT
 from analytics.store import StoreError
@@ -50,6 +50,7 @@ async def sql_query(request: web.Request) -> web.Response:
     if fmt not in FORMATS:
         raise InvalidRequest(f"'format' must be one of {', '.join(FORMATS)}", param="format")
     try:
+        await refuse_partial_store(request, "a query")
         result = await request.app[SQL].query(
             sql, max_rows=int(max_rows), timeout=float(timeout), gone=partial(client_gone, request)
         )

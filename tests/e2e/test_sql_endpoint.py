@@ -292,3 +292,26 @@ async def test_a_result_of_lists_is_held_to_the_size_limit(tmp_path: Path, sql: 
         assert body["error"]["code"] in ("sql_result_too_large", "sql_error"), str(body)[:300]
         status, body = await post_sql(gw, {"sql": "SELECT range(3) AS r, {'a': [1, 2]} AS s -- small"})
     assert status == 200 and body["rows"] == [[[0, 1, 2], {"a": [1, 2]}]], body
+
+
+async def test_costs_and_sql_refuse_a_store_being_rebuilt_from_the_log(tmp_path: Path) -> None:
+    """During a full rebuild (or a new store's catch-up) the store holds part of the history:
+    ``/v1/costs`` answered a tenant's total at a tenth of its value, rising, with a 200 (a
+    review). Both it and SQL answer 503 ``store_rebuilding`` until the store is whole."""
+    from analytics.http import STORE
+    from consumers.replay import REBUILD_TABLE
+    from tests.e2e.test_embedded_mode import get_costs
+
+    async with embedded(tmp_path, api_keys=KEYS) as gw:
+        cost = await chat(gw, "sk-tenant")
+        await wait_for_rows(gw, 1)
+        store = gw.app[STORE]
+        await store.run(lambda c: c.execute(f"INSERT INTO {REBUILD_TABLE} (started_at, reprice) VALUES (now(), false)"))
+        status, body = await get_costs(gw, {}, key="sk-tenant")
+        assert status == 503 and body["error"]["code"] == "store_rebuilding", body
+        assert "rebuild" in body["error"]["message"]
+        status, body = await post_sql(gw, {"sql": COUNT})
+        assert status == 503 and body["error"]["code"] == "store_rebuilding", body
+        await store.run(lambda c: c.execute(f"DELETE FROM {REBUILD_TABLE}"))
+        status, body = await get_costs(gw, {}, key="sk-tenant")
+        assert status == 200 and Decimal(body["totalCost"]) == cost, body

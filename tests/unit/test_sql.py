@@ -669,3 +669,62 @@ async def test_an_interval_comes_back_exactly(store: AnalyticsStore) -> None:
     )
     assert result.rows == [["P2M", "P1Y", "PT1H30M", None, "-P2M3D", "P1M-3D", "P1Y2M3DT1H2M3.5S", 7]]
     assert [c.type for c in result.columns][:2] == ["INTERVAL", "INTERVAL"]
+
+
+# --- sharing the event loop's process -------------------------------------------------------------
+async def test_a_big_result_is_read_and_encoded_letting_go_of_the_gil_and_encodes_as_one_dumps(
+    store: AnalyticsStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading and encoding a result is Python work in a worker thread: it holds the GIL, and
+    the gateway's loop waited for it at each of a call's awaits (a review: chat p99 7 -> 199 ms
+    while an analyst read ``usage_facts``; 1.2 s for one ``json.dumps`` of 70 MB). It lets go
+    every ``CELLS_A_TURN`` values, and the text is what one ``json.dumps`` of it makes."""
+    pauses = [0]
+    monkeypatch.setattr(sql_module, "let_others_run", lambda: pauses.__setitem__(0, pauses[0] + 1))
+    result = await query(
+        store,
+        "SELECT i, i::DECIMAL(18,4) / 7 AS d, 'a\"b' || i AS s, TIMESTAMPTZ '2026-03-01 00:00:00Z' + i * "
+        "INTERVAL 1 SECOND AS t, CASE WHEN i % 7 = 0 THEN NULL ELSE i / 3 END AS f FROM range(5000) r(i)",
+        max_rows=5000,
+    )
+    read = pauses[0]
+    assert read >= 5000 * 5 // sql_module.CELLS_A_TURN - 1
+    text = result.to_json()
+    assert pauses[0] - read >= 5000 * 5 // sql_module.CELLS_A_TURN - 1
+    assert text == json.dumps(result.to_dict(), ensure_ascii=False, allow_nan=False)
+    assert json.loads(text)["rows"][4999][0] == 4999
+    empty = SqlResult([], [], truncated=False, max_rows=1)
+    assert empty.to_json() == json.dumps(empty.to_dict())
+    before = pauses[0]
+    assert result.to_csv().count("\n") == 5001 and pauses[0] - before >= 5000 * 5 // sql_module.CELLS_A_TURN - 1
+
+
+async def test_a_query_nesting_deeper_than_python_reads_is_refused_not_a_crash(store: AnalyticsStore) -> None:
+    """400 terms of ``+`` (or 500 of ``||``) made the check's JSON reading raise RecursionError:
+    a 500 (a review)."""
+    for sql in (
+        "SELECT " + " + ".join("1" for _ in range(400)),
+        "SELECT " + " || ".join(f"'{i}'" for i in range(500)),
+        "SELECT " + "abs(" * 600 + "1" + ")" * 600,
+    ):
+        with pytest.raises(SqlRefused, match="nests too deeply"):
+            await query(store, sql)
+    assert (await query(store, "SELECT " + " + ".join("1" for _ in range(50)) + " AS n")).rows == [[50]]
+
+
+async def test_the_time_limit_counts_the_wait_for_a_query_slot(store: AnalyticsStore) -> None:
+    """Behind two long queries, a `SELECT 1` with a 1 s limit answered after 19.5 s (a review)."""
+    service = SqlService(store, concurrency=2)
+    slow = [
+        asyncio.create_task(service.query("SELECT count(*) FROM range(1000000000000)", timeout=30)) for _ in range(2)
+    ]
+    await asyncio.sleep(0.3)
+    started = time.monotonic()
+    with pytest.raises(SqlTimeout, match=r"waited 0\.5 s for one of the 2 query slots"):
+        await service.query("SELECT 1", timeout=0.5)
+    assert time.monotonic() - started < 3
+    service.interrupt_all()
+    for task in slow:
+        with pytest.raises(SqlTimeout):
+            await task
+    assert (await service.query("SELECT 1 AS one", timeout=5)).rows == [[1]]  # every slot given back
