@@ -168,8 +168,17 @@ class GeminiSimulator(Simulator):
             if error is not None:
                 return web.json_response(error[1], status=error[0])
         dimensions = requests[0].get("outputDimensionality")
-        data = json.dumps({"embeddings": [{"values": self.embedding(text, dimensions)} for text in texts]}).encode()
+        data = json.dumps({"embeddings": [{"values": self.cut_embedding(text, dimensions)} for text in texts]}).encode()
         return await self.faulty_json(request, data, fault) or web.Response(body=data, content_type="application/json")
+
+    def cut_embedding(self, text: str, dimensions: Any) -> list[float]:
+        """As Gemini: a unit vector at full size; cut to ``outputDimensionality``, the first part
+        of one (its length below 1: the caller normalizes it, Google's guide says)."""
+        if not isinstance(dimensions, int) or dimensions <= 0:
+            return self.embedding(text)  # type: ignore[return-value]
+        full = self.embedding(text, 2 * dimensions)
+        assert isinstance(full, list)
+        return full[:dimensions]
 
     def _check_key(self, request: web.Request) -> web.Response | None:
         if self.api_key is None:

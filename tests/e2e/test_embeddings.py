@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
 import struct
 from decimal import Decimal
 from typing import Any
@@ -290,3 +291,18 @@ async def test_an_azure_deployment_serves_its_model_and_a_group_never_swaps_mode
     assert _same_model(group, "text-embedding-005") == [Candidate("openai", "text-embedding-005")]
     dated = [Candidate("openai", "gpt-4o-2024-08-06"), Candidate("azure", "gpt-4o")]
     assert _same_model(dated, "gpt-4o-2024-08-06") == dated  # a snapshot and its family are one model
+
+
+async def test_vectors_cut_to_dimensions_come_back_of_length_one_from_every_vendor() -> None:
+    """OpenAI's embeddings have length 1, cut to ``dimensions`` or not, and clients rank by dot
+    product. Gemini normalizes its full-size vectors only: one cut to ``outputDimensionality``
+    came back as Gemini sent it, shorter than 1 (a review: 2.77 at 768)."""
+    async with running_gateway() as gw:
+        for model, vendor in NATIVE.items():
+            answer = (await embed(gw, model=model, input="one text", dimensions=6, encoding_format="float")).parse()
+            vector = answer.data[0].embedding
+            assert len(vector) == 6 and math.hypot(*vector) == pytest.approx(1, abs=1e-5), (vendor, vector)
+        sent = gw.sims["google"].cut_embedding("one text", 6)
+        assert math.hypot(*sent) < 0.95  # what Gemini sends: the first part of a unit vector
+        got = (await embed(gw, model="gemini-embedding-001", input="one text", dimensions=6)).parse()
+        assert got.data[0].embedding == pytest.approx([v / math.hypot(*sent) for v in sent], rel=1e-5)  # float32
