@@ -380,6 +380,20 @@ class ContentFiltered(UpstreamBadRequest):
         return out
 
 
+class ToolCallFailed(ProviderError):
+    """The model answered, but the tool call it made failed (Gemini's ``MALFORMED_FUNCTION_CALL``,
+    ``UNEXPECTED_TOOL_CALL``, ``TOO_MANY_TOOL_CALLS``): billed at the answer's usage. Answered as
+    an empty ``stop``, a tool loop took it for the model's last word and ended (a review); as an
+    error, the next provider of the model is tried, and a client may try again (such failures
+    come and go). The request's tools, not the provider's health: neutral (``client_error``), or
+    one client's schema would open the provider's circuit for every caller."""
+
+    status = 502
+    type = "server_error"
+    code = "tool_call_failed"
+    outcome = "client_error"
+
+
 class StreamCut(ProviderError):
     """The upstream stream broke after it had started."""
 

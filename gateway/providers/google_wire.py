@@ -48,7 +48,7 @@ _CONTENT_FILTER = frozenset(
     }
 )
 _LENGTH = frozenset({"MAX_TOKENS"})
-#: tool-call failures: reported as ``stop`` but worth a log line
+#: the model's tool call failed: the attempt fails (``tool_call_failure``)
 _TOOL_FAILURES = frozenset({"MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL", "TOO_MANY_TOOL_CALLS"})
 _PLAIN_STOP = frozenset({"STOP", "OTHER", "LANGUAGE", "FINISH_REASON_UNSPECIFIED", "IMAGE_OTHER", "NO_IMAGE"})
 
@@ -238,8 +238,7 @@ def map_finish_reason(value: str | None, *, has_function_call: bool = False) -> 
         return "content_filter"
     if value in _LENGTH:
         return "length"
-    if value in _TOOL_FAILURES:
-        log.warning("gemini finished with %s", value)
+    if value in _TOOL_FAILURES:  # raised before (tool_call_failure); "stop" if ever asked
         return "stop"
     if value not in _PLAIN_STOP and value is not None:
         log.warning("gemini sent an unknown finishReason %r; treating it as stop", value)
@@ -282,6 +281,8 @@ class Piece:
     model: str | None = None
     #: the ``functionCall`` parts, in order (Gemini sends each one whole, also when streaming)
     tool_calls: list[ToolCall] = field(default_factory=list)
+    #: the candidate's ``finishMessage`` (why a tool call failed), cut to 500 characters
+    finish_message: str | None = None
 
     def finish(self, *, has_function_call: bool | None = None) -> FinishReason | None:
         if self.blocked:
@@ -290,6 +291,23 @@ class Piece:
             return None
         calls = self.has_function_call if has_function_call is None else has_function_call
         return map_finish_reason(self.raw_finish, has_function_call=calls)
+
+
+def tool_call_failure(piece: Piece) -> errors.ToolCallFailed | None:
+    """The error of an answer that ended in a failed tool call, billed at its usage; else None."""
+    if piece.raw_finish not in _TOOL_FAILURES:
+        return None
+    detail = f": {piece.finish_message}" if piece.finish_message else ""
+    error = errors.ToolCallFailed(
+        f"{PROVIDER}: the model's tool call failed ({piece.raw_finish}){detail}",
+        provider=PROVIDER,
+        http_status=200,
+        upstream_code=piece.raw_finish,
+    )
+    error.usage = piece.usage
+    error.billed_unseen = piece.usage is None
+    error.served_model = piece.model
+    return error
 
 
 def parse_response(obj: Any) -> Piece:
@@ -320,6 +338,9 @@ def parse_response(obj: Any) -> Piece:
     finish = cand.get("finishReason")
     if finish is not None:
         piece.raw_finish = str(finish)
+        message = cand.get("finishMessage")
+        if isinstance(message, str):
+            piece.finish_message = message[:500]
     return piece
 
 

@@ -553,6 +553,8 @@ class Router:
         http_status, code, kind = _ALL_FAILED.get(frozenset(outcomes), (502, None, None))
         if attempts.failures and all(isinstance(e, errors.ConnectionsBusy) for e in attempts.failures):
             code = errors.ConnectionsBusy.code  # nothing was sent: the gateway's own limit
+        elif attempts.failures and all(isinstance(e, errors.ToolCallFailed) for e in attempts.failures):
+            code = errors.ToolCallFailed.code  # the model's failed tool calls: not the providers'
         if http_status == 502 and (outcomes <= _THROTTLED if outcomes else attempts.skipped):
             http_status = 503  # throttled everywhere, or every circuit open: unavailable for now
         cannot = attempts.failures and all(isinstance(e, errors.ModelCannotServe) for e in attempts.failures)

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
+import aiohttp
 import openai
 import orjson
 import pytest
@@ -421,3 +422,59 @@ async def test_a_request_too_large_for_the_vendor_is_a_413(upstream: tuple[Upstr
             await c.chat.completions.create(model="claude-3-haiku", messages=[{"role": "user", "content": "x"}])
     assert info.value.status_code == 413 and info.value.code == "request_too_large"
     assert "maximum size" in info.value.message
+
+
+def malformed_call(reason: str = "MALFORMED_FUNCTION_CALL") -> dict[str, Any]:
+    return {
+        "candidates": [
+            {
+                "content": {"role": "model", "parts": []},
+                "finishReason": reason,
+                "finishMessage": "Malformed function call: print(default_api.lookup(city=)",
+            }
+        ],
+        "usageMetadata": {"promptTokenCount": 1000, "candidatesTokenCount": 40, "totalTokenCount": 1040},
+        "modelVersion": "gemini-1.5-pro-002",
+    }
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_gemini_tool_call_that_failed_is_an_error_billed_and_neutral_for_health(
+    upstream: tuple[Upstream, str], stream: bool
+) -> None:
+    """Gemini's ``MALFORMED_FUNCTION_CALL`` (the call it generated is invalid) came back as an
+    empty answer with ``finish_reason: stop``: a tool loop took it for the model's last word
+    (a review). It is the attempt's error, billed at its usage, and the request's tools are no
+    failure of Google: six in a row leave its circuit closed."""
+    up, url = upstream
+    tools: Any = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    async with await gateway(url, "google") as gw, client(gw) as c:
+        for reason in ("MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL", *["TOO_MANY_TOOL_CALLS"] * 4):
+            up.script["generate"] = web.json_response(malformed_call(reason))
+            up.script["stream"] = web.Response(
+                body=b"data: " + orjson.dumps(malformed_call(reason)) + b"\r\n\r\n", content_type="text/event-stream"
+            )
+            with pytest.raises(openai.APIStatusError) as info:
+                if stream:
+                    async for _ in await c.chat.completions.create(
+                        model="gemini-1.5-pro", messages=[{"role": "user", "content": "x"}], tools=tools, stream=True
+                    ):
+                        pass
+                else:
+                    await c.chat.completions.create(
+                        model="gemini-1.5-pro", messages=[{"role": "user", "content": "x"}], tools=tools
+                    )
+            assert info.value.status_code == 502 and info.value.code == "tool_call_failed"
+            assert reason in info.value.message
+        assert "Malformed function call" in gw.event_log.events[0].error_message
+        async with aiohttp.ClientSession() as s, s.get(f"{gw.base_url}/providers/health") as r:
+            health = await r.json()
+    assert health["providers"]["google"]["circuit"] == "closed", health
+    for event in gw.event_log.events:
+        assert (event.outcome, event.billable, event.prompt_tokens, event.completion_tokens) == (
+            "client_error",
+            True,
+            1000,
+            40,
+        )
+        assert event.cost_usd is not None and event.cost_usd > 0 and event.served_model == "gemini-1.5-pro-002"
