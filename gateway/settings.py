@@ -97,6 +97,12 @@ class ProviderSettings(BaseModel):
     #: Azure: use the v1 path (/openai/v1/chat/completions) instead of deployment URLs
     use_v1: bool = False
     enabled: bool | None = None
+    #: Anthropic: the ``max_tokens`` sent for a request that sets none (Anthropic requires one;
+    #: OpenAI's models then write up to their own cap). 4096 by default: Anthropic reserves
+    #: ``max_tokens`` against the output-tokens-per-minute limit when a call starts, 8,000 a
+    #: minute at its first tier, so each model's cap (64,000) would refuse every such call
+    #: there. Capped at the model's own limit.
+    default_max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
 
     @field_validator("base_url")
     @classmethod
@@ -276,6 +282,9 @@ class Settings(BaseSettings):
     def _providers(cls, value: dict[str, ProviderSettings]) -> dict[str, ProviderSettings]:
         _known(value)
         for name, provider in value.items():
+            if provider.default_max_tokens is not None and name != "anthropic":
+                # the others' models write up to their own cap without one: it would do nothing
+                raise ValueError(f"{name}.default_max_tokens: only anthropic takes it (its API requires max_tokens)")
             if name != "ollama":
                 try:
                     _http_url(provider.base_url, bare_host=False)

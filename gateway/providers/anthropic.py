@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 
 from gateway import errors
 from gateway.providers import anthropic_wire as wire
@@ -100,6 +101,13 @@ class AnthropicProvider:
         }
         self._session = session
         self._timeouts = timeouts
+        self._default_max_tokens = settings.default_max_tokens or wire.DEFAULT_MAX_TOKENS
+
+    def _body(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
+        """The Messages body; a request without ``max_tokens`` gets the configured default, within
+        the model's cap (4,096 for the Claude 3 models: a larger one is their 400)."""
+        default = min(self._default_max_tokens, output_cap(request.model) or self._default_max_tokens)
+        return wire.build_body(request, stream=stream, default_max_tokens=default)
 
     def max_output_tokens(self, model: str) -> int | None:  # OutputLimits
         return output_cap(model)
@@ -113,7 +121,7 @@ class AnthropicProvider:
             self.name,
             self._url,
             headers=self._headers,
-            body=wire.build_body(request, stream=False),
+            body=self._body(request, stream=False),
             timeout=self._timeouts.non_streaming(),
             classify=wire.classify,
         ) as resp:
@@ -132,7 +140,7 @@ class AnthropicProvider:
                 self.name,
                 self._url,
                 headers={**self._headers, "accept": "text/event-stream"},
-                body=wire.build_body(request, stream=True),
+                body=self._body(request, stream=True),
                 timeout=self._timeouts.streaming(),
                 classify=wire.classify,
             ) as resp:

@@ -79,7 +79,7 @@ _USAGE_FIELDS = (
 # --- request ------------------------------------------------------------------------------------
 
 
-def build_body(req: ChatRequest, *, stream: bool) -> dict[str, Any]:
+def build_body(req: ChatRequest, *, stream: bool, default_max_tokens: int = DEFAULT_MAX_TOKENS) -> dict[str, Any]:
     """The /v1/messages body: top-level ``system``, user/assistant turns merged by role.
 
     A turn's content stays one string (texts joined by blank lines) until a tool block joins
@@ -131,7 +131,7 @@ def build_body(req: ChatRequest, *, stream: bool) -> dict[str, Any]:
 
     body: dict[str, Any] = {
         "model": req.model,
-        "max_tokens": req.max_tokens if req.max_tokens is not None else DEFAULT_MAX_TOKENS,
+        "max_tokens": req.max_tokens if req.max_tokens is not None else default_max_tokens,
         "messages": turns,
     }
     if system is not None:

@@ -930,3 +930,42 @@ def test_a_marked_message_of_whitespace_alone_is_no_empty_turn() -> None:
     ])  # fmt: skip
     assert all(turn["content"] for turn in sent["messages"])
     assert sent["messages"][1] == {"role": "assistant", "content": "  "}
+
+
+@pytest.mark.parametrize(
+    ("configured", "model", "sent"),
+    [
+        (None, "claude-sonnet-4-5", 4096),  # Anthropic requires one: its OTPM limit reserves it
+        (32000, "claude-sonnet-4-5", 32000),
+        (32000, "claude-3-haiku-20240307", 4096),  # within the model's cap: a larger one is its 400
+        (100_000, "claude-sonnet-4-5", 64000),
+        (32000, "my-claude-deployment", 32000),  # a name of unknown cap: as configured
+    ],
+)
+async def test_a_request_without_max_tokens_gets_the_configured_default_within_the_models_cap(
+    sim: AnthropicSimulator, session: UpstreamClient, timeouts: Timeouts, configured: int | None, model: str, sent: int
+) -> None:
+    settings = ProviderSettings(api_key=KEY, base_url=sim.base_url, default_max_tokens=configured)
+    provider = AnthropicProvider(settings, session, timeouts)
+    request = req()
+    request.model = model
+    await provider.complete(request)
+    await collect(provider, request)
+    assert [r.body["max_tokens"] for r in sim.requests] == [sent, sent]
+    asked = req(max_tokens=100)
+    asked.model = model
+    await provider.complete(asked)
+    assert sim.requests[-1].body["max_tokens"] == 100
+
+
+def test_default_max_tokens_is_anthropics_alone() -> None:
+    from pydantic import ValidationError
+
+    from gateway.settings import Settings
+
+    with pytest.raises(ValidationError, match="only anthropic takes it"):
+        Settings(providers={"openai": {"default_max_tokens": 1000}}, _env_file=None)  # type: ignore[call-arg]
+    with pytest.raises(ValidationError):
+        ProviderSettings(default_max_tokens=0)
+    settings = Settings(providers={"anthropic": {"default_max_tokens": 1000}}, _env_file=None)  # type: ignore[call-arg]
+    assert settings.providers["anthropic"].default_max_tokens == 1000
