@@ -403,6 +403,15 @@ class StreamCut(ProviderError):
     outcome = "stream_cut"
 
 
+class ToolCallFailedMidStream(StreamCut):
+    """A :class:`ToolCallFailed` after the answer's first text reached the client: the stream
+    ends with its error, billed at the usage the answer reported, neutral for health (as a
+    ``stream_cut`` it was unpriced and five opened the provider's circuit: a re-test)."""
+
+    code = "tool_call_failed"
+    outcome = "client_error"
+
+
 class ClientTooSlow(StreamCut):
     """The upstream ended a stream the client had stopped reading (``StreamSession.batches``):
     the client's doing, so neutral for provider health."""

@@ -65,6 +65,10 @@ Outcome = Literal[
     "cancelled",
 ]
 
+#: the ``error_code`` of a ``rate_limited`` attempt refused for the day (a Gemini model out of its
+#: daily quota, until midnight Pacific): the model's, not the provider's, so health leaves it out
+DAILY_QUOTA = "daily_quota_exceeded"
+
 #: fields added after version 1's first release (with a default): a record written before one
 #: lacks it, and reads as its default
 ADDED_IN_VERSION = frozenset({"cache_creation_1h_tokens"})

@@ -33,7 +33,7 @@ from datetime import datetime, timedelta
 from itertools import compress
 from typing import Literal, NamedTuple, get_args
 
-from gateway.events import PROVIDER_FAILURES, Outcome, UsageEvent
+from gateway.events import DAILY_QUOTA, PROVIDER_FAILURES, Outcome, UsageEvent
 
 Kind = Literal["success", "failure", "rate_limited", "neutral"]
 
@@ -102,6 +102,10 @@ class Sample:
         at = event.created_at.timestamp() if ts is None else ts
         outcome = event.outcome
         kind, code = _CODED.get(outcome) or _coded(outcome)
+        if kind == "rate_limited" and event.error_code == DAILY_QUOTA:
+            # one model out of its day's quota: Google degraded until midnight by its rate-limit
+            # rate while its other models served (a re-test)
+            kind, code = _NEUTRAL
         if code == 0:  # a success
             return cls(event.created_at, kind, outcome, event.latency_ms, event.ttft_ms, at, code)
         return cls(event.created_at, kind, outcome, None, None, at, code)
@@ -167,6 +171,8 @@ def _coded(outcome: str) -> tuple[Kind, int]:
 
 #: the class and window code of every known outcome (``_coded`` for the others)
 _CODED: dict[str, tuple[Kind, int]] = {outcome: _coded(outcome) for outcome in get_args(Outcome)}
+
+_NEUTRAL: tuple[Kind, int] = ("neutral", _code("neutral", "client_error"))
 
 #: upper bounds of the value buckets, log-spaced from 0.05 ms to 20 minutes (each about 7% wider
 #: than the one before); a value's bucket is 1 + the number of bounds at or below it, so 1 to 255,

@@ -17,6 +17,7 @@ from typing import Any
 from uuid import uuid4
 
 from gateway import errors
+from gateway.events import DAILY_QUOTA
 from gateway.images import Image
 from gateway.providers.google_thinking import thinking_config
 from gateway.providers.http import (
@@ -477,6 +478,7 @@ def classify(status: int, headers: Mapping[str, str], body: Any, raw: str) -> er
             # circuit for every Gemini model: a review). Its wait, the day's end, is past any
             # retry: the call falls back at once
             kwargs["retry_after"] = max(retry_after or 0.0, until_quota_day_ends())
+            kwargs["upstream_code"] = DAILY_QUOTA  # health leaves it out: the model's, not Google's
         return errors.RateLimited(text, **kwargs)
     if rpc_status == "FAILED_PRECONDITION":
         # billing not enabled / region not supported: this account cannot serve, fall back

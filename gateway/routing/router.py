@@ -70,6 +70,8 @@ class _NoCircuits:
 _ALL_FAILED: dict[frozenset[str], tuple[int, str | None, str | None]] = {
     frozenset({"rate_limited"}): (429, "rate_limit_exceeded", "rate_limit_error"),
     frozenset({"quota_exhausted"}): (429, "insufficient_quota", "insufficient_quota"),
+    # some out of credit, the others rate limited (a Gemini model's daily quota): a wait helps
+    frozenset({"quota_exhausted", "rate_limited"}): (429, "rate_limit_exceeded", "rate_limit_error"),
     frozenset({"model_not_found"}): (404, "model_not_found", "invalid_request_error"),
     frozenset({"timeout"}): (504, None, None),
 }
@@ -793,14 +795,18 @@ class StreamSession:
             # may still be forwarded after the client came back, so the cut shows a few quick
             # writes later (the last write alone missed half of the slow readers in a re-test)
             client = time.monotonic() - slow_at <= SLOW_CLIENT_WINDOW
-            kind = errors.ClientTooSlow if client else errors.StreamCut
+            kind: type[errors.StreamCut] = errors.ClientTooSlow if client else errors.StreamCut
             why = f" (the client had read nothing for {slow:.1f} s)" if client else ""
+            if isinstance(cause, errors.ToolCallFailed):  # the model's doing: the answer it billed
+                kind, why = errors.ToolCallFailedMidStream, ""
+                self.usage = cause.usage or self.usage
             cut = kind(
                 f"{self.provider}: stream interrupted: {cause.message}{why}",
                 provider=self.provider,
                 http_status=cause.http_status,
                 upstream_code=cause.upstream_code or cause.code,
             )
+            cut.billed_unseen = isinstance(cause, errors.ToolCallFailed) and self.usage is None
             self.error = cut
             self.finish(cut.outcome, error=cut)
             raise cut from exc
@@ -836,6 +842,7 @@ class StreamSession:
                 served_model=self.served_model,
                 usage=self.usage,
                 incomplete=incomplete,
+                billed=isinstance(error, errors.ProviderError) and error.billed_unseen,
             ),
         )
         return self.event

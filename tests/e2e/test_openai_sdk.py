@@ -138,7 +138,9 @@ async def test_rate_limit_is_retried_honouring_retry_after(gw: RunningGateway) -
 @pytest.mark.parametrize(
     ("fault", "status", "code", "error_class"),
     [
-        ("quota", 429, "insufficient_quota", openai.RateLimitError),
+        # Gemini's quota fault is a model's daily quota, a rate limit (the others' are credit
+        # gone): a 429 the client may wait out, not insufficient_quota (see the next test)
+        ("quota", 429, "rate_limit_exceeded", openai.RateLimitError),
         ("auth", 502, "all_providers_failed", openai.InternalServerError),
         ("not_found", 404, "model_not_found", openai.NotFoundError),
         ("rate_limit", 429, "rate_limit_exceeded", openai.RateLimitError),
@@ -166,6 +168,16 @@ async def test_every_provider_failing_the_same_way_answers_as_that_failure(
     assert headers.get("x-should-retry") == "false"
     sent = sum(len(sim.requests) for sim in gw.sims.values())
     assert sent == int(headers["x-llm-attempts"]) >= 5  # the gateway's attempts, and no SDK retry
+
+
+async def test_every_provider_out_of_credit_answers_insufficient_quota() -> None:
+    async with running_gateway(providers=("openai", "azure", "anthropic", "ollama")) as gw:
+        for sim in gw.sims.values():
+            sim.faults.always(Fault("quota"))
+        async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="unused", max_retries=2) as c:
+            with pytest.raises(openai.RateLimitError) as info:
+                await c.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}])
+    assert (info.value.code, info.value.response.headers.get("x-should-retry")) == ("insufficient_quota", "false")
 
 
 async def test_providers_that_cannot_be_reached_leave_the_sdk_its_retries(gw: RunningGateway) -> None:

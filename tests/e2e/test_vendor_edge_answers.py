@@ -478,3 +478,38 @@ async def test_a_gemini_tool_call_that_failed_is_an_error_billed_and_neutral_for
             40,
         )
         assert event.cost_usd is not None and event.cost_usd > 0 and event.served_model == "gemini-1.5-pro-002"
+
+
+async def test_a_gemini_tool_call_that_failed_after_text_ends_the_stream_billed_and_neutral(
+    upstream: tuple[Upstream, str],
+) -> None:
+    """After some text reached the client, the failed tool call was taken for a cut stream:
+    unpriced, and five of them opened Google's circuit (a re-test). It ends the stream with
+    ``tool_call_failed``, billed at the usage Gemini reported, and health does not count it."""
+    up, url = upstream
+    text = {"candidates": [{"content": {"role": "model", "parts": [{"text": "Partial text "}]}}]}
+    async with await gateway(url, "google") as gw, client(gw) as c:
+        for _ in range(6):
+            up.script["stream"] = web.Response(
+                body=b"data: " + orjson.dumps(text) + b"\r\n\r\ndata: " + orjson.dumps(malformed_call()) + b"\r\n\r\n",
+                content_type="text/event-stream",
+            )
+            got = []
+            with pytest.raises(openai.APIError) as info:
+                async for chunk in await c.chat.completions.create(
+                    model="gemini-1.5-pro", messages=[{"role": "user", "content": "x"}], stream=True
+                ):
+                    got.append(chunk.choices[0].delta.content if chunk.choices else None)
+            assert "Partial text " in got and "tool call failed" in info.value.message
+        async with aiohttp.ClientSession() as s, s.get(f"{gw.base_url}/providers/health") as r:
+            health = await r.json()
+    assert health["providers"]["google"]["circuit"] == "closed", health
+    assert len(gw.event_log.events) == 6
+    for event in gw.event_log.events:
+        assert (event.outcome, event.error_code, event.billable, event.prompt_tokens) == (
+            "client_error",
+            "tool_call_failed",
+            True,
+            1000,
+        )
+        assert event.cost_usd is not None and event.cost_usd > 0
