@@ -102,7 +102,7 @@ class ProviderSettings(BaseModel):
     #: ``max_tokens`` against the output-tokens-per-minute limit when a call starts, 8,000 a
     #: minute at its first tier, so each model's cap (64,000) would refuse every such call
     #: there. Capped at the model's own limit.
-    default_max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    default_max_tokens: int | None = Field(default=None, ge=1, le=1_000_000, strict=True)  # ``true`` is no 1
 
     @field_validator("base_url")
     @classmethod

@@ -965,7 +965,8 @@ def test_default_max_tokens_is_anthropics_alone() -> None:
 
     with pytest.raises(ValidationError, match="only anthropic takes it"):
         Settings(providers={"openai": {"default_max_tokens": 1000}}, _env_file=None)  # type: ignore[call-arg]
-    with pytest.raises(ValidationError):
-        ProviderSettings(default_max_tokens=0)
+    for wrong in (0, True, "1000", 1.5):
+        with pytest.raises(ValidationError):
+            ProviderSettings(default_max_tokens=wrong)  # YAML's ``true`` was taken for 1 (a re-test)
     settings = Settings(providers={"anthropic": {"default_max_tokens": 1000}}, _env_file=None)  # type: ignore[call-arg]
     assert settings.providers["anthropic"].default_max_tokens == 1000
