@@ -168,6 +168,15 @@ class SqlResult:
             parts.append(json.dumps(rows[start : start + step], ensure_ascii=False, allow_nan=False)[1:-1])
         return f'{head}, "rows": [{", ".join(parts)}], {tail}'
 
+    def release(self) -> None:
+        """Drop the rows :data:`CELLS_A_TURN` values at a time, letting go of the GIL between
+        (call from a worker thread: see :func:`let_others_run`)."""
+        rows = self.rows
+        step = rows_a_turn(len(self.columns))
+        while rows:
+            del rows[-step:]
+            let_others_run()
+
     def to_csv(self) -> str:
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")

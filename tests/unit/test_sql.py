@@ -728,3 +728,18 @@ async def test_the_time_limit_counts_the_wait_for_a_query_slot(store: AnalyticsS
         with pytest.raises(SqlTimeout):
             await task
     assert (await service.query("SELECT 1 AS one", timeout=5)).rows == [[1]]  # every slot given back
+
+
+async def test_a_result_is_released_in_turns_after_it_is_encoded(
+    store: AnalyticsStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dropped on the event loop when the handler returned, 100,000 rows held it 67 ms (a
+    re-test): the worker that encoded them drops them, a turn at a time."""
+    from analytics.sql_http import _encoded
+
+    result = await query(store, "SELECT i, i * 2 AS j FROM range(3000) r(i)", max_rows=3000)
+    pauses = [0]
+    monkeypatch.setattr(sql_module, "let_others_run", lambda: pauses.__setitem__(0, pauses[0] + 1))
+    text = _encoded(result, result.to_json)
+    assert json.loads(text)["rowCount"] == 3000 and result.rows == []
+    assert pauses[0] >= 2 * (3000 * 2 // sql_module.CELLS_A_TURN) - 2  # the encoding's turns and the release's
