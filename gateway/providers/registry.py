@@ -37,6 +37,15 @@ def build_providers(settings: Settings, session: UpstreamClient, timeouts: Timeo
         if provider is not None:
             providers[name] = provider
     usable = [name for name in settings.priority if name in providers]
+    ollama = settings.provider("ollama")
+    if usable == ["ollama"] and ollama.enabled is None and ollama.base_url is None:
+        # Ollama needs no key, so it is on by default: a first `serve` without keys said
+        # "configured providers: ollama", /healthz ok, and every call was a 502 (a docs review)
+        log.warning(
+            "no provider key is set: only Ollama is configured, at its default address (calls fail unless "
+            "Ollama runs there). Set OPENAI_API_KEY (or another provider's key), or try every provider "
+            "from simulators: llm-gateway serve --simulate"
+        )
     if usable:
         left_out = [name for name in providers if name not in usable]
         log.info(
