@@ -260,7 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gateway (embedded event log and cost store by default)")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
-    serve.add_argument("--config", help="YAML config file (api keys, model groups, providers, prices)")
+    serve.add_argument(
+        "--config", help="YAML config file (api keys, model groups, providers, prices; default: LLM_GATEWAY_CONFIG)"
+    )
     serve.add_argument(
         "--simulate", action="store_true", help="serve every provider from built-in simulators (no API keys)"
     )
@@ -279,6 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.commands import register_commands
 
     register_commands(sub)
+    # every command that reads the settings takes the config file as `serve` does: the operator
+    # commands found no admin key in it, with a `serve --config` beside them (a docs review)
+    for name, command in sub.choices.items():
+        if name not in ("serve", "simulate"):
+            command.add_argument("--config", help="YAML config file (default: LLM_GATEWAY_CONFIG)")
     return parser
 
 

@@ -205,6 +205,25 @@ async def test_cli_asks_the_running_gateway(tmp_path: Path) -> None:
         assert code != 0 and "sql_not_allowed" in err
 
 
+async def test_the_operator_commands_take_the_config_file_as_serve_does(tmp_path: Path) -> None:
+    """Only ``serve`` took ``--config``: beside a ``serve --config``, ``sql`` found no admin key
+    and was refused 401 (a docs review)."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text("api_keys:\n  - {key: sk-admin, tenant: ops, admin: true}\n")
+    env = {"PATH": "/usr/bin:/bin", "LLM_GATEWAY_DATA_DIR": str(tmp_path / "cli")}
+    async with embedded(tmp_path, api_keys=KEYS) as gw:
+        code, _, err = await cli("SELECT 1 AS one", "--url", gw.url, env=env)
+        assert code != 0 and "401" in err
+        code, out, err = await cli(
+            "SELECT 1 AS one", "--url", gw.url, "--config", str(config), "--format", "json", env=env
+        )
+        assert code == 0, err
+        assert json.loads(out)["rows"] == [[1]]
+    for command in ("costs", "replay", "export-parquet", "export-log", "consume"):
+        code, out, _ = await run_command(command, "--help", env=env)
+        assert code == 0 and "--config" in out, command
+
+
 async def test_cli_reads_the_file_when_nothing_runs(tmp_path: Path) -> None:
     async with embedded(tmp_path) as gw:
         cost = await chat(gw)
