@@ -88,7 +88,7 @@ async def refuse_partial_store(request: web.Request, what: str) -> None:
     from consumers.replay_http import REPLAY  # here: consumers imports this module
 
     service = request.app.get(REPLAY)
-    if service is not None and not await service.whole():
+    if service is not None and not await service.answers_whole():
         raise StoreNotWhole(
             f"the analytics store is being filled from the log (a full rebuild, or a new store catching up): "
             f"{what} would count part of the history; try again once it is done (GET /healthz)"

@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import itertools
 import json
 import math
 import re
@@ -111,6 +112,13 @@ class SqlRefused(SqlError):
 
 class SqlTimeout(SqlError):
     code = "sql_timeout"
+
+
+class SqlBusy(SqlTimeout):
+    """Every query slot stayed taken for the query's whole time limit: the service was busy,
+    the query was not run (a 503, not the client's 400)."""
+
+    code = "sql_busy"
 
 
 class SqlResultTooLarge(SqlError):
@@ -184,9 +192,12 @@ class SqlResult:
         # "\n" ending its lines): such a row was read back as two (review). Its rows quote all.
         quoted = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL)
         step = rows_a_turn(len(self.columns))
-        for n, cells in enumerate(
-            ([c.name for c in self.columns], *([cell_text(v, null="") for v in row] for row in self.rows))
-        ):
+        # one row converted at a time: unpacked into one tuple first, every row was converted
+        # before the first hand-off (233 ms for 100,000 rows of 10: a diff review)
+        lines = itertools.chain(
+            ([c.name for c in self.columns],), ([cell_text(v, null="") for v in row] for row in self.rows)
+        )
+        for n, cells in enumerate(lines):
             if n and n % step == 0:
                 let_others_run()
             (quoted if any("\r" in cell for cell in cells) else writer).writerow(cells)
@@ -589,21 +600,23 @@ class SqlService:
         max_rows: int = DEFAULT_MAX_ROWS,
         timeout: float = DEFAULT_TIMEOUT,
         gone: Callable[[], bool] | None = None,
+        started: float | None = None,
     ) -> SqlResult:
         """Run ``sql``; ``gone``: whether the caller has left, looked at every
         :data:`GONE_EVERY` seconds (aiohttp does not cancel a handler whose client left: a
         query abandoned so ran to its timeout, holding one of the slots; a re-test)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        # ``started``: when the request came (the loop's clock), when it did other work first
+        deadline = (loop.time() if started is None else started) + timeout
         try:
             # the time limit counts from the request: a query behind two long ones waited for
             # their end, past its own limit, holding its connection (a review: 19.5 s for 1 s)
             async with asyncio.timeout_at(deadline):
                 await self._slots.acquire()
         except TimeoutError:
-            raise SqlTimeout(
+            raise SqlBusy(
                 f"the query waited {timeout:g} s for one of the {self.concurrency} query slots, which other queries "
-                "held, and was not run"
+                "held, and was not run: try again later"
             ) from None
         try:
             cursor = await self.store.run(lambda conn: conn.cursor())

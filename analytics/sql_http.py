@@ -22,17 +22,18 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+import duckdb
 from aiohttp import web
 
 from analytics.http import STORE, AnalyticsUnavailable, admin_only, refuse_partial_store
-from analytics.sql import SqlError, SqlResult, SqlService
+from analytics.sql import SqlBusy, SqlError, SqlResult, SqlService
 from analytics.sql_limits import DEFAULT_MAX_ROWS, DEFAULT_TIMEOUT, MAX_ROWS_LIMIT, MAX_TIMEOUT
 from analytics.store import StoreError
 from gateway.api.drain import at_stop
 from gateway.api.expect import add_post
 from gateway.api.json_body import json_body
 from gateway.api.middleware import client_gone
-from gateway.errors import InvalidRequest
+from gateway.errors import GatewayError, InvalidRequest
 
 SQL: web.AppKey[SqlService] = web.AppKey("analytics_sql", SqlService)
 PATH = "/v1/analytics/sql"
@@ -40,6 +41,7 @@ FORMATS = ("json", "csv")
 
 
 async def sql_query(request: web.Request) -> web.Response:
+    started = asyncio.get_running_loop().time()  # the query's time limit counts from here
     admin_only(request, "SQL analytics needs an admin API key: SQL sees every tenant's usage")
     body = await _json_body(request)
     sql = body.get("sql")
@@ -53,11 +55,13 @@ async def sql_query(request: web.Request) -> web.Response:
     try:
         await refuse_partial_store(request, "a query")
         result = await request.app[SQL].query(
-            sql, max_rows=int(max_rows), timeout=float(timeout), gone=partial(client_gone, request)
+            sql, max_rows=int(max_rows), timeout=float(timeout), gone=partial(client_gone, request), started=started
         )
+    except SqlBusy as exc:  # the service's state, not the query's fault
+        raise SqlServiceBusy(str(exc)) from exc
     except SqlError as exc:
         raise InvalidRequest(str(exc), param="sql", code=exc.code) from exc
-    except StoreError as exc:
+    except (StoreError, duckdb.Error) as exc:  # a store not open, or invalidated (a full disk): was a 500
         raise AnalyticsUnavailable(str(exc)) from exc
     # up to MAX_RESULT_BYTES of text: encoded in a worker thread, not on the gateway's event loop
     if fmt == "csv":
@@ -65,6 +69,13 @@ async def sql_query(request: web.Request) -> web.Response:
         text = await asyncio.to_thread(_encoded, result, result.to_csv)
         return web.Response(text=text, content_type="text/csv", charset="utf-8", headers=headers)
     return web.Response(text=await asyncio.to_thread(_encoded, result, result.to_json), content_type="application/json")
+
+
+class SqlServiceBusy(GatewayError):
+    status = 503
+    type = "server_error"
+    code = "sql_busy"
+    headers = {"retry-after": "5"}
 
 
 def _encoded(result: SqlResult, encode: Callable[[], str]) -> str:

@@ -125,7 +125,17 @@ class Pipeline:
                 self.projector.on_caught_up = caught_up
             else:  # a new group: it reads the log from its beginning anyway
                 await behind.done()
+                self.projector.stats.filling = await self._log_has_records()
         await self.projector.start()
+
+    async def _log_has_records(self) -> bool:
+        """Whether a new group has records to read (an empty log fills no store: costs were a
+        503 for the first fetch's wait after a fresh start); yes when the log cannot say."""
+        try:
+            return await asyncio.wait_for(self.reader.lag(), 5.0) > 0
+        except Exception:  # a broker that cannot say: the store is taken as partial until read
+            log.debug("the log could not say its lag at start", exc_info=True)
+            return True
 
     async def _reach_then_run(self) -> None:
         """Try :meth:`_start_log` until the log answers (backoff up to ``LOG_RETRY_MAX``), then run."""

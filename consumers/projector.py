@@ -95,6 +95,9 @@ class ProjectorStats:
     #: to catch up to, is not ``catching_up`` but partial until then (an export answered 200
     #: with 122,500 of 200,000 rows: a re-test)
     reached_end: bool = False
+    #: a new cost store filled from the log's start with no position of its group (a first
+    #: ``consume`` on a topic that has history): partial until ``reached_end``
+    filling: bool = False
     #: runs that ended in an unexpected error (a bug) and were restarted from the last commit
     restarts: int = 0
     #: the last run ended in such an error and no batch has been committed since: projection is

@@ -82,6 +82,14 @@ class ReplayService:
             return False
         return not await catch_up.pending(self.store) and await pending_rebuild(self.store) is None
 
+    async def answers_whole(self) -> bool:
+        """Whether totals over the store count the whole log as far as it was read: :meth:`whole`,
+        and a new store filled from the log's start with no position of its group has read it to
+        its end once (``/v1/costs`` and SQL; the export also waits for that after a restart)."""
+        if self.stats is not None and self.stats.filling and not self.stats.reached_end:
+            return False
+        return await self.whole()
+
     def read_to_the_end(self) -> bool:
         """Whether the live projector has read the log to its end once (``ProjectorStats.reached_end``):
         a new store filled from the log's start holds part of each day until then. The retention

@@ -122,8 +122,8 @@ def parse_gemini(data: Any, request: EmbeddingRequest, provider: str) -> Embeddi
 
 def unit_length(vector: Vector) -> Vector:
     """``vector`` scaled to length 1. Gemini normalizes its full-size embeddings only: one cut
-    to ``outputDimensionality`` is the first part of a unit vector, shorter than 1 (2.77 at 768
-    in a review), and the caller is to normalize it (Google's embeddings guide). OpenAI's, cut
+    to ``outputDimensionality`` is the first part of a unit vector, shorter than 1, and the
+    caller is to normalize it (Google's embeddings guide). OpenAI's, cut
     or not, have length 1, and its clients rank by dot product, which such vectors skew. A zero
     vector stays as it is. Under 0.1 ms a vector of 768 (``hypot`` in C, then a multiplication
     each: a comprehension beats ``map`` here); Gemini takes 100 inputs a call."""

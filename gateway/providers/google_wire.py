@@ -411,7 +411,7 @@ def retry_delay(body: Any) -> float | None:
 
 
 #: where Gemini's daily quotas reset ("at midnight Pacific time"); PST where the system has no
-#: time zone database (an hour early in summer)
+#: time zone database (an hour late in summer)
 try:
     from zoneinfo import ZoneInfo
 

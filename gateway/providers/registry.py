@@ -38,7 +38,7 @@ def build_providers(settings: Settings, session: UpstreamClient, timeouts: Timeo
             providers[name] = provider
     usable = [name for name in settings.priority if name in providers]
     ollama = settings.provider("ollama")
-    if usable == ["ollama"] and ollama.enabled is None and ollama.base_url is None:
+    if set(providers) == {"ollama"} and ollama.enabled is None and ollama.base_url is None:
         # Ollama needs no key, so it is on by default: a first `serve` without keys said
         # "configured providers: ollama", /healthz ok, and every call was a 502 (a docs review)
         log.warning(

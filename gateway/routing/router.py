@@ -837,7 +837,14 @@ class StreamSession:
                 latency_ms=(time.monotonic() - self._started) * 1000.0,
                 ttft_ms=self.ttft_ms,
                 http_status=200,
-                error_code=error.code if error else None,
+                # a failed tool call records the vendor's reason, as before its stream began
+                error_code=(
+                    (error.upstream_code or error.code)
+                    if isinstance(error, errors.ToolCallFailedMidStream)
+                    else error.code
+                    if error
+                    else None
+                ),
                 error_message=error.message if error else None,
                 served_model=self.served_model,
                 usage=self.usage,

@@ -595,6 +595,9 @@ async def test_the_projector_says_it_is_catching_up_until_a_new_store_holds_the_
         try:
             # a new store: catching up (the group committed nothing yet the first time: no rewind)
             assert pipeline.projector.stats.status == ("ok" if fresh else "catching_up")
+            # the first time, the group has no position: the new store fills from the log's start,
+            # partial (costs and SQL refuse it) until the log is read to its end
+            assert pipeline.projector.stats.filling == fresh
             for _ in range(200):
                 if pipeline.projector.stats.events_applied == 3 and pipeline.projector.stats.status == "ok":
                     break

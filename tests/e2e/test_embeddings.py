@@ -296,7 +296,7 @@ async def test_an_azure_deployment_serves_its_model_and_a_group_never_swaps_mode
 async def test_vectors_cut_to_dimensions_come_back_of_length_one_from_every_vendor() -> None:
     """OpenAI's embeddings have length 1, cut to ``dimensions`` or not, and clients rank by dot
     product. Gemini normalizes its full-size vectors only: one cut to ``outputDimensionality``
-    came back as Gemini sent it, shorter than 1 (a review: 2.77 at 768)."""
+    came back as Gemini sent it, shorter than 1 (a review)."""
     async with running_gateway() as gw:
         for model, vendor in NATIVE.items():
             answer = (await embed(gw, model=model, input="one text", dimensions=6, encoding_format="float")).parse()

@@ -334,3 +334,21 @@ async def test_costs_and_sql_refuse_a_store_being_rebuilt_from_the_log(tmp_path:
         await store.run(lambda c: c.execute(f"DELETE FROM {REBUILD_TABLE}"))
         status, body = await get_costs(gw, {}, key="sk-tenant")
         assert status == 200 and Decimal(body["totalCost"]) == cost, body
+
+
+async def test_a_query_that_found_no_free_slot_in_its_time_is_a_503(tmp_path: Path) -> None:
+    """It waited past its own limit behind two long ones (a review), then was answered as the
+    query's fault (a 400 sql_timeout: a diff review): the service was busy, a 503."""
+    async with embedded(tmp_path) as gw:
+        slow = [
+            asyncio.create_task(
+                post_sql(gw, {"sql": "SELECT count(*) FROM range(1000000000000)", "timeoutSeconds": 20})
+            )
+            for _ in range(2)
+        ]
+        await asyncio.sleep(0.5)
+        status, body = await post_sql(gw, {"sql": "SELECT 1", "timeoutSeconds": 0.5}, key=None)
+        assert status == 503 and body["error"]["code"] == "sql_busy", body
+        for task in slow:  # their clients leave: the queries stop
+            task.cancel()
+        await asyncio.gather(*slow, return_exceptions=True)

@@ -467,6 +467,7 @@ async def test_a_gemini_tool_call_that_failed_is_an_error_billed_and_neutral_for
             assert info.value.status_code == 502 and info.value.code == "tool_call_failed"
             assert reason in info.value.message
         assert "Malformed function call" in gw.event_log.events[0].error_message
+        assert [e.error_code for e in gw.event_log.events[:2]] == ["MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL"]
         async with aiohttp.ClientSession() as s, s.get(f"{gw.base_url}/providers/health") as r:
             health = await r.json()
     assert health["providers"]["google"]["circuit"] == "closed", health
@@ -508,7 +509,7 @@ async def test_a_gemini_tool_call_that_failed_after_text_ends_the_stream_billed_
     for event in gw.event_log.events:
         assert (event.outcome, event.error_code, event.billable, event.prompt_tokens) == (
             "client_error",
-            "tool_call_failed",
+            "MALFORMED_FUNCTION_CALL",  # as when it fails before the stream began
             True,
             1000,
         )

@@ -720,8 +720,9 @@ async def test_the_time_limit_counts_the_wait_for_a_query_slot(store: AnalyticsS
     ]
     await asyncio.sleep(0.3)
     started = time.monotonic()
-    with pytest.raises(SqlTimeout, match=r"waited 0\.5 s for one of the 2 query slots"):
+    with pytest.raises(SqlTimeout, match=r"waited 0\.5 s for one of the 2 query slots") as info:
         await service.query("SELECT 1", timeout=0.5)
+    assert info.value.code == "sql_busy"  # the service's state: a 503 over HTTP, not the query's 400
     assert time.monotonic() - started < 3
     service.interrupt_all()
     for task in slow:
@@ -743,3 +744,21 @@ async def test_a_result_is_released_in_turns_after_it_is_encoded(
     text = _encoded(result, result.to_json)
     assert json.loads(text)["rowCount"] == 3000 and result.rows == []
     assert pauses[0] >= 2 * (3000 * 2 // sql_module.CELLS_A_TURN) - 2  # the encoding's turns and the release's
+
+
+def test_csv_hands_off_the_gil_before_it_has_converted_every_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rows were unpacked into one tuple first: every cell converted before the first
+    hand-off (233 ms for 100,000 rows of 10: a diff review)."""
+    converted = [0]
+    first_pause: list[int] = []
+    real = sql_module.cell_text
+
+    def counting(value: Any, *, null: str = "NULL") -> str:
+        converted[0] += 1
+        return real(value, null=null)
+
+    monkeypatch.setattr(sql_module, "cell_text", counting)
+    monkeypatch.setattr(sql_module, "let_others_run", lambda: first_pause.append(converted[0]))
+    result = SqlResult([sql_module.Column("i", "BIGINT")] * 4, [[n, n, n, n] for n in range(10_000)], False, 10_000)
+    assert result.to_csv().count("\n") == 10_001
+    assert first_pause and first_pause[0] <= sql_module.CELLS_A_TURN + 4
