@@ -67,7 +67,7 @@ async def export_parquet(request: web.Request) -> web.Response:
         )
     try:
         async with lock:
-            if service is not None and not (service.read_to_the_end() and await service.whole()):
+            if service is not None and not await service.answers_whole():
                 raise ExportRefused(
                     "the analytics store is being filled from the log (a new store catching up, or a full "
                     "rebuild): its days are not whole yet; export once it is done (GET /healthz)"

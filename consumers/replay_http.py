@@ -74,8 +74,7 @@ class ReplayService:
     async def whole(self) -> bool:
         """Whether the store holds the log as far as it has read it: no new store catching up with
         it, no full rebuild pending or running (they read the log again from its start). The
-        retention trim waits for it; the Parquet export also for the log read to its end once
-        (:meth:`read_to_the_end`)."""
+        retention trim waits for it; costs, SQL and the Parquet export for :meth:`answers_whole`."""
         if (self.stats is not None and self.stats.catching_up) or (
             self.resuming is not None and not self.resuming.done()
         ):
@@ -83,10 +82,10 @@ class ReplayService:
         return not await catch_up.pending(self.store) and await pending_rebuild(self.store) is None
 
     async def answers_whole(self) -> bool:
-        """Whether totals over the store count the whole log as far as it was read: :meth:`whole`,
-        and a new store filled from the log's start with no position of its group has read it to
-        its end once (``/v1/costs`` and SQL; the export also waits for that after a restart)."""
-        if self.stats is not None and self.stats.filling and not self.stats.reached_end:
+        """Whether totals over the store count the whole log as far as it was read (``/v1/costs``,
+        SQL, the Parquet export): :meth:`whole`, and a new store filled from the log's start with
+        no position of its group has read it to its end once (:meth:`read_to_the_end`)."""
+        if self.stats is not None and self.stats.filling and not self.read_to_the_end():
             return False
         return await self.whole()
 

@@ -212,6 +212,12 @@ class ProviderError(GatewayError):
         self.retry_after = retry_after
         self.upstream_code = upstream_code
 
+    @property
+    def recorded_code(self) -> str | None:
+        """The attempt's ``error_code`` in its usage event: the vendor's own code when it gave
+        one, else ours."""
+        return self.upstream_code or self.code
+
     def name_provider(self, provider: str) -> None:
         """Say which provider, for an error raised below the adapters (``provider="upstream"``:
         the answer's reader): "upstream: malformed response" reached clients and the stores."""
@@ -402,6 +408,11 @@ class StreamCut(ProviderError):
     code = "stream_interrupted"
     outcome = "stream_cut"
 
+    @property
+    def recorded_code(self) -> str | None:
+        """Its own code: the cause's (``upstream_code``) is in its message."""
+        return self.code
+
 
 class ToolCallFailedMidStream(StreamCut):
     """A :class:`ToolCallFailed` after the answer's first text reached the client: the stream
@@ -410,6 +421,11 @@ class ToolCallFailedMidStream(StreamCut):
 
     code = "tool_call_failed"
     outcome = "client_error"
+
+    @property
+    def recorded_code(self) -> str | None:
+        """The vendor's reason, as when the call fails before its stream began."""
+        return self.upstream_code or self.code
 
 
 class ClientTooSlow(StreamCut):

@@ -151,7 +151,7 @@ class GoogleProvider:
             raise with_billed_usage(
                 exc, lambda: wire.map_usage(obj["usageMetadata"]), lambda: obj["modelVersion"]
             ) from None
-        if (failed := wire.tool_call_failure(piece)) is not None:
+        if (failed := wire.tool_call_failure(piece, piece.usage, piece.model)) is not None:
             raise failed
         return ChatResult(
             text=piece.text,
@@ -249,10 +249,7 @@ class GoogleProvider:
             elif piece.text:
                 yield StreamChunk(text=piece.text, model=model or requested)
         if finishing is not None:
-            if (failed := wire.tool_call_failure(finishing)) is not None:
-                failed.usage = None if unreadable else usage
-                failed.billed_unseen = failed.usage is None
-                failed.served_model = model
+            if (failed := wire.tool_call_failure(finishing, None if unreadable else usage, model)) is not None:
                 raise failed
             finish = finishing.finish(has_function_call=has_call)
         if finish is None:

@@ -294,8 +294,9 @@ class Piece:
         return map_finish_reason(self.raw_finish, has_function_call=calls)
 
 
-def tool_call_failure(piece: Piece) -> errors.ToolCallFailed | None:
-    """The error of an answer that ended in a failed tool call, billed at its usage; else None."""
+def tool_call_failure(piece: Piece, usage: Usage | None, model: str | None) -> errors.ToolCallFailed | None:
+    """The error of an answer that ended in a failed tool call (``piece``: the one with the
+    finish), billed at ``usage`` (a stream's: what its last report said) as ``model``; else None."""
     if piece.raw_finish not in _TOOL_FAILURES:
         return None
     detail = f": {piece.finish_message}" if piece.finish_message else ""
@@ -305,9 +306,9 @@ def tool_call_failure(piece: Piece) -> errors.ToolCallFailed | None:
         http_status=200,
         upstream_code=piece.raw_finish,
     )
-    error.usage = piece.usage
-    error.billed_unseen = piece.usage is None
-    error.served_model = piece.model
+    error.usage = usage
+    error.billed_unseen = usage is None
+    error.served_model = model
     return error
 
 

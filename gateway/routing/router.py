@@ -532,7 +532,7 @@ class Router:
                 # one cut later does (it was not, and v_cost_daily's incomplete_calls missed it)
                 incomplete=isinstance(error, errors.StreamCut),
                 http_status=error.http_status,
-                error_code=error.upstream_code or error.code,
+                error_code=error.recorded_code,
                 error_message=error.message,
             ),
         )
@@ -822,7 +822,7 @@ class StreamSession:
         if isinstance(batch, FinalBatch):
             self.complete = True
 
-    def finish(self, outcome: str = "success", *, error: errors.GatewayError | None = None) -> UsageEvent:
+    def finish(self, outcome: str = "success", *, error: errors.StreamCut | None = None) -> UsageEvent:
         """Record the attempt once (success, stream_cut, or cancelled by the client)."""
         if self.event is not None:
             return self.event
@@ -837,19 +837,12 @@ class StreamSession:
                 latency_ms=(time.monotonic() - self._started) * 1000.0,
                 ttft_ms=self.ttft_ms,
                 http_status=200,
-                # a failed tool call records the vendor's reason, as before its stream began
-                error_code=(
-                    (error.upstream_code or error.code)
-                    if isinstance(error, errors.ToolCallFailedMidStream)
-                    else error.code
-                    if error
-                    else None
-                ),
+                error_code=error.recorded_code if error else None,
                 error_message=error.message if error else None,
                 served_model=self.served_model,
                 usage=self.usage,
                 incomplete=incomplete,
-                billed=isinstance(error, errors.ProviderError) and error.billed_unseen,
+                billed=error is not None and error.billed_unseen,
             ),
         )
         return self.event

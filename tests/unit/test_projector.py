@@ -949,8 +949,9 @@ async def test_the_stores_reach_the_logs_end_only_once_it_has_been_read_to_it() 
 
 
 async def test_a_store_is_not_whole_before_its_projector_reached_the_logs_end() -> None:
-    """What the Parquet export waits for (``ReplayService.whole`` and ``read_to_the_end``); the
-    retention trim waits for the first only (it deletes what every reader has projected)."""
+    """What costs, SQL and the Parquet export wait for (``ReplayService.answers_whole``: ``whole``,
+    and ``read_to_the_end`` for a store being filled); the retention trim waits for ``whole``
+    only (it deletes what every reader has projected)."""
     from analytics.store import AnalyticsStore
     from consumers import catch_up
     from consumers.replay_http import ReplayService
