@@ -20,8 +20,9 @@ from pathlib import Path
 from gateway.budgets.ledger import SpendLedger
 from gateway.budgets.snapshot import Snapshot
 from gateway.event_json import event_id_of
+from gateway.eventlog.base import epoch_ms
 from gateway.eventlog.retention import latest_cut
-from gateway.eventlog.sqlite import close_locked, connect, ensure_log_table, epoch_ms, first_seq_since
+from gateway.eventlog.sqlite import close_locked, connect, ensure_log_table, first_seq_since
 from gateway.windowed_log import WindowedLog
 
 log = logging.getLogger("gateway.budgets")

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Protocol
+from datetime import UTC, datetime
+from typing import NamedTuple, Protocol
 
 from gateway.events import UsageEvent
 
@@ -49,15 +48,41 @@ class EventLog(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class LogRecord:
+class LogRecord(NamedTuple):
     """One event as stored on a log. ``position`` is adapter-specific and opaque to consumers
-    (e.g. ``"17"`` for the embedded log, ``"2:1045"`` (partition:offset) for Kafka)."""
+    (e.g. ``"17"`` for the embedded log, ``"2:1045"`` (partition:offset) for Kafka); ``millis``:
+    its log time in milliseconds since the epoch (the embedded log's ``ts``, Kafka's timestamp),
+    read as a time with :attr:`timestamp`.
+
+    A tuple with the time left as a number: a projector reads 5,000 records a batch and no
+    consumer reads their times. A frozen dataclass with a ``datetime`` cost 0.86 µs a record on
+    the projector's loop, this 0.29 µs; and a time computed while reading made a Kafka
+    record stamped past ``datetime``'s range (year 10000) raise in the reader, so the batch it
+    was in never reached the projector, for good."""
 
     position: str
     value: bytes
     key: str | None = None
-    timestamp: datetime | None = None
+    millis: int | None = None
+
+    @property
+    def timestamp(self) -> datetime | None:
+        return None if self.millis is None else log_time(self.millis)
+
+
+def log_time(millis: int) -> datetime:
+    """A log time in milliseconds since the epoch, as an aware UTC time; one past ``datetime``'s
+    range (year 10000, in UTC, of an event stamped 9999-12-31T23:00-05:00) is the latest (or
+    earliest) time there is."""
+    try:
+        return datetime.fromtimestamp(millis / 1000, UTC)
+    except (OverflowError, ValueError, OSError):
+        return datetime.max.replace(tzinfo=UTC) if millis > 0 else datetime.min.replace(tzinfo=UTC)
+
+
+def epoch_ms(moment: datetime) -> int:
+    """``moment`` (aware) as a log time: milliseconds since the epoch."""
+    return int(moment.timestamp() * 1000)
 
 
 class LogReader(Protocol):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
@@ -114,7 +113,7 @@ class KafkaLogReader:
                 # reached the dead-letter store, which could not hash it: the batch never passed)
                 b"" if msg.value is None else msg.value,
                 None if msg.key is None else msg.key.decode(),
-                datetime.fromtimestamp(msg.timestamp / 1000, UTC),
+                msg.timestamp,
             )
             for tp in sorted(batches, key=lambda tp: tp.partition)
             for msg in batches[tp]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from gateway.eventlog.base import LogRecord
+from gateway.eventlog.base import LogRecord, epoch_ms
 from gateway.events import UsageEvent
 
 
@@ -61,7 +61,8 @@ class MemoryEventLog:
                 return []
         batch = self.events[self._cursor : self._cursor + max_records]
         records = [
-            LogRecord(str(self._cursor + i + 1), e.to_json(), e.tenant_id, e.created_at) for i, e in enumerate(batch)
+            LogRecord(str(self._cursor + i + 1), e.to_json(), e.tenant_id, epoch_ms(e.created_at))
+            for i, e in enumerate(batch)
         ]
         self._cursor += len(records)
         return records

@@ -31,7 +31,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway.eventlog.sqlite import connect, ensure_log_table, epoch_ms, first_seq_since
+from gateway.eventlog.base import epoch_ms
+from gateway.eventlog.sqlite import connect, ensure_log_table, first_seq_since
 
 log = logging.getLogger("gateway.eventlog")
 

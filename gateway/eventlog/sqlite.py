@@ -37,10 +37,9 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
-from gateway.eventlog.base import LogRecord
+from gateway.eventlog.base import LogRecord, epoch_ms
 from gateway.eventlog.group_commit import GroupCommit
 from gateway.events import UsageEvent
 
@@ -95,20 +94,6 @@ def ensure_log_table(conn: sqlite3.Connection, table: str) -> None:
         f"CREATE TABLE IF NOT EXISTS {table} "
         "(seq INTEGER PRIMARY KEY, key TEXT, value BLOB NOT NULL, ts INTEGER NOT NULL)"
     )
-
-
-def _log_time(ts: int) -> datetime:
-    """A record's log time; one past datetime's range (year 10000, in UTC, of an event stamped
-    9999-12-31T23:00-05:00) is the latest time there is: it raised in the reader, and the batch
-    it was in never reached the projector, whose decoder dead-letters such an event."""
-    try:
-        return datetime.fromtimestamp(ts / 1000, UTC)
-    except (OverflowError, ValueError, OSError):
-        return datetime.max.replace(tzinfo=UTC) if ts > 0 else datetime.min.replace(tzinfo=UTC)
-
-
-def epoch_ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
 
 
 def first_seq_since(conn: sqlite3.Connection, since_ms: int) -> int | None:
@@ -508,13 +493,7 @@ class SqliteLogReader:
             if rows:
                 self._cursor = rows[-1][0]
                 self._wait = self._poll_interval
-                try:
-                    return [
-                        LogRecord(str(seq), value, key, datetime.fromtimestamp(ts / 1000, UTC))
-                        for seq, key, value, ts in rows
-                    ]
-                except (OverflowError, ValueError, OSError):  # a time past datetime's range
-                    return [LogRecord(str(seq), value, key, _log_time(ts)) for seq, key, value, ts in rows]
+                return [LogRecord(str(seq), value, key, ts) for seq, key, value, ts in rows]
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return []

@@ -18,7 +18,8 @@ from datetime import timedelta
 from pathlib import Path
 
 from gateway.event_json import UNDECODABLE, decode_event
-from gateway.eventlog.sqlite import connect, ensure_log_table, epoch_ms, first_seq_since
+from gateway.eventlog.base import epoch_ms
+from gateway.eventlog.sqlite import connect, ensure_log_table, first_seq_since
 from gateway.health.view import HealthView
 
 log = logging.getLogger("gateway.health")

@@ -8,12 +8,14 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
 
+from gateway.eventlog.base import LogRecord
 from gateway.eventlog.deadletter import KafkaDeadLetters
 from gateway.eventlog.kafka_producer import KafkaEventLog
 from gateway.eventlog.kafka_reader import KafkaLogReader
@@ -400,3 +402,61 @@ async def test_a_consumer_started_while_the_broker_is_down_waits_for_it_then_pro
         assert stats.status == "ok" and stats.health()["lagError"] is None
     finally:
         await pipeline.stop()
+
+
+async def test_a_record_stamped_past_the_year_9999_is_projected_like_any_other(kafka_bootstrap: str) -> None:
+    """A Kafka record's timestamp is its producer's to set (a broker before 4.0, or a topic with
+    ``message.timestamp.after.max.ms`` raised, keeps any). The reader made every record's time a
+    ``datetime`` as it read the batch: one stamped past the year 9999 raised there, so that
+    batch never reached the projector, which fetched it again for good. The time is now read
+    only when asked, as the latest time there is; the record's event is projected."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.admin import NewTopic
+
+    from consumers.projector import Projector
+
+    topic = new_topic()
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        config = {"message.timestamp.after.max.ms": str(2**63 - 1)}
+        await admin.create_topics([NewTopic(topic, 1, 1, topic_configs=config)])
+    finally:
+        await admin.close()
+    events = [make_event(i) for i in range(3)]
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    await producer.start()
+    try:
+        for i, event in enumerate(events):
+            stamp = 2**62 if i == 1 else int(event.created_at.timestamp() * 1000)
+            await producer.send_and_wait(topic, event.to_json(), key=b"tenant", partition=0, timestamp_ms=stamp)
+    finally:
+        await producer.stop()
+
+    reader = KafkaLogReader(kafka_bootstrap, topic, f"far-{uuid.uuid4().hex[:8]}")
+    letters = KafkaDeadLetters(kafka_bootstrap, topic)
+    sink = Collected()
+    projector = Projector(reader, [sink], letters, poll_timeout=0.5, idle_timeout=2.0)
+    await reader.start()
+    await letters.start()
+    try:
+        assert await asyncio.wait_for(projector.run_until_idle(), 60) == 3
+    finally:
+        await reader.close()
+        await letters.close()
+    again = KafkaLogReader(kafka_bootstrap, topic, f"far-{uuid.uuid4().hex[:8]}")
+    await again.start()
+    records: list[LogRecord] = []
+    try:
+        async with asyncio.timeout(30):
+            while len(records) < 3:
+                records.extend(await again.fetch(10, 1.0))
+    finally:
+        await again.close()
+    assert sink.ids == [e.event_id for e in events]
+    assert projector.stats.events_dead_lettered == 0
+    assert [r.timestamp for r in records] == [
+        events[0].created_at,
+        datetime.max.replace(tzinfo=UTC),
+        events[2].created_at,
+    ]

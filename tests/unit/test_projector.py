@@ -64,7 +64,7 @@ class RestartableLog(MemoryEventLog):
         if records:
             self.journal.append(f"fetch {records[0].position}-{records[-1].position}")
         return [
-            LogRecord(r.position, self.poison[r.position], r.key, r.timestamp) if r.position in self.poison else r
+            r._replace(value=self.poison[r.position]) if r.position in self.poison else r
             for r in records
         ]
 

@@ -21,7 +21,7 @@ from consumers.replay_sources import ReplayStart
 from consumers.sinks.base import DistinctEvents, RejectedEvents, SinkError, latest_by_id
 from consumers.sinks.duckdb import DuckDBSink
 from gateway.errors import InvalidRequest
-from gateway.eventlog.base import LogRecord
+from gateway.eventlog.base import LogRecord, epoch_ms
 from gateway.eventlog.memory import MemoryEventLog
 from gateway.events import UsageEvent
 from gateway.pricing.book import CompositePriceBook, book_from_document, load_price_book
@@ -279,7 +279,9 @@ class FakeSource:
     """A log of events in memory, read as the replay sources read: a fixed range, no group."""
 
     def __init__(self, events: Sequence[UsageEvent], *, committed: int | None = None) -> None:
-        self.records = [LogRecord(str(i + 1), e.to_json(), e.tenant_id, e.created_at) for i, e in enumerate(events)]
+        self.records = [
+            LogRecord(str(i + 1), e.to_json(), e.tenant_id, epoch_ms(e.created_at)) for i, e in enumerate(events)
+        ]
         self.committed = len(self.records) if committed is None else committed
         self.total = 0
         self.first = self.last = "-"
