@@ -112,7 +112,9 @@ class KafkaLogReader:
                 # a tombstone (null value) is no event: an empty one, dead-lettered as such (None
                 # reached the dead-letter store, which could not hash it: the batch never passed)
                 b"" if msg.value is None else msg.value,
-                None if msg.key is None else msg.key.decode(),
+                # a key only says where the producer put the record: none is read, and one that is
+                # not UTF-8 (another producer's) raised here, holding its batch from the projector
+                None if msg.key is None else msg.key.decode(errors="replace"),
                 msg.timestamp,
             )
             for tp in sorted(batches, key=lambda tp: tp.partition)

@@ -15,6 +15,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
 
+from consumers.projector import Projector
 from gateway.eventlog.base import LogRecord
 from gateway.eventlog.deadletter import KafkaDeadLetters
 from gateway.eventlog.kafka_producer import KafkaEventLog
@@ -245,7 +246,6 @@ async def test_the_projector_says_its_lag_is_unknown_while_the_broker_is_down(
     value, kept when the log could not answer): it is unknown (None, with why) until the broker
     answers again, then measured again."""
     from consumers.deadletter import MemoryDeadLetters
-    from consumers.projector import Projector
     from tests.bench.pipeline import NullSink
 
     topic = new_topic()
@@ -323,8 +323,6 @@ async def test_a_tombstone_on_the_topic_is_dead_lettered_and_projection_goes_on(
     producers write) reached the dead-letter store as None: hashing it raised, and the projector
     retried the batch for good ("paused", every event behind it never stored: review)."""
     from aiokafka import AIOKafkaProducer
-
-    from consumers.projector import Projector
 
     topic = new_topic()
     log = new_log(kafka_bootstrap, topic, tmp_path / "spool.sqlite3", partitions=1)
@@ -404,19 +402,16 @@ async def test_a_consumer_started_while_the_broker_is_down_waits_for_it_then_pro
         await pipeline.stop()
 
 
-async def test_a_record_stamped_past_the_year_9999_is_projected_like_any_other(kafka_bootstrap: str) -> None:
-    """A Kafka record's timestamp is its producer's to set (a broker before 4.0, or a topic with
-    ``message.timestamp.after.max.ms`` raised, keeps any). The reader made every record's time a
-    ``datetime`` as it read the batch: one stamped past the year 9999 raised there, so that
-    batch never reached the projector, which fetched it again for good. The time is now read
-    only when asked, as the latest time there is; the record's event is projected."""
+async def project_with_an_odd_middle_record(
+    bootstrap: str, *, key: bytes = b"tenant", stamp: int | None = None
+) -> tuple[list[UsageEvent], Collected, Projector, list[LogRecord]]:
+    """Three events on a new topic (any timestamp allowed), the second with ``key`` and
+    ``stamp``; a projector over them until idle, then the records as a second group reads them."""
     from aiokafka import AIOKafkaProducer
     from aiokafka.admin import NewTopic
 
-    from consumers.projector import Projector
-
     topic = new_topic()
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         config = {"message.timestamp.after.max.ms": str(2**63 - 1)}
@@ -424,17 +419,23 @@ async def test_a_record_stamped_past_the_year_9999_is_projected_like_any_other(k
     finally:
         await admin.close()
     events = [make_event(i) for i in range(3)]
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
     try:
         for i, event in enumerate(events):
-            stamp = 2**62 if i == 1 else int(event.created_at.timestamp() * 1000)
-            await producer.send_and_wait(topic, event.to_json(), key=b"tenant", partition=0, timestamp_ms=stamp)
+            odd = i == 1
+            await producer.send_and_wait(
+                topic,
+                event.to_json(),
+                key=key if odd else b"tenant",
+                partition=0,
+                timestamp_ms=stamp if odd and stamp is not None else int(event.created_at.timestamp() * 1000),
+            )
     finally:
         await producer.stop()
 
-    reader = KafkaLogReader(kafka_bootstrap, topic, f"far-{uuid.uuid4().hex[:8]}")
-    letters = KafkaDeadLetters(kafka_bootstrap, topic)
+    reader = KafkaLogReader(bootstrap, topic, f"odd-{uuid.uuid4().hex[:8]}")
+    letters = KafkaDeadLetters(bootstrap, topic)
     sink = Collected()
     projector = Projector(reader, [sink], letters, poll_timeout=0.5, idle_timeout=2.0)
     await reader.start()
@@ -444,7 +445,7 @@ async def test_a_record_stamped_past_the_year_9999_is_projected_like_any_other(k
     finally:
         await reader.close()
         await letters.close()
-    again = KafkaLogReader(kafka_bootstrap, topic, f"far-{uuid.uuid4().hex[:8]}")
+    again = KafkaLogReader(bootstrap, topic, f"odd-{uuid.uuid4().hex[:8]}")
     await again.start()
     records: list[LogRecord] = []
     try:
@@ -453,6 +454,16 @@ async def test_a_record_stamped_past_the_year_9999_is_projected_like_any_other(k
                 records.extend(await again.fetch(10, 1.0))
     finally:
         await again.close()
+    return events, sink, projector, records
+
+
+async def test_a_record_stamped_past_the_year_9999_is_projected_like_any_other(kafka_bootstrap: str) -> None:
+    """A Kafka record's timestamp is its producer's to set (a broker before 4.0, or a topic with
+    ``message.timestamp.after.max.ms`` raised, keeps any). The reader made every record's time a
+    ``datetime`` as it read the batch: one stamped past the year 9999 raised there, so that
+    batch never reached the projector, which fetched it again for good. The time is now read
+    only when asked, as the latest time there is; the record's event is projected."""
+    events, sink, projector, records = await project_with_an_odd_middle_record(kafka_bootstrap, stamp=2**62)
     assert sink.ids == [e.event_id for e in events]
     assert projector.stats.events_dead_lettered == 0
     assert [r.timestamp for r in records] == [
@@ -460,3 +471,14 @@ async def test_a_record_stamped_past_the_year_9999_is_projected_like_any_other(k
         datetime.max.replace(tzinfo=UTC),
         events[2].created_at,
     ]
+
+
+async def test_a_record_whose_key_is_not_utf8_is_projected_like_any_other(kafka_bootstrap: str) -> None:
+    """A record's key is its producer's bytes (the gateway writes the tenant). The reader
+    decoded it strictly as it read the batch: a key that is not UTF-8 raised there, and the
+    projector fetched that batch again for good. No consumer reads the key: it is decoded with
+    replacement characters, and the record's event is projected."""
+    events, sink, projector, records = await project_with_an_odd_middle_record(kafka_bootstrap, key=b"t\xff\xfe")
+    assert sink.ids == [e.event_id for e in events]
+    assert projector.stats.events_dead_lettered == 0
+    assert [r.key for r in records] == ["tenant", "t\ufffd\ufffd", "tenant"]
