@@ -194,6 +194,7 @@ async def _export(
             acks="all",
             enable_idempotence=True,
             linger_ms=5,
+            compression_type=settings.kafka_compression_type,
         )
         await producer.start()
         try:

@@ -13,7 +13,7 @@ import re
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -164,6 +164,12 @@ class Settings(BaseSettings):
     kafka_bootstrap_servers: str | None = Field(
         default=None, validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "kafka_bootstrap_servers")
     )
+    #: the codec of the gateway's batches on the Kafka topic (``LLM_GATEWAY_KAFKA_COMPRESSION``).
+    #: The events are JSON and the topic is kept for good: ``zstd`` took 500 of the tests'
+    #: events from 376,749 bytes of the broker's log to 14,880 (generated events, more alike
+    #: than real traffic's). Any codec is read, whatever this says (a topic or a cluster may have
+    #: the broker compress what it stores)
+    kafka_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
     database_url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_URL", "database_url"))
     #: names the gateway process in its events and its spool's file: no blank at its ends, no
     #: path separator, printable (``" gw 8 "`` was stored with its blanks; a re-test)
@@ -364,6 +370,11 @@ class Settings(BaseSettings):
         merged = env.model_dump()
         merged.update({k: v for k, v in override.model_dump(exclude_unset=True).items()})
         return ProviderSettings(**merged)
+
+    @property
+    def kafka_compression_type(self) -> str | None:
+        """``kafka_compression`` as the Kafka client names it (None: uncompressed)."""
+        return None if self.kafka_compression == "none" else self.kafka_compression
 
     @property
     def admin_key(self) -> str | None:

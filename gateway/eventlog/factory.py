@@ -44,6 +44,7 @@ def build_event_log(settings: Settings) -> EventLog:
             spool_path(settings),
             partitions=settings.topic_partitions,
             client_id=_client_id(settings, "gateway"),
+            compression_type=settings.kafka_compression_type,
         )
     return SqliteEventLog(embedded_log_path(settings))
 

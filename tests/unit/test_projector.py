@@ -63,10 +63,7 @@ class RestartableLog(MemoryEventLog):
         records = await super().fetch(max_records, timeout)
         if records:
             self.journal.append(f"fetch {records[0].position}-{records[-1].position}")
-        return [
-            r._replace(value=self.poison[r.position]) if r.position in self.poison else r
-            for r in records
-        ]
+        return [r._replace(value=self.poison[r.position]) if r.position in self.poison else r for r in records]
 
     async def commit(self, records: Sequence[LogRecord]) -> None:
         await super().commit(records)

@@ -620,3 +620,13 @@ async def test_events_past_the_held_bound_count_as_lost_and_a_stop_writes_what_f
     lost_before = log.lost()
     await log.close(timeout=0.3)
     assert log.lost() == lost_before + held
+
+
+def test_kafka_compression_is_one_of_the_codecs_kafka_knows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("LLM_GATEWAY_KAFKA_COMPRESSION", "zstd")
+    assert Settings().kafka_compression_type == "zstd"
+    monkeypatch.setenv("LLM_GATEWAY_KAFKA_COMPRESSION", "none")
+    assert Settings().kafka_compression_type is None
+    monkeypatch.setenv("LLM_GATEWAY_KAFKA_COMPRESSION", "brotli")
+    with pytest.raises(ValueError, match="kafka_compression"):
+        Settings()
