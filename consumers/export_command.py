@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gateway.eventlog.kafka_connection import KafkaConnection
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -151,13 +152,13 @@ async def _export(
 
     from gateway.eventlog.kafka_admin import ensure_topic, stop_producer
 
-    bootstrap = settings.kafka_bootstrap_servers
-    assert bootstrap is not None
+    kafka = settings.kafka
+    bootstrap = kafka.bootstrap_servers
     deadline = time.monotonic() + timeout
     while True:  # a broker down at the start is waited for, up to --timeout
         try:
-            await asyncio.wait_for(ensure_topic(bootstrap, settings.topic, settings.topic_partitions), 30)
-            cluster, limits, records = await asyncio.wait_for(_topic_facts(bootstrap, settings.topic), 30)
+            await asyncio.wait_for(ensure_topic(kafka, settings.topic, settings.topic_partitions), 30)
+            cluster, limits, records = await asyncio.wait_for(_topic_facts(kafka, settings.topic), 30)
             break
         except Exception as exc:  # noqa: BLE001 - any broker failure is one line
             if stop.is_set():
@@ -189,7 +190,7 @@ async def _export(
                 resumable=False,
             )
         producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
+            **kafka.client_options(),
             client_id="llm-gateway-export",
             acks="all",
             enable_idempotence=True,
@@ -252,7 +253,7 @@ async def _acknowledged(sends: list[asyncio.Future[Any]], stop: asyncio.Event, t
     return False
 
 
-async def _topic_facts(bootstrap: str, topic: str) -> tuple[str, list[str], int]:
+async def _topic_facts(kafka: KafkaConnection, topic: str) -> tuple[str, list[str], int]:
     """The cluster's id, the topic's configs that delete records (a ``retention.ms`` or
     ``retention.bytes`` other than -1, a compacting ``cleanup.policy``: the key is the tenant, so
     compaction kept one event a tenant; a review) and the records it holds."""
@@ -262,7 +263,7 @@ async def _topic_facts(bootstrap: str, topic: str) -> tuple[str, list[str], int]
 
     from gateway.eventlog.kafka_admin import topic_partitions
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="llm-gateway-export")
+    admin = AIOKafkaAdminClient(**kafka.client_options(), client_id="llm-gateway-export")
     await admin.start()
     try:
         cluster = str((await admin.describe_cluster()).get("cluster_id") or "kafka")
@@ -279,8 +280,8 @@ async def _topic_facts(bootstrap: str, topic: str) -> tuple[str, list[str], int]
                     limits.append(f"{name}={value}")
                 elif name == "cleanup.policy" and value and "compact" in value:
                     limits.append(f"{name}={value}")
-    partitions = [TopicPartition(topic, p) for p in await topic_partitions(bootstrap, topic)]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, client_id="llm-gateway-export", enable_auto_commit=False)
+    partitions = [TopicPartition(topic, p) for p in await topic_partitions(kafka, topic)]
+    consumer = AIOKafkaConsumer(**kafka.client_options(), client_id="llm-gateway-export", enable_auto_commit=False)
     await consumer.start()
     try:
         ends = await consumer.end_offsets(partitions) if partitions else {}

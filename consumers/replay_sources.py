@@ -38,6 +38,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from gateway.eventlog.kafka_connection import KafkaConnection, kafka_connection
 from gateway.eventlog.sqlite import close_locked
 from gateway.settings import Settings
 
@@ -84,7 +85,7 @@ class ReplaySource(Protocol):
 
 def build_replay_source(settings: Settings) -> ReplaySource:
     if settings.kafka_bootstrap_servers:
-        return KafkaReplaySource(settings.kafka_bootstrap_servers, settings.topic)
+        return KafkaReplaySource(settings.kafka, settings.topic)
     from gateway.eventlog.factory import embedded_log_path
 
     return SqliteReplaySource(embedded_log_path(settings))
@@ -201,7 +202,7 @@ class KafkaReplaySource:
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        bootstrap_servers: str | KafkaConnection,
         topic: str,
         *,
         client_id: str = "llm-gateway-replay",
@@ -211,7 +212,8 @@ class KafkaReplaySource:
     ) -> None:
         #: the topic's retention is the operator's: what it deleted is not known here
         self.trimmed: str | None = None
-        self.bootstrap_servers = bootstrap_servers
+        self._kafka = kafka_connection(bootstrap_servers)
+        self.bootstrap_servers = self._kafka.bootstrap_servers
         self.topic = topic
         self.total = 0
         self.first = self.last = "-"
@@ -242,7 +244,7 @@ class KafkaReplaySource:
         async with self._admin() as admin:
             partitions = sorted(await _partitions(admin, self.topic))
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap_servers,
+            **self._kafka.client_options(),
             group_id=None,
             client_id=self._client_id,
             enable_auto_commit=False,
@@ -351,7 +353,7 @@ class KafkaReplaySource:
         from aiokafka.admin import AIOKafkaAdminClient
 
         admin = AIOKafkaAdminClient(
-            bootstrap_servers=self.bootstrap_servers,
+            **self._kafka.client_options(),
             client_id=self._client_id,
             request_timeout_ms=self._request_timeout_ms,
         )

@@ -85,6 +85,8 @@ def create_app(
         register_secret(url_password(settings.provider(name).base_url))
     for key in settings.api_keys:
         register_secret(key.key)
+    register_secret(settings.kafka_sasl_password)
+    register_secret(settings.kafka_ssl_key_password)
     if event_log is None:
         from gateway.eventlog.factory import build_event_log
 

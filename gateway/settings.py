@@ -11,6 +11,7 @@ import json
 import os
 import re
 import socket
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -21,6 +22,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from gateway import strict_yaml
 from gateway.budgets.config import BudgetSettings
 from gateway.database_url import dsn_options
+from gateway.eventlog.kafka_connection import TLS_PROTOCOLS, KafkaConnection, SaslMechanism, SecurityProtocol
 from gateway.events import INDEXED_TEXT
 from gateway.health.config import HealthSettings
 from gateway.limits.config import RateLimitSettings
@@ -170,6 +172,34 @@ class Settings(BaseSettings):
     #: than real traffic's). Any codec is read, whatever this says (a topic or a cluster may have
     #: the broker compress what it stores)
     kafka_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
+    #: how the clients reach the cluster (``gateway/eventlog/kafka_connection.py``): TLS
+    #: (``SSL``, ``SASL_SSL``) against ``kafka_ssl_cafile`` (else the system's CAs), a client
+    #: certificate for mutual TLS, SASL credentials (``PLAIN``, ``SCRAM-SHA-256``/``512``).
+    #: The variables Kafka tools use: ``KAFKA_SECURITY_PROTOCOL``, ``KAFKA_SASL_MECHANISM``, ...
+    kafka_security_protocol: SecurityProtocol = Field(
+        default="PLAINTEXT", validation_alias=AliasChoices("KAFKA_SECURITY_PROTOCOL", "kafka_security_protocol")
+    )
+    kafka_sasl_mechanism: SaslMechanism = Field(
+        default="PLAIN", validation_alias=AliasChoices("KAFKA_SASL_MECHANISM", "kafka_sasl_mechanism")
+    )
+    kafka_sasl_username: str | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_SASL_USERNAME", "kafka_sasl_username")
+    )
+    kafka_sasl_password: str | None = Field(
+        default=None, repr=False, validation_alias=AliasChoices("KAFKA_SASL_PASSWORD", "kafka_sasl_password")
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_SSL_CAFILE", "kafka_ssl_cafile")
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_SSL_CERTFILE", "kafka_ssl_certfile")
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        default=None, validation_alias=AliasChoices("KAFKA_SSL_KEYFILE", "kafka_ssl_keyfile")
+    )
+    kafka_ssl_key_password: str | None = Field(
+        default=None, repr=False, validation_alias=AliasChoices("KAFKA_SSL_KEY_PASSWORD", "kafka_ssl_key_password")
+    )
     database_url: str | None = Field(default=None, validation_alias=AliasChoices("DATABASE_URL", "database_url"))
     #: names the gateway process in its events and its spool's file: no blank at its ends, no
     #: path separator, printable (``" gw 8 "`` was stored with its blanks; a re-test)
@@ -306,6 +336,22 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _kafka_security(self) -> Settings:
+        """Kafka's security settings make one way to reach a cluster, and its files are there:
+        refused at start, not at the first event (the spool would fill, a consumer wait)."""
+        connection = self._kafka_connection(self.kafka_bootstrap_servers or "unset")  # raises what is wrong
+        for name in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: {path} is not a file")
+        if self.kafka_bootstrap_servers and connection.security_protocol in TLS_PROTOCOLS:
+            try:
+                connection.ssl_context  # noqa: B018 - read to check the files: a CA that is no certificate, a wrong key
+            except (OSError, ssl.SSLError) as e:
+                raise ValueError(f"Kafka TLS files: {e}") from e
+        return self
+
+    @model_validator(mode="after")
     def _retention_covers_budgets(self) -> Settings:
         days = self.log_retention_days
         # (with Kafka the setting has no effect: the topic's retention is the operator's)
@@ -370,6 +416,26 @@ class Settings(BaseSettings):
         merged = env.model_dump()
         merged.update({k: v for k, v in override.model_dump(exclude_unset=True).items()})
         return ProviderSettings(**merged)
+
+    @property
+    def kafka(self) -> KafkaConnection:
+        """How the Kafka clients reach the cluster (``kafka_bootstrap_servers`` must be set)."""
+        if not self.kafka_bootstrap_servers:
+            raise ValueError("no Kafka bootstrap servers are configured")
+        return self._kafka_connection(self.kafka_bootstrap_servers)
+
+    def _kafka_connection(self, servers: str) -> KafkaConnection:
+        return KafkaConnection(
+            servers,
+            self.kafka_security_protocol,
+            self.kafka_sasl_mechanism,
+            self.kafka_sasl_username,
+            self.kafka_sasl_password,
+            None if self.kafka_ssl_cafile is None else str(self.kafka_ssl_cafile),
+            None if self.kafka_ssl_certfile is None else str(self.kafka_ssl_certfile),
+            None if self.kafka_ssl_keyfile is None else str(self.kafka_ssl_keyfile),
+            self.kafka_ssl_key_password,
+        )
 
     @property
     def kafka_compression_type(self) -> str | None:

@@ -73,6 +73,44 @@ def kafka_broker_control(kafka_bootstrap: str) -> Iterator[kafka_service.Broker]
 
 
 @dataclass(frozen=True)
+class SecuredKafka:
+    """The test broker's secured listeners (``tests/services/kafka.py``): SASL over plaintext
+    and over TLS (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 for one user), TLS, and mutual TLS, with
+    the CA that signed the broker's certificate and a client certificate it accepts."""
+
+    sasl: str
+    sasl_ssl: str
+    ssl: str
+    mtls: str
+    cafile: str
+    client_cert: str
+    client_key: str
+    username: str = kafka_service.SASL_USER
+    password: str = kafka_service.SASL_PASSWORD
+
+
+@pytest.fixture(scope="session")
+def kafka_secured(kafka_bootstrap: str) -> SecuredKafka:
+    if not kafka_service.STATE_FILE.is_file():
+        missing_service(f"no broker state at {kafka_service.STATE_FILE}")
+    broker = kafka_service.Broker.from_state(kafka_service.STATE_FILE)
+    if broker.bootstrap != kafka_bootstrap or broker.secured is None:
+        missing_service(f"{kafka_service.STATE_FILE} describes no secured listeners of {kafka_bootstrap}")
+    assert broker.secured is not None
+    files = kafka_service.tls_files(broker.workdir)
+    host = kafka_service.HOST
+    return SecuredKafka(
+        f"{host}:{broker.secured.sasl}",
+        f"{host}:{broker.secured.sasl_ssl}",
+        f"{host}:{broker.secured.ssl}",
+        f"{host}:{broker.secured.mtls}",
+        str(files["ca"]),
+        str(files["client_cert"]),
+        str(files["client_key"]),
+    )
+
+
+@dataclass(frozen=True)
 class PostgresControl:
     """Take the local cluster ``15 main`` down (``stop -m fast``) and back up."""
 

@@ -16,6 +16,7 @@ from typing import Any
 from gateway.budgets.follow import SKEW
 from gateway.budgets.ledger import SpendLedger
 from gateway.budgets.snapshot import Snapshot
+from gateway.eventlog.kafka_connection import KafkaConnection
 from gateway.eventlog.kafka_follow import TopicFollower
 
 log = logging.getLogger("gateway.budgets")
@@ -29,7 +30,7 @@ class KafkaBudgetSync(TopicFollower):
     def __init__(
         self,
         ledger: SpendLedger,
-        bootstrap_servers: str,
+        bootstrap_servers: str | KafkaConnection,
         topic: str,
         snapshot: Snapshot | None = None,
         **options: Any,

@@ -51,7 +51,7 @@ def install_budgets(app: web.Application, settings: Settings, clock: Clock) -> N
             snapshot = await asyncio.to_thread(snapshots.load, path, settings.budgets, f"kafka:{topic}")
             sync = KafkaBudgetSync(
                 ledger,
-                settings.kafka_bootstrap_servers,
+                settings.kafka,
                 topic,
                 snapshot,
                 partitions=settings.topic_partitions,

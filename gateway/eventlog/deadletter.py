@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from gateway.eventlog.kafka_connection import KafkaConnection, kafka_connection
 from gateway.eventlog.sqlite import close_locked, connect
 
 if TYPE_CHECKING:  # aiokafka is imported when a Kafka store starts (an embedded gateway never loads it)
@@ -114,13 +115,14 @@ class KafkaDeadLetters:
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        bootstrap_servers: str | KafkaConnection,
         topic: str,
         *,
         replication_factor: int | None = None,
         client_id: str = "llm-gateway-consumer",
     ) -> None:
-        self.bootstrap_servers = bootstrap_servers
+        self._kafka = kafka_connection(bootstrap_servers)
+        self.bootstrap_servers = self._kafka.bootstrap_servers
         self.source_topic = topic
         self.topic = f"{topic}.dlq"
         self._replication_factor = replication_factor
@@ -135,14 +137,14 @@ class KafkaDeadLetters:
         from gateway.eventlog.kafka_admin import ensure_topic
 
         await ensure_topic(
-            self.bootstrap_servers,
+            self._kafka,
             self.topic,
             1,
             replication_factor=self._replication_factor,
             client_id=self._client_id,
         )
         producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap_servers, client_id=self._client_id, acks="all", enable_idempotence=True
+            **self._kafka.client_options(), client_id=self._client_id, acks="all", enable_idempotence=True
         )
         try:
             await producer.start()

@@ -39,7 +39,7 @@ def build_event_log(settings: Settings) -> EventLog:
         from gateway.eventlog.kafka_producer import KafkaEventLog  # aiokafka only when Kafka is used
 
         return KafkaEventLog(
-            settings.kafka_bootstrap_servers,
+            settings.kafka,
             settings.topic,
             spool_path(settings),
             partitions=settings.topic_partitions,
@@ -55,7 +55,7 @@ def build_log_reader(settings: Settings, group_id: str) -> LogReader:
         from gateway.eventlog.kafka_reader import KafkaLogReader
 
         return KafkaLogReader(
-            settings.kafka_bootstrap_servers,
+            settings.kafka,
             settings.topic,
             group_id,
             partitions=settings.topic_partitions,
@@ -70,7 +70,7 @@ def build_dead_letters(settings: Settings) -> DeadLetterStore:
         from gateway.eventlog.deadletter import KafkaDeadLetters
 
         return KafkaDeadLetters(
-            settings.kafka_bootstrap_servers,
+            settings.kafka,
             settings.topic,
             client_id=_client_id(settings, "deadletters"),
         )

@@ -10,6 +10,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
+from gateway.eventlog.kafka_connection import KafkaConnection, kafka_connection
+
 log = logging.getLogger(__name__)
 
 #: replicate to at most this many brokers when the replication factor is left to us
@@ -24,11 +26,13 @@ MAX_AUTO_REPLICATION = 3
 TOPIC_CONFIGS: dict[str, str] = {"retention.ms": "-1", "retention.bytes": "-1"}
 
 
-async def topic_partitions(bootstrap_servers: str, topic: str, *, client_id: str = "llm-gateway") -> list[int]:
+async def topic_partitions(
+    bootstrap_servers: str | KafkaConnection, topic: str, *, client_id: str = "llm-gateway"
+) -> list[int]:
     """The partition ids of ``topic`` as the cluster describes them ([] if it does not exist).
     A group-less consumer has no metadata of its own for a topic, and aiokafka's ``topics()``
     fills a throwaway metadata object, so ask the cluster directly."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id=client_id)
+    admin = AIOKafkaAdminClient(**kafka_connection(bootstrap_servers).client_options(), client_id=client_id)
     try:
         await admin.start()
         described = await admin.describe_topics([topic])
@@ -41,7 +45,7 @@ async def topic_partitions(bootstrap_servers: str, topic: str, *, client_id: str
 
 
 async def ensure_topic(
-    bootstrap_servers: str,
+    bootstrap_servers: str | KafkaConnection,
     topic: str,
     partitions: int,
     *,
@@ -55,7 +59,7 @@ async def ensure_topic(
     Topics are created with unlimited retention (:data:`TOPIC_CONFIGS`): the usage log is the
     source of truth that replay re-costs history from, so Kafka must not age it out."""
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap_servers,
+        **kafka_connection(bootstrap_servers).client_options(),
         client_id=client_id,
         request_timeout_ms=request_timeout_ms,
     )

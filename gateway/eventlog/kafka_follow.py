@@ -22,6 +22,7 @@ from aiokafka.errors import KafkaError
 
 from gateway.event_json import event_id_of
 from gateway.eventlog.kafka_admin import ensure_topic, topic_partitions
+from gateway.eventlog.kafka_connection import KafkaConnection, kafka_connection
 
 
 class TopicFollower:
@@ -31,7 +32,7 @@ class TopicFollower:
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        bootstrap_servers: str | KafkaConnection,
         topic: str,
         *,
         partitions: int = 3,
@@ -40,7 +41,8 @@ class TopicFollower:
         fetch_max_wait_ms: int = 100,
         retry_seconds: float = 2.0,
     ) -> None:
-        self.bootstrap_servers = bootstrap_servers
+        self._kafka = kafka_connection(bootstrap_servers)
+        self.bootstrap_servers = self._kafka.bootstrap_servers
         self.topic = topic
         self._partitions = partitions
         self._replication_factor = replication_factor
@@ -116,14 +118,14 @@ class TopicFollower:
 
     async def _connect(self) -> AIOKafkaConsumer:
         await ensure_topic(
-            self.bootstrap_servers,
+            self._kafka,
             self.topic,
             self._partitions,
             replication_factor=self._replication_factor,
             client_id=self._client_id,
         )
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap_servers,
+            **self._kafka.client_options(),
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="latest",
@@ -140,7 +142,7 @@ class TopicFollower:
 
     async def _assign_since(self, consumer: AIOKafkaConsumer) -> None:
         """Every partition, from its first record at or after ``since()`` (or its end)."""
-        partitions = await topic_partitions(self.bootstrap_servers, self.topic, client_id=self._client_id)
+        partitions = await topic_partitions(self._kafka, self.topic, client_id=self._client_id)
         if not partitions:
             raise KafkaError(f"no partitions known for {self.topic} yet")
         tps = [TopicPartition(self.topic, p) for p in partitions]

@@ -29,6 +29,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from gateway.eventlog.group_commit import GroupCommit
 from gateway.eventlog.kafka_admin import ensure_topic, stop_producer
+from gateway.eventlog.kafka_connection import KafkaConnection, kafka_connection
 from gateway.eventlog.spool_lock import lock_spool
 from gateway.eventlog.sqlite import Row, SqliteOutbox, append_event, append_events, refused_after_close
 from gateway.events import UsageEvent
@@ -42,7 +43,7 @@ UNDELETED_LOG_EVERY = 30.0
 class KafkaEventLog:
     def __init__(
         self,
-        bootstrap_servers: str,
+        bootstrap_servers: str | KafkaConnection,
         topic: str,
         spool_path: Path,
         *,
@@ -58,12 +59,13 @@ class KafkaEventLog:
         warn_interval: float = 5.0,
         checkpoint_interval: float = 0.5,
     ) -> None:
-        self.bootstrap_servers = bootstrap_servers
+        self._kafka = kafka_connection(bootstrap_servers)
+        self.bootstrap_servers = self._kafka.bootstrap_servers
         self.topic = topic
         self._partitions = partitions
         self._replication_factor = replication_factor
         self._producer_options: dict[str, Any] = {
-            "bootstrap_servers": bootstrap_servers,
+            **self._kafka.client_options(),
             "client_id": client_id,
             "acks": "all",
             "enable_idempotence": True,
@@ -217,7 +219,7 @@ class KafkaEventLog:
 
     async def _connect(self) -> AIOKafkaProducer:
         await ensure_topic(
-            self.bootstrap_servers,
+            self._kafka,
             self.topic,
             self._partitions,
             replication_factor=self._replication_factor,

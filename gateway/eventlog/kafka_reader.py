@@ -16,6 +16,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from gateway.eventlog import kafka_offsets
 from gateway.eventlog.base import LogRecord
 from gateway.eventlog.kafka_admin import ensure_topic, topic_partitions
+from gateway.eventlog.kafka_connection import KafkaConnection, kafka_connection
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ class _Rewinder(ConsumerRebalanceListener):  # type: ignore[misc]
 class KafkaLogReader:
     def __init__(
         self,
-        bootstrap_servers: str,
+        bootstrap_servers: str | KafkaConnection,
         topic: str,
         group_id: str,
         *,
@@ -47,7 +48,8 @@ class KafkaLogReader:
         request_timeout_ms: int = 30_000,
         fetch_max_wait_ms: int = 100,
     ) -> None:
-        self.bootstrap_servers = bootstrap_servers
+        self._kafka = kafka_connection(bootstrap_servers)
+        self.bootstrap_servers = self._kafka.bootstrap_servers
         self.topic = topic
         self.group_id = group_id
         self._partitions = partitions
@@ -70,7 +72,7 @@ class KafkaLogReader:
         if self._consumer is not None:
             return
         await ensure_topic(
-            self.bootstrap_servers,
+            self._kafka,
             self.topic,
             self._partitions,
             replication_factor=self._replication_factor,
@@ -78,7 +80,7 @@ class KafkaLogReader:
         )
         kafka_offsets.install()  # a coordinator still loading is no "nothing committed"
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap_servers,
+            **self._kafka.client_options(),
             group_id=self.group_id,
             client_id=self._client_id,
             enable_auto_commit=False,
@@ -201,9 +203,7 @@ class KafkaLogReader:
         partitions = self._started().partitions_for_topic(self.topic)
         if not partitions:
             # aiokafka's topics() fills a throwaway metadata object, so ask the cluster directly
-            partitions = set(
-                await topic_partitions(self.bootstrap_servers, self.topic, client_id=f"{self._client_id}-lag")
-            )
+            partitions = set(await topic_partitions(self._kafka, self.topic, client_id=f"{self._client_id}-lag"))
         return [TopicPartition(self.topic, p) for p in sorted(partitions)]
 
     def _rewind(self, partitions: set[TopicPartition]) -> None:

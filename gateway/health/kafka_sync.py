@@ -38,6 +38,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from gateway.event_json import EVENT_ID, ID_WITHIN, decode_event
+from gateway.eventlog.kafka_connection import KafkaConnection
 from gateway.eventlog.kafka_follow import TopicFollower
 from gateway.health.view import HealthView
 
@@ -68,7 +69,7 @@ class KafkaHealthSync(TopicFollower):
     def __init__(
         self,
         view: HealthView,
-        bootstrap_servers: str,
+        bootstrap_servers: str | KafkaConnection,
         topic: str,
         *,
         client_id: str = "llm-gateway-health",

@@ -62,7 +62,7 @@ def health_plugin(settings: Settings, *, clock: Clock = utcnow, config: HealthSe
 
         sync = KafkaHealthSync(
             view,
-            settings.kafka_bootstrap_servers,
+            settings.kafka,
             settings.topic,
             partitions=settings.topic_partitions,
             client_id="llm-gateway-health" + (f"-{settings.instance_id}" if settings.instance_id else ""),

@@ -231,16 +231,91 @@ def new_cluster_id() -> str:
 # --------------------------------------------------------------------------- broker
 
 
-def server_properties(port: int, controller_port: int, data_dir: Path) -> str:
+#: the one user of the secured listeners (SASL PLAIN and SCRAM; ``--add-scram`` at format)
+SASL_USER, SASL_PASSWORD = "gw", "gw-secret-9f2"
+
+
+@dataclass(frozen=True)
+class SecuredPorts:
+    """The broker's listeners beside PLAINTEXT, for the clients' security settings: SASL over
+    plaintext and over TLS, TLS, and mutual TLS (a client certificate required)."""
+
+    sasl: int
+    sasl_ssl: int
+    ssl: int
+    mtls: int
+
+
+def tls_files(workdir: Path) -> dict[str, Path]:
+    tls = workdir / "tls"
+    return {
+        "ca": tls / "ca.pem",
+        "keystore": tls / "broker-keystore.pem",
+        "client_cert": tls / "client.pem",
+        "client_key": tls / "client.key",
+    }
+
+
+def make_tls_files(workdir: Path) -> None:
+    """A CA, the broker's certificate for 127.0.0.1 and a client's, signed by it (openssl)."""
+    files = tls_files(workdir)
+    tls = files["ca"].parent
+    tls.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=tls, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+            "-days", "3650", "-subj", "/CN=llm-gateway test CA")  # fmt: skip
+    (tls / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name, subject in (("broker", "/CN=127.0.0.1"), ("client", "/CN=llm-gateway test client")):
+        openssl(
+            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject
+        )
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", f"{name}.pem", "-days", "3650", "-extfile", "san.cnf")  # fmt: skip
+    files["keystore"].write_text((tls / "broker.key").read_text() + (tls / "broker.pem").read_text())
+
+
+def _secured_settings(ports: SecuredPorts, workdir: Path) -> dict[str, str]:
+    files = tls_files(workdir)
+    plain = f'org.apache.kafka.common.security.plain.PlainLoginModule required user_{SASL_USER}="{SASL_PASSWORD}";'
+    scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+    settings = {
+        "sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
+        "ssl.keystore.type": "PEM",
+        "ssl.keystore.location": str(files["keystore"]),
+        "listener.name.mtls.ssl.client.auth": "required",
+        "listener.name.mtls.ssl.truststore.type": "PEM",
+        "listener.name.mtls.ssl.truststore.location": str(files["ca"]),
+    }
+    for listener in ("sasl_plaintext", "sasl_ssl"):
+        settings[f"listener.name.{listener}.plain.sasl.jaas.config"] = plain
+        settings[f"listener.name.{listener}.scram-sha-256.sasl.jaas.config"] = scram
+        settings[f"listener.name.{listener}.scram-sha-512.sasl.jaas.config"] = scram
+    return settings
+
+
+def server_properties(
+    port: int, controller_port: int, data_dir: Path, secured: SecuredPorts | None = None, workdir: Path | None = None
+) -> str:
+    listeners = f"PLAINTEXT://{HOST}:{port}"
+    protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    if secured is not None:
+        listeners += (
+            f",SASL_PLAINTEXT://{HOST}:{secured.sasl},SASL_SSL://{HOST}:{secured.sasl_ssl}"
+            f",SSL://{HOST}:{secured.ssl},MTLS://{HOST}:{secured.mtls}"
+        )
+        protocols += ",SASL_PLAINTEXT:SASL_PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL,MTLS:SSL"
     settings = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.voters": f"1@{HOST}:{controller_port}",
-        "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
+        "listeners": f"{listeners},CONTROLLER://{HOST}:{controller_port}",
+        "advertised.listeners": listeners,
         "inter.broker.listener.name": "PLAINTEXT",
         "controller.listener.names": "CONTROLLER",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map": protocols,
         "log.dirs": str(data_dir),
         "num.partitions": "1",
         "default.replication.factor": "1",
@@ -258,6 +333,8 @@ def server_properties(port: int, controller_port: int, data_dir: Path) -> str:
         "num.recovery.threads.per.data.dir": "1",
         "log.cleaner.dedupe.buffer.size": "33554432",
     }
+    if secured is not None and workdir is not None:
+        settings.update(_secured_settings(secured, workdir))
     return "".join(f"{key}={value}\n" for key, value in settings.items())
 
 
@@ -290,6 +367,7 @@ class Broker:
     pid: int | None = None
     pgid: int | None = None
     state_file: Path | None = None
+    secured: SecuredPorts | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -322,6 +400,7 @@ class Broker:
             "controller_port": self.controller_port,
             "workdir": str(self.workdir),
             "log": str(self.log_path),
+            "secured": None if self.secured is None else vars(self.secured),
         }
 
     @classmethod
@@ -336,6 +415,7 @@ class Broker:
             pid=state["pid"],
             pgid=state["pgid"],
             state_file=state_file,
+            secured=SecuredPorts(**state["secured"]) if state.get("secured") else None,
         )
 
     def _save_state(self) -> None:
@@ -346,7 +426,11 @@ class Broker:
 
     def write_config(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(server_properties(self.port, self.controller_port, self.data_dir))
+        if self.secured is not None and not tls_files(self.workdir)["keystore"].is_file():
+            make_tls_files(self.workdir)
+        self.config_path.write_text(
+            server_properties(self.port, self.controller_port, self.data_dir, self.secured, self.workdir)
+        )
         self.log4j_path.write_text(LOG4J2_PROPERTIES)
 
     def _java(self, heap: str, main: str, *args: str) -> list[str]:
@@ -362,6 +446,8 @@ class Broker:
         cmd = self._java(
             "256m", "kafka.tools.StorageTool", "format",
             f"--cluster-id={new_cluster_id()}", "-c", str(self.config_path),
+            *(arg for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512")
+              for arg in ("--add-scram", f"{mechanism}=[name={SASL_USER},password={SASL_PASSWORD}]")),
         )  # fmt: skip
         result = subprocess.run(cmd, capture_output=True, text=True)
         with self.log_path.open("a") as out:
@@ -454,8 +540,8 @@ def start_broker(workdir: Path, state_file: Path | None = None) -> Broker:
     """Format a fresh data dir under ``workdir`` and start a ready broker on free ports."""
     if not libs_complete():
         raise BrokerError("Kafka jars missing: run `python -m tests.services.kafka fetch`")
-    port, controller_port = free_ports(2)
-    broker = Broker(workdir, port, controller_port, state_file=state_file)
+    port, controller_port, *secured = free_ports(6)
+    broker = Broker(workdir, port, controller_port, state_file=state_file, secured=SecuredPorts(*secured))
     broker.write_config()
     broker.format_storage()
     broker.start()
