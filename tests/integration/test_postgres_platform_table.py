@@ -14,6 +14,7 @@ import pytest
 from consumers.sinks.base import SinkError
 from consumers.sinks.postgres import PostgresSink
 from gateway.database_url import DsnOptions, dsn_options
+from tests.conftest import missing_service
 from tests.contract.test_sink_contract import make_event, scratch_schema
 
 pytestmark = pytest.mark.postgres
@@ -271,3 +272,28 @@ async def test_an_updated_at_the_platform_adds_while_the_sink_runs_is_written_at
             await sink.apply([later])  # paused once: the projector retries the batch
         await sink.apply([later])
         assert (await stored(pg.conn, pg.schema, "updatedAt"))[later.event_id][2] is not None
+
+
+@pytest.mark.parametrize("mode", ["require", "verify-full"])
+async def test_a_database_that_takes_tls_only_gets_the_rows_over_tls(mode: str) -> None:
+    """Managed PostgreSQL (RDS, Cloud SQL, Azure) wants TLS: ``sslmode`` and ``sslrootcert`` in
+    ``DATABASE_URL`` are libpq's, and every connection of the sink's pool is encrypted
+    (``verify-full``: the server's certificate checked against the root given, for its name)."""
+    async with scratch_schema("tls") as pg:
+        if await pg.conn.fetchval("SHOW ssl") != "on":
+            missing_service("the test PostgreSQL serves no TLS (ssl = off)")
+        root = await pg.conn.fetchval("SHOW ssl_cert_file")  # Debian's self-signed "snakeoil", CN=localhost
+        url = pg.url.replace("127.0.0.1", "localhost")
+        name = f"tls-{mode}"
+        sink = PostgresSink(f"{url}?schema={pg.schema}&sslmode={mode}&sslrootcert={root}&application_name={name}")
+        try:
+            await sink.start()
+            await sink.apply([make_event(i) for i in range(3)])
+            encrypted = await pg.conn.fetch(
+                "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = $1",
+                name,
+            )
+            assert encrypted and all(row["ssl"] for row in encrypted)
+        finally:
+            await sink.close()
+        assert len(await stored(pg.conn, pg.schema)) == 3
