@@ -297,3 +297,20 @@ async def test_a_database_that_takes_tls_only_gets_the_rows_over_tls(mode: str) 
         finally:
             await sink.close()
         assert len(await stored(pg.conn, pg.schema)) == 3
+
+
+async def test_a_server_certificate_for_another_name_is_refused_under_verify_full() -> None:
+    """``verify-full`` checks the name: Debian's certificate says ``localhost``, so 127.0.0.1 is
+    refused, and the error says why (were ``sslmode`` dropped from the URL, asyncpg's default
+    ``prefer`` would connect)."""
+    async with scratch_schema("tls-name") as pg:
+        if await pg.conn.fetchval("SHOW ssl") != "on":
+            missing_service("the test PostgreSQL serves no TLS (ssl = off)")
+        root = await pg.conn.fetchval("SHOW ssl_cert_file")
+        assert "127.0.0.1" in pg.url
+        sink = PostgresSink(f"{pg.url}?schema={pg.schema}&sslmode=verify-full&sslrootcert={root}")
+        try:
+            with pytest.raises(SinkError, match="CERTIFICATE_VERIFY_FAILED"):
+                await sink.start()
+        finally:
+            await sink.close()
