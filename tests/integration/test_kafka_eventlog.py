@@ -316,6 +316,22 @@ class Collected:
     async def close(self) -> None: ...
 
 
+async def project_topic(bootstrap: str, topic: str, expected: int) -> tuple[Collected, Projector]:
+    """A projector of a new group over ``topic`` until idle, having taken ``expected`` records."""
+    reader = KafkaLogReader(bootstrap, topic, f"it-{uuid.uuid4().hex[:8]}")
+    letters = KafkaDeadLetters(bootstrap, topic)
+    sink = Collected()
+    projector = Projector(reader, [sink], letters, poll_timeout=0.5, idle_timeout=2.0)
+    await reader.start()
+    await letters.start()
+    try:
+        assert await asyncio.wait_for(projector.run_until_idle(), 60) == expected
+    finally:
+        await reader.close()
+        await letters.close()
+    return sink, projector
+
+
 async def test_a_tombstone_on_the_topic_is_dead_lettered_and_projection_goes_on(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
@@ -342,17 +358,7 @@ async def test_a_tombstone_on_the_topic_is_dead_lettered_and_projection_goes_on(
     await wait_drained(log, 30)
     await log.close()
 
-    reader = KafkaLogReader(kafka_bootstrap, topic, f"tomb-{uuid.uuid4().hex[:8]}")
-    letters = KafkaDeadLetters(kafka_bootstrap, topic)
-    sink = Collected()
-    projector = Projector(reader, [sink], letters, poll_timeout=0.5, idle_timeout=2.0)
-    await reader.start()
-    await letters.start()
-    try:
-        assert await asyncio.wait_for(projector.run_until_idle(), 60) == 6
-    finally:
-        await reader.close()
-        await letters.close()
+    sink, projector = await project_topic(kafka_bootstrap, topic, 6)
     assert sink.ids == [e.event_id for e in events]
     assert projector.stats.events_dead_lettered == 1
     message = await first_dead_letter(kafka_bootstrap, topic)
@@ -434,17 +440,7 @@ async def project_with_an_odd_middle_record(
     finally:
         await producer.stop()
 
-    reader = KafkaLogReader(bootstrap, topic, f"odd-{uuid.uuid4().hex[:8]}")
-    letters = KafkaDeadLetters(bootstrap, topic)
-    sink = Collected()
-    projector = Projector(reader, [sink], letters, poll_timeout=0.5, idle_timeout=2.0)
-    await reader.start()
-    await letters.start()
-    try:
-        assert await asyncio.wait_for(projector.run_until_idle(), 60) == 3
-    finally:
-        await reader.close()
-        await letters.close()
+    sink, projector = await project_topic(bootstrap, topic, 3)
     again = KafkaLogReader(bootstrap, topic, f"odd-{uuid.uuid4().hex[:8]}")
     await again.start()
     records: list[LogRecord] = []
@@ -558,27 +554,32 @@ async def test_kafka_compression_has_the_gateway_store_its_events_in_fewer_bytes
     assert 0 < sizes["zstd"] * 4 < sizes["none"], sizes
 
 
+def record_embedded(data_dir: Path, events: Sequence[UsageEvent]) -> None:
+    """``events`` on the embedded log of ``data_dir`` (the history ``export-log`` sends)."""
+    from gateway.eventlog.factory import embedded_log_path
+    from gateway.eventlog.sqlite import SqliteEventLog
+    from gateway.settings import Settings
+
+    async def record() -> None:
+        log = SqliteEventLog(embedded_log_path(Settings(data_dir=data_dir, _env_file=None)))  # type: ignore[call-arg]
+        await log.start()
+        for event in events:
+            log.publish(event)
+        await log.close()
+
+    asyncio.run(record())
+
+
 def test_export_log_sends_the_history_compressed_too(
     kafka_bootstrap: str, kafka_broker_control: Broker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``export-log`` puts a data dir's whole history on the topic with the gateway's codec."""
     from gateway.cli import build_parser
     from gateway.commands import run_command
-    from gateway.eventlog.factory import embedded_log_path
-    from gateway.eventlog.sqlite import SqliteEventLog
     from gateway.settings import Settings
 
-    embedded = Settings(data_dir=tmp_path, _env_file=None)  # type: ignore[call-arg]
     published = [make_event(i) for i in range(500)]
-
-    async def record() -> None:
-        log = SqliteEventLog(embedded_log_path(embedded))
-        await log.start()
-        for event in published:
-            log.publish(event)
-        await log.close()
-
-    asyncio.run(record())
+    record_embedded(tmp_path, published)
     topic = new_topic()
     kafka = Settings(  # type: ignore[call-arg]
         data_dir=tmp_path,

@@ -16,7 +16,7 @@ from gateway.eventlog.factory import build_dead_letters, build_event_log, build_
 from gateway.eventlog.kafka_producer import KafkaEventLog
 from gateway.settings import Settings
 from tests.conftest import SecuredKafka
-from tests.integration.test_kafka_eventlog import Collected, new_topic, wait_drained
+from tests.integration.test_kafka_eventlog import Collected, new_topic, record_embedded, wait_drained
 from tests.unit.test_sqlite_eventlog import make_event
 
 pytestmark = pytest.mark.kafka
@@ -144,20 +144,9 @@ def test_export_log_and_replay_reach_the_cluster_over_sasl_ssl(
     from consumers.replay_command import in_process
     from gateway.cli import build_parser
     from gateway.commands import run_command
-    from gateway.eventlog.factory import embedded_log_path
-    from gateway.eventlog.sqlite import SqliteEventLog
 
-    embedded = Settings(data_dir=tmp_path, _env_file=None)  # type: ignore[call-arg]
     events = [make_event(i) for i in range(30)]
-
-    async def record() -> None:
-        log = SqliteEventLog(embedded_log_path(embedded))
-        await log.start()
-        for event in events:
-            log.publish(event)
-        await log.close()
-
-    asyncio.run(record())
+    record_embedded(tmp_path, events)
     kafka = settings_for(tmp_path, **secured("sasl-ssl-scram-512", kafka_secured))
     assert run_command(build_parser().parse_args(["export-log", "--timeout", "60"]), kafka) == 0
     assert f"exported {len(events)} events" in capsys.readouterr().out
