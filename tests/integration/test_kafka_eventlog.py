@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
 
 from consumers.projector import Projector
-from gateway.eventlog.base import LogRecord
+from gateway.eventlog.base import EventLog, LogRecord
 from gateway.eventlog.deadletter import KafkaDeadLetters
 from gateway.eventlog.kafka_producer import KafkaEventLog
 from gateway.eventlog.kafka_reader import KafkaLogReader
@@ -40,6 +40,16 @@ async def wait_drained(log: KafkaEventLog, seconds: float) -> None:
     async with asyncio.timeout(seconds):
         while log.pending():  # noqa: ASYNC110 - pending() is a counter, polled
             await asyncio.sleep(0.05)
+
+
+async def publish_all(log: EventLog, events: Sequence[UsageEvent]) -> None:
+    """Start ``log``, publish ``events``, wait until Kafka has them all, close it."""
+    await log.start()
+    for event in events:
+        log.publish(event)
+    if isinstance(log, KafkaEventLog):
+        await wait_drained(log, 30)
+    await log.close()
 
 
 async def read_all(bootstrap: str, topic: str, expected: int, seconds: float = 60.0) -> list[UsageEvent]:
@@ -498,13 +508,8 @@ async def test_a_topic_the_broker_compresses_is_read_whole(kafka_bootstrap: str,
         await admin.create_topics([NewTopic(topic, 3, 1, topic_configs={"compression.type": codec})])
     finally:
         await admin.close()
-    log = new_log(kafka_bootstrap, topic, tmp_path / "spool.sqlite3")
-    await log.start()
     published = [make_event(i) for i in range(50)]
-    for event in published:
-        log.publish(event)
-    await wait_drained(log, 30)
-    await log.close()
+    await publish_all(new_log(kafka_bootstrap, topic, tmp_path / "spool.sqlite3"), published)
     assert_exactly_once_in_order(await read_all(kafka_bootstrap, topic, len(published)), published)
 
 
@@ -514,13 +519,8 @@ async def test_the_gateway_publishes_compressed_batches(kafka_bootstrap: str, tm
     broker compressed with that codec, and read back whole. Without the codecs' library the
     producer refused to start with any but gzip."""
     topic = new_topic()
-    log = new_log(kafka_bootstrap, topic, tmp_path / "spool.sqlite3", compression_type=codec)
-    await log.start()
     published = [make_event(i) for i in range(50)]
-    for event in published:
-        log.publish(event)
-    await wait_drained(log, 30)
-    await log.close()
+    await publish_all(new_log(kafka_bootstrap, topic, tmp_path / "spool.sqlite3", compression_type=codec), published)
     assert_exactly_once_in_order(await read_all(kafka_bootstrap, topic, len(published)), published)
 
 
@@ -543,12 +543,7 @@ async def test_kafka_compression_has_the_gateway_store_its_events_in_fewer_bytes
             topic_partitions=1,
             kafka_compression=codec,
         )
-        log = build_event_log(settings)
-        await log.start()
-        for event in published:
-            log.publish(event)
-        await wait_drained(log, 30)
-        await log.close()
+        await publish_all(build_event_log(settings), published)
         assert_exactly_once_in_order(await read_all(kafka_bootstrap, topic, len(published)), published)
         sizes[codec] = sum(f.stat().st_size for f in (kafka_broker_control.data_dir / f"{topic}-0").glob("*.log"))
     assert 0 < sizes["zstd"] * 4 < sizes["none"], sizes
@@ -560,14 +555,7 @@ def record_embedded(data_dir: Path, events: Sequence[UsageEvent]) -> None:
     from gateway.eventlog.sqlite import SqliteEventLog
     from gateway.settings import Settings
 
-    async def record() -> None:
-        log = SqliteEventLog(embedded_log_path(Settings(data_dir=data_dir, _env_file=None)))  # type: ignore[call-arg]
-        await log.start()
-        for event in events:
-            log.publish(event)
-        await log.close()
-
-    asyncio.run(record())
+    asyncio.run(publish_all(SqliteEventLog(embedded_log_path(Settings(data_dir=data_dir, _env_file=None))), events))  # type: ignore[call-arg]
 
 
 def test_export_log_sends_the_history_compressed_too(

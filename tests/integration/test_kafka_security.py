@@ -16,7 +16,7 @@ from gateway.eventlog.factory import build_dead_letters, build_event_log, build_
 from gateway.eventlog.kafka_producer import KafkaEventLog
 from gateway.settings import Settings
 from tests.conftest import SecuredKafka
-from tests.integration.test_kafka_eventlog import Collected, new_topic, record_embedded, wait_drained
+from tests.integration.test_kafka_eventlog import Collected, new_topic, publish_all, record_embedded, wait_drained
 from tests.unit.test_sqlite_eventlog import make_event
 
 pytestmark = pytest.mark.kafka
@@ -68,12 +68,7 @@ def settings_for(tmp_path: Path, **options: Any) -> Settings:
 
 async def publish(settings: Settings, count: int) -> list[str]:
     events = [make_event(i) for i in range(count)]
-    log = build_event_log(settings)
-    await log.start()
-    for event in events:
-        log.publish(event)
-    await wait_drained(log, 30)
-    await log.close()
+    await publish_all(build_event_log(settings), events)
     return [e.event_id for e in events]
 
 
