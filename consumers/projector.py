@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -350,11 +351,18 @@ class Projector:
         wait = min(self.linger, self.linger - (self._clock() - last).total_seconds())
         if wait <= 0:
             return []
-        await self._sleep(wait)
-        try:
-            return list(await self.reader.fetch(self.batch_size - have, 0.0))
-        except (OSError, TimeoutError):
-            return []
+        every = self.reader.read_while_lingering
+        reads = 1 if not every else max(1, math.ceil(wait / every))
+        more: list[LogRecord] = []
+        for _ in range(reads):
+            await self._sleep(wait / reads)
+            try:
+                more += await self.reader.fetch(self.batch_size - have - len(more), 0.0)
+            except (OSError, TimeoutError):
+                break
+            if have + len(more) >= self.batch_size:
+                break
+        return more
 
     # --- one batch ------------------------------------------------------------------------------
     async def process(self, records: Sequence[LogRecord], stop: asyncio.Event | None = None) -> bool:

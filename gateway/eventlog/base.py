@@ -94,6 +94,11 @@ class LogReader(Protocol):
     (sinks are idempotent on the event id, so redelivery never double-counts).
     """
 
+    #: how often a batch that lingers for company reads on (seconds); None: once, at the
+    #: linger's end. A reader that fetches ahead and holds one response (Kafka's) reads on, or
+    #: what came after that response waited for the next batch: twice the embedded log's lag.
+    read_while_lingering: float | None
+
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...

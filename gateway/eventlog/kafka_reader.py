@@ -36,6 +36,12 @@ class _Rewinder(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class KafkaLogReader:
+    #: aiokafka fetches ahead but holds one response a partition, and asks for more only once it
+    #: is taken: a batch lingering for company takes it every 20 ms, so that what comes during
+    #: the linger joins the batch (read once at the end, the batch held only what had come by its
+    #: start, and the live lag was 850 ms at p50 against the embedded log's 390)
+    read_while_lingering: float | None = 0.02
+
     def __init__(
         self,
         bootstrap_servers: str | KafkaConnection,

@@ -10,6 +10,9 @@ from gateway.events import UsageEvent
 
 
 class MemoryEventLog:
+    #: a batch lingering for company reads once, at the end (``LogReader``)
+    read_while_lingering: float | None = None
+
     def __init__(self) -> None:
         self.events: list[UsageEvent] = []
         self._changed = asyncio.Event()

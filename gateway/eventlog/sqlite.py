@@ -426,6 +426,9 @@ class SqliteLogReader:
     group would both read everything.
     """
 
+    #: a batch lingering for company reads the file once, at the end: each read is a query
+    read_while_lingering: float | None = None
+
     def __init__(
         self, path: Path, group_id: str, *, poll_interval: float = 0.02, max_poll_interval: float = 0.25
     ) -> None:

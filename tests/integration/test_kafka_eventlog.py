@@ -317,10 +317,13 @@ class Collected:
 
     def __init__(self) -> None:
         self.ids: list[str] = []
+        #: each batch's size
+        self.batches: list[int] = []
 
     async def start(self) -> None: ...
     async def apply(self, events: Sequence[UsageEvent]) -> None:
         self.ids.extend(e.event_id for e in events)
+        self.batches.append(len(events))
 
     async def reset(self) -> None: ...
     async def close(self) -> None: ...
@@ -488,6 +491,42 @@ async def test_a_record_whose_key_is_not_utf8_is_projected_like_any_other(kafka_
     assert sink.ids == [e.event_id for e in events]
     assert projector.stats.events_dead_lettered == 0
     assert [r.key for r in records] == ["tenant", "t\ufffd\ufffd", "tenant"]
+
+
+async def test_a_lingering_batch_takes_what_comes_during_its_linger(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """A small batch waits out the projector's linger for company. aiokafka fetches ahead but
+    holds one response a partition: read once at the linger's end, the batch took only what
+    that response held, and every event after it waited a whole linger more (the live lag on
+    Kafka was twice the embedded log's). Events published 0, 0.5 and 1 s into a 3 s linger all
+    go in its batch."""
+    from consumers.deadletter import MemoryDeadLetters
+
+    topic = new_topic()
+    log = new_log(kafka_bootstrap, topic, tmp_path / "spool.sqlite3", partitions=1)
+    reader = KafkaLogReader(kafka_bootstrap, topic, f"linger-{uuid.uuid4().hex[:8]}")
+    sink = Collected()
+    projector = Projector(reader, [sink], MemoryDeadLetters(), poll_timeout=0.2, linger=3.0)
+    await log.start()
+    await reader.start()
+    stop = asyncio.Event()
+    running = asyncio.create_task(projector.run_forever(stop))
+    try:
+        log.publish(make_event(0))
+        async with asyncio.timeout(30):
+            while not sink.batches:  # noqa: ASYNC110 - the sink's list, polled
+                await asyncio.sleep(0.01)
+            for i in (1, 2, 3):  # the next batch starts with event 1, then lingers
+                log.publish(make_event(i))
+                await wait_drained(log, 5)
+                await asyncio.sleep(0.5)
+            while len(sink.ids) < 4:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 10)
+        await reader.close()
+        await log.close()
+    assert sink.batches == [1, 3]
 
 
 CODECS = ("gzip", "snappy", "lz4", "zstd")
