@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.eventlog.kafka_connection import KafkaConnection
+from gateway.eventlog.log_errors import describe
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ async def _export(
             if stop.is_set():
                 return
             if time.monotonic() > deadline:
-                raise ExportError(f"Kafka at {bootstrap} cannot be reached ({exc or type(exc).__name__})") from None
+                raise ExportError(f"Kafka at {bootstrap} cannot be reached ({describe(exc)})") from None
             log.debug("export-log: Kafka not reachable yet: %s", exc)
             await asyncio.sleep(1.0)
     target = f"{cluster}/{settings.topic}"
@@ -230,7 +231,7 @@ async def _export(
         except (ExportError, sqlite3.Error):
             raise
         except Exception as exc:  # noqa: BLE001 - a broker gone mid-way: one line, what was sent is noted
-            raise ExportError(f"Kafka at {bootstrap} failed ({exc or type(exc).__name__})") from None
+            raise ExportError(f"Kafka at {bootstrap} failed ({describe(exc)})") from None
         finally:
             await stop_producer(producer, 10.0)
     finally:

@@ -33,6 +33,7 @@ from consumers.sinks.base import DeadLetters, DistinctEvents, Sink, SinkError, l
 from gateway.backoff import doubling
 from gateway.event_json import UNDECODABLE, decode_event
 from gateway.eventlog.base import LogReader, LogRecord
+from gateway.eventlog.log_errors import describe
 from gateway.events import UsageEvent
 from gateway.ids import Clock, utcnow
 
@@ -111,7 +112,7 @@ class ProjectorStats:
     def log_unreachable(self, error: BaseException) -> None:
         self.waiting_for_log = True
         self.lag, self.lag_at = None, utcnow()
-        self.lag_error = f"the event log cannot be reached: {_one_line(error)}"
+        self.lag_error = f"the event log cannot be reached: {describe(error)[:500]}"
         self.note_error(self.lag_error)
 
     def log_reached(self) -> None:
@@ -571,7 +572,7 @@ class Projector:
         except Exception as e:  # noqa: BLE001 - the lag is informational; the log may be down
             # unknown, not the last value: a broker down showed "lag 0" for as long as it was down
             log.debug("could not measure the lag: %s", e)
-            self.stats.lag, self.stats.lag_error = None, _one_line(e)
+            self.stats.lag, self.stats.lag_error = None, describe(e)[:500]
             return
         self.stats.lag_error = None
 

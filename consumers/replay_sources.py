@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.eventlog.kafka_connection import KafkaConnection, kafka_connection
+from gateway.eventlog.log_errors import describe
 from gateway.eventlog.sqlite import close_locked
 from gateway.settings import Settings
 
@@ -232,7 +233,7 @@ class KafkaReplaySource:
         try:
             await self._open(start)
         except KafkaError as e:
-            raise ConnectionError(f"Kafka at {self.bootstrap_servers}: {type(e).__name__}: {e}") from e
+            raise ConnectionError(f"Kafka at {self.bootstrap_servers}: {describe(e)}") from e
 
     async def _open(self, start: ReplayStart) -> None:
         from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -288,7 +289,7 @@ class KafkaReplaySource:
         try:
             return await self._fetch(max_records)
         except KafkaError as e:
-            raise ConnectionError(f"Kafka at {self.bootstrap_servers}: {type(e).__name__}: {e}") from e
+            raise ConnectionError(f"Kafka at {self.bootstrap_servers}: {describe(e)}") from e
 
     async def _fetch(self, max_records: int) -> list[bytes]:
         from aiokafka import AIOKafkaConsumer, TopicPartition

@@ -104,6 +104,7 @@ def create_app(
     failures = FailureLog()
     recorder.observers.append(failures)
     metrics.on_scrape(lambda: metrics.spool_depth.set(event_log.pending()))
+    metrics.on_scrape(lambda: metrics.event_log_up.set(0 if event_log.outage() else 1))
     provider_map: dict[str, Provider] = dict(providers or {})
     router = Router(
         provider_map,

@@ -94,6 +94,11 @@ class GatewayMetrics:
             registry=r,
         )
         self.spool_depth = Gauge("llm_gateway_spool_depth", "Usage events not yet on the durable log", registry=r)
+        self.event_log_up = Gauge(
+            "llm_gateway_event_log_up",
+            "1 while usage events reach the durable log, 0 while they wait (/healthz eventLog says why)",
+            registry=r,
+        )
         self.consumer_lag = Gauge(
             "llm_gateway_consumer_lag", "Events on the log not yet projected", ["group"], registry=r
         )

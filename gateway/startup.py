@@ -11,6 +11,8 @@ import logging
 import sqlite3
 from pathlib import Path
 
+from gateway.eventlog.log_errors import describe
+
 log = logging.getLogger(__name__)
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -69,8 +71,7 @@ def startup_failure(exc: BaseException) -> str | None:
     if isinstance(exc, OSError):
         return " ".join(str(exc).split()) or type(exc).__name__
     if type(exc).__module__.startswith("aiokafka") and type(exc).__name__ in _KAFKA_UNREACHABLE:
-        text = " ".join(str(exc).split())
-        return f"the Kafka broker: {text or type(exc).__name__} (is KAFKA_BOOTSTRAP_SERVERS right, and the broker up?)"
+        return f"the Kafka broker: {describe(exc)} (is KAFKA_BOOTSTRAP_SERVERS right, and the broker up?)"
     return None
 
 

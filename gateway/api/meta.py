@@ -58,11 +58,23 @@ async def healthz(request: web.Request) -> web.Response:
         "status": "ok" if providers else "no_providers",
         "providers": providers,
         "eventsPending": state.event_log.pending(),
+        "eventLog": event_log_health(state),
         "priceVersion": state.router.recorder.price_version,
     }
     for name, part in request.app.get(HEALTH_PARTS, {}).items():
         body[name] = part()
     return web.json_response(body, status=200 if providers else 503)
+
+
+def event_log_health(state: GatewayState) -> dict[str, Any]:
+    """Whether usage events reach the durable log: ``unavailable`` with the error and since when
+    while they wait (a broker that cannot be reached or refuses the credentials, a spool file
+    that refuses writes). Informational, as calls go on: the gateway answers 200 all the same (a
+    503 would take every replica out of a load balancer for a broker's outage)."""
+    outage = state.event_log.outage()
+    if outage is None:
+        return {"status": "ok"}
+    return {"status": "unavailable", "error": outage.error, "since": outage.since.isoformat()}
 
 
 async def openapi(request: web.Request) -> web.Response:

@@ -47,6 +47,19 @@ class EventLog(Protocol):
         to the end): each was logged in full at ERROR."""
         ...
 
+    def outage(self) -> LogOutage | None:
+        """Why events do not reach the durable log now, and since when (a broker that cannot
+        be reached or refuses the credentials, a file that refuses writes); None while they
+        do, as far as this process knows. Calls go on either way: their events wait."""
+        ...
+
+
+class LogOutage(NamedTuple):
+    """Why events do not reach the durable log (one line), and since when."""
+
+    error: str
+    since: datetime
+
 
 class LogRecord(NamedTuple):
     """One event as stored on a log. ``position`` is adapter-specific and opaque to consumers

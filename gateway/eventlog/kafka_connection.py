@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
+from gateway.eventlog.log_errors import remember_causes
+
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 TLS_PROTOCOLS = frozenset({"SSL", "SASL_SSL"})
@@ -65,7 +67,9 @@ class KafkaConnection:
 
     def client_options(self) -> dict[str, Any]:
         """The keyword arguments of an aiokafka client (producer, consumer, admin) that reach the
-        cluster as configured."""
+        cluster as configured; from then on, aiokafka's refusals are kept to name why a bootstrap
+        failed (:mod:`~gateway.eventlog.log_errors`)."""
+        remember_causes()
         options: dict[str, Any] = {
             "bootstrap_servers": self.bootstrap_servers,
             "security_protocol": self.security_protocol,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import datetime
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -23,6 +24,10 @@ from aiokafka.errors import KafkaError
 from gateway.event_json import event_id_of
 from gateway.eventlog.kafka_admin import ensure_topic, topic_partitions
 from gateway.eventlog.kafka_connection import KafkaConnection, kafka_connection
+from gateway.eventlog.log_errors import describe
+
+#: seconds before the same reason not to reach the topic is logged again
+WARN_AGAIN_AFTER = 60.0
 
 
 class TopicFollower:
@@ -95,20 +100,27 @@ class TopicFollower:
             await asyncio.wait([task])
 
     async def _run(self) -> None:
+        warned: tuple[str, float] | None = None  # the last warning's reason and time
         while True:
             try:
                 consumer = await self._connect()
             except (KafkaError, OSError, TimeoutError) as exc:
-                self.log.warning(
-                    "%s cannot read %s yet (%s); %s, retrying in %gs",
-                    self.name,
-                    self.topic,
-                    exc,
-                    self.without_topic,
-                    self._retry_seconds,
-                )
+                # once per reason and minute: a WARNING every 2 s for as long as a broker was
+                # down (1,800 lines an hour of the same reason)
+                why, now = describe(exc), time.monotonic()
+                if warned is None or warned[0] != why or now - warned[1] >= WARN_AGAIN_AFTER:
+                    warned = (why, now)
+                    self.log.warning(
+                        "%s cannot read %s yet (%s); %s, retrying every %gs",
+                        self.name,
+                        self.topic,
+                        why,
+                        self.without_topic,
+                        self._retry_seconds,
+                    )
                 await asyncio.sleep(self._retry_seconds)
                 continue
+            warned = None
             try:
                 self.ready.set()
                 await self._follow(consumer)

@@ -27,12 +27,15 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import InvalidTimestampError
 from aiokafka.partitioner import DefaultPartitioner
 
+from gateway.eventlog.base import LogOutage
 from gateway.eventlog.group_commit import GroupCommit
 from gateway.eventlog.kafka_admin import ensure_topic, stop_producer
 from gateway.eventlog.kafka_connection import KafkaConnection, kafka_connection
+from gateway.eventlog.log_errors import describe
 from gateway.eventlog.spool_lock import lock_spool
 from gateway.eventlog.sqlite import Row, SqliteOutbox, append_event, append_events, refused_after_close
 from gateway.events import UsageEvent
+from gateway.ids import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +91,9 @@ class KafkaEventLog:
         self._forwarder: asyncio.Task[None] | None = None
         self._checkpoints: asyncio.Task[None] | None = None
         self._down_since: float | None = None
+        #: why the forwarder cannot put events on the topic, since when (``outage``): not
+        #: connected yet counts as nothing wrong, a failed connection or send as an outage
+        self._outage: LogOutage | None = None
         self._catching_up = False  # forwarding a backlog (after an outage or a restart)
         self._partitioner = DefaultPartitioner()
         self._partition_cache: dict[tuple[bytes | None, int], int] = {}
@@ -134,6 +140,11 @@ class KafkaEventLog:
 
     def lost(self) -> int:
         return self._spool.lost
+
+    def outage(self) -> LogOutage | None:
+        """The spool's file refusing writes first (nothing reaches even the spool), else the
+        broker's last failure, until a forward succeeds."""
+        return self._spool.refusal or self._outage
 
     async def start(self) -> None:
         if self._forwarder is not None:
@@ -195,7 +206,9 @@ class KafkaEventLog:
         while True:
             try:
                 producer = self._producer or await self._connect()
-                if not await self._forward_once(producer):
+                forwarded = await self._forward_once(producer)
+                self._outage = None
+                if not forwarded:
                     if self._catching_up:
                         self._catching_up = False
                         log.info("Kafka spool %s drained", self._spool.path)
@@ -340,15 +353,19 @@ class KafkaEventLog:
             done, _ = await asyncio.wait({waiter}, timeout=self._warn_interval)
             if done:
                 return list(waiter.result())
+            waited = time.monotonic() - started
             self._warn(
                 "Kafka at %s has not acknowledged for %.0fs; %d usage events spooled",
                 self.bootstrap_servers,
-                time.monotonic() - started,
+                waited,
                 self.pending(),
+                problem=f"Kafka at {self.bootstrap_servers} has not acknowledged for {waited:.0f}s",
             )
 
     # --- reporting -------------------------------------------------------------------------------
-    def _warn(self, message: str, *args: object) -> None:
+    def _warn(self, message: str, *args: object, problem: str | None = None) -> None:
+        if problem is not None and (self._outage is None or self._outage.error != problem):
+            self._outage = LogOutage(problem, self._outage.since if self._outage else utcnow())
         now = time.monotonic()
         if now - self._last_warning >= self._warn_interval:
             self._last_warning = now
@@ -367,15 +384,18 @@ class KafkaEventLog:
                 self.bootstrap_servers,
                 exc,
                 self.pending(),
+                problem=f"Kafka at {self.bootstrap_servers} refuses the usage events' times ({describe(exc)}): "
+                "is this gateway's clock ahead of the broker's?",
             )
             return
+        why = describe(exc)
         self._warn(
-            "Kafka at %s unavailable (%s: %s); %d usage events spooled, retrying in %.1fs",
+            "Kafka at %s unavailable (%s); %d usage events spooled, retrying in %.1fs",
             self.bootstrap_servers,
-            type(exc).__name__,
-            exc,
+            why,
             self.pending(),
             retry_in,
+            problem=f"Kafka at {self.bootstrap_servers} unavailable: {why}",
         )
 
     def _note_up(self) -> None:

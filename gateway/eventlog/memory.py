@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from gateway.eventlog.base import LogRecord, epoch_ms
+from gateway.eventlog.base import LogOutage, LogRecord, epoch_ms
 from gateway.events import UsageEvent
 
 
@@ -44,6 +44,9 @@ class MemoryEventLog:
 
     def lost(self) -> int:
         return 0
+
+    def outage(self) -> LogOutage | None:
+        return None
 
     async def wait_for(self, count: int, timeout: float = 5.0) -> list[UsageEvent]:
         """Wait until at least ``count`` events arrived (tests)."""

@@ -39,9 +39,11 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from gateway.eventlog.base import LogRecord, epoch_ms
+from gateway.eventlog.base import LogOutage, LogRecord, epoch_ms
 from gateway.eventlog.group_commit import GroupCommit
+from gateway.eventlog.log_errors import one_line
 from gateway.events import UsageEvent
+from gateway.ids import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +145,8 @@ class SqliteOutbox:
         self._held: list[tuple[str | None, bytes, int]] = []
         #: held rows the file still refused when it closed: logged in full, not on the log
         self.lost = 0
+        #: why rows are held, since when (None: none are)
+        self.refusal: LogOutage | None = None
         self._held_lock = threading.Lock()
 
     # --- writer side (event loop) ---------------------------------------------------------------
@@ -187,6 +191,7 @@ class SqliteOutbox:
                 written = self._append_while_taken(rows)
                 if written < len(rows):
                     log.error("%s refuses usage events (%s): holding them in memory", self.path, exc)
+                    self.refusal = LogOutage(f"{self.path} refuses writes: {one_line(exc)}", utcnow())
                     self._hold(rows[written:])
                 return written
 
@@ -215,6 +220,7 @@ class SqliteOutbox:
             except _FILE_FAILURES:
                 return 0
             written, self._held = len(self._held), []
+            self.refusal = None
         log.info("%d usage events held back by a failing %s are on it now", written, self.path)
         return written
 
@@ -416,6 +422,9 @@ class SqliteEventLog:
 
     def lost(self) -> int:
         return self._outbox.lost
+
+    def outage(self) -> LogOutage | None:
+        return self._outbox.refusal
 
 
 class SqliteLogReader:

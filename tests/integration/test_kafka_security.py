@@ -96,19 +96,26 @@ async def test_the_gateway_publishes_and_projects_over_a_secured_listener(
 
 
 @pytest.mark.parametrize(
-    ("kind", "wrong"),
+    ("kind", "wrong", "why"),
     [
-        ("sasl-scram-256", {"kafka_sasl_password": "not-the-password"}),
-        ("sasl-ssl-scram-512", {"kafka_sasl_username": "nobody"}),
-        ("mtls", {"kafka_ssl_certfile": None, "kafka_ssl_keyfile": None}),
+        ("sasl-scram-256", {"kafka_sasl_password": "not-the-password"}, "SaslAuthenticationFailed"),
+        ("sasl-ssl-scram-512", {"kafka_sasl_username": "nobody"}, "SaslAuthenticationFailed"),
+        ("mtls", {"kafka_ssl_certfile": None, "kafka_ssl_keyfile": None}, "closed"),  # all it says
     ],
 )
 async def test_refused_credentials_keep_every_event_spooled_until_the_right_ones_come(
-    kafka_secured: SecuredKafka, tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: str, wrong: dict[str, Any]
+    kafka_secured: SecuredKafka,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    kind: str,
+    wrong: dict[str, Any],
+    why: str,
 ) -> None:
     """The cluster refusing the gateway's credentials (a rotated password, a missing client
-    certificate) loses nothing: the events wait in the spool, a WARNING says the broker is
-    unavailable, and a gateway started with the right credentials on the data dir sends them."""
+    certificate) loses nothing: the events wait in the spool, a WARNING and the log's outage
+    (``/healthz`` ``eventLog``) say why the broker is unavailable (aiokafka's bootstrap failure
+    said only "Unable to bootstrap"), and a gateway started with the right credentials on the
+    data dir sends them."""
     right = settings_for(tmp_path, **secured(kind, kafka_secured))
     refused = right.model_copy(update=wrong)
     events = [make_event(i) for i in range(10)]
@@ -120,12 +127,17 @@ async def test_refused_credentials_keep_every_event_spooled_until_the_right_ones
             log.publish(event)
         await asyncio.sleep(4)
         assert log.pending() == len(events)
+        outage = log.outage()
         await log.close()
-    assert any("unavailable" in r.getMessage() and "10 usage events spooled" in r.getMessage() for r in caplog.records)
+    warnings = [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()]
+    assert any("10 usage events spooled" in w and why in w for w in warnings), warnings
+    assert outage is not None and why in outage.error, outage
+    assert f"Unable to bootstrap from {right.kafka_bootstrap_servers} (" in outage.error, outage
 
     log = build_event_log(right)
     await log.start()
     await wait_drained(log, 30)
+    assert log.outage() is None
     await log.close()
     assert await project(right, f"refused-{kind}") == [e.event_id for e in events]
 

@@ -29,7 +29,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
@@ -310,8 +310,20 @@ async def costs_api(consumer: ServiceProcess, tenant: str) -> dict[str, Any]:
 
 
 async def spool_pending(gw: RunningGateway) -> int:
+    return int((await gateway_health(gw))["eventsPending"])
+
+
+async def gateway_health(gw: RunningGateway) -> dict[str, Any]:
     async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as s, s.get(f"{gw.url}/healthz") as r:
-        return int((await r.json())["eventsPending"])
+        assert r.status == 200  # a broker's outage takes no replica out of a load balancer
+        body: dict[str, Any] = await r.json()
+        return body
+
+
+async def event_log_up(gw: RunningGateway) -> str:
+    async with aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as s, s.get(f"{gw.url}/metrics") as r:
+        text = await r.text()
+    return next(line.split()[1] for line in text.splitlines() if line.startswith("llm_gateway_event_log_up "))
 
 
 def per_request_cost(rows: list[asyncpg.Record]) -> dict[str, Decimal | None]:
@@ -596,6 +608,8 @@ async def test_kafka_outage_calls_succeed_events_are_spooled_then_delivered_and_
     ):
         acks += [await chat(session, gw.url, names.tenant(i % 3)) for i in range(20)]
         await eventually(pg.count, lambda n: n == 20, "the first 20 calls projected", 30)
+        assert (await gateway_health(gw))["eventLog"] == {"status": "ok"}
+        assert await event_log_up(gw) == "1.0"
 
         await kafka_broker_control.astop()
         slowest = 0.0
@@ -613,6 +627,13 @@ async def test_kafka_outage_calls_succeed_events_are_spooled_then_delivered_and_
         assert len(during) == 120  # every call succeeded, with the broker gone
         assert slowest < 2.0, f"a call took {slowest:.2f}s with the broker down"
         assert await spool_pending(gw) == 120  # all of them waiting in the spool, none lost
+        # the operator sees why, and since when (it said eventsPending and "ok")
+        health = await eventually(
+            lambda: gateway_health(gw), lambda h: h["eventLog"]["status"] == "unavailable", "the outage shown", 30
+        )
+        assert f"Kafka at {kafka_bootstrap}" in health["eventLog"]["error"], health
+        assert datetime.fromisoformat(health["eventLog"]["since"]) > datetime.now(UTC) - timedelta(minutes=1)
+        assert await event_log_up(gw) == "0.0"
         await asyncio.sleep(1.0)
         assert await pg.count() == 20  # nothing can reach the consumer meanwhile
         assert consumer.running
@@ -621,6 +642,8 @@ async def test_kafka_outage_calls_succeed_events_are_spooled_then_delivered_and_
         await kafka_broker_control.astart()
         acks += [await chat(session, gw.url, names.tenant("after")) for _ in range(10)]
         await eventually(lambda: spool_pending(gw), lambda n: n == 0, "the spool drained to Kafka", 60, 0.2)
+        assert (await gateway_health(gw))["eventLog"] == {"status": "ok"}
+        assert await event_log_up(gw) == "1.0"
         await eventually(pg.count, lambda n: n >= len(acks), f"{len(acks)} LLMUsage rows", 60, 0.2)
         await asyncio.sleep(0.5)
         rows = await pg.rows()

@@ -473,6 +473,8 @@ async def test_a_full_disk_holds_the_events_and_writes_them_once_it_has_room(
     assert log.pending() >= 290 and len(stored_ids(path, "events")) <= 10
     assert "refuses usage events (database or disk is full)" in caplog.text
     assert "NOT stored" not in caplog.text
+    outage = log.outage()  # /healthz eventLog
+    assert outage is not None and outage.error == f"{path} refuses writes: OperationalError: database or disk is full"
     await asyncio.sleep(0.1)  # the checkpoint loop fails a few times meanwhile, and lives on
     writer.execute("PRAGMA max_page_count=1073741823")  # room again
     full[0] = False
@@ -480,7 +482,7 @@ async def test_a_full_disk_holds_the_events_and_writes_them_once_it_has_room(
         if log.pending() == 0:
             break
         await asyncio.sleep(0.02)
-    assert log.pending() == 0
+    assert log.pending() == 0 and log.outage() is None
     assert stored_ids(path, "events") == [e.event_id for e in events]
     await log.close()
 

@@ -1,0 +1,82 @@
+"""The event logs' errors in one line, and why a Kafka client could not reach the cluster.
+
+aiokafka logs each broker's refusal (``Unable connect to "host:port": [Error 58]
+SaslAuthenticationFailed: ... invalid credentials``, a certificate that does not verify, a
+refused connection) and then raises ``KafkaConnectionError("Unable to bootstrap from
+[('host', 9093, <AddressFamily.AF_INET: 2>)]")`` without it. The gateway's warnings,
+``/healthz`` and the consumers' ``lagError`` said only that, and aiokafka's own line, limited to
+one per 30 s, was the one place that named a rotated password. :func:`remember_causes` keeps the
+last refusal of each broker address from aiokafka's log records (a filter on its logger: it
+suppresses nothing), and :func:`describe` names it beside the bootstrap failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+#: a refusal older than this is not named: it may be from before the broker went away
+CAUSE_TTL = 120.0
+#: addresses whose refusal is kept (a bound: a host list comes from the configuration)
+MAX_ADDRESSES = 256
+
+#: aiokafka's records of one broker's refusal (``aiokafka.client``: connecting; the metadata
+#: request on a connection made, e.g. a listener of another protocol)
+_REFUSALS = frozenset({'Unable connect to "%s:%s": %s', 'Unable to request metadata from "%s:%s": %s'})
+#: the hosts in aiokafka's bootstrap failure: ``[('127.0.0.1', 9092, <AddressFamily.AF_INET: 2>)]``
+_HOSTS = re.compile(r"\('([^']*)', (\d+), <AddressFamily")
+
+_causes: dict[str, tuple[float, str]] = {}
+
+
+def one_line(error: BaseException) -> str:
+    """The error's text on one line, named by its type where the text does not name it
+    (``ConnectionRefusedError: [Errno 111] ...``; aiokafka's own errors name themselves)."""
+    text = " ".join(str(error).split())
+    name = type(error).__name__
+    if not text:
+        return name
+    return text if name in text else f"{name}: {text}"
+
+
+class _Refusals(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if record.msg in _REFUSALS and isinstance(args, tuple) and len(args) == 3:
+            host, port, error = args
+            if len(_causes) >= MAX_ADDRESSES:
+                _causes.clear()
+            text = one_line(error) if isinstance(error, BaseException) else " ".join(str(error).split())
+            _causes[f"{host}:{port}"] = (time.monotonic(), text)
+        return True
+
+
+_FILTER = _Refusals()
+
+
+def remember_causes() -> None:
+    """Keep aiokafka's refusals from now on (idempotent; every Kafka client of the gateway is
+    made from a :class:`~gateway.eventlog.kafka_connection.KafkaConnection`, which calls it)."""
+    logger = logging.getLogger("aiokafka")
+    if _FILTER not in logger.filters:
+        logger.addFilter(_FILTER)
+
+
+def describe(error: BaseException) -> str:
+    """:func:`one_line`, with aiokafka's bootstrap failure given its brokers as ``host:port`` and
+    the refusal each last answered (``KafkaConnectionError: Unable to bootstrap from
+    127.0.0.1:9093 ([Error 58] SaslAuthenticationFailed: ...)``)."""
+    text = one_line(error)
+    hosts = _HOSTS.findall(text)
+    if not hosts or "Unable to bootstrap" not in text:
+        return text
+    addresses = [f"{host}:{port}" for host, port in hosts]
+    now = time.monotonic()
+    known = {a: c[1] for a in addresses if (c := _causes.get(a)) is not None and now - c[0] <= CAUSE_TTL}
+    text = f"{type(error).__name__}: Unable to bootstrap from {', '.join(addresses)}"
+    if len(addresses) == 1 and known:
+        return f"{text} ({known[addresses[0]]})"
+    if known:
+        return f"{text} ({'; '.join(f'{a}: {c}' for a, c in known.items())})"
+    return text

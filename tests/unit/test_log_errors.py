@@ -1,0 +1,108 @@
+"""Why a Kafka client could not reach the cluster: aiokafka's bootstrap failure said only "Unable
+to bootstrap from [('127.0.0.1', 9093, <AddressFamily.AF_INET: 2>)]" in the gateway's warnings,
+``/healthz`` and ``lagError``; a rotated password was named only in aiokafka's own line, at
+most one per 30 s."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError, SaslAuthenticationFailed
+
+import gateway.eventlog.log_errors as log_errors
+from gateway.eventlog.kafka_connection import kafka_connection
+from gateway.eventlog.log_errors import describe, one_line, remember_causes
+
+REFUSED = 'Unable connect to "%s:%s": %s'
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+def bootstrap_failure(*addresses: tuple[str, int]) -> KafkaConnectionError:
+    """aiokafka's own (``AIOKafkaClient.bootstrap``)."""
+    hosts = [(host, port, socket.AddressFamily.AF_INET) for host, port in addresses]
+    return KafkaConnectionError(f"Unable to bootstrap from {hosts}")
+
+
+@pytest.fixture(autouse=True)
+def no_causes_kept() -> None:
+    remember_causes()
+    log_errors._causes.clear()
+
+
+def test_one_line_names_the_error_type_where_its_text_does_not() -> None:
+    assert one_line(ConnectionRefusedError(111, "Connect call failed")) == (
+        "ConnectionRefusedError: [Errno 111] Connect call failed"
+    )
+    assert one_line(SaslAuthenticationFailed("bad\n  password")) == "[Error 58] SaslAuthenticationFailed: bad password"
+    assert one_line(TimeoutError()) == "TimeoutError"
+
+
+def test_a_bootstrap_failure_names_the_refusal_aiokafka_logged_for_its_broker() -> None:
+    refusal = SaslAuthenticationFailed("Authentication failed due to invalid credentials with SASL mechanism PLAIN")
+    logging.getLogger("aiokafka").error(REFUSED, "broker.cloud", 9092, refusal)
+    assert describe(bootstrap_failure(("broker.cloud", 9092))) == (
+        "KafkaConnectionError: Unable to bootstrap from broker.cloud:9092 ([Error 58] SaslAuthenticationFailed: "
+        "Authentication failed due to invalid credentials with SASL mechanism PLAIN)"
+    )
+
+
+def test_several_brokers_each_with_its_refusal_and_one_without() -> None:
+    aiokafka = logging.getLogger("aiokafka")
+    aiokafka.error(REFUSED, "k1", 9093, ConnectionRefusedError(111, "Connect call failed"))
+    aiokafka.warning('Unable to request metadata from "%s:%s": %s', "k2", 9093, KafkaConnectionError("closed"))
+    assert describe(bootstrap_failure(("k1", 9093), ("k2", 9093), ("k3", 9093))) == (
+        "KafkaConnectionError: Unable to bootstrap from k1:9093, k2:9093, k3:9093 (k1:9093: "
+        "ConnectionRefusedError: [Errno 111] Connect call failed; k2:9093: KafkaConnectionError: closed)"
+    )
+
+
+def test_an_old_refusal_is_not_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    logging.getLogger("aiokafka").error(REFUSED, "k1", 9092, KafkaConnectionError("closed"))
+    monkeypatch.setattr(log_errors, "CAUSE_TTL", -1.0)
+    assert describe(bootstrap_failure(("k1", 9092))) == "KafkaConnectionError: Unable to bootstrap from k1:9092"
+
+
+def test_other_errors_are_one_line_as_they_are() -> None:
+    assert describe(KafkaConnectionError("Connection at k1:9092 closed")) == (
+        "KafkaConnectionError: Connection at k1:9092 closed"
+    )
+    assert describe(OSError("disk\nfull")) == "OSError: disk full"
+
+
+async def test_a_real_client_that_cannot_connect_is_told_why() -> None:
+    port = closed_port()
+    options = kafka_connection(f"127.0.0.1:{port}").client_options()  # every client's: keeps the causes
+    producer = AIOKafkaProducer(**options, request_timeout_ms=2000)
+    with pytest.raises(KafkaConnectionError) as raised:
+        await producer.start()
+    await producer.stop()
+    text = describe(raised.value)
+    assert text.startswith(f"KafkaConnectionError: Unable to bootstrap from 127.0.0.1:{port} (")
+    assert "Connect call failed" in text, text
+
+
+async def test_the_health_sync_warns_once_per_reason_and_minute(caplog: pytest.LogCaptureFixture) -> None:
+    """A WARNING every 2 s for as long as a broker was down."""
+    from gateway.health.kafka_sync import KafkaHealthSync
+    from gateway.health.view import HealthView
+
+    port = closed_port()
+    sync = KafkaHealthSync(HealthView(), f"127.0.0.1:{port}", "llm.usage", retry_seconds=0.05)
+    with caplog.at_level(logging.WARNING, logger="gateway"):
+        await sync.start()
+        await asyncio.sleep(1.0)
+        await sync.close()
+    warnings = [r.getMessage() for r in caplog.records if "cannot read" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert f"Unable to bootstrap from 127.0.0.1:{port} (" in warnings[0] and "Connect call failed" in warnings[0]
