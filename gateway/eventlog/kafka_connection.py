@@ -13,6 +13,7 @@ take their options from :meth:`KafkaConnection.client_options`.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
@@ -47,6 +48,15 @@ class KafkaConnection:
         tls = self.security_protocol in TLS_PROTOCOLS
         if self.security_protocol in SASL_PROTOCOLS and not (self.sasl_username and self.sasl_password):
             return f"Kafka security protocol {self.security_protocol} needs a SASL username and password"
+        if self.security_protocol not in SASL_PROTOCOLS and (self.sasl_username or self.sasl_password):
+            # Confluent Cloud's key and secret without KAFKA_SECURITY_PROTOCOL=SASL_SSL: started,
+            # and spooled every event behind "Connection ... closed" for good (a review)
+            return (
+                f"a Kafka SASL username or password is given, but the security protocol {self.security_protocol} "
+                "does not use SASL (SASL_SSL or SASL_PLAINTEXT does)"
+            )
+        if self.ssl_key_password and not self.ssl_keyfile:
+            return "a Kafka TLS key password without a key file"
         if not tls and (self.ssl_cafile or self.ssl_certfile or self.ssl_keyfile):
             return f"Kafka TLS files are given, but the security protocol {self.security_protocol} does not use TLS"
         if self.ssl_keyfile and not self.ssl_certfile:
@@ -56,13 +66,29 @@ class KafkaConnection:
     @cached_property
     def ssl_context(self) -> ssl.SSLContext | None:
         """The TLS context of a TLS protocol (made once: the system's CAs take milliseconds to
-        load); raises ``OSError``/``ssl.SSLError`` for a file that cannot be read as what it
-        is named."""
+        load); raises ``ValueError`` naming the file that cannot be read as what it is named.
+        An encrypted key without its password is refused: OpenSSL asked for it on the terminal
+        and the start waited there for good (a review)."""
         if self.security_protocol not in TLS_PROTOCOLS:
             return None
-        context = ssl.create_default_context(cafile=self.ssl_cafile)
+        try:
+            context = ssl.create_default_context(cafile=self.ssl_cafile)
+        except (OSError, ssl.SSLError) as e:
+            raise ValueError(f"the Kafka CA file {self.ssl_cafile}: {_reason(e)}") from e
         if self.ssl_certfile:
-            context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile, self.ssl_key_password)
+            password: str | Callable[[], str] = self.ssl_key_password or _no_key_password(self.ssl_keyfile)
+            try:
+                context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile, password)
+            except KeyPasswordMissing as e:
+                raise ValueError(str(e)) from None
+            except (OSError, ssl.SSLError) as e:
+                files = " and ".join(f for f in (self.ssl_certfile, self.ssl_keyfile) if f)
+                hint = (
+                    " (a key that KAFKA_SSL_KEY_PASSWORD does not open, or not the certificate's key)"
+                    if self.ssl_key_password
+                    else " (not the certificate's key, or no key: give KAFKA_SSL_KEYFILE)"
+                )
+                raise ValueError(f"the Kafka client certificate {files}: {_reason(e)}{hint}") from e
         return context
 
     def client_options(self) -> dict[str, Any]:
@@ -81,6 +107,25 @@ class KafkaConnection:
             options["sasl_plain_username"] = self.sasl_username
             options["sasl_plain_password"] = self.sasl_password
         return options
+
+
+class KeyPasswordMissing(Exception):
+    pass
+
+
+def _no_key_password(keyfile: str | None) -> Callable[[], str]:
+    """OpenSSL's question for an encrypted key, answered by a refusal (not the terminal)."""
+
+    def refuse() -> str:
+        raise KeyPasswordMissing(f"the Kafka TLS key file {keyfile} is encrypted: give its KAFKA_SSL_KEY_PASSWORD")
+
+    return refuse
+
+
+def _reason(error: BaseException) -> str:
+    """``[Errno 13] Permission denied``, ``[SSL] PEM lib``: without the file, which the caller
+    names."""
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def kafka_connection(servers: str | KafkaConnection) -> KafkaConnection:

@@ -66,7 +66,11 @@ def test_the_password_is_not_in_the_settings_repr() -> None:
         ({"kafka_ssl_cafile": __file__}, "does not use TLS"),
         ({"kafka_security_protocol": "SSL", "kafka_ssl_keyfile": __file__}, "key file without its certificate"),
         ({"kafka_security_protocol": "SSL", "kafka_ssl_cafile": "/no/such/ca.pem"}, "is not a file"),
-        ({"kafka_security_protocol": "SSL", "kafka_ssl_cafile": __file__}, "Kafka TLS files"),
+        ({"kafka_security_protocol": "SSL", "kafka_ssl_cafile": __file__}, f"the Kafka CA file {__file__}: "),
+        # Confluent Cloud's key and secret without SASL_SSL spooled every event for good
+        ({"kafka_sasl_username": "u", "kafka_sasl_password": "p"}, "PLAINTEXT does not use SASL"),
+        ({"kafka_security_protocol": "SSL", "kafka_sasl_password": "p"}, "SSL does not use SASL"),
+        ({"kafka_security_protocol": "SSL", "kafka_ssl_key_password": "p"}, "key password without a key file"),
         ({"kafka_security_protocol": "TLS"}, "kafka_security_protocol"),
         ({"kafka_security_protocol": "SASL_SSL", "kafka_sasl_mechanism": "GSSAPI"}, "kafka_sasl_mechanism"),
     ],
@@ -93,8 +97,46 @@ def test_a_client_certificate_and_its_key_make_the_tls_context(tmp_path: Path) -
     context = configured.kafka.client_options()["ssl_context"]
     assert context.cert_store_stats()["x509_ca"] == 1  # the CA file's, not the system's
     assert context.verify_mode == ssl.CERT_REQUIRED
-    with pytest.raises(ValueError, match="Kafka TLS files"):  # a key that is not the certificate's
+    with pytest.raises(ValueError, match=r"client certificate .* key values mismatch .*not the certificate's key"):
         other = tmp_path / "other.key"
         subprocess.run(["openssl", "genrsa", "-out", other, "2048"], check=True, capture_output=True)
         settings(kafka_security_protocol="SSL", kafka_ssl_certfile=cert, kafka_ssl_keyfile=other,
                  kafka_bootstrap_servers="k1:9093")  # fmt: skip
+
+
+def test_an_encrypted_key_needs_its_password_and_is_never_asked_for(tmp_path: Path) -> None:
+    """Without ``KAFKA_SSL_KEY_PASSWORD`` OpenSSL asked for the passphrase on the terminal, and a
+    start under ``docker run -it`` waited there for good (without one: ``[Errno 22] Invalid
+    argument``, a review); a wrong one said ``[SSL] PEM lib``."""
+    key, cert, encrypted = tmp_path / "client.key", tmp_path / "client.pem", tmp_path / "encrypted.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "1",
+         "-subj", "/CN=client"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    subprocess.run(
+        ["openssl", "pkey", "-in", key, "-aes256", "-passout", "pass:k3y-pw", "-out", encrypted],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    tls = {"kafka_bootstrap_servers": "k1:9093", "kafka_security_protocol": "SSL", "kafka_ssl_cafile": cert}
+    tls |= {"kafka_ssl_certfile": cert, "kafka_ssl_keyfile": encrypted}
+    with pytest.raises(ValueError, match=f"key file {encrypted} is encrypted: give its KAFKA_SSL_KEY_PASSWORD"):
+        settings(**tls)
+    with pytest.raises(ValueError, match="a key that KAFKA_SSL_KEY_PASSWORD does not open"):
+        settings(**tls, kafka_ssl_key_password="wrong")
+    context = settings(**tls, kafka_ssl_key_password="k3y-pw").kafka.client_options()["ssl_context"]
+    assert isinstance(context, ssl.SSLContext)
+
+
+def test_an_unreadable_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``[Errno 13] Permission denied`` said no file (a review; this suite runs as root, which
+    reads any file: the refusal is OpenSSL's, made here)."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not read")
+
+    def denied(**kwargs: object) -> ssl.SSLContext:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(ssl, "create_default_context", denied)
+    with pytest.raises(ValueError, match=f"the Kafka CA file {ca}: \\[Errno 13\\] Permission denied"):
+        KafkaConnection("k1:9093", "SSL", ssl_cafile=str(ca)).ssl_context  # noqa: B018
