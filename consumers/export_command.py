@@ -26,6 +26,7 @@ import signal
 import sqlite3
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -161,6 +162,8 @@ async def _export(
             await asyncio.wait_for(ensure_topic(kafka, settings.topic, settings.topic_partitions), 30)
             cluster, limits, records = await asyncio.wait_for(_topic_facts(kafka, settings.topic), 30)
             break
+        except ExportError:
+            raise
         except Exception as exc:  # noqa: BLE001 - any broker failure is one line
             if stop.is_set():
                 return
@@ -254,6 +257,31 @@ async def _acknowledged(sends: list[asyncio.Future[Any]], stop: asyncio.Event, t
     return False
 
 
+def deleting_configs(resources: Sequence[Sequence[Any]]) -> list[str]:
+    """The configs of DescribeConfigs' resources (``(error_code, error_message, type, name,
+    entries)``) that delete records; raises :class:`ExportError` for a resource the broker did
+    not describe. A user without DESCRIBE_CONFIGS got an error code and no entries, read as no
+    limits: the export was let into a topic that deleted it within minutes (a review)."""
+    from aiokafka.errors import for_code
+
+    limits = []
+    for error_code, error_message, _type, name, entries in resources:
+        if error_code:
+            why = f"{for_code(error_code).__name__}{f': {error_message}' if error_message else ''}"
+            raise ExportError(
+                f"the retention of topic {name} cannot be read ({why}), so it cannot be checked that the topic "
+                "keeps the exported events for good: give this Kafka user DESCRIBE_CONFIGS on the topic",
+                resumable=False,
+            )
+        for entry in entries:
+            config, value = entry[0], entry[1]
+            if config in ("retention.ms", "retention.bytes") and value not in (None, "-1"):
+                limits.append(f"{config}={value}")
+            elif config == "cleanup.policy" and value and "compact" in value:
+                limits.append(f"{config}={value}")
+    return limits
+
+
 async def _topic_facts(kafka: KafkaConnection, topic: str) -> tuple[str, list[str], int]:
     """The cluster's id, the topic's configs that delete records (a ``retention.ms`` or
     ``retention.bytes`` other than -1, a compacting ``cleanup.policy``: the key is the tenant, so
@@ -272,15 +300,7 @@ async def _topic_facts(kafka: KafkaConnection, topic: str) -> tuple[str, list[st
         responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, wanted)])
     finally:
         await admin.close()
-    limits = []
-    for response in responses:
-        for resource in response.resources:
-            for entry in resource[4]:
-                name, value = entry[0], entry[1]
-                if name in ("retention.ms", "retention.bytes") and value not in (None, "-1"):
-                    limits.append(f"{name}={value}")
-                elif name == "cleanup.policy" and value and "compact" in value:
-                    limits.append(f"{name}={value}")
+    limits = deleting_configs([resource for response in responses for resource in response.resources])
     partitions = [TopicPartition(topic, p) for p in await topic_partitions(kafka, topic)]
     consumer = AIOKafkaConsumer(**kafka.client_options(), client_id="llm-gateway-export", enable_auto_commit=False)
     await consumer.start()

@@ -78,3 +78,27 @@ def test_a_signal_stops_a_batch_that_waits(tmp_path: Path, capsys: pytest.Captur
         timer.cancel()
     err = capsys.readouterr().err
     assert "stopped (the batch in flight may have gone in part: it goes again)" in err
+
+
+def test_a_topic_whose_retention_cannot_be_read_is_refused() -> None:
+    """A Kafka user without DESCRIBE_CONFIGS got error 29 and no entries, read as no limits: the
+    export went into a topic that deleted all 30 events within minutes, and was noted as sent
+    (a review, on a broker with ACLs)."""
+    denied = [(29, "Topic authorization failed.", 2, "llm.usage", [])]
+    with pytest.raises(export_command.ExportError, match="DESCRIBE_CONFIGS") as refused:
+        export_command.deleting_configs(denied)
+    assert "TopicAuthorizationFailedError" in str(refused.value) and not refused.value.resumable
+    described = [
+        (
+            0,
+            None,
+            2,
+            "llm.usage",
+            [("retention.ms", "604800000"), ("retention.bytes", "-1"), ("cleanup.policy", "delete")],
+        )
+    ]
+    assert export_command.deleting_configs(described) == ["retention.ms=604800000"]
+    kept = [
+        (0, None, 2, "llm.usage", [("retention.ms", "-1"), ("retention.bytes", "-1"), ("cleanup.policy", "delete")])
+    ]
+    assert export_command.deleting_configs(kept) == []
