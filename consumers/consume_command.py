@@ -13,7 +13,7 @@ from aiohttp import web
 
 from gateway.api.drain import RUNNER_BACKSTOP
 from gateway.json_log import say
-from gateway.runtime import listening_socket, until_terminated
+from gateway.runtime import Termination, listening_socket
 from gateway.settings import Settings
 from gateway.startup import startup_failure, warn_if_open, warn_if_readable
 
@@ -98,13 +98,14 @@ async def _consume(settings: Settings, args: argparse.Namespace) -> None:
     # the app drains its requests within the shutdown timeout itself (gateway/api/drain.py)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=RUNNER_BACKSTOP)
     warn_if_readable(settings.data_dir)
+    terminated = Termination()  # a SIGTERM while it joins its group stops it once it has
     try:
         await runner.setup()  # inside the try: see serve
         if sock is not None:
             await web.SockSite(runner, sock).start()
             log.info("consumer %s: analytics API on http://%s:%s", args.group, host, sock.getsockname()[1])
             warn_if_open(bool(settings.api_keys), host, "consumer")
-        await until_terminated()
+        await terminated.wait()
     finally:
         await runner.cleanup()
 

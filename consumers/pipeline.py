@@ -25,6 +25,7 @@ from consumers.sinks.health_history import HealthHistorySink
 from gateway.eventlog.base import LogReader
 from gateway.eventlog.deadletter import DeadLetterStore
 from gateway.eventlog.factory import build_dead_letters, build_log_reader
+from gateway.eventlog.log_errors import describe
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,7 @@ class Pipeline:
                     raise
                 self.projector.stats.log_unreachable(exc)
                 delay = min(delay * 2, LOG_RETRY_MAX)
-                log.warning("the event log still cannot be reached (%s): trying again in %gs", exc, delay)
+                log.warning("the event log still cannot be reached (%s): trying again in %gs", describe(exc), delay)
         self.projector.stats.log_reached()
         log.info("the event log answers: projecting")
         await self._run()
@@ -182,9 +183,10 @@ class Pipeline:
                 await asyncio.wait_for(asyncio.shield(self._task), self.stop_grace)
             except TimeoutError:
                 log.warning(
-                    "projector still busy %.0fs after the stop (a store that hangs?): its batch is cancelled, "
+                    "projector still busy %.0fs after the stop, waiting on %s: its batch is cancelled, "
                     "uncommitted, and comes again at the next start",
                     self.stop_grace,
+                    self._waited_on(),
                 )
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -194,10 +196,26 @@ class Pipeline:
                     self._task.cancel()
                     raise
         self._task = None
-        await self.projector.close()
-        await self.reader.close()
-        await self.dead_letters.close()
-        await self.store.close()
+        # each closed whatever the one before did: a reader's failure left DuckDB unclosed
+        for part, close in (
+            ("projector", self.projector.close),
+            ("log reader", self.reader.close),
+            ("dead letters", self.dead_letters.close),
+            ("analytics store", self.store.close),
+        ):
+            try:
+                await close()
+            except Exception:
+                log.exception("closing the %s failed", part)
+
+    def _waited_on(self) -> str:
+        """What a projector busy after the stop waits on: the stores applying its batch, else
+        the log (the stop blamed "a store that hangs?" when a broker was gone or its group was
+        rebalancing: a re-test)."""
+        applying = sorted(self.projector.stats.applying)
+        if applying:
+            return f"{'store' if len(applying) == 1 else 'stores'} {', '.join(applying)} (a store that hangs?)"
+        return "the log (a broker gone, or its consumer group rebalancing?)"
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Pipeline]:

@@ -18,7 +18,7 @@ import yaml
 
 from gateway.errors import GatewayError
 from gateway.json_log import FORMATS, LOG_FORMAT_ENV, say, use_json
-from gateway.runtime import listening_socket, quiet_accept_errors, tune_gc, tune_logging, until_terminated
+from gateway.runtime import Termination, listening_socket, quiet_accept_errors, tune_gc, tune_logging
 from gateway.settings import Settings, load_settings, unknown_environment
 from gateway.startup import startup_failure, warn_if_open, warn_if_readable
 
@@ -108,6 +108,7 @@ async def _serve(settings: Settings, simulate: bool) -> None:
     # the app drains its requests within the shutdown timeout itself (gateway/api/drain.py)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=RUNNER_BACKSTOP)
     stopping = False
+    terminated = Termination()  # a SIGTERM during the start stops the gateway once it has
     try:
         # inside the try: a start that fails half-way (a DuckDB file another process holds)
         # must still close what it opened; asyncio.run tore the generators down instead, with
@@ -117,7 +118,7 @@ async def _serve(settings: Settings, simulate: bool) -> None:
         log.info("llm-gateway listening on http://%s:%s", settings.bind_host, sock.getsockname()[1])
         warn_if_open(bool(settings.api_keys), settings.bind_host, "gateway")
         warn_if_readable(settings.data_dir)
-        await until_terminated()
+        await terminated.wait()
         stopping = True
     finally:
         await runner.cleanup()

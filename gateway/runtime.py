@@ -73,28 +73,37 @@ def tune_logging() -> None:
             handler.setFormatter(SecondCachedFormatter(current._fmt, current.datefmt))
 
 
-async def until_terminated() -> None:
-    """Return on SIGTERM (what ``docker stop``, Kubernetes and systemd send), so a server
-    (``serve``, ``consume``) stops as on Ctrl-C: it takes no new connection, the calls in
-    flight finish (their usage events are written), a projector commits its batch, the logs
-    are flushed. Without a handler SIGTERM killed the process at once, and every attempt in
-    flight was lost with its event; a gateway running as a container's PID 1 ignored it. A
+class Termination:
+    """SIGTERM (what ``docker stop``, Kubernetes and systemd send) caught from its making on, so
+    a server (``serve``, ``consume``) stops as on Ctrl-C: it takes no new connection, the calls
+    in flight finish (their usage events are written), a projector commits its batch and leaves
+    its consumer group, the logs are flushed. Without a handler SIGTERM killed the process at
+    once, and every attempt in flight was lost with its event; a gateway running as a
+    container's PID 1 ignored it. Made before the start: a SIGTERM while a ``consume`` joined
+    its group killed it (exit 143, no LeaveGroup: its partitions unprojected for the broker's
+    session timeout, 12 s in a re-test); such a stop now waits for the start to finish. A
     SIGTERM while stopping changes nothing (it killed the process, and lost every answer and
     event in flight, in a re-test): SIGKILL is what ends a stop that takes too long."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
 
-    def terminate() -> None:
-        if stop.is_set():
+    def __init__(self) -> None:
+        self._stop = asyncio.Event()
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self._terminate)
+            self.handled = True
+        except (NotImplementedError, RuntimeError):  # no signal handling here (Windows, a thread)
+            self.handled = False
+
+    def _terminate(self) -> None:
+        if self._stop.is_set():
             logging.getLogger("gateway").info("SIGTERM again: still finishing the calls in flight")
-        stop.set()
+        self._stop.set()
 
-    try:
-        loop.add_signal_handler(signal.SIGTERM, terminate)
-    except (NotImplementedError, RuntimeError):  # no signal handling here (Windows, a thread)
-        await asyncio.Event().wait()
-    await stop.wait()
-    logging.getLogger("gateway").info("SIGTERM: stopping; finishing the calls in flight")
+    async def wait(self) -> None:
+        """Return on SIGTERM (at once for one that came since this was made)."""
+        if not self.handled:
+            await asyncio.Event().wait()
+        await self._stop.wait()
+        logging.getLogger("gateway").info("SIGTERM: stopping; finishing the calls in flight")
 
 
 #: how often the event loop's "out of file descriptors" error is logged at most (seconds)

@@ -15,7 +15,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from gateway.eventlog import kafka_offsets
 from gateway.eventlog.base import LogRecord
-from gateway.eventlog.kafka_admin import ensure_topic, topic_partitions
+from gateway.eventlog.kafka_admin import ensure_topic, stop_consumer, topic_partitions
 from gateway.eventlog.kafka_connection import KafkaConnection, kafka_connection
 
 log = logging.getLogger(__name__)
@@ -98,14 +98,14 @@ class KafkaLogReader:
             await consumer.start()
             consumer.subscribe([self.topic], listener=_Rewinder(self))
         except BaseException:
-            await consumer.stop()
+            await stop_consumer(consumer)
             raise
         self._consumer = consumer
 
     async def close(self) -> None:
         if self._consumer is not None:
             consumer, self._consumer = self._consumer, None
-            await consumer.stop()
+            await stop_consumer(consumer)
 
     def _started(self) -> AIOKafkaConsumer:
         if self._consumer is None:

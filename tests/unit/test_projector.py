@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from analytics.store import AnalyticsStore
+from analytics.store import AnalyticsStore, StoreError
 from consumers.deadletter import DuckDBDeadLetters, LogDeadLetters, MemoryDeadLetters
 from consumers.projector import Projector, ProjectorStats
 from consumers.sinks.base import RejectedEvents, SinkError, latest_by_id
@@ -460,7 +460,9 @@ async def test_a_stop_while_a_sink_hangs_cancels_its_apply() -> None:
     assert hanging.cancelled and log.commits == [] and projector.stats.applying == {}
 
 
-async def test_a_pipeline_stop_cancels_a_batch_a_hung_store_holds(tmp_path: Path) -> None:
+async def test_a_pipeline_stop_cancels_a_batch_a_hung_store_holds(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A SIGTERM waited for a hung Postgres's statement timeout (68 s in a re-test), past an
     orchestrator's grace period: after ``stop_grace`` the batch is cancelled, uncommitted."""
     from analytics.costs import CostTrackingService
@@ -480,6 +482,44 @@ async def test_a_pipeline_stop_cancels_a_batch_a_hung_store_holds(tmp_path: Path
     await asyncio.wait_for(pipeline.stop(), 5)
     assert asyncio.get_running_loop().time() - started < 2
     assert hanging.cancelled and log.commits == []
+    assert "still busy 0s after the stop, waiting on store postgres (a store that hangs?)" in caplog.text
+
+
+class StuckLog(RestartableLog):
+    """A log whose commit never answers (a broker gone, a group rebalancing) and whose close
+    fails inside the client (aiokafka's fetcher re-raising its cancelled fetch)."""
+
+    async def commit(self, records: Sequence[LogRecord]) -> None:
+        await asyncio.Event().wait()
+
+    async def close(self) -> None:
+        raise RuntimeError("the client's stop failed")
+
+
+async def test_a_stop_waiting_on_the_log_says_so_and_closes_the_stores_whatever_the_reader_does(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A re-test's SIGTERM with the broker gone: the stop blamed "a store that hangs?", then the
+    reader's close raised, and the analytics store was never closed (exit 1, a traceback)."""
+    from analytics.costs import CostTrackingService
+    from consumers.pipeline import Pipeline
+    from gateway.eventlog.deadletter import SqliteDeadLetters
+
+    log = StuckLog()
+    await publish(log, 3)
+    store = AnalyticsStore(tmp_path / "a.duckdb")
+    projector = Projector(log, [RecordingSink("a")], MemoryDeadLetters(), poll_timeout=0.01, linger=0)
+    pipeline = Pipeline(
+        log, store, SqliteDeadLetters(tmp_path / "l.sqlite3"), projector, CostTrackingService(store), stop_grace=0.2
+    )
+    await pipeline.start()
+    await until(lambda: projector.stats.events_applied == 0 and bool(projector.stats.sink_events))
+    await asyncio.wait_for(pipeline.stop(), 5)
+    assert "waiting on the log (a broker gone, or its consumer group rebalancing?)" in caplog.text
+    assert "store that hangs" not in caplog.text
+    assert "closing the log reader failed" in caplog.text
+    with pytest.raises(StoreError, match="not open"):  # closed: the file is another process's to open
+        store.connection  # noqa: B018
 
 
 async def test_stop_while_paused_leaves_the_batch_uncommitted() -> None:

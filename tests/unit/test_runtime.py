@@ -465,3 +465,18 @@ def test_serve_simulate_leaves_out_the_providers_the_configuration_turns_off() -
     off = Settings(_env_file=None, providers={"ollama": {"enabled": False}, "azure": {"enabled": True}})  # type: ignore[call-arg]
     assert simulated(off, KNOWN_PROVIDERS) == [p for p in KNOWN_PROVIDERS if p != "ollama"]
     assert simulated(Settings(_env_file=None), KNOWN_PROVIDERS) == list(KNOWN_PROVIDERS)  # type: ignore[call-arg]
+
+
+async def test_a_sigterm_during_the_start_stops_the_server_once_started() -> None:
+    """The handler was installed after the start: a SIGTERM while ``consume`` joined its group
+    killed it (exit 143, no LeaveGroup; its partitions unprojected for 12 s, a re-test)."""
+    import os
+    import signal
+
+    from gateway.runtime import Termination
+
+    terminated = Termination()  # before the start
+    assert terminated.handled  # else the signal below would end this test run
+    os.kill(os.getpid(), signal.SIGTERM)  # during the start
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(terminated.wait(), 2)  # returns at once, once started

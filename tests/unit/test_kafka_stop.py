@@ -1,0 +1,57 @@
+"""Stopping a Kafka consumer must not fail a shutdown: with the broker gone, aiokafka's fetcher
+re-raised its cancelled fetch from ``consumer.stop()``, and a SIGTERM'd ``consume`` exited 1 with
+a traceback, its DuckDB file unclosed (a re-test)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, cast
+
+import pytest
+
+from gateway.eventlog.kafka_admin import stop_consumer
+
+
+class Consumer:
+    def __init__(self, stop: str) -> None:
+        self.how = stop
+        self.stopped = False
+
+    async def stop(self) -> None:
+        if self.how == "cancelled inside":  # what aiokafka's Fetcher.close re-raised
+            inner = asyncio.ensure_future(asyncio.sleep(10))
+            await asyncio.sleep(0)
+            inner.cancel()
+            await inner
+        if self.how == "hangs":
+            await asyncio.Event().wait()
+        if self.how == "fails":
+            raise ConnectionResetError("the broker went away")
+        self.stopped = True
+
+
+async def test_a_stop_cut_short_inside_the_client_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        await stop_consumer(cast(Any, Consumer("cancelled inside")))
+        await stop_consumer(cast(Any, Consumer("fails")))
+    assert "cut short inside aiokafka" in caplog.text
+    assert "error while stopping the Kafka consumer: ConnectionResetError: the broker went away" in caplog.text
+    clean = Consumer("clean")
+    await stop_consumer(cast(Any, clean))
+    assert clean.stopped
+
+
+async def test_a_stop_that_hangs_is_left_after_its_time(caplog: pytest.LogCaptureFixture) -> None:
+    started = asyncio.get_running_loop().time()
+    await stop_consumer(cast(Any, Consumer("hangs")), 0.2)
+    assert asyncio.get_running_loop().time() - started < 2
+    assert "did not stop within 0s" in caplog.text
+
+
+async def test_the_callers_own_cancellation_goes_through() -> None:
+    task = asyncio.create_task(stop_consumer(cast(Any, Consumer("hangs")), 30))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
