@@ -25,6 +25,15 @@ def test_environmental_failures_get_one_line() -> None:
     # `consume` started before its broker: was a traceback
     reason = startup_failure(KafkaConnectionError("Unable to bootstrap from [('127.0.0.1', 1)]"))
     assert reason is not None and reason.startswith("the Kafka broker: KafkaConnectionError: Unable to bootstrap")
+    from aiokafka.errors import GroupAuthorizationFailedError, TopicAuthorizationFailedError
+
+    # a user the cluster's ACLs refuse: was a 60-line traceback (a review)
+    reason = startup_failure(TopicAuthorizationFailedError("creating topic llm.usage.dlq"))
+    assert reason == (
+        "the Kafka cluster refuses this user: [Error 29] TopicAuthorizationFailedError: creating topic "
+        "llm.usage.dlq (see the ACLs it needs in the README)"
+    )
+    assert "GroupAuthorizationFailedError" in (startup_failure(GroupAuthorizationFailedError()) or "")
 
 
 @pytest.mark.parametrize("bug", [ValueError("x"), KeyError("y"), RuntimeError("z")])
