@@ -33,7 +33,7 @@ from consumers.sinks.base import DeadLetters, DistinctEvents, Sink, SinkError, l
 from gateway.backoff import doubling
 from gateway.event_json import UNDECODABLE, decode_event
 from gateway.eventlog.base import LogReader, LogRecord
-from gateway.eventlog.log_errors import describe
+from gateway.eventlog.log_errors import describe, latest_refusal
 from gateway.events import UsageEvent
 from gateway.ids import Clock, utcnow
 
@@ -567,7 +567,10 @@ class Projector:
             self.stats.lag = await asyncio.wait_for(self.reader.lag(), self.lag_timeout)
         except TimeoutError:
             self.stats.lag = None
-            self.stats.lag_error = f"the log did not say its lag within {self.lag_timeout:g}s"
+            refused = latest_refusal()  # a password rotated while it runs: the lag alone said nothing
+            self.stats.lag_error = f"the log did not say its lag within {self.lag_timeout:g}s" + (
+                f" (the latest refusal: {refused})" if refused else ""
+            )
             return
         except Exception as e:  # noqa: BLE001 - the lag is informational; the log may be down
             # unknown, not the last value: a broker down showed "lag 0" for as long as it was down

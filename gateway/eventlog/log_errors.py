@@ -24,6 +24,9 @@ MAX_ADDRESSES = 256
 #: aiokafka's records of one broker's refusal (``aiokafka.client``: connecting; the metadata
 #: request on a connection made, e.g. a listener of another protocol)
 _REFUSALS = frozenset({'Unable connect to "%s:%s": %s', 'Unable to request metadata from "%s:%s": %s'})
+#: a broker of the cluster refusing a connection after the bootstrap (a password rotated while
+#: a consumer runs)
+_NODE_REFUSAL = "Unable connect to node with id %s: %s"
 #: the hosts in aiokafka's bootstrap failure: ``[('127.0.0.1', 9092, <AddressFamily.AF_INET: 2>)]``
 _HOSTS = re.compile(r"\('([^']*)', (\d+), <AddressFamily")
 
@@ -44,12 +47,25 @@ class _Refusals(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         if record.msg in _REFUSALS and isinstance(args, tuple) and len(args) == 3:
-            host, port, error = args
-            if len(_causes) >= MAX_ADDRESSES:
-                _causes.clear()
-            text = one_line(error) if isinstance(error, BaseException) else " ".join(str(error).split())
-            _causes[f"{host}:{port}"] = (time.monotonic(), text)
+            _keep(f"{args[0]}:{args[1]}", args[2])
+        elif record.msg == _NODE_REFUSAL and isinstance(args, tuple) and len(args) == 2:
+            _keep(f"broker {args[0]}", args[1])
         return True
+
+
+def _keep(where: str, error: object) -> None:
+    if len(_causes) >= MAX_ADDRESSES:
+        _causes.clear()
+    text = one_line(error) if isinstance(error, BaseException) else " ".join(str(error).split())
+    _causes[where] = (time.monotonic(), text)
+
+
+def latest_refusal() -> str | None:
+    """The latest refusal aiokafka logged within :data:`CAUSE_TTL` (``where: why``), for a wait
+    on the log that ends in no error of its own (a lag not said within its timeout)."""
+    now = time.monotonic()
+    recent = [(at, f"{where}: {text}") for where, (at, text) in _causes.items() if now - at <= CAUSE_TTL]
+    return max(recent)[1] if recent else None
 
 
 _FILTER = _Refusals()

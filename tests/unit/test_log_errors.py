@@ -67,6 +67,16 @@ def test_several_brokers_each_with_its_refusal_and_one_without() -> None:
     )
 
 
+def test_the_latest_refusal_of_any_broker(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert log_errors.latest_refusal() is None
+    aiokafka = logging.getLogger("aiokafka")
+    aiokafka.error(REFUSED, "k1", 9092, KafkaConnectionError("closed"))
+    aiokafka.error("Unable connect to node with id %s: %s", 2, ConnectionResetError(104, "reset"))
+    assert log_errors.latest_refusal() == "broker 2: ConnectionResetError: [Errno 104] reset"
+    monkeypatch.setattr(log_errors, "CAUSE_TTL", -1.0)
+    assert log_errors.latest_refusal() is None
+
+
 def test_an_old_refusal_is_not_named(monkeypatch: pytest.MonkeyPatch) -> None:
     logging.getLogger("aiokafka").error(REFUSED, "k1", 9092, KafkaConnectionError("closed"))
     monkeypatch.setattr(log_errors, "CAUSE_TTL", -1.0)

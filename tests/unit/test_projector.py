@@ -376,6 +376,35 @@ async def test_a_lag_measurement_that_hangs_is_unknown_within_the_timeout() -> N
     assert projector.stats.lag is None and "did not say its lag within 0.05s" in (projector.stats.lag_error or "")
 
 
+async def test_a_lag_unsaid_names_the_latest_refusal_of_the_cluster() -> None:
+    """A password rotated while ``consume`` ran: /healthz said ``ok`` with "the log did not say
+    its lag within 5s" for as long as it lasted, and nothing said why (a review); aiokafka's own
+    line names a broker's refusal."""
+    import logging
+
+    from aiokafka.errors import SaslAuthenticationFailed
+
+    from gateway.eventlog import log_errors
+
+    class HangingLog(RestartableLog):
+        async def lag(self) -> int:
+            await asyncio.sleep(60)
+            return 0
+
+    log_errors.remember_causes()
+    log_errors._causes.clear()
+    refusal = SaslAuthenticationFailed("Authentication failed due to invalid credentials with SASL mechanism PLAIN")
+    logging.getLogger("aiokafka").error("Unable connect to node with id %s: %s", 1, refusal)
+    projector = Projector(HangingLog(), [RecordingSink("s")], MemoryDeadLetters(), lag_interval=0)
+    projector.lag_timeout = 0.05
+    await projector.run_until_idle()
+    assert projector.stats.lag_error == (
+        "the log did not say its lag within 0.05s (the latest refusal: broker 1: [Error 58] "
+        "SaslAuthenticationFailed: Authentication failed due to invalid credentials with SASL mechanism PLAIN)"
+    )
+    log_errors._causes.clear()
+
+
 async def test_a_lag_not_measured_again_for_long_is_unknown_in_health() -> None:
     """Under load, a commit to a broker gone hung the projector's loop: /healthz showed the last
     lag (150), no error and ok for the whole 42 s outage, as did the metric."""
