@@ -258,27 +258,20 @@ async def _acknowledged(sends: list[asyncio.Future[Any]], stop: asyncio.Event, t
 
 
 def deleting_configs(resources: Sequence[Sequence[Any]]) -> list[str]:
-    """The configs of DescribeConfigs' resources (``(error_code, error_message, type, name,
-    entries)``) that delete records; raises :class:`ExportError` for a resource the broker did
-    not describe. A user without DESCRIBE_CONFIGS got an error code and no entries, read as no
-    limits: the export was let into a topic that deleted it within minutes (a review)."""
-    from aiokafka.errors import for_code
+    """:func:`~gateway.eventlog.kafka_admin.topic_limits`; raises :class:`ExportError` for a
+    topic the broker did not describe. A user without DESCRIBE_CONFIGS got an error code and no
+    entries, read as no limits: the export was let into a topic that deleted it within minutes
+    (a review)."""
+    from gateway.eventlog.kafka_admin import topic_limits
 
-    limits = []
-    for error_code, error_message, _type, name, entries in resources:
-        if error_code:
-            why = f"{for_code(error_code).__name__}{f': {error_message}' if error_message else ''}"
-            raise ExportError(
-                f"the retention of topic {name} cannot be read ({why}), so it cannot be checked that the topic "
-                "keeps the exported events for good: give this Kafka user DESCRIBE_CONFIGS on the topic",
-                resumable=False,
-            )
-        for entry in entries:
-            config, value = entry[0], entry[1]
-            if config in ("retention.ms", "retention.bytes") and value not in (None, "-1"):
-                limits.append(f"{config}={value}")
-            elif config == "cleanup.policy" and value and "compact" in value:
-                limits.append(f"{config}={value}")
+    limits, unreadable = topic_limits(resources)
+    if unreadable is not None:
+        name = resources[0][3] if resources else "?"
+        raise ExportError(
+            f"the retention of topic {name} cannot be read ({unreadable}), so it cannot be checked that the topic "
+            "keeps the exported events for good: give this Kafka user DESCRIBE_CONFIGS on the topic",
+            resumable=False,
+        )
     return limits
 
 

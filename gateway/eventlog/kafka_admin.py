@@ -8,6 +8,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from gateway.eventlog.kafka_connection import KafkaConnection, kafka_connection
@@ -67,6 +68,7 @@ async def ensure_topic(
     try:
         await admin.start()
         if topic in set(await admin.list_topics()):
+            await _warn_if_deleting(admin, topic)
             return
         if replication_factor is None:
             brokers = (await admin.describe_cluster()).get("brokers") or [None]
@@ -84,7 +86,8 @@ async def ensure_topic(
             )
         except TopicAlreadyExistsError:
             return
-        _raise_topic_errors(response)
+        if not _created(response):  # another client made it meanwhile ("created" was logged twice)
+            return
         log.info(
             "created Kafka topic %s (%d partitions, replication %d)",
             topic,
@@ -96,11 +99,70 @@ async def ensure_topic(
         await admin.close()
 
 
-def _raise_topic_errors(response: Any) -> None:
+def _created(response: Any) -> bool:
+    """Whether CreateTopics made the topic: False when it existed already; raises its other
+    errors."""
+    created = True
     for entry in getattr(response, "topic_errors", ()):
         code = entry[1]
-        if code and for_code(code) is not TopicAlreadyExistsError:
+        if code and for_code(code) is TopicAlreadyExistsError:
+            created = False
+        elif code:
             raise for_code(code)(f"creating topic {entry[0]}: {entry[2] if len(entry) > 2 else ''}")
+    return created
+
+
+def topic_limits(resources: Any) -> tuple[list[str], str | None]:
+    """DescribeConfigs' resources (``(error_code, error_message, type, name, entries)``) as the
+    topic configs that delete records (a ``retention.ms`` or ``retention.bytes`` other than
+    -1, a compacting ``cleanup.policy``: the key is the tenant, so compaction keeps one event a
+    tenant), and why they could not be read (None: they were; a user without
+    DESCRIBE_CONFIGS gets an error code and no entries, which read as no limits)."""
+    limits: list[str] = []
+    for error_code, error_message, _type, _name, entries in resources:
+        if error_code:
+            return limits, f"{for_code(error_code).__name__}{f': {error_message}' if error_message else ''}"
+        for entry in entries:
+            config, value = entry[0], entry[1]
+            if config in ("retention.ms", "retention.bytes") and value not in (None, "-1"):
+                limits.append(f"{config}={value}")
+            elif config == "cleanup.policy" and value and "compact" in value:
+                limits.append(f"{config}={value}")
+    return limits, None
+
+
+async def describe_limits(admin: AIOKafkaAdminClient, topic: str) -> tuple[list[str], str | None]:
+    """:func:`topic_limits` of ``topic``."""
+    wanted = {"retention.ms": None, "retention.bytes": None, "cleanup.policy": None}
+    responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, wanted)])
+    return topic_limits([resource for response in responses for resource in response.resources])
+
+
+#: topics this process has checked for a retention that deletes records
+_RETENTION_CHECKED: set[str] = set()
+
+
+async def _warn_if_deleting(admin: AIOKafkaAdminClient, topic: str) -> None:
+    """A WARNING, once a process, for an existing topic that deletes records (a managed
+    cluster's default: Confluent Cloud keeps 7 days): its events were taken silently, and went
+    with the retention, out of the reach of replay and of a store's rebuild (a review)."""
+    if topic in _RETENTION_CHECKED:
+        return
+    _RETENTION_CHECKED.add(topic)
+    try:
+        limits, unreadable = await describe_limits(admin, topic)
+    except Exception as exc:  # noqa: BLE001 - a check, never a reason not to start
+        log.debug("the configs of Kafka topic %s cannot be read: %s", topic, describe(exc))
+        return
+    if limits:
+        log.warning(
+            "Kafka topic %s deletes records (%s): what it deletes is out of the reach of replay and of a "
+            "store's rebuild; set retention.ms=-1 and retention.bytes=-1 on it (the gateway makes its topics so)",
+            topic,
+            ", ".join(limits),
+        )
+    elif unreadable:
+        log.debug("the retention of Kafka topic %s cannot be read: %s", topic, unreadable)
 
 
 async def _wait_for_leaders(admin: AIOKafkaAdminClient, topic: str, seconds: float = 10.0) -> None:

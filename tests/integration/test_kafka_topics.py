@@ -1,0 +1,67 @@
+"""The gateway's topics on a real broker: an existing topic that deletes records is said at
+start (a managed cluster's 7-day default took events out of replay's reach silently), and a
+topic two clients create at once is logged as created once (it was twice: a review)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from gateway.eventlog import kafka_admin
+from gateway.eventlog.kafka_admin import ensure_topic
+
+pytestmark = pytest.mark.kafka
+
+
+async def make_topic(bootstrap: str, topic: str, configs: dict[str, str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 1, 1, topic_configs=configs)])
+    finally:
+        await admin.close()
+
+
+@pytest.mark.parametrize(
+    ("configs", "named"),
+    [
+        ({"retention.ms": "604800000"}, "retention.ms=604800000"),
+        ({"retention.bytes": "1073741824", "retention.ms": "-1"}, "retention.bytes=1073741824"),
+        ({"cleanup.policy": "compact"}, "cleanup.policy=compact"),
+    ],
+)
+async def test_an_existing_topic_that_deletes_records_is_said_once(
+    kafka_bootstrap: str, caplog: pytest.LogCaptureFixture, configs: dict[str, str], named: str
+) -> None:
+    topic = f"deleting-{uuid.uuid4().hex[:12]}"
+    await make_topic(kafka_bootstrap, topic, configs)
+    with caplog.at_level(logging.WARNING, logger="gateway.eventlog.kafka_admin"):
+        await ensure_topic(kafka_bootstrap, topic, 1)
+        await ensure_topic(kafka_bootstrap, topic, 1)  # the producer, the health sync, ...: once a process
+    warnings = [r.getMessage() for r in caplog.records if "deletes records" in r.getMessage()]
+    assert len(warnings) == 1 and named in warnings[0] and topic in warnings[0], warnings
+
+
+async def test_a_topic_that_keeps_everything_says_nothing(
+    kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    topic = f"keeping-{uuid.uuid4().hex[:12]}"
+    await make_topic(kafka_bootstrap, topic, dict(kafka_admin.TOPIC_CONFIGS))
+    with caplog.at_level(logging.WARNING, logger="gateway.eventlog.kafka_admin"):
+        await ensure_topic(kafka_bootstrap, topic, 1)
+    assert "deletes records" not in caplog.text
+
+
+async def test_a_topic_created_by_two_clients_at_once_is_created_once(
+    kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    topic = f"raced-{uuid.uuid4().hex[:12]}"
+    with caplog.at_level(logging.INFO, logger="gateway.eventlog.kafka_admin"):
+        await asyncio.gather(*(ensure_topic(kafka_bootstrap, topic, 3) for _ in range(4)))
+    created = [r for r in caplog.records if r.getMessage().startswith(f"created Kafka topic {topic}")]
+    assert len(created) == 1
+    assert "deletes records" not in caplog.text  # its own configs keep everything
