@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 
 #: seconds between two warnings that the spool cannot delete what Kafka acknowledged
 UNDELETED_LOG_EVERY = 30.0
+#: seconds between two warnings of the same reason Kafka is unavailable (``/healthz`` and
+#: ``llm_gateway_event_log_up`` say it meanwhile): every 5 s was 720 lines an hour of a rotated
+#: password (a review)
+SAME_WARNING_EVERY = 60.0
 
 
 class KafkaEventLog:
@@ -85,6 +89,8 @@ class KafkaEventLog:
         self._lock = lock_spool(spool_path)
         self._spool = SqliteOutbox(spool_path, table="spool")
         self._wakeup = asyncio.Event()
+        self._stopping = asyncio.Event()  # ends the forwarder's backoff: a stop waited it out
+        self._warned: str | None = None  # the reason of the last warning logged
         self._staged = GroupCommit(self._write)
         self._closing = False
         self._producer: AIOKafkaProducer | None = None
@@ -150,6 +156,7 @@ class KafkaEventLog:
         if self._forwarder is not None:
             return
         self._closing = False
+        self._stopping.clear()
         if backlog := self.pending():
             self._catching_up = True
             log.info(
@@ -168,6 +175,7 @@ class KafkaEventLog:
         deadline = loop.time() + timeout
         self._staged.flush()
         self._closing = True
+        self._stopping.set()
         self._wakeup.set()
         if self._forwarder is not None:
             _, running = await asyncio.wait({self._forwarder}, timeout=timeout)
@@ -227,7 +235,10 @@ class KafkaEventLog:
                     await stop_producer(producer, 1.0)
                 if self._closing:
                     return
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                if self._closing and self.pending() == 0:  # else one more try, within close's timeout
+                    return
                 delay = min(delay * 2, self._backoff[1])
 
     async def _connect(self) -> AIOKafkaProducer:
@@ -367,8 +378,10 @@ class KafkaEventLog:
         if problem is not None and (self._outage is None or self._outage.error != problem):
             self._outage = LogOutage(problem, self._outage.since if self._outage else utcnow())
         now = time.monotonic()
-        if now - self._last_warning >= self._warn_interval:
+        every = self._warn_interval if problem is None or problem != self._warned else SAME_WARNING_EVERY
+        if now - self._last_warning >= every:
             self._last_warning = now
+            self._warned = problem
             log.warning(message, *args)
         if self._down_since is None:
             self._down_since = now
@@ -408,4 +421,5 @@ class KafkaEventLog:
             )
             self._down_since = None
             self._last_warning = 0.0
+            self._warned = None
             self._catching_up = True

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -116,3 +118,33 @@ async def test_the_health_sync_warns_once_per_reason_and_minute(caplog: pytest.L
     warnings = [r.getMessage() for r in caplog.records if "cannot read" in r.getMessage()]
     assert len(warnings) == 1, warnings
     assert f"Unable to bootstrap from 127.0.0.1:{port} (" in warnings[0] and "Connect call failed" in warnings[0]
+
+
+async def test_the_forwarder_warns_once_per_reason_and_a_stop_ends_its_backoff(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rotated password logged a WARNING every 5 s (720 lines an hour), and a stop waited out the
+    forwarder's 5 s backoff with nothing to send (a review)."""
+    from gateway.eventlog.kafka_producer import KafkaEventLog
+
+    port = closed_port()
+    log = KafkaEventLog(f"127.0.0.1:{port}", "llm.usage", tmp_path / "spool.sqlite3", backoff=(0.05, 0.05))
+    log._warn_interval = 0.1
+    with caplog.at_level(logging.WARNING, logger="gateway.eventlog.kafka_producer"):
+        await log.start()
+        await asyncio.sleep(1.0)
+    warnings = [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()]
+    assert len(warnings) == 1 and "Connect call failed" in warnings[0], warnings
+    assert log.outage() is not None
+    await log.close(timeout=1)
+
+    waiting = KafkaEventLog(f"127.0.0.1:{port}", "llm.usage", tmp_path / "other.sqlite3", backoff=(30.0, 30.0))
+    await waiting.start()
+    for _ in range(100):
+        if waiting.outage() is not None:
+            break
+        await asyncio.sleep(0.02)
+    assert waiting.outage() is not None  # failed once: in its 30 s backoff
+    started = time.monotonic()
+    await waiting.close(timeout=10)
+    assert time.monotonic() - started < 2
