@@ -133,14 +133,19 @@ async def _serve(settings: Settings, simulate: bool) -> None:
             lost,
         )
         raise SystemExit(1)
+    # events a Kafka spool keeps for the next start are stored, not on the log: the line above
+    # said "left in the spool" and this one "on the log" (a review)
+    left = app[STATE].event_log.pending() if STATE in app else 0
+    where = "on the log" if not left else f"stored ({left} of them in the spool, sent at the next start)"
     if stopping and CANCELLED in app and app[CANCELLED]:  # a log alone tells a clean stop from a kill (a review)
         log.info(
             "llm-gateway stopped: %d call(s) still running after the shutdown timeout were cancelled; "
-            "every call's events are on the log",
+            "every call's events are %s",
             app[CANCELLED],
+            where,
         )
     elif stopping:
-        log.info("llm-gateway stopped: the calls in flight finished and their events are on the log")
+        log.info("llm-gateway stopped: the calls in flight finished and their events are %s", where)
 
 
 async def _simulate(host: str, port: int) -> None:

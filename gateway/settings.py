@@ -370,6 +370,12 @@ class Settings(BaseSettings):
             raise ValueError("must be printable, without '/' or '\\' (it names the spool's file)")
         return value
 
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _kafka_names_in_any_case(cls, value: Any) -> Any:
+        # Kafka's Java clients take ``sasl_ssl`` as SASL_SSL; it was refused here (a review)
+        return value.strip().upper() if isinstance(value, str) else value
+
     @field_validator("data_dir", "config_file", "price_file", "export_dir", mode="before")
     @classmethod
     def _not_empty_path(cls, value: Any) -> Any:
@@ -538,6 +544,10 @@ def unknown_environment(environ: Mapping[str, str] | None = None) -> list[str]:
     )
 
 
+#: a config file's relative paths that are read next to it
+_FILES_NEXT_TO_THE_CONFIG = ("price_file", "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read the environment, then the config file it names (file values win), then overrides."""
     settings = Settings(**overrides)
@@ -551,8 +561,10 @@ def load_settings(**overrides: Any) -> Settings:
     unknown = sorted(strict_yaml.shown_key(k) for k in data if k not in Settings.model_fields)
     if unknown:
         raise ValueError(f"config file {settings.config_file}: unknown key(s) {unknown}")
-    price_file = data.get("price_file")
-    if isinstance(price_file, str) and not Path(price_file).is_absolute():
-        # next to the config file that names it, wherever the gateway is started from
-        data["price_file"] = Path(settings.config_file).parent / price_file
+    for name in _FILES_NEXT_TO_THE_CONFIG:
+        path = data.get(name)
+        if isinstance(path, str) and path.strip() and not Path(path).is_absolute():
+            # next to the config file that names it, wherever the gateway is started from (the
+            # TLS files were read from the working directory: a review)
+            data[name] = Path(settings.config_file).absolute().parent / path
     return Settings(**{**data, **overrides, "config_file": settings.config_file})

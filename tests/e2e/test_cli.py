@@ -267,6 +267,34 @@ async def test_sigterm_lets_the_calls_in_flight_finish_with_their_events(tmp_pat
     assert len(values) == 2 and all(b'"outcome":"success"' in bytes(v) for v in values)
 
 
+async def test_a_stop_with_events_left_in_the_kafka_spool_says_where_they_are(tmp_path: Path) -> None:
+    """The spool's close said "left in the spool", and the last line "their events are on the
+    log" (a review); and the running gateway's /healthz said ``ok`` with nothing on why."""
+    import signal
+
+    broker = f"127.0.0.1:{free_port()}"  # nothing listens: Kafka unavailable
+    async with serving_slowly(tmp_path, 0.0, KAFKA_BOOTSTRAP_SERVERS=broker) as (proc, s, url):
+        async with s.post(url, json=SLOW_BODY) as r:
+            assert r.status == 200
+        port = url.split(":")[2].split("/")[0]
+        health: dict[str, Any] = {}
+        for _ in range(100):
+            async with s.get(f"http://127.0.0.1:{port}/healthz") as r:
+                health = await r.json()
+            if health["eventLog"]["status"] == "unavailable":
+                break
+            await asyncio.sleep(0.1)
+        assert health["eventLog"]["status"] == "unavailable" and f"Kafka at {broker} unavailable" in str(health)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        assert proc.stderr is not None
+        last = (await proc.stderr.read()).decode().rstrip().rsplit("\n", 1)[-1]
+    assert last.endswith(
+        "llm-gateway stopped: the calls in flight finished and their events are stored "
+        "(1 of them in the spool, sent at the next start)"
+    ), last
+
+
 async def first_health(port: int, seconds: float) -> tuple[int, Any]:
     """The first answer of ``GET /healthz`` on ``port``, once something listens there."""
     async with aiohttp.ClientSession() as http, asyncio.timeout(seconds):

@@ -48,6 +48,17 @@ def test_the_variables_kafka_tools_use(monkeypatch: pytest.MonkeyPatch) -> None:
     assert context.check_hostname and context.cert_store_stats()["x509_ca"] > 0
 
 
+def test_protocol_and_mechanism_in_any_case_as_kafkas_clients_take_them() -> None:
+    configured = settings(
+        kafka_bootstrap_servers="k1:9092",
+        kafka_security_protocol="sasl_plaintext",
+        kafka_sasl_mechanism="scram-sha-512",
+        kafka_sasl_username="u",
+        kafka_sasl_password="p",
+    )
+    assert (configured.kafka.security_protocol, configured.kafka.sasl_mechanism) == ("SASL_PLAINTEXT", "SCRAM-SHA-512")
+
+
 def test_the_password_is_not_in_the_settings_repr() -> None:
     configured = settings(
         kafka_bootstrap_servers="k1:9092",

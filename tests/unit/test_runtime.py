@@ -351,6 +351,32 @@ def test_a_relative_price_file_is_found_next_to_the_config_file(
     assert settings.price_file is not None and settings.price_file.resolve() == (tmp_path / "cfg" / "prices.yaml")
 
 
+def test_relative_kafka_tls_files_are_found_next_to_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the price file: they were read from the working directory (a review)."""
+    import subprocess
+
+    from gateway.settings import load_settings
+
+    cfg = tmp_path / "cfg"
+    (cfg / "tls").mkdir(parents=True)
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", cfg / "tls" / "client.key",
+         "-out", cfg / "tls" / "client.pem", "-days", "1", "-subj", "/CN=client"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    (cfg / "gateway.yaml").write_text(
+        "kafka_bootstrap_servers: k1:9093\nkafka_security_protocol: SSL\nkafka_ssl_cafile: tls/client.pem\n"
+        "kafka_ssl_certfile: tls/client.pem\nkafka_ssl_keyfile: tls/client.key\n",
+        encoding="utf-8",
+    )
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(config_file="cfg/gateway.yaml", _env_file=None)
+    kafka = settings.kafka
+    assert (kafka.ssl_cafile, kafka.ssl_keyfile) == (str(cfg / "tls" / "client.pem"), str(cfg / "tls" / "client.key"))
+
+
 def test_anchors_and_merge_keys_still_work() -> None:
     from gateway import strict_yaml
 
