@@ -402,13 +402,16 @@ class KafkaEventLog:
             )
             return
         why = describe(exc)
+        # the cluster's ACLs refusing the user is no outage: said "unavailable" (a review)
+        state = "refuses this user" if type(exc).__name__.endswith("AuthorizationFailedError") else "unavailable"
         self._warn(
-            "Kafka at %s unavailable (%s); %d usage events spooled, retrying in %.1fs",
+            "Kafka at %s %s (%s); %d usage events spooled, retrying in %.1fs",
             self.bootstrap_servers,
+            state,
             why,
             self.pending(),
             retry_in,
-            problem=f"Kafka at {self.bootstrap_servers} unavailable: {why}",
+            problem=f"Kafka at {self.bootstrap_servers} {state}: {why}",
         )
 
     def _note_up(self) -> None:

@@ -148,3 +148,17 @@ async def test_the_forwarder_warns_once_per_reason_and_a_stop_ends_its_backoff(
     started = time.monotonic()
     await waiting.close(timeout=10)
     assert time.monotonic() - started < 2
+
+
+async def test_an_acl_refusal_is_no_outage_in_the_forwarders_words(tmp_path: Path) -> None:
+    """The cluster's ACLs refusing the gateway's user was said "unavailable" (a review)."""
+    from aiokafka.errors import TopicAuthorizationFailedError
+
+    from gateway.eventlog.kafka_producer import KafkaEventLog
+
+    log = KafkaEventLog("k1:9092", "llm.usage", tmp_path / "spool.sqlite3")
+    log._note_down(TopicAuthorizationFailedError("llm.usage"), 1.0)
+    outage = log.outage()
+    assert outage is not None
+    assert outage.error == "Kafka at k1:9092 refuses this user: [Error 29] TopicAuthorizationFailedError: llm.usage"
+    await log.close(timeout=0.1)
