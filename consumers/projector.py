@@ -352,7 +352,7 @@ class Projector:
         wait = min(self.linger, self.linger - (self._clock() - last).total_seconds())
         if wait <= 0:
             return []
-        every = self.reader.read_while_lingering
+        every = getattr(self.reader, "read_while_lingering", None)  # a reader of another make: once
         reads = 1 if not every else max(1, math.ceil(wait / every))
         more: list[LogRecord] = []
         for _ in range(reads):

@@ -85,8 +85,10 @@ async def ensure_topic(
                 ]
             )
         except TopicAlreadyExistsError:
+            await _wait_for_leaders(admin, topic)  # another client's, maybe not ready yet
             return
         if not _created(response):  # another client made it meanwhile ("created" was logged twice)
+            await _wait_for_leaders(admin, topic)  # ... and its partitions may have no leader yet
             return
         log.info(
             "created Kafka topic %s (%d partitions, replication %d)",
@@ -148,12 +150,12 @@ async def _warn_if_deleting(admin: AIOKafkaAdminClient, topic: str) -> None:
     with the retention, out of the reach of replay and of a store's rebuild (a review)."""
     if topic in _RETENTION_CHECKED:
         return
-    _RETENTION_CHECKED.add(topic)
     try:
         limits, unreadable = await describe_limits(admin, topic)
-    except Exception as exc:  # noqa: BLE001 - a check, never a reason not to start
+    except Exception as exc:  # noqa: BLE001 - a check, never a reason not to start; tried again next time
         log.debug("the configs of Kafka topic %s cannot be read: %s", topic, describe(exc))
         return
+    _RETENTION_CHECKED.add(topic)
     if limits:
         log.warning(
             "Kafka topic %s deletes records (%s): what it deletes is out of the reach of replay and of a "
@@ -209,20 +211,21 @@ async def stop_consumer(consumer: AIOKafkaConsumer, seconds: float = 10.0) -> No
     itself still goes through."""
     stopping = asyncio.ensure_future(consumer.stop())
     try:
+        # the stop's own outcome is read from the task, never re-raised here: the only
+        # CancelledError that leaves is the caller's (a Ctrl-C's cleanup runs in a task being
+        # cancelled, so "is the caller cancelling?" could not tell the two apart: a review)
         done, _ = await asyncio.wait({stopping}, timeout=max(seconds, 0.0))
+        if not done:
+            log.warning("the Kafka consumer did not stop within %.0fs: left as it is", seconds)
+            stopping.cancel()
+            await asyncio.wait({stopping}, timeout=1.0)
     except asyncio.CancelledError:
         stopping.cancel()
         raise
-    if not done:
-        log.warning("the Kafka consumer did not stop within %.0fs: left as it is", seconds)
-        stopping.cancel()
-    try:
-        await stopping
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise
+    if not stopping.done():
+        return
+    if stopping.cancelled():
         if done:
             log.warning("the Kafka consumer's stop was cut short inside aiokafka (a broker gone?)")
-    except Exception as exc:  # noqa: BLE001 - closing must not fail the shutdown
-        log.warning("error while stopping the Kafka consumer: %s", describe(exc))
+    elif (error := stopping.exception()) is not None:
+        log.warning("error while stopping the Kafka consumer: %s", describe(error))

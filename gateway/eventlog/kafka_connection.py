@@ -55,8 +55,6 @@ class KafkaConnection:
                 f"a Kafka SASL username or password is given, but the security protocol {self.security_protocol} "
                 "does not use SASL (SASL_SSL or SASL_PLAINTEXT does)"
             )
-        if self.ssl_key_password and not self.ssl_keyfile:
-            return "a Kafka TLS key password without a key file"
         if not tls and (self.ssl_cafile or self.ssl_certfile or self.ssl_keyfile):
             return f"Kafka TLS files are given, but the security protocol {self.security_protocol} does not use TLS"
         if self.ssl_keyfile and not self.ssl_certfile:
@@ -76,7 +74,9 @@ class KafkaConnection:
         except (OSError, ssl.SSLError) as e:
             raise ValueError(f"the Kafka CA file {self.ssl_cafile}: {_reason(e)}") from e
         if self.ssl_certfile:
-            password: str | Callable[[], str] = self.ssl_key_password or _no_key_password(self.ssl_keyfile)
+            # (a key in the certificate's file, as one PEM, is read from there, with its password)
+            key = self.ssl_keyfile or self.ssl_certfile
+            password: str | Callable[[], str] = self.ssl_key_password or _no_key_password(key)
             try:
                 context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile, password)
             except KeyPasswordMissing as e:

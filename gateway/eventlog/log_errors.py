@@ -44,13 +44,16 @@ def one_line(error: BaseException) -> str:
 
 
 class _Refusals(logging.Filter):
+    #: the least level of aiokafka's records shown (NOTSET: as its logger says); see remember_causes
+    shown = logging.NOTSET
+
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         if record.msg in _REFUSALS and isinstance(args, tuple) and len(args) == 3:
             _keep(f"{args[0]}:{args[1]}", args[2])
         elif record.msg == _NODE_REFUSAL and isinstance(args, tuple) and len(args) == 2:
             _keep(f"broker {args[0]}", args[1])
-        return True
+        return record.levelno >= self.shown
 
 
 def _keep(where: str, error: object) -> None:
@@ -76,6 +79,14 @@ def remember_causes() -> None:
     made from a :class:`~gateway.eventlog.kafka_connection.KafkaConnection`, which calls it)."""
     logger = logging.getLogger("aiokafka")
     if _FILTER not in logger.filters:
+        # a logger's filters see only the records its level lets through: under ``--log-level
+        # error`` the metadata refusals (WARNING) were not kept, and an older refusal of the same
+        # broker was named instead (a diff read). The logger lets WARNING through, and the
+        # filter shows only what the level shown before asks for.
+        shown = logger.getEffectiveLevel()
+        if shown > logging.WARNING:
+            _FILTER.shown = shown
+            logger.setLevel(logging.WARNING)
         logger.addFilter(_FILTER)
 
 

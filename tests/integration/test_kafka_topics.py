@@ -12,7 +12,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from gateway.eventlog import kafka_admin
-from gateway.eventlog.kafka_admin import ensure_topic
+from gateway.eventlog.kafka_admin import ensure_topic, topic_partitions
 
 pytestmark = pytest.mark.kafka
 
@@ -65,3 +65,19 @@ async def test_a_topic_created_by_two_clients_at_once_is_created_once(
     created = [r for r in caplog.records if r.getMessage().startswith(f"created Kafka topic {topic}")]
     assert len(created) == 1
     assert "deletes records" not in caplog.text  # its own configs keep everything
+
+
+async def test_every_client_of_a_raced_creation_returns_once_the_topic_has_its_partitions(
+    kafka_bootstrap: str,
+) -> None:
+    """The clients that lost the creation returned before the topic had its partitions (a
+    follower then found none: a diff read saw it in 2 of 15 rounds)."""
+
+    async def ensure_then_describe(topic: str) -> list[int]:
+        await ensure_topic(kafka_bootstrap, topic, 12)
+        return await topic_partitions(kafka_bootstrap, topic)
+
+    for _ in range(4):
+        topic = f"raced-{uuid.uuid4().hex[:12]}"
+        seen = await asyncio.gather(*(ensure_then_describe(topic) for _ in range(4)))
+        assert seen == [list(range(12))] * 4

@@ -81,7 +81,6 @@ def test_the_password_is_not_in_the_settings_repr() -> None:
         # Confluent Cloud's key and secret without SASL_SSL spooled every event for good
         ({"kafka_sasl_username": "u", "kafka_sasl_password": "p"}, "PLAINTEXT does not use SASL"),
         ({"kafka_security_protocol": "SSL", "kafka_sasl_password": "p"}, "SSL does not use SASL"),
-        ({"kafka_security_protocol": "SSL", "kafka_ssl_key_password": "p"}, "key password without a key file"),
         ({"kafka_security_protocol": "TLS"}, "kafka_security_protocol"),
         ({"kafka_security_protocol": "SASL_SSL", "kafka_sasl_mechanism": "GSSAPI"}, "kafka_sasl_mechanism"),
     ],
@@ -151,3 +150,22 @@ def test_an_unreadable_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(ssl, "create_default_context", denied)
     with pytest.raises(ValueError, match=f"the Kafka CA file {ca}: \\[Errno 13\\] Permission denied"):
         KafkaConnection("k1:9093", "SSL", ssl_cafile=str(ca)).ssl_context  # noqa: B018
+
+
+def test_a_key_in_the_certificates_file_is_read_with_its_password(tmp_path: Path) -> None:
+    """One PEM with the certificate and its encrypted key, the password and no key file: it
+    worked, then was refused as "a key password without a key file" (a diff read)."""
+    key, cert, combined = tmp_path / "client.key", tmp_path / "client.pem", tmp_path / "combined.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "1",
+         "-subj", "/CN=client"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    encrypted = subprocess.run(
+        ["openssl", "pkey", "-in", key, "-aes256", "-passout", "pass:k3y-pw"], check=True, capture_output=True
+    ).stdout
+    combined.write_bytes(cert.read_bytes() + encrypted)
+    tls = {"kafka_bootstrap_servers": "k1:9093", "kafka_security_protocol": "SSL", "kafka_ssl_certfile": combined}
+    assert isinstance(settings(**tls, kafka_ssl_key_password="k3y-pw").kafka.ssl_context, ssl.SSLContext)
+    with pytest.raises(ValueError, match=f"key file {combined} is encrypted"):
+        settings(**tls)

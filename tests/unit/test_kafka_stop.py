@@ -55,3 +55,24 @@ async def test_the_callers_own_cancellation_goes_through() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_a_cleanup_after_a_ctrl_c_still_goes_on_past_the_clients_failing_stop() -> None:
+    """Ctrl-C cancels the main task, and the cleanup in its ``finally`` runs while it is being
+    cancelled: aiokafka's re-raised fetch was taken for the caller's own cancellation, and the
+    stores after the reader were never closed (a diff read)."""
+    closed: list[str] = []
+
+    async def serving() -> None:
+        try:
+            await asyncio.sleep(10)
+        finally:
+            await stop_consumer(cast(Any, Consumer("cancelled inside")))
+            closed.append("the stores")
+
+    task = asyncio.create_task(serving())
+    await asyncio.sleep(0.01)
+    task.cancel()  # what asyncio.run does on Ctrl-C
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert closed == ["the stores"]

@@ -162,3 +162,24 @@ async def test_an_acl_refusal_is_no_outage_in_the_forwarders_words(tmp_path: Pat
     assert outage is not None
     assert outage.error == "Kafka at k1:9092 refuses this user: [Error 29] TopicAuthorizationFailedError: llm.usage"
     await log.close(timeout=0.1)
+
+
+def test_refusals_are_kept_whatever_level_is_shown(caplog: pytest.LogCaptureFixture) -> None:
+    """Under ``--log-level error`` a metadata refusal (a WARNING) was not kept, and an older
+    refusal of the same broker was named in its place (a diff read); what is shown stays as asked."""
+    aiokafka = logging.getLogger("aiokafka")
+    aiokafka.removeFilter(log_errors._FILTER)
+    saved, log_errors._FILTER.shown = aiokafka.level, logging.NOTSET
+    aiokafka.setLevel(logging.ERROR)
+    try:
+        remember_causes()
+        aiokafka.error(REFUSED, "k1", 9093, ConnectionRefusedError(111, "Connect call failed"))
+        aiokafka.warning('Unable to request metadata from "%s:%s": %s', "k1", 9093, KafkaConnectionError("closed"))
+        assert describe(bootstrap_failure(("k1", 9093))).endswith("(KafkaConnectionError: closed)")
+        shown = [r.getMessage() for r in caplog.records if r.name == "aiokafka"]
+        assert len(shown) == 1 and "Connect call failed" in shown[0]  # the WARNING is not shown
+    finally:
+        aiokafka.removeFilter(log_errors._FILTER)
+        aiokafka.setLevel(saved)
+        log_errors._FILTER.shown = logging.NOTSET
+        remember_causes()
