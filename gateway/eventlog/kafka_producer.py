@@ -157,6 +157,7 @@ class KafkaEventLog:
             return
         self._closing = False
         self._stopping.clear()
+        self._outage = None  # known again once the forwarder has tried
         if backlog := self.pending():
             self._catching_up = True
             log.info(
