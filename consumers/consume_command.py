@@ -99,6 +99,7 @@ async def _consume(settings: Settings, args: argparse.Namespace) -> None:
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=RUNNER_BACKSTOP)
     warn_if_readable(settings.data_dir)
     terminated = Termination()  # a SIGTERM while it joins its group stops it once it has
+    stopping = False
     try:
         await runner.setup()  # inside the try: see serve
         if sock is not None:
@@ -106,8 +107,11 @@ async def _consume(settings: Settings, args: argparse.Namespace) -> None:
             log.info("consumer %s: analytics API on http://%s:%s", args.group, host, sock.getsockname()[1])
             warn_if_open(bool(settings.api_keys), host, "consumer")
         await terminated.wait()
+        stopping = True
     finally:
         await runner.cleanup()
+    if stopping:  # a log alone tells a clean stop from a kill (it ended on "SIGTERM: stopping")
+        log.info("llm-gateway consume stopped: its projection ended and its group %s was left", args.group)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

@@ -165,6 +165,8 @@ async def _export(
         except ExportError:
             raise
         except Exception as exc:  # noqa: BLE001 - any broker failure is one line
+            if type(exc).__name__.endswith("AuthorizationFailedError"):  # no wait or run again mends an ACL
+                raise ExportError(f"the Kafka cluster refuses this user ({describe(exc)})", resumable=False) from None
             if stop.is_set():
                 return
             if time.monotonic() > deadline:

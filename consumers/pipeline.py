@@ -95,7 +95,7 @@ class Pipeline:
                 raise
             # a broker restarting with its consumers (a deploy): the process waits for it, its
             # health served meanwhile, instead of exiting for a supervisor to start it again
-            log.warning("the event log cannot be reached (%s): projecting once it can", exc)
+            log.warning("the event log cannot be reached (%s): projecting once it can", describe(exc))
             self.projector.stats.log_unreachable(exc)
             self._task = asyncio.create_task(self._reach_then_run(), name="projector")
             return
@@ -219,7 +219,13 @@ class Pipeline:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Pipeline]:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            # a start refused half-way (a group the ACLs refuse) left its Kafka clients open:
+            # "Unclosed AIOKafkaProducer" ERRORs after the one-line reason (a re-test)
+            await self.stop()
+            raise
         try:
             yield self
         finally:

@@ -150,21 +150,29 @@ async def _warn_if_deleting(admin: AIOKafkaAdminClient, topic: str) -> None:
     with the retention, out of the reach of replay and of a store's rebuild (a review)."""
     if topic in _RETENTION_CHECKED:
         return
+    _RETENTION_CHECKED.add(topic)  # before the wait: the forwarder and the syncs check at once
     try:
         limits, unreadable = await describe_limits(admin, topic)
     except Exception as exc:  # noqa: BLE001 - a check, never a reason not to start; tried again next time
+        _RETENTION_CHECKED.discard(topic)
         log.debug("the configs of Kafka topic %s cannot be read: %s", topic, describe(exc))
         return
-    _RETENTION_CHECKED.add(topic)
     if limits:
         log.warning(
             "Kafka topic %s deletes records (%s): what it deletes is out of the reach of replay and of a "
-            "store's rebuild; set retention.ms=-1 and retention.bytes=-1 on it (the gateway makes its topics so)",
+            "store's rebuild; set retention.ms=-1, retention.bytes=-1 and cleanup.policy=delete on it (the "
+            "gateway makes its topics so)",
             topic,
             ", ".join(limits),
         )
     elif unreadable:
-        log.debug("the retention of Kafka topic %s cannot be read: %s", topic, unreadable)
+        # a user without DESCRIBE_CONFIGS: said, not at DEBUG (a re-test's deleting topic went unsaid)
+        log.info(
+            "the retention of Kafka topic %s cannot be checked (%s): give this Kafka user DESCRIBE_CONFIGS on it "
+            "to have a topic that deletes records said at start",
+            topic,
+            unreadable,
+        )
 
 
 async def _wait_for_leaders(admin: AIOKafkaAdminClient, topic: str, seconds: float = 10.0) -> None:

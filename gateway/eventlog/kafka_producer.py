@@ -20,6 +20,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from gateway.eventlog.base import LogOutage
 from gateway.eventlog.group_commit import GroupCommit
 from gateway.eventlog.kafka_admin import ensure_topic, stop_producer
 from gateway.eventlog.kafka_connection import KafkaConnection, kafka_connection
-from gateway.eventlog.log_errors import describe
+from gateway.eventlog.log_errors import describe, latest_refusal
 from gateway.eventlog.spool_lock import lock_spool
 from gateway.eventlog.sqlite import Row, SqliteOutbox, append_event, append_events, refused_after_close
 from gateway.events import UsageEvent
@@ -360,24 +361,34 @@ class KafkaEventLog:
         if not futures:
             return []
         waiter = asyncio.gather(*futures, return_exceptions=True)
-        started = time.monotonic()
+        started, sent_at = time.monotonic(), utcnow()
         while True:
             done, _ = await asyncio.wait({waiter}, timeout=self._warn_interval)
             if done:
                 return list(waiter.result())
             waited = time.monotonic() - started
+            # the reason without the seconds, so the same one is logged once a minute, and with the
+            # refusal aiokafka logged meanwhile (a broker gone or a password rotated under a
+            # connected producer: "not acknowledged for 5s/10s/..." every 5 s, naming nothing: a
+            # re-test)
+            refused = latest_refusal()
+            why = f"Kafka at {self.bootstrap_servers} does not acknowledge" + (f" ({refused})" if refused else "")
+            if self._down_since is None:
+                self._down_since = started
             self._warn(
-                "Kafka at %s has not acknowledged for %.0fs; %d usage events spooled",
-                self.bootstrap_servers,
+                "%s: nothing acknowledged for %.0fs; %d usage events spooled",
+                why,
                 waited,
                 self.pending(),
-                problem=f"Kafka at {self.bootstrap_servers} has not acknowledged for {waited:.0f}s",
+                problem=why,
+                since=sent_at,
             )
 
     # --- reporting -------------------------------------------------------------------------------
-    def _warn(self, message: str, *args: object, problem: str | None = None) -> None:
+    def _warn(self, message: str, *args: object, problem: str | None = None, since: datetime | None = None) -> None:
+        """``since``: when the problem began (default: now, or the outage's start)."""
         if problem is not None and (self._outage is None or self._outage.error != problem):
-            self._outage = LogOutage(problem, self._outage.since if self._outage else utcnow())
+            self._outage = LogOutage(problem, self._outage.since if self._outage else since or utcnow())
         now = time.monotonic()
         every = self._warn_interval if problem is None or problem != self._warned else SAME_WARNING_EVERY
         if now - self._last_warning >= every:

@@ -320,6 +320,9 @@ async def test_consume_without_its_broker_waits_for_it_saying_so(tmp_path: Path)
     assert status == 503 and health["status"] == "waiting_for_log"
     assert "KafkaConnectionError" in health["lagError"]
     assert "the event log cannot be reached" in err.decode() and "Traceback" not in err.decode()
+    first = next(line for line in err.decode().splitlines() if "the event log cannot be reached" in line)
+    assert "Connect call failed" in first and "AddressFamily" not in first, first  # the cause, named at once
+    assert err.decode().rstrip().endswith("its projection ended and its group llm-usage-projector was left")
 
 
 async def test_consume_on_a_broker_address_that_never_answers_serves_health_and_stops_at_once(

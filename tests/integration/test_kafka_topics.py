@@ -40,10 +40,27 @@ async def test_an_existing_topic_that_deletes_records_is_said_once(
     topic = f"deleting-{uuid.uuid4().hex[:12]}"
     await make_topic(kafka_bootstrap, topic, configs)
     with caplog.at_level(logging.WARNING, logger="gateway.eventlog.kafka_admin"):
+        # the producer and the syncs at once (it was said twice), then later: once a process
+        await asyncio.gather(ensure_topic(kafka_bootstrap, topic, 1), ensure_topic(kafka_bootstrap, topic, 1))
         await ensure_topic(kafka_bootstrap, topic, 1)
-        await ensure_topic(kafka_bootstrap, topic, 1)  # the producer, the health sync, ...: once a process
     warnings = [r.getMessage() for r in caplog.records if "deletes records" in r.getMessage()]
     assert len(warnings) == 1 and named in warnings[0] and topic in warnings[0], warnings
+    assert "retention.ms=-1, retention.bytes=-1 and cleanup.policy=delete" in warnings[0]  # compaction too
+
+
+async def test_a_retention_the_user_may_not_read_is_said(caplog: pytest.LogCaptureFixture) -> None:
+    """A user without DESCRIBE_CONFIGS (the README's ACLs for serve): the check was skipped at
+    DEBUG, and a topic that deleted records went unsaid (a re-test on a broker with ACLs)."""
+    from types import SimpleNamespace
+
+    class Refusing:
+        async def describe_configs(self, resources: object) -> list[SimpleNamespace]:
+            return [SimpleNamespace(resources=[(29, "Topic authorization failed.", 2, "llm.acl", [])])]
+
+    with caplog.at_level(logging.INFO, logger="gateway.eventlog.kafka_admin"):
+        await kafka_admin._warn_if_deleting(Refusing(), "llm.acl")  # type: ignore[arg-type]
+    assert "the retention of Kafka topic llm.acl cannot be checked (TopicAuthorizationFailedError" in caplog.text
+    assert "DESCRIBE_CONFIGS" in caplog.text
 
 
 async def test_a_topic_that_keeps_everything_says_nothing(

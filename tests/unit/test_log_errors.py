@@ -183,3 +183,27 @@ def test_refusals_are_kept_whatever_level_is_shown(caplog: pytest.LogCaptureFixt
         aiokafka.setLevel(saved)
         log_errors._FILTER.shown = logging.NOTSET
         remember_causes()
+
+
+async def test_a_connected_producer_whose_broker_stops_answering_is_said_once_with_the_refusal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broker gone or a password rotated under a connected producer: "has not acknowledged for
+    5s/10s/..." every 5 s, 720 lines an hour, and /healthz named no cause (a re-test)."""
+    from gateway.eventlog.kafka_producer import KafkaEventLog
+
+    log = KafkaEventLog("k1:9092", "llm.usage", tmp_path / "spool.sqlite3")
+    log._warn_interval = 0.05
+    logging.getLogger("aiokafka").error(
+        "Unable connect to node with id %s: %s", 1, SaslAuthenticationFailed("invalid credentials")
+    )
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    with caplog.at_level(logging.WARNING, logger="gateway.eventlog.kafka_producer"), pytest.raises(TimeoutError):
+        await asyncio.wait_for(log._acknowledgements([never]), 0.6)
+    warnings = [r.getMessage() for r in caplog.records if "acknowledge" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    outage = log.outage()
+    assert outage is not None and outage.error == (
+        "Kafka at k1:9092 does not acknowledge (broker 1: [Error 58] SaslAuthenticationFailed: invalid credentials)"
+    )
+    await log.close(timeout=0.1)

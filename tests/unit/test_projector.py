@@ -516,6 +516,39 @@ async def test_a_pipeline_stop_cancels_a_batch_a_hung_store_holds(
     assert "still busy 0s after the stop, waiting on store postgres (a store that hangs?)" in caplog.text
 
 
+class RefusedLog(RestartableLog):
+    """A log whose start the cluster's ACLs refuse (a consumer group the user may not join)."""
+
+    closed = False
+
+    async def start(self) -> None:
+        raise PermissionError("GroupAuthorizationFailedError: not-allowed")
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_start_refused_half_way_closes_what_it_opened(tmp_path: Path) -> None:
+    """The ERRORs "Unclosed AIOKafkaProducer" and "Unclosed AIOKafkaConsumer" followed the one-line
+    reason of a group the ACLs refused (a re-test): the dead letters had started, and nothing
+    closed them, nor the store."""
+    from analytics.costs import CostTrackingService
+    from consumers.pipeline import Pipeline
+    from gateway.eventlog.deadletter import SqliteDeadLetters
+
+    log = RefusedLog()
+    store = AnalyticsStore(tmp_path / "a.duckdb")
+    letters = SqliteDeadLetters(tmp_path / "l.sqlite3")
+    projector = Projector(log, [RecordingSink("a")], MemoryDeadLetters(), poll_timeout=0.01)
+    pipeline = Pipeline(log, store, letters, projector, CostTrackingService(store), stop_grace=0.2)
+    with pytest.raises(PermissionError):
+        async with pipeline.running():
+            pytest.fail("started")
+    assert log.closed
+    with pytest.raises(StoreError, match="not open"):
+        store.connection  # noqa: B018
+
+
 class StuckLog(RestartableLog):
     """A log whose commit never answers (a broker gone, a group rebalancing) and whose close
     fails inside the client (aiokafka's fetcher re-raising its cancelled fetch)."""
