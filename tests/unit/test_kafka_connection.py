@@ -13,6 +13,22 @@ from gateway.eventlog.kafka_connection import KafkaConnection, kafka_connection
 from gateway.settings import Settings
 
 
+def make_certificate(key: Path, cert: Path) -> None:
+    """A self-signed client certificate and its key (unencrypted)."""
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "1",
+         "-subj", "/CN=client"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+
+
+def encrypt(key: Path, password: str) -> bytes:
+    """``key`` as an encrypted PEM."""
+    return subprocess.run(
+        ["openssl", "pkey", "-in", key, "-aes256", "-passout", f"pass:{password}"], check=True, capture_output=True
+    ).stdout
+
+
 def settings(**options: object) -> Settings:
     return Settings(_env_file=None, **options)  # type: ignore[call-arg]
 
@@ -48,24 +64,15 @@ def test_the_variables_kafka_tools_use(monkeypatch: pytest.MonkeyPatch) -> None:
     assert context.check_hostname and context.cert_store_stats()["x509_ca"] > 0
 
 
-def test_protocol_and_mechanism_in_any_case_as_kafkas_clients_take_them() -> None:
+def test_sasl_settings_in_any_case_as_kafkas_clients_take_them_and_the_password_not_in_repr() -> None:
     configured = settings(
         kafka_bootstrap_servers="k1:9092",
-        kafka_security_protocol="sasl_plaintext",
+        kafka_security_protocol="sasl_plaintext",  # refused in lower case before (a review)
         kafka_sasl_mechanism="scram-sha-512",
-        kafka_sasl_username="u",
-        kafka_sasl_password="p",
-    )
-    assert (configured.kafka.security_protocol, configured.kafka.sasl_mechanism) == ("SASL_PLAINTEXT", "SCRAM-SHA-512")
-
-
-def test_the_password_is_not_in_the_settings_repr() -> None:
-    configured = settings(
-        kafka_bootstrap_servers="k1:9092",
-        kafka_security_protocol="SASL_PLAINTEXT",
         kafka_sasl_username="u",
         kafka_sasl_password="s3cret-passw0rd",
     )
+    assert (configured.kafka.security_protocol, configured.kafka.sasl_mechanism) == ("SASL_PLAINTEXT", "SCRAM-SHA-512")
     assert "s3cret" not in repr(configured) and "s3cret" not in repr(configured.kafka)
 
 
@@ -92,11 +99,7 @@ def test_settings_that_reach_no_cluster_are_refused_at_start(options: dict[str, 
 
 def test_a_client_certificate_and_its_key_make_the_tls_context(tmp_path: Path) -> None:
     key, cert = tmp_path / "client.key", tmp_path / "client.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "1",
-         "-subj", "/CN=client"],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    make_certificate(key, cert)
     configured = settings(
         kafka_bootstrap_servers="k1:9093",
         kafka_security_protocol="SSL",
@@ -119,15 +122,8 @@ def test_an_encrypted_key_needs_its_password_and_is_never_asked_for(tmp_path: Pa
     start under ``docker run -it`` waited there for good (without one: ``[Errno 22] Invalid
     argument``, a review); a wrong one said ``[SSL] PEM lib``."""
     key, cert, encrypted = tmp_path / "client.key", tmp_path / "client.pem", tmp_path / "encrypted.key"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "1",
-         "-subj", "/CN=client"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    subprocess.run(
-        ["openssl", "pkey", "-in", key, "-aes256", "-passout", "pass:k3y-pw", "-out", encrypted],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    make_certificate(key, cert)
+    encrypted.write_bytes(encrypt(key, "k3y-pw"))
     tls = {"kafka_bootstrap_servers": "k1:9093", "kafka_security_protocol": "SSL", "kafka_ssl_cafile": cert}
     tls |= {"kafka_ssl_certfile": cert, "kafka_ssl_keyfile": encrypted}
     with pytest.raises(ValueError, match=f"key file {encrypted} is encrypted: give its KAFKA_SSL_KEY_PASSWORD"):
@@ -156,15 +152,8 @@ def test_a_key_in_the_certificates_file_is_read_with_its_password(tmp_path: Path
     """One PEM with the certificate and its encrypted key, the password and no key file: it
     worked, then was refused as "a key password without a key file" (a diff read)."""
     key, cert, combined = tmp_path / "client.key", tmp_path / "client.pem", tmp_path / "combined.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "1",
-         "-subj", "/CN=client"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    encrypted = subprocess.run(
-        ["openssl", "pkey", "-in", key, "-aes256", "-passout", "pass:k3y-pw"], check=True, capture_output=True
-    ).stdout
-    combined.write_bytes(cert.read_bytes() + encrypted)
+    make_certificate(key, cert)
+    combined.write_bytes(cert.read_bytes() + encrypt(key, "k3y-pw"))
     tls = {"kafka_bootstrap_servers": "k1:9093", "kafka_security_protocol": "SSL", "kafka_ssl_certfile": combined}
     assert isinstance(settings(**tls, kafka_ssl_key_password="k3y-pw").kafka.ssl_context, ssl.SSLContext)
     with pytest.raises(ValueError, match=f"key file {combined} is encrypted"):
