@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.eventlog.kafka_connection import KafkaConnection
-from gateway.eventlog.log_errors import describe
+from gateway.eventlog.log_errors import describe, refuses_user
 from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ async def _export(
         except ExportError:
             raise
         except Exception as exc:  # noqa: BLE001 - any broker failure is one line
-            if type(exc).__name__.endswith("AuthorizationFailedError"):  # no wait or run again mends an ACL
+            if refuses_user(exc):  # no wait and no run again mends an ACL
                 raise ExportError(f"the Kafka cluster refuses this user ({describe(exc)})", resumable=False) from None
             if stop.is_set():
                 return
@@ -283,19 +283,17 @@ async def _topic_facts(kafka: KafkaConnection, topic: str) -> tuple[str, list[st
     compaction kept one event a tenant; a review) and the records it holds."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient
-    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-    from gateway.eventlog.kafka_admin import topic_partitions
+    from gateway.eventlog.kafka_admin import retention_configs, topic_partitions
 
     admin = AIOKafkaAdminClient(**kafka.client_options(), client_id="llm-gateway-export")
     await admin.start()
     try:
         cluster = str((await admin.describe_cluster()).get("cluster_id") or "kafka")
-        wanted = {"retention.ms": None, "retention.bytes": None, "cleanup.policy": None}
-        responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, wanted)])
+        resources = await retention_configs(admin, topic)
     finally:
         await admin.close()
-    limits = deleting_configs([resource for response in responses for resource in response.resources])
+    limits = deleting_configs(resources)
     partitions = [TopicPartition(topic, p) for p in await topic_partitions(kafka, topic)]
     consumer = AIOKafkaConsumer(**kafka.client_options(), client_id="llm-gateway-export", enable_auto_commit=False)
     await consumer.start()

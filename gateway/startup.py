@@ -11,7 +11,7 @@ import logging
 import sqlite3
 from pathlib import Path
 
-from gateway.eventlog.log_errors import describe
+from gateway.eventlog.log_errors import describe, refuses_user
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def startup_failure(exc: BaseException) -> str | None:
         return " ".join(str(exc).split()) or type(exc).__name__
     if type(exc).__module__.startswith("aiokafka") and type(exc).__name__ in _KAFKA_UNREACHABLE:
         return f"the Kafka broker: {describe(exc)} (is KAFKA_BOOTSTRAP_SERVERS right, and the broker up?)"
-    if type(exc).__module__.startswith("aiokafka") and type(exc).__name__ in _KAFKA_REFUSED:
+    if refuses_user(exc):
         # a consumer whose user may not create the dead-letter topic, or join its group, exited
         # with a 60-line traceback (a review on a broker with ACLs)
         return f"the Kafka cluster refuses this user: {describe(exc)} (see the ACLs it needs in the README)"
@@ -83,8 +83,3 @@ def startup_failure(exc: BaseException) -> str | None:
 #: Kafka mode); a consumer started before its broker exits with this line, and its supervisor
 #: (compose's ``restart``, Kubernetes) starts it again
 _KAFKA_UNREACHABLE = frozenset({"KafkaConnectionError", "KafkaTimeoutError", "NodeNotReadyError"})
-#: aiokafka's errors for what the cluster's ACLs or credentials refuse
-_KAFKA_REFUSED = frozenset({
-    "TopicAuthorizationFailedError", "GroupAuthorizationFailedError", "ClusterAuthorizationFailedError",
-    "SaslAuthenticationFailed", "AuthenticationFailedError", "AuthenticationMethodNotSupported",
-})  # fmt: skip

@@ -133,11 +133,12 @@ def topic_limits(resources: Any) -> tuple[list[str], str | None]:
     return limits, None
 
 
-async def describe_limits(admin: AIOKafkaAdminClient, topic: str) -> tuple[list[str], str | None]:
-    """:func:`topic_limits` of ``topic``."""
+async def retention_configs(admin: AIOKafkaAdminClient, topic: str) -> list[Any]:
+    """DescribeConfigs' resources of ``topic``'s configs that may delete records (for
+    :func:`topic_limits`)."""
     wanted = {"retention.ms": None, "retention.bytes": None, "cleanup.policy": None}
     responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, wanted)])
-    return topic_limits([resource for response in responses for resource in response.resources])
+    return [resource for response in responses for resource in response.resources]
 
 
 #: topics this process has checked for a retention that deletes records
@@ -152,7 +153,7 @@ async def _warn_if_deleting(admin: AIOKafkaAdminClient, topic: str) -> None:
         return
     _RETENTION_CHECKED.add(topic)  # before the wait: the forwarder and the syncs check at once
     try:
-        limits, unreadable = await describe_limits(admin, topic)
+        limits, unreadable = topic_limits(await retention_configs(admin, topic))
     except Exception as exc:  # noqa: BLE001 - a check, never a reason not to start; tried again next time
         _RETENTION_CHECKED.discard(topic)
         log.debug("the configs of Kafka topic %s cannot be read: %s", topic, describe(exc))

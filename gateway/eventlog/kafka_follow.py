@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from datetime import datetime
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -24,10 +23,7 @@ from aiokafka.errors import KafkaError
 from gateway.event_json import event_id_of
 from gateway.eventlog.kafka_admin import ensure_topic, topic_partitions
 from gateway.eventlog.kafka_connection import KafkaConnection, kafka_connection
-from gateway.eventlog.log_errors import describe
-
-#: seconds before the same reason not to reach the topic is logged again
-WARN_AGAIN_AFTER = 60.0
+from gateway.eventlog.log_errors import Repeats, describe
 
 
 class TopicFollower:
@@ -100,16 +96,15 @@ class TopicFollower:
             await asyncio.wait([task])
 
     async def _run(self) -> None:
-        warned: tuple[str, float] | None = None  # the last warning's reason and time
+        repeats = Repeats()
         while True:
             try:
                 consumer = await self._connect()
             except (KafkaError, OSError, TimeoutError) as exc:
                 # once per reason and minute: a WARNING every 2 s for as long as a broker was
                 # down (1,800 lines an hour of the same reason)
-                why, now = describe(exc), time.monotonic()
-                if warned is None or warned[0] != why or now - warned[1] >= WARN_AGAIN_AFTER:
-                    warned = (why, now)
+                why = describe(exc)
+                if repeats.due(why):
                     self.log.warning(
                         "%s cannot read %s yet (%s); %s, retrying every %gs",
                         self.name,
@@ -120,7 +115,7 @@ class TopicFollower:
                     )
                 await asyncio.sleep(self._retry_seconds)
                 continue
-            warned = None
+            repeats.reset()
             try:
                 self.ready.set()
                 await self._follow(consumer)

@@ -32,7 +32,7 @@ from gateway.eventlog.base import LogOutage
 from gateway.eventlog.group_commit import GroupCommit
 from gateway.eventlog.kafka_admin import ensure_topic, stop_producer
 from gateway.eventlog.kafka_connection import KafkaConnection, kafka_connection
-from gateway.eventlog.log_errors import describe, latest_refusal
+from gateway.eventlog.log_errors import Repeats, describe, latest_refusal, refuses_user
 from gateway.eventlog.spool_lock import lock_spool
 from gateway.eventlog.sqlite import Row, SqliteOutbox, append_event, append_events, refused_after_close
 from gateway.events import UsageEvent
@@ -42,10 +42,6 @@ log = logging.getLogger(__name__)
 
 #: seconds between two warnings that the spool cannot delete what Kafka acknowledged
 UNDELETED_LOG_EVERY = 30.0
-#: seconds between two warnings of the same reason Kafka is unavailable (``/healthz`` and
-#: ``llm_gateway_event_log_up`` say it meanwhile): every 5 s was 720 lines an hour of a rotated
-#: password (a review)
-SAME_WARNING_EVERY = 60.0
 
 
 class KafkaEventLog:
@@ -91,15 +87,15 @@ class KafkaEventLog:
         self._spool = SqliteOutbox(spool_path, table="spool")
         self._wakeup = asyncio.Event()
         self._stopping = asyncio.Event()  # ends the forwarder's backoff: a stop waited it out
-        self._warned: str | None = None  # the reason of the last warning logged
+        self._repeats = Repeats()  # the same reason is a warning once a minute
         self._staged = GroupCommit(self._write)
         self._closing = False
         self._producer: AIOKafkaProducer | None = None
         self._forwarder: asyncio.Task[None] | None = None
         self._checkpoints: asyncio.Task[None] | None = None
-        self._down_since: float | None = None
         #: why the forwarder cannot put events on the topic, since when (``outage``): not
-        #: connected yet counts as nothing wrong, a failed connection or send as an outage
+        #: connected yet counts as nothing wrong, a failed connection or send as an outage (the
+        #: "acknowledging again after" line counts from its start)
         self._outage: LogOutage | None = None
         self._catching_up = False  # forwarding a backlog (after an outage or a restart)
         self._partitioner = DefaultPartitioner()
@@ -373,8 +369,6 @@ class KafkaEventLog:
             # re-test)
             refused = latest_refusal()
             why = f"Kafka at {self.bootstrap_servers} does not acknowledge" + (f" ({refused})" if refused else "")
-            if self._down_since is None:
-                self._down_since = started
             self._warn(
                 "%s: nothing acknowledged for %.0fs; %d usage events spooled",
                 why,
@@ -385,18 +379,15 @@ class KafkaEventLog:
             )
 
     # --- reporting -------------------------------------------------------------------------------
-    def _warn(self, message: str, *args: object, problem: str | None = None, since: datetime | None = None) -> None:
-        """``since``: when the problem began (default: now, or the outage's start)."""
-        if problem is not None and (self._outage is None or self._outage.error != problem):
+    def _warn(self, message: str, *args: object, problem: str, since: datetime | None = None) -> None:
+        """Note ``problem`` as the outage (``since``: when it began; default: now, or the
+        outage's start) and log ``message`` if a warning of it is due."""
+        if self._outage is None or self._outage.error != problem:
             self._outage = LogOutage(problem, self._outage.since if self._outage else since or utcnow())
         now = time.monotonic()
-        every = self._warn_interval if problem is None or problem != self._warned else SAME_WARNING_EVERY
-        if now - self._last_warning >= every:
+        if now - self._last_warning >= self._warn_interval and self._repeats.due(problem):
             self._last_warning = now
-            self._warned = problem
             log.warning(message, *args)
-        if self._down_since is None:
-            self._down_since = now
 
     def _note_down(self, exc: BaseException, retry_in: float) -> None:
         if isinstance(exc, InvalidTimestampError):
@@ -415,7 +406,7 @@ class KafkaEventLog:
             return
         why = describe(exc)
         # the cluster's ACLs refusing the user is no outage: said "unavailable" (a review)
-        state = "refuses this user" if type(exc).__name__.endswith("AuthorizationFailedError") else "unavailable"
+        state = "refuses this user" if refuses_user(exc) else "unavailable"
         self._warn(
             "Kafka at %s %s (%s); %d usage events spooled, retrying in %.1fs",
             self.bootstrap_servers,
@@ -427,14 +418,14 @@ class KafkaEventLog:
         )
 
     def _note_up(self) -> None:
-        if self._down_since is not None:
+        if self._outage is not None:
             log.info(
                 "Kafka at %s acknowledging again after %.0fs; %d usage events still spooled",
                 self.bootstrap_servers,
-                time.monotonic() - self._down_since,
+                (utcnow() - self._outage.since).total_seconds(),
                 self.pending(),
             )
-            self._down_since = None
+            self._outage = None
             self._last_warning = 0.0
-            self._warned = None
+            self._repeats.reset()
             self._catching_up = True

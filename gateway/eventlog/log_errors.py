@@ -16,6 +16,16 @@ import logging
 import re
 import time
 
+#: aiokafka's errors for what a cluster's ACLs or credentials refuse (by name: aiokafka is
+#: imported only in Kafka mode): no wait and no retry mends them
+_USER_REFUSED = frozenset({
+    "TopicAuthorizationFailedError", "GroupAuthorizationFailedError", "ClusterAuthorizationFailedError",
+    "SaslAuthenticationFailed", "AuthenticationFailedError", "AuthenticationMethodNotSupported",
+})  # fmt: skip
+#: seconds before a warning of the same reason is logged again (``/healthz`` says it meanwhile):
+#: every 2 to 5 s was thousands of lines an hour of one rotated password (a review)
+SAME_REASON_EVERY = 60.0
+
 #: a refusal older than this is not named: it may be from before the broker went away
 CAUSE_TTL = 120.0
 #: addresses whose refusal is kept (a bound: a host list comes from the configuration)
@@ -107,3 +117,28 @@ def describe(error: BaseException) -> str:
     if known:
         return f"{text} ({'; '.join(f'{a}: {c}' for a, c in known.items())})"
     return text
+
+
+def refuses_user(error: BaseException) -> bool:
+    """Whether ``error`` is the cluster refusing this user (its ACLs or its credentials)."""
+    return type(error).__module__.startswith("aiokafka") and type(error).__name__ in _USER_REFUSED
+
+
+class Repeats:
+    """Whether a warning is due: at once for a reason other than the last one logged, else once
+    per :data:`SAME_REASON_EVERY` (the forwarder's, the topic followers')."""
+
+    def __init__(self) -> None:
+        self._last: tuple[str, float] | None = None
+
+    def due(self, reason: str) -> bool:
+        """True, and noted as logged, when a warning of ``reason`` is due now."""
+        now = time.monotonic()
+        if self._last is not None and self._last[0] == reason and now - self._last[1] < SAME_REASON_EVERY:
+            return False
+        self._last = (reason, now)
+        return True
+
+    def reset(self) -> None:
+        """The trouble is over: the next reason is said at once, whatever it is."""
+        self._last = None

@@ -207,3 +207,14 @@ async def test_a_connected_producer_whose_broker_stops_answering_is_said_once_wi
         "Kafka at k1:9092 does not acknowledge (broker 1: [Error 58] SaslAuthenticationFailed: invalid credentials)"
     )
     await log.close(timeout=0.1)
+
+
+def test_a_reason_is_due_at_once_when_new_and_once_a_minute_when_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    repeats = log_errors.Repeats()
+    assert repeats.due("a") and not repeats.due("a")
+    assert repeats.due("b")  # another reason: at once
+    monkeypatch.setattr(log_errors, "SAME_REASON_EVERY", 0.0)
+    assert repeats.due("b")  # the minute is over
+    monkeypatch.setattr(log_errors, "SAME_REASON_EVERY", 60.0)
+    repeats.reset()
+    assert repeats.due("b")  # the trouble was over: said again at once
