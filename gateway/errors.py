@@ -436,6 +436,16 @@ class ClientTooSlow(StreamCut):
     outcome = "cancelled"
 
 
+class CallStopped(StreamCut):
+    """An attempt made of several upstream calls (Gemini's embeddings, 100 inputs a call) that
+    the gateway's side stopped between two of them: the client left, or no connection came free
+    for the next call. Billed for the calls made; neutral for the provider's health."""
+
+    status = 503
+    code = "call_stopped"
+    outcome = "cancelled"
+
+
 class AllProvidersFailed(GatewayError):
     """Every candidate provider failed: one error naming each attempt's outcome."""
 

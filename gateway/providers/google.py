@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from urllib.parse import quote
 
 from gateway import errors
@@ -12,6 +11,7 @@ from gateway.embedding import EMBEDDINGS, EmbeddingRequest, EmbeddingResult
 from gateway.providers import embedding_wire
 from gateway.providers import google_wire as wire
 from gateway.providers.base import Timeouts
+from gateway.providers.embedding_batches import embed_in_batches
 from gateway.providers.google_thinking import effort_lacks, json_with_tools_lacks
 from gateway.providers.http import (
     malformed,
@@ -24,7 +24,7 @@ from gateway.providers.http import (
 )
 from gateway.providers.sse import iter_sse
 from gateway.providers.upstream_http import UpstreamClient
-from gateway.providers.upstream_response import Response
+from gateway.providers.upstream_response import Response, Timeout
 from gateway.settings import ProviderSettings
 from gateway.tool_calls import whole_call_parts
 from gateway.types import CAPABILITIES, ChatRequest, ChatResult, FinishReason, StreamChunk, Usage
@@ -87,43 +87,18 @@ class GoogleProvider:
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:  # Embeddings
         """Gemini takes at most :data:`EMBED_BATCH` inputs a call (its 400 "at most 100 requests
         can be in one batch"; OpenAI's clients send up to 2,048): more go in several calls, one
-        after the other, their vectors joined in order. A failure after a first call was answered
-        ends the attempt as an answer cut mid-way (``StreamCut``), billed at a cost no one saw: not
-        retried, which would embed (and bill) the first calls' inputs again, and recorded even
-        when the next call was never sent (a busy pool, the client gone: no event at all before,
-        a diff review)."""
-        texts = request.texts or ()
-        if len(texts) <= EMBED_BATCH:
-            return await self._embed_batch(request)
-        results: list[EmbeddingResult] = []
-        for start in range(0, len(texts), EMBED_BATCH):
-            try:
-                results.append(await self._embed_batch(replace(request, texts=texts[start : start + EMBED_BATCH])))
-            except (errors.ProviderError, errors.ClientGone) as exc:
-                if not results:
-                    raise
-                cut = errors.StreamCut(
-                    f"{self.name}: the answer broke after {start} of {len(texts)} inputs were embedded: {exc.message}",
-                    provider=self.name,
-                    http_status=getattr(exc, "http_status", None),
-                )
-                cut.billed_unseen = True
-                usages = [r.usage for r in results]
-                if None not in usages:  # what the embedded batches used, when Gemini said it
-                    cut.usage = Usage(prompt_tokens=sum(u.prompt_tokens for u in usages if u is not None))
-                raise cut from exc
-        usages = [r.usage for r in results]
-        usage = None if None in usages else Usage(prompt_tokens=sum(u.prompt_tokens for u in usages if u is not None))
-        return EmbeddingResult([v for r in results for v in r.vectors], usage, results[0].model)
+        after the other, within one request timeout, their vectors joined in order; a failure
+        after the first is never retried (``embedding_batches``)."""
+        return await embed_in_batches(self._embed_batch, request, EMBED_BATCH, self.name, self._timeouts)
 
-    async def _embed_batch(self, request: EmbeddingRequest) -> EmbeddingResult:
+    async def _embed_batch(self, request: EmbeddingRequest, timeout: Timeout) -> EmbeddingResult:
         obj, _ = await post_json(
             self._session,
             self.name,
             self._url(request.model, "batchEmbedContents"),
             headers=self._headers,
             body=embedding_wire.gemini_body(request),
-            timeout=self._timeouts.non_streaming(),
+            timeout=timeout,
             classify=wire.classify,
         )
         return embedding_wire.read_answer(

@@ -258,19 +258,45 @@ async def test_gemini_gets_at_most_100_inputs_a_call_and_the_vectors_stay_in_ord
         assert [item.embedding for item in answer.data] == [sim.embedding(text) for text in texts]
         assert [len(r.body["requests"]) for r in sim.requests] == [100, 100, 50]
         assert len(gw.event_log.events) == 1  # one attempt, however many calls it took
-        # a later call failing: the attempt is cut, billed for the inputs already embedded, and
-        # not retried (a retry embedded and billed the first 100 again: a diff review)
-        for fault in (Fault("server_error"), Fault("rate_limit", retry_after=1)):
+        # a later call failing is the failure it is, with its status and retry-after, billed for
+        # the inputs already embedded, and not retried (a retry embedded and billed the first 100
+        # again: a diff review), nor left to the SDK (x-should-retry: false)
+        failures = [
+            (Fault("server_error"), 502, "upstream_error"),
+            (Fault("rate_limit", retry_after=1), 429, "rate_limited"),
+            (Fault("bad_request"), 400, "client_error"),
+        ]
+        for fault, status, outcome in failures:
             sent = len(sim.requests)
             sim.faults.push(Fault("delay", delay=0))
             sim.faults.push(fault)
             with pytest.raises(openai.APIStatusError) as failed:
                 await embed(gw, model="gemini-embedding-001", input=texts)
-            assert failed.value.status_code == 502
+            assert failed.value.status_code == status
+            assert "inputs 100 to 199 of 250 failed, after the first 100 were embedded" in failed.value.message
+            headers = failed.value.response.headers
+            assert headers["x-should-retry"] == "false" and headers["x-llm-attempts"] == "1"
+            assert headers.get("retry-after") == ("1" if outcome == "rate_limited" else None)
             assert [len(r.body["requests"]) for r in sim.requests[sent:]] == [100, 100]
             event = gw.event_log.events[-1]
-            assert event.outcome == "stream_cut" and event.billable and event.cost_usd is None
-            assert failed.value.response.headers["x-llm-cost-usd"] == "unpriced"
+            assert event.outcome == outcome and event.billable and event.cost_usd is None
+            assert headers["x-llm-cost-usd"] == "unpriced"  # the simulator, as Gemini, reports no usage
+
+
+async def test_one_tenants_bad_inputs_late_in_a_batch_do_not_open_geminis_circuit() -> None:
+    """A 400 for the 101st input was a ``stream_cut``, a provider failure: five such calls of one
+    tenant opened Google's circuit, and every tenant's Gemini calls were refused (a review)."""
+    texts = [f"text number {i}" for i in range(150)]
+    async with running_gateway(providers=("google",)) as gw:
+        sim = gw.sims["google"]
+        for _ in range(6):
+            sim.faults.push(Fault("delay", delay=0))
+            sim.faults.push(Fault("bad_request"))
+            with pytest.raises(openai.BadRequestError):
+                await embed(gw, model="gemini-embedding-001", input=texts, extra_body={"tenantId": "t_bad"})
+        answer = await embed(gw, model="gemini-embedding-001", input=["fine"], extra_body={"tenantId": "t_good"})
+        assert answer.headers["x-llm-provider"] == "google"
+        assert {e.outcome for e in gw.event_log.events} == {"client_error", "success"}
 
 
 async def test_an_azure_deployment_serves_its_model_and_a_group_never_swaps_models() -> None:

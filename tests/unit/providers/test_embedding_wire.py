@@ -110,10 +110,11 @@ def test_base64_and_floats_convert_as_openai_does() -> None:
         errors.RateLimited("google: 429", provider="google", retry_after=1.0),
     ],
 )
-async def test_a_gemini_call_failing_after_a_first_batch_is_a_billed_cut_not_a_retry(late: Exception) -> None:
+async def test_a_gemini_call_failing_after_a_first_batch_is_billed_and_not_retried(late: Exception) -> None:
     """After a first batch was embedded, a later one that was not even sent (a busy pool, the
     client gone) recorded no event at all, and a rate limit was retried from the first batch,
-    which embedded it again (a diff review): the attempt is now cut, billed, and not retried."""
+    which embedded it again (a diff review): the attempt is now billed, and not retried
+    (``test_embedding_batches``: what each failure is)."""
     from gateway.embedding import EmbeddingResult
     from gateway.providers.base import Timeouts
     from gateway.providers.google import GoogleProvider
@@ -122,17 +123,17 @@ async def test_a_gemini_call_failing_after_a_first_batch_is_a_billed_cut_not_a_r
     provider = GoogleProvider(ProviderSettings(api_key="k"), None, Timeouts())  # type: ignore[arg-type]
     calls: list[int] = []
 
-    async def batch(request: EmbeddingRequest) -> EmbeddingResult:
+    async def batch(request: EmbeddingRequest, timeout: object) -> EmbeddingResult:
         calls.append(request.count)
         if len(calls) == 2:
             raise late
         return EmbeddingResult([[0.5]] * request.count, None, request.model)
 
     provider._embed_batch = batch  # type: ignore[method-assign]
-    with pytest.raises(errors.StreamCut) as cut:
+    with pytest.raises(errors.ProviderError) as cut:
         await provider.embed(EmbeddingRequest("gemini-embedding-001", texts=tuple("x" * 150)))
-    assert calls == [100, 50] and cut.value.billed_unseen and not cut.value.retryable
-    assert "after 100 of 150 inputs" in cut.value.message
+    assert calls == [100, 50] and cut.value.billed_unseen and not cut.value.retryable and not cut.value.fallback
+    assert "inputs 100 to 149 of 150 failed, after the first 100 were embedded" in cut.value.message
 
 
 def test_an_adapter_claims_embeddings_exactly_when_it_makes_them() -> None:
@@ -162,13 +163,13 @@ async def test_a_cut_gemini_attempt_keeps_the_usage_of_the_batches_embedded() ->
 
     provider = GoogleProvider(ProviderSettings(api_key="k"), None, Timeouts())  # type: ignore[arg-type]
 
-    async def batch(request: EmbeddingRequest) -> EmbeddingResult:
+    async def batch(request: EmbeddingRequest, timeout: object) -> EmbeddingResult:
         if request.texts and request.texts[0] == "late":
             raise errors.UpstreamServerError("google: 500", provider="google", http_status=500)
         return EmbeddingResult([[0.5]] * request.count, Usage(prompt_tokens=request.count * 2), request.model)
 
     provider._embed_batch = batch  # type: ignore[method-assign]
     texts = ("x",) * 200 + ("late",)
-    with pytest.raises(errors.StreamCut) as cut:
+    with pytest.raises(errors.UpstreamServerError) as cut:  # a 500 refused the last call: not billed
         await provider.embed(EmbeddingRequest("gemini-embedding-001", texts=texts))
-    assert cut.value.usage == Usage(prompt_tokens=400) and cut.value.billed_unseen
+    assert cut.value.usage == Usage(prompt_tokens=400) and not cut.value.billed_unseen

@@ -1,0 +1,98 @@
+"""One embedding attempt in several upstream calls (Gemini takes at most 100 inputs a call): one
+deadline for them all, their vectors joined in order, and what a failure after the first means.
+
+A failure after a first call was answered ends the attempt as what it is, the vendor's 400 (the
+client's input), 429 or 5xx, as the same failure of a single call would (a 400 among the later
+inputs was a ``stream_cut``: a provider failure, and five such calls of one tenant opened the
+provider's circuit for every tenant; a 429 reached the client as a 502 without its
+``retry-after``: a review). But it is neither retried nor tried elsewhere, which would embed
+and bill the first calls' inputs again, and it is billed for what the calls before it embedded,
+plus what the failing call's own answer reports (a 200 it could not read), or at an unknown cost
+when any of them did not say.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+
+from gateway import errors
+from gateway.embedding import EmbeddingRequest, EmbeddingResult
+from gateway.providers.base import Timeouts
+from gateway.providers.upstream_response import Timeout
+from gateway.types import Usage
+
+EmbedBatch = Callable[[EmbeddingRequest, Timeout], Awaitable[EmbeddingResult]]
+
+
+async def embed_in_batches(
+    embed_batch: EmbedBatch, request: EmbeddingRequest, size: int, provider: str, timeouts: Timeouts
+) -> EmbeddingResult:
+    """``request``'s texts ``size`` at a time, one call after the other, all within the request
+    timeout (each call had its own: 21 calls of 2,048 inputs could take 21 times the timeout, and
+    the SDK's retries of its own timeout were billed again: a review)."""
+    texts = request.texts or ()
+    if len(texts) <= size:
+        return await embed_batch(request, timeouts.non_streaming())
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeouts.request
+    results: list[EmbeddingResult] = []
+    for start in range(0, len(texts), size):
+        part = replace(request, texts=texts[start : start + size])
+        try:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise errors.UpstreamTimeout(
+                    f"{provider}: the request timeout ({timeouts.request:g}s) ran out", provider=provider
+                )
+            results.append(await embed_batch(part, Timeout(total=left, connect=timeouts.connect)))
+        except (errors.ProviderError, errors.ClientGone) as exc:
+            if not results:
+                raise
+            raise _after_first(exc, provider, start, start + len(part.texts or ()), len(texts), results) from exc
+    usages = [r.usage for r in results]
+    usage = None if None in usages else Usage(prompt_tokens=sum(u.prompt_tokens for u in usages if u is not None))
+    return EmbeddingResult([v for r in results for v in r.vectors], usage, results[0].model)
+
+
+def _after_first(
+    cause: errors.ProviderError | errors.ClientGone,
+    provider: str,
+    start: int,
+    end: int,
+    total: int,
+    results: list[EmbeddingResult],
+) -> errors.ProviderError:
+    what = f"{provider}: inputs {start} to {end - 1} of {total} failed, after the first {start} were embedded"
+    error: errors.ProviderError
+    if isinstance(cause, errors.ClientGone):
+        error = errors.CallStopped(f"{what}: the client left", provider=provider)
+    elif isinstance(cause, errors.ConnectionsBusy):  # nothing sent, but the calls before were
+        error = errors.CallStopped(f"{what}: {_words(cause, provider)}", provider=provider)
+    else:
+        error = cause
+        error.message = f"{what}: {_words(cause, provider)}"
+        error.args = (error.message,)
+    error.retryable = False  # type: ignore[misc]
+    error.fallback = False  # type: ignore[misc]
+    error.client_should_retry = False  # type: ignore[misc]  # billed: a retry bills the first inputs again
+    # the failing call's own answer: a 200 it could not read is billed at the usage it reports,
+    # or at a cost no one saw (its usage unreadable, a timeout after it had the whole request)
+    own = cause.usage if isinstance(cause, errors.ProviderError) else None
+    unseen = (
+        isinstance(cause, errors.ProviderError)
+        and own is None
+        and (cause.billed_unseen or isinstance(cause, errors.StreamCut))
+    )
+    usages = [r.usage for r in results] + ([own] if own is not None else [])
+    if unseen or None in usages:
+        error.usage, error.billed_unseen = None, True
+    else:
+        error.usage = Usage(prompt_tokens=sum(u.prompt_tokens for u in usages if u is not None))
+        error.billed_unseen = False
+    return error
+
+
+def _words(cause: errors.GatewayError, provider: str) -> str:
+    return cause.message.removeprefix(f"{provider}: ")

@@ -1,0 +1,127 @@
+"""An embedding attempt in several upstream calls (``embed_in_batches``): one deadline for all of
+them, and a failure after the first billed for what was embedded, never retried or fallen back
+from, and the failure it is (a review: every such failure was a ``stream_cut``)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import pytest
+
+from gateway import errors
+from gateway.embedding import EmbeddingRequest, EmbeddingResult
+from gateway.providers.base import Timeouts
+from gateway.providers.embedding_batches import embed_in_batches
+from gateway.providers.upstream_response import Timeout
+from gateway.types import Usage
+
+TEXTS = tuple(f"t{i}" for i in range(25))
+
+
+class Upstream:
+    """Each call answers one vector per text and reports 2 tokens a text, unless told to fail."""
+
+    def __init__(self, fail_at: int | None = None, failure: BaseException | None = None, wait: float = 0.0) -> None:
+        self.fail_at, self.failure, self.wait = fail_at, failure, wait
+        self.timeouts: list[Timeout] = []
+
+    async def __call__(self, request: EmbeddingRequest, timeout: Timeout) -> EmbeddingResult:
+        self.timeouts.append(timeout)
+        if len(self.timeouts) - 1 == self.fail_at:
+            assert self.failure is not None
+            raise self.failure
+        await asyncio.sleep(self.wait)
+        texts = request.texts or ()
+        return EmbeddingResult([[float(len(t))] for t in texts], Usage(prompt_tokens=2 * len(texts)), "m")
+
+
+async def embed(upstream: Upstream, timeouts: Timeouts | None = None) -> EmbeddingResult:
+    return await embed_in_batches(
+        upstream, EmbeddingRequest("m", texts=TEXTS), 10, "google", timeouts or Timeouts(request=30, connect=5)
+    )
+
+
+async def test_the_calls_share_one_request_timeout() -> None:
+    """Each call had a fresh timeout: 300 inputs at 4 s a call took 12 s under a 5 s timeout."""
+    upstream = Upstream(wait=0.05)
+    result = await embed(upstream, Timeouts(request=10, connect=5))
+    assert len(result.vectors) == 25 and result.usage == Usage(prompt_tokens=50)
+    totals = [t.total for t in upstream.timeouts]
+    assert totals[0] is not None and totals[0] <= 10
+    assert all(b is not None and a is not None and b <= a - 0.04 for a, b in itertools.pairwise(totals))
+
+    slow = Upstream(wait=0.15)
+    with pytest.raises(errors.UpstreamTimeout) as out:
+        await embed(slow, Timeouts(request=0.2, connect=5))
+    assert "ran out" in out.value.message and "inputs 20 to 24 of 25" in out.value.message
+    assert len(slow.timeouts) == 2  # the third call is not sent past the deadline
+    assert out.value.usage == Usage(prompt_tokens=40) and not out.value.retryable
+
+
+@pytest.mark.parametrize(
+    ("failure", "status", "outcome"),
+    [
+        (
+            errors.UpstreamBadRequest("google: requests[0].content: input too long", provider="google"),
+            400,
+            "client_error",
+        ),
+        (errors.RateLimited("google: quota", provider="google", http_status=429, retry_after=7), 429, "rate_limited"),
+        (errors.Overloaded("google: overloaded", provider="google", http_status=503), 503, "overloaded"),
+        (errors.UpstreamServerError("google: internal", provider="google", http_status=500), 502, "upstream_error"),
+    ],
+)
+async def test_a_later_failure_is_itself_billed_for_the_inputs_before_it(
+    failure: errors.ProviderError, status: int, outcome: str
+) -> None:
+    with pytest.raises(errors.ProviderError) as out:
+        await embed(Upstream(fail_at=1, failure=failure))
+    error = out.value
+    assert (error.status, error.outcome) == (status, outcome)
+    assert not error.retryable and not error.fallback and error.client_should_retry is False
+    assert error.usage == Usage(prompt_tokens=20) and not error.billed_unseen  # the first 10 inputs
+    assert "inputs 10 to 19 of 25 failed, after the first 10 were embedded" in error.message
+    assert error.retry_after == failure.retry_after
+
+
+async def test_what_the_failing_call_reports_or_hides_is_billed_too() -> None:
+    """A 200 the adapter could not read is billed at the usage it reports (it was left out: the
+    cost recorded was the calls' before it alone); one that reports none, or a timeout after the
+    call had the whole request, makes the attempt's cost unknown, never an exact figure."""
+    unreadable = errors.MalformedResponse("google: not a vector", provider="google")
+    unreadable.usage, unreadable.billed_unseen = Usage(prompt_tokens=20), False
+    with pytest.raises(errors.MalformedResponse) as out:
+        await embed(Upstream(fail_at=2, failure=unreadable))
+    assert out.value.usage == Usage(prompt_tokens=60) and not out.value.billed_unseen
+
+    for hidden in (errors.MalformedResponse("google: garbage", provider="google"), _sent_timeout()):
+        with pytest.raises(errors.ProviderError) as out:
+            await embed(Upstream(fail_at=1, failure=hidden))
+        assert out.value.usage is None and out.value.billed_unseen
+
+
+def _sent_timeout() -> errors.UpstreamTimeout:
+    timed_out = errors.UpstreamTimeout("google: request timed out", provider="google")
+    timed_out.billed_unseen = True
+    return timed_out
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [errors.ClientGone("google: the client left"), errors.ConnectionsBusy("google: pool busy", provider="google")],
+)
+async def test_the_gateways_own_stop_is_recorded_and_neutral_for_health(failure: Exception) -> None:
+    """Nothing was sent for the later inputs, but the calls before were billed: an attempt the
+    router records (a busy pool or a client gone before an attempt records none), as cancelled."""
+    with pytest.raises(errors.CallStopped) as out:
+        await embed(Upstream(fail_at=1, failure=failure))
+    assert out.value.outcome == "cancelled" and out.value.usage == Usage(prompt_tokens=20)
+    assert not isinstance(out.value, errors.ConnectionsBusy | errors.ClientGone)
+
+
+async def test_a_first_call_failing_is_the_failure_as_it_came() -> None:
+    failure = errors.RateLimited("google: quota", provider="google", http_status=429)
+    with pytest.raises(errors.RateLimited) as out:
+        await embed(Upstream(fail_at=0, failure=failure))
+    assert out.value is failure and out.value.retryable and out.value.usage is None
