@@ -10,6 +10,17 @@ from typing import Protocol
 
 from gateway.types import Usage
 
+#: one token of every kind a price can distinguish, the probe of what an attempt whose usage was
+#: never seen may cost (``reprice.unseen_cost``): what costs nothing here is free
+EVERY_KIND_OF_TOKEN = Usage(
+    prompt_tokens=4,
+    completion_tokens=2,
+    cached_tokens=1,
+    cache_creation_tokens=2,
+    cache_creation_1h_tokens=1,
+    reasoning_tokens=1,
+)
+
 THOUSAND = Decimal(1000)
 #: wide enough for any cost exactly: a price file's rate has up to 46 digits (10**15 with 30
 #: decimals) and a count 10; Decimal's default 28 digits rounded a long rate's products

@@ -25,6 +25,7 @@ from functools import lru_cache
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
+from gateway.pricing.base import EVERY_KIND_OF_TOKEN
 from gateway.types import Usage
 
 if TYPE_CHECKING:
@@ -119,7 +120,9 @@ def genai_cost(provider: str, model: str, usage: Usage, at: datetime) -> Decimal
         # e.g. Azure's davinci-002 entry has an input price only: the library bills the output
         # at 0, which would record a partly free call; unpriced instead (replay can cost it).
         # Said once per model: it was two lines for every call of such a model (a review)
-        if (provider, model, missing) not in _SAID_MISSING:
+        # not for the probe of an unseen attempt's cost: an embedding model (no output rate) was
+        # said to have "calls that use such tokens" on its first such attempt (a review)
+        if usage is not EVERY_KIND_OF_TOKEN and (provider, model, missing) not in _SAID_MISSING:
             _SAID_MISSING.add((provider, model, missing))
             log.warning(
                 "genai-prices has no %s price for %r/%r: its calls that use such tokens are recorded unpriced",

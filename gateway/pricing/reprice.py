@@ -32,7 +32,7 @@ from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 from gateway.events import STORED_MONEY, UsageEvent
-from gateway.pricing.base import EXACT, PriceBook, Quote
+from gateway.pricing.base import EVERY_KIND_OF_TOKEN, EXACT, PriceBook, Quote
 from gateway.types import Usage
 
 log = logging.getLogger(__name__)
@@ -70,15 +70,6 @@ def quote_models(book: PriceBook, provider: str, models: Sequence[str | None], u
     return quote if cost is quote.cost else replace(quote, cost=cost)
 
 
-#: one token of every kind a price can distinguish: what costs nothing here is free
-EVERY_KIND_OF_TOKEN = Usage(
-    prompt_tokens=4,
-    completion_tokens=2,
-    cached_tokens=1,
-    cache_creation_tokens=2,
-    cache_creation_1h_tokens=1,
-    reasoning_tokens=1,
-)
 ZERO = Decimal(0)
 
 

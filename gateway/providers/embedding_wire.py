@@ -23,6 +23,8 @@ def _vectors(provider: str, raw: list[Any], count: int, *, base64_text: bool) ->
         if vector is None:
             raise malformed(provider, f"embedding {i} is not a vector")
         vectors.append(vector)
+    if len(set(map(len, vectors))) > 1:  # one model makes vectors of one size (ragged ones passed)
+        raise malformed(provider, "embeddings of different lengths")
     return vectors
 
 

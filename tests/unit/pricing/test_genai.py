@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -187,3 +188,23 @@ def test_a_missing_rate_is_said_once_per_model_not_per_call(
         assert genai_cost("azure", "babbage-002", with_output, AT) is None
     said = [r.getMessage() for r in caplog.records if "babbage-002" in r.getMessage()]
     assert len(said) == 1
+
+
+def test_the_probe_of_an_unseen_attempts_cost_says_nothing_of_missing_rates(caplog: pytest.LogCaptureFixture) -> None:
+    """An embedding model has no output rate: the probe of what an attempt whose usage no one
+    saw may cost (one token of every kind) logged "its calls that use such tokens are recorded
+    unpriced" on the model's first such attempt, where no call uses any (a review)."""
+    from gateway.pricing.base import EVERY_KIND_OF_TOKEN
+
+    genai._SAID_MISSING.discard(("openai", "text-embedding-3-small", "output"))
+    at = datetime.now(UTC)
+    with caplog.at_level(logging.WARNING, logger="gateway.pricing.genai"):
+        assert genai.genai_cost("openai", "text-embedding-3-small", EVERY_KIND_OF_TOKEN, at) is None
+        assert not caplog.records
+        assert genai.genai_cost("openai", "text-embedding-3-small", Usage(prompt_tokens=3), at) is not None
+        assert not caplog.records
+        assert (
+            genai.genai_cost("openai", "text-embedding-3-small", Usage(prompt_tokens=3, completion_tokens=1), at)
+            is None
+        )
+    assert ["no output price for 'openai'/'text-embedding-3-small'" in r.getMessage() for r in caplog.records] == [True]

@@ -100,6 +100,24 @@ def test_base64_and_floats_convert_as_openai_does() -> None:
     assert checked_vector([1, float("nan")], base64_text=False) is None
     assert checked_vector([1, 2.5], base64_text=False) == [1, 2.5]
     assert checked_vector([1.0, float("inf")], base64_text=False) is None
+    # the same in base64 (what the SDKs ask for by default) passed on as it came (a review)
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        text = base64.b64encode(struct.pack("<3f", 1.0, bad, 0.5)).decode()
+        assert checked_vector(text, base64_text=True) is None
+    assert checked_vector(encoded, base64_text=True) == encoded
+
+
+def test_vectors_of_different_lengths_in_one_answer_are_malformed() -> None:
+    from gateway.providers.embedding_wire import parse_openai
+
+    request = EmbeddingRequest("m", texts=("a", "b"))
+    for second in ([0.1, 0.2], [0.1, 0.2, 0.3]):
+        answer = {"data": [{"index": 0, "embedding": [0.1, 0.2]}, {"index": 1, "embedding": second}]}
+        if len(second) == 2:
+            assert len(parse_openai(answer, request, "openai").vectors) == 2
+        else:
+            with pytest.raises(errors.MalformedResponse, match="different lengths"):
+                parse_openai(answer, request, "openai")
 
 
 @pytest.mark.parametrize(
