@@ -20,6 +20,8 @@ from dataclasses import replace
 from gateway import errors
 from gateway.embedding import EmbeddingRequest, EmbeddingResult
 from gateway.providers.base import Timeouts
+from gateway.providers.http import malformed, with_billed_usage
+from gateway.providers.upstream_http import CLIENT_GONE
 from gateway.providers.upstream_response import Timeout
 from gateway.types import Usage
 
@@ -41,6 +43,10 @@ async def embed_in_batches(
     for start in range(0, len(texts), size):
         part = replace(request, texts=texts[start : start + size])
         try:
+            if results and (gone := CLIENT_GONE.get()) is not None and gone():
+                # nobody reads the answer: the calls left would be billed for nothing (a client
+                # that timed out on 2,048 inputs, and retried, paid for every call each time)
+                raise errors.ClientGone(f"{provider}: the client left")
             left = deadline - loop.time()
             if left <= 0:
                 raise errors.UpstreamTimeout(
@@ -53,7 +59,11 @@ async def embed_in_batches(
             raise _after_first(exc, provider, start, start + len(part.texts or ()), len(texts), results) from exc
     usages = [r.usage for r in results]
     usage = None if None in usages else Usage(prompt_tokens=sum(u.prompt_tokens for u in usages if u is not None))
-    return EmbeddingResult([v for r in results for v in r.vectors], usage, results[0].model)
+    vectors = [v for r in results for v in r.vectors]
+    if len(set(map(len, vectors))) > 1:  # each call's are of one size, but another call's? (a re-test)
+        ragged = malformed(provider, "embeddings of different lengths from one model's calls")
+        raise with_billed_usage(ragged, lambda: usage)
+    return EmbeddingResult(vectors, usage, results[0].model)
 
 
 def _after_first(

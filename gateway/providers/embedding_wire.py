@@ -14,12 +14,12 @@ from gateway.providers.http import malformed, usage_unknown, with_billed_usage
 from gateway.types import UnreadableUsage, Usage, token_count
 
 
-def _vectors(provider: str, raw: list[Any], count: int, *, base64_text: bool) -> list[Vector]:
+def _vectors(provider: str, raw: list[Any], count: int, *, base64_text: bool, float32: bool) -> list[Vector]:
     if len(raw) != count:
         raise malformed(provider, f"{len(raw)} embeddings for {count} inputs")
     vectors = []
     for i, value in enumerate(raw):
-        vector = checked_vector(value, base64_text=base64_text)
+        vector = checked_vector(value, base64_text=base64_text, float32=float32)
         if vector is None:
             raise malformed(provider, f"embedding {i} is not a vector")
         vectors.append(vector)
@@ -91,7 +91,7 @@ def parse_openai(data: Any, request: EmbeddingRequest, provider: str) -> Embeddi
         raise malformed(provider, "the embeddings' indexes are not 0 to n-1")
     raw = [by_index[i] for i in range(len(by_index))]
     return EmbeddingResult(
-        _vectors(provider, raw, request.count, base64_text=request.base64),
+        _vectors(provider, raw, request.count, base64_text=request.base64, float32=request.base64),
         openai_usage(data, provider),
         _model(data, request.model),
     )
@@ -116,7 +116,7 @@ def parse_gemini(data: Any, request: EmbeddingRequest, provider: str) -> Embeddi
     if not isinstance(data, dict) or not isinstance(data.get("embeddings"), list):
         raise malformed(provider, "no embeddings list")
     raw = [item.get("values") if isinstance(item, dict) else None for item in data["embeddings"]]
-    vectors = _vectors(provider, raw, request.count, base64_text=False)
+    vectors = _vectors(provider, raw, request.count, base64_text=False, float32=request.base64)
     if request.dimensions is not None:
         vectors = [unit_length(v) for v in vectors]
     return EmbeddingResult(vectors, gemini_usage(data, provider), request.model)
@@ -157,7 +157,7 @@ def parse_ollama(data: Any, request: EmbeddingRequest, provider: str) -> Embeddi
     if not isinstance(data, dict) or not isinstance(data.get("embeddings"), list):
         raise malformed(provider, "no embeddings list")
     return EmbeddingResult(
-        _vectors(provider, data["embeddings"], request.count, base64_text=False),
+        _vectors(provider, data["embeddings"], request.count, base64_text=False, float32=request.base64),
         ollama_usage(data, provider),
         _model(data, request.model),
     )

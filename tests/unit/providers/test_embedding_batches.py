@@ -125,3 +125,33 @@ async def test_a_first_call_failing_is_the_failure_as_it_came() -> None:
     with pytest.raises(errors.RateLimited) as out:
         await embed(Upstream(fail_at=0, failure=failure))
     assert out.value is failure and out.value.retryable and out.value.usage is None
+
+
+async def test_a_client_gone_between_calls_stops_the_calls_left() -> None:
+    """Only a wait for a connection noticed a client gone: every call left was sent and billed,
+    and the attempt recorded a success (a re-test: a client that timed out and retried paid for
+    every call each time)."""
+    from gateway.providers.upstream_http import CLIENT_GONE
+
+    upstream = Upstream()
+    watching = CLIENT_GONE.set(lambda: len(upstream.timeouts) >= 2)
+    try:
+        with pytest.raises(errors.CallStopped) as out:
+            await embed(upstream)
+    finally:
+        CLIENT_GONE.reset(watching)
+    assert len(upstream.timeouts) == 2 and out.value.usage == Usage(prompt_tokens=40)
+    assert "inputs 20 to 24 of 25 failed, after the first 20 were embedded: the client left" in out.value.message
+
+
+async def test_vectors_of_another_size_from_a_later_call_are_malformed_and_billed() -> None:
+    class Ragged(Upstream):
+        async def __call__(self, request: EmbeddingRequest, timeout: Timeout) -> EmbeddingResult:
+            result = await super().__call__(request, timeout)
+            if len(self.timeouts) == 2:
+                result.vectors[:] = [[1.0, 2.0]] * len(result.vectors)
+            return result
+
+    with pytest.raises(errors.MalformedResponse, match="different lengths") as out:
+        await embed(Ragged())
+    assert out.value.usage == Usage(prompt_tokens=50) and not out.value.billed_unseen

@@ -105,6 +105,12 @@ def test_base64_and_floats_convert_as_openai_does() -> None:
         text = base64.b64encode(struct.pack("<3f", 1.0, bad, 0.5)).decode()
         assert checked_vector(text, base64_text=True) is None
     assert checked_vector(encoded, base64_text=True) == encoded
+    # a number past float32's range became an infinity in the base64 the gateway makes (a re-test)
+    assert checked_vector([1e39, 0.5], base64_text=False, float32=True) is None
+    assert checked_vector([-1e39, 1e39], base64_text=False, float32=True) is None
+    assert checked_vector([3e38, 3e38, -3e38], base64_text=False, float32=True) == [3e38, 3e38, -3e38]
+    assert checked_vector([1e39, 0.5], base64_text=False) == [1e39, 0.5]  # as JSON numbers, as it came
+    assert checked_vector([0.5, "1"], base64_text=False) is None and checked_vector([[1.0]], base64_text=False) is None
 
 
 def test_vectors_of_different_lengths_in_one_answer_are_malformed() -> None:
@@ -191,3 +197,18 @@ async def test_a_cut_gemini_attempt_keeps_the_usage_of_the_batches_embedded() ->
     with pytest.raises(errors.UpstreamServerError) as cut:  # a 500 refused the last call: not billed
         await provider.embed(EmbeddingRequest("gemini-embedding-001", texts=texts))
     assert cut.value.usage == Usage(prompt_tokens=400) and not cut.value.billed_unseen
+
+
+@pytest.mark.parametrize("base64_asked", [True, False])
+def test_numbers_past_float32_are_malformed_when_the_gateway_makes_base64_of_them(base64_asked: bool) -> None:
+    from gateway.providers.embedding_wire import parse_gemini, parse_ollama
+
+    request = EmbeddingRequest("m", texts=("a",), base64=base64_asked)
+    gemini = {"embeddings": [{"values": [1e39, 0.5]}]}
+    ollama = {"model": "m", "embeddings": [[1e39, 0.5]]}
+    for parse, answer in ((parse_gemini, gemini), (parse_ollama, ollama)):
+        if base64_asked:
+            with pytest.raises(errors.MalformedResponse):
+                parse(answer, request, "p")
+        else:
+            assert parse(answer, request, "p").vectors[0][0] == 1e39  # type: ignore[index]
