@@ -94,8 +94,8 @@ def as_floats(vector: Vector) -> list[float]:
     return values.tolist()
 
 
-#: the largest finite float32
-FLOAT32_MAX = 3.4028234663852886e38
+#: the smallest magnitude float32 rounds to an infinity (halfway past its largest finite value)
+FLOAT32_OVERFLOW = 2.0**128 - 2.0**103
 
 
 def checked_vector(value: Any, *, base64_text: bool, float32: bool = False) -> Vector | None:
@@ -117,8 +117,8 @@ def checked_vector(value: Any, *, base64_text: bool, float32: bool = False) -> V
         if not math.isfinite(total):
             return None
         # 1e39 became an infinity in the base64 the gateway made of Gemini's and Ollama's numbers
-        # (a re-test); checked only then: 80 ms more for 2,048 vectors of 3,072
-        return value if not float32 or max(map(abs, value)) <= FLOAT32_MAX else None
+        # (a re-test); checked only then: 0.15 to 0.3 s more for 2,048 vectors of 3,072
+        return value if not float32 or max(map(abs, value)) < FLOAT32_OVERFLOW else None
     if base64_text and isinstance(value, str) and value:
         try:
             raw = base64.b64decode(value, validate=True)

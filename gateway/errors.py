@@ -446,6 +446,16 @@ class CallStopped(StreamCut):
     outcome = "cancelled"
 
 
+class CallTimedOut(CallStopped):
+    """The request timeout ran out between two of an attempt's upstream calls, before the next
+    was sent: the request was too large for it, the provider answered each call in its time.
+    Neutral for the provider's health (a ``timeout`` there, five such calls of one tenant opened
+    Google's circuit for every call: a diff review)."""
+
+    status = 504
+    code = "request_timeout"
+
+
 class AllProvidersFailed(GatewayError):
     """Every candidate provider failed: one error naming each attempt's outcome."""
 

@@ -14,6 +14,7 @@ when any of them did not say.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
@@ -24,6 +25,8 @@ from gateway.providers.http import malformed, with_billed_usage
 from gateway.providers.upstream_http import CLIENT_GONE
 from gateway.providers.upstream_response import Timeout
 from gateway.types import Usage
+
+log = logging.getLogger(__name__)
 
 EmbedBatch = Callable[[EmbeddingRequest, Timeout], Awaitable[EmbeddingResult]]
 
@@ -49,20 +52,35 @@ async def embed_in_batches(
                 raise errors.ClientGone(f"{provider}: the client left")
             left = deadline - loop.time()
             if left <= 0:
-                raise errors.UpstreamTimeout(
+                raise errors.CallTimedOut(
                     f"{provider}: the request timeout ({timeouts.request:g}s) ran out", provider=provider
                 )
             results.append(await embed_batch(part, Timeout(total=left, connect=timeouts.connect)))
-        except (errors.ProviderError, errors.ClientGone) as exc:
+        except Exception as exc:
             if not results:
                 raise
-            raise _after_first(exc, provider, start, start + len(part.texts or ()), len(texts), results) from exc
+            end = start + len(part.texts or ())
+            if not isinstance(exc, errors.ProviderError | errors.ClientGone):  # a bug: the calls made still cost
+                log.error("%s: embedding inputs %d to %d failed", provider, start, end - 1, exc_info=exc)
+                cause: errors.ProviderError | errors.ClientGone = errors.UpstreamServerError(
+                    f"{provider}: adapter failure ({type(exc).__name__})", provider=provider
+                )
+            else:
+                cause = exc
+            error = _after_first(cause, provider, start, end, len(texts), results)
+            if error is exc:
+                raise
+            raise error from exc
     usages = [r.usage for r in results]
     usage = None if None in usages else Usage(prompt_tokens=sum(u.prompt_tokens for u in usages if u is not None))
     vectors = [v for r in results for v in r.vectors]
     if len(set(map(len, vectors))) > 1:  # each call's are of one size, but another call's? (a re-test)
-        ragged = malformed(provider, "embeddings of different lengths from one model's calls")
-        raise with_billed_usage(ragged, lambda: usage)
+        ragged = with_billed_usage(
+            malformed(provider, "embeddings of different lengths from one model's calls"), lambda: usage
+        )
+        ragged.fallback = False  # type: ignore[misc]  # as any failure after the first call
+        ragged.client_should_retry = False  # type: ignore[misc]
+        raise ragged
     return EmbeddingResult(vectors, usage, results[0].model)
 
 
@@ -93,7 +111,7 @@ def _after_first(
     unseen = (
         isinstance(cause, errors.ProviderError)
         and own is None
-        and (cause.billed_unseen or isinstance(cause, errors.StreamCut))
+        and (cause.billed_unseen or (isinstance(cause, errors.StreamCut) and not isinstance(cause, errors.CallStopped)))
     )
     usages = [r.usage for r in results] + ([own] if own is not None else [])
     if unseen or None in usages:

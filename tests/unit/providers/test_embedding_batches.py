@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Callable
 
 import pytest
 
 from gateway import errors
 from gateway.embedding import EmbeddingRequest, EmbeddingResult
+from gateway.events import PROVIDER_FAILURES
 from gateway.providers.base import Timeouts
 from gateway.providers.embedding_batches import embed_in_batches
 from gateway.providers.upstream_response import Timeout
@@ -52,37 +54,51 @@ async def test_the_calls_share_one_request_timeout() -> None:
     assert all(b is not None and a is not None and b <= a - 0.04 for a, b in itertools.pairwise(totals))
 
     slow = Upstream(wait=0.15)
-    with pytest.raises(errors.UpstreamTimeout) as out:
+    with pytest.raises(errors.CallTimedOut) as out:
         await embed(slow, Timeouts(request=0.2, connect=5))
     assert "ran out" in out.value.message and "inputs 20 to 24 of 25" in out.value.message
     assert len(slow.timeouts) == 2  # the third call is not sent past the deadline
     assert out.value.usage == Usage(prompt_tokens=40) and not out.value.retryable
+    # the request too large for its timeout, not the provider slow: neutral for its health (a
+    # ``timeout`` there, five such calls opened Google's circuit for every call: a diff review)
+    assert (out.value.status, out.value.outcome) == (504, "cancelled")
+    assert out.value.outcome not in PROVIDER_FAILURES
 
 
 @pytest.mark.parametrize(
-    ("failure", "status", "outcome"),
+    ("make", "status", "outcome"),
     [
+        (lambda: errors.UpstreamBadRequest("google: requests[0]: too long", provider="google"), 400, "client_error"),
         (
-            errors.UpstreamBadRequest("google: requests[0].content: input too long", provider="google"),
-            400,
-            "client_error",
+            lambda: errors.RateLimited("google: quota", provider="google", http_status=429, retry_after=7),
+            429,
+            "rate_limited",
         ),
-        (errors.RateLimited("google: quota", provider="google", http_status=429, retry_after=7), 429, "rate_limited"),
-        (errors.Overloaded("google: overloaded", provider="google", http_status=503), 503, "overloaded"),
-        (errors.UpstreamServerError("google: internal", provider="google", http_status=500), 502, "upstream_error"),
+        (lambda: errors.Overloaded("google: overloaded", provider="google", http_status=503), 503, "overloaded"),
+        (
+            lambda: errors.UpstreamServerError("google: internal", provider="google", http_status=500),
+            502,
+            "upstream_error",
+        ),
+        (lambda: KeyError("a bug in the adapter"), 502, "upstream_error"),
     ],
 )
 async def test_a_later_failure_is_itself_billed_for_the_inputs_before_it(
-    failure: errors.ProviderError, status: int, outcome: str
+    make: Callable[[], Exception], status: int, outcome: str
 ) -> None:
+    """The vendor's failure as it came (its class: the client's status and the health's outcome;
+    its retry-after), or a bug's as an upstream error, billed for the first 10 inputs (a bug
+    after the first call was recorded free, and fallen back from)."""
+    failure = make()
     with pytest.raises(errors.ProviderError) as out:
         await embed(Upstream(fail_at=1, failure=failure))
     error = out.value
     assert (error.status, error.outcome) == (status, outcome)
+    assert error is failure or not isinstance(failure, errors.ProviderError)
     assert not error.retryable and not error.fallback and error.client_should_retry is False
     assert error.usage == Usage(prompt_tokens=20) and not error.billed_unseen  # the first 10 inputs
     assert "inputs 10 to 19 of 25 failed, after the first 10 were embedded" in error.message
-    assert error.retry_after == failure.retry_after
+    assert error.__cause__ is not error
 
 
 async def test_what_the_failing_call_reports_or_hides_is_billed_too() -> None:
@@ -111,13 +127,14 @@ def _sent_timeout() -> errors.UpstreamTimeout:
     "failure",
     [errors.ClientGone("google: the client left"), errors.ConnectionsBusy("google: pool busy", provider="google")],
 )
-async def test_the_gateways_own_stop_is_recorded_and_neutral_for_health(failure: Exception) -> None:
+async def test_the_gateways_own_stop_is_a_billed_cancelled_attempt(failure: Exception) -> None:
     """Nothing was sent for the later inputs, but the calls before were billed: an attempt the
-    router records (a busy pool or a client gone before an attempt records none), as cancelled."""
+    router records (it records none for a busy pool or a client gone before an attempt), as
+    cancelled, which provider health does not count against the provider."""
     with pytest.raises(errors.CallStopped) as out:
         await embed(Upstream(fail_at=1, failure=failure))
     assert out.value.outcome == "cancelled" and out.value.usage == Usage(prompt_tokens=20)
-    assert not isinstance(out.value, errors.ConnectionsBusy | errors.ClientGone)
+    assert out.value.outcome not in PROVIDER_FAILURES
 
 
 async def test_a_first_call_failing_is_the_failure_as_it_came() -> None:

@@ -110,6 +110,9 @@ def test_base64_and_floats_convert_as_openai_does() -> None:
     assert checked_vector([-1e39, 1e39], base64_text=False, float32=True) is None
     assert checked_vector([3e38, 3e38, -3e38], base64_text=False, float32=True) == [3e38, 3e38, -3e38]
     assert checked_vector([1e39, 0.5], base64_text=False) == [1e39, 0.5]  # as JSON numbers, as it came
+    # float32's largest as it is printed (3.4028235e38) rounds to it: a finite float32
+    assert checked_vector([3.4028235e38], base64_text=False, float32=True) == [3.4028235e38]
+    assert checked_vector([2.0**128 - 2.0**103], base64_text=False, float32=True) is None  # rounds to inf
     assert checked_vector([0.5, "1"], base64_text=False) is None and checked_vector([[1.0]], base64_text=False) is None
 
 
