@@ -447,10 +447,10 @@ class CallStopped(StreamCut):
 
 
 class CallTimedOut(CallStopped):
-    """The request timeout ran out between two of an attempt's upstream calls, before the next
-    was sent: the request was too large for it, the provider answered each call in its time.
-    Neutral for the provider's health (a ``timeout`` there, five such calls of one tenant opened
-    Google's circuit for every call: a diff review)."""
+    """The request timeout ran out during an attempt made of several upstream calls, before the
+    next call was sent or while it waited for its answer with what the calls before had left of
+    it: the request too large for its timeout. Neutral for the provider's health (a ``timeout``
+    there, five such calls of one tenant opened Google's circuit for every call: a diff review)."""
 
     status = 504
     code = "request_timeout"

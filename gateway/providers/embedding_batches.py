@@ -60,9 +60,19 @@ async def embed_in_batches(
             if not results:
                 raise
             end = start + len(part.texts or ())
-            if not isinstance(exc, errors.ProviderError | errors.ClientGone):  # a bug: the calls made still cost
+            cause: errors.ProviderError | errors.ClientGone
+            if isinstance(exc, errors.UpstreamTimeout):
+                # a later call has what the calls before left of the request timeout, not all of
+                # it: the request too large for it, which says nothing of the provider's health
+                # (as a ``timeout``, five such calls of one tenant opened its circuit for every call)
+                cause = errors.CallTimedOut(
+                    f"{provider}: the request timeout ({timeouts.request:g}s) ran out while it waited",
+                    provider=provider,
+                )
+                cause.billed_unseen = exc.billed_unseen  # sent whole: billed at a cost no one saw
+            elif not isinstance(exc, errors.ProviderError | errors.ClientGone):  # a bug: the calls made still cost
                 log.error("%s: embedding inputs %d to %d failed", provider, start, end - 1, exc_info=exc)
-                cause: errors.ProviderError | errors.ClientGone = errors.UpstreamServerError(
+                cause = errors.UpstreamServerError(
                     f"{provider}: adapter failure ({type(exc).__name__})", provider=provider
                 )
             else:
@@ -71,17 +81,26 @@ async def embed_in_batches(
             if error is exc:
                 raise
             raise error from exc
-    usages = [r.usage for r in results]
-    usage = None if None in usages else Usage(prompt_tokens=sum(u.prompt_tokens for u in usages if u is not None))
+    usage = _summed([r.usage for r in results])
     vectors = [v for r in results for v in r.vectors]
     if len(set(map(len, vectors))) > 1:  # each call's are of one size, but another call's? (a re-test)
-        ragged = with_billed_usage(
-            malformed(provider, "embeddings of different lengths from one model's calls"), lambda: usage
-        )
-        ragged.fallback = False  # type: ignore[misc]  # as any failure after the first call
-        ragged.client_should_retry = False  # type: ignore[misc]
-        raise ragged
+        unequal = malformed(provider, "embeddings of different lengths from one model's calls")
+        raise _final(with_billed_usage(unequal, lambda: usage))
     return EmbeddingResult(vectors, usage, results[0].model)
+
+
+def _summed(usages: list[Usage | None]) -> Usage | None:
+    """The calls' input tokens together; None (unknown) when any call did not say."""
+    return None if None in usages else Usage(prompt_tokens=sum(u.prompt_tokens for u in usages if u is not None))
+
+
+def _final(error: errors.ProviderError) -> errors.ProviderError:
+    """``error`` ends the call: neither retried nor tried elsewhere, nor left to the SDK's own
+    retry (``x-should-retry: false``), as each would embed and bill the first calls' inputs again."""
+    error.retryable = False  # type: ignore[misc]
+    error.fallback = False  # type: ignore[misc]
+    error.client_should_retry = False  # type: ignore[misc]
+    return error
 
 
 def _after_first(
@@ -102,24 +121,14 @@ def _after_first(
         error = cause
         error.message = f"{what}: {_words(cause, provider)}"
         error.args = (error.message,)
-    error.retryable = False  # type: ignore[misc]
-    error.fallback = False  # type: ignore[misc]
-    error.client_should_retry = False  # type: ignore[misc]  # billed: a retry bills the first inputs again
     # the failing call's own answer: a 200 it could not read is billed at the usage it reports,
-    # or at a cost no one saw (its usage unreadable, a timeout after it had the whole request)
+    # or at a cost no one saw (its usage unreadable, a timeout after it had the whole request, a
+    # body cut: the recorder's own rule for a ``stream_cut``)
     own = cause.usage if isinstance(cause, errors.ProviderError) else None
-    unseen = (
-        isinstance(cause, errors.ProviderError)
-        and own is None
-        and (cause.billed_unseen or (isinstance(cause, errors.StreamCut) and not isinstance(cause, errors.CallStopped)))
-    )
-    usages = [r.usage for r in results] + ([own] if own is not None else [])
-    if unseen or None in usages:
-        error.usage, error.billed_unseen = None, True
-    else:
-        error.usage = Usage(prompt_tokens=sum(u.prompt_tokens for u in usages if u is not None))
-        error.billed_unseen = False
-    return error
+    unseen = own is None and (error.billed_unseen or error.outcome == "stream_cut")
+    usage = None if unseen else _summed([r.usage for r in results] + ([own] if own is not None else []))
+    error.usage, error.billed_unseen = usage, usage is None
+    return _final(error)
 
 
 def _words(cause: errors.GatewayError, provider: str) -> str:

@@ -299,6 +299,26 @@ async def test_one_tenants_bad_inputs_late_in_a_batch_do_not_open_geminis_circui
         assert {e.outcome for e in gw.event_log.events} == {"client_error", "success"}
 
 
+async def test_a_request_too_large_for_its_timeout_does_not_open_geminis_circuit() -> None:
+    """The calls of one request share its timeout: a later call that runs out of it is the
+    request's 504, recorded cancelled and billed at an unknown cost (it was sent), not the
+    provider's timeout (five of them opened Google's circuit for every tenant: a diff review)."""
+    texts = [f"text number {i}" for i in range(150)]
+    async with running_gateway(providers=("google",), settings={"request_timeout": 0.6}) as gw:
+        sim = gw.sims["google"]
+        for _ in range(6):
+            sim.faults.push(Fault("delay", delay=0.4))  # the first 100: in time
+            sim.faults.push(Fault("delay", delay=0.4))  # the next 50: 0.2 s left for them
+            with pytest.raises(openai.APIStatusError) as failed:
+                await embed(gw, model="gemini-embedding-001", input=texts, extra_body={"tenantId": "t_big"})
+            assert failed.value.status_code == 504 and failed.value.code == "request_timeout"
+            assert failed.value.response.headers["x-llm-cost-usd"] == "unpriced"
+        events = gw.event_log.events
+        assert [e.outcome for e in events] == ["cancelled"] * 6 and all(e.billable for e in events)
+        answer = await embed(gw, model="gemini-embedding-001", input=["fine"], extra_body={"tenantId": "t_small"})
+        assert answer.headers["x-llm-provider"] == "google"
+
+
 async def test_an_azure_deployment_serves_its_model_and_a_group_never_swaps_models() -> None:
     """``deployments`` maps the model to the operator's Azure deployment (the same model); a model
     group of the config file naming another model of the family is not used for it (a group

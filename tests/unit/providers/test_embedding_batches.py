@@ -172,3 +172,18 @@ async def test_vectors_of_another_size_from_a_later_call_are_malformed_and_bille
     with pytest.raises(errors.MalformedResponse, match="different lengths") as out:
         await embed(Ragged())
     assert out.value.usage == Usage(prompt_tokens=50) and not out.value.billed_unseen
+
+
+@pytest.mark.parametrize("sent", [True, False])
+async def test_a_later_call_timed_out_ran_out_of_the_requests_time_not_the_providers(sent: bool) -> None:
+    """A later call waits with what the calls before left of the request timeout: its timeout is
+    the request's, not the provider's (a diff review: recorded ``timeout``, it counted against
+    the provider's health); billed at an unknown cost when the provider had the whole call."""
+    timed_out = errors.UpstreamTimeout("google: request timed out", provider="google")
+    timed_out.billed_unseen = sent
+    with pytest.raises(errors.CallTimedOut) as out:
+        await embed(Upstream(fail_at=1, failure=timed_out))
+    assert (out.value.status, out.value.code, out.value.outcome) == (504, "request_timeout", "cancelled")
+    assert "the request timeout (30s) ran out while it waited" in out.value.message
+    assert out.value.billed_unseen is sent
+    assert out.value.usage == (None if sent else Usage(prompt_tokens=20))
