@@ -158,7 +158,14 @@ def create_app(
     async def resources(app: web.Application) -> AsyncIterator[None]:
         await event_log.start()
         timeouts = Timeouts(settings.request_timeout, settings.connect_timeout, settings.stream_idle_timeout)
-        async with UpstreamClient(limit_per_host=256) as session:
+        proxies = settings.proxy_rules()
+        if proxies.active:
+            log.info(
+                "provider calls go through a proxy: %s (direct: loopback%s)",
+                proxies.describe(),
+                f", NO_PROXY {settings.no_proxy}" if settings.no_proxy else "",
+            )
+        async with UpstreamClient(limit_per_host=256, proxies=proxies) as session:
             if providers is None:
                 provider_map.update(build_providers(settings, session, timeouts))
             async with _price_file_watch(settings, price_book):

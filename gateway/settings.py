@@ -25,6 +25,7 @@ from gateway.eventlog.kafka_connection import TLS_PROTOCOLS, KafkaConnection, Sa
 from gateway.events import INDEXED_TEXT
 from gateway.health.config import HealthSettings
 from gateway.limits.config import RateLimitSettings
+from gateway.providers.upstream_proxy import ProxyRules
 from gateway.urls import http_url_problem
 
 DEFAULT_PRIORITY = ["openai", "azure", "anthropic", "google", "ollama"]
@@ -252,6 +253,15 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("GOOGLE_GEMINI_BASE_URL", "google_gemini_base_url")
     )
     ollama_host: str | None = Field(default=None, validation_alias=AliasChoices("OLLAMA_HOST", "ollama_host"))
+    #: the HTTP proxy the provider calls go through, as the SDKs and curl read it
+    #: (``gateway/providers/upstream_proxy.py``): ``HTTPS_PROXY`` for https providers (a
+    #: CONNECT tunnel, TLS end to end), ``HTTP_PROXY`` for http ones, ``NO_PROXY`` the hosts
+    #: reached directly (loopback always is)
+    https_proxy: str | None = Field(
+        default=None, repr=False, validation_alias=AliasChoices("HTTPS_PROXY", "https_proxy")
+    )
+    http_proxy: str | None = Field(default=None, repr=False, validation_alias=AliasChoices("HTTP_PROXY", "http_proxy"))
+    no_proxy: str | None = Field(default=None, validation_alias=AliasChoices("NO_PROXY", "no_proxy"))
 
     # --- from the config file (or constructor) -------------------------------------------------
     api_keys: list[ApiKey] = Field(default_factory=list)
@@ -311,6 +321,15 @@ class Settings(BaseSettings):
     @classmethod
     def _ollama_host(cls, value: str | None) -> str | None:
         return _http_url(value)
+
+    @model_validator(mode="after")
+    def _proxies(self) -> Settings:
+        """A proxy URL the client cannot use is refused at start (a typo sent every call nowhere)."""
+        self.proxy_rules()
+        return self
+
+    def proxy_rules(self) -> ProxyRules:
+        return ProxyRules.from_settings(self.https_proxy, self.http_proxy, self.no_proxy)
 
     @field_validator("providers")
     @classmethod

@@ -38,6 +38,7 @@ from types import TracebackType
 from urllib.parse import quote, urlencode, urlsplit
 
 from gateway.providers.upstream_connection import Connection
+from gateway.providers.upstream_proxy import Proxy, ProxyRules, open_tunnel
 from gateway.providers.upstream_response import Response, Timeout
 
 
@@ -61,6 +62,10 @@ class _Origin:
     port: int
     host_header: str
     path: str
+    #: the proxy the origin is reached through (``HTTPS_PROXY``, ``HTTP_PROXY``), or None
+    proxy: Proxy | None = None
+    #: the request head's ``proxy-authorization`` line (http through a proxy), or ""
+    proxy_line: str = ""
 
 
 #: seconds the current task's requests waited for a free connection (the router leaves them out
@@ -180,9 +185,15 @@ class _HostPool:
         origin = self.origin
         loop = asyncio.get_running_loop()
         tls = self.client.ssl_context if origin.scheme == "https" else None
-        await loop.create_connection(
-            lambda: conn, origin.host, origin.port, ssl=tls, server_hostname=origin.host if tls else None
-        )
+        proxy = origin.proxy
+        if proxy is None:
+            await loop.create_connection(
+                lambda: conn, origin.host, origin.port, ssl=tls, server_hostname=origin.host if tls else None
+            )
+        elif tls is not None:  # CONNECT, then TLS with the provider inside the tunnel
+            await open_tunnel(proxy, origin.host, origin.port, conn, tls, origin.host)
+        else:  # plain HTTP: the proxy takes the request in absolute form
+            await loop.create_connection(lambda: conn, proxy.host, proxy.port)
 
     def release(self, conn: Connection) -> None:
         self.busy.discard(conn)
@@ -241,10 +252,12 @@ class UpstreamClient:
         keepalive_timeout: float = 15.0,
         ssl_context: ssl.SSLContext | None = None,
         user_agent: str = USER_AGENT,
+        proxies: ProxyRules | None = None,
     ) -> None:
         self.limit_per_host = limit_per_host
         self.keepalive_timeout = keepalive_timeout
         self.ssl_context = ssl_context or ssl.create_default_context()
+        self.proxies = proxies
         self.closed = False
         self._pools: dict[tuple[str, str, int], _HostPool] = {}
         self._origins: dict[str, _Origin] = {}
@@ -267,7 +280,7 @@ class UpstreamClient:
         path = origin.path
         if params:
             path = f"{path}{'&' if '?' in path else '?'}{urlencode(params)}"
-        lines = [f"POST {path} HTTP/1.1\r\nhost: {origin.host_header}\r\n{self._fixed}"]
+        lines = [f"POST {path} HTTP/1.1\r\nhost: {origin.host_header}\r\n{self._fixed}{origin.proxy_line}"]
         for name, value in headers.items():
             if "\n" in value or "\r" in value or "\n" in name or "\r" in name or ":" in name:
                 raise ValueError(f"invalid character in HTTP header {name!r}")
@@ -292,7 +305,14 @@ class UpstreamClient:
         path = quote(parts.path or "/", safe=_PATH_SAFE)
         if parts.query:
             path += "?" + quote(parts.query, safe=_QUERY_SAFE)
-        origin = _Origin(scheme, host, port, shown if port == default else f"{shown}:{port}", path)
+        host_header = shown if port == default else f"{shown}:{port}"
+        proxy = self.proxies.for_origin(scheme, host, port) if self.proxies is not None else None
+        proxy_line = ""
+        if proxy is not None and scheme == "http":  # the proxy forwards it: the absolute form
+            path = f"http://{host_header}{path}"
+            if proxy.authorization is not None:
+                proxy_line = f"proxy-authorization: {proxy.authorization}\r\n"
+        origin = _Origin(scheme, host, port, host_header, path, proxy, proxy_line)
         if len(self._origins) < 1024:
             self._origins[url] = origin
         return origin

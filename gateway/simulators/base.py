@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 import random
+import ssl
 import struct
 from collections import deque
 from dataclasses import dataclass, field
@@ -279,15 +280,17 @@ class Simulator:
         app.add_routes(self.routes())
         return app
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+    async def start(self, host: str = "127.0.0.1", port: int = 0, ssl_context: ssl.SSLContext | None = None) -> str:
+        """Serve on ``host:port`` (0: a free port), over TLS with ``ssl_context``; the root URL."""
         self._runner = web.AppRunner(self.app(), access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
+        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context)
         await site.start()
         server = site._server
         assert server is not None
         sock = server.sockets[0]  # type: ignore[attr-defined]
-        self.base_url = f"http://{host}:{sock.getsockname()[1]}"
+        self.port: int = sock.getsockname()[1]
+        self.base_url = f"{'https' if ssl_context else 'http'}://{host}:{self.port}"
         return self.base_url
 
     async def stop(self) -> None:

@@ -1,0 +1,263 @@
+"""The provider calls through an egress proxy (``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``NO_PROXY``):
+the upstream client against the scripted server of ``test_upstream_http`` behind the test
+proxy of ``tests/support/proxy.py``, and the rules that pick the proxy."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+
+import pytest
+import trustme
+
+from gateway import errors
+from gateway.providers import http as gateway_http
+from gateway.providers.upstream_http import UpstreamClient
+from gateway.providers.upstream_proxy import ProxyRefused, ProxyRules, parse_proxy
+from gateway.providers.upstream_response import Timeout
+from gateway.settings import Settings
+from tests.support.proxy import ConnectProxy
+from tests.unit.providers.test_upstream_http import (
+    CHUNKED_HEAD,
+    Server,
+    T,
+    answer,
+    call,
+    chunked,
+    free_port,
+    plain,
+    serving,
+    trusting,
+)
+
+pytestmark = pytest.mark.timeout(10)
+
+#: a vendor host no resolver knows: only the test proxy routes it
+VENDOR = "api.vendor.test"
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+async def vendor(ca: trustme.CA) -> AsyncIterator[Server]:
+    """An https server whose certificate names only :data:`VENDOR`."""
+    async with Server(tls=serving(ca, VENDOR)) as server:
+        yield server
+
+
+@pytest.fixture
+async def proxy(vendor: Server) -> AsyncIterator[ConnectProxy]:
+    async with ConnectProxy(routes={f"{VENDOR}:{vendor.port}": ("127.0.0.1", vendor.port)}) as running:
+        yield running
+
+
+def through(proxy: ConnectProxy, no_proxy: str = "", userinfo: str = "") -> ProxyRules:
+    url = f"http://{userinfo}127.0.0.1:{proxy.port}"
+    return ProxyRules.from_settings(url, url, no_proxy)
+
+
+async def test_an_https_provider_is_reached_through_a_connect_tunnel(
+    vendor: Server, proxy: ConnectProxy, ca: trustme.CA
+) -> None:
+    """One CONNECT to the vendor's name (the gateway never resolves it: only the proxy knows it),
+    TLS with the vendor inside it (its certificate checked for that name), JSON and a chunked
+    stream, and the tunnel kept for the next call. The vendor never sees the proxy's credentials."""
+    vendor.handler = answer(plain(b'{"a":1}'), CHUNKED_HEAD + chunked(b"data: 1\n\n", b"data: 2\n\n"))
+    proxy.credentials = basic("gw", "s3cret@x")
+    rules = through(proxy, userinfo="gw:s3cret%40x@")
+    async with UpstreamClient(ssl_context=trusting(ca), proxies=rules) as client:
+        url = f"https://{VENDOR}:{vendor.port}/v1/chat"
+        assert await call(client, url) == (200, b'{"a":1}')
+        async with client.post(url, data=b"{}", headers={}, timeout=T) as resp:
+            assert await resp.read() == b"data: 1\n\ndata: 2\n\n"
+    assert proxy.connects == [f"{VENDOR}:{vendor.port}"]  # one tunnel for both calls
+    assert proxy.authorizations == [basic("gw", "s3cret@x")]
+    assert vendor.accepted == 1
+    first = vendor.requests[0]
+    assert first.line == "POST /v1/chat HTTP/1.1"
+    assert first.header("host") == f"{VENDOR}:{vendor.port}"
+    assert first.header("proxy-authorization") is None
+
+
+async def test_without_the_proxy_the_vendor_name_does_not_resolve(vendor: Server, ca: trustme.CA) -> None:
+    """The control of the test above: the same URL without a proxy fails (the name is the proxy's)."""
+    async with UpstreamClient(ssl_context=trusting(ca)) as client:
+        with pytest.raises(OSError):
+            await call(client, f"https://{VENDOR}:{vendor.port}/v1/chat")
+    assert vendor.accepted == 0
+
+
+async def test_the_certificate_is_checked_inside_the_tunnel(proxy: ConnectProxy, ca: trustme.CA) -> None:
+    """A proxy that routes the vendor's name to another server cannot pass it off as the vendor."""
+    async with Server(tls=serving(ca, "other.test")) as impostor:
+        proxy.routes[f"{VENDOR}:443"] = ("127.0.0.1", impostor.port)
+        async with UpstreamClient(ssl_context=trusting(ca), proxies=through(proxy)) as client:
+            with pytest.raises(OSError, match="match"):
+                await call(client, f"https://{VENDOR}/v1/chat")
+    assert proxy.connects == [f"{VENDOR}:443"]
+    assert impostor.requests == []
+
+
+@pytest.mark.parametrize(("refusal", "status"), [("credentials", "407"), ("refused", "403")])
+async def test_a_proxys_refusal_is_a_connection_error_never_sent(
+    vendor: Server,
+    proxy: ConnectProxy,
+    ca: trustme.CA,
+    refusal: str,
+    status: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """407 (credentials wanted or wrong) or 403 (destination not allowed): the request never
+    reached the provider, so the adapters' post makes it an UpstreamConnectionError (fallback,
+    not billed); the log says what the proxy answered and never shows the proxy's password."""
+    monkeypatch.setattr(gateway_http, "_UNREACHABLE_LOGGED", {})  # logged once a minute
+    if refusal == "credentials":
+        proxy.credentials = basic("gw", "right")
+    else:
+        proxy.refused.add(f"{VENDOR}:{vendor.port}")
+    rules = through(proxy, userinfo="gw:wrong-secret@")
+    url = f"https://{VENDOR}:{vendor.port}/v1/chat"
+    async with UpstreamClient(ssl_context=trusting(ca), proxies=rules) as client:
+        with pytest.raises(ProxyRefused, match=rf"refused the tunnel to {VENDOR}:{vendor.port}: {status}") as info:
+            await call(client, url)
+        assert "wrong-secret" not in str(info.value)
+        with pytest.raises(errors.UpstreamConnectionError) as wrapped:
+            async with gateway_http.post(
+                client, "openai", url, headers={}, body={}, timeout=T, classify=lambda *a: errors.ProviderError("x")
+            ):
+                pass
+    assert not getattr(wrapped.value, "billed_unseen", False)
+    assert "ProxyRefused" in str(wrapped.value)
+    assert status in caplog.text and "wrong-secret" not in caplog.text
+    assert vendor.accepted == 0
+
+
+async def test_a_proxy_that_cannot_be_reached_or_never_answers(ca: trustme.CA) -> None:
+    """A proxy down is a refused connection; one that takes the CONNECT and says nothing is the
+    connect timeout's (the request was not sent either way)."""
+    rules = ProxyRules.from_settings(f"http://127.0.0.1:{free_port()}", None, None)
+    async with UpstreamClient(ssl_context=trusting(ca), proxies=rules) as client:
+        with pytest.raises(ConnectionRefusedError):
+            await call(client, f"https://{VENDOR}/v1/chat")
+    async with ConnectProxy(silent=True) as silent:
+        async with UpstreamClient(ssl_context=trusting(ca), proxies=through(silent)) as client:
+            with pytest.raises(TimeoutError):
+                await call(client, f"https://{VENDOR}/v1/chat", timeout=Timeout(total=5.0, connect=0.3, read=2.0))
+        assert silent.connects == [f"{VENDOR}:443"]
+
+
+async def test_an_http_provider_is_asked_in_absolute_form() -> None:
+    """An http provider (an Ollama on another host) through ``HTTP_PROXY``: the request line
+    names the whole URL and carries the proxy's credentials; keep-alive still works."""
+    async with Server() as ollama:
+        ollama.handler = answer(plain(b'{"done":true}'))
+        async with ConnectProxy(routes={f"ollama.test:{ollama.port}": ("127.0.0.1", ollama.port)}) as proxy:
+            rules = through(proxy, userinfo="gw:pw@")
+            async with UpstreamClient(proxies=rules) as client:
+                url = f"http://ollama.test:{ollama.port}/api/chat?x=1"
+                assert await call(client, url) == (200, b'{"done":true}')
+                assert await call(client, url) == (200, b'{"done":true}')
+    assert proxy.forwarded == [f"POST http://ollama.test:{ollama.port}/api/chat?x=1 HTTP/1.1"]
+    assert [r.line for r in ollama.requests] == [f"POST http://ollama.test:{ollama.port}/api/chat?x=1 HTTP/1.1"] * 2
+    assert ollama.requests[0].header("proxy-authorization") == basic("gw", "pw")
+    assert ollama.requests[0].header("host") == f"ollama.test:{ollama.port}"
+    assert ollama.accepted == 1
+
+
+async def test_no_proxy_and_loopback_go_direct(ca: trustme.CA) -> None:
+    """A host NO_PROXY names, and any loopback host, is reached without the proxy."""
+    async with (
+        Server(tls=serving(ca, "localhost", "127.0.0.1")) as local,
+        ConnectProxy() as proxy,
+    ):
+        local.handler = answer(plain(b"direct"))
+        async with UpstreamClient(ssl_context=trusting(ca), proxies=through(proxy, no_proxy="localhost")) as client:
+            assert await call(client, f"https://localhost:{local.port}/") == (200, b"direct")
+            assert await call(client, f"https://127.0.0.1:{local.port}/") == (200, b"direct")
+    assert proxy.connects == [] and proxy.forwarded == []
+    assert local.accepted == 2
+
+
+# --- the rules ----------------------------------------------------------------------------------
+
+
+def test_proxy_urls() -> None:
+    proxy = parse_proxy("http://u%3Ax:p%40ss@Proxy.Corp:3128", "HTTPS_PROXY")
+    assert (proxy.host, proxy.port, proxy.shown) == ("proxy.corp", 3128, "http://proxy.corp:3128")
+    assert proxy.authorization == basic("u:x", "p@ss")
+    bare = parse_proxy("proxy.corp:8080", "HTTPS_PROXY")  # as curl takes it
+    assert (bare.host, bare.port, bare.authorization) == ("proxy.corp", 8080, None)
+    assert parse_proxy("http://[fd00::1]", "HTTP_PROXY").shown == "http://[fd00::1]:80"
+    for bad, message in [
+        ("https://proxy:443", "only an http:// proxy"),
+        ("socks5://u:secret@proxy:1080", "only an http:// proxy"),
+        ("http://proxy:99999", "port"),
+        ("http://:3128", "no host"),
+        ("http://proxy:3128/path", "without a path"),
+    ]:
+        with pytest.raises(ValueError, match=message) as info:
+            parse_proxy(bad, "HTTPS_PROXY")
+        assert "secret" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("no_proxy", "scheme", "host", "port", "proxied"),
+    [
+        ("", "https", "api.openai.com", 443, True),
+        ("", "https", "localhost", 443, False),
+        ("", "https", "Ollama.LocalHost", 443, False),
+        ("", "http", "127.0.0.53", 11434, False),
+        ("", "https", "::1", 443, False),
+        ("openai.com", "https", "api.openai.com", 443, False),
+        (".openai.com", "https", "api.openai.com", 443, False),
+        ("*.openai.com", "https", "openai.com", 443, False),
+        ("openai.com", "https", "notopenai.com", 443, True),
+        (" internal , 10.0.0.0/8", "http", "10.1.2.3", 11434, False),
+        ("10.0.0.0/8", "http", "11.1.2.3", 11434, True),
+        ("10.0.0.0/8", "http", "ten.example", 11434, True),
+        ("fd00::/8", "http", "fd12::5", 80, False),
+        ("ollama:11434", "http", "ollama", 11434, False),
+        ("ollama:11434", "http", "ollama", 8080, True),
+        ("[fd00::1]:8080", "http", "fd00::1", 8080, False),
+        ("*", "https", "api.openai.com", 443, False),
+        ("example.com.", "https", "api.openai.com.", 443, True),
+    ],
+)
+def test_which_hosts_go_through_the_proxy(no_proxy: str, scheme: str, host: str, port: int, proxied: bool) -> None:
+    rules = ProxyRules.from_settings("http://proxy:3128", "http://proxy:3128", no_proxy)
+    assert (rules.for_origin(scheme, host, port) is not None) is proxied
+
+
+def test_each_scheme_has_its_own_variable() -> None:
+    only_https = ProxyRules.from_settings("http://proxy:3128", "  ", None)
+    assert only_https.for_origin("https", "api.openai.com", 443) is not None
+    assert only_https.for_origin("http", "ollama.corp", 11434) is None
+    assert only_https.active and "https providers through http://proxy:3128" == only_https.describe()
+    assert not ProxyRules.from_settings("http://proxy:3128", None, "*").active
+    assert not ProxyRules.from_settings(None, "", None).active
+
+
+def test_the_settings_read_the_usual_variables_and_refuse_a_bad_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://user:pw@proxy.corp:3128")
+    monkeypatch.setenv("no_proxy", ".corp,10.0.0.0/8")
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    rules = settings.proxy_rules()
+    assert rules.for_origin("https", "api.anthropic.com", 443) is not None
+    assert rules.for_origin("https", "gemini.corp", 443) is None
+    assert "pw" not in repr(settings)
+    monkeypatch.setenv("HTTPS_PROXY", "socks5h://user:pw@proxy.corp:1080")
+    with pytest.raises(ValueError, match="only an http:// proxy") as info:
+        Settings(_env_file=None)  # type: ignore[call-arg]
+    assert "pw@" not in str(info.value).split("input_value")[0]
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.corp:3128")
+    monkeypatch.setenv("no_proxy", "ollama:port")
+    with pytest.raises(ValueError, match="NO_PROXY"):
+        Settings(_env_file=None)  # type: ignore[call-arg]
