@@ -436,6 +436,27 @@ class ClientTooSlow(StreamCut):
     outcome = "cancelled"
 
 
+class InternalError(GatewayError):
+    """A bug of the gateway's (an exception no code path expected): a 500 that says
+    ``x-should-retry: false``. The SDKs retry a 500 twice, and a bug after a billed attempt
+    billed all three (a review: one ``create()``, three vendor calls)."""
+
+    code = "internal_error"
+    client_should_retry = False
+
+
+class StreamFailedInternally(StreamCut):
+    """A bug of the gateway's during a stream it had begun: the stream ends with this error
+    event (a 500 answer sent on the begun stream was no valid HTTP: a review). The attempt is
+    recorded ``cancelled``, neutral for the provider's health, and billed: the provider made
+    the answer."""
+
+    status = 500
+    code = "internal_error"
+    outcome = "cancelled"
+    client_should_retry = False
+
+
 class CallStopped(StreamCut):
     """An attempt made of several upstream calls (Gemini's embeddings, 100 inputs a call) that
     the gateway's side stopped between two of them: the client left, or no connection came free

@@ -209,6 +209,9 @@ async def _stream(
         _client_gone(ctx, session)
         response.client_left = True
         log.info("client went away during the stream of request %s", ctx.request_id)
+    except Exception:  # a bug of the gateway's: the begun stream ends with an error event, billed
+        log.exception("unhandled error in the stream of request %s", ctx.request_id)
+        await _end_internally_failed(request, state, ctx, session, response, held)
     finally:
         watch.close()
         if session.event is None:  # cancelled (the client went away while we waited)
@@ -217,6 +220,33 @@ async def _stream(
                 response.client_left = True  # (not a bug's exception: that is no 499)
         await session.aclose()
     return response
+
+
+async def _end_internally_failed(
+    request: web.Request,
+    state: GatewayState,
+    ctx: CallContext,
+    session: StreamSession,
+    response: EventStream,
+    held: bytes,
+) -> None:
+    """End a stream that a bug of the gateway's broke: the attempt recorded (unless it was) and
+    its cost line, then what was held, the cost and the error event, in valid HTTP (the headers
+    go out with it when nothing was written yet)."""
+    failure = errors.StreamFailedInternally(f"Internal error; request id {ctx.request_id}", provider=session.provider)
+    failure.billed_unseen = True
+    if session.event is None:
+        session.finish(failure.outcome, error=failure)
+        _log_stream_cost(ctx, session)
+    await state.event_log.settled(state.in_flight)
+    cost_line = f": x-llm-cost-usd={format_usd(session.cost)}\n\n".encode()
+    try:
+        if not response.prepared:
+            await response.prepare(request)
+        await response.write(held + cost_line + _sse(failure.to_openai()))
+    except Exception:  # the client gone, or the bug in the write itself: nothing more to send
+        response.client_left = True
+        log.info("the stream of request %s could not end with its error", ctx.request_id, exc_info=True)
 
 
 def _client_gone(ctx: CallContext, session: StreamSession) -> None:

@@ -173,7 +173,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return response
     except Exception:
         log.exception("unhandled error in %s %s (request %s)", request.method, request.path, rid)
-        return answer_error(request, errors.GatewayError(f"Internal error; request id {rid}"), rid)
+        return answer_error(request, errors.InternalError(f"Internal error; request id {rid}"), rid)
     finally:
         in_flight.discard(task)
         release_body(request)

@@ -96,8 +96,9 @@ class ChunkFormatter:
     def sse(self, chunks: list[StreamChunk]) -> bytes:
         """The SSE events for upstream chunks that arrived together (b"" if none says anything).
 
-        The first event of a chat stream carries the role (and the text, even empty); later
-        chunks without text or finish reason say nothing and are left out."""
+        The first event of a chat stream carries the role (and the text, even empty; null for a
+        model that began by thinking); later chunks without text or finish reason say nothing
+        and are left out."""
         out: list[bytes] = []
         add = out.extend
         end = self._end
@@ -110,7 +111,10 @@ class ChunkFormatter:
             reason = b"null" if finish is None else self._finish_json.get(finish) or orjson.dumps(finish)
             if not self._role_sent:
                 self._role_sent = True
-                add((self._first, orjson.dumps(text), self._after_text, reason, end))
+                # a model that thinks first may answer with calls alone: its content is null
+                # then, as the whole answer's is (it was "": a review)
+                content = b"null" if chunk.thinking and not text and self.chat else orjson.dumps(text)
+                add((self._first, content, self._after_text, reason, end))
             elif text:
                 add((self._text, orjson.dumps(text), self._after_text, reason, end))
             elif finish is not None:

@@ -253,11 +253,24 @@ def parse_json(data: bytes | str, *, exact_if: bytes | None = None) -> Any:
     reads an integer past 64 bits as a float, and tool-call arguments (an account number, an
     id) must come through exact."""
     if exact_if is not None and (exact_if in data if isinstance(data, bytes) else exact_if.decode() in data):
+        if _may_hold_surrogates(data):
+            # the standard parser takes a lone surrogate (``"\\ud83c"``) that orjson refuses: the
+            # text then crashed the answer's encoding after the call was billed (a 500 the SDKs
+            # retried twice, each billed; a stream's 500 was no valid HTTP: a review). The answer
+            # is malformed, as it is without a tool call
+            orjson.loads(data)
         try:
             return json.loads(data)
         except RecursionError:  # nested past Python's parser (~1,000 levels): orjson takes 1,024
             return orjson.loads(data)  # (an answer it fails was an adapter failure, billed 0)
     return orjson.loads(data)
+
+
+def _may_hold_surrogates(data: bytes | str) -> bool:
+    """Whether a JSON text has an escape of a UTF-16 surrogate (``\\ud800`` to ``\\udfff``)."""
+    if isinstance(data, bytes):
+        return b"\\ud" in data or b"\\uD" in data
+    return "\\ud" in data or "\\uD" in data
 
 
 def encode_json(value: Any) -> bytes:

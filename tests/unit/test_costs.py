@@ -150,7 +150,13 @@ async def test_repricing_changes_the_totals(store: AnalyticsStore) -> None:
 
 
 async def test_json_is_camel_case_with_money_as_text(store: AnalyticsStore) -> None:
-    e = event(cost=Decimal("0.0000025"), cached_tokens=40, reasoning_tokens=7)
+    e = event(
+        cost=Decimal("0.0000025"),
+        cached_tokens=40,
+        cache_creation_tokens=30,
+        cache_creation_1h_tokens=10,
+        reasoning_tokens=7,
+    )
     service = await project(store, e)
     body = json.loads((await service.get_costs_for_tenant("acme", start=T0)).to_json(), parse_float=Decimal)
     assert body == {
@@ -174,6 +180,8 @@ async def test_json_is_camel_case_with_money_as_text(store: AnalyticsStore) -> N
                 "completionTokens": 20,
                 "totalTokens": 120,
                 "cachedTokens": 40,
+                "cacheCreationTokens": 30,
+                "cacheCreation1hTokens": 10,
                 "reasoningTokens": 7,
                 "costUsd": "0.0000025",
                 "priceVersion": "v1",

@@ -126,3 +126,20 @@ def test_a_text_completion_never_finishes_with_tool_calls() -> None:
         [StreamChunk(text="", finish_reason="tool_calls")]
     )
     assert b'"finish_reason":"tool_calls"' in chat
+
+
+def test_a_stream_that_begins_by_thinking_has_null_content_until_its_text() -> None:
+    """Ollama's thinking models stream their thinking first (held as a ``thinking`` chunk to
+    begin the stream). Then a tool call alone left the SDK's message content ``""`` where the
+    same answer not streamed has ``null``; text after it still reads as the text."""
+    formatter = ChunkFormatter("chat.completions", "chatcmpl-1", 1, "qwen3", False)
+    first = orjson.loads(formatter.sse([StreamChunk(thinking=True)]).removeprefix(b"data: "))
+    assert first["choices"][0]["delta"] == {"role": "assistant", "content": None}
+    later = formatter.sse([StreamChunk(text="Hi"), StreamChunk(finish_reason="stop")]).split(b"\n\n")
+    assert orjson.loads(later[0].removeprefix(b"data: "))["choices"][0]["delta"] == {"content": "Hi"}
+    # not thinking: an empty first text is "" (as OpenAI's own first chunk), and a legacy
+    # completion's text is never null
+    plain = ChunkFormatter("chat.completions", "chatcmpl-2", 1, "gpt-4", False).sse([StreamChunk()])
+    assert orjson.loads(plain.removeprefix(b"data: "))["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    legacy = ChunkFormatter("completions", "cmpl-3", 1, "qwen3", False).sse([StreamChunk(thinking=True)])
+    assert orjson.loads(legacy.removeprefix(b"data: "))["choices"][0]["text"] == ""

@@ -280,3 +280,75 @@ async def test_an_answer_that_is_not_json_at_all_is_billed_at_an_unknown_cost(
             else:
                 await provider.complete(request)
     assert info.value.usage is None and info.value.billed_unseen
+
+
+#: a text with a lone surrogate escape next to a tool call, as each vendor answers it (the
+#: standard parser, used for exact tool-call numbers, took it; the answer's encoding then
+#: crashed after the call was billed: a 500, and on a stream no valid HTTP; a review)
+LONE_SURROGATE = {
+    "anthropic": (
+        '{"type":"message","model":"claude-3-5-haiku-20241022","content":[{"type":"text","text":"bad %s here"},'
+        '{"type":"tool_use","id":"toolu_1","name":"f","input":{}}],"stop_reason":"tool_use",'
+        '"usage":{"input_tokens":30,"output_tokens":40}}'
+    ),
+    "google": (
+        '{"candidates":[{"content":{"role":"model","parts":[{"text":"bad %s here"},'
+        '{"functionCall":{"name":"f","args":{}}}]},"finishReason":"STOP"}],'
+        '"usageMetadata":{"promptTokenCount":100,"candidatesTokenCount":20}}'
+    ),
+    "ollama": (
+        '{"model":"llama3","message":{"role":"assistant","content":"bad %s here",'
+        '"tool_calls":[{"function":{"name":"f","arguments":{}}}]},"done":true,"done_reason":"stop",'
+        '"prompt_eval_count":7,"eval_count":9}'
+    ),
+}
+
+
+@pytest.mark.parametrize("vendor", list(LONE_SURROGATE))
+async def test_a_lone_surrogate_next_to_a_tool_call_is_a_malformed_answer(
+    vendor: str, session: UpstreamClient, timeouts: Timeouts
+) -> None:
+    """As it is without a tool call (orjson refuses it): an answer that is no JSON, billed at an
+    unknown cost. A surrogate pair (an emoji written as two escapes) is read as the character."""
+    template = LONE_SURROGATE[vendor]
+    bodies: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(text=bodies.pop(0), content_type="application/json")
+
+    module = BODIES[vendor][0]
+    async with serving(handle) as base:
+        provider = module.build(ProviderSettings(api_key="k", base_url=base), session, timeouts)
+        assert provider is not None
+        request = ChatRequest(model="m", messages=[Message("user", "hi")])
+        bodies.append(template % "\\ud83c")
+        with pytest.raises(errors.MalformedResponse) as info:
+            await provider.complete(request)
+        assert info.value.usage is None and info.value.billed_unseen
+        bodies.append(template % "\\ud83d\\ude00")
+        result = await provider.complete(request)
+    assert result.text == "bad \U0001f600 here" and result.tool_calls
+
+
+@pytest.mark.parametrize("vendor", ["google", "ollama"])
+async def test_a_lone_surrogate_next_to_a_streamed_tool_call_ends_the_stream(
+    vendor: str, session: UpstreamClient, timeouts: Timeouts
+) -> None:
+    """A streamed event (Gemini's SSE, Ollama's NDJSON line) with a tool call and a lone
+    surrogate is malformed: the stream ends with the adapter's error, not the gateway's crash."""
+    template = LONE_SURROGATE[vendor]
+    event = template % "\\ud83c"
+    body = f"data: {event}\n\n" if vendor == "google" else event + "\n"
+    kind = "text/event-stream" if vendor == "google" else "application/x-ndjson"
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(text=body, content_type=kind)
+
+    module = BODIES[vendor][0]
+    async with serving(handle) as base:
+        provider = module.build(ProviderSettings(api_key="k", base_url=base), session, timeouts)
+        assert provider is not None
+        request = ChatRequest(model="m", messages=[Message("user", "hi")])
+        with pytest.raises(errors.ProviderError) as info:
+            _ = [chunk async for chunk in provider.stream(request)]
+    assert isinstance(info.value, errors.MalformedResponse | errors.StreamCut), info.value
