@@ -105,11 +105,21 @@ class ProviderSettings(BaseModel):
     #: minute at its first tier, so each model's cap (64,000) would refuse every such call
     #: there. Capped at the model's own limit.
     default_max_tokens: int | None = Field(default=None, ge=1, le=1_000_000, strict=True)  # ``true`` is no 1
+    #: headers sent on every call to the provider, over the adapter's own of the same name: an
+    #: API gateway's subscription key in front of Azure (``Ocp-Apim-Subscription-Key``), a
+    #: corporate proxy's token in front of Ollama, Anthropic's ``anthropic-beta`` flags. Names
+    #: are kept in lower case; the ones the HTTP exchange owns are refused (:data:`OWN_HEADERS`)
+    headers: dict[str, str] = Field(default_factory=dict, repr=False)
 
     @field_validator("base_url")
     @classmethod
     def _base_url(cls, value: str | None) -> str | None:
         return _http_url(value)
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        return {_header_name(name): _header_value(name, text) for name, text in value.items()}
 
 
 class Settings(BaseSettings):
@@ -230,6 +240,10 @@ class Settings(BaseSettings):
     openai_api_key: str | None = Field(default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key"))
     openai_base_url: str | None = Field(
         default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "openai_base_url")
+    )
+    openai_org_id: str | None = Field(default=None, validation_alias=AliasChoices("OPENAI_ORG_ID", "openai_org_id"))
+    openai_project_id: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_PROJECT_ID", "openai_project_id")
     )
     azure_openai_api_key: str | None = Field(
         default=None, validation_alias=AliasChoices("AZURE_OPENAI_API_KEY", "azure_openai_api_key")
@@ -438,6 +452,7 @@ class Settings(BaseSettings):
             return env
         merged = env.model_dump()
         merged.update({k: v for k, v in override.model_dump(exclude_unset=True).items()})
+        merged["headers"] = {**env.headers, **override.headers}  # the file's add to the variables'
         return ProviderSettings(**merged)
 
     @property
@@ -489,7 +504,12 @@ class Settings(BaseSettings):
 
 
 def _openai(s: Settings) -> ProviderSettings:
-    return ProviderSettings(api_key=s.openai_api_key, base_url=s.openai_base_url)
+    headers = {}
+    if s.openai_org_id:  # the SDK's variables: which organization and project a call bills
+        headers["openai-organization"] = s.openai_org_id
+    if s.openai_project_id:
+        headers["openai-project"] = s.openai_project_id
+    return ProviderSettings(api_key=s.openai_api_key, base_url=s.openai_base_url, headers=headers)
 
 
 def _azure(s: Settings) -> ProviderSettings:
@@ -517,6 +537,50 @@ _ENV_PROVIDER_SETTINGS = {
     "google": _google,
     "ollama": _ollama,
 }
+
+
+#: headers of the exchange itself, which a provider's ``headers`` may not set: the framing and the
+#: connection (a second content-length would make the request two), what the adapters ask for
+#: per call (``accept``, ``content-type``) and what the client sends on every call
+OWN_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+        "proxy-authorization",
+        "proxy-connection",
+        "content-type",
+        "content-encoding",
+        "accept",
+        "accept-encoding",
+        "user-agent",
+    }
+)
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+def _header_name(name: str) -> str:
+    if not _TOKEN.match(name):
+        raise ValueError(f"headers: {name!r} is no HTTP header name")
+    lowered = name.lower()
+    if lowered in OWN_HEADERS:
+        raise ValueError(f"headers: {lowered} is the gateway's own to send")
+    return lowered
+
+
+def _header_value(name: str, value: str) -> str:
+    """Printable Latin-1 without line breaks (what HTTP/1.1 carries), trimmed; the message leaves
+    the value out (it is often a secret)."""
+    text = value.strip()
+    if not all(" " <= ch <= "~" or "\xa0" <= ch <= "\xff" or ch == "\t" for ch in text):
+        raise ValueError(f"headers: the value of {name!r} has a character HTTP headers cannot carry")
+    return text
 
 
 def _http_url(value: str | None, *, bare_host: bool = True) -> str | None:

@@ -98,6 +98,7 @@ class AnthropicProvider:
             "x-api-key": settings.api_key or "",
             "anthropic-version": settings.api_version or API_VERSION,
             "accept": "application/json",
+            **settings.headers,  # the operator's (anthropic-beta flags; a version pinned)
         }
         self._session = session
         self._timeouts = timeouts

@@ -67,7 +67,7 @@ class GoogleProvider:
         self._session = session
         self._timeouts = timeouts
         self._models_url = models_url(settings.base_url, settings.api_version)
-        self._headers = {"x-goog-api-key": settings.api_key}
+        self._headers = {"x-goog-api-key": settings.api_key, **settings.headers}
 
     def model_lacks(self, model: str) -> frozenset[str]:  # ModelOptions
         return effort_lacks(model) | json_with_tools_lacks(model)

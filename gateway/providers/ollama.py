@@ -304,7 +304,8 @@ class OllamaProvider:
         self._timeouts = timeouts
         self._url = base_url(settings.base_url) + "/api/chat"
         self._embed_url = base_url(settings.base_url) + "/api/embed"
-        self._headers = {"authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+        auth = {"authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+        self._headers = {**auth, **settings.headers}
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResult:  # Embeddings
         obj, _ = await post_json(

@@ -85,7 +85,7 @@ class OpenAIProvider:
         return Target(f"{self._base}/embeddings", None, embedding_wire.openai_body(request, request.model))
 
     def auth_headers(self) -> dict[str, str]:
-        return {"authorization": f"Bearer {self._settings.api_key or ''}"}
+        return {"authorization": f"Bearer {self._settings.api_key or ''}", **self._settings.headers}
 
     def model_name(self, model: str) -> str:
         """The name that says which model ``model`` (the name the provider is asked) is."""
