@@ -76,6 +76,21 @@ class PermissionDenied(GatewayError):
     code = "permission_denied"
 
 
+class ModelNotAllowed(PermissionDenied):
+    """The API key may not ask for this model (``gateway/api/access.py``): a 403 before any
+    provider is asked."""
+
+    code = "model_not_allowed"
+    client_should_retry = False
+
+
+class ProviderNotAllowed(PermissionDenied):
+    """The API key may not use the pinned provider, or none of those serving the model."""
+
+    code = "provider_not_allowed"
+    client_should_retry = False
+
+
 class ModelNotFound(GatewayError):
     status = 404
     type = "invalid_request_error"

@@ -57,6 +57,33 @@ class ApiKey(BaseModel):
     #: the API takes as a ``tenantId``)
     tenant: str = Field(min_length=1, max_length=INDEXED_TEXT, pattern=r"^\S(.*\S)?$")
     admin: bool = False
+    #: the models the key may ask for: exact names, or prefixes ending in ``*`` (None: any);
+    #: ``gateway/api/access.py``
+    models: list[str] | None = None
+    #: the providers its calls may reach, fallbacks included (None: any): data residency
+    providers: list[str] | None = None
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("models: an empty list allows no call; leave it out to allow every model")
+        for name in value:
+            if not name.strip() or name != name.strip() or not name.isprintable() or "*" in name[:-1]:
+                raise ValueError(f"models: {name!r} is no model name or prefix (a '*' only at its end)")
+        return value
+
+    @field_validator("providers")
+    @classmethod
+    def _providers(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("providers: an empty list allows no call; leave it out to allow every provider")
+        _known(value)
+        return value
 
     @field_validator("key", "tenant")
     @classmethod

@@ -53,6 +53,8 @@ class CallContext:
     endpoint: str  # "chat.completions" | "completions" | "embeddings"
     stream: bool
     requested_model: str
+    #: the providers the call's API key may use (None: any); the router tries no other
+    providers: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

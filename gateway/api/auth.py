@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from gateway.api.access import Access
 from gateway.api.browser_guard import refuse_browser_cross_site
 from gateway.errors import AuthenticationFailed, GatewayError, PermissionDenied
 from gateway.safe_text import log_value
@@ -24,6 +25,8 @@ class Principal:
     tenant: str
     admin: bool
     key_id: str | None  # a short digest of the key, never the key itself
+    #: the models and providers the key may use (None: any)
+    access: Access | None = None
 
 
 def _key_bytes(key: str) -> bytes:
@@ -65,6 +68,7 @@ class Authenticator:
         """``loopback``: the service listens on loopback only (an open one then takes requests
         for a loopback ``Host`` alone: ``gateway/api/browser_guard.py``)."""
         self._by_digest = {hashlib.sha256(_key_bytes(k.key)).digest(): k for k in keys}
+        self._access = {k.key: Access.of(k.models, k.providers) for k in keys}
         self.open = not keys
         self.loopback = loopback
         self.default_tenant = default_tenant
@@ -91,7 +95,7 @@ class Authenticator:
             raise self._refused(
                 request, "wrong key", AuthenticationFailed("Incorrect API key provided"), key_id(presented)
             )
-        return Principal(match.tenant, match.admin, key_id(presented))
+        return Principal(match.tenant, match.admin, key_id(presented), self._access[match.key])
 
     def tenant_for(self, principal: Principal, requested: str | None) -> str:
         """The tenant a call bills: the key's, or the body's ``tenantId`` when allowed."""

@@ -117,6 +117,16 @@ class AdmittedCall:
                 self.limiter.release(self.ctx.tenant_id)
 
 
+def allowed_providers(principal: Principal, model: str, pinned: str | None) -> frozenset[str] | None:
+    """The providers the call's key may use (None: any), after checking that it may ask for the
+    model and pin the provider (``gateway/api/access.py``): a 403 before anything else."""
+    access = principal.access
+    if access is None:
+        return None
+    access.check(model, pinned)
+    return access.providers
+
+
 def billed_tenant(
     state: GatewayState, principal: Principal, requested: str | None
 ) -> tuple[str, dict[str, str] | None]:

@@ -11,7 +11,14 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway import errors
-from gateway.api.calls import AdmittedCall, billed_tenant, read_body, serve_call, served_headers
+from gateway.api.calls import (
+    AdmittedCall,
+    allowed_providers,
+    billed_tenant,
+    read_body,
+    serve_call,
+    served_headers,
+)
 from gateway.api.middleware import REQUEST_ID
 from gateway.api.responses import ChunkFormatter, chat_completion, text_completion
 from gateway.api.state import STATE, GatewayState
@@ -79,6 +86,7 @@ async def _serve(
 async def _answer(
     request: web.Request, state: GatewayState, principal: Any, parsed: ParsedRequest
 ) -> web.StreamResponse:
+    providers = allowed_providers(principal, parsed.requested_model, parsed.provider)
     tenant, limits = billed_tenant(state, principal, parsed.tenant_id)
     ctx = CallContext(
         request_id=request[REQUEST_ID],
@@ -87,6 +95,7 @@ async def _answer(
         endpoint=parsed.endpoint,
         stream=parsed.template.stream,
         requested_model=parsed.requested_model,
+        providers=providers,
     )
     with AdmittedCall(ctx, limits, state.limits):
         if parsed.template.stream:

@@ -15,7 +15,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.api.calls import AdmittedCall, billed_tenant, read_body, serve_call, served_headers
+from gateway.api.calls import (
+    AdmittedCall,
+    allowed_providers,
+    billed_tenant,
+    read_body,
+    serve_call,
+    served_headers,
+)
 from gateway.api.middleware import REQUEST_ID
 from gateway.api.state import STATE, GatewayState
 from gateway.api.tool_validation import type_name
@@ -144,8 +151,9 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
 async def _answer(
     request: web.Request, state: GatewayState, principal: Any, parsed: ParsedEmbeddings
 ) -> web.StreamResponse:
-    tenant, limits = billed_tenant(state, principal, parsed.tenant_id)
     model = parsed.template.model
+    providers = allowed_providers(principal, model, parsed.provider)
+    tenant, limits = billed_tenant(state, principal, parsed.tenant_id)
     ctx = CallContext(
         request_id=request[REQUEST_ID],
         tenant_id=tenant,
@@ -153,6 +161,7 @@ async def _answer(
         endpoint="embeddings",
         stream=False,
         requested_model=model,
+        providers=providers,
     )
     with AdmittedCall(ctx, limits, state.limits):
         served = await state.router.embed(ctx, parsed.template, parsed.provider)

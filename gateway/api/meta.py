@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway import errors
+from gateway.api.access import Access
 from gateway.api.openapi import openapi_document
 from gateway.api.state import STATE, GatewayState
 from gateway.api.validation import model_name
@@ -17,14 +18,19 @@ from gateway.api.validation import model_name
 HEALTH_PARTS: web.AppKey[dict[str, Callable[[], dict[str, Any]]]] = web.AppKey("health_parts", dict)
 
 
-def _model_object(state: GatewayState, name: str, created: int) -> dict[str, Any] | None:
+def _model_object(state: GatewayState, name: str, created: int, access: Access | None) -> dict[str, Any] | None:
     """A model as OpenAI lists it, with the providers that serve it in the order the router
-    tries them (``owned_by``: the first); None when no configured provider serves it."""
+    tries them (``owned_by``: the first); None when no configured provider serves it, or the
+    key may not use it (nor any provider serving it)."""
+    if access is not None and not access.allows_model(name):
+        return None
     try:
         candidates = state.router.candidates(name, None)
     except errors.GatewayError:
         return None
     serving = list(dict.fromkeys(c.provider for c in candidates))
+    if access is not None:
+        serving = access.serving(serving)
     if not serving:
         return None
     return {"id": name, "object": "model", "created": created, "owned_by": serving[0], "providers": serving}
@@ -32,17 +38,17 @@ def _model_object(state: GatewayState, name: str, created: int) -> dict[str, Any
 
 async def models(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    state.auth.authenticate(request)
-    found = (_model_object(state, name, state.started) for name in state.router.catalog.listed_models())
+    access = state.auth.authenticate(request).access
+    found = (_model_object(state, name, state.started, access) for name in state.router.catalog.listed_models())
     return web.json_response({"object": "list", "data": [model for model in found if model is not None]})
 
 
 async def model(request: web.Request) -> web.Response:
     """GET /v1/models/{model}: one model (``client.models.retrieve``), 404 when none serves it."""
     state = request.app[STATE]
-    state.auth.authenticate(request)
+    access = state.auth.authenticate(request).access
     name = model_name(request.match_info["model"])
-    found = _model_object(state, name, state.started)
+    found = _model_object(state, name, state.started, access)
     if found is None:
         raise errors.ModelNotFound(f"The model '{name}' does not exist or no configured provider serves it")
     return web.json_response(found)

@@ -258,6 +258,12 @@ class Router:
         errors that allow it; raise one error naming every attempt when all fail.
         ``same_model``: only the candidates that serve the model asked for (``_same_model``)."""
         candidates = self.candidates(ctx.requested_model, pinned)
+        if ctx.providers is not None:  # the key's providers only (``gateway/api/access.py``)
+            candidates = [c for c in candidates if c.provider in ctx.providers]
+            if not candidates:
+                raise errors.ProviderNotAllowed(
+                    f"No provider this API key may use serves the model {ctx.requested_model!r}", param="model"
+                )
         if same_model:
             candidates = _same_model(candidates, ctx.requested_model)
         needs = template.needs()
