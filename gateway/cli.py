@@ -360,6 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"llm-gateway: warning: {name} is set but is no setting (ignored; misspelled?)", logging.WARNING)
     try:
         settings = load_settings(**overrides)
+        if args.command == "serve":
+            settings.proxy_rules()  # a proxy the calls cannot use stops the start
         if settings.price_file is not None:  # read now: a bad price file is a bad configuration
             from gateway.pricing.pricefile import load_price_file
 

@@ -298,11 +298,10 @@ class Settings(BaseSettings):
     #: (``gateway/providers/upstream_proxy.py``): ``HTTPS_PROXY`` for https providers (a
     #: CONNECT tunnel, TLS end to end), ``HTTP_PROXY`` for http ones, ``NO_PROXY`` the hosts
     #: reached directly (loopback always is)
-    https_proxy: str | None = Field(
-        default=None, repr=False, validation_alias=AliasChoices("HTTPS_PROXY", "https_proxy")
-    )
-    http_proxy: str | None = Field(default=None, repr=False, validation_alias=AliasChoices("HTTP_PROXY", "http_proxy"))
-    no_proxy: str | None = Field(default=None, validation_alias=AliasChoices("NO_PROXY", "no_proxy"))
+    #: (the config file's; without it, the variables as curl reads them: :meth:`proxy_rules`)
+    https_proxy: str | None = Field(default=None, repr=False)
+    http_proxy: str | None = Field(default=None, repr=False)
+    no_proxy: str | None = None
 
     # --- from the config file (or constructor) -------------------------------------------------
     api_keys: list[ApiKey] = Field(default_factory=list)
@@ -363,14 +362,21 @@ class Settings(BaseSettings):
     def _ollama_host(cls, value: str | None) -> str | None:
         return _http_url(value)
 
-    @model_validator(mode="after")
-    def _proxies(self) -> Settings:
-        """A proxy URL the client cannot use is refused at start (a typo sent every call nowhere)."""
-        self.proxy_rules()
-        return self
+    def proxy_rules(self, environ: Mapping[str, str] | None = None) -> ProxyRules:
+        """The proxy of the provider calls: the config file's keys, else the variables with
+        curl's precedence (``https_proxy`` before ``HTTPS_PROXY``: pydantic's reading took
+        whichever came last in the environment; a review). A value the client cannot use is a
+        ValueError: ``serve`` refuses to start on it; the operator commands, which call no
+        provider, do not read it (a shell's SOCKS proxy stopped ``costs``: a review)."""
+        names = os.environ if environ is None else environ
 
-    def proxy_rules(self) -> ProxyRules:
-        return ProxyRules.from_settings(self.https_proxy, self.http_proxy, self.no_proxy)
+        def read(field: str) -> str | None:
+            configured: str | None = getattr(self, field)
+            if configured is not None:
+                return configured
+            return names.get(field, names.get(field.upper()))
+
+        return ProxyRules.from_settings(read("https_proxy"), read("http_proxy"), read("no_proxy"))
 
     @field_validator("providers")
     @classmethod

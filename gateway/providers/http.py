@@ -210,6 +210,14 @@ async def post(
         raise errors.StreamCut(f"{provider}: response body cut: {exc}", provider=provider) from exc
     except OSError as exc:
         _log_unreachable(provider, url, exc)
+        if exchange.answer_lost():  # it had the request: billed, at an amount nobody saw
+            lost = errors.UpstreamConnectionError(
+                f"{provider}: the connection ended without an answer after the provider had the request "
+                f"({exc.__class__.__name__})",
+                provider=provider,
+            )
+            lost.billed_unseen = True
+            raise lost from exc
         raise errors.UpstreamConnectionError(
             f"{provider}: cannot reach the provider's endpoint ({exc.__class__.__name__})", provider=provider
         ) from exc

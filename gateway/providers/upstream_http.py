@@ -38,7 +38,7 @@ from types import TracebackType
 from urllib.parse import quote, urlencode, urlsplit
 
 from gateway.providers.upstream_connection import Connection
-from gateway.providers.upstream_proxy import Proxy, ProxyRules, open_tunnel
+from gateway.providers.upstream_proxy import Proxy, ProxyRules, open_tunnel, proxys_own_refusal, reach
 from gateway.providers.upstream_response import Response, Timeout
 
 
@@ -104,6 +104,11 @@ class PoolBusy(Exception):
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"all {limit} of the gateway's connections to the provider were busy")
+
+
+#: seconds after the request went out from which a connection that ends without an answer had
+#: the request processed, as far as anyone can tell (:meth:`_Exchange.answer_lost`)
+ANSWER_LOST_AFTER = 1.0
 
 
 def _remaining(deadline: float | None) -> float | None:
@@ -193,7 +198,7 @@ class _HostPool:
         elif tls is not None:  # CONNECT, then TLS with the provider inside the tunnel
             await open_tunnel(proxy, origin.host, origin.port, conn, tls, origin.host)
         else:  # plain HTTP: the proxy takes the request in absolute form
-            await loop.create_connection(lambda: conn, proxy.host, proxy.port)
+            await reach(proxy, lambda: conn)
 
     def release(self, conn: Connection) -> None:
         self.busy.discard(conn)
@@ -334,7 +339,7 @@ class UpstreamClient:
 class _Exchange:
     """One POST: connects (or reuses a connection), sends, waits for the answer's headers."""
 
-    __slots__ = ("_conn", "_data", "_head", "_pool", "_response", "_timeout", "sent")
+    __slots__ = ("_conn", "_data", "_head", "_pool", "_response", "_timeout", "sent", "sent_at")
 
     def __init__(self, pool: _HostPool, head: bytes, data: bytes, timeout: Timeout) -> None:
         self._pool = pool
@@ -345,6 +350,8 @@ class _Exchange:
         self._response: Response | None = None
         #: the whole request went out (the provider has it, and may bill it whatever follows)
         self.sent = False
+        #: when it did (loop time)
+        self.sent_at = 0.0
 
     async def __aenter__(self) -> Response:
         timeout = self._timeout
@@ -376,9 +383,18 @@ class _Exchange:
                     raise PoolBusy(self._pool.client.limit_per_host)
             answer = conn.send(self._head, self._data, timeout.read, deadline, timeout.head)
             self.sent = True
+            self.sent_at = asyncio.get_running_loop().time()
             if (wire := WIRE.get()) is not None:
                 wire.state = "sent"
             response = self._response = await answer
+            origin = self._pool.origin
+            if origin.proxy is not None and origin.scheme == "http":
+                refused = proxys_own_refusal(origin.proxy, response.status, response.reason, response.headers)
+                if refused is not None:  # the proxy's, not the provider's: it never had the request
+                    self.sent = False
+                    if wire is not None:
+                        wire.state = "sending"
+                    raise refused
         except BaseException:
             if self.sent and conn.transport is not None and conn.transport.get_write_buffer_size():
                 self.sent = False  # part of the request was still here: the provider never had it
@@ -392,6 +408,14 @@ class _Exchange:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._leave()
+
+    def answer_lost(self) -> bool:
+        """Whether the whole request went out and the connection then ended without an answer
+        after a wait (:data:`ANSWER_LOST_AFTER`): the provider had the request and may have
+        answered, and billed, it (a proxy's idle timeout that cut a slow call was recorded free,
+        and the call paid again at the fallback: a review). A connection that ends at once is a
+        keep-alive connection the server had closed: the request never reached it."""
+        return self.sent and asyncio.get_running_loop().time() - self.sent_at >= ANSWER_LOST_AFTER
 
     def _leave(self) -> None:
         conn = self._conn

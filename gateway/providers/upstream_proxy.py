@@ -26,19 +26,28 @@ import asyncio
 import base64
 import ipaddress
 import ssl
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from typing import TypeVar
+from urllib.parse import unquote_to_bytes, urlsplit
 
 #: the largest answer head a proxy may send to a CONNECT
 MAX_REPLY_HEAD = 64 * 1024
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+P = TypeVar("P", bound=asyncio.BaseProtocol)
 
 
 class ProxyRefused(ConnectionError):
     """The proxy answered the ``CONNECT`` with something else than 2xx (407: it wants
-    credentials, 403: the destination is not allowed, 502: it could not reach the provider).
-    The request was not sent to the provider."""
+    credentials, 403: the destination is not allowed, 502: it could not reach the provider), or
+    refused a plain-HTTP request itself (:func:`proxys_own_refusal`). The request was not sent
+    to the provider."""
+
+
+class ProxyUnreachable(ConnectionError):
+    """The proxy itself could not be reached (its name, its port): the provider is not to blame,
+    and the log names the proxy, not the vendor's host the gateway never resolves (a review)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +67,10 @@ def parse_proxy(url: str, variable: str) -> Proxy:
     text = url.strip()
     if "://" not in text:
         text = "http://" + text
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError:  # "Invalid IPv6 URL", without the variable's name
+        raise ValueError(f"{variable}: not a URL (http://[user:password@]host[:port])") from None
     scheme = parts.scheme.lower()
     if scheme != "http":
         raise ValueError(
@@ -76,8 +88,10 @@ def parse_proxy(url: str, variable: str) -> Proxy:
         raise ValueError(f"{variable}: a proxy URL is http://[user:password@]host[:port], without a path")
     authorization = None
     if parts.username is not None:
-        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-        authorization = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+        # the bytes the percent-escapes say, as curl sends them (a Latin-1 password's %E9 was
+        # decoded as UTF-8 into a replacement character, and refused: a review)
+        pair = unquote_to_bytes(parts.username) + b":" + unquote_to_bytes(parts.password or "")
+        authorization = "Basic " + base64.b64encode(pair).decode("ascii")
     shown_host = f"[{host}]" if ":" in host else host
     return Proxy(host, port, authorization, f"http://{shown_host}:{port}")
 
@@ -103,6 +117,8 @@ def _exemption(entry: str) -> _Exempt | None:
     text = entry.strip().lower()
     if not text:
         return None
+    if "://" in text or text.count("/") > 1:
+        raise ValueError(f"NO_PROXY: {entry.strip()!r} is a URL: give its host alone (or an address/network)")
     port: int | None = None
     if text.startswith("["):  # [::1]:8080
         close = text.find("]")
@@ -119,7 +135,7 @@ def _exemption(entry: str) -> _Exempt | None:
         return _Exempt(None, ipaddress.ip_network(text, strict=False), port)
     except ValueError:
         pass
-    name = text.lstrip(".").lstrip("*").lstrip(".")
+    name = text.lstrip(".").lstrip("*").lstrip(".").rstrip(".")  # a trailing dot is the same name
     if not name:
         raise ValueError(f"NO_PROXY: {entry.strip()!r} names no host")
     return _Exempt(name, None, port)
@@ -205,6 +221,31 @@ class _ConnectReply(asyncio.Protocol):
         return None
 
 
+async def reach(proxy: Proxy, protocol: Callable[[], P]) -> tuple[asyncio.Transport, P]:
+    """A connection to the proxy; :class:`ProxyUnreachable` naming it when there is none."""
+    try:
+        transport, made = await asyncio.get_running_loop().create_connection(protocol, proxy.host, proxy.port)
+    except OSError as exc:
+        raise ProxyUnreachable(f"the proxy {proxy.shown} cannot be reached: {exc}") from exc
+    return transport, made
+
+
+#: what marks an answer as the proxy's own: RFC 9209's ``Proxy-Status`` with an ``error``, or
+#: squid's ``X-Squid-Error``
+_OWN_MARKS = ("x-squid-error",)
+
+
+def proxys_own_refusal(proxy: Proxy, status: int, reason: str, headers: Mapping[str, str]) -> ProxyRefused | None:
+    """For a plain-HTTP provider asked through the proxy: the answer is the proxy's refusal, not
+    the provider's, when it is a 407 or the proxy marks it as its own (squid's 403 for a host it
+    does not allow, its 503 for one it cannot reach were the provider's: its key refused, an
+    overload retried; a review). Any other answer is the provider's, as the proxy relays it."""
+    status_field = headers.get("proxy-status", "")
+    if status == 407 or "error=" in status_field or any(mark in headers for mark in _OWN_MARKS):
+        return ProxyRefused(f"the proxy {proxy.shown} refused the request: {status} {reason}".rstrip())
+    return None
+
+
 def _status(head: bytes) -> tuple[int, str]:
     line = head.split(b"\r\n", 1)[0].decode("latin-1")
     version, _, rest = line.partition(" ")
@@ -221,7 +262,7 @@ async def open_tunnel(
     (whose ``connection_made`` is called with it). Raises :class:`ProxyRefused` for a refusal,
     OSError for a proxy that cannot be reached."""
     loop = asyncio.get_running_loop()
-    transport, reply = await loop.create_connection(_ConnectReply, proxy.host, proxy.port)
+    transport, reply = await reach(proxy, _ConnectReply)
     try:
         authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         lines = [f"CONNECT {authority} HTTP/1.1\r\nhost: {authority}\r\n"]

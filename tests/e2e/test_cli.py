@@ -537,3 +537,29 @@ async def test_the_commands_ask_a_service_only_for_the_data_dir_they_were_given(
         async with process("replay", "--dry-run", env=other) as replay:
             _, err = await asyncio.wait_for(replay.communicate(), 30)
         assert replay.returncode == 1 and f"no event log at {copy / 'events.sqlite3'}" in err.decode()
+
+
+async def test_a_proxy_setting_stops_serve_only(tmp_path: Path) -> None:
+    """A SOCKS proxy in the shell (for other tools) is no configuration of the commands that call
+    no provider: it stopped ``costs`` (a review); ``serve`` refuses it in one line, its password
+    left out."""
+    from analytics.store import AnalyticsStore
+
+    store = AnalyticsStore(tmp_path / "analytics.duckdb")
+    await store.open()
+    await store.close()
+    env = {
+        **clean_env(tmp_path),
+        "HTTPS_PROXY": "socks5h://user:s3cret@proxy.corp:1080",
+        "NO_PROXY": "localhost,http://internal.corp",
+        "LLM_GATEWAY_PORT": str(free_port()),
+        "LLM_GATEWAY_CONSUME_PORT": str(free_port()),
+    }
+    async with process("costs", "--tenant", "t", env=env) as costs:
+        _, err = await asyncio.wait_for(costs.communicate(), 60)
+    assert costs.returncode == 0, err.decode()
+    async with process("serve", "--no-project", env=env) as serve:
+        _, err = await asyncio.wait_for(serve.communicate(), 60)
+    text = err.decode()
+    assert serve.returncode == 2 and "HTTPS_PROXY: only an http:// proxy is supported" in text, text
+    assert "s3cret" not in text and len(text.strip().splitlines()) == 1

@@ -4,6 +4,7 @@ proxy of ``tests/support/proxy.py``, and the rules that pick the proxy."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator
 
@@ -12,13 +13,15 @@ import trustme
 
 from gateway import errors
 from gateway.providers import http as gateway_http
+from gateway.providers import upstream_http
 from gateway.providers.upstream_http import UpstreamClient
-from gateway.providers.upstream_proxy import ProxyRefused, ProxyRules, parse_proxy
+from gateway.providers.upstream_proxy import ProxyRefused, ProxyRules, ProxyUnreachable, parse_proxy
 from gateway.providers.upstream_response import Timeout
 from gateway.settings import Settings
 from tests.support.proxy import ConnectProxy
 from tests.unit.providers.test_upstream_http import (
     CHUNKED_HEAD,
+    Request,
     Server,
     T,
     answer,
@@ -141,12 +144,17 @@ async def test_a_proxys_refusal_is_a_connection_error_never_sent(
 
 
 async def test_a_proxy_that_cannot_be_reached_or_never_answers(ca: trustme.CA) -> None:
-    """A proxy down is a refused connection; one that takes the CONNECT and says nothing is the
+    """A proxy down is a refused connection, named as the proxy's (the log named the vendor's
+    host, which the gateway never resolves); one that takes the CONNECT and says nothing is the
     connect timeout's (the request was not sent either way)."""
-    rules = ProxyRules.from_settings(f"http://127.0.0.1:{free_port()}", None, None)
+    port = free_port()
+    rules = ProxyRules.from_settings(f"http://u:secret@127.0.0.1:{port}", f"http://127.0.0.1:{port}", None)
     async with UpstreamClient(ssl_context=trusting(ca), proxies=rules) as client:
-        with pytest.raises(ConnectionRefusedError):
-            await call(client, f"https://{VENDOR}/v1/chat")
+        for url in (f"https://{VENDOR}/v1/chat", "http://ollama.test:11434/api/chat"):
+            with pytest.raises(ProxyUnreachable, match=rf"the proxy http://127.0.0.1:{port} cannot be reached") as info:
+                await call(client, url)
+            assert isinstance(info.value.__cause__, ConnectionRefusedError)
+            assert "secret" not in str(info.value)
     async with ConnectProxy(silent=True) as silent:
         async with UpstreamClient(ssl_context=trusting(ca), proxies=through(silent)) as client:
             with pytest.raises(TimeoutError):
@@ -172,6 +180,78 @@ async def test_an_http_provider_is_asked_in_absolute_form() -> None:
     assert ollama.accepted == 1
 
 
+@pytest.mark.parametrize(
+    ("answer_head", "refused"),
+    [
+        (b"HTTP/1.1 407 Proxy Authentication Required\r\nproxy-authenticate: Basic\r\n", True),
+        (b"HTTP/1.1 403 Forbidden\r\nx-squid-error: ERR_ACCESS_DENIED 0\r\n", True),
+        (b"HTTP/1.1 503 Service Unavailable\r\nproxy-status: squid; error=connection_refused\r\n", True),
+        (b"HTTP/1.1 403 Forbidden\r\nvia: 1.1 squid\r\n", False),  # the provider's, relayed
+        (b"HTTP/1.1 200 OK\r\nproxy-status: squid\r\n", False),
+    ],
+)
+async def test_an_http_providers_answer_is_the_proxys_refusal_only_when_it_says_so(
+    answer_head: bytes, refused: bool
+) -> None:
+    """Through HTTP_PROXY the proxy answers for the provider: its own refusal (a 407, or an
+    answer it marks as its own) was taken for the provider's (its 403 as a bad key, its 503 as an
+    overload retried three times). The provider's own answers still come as they are."""
+    async with Server() as ollama:
+        ollama.handler = answer(answer_head + b"content-length: 2\r\n\r\nno")
+        async with ConnectProxy(routes={f"ollama.test:{ollama.port}": ("127.0.0.1", ollama.port)}) as proxy:
+            async with UpstreamClient(proxies=through(proxy)) as client:
+                url = f"http://ollama.test:{ollama.port}/api/chat"
+                if refused:
+                    status = answer_head.split(b" ")[1].decode()
+                    with pytest.raises(ProxyRefused, match=rf"refused the request: {status}"):
+                        await call(client, url)
+                    with pytest.raises(errors.UpstreamConnectionError) as wrapped:
+                        async with gateway_http.post(
+                            client,
+                            "ollama",
+                            url,
+                            headers={},
+                            body={},
+                            timeout=T,
+                            classify=lambda *a: errors.ProviderError("x"),
+                        ):
+                            pass
+                    assert not wrapped.value.billed_unseen  # the provider never had it
+                else:
+                    assert (await call(client, url))[1] == b"no"
+
+
+@pytest.mark.parametrize(("wait", "billed"), [(0.0, False), (0.3, True)])
+async def test_a_connection_that_ends_without_an_answer_after_a_wait_had_the_request(
+    wait: float, billed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy's idle timeout cut a slow call the vendor answered (and billed): recorded free, and
+    the call paid again at the fallback. A connection that ends at once (a keep-alive one the
+    server had closed) never had the request processed, and stays free."""
+    monkeypatch.setattr(upstream_http, "ANSWER_LOST_AFTER", 0.2)
+
+    async def close_after(request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(wait)
+        return False
+
+    async with Server() as vendor:
+        vendor.handler = close_after
+        async with UpstreamClient() as client:
+            with pytest.raises(errors.UpstreamConnectionError) as info:
+                async with gateway_http.post(
+                    client,
+                    "openai",
+                    vendor.url(),
+                    headers={},
+                    body={},
+                    timeout=T,
+                    classify=lambda *a: errors.ProviderError("x"),
+                ):
+                    pass
+    assert info.value.billed_unseen is billed
+    assert ("after the provider had the request" in str(info.value)) is billed
+
+
 async def test_no_proxy_and_loopback_go_direct(ca: trustme.CA) -> None:
     """A host NO_PROXY names, and any loopback host, is reached without the proxy."""
     async with (
@@ -193,6 +273,9 @@ def test_proxy_urls() -> None:
     proxy = parse_proxy("http://u%3Ax:p%40ss@Proxy.Corp:3128", "HTTPS_PROXY")
     assert (proxy.host, proxy.port, proxy.shown) == ("proxy.corp", 3128, "http://proxy.corp:3128")
     assert proxy.authorization == basic("u:x", "p@ss")
+    # the bytes the escapes say, as curl sends them (a Latin-1 password)
+    latin = parse_proxy("http://lat:%E9t%E9@proxy:3128", "HTTPS_PROXY")
+    assert latin.authorization == "Basic " + base64.b64encode(b"lat:\xe9t\xe9").decode()
     bare = parse_proxy("proxy.corp:8080", "HTTPS_PROXY")  # as curl takes it
     assert (bare.host, bare.port, bare.authorization) == ("proxy.corp", 8080, None)
     assert parse_proxy("http://[fd00::1]", "HTTP_PROXY").shown == "http://[fd00::1]:80"
@@ -202,6 +285,7 @@ def test_proxy_urls() -> None:
         ("http://proxy:99999", "port"),
         ("http://:3128", "no host"),
         ("http://proxy:3128/path", "without a path"),
+        ("http://u:secret@[::1", "HTTPS_PROXY: not a URL"),
     ]:
         with pytest.raises(ValueError, match=message) as info:
             parse_proxy(bad, "HTTPS_PROXY")
@@ -229,6 +313,8 @@ def test_proxy_urls() -> None:
         ("[fd00::1]:8080", "http", "fd00::1", 8080, False),
         ("*", "https", "api.openai.com", 443, False),
         ("example.com.", "https", "api.openai.com.", 443, True),
+        ("corp.example.", "https", "api.corp.example", 443, False),
+        ("corp.example.", "https", "corp.example.", 443, False),
     ],
 )
 def test_which_hosts_go_through_the_proxy(no_proxy: str, scheme: str, host: str, port: int, proxied: bool) -> None:
@@ -245,19 +331,26 @@ def test_each_scheme_has_its_own_variable() -> None:
     assert not ProxyRules.from_settings(None, "", None).active
 
 
-def test_the_settings_read_the_usual_variables_and_refuse_a_bad_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HTTPS_PROXY", "http://user:pw@proxy.corp:3128")
-    monkeypatch.setenv("no_proxy", ".corp,10.0.0.0/8")
+def test_the_settings_read_the_usual_variables_and_refuse_a_bad_one() -> None:
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
-    rules = settings.proxy_rules()
+    rules = settings.proxy_rules({"HTTPS_PROXY": "http://user:pw@proxy.corp:3128", "no_proxy": ".corp,10.0.0.0/8"})
     assert rules.for_origin("https", "api.anthropic.com", 443) is not None
     assert rules.for_origin("https", "gemini.corp", 443) is None
-    assert "pw" not in repr(settings)
-    monkeypatch.setenv("HTTPS_PROXY", "socks5h://user:pw@proxy.corp:1080")
+    # curl's precedence, whatever the environment's order (pydantic took the last one)
+    for environ in (
+        {"HTTPS_PROXY": "http://upper:1", "https_proxy": "http://lower:2"},
+        {"https_proxy": "http://lower:2", "HTTPS_PROXY": "http://upper:1"},
+    ):
+        chosen = settings.proxy_rules(environ).https
+        assert chosen is not None and chosen.shown == "http://lower:2"
+    # the config file's key wins over the variables
+    filed = Settings(_env_file=None, https_proxy="http://filed:3")  # type: ignore[call-arg]
+    assert filed.proxy_rules({"https_proxy": "http://lower:2"}).https.shown == "http://filed:3"  # type: ignore[union-attr]
+    assert "filed" not in repr(filed)
     with pytest.raises(ValueError, match="only an http:// proxy") as info:
-        Settings(_env_file=None)  # type: ignore[call-arg]
-    assert "pw@" not in str(info.value).split("input_value")[0]
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.corp:3128")
-    monkeypatch.setenv("no_proxy", "ollama:port")
-    with pytest.raises(ValueError, match="NO_PROXY"):
-        Settings(_env_file=None)  # type: ignore[call-arg]
+        settings.proxy_rules({"HTTPS_PROXY": "socks5h://user:pw@proxy.corp:1080"})
+    assert "pw@" not in str(info.value)
+    with pytest.raises(ValueError, match="NO_PROXY: 'ollama:port' has a port"):
+        settings.proxy_rules({"HTTPS_PROXY": "http://proxy.corp:3128", "no_proxy": "ollama:port"})
+    with pytest.raises(ValueError, match="is a URL: give its host alone"):
+        settings.proxy_rules({"HTTPS_PROXY": "http://proxy.corp:3128", "no_proxy": "localhost,http://internal.corp"})
