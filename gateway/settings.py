@@ -374,7 +374,8 @@ class Settings(BaseSettings):
             configured: str | None = getattr(self, field)
             if configured is not None:
                 return configured
-            return names.get(field, names.get(field.upper()))
+            lower = names.get(field)  # an empty one is no setting (compose passes an unset one as "")
+            return lower if lower and lower.strip() else names.get(field.upper())
 
         return ProxyRules.from_settings(read("https_proxy"), read("http_proxy"), read("no_proxy"))
 

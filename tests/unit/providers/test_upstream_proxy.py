@@ -340,6 +340,8 @@ def test_the_settings_read_the_usual_variables_and_refuse_a_bad_one() -> None:
     for environ in (
         {"HTTPS_PROXY": "http://upper:1", "https_proxy": "http://lower:2"},
         {"https_proxy": "http://lower:2", "HTTPS_PROXY": "http://upper:1"},
+        {"https_proxy": "http://lower:2"},
+        {"https_proxy": " ", "HTTPS_PROXY": "http://lower:2"},
     ):
         chosen = settings.proxy_rules(environ).https
         assert chosen is not None and chosen.shown == "http://lower:2"
