@@ -81,8 +81,11 @@ def create_app(
     """Build the gateway. Tests pass fakes; ``llm-gateway serve`` passes only settings."""
     completions.quiet_client_payload_errors()
     for name in KNOWN_PROVIDERS:
-        register_secret(settings.provider(name).api_key)
-        register_secret(url_password(settings.provider(name).base_url))
+        provider = settings.provider(name)
+        register_secret(provider.api_key)
+        register_secret(url_password(provider.base_url))
+        for value in provider.headers.values():  # an API gateway's key before Azure (a review)
+            register_secret(value)
     for key in settings.api_keys:
         register_secret(key.key)
     register_secret(settings.kafka_sasl_password)

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway import strict_yaml
@@ -146,7 +146,13 @@ class ProviderSettings(BaseModel):
     @field_validator("headers")
     @classmethod
     def _headers(cls, value: dict[str, str]) -> dict[str, str]:
-        return {_header_name(name): _header_value(name, text) for name, text in value.items()}
+        headers: dict[str, str] = {}
+        for name, text in value.items():
+            lowered = _header_name(name)
+            if lowered in headers:  # which one would be sent? (the last was, silently: a review)
+                raise ValueError(f"headers: {lowered} is given twice (names are case-insensitive)")
+            headers[lowered] = _header_value(name, text)
+        return headers
 
 
 class Settings(BaseSettings):
@@ -361,6 +367,19 @@ class Settings(BaseSettings):
     @classmethod
     def _ollama_host(cls, value: str | None) -> str | None:
         return _http_url(value)
+
+    @field_validator("openai_org_id", "openai_project_id")
+    @classmethod
+    def _openai_header(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """Sent as headers: checked at start, in one line without the value (a bad one was a
+        traceback printing it when the providers were built: a review)."""
+        if value is None:
+            return None
+        variable = "OPENAI_ORG_ID" if info.field_name == "openai_org_id" else "OPENAI_PROJECT_ID"
+        try:
+            return _header_value(variable, value)
+        except ValueError:
+            raise ValueError(f"{variable} has a character HTTP headers cannot carry") from None
 
     def proxy_rules(self, environ: Mapping[str, str] | None = None) -> ProxyRules:
         """The proxy of the provider calls: the config file's keys, else the variables with
@@ -596,11 +615,11 @@ OWN_HEADERS = frozenset(
         "user-agent",
     }
 )
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def _header_name(name: str) -> str:
-    if not _TOKEN.match(name):
+    if not _TOKEN.fullmatch(name):  # (match's $ let "x-foo\n" through: a review)
         raise ValueError(f"headers: {name!r} is no HTTP header name")
     lowered = name.lower()
     if lowered in OWN_HEADERS:

@@ -117,13 +117,18 @@ class AdmittedCall:
                 self.limiter.release(self.ctx.tenant_id)
 
 
-def allowed_providers(principal: Principal, model: str, pinned: str | None) -> frozenset[str] | None:
+def allowed_providers(
+    state: GatewayState, principal: Principal, model: str, pinned: str | None, *, same_model: bool = False
+) -> frozenset[str] | None:
     """The providers the call's key may use (None: any), after checking that it may ask for the
-    model and pin the provider (``gateway/api/access.py``): a 403 before anything else."""
+    model, pin the provider, and reach a provider serving the model (``gateway/api/access.py``):
+    a 403 before the budget and rate-limit checks."""
     access = principal.access
     if access is None:
         return None
     access.check(model, pinned)
+    if access.providers is not None:
+        state.router.admit(model, pinned, access.providers, same_model=same_model)
     return access.providers
 
 

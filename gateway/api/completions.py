@@ -86,7 +86,7 @@ async def _serve(
 async def _answer(
     request: web.Request, state: GatewayState, principal: Any, parsed: ParsedRequest
 ) -> web.StreamResponse:
-    providers = allowed_providers(principal, parsed.requested_model, parsed.provider)
+    providers = allowed_providers(state, principal, parsed.requested_model, parsed.provider)
     tenant, limits = billed_tenant(state, principal, parsed.tenant_id)
     ctx = CallContext(
         request_id=request[REQUEST_ID],

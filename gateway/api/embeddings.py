@@ -152,7 +152,7 @@ async def _answer(
     request: web.Request, state: GatewayState, principal: Any, parsed: ParsedEmbeddings
 ) -> web.StreamResponse:
     model = parsed.template.model
-    providers = allowed_providers(principal, model, parsed.provider)
+    providers = allowed_providers(state, principal, model, parsed.provider, same_model=True)
     tenant, limits = billed_tenant(state, principal, parsed.tenant_id)
     ctx = CallContext(
         request_id=request[REQUEST_ID],

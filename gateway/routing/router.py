@@ -231,6 +231,12 @@ class Router:
             self._candidates[key] = found
         return list(found)
 
+    def admit(self, model: str, pinned: str | None, providers: frozenset[str], *, same_model: bool = False) -> None:
+        """Raise what :meth:`_route` would for a key that may use only ``providers``: checked before
+        the budget and rate-limit checks, so such a refusal spends neither (a review)."""
+        candidates = self.candidates(model, pinned)
+        _within(_same_model(candidates, model) if same_model else candidates, providers, model)
+
     def _as_asked(self, candidate: Candidate) -> Candidate:
         """The candidate with the name its vendor is asked (``Deployments``: ``gpt-4o`` -> Azure's
         ``prod-gpt4o``), which its events name as those of a model group naming the deployment:
@@ -258,14 +264,10 @@ class Router:
         errors that allow it; raise one error naming every attempt when all fail.
         ``same_model``: only the candidates that serve the model asked for (``_same_model``)."""
         candidates = self.candidates(ctx.requested_model, pinned)
-        if ctx.providers is not None:  # the key's providers only (``gateway/api/access.py``)
-            candidates = [c for c in candidates if c.provider in ctx.providers]
-            if not candidates:
-                raise errors.ProviderNotAllowed(
-                    f"No provider this API key may use serves the model {ctx.requested_model!r}", param="model"
-                )
         if same_model:
             candidates = _same_model(candidates, ctx.requested_model)
+        if ctx.providers is not None:  # the key's providers only (``gateway/api/access.py``)
+            candidates = _within(candidates, ctx.providers, ctx.requested_model)
         needs = template.needs()
         if needs:
             candidates = self._carrying(candidates, needs, ctx)
@@ -603,6 +605,14 @@ class Router:
             waits = [w for p in attempts.skipped if (w := self.circuits.reopens_in(p)) is not None]
             failed.retry_after = min(waits, default=None)
         return failed
+
+
+def _within(candidates: list[Candidate], providers: frozenset[str], model: str) -> list[Candidate]:
+    """The candidates of ``providers``; ProviderNotAllowed when none is."""
+    allowed = [c for c in candidates if c.provider in providers]
+    if not allowed:
+        raise errors.ProviderNotAllowed(f"No provider this API key may use serves the model {model!r}", param="model")
+    return allowed
 
 
 def _same_model(candidates: list[Candidate], model: str) -> list[Candidate]:

@@ -107,6 +107,29 @@ async def test_a_key_reaches_only_its_providers_fallbacks_included(gw: RunningGa
     assert raw.headers["x-llm-provider"] == "openai"
 
 
+async def test_a_refusal_for_the_providers_spends_no_rate_limit() -> None:
+    """A model that only providers the key may not use serve is refused by the router's rule,
+    but before the budget and rate-limit checks, as a model refusal is (it spent the tenant's
+    allowance: with 1 request a minute, the next allowed call was a 429; a review)."""
+    keys = [{"key": "sk-eu", "tenant": "eu", "providers": ["anthropic", "ollama"]}]
+    limits = {"default": {"requests_per_minute": 1}}
+    async with running_gateway(settings={"api_keys": keys, "rate_limits": limits}) as gw:
+        async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="sk-eu", max_retries=0) as eu:
+            for call in (
+                eu.embeddings.create(model="text-embedding-3-small", input="hi"),
+                eu.chat.completions.create(model="o1", messages=[{"role": "user", "content": "hi"}]),
+                eu.completions.create(model="gpt-3.5-turbo-instruct", prompt="hi"),
+            ):
+                with pytest.raises(openai.PermissionDeniedError) as info:
+                    await call
+                assert info.value.code == "provider_not_allowed"
+            raw = await eu.chat.completions.with_raw_response.create(
+                model="claude-3-haiku", messages=[{"role": "user", "content": "hi"}]
+            )
+    assert raw.headers["x-llm-provider"] == "anthropic"
+    assert upstream_calls(gw) == {"anthropic": 1}
+
+
 @pytest.mark.parametrize(
     ("entry", "message"),
     [

@@ -11,6 +11,7 @@ from typing import Any
 import openai
 import pytest
 
+from gateway.safe_text import redact_secrets
 from gateway.settings import ProviderSettings, Settings
 from gateway.simulators.registry import SIMULATED_KEY
 from tests.support.gateway import running_gateway
@@ -65,6 +66,17 @@ async def test_every_call_of_a_provider_carries_its_headers_and_only_its() -> No
     assert lowered(anthropic_request.headers)["x-api-key"] == SIMULATED_KEY
 
 
+async def test_a_configured_header_value_is_redacted_as_a_key_is() -> None:
+    """An upstream that echoes the subscription key it refused (as a 401 may) put it in the
+    client's error, the log, the events and the stores; the provider keys were redacted."""
+    secret = "0123456789abcdef0123456789abcdef"
+    options: dict[str, dict[str, Any]] = {"azure": {"headers": {"Ocp-Apim-Subscription-Key": secret}}}
+    async with running_gateway(providers=("azure",), provider_options=options):
+        assert redact_secrets(f"Access denied due to invalid subscription key {secret}.") == (
+            "Access denied due to invalid subscription key ***."
+        )
+
+
 def test_openai_organization_and_project_from_the_sdks_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_ORG_ID", "org-123")
     monkeypatch.setenv("OPENAI_PROJECT_ID", "proj_abc")
@@ -75,6 +87,10 @@ def test_openai_organization_and_project_from_the_sdks_variables(monkeypatch: py
         "x-team": "ml",
     }
     assert settings.provider("azure").headers == {}
+    # a value HTTP cannot carry stops the start, in one line without the value
+    monkeypatch.setenv("OPENAI_PROJECT_ID", "proj-secret\u2603")
+    with pytest.raises(ValueError, match="OPENAI_PROJECT_ID has a character HTTP headers cannot carry"):
+        Settings(_env_file=None)  # type: ignore[call-arg]
 
 
 @pytest.mark.parametrize(
@@ -86,6 +102,8 @@ def test_openai_organization_and_project_from_the_sdks_variables(monkeypatch: py
         ({"bad name": "x"}, "no HTTP header name"),
         ({"x-a": "line\r\nx-injected: 1"}, "cannot carry"),
         ({"x-a": "snow\u2603"}, "cannot carry"),
+        ({"X-Foo\n": "bar"}, "no HTTP header name"),
+        ({"X-Team": "a", "x-team": "b"}, "x-team is given twice"),
     ],
 )
 def test_headers_that_cannot_be_sent_are_refused_at_start(headers: dict[str, str], message: str) -> None:
