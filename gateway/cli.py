@@ -84,7 +84,11 @@ async def _start_simulators(settings: Settings, providers: list[str]) -> tuple[S
         sim = make_simulator(name, max_requests=SIMULATED_REQUESTS_KEPT)
         await sim.start()
         sims.append(sim)
-        overrides[name] = provider_settings_for(name, sim)
+        # the simulator's address and key, the rest as configured (deployments, headers, the
+        # api-version: they were dropped, so a configuration could not be tried on them: a review)
+        endpoint = provider_settings_for(name, sim)
+        update = {"api_key": endpoint.api_key, "base_url": endpoint.base_url}
+        overrides[name] = settings.provider(name).model_copy(update=update)
         log.info("simulated %s listening on %s", name, sim.base_url)
     return settings.model_copy(update={"providers": overrides}), sims
 

@@ -506,3 +506,30 @@ async def test_a_sigterm_during_the_start_stops_the_server_once_started() -> Non
     os.kill(os.getpid(), signal.SIGTERM)  # during the start
     await asyncio.sleep(0.05)
     await asyncio.wait_for(terminated.wait(), 2)  # returns at once, once started
+
+
+async def test_serve_simulate_keeps_the_rest_of_each_providers_configuration() -> None:
+    """The simulators take the providers' addresses and keys; the deployments, headers and
+    api-version configured stay (they were dropped: a configuration could not be tried on the
+    simulators; a review)."""
+    from gateway.cli import _start_simulators
+    from gateway.settings import Settings
+
+    configured = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        providers={
+            "azure": {"deployments": {"gpt-4o": "prod-gpt4o"}, "headers": {"Ocp-Apim-Subscription-Key": "k" * 32}},
+            "anthropic": {"default_max_tokens": 1000, "api_key": "sk-ant-real"},
+        },
+    )
+    settings, sims = await _start_simulators(configured, ["azure", "anthropic"])
+    try:
+        azure, anthropic = settings.provider("azure"), settings.provider("anthropic")
+        assert azure.deployments == {"gpt-4o": "prod-gpt4o"}
+        assert azure.headers == {"ocp-apim-subscription-key": "k" * 32}
+        assert azure.base_url == sims[0].base_url and anthropic.base_url == sims[1].base_url
+        assert anthropic.default_max_tokens == 1000
+        assert anthropic.api_key != "sk-ant-real"  # the simulator's: a real key never goes to it
+    finally:
+        for sim in sims:
+            await sim.stop()
