@@ -163,11 +163,7 @@ def create_app(
         timeouts = Timeouts(settings.request_timeout, settings.connect_timeout, settings.stream_idle_timeout)
         proxies = settings.proxy_rules()
         if proxies.active:
-            log.info(
-                "provider calls go through a proxy: %s (direct: loopback%s)",
-                proxies.describe(),
-                f", NO_PROXY {settings.no_proxy}" if settings.no_proxy else "",
-            )
+            log.info("provider calls go through a proxy: %s", proxies.describe())
         async with UpstreamClient(limit_per_host=256, proxies=proxies) as session:
             if providers is None:
                 provider_map.update(build_providers(settings, session, timeouts))

@@ -224,7 +224,10 @@ async def _stream(
     finally:
         watch.close()
         if session.event is None:  # cancelled (the client went away while we waited)
-            _client_gone(ctx, session)
+            try:
+                _client_gone(ctx, session)
+            except Exception:  # a bug in the recording: the answer is sent, or the client gone
+                log.exception("the stream of request %s could not record its end", ctx.request_id)
             if (transport := request.transport) is None or transport.is_closing():
                 response.client_left = True  # (not a bug's exception: that is no 499)
         await session.aclose()
@@ -244,11 +247,16 @@ async def _end_internally_failed(
     go out with it when nothing was written yet)."""
     failure = errors.StreamFailedInternally(f"Internal error; request id {ctx.request_id}", provider=session.provider)
     failure.billed_unseen = True
-    if session.event is None:
-        session.finish(failure.outcome, error=failure)
-        _log_stream_cost(ctx, session)
-    await state.event_log.settled(state.in_flight)
-    cost_line = f": x-llm-cost-usd={format_usd(session.cost)}\n\n".encode()
+    try:  # the bug may be in the recording itself: the stream ends with its error all the same
+        if session.event is None:
+            session.finish(failure.outcome, error=failure)
+            _log_stream_cost(ctx, session)
+        await state.event_log.settled(state.in_flight)
+        cost = session.cost
+    except Exception:
+        log.exception("the stream of request %s could not record its attempt", ctx.request_id)
+        cost = None
+    cost_line = f": x-llm-cost-usd={format_usd(cost)}\n\n".encode()
     try:
         if not response.prepared:
             await response.prepare(request)

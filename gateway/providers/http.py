@@ -209,6 +209,8 @@ async def post(
     except BodyCut as exc:
         raise errors.StreamCut(f"{provider}: response body cut: {exc}", provider=provider) from exc
     except OSError as exc:
+        if exchange.answered and not refused:  # its body broke (a chunk that is no chunk): as a cut
+            raise errors.StreamCut(f"{provider}: response body broke: {exc}", provider=provider) from exc
         _log_unreachable(provider, url, exc)
         if exchange.answer_lost():  # it had the request: billed, at an amount nobody saw
             lost = errors.UpstreamConnectionError(

@@ -25,6 +25,9 @@ class ConnectionPool(Protocol):
     def forget(self, conn: Connection) -> None: ...
 
 
+#: seconds between two looks at a request still in the transport's buffer
+OUT_WATCH = 0.05
+
 # parser states
 _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _UNTIL_CLOSE, _IDLE = range(8)
 
@@ -48,6 +51,10 @@ class Connection(asyncio.Protocol):
         self._deadline: float | None = None
         self._body: Body | None = None
         self._lingering: asyncio.TimerHandle | None = None
+        #: when the request in flight had all left the gateway (loop time), None while part of it
+        #: waits in the transport's buffer (a large body on a slow link)
+        self.out_at: float | None = None
+        self._out_watch: asyncio.TimerHandle | None = None
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -98,7 +105,23 @@ class Connection(asyncio.Protocol):
             self._head_timer = loop.call_at(when, expire, future, "no answer from the server within the timeout")
         assert self.transport is not None
         self.transport.writelines((head, body))
+        self.out_at = None
+        self._check_out()
         return future
+
+    def _check_out(self) -> None:
+        """Note when the request has all left the transport's buffer; looked at every 50 ms while
+        some is left (only a body larger than the socket takes at once). A reset cut short an
+        upload and the request counted as the provider's, whose buffer was cleared before the
+        loss was seen (a diff review)."""
+        self._out_watch = None
+        transport = self.transport
+        if transport is None or self.closed or self._state == _IDLE:
+            return
+        if transport.get_write_buffer_size() == 0:
+            self.out_at = asyncio.get_running_loop().time()
+        else:
+            self._out_watch = asyncio.get_running_loop().call_later(OUT_WATCH, self._check_out)
 
     def linger(self, seconds: float) -> None:
         """The caller has what it wanted of this answer (the vendor's end event came) and stops
@@ -366,6 +389,9 @@ class Connection(asyncio.Protocol):
         if self._lingering is not None:
             self._lingering.cancel()
             self._lingering = None
+        if self._out_watch is not None:
+            self._out_watch.cancel()
+            self._out_watch = None
         if not self.closed:
             self.closed = True
             self.pool.forget(self)

@@ -38,7 +38,15 @@ from types import TracebackType
 from urllib.parse import quote, urlencode, urlsplit
 
 from gateway.providers.upstream_connection import Connection
-from gateway.providers.upstream_proxy import Proxy, ProxyRules, open_tunnel, proxys_own_refusal, reach
+from gateway.providers.upstream_proxy import (
+    Proxy,
+    ProxyLostAnswer,
+    ProxyRefused,
+    ProxyRules,
+    open_tunnel,
+    proxys_own_answer,
+    reach,
+)
 from gateway.providers.upstream_response import Response, Timeout
 
 
@@ -339,7 +347,7 @@ class UpstreamClient:
 class _Exchange:
     """One POST: connects (or reuses a connection), sends, waits for the answer's headers."""
 
-    __slots__ = ("_conn", "_data", "_head", "_pool", "_response", "_timeout", "sent", "sent_at")
+    __slots__ = ("_conn", "_data", "_head", "_lost_wait", "_pool", "_response", "_timeout", "sent")
 
     def __init__(self, pool: _HostPool, head: bytes, data: bytes, timeout: Timeout) -> None:
         self._pool = pool
@@ -350,8 +358,9 @@ class _Exchange:
         self._response: Response | None = None
         #: the whole request went out (the provider has it, and may bill it whatever follows)
         self.sent = False
-        #: when it did (loop time)
-        self.sent_at = 0.0
+        #: how long the connection had held the whole request when it failed before any answer
+        #: (None: it never held it all, or it did not fail so)
+        self._lost_wait: float | None = None
 
     async def __aenter__(self) -> Response:
         timeout = self._timeout
@@ -383,23 +392,30 @@ class _Exchange:
                     raise PoolBusy(self._pool.client.limit_per_host)
             answer = conn.send(self._head, self._data, timeout.read, deadline, timeout.head)
             self.sent = True
-            self.sent_at = asyncio.get_running_loop().time()
             if (wire := WIRE.get()) is not None:
                 wire.state = "sent"
             response = self._response = await answer
             origin = self._pool.origin
             if origin.proxy is not None and origin.scheme == "http":
-                refused = proxys_own_refusal(origin.proxy, response.status, response.reason, response.headers)
-                if refused is not None:  # the proxy's, not the provider's: it never had the request
+                failed = proxys_own_answer(origin.proxy, response.status, response.reason, response.headers)
+                if isinstance(failed, ProxyRefused):  # the proxy's, not the provider's: it never had it
                     self.sent = False
                     if wire is not None:
                         wire.state = "sending"
-                    raise refused
-        except BaseException:
-            if self.sent and conn.transport is not None and conn.transport.get_write_buffer_size():
+                if failed is not None:  # (or the provider had it, and its answer was lost)
+                    self._response = None
+                    raise failed
+        except BaseException as exc:
+            if self.sent and (
+                conn.out_at is None or (conn.transport is not None and conn.transport.get_write_buffer_size())
+            ):
                 self.sent = False  # part of the request was still here: the provider never had it
                 if (wire := WIRE.get()) is not None:
                     wire.state = "sending"
+            elif self.sent and self._response is None and isinstance(exc, OSError) and conn.out_at is not None:
+                self._lost_wait = asyncio.get_running_loop().time() - conn.out_at
+                if isinstance(exc, ProxyLostAnswer):
+                    self._lost_wait = max(self._lost_wait, ANSWER_LOST_AFTER)
             self._leave()
             raise
         return response
@@ -411,11 +427,18 @@ class _Exchange:
 
     def answer_lost(self) -> bool:
         """Whether the whole request went out and the connection then ended without an answer
-        after a wait (:data:`ANSWER_LOST_AFTER`): the provider had the request and may have
-        answered, and billed, it (a proxy's idle timeout that cut a slow call was recorded free,
-        and the call paid again at the fallback: a review). A connection that ends at once is a
-        keep-alive connection the server had closed: the request never reached it."""
-        return self.sent and asyncio.get_running_loop().time() - self.sent_at >= ANSWER_LOST_AFTER
+        after a wait (:data:`ANSWER_LOST_AFTER`), or an HTTP proxy said the provider's answer was
+        lost: the provider had the request and may have answered, and billed, it (a proxy's idle
+        timeout that cut a slow call was recorded free, and the call paid again at the fallback:
+        a review). A connection that ends at once is a keep-alive connection the server had
+        closed: the request never reached it; one that ends while part of the request was still
+        being written never gave the provider the request."""
+        return self._lost_wait is not None and self._lost_wait >= ANSWER_LOST_AFTER
+
+    @property
+    def answered(self) -> bool:
+        """Whether the answer's head came (a failure after it is one of its body)."""
+        return self._response is not None
 
     def _leave(self) -> None:
         conn = self._conn

@@ -45,6 +45,11 @@ class ProxyRefused(ConnectionError):
     to the provider."""
 
 
+class ProxyLostAnswer(ConnectionError):
+    """An HTTP proxy forwarded a plain-HTTP provider's request and says the answer was lost (its
+    read timeout, a reset): the provider had the request, and may bill it."""
+
+
 class ProxyUnreachable(ConnectionError):
     """The proxy itself could not be reached (its name, its port): the provider is not to blame,
     and the log names the proxy, not the vendor's host the gateway never resolves (a review)."""
@@ -154,6 +159,7 @@ class ProxyRules:
     def __init__(self, https: Proxy | None = None, http: Proxy | None = None, no_proxy: str = "") -> None:
         self.https = https
         self.http = http
+        self.no_proxy = no_proxy.strip()
         entries = [entry for entry in no_proxy.split(",") if entry.strip()]
         self.everything_direct = any(entry.strip() == "*" for entry in entries)
         self._exempt = [] if self.everything_direct else [e for e in map(_exemption, entries) if e is not None]
@@ -188,7 +194,8 @@ class ProxyRules:
             parts.append(f"https providers through {self.https.shown}")
         if self.http is not None:
             parts.append(f"http providers through {self.http.shown}")
-        return "; ".join(parts)
+        direct = "loopback" + (f", NO_PROXY {self.no_proxy}" if self.no_proxy else "")
+        return "; ".join(parts) + f" (direct: {direct})"
 
 
 class _ConnectReply(asyncio.Protocol):
@@ -230,20 +237,56 @@ async def reach(proxy: Proxy, protocol: Callable[[], P]) -> tuple[asyncio.Transp
     return transport, made
 
 
-#: what marks an answer as the proxy's own: RFC 9209's ``Proxy-Status`` with an ``error``, or
-#: squid's ``X-Squid-Error``
-_OWN_MARKS = ("x-squid-error",)
+#: the errors an HTTP proxy reports before the request reached the provider (RFC 9209's
+#: ``Proxy-Status`` error types, squid's ``X-Squid-Error`` codes): the request was not sent.
+#: Any other error it marks (a read timeout, a reset, an incomplete answer) came after the
+#: provider had the request (a squid 504 ERR_READ_TIMEOUT was recorded free: a diff review)
+_BEFORE_SENDING = (
+    "dns_",
+    "destination_",
+    "connection_refused",
+    "connection_timeout",
+    "connection_limit_reached",
+    "connection_write_timeout",
+    "tls_",
+    "http_request_",
+    "proxy_configuration_error",
+    "proxy_loop_detected",
+    "proxy_internal_response",
+    "err_access_denied",
+    "err_cache_access_denied",
+    "err_forwarding_denied",
+    "err_connect_fail",
+    "err_dns_fail",
+    "err_cannot_forward",
+    "err_secure_connect_fail",
+    "err_invalid_url",
+    "err_invalid_req",
+    "err_unsup_req",
+    "err_too_big",
+    "err_write_error",
+)
 
 
-def proxys_own_refusal(proxy: Proxy, status: int, reason: str, headers: Mapping[str, str]) -> ProxyRefused | None:
-    """For a plain-HTTP provider asked through the proxy: the answer is the proxy's refusal, not
-    the provider's, when it is a 407 or the proxy marks it as its own (squid's 403 for a host it
-    does not allow, its 503 for one it cannot reach were the provider's: its key refused, an
-    overload retried; a review). Any other answer is the provider's, as the proxy relays it."""
-    status_field = headers.get("proxy-status", "")
-    if status == 407 or "error=" in status_field or any(mark in headers for mark in _OWN_MARKS):
+def proxys_own_answer(
+    proxy: Proxy, status: int, reason: str, headers: Mapping[str, str]
+) -> ProxyRefused | ProxyLostAnswer | None:
+    """For a plain-HTTP provider asked through the proxy, an answer that is the proxy's own, not
+    the provider's (squid's 403 for a host it does not allow, its 503 for one it cannot reach
+    were the provider's: its key refused, an overload retried; a review): a 407, or one it marks
+    with RFC 9209's ``Proxy-Status`` ``error=`` or squid's ``X-Squid-Error``. A refusal when the
+    error came before the provider had the request, else the provider's answer lost. None: the
+    provider's answer, as the proxy relays it."""
+    if status == 407:
         return ProxyRefused(f"the proxy {proxy.shown} refused the request: {status} {reason}".rstrip())
-    return None
+    field = headers.get("proxy-status", "").lower()
+    error = field.partition("error=")[2].split(";")[0].split(",")[0].strip().strip('"') if "error=" in field else ""
+    error = error or headers.get("x-squid-error", "").lower().split(" ")[0]
+    if not error:
+        return None
+    if error.startswith(_BEFORE_SENDING):
+        return ProxyRefused(f"the proxy {proxy.shown} refused the request: {status} {reason} ({error})")
+    return ProxyLostAnswer(f"the proxy {proxy.shown} lost the provider's answer: {status} {reason} ({error})")
 
 
 def _status(head: bytes) -> tuple[int, str]:

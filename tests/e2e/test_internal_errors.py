@@ -12,6 +12,7 @@ import pytest
 
 from gateway.api import completions, responses
 from gateway.pricing.base import format_usd
+from gateway.usage import UsageRecorder
 from tests.support.gateway import RunningGateway
 
 
@@ -63,3 +64,24 @@ async def test_a_bug_after_the_call_is_a_500_the_sdk_does_not_retry(
     assert len(gw.sims["openai"].requests) == 1
     [event] = gw.event_log.events
     assert event.outcome == "success" and event.cost_usd is not None and event.cost_usd > 0
+
+
+async def test_a_bug_in_the_recording_of_a_stream_still_ends_it_in_valid_http(
+    gw: RunningGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bug in the recording itself (pricing raising): ending the stream recorded again, raised
+    again, and the 500 went out on the begun stream as before (a diff review)."""
+
+    def broken_quote(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug in pricing")
+
+    monkeypatch.setattr(UsageRecorder, "quote", broken_quote)
+    body = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{gw.base_url}/chat/completions", json=body) as resp:
+            assert resp.status == 200
+            text = (await resp.read()).decode()
+    assert "[DONE]" not in text
+    *_, cost, last = [block for block in text.split("\n\n") if block]
+    assert cost == ": x-llm-cost-usd=unpriced"
+    assert json.loads(last.removeprefix("data: "))["error"]["code"] == "internal_error"

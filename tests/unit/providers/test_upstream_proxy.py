@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import socket
+import struct
 from collections.abc import AsyncIterator
 
 import pytest
@@ -186,6 +188,7 @@ async def test_an_http_provider_is_asked_in_absolute_form() -> None:
         (b"HTTP/1.1 407 Proxy Authentication Required\r\nproxy-authenticate: Basic\r\n", True),
         (b"HTTP/1.1 403 Forbidden\r\nx-squid-error: ERR_ACCESS_DENIED 0\r\n", True),
         (b"HTTP/1.1 503 Service Unavailable\r\nproxy-status: squid; error=connection_refused\r\n", True),
+        (b"HTTP/1.1 502 Bad Gateway\r\nproxy-status: envoy; error=destination_not_found\r\n", True),
         (b"HTTP/1.1 403 Forbidden\r\nvia: 1.1 squid\r\n", False),  # the provider's, relayed
         (b"HTTP/1.1 200 OK\r\nproxy-status: squid\r\n", False),
     ],
@@ -219,6 +222,89 @@ async def test_an_http_providers_answer_is_the_proxys_refusal_only_when_it_says_
                     assert not wrapped.value.billed_unseen  # the provider never had it
                 else:
                     assert (await call(client, url))[1] == b"no"
+
+
+@pytest.mark.parametrize(
+    "answer_head",
+    [
+        b"HTTP/1.1 504 Gateway Timeout\r\nx-squid-error: ERR_READ_TIMEOUT 0\r\n",
+        b"HTTP/1.1 502 Bad Gateway\r\nproxy-status: envoy; error=http_response_timeout\r\n",
+        b"HTTP/1.1 502 Bad Gateway\r\nproxy-status: squid; error=connection_terminated\r\n",
+    ],
+)
+async def test_a_proxy_that_lost_the_providers_answer_had_it_sent(answer_head: bytes) -> None:
+    """Squid's read timeout (a 504 ERR_READ_TIMEOUT) came after the provider had the request: it
+    was recorded free as a refusal, and paid again at the fallback (a diff review)."""
+    async with Server() as ollama:
+        ollama.handler = answer(answer_head + b"content-length: 2\r\n\r\nno")
+        async with ConnectProxy(routes={f"ollama.test:{ollama.port}": ("127.0.0.1", ollama.port)}) as proxy:
+            async with UpstreamClient(proxies=through(proxy)) as client:
+                with pytest.raises(errors.UpstreamConnectionError, match="after the provider had the request") as info:
+                    async with gateway_http.post(
+                        client,
+                        "ollama",
+                        f"http://ollama.test:{ollama.port}/api/chat",
+                        headers={},
+                        body={},
+                        timeout=T,
+                        classify=lambda *a: errors.ProviderError("x"),
+                    ):
+                        pass
+    assert info.value.billed_unseen
+
+
+async def test_an_upload_cut_short_never_gave_the_provider_the_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large body reset part-way, a while after it began to go out: the provider never had the
+    request (the transport's buffer was cleared before the loss was seen, so it counted as sent
+    and billed; a diff review)."""
+    monkeypatch.setattr(upstream_http, "ANSWER_LOST_AFTER", 0.2)
+
+    async def reset_mid_upload(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)
+        await asyncio.sleep(0.4)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # a reset
+        writer.close()
+
+    server = await asyncio.start_server(reset_mid_upload, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with UpstreamClient() as client:
+            with pytest.raises(errors.UpstreamConnectionError) as info:
+                async with gateway_http.post(
+                    client,
+                    "openai",
+                    f"http://127.0.0.1:{port}/v1/embeddings",
+                    headers={},
+                    body={"input": "x" * (48 * 1024 * 1024)},
+                    timeout=T,
+                    classify=lambda *a: errors.ProviderError("x"),
+                ):
+                    pass
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert not info.value.billed_unseen
+
+
+async def test_a_body_that_breaks_after_the_head_is_a_cut_answer() -> None:
+    """A 200 whose chunked body breaks (a chunk size that is no number) was "cannot reach the
+    provider's endpoint", free within a second and billed after: it is a cut answer, as a body
+    the connection ends is (a diff review)."""
+    async with Server() as vendor:
+        vendor.handler = answer(CHUNKED_HEAD + b"5\r\nhello\r\nzz\r\n")
+        async with UpstreamClient() as client:
+            with pytest.raises(errors.StreamCut, match="response body broke"):
+                async with gateway_http.post(
+                    client,
+                    "openai",
+                    vendor.url(),
+                    headers={},
+                    body={},
+                    timeout=T,
+                    classify=lambda *a: errors.ProviderError("x"),
+                ) as resp:
+                    await resp.read()
 
 
 @pytest.mark.parametrize(("wait", "billed"), [(0.0, False), (0.3, True)])
@@ -326,7 +412,10 @@ def test_each_scheme_has_its_own_variable() -> None:
     only_https = ProxyRules.from_settings("http://proxy:3128", "  ", None)
     assert only_https.for_origin("https", "api.openai.com", 443) is not None
     assert only_https.for_origin("http", "ollama.corp", 11434) is None
-    assert only_https.active and "https providers through http://proxy:3128" == only_https.describe()
+    assert only_https.describe() == "https providers through http://proxy:3128 (direct: loopback)"
+    assert only_https.active
+    named = ProxyRules.from_settings("http://proxy:3128", None, " .corp ")
+    assert named.describe() == "https providers through http://proxy:3128 (direct: loopback, NO_PROXY .corp)"
     assert not ProxyRules.from_settings("http://proxy:3128", None, "*").active
     assert not ProxyRules.from_settings(None, "", None).active
 
