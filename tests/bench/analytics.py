@@ -75,6 +75,7 @@ PG_COLUMNS = {"tenant_id": '"tenantId"', "total_tokens": '"totalTokens"', "cost_
               "coalesce(served_model, provider_model)": "model", "requested_model": '"requestedModel"',
               "prompt_tokens": '"promptTokens"', "completion_tokens": '"completionTokens"',
               "cached_tokens": '"cachedTokens"', "reasoning_tokens": '"reasoningTokens"',
+              "cache_creation_tokens": '"cacheCreationTokens"', "cache_creation_1h_tokens": '"cacheCreation1hTokens"',
               "price_version": '"priceVersion"', "usage_facts": '"LLMUsage"'}  # fmt: skip
 ROLLUP_DUCK = "SELECT day, model, sum(calls), sum(tokens), sum(cost_usd) FROM v_cost_daily GROUP BY ALL ORDER BY 1, 2"
 ROLLUP_PG = (
