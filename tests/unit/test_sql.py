@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import duckdb
@@ -430,6 +432,47 @@ async def test_a_timeout_that_expires_before_the_query_starts_still_stops_it(
     with pytest.raises(SqlTimeout):
         await query(store, "SELECT count(*) FROM range(1000000000000)", timeout=timeout)
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.timeout(60)
+async def test_a_time_limit_that_comes_just_before_the_query_starts_still_stops_it(
+    store: AnalyticsStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The limit's timer fired between the check for it and the query's start: its one interrupt
+    was lost and the query ran unbounded (a microsecond's limit in a CI run)."""
+    fired: list[Any] = []
+    made: list[Any] = []
+
+    class ManualTimer:
+        def __init__(self, interval: float, function: Any) -> None:
+            self.function = function
+            self.daemon = True
+
+        def start(self) -> None:
+            fired.append(self.function)
+
+        def cancel(self) -> None:
+            pass
+
+    class RacingEvent(threading.Event):
+        def __init__(self) -> None:
+            super().__init__()
+            made.append(self)
+            self.raced = False
+
+        def is_set(self) -> bool:
+            seen = super().is_set()
+            if self is made[0] and fired and not self.raced:  # the check before the query
+                self.raced = True
+                threading.Thread(target=fired[0], daemon=True).start()  # the timer fires now...
+                time.sleep(0.05)  # ...and its first interrupt lands before the query starts
+            return seen
+
+    monkeypatch.setattr(sql_module, "threading", SimpleNamespace(Timer=ManualTimer, Event=RacingEvent))
+    started = time.monotonic()
+    with pytest.raises(SqlTimeout, match="ran longer than"):
+        await query(store, "SELECT sum(i) FROM range(1000000000000) t(i)", timeout=30)
+    assert time.monotonic() - started < 10
 
 
 async def test_a_running_query_does_not_hold_up_the_writer(store: AnalyticsStore) -> None:
