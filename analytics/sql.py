@@ -430,14 +430,26 @@ def run_query(
     started = time.monotonic()
     expired = threading.Event()
     finished = threading.Event()
+    interrupting = threading.Lock()  # no interrupt once the work is over (its cursor may be closed)
 
     def expire() -> None:
         # again every 50 ms until the work ends: an interrupt between the check below and the
         # query's start is lost (a CI run saw a microsecond's timeout not stop the query)
         expired.set()
-        while not finished.is_set():
-            conn.interrupt()
-            finished.wait(INTERRUPT_AGAIN)
+        while True:
+            with interrupting:
+                if finished.is_set():
+                    return
+                try:
+                    conn.interrupt()
+                except duckdb.Error:  # closed: nothing left to stop
+                    return
+            if finished.wait(INTERRUPT_AGAIN):
+                return
+
+    def finish() -> None:
+        with interrupting:
+            finished.set()
 
     timer = threading.Timer(timeout, expire)
     timer.daemon = True
@@ -475,7 +487,7 @@ def run_query(
             if expired.is_set():  # the limit came while it ran: what it read may be cut short
                 raise duckdb.InterruptException("the time limit came while the query ran")
         finally:
-            finished.set()
+            finish()
             timer.cancel()
             _rollback(conn)
     except duckdb.InterruptException as e:
@@ -489,7 +501,7 @@ def run_query(
     except duckdb.Error as e:
         raise SqlError(_message(e)) from e
     finally:
-        finished.set()
+        finish()
         timer.cancel()
     elapsed = (time.monotonic() - started) * 1000
     return SqlResult(

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from urllib.parse import quote, urlencode, urlsplit
 
-from gateway.providers.upstream_connection import Connection
+from gateway.providers.upstream_connection import Connection, unsent
 from gateway.providers.upstream_proxy import (
     Proxy,
     ProxyLostAnswer,
@@ -406,9 +406,7 @@ class _Exchange:
                     self._response = None
                     raise failed
         except BaseException as exc:
-            if self.sent and (
-                conn.out_at is None or (conn.transport is not None and conn.transport.get_write_buffer_size())
-            ):
+            if self.sent and (conn.out_at is None or (conn.transport is not None and unsent(conn.transport))):
                 self.sent = False  # part of the request was still here: the provider never had it
                 if (wire := WIRE.get()) is not None:
                     wire.state = "sending"

@@ -237,34 +237,21 @@ async def reach(proxy: Proxy, protocol: Callable[[], P]) -> tuple[asyncio.Transp
     return transport, made
 
 
-#: the errors an HTTP proxy reports before the request reached the provider (RFC 9209's
-#: ``Proxy-Status`` error types, squid's ``X-Squid-Error`` codes): the request was not sent.
-#: Any other error it marks (a read timeout, a reset, an incomplete answer) came after the
-#: provider had the request (a squid 504 ERR_READ_TIMEOUT was recorded free: a diff review)
-_BEFORE_SENDING = (
-    "dns_",
-    "destination_",
-    "connection_refused",
-    "connection_timeout",
-    "connection_limit_reached",
-    "connection_write_timeout",
-    "tls_",
-    "http_request_",
-    "proxy_configuration_error",
-    "proxy_loop_detected",
-    "proxy_internal_response",
-    "err_access_denied",
-    "err_cache_access_denied",
-    "err_forwarding_denied",
-    "err_connect_fail",
-    "err_dns_fail",
-    "err_cannot_forward",
-    "err_secure_connect_fail",
-    "err_invalid_url",
-    "err_invalid_req",
-    "err_unsup_req",
-    "err_too_big",
-    "err_write_error",
+#: the errors an HTTP proxy reports after it forwarded the request (RFC 9209's ``Proxy-Status``
+#: error types, squid's ``X-Squid-Error`` codes): the provider had it, and its answer was lost (a
+#: squid 504 ERR_READ_TIMEOUT was recorded free: a diff review). Any other error the proxy marks
+#: came before the provider had the request (a list of those missed ERR_SHUTTING_DOWN, ICAP
+#: failures and others, and billed them: a re-test)
+_AFTER_FORWARDING = (
+    "connection_terminated",
+    "connection_read_timeout",
+    "http_response_",
+    "http_protocol_error",
+    "err_read_timeout",
+    "err_read_error",
+    "err_zero_size_object",
+    "err_invalid_resp",
+    "err_lifetime_exp",
 )
 
 
@@ -284,9 +271,9 @@ def proxys_own_answer(
     error = error or headers.get("x-squid-error", "").lower().split(" ")[0]
     if not error:
         return None
-    if error.startswith(_BEFORE_SENDING):
-        return ProxyRefused(f"the proxy {proxy.shown} refused the request: {status} {reason} ({error})")
-    return ProxyLostAnswer(f"the proxy {proxy.shown} lost the provider's answer: {status} {reason} ({error})")
+    if error.startswith(_AFTER_FORWARDING):
+        return ProxyLostAnswer(f"the proxy {proxy.shown} lost the provider's answer: {status} {reason} ({error})")
+    return ProxyRefused(f"the proxy {proxy.shown} refused the request: {status} {reason} ({error})")
 
 
 def _status(head: bytes) -> tuple[int, str]:

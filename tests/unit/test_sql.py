@@ -5,6 +5,7 @@ documented views."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -29,6 +30,7 @@ from analytics.sql import (
     SqlTimeout,
     check_query,
     json_value,
+    run_query,
 )
 from analytics.sql_command import render_table
 from analytics.store import AnalyticsStore
@@ -468,11 +470,49 @@ async def test_a_time_limit_that_comes_just_before_the_query_starts_still_stops_
                 time.sleep(0.05)  # ...and its first interrupt lands before the query starts
             return seen
 
-    monkeypatch.setattr(sql_module, "threading", SimpleNamespace(Timer=ManualTimer, Event=RacingEvent))
+    monkeypatch.setattr(
+        sql_module, "threading", SimpleNamespace(Timer=ManualTimer, Event=RacingEvent, Lock=threading.Lock)
+    )
     started = time.monotonic()
     with pytest.raises(SqlTimeout, match="ran longer than"):
         await query(store, "SELECT sum(i) FROM range(1000000000000) t(i)", timeout=30)
     assert time.monotonic() - started < 10
+
+
+def test_the_limits_timer_never_interrupts_a_cursor_once_its_work_is_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The timer checked that the work was not over, lost the CPU, and interrupted the cursor the
+    caller had meanwhile closed: an exception in the timer's thread (a re-test)."""
+    errors: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
+    closed = threading.Event()
+    made: list[Any] = []
+
+    class ParkedEvent(threading.Event):
+        def __init__(self) -> None:
+            super().__init__()
+            made.append(self)
+            self.parked = False
+
+        def is_set(self) -> bool:
+            seen = super().is_set()
+            timer_thread = threading.current_thread() is not threading.main_thread()
+            if len(made) > 1 and self is made[1] and timer_thread and not self.parked:
+                self.parked = True  # ``finished``, seen unset by the timer, which then loses the CPU...
+                closed.wait(5)  # ...until the caller has closed the cursor
+            return seen
+
+    monkeypatch.setattr(
+        sql_module, "threading", SimpleNamespace(Timer=threading.Timer, Event=ParkedEvent, Lock=threading.Lock)
+    )
+    db = duckdb.connect()
+    cursor = db.cursor()
+    with contextlib.suppress(SqlTimeout):
+        run_query(cursor, "SELECT count(*) FROM range(300000000) t(i) WHERE i % 7 = 3", timeout=0.05)
+    cursor.close()
+    closed.set()
+    time.sleep(0.3)
+    db.close()
+    assert errors == []
 
 
 async def test_a_running_query_does_not_hold_up_the_writer(store: AnalyticsStore) -> None:

@@ -189,6 +189,9 @@ async def test_an_http_provider_is_asked_in_absolute_form() -> None:
         (b"HTTP/1.1 403 Forbidden\r\nx-squid-error: ERR_ACCESS_DENIED 0\r\n", True),
         (b"HTTP/1.1 503 Service Unavailable\r\nproxy-status: squid; error=connection_refused\r\n", True),
         (b"HTTP/1.1 502 Bad Gateway\r\nproxy-status: envoy; error=destination_not_found\r\n", True),
+        (b"HTTP/1.1 503 Service Unavailable\r\nx-squid-error: ERR_SHUTTING_DOWN 0\r\n", True),
+        (b"HTTP/1.1 500 Internal Server Error\r\nx-squid-error: ERR_ICAP_FAILURE 0\r\n", True),
+        (b"HTTP/1.1 500 Internal Server Error\r\nproxy-status: envoy; error=proxy_internal_error\r\n", True),
         (b"HTTP/1.1 403 Forbidden\r\nvia: 1.1 squid\r\n", False),  # the provider's, relayed
         (b"HTTP/1.1 200 OK\r\nproxy-status: squid\r\n", False),
     ],
@@ -253,10 +256,14 @@ async def test_a_proxy_that_lost_the_providers_answer_had_it_sent(answer_head: b
     assert info.value.billed_unseen
 
 
-async def test_an_upload_cut_short_never_gave_the_provider_the_request(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("tls", [False, True])
+async def test_an_upload_cut_short_never_gave_the_provider_the_request(
+    tls: bool, ca: trustme.CA, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A large body reset part-way, a while after it began to go out: the provider never had the
     request (the transport's buffer was cleared before the loss was seen, so it counted as sent
-    and billed; a diff review)."""
+    and billed; a diff review). Over TLS too, where the TLS layer's buffer empties as soon as the
+    body is encrypted (a re-test)."""
     monkeypatch.setattr(upstream_http, "ANSWER_LOST_AFTER", 0.2)
 
     async def reset_mid_upload(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -266,15 +273,15 @@ async def test_an_upload_cut_short_never_gave_the_provider_the_request(monkeypat
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # a reset
         writer.close()
 
-    server = await asyncio.start_server(reset_mid_upload, "127.0.0.1", 0)
+    server = await asyncio.start_server(reset_mid_upload, "127.0.0.1", 0, ssl=serving(ca, "localhost") if tls else None)
     port = server.sockets[0].getsockname()[1]
     try:
-        async with UpstreamClient() as client:
+        async with UpstreamClient(ssl_context=trusting(ca)) as client:
             with pytest.raises(errors.UpstreamConnectionError) as info:
                 async with gateway_http.post(
                     client,
                     "openai",
-                    f"http://127.0.0.1:{port}/v1/embeddings",
+                    f"{'https' if tls else 'http'}://localhost:{port}/v1/embeddings",
                     headers={},
                     body={"input": "x" * (48 * 1024 * 1024)},
                     timeout=T,
