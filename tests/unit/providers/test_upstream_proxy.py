@@ -9,6 +9,7 @@ import base64
 import socket
 import struct
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import trustme
@@ -61,6 +62,13 @@ async def vendor(ca: trustme.CA) -> AsyncIterator[Server]:
 async def proxy(vendor: Server) -> AsyncIterator[ConnectProxy]:
     async with ConnectProxy(routes={f"{VENDOR}:{vendor.port}": ("127.0.0.1", vendor.port)}) as running:
         yield running
+
+
+def posting(client: UpstreamClient, url: str, provider: str, body: dict[str, Any] | None = None) -> Any:
+    """The adapters' ``post`` of ``body`` to ``url`` (an error status is a bare ProviderError)."""
+    return gateway_http.post(
+        client, provider, url, headers={}, body=body or {}, timeout=T, classify=lambda *a: errors.ProviderError("x")
+    )
 
 
 def through(proxy: ConnectProxy, no_proxy: str = "", userinfo: str = "") -> ProxyRules:
@@ -135,9 +143,7 @@ async def test_a_proxys_refusal_is_a_connection_error_never_sent(
             await call(client, url)
         assert "wrong-secret" not in str(info.value)
         with pytest.raises(errors.UpstreamConnectionError) as wrapped:
-            async with gateway_http.post(
-                client, "openai", url, headers={}, body={}, timeout=T, classify=lambda *a: errors.ProviderError("x")
-            ):
+            async with posting(client, url, "openai"):
                 pass
     assert not getattr(wrapped.value, "billed_unseen", False)
     assert "ProxyRefused" in str(wrapped.value)
@@ -212,15 +218,7 @@ async def test_an_http_providers_answer_is_the_proxys_refusal_only_when_it_says_
                     with pytest.raises(ProxyRefused, match=rf"refused the request: {status}"):
                         await call(client, url)
                     with pytest.raises(errors.UpstreamConnectionError) as wrapped:
-                        async with gateway_http.post(
-                            client,
-                            "ollama",
-                            url,
-                            headers={},
-                            body={},
-                            timeout=T,
-                            classify=lambda *a: errors.ProviderError("x"),
-                        ):
+                        async with posting(client, url, "ollama"):
                             pass
                     assert not wrapped.value.billed_unseen  # the provider never had it
                 else:
@@ -243,15 +241,7 @@ async def test_a_proxy_that_lost_the_providers_answer_had_it_sent(answer_head: b
         async with ConnectProxy(routes={f"ollama.test:{ollama.port}": ("127.0.0.1", ollama.port)}) as proxy:
             async with UpstreamClient(proxies=through(proxy)) as client:
                 with pytest.raises(errors.UpstreamConnectionError, match="after the provider had the request") as info:
-                    async with gateway_http.post(
-                        client,
-                        "ollama",
-                        f"http://ollama.test:{ollama.port}/api/chat",
-                        headers={},
-                        body={},
-                        timeout=T,
-                        classify=lambda *a: errors.ProviderError("x"),
-                    ):
+                    async with posting(client, f"http://ollama.test:{ollama.port}/api/chat", "ollama"):
                         pass
     assert info.value.billed_unseen
 
@@ -278,14 +268,11 @@ async def test_an_upload_cut_short_never_gave_the_provider_the_request(
     try:
         async with UpstreamClient(ssl_context=trusting(ca)) as client:
             with pytest.raises(errors.UpstreamConnectionError) as info:
-                async with gateway_http.post(
+                async with posting(
                     client,
-                    "openai",
                     f"{'https' if tls else 'http'}://localhost:{port}/v1/embeddings",
-                    headers={},
+                    "openai",
                     body={"input": "x" * (48 * 1024 * 1024)},
-                    timeout=T,
-                    classify=lambda *a: errors.ProviderError("x"),
                 ):
                     pass
     finally:
@@ -302,15 +289,7 @@ async def test_a_body_that_breaks_after_the_head_is_a_cut_answer() -> None:
         vendor.handler = answer(CHUNKED_HEAD + b"5\r\nhello\r\nzz\r\n")
         async with UpstreamClient() as client:
             with pytest.raises(errors.StreamCut, match="response body broke"):
-                async with gateway_http.post(
-                    client,
-                    "openai",
-                    vendor.url(),
-                    headers={},
-                    body={},
-                    timeout=T,
-                    classify=lambda *a: errors.ProviderError("x"),
-                ) as resp:
+                async with posting(client, vendor.url(), "openai") as resp:
                     await resp.read()
 
 
@@ -331,15 +310,7 @@ async def test_a_connection_that_ends_without_an_answer_after_a_wait_had_the_req
         vendor.handler = close_after
         async with UpstreamClient() as client:
             with pytest.raises(errors.UpstreamConnectionError) as info:
-                async with gateway_http.post(
-                    client,
-                    "openai",
-                    vendor.url(),
-                    headers={},
-                    body={},
-                    timeout=T,
-                    classify=lambda *a: errors.ProviderError("x"),
-                ):
+                async with posting(client, vendor.url(), "openai"):
                     pass
     assert info.value.billed_unseen is billed
     assert ("after the provider had the request" in str(info.value)) is billed
