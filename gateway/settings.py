@@ -63,26 +63,19 @@ class ApiKey(BaseModel):
     #: the providers its calls may reach, fallbacks included (None: any): data residency
     providers: list[str] | None = None
 
-    @field_validator("models")
+    @field_validator("models", "providers")
     @classmethod
-    def _models(cls, value: list[str] | None) -> list[str] | None:
+    def _limits(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
         if value is None:
             return None
+        what = info.field_name
         if not value:
-            raise ValueError("models: an empty list allows no call; leave it out to allow every model")
+            raise ValueError(f"{what}: an empty list allows no call; leave it out to allow every one")
+        if what == "providers":
+            _known(value)
         for name in value:
             if not name.strip() or name != name.strip() or not name.isprintable() or "*" in name[:-1]:
-                raise ValueError(f"models: {name!r} is no model name or prefix (a '*' only at its end)")
-        return value
-
-    @field_validator("providers")
-    @classmethod
-    def _providers(cls, value: list[str] | None) -> list[str] | None:
-        if value is None:
-            return None
-        if not value:
-            raise ValueError("providers: an empty list allows no call; leave it out to allow every provider")
-        _known(value)
+                raise ValueError(f"{what}: {name!r} is no model name or prefix (a '*' only at its end)")
         return value
 
     @field_validator("key", "tenant")

@@ -112,7 +112,7 @@ class AzureProvider(OpenAIProvider):
         return model if mapped else self._models.get(model, model)
 
     def auth_headers(self) -> dict[str, str]:
-        return {"api-key": self._settings.api_key or "", **self._settings.headers}
+        return {"api-key": self._settings.api_key or ""}
 
 
 def build(settings: ProviderSettings, session: UpstreamClient, timeouts: Timeouts) -> Provider | None:

@@ -69,6 +69,10 @@ class OpenAIProvider:
         self._timeout = timeouts.non_streaming()
         self._stream_timeout = timeouts.streaming()
         self._base = (settings.base_url or DEFAULT_BASE_URL).rstrip("/")
+        # built once, as the other adapters' (two dicts a call: the key and the operator's headers)
+        auth = {**self.auth_headers(), **settings.headers}
+        self._json_headers = {**auth, "accept": "application/json"}
+        self._stream_headers = {**auth, "accept": "text/event-stream"}
 
     # --- what differs between OpenAI and Azure ----------------------------------------------
     def target(self, request: ChatRequest, *, stream: bool) -> Target:
@@ -85,7 +89,7 @@ class OpenAIProvider:
         return Target(f"{self._base}/embeddings", None, embedding_wire.openai_body(request, request.model))
 
     def auth_headers(self) -> dict[str, str]:
-        return {"authorization": f"Bearer {self._settings.api_key or ''}", **self._settings.headers}
+        return {"authorization": f"Bearer {self._settings.api_key or ''}"}
 
     def model_name(self, model: str) -> str:
         """The name that says which model ``model`` (the name the provider is asked) is."""
@@ -112,7 +116,7 @@ class OpenAIProvider:
             self._session,
             self.name,
             target.url,
-            headers={**self.auth_headers(), "accept": "application/json"},
+            headers=self._json_headers,
             body=target.body,
             params=target.params,
             timeout=self._timeout,
@@ -153,7 +157,7 @@ class OpenAIProvider:
                 self._session,
                 self.name,
                 target.url,
-                headers={**self.auth_headers(), "accept": "text/event-stream"},
+                headers=self._stream_headers,
                 body=target.body,
                 params=target.params,
                 timeout=self._stream_timeout,

@@ -347,7 +347,7 @@ class UpstreamClient:
 class _Exchange:
     """One POST: connects (or reuses a connection), sends, waits for the answer's headers."""
 
-    __slots__ = ("_conn", "_data", "_head", "_lost_wait", "_pool", "_response", "_timeout", "sent")
+    __slots__ = ("_answer_lost", "_conn", "_data", "_head", "_pool", "_response", "_timeout", "sent")
 
     def __init__(self, pool: _HostPool, head: bytes, data: bytes, timeout: Timeout) -> None:
         self._pool = pool
@@ -358,9 +358,8 @@ class _Exchange:
         self._response: Response | None = None
         #: the whole request went out (the provider has it, and may bill it whatever follows)
         self.sent = False
-        #: how long the connection had held the whole request when it failed before any answer
-        #: (None: it never held it all, or it did not fail so)
-        self._lost_wait: float | None = None
+        #: see :meth:`answer_lost`
+        self._answer_lost = False
 
     async def __aenter__(self) -> Response:
         timeout = self._timeout
@@ -411,9 +410,8 @@ class _Exchange:
                 if (wire := WIRE.get()) is not None:
                     wire.state = "sending"
             elif self.sent and self._response is None and isinstance(exc, OSError) and conn.out_at is not None:
-                self._lost_wait = asyncio.get_running_loop().time() - conn.out_at
-                if isinstance(exc, ProxyLostAnswer):
-                    self._lost_wait = max(self._lost_wait, ANSWER_LOST_AFTER)
+                waited = asyncio.get_running_loop().time() - conn.out_at
+                self._answer_lost = isinstance(exc, ProxyLostAnswer) or waited >= ANSWER_LOST_AFTER
             self._leave()
             raise
         return response
@@ -431,7 +429,7 @@ class _Exchange:
         a review). A connection that ends at once is a keep-alive connection the server had
         closed: the request never reached it; one that ends while part of the request was still
         being written never gave the provider the request."""
-        return self._lost_wait is not None and self._lost_wait >= ANSWER_LOST_AFTER
+        return self._answer_lost
 
     @property
     def answered(self) -> bool:
