@@ -41,7 +41,7 @@ P = TypeVar("P", bound=asyncio.BaseProtocol)
 class ProxyRefused(ConnectionError):
     """The proxy answered the ``CONNECT`` with something else than 2xx (407: it wants
     credentials, 403: the destination is not allowed, 502: it could not reach the provider), or
-    refused a plain-HTTP request itself (:func:`proxys_own_refusal`). The request was not sent
+    refused a plain-HTTP request itself (:func:`proxys_own_answer`). The request was not sent
     to the provider."""
 
 
@@ -289,8 +289,8 @@ async def open_tunnel(
     proxy: Proxy, host: str, port: int, protocol: asyncio.Protocol, tls: ssl.SSLContext, server_hostname: str
 ) -> asyncio.Transport:
     """A TLS connection to ``host:port`` through the proxy's ``CONNECT``, handed to ``protocol``
-    (whose ``connection_made`` is called with it). Raises :class:`ProxyRefused` for a refusal,
-    OSError for a proxy that cannot be reached."""
+    (whose ``connection_made`` is called with it). Raises :class:`ProxyRefused` for a refusal or
+    an answer that is no HTTP, :class:`ProxyUnreachable` for a proxy that cannot be reached."""
     loop = asyncio.get_running_loop()
     transport, reply = await reach(proxy, _ConnectReply)
     try:

@@ -170,6 +170,39 @@ async def test_a_proxy_that_cannot_be_reached_or_never_answers(ca: trustme.CA) -
         assert silent.connects == [f"{VENDOR}:443"]
 
 
+@pytest.mark.parametrize(
+    ("reply", "error", "message"),
+    [
+        (b"HTTP/1.1 200 OK\r\n" + b"x-pad: " + b"a" * (70 * 1024), ProxyRefused, "head over"),
+        (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", ProxyRefused, "not HTTP"),
+        (b"HTTP/1.0 200 Connection established\r\n\r\nsurprise", ProxyRefused, "bytes before the tunnel"),
+        (b"HTTP/1.1 20", ConnectionResetError, "closed the connection before it answered"),
+    ],
+)
+async def test_a_connect_answer_that_opens_no_tunnel(
+    reply: bytes, error: type[Exception], message: str, ca: trustme.CA
+) -> None:
+    """A head past 64 KiB, something that is not HTTP, bytes before the tunnel's TLS, a proxy
+    that closes mid-answer: each a connection error before anything reached the provider."""
+
+    async def answer_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(reply)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer_connect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        rules = ProxyRules.from_settings(f"http://127.0.0.1:{port}", None, None)
+        async with UpstreamClient(ssl_context=trusting(ca), proxies=rules) as client:
+            with pytest.raises(error, match=message):
+                await call(client, f"https://{VENDOR}/v1/chat")
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def test_an_http_provider_is_asked_in_absolute_form() -> None:
     """An http provider (an Ollama on another host) through ``HTTP_PROXY``: the request line
     names the whole URL and carries the proxy's credentials; keep-alive still works."""
