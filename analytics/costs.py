@@ -12,6 +12,11 @@ Definitions (one row of ``usage_facts`` = one provider attempt):
   ``unpricedCount`` / ``unpricedTokens``, until a replay with a price table costs it.
 - Time window: ``start`` inclusive, ``end`` exclusive, on the attempt's ``createdAt``; both
   optional, both timezone-aware.
+- ``metadata``: only the calls whose metadata holds each of these pairs (cost attribution:
+  ``gateway/api/metadata.py``). The totals are then summed from the facts, not the daily rollup.
+- ``group_by``: the totals split by ``provider``, ``model``, ``day`` (UTC) or a metadata key
+  (``metadata.team``; calls without the key are the group whose value is null); the groups add
+  up to the totals.
 
 JSON (``to_json``): camelCase keys; money as exact decimal text (``"0.0000025"``), never a
 float; times in ISO 8601 UTC.
@@ -20,11 +25,13 @@ float; times in ISO 8601 UTC.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
+
+import orjson
 
 from analytics.store import AnalyticsStore
 from gateway.pricing.base import money_text
@@ -62,6 +69,8 @@ class UsageRow:
     #: written to the hour-long cache: each priced apart (a review missed them in the rows)
     cache_creation_tokens: int = 0
     cache_creation_1h_tokens: int = 0
+    #: the call's metadata (``{}``: none)
+    metadata: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -84,6 +93,7 @@ class UsageRow:
             "incomplete": self.incomplete,
             "stream": self.stream,
             "createdAt": _iso(self.created_at),
+            "metadata": self.metadata,
         }
 
 
@@ -99,7 +109,18 @@ class TenantCosts:
     unpriced_tokens: int
     usage: list[UsageRow]
 
+    #: the filter's pairs, and the split of the totals (``group_by`` and its groups), if asked
+    metadata: dict[str, str] | None = None
+    group_by: str | None = None
+    groups: list[CostGroup] | None = None
+
     def to_dict(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if self.metadata:
+            extra["metadata"] = self.metadata
+        if self.group_by is not None:
+            extra["groupBy"] = self.group_by
+            extra["groups"] = [g.to_dict() for g in self.groups or ()]
         return {
             "tenantId": self.tenant_id,
             "start": _iso(self.start),
@@ -109,11 +130,70 @@ class TenantCosts:
             "usageCount": self.usage_count,
             "unpricedCount": self.unpriced_count,
             "unpricedTokens": self.unpriced_tokens,
+            **extra,
             "usage": [row.to_dict() for row in self.usage],
         }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
+
+
+@dataclass(frozen=True, slots=True)
+class CostGroup:
+    """The totals of one group of a split (``group_by``): its value (None: the calls without it)."""
+
+    value: str | None
+    total_cost: Decimal
+    total_tokens: int
+    usage_count: int
+    unpriced_count: int
+    unpriced_tokens: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "value": self.value,
+            "totalCost": money_text(self.total_cost),
+            "totalTokens": self.total_tokens,
+            "usageCount": self.usage_count,
+            "unpricedCount": self.unpriced_count,
+            "unpricedTokens": self.unpriced_tokens,
+        }
+
+
+#: what a split groups by: the facts' columns, as SQL (a metadata key: :func:`metadata_path`)
+GROUPS = {
+    "provider": "provider",
+    "model": "coalesce(served_model, provider_model)",
+    "day": "CAST(CAST(timezone('UTC', created_at) AS DATE) AS VARCHAR)",
+}
+METADATA_GROUP = "metadata."
+_GROUPED = """
+SELECT {value} AS value,
+       coalesce(sum(cost_usd), 0) AS cost,
+       coalesce(sum(total_tokens), 0),
+       count(*),
+       count(*) FILTER (WHERE cost_usd IS NULL),
+       coalesce(sum(total_tokens) FILTER (WHERE cost_usd IS NULL), 0)
+FROM usage_facts
+WHERE {where}
+GROUP BY 1
+ORDER BY cost DESC, value NULLS LAST
+"""
+
+
+def metadata_path(key: str) -> str:
+    """The JSONPath of a metadata key, whatever its characters (``$x``, ``/p`` and ``a.b`` are
+    keys, not paths, quoted so)."""
+    return '$."' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _grouping(group_by: str) -> tuple[str, list[Any]]:
+    """The SQL value of a split, and its parameters."""
+    if group_by.startswith(METADATA_GROUP):
+        return "json_extract_string(metadata, ?)", [metadata_path(group_by.removeprefix(METADATA_GROUP))]
+    if group_by not in GROUPS:
+        raise ValueError(f"cannot group by {group_by!r}: {', '.join(GROUPS)} or metadata.<key>")
+    return GROUPS[group_by], []
 
 
 #: the totals over the facts of a window (what the rollup path below must always equal)
@@ -151,7 +231,7 @@ _ROWS = """
 SELECT event_id, request_id, attempt, provider, coalesce(served_model, provider_model),
        requested_model, prompt_tokens, completion_tokens, total_tokens, cached_tokens,
        reasoning_tokens, cost_usd, price_version, outcome, incomplete, stream, created_at,
-       cache_creation_tokens, coalesce(cache_creation_1h_tokens, 0)
+       cache_creation_tokens, coalesce(cache_creation_1h_tokens, 0), metadata
 FROM usage_facts
 WHERE {where}
 ORDER BY created_at, event_id
@@ -160,8 +240,10 @@ ORDER BY created_at, event_id
 #: microseconds since the epoch, turned into ``Decimal`` / UTC ``datetime`` in Python (same
 #: values, same exponents). DuckDB's own conversion of TIMESTAMPTZ (through the session time
 #: zone) and DECIMAL values to Python objects cost ~15% of the listing over 10M facts.
-_ROWS_FETCHED = _ROWS.replace("cost_usd, price_version", "CAST(cost_usd AS VARCHAR), price_version").replace(
-    "stream, created_at,\n", "stream, epoch_us(created_at),\n"
+_ROWS_FETCHED = (
+    _ROWS.replace("cost_usd, price_version", "CAST(cost_usd AS VARCHAR), price_version")
+    .replace("stream, created_at,\n", "stream, epoch_us(created_at),\n")
+    .replace(", metadata\n", ", CAST(metadata AS VARCHAR)\n")
 )
 
 
@@ -183,22 +265,34 @@ class CostTrackingService:
         end: datetime | None = None,
         *,
         limit: int | None = None,
+        metadata: Mapping[str, str] | None = None,
+        group_by: str | None = None,
     ) -> TenantCosts:
-        """``limit`` caps the listed usage rows (the oldest first); totals cover the window."""
+        """``limit`` caps the listed usage rows (the oldest first); totals cover the window.
+        ``metadata``: only the calls with each of these pairs; ``group_by``: split the totals
+        (see the module docstring)."""
         _require_aware("start", start)
         _require_aware("end", end)
-        condition, params = _facts_window(tenant_id, start, end)
+        condition, params = _facts_window(tenant_id, start, end, metadata)
         rows_sql = _ROWS_FETCHED.format(where=condition)
         if limit is not None:
             rows_sql += f" LIMIT {int(limit)}"
-        totals_sql, totals_params = totals_query(tenant_id, start, end)
+        if metadata:  # the rollup knows no metadata: the facts
+            totals_sql, totals_params = _TOTALS.format(where=condition), params
+        else:
+            totals_sql, totals_params = totals_query(tenant_id, start, end)
+        grouped: tuple[str, list[Any]] | None = None
+        if group_by is not None:
+            value, value_params = _grouping(group_by)
+            grouped = _GROUPED.format(value=value, where=condition), value_params + params
 
-        def query(conn: Any) -> tuple[Sequence[Any], list[tuple[Any, ...]]]:
+        def query(conn: Any) -> tuple[Sequence[Any], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
             totals = conn.execute(totals_sql, totals_params).fetchone()
             rows = conn.execute(rows_sql, params).fetchall()
-            return totals, rows
+            groups = conn.execute(*grouped).fetchall() if grouped is not None else []
+            return totals, rows, groups
 
-        totals, rows = await self._store.run(query)
+        totals, rows, groups = await self._store.run(query)
         count, tokens, cost, unpriced, unpriced_tokens = totals
         return TenantCosts(
             tenant_id=tenant_id,
@@ -210,7 +304,21 @@ class CostTrackingService:
             unpriced_count=int(unpriced),
             unpriced_tokens=int(unpriced_tokens),
             usage=[_usage_row(r) for r in rows],
+            metadata=dict(metadata) if metadata else None,
+            group_by=group_by,
+            groups=None if group_by is None else [_group(g) for g in groups],
         )
+
+
+def _group(r: tuple[Any, ...]) -> CostGroup:
+    return CostGroup(
+        value=r[0],
+        total_cost=Decimal(r[1]),
+        total_tokens=int(r[2]),
+        usage_count=int(r[3]),
+        unpriced_count=int(r[4]),
+        unpriced_tokens=int(r[5]),
+    )
 
 
 def _window(tenant_id: str, column: str, low: Any, high: Any, *conditions: str) -> tuple[str, list[Any]]:
@@ -227,9 +335,16 @@ def _window(tenant_id: str, column: str, low: Any, high: Any, *conditions: str) 
     return " AND ".join(where), params
 
 
-def _facts_window(tenant_id: str, start: datetime | None, end: datetime | None) -> tuple[str, list[Any]]:
-    """The WHERE clause (and its parameters) of a tenant's billable usage in ``[start, end)``."""
-    return _window(tenant_id, "created_at", start, end, "billable")
+def _facts_window(
+    tenant_id: str, start: datetime | None, end: datetime | None, metadata: Mapping[str, str] | None = None
+) -> tuple[str, list[Any]]:
+    """The WHERE clause (and its parameters) of a tenant's billable usage in ``[start, end)``,
+    with each of the ``metadata`` pairs."""
+    condition, params = _window(tenant_id, "created_at", start, end, "billable")
+    for key, value in (metadata or {}).items():
+        condition += " AND json_extract_string(metadata, ?) = ?"
+        params += [metadata_path(key), value]
+    return condition, params
 
 
 def _midnight(day: date) -> datetime:
@@ -287,4 +402,5 @@ def _usage_row(r: tuple[Any, ...]) -> UsageRow:
         created_at=_EPOCH + timedelta(microseconds=r[16]),
         cache_creation_tokens=r[17],
         cache_creation_1h_tokens=r[18],
+        metadata={} if r[19] is None or r[19] == "{}" else orjson.loads(r[19]),
     )

@@ -29,6 +29,17 @@ def register(sub: Any) -> None:
         "--api-key", help="API key for the service (tenant or admin; default: the first admin key configured)"
     )
     parser.add_argument("--limit", type=int, default=50, help="usage rows to list, 0 to 10000 (totals cover all)")
+    parser.add_argument(
+        "--metadata",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        type=_pair,
+        help="only the calls with this metadata pair (repeat: each of them)",
+    )
+    parser.add_argument(
+        "--group-by", help="split the totals by provider, model, day or metadata.<key> (e.g. metadata.team)"
+    )
     parser.set_defaults(run=run)
 
 
@@ -37,11 +48,15 @@ async def _from_service(
 ) -> dict[str, Any] | None:
     import aiohttp
 
-    params = {
-        k: v
-        for k, v in {"tenantId": args.tenant, "start": args.start, "end": args.end, "limit": str(args.limit)}.items()
-        if v
+    asked = {
+        "tenantId": args.tenant,
+        "start": args.start,
+        "end": args.end,
+        "limit": str(args.limit),
+        "groupBy": args.group_by,
+        **{f"metadata.{key}": value for key, value in args.metadata},
     }
+    params = {k: v for k, v in asked.items() if v is not None and (v or k.startswith("metadata."))}
     headers = {**store, **({"authorization": f"Bearer {api_key}"} if api_key else {})}
     try:
         async with (
@@ -63,16 +78,20 @@ async def _from_service(
 
 async def _from_file(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     from analytics.costs import CostTrackingService
-    from analytics.http import parse_limit, parse_window
+    from analytics.http import parse_attribution, parse_limit, parse_window
     from analytics.store import AnalyticsStore
     from consumers.pipeline import analytics_path
 
     start, end = parse_window(args.start, args.end)  # the checks the HTTP API makes
     limit = parse_limit(str(args.limit))
+    asked = {f"metadata.{key}": value for key, value in args.metadata}
+    metadata, group_by = parse_attribution({**asked, **({"groupBy": args.group_by} if args.group_by else {})})
     store = AnalyticsStore(analytics_path(settings), read_only=True)
     await store.open()
     try:
-        result = await CostTrackingService(store).get_costs_for_tenant(args.tenant, start, end, limit=limit)
+        result = await CostTrackingService(store).get_costs_for_tenant(
+            args.tenant, start, end, limit=limit, metadata=metadata, group_by=group_by
+        )
         return result.to_dict()
     finally:
         await store.close()
@@ -88,14 +107,42 @@ def render_table(doc: dict[str, Any]) -> str:
         f"{_count(doc['totalTokens'], 'token')}"
         + (f" ({_count(doc['unpricedCount'], 'unpriced call')})" if doc.get("unpricedCount") else "")
     ]
+    if doc.get("metadata"):
+        lines[0] += " with metadata " + ", ".join(f"{k}={v}" for k, v in doc["metadata"].items())
+    if doc.get("groupBy") is not None:
+        lines.append(f"by {doc['groupBy']}:")
+        groups = doc.get("groups") or []
+        groups_table: list[tuple[str, ...]] = [("value", "cost", "calls", "tokens", "unpriced")]
+        groups_table += [
+            (
+                "(none)" if g["value"] is None else str(g["value"]),
+                f"${g['totalCost']}",
+                str(g["usageCount"]),
+                str(g["totalTokens"]),
+                str(g["unpricedCount"]),
+            )
+            for g in groups
+        ]
+        lines += _aligned(groups_table, indent="  ")
     rows = doc.get("usage") or []
     if rows:
         header = ("createdAt", "provider", "model", "promptTokens", "completionTokens", "costUsd")
-        table = [header] + [tuple(str(r.get(k) if r.get(k) is not None else "unpriced") for k in header) for r in rows]
-        widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-        for row in table:
-            lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+        cells = [tuple(str(r.get(k) if r.get(k) is not None else "unpriced") for k in header) for r in rows]
+        table: list[tuple[str, ...]] = [header, *cells]
+        lines += _aligned(table)
     return "\n".join(lines)
+
+
+def _aligned(table: list[tuple[str, ...]], indent: str = "") -> list[str]:
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return [indent + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in table]
+
+
+def _pair(text: str) -> tuple[str, str]:
+    key, equals, value = text.partition("=")
+    if not equals or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

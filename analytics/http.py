@@ -4,17 +4,19 @@ DuckDB store (the embedded gateway, or ``llm-gateway consume``)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
 from aiohttp import web
 
-from analytics.costs import CostTrackingService
+from analytics.costs import GROUPS, METADATA_GROUP, CostTrackingService
 from analytics.store import AnalyticsStore, StoreError
 from gateway.api.auth import Authenticator
 from gateway.api.query import only_parameters
 from gateway.errors import GatewayError, InvalidRequest, PermissionDenied, RouteNotFound
+from gateway.events import MAX_METADATA_KEY, MAX_METADATA_PAIRS
 
 COSTS: web.AppKey[CostTrackingService] = web.AppKey("cost_tracking", CostTrackingService)
 STORE: web.AppKey[AnalyticsStore] = web.AppKey("analytics_store", AnalyticsStore)
@@ -103,8 +105,35 @@ class AnalyticsUnavailable(GatewayError):
     code = "analytics_unavailable"
 
 
-#: the query parameters of ``GET /v1/costs``
-COSTS_PARAMETERS = ("tenantId", "start", "end", "limit")
+#: the query parameters of ``GET /v1/costs`` (and ``metadata.<key>``: a filter)
+COSTS_PARAMETERS = ("tenantId", "start", "end", "limit", "groupBy")
+
+
+def parse_attribution(query: Mapping[str, str]) -> tuple[dict[str, str] | None, str | None]:
+    """A cost query's metadata filter (``metadata.<key>=<value>`` parameters) and its split
+    (``groupBy``: ``provider``, ``model``, ``day`` or ``metadata.<key>``), checked."""
+    metadata = {
+        name.removeprefix(METADATA_GROUP): value for name, value in query.items() if name.startswith(METADATA_GROUP)
+    }
+    if len(metadata) > MAX_METADATA_PAIRS:
+        raise InvalidRequest(f"at most {MAX_METADATA_PAIRS} metadata.<key> filters", param="metadata")
+    for key in metadata:
+        _metadata_key(key, f"{METADATA_GROUP}{key}")
+    group_by = query.get("groupBy") or None
+    if group_by is not None:
+        if group_by.startswith(METADATA_GROUP):
+            _metadata_key(group_by.removeprefix(METADATA_GROUP), "groupBy")
+        elif group_by not in GROUPS:
+            raise InvalidRequest(
+                f"'groupBy' must be one of {', '.join(GROUPS)} or metadata.<key>, got {group_by[:80]!r}",
+                param="groupBy",
+            )
+    return metadata or None, group_by
+
+
+def _metadata_key(key: str, param: str) -> None:
+    if not 1 <= len(key) <= MAX_METADATA_KEY:
+        raise InvalidRequest(f"a metadata key is 1 to {MAX_METADATA_KEY} characters ({param})", param=param)
 
 
 def check_store(request: web.Request, store: AnalyticsStore) -> None:
@@ -129,7 +158,7 @@ async def costs(request: web.Request) -> web.Response:
     principal = auth.authenticate(request)
     check_store(request, request.app[STORE])  # after the key: no one else learns a store's id
     query = request.query
-    only_parameters(query, COSTS_PARAMETERS)
+    only_parameters(query, COSTS_PARAMETERS, (METADATA_GROUP,))
     tenant = query.get("tenantId") or None
     if tenant is None:
         if principal.admin and auth.open:
@@ -138,9 +167,12 @@ async def costs(request: web.Request) -> web.Response:
     tenant = auth.tenant_for(principal, tenant)
     start, end = parse_window(query.get("start"), query.get("end"))
     limit = parse_limit(query.get("limit"))
+    metadata, group_by = parse_attribution(query)
     try:
         await refuse_partial_store(request, "its costs")
-        result = await request.app[COSTS].get_costs_for_tenant(tenant, start, end, limit=limit)
+        result = await request.app[COSTS].get_costs_for_tenant(
+            tenant, start, end, limit=limit, metadata=metadata, group_by=group_by
+        )
     except (StoreError, duckdb.Error) as exc:  # was a 500 (a store DuckDB invalidated, a full disk)
         raise AnalyticsUnavailable(str(exc)) from exc
     return web.Response(body=result.to_json(), content_type="application/json")

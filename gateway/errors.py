@@ -84,6 +84,13 @@ class ModelNotAllowed(PermissionDenied):
     client_should_retry = False
 
 
+class MetadataNotAllowed(PermissionDenied):
+    """A call gives one of its API key's metadata pairs another value (``gateway/api/metadata.py``)."""
+
+    code = "metadata_not_allowed"
+    client_should_retry = False
+
+
 class ProviderNotAllowed(PermissionDenied):
     """The API key may not use the pinned provider, or none of those serving the model."""
 

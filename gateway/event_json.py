@@ -39,6 +39,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import annotated_types
 import msgspec
+from pydantic import StringConstraints
 
 from gateway.events import ADDED_IN_VERSION, LATEST, MONEY_BOUND, SCHEMA_VERSION, UsageEvent
 
@@ -67,6 +68,18 @@ def _wire_type(annotation: Any) -> Any:
         return annotation
     if annotation in _SCALARS:
         return annotation
+    if get_origin(annotation) is dict:  # the metadata: text to text, each bounded
+        key, value = get_args(annotation)
+        return dict[_wire_type(key), _wire_type(value)]  # type: ignore[misc]
+    if get_origin(annotation) is Annotated:
+        kind, *rules = get_args(annotation)
+        if kind is str and all(isinstance(r, StringConstraints) for r in rules):
+            bounds = {}
+            for rule in rules:
+                bounds.update({k: v for k in ("min_length", "max_length") if (v := getattr(rule, k)) is not None})
+                if {k for k, v in vars(rule).items() if v is not None} - {"min_length", "max_length"}:
+                    raise TypeError(f"gateway.event_json cannot check {rule!r}: teach it")
+            return Annotated[str, msgspec.Meta(**bounds)]
     raise TypeError(f"gateway.event_json cannot read a UsageEvent field of type {annotation!r}: teach it")
 
 
@@ -130,7 +143,10 @@ if (_TIME_FIELDS, _MONEY_FIELDS, _BELOW, _FLOAT_FIELDS) != (
 _decoder = msgspec.json.Decoder(_Wire)
 _UNSET = msgspec.UNSET
 #: field added later -> (its default, the names a record without it names)
-_LATER = {name: (UsageEvent.model_fields[name].default, _ALL_SET - {name}) for name in ADDED_IN_VERSION}
+_LATER = {
+    name: (UsageEvent.model_fields[name].get_default(call_default_factory=True), _ALL_SET - {name})
+    for name in ADDED_IN_VERSION
+}
 _asdict = msgspec.structs.asdict
 _from_iso = datetime.fromisoformat
 _money = _MONEY.fullmatch
@@ -178,7 +194,7 @@ def decode_fast(raw: bytes | str) -> UsageEvent | None:
     named = _ALL_SET
     for name, (default, others) in _LATER.items():
         if fields[name] is _UNSET:  # a record from before the field
-            fields[name] = default
+            fields[name] = default if default.__class__ is not dict else {}  # never one dict shared
             named = others if named is _ALL_SET else named & others
     event: UsageEvent = _new(UsageEvent)
     _set(event, "__dict__", fields)

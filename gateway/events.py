@@ -11,12 +11,13 @@ Fields are only ever added with defaults within a version.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_serializer, field_validator
 
 from gateway.types import PLAUSIBLE_TOKENS
 
@@ -26,8 +27,10 @@ from gateway.types import PLAUSIBLE_TOKENS
 #: instead of storing it, and re-pricing it, without them (a rolling-upgrade review: an old
 #: consumer's `replay --reprice` priced them at the 5-minute rate, 15% under). 3 adds the
 #: ``embeddings`` endpoint, which a reader of 2 would take for poison anyway (an unknown value).
+#: 4 adds the call's ``metadata`` (cost attribution), which a reader of 3 would drop unseen (it
+#: ignores fields it does not know): an event with metadata is dead-lettered there instead.
 #: Every other event is still written at 1, which older consumers read.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: the latest ``created_at`` an event may carry
 LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 #: the largest integer every store holds in every integer column (Postgres INTEGER): token
@@ -47,6 +50,13 @@ MONEY_BOUND = STORED_MONEY - Decimal("0.00000000005")
 #: characters and tenants of at most 128)
 INDEXED_TEXT = 512
 assert PLAUSIBLE_TOKENS < STORED_INT
+#: a call's metadata (``gateway/metadata.py``): OpenAI's limits on a request's ``metadata`` (16
+#: pairs, keys of 64 characters, values of 512), and room for an API key's own pairs
+MAX_METADATA_PAIRS = 32
+MAX_METADATA_KEY = 64
+MAX_METADATA_VALUE = 512
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_METADATA_KEY)]
+MetadataValue = Annotated[str, StringConstraints(max_length=MAX_METADATA_VALUE)]
 
 Outcome = Literal[
     "success",
@@ -71,11 +81,15 @@ DAILY_QUOTA = "daily_quota_exceeded"
 
 #: fields added after version 1's first release (with a default): a record written before one
 #: lacks it, and reads as its default
-ADDED_IN_VERSION = frozenset({"cache_creation_1h_tokens"})
+ADDED_IN_VERSION = frozenset({"cache_creation_1h_tokens", "metadata"})
 
 
-def version_for(cache_creation_1h_tokens: int, endpoint: str = "chat.completions") -> int:
+def version_for(
+    cache_creation_1h_tokens: int, endpoint: str = "chat.completions", metadata: Mapping[str, str] | None = None
+) -> int:
     """The schema version an event is written at: see :data:`SCHEMA_VERSION`."""
+    if metadata:
+        return 4
     if endpoint == "embeddings":
         return 3
     return 2 if cache_creation_1h_tokens else 1
@@ -136,6 +150,10 @@ class UsageEvent(BaseModel):
     #: the stream ended before the provider finished (client gone or upstream cut)
     incomplete: bool = False
     gateway_instance: str | None = None
+    #: the call's metadata (cost attribution: team, feature, environment, ...), the request's
+    #: pairs and its API key's. Version 4: an event with any is written at 4; older events read
+    #: as none. Never a provider's: the gateway sends it to none
+    metadata: dict[MetadataKey, MetadataValue] = Field(default_factory=dict, max_length=MAX_METADATA_PAIRS)
 
     @field_validator("cost_usd", mode="before")
     @classmethod
@@ -223,8 +241,18 @@ def _storable(event: UsageEvent) -> UsageEvent:
     for name in _KEYS:
         if "\x00" in fields[name]:
             raise ValueError(f"{name} holds a NUL character: Postgres holds none, and it is a key")
+    if metadata := fields["metadata"]:
+        _storable_metadata(metadata)
     try:
         event.created_at.astimezone(UTC)
     except OverflowError:
         raise ValueError("created_at is before the year 1 in UTC: no store holds it") from None
     return event
+
+
+def _storable_metadata(metadata: dict[str, str]) -> None:
+    """ValueError unless Postgres holds the metadata: no NUL (``jsonb`` refuses ``\\u0000``).
+    Its lone surrogates pydantic refuses itself, in a dict's keys and values."""
+    for key, value in metadata.items():
+        if "\x00" in key or "\x00" in value:
+            raise ValueError(f"metadata {key!r} holds a NUL character: Postgres holds none")

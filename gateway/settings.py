@@ -19,6 +19,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationInfo,
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway import strict_yaml
+from gateway.api.metadata import metadata_problem
 from gateway.budgets.config import BudgetSettings
 from gateway.database_url import dsn_options
 from gateway.eventlog.kafka_connection import TLS_PROTOCOLS, KafkaConnection, SaslMechanism, SecurityProtocol
@@ -62,6 +63,10 @@ class ApiKey(BaseModel):
     models: list[str] | None = None
     #: the providers its calls may reach, fallbacks included (None: any): data residency
     providers: list[str] | None = None
+    #: metadata pairs on every call of the key, which a call may not change (cost attribution:
+    #: ``gateway/api/metadata.py``); as a request's: 16 pairs, keys of 1 to 64 characters, values
+    #: of at most 512, printable
+    metadata: dict[str, str] | None = None
 
     @field_validator("models", "providers")
     @classmethod
@@ -77,6 +82,13 @@ class ApiKey(BaseModel):
             if not name.strip() or name != name.strip() or not name.isprintable() or "*" in name[:-1]:
                 raise ValueError(f"{what}: {name!r} is no model name or prefix (a '*' only at its end)")
         return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is not None and (problem := metadata_problem(value)) is not None:
+            raise ValueError(problem.message)
+        return value or None
 
     @field_validator("key", "tenant")
     @classmethod

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
+from types import MappingProxyType
 
 from gateway import json_log
 from gateway.eventlog.base import EventLog
@@ -41,6 +42,8 @@ CANCELLED_CALL: ContextVar[CancelledCall | None] = ContextVar("cancelled_call", 
 #: the longest model name a cost line holds (a client's is at most as long)
 LOGGED_MODEL = 256
 log = logging.getLogger(__name__)
+#: a call without metadata's (read-only: one for every such call)
+EMPTY_METADATA: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +58,8 @@ class CallContext:
     requested_model: str
     #: the providers the call's API key may use (None: any); the router tries no other
     providers: frozenset[str] | None = None
+    #: the call's metadata, on each of its events (``gateway/api/metadata.py``); never changed
+    metadata: Mapping[str, str] = field(default_factory=lambda: EMPTY_METADATA)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +154,7 @@ class UsageRecorder:
             cost, version = ZERO, self._prices.version
         usage = usage or Usage()
         event = UsageEvent(
-            schema_version=version_for(usage.cache_creation_1h_tokens, ctx.endpoint),
+            schema_version=version_for(usage.cache_creation_1h_tokens, ctx.endpoint, ctx.metadata),
             event_id=str(self._ids()),
             request_id=ctx.request_id,
             attempt=facts.number,
@@ -180,6 +185,7 @@ class UsageRecorder:
             billable=billable,
             incomplete=facts.incomplete,
             gateway_instance=self._instance,
+            metadata=dict(ctx.metadata),
         )
         self._publish(event)
         if self.defer_observers:

@@ -82,6 +82,7 @@ FACT_COLUMNS: dict[str, str] = {
     "billable": "BOOLEAN",
     "incomplete": "BOOLEAN",
     "gateway_instance": "VARCHAR",
+    "metadata": "JSON",
 }
 _CASTS = {"cost_usd": "DECIMAL(20, 10)"}
 #: columns a re-delivered event may change: the cost, after a replay with a new price table

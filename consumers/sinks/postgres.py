@@ -66,7 +66,7 @@ COLUMNS = (
     "costUsd", "createdAt", "requestId", "attempt", "outcome", "requestedModel", "providerModel",
     "httpStatus", "errorCode", "latencyMs", "ttftMs", "cachedTokens", "cacheCreationTokens",
     "cacheCreation1hTokens", "reasoningTokens", "priceVersion", "billable", "incomplete", "stream", "endpoint",
-    "apiKeyId", "gatewayInstance",
+    "apiKeyId", "gatewayInstance", "metadata",
 )  # fmt: skip
 _REPRICED = ('"costUsd"', '"priceVersion"')
 _QUOTED = ", ".join(f'"{c}"' for c in COLUMNS)
@@ -159,6 +159,7 @@ def row(event: UsageEvent, *, naive_utc: bool = False) -> tuple[Any, ...]:
         event.endpoint,
         _text(event.api_key_id),
         _text(event.gateway_instance),
+        orjson.dumps(event.metadata).decode() if event.metadata else "{}",
     )
 
 
@@ -174,8 +175,11 @@ _AS_IS = {
     "price_version": "priceVersion", "billable": "billable", "incomplete": "incomplete", "stream": "stream",
     "endpoint": "endpoint", "api_key_id": "apiKeyId", "gateway_instance": "gatewayInstance",
 }  # fmt: skip
-#: "LLMUsage" columns in the order of a :func:`csv_rows` row: the fields above, then the two computed
-CSV_COLUMNS = (*_AS_IS.values(), "model", "costUsd")
+#: "LLMUsage" columns in the order of a :func:`csv_rows` row: the fields above, the two computed,
+#: then the metadata (a JSON object, in a quoted CSV field)
+CSV_COLUMNS = (*_AS_IS.values(), "model", "costUsd", "metadata")
+#: the metadata field of a call without any
+_NO_METADATA = b',"{}"'
 _fields_as_is = operator.itemgetter(*_AS_IS)
 _COPY_CSV = {"format": "csv", "null": "null"}
 #: the widest UTC offset Postgres reads in a time's text
@@ -205,11 +209,18 @@ def csv_rows(events: Sequence[UsageEvent], *, naive_utc: bool = False) -> bytes 
                 fields["served_model"] or fields["provider_model"],
                 None if cost is None else str(cost),  # exact decimal text (maybe with an exponent)
             )
-            lines.append(orjson.dumps(values, option=orjson.OPT_UTC_Z)[1:-1])
+            line = orjson.dumps(values, option=orjson.OPT_UTC_Z)[1:-1]
+            if b"\\" in line:
+                return None
+            if metadata := fields["metadata"]:
+                # its JSON in a quoted CSV field, quotes doubled: a backslash in it is JSON's,
+                # read by jsonb, not CSV's
+                lines.append(line + b',"' + orjson.dumps(metadata).replace(b'"', b'""') + b'"')
+            else:
+                lines.append(line + _NO_METADATA)
     except orjson.JSONEncodeError:  # an integer beyond 64 bits, a string that is not UTF-8
         return None
-    data = b"\n".join(lines)
-    return None if b"\\" in data else data
+    return b"\n".join(lines)
 
 
 #: errors caused by the rows themselves (SQLSTATE classes 22 and 23, or a number the binary

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -27,6 +27,8 @@ class Principal:
     key_id: str | None  # a short digest of the key, never the key itself
     #: the models and providers the key may use (None: any)
     access: Access | None = None
+    #: the metadata pairs on every call of the key (``gateway/api/metadata.py``; None: none)
+    metadata: Mapping[str, str] | None = None
 
 
 def _key_bytes(key: str) -> bytes:
@@ -95,7 +97,7 @@ class Authenticator:
             raise self._refused(
                 request, "wrong key", AuthenticationFailed("Incorrect API key provided"), key_id(presented)
             )
-        return Principal(match.tenant, match.admin, key_id(presented), self._access[match.key])
+        return Principal(match.tenant, match.admin, key_id(presented), self._access[match.key], match.metadata)
 
     def tenant_for(self, principal: Principal, requested: str | None) -> str:
         """The tenant a call bills: the key's, or the body's ``tenantId`` when allowed."""

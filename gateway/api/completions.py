@@ -19,6 +19,7 @@ from gateway.api.calls import (
     serve_call,
     served_headers,
 )
+from gateway.api.metadata import call_metadata
 from gateway.api.middleware import REQUEST_ID
 from gateway.api.responses import ChunkFormatter, chat_completion, text_completion
 from gateway.api.state import STATE, GatewayState
@@ -87,6 +88,7 @@ async def _answer(
     request: web.Request, state: GatewayState, principal: Any, parsed: ParsedRequest
 ) -> web.StreamResponse:
     providers = allowed_providers(state, principal, parsed.requested_model, parsed.provider)
+    metadata = call_metadata(parsed.metadata, principal.metadata)
     tenant, limits = billed_tenant(state, principal, parsed.tenant_id)
     ctx = CallContext(
         request_id=request[REQUEST_ID],
@@ -96,6 +98,7 @@ async def _answer(
         stream=parsed.template.stream,
         requested_model=parsed.requested_model,
         providers=providers,
+        metadata=metadata,
     )
     with AdmittedCall(ctx, limits, state.limits):
         if parsed.template.stream:

@@ -23,6 +23,7 @@ from gateway.api.calls import (
     serve_call,
     served_headers,
 )
+from gateway.api.metadata import call_metadata, request_metadata
 from gateway.api.middleware import REQUEST_ID
 from gateway.api.state import STATE, GatewayState
 from gateway.api.tool_validation import type_name
@@ -32,7 +33,7 @@ from gateway.errors import InvalidRequest
 from gateway.usage import CallContext, UsageRecorder
 
 #: every field the endpoint reads; any other is refused, as OpenAI refuses it
-KNOWN = frozenset({"model", "input", "encoding_format", "dimensions", "user", "provider", "tenantId"})
+KNOWN = frozenset({"model", "input", "encoding_format", "dimensions", "user", "provider", "tenantId", "metadata"})
 #: OpenAI's limit of inputs in one request
 MAX_INPUTS = 2048
 #: the largest ``dimensions`` asked (the vendors' models have at most a few thousand)
@@ -45,6 +46,8 @@ class ParsedEmbeddings:
     template: EmbeddingRequest  # model = the requested model; the router maps it per provider
     provider: str | None
     tenant_id: str | None
+    #: the request's metadata (``gateway/api/metadata.py``; None: none)
+    metadata: dict[str, str] | None = None
 
 
 def _token_ids(value: list[Any], where: str) -> tuple[int, ...]:
@@ -123,7 +126,7 @@ def parse_embeddings(raw: Any) -> ParsedEmbeddings:
         user=string_field(body, "user"),
         base64=_encoding(body),
     )
-    return ParsedEmbeddings(template, provider, tenant)
+    return ParsedEmbeddings(template, provider, tenant, request_metadata(body))
 
 
 def embedding_list(result: EmbeddingResult, *, base64: bool) -> dict[str, Any]:
@@ -153,6 +156,7 @@ async def _answer(
 ) -> web.StreamResponse:
     model = parsed.template.model
     providers = allowed_providers(state, principal, model, parsed.provider, same_model=True)
+    metadata = call_metadata(parsed.metadata, principal.metadata)
     tenant, limits = billed_tenant(state, principal, parsed.tenant_id)
     ctx = CallContext(
         request_id=request[REQUEST_ID],
@@ -162,6 +166,7 @@ async def _answer(
         stream=False,
         requested_model=model,
         providers=providers,
+        metadata=metadata,
     )
     with AdmittedCall(ctx, limits, state.limits):
         served = await state.router.embed(ctx, parsed.template, parsed.provider)

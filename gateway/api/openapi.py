@@ -36,6 +36,17 @@ _USAGE = {
     },
 }
 
+#: a call's metadata (gateway/api/metadata.py)
+_METADATA: dict[str, Any] = {
+    "type": ["object", "null"],
+    "maxProperties": 16,
+    "propertyNames": {"minLength": 1, "maxLength": 64},
+    "additionalProperties": {"type": "string", "maxLength": 512},
+    "description": "Cost attribution (team, feature, ...): recorded on the call's usage events with its API key's "
+    "pairs, which it may not change (403 metadata_not_allowed); sent to no provider. GET /v1/costs filters "
+    "(metadata.<key>=<value>) and splits (groupBy=metadata.<key>) by it.",
+}
+
 _COMMON_PROPS: dict[str, Any] = {
     "model": {"type": "string", "minLength": 1, "example": "gpt-4"},
     "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
@@ -67,6 +78,7 @@ _COMMON_PROPS: dict[str, Any] = {
         "maxLength": MAX_TENANT_LEN,
         "description": "Tenant billed for the call (honoured for admin keys or an open gateway).",
     },
+    "metadata": _METADATA,
 }
 
 #: what the request schemas say about fields they do not list
@@ -219,6 +231,7 @@ _EMBEDDING_REQUEST = {
         "user": {"type": "string"},
         "provider": {"enum": ["openai", "azure", "anthropic", "google", "ollama"]},
         "tenantId": {"type": "string", "minLength": 1, "maxLength": MAX_TENANT_LEN},
+        "metadata": _METADATA,
     },
     "additionalProperties": False,
 }
@@ -397,9 +410,21 @@ def openapi_document() -> dict[str, Any]:
                         {"name": "start", "in": "query", "schema": {"type": "string", "format": "date-time"}},
                         {"name": "end", "in": "query", "schema": {"type": "string", "format": "date-time"}},
                         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+                        {
+                            "name": "groupBy",
+                            "in": "query",
+                            "description": "split the totals: provider, model, day or metadata.<key>",
+                            "schema": {"type": "string"},
+                        },
+                        {
+                            "name": "metadata.<key>",
+                            "in": "query",
+                            "description": "only the calls whose metadata has this pair (one parameter a key)",
+                            "schema": {"type": "string"},
+                        },
                     ],
                     "responses": {
-                        "200": {"description": "totalCost (decimal text), totalTokens, usageCount, usage"},
+                        "200": {"description": "totalCost (decimal text), totalTokens, usageCount, groups, usage"},
                         **_errors(400, 401, 403, 404),
                     },
                 }

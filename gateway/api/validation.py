@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
+from gateway.api.metadata import request_metadata
 from gateway.api.tool_validation import (
     CallsAnswered,
     parse_tool_call_id,
@@ -35,14 +36,13 @@ MAX_MODEL_LEN = 256
 #: asks OpenAI to keep the completion, a ``service_tier`` other than auto changes its price
 UNSUPPORTED_CHAT = frozenset({
     "functions", "function_call", "logprobs", "top_logprobs", "audio", "modalities", "logit_bias",
-    "prediction", "web_search_options", "store", "service_tier", "metadata",
-    "safety_identifier", "prompt_cache_key", "verbosity",
+    "prediction", "web_search_options", "store", "service_tier", "safety_identifier", "prompt_cache_key", "verbosity",
 })  # fmt: skip
 UNSUPPORTED_COMPLETION = frozenset({"suffix", "echo", "logprobs", "best_of", "logit_bias"})
 #: the fields both endpoints read (``provider`` and ``tenantId`` are the gateway's own)
 _COMMON = frozenset({
     "model", "provider", "tenantId", "n", "temperature", "top_p", "max_tokens", "stop", "user", "stream",
-    "stream_options", "seed", "presence_penalty", "frequency_penalty",
+    "stream_options", "seed", "presence_penalty", "frequency_penalty", "metadata",
 })  # fmt: skip
 #: every field each endpoint knows; any other is refused, as OpenAI refuses it ("Unrecognized
 #: request argument"): a field the gateway does not read would be silently dropped
@@ -64,7 +64,7 @@ _SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: ``logprobs`` is a boolean), and ``web_search_options: {}`` turns web search on
 _DEFAULTS: dict[str, object] = {
     "best_of": 1, "modalities": ["text"], "service_tier": "auto", "logprobs": False, "top_logprobs": 0,
-    "echo": False, "store": False, "logit_bias": {}, "functions": [], "suffix": "", "metadata": {},
+    "echo": False, "store": False, "logit_bias": {}, "functions": [], "suffix": "",
 }  # fmt: skip
 
 
@@ -76,6 +76,8 @@ class ParsedRequest:
     provider: str | None
     tenant_id: str | None
     include_usage: bool
+    #: the request's metadata (``gateway/api/metadata.py``; None: none)
+    metadata: dict[str, str] | None = None
 
 
 _type_name = type_name
@@ -535,7 +537,15 @@ def parse_chat(raw: Any) -> ParsedRequest:
     )
     if any(m.cache for m in messages) or (template.tools and any(t.cache for t in template.tools.tools)):
         check_marks(template.tools.tools if template.tools else (), messages)
-    return ParsedRequest(template, "chat.completions", model, provider, tenant, _include_usage(body, template.stream))
+    return ParsedRequest(
+        template,
+        "chat.completions",
+        model,
+        provider,
+        tenant,
+        _include_usage(body, template.stream),
+        request_metadata(body),
+    )
 
 
 def _prompt(body: dict[str, Any]) -> str:
@@ -574,4 +584,6 @@ def parse_completion(raw: Any, *, legacy_model: bool) -> ParsedRequest:
         options=_options(body, response_format=False),
         content_needs=() if prompt.strip() else ("blank_content",),
     )
-    return ParsedRequest(template, "completions", model, provider, tenant, _include_usage(body, template.stream))
+    return ParsedRequest(
+        template, "completions", model, provider, tenant, _include_usage(body, template.stream), request_metadata(body)
+    )

@@ -9,6 +9,7 @@ money, NULL for unpriced, atomic batches, fast enough for 10k-event batches.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import uuid
@@ -416,14 +417,22 @@ async def test_duckdb_facts_hold_every_event_field() -> None:
             incomplete=True,
             gateway_instance="gw-1",
             latency_ms=0.1 + 0.2,
+            schema_version=4,
+            metadata={"team": "search ✓", "quote": "say \"hi\" \\ 'x'", "empty": ""},
         )
         embedding = make_event(8, schema_version=3, endpoint="embeddings", completion_tokens=0, total_tokens=108)
         await DuckDBSink(store).apply([event, embedding])
         cursor = store.connection.execute("SELECT * FROM usage_facts ORDER BY created_at")
         names = [d[0] for d in cursor.description]
         rows = cursor.fetchall()
-        stored = [UsageEvent.model_validate(dict(zip(names, row, strict=True))) for row in rows]
+        # the metadata column is JSON (text): read as the event writes it
+        stored = [
+            UsageEvent.model_validate({**dict(zip(names, row, strict=True)), "metadata": json.loads(row[-1])})
+            for row in rows
+        ]
+        assert names[-1] == "metadata"
         assert stored == [event, embedding]
+        assert stored[0].metadata == event.metadata and stored[1].metadata == {}
     finally:
         await store.close()
 
@@ -553,9 +562,12 @@ async def test_duckdb_rollup_equals_the_facts_after_plain_inserts_and_the_fall_b
 
 # --- Postgres only: CSV and binary COPY write the same rows ----------------------------------
 def _as_stored(values: tuple[Any, ...]) -> tuple[Any, ...]:
-    """A row as Postgres gives it back: money at the column's scale, NaN comparable."""
+    """A row as Postgres gives it back: money at the column's scale, NaN comparable, the
+    metadata as the object its JSON text is (jsonb writes it its own way)."""
     cost = COLUMNS.index("costUsd")
     out = list(values)
+    metadata = COLUMNS.index("metadata")
+    out[metadata] = json.loads(out[metadata])
     if out[cost] is not None:
         out[cost] = Decimal(out[cost]).quantize(Decimal("1e-10"))
     return tuple("NaN" if isinstance(v, float) and math.isnan(v) else v for v in out)
@@ -574,10 +586,14 @@ async def test_postgres_csv_and_binary_copy_store_the_same_values() -> None:
         make_event(5, cost=Decimal("-0"), latency_ms=1e300, prompt_tokens=2**31 - 1),
         make_event(15, created_at=datetime(2026, 3, 1, 14, 0, tzinfo=timezone(timedelta(hours=15, minutes=59)))),
         make_event(19, cache_creation_tokens=5, cache_creation_1h_tokens=3),
+        # metadata: its JSON in a quoted field; its own quotes and backslashes are JSON's
+        make_event(20, schema_version=4, metadata={"team": 'search, "core" ✓', "path": "a\\b", "e": ""}),
+        make_event(21, schema_version=4, metadata={"k,1": "'null'", "null": "null"}),
     ]
     # values CSV cannot carry: each sends its batch as binary records
     as_binary = [
         make_event(6, error_code='say "hi"', cache_creation_tokens=5, cache_creation_1h_tokens=3),
+        make_event(22, error_code='x"y', schema_version=4, metadata={"team": 'a "b"'}),  # binary, with metadata
         make_event(7, tenant_id="back\\slash"),
         make_event(8, error_code="line\nbreak\ttab"),
         make_event(9, error_code="nul\x00here"),
@@ -600,6 +616,10 @@ async def test_postgres_csv_and_binary_copy_store_the_same_values() -> None:
         columns = ", ".join(f'"{c}"' for c in COLUMNS)
         stored = {r[0]: _as_stored(tuple(r)) for r in await conn.fetch(f'SELECT {columns} FROM "{schema}"."LLMUsage"')}
         assert stored == {e.event_id: _as_stored(row(e)) for e in as_csv + as_binary[:-1]}
+        metadata = COLUMNS.index("metadata")
+        assert {stored[e.event_id][metadata] == e.metadata for e in as_csv + as_binary[:-1]} == {True}
+        typed = await conn.fetch(f'SELECT "metadata"->>\'team\' FROM "{schema}"."LLMUsage" WHERE "metadata" ? \'team\'')
+        assert sorted(r[0] for r in typed) == sorted(['a "b"', 'search, "core" ✓'])
         nul = stored[as_binary[-2].event_id]
         assert (nul[COLUMNS.index("providerModel")], nul[COLUMNS.index("gatewayInstance")]) == ("nulmodel", "g")
         assert stored[as_csv[2].event_id][COLUMNS.index("costUsd")] == Decimal("0.0000000002")  # half up

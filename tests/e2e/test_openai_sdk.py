@@ -343,7 +343,10 @@ ONE = {"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}
         ({**ONE, "functions": [{"name": "f"}]}, 400, "'functions' is not supported"),  # the legacy form of tools
         # {} turns web search on with its defaults (leaving the field out is "off"): not a default
         ({**ONE, "web_search_options": {}}, 400, "'web_search_options' is not supported"),
-        ({**ONE, "metadata": {"k": "v"}}, 400, "'metadata' is not supported"),
+        # metadata is the gateway's cost attribution (tests/e2e/test_cost_metadata.py): OpenAI's limits
+        ({**ONE, "metadata": ["team"]}, 400, "'metadata' must be an object"),
+        ({**ONE, "metadata": {"team": 7}}, 400, "'metadata.team' must be a string, got number"),
+        ({**ONE, "metadata": {f"k{i}": "v" for i in range(17)}}, 400, "at most 16 pairs"),
         ({**ONE, "prompt_cache_key": "k"}, 400, "'prompt_cache_key' is not supported"),
         # a field the gateway does not read is refused, as OpenAI refuses it (it was dropped)
         ({**ONE, "unknown_param": 1}, 400, "Unrecognized request argument supplied: unknown_param"),

@@ -156,6 +156,8 @@ async def test_json_is_camel_case_with_money_as_text(store: AnalyticsStore) -> N
         cache_creation_tokens=30,
         cache_creation_1h_tokens=10,
         reasoning_tokens=7,
+        schema_version=4,
+        metadata={"team": "search", "note": 'say "hi" ✓'},
     )
     service = await project(store, e)
     body = json.loads((await service.get_costs_for_tenant("acme", start=T0)).to_json(), parse_float=Decimal)
@@ -189,6 +191,7 @@ async def test_json_is_camel_case_with_money_as_text(store: AnalyticsStore) -> N
                 "incomplete": False,
                 "stream": False,
                 "createdAt": "2026-03-01T12:00:00Z",
+                "metadata": {"team": "search", "note": 'say "hi" ✓'},
             }
         ],
     }
@@ -262,3 +265,74 @@ async def test_a_database_from_a_newer_version_is_refused(tmp_path: Path) -> Non
     await store.close()
     with pytest.raises(StoreError, match="newer"):
         await AnalyticsStore(path).open()
+
+
+#: keys JSONPath would read as paths unless quoted, and values of any text
+ODD_KEYS = ("team", "$x", "/p", "a.b", 'q"k', "back\\slash", "[0]", "sp ace", "✓", "*")
+
+
+async def test_metadata_filters_and_splits_equal_a_sum_over_the_events(store: AnalyticsStore) -> None:
+    import random
+
+    rng = random.Random(5)
+    events = []
+    for i in range(400):
+        metadata = {k: rng.choice(["a", "b", 'c "q"', ""]) for k in rng.sample(ODD_KEYS, rng.randrange(0, 4))}
+        cost = None if i % 17 == 0 else Decimal(rng.randrange(1, 10**6)) / 10**9
+        at = T0 + timedelta(hours=rng.randrange(-48, 96), microseconds=rng.randrange(10**6))
+        events.append(event(rng.choice(["acme", "globex"]), cost, at, schema_version=4, metadata=metadata))
+    service = await project(store, *events)
+    windows = [(None, None), (T0, None), (T0 - timedelta(hours=30), T0 + timedelta(days=2, minutes=7))]
+    matched = 0
+    for start, end in windows:
+        inside = [
+            e
+            for e in events
+            if e.tenant_id == "acme"
+            and (start is None or e.created_at >= start)
+            and (end is None or e.created_at < end)
+        ]
+        for key in ODD_KEYS:
+            for value in ("a", 'c "q"', ""):
+                pairs = {"team": "b", key: value}  # two pairs (one if key is team)
+                got = await service.get_costs_for_tenant("acme", start, end, metadata=pairs)
+                want = [e for e in inside if all(e.metadata.get(k) == v for k, v in pairs.items())]
+                assert (got.usage_count, got.total_cost, got.unpriced_count) == (
+                    len(want),
+                    sum((e.cost_usd or 0 for e in want), Decimal(0)),
+                    sum(e.cost_usd is None for e in want),
+                ), (key, value)
+                assert {r.id for r in got.usage} == {e.event_id for e in want}
+                matched += len(want)
+            split = await service.get_costs_for_tenant("acme", start, end, group_by=f"metadata.{key}", limit=0)
+            assert split.groups is not None and split.usage == []
+            by_value: dict[str | None, list[UsageEvent]] = {}
+            for e in inside:
+                by_value.setdefault(e.metadata.get(key), []).append(e)
+            assert {g.value: (g.usage_count, g.total_cost, g.unpriced_count) for g in split.groups} == {
+                v: (len(es), sum((e.cost_usd or 0 for e in es), Decimal(0)), sum(e.cost_usd is None for e in es))
+                for v, es in by_value.items()
+            }, key
+            assert sum((g.total_cost for g in split.groups), Decimal(0)) == split.total_cost
+            assert [g.total_cost for g in split.groups] == sorted((g.total_cost for g in split.groups), reverse=True)
+        rows = (await service.get_costs_for_tenant("acme", start, end)).usage
+        assert {r.id: r.metadata for r in rows} == {e.event_id: e.metadata for e in inside}
+    assert matched > 50  # the filters did match calls
+
+
+async def test_a_split_by_provider_model_or_day(store: AnalyticsStore) -> None:
+    service = await project(
+        store,
+        event(cost=Decimal(1), at=T0),
+        event(cost=Decimal(2), at=T0 + timedelta(days=1), provider="anthropic", served_model="claude"),
+        event(cost=None, at=T0 + timedelta(days=1, hours=1)),
+    )
+    by = {}
+    for group_by in ("provider", "model", "day"):
+        result = await service.get_costs_for_tenant("acme", group_by=group_by)
+        by[group_by] = {g.value: (g.usage_count, g.total_cost, g.unpriced_count) for g in result.groups or ()}
+    assert by["provider"] == {"anthropic": (1, Decimal(2), 0), "openai": (2, Decimal(1), 1)}
+    assert by["model"] == {"claude": (1, Decimal(2), 0), "gpt-4o-2024-08-06": (2, Decimal(1), 1)}
+    assert by["day"] == {"2026-03-02": (2, Decimal(2), 1), "2026-03-01": (1, Decimal(1), 0)}
+    with pytest.raises(ValueError, match="cannot group by"):
+        await service.get_costs_for_tenant("acme", group_by="tenant")

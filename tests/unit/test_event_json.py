@@ -27,7 +27,7 @@ BASE: dict[str, Any] = {
     "completion_tokens": 2, "cached_tokens": 0, "cache_creation_tokens": 0, "cache_creation_1h_tokens": 0,
     "reasoning_tokens": 0,
     "total_tokens": 3, "cost_usd": "0.5", "price_version": "v", "billable": True, "incomplete": False,
-    "gateway_instance": None,
+    "gateway_instance": None, "metadata": {},
 }  # fmt: skip
 
 
@@ -94,6 +94,14 @@ MONEY = ['"0"', '"1.5"', '"-1.5"', '"1e-7"', '"NaN"', '"Infinity"', '"-Infinity"
          '"-0"', '"1.50"',
          '"9999999999.9999999999"', '"9999999999.99999999995"', '"-9999999999.99999999994"', '"\\u0663"',
          '"0x10"', "true", '"12345678901234567890.1234567890"']  # fmt: skip
+#: a call's metadata: text to text, keys of 1 to 64 characters, values of at most 512, 32 pairs
+METADATA = ["{}", '{"team":"search"}', '{"team":"","k2":"é ✓"}', '{"":"a"}', '{"k":1}', '{"k":null}', '{"k":true}',
+            '{"k":["a"]}', '{"k":{"a":"b"}}', '{"k":"\\u0000"}', '{"\\u0000":"a"}', '{"k":"\\ud800"}',
+            '{"\\ud800":"a"}', '{"k":"a\\nb"}', '{"k":"a","k":"b"}', "null", "[]", '"team"', "1",
+            '{"k":"' + "x" * 512 + '"}', '{"k":"' + "x" * 513 + '"}', '{"' + "k" * 64 + '":"x"}',
+            '{"' + "k" * 65 + '":"x"}', '{"' + "é" * 64 + '":"x"}', '{"' + "é" * 65 + '":"x"}',
+            "{" + ",".join(f'"k{i}":"v"' for i in range(32)) + "}",
+            "{" + ",".join(f'"k{i}":"v"' for i in range(33)) + "}"]  # fmt: skip
 
 CASES = (
     [("attempt", v) for v in INTS]
@@ -106,6 +114,7 @@ CASES = (
     + [("cost_usd", v) for v in MONEY]
     + [("outcome", v) for v in ['"success"', '"Success"', '"bogus"', "null", "1", '"stream_cut"']]
     + [("endpoint", v) for v in ['"completions"', '"x"', "null"]]
+    + [("metadata", v) for v in METADATA]
 )
 
 
@@ -302,3 +311,47 @@ def test_an_embedding_event_is_version_3_which_a_version_2_reader_refuses(monkey
     monkeypatch.setattr(event_json, "SCHEMA_VERSION", 2)
     with pytest.raises(ValueError, match="unsupported usage event schema_version 3"):
         decode_event(raw)
+
+
+def test_an_event_with_metadata_is_version_4_which_a_version_3_reader_refuses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reader of version 3 ignores a field it does not know: it would have stored and
+    re-priced a call's event without its metadata. Written at 4, it dead-letters it instead
+    (kept, projected once upgraded); an event without metadata keeps its older version."""
+    from gateway import event_json, events
+
+    assert events.version_for(0, "chat.completions", {"team": "a"}) == 4
+    assert events.version_for(5, "embeddings", {"team": "a"}) == 4
+    assert events.version_for(0, "chat.completions", {}) == 1
+    raw = orjson.dumps(BASE | {"schema_version": 4, "metadata": {"team": "search", "env": "prod"}})
+    fast = assert_same_as_reference(raw)
+    assert fast is not None and fast.metadata == {"team": "search", "env": "prod"}
+    assert decode_event(fast.to_json()) == fast
+    monkeypatch.setattr(events, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(event_json, "SCHEMA_VERSION", 3)
+    with pytest.raises(ValueError, match="unsupported usage event schema_version 4"):
+        decode_event(raw)
+
+
+def test_a_record_from_before_metadata_reads_as_none_each_its_own() -> None:
+    old = orjson.dumps({k: v for k, v in BASE.items() if k != "metadata"})
+    first, second = decode_fast(old), decode_fast(old)
+    assert first is not None and second is not None
+    assert first.metadata == {} and "metadata" not in first.model_fields_set
+    assert first.metadata is not second.metadata  # never one dict shared by every event read
+
+
+def test_metadata_no_store_holds_is_refused_by_both_readers() -> None:
+    for value in ({"k": "nul\x00"}, {"nul\x00": "v"}):
+        raw = orjson.dumps(BASE | {"schema_version": 4, "metadata": value})
+        assert decode_fast(raw) is None
+        with pytest.raises(ValueError, match="NUL"):
+            decode_event(raw)
+    tagged = orjson.dumps(BASE | {"schema_version": 4, "metadata": {"k": "x"}})
+    for lone in (tagged.replace(b'"x"', b'"\\ud800"'), tagged.replace(b'"k"', b'"\\udc00"')):  # escaped: JSON
+        assert decode_fast(lone) is None
+        with pytest.raises(ValueError, match="unicode"):
+            decode_event(lone)
+    with pytest.raises(ValueError, match="unicode"):  # a str from a log
+        decode_event(tagged.decode().replace('"x"', '"\ud800"'))

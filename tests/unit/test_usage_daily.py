@@ -174,7 +174,12 @@ async def test_an_existing_file_is_backfilled_by_the_migration(tmp_path: Path) -
 
     batch.write_bytes(TypeAdapter(list[UsageEvent]).dump_json(mixed_events(500)))
     # the 0004-era sink: facts only, without the columns of later migrations
-    old_upsert = UPSERT.replace(" cache_creation_1h_tokens,", "").replace(" e.cache_creation_1h_tokens,", "")
+    old_upsert = (
+        UPSERT.replace(" cache_creation_1h_tokens,", "")
+        .replace(" e.cache_creation_1h_tokens,", "")
+        .replace(", metadata)", ")")
+        .replace(", e.metadata FROM", " FROM")
+    )
     conn.execute(old_upsert, [str(batch)])
     old_view = sorted(conn.execute("SELECT * FROM v_cost_daily").fetchall())
     conn.close()
