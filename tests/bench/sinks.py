@@ -5,7 +5,9 @@
     python -m tests.bench.sinks --compare --database-url ...     # also the rejected write paths
 
 Reports wall-clock events/s and events per CPU-second of this process (the second is what a
-busy, shared machine cannot take away; Postgres' own CPU is not in it).
+busy, shared machine cannot take away; Postgres' own CPU is not in it). Each sink also inserts
+the same events carrying metadata (two pairs, cost attribution) into a fresh table, against the
+plain insert in the same run.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
+import orjson
 from pydantic import TypeAdapter
 
 from analytics.store import AnalyticsStore
@@ -71,6 +74,16 @@ async def timed(label: str, apply: Apply, events: list[UsageEvent], batch: int) 
     print(f"  {label:<42} {n / wall:>9,.0f} ev/s wall  {n / cpu:>9,.0f} ev/CPU-s  ({n:,} in batches of {batch:,})")
 
 
+def tagged(events: list[UsageEvent]) -> list[UsageEvent]:
+    """The events with a call's metadata (two pairs, as a team's key and its request give them)."""
+    return [
+        e.model_copy(
+            update={"schema_version": 4, "metadata": {"team": f"team-{i % 20}", "feature": ("chat", "search")[i % 2]}}
+        )
+        for i, e in enumerate(events)
+    ]
+
+
 def repriced(events: list[UsageEvent]) -> list[UsageEvent]:
     return [e.model_copy(update={"cost_usd": Decimal("0.0000031"), "price_version": "2026-04"}) for e in events]
 
@@ -86,6 +99,10 @@ async def bench_duckdb(events: list[UsageEvent], compare: bool) -> None:
             await timed(f"redeliver (no change), batch {batch:,}", sink.apply, events, batch)
             await timed(f"reprice, batch {batch:,}", sink.apply, repriced(events), batch)
             await store.close()
+            store = AnalyticsStore(Path(tmp) / f"bench-{batch}-tagged.duckdb")
+            await store.open()
+            await timed(f"insert with metadata, batch {batch:,}", DuckDBSink(store).apply, tagged(events), batch)
+            await store.close()
         if compare:
             store = AnalyticsStore(Path(tmp) / "compare.duckdb")
             await store.open()
@@ -100,6 +117,7 @@ async def bench_duckdb(events: list[UsageEvent], compare: bool) -> None:
 def _fact_row(e: UsageEvent) -> list[object]:
     row = [getattr(e, name) for name in FACT_COLUMNS]
     row[list(FACT_COLUMNS).index("cost_usd")] = None if e.cost_usd is None else format(e.cost_usd, "f")
+    row[list(FACT_COLUMNS).index("metadata")] = orjson.dumps(e.metadata).decode()
     return row
 
 
@@ -150,6 +168,8 @@ async def bench_postgres(url: str, events: list[UsageEvent], compare: bool) -> N
         await timed("insert, batch 10,000", sink.apply, events, 10_000)
         await timed("redeliver (no change), batch 10,000", sink.apply, events, 10_000)
         await timed("reprice, batch 10,000", sink.apply, repriced(events), 10_000)
+        await conn.execute('TRUNCATE "LLMUsage"')
+        await timed("insert with metadata, batch 10,000", sink.apply, tagged(events), 10_000)
         if compare:
             for label, apply in (("executemany", _pg_executemany(conn)), ("unnest($1::text[], ...)", _pg_unnest(conn))):
                 await conn.execute('TRUNCATE "LLMUsage"')
@@ -161,10 +181,19 @@ async def bench_postgres(url: str, events: list[UsageEvent], compare: bool) -> N
         await conn.close()
 
 
-_PG_TYPES = (
-    "text text text text int4 int4 int4 numeric timestamptz text int4 text text text int4 text float8 float8 "
-    "int4 int4 int4 text bool bool bool text text text"
-).split()
+#: each "LLMUsage" column's type, for the rejected unnest path (checked against the sink's columns:
+#: a column added to the sink without its type here broke the path unseen)
+_PG_TYPE = {
+    "id": "text", "tenantId": "text", "provider": "text", "model": "text", "promptTokens": "int4",
+    "completionTokens": "int4", "totalTokens": "int4", "costUsd": "numeric", "createdAt": "timestamptz",
+    "requestId": "text", "attempt": "int4", "outcome": "text", "requestedModel": "text", "providerModel": "text",
+    "httpStatus": "int4", "errorCode": "text", "latencyMs": "float8", "ttftMs": "float8", "cachedTokens": "int4",
+    "cacheCreationTokens": "int4", "cacheCreation1hTokens": "int4", "reasoningTokens": "int4",
+    "priceVersion": "text", "billable": "bool", "incomplete": "bool", "stream": "bool", "endpoint": "text",
+    "apiKeyId": "text", "gatewayInstance": "text", "metadata": "jsonb",
+}  # fmt: skip
+assert tuple(_PG_TYPE) == pg.COLUMNS, "tests/bench/sinks.py: give each new LLMUsage column its type"
+_PG_TYPES = list(_PG_TYPE.values())
 _PG_UPSERT = pg.merge_from_stage(corrects=True, updated_at=False)
 _PG_CONFLICT = _PG_UPSERT[_PG_UPSERT.index("ON CONFLICT") :]
 
@@ -196,7 +225,10 @@ async def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--database-url", default=None, help="also benchmark the Postgres sink")
     parser.add_argument("--compare", action="store_true", help="also time the write paths not chosen")
+    parser.add_argument("--smoke", action="store_true", help="3,000 events, every path (CI)")
     args = parser.parse_args()
+    if args.smoke:
+        args.events, args.compare = 3_000, True
     events = make_events(args.events)
     await bench_duckdb(events, args.compare)
     if args.database_url:

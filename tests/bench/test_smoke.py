@@ -40,6 +40,19 @@ def test_benchmark_smoke_run(script: str) -> None:
     assert "| target" in done.stdout and "verdict" in done.stdout, done.stdout[-4000:]
 
 
+def test_sinks_smoke_run() -> None:
+    """Every write path of both sinks (Postgres when the suite has it), plain and with metadata."""
+    import os
+
+    from tests.conftest import DATABASE_ENV
+
+    url = os.environ.get(DATABASE_ENV)
+    done = smoke_run("sinks", *(("--database-url", url) if url else ()), timeout=120)
+    assert "insert with metadata" in done.stdout and "[rejected] executemany" in done.stdout, done.stdout[-4000:]
+    if url:
+        assert "Postgres sink" in done.stdout and "[rejected] unnest" in done.stdout, done.stdout[-4000:]
+
+
 def test_sustained_memory_smoke_run() -> None:
     """The sustained-load memory bench samples a real ``serve`` under wrk (a failing run raises)."""
     if not servers.wrk_available():
