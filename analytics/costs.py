@@ -16,7 +16,8 @@ Definitions (one row of ``usage_facts`` = one provider attempt):
   ``gateway/api/metadata.py``). The totals are then summed from the facts, not the daily rollup.
 - ``group_by``: the totals split by ``provider``, ``model``, ``day`` (UTC) or a metadata key
   (``metadata.team``; calls without the key are the group whose value is null); the groups add
-  up to the totals.
+  up to the totals. The largest first (by cost; days in order), at most :data:`MAX_GROUPS`
+  (``groupsTruncated`` when there were more: a key with a value per call, a trace id).
 
 JSON (``to_json``): camelCase keys; money as exact decimal text (``"0.0000025"``), never a
 float; times in ISO 8601 UTC.
@@ -113,6 +114,7 @@ class TenantCosts:
     metadata: dict[str, str] | None = None
     group_by: str | None = None
     groups: list[CostGroup] | None = None
+    groups_truncated: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         extra: dict[str, Any] = {}
@@ -121,6 +123,7 @@ class TenantCosts:
         if self.group_by is not None:
             extra["groupBy"] = self.group_by
             extra["groups"] = [g.to_dict() for g in self.groups or ()]
+            extra["groupsTruncated"] = self.groups_truncated
         return {
             "tenantId": self.tenant_id,
             "start": _iso(self.start),
@@ -167,6 +170,8 @@ GROUPS = {
     "day": "CAST(CAST(timezone('UTC', created_at) AS DATE) AS VARCHAR)",
 }
 METADATA_GROUP = "metadata."
+#: the most groups a split lists
+MAX_GROUPS = 1_000
 _GROUPED = """
 SELECT {value} AS value,
        coalesce(sum(cost_usd), 0) AS cost,
@@ -177,7 +182,8 @@ SELECT {value} AS value,
 FROM usage_facts
 WHERE {where}
 GROUP BY 1
-ORDER BY cost DESC, value NULLS LAST
+ORDER BY {order}
+LIMIT {limit}
 """
 
 
@@ -284,7 +290,11 @@ class CostTrackingService:
         grouped: tuple[str, list[Any]] | None = None
         if group_by is not None:
             value, value_params = _grouping(group_by)
-            grouped = _GROUPED.format(value=value, where=condition), value_params + params
+            order = "value" if group_by == "day" else "cost DESC, value NULLS LAST"
+            grouped = (
+                _GROUPED.format(value=value, where=condition, order=order, limit=MAX_GROUPS + 1),
+                value_params + params,
+            )
 
         def query(conn: Any) -> tuple[Sequence[Any], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
             totals = conn.execute(totals_sql, totals_params).fetchone()
@@ -306,7 +316,8 @@ class CostTrackingService:
             usage=[_usage_row(r) for r in rows],
             metadata=dict(metadata) if metadata else None,
             group_by=group_by,
-            groups=None if group_by is None else [_group(g) for g in groups],
+            groups=None if group_by is None else [_group(g) for g in groups[:MAX_GROUPS]],
+            groups_truncated=len(groups) > MAX_GROUPS,
         )
 
 

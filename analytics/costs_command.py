@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+from analytics.costs import METADATA_GROUP
 from analytics.owner import owner_hint, owner_urls, read_file, service_url, store_headers
 from gateway.settings import Settings
 
@@ -54,9 +55,9 @@ async def _from_service(
         "end": args.end,
         "limit": str(args.limit),
         "groupBy": args.group_by,
-        **{f"metadata.{key}": value for key, value in args.metadata},
+        **_filters(args),
     }
-    params = {k: v for k, v in asked.items() if v is not None and (v or k.startswith("metadata."))}
+    params = {k: v for k, v in asked.items() if v is not None and (v or k.startswith(METADATA_GROUP))}
     headers = {**store, **({"authorization": f"Bearer {api_key}"} if api_key else {})}
     try:
         async with (
@@ -84,7 +85,7 @@ async def _from_file(settings: Settings, args: argparse.Namespace) -> dict[str, 
 
     start, end = parse_window(args.start, args.end)  # the checks the HTTP API makes
     limit = parse_limit(str(args.limit))
-    asked = {f"metadata.{key}": value for key, value in args.metadata}
+    asked = _filters(args)
     metadata, group_by = parse_attribution({**asked, **({"groupBy": args.group_by} if args.group_by else {})})
     store = AnalyticsStore(analytics_path(settings), read_only=True)
     await store.open()
@@ -136,6 +137,18 @@ def render_table(doc: dict[str, Any]) -> str:
 def _aligned(table: list[tuple[str, ...]], indent: str = "") -> list[str]:
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     return [indent + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in table]
+
+
+def _filters(args: argparse.Namespace) -> dict[str, str]:
+    """The ``--metadata`` pairs as the API's ``metadata.<key>`` parameters; a key given twice is
+    refused, as the API refuses a parameter given twice (the last one was kept)."""
+    filters: dict[str, str] = {}
+    for key, value in args.metadata:
+        name = f"{METADATA_GROUP}{key}"
+        if name in filters:
+            raise SystemExit(f"--metadata {key}=... given twice: a call has one value for a key")
+        filters[name] = value
+    return filters
 
 
 def _pair(text: str) -> tuple[str, str]:

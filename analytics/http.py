@@ -14,9 +14,10 @@ from aiohttp import web
 from analytics.costs import GROUPS, METADATA_GROUP, CostTrackingService
 from analytics.store import AnalyticsStore, StoreError
 from gateway.api.auth import Authenticator
+from gateway.api.metadata import metadata_problem
 from gateway.api.query import only_parameters
 from gateway.errors import GatewayError, InvalidRequest, PermissionDenied, RouteNotFound
-from gateway.events import MAX_METADATA_KEY, MAX_METADATA_PAIRS
+from gateway.events import MAX_METADATA_PAIRS
 
 COSTS: web.AppKey[CostTrackingService] = web.AppKey("cost_tracking", CostTrackingService)
 STORE: web.AppKey[AnalyticsStore] = web.AppKey("analytics_store", AnalyticsStore)
@@ -115,25 +116,20 @@ def parse_attribution(query: Mapping[str, str]) -> tuple[dict[str, str] | None, 
     metadata = {
         name.removeprefix(METADATA_GROUP): value for name, value in query.items() if name.startswith(METADATA_GROUP)
     }
-    if len(metadata) > MAX_METADATA_PAIRS:
-        raise InvalidRequest(f"at most {MAX_METADATA_PAIRS} metadata.<key> filters", param="metadata")
-    for key in metadata:
-        _metadata_key(key, f"{METADATA_GROUP}{key}")
-    group_by = query.get("groupBy") or None
+    # a pair no call can carry (a line break a bad URL left, a NUL) would answer "spent $0"
+    if (problem := metadata_problem(metadata, MAX_METADATA_PAIRS)) is not None:
+        raise problem
+    group_by = query.get("groupBy")
     if group_by is not None:
-        if group_by.startswith(METADATA_GROUP):
-            _metadata_key(group_by.removeprefix(METADATA_GROUP), "groupBy")
-        elif group_by not in GROUPS:
+        key = group_by.removeprefix(METADATA_GROUP)
+        if group_by.startswith(METADATA_GROUP) and (problem := metadata_problem({key: ""})) is not None:
+            raise InvalidRequest(f"'groupBy': {problem.message}", param="groupBy")
+        if not group_by.startswith(METADATA_GROUP) and group_by not in GROUPS:
             raise InvalidRequest(
                 f"'groupBy' must be one of {', '.join(GROUPS)} or metadata.<key>, got {group_by[:80]!r}",
                 param="groupBy",
             )
     return metadata or None, group_by
-
-
-def _metadata_key(key: str, param: str) -> None:
-    if not 1 <= len(key) <= MAX_METADATA_KEY:
-        raise InvalidRequest(f"a metadata key is 1 to {MAX_METADATA_KEY} characters ({param})", param=param)
 
 
 def check_store(request: web.Request, store: AnalyticsStore) -> None:

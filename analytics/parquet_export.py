@@ -4,9 +4,11 @@
 each UTC day from ``first`` to ``last`` (inclusive) that holds facts, every row of
 ``usage_facts`` stamped that day, ordered by time and event id, to
 ``<directory>/usage_facts/day=YYYY-MM-DD/usage.parquet``. These are Hive-style partitions:
-``read_parquet('<directory>/usage_facts/*/*.parquet', hive_partitioning = true)`` reads them
-back with a ``day`` column. Money stays exact: ``cost_usd`` is a Parquet DECIMAL(20, 10), as
-in the store.
+``read_parquet('<directory>/usage_facts/*/*.parquet', hive_partitioning = true, union_by_name =
+true)`` reads them back with a ``day`` column (``union_by_name``: a day exported by an older
+version lacks the later columns, ``metadata`` or ``cache_creation_1h_tokens``, and without it
+DuckDB takes the first file's columns for all, dropping those). Money stays exact: ``cost_usd``
+is a Parquet DECIMAL(20, 10), as in the store.
 
 A day is the store's as of its export: exporting it again replaces its file (after a
 ``replay --reprice``, or for today while calls still come in), and a day of the range whose

@@ -226,7 +226,14 @@ def config_error(exc: BaseException) -> str:
         # a tenant id YAML read as a number (``123:``, ``tenant: 123``) or a bool (``yes:``)
         tenant_key = len(loc) == 4 and loc[1] == "tenants" and loc[3] == "[key]"
         key_tenant = len(loc) == 3 and loc[0] == "api_keys" and loc[2] == "tenant"
-        return " (a tenant id is text: quote it)" if kind == "string_type" and (tenant_key or key_tenant) else ""
+        if kind != "string_type":
+            return ""
+        if tenant_key or key_tenant:
+            return " (a tenant id is text: quote it)"
+        # a key's metadata YAML read as a number, a bool or a date (``cost_center: 0042``)
+        if len(loc) == 4 and loc[0] == "api_keys" and loc[2] == "metadata":
+            return " (metadata is text: quote it, as '0042')"
+        return ""
 
     problems = [
         f"{where(error['loc'])}: {error['msg']}{hint(error['loc'], error['type'])}"

@@ -143,9 +143,14 @@ if (_TIME_FIELDS, _MONEY_FIELDS, _BELOW, _FLOAT_FIELDS) != (
 _decoder = msgspec.json.Decoder(_Wire)
 _UNSET = msgspec.UNSET
 #: field added later -> (its default, the names a record without it names)
-_LATER = {
-    name: (UsageEvent.model_fields[name].get_default(call_default_factory=True), _ALL_SET - {name})
-    for name in ADDED_IN_VERSION
+_LATER = {name: UsageEvent.model_fields[name].get_default(call_default_factory=True) for name in ADDED_IN_VERSION}
+#: the names a record names, by the later fields it lacks (one set each, made once: a set a
+#: record costs 0.5 µs)
+_NAMED = {
+    missing: _ALL_SET - set(missing)
+    for missing in (
+        tuple(name for i, name in enumerate(_LATER) if mask >> i & 1) for mask in range(1, 2 ** len(_LATER))
+    )
 }
 _asdict = msgspec.structs.asdict
 _from_iso = datetime.fromisoformat
@@ -192,10 +197,13 @@ def decode_fast(raw: bytes | str) -> UsageEvent | None:
         if not -MONEY_BOUND < money < MONEY_BOUND:  # 10 digits before the point, yet 10**10 rounded
             return None
     named = _ALL_SET
-    for name, (default, others) in _LATER.items():
+    missing: tuple[str, ...] = ()
+    for name, default in _LATER.items():
         if fields[name] is _UNSET:  # a record from before the field
             fields[name] = default if default.__class__ is not dict else {}  # never one dict shared
-            named = others if named is _ALL_SET else named & others
+            missing += (name,)
+    if missing:
+        named = _NAMED[missing]
     event: UsageEvent = _new(UsageEvent)
     _set(event, "__dict__", fields)
     # the record named every field (the struct requires them all, but those added later). One

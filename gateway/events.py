@@ -50,7 +50,7 @@ MONEY_BOUND = STORED_MONEY - Decimal("0.00000000005")
 #: characters and tenants of at most 128)
 INDEXED_TEXT = 512
 assert PLAUSIBLE_TOKENS < STORED_INT
-#: a call's metadata (``gateway/metadata.py``): OpenAI's limits on a request's ``metadata`` (16
+#: a call's metadata (``gateway/api/metadata.py``): OpenAI's limits on a request's ``metadata`` (16
 #: pairs, keys of 64 characters, values of 512), and room for an API key's own pairs
 MAX_METADATA_PAIRS = 32
 MAX_METADATA_KEY = 64
@@ -161,6 +161,11 @@ class UsageEvent(BaseModel):
         if isinstance(value, float):
             raise ValueError("cost_usd must be decimal text, not a float")
         return value
+
+    def __hash__(self) -> int:
+        """By the event id, its identity (equal events have equal ids): a frozen model hashes
+        every field, and the metadata is a dict."""
+        return hash(self.event_id)
 
     @field_serializer("cost_usd")
     def _cost_as_text(self, value: Decimal | None) -> str | None:

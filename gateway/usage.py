@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
-from types import MappingProxyType
 
 from gateway import json_log
 from gateway.eventlog.base import EventLog
@@ -42,8 +41,6 @@ CANCELLED_CALL: ContextVar[CancelledCall | None] = ContextVar("cancelled_call", 
 #: the longest model name a cost line holds (a client's is at most as long)
 LOGGED_MODEL = 256
 log = logging.getLogger(__name__)
-#: a call without metadata's (read-only: one for every such call)
-EMPTY_METADATA: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +56,8 @@ class CallContext:
     #: the providers the call's API key may use (None: any); the router tries no other
     providers: frozenset[str] | None = None
     #: the call's metadata, on each of its events (``gateway/api/metadata.py``); never changed
-    metadata: Mapping[str, str] = field(default_factory=lambda: EMPTY_METADATA)
+    #: (each event gets its own copy: pydantic's dict validation makes one)
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +183,7 @@ class UsageRecorder:
             billable=billable,
             incomplete=facts.incomplete,
             gateway_instance=self._instance,
-            metadata=dict(ctx.metadata),
+            metadata=ctx.metadata,
         )
         self._publish(event)
         if self.defer_observers:

@@ -64,6 +64,7 @@ WHERE f.billable
 GROUP BY ALL;
 COMMENT ON VIEW v_cost_by_metadata IS 'Cost and tokens per UTC day, tenant and metadata pair (key, value), over billable attempts: each call once under each of its pairs, so a sum over one key counts a call once. Calls without metadata are not here. cost_usd is the exact sum over priced calls; unpriced calls are counted apart, never as free.';
 COMMENT ON COLUMN v_cost_by_metadata.day IS 'UTC calendar day of the attempt';
+COMMENT ON COLUMN v_cost_by_metadata.tenant_id IS 'the tenant billed';
 COMMENT ON COLUMN v_cost_by_metadata.key IS 'a metadata key of the calls';
 COMMENT ON COLUMN v_cost_by_metadata.value IS 'its value';
 COMMENT ON COLUMN v_cost_by_metadata.calls IS 'billable attempts';

@@ -80,23 +80,30 @@ async def migrate_postgres(
                 f"the database has gateway migrations {unknown} this version does not know: it was migrated "
                 "by a newer llm-gateway, whose rows this one could rewrite (run that version)"
             )
-        if table is not None and applied and await _lacks(conn, table, columns):
+        gone = table is not None and applied and not await conn.fetchval(
+            "SELECT to_regclass($1) IS NOT NULL", quote_ident(table)
+        )
+        # the pending ones first (unless the table is gone): a column a pending migration adds is
+        # no damage (every upgrade that added one warned "gone or lacks the gateway's columns")
+        done = [] if gone else [await _apply(conn, m) for m in todo if m.version not in applied]
+        if table is not None and applied and (gone or await _lacks(conn, table, columns)):
             log.warning("postgres: %s is gone or lacks the gateway's columns: applying every migration again", table)
-            applied = set()
-        done = []
-        for migration in todo:
-            if migration.version in applied:
-                continue
-            await conn.execute(migration.sql)
-            await conn.execute(
-                f"INSERT INTO {MIGRATIONS_TABLE} (version, name) VALUES ($1, $2) ON CONFLICT (version) DO NOTHING",
-                migration.version,
-                migration.name,
-            )
-            done.append(migration.version)
+            done += [await _apply(conn, m) for m in todo if m.version not in done]
+            done.sort()
     if done:
         log.info("postgres: applied migrations %s", done)
     return done
+
+
+async def _apply(conn: asyncpg.Connection, migration: Migration) -> int:
+    """Run one migration and record it; its version."""
+    await conn.execute(migration.sql)
+    await conn.execute(
+        f"INSERT INTO {MIGRATIONS_TABLE} (version, name) VALUES ($1, $2) ON CONFLICT (version) DO NOTHING",
+        migration.version,
+        migration.name,
+    )
+    return migration.version
 
 
 async def _lacks(conn: asyncpg.Connection, table: str, columns: Sequence[str]) -> bool:

@@ -178,8 +178,6 @@ _AS_IS = {
 #: "LLMUsage" columns in the order of a :func:`csv_rows` row: the fields above, the two computed,
 #: then the metadata (a JSON object, in a quoted CSV field)
 CSV_COLUMNS = (*_AS_IS.values(), "model", "costUsd", "metadata")
-#: the metadata field of a call without any
-_NO_METADATA = b',"{}"'
 _fields_as_is = operator.itemgetter(*_AS_IS)
 _COPY_CSV = {"format": "csv", "null": "null"}
 #: the widest UTC offset Postgres reads in a time's text
@@ -191,7 +189,8 @@ def csv_rows(events: Sequence[UsageEvent], *, naive_utc: bool = False) -> bytes 
     some value cannot travel that way (see the module docstring): then use :func:`row`.
     ``naive_utc``: ``"createdAt"`` has no time zone, and Postgres drops the offset of a time it
     reads for such a column: only UTC times travel as text."""
-    lines = []
+    lines: list[bytes] = []
+    tagged: list[bytes] = []  # the rows with metadata, checked apart for a backslash
     try:
         for event in events:
             fields = event.__dict__
@@ -204,23 +203,23 @@ def csv_rows(events: Sequence[UsageEvent], *, naive_utc: bool = False) -> bytes 
             # as CSV and stored as binary, by what shared its batch)
             if (offset := created.utcoffset()) and (naive_utc or not -_TEXT_OFFSET < offset < _TEXT_OFFSET):
                 return None
-            values = (
-                *_fields_as_is(fields),
-                fields["served_model"] or fields["provider_model"],
-                None if cost is None else str(cost),  # exact decimal text (maybe with an exponent)
-            )
-            line = orjson.dumps(values, option=orjson.OPT_UTC_Z)[1:-1]
+            model = fields["served_model"] or fields["provider_model"]
+            money = None if cost is None else str(cost)  # exact decimal text (maybe with an exponent)
+            if not (metadata := fields["metadata"]):  # {} as a CSV field of its own: "{}"
+                lines.append(orjson.dumps((*_fields_as_is(fields), model, money, "{}"), option=orjson.OPT_UTC_Z)[1:-1])
+                continue
+            line = orjson.dumps((*_fields_as_is(fields), model, money), option=orjson.OPT_UTC_Z)[1:-1]
             if b"\\" in line:
                 return None
-            if metadata := fields["metadata"]:
-                # its JSON in a quoted CSV field, quotes doubled: a backslash in it is JSON's,
-                # read by jsonb, not CSV's
-                lines.append(line + b',"' + orjson.dumps(metadata).replace(b'"', b'""') + b'"')
-            else:
-                lines.append(line + _NO_METADATA)
+            # its JSON in a quoted CSV field, quotes doubled: a backslash in it is JSON's, read
+            # by jsonb, not CSV's (the other values are checked for one above and below)
+            tagged.append(line + b',"' + orjson.dumps(metadata).replace(b'"', b'""') + b'"')
     except orjson.JSONEncodeError:  # an integer beyond 64 bits, a string that is not UTF-8
         return None
-    return b"\n".join(lines)
+    data = b"\n".join(lines)
+    if b"\\" in data:
+        return None
+    return b"\n".join((data, *tagged)) if data else b"\n".join(tagged)
 
 
 #: errors caused by the rows themselves (SQLSTATE classes 22 and 23, or a number the binary

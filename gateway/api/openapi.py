@@ -5,7 +5,9 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from gateway.api.metadata import MAX_REQUEST_PAIRS
 from gateway.api.validation import MAX_TENANT_LEN
+from gateway.events import MAX_METADATA_KEY, MAX_METADATA_VALUE
 
 _ERROR = {
     "type": "object",
@@ -39,9 +41,9 @@ _USAGE = {
 #: a call's metadata (gateway/api/metadata.py)
 _METADATA: dict[str, Any] = {
     "type": ["object", "null"],
-    "maxProperties": 16,
-    "propertyNames": {"minLength": 1, "maxLength": 64},
-    "additionalProperties": {"type": "string", "maxLength": 512},
+    "maxProperties": MAX_REQUEST_PAIRS,
+    "propertyNames": {"minLength": 1, "maxLength": MAX_METADATA_KEY},
+    "additionalProperties": {"type": "string", "maxLength": MAX_METADATA_VALUE},
     "description": "Cost attribution (team, feature, ...): recorded on the call's usage events with its API key's "
     "pairs, which it may not change (403 metadata_not_allowed); sent to no provider. GET /v1/costs filters "
     "(metadata.<key>=<value>) and splits (groupBy=metadata.<key>) by it.",

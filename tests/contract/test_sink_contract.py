@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import os
 import uuid
@@ -461,6 +462,34 @@ async def test_postgres_consumers_starting_together_migrate_once() -> None:
 
 
 @pytest.mark.postgres
+async def test_postgres_an_upgrade_applies_its_new_migration_alone_without_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A database of the version before (migrations 1 to 3): the new one adds its column. It
+    warned "gone or lacks the gateway's columns: applying every migration again" on every
+    upgrade that added a column (a review), the sink's columns checked before the pending
+    migration ran."""
+    from consumers.migrations import migrate_postgres
+
+    async with scratch_schema("upgrade") as pg:
+        before = [m for m in postgres_migrations() if m.version <= 3]
+        await pg.conn.execute(f'CREATE SCHEMA "{pg.schema}"')
+        await pg.conn.execute(f'SET search_path = "{pg.schema}"')
+        assert await migrate_postgres(pg.conn, before) == [1, 2, 3]
+        caplog.set_level(logging.INFO, logger="consumers.migrations")
+        applied = await migrate_postgres(pg.conn, table="LLMUsage", columns=COLUMNS)
+        assert applied == [4]
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+        await pg.conn.execute('DROP TABLE "LLMUsage"')  # gone: every migration again, said
+        assert await migrate_postgres(pg.conn, table="LLMUsage", columns=COLUMNS) == [1, 2, 3, 4]
+        assert "is gone or lacks the gateway's columns" in caplog.text
+        sink = pg.sink()
+        await sink.start()
+        await sink.apply([make_event(1, schema_version=4, metadata={"team": "a"})])
+        assert await pg.conn.fetchval('SELECT "metadata"->>\'team\' FROM "LLMUsage"') == "a"
+
+
+@pytest.mark.postgres
 async def test_postgres_keeps_an_existing_platform_table_and_adds_the_extra_columns() -> None:
     async with scratch_schema("platform") as pg:
         schema, conn = pg.schema, pg.conn
@@ -497,6 +526,43 @@ async def test_postgres_keeps_an_existing_platform_table_and_adds_the_extra_colu
         assert [(r["id"], r["costUsd"], r["requestId"]) for r in rows] == sorted(
             [("legacy-1", Decimal("0.5"), None), (event.event_id, Decimal("0.0000025"), "req_1")], key=lambda r: r[0]
         )
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("kind", ["json", "text", "jsonb"])
+async def test_postgres_keeps_a_platform_s_own_metadata_column_and_fills_it(kind: str) -> None:
+    """A platform table with a "metadata" column of its own (Prisma's ``Json?`` is jsonb, some
+    have json or text): kept as it is, with its comment, and given each call's metadata as JSON,
+    by the CSV path and the binary one."""
+    async with scratch_schema(f"meta_{kind}") as pg:
+        schema, conn = pg.schema, pg.conn
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
+        await conn.execute(
+            f'CREATE TABLE "{schema}"."LLMUsage" ("id" TEXT PRIMARY KEY, "tenantId" TEXT NOT NULL,'
+            ' "provider" TEXT NOT NULL, "model" TEXT NOT NULL, "promptTokens" INTEGER NOT NULL,'
+            ' "completionTokens" INTEGER NOT NULL, "totalTokens" INTEGER NOT NULL,'
+            f' "costUsd" DECIMAL(65, 30), "createdAt" TIMESTAMPTZ NOT NULL DEFAULT now(), "metadata" {kind})'
+        )
+        await conn.execute(f'COMMENT ON COLUMN "{schema}"."LLMUsage"."metadata" IS \'ours\'')
+        sink = pg.sink()
+        await sink.start()
+        as_csv = make_event(1, schema_version=4, metadata={"team": 'search "core"', "k,1": "é"})
+        as_binary = make_event(2, error_code="back\\slash", schema_version=4, metadata={"team": "ads"})
+        plain = make_event(3)
+        assert csv_rows([as_csv, plain]) is not None and csv_rows([as_binary]) is None
+        await sink.apply([as_csv, plain])
+        await sink.apply([as_binary])
+        column = await conn.fetchrow(
+            "SELECT format_type(atttypid, atttypmod) AS kind, col_description(attrelid, attnum) AS comment "
+            "FROM pg_attribute WHERE attrelid = $1::regclass AND attname = 'metadata'",
+            f'"{schema}"."LLMUsage"',
+        )
+        assert (column["kind"], column["comment"]) == (kind, "ours")
+        stored = {
+            r["id"]: json.loads(r["metadata"])
+            for r in await conn.fetch(f'SELECT "id", "metadata"::text AS metadata FROM "{schema}"."LLMUsage"')
+        }
+        assert stored == {e.event_id: e.metadata for e in (as_csv, as_binary, plain)}
 
 
 @pytest.mark.postgres

@@ -18,6 +18,7 @@ import pytest
 
 from gateway.server import server_installers
 from gateway.settings import Settings
+from gateway.simulators.base import Fault
 from tests.support.gateway import RunningGateway, running_gateway
 
 KEYS = [
@@ -190,9 +191,73 @@ async def test_bad_metadata_is_a_400_naming_the_pair(metadata: Any, param: str, 
 
 @pytest.mark.parametrize(
     "params",
-    [{"metadata.": "x"}, {"metadata." + "k" * 65: "x"}, {"groupBy": "tenant"}, {"groupBy": "metadata."}],
+    [
+        {"metadata.": "x"},
+        {"metadata." + "k" * 65: "x"},
+        {"groupBy": "tenant"},
+        {"groupBy": "metadata."},
+        {"groupBy": ""},
+        # a pair no call can carry (a bad URL's line break, a NUL) answered "spent $0"
+        {"metadata.team": "search\n"},
+        {"metadata.team": "\x00"},
+        {"metadata.team": "x" * 513},
+        {"metadata.\x00": "x"},
+        {"groupBy": "metadata.\x00"},
+        {f"metadata.k{i}": "v" for i in range(33)},
+    ],
 )
 async def test_bad_cost_queries_are_400s(tmp_path: Path, params: dict[str, str]) -> None:
     async with embedded(tmp_path) as gw:
         status, body = await costs(gw, params)
     assert status == 400 and body["error"]["type"] == "invalid_request_error", body
+
+
+async def test_every_attempt_of_a_call_carries_its_metadata_up_to_32_pairs() -> None:
+    """A key's 16 pairs and a request's 16 others: 32 on each event of the call (the event's
+    bound), fallbacks included."""
+    key_pairs = {f"key{i}": f"v{i}" for i in range(16)}
+    request_pairs = {f"req{i}": "x" * 512 for i in range(16)}
+    keys = [{"key": "sk-full", "tenant": "acme", "metadata": key_pairs}]
+    async with running_gateway(settings={"api_keys": keys}) as gw, client(gw, "sk-full") as c:
+        gw.sims["openai"].faults.always(Fault("server_error"))
+        raw = await c.chat.completions.with_raw_response.create(model="gpt-4", messages=HI, metadata=request_pairs)
+        stream = await c.chat.completions.create(model="gpt-4", messages=HI, metadata=request_pairs, stream=True)
+        _ = [chunk async for chunk in stream]
+    assert raw.headers["x-llm-provider"] != "openai" and int(raw.headers["x-llm-attempts"]) > 1
+    events = gw.event_log.events
+    assert {e.provider for e in events} >= {"openai", raw.headers["x-llm-provider"]}
+    assert {e.outcome for e in events} >= {"upstream_error", "success"} and {e.stream for e in events} == {False, True}
+    for e in events:
+        assert e.metadata == {**request_pairs, **key_pairs} and len(e.metadata) == 32 and e.schema_version == 4
+
+
+async def test_the_command_reads_the_file_with_filters_and_splits(tmp_path: Path) -> None:
+    """``llm-gateway costs`` with nothing serving the store opens the file read-only: the same
+    filters and splits, and its table prints the groups."""
+    async with embedded(tmp_path) as gw:
+        await make_calls(gw)
+        await all_usage(gw, 7)
+    env = {"PATH": "/usr/bin:/bin", "LLM_GATEWAY_DATA_DIR": str(tmp_path), "LLM_GATEWAY_PORT": "9"}
+    printed = []
+    for extra in (["--json"], []):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "costs", "--tenant", "acme", "--metadata", "team=ads",
+            "--group-by", "metadata.feature", *extra, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        printed.append(out.decode())
+    doc = json.loads(printed[0])
+    assert doc["usageCount"] == 3 and doc["metadata"] == {"team": "ads"}
+    assert {g["value"]: g["usageCount"] for g in doc["groups"]} == {"summarize": 1, None: 2}
+    table = printed[1].splitlines()
+    assert table[0].startswith("tenant acme: total $") and table[0].endswith("with metadata team=ads")
+    assert table[1] == "by metadata.feature:" and table[2].split() == ["value", "cost", "calls", "tokens", "unpriced"]
+    assert sorted(line.split()[0] for line in table[3:5]) == ["(none)", "summarize"]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "costs", "--tenant", "acme", "--metadata", "team=a", "--metadata", "team=b",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await proc.communicate()
+    assert proc.returncode != 0 and b"given twice" in err

@@ -334,5 +334,27 @@ async def test_a_split_by_provider_model_or_day(store: AnalyticsStore) -> None:
     assert by["provider"] == {"anthropic": (1, Decimal(2), 0), "openai": (2, Decimal(1), 1)}
     assert by["model"] == {"claude": (1, Decimal(2), 0), "gpt-4o-2024-08-06": (2, Decimal(1), 1)}
     assert by["day"] == {"2026-03-02": (2, Decimal(2), 1), "2026-03-01": (1, Decimal(1), 0)}
+    days = await service.get_costs_for_tenant("acme", group_by="day")
+    assert [g.value for g in days.groups or ()] == ["2026-03-01", "2026-03-02"]  # in order, not by cost
     with pytest.raises(ValueError, match="cannot group by"):
         await service.get_costs_for_tenant("acme", group_by="tenant")
+
+
+async def test_a_split_lists_at_most_max_groups_and_says_so(
+    store: AnalyticsStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key with a value per call (a trace id) made one group per call: the whole history in
+    one answer, in the process that serves the calls."""
+    from analytics import costs
+
+    monkeypatch.setattr(costs, "MAX_GROUPS", 3)
+    events = [
+        event(cost=Decimal(i + 1), at=T0 + timedelta(seconds=i), schema_version=4, metadata={"trace": str(i)})
+        for i in range(5)
+    ]
+    service = await project(store, *events)
+    split = await service.get_costs_for_tenant("acme", group_by="metadata.trace")
+    assert [g.value for g in split.groups or ()] == ["4", "3", "2"] and split.groups_truncated
+    assert split.to_dict()["groupsTruncated"] is True and split.total_cost == Decimal(15)
+    whole = await service.get_costs_for_tenant("acme", group_by="metadata.trace", metadata={"trace": "1"})
+    assert [g.value for g in whole.groups or ()] == ["1"] and not whole.groups_truncated

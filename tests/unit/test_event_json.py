@@ -355,3 +355,12 @@ def test_metadata_no_store_holds_is_refused_by_both_readers() -> None:
             decode_event(lone)
     with pytest.raises(ValueError, match="unicode"):  # a str from a log
         decode_event(tagged.decode().replace('"x"', '"\ud800"'))
+
+
+def test_a_record_from_before_both_later_fields_names_neither() -> None:
+    later = {"cache_creation_1h_tokens", "metadata"}
+    for lacking in ({"cache_creation_1h_tokens"}, {"metadata"}, later):
+        raw = orjson.dumps({k: v for k, v in BASE.items() if k not in lacking})
+        fast = assert_same_as_reference(raw)
+        assert fast is not None and fast.model_fields_set == set(BASE) - lacking
+        assert (fast.cache_creation_1h_tokens, fast.metadata) == (0, {})

@@ -217,3 +217,31 @@ async def test_day_files_without_their_owner_file_are_nobodys_to_claim(tmp_path:
     await export_range(store, fresh, None, None)
     assert sorted(p.name for p in fresh.iterdir()) == [OWNER_FILE, TABLE_DIR]
     await store.close()
+
+
+async def test_metadata_is_exported_and_read_back_beside_days_an_older_version_wrote(tmp_path: Path) -> None:
+    """A day exported before the metadata column lacks it: read as the docs say
+    (``union_by_name``), the later days keep theirs (DuckDB takes the first file's columns for
+    every file otherwise, dropping it)."""
+    store, export = await writer(tmp_path)
+    tagged = [
+        event("acme", Decimal("0.5"), MIDNIGHT + timedelta(hours=1)).model_copy(
+            update={"schema_version": 4, "metadata": {"team": "search", "q": 'a "b"'}}
+        ),
+        event("acme", Decimal("0.25"), MIDNIGHT + timedelta(hours=2)),
+    ]
+    await project(store, tagged)
+    await export_range(store, export, None, None)
+    older = export / TABLE_DIR / "day=2026-03-01" / FILE_NAME  # the day before, as an old version wrote it
+    older.parent.mkdir(parents=True)
+    await store.run(
+        lambda conn: conn.execute(f"COPY (SELECT * EXCLUDE (metadata) FROM usage_facts) TO '{older}' (FORMAT parquet)")
+    )
+    source = f"read_parquet('{export}/{TABLE_DIR}/*/*.parquet', hive_partitioning = true, union_by_name = true)"
+    rows = await store.fetchall(f"SELECT day::VARCHAR, metadata->>'team', metadata->>'q' FROM {source} ORDER BY 1, 2")
+    assert rows == [
+        ("2026-03-01", None, None),
+        ("2026-03-01", None, None),
+        ("2026-03-02", "search", 'a "b"'),
+        ("2026-03-02", None, None),
+    ]

@@ -638,6 +638,7 @@ VIEWS = (
     "v_provider_outcomes",
     "v_provider_health_history",
     "v_unpriced_usage",
+    "v_cost_by_metadata",
 )
 
 
@@ -674,6 +675,39 @@ async def test_v_cost_daily(store: AnalyticsStore) -> None:
     # the two 429s on openai cost nothing and are not calls
     assert (openai["calls"], openai["cost_usd"], openai["unpriced_calls"]) == (1, "0.0000025000", 0)
     assert (ollama["cost_usd"], ollama["unpriced_calls"], ollama["unpriced_tokens"]) == ("0.0000000000", 1, 120)
+
+
+async def test_v_cost_by_metadata_counts_a_call_once_under_each_pair(tmp_path: Path) -> None:
+    store = AnalyticsStore(tmp_path / "tagged.duckdb")
+    await store.open()
+    try:
+        base = EVENTS[2]  # billable, priced
+        tagged = [
+            base.model_copy(update={"event_id": "t1", "schema_version": 4, "metadata": {"team": "a", "$x": "1"}}),
+            base.model_copy(update={"event_id": "t2", "schema_version": 4, "metadata": {"team": "a"}}),
+            base.model_copy(update={"event_id": "t3", "schema_version": 4, "metadata": {"team": "b", "env": ""}}),
+            base.model_copy(
+                update={"event_id": "t4", "cost_usd": None, "schema_version": 4, "metadata": {"team": "b"}}
+            ),
+            base.model_copy(update={"event_id": "t5"}),  # none: not in the view
+            base.model_copy(update={"event_id": "t6", "billable": False, "metadata": {"team": "a"}}),  # not usage
+        ]
+        await DuckDBSink(store).apply(tagged)
+        rows = records(await query(store, "SELECT * FROM v_cost_by_metadata ORDER BY key, value"))
+        cost = str(base.cost_usd.quantize(Decimal("1e-10")))  # type: ignore[union-attr]
+        twice = str((2 * base.cost_usd).quantize(Decimal("1e-10")))  # type: ignore[operator]
+        day = base.created_at.date().isoformat()
+        assert [(r["day"], r["tenant_id"], r["key"], r["value"], r["calls"], r["cost_usd"], r["unpriced_calls"])
+                for r in rows] == [
+            (day, base.tenant_id, "$x", "1", 1, cost, 0),
+            (day, base.tenant_id, "env", "", 1, cost, 0),
+            (day, base.tenant_id, "team", "a", 2, twice, 0),
+            (day, base.tenant_id, "team", "b", 2, cost, 1),
+        ]  # fmt: skip
+        by_team = records(await query(store, "SELECT sum(calls) AS n FROM v_cost_by_metadata WHERE key = 'team'"))
+        assert by_team == [{"n": 4}]  # each tagged billable call once
+    finally:
+        await store.close()
 
 
 async def test_v_provider_attempts_and_fallbacks(store: AnalyticsStore) -> None:
