@@ -80,8 +80,10 @@ async def migrate_postgres(
                 f"the database has gateway migrations {unknown} this version does not know: it was migrated "
                 "by a newer llm-gateway, whose rows this one could rewrite (run that version)"
             )
-        gone = table is not None and applied and not await conn.fetchval(
-            "SELECT to_regclass($1) IS NOT NULL", quote_ident(table)
+        gone = (
+            table is not None
+            and applied
+            and not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", quote_ident(table))
         )
         # the pending ones first (unless the table is gone): a column a pending migration adds is
         # no damage (every upgrade that added one warned "gone or lacks the gateway's columns")
