@@ -461,6 +461,18 @@ async def test_postgres_consumers_starting_together_migrate_once() -> None:
         await conn.close()
 
 
+async def platform_table(pg: Scratch, extra: str = "") -> None:
+    """The platform's own "LLMUsage" (Prisma's shape) in the scratch schema, with ``extra``
+    columns, before any sink made it."""
+    await pg.conn.execute(f'CREATE SCHEMA "{pg.schema}"')
+    await pg.conn.execute(
+        f'CREATE TABLE "{pg.schema}"."LLMUsage" ("id" TEXT PRIMARY KEY, "tenantId" TEXT NOT NULL,'
+        ' "provider" TEXT NOT NULL, "model" TEXT NOT NULL, "promptTokens" INTEGER NOT NULL,'
+        ' "completionTokens" INTEGER NOT NULL, "totalTokens" INTEGER NOT NULL,'
+        f' "costUsd" DECIMAL(65, 30), "createdAt" TIMESTAMP(3) WITH TIME ZONE NOT NULL DEFAULT now(){extra})'
+    )
+
+
 @pytest.mark.postgres
 async def test_postgres_an_upgrade_applies_its_new_migration_alone_without_a_warning(
     caplog: pytest.LogCaptureFixture,
@@ -493,13 +505,7 @@ async def test_postgres_an_upgrade_applies_its_new_migration_alone_without_a_war
 async def test_postgres_keeps_an_existing_platform_table_and_adds_the_extra_columns() -> None:
     async with scratch_schema("platform") as pg:
         schema, conn = pg.schema, pg.conn
-        await conn.execute(f'CREATE SCHEMA "{schema}"')
-        await conn.execute(
-            f'CREATE TABLE "{schema}"."LLMUsage" ("id" TEXT PRIMARY KEY, "tenantId" TEXT NOT NULL,'
-            ' "provider" TEXT NOT NULL, "model" TEXT NOT NULL, "promptTokens" INTEGER NOT NULL,'
-            ' "completionTokens" INTEGER NOT NULL, "totalTokens" INTEGER NOT NULL,'
-            ' "costUsd" DECIMAL(65, 30), "createdAt" TIMESTAMP(3) WITH TIME ZONE NOT NULL DEFAULT now())'
-        )
+        await platform_table(pg)
         await conn.execute(
             f"INSERT INTO \"{schema}\".\"LLMUsage\" VALUES ('legacy-1', 'acme', 'openai', 'gpt-4', 1, 1, 2, 0.5, now())"
         )
@@ -536,13 +542,7 @@ async def test_postgres_keeps_a_platform_s_own_metadata_column_and_fills_it(kind
     by the CSV path and the binary one."""
     async with scratch_schema(f"meta_{kind}") as pg:
         schema, conn = pg.schema, pg.conn
-        await conn.execute(f'CREATE SCHEMA "{schema}"')
-        await conn.execute(
-            f'CREATE TABLE "{schema}"."LLMUsage" ("id" TEXT PRIMARY KEY, "tenantId" TEXT NOT NULL,'
-            ' "provider" TEXT NOT NULL, "model" TEXT NOT NULL, "promptTokens" INTEGER NOT NULL,'
-            ' "completionTokens" INTEGER NOT NULL, "totalTokens" INTEGER NOT NULL,'
-            f' "costUsd" DECIMAL(65, 30), "createdAt" TIMESTAMPTZ NOT NULL DEFAULT now(), "metadata" {kind})'
-        )
+        await platform_table(pg, f', "metadata" {kind}')
         await conn.execute(f'COMMENT ON COLUMN "{schema}"."LLMUsage"."metadata" IS \'ours\'')
         sink = pg.sink()
         await sink.start()
