@@ -477,7 +477,8 @@ def run_query(
                 _refuse_if_too_large(conn, query, max_rows + 1, max_bytes)
             if nested or intervals:  # the first run only said the column types: run it to be read
                 result = conn.execute(_interval_parts(query, len(columns), intervals) if intervals else query)
-            fetched = _fetch(result, max_rows + 1, max_bytes)
+            json_columns = [i for i, c in enumerate(columns) if c.type == "JSON"]
+            fetched = _fetch(result, max_rows + 1, max_bytes, json_columns)
             for row in fetched:
                 for i in intervals:
                     parts = row[i]
@@ -573,9 +574,13 @@ def _json_size(value: JSONValue) -> int:
     return 8
 
 
-def _fetch(result: duckdb.DuckDBPyConnection, limit: int, max_bytes: int) -> list[list[JSONValue]]:
+def _fetch(
+    result: duckdb.DuckDBPyConnection, limit: int, max_bytes: int, json_columns: list[int] | None = None
+) -> list[list[JSONValue]]:
     """Up to ``limit`` rows as JSON values, fetched in chunks sized so that one chunk is about
-    an eighth of what the byte budget has left; :class:`SqlResultTooLarge` past ``max_bytes``."""
+    an eighth of what the byte budget has left; :class:`SqlResultTooLarge` past ``max_bytes``.
+    A ``JSON`` column's text (``json_columns``, by position: a call's metadata) is its value: an
+    object in a JSON answer, not a string of JSON to decode again."""
     rows: list[list[JSONValue]] = []
     size, chunk = 0, 64
     while len(rows) < limit:
@@ -584,6 +589,8 @@ def _fetch(result: duckdb.DuckDBPyConnection, limit: int, max_bytes: int) -> lis
         fetched = result.fetchmany(min(chunk, limit - len(rows)))
         for raw in fetched:
             row = [json_value(v) for v in raw]
+            for i in json_columns or ():
+                row[i] = _json_of(row[i])
             # a list or struct counted as a scalar let 100 MB through a 64 MiB limit (review)
             size += sum(_json_size(v) for v in row) + len(row)
             rows.append(row)
@@ -594,6 +601,20 @@ def _fetch(result: duckdb.DuckDBPyConnection, limit: int, max_bytes: int) -> lis
         per_row = max(1, size // len(rows))
         chunk = max(1, min(rows_a_turn(len(row)), (max_bytes - size) // per_row // 8))
     return rows
+
+
+def _json_of(text: JSONValue) -> JSONValue:
+    """A JSON column's value from its text, kept as text when an answer could not carry it as
+    it is: a number past a double (``1e400``), nesting too deep to encode again. Python's reader,
+    not orjson: that one reads an integer past 64 bits as a float, losing its digits."""
+    if not isinstance(text, str):
+        return text
+    try:
+        value: JSONValue = json.loads(text)
+        json.dumps(value, allow_nan=False)
+    except (ValueError, RecursionError):
+        return text
+    return value
 
 
 def _rollback(conn: duckdb.DuckDBPyConnection) -> None:

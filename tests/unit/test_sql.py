@@ -761,6 +761,28 @@ async def test_v_unpriced_usage_and_health_history(store: AnalyticsStore) -> Non
     assert (health["rate_limit_rate"], health["failure_rate"], health["is_transition"]) == (1.0, 0.0, True)
 
 
+async def test_a_json_column_is_its_value_in_json_and_its_text_in_csv(store: AnalyticsStore) -> None:
+    """A call's metadata (a JSON column) came back as a string of JSON to decode again, where
+    /v1/costs gives the object; a value an answer cannot carry as it is stays text."""
+    result = await query(
+        store,
+        """SELECT '{"team":"search","q":"a \\"b\\""}'::JSON AS m, '[1, 2]'::JSON AS l, NULL::JSON AS n, """
+        "'123456789012345678901234567890'::JSON AS big, '{\"a\":1e999}'::JSON AS inf, 'x' AS s",
+    )
+    [row] = records(result)
+    assert row == {
+        "m": {"team": "search", "q": 'a "b"'},
+        "l": [1, 2],
+        "n": None,
+        "big": 123456789012345678901234567890,  # exact, not a float
+        "inf": '{"a":1e999}',  # no JSON answer holds infinity: the text
+        "s": "x",
+    }
+    json.loads(result.to_json())  # encodes
+    lines = result.to_csv().splitlines()
+    assert lines[1].startswith('"{""team"": ""search"", ""q"": ""a \\""b\\""""}",'), lines
+
+
 async def test_csv_keeps_a_value_with_a_carriage_return_in_its_row(store: AnalyticsStore) -> None:
     """Written unquoted (the writer's lines end with a newline, so a carriage return was not
     special to it), the row was read back as two (review)."""
