@@ -230,7 +230,8 @@ class UsageRecorder:
         model is the one the provider says served the call: a name past :data:`LOGGED_MODEL`
         characters is cut there (an upstream's 200,000-character ``model`` made a line that log
         shippers split at 16 KB, the ``cost=`` field lost: a review). The same values, with the
-        request id and the endpoint, are the line's fields in JSON logs (``gateway/json_log.py``)."""
+        request id, the endpoint and the call's metadata (when it has any), are the line's fields
+        in JSON logs (``gateway/json_log.py``); the text line stays as it is."""
         if not cost_log.isEnabledFor(logging.INFO):
             return
         text = format_usd(cost) if cost is not None else None
@@ -238,16 +239,17 @@ class UsageRecorder:
             model = model[:LOGGED_MODEL] + "..."
         fields = None
         if json_log.structured:
-            fields = {
-                FIELDS: {
-                    "tenantId": ctx.tenant_id,
-                    "provider": provider,
-                    "model": model,
-                    "costUsd": text,
-                    "requestId": ctx.request_id,
-                    "endpoint": ctx.endpoint,
-                }
+            values: dict[str, object] = {
+                "tenantId": ctx.tenant_id,
+                "provider": provider,
+                "model": model,
+                "costUsd": text,
+                "requestId": ctx.request_id,
+                "endpoint": ctx.endpoint,
             }
+            if ctx.metadata:  # a log pipeline attributes the cost as the stores do
+                values["metadata"] = ctx.metadata
+            fields = {FIELDS: values}
         cost_log.info(
             "Cost | tenant=%s provider=%s model=%s cost=%s",
             log_value(ctx.tenant_id),

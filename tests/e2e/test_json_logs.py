@@ -44,6 +44,13 @@ async def test_every_call_end_writes_its_cost_fields(
         [line] = cost_fields(caplog)
         assert line["requestId"] == served["x-request-id"] and line["costUsd"] == served["x-llm-cost-usd"]
         assert (line["tenantId"], line["provider"], line["endpoint"]) == ("t-json", "openai", "chat.completions")
+        assert "metadata" not in line
+
+        async with s.post(url, json={**CHAT, "metadata": {"team": "search"}}) as r:
+            assert r.status == 200
+        [line] = cost_fields(caplog)
+        assert line["metadata"] == {"team": "search"}  # the text line is unchanged
+        assert line["message"] == f"Cost | tenant=t-json provider=openai model=gpt-4o-mini cost=${line['costUsd']}"
 
         async with s.post(url, json={**CHAT, "stream": True}) as r:
             assert r.status == 200
