@@ -16,8 +16,8 @@ Definitions (one row of ``usage_facts`` = one provider attempt):
   ``gateway/api/metadata.py``). The totals are then summed from the facts, not the daily rollup.
 - ``group_by``: the totals split by ``provider``, ``model``, ``day`` (UTC) or a metadata key
   (``metadata.team``; calls without the key are the group whose value is null); the groups add
-  up to the totals. The largest first (by cost; days in order), at most :data:`MAX_GROUPS`
-  (``groupsTruncated`` when there were more: a key with a value per call, a trace id).
+  up to the totals. The largest first (by cost; days in order, the newest kept), at most
+  :data:`MAX_GROUPS` (``groupsTruncated`` when there were more: a key with a value per call).
 
 JSON (``to_json``): camelCase keys; money as exact decimal text (``"0.0000025"``), never a
 float; times in ISO 8601 UTC.
@@ -290,7 +290,8 @@ class CostTrackingService:
         grouped: tuple[str, list[Any]] | None = None
         if group_by is not None:
             value, value_params = _grouping(group_by)
-            order = "value" if group_by == "day" else "cost DESC, value NULLS LAST"
+            # days: the newest (listed oldest first, below), others the largest
+            order = "value DESC" if group_by == "day" else "cost DESC, value NULLS LAST"
             grouped = (
                 _GROUPED.format(value=value, where=condition, order=order, limit=MAX_GROUPS + 1),
                 value_params + params,
@@ -316,9 +317,14 @@ class CostTrackingService:
             usage=[_usage_row(r) for r in rows],
             metadata=dict(metadata) if metadata else None,
             group_by=group_by,
-            groups=None if group_by is None else [_group(g) for g in groups[:MAX_GROUPS]],
+            groups=None if group_by is None else _listed([_group(g) for g in groups[:MAX_GROUPS]], group_by),
             groups_truncated=len(groups) > MAX_GROUPS,
         )
+
+
+def _listed(groups: list[CostGroup], group_by: str) -> list[CostGroup]:
+    """Days oldest first (the query kept the newest); other splits as the query ordered them."""
+    return groups[::-1] if group_by == "day" else groups
 
 
 def _group(r: tuple[Any, ...]) -> CostGroup:

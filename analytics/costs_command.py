@@ -57,7 +57,8 @@ async def _from_service(
         "groupBy": args.group_by,
         **_filters(args),
     }
-    params = {k: v for k, v in asked.items() if v is not None and (v or k.startswith(METADATA_GROUP))}
+    # an empty value of a filter or of --group-by goes too (the service says what is wrong)
+    params = {k: v for k, v in asked.items() if v is not None and (v or k.startswith(METADATA_GROUP) or k == "groupBy")}
     headers = {**store, **({"authorization": f"Bearer {api_key}"} if api_key else {})}
     try:
         async with (
@@ -86,7 +87,8 @@ async def _from_file(settings: Settings, args: argparse.Namespace) -> dict[str, 
     start, end = parse_window(args.start, args.end)  # the checks the HTTP API makes
     limit = parse_limit(str(args.limit))
     asked = _filters(args)
-    metadata, group_by = parse_attribution({**asked, **({"groupBy": args.group_by} if args.group_by else {})})
+    split = {} if args.group_by is None else {"groupBy": args.group_by}
+    metadata, group_by = parse_attribution({**asked, **split})
     store = AnalyticsStore(analytics_path(settings), read_only=True)
     await store.open()
     try:
@@ -125,6 +127,8 @@ def render_table(doc: dict[str, Any]) -> str:
             for g in groups
         ]
         lines += _aligned(groups_table, indent="  ")
+        if doc.get("groupsTruncated"):
+            lines.append(f"  (more groups than these {len(groups):,}, the largest: narrow the window or filter)")
     rows = doc.get("usage") or []
     if rows:
         header = ("createdAt", "provider", "model", "promptTokens", "completionTokens", "costUsd")

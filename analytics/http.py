@@ -123,11 +123,12 @@ def parse_attribution(query: Mapping[str, str]) -> tuple[dict[str, str] | None, 
     if group_by is not None:
         key = group_by.removeprefix(METADATA_GROUP)
         if group_by.startswith(METADATA_GROUP) and (problem := metadata_problem({key: ""})) is not None:
-            raise InvalidRequest(f"'groupBy': {problem.message}", param="groupBy")
+            raise InvalidRequest(f"'groupBy': {problem.message}", param="groupBy", code="invalid_value")
         if not group_by.startswith(METADATA_GROUP) and group_by not in GROUPS:
             raise InvalidRequest(
                 f"'groupBy' must be one of {', '.join(GROUPS)} or metadata.<key>, got {group_by[:80]!r}",
                 param="groupBy",
+                code="invalid_value",
             )
     return metadata or None, group_by
 

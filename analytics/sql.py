@@ -144,10 +144,29 @@ class SqlResult:
     max_rows: int
     elapsed_ms: float = 0.0
 
+    def _answer_rows(self, rows: list[list[JSONValue]]) -> list[list[JSONValue]]:
+        """``rows`` as a JSON answer has them: a ``JSON`` column's object (a call's metadata) as
+        its value, not a string of JSON to decode again (:func:`_json_of`); the rows themselves
+        keep its text, which CSV and tables show."""
+        json_columns = [i for i, c in enumerate(self.columns) if c.type == "JSON"]
+        if not json_columns:
+            return rows
+        answer = []
+        for row in rows:
+            row = list(row)
+            for i in json_columns:
+                row[i] = _json_of(row[i])
+            answer.append(row)
+        return answer
+
     def to_dict(self) -> dict[str, Any]:
+        return {"columns": self._columns(), "rows": self._answer_rows(self.rows), **self._tail()}
+
+    def _columns(self) -> list[dict[str, str]]:
+        return [{"name": c.name, "type": c.type} for c in self.columns]
+
+    def _tail(self) -> dict[str, Any]:
         return {
-            "columns": [{"name": c.name, "type": c.type} for c in self.columns],
-            "rows": self.rows,
             "rowCount": len(self.rows),
             "truncated": self.truncated,
             "maxRows": self.max_rows,
@@ -156,9 +175,18 @@ class SqlResult:
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> SqlResult:
+        """A JSON answer read back (the ``sql`` command): a ``JSON`` column's value is its text
+        again, the very text it was decoded from."""
+        columns = [Column(str(c["name"]), str(c["type"])) for c in doc["columns"]]
+        json_columns = [i for i, c in enumerate(columns) if c.type == "JSON"]
+        rows = [list(row) for row in doc["rows"]]
+        for row in rows if json_columns else ():
+            for i in json_columns:
+                if isinstance(row[i], dict | list):
+                    row[i] = _compact(row[i])
         return cls(
-            columns=[Column(str(c["name"]), str(c["type"])) for c in doc["columns"]],
-            rows=[list(row) for row in doc["rows"]],
+            columns=columns,
+            rows=rows,
             truncated=bool(doc["truncated"]),
             max_rows=int(doc["maxRows"]),
             elapsed_ms=float(doc.get("elapsedMs", 0.0)),
@@ -167,16 +195,16 @@ class SqlResult:
     def to_json(self) -> str:
         """``to_dict()`` as JSON text, its rows encoded about :data:`CELLS_A_TURN` values at a time with the
         GIL let go between (see :func:`let_others_run`)."""
-        doc = self.to_dict()
-        rows = doc.pop("rows")
-        head = json.dumps({"columns": doc.pop("columns")}, ensure_ascii=False, allow_nan=False)[:-1]
-        tail = json.dumps(doc, ensure_ascii=False, allow_nan=False)[1:]
+        rows = self.rows
+        head = json.dumps({"columns": self._columns()}, ensure_ascii=False, allow_nan=False)[:-1]
+        tail = json.dumps(self._tail(), ensure_ascii=False, allow_nan=False)[1:]
         parts = []
         step = rows_a_turn(len(self.columns))
         for start in range(0, len(rows), step):
             if start:
                 let_others_run()
-            parts.append(json.dumps(rows[start : start + step], ensure_ascii=False, allow_nan=False)[1:-1])
+            chunk = self._answer_rows(rows[start : start + step])
+            parts.append(json.dumps(chunk, ensure_ascii=False, allow_nan=False)[1:-1])
         return f'{head}, "rows": [{", ".join(parts)}], {tail}'
 
     def release(self) -> None:
@@ -477,8 +505,7 @@ def run_query(
                 _refuse_if_too_large(conn, query, max_rows + 1, max_bytes)
             if nested or intervals:  # the first run only said the column types: run it to be read
                 result = conn.execute(_interval_parts(query, len(columns), intervals) if intervals else query)
-            json_columns = [i for i, c in enumerate(columns) if c.type == "JSON"]
-            fetched = _fetch(result, max_rows + 1, max_bytes, json_columns)
+            fetched = _fetch(result, max_rows + 1, max_bytes)
             for row in fetched:
                 for i in intervals:
                     parts = row[i]
@@ -574,13 +601,9 @@ def _json_size(value: JSONValue) -> int:
     return 8
 
 
-def _fetch(
-    result: duckdb.DuckDBPyConnection, limit: int, max_bytes: int, json_columns: list[int] | None = None
-) -> list[list[JSONValue]]:
+def _fetch(result: duckdb.DuckDBPyConnection, limit: int, max_bytes: int) -> list[list[JSONValue]]:
     """Up to ``limit`` rows as JSON values, fetched in chunks sized so that one chunk is about
-    an eighth of what the byte budget has left; :class:`SqlResultTooLarge` past ``max_bytes``.
-    A ``JSON`` column's text (``json_columns``, by position: a call's metadata) is its value: an
-    object in a JSON answer, not a string of JSON to decode again."""
+    an eighth of what the byte budget has left; :class:`SqlResultTooLarge` past ``max_bytes``."""
     rows: list[list[JSONValue]] = []
     size, chunk = 0, 64
     while len(rows) < limit:
@@ -589,8 +612,6 @@ def _fetch(
         fetched = result.fetchmany(min(chunk, limit - len(rows)))
         for raw in fetched:
             row = [json_value(v) for v in raw]
-            for i in json_columns or ():
-                row[i] = _json_of(row[i])
             # a list or struct counted as a scalar let 100 MB through a 64 MiB limit (review)
             size += sum(_json_size(v) for v in row) + len(row)
             rows.append(row)
@@ -603,18 +624,41 @@ def _fetch(
     return rows
 
 
+#: the deepest JSON value an answer decodes (deeper ones stay text)
+JSON_DEPTH = 64
+
+
 def _json_of(text: JSONValue) -> JSONValue:
-    """A JSON column's value from its text, kept as text when an answer could not carry it as
-    it is: a number past a double (``1e400``), nesting too deep to encode again. Python's reader,
-    not orjson: that one reads an integer past 64 bits as a float, losing its digits."""
-    if not isinstance(text, str):
+    """A ``JSON`` column's object or array as its value, when that is exactly its text: the
+    text is the value's compact encoding (``{"team":"search"}``, as the sink writes metadata),
+    so the CSV that ``from_dict`` makes of the value again is the same text. Anything else stays
+    text: a JSON scalar (``null`` is not SQL's NULL), duplicate keys, a number a double does not
+    hold exactly, other spacing, nesting past :data:`JSON_DEPTH`."""
+    if not isinstance(text, str) or text[:1] not in ("{", "["):
         return text
     try:
         value: JSONValue = json.loads(text)
-        json.dumps(value, allow_nan=False)
+        if not _shallow(value) or _compact(value) != text:
+            return text
     except (ValueError, RecursionError):
         return text
     return value
+
+
+def _compact(value: JSONValue) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _shallow(value: JSONValue) -> bool:
+    """Whether ``value`` nests at most :data:`JSON_DEPTH` levels (walked without recursion)."""
+    level: list[tuple[JSONValue, int]] = [(value, 1)]
+    while level:
+        item, depth = level.pop()
+        if isinstance(item, dict | list):
+            if depth > JSON_DEPTH:
+                return False
+            level.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return True
 
 
 def _rollback(conn: duckdb.DuckDBPyConnection) -> None:

@@ -230,9 +230,10 @@ def config_error(exc: BaseException) -> str:
             return ""
         if tenant_key or key_tenant:
             return " (a tenant id is text: quote it)"
-        # a key's metadata YAML read as a number, a bool or a date (``cost_center: 0042``)
-        if len(loc) == 4 and loc[0] == "api_keys" and loc[2] == "metadata":
-            return " (metadata is text: quote it, as '0042')"
+        # a key's metadata YAML read as a number, a bool or a date (``cost_center: 0042``, a
+        # key ``0042:`` read as the octal 34)
+        if len(loc) >= 4 and loc[0] == "api_keys" and loc[2] == "metadata":
+            return " (metadata keys and values are text: quote a number, a date or yes/no, as '0042')"
         return ""
 
     problems = [

@@ -426,7 +426,10 @@ def openapi_document() -> dict[str, Any]:
                         },
                     ],
                     "responses": {
-                        "200": {"description": "totalCost (decimal text), totalTokens, usageCount, groups, usage"},
+                        "200": {
+                            "description": "totalCost (decimal text), totalTokens, usageCount, usage; with groupBy, "
+                            "groups (at most 1,000, the largest first; days in order) and groupsTruncated"
+                        },
                         **_errors(400, 401, 403, 404),
                     },
                 }

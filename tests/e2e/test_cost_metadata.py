@@ -261,3 +261,9 @@ async def test_the_command_reads_the_file_with_filters_and_splits(tmp_path: Path
     )  # fmt: skip
     _, err = await proc.communicate()
     assert proc.returncode != 0 and b"given twice" in err
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "costs", "--tenant", "acme", "--group-by", "",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()  # was ignored: the totals unsplit
+    assert proc.returncode != 0 and b"'groupBy' must be one of" in err, (out, err)

@@ -55,3 +55,20 @@ def test_a_key_s_metadata_is_checked_at_start_by_the_same_rules(metadata: dict[s
         ApiKey(key="sk-1", tenant="t", metadata=metadata)
     assert ApiKey(key="sk-1", tenant="t", metadata={"team": "search"}).metadata == {"team": "search"}
     assert ApiKey(key="sk-1", tenant="t", metadata={}).metadata is None
+
+
+def test_the_costs_table_says_a_split_was_cut() -> None:
+    from analytics.costs_command import render_table
+
+    group = {"value": "t1", "totalCost": "0.5", "usageCount": 1, "totalTokens": 3, "unpricedCount": 0}
+    doc = {"tenantId": "acme", "totalCost": "0.5", "usageCount": 1, "totalTokens": 3, "unpricedCount": 0}
+    split = {**doc, "groupBy": "metadata.trace", "groups": [group, {**group, "value": None}]}
+    whole = render_table({**split, "groupsTruncated": False}).splitlines()
+    assert whole[1:] == [
+        "by metadata.trace:",
+        "  value   cost  calls  tokens  unpriced",
+        "  t1      $0.5  1      3       0       ",
+        "  (none)  $0.5  1      3       0       ",
+    ]
+    cut = render_table({**split, "groupsTruncated": True}).splitlines()
+    assert cut[:-1] == whole and cut[-1] == "  (more groups than these 2, the largest: narrow the window or filter)"

@@ -358,3 +358,8 @@ async def test_a_split_lists_at_most_max_groups_and_says_so(
     assert split.to_dict()["groupsTruncated"] is True and split.total_cost == Decimal(15)
     whole = await service.get_costs_for_tenant("acme", group_by="metadata.trace", metadata={"trace": "1"})
     assert [g.value for g in whole.groups or ()] == ["1"] and not whole.groups_truncated
+    # days: the newest kept (a re-test: the oldest were), listed oldest first
+    await project(store, *(event(cost=Decimal(1), at=T0 + timedelta(days=d)) for d in range(1, 5)))
+    days = await service.get_costs_for_tenant("acme", group_by="day")
+    assert [g.value for g in days.groups or ()] == ["2026-03-03", "2026-03-04", "2026-03-05"]
+    assert days.groups_truncated

@@ -169,9 +169,10 @@ def assert_refused(
         # a key's metadata YAML reads as a number, a bool or a date (a review)
         (
             "api_keys: [{key: sk-a, tenant: t, metadata: {cost_center: 0042}}]\n",
-            "api_keys.0.metadata.cost_center: Input should be a valid string (metadata is text: quote it",
+            "api_keys.0.metadata.cost_center: Input should be a valid string (metadata keys and values are text",
         ),
-        ("api_keys: [{key: sk-a, tenant: t, metadata: {since: 2026-01-01}}]\n", "(metadata is text: quote it"),
+        ("api_keys: [{key: sk-a, tenant: t, metadata: {since: 2026-01-01}}]\n", "(metadata keys and values are text"),
+        ("api_keys: [{key: sk-a, tenant: t, metadata: {0042: x}}]\n", "(metadata keys and values are text"),
         ("api_keys: [{key: sk-a, tenant: t, metadata: {team: 'a\tb'}}]\n", "must be printable"),
         ("rate_limits: {default: {requests_per_minute: 0}}\n", "rate_limits.default.requests_per_minute"),
         ("priority: [openai\n", 'gw.yaml", line 1'),  # PyYAML named it "<unicode string>"

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
+import io
 import json
 import threading
 import time
@@ -763,24 +765,35 @@ async def test_v_unpriced_usage_and_health_history(store: AnalyticsStore) -> Non
 
 async def test_a_json_column_is_its_value_in_json_and_its_text_in_csv(store: AnalyticsStore) -> None:
     """A call's metadata (a JSON column) came back as a string of JSON to decode again, where
-    /v1/costs gives the object; a value an answer cannot carry as it is stays text."""
-    result = await query(
-        store,
-        """SELECT '{"team":"search","q":"a \\"b\\""}'::JSON AS m, '[1, 2]'::JSON AS l, NULL::JSON AS n, """
-        "'123456789012345678901234567890'::JSON AS big, '{\"a\":1e999}'::JSON AS inf, 'x' AS s",
-    )
-    [row] = records(result)
-    assert row == {
-        "m": {"team": "search", "q": 'a "b"'},
-        "l": [1, 2],
-        "n": None,
-        "big": 123456789012345678901234567890,  # exact, not a float
-        "inf": '{"a":1e999}',  # no JSON answer holds infinity: the text
-        "s": "x",
+    /v1/costs gives the object. A JSON answer now has the object or array when it is exactly the
+    text (as the sink writes metadata); anything else stays its text (a re-test: numbers a
+    double rounds, duplicate keys, a JSON null, a JSON string). CSV keeps the text, whichever
+    way it is made (here, or from the answer by the command)."""
+    texts = {
+        "m": '{"team":"search","q":"a \\"b\\" ✓"}',
+        "l": "[1,2,[3]]",
+        "spaced": '{"a": 1}',
+        "dup": '{"a":1,"a":2}',
+        "pi": "[3.141592653589793238462643]",
+        "big": "[123456789012345678901234567890]",
+        "inf": '{"a":1e999}',
+        "text": '"x,y"',
+        "jnull": "null",
+        "deep": "[" * 500 + "]" * 500,
     }
-    json.loads(result.to_json())  # encodes
-    lines = result.to_csv().splitlines()
-    assert lines[1].startswith('"{""team"": ""search"", ""q"": ""a \\""b\\""""}",'), lines
+    sql = ", ".join(f"'{t}'::JSON AS {name}" for name, t in texts.items()) + ", NULL::JSON AS n"
+    result = await query(store, f"SELECT {sql}")
+    answer = json.loads(result.to_json())
+    [row] = answer["rows"]
+    got = dict(zip([c["name"] for c in answer["columns"]], row, strict=True))
+    decoded = {"m": {"team": "search", "q": 'a "b" ✓'}, "l": [1, 2, [3]], "big": [123456789012345678901234567890]}
+    assert got == {**texts, **decoded, "n": None}
+    assert result.to_dict()["rows"] == answer["rows"]
+    # CSV: the text, here and from the answer read back
+    expected = [*texts.values(), ""]
+    for made in (result, SqlResult.from_dict(answer)):
+        [cells] = list(csv.reader(io.StringIO(made.to_csv())))[1:]
+        assert cells == expected
 
 
 async def test_csv_keeps_a_value_with_a_carriage_return_in_its_row(store: AnalyticsStore) -> None:
