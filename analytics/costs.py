@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 
 from analytics.store import AnalyticsStore
+from gateway.api.metadata import METADATA_PARAM
 from gateway.pricing.base import money_text
 
 ZERO = Decimal(0)
@@ -169,7 +170,7 @@ GROUPS = {
     "model": "coalesce(served_model, provider_model)",
     "day": "CAST(CAST(timezone('UTC', created_at) AS DATE) AS VARCHAR)",
 }
-METADATA_GROUP = "metadata."
+METADATA_GROUP = METADATA_PARAM
 #: the most groups a split lists
 MAX_GROUPS = 1_000
 _GROUPED = """

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from analytics.costs import METADATA_GROUP
 from analytics.owner import owner_hint, owner_urls, read_file, service_url, store_headers
+from gateway.api.metadata import METADATA_PARAM as METADATA_GROUP
 from gateway.settings import Settings
 
 

@@ -21,6 +21,8 @@ from gateway.events import MAX_METADATA_KEY, MAX_METADATA_VALUE
 
 #: OpenAI's limit on a request's pairs
 MAX_REQUEST_PAIRS = 16
+#: the cost queries' parameters of a metadata key: ``metadata.team`` (a filter, a split)
+METADATA_PARAM = "metadata."
 
 
 def metadata_problem(pairs: Mapping[Any, Any], max_pairs: int = MAX_REQUEST_PAIRS) -> InvalidRequest | None:
