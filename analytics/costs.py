@@ -16,7 +16,7 @@ Definitions (one row of ``usage_facts`` = one provider attempt):
   ``gateway/api/metadata.py``). The totals are then summed from the facts, not the daily rollup.
 - ``group_by``: the totals split by ``provider``, ``model``, ``day`` (UTC) or a metadata key
   (``metadata.team``; calls without the key are the group whose value is null); the groups add
-  up to the totals. The largest first (by cost; days in order, the newest kept), at most
+  up to the totals, unless truncated. The largest first (by cost; days in order, the newest kept), at most
   :data:`MAX_GROUPS` (``groupsTruncated`` when there were more: a key with a value per call).
 
 JSON (``to_json``): camelCase keys; money as exact decimal text (``"0.0000025"``), never a

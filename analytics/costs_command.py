@@ -128,7 +128,8 @@ def render_table(doc: dict[str, Any]) -> str:
         ]
         lines += _aligned(groups_table, indent="  ")
         if doc.get("groupsTruncated"):
-            lines.append(f"  (more groups than these {len(groups):,}, the largest: narrow the window or filter)")
+            kept = "the newest" if doc["groupBy"] == "day" else "the largest"
+            lines.append(f"  (more groups than these {len(groups):,}, {kept}: narrow the window or filter)")
     rows = doc.get("usage") or []
     if rows:
         header = ("createdAt", "provider", "model", "promptTokens", "completionTokens", "costUsd")

@@ -40,6 +40,10 @@ class CancelledCall:
 CANCELLED_CALL: ContextVar[CancelledCall | None] = ContextVar("cancelled_call", default=None)
 #: the longest model name a cost line holds (a client's is at most as long)
 LOGGED_MODEL = 256
+#: the most of a call's metadata a JSON cost line holds: characters of its keys and values, and
+#: of one value. A call's 32 pairs of 512 emoji made a 67 KB line, split by log shippers at 16 KB
+LOGGED_METADATA = 2048
+LOGGED_METADATA_VALUE = 256
 log = logging.getLogger(__name__)
 
 
@@ -248,7 +252,9 @@ class UsageRecorder:
                 "endpoint": ctx.endpoint,
             }
             if ctx.metadata:  # a log pipeline attributes the cost as the stores do
-                values["metadata"] = ctx.metadata
+                values["metadata"], cut = _logged_metadata(ctx.metadata)
+                if cut:
+                    values["metadataCut"] = True
             fields = {FIELDS: values}
         cost_log.info(
             "Cost | tenant=%s provider=%s model=%s cost=%s",
@@ -258,3 +264,19 @@ class UsageRecorder:
             f"${text}" if text is not None else "unpriced",
             extra=fields,
         )
+
+
+def _logged_metadata(metadata: dict[str, str]) -> tuple[dict[str, str], bool]:
+    """The metadata a JSON cost line holds (:data:`LOGGED_METADATA`): values past
+    :data:`LOGGED_METADATA_VALUE` characters cut with ``...``, pairs past the total left out; and
+    whether anything was (the events and the stores keep it whole)."""
+    logged: dict[str, str] = {}
+    room, cut = LOGGED_METADATA, False
+    for key, value in metadata.items():
+        if len(value) > LOGGED_METADATA_VALUE:
+            value, cut = value[:LOGGED_METADATA_VALUE] + "...", True
+        if len(key) + len(value) > room:
+            return logged, True
+        logged[key] = value
+        room -= len(key) + len(value)
+    return logged, cut

@@ -86,9 +86,22 @@ async def migrate_postgres(
             and not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", quote_ident(table))
         )
         # the pending ones first (unless the table is gone): a column a pending migration adds is
-        # no damage (every upgrade that added one warned "gone or lacks the gateway's columns")
-        done = [] if gone else [await _apply(conn, m) for m in todo if m.version not in applied]
-        if table is not None and applied and (gone or await _lacks(conn, table, columns)):
+        # no damage (every upgrade that added one warned "gone or lacks the gateway's columns").
+        # In a savepoint: on a table that lacks an older migration's column, a pending one that
+        # uses it fails, and then every migration runs again, in order
+        import asyncpg  # here: the module is read where no database is used
+
+        done: list[int] = []
+        failed = False
+        if not gone:
+            try:
+                async with conn.transaction():
+                    done = [await _apply(conn, m) for m in todo if m.version not in applied]
+            except asyncpg.PostgresError:
+                if table is None or not applied:
+                    raise
+                done, failed = [], True
+        if table is not None and applied and (gone or failed or await _lacks(conn, table, columns)):
             log.warning("postgres: %s is gone or lacks the gateway's columns: applying every migration again", table)
             done += [await _apply(conn, m) for m in todo if m.version not in done]
             done.sort()

@@ -466,7 +466,10 @@ def openapi_document() -> dict[str, Any]:
                         },
                     },
                     "responses": {
-                        "200": {"description": "columns, rows (money as decimal text), truncated"},
+                        "200": {
+                            "description": "columns, rows (money as decimal text; a JSON column's object as its "
+                            "value when that is exactly its text, as metadata is), truncated"
+                        },
                         **_errors(400, 401, 403, 404),
                     },
                 }

@@ -9,6 +9,8 @@ money, NULL for unpriced, atomic batches, fast enough for 10k-event batches.
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import logging
 import math
@@ -28,7 +30,7 @@ from analytics.store import AnalyticsStore
 from consumers.migrations import MIGRATIONS_TABLE, postgres_migrations
 from consumers.sinks.base import RejectedEvents, Sink, SinkError
 from consumers.sinks.duckdb import FACT_COLUMNS, REBUILD_DAILY, DuckDBSink, batch_json
-from consumers.sinks.postgres import COLUMNS, PostgresSink, csv_rows, row
+from consumers.sinks.postgres import COLUMNS, CSV_COLUMNS, PostgresSink, csv_rows, row
 from gateway.events import UsageEvent
 from gateway.ids import uuid7
 from tests.conftest import DATABASE_ENV, missing_service
@@ -499,6 +501,21 @@ async def test_postgres_an_upgrade_applies_its_new_migration_alone_without_a_war
         await sink.start()
         await sink.apply([make_event(1, schema_version=4, metadata={"team": "a"})])
         assert await pg.conn.fetchval('SELECT "metadata"->>\'team\' FROM "LLMUsage"') == "a"
+        # a table the platform made again without the gateway's columns, and a pending migration
+        # that uses one of them: it fails in its savepoint, and every migration runs in order
+        from analytics.store import Migration
+
+        await pg.conn.execute('DROP TABLE "LLMUsage"')
+        await pg.conn.execute(
+            'CREATE TABLE "LLMUsage" ("id" TEXT PRIMARY KEY, "tenantId" TEXT NOT NULL, "provider" TEXT NOT NULL,'
+            ' "model" TEXT NOT NULL, "promptTokens" INTEGER NOT NULL, "completionTokens" INTEGER NOT NULL,'
+            ' "totalTokens" INTEGER NOT NULL, "costUsd" DECIMAL(65, 30), "createdAt" TIMESTAMPTZ NOT NULL)'
+        )
+        index = Migration(5, "request_index", 'CREATE INDEX IF NOT EXISTS "x_idx" ON "LLMUsage" ("requestId")')
+        caplog.clear()
+        applied = await migrate_postgres(pg.conn, [*postgres_migrations(), index], table="LLMUsage", columns=COLUMNS)
+        assert applied == [1, 2, 3, 4, 5] and "lacks the gateway's columns" in caplog.text
+        assert await pg.conn.fetchval("SELECT to_regclass('x_idx') IS NOT NULL")
 
 
 @pytest.mark.postgres
@@ -584,6 +601,28 @@ async def test_postgres_a_platform_not_null_column_pauses_rather_than_rejecting_
 
 
 # --- DuckDB only: the batch file, plain inserts and the rollup ---------------------------------
+def test_the_postgres_csv_keeps_the_batch_s_order_and_its_metadata_json() -> None:
+    """A platform's own serial column numbers the rows as they come: a batch with metadata sent
+    its rows without it first (a review). A backslash in the metadata's JSON is jsonb's to read,
+    one anywhere else sends the batch as binary records."""
+    tagged = {"team": 'a "b" \\ c'}
+    batch = [make_event(i, schema_version=4, metadata=tagged if i % 2 else {}) for i in range(6)]
+    data = csv_rows(batch)
+    assert data is not None
+    rows = list(csv.reader(io.StringIO(data.decode())))
+    assert [r[0] for r in rows] == [e.event_id for e in batch]
+    metadata = CSV_COLUMNS.index("metadata")
+    assert [json.loads(r[metadata]) for r in rows] == [e.metadata for e in batch]
+    assert csv_rows([*batch, make_event(9, tenant_id="back\\slash")]) is None
+    assert csv_rows([make_event(9, tenant_id="back\\slash", schema_version=4, metadata=tagged)]) is None
+    assert csv_rows([]) == b""
+
+
+def test_events_hash_by_their_id() -> None:
+    event = make_event(1, schema_version=4, metadata={"team": "a"})
+    assert {event, event.model_copy()} == {event} and hash(event) == hash(event.event_id)
+
+
 def test_the_batch_file_is_the_events_own_json() -> None:
     events = [
         make_event(1),

@@ -138,6 +138,12 @@ async def test_metadata_is_recorded_and_costs_filter_and_split_by_it(tmp_path: P
         assert proc.returncode == 0, err.decode()
         printed = json.loads(out)
         assert printed["usageCount"] == 3 and printed["groups"] == features["groups"]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "costs", "--tenant", "acme", "--url", gw.url, "--api-key", "sk-admin",
+            "--group-by", "", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await proc.communicate()  # sent, and refused by the service (it was dropped)
+        assert proc.returncode != 0 and b"error 400" in err and b"groupBy" in err, (out, err)
 
 
 async def test_a_key_s_metadata_cannot_be_changed_by_its_calls() -> None:
@@ -210,6 +216,9 @@ async def test_bad_cost_queries_are_400s(tmp_path: Path, params: dict[str, str])
     async with embedded(tmp_path) as gw:
         status, body = await costs(gw, params)
     assert status == 400 and body["error"]["type"] == "invalid_request_error", body
+    assert body["error"]["code"] == "invalid_value" and body["error"]["param"], body
+    if "groupBy" in params:
+        assert body["error"]["param"] == "groupBy"
 
 
 async def test_every_attempt_of_a_call_carries_its_metadata_up_to_32_pairs() -> None:

@@ -51,6 +51,17 @@ async def test_every_call_end_writes_its_cost_fields(
         [line] = cost_fields(caplog)
         assert line["metadata"] == {"team": "search"}  # the text line is unchanged
         assert line["message"] == f"Cost | tenant=t-json provider=openai model=gpt-4o-mini cost=${line['costUsd']}"
+        assert "metadataCut" not in line
+        # 16 values of 512 emoji: a 32 KB line, which log shippers split at 16 KB (a review)
+        big = {f"k{i}": "😀" * 512 for i in range(16)}
+        async with s.post(url, json={**CHAT, "metadata": big}) as r:
+            assert r.status == 200
+        record = next(r for r in caplog.records if r.name == "gateway.cost")
+        assert len(JsonFormatter().format(record).encode()) < 16_384
+        [line] = cost_fields(caplog)
+        assert line["metadataCut"] is True and 0 < len(line["metadata"]) < 16
+        assert all(v == "😀" * 256 + "..." for v in line["metadata"].values())
+        assert gw.event_log.events[-1].metadata == big  # the event keeps it whole
 
         async with s.post(url, json={**CHAT, "stream": True}) as r:
             assert r.status == 200
