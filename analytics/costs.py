@@ -170,7 +170,6 @@ GROUPS = {
     "model": "coalesce(served_model, provider_model)",
     "day": "CAST(CAST(timezone('UTC', created_at) AS DATE) AS VARCHAR)",
 }
-METADATA_GROUP = METADATA_PARAM
 #: the most groups a split lists
 MAX_GROUPS = 1_000
 _GROUPED = """
@@ -196,8 +195,8 @@ def metadata_path(key: str) -> str:
 
 def _grouping(group_by: str) -> tuple[str, list[Any]]:
     """The SQL value of a split, and its parameters."""
-    if group_by.startswith(METADATA_GROUP):
-        return "json_extract_string(metadata, ?)", [metadata_path(group_by.removeprefix(METADATA_GROUP))]
+    if group_by.startswith(METADATA_PARAM):
+        return "json_extract_string(metadata, ?)", [metadata_path(group_by.removeprefix(METADATA_PARAM))]
     if group_by not in GROUPS:
         raise ValueError(f"cannot group by {group_by!r}: {', '.join(GROUPS)} or metadata.<key>")
     return GROUPS[group_by], []

@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from analytics.owner import owner_hint, owner_urls, read_file, service_url, store_headers
-from gateway.api.metadata import METADATA_PARAM as METADATA_GROUP
+from gateway.api.metadata import METADATA_PARAM
 from gateway.settings import Settings
 
 
@@ -49,16 +49,12 @@ async def _from_service(
 ) -> dict[str, Any] | None:
     import aiohttp
 
-    asked = {
-        "tenantId": args.tenant,
-        "start": args.start,
-        "end": args.end,
-        "limit": str(args.limit),
-        "groupBy": args.group_by,
-        **_filters(args),
-    }
-    # an empty value of a filter or of --group-by goes too (the service says what is wrong)
-    params = {k: v for k, v in asked.items() if v is not None and (v or k.startswith(METADATA_GROUP) or k == "groupBy")}
+    window = {"tenantId": args.tenant, "start": args.start, "end": args.end, "limit": str(args.limit)}
+    params = {k: v for k, v in window.items() if v}
+    # a filter's or --group-by's empty value goes too: the service says what is wrong with it
+    params.update(_filters(args))
+    if args.group_by is not None:
+        params["groupBy"] = args.group_by
     headers = {**store, **({"authorization": f"Bearer {api_key}"} if api_key else {})}
     try:
         async with (
@@ -149,7 +145,7 @@ def _filters(args: argparse.Namespace) -> dict[str, str]:
     refused, as the API refuses a parameter given twice (the last one was kept)."""
     filters: dict[str, str] = {}
     for key, value in args.metadata:
-        name = f"{METADATA_GROUP}{key}"
+        name = f"{METADATA_PARAM}{key}"
         if name in filters:
             raise SystemExit(f"--metadata {key}=... given twice: a call has one value for a key")
         filters[name] = value

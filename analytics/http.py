@@ -11,10 +11,10 @@ from pathlib import Path
 import duckdb
 from aiohttp import web
 
-from analytics.costs import GROUPS, METADATA_GROUP, CostTrackingService
+from analytics.costs import GROUPS, CostTrackingService
 from analytics.store import AnalyticsStore, StoreError
 from gateway.api.auth import Authenticator
-from gateway.api.metadata import metadata_problem
+from gateway.api.metadata import METADATA_PARAM, metadata_problem
 from gateway.api.query import only_parameters
 from gateway.errors import GatewayError, InvalidRequest, PermissionDenied, RouteNotFound
 from gateway.events import MAX_METADATA_PAIRS
@@ -114,17 +114,17 @@ def parse_attribution(query: Mapping[str, str]) -> tuple[dict[str, str] | None, 
     """A cost query's metadata filter (``metadata.<key>=<value>`` parameters) and its split
     (``groupBy``: ``provider``, ``model``, ``day`` or ``metadata.<key>``), checked."""
     metadata = {
-        name.removeprefix(METADATA_GROUP): value for name, value in query.items() if name.startswith(METADATA_GROUP)
+        name.removeprefix(METADATA_PARAM): value for name, value in query.items() if name.startswith(METADATA_PARAM)
     }
     # a pair no call can carry (a line break a bad URL left, a NUL) would answer "spent $0"
     if (problem := metadata_problem(metadata, MAX_METADATA_PAIRS)) is not None:
         raise problem
     group_by = query.get("groupBy")
     if group_by is not None:
-        key = group_by.removeprefix(METADATA_GROUP)
-        if group_by.startswith(METADATA_GROUP) and (problem := metadata_problem({key: ""})) is not None:
+        key = group_by.removeprefix(METADATA_PARAM)
+        if group_by.startswith(METADATA_PARAM) and (problem := metadata_problem({key: ""})) is not None:
             raise InvalidRequest(f"'groupBy': {problem.message}", param="groupBy", code="invalid_value")
-        if not group_by.startswith(METADATA_GROUP) and group_by not in GROUPS:
+        if not group_by.startswith(METADATA_PARAM) and group_by not in GROUPS:
             raise InvalidRequest(
                 f"'groupBy' must be one of {', '.join(GROUPS)} or metadata.<key>, got {group_by[:80]!r}",
                 param="groupBy",
@@ -155,7 +155,7 @@ async def costs(request: web.Request) -> web.Response:
     principal = auth.authenticate(request)
     check_store(request, request.app[STORE])  # after the key: no one else learns a store's id
     query = request.query
-    only_parameters(query, COSTS_PARAMETERS, (METADATA_GROUP,))
+    only_parameters(query, COSTS_PARAMETERS, (METADATA_PARAM,))
     tenant = query.get("tenantId") or None
     if tenant is None:
         if principal.admin and auth.open:

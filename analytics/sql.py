@@ -146,11 +146,10 @@ class SqlResult:
     max_rows: int
     elapsed_ms: float = 0.0
 
-    def _answer_rows(self, rows: list[list[JSONValue]]) -> list[list[JSONValue]]:
+    def _answer_rows(self, rows: list[list[JSONValue]], json_columns: list[int]) -> list[list[JSONValue]]:
         """``rows`` as a JSON answer has them: a ``JSON`` column's object (a call's metadata) as
         its value, not a string of JSON to decode again (:func:`_json_of`); the rows themselves
         keep its text, which CSV and tables show."""
-        json_columns = [i for i, c in enumerate(self.columns) if c.type == "JSON"]
         if not json_columns:
             return rows
         answer = []
@@ -162,7 +161,8 @@ class SqlResult:
         return answer
 
     def to_dict(self) -> dict[str, Any]:
-        return {"columns": self._columns(), "rows": self._answer_rows(self.rows), **self._tail()}
+        rows = self._answer_rows(self.rows, _json_columns(self.columns))
+        return {"columns": self._columns(), "rows": rows, **self._tail()}
 
     def _columns(self) -> list[dict[str, str]]:
         return [{"name": c.name, "type": c.type} for c in self.columns]
@@ -180,7 +180,7 @@ class SqlResult:
         """A JSON answer read back (the ``sql`` command): a ``JSON`` column's value is its text
         again, the very text it was decoded from."""
         columns = [Column(str(c["name"]), str(c["type"])) for c in doc["columns"]]
-        json_columns = [i for i, c in enumerate(columns) if c.type == "JSON"]
+        json_columns = _json_columns(columns)
         rows = [list(row) for row in doc["rows"]]
         for row in rows if json_columns else ():
             for i in json_columns:
@@ -201,13 +201,13 @@ class SqlResult:
         head = json.dumps({"columns": self._columns()}, ensure_ascii=False, allow_nan=False)[:-1]
         tail = json.dumps(self._tail(), ensure_ascii=False, allow_nan=False)[1:]
         parts = []
+        json_columns = _json_columns(self.columns)
         # a JSON cell decoded and checked costs about as much as 16 other values
-        json_cells = sum(16 for c in self.columns if c.type == "JSON")
-        step = rows_a_turn(len(self.columns) + json_cells)
+        step = rows_a_turn(len(self.columns) + 16 * len(json_columns))
         for start in range(0, len(rows), step):
             if start:
                 let_others_run()
-            chunk = self._answer_rows(rows[start : start + step])
+            chunk = self._answer_rows(rows[start : start + step], json_columns)
             parts.append(json.dumps(chunk, ensure_ascii=False, allow_nan=False)[1:-1])
         return f'{head}, "rows": [{", ".join(parts)}], {tail}'
 
@@ -626,6 +626,11 @@ def _fetch(result: duckdb.DuckDBPyConnection, limit: int, max_bytes: int) -> lis
         per_row = max(1, size // len(rows))
         chunk = max(1, min(rows_a_turn(len(row)), (max_bytes - size) // per_row // 8))
     return rows
+
+
+def _json_columns(columns: list[Column]) -> list[int]:
+    """The positions of the ``JSON`` columns (a call's metadata)."""
+    return [i for i, c in enumerate(columns) if c.type == "JSON"]
 
 
 #: the deepest JSON value an answer decodes (deeper ones stay text)

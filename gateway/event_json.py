@@ -142,16 +142,11 @@ if (_TIME_FIELDS, _MONEY_FIELDS, _BELOW, _FLOAT_FIELDS) != (
     raise TypeError("gateway.event_json reads created_at, cost_usd, latency_ms and ttft_ms by name: teach it")
 _decoder = msgspec.json.Decoder(_Wire)
 _UNSET = msgspec.UNSET
-#: field added later -> (its default, the names a record without it names)
+#: field added later -> its default (a record from before the field reads as it)
 _LATER = {name: UsageEvent.model_fields[name].get_default(call_default_factory=True) for name in ADDED_IN_VERSION}
-#: the names a record names, by the later fields it lacks (one set each, made once: a set a
+#: the later fields a record lacks -> the names it names (one set each, made once: a set a
 #: record costs 0.5 µs)
-_NAMED = {
-    missing: _ALL_SET - set(missing)
-    for missing in (
-        tuple(name for i, name in enumerate(_LATER) if mask >> i & 1) for mask in range(1, 2 ** len(_LATER))
-    )
-}
+_NAMED: dict[tuple[str, ...], set[str]] = {}
 _asdict = msgspec.structs.asdict
 _from_iso = datetime.fromisoformat
 _money = _MONEY.fullmatch
@@ -203,7 +198,7 @@ def decode_fast(raw: bytes | str) -> UsageEvent | None:
             fields[name] = default if default.__class__ is not dict else {}  # never one dict shared
             missing += (name,)
     if missing:
-        named = _NAMED[missing]
+        named = _NAMED.get(missing) or _NAMED.setdefault(missing, _ALL_SET - set(missing))
     event: UsageEvent = _new(UsageEvent)
     _set(event, "__dict__", fields)
     # the record named every field (the struct requires them all, but those added later). One

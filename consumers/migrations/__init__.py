@@ -64,6 +64,8 @@ async def migrate_postgres(
     Nothing is created when nothing is pending, so a role without CREATE on the schema runs a
     database its owner migrated (``CREATE TABLE IF NOT EXISTS`` of the record asks for it even
     when the table exists)."""
+    import asyncpg  # here: the module is read where no database is used
+
     todo = postgres_migrations() if pending is None else pending
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", ADVISORY_LOCK_KEY)
@@ -80,17 +82,11 @@ async def migrate_postgres(
                 f"the database has gateway migrations {unknown} this version does not know: it was migrated "
                 "by a newer llm-gateway, whose rows this one could rewrite (run that version)"
             )
-        gone = (
-            table is not None
-            and applied
-            and not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", quote_ident(table))
-        )
+        gone = table is not None and bool(applied) and await _lacks(conn, table, ())
         # the pending ones first (unless the table is gone): a column a pending migration adds is
         # no damage (every upgrade that added one warned "gone or lacks the gateway's columns").
         # In a savepoint: on a table that lacks an older migration's column, a pending one that
         # uses it fails, and then every migration runs again, in order
-        import asyncpg  # here: the module is read where no database is used
-
         done: list[int] = []
         failed = False
         if not gone:
