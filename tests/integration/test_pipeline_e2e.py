@@ -161,9 +161,16 @@ def _cost(text: str) -> Decimal | None:
 
 
 async def chat(
-    session: aiohttp.ClientSession, url: str, tenant: str, model: str = "gpt-4", content: str = "one two three"
+    session: aiohttp.ClientSession,
+    url: str,
+    tenant: str,
+    model: str = "gpt-4",
+    content: str = "one two three",
+    metadata: dict[str, str] | None = None,
 ) -> Ack:
     body = {"model": model, "messages": [{"role": "user", "content": content}], "tenantId": tenant}
+    if metadata is not None:
+        body["metadata"] = metadata
     async with session.post(f"{url}/v1/chat/completions", json=body) as r:
         payload = await r.json()
         assert r.status == 200, payload
@@ -262,7 +269,7 @@ class Postgres:
     async def rows(self) -> list[asyncpg.Record]:
         return await self._fetch(
             'SELECT "id", "requestId", "tenantId", "provider", "model", "costUsd", "priceVersion", "billable", '
-            '"outcome", "promptTokens", "completionTokens" FROM "LLMUsage" WHERE "tenantId" LIKE $1'
+            '"outcome", "promptTokens", "completionTokens", "metadata" FROM "LLMUsage" WHERE "tenantId" LIKE $1'
         )
 
 
@@ -272,7 +279,7 @@ def duckdb_rows(data_dir: Path, prefix: str) -> list[tuple[Any, ...]]:
     conn = duckdb.connect(str(data_dir / "analytics.duckdb"), read_only=True)
     try:
         return conn.execute(
-            "SELECT event_id, request_id, tenant_id, provider, cost_usd, billable FROM usage_facts "
+            "SELECT event_id, request_id, tenant_id, provider, cost_usd, billable, metadata FROM usage_facts "
             "WHERE tenant_id LIKE ?",
             [prefix + "%"],
         ).fetchall()
@@ -290,11 +297,11 @@ def totals_of(rows: list[tuple[Any, ...]], cost_at: int) -> Totals:
     )
 
 
-async def costs_of(url: str, tenant: str) -> dict[str, Any]:
-    """``GET /v1/costs`` of the process that owns the DuckDB store."""
+async def costs_of(url: str, tenant: str, extra: dict[str, str] | None = None) -> dict[str, Any]:
+    """``GET /v1/costs`` of the process that owns the DuckDB store (``extra``: more parameters)."""
     async with (
         aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as s,
-        s.get(f"{url}/v1/costs", params={"tenantId": tenant}) as r,
+        s.get(f"{url}/v1/costs", params={"tenantId": tenant, **(extra or {})}) as r,
     ):
         body: dict[str, Any] = await r.json()
         assert r.status == 200, body
@@ -364,7 +371,8 @@ async def test_http_call_becomes_an_llmusage_row_and_a_duckdb_row_with_the_exact
             await chat_stream(session, gw.url, names.tenant("a")),
         ]
         gw.sims["openai"].faults.push(Fault("server_error"))  # one fallback: two attempts, one billed
-        fallback = await chat(session, gw.url, names.tenant("b"), "gpt-4", "fall back please")
+        team = {"team": 'search "core"', "feature": "ünï"}  # both attempts carry it, through Kafka
+        fallback = await chat(session, gw.url, names.tenant("b"), "gpt-4", "fall back please", team)
         acks.append(fallback)
         assert (fallback.provider, fallback.attempts) == ("anthropic", 2)
 
@@ -393,6 +401,11 @@ async def test_http_call_becomes_an_llmusage_row_and_a_duckdb_row_with_the_exact
     [failed] = [r for r in rows if not r["billable"]]
     assert (failed["requestId"], failed["provider"], failed["costUsd"]) == (fallback.request_id, "openai", 0)
     assert failed["outcome"] != "success"
+    assert {r["id"]: json.loads(r["metadata"]) for r in rows} == {
+        r["id"]: team if r["requestId"] == fallback.request_id else {} for r in rows
+    }
+    split = await costs_of(consumer.url, names.tenant("b"), {"groupBy": "metadata.team"})
+    assert {g["value"]: g["usageCount"] for g in split["groups"]} == {'search "core"': 1, None: 2}
 
     # the consumer's analytics API answers from DuckDB: the same money, to the last decimal
     for tenant in (names.tenant("a"), names.tenant("b")):
@@ -405,6 +418,7 @@ async def test_http_call_becomes_an_llmusage_row_and_a_duckdb_row_with_the_exact
     assert await consumer.stop() == 0
     facts = duckdb_rows(tmp_path / "consumer", names.prefix)
     assert sorted((r[0], r[4]) for r in facts) == sorted((r["id"], r["costUsd"]) for r in rows)
+    assert {r[0]: json.loads(r[6]) for r in facts} == {r["id"]: json.loads(r["metadata"]) for r in rows}
 
 
 # ==================================================================================================
