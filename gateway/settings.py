@@ -445,8 +445,7 @@ class Settings(BaseSettings):
         days = self.log_retention_days
         # (with Kafka the setting has no effect: the topic's retention is the operator's)
         if days is not None and self.budgets.enabled and not self.kafka_bootstrap_servers:
-            budgets = [*self.budgets.tenants.values(), *([self.budgets.default] if self.budgets.default else [])]
-            needed = 32 if any(b.period == "month" for b in budgets) else 2
+            needed = 32 if any(b.period == "month" for b in self.budgets.every_budget()) else 2
             if days < needed:
                 raise ValueError(
                     f"log_retention_days {days} is shorter than the budgets' periods: give at least {needed} "

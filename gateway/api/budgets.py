@@ -1,7 +1,10 @@
-"""``GET /v1/budgets``: each tenant's budget, what it spent of it this period, and when it resets.
+"""``GET /v1/budgets``: each tenant's budget and each metadata budget, what was spent of it this
+period, and when it resets.
 
-An admin key (or an open gateway) sees every tenant with a budget given or a spend counted,
-or the one named by ``?tenantId=``; another key sees its own tenant's. Money is exact decimal
+An admin key (or an open gateway) sees every tenant with a budget given or a spend counted and
+every metadata budget, or the ones of the tenant named by ``?tenantId=``; another key sees its
+own tenant's (a metadata budget of every tenant together only an admin sees: its spend is
+theirs). Money is exact decimal
 text; ``complete`` is false while a starting replica is still reading the period's events
 from Kafka (its numbers may then be short)."""
 
@@ -27,6 +30,7 @@ def standing_json(standing: Standing) -> dict[str, Any]:
     return {
         "object": "budget",
         "tenantId": standing.tenant,
+        "metadata": standing.metadata,
         "period": standing.budget.period,
         "limitUsd": money_text(standing.budget.usd),
         "spentUsd": money_text(standing.spent),
@@ -44,11 +48,13 @@ async def budgets(request: web.Request) -> web.Response:
     # as a body's tenantId: a tenant no call can bill has no budget to show
     asked = tenant_field(request.query)
     ledger = state.budgets
-    if asked is not None or not principal.admin:
-        tenants = [state.auth.tenant_for(principal, asked)]
-    else:
-        tenants = ledger.tenants() if ledger is not None else []
-    standings = [ledger.standing(t) for t in tenants] if ledger is not None else []
+    standings: list[Standing | None] = []
+    if ledger is not None:
+        if asked is not None or not principal.admin:
+            tenant = state.auth.tenant_for(principal, asked)
+            standings = [ledger.standing(tenant), *ledger.scoped_standings(tenant)]
+        else:
+            standings = [*map(ledger.standing, ledger.tenants()), *ledger.scoped_standings(None)]
     body = {
         "object": "list",
         "data": [standing_json(s) for s in standings if s is not None],

@@ -133,15 +133,16 @@ def allowed_providers(
 
 
 def billed_tenant(
-    state: GatewayState, principal: Principal, requested: str | None
+    state: GatewayState, principal: Principal, requested: str | None, metadata: dict[str, str]
 ) -> tuple[str, dict[str, str] | None]:
     """The tenant a call bills (``Authenticator.tenant_for``), and its rate-limit headers (None:
     it has no limit). :class:`~gateway.errors.BudgetExceeded` when it has spent its budget of the
-    period, :class:`~gateway.errors.TenantRateLimited` when it is over its rate limit: no provider
-    is asked, no event recorded."""
+    period, or a budget of the call's ``metadata`` is spent;
+    :class:`~gateway.errors.TenantRateLimited` when it is over its rate limit: no provider is
+    asked, no event recorded."""
     tenant = state.auth.tenant_for(principal, requested)
     if state.budgets is not None:
-        state.budgets.check(tenant)
+        state.budgets.check(tenant, metadata)
     if state.limits is not None:
         return tenant, state.limits.admit(tenant)
     return tenant, None

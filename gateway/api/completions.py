@@ -89,7 +89,7 @@ async def _answer(
 ) -> web.StreamResponse:
     providers = allowed_providers(state, principal, parsed.requested_model, parsed.provider)
     metadata = call_metadata(parsed.metadata, principal.metadata)
-    tenant, limits = billed_tenant(state, principal, parsed.tenant_id)
+    tenant, limits = billed_tenant(state, principal, parsed.tenant_id, metadata)
     ctx = CallContext(
         request_id=request[REQUEST_ID],
         tenant_id=tenant,

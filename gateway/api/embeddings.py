@@ -157,7 +157,7 @@ async def _answer(
     model = parsed.template.model
     providers = allowed_providers(state, principal, model, parsed.provider, same_model=True)
     metadata = call_metadata(parsed.metadata, principal.metadata)
-    tenant, limits = billed_tenant(state, principal, parsed.tenant_id)
+    tenant, limits = billed_tenant(state, principal, parsed.tenant_id, metadata)
     ctx = CallContext(
         request_id=request[REQUEST_ID],
         tenant_id=tenant,

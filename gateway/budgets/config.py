@@ -6,7 +6,17 @@ file under ``budgets:``, in the environment as JSON::
     LLM_GATEWAY_BUDGETS='{"tenants": {"acme": {"usd": "50", "period": "month"}},
                           "default": {"usd": "5", "period": "day"}}'
 
-``default`` applies to every tenant not listed. Amounts are exact decimals: strings of digits
+``default`` applies to every tenant not listed. ``metadata`` gives budgets below (or across) the
+tenants: each to the calls whose metadata hold all of its ``match`` pairs (a team, a feature),
+of one ``tenant``, or of every tenant together when it names none::
+
+    budgets:
+      metadata:
+        - {tenant: acme, match: {team: search}, usd: "10", period: month}
+        - {match: {feature: summarize}, usd: "100", period: day}
+
+A call must fit every budget it falls under: its tenant's and each metadata budget it matches.
+Amounts are exact decimals: strings of digits
 with an optional fraction (``"49.99"``), or integers. A YAML or JSON number with a fraction is
 refused: its parser made it a float, whose digits past the 17th are lost (``12345678.123456789``
 read as ``12345678.12345679``), so it is asked for as a string.
@@ -19,9 +29,10 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gateway.tenant_ids import PerTenant
+from gateway.api.metadata import metadata_problem
+from gateway.tenant_ids import PerTenant, check_tenant_ids
 
 #: the largest limit (USD) a budget may give: more is a typo, not a budget
 MAX_LIMIT = Decimal("1000000000")
@@ -29,6 +40,8 @@ MAX_LIMIT = Decimal("1000000000")
 _AMOUNT = re.compile(r"[0-9]+(\.[0-9]+)?")
 
 Period = Literal["day", "month"]
+#: a metadata budget's identity: its tenant (None: every tenant) and its pairs, sorted
+Scope = tuple[str | None, tuple[tuple[str, str], ...]]
 
 
 class Budget(BaseModel):
@@ -71,5 +84,63 @@ class Budget(BaseModel):
         return start.replace(month=start.month + 1)
 
 
+class MetadataBudget(Budget):
+    """A budget of the calls whose metadata hold every pair of ``match``: of ``tenant``'s calls,
+    or of every tenant's together when it is None (a feature's spend across the platform)."""
+
+    #: the pairs a call's metadata must hold (others may be there too): 1 to 16, as a request's
+    match: dict[str, str]
+    #: the tenant whose calls count (None: every tenant's, in one budget)
+    tenant: str | None = None
+
+    @field_validator("match")
+    @classmethod
+    def _pairs(cls, value: dict[str, str]) -> dict[str, str]:
+        if not value:
+            raise ValueError("match: give the metadata pairs of the calls this budget covers, e.g. {team: search}")
+        if (problem := metadata_problem(value)) is not None:
+            raise ValueError(f"match: {problem.message}")
+        return value
+
+    @field_validator("tenant")
+    @classmethod
+    def _tenant_id(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_tenant_ids({value: None})
+        return value
+
+    @property
+    def scope(self) -> Scope:
+        return self.tenant, tuple(sorted(self.match.items()))
+
+    @property
+    def pairs(self) -> str:
+        """``team=search, env=prod``, as a log line or an error names the budget."""
+        return ", ".join(f"{key}={value}" for key, value in sorted(self.match.items()))
+
+
 class BudgetSettings(PerTenant[Budget]):
-    """A budget per tenant id (``tenants``), and ``default`` for every tenant not listed."""
+    """A budget per tenant id (``tenants``), ``default`` for every tenant not listed, and the
+    budgets of calls with given metadata pairs (``metadata``)."""
+
+    #: budgets of the calls carrying given metadata pairs, of one tenant or of all
+    metadata: list[MetadataBudget] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_budget_a_scope(self) -> BudgetSettings:
+        seen: set[Scope] = set()
+        for budget in self.metadata:
+            if budget.scope in seen:
+                whose = f"tenant {budget.tenant!r}" if budget.tenant is not None else "every tenant"
+                raise ValueError(f"metadata: two budgets for {whose}'s calls with {budget.pairs}: give one")
+            seen.add(budget.scope)
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return super().enabled or bool(self.metadata)
+
+    def every_budget(self) -> list[Budget]:
+        """Every budget given: the tenants', the default, the metadata budgets."""
+        default = [self.default] if self.default is not None else []
+        return [*self.tenants.values(), *default, *self.metadata]

@@ -12,6 +12,10 @@ when they are known by their id and not counted again. What the log brought, wit
 it was read to, is the *confirmed* spend a snapshot keeps (:mod:`gateway.budgets.snapshot`), so
 a restart reads only the log after it.
 
+Budgets of metadata pairs (a team's, a feature's: ``budgets.metadata``) are counted alike, each
+an *account* of its own beside the tenants': an attempt counts in its tenant's and in every
+metadata budget whose pairs its metadata hold.
+
 - A budget is checked before a call, not during it: the calls in flight when a tenant reaches
   it still finish, so its spend can pass the limit by what they cost.
 - An attempt whose cost is unknown (``cost_usd`` null: a model without a price) adds nothing.
@@ -26,8 +30,9 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import cast
 
-from gateway.budgets.config import Budget, BudgetSettings
+from gateway.budgets.config import Budget, BudgetSettings, MetadataBudget, Scope
 from gateway.errors import BudgetExceeded
 from gateway.event_json import UNDECODABLE, decode_event, event_id_of
 from gateway.events import UsageEvent
@@ -46,19 +51,31 @@ MAX_PENDING = 500_000
 RECENT_IDS = 100_000
 SNAPSHOT_IDS = 10_000
 
-#: tenant -> (period kind, period start) -> spent
-Spend = dict[str, dict[tuple[str, datetime], Decimal]]
+#: whose spend: a tenant (its id), or a metadata budget (its scope)
+Account = str | Scope
+#: a period: its kind and start
+PeriodKey = tuple[str, datetime]
+#: account -> period -> spent
+Spend = dict[Account, dict[PeriodKey, Decimal]]
+#: what one attempt added: to which account, in which period, how much
+Counted = tuple[tuple[Account, PeriodKey, Decimal], ...]
 
 
 @dataclass(frozen=True, slots=True)
 class Standing:
-    """One tenant's budget now."""
+    """One budget now: a tenant's, or a metadata budget's (``metadata``: its pairs; ``tenant``
+    None: of every tenant)."""
 
-    tenant: str
+    tenant: str | None
     budget: Budget
     start: datetime
     resets: datetime
     spent: Decimal
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The pairs of the calls it covers ({}: every call of the tenant)."""
+        return self.budget.match if isinstance(self.budget, MetadataBudget) else {}
 
     @property
     def remaining(self) -> Decimal:
@@ -73,11 +90,16 @@ class SpendLedger:
     def __init__(self, config: BudgetSettings, *, clock: Clock = utcnow) -> None:
         self.config = config
         self._clock = clock
-        #: tenant -> (period, start) -> spent: the current period and, for a replica whose clock
+        #: account -> (period, start) -> spent: the current period and, for a replica whose clock
         #: is ahead, the next; confirmed and pending together
         self._spent: Spend = {}
-        #: own events counted, by id, until the log brings them back: (tenant, period, cost)
-        self._pending: dict[str, tuple[str, tuple[str, datetime], Decimal]] = {}
+        #: own events counted, by id, until the log brings them back: what each added
+        self._pending: dict[str, Counted] = {}
+        #: the metadata budgets by scope, and by their first pair (an attempt's pairs find them)
+        self._scoped: dict[Scope, MetadataBudget] = {b.scope: b for b in config.metadata}
+        self._by_pair: dict[tuple[str, str], list[MetadataBudget]] = {}
+        for budget in config.metadata:
+            self._by_pair.setdefault(min(budget.match.items()), []).append(budget)
         #: whether the log's events before now are all counted (its read at the start is over)
         self.complete = False
         #: whether a follower brings this process's own events back from the log (else they are
@@ -89,14 +111,14 @@ class SpendLedger:
         self.recent: dict[str, None] = {}
         self.duplicates = 0
         #: the refused calls' WARNINGs (``gateway.budgets``)
-        self.refusals = WindowedLog(log, _refusals_counted, key_fields=lambda tenant: {"tenantId": tenant})
+        self.refusals = WindowedLog(log, _refusals_counted, key_fields=_account_fields)
 
     # --- what is spent ---------------------------------------------------------------------------
 
     def observe(self, event: UsageEvent) -> None:
         """An attempt of this process, as it is recorded (the recorder's observer)."""
-        counted = self._add(event.tenant_id, event.created_at, event.cost_usd)
-        if counted is not None and self.follows_log:
+        counted = self._count(event.tenant_id, event.metadata, event.created_at, event.cost_usd)
+        if counted and self.follows_log:
             pending = self._pending
             pending[event.event_id] = counted
             if len(pending) > MAX_PENDING:
@@ -123,7 +145,7 @@ class SpendLedger:
             return
         if event_id is None and self._known(event.event_id):
             return
-        self._add(event.tenant_id, event.created_at, event.cost_usd)
+        self._count(event.tenant_id, event.metadata, event.created_at, event.cost_usd)
 
     def _known(self, event_id: str) -> bool:
         """Whether ``event_id`` is counted already (an own attempt, or read lately); it is read now."""
@@ -136,36 +158,60 @@ class SpendLedger:
             del recent[next(iter(recent))]
         return bool(self._pending) and self._pending.pop(event_id, None) is not None
 
-    def _add(self, tenant: str, at: datetime, cost: Decimal | None) -> tuple[str, tuple[str, datetime], Decimal] | None:
+    def _count(self, tenant: str, metadata: dict[str, str], at: datetime, cost: Decimal | None) -> Counted:
+        """Add an attempt's cost to its tenant's budget and to each metadata budget it matches."""
         if not cost or cost < 0:  # unknown (None) or free
-            return None
+            return ()
+        counted: Counted = ()
         budget = self.config.for_tenant(tenant)
-        if budget is None:
-            return None
+        if budget is not None and (key := self._add(tenant, budget, at, cost)) is not None:
+            counted = ((tenant, key, cost),)
+        if metadata and self._by_pair:
+            for scoped in self.matching(tenant, metadata):
+                if (key := self._add(scoped.scope, scoped, at, cost)) is not None:
+                    counted = (*counted, (scoped.scope, key, cost))
+        return counted
+
+    def matching(self, tenant: str, metadata: dict[str, str]) -> list[MetadataBudget]:
+        """The metadata budgets a call of ``tenant`` with ``metadata`` falls under."""
+        found = []
+        for pair in metadata.items():
+            for budget in self._by_pair.get(pair, ()):
+                if (budget.tenant is None or budget.tenant == tenant) and all(
+                    metadata.get(key) == value for key, value in budget.match.items()
+                ):
+                    found.append(budget)
+        return found
+
+    def _add(self, account: Account, budget: Budget, at: datetime, cost: Decimal) -> PeriodKey | None:
         current = budget.period_start(self._clock())
         start = budget.period_start(at)
         if start != current and start != budget.period_end(current):
             return None  # a past period's (or a clock far ahead): no budget of now
         key = (budget.period, start)
-        periods = self._spent.get(tenant)
+        periods = self._spent.get(account)
         if periods is None:
-            self._spent[tenant] = {key: cost}
+            self._spent[account] = {key: cost}
         else:
             periods[key] = periods.get(key, ZERO) + cost
             if len(periods) > 1:
                 for old in [k for k in periods if k[1] < current]:
                     del periods[old]
-        return tenant, key, cost
+        return key
+
+    def _budget_of(self, account: Account) -> Budget | None:
+        return self.config.for_tenant(account) if isinstance(account, str) else self._scoped.get(account)
 
     # --- snapshots ----------------------------------------------------------------------------------
 
     def confirmed(self) -> Spend:
         """What the log brought so far: the spend less the own attempts it has not brought yet."""
-        spent = {tenant: dict(periods) for tenant, periods in self._spent.items()}
-        for tenant, key, cost in self._pending.values():
-            periods = spent.get(tenant)
-            if periods is not None and key in periods:
-                periods[key] -= cost
+        spent = {account: dict(periods) for account, periods in self._spent.items()}
+        for counted in self._pending.values():
+            for account, key, cost in counted:
+                periods = spent.get(account)
+                if periods is not None and key in periods:
+                    periods[key] -= cost
         return {t: {k: v for k, v in p.items() if v > 0} for t, p in spent.items() if any(v > 0 for v in p.values())}
 
     def recent_ids(self) -> list[str]:
@@ -175,28 +221,38 @@ class SpendLedger:
 
     def restore(self, confirmed: Spend, recent: list[str] | None = None) -> None:
         """Add a snapshot's confirmed spend (the log read from the snapshot's position on): only
-        what still is a current (or next) period of each tenant's budget; and the ids of the
+        what still is a current (or next) period of each account's budget; and the ids of the
         last records it had read."""
         for event_id in recent or ():
             self.recent[event_id] = None
         now = self._clock()
-        tenants: set[str] = set()
-        total = ZERO
-        for tenant, periods in confirmed.items():
-            budget = self.config.for_tenant(tenant)
+        accounts: set[Account] = set()
+        total = scoped = ZERO
+        for account, periods in confirmed.items():
+            budget = self._budget_of(account)
             if budget is None:
                 continue
             current = budget.period_start(now)
             for (period, start), cost in periods.items():
                 if period == budget.period and start in (current, budget.period_end(current)) and cost > 0:
-                    counted = self._spent.setdefault(tenant, {})
+                    counted = self._spent.setdefault(account, {})
                     counted[period, start] = counted.get((period, start), ZERO) + cost
-                    tenants.add(tenant)
-                    total += cost
+                    accounts.add(account)
+                    if isinstance(account, str):
+                        total += cost
+                    else:
+                        scoped += cost
         # the snapshot is taken as written (an owner-only file): what it brought is said, so a
         # spend that does not match the stores can be traced to it (delete it to count again)
+        tenants = sum(isinstance(account, str) for account in accounts)
+        also = ""
+        if self._scoped:  # (a call counts in its tenant's and its metadata's: not added up)
+            also = f"; {len(accounts) - tenants} metadata budgets' spend, ${format_usd(scoped)} in all"
         log.info(
-            "budgets: the snapshot gave %d tenants' spend of their periods, $%s in all", len(tenants), format_usd(total)
+            "budgets: the snapshot gave %d tenants' spend of their periods, $%s in all%s",
+            tenants,
+            format_usd(total),
+            also,
         )
 
     # --- what is allowed ---------------------------------------------------------------------------
@@ -204,56 +260,91 @@ class SpendLedger:
     def standing(self, tenant: str) -> Standing | None:
         """``tenant``'s budget now (None: it has none)."""
         budget = self.config.for_tenant(tenant)
-        if budget is None:
-            return None
-        start = budget.period_start(self._clock())
-        periods = self._spent.get(tenant)
-        spent = periods.get((budget.period, start), ZERO) if periods is not None else ZERO
-        return Standing(tenant, budget, start, budget.period_end(start), spent)
+        return self._standing(tenant, budget) if budget is not None else None
 
-    def check(self, tenant: str) -> None:
-        """Raise :class:`BudgetExceeded` when ``tenant`` has used its budget of the period (and
-        log it: a line a minute per tenant, the others counted)."""
+    def scoped_standings(self, tenant: str | None) -> list[Standing]:
+        """The metadata budgets of ``tenant`` now (None: every metadata budget, of one tenant or all)."""
+        return [
+            self._standing(budget.scope, budget, budget.tenant)
+            for budget in self.config.metadata
+            if tenant is None or budget.tenant == tenant
+        ]
+
+    def _standing(self, account: Account, budget: Budget, tenant: str | None = None) -> Standing:
+        start = budget.period_start(self._clock())
+        periods = self._spent.get(account)
+        spent = periods.get((budget.period, start), ZERO) if periods is not None else ZERO
+        owner = account if isinstance(account, str) else tenant
+        return Standing(owner, budget, start, budget.period_end(start), spent)
+
+    def check(self, tenant: str, metadata: dict[str, str] | None = None) -> None:
+        """Raise :class:`BudgetExceeded` when ``tenant``, or a metadata budget a call of it with
+        ``metadata`` falls under, has used its budget of the period (and log it: a line a minute
+        per budget, the others counted)."""
         budget = self.config.for_tenant(tenant)
-        if budget is None:
-            return
-        periods = self._spent.get(tenant)
+        if budget is not None:
+            self._check(tenant, budget)
+        if metadata and self._by_pair:
+            for scoped in self.matching(tenant, metadata):
+                self._check(scoped.scope, scoped, scoped.tenant)
+
+    def _check(self, account: Account, budget: Budget, tenant: str | None = None) -> None:
+        periods = self._spent.get(account)
         if budget.usd > 0 and (
             periods is None or periods.get((budget.period, budget.period_start(self._clock())), ZERO) < budget.usd
         ):
             return  # the common case, without building a Standing
-        standing = self.standing(tenant)
-        if standing is not None and standing.exceeded:
-            self.refusals.hit(
-                tenant,
-                lambda since: (
-                    f"budget exceeded: tenant {log_value(tenant)} spent ${format_usd(standing.spent)} of its "
-                    f"{'daily' if standing.budget.period == 'day' else 'monthly'} ${format_usd(standing.budget.usd)}; "
-                    f"its calls are refused until {standing.resets.strftime('%Y-%m-%dT%H:%M:%SZ')}{since}"
-                ),
-                {
-                    "tenantId": tenant,
-                    "period": standing.budget.period,
-                    "spentUsd": format_usd(standing.spent),
-                    "limitUsd": format_usd(standing.budget.usd),
-                    "resetsAt": standing.resets.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                },
-            )
-            raise BudgetExceeded.of(standing)
+        standing = self._standing(account, budget, tenant)
+        if not standing.exceeded:
+            return
+        resets = standing.resets.strftime("%Y-%m-%dT%H:%M:%SZ")
+        period = "daily" if budget.period == "day" else "monthly"
+        self.refusals.hit(
+            account,
+            lambda since: (
+                f"budget exceeded: {_whose(account)} spent ${format_usd(standing.spent)} of its {period} "
+                f"${format_usd(budget.usd)}; its calls are refused until {resets}{since}"
+            ),
+            {
+                **_account_fields(account),
+                "period": budget.period,
+                "spentUsd": format_usd(standing.spent),
+                "limitUsd": format_usd(budget.usd),
+                "resetsAt": resets,
+            },
+        )
+        raise BudgetExceeded.of(standing)
 
     def earliest_start(self) -> datetime:
         """The start of the earliest current period of the budgets given."""
         now = self._clock()
-        budgets = [*self.config.tenants.values(), self.config.default]
-        return min(b.period_start(now) for b in budgets if b is not None)
+        return min(b.period_start(now) for b in self.config.every_budget())
 
     def tenants(self) -> list[str]:
         """Every tenant with a budget given or a spend counted."""
-        return sorted(set(self.config.tenants) | set(self._spent))
+        return sorted(set(self.config.tenants) | {a for a in self._spent if isinstance(a, str)})
 
 
-def _refusals_counted(tenant: Hashable, count: int, seconds: float) -> str:
+def _whose(account: Hashable) -> str:
+    """An account as a log line names it: ``tenant acme``, ``tenant acme's team=search``,
+    ``every tenant's feature=summarize``."""
+    if isinstance(account, str):
+        return f"tenant {log_value(account)}"
+    tenant, pairs = cast(Scope, account)
+    named = ", ".join(f"{log_value(key)}={log_value(value)}" for key, value in pairs)
+    return f"tenant {log_value(tenant)}'s {named}" if tenant is not None else f"every tenant's {named}"
+
+
+def _account_fields(account: Hashable) -> dict[str, object]:
+    """An account's fields in JSON logs."""
+    if isinstance(account, str):
+        return {"tenantId": account}
+    tenant, pairs = cast(Scope, account)
+    return {"tenantId": tenant, "metadata": dict(pairs)}
+
+
+def _refusals_counted(account: Hashable, count: int, seconds: float) -> str:
     return (
-        f"budget exceeded: tenant {log_value(str(tenant))}: {count} more calls refused, in the "
+        f"budget exceeded: {_whose(account)}: {count} more calls refused, in the "
         f"{seconds:.0f} s after the last such line"
     )

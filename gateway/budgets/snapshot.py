@@ -47,7 +47,9 @@ class Snapshot:
 
 
 def fingerprint(config: BudgetSettings) -> str:
-    return hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:32]
+    # without metadata budgets, what it was before they came (an upgrade keeps its snapshot)
+    dumped = config.model_dump_json(exclude=None if config.metadata else {"metadata"})
+    return hashlib.sha256(dumped.encode()).hexdigest()[:32]
 
 
 def save(path: Path, snapshot: Snapshot, config: BudgetSettings) -> None:
@@ -61,6 +63,13 @@ def save(path: Path, snapshot: Snapshot, config: BudgetSettings) -> None:
         "spent": [
             [tenant, period, start.isoformat(), str(cost)]
             for tenant, periods in snapshot.spent.items()
+            if isinstance(tenant, str)
+            for (period, start), cost in periods.items()
+        ],
+        "scoped": [
+            [scope[0], [list(pair) for pair in scope[1]], period, start.isoformat(), str(cost)]
+            for scope, periods in snapshot.spent.items()
+            if not isinstance(scope, str)
             for (period, start), cost in periods.items()
         ],
         "recent": snapshot.recent,
@@ -98,14 +107,25 @@ def load(path: Path, config: BudgetSettings, log_name: str) -> Snapshot | None:
 def _read(body: dict[str, object], log_name: str) -> Snapshot:
     spent: Spend = {}
     for tenant, period, start, cost in body["spent"]:  # type: ignore[attr-defined]
-        amount = Decimal(cost)
-        if not amount.is_finite() or amount <= 0:  # NaN made the start raise
-            raise ValueError(f"spent {cost!r}")
-        moment = datetime.fromisoformat(start)
-        if moment.tzinfo is None:
-            raise ValueError(f"a period start without its zone: {start!r}")
-        spent.setdefault(str(tenant), {})[str(period), moment] = amount
+        spent.setdefault(str(tenant), {})[str(period), _start(start)] = _amount(cost)
+    for tenant, pairs, period, start, cost in body.get("scoped", []):  # type: ignore[attr-defined]
+        scope = (None if tenant is None else str(tenant), tuple((str(k), str(v)) for k, v in pairs))
+        spent.setdefault(scope, {})[str(period), _start(start)] = _amount(cost)
     positions = {int(p): int(o) for p, o in body["positions"].items()}  # type: ignore[attr-defined]
     checks = {int(p): str(i) for p, i in body["checks"].items()}  # type: ignore[attr-defined]
     recent = [str(i) for i in body["recent"]]  # type: ignore[attr-defined]
     return Snapshot(log_name, positions, spent, checks, recent)
+
+
+def _amount(cost: object) -> Decimal:
+    amount = Decimal(str(cost))
+    if not amount.is_finite() or amount <= 0:  # NaN made the start raise
+        raise ValueError(f"spent {cost!r}")
+    return amount
+
+
+def _start(start: object) -> datetime:
+    moment = datetime.fromisoformat(str(start))
+    if moment.tzinfo is None:
+        raise ValueError(f"a period start without its zone: {start!r}")
+    return moment

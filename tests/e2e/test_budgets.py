@@ -162,6 +162,7 @@ async def test_the_budgets_endpoint_says_what_each_tenant_spent_to_the_cent(tmp_
         assert mine == {
             "object": "budget",
             "tenantId": "tenant_a",
+            "metadata": {},
             "period": "month",
             "limitUsd": "10",
             "spentUsd": mine["spentUsd"],

@@ -1,0 +1,252 @@
+"""Budgets of metadata pairs: a team's budget inside a tenant, a feature's across every tenant.
+Each is an account of its own in the ledger, counted from the same events as the tenants', kept
+in the snapshot, and checked before a call alongside its tenant's."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from gateway.budgets import snapshot
+from gateway.budgets.config import Budget, BudgetSettings, MetadataBudget
+from gateway.budgets.ledger import SpendLedger
+from gateway.errors import BudgetExceeded
+from gateway.settings import Settings
+from tests.support.events import usage_event
+from tests.support.logs import fields
+
+NOW = datetime(2026, 12, 15, 12, 0, tzinfo=UTC)
+DECEMBER = ("month", datetime(2026, 12, 1, tzinfo=UTC))
+SEARCH = ("acme", (("team", "search"),))
+
+
+def clock() -> datetime:
+    return NOW
+
+
+def spend(tenant: str, cost: str, metadata: dict[str, str] | None = None, **extra: Any) -> Any:
+    return usage_event(tenant, Decimal(cost), NOW, metadata=metadata or {}, **extra)
+
+
+def settings(*budgets: dict[str, Any], **more: Any) -> BudgetSettings:
+    return BudgetSettings(metadata=list(budgets), **more)  # type: ignore[arg-type]
+
+
+def test_a_metadata_budget_is_read_from_the_environment_and_enables_budgets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "LLM_GATEWAY_BUDGETS",
+        '{"metadata": [{"tenant": "acme", "match": {"team": "search"}, "usd": "10.50", "period": "day"},'
+        ' {"match": {"feature": "summarize", "env": "prod"}, "usd": 100}]}',
+    )
+    budgets = Settings(_env_file=None).budgets  # type: ignore[call-arg]
+    assert budgets.enabled and budgets.tenants == {} and budgets.default is None
+    team, feature = budgets.metadata
+    assert (team.tenant, team.match, team.usd, team.period) == ("acme", {"team": "search"}, Decimal("10.50"), "day")
+    assert feature.tenant is None and feature.scope == (None, (("env", "prod"), ("feature", "summarize")))
+    assert feature.pairs == "env=prod, feature=summarize" and feature.period == "month"
+
+
+@pytest.mark.parametrize(
+    ("given", "complaint"),
+    [
+        ({"match": {}, "usd": "1"}, "give the metadata pairs"),
+        ({"usd": "1"}, "match\n  Field required"),
+        ({"match": {"team": 42}, "usd": "1"}, "valid string"),
+        ({"match": {"": "x"}, "usd": "1"}, "keys are 1 to 64"),
+        ({"match": {"team": "a\nb"}, "usd": "1"}, "printable"),
+        ({"match": {"team": "x" * 513}, "usd": "1"}, "longer than 512"),
+        ({"match": {f"k{i}": "v" for i in range(17)}, "usd": "1"}, "at most 16 pairs"),
+        ({"match": {"team": "a"}, "tenant": " acme", "usd": "1"}, "not a tenant id"),
+        ({"match": {"team": "a"}, "usd": 1.5}, "as a string"),
+        ({"match": {"team": "a"}, "usd": "1", "per": "team"}, "Extra inputs"),
+    ],
+)
+def test_a_bad_metadata_budget_is_refused_with_its_reason(given: dict[str, Any], complaint: str) -> None:
+    with pytest.raises(ValidationError, match=complaint):
+        MetadataBudget(**given)
+
+
+def test_two_budgets_of_the_same_calls_are_refused_whatever_the_order_of_their_pairs() -> None:
+    with pytest.raises(ValidationError, match="two budgets for tenant 'acme''s calls with env=prod, team=search"):
+        settings(
+            {"tenant": "acme", "match": {"team": "search", "env": "prod"}, "usd": "1"},
+            {"tenant": "acme", "match": {"env": "prod", "team": "search"}, "usd": "2"},
+        )
+    # the same pairs of another tenant, or of every tenant, are other budgets
+    assert len(settings({"tenant": "acme", "match": {"t": "s"}, "usd": 1}, {"match": {"t": "s"}, "usd": 1}).metadata) == 2
+
+
+def test_an_attempt_counts_in_its_tenants_budget_and_in_each_metadata_budget_it_matches() -> None:
+    ledger = SpendLedger(
+        settings(
+            {"tenant": "acme", "match": {"team": "search"}, "usd": "1"},
+            {"tenant": "acme", "match": {"team": "search", "env": "prod"}, "usd": "1"},
+            {"match": {"feature": "summarize"}, "usd": "1"},
+            default=Budget(usd=100),
+        ),
+        clock=clock,
+    )
+    ledger.observe(spend("acme", "0.1", {"team": "search"}))
+    ledger.observe(spend("acme", "0.2", {"team": "search", "env": "prod", "feature": "summarize"}))
+    ledger.observe(spend("acme", "0.4", {"team": "ads", "feature": "summarize"}))
+    ledger.observe(spend("globex", "0.8", {"team": "search", "env": "prod", "feature": "summarize"}))
+    ledger.observe(spend("acme", "1.6", {"TEAM": "search", "env": "prod "}))  # not the budgets' pairs
+    spent = {(s.tenant, json.dumps(s.metadata)): s.spent for s in ledger.scoped_standings(None)}
+    assert spent == {
+        ("acme", '{"team": "search"}'): Decimal("0.3"),
+        ("acme", '{"team": "search", "env": "prod"}'): Decimal("0.2"),
+        (None, '{"feature": "summarize"}'): Decimal("1.4"),  # every tenant's together
+    }
+    assert ledger.standing("acme").spent == Decimal("2.3")  # type: ignore[union-attr]
+    assert ledger.standing("globex").spent == Decimal("0.8")  # type: ignore[union-attr]
+    assert [s.metadata for s in ledger.scoped_standings("acme")] == [{"team": "search"}, {"team": "search", "env": "prod"}]
+    assert ledger.scoped_standings("globex") == [] and ledger.tenants() == ["acme", "globex"]
+
+
+def test_a_spent_metadata_budget_refuses_only_the_calls_it_covers() -> None:
+    ledger = SpendLedger(settings({"tenant": "acme", "match": {"team": "search"}, "usd": "0.5"}), clock=clock)
+    ledger.observe(spend("acme", "0.5", {"team": "search", "feature": "x"}))
+    for refused in ({"team": "search"}, {"team": "search", "env": "prod"}):
+        with pytest.raises(BudgetExceeded) as raised:
+            ledger.check("acme", refused)
+        assert raised.value.code == "budget_exceeded" and raised.value.client_should_retry is False
+        assert raised.value.message == (
+            "Tenant 'acme' has used its monthly budget for calls with metadata 'team=search': $0.500000 spent "
+            "of $0.500000. Calls with that metadata are accepted again from 2027-01-01T00:00:00Z, or once the "
+            "gateway runs with a higher budget."
+        )
+    for served in ({"team": "ads"}, {}, None, {"team": "Search"}):
+        ledger.check("acme", served)
+    ledger.check("globex", {"team": "search"})  # another tenant's team of that name
+    assert ledger.standing("acme") is None  # the tenant itself has no budget
+
+
+def test_a_budget_of_every_tenant_does_not_tell_one_tenant_what_the_others_spent() -> None:
+    ledger = SpendLedger(settings({"match": {"feature": "summarize"}, "usd": "1", "period": "day"}), clock=clock)
+    ledger.observe(spend("acme", "0.75", {"feature": "summarize"}))
+    ledger.check("globex", {"feature": "summarize"})
+    ledger.observe(spend("globex", "0.25", {"feature": "summarize"}))
+    with pytest.raises(BudgetExceeded) as raised:
+        ledger.check("globex", {"feature": "summarize"})
+    assert raised.value.message == (
+        "The daily budget of $1.000000 for calls with metadata 'feature=summarize', of every tenant together, "
+        "is used. Calls with that metadata are accepted again from 2026-12-16T00:00:00Z, or once the gateway "
+        "runs with a higher budget."
+    )
+    assert "0.75" not in raised.value.message
+
+
+def test_a_zero_metadata_budget_refuses_its_calls_before_any_spend() -> None:
+    ledger = SpendLedger(settings({"tenant": "acme", "match": {"env": "dev"}, "usd": "0"}), clock=clock)
+    with pytest.raises(BudgetExceeded):
+        ledger.check("acme", {"env": "dev"})
+    ledger.check("acme", {"env": "prod"})
+
+
+def test_the_tenants_budget_is_checked_first_and_still_holds_for_calls_of_a_metadata_budget() -> None:
+    ledger = SpendLedger(
+        settings({"tenant": "acme", "match": {"team": "search"}, "usd": "10"}, tenants={"acme": Budget(usd="1")}),
+        clock=clock,
+    )
+    ledger.observe(spend("acme", "1", {"team": "ads"}))
+    with pytest.raises(BudgetExceeded, match="^Tenant 'acme' has used its monthly budget: "):
+        ledger.check("acme", {"team": "search"})
+
+
+def test_own_attempts_of_a_metadata_budget_are_confirmed_when_the_log_brings_them_back() -> None:
+    ledger = SpendLedger(
+        settings({"tenant": "acme", "match": {"team": "search"}, "usd": "10"}, default=Budget(usd=10)), clock=clock
+    )
+    own, later = spend("acme", "1.5", {"team": "search"}), spend("acme", "0.5", {"team": "search"})
+    ledger.observe(own)
+    ledger.observe(later)
+    assert ledger.confirmed() == {}
+    ledger.observe_record(own.to_json())
+    ledger.observe_record(spend("acme", "2", {"team": "search"}).to_json())  # another replica's
+    ledger.observe_record(spend("acme", "4", {"team": "ads"}).to_json())
+    assert ledger.confirmed() == {"acme": {DECEMBER: Decimal("7.5")}, SEARCH: {DECEMBER: Decimal("3.5")}}
+    assert [s.spent for s in ledger.scoped_standings("acme")] == [Decimal(4)]  # pending included
+
+
+def test_a_snapshot_keeps_the_metadata_budgets_spend(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.budgets")
+    config = settings(
+        {"tenant": "acme", "match": {"team": "search", "env": "prod"}, "usd": "10"},
+        {"match": {"feature": "x"}, "usd": "10", "period": "day"},
+        default=Budget(usd=10),
+    )
+    ledger = SpendLedger(config, clock=clock)
+    ledger.follows_log = False
+    ledger.observe(spend("acme", "1.25", {"team": "search", "env": "prod", "feature": "x"}))
+    ledger.observe(spend("globex", "2", {"feature": "x"}))
+    path = tmp_path / snapshot.FILE
+    snapshot.save(path, snapshot.Snapshot("sqlite", {0: 2}, ledger.confirmed()), config)
+    body = json.loads(path.read_text())
+    assert body["scoped"] == [
+        ["acme", [["env", "prod"], ["team", "search"]], "month", "2026-12-01T00:00:00+00:00", "1.25"],
+        [None, [["feature", "x"]], "day", "2026-12-15T00:00:00+00:00", "3.25"],
+    ]
+    loaded = snapshot.load(path, config, "sqlite")
+    assert loaded is not None and loaded.spent == ledger.confirmed()
+    restored = SpendLedger(config, clock=clock)
+    restored.restore(loaded.spent)
+    assert [s.spent for s in restored.scoped_standings(None)] == [Decimal("1.25"), Decimal("3.25")]
+    assert caplog.messages[-1] == (
+        "budgets: the snapshot gave 2 tenants' spend of their periods, $3.250000 in all; 2 metadata budgets' "
+        "spend, $4.500000 in all"
+    )
+    # a budget added since: the snapshot is not used (its spend was not counted)
+    more = settings(*config.metadata, {"match": {"feature": "y"}, "usd": "1"}, default=Budget(usd=10))
+    assert snapshot.load(path, more, "sqlite") is None
+    # one hand-edited to a spend that is no amount is not used
+    body["scoped"][0][4] = "NaN"
+    path.write_text(json.dumps(body))
+    assert snapshot.load(path, config, "sqlite") is None
+
+
+def test_the_fingerprint_of_budgets_without_metadata_is_the_one_earlier_versions_wrote() -> None:
+    """An upgrade keeps its snapshot: the field's coming does not make every gateway read its
+    periods from the log again."""
+    config = BudgetSettings(tenants={"acme": Budget(usd="50")}, default=Budget(usd=5, period="day"))
+    earlier = '{"tenants":{"acme":{"usd":"50","period":"month"}},"default":{"usd":"5","period":"day"}}'
+    assert snapshot.fingerprint(config) == hashlib.sha256(earlier.encode()).hexdigest()[:32]
+
+
+def test_the_refusals_of_a_metadata_budget_are_logged_once_a_window(caplog: pytest.LogCaptureFixture) -> None:
+    ledger = SpendLedger(settings({"tenant": "acme", "match": {"team": "search"}, "usd": "0"}), clock=clock)
+    for _ in range(3):
+        with pytest.raises(BudgetExceeded):
+            ledger.check("acme", {"team": "search"})
+    ledger.refusals.flush()
+    lines = [r.getMessage() for r in caplog.records if r.name == "gateway.budgets"]
+    assert lines == [
+        "budget exceeded: tenant acme's team=search spent $0.000000 of its monthly $0.000000; its calls are "
+        "refused until 2027-01-01T00:00:00Z",
+        "budget exceeded: tenant acme's team=search: 2 more calls refused, in the 0 s after the last such line",
+    ]
+    assert fields(caplog, "gateway.budgets") == [
+        {
+            "tenantId": "acme",
+            "metadata": {"team": "search"},
+            "period": "month",
+            "spentUsd": "0.000000",
+            "limitUsd": "0.000000",
+            "resetsAt": "2027-01-01T00:00:00Z",
+            "more": 0,
+        },
+        {"tenantId": "acme", "metadata": {"team": "search"}, "count": 2},
+    ]
+
+
+def test_the_log_retention_must_cover_a_metadata_budgets_month(tmp_path: Path) -> None:
+    budgets = {"metadata": [{"match": {"team": "a"}, "usd": "1"}]}
+    with pytest.raises(ValidationError, match="give at least 32"):
+        Settings(_env_file=None, data_dir=tmp_path, log_retention_days=7, budgets=budgets)  # type: ignore[call-arg]
