@@ -436,11 +436,15 @@ def openapi_document() -> dict[str, Any]:
             },
             "/v1/budgets": {
                 "get": {
-                    "summary": "Each tenant's budget of the period: limitUsd, spentUsd, remainingUsd (decimal text), "
-                    "exceeded, periodStart, resetsAt; an admin key sees every tenant, another key its own",
+                    "summary": "Each tenant's budget and each metadata budget of the period: tenantId (null: of "
+                    "every tenant), metadata (the pairs of the calls it covers, {} for a tenant's), limitUsd, "
+                    "spentUsd, remainingUsd (decimal text), exceeded, periodStart, resetsAt; an admin key sees "
+                    "every budget, another key its tenant's",
                     "parameters": [{"name": "tenantId", "in": "query", "schema": {"type": "string"}}],
                     "responses": {
-                        "200": {"description": "object list, data (one budget a tenant), complete"},
+                        "200": {
+                            "description": "object list, data (a tenant's budget, then its metadata budgets), complete"
+                        },
                         **_errors(400, 401, 403),
                     },
                 }

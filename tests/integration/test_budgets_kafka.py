@@ -30,14 +30,14 @@ LIMIT = "1"
 
 @asynccontextmanager
 async def replica(
-    kafka: str, topic: str, tmp_path: Path, name: str, limit: str = LIMIT
+    kafka: str, topic: str, tmp_path: Path, name: str, limit: str = LIMIT, budgets: dict[str, Any] | None = None
 ) -> AsyncIterator[RunningGateway]:
     settings: dict[str, Any] = {
         "kafka_bootstrap_servers": kafka,
         "topic": topic,
         "instance_id": name,
         "data_dir": tmp_path / name,
-        "budgets": {"tenants": {"acme": {"usd": limit, "period": "day"}}},
+        "budgets": budgets or {"tenants": {"acme": {"usd": limit, "period": "day"}}},
     }
     log = KafkaEventLog(kafka, topic, tmp_path / f"spool-{name}.sqlite3", client_id=f"gw-{name}")
     async with running_gateway(providers=("openai",), event_log=log, settings=settings) as gw:
@@ -56,10 +56,10 @@ def spent(gw: RunningGateway) -> Decimal:
     return standing.spent
 
 
-async def call(gw: RunningGateway) -> Decimal:
+async def call(gw: RunningGateway, **extra: Any) -> Decimal:
     async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="unused", max_retries=0) as client:
         raw = await client.chat.completions.with_raw_response.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], extra_body={"tenantId": "acme"}
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], extra_body={"tenantId": "acme"}, **extra
         )
     return Decimal(raw.headers["x-llm-cost-usd"])
 
@@ -130,3 +130,36 @@ async def test_a_broker_restart_makes_no_replica_count_a_call_twice(
         await until(lambda: spent(a) == spent(b) == total, f"both count {total} after the restart")
         await asyncio.sleep(3.0)  # reconnected followers went on from where they were
         assert spent(a) == spent(b) == total
+
+
+def team_budget(limit: str) -> dict[str, Any]:
+    return {"metadata": [{"tenant": "acme", "match": {"team": "search"}, "usd": limit}]}
+
+
+def team_spent(gw: RunningGateway) -> Decimal:
+    [team] = ledger(gw).scoped_standings("acme")
+    return team.spent
+
+
+async def test_replicas_count_a_teams_spend_from_the_topic_and_refuse_its_calls_once_it_is_used(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    topic = f"llm.usage.team-budgets-{uuid.uuid4().hex[:8]}"
+    search = {"metadata": {"team": "search"}}
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(replica(kafka_bootstrap, topic, tmp_path, "a", budgets=team_budget("9")))
+        b = await stack.enter_async_context(replica(kafka_bootstrap, topic, tmp_path, "b", budgets=team_budget("9")))
+        await until(lambda: ledger(a).complete and ledger(b).complete, "both replicas read the (empty) period")
+        total = await call(a, **search) + await call(b, **search)
+        await call(a, metadata={"team": "ads"})
+        await until(lambda: team_spent(a) == team_spent(b) == total, f"both replicas count the team's {total}")
+        await asyncio.sleep(1.0)  # the own events' echoes are in: still counted once
+        assert team_spent(a) == team_spent(b) == total
+
+    # a replica started with the team's budget used up reads the period from the topic and refuses
+    # the team's calls, not the tenant's others
+    async with replica(kafka_bootstrap, topic, tmp_path, "c", budgets=team_budget(str(total))) as c:
+        await until(lambda: ledger(c).complete, "replica c reads the period")
+        with pytest.raises(openai.RateLimitError, match="budget for calls with metadata 'team=search'"):
+            await call(c, **search)
+        await call(c, metadata={"team": "ads"})

@@ -81,7 +81,9 @@ def test_two_budgets_of_the_same_calls_are_refused_whatever_the_order_of_their_p
             {"tenant": "acme", "match": {"env": "prod", "team": "search"}, "usd": "2"},
         )
     # the same pairs of another tenant, or of every tenant, are other budgets
-    assert len(settings({"tenant": "acme", "match": {"t": "s"}, "usd": 1}, {"match": {"t": "s"}, "usd": 1}).metadata) == 2
+    assert (
+        len(settings({"tenant": "acme", "match": {"t": "s"}, "usd": 1}, {"match": {"t": "s"}, "usd": 1}).metadata) == 2
+    )
 
 
 def test_an_attempt_counts_in_its_tenants_budget_and_in_each_metadata_budget_it_matches() -> None:
@@ -107,7 +109,10 @@ def test_an_attempt_counts_in_its_tenants_budget_and_in_each_metadata_budget_it_
     }
     assert ledger.standing("acme").spent == Decimal("2.3")  # type: ignore[union-attr]
     assert ledger.standing("globex").spent == Decimal("0.8")  # type: ignore[union-attr]
-    assert [s.metadata for s in ledger.scoped_standings("acme")] == [{"team": "search"}, {"team": "search", "env": "prod"}]
+    assert [s.metadata for s in ledger.scoped_standings("acme")] == [
+        {"team": "search"},
+        {"team": "search", "env": "prod"},
+    ]
     assert ledger.scoped_standings("globex") == [] and ledger.tenants() == ["acme", "globex"]
 
 
@@ -157,7 +162,7 @@ def test_the_tenants_budget_is_checked_first_and_still_holds_for_calls_of_a_meta
         clock=clock,
     )
     ledger.observe(spend("acme", "1", {"team": "ads"}))
-    with pytest.raises(BudgetExceeded, match="^Tenant 'acme' has used its monthly budget: "):
+    with pytest.raises(BudgetExceeded, match=r"^Tenant 'acme' has used its monthly budget: "):
         ledger.check("acme", {"team": "search"})
 
 

@@ -1,0 +1,173 @@
+"""Budgets of metadata pairs through the real gateway (embedded log, real adapters, simulators,
+the official SDK): a team's spent budget refuses that team's calls, by key or by request
+metadata, on every endpoint, before any provider is asked and with no event, while the rest of
+the tenant is served; a feature's budget across tenants refuses every tenant's calls of it
+without telling one what the others spent; ``GET /v1/budgets`` lists them; a restart reads their
+spend from the log or the snapshot."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+from aiohttp import web
+
+from gateway.api.state import STATE
+from gateway.settings import ApiKey
+from tests.support.gateway import RunningGateway, running_gateway
+
+KEYS = [
+    ApiKey(key="sk-search", tenant="acme", metadata={"team": "search"}),
+    ApiKey(key="sk-ads", tenant="acme", metadata={"team": "ads"}),
+    ApiKey(key="sk-acme", tenant="acme"),
+    ApiKey(key="sk-globex", tenant="globex"),
+    ApiKey(key="sk-admin", tenant="ops", admin=True),
+]
+#: less than one call of the simulator costs: one call uses the budget up
+TINY = "0.000001"
+BUDGETS = {
+    "tenants": {"acme": {"usd": "100"}},
+    "metadata": [
+        {"tenant": "acme", "match": {"team": "search"}, "usd": TINY},
+        {"match": {"feature": "summarize"}, "usd": TINY, "period": "day"},
+    ],
+}
+HI = [{"role": "user", "content": "hi"}]
+
+
+class Answered:
+    """The gateway's answers, counted (does the SDK retry a refusal?)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def __call__(self, _request: web.Request, _response: web.StreamResponse) -> None:
+        self.count += 1
+
+    def install(self, app: web.Application) -> None:
+        app.on_response_prepare.append(self)
+
+
+@asynccontextmanager
+async def gateway(tmp_path: Path, answered: Answered | None = None) -> AsyncIterator[RunningGateway]:
+    async with running_gateway(
+        providers=("openai",),
+        event_log="settings",
+        settings={"data_dir": tmp_path, "api_keys": KEYS, "budgets": BUDGETS},
+        configure=answered.install if answered is not None else None,
+    ) as gw:
+        yield gw
+
+
+def client(gw: RunningGateway, key: str, retries: int = 0) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=gw.base_url, api_key=key, max_retries=retries)
+
+
+async def cost_of_chat(gw: RunningGateway, key: str, **extra: Any) -> Decimal:
+    async with client(gw, key) as c:
+        answer = await c.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HI, **extra)
+    return Decimal(answer.headers["x-llm-cost-usd"])
+
+
+async def logged_events(gw: RunningGateway) -> int:
+    await gw.event_log.settled()
+    with sqlite3.connect(gw.event_log.path) as conn:
+        return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+
+
+async def budgets(gw: RunningGateway, key: str, **params: str) -> Any:
+    headers = {"authorization": f"Bearer {key}"}
+    async with aiohttp.ClientSession() as s, s.get(f"{gw.base_url}/budgets", params=params, headers=headers) as r:
+        assert r.status == 200
+        return await r.json()
+
+
+async def test_a_spent_team_budget_refuses_that_teams_calls_on_every_endpoint_and_serves_the_rest(
+    tmp_path: Path,
+) -> None:
+    answered = Answered()
+    async with gateway(tmp_path, answered) as gw:
+        spent = await cost_of_chat(gw, "sk-search")
+        before = await logged_events(gw)
+        answered.count = 0
+        async with client(gw, "sk-search", retries=2) as search, client(gw, "sk-acme") as acme:
+            refusals = [
+                lambda: search.chat.completions.create(model="gpt-4o-mini", messages=HI),
+                lambda: search.chat.completions.create(model="gpt-4o-mini", messages=HI, stream=True),
+                lambda: search.completions.create(model="gpt-3.5-turbo-instruct", prompt="hi"),
+                lambda: search.embeddings.create(model="text-embedding-3-small", input="x"),
+                # the budget follows the call's metadata, not the key: another key of the tenant
+                # naming the team is refused too, and so is one adding pairs
+                lambda: acme.chat.completions.create(model="gpt-4o-mini", messages=HI, metadata={"team": "search"}),
+                lambda: search.chat.completions.create(model="gpt-4o-mini", messages=HI, metadata={"env": "prod"}),
+            ]
+            for call in refusals:
+                with pytest.raises(openai.RateLimitError) as refused:
+                    await call()
+                assert refused.value.code == "budget_exceeded" and refused.value.type == "insufficient_quota"
+                assert refused.value.response.headers["x-should-retry"] == "false"
+                assert "Tenant 'acme' has used its monthly budget for calls with metadata 'team=search'" in str(
+                    refused.value.message
+                )
+            assert answered.count == len(refusals)  # the SDK (2 retries) did not retry one of them
+        assert len(gw.sims["openai"].requests) == 1  # no provider was asked
+        assert await logged_events(gw) == before  # nothing recorded
+
+        # the rest of the tenant is served: another team, no team, a team of another name
+        for key, extra in (("sk-ads", {}), ("sk-acme", {}), ("sk-acme", {"metadata": {"team": "Search"}})):
+            assert await cost_of_chat(gw, key, **extra) > 0
+        tenant = gw.app[STATE].budgets.standing("acme")  # type: ignore[union-attr]
+        assert tenant is not None and tenant.spent > spent  # the team's spend is the tenant's too
+        [team, _feature] = (await budgets(gw, "sk-admin"))["data"][1:]
+        assert team["metadata"] == {"team": "search"} and Decimal(team["spentUsd"]) == spent
+        assert team["exceeded"] is True and team["remainingUsd"] == "0"
+
+
+async def test_a_features_budget_across_tenants_counts_every_tenants_calls_and_tells_no_one_the_others_spend(
+    tmp_path: Path,
+) -> None:
+    async with gateway(tmp_path) as gw:
+        summarize = {"metadata": {"feature": "summarize"}}
+        spent = await cost_of_chat(gw, "sk-globex", **summarize)
+        with pytest.raises(openai.RateLimitError) as refused:
+            await cost_of_chat(gw, "sk-ads", **summarize)
+        message = str(refused.value.message)
+        assert "The daily budget of $0.000001 for calls with metadata 'feature=summarize', of every tenant" in message
+        assert str(spent.normalize()) not in message and "globex" not in message
+        assert await cost_of_chat(gw, "sk-ads", metadata={"feature": "translate"}) > 0
+
+        # an admin sees every budget; a key sees its tenant's, not the one of every tenant (their spend)
+        every = (await budgets(gw, "sk-admin"))["data"]
+        assert [(b["tenantId"], b["metadata"], b["period"]) for b in every] == [
+            ("acme", {}, "month"),
+            ("acme", {"team": "search"}, "month"),
+            (None, {"feature": "summarize"}, "day"),
+        ]
+        assert Decimal(every[2]["spentUsd"]) == spent and every[2]["exceeded"] is True
+        own = (await budgets(gw, "sk-ads"))["data"]
+        assert [(b["tenantId"], b["metadata"]) for b in own] == [("acme", {}), ("acme", {"team": "search"})]
+        assert Decimal(own[1]["spentUsd"]) == 0 and own[1]["exceeded"] is False
+        assert (await budgets(gw, "sk-globex"))["data"] == []  # no budget of its own
+        named = (await budgets(gw, "sk-admin", tenantId="acme"))["data"]
+        assert [b["metadata"] for b in named] == [{}, {"team": "search"}]
+
+
+async def test_a_restart_reads_a_team_budgets_spend_from_the_log_and_from_the_snapshot(tmp_path: Path) -> None:
+    async with gateway(tmp_path) as gw:
+        spent = await cost_of_chat(gw, "sk-search")
+        await cost_of_chat(gw, "sk-ads")
+    for snapshot in (True, False):  # kept, then deleted: the period is read from the log
+        if not snapshot:
+            (tmp_path / "budgets.json").unlink()
+        async with gateway(tmp_path) as gw:
+            [team] = gw.app[STATE].budgets.scoped_standings("acme")  # type: ignore[union-attr]
+            assert team.spent == spent, snapshot
+            with pytest.raises(openai.RateLimitError):
+                await cost_of_chat(gw, "sk-search")
