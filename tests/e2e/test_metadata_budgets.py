@@ -7,6 +7,7 @@ spend from the log or the snapshot."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,7 +21,8 @@ import pytest
 from aiohttp import web
 
 from gateway.api.state import STATE
-from gateway.settings import ApiKey
+from gateway.server import server_installers
+from gateway.settings import ApiKey, Settings
 from tests.support.gateway import RunningGateway, running_gateway
 
 KEYS = [
@@ -171,3 +173,54 @@ async def test_a_restart_reads_a_team_budgets_spend_from_the_log_and_from_the_sn
             assert team.spent == spent, snapshot
             with pytest.raises(openai.RateLimitError):
                 await cost_of_chat(gw, "sk-search")
+
+
+async def test_a_metadata_budgets_spend_is_what_the_cost_store_sums_for_its_pairs(tmp_path: Path) -> None:
+    roomy = {
+        "metadata": [
+            {"tenant": "acme", "match": {"team": "search"}, "usd": "100"},
+            {"match": {"feature": "summarize"}, "usd": "100", "period": "day"},
+        ]
+    }
+    async with running_gateway(
+        providers=("openai",),
+        event_log="settings",
+        settings={"data_dir": tmp_path, "api_keys": KEYS, "budgets": roomy},
+        installers=server_installers(Settings(data_dir=tmp_path, _env_file=None)),  # type: ignore[call-arg]
+    ) as gw:
+        summarize = {"feature": "summarize"}
+        async with client(gw, "sk-search") as search, client(gw, "sk-globex") as globex:
+            await search.chat.completions.create(model="gpt-4o-mini", messages=HI)
+            stream = await search.chat.completions.create(
+                model="gpt-4o", messages=HI, stream=True, stream_options={"include_usage": True}, metadata=summarize
+            )
+            async for _ in stream:
+                pass
+            await search.embeddings.create(model="text-embedding-3-small", input="x" * 500)
+            await globex.chat.completions.create(model="gpt-4o", messages=HI, metadata=summarize)
+        await cost_of_chat(gw, "sk-ads", metadata=summarize)
+        await cost_of_chat(gw, "sk-acme")
+
+        async def total(tenant: str, **pairs: str) -> Decimal:
+            params = {"tenantId": tenant, **{f"metadata.{k}": v for k, v in pairs.items()}}
+            headers = {"authorization": "Bearer sk-admin"}
+            for _ in range(250):  # until the projector has stored the six calls
+                async with (
+                    aiohttp.ClientSession() as s,
+                    s.get(f"{gw.base_url}/costs", params={"tenantId": tenant}, headers=headers) as r,
+                ):
+                    stored = (await r.json())["usageCount"]
+                if stored == {"acme": 5, "globex": 1}[tenant]:
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                raise AssertionError(f"the cost store holds {stored} calls of {tenant}")
+            async with aiohttp.ClientSession() as s, s.get(f"{gw.base_url}/costs", params=params, headers=headers) as r:
+                return Decimal((await r.json())["totalCost"])
+
+        team, feature = (await budgets(gw, "sk-admin"))["data"]
+        assert Decimal(team["spentUsd"]) == await total("acme", team="search") > 0
+        assert Decimal(feature["spentUsd"]) == await total("acme", feature="summarize") + await total(
+            "globex", feature="summarize"
+        )
+        assert await total("globex", feature="summarize") > 0
