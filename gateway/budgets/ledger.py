@@ -30,7 +30,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import cast
+from typing import NamedTuple, cast
 
 from gateway.budgets.config import Budget, BudgetSettings, MetadataBudget, Scope
 from gateway.errors import BudgetExceeded
@@ -59,6 +59,15 @@ PeriodKey = tuple[str, datetime]
 Spend = dict[Account, dict[PeriodKey, Decimal]]
 #: what one attempt added: to which account, in which period, how much
 Counted = tuple[tuple[Account, PeriodKey, Decimal], ...]
+
+
+class _Scoped(NamedTuple):
+    """A metadata budget as the ledger matches it: its scope, its tenant and its pairs."""
+
+    scope: Scope
+    budget: MetadataBudget
+    tenant: str | None
+    pairs: tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,9 +106,12 @@ class SpendLedger:
         self._pending: dict[str, Counted] = {}
         #: the metadata budgets by scope, and by their first pair (an attempt's pairs find them)
         self._scoped: dict[Scope, MetadataBudget] = {b.scope: b for b in config.metadata}
-        self._by_pair: dict[tuple[str, str], list[MetadataBudget]] = {}
-        for budget in config.metadata:
-            self._by_pair.setdefault(min(budget.match.items()), []).append(budget)
+        self._by_pair: dict[tuple[str, str], list[_Scoped]] = {}
+        for scope, budget in self._scoped.items():
+            self._by_pair.setdefault(scope[1][0], []).append(_Scoped(scope, budget, budget.tenant, scope[1]))
+        #: period kind -> the current period's start, the next one's, and the one after (the
+        #: clock's periods, computed again only when the clock leaves them)
+        self._periods: dict[str, tuple[datetime, datetime, datetime]] = {}
         #: whether the log's events before now are all counted (its read at the start is over)
         self.complete = False
         #: whether a follower brings this process's own events back from the log (else they are
@@ -167,26 +179,41 @@ class SpendLedger:
         if budget is not None and (key := self._add(tenant, budget, at, cost)) is not None:
             counted = ((tenant, key, cost),)
         if metadata and self._by_pair:
-            for scoped in self.matching(tenant, metadata):
-                if (key := self._add(scoped.scope, scoped, at, cost)) is not None:
+            for scoped in self._matching(tenant, metadata):
+                if (key := self._add(scoped.scope, scoped.budget, at, cost)) is not None:
                     counted = (*counted, (scoped.scope, key, cost))
         return counted
 
-    def matching(self, tenant: str, metadata: dict[str, str]) -> list[MetadataBudget]:
+    def _matching(self, tenant: str, metadata: dict[str, str]) -> list[_Scoped]:
         """The metadata budgets a call of ``tenant`` with ``metadata`` falls under."""
         found = []
         for pair in metadata.items():
-            for budget in self._by_pair.get(pair, ()):
-                if (budget.tenant is None or budget.tenant == tenant) and all(
-                    metadata.get(key) == value for key, value in budget.match.items()
-                ):
-                    found.append(budget)
+            for scoped in self._by_pair.get(pair, ()):
+                if scoped.tenant is None or scoped.tenant == tenant:
+                    for key, value in scoped.pairs:
+                        if metadata.get(key) != value:
+                            break
+                    else:
+                        found.append(scoped)
         return found
 
+    def _current(self, budget: Budget) -> tuple[datetime, datetime, datetime]:
+        """The start of the clock's period of ``budget``'s kind, of the next, and of the one after."""
+        now = self._clock()
+        periods = self._periods.get(budget.period)
+        if periods is None or not periods[0] <= now < periods[1]:
+            current = budget.period_start(now)
+            following = budget.period_end(current)
+            periods = self._periods[budget.period] = (current, following, budget.period_end(following))
+        return periods
+
     def _add(self, account: Account, budget: Budget, at: datetime, cost: Decimal) -> PeriodKey | None:
-        current = budget.period_start(self._clock())
-        start = budget.period_start(at)
-        if start != current and start != budget.period_end(current):
+        current, following, after = self._current(budget)
+        if current <= at < following:
+            start = current
+        elif following <= at < after:
+            start = following
+        else:
             return None  # a past period's (or a clock far ahead): no budget of now
         key = (budget.period, start)
         periods = self._spent.get(account)
@@ -285,13 +312,13 @@ class SpendLedger:
         if budget is not None:
             self._check(tenant, budget)
         if metadata and self._by_pair:
-            for scoped in self.matching(tenant, metadata):
-                self._check(scoped.scope, scoped, scoped.tenant)
+            for scoped in self._matching(tenant, metadata):
+                self._check(scoped.scope, scoped.budget, scoped.tenant)
 
     def _check(self, account: Account, budget: Budget, tenant: str | None = None) -> None:
         periods = self._spent.get(account)
         if budget.usd > 0 and (
-            periods is None or periods.get((budget.period, budget.period_start(self._clock())), ZERO) < budget.usd
+            periods is None or periods.get((budget.period, self._current(budget)[0]), ZERO) < budget.usd
         ):
             return  # the common case, without building a Standing
         standing = self._standing(account, budget, tenant)

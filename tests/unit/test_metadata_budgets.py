@@ -255,3 +255,40 @@ def test_the_log_retention_must_cover_a_metadata_budgets_month(tmp_path: Path) -
     budgets = {"metadata": [{"match": {"team": "a"}, "usd": "1"}]}
     with pytest.raises(ValidationError, match="give at least 32"):
         Settings(_env_file=None, data_dir=tmp_path, log_retention_days=7, budgets=budgets)  # type: ignore[call-arg]
+
+
+class SteppedClock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def test_the_periods_follow_the_clock_forward_and_back() -> None:
+    """The ledger keeps the clock's periods until the clock leaves them, either way (a clock
+    stepped back by NTP): each attempt still counts in the period of its own time."""
+    eve, new_year = datetime(2026, 12, 31, 23, 59, tzinfo=UTC), datetime(2027, 1, 1, 0, 1, tzinfo=UTC)
+    clock = SteppedClock(eve)
+    ledger = SpendLedger(
+        settings({"match": {"team": "a"}, "usd": "10", "period": "day"}, default=Budget(usd=10, period="day")),
+        clock=clock,
+    )
+
+    def spent() -> tuple[Decimal, Decimal]:
+        [team] = ledger.scoped_standings(None)
+        return ledger.standing("acme").spent, team.spent  # type: ignore[union-attr]
+
+    ledger.observe(usage_event("acme", Decimal(1), eve, metadata={"team": "a"}))
+    ledger.observe(usage_event("acme", Decimal(2), new_year, metadata={"team": "a"}))  # a minute ahead: tomorrow's
+    ledger.observe(usage_event("acme", Decimal(4), datetime(2027, 1, 2, 0, 1, tzinfo=UTC), metadata={"team": "a"}))
+    assert spent() == (Decimal(1), Decimal(1))
+    clock.now = new_year
+    assert spent() == (Decimal(2), Decimal(2))
+    ledger.observe(usage_event("acme", Decimal(8), datetime(2027, 1, 2, 0, 1, tzinfo=UTC), metadata={"team": "a"}))
+    ledger.observe(usage_event("acme", Decimal(16), eve, metadata={"team": "a"}))  # yesterday's: no budget of now
+    clock.now = eve  # stepped back
+    ledger.observe(usage_event("acme", Decimal(32), eve, metadata={"team": "a"}))
+    assert spent() == (Decimal(32), Decimal(32))
+    clock.now = datetime(2027, 1, 2, 12, 0, tzinfo=UTC)
+    assert spent() == (Decimal(8), Decimal(8))
