@@ -19,7 +19,7 @@ import yaml
 from gateway.errors import GatewayError
 from gateway.json_log import FORMATS, LOG_FORMAT_ENV, say, use_json
 from gateway.runtime import Termination, listening_socket, quiet_accept_errors, tune_gc, tune_logging
-from gateway.settings import Settings, load_settings, unknown_environment
+from gateway.settings import DuplicateKey, Settings, load_settings, unknown_environment
 from gateway.startup import startup_failure, warn_if_open, warn_if_readable
 
 if TYPE_CHECKING:
@@ -187,11 +187,11 @@ def _env_json_error(exc: BaseException) -> str | None:
     """pydantic-settings' "error parsing value for field "budgets" from source
     "EnvSettingsSource"" named neither the variable nor what is wrong: the variable, and where
     its JSON breaks (the decoder's position, never the value: it may hold a key)."""
-    found = re.search(r'field "(\w+)" from source "EnvSettingsSource"', str(exc))
+    found = re.search(r'field "(\w+)" from source "(?:EnvSettingsSource|_EnvSource)"', str(exc))
     if found is None:
         return None
     cause = exc.__cause__
-    where = f": {cause}" if isinstance(cause, json.JSONDecodeError) else ""
+    where = f": {cause}" if isinstance(cause, (json.JSONDecodeError, DuplicateKey)) else ""
     return f"LLM_GATEWAY_{found.group(1).upper()} is not valid JSON{where}"
 
 
@@ -226,13 +226,15 @@ def config_error(exc: BaseException) -> str:
         # a tenant id YAML read as a number (``123:``, ``tenant: 123``) or a bool (``yes:``)
         tenant_key = len(loc) == 4 and loc[1] == "tenants" and loc[3] == "[key]"
         key_tenant = len(loc) == 3 and loc[0] == "api_keys" and loc[2] == "tenant"
+        budget_tenant = len(loc) == 4 and loc[:2] == ("budgets", "metadata") and loc[3] == "tenant"
         if kind != "string_type":
             return ""
-        if tenant_key or key_tenant:
+        if tenant_key or key_tenant or budget_tenant:
             return " (a tenant id is text: quote it)"
-        # a key's metadata YAML read as a number, a bool or a date (``cost_center: 0042``, a
-        # key ``0042:`` read as the octal 34)
-        if len(loc) >= 4 and loc[0] == "api_keys" and loc[2] == "metadata":
+        # a key's metadata or a budget's pairs YAML read as a number, a bool or a date
+        # (``cost_center: 0042``, a key ``0042:`` read as the octal 34)
+        key_pairs = len(loc) >= 4 and loc[0] == "api_keys" and loc[2] == "metadata"
+        if key_pairs or (len(loc) >= 5 and loc[:2] == ("budgets", "metadata") and loc[3] == "match"):
             return " (metadata keys and values are text: quote a number, a date or yes/no, as '0042')"
         return ""
 

@@ -150,25 +150,26 @@ class BudgetExceeded(GatewayError):
         from gateway.pricing.base import format_usd
 
         period = "daily" if standing.budget.period == "day" else "monthly"
-        again = (
-            f"accepted again from {standing.resets.strftime('%Y-%m-%dT%H:%M:%SZ')}, or once the gateway runs "
-            "with a higher budget."
-        )
-        if not standing.metadata:
-            return cls(
-                f"Tenant {standing.tenant!r} has used its {period} budget: ${format_usd(standing.spent)} spent "
-                f"of ${format_usd(standing.budget.usd)}. Calls are {again}"
-            )
         pairs = ", ".join(f"{key}={value}" for key, value in sorted(standing.metadata.items()))
-        if standing.tenant is None:  # every tenant's spend: not told to one of them
+        if not pairs:
+            whose, calls = f"Tenant {standing.tenant!r}", "Calls"
+        elif standing.tenant is not None:
+            whose, calls = f"Tenant {standing.tenant!r}, for calls with metadata {pairs!r},", "Calls with that metadata"
+        else:
+            whose, calls = f"Every tenant together, for calls with metadata {pairs!r},", "Calls with that metadata"
+        if not standing.budget.usd:
             return cls(
-                f"The {period} budget of ${format_usd(standing.budget.usd)} for calls with metadata {pairs!r}, "
-                f"of every tenant together, is used. Calls with that metadata are {again}"
+                f"{whose} has a {period} budget of $0: no call is accepted until the gateway runs with a higher one."
             )
+        again = (
+            f"{calls} are accepted again from {standing.resets.strftime('%Y-%m-%dT%H:%M:%SZ')}, or once the gateway "
+            "runs with a higher budget."
+        )
+        if standing.tenant is None:  # every tenant's spend: not told to one of them
+            return cls(f"{whose} has used its {period} budget of ${format_usd(standing.budget.usd)}. {again}")
         return cls(
-            f"Tenant {standing.tenant!r} has used its {period} budget for calls with metadata {pairs!r}: "
-            f"${format_usd(standing.spent)} spent of ${format_usd(standing.budget.usd)}. Calls with that "
-            f"metadata are {again}"
+            f"{whose} has used its {period} budget: ${format_usd(standing.spent)} spent of "
+            f"${format_usd(standing.budget.usd)}. {again}"
         )
 
 

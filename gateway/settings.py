@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from gateway import strict_yaml
 from gateway.api.metadata import metadata_problem
@@ -160,8 +167,53 @@ class ProviderSettings(BaseModel):
         return headers
 
 
+class DuplicateKey(ValueError):
+    """A key given twice in one object of a variable's JSON."""
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise DuplicateKey(f"the key {key[:80]!r} is given twice in one object")
+        found[key] = value
+    return found
+
+
+def strict_json(text: str) -> Any:
+    """A variable's JSON, refusing a key given twice in one object (``json`` keeps the last one
+    silently, as PyYAML does: a budget's ``{"team": "a", "team": "b"}`` became ``team=b``)."""
+    return json.loads(text, object_pairs_hook=_no_duplicates)
+
+
+class _StrictJson:
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        # the base decides whether the field is decoded at all (``NoDecode``): when it is, the
+        # text is read again, strictly (once, at start)
+        decoded = super().decode_complex_value(field_name, field, value)  # type: ignore[misc]
+        return value if decoded is value else strict_json(value)
+
+
+class _EnvSource(_StrictJson, EnvSettingsSource):
+    pass
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LLM_GATEWAY_", extra="ignore", populate_by_name=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The environment's JSON read strictly (:func:`strict_json`); no ``.env`` file is read
+        (none is configured)."""
+        env = _EnvSource(settings_cls)
+        return init_settings, env, dotenv_settings, file_secret_settings
 
     # --- HTTP server ------------------------------------------------------------------------
     host: str | None = None

@@ -443,7 +443,7 @@ def openapi_document() -> dict[str, Any]:
                     "parameters": [{"name": "tenantId", "in": "query", "schema": {"type": "string"}}],
                     "responses": {
                         "200": {
-                            "description": "object list, data (a tenant's budget, then its metadata budgets), complete"
+                            "description": "object list, data (the tenants' budgets, then the metadata ones), complete"
                         },
                         **_errors(400, 401, 403),
                     },

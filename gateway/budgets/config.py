@@ -132,7 +132,7 @@ class BudgetSettings(PerTenant[Budget]):
         for budget in self.metadata:
             if budget.scope in seen:
                 whose = f"tenant {budget.tenant!r}" if budget.tenant is not None else "every tenant"
-                raise ValueError(f"metadata: two budgets for {whose}'s calls with {budget.pairs}: give one")
+                raise ValueError(f"metadata: two budgets for the calls of {whose} with {budget.pairs}: give one")
             seen.add(budget.scope)
         return self
 

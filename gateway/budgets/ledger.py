@@ -30,6 +30,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from itertools import chain
 from typing import NamedTuple, cast
 
 from gateway.budgets.config import Budget, BudgetSettings, MetadataBudget, Scope
@@ -57,17 +58,18 @@ Account = str | Scope
 PeriodKey = tuple[str, datetime]
 #: account -> period -> spent
 Spend = dict[Account, dict[PeriodKey, Decimal]]
-#: what one attempt added: to which account, in which period, how much
-Counted = tuple[tuple[Account, PeriodKey, Decimal], ...]
+#: what one attempt added to one account: to which, in which period, how much
+Entry = tuple[Account, PeriodKey, Decimal]
+#: what one attempt added, to each account it counts in
+Counted = tuple[Entry, ...]
 
 
 class _Scoped(NamedTuple):
-    """A metadata budget as the ledger matches it: its scope, its tenant and its pairs."""
+    """A metadata budget as the ledger matches it: its scope and its tenant."""
 
     scope: Scope
     budget: MetadataBudget
     tenant: str | None
-    pairs: tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,13 +104,19 @@ class SpendLedger:
         #: account -> (period, start) -> spent: the current period and, for a replica whose clock
         #: is ahead, the next; confirmed and pending together
         self._spent: Spend = {}
-        #: own events counted, by id, until the log brings them back: what each added
-        self._pending: dict[str, Counted] = {}
-        #: the metadata budgets by scope, and by their first pair (an attempt's pairs find them)
+        #: own events counted, by id, until the log brings them back: what each added to its
+        #: first account, and (an attempt under metadata budgets) to the others
+        self._pending: dict[str, Entry] = {}
+        self._pending_more: dict[str, Counted] = {}
+        #: the metadata budgets by scope; and by the keys they match (sorted), then by their
+        #: tenant (None: every tenant) and values: a call's metadata finds its budgets with two
+        #: lookups a set of keys, however many budgets there are
         self._scoped: dict[Scope, MetadataBudget] = {b.scope: b for b in config.metadata}
-        self._by_pair: dict[tuple[str, str], list[_Scoped]] = {}
+        self._by_keys: dict[tuple[str, ...], dict[tuple[str | None, tuple[str, ...]], _Scoped]] = {}
         for scope, budget in self._scoped.items():
-            self._by_pair.setdefault(scope[1][0], []).append(_Scoped(scope, budget, budget.tenant, scope[1]))
+            keys = tuple(key for key, _ in scope[1])
+            values = tuple(value for _, value in scope[1])
+            self._by_keys.setdefault(keys, {})[scope[0], values] = _Scoped(scope, budget, budget.tenant)
         #: period kind -> the current period's start, the next one's, and the one after (the
         #: clock's periods, computed again only when the clock leaves them)
         self._periods: dict[str, tuple[datetime, datetime, datetime]] = {}
@@ -132,9 +140,13 @@ class SpendLedger:
         counted = self._count(event.tenant_id, event.metadata, event.created_at, event.cost_usd)
         if counted and self.follows_log:
             pending = self._pending
-            pending[event.event_id] = counted
+            pending[event.event_id] = counted[0]
+            if len(counted) > 1:
+                self._pending_more[event.event_id] = counted[1:]
             if len(pending) > MAX_PENDING:
-                del pending[next(iter(pending))]
+                oldest = next(iter(pending))
+                del pending[oldest]
+                self._pending_more.pop(oldest, None)
 
     def observe_record(self, raw: bytes | None) -> None:
         """A record of the log (any process's attempt), counted once by its event id: an own one
@@ -168,7 +180,11 @@ class SpendLedger:
         recent[event_id] = None
         if len(recent) > RECENT_IDS:
             del recent[next(iter(recent))]
-        return bool(self._pending) and self._pending.pop(event_id, None) is not None
+        if not self._pending or self._pending.pop(event_id, None) is None:
+            return False
+        if self._pending_more:
+            self._pending_more.pop(event_id, None)
+        return True
 
     def _count(self, tenant: str, metadata: dict[str, str], at: datetime, cost: Decimal | None) -> Counted:
         """Add an attempt's cost to its tenant's budget and to each metadata budget it matches."""
@@ -178,23 +194,26 @@ class SpendLedger:
         budget = self.config.for_tenant(tenant)
         if budget is not None and (key := self._add(tenant, budget, at, cost)) is not None:
             counted = ((tenant, key, cost),)
-        if metadata and self._by_pair:
+        if metadata and self._by_keys:
             for scoped in self._matching(tenant, metadata):
                 if (key := self._add(scoped.scope, scoped.budget, at, cost)) is not None:
                     counted = (*counted, (scoped.scope, key, cost))
         return counted
 
     def _matching(self, tenant: str, metadata: dict[str, str]) -> list[_Scoped]:
-        """The metadata budgets a call of ``tenant`` with ``metadata`` falls under."""
+        """The metadata budgets a call of ``tenant`` with ``metadata`` falls under: for each set
+        of keys some budget matches, the call's values of those keys name at most one budget of
+        its tenant and one of every tenant."""
         found = []
-        for pair in metadata.items():
-            for scoped in self._by_pair.get(pair, ()):
-                if scoped.tenant is None or scoped.tenant == tenant:
-                    for key, value in scoped.pairs:
-                        if metadata.get(key) != value:
-                            break
-                    else:
-                        found.append(scoped)
+        get = metadata.get
+        for keys, budgets in self._by_keys.items():
+            values = tuple(map(get, keys))  # a key the call lacks is None: no budget's value
+            scoped = budgets.get((tenant, values))  # type: ignore[arg-type]
+            if scoped is not None:
+                found.append(scoped)
+            scoped = budgets.get((None, values))  # type: ignore[arg-type]
+            if scoped is not None:
+                found.append(scoped)
         return found
 
     def _current(self, budget: Budget) -> tuple[datetime, datetime, datetime]:
@@ -234,11 +253,11 @@ class SpendLedger:
     def confirmed(self) -> Spend:
         """What the log brought so far: the spend less the own attempts it has not brought yet."""
         spent = {account: dict(periods) for account, periods in self._spent.items()}
-        for counted in self._pending.values():
-            for account, key, cost in counted:
-                periods = spent.get(account)
-                if periods is not None and key in periods:
-                    periods[key] -= cost
+        more = (entry for counted in self._pending_more.values() for entry in counted)
+        for account, key, cost in chain(self._pending.values(), more):
+            periods = spent.get(account)
+            if periods is not None and key in periods:
+                periods[key] -= cost
         return {t: {k: v for k, v in p.items() if v > 0} for t, p in spent.items() if any(v > 0 for v in p.values())}
 
     def recent_ids(self) -> list[str]:
@@ -254,7 +273,7 @@ class SpendLedger:
             self.recent[event_id] = None
         now = self._clock()
         accounts: set[Account] = set()
-        total = scoped = ZERO
+        total = ZERO
         for account, periods in confirmed.items():
             budget = self._budget_of(account)
             if budget is None:
@@ -267,14 +286,12 @@ class SpendLedger:
                     accounts.add(account)
                     if isinstance(account, str):
                         total += cost
-                    else:
-                        scoped += cost
         # the snapshot is taken as written (an owner-only file): what it brought is said, so a
         # spend that does not match the stores can be traced to it (delete it to count again)
         tenants = sum(isinstance(account, str) for account in accounts)
         also = ""
-        if self._scoped:  # (a call counts in its tenant's and its metadata's: not added up)
-            also = f"; {len(accounts) - tenants} metadata budgets' spend, ${format_usd(scoped)} in all"
+        if self._scoped:  # (not added up: a call counts in each metadata budget it matches)
+            also = f", and the spend of {len(accounts) - tenants} metadata budgets"
         log.info(
             "budgets: the snapshot gave %d tenants' spend of their periods, $%s in all%s",
             tenants,
@@ -311,11 +328,11 @@ class SpendLedger:
         budget = self.config.for_tenant(tenant)
         if budget is not None:
             self._check(tenant, budget)
-        if metadata and self._by_pair:
+        if metadata and self._by_keys:
             for scoped in self._matching(tenant, metadata):
-                self._check(scoped.scope, scoped.budget, scoped.tenant)
+                self._check(scoped.scope, scoped.budget, scoped.tenant, caller=tenant)
 
-    def _check(self, account: Account, budget: Budget, tenant: str | None = None) -> None:
+    def _check(self, account: Account, budget: Budget, tenant: str | None = None, caller: str | None = None) -> None:
         periods = self._spent.get(account)
         if budget.usd > 0 and (
             periods is None or periods.get((budget.period, self._current(budget)[0]), ZERO) < budget.usd
@@ -326,14 +343,18 @@ class SpendLedger:
             return
         resets = standing.resets.strftime("%Y-%m-%dT%H:%M:%SZ")
         period = "daily" if budget.period == "day" else "monthly"
+        # a budget of every tenant: the line names the tenant whose call it refused (the first
+        # of the window; the others are counted)
+        by = f" (a call of tenant {log_value(caller)})" if tenant is None and caller is not None else ""
         self.refusals.hit(
             account,
             lambda since: (
                 f"budget exceeded: {_whose(account)} spent ${format_usd(standing.spent)} of its {period} "
-                f"${format_usd(budget.usd)}; its calls are refused until {resets}{since}"
+                f"${format_usd(budget.usd)}; its calls are refused until {resets}{by}{since}"
             ),
             {
                 **_account_fields(account),
+                **({"callerTenantId": caller} if by else {}),
                 "period": budget.period,
                 "spentUsd": format_usd(standing.spent),
                 "limitUsd": format_usd(budget.usd),

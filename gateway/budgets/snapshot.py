@@ -18,16 +18,18 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 
 from gateway.atomic_file import write_atomically
-from gateway.budgets.config import BudgetSettings
+from gateway.budgets.config import BudgetSettings, Scope
 from gateway.budgets.ledger import Spend
 
 log = logging.getLogger("gateway.budgets")
 
 FILE = "budgets.json"
+#: more than any period's spend can be (a snapshot's larger amount is no spend: not used)
+MAX_SPENT = Decimal(10) ** 18
 VERSION = 2
 #: one snapshot written at a time (the periodic one may still be writing at a stop)
 _writing = threading.Lock()
@@ -47,8 +49,15 @@ class Snapshot:
 
 
 def fingerprint(config: BudgetSettings) -> str:
-    # without metadata budgets, what it was before they came (an upgrade keeps its snapshot)
-    dumped = config.model_dump_json(exclude=None if config.metadata else {"metadata"})
+    """The budgets' identity: without metadata budgets, what it was before they came (an upgrade
+    keeps its snapshot); with them, whatever their order and their pairs' order."""
+    dumped = config.model_dump_json(exclude={"metadata"})
+    if config.metadata:
+        scoped = sorted(
+            [b.tenant is None, b.tenant or "", sorted(b.match.items()), str(b.usd), b.period]
+            for b in config.metadata  # (scopes are unique: the sort never compares past them)
+        )
+        dumped += json.dumps(scoped, default=str)
     return hashlib.sha256(dumped.encode()).hexdigest()[:32]
 
 
@@ -85,7 +94,7 @@ def load(path: Path, config: BudgetSettings, log_name: str) -> Snapshot | None:
         body = json.loads(path.read_text())
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 (a file the start must survive: nested past recursion too)
         log.warning("budgets: snapshot %s unreadable (%s): the current periods are read from the log", path, exc)
         return None
     why = None
@@ -98,8 +107,8 @@ def load(path: Path, config: BudgetSettings, log_name: str) -> Snapshot | None:
     if why is None:
         try:
             return _read(body, log_name)
-        except (KeyError, TypeError, ValueError, InvalidOperation, AttributeError) as exc:
-            why = f"unreadable ({exc})"
+        except Exception as exc:  # noqa: BLE001 (hand-edited: whatever it holds, the log is read instead)
+            why = f"unreadable ({type(exc).__name__}: {exc})"
     log.info("budgets: snapshot %s not used (%s): the current periods are read from the log", path, why)
     return None
 
@@ -109,9 +118,8 @@ def _read(body: dict[str, object], log_name: str) -> Snapshot:
     for tenant, period, start, cost in body["spent"]:  # type: ignore[attr-defined]
         spent.setdefault(str(tenant), {})[str(period), _start(start)] = _amount(cost)
     for tenant, pairs, period, start, cost in body.get("scoped", []):  # type: ignore[attr-defined]
-        scope = (None if tenant is None else str(tenant), tuple((str(k), str(v)) for k, v in pairs))
-        spent.setdefault(scope, {})[str(period), _start(start)] = _amount(cost)
-    positions = {int(p): int(o) for p, o in body["positions"].items()}  # type: ignore[attr-defined]
+        spent.setdefault(_scope(tenant, pairs), {})[str(period), _start(start)] = _amount(cost)
+    positions = {int(p): _position(o) for p, o in body["positions"].items()}  # type: ignore[attr-defined]
     checks = {int(p): str(i) for p, i in body["checks"].items()}  # type: ignore[attr-defined]
     recent = [str(i) for i in body["recent"]]  # type: ignore[attr-defined]
     return Snapshot(log_name, positions, spent, checks, recent)
@@ -119,9 +127,27 @@ def _read(body: dict[str, object], log_name: str) -> Snapshot:
 
 def _amount(cost: object) -> Decimal:
     amount = Decimal(str(cost))
-    if not amount.is_finite() or amount <= 0:  # NaN made the start raise
-        raise ValueError(f"spent {cost!r}")
+    # NaN made the start raise, and so did 1e1000000 (an Overflow adding it up)
+    if not amount.is_finite() or not 0 < amount < MAX_SPENT:
+        raise ValueError(f"spent {str(cost)[:40]!r}")
     return amount
+
+
+def _position(offset: object) -> int:
+    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset < 2**63:
+        raise ValueError(f"position {str(offset)[:40]!r}")
+    return offset
+
+
+def _scope(tenant: object, pairs: object) -> Scope:
+    if (tenant is not None and not isinstance(tenant, str)) or not isinstance(pairs, list):
+        raise ValueError("a metadata budget's scope")
+    scope = []
+    for pair in pairs:
+        if not isinstance(pair, list) or len(pair) != 2 or not all(isinstance(part, str) for part in pair):
+            raise ValueError("a metadata budget's pair")
+        scope.append((pair[0], pair[1]))
+    return tenant, tuple(scope)
 
 
 def _start(start: object) -> datetime:

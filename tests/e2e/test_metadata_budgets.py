@@ -115,7 +115,7 @@ async def test_a_spent_team_budget_refuses_that_teams_calls_on_every_endpoint_an
                     await call()
                 assert refused.value.code == "budget_exceeded" and refused.value.type == "insufficient_quota"
                 assert refused.value.response.headers["x-should-retry"] == "false"
-                assert "Tenant 'acme' has used its monthly budget for calls with metadata 'team=search'" in str(
+                assert "Tenant 'acme', for calls with metadata 'team=search', has used its monthly budget" in str(
                     refused.value.message
                 )
             assert answered.count == len(refusals)  # the SDK (2 retries) did not retry one of them
@@ -141,7 +141,10 @@ async def test_a_features_budget_across_tenants_counts_every_tenants_calls_and_t
         with pytest.raises(openai.RateLimitError) as refused:
             await cost_of_chat(gw, "sk-ads", **summarize)
         message = str(refused.value.message)
-        assert "The daily budget of $0.000001 for calls with metadata 'feature=summarize', of every tenant" in message
+        assert (
+            "Every tenant together, for calls with metadata 'feature=summarize', has used its daily budget "
+            "of $0.000001." in message
+        )
         assert str(spent.normalize()) not in message and "globex" not in message
         assert await cost_of_chat(gw, "sk-ads", metadata={"feature": "translate"}) > 0
 
@@ -224,3 +227,29 @@ async def test_a_metadata_budgets_spend_is_what_the_cost_store_sums_for_its_pair
             "globex", feature="summarize"
         )
         assert await total("globex", feature="summarize") > 0
+
+
+async def test_a_tenant_with_metadata_budgets_and_none_of_its_own_sees_them_and_no_other(tmp_path: Path) -> None:
+    only_teams = {
+        "metadata": [
+            {"tenant": "globex", "match": {"team": "ops"}, "usd": "5", "period": "day"},
+            {"tenant": "acme", "match": {"team": "search"}, "usd": "5"},
+            {"match": {"feature": "x"}, "usd": "5"},
+        ]
+    }
+    async with running_gateway(
+        providers=("openai",),
+        event_log="settings",
+        settings={"data_dir": tmp_path, "api_keys": KEYS, "budgets": only_teams},
+    ) as gw:
+        spent = await cost_of_chat(gw, "sk-globex", metadata={"team": "ops", "feature": "x"})
+        [own] = (await budgets(gw, "sk-globex"))["data"]
+        assert (own["tenantId"], own["metadata"], own["period"]) == ("globex", {"team": "ops"}, "day")
+        assert Decimal(own["spentUsd"]) == spent
+        assert [b["metadata"] for b in (await budgets(gw, "sk-search"))["data"]] == [{"team": "search"}]
+        every = (await budgets(gw, "sk-admin"))["data"]
+        assert [(b["tenantId"], Decimal(b["spentUsd"])) for b in every] == [
+            ("globex", spent),
+            ("acme", 0),
+            (None, spent),
+        ]

@@ -75,7 +75,9 @@ def test_a_bad_metadata_budget_is_refused_with_its_reason(given: dict[str, Any],
 
 
 def test_two_budgets_of_the_same_calls_are_refused_whatever_the_order_of_their_pairs() -> None:
-    with pytest.raises(ValidationError, match="two budgets for tenant 'acme''s calls with env=prod, team=search"):
+    with pytest.raises(
+        ValidationError, match="two budgets for the calls of tenant 'acme' with env=prod, team=search: give one"
+    ):
         settings(
             {"tenant": "acme", "match": {"team": "search", "env": "prod"}, "usd": "1"},
             {"tenant": "acme", "match": {"env": "prod", "team": "search"}, "usd": "2"},
@@ -124,7 +126,7 @@ def test_a_spent_metadata_budget_refuses_only_the_calls_it_covers() -> None:
             ledger.check("acme", refused)
         assert raised.value.code == "budget_exceeded" and raised.value.client_should_retry is False
         assert raised.value.message == (
-            "Tenant 'acme' has used its monthly budget for calls with metadata 'team=search': $0.500000 spent "
+            "Tenant 'acme', for calls with metadata 'team=search', has used its monthly budget: $0.500000 spent "
             "of $0.500000. Calls with that metadata are accepted again from 2027-01-01T00:00:00Z, or once the "
             "gateway runs with a higher budget."
         )
@@ -142,17 +144,39 @@ def test_a_budget_of_every_tenant_does_not_tell_one_tenant_what_the_others_spent
     with pytest.raises(BudgetExceeded) as raised:
         ledger.check("globex", {"feature": "summarize"})
     assert raised.value.message == (
-        "The daily budget of $1.000000 for calls with metadata 'feature=summarize', of every tenant together, "
-        "is used. Calls with that metadata are accepted again from 2026-12-16T00:00:00Z, or once the gateway "
+        "Every tenant together, for calls with metadata 'feature=summarize', has used its daily budget of "
+        "$1.000000. Calls with that metadata are accepted again from 2026-12-16T00:00:00Z, or once the gateway "
         "runs with a higher budget."
     )
-    assert "0.75" not in raised.value.message
 
 
 def test_a_zero_metadata_budget_refuses_its_calls_before_any_spend() -> None:
-    ledger = SpendLedger(settings({"tenant": "acme", "match": {"env": "dev"}, "usd": "0"}), clock=clock)
-    with pytest.raises(BudgetExceeded):
+    ledger = SpendLedger(
+        settings(
+            {"tenant": "acme", "match": {"env": "dev"}, "usd": "0"},
+            {"match": {"env": "dev"}, "usd": "0", "period": "day"},
+            tenants={"frozen": Budget(usd=0)},
+        ),
+        clock=clock,
+    )
+    with pytest.raises(BudgetExceeded) as raised:
         ledger.check("acme", {"env": "dev"})
+    # no "accepted again from" a reset that accepts nothing
+    assert raised.value.message == (
+        "Tenant 'acme', for calls with metadata 'env=dev', has a monthly budget of $0: no call is accepted until "
+        "the gateway runs with a higher one."
+    )
+    with pytest.raises(BudgetExceeded) as raised:
+        ledger.check("globex", {"env": "dev"})
+    assert raised.value.message == (
+        "Every tenant together, for calls with metadata 'env=dev', has a daily budget of $0: no call is accepted "
+        "until the gateway runs with a higher one."
+    )
+    with pytest.raises(BudgetExceeded) as raised:
+        ledger.check("frozen", {})
+    assert raised.value.message == (
+        "Tenant 'frozen' has a monthly budget of $0: no call is accepted until the gateway runs with a higher one."
+    )
     ledger.check("acme", {"env": "prod"})
 
 
@@ -205,8 +229,8 @@ def test_a_snapshot_keeps_the_metadata_budgets_spend(tmp_path: Path, caplog: pyt
     restored.restore(loaded.spent)
     assert [s.spent for s in restored.scoped_standings(None)] == [Decimal("1.25"), Decimal("3.25")]
     assert caplog.messages[-1] == (
-        "budgets: the snapshot gave 2 tenants' spend of their periods, $3.250000 in all; 2 metadata budgets' "
-        "spend, $4.500000 in all"
+        "budgets: the snapshot gave 2 tenants' spend of their periods, $3.250000 in all, and the spend of 2 "
+        "metadata budgets"
     )
     # a budget added since: the snapshot is not used (its spend was not counted)
     more = settings(*config.metadata, {"match": {"feature": "y"}, "usd": "1"}, default=Budget(usd=10))
@@ -292,3 +316,124 @@ def test_the_periods_follow_the_clock_forward_and_back() -> None:
     assert spent() == (Decimal(32), Decimal(32))
     clock.now = datetime(2027, 1, 2, 12, 0, tzinfo=UTC)
     assert spent() == (Decimal(8), Decimal(8))
+
+
+def test_a_call_under_several_budgets_is_refused_by_any_one_of_them_used_up() -> None:
+    """Budgets of the same pairs for two tenants and for every tenant, and one of other keys:
+    each counts its own calls, and the call must fit all of those it falls under."""
+    ledger = SpendLedger(
+        settings(
+            {"tenant": "acme", "match": {"team": "search"}, "usd": "10"},
+            {"tenant": "globex", "match": {"team": "search"}, "usd": "10"},
+            {"match": {"team": "search"}, "usd": "10"},
+            {"match": {"feature": "summarize"}, "usd": "1"},
+        ),
+        clock=clock,
+    )
+    ledger.observe(spend("acme", "1", {"team": "search", "feature": "summarize"}))
+    ledger.observe(spend("globex", "2", {"team": "search"}))
+    ledger.observe(spend("initech", "4", {"team": "search"}))
+    spent = {(s.tenant, *s.metadata.items()): s.spent for s in ledger.scoped_standings(None)}
+    assert spent == {
+        ("acme", ("team", "search")): Decimal(1),
+        ("globex", ("team", "search")): Decimal(2),
+        (None, ("team", "search")): Decimal(7),
+        (None, ("feature", "summarize")): Decimal(1),
+    }
+    ledger.check("acme", {"team": "search"})  # its team's budgets have room
+    with pytest.raises(BudgetExceeded, match="'feature=summarize'"):
+        ledger.check("acme", {"team": "search", "feature": "summarize"})  # the last one it falls under is spent
+
+
+def test_an_attempt_pending_across_a_day_is_confirmed_in_each_budget_of_its_own_period() -> None:
+    """A daily metadata budget under a monthly tenant budget: an own attempt of yesterday comes
+    back from the log after midnight, once today's is counted; each budget confirms what is in
+    its current period."""
+    clock = SteppedClock(datetime(2026, 12, 15, 23, 59, tzinfo=UTC))
+    ledger = SpendLedger(
+        settings({"tenant": "acme", "match": {"team": "a"}, "usd": "10", "period": "day"}, default=Budget(usd=10)),
+        clock=clock,
+    )
+    yesterday = usage_event("acme", Decimal(1), clock.now, metadata={"team": "a"})
+    ledger.observe(yesterday)
+    clock.now = datetime(2026, 12, 16, 0, 1, tzinfo=UTC)
+    today = usage_event("acme", Decimal(2), clock.now, metadata={"team": "a"})
+    ledger.observe(today)
+    team = ("acme", (("team", "a"),))
+    assert ledger.confirmed() == {}
+    ledger.observe_record(yesterday.to_json())
+    assert ledger.confirmed() == {"acme": {DECEMBER: Decimal(1)}}
+    ledger.observe_record(today.to_json())
+    assert ledger.confirmed() == {
+        "acme": {DECEMBER: Decimal(3)},
+        team: {("day", datetime(2026, 12, 16, tzinfo=UTC)): Decimal(2)},
+    }
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("scoped", [["acme", [["team", "a"]], "month", "2026-12-01T00:00:00+00:00", "1e1000000"]]),
+        ("scoped", [["acme", {"team": "a"}, "month", "2026-12-01T00:00:00+00:00", "1"]]),
+        ("scoped", [["acme", [["team"]], "month", "2026-12-01T00:00:00+00:00", "1"]]),
+        ("scoped", [[7, [["team", "a"]], "month", "2026-12-01T00:00:00+00:00", "1"]]),
+        ("scoped", [["acme", [["team", 4]], "month", "2026-12-01T00:00:00+00:00", "1"]]),
+        ("scoped", None),
+        ("scoped", {"acme": 1}),
+        ("spent", [["acme", "month", "2026-12-01T00:00:00+00:00", "1e1000000"]]),
+        ("spent", [["acme", "month", "2026-12-01T00:00:00+00:00", 1e308]]),
+        ("positions", {"0": float("inf")}),
+        ("positions", {"0": 1e300}),
+        ("positions", {"0": -1}),
+        ("positions", {"0": True}),
+    ],
+)
+def test_a_hand_edited_snapshot_is_not_used_and_the_start_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, field: str, value: Any
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.budgets")
+    config = settings({"tenant": "acme", "match": {"team": "a"}, "usd": "10"}, default=Budget(usd=10))
+    path = tmp_path / snapshot.FILE
+    snapshot.save(path, snapshot.Snapshot("sqlite", {0: 2}, {"acme": {DECEMBER: Decimal(1)}}), config)
+    body = json.loads(path.read_text())
+    body[field] = value
+    path.write_text(json.dumps(body))
+    assert snapshot.load(path, config, "sqlite") is None
+    assert "not used (unreadable" in caplog.text
+
+
+def test_a_snapshot_nested_past_the_parsers_depth_is_not_used(tmp_path: Path) -> None:
+    path = tmp_path / snapshot.FILE
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    assert snapshot.load(path, BudgetSettings(default=Budget(usd=1)), "sqlite") is None
+
+
+def test_the_fingerprint_of_metadata_budgets_is_their_content_not_their_order() -> None:
+    """Reordered budgets or pairs are the same budgets: the snapshot stays in use; a changed
+    amount, period or tenant is not."""
+    first = {"tenant": "acme", "match": {"team": "a", "env": "prod"}, "usd": "1"}
+    second = {"match": {"feature": "x"}, "usd": "2"}
+    reordered = {"tenant": "acme", "match": {"env": "prod", "team": "a"}, "usd": "1"}
+    same = snapshot.fingerprint(settings(first, second))
+    assert snapshot.fingerprint(settings(second, reordered)) == same
+    for changed in (
+        settings(first, {**second, "usd": "3"}),
+        settings(first, {**second, "period": "day"}),
+        settings(first, {**second, "tenant": "acme"}),
+        settings(first),
+        settings(first, second, default=Budget(usd=1)),
+    ):
+        assert snapshot.fingerprint(changed) != same
+
+
+def test_a_refusal_by_a_budget_of_every_tenant_names_the_tenant_refused(caplog: pytest.LogCaptureFixture) -> None:
+    ledger = SpendLedger(settings({"match": {"feature": "x"}, "usd": "0"}), clock=clock)
+    with pytest.raises(BudgetExceeded):
+        ledger.check("globex", {"feature": "x"})
+    [line] = [r.getMessage() for r in caplog.records if r.name == "gateway.budgets"]
+    assert line == (
+        "budget exceeded: every tenant's feature=x spent $0.000000 of its monthly $0.000000; its calls are refused "
+        "until 2027-01-01T00:00:00Z (a call of tenant globex)"
+    )
+    [logged] = fields(caplog, "gateway.budgets")
+    assert logged["tenantId"] is None and logged["callerTenantId"] == "globex"

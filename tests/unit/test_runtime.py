@@ -116,6 +116,17 @@ def test_tune_logging_keeps_the_lines_and_drops_the_caller_lookup() -> None:
         ("LLM_GATEWAY_BUDGETS", "{bad", "LLM_GATEWAY_BUDGETS is not valid JSON: Expecting property name"),
         ("LLM_GATEWAY_HEALTH", "", "LLM_GATEWAY_HEALTH is not valid JSON: Expecting value"),
         ("LLM_GATEWAY_BUDGETS", '{"default": {"usd": 12.5}}', 'as a string, e.g. usd: "12.5"'),
+        # a key given twice is refused, as in a config file (json kept the last one silently)
+        (
+            "LLM_GATEWAY_BUDGETS",
+            '{"metadata": [{"match": {"team": "a", "team": "b"}, "usd": "1"}]}',
+            "LLM_GATEWAY_BUDGETS is not valid JSON: the key 'team' is given twice in one object",
+        ),
+        (
+            "LLM_GATEWAY_RATE_LIMITS",
+            '{"tenants": {"acme": {"requests_per_minute": 1}, "acme": {"requests_per_minute": 9}}}',
+            "LLM_GATEWAY_RATE_LIMITS is not valid JSON: the key 'acme' is given twice",
+        ),
     ],
 )
 def test_bad_configuration_is_a_clear_error_not_a_traceback(
@@ -174,6 +185,13 @@ def assert_refused(
         ("api_keys: [{key: sk-a, tenant: t, metadata: {since: 2026-01-01}}]\n", "(metadata keys and values are text"),
         ("api_keys: [{key: sk-a, tenant: t, metadata: {0042: x}}]\n", "(metadata keys and values are text"),
         ("api_keys: [{key: sk-a, tenant: t, metadata: {team: 'a\tb'}}]\n", "must be printable"),
+        # a budget's pairs and tenant alike
+        (
+            "budgets: {metadata: [{match: {cost_center: 0042}, usd: '1'}]}\n",
+            "budgets.metadata.0.match.cost_center: Input should be a valid string (metadata keys and values are text",
+        ),
+        ("budgets: {metadata: [{match: {0042: x}, usd: '1'}]}\n", "(metadata keys and values are text"),
+        ("budgets: {metadata: [{match: {a: b}, tenant: 7, usd: '1'}]}\n", "(a tenant id is text: quote it)"),
         ("rate_limits: {default: {requests_per_minute: 0}}\n", "rate_limits.default.requests_per_minute"),
         ("priority: [openai\n", 'gw.yaml", line 1'),  # PyYAML named it "<unicode string>"
         ("providers: {ollama: {enbled: false}}\n", "enbled"),  # the typo left Ollama enabled
