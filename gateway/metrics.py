@@ -216,7 +216,9 @@ async def metrics_handler(request: web.Request) -> web.Response:
         # the metrics name every model called, fine-tunes included (``ft:...:acme::x``): whose
         from gateway.errors import PermissionDenied
 
-        raise PermissionDenied("the metrics take an admin API key (metrics_auth): they name every tenant's models")
+        raise PermissionDenied(
+            "the metrics take an admin API key (metrics_auth): they name every tenant's models and budgets"
+        )
     body = request.app[METRICS].render()
     return web.Response(body=body, headers={"content-type": CONTENT_TYPE_LATEST})
 

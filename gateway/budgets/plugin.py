@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
+from prometheus_client import Gauge
 
 from gateway.api.state import STATE
 from gateway.budgets import snapshot as snapshots
 from gateway.budgets.ledger import SpendLedger
 from gateway.ids import Clock
+from gateway.metrics import METRICS, GatewayMetrics
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
@@ -39,6 +41,7 @@ def install_budgets(app: web.Application, settings: Settings, clock: Clock) -> N
     ledger = SpendLedger(settings.budgets, clock=clock)
     state.budgets = ledger
     state.router.recorder.observers.append(ledger.observe)
+    watch_budgets(app[METRICS], ledger)
     path = settings.data_dir / snapshots.FILE
 
     async def follow(app: web.Application) -> AsyncIterator[None]:
@@ -100,6 +103,44 @@ def install_budgets(app: web.Application, settings: Settings, clock: Clock) -> N
         ledger.refusals.flush()
 
     app.on_cleanup.append(flush_refusals)
+
+
+def watch_budgets(metrics: GatewayMetrics, ledger: SpendLedger) -> None:
+    """Report each budget's limit and spend of its period at every scrape (a tenant's, for each
+    tenant given one or with a spend counted, and each metadata budget), and whether the spend
+    is complete: series a gateway without budgets does not have."""
+    labels = ["tenant", "metadata", "period"]
+    limit = Gauge(
+        "llm_gateway_budget_limit_usd",
+        "Each budget's limit in USD (tenant: empty for a budget of every tenant's calls; metadata: the pairs "
+        "of the calls it covers, empty for a tenant's budget)",
+        labels,
+        registry=metrics.registry,
+    )
+    spent = Gauge(
+        "llm_gateway_budget_spent_usd",
+        "What each budget's calls spent of its current period, in USD (approximate float; exact in /v1/budgets)",
+        labels,
+        registry=metrics.registry,
+    )
+    complete = Gauge(
+        "llm_gateway_budgets_complete",
+        "1 once the budgets counted the log's events of their periods, 0 while a starting replica reads them "
+        "(the spend may be short)",
+        registry=metrics.registry,
+    )
+
+    def refresh() -> None:
+        for standing in [*map(ledger.standing, ledger.tenants()), *ledger.scoped_standings(None)]:
+            if standing is None:
+                continue
+            pairs = ",".join(f"{key}={value}" for key, value in sorted(standing.metadata.items()))
+            series = (standing.tenant or "", pairs, standing.budget.period)
+            limit.labels(*series).set(float(standing.budget.usd))
+            spent.labels(*series).set(float(standing.spent))
+        complete.set(1 if ledger.complete else 0)
+
+    metrics.on_scrape(refresh)
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:

@@ -19,6 +19,7 @@ import aiohttp
 import openai
 import pytest
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.api.state import STATE
 from gateway.server import server_installers
@@ -253,3 +254,39 @@ async def test_a_tenant_with_metadata_budgets_and_none_of_its_own_sees_them_and_
             ("acme", 0),
             (None, spent),
         ]
+
+
+async def scraped(gw: RunningGateway) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    async with aiohttp.ClientSession() as s, s.get(f"{gw.url}/metrics") as r:
+        assert r.status == 200
+        text = await r.text()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("llm_gateway_budget")
+    }
+
+
+async def test_metrics_give_each_budgets_limit_and_spend_for_alerts(tmp_path: Path) -> None:
+    async with gateway(tmp_path) as gw:
+        team = await cost_of_chat(gw, "sk-search")
+        feature = await cost_of_chat(gw, "sk-globex", metadata={"feature": "summarize"})
+        other = await cost_of_chat(gw, "sk-ads")
+
+        def series(tenant: str, metadata: str, period: str) -> tuple[tuple[str, str], ...]:
+            return (("metadata", metadata), ("period", period), ("tenant", tenant))
+
+        assert await scraped(gw) == {
+            ("llm_gateway_budget_limit_usd", series("acme", "", "month")): 100.0,
+            ("llm_gateway_budget_spent_usd", series("acme", "", "month")): float(team + other),
+            ("llm_gateway_budget_limit_usd", series("acme", "team=search", "month")): float(Decimal(TINY)),
+            ("llm_gateway_budget_spent_usd", series("acme", "team=search", "month")): float(team),
+            # a budget of every tenant: the tenant label is empty
+            ("llm_gateway_budget_limit_usd", series("", "feature=summarize", "day")): float(Decimal(TINY)),
+            ("llm_gateway_budget_spent_usd", series("", "feature=summarize", "day")): float(feature),
+            ("llm_gateway_budgets_complete", ()): 1.0,
+        }
+    # a gateway without budgets has none of these series
+    async with running_gateway(providers=("openai",)) as gw:
+        assert await scraped(gw) == {}
