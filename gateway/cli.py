@@ -19,8 +19,9 @@ import yaml
 from gateway.errors import GatewayError
 from gateway.json_log import FORMATS, LOG_FORMAT_ENV, say, use_json
 from gateway.runtime import Termination, listening_socket, quiet_accept_errors, tune_gc, tune_logging
-from gateway.settings import DuplicateKey, Settings, load_settings, unknown_environment
+from gateway.settings import Settings, load_settings, unknown_environment
 from gateway.startup import startup_failure, warn_if_open, warn_if_readable
+from gateway.strict_json import DuplicateKey
 
 if TYPE_CHECKING:
     from gateway.simulators.base import Simulator

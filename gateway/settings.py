@@ -25,7 +25,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from gateway import strict_yaml
+from gateway import strict_json, strict_yaml
 from gateway.api.metadata import metadata_problem
 from gateway.budgets.config import BudgetSettings
 from gateway.database_url import dsn_options
@@ -167,31 +167,14 @@ class ProviderSettings(BaseModel):
         return headers
 
 
-class DuplicateKey(ValueError):
-    """A key given twice in one object of a variable's JSON."""
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in found:
-            raise DuplicateKey(f"the key {key[:80]!r} is given twice in one object")
-        found[key] = value
-    return found
-
-
-def strict_json(text: str) -> Any:
-    """A variable's JSON, refusing a key given twice in one object (``json`` keeps the last one
-    silently, as PyYAML does: a budget's ``{"team": "a", "team": "b"}`` became ``team=b``)."""
-    return json.loads(text, object_pairs_hook=_no_duplicates)
-
-
 class _StrictJson:
+    """The environment's JSON read strictly (:mod:`gateway.strict_json`)."""
+
     def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
         # the base decides whether the field is decoded at all (``NoDecode``): when it is, the
         # text is read again, strictly (once, at start)
         decoded = super().decode_complex_value(field_name, field, value)  # type: ignore[misc]
-        return value if decoded is value else strict_json(value)
+        return value if decoded is value else strict_json.loads(value)
 
 
 class _EnvSource(_StrictJson, EnvSettingsSource):
@@ -210,7 +193,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """The environment's JSON read strictly (:func:`strict_json`); no ``.env`` file is read
+        """The environment's JSON read strictly (:mod:`gateway.strict_json`); no ``.env`` file is read
         (none is configured)."""
         env = _EnvSource(settings_cls)
         return init_settings, env, dotenv_settings, file_secret_settings

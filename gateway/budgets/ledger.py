@@ -108,15 +108,19 @@ class SpendLedger:
         #: first account, and (an attempt under metadata budgets) to the others
         self._pending: dict[str, Entry] = {}
         self._pending_more: dict[str, Counted] = {}
-        #: the metadata budgets by scope; and by the keys they match (sorted), then by their
-        #: tenant (None: every tenant) and values: a call's metadata finds its budgets with two
-        #: lookups a set of keys, however many budgets there are
+        #: the metadata budgets by scope; and by the first of the keys they match (sorted), then
+        #: by all those keys, then by their tenant (None: every tenant) and values: a call's
+        #: metadata finds its budgets with a lookup a key it has and two a set of keys starting
+        #: with it, however many budgets there are
         self._scoped: dict[Scope, MetadataBudget] = {b.scope: b for b in config.metadata}
-        self._by_keys: dict[tuple[str, ...], dict[tuple[str | None, tuple[str, ...]], _Scoped]] = {}
+        by_keys: dict[tuple[str, ...], dict[tuple[str | None, tuple[str, ...]], _Scoped]] = {}
         for scope, budget in self._scoped.items():
             keys = tuple(key for key, _ in scope[1])
             values = tuple(value for _, value in scope[1])
-            self._by_keys.setdefault(keys, {})[scope[0], values] = _Scoped(scope, budget, budget.tenant)
+            by_keys.setdefault(keys, {})[scope[0], values] = _Scoped(scope, budget, budget.tenant)
+        self._by_first: dict[str, list[tuple[tuple[str, ...], dict[tuple[str | None, tuple[str, ...]], _Scoped]]]] = {}
+        for keys, budgets in by_keys.items():
+            self._by_first.setdefault(keys[0], []).append((keys, budgets))
         #: period kind -> the current period's start, the next one's, and the one after (the
         #: clock's periods, computed again only when the clock leaves them)
         self._periods: dict[str, tuple[datetime, datetime, datetime]] = {}
@@ -194,7 +198,7 @@ class SpendLedger:
         budget = self.config.for_tenant(tenant)
         if budget is not None and (key := self._add(tenant, budget, at, cost)) is not None:
             counted = ((tenant, key, cost),)
-        if metadata and self._by_keys:
+        if metadata and self._by_first:
             for scoped in self._matching(tenant, metadata):
                 if (key := self._add(scoped.scope, scoped.budget, at, cost)) is not None:
                     counted = (*counted, (scoped.scope, key, cost))
@@ -202,18 +206,20 @@ class SpendLedger:
 
     def _matching(self, tenant: str, metadata: dict[str, str]) -> list[_Scoped]:
         """The metadata budgets a call of ``tenant`` with ``metadata`` falls under: for each set
-        of keys some budget matches, the call's values of those keys name at most one budget of
-        its tenant and one of every tenant."""
+        of keys some budget matches that starts with a key of the call, the call's values of
+        those keys name at most one budget of its tenant and one of every tenant."""
         found = []
         get = metadata.get
-        for keys, budgets in self._by_keys.items():
-            values = tuple(map(get, keys))  # a key the call lacks is None: no budget's value
-            scoped = budgets.get((tenant, values))  # type: ignore[arg-type]
-            if scoped is not None:
-                found.append(scoped)
-            scoped = budgets.get((None, values))  # type: ignore[arg-type]
-            if scoped is not None:
-                found.append(scoped)
+        by_first = self._by_first
+        for first in metadata:
+            for keys, budgets in by_first.get(first, ()):
+                values = tuple(map(get, keys))  # a key the call lacks is None: no budget's value
+                scoped = budgets.get((tenant, values))  # type: ignore[arg-type]
+                if scoped is not None:
+                    found.append(scoped)
+                scoped = budgets.get((None, values))  # type: ignore[arg-type]
+                if scoped is not None:
+                    found.append(scoped)
         return found
 
     def _current(self, budget: Budget) -> tuple[datetime, datetime, datetime]:
@@ -269,7 +275,7 @@ class SpendLedger:
         """Add a snapshot's confirmed spend (the log read from the snapshot's position on): only
         what still is a current (or next) period of each account's budget; and the ids of the
         last records it had read."""
-        for event_id in recent or ():
+        for event_id in (recent or [])[-RECENT_IDS:]:  # (a hand-edited list may be longer)
             self.recent[event_id] = None
         now = self._clock()
         accounts: set[Account] = set()
@@ -328,7 +334,7 @@ class SpendLedger:
         budget = self.config.for_tenant(tenant)
         if budget is not None:
             self._check(tenant, budget)
-        if metadata and self._by_keys:
+        if metadata and self._by_first:
             for scoped in self._matching(tenant, metadata):
                 self._check(scoped.scope, scoped.budget, scoped.tenant, caller=tenant)
 

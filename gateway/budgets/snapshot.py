@@ -91,6 +91,8 @@ def load(path: Path, config: BudgetSettings, log_name: str) -> Snapshot | None:
     """The snapshot at ``path`` when it was made for ``log_name`` and ``config``, else None (and
     why, at INFO)."""
     try:
+        if path.exists() and not path.is_file():  # a pipe would block the start (a re-test)
+            raise ValueError("not a regular file")
         body = json.loads(path.read_text())
     except FileNotFoundError:
         return None

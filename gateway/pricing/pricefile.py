@@ -38,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from gateway import strict_json
 from gateway.errors import GatewayError
 from gateway.pricing.base import EXACT, Rate
 from gateway.pricing.models import model_candidates, normalize_model
@@ -155,7 +156,7 @@ def load_price_file(path: Path) -> PriceFile:
         raise PriceFileError(f"{source}: cannot read the price file: {e}") from e
     try:
         if path.suffix.lower() == ".json":
-            data = json.loads(
+            data = strict_json.loads(
                 text,
                 parse_float=_NumberText,
                 parse_int=_NumberText,

@@ -107,6 +107,27 @@ def test_budget_start_smoke_run() -> None:
     assert row.split("|")[2].strip() == "1,000", done.stdout
 
 
+def test_budget_check_smoke_run() -> None:
+    """The budget check bench checks each shape's spend against the rule (a difference exits
+    non-zero) and prints the cost of check and observe_record beside the tenants-only baseline."""
+    done = smoke_run("budget_check", timeout=120)
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "µs" not in line]
+    assert [row.split("|")[1].strip() for row in rows] == [
+        "tenant budgets only (baseline)",
+        "teams of one tenant",
+        "one team of each tenant",
+        "a key each",
+        "a feature of every tenant",
+    ], done.stdout
+
+
+def test_budget_start_with_metadata_budgets_smoke_run() -> None:
+    """With metadata budgets, the start bench checks each budget's spend against what was written."""
+    done = smoke_run("budget_start", "--metadata-budgets", "30", timeout=120)
+    assert any(line.startswith("| whole period, 30 metadata budgets too") for line in done.stdout.splitlines())
+    assert "each of the 30 metadata budgets counted what was written" in done.stderr
+
+
 def test_health_recall_smoke_run() -> None:
     """The health recall bench checks that the recall counted every attempt of the window (a
     difference exits non-zero) and prints it beside the read-only baseline."""

@@ -13,8 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from gateway.budgets import ledger as ledger_module
 from gateway.budgets import snapshot
 from gateway.budgets.config import Budget, BudgetSettings, MetadataBudget
 from gateway.budgets.ledger import SpendLedger
@@ -437,3 +441,58 @@ def test_a_refusal_by_a_budget_of_every_tenant_names_the_tenant_refused(caplog: 
     )
     [logged] = fields(caplog, "gateway.budgets")
     assert logged["tenantId"] is None and logged["callerTenantId"] == "globex"
+
+
+def test_a_named_pipe_or_a_directory_in_place_of_the_snapshot_is_not_read(tmp_path: Path) -> None:
+    """A pipe blocked the start on its read (a re-test)."""
+    import os
+
+    config = BudgetSettings(default=Budget(usd=1))
+    os.mkfifo(tmp_path / snapshot.FILE)
+    assert snapshot.load(tmp_path / snapshot.FILE, config, "sqlite") is None
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / snapshot.FILE).mkdir()
+    assert snapshot.load(tmp_path / "dir" / snapshot.FILE, config, "sqlite") is None
+
+
+def test_a_snapshots_ids_past_what_the_ledger_keeps_are_not_all_kept() -> None:
+    ledger = SpendLedger(BudgetSettings(default=Budget(usd=1)), clock=clock)
+    ledger.restore({}, [str(n) for n in range(ledger_module.RECENT_IDS + 500)])
+    assert len(ledger.recent) == ledger_module.RECENT_IDS and next(iter(ledger.recent)) == "500"
+
+
+KEYS = ["team", "env", "feature", "region"]
+VALUES = ["a", "b"]
+TENANTS = ["acme", "globex"]
+pairs = st.dictionaries(st.sampled_from(KEYS), st.sampled_from(VALUES), min_size=1, max_size=3)
+budgets = st.lists(
+    st.fixed_dictionaries({"tenant": st.sampled_from([None, *TENANTS]), "match": pairs}),
+    max_size=12,
+    unique_by=lambda b: (b["tenant"], tuple(sorted(b["match"].items()))),
+)
+calls = st.lists(
+    st.tuples(st.sampled_from(TENANTS), st.dictionaries(st.sampled_from(KEYS), st.sampled_from(VALUES), max_size=4)),
+    max_size=20,
+)
+
+
+@hypothesis_settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(given_budgets=budgets, given_calls=calls)
+def test_each_budget_counts_exactly_the_calls_whose_tenant_and_pairs_it_covers(
+    given_budgets: list[dict[str, Any]], given_calls: list[tuple[str, dict[str, str]]]
+) -> None:
+    """Against the rule itself: the budget's tenant (or every tenant), and each of its pairs in
+    the call's metadata with its value. Call ``n`` costs ``2**n``, so each sum names its calls."""
+    config = settings(*({**b, "usd": "1000000000"} for b in given_budgets))
+    ledger = SpendLedger(config, clock=clock)
+    for n, (tenant, metadata) in enumerate(given_calls):
+        ledger.observe(spend(tenant, str(2**n), metadata))
+    for standing in ledger.scoped_standings(None):
+        budget = standing.budget
+        assert isinstance(budget, MetadataBudget)
+        covered = [
+            n
+            for n, (tenant, metadata) in enumerate(given_calls)
+            if budget.tenant in (None, tenant) and all(metadata.get(k) == v for k, v in budget.match.items())
+        ]
+        assert standing.spent == sum((Decimal(2**n) for n in covered), Decimal(0)), (budget, covered)

@@ -295,6 +295,10 @@ def test_bad_json_and_json_constants(tmp_path: Path) -> None:
         load_price_file(write(tmp_path, "{", name="p.json"))
     with pytest.raises(PriceFileError, match="NaN is not a price"):
         load_price_file(write(tmp_path, '{"prices": [{"model": "a", "input_per_1k": NaN}]}', name="p.json"))
+    # a key given twice: the last one was the price, silently (as a YAML file's is refused)
+    twice = '{"prices": [{"model": "a", "input_per_1k": "0.002", "output_per_1k": "1", "input_per_1k": "9"}]}'
+    with pytest.raises(PriceFileError, match="not valid JSON: the key 'input_per_1k' is given twice"):
+        load_price_file(write(tmp_path, twice, name="p.json"))
 
 
 def test_missing_file(tmp_path: Path) -> None:
