@@ -192,7 +192,9 @@ def _env_json_error(exc: BaseException) -> str | None:
     if found is None:
         return None
     cause = exc.__cause__
-    where = f": {cause}" if isinstance(cause, (json.JSONDecodeError, DuplicateKey)) else ""
+    if isinstance(cause, DuplicateKey):  # (a key's name, not a value)
+        return f"LLM_GATEWAY_{found.group(1).upper()} is refused: {cause}"
+    where = f": {cause}" if isinstance(cause, json.JSONDecodeError) else ""
     return f"LLM_GATEWAY_{found.group(1).upper()} is not valid JSON{where}"
 
 

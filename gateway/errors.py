@@ -150,7 +150,7 @@ class BudgetExceeded(GatewayError):
         from gateway.pricing.base import format_usd
 
         period = "daily" if standing.budget.period == "day" else "monthly"
-        pairs = ", ".join(f"{key}={value}" for key, value in sorted(standing.metadata.items()))
+        pairs = standing.pairs
         if not pairs:
             whose, calls = f"Tenant {standing.tenant!r}", "Calls"
         elif standing.tenant is not None:

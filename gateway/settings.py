@@ -167,18 +167,14 @@ class ProviderSettings(BaseModel):
         return headers
 
 
-class _StrictJson:
-    """The environment's JSON read strictly (:mod:`gateway.strict_json`)."""
+class _EnvSource(EnvSettingsSource):
+    """The environment, its JSON read strictly (:mod:`gateway.strict_json`)."""
 
     def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
         # the base decides whether the field is decoded at all (``NoDecode``): when it is, the
         # text is read again, strictly (once, at start)
-        decoded = super().decode_complex_value(field_name, field, value)  # type: ignore[misc]
+        decoded = super().decode_complex_value(field_name, field, value)
         return value if decoded is value else strict_json.loads(value)
-
-
-class _EnvSource(_StrictJson, EnvSettingsSource):
-    pass
 
 
 class Settings(BaseSettings):
@@ -193,9 +189,22 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """The environment's JSON read strictly (:mod:`gateway.strict_json`); no ``.env`` file is read
-        (none is configured)."""
-        env = _EnvSource(settings_cls)
+        """The environment's JSON read strictly (:mod:`gateway.strict_json`), with the options the
+        default source was given. (A ``.env`` file, read only when ``_env_file`` names one, is
+        not: the gateway names none.)"""
+        env = env_settings
+        if isinstance(env, EnvSettingsSource):
+            env = _EnvSource(
+                settings_cls,
+                case_sensitive=env.case_sensitive,
+                env_prefix=env.env_prefix,
+                env_prefix_target=env.env_prefix_target,
+                env_nested_delimiter=env.env_nested_delimiter,
+                env_nested_max_split=env.env_nested_max_split,
+                env_ignore_empty=env.env_ignore_empty,
+                env_parse_none_str=env.env_parse_none_str,
+                env_parse_enums=env.env_parse_enums,
+            )
         return init_settings, env, dotenv_settings, file_secret_settings
 
     # --- HTTP server ------------------------------------------------------------------------

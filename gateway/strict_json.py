@@ -12,7 +12,7 @@ class DuplicateKey(ValueError):
     """A key given twice in one object."""
 
 
-def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """``json``'s ``object_pairs_hook`` refusing a key given twice."""
     found: dict[str, Any] = {}
     for key, value in pairs:
@@ -24,4 +24,4 @@ def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def loads(text: str, **options: Any) -> Any:
     """``text`` as JSON (``json.loads`` with ``options``), refusing a key given twice."""
-    return json.loads(text, object_pairs_hook=no_duplicates, **options)
+    return json.loads(text, object_pairs_hook=_no_duplicates, **options)

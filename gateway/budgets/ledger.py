@@ -65,11 +65,10 @@ Counted = tuple[Entry, ...]
 
 
 class _Scoped(NamedTuple):
-    """A metadata budget as the ledger matches it: its scope and its tenant."""
+    """A metadata budget as the ledger matches it: its scope (its tenant and sorted pairs)."""
 
     scope: Scope
     budget: MetadataBudget
-    tenant: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +86,11 @@ class Standing:
     def metadata(self) -> dict[str, str]:
         """The pairs of the calls it covers ({}: every call of the tenant)."""
         return self.budget.match if isinstance(self.budget, MetadataBudget) else {}
+
+    @property
+    def pairs(self) -> str:
+        """Its pairs as a message names them (``env=prod, team=search``; "": a tenant's budget)."""
+        return self.budget.pairs if isinstance(self.budget, MetadataBudget) else ""
 
     @property
     def remaining(self) -> Decimal:
@@ -117,7 +121,7 @@ class SpendLedger:
         for scope, budget in self._scoped.items():
             keys = tuple(key for key, _ in scope[1])
             values = tuple(value for _, value in scope[1])
-            by_keys.setdefault(keys, {})[scope[0], values] = _Scoped(scope, budget, budget.tenant)
+            by_keys.setdefault(keys, {})[scope[0], values] = _Scoped(scope, budget)
         self._by_first: dict[str, list[tuple[tuple[str, ...], dict[tuple[str | None, tuple[str, ...]], _Scoped]]]] = {}
         for keys, budgets in by_keys.items():
             self._by_first.setdefault(keys[0], []).append((keys, budgets))
@@ -336,7 +340,7 @@ class SpendLedger:
             self._check(tenant, budget)
         if metadata and self._by_first:
             for scoped in self._matching(tenant, metadata):
-                self._check(scoped.scope, scoped.budget, scoped.tenant, caller=tenant)
+                self._check(scoped.scope, scoped.budget, scoped.budget.tenant, caller=tenant)
 
     def _check(self, account: Account, budget: Budget, tenant: str | None = None, caller: str | None = None) -> None:
         periods = self._spent.get(account)

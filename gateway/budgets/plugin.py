@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+import orjson
 from aiohttp import web
 from prometheus_client import Gauge
 
@@ -41,7 +42,10 @@ def install_budgets(app: web.Application, settings: Settings, clock: Clock) -> N
     ledger = SpendLedger(settings.budgets, clock=clock)
     state.budgets = ledger
     state.router.recorder.observers.append(ledger.observe)
-    watch_budgets(app[METRICS], ledger)
+    if settings.metrics_auth or not settings.api_keys:
+        watch_budgets(app[METRICS], ledger)
+    else:  # the metrics would show every tenant's spend to any caller: /v1/budgets shows a key its own
+        log.info("budgets: no budget metrics while GET /metrics is open (LLM_GATEWAY_METRICS_AUTH=true gives them)")
     path = settings.data_dir / snapshots.FILE
 
     async def follow(app: web.Application) -> AsyncIterator[None]:
@@ -107,8 +111,10 @@ def install_budgets(app: web.Application, settings: Settings, clock: Clock) -> N
 
 def watch_budgets(metrics: GatewayMetrics, ledger: SpendLedger) -> None:
     """Report each budget's limit and spend of its period at every scrape (a tenant's, for each
-    tenant given one or with a spend counted, and each metadata budget), and whether the spend
-    is complete: series a gateway without budgets does not have."""
+    tenant given one by name or with a spend this period, and each metadata budget), and whether
+    the spend is complete: series a gateway without budgets does not have. The series are made
+    again at each scrape: a tenant under ``default`` whose period passed without a call has
+    none (each tenant that ever spent would be a series for good)."""
     labels = ["tenant", "metadata", "period"]
     limit = Gauge(
         "llm_gateway_budget_limit_usd",
@@ -130,11 +136,16 @@ def watch_budgets(metrics: GatewayMetrics, ledger: SpendLedger) -> None:
         registry=metrics.registry,
     )
 
+    named = ledger.config.tenants
+
     def refresh() -> None:
+        limit.clear()
+        spent.clear()
         for standing in [*map(ledger.standing, ledger.tenants()), *ledger.scoped_standings(None)]:
-            if standing is None:
+            if standing is None or (not standing.spent and standing.tenant not in named and not standing.metadata):
                 continue
-            pairs = ",".join(f"{key}={value}" for key, value in sorted(standing.metadata.items()))
+            # the pairs as JSON: "a=1,b=2" was also {"a": "1,b=2"} and {"a=1,b": "2"} (a review)
+            pairs = orjson.dumps(dict(sorted(standing.metadata.items()))).decode() if standing.metadata else ""
             series = (standing.tenant or "", pairs, standing.budget.period)
             limit.labels(*series).set(float(standing.budget.usd))
             spent.labels(*series).set(float(standing.spent))

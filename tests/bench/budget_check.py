@@ -9,8 +9,9 @@ tenant budgets only (the baseline), in one run, for budgets of the shapes a plat
 - ``a key each``: ``{match: {kN: x}}``, N sets of keys (a scan over them cost ~0.6 µs each a call);
 - ``a feature of every tenant``: ``{match: {feature: fN}}``, with the calls' pairs among them.
 
-Every call carries four pairs (team, env, feature, region), and half of them fall under a budget
-of each shape. Each shape's spend is checked against what its calls cost (exits non-zero if not).
+Every call carries four pairs (team, env, feature, region); half of them fall under budgets (a
+quarter under each shape of team budget, the half under each of the others). Each shape's spend
+is checked against what its calls cost (exits non-zero if not).
 """
 
 from __future__ import annotations

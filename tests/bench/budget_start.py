@@ -8,7 +8,7 @@ budget); both starts must find the same spend to the last decimal (checked here 
     python -m tests.bench.budget_start [--events 1000000] [--tail 10000] [--metadata-budgets 0] [--smoke]
 
 ``--tail``: events written after the snapshot (a crash's, or a replica's since its last one).
-``--metadata-budgets N``: the events carry metadata (a team of 20 and an environment), and a
+``--metadata-budgets N``: the events carry metadata (a team of 21 and an environment), and a
 third read counts them in N budgets of metadata pairs as well (a team's in each of the first
 tenants, one across every tenant), against the whole read's tenants-only ledger in the same run;
 each budget's spend is checked against the sum written.
@@ -35,7 +35,8 @@ from tests.support.events import usage_event
 
 CONFIG = BudgetSettings(default=Budget(usd=1_000_000))
 TENANTS = 100
-TEAMS = 20
+#: (prime to TENANTS: every tenant meets every team, so each team budget of a tenant counts)
+TEAMS = 21
 COST = Decimal("0.0000125")
 
 
@@ -54,7 +55,7 @@ def metadata_budgets(count: int) -> list[MetadataBudget]:
 
 def expected_spend(budgets: list[MetadataBudget], events: int) -> dict[object, Decimal]:
     """What each budget must count of the events written (``n``: tenant ``n % 100``, team
-    ``n % 20``, every one ``env=prod``)."""
+    ``n % 21``, every one ``env=prod``)."""
     written = Counter((f"t{n % TENANTS}", f"team{n % TEAMS}") for n in range(events))
     return {
         budget.scope: COST

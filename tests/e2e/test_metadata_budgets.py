@@ -256,8 +256,9 @@ async def test_a_tenant_with_metadata_budgets_and_none_of_its_own_sees_them_and_
         ]
 
 
-async def scraped(gw: RunningGateway) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    async with aiohttp.ClientSession() as s, s.get(f"{gw.url}/metrics") as r:
+async def scraped(gw: RunningGateway, key: str = "sk-admin") -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    headers = {"authorization": f"Bearer {key}"}
+    async with aiohttp.ClientSession() as s, s.get(f"{gw.url}/metrics", headers=headers) as r:
         assert r.status == 200
         text = await r.text()
     return {
@@ -268,25 +269,61 @@ async def scraped(gw: RunningGateway) -> dict[tuple[str, tuple[tuple[str, str], 
     }
 
 
+def series(tenant: str, metadata: str, period: str) -> tuple[tuple[str, str], ...]:
+    return (("metadata", metadata), ("period", period), ("tenant", tenant))
+
+
 async def test_metrics_give_each_budgets_limit_and_spend_for_alerts(tmp_path: Path) -> None:
-    async with gateway(tmp_path) as gw:
+    budgets_of = {
+        **BUDGETS,
+        "default": {"usd": "7", "period": "day"},
+        # three budgets whose pairs a "k=v,k=v" label would have written alike
+        "metadata": [
+            *BUDGETS["metadata"],
+            {"match": {"a": "1,b=2"}, "usd": "1"},
+            {"match": {"a": "1", "b": "2"}, "usd": "2"},
+            {"match": {"a=1,b": "2"}, "usd": "3"},
+        ],
+    }
+    async with running_gateway(
+        providers=("openai",),
+        event_log="settings",
+        settings={"data_dir": tmp_path, "api_keys": KEYS, "budgets": budgets_of, "metrics_auth": True},
+    ) as gw:
         team = await cost_of_chat(gw, "sk-search")
         feature = await cost_of_chat(gw, "sk-globex", metadata={"feature": "summarize"})
         other = await cost_of_chat(gw, "sk-ads")
-
-        def series(tenant: str, metadata: str, period: str) -> tuple[tuple[str, str], ...]:
-            return (("metadata", metadata), ("period", period), ("tenant", tenant))
-
         assert await scraped(gw) == {
             ("llm_gateway_budget_limit_usd", series("acme", "", "month")): 100.0,
             ("llm_gateway_budget_spent_usd", series("acme", "", "month")): float(team + other),
-            ("llm_gateway_budget_limit_usd", series("acme", "team=search", "month")): float(Decimal(TINY)),
-            ("llm_gateway_budget_spent_usd", series("acme", "team=search", "month")): float(team),
+            # a tenant under the default: a series once it has spent this period
+            ("llm_gateway_budget_limit_usd", series("globex", "", "day")): 7.0,
+            ("llm_gateway_budget_spent_usd", series("globex", "", "day")): float(feature),
+            ("llm_gateway_budget_limit_usd", series("acme", '{"team":"search"}', "month")): float(Decimal(TINY)),
+            ("llm_gateway_budget_spent_usd", series("acme", '{"team":"search"}', "month")): float(team),
             # a budget of every tenant: the tenant label is empty
-            ("llm_gateway_budget_limit_usd", series("", "feature=summarize", "day")): float(Decimal(TINY)),
-            ("llm_gateway_budget_spent_usd", series("", "feature=summarize", "day")): float(feature),
+            ("llm_gateway_budget_limit_usd", series("", '{"feature":"summarize"}', "day")): float(Decimal(TINY)),
+            ("llm_gateway_budget_spent_usd", series("", '{"feature":"summarize"}', "day")): float(feature),
+            ("llm_gateway_budget_limit_usd", series("", '{"a":"1,b=2"}', "month")): 1.0,
+            ("llm_gateway_budget_spent_usd", series("", '{"a":"1,b=2"}', "month")): 0.0,
+            ("llm_gateway_budget_limit_usd", series("", '{"a":"1","b":"2"}', "month")): 2.0,
+            ("llm_gateway_budget_spent_usd", series("", '{"a":"1","b":"2"}', "month")): 0.0,
+            ("llm_gateway_budget_limit_usd", series("", '{"a=1,b":"2"}', "month")): 3.0,
+            ("llm_gateway_budget_spent_usd", series("", '{"a=1,b":"2"}', "month")): 0.0,
             ("llm_gateway_budgets_complete", ()): 1.0,
         }
+
+
+async def test_budget_metrics_are_given_only_where_the_metrics_are_not_open_to_every_key(tmp_path: Path) -> None:
+    """With API keys and an open /metrics, the series would show every tenant's spend to anyone
+    (/v1/budgets shows a key its own tenant's): none then. A gateway without keys is open anyway."""
+    async with gateway(tmp_path) as gw:
+        await cost_of_chat(gw, "sk-search")
+        assert await scraped(gw, key="none") == {}
+    async with running_gateway(
+        providers=("openai",), event_log="settings", settings={"data_dir": tmp_path, "budgets": BUDGETS}
+    ) as gw:
+        assert ("llm_gateway_budgets_complete", ()) in await scraped(gw, key="none")
     # a gateway without budgets has none of these series
     async with running_gateway(providers=("openai",)) as gw:
         assert await scraped(gw) == {}

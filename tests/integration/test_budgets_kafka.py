@@ -161,7 +161,7 @@ async def test_replicas_count_a_teams_spend_from_the_topic_and_refuse_its_calls_
     async with replica(kafka_bootstrap, topic, tmp_path, "c", budgets=team_budget(str(total))) as c:
         await until(lambda: ledger(c).complete, "replica c reads the period")
         with pytest.raises(
-            openai.RateLimitError, match="for calls with metadata 'team=search', has used its daily budget"
+            openai.RateLimitError, match="for calls with metadata 'team=search', has used its monthly budget"
         ):
             await call(c, **search)
         await call(c, metadata={"team": "ads"})

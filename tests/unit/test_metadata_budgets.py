@@ -496,3 +496,49 @@ def test_each_budget_counts_exactly_the_calls_whose_tenant_and_pairs_it_covers(
             if budget.tenant in (None, tenant) and all(metadata.get(k) == v for k, v in budget.match.items())
         ]
         assert standing.spent == sum((Decimal(2**n) for n in covered), Decimal(0)), (budget, covered)
+    # and a call is refused exactly when a budget it falls under is spent: each budget's limit at
+    # what its calls cost, a call's check refused iff some budget covering it counted a call
+    spent = {s.budget.scope: s.spent for s in ledger.scoped_standings(None)}  # type: ignore[attr-defined]
+    at_limit = settings(*({**b, "usd": str(spent[MetadataBudget(**b, usd=1).scope] or 1)} for b in given_budgets))
+    full = SpendLedger(at_limit, clock=clock)
+    for n, (tenant, metadata) in enumerate(given_calls):
+        full.observe(spend(tenant, str(2**n), metadata))
+    for tenant, metadata in given_calls:
+        covering = [
+            b
+            for b in at_limit.metadata
+            if b.tenant in (None, tenant) and all(metadata.get(k) == v for k, v in b.match.items())
+        ]
+        if any(spent[b.scope] for b in covering):
+            with pytest.raises(BudgetExceeded):
+                full.check(tenant, metadata)
+        else:
+            full.check(tenant, metadata)
+
+
+def test_own_attempts_past_the_pending_limit_are_counted_again_in_every_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MAX_PENDING own attempts the oldest is forgotten with what it added to each budget,
+    and counted a second time when the log brings it back (too much, never too little)."""
+    monkeypatch.setattr(ledger_module, "MAX_PENDING", 1)
+    ledger = SpendLedger(
+        settings({"tenant": "acme", "match": {"team": "search"}, "usd": "10"}, default=Budget(usd=10)), clock=clock
+    )
+    first, second = spend("acme", "1", {"team": "search"}), spend("acme", "2", {"team": "search"})
+    ledger.observe(first)
+    ledger.observe(second)  # ``first`` is forgotten, in both accounts
+    assert ledger.confirmed() == {"acme": {DECEMBER: Decimal(1)}, SEARCH: {DECEMBER: Decimal(1)}}
+    ledger.observe_record(first.to_json())
+    ledger.observe_record(second.to_json())
+    assert ledger.confirmed() == {"acme": {DECEMBER: Decimal(4)}, SEARCH: {DECEMBER: Decimal(4)}}
+
+
+def test_a_snapshots_spend_of_a_budget_no_longer_given_is_dropped() -> None:
+    ledger = SpendLedger(settings({"tenant": "acme", "match": {"team": "search"}, "usd": "10"}), clock=clock)
+    ledger.restore(
+        {
+            SEARCH: {DECEMBER: Decimal(2)},
+            ("acme", (("team", "ads"),)): {DECEMBER: Decimal(4)},  # removed from the budgets
+            (None, (("team", "search"),)): {DECEMBER: Decimal(8)},  # of every tenant: another budget
+        }
+    )
+    assert ledger.confirmed() == {SEARCH: {DECEMBER: Decimal(2)}}

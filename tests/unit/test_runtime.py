@@ -120,12 +120,12 @@ def test_tune_logging_keeps_the_lines_and_drops_the_caller_lookup() -> None:
         (
             "LLM_GATEWAY_BUDGETS",
             '{"metadata": [{"match": {"team": "a", "team": "b"}, "usd": "1"}]}',
-            "LLM_GATEWAY_BUDGETS is not valid JSON: the key 'team' is given twice in one object",
+            "LLM_GATEWAY_BUDGETS is refused: the key 'team' is given twice in one object",
         ),
         (
             "LLM_GATEWAY_RATE_LIMITS",
             '{"tenants": {"acme": {"requests_per_minute": 1}, "acme": {"requests_per_minute": 9}}}',
-            "LLM_GATEWAY_RATE_LIMITS is not valid JSON: the key 'acme' is given twice",
+            "LLM_GATEWAY_RATE_LIMITS is refused: the key 'acme' is given twice",
         ),
     ],
 )
@@ -559,3 +559,20 @@ async def test_serve_simulate_keeps_the_rest_of_each_providers_configuration() -
     finally:
         for sim in sims:
             await sim.stop()
+
+
+def test_the_environment_is_read_as_pydantic_settings_reads_it_its_json_strictly(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The gateway's own environment source (strict JSON) keeps the default source's reading:
+    names in any case, a comma list where JSON is not decoded, an alias, options given at init."""
+    monkeypatch.setenv("llm_gateway_priority", "anthropic,openai")
+    monkeypatch.setenv("Llm_Gateway_Budgets", '{"default": {"usd": "5"}}')
+    monkeypatch.setenv("LLM_GATEWAY_CONFIG", str(tmp_path / "gw.yaml"))
+    monkeypatch.setenv("OTHER_PORT", "9999")
+    from gateway.settings import Settings
+
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.priority == ["anthropic", "openai"] and settings.config_file == tmp_path / "gw.yaml"
+    assert settings.budgets.default is not None and settings.budgets.default.usd == 5
+    assert Settings(_env_file=None, _env_prefix="OTHER_").port == 9999  # type: ignore[call-arg]
