@@ -18,12 +18,11 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
-from aiohttp import web
 
 from gateway.api.state import STATE
 from gateway.eventlog.factory import EMBEDDED_LOG_FILE
 from gateway.settings import ApiKey
-from tests.support.gateway import RunningGateway, running_gateway
+from tests.support.gateway import Answered, RunningGateway, running_gateway
 
 KEYS = [
     ApiKey(key="sk-a", tenant="tenant_a"),
@@ -54,19 +53,6 @@ async def gateway(
         configure=answered.install if answered is not None else None,
     ) as gw:
         yield gw
-
-
-class Answered:
-    """The gateway's answers, counted (does the SDK retry a refusal?)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    async def __call__(self, _request: web.Request, _response: web.StreamResponse) -> None:
-        self.count += 1
-
-    def install(self, app: web.Application) -> None:
-        app.on_response_prepare.append(self)
 
 
 async def logged_events(gw: RunningGateway) -> int:

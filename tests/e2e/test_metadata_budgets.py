@@ -18,13 +18,12 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
-from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.api.state import STATE
 from gateway.server import server_installers
 from gateway.settings import ApiKey, Settings
-from tests.support.gateway import RunningGateway, running_gateway
+from tests.support.gateway import Answered, RunningGateway, running_gateway
 
 KEYS = [
     ApiKey(key="sk-search", tenant="acme", metadata={"team": "search"}),
@@ -43,19 +42,6 @@ BUDGETS = {
     ],
 }
 HI = [{"role": "user", "content": "hi"}]
-
-
-class Answered:
-    """The gateway's answers, counted (does the SDK retry a refusal?)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    async def __call__(self, _request: web.Request, _response: web.StreamResponse) -> None:
-        self.count += 1
-
-    def install(self, app: web.Application) -> None:
-        app.on_response_prepare.append(self)
 
 
 @asynccontextmanager

@@ -38,6 +38,19 @@ class RunningGateway:
         return f"{self.url}/v1"
 
 
+class Answered:
+    """The gateway's answers, counted (does the SDK retry a refusal?)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def __call__(self, _request: web.Request, _response: web.StreamResponse) -> None:
+        self.count += 1
+
+    def install(self, app: web.Application) -> None:
+        app.on_response_prepare.append(self)
+
+
 async def start_app(app: web.Application, host: str = "127.0.0.1", **runner_options: Any) -> tuple[web.AppRunner, str]:
     """Serve ``app`` on a free port; ``runner_options`` go to ``web.AppRunner``."""
     runner = web.AppRunner(app, access_log=None, **runner_options)
