@@ -27,12 +27,12 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gateway.api.metadata import metadata_problem
-from gateway.tenant_ids import PerTenant, check_tenant_ids
+from gateway.metadata_scopes import MetadataScoped, Scope, one_a_scope
+from gateway.tenant_ids import PerTenant
 
 #: the largest limit (USD) a budget may give: more is a typo, not a budget
 MAX_LIMIT = Decimal("1000000000")
@@ -40,8 +40,7 @@ MAX_LIMIT = Decimal("1000000000")
 _AMOUNT = re.compile(r"[0-9]+(\.[0-9]+)?")
 
 Period = Literal["day", "month"]
-#: a metadata budget's identity: its tenant (None: every tenant) and its pairs, sorted
-Scope = tuple[str | None, tuple[tuple[str, str], ...]]
+__all__ = ["MAX_LIMIT", "Budget", "BudgetSettings", "MetadataBudget", "Period", "Scope"]
 
 
 class Budget(BaseModel):
@@ -84,39 +83,11 @@ class Budget(BaseModel):
         return start.replace(month=start.month + 1)
 
 
-class MetadataBudget(Budget):
+class MetadataBudget(MetadataScoped, Budget):
     """A budget of the calls whose metadata hold every pair of ``match``: of ``tenant``'s calls,
     or of every tenant's together when it is None (a feature's spend across the platform)."""
 
-    #: the pairs a call's metadata must hold (others may be there too): 1 to 16, as a request's
-    match: dict[str, str]
-    #: the tenant whose calls count (None: every tenant's, in one budget)
-    tenant: str | None = None
-
-    @field_validator("match")
-    @classmethod
-    def _pairs(cls, value: dict[str, str]) -> dict[str, str]:
-        if not value:
-            raise ValueError("match: give the metadata pairs of the calls this budget covers, e.g. {team: search}")
-        if (problem := metadata_problem(value)) is not None:
-            raise ValueError(f"match: {problem.message}")
-        return value
-
-    @field_validator("tenant")
-    @classmethod
-    def _tenant_id(cls, value: str | None) -> str | None:
-        if value is not None:
-            check_tenant_ids({value: None})
-        return value
-
-    @property
-    def scope(self) -> Scope:
-        return self.tenant, tuple(sorted(self.match.items()))
-
-    @property
-    def pairs(self) -> str:
-        """``team=search, env=prod``, as a log line or an error names the budget."""
-        return ", ".join(f"{key}={value}" for key, value in sorted(self.match.items()))
+    kind: ClassVar[str] = "budget"
 
 
 class BudgetSettings(PerTenant[Budget]):
@@ -128,12 +99,7 @@ class BudgetSettings(PerTenant[Budget]):
 
     @model_validator(mode="after")
     def _one_budget_a_scope(self) -> BudgetSettings:
-        seen: set[Scope] = set()
-        for budget in self.metadata:
-            if budget.scope in seen:
-                whose = f"tenant {budget.tenant!r}" if budget.tenant is not None else "every tenant"
-                raise ValueError(f"metadata: two budgets for the calls of {whose} with {budget.pairs}: give one")
-            seen.add(budget.scope)
+        one_a_scope(self.metadata)
         return self
 
     @property

@@ -31,13 +31,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from itertools import chain
-from typing import NamedTuple, cast
+from typing import cast
 
 from gateway.budgets.config import Budget, BudgetSettings, MetadataBudget, Scope
 from gateway.errors import BudgetExceeded
 from gateway.event_json import UNDECODABLE, decode_event, event_id_of
 from gateway.events import UsageEvent
 from gateway.ids import Clock, utcnow
+from gateway.metadata_scopes import ScopeIndex
 from gateway.pricing.base import format_usd
 from gateway.safe_text import log_value
 from gateway.windowed_log import WindowedLog
@@ -62,13 +63,6 @@ Spend = dict[Account, dict[PeriodKey, Decimal]]
 Entry = tuple[Account, PeriodKey, Decimal]
 #: what one attempt added, to each account it counts in
 Counted = tuple[Entry, ...]
-
-
-class _Scoped(NamedTuple):
-    """A metadata budget as the ledger matches it: its scope (its tenant and sorted pairs)."""
-
-    scope: Scope
-    budget: MetadataBudget
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,19 +106,9 @@ class SpendLedger:
         #: first account, and (an attempt under metadata budgets) to the others
         self._pending: dict[str, Entry] = {}
         self._pending_more: dict[str, Counted] = {}
-        #: the metadata budgets by scope; and by the first of the keys they match (sorted), then
-        #: by all those keys, then by their tenant (None: every tenant) and values: a call's
-        #: metadata finds its budgets with a lookup a key it has and two a set of keys starting
-        #: with it, however many budgets there are
+        #: the metadata budgets by scope, and indexed for a call's metadata to find them
         self._scoped: dict[Scope, MetadataBudget] = {b.scope: b for b in config.metadata}
-        by_keys: dict[tuple[str, ...], dict[tuple[str | None, tuple[str, ...]], _Scoped]] = {}
-        for scope, budget in self._scoped.items():
-            keys = tuple(key for key, _ in scope[1])
-            values = tuple(value for _, value in scope[1])
-            by_keys.setdefault(keys, {})[scope[0], values] = _Scoped(scope, budget)
-        self._by_first: dict[str, list[tuple[tuple[str, ...], dict[tuple[str | None, tuple[str, ...]], _Scoped]]]] = {}
-        for keys, budgets in by_keys.items():
-            self._by_first.setdefault(keys[0], []).append((keys, budgets))
+        self._index = ScopeIndex(config.metadata)
         #: period kind -> the current period's start, the next one's, and the one after (the
         #: clock's periods, computed again only when the clock leaves them)
         self._periods: dict[str, tuple[datetime, datetime, datetime]] = {}
@@ -202,29 +186,11 @@ class SpendLedger:
         budget = self.config.for_tenant(tenant)
         if budget is not None and (key := self._add(tenant, budget, at, cost)) is not None:
             counted = ((tenant, key, cost),)
-        if metadata and self._by_first:
-            for scoped in self._matching(tenant, metadata):
-                if (key := self._add(scoped.scope, scoped.budget, at, cost)) is not None:
+        if metadata and self._index:
+            for scoped in self._index.matching(tenant, metadata):
+                if (key := self._add(scoped.scope, scoped, at, cost)) is not None:
                     counted = (*counted, (scoped.scope, key, cost))
         return counted
-
-    def _matching(self, tenant: str, metadata: dict[str, str]) -> list[_Scoped]:
-        """The metadata budgets a call of ``tenant`` with ``metadata`` falls under: for each set
-        of keys some budget matches that starts with a key of the call, the call's values of
-        those keys name at most one budget of its tenant and one of every tenant."""
-        found = []
-        get = metadata.get
-        by_first = self._by_first
-        for first in metadata:
-            for keys, budgets in by_first.get(first, ()):
-                values = tuple(map(get, keys))  # a key the call lacks is None: no budget's value
-                scoped = budgets.get((tenant, values))  # type: ignore[arg-type]
-                if scoped is not None:
-                    found.append(scoped)
-                scoped = budgets.get((None, values))  # type: ignore[arg-type]
-                if scoped is not None:
-                    found.append(scoped)
-        return found
 
     def _current(self, budget: Budget) -> tuple[datetime, datetime, datetime]:
         """The start of the clock's period of ``budget``'s kind, of the next, and of the one after."""
@@ -338,9 +304,9 @@ class SpendLedger:
         budget = self.config.for_tenant(tenant)
         if budget is not None:
             self._check(tenant, budget)
-        if metadata and self._by_first:
-            for scoped in self._matching(tenant, metadata):
-                self._check(scoped.scope, scoped.budget, scoped.budget.tenant, caller=tenant)
+        if metadata and self._index:
+            for scoped in self._index.matching(tenant, metadata):
+                self._check(scoped.scope, scoped, scoped.tenant, caller=tenant)
 
     def _check(self, account: Account, budget: Budget, tenant: str | None = None, caller: str | None = None) -> None:
         periods = self._spent.get(account)

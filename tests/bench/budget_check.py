@@ -102,7 +102,7 @@ def main() -> None:
         for raw in records:
             ledger.observe_record(raw)
         counted = sum((s.spent for s in ledger.scoped_standings(None)), Decimal(0))
-        expected = COST * sum(len(ledger._matching(tenant, metadata)) for tenant, metadata in made)
+        expected = COST * sum(len(ledger._index.matching(tenant, metadata)) for tenant, metadata in made)
         brute = COST * sum(
             1
             for tenant, metadata in made
