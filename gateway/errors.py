@@ -189,16 +189,22 @@ class TenantRateLimited(GatewayError):
     metric_code = "tenant_rate_limited"
 
     @classmethod
-    def of(cls, tenant: str, kind: str, limit: int, wait: float, headers: dict[str, str]) -> TenantRateLimited:
-        """``headers``: the tenant's ``x-ratelimit-*`` headers now (both limits, when it has both)."""
+    def of(
+        cls, tenant: str, kind: str, limit: int, wait: float, headers: dict[str, str], scoped: Any = None
+    ) -> TenantRateLimited:
+        """``headers``: the refusing limit's ``x-ratelimit-*`` headers now (both kinds, when it
+        has both); ``scoped``: the ``MetadataRateLimit`` that refused (None: the tenant's)."""
         from gateway.limits.limiter import reset_text, wait_ms
 
         at_once = kind == "concurrent requests"
         what = "requests at once" if at_once else f"{kind} per min ({'RPM' if kind == 'requests' else 'TPM'})"
-        error = cls(
-            f"Rate limit reached for tenant {tenant!r} on {what}: Limit {limit}. "
-            f"Please try again in {reset_text(wait)}."
-        )
+        if scoped is None:
+            whose = f"tenant {tenant!r}"
+        elif scoped.tenant is not None:
+            whose = f"tenant {tenant!r}, for calls with metadata {scoped.pairs!r},"
+        else:
+            whose = f"calls with metadata {scoped.pairs!r} of every tenant together,"
+        error = cls(f"Rate limit reached for {whose} on {what}: Limit {limit}. Please try again in {reset_text(wait)}.")
         if not at_once:
             error.type = kind  # type: ignore[misc]
         ms = max(1, wait_ms(wait))

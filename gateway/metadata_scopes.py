@@ -10,10 +10,31 @@ from typing import Any, ClassVar, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, PrivateAttr, field_validator
 
 from gateway.api.metadata import metadata_problem
+from gateway.safe_text import log_value
 from gateway.tenant_ids import check_tenant_ids
 
 #: what a setting of metadata pairs covers: its tenant (None: every tenant) and its pairs, sorted
 Scope = tuple[str | None, tuple[tuple[str, str], ...]]
+#: whose count (spend, requests): a tenant's (its id), or a setting of metadata pairs' (its scope)
+Account = str | Scope
+
+
+def account_name(account: Account) -> str:
+    """An account as a log line names it: ``tenant acme``, ``tenant acme's team=search``,
+    ``every tenant's feature=summarize``."""
+    if isinstance(account, str):
+        return f"tenant {log_value(account)}"
+    tenant, pairs = account
+    named = ", ".join(f"{log_value(key)}={log_value(value)}" for key, value in pairs)
+    return f"tenant {log_value(tenant)}'s {named}" if tenant is not None else f"every tenant's {named}"
+
+
+def account_fields(account: Account) -> dict[str, object]:
+    """An account's fields in JSON logs."""
+    if isinstance(account, str):
+        return {"tenantId": account}
+    tenant, pairs = account
+    return {"tenantId": tenant, "metadata": dict(pairs)}
 
 
 class MetadataScoped(BaseModel):

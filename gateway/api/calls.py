@@ -114,7 +114,7 @@ class AdmittedCall:
             if isinstance(exc, errors.GatewayError):
                 exc.headers = {**self.limits, **exc.headers} if exc.headers else self.limits
             if self.limiter is not None:
-                self.limiter.release(self.ctx.tenant_id)
+                self.limiter.release(self.ctx.tenant_id, self.ctx.metadata)
 
 
 def allowed_providers(
@@ -144,7 +144,7 @@ def billed_tenant(
     if state.budgets is not None:
         state.budgets.check(tenant, metadata)
     if state.limits is not None:
-        return tenant, state.limits.admit(tenant)
+        return tenant, state.limits.admit(tenant, metadata)
     return tenant, None
 
 
@@ -161,5 +161,5 @@ def served_headers(
         "x-llm-cost-usd": format_usd(served.cost) if served.cost is not None else "unpriced",
     }
     if limits is not None:
-        headers.update(limits if limiter is None else limiter.current(ctx.tenant_id, limits))
+        headers.update(limits if limiter is None else limiter.current(ctx.tenant_id, limits, ctx.metadata))
     return headers

@@ -38,7 +38,7 @@ from gateway.errors import BudgetExceeded
 from gateway.event_json import UNDECODABLE, decode_event, event_id_of
 from gateway.events import UsageEvent
 from gateway.ids import Clock, utcnow
-from gateway.metadata_scopes import ScopeIndex
+from gateway.metadata_scopes import Account, ScopeIndex, account_fields, account_name
 from gateway.pricing.base import format_usd
 from gateway.safe_text import log_value
 from gateway.windowed_log import WindowedLog
@@ -53,8 +53,6 @@ MAX_PENDING = 500_000
 RECENT_IDS = 100_000
 SNAPSHOT_IDS = 10_000
 
-#: whose spend: a tenant (its id), or a metadata budget (its scope)
-Account = str | Scope
 #: a period: its kind and start
 PeriodKey = tuple[str, datetime]
 #: account -> period -> spent
@@ -123,7 +121,7 @@ class SpendLedger:
         self.recent: dict[str, None] = {}
         self.duplicates = 0
         #: the refused calls' WARNINGs (``gateway.budgets``)
-        self.refusals = WindowedLog(log, _refusals_counted, key_fields=_account_fields)
+        self.refusals = WindowedLog(log, _refusals_counted, key_fields=_key_fields)
 
     # --- what is spent ---------------------------------------------------------------------------
 
@@ -325,11 +323,11 @@ class SpendLedger:
         self.refusals.hit(
             account,
             lambda since: (
-                f"budget exceeded: {_whose(account)} spent ${format_usd(standing.spent)} of its {period} "
+                f"budget exceeded: {account_name(account)} spent ${format_usd(standing.spent)} of its {period} "
                 f"${format_usd(budget.usd)}; its calls are refused until {resets}{by}{since}"
             ),
             {
-                **_account_fields(account),
+                **account_fields(account),
                 **({"callerTenantId": caller} if by else {}),
                 "period": budget.period,
                 "spentUsd": format_usd(standing.spent),
@@ -349,26 +347,12 @@ class SpendLedger:
         return sorted(set(self.config.tenants) | {a for a in self._spent if isinstance(a, str)})
 
 
-def _whose(account: Hashable) -> str:
-    """An account as a log line names it: ``tenant acme``, ``tenant acme's team=search``,
-    ``every tenant's feature=summarize``."""
-    if isinstance(account, str):
-        return f"tenant {log_value(account)}"
-    tenant, pairs = cast(Scope, account)
-    named = ", ".join(f"{log_value(key)}={log_value(value)}" for key, value in pairs)
-    return f"tenant {log_value(tenant)}'s {named}" if tenant is not None else f"every tenant's {named}"
-
-
-def _account_fields(account: Hashable) -> dict[str, object]:
-    """An account's fields in JSON logs."""
-    if isinstance(account, str):
-        return {"tenantId": account}
-    tenant, pairs = cast(Scope, account)
-    return {"tenantId": tenant, "metadata": dict(pairs)}
+def _key_fields(account: Hashable) -> dict[str, object]:
+    return account_fields(cast(Account, account))
 
 
 def _refusals_counted(account: Hashable, count: int, seconds: float) -> str:
     return (
-        f"budget exceeded: {_whose(account)}: {count} more calls refused, in the "
+        f"budget exceeded: {account_name(cast(Account, account))}: {count} more calls refused, in the "
         f"{seconds:.0f} s after the last such line"
     )

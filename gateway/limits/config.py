@@ -7,13 +7,25 @@ file under ``rate_limits:``, in the environment as JSON::
                               "tokens_per_minute": 200000}}, "default": {"requests_per_minute": 60}}'
 
 ``default`` applies to every tenant not listed. A limit left out (or null) is no limit;
-``max_concurrent_requests`` caps the calls of a tenant at once.
+``max_concurrent_requests`` caps the calls of a tenant at once. ``metadata`` gives limits below
+(or across) the tenants: each to the calls whose metadata hold all of its ``match`` pairs, of
+one ``tenant`` or of every tenant together (a team's share of its tenant's traffic)::
+
+    rate_limits:
+      metadata:
+        - {tenant: acme, match: {team: search}, requests_per_minute: 100}
+        - {match: {feature: batch}, tokens_per_minute: 1000000}
+
+A call must pass every limit it falls under: its tenant's and each metadata limit it matches.
 """
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway.metadata_scopes import MetadataScoped, one_a_scope
 from gateway.tenant_ids import PerTenant
 
 #: the largest limit a minute: more is a typo, not a limit
@@ -39,5 +51,25 @@ class RateLimit(BaseModel):
         return self
 
 
+class MetadataRateLimit(MetadataScoped, RateLimit):
+    """A limit of the calls whose metadata hold every pair of ``match``: of ``tenant``'s calls,
+    or of every tenant's together when it is None; one bucket they all share."""
+
+    kind: ClassVar[str] = "rate limit"
+
+
 class RateLimitSettings(PerTenant[RateLimit]):
-    """A limit per tenant id (``tenants``), and ``default`` for every tenant not listed."""
+    """A limit per tenant id (``tenants``), ``default`` for every tenant not listed, and the
+    limits of calls with given metadata pairs (``metadata``)."""
+
+    #: limits of the calls carrying given metadata pairs, of one tenant or of all
+    metadata: list[MetadataRateLimit] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_limit_a_scope(self) -> RateLimitSettings:
+        one_a_scope(self.metadata)
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return super().enabled or bool(self.metadata)

@@ -14,6 +14,11 @@ Both answer with OpenAI's rate-limit headers (``x-ratelimit-limit-requests``,
 ``x-ratelimit-remaining-requests``, ``x-ratelimit-reset-requests``, and the same for tokens);
 a refusal is OpenAI's 429 with ``retry-after`` and ``retry-after-ms``, which the SDKs wait for
 and retry on. Each process keeps its own counts (with several replicas, give each its share).
+
+A limit of metadata pairs (``rate_limits.metadata``: a team's) is a bucket of its own, shared by
+the calls it covers: a call is counted in its tenant's and in each such bucket it falls under,
+and only when all of them let it through (a refusal counts in none). The answer's headers are
+its tenant's limit's, or the first metadata limit's when the tenant has none.
 """
 
 from __future__ import annotations
@@ -26,8 +31,8 @@ from typing import Any, cast
 
 from gateway.errors import TenantRateLimited
 from gateway.events import UsageEvent
-from gateway.limits.config import RateLimit, RateLimitSettings
-from gateway.safe_text import log_value
+from gateway.limits.config import MetadataRateLimit, RateLimit, RateLimitSettings
+from gateway.metadata_scopes import Account, Scope, ScopeIndex, account_fields, account_name
 from gateway.windowed_log import WindowedLog
 
 log = logging.getLogger("gateway.limits")
@@ -35,9 +40,12 @@ log = logging.getLogger("gateway.limits")
 MINUTE = 60.0
 #: a minute in the clock's unit (``time.monotonic_ns``)
 MINUTE_NS = 60_000_000_000
-#: tenants held before the ones back at their full allowance are forgotten (they start full
+#: buckets held before the ones back at their full allowance are forgotten (they start full
 #: again); the next sweep waits until twice as many are held as the last one left
 SWEEP_AT = 50_000
+#: a bucket's verdict on a call: why it refuses (kind, limit, wait; None: it lets it through),
+#: the answer's headers, and the requests' arrival time to keep once every bucket lets it through
+Verdict = tuple[tuple[str, int, float] | None, dict[str, str], int | None]
 #: the wait a refusal for calls at once gives (one of them may end at any time)
 CONCURRENT_WAIT = 1.0
 #: the most a tenant's token bucket owes, in minutes of its limit (a refusal waits at most a day)
@@ -106,23 +114,34 @@ class RateLimiter:
         """``clock``: nanoseconds (``time.monotonic_ns``)."""
         self.config = config
         self._clock = clock
-        self._tenants: dict[str, _Tenant] = {}
+        self._tenants: dict[Account, _Tenant] = {}
+        #: the metadata limits by scope, and indexed for a call's metadata to find them
+        self._scoped: dict[Scope, MetadataRateLimit] = {limit.scope: limit for limit in config.metadata}
+        self._index = ScopeIndex(config.metadata)
         self._sweep_at = SWEEP_AT
         #: hands the recorded attempts not yet observed to :meth:`observe` (the recorder's)
         self.flush: Callable[[], None] = lambda: None
         self.refusals = WindowedLog(log, _refusals_counted, key_fields=_key_fields)
 
-    def _state(self, tenant: str, now: int) -> _Tenant | None:
-        state = self._tenants.get(tenant)
+    def _state(self, account: Account, now: int) -> _Tenant | None:
+        state = self._tenants.get(account)
         if state is not None:
             return state
-        limit = self.config.for_tenant(tenant)
+        limit = self.config.for_tenant(account) if isinstance(account, str) else self._scoped.get(account)
         if limit is None:
             return None
         if len(self._tenants) >= self._sweep_at:
             self._sweep(now)
-        state = self._tenants[tenant] = _Tenant(limit, now)
+        state = self._tenants[account] = _Tenant(limit, now)
         return state
+
+    def _accounts(self, tenant: str, metadata: dict[str, str] | None) -> list[Account]:
+        """The buckets a call of ``tenant`` with ``metadata`` counts in: its tenant's (when it has
+        a limit) first, then each metadata limit's it falls under."""
+        accounts: list[Account] = [tenant] if self.config.for_tenant(tenant) is not None else []
+        if metadata and self._index:
+            accounts.extend(limit.scope for limit in self._index.matching(tenant, metadata))
+        return accounts
 
     def _sweep(self, now: int) -> None:
         """Forget the tenants back at their full allowance. Amortised: a sweep that frees little
@@ -132,16 +151,46 @@ class RateLimiter:
             del self._tenants[tenant]
         self._sweep_at = max(SWEEP_AT, 2 * len(self._tenants))
 
-    def admit(self, tenant: str) -> dict[str, str] | None:
-        """Count one call of ``tenant``, and the rate-limit headers of its answer (None: it has no
-        limit); :class:`TenantRateLimited` when it must wait (not counted)."""
+    def admit(self, tenant: str, metadata: dict[str, str] | None = None) -> dict[str, str] | None:
+        """Count one call of ``tenant`` with ``metadata`` in each bucket it falls under, and the
+        rate-limit headers of its answer (None: it is under no limit); :class:`TenantRateLimited`
+        when one of them makes it wait (counted in none)."""
         now = self._clock()
-        state = self._state(tenant, now)
-        if state is None:
+        if metadata is None or not self._index:  # the common case: the tenant's bucket alone
+            state = self._state(tenant, now)
+            if state is None:
+                return None
+            refused, headers, tat = self._verdict(state, now)
+            if refused is not None:
+                self._refused(tenant, tenant, *refused, headers)
+            self._count(state, tat)
+            return headers
+        accounts = self._accounts(tenant, metadata)
+        if not accounts:
             return None
+        states = [cast(_Tenant, self._state(account, now)) for account in accounts]
+        verdicts = [self._verdict(state, now) for state in states]
+        for account, (refused, headers, _) in zip(accounts, verdicts, strict=True):
+            if refused is not None:
+                self._refused(account, tenant, *refused, headers)
+        for state, (_, _, tat) in zip(states, verdicts, strict=True):
+            self._count(state, tat)
+        return verdicts[0][1]
+
+    @staticmethod
+    def _count(state: _Tenant, tat: int | None) -> None:
+        if tat is not None:
+            state.tat = tat
+        if state.limit.max_concurrent_requests is not None:
+            state.in_flight += 1
+
+    @staticmethod
+    def _verdict(state: _Tenant, now: int) -> Verdict:
+        """What ``state``'s limits say of one more call now (nothing is counted)."""
         limit = state.limit
         headers: dict[str, str] = {}
         refused: tuple[str, int, float] | None = None
+        counted: int | None = None
         if (at_once := limit.max_concurrent_requests) is not None and state.in_flight >= at_once:
             refused = ("concurrent requests", at_once, CONCURRENT_WAIT)
         if (capacity := limit.tokens_per_minute) is not None:
@@ -158,66 +207,70 @@ class RateLimiter:
                 refused = ("requests", per_minute, (tat + MINUTE_NS - window - scaled_now) / window * MINUTE)
             elif refused is None:
                 tat += MINUTE_NS
-                state.tat = tat
+                counted = tat
             headers["x-ratelimit-limit-requests"] = str(per_minute)
             headers["x-ratelimit-remaining-requests"] = str(max(0, (window - (tat - scaled_now)) // MINUTE_NS))
             headers["x-ratelimit-reset-requests"] = reset_text((tat - scaled_now) / window * MINUTE)
-        if refused is not None:
-            self._refused(tenant, *refused, headers)
-        if at_once is not None:
-            state.in_flight += 1
-        return headers
+        return refused, headers, counted
 
-    def release(self, tenant: str) -> None:
+    def release(self, tenant: str, metadata: dict[str, str] | None = None) -> None:
         """A call :meth:`admit` let through has ended (answered, failed, or its stream over)."""
-        state = self._tenants.get(tenant)
-        if state is not None and state.limit.max_concurrent_requests is not None and state.in_flight:
-            state.in_flight -= 1
+        for account in self._accounts(tenant, metadata) if metadata and self._index else (tenant,):
+            state = self._tenants.get(account)
+            if state is not None and state.limit.max_concurrent_requests is not None and state.in_flight:
+                state.in_flight -= 1
 
     def observe(self, event: UsageEvent) -> None:
-        """An attempt recorded (the recorder's observer): its tokens come out of its tenant's bucket."""
+        """An attempt recorded (the recorder's observer): its tokens come out of each bucket its
+        call counts in."""
         tokens = event.prompt_tokens + event.completion_tokens
         if tokens <= 0:
             return
         now = self._clock()
-        state = self._state(event.tenant_id, now)
-        if state is None or state.limit.tokens_per_minute is None:
-            return
-        state.refill(now)
-        # at most a day of the limit owed: the longest wait a refusal gives (the tokens of one
-        # attempt are bounded only by what the stores hold)
-        state.tokens = max(state.tokens - tokens, 1 - state.limit.tokens_per_minute * MAX_DEBT_MINUTES)
+        metadata = event.metadata
+        for account in self._accounts(event.tenant_id, metadata) if metadata and self._index else (event.tenant_id,):
+            state = self._state(account, now)
+            if state is None or state.limit.tokens_per_minute is None:
+                continue
+            state.refill(now)
+            # at most a day of the limit owed: the longest wait a refusal gives (the tokens of
+            # one attempt are bounded only by what the stores hold)
+            state.tokens = max(state.tokens - tokens, 1 - state.limit.tokens_per_minute * MAX_DEBT_MINUTES)
 
-    def current(self, tenant: str, admitted: dict[str, str]) -> dict[str, str]:
+    def current(self, tenant: str, admitted: dict[str, str], metadata: dict[str, str] | None = None) -> dict[str, str]:
         """``admitted``'s headers with the tokens left now: a non-streaming answer's own tokens
         are taken when it is answered (the headers of its admission said the bucket was full)."""
-        state = self._tenants.get(tenant)
+        accounts = self._accounts(tenant, metadata) if metadata and self._index else [tenant]
+        state = self._tenants.get(accounts[0]) if accounts else None
         if state is None or (capacity := state.limit.tokens_per_minute) is None:
             return admitted
         self.flush()  # the attempts' events reach the observers a loop turn later
         now = self._clock()
         return {**admitted, **_tokens_left(capacity, state.refill(now))}
 
-    def _refused(self, tenant: str, kind: str, limit: int, wait: float, headers: dict[str, str]) -> None:
+    def _refused(
+        self, account: Account, tenant: str, kind: str, limit: int, wait: float, headers: dict[str, str]
+    ) -> None:
         where = (
             f"at its {limit} requests at once" if kind == "concurrent requests" else f"over its {limit} {kind} a minute"
         )
         self.refusals.hit(
-            (tenant, kind),
-            lambda since: f"rate limit: tenant {log_value(tenant)} is {where}; refused for {reset_text(wait)}{since}",
-            {"tenantId": tenant, "limit": kind, "perMinute": limit, "retryAfterMs": wait_ms(wait)},
+            (account, kind),
+            lambda since: f"rate limit: {account_name(account)} is {where}; refused for {reset_text(wait)}{since}",
+            {**account_fields(account), "limit": kind, "perMinute": limit, "retryAfterMs": wait_ms(wait)},
         )
-        raise TenantRateLimited.of(tenant, kind, limit, wait, headers)
+        scoped = None if isinstance(account, str) else self._scoped[account]
+        raise TenantRateLimited.of(tenant, kind, limit, wait, headers, scoped)
 
 
 def _key_fields(key: Hashable) -> dict[str, Any]:
-    tenant, kind = cast(tuple[str, str], key)
-    return {"tenantId": tenant, "limit": kind}
+    account, kind = cast(tuple[Account, str], key)
+    return {**account_fields(account), "limit": kind}
 
 
 def _refusals_counted(key: Hashable, count: int, seconds: float) -> str:
-    tenant, kind = cast(tuple[str, str], key)
+    account, kind = cast(tuple[Account, str], key)
     return (
-        f"rate limit: tenant {log_value(str(tenant))}: {count} more calls refused ({kind}), in the "
+        f"rate limit: {account_name(account)}: {count} more calls refused ({kind}), in the "
         f"{seconds:.0f} s after the last such line"
     )
