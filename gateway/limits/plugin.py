@@ -18,9 +18,10 @@ def install_limits(app: web.Application, settings: Settings) -> None:
     config = settings.rate_limits
     limiter = RateLimiter(config)
     log.info(
-        "rate limits: %d tenant(s) listed; every other tenant: %s",
+        "rate limits: %d tenant(s) listed; every other tenant: %s%s",
         len(config.tenants),
         _described(config.default) if config.default is not None else "no limit",
+        f"; {len(config.metadata)} limit(s) of metadata pairs" if config.metadata else "",
     )
     state.limits = limiter
     state.router.recorder.observers.append(limiter.observe)
