@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway.events import INDEXED_TEXT
+
+if TYPE_CHECKING:
+    from gateway.metadata_scopes import MetadataScoped
 
 _TENANT = re.compile(r"\S(.*\S)?", re.DOTALL)
 T = TypeVar("T")
@@ -51,3 +54,25 @@ class PerTenant(BaseModel, Generic[T]):
     def for_tenant(self, tenant: str) -> T | None:
         setting = self.tenants.get(tenant)
         return setting if setting is not None else self.default
+
+
+S = TypeVar("S", bound="MetadataScoped")
+
+
+class PerTenantAndScope(PerTenant[T], Generic[T, S]):
+    """A setting per tenant id and a default (:class:`PerTenant`), and the settings of the calls
+    carrying given metadata pairs (``metadata``: of one tenant, or of every tenant's together)."""
+
+    #: the settings of the calls carrying given metadata pairs, at most one for the same calls
+    metadata: list[S] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_a_scope(self) -> PerTenantAndScope[T, S]:
+        from gateway.metadata_scopes import one_a_scope
+
+        one_a_scope(self.metadata)
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return super().enabled or bool(self.metadata)

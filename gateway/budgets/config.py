@@ -29,10 +29,10 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator
 
-from gateway.metadata_scopes import MetadataScoped, Scope, one_a_scope
-from gateway.tenant_ids import PerTenant
+from gateway.metadata_scopes import MetadataScoped, Scope
+from gateway.tenant_ids import PerTenantAndScope
 
 #: the largest limit (USD) a budget may give: more is a typo, not a budget
 MAX_LIMIT = Decimal("1000000000")
@@ -90,21 +90,9 @@ class MetadataBudget(MetadataScoped, Budget):
     kind: ClassVar[str] = "budget"
 
 
-class BudgetSettings(PerTenant[Budget]):
+class BudgetSettings(PerTenantAndScope[Budget, MetadataBudget]):
     """A budget per tenant id (``tenants``), ``default`` for every tenant not listed, and the
     budgets of calls with given metadata pairs (``metadata``)."""
-
-    #: budgets of the calls carrying given metadata pairs, of one tenant or of all
-    metadata: list[MetadataBudget] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _one_budget_a_scope(self) -> BudgetSettings:
-        one_a_scope(self.metadata)
-        return self
-
-    @property
-    def enabled(self) -> bool:
-        return super().enabled or bool(self.metadata)
 
     def every_budget(self) -> list[Budget]:
         """Every budget given: the tenants', the default, the metadata budgets."""

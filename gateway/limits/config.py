@@ -25,8 +25,8 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gateway.metadata_scopes import MetadataScoped, one_a_scope
-from gateway.tenant_ids import PerTenant
+from gateway.metadata_scopes import MetadataScoped
+from gateway.tenant_ids import PerTenantAndScope
 
 #: the largest limit a minute: more is a typo, not a limit
 MAX_PER_MINUTE = 10**9
@@ -58,18 +58,6 @@ class MetadataRateLimit(MetadataScoped, RateLimit):
     kind: ClassVar[str] = "rate limit"
 
 
-class RateLimitSettings(PerTenant[RateLimit]):
+class RateLimitSettings(PerTenantAndScope[RateLimit, MetadataRateLimit]):
     """A limit per tenant id (``tenants``), ``default`` for every tenant not listed, and the
     limits of calls with given metadata pairs (``metadata``)."""
-
-    #: limits of the calls carrying given metadata pairs, of one tenant or of all
-    metadata: list[MetadataRateLimit] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _one_limit_a_scope(self) -> RateLimitSettings:
-        one_a_scope(self.metadata)
-        return self
-
-    @property
-    def enabled(self) -> bool:
-        return super().enabled or bool(self.metadata)
