@@ -117,30 +117,38 @@ class RateLimiter:
         self._tenants: dict[Account, _Tenant] = {}
         #: the metadata limits by scope, and indexed for a call's metadata to find them
         self._scoped: dict[Scope, MetadataRateLimit] = {limit.scope: limit for limit in config.metadata}
+        self._order = {limit.scope: n for n, limit in enumerate(config.metadata)}
         self._index = ScopeIndex(config.metadata)
         self._sweep_at = SWEEP_AT
         #: hands the recorded attempts not yet observed to :meth:`observe` (the recorder's)
         self.flush: Callable[[], None] = lambda: None
         self.refusals = WindowedLog(log, _refusals_counted, key_fields=_key_fields)
 
-    def _state(self, account: Account, now: int) -> _Tenant | None:
+    def _state(self, account: Account, now: int, sweep: bool = True) -> _Tenant | None:
+        """``account``'s bucket, made (full) when it has none. ``sweep``: it may forget the full
+        ones first (not while a call holds others it is about to count in: a review saw one
+        swept between its fetch and its count, its call counted in a bucket no longer held)."""
         state = self._tenants.get(account)
         if state is not None:
             return state
         limit = self.config.for_tenant(account) if isinstance(account, str) else self._scoped.get(account)
         if limit is None:
             return None
-        if len(self._tenants) >= self._sweep_at:
+        if sweep and len(self._tenants) >= self._sweep_at:
             self._sweep(now)
         state = self._tenants[account] = _Tenant(limit, now)
         return state
 
     def _accounts(self, tenant: str, metadata: dict[str, str] | None) -> list[Account]:
         """The buckets a call of ``tenant`` with ``metadata`` counts in: its tenant's (when it has
-        a limit) first, then each metadata limit's it falls under."""
+        a limit) first, then each metadata limit's it falls under, in the order of the settings
+        (whatever the order of the call's pairs: the headers are the first one's)."""
         accounts: list[Account] = [tenant] if self.config.for_tenant(tenant) is not None else []
         if metadata and self._index:
-            accounts.extend(limit.scope for limit in self._index.matching(tenant, metadata))
+            matched = self._index.matching(tenant, metadata)
+            if len(matched) > 1:
+                matched.sort(key=lambda limit: self._order[limit.scope])
+            accounts.extend(limit.scope for limit in matched)
         return accounts
 
     def _sweep(self, now: int) -> None:
@@ -168,11 +176,17 @@ class RateLimiter:
         accounts = self._accounts(tenant, metadata)
         if not accounts:
             return None
-        states = [cast(_Tenant, self._state(account, now)) for account in accounts]
+        if len(self._tenants) + len(accounts) > self._sweep_at:  # once, before any is fetched
+            self._sweep(now)
+        states = [cast(_Tenant, self._state(account, now, sweep=False)) for account in accounts]
         verdicts = [self._verdict(state, now) for state in states]
-        for account, (refused, headers, _) in zip(accounts, verdicts, strict=True):
-            if refused is not None:
-                self._refused(account, tenant, *refused, headers)
+        refusals = [
+            (verdict[0][2], account, verdict) for account, verdict in zip(accounts, verdicts, strict=True) if verdict[0]
+        ]
+        if refusals:
+            # the longest wait: a retry after a shorter one would meet the other bucket's refusal
+            _, account, (refused, headers, _) = max(refusals, key=lambda refusal: refusal[0])
+            self._refused(account, tenant, *cast(tuple[str, int, float], refused), headers)
         for state, (_, _, tat) in zip(states, verdicts, strict=True):
             self._count(state, tat)
         return verdicts[0][1]

@@ -87,3 +87,25 @@ async def test_a_teams_stream_holds_its_place_until_its_end() -> None:
         assert await call("sk-ads", CHAT) == 200  # the tenant has places
         assert await streaming == 200
         assert await call("sk-search", CHAT) == 200  # its place is back (its 2nd request of the minute)
+
+
+async def test_a_limit_of_every_tenant_is_one_bucket_and_an_answer_says_its_own_tokens_taken() -> None:
+    keys = [*KEYS, ApiKey(key="sk-globex", tenant="globex")]
+    shared = {"metadata": [{"match": {"feature": "batch"}, "tokens_per_minute": 100000, "requests_per_minute": 3}]}
+    async with running_gateway(providers=("openai",), settings={"api_keys": keys, "rate_limits": shared}) as gw:
+        batch = {"metadata": {"feature": "batch"}}
+        async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="sk-acme", max_retries=0) as acme:
+            answer = await acme.chat.completions.with_raw_response.create(**CHAT, **batch)
+            used = answer.parse().usage
+            assert used is not None
+            # the tenant has no limit: the headers are the feature's, the call's own tokens taken
+            assert answer.headers["x-ratelimit-limit-tokens"] == "100000"
+            left = int(answer.headers["x-ratelimit-remaining-tokens"])
+            assert 100000 - used.total_tokens - 2 <= left <= 100000 - used.total_tokens
+            await acme.chat.completions.create(**CHAT, **batch)
+        async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="sk-globex", max_retries=0) as globex:
+            await globex.chat.completions.create(**CHAT, **batch)  # the third of the shared three
+            with pytest.raises(openai.RateLimitError) as refused:
+                await globex.chat.completions.create(**CHAT, **batch)
+            assert "for calls with metadata 'feature=batch' of every tenant together" in str(refused.value.message)
+            await globex.chat.completions.create(**CHAT)  # its calls without the pair are under no limit

@@ -11,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.errors import TenantRateLimited
+from gateway.limits import limiter as limiter_module
 from gateway.limits.config import MetadataRateLimit, RateLimit, RateLimitSettings
 from gateway.limits.limiter import RateLimiter
 from gateway.settings import Settings
@@ -171,3 +172,67 @@ def test_a_teams_refusals_are_logged_once_a_window_naming_its_pairs(caplog: pyte
         "retryAfterMs": 60000,
         "more": 0,
     }
+
+
+def test_a_sweep_never_forgets_a_bucket_the_call_is_about_to_count_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tenant's bucket, fetched full, was swept when the team's was made for the same call:
+    the call was counted in a bucket no longer held, and the tenant's next call found a full one
+    (a review: two calls at once under a limit of one)."""
+    monkeypatch.setattr(limiter_module, "SWEEP_AT", 10)
+    clock = Clock()
+    limits = limiter(
+        clock, {"match": SEARCH, "requests_per_minute": 1000}, default=RateLimit(max_concurrent_requests=1)
+    )
+    for n in range(9):  # full buckets, to be swept
+        limits.admit(f"t{n}", {})
+        limits.release(f"t{n}", {})
+    limits.admit("acme", SEARCH)
+    with pytest.raises(TenantRateLimited, match="requests at once: Limit 1"):
+        limits.admit("acme", {})
+    limits.release("acme", SEARCH)
+    limits.admit("acme", {})
+    with pytest.raises(TenantRateLimited, match="requests at once: Limit 1"):
+        limits.admit("acme", {})
+
+
+def test_a_call_several_limits_refuse_waits_for_the_longest() -> None:
+    """Refused by its tenant's tokens for a second and its team's requests for a minute: told the
+    minute (a retry after the second met the team's refusal)."""
+    clock = Clock()
+    limits = limiter(
+        clock,
+        {"tenant": "acme", "match": SEARCH, "requests_per_minute": 1},
+        tenants={"acme": RateLimit(tokens_per_minute=60)},
+    )
+    limits.admit("acme", SEARCH)
+    limits.observe(usage_event("acme", None, datetime(2026, 12, 15, tzinfo=UTC), tokens=(60, 0), metadata=SEARCH))
+    with pytest.raises(TenantRateLimited) as refused:
+        limits.admit("acme", SEARCH)
+    assert refused.value.headers is not None and refused.value.headers["retry-after"] == "60"
+    assert "metadata 'team=search'" in refused.value.message
+
+
+def test_the_headers_are_the_first_listed_limits_whatever_the_order_of_the_calls_pairs() -> None:
+    limits = limiter(
+        Clock(),
+        {"match": {"team": "s"}, "requests_per_minute": 5},
+        {"match": {"env": "prod"}, "requests_per_minute": 100},
+    )
+    for call in ({"team": "s", "env": "prod"}, {"env": "prod", "team": "s"}):
+        headers = limits.admit("acme", call)
+        assert headers is not None and headers["x-ratelimit-limit-requests"] == "5", call
+
+
+def test_the_tokens_left_of_an_answer_are_its_first_limits_with_its_own_tokens_taken() -> None:
+    clock = Clock()
+    limits = limiter(
+        clock,
+        {"match": {"env": "prod"}, "tokens_per_minute": 5000},
+        {"tenant": "acme", "match": SEARCH, "tokens_per_minute": 1000},
+    )
+    call = {"team": "search", "env": "prod"}
+    headers = limits.admit("acme", call)
+    assert headers is not None and headers["x-ratelimit-limit-tokens"] == "5000"
+    limits.observe(usage_event("acme", None, datetime(2026, 12, 15, tzinfo=UTC), tokens=(300, 100), metadata=call))
+    assert limits.current("acme", headers, call)["x-ratelimit-remaining-tokens"] == "4600"
+    assert limits.current("acme", headers)["x-ratelimit-remaining-tokens"] == "5000"  # no bucket of its own
