@@ -110,9 +110,6 @@ class ScopeIndex(Generic[T]):
         for keys, found in by_keys.items():
             self._by_first.setdefault(keys[0], []).append((keys, found))
 
-    def __bool__(self) -> bool:
-        return bool(self._by_first)
-
     def matching(self, tenant: str, metadata: dict[str, str]) -> list[T]:
         """The settings a call of ``tenant`` with ``metadata`` falls under: for each set of keys
         starting with a key of the call, the call's values of those keys name at most one setting

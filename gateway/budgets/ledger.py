@@ -106,7 +106,7 @@ class SpendLedger:
         self._pending_more: dict[str, Counted] = {}
         #: the metadata budgets by scope, and indexed for a call's metadata to find them
         self._scoped: dict[Scope, MetadataBudget] = {b.scope: b for b in config.metadata}
-        self._index = ScopeIndex(config.metadata)
+        self._index = ScopeIndex(config.metadata) if config.metadata else None
         #: period kind -> the current period's start, the next one's, and the one after (the
         #: clock's periods, computed again only when the clock leaves them)
         self._periods: dict[str, tuple[datetime, datetime, datetime]] = {}
@@ -184,7 +184,7 @@ class SpendLedger:
         budget = self.config.for_tenant(tenant)
         if budget is not None and (key := self._add(tenant, budget, at, cost)) is not None:
             counted = ((tenant, key, cost),)
-        if metadata and self._index:
+        if metadata and self._index is not None:
             for scoped in self._index.matching(tenant, metadata):
                 if (key := self._add(scoped.scope, scoped, at, cost)) is not None:
                     counted = (*counted, (scoped.scope, key, cost))
@@ -302,7 +302,7 @@ class SpendLedger:
         budget = self.config.for_tenant(tenant)
         if budget is not None:
             self._check(tenant, budget)
-        if metadata and self._index:
+        if metadata and self._index is not None:
             for scoped in self._index.matching(tenant, metadata):
                 self._check(scoped.scope, scoped, scoped.tenant, caller=tenant)
 

@@ -118,7 +118,7 @@ class RateLimiter:
         #: the metadata limits by scope, and indexed for a call's metadata to find them
         self._scoped: dict[Scope, MetadataRateLimit] = {limit.scope: limit for limit in config.metadata}
         self._order = {limit.scope: n for n, limit in enumerate(config.metadata)}
-        self._index = ScopeIndex(config.metadata)
+        self._index = ScopeIndex(config.metadata) if config.metadata else None
         self._sweep_at = SWEEP_AT
         #: hands the recorded attempts not yet observed to :meth:`observe` (the recorder's)
         self.flush: Callable[[], None] = lambda: None
@@ -144,7 +144,7 @@ class RateLimiter:
         a limit) first, then each metadata limit's it falls under, in the order of the settings
         (whatever the order of the call's pairs: the headers are the first one's)."""
         accounts: list[Account] = [tenant] if self.config.for_tenant(tenant) is not None else []
-        if metadata and self._index:
+        if metadata and self._index is not None:
             matched = self._index.matching(tenant, metadata)
             if len(matched) > 1:
                 matched.sort(key=lambda limit: self._order[limit.scope])
@@ -164,7 +164,7 @@ class RateLimiter:
         rate-limit headers of its answer (None: it is under no limit); :class:`TenantRateLimited`
         when one of them makes it wait (counted in none)."""
         now = self._clock()
-        if metadata is None or not self._index:  # the common case: the tenant's bucket alone
+        if metadata is None or self._index is None:  # the common case: the tenant's bucket alone
             state = self._state(tenant, now)
             if state is None:
                 return None
@@ -229,7 +229,7 @@ class RateLimiter:
 
     def release(self, tenant: str, metadata: dict[str, str] | None = None) -> None:
         """A call :meth:`admit` let through has ended (answered, failed, or its stream over)."""
-        for account in self._accounts(tenant, metadata) if metadata and self._index else (tenant,):
+        for account in self._accounts(tenant, metadata) if metadata and self._index is not None else (tenant,):
             state = self._tenants.get(account)
             if state is not None and state.limit.max_concurrent_requests is not None and state.in_flight:
                 state.in_flight -= 1
@@ -242,7 +242,9 @@ class RateLimiter:
             return
         now = self._clock()
         metadata = event.metadata
-        for account in self._accounts(event.tenant_id, metadata) if metadata and self._index else (event.tenant_id,):
+        for account in (
+            self._accounts(event.tenant_id, metadata) if metadata and self._index is not None else (event.tenant_id,)
+        ):
             state = self._state(account, now)
             if state is None or state.limit.tokens_per_minute is None:
                 continue
@@ -254,7 +256,7 @@ class RateLimiter:
     def current(self, tenant: str, admitted: dict[str, str], metadata: dict[str, str] | None = None) -> dict[str, str]:
         """``admitted``'s headers with the tokens left now: a non-streaming answer's own tokens
         are taken when it is answered (the headers of its admission said the bucket was full)."""
-        accounts = self._accounts(tenant, metadata) if metadata and self._index else [tenant]
+        accounts = self._accounts(tenant, metadata) if metadata and self._index is not None else [tenant]
         state = self._tenants.get(accounts[0]) if accounts else None
         if state is None or (capacity := state.limit.tokens_per_minute) is None:
             return admitted

@@ -102,7 +102,8 @@ def main() -> None:
         for raw in records:
             ledger.observe_record(raw)
         counted = sum((s.spent for s in ledger.scoped_standings(None)), Decimal(0))
-        expected = COST * sum(len(ledger._index.matching(tenant, metadata)) for tenant, metadata in made)
+        index = ledger._index
+        expected = COST * sum(len(index.matching(tenant, metadata)) if index else 0 for tenant, metadata in made)
         brute = COST * sum(
             1
             for tenant, metadata in made
