@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, cast
 
 from gateway.errors import TenantRateLimited
@@ -159,6 +159,11 @@ class RateLimiter:
             del self._tenants[tenant]
         self._sweep_at = max(SWEEP_AT, 2 * len(self._tenants))
 
+    def _buckets(self, tenant: str, metadata: dict[str, str] | None) -> Sequence[Account]:
+        """The buckets to release, charge or read for a call: its tenant's alone (held or not)
+        where no metadata limit is given, else :meth:`_accounts`."""
+        return self._accounts(tenant, metadata) if metadata and self._index is not None else (tenant,)
+
     def admit(self, tenant: str, metadata: dict[str, str] | None = None) -> dict[str, str] | None:
         """Count one call of ``tenant`` with ``metadata`` in each bucket it falls under, and the
         rate-limit headers of its answer (None: it is under no limit); :class:`TenantRateLimited`
@@ -229,7 +234,7 @@ class RateLimiter:
 
     def release(self, tenant: str, metadata: dict[str, str] | None = None) -> None:
         """A call :meth:`admit` let through has ended (answered, failed, or its stream over)."""
-        for account in self._accounts(tenant, metadata) if metadata and self._index is not None else (tenant,):
+        for account in self._buckets(tenant, metadata):
             state = self._tenants.get(account)
             if state is not None and state.limit.max_concurrent_requests is not None and state.in_flight:
                 state.in_flight -= 1
@@ -241,10 +246,7 @@ class RateLimiter:
         if tokens <= 0:
             return
         now = self._clock()
-        metadata = event.metadata
-        for account in (
-            self._accounts(event.tenant_id, metadata) if metadata and self._index is not None else (event.tenant_id,)
-        ):
+        for account in self._buckets(event.tenant_id, event.metadata):
             state = self._state(account, now)
             if state is None or state.limit.tokens_per_minute is None:
                 continue
@@ -256,7 +258,7 @@ class RateLimiter:
     def current(self, tenant: str, admitted: dict[str, str], metadata: dict[str, str] | None = None) -> dict[str, str]:
         """``admitted``'s headers with the tokens left now: a non-streaming answer's own tokens
         are taken when it is answered (the headers of its admission said the bucket was full)."""
-        accounts = self._accounts(tenant, metadata) if metadata and self._index is not None else [tenant]
+        accounts = self._buckets(tenant, metadata)
         state = self._tenants.get(accounts[0]) if accounts else None
         if state is None or (capacity := state.limit.tokens_per_minute) is None:
             return admitted
